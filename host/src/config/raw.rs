@@ -1,0 +1,315 @@
+//! The policy files as written: serde structs that mirror the YAML/JSON documents field for
+//! field. Nothing here is validated beyond its shape; `config::model` turns these into the
+//! typed model the gateway runs on.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One policy document. Every section is optional so that a folder can split its
+/// configuration across files as it likes.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    #[serde(default)]
+    pub server: Option<Server>,
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+    #[serde(default)]
+    pub virtual_hosts: Vec<VirtualHost>,
+    #[serde(default)]
+    pub plugins: Vec<Plugin>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub max_request_header_bytes: Option<usize>,
+    pub max_request_body_bytes: Option<u64>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub drain_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: String,
+    pub address: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http,
+    Https,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    pub certificates: Vec<Certificate>,
+    pub min_version: Option<String>,
+    pub alpn: Option<Vec<String>>,
+    pub client_auth: Option<ClientAuth>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    pub cert: String,
+    pub key: String,
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    pub ca: String,
+    #[serde(default = "yes")]
+    pub required: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    pub connect_timeout: Option<String>,
+    #[serde(default)]
+    pub http2: bool,
+    pub tls: Option<UpstreamTls>,
+    pub health: Option<Health>,
+    pub limits: Option<ClusterLimits>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    pub address: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    #[default]
+    RoundRobin,
+    LeastRequest,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    pub ca: Option<String>,
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    pub consecutive_failures: Option<u32>,
+    pub ejection_time: Option<String>,
+    pub max_ejection_percent: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterLimits {
+    pub max_requests: Option<usize>,
+    pub max_idle_per_endpoint: Option<usize>,
+    pub idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub listeners: Option<Vec<String>>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matcher: RouteMatch,
+    pub forward: Option<Forward>,
+    pub redirect: Option<Redirect>,
+    pub direct_response: Option<DirectResponse>,
+    pub fault: Option<Fault>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    pub path: Option<PathMatch>,
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub headers: Vec<ValueMatch>,
+    #[serde(default)]
+    pub query: Vec<ValueMatch>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathMatch {
+    pub prefix: Option<String>,
+    pub exact: Option<String>,
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueMatch {
+    pub name: String,
+    pub exact: Option<String>,
+    pub regex: Option<String>,
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    pub cluster: Option<String>,
+    pub split: Option<Vec<WeightedTarget>>,
+    pub rewrite: Option<Rewrite>,
+    pub timeout: Option<String>,
+    pub retries: Option<Retries>,
+    pub mirror: Option<Mirror>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedTarget {
+    pub cluster: String,
+    #[serde(default)]
+    pub subset: BTreeMap<String, String>,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    pub prefix: Option<String>,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    pub attempts: u32,
+    pub per_try_timeout: Option<String>,
+    #[serde(default)]
+    pub on: Vec<String>,
+    #[serde(default)]
+    pub status_codes: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    pub cluster: String,
+    pub percent: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub prefix: Option<String>,
+    pub code: Option<u16>,
+    #[serde(default)]
+    pub strip_query: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelay {
+    pub percent: f64,
+    pub fixed: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbort {
+    pub percent: f64,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plugin {
+    pub name: String,
+    pub module: String,
+    #[serde(default)]
+    pub config: serde_json::Value,
+    #[serde(default)]
+    pub vm_config: serde_json::Value,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    #[serde(default)]
+    pub priority: i32,
+    pub apply_to: Option<ApplyTo>,
+    #[serde(default)]
+    pub route_config: BTreeMap<String, serde_json::Value>,
+    pub callback_timeout: Option<String>,
+    pub memory_limit: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    #[default]
+    FailClosed,
+    FailOpen,
+    Reload,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyTo {
+    #[serde(default)]
+    pub virtual_hosts: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<String>,
+}

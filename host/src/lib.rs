@@ -1,0 +1,155 @@
+//! Tollgate: an API gateway whose behaviour lives in proxy-wasm plugins.
+//!
+//! The host does the generic work — listeners, TLS, HTTP/1.1 and HTTP/2, routing, upstream
+//! connections — and nothing application-specific. Its layout follows the request:
+//!
+//! | module | role |
+//! |---|---|
+//! | [`config`] | policy files → validated typed model |
+//! | [`snapshot`] | the running configuration, swapped atomically |
+//! | [`server`] | listeners, worker threads, connections, drain |
+//! | [`tls`] | SNI certificates, mTLS, upstream TLS |
+//! | [`routing`] | host and route matching (pure) |
+//! | [`pipeline`] | the per-request flow (see its docs for the phase diagram) |
+//! | [`upstream`] | clusters, load balancing, passive health, pools |
+//! | [`admin`] | `/healthz`, `/readyz`, `/config`, `/metrics` |
+//! | [`telemetry`] | logs and metrics |
+//!
+//! ```no_run
+//! use std::path::PathBuf;
+//! let options = tollgate::Options {
+//!     policies: PathBuf::from("policies"),
+//!     plugins: PathBuf::from("plugins"),
+//!     admin: "127.0.0.1:9901".parse().unwrap(),
+//!     workers: 2,
+//! };
+//! let gateway = tollgate::Gateway::start(&options)?;
+//! gateway.wait_for_signal_and_drain()?;
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+pub mod admin;
+pub mod config;
+pub mod pipeline;
+pub mod routing;
+pub mod server;
+pub mod snapshot;
+pub mod telemetry;
+pub mod tls;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use server::{GatewayState, Workers};
+use snapshot::Snapshot;
+
+/// How to run the gateway (the `tollgate run` flags).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub policies: PathBuf,
+    pub plugins: PathBuf,
+    pub admin: SocketAddr,
+    pub workers: usize,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    state: Arc<GatewayState>,
+    workers: Workers,
+    /// Where each listener is bound, by name (ports resolved when the policies said 0).
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub admin: SocketAddr,
+}
+
+impl Gateway {
+    /// Loads and validates the policies, binds every listener and the admin address, and
+    /// starts serving.
+    pub fn start(options: &Options) -> anyhow::Result<Self> {
+        let workers = options.workers.max(1);
+        let config = config::load_dir(&options.policies)
+            .map_err(|errors| anyhow::anyhow!("invalid policies:\n{errors}"))?;
+        let snapshot = Snapshot::build(config, workers)
+            .map_err(|errors| anyhow::anyhow!("invalid policies:\n{errors}"))?;
+        let bound = server::bind_listeners(&snapshot, workers)?;
+        let listeners: Vec<(String, SocketAddr)> = bound
+            .iter()
+            .map(|listener| (listener.name.to_string(), listener.address))
+            .collect();
+        let summary = summary(&snapshot);
+        let state = Arc::new(GatewayState::new(snapshot));
+        let admin = admin::start(options.admin, state.clone())?;
+        let workers_running = server::start_workers(bound, state.clone(), workers)?;
+        for (name, address) in &listeners {
+            tracing::info!(listener = %name, %address, "listening");
+        }
+        tracing::info!(%admin, workers, "{summary}");
+        Ok(Self {
+            state,
+            workers: workers_running,
+            listeners,
+            admin,
+        })
+    }
+
+    /// Blocks until SIGTERM or SIGINT, then drains: stops accepting, lets in-flight requests
+    /// finish within the policies' `drain_timeout`, and returns.
+    pub fn wait_for_signal_and_drain(self) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("signal runtime")?;
+        let signal = runtime.block_on(async {
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = terminate.recv() => Ok::<_, std::io::Error>("SIGTERM"),
+                _ = tokio::signal::ctrl_c() => Ok("SIGINT"),
+            }
+        })?;
+        self.drain(signal);
+        Ok(())
+    }
+
+    /// Stops accepting and waits for in-flight requests, up to the drain timeout.
+    pub fn drain(self, reason: &str) {
+        let timeout = self.state.snapshot().config.server.drain_timeout;
+        let open = self.state.open_connections();
+        tracing::info!(
+            reason,
+            open_connections = open,
+            timeout_ms = timeout.as_millis() as u64,
+            "draining"
+        );
+        let left = self.workers.drain(timeout);
+        if left > 0 {
+            tracing::warn!(
+                connections = left,
+                "drain timeout passed; closing the remaining connections"
+            );
+        } else {
+            tracing::info!("drained; exiting");
+        }
+    }
+}
+
+fn summary(snapshot: &Snapshot) -> String {
+    let config = &snapshot.config;
+    let routes: usize = config
+        .virtual_hosts
+        .iter()
+        .map(|vhost| vhost.routes.len())
+        .sum();
+    format!(
+        "tollgate {} serving {} listeners, {} virtual hosts, {} routes, {} clusters, {} plugin instances",
+        env!("CARGO_PKG_VERSION"),
+        config.listeners.len(),
+        config.virtual_hosts.len(),
+        routes,
+        config.clusters.len(),
+        config.plugins.len()
+    )
+}

@@ -1,0 +1,103 @@
+//! The `tollgate` command: parses arguments, sets up logging and hands over to the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tollgate::telemetry::{init_logging, LogFormat};
+
+/// An API gateway whose behaviour lives in proxy-wasm plugins.
+#[derive(Parser)]
+#[command(name = "tollgate", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the policies until SIGTERM, then drain in-flight requests and exit.
+    Run {
+        /// Folder of policy files (*.yaml, *.yml, *.json), merged.
+        #[arg(long, default_value = "policies", env = "TOLLGATE_POLICIES")]
+        policies: PathBuf,
+        /// Folder of plugin modules (*.wasm).
+        #[arg(long, default_value = "plugins", env = "TOLLGATE_PLUGINS")]
+        plugins: PathBuf,
+        /// Address of the admin listener (/healthz, /readyz, /config, /metrics).
+        #[arg(long, default_value = "127.0.0.1:9901", env = "TOLLGATE_ADMIN")]
+        admin: SocketAddr,
+        /// Log line format.
+        #[arg(long, value_enum, default_value = "text", env = "TOLLGATE_LOG_FORMAT")]
+        log_format: LogFormat,
+        /// Worker threads, each with its own event loop and listener sockets
+        /// (default: one per CPU).
+        #[arg(long, env = "TOLLGATE_WORKERS")]
+        workers: Option<usize>,
+    },
+    /// Validate the policies (files, fields, references, certificates) without serving.
+    Check {
+        #[arg(long, default_value = "policies")]
+        policies: PathBuf,
+        #[arg(long, default_value = "plugins")]
+        plugins: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run {
+            policies,
+            plugins,
+            admin,
+            log_format,
+            workers,
+        } => {
+            init_logging(log_format);
+            let workers = workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let options = tollgate::Options {
+                policies,
+                plugins,
+                admin,
+                workers,
+            };
+            let result = tollgate::Gateway::start(&options)
+                .and_then(|gateway| gateway.wait_for_signal_and_drain());
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    eprintln!("tollgate: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check {
+            policies,
+            plugins: _,
+        } => match tollgate::snapshot::check(&policies) {
+            Ok(snapshot) => {
+                let config = &snapshot.config;
+                let routes: usize = config.virtual_hosts.iter().map(|v| v.routes.len()).sum();
+                println!(
+                    "{}: ok ({} listeners, {} clusters, {} routes, {} plugin instances)",
+                    policies.display(),
+                    config.listeners.len(),
+                    config.clusters.len(),
+                    routes,
+                    config.plugins.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{} is invalid:", policies.display());
+                for error in &errors.0 {
+                    eprintln!("  {error}");
+                }
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,183 @@
+//! One access-log line and the request metrics per request, written when the response body
+//! has been sent (or dropped), so that duration and size cover the whole exchange.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+
+use super::{Downstream, ResponseBody};
+use crate::telemetry::metrics::metrics;
+use crate::upstream::BoxError;
+
+/// Everything the access log line says about a request.
+#[derive(Debug)]
+pub struct AccessRecord {
+    pub started: Instant,
+    pub listener: Arc<str>,
+    pub client: String,
+    pub method: String,
+    pub authority: String,
+    pub path: String,
+    pub protocol: &'static str,
+    pub request_id: HeaderValue,
+    pub user_agent: String,
+    pub route: Arc<str>,
+    pub cluster: Arc<str>,
+    pub upstream: String,
+    pub status: u16,
+    /// Why the gateway answered as it did when it was not a plain forward (`no_route`,
+    /// `upstream_timeout`, `fault_abort`, ...); `-` otherwise.
+    pub detail: &'static str,
+    pub attempts: u32,
+    pub bytes_sent: u64,
+}
+
+fn none() -> Arc<str> {
+    static NONE: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    NONE.get_or_init(|| Arc::from("-")).clone()
+}
+
+impl AccessRecord {
+    pub fn new<B>(
+        request: &Request<B>,
+        downstream: &Downstream,
+        request_id: HeaderValue,
+        started: Instant,
+    ) -> Self {
+        let header = |name| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|value: &HeaderValue| value.to_str().ok())
+                .unwrap_or("-")
+                .to_string()
+        };
+        let authority = request
+            .uri()
+            .authority()
+            .map(|authority| authority.to_string())
+            .unwrap_or_else(|| header(http::header::HOST));
+        Self {
+            started,
+            listener: downstream.listener.clone(),
+            client: downstream.remote.to_string(),
+            method: request.method().to_string(),
+            authority,
+            path: request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            protocol: match request.version() {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            request_id,
+            user_agent: header(http::header::USER_AGENT),
+            route: none(),
+            cluster: none(),
+            upstream: "-".to_string(),
+            status: 0,
+            detail: "-",
+            attempts: 0,
+            bytes_sent: 0,
+        }
+    }
+
+    fn emit(&self) {
+        let duration = self.started.elapsed();
+        metrics().record_request(&self.route, &self.cluster, self.status, duration);
+        tracing::info!(
+            target: "access",
+            listener = %self.listener,
+            client = %self.client,
+            method = %self.method,
+            authority = %self.authority,
+            path = %self.path,
+            protocol = self.protocol,
+            status = self.status,
+            route = %self.route,
+            cluster = %self.cluster,
+            upstream = %self.upstream,
+            attempts = self.attempts,
+            detail = self.detail,
+            bytes_sent = self.bytes_sent,
+            duration_ms = format_args!("{:.3}", super::millis(duration)),
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            user_agent = %self.user_agent,
+        );
+    }
+}
+
+/// Wraps the response body so that the record is written once the body ends or is dropped.
+pub fn finish_on_body_end(
+    response: Response<ResponseBody>,
+    record: AccessRecord,
+) -> Response<ResponseBody> {
+    response.map(|body| {
+        LoggedBody {
+            inner: body,
+            record: Some(record),
+        }
+        .boxed()
+    })
+}
+
+struct LoggedBody {
+    inner: ResponseBody,
+    record: Option<AccessRecord>,
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(record)) = (frame.data_ref(), self.record.as_mut()) {
+                    record.bytes_sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(record) = self.record.take() {
+                    record.emit();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(record) = self.record.as_mut() {
+                    record.detail = "response_body_error";
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            record.emit();
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Header hygiene on the way through: hop-by-hop removal, X-Forwarded-*, request ids.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes the headers that describe one connection and must not be forwarded (RFC 9110
+/// §7.6.1): `Connection` and every header it names, `Keep-Alive`, `Proxy-Connection`,
+/// `Transfer-Encoding`, `Trailer`, `Upgrade` (unless an upgrade is being proxied) and `TE`
+/// except for `TE: trailers`, which gRPC needs end to end.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::TRAILER);
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|value| value.trim().eq_ignore_ascii_case("trailers"));
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// True for an HTTP/1.1 upgrade request (`Connection: upgrade` plus `Upgrade: ...`).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` from what the gateway itself saw, so clients cannot forge the latter two.
+pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &str, host: &str) {
+    let forwarded_for = match headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|value| value.to_str().ok())
+    {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {client}"),
+        _ => client.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+    headers.insert(
+        &X_FORWARDED_PROTO,
+        HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
+    );
+    if let Ok(value) = HeaderValue::from_str(host) {
+        headers.insert(&X_FORWARDED_HOST, value);
+    }
+}
+
+/// Keeps a client's `x-request-id` when it is a sane token, otherwise sets a new random one.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(existing) = headers.get(&X_REQUEST_ID) {
+        let sane = !existing.is_empty()
+            && existing.len() <= 128
+            && existing.as_bytes().iter().all(|b| b.is_ascii_graphic());
+        if sane {
+            return existing.clone();
+        }
+    }
+    let id = new_request_id();
+    headers.insert(&X_REQUEST_ID, id.clone());
+    id
+}
+
+/// A random UUID (version 4) in its usual text form.
+fn new_request_id() -> HeaderValue {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let text = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    );
+    HeaderValue::from_str(&text).expect("hex and dashes are a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_go() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("te", "gzip, trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("traceparent", "00-abc-def-01"),
+        ]);
+        remove_hop_by_hop(&mut map, false);
+        let mut names: Vec<_> = map.keys().map(|k| k.as_str().to_string()).collect();
+        names.sort();
+        assert_eq!(names, vec!["te", "traceparent"]);
+        assert_eq!(map["te"], "trailers");
+    }
+
+    #[test]
+    fn upgrades_keep_their_upgrade_headers() {
+        let mut map = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade_request(&map));
+        remove_hop_by_hop(&mut map, true);
+        assert_eq!(map["connection"], "upgrade");
+        assert_eq!(map["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn forwarded_for_appends_and_proto_host_are_overwritten() {
+        let mut map = headers(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarded(
+            &mut map,
+            "127.0.0.1".parse().unwrap(),
+            "http",
+            "shop.test:8080",
+        );
+        assert_eq!(map["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+        assert_eq!(map["x-forwarded-proto"], "http");
+        assert_eq!(map["x-forwarded-host"], "shop.test:8080");
+    }
+
+    #[test]
+    fn request_ids_are_kept_or_generated() {
+        let mut map = headers(&[("x-request-id", "abc-123")]);
+        assert_eq!(ensure_request_id(&mut map), "abc-123");
+        let mut map = HeaderMap::new();
+        let id = ensure_request_id(&mut map);
+        assert_eq!(id.len(), 36);
+        assert_eq!(map["x-request-id"], id);
+        assert_eq!(&id.to_str().unwrap()[14..15], "4");
+    }
+}

@@ -1,0 +1,240 @@
+//! Serving one accepted connection: TLS handshake, HTTP/1.1 or HTTP/2, idle and drain.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::GatewayState;
+use crate::config::ServerSettings;
+use crate::pipeline::{self, Downstream};
+use crate::telemetry::metrics::metrics;
+use crate::tls::TlsInfo;
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Serves `stream` until the client closes it, it idles out, or the gateway drains.
+pub async fn serve(
+    stream: TcpStream,
+    remote: SocketAddr,
+    listener: Arc<str>,
+    state: Arc<GatewayState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(remote);
+    let snapshot = state.snapshot();
+    let settings = snapshot.config.server.clone();
+    let tls_config = snapshot
+        .listeners
+        .get(&listener)
+        .and_then(|l| l.tls.clone());
+    drop(snapshot);
+    let activity = Arc::new(Activity::default());
+
+    let mut downstream = Downstream {
+        listener: listener.clone(),
+        connection_id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+        remote,
+        local,
+        tls: None,
+    };
+    let io: Box<dyn Io> = match tls_config {
+        None => Box::new(stream),
+        Some(config) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)).await
+            {
+                Ok(Ok(tls)) => {
+                    downstream.tls = Some(TlsInfo::from_connection(tls.get_ref().1));
+                    Box::new(tls)
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(%listener, %remote, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%listener, %remote, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    let downstream = Arc::new(downstream);
+    let io = TokioIo::new(ActivityIo {
+        inner: io,
+        activity: activity.clone(),
+    });
+
+    let service_activity = activity.clone();
+    let service_state = state.clone();
+    let service = service_fn(move |request| {
+        let snapshot = service_state.snapshot();
+        let downstream = downstream.clone();
+        let activity = service_activity.clone();
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let response = pipeline::handle(request, snapshot, downstream).await;
+            activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+            activity.touch();
+            response
+        }
+    });
+
+    metrics().connection_opened(&listener);
+    let builder = http_builder(&settings);
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let mut closing = false;
+    let mut idle_check = tokio::time::interval(idle_check_period(settings.idle_timeout));
+    idle_check.reset();
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%listener, %remote, %error, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = idle_check.tick(), if !closing => {
+                if activity.idle_for() >= settings.idle_timeout && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+    metrics().connection_closed(&listener);
+}
+
+fn idle_check_period(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+}
+
+fn http_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        // hyper answers 431 when the request head does not fit this buffer.
+        .max_buf_size(settings.max_request_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(settings.max_request_header_bytes as u32)
+        .max_concurrent_streams(256)
+        // Bounds HTTP/2 abuse: streams reset by the client before we answered (rapid reset)
+        // and streams we had to reset for protocol errors.
+        .max_pending_accept_reset_streams(50)
+        .max_local_error_reset_streams(Some(256));
+    builder
+}
+
+/// Anything a connection can be served over: TCP or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// When a connection last moved a byte, and how many of its requests are in flight.
+#[derive(Debug)]
+struct Activity {
+    created: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            created: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.created.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Records I/O on the connection for the idle timeout.
+struct ActivityIo {
+    inner: Box<dyn Io>,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for ActivityIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for ActivityIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

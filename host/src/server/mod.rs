@@ -1,0 +1,242 @@
+//! Listeners and workers.
+//!
+//! Thread-per-core: each worker is an OS thread with its own current-thread tokio runtime
+//! and its own socket for every listener (SO_REUSEPORT, so the kernel spreads connections).
+//! A request, its upstream connections and — once plugins run — its plugin contexts stay on
+//! one thread. The only shared state is the snapshot pointer and atomics.
+
+mod connection;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::{watch, Notify};
+
+use crate::snapshot::Snapshot;
+
+/// State shared by the workers and the admin listener.
+pub struct GatewayState {
+    snapshot: ArcSwap<Snapshot>,
+    ready: AtomicBool,
+    draining: AtomicBool,
+    open_connections: AtomicUsize,
+    connections_closed: Notify,
+}
+
+impl GatewayState {
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            open_connections: AtomicUsize::new(0),
+            connections_closed: Notify::new(),
+        }
+    }
+
+    /// The snapshot new requests should use.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Replaces the snapshot; requests in flight keep the one they started with.
+    pub fn swap_snapshot(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Serving and not draining: what `/readyz` reports.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+}
+
+/// A listener bound once per worker.
+pub struct BoundListener {
+    pub name: Arc<str>,
+    pub address: SocketAddr,
+    sockets: Vec<std::net::TcpListener>,
+}
+
+/// Binds every listener `workers` times with SO_REUSEPORT. A port of 0 is resolved by the
+/// first bind and reused by the others so that all workers share one port.
+pub fn bind_listeners(snapshot: &Snapshot, workers: usize) -> anyhow::Result<Vec<BoundListener>> {
+    snapshot
+        .config
+        .listeners
+        .iter()
+        .map(|listener| {
+            let mut address = listener.address;
+            let mut sockets = Vec::with_capacity(workers);
+            for _ in 0..workers {
+                let socket = bind_reuseport(address).with_context(|| {
+                    format!("listener {:?}: cannot bind {address}", listener.name)
+                })?;
+                address = socket.local_addr()?;
+                sockets.push(socket);
+            }
+            Ok(BoundListener {
+                name: listener.name.as_str().into(),
+                address,
+                sockets,
+            })
+        })
+        .collect()
+}
+
+fn bind_reuseport(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// The running workers; [`Workers::drain`] stops them.
+pub struct Workers {
+    shutdown: watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    state: Arc<GatewayState>,
+}
+
+/// Starts `workers` threads serving the bound listeners.
+pub fn start_workers(
+    listeners: Vec<BoundListener>,
+    state: Arc<GatewayState>,
+    workers: usize,
+) -> anyhow::Result<Workers> {
+    let (shutdown, _) = watch::channel(false);
+    let mut per_worker: Vec<Vec<(Arc<str>, std::net::TcpListener)>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    for listener in listeners {
+        for (worker, socket) in listener.sockets.into_iter().enumerate() {
+            per_worker[worker].push((listener.name.clone(), socket));
+        }
+    }
+    let mut threads = Vec::with_capacity(workers);
+    for (index, sockets) in per_worker.into_iter().enumerate() {
+        let state = state.clone();
+        let shutdown = shutdown.subscribe();
+        let thread = std::thread::Builder::new()
+            .name(format!("tollgate-worker-{index}"))
+            .spawn(move || {
+                crate::upstream::set_worker_index(index);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a worker runtime");
+                runtime.block_on(worker(sockets, state, shutdown));
+            })
+            .context("cannot start a worker thread")?;
+        threads.push(thread);
+    }
+    state.ready.store(true, Ordering::Relaxed);
+    Ok(Workers {
+        shutdown,
+        threads,
+        state,
+    })
+}
+
+async fn worker(
+    sockets: Vec<(Arc<str>, std::net::TcpListener)>,
+    state: Arc<GatewayState>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut accept_loops = Vec::new();
+    for (name, socket) in sockets {
+        let listener = match tokio::net::TcpListener::from_std(socket) {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(listener = %name, %error, "cannot use the listener socket");
+                continue;
+            }
+        };
+        accept_loops.push(tokio::spawn(accept_loop(
+            listener,
+            name,
+            state.clone(),
+            shutdown.clone(),
+        )));
+    }
+    for accept_loop in accept_loops {
+        let _ = accept_loop.await;
+    }
+    // Keep the runtime alive until this worker's connections have finished draining; the
+    // drain deadline is enforced by `Workers::drain`.
+    while state.open_connections() > 0 {
+        let closed = state.connections_closed.notified();
+        if state.open_connections() == 0 {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), closed).await;
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    name: Arc<str>,
+    state: Arc<GatewayState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    state.open_connections.fetch_add(1, Ordering::Relaxed);
+                    let state = state.clone();
+                    let name = name.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        connection::serve(stream, remote, name, state.clone(), shutdown).await;
+                        state.open_connections.fetch_sub(1, Ordering::Relaxed);
+                        state.connections_closed.notify_waiters();
+                    });
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: log and back off briefly rather
+                    // than spin.
+                    tracing::warn!(listener = %name, %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    // Dropping the listener here closes the socket: new connections are refused from now on.
+}
+
+impl Workers {
+    /// Stops accepting, lets in-flight requests finish for up to `timeout`, then returns.
+    /// Returns the number of connections still open when the deadline passed.
+    pub fn drain(self, timeout: Duration) -> usize {
+        self.state.draining.store(true, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
+        let deadline = std::time::Instant::now() + timeout;
+        while self.state.open_connections() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = self.state.open_connections();
+        if left == 0 {
+            for thread in self.threads {
+                let _ = thread.join();
+            }
+        }
+        left
+    }
+}

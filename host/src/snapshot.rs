@@ -1,0 +1,159 @@
+//! The running configuration: everything a request needs, built and validated in one go
+//! from a [`Config`] and then only read. A new snapshot replaces the old one with a single
+//! pointer swap; requests in flight keep the one they started with.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::{self, Action, Config, ConfigErrors};
+use crate::routing::RouteTable;
+use crate::upstream::Cluster;
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub listeners: HashMap<Arc<str>, ListenerState>,
+    pub clusters: HashMap<String, Arc<Cluster>>,
+    /// Forwarding routes by name, with their clusters and endpoint subsets resolved.
+    pub forwards: HashMap<String, Arc<ResolvedForward>>,
+}
+
+pub struct ListenerState {
+    pub routes: RouteTable,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A route's `forward` action bound to running clusters.
+pub struct ResolvedForward {
+    pub route: Arc<str>,
+    pub targets: Vec<Target>,
+    pub total_weight: u64,
+    pub mirror: Option<Arc<Cluster>>,
+}
+
+pub struct Target {
+    pub cluster: Arc<Cluster>,
+    /// Indexes of the cluster's endpoints in this target's subset.
+    pub endpoints: Vec<usize>,
+    pub weight: u32,
+}
+
+impl ResolvedForward {
+    /// Chooses a split target by weight.
+    pub fn choose(&self) -> &Target {
+        if self.targets.len() == 1 {
+            return &self.targets[0];
+        }
+        let mut ticket = rand::random::<u64>() % self.total_weight;
+        for target in &self.targets {
+            if ticket < u64::from(target.weight) {
+                return target;
+            }
+            ticket -= u64::from(target.weight);
+        }
+        &self.targets[self.targets.len() - 1]
+    }
+}
+
+impl Snapshot {
+    /// Builds everything: TLS configurations (reading certificates and keys), clusters and
+    /// per-listener route tables. `workers` sizes the per-worker connection pools.
+    pub fn build(config: Config, workers: usize) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut clusters = HashMap::new();
+        for cluster in &config.clusters {
+            match Cluster::new(cluster, workers) {
+                Ok(running) => {
+                    clusters.insert(cluster.name.clone(), Arc::new(running));
+                }
+                Err(error) => errors.push(error),
+            }
+        }
+        let virtual_hosts: Vec<Arc<config::VirtualHost>> =
+            config.virtual_hosts.iter().cloned().map(Arc::new).collect();
+        let mut listeners = HashMap::new();
+        for listener in &config.listeners {
+            let tls = match &listener.tls {
+                Some(tls) => match crate::tls::server_config(tls) {
+                    Ok(server_config) => Some(server_config),
+                    Err(error) => {
+                        errors.push(error);
+                        None
+                    }
+                },
+                None => None,
+            };
+            let bound = virtual_hosts
+                .iter()
+                .filter(|vhost| {
+                    config::vhost_listeners(vhost, &config.listeners)
+                        .contains(listener.name.as_str())
+                })
+                .cloned()
+                .collect();
+            listeners.insert(
+                Arc::from(listener.name.as_str()),
+                ListenerState {
+                    routes: RouteTable::new(bound),
+                    tls,
+                },
+            );
+        }
+        let mut forwards = HashMap::new();
+        for route in config.virtual_hosts.iter().flat_map(|vhost| &vhost.routes) {
+            let Action::Forward(forward) = &route.action else {
+                continue;
+            };
+            let targets: Vec<Target> = forward
+                .targets
+                .iter()
+                .filter_map(|target| {
+                    let cluster = clusters.get(&target.cluster)?.clone();
+                    let endpoints = cluster.subset(&target.subset);
+                    Some(Target {
+                        cluster,
+                        endpoints,
+                        weight: target.weight,
+                    })
+                })
+                .collect();
+            if targets.len() != forward.targets.len() {
+                // Unknown clusters were reported by validation; a cluster that failed to build
+                // (bad upstream TLS files) was reported above.
+                continue;
+            }
+            let mirror = forward
+                .mirror
+                .as_ref()
+                .and_then(|mirror| clusters.get(&mirror.cluster).cloned());
+            forwards.insert(
+                route.name.clone(),
+                Arc::new(ResolvedForward {
+                    route: route.name.as_str().into(),
+                    total_weight: targets
+                        .iter()
+                        .map(|t| u64::from(t.weight))
+                        .sum::<u64>()
+                        .max(1),
+                    targets,
+                    mirror,
+                }),
+            );
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Self {
+            config: Arc::new(config),
+            listeners,
+            clusters,
+            forwards,
+        })
+    }
+}
+
+/// Validates a policy folder completely — parsing, references, certificates and keys —
+/// without serving. This is `tollgate check`.
+pub fn check(dir: &std::path::Path) -> Result<Snapshot, ConfigErrors> {
+    let config = config::load_dir(dir)?;
+    Snapshot::build(config, 1)
+}

@@ -1,0 +1,293 @@
+//! The host's metrics, exported on the admin `/metrics` endpoint in Prometheus text format.
+//!
+//! Counters are atomics in concurrent maps keyed by their labels; a request touches a few of
+//! them with relaxed atomics and no lock held across an await.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+/// Upper bounds of the latency histogram buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Every metric the host keeps.
+#[derive(Default)]
+pub struct Metrics {
+    requests: DashMap<(Arc<str>, Arc<str>, u16), AtomicU64>,
+    latency: DashMap<Arc<str>, Histogram>,
+    upstream_errors: DashMap<(Arc<str>, &'static str), AtomicU64>,
+    active_connections: DashMap<Arc<str>, AtomicI64>,
+    connections_total: DashMap<Arc<str>, AtomicU64>,
+}
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// What went wrong talking to an upstream, as the `kind` label of `tollgate_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Reset,
+    NoHealthy,
+    Overflow,
+}
+
+impl UpstreamErrorKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::NoHealthy => "no_healthy",
+            Self::Overflow => "overflow",
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a finished request and records its duration.
+    pub fn record_request(
+        &self,
+        route: &Arc<str>,
+        cluster: &Arc<str>,
+        status: u16,
+        duration: Duration,
+    ) {
+        let key = (route.clone(), cluster.clone(), status);
+        if let Some(counter) = self.requests.get(&key) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.requests
+                .entry(key)
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let seconds = duration.as_secs_f64();
+        let record = |histogram: &Histogram| {
+            for (bucket, bound) in histogram.buckets.iter().zip(LATENCY_BUCKETS) {
+                if seconds <= bound {
+                    bucket.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            histogram.count.fetch_add(1, Ordering::Relaxed);
+            histogram
+                .sum_micros
+                .fetch_add(duration.as_micros() as u64, Ordering::Relaxed);
+        };
+        match self.latency.get(route) {
+            Some(histogram) => record(&histogram),
+            None => record(&self.latency.entry(route.clone()).or_default()),
+        }
+    }
+
+    pub fn upstream_error(&self, cluster: &Arc<str>, kind: UpstreamErrorKind) {
+        self.upstream_errors
+            .entry((cluster.clone(), kind.label()))
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_opened(&self, listener: &Arc<str>) {
+        self.active_connections
+            .entry(listener.clone())
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+        self.connections_total
+            .entry(listener.clone())
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self, listener: &Arc<str>) {
+        if let Some(active) = self.active_connections.get(listener) {
+            active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Renders every metric in the Prometheus text exposition format (0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP tollgate_requests_total Requests answered, by route, cluster and status code.\n");
+        out.push_str("# TYPE tollgate_requests_total counter\n");
+        let mut rows: Vec<_> = self
+            .requests
+            .iter()
+            .map(|entry| (entry.key().clone(), entry.value().load(Ordering::Relaxed)))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((route, cluster, code), value) in rows {
+            let _ = writeln!(
+                out,
+                "tollgate_requests_total{{route=\"{}\",cluster=\"{}\",code=\"{code}\"}} {value}",
+                escape(&route),
+                escape(&cluster)
+            );
+        }
+
+        out.push_str("# HELP tollgate_request_duration_seconds Time from request received to response complete, by route.\n");
+        out.push_str("# TYPE tollgate_request_duration_seconds histogram\n");
+        let mut routes: Vec<Arc<str>> = self
+            .latency
+            .iter()
+            .map(|entry| entry.key().clone())
+            .collect();
+        routes.sort();
+        for route in routes {
+            let Some(histogram) = self.latency.get(&route) else {
+                continue;
+            };
+            let route = escape(&route);
+            for (bucket, bound) in histogram.buckets.iter().zip(LATENCY_BUCKETS) {
+                let _ = writeln!(
+                    out,
+                    "tollgate_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {}",
+                    bucket.load(Ordering::Relaxed)
+                );
+            }
+            let count = histogram.count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "tollgate_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "tollgate_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                histogram.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "tollgate_request_duration_seconds_count{{route=\"{route}\"}} {count}"
+            );
+        }
+
+        out.push_str("# HELP tollgate_upstream_errors_total Failures talking to upstream clusters, by kind.\n");
+        out.push_str("# TYPE tollgate_upstream_errors_total counter\n");
+        let mut rows: Vec<_> = self
+            .upstream_errors
+            .iter()
+            .map(|entry| (entry.key().clone(), entry.value().load(Ordering::Relaxed)))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((cluster, kind), value) in rows {
+            let _ = writeln!(
+                out,
+                "tollgate_upstream_errors_total{{cluster=\"{}\",kind=\"{kind}\"}} {value}",
+                escape(&cluster)
+            );
+        }
+
+        out.push_str(
+            "# HELP tollgate_active_connections Open downstream connections, by listener.\n",
+        );
+        out.push_str("# TYPE tollgate_active_connections gauge\n");
+        render_by_listener(
+            &mut out,
+            "tollgate_active_connections",
+            &self.active_connections,
+            |v| v.load(Ordering::Relaxed).to_string(),
+        );
+        out.push_str("# HELP tollgate_downstream_connections_total Accepted downstream connections, by listener.\n");
+        out.push_str("# TYPE tollgate_downstream_connections_total counter\n");
+        render_by_listener(
+            &mut out,
+            "tollgate_downstream_connections_total",
+            &self.connections_total,
+            |v| v.load(Ordering::Relaxed).to_string(),
+        );
+        out
+    }
+}
+
+fn render_by_listener<V>(
+    out: &mut String,
+    name: &str,
+    map: &DashMap<Arc<str>, V>,
+    value: impl Fn(&V) -> String,
+) {
+    let mut rows: Vec<_> = map
+        .iter()
+        .map(|entry| (entry.key().clone(), value(entry.value())))
+        .collect();
+    rows.sort();
+    for (listener, value) in rows {
+        let _ = writeln!(out, "{name}{{listener=\"{}\"}} {value}", escape(&listener));
+    }
+}
+
+/// Escapes a label value for the text format.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_buckets() {
+        let metrics = Metrics::default();
+        let route: Arc<str> = "orders".into();
+        let cluster: Arc<str> = "shop".into();
+        metrics.record_request(&route, &cluster, 200, Duration::from_millis(3));
+        metrics.record_request(&route, &cluster, 200, Duration::from_millis(300));
+        metrics.upstream_error(&cluster, UpstreamErrorKind::Timeout);
+        let listener: Arc<str> = "web".into();
+        metrics.connection_opened(&listener);
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                "tollgate_requests_total{route=\"orders\",cluster=\"shop\",code=\"200\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tollgate_request_duration_seconds_bucket{route=\"orders\",le=\"0.005\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tollgate_request_duration_seconds_bucket{route=\"orders\",le=\"0.5\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("tollgate_request_duration_seconds_count{route=\"orders\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tollgate_upstream_errors_total{cluster=\"shop\",kind=\"timeout\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tollgate_active_connections{listener=\"web\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c"), "a\\\"b\\\\c");
+    }
+}

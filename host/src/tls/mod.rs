@@ -1,0 +1,263 @@
+//! TLS with rustls: listener configurations with certificates chosen by SNI and optional
+//! client-certificate verification, and client configurations for upstream TLS.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::config::{ConfigError, ListenerTls, Origin, TlsVersion, UpstreamTls};
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the rustls configuration of an HTTPS listener.
+pub fn server_config(tls: &ListenerTls) -> Result<Arc<ServerConfig>, ConfigError> {
+    let provider = provider();
+    let mut resolver = SniResolver::default();
+    for files in &tls.certificates {
+        let chain =
+            read_certs(&files.cert).map_err(|e| ConfigError::new(&files.origin, "cert", e))?;
+        let key = read_key(&files.key).map_err(|e| ConfigError::new(&files.origin, "key", e))?;
+        let key = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+            ConfigError::new(
+                &files.origin,
+                "key",
+                format!("does not fit the certificate: {e}"),
+            )
+        })?;
+        let names = if files.server_names.is_empty() {
+            dns_names(&key.cert[0])
+        } else {
+            files.server_names.clone()
+        };
+        resolver.add(Arc::new(key), &names);
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| ConfigError::new(&tls.origin, "min_version", e.to_string()))?;
+    let builder = match &tls.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            let roots = root_store(&auth.ca)
+                .map_err(|e| ConfigError::new(&tls.origin, "client_auth.ca", e))?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if auth.required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| ConfigError::new(&tls.origin, "client_auth.ca", e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// Builds the rustls configuration for HTTPS to a cluster's endpoints.
+pub fn client_config(
+    tls: &UpstreamTls,
+    http2: bool,
+    origin: &Origin,
+) -> Result<Arc<ClientConfig>, ConfigError> {
+    let roots = match &tls.ca {
+        Some(ca) => root_store(ca).map_err(|e| ConfigError::new(origin, "tls.ca", e))?,
+        None => system_roots(),
+    };
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::new(origin, "tls", e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(Arc::new(config))
+}
+
+fn system_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for error in &found.errors {
+        tracing::warn!(%error, "could not load a system root certificate");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    tracing::debug!(added, ignored, "loaded system root certificates");
+    roots
+}
+
+fn root_store(path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(read_certs(path)?);
+    if added == 0 {
+        return Err(format!("{} holds no usable CA certificate", path.display()));
+    }
+    Ok(roots)
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(file))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // Never include key material in the message: only the file name.
+    rustls_pemfile::private_key(&mut BufReader::new(file))
+        .map_err(|_| format!("{} is not a PEM private key file", path.display()))?
+        .ok_or_else(|| format!("{} holds no PEM private key", path.display()))
+}
+
+/// The DNS names in a certificate's subject alternative names, used to choose it by SNI.
+fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    match webpki::EndEntityCert::try_from(cert) {
+        Ok(cert) => cert
+            .valid_dns_names()
+            .map(|name| name.to_ascii_lowercase())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+// === impl SniResolver ===
+
+/// Chooses a certificate by the client's SNI name: exact name first, then a `*.suffix`
+/// wildcard one label deep; without SNI or a match, the first certificate.
+#[derive(Debug, Default)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    fn add(&mut self, key: Arc<CertifiedKey>, names: &[String]) {
+        self.default.get_or_insert_with(|| key.clone());
+        for name in names {
+            let table = match name.strip_prefix("*.") {
+                Some(suffix) => (&mut self.wildcard, suffix.to_string()),
+                None => (&mut self.exact, name.clone()),
+            };
+            table.0.entry(table.1).or_insert_with(|| key.clone());
+        }
+    }
+
+    fn find(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = server_name.map(str::to_ascii_lowercase) else {
+            return self.default.clone();
+        };
+        self.exact
+            .get(&name)
+            .or_else(|| {
+                name.split_once('.')
+                    .and_then(|(_, parent)| self.wildcard.get(parent))
+            })
+            .or(self.default.as_ref())
+            .cloned()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.find(client_hello.server_name())
+    }
+}
+
+/// Reads the TLS facts of an accepted connection that the gateway logs and exposes.
+#[derive(Debug, Clone, Default)]
+pub struct TlsInfo {
+    pub version: Option<&'static str>,
+    pub server_name: Option<String>,
+    pub alpn: Option<Vec<u8>>,
+    pub peer_certificate: bool,
+}
+
+impl TlsInfo {
+    pub fn from_connection(connection: &rustls::ServerConnection) -> Self {
+        Self {
+            version: connection.protocol_version().map(|version| match version {
+                rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+                rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+                _ => "unknown",
+            }),
+            server_name: connection.server_name().map(str::to_string),
+            alpn: connection.alpn_protocol().map(<[u8]>::to_vec),
+            peer_certificate: connection
+                .peer_certificates()
+                .is_some_and(|certs| !certs.is_empty()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certified_key() -> Arc<CertifiedKey> {
+        let key_pair = rcgen::KeyPair::generate().unwrap();
+        let key = rustls::crypto::ring::sign::any_supported_type(&PrivateKeyDer::Pkcs8(
+            key_pair.serialize_der().into(),
+        ))
+        .unwrap();
+        // Resolution never looks at the certificate bytes.
+        Arc::new(CertifiedKey::new(
+            vec![CertificateDer::from(vec![1u8])],
+            key,
+        ))
+    }
+
+    #[test]
+    fn sni_prefers_exact_then_wildcard_then_default() {
+        let (first, wild, exact) = (certified_key(), certified_key(), certified_key());
+        let mut resolver = SniResolver::default();
+        resolver.add(first.clone(), &["first.test".into()]);
+        resolver.add(wild.clone(), &["*.shop.test".into()]);
+        resolver.add(exact.clone(), &["api.shop.test".into()]);
+        assert!(Arc::ptr_eq(
+            &resolver.find(Some("API.shop.test")).unwrap(),
+            &exact
+        ));
+        assert!(Arc::ptr_eq(
+            &resolver.find(Some("www.shop.test")).unwrap(),
+            &wild
+        ));
+        assert!(Arc::ptr_eq(
+            &resolver.find(Some("a.b.shop.test")).unwrap(),
+            &first
+        ));
+        assert!(Arc::ptr_eq(&resolver.find(None).unwrap(), &first));
+    }
+
+    #[test]
+    fn certificate_names_come_from_the_subject_alt_names() {
+        let key_pair = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["Shop.Test".into(), "*.shop.test".into()]).unwrap();
+        let cert = params.self_signed(&key_pair).unwrap();
+        assert_eq!(dns_names(cert.der()), vec!["shop.test", "*.shop.test"]);
+    }
+}
