@@ -91,6 +91,12 @@ async fn route_and_act(
     downstream: &Downstream,
     record: &mut AccessRecord,
 ) -> Response<ResponseBody> {
+    // hyper enforces the limit for heads of 8 KiB and more (its smallest buffer); smaller
+    // configured limits are checked here.
+    if head_size(&request) > snapshot.config.server.max_request_header_bytes {
+        record.detail = "request_headers_too_large";
+        return local::reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers too large\n");
+    }
     let Some(authority) = request_authority(&request) else {
         record.detail = "missing_host";
         return local::reply(StatusCode::BAD_REQUEST, "the request names no host\n");
@@ -191,6 +197,16 @@ fn request_authority(request: &Request<Incoming>) -> Option<String> {
         .and_then(|value: &HeaderValue| value.to_str().ok())
         .filter(|host| !host.is_empty())
         .map(str::to_string)
+}
+
+/// The size of the request head as HTTP/1.1 would write it: request line and headers.
+fn head_size<B>(request: &Request<B>) -> usize {
+    let line = request.method().as_str().len() + request.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 12;
+    request
+        .headers()
+        .iter()
+        .fold(line, |size, (name, value)| size + name.as_str().len() + value.len() + 4)
+        + 2
 }
 
 fn chance(percent: f64) -> bool {

@@ -1,0 +1,327 @@
+#!/usr/bin/env bash
+# Tollgate (0 plugins) vs nginx as a reverse proxy vs direct-to-upstream, on loopback.
+# Method and how to read the figures: bench/README.md. Run it with `just bench`.
+#
+# Environment (all optional):
+#   BENCH_DURATION=10     seconds per run (wrk and fixed-rate); 3 is a quick smoke run
+#   BENCH_RUNS=3          runs per figure; the report shows the median
+#   BENCH_CONNECTIONS=64  keep-alive connections (wrk -c, and the fixed-rate generator)
+#   BENCH_HALF_LOAD=0.5   fixed rate as a share of nginx's measured maximum
+#   BENCH_PROFILE=release cargo profile to build and run Tollgate with (release | debug)
+#   TOLLGATE_BIN=path     use this binary and build nothing
+#   BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1   the CPUs to pin to
+#   BENCH_PORT_BASE=38080 ports BASE+1 (upstream), +2 (nginx), +3 (Tollgate), +4 (admin)
+#   BENCH_OUT=bench/results/latest.md
+#   BENCH_STRICT=1        exit 3 when a goal is missed (default: report only)
+#   BENCH_TARGETS="direct nginx tollgate"  a subset, e.g. to check the baseline alone
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+DURATION=${BENCH_DURATION:-10}
+DURATION=${DURATION%s}
+RUNS=${BENCH_RUNS:-3}
+CONNS=${BENCH_CONNECTIONS:-64}
+HALF=${BENCH_HALF_LOAD:-0.5}
+PROFILE=${BENCH_PROFILE:-release}
+PROXY_CPU=${BENCH_PROXY_CPU:-0}
+LOAD_CPU=${BENCH_LOAD_CPU:-1}
+BASE=${BENCH_PORT_BASE:-38080}
+UP_PORT=$((BASE + 1))
+NGINX_PORT=$((BASE + 2))
+TG_PORT=$((BASE + 3))
+TG_ADMIN=$((BASE + 4))
+OUT=${BENCH_OUT:-bench/results/latest.md}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+read -r -a TARGETS <<<"${BENCH_TARGETS:-direct nginx tollgate}"
+want() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+
+[[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 ]] || die "BENCH_DURATION must be whole seconds (got '$DURATION')"
+[[ $RUNS =~ ^[0-9]+$ && $RUNS -ge 1 ]] || die "BENCH_RUNS must be a positive integer"
+case $PROFILE in release | debug) ;; *) die "BENCH_PROFILE must be release or debug" ;; esac
+for t in "${TARGETS[@]}"; do
+    case $t in direct | nginx | tollgate) ;; *) die "unknown target '$t' in BENCH_TARGETS" ;; esac
+done
+want nginx || die "BENCH_TARGETS must include nginx (the fixed rate is half of its maximum)"
+
+# --- tools -------------------------------------------------------------------------------
+export PATH="$PATH:/usr/sbin:/sbin"
+missing=()
+command -v nginx >/dev/null || missing+=(nginx)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v curl >/dev/null || missing+=(curl)
+command -v python3 >/dev/null || missing+=(python3)
+command -v taskset >/dev/null || missing+=(util-linux)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]} (Debian packages)"
+    sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+PYTHON=$(command -v python3)
+
+cpus=$(nproc)
+if ((cpus < 2)); then
+    echo "bench: warning: only $cpus CPU; the proxy and the load share it, figures are not meaningful" >&2
+    PROXY_CPU=0
+    LOAD_CPU=0
+fi
+
+# --- Tollgate binary ---------------------------------------------------------------------
+BIN=""
+if ! want tollgate; then
+    :
+elif [[ -n ${TOLLGATE_BIN:-} ]]; then
+    BIN=$TOLLGATE_BIN
+else
+    if [[ $PROFILE == release ]]; then
+        log "cargo build --release -p tollgate"
+        cargo build --release -p tollgate
+    else
+        log "cargo build -p tollgate"
+        cargo build -p tollgate
+    fi
+    BIN=$TARGET_DIR/$PROFILE/tollgate
+fi
+[[ -z $BIN || -x $BIN ]] || die "no Tollgate binary at $BIN"
+
+# --- processes and clean-up --------------------------------------------------------------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if ((${#PIDS[@]})); then
+        kill "${PIDS[@]}" 2>/dev/null || true
+        wait "${PIDS[@]}" 2>/dev/null || true
+    fi
+    if ((status != 0)); then
+        for f in "$WORK"/*.log; do
+            [[ -s $f ]] || continue
+            echo "--- last lines of $(basename "$f")" >&2
+            tail -n 20 "$f" >&2
+        done
+    fi
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME CPU CMD...: run CMD pinned to CPU in the background, output to $WORK/NAME.log
+start() {
+    local name=$1 cpu=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$WORK/$name.log" 2>&1 &
+    PIDS+=($!)
+}
+
+# wait_http URL: until it answers 200 (10 s)
+wait_http() {
+    local url=$1
+    for _ in $(seq 100); do
+        if [[ $(curl -s -o /dev/null -w '%{http_code}' "$url" 2>/dev/null || true) == 200 ]]; then
+            return 0
+        fi
+        for pid in "${PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null || die "a server exited early (waiting for $url)"
+        done
+        sleep 0.1
+    done
+    die "$url did not answer 200 within 10 s"
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in "$UP_PORT" "$NGINX_PORT" "$TG_PORT" "$TG_ADMIN"; do
+    port_free "$port" || die "127.0.0.1:$port is in use; set BENCH_PORT_BASE"
+done
+
+# nginx_conf PREFIX SERVER-BLOCK [HTTP-EXTRA]: a self-contained nginx config (no /etc, no /var)
+nginx_conf() {
+    local prefix=$1
+    mkdir -p "$prefix"
+    cat >"$prefix/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $prefix/nginx.pid;
+error_log $prefix/error.log warn;
+events {
+    worker_connections 4096;
+}
+http {
+    access_log off;
+    default_type text/plain;
+    keepalive_timeout 65;
+    keepalive_requests 1000000;
+    client_body_temp_path $prefix/client_body;
+    proxy_temp_path $prefix/proxy;
+    fastcgi_temp_path $prefix/fastcgi;
+    uwsgi_temp_path $prefix/uwsgi;
+    scgi_temp_path $prefix/scgi;
+$2
+}
+EOF
+}
+
+# The upstream for every run: nginx answering a small static body, on the load CPU.
+nginx_conf "$WORK/upstream" "    server {
+        listen 127.0.0.1:$UP_PORT backlog=4096;
+        location / {
+            return 200 \"ok\";
+        }
+    }"
+
+# nginx as a reverse proxy: keep-alive to the upstream; it sets the same forwarding
+# headers Tollgate sets, so both do the same work per request.
+nginx_conf "$WORK/proxy" "    upstream bench_upstream {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT backlog=4096;
+        location / {
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Request-Id \$request_id;
+        }
+    }"
+
+# Tollgate: one listener, one cluster, one route, no plugins.
+mkdir -p "$WORK/policies"
+cat >"$WORK/policies/bench.yaml" <<EOF
+listeners:
+  - name: bench
+    address: 127.0.0.1:$TG_PORT
+    protocol: http
+clusters:
+  - name: upstream
+    endpoints:
+      - address: 127.0.0.1:$UP_PORT
+    limits:
+      max_requests: 100000
+      max_idle_per_endpoint: 64
+virtual_hosts:
+  - name: bench
+    domains: ["*"]
+    routes:
+      - name: bench
+        match: { path: { prefix: / } }
+        forward: { cluster: upstream }
+EOF
+
+if want tollgate; then
+log "validating the bench policies"
+"$BIN" check --policies "$WORK/policies" >"$WORK/check.log" 2>&1 || {
+    cat "$WORK/check.log" >&2
+    die "tollgate check rejected the bench policies"
+}
+fi
+
+log "starting the upstream (CPU $LOAD_CPU) and the proxies (CPU $PROXY_CPU)"
+start upstream "$LOAD_CPU" nginx -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" -e "$WORK/upstream/error.log"
+start nginx "$PROXY_CPU" nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf" -e "$WORK/proxy/error.log"
+if want tollgate; then
+    start tollgate "$PROXY_CPU" env TOLLGATE_LOG=warn "$BIN" run --policies "$WORK/policies" \
+        --admin "127.0.0.1:$TG_ADMIN" --workers 1 --log-format text
+fi
+wait_http "http://127.0.0.1:$UP_PORT/"
+wait_http "http://127.0.0.1:$NGINX_PORT/"
+if want tollgate; then wait_http "http://127.0.0.1:$TG_ADMIN/readyz"; fi
+
+declare -A PORT=([direct]=$UP_PORT [nginx]=$NGINX_PORT [tollgate]=$TG_PORT)
+for t in "${TARGETS[@]}"; do
+    body=$(curl -s "http://127.0.0.1:${PORT[$t]}/")
+    [[ $body == ok ]] || die "$t: GET / answered '$body', expected 'ok'"
+done
+
+# --- closed loop: maximum throughput -----------------------------------------------------
+log "warm-up (1 s each)"
+for t in "${TARGETS[@]}"; do
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:${PORT[$t]}/" >/dev/null
+done
+
+# Runs alternate between the targets so that drift in the machine hits them all alike.
+for r in $(seq "$RUNS"); do
+    for t in "${TARGETS[@]}"; do
+        log "wrk run $r/$RUNS: $t"
+        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency \
+            "http://127.0.0.1:${PORT[$t]}/" | tee "$WORK/wrk-$t-$r.txt" | grep -E 'Requests/sec|^ +99%' >&2 || true
+    done
+done
+
+# --- open loop: latency at half of nginx's maximum ---------------------------------------
+nginx_rps=$("$PYTHON" bench/report.py rps "$WORK" nginx)
+RATE=$("$PYTHON" -c "import sys; print(max(1, round(float(sys.argv[1]) * float(sys.argv[2]))))" "$nginx_rps" "$HALF")
+for r in $(seq "$RUNS"); do
+    for t in "${TARGETS[@]}"; do
+        log "fixed rate run $r/$RUNS: $t at $RATE req/s"
+        taskset -c "$LOAD_CPU" "$PYTHON" bench/loadgen.py --port "${PORT[$t]}" --rate "$RATE" \
+            --duration "$DURATION" --warmup 1 --connections "$CONNS" >"$WORK/fixed-$t-$r.json"
+        "$PYTHON" -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_us"]; print("  achieved %s req/s  p50 %s us  p99 %s us  errors %s" % (d["achieved_rate"], l["p50"], l["p99"], d["errors"]))' \
+            "$WORK/fixed-$t-$r.json" >&2
+    done
+done
+
+# Every server must have survived the load.
+for pid in "${PIDS[@]}"; do
+    kill -0 "$pid" 2>/dev/null || die "a server died during the bench"
+done
+
+# --- report ------------------------------------------------------------------------------
+smoke=""
+[[ $DURATION -ge 10 ]] || smoke="BENCH_DURATION=$DURATION"
+! want tollgate || [[ $PROFILE == release || -n ${TOLLGATE_BIN:-} ]] || smoke="${smoke:+$smoke, }debug build"
+profile_label="$PROFILE build"
+[[ -z ${TOLLGATE_BIN:-} ]] || profile_label="binary $TOLLGATE_BIN"
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
+if [[ -n $(git status --porcelain -- host Cargo.toml Cargo.lock 2>/dev/null) ]]; then rev="$rev+changes"; fi
+"$PYTHON" - "$WORK/meta.json" <<EOF
+import json, platform, sys
+cpu = "unknown CPU"
+try:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+except OSError:
+    pass
+meta = {
+    "date": "$(date -u '+%Y-%m-%d %H:%M UTC')",
+    "cpu": cpu, "cpus": $cpus, "kernel": platform.release(),
+    "tollgate_rev": "$rev", "profile": "$profile_label",
+    "nginx": "$(nginx -v 2>&1 | sed 's/^nginx version: //')",
+    "wrk": "$(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}')",
+    "python": platform.python_version(),
+    "proxy_cpu": "$PROXY_CPU", "load_cpu": "$LOAD_CPU",
+    "runs": $RUNS, "duration": $DURATION, "connections": $CONNS,
+    "rate": $RATE, "half_load": "$(awk -v h="$HALF" 'BEGIN { printf "%g%%", h * 100 }')",
+    "smoke": "$smoke",
+}
+json.dump(meta, open(sys.argv[1], "w"), indent=1)
+EOF
+
+mkdir -p "$(dirname "$OUT")"
+status=0
+"$PYTHON" bench/report.py table "$WORK" >"$WORK/report.md" || status=$?
+((status == 0 || status == 3)) || die "report failed"
+cp "$WORK/report.md" "$OUT"
+echo
+cat "$OUT"
+echo
+echo "(written to $OUT)"
+if ((status == 3)) && [[ ${BENCH_STRICT:-0} == 1 ]]; then
+    exit 3
+fi

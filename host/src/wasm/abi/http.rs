@@ -1,0 +1,321 @@
+//! Header maps, body buffers and stream control: what an HTTP filter plugin touches.
+
+use bytes::Bytes;
+use wasmtime::{Caller, Linker};
+
+use super::{decode_pairs, encode_pairs, status, AbiResult, BufferType, HeaderList, MapType, Status};
+use crate::wasm::host::{HostState, LocalResponse};
+use crate::wasm::memory;
+
+type Ctx<'a> = Caller<'a, HostState>;
+
+fn map_mut(state: &mut HostState, map: MapType) -> Option<&mut HeaderList> {
+    match map {
+        MapType::CallResponseHeaders => state.call_response.as_mut().map(|r| &mut r.headers),
+        MapType::CallResponseTrailers => state.call_response.as_mut().map(|r| &mut r.trailers),
+        MapType::GrpcInitialMetadata => state.call_response.as_mut().map(|r| &mut r.headers),
+        MapType::GrpcTrailingMetadata => state.call_response.as_mut().map(|r| &mut r.trailers),
+        MapType::RequestHeaders => state.stream().map(|s| &mut s.request_headers),
+        MapType::RequestTrailers => state.stream().map(|s| &mut s.request_trailers),
+        MapType::ResponseHeaders => state.stream().map(|s| &mut s.response_headers),
+        MapType::ResponseTrailers => state.stream().map(|s| &mut s.response_trailers),
+    }
+}
+
+fn read_map_type(raw: u32) -> Result<MapType, Status> {
+    MapType::from_raw(raw).ok_or(Status::BadArgument)
+}
+
+fn lower(key: String) -> String {
+    if key.bytes().any(|b| b.is_ascii_uppercase()) {
+        key.to_ascii_lowercase()
+    } else {
+        key
+    }
+}
+
+fn get_header_map_pairs(mut caller: Ctx<'_>, map: u32, ret_ptr: u32, ret_len: u32) -> wasmtime::Result<u32> {
+    let map = match read_map_type(map) {
+        Ok(map) => map,
+        Err(status) => return Ok(status as u32),
+    };
+    let Some(pairs) = map_mut(caller.data_mut(), map) else {
+        return Ok(Status::NotFound as u32);
+    };
+    let encoded = encode_pairs(pairs);
+    Ok(status(memory::return_bytes(&mut caller, &encoded, ret_ptr, ret_len)?.map_err(Status::from)))
+}
+
+fn set_header_map_pairs(mut caller: Ctx<'_>, map: u32, ptr: u32, len: u32) -> u32 {
+    status((|| {
+        let map = read_map_type(map)?;
+        let bytes = memory::read(&mut caller, ptr, len)?;
+        let pairs = decode_pairs(&bytes).ok_or(Status::BadArgument)?;
+        let target = map_mut(caller.data_mut(), map).ok_or(Status::NotFound)?;
+        *target = pairs.into_iter().map(|(k, v)| (lower(k), v)).collect();
+        Ok(())
+    })())
+}
+
+fn get_header_map_value(
+    mut caller: Ctx<'_>,
+    map: u32,
+    key_ptr: u32,
+    key_len: u32,
+    ret_ptr: u32,
+    ret_len: u32,
+) -> wasmtime::Result<u32> {
+    let lookup = (|| {
+        let map = read_map_type(map)?;
+        let key = lower(memory::read_string(&mut caller, key_ptr, key_len)?);
+        let pairs = map_mut(caller.data_mut(), map).ok_or(Status::NotFound)?;
+        pairs
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+            .ok_or(Status::NotFound)
+    })();
+    match lookup {
+        Ok(value) => Ok(status(memory::return_bytes(&mut caller, &value, ret_ptr, ret_len)?.map_err(Status::from))),
+        Err(error) => Ok(error as u32),
+    }
+}
+
+/// Shared by add / replace: reads the key and value, then edits the map.
+fn edit_map(
+    caller: &mut Ctx<'_>,
+    map: u32,
+    key_ptr: u32,
+    key_len: u32,
+    value_ptr: u32,
+    value_len: u32,
+    edit: fn(&mut HeaderList, String, Vec<u8>),
+) -> AbiResult {
+    let map = read_map_type(map)?;
+    let key = lower(memory::read_string(caller, key_ptr, key_len)?);
+    let value = memory::read(caller, value_ptr, value_len)?;
+    let pairs = map_mut(caller.data_mut(), map).ok_or(Status::NotFound)?;
+    edit(pairs, key, value);
+    Ok(())
+}
+
+fn add_value(pairs: &mut HeaderList, key: String, value: Vec<u8>) {
+    pairs.push((key, value));
+}
+
+/// Replaces every value of `key` with one (adding it when missing), like Envoy's `setCopy`.
+fn replace_value(pairs: &mut HeaderList, key: String, value: Vec<u8>) {
+    match pairs.iter().position(|(k, _)| *k == key) {
+        Some(first) => {
+            pairs[first].1 = value;
+            let mut index = 0;
+            pairs.retain(|(k, _)| {
+                let keep = index <= first || *k != key;
+                index += 1;
+                keep
+            });
+        }
+        None => pairs.push((key, value)),
+    }
+}
+
+fn remove_header_map_value(mut caller: Ctx<'_>, map: u32, key_ptr: u32, key_len: u32) -> u32 {
+    status((|| {
+        let map = read_map_type(map)?;
+        let key = lower(memory::read_string(&mut caller, key_ptr, key_len)?);
+        let pairs = map_mut(caller.data_mut(), map).ok_or(Status::NotFound)?;
+        pairs.retain(|(k, _)| *k != key);
+        Ok(())
+    })())
+}
+
+fn buffer(state: &mut HostState, buffer: BufferType) -> Option<Bytes> {
+    Some(match buffer {
+        BufferType::RequestBody => Bytes::copy_from_slice(&state.stream()?.request_body),
+        BufferType::ResponseBody => Bytes::copy_from_slice(&state.stream()?.response_body),
+        BufferType::CallResponseBody | BufferType::GrpcReceiveBuffer => state.call_response.as_ref()?.body.clone(),
+        BufferType::VmConfiguration => state.plugin.vm_configuration.clone(),
+        BufferType::PluginConfiguration => state.configuring.clone(),
+        BufferType::DownstreamData | BufferType::UpstreamData | BufferType::CallData => return None,
+    })
+}
+
+fn get_buffer_bytes(
+    mut caller: Ctx<'_>,
+    buffer_type: u32,
+    start: u32,
+    max_size: u32,
+    ret_ptr: u32,
+    ret_len: u32,
+) -> wasmtime::Result<u32> {
+    let Some(buffer_type) = BufferType::from_raw(buffer_type) else {
+        return Ok(Status::BadArgument as u32);
+    };
+    if start.checked_add(max_size).is_none() {
+        return Ok(Status::BadArgument as u32);
+    }
+    let Some(bytes) = buffer(caller.data_mut(), buffer_type) else {
+        return Ok(Status::NotFound as u32);
+    };
+    // Clamp to what is there, as Envoy does; reading past the end yields nothing.
+    let start = (start as usize).min(bytes.len());
+    let end = start.saturating_add(max_size as usize).min(bytes.len());
+    Ok(status(memory::return_bytes(&mut caller, &bytes[start..end], ret_ptr, ret_len)?.map_err(Status::from)))
+}
+
+/// Envoy's body-setting rules: `start == 0` replaces the first `size` bytes (so `size == 0`
+/// prepends and `size >= len` replaces everything); `start >= len` appends; anything else
+/// is a bad argument.
+pub fn splice_body(body: &mut Vec<u8>, start: usize, size: usize, data: &[u8]) -> AbiResult {
+    if start == 0 {
+        let drained = size.min(body.len());
+        body.splice(0..drained, data.iter().copied());
+        Ok(())
+    } else if start >= body.len() {
+        body.extend_from_slice(data);
+        Ok(())
+    } else {
+        Err(Status::BadArgument)
+    }
+}
+
+fn set_buffer_bytes(mut caller: Ctx<'_>, buffer_type: u32, start: u32, size: u32, ptr: u32, len: u32) -> u32 {
+    status((|| {
+        let buffer_type = BufferType::from_raw(buffer_type).ok_or(Status::BadArgument)?;
+        let data = memory::read(&mut caller, ptr, len)?;
+        let stream = caller.data_mut().stream().ok_or(Status::NotFound)?;
+        let body = match buffer_type {
+            BufferType::RequestBody => &mut stream.request_body,
+            BufferType::ResponseBody => &mut stream.response_body,
+            _ => return Err(Status::NotFound),
+        };
+        splice_body(body, start as usize, size as usize, &data)
+    })())
+}
+
+fn continue_stream(mut caller: Ctx<'_>, stream_type: u32) -> u32 {
+    status((|| {
+        let stream = caller.data_mut().stream().ok_or(Status::NotFound)?;
+        match stream_type {
+            0 => stream.signals.continue_request = true,
+            1 => stream.signals.continue_response = true,
+            _ => return Err(Status::BadArgument),
+        }
+        stream.wake.notify_one();
+        Ok(())
+    })())
+}
+
+fn close_stream(mut caller: Ctx<'_>, stream_type: u32) -> u32 {
+    status((|| {
+        let stream = caller.data_mut().stream().ok_or(Status::NotFound)?;
+        match stream_type {
+            0 | 1 => stream.signals.reset = true,
+            _ => return Err(Status::BadArgument),
+        }
+        stream.wake.notify_one();
+        Ok(())
+    })())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send_local_response(
+    mut caller: Ctx<'_>,
+    status_code: u32,
+    details_ptr: u32,
+    details_len: u32,
+    body_ptr: u32,
+    body_len: u32,
+    headers_ptr: u32,
+    headers_len: u32,
+    grpc_status: i32,
+) -> u32 {
+    status((|| {
+        let details = memory::read_string(&mut caller, details_ptr, details_len)?;
+        let body = memory::read(&mut caller, body_ptr, body_len)?;
+        let headers = memory::read(&mut caller, headers_ptr, headers_len)?;
+        let headers = decode_pairs(&headers).ok_or(Status::BadArgument)?;
+        if !(100..=599).contains(&status_code) {
+            return Err(Status::BadArgument);
+        }
+        let stream = caller.data_mut().stream().ok_or(Status::NotFound)?;
+        if stream.response_started || stream.signals.local_response.is_some() {
+            // Envoy refuses a second local reply and one after the response has begun.
+            return Err(Status::BadArgument);
+        }
+        stream.signals.local_response = Some(LocalResponse {
+            status: status_code as u16,
+            details,
+            body: Bytes::from(body),
+            headers: headers.into_iter().map(|(k, v)| (lower(k), v)).collect(),
+            grpc_status,
+        });
+        stream.wake.notify_one();
+        Ok(())
+    })())
+}
+
+pub fn add_to_linker(linker: &mut wasmtime::Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap("env", "proxy_get_header_map_pairs", get_header_map_pairs)?;
+    linker.func_wrap("env", "proxy_set_header_map_pairs", set_header_map_pairs)?;
+    linker.func_wrap("env", "proxy_get_header_map_value", get_header_map_value)?;
+    linker.func_wrap(
+        "env",
+        "proxy_add_header_map_value",
+        |mut caller: Ctx<'_>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+            status(edit_map(&mut caller, map, kp, kl, vp, vl, add_value))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_replace_header_map_value",
+        |mut caller: Ctx<'_>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+            status(edit_map(&mut caller, map, kp, kl, vp, vl, replace_value))
+        },
+    )?;
+    linker.func_wrap("env", "proxy_remove_header_map_value", remove_header_map_value)?;
+    linker.func_wrap("env", "proxy_get_buffer_bytes", get_buffer_bytes)?;
+    linker.func_wrap("env", "proxy_set_buffer_bytes", set_buffer_bytes)?;
+    linker.func_wrap("env", "proxy_continue_stream", continue_stream)?;
+    linker.func_wrap("env", "proxy_close_stream", close_stream)?;
+    linker.func_wrap("env", "proxy_send_local_response", send_local_response)?;
+    // ABI 0.1.0 names, for older modules.
+    linker.func_wrap("env", "proxy_continue_request", |caller: Ctx<'_>| continue_stream(caller, 0))?;
+    linker.func_wrap("env", "proxy_continue_response", |caller: Ctx<'_>| continue_stream(caller, 1))?;
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn _assert_linker_type(_: &Linker<HostState>) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_splicing_follows_envoy() {
+        let mut body = b"hello".to_vec();
+        splice_body(&mut body, 0, 0, b">").unwrap();
+        assert_eq!(body, b">hello");
+        splice_body(&mut body, 0, 100, b"new").unwrap();
+        assert_eq!(body, b"new");
+        splice_body(&mut body, 3, 0, b"!").unwrap();
+        assert_eq!(body, b"new!");
+        splice_body(&mut body, 0, 3, b"old").unwrap();
+        assert_eq!(body, b"old!");
+        assert_eq!(splice_body(&mut body, 1, 1, b"x"), Err(Status::BadArgument));
+    }
+
+    #[test]
+    fn replace_keeps_one_value_in_place() {
+        let mut pairs: HeaderList = vec![
+            ("a".into(), b"1".to_vec()),
+            ("b".into(), b"2".to_vec()),
+            ("a".into(), b"3".to_vec()),
+        ];
+        replace_value(&mut pairs, "a".into(), b"9".to_vec());
+        assert_eq!(pairs, vec![("a".into(), b"9".to_vec()), ("b".into(), b"2".to_vec())]);
+        replace_value(&mut pairs, "c".into(), b"0".to_vec());
+        assert_eq!(pairs.len(), 3);
+    }
+}

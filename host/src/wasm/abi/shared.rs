@@ -1,0 +1,80 @@
+//! Shared data (with compare-and-swap) and shared queues.
+
+use bytes::Bytes;
+use wasmtime::{Caller, Linker};
+
+use super::{status, Status};
+use crate::wasm::host::HostState;
+use crate::wasm::memory;
+use crate::wasm::shared::store;
+
+type Ctx<'a> = Caller<'a, HostState>;
+
+fn get_shared_data(mut caller: Ctx<'_>, key_ptr: u32, key_len: u32, ret_ptr: u32, ret_len: u32, ret_cas: u32) -> wasmtime::Result<u32> {
+    let key = match memory::read_string(&mut caller, key_ptr, key_len) {
+        Ok(key) => key,
+        Err(error) => return Ok(Status::from(error) as u32),
+    };
+    let Some((value, cas)) = store().get(&caller.data().plugin.vm_id, &key) else {
+        return Ok(Status::NotFound as u32);
+    };
+    if let Err(error) = memory::write_u32(&mut caller, ret_cas, cas) {
+        return Ok(Status::from(error) as u32);
+    }
+    Ok(status(memory::return_bytes(&mut caller, &value, ret_ptr, ret_len)?.map_err(Status::from)))
+}
+
+fn set_shared_data(mut caller: Ctx<'_>, key_ptr: u32, key_len: u32, value_ptr: u32, value_len: u32, cas: u32) -> u32 {
+    status((|| {
+        let key = memory::read_string(&mut caller, key_ptr, key_len)?;
+        let value = memory::read(&mut caller, value_ptr, value_len)?;
+        store().set(&caller.data().plugin.vm_id, &key, Bytes::from(value), cas)
+    })())
+}
+
+fn register_shared_queue(mut caller: Ctx<'_>, name_ptr: u32, name_len: u32, ret_id: u32) -> u32 {
+    status((|| {
+        let name = memory::read_string(&mut caller, name_ptr, name_len)?;
+        let state = caller.data();
+        let events = state.events.clone().ok_or(Status::InternalFailure)?;
+        let id = store().register_queue(&state.plugin.vm_id, &name, events, state.effective_root());
+        caller.data_mut().registered_queues.insert(id, caller.data().effective_root());
+        memory::write_u32(&mut caller, ret_id, id)?;
+        Ok(())
+    })())
+}
+
+fn resolve_shared_queue(mut caller: Ctx<'_>, vm_ptr: u32, vm_len: u32, name_ptr: u32, name_len: u32, ret_id: u32) -> u32 {
+    status((|| {
+        let vm_id = memory::read_string(&mut caller, vm_ptr, vm_len)?;
+        let name = memory::read_string(&mut caller, name_ptr, name_len)?;
+        let vm_id = if vm_id.is_empty() { caller.data().plugin.vm_id.clone() } else { vm_id };
+        let id = store().resolve_queue(&vm_id, &name).ok_or(Status::NotFound)?;
+        memory::write_u32(&mut caller, ret_id, id)?;
+        Ok(())
+    })())
+}
+
+fn enqueue_shared_queue(mut caller: Ctx<'_>, id: u32, value_ptr: u32, value_len: u32) -> u32 {
+    status((|| {
+        let value = memory::read(&mut caller, value_ptr, value_len)?;
+        store().enqueue(id, Bytes::from(value))
+    })())
+}
+
+fn dequeue_shared_queue(mut caller: Ctx<'_>, id: u32, ret_ptr: u32, ret_len: u32) -> wasmtime::Result<u32> {
+    match store().dequeue(id) {
+        Ok(value) => Ok(status(memory::return_bytes(&mut caller, &value, ret_ptr, ret_len)?.map_err(Status::from))),
+        Err(error) => Ok(error as u32),
+    }
+}
+
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap("env", "proxy_get_shared_data", get_shared_data)?;
+    linker.func_wrap("env", "proxy_set_shared_data", set_shared_data)?;
+    linker.func_wrap("env", "proxy_register_shared_queue", register_shared_queue)?;
+    linker.func_wrap("env", "proxy_resolve_shared_queue", resolve_shared_queue)?;
+    linker.func_wrap("env", "proxy_enqueue_shared_queue", enqueue_shared_queue)?;
+    linker.func_wrap("env", "proxy_dequeue_shared_queue", dequeue_shared_queue)?;
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! The one wasmtime `Engine`, module compilation (cached on disk by content hash), ABI
+//! detection and the import check against what the host provides.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig};
+
+use super::abi;
+use super::host::HostState;
+
+/// How often the engine's epoch advances: the unit of per-callback CPU deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Which proxy-wasm ABI a module was built for, from its `proxy_abi_version_*` export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbiVersion {
+    V0_1_0,
+    V0_2_0,
+    V0_2_1,
+}
+
+impl AbiVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V0_1_0 => "0.1.0",
+            Self::V0_2_0 => "0.2.0",
+            Self::V0_2_1 => "0.2.1",
+        }
+    }
+}
+
+/// A compiled module, ready to instantiate.
+pub struct CompiledModule {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub abi: AbiVersion,
+    pub module: Module,
+    pub pre: InstancePre<HostState>,
+    pub loaded_at: SystemTime,
+}
+
+impl std::fmt::Debug for CompiledModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledModule")
+            .field("path", &self.path)
+            .field("sha256", &self.sha256)
+            .field("abi", &self.abi)
+            .finish()
+    }
+}
+
+pub struct Runtime {
+    pub engine: Engine,
+    linker: Linker<HostState>,
+}
+
+static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| Runtime::new().expect("the wasm engine"));
+
+/// The process-wide runtime; its epoch ticker starts with it.
+pub fn runtime() -> &'static Runtime {
+    &RUNTIME
+}
+
+/// Where compiled modules are cached: `TOLLGATE_CACHE_DIR`, else the user cache folder.
+fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TOLLGATE_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("tollgate").join("modules")
+}
+
+impl Runtime {
+    fn new() -> wasmtime::Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_backtrace(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let mut cache_config = wasmtime::CacheConfig::new();
+        cache_config.with_directory(cache_dir());
+        match wasmtime::Cache::new(cache_config) {
+            Ok(cache) => {
+                config.cache(Some(cache));
+            }
+            Err(error) => tracing::warn!(%error, "compiled-module cache disabled"),
+        }
+        let mut pooling = PoolingAllocationConfig::default();
+        pooling
+            .total_core_instances(1000)
+            .total_memories(1000)
+            .total_tables(1000)
+            .max_memory_size(512 << 20);
+        let mut pooled = config.clone();
+        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        // The pooling allocator reserves address space up front; where that is refused (a
+        // tight `ulimit -v`), fall back to allocating instances on demand.
+        let engine = match Engine::new(&pooled) {
+            Ok(engine) => engine,
+            Err(error) => {
+                tracing::warn!(%error, "pooling allocator unavailable; instances are allocated on demand");
+                Engine::new(&config)?
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        abi::add_to_linker(&mut linker)?;
+        start_epoch_ticker(&engine);
+        Ok(Self { engine, linker })
+    }
+
+    /// Reads, hashes, compiles and checks a module; off the request path.
+    pub fn load(&self, path: &Path) -> Result<Arc<CompiledModule>, String> {
+        let bytes = std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        self.load_bytes(path, &bytes)
+    }
+
+    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<CompiledModule>, String> {
+        let sha256 = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let module = Module::new(&self.engine, bytes)
+            .map_err(|error| format!("{} is not a valid wasm module: {error:#}", path.display()))?;
+        let abi = detect_abi(&module).map_err(|error| format!("{}: {error}", path.display()))?;
+        check_imports(&module).map_err(|error| format!("{}: {error}", path.display()))?;
+        let mut linker = self.linker.clone();
+        abi::define_missing_wasi(&mut linker, &module).map_err(|error| format!("{}: {error:#}", path.display()))?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|error| format!("{}: cannot link: {error:#}", path.display()))?;
+        Ok(Arc::new(CompiledModule {
+            path: path.to_path_buf(),
+            sha256,
+            abi,
+            module,
+            pre,
+            loaded_at: SystemTime::now(),
+        }))
+    }
+}
+
+/// Envoy's rule: the newest `proxy_abi_version_*` export wins; none is an error.
+fn detect_abi(module: &Module) -> Result<AbiVersion, String> {
+    let exports: Vec<&str> = module.exports().map(|export| export.name()).collect();
+    let version = if exports.contains(&"proxy_abi_version_0_2_1") {
+        AbiVersion::V0_2_1
+    } else if exports.contains(&"proxy_abi_version_0_2_0") {
+        AbiVersion::V0_2_0
+    } else if exports.contains(&"proxy_abi_version_0_1_0") {
+        AbiVersion::V0_1_0
+    } else {
+        let other: Vec<&&str> = exports.iter().filter(|name| name.starts_with("proxy_abi_version_")).collect();
+        return Err(if other.is_empty() {
+            "no proxy-wasm ABI version export (proxy_abi_version_0_2_1, _0_2_0 or _0_1_0); is this a proxy-wasm module?".to_string()
+        } else {
+            format!("unsupported proxy-wasm ABI {other:?}; supported: 0.2.1, 0.2.0, 0.1.0")
+        });
+    };
+    if !exports.contains(&"memory") {
+        return Err("the module exports no memory".to_string());
+    }
+    if !exports.contains(&"proxy_on_memory_allocate") && !exports.contains(&"malloc") {
+        return Err("the module exports no allocator (proxy_on_memory_allocate or malloc)".to_string());
+    }
+    Ok(version)
+}
+
+/// Every `env` import must be a host function the ABI defines, every other import a WASI
+/// preview-1 function; a name outside those fails now, not on the first request.
+fn check_imports(module: &Module) -> Result<(), String> {
+    let known_env: std::collections::HashSet<&str> = abi::HOST_FUNCTIONS
+        .iter()
+        .copied()
+        .chain(["proxy_continue_request", "proxy_continue_response"])
+        .collect();
+    let unknown: Vec<String> = module
+        .imports()
+        .filter(|import| match import.module() {
+            "env" => !known_env.contains(import.name()),
+            "wasi_snapshot_preview1" => false,
+            _ => true,
+        })
+        .map(|import| format!("{}.{}", import.module(), import.name()))
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("imports functions the host does not provide: {}", unknown.join(", ")))
+    }
+}
+
+fn start_epoch_ticker(engine: &Engine) {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let engine = engine.weak();
+        let _ = std::thread::Builder::new().name("tollgate-epoch".into()).spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            match engine.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => return,
+            }
+        });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(wat: &str) -> Result<Arc<CompiledModule>, String> {
+        runtime().load_bytes(Path::new("test.wat"), wat.as_bytes())
+    }
+
+    #[test]
+    fn abi_is_detected_by_export() {
+        let module = load(
+            r#"(module (memory (export "memory") 1)
+                 (func (export "malloc") (param i32) (result i32) i32.const 0)
+                 (func (export "proxy_abi_version_0_2_0")))"#,
+        )
+        .unwrap();
+        assert_eq!(module.abi, AbiVersion::V0_2_0);
+        assert_eq!(module.sha256.len(), 64);
+    }
+
+    #[test]
+    fn modules_without_or_with_unknown_abi_are_rejected() {
+        let none = load(r#"(module (memory (export "memory") 1))"#).unwrap_err();
+        assert!(none.contains("no proxy-wasm ABI version export"), "{none}");
+        let unknown = load(r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_9_9_9")))"#).unwrap_err();
+        assert!(unknown.contains("unsupported proxy-wasm ABI"), "{unknown}");
+    }
+
+    #[test]
+    fn unknown_imports_are_named() {
+        let error = load(
+            r#"(module (import "env" "proxy_teleport" (func)) (memory (export "memory") 1)
+                 (func (export "malloc") (param i32) (result i32) i32.const 0)
+                 (func (export "proxy_abi_version_0_2_1")))"#,
+        )
+        .unwrap_err();
+        assert!(error.contains("env.proxy_teleport"), "{error}");
+    }
+
+    #[test]
+    fn not_wasm_is_a_clear_error() {
+        let error = runtime().load_bytes(Path::new("junk.wasm"), b"\0asm\x01\0\0\0garbage").unwrap_err();
+        assert!(error.contains("junk.wasm is not a valid wasm module"), "{error}");
+    }
+}

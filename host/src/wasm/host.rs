@@ -1,0 +1,260 @@
+//! The state a VM's host functions work on: it lives in the wasmtime `Store`'s data, never
+//! in globals. One `HostState` per VM; it holds the VM's root contexts, the stream contexts
+//! of the requests in flight on this VM's worker, outstanding callouts and what a callback
+//! may read (a callout's response, a gRPC message).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use wasmtime::StoreLimits;
+
+use super::abi::{HeaderList, LogLevel};
+
+/// What a plugin instance is, as its VMs see it.
+#[derive(Debug)]
+pub struct PluginIdentity {
+    pub name: String,
+    pub vm_id: String,
+    pub root_id: String,
+    pub vm_configuration: Bytes,
+    pub env: Vec<(String, String)>,
+    /// Clusters a callout may name.
+    pub clusters: std::collections::HashSet<String>,
+}
+
+/// Per-request values shared by every plugin of a request: `set_property` writes here
+/// (Envoy's filter state), and any later plugin reads it.
+pub type FilterState = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+
+/// The request facts that properties expose and that do not change during the request.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    pub request_id: String,
+    pub started: SystemTime,
+    pub protocol: &'static str,
+    pub downstream_remote: SocketAddr,
+    pub downstream_local: SocketAddr,
+    pub connection_id: u64,
+    pub tls_version: Option<&'static str>,
+    pub mtls: bool,
+    pub server_name: Option<String>,
+    pub route_name: String,
+    pub cluster_name: String,
+}
+
+/// A local response a plugin asked for.
+#[derive(Debug, Clone)]
+pub struct LocalResponse {
+    pub status: u16,
+    pub details: String,
+    pub body: Bytes,
+    pub headers: HeaderList,
+    /// -1: not gRPC; otherwise the gRPC status for `grpc-status`.
+    pub grpc_status: i32,
+}
+
+/// What a paused stream is waiting for and what plugins decided meanwhile.
+#[derive(Debug, Default)]
+pub struct StreamSignals {
+    pub continue_request: bool,
+    pub continue_response: bool,
+    pub local_response: Option<LocalResponse>,
+    /// `proxy_close_stream`: the plugin wants the stream reset.
+    pub reset: bool,
+}
+
+/// One HTTP stream context (a request) on this VM.
+pub struct StreamState {
+    pub root_id: u32,
+    pub info: Arc<StreamInfo>,
+    pub filter_state: FilterState,
+    pub request_headers: HeaderList,
+    pub request_trailers: HeaderList,
+    pub response_headers: HeaderList,
+    pub response_trailers: HeaderList,
+    /// The body bytes the current body callback sees (cumulative while the plugin pauses).
+    pub request_body: Vec<u8>,
+    pub response_body: Vec<u8>,
+    pub signals: StreamSignals,
+    /// Wakes the request task when a callback (e.g. a callout's) resumes or answers it.
+    pub wake: Arc<Notify>,
+    /// Response headers have gone downstream: a local response is no longer possible.
+    pub response_started: bool,
+    pub response_code: Option<u16>,
+    pub response_code_details: String,
+    pub upstream_address: Option<String>,
+    pub request_size: u64,
+    pub response_size: u64,
+    pub finished: Option<SystemTime>,
+}
+
+impl StreamState {
+    pub fn new(root_id: u32, info: Arc<StreamInfo>, filter_state: FilterState) -> Self {
+        Self {
+            root_id,
+            info,
+            filter_state,
+            request_headers: Vec::new(),
+            request_trailers: Vec::new(),
+            response_headers: Vec::new(),
+            response_trailers: Vec::new(),
+            request_body: Vec::new(),
+            response_body: Vec::new(),
+            signals: StreamSignals::default(),
+            wake: Arc::new(Notify::new()),
+            response_started: false,
+            response_code: None,
+            response_code_details: String::new(),
+            upstream_address: None,
+            request_size: 0,
+            response_size: 0,
+            finished: None,
+        }
+    }
+}
+
+/// A root context: one per plugin configuration (the default and each per-route override).
+#[derive(Debug, Default)]
+pub struct RootState {
+    pub configuration: Bytes,
+    pub tick_period: Option<Duration>,
+}
+
+/// An HTTP or gRPC callout the host must start once the current callback returns.
+#[derive(Debug)]
+pub enum PendingCallout {
+    Http {
+        token: u32,
+        context_id: u32,
+        cluster: String,
+        headers: HeaderList,
+        body: Bytes,
+        trailers: HeaderList,
+        timeout: Duration,
+    },
+    Grpc {
+        token: u32,
+        context_id: u32,
+        cluster: String,
+        service: String,
+        method: String,
+        metadata: HeaderList,
+        /// `None` for a stream: messages follow with `proxy_grpc_send`.
+        message: Option<Bytes>,
+        timeout: Duration,
+    },
+    GrpcSend {
+        token: u32,
+        message: Bytes,
+        end_stream: bool,
+    },
+    /// `proxy_grpc_cancel` / `proxy_grpc_close` for an outstanding call or stream.
+    GrpcCancel { token: u32 },
+}
+
+/// The answer to a callout, readable while its callback runs.
+#[derive(Debug, Default)]
+pub struct CallResponse {
+    pub headers: HeaderList,
+    pub body: Bytes,
+    pub trailers: HeaderList,
+}
+
+/// The data of a VM's store.
+pub struct HostState {
+    pub plugin: Arc<PluginIdentity>,
+    pub limits: StoreLimits,
+    pub log_level: LogLevel,
+    /// Log lines the plugin wrote while starting, kept for the error if it refuses to start.
+    pub startup_log: Option<Vec<String>>,
+    pub effective_context: u32,
+    pub next_context_id: u32,
+    pub roots: HashMap<u32, RootState>,
+    pub streams: HashMap<u32, StreamState>,
+    /// Outstanding callout tokens and the context that owns each.
+    pub callouts: HashMap<u32, u32>,
+    pub next_token: u32,
+    pub pending: Vec<PendingCallout>,
+    pub call_response: Option<CallResponse>,
+    /// For `proxy_get_status`: the last callout's gRPC status and message.
+    pub status: (u32, Bytes),
+    /// Shared queues registered by this VM's root contexts: queue id → root context.
+    pub registered_queues: HashMap<u32, u32>,
+    /// `proxy_done` was called by this root context.
+    pub done_roots: Vec<u32>,
+    /// The configuration `on_configure` is reading (`PluginConfiguration` buffer).
+    pub configuring: Bytes,
+    /// This VM's event loop, for shared-queue wake-ups from any thread.
+    pub events: Option<tokio::sync::mpsc::UnboundedSender<super::shared::VmEvent>>,
+    /// Metrics this VM defined, by id, so that updates need no global lookup.
+    pub metrics: HashMap<u32, Arc<super::metrics::PluginMetric>>,
+}
+
+impl HostState {
+    pub fn new(plugin: Arc<PluginIdentity>, memory_limit: usize) -> Self {
+        Self {
+            plugin,
+            limits: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(memory_limit)
+                .table_elements(100_000)
+                .instances(1)
+                .memories(1)
+                .tables(4)
+                .trap_on_grow_failure(true)
+                .build(),
+            log_level: LogLevel::from_tracing(),
+            startup_log: Some(Vec::new()),
+            effective_context: 0,
+            next_context_id: 1,
+            roots: HashMap::new(),
+            streams: HashMap::new(),
+            callouts: HashMap::new(),
+            next_token: 1,
+            pending: Vec::new(),
+            call_response: None,
+            status: (0, Bytes::new()),
+            registered_queues: HashMap::new(),
+            done_roots: Vec::new(),
+            configuring: Bytes::new(),
+            events: None,
+            metrics: HashMap::new(),
+        }
+    }
+
+    pub fn plugin_clusters_contains(&self, cluster: &str) -> bool {
+        self.plugin.clusters.contains(cluster)
+    }
+
+    pub fn new_context_id(&mut self) -> u32 {
+        let id = self.next_context_id;
+        self.next_context_id = self.next_context_id.wrapping_add(1).max(1);
+        id
+    }
+
+    /// A token no outstanding callout uses.
+    pub fn new_token(&mut self) -> u32 {
+        loop {
+            let token = self.next_token;
+            self.next_token = self.next_token.wrapping_add(1).max(1);
+            if !self.callouts.contains_key(&token) {
+                return token;
+            }
+        }
+    }
+
+    pub fn stream(&mut self) -> Option<&mut StreamState> {
+        self.streams.get_mut(&self.effective_context)
+    }
+
+    /// The root context the effective context belongs to.
+    pub fn effective_root(&self) -> u32 {
+        match self.streams.get(&self.effective_context) {
+            Some(stream) => stream.root_id,
+            None => self.effective_context,
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Guest memory access, in one small audited place.
+//!
+//! Every pointer a plugin hands the host is untrusted. Reads and writes go through the
+//! functions here, which check `ptr + len` against the current memory size with overflow
+//! checks and return [`MemoryError`] — turned into `INVALID_MEMORY_ACCESS` for the guest —
+//! instead of touching anything outside the sandbox. Results the host returns to the guest
+//! are allocated with the guest's own allocator (`proxy_on_memory_allocate` or `malloc`),
+//! exactly their length; empty results are `(0, 0)` without allocating, as in Envoy.
+
+use wasmtime::{AsContextMut, Caller, Extern, Memory, TypedFunc};
+
+use super::host::HostState;
+
+/// A guest pointer or length that does not fit the guest's memory, or a guest without the
+/// exports the ABI needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryError;
+
+pub type MemoryResult<T> = Result<T, MemoryError>;
+
+fn memory(caller: &mut Caller<'_, HostState>) -> MemoryResult<Memory> {
+    match caller.get_export("memory") {
+        Some(Extern::Memory(memory)) => Ok(memory),
+        _ => Err(MemoryError),
+    }
+}
+
+fn range(ptr: u32, len: u32, size: usize) -> MemoryResult<std::ops::Range<usize>> {
+    let start = ptr as usize;
+    let end = start.checked_add(len as usize).ok_or(MemoryError)?;
+    if end > size {
+        return Err(MemoryError);
+    }
+    Ok(start..end)
+}
+
+/// Copies `len` bytes at `ptr` out of guest memory.
+pub fn read(caller: &mut Caller<'_, HostState>, ptr: u32, len: u32) -> MemoryResult<Vec<u8>> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let memory = memory(caller)?;
+    let data = memory.data(&caller);
+    let range = range(ptr, len, data.len())?;
+    Ok(data[range].to_vec())
+}
+
+/// Reads a UTF-8 string (lossily: header names and keys from plugins are treated as bytes).
+pub fn read_string(caller: &mut Caller<'_, HostState>, ptr: u32, len: u32) -> MemoryResult<String> {
+    read(caller, ptr, len).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Writes `bytes` at `ptr`.
+pub fn write(caller: &mut Caller<'_, HostState>, ptr: u32, bytes: &[u8]) -> MemoryResult<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let memory = memory(caller)?;
+    let data = memory.data_mut(caller.as_context_mut());
+    let range = range(ptr, bytes.len() as u32, data.len())?;
+    data[range].copy_from_slice(bytes);
+    Ok(())
+}
+
+/// Writes a little-endian u32 at `ptr`.
+pub fn write_u32(caller: &mut Caller<'_, HostState>, ptr: u32, value: u32) -> MemoryResult<()> {
+    write(caller, ptr, &value.to_le_bytes())
+}
+
+/// Writes a little-endian u64 at `ptr`.
+pub fn write_u64(caller: &mut Caller<'_, HostState>, ptr: u32, value: u64) -> MemoryResult<()> {
+    write(caller, ptr, &value.to_le_bytes())
+}
+
+/// The guest's allocator: `proxy_on_memory_allocate`, or `malloc` for modules that export
+/// only that.
+fn allocator(caller: &mut Caller<'_, HostState>) -> MemoryResult<TypedFunc<u32, u32>> {
+    for name in ["proxy_on_memory_allocate", "malloc"] {
+        if let Some(Extern::Func(func)) = caller.get_export(name) {
+            return func.typed::<u32, u32>(&caller).map_err(|_| MemoryError);
+        }
+    }
+    Err(MemoryError)
+}
+
+/// Allocates `bytes.len()` bytes in the guest, copies `bytes` there and stores the pointer
+/// and length at `return_ptr` / `return_len`. An empty result stores `(0, 0)`.
+///
+/// A trap inside the guest allocator (out of memory, epoch deadline) is returned as `Err`
+/// of the outer result so that the host function can propagate the trap.
+pub fn return_bytes(
+    caller: &mut Caller<'_, HostState>,
+    bytes: &[u8],
+    return_ptr: u32,
+    return_len: u32,
+) -> wasmtime::Result<MemoryResult<()>> {
+    if bytes.is_empty() {
+        return Ok(write_u32(caller, return_ptr, 0).and_then(|()| write_u32(caller, return_len, 0)));
+    }
+    let allocate = match allocator(caller) {
+        Ok(allocate) => allocate,
+        Err(error) => return Ok(Err(error)),
+    };
+    let guest_ptr = allocate.call(&mut *caller, bytes.len() as u32)?;
+    if guest_ptr == 0 {
+        return Ok(Err(MemoryError));
+    }
+    Ok(write(caller, guest_ptr, bytes)
+        .and_then(|()| write_u32(caller, return_ptr, guest_ptr))
+        .and_then(|()| write_u32(caller, return_len, bytes.len() as u32)))
+}
+
+/// Copies bytes into a fresh guest allocation from outside a host call (e.g. before a
+/// callback), returning the guest pointer; empty input returns 0.
+pub fn allocate_in<T>(store: &mut wasmtime::Store<T>, instance: &wasmtime::Instance, bytes: &[u8]) -> wasmtime::Result<u32> {
+    if bytes.is_empty() {
+        return Ok(0);
+    }
+    let allocate = ["proxy_on_memory_allocate", "malloc"]
+        .iter()
+        .find_map(|name| instance.get_typed_func::<u32, u32>(&mut *store, name).ok())
+        .ok_or_else(|| wasmtime::Error::msg("the module exports no allocator"))?;
+    let ptr = allocate.call(&mut *store, bytes.len() as u32)?;
+    let memory = instance
+        .get_memory(&mut *store, "memory")
+        .ok_or_else(|| wasmtime::Error::msg("the module exports no memory"))?;
+    memory.write(&mut *store, ptr as usize, bytes)?;
+    Ok(ptr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_checked_for_overflow_and_size() {
+        assert_eq!(range(0, 4, 4), Ok(0..4));
+        assert_eq!(range(1, 4, 4), Err(MemoryError));
+        assert_eq!(range(u32::MAX, 2, usize::MAX), Ok(u32::MAX as usize..u32::MAX as usize + 2));
+        assert_eq!(range(u32::MAX, u32::MAX, 1 << 20), Err(MemoryError));
+    }
+}

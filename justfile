@@ -1,0 +1,123 @@
+# Tollgate's task runner. `just --list` shows the recipes.
+#
+# A fresh machine needs only the Rust toolchain and `just`
+# (`command -v just >/dev/null || cargo install --locked just`); every recipe installs
+# the rest of what it needs (the wasm target; bench: nginx, wrk, python3).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Where cargo puts binaries (honours CARGO_TARGET_DIR).
+target_dir := env("CARGO_TARGET_DIR", justfile_directory() / "target")
+debug_bin := target_dir / "debug"
+
+# Show the recipes.
+default:
+    @{{ just_executable() }} --list
+
+# Install what the build needs that rustup does not give by default (idempotent, fast when done).
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # The plugins build for wasm32-wasip1; rust-toolchain.toml cannot install targets here.
+    installed=$(rustup target list --installed)
+    if ! grep -qx wasm32-wasip1 <<<"$installed"; then
+        rustup target add wasm32-wasip1
+    fi
+
+# Build every binary of the workspace (dev profile): tollgate and demo-backend.
+build:
+    cargo build --workspace --bins
+
+# Write the demo TLS files (CA, certificate for demo.local and localhost) into policies/certs.
+certs: build
+    "{{ debug_bin }}/demo-backend" certs --out policies/certs --names demo.local,localhost
+
+# Run the demo: three echo backends and the gateway on policies/ (Ctrl-C stops everything).
+demo: setup build certs
+    #!/usr/bin/env bash
+    set -euo pipefail
+    bin="{{ debug_bin }}"
+    pids=()
+    cleanup() {
+        trap - EXIT INT TERM
+        if ((${#pids[@]})); then
+            kill "${pids[@]}" 2>/dev/null || true
+            wait "${pids[@]}" 2>/dev/null || true
+        fi
+    }
+    trap cleanup EXIT
+    trap 'echo "demo stopped" >&2; exit 0' INT   # Ctrl-C is how the demo ends
+    trap 'exit 143' TERM
+
+    port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+    for port in 8080 8443 9001 9002 9003 9901; do
+        if port_open "$port"; then
+            echo "error: 127.0.0.1:$port is already in use; stop whatever listens there (an earlier demo?)" >&2
+            exit 1
+        fi
+    done
+
+    "$bin/demo-backend" serve --listen 127.0.0.1:9001 --name v1 & pids+=($!)
+    "$bin/demo-backend" serve --listen 127.0.0.1:9002 --name v2 & pids+=($!)
+    "$bin/demo-backend" serve --listen 127.0.0.1:9003 --name legacy & pids+=($!)
+    for port in 9001 9002 9003; do
+        for _ in $(seq 100); do port_open "$port" && break; sleep 0.1; done
+        port_open "$port" || { echo "error: the demo backend on 127.0.0.1:$port did not start" >&2; exit 1; }
+    done
+
+    cat <<'TRY'
+
+    Tollgate demo: gateway on http://127.0.0.1:8080 and https://127.0.0.1:8443, admin on 127.0.0.1:9901.
+    Backends: v1 127.0.0.1:9001, v2 127.0.0.1:9002, legacy 127.0.0.1:9003 (they echo the request as JSON).
+    Try, in another terminal (policies/routes.yaml has the routes):
+
+      # host routing + a 90/10 canary split between v1 and v2 (see which backend answered)
+      curl -s http://127.0.0.1:8080/ -H 'host: shop.demo.local'
+      for i in $(seq 20); do curl -s -D - -o /dev/null http://127.0.0.1:8080/ -H 'host: shop.demo.local' | grep -i '^x-backend'; done | sort | uniq -c
+      # header routing: testers pin v2
+      curl -s http://127.0.0.1:8080/ -H 'host: shop.demo.local' -H 'x-version: v2'
+      # wildcard host: any other *.demo.local is the v2 preview
+      curl -s http://127.0.0.1:8080/ -H 'host: preview.demo.local'
+      # path routing on the catch-all host
+      curl -s http://127.0.0.1:8080/v1/hello
+      curl -s http://127.0.0.1:8080/v2/hello
+      # redirect (301 to /docs/...)
+      curl -si http://127.0.0.1:8080/old-docs/intro -H 'host: shop.demo.local'
+      # rewrite: the legacy backend receives /v1/orders with host legacy.internal
+      curl -s http://127.0.0.1:8080/api/v1/orders -H 'host: shop.demo.local'
+      # direct response from the gateway, over HTTP/1.1, h2c and TLS (h2 by ALPN)
+      curl -s http://127.0.0.1:8080/ping
+      curl -s --http2-prior-knowledge http://127.0.0.1:8080/ping
+      curl -sk --resolve demo.local:8443:127.0.0.1 https://demo.local:8443/ping
+      curl -s --cacert policies/certs/ca.crt --resolve demo.local:8443:127.0.0.1 -o /dev/null -w '%{http_version}\n' https://demo.local:8443/ping
+      # fault injection: half of /flaky is aborted with 503; /slow is delayed by 1s
+      for i in $(seq 20); do curl -s -o /dev/null -w '%{http_code}\n' http://127.0.0.1:8080/flaky -H 'host: shop.demo.local'; done | sort | uniq -c
+      curl -s -o /dev/null -w '%{http_code} after %{time_total}s\n' http://127.0.0.1:8080/slow -H 'host: shop.demo.local'
+      # admin
+      curl -s http://127.0.0.1:9901/readyz
+      curl -s http://127.0.0.1:9901/config
+      curl -s http://127.0.0.1:9901/metrics
+
+    TRY
+
+    "$bin/tollgate" run --policies policies --admin 127.0.0.1:9901
+
+# Build, then run every test (the integration tests spawn target/debug/tollgate).
+test: setup build
+    cargo test --workspace
+
+# Validate a policies folder without serving (default: the demo set).
+check-policies dir="policies": build certs
+    "{{ debug_bin }}/tollgate" check --policies "{{ dir }}"
+
+# Formatting and clippy, warnings denied.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Tollgate vs nginx vs direct (release build; see bench/README.md). BENCH_DURATION=3 for a smoke run.
+bench:
+    bash bench/run.sh
+
+# What CI checks: lint, then the tests.
+ci: lint test

@@ -1,0 +1,63 @@
+//! `tp-body`: buffers and rewrites bodies, and adds trailers. No configuration.
+//!
+//! - `on_http_request_body`: returns `Pause` until `end_of_stream`; then reads the whole
+//!   buffered body and replaces it (`set_http_request_body(0, size, ..)`, the replace-all
+//!   form) with its ASCII upper-cased bytes.
+//! - `on_http_response_headers`: removes `content-length` (the body changes length).
+//! - `on_http_response_body`: returns `Pause` until `end_of_stream`; then appends
+//!   `\n-- via tp-body` (`set_http_response_body(size, 0, ..)`, the append form).
+//! - `on_http_request_trailers` / `on_http_response_trailers`: when there is at least one
+//!   trailer, adds the trailer `x-tp-trailer: seen`.
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
+
+/// What `tp-body` appends to every response body.
+pub const SUFFIX: &[u8] = b"\n-- via tp-body";
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    proxy_wasm::set_http_context(|_, _| -> Box<dyn HttpContext> { Box::new(Body) });
+}}
+
+struct Body;
+
+impl Context for Body {}
+
+impl HttpContext for Body {
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        self.set_http_request_body(0, body_size, &body.to_ascii_uppercase());
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, num_trailers: usize) -> Action {
+        if num_trailers > 0 {
+            self.add_http_request_trailer("x-tp-trailer", "seen");
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.set_http_response_header("content-length", None);
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.set_http_response_body(body_size, 0, SUFFIX);
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, num_trailers: usize) -> Action {
+        if num_trailers > 0 {
+            self.add_http_response_trailer("x-tp-trailer", "seen");
+        }
+        Action::Continue
+    }
+}

@@ -1,0 +1,10 @@
+//! The Tollgate test kit: certificates, backends, clients and a harness that runs the
+//! gateway binary, for integration tests that exercise the gateway over real sockets.
+#![forbid(unsafe_code)]
+
+pub mod backends;
+pub mod certs;
+pub mod clients;
+pub mod gateway;
+pub mod plugins;
+pub mod prometheus;

@@ -1,0 +1,181 @@
+//! Bad input and broken upstreams get the statuses policies/README.md promises.
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use http_body_util::Full;
+use tollgate_tests::backends;
+use tollgate_tests::clients::{expect_status, raw_exchange, request, HttpClient};
+use tollgate_tests::gateway::{Gateway, PolicyDir};
+
+const POLICIES: &str = "
+server:
+  max_request_header_bytes: 4096
+  max_request_body_bytes: 1000
+  header_read_timeout: 1s
+listeners:
+  - name: public
+    address: ${listen:public}
+    protocol: http
+clusters:
+  - name: echo
+    endpoints: [{ address: ${ECHO} }]
+  - name: refusing
+    endpoints: [{ address: ${REFUSING} }]
+virtual_hosts:
+  - name: shop
+    domains: [shop.test]
+    routes:
+      - name: refused
+        match: { path: { prefix: /refused } }
+        forward: { cluster: refusing }
+      - name: echo
+        match: { path: { prefix: /echo } }
+        forward: { cluster: echo }
+";
+
+async fn start(echo: &backends::Backend) -> Gateway {
+    let mut dir = PolicyDir::new();
+    dir.set("ECHO", echo.addr())
+        .set("REFUSING", backends::refusing_address())
+        .write("gateway.yaml", POLICIES);
+    Gateway::start(dir).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_line_is_400() {
+    let echo = backends::echo("echo").await;
+    let gateway = start(&echo).await;
+    let answer = raw_exchange(
+        gateway.listener("public"),
+        b"THIS IS NOT HTTP\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    expect_status(&answer, 400);
+    assert_eq!(echo.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_are_431() {
+    let echo = backends::echo("echo").await;
+    let gateway = start(&echo).await;
+    let answer = raw_exchange(
+        gateway.listener("public"),
+        &request_with_header_of(20_000),
+        Duration::from_secs(5),
+    )
+    .await;
+    expect_status(&answer, 431);
+    assert_eq!(echo.request_count(), 0);
+}
+
+/// The configured limit is 4096 bytes: a head of about 6 KB is over it, even though it
+/// would fit the 8 KiB buffers HTTP libraries commonly start with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_just_over_a_small_configured_limit_are_431() {
+    let echo = backends::echo("echo").await;
+    let gateway = start(&echo).await;
+    let answer = raw_exchange(
+        gateway.listener("public"),
+        &request_with_header_of(6_000),
+        Duration::from_secs(5),
+    )
+    .await;
+    expect_status(&answer, 431);
+    assert_eq!(echo.request_count(), 0);
+}
+
+fn request_with_header_of(bytes: usize) -> Vec<u8> {
+    let value = "a".repeat(bytes);
+    format!("GET /echo HTTP/1.1\r\nHost: shop.test\r\nX-Big: {value}\r\n\r\n").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_over_the_limit_is_413() {
+    let echo = backends::echo("echo").await;
+    let gateway = start(&echo).await;
+    let public = gateway.listener("public");
+    let too_big = request("POST", public, "shop.test", "/echo")
+        .body(Full::from("x".repeat(5000)))
+        .unwrap();
+    let response = HttpClient::http1().send(too_big).await.unwrap();
+    assert_eq!(response.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Announced by content-length alone: refused before any body arrives.
+    let answer = raw_exchange(
+        public,
+        b"POST /echo HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 1000000\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    expect_status(&answer, 413);
+
+    let fits = request("POST", public, "shop.test", "/echo")
+        .body(Full::from("x".repeat(1000)))
+        .unwrap();
+    assert_eq!(
+        HttpClient::http1().send(fits).await.unwrap().status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        echo.request_count(),
+        1,
+        "only the body within the limit was forwarded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_host_and_unknown_route_are_404() {
+    let echo = backends::echo("echo").await;
+    let gateway = start(&echo).await;
+    let client = HttpClient::http1();
+    let public = gateway.listener("public");
+    assert_eq!(
+        client.get(public, "nobody.test", "/echo").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        client
+            .get(public, "shop.test", "/nothing-here")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(echo.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upstream_is_502() {
+    let echo = backends::echo("echo").await;
+    let gateway = start(&echo).await;
+    let response = HttpClient::http1()
+        .get(gateway.listener("public"), "shop.test", "/refused")
+        .await;
+    assert_eq!(response.status, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_never_finishes_its_headers_is_disconnected() {
+    let echo = backends::echo("echo").await;
+    let gateway = start(&echo).await;
+    let started = Instant::now();
+    // Headers never end: the 1s header_read_timeout must cut the connection.
+    let answer = raw_exchange(
+        gateway.listener("public"),
+        b"GET /echo HTTP/1.1\r\nHost: shop.test\r\n",
+        Duration::from_secs(8),
+    )
+    .await;
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the connection stayed open {waited:?}; answer so far: {:?}",
+        answer.text
+    );
+    assert!(
+        matches!(answer.status, None | Some(408)),
+        "unexpected answer: {:?}",
+        answer.text
+    );
+}

@@ -1,0 +1,178 @@
+//! Streaming, WebSocket upgrades and gRPC trailers pass through the gateway.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use tokio_tungstenite::tungstenite::Message;
+use tollgate_tests::backends::{self, GRPC_HELLO_MESSAGE};
+use tollgate_tests::clients::{get_request, websocket_connect, HttpClient};
+use tollgate_tests::gateway::{Gateway, PolicyDir};
+
+const POLICIES: &str = "
+listeners:
+  - name: public
+    address: ${listen:public}
+    protocol: http
+clusters:
+  - name: echo
+    endpoints: [{ address: ${ECHO} }]
+  - name: websocket
+    endpoints: [{ address: ${WEBSOCKET} }]
+  - name: grpc
+    http2: true
+    endpoints: [{ address: ${GRPC} }]
+virtual_hosts:
+  - name: shop
+    domains: [shop.test]
+    routes:
+      - name: websocket
+        match: { path: { prefix: /ws } }
+        forward: { cluster: websocket }
+      - name: grpc
+        match: { path: { prefix: /pkg.Greeter/ } }
+        forward: { cluster: grpc }
+      - name: echo
+        match: { path: { prefix: / } }
+        forward: { cluster: echo }
+";
+
+struct Fixture {
+    gateway: Gateway,
+    echo: backends::Backend,
+    websocket: backends::Backend,
+    grpc: backends::Backend,
+}
+
+async fn start() -> Fixture {
+    let echo = backends::echo("echo").await;
+    let websocket = backends::websocket_echo().await;
+    let grpc = backends::grpc("grpc").await;
+    let mut dir = PolicyDir::new();
+    dir.set("ECHO", echo.addr())
+        .set("WEBSOCKET", websocket.addr())
+        .set("GRPC", grpc.addr())
+        .write("gateway.yaml", POLICIES);
+    let gateway = Gateway::start(dir).await;
+    Fixture {
+        gateway,
+        echo,
+        websocket,
+        grpc,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_bodies_stream_without_buffering() {
+    let fixture = start().await;
+    let started = Instant::now();
+    // Five chunks 400ms apart: the last leaves the backend 1.6s after the first.
+    let response = HttpClient::http1()
+        .send_streaming(get_request(
+            fixture.gateway.listener("public"),
+            "shop.test",
+            "/stream?stream_chunks=5&chunk_delay_ms=400",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = body
+        .frame()
+        .await
+        .expect("a first frame")
+        .unwrap()
+        .into_data()
+        .unwrap();
+    let first_arrived = started.elapsed();
+    assert!(first.starts_with(b"chunk 0"), "first chunk: {first:?}");
+    assert!(
+        first_arrived < Duration::from_millis(1000),
+        "the first chunk took {first_arrived:?}: the gateway buffered the body"
+    );
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert!(rest.ends_with(b"chunk 4\n"), "all chunks arrive: {rest:?}");
+    assert!(started.elapsed() >= Duration::from_millis(1600));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_pass_both_ways_unchanged() {
+    let fixture = start().await;
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let request = tollgate_tests::clients::request(
+        "POST",
+        fixture.gateway.listener("public"),
+        "shop.test",
+        "/echo-body",
+    )
+    .body(http_body_util::Full::from(body.clone()))
+    .unwrap();
+    let response = HttpClient::http1().send(request).await.unwrap();
+    assert_eq!(response.status, StatusCode::OK);
+    assert!(
+        response.body == body,
+        "a 1 MB body came back changed ({} bytes)",
+        response.body.len()
+    );
+    assert_eq!(fixture.echo.requests()[0].body_len, body.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_messages_pass_through() {
+    let fixture = start().await;
+    let mut socket = websocket_connect(fixture.gateway.listener("public"), "shop.test", "/ws/chat")
+        .await
+        .expect("WebSocket handshake through the gateway");
+    for text in ["hello", "second message"] {
+        socket.send(Message::text(text)).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("an echo within 5s")
+            .expect("socket open")
+            .unwrap();
+        assert_eq!(reply.into_text().unwrap().as_str(), text);
+    }
+    socket
+        .send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    let reply = socket.next().await.unwrap().unwrap();
+    assert_eq!(reply.into_data().as_ref(), &[0u8, 1, 2, 255]);
+    socket.close(None).await.unwrap();
+    assert_eq!(fixture.websocket.requests()[0].path, "/ws/chat");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_trailers_reach_an_http2_client() {
+    let fixture = start().await;
+    let request = tollgate_tests::clients::request(
+        "POST",
+        fixture.gateway.listener("public"),
+        "shop.test",
+        "/pkg.Greeter/SayHello",
+    )
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(http_body_util::Full::from(&b"\x00\x00\x00\x00\x02hi"[..]))
+    .unwrap();
+    let response = HttpClient::h2c().send(request).await.unwrap();
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(response.header("content-type"), Some("application/grpc"));
+    assert_eq!(&response.body[..], GRPC_HELLO_MESSAGE);
+    let trailers = response.trailers.expect("trailers arrive at the client");
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.as_bytes()),
+        Some(&b"0"[..])
+    );
+    assert_eq!(
+        trailers.get("grpc-message").map(|v| v.as_bytes()),
+        Some(&b"ok"[..])
+    );
+    let upstream = &fixture.grpc.requests()[0];
+    assert_eq!(
+        upstream.protocol, "HTTP/2.0",
+        "http2: true speaks HTTP/2 to the endpoint"
+    );
+    assert_eq!(upstream.body_len, 7);
+}
