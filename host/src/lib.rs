@@ -37,6 +37,7 @@ pub mod snapshot;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+pub mod wasm;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,7 +73,7 @@ impl Gateway {
         let workers = options.workers.max(1);
         let config = config::load_dir(&options.policies)
             .map_err(|errors| anyhow::anyhow!("invalid policies:\n{errors}"))?;
-        let snapshot = Snapshot::build(config, workers)
+        let snapshot = Snapshot::build(config, workers, &options.plugins)
             .map_err(|errors| anyhow::anyhow!("invalid policies:\n{errors}"))?;
         let bound = server::bind_listeners(&snapshot, workers)?;
         let listeners: Vec<(String, SocketAddr)> = bound

@@ -74,10 +74,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check {
-            policies,
-            plugins: _,
-        } => match tollgate::snapshot::check(&policies) {
+        Command::Check { policies, plugins } => match tollgate::snapshot::check(&policies, &plugins) {
             Ok(snapshot) => {
                 let config = &snapshot.config;
                 let routes: usize = config.virtual_hosts.iter().map(|v| v.routes.len()).sum();

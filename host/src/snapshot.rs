@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{self, Action, Config, ConfigErrors};
+use crate::pipeline::plugins::Chain;
 use crate::routing::RouteTable;
 use crate::upstream::Cluster;
+use crate::wasm::plugin::{build_plugins, Plugin};
 
 pub struct Snapshot {
     pub config: Arc<Config>,
@@ -15,6 +17,10 @@ pub struct Snapshot {
     pub clusters: HashMap<String, Arc<Cluster>>,
     /// Forwarding routes by name, with their clusters and endpoint subsets resolved.
     pub forwards: HashMap<String, Arc<ResolvedForward>>,
+    /// Every plugin instance, started and configured.
+    pub plugins: Vec<Arc<Plugin>>,
+    /// The plugin chain of each route that has one, in request order.
+    pub chains: HashMap<String, Chain>,
 }
 
 pub struct ListenerState {
@@ -57,7 +63,7 @@ impl ResolvedForward {
 impl Snapshot {
     /// Builds everything: TLS configurations (reading certificates and keys), clusters and
     /// per-listener route tables. `workers` sizes the per-worker connection pools.
-    pub fn build(config: Config, workers: usize) -> Result<Self, ConfigErrors> {
+    pub fn build(config: Config, workers: usize, plugins_dir: &std::path::Path) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         let mut clusters = HashMap::new();
         for cluster in &config.clusters {
@@ -142,18 +148,48 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
+        let plugins = build_plugins(&config.plugins, plugins_dir, &clusters).map_err(ConfigErrors)?;
+        let chains = chains(&config, &plugins);
         Ok(Self {
             config: Arc::new(config),
             listeners,
             clusters,
             forwards,
+            plugins,
+            chains,
         })
     }
 }
 
 /// Validates a policy folder completely — parsing, references, certificates and keys —
 /// without serving. This is `tollgate check`.
-pub fn check(dir: &std::path::Path) -> Result<Snapshot, ConfigErrors> {
+pub fn check(dir: &std::path::Path, plugins_dir: &std::path::Path) -> Result<Snapshot, ConfigErrors> {
     let config = config::load_dir(dir)?;
-    Snapshot::build(config, 1)
+    Snapshot::build(config, 1, plugins_dir)
+}
+
+/// Each route's chain: global plugins, those of its virtual host and its own, ordered by
+/// priority (higher first) and then as written.
+fn chains(config: &Config, plugins: &[Arc<Plugin>]) -> HashMap<String, Chain> {
+    let mut chains = HashMap::new();
+    for vhost in &config.virtual_hosts {
+        for route in &vhost.routes {
+            let mut chain: Vec<Arc<Plugin>> = config
+                .plugins
+                .iter()
+                .zip(plugins)
+                .filter(|(spec, _)| match &spec.apply_to {
+                    None => true,
+                    Some(apply) => apply.virtual_hosts.contains(&vhost.name) || apply.routes.contains(&route.name),
+                })
+                .map(|(_, plugin)| plugin.clone())
+                .collect();
+            if chain.is_empty() {
+                continue;
+            }
+            chain.sort_by_key(|plugin| std::cmp::Reverse(plugin.priority));
+            chains.insert(route.name.clone(), Arc::new(chain));
+        }
+    }
+    chains
 }

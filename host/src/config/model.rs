@@ -273,6 +273,8 @@ pub struct Plugin {
     pub route_config: BTreeMap<String, serde_json::Value>,
     pub callback_timeout: Duration,
     pub memory_limit: u64,
+    /// Shared data and queues are shared among plugins with the same `vm_id`.
+    pub vm_id: Option<String>,
     pub origin: Origin,
 }
 
@@ -1210,11 +1212,11 @@ impl Validator<'_> {
                 "a module file name is needed, e.g. key-auth.wasm",
             );
         }
-        if !raw.module.ends_with(".wasm") {
+        if !(raw.module.ends_with(".wasm") || raw.module.ends_with(".wat")) {
             self.error(
                 &origin,
                 "module",
-                format!("{:?} is not a .wasm file", raw.module),
+                format!("{:?} is not a .wasm (or .wat) file", raw.module),
             );
         }
         if let Some(limit) = raw.memory_limit {
@@ -1243,6 +1245,7 @@ impl Validator<'_> {
                 Duration::from_millis(50),
             ),
             memory_limit: raw.memory_limit.unwrap_or(64 * 1024 * 1024),
+            vm_id: raw.vm_id.clone(),
             origin,
         }
     }

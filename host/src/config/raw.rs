@@ -294,6 +294,7 @@ pub struct Plugin {
     pub route_config: BTreeMap<String, serde_json::Value>,
     pub callback_timeout: Option<String>,
     pub memory_limit: Option<u64>,
+    pub vm_id: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

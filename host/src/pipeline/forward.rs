@@ -61,7 +61,7 @@ enum TryError {
 }
 
 pub(super) async fn forward(
-    mut request: Request<Incoming>,
+    mut request: Request<UpstreamBody>,
     forward: &Forward,
     resolved: &ResolvedForward,
     downstream: &Downstream,
@@ -109,7 +109,7 @@ pub(super) async fn forward(
     }
 
     // Buffer small bodies when they may be sent more than once; stream everything else.
-    let has_body = !(body_is_empty(&body, content_length));
+    let has_body = !(http_body::Body::is_end_stream(&body) || content_length == Some(0));
     let wants_replay = forward.retries.is_some() || resolved.mirror.is_some();
     let mut body = if !has_body {
         RequestBody::Replayable(Bytes::new())
@@ -117,10 +117,8 @@ pub(super) async fn forward(
         && !is_upgrade
         && content_length.is_some_and(|length| length <= REPLAY_BUFFER_LIMIT)
     {
-        match Limited::new(body, REPLAY_BUFFER_LIMIT as usize)
-            .collect()
-            .await
-        {
+        // The caller already bounds the body; its declared length is within the buffer limit.
+        match body.collect().await {
             Ok(collected) => RequestBody::Replayable(collected.to_bytes()),
             Err(error) => {
                 record.detail = "downstream_body_error";
@@ -205,7 +203,7 @@ pub(super) async fn forward(
             } else {
                 headers::remove_hop_by_hop(response.headers_mut(), false);
             }
-            response.map(|body| body.map_err(BoxError::from).boxed())
+            response.map(|body| body.map_err(|error| -> BoxError { Box::new(error) }).boxed())
         }
         Err(error) => {
             let (status, detail, kind) = match &error {
@@ -322,11 +320,6 @@ fn retry_on_error(conditions: &RetryConditions, error: &TryError) -> bool {
         TryError::Timeout => conditions.any_5xx || conditions.gateway_error,
         TryError::NoEndpoint(_) | TryError::BodyTooLarge => false,
     }
-}
-
-fn body_is_empty(body: &Incoming, content_length: Option<u64>) -> bool {
-    use http_body::Body as _;
-    body.is_end_stream() || content_length == Some(0)
 }
 
 fn rewrite_path(uri: &Uri, forward: &Forward) -> String {

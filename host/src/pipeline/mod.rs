@@ -19,6 +19,7 @@ mod access_log;
 mod forward;
 pub mod headers;
 mod local;
+pub mod plugins;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -34,8 +35,11 @@ use crate::config::Action;
 use crate::routing::{normalize_host, NoMatch, RequestHead};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
-use crate::upstream::BoxError;
+use crate::upstream::{BoxError, UpstreamBody};
+use crate::wasm::host::StreamInfo;
 pub use access_log::AccessRecord;
+use http_body_util::{BodyExt, Limited};
+use plugins::{PluginRun, Stopped};
 
 /// The body of every response the gateway sends downstream.
 pub type ResponseBody = BoxBody<Bytes, BoxError>;
@@ -130,9 +134,168 @@ async fn route_and_act(
     };
     let route = matched.route;
     record.route = route.name.as_str().into();
+    let max_body = snapshot.config.server.max_request_body_bytes;
 
-    // Request phase: the plugin chain runs here.
+    let chain = snapshot.chains.get(&route.name).filter(|chain| !chain.is_empty()).cloned();
+    let Some(chain) = chain else {
+        let request = request.map(|body| Limited::new(body, max_body as usize).boxed());
+        return act(request, route, snapshot, downstream, &authority, record).await;
+    };
 
+    // Request phase: the plugin chain, in order.
+    let wait_limit = match &route.action {
+        Action::Forward(forward) => forward.timeout,
+        _ => Duration::from_secs(15),
+    };
+    let info = stream_info(&request, downstream, record, route, snapshot);
+    let mut run = PluginRun::new(&chain, &route.name, info, wait_limit);
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let pseudo = [
+        (":method", parts.method.to_string()),
+        (":scheme", downstream.scheme().to_string()),
+        (":authority", authority.clone()),
+        (":path", path_and_query.clone()),
+    ];
+    let mut list = plugins::to_header_list(&pseudo, &parts.headers);
+    let end_of_stream = http_body::Body::is_end_stream(&body);
+    if let Err(stop) = run.request_headers(&mut list, end_of_stream).await {
+        return plugin_stop(stop, run, record).await;
+    }
+    let (pseudo, headers) = plugins::from_header_list(&list);
+    parts.headers = headers;
+    let (new_authority, new_path, new_method) = {
+        let value = |name: &str| pseudo.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        (value(":authority"), value(":path"), value(":method"))
+    };
+    let new_authority = new_authority.unwrap_or_else(|| authority.clone());
+    let new_path = new_path.unwrap_or_else(|| path_and_query.clone());
+    if let Some(method) = new_method.and_then(|m| http::Method::from_bytes(m.as_bytes()).ok()) {
+        parts.method = method;
+    }
+    if let Ok(value) = HeaderValue::from_str(&new_authority) {
+        parts.headers.insert(http::header::HOST, value);
+    }
+    if new_path != path_and_query {
+        match new_path.parse::<http::Uri>() {
+            Ok(uri) => parts.uri = uri,
+            Err(_) => return local::reply(StatusCode::BAD_REQUEST, "a plugin set an invalid :path\n"),
+        }
+    }
+
+    // A changed :path or :authority selects the route again, as Envoy clears its route cache.
+    let mut route = route;
+    if new_path != path_and_query || new_authority != authority {
+        let host = normalize_host(&new_authority);
+        let head = RequestHead {
+            host: &host,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            method: &parts.method,
+            headers: &parts.headers,
+        };
+        match listener.routes.find(&head) {
+            Ok(rematched) => {
+                route = rematched.route;
+                record.route = route.name.as_str().into();
+            }
+            Err(_) => {
+                record.detail = "no_route_after_plugin";
+                let response = local::reply(StatusCode::NOT_FOUND, &format!("no route for {new_path:?}\n"));
+                return plugin_response(run, response, record).await;
+            }
+        }
+    }
+
+    // Request body: buffered whole (bounded) so plugins can read, rewrite or refuse it.
+    let body: UpstreamBody = if end_of_stream {
+        http_body_util::Empty::new().map_err(|never| match never {}).boxed()
+    } else {
+        let collected = match Limited::new(body, max_body as usize).collect().await {
+            Ok(collected) => collected,
+            Err(error) => {
+                let too_large = error.is::<http_body_util::LengthLimitError>();
+                record.detail = if too_large { "request_body_too_large" } else { "downstream_body_error" };
+                let status = if too_large { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
+                return local::reply(status, "could not read the request body\n");
+            }
+        };
+        let mut trailers = collected.trailers().map(crate::wasm::plugin::header_list);
+        let mut bytes = collected.to_bytes().to_vec();
+        if let Err(stop) = run.request_body(&mut bytes, &mut trailers).await {
+            return plugin_stop(stop, run, record).await;
+        }
+        parts.headers.remove(http::header::TRANSFER_ENCODING);
+        parts.headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        let body = http_body_util::Full::new(Bytes::from(bytes)).map_err(|never| match never {});
+        match trailers {
+            Some(list) => {
+                let (_, map) = plugins::from_header_list(&list);
+                body.with_trailers(async move { Some(Ok(map)) }).boxed()
+            }
+            None => body.boxed(),
+        }
+    };
+    let authority = new_authority;
+    let response = act(http::Request::from_parts(parts, body), route, snapshot, downstream, &authority, record).await;
+    plugin_response(run, response, record).await
+}
+
+/// Answers a request whose plugins stopped it.
+async fn plugin_stop(stop: Stopped, mut run: PluginRun, record: &mut AccessRecord) -> Response<ResponseBody> {
+    match stop {
+        Stopped::Local(index, answer) => {
+            record.detail = "plugin_local_reply";
+            run.answered_by(index);
+            plugin_response(run, plugins::local_response(&answer), record).await
+        }
+        Stopped::Failed(response) => {
+            record.detail = "plugin_failure";
+            response
+        }
+    }
+}
+
+/// Response phase: the plugin chain in reverse order, then the body through the plugins.
+async fn plugin_response(mut run: PluginRun, response: Response<ResponseBody>, record: &mut AccessRecord) -> Response<ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    let mut list = plugins::to_header_list(&[(":status", parts.status.as_str().to_string())], &parts.headers);
+    let end_of_stream = http_body::Body::is_end_stream(&body);
+    let upstream = (record.upstream != "-").then(|| record.upstream.clone());
+    let body = match run.response_headers(&mut list, end_of_stream, upstream.as_deref()).await {
+        Ok(None) => body,
+        Ok(Some(answer)) => {
+            record.detail = "plugin_local_reply";
+            local::body(answer.body.clone())
+        }
+        Err(Stopped::Failed(response)) => {
+            record.detail = "plugin_failure";
+            return response;
+        }
+        Err(Stopped::Local(_, answer)) => local::body(answer.body.clone()),
+    };
+    let (pseudo, headers) = plugins::from_header_list(&list);
+    parts.headers = headers;
+    if let Some(status) = pseudo
+        .iter()
+        .find(|(k, _)| k == ":status")
+        .and_then(|(_, v)| v.parse::<u16>().ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+    {
+        parts.status = status;
+    }
+    Response::from_parts(parts, plugins::filter_response_body(body, run))
+}
+
+/// Fault injection and the route's action.
+async fn act(
+    request: Request<UpstreamBody>,
+    route: &crate::config::Route,
+    snapshot: &Snapshot,
+    downstream: &Downstream,
+    authority: &str,
+    record: &mut AccessRecord,
+) -> Response<ResponseBody> {
     if let Some(fault) = &route.fault {
         if let Some((percent, delay)) = fault.delay {
             if chance(percent) {
@@ -155,34 +318,54 @@ async fn route_and_act(
         }
         Action::Redirect(redirect) => {
             record.detail = "redirect";
-            local::redirect(
-                redirect,
-                &route.matcher.path,
-                request.uri(),
-                &authority,
-                downstream.scheme(),
-            )
+            local::redirect(redirect, &route.matcher.path, request.uri(), authority, downstream.scheme())
         }
         Action::Forward(forward) => match snapshot.forwards.get(&route.name) {
             Some(resolved) => {
                 let limits = RequestLimits {
                     max_body_bytes: snapshot.config.server.max_request_body_bytes,
                 };
-                forward::forward(
-                    request, forward, resolved, downstream, &authority, limits, record,
-                )
-                .await
+                forward::forward(request, forward, resolved, downstream, authority, limits, record).await
             }
             None => {
                 record.detail = "no_cluster";
-                local::reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no cluster for this route\n",
-                )
+                local::reply(StatusCode::SERVICE_UNAVAILABLE, "no cluster for this route\n")
             }
         },
     }
-    // Response phase: the plugin chain runs here, in reverse order, on the response above.
+}
+
+/// The request facts plugins read as properties.
+fn stream_info(
+    request: &Request<Incoming>,
+    downstream: &Downstream,
+    record: &AccessRecord,
+    route: &crate::config::Route,
+    snapshot: &Snapshot,
+) -> StreamInfo {
+    let cluster_name = snapshot
+        .forwards
+        .get(&route.name)
+        .and_then(|forward| forward.targets.first())
+        .map(|target| target.cluster.name.to_string())
+        .unwrap_or_default();
+    StreamInfo {
+        request_id: record.request_id.to_str().unwrap_or_default().to_string(),
+        started: std::time::SystemTime::now(),
+        protocol: match request.version() {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        downstream_remote: downstream.remote,
+        downstream_local: downstream.local,
+        connection_id: downstream.connection_id,
+        tls_version: downstream.tls.as_ref().and_then(|tls| tls.version),
+        mtls: downstream.tls.as_ref().is_some_and(|tls| tls.peer_certificate),
+        server_name: downstream.tls.as_ref().and_then(|tls| tls.server_name.clone()),
+        route_name: route.name.clone(),
+        cluster_name,
+    }
 }
 
 /// The host the client asked for: the URI's authority (HTTP/2, absolute-form HTTP/1.1),

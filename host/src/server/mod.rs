@@ -158,6 +158,13 @@ async fn worker(
     state: Arc<GatewayState>,
     shutdown: watch::Receiver<bool>,
 ) {
+    // Start this worker's plugin VMs before the first request, so that no request pays for
+    // instantiation and every VM has run on_vm_start before traffic arrives.
+    for plugin in &state.snapshot().plugins {
+        if let Err(error) = plugin.with_vm(|_, _| Ok(())) {
+            tracing::error!(plugin = %plugin.name, %error, "plugin VM failed to start on a worker");
+        }
+    }
     let mut accept_loops = Vec::new();
     for (name, socket) in sockets {
         let listener = match tokio::net::TcpListener::from_std(socket) {

@@ -23,6 +23,8 @@ pub struct Metrics {
     upstream_errors: DashMap<(Arc<str>, &'static str), AtomicU64>,
     active_connections: DashMap<Arc<str>, AtomicI64>,
     connections_total: DashMap<Arc<str>, AtomicU64>,
+    plugin_traps: DashMap<String, AtomicU64>,
+    plugin_restarts: DashMap<String, AtomicU64>,
 }
 
 #[derive(Default)]
@@ -102,6 +104,14 @@ impl Metrics {
             .entry((cluster.clone(), kind.label()))
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn plugin_trap(&self, plugin: &str) {
+        self.plugin_traps.entry(plugin.to_string()).or_default().fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn plugin_restart(&self, plugin: &str) {
+        self.plugin_restarts.entry(plugin.to_string()).or_default().fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn connection_opened(&self, listener: &Arc<str>) {
@@ -211,6 +221,18 @@ impl Metrics {
             &self.connections_total,
             |v| v.load(Ordering::Relaxed).to_string(),
         );
+        for (name, help, map) in [
+            ("tollgate_plugin_traps_total", "Plugin VM traps (panics, deadlines, memory, bad code), by plugin.", &self.plugin_traps),
+            ("tollgate_plugin_vm_restarts_total", "Plugin VMs recreated after a failure, by plugin.", &self.plugin_restarts),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let mut rows: Vec<_> = map.iter().map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed))).collect();
+            rows.sort();
+            for (plugin, value) in rows {
+                let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {value}", escape(&plugin));
+            }
+        }
+        crate::wasm::metrics::plugin_metrics().render(&mut out);
         out
     }
 }

@@ -11,6 +11,8 @@ mod wasi;
 
 use wasmtime::Linker;
 
+pub use wasi::define_missing as define_missing_wasi;
+
 use super::host::HostState;
 
 /// Host function results (`WasmResult` in Envoy).

@@ -38,7 +38,8 @@ fn register_shared_queue(mut caller: Ctx<'_>, name_ptr: u32, name_len: u32, ret_
         let state = caller.data();
         let events = state.events.clone().ok_or(Status::InternalFailure)?;
         let id = store().register_queue(&state.plugin.vm_id, &name, events, state.effective_root());
-        caller.data_mut().registered_queues.insert(id, caller.data().effective_root());
+        let root = caller.data().effective_root();
+        caller.data_mut().registered_queues.insert(id, root);
         memory::write_u32(&mut caller, ret_id, id)?;
         Ok(())
     })())

@@ -5,7 +5,9 @@
 //!   form) with its ASCII upper-cased bytes.
 //! - `on_http_response_headers`: removes `content-length` (the body changes length).
 //! - `on_http_response_body`: returns `Pause` until `end_of_stream`; then appends
-//!   `\n-- via tp-body` (`set_http_response_body(size, 0, ..)`, the append form).
+//!   `\n-- via tp-body` (`set_http_response_body(size, 0, ..)`, the append form). When the
+//!   response has trailers, no body callback has `end_of_stream` (as in Envoy), so nothing is
+//!   appended; the host delivers the paused body when the trailers continue.
 //! - `on_http_request_trailers` / `on_http_response_trailers`: when there is at least one
 //!   trailer, adds the trailer `x-tp-trailer: seen`.
 

@@ -2,8 +2,9 @@
 //!
 //! Per request, in `on_http_request_headers`: 20 `add_http_request_header("x-heavy-<i>",
 //! "value-<i>")` (i = 0..20), then 20 `get_http_request_header("x-heavy-<i>")`, then 20
-//! `remove_http_request_header("x-heavy-<i>")`; if any get missed its header, adds
-//! `x-heavy-missing: <count>`. The upstream therefore sees no `x-heavy-*` header on success.
+//! `remove_http_request_header("x-heavy-<i>")`; then one more add, `x-heavy-found: <how many
+//! of the 20 gets found their header>`, so that a test can tell the plugin ran. The upstream
+//! therefore sees `x-heavy-found: 20` and no other `x-heavy-*` header.
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
@@ -51,16 +52,14 @@ impl HttpContext for Heavy {
         for (name, value) in NAMES.iter().zip(VALUES) {
             self.add_http_request_header(name, value);
         }
-        let missing = NAMES
+        let found = NAMES
             .iter()
-            .filter(|name| self.get_http_request_header(name).is_none())
+            .filter(|name| self.get_http_request_header(name).is_some())
             .count();
         for name in NAMES {
             self.remove_http_request_header(name);
         }
-        if missing > 0 {
-            self.add_http_request_header("x-heavy-missing", &missing.to_string());
-        }
+        self.add_http_request_header("x-heavy-found", &found.to_string());
         Action::Continue
     }
 }

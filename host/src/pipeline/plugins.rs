@@ -1,0 +1,519 @@
+//! Running a route's plugin chain for one request: request phase in order, response phase in
+//! reverse, log phase at the end, with Envoy's pause, resume and local-reply semantics and
+//! each plugin's failure policy.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use tokio::sync::Notify;
+
+use super::{local, ResponseBody};
+use crate::config::raw::FailurePolicy;
+use crate::upstream::BoxError;
+use crate::wasm::abi::{Action, HeaderList};
+use crate::wasm::host::{FilterState, LocalResponse, StreamInfo, StreamState};
+use crate::wasm::plugin::{Plugin, PluginFailure};
+use crate::wasm::vm::StreamCallback;
+
+/// The plugins that apply to a route, in request order.
+pub type Chain = Arc<Vec<Arc<Plugin>>>;
+
+/// How a phase ended when it did not simply continue.
+pub enum Stopped {
+    /// A plugin answered (its index, and the answer); response callbacks run for the
+    /// plugins up to and including it.
+    Local(usize, LocalResponse),
+    /// The gateway answers (plugin failure, reset, wait timeout); no response callbacks.
+    Failed(Response<ResponseBody>),
+}
+
+struct Entry {
+    plugin: Arc<Plugin>,
+    context: Option<u32>,
+    wake: Option<Arc<Notify>>,
+    /// fail_open: the plugin failed and is skipped for the rest of the request.
+    skipped: bool,
+}
+
+/// One request's walk through a chain.
+pub struct PluginRun {
+    entries: Vec<Entry>,
+    route: String,
+    info: Arc<StreamInfo>,
+    filter_state: FilterState,
+    /// How long a paused stream may wait for a plugin to resume it.
+    wait_limit: Duration,
+    /// Plugins whose response callbacks run: all, or those up to a local reply.
+    response_limit: usize,
+    finished: bool,
+}
+
+/// Which direction a pause is waiting on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Request,
+    Response,
+}
+
+impl PluginRun {
+    pub fn new(chain: &Chain, route: &str, info: StreamInfo, wait_limit: Duration) -> Self {
+        Self {
+            entries: chain
+                .iter()
+                .map(|plugin| Entry {
+                    plugin: plugin.clone(),
+                    context: None,
+                    wake: None,
+                    skipped: false,
+                })
+                .collect(),
+            route: route.to_string(),
+            info: Arc::new(info),
+            filter_state: Arc::new(Mutex::new(Default::default())),
+            wait_limit,
+            response_limit: chain.len(),
+            finished: false,
+        }
+    }
+
+    /// Applies the plugin's failure policy: fail_open skips it, anything else answers 503.
+    fn fail(&mut self, index: usize, failure: PluginFailure) -> Result<(), Stopped> {
+        let entry = &mut self.entries[index];
+        tracing::warn!(plugin = %entry.plugin.name, route = %self.route, error = %failure, "plugin failed");
+        if entry.plugin.failure_policy == FailurePolicy::FailOpen {
+            entry.skipped = true;
+            return Ok(());
+        }
+        let mut response = local::reply(StatusCode::SERVICE_UNAVAILABLE, &format!("plugin {:?} is unavailable\n", entry.plugin.name));
+        if self.info.protocol == "HTTP/2" {
+            response.headers_mut().insert("grpc-status", HeaderValue::from_static("14"));
+        }
+        Err(Stopped::Failed(response))
+    }
+
+    /// Creates the plugin's stream context on first use.
+    fn context(&mut self, index: usize) -> Result<Option<u32>, Stopped> {
+        if self.entries[index].skipped {
+            return Ok(None);
+        }
+        if let Some(context) = self.entries[index].context {
+            return Ok(Some(context));
+        }
+        let plugin = self.entries[index].plugin.clone();
+        let key = plugin.root_key(&self.route);
+        let stream = StreamState::new(0, self.info.clone(), self.filter_state.clone());
+        let wake = stream.wake.clone();
+        let created = plugin.with_vm(|vm, roots| {
+            let root = roots.get(&key).or_else(|| roots.get(&None)).copied().unwrap_or(0);
+            let mut stream = stream;
+            stream.root_id = root;
+            vm.create_stream(root, stream)
+        });
+        match created {
+            Ok(context) => {
+                self.entries[index].context = Some(context);
+                self.entries[index].wake = Some(wake);
+                Ok(Some(context))
+            }
+            Err(failure) => self.fail(index, failure).map(|()| None),
+        }
+    }
+
+    /// Runs a callback, then waits while the plugin pauses until it resumes, answers or
+    /// resets the stream.
+    async fn settle(
+        &mut self,
+        index: usize,
+        direction: Direction,
+        call: impl FnOnce(&mut crate::wasm::vm::Vm, u32) -> Result<Action, crate::wasm::vm::VmTrap>,
+    ) -> Result<(), Stopped> {
+        let Some(context) = self.context(index)? else { return Ok(()) };
+        let plugin = self.entries[index].plugin.clone();
+        let action = match plugin.with_vm(|vm, _| call(vm, context)) {
+            Ok(action) => action,
+            Err(failure) => return self.fail(index, failure),
+        };
+        let wake = self.entries[index].wake.clone().expect("set with the context");
+        let deadline = tokio::time::Instant::now() + self.wait_limit;
+        let mut paused = action == Action::Pause;
+        loop {
+            let signals = plugin.with_vm(|vm, _| {
+                let Some(stream) = vm.state().streams.get_mut(&context) else {
+                    return Ok((None, false, false));
+                };
+                let signals = &mut stream.signals;
+                let resumed = match direction {
+                    Direction::Request => std::mem::take(&mut signals.continue_request),
+                    Direction::Response => std::mem::take(&mut signals.continue_response),
+                };
+                Ok((signals.local_response.take(), std::mem::take(&mut signals.reset), resumed))
+            });
+            let (local_response, reset, resumed) = match signals {
+                Ok(signals) => signals,
+                Err(failure) => return self.fail(index, failure),
+            };
+            if let Some(local_response) = local_response {
+                return Err(Stopped::Local(index, local_response));
+            }
+            if reset {
+                return Err(Stopped::Failed(local::reply(StatusCode::SERVICE_UNAVAILABLE, "the plugin reset the stream\n")));
+            }
+            if resumed {
+                paused = false;
+            }
+            if !paused {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, wake.notified()).await.is_err() {
+                tracing::warn!(plugin = %plugin.name, route = %self.route, "plugin paused the stream and never resumed it");
+                return Err(Stopped::Failed(local::reply(StatusCode::GATEWAY_TIMEOUT, "a plugin paused the request past its timeout\n")));
+            }
+        }
+    }
+
+    /// Request headers through every plugin in order; `headers` carries the pseudo-headers.
+    pub async fn request_headers(&mut self, headers: &mut HeaderList, end_of_stream: bool) -> Result<(), Stopped> {
+        for index in 0..self.entries.len() {
+            let count = headers.len();
+            let moved = std::mem::take(headers);
+            let mut moved = Some(moved);
+            let result = self
+                .settle(index, Direction::Request, |vm, context| {
+                    if let Some(stream) = vm.state().streams.get_mut(&context) {
+                        stream.request_headers = moved.take().unwrap_or_default();
+                    }
+                    vm.stream_callback(context, StreamCallback::RequestHeaders, count, end_of_stream)
+                })
+                .await;
+            *headers = self.take_back(index, moved, |stream| std::mem::take(&mut stream.request_headers));
+            result?;
+        }
+        // Later phases read request properties (request.path, request.headers, ...): every
+        // plugin keeps a copy of the final request headers.
+        for entry in &self.entries {
+            let Some(context) = entry.context else { continue };
+            let _ = entry.plugin.with_vm(|vm, _| {
+                if let Some(stream) = vm.state().streams.get_mut(&context) {
+                    stream.request_headers = headers.clone();
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+
+    /// The whole request body (and trailers) through every plugin in order.
+    pub async fn request_body(&mut self, body: &mut Vec<u8>, trailers: &mut Option<HeaderList>) -> Result<(), Stopped> {
+        for index in 0..self.entries.len() {
+            let size = body.len();
+            let mut moved = Some(std::mem::take(body));
+            let end_of_stream = trailers.is_none();
+            let result = self
+                .settle(index, Direction::Request, |vm, context| {
+                    if let Some(stream) = vm.state().streams.get_mut(&context) {
+                        stream.request_body = moved.take().unwrap_or_default();
+                        stream.request_size = size as u64;
+                    }
+                    vm.stream_callback(context, StreamCallback::RequestBody, size, end_of_stream)
+                })
+                .await;
+            *body = self.take_back(index, moved, |stream| std::mem::take(&mut stream.request_body));
+            result?;
+            if let Some(list) = trailers.as_mut() {
+                let count = list.len();
+                let mut moved = Some(std::mem::take(list));
+                let result = self
+                    .settle(index, Direction::Request, |vm, context| {
+                        if let Some(stream) = vm.state().streams.get_mut(&context) {
+                            stream.request_trailers = moved.take().unwrap_or_default();
+                        }
+                        vm.stream_callback(context, StreamCallback::RequestTrailers, count, true)
+                    })
+                    .await;
+                *list = self.take_back(index, moved, |stream| std::mem::take(&mut stream.request_trailers));
+                result?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Response headers through the plugins in reverse order. A local reply from this phase
+    /// replaces the response; its headers then continue through the remaining plugins.
+    pub async fn response_headers(&mut self, headers: &mut HeaderList, end_of_stream: bool, upstream: Option<&str>) -> Result<Option<LocalResponse>, Stopped> {
+        let status = headers
+            .iter()
+            .find(|(k, _)| k == ":status")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
+        let mut replaced = None;
+        for index in (0..self.response_limit.min(self.entries.len())).rev() {
+            if self.entries[index].context.is_none() {
+                continue;
+            }
+            let count = headers.len();
+            let mut moved = Some(std::mem::take(headers));
+            let upstream = upstream.map(str::to_string);
+            let result = self
+                .settle(index, Direction::Response, |vm, context| {
+                    if let Some(stream) = vm.state().streams.get_mut(&context) {
+                        stream.response_headers = moved.take().unwrap_or_default();
+                        stream.response_code = status;
+                        stream.upstream_address = upstream;
+                    }
+                    vm.stream_callback(context, StreamCallback::ResponseHeaders, count, end_of_stream)
+                })
+                .await;
+            *headers = self.take_back(index, moved, |stream| std::mem::take(&mut stream.response_headers));
+            match result {
+                Ok(()) => {}
+                Err(Stopped::Local(_, answer)) => {
+                    *headers = response_header_list(&answer);
+                    replaced = Some(answer);
+                }
+                Err(failed) => return Err(failed),
+            }
+        }
+        Ok(replaced)
+    }
+
+    /// Returns what a callback left in the stream state; if the VM is gone (a trap), what
+    /// was never handed over.
+    fn take_back<T: Default>(&self, index: usize, unmoved: Option<T>, take: impl FnOnce(&mut StreamState) -> T) -> T {
+        if let Some(value) = unmoved {
+            return value;
+        }
+        let Some(context) = self.entries[index].context else { return T::default() };
+        self.entries[index]
+            .plugin
+            .with_vm(|vm, _| Ok(vm.state().streams.get_mut(&context).map(take).unwrap_or_default()))
+            .unwrap_or_default()
+    }
+
+    /// Limits the response phase to the plugins up to one that answered locally.
+    pub fn answered_by(&mut self, index: usize) {
+        self.response_limit = index + 1;
+    }
+
+    /// One response body chunk through the plugins in reverse order (synchronous: called
+    /// while the body streams). A plugin that pauses keeps buffering; at the end of the
+    /// stream everything buffered is released.
+    fn response_body_chunk(&mut self, mut data: Vec<u8>, end_of_stream: bool) -> Vec<u8> {
+        for index in (0..self.response_limit.min(self.entries.len())).rev() {
+            let entry = &self.entries[index];
+            let (Some(context), false) = (entry.context, entry.skipped) else { continue };
+            if data.is_empty() && !end_of_stream {
+                break;
+            }
+            let plugin = entry.plugin.clone();
+            let result = plugin.with_vm(|vm, _| {
+                let Some(stream) = vm.state().streams.get_mut(&context) else { return Ok(Vec::new()) };
+                stream.response_body.extend_from_slice(&data);
+                stream.response_size += data.len() as u64;
+                let size = stream.response_body.len();
+                let action = vm.stream_callback(context, StreamCallback::ResponseBody, size, end_of_stream)?;
+                let stream = vm.state().streams.get_mut(&context).expect("checked above");
+                let released = action == Action::Continue || end_of_stream || stream.signals.continue_response;
+                stream.signals.continue_response = false;
+                Ok(if released { std::mem::take(&mut stream.response_body) } else { Vec::new() })
+            });
+            data = match result {
+                Ok(out) => out,
+                Err(failure) => {
+                    tracing::warn!(plugin = %plugin.name, error = %failure, "plugin failed on the response body; passing it through");
+                    self.entries[index].skipped = true;
+                    data
+                }
+            };
+        }
+        data
+    }
+
+    fn response_trailers(&mut self, trailers: &mut HeaderList) {
+        for index in (0..self.response_limit.min(self.entries.len())).rev() {
+            let entry = &self.entries[index];
+            let (Some(context), false) = (entry.context, entry.skipped) else { continue };
+            let plugin = entry.plugin.clone();
+            let count = trailers.len();
+            let moved = std::mem::take(trailers);
+            let result = plugin.with_vm(|vm, _| {
+                if let Some(stream) = vm.state().streams.get_mut(&context) {
+                    stream.response_trailers = moved;
+                }
+                vm.stream_callback(context, StreamCallback::ResponseTrailers, count, true)?;
+                Ok(vm.state().streams.get_mut(&context).map(|s| std::mem::take(&mut s.response_trailers)).unwrap_or_default())
+            });
+            if let Ok(list) = result {
+                *trailers = list;
+            }
+        }
+    }
+
+    /// The log phase: `on_log`, `on_done`, `on_delete` for every context, in order.
+    pub fn finish(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let finished = SystemTime::now();
+        for entry in &self.entries {
+            let Some(context) = entry.context else { continue };
+            let _ = entry.plugin.with_vm(|vm, _| {
+                if let Some(stream) = vm.state().streams.get_mut(&context) {
+                    stream.finished = Some(finished);
+                }
+                vm.finish_stream(context)
+            });
+        }
+    }
+}
+
+impl Drop for PluginRun {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// A local reply's headers as a response header list (`:status` first).
+pub fn response_header_list(answer: &LocalResponse) -> HeaderList {
+    let mut list = vec![(":status".to_string(), answer.status.to_string().into_bytes())];
+    list.extend(answer.headers.iter().cloned());
+    list
+}
+
+/// Builds the response for a local reply.
+pub fn local_response(answer: &LocalResponse) -> Response<ResponseBody> {
+    let mut response = Response::new(local::body(answer.body.clone()));
+    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in &answer.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    if answer.grpc_status >= 0 {
+        if let Ok(value) = HeaderValue::from_str(&answer.grpc_status.to_string()) {
+            response.headers_mut().insert("grpc-status", value);
+        }
+    }
+    response
+}
+
+/// Header list ⇄ `http` types.
+pub fn to_header_list(pseudo: &[(&str, String)], headers: &HeaderMap) -> HeaderList {
+    let mut list: HeaderList = pseudo.iter().map(|(k, v)| (k.to_string(), v.clone().into_bytes())).collect();
+    list.extend(
+        headers
+            .iter()
+            .filter(|(name, _)| *name != http::header::HOST)
+            .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec())),
+    );
+    list
+}
+
+/// Splits a header list into its pseudo-headers and a `HeaderMap` of the rest.
+pub fn from_header_list(list: &HeaderList) -> (Vec<(String, String)>, HeaderMap) {
+    let mut pseudo = Vec::new();
+    let mut headers = HeaderMap::with_capacity(list.len());
+    for (name, value) in list {
+        if name.starts_with(':') {
+            pseudo.push((name.clone(), String::from_utf8_lossy(value).into_owned()));
+        } else if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
+            headers.append(name, value);
+        }
+    }
+    (pseudo, headers)
+}
+
+/// The response body as the plugins see it, chunk by chunk; the log phase runs when it ends.
+pub fn filter_response_body(body: ResponseBody, run: PluginRun) -> ResponseBody {
+    FilteredBody {
+        inner: body,
+        run,
+        done: false,
+        trailers_done: false,
+    }
+    .boxed()
+}
+
+struct FilteredBody {
+    inner: ResponseBody,
+    run: PluginRun,
+    done: bool,
+    /// The trailers went through the plugins already (they may follow a flushed body).
+    trailers_done: bool,
+}
+
+impl Body for FilteredBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+            match polled {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let end = self.inner.is_end_stream();
+                        let out = self.run.response_body_chunk(data.to_vec(), end);
+                        if end {
+                            self.done = true;
+                        }
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                        }
+                        if self.done {
+                            return Poll::Ready(None);
+                        }
+                    }
+                    Err(frame) if self.trailers_done => {
+                        self.done = true;
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    Err(frame) => {
+                        self.trailers_done = true;
+                        // Trailers end the stream: release any buffered body first is not
+                        // possible in one frame, so flush it and keep the trailers for later.
+                        let flushed = self.run.response_body_chunk(Vec::new(), true);
+                        let mut trailers = match frame.into_trailers() {
+                            Ok(map) => crate::wasm::plugin::header_list(&map),
+                            Err(_) => Vec::new(),
+                        };
+                        self.run.response_trailers(&mut trailers);
+                        self.done = true;
+                        let (_, map) = from_header_list(&trailers);
+                        if !flushed.is_empty() {
+                            // Send the released body now; the trailers follow as the final frame.
+                            let pending_trailers = map;
+                            self.inner = http_body_util::Empty::new()
+                                .map_err(|never| match never {})
+                                .with_trailers(async move { Some(Ok(pending_trailers)) })
+                                .boxed();
+                            self.done = false;
+                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(flushed)))));
+                        }
+                        return Poll::Ready(Some(Ok(Frame::trailers(map))));
+                    }
+                },
+                Poll::Ready(None) => {
+                    self.done = true;
+                    let out = self.run.response_body_chunk(Vec::new(), true);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}

@@ -1,0 +1,24 @@
+//! The proxy-wasm runtime on wasmtime.
+//!
+//! | module | role |
+//! |---|---|
+//! | [`engine`] | the one `Engine`, compilation with an on-disk cache, ABI detection, import check |
+//! | [`memory`] | bounds-checked guest memory access (the only place that touches it) |
+//! | [`abi`] | the host functions, registered in one place |
+//! | [`host`] | the store data the host functions work on |
+//! | [`vm`] | one instance: contexts, callbacks under a CPU deadline, traps |
+//! | [`plugin`] | a plugin instance: a VM per worker, failure policy, callouts, timers |
+//! | [`shared`] | shared data and queues across VMs |
+//! | [`metrics`] | plugin-defined metrics |
+//!
+//! The contract is Envoy's behaviour: a module built with the `proxy-wasm` crate for
+//! `wasm32-wasip1` behaves here as it does there.
+
+pub mod abi;
+pub mod engine;
+pub mod host;
+pub mod memory;
+pub mod metrics;
+pub mod plugin;
+pub mod shared;
+pub mod vm;

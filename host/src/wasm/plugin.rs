@@ -1,0 +1,475 @@
+//! A plugin instance from the policies, running as one VM per worker thread.
+//!
+//! Each worker thread lazily gets its own VM (`thread_local::ThreadLocal`, so access is
+//! lock-free and the VMs die with the snapshot that owns the plugin). A VM holds one root
+//! context per configuration (the plugin's own and each per-route override) and the stream
+//! contexts of that worker's requests. A VM's timers, queue wake-ups and callout answers run
+//! as tasks on the same worker runtime, so a VM is only ever touched by its own thread.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use thread_local::ThreadLocal;
+
+use super::abi::HeaderList;
+use super::engine::{runtime, CompiledModule};
+use super::host::{CallResponse, PendingCallout, PluginIdentity};
+use super::shared::VmEvent;
+use super::vm::{Vm, VmTrap};
+
+type EventReceiver = tokio::sync::mpsc::UnboundedReceiver<VmEvent>;
+use crate::config::{self, raw::FailurePolicy};
+use crate::upstream::Cluster;
+
+/// Counters per plugin, exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    pub traps: AtomicU64,
+    pub vm_restarts: AtomicU64,
+    pub callback_micros: AtomicU64,
+    pub callbacks: AtomicU64,
+}
+
+struct VmSlot {
+    vm: Option<Vm>,
+    generation: u64,
+    /// Root context per configuration key (`None`: the plugin's own configuration).
+    roots: HashMap<Option<String>, u32>,
+    consecutive_failures: u32,
+    retry_after: Option<Instant>,
+}
+
+pub struct Plugin {
+    pub name: String,
+    pub module: Arc<CompiledModule>,
+    pub failure_policy: FailurePolicy,
+    pub priority: i32,
+    identity: Arc<PluginIdentity>,
+    memory_limit: usize,
+    callback_timeout: Duration,
+    /// The plugin's own configuration under `None`, per-route overrides under their route.
+    configurations: Vec<(Option<String>, Bytes)>,
+    clusters: HashMap<String, Arc<Cluster>>,
+    vms: ThreadLocal<RefCell<VmSlot>>,
+    pub stats: PluginStats,
+}
+
+/// Why a plugin could not run a callback.
+#[derive(Debug, Clone)]
+pub enum PluginFailure {
+    Trap(VmTrap),
+    /// The VM is broken and not (yet) recreated.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for PluginFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Trap(trap) => trap.fmt(f),
+            Self::Unavailable(reason) => f.write_str(reason),
+        }
+    }
+}
+
+fn json_bytes(value: &serde_json::Value) -> Bytes {
+    if value.is_null() {
+        Bytes::new()
+    } else {
+        Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+    }
+}
+
+/// The module file a plugin names: a path, or a file name in the plugins folder.
+pub fn module_path(plugin: &config::Plugin, plugins_dir: &std::path::Path) -> std::path::PathBuf {
+    if plugin.module.is_absolute() || plugin.module.components().count() > 1 {
+        plugin.module.clone()
+    } else {
+        plugins_dir.join(&plugin.module)
+    }
+}
+
+impl Plugin {
+    /// Prepares a plugin instance and proves it starts: a canary VM runs `on_vm_start` and
+    /// `on_configure` with every configuration that uses it.
+    pub fn new(
+        config: &config::Plugin,
+        module: Arc<CompiledModule>,
+        clusters: HashMap<String, Arc<Cluster>>,
+    ) -> Result<Arc<Self>, String> {
+        let mut configurations = vec![(None, json_bytes(&config.config))];
+        for (route, value) in &config.route_config {
+            configurations.push((Some(route.clone()), json_bytes(value)));
+        }
+        let identity = Arc::new(PluginIdentity {
+            name: config.name.clone(),
+            vm_id: config.vm_id.clone().unwrap_or_default(),
+            root_id: config.name.clone(),
+            vm_configuration: json_bytes(&config.vm_config),
+            env: config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            clusters: clusters.keys().cloned().collect::<HashSet<_>>(),
+        });
+        let plugin = Arc::new(Self {
+            name: config.name.clone(),
+            module,
+            failure_policy: config.failure_policy,
+            priority: config.priority,
+            identity,
+            memory_limit: config.memory_limit as usize,
+            callback_timeout: config.callback_timeout,
+            configurations,
+            clusters,
+            vms: ThreadLocal::new(),
+            stats: PluginStats::default(),
+        });
+        plugin.start_vm().map(drop).map_err(|trap| trap.to_string())?;
+        Ok(plugin)
+    }
+
+    /// A new VM with every root context configured, and the receiving end of its events
+    /// (shared-queue wake-ups) for its event loop.
+    fn start_vm(&self) -> Result<(Vm, HashMap<Option<String>, u32>, EventReceiver), VmTrap> {
+        let mut vm = Vm::new(&self.module, self.identity.clone(), self.memory_limit, self.callback_timeout)?;
+        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+        vm.state().events = Some(events);
+        let mut roots = HashMap::new();
+        for (key, configuration) in &self.configurations {
+            let vm_config_size = self.identity.vm_configuration.len();
+            let root = vm.create_root(vm_config_size, configuration.clone())?;
+            roots.insert(key.clone(), root);
+        }
+        vm.started();
+        Ok((vm, roots, receiver))
+    }
+
+    /// The configuration key for a route: the route when it has an override.
+    pub fn root_key(&self, route: &str) -> Option<String> {
+        self.configurations
+            .iter()
+            .find(|(key, _)| key.as_deref() == Some(route))
+            .and_then(|(key, _)| key.clone())
+    }
+
+    fn slot(&self) -> &RefCell<VmSlot> {
+        self.vms.get_or(|| {
+            RefCell::new(VmSlot {
+                vm: None,
+                generation: 0,
+                roots: HashMap::new(),
+                consecutive_failures: 0,
+                retry_after: None,
+            })
+        })
+    }
+
+    /// Runs `f` on this thread's VM, creating it when needed (with back-off after failures).
+    /// A trap breaks the VM; callouts the callback started are dispatched afterwards.
+    pub fn with_vm<R>(self: &Arc<Self>, f: impl FnOnce(&mut Vm, &HashMap<Option<String>, u32>) -> Result<R, VmTrap>) -> Result<R, PluginFailure> {
+        let slot = self.slot();
+        let mut slot = slot.borrow_mut();
+        if slot.vm.is_none() {
+            self.revive(&mut slot)?;
+        }
+        let started = Instant::now();
+        let VmSlot { vm, roots, .. } = &mut *slot;
+        let vm_ref = vm.as_mut().expect("revived above");
+        let result = f(vm_ref, roots);
+        let pending = vm_ref.take_pending();
+        self.stats.callbacks.fetch_add(1, Ordering::Relaxed);
+        self.stats.callback_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let generation = slot.generation;
+        match result {
+            Ok(value) => {
+                slot.consecutive_failures = 0;
+                drop(slot);
+                self.dispatch(generation, pending);
+                Ok(value)
+            }
+            Err(trap) => {
+                self.stats.traps.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::metrics::metrics().plugin_trap(&self.name);
+                tracing::error!(plugin = %self.name, callback = trap.callback, reason = %trap.reason, "plugin trapped; its VM on this worker is discarded");
+                slot.vm = None;
+                slot.roots.clear();
+                slot.consecutive_failures += 1;
+                // Back off exponentially so that a crash loop cannot spin: 0.1 s doubling to 30 s.
+                let backoff = Duration::from_millis(100u64 << slot.consecutive_failures.min(9)).min(Duration::from_secs(30));
+                slot.retry_after = Some(Instant::now() + backoff);
+                Err(PluginFailure::Trap(trap))
+            }
+        }
+    }
+
+    fn revive(self: &Arc<Self>, slot: &mut VmSlot) -> Result<(), PluginFailure> {
+        if slot.generation > 0 && self.failure_policy != FailurePolicy::Reload {
+            return Err(PluginFailure::Unavailable(format!("plugin {:?} failed on this worker and its policy is not `reload`", self.name)));
+        }
+        if let Some(retry_after) = slot.retry_after {
+            if Instant::now() < retry_after {
+                return Err(PluginFailure::Unavailable(format!("plugin {:?} is restarting after a failure", self.name)));
+            }
+        }
+        let (vm, roots, receiver) = self.start_vm().map_err(|trap| {
+            slot.consecutive_failures += 1;
+            let backoff = Duration::from_millis(100u64 << slot.consecutive_failures.min(9)).min(Duration::from_secs(30));
+            slot.retry_after = Some(Instant::now() + backoff);
+            tracing::error!(plugin = %self.name, error = %trap, "plugin VM failed to start");
+            PluginFailure::Trap(trap)
+        })?;
+        if slot.generation > 0 {
+            self.stats.vm_restarts.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::metrics::metrics().plugin_restart(&self.name);
+            tracing::warn!(plugin = %self.name, "plugin VM recreated");
+        }
+        slot.generation += 1;
+        let generation = slot.generation;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(event_loop(Arc::downgrade(self), generation, receiver));
+        }
+        slot.vm = Some(vm);
+        slot.roots = roots;
+        slot.retry_after = None;
+        Ok(())
+    }
+
+    /// Runs `f` on this thread's VM only if it is still the one of `generation`.
+    fn with_generation(self: &Arc<Self>, generation: u64, f: impl FnOnce(&mut Vm) -> Result<(), VmTrap>) {
+        let current = self.slot().borrow().generation;
+        if current != generation || self.slot().borrow().vm.is_none() {
+            return;
+        }
+        let _ = self.with_vm(|vm, _| f(vm));
+    }
+
+    /// Starts the callouts a callback asked for.
+    fn dispatch(self: &Arc<Self>, generation: u64, pending: Vec<PendingCallout>) {
+        if pending.is_empty() {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            tracing::warn!(plugin = %self.name, "callouts outside a worker are not started");
+            return;
+        }
+        for callout in pending {
+            let plugin = self.clone();
+            match callout {
+                PendingCallout::Http { token, cluster, headers, body, trailers: _, timeout, .. } => {
+                    tokio::spawn(async move {
+                        let response = plugin.http_callout(&cluster, headers, body, timeout).await;
+                        plugin.with_generation(generation, |vm| {
+                            if response.is_none() {
+                                vm.state().status = (14, Bytes::from_static(b"callout failed"));
+                            }
+                            vm.on_http_call_response(token, response).map(drop)
+                        });
+                    });
+                }
+                PendingCallout::Grpc { token, cluster, service, method, metadata, message, timeout, .. } => {
+                    tokio::spawn(async move {
+                        let (status, message_text, response) = match message {
+                            Some(message) => plugin.grpc_unary(&cluster, &service, &method, metadata, message, timeout).await,
+                            None => (12, "gRPC streams are not supported by this gateway yet".to_string(), None),
+                        };
+                        plugin.with_generation(generation, |vm| {
+                            vm.state().status = (status, Bytes::from(message_text));
+                            vm.on_grpc_call_response(token, status, response).map(drop)
+                        });
+                    });
+                }
+                // Cancelled calls were already forgotten by the host function; answers that
+                // arrive later find no token and are dropped.
+                PendingCallout::GrpcSend { .. } | PendingCallout::GrpcCancel { .. } => {}
+            }
+        }
+    }
+
+    async fn send(&self, cluster: &str, request: http::Request<crate::upstream::UpstreamBody>, timeout: Duration) -> Option<http::Response<hyper::body::Incoming>> {
+        let cluster = self.clusters.get(cluster)?;
+        let all: Vec<usize> = (0..cluster.endpoints.len()).collect();
+        let guard = cluster.pick(&all).ok()?;
+        let (mut parts, body) = request.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+        parts.uri = format!("{}://{}{}", cluster.scheme(), guard.endpoint.address, path).parse().ok()?;
+        parts.version = if cluster.http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        let request = http::Request::from_parts(parts, body);
+        match tokio::time::timeout(timeout, cluster.client().request(request)).await {
+            Ok(Ok(response)) => {
+                guard.success();
+                Some(response)
+            }
+            _ => {
+                guard.failure();
+                None
+            }
+        }
+    }
+
+    async fn http_callout(&self, cluster: &str, headers: HeaderList, body: Bytes, timeout: Duration) -> Option<CallResponse> {
+        let mut request = http::Request::builder();
+        let mut authority = String::new();
+        for (name, value) in &headers {
+            match name.as_str() {
+                ":method" => request = request.method(value.as_slice()),
+                ":path" => request = request.uri(String::from_utf8_lossy(value).as_ref()),
+                ":authority" => authority = String::from_utf8_lossy(value).into_owned(),
+                name if name.starts_with(':') => {}
+                name => request = request.header(name, value.as_slice()),
+            }
+        }
+        request = request.header(http::header::HOST, authority);
+        let request = request.body(Full::new(body).map_err(|never| match never {}).boxed()).ok()?;
+        let started = Instant::now();
+        let response = self.send(cluster, request, timeout).await?;
+        let (parts, body) = response.into_parts();
+        let remaining = timeout.saturating_sub(started.elapsed());
+        let collected = tokio::time::timeout(remaining, body.collect()).await.ok()?.ok()?;
+        let trailers = collected.trailers().map(header_list).unwrap_or_default();
+        let mut headers = vec![(":status".to_string(), parts.status.as_str().as_bytes().to_vec())];
+        headers.extend(header_list(&parts.headers));
+        Some(CallResponse {
+            headers,
+            body: collected.to_bytes(),
+            trailers,
+        })
+    }
+
+    /// A unary gRPC call over HTTP/2: one length-prefixed message each way.
+    async fn grpc_unary(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        metadata: HeaderList,
+        message: Bytes,
+        timeout: Duration,
+    ) -> (u32, String, Option<CallResponse>) {
+        let mut framed = Vec::with_capacity(message.len() + 5);
+        framed.push(0);
+        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&message);
+        let mut request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(format!("/{service}/{method}"))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .header("grpc-timeout", format!("{}m", timeout.as_millis()));
+        for (name, value) in &metadata {
+            if !name.starts_with(':') {
+                request = request.header(name.as_str(), value.as_slice());
+            }
+        }
+        let Ok(request) = request.body(Full::new(Bytes::from(framed)).map_err(|never| match never {}).boxed()) else {
+            return (3, "invalid metadata".into(), None);
+        };
+        let started = Instant::now();
+        let Some(response) = self.send(cluster, request, timeout).await else {
+            return (14, "upstream unavailable".into(), None);
+        };
+        let (parts, body) = response.into_parts();
+        let remaining = timeout.saturating_sub(started.elapsed());
+        let Ok(Ok(collected)) = tokio::time::timeout(remaining, body.collect()).await else {
+            return (4, "deadline exceeded".into(), None);
+        };
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let grpc_status = |map: &http::HeaderMap| map.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok());
+        let status = grpc_status(&trailers).or_else(|| grpc_status(&parts.headers)).unwrap_or(2);
+        let message_text = trailers
+            .get("grpc-message")
+            .or_else(|| parts.headers.get("grpc-message"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = collected.to_bytes();
+        let payload = if body.len() >= 5 {
+            let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+            body.slice(5..(5 + len).min(body.len()))
+        } else {
+            Bytes::new()
+        };
+        let response = CallResponse {
+            headers: header_list(&parts.headers),
+            body: payload,
+            trailers: header_list(&trailers),
+        };
+        (status, message_text, Some(response))
+    }
+}
+
+pub fn header_list(headers: &http::HeaderMap) -> HeaderList {
+    headers
+        .iter()
+        .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
+        .collect()
+}
+
+/// A VM's timers and queue wake-ups, on the VM's own worker thread. Ends when the plugin
+/// (its snapshot) is gone or the VM was replaced.
+async fn event_loop(plugin: Weak<Plugin>, generation: u64, mut events: EventReceiver) {
+    let mut next_tick: HashMap<u32, Instant> = HashMap::new();
+    loop {
+        let periods = {
+            let Some(plugin) = plugin.upgrade() else { return };
+            let slot = plugin.slot().borrow();
+            if slot.generation != generation {
+                return;
+            }
+            match &slot.vm {
+                Some(vm) => vm.tick_periods(),
+                None => return,
+            }
+        };
+        let now = Instant::now();
+        for (root, period) in &periods {
+            next_tick.entry(*root).or_insert(now + *period);
+        }
+        next_tick.retain(|root, _| periods.iter().any(|(r, _)| r == root));
+        let wake_at = next_tick.values().min().copied().unwrap_or(now + Duration::from_secs(1));
+        tokio::select! {
+            event = events.recv() => {
+                let Some(VmEvent::QueueReady { root_context, queue }) = event else { return };
+                let Some(plugin) = plugin.upgrade() else { return };
+                plugin.with_generation(generation, |vm| vm.on_queue_ready(root_context, queue));
+            }
+            _ = tokio::time::sleep_until(wake_at.into()) => {
+                let Some(plugin) = plugin.upgrade() else { return };
+                let now = Instant::now();
+                for (root, period) in periods {
+                    if next_tick.get(&root).is_some_and(|due| *due <= now) {
+                        next_tick.insert(root, now + period);
+                        plugin.with_generation(generation, |vm| vm.on_tick(root));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Compiles every module the policies name, once per file, and builds every plugin
+/// instance. Errors name the plugin and what went wrong.
+pub fn build_plugins(
+    plugins: &[config::Plugin],
+    plugins_dir: &std::path::Path,
+    clusters: &HashMap<String, Arc<Cluster>>,
+) -> Result<Vec<Arc<Plugin>>, Vec<config::ConfigError>> {
+    let mut modules: HashMap<std::path::PathBuf, Result<Arc<CompiledModule>, String>> = HashMap::new();
+    let mut built = Vec::new();
+    let mut errors = Vec::new();
+    for plugin in plugins {
+        let path = module_path(plugin, plugins_dir);
+        let module = modules.entry(path.clone()).or_insert_with(|| runtime().load(&path)).clone();
+        let result = module.and_then(|module| Plugin::new(plugin, module, clusters.clone()));
+        match result {
+            Ok(instance) => built.push(instance),
+            Err(error) => errors.push(config::ConfigError::new(&plugin.origin, "module", error)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(built)
+    } else {
+        Err(errors)
+    }
+}

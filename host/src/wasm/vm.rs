@@ -1,0 +1,399 @@
+//! One VM: a wasmtime store and instance of a plugin's module, its root contexts and the
+//! stream contexts of the requests in flight on its worker. Every guest call goes through
+//! [`Vm::call`], which sets the CPU deadline, and turns a trap into [`VmTrap`] that marks the
+//! VM broken.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use wasmtime::{Instance, Store, TypedFunc, WasmParams, WasmResults};
+
+use super::engine::{runtime, CompiledModule, EPOCH_TICK};
+use super::host::{HostState, PendingCallout, PluginIdentity, RootState};
+
+/// A trap (or a refusal) in a plugin callback, with what is known about it.
+#[derive(Debug, Clone)]
+pub struct VmTrap {
+    pub plugin: String,
+    pub callback: &'static str,
+    pub reason: String,
+}
+
+impl std::fmt::Display for VmTrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "plugin {:?}: {}: {}", self.plugin, self.callback, self.reason)
+    }
+}
+
+struct Exports {
+    on_context_create: TypedFunc<(u32, u32), ()>,
+    on_vm_start: Option<TypedFunc<(u32, u32), u32>>,
+    on_configure: Option<TypedFunc<(u32, u32), u32>>,
+    on_tick: Option<TypedFunc<u32, ()>>,
+    on_queue_ready: Option<TypedFunc<(u32, u32), ()>>,
+    on_request_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
+    on_request_body: Option<TypedFunc<(u32, u32, u32), u32>>,
+    on_request_trailers: Option<TypedFunc<(u32, u32), u32>>,
+    on_response_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
+    on_response_body: Option<TypedFunc<(u32, u32, u32), u32>>,
+    on_response_trailers: Option<TypedFunc<(u32, u32), u32>>,
+    on_log: Option<TypedFunc<u32, ()>>,
+    on_done: Option<TypedFunc<u32, u32>>,
+    on_delete: Option<TypedFunc<u32, ()>>,
+    on_http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
+    on_grpc_receive: Option<TypedFunc<(u32, u32, u32), ()>>,
+    on_grpc_close: Option<TypedFunc<(u32, u32, u32), ()>>,
+}
+
+impl Exports {
+    fn find(store: &mut Store<HostState>, instance: &Instance) -> Result<Self, String> {
+        macro_rules! optional {
+            ($name:literal) => {
+                instance.get_typed_func(&mut *store, $name).ok()
+            };
+        }
+        Ok(Self {
+            on_context_create: instance
+                .get_typed_func(&mut *store, "proxy_on_context_create")
+                .map_err(|_| "the module does not export proxy_on_context_create(i32, i32)".to_string())?,
+            on_vm_start: optional!("proxy_on_vm_start"),
+            on_configure: optional!("proxy_on_configure"),
+            on_tick: optional!("proxy_on_tick"),
+            on_queue_ready: optional!("proxy_on_queue_ready"),
+            on_request_headers: optional!("proxy_on_request_headers"),
+            on_request_body: optional!("proxy_on_request_body"),
+            on_request_trailers: optional!("proxy_on_request_trailers"),
+            on_response_headers: optional!("proxy_on_response_headers"),
+            on_response_body: optional!("proxy_on_response_body"),
+            on_response_trailers: optional!("proxy_on_response_trailers"),
+            on_log: optional!("proxy_on_log"),
+            on_done: optional!("proxy_on_done"),
+            on_delete: optional!("proxy_on_delete"),
+            on_http_call_response: optional!("proxy_on_http_call_response"),
+            on_grpc_receive: optional!("proxy_on_grpc_receive"),
+            on_grpc_close: optional!("proxy_on_grpc_close"),
+        })
+    }
+}
+
+pub struct Vm {
+    store: Store<HostState>,
+    exports: Exports,
+    deadline_ticks: u64,
+}
+
+/// Which callback a stream call is, for the callbacks that share a shape.
+#[derive(Debug, Clone, Copy)]
+pub enum StreamCallback {
+    RequestHeaders,
+    RequestBody,
+    RequestTrailers,
+    ResponseHeaders,
+    ResponseBody,
+    ResponseTrailers,
+}
+
+impl StreamCallback {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RequestHeaders => "on_request_headers",
+            Self::RequestBody => "on_request_body",
+            Self::RequestTrailers => "on_request_trailers",
+            Self::ResponseHeaders => "on_response_headers",
+            Self::ResponseBody => "on_response_body",
+            Self::ResponseTrailers => "on_response_trailers",
+        }
+    }
+}
+
+fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+}
+
+impl Vm {
+    /// Instantiates the module and runs its initialisers (`_initialize`, then `main` if
+    /// exported; else `_start`).
+    pub fn new(module: &CompiledModule, identity: Arc<PluginIdentity>, memory_limit: usize, callback_timeout: Duration) -> Result<Self, VmTrap> {
+        let plugin = identity.name.clone();
+        let trap = |callback: &'static str, reason: String| VmTrap {
+            plugin: plugin.clone(),
+            callback,
+            reason,
+        };
+        let mut store = Store::new(&runtime().engine, HostState::new(identity, memory_limit));
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_trap();
+        // Start-up may compile regexes or parse large configurations: give it longer.
+        store.set_epoch_deadline(deadline_ticks(callback_timeout.max(Duration::from_secs(1))));
+        let instance = module
+            .pre
+            .instantiate(&mut store)
+            .map_err(|error| trap("instantiate", describe(&error)))?;
+        let initialize = instance.get_typed_func::<(), ()>(&mut store, "_initialize").ok();
+        let start = instance.get_typed_func::<(), ()>(&mut store, "_start").ok();
+        if let Some(initialize) = initialize {
+            initialize.call(&mut store, ()).map_err(|error| trap("_initialize", describe(&error)))?;
+            if let Ok(main) = instance.get_typed_func::<(u32, u32), u32>(&mut store, "main") {
+                main.call(&mut store, (0, 0)).map_err(|error| trap("main", describe(&error)))?;
+            }
+        } else if let Some(start) = start {
+            start.call(&mut store, ()).map_err(|error| trap("_start", describe(&error)))?;
+        }
+        let exports = Exports::find(&mut store, &instance).map_err(|reason| trap("instantiate", reason))?;
+        Ok(Self {
+            store,
+            exports,
+            deadline_ticks: deadline_ticks(callback_timeout),
+        })
+    }
+
+    pub fn state(&mut self) -> &mut HostState {
+        self.store.data_mut()
+    }
+
+    pub fn state_ref(&self) -> &HostState {
+        self.store.data()
+    }
+
+    fn plugin_name(&self) -> String {
+        self.store.data().plugin.name.clone()
+    }
+
+    /// Calls a guest function under the CPU deadline. A trap is returned as [`VmTrap`]; the
+    /// caller must treat the VM as broken afterwards.
+    fn call<P: WasmParams, R: WasmResults>(&mut self, callback: &'static str, func: &TypedFunc<P, R>, params: P) -> Result<R, VmTrap> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        func.call(&mut self.store, params).map_err(|error| VmTrap {
+            plugin: self.plugin_name(),
+            callback,
+            reason: describe(&error),
+        })
+    }
+
+    /// Creates a root context and runs `on_vm_start` and `on_configure` with `configuration`.
+    /// A `false` from either refuses the plugin, quoting its log lines; so does a trap (a
+    /// panic's message is among them).
+    pub fn create_root(&mut self, vm_configuration_size: usize, configuration: Bytes) -> Result<u32, VmTrap> {
+        self.start_root(vm_configuration_size, configuration).map_err(|mut trap| {
+            let lines = self.state().startup_log.clone().unwrap_or_default();
+            if !lines.is_empty() && !trap.reason.contains("the plugin logged") {
+                trap.reason = format!("{}; the plugin logged: {}", trap.reason, lines.join(" | "));
+            }
+            trap
+        })
+    }
+
+    fn start_root(&mut self, vm_configuration_size: usize, configuration: Bytes) -> Result<u32, VmTrap> {
+        let id = self.state().new_context_id();
+        self.state().roots.insert(
+            id,
+            RootState {
+                configuration: configuration.clone(),
+                tick_period: None,
+            },
+        );
+        self.state().effective_context = id;
+        let create = self.exports.on_context_create.clone();
+        self.call("on_context_create", &create, (id, 0))?;
+        if let Some(start) = self.exports.on_vm_start.clone() {
+            self.state().effective_context = id;
+            if self.call("on_vm_start", &start, (id, vm_configuration_size as u32))? == 0 {
+                return Err(self.refusal("on_vm_start"));
+            }
+        }
+        if let Some(configure) = self.exports.on_configure.clone() {
+            self.state().effective_context = id;
+            self.state().configuring = configuration.clone();
+            let accepted = self.call("on_configure", &configure, (id, configuration.len() as u32))?;
+            self.state().configuring = Bytes::new();
+            if accepted == 0 {
+                return Err(self.refusal("on_configure"));
+            }
+        }
+        Ok(id)
+    }
+
+    fn refusal(&mut self, callback: &'static str) -> VmTrap {
+        let lines = self.state().startup_log.clone().unwrap_or_default();
+        let reason = if lines.is_empty() {
+            "returned false (the plugin logged nothing)".to_string()
+        } else {
+            format!("returned false; the plugin logged: {}", lines.join(" | "))
+        };
+        VmTrap {
+            plugin: self.plugin_name(),
+            callback,
+            reason,
+        }
+    }
+
+    /// Start-up is over: stop keeping log lines for refusals.
+    pub fn started(&mut self) {
+        self.state().startup_log = None;
+    }
+
+    /// Creates a stream context for a request under `root`.
+    pub fn create_stream(&mut self, root: u32, stream: super::host::StreamState) -> Result<u32, VmTrap> {
+        let id = self.state().new_context_id();
+        self.state().streams.insert(id, stream);
+        self.state().effective_context = id;
+        let create = self.exports.on_context_create.clone();
+        self.call("on_context_create", &create, (id, root))?;
+        Ok(id)
+    }
+
+    /// Runs one of the header/body/trailer callbacks; a module without it continues.
+    pub fn stream_callback(&mut self, context: u32, callback: StreamCallback, size: usize, end_of_stream: bool) -> Result<super::abi::Action, VmTrap> {
+        self.state().effective_context = context;
+        let eos = u32::from(end_of_stream);
+        let size = size as u32;
+        let raw = match callback {
+            StreamCallback::RequestHeaders => match self.exports.on_request_headers.clone() {
+                Some(f) => self.call(callback.name(), &f, (context, size, eos))?,
+                None => 0,
+            },
+            StreamCallback::RequestBody => match self.exports.on_request_body.clone() {
+                Some(f) => self.call(callback.name(), &f, (context, size, eos))?,
+                None => 0,
+            },
+            StreamCallback::RequestTrailers => match self.exports.on_request_trailers.clone() {
+                Some(f) => self.call(callback.name(), &f, (context, size))?,
+                None => 0,
+            },
+            StreamCallback::ResponseHeaders => match self.exports.on_response_headers.clone() {
+                Some(f) => self.call(callback.name(), &f, (context, size, eos))?,
+                None => 0,
+            },
+            StreamCallback::ResponseBody => match self.exports.on_response_body.clone() {
+                Some(f) => self.call(callback.name(), &f, (context, size, eos))?,
+                None => 0,
+            },
+            StreamCallback::ResponseTrailers => match self.exports.on_response_trailers.clone() {
+                Some(f) => self.call(callback.name(), &f, (context, size))?,
+                None => 0,
+            },
+        };
+        Ok(super::abi::Action::from_raw(raw))
+    }
+
+    /// `on_log`, `on_done`, `on_delete` for a finished stream, then forgets it and cancels
+    /// its outstanding callouts.
+    pub fn finish_stream(&mut self, context: u32) -> Result<(), VmTrap> {
+        if !self.state().streams.contains_key(&context) {
+            return Ok(());
+        }
+        self.state().effective_context = context;
+        let result = (|| {
+            if let Some(f) = self.exports.on_log.clone() {
+                self.call("on_log", &f, context)?;
+            }
+            if let Some(f) = self.exports.on_done.clone() {
+                self.call("on_done", &f, context)?;
+            }
+            if let Some(f) = self.exports.on_delete.clone() {
+                self.call("on_delete", &f, context)?;
+            }
+            Ok(())
+        })();
+        let state = self.state();
+        state.streams.remove(&context);
+        state.callouts.retain(|_, owner| *owner != context);
+        result
+    }
+
+    pub fn on_tick(&mut self, root: u32) -> Result<(), VmTrap> {
+        self.state().effective_context = root;
+        match self.exports.on_tick.clone() {
+            Some(f) => self.call("on_tick", &f, root),
+            None => Ok(()),
+        }
+    }
+
+    pub fn on_queue_ready(&mut self, root: u32, queue: u32) -> Result<(), VmTrap> {
+        self.state().effective_context = root;
+        match self.exports.on_queue_ready.clone() {
+            Some(f) => self.call("on_queue_ready", &f, (root, queue)),
+            None => Ok(()),
+        }
+    }
+
+    /// Delivers a callout's answer to the context that made it, exactly once: a token that
+    /// is no longer outstanding (its request ended) is dropped.
+    pub fn on_http_call_response(&mut self, token: u32, response: Option<super::host::CallResponse>) -> Result<bool, VmTrap> {
+        let Some(context) = self.state().callouts.remove(&token) else {
+            return Ok(false);
+        };
+        let (headers, body, trailers) = match &response {
+            Some(r) => (r.headers.len(), r.body.len(), r.trailers.len()),
+            None => (0, 0, 0),
+        };
+        self.state().call_response = response;
+        self.state().effective_context = context;
+        let result = match self.exports.on_http_call_response.clone() {
+            Some(f) => self.call("on_http_call_response", &f, (context, token, headers as u32, body as u32, trailers as u32)),
+            None => Ok(()),
+        };
+        self.state().call_response = None;
+        result.map(|()| true)
+    }
+
+    /// Delivers a unary gRPC answer: the message on success, the status on failure.
+    pub fn on_grpc_call_response(&mut self, token: u32, status: u32, message: Option<super::host::CallResponse>) -> Result<bool, VmTrap> {
+        let Some(context) = self.state().callouts.remove(&token) else {
+            return Ok(false);
+        };
+        self.state().effective_context = context;
+        let result = match message {
+            Some(response) if status == 0 => {
+                let size = response.body.len() as u32;
+                self.state().call_response = Some(response);
+                match self.exports.on_grpc_receive.clone() {
+                    Some(f) => self.call("on_grpc_receive", &f, (context, token, size)),
+                    None => Ok(()),
+                }
+            }
+            _ => match self.exports.on_grpc_close.clone() {
+                Some(f) => self.call("on_grpc_close", &f, (context, token, status)),
+                None => Ok(()),
+            },
+        };
+        self.state().call_response = None;
+        result.map(|()| true)
+    }
+
+    /// Callouts the last callbacks asked for, to be started by the caller.
+    pub fn take_pending(&mut self) -> Vec<PendingCallout> {
+        std::mem::take(&mut self.state().pending)
+    }
+
+    /// Roots with a tick period, for the VM's event loop.
+    pub fn tick_periods(&self) -> Vec<(u32, Duration)> {
+        self.state_ref()
+            .roots
+            .iter()
+            .filter_map(|(id, root)| root.tick_period.map(|period| (*id, period)))
+            .collect()
+    }
+}
+
+/// A trap's reason and the guest backtrace (with function names when the module has them).
+fn describe(error: &wasmtime::Error) -> String {
+    let reason = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => "CPU deadline exceeded (epoch interruption)".to_string(),
+        Some(trap) => trap.to_string(),
+        None => format!("{error}"),
+    };
+    match error.downcast_ref::<wasmtime::WasmBacktrace>() {
+        Some(backtrace) if !backtrace.frames().is_empty() => {
+            let frames: Vec<String> = backtrace
+                .frames()
+                .iter()
+                .take(12)
+                .map(|frame| frame.func_name().unwrap_or("<unnamed>").to_string())
+                .collect();
+            format!("{reason}; guest backtrace: {}", frames.join(" <- "))
+        }
+        _ => reason,
+    }
+}

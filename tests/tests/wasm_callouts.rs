@@ -1,0 +1,269 @@
+//! Callouts from plugins to clusters of the policies, with the request paused meanwhile:
+//! - `tp-callout`: an HTTP call answered (status, body, token), many concurrent calls, a call
+//!   cut by its timeout and a call to a refused endpoint (both delivered as an empty response:
+//!   "failed"), and a call without `:path` refused with BAD_ARGUMENT at dispatch;
+//! - `tp-grpc`: a unary gRPC call over HTTP/2 to a gRPC backend (framing, path, status and
+//!   response message).
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use http::StatusCode;
+use http_body_util::Full;
+use serde_json::json;
+use tollgate_tests::backends::{self, Backend};
+use tollgate_tests::clients::{request, HttpClient, HttpResponse};
+use tollgate_tests::gateway::{Gateway, PolicyDir};
+use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_CALLOUT, TP_GRPC};
+
+const POLICIES: &str = r#"
+listeners:
+  - name: public
+    address: ${listen:public}
+    protocol: http
+clusters:
+  - name: echo
+    endpoints: [{ address: "${ECHO}" }]
+  - name: callee
+    endpoints: [{ address: "${CALLEE}" }]
+  - name: refusing
+    endpoints: [{ address: "${REFUSING}" }]
+  - name: grpc-service
+    endpoints: [{ address: "${GRPC}" }]
+    http2: true
+virtual_hosts:
+  - name: test
+    domains: ["*"]
+    routes:
+      - name: ok
+        match: { path: { prefix: /ok } }
+        forward: { cluster: echo }
+      - name: slow
+        match: { path: { prefix: /slow } }
+        forward: { cluster: echo }
+      - name: refused
+        match: { path: { prefix: /refused } }
+        forward: { cluster: echo }
+      - name: grpc
+        match: { path: { prefix: /grpc } }
+        forward: { cluster: echo }
+"#;
+
+struct Setup {
+    gateway: Gateway,
+    echo: Backend,
+    callee: Backend,
+    grpc: Backend,
+}
+
+async fn start() -> Setup {
+    let echo = backends::echo("echo").await;
+    let callee = backends::echo("callee").await;
+    let grpc = backends::grpc("grpc").await;
+    let plugins = [
+        PluginSpec::new("callout-ok", TP_CALLOUT)
+            .config(json!({ "cluster": "callee", "path": "/check?x=1", "timeout_ms": 5000 }))
+            .routes(&["ok"]),
+        PluginSpec::new("callout-slow", TP_CALLOUT)
+            .config(json!({ "cluster": "callee", "path": "/slow-check?delay_ms=3000", "timeout_ms": 200 }))
+            .routes(&["slow"]),
+        PluginSpec::new("callout-refused", TP_CALLOUT)
+            .config(json!({ "cluster": "refusing", "path": "/x", "timeout_ms": 2000 }))
+            .routes(&["refused"]),
+        PluginSpec::new("grpc-callout", TP_GRPC)
+            .config(json!({ "cluster": "grpc-service", "service": "tollgate.test.Greeter", "method": "SayHello" }))
+            .routes(&["grpc"]),
+    ];
+    let mut policies = PolicyDir::new();
+    policies
+        .set("ECHO", echo.addr())
+        .set("CALLEE", callee.addr())
+        .set("REFUSING", backends::refusing_address())
+        .set("GRPC", grpc.addr())
+        .write("gateway.yaml", POLICIES)
+        .write("plugins.json", &plugins_file(&plugins));
+    let gateway = Gateway::start(policies).await;
+    Setup {
+        gateway,
+        echo,
+        callee,
+        grpc,
+    }
+}
+
+async fn get(setup: &Setup, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    let mut builder = request(
+        "GET",
+        setup.gateway.listener("public"),
+        "callouts.test",
+        path,
+    );
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let req = builder.body(Full::default()).expect("valid request");
+    match tokio::time::timeout(Duration::from_secs(10), HttpClient::http1().send(req)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => panic!("GET {path}: {e:#}; gateway log:\n{}", setup.gateway.log()),
+        Err(_) => panic!(
+            "GET {path}: no answer within 10 s; gateway log:\n{}",
+            setup.gateway.log()
+        ),
+    }
+}
+
+/// The request headers the echo backend received, as JSON.
+fn upstream_headers(response: &HttpResponse) -> serde_json::Value {
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+    response.json()["headers"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_callout_answer_reaches_the_paused_request() {
+    let setup = start().await;
+    let headers = upstream_headers(&get(&setup, "/ok/one", &[]).await);
+    assert_eq!(
+        headers["x-callout-status"],
+        "200",
+        "{headers}\n{}",
+        setup.gateway.log()
+    );
+    assert_eq!(headers["x-callout-token-ok"], "true", "{headers}");
+    let body_len: usize = headers["x-callout-body-len"]
+        .as_str()
+        .expect("body len")
+        .parse()
+        .unwrap();
+    assert!(
+        body_len > 20,
+        "the callee's JSON answer was readable in the callback: {headers}"
+    );
+
+    let calls = setup.callee.requests();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].method, "GET");
+    assert_eq!(calls[0].path, "/check?x=1");
+    assert_eq!(calls[0].host, "callee", ":authority is the cluster name");
+    assert_eq!(
+        setup.echo.request_count(),
+        1,
+        "the request went on after the callout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callouts_each_resume_their_own_request() {
+    let setup = start().await;
+    let responses = join_all((0..20).map(|i| {
+        let setup = &setup;
+        async move { (i, get(setup, &format!("/ok/{i}"), &[]).await) }
+    }))
+    .await;
+    for (i, response) in responses {
+        let json = response.json();
+        assert_eq!(
+            json["path"],
+            format!("/ok/{i}"),
+            "request {i} resumed with another request's state"
+        );
+        assert_eq!(
+            json["headers"]["x-callout-status"], "200",
+            "request {i}: {json}"
+        );
+        assert_eq!(
+            json["headers"]["x-callout-token-ok"], "true",
+            "request {i}: {json}"
+        );
+    }
+    assert_eq!(setup.callee.request_count(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callout_timeout_delivers_an_empty_response() {
+    let setup = start().await;
+    let started = Instant::now();
+    let headers = upstream_headers(&get(&setup, "/slow", &[]).await);
+    let elapsed = started.elapsed();
+    assert_eq!(
+        headers["x-callout-status"],
+        "failed",
+        "{headers}\n{}",
+        setup.gateway.log()
+    );
+    assert_eq!(headers["x-callout-body-len"], "0", "{headers}");
+    assert!(
+        elapsed < Duration::from_millis(2000),
+        "the 200 ms callout timeout should end the wait, not the callee's 3 s delay (took {elapsed:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callout_to_a_refusing_endpoint_delivers_an_empty_response() {
+    let setup = start().await;
+    let headers = upstream_headers(&get(&setup, "/refused", &[]).await);
+    assert_eq!(
+        headers["x-callout-status"],
+        "failed",
+        "{headers}\n{}",
+        setup.gateway.log()
+    );
+    assert_eq!(headers["x-callout-body-len"], "0", "{headers}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callout_without_path_is_a_bad_argument() {
+    let setup = start().await;
+    let headers =
+        upstream_headers(&get(&setup, "/ok/missing", &[("x-callout-missing-path", "1")]).await);
+    assert_eq!(
+        headers["x-callout-error"],
+        "BadArgument",
+        "proxy_http_call without :path must return BAD_ARGUMENT (2): {headers}\n{}",
+        setup.gateway.log()
+    );
+    assert!(headers.get("x-callout-status").is_none(), "{headers}");
+    assert_eq!(
+        setup.callee.request_count(),
+        0,
+        "nothing may be sent for a rejected call"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_callout_over_http2() {
+    let setup = start().await;
+    let headers = upstream_headers(&get(&setup, "/grpc", &[]).await);
+    assert_eq!(
+        headers["x-grpc-status"],
+        "0",
+        "{headers}\n{}",
+        setup.gateway.log()
+    );
+    assert_eq!(
+        headers["x-grpc-len"], "5",
+        "the response message `hello` without its frame prefix: {headers}"
+    );
+    assert_eq!(headers["x-grpc-body"], "hello", "{headers}");
+
+    let calls = setup.grpc.requests();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let call = &calls[0];
+    assert_eq!(call.method, "POST");
+    assert_eq!(call.path, "/tollgate.test.Greeter/SayHello");
+    assert_eq!(call.protocol, "HTTP/2.0");
+    assert_eq!(
+        call.header("content-type"),
+        Some("application/grpc"),
+        "{call:?}"
+    );
+    assert_eq!(
+        call.header("x-tp-grpc"),
+        Some("1"),
+        "initial metadata is sent: {call:?}"
+    );
+    assert_eq!(
+        call.body_len,
+        5 + 7,
+        "one framed message: 5-byte prefix + 7-byte message"
+    );
+}

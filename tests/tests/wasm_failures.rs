@@ -1,0 +1,415 @@
+//! Plugins that fail, and modules that cannot be plugins (`tp-misbehave`, the WAT modules):
+//! - a panicking plugin: `fail_closed` answers 503 without calling the upstream, `fail_open`
+//!   skips the plugin, other routes keep working, the trap is logged with the plugin's name;
+//! - an infinite loop is cut by the per-callback deadline (503 in about a second);
+//! - a memory bomb hits the per-VM memory limit (503) and the gateway survives;
+//! - a bad guest pointer gets INVALID_MEMORY_ACCESS (6) or traps only that VM;
+//! - `on_configure` returning false, or a panic in `on_vm_start`, makes `tollgate check` fail
+//!   naming the plugin (with the plugin's log line) and `tollgate run` refuse to start;
+//! - modules without a known `proxy_abi_version_*` export are rejected with an ABI error;
+//! - `tollgate check` accepts every test plugin with a valid configuration.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use serde_json::json;
+use tollgate_tests::backends::{self, Backend};
+use tollgate_tests::clients::{get_request, HttpClient, HttpResponse};
+use tollgate_tests::gateway::{
+    free_loopback_addr, run_check, tollgate_binary, CommandOutcome, Gateway, PolicyDir,
+};
+use tollgate_tests::plugins::{
+    no_abi_wat, plugins_file, unknown_abi_wat, PluginSpec, TP_BODY, TP_CALLOUT, TP_GRPC,
+    TP_HEADERS, TP_HEADER_HEAVY, TP_LOCAL_REPLY, TP_METRICS, TP_MISBEHAVE, TP_PROPERTIES,
+    TP_SHARED,
+};
+
+const POLICIES: &str = r#"
+listeners:
+  - name: public
+    address: ${listen:public}
+    protocol: http
+clusters:
+  - name: echo
+    endpoints: [{ address: "${ECHO}" }]
+virtual_hosts:
+  - name: test
+    domains: ["*"]
+    routes:
+      - name: panic-closed
+        match: { path: { prefix: /panic-closed } }
+        forward: { cluster: echo }
+      - name: panic-open
+        match: { path: { prefix: /panic-open } }
+        forward: { cluster: echo }
+      - name: loop
+        match: { path: { prefix: /loop } }
+        forward: { cluster: echo }
+      - name: memory
+        match: { path: { prefix: /memory } }
+        forward: { cluster: echo }
+      - name: bad-pointer
+        match: { path: { prefix: /bad-pointer } }
+        forward: { cluster: echo }
+      - name: plain
+        match: { path: { prefix: / } }
+        forward: { cluster: echo }
+"#;
+
+fn misbehave(name: &str, mode: &str, route: &str) -> PluginSpec {
+    PluginSpec::new(name, TP_MISBEHAVE)
+        .config(json!({ "mode": mode }))
+        .routes(&[route])
+}
+
+async fn start(plugins: &[PluginSpec]) -> (Gateway, Backend) {
+    let echo = backends::echo("echo").await;
+    let mut policies = PolicyDir::new();
+    policies
+        .set("ECHO", echo.addr())
+        .write("gateway.yaml", POLICIES)
+        .write("plugins.json", &plugins_file(plugins));
+    (Gateway::start(policies).await, echo)
+}
+
+/// GET through the gateway with a 10 s bound; returns the response and how long it took.
+async fn get(gateway: &Gateway, path: &str) -> (HttpResponse, Duration) {
+    let started = Instant::now();
+    let request = get_request(gateway.listener("public"), "fail.test", path);
+    match tokio::time::timeout(Duration::from_secs(10), HttpClient::http1().send(request)).await {
+        Ok(Ok(response)) => (response, started.elapsed()),
+        Ok(Err(e)) => panic!("GET {path}: {e:#}; gateway log:\n{}", gateway.log()),
+        Err(_) => panic!(
+            "GET {path}: no answer within 10 s; gateway log:\n{}",
+            gateway.log()
+        ),
+    }
+}
+
+async fn assert_healthy(gateway: &Gateway) {
+    let (response, _) = get(gateway, "/plain").await;
+    assert_eq!(
+        response.status,
+        StatusCode::OK,
+        "a route without plugins keeps working\n{}",
+        gateway.log()
+    );
+    assert_eq!(
+        gateway.admin_get("/readyz").await.status,
+        StatusCode::OK,
+        "the gateway stays ready"
+    );
+}
+
+/// Waits (bounded) until the gateway log contains every fragment.
+async fn assert_log_mentions(gateway: &Gateway, fragments: &[&str]) {
+    for _ in 0..40 {
+        if fragments.iter().all(|f| gateway.log().contains(f)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = gateway.log();
+    let missing: Vec<_> = fragments.iter().filter(|f| !log.contains(**f)).collect();
+    panic!("the gateway log does not mention {missing:?}:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_plugin_fails_closed_or_open_and_other_routes_work() {
+    let (gateway, echo) = start(&[
+        misbehave("panicky-closed", "panic", "panic-closed").failure_policy("fail_closed"),
+        misbehave("panicky-open", "panic", "panic-open").failure_policy("fail_open"),
+    ])
+    .await;
+    for attempt in 0..3 {
+        let (response, _) = get(&gateway, "/panic-closed").await;
+        assert_eq!(
+            response.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "attempt {attempt}: {}",
+            response.text()
+        );
+        assert_healthy(&gateway).await;
+        let (response, _) = get(&gateway, "/panic-open").await;
+        assert_eq!(
+            response.status,
+            StatusCode::OK,
+            "fail_open skips the plugin (attempt {attempt})"
+        );
+    }
+    let requests = echo.requests();
+    assert!(
+        requests
+            .iter()
+            .all(|r| !r.path.starts_with("/panic-closed")),
+        "fail_closed must not forward"
+    );
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r.path.starts_with("/panic-open"))
+            .count(),
+        3
+    );
+    assert_log_mentions(&gateway, &["panicky-closed", "tp-misbehave: panic mode"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_is_cut_by_the_deadline() {
+    let (gateway, echo) =
+        start(&[misbehave("spinner", "loop", "loop").field("callback_timeout", json!("100ms"))])
+            .await;
+    for attempt in 0..2 {
+        let (response, elapsed) = get(&gateway, "/loop").await;
+        assert_eq!(
+            response.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "attempt {attempt}: {}",
+            response.text()
+        );
+        assert!(
+            elapsed < Duration::from_secs(2),
+            "attempt {attempt}: the deadline took {elapsed:?}"
+        );
+        assert_healthy(&gateway).await;
+    }
+    assert!(echo.requests().iter().all(|r| !r.path.starts_with("/loop")));
+    assert_log_mentions(&gateway, &["spinner"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bomb_hits_the_limit_and_the_gateway_survives() {
+    let (gateway, echo) = start(&[
+        misbehave("hog", "memory", "memory").field("memory_limit", json!(16 * 1024 * 1024))
+    ])
+    .await;
+    for attempt in 0..2 {
+        let (response, elapsed) = get(&gateway, "/memory").await;
+        assert_eq!(
+            response.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "attempt {attempt}: {}",
+            response.text()
+        );
+        assert!(
+            elapsed < Duration::from_secs(5),
+            "attempt {attempt}: took {elapsed:?}"
+        );
+        assert_healthy(&gateway).await;
+    }
+    assert!(echo
+        .requests()
+        .iter()
+        .all(|r| !r.path.starts_with("/memory")));
+    assert_log_mentions(&gateway, &["hog"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_guest_pointer_is_refused_or_traps_only_that_vm() {
+    let (gateway, _echo) = start(&[misbehave("pointer", "bad-pointer", "bad-pointer")]).await;
+    for attempt in 0..2 {
+        let (response, _) = get(&gateway, "/bad-pointer").await;
+        match response.status {
+            StatusCode::OK => assert_eq!(
+                response.header("x-bad-pointer-status"),
+                Some("6"),
+                "attempt {attempt}: an out-of-bounds key must give INVALID_MEMORY_ACCESS (6)"
+            ),
+            StatusCode::SERVICE_UNAVAILABLE => {}
+            other => panic!(
+                "attempt {attempt}: expected 200 with status 6, or 503 after a trap; got {other}"
+            ),
+        }
+        assert_healthy(&gateway).await;
+    }
+}
+
+// ---- configurations and modules the gateway must refuse ----
+
+const CHECK_POLICIES: &str = r#"
+listeners:
+  - name: public
+    address: 127.0.0.1:18080
+    protocol: http
+clusters:
+  - name: echo
+    endpoints: [{ address: "127.0.0.1:19001" }]
+  - name: grpc-service
+    endpoints: [{ address: "127.0.0.1:19002" }]
+    http2: true
+virtual_hosts:
+  - name: test
+    domains: ["*"]
+    routes:
+      - name: plain
+        match: { path: { prefix: / } }
+        forward: { cluster: echo }
+"#;
+
+fn check(plugins: &[PluginSpec]) -> CommandOutcome {
+    let mut dir = PolicyDir::new();
+    dir.write("gateway.yaml", CHECK_POLICIES)
+        .write("plugins.json", &plugins_file(plugins));
+    run_check(&dir.path())
+}
+
+fn assert_rejected(outcome: &CommandOutcome, fragments: &[&str]) {
+    assert!(
+        outcome.code.is_some_and(|code| code != 0),
+        "check should fail; exit {:?}, output:\n{}",
+        outcome.code,
+        outcome.output
+    );
+    for fragment in fragments {
+        assert!(
+            outcome
+                .output
+                .to_lowercase()
+                .contains(&fragment.to_lowercase()),
+            "the error should mention {fragment:?}; output:\n{}",
+            outcome.output
+        );
+    }
+}
+
+/// Runs `tollgate run` on a folder that must be refused: it has to exit non-zero within
+/// 20 s (it is killed and the test fails otherwise). Returns its output.
+fn run_must_refuse(mut dir: PolicyDir, plugins: &[PluginSpec]) -> String {
+    dir.write("gateway.yaml", CHECK_POLICIES)
+        .write("plugins.json", &plugins_file(plugins));
+    let log_path = dir.path().parent().expect("temp root").join("run.log");
+    let log = std::fs::File::create(&log_path).expect("create the log");
+    let mut child = Command::new(tollgate_binary())
+        .arg("run")
+        .arg("--policies")
+        .arg(dir.path())
+        .args([
+            "--admin",
+            &free_loopback_addr().to_string(),
+            "--workers",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn tollgate run");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll tollgate run") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    match status {
+        None => panic!(
+            "tollgate run started serving with a plugin that must be refused; output:\n{output}"
+        ),
+        Some(status) => assert!(
+            !status.success(),
+            "tollgate run exited successfully; output:\n{output}"
+        ),
+    }
+    output
+}
+
+#[test]
+fn on_configure_false_is_refused_with_the_plugin_log_line() {
+    let plugins = [misbehave("refuser", "configure-false", "plain")];
+    assert_rejected(
+        &check(&plugins),
+        &["refuser", "tp-misbehave refuses this configuration"],
+    );
+    let output = run_must_refuse(PolicyDir::new(), &plugins);
+    assert!(
+        output.contains("refuser"),
+        "run names the plugin; output:\n{output}"
+    );
+}
+
+#[test]
+fn panic_in_on_vm_start_is_refused() {
+    let plugins = [PluginSpec::new("starter", TP_MISBEHAVE)
+        .vm_config(json!({ "mode": "panic-on-start" }))
+        .routes(&["plain"])];
+    assert_rejected(&check(&plugins), &["starter", "panic-on-start"]);
+}
+
+#[test]
+fn invalid_plugin_configuration_names_the_field() {
+    let plugins = [PluginSpec::new("untagged", TP_HEADERS)
+        .config(json!({ "label": "x" }))
+        .routes(&["plain"])];
+    assert_rejected(&check(&plugins), &["untagged", "\"tag\""]);
+}
+
+/// A copy of a WAT module under a neutral name (no "abi" in it), so that an error that
+/// mentions the ABI does so because it explains the problem, not because it echoes the path.
+fn neutral_copy(dir: &PolicyDir, source: &Path, name: &str) -> PathBuf {
+    let copy = dir.path().parent().expect("temp root").join(name);
+    std::fs::copy(source, &copy).unwrap_or_else(|e| panic!("copy {}: {e}", source.display()));
+    copy
+}
+
+#[test]
+fn module_without_abi_version_is_rejected() {
+    let mut dir = PolicyDir::new();
+    let module = neutral_copy(&dir, &no_abi_wat(), "bare-module.wat");
+    let plugins = [PluginSpec::new("bare", module).routes(&["plain"])];
+    dir.write("gateway.yaml", CHECK_POLICIES)
+        .write("plugins.json", &plugins_file(&plugins));
+    let outcome = run_check(&dir.path());
+    assert_rejected(&outcome, &["bare", "abi"]);
+}
+
+#[test]
+fn module_with_unknown_abi_version_is_rejected() {
+    let mut dir = PolicyDir::new();
+    let module = neutral_copy(&dir, &unknown_abi_wat(), "future-module.wat");
+    let plugins = [PluginSpec::new("future", module).routes(&["plain"])];
+    dir.write("gateway.yaml", CHECK_POLICIES)
+        .write("plugins.json", &plugins_file(&plugins));
+    let outcome = run_check(&dir.path());
+    assert_rejected(&outcome, &["future", "abi"]);
+}
+
+#[test]
+fn run_refuses_a_module_without_abi_version() {
+    let dir = PolicyDir::new();
+    let module = neutral_copy(&dir, &no_abi_wat(), "bare-module.wat");
+    let output = run_must_refuse(dir, &[PluginSpec::new("bare", module).routes(&["plain"])]);
+    assert!(output.to_lowercase().contains("abi"), "output:\n{output}");
+}
+
+#[test]
+fn check_accepts_every_test_plugin() {
+    let plugins = [
+        PluginSpec::new("headers", TP_HEADERS).config(json!({ "tag": "t" })),
+        PluginSpec::new("body", TP_BODY),
+        PluginSpec::new("local-reply", TP_LOCAL_REPLY),
+        PluginSpec::new("callout", TP_CALLOUT)
+            .config(json!({ "cluster": "echo", "path": "/", "timeout_ms": 100 })),
+        PluginSpec::new("shared", TP_SHARED),
+        PluginSpec::new("metrics", TP_METRICS),
+        PluginSpec::new("properties", TP_PROPERTIES)
+            .config(json!({ "properties": [{ "path": ["request", "path"], "type": "string" }] })),
+        PluginSpec::new("grpc", TP_GRPC)
+            .config(json!({ "cluster": "grpc-service", "service": "s", "method": "m" })),
+        PluginSpec::new("misbehave-ok", TP_MISBEHAVE).config(json!({ "mode": "ok" })),
+        // Runtime failure modes only fail when a request arrives.
+        PluginSpec::new("misbehave-panic", TP_MISBEHAVE).config(json!({ "mode": "panic" })),
+        PluginSpec::new("heavy", TP_HEADER_HEAVY),
+    ];
+    let plugins: Vec<PluginSpec> = plugins.into_iter().map(|p| p.routes(&["plain"])).collect();
+    let outcome = check(&plugins);
+    assert_eq!(outcome.code, Some(0), "output:\n{}", outcome.output);
+    assert!(Path::new(TP_HEADERS).is_absolute());
+}
