@@ -103,6 +103,10 @@ def table(work):
         add("**Smoke run (%s) — not representative; use `just bench` with the defaults for figures.**"
             % meta["smoke"])
         add("")
+    if meta.get("busy_runs"):
+        add("**%d of %d runs started while other processes kept the machine busy: "
+            "these figures are not reliable.**" % (meta["busy_runs"], meta["total_runs"]))
+        add("")
     add("- Machine: %s, %s CPUs, Linux %s" % (meta["cpu"], meta["cpus"], meta["kernel"]))
     add("- Versions: Tollgate %s (%s), %s, %s, Python %s"
         % (meta["tollgate_rev"], meta["profile"], meta["nginx"], meta["wrk"], meta["python"]))

@@ -14,6 +14,9 @@
 #   BENCH_OUT=bench/results/latest.md
 #   BENCH_STRICT=1        exit 3 when a goal is missed (default: report only)
 #   BENCH_TARGETS="direct nginx tollgate"  a subset, e.g. to check the baseline alone
+#   BENCH_QUIET_WAIT=60   before each run, wait up to this many seconds for the machine to
+#                         be idle (other processes below 10% CPU); runs that start on a busy
+#                         machine are counted and flagged in the report
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,6 +37,7 @@ TG_PORT=$((BASE + 3))
 TG_ADMIN=$((BASE + 4))
 OUT=${BENCH_OUT:-bench/results/latest.md}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+export PYTHONDONTWRITEBYTECODE=1
 read -r -a TARGETS <<<"${BENCH_TARGETS:-direct nginx tollgate}"
 want() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
 
@@ -136,6 +140,33 @@ wait_http() {
         sleep 0.1
     done
     die "$url did not answer 200 within 10 s"
+}
+
+# cpu_busy_pct: share of all CPUs busy over 0.5 s (any process, ours included)
+cpu_times() { awk '/^cpu / { idle = $5 + $6; total = 0; for (i = 2; i <= NF; i++) total += $i; print total, idle }' /proc/stat; }
+cpu_busy_pct() {
+    local t0 i0 t1 i1
+    read -r t0 i0 < <(cpu_times)
+    sleep 0.5
+    read -r t1 i1 < <(cpu_times)
+    echo $(((100 * ((t1 - t0) - (i1 - i0))) / ((t1 - t0) > 0 ? (t1 - t0) : 1)))
+}
+# wait_quiet: before a measured run, wait for the machine to be idle (our servers idle too)
+BUSY_RUNS=0
+wait_quiet() {
+    local waited=0 limit=${BENCH_QUIET_WAIT:-60} busy
+    while :; do
+        busy=$(cpu_busy_pct)
+        ((busy >= 10)) || return 0
+        if ((waited >= limit)); then
+            echo "bench: warning: the machine is still ${busy}% busy after ${limit}s; measuring anyway" >&2
+            BUSY_RUNS=$((BUSY_RUNS + 1))
+            return 0
+        fi
+        ((waited == 0)) && echo "bench: the machine is ${busy}% busy (other processes); waiting for it to be idle" >&2
+        sleep 2
+        waited=$((waited + 2))
+    done
 }
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -256,6 +287,7 @@ done
 # Runs alternate between the targets so that drift in the machine hits them all alike.
 for r in $(seq "$RUNS"); do
     for t in "${TARGETS[@]}"; do
+        wait_quiet
         log "wrk run $r/$RUNS: $t"
         taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency \
             "http://127.0.0.1:${PORT[$t]}/" | tee "$WORK/wrk-$t-$r.txt" | grep -E 'Requests/sec|^ +99%' >&2 || true
@@ -267,6 +299,7 @@ nginx_rps=$("$PYTHON" bench/report.py rps "$WORK" nginx)
 RATE=$("$PYTHON" -c "import sys; print(max(1, round(float(sys.argv[1]) * float(sys.argv[2]))))" "$nginx_rps" "$HALF")
 for r in $(seq "$RUNS"); do
     for t in "${TARGETS[@]}"; do
+        wait_quiet
         log "fixed rate run $r/$RUNS: $t at $RATE req/s"
         taskset -c "$LOAD_CPU" "$PYTHON" bench/loadgen.py --port "${PORT[$t]}" --rate "$RATE" \
             --duration "$DURATION" --warmup 1 --connections "$CONNS" >"$WORK/fixed-$t-$r.json"
@@ -308,7 +341,7 @@ meta = {
     "proxy_cpu": "$PROXY_CPU", "load_cpu": "$LOAD_CPU",
     "runs": $RUNS, "duration": $DURATION, "connections": $CONNS,
     "rate": $RATE, "half_load": "$(awk -v h="$HALF" 'BEGIN { printf "%g%%", h * 100 }')",
-    "smoke": "$smoke",
+    "smoke": "$smoke", "busy_runs": $BUSY_RUNS, "total_runs": $((RUNS * ${#TARGETS[@]} * 2)),
 }
 json.dump(meta, open(sys.argv[1], "w"), indent=1)
 EOF

@@ -79,15 +79,42 @@ fn answer(request: &Request<Incoming>, state: &GatewayState) -> Response<Full<By
             let body = serde_json::to_string_pretty(config).unwrap_or_default();
             with_type(StatusCode::OK, body, "application/json")
         }
-        "/metrics" => with_type(
-            StatusCode::OK,
-            metrics().render(),
-            "text/plain; version=0.0.4",
-        ),
+        "/metrics" => {
+            let mut body = metrics().render();
+            render_plugin_stats(&mut body, state);
+            with_type(StatusCode::OK, body, "text/plain; version=0.0.4")
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "admin endpoints: /healthz /readyz /config /metrics\n",
         ),
+    }
+}
+
+/// Callback counts and time of the running plugins (the current snapshot's instances).
+fn render_plugin_stats(out: &mut String, state: &GatewayState) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering;
+    let snapshot = state.snapshot();
+    out.push_str("# HELP tollgate_plugin_callbacks_total Plugin callbacks run, by plugin.\n");
+    out.push_str("# TYPE tollgate_plugin_callbacks_total counter\n");
+    for plugin in &snapshot.plugins {
+        let _ = writeln!(
+            out,
+            "tollgate_plugin_callbacks_total{{plugin=\"{}\"}} {}",
+            plugin.name,
+            plugin.stats.callbacks.load(Ordering::Relaxed)
+        );
+    }
+    out.push_str("# HELP tollgate_plugin_callback_seconds_total Time spent in plugin callbacks, by plugin.\n");
+    out.push_str("# TYPE tollgate_plugin_callback_seconds_total counter\n");
+    for plugin in &snapshot.plugins {
+        let seconds = plugin.stats.callback_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "tollgate_plugin_callback_seconds_total{{plugin=\"{}\"}} {seconds}",
+            plugin.name
+        );
     }
 }
 

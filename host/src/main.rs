@@ -74,27 +74,29 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { policies, plugins } => match tollgate::snapshot::check(&policies, &plugins) {
-            Ok(snapshot) => {
-                let config = &snapshot.config;
-                let routes: usize = config.virtual_hosts.iter().map(|v| v.routes.len()).sum();
-                println!(
-                    "{}: ok ({} listeners, {} clusters, {} routes, {} plugin instances)",
-                    policies.display(),
-                    config.listeners.len(),
-                    config.clusters.len(),
-                    routes,
-                    config.plugins.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(errors) => {
-                eprintln!("{} is invalid:", policies.display());
-                for error in &errors.0 {
-                    eprintln!("  {error}");
+        Command::Check { policies, plugins } => {
+            match tollgate::snapshot::check(&policies, &plugins) {
+                Ok(snapshot) => {
+                    let config = &snapshot.config;
+                    let routes: usize = config.virtual_hosts.iter().map(|v| v.routes.len()).sum();
+                    println!(
+                        "{}: ok ({} listeners, {} clusters, {} routes, {} plugin instances)",
+                        policies.display(),
+                        config.listeners.len(),
+                        config.clusters.len(),
+                        routes,
+                        config.plugins.len()
+                    );
+                    ExitCode::SUCCESS
                 }
-                ExitCode::FAILURE
+                Err(errors) => {
+                    eprintln!("{} is invalid:", policies.display());
+                    for error in &errors.0 {
+                        eprintln!("  {error}");
+                    }
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
     }
 }

@@ -63,7 +63,11 @@ impl ResolvedForward {
 impl Snapshot {
     /// Builds everything: TLS configurations (reading certificates and keys), clusters and
     /// per-listener route tables. `workers` sizes the per-worker connection pools.
-    pub fn build(config: Config, workers: usize, plugins_dir: &std::path::Path) -> Result<Self, ConfigErrors> {
+    pub fn build(
+        config: Config,
+        workers: usize,
+        plugins_dir: &std::path::Path,
+    ) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         let mut clusters = HashMap::new();
         for cluster in &config.clusters {
@@ -148,7 +152,8 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        let plugins = build_plugins(&config.plugins, plugins_dir, &clusters).map_err(ConfigErrors)?;
+        let plugins =
+            build_plugins(&config.plugins, plugins_dir, &clusters).map_err(ConfigErrors)?;
         let chains = chains(&config, &plugins);
         Ok(Self {
             config: Arc::new(config),
@@ -163,7 +168,10 @@ impl Snapshot {
 
 /// Validates a policy folder completely — parsing, references, certificates and keys —
 /// without serving. This is `tollgate check`.
-pub fn check(dir: &std::path::Path, plugins_dir: &std::path::Path) -> Result<Snapshot, ConfigErrors> {
+pub fn check(
+    dir: &std::path::Path,
+    plugins_dir: &std::path::Path,
+) -> Result<Snapshot, ConfigErrors> {
     let config = config::load_dir(dir)?;
     Snapshot::build(config, 1, plugins_dir)
 }
@@ -180,7 +188,10 @@ fn chains(config: &Config, plugins: &[Arc<Plugin>]) -> HashMap<String, Chain> {
                 .zip(plugins)
                 .filter(|(spec, _)| match &spec.apply_to {
                     None => true,
-                    Some(apply) => apply.virtual_hosts.contains(&vhost.name) || apply.routes.contains(&route.name),
+                    Some(apply) => {
+                        apply.virtual_hosts.contains(&vhost.name)
+                            || apply.routes.contains(&route.name)
+                    }
                 })
                 .map(|(_, plugin)| plugin.clone())
                 .collect();

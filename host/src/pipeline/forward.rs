@@ -203,7 +203,10 @@ pub(super) async fn forward(
             } else {
                 headers::remove_hop_by_hop(response.headers_mut(), false);
             }
-            response.map(|body| body.map_err(|error| -> BoxError { Box::new(error) }).boxed())
+            response.map(|body| {
+                body.map_err(|error| -> BoxError { Box::new(error) })
+                    .boxed()
+            })
         }
         Err(error) => {
             let (status, detail, kind) = match &error {

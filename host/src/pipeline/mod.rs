@@ -99,7 +99,10 @@ async fn route_and_act(
     // configured limits are checked here.
     if head_size(&request) > snapshot.config.server.max_request_header_bytes {
         record.detail = "request_headers_too_large";
-        return local::reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers too large\n");
+        return local::reply(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers too large\n",
+        );
     }
     let Some(authority) = request_authority(&request) else {
         record.detail = "missing_host";
@@ -136,7 +139,11 @@ async fn route_and_act(
     record.route = route.name.as_str().into();
     let max_body = snapshot.config.server.max_request_body_bytes;
 
-    let chain = snapshot.chains.get(&route.name).filter(|chain| !chain.is_empty()).cloned();
+    let chain = snapshot
+        .chains
+        .get(&route.name)
+        .filter(|chain| !chain.is_empty())
+        .cloned();
     let Some(chain) = chain else {
         let request = request.map(|body| Limited::new(body, max_body as usize).boxed());
         return act(request, route, snapshot, downstream, &authority, record).await;
@@ -150,7 +157,11 @@ async fn route_and_act(
     let info = stream_info(&request, downstream, record, route, snapshot);
     let mut run = PluginRun::new(&chain, &route.name, info, wait_limit);
     let (mut parts, body) = request.into_parts();
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
     let pseudo = [
         (":method", parts.method.to_string()),
         (":scheme", downstream.scheme().to_string()),
@@ -165,7 +176,12 @@ async fn route_and_act(
     let (pseudo, headers) = plugins::from_header_list(&list);
     parts.headers = headers;
     let (new_authority, new_path, new_method) = {
-        let value = |name: &str| pseudo.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let value = |name: &str| {
+            pseudo
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
         (value(":authority"), value(":path"), value(":method"))
     };
     let new_authority = new_authority.unwrap_or_else(|| authority.clone());
@@ -179,7 +195,9 @@ async fn route_and_act(
     if new_path != path_and_query {
         match new_path.parse::<http::Uri>() {
             Ok(uri) => parts.uri = uri,
-            Err(_) => return local::reply(StatusCode::BAD_REQUEST, "a plugin set an invalid :path\n"),
+            Err(_) => {
+                return local::reply(StatusCode::BAD_REQUEST, "a plugin set an invalid :path\n")
+            }
         }
     }
 
@@ -201,7 +219,10 @@ async fn route_and_act(
             }
             Err(_) => {
                 record.detail = "no_route_after_plugin";
-                let response = local::reply(StatusCode::NOT_FOUND, &format!("no route for {new_path:?}\n"));
+                let response = local::reply(
+                    StatusCode::NOT_FOUND,
+                    &format!("no route for {new_path:?}\n"),
+                );
                 return plugin_response(run, response, record).await;
             }
         }
@@ -209,14 +230,24 @@ async fn route_and_act(
 
     // Request body: buffered whole (bounded) so plugins can read, rewrite or refuse it.
     let body: UpstreamBody = if end_of_stream {
-        http_body_util::Empty::new().map_err(|never| match never {}).boxed()
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed()
     } else {
         let collected = match Limited::new(body, max_body as usize).collect().await {
             Ok(collected) => collected,
             Err(error) => {
                 let too_large = error.is::<http_body_util::LengthLimitError>();
-                record.detail = if too_large { "request_body_too_large" } else { "downstream_body_error" };
-                let status = if too_large { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
+                record.detail = if too_large {
+                    "request_body_too_large"
+                } else {
+                    "downstream_body_error"
+                };
+                let status = if too_large {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
                 return local::reply(status, "could not read the request body\n");
             }
         };
@@ -226,7 +257,9 @@ async fn route_and_act(
             return plugin_stop(stop, run, record).await;
         }
         parts.headers.remove(http::header::TRANSFER_ENCODING);
-        parts.headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        parts
+            .headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         let body = http_body_util::Full::new(Bytes::from(bytes)).map_err(|never| match never {});
         match trailers {
             Some(list) => {
@@ -237,12 +270,24 @@ async fn route_and_act(
         }
     };
     let authority = new_authority;
-    let response = act(http::Request::from_parts(parts, body), route, snapshot, downstream, &authority, record).await;
+    let response = act(
+        http::Request::from_parts(parts, body),
+        route,
+        snapshot,
+        downstream,
+        &authority,
+        record,
+    )
+    .await;
     plugin_response(run, response, record).await
 }
 
 /// Answers a request whose plugins stopped it.
-async fn plugin_stop(stop: Stopped, mut run: PluginRun, record: &mut AccessRecord) -> Response<ResponseBody> {
+async fn plugin_stop(
+    stop: Stopped,
+    mut run: PluginRun,
+    record: &mut AccessRecord,
+) -> Response<ResponseBody> {
     match stop {
         Stopped::Local(index, answer) => {
             record.detail = "plugin_local_reply";
@@ -257,12 +302,22 @@ async fn plugin_stop(stop: Stopped, mut run: PluginRun, record: &mut AccessRecor
 }
 
 /// Response phase: the plugin chain in reverse order, then the body through the plugins.
-async fn plugin_response(mut run: PluginRun, response: Response<ResponseBody>, record: &mut AccessRecord) -> Response<ResponseBody> {
+async fn plugin_response(
+    mut run: PluginRun,
+    response: Response<ResponseBody>,
+    record: &mut AccessRecord,
+) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
-    let mut list = plugins::to_header_list(&[(":status", parts.status.as_str().to_string())], &parts.headers);
+    let mut list = plugins::to_header_list(
+        &[(":status", parts.status.as_str().to_string())],
+        &parts.headers,
+    );
     let end_of_stream = http_body::Body::is_end_stream(&body);
     let upstream = (record.upstream != "-").then(|| record.upstream.clone());
-    let body = match run.response_headers(&mut list, end_of_stream, upstream.as_deref()).await {
+    let body = match run
+        .response_headers(&mut list, end_of_stream, upstream.as_deref())
+        .await
+    {
         Ok(None) => body,
         Ok(Some(answer)) => {
             record.detail = "plugin_local_reply";
@@ -318,18 +373,30 @@ async fn act(
         }
         Action::Redirect(redirect) => {
             record.detail = "redirect";
-            local::redirect(redirect, &route.matcher.path, request.uri(), authority, downstream.scheme())
+            local::redirect(
+                redirect,
+                &route.matcher.path,
+                request.uri(),
+                authority,
+                downstream.scheme(),
+            )
         }
         Action::Forward(forward) => match snapshot.forwards.get(&route.name) {
             Some(resolved) => {
                 let limits = RequestLimits {
                     max_body_bytes: snapshot.config.server.max_request_body_bytes,
                 };
-                forward::forward(request, forward, resolved, downstream, authority, limits, record).await
+                forward::forward(
+                    request, forward, resolved, downstream, authority, limits, record,
+                )
+                .await
             }
             None => {
                 record.detail = "no_cluster";
-                local::reply(StatusCode::SERVICE_UNAVAILABLE, "no cluster for this route\n")
+                local::reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no cluster for this route\n",
+                )
             }
         },
     }
@@ -361,8 +428,14 @@ fn stream_info(
         downstream_local: downstream.local,
         connection_id: downstream.connection_id,
         tls_version: downstream.tls.as_ref().and_then(|tls| tls.version),
-        mtls: downstream.tls.as_ref().is_some_and(|tls| tls.peer_certificate),
-        server_name: downstream.tls.as_ref().and_then(|tls| tls.server_name.clone()),
+        mtls: downstream
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.peer_certificate),
+        server_name: downstream
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.server_name.clone()),
         route_name: route.name.clone(),
         cluster_name,
     }
@@ -384,12 +457,15 @@ fn request_authority(request: &Request<Incoming>) -> Option<String> {
 
 /// The size of the request head as HTTP/1.1 would write it: request line and headers.
 fn head_size<B>(request: &Request<B>) -> usize {
-    let line = request.method().as_str().len() + request.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 12;
-    request
-        .headers()
-        .iter()
-        .fold(line, |size, (name, value)| size + name.as_str().len() + value.len() + 4)
-        + 2
+    let line = request.method().as_str().len()
+        + request
+            .uri()
+            .path_and_query()
+            .map_or(1, |p| p.as_str().len())
+        + 12;
+    request.headers().iter().fold(line, |size, (name, value)| {
+        size + name.as_str().len() + value.len() + 4
+    }) + 2
 }
 
 fn chance(percent: f64) -> bool {

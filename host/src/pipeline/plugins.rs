@@ -88,9 +88,14 @@ impl PluginRun {
             entry.skipped = true;
             return Ok(());
         }
-        let mut response = local::reply(StatusCode::SERVICE_UNAVAILABLE, &format!("plugin {:?} is unavailable\n", entry.plugin.name));
+        let mut response = local::reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("plugin {:?} is unavailable\n", entry.plugin.name),
+        );
         if self.info.protocol == "HTTP/2" {
-            response.headers_mut().insert("grpc-status", HeaderValue::from_static("14"));
+            response
+                .headers_mut()
+                .insert("grpc-status", HeaderValue::from_static("14"));
         }
         Err(Stopped::Failed(response))
     }
@@ -108,7 +113,11 @@ impl PluginRun {
         let stream = StreamState::new(0, self.info.clone(), self.filter_state.clone());
         let wake = stream.wake.clone();
         let created = plugin.with_vm(|vm, roots| {
-            let root = roots.get(&key).or_else(|| roots.get(&None)).copied().unwrap_or(0);
+            let root = roots
+                .get(&key)
+                .or_else(|| roots.get(&None))
+                .copied()
+                .unwrap_or(0);
             let mut stream = stream;
             stream.root_id = root;
             vm.create_stream(root, stream)
@@ -131,13 +140,18 @@ impl PluginRun {
         direction: Direction,
         call: impl FnOnce(&mut crate::wasm::vm::Vm, u32) -> Result<Action, crate::wasm::vm::VmTrap>,
     ) -> Result<(), Stopped> {
-        let Some(context) = self.context(index)? else { return Ok(()) };
+        let Some(context) = self.context(index)? else {
+            return Ok(());
+        };
         let plugin = self.entries[index].plugin.clone();
         let action = match plugin.with_vm(|vm, _| call(vm, context)) {
             Ok(action) => action,
             Err(failure) => return self.fail(index, failure),
         };
-        let wake = self.entries[index].wake.clone().expect("set with the context");
+        let wake = self.entries[index]
+            .wake
+            .clone()
+            .expect("set with the context");
         let deadline = tokio::time::Instant::now() + self.wait_limit;
         let mut paused = action == Action::Pause;
         loop {
@@ -150,7 +164,11 @@ impl PluginRun {
                     Direction::Request => std::mem::take(&mut signals.continue_request),
                     Direction::Response => std::mem::take(&mut signals.continue_response),
                 };
-                Ok((signals.local_response.take(), std::mem::take(&mut signals.reset), resumed))
+                Ok((
+                    signals.local_response.take(),
+                    std::mem::take(&mut signals.reset),
+                    resumed,
+                ))
             });
             let (local_response, reset, resumed) = match signals {
                 Ok(signals) => signals,
@@ -160,7 +178,10 @@ impl PluginRun {
                 return Err(Stopped::Local(index, local_response));
             }
             if reset {
-                return Err(Stopped::Failed(local::reply(StatusCode::SERVICE_UNAVAILABLE, "the plugin reset the stream\n")));
+                return Err(Stopped::Failed(local::reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the plugin reset the stream\n",
+                )));
             }
             if resumed {
                 paused = false;
@@ -168,15 +189,25 @@ impl PluginRun {
             if !paused {
                 return Ok(());
             }
-            if tokio::time::timeout_at(deadline, wake.notified()).await.is_err() {
+            if tokio::time::timeout_at(deadline, wake.notified())
+                .await
+                .is_err()
+            {
                 tracing::warn!(plugin = %plugin.name, route = %self.route, "plugin paused the stream and never resumed it");
-                return Err(Stopped::Failed(local::reply(StatusCode::GATEWAY_TIMEOUT, "a plugin paused the request past its timeout\n")));
+                return Err(Stopped::Failed(local::reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "a plugin paused the request past its timeout\n",
+                )));
             }
         }
     }
 
     /// Request headers through every plugin in order; `headers` carries the pseudo-headers.
-    pub async fn request_headers(&mut self, headers: &mut HeaderList, end_of_stream: bool) -> Result<(), Stopped> {
+    pub async fn request_headers(
+        &mut self,
+        headers: &mut HeaderList,
+        end_of_stream: bool,
+    ) -> Result<(), Stopped> {
         for index in 0..self.entries.len() {
             let count = headers.len();
             let moved = std::mem::take(headers);
@@ -186,16 +217,25 @@ impl PluginRun {
                     if let Some(stream) = vm.state().streams.get_mut(&context) {
                         stream.request_headers = moved.take().unwrap_or_default();
                     }
-                    vm.stream_callback(context, StreamCallback::RequestHeaders, count, end_of_stream)
+                    vm.stream_callback(
+                        context,
+                        StreamCallback::RequestHeaders,
+                        count,
+                        end_of_stream,
+                    )
                 })
                 .await;
-            *headers = self.take_back(index, moved, |stream| std::mem::take(&mut stream.request_headers));
+            *headers = self.take_back(index, moved, |stream| {
+                std::mem::take(&mut stream.request_headers)
+            });
             result?;
         }
         // Later phases read request properties (request.path, request.headers, ...): every
         // plugin keeps a copy of the final request headers.
         for entry in &self.entries {
-            let Some(context) = entry.context else { continue };
+            let Some(context) = entry.context else {
+                continue;
+            };
             let _ = entry.plugin.with_vm(|vm, _| {
                 if let Some(stream) = vm.state().streams.get_mut(&context) {
                     stream.request_headers = headers.clone();
@@ -207,7 +247,11 @@ impl PluginRun {
     }
 
     /// The whole request body (and trailers) through every plugin in order.
-    pub async fn request_body(&mut self, body: &mut Vec<u8>, trailers: &mut Option<HeaderList>) -> Result<(), Stopped> {
+    pub async fn request_body(
+        &mut self,
+        body: &mut Vec<u8>,
+        trailers: &mut Option<HeaderList>,
+    ) -> Result<(), Stopped> {
         for index in 0..self.entries.len() {
             let size = body.len();
             let mut moved = Some(std::mem::take(body));
@@ -221,7 +265,9 @@ impl PluginRun {
                     vm.stream_callback(context, StreamCallback::RequestBody, size, end_of_stream)
                 })
                 .await;
-            *body = self.take_back(index, moved, |stream| std::mem::take(&mut stream.request_body));
+            *body = self.take_back(index, moved, |stream| {
+                std::mem::take(&mut stream.request_body)
+            });
             result?;
             if let Some(list) = trailers.as_mut() {
                 let count = list.len();
@@ -234,7 +280,9 @@ impl PluginRun {
                         vm.stream_callback(context, StreamCallback::RequestTrailers, count, true)
                     })
                     .await;
-                *list = self.take_back(index, moved, |stream| std::mem::take(&mut stream.request_trailers));
+                *list = self.take_back(index, moved, |stream| {
+                    std::mem::take(&mut stream.request_trailers)
+                });
                 result?;
             }
         }
@@ -243,7 +291,12 @@ impl PluginRun {
 
     /// Response headers through the plugins in reverse order. A local reply from this phase
     /// replaces the response; its headers then continue through the remaining plugins.
-    pub async fn response_headers(&mut self, headers: &mut HeaderList, end_of_stream: bool, upstream: Option<&str>) -> Result<Option<LocalResponse>, Stopped> {
+    pub async fn response_headers(
+        &mut self,
+        headers: &mut HeaderList,
+        end_of_stream: bool,
+        upstream: Option<&str>,
+    ) -> Result<Option<LocalResponse>, Stopped> {
         let status = headers
             .iter()
             .find(|(k, _)| k == ":status")
@@ -263,10 +316,17 @@ impl PluginRun {
                         stream.response_code = status;
                         stream.upstream_address = upstream;
                     }
-                    vm.stream_callback(context, StreamCallback::ResponseHeaders, count, end_of_stream)
+                    vm.stream_callback(
+                        context,
+                        StreamCallback::ResponseHeaders,
+                        count,
+                        end_of_stream,
+                    )
                 })
                 .await;
-            *headers = self.take_back(index, moved, |stream| std::mem::take(&mut stream.response_headers));
+            *headers = self.take_back(index, moved, |stream| {
+                std::mem::take(&mut stream.response_headers)
+            });
             match result {
                 Ok(()) => {}
                 Err(Stopped::Local(_, answer)) => {
@@ -281,14 +341,28 @@ impl PluginRun {
 
     /// Returns what a callback left in the stream state; if the VM is gone (a trap), what
     /// was never handed over.
-    fn take_back<T: Default>(&self, index: usize, unmoved: Option<T>, take: impl FnOnce(&mut StreamState) -> T) -> T {
+    fn take_back<T: Default>(
+        &self,
+        index: usize,
+        unmoved: Option<T>,
+        take: impl FnOnce(&mut StreamState) -> T,
+    ) -> T {
         if let Some(value) = unmoved {
             return value;
         }
-        let Some(context) = self.entries[index].context else { return T::default() };
+        let Some(context) = self.entries[index].context else {
+            return T::default();
+        };
         self.entries[index]
             .plugin
-            .with_vm(|vm, _| Ok(vm.state().streams.get_mut(&context).map(take).unwrap_or_default()))
+            .with_vm(|vm, _| {
+                Ok(vm
+                    .state()
+                    .streams
+                    .get_mut(&context)
+                    .map(take)
+                    .unwrap_or_default())
+            })
             .unwrap_or_default()
     }
 
@@ -303,21 +377,31 @@ impl PluginRun {
     fn response_body_chunk(&mut self, mut data: Vec<u8>, end_of_stream: bool) -> Vec<u8> {
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
             let entry = &self.entries[index];
-            let (Some(context), false) = (entry.context, entry.skipped) else { continue };
+            let (Some(context), false) = (entry.context, entry.skipped) else {
+                continue;
+            };
             if data.is_empty() && !end_of_stream {
                 break;
             }
             let plugin = entry.plugin.clone();
             let result = plugin.with_vm(|vm, _| {
-                let Some(stream) = vm.state().streams.get_mut(&context) else { return Ok(Vec::new()) };
+                let Some(stream) = vm.state().streams.get_mut(&context) else {
+                    return Ok(Vec::new());
+                };
                 stream.response_body.extend_from_slice(&data);
                 stream.response_size += data.len() as u64;
                 let size = stream.response_body.len();
-                let action = vm.stream_callback(context, StreamCallback::ResponseBody, size, end_of_stream)?;
+                let action =
+                    vm.stream_callback(context, StreamCallback::ResponseBody, size, end_of_stream)?;
                 let stream = vm.state().streams.get_mut(&context).expect("checked above");
-                let released = action == Action::Continue || end_of_stream || stream.signals.continue_response;
+                let released =
+                    action == Action::Continue || end_of_stream || stream.signals.continue_response;
                 stream.signals.continue_response = false;
-                Ok(if released { std::mem::take(&mut stream.response_body) } else { Vec::new() })
+                Ok(if released {
+                    std::mem::take(&mut stream.response_body)
+                } else {
+                    Vec::new()
+                })
             });
             data = match result {
                 Ok(out) => out,
@@ -334,7 +418,9 @@ impl PluginRun {
     fn response_trailers(&mut self, trailers: &mut HeaderList) {
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
             let entry = &self.entries[index];
-            let (Some(context), false) = (entry.context, entry.skipped) else { continue };
+            let (Some(context), false) = (entry.context, entry.skipped) else {
+                continue;
+            };
             let plugin = entry.plugin.clone();
             let count = trailers.len();
             let moved = std::mem::take(trailers);
@@ -343,7 +429,12 @@ impl PluginRun {
                     stream.response_trailers = moved;
                 }
                 vm.stream_callback(context, StreamCallback::ResponseTrailers, count, true)?;
-                Ok(vm.state().streams.get_mut(&context).map(|s| std::mem::take(&mut s.response_trailers)).unwrap_or_default())
+                Ok(vm
+                    .state()
+                    .streams
+                    .get_mut(&context)
+                    .map(|s| std::mem::take(&mut s.response_trailers))
+                    .unwrap_or_default())
             });
             if let Ok(list) = result {
                 *trailers = list;
@@ -358,7 +449,9 @@ impl PluginRun {
         }
         let finished = SystemTime::now();
         for entry in &self.entries {
-            let Some(context) = entry.context else { continue };
+            let Some(context) = entry.context else {
+                continue;
+            };
             let _ = entry.plugin.with_vm(|vm, _| {
                 if let Some(stream) = vm.state().streams.get_mut(&context) {
                     stream.finished = Some(finished);
@@ -377,7 +470,10 @@ impl Drop for PluginRun {
 
 /// A local reply's headers as a response header list (`:status` first).
 pub fn response_header_list(answer: &LocalResponse) -> HeaderList {
-    let mut list = vec![(":status".to_string(), answer.status.to_string().into_bytes())];
+    let mut list = vec![(
+        ":status".to_string(),
+        answer.status.to_string().into_bytes(),
+    )];
     list.extend(answer.headers.iter().cloned());
     list
 }
@@ -385,9 +481,13 @@ pub fn response_header_list(answer: &LocalResponse) -> HeaderList {
 /// Builds the response for a local reply.
 pub fn local_response(answer: &LocalResponse) -> Response<ResponseBody> {
     let mut response = Response::new(local::body(answer.body.clone()));
-    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     for (name, value) in &answer.headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
             response.headers_mut().append(name, value);
         }
     }
@@ -401,7 +501,10 @@ pub fn local_response(answer: &LocalResponse) -> Response<ResponseBody> {
 
 /// Header list ⇄ `http` types.
 pub fn to_header_list(pseudo: &[(&str, String)], headers: &HeaderMap) -> HeaderList {
-    let mut list: HeaderList = pseudo.iter().map(|(k, v)| (k.to_string(), v.clone().into_bytes())).collect();
+    let mut list: HeaderList = pseudo
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone().into_bytes()))
+        .collect();
     list.extend(
         headers
             .iter()
@@ -418,7 +521,10 @@ pub fn from_header_list(list: &HeaderList) -> (Vec<(String, String)>, HeaderMap)
     for (name, value) in list {
         if name.starts_with(':') {
             pseudo.push((name.clone(), String::from_utf8_lossy(value).into_owned()));
-        } else if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
+        } else if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
             headers.append(name, value);
         }
     }
@@ -448,7 +554,10 @@ impl Body for FilteredBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         use std::task::Poll;
         loop {
             if self.done {

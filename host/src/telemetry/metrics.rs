@@ -107,11 +107,17 @@ impl Metrics {
     }
 
     pub fn plugin_trap(&self, plugin: &str) {
-        self.plugin_traps.entry(plugin.to_string()).or_default().fetch_add(1, Ordering::Relaxed);
+        self.plugin_traps
+            .entry(plugin.to_string())
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn plugin_restart(&self, plugin: &str) {
-        self.plugin_restarts.entry(plugin.to_string()).or_default().fetch_add(1, Ordering::Relaxed);
+        self.plugin_restarts
+            .entry(plugin.to_string())
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn connection_opened(&self, listener: &Arc<str>) {
@@ -222,11 +228,22 @@ impl Metrics {
             |v| v.load(Ordering::Relaxed).to_string(),
         );
         for (name, help, map) in [
-            ("tollgate_plugin_traps_total", "Plugin VM traps (panics, deadlines, memory, bad code), by plugin.", &self.plugin_traps),
-            ("tollgate_plugin_vm_restarts_total", "Plugin VMs recreated after a failure, by plugin.", &self.plugin_restarts),
+            (
+                "tollgate_plugin_traps_total",
+                "Plugin VM traps (panics, deadlines, memory, bad code), by plugin.",
+                &self.plugin_traps,
+            ),
+            (
+                "tollgate_plugin_vm_restarts_total",
+                "Plugin VMs recreated after a failure, by plugin.",
+                &self.plugin_restarts,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            let mut rows: Vec<_> = map.iter().map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed))).collect();
+            let mut rows: Vec<_> = map
+                .iter()
+                .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+                .collect();
             rows.sort();
             for (plugin, value) in rows {
                 let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {value}", escape(&plugin));

@@ -6,7 +6,10 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig,
+};
 
 use super::abi;
 use super::host::HostState;
@@ -115,18 +118,23 @@ impl Runtime {
 
     /// Reads, hashes, compiles and checks a module; off the request path.
     pub fn load(&self, path: &Path) -> Result<Arc<CompiledModule>, String> {
-        let bytes = std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        let bytes = std::fs::read(path)
+            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
         self.load_bytes(path, &bytes)
     }
 
     pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<CompiledModule>, String> {
-        let sha256 = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let sha256 = Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
         let module = Module::new(&self.engine, bytes)
             .map_err(|error| format!("{} is not a valid wasm module: {error:#}", path.display()))?;
         let abi = detect_abi(&module).map_err(|error| format!("{}: {error}", path.display()))?;
         check_imports(&module).map_err(|error| format!("{}: {error}", path.display()))?;
         let mut linker = self.linker.clone();
-        abi::define_missing_wasi(&mut linker, &module).map_err(|error| format!("{}: {error:#}", path.display()))?;
+        abi::define_missing_wasi(&mut linker, &module)
+            .map_err(|error| format!("{}: {error:#}", path.display()))?;
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|error| format!("{}: cannot link: {error:#}", path.display()))?;
@@ -151,7 +159,10 @@ fn detect_abi(module: &Module) -> Result<AbiVersion, String> {
     } else if exports.contains(&"proxy_abi_version_0_1_0") {
         AbiVersion::V0_1_0
     } else {
-        let other: Vec<&&str> = exports.iter().filter(|name| name.starts_with("proxy_abi_version_")).collect();
+        let other: Vec<&&str> = exports
+            .iter()
+            .filter(|name| name.starts_with("proxy_abi_version_"))
+            .collect();
         return Err(if other.is_empty() {
             "no proxy-wasm ABI version export (proxy_abi_version_0_2_1, _0_2_0 or _0_1_0); is this a proxy-wasm module?".to_string()
         } else {
@@ -162,7 +173,9 @@ fn detect_abi(module: &Module) -> Result<AbiVersion, String> {
         return Err("the module exports no memory".to_string());
     }
     if !exports.contains(&"proxy_on_memory_allocate") && !exports.contains(&"malloc") {
-        return Err("the module exports no allocator (proxy_on_memory_allocate or malloc)".to_string());
+        return Err(
+            "the module exports no allocator (proxy_on_memory_allocate or malloc)".to_string(),
+        );
     }
     Ok(version)
 }
@@ -187,7 +200,10 @@ fn check_imports(module: &Module) -> Result<(), String> {
     if unknown.is_empty() {
         Ok(())
     } else {
-        Err(format!("imports functions the host does not provide: {}", unknown.join(", ")))
+        Err(format!(
+            "imports functions the host does not provide: {}",
+            unknown.join(", ")
+        ))
     }
 }
 
@@ -195,13 +211,15 @@ fn start_epoch_ticker(engine: &Engine) {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
         let engine = engine.weak();
-        let _ = std::thread::Builder::new().name("tollgate-epoch".into()).spawn(move || loop {
-            std::thread::sleep(EPOCH_TICK);
-            match engine.upgrade() {
-                Some(engine) => engine.increment_epoch(),
-                None => return,
-            }
-        });
+        let _ = std::thread::Builder::new()
+            .name("tollgate-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(EPOCH_TICK);
+                match engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            });
     });
 }
 
@@ -229,7 +247,10 @@ mod tests {
     fn modules_without_or_with_unknown_abi_are_rejected() {
         let none = load(r#"(module (memory (export "memory") 1))"#).unwrap_err();
         assert!(none.contains("no proxy-wasm ABI version export"), "{none}");
-        let unknown = load(r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_9_9_9")))"#).unwrap_err();
+        let unknown = load(
+            r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_9_9_9")))"#,
+        )
+        .unwrap_err();
         assert!(unknown.contains("unsupported proxy-wasm ABI"), "{unknown}");
     }
 
@@ -246,7 +267,12 @@ mod tests {
 
     #[test]
     fn not_wasm_is_a_clear_error() {
-        let error = runtime().load_bytes(Path::new("junk.wasm"), b"\0asm\x01\0\0\0garbage").unwrap_err();
-        assert!(error.contains("junk.wasm is not a valid wasm module"), "{error}");
+        let error = runtime()
+            .load_bytes(Path::new("junk.wasm"), b"\0asm\x01\0\0\0garbage")
+            .unwrap_err();
+        assert!(
+            error.contains("junk.wasm is not a valid wasm module"),
+            "{error}"
+        );
     }
 }

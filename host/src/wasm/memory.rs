@@ -112,7 +112,11 @@ pub fn return_bytes(
 
 /// Copies bytes into a fresh guest allocation from outside a host call (e.g. before a
 /// callback), returning the guest pointer; empty input returns 0.
-pub fn allocate_in<T>(store: &mut wasmtime::Store<T>, instance: &wasmtime::Instance, bytes: &[u8]) -> wasmtime::Result<u32> {
+pub fn allocate_in<T>(
+    store: &mut wasmtime::Store<T>,
+    instance: &wasmtime::Instance,
+    bytes: &[u8],
+) -> wasmtime::Result<u32> {
     if bytes.is_empty() {
         return Ok(0);
     }
@@ -136,7 +140,10 @@ mod tests {
     fn ranges_are_checked_for_overflow_and_size() {
         assert_eq!(range(0, 4, 4), Ok(0..4));
         assert_eq!(range(1, 4, 4), Err(MemoryError));
-        assert_eq!(range(u32::MAX, 2, usize::MAX), Ok(u32::MAX as usize..u32::MAX as usize + 2));
+        assert_eq!(
+            range(u32::MAX, 2, usize::MAX),
+            Ok(u32::MAX as usize..u32::MAX as usize + 2)
+        );
         assert_eq!(range(u32::MAX, u32::MAX, 1 << 20), Err(MemoryError));
     }
 }

@@ -112,7 +112,8 @@ impl PluginMetrics {
     /// Prometheus text for every plugin metric, named after the metric (sanitised) with a
     /// `plugin` label.
     pub fn render(&self, out: &mut String) {
-        let mut metrics: Vec<Arc<PluginMetric>> = self.by_id.iter().map(|m| m.value().clone()).collect();
+        let mut metrics: Vec<Arc<PluginMetric>> =
+            self.by_id.iter().map(|m| m.value().clone()).collect();
         metrics.sort_by(|a, b| (&a.name, &a.plugin).cmp(&(&b.name, &b.plugin)));
         let mut last_name = String::new();
         for metric in metrics {
@@ -130,15 +131,30 @@ impl PluginMetrics {
             match metric.kind {
                 MetricKind::Histogram => {
                     for (bucket, bound) in metric.buckets.iter().zip(BUCKETS) {
-                        let _ = writeln!(out, "{name}_bucket{{plugin=\"{plugin}\",le=\"{bound}\"}} {}", bucket.load(Ordering::Relaxed));
+                        let _ = writeln!(
+                            out,
+                            "{name}_bucket{{plugin=\"{plugin}\",le=\"{bound}\"}} {}",
+                            bucket.load(Ordering::Relaxed)
+                        );
                     }
                     let count = metric.count.load(Ordering::Relaxed);
-                    let _ = writeln!(out, "{name}_bucket{{plugin=\"{plugin}\",le=\"+Inf\"}} {count}");
-                    let _ = writeln!(out, "{name}_sum{{plugin=\"{plugin}\"}} {}", metric.sum.load(Ordering::Relaxed));
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{plugin=\"{plugin}\",le=\"+Inf\"}} {count}"
+                    );
+                    let _ = writeln!(
+                        out,
+                        "{name}_sum{{plugin=\"{plugin}\"}} {}",
+                        metric.sum.load(Ordering::Relaxed)
+                    );
                     let _ = writeln!(out, "{name}_count{{plugin=\"{plugin}\"}} {count}");
                 }
                 _ => {
-                    let _ = writeln!(out, "{name}{{plugin=\"{plugin}\"}} {}", metric.value.load(Ordering::Relaxed));
+                    let _ = writeln!(
+                        out,
+                        "{name}{{plugin=\"{plugin}\"}} {}",
+                        metric.value.load(Ordering::Relaxed)
+                    );
                 }
             }
         }
@@ -149,7 +165,13 @@ impl PluginMetrics {
 fn sanitize(name: &str) -> String {
     let mut out: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if out.chars().next().is_none_or(|c| c.is_ascii_digit()) {
         out.insert(0, '_');
@@ -175,7 +197,13 @@ mod tests {
         let mut text = String::new();
         metrics.render(&mut text);
         assert!(text.contains("requests_total{plugin=\"auth\"} 5"), "{text}");
-        assert!(text.contains("size_bucket{plugin=\"auth\",le=\"10\"} 1"), "{text}");
-        assert!(text.contains("size_bucket{plugin=\"auth\",le=\"5\"} 0"), "{text}");
+        assert!(
+            text.contains("size_bucket{plugin=\"auth\",le=\"10\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("size_bucket{plugin=\"auth\",le=\"5\"} 0"),
+            "{text}"
+        );
     }
 }

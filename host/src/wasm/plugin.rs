@@ -110,7 +110,11 @@ impl Plugin {
             vm_id: config.vm_id.clone().unwrap_or_default(),
             root_id: config.name.clone(),
             vm_configuration: json_bytes(&config.vm_config),
-            env: config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            env: config
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             clusters: clusters.keys().cloned().collect::<HashSet<_>>(),
         });
         let plugin = Arc::new(Self {
@@ -126,14 +130,22 @@ impl Plugin {
             vms: ThreadLocal::new(),
             stats: PluginStats::default(),
         });
-        plugin.start_vm().map(drop).map_err(|trap| trap.to_string())?;
+        plugin
+            .start_vm()
+            .map(drop)
+            .map_err(|trap| trap.to_string())?;
         Ok(plugin)
     }
 
     /// A new VM with every root context configured, and the receiving end of its events
     /// (shared-queue wake-ups) for its event loop.
     fn start_vm(&self) -> Result<(Vm, HashMap<Option<String>, u32>, EventReceiver), VmTrap> {
-        let mut vm = Vm::new(&self.module, self.identity.clone(), self.memory_limit, self.callback_timeout)?;
+        let mut vm = Vm::new(
+            &self.module,
+            self.identity.clone(),
+            self.memory_limit,
+            self.callback_timeout,
+        )?;
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
         vm.state().events = Some(events);
         let mut roots = HashMap::new();
@@ -168,7 +180,10 @@ impl Plugin {
 
     /// Runs `f` on this thread's VM, creating it when needed (with back-off after failures).
     /// A trap breaks the VM; callouts the callback started are dispatched afterwards.
-    pub fn with_vm<R>(self: &Arc<Self>, f: impl FnOnce(&mut Vm, &HashMap<Option<String>, u32>) -> Result<R, VmTrap>) -> Result<R, PluginFailure> {
+    pub fn with_vm<R>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Vm, &HashMap<Option<String>, u32>) -> Result<R, VmTrap>,
+    ) -> Result<R, PluginFailure> {
         let slot = self.slot();
         let mut slot = slot.borrow_mut();
         if slot.vm.is_none() {
@@ -180,7 +195,9 @@ impl Plugin {
         let result = f(vm_ref, roots);
         let pending = vm_ref.take_pending();
         self.stats.callbacks.fetch_add(1, Ordering::Relaxed);
-        self.stats.callback_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.stats
+            .callback_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let generation = slot.generation;
         match result {
             Ok(value) => {
@@ -197,7 +214,8 @@ impl Plugin {
                 slot.roots.clear();
                 slot.consecutive_failures += 1;
                 // Back off exponentially so that a crash loop cannot spin: 0.1 s doubling to 30 s.
-                let backoff = Duration::from_millis(100u64 << slot.consecutive_failures.min(9)).min(Duration::from_secs(30));
+                let backoff = Duration::from_millis(100u64 << slot.consecutive_failures.min(9))
+                    .min(Duration::from_secs(30));
                 slot.retry_after = Some(Instant::now() + backoff);
                 Err(PluginFailure::Trap(trap))
             }
@@ -206,16 +224,23 @@ impl Plugin {
 
     fn revive(self: &Arc<Self>, slot: &mut VmSlot) -> Result<(), PluginFailure> {
         if slot.generation > 0 && self.failure_policy != FailurePolicy::Reload {
-            return Err(PluginFailure::Unavailable(format!("plugin {:?} failed on this worker and its policy is not `reload`", self.name)));
+            return Err(PluginFailure::Unavailable(format!(
+                "plugin {:?} failed on this worker and its policy is not `reload`",
+                self.name
+            )));
         }
         if let Some(retry_after) = slot.retry_after {
             if Instant::now() < retry_after {
-                return Err(PluginFailure::Unavailable(format!("plugin {:?} is restarting after a failure", self.name)));
+                return Err(PluginFailure::Unavailable(format!(
+                    "plugin {:?} is restarting after a failure",
+                    self.name
+                )));
             }
         }
         let (vm, roots, receiver) = self.start_vm().map_err(|trap| {
             slot.consecutive_failures += 1;
-            let backoff = Duration::from_millis(100u64 << slot.consecutive_failures.min(9)).min(Duration::from_secs(30));
+            let backoff = Duration::from_millis(100u64 << slot.consecutive_failures.min(9))
+                .min(Duration::from_secs(30));
             slot.retry_after = Some(Instant::now() + backoff);
             tracing::error!(plugin = %self.name, error = %trap, "plugin VM failed to start");
             PluginFailure::Trap(trap)
@@ -237,7 +262,11 @@ impl Plugin {
     }
 
     /// Runs `f` on this thread's VM only if it is still the one of `generation`.
-    fn with_generation(self: &Arc<Self>, generation: u64, f: impl FnOnce(&mut Vm) -> Result<(), VmTrap>) {
+    fn with_generation(
+        self: &Arc<Self>,
+        generation: u64,
+        f: impl FnOnce(&mut Vm) -> Result<(), VmTrap>,
+    ) {
         let current = self.slot().borrow().generation;
         if current != generation || self.slot().borrow().vm.is_none() {
             return;
@@ -257,7 +286,15 @@ impl Plugin {
         for callout in pending {
             let plugin = self.clone();
             match callout {
-                PendingCallout::Http { token, cluster, headers, body, trailers: _, timeout, .. } => {
+                PendingCallout::Http {
+                    token,
+                    cluster,
+                    headers,
+                    body,
+                    trailers: _,
+                    timeout,
+                    ..
+                } => {
                     tokio::spawn(async move {
                         let response = plugin.http_callout(&cluster, headers, body, timeout).await;
                         plugin.with_generation(generation, |vm| {
@@ -268,11 +305,30 @@ impl Plugin {
                         });
                     });
                 }
-                PendingCallout::Grpc { token, cluster, service, method, metadata, message, timeout, .. } => {
+                PendingCallout::Grpc {
+                    token,
+                    cluster,
+                    service,
+                    method,
+                    metadata,
+                    message,
+                    timeout,
+                    ..
+                } => {
                     tokio::spawn(async move {
                         let (status, message_text, response) = match message {
-                            Some(message) => plugin.grpc_unary(&cluster, &service, &method, metadata, message, timeout).await,
-                            None => (12, "gRPC streams are not supported by this gateway yet".to_string(), None),
+                            Some(message) => {
+                                plugin
+                                    .grpc_unary(
+                                        &cluster, &service, &method, metadata, message, timeout,
+                                    )
+                                    .await
+                            }
+                            None => (
+                                12,
+                                "gRPC streams are not supported by this gateway yet".to_string(),
+                                None,
+                            ),
                         };
                         plugin.with_generation(generation, |vm| {
                             vm.state().status = (status, Bytes::from(message_text));
@@ -287,14 +343,29 @@ impl Plugin {
         }
     }
 
-    async fn send(&self, cluster: &str, request: http::Request<crate::upstream::UpstreamBody>, timeout: Duration) -> Option<http::Response<hyper::body::Incoming>> {
+    async fn send(
+        &self,
+        cluster: &str,
+        request: http::Request<crate::upstream::UpstreamBody>,
+        timeout: Duration,
+    ) -> Option<http::Response<hyper::body::Incoming>> {
         let cluster = self.clusters.get(cluster)?;
         let all: Vec<usize> = (0..cluster.endpoints.len()).collect();
         let guard = cluster.pick(&all).ok()?;
         let (mut parts, body) = request.into_parts();
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-        parts.uri = format!("{}://{}{}", cluster.scheme(), guard.endpoint.address, path).parse().ok()?;
-        parts.version = if cluster.http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        parts.uri = format!("{}://{}{}", cluster.scheme(), guard.endpoint.address, path)
+            .parse()
+            .ok()?;
+        parts.version = if cluster.http2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
         let request = http::Request::from_parts(parts, body);
         match tokio::time::timeout(timeout, cluster.client().request(request)).await {
             Ok(Ok(response)) => {
@@ -308,7 +379,13 @@ impl Plugin {
         }
     }
 
-    async fn http_callout(&self, cluster: &str, headers: HeaderList, body: Bytes, timeout: Duration) -> Option<CallResponse> {
+    async fn http_callout(
+        &self,
+        cluster: &str,
+        headers: HeaderList,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Option<CallResponse> {
         let mut request = http::Request::builder();
         let mut authority = String::new();
         for (name, value) in &headers {
@@ -321,14 +398,22 @@ impl Plugin {
             }
         }
         request = request.header(http::header::HOST, authority);
-        let request = request.body(Full::new(body).map_err(|never| match never {}).boxed()).ok()?;
+        let request = request
+            .body(Full::new(body).map_err(|never| match never {}).boxed())
+            .ok()?;
         let started = Instant::now();
         let response = self.send(cluster, request, timeout).await?;
         let (parts, body) = response.into_parts();
         let remaining = timeout.saturating_sub(started.elapsed());
-        let collected = tokio::time::timeout(remaining, body.collect()).await.ok()?.ok()?;
+        let collected = tokio::time::timeout(remaining, body.collect())
+            .await
+            .ok()?
+            .ok()?;
         let trailers = collected.trailers().map(header_list).unwrap_or_default();
-        let mut headers = vec![(":status".to_string(), parts.status.as_str().as_bytes().to_vec())];
+        let mut headers = vec![(
+            ":status".to_string(),
+            parts.status.as_str().as_bytes().to_vec(),
+        )];
         headers.extend(header_list(&parts.headers));
         Some(CallResponse {
             headers,
@@ -362,7 +447,11 @@ impl Plugin {
                 request = request.header(name.as_str(), value.as_slice());
             }
         }
-        let Ok(request) = request.body(Full::new(Bytes::from(framed)).map_err(|never| match never {}).boxed()) else {
+        let Ok(request) = request.body(
+            Full::new(Bytes::from(framed))
+                .map_err(|never| match never {})
+                .boxed(),
+        ) else {
             return (3, "invalid metadata".into(), None);
         };
         let started = Instant::now();
@@ -375,8 +464,14 @@ impl Plugin {
             return (4, "deadline exceeded".into(), None);
         };
         let trailers = collected.trailers().cloned().unwrap_or_default();
-        let grpc_status = |map: &http::HeaderMap| map.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok());
-        let status = grpc_status(&trailers).or_else(|| grpc_status(&parts.headers)).unwrap_or(2);
+        let grpc_status = |map: &http::HeaderMap| {
+            map.get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok())
+        };
+        let status = grpc_status(&trailers)
+            .or_else(|| grpc_status(&parts.headers))
+            .unwrap_or(2);
         let message_text = trailers
             .get("grpc-message")
             .or_else(|| parts.headers.get("grpc-message"))
@@ -412,7 +507,9 @@ async fn event_loop(plugin: Weak<Plugin>, generation: u64, mut events: EventRece
     let mut next_tick: HashMap<u32, Instant> = HashMap::new();
     loop {
         let periods = {
-            let Some(plugin) = plugin.upgrade() else { return };
+            let Some(plugin) = plugin.upgrade() else {
+                return;
+            };
             let slot = plugin.slot().borrow();
             if slot.generation != generation {
                 return;
@@ -427,7 +524,11 @@ async fn event_loop(plugin: Weak<Plugin>, generation: u64, mut events: EventRece
             next_tick.entry(*root).or_insert(now + *period);
         }
         next_tick.retain(|root, _| periods.iter().any(|(r, _)| r == root));
-        let wake_at = next_tick.values().min().copied().unwrap_or(now + Duration::from_secs(1));
+        let wake_at = next_tick
+            .values()
+            .min()
+            .copied()
+            .unwrap_or(now + Duration::from_secs(1));
         tokio::select! {
             event = events.recv() => {
                 let Some(VmEvent::QueueReady { root_context, queue }) = event else { return };
@@ -455,12 +556,16 @@ pub fn build_plugins(
     plugins_dir: &std::path::Path,
     clusters: &HashMap<String, Arc<Cluster>>,
 ) -> Result<Vec<Arc<Plugin>>, Vec<config::ConfigError>> {
-    let mut modules: HashMap<std::path::PathBuf, Result<Arc<CompiledModule>, String>> = HashMap::new();
+    let mut modules: HashMap<std::path::PathBuf, Result<Arc<CompiledModule>, String>> =
+        HashMap::new();
     let mut built = Vec::new();
     let mut errors = Vec::new();
     for plugin in plugins {
         let path = module_path(plugin, plugins_dir);
-        let module = modules.entry(path.clone()).or_insert_with(|| runtime().load(&path)).clone();
+        let module = modules
+            .entry(path.clone())
+            .or_insert_with(|| runtime().load(&path))
+            .clone();
         let result = module.and_then(|module| Plugin::new(plugin, module, clusters.clone()));
         match result {
             Ok(instance) => built.push(instance),

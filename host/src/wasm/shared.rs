@@ -68,17 +68,29 @@ impl SharedStore {
                 if cas != 0 && occupied.get().cas != cas {
                     return Err(Status::CasMismatch);
                 }
-                *occupied.get_mut() = Entry { value, cas: next_cas() };
+                *occupied.get_mut() = Entry {
+                    value,
+                    cas: next_cas(),
+                };
             }
             Slot::Vacant(vacant) => {
-                vacant.insert(Entry { value, cas: next_cas() });
+                vacant.insert(Entry {
+                    value,
+                    cas: next_cas(),
+                });
             }
         }
         Ok(())
     }
 
     /// Registers (idempotently) a queue and subscribes a root context of a VM to it.
-    pub fn register_queue(&self, vm_id: &str, name: &str, events: UnboundedSender<VmEvent>, root_context: u32) -> u32 {
+    pub fn register_queue(
+        &self,
+        vm_id: &str,
+        name: &str,
+        events: UnboundedSender<VmEvent>,
+        root_context: u32,
+    ) -> u32 {
         let id = *self
             .queue_ids
             .entry((vm_id.to_string(), name.to_string()))
@@ -95,28 +107,56 @@ impl SharedStore {
             .clone();
         let mut subscribers = queue.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         subscribers.retain(|(sender, _)| !sender.is_closed());
-        if !subscribers.iter().any(|(sender, root)| sender.same_channel(&events) && *root == root_context) {
+        if !subscribers
+            .iter()
+            .any(|(sender, root)| sender.same_channel(&events) && *root == root_context)
+        {
             subscribers.push((events, root_context));
         }
         id
     }
 
     pub fn resolve_queue(&self, vm_id: &str, name: &str) -> Option<u32> {
-        self.queue_ids.get(&(vm_id.to_string(), name.to_string())).map(|id| *id)
+        self.queue_ids
+            .get(&(vm_id.to_string(), name.to_string()))
+            .map(|id| *id)
     }
 
     /// Appends to a queue and wakes its subscribers with `on_queue_ready`.
     pub fn enqueue(&self, id: u32, value: Bytes) -> Result<(), Status> {
-        let queue = self.queues.get(&id).map(|q| q.clone()).ok_or(Status::NotFound)?;
-        queue.items.lock().unwrap_or_else(|e| e.into_inner()).push_back(value);
+        let queue = self
+            .queues
+            .get(&id)
+            .map(|q| q.clone())
+            .ok_or(Status::NotFound)?;
+        queue
+            .items
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(value);
         let mut subscribers = queue.subscribers.lock().unwrap_or_else(|e| e.into_inner());
-        subscribers.retain(|(sender, root)| sender.send(VmEvent::QueueReady { root_context: *root, queue: id }).is_ok());
+        subscribers.retain(|(sender, root)| {
+            sender
+                .send(VmEvent::QueueReady {
+                    root_context: *root,
+                    queue: id,
+                })
+                .is_ok()
+        });
         Ok(())
     }
 
     pub fn dequeue(&self, id: u32) -> Result<Bytes, Status> {
-        let queue = self.queues.get(&id).map(|q| q.clone()).ok_or(Status::NotFound)?;
-        let item = queue.items.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        let queue = self
+            .queues
+            .get(&id)
+            .map(|q| q.clone())
+            .ok_or(Status::NotFound)?;
+        let item = queue
+            .items
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front();
         item.ok_or(Status::Empty)
     }
 }
@@ -130,11 +170,16 @@ mod tests {
         let store = SharedStore::default();
         assert!(store.get("vm", "k").is_none());
         // A missing key is created whatever the cas.
-        store.set("vm", "k", Bytes::from_static(b"1"), 12345).unwrap();
+        store
+            .set("vm", "k", Bytes::from_static(b"1"), 12345)
+            .unwrap();
         let (_, cas) = store.get("vm", "k").unwrap();
         assert_ne!(cas, 0);
         store.set("vm", "k", Bytes::from_static(b"2"), cas).unwrap();
-        assert_eq!(store.set("vm", "k", Bytes::from_static(b"3"), cas), Err(Status::CasMismatch));
+        assert_eq!(
+            store.set("vm", "k", Bytes::from_static(b"3"), cas),
+            Err(Status::CasMismatch)
+        );
         store.set("vm", "k", Bytes::from_static(b"4"), 0).unwrap();
         assert_eq!(store.get("vm", "k").unwrap().0, "4");
         // Namespaces are separate.
@@ -151,8 +196,17 @@ mod tests {
         assert_eq!(store.resolve_queue("vm", "nope"), None);
         assert_eq!(store.dequeue(id), Err(Status::Empty));
         store.enqueue(id, Bytes::from_static(b"x")).unwrap();
-        assert!(matches!(receiver.try_recv(), Ok(VmEvent::QueueReady { root_context: 7, .. })));
-        assert!(receiver.try_recv().is_err(), "one subscription, one wake-up");
+        assert!(matches!(
+            receiver.try_recv(),
+            Ok(VmEvent::QueueReady {
+                root_context: 7,
+                ..
+            })
+        ));
+        assert!(
+            receiver.try_recv().is_err(),
+            "one subscription, one wake-up"
+        );
         assert_eq!(store.dequeue(id).unwrap(), "x");
         assert_eq!(store.enqueue(9999, Bytes::new()), Err(Status::NotFound));
     }

@@ -22,7 +22,11 @@ pub struct VmTrap {
 
 impl std::fmt::Display for VmTrap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "plugin {:?}: {}: {}", self.plugin, self.callback, self.reason)
+        write!(
+            f,
+            "plugin {:?}: {}: {}",
+            self.plugin, self.callback, self.reason
+        )
     }
 }
 
@@ -56,7 +60,9 @@ impl Exports {
         Ok(Self {
             on_context_create: instance
                 .get_typed_func(&mut *store, "proxy_on_context_create")
-                .map_err(|_| "the module does not export proxy_on_context_create(i32, i32)".to_string())?,
+                .map_err(|_| {
+                    "the module does not export proxy_on_context_create(i32, i32)".to_string()
+                })?,
             on_vm_start: optional!("proxy_on_vm_start"),
             on_configure: optional!("proxy_on_configure"),
             on_tick: optional!("proxy_on_tick"),
@@ -114,7 +120,12 @@ fn deadline_ticks(timeout: Duration) -> u64 {
 impl Vm {
     /// Instantiates the module and runs its initialisers (`_initialize`, then `main` if
     /// exported; else `_start`).
-    pub fn new(module: &CompiledModule, identity: Arc<PluginIdentity>, memory_limit: usize, callback_timeout: Duration) -> Result<Self, VmTrap> {
+    pub fn new(
+        module: &CompiledModule,
+        identity: Arc<PluginIdentity>,
+        memory_limit: usize,
+        callback_timeout: Duration,
+    ) -> Result<Self, VmTrap> {
         let plugin = identity.name.clone();
         let trap = |callback: &'static str, reason: String| VmTrap {
             plugin: plugin.clone(),
@@ -130,17 +141,25 @@ impl Vm {
             .pre
             .instantiate(&mut store)
             .map_err(|error| trap("instantiate", describe(&error)))?;
-        let initialize = instance.get_typed_func::<(), ()>(&mut store, "_initialize").ok();
+        let initialize = instance
+            .get_typed_func::<(), ()>(&mut store, "_initialize")
+            .ok();
         let start = instance.get_typed_func::<(), ()>(&mut store, "_start").ok();
         if let Some(initialize) = initialize {
-            initialize.call(&mut store, ()).map_err(|error| trap("_initialize", describe(&error)))?;
+            initialize
+                .call(&mut store, ())
+                .map_err(|error| trap("_initialize", describe(&error)))?;
             if let Ok(main) = instance.get_typed_func::<(u32, u32), u32>(&mut store, "main") {
-                main.call(&mut store, (0, 0)).map_err(|error| trap("main", describe(&error)))?;
+                main.call(&mut store, (0, 0))
+                    .map_err(|error| trap("main", describe(&error)))?;
             }
         } else if let Some(start) = start {
-            start.call(&mut store, ()).map_err(|error| trap("_start", describe(&error)))?;
+            start
+                .call(&mut store, ())
+                .map_err(|error| trap("_start", describe(&error)))?;
         }
-        let exports = Exports::find(&mut store, &instance).map_err(|reason| trap("instantiate", reason))?;
+        let exports =
+            Exports::find(&mut store, &instance).map_err(|reason| trap("instantiate", reason))?;
         Ok(Self {
             store,
             exports,
@@ -162,7 +181,12 @@ impl Vm {
 
     /// Calls a guest function under the CPU deadline. A trap is returned as [`VmTrap`]; the
     /// caller must treat the VM as broken afterwards.
-    fn call<P: WasmParams, R: WasmResults>(&mut self, callback: &'static str, func: &TypedFunc<P, R>, params: P) -> Result<R, VmTrap> {
+    fn call<P: WasmParams, R: WasmResults>(
+        &mut self,
+        callback: &'static str,
+        func: &TypedFunc<P, R>,
+        params: P,
+    ) -> Result<R, VmTrap> {
         self.store.set_epoch_deadline(self.deadline_ticks);
         func.call(&mut self.store, params).map_err(|error| VmTrap {
             plugin: self.plugin_name(),
@@ -174,17 +198,27 @@ impl Vm {
     /// Creates a root context and runs `on_vm_start` and `on_configure` with `configuration`.
     /// A `false` from either refuses the plugin, quoting its log lines; so does a trap (a
     /// panic's message is among them).
-    pub fn create_root(&mut self, vm_configuration_size: usize, configuration: Bytes) -> Result<u32, VmTrap> {
-        self.start_root(vm_configuration_size, configuration).map_err(|mut trap| {
-            let lines = self.state().startup_log.clone().unwrap_or_default();
-            if !lines.is_empty() && !trap.reason.contains("the plugin logged") {
-                trap.reason = format!("{}; the plugin logged: {}", trap.reason, lines.join(" | "));
-            }
-            trap
-        })
+    pub fn create_root(
+        &mut self,
+        vm_configuration_size: usize,
+        configuration: Bytes,
+    ) -> Result<u32, VmTrap> {
+        self.start_root(vm_configuration_size, configuration)
+            .map_err(|mut trap| {
+                let lines = self.state().startup_log.clone().unwrap_or_default();
+                if !lines.is_empty() && !trap.reason.contains("the plugin logged") {
+                    trap.reason =
+                        format!("{}; the plugin logged: {}", trap.reason, lines.join(" | "));
+                }
+                trap
+            })
     }
 
-    fn start_root(&mut self, vm_configuration_size: usize, configuration: Bytes) -> Result<u32, VmTrap> {
+    fn start_root(
+        &mut self,
+        vm_configuration_size: usize,
+        configuration: Bytes,
+    ) -> Result<u32, VmTrap> {
         let id = self.state().new_context_id();
         self.state().roots.insert(
             id,
@@ -205,7 +239,8 @@ impl Vm {
         if let Some(configure) = self.exports.on_configure.clone() {
             self.state().effective_context = id;
             self.state().configuring = configuration.clone();
-            let accepted = self.call("on_configure", &configure, (id, configuration.len() as u32))?;
+            let accepted =
+                self.call("on_configure", &configure, (id, configuration.len() as u32))?;
             self.state().configuring = Bytes::new();
             if accepted == 0 {
                 return Err(self.refusal("on_configure"));
@@ -234,7 +269,11 @@ impl Vm {
     }
 
     /// Creates a stream context for a request under `root`.
-    pub fn create_stream(&mut self, root: u32, stream: super::host::StreamState) -> Result<u32, VmTrap> {
+    pub fn create_stream(
+        &mut self,
+        root: u32,
+        stream: super::host::StreamState,
+    ) -> Result<u32, VmTrap> {
         let id = self.state().new_context_id();
         self.state().streams.insert(id, stream);
         self.state().effective_context = id;
@@ -244,7 +283,13 @@ impl Vm {
     }
 
     /// Runs one of the header/body/trailer callbacks; a module without it continues.
-    pub fn stream_callback(&mut self, context: u32, callback: StreamCallback, size: usize, end_of_stream: bool) -> Result<super::abi::Action, VmTrap> {
+    pub fn stream_callback(
+        &mut self,
+        context: u32,
+        callback: StreamCallback,
+        size: usize,
+        end_of_stream: bool,
+    ) -> Result<super::abi::Action, VmTrap> {
         self.state().effective_context = context;
         let eos = u32::from(end_of_stream);
         let size = size as u32;
@@ -320,7 +365,11 @@ impl Vm {
 
     /// Delivers a callout's answer to the context that made it, exactly once: a token that
     /// is no longer outstanding (its request ended) is dropped.
-    pub fn on_http_call_response(&mut self, token: u32, response: Option<super::host::CallResponse>) -> Result<bool, VmTrap> {
+    pub fn on_http_call_response(
+        &mut self,
+        token: u32,
+        response: Option<super::host::CallResponse>,
+    ) -> Result<bool, VmTrap> {
         let Some(context) = self.state().callouts.remove(&token) else {
             return Ok(false);
         };
@@ -331,7 +380,11 @@ impl Vm {
         self.state().call_response = response;
         self.state().effective_context = context;
         let result = match self.exports.on_http_call_response.clone() {
-            Some(f) => self.call("on_http_call_response", &f, (context, token, headers as u32, body as u32, trailers as u32)),
+            Some(f) => self.call(
+                "on_http_call_response",
+                &f,
+                (context, token, headers as u32, body as u32, trailers as u32),
+            ),
             None => Ok(()),
         };
         self.state().call_response = None;
@@ -339,7 +392,12 @@ impl Vm {
     }
 
     /// Delivers a unary gRPC answer: the message on success, the status on failure.
-    pub fn on_grpc_call_response(&mut self, token: u32, status: u32, message: Option<super::host::CallResponse>) -> Result<bool, VmTrap> {
+    pub fn on_grpc_call_response(
+        &mut self,
+        token: u32,
+        status: u32,
+        message: Option<super::host::CallResponse>,
+    ) -> Result<bool, VmTrap> {
         let Some(context) = self.state().callouts.remove(&token) else {
             return Ok(false);
         };

@@ -38,9 +38,11 @@ fn http_call(
 ) -> u32 {
     status((|| {
         let cluster = memory::read_string(&mut caller, upstream_ptr, upstream_len)?;
-        let headers = decode_pairs(&memory::read(&mut caller, headers_ptr, headers_len)?).ok_or(Status::BadArgument)?;
+        let headers = decode_pairs(&memory::read(&mut caller, headers_ptr, headers_len)?)
+            .ok_or(Status::BadArgument)?;
         let body = memory::read(&mut caller, body_ptr, body_len)?;
-        let trailers = decode_pairs(&memory::read(&mut caller, trailers_ptr, trailers_len)?).ok_or(Status::BadArgument)?;
+        let trailers = decode_pairs(&memory::read(&mut caller, trailers_ptr, trailers_len)?)
+            .ok_or(Status::BadArgument)?;
         if !caller.data().plugin_clusters_contains(&cluster) {
             return Err(Status::BadArgument);
         }
@@ -81,7 +83,8 @@ fn grpc_start(
     let cluster = memory::read_string(caller, upstream.0, upstream.1)?;
     let service = memory::read_string(caller, service.0, service.1)?;
     let method = memory::read_string(caller, method.0, method.1)?;
-    let metadata = decode_pairs(&memory::read(caller, metadata.0, metadata.1)?).ok_or(Status::ParseFailure)?;
+    let metadata =
+        decode_pairs(&memory::read(caller, metadata.0, metadata.1)?).ok_or(Status::ParseFailure)?;
     let message = match message {
         Some((ptr, len)) => Some(Bytes::from(memory::read(caller, ptr, len)?)),
         None => None,
@@ -121,40 +124,90 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_grpc_call",
-        |mut caller: Ctx<'_>, up: u32, upl: u32, sv: u32, svl: u32, me: u32, mel: u32, md: u32, mdl: u32, msg: u32, msgl: u32, timeout_ms: u32, ret: u32| {
-            status(grpc_start(&mut caller, (up, upl), (sv, svl), (me, mel), (md, mdl), Some((msg, msgl)), timeout_ms, ret))
+        |mut caller: Ctx<'_>,
+         up: u32,
+         upl: u32,
+         sv: u32,
+         svl: u32,
+         me: u32,
+         mel: u32,
+         md: u32,
+         mdl: u32,
+         msg: u32,
+         msgl: u32,
+         timeout_ms: u32,
+         ret: u32| {
+            status(grpc_start(
+                &mut caller,
+                (up, upl),
+                (sv, svl),
+                (me, mel),
+                (md, mdl),
+                Some((msg, msgl)),
+                timeout_ms,
+                ret,
+            ))
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_grpc_stream",
-        |mut caller: Ctx<'_>, up: u32, upl: u32, sv: u32, svl: u32, me: u32, mel: u32, md: u32, mdl: u32, ret: u32| {
-            status(grpc_start(&mut caller, (up, upl), (sv, svl), (me, mel), (md, mdl), None, 0, ret))
+        |mut caller: Ctx<'_>,
+         up: u32,
+         upl: u32,
+         sv: u32,
+         svl: u32,
+         me: u32,
+         mel: u32,
+         md: u32,
+         mdl: u32,
+         ret: u32| {
+            status(grpc_start(
+                &mut caller,
+                (up, upl),
+                (sv, svl),
+                (me, mel),
+                (md, mdl),
+                None,
+                0,
+                ret,
+            ))
         },
     )?;
-    linker.func_wrap("env", "proxy_grpc_send", |mut caller: Ctx<'_>, token: u32, ptr: u32, len: u32, end_stream: u32| {
-        status((|| {
-            let message = memory::read(&mut caller, ptr, len)?;
-            let state = caller.data_mut();
-            if !state.callouts.contains_key(&token) {
-                return Err(Status::NotFound);
-            }
-            state.pending.push(PendingCallout::GrpcSend {
-                token,
-                message: Bytes::from(message),
-                end_stream: end_stream != 0,
-            });
-            Ok(())
-        })())
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_send",
+        |mut caller: Ctx<'_>, token: u32, ptr: u32, len: u32, end_stream: u32| {
+            status((|| {
+                let message = memory::read(&mut caller, ptr, len)?;
+                let state = caller.data_mut();
+                if !state.callouts.contains_key(&token) {
+                    return Err(Status::NotFound);
+                }
+                state.pending.push(PendingCallout::GrpcSend {
+                    token,
+                    message: Bytes::from(message),
+                    end_stream: end_stream != 0,
+                });
+                Ok(())
+            })())
+        },
+    )?;
     linker.func_wrap("env", "proxy_grpc_cancel", grpc_end)?;
     linker.func_wrap("env", "proxy_grpc_close", grpc_end)?;
-    linker.func_wrap("env", "proxy_get_status", |mut caller: Ctx<'_>, ret_code: u32, ret_ptr: u32, ret_len: u32| -> wasmtime::Result<u32> {
-        let (code, message) = caller.data().status.clone();
-        if let Err(error) = memory::write_u32(&mut caller, ret_code, code) {
-            return Ok(Status::from(error) as u32);
-        }
-        Ok(status(memory::return_bytes(&mut caller, &message, ret_ptr, ret_len)?.map_err(Status::from)))
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_status",
+        |mut caller: Ctx<'_>, ret_code: u32, ret_ptr: u32, ret_len: u32| -> wasmtime::Result<u32> {
+            let (code, message) = caller.data().status.clone();
+            if let Err(error) = memory::write_u32(&mut caller, ret_code, code) {
+                return Ok(Status::from(error) as u32);
+            }
+            Ok(status(
+                memory::return_bytes(&mut caller, &message, ret_ptr, ret_len)?
+                    .map_err(Status::from),
+            ))
+        },
+    )?;
     Ok(())
 }

@@ -3,7 +3,9 @@
 use bytes::Bytes;
 use wasmtime::{Caller, Linker};
 
-use super::{decode_pairs, encode_pairs, status, AbiResult, BufferType, HeaderList, MapType, Status};
+use super::{
+    decode_pairs, encode_pairs, status, AbiResult, BufferType, HeaderList, MapType, Status,
+};
 use crate::wasm::host::{HostState, LocalResponse};
 use crate::wasm::memory;
 
@@ -34,7 +36,12 @@ fn lower(key: String) -> String {
     }
 }
 
-fn get_header_map_pairs(mut caller: Ctx<'_>, map: u32, ret_ptr: u32, ret_len: u32) -> wasmtime::Result<u32> {
+fn get_header_map_pairs(
+    mut caller: Ctx<'_>,
+    map: u32,
+    ret_ptr: u32,
+    ret_len: u32,
+) -> wasmtime::Result<u32> {
     let map = match read_map_type(map) {
         Ok(map) => map,
         Err(status) => return Ok(status as u32),
@@ -43,7 +50,9 @@ fn get_header_map_pairs(mut caller: Ctx<'_>, map: u32, ret_ptr: u32, ret_len: u3
         return Ok(Status::NotFound as u32);
     };
     let encoded = encode_pairs(pairs);
-    Ok(status(memory::return_bytes(&mut caller, &encoded, ret_ptr, ret_len)?.map_err(Status::from)))
+    Ok(status(
+        memory::return_bytes(&mut caller, &encoded, ret_ptr, ret_len)?.map_err(Status::from),
+    ))
 }
 
 fn set_header_map_pairs(mut caller: Ctx<'_>, map: u32, ptr: u32, len: u32) -> u32 {
@@ -76,7 +85,9 @@ fn get_header_map_value(
             .ok_or(Status::NotFound)
     })();
     match lookup {
-        Ok(value) => Ok(status(memory::return_bytes(&mut caller, &value, ret_ptr, ret_len)?.map_err(Status::from))),
+        Ok(value) => Ok(status(
+            memory::return_bytes(&mut caller, &value, ret_ptr, ret_len)?.map_err(Status::from),
+        )),
         Err(error) => Ok(error as u32),
     }
 }
@@ -133,10 +144,14 @@ fn buffer(state: &mut HostState, buffer: BufferType) -> Option<Bytes> {
     Some(match buffer {
         BufferType::RequestBody => Bytes::copy_from_slice(&state.stream()?.request_body),
         BufferType::ResponseBody => Bytes::copy_from_slice(&state.stream()?.response_body),
-        BufferType::CallResponseBody | BufferType::GrpcReceiveBuffer => state.call_response.as_ref()?.body.clone(),
+        BufferType::CallResponseBody | BufferType::GrpcReceiveBuffer => {
+            state.call_response.as_ref()?.body.clone()
+        }
         BufferType::VmConfiguration => state.plugin.vm_configuration.clone(),
         BufferType::PluginConfiguration => state.configuring.clone(),
-        BufferType::DownstreamData | BufferType::UpstreamData | BufferType::CallData => return None,
+        BufferType::DownstreamData | BufferType::UpstreamData | BufferType::CallData => {
+            return None
+        }
     })
 }
 
@@ -160,7 +175,10 @@ fn get_buffer_bytes(
     // Clamp to what is there, as Envoy does; reading past the end yields nothing.
     let start = (start as usize).min(bytes.len());
     let end = start.saturating_add(max_size as usize).min(bytes.len());
-    Ok(status(memory::return_bytes(&mut caller, &bytes[start..end], ret_ptr, ret_len)?.map_err(Status::from)))
+    Ok(status(
+        memory::return_bytes(&mut caller, &bytes[start..end], ret_ptr, ret_len)?
+            .map_err(Status::from),
+    ))
 }
 
 /// Envoy's body-setting rules: `start == 0` replaces the first `size` bytes (so `size == 0`
@@ -179,7 +197,14 @@ pub fn splice_body(body: &mut Vec<u8>, start: usize, size: usize, data: &[u8]) -
     }
 }
 
-fn set_buffer_bytes(mut caller: Ctx<'_>, buffer_type: u32, start: u32, size: u32, ptr: u32, len: u32) -> u32 {
+fn set_buffer_bytes(
+    mut caller: Ctx<'_>,
+    buffer_type: u32,
+    start: u32,
+    size: u32,
+    ptr: u32,
+    len: u32,
+) -> u32 {
     status((|| {
         let buffer_type = BufferType::from_raw(buffer_type).ok_or(Status::BadArgument)?;
         let data = memory::read(&mut caller, ptr, len)?;
@@ -273,15 +298,23 @@ pub fn add_to_linker(linker: &mut wasmtime::Linker<HostState>) -> wasmtime::Resu
             status(edit_map(&mut caller, map, kp, kl, vp, vl, replace_value))
         },
     )?;
-    linker.func_wrap("env", "proxy_remove_header_map_value", remove_header_map_value)?;
+    linker.func_wrap(
+        "env",
+        "proxy_remove_header_map_value",
+        remove_header_map_value,
+    )?;
     linker.func_wrap("env", "proxy_get_buffer_bytes", get_buffer_bytes)?;
     linker.func_wrap("env", "proxy_set_buffer_bytes", set_buffer_bytes)?;
     linker.func_wrap("env", "proxy_continue_stream", continue_stream)?;
     linker.func_wrap("env", "proxy_close_stream", close_stream)?;
     linker.func_wrap("env", "proxy_send_local_response", send_local_response)?;
     // ABI 0.1.0 names, for older modules.
-    linker.func_wrap("env", "proxy_continue_request", |caller: Ctx<'_>| continue_stream(caller, 0))?;
-    linker.func_wrap("env", "proxy_continue_response", |caller: Ctx<'_>| continue_stream(caller, 1))?;
+    linker.func_wrap("env", "proxy_continue_request", |caller: Ctx<'_>| {
+        continue_stream(caller, 0)
+    })?;
+    linker.func_wrap("env", "proxy_continue_response", |caller: Ctx<'_>| {
+        continue_stream(caller, 1)
+    })?;
     Ok(())
 }
 
@@ -314,7 +347,10 @@ mod tests {
             ("a".into(), b"3".to_vec()),
         ];
         replace_value(&mut pairs, "a".into(), b"9".to_vec());
-        assert_eq!(pairs, vec![("a".into(), b"9".to_vec()), ("b".into(), b"2".to_vec())]);
+        assert_eq!(
+            pairs,
+            vec![("a".into(), b"9".to_vec()), ("b".into(), b"2".to_vec())]
+        );
         replace_value(&mut pairs, "c".into(), b"0".to_vec());
         assert_eq!(pairs.len(), 3);
     }

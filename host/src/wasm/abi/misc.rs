@@ -21,7 +21,9 @@ pub fn emit_log(state: &mut HostState, level: LogLevel, message: &str) {
         LogLevel::Debug => tracing::debug!(target: "plugin", plugin, "{message}"),
         LogLevel::Info => tracing::info!(target: "plugin", plugin, "{message}"),
         LogLevel::Warn => tracing::warn!(target: "plugin", plugin, "{message}"),
-        LogLevel::Error | LogLevel::Critical => tracing::error!(target: "plugin", plugin, "{message}"),
+        LogLevel::Error | LogLevel::Critical => {
+            tracing::error!(target: "plugin", plugin, "{message}")
+        }
     }
     if let Some(lines) = state.startup_log.as_mut() {
         if lines.len() < 100 {
@@ -45,7 +47,9 @@ fn get_log_level(mut caller: Ctx<'_>, ret: u32) -> u32 {
 }
 
 fn get_current_time(mut caller: Ctx<'_>, ret: u32) -> u32 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     status(memory::write_u64(&mut caller, ret, now).map_err(Status::from))
 }
 
@@ -60,7 +64,11 @@ fn set_tick_period(mut caller: Ctx<'_>, period_ms: u32) -> u32 {
 }
 
 fn metric(state: &HostState, id: u32) -> Option<std::sync::Arc<PluginMetric>> {
-    state.metrics.get(&id).cloned().or_else(|| plugin_metrics().by_id(id))
+    state
+        .metrics
+        .get(&id)
+        .cloned()
+        .or_else(|| plugin_metrics().by_id(id))
 }
 
 fn define_metric(mut caller: Ctx<'_>, kind: u32, name_ptr: u32, name_len: u32, ret_id: u32) -> u32 {
@@ -87,7 +95,9 @@ fn increment_metric(caller: Ctx<'_>, id: u32, offset: i64) -> u32 {
 
 fn record_metric(caller: Ctx<'_>, id: u32, value: u64) -> u32 {
     status((|| {
-        metric(caller.data(), id).ok_or(Status::NotFound)?.record(value);
+        metric(caller.data(), id)
+            .ok_or(Status::NotFound)?
+            .record(value);
         Ok(())
     })())
 }
@@ -123,7 +133,11 @@ fn done(mut caller: Ctx<'_>) -> u32 {
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_log", log)?;
     linker.func_wrap("env", "proxy_get_log_level", get_log_level)?;
-    linker.func_wrap("env", "proxy_get_current_time_nanoseconds", get_current_time)?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        get_current_time,
+    )?;
     linker.func_wrap("env", "proxy_set_tick_period_milliseconds", set_tick_period)?;
     linker.func_wrap("env", "proxy_define_metric", define_metric)?;
     linker.func_wrap("env", "proxy_increment_metric", increment_metric)?;
@@ -136,9 +150,13 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_call_foreign_function",
-        |_: Ctx<'_>, _name_ptr: u32, _name_len: u32, _args_ptr: u32, _args_len: u32, _ret_ptr: u32, _ret_len: u32| {
-            Status::NotFound as u32
-        },
+        |_: Ctx<'_>,
+         _name_ptr: u32,
+         _name_len: u32,
+         _args_ptr: u32,
+         _args_len: u32,
+         _ret_ptr: u32,
+         _ret_len: u32| { Status::NotFound as u32 },
     )?;
     Ok(())
 }

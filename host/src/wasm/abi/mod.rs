@@ -171,7 +171,10 @@ pub fn encode_pairs(pairs: &HeaderList) -> Vec<u8> {
     if pairs.is_empty() {
         return Vec::new();
     }
-    let size = 4 + pairs.iter().map(|(k, v)| 8 + k.len() + 1 + v.len() + 1).sum::<usize>();
+    let size = 4 + pairs
+        .iter()
+        .map(|(k, v)| 8 + k.len() + 1 + v.len() + 1)
+        .sum::<usize>();
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
     for (key, value) in pairs {

@@ -17,15 +17,23 @@ fn int(value: i64) -> Vec<u8> {
 }
 
 fn nanos(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 fn header<'a>(pairs: &'a HeaderList, name: &str) -> Option<&'a [u8]> {
-    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
 }
 
 fn without_pseudo(pairs: &HeaderList) -> HeaderList {
-    pairs.iter().filter(|(k, _)| !k.starts_with(':')).cloned().collect()
+    pairs
+        .iter()
+        .filter(|(k, _)| !k.starts_with(':'))
+        .cloned()
+        .collect()
 }
 
 fn headers_size(pairs: &HeaderList) -> u64 {
@@ -57,7 +65,10 @@ fn stream_property(stream: &StreamState, path: &[&str]) -> Option<Vec<u8>> {
         ["request", "path"] => header(request, ":path")?.to_vec(),
         ["request", "url_path"] => {
             let path = header(request, ":path")?;
-            path.split(|b| *b == b'?').next().unwrap_or_default().to_vec()
+            path.split(|b| *b == b'?')
+                .next()
+                .unwrap_or_default()
+                .to_vec()
         }
         ["request", "host"] => header(request, ":authority")?.to_vec(),
         ["request", "scheme"] => header(request, ":scheme")?.to_vec(),
@@ -73,7 +84,9 @@ fn stream_property(stream: &StreamState, path: &[&str]) -> Option<Vec<u8>> {
         ["request", "time"] => int(nanos(info.started)),
         ["request", "duration"] => {
             let finished = stream.finished?;
-            int(finished.duration_since(info.started).map_or(0, |d| d.as_nanos() as i64))
+            int(finished
+                .duration_since(info.started)
+                .map_or(0, |d| d.as_nanos() as i64))
         }
         ["request", "size"] => int(stream.request_size as i64),
         ["request", "total_size"] => int((stream.request_size + headers_size(request)) as i64),
@@ -84,7 +97,8 @@ fn stream_property(stream: &StreamState, path: &[&str]) -> Option<Vec<u8>> {
         ["response", "size"] => int(stream.response_size as i64),
         ["response", "total_size"] => int((stream.response_size + headers_size(response)) as i64),
         ["response", "grpc_status"] => {
-            let value = header(&stream.response_trailers, "grpc-status").or_else(|| header(response, "grpc-status"))?;
+            let value = header(&stream.response_trailers, "grpc-status")
+                .or_else(|| header(response, "grpc-status"))?;
             int(std::str::from_utf8(value).ok()?.parse().ok()?)
         }
         ["source", "address"] => info.downstream_remote.to_string().into_bytes(),
@@ -110,24 +124,41 @@ fn split_path(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
-fn get_property(mut caller: Ctx<'_>, path_ptr: u32, path_len: u32, ret_ptr: u32, ret_len: u32) -> wasmtime::Result<u32> {
+fn get_property(
+    mut caller: Ctx<'_>,
+    path_ptr: u32,
+    path_len: u32,
+    ret_ptr: u32,
+    ret_len: u32,
+) -> wasmtime::Result<u32> {
     let path = match memory::read(&mut caller, path_ptr, path_len) {
         Ok(path) => split_path(&path),
         Err(error) => return Ok(Status::from(error) as u32),
     };
     let segments: Vec<&str> = path.iter().map(String::as_str).collect();
     match lookup(caller.data(), &segments) {
-        Some(value) => Ok(status(memory::return_bytes(&mut caller, &value, ret_ptr, ret_len)?.map_err(Status::from))),
+        Some(value) => Ok(status(
+            memory::return_bytes(&mut caller, &value, ret_ptr, ret_len)?.map_err(Status::from),
+        )),
         None => Ok(Status::NotFound as u32),
     }
 }
 
-fn set_property(mut caller: Ctx<'_>, path_ptr: u32, path_len: u32, value_ptr: u32, value_len: u32) -> u32 {
+fn set_property(
+    mut caller: Ctx<'_>,
+    path_ptr: u32,
+    path_len: u32,
+    value_ptr: u32,
+    value_len: u32,
+) -> u32 {
     status((|| {
         let path = split_path(&memory::read(&mut caller, path_ptr, path_len)?);
         let value = memory::read(&mut caller, value_ptr, value_len)?;
         let stream = caller.data_mut().stream().ok_or(Status::NotFound)?;
-        let mut state = stream.filter_state.lock().map_err(|_| Status::InternalFailure)?;
+        let mut state = stream
+            .filter_state
+            .lock()
+            .map_err(|_| Status::InternalFailure)?;
         state.insert(path.join("\0"), value);
         Ok(())
     })())

@@ -10,7 +10,14 @@ use crate::wasm::shared::store;
 
 type Ctx<'a> = Caller<'a, HostState>;
 
-fn get_shared_data(mut caller: Ctx<'_>, key_ptr: u32, key_len: u32, ret_ptr: u32, ret_len: u32, ret_cas: u32) -> wasmtime::Result<u32> {
+fn get_shared_data(
+    mut caller: Ctx<'_>,
+    key_ptr: u32,
+    key_len: u32,
+    ret_ptr: u32,
+    ret_len: u32,
+    ret_cas: u32,
+) -> wasmtime::Result<u32> {
     let key = match memory::read_string(&mut caller, key_ptr, key_len) {
         Ok(key) => key,
         Err(error) => return Ok(Status::from(error) as u32),
@@ -21,10 +28,19 @@ fn get_shared_data(mut caller: Ctx<'_>, key_ptr: u32, key_len: u32, ret_ptr: u32
     if let Err(error) = memory::write_u32(&mut caller, ret_cas, cas) {
         return Ok(Status::from(error) as u32);
     }
-    Ok(status(memory::return_bytes(&mut caller, &value, ret_ptr, ret_len)?.map_err(Status::from)))
+    Ok(status(
+        memory::return_bytes(&mut caller, &value, ret_ptr, ret_len)?.map_err(Status::from),
+    ))
 }
 
-fn set_shared_data(mut caller: Ctx<'_>, key_ptr: u32, key_len: u32, value_ptr: u32, value_len: u32, cas: u32) -> u32 {
+fn set_shared_data(
+    mut caller: Ctx<'_>,
+    key_ptr: u32,
+    key_len: u32,
+    value_ptr: u32,
+    value_len: u32,
+    cas: u32,
+) -> u32 {
     status((|| {
         let key = memory::read_string(&mut caller, key_ptr, key_len)?;
         let value = memory::read(&mut caller, value_ptr, value_len)?;
@@ -45,12 +61,25 @@ fn register_shared_queue(mut caller: Ctx<'_>, name_ptr: u32, name_len: u32, ret_
     })())
 }
 
-fn resolve_shared_queue(mut caller: Ctx<'_>, vm_ptr: u32, vm_len: u32, name_ptr: u32, name_len: u32, ret_id: u32) -> u32 {
+fn resolve_shared_queue(
+    mut caller: Ctx<'_>,
+    vm_ptr: u32,
+    vm_len: u32,
+    name_ptr: u32,
+    name_len: u32,
+    ret_id: u32,
+) -> u32 {
     status((|| {
         let vm_id = memory::read_string(&mut caller, vm_ptr, vm_len)?;
         let name = memory::read_string(&mut caller, name_ptr, name_len)?;
-        let vm_id = if vm_id.is_empty() { caller.data().plugin.vm_id.clone() } else { vm_id };
-        let id = store().resolve_queue(&vm_id, &name).ok_or(Status::NotFound)?;
+        let vm_id = if vm_id.is_empty() {
+            caller.data().plugin.vm_id.clone()
+        } else {
+            vm_id
+        };
+        let id = store()
+            .resolve_queue(&vm_id, &name)
+            .ok_or(Status::NotFound)?;
         memory::write_u32(&mut caller, ret_id, id)?;
         Ok(())
     })())
@@ -63,9 +92,16 @@ fn enqueue_shared_queue(mut caller: Ctx<'_>, id: u32, value_ptr: u32, value_len:
     })())
 }
 
-fn dequeue_shared_queue(mut caller: Ctx<'_>, id: u32, ret_ptr: u32, ret_len: u32) -> wasmtime::Result<u32> {
+fn dequeue_shared_queue(
+    mut caller: Ctx<'_>,
+    id: u32,
+    ret_ptr: u32,
+    ret_len: u32,
+) -> wasmtime::Result<u32> {
     match store().dequeue(id) {
-        Ok(value) => Ok(status(memory::return_bytes(&mut caller, &value, ret_ptr, ret_len)?.map_err(Status::from))),
+        Ok(value) => Ok(status(
+            memory::return_bytes(&mut caller, &value, ret_ptr, ret_len)?.map_err(Status::from),
+        )),
         Err(error) => Ok(error as u32),
     }
 }

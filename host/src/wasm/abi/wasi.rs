@@ -65,7 +65,11 @@ fn fd_write(mut caller: Ctx<'_>, fd: u32, iovs: u32, iovs_len: u32, ret_written:
         let message = message.trim_end();
         if !message.is_empty() {
             // stderr is where Rust panics go: keep it visible.
-            let level = if fd == 2 { LogLevel::Warn } else { LogLevel::Info };
+            let level = if fd == 2 {
+                LogLevel::Warn
+            } else {
+                LogLevel::Info
+            };
             super::misc::emit_log(caller.data_mut(), level, message);
         }
         memory::write_u32(&mut caller, ret_written, written)
@@ -76,7 +80,9 @@ fn fd_write(mut caller: Ctx<'_>, fd: u32, iovs: u32, iovs_len: u32, ret_written:
 fn clock_time_get(mut caller: Ctx<'_>, clock: u32, _precision: u64, ret: u32) -> u32 {
     let nanos = match clock {
         // realtime, monotonic, process and thread CPU time: wall-clock nanoseconds serve all.
-        0..=3 => SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+        0..=3 => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
         _ => return ERRNO_INVAL,
     };
     errno(memory::write_u64(&mut caller, ret, nanos))
@@ -100,7 +106,10 @@ fn environ(state: &HostState) -> Vec<Vec<u8>> {
 fn environ_sizes_get(mut caller: Ctx<'_>, ret_count: u32, ret_size: u32) -> u32 {
     let entries = environ(caller.data());
     let size: usize = entries.iter().map(Vec::len).sum();
-    errno(memory::write_u32(&mut caller, ret_count, entries.len() as u32).and_then(|()| memory::write_u32(&mut caller, ret_size, size as u32)))
+    errno(
+        memory::write_u32(&mut caller, ret_count, entries.len() as u32)
+            .and_then(|()| memory::write_u32(&mut caller, ret_size, size as u32)),
+    )
 }
 
 fn environ_get(mut caller: Ctx<'_>, pointers: u32, buffer: u32) -> u32 {
@@ -118,26 +127,69 @@ fn environ_get(mut caller: Ctx<'_>, pointers: u32, buffer: u32) -> u32 {
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(MODULE, "fd_write", fd_write)?;
     linker.func_wrap(MODULE, "clock_time_get", clock_time_get)?;
-    linker.func_wrap(MODULE, "clock_res_get", |mut caller: Ctx<'_>, _clock: u32, ret: u32| errno(memory::write_u64(&mut caller, ret, 1)))?;
+    linker.func_wrap(
+        MODULE,
+        "clock_res_get",
+        |mut caller: Ctx<'_>, _clock: u32, ret: u32| errno(memory::write_u64(&mut caller, ret, 1)),
+    )?;
     linker.func_wrap(MODULE, "random_get", random_get)?;
     linker.func_wrap(MODULE, "environ_sizes_get", environ_sizes_get)?;
     linker.func_wrap(MODULE, "environ_get", environ_get)?;
-    linker.func_wrap(MODULE, "args_sizes_get", |mut caller: Ctx<'_>, ret_count: u32, ret_size: u32| {
-        errno(memory::write_u32(&mut caller, ret_count, 0).and_then(|()| memory::write_u32(&mut caller, ret_size, 0)))
+    linker.func_wrap(
+        MODULE,
+        "args_sizes_get",
+        |mut caller: Ctx<'_>, ret_count: u32, ret_size: u32| {
+            errno(
+                memory::write_u32(&mut caller, ret_count, 0)
+                    .and_then(|()| memory::write_u32(&mut caller, ret_size, 0)),
+            )
+        },
+    )?;
+    linker.func_wrap(MODULE, "args_get", |_: Ctx<'_>, _: u32, _: u32| {
+        ERRNO_SUCCESS
     })?;
-    linker.func_wrap(MODULE, "args_get", |_: Ctx<'_>, _: u32, _: u32| ERRNO_SUCCESS)?;
     linker.func_wrap(MODULE, "sched_yield", |_: Ctx<'_>| ERRNO_SUCCESS)?;
-    linker.func_wrap(MODULE, "proc_exit", |_: Ctx<'_>, code: u32| -> wasmtime::Result<()> {
-        Err(wasmtime::Error::msg(format!("the plugin called proc_exit({code})")))
-    })?;
+    linker.func_wrap(
+        MODULE,
+        "proc_exit",
+        |_: Ctx<'_>, code: u32| -> wasmtime::Result<()> {
+            Err(wasmtime::Error::msg(format!(
+                "the plugin called proc_exit({code})"
+            )))
+        },
+    )?;
     // No descriptors exist beyond stdout and stderr: files, directories and sockets are denied.
     linker.func_wrap(MODULE, "fd_close", |_: Ctx<'_>, _fd: u32| ERRNO_BADF)?;
-    linker.func_wrap(MODULE, "fd_seek", |_: Ctx<'_>, _fd: u32, _offset: i64, _whence: u32, _ret: u32| ERRNO_BADF)?;
-    linker.func_wrap(MODULE, "fd_read", |_: Ctx<'_>, _fd: u32, _iovs: u32, _len: u32, _ret: u32| ERRNO_BADF)?;
-    linker.func_wrap(MODULE, "fd_fdstat_get", |_: Ctx<'_>, _fd: u32, _ret: u32| ERRNO_BADF)?;
-    linker.func_wrap(MODULE, "fd_prestat_get", |_: Ctx<'_>, _fd: u32, _ret: u32| ERRNO_BADF)?;
-    linker.func_wrap(MODULE, "fd_prestat_dir_name", |_: Ctx<'_>, _fd: u32, _ptr: u32, _len: u32| ERRNO_BADF)?;
-    linker.func_wrap(MODULE, "fd_filestat_get", |_: Ctx<'_>, _fd: u32, _ret: u32| ERRNO_BADF)?;
+    linker.func_wrap(
+        MODULE,
+        "fd_seek",
+        |_: Ctx<'_>, _fd: u32, _offset: i64, _whence: u32, _ret: u32| ERRNO_BADF,
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "fd_read",
+        |_: Ctx<'_>, _fd: u32, _iovs: u32, _len: u32, _ret: u32| ERRNO_BADF,
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "fd_fdstat_get",
+        |_: Ctx<'_>, _fd: u32, _ret: u32| ERRNO_BADF,
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "fd_prestat_get",
+        |_: Ctx<'_>, _fd: u32, _ret: u32| ERRNO_BADF,
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "fd_prestat_dir_name",
+        |_: Ctx<'_>, _fd: u32, _ptr: u32, _len: u32| ERRNO_BADF,
+    )?;
+    linker.func_wrap(
+        MODULE,
+        "fd_filestat_get",
+        |_: Ctx<'_>, _fd: u32, _ret: u32| ERRNO_BADF,
+    )?;
     Ok(())
 }
 
@@ -151,17 +203,24 @@ pub fn define_missing(linker: &mut Linker<HostState>, module: &Module) -> wasmti
         if DEFINED.contains(&import.name()) {
             continue;
         }
-        let Some(func_type) = import.ty().func().cloned() else { continue };
+        let Some(func_type) = import.ty().func().cloned() else {
+            continue;
+        };
         let results: Vec<_> = func_type.results().collect();
-        linker.func_new(MODULE, import.name(), func_type, move |_caller, _params, out| {
-            for (slot, ty) in out.iter_mut().zip(&results) {
-                *slot = match ty {
-                    wasmtime::ValType::I64 => Val::I64(i64::from(ERRNO_NOSYS)),
-                    _ => Val::I32(ERRNO_NOSYS as i32),
-                };
-            }
-            Ok(())
-        })?;
+        linker.func_new(
+            MODULE,
+            import.name(),
+            func_type,
+            move |_caller, _params, out| {
+                for (slot, ty) in out.iter_mut().zip(&results) {
+                    *slot = match ty {
+                        wasmtime::ValType::I64 => Val::I64(i64::from(ERRNO_NOSYS)),
+                        _ => Val::I32(ERRNO_NOSYS as i32),
+                    };
+                }
+                Ok(())
+            },
+        )?;
     }
     Ok(())
 }
