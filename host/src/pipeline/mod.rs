@@ -296,7 +296,7 @@ async fn plugin_stop(
         }
         Stopped::Failed(response) => {
             record.detail = "plugin_failure";
-            response
+            *response
         }
     }
 }
@@ -325,7 +325,7 @@ async fn plugin_response(
         }
         Err(Stopped::Failed(response)) => {
             record.detail = "plugin_failure";
-            return response;
+            return *response;
         }
         Err(Stopped::Local(_, answer)) => local::body(answer.body.clone()),
     };

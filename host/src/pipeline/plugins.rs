@@ -28,7 +28,7 @@ pub enum Stopped {
     /// plugins up to and including it.
     Local(usize, LocalResponse),
     /// The gateway answers (plugin failure, reset, wait timeout); no response callbacks.
-    Failed(Response<ResponseBody>),
+    Failed(Box<Response<ResponseBody>>),
 }
 
 struct Entry {
@@ -97,7 +97,7 @@ impl PluginRun {
                 .headers_mut()
                 .insert("grpc-status", HeaderValue::from_static("14"));
         }
-        Err(Stopped::Failed(response))
+        Err(Stopped::Failed(Box::new(response)))
     }
 
     /// Creates the plugin's stream context on first use.
@@ -178,10 +178,10 @@ impl PluginRun {
                 return Err(Stopped::Local(index, local_response));
             }
             if reset {
-                return Err(Stopped::Failed(local::reply(
+                return Err(Stopped::Failed(Box::new(local::reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the plugin reset the stream\n",
-                )));
+                ))));
             }
             if resumed {
                 paused = false;
@@ -194,10 +194,10 @@ impl PluginRun {
                 .is_err()
             {
                 tracing::warn!(plugin = %plugin.name, route = %self.route, "plugin paused the stream and never resumed it");
-                return Err(Stopped::Failed(local::reply(
+                return Err(Stopped::Failed(Box::new(local::reply(
                     StatusCode::GATEWAY_TIMEOUT,
                     "a plugin paused the request past its timeout\n",
-                )));
+                ))));
             }
         }
     }

@@ -23,6 +23,9 @@ use super::shared::VmEvent;
 use super::vm::{Vm, VmTrap};
 
 type EventReceiver = tokio::sync::mpsc::UnboundedReceiver<VmEvent>;
+
+/// Root context ids by configuration key (`None`: the plugin's own configuration).
+pub type Roots = HashMap<Option<String>, u32>;
 use crate::config::{self, raw::FailurePolicy};
 use crate::upstream::Cluster;
 
@@ -139,7 +142,7 @@ impl Plugin {
 
     /// A new VM with every root context configured, and the receiving end of its events
     /// (shared-queue wake-ups) for its event loop.
-    fn start_vm(&self) -> Result<(Vm, HashMap<Option<String>, u32>, EventReceiver), VmTrap> {
+    fn start_vm(&self) -> Result<(Vm, Roots, EventReceiver), VmTrap> {
         let mut vm = Vm::new(
             &self.module,
             self.identity.clone(),

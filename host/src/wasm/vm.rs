@@ -30,6 +30,9 @@ impl std::fmt::Display for VmTrap {
     }
 }
 
+/// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
+type CallResponseCallback = TypedFunc<(u32, u32, u32, u32, u32), ()>;
+
 struct Exports {
     on_context_create: TypedFunc<(u32, u32), ()>,
     on_vm_start: Option<TypedFunc<(u32, u32), u32>>,
@@ -45,7 +48,7 @@ struct Exports {
     on_log: Option<TypedFunc<u32, ()>>,
     on_done: Option<TypedFunc<u32, u32>>,
     on_delete: Option<TypedFunc<u32, ()>>,
-    on_http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
+    on_http_call_response: Option<CallResponseCallback>,
     on_grpc_receive: Option<TypedFunc<(u32, u32, u32), ()>>,
     on_grpc_close: Option<TypedFunc<(u32, u32, u32), ()>>,
 }
