@@ -279,6 +279,43 @@ pub async fn grpc(name: &str) -> Backend {
     spawn_http(bind_loopback().await, None, true, recorder, handler)
 }
 
+/// A streaming gRPC echo backend (HTTP/2 only): every data frame the client sends comes
+/// straight back as it arrives; when the client half-closes, trailers `grpc-status: 0`.
+pub async fn grpc_stream_echo(name: &str) -> Backend {
+    let recorder = Recorder::default();
+    let handler_recorder = recorder.clone();
+    let name = name.to_owned();
+    let handler: Handler = Arc::new(move |request| {
+        handler_recorder.push(RecordedRequest::new(&request, 0));
+        let name = name.clone();
+        Box::pin(async move {
+            let body = request.into_body();
+            let frames = futures_util::stream::unfold(Some(body), |body| async move {
+                let mut body = body?;
+                match body.frame().await {
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => Some((Ok::<_, Infallible>(Frame::data(data)), Some(body))),
+                        Err(_) => Some((Ok(Frame::data(Bytes::new())), Some(body))),
+                    },
+                    // A broken request stream ends the answer too.
+                    Some(Err(_)) => None,
+                    None => {
+                        let mut trailers = HeaderMap::new();
+                        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                        Some((Ok(Frame::trailers(trailers)), None))
+                    }
+                }
+            });
+            Ok(Response::builder()
+                .header("content-type", "application/grpc")
+                .header("x-backend", name)
+                .body(BodyExt::boxed(StreamBody::new(frames)))
+                .expect("valid response"))
+        })
+    });
+    spawn_http(bind_loopback().await, None, true, recorder, handler)
+}
+
 /// The message the gRPC backend answers: not compressed (0), length 5, `hello`.
 pub const GRPC_HELLO_MESSAGE: &[u8] = b"\x00\x00\x00\x00\x05hello";
 

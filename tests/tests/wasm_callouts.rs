@@ -3,7 +3,8 @@
 //!   cut by its timeout and a call to a refused endpoint (both delivered as an empty response:
 //!   "failed"), and a call without `:path` refused with BAD_ARGUMENT at dispatch;
 //! - `tp-grpc`: a unary gRPC call over HTTP/2 to a gRPC backend (framing, path, status and
-//!   response message).
+//!   response message), and a gRPC stream to a streaming echo backend (metadata, every
+//!   message back in order, close status).
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,9 @@ clusters:
   - name: grpc-service
     endpoints: [{ address: "${GRPC}" }]
     http2: true
+  - name: grpc-stream-service
+    endpoints: [{ address: "${GRPC_STREAM}" }]
+    http2: true
 virtual_hosts:
   - name: test
     domains: ["*"]
@@ -44,6 +48,9 @@ virtual_hosts:
       - name: refused
         match: { path: { prefix: /refused } }
         forward: { cluster: echo }
+      - name: grpc-stream
+        match: { path: { prefix: /grpc-stream } }
+        forward: { cluster: echo }
       - name: grpc
         match: { path: { prefix: /grpc } }
         forward: { cluster: echo }
@@ -54,12 +61,14 @@ struct Setup {
     echo: Backend,
     callee: Backend,
     grpc: Backend,
+    grpc_stream: Backend,
 }
 
 async fn start() -> Setup {
     let echo = backends::echo("echo").await;
     let callee = backends::echo("callee").await;
     let grpc = backends::grpc("grpc").await;
+    let grpc_stream = backends::grpc_stream_echo("grpc-stream").await;
     let plugins = [
         PluginSpec::new("callout-ok", TP_CALLOUT)
             .config(json!({ "cluster": "callee", "path": "/check?x=1", "timeout_ms": 5000 }))
@@ -73,6 +82,9 @@ async fn start() -> Setup {
         PluginSpec::new("grpc-callout", TP_GRPC)
             .config(json!({ "cluster": "grpc-service", "service": "tollgate.test.Greeter", "method": "SayHello" }))
             .routes(&["grpc"]),
+        PluginSpec::new("grpc-stream-callout", TP_GRPC)
+            .config(json!({ "cluster": "grpc-stream-service", "service": "tollgate.test.Echo", "method": "Chat", "stream": true }))
+            .routes(&["grpc-stream"]),
     ];
     let mut policies = PolicyDir::new();
     policies
@@ -80,6 +92,7 @@ async fn start() -> Setup {
         .set("CALLEE", callee.addr())
         .set("REFUSING", backends::refusing_address())
         .set("GRPC", grpc.addr())
+        .set("GRPC_STREAM", grpc_stream.addr())
         .write("gateway.yaml", POLICIES)
         .write("plugins.json", &plugins_file(&plugins));
     let gateway = Gateway::start(policies).await;
@@ -88,6 +101,7 @@ async fn start() -> Setup {
         echo,
         callee,
         grpc,
+        grpc_stream,
     }
 }
 
@@ -266,4 +280,32 @@ async fn grpc_unary_callout_over_http2() {
         5 + 7,
         "one framed message: 5-byte prefix + 7-byte message"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_stream_callout_sends_and_receives_every_message() {
+    let setup = start().await;
+    let headers = upstream_headers(&get(&setup, "/grpc-stream", &[]).await);
+    assert_eq!(
+        headers["x-grpc-stream-status"],
+        "0",
+        "{headers}\n{}",
+        setup.gateway.log()
+    );
+    assert_eq!(
+        headers["x-grpc-stream-messages"], "2",
+        "both messages came back: {headers}"
+    );
+    assert_eq!(
+        headers["x-grpc-stream-body"], "one,two",
+        "in order, without frame prefixes: {headers}"
+    );
+    assert_ne!(
+        headers["x-grpc-stream-metadata"], "0",
+        "initial metadata was delivered: {headers}"
+    );
+    let calls = setup.grpc_stream.requests();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].path, "/tollgate.test.Echo/Chat");
+    assert_eq!(calls[0].protocol, "HTTP/2.0");
 }

@@ -49,6 +49,27 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Prefix of the headers that carry the consumer identity set by authentication plugins.
+pub const RESERVED_PREFIX: &str = "x-tollgate-consumer";
+
+/// Removes client-sent copies of the reserved consumer-identity headers.
+pub fn remove_reserved(headers: &mut HeaderMap) {
+    if !headers
+        .keys()
+        .any(|name| name.as_str().starts_with(RESERVED_PREFIX))
+    {
+        return;
+    }
+    let reserved: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(RESERVED_PREFIX))
+        .cloned()
+        .collect();
+    for name in reserved {
+        headers.remove(name);
+    }
+}
+
 /// True for an HTTP/1.1 upgrade request (`Connection: upgrade` plus `Upgrade: ...`).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -145,6 +166,18 @@ mod tests {
         names.sort();
         assert_eq!(names, vec!["te", "traceparent"]);
         assert_eq!(map["te"], "trailers");
+    }
+
+    #[test]
+    fn reserved_identity_headers_from_clients_are_removed() {
+        let mut map = headers(&[
+            ("x-tollgate-consumer", "admin"),
+            ("x-tollgate-consumer-groups", "root"),
+            ("x-other", "1"),
+        ]);
+        remove_reserved(&mut map);
+        assert_eq!(map.len(), 1);
+        assert!(map.contains_key("x-other"));
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub async fn handle(
     downstream: Arc<Downstream>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
+    // Identity is set by authentication plugins only: a client's copy never gets through.
+    headers::remove_reserved(request.headers_mut());
     let request_id = headers::ensure_request_id(request.headers_mut());
     let mut record = AccessRecord::new(&request, &downstream, request_id.clone(), started);
 

@@ -45,7 +45,14 @@ struct VmSlot {
     roots: HashMap<Option<String>, u32>,
     consecutive_failures: u32,
     retry_after: Option<Instant>,
+    /// Open gRPC streams of this VM: where `proxy_grpc_send` messages go, and the task.
+    grpc_streams: HashMap<u32, GrpcStreamHandle>,
 }
+
+type GrpcStreamHandle = (
+    tokio::sync::mpsc::UnboundedSender<Bytes>,
+    tokio::task::AbortHandle,
+);
 
 pub struct Plugin {
     pub name: String,
@@ -177,6 +184,7 @@ impl Plugin {
                 roots: HashMap::new(),
                 consecutive_failures: 0,
                 retry_after: None,
+                grpc_streams: HashMap::new(),
             })
         })
     }
@@ -314,36 +322,162 @@ impl Plugin {
                     service,
                     method,
                     metadata,
-                    message,
+                    message: None,
+                    ..
+                } => {
+                    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+                    let task = tokio::spawn(async move {
+                        plugin
+                            .grpc_stream(
+                                generation, token, &cluster, &service, &method, metadata, receiver,
+                            )
+                            .await;
+                    });
+                    self.slot()
+                        .borrow_mut()
+                        .grpc_streams
+                        .insert(token, (sender, task.abort_handle()));
+                }
+                PendingCallout::Grpc {
+                    token,
+                    cluster,
+                    service,
+                    method,
+                    metadata,
+                    message: Some(message),
                     timeout,
                     ..
                 } => {
                     tokio::spawn(async move {
-                        let (status, message_text, response) = match message {
-                            Some(message) => {
-                                plugin
-                                    .grpc_unary(
-                                        &cluster, &service, &method, metadata, message, timeout,
-                                    )
-                                    .await
-                            }
-                            None => (
-                                12,
-                                "gRPC streams are not supported by this gateway yet".to_string(),
-                                None,
-                            ),
-                        };
+                        let (status, message_text, response) = plugin
+                            .grpc_unary(&cluster, &service, &method, metadata, message, timeout)
+                            .await;
                         plugin.with_generation(generation, |vm| {
                             vm.state().status = (status, Bytes::from(message_text));
                             vm.on_grpc_call_response(token, status, response).map(drop)
                         });
                     });
                 }
-                // Cancelled calls were already forgotten by the host function; answers that
-                // arrive later find no token and are dropped.
-                PendingCallout::GrpcSend { .. } | PendingCallout::GrpcCancel { .. } => {}
+                PendingCallout::GrpcSend {
+                    token,
+                    message,
+                    end_stream,
+                } => {
+                    let mut slot = self.slot().borrow_mut();
+                    if let Some((sender, _)) = slot.grpc_streams.get(&token) {
+                        let _ = sender.send(grpc_frame(&message));
+                    }
+                    if end_stream {
+                        // Dropping the sender ends the request body: the half-close.
+                        slot.grpc_streams.remove(&token);
+                    }
+                }
+                PendingCallout::GrpcCancel { token } => {
+                    if let Some((_, task)) = self.slot().borrow_mut().grpc_streams.remove(&token) {
+                        task.abort();
+                    }
+                }
             }
         }
+    }
+
+    /// A gRPC stream over HTTP/2: messages from `proxy_grpc_send` go out as they come; what
+    /// comes back is delivered as initial metadata, messages, trailing metadata and close.
+    #[allow(clippy::too_many_arguments)]
+    async fn grpc_stream(
+        self: &Arc<Self>,
+        generation: u64,
+        token: u32,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        metadata: HeaderList,
+        outgoing: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    ) {
+        use super::vm::GrpcStreamEvent as Event;
+        let deliver = |event: Event| {
+            let mut delivered = false;
+            self.with_generation(generation, |vm| {
+                delivered = vm.on_grpc_stream_event(token, event)?;
+                Ok(())
+            });
+            delivered
+        };
+        let body = futures_util::stream::unfold(outgoing, |mut outgoing| async move {
+            let message = outgoing.recv().await?;
+            Some((
+                Ok::<_, std::convert::Infallible>(http_body::Frame::data(message)),
+                outgoing,
+            ))
+        });
+        let mut request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(format!("/{service}/{method}"))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers");
+        for (name, value) in &metadata {
+            if !name.starts_with(':') {
+                request = request.header(name.as_str(), value.as_slice());
+            }
+        }
+        let body = http_body_util::StreamBody::new(body)
+            .map_err(|never| match never {})
+            .boxed();
+        let Ok(request) = request.body(body) else {
+            deliver(Event::Close(3, Bytes::from_static(b"invalid metadata")));
+            return;
+        };
+        let Some(response) = self.send(cluster, request, Duration::from_secs(3600)).await else {
+            deliver(Event::Close(
+                14,
+                Bytes::from_static(b"upstream unavailable"),
+            ));
+            return;
+        };
+        let (parts, mut body) = response.into_parts();
+        if !deliver(Event::InitialMetadata(header_list(&parts.headers))) {
+            return;
+        }
+        let mut buffer = Vec::new();
+        let mut trailers = http::HeaderMap::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                deliver(Event::Close(14, Bytes::from_static(b"stream reset")));
+                return;
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    buffer.extend_from_slice(&data);
+                    while let Some(message) = take_grpc_message(&mut buffer) {
+                        if !deliver(Event::Message(message)) {
+                            return;
+                        }
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(map) = frame.into_trailers() {
+                        trailers = map;
+                    }
+                }
+            }
+        }
+        let status_of = |map: &http::HeaderMap| {
+            map.get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok())
+        };
+        let status = status_of(&trailers)
+            .or_else(|| status_of(&parts.headers))
+            .unwrap_or(2);
+        let message = trailers
+            .get("grpc-message")
+            .map(|v| Bytes::copy_from_slice(v.as_bytes()))
+            .unwrap_or_default();
+        if !trailers.is_empty() && !deliver(Event::TrailingMetadata(header_list(&trailers))) {
+            return;
+        }
+        deliver(Event::Close(status, message));
+        self.slot().borrow_mut().grpc_streams.remove(&token);
     }
 
     async fn send(
@@ -435,10 +569,7 @@ impl Plugin {
         message: Bytes,
         timeout: Duration,
     ) -> (u32, String, Option<CallResponse>) {
-        let mut framed = Vec::with_capacity(message.len() + 5);
-        framed.push(0);
-        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        framed.extend_from_slice(&message);
+        let framed = grpc_frame(&message);
         let mut request = http::Request::builder()
             .method(http::Method::POST)
             .uri(format!("/{service}/{method}"))
@@ -450,11 +581,8 @@ impl Plugin {
                 request = request.header(name.as_str(), value.as_slice());
             }
         }
-        let Ok(request) = request.body(
-            Full::new(Bytes::from(framed))
-                .map_err(|never| match never {})
-                .boxed(),
-        ) else {
+        let Ok(request) = request.body(Full::new(framed).map_err(|never| match never {}).boxed())
+        else {
             return (3, "invalid metadata".into(), None);
         };
         let started = Instant::now();
@@ -495,6 +623,29 @@ impl Plugin {
         };
         (status, message_text, Some(response))
     }
+}
+
+/// A gRPC message with its 5-byte prefix (uncompressed flag, big-endian length).
+fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut framed = Vec::with_capacity(message.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    Bytes::from(framed)
+}
+
+/// Takes one complete length-prefixed message off the front of `buffer`, if there is one.
+fn take_grpc_message(buffer: &mut Vec<u8>) -> Option<Bytes> {
+    if buffer.len() < 5 {
+        return None;
+    }
+    let len = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
+    if buffer.len() < 5 + len {
+        return None;
+    }
+    let message = Bytes::copy_from_slice(&buffer[5..5 + len]);
+    buffer.drain(..5 + len);
+    Some(message)
 }
 
 pub fn header_list(headers: &http::HeaderMap) -> HeaderList {
@@ -579,5 +730,25 @@ pub fn build_plugins(
         Ok(built)
     } else {
         Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_messages_are_framed_and_split() {
+        let mut buffer = grpc_frame(b"one").to_vec();
+        buffer.extend_from_slice(&grpc_frame(b"two")[..6]);
+        assert_eq!(take_grpc_message(&mut buffer).unwrap(), "one");
+        assert_eq!(
+            take_grpc_message(&mut buffer),
+            None,
+            "the second message is incomplete"
+        );
+        buffer.extend_from_slice(&grpc_frame(b"two")[6..]);
+        assert_eq!(take_grpc_message(&mut buffer).unwrap(), "two");
+        assert!(buffer.is_empty());
     }
 }

@@ -12,6 +12,15 @@ use wasmtime::{Instance, Store, TypedFunc, WasmParams, WasmResults};
 use super::engine::{runtime, CompiledModule, EPOCH_TICK};
 use super::host::{HostState, PendingCallout, PluginIdentity, RootState};
 
+/// What a gRPC stream delivers, in order: metadata, messages, trailers, close.
+#[derive(Debug)]
+pub enum GrpcStreamEvent {
+    InitialMetadata(super::abi::HeaderList),
+    Message(Bytes),
+    TrailingMetadata(super::abi::HeaderList),
+    Close(u32, Bytes),
+}
+
 /// A trap (or a refusal) in a plugin callback, with what is known about it.
 #[derive(Debug, Clone)]
 pub struct VmTrap {
@@ -49,7 +58,9 @@ struct Exports {
     on_done: Option<TypedFunc<u32, u32>>,
     on_delete: Option<TypedFunc<u32, ()>>,
     on_http_call_response: Option<CallResponseCallback>,
+    on_grpc_receive_initial_metadata: Option<TypedFunc<(u32, u32, u32), ()>>,
     on_grpc_receive: Option<TypedFunc<(u32, u32, u32), ()>>,
+    on_grpc_receive_trailing_metadata: Option<TypedFunc<(u32, u32, u32), ()>>,
     on_grpc_close: Option<TypedFunc<(u32, u32, u32), ()>>,
 }
 
@@ -80,7 +91,9 @@ impl Exports {
             on_done: optional!("proxy_on_done"),
             on_delete: optional!("proxy_on_delete"),
             on_http_call_response: optional!("proxy_on_http_call_response"),
+            on_grpc_receive_initial_metadata: optional!("proxy_on_grpc_receive_initial_metadata"),
             on_grpc_receive: optional!("proxy_on_grpc_receive"),
+            on_grpc_receive_trailing_metadata: optional!("proxy_on_grpc_receive_trailing_metadata"),
             on_grpc_close: optional!("proxy_on_grpc_close"),
         })
     }
@@ -424,6 +437,72 @@ impl Vm {
     }
 
     /// Callouts the last callbacks asked for, to be started by the caller.
+    /// One event of a gRPC stream, delivered to the context that opened it while the
+    /// stream is outstanding; `Close` ends it.
+    pub fn on_grpc_stream_event(
+        &mut self,
+        token: u32,
+        event: GrpcStreamEvent,
+    ) -> Result<bool, VmTrap> {
+        let Some(&context) = self.state().callouts.get(&token) else {
+            return Ok(false);
+        };
+        self.state().effective_context = context;
+        let result = match event {
+            GrpcStreamEvent::InitialMetadata(headers) => {
+                let count = headers.len() as u32;
+                self.state().call_response = Some(super::host::CallResponse {
+                    headers,
+                    ..Default::default()
+                });
+                match self.exports.on_grpc_receive_initial_metadata.clone() {
+                    Some(f) => self.call(
+                        "on_grpc_receive_initial_metadata",
+                        &f,
+                        (context, token, count),
+                    ),
+                    None => Ok(()),
+                }
+            }
+            GrpcStreamEvent::Message(body) => {
+                let size = body.len() as u32;
+                self.state().call_response = Some(super::host::CallResponse {
+                    body,
+                    ..Default::default()
+                });
+                match self.exports.on_grpc_receive.clone() {
+                    Some(f) => self.call("on_grpc_receive", &f, (context, token, size)),
+                    None => Ok(()),
+                }
+            }
+            GrpcStreamEvent::TrailingMetadata(trailers) => {
+                let count = trailers.len() as u32;
+                self.state().call_response = Some(super::host::CallResponse {
+                    trailers,
+                    ..Default::default()
+                });
+                match self.exports.on_grpc_receive_trailing_metadata.clone() {
+                    Some(f) => self.call(
+                        "on_grpc_receive_trailing_metadata",
+                        &f,
+                        (context, token, count),
+                    ),
+                    None => Ok(()),
+                }
+            }
+            GrpcStreamEvent::Close(status, message) => {
+                self.state().callouts.remove(&token);
+                self.state().status = (status, message);
+                match self.exports.on_grpc_close.clone() {
+                    Some(f) => self.call("on_grpc_close", &f, (context, token, status)),
+                    None => Ok(()),
+                }
+            }
+        };
+        self.state().call_response = None;
+        result.map(|()| true)
+    }
+
     pub fn take_pending(&mut self) -> Vec<PendingCallout> {
         std::mem::take(&mut self.state().pending)
     }

@@ -1,0 +1,274 @@
+//! Pure key-auth logic: configuration, key lookup and query-string handling.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+/// The plugin configuration (see the crate README).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Header names and query parameter names that may carry the key, tried in order.
+    #[serde(default = "default_key_names")]
+    pub key_names: Vec<String>,
+    /// Look for the key in request headers.
+    #[serde(default = "yes")]
+    pub key_in_header: bool,
+    /// Look for the key in query parameters.
+    #[serde(default = "yes")]
+    pub key_in_query: bool,
+    /// Remove the key header / query parameter before forwarding.
+    #[serde(default = "yes")]
+    pub hide_credentials: bool,
+    /// The realm named in `WWW-Authenticate`.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// The known consumers and their keys.
+    pub consumers: Vec<Consumer>,
+}
+
+/// One consumer and the keys that identify it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    pub name: String,
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+fn default_key_names() -> Vec<String> {
+    vec!["apikey".into(), "x-api-key".into()]
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_realm() -> String {
+    "tollgate".into()
+}
+
+/// The validated configuration: keys indexed for lookup.
+#[derive(Debug, Clone)]
+pub struct KeyAuth {
+    pub config: Config,
+    /// key → index into `config.consumers`.
+    keys: HashMap<String, usize>,
+}
+
+impl KeyAuth {
+    /// Validates the configuration; the error names the offending field.
+    pub fn new(mut config: Config) -> Result<Self, String> {
+        if config.key_names.is_empty() {
+            return Err("key_names: must name at least one header or query parameter".into());
+        }
+        for (i, name) in config.key_names.iter_mut().enumerate() {
+            if name.is_empty() {
+                return Err(format!("key_names[{i}]: must not be empty"));
+            }
+            *name = name.to_ascii_lowercase();
+        }
+        if !config.key_in_header && !config.key_in_query {
+            return Err("key_in_header: key_in_header and key_in_query cannot both be false".into());
+        }
+        let mut keys = HashMap::new();
+        for (i, consumer) in config.consumers.iter().enumerate() {
+            if consumer.name.is_empty() {
+                return Err(format!("consumers[{i}].name: must not be empty"));
+            }
+            if consumer.name.contains(',') || consumer.groups.iter().any(|g| g.contains(',') || g.is_empty()) {
+                return Err(format!("consumers[{i}]: names and groups must be non-empty and contain no comma"));
+            }
+            for (j, key) in consumer.keys.iter().enumerate() {
+                if key.is_empty() {
+                    return Err(format!("consumers[{i}].keys[{j}]: must not be empty"));
+                }
+                if keys.insert(key.clone(), i).is_some() {
+                    return Err(format!("consumers[{i}].keys[{j}]: this key is given to two consumers"));
+                }
+            }
+        }
+        Ok(Self { config, keys })
+    }
+
+    /// The consumer owning `key`.
+    pub fn consumer(&self, key: &str) -> Option<&Consumer> {
+        self.keys.get(key).map(|&i| &self.config.consumers[i])
+    }
+
+    /// The `WWW-Authenticate` challenge.
+    pub fn challenge(&self) -> String {
+        format!("Key realm=\"{}\"", self.config.realm.replace('"', ""))
+    }
+}
+
+/// Where the key was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    Header(String),
+    Query(String),
+}
+
+/// Finds the key: headers first (by `key_names` order), then the query string of `path`.
+/// `header` looks a request header up by lower-case name.
+pub fn find_key(
+    config: &Config,
+    header: impl Fn(&str) -> Option<String>,
+    path: &str,
+) -> Option<(Found, String)> {
+    if config.key_in_header {
+        for name in &config.key_names {
+            if let Some(value) = header(name) {
+                let value = value.trim().to_owned();
+                if !value.is_empty() {
+                    return Some((Found::Header(name.clone()), value));
+                }
+            }
+        }
+    }
+    if config.key_in_query {
+        let query = path.split_once('?').map(|(_, q)| q).unwrap_or("");
+        for name in &config.key_names {
+            for pair in query.split('&') {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                if percent_decode(k).eq_ignore_ascii_case(name) {
+                    let value = percent_decode(v);
+                    if !value.is_empty() {
+                        return Some((Found::Query(name.clone()), value));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// `path` without the query parameter `name` (every occurrence); `?` dropped if nothing remains.
+pub fn strip_query_param(path: &str, name: &str) -> String {
+    let Some((base, query)) = path.split_once('?') else {
+        return path.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            !percent_decode(key).eq_ignore_ascii_case(name)
+        })
+        .collect();
+    let kept: Vec<&str> = kept.into_iter().filter(|p| !p.is_empty()).collect();
+    if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
+}
+
+/// Decodes `%XX` escapes and `+` (as a space); invalid escapes stay as written.
+pub fn percent_decode(input: &str) -> String {
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(json: &str) -> KeyAuth {
+        let config: Config = serde_json_config(json);
+        KeyAuth::new(config).unwrap()
+    }
+
+    fn serde_json_config(json: &str) -> Config {
+        tollgate_sdk::config::parse(json.as_bytes()).unwrap()
+    }
+
+    const CONFIG: &str = r#"{"consumers":[{"name":"alice","keys":["k1","k2"],"groups":["gold"]},{"name":"bob","keys":["k3"]}]}"#;
+
+    #[test]
+    fn keys_map_to_consumers() {
+        let auth = auth(CONFIG);
+        assert_eq!(auth.consumer("k2").unwrap().name, "alice");
+        assert_eq!(auth.consumer("k3").unwrap().name, "bob");
+        assert!(auth.consumer("nope").is_none());
+        assert_eq!(auth.challenge(), "Key realm=\"tollgate\"");
+    }
+
+    #[test]
+    fn headers_win_over_the_query() {
+        let auth = auth(CONFIG);
+        let header = |name: &str| (name == "x-api-key").then(|| "k1".to_owned());
+        assert_eq!(
+            find_key(&auth.config, header, "/a?apikey=k3"),
+            Some((Found::Header("x-api-key".into()), "k1".into()))
+        );
+        assert_eq!(
+            find_key(&auth.config, |_| None, "/a?x=1&apikey=k%33"),
+            Some((Found::Query("apikey".into()), "k3".into()))
+        );
+        assert_eq!(find_key(&auth.config, |_| None, "/a?apikey="), None);
+        assert_eq!(find_key(&auth.config, |_| None, "/a"), None);
+    }
+
+    #[test]
+    fn query_only_and_header_only() {
+        let mut auth = auth(CONFIG);
+        auth.config.key_in_query = false;
+        assert_eq!(find_key(&auth.config, |_| None, "/a?apikey=k1"), None);
+        auth.config.key_in_query = true;
+        auth.config.key_in_header = false;
+        assert_eq!(find_key(&auth.config, |_| Some("k1".into()), "/a"), None);
+    }
+
+    #[test]
+    fn query_params_are_stripped() {
+        assert_eq!(strip_query_param("/a?apikey=1", "apikey"), "/a");
+        assert_eq!(strip_query_param("/a?x=1&apikey=1&y=2", "apikey"), "/a?x=1&y=2");
+        assert_eq!(strip_query_param("/a?x=1", "apikey"), "/a?x=1");
+        assert_eq!(strip_query_param("/a", "apikey"), "/a");
+    }
+
+    #[test]
+    fn bad_configurations_name_the_field() {
+        let dup = r#"{"consumers":[{"name":"a","keys":["k"]},{"name":"b","keys":["k"]}]}"#;
+        assert!(KeyAuth::new(serde_json_config(dup)).unwrap_err().starts_with("consumers[1].keys[0]"));
+        let empty = r#"{"key_names":[],"consumers":[]}"#;
+        assert!(KeyAuth::new(serde_json_config(empty)).unwrap_err().starts_with("key_names"));
+        let unknown = tollgate_sdk::config::parse::<Config>(br#"{"consumers":[{"name":"a","keys":[],"grups":[]}]}"#);
+        assert!(unknown.unwrap_err().to_string().contains("grups"));
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

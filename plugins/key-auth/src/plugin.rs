@@ -1,0 +1,93 @@
+//! proxy-wasm glue for key-auth.
+
+use std::rc::Rc;
+
+use tollgate_sdk::consumer;
+use tollgate_sdk::proxy_wasm;
+use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
+use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel};
+
+use crate::logic::{find_key, strip_query_param, Config, Found, KeyAuth};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { auth: None }) });
+}}
+
+struct Root {
+    auth: Option<Rc<KeyAuth>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let parsed = tollgate_sdk::config::parse::<Config>(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(KeyAuth::new);
+        match parsed {
+            Ok(auth) => {
+                self.auth = Some(Rc::new(auth));
+                true
+            }
+            Err(e) => {
+                proxy_wasm::hostcalls::log(LogLevel::Error, &format!("key-auth: invalid configuration: {e}")).ok();
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Request { auth: self.auth.clone()? }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Request {
+    auth: Rc<KeyAuth>,
+}
+
+impl Context for Request {}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        consumer::strip_client_supplied();
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let found = find_key(&self.auth.config, |name| self.get_http_request_header(name), &path);
+        let Some((place, key)) = found else {
+            return self.reject("missing API key");
+        };
+        let Some(consumer) = self.auth.consumer(&key) else {
+            return self.reject("invalid API key");
+        };
+        if self.auth.config.hide_credentials {
+            match &place {
+                Found::Header(name) => self.set_http_request_header(name, None),
+                Found::Query(name) => {
+                    self.set_http_request_header(":path", Some(&strip_query_param(&path, name)))
+                }
+            }
+        }
+        consumer::set(&consumer.name, &consumer.groups);
+        Action::Continue
+    }
+}
+
+impl Request {
+    fn reject(&self, message: &str) -> Action {
+        let body = format!("{{\"message\":\"{message}\"}}");
+        self.send_http_response(
+            401,
+            vec![
+                ("www-authenticate", &self.auth.challenge()),
+                ("content-type", "application/json"),
+            ],
+            Some(body.as_bytes()),
+        );
+        Action::Pause
+    }
+}

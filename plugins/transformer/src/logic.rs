@@ -1,0 +1,443 @@
+//! Pure transformer logic: configuration, header operations and JSON body operations.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The plugin configuration (see the crate README).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Changes to the request before it is forwarded.
+    #[serde(default)]
+    pub request: Phase,
+    /// Changes to the response before it is returned to the client.
+    #[serde(default)]
+    pub response: Phase,
+}
+
+/// Header and JSON body changes for one direction.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    #[serde(default)]
+    pub headers: HeaderOps,
+    #[serde(default)]
+    pub json: JsonOps,
+}
+
+/// Header operations, applied in the order remove, rename, set, add.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOps {
+    /// Header names to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// old name → new name (every value moves).
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    /// name → value, replacing any present value.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// name → value, only when the header is absent.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+}
+
+/// JSON body operations on dotted paths (`user.address.city`, `items.0.id`; `*` matches
+/// every element of an array or object in `remove` and `redact`), applied in the order
+/// remove, rename, redact, set, add.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonOps {
+    #[serde(default)]
+    pub remove: Vec<String>,
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    #[serde(default)]
+    pub redact: Vec<String>,
+    /// The value written over redacted fields.
+    #[serde(default = "default_redaction")]
+    pub redact_with: Value,
+    #[serde(default)]
+    pub set: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub add: BTreeMap<String, Value>,
+}
+
+fn default_redaction() -> Value {
+    Value::String("[REDACTED]".into())
+}
+
+impl JsonOps {
+    /// Whether any body operation is configured.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty()
+            && self.rename.is_empty()
+            && self.redact.is_empty()
+            && self.set.is_empty()
+            && self.add.is_empty()
+    }
+}
+
+impl Config {
+    /// Checks names and paths; the error names the field. Lower-cases header names.
+    pub fn validate(mut self) -> Result<Self, String> {
+        for (phase_name, phase) in [("request", &mut self.request), ("response", &mut self.response)] {
+            phase.headers.validate(&format!("{phase_name}.headers"))?;
+            phase.json.validate(&format!("{phase_name}.json"))?;
+        }
+        Ok(self)
+    }
+}
+
+fn check_header_name(field: &str, name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid {
+        return Err(format!("{field}: {name:?} is not a valid header name (pseudo-headers cannot be changed)"));
+    }
+    let lower = name.to_ascii_lowercase();
+    if lower == "content-length" || lower == "transfer-encoding" {
+        return Err(format!("{field}: {name} is managed by the gateway and cannot be changed"));
+    }
+    Ok(lower)
+}
+
+fn check_header_value(field: &str, value: &str) -> Result<(), String> {
+    if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        return Err(format!("{field}: header values cannot contain CR, LF or NUL"));
+    }
+    Ok(())
+}
+
+fn lower_map(field: &str, map: &mut BTreeMap<String, String>, values_are_names: bool) -> Result<(), String> {
+    let mut out = BTreeMap::new();
+    for (name, value) in std::mem::take(map) {
+        let key = check_header_name(&format!("{field}.{name}"), &name)?;
+        let value = if values_are_names {
+            check_header_name(&format!("{field}.{name}"), &value)?
+        } else {
+            check_header_value(&format!("{field}.{name}"), &value)?;
+            value
+        };
+        out.insert(key, value);
+    }
+    *map = out;
+    Ok(())
+}
+
+impl HeaderOps {
+    fn validate(&mut self, field: &str) -> Result<(), String> {
+        for (i, name) in self.remove.iter_mut().enumerate() {
+            *name = check_header_name(&format!("{field}.remove[{i}]"), name)?;
+        }
+        lower_map(&format!("{field}.rename"), &mut self.rename, true)?;
+        lower_map(&format!("{field}.set"), &mut self.set, false)?;
+        lower_map(&format!("{field}.add"), &mut self.add, false)?;
+        Ok(())
+    }
+
+    /// Applies the operations to a header list (lower-case names; pseudo-headers untouched).
+    pub fn apply(&self, headers: &mut Vec<(String, String)>) {
+        headers.retain(|(name, _)| !self.remove.contains(name));
+        for (from, to) in &self.rename {
+            if headers.iter().any(|(name, _)| name == from) {
+                headers.retain(|(name, _)| name != to);
+                for (name, _) in headers.iter_mut() {
+                    if name == from {
+                        *name = to.clone();
+                    }
+                }
+            }
+        }
+        for (name, value) in &self.set {
+            headers.retain(|(n, _)| n != name);
+            headers.push((name.clone(), value.clone()));
+        }
+        for (name, value) in &self.add {
+            if !headers.iter().any(|(n, _)| n == name) {
+                headers.push((name.clone(), value.clone()));
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.rename.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+}
+
+fn check_path(field: &str, path: &str, wildcard: bool) -> Result<(), String> {
+    if path.is_empty() || path.split('.').any(str::is_empty) {
+        return Err(format!("{field}: {path:?} is not a dotted path like \"user.address.city\""));
+    }
+    if !wildcard && path.split('.').any(|s| s == "*") {
+        return Err(format!("{field}: {path:?}: `*` is only allowed in remove and redact"));
+    }
+    Ok(())
+}
+
+impl JsonOps {
+    fn validate(&self, field: &str) -> Result<(), String> {
+        for (i, path) in self.remove.iter().enumerate() {
+            check_path(&format!("{field}.remove[{i}]"), path, true)?;
+        }
+        for (i, path) in self.redact.iter().enumerate() {
+            check_path(&format!("{field}.redact[{i}]"), path, true)?;
+        }
+        for (from, to) in &self.rename {
+            check_path(&format!("{field}.rename.{from}"), from, false)?;
+            check_path(&format!("{field}.rename.{from}"), to, false)?;
+        }
+        for path in self.set.keys() {
+            check_path(&format!("{field}.set.{path}"), path, false)?;
+        }
+        for path in self.add.keys() {
+            check_path(&format!("{field}.add.{path}"), path, false)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the operations to a parsed document.
+    pub fn apply(&self, doc: &mut Value) {
+        for path in &self.remove {
+            for_each_match(doc, &segments(path), &mut |parent, key| {
+                remove_child(parent, key);
+            });
+        }
+        for (from, to) in &self.rename {
+            if let Some(value) = take(doc, &segments(from)) {
+                put(doc, &segments(to), value);
+            }
+        }
+        for path in &self.redact {
+            let with = self.redact_with.clone();
+            for_each_match(doc, &segments(path), &mut |parent, key| {
+                if let Some(child) = child_mut(parent, key) {
+                    *child = with.clone();
+                }
+            });
+        }
+        for (path, value) in &self.set {
+            put(doc, &segments(path), value.clone());
+        }
+        for (path, value) in &self.add {
+            let segs = segments(path);
+            if get(doc, &segs).is_none() {
+                put(doc, &segs, value.clone());
+            }
+        }
+    }
+
+    /// Transforms a JSON body; `None` when it is not valid JSON (pass it through untouched).
+    pub fn transform(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let mut doc: Value = serde_json::from_slice(body).ok()?;
+        self.apply(&mut doc);
+        serde_json::to_vec(&doc).ok()
+    }
+}
+
+/// Whether a `content-type` is JSON (`application/json`, `application/*+json`).
+pub fn is_json(content_type: Option<&str>) -> bool {
+    let Some(content_type) = content_type else {
+        return false;
+    };
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn segments(path: &str) -> Vec<&str> {
+    path.split('.').collect()
+}
+
+fn child_mut<'a>(value: &'a mut Value, key: &str) -> Option<&'a mut Value> {
+    match value {
+        Value::Object(map) => map.get_mut(key),
+        Value::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
+        _ => None,
+    }
+}
+
+fn remove_child(value: &mut Value, key: &str) -> Option<Value> {
+    match value {
+        Value::Object(map) => map.remove(key),
+        Value::Array(items) => {
+            let i = key.parse::<usize>().ok()?;
+            (i < items.len()).then(|| items.remove(i))
+        }
+        _ => None,
+    }
+}
+
+fn get<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, key| match v {
+        Value::Object(map) => map.get(*key),
+        Value::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
+    })
+}
+
+/// Calls `f(parent, last_key)` for every match of `path` (`*` matches all children).
+fn for_each_match(value: &mut Value, path: &[&str], f: &mut dyn FnMut(&mut Value, &str)) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        if *first == "*" {
+            let keys: Vec<String> = match value {
+                Value::Object(map) => map.keys().cloned().collect(),
+                Value::Array(items) => (0..items.len()).rev().map(|i| i.to_string()).collect(),
+                _ => Vec::new(),
+            };
+            for key in keys {
+                f(value, &key);
+            }
+        } else {
+            f(value, first);
+        }
+        return;
+    }
+    if *first == "*" {
+        match value {
+            Value::Object(map) => map.values_mut().for_each(|v| for_each_match(v, rest, f)),
+            Value::Array(items) => items.iter_mut().for_each(|v| for_each_match(v, rest, f)),
+            _ => {}
+        }
+    } else if let Some(child) = child_mut(value, first) {
+        for_each_match(child, rest, f);
+    }
+}
+
+fn take(value: &mut Value, path: &[&str]) -> Option<Value> {
+    let (last, parents) = path.split_last()?;
+    let mut parent = value;
+    for key in parents {
+        parent = child_mut(parent, key)?;
+    }
+    remove_child(parent, last)
+}
+
+/// Writes `new` at `path`, creating objects for missing segments; a segment through a
+/// scalar, or an array index out of range, leaves the document unchanged.
+fn put(value: &mut Value, path: &[&str], new: Value) {
+    let Some((first, rest)) = path.split_first() else {
+        *value = new;
+        return;
+    };
+    if value.is_null() {
+        *value = Value::Object(Default::default());
+    }
+    match value {
+        Value::Object(map) => {
+            let child = map.entry(first.to_string()).or_insert(Value::Null);
+            put(child, rest, new);
+        }
+        Value::Array(items) => {
+            if let Some(child) = first.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                put(child, rest, new);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(json: Value) -> Result<Config, String> {
+        tollgate_sdk::config::parse::<Config>(json.to_string().as_bytes())
+            .map_err(|e| e.to_string())
+            .and_then(Config::validate)
+    }
+
+    #[test]
+    fn header_operations_in_order() {
+        let cfg = config(json!({"request": {"headers": {
+            "remove": ["X-Drop"], "rename": {"x-old": "x-new"},
+            "set": {"x-set": "s"}, "add": {"x-add": "a", "x-keep": "no"}
+        }}}))
+        .unwrap();
+        let mut headers: Vec<(String, String)> = [
+            (":path", "/"), ("x-drop", "1"), ("x-old", "o1"), ("x-old", "o2"), ("x-new", "gone"),
+            ("x-set", "before"), ("x-keep", "yes"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        cfg.request.headers.apply(&mut headers);
+        let find = |n: &str| headers.iter().filter(|(k, _)| k == n).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+        assert!(find("x-drop").is_empty());
+        assert_eq!(find("x-new"), ["o1", "o2"]);
+        assert!(find("x-old").is_empty());
+        assert_eq!(find("x-set"), ["s"]);
+        assert_eq!(find("x-add"), ["a"]);
+        assert_eq!(find("x-keep"), ["yes"]);
+        assert_eq!(find(":path"), ["/"]);
+    }
+
+    #[test]
+    fn json_operations_on_nested_paths() {
+        let cfg = config(json!({"response": {"json": {
+            "remove": ["internal", "items.*.secret"],
+            "rename": {"user.mail": "user.email"},
+            "redact": ["user.password", "cards.*.number"],
+            "set": {"meta.version": 2},
+            "add": {"meta.source": "gw", "user.name": "ignored"}
+        }}}))
+        .unwrap();
+        let mut doc = json!({
+            "internal": true,
+            "items": [{"id": 1, "secret": "a"}, {"id": 2, "secret": "b"}],
+            "user": {"name": "ann", "mail": "a@x", "password": "pw"},
+            "cards": [{"number": "4111"}]
+        });
+        cfg.response.json.apply(&mut doc);
+        assert_eq!(doc, json!({
+            "items": [{"id": 1}, {"id": 2}],
+            "user": {"name": "ann", "email": "a@x", "password": "[REDACTED]"},
+            "cards": [{"number": "[REDACTED]"}],
+            "meta": {"version": 2, "source": "gw"}
+        }));
+    }
+
+    #[test]
+    fn non_json_passes_through() {
+        let ops = config(json!({"request": {"json": {"remove": ["a"]}}})).unwrap().request.json;
+        assert_eq!(ops.transform(b"not json"), None);
+        assert_eq!(ops.transform(br#"{"a":1,"b":2}"#).unwrap(), br#"{"b":2}"#);
+        assert!(is_json(Some("application/json; charset=utf-8")));
+        assert!(is_json(Some("application/problem+json")));
+        assert!(!is_json(Some("text/plain")));
+        assert!(!is_json(None));
+    }
+
+    #[test]
+    fn array_indices_and_missing_paths() {
+        let ops = config(json!({"request": {"json": {"remove": ["a.1"], "set": {"b.0.c": 1, "s.x": 1}}}}))
+            .unwrap()
+            .request
+            .json;
+        let mut doc = json!({"a": [1, 2, 3], "b": [{}], "s": "scalar"});
+        ops.apply(&mut doc);
+        assert_eq!(doc, json!({"a": [1, 3], "b": [{"c": 1}], "s": "scalar"}));
+    }
+
+    #[test]
+    fn bad_configurations_name_the_field() {
+        let e = config(json!({"request": {"headers": {"set": {":path": "/x"}}}})).unwrap_err();
+        assert!(e.starts_with("request.headers.set.:path"), "{e}");
+        let e = config(json!({"response": {"json": {"remove": ["a..b"]}}})).unwrap_err();
+        assert!(e.starts_with("response.json.remove[0]"), "{e}");
+        let e = config(json!({"response": {"json": {"set": {"a.*": 1}}}})).unwrap_err();
+        assert!(e.starts_with("response.json.set.a.*"), "{e}");
+        let e = config(json!({"request": {"header": {}}})).unwrap_err();
+        assert!(e.contains("header"), "{e}");
+        let e = config(json!({"request": {"headers": {"add": {"x": "a\nb"}}}})).unwrap_err();
+        assert!(e.starts_with("request.headers.add.x"), "{e}");
+    }
+}

@@ -1,0 +1,150 @@
+//! The consumer identity convention shared by auth, access, limit and billing plugins.
+//!
+//! An **auth plugin** (key-auth, jwt-auth, basic-auth, ext-authz) that recognises a client
+//! first calls [`strip_client_supplied`] on every request (so a client can never forge an
+//! identity, whether or not it authenticates) and, once it knows who the client is, calls
+//! [`set`]. **Readers** (acl, rate-limit, quota, metering, transformer) call [`get`].
+//!
+//! The identity travels two ways:
+//! - request headers [`CONSUMER_HEADER`] (`x-tollgate-consumer`: the consumer's name) and
+//!   [`GROUPS_HEADER`] (`x-tollgate-consumer-groups`: comma-separated groups), which later
+//!   plugins and the upstream service can read;
+//! - properties [`CONSUMER_PROPERTY`] (`tollgate_consumer`) and [`GROUPS_PROPERTY`]
+//!   (`tollgate_consumer_groups`), set with `proxy_set_property`: per-request values that a
+//!   later plugin finds with a single-segment `get_property` (Envoy keeps them as filter
+//!   state). [`get`] prefers the property and falls back to the header.
+//!
+//! Trust: the Tollgate host removes client-sent copies of both headers before the first
+//! plugin runs. In Envoy nothing does that for you: the auth plugin's call to
+//! [`strip_client_supplied`] is what protects the chain, so put an SDK auth plugin first.
+//!
+//! ```
+//! use tollgate_sdk::consumer::{parse_groups, format_groups};
+//! assert_eq!(parse_groups(" admins, ops ,,"), vec!["admins", "ops"]);
+//! assert_eq!(format_groups(&["admins".to_string(), "ops".to_string()]), "admins,ops");
+//! ```
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MapType;
+
+/// Request header carrying the authenticated consumer's name.
+pub const CONSUMER_HEADER: &str = "x-tollgate-consumer";
+/// Request header carrying the consumer's groups, comma-separated.
+pub const GROUPS_HEADER: &str = "x-tollgate-consumer-groups";
+/// Property (single segment) mirroring [`CONSUMER_HEADER`].
+pub const CONSUMER_PROPERTY: &str = "tollgate_consumer";
+/// Property (single segment) mirroring [`GROUPS_HEADER`].
+pub const GROUPS_PROPERTY: &str = "tollgate_consumer_groups";
+
+/// An authenticated consumer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Consumer {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+impl Consumer {
+    pub fn new(name: impl Into<String>, groups: Vec<String>) -> Self {
+        Self {
+            name: name.into(),
+            groups,
+        }
+    }
+
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == group)
+    }
+}
+
+/// `"a, b,,c"` → `["a", "b", "c"]`.
+pub fn parse_groups(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|group| !group.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `["a", "b"]` → `"a,b"`.
+pub fn format_groups(groups: &[String]) -> String {
+    groups.join(",")
+}
+
+/// Whether `name` can be carried in a header value: non-empty, visible ASCII, no comma.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+}
+
+/// Removes any consumer identity headers from the request (call first in auth plugins,
+/// in `on_http_request_headers`).
+pub fn strip_client_supplied() {
+    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, CONSUMER_HEADER);
+    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, GROUPS_HEADER);
+}
+
+/// Records the authenticated consumer on the request (headers and properties). Call in
+/// the request-headers phase (or when resuming a request paused for a callout).
+pub fn set(consumer: &Consumer) {
+    let groups = format_groups(&consumer.groups);
+    let _ = hostcalls::set_map_value(
+        MapType::HttpRequestHeaders,
+        CONSUMER_HEADER,
+        Some(&consumer.name),
+    );
+    if groups.is_empty() {
+        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, GROUPS_HEADER);
+    } else {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, GROUPS_HEADER, Some(&groups));
+    }
+    let _ = hostcalls::set_property(vec![CONSUMER_PROPERTY], Some(consumer.name.as_bytes()));
+    let _ = hostcalls::set_property(vec![GROUPS_PROPERTY], Some(groups.as_bytes()));
+}
+
+/// The consumer an auth plugin recorded on this request, if any: the property first, then
+/// the header.
+pub fn get() -> Option<Consumer> {
+    let from_property = crate::property_string(&[CONSUMER_PROPERTY]).filter(|n| !n.is_empty());
+    if let Some(name) = from_property {
+        let groups = crate::property_string(&[GROUPS_PROPERTY]).unwrap_or_default();
+        return Some(Consumer::new(name, parse_groups(&groups)));
+    }
+    let name = hostcalls::get_map_value(MapType::HttpRequestHeaders, CONSUMER_HEADER)
+        .ok()
+        .flatten()
+        .filter(|name| !name.is_empty())?;
+    let groups = hostcalls::get_map_value(MapType::HttpRequestHeaders, GROUPS_HEADER)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    Some(Consumer::new(name, parse_groups(&groups)))
+}
+
+/// Just the consumer's name (see [`get`]).
+pub fn name() -> Option<String> {
+    get().map(|consumer| consumer.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_round_trip() {
+        let groups = parse_groups("admins, ops ,, billing");
+        assert_eq!(groups, ["admins", "ops", "billing"]);
+        assert_eq!(format_groups(&groups), "admins,ops,billing");
+        assert!(parse_groups("").is_empty());
+        let consumer = Consumer::new("alice", groups);
+        assert!(consumer.in_group("ops"));
+        assert!(!consumer.in_group("op"));
+    }
+
+    #[test]
+    fn names_must_fit_a_header() {
+        assert!(is_valid_name("alice@example.com"));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name("a b"));
+        assert!(!is_valid_name("a,b"));
+        assert!(!is_valid_name("a\nb"));
+    }
+}
