@@ -7,6 +7,8 @@
 //! | `GET /readyz` | `200 ready` while serving, `503 draining` after SIGTERM |
 //! | `GET /config` | the merged policies as JSON, plugin secrets redacted |
 //! | `GET /metrics` | Prometheus text format |
+//! | `GET /plugins` | every plugin instance: module file, sha256, ABI, loaded at, status, last error, routes |
+//! | `POST /reload` | rebuild from the folders now; `200` when live, `422` with the error otherwise |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -57,7 +59,7 @@ async fn serve(listener: std::net::TcpListener, state: Arc<GatewayState>) {
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&request, &state)) }
+                async move { Ok::<_, Infallible>(answer(&request, &state).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -66,11 +68,18 @@ async fn serve(listener: std::net::TcpListener, state: Arc<GatewayState>) {
     }
 }
 
-fn answer(request: &Request<Incoming>, state: &GatewayState) -> Response<Full<Bytes>> {
+async fn answer(request: &Request<Incoming>, state: &GatewayState) -> Response<Full<Bytes>> {
+    if request.uri().path() == "/reload" {
+        if request.method() != Method::POST {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /reload\n");
+        }
+        return reload(state).await;
+    }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
     }
     match request.uri().path() {
+        "/plugins" => with_type(StatusCode::OK, plugins(state).to_string(), "application/json"),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if state.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
@@ -86,9 +95,83 @@ fn answer(request: &Request<Incoming>, state: &GatewayState) -> Response<Full<By
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /healthz /readyz /config /metrics\n",
+            "admin endpoints: /healthz /readyz /config /metrics /plugins, POST /reload\n",
         ),
     }
+}
+
+/// `POST /reload`: rebuilds from the folders now and answers whether it went live.
+async fn reload(state: &GatewayState) -> Response<Full<Bytes>> {
+    let Some(answer) = state.request_reload() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "hot reload is not running\n");
+    };
+    match answer.await {
+        Ok(Ok(generation)) => with_type(
+            StatusCode::OK,
+            serde_json::json!({ "status": "live", "generation": generation }).to_string(),
+            "application/json",
+        ),
+        Ok(Err(error)) => with_type(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({ "status": "rejected", "error": error }).to_string(),
+            "application/json",
+        ),
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "the reload thread stopped\n"),
+    }
+}
+
+fn unix_seconds(time: Option<std::time::SystemTime>) -> serde_json::Value {
+    time.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(serde_json::Value::Null, |d| serde_json::json!(d.as_secs_f64()))
+}
+
+/// `GET /plugins`: every plugin instance of the live snapshot and the last reload's outcome.
+fn plugins(state: &GatewayState) -> serde_json::Value {
+    use std::sync::atomic::Ordering;
+    let snapshot = state.snapshot();
+    let status = state.reload_status();
+    let plugins: Vec<serde_json::Value> = snapshot
+        .plugins
+        .iter()
+        .map(|plugin| {
+            let module = &plugin.module;
+            let mut routes: Vec<&String> = snapshot
+                .chains
+                .iter()
+                .filter(|(_, chain)| chain.iter().any(|p| std::sync::Arc::ptr_eq(p, plugin)))
+                .map(|(route, _)| route)
+                .collect();
+            routes.sort();
+            let file = module.path.display().to_string();
+            let last_error = status
+                .last_error
+                .as_ref()
+                .filter(|error| error.contains(&format!("{:?}", plugin.name)) || error.contains(&file));
+            serde_json::json!({
+                "name": plugin.name,
+                "file": file,
+                "sha256": module.sha256,
+                "abi_version": module.abi.as_str(),
+                "loaded_at": unix_seconds(Some(module.loaded_at)),
+                "status": if last_error.is_some() { "serving last good version" } else { "active" },
+                "last_error": last_error,
+                "routes": routes,
+                "traps": plugin.stats.traps.load(Ordering::Relaxed),
+                "vm_restarts": plugin.stats.vm_restarts.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "generation": status.generation,
+        "last_reload": {
+            "attempted_at": unix_seconds(status.last_attempt),
+            "succeeded_at": unix_seconds(status.last_success),
+            "error": status.last_error,
+            "successes": status.successes,
+            "failures": status.failures,
+        },
+        "plugins": plugins,
+    })
 }
 
 /// Callback counts and time of the running plugins (the current snapshot's instances).

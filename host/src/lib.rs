@@ -31,6 +31,7 @@
 pub mod admin;
 pub mod config;
 pub mod pipeline;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod snapshot;
@@ -84,6 +85,14 @@ impl Gateway {
         let state = Arc::new(GatewayState::new(snapshot));
         let admin = admin::start(options.admin, state.clone())?;
         let workers_running = server::start_workers(bound, state.clone(), workers)?;
+        reload::start(
+            state.clone(),
+            reload::Sources {
+                policies: options.policies.clone(),
+                plugins: options.plugins.clone(),
+                workers,
+            },
+        )?;
         for (name, address) in &listeners {
             tracing::info!(listener = %name, %address, "listening");
         }

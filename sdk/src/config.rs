@@ -160,10 +160,15 @@ pub fn plugin_configuration() -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// For `on_configure`: reads, parses and validates the plugin configuration; on failure
-/// logs `PLUGIN: invalid configuration: field "...": ...` at error level and returns
-/// `None` (return `false` from `on_configure` then, which rejects the plugin).
-pub fn load<T: DeserializeOwned + Validate>(plugin: &str) -> Option<T> {
+/// For `on_configure`: reads and parses the plugin configuration; on failure logs
+/// `PLUGIN: invalid configuration: field "...": ...` at error level and returns `None`
+/// (return `false` from `on_configure` then, which rejects the plugin).
+pub fn load<T: DeserializeOwned>(plugin: &str) -> Option<T> {
+    report(plugin, parse(&plugin_configuration()))
+}
+
+/// [`load`] followed by [`Validate::validate`].
+pub fn load_validated<T: DeserializeOwned + Validate>(plugin: &str) -> Option<T> {
     report(plugin, parse_validated(&plugin_configuration()))
 }
 
@@ -208,8 +213,8 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_nested_field() {
-        let error =
-            parse::<Config>(br#"{"plans": {"gold": {"requests_per_second": "many"}}}"#).unwrap_err();
+        let error = parse::<Config>(br#"{"plans": {"gold": {"requests_per_second": "many"}}}"#)
+            .unwrap_err();
         assert_eq!(error.path(), "plans.gold.requests_per_second");
         assert_eq!(
             error.to_string(),
@@ -219,8 +224,8 @@ mod tests {
 
     #[test]
     fn unknown_field_names_the_parent_and_the_field() {
-        let error = parse::<Config>(br#"{"list": [{"requests_per_second": 1, "brust": 2}]}"#)
-            .unwrap_err();
+        let error =
+            parse::<Config>(br#"{"list": [{"requests_per_second": 1, "brust": 2}]}"#).unwrap_err();
         assert_eq!(error.path(), "list[0].brust");
         assert!(error.message().contains("unknown field `brust`"), "{error}");
     }
@@ -236,7 +241,10 @@ mod tests {
             "configuration is required"
         );
         assert_eq!(parse_or_default::<Config>(b"").unwrap(), Config::default());
-        assert_eq!(parse_or_default::<Config>(b"{}").unwrap(), Config::default());
+        assert_eq!(
+            parse_or_default::<Config>(b"{}").unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
@@ -250,8 +258,13 @@ mod tests {
 
     #[test]
     fn validation_errors_compose_paths() {
-        let error = ensure(false, "burst", "must be at least 1").unwrap_err().within("plans.gold");
-        assert_eq!(error.to_string(), "field \"plans.gold.burst\": must be at least 1");
+        let error = ensure(false, "burst", "must be at least 1")
+            .unwrap_err()
+            .within("plans.gold");
+        assert_eq!(
+            error.to_string(),
+            "field \"plans.gold.burst\": must be at least 1"
+        );
         assert!(ensure(true, "x", "never").is_ok());
     }
 }

@@ -53,7 +53,9 @@ impl<T> RouteRules<T> {
     }
 
     pub fn routes(&self) -> impl Iterator<Item = (&str, &T)> {
-        self.routes.iter().map(|(name, rules)| (name.as_str(), rules))
+        self.routes
+            .iter()
+            .map(|(name, rules)| (name.as_str(), rules))
     }
 
     /// Transforms every entry (e.g. raw config → validated rules), stopping at the first
@@ -88,8 +90,14 @@ mod tests {
             .unwrap();
         assert_eq!(mapped.get(Some("a")), "a:x");
         assert_eq!(mapped.default_rules(), "-:d");
-        let failed = RouteRules::new(1, BTreeMap::from([("bad".to_string(), 0)]))
-            .try_map(|route, v| if v == 0 { Err(route.map(str::to_owned)) } else { Ok(v) });
+        let failed =
+            RouteRules::new(1, BTreeMap::from([("bad".to_string(), 0)])).try_map(|route, v| {
+                if v == 0 {
+                    Err(route.map(str::to_owned))
+                } else {
+                    Ok(v)
+                }
+            });
         assert_eq!(failed.unwrap_err(), Some("bad".to_string()));
     }
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backends;
+pub mod bundled;
 pub mod certs;
 pub mod clients;
 pub mod gateway;

@@ -120,19 +120,23 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 
 /// A random UUID (version 4) in its usual text form.
 fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes: [u8; 16] = rand::random();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let text = format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    );
-    HeaderValue::from_str(&text).expect("hex and dashes are a valid header value")
+    // On every request: written into a fixed buffer, no formatting machinery.
+    let mut text = [0u8; 36];
+    let mut at = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            text[at] = b'-';
+            at += 1;
+        }
+        text[at] = HEX[usize::from(byte >> 4)];
+        text[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
+    }
+    HeaderValue::from_bytes(&text).expect("hex digits and dashes are a valid header value")
 }
 
 #[cfg(test)]
@@ -214,6 +218,10 @@ mod tests {
         let id = ensure_request_id(&mut map);
         assert_eq!(id.len(), 36);
         assert_eq!(map["x-request-id"], id);
-        assert_eq!(&id.to_str().unwrap()[14..15], "4");
+        let text = id.to_str().unwrap();
+        assert_eq!(&text[14..15], "4");
+        let dashes: Vec<usize> = text.match_indices('-').map(|(i, _)| i).collect();
+        assert_eq!(dashes, vec![8, 13, 18, 23]);
+        assert!(text.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
     }
 }

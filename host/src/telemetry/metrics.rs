@@ -25,6 +25,8 @@ pub struct Metrics {
     connections_total: DashMap<Arc<str>, AtomicU64>,
     plugin_traps: DashMap<String, AtomicU64>,
     plugin_restarts: DashMap<String, AtomicU64>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
 }
 
 #[derive(Default)]
@@ -104,6 +106,12 @@ impl Metrics {
             .entry((cluster.clone(), kind.label()))
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a hot-swap attempt.
+    pub fn reload(&self, success: bool) {
+        let counter = if success { &self.reloads_ok } else { &self.reloads_failed };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn plugin_trap(&self, plugin: &str) {
@@ -249,6 +257,10 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {value}", escape(&plugin));
             }
         }
+        out.push_str("# HELP tollgate_reloads_total Configuration and plugin swaps, by result.\n");
+        out.push_str("# TYPE tollgate_reloads_total counter\n");
+        let _ = writeln!(out, "tollgate_reloads_total{{result=\"success\"}} {}", self.reloads_ok.load(Ordering::Relaxed));
+        let _ = writeln!(out, "tollgate_reloads_total{{result=\"failure\"}} {}", self.reloads_failed.load(Ordering::Relaxed));
         crate::wasm::metrics::plugin_metrics().render(&mut out);
         out
     }

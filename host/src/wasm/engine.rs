@@ -58,6 +58,9 @@ impl std::fmt::Debug for CompiledModule {
 pub struct Runtime {
     pub engine: Engine,
     linker: Linker<HostState>,
+    /// Modules alive in some snapshot, by content hash: re-loading a known module (a hot
+    /// swap back to an earlier version, an unchanged file) costs a hash, not a compile.
+    loaded: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<CompiledModule>>>,
 }
 
 static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| Runtime::new().expect("the wasm engine"));
@@ -113,7 +116,11 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         abi::add_to_linker(&mut linker)?;
         start_epoch_ticker(&engine);
-        Ok(Self { engine, linker })
+        Ok(Self {
+            engine,
+            linker,
+            loaded: Default::default(),
+        })
     }
 
     /// Reads, hashes, compiles and checks a module; off the request path.
@@ -128,6 +135,9 @@ impl Runtime {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect::<String>();
+        if let Some(module) = self.cached(&sha256, path) {
+            return Ok(module);
+        }
         let module = Module::new(&self.engine, bytes)
             .map_err(|error| format!("{} is not a valid wasm module: {error:#}", path.display()))?;
         let abi = detect_abi(&module).map_err(|error| format!("{}: {error}", path.display()))?;
@@ -138,14 +148,39 @@ impl Runtime {
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|error| format!("{}: cannot link: {error:#}", path.display()))?;
-        Ok(Arc::new(CompiledModule {
+        let module = Arc::new(CompiledModule {
             path: path.to_path_buf(),
             sha256,
             abi,
             module,
             pre,
             loaded_at: SystemTime::now(),
-        }))
+        });
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        loaded.retain(|_, module| module.strong_count() > 0);
+        loaded.insert(module.sha256.clone(), Arc::downgrade(&module));
+        Ok(module)
+    }
+}
+
+impl Runtime {
+    /// A module with this content that is still loaded (for a file at `path`).
+    fn cached(&self, sha256: &str, path: &Path) -> Option<Arc<CompiledModule>> {
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let module = loaded.get(sha256)?.upgrade()?;
+        if module.path == path {
+            Some(module)
+        } else {
+            // Same code under another name: share the compiled code, keep the new name.
+            Some(Arc::new(CompiledModule {
+                path: path.to_path_buf(),
+                sha256: module.sha256.clone(),
+                abi: module.abi,
+                module: module.module.clone(),
+                pre: module.pre.clone(),
+                loaded_at: SystemTime::now(),
+            }))
+        }
     }
 }
 

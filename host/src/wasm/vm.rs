@@ -101,6 +101,7 @@ impl Exports {
 
 pub struct Vm {
     store: Store<HostState>,
+    instance: Instance,
     exports: Exports,
     deadline_ticks: u64,
 }
@@ -178,9 +179,19 @@ impl Vm {
             Exports::find(&mut store, &instance).map_err(|reason| trap("instantiate", reason))?;
         Ok(Self {
             store,
+            instance,
             exports,
             deadline_ticks: deadline_ticks(callback_timeout),
         })
+    }
+
+    /// Sets an exported mutable i32 global (benchmarks and tests steer hand-written modules
+    /// with one).
+    pub fn set_global_i32(&mut self, name: &str, value: i32) {
+        let instance = self.instance;
+        if let Some(global) = instance.get_global(&mut self.store, name) {
+            let _ = global.set(&mut self.store, wasmtime::Val::I32(value));
+        }
     }
 
     pub fn state(&mut self) -> &mut HostState {

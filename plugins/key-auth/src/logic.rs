@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 
 use serde::Deserialize;
+use tollgate_sdk::config::ConfigError;
+use tollgate_sdk::consumer;
 
 /// The plugin configuration (see the crate README).
 #[derive(Debug, Clone, Deserialize)]
@@ -59,33 +61,36 @@ pub struct KeyAuth {
 
 impl KeyAuth {
     /// Validates the configuration; the error names the offending field.
-    pub fn new(mut config: Config) -> Result<Self, String> {
+    pub fn new(mut config: Config) -> Result<Self, ConfigError> {
         if config.key_names.is_empty() {
-            return Err("key_names: must name at least one header or query parameter".into());
+            return Err(ConfigError::new("key_names", "must name at least one header or query parameter"));
         }
         for (i, name) in config.key_names.iter_mut().enumerate() {
             if name.is_empty() {
-                return Err(format!("key_names[{i}]: must not be empty"));
+                return Err(ConfigError::new(format!("key_names[{i}]"), "must not be empty"));
             }
             *name = name.to_ascii_lowercase();
         }
         if !config.key_in_header && !config.key_in_query {
-            return Err("key_in_header: key_in_header and key_in_query cannot both be false".into());
+            return Err(ConfigError::new("key_in_header", "key_in_header and key_in_query cannot both be false"));
         }
         let mut keys = HashMap::new();
         for (i, consumer) in config.consumers.iter().enumerate() {
             if consumer.name.is_empty() {
-                return Err(format!("consumers[{i}].name: must not be empty"));
+                return Err(ConfigError::new(format!("consumers[{i}].name"), "must not be empty"));
             }
-            if consumer.name.contains(',') || consumer.groups.iter().any(|g| g.contains(',') || g.is_empty()) {
-                return Err(format!("consumers[{i}]: names and groups must be non-empty and contain no comma"));
+            if !consumer::is_valid_name(&consumer.name) {
+                return Err(ConfigError::new(format!("consumers[{i}].name"), "must be visible ASCII without commas"));
+            }
+            if let Some(j) = consumer.groups.iter().position(|g| !consumer::is_valid_name(g)) {
+                return Err(ConfigError::new(format!("consumers[{i}].groups[{j}]"), "must be visible ASCII without commas"));
             }
             for (j, key) in consumer.keys.iter().enumerate() {
                 if key.is_empty() {
-                    return Err(format!("consumers[{i}].keys[{j}]: must not be empty"));
+                    return Err(ConfigError::new(format!("consumers[{i}].keys[{j}]"), "must not be empty"));
                 }
                 if keys.insert(key.clone(), i).is_some() {
-                    return Err(format!("consumers[{i}].keys[{j}]: this key is given to two consumers"));
+                    return Err(ConfigError::new(format!("consumers[{i}].keys[{j}]"), "this key is given to two consumers"));
                 }
             }
         }
@@ -258,9 +263,9 @@ mod tests {
     #[test]
     fn bad_configurations_name_the_field() {
         let dup = r#"{"consumers":[{"name":"a","keys":["k"]},{"name":"b","keys":["k"]}]}"#;
-        assert!(KeyAuth::new(serde_json_config(dup)).unwrap_err().starts_with("consumers[1].keys[0]"));
+        assert!(KeyAuth::new(serde_json_config(dup)).unwrap_err().path() == "consumers[1].keys[0]");
         let empty = r#"{"key_names":[],"consumers":[]}"#;
-        assert!(KeyAuth::new(serde_json_config(empty)).unwrap_err().starts_with("key_names"));
+        assert!(KeyAuth::new(serde_json_config(empty)).unwrap_err().path() == "key_names");
         let unknown = tollgate_sdk::config::parse::<Config>(br#"{"consumers":[{"name":"a","keys":[],"grups":[]}]}"#);
         assert!(unknown.unwrap_err().to_string().contains("grups"));
     }

@@ -2,7 +2,8 @@
 
 use std::rc::Rc;
 
-use tollgate_sdk::consumer;
+use tollgate_sdk::consumer::{self, Consumer};
+use tollgate_sdk::config;
 use tollgate_sdk::proxy_wasm;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
 use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -22,20 +23,9 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let parsed = tollgate_sdk::config::parse::<Config>(&bytes)
-            .map_err(|e| e.to_string())
-            .and_then(KeyAuth::new);
-        match parsed {
-            Ok(auth) => {
-                self.auth = Some(Rc::new(auth));
-                true
-            }
-            Err(e) => {
-                proxy_wasm::hostcalls::log(LogLevel::Error, &format!("key-auth: invalid configuration: {e}")).ok();
-                false
-            }
-        }
+        let parsed = config::parse::<Config>(&config::plugin_configuration()).and_then(KeyAuth::new);
+        self.auth = config::report("key-auth", parsed).map(Rc::new);
+        self.auth.is_some()
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
@@ -72,7 +62,7 @@ impl HttpContext for Request {
                 }
             }
         }
-        consumer::set(&consumer.name, &consumer.groups);
+        consumer::set(&Consumer::new(consumer.name.clone(), consumer.groups.clone()));
         Action::Continue
     }
 }

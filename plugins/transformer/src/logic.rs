@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::Value;
+use tollgate_sdk::config::ConfigError;
+use tollgate_sdk::json;
 
 /// The plugin configuration (see the crate README).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -83,7 +85,7 @@ impl JsonOps {
 
 impl Config {
     /// Checks names and paths; the error names the field. Lower-cases header names.
-    pub fn validate(mut self) -> Result<Self, String> {
+    pub fn validate(mut self) -> Result<Self, ConfigError> {
         for (phase_name, phase) in [("request", &mut self.request), ("response", &mut self.response)] {
             phase.headers.validate(&format!("{phase_name}.headers"))?;
             phase.json.validate(&format!("{phase_name}.json"))?;
@@ -92,29 +94,29 @@ impl Config {
     }
 }
 
-fn check_header_name(field: &str, name: &str) -> Result<String, String> {
+fn check_header_name(field: &str, name: &str) -> Result<String, ConfigError> {
     let valid = !name.is_empty()
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if !valid {
-        return Err(format!("{field}: {name:?} is not a valid header name (pseudo-headers cannot be changed)"));
+        return Err(ConfigError::new(field, format!("{name:?} is not a valid header name (pseudo-headers cannot be changed)")));
     }
     let lower = name.to_ascii_lowercase();
     if lower == "content-length" || lower == "transfer-encoding" {
-        return Err(format!("{field}: {name} is managed by the gateway and cannot be changed"));
+        return Err(ConfigError::new(field, format!("{name} is managed by the gateway and cannot be changed")));
     }
     Ok(lower)
 }
 
-fn check_header_value(field: &str, value: &str) -> Result<(), String> {
+fn check_header_value(field: &str, value: &str) -> Result<(), ConfigError> {
     if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-        return Err(format!("{field}: header values cannot contain CR, LF or NUL"));
+        return Err(ConfigError::new(field, "header values cannot contain CR, LF or NUL"));
     }
     Ok(())
 }
 
-fn lower_map(field: &str, map: &mut BTreeMap<String, String>, values_are_names: bool) -> Result<(), String> {
+fn lower_map(field: &str, map: &mut BTreeMap<String, String>, values_are_names: bool) -> Result<(), ConfigError> {
     let mut out = BTreeMap::new();
     for (name, value) in std::mem::take(map) {
         let key = check_header_name(&format!("{field}.{name}"), &name)?;
@@ -131,7 +133,7 @@ fn lower_map(field: &str, map: &mut BTreeMap<String, String>, values_are_names: 
 }
 
 impl HeaderOps {
-    fn validate(&mut self, field: &str) -> Result<(), String> {
+    fn validate(&mut self, field: &str) -> Result<(), ConfigError> {
         for (i, name) in self.remove.iter_mut().enumerate() {
             *name = check_header_name(&format!("{field}.remove[{i}]"), name)?;
         }
@@ -170,18 +172,18 @@ impl HeaderOps {
     }
 }
 
-fn check_path(field: &str, path: &str, wildcard: bool) -> Result<(), String> {
+fn check_path(field: &str, path: &str, wildcard: bool) -> Result<(), ConfigError> {
     if path.is_empty() || path.split('.').any(str::is_empty) {
-        return Err(format!("{field}: {path:?} is not a dotted path like \"user.address.city\""));
+        return Err(ConfigError::new(field, format!("{path:?} is not a dotted path like \"user.address.city\"")));
     }
     if !wildcard && path.split('.').any(|s| s == "*") {
-        return Err(format!("{field}: {path:?}: `*` is only allowed in remove and redact"));
+        return Err(ConfigError::new(field, format!("{path:?}: `*` is only allowed in remove and redact")));
     }
     Ok(())
 }
 
 impl JsonOps {
-    fn validate(&self, field: &str) -> Result<(), String> {
+    fn validate(&self, field: &str) -> Result<(), ConfigError> {
         for (i, path) in self.remove.iter().enumerate() {
             check_path(&format!("{field}.remove[{i}]"), path, true)?;
         }
@@ -204,37 +206,30 @@ impl JsonOps {
     /// Applies the operations to a parsed document.
     pub fn apply(&self, doc: &mut Value) {
         for path in &self.remove {
-            for_each_match(doc, &segments(path), &mut |parent, key| {
-                remove_child(parent, key);
-            });
+            json::remove(doc, path);
         }
         for (from, to) in &self.rename {
-            if let Some(value) = take(doc, &segments(from)) {
-                put(doc, &segments(to), value);
+            if let Some(value) = json::get(doc, from).cloned() {
+                json::remove(doc, from);
+                json::set(doc, to, value);
             }
         }
         for path in &self.redact {
-            let with = self.redact_with.clone();
-            for_each_match(doc, &segments(path), &mut |parent, key| {
-                if let Some(child) = child_mut(parent, key) {
-                    *child = with.clone();
-                }
-            });
+            json::redact(doc, path, self.redact_with.clone());
         }
         for (path, value) in &self.set {
-            put(doc, &segments(path), value.clone());
+            json::set(doc, path, value.clone());
         }
         for (path, value) in &self.add {
-            let segs = segments(path);
-            if get(doc, &segs).is_none() {
-                put(doc, &segs, value.clone());
+            if json::get(doc, path).is_none() {
+                json::set(doc, path, value.clone());
             }
         }
     }
 
     /// Transforms a JSON body; `None` when it is not valid JSON (pass it through untouched).
     pub fn transform(&self, body: &[u8]) -> Option<Vec<u8>> {
-        let mut doc: Value = serde_json::from_slice(body).ok()?;
+        let mut doc = json::parse_body(body)?;
         self.apply(&mut doc);
         serde_json::to_vec(&doc).ok()
     }
@@ -242,106 +237,7 @@ impl JsonOps {
 
 /// Whether a `content-type` is JSON (`application/json`, `application/*+json`).
 pub fn is_json(content_type: Option<&str>) -> bool {
-    let Some(content_type) = content_type else {
-        return false;
-    };
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
-fn segments(path: &str) -> Vec<&str> {
-    path.split('.').collect()
-}
-
-fn child_mut<'a>(value: &'a mut Value, key: &str) -> Option<&'a mut Value> {
-    match value {
-        Value::Object(map) => map.get_mut(key),
-        Value::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
-        _ => None,
-    }
-}
-
-fn remove_child(value: &mut Value, key: &str) -> Option<Value> {
-    match value {
-        Value::Object(map) => map.remove(key),
-        Value::Array(items) => {
-            let i = key.parse::<usize>().ok()?;
-            (i < items.len()).then(|| items.remove(i))
-        }
-        _ => None,
-    }
-}
-
-fn get<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
-    path.iter().try_fold(value, |v, key| match v {
-        Value::Object(map) => map.get(*key),
-        Value::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get(i)),
-        _ => None,
-    })
-}
-
-/// Calls `f(parent, last_key)` for every match of `path` (`*` matches all children).
-fn for_each_match(value: &mut Value, path: &[&str], f: &mut dyn FnMut(&mut Value, &str)) {
-    let Some((first, rest)) = path.split_first() else {
-        return;
-    };
-    if rest.is_empty() {
-        if *first == "*" {
-            let keys: Vec<String> = match value {
-                Value::Object(map) => map.keys().cloned().collect(),
-                Value::Array(items) => (0..items.len()).rev().map(|i| i.to_string()).collect(),
-                _ => Vec::new(),
-            };
-            for key in keys {
-                f(value, &key);
-            }
-        } else {
-            f(value, first);
-        }
-        return;
-    }
-    if *first == "*" {
-        match value {
-            Value::Object(map) => map.values_mut().for_each(|v| for_each_match(v, rest, f)),
-            Value::Array(items) => items.iter_mut().for_each(|v| for_each_match(v, rest, f)),
-            _ => {}
-        }
-    } else if let Some(child) = child_mut(value, first) {
-        for_each_match(child, rest, f);
-    }
-}
-
-fn take(value: &mut Value, path: &[&str]) -> Option<Value> {
-    let (last, parents) = path.split_last()?;
-    let mut parent = value;
-    for key in parents {
-        parent = child_mut(parent, key)?;
-    }
-    remove_child(parent, last)
-}
-
-/// Writes `new` at `path`, creating objects for missing segments; a segment through a
-/// scalar, or an array index out of range, leaves the document unchanged.
-fn put(value: &mut Value, path: &[&str], new: Value) {
-    let Some((first, rest)) = path.split_first() else {
-        *value = new;
-        return;
-    };
-    if value.is_null() {
-        *value = Value::Object(Default::default());
-    }
-    match value {
-        Value::Object(map) => {
-            let child = map.entry(first.to_string()).or_insert(Value::Null);
-            put(child, rest, new);
-        }
-        Value::Array(items) => {
-            if let Some(child) = first.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
-                put(child, rest, new);
-            }
-        }
-        _ => {}
-    }
+    content_type.is_some_and(json::is_json_content_type)
 }
 
 #[cfg(test)]
@@ -351,8 +247,8 @@ mod tests {
 
     fn config(json: Value) -> Result<Config, String> {
         tollgate_sdk::config::parse::<Config>(json.to_string().as_bytes())
-            .map_err(|e| e.to_string())
             .and_then(Config::validate)
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -430,14 +326,14 @@ mod tests {
     #[test]
     fn bad_configurations_name_the_field() {
         let e = config(json!({"request": {"headers": {"set": {":path": "/x"}}}})).unwrap_err();
-        assert!(e.starts_with("request.headers.set.:path"), "{e}");
+        assert!(e.starts_with("field \"request.headers.set.:path\""), "{e}");
         let e = config(json!({"response": {"json": {"remove": ["a..b"]}}})).unwrap_err();
-        assert!(e.starts_with("response.json.remove[0]"), "{e}");
+        assert!(e.starts_with("field \"response.json.remove[0]\""), "{e}");
         let e = config(json!({"response": {"json": {"set": {"a.*": 1}}}})).unwrap_err();
-        assert!(e.starts_with("response.json.set.a.*"), "{e}");
+        assert!(e.starts_with("field \"response.json.set.a.*\""), "{e}");
         let e = config(json!({"request": {"header": {}}})).unwrap_err();
         assert!(e.contains("header"), "{e}");
         let e = config(json!({"request": {"headers": {"add": {"x": "a\nb"}}}})).unwrap_err();
-        assert!(e.starts_with("request.headers.add.x"), "{e}");
+        assert!(e.starts_with("field \"request.headers.add.x\""), "{e}");
     }
 }

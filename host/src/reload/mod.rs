@@ -1,0 +1,254 @@
+//! Hot swap: watch the policies folder, the plugins folder and the TLS files the policies
+//! name; when something changes (debounced), build a complete new snapshot — parse and
+//! validate the policies, read certificates, compile changed modules (unchanged ones come
+//! from memory or the on-disk cache), start a canary VM per plugin with every configuration —
+//! and swap it in with one pointer store. New requests take the new snapshot; requests in
+//! flight finish on the one they started with, whose VMs are dropped with it.
+//!
+//! Anything invalid (a half-written file, a module that is not wasm or has the wrong ABI,
+//! `on_configure` returning false, a policy error, a bad certificate) leaves the last good
+//! snapshot serving; the error is logged, counted and shown by the admin API. A module file
+//! that disappears while a route uses it is such an error too: the route keeps running the
+//! version already loaded until the policies stop naming the module.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::{RecursiveMode, Watcher};
+
+use crate::config;
+use crate::server::GatewayState;
+use crate::snapshot::Snapshot;
+
+/// How long the folders must be quiet before a change is applied: editors write a file in
+/// several steps (write, rename, chmod), copies arrive in chunks.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// What the last reloads did, for the admin API.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    /// Increases with every snapshot that went live (1 = the one started with).
+    pub generation: u64,
+    pub last_success: Option<SystemTime>,
+    pub last_attempt: Option<SystemTime>,
+    /// The error of the last attempt, when it failed; cleared by a success.
+    pub last_error: Option<String>,
+    pub successes: u64,
+    pub failures: u64,
+}
+
+/// A reload asked for through the admin API; the answer says whether it went live.
+pub struct ReloadRequest {
+    pub reply: tokio::sync::oneshot::Sender<Result<u64, String>>,
+}
+
+enum Event {
+    Changed(PathBuf),
+    Requested(ReloadRequest),
+}
+
+/// Where to reload from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub policies: PathBuf,
+    pub plugins: PathBuf,
+    pub workers: usize,
+}
+
+/// Starts the watcher thread; returns the sender the admin API uses for `POST /reload`.
+pub fn start(state: Arc<GatewayState>, sources: Sources) -> anyhow::Result<()> {
+    let (events, receiver) = channel::<Event>();
+    let watcher_events = events.clone();
+    let mut watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
+        if let Ok(event) = result {
+            // Reading files (ours included) raises access events: only writes, renames,
+            // creations, removals and the close of a written file mean a change.
+            use notify::event::{AccessKind, AccessMode, EventKind};
+            let changes = match event.kind {
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                EventKind::Access(_) | EventKind::Other => false,
+                _ => true,
+            };
+            if !changes {
+                return;
+            }
+            for path in event.paths {
+                let _ = watcher_events.send(Event::Changed(path));
+            }
+        }
+    })?;
+    watcher.watch(&sources.policies, RecursiveMode::NonRecursive)?;
+    if sources.plugins.is_dir() {
+        watcher.watch(&sources.plugins, RecursiveMode::NonRecursive)?;
+    } else {
+        tracing::warn!(plugins = %sources.plugins.display(), "the plugins folder does not exist; module files are not watched");
+    }
+    let (request_sender, request_receiver) = tokio::sync::mpsc::unbounded_channel::<ReloadRequest>();
+    state.set_reload_requests(request_sender);
+    // Admin requests arrive on a tokio channel; forward them into the watcher's queue.
+    let forward_events = events.clone();
+    std::thread::Builder::new()
+        .name("tollgate-reload-requests".into())
+        .spawn(move || {
+            let mut requests = request_receiver;
+            while let Some(request) = requests.blocking_recv() {
+                if forward_events.send(Event::Requested(request)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    std::thread::Builder::new().name("tollgate-reload".into()).spawn(move || {
+        let mut reloader = Reloader {
+            state,
+            sources,
+            watcher,
+            watched_files: HashSet::new(),
+            watched_dirs: HashSet::new(),
+        };
+        reloader.watch_tls_files();
+        reloader.run(receiver);
+    })?;
+    Ok(())
+}
+
+struct Reloader {
+    state: Arc<GatewayState>,
+    sources: Sources,
+    watcher: notify::RecommendedWatcher,
+    /// TLS files outside the policies folder that the policies name.
+    watched_files: HashSet<PathBuf>,
+    watched_dirs: HashSet<PathBuf>,
+}
+
+impl Reloader {
+    fn run(&mut self, events: Receiver<Event>) {
+        loop {
+            let Ok(first) = events.recv() else { return };
+            let mut requests = Vec::new();
+            let mut relevant = false;
+            match first {
+                Event::Changed(path) => relevant |= self.is_relevant(&path),
+                Event::Requested(request) => requests.push(request),
+            }
+            // Debounce: keep collecting until the folders have been quiet for a while.
+            let mut quiet_since = Instant::now();
+            loop {
+                match events.recv_timeout(DEBOUNCE.saturating_sub(quiet_since.elapsed())) {
+                    Ok(Event::Changed(path)) => {
+                        if self.is_relevant(&path) {
+                            relevant = true;
+                            quiet_since = Instant::now();
+                        }
+                    }
+                    Ok(Event::Requested(request)) => requests.push(request),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            if !relevant && requests.is_empty() {
+                continue;
+            }
+            let result = self.reload();
+            for request in requests {
+                let _ = request.reply.send(result.clone());
+            }
+        }
+    }
+
+    fn is_relevant(&self, path: &Path) -> bool {
+        let in_dir = |dir: &Path| path.parent().is_some_and(|parent| same_dir(parent, dir));
+        let extension = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+        (in_dir(&self.sources.policies) && matches!(extension, "yaml" | "yml" | "json"))
+            || (in_dir(&self.sources.plugins) && matches!(extension, "wasm" | "wat"))
+            || self.watched_files.iter().any(|file| file == path || file.file_name() == path.file_name() && file.parent().is_some_and(|p| path.parent().is_some_and(|q| same_dir(p, q))))
+    }
+
+    /// Builds and swaps in a new snapshot; returns the new generation or the error.
+    fn reload(&mut self) -> Result<u64, String> {
+        let started = Instant::now();
+        let built = config::load_dir(&self.sources.policies)
+            .and_then(|config| Snapshot::build(config, self.sources.workers, &self.sources.plugins));
+        let result = match built {
+            Ok(snapshot) => {
+                let old = self.state.snapshot();
+                warn_about_listener_changes(&old, &snapshot);
+                self.state.swap_snapshot(snapshot);
+                let generation = self.state.record_reload(Ok(()));
+                crate::telemetry::metrics::metrics().reload(true);
+                tracing::info!(generation, elapsed_ms = started.elapsed().as_millis() as u64, "new configuration is live");
+                self.watch_tls_files();
+                Ok(generation)
+            }
+            Err(errors) => {
+                let message = errors.to_string();
+                self.state.record_reload(Err(message.clone()));
+                crate::telemetry::metrics::metrics().reload(false);
+                tracing::error!("configuration change rejected; the last good configuration keeps serving:\n{message}");
+                Err(message)
+            }
+        };
+        result
+    }
+
+    /// Watches the folders of the TLS files the current policies name, so that a rotated
+    /// certificate is picked up; the policies folder is watched already.
+    fn watch_tls_files(&mut self) {
+        let snapshot = self.state.snapshot();
+        let config = &snapshot.config;
+        let mut files = HashSet::new();
+        for listener in &config.listeners {
+            if let Some(tls) = &listener.tls {
+                for cert in &tls.certificates {
+                    files.insert(cert.cert.clone());
+                    files.insert(cert.key.clone());
+                }
+                if let Some(auth) = &tls.client_auth {
+                    files.insert(auth.ca.clone());
+                }
+            }
+        }
+        for cluster in &config.clusters {
+            if let Some(ca) = cluster.tls.as_ref().and_then(|tls| tls.ca.clone()) {
+                files.insert(ca);
+            }
+        }
+        for file in &files {
+            let Some(dir) = file.parent().map(Path::to_path_buf) else { continue };
+            if same_dir(&dir, &self.sources.policies) || self.watched_dirs.contains(&dir) {
+                continue;
+            }
+            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.watched_dirs.insert(dir);
+                }
+                Err(error) => tracing::warn!(dir = %dir.display(), %error, "cannot watch a TLS folder"),
+            }
+        }
+        self.watched_files = files;
+    }
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+}
+
+fn warn_about_listener_changes(old: &Snapshot, new: &Snapshot) {
+    let addresses = |snapshot: &Snapshot| -> Vec<(String, std::net::SocketAddr)> {
+        let mut list: Vec<_> = snapshot.config.listeners.iter().map(|l| (l.name.clone(), l.address)).collect();
+        list.sort();
+        list
+    };
+    if addresses(old) != addresses(new) {
+        tracing::warn!("listener names or addresses changed: routes, clusters, TLS and plugins apply now, listeners after a restart");
+    }
+}
+
+/// Shared between the reload thread and the admin API.
+#[derive(Debug, Default)]
+pub struct ReloadState {
+    pub status: Mutex<ReloadStatus>,
+    pub requests: Mutex<Option<tokio::sync::mpsc::UnboundedSender<ReloadRequest>>>,
+}

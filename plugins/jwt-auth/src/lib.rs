@@ -1,0 +1,22 @@
+//! `jwt-auth`: a JWT bearer token (HS256, RS256 or ES256, verified with an inline JWKS)
+//! identifies the consumer.
+//!
+//! The token comes from `Authorization: Bearer <token>` (or another header, or a query
+//! parameter). Its signature is checked with the configured key of the token's `alg` (and
+//! `kid` when present); `exp`, `nbf` and `iat` are checked with `leeway_seconds`, `iss`
+//! and `aud` against `issuers` and `audiences`. A valid token sets the consumer identity
+//! from `consumer_claim` (and groups from `groups_claim`) and copies `claims_to_headers`
+//! onto the request; anything else is answered `401` with
+//! `WWW-Authenticate: Bearer realm="...", error="invalid_token", error_description="<reason>"`.
+//!
+//! ```json
+//! { "keys": [{ "kid": "k1", "kty": "oct", "alg": "HS256", "k": "<base64url secret>" }],
+//!   "issuers": ["https://id.example.com"], "audiences": ["shop"],
+//!   "claims_to_headers": { "sub": "x-user-id" } }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod logic;
+
+#[cfg(target_arch = "wasm32")]
+mod plugin;

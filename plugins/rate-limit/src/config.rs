@@ -1,0 +1,341 @@
+//! The configuration: raw serde types, validated into [`Limits`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use tollgate_sdk::config::{ensure, ConfigError};
+use tollgate_sdk::route::RouteRules;
+use tollgate_sdk::shared::TokenBucket;
+
+/// What a bucket is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeySource {
+    /// The consumer set by an auth plugin (`x-tollgate-consumer`).
+    Consumer,
+    /// The client's IP address (`source.address`).
+    Ip,
+    /// The value of a request header: `{ header: x-api-key }`.
+    Header(String),
+    /// The route: one bucket per route, shared by every client.
+    Route,
+}
+
+/// What to do when the key is missing (no consumer, no such header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenMissing {
+    /// Key by the client's IP address instead.
+    #[default]
+    Ip,
+    /// One bucket shared by every request without a key.
+    Shared,
+    /// Do not limit such requests.
+    Allow,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlan {
+    /// Tokens gained per second (may be fractional; 0: never refills).
+    #[serde(default)]
+    pub requests_per_second: Option<f64>,
+    /// Alternative to `requests_per_second`.
+    #[serde(default)]
+    pub requests_per_minute: Option<f64>,
+    /// Bucket size: requests allowed at once. Default: the per-second rate rounded up, at
+    /// least 1.
+    #[serde(default)]
+    pub burst: Option<u64>,
+}
+
+/// Rules for one route (or the default rules).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRules {
+    #[serde(default = "default_key")]
+    pub key: KeySource,
+    #[serde(default)]
+    pub when_missing: WhenMissing,
+    /// Plan of consumers/keys not listed in `consumers`. Required unless every request is
+    /// keyed by a listed consumer.
+    #[serde(default)]
+    pub default_plan: Option<String>,
+    /// Consumer (or key value) → plan name.
+    #[serde(default)]
+    pub consumers: BTreeMap<String, String>,
+    /// `false`: no limit on this route.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn default_key() -> KeySource {
+    KeySource::Consumer
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The whole configuration: plans, the default rules (flattened at the top level) and
+/// per-route rules that replace them on the named routes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub plans: BTreeMap<String, RawPlan>,
+    #[serde(default = "default_key")]
+    pub key: KeySource,
+    #[serde(default)]
+    pub when_missing: WhenMissing,
+    #[serde(default)]
+    pub default_plan: Option<String>,
+    #[serde(default)]
+    pub consumers: BTreeMap<String, String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Route name (`xds.route_name`) → rules for that route.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RawRules>,
+    /// Add the `RateLimit-*` headers to allowed responses (default true).
+    #[serde(default = "yes")]
+    pub headers: bool,
+}
+
+/// A validated plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub name: String,
+    pub bucket: TokenBucket,
+}
+
+/// Validated rules for a route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rules {
+    /// `"*"` for the default rules, else the route's name: part of the bucket key, so a
+    /// route with its own rules has its own buckets.
+    pub scope: String,
+    pub key: KeySource,
+    pub when_missing: WhenMissing,
+    pub default_plan: Option<Plan>,
+    pub consumers: BTreeMap<String, Plan>,
+    pub enabled: bool,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub rules: RouteRules<Rules>,
+    pub headers: bool,
+}
+
+fn plan(name: &str, raw: &RawPlan) -> Result<Plan, ConfigError> {
+    let path = format!("plans.{name}");
+    let rate = match (raw.requests_per_second, raw.requests_per_minute) {
+        (Some(rps), None) => {
+            ensure(
+                rps.is_finite() && rps >= 0.0,
+                &format!("{path}.requests_per_second"),
+                "must be a number >= 0",
+            )?;
+            rps
+        }
+        (None, Some(rpm)) => {
+            ensure(
+                rpm.is_finite() && rpm >= 0.0,
+                &format!("{path}.requests_per_minute"),
+                "must be a number >= 0",
+            )?;
+            rpm / 60.0
+        }
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                path,
+                "give requests_per_second or requests_per_minute, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ConfigError::new(
+                path,
+                "requests_per_second (or requests_per_minute) is required",
+            ))
+        }
+    };
+    let burst = raw.burst.unwrap_or_else(|| (rate.ceil() as u64).max(1));
+    ensure(burst >= 1, &format!("{path}.burst"), "must be at least 1")?;
+    ensure(
+        burst <= 1_000_000_000,
+        &format!("{path}.burst"),
+        "must be at most 1000000000",
+    )?;
+    if rate == 0.0 && raw.burst.is_none() {
+        return Err(ConfigError::new(
+            format!("{path}.burst"),
+            "is required when the rate is 0",
+        ));
+    }
+    Ok(Plan {
+        name: name.to_owned(),
+        bucket: TokenBucket {
+            capacity: burst,
+            refill_per_sec: rate,
+        },
+    })
+}
+
+fn find_plan(plans: &BTreeMap<String, Plan>, name: &str, path: &str) -> Result<Plan, ConfigError> {
+    plans.get(name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = plans.keys().map(String::as_str).collect();
+        ConfigError::new(
+            path,
+            format!("unknown plan {name:?}; plans are: {}", known.join(", ")),
+        )
+    })
+}
+
+fn rules(
+    raw: RawRules,
+    scope: &str,
+    path: &str,
+    plans: &BTreeMap<String, Plan>,
+) -> Result<Rules, ConfigError> {
+    let at = |field: &str| tollgate_sdk::config::join_path(path, field);
+    if let KeySource::Header(name) = &raw.key {
+        ensure(!name.is_empty(), &at("key.header"), "must name a header")?;
+    }
+    let default_plan = match &raw.default_plan {
+        Some(name) => Some(find_plan(plans, name, &at("default_plan"))?),
+        None => None,
+    };
+    let mut consumers = BTreeMap::new();
+    for (consumer, plan_name) in &raw.consumers {
+        let plan = find_plan(plans, plan_name, &at(&format!("consumers.{consumer}")))?;
+        consumers.insert(consumer.clone(), plan);
+    }
+    if raw.enabled && default_plan.is_none() && raw.key != KeySource::Consumer {
+        return Err(ConfigError::new(
+            at("default_plan"),
+            "is required unless key is consumer",
+        ));
+    }
+    Ok(Rules {
+        scope: scope.to_owned(),
+        key: match raw.key {
+            KeySource::Header(name) => KeySource::Header(name.to_ascii_lowercase()),
+            other => other,
+        },
+        when_missing: raw.when_missing,
+        default_plan,
+        consumers,
+        enabled: raw.enabled,
+    })
+}
+
+impl RawConfig {
+    pub fn validate(self) -> Result<Limits, ConfigError> {
+        ensure(
+            !self.plans.is_empty(),
+            "plans",
+            "at least one plan is required",
+        )?;
+        let mut plans = BTreeMap::new();
+        for (name, raw) in &self.plans {
+            plans.insert(name.clone(), plan(name, raw)?);
+        }
+        let default = rules(
+            RawRules {
+                key: self.key,
+                when_missing: self.when_missing,
+                default_plan: self.default_plan,
+                consumers: self.consumers,
+                enabled: self.enabled,
+            },
+            "*",
+            "",
+            &plans,
+        )?;
+        let mut routes = BTreeMap::new();
+        for (route, raw) in self.routes {
+            let validated = rules(raw, &route, &format!("routes.{route}"), &plans)?;
+            routes.insert(route, validated);
+        }
+        Ok(Limits {
+            rules: RouteRules::new(default, routes),
+            headers: self.headers,
+        })
+    }
+}
+
+/// Parses and validates configuration bytes.
+pub fn parse(bytes: &[u8]) -> Result<Limits, ConfigError> {
+    tollgate_sdk::config::parse::<RawConfig>(bytes)?.validate()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(json: &str) -> String {
+        parse(json.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_full_configuration_validates() {
+        let limits = parse(
+            br#"{
+            "plans": {"gold": {"requests_per_second": 100, "burst": 200},
+                      "free": {"requests_per_minute": 30}},
+            "key": "consumer", "default_plan": "free", "consumers": {"alice": "gold"},
+            "routes": {"search": {"key": {"header": "X-Api-Key"}, "default_plan": "gold"},
+                       "health": {"enabled": false}}
+        }"#,
+        )
+        .unwrap();
+        let default = limits.rules.get(None);
+        assert_eq!(default.scope, "*");
+        assert_eq!(default.consumers["alice"].bucket.capacity, 200);
+        let free = default.default_plan.as_ref().unwrap();
+        assert_eq!(free.bucket.capacity, 1);
+        assert!((free.bucket.refill_per_sec - 0.5).abs() < 1e-9);
+        let search = limits.rules.get(Some("search"));
+        assert_eq!(search.key, KeySource::Header("x-api-key".into()));
+        assert!(!limits.rules.get(Some("health")).enabled);
+        assert!(limits.headers);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(
+            error(r#"{"plans": {"gold": {"requests_per_second": "fast"}}}"#),
+            "field \"plans.gold.requests_per_second\": invalid type: string \"fast\", expected f64"
+        );
+        assert!(
+            error(r#"{"plans": {"gold": {"requests_per_second": 1, "brust": 2}}}"#)
+                .starts_with("field \"plans.gold.brust\": unknown field `brust`")
+        );
+        assert_eq!(
+            error(
+                r#"{"plans": {"gold": {"requests_per_second": 1}}, "consumers": {"bob": "silver"}}"#
+            ),
+            "field \"consumers.bob\": unknown plan \"silver\"; plans are: gold"
+        );
+        assert_eq!(
+            error(
+                r#"{"plans": {"g": {"requests_per_second": 1}}, "routes": {"r": {"key": "ip"}}}"#
+            ),
+            "field \"routes.r.default_plan\": is required unless key is consumer"
+        );
+        assert!(
+            error(r#"{"plans": {"g": {"requests_per_second": 1}}, "key": "cookie"}"#)
+                .starts_with("field \"key\": unknown variant `cookie`")
+        );
+        assert_eq!(
+            error(r#"{"plans": {}}"#),
+            "field \"plans\": at least one plan is required"
+        );
+        assert_eq!(
+            error(r#"{"plans": {"g": {"requests_per_second": 0}}}"#),
+            "field \"plans.g.burst\": is required when the rate is 0"
+        );
+        assert_eq!(error(""), "configuration is required");
+    }
+}

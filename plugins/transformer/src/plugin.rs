@@ -1,0 +1,118 @@
+//! proxy-wasm glue for the transformer.
+
+use std::rc::Rc;
+
+use tollgate_sdk::config;
+use tollgate_sdk::proxy_wasm;
+use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
+use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel};
+
+use crate::logic::{is_json, Config};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { config: None }) });
+}}
+
+struct Root {
+    config: Option<Rc<Config>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let parsed = config::parse::<Config>(&config::plugin_configuration()).and_then(Config::validate);
+        self.config = config::report("transformer", parsed).map(Rc::new);
+        self.config.is_some()
+    }
+
+    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Transform {
+            config: self.config.clone()?,
+            request_body: false,
+            response_body: false,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Transform {
+    config: Rc<Config>,
+    /// The request body is JSON and will be rewritten.
+    request_body: bool,
+    response_body: bool,
+}
+
+impl Context for Transform {}
+
+impl HttpContext for Transform {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let phase = &self.config.request;
+        if !phase.headers.is_empty() {
+            let mut headers = self.get_http_request_headers();
+            phase.headers.apply(&mut headers);
+            let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            self.set_http_request_headers(pairs);
+        }
+        if !phase.json.is_empty()
+            && !end_of_stream
+            && is_json(self.get_http_request_header("content-type").as_deref())
+        {
+            self.request_body = true;
+            self.set_http_request_header("content-length", None);
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.request_body {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        if let Some(body) = self.get_http_request_body(0, body_size) {
+            if let Some(new) = self.config.request.json.transform(&body) {
+                self.set_http_request_body(0, body_size, &new);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let phase = &self.config.response;
+        if !phase.headers.is_empty() {
+            let mut headers = self.get_http_response_headers();
+            phase.headers.apply(&mut headers);
+            let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            self.set_http_response_headers(pairs);
+        }
+        if !phase.json.is_empty()
+            && !end_of_stream
+            && is_json(self.get_http_response_header("content-type").as_deref())
+        {
+            self.response_body = true;
+            self.set_http_response_header("content-length", None);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.response_body {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        if let Some(body) = self.get_http_response_body(0, body_size) {
+            if let Some(new) = self.config.response.json.transform(&body) {
+                self.set_http_response_body(0, body_size, &new);
+            }
+        }
+        Action::Continue
+    }
+}
