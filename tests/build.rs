@@ -115,7 +115,10 @@ fn build_bundled_plugins(manifest_dir: &Path, out_dir: &Path) {
     let plugins_dir = repo.join("plugins");
     let sdk_dir = repo.join("sdk");
     rerun_if_changed(&plugins_dir);
-    println!("cargo:rerun-if-changed={}", sdk_dir.join("Cargo.toml").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        sdk_dir.join("Cargo.toml").display()
+    );
     println!("cargo:rerun-if-changed={}", sdk_dir.join("src").display());
 
     let members = cdylib_members(&plugins_dir);
@@ -161,10 +164,17 @@ fn build_bundled_plugins(manifest_dir: &Path, out_dir: &Path) {
         let constant = crate_name.to_ascii_uppercase().replace('-', "_");
         let wasm = release.join(format!("{}.wasm", crate_name.replace('-', "_")));
         if !wasm.is_file() {
-            panic!("the bundled plugin build did not produce {}", wasm.display());
+            panic!(
+                "the bundled plugin build did not produce {}",
+                wasm.display()
+            );
         }
         let path = wasm.to_str().expect("the target directory path is UTF-8");
-        writeln!(source, "/// `{crate_name}`: see plugins/{crate_name}/README.md.").unwrap();
+        writeln!(
+            source,
+            "/// `{crate_name}`: see plugins/{crate_name}/README.md."
+        )
+        .unwrap();
         writeln!(source, "pub const {constant}: &str = {path:?};").unwrap();
         writeln!(all, "    ({crate_name:?}, {constant}),").unwrap();
     }
@@ -182,8 +192,12 @@ fn build_bundled_plugins(manifest_dir: &Path, out_dir: &Path) {
 fn cdylib_members(dir: &Path) -> Vec<String> {
     let manifest = fs::read_to_string(dir.join("Cargo.toml"))
         .unwrap_or_else(|e| panic!("read {}: {e}", dir.join("Cargo.toml").display()));
-    let members = string_array(&manifest, "members")
-        .unwrap_or_else(|| panic!("no `members = [...]` in {}", dir.join("Cargo.toml").display()));
+    let members = string_array(&manifest, "members").unwrap_or_else(|| {
+        panic!(
+            "no `members = [...]` in {}",
+            dir.join("Cargo.toml").display()
+        )
+    });
     let mut names = Vec::new();
     for member in members {
         let member_manifest = dir.join(&member).join("Cargo.toml");
@@ -221,7 +235,13 @@ fn string_array(toml: &str, key: &str) -> Option<Vec<String>> {
     Some(
         rest[open + 1..close]
             .split(',')
-            .map(|item| item.split('#').next().unwrap_or_default().trim().trim_matches('"'))
+            .map(|item| {
+                item.split('#')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .trim_matches('"')
+            })
             .filter(|item| !item.is_empty())
             .map(str::to_owned)
             .collect(),

@@ -58,7 +58,9 @@ const MODULE: &str = r#"
 "#;
 
 fn setup(mode: i32) -> (Vm, u32) {
-    let module = runtime().load_bytes(Path::new("bench.wat"), MODULE.as_bytes()).expect("the bench module loads");
+    let module = runtime()
+        .load_bytes(Path::new("bench.wat"), MODULE.as_bytes())
+        .expect("the bench module loads");
     let identity = Arc::new(PluginIdentity {
         name: "bench".into(),
         vm_id: String::new(),
@@ -67,7 +69,8 @@ fn setup(mode: i32) -> (Vm, u32) {
         env: Vec::new(),
         clusters: Default::default(),
     });
-    let mut vm = Vm::new(&module, identity, 64 << 20, Duration::from_secs(1)).expect("instantiates");
+    let mut vm =
+        Vm::new(&module, identity, 64 << 20, Duration::from_secs(1)).expect("instantiates");
     vm.set_global_i32("mode", mode);
     let root = vm.create_root(0, Default::default()).expect("root context");
     let info = Arc::new(StreamInfo {
@@ -95,16 +98,28 @@ fn setup(mode: i32) -> (Vm, u32) {
 
 fn host_calls(c: &mut Criterion) {
     let mut group = c.benchmark_group("host_calls");
-    group.measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    group
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
     let (mut vm, context) = setup(0);
     group.bench_function("callback", |b| {
-        b.iter(|| vm.stream_callback(context, StreamCallback::RequestHeaders, 3, true).unwrap())
+        b.iter(|| {
+            vm.stream_callback(context, StreamCallback::RequestHeaders, 3, true)
+                .unwrap()
+        })
     });
-    for (mode, name) in [(1, "get_time"), (2, "add_and_remove_header"), (3, "get_header")] {
+    for (mode, name) in [
+        (1, "get_time"),
+        (2, "add_and_remove_header"),
+        (3, "get_header"),
+    ] {
         let (mut vm, context) = setup(mode);
         group.throughput(Throughput::Elements(100));
         group.bench_function(name, |b| {
-            b.iter(|| vm.stream_callback(context, StreamCallback::RequestHeaders, 3, true).unwrap())
+            b.iter(|| {
+                vm.stream_callback(context, StreamCallback::RequestHeaders, 3, true)
+                    .unwrap()
+            })
         });
     }
     group.finish();

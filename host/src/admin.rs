@@ -79,7 +79,11 @@ async fn answer(request: &Request<Incoming>, state: &GatewayState) -> Response<F
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
     }
     match request.uri().path() {
-        "/plugins" => with_type(StatusCode::OK, plugins(state).to_string(), "application/json"),
+        "/plugins" => with_type(
+            StatusCode::OK,
+            plugins(state).to_string(),
+            "application/json",
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if state.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
@@ -103,7 +107,10 @@ async fn answer(request: &Request<Incoming>, state: &GatewayState) -> Response<F
 /// `POST /reload`: rebuilds from the folders now and answers whether it went live.
 async fn reload(state: &GatewayState) -> Response<Full<Bytes>> {
     let Some(answer) = state.request_reload() else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "hot reload is not running\n");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "hot reload is not running\n",
+        );
     };
     match answer.await {
         Ok(Ok(generation)) => with_type(
@@ -116,13 +123,18 @@ async fn reload(state: &GatewayState) -> Response<Full<Bytes>> {
             serde_json::json!({ "status": "rejected", "error": error }).to_string(),
             "application/json",
         ),
-        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "the reload thread stopped\n"),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the reload thread stopped\n",
+        ),
     }
 }
 
 fn unix_seconds(time: Option<std::time::SystemTime>) -> serde_json::Value {
     time.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(serde_json::Value::Null, |d| serde_json::json!(d.as_secs_f64()))
+        .map_or(serde_json::Value::Null, |d| {
+            serde_json::json!(d.as_secs_f64())
+        })
 }
 
 /// `GET /plugins`: every plugin instance of the live snapshot and the last reload's outcome.
@@ -143,10 +155,9 @@ fn plugins(state: &GatewayState) -> serde_json::Value {
                 .collect();
             routes.sort();
             let file = module.path.display().to_string();
-            let last_error = status
-                .last_error
-                .as_ref()
-                .filter(|error| error.contains(&format!("{:?}", plugin.name)) || error.contains(&file));
+            let last_error = status.last_error.as_ref().filter(|error| {
+                error.contains(&format!("{:?}", plugin.name)) || error.contains(&file)
+            });
             serde_json::json!({
                 "name": plugin.name,
                 "file": file,

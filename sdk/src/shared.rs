@@ -202,6 +202,15 @@ pub fn counter_add<S: Store + ?Sized>(
     })
 }
 
+/// Subtracts `delta` from the counter at `key` (not below 0) and returns the new value; to
+/// undo a [`counter_add_within`] whose request was refused by a later check.
+pub fn counter_sub<S: Store + ?Sized>(store: &S, key: &str, delta: u64) -> Result<u64, SharedError> {
+    update(store, key, |bytes| {
+        let next = decode_counter(bytes).saturating_sub(delta);
+        Update::Write(next.to_le_bytes().to_vec(), next)
+    })
+}
+
 /// The counter at `key` (0 when missing).
 pub fn counter_get<S: Store + ?Sized>(store: &S, key: &str) -> Result<u64, SharedError> {
     Ok(decode_counter(store.get(key)?.0.as_deref()))
@@ -592,6 +601,8 @@ mod tests {
         assert_eq!(counter_add_within(&store, "c", 3, 10).unwrap(), (true, 10));
         assert_eq!(counter_add_within(&store, "c", 1, 10).unwrap(), (false, 10));
         assert_eq!(counter_get(&store, "c").unwrap(), 10);
+        assert_eq!(counter_sub(&store, "c", 4).unwrap(), 6);
+        assert_eq!(counter_sub(&store, "c", 40).unwrap(), 0);
     }
 
     #[test]

@@ -200,6 +200,11 @@ impl Gateway {
         }
     }
 
+    /// The gateway's process id (to read its memory use, or to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The address of the listener written as `${listen:NAME}`.
     pub fn listener(&self, name: &str) -> SocketAddr {
         self.policies.listener(name)

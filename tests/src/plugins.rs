@@ -71,6 +71,146 @@ pub const PROXY_WASM_HOST_FUNCTIONS: [&str; 37] = [
     "proxy_done",
 ];
 
+// === wasm module reader ===
+
+/// What a wasm binary imports and exports, read by [`parse_module`].
+#[derive(Debug, Default)]
+pub struct ModuleInfo {
+    /// (module, name, kind): kind 0 function, 1 table, 2 memory, 3 global, 4 tag.
+    pub imports: Vec<(String, String, u8)>,
+    /// (name, kind)
+    pub exports: Vec<(String, u8)>,
+    /// Names of the custom sections (`name`, `producers`, ...).
+    pub custom_sections: Vec<String>,
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, pos: 0 }
+    }
+
+    fn done(&self) -> bool {
+        self.pos >= self.bytes.len()
+    }
+
+    fn byte(&mut self) -> Result<u8, String> {
+        let byte = *self.bytes.get(self.pos).ok_or("unexpected end of module")?;
+        self.pos += 1;
+        Ok(byte)
+    }
+
+    fn leb_u64(&mut self) -> Result<u64, String> {
+        let mut result = 0u64;
+        for shift in (0..70).step_by(7) {
+            let byte = self.byte()?;
+            result |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(result);
+            }
+        }
+        Err("LEB128 number too long".into())
+    }
+
+    fn leb_u32(&mut self) -> Result<u32, String> {
+        u32::try_from(self.leb_u64()?).map_err(|_| "LEB128 number over u32".to_string())
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or("section overruns the module")?;
+        let slice = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(slice)
+    }
+
+    fn name(&mut self) -> Result<String, String> {
+        let len = self.leb_u32()? as usize;
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|e| format!("name is not UTF-8: {e}"))
+    }
+
+    fn limits(&mut self) -> Result<(), String> {
+        let flags = self.byte()?;
+        self.leb_u64()?;
+        if flags & 1 != 0 {
+            self.leb_u64()?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the import, export and custom sections of a version-1 wasm binary (a small
+/// hand-written parser: no wasm tooling needed).
+pub fn parse_module(bytes: &[u8]) -> Result<ModuleInfo, String> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" || bytes[4..8] != [1, 0, 0, 0] {
+        return Err("not a version-1 wasm binary module".into());
+    }
+    let mut info = ModuleInfo::default();
+    let mut reader = Reader::new(&bytes[8..]);
+    while !reader.done() {
+        let id = reader.byte()?;
+        let size = reader.leb_u32()? as usize;
+        let mut section = Reader::new(reader.take(size)?);
+        match id {
+            0 => info.custom_sections.push(section.name()?),
+            2 => {
+                for _ in 0..section.leb_u32()? {
+                    let module = section.name()?;
+                    let name = section.name()?;
+                    let kind = section.byte()?;
+                    match kind {
+                        0 => {
+                            section.leb_u32()?;
+                        }
+                        1 => {
+                            section.byte()?;
+                            section.limits()?;
+                        }
+                        2 => section.limits()?,
+                        3 => {
+                            section.byte()?;
+                            section.byte()?;
+                        }
+                        4 => {
+                            section.byte()?;
+                            section.leb_u32()?;
+                        }
+                        other => {
+                            return Err(format!("unknown import kind {other} for {module}.{name}"))
+                        }
+                    }
+                    info.imports.push((module, name, kind));
+                }
+            }
+            7 => {
+                for _ in 0..section.leb_u32()? {
+                    let name = section.name()?;
+                    let kind = section.byte()?;
+                    section.leb_u32()?;
+                    info.exports.push((name, kind));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(info)
+}
+
+/// Reads and parses the module at `path`; panics naming `name` on failure.
+pub fn module_info(name: &str, path: &str) -> ModuleInfo {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{name}: read {path}: {e}"));
+    parse_module(&bytes).unwrap_or_else(|e| panic!("{name}: {path}: {e}"))
+}
+
+// === plugin entries ===
+
 /// One entry of the `plugins:` section of a policies folder, built field by field and
 /// written as JSON (the policies folder accepts JSON files).
 #[derive(Clone, Debug)]
@@ -133,6 +273,38 @@ pub fn plugins_file(plugins: &[PluginSpec]) -> String {
         .map(|plugin| Value::Object(plugin.0.clone()))
         .collect();
     serde_json::to_string_pretty(&json!({ "plugins": list })).expect("serialize plugins")
+}
+
+/// Runs `tollgate check` on a folder holding a minimal gateway (one listener, one route
+/// `all` to a cluster on a closed port) and these plugins; for bad-configuration tests.
+pub fn check_plugins(plugins: &[PluginSpec]) -> crate::gateway::CommandOutcome {
+    let mut dir = crate::gateway::PolicyDir::new();
+    dir.write(
+        "gateway.yaml",
+        "listeners:\n  - { name: public, address: \"${listen:public}\", protocol: http }\n\
+         clusters:\n  - { name: echo, endpoints: [{ address: \"127.0.0.1:9\" }] }\n\
+         virtual_hosts:\n  - name: all\n    domains: [\"*\"]\n    routes:\n\
+         \x20     - { name: all, match: { path: { prefix: / } }, forward: { cluster: echo } }\n",
+    )
+    .write("plugins.json", &plugins_file(plugins));
+    crate::gateway::run_check(&dir.path())
+}
+
+/// Panics unless `outcome` failed and its output contains every fragment.
+pub fn assert_rejected(outcome: &crate::gateway::CommandOutcome, fragments: &[&str]) {
+    assert!(
+        outcome.code.is_some_and(|code| code != 0),
+        "check should fail; exit {:?}, output:\n{}",
+        outcome.code,
+        outcome.output
+    );
+    for fragment in fragments {
+        assert!(
+            outcome.output.contains(fragment),
+            "the error should mention {fragment:?}; output:\n{}",
+            outcome.output
+        );
+    }
 }
 
 #[cfg(test)]

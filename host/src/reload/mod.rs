@@ -86,7 +86,8 @@ pub fn start(state: Arc<GatewayState>, sources: Sources) -> anyhow::Result<()> {
     } else {
         tracing::warn!(plugins = %sources.plugins.display(), "the plugins folder does not exist; module files are not watched");
     }
-    let (request_sender, request_receiver) = tokio::sync::mpsc::unbounded_channel::<ReloadRequest>();
+    let (request_sender, request_receiver) =
+        tokio::sync::mpsc::unbounded_channel::<ReloadRequest>();
     state.set_reload_requests(request_sender);
     // Admin requests arrive on a tokio channel; forward them into the watcher's queue.
     let forward_events = events.clone();
@@ -100,17 +101,19 @@ pub fn start(state: Arc<GatewayState>, sources: Sources) -> anyhow::Result<()> {
                 }
             }
         })?;
-    std::thread::Builder::new().name("tollgate-reload".into()).spawn(move || {
-        let mut reloader = Reloader {
-            state,
-            sources,
-            watcher,
-            watched_files: HashSet::new(),
-            watched_dirs: HashSet::new(),
-        };
-        reloader.watch_tls_files();
-        reloader.run(receiver);
-    })?;
+    std::thread::Builder::new()
+        .name("tollgate-reload".into())
+        .spawn(move || {
+            let mut reloader = Reloader {
+                state,
+                sources,
+                watcher,
+                watched_files: HashSet::new(),
+                watched_dirs: HashSet::new(),
+            };
+            reloader.watch_tls_files();
+            reloader.run(receiver);
+        })?;
     Ok(())
 }
 
@@ -160,17 +163,27 @@ impl Reloader {
 
     fn is_relevant(&self, path: &Path) -> bool {
         let in_dir = |dir: &Path| path.parent().is_some_and(|parent| same_dir(parent, dir));
-        let extension = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default();
         (in_dir(&self.sources.policies) && matches!(extension, "yaml" | "yml" | "json"))
             || (in_dir(&self.sources.plugins) && matches!(extension, "wasm" | "wat"))
-            || self.watched_files.iter().any(|file| file == path || file.file_name() == path.file_name() && file.parent().is_some_and(|p| path.parent().is_some_and(|q| same_dir(p, q))))
+            || self.watched_files.iter().any(|file| {
+                file == path
+                    || file.file_name() == path.file_name()
+                        && file
+                            .parent()
+                            .is_some_and(|p| path.parent().is_some_and(|q| same_dir(p, q)))
+            })
     }
 
     /// Builds and swaps in a new snapshot; returns the new generation or the error.
     fn reload(&mut self) -> Result<u64, String> {
         let started = Instant::now();
-        let built = config::load_dir(&self.sources.policies)
-            .and_then(|config| Snapshot::build(config, self.sources.workers, &self.sources.plugins));
+        let built = config::load_dir(&self.sources.policies).and_then(|config| {
+            Snapshot::build(config, self.sources.workers, &self.sources.plugins)
+        });
         let result = match built {
             Ok(snapshot) => {
                 let old = self.state.snapshot();
@@ -178,7 +191,11 @@ impl Reloader {
                 self.state.swap_snapshot(snapshot);
                 let generation = self.state.record_reload(Ok(()));
                 crate::telemetry::metrics::metrics().reload(true);
-                tracing::info!(generation, elapsed_ms = started.elapsed().as_millis() as u64, "new configuration is live");
+                tracing::info!(
+                    generation,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "new configuration is live"
+                );
                 self.watch_tls_files();
                 Ok(generation)
             }
@@ -216,7 +233,9 @@ impl Reloader {
             }
         }
         for file in &files {
-            let Some(dir) = file.parent().map(Path::to_path_buf) else { continue };
+            let Some(dir) = file.parent().map(Path::to_path_buf) else {
+                continue;
+            };
             if same_dir(&dir, &self.sources.policies) || self.watched_dirs.contains(&dir) {
                 continue;
             }
@@ -224,7 +243,9 @@ impl Reloader {
                 Ok(()) => {
                     self.watched_dirs.insert(dir);
                 }
-                Err(error) => tracing::warn!(dir = %dir.display(), %error, "cannot watch a TLS folder"),
+                Err(error) => {
+                    tracing::warn!(dir = %dir.display(), %error, "cannot watch a TLS folder")
+                }
             }
         }
         self.watched_files = files;
@@ -237,7 +258,12 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 
 fn warn_about_listener_changes(old: &Snapshot, new: &Snapshot) {
     let addresses = |snapshot: &Snapshot| -> Vec<(String, std::net::SocketAddr)> {
-        let mut list: Vec<_> = snapshot.config.listeners.iter().map(|l| (l.name.clone(), l.address)).collect();
+        let mut list: Vec<_> = snapshot
+            .config
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.address))
+            .collect();
         list.sort();
         list
     };

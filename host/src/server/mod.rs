@@ -63,15 +63,29 @@ impl GatewayState {
         self.ready.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
     }
 
-    pub fn set_reload_requests(&self, sender: tokio::sync::mpsc::UnboundedSender<crate::reload::ReloadRequest>) {
-        *self.reload.requests.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
+    pub fn set_reload_requests(
+        &self,
+        sender: tokio::sync::mpsc::UnboundedSender<crate::reload::ReloadRequest>,
+    ) {
+        *self
+            .reload
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(sender);
     }
 
     /// Asks the reload thread to rebuild now; `None` when hot reload is not running.
     pub fn request_reload(&self) -> Option<tokio::sync::oneshot::Receiver<Result<u64, String>>> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let requests = self.reload.requests.lock().unwrap_or_else(|e| e.into_inner());
-        requests.as_ref()?.send(crate::reload::ReloadRequest { reply }).ok()?;
+        let requests = self
+            .reload
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        requests
+            .as_ref()?
+            .send(crate::reload::ReloadRequest { reply })
+            .ok()?;
         Some(answer)
     }
 
@@ -96,7 +110,11 @@ impl GatewayState {
     }
 
     pub fn reload_status(&self) -> crate::reload::ReloadStatus {
-        self.reload.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.reload
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn open_connections(&self) -> usize {

@@ -110,7 +110,11 @@ impl Metrics {
 
     /// Counts a hot-swap attempt.
     pub fn reload(&self, success: bool) {
-        let counter = if success { &self.reloads_ok } else { &self.reloads_failed };
+        let counter = if success {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -259,8 +263,16 @@ impl Metrics {
         }
         out.push_str("# HELP tollgate_reloads_total Configuration and plugin swaps, by result.\n");
         out.push_str("# TYPE tollgate_reloads_total counter\n");
-        let _ = writeln!(out, "tollgate_reloads_total{{result=\"success\"}} {}", self.reloads_ok.load(Ordering::Relaxed));
-        let _ = writeln!(out, "tollgate_reloads_total{{result=\"failure\"}} {}", self.reloads_failed.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "tollgate_reloads_total{{result=\"success\"}} {}",
+            self.reloads_ok.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "tollgate_reloads_total{{result=\"failure\"}} {}",
+            self.reloads_failed.load(Ordering::Relaxed)
+        );
         crate::wasm::metrics::plugin_metrics().render(&mut out);
         out
     }

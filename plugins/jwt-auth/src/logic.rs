@@ -576,4 +576,27 @@ mod tests {
             "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"token expired\""
         );
     }
+
+    /// Prints an RS256 and an ES256 key (as JWKs) and a token signed by each (sub
+    /// "fixture", aud "shop", exp in 2100), the fixtures of tests/tests/plugin_auth.rs:
+    /// `cargo test -p jwt-auth --release -- --ignored --nocapture print_fixtures`.
+    #[test]
+    #[ignore]
+    fn print_fixtures() {
+        use rsa::traits::PublicKeyParts;
+        let mut rng = rand::thread_rng();
+        let claims = json!({"sub": "fixture", "aud": "shop", "iss": "https://issuer.test", "exp": 4_102_444_800u64});
+        let rsa_key = rsa::RsaPrivateKey::new(&mut rng, 2048).unwrap();
+        let public = rsa_key.to_public_key();
+        println!("RSA_JWK n={} e={}", enc(&public.n().to_bytes_be()), enc(&public.e().to_bytes_be()));
+        let input = signing_input(&json!({"alg": "RS256", "typ": "JWT", "kid": "rsa-1"}), &claims);
+        let sig = rsa_key.sign(rsa::Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(input.as_bytes())).unwrap();
+        println!("RS256_TOKEN {input}.{}", enc(&sig));
+        let ec_key = p256::ecdsa::SigningKey::random(&mut rng);
+        let point = ec_key.verifying_key().to_encoded_point(false);
+        println!("EC_JWK x={} y={}", enc(point.x().unwrap()), enc(point.y().unwrap()));
+        let input = signing_input(&json!({"alg": "ES256", "typ": "JWT", "kid": "ec-1"}), &claims);
+        let sig: p256::ecdsa::Signature = ec_key.sign(input.as_bytes());
+        println!("ES256_TOKEN {input}.{}", enc(&sig.to_bytes()));
+    }
 }

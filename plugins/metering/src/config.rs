@@ -60,7 +60,11 @@ fn yes() -> bool {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
-        ensure(!self.billing_cluster.is_empty(), "billing_cluster", "must name a cluster")?;
+        ensure(
+            !self.billing_cluster.is_empty(),
+            "billing_cluster",
+            "must name a cluster",
+        )?;
         ensure(self.path.starts_with('/'), "path", "must start with /")?;
         ensure(
             (10..=3_600_000).contains(&self.flush_interval_ms),

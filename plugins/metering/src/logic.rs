@@ -37,7 +37,13 @@ pub fn segment(text: &str, fallback: &str) -> String {
         return fallback.to_owned();
     }
     text.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -66,7 +72,9 @@ pub struct Delivery {
 pub enum Outcome {
     Delivered(usize),
     /// Put back; `dropped` records did not fit any more.
-    Requeued { dropped: u64 },
+    Requeued {
+        dropped: u64,
+    },
     /// Not the call we were waiting for.
     Unknown,
 }
@@ -201,7 +209,10 @@ mod tests {
         assert_eq!(delivery.answered(8, 200), Outcome::Unknown);
         assert_eq!(delivery.answered(7, 503), Outcome::Requeued { dropped: 0 });
         let batch = delivery.next_batch(10).unwrap();
-        assert_eq!(batch.iter().map(|r| r.timestamp).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+        assert_eq!(
+            batch.iter().map(|r| r.timestamp).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4]
+        );
         delivery.dispatched(9, batch);
         assert_eq!(delivery.answered(9, 0), Outcome::Requeued { dropped: 0 });
         let batch = delivery.next_batch(10).unwrap();

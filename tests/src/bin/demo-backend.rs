@@ -1,5 +1,5 @@
-//! The demo's upstream: an echo server to put behind the gateway, and the certificates
-//! the demo's HTTPS listener uses.
+//! The demo's upstream: an echo server to put behind the gateway, the certificates the
+//! demo's HTTPS listener uses, and a billing collector for the `metering` plugin.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -26,6 +26,16 @@ enum Command {
         #[arg(long, default_value = "v1")]
         name: String,
     },
+    /// Collect usage records: every POSTed batch (a JSON array of records, or an object
+    /// with a `records` array) is appended to FILE, one JSON line per record, and answered
+    /// `200`. While a file `FILE.down` exists every request is answered `503` and nothing
+    /// is written (to simulate an outage).
+    Billing {
+        #[arg(long, default_value = "127.0.0.1:9002")]
+        listen: SocketAddr,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write ca.crt, demo.crt and demo.key into a folder; existing files are kept.
     Certs {
         #[arg(long)]
@@ -41,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve { listen, name } => serve(listen, &name).await,
         Command::Certs { out, names } => write_certs(&out, &names),
+        Command::Billing { listen, out } => billing::serve(listen, out).await,
     }
 }
 
@@ -71,4 +82,130 @@ fn write_certs(out: &Path, names: &[String]) -> anyhow::Result<()> {
         out.display()
     );
     Ok(())
+}
+
+mod billing {
+    //! The demo billing collector (`demo-backend billing`).
+
+    use std::fs::OpenOptions;
+    use std::io::Write as _;
+    use std::net::SocketAddr;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http::{Method, Request, Response, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Incoming;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use serde_json::Value;
+    use tokio::sync::Mutex;
+
+    pub async fn serve(listen: SocketAddr, out: PathBuf) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        println!(
+            "demo-backend billing listening on http://{}, appending to {}",
+            listener.local_addr()?,
+            out.display()
+        );
+        // One writer at a time, so concurrent batches never interleave their lines.
+        let out = Arc::new(Mutex::new(out));
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let out = out.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |request| handle(request, out.clone()));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+    }
+
+    fn answer(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::from(body))
+            .expect("valid response")
+    }
+
+    fn down_marker(out: &Path) -> PathBuf {
+        let mut name = out.as_os_str().to_owned();
+        name.push(".down");
+        PathBuf::from(name)
+    }
+
+    async fn handle(
+        request: Request<Incoming>,
+        out: Arc<Mutex<PathBuf>>,
+    ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+        if request.method() != Method::POST {
+            return Ok(answer(
+                StatusCode::METHOD_NOT_ALLOWED,
+                r#"{"error":"POST a batch of usage records"}"#.into(),
+            ));
+        }
+        let body = match request.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(error) => {
+                return Ok(answer(
+                    StatusCode::BAD_REQUEST,
+                    format!(r#"{{"error":"reading the body: {error}"}}"#),
+                ))
+            }
+        };
+        let out = out.lock().await;
+        if down_marker(&out).exists() {
+            return Ok(answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"error":"billing is down"}"#.into(),
+            ));
+        }
+        let records = match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Array(records)) => records,
+            Ok(Value::Object(mut object)) => match object.remove("records") {
+                Some(Value::Array(records)) => records,
+                _ => {
+                    return Ok(answer(
+                        StatusCode::BAD_REQUEST,
+                        r#"{"error":"expected an array of records or {\"records\": [...]}"}"#
+                            .into(),
+                    ))
+                }
+            },
+            _ => {
+                return Ok(answer(
+                    StatusCode::BAD_REQUEST,
+                    r#"{"error":"expected a JSON array of usage records"}"#.into(),
+                ))
+            }
+        };
+        let mut lines = String::new();
+        for record in &records {
+            lines.push_str(&record.to_string());
+            lines.push('\n');
+        }
+        let written = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&*out)
+            .and_then(|mut file| file.write_all(lines.as_bytes()));
+        Ok(match written {
+            Ok(()) => answer(
+                StatusCode::OK,
+                format!(r#"{{"accepted":{}}}"#, records.len()),
+            ),
+            Err(error) => answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({ "error": error.to_string() }).to_string(),
+            ),
+        })
+    }
 }
