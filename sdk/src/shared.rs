@@ -204,7 +204,11 @@ pub fn counter_add<S: Store + ?Sized>(
 
 /// Subtracts `delta` from the counter at `key` (not below 0) and returns the new value; to
 /// undo a [`counter_add_within`] whose request was refused by a later check.
-pub fn counter_sub<S: Store + ?Sized>(store: &S, key: &str, delta: u64) -> Result<u64, SharedError> {
+pub fn counter_sub<S: Store + ?Sized>(
+    store: &S,
+    key: &str,
+    delta: u64,
+) -> Result<u64, SharedError> {
     update(store, key, |bytes| {
         let next = decode_counter(bytes).saturating_sub(delta);
         Update::Write(next.to_le_bytes().to_vec(), next)

@@ -458,16 +458,17 @@ impl Validator<'_> {
             &route_names,
             &vhost_names,
         );
-        let effective = effective_config(files);
-        Config {
+        let mut config = Config {
             base_dir: base_dir.to_path_buf(),
             server,
             listeners,
             clusters,
             virtual_hosts: virtual_hosts.into_iter().map(|(vhost, _)| vhost).collect(),
             plugins,
-            effective,
-        }
+            effective: effective_config(files),
+        };
+        fill_defaults(&mut config);
+        config
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1317,6 +1318,66 @@ fn effective_config(files: &[SourceFile]) -> serde_json::Value {
     value
 }
 
+/// Writes the values the gateway actually uses (defaults included) into the effective
+/// configuration, so that `/config` shows what runs rather than what was written.
+fn fill_defaults(config: &mut Config) {
+    use serde_json::json;
+    let value = &mut config.effective;
+    let server = &config.server;
+    value["server"] = json!({
+        "max_request_header_bytes": server.max_request_header_bytes,
+        "max_request_body_bytes": server.max_request_body_bytes,
+        "header_read_timeout": duration::format(server.header_read_timeout),
+        "idle_timeout": duration::format(server.idle_timeout),
+        "drain_timeout": duration::format(server.drain_timeout),
+    });
+    for (i, cluster) in config.clusters.iter().enumerate() {
+        let Some(entry) = value["clusters"].get_mut(i) else {
+            break;
+        };
+        entry["load_balancing"] = json!(cluster.load_balancing);
+        entry["connect_timeout"] = json!(duration::format(cluster.connect_timeout));
+        entry["http2"] = json!(cluster.http2);
+        entry["health"] = json!({
+            "consecutive_failures": cluster.health.consecutive_failures,
+            "ejection_time": duration::format(cluster.health.ejection_time),
+            "max_ejection_percent": cluster.health.max_ejection_percent,
+        });
+        entry["limits"] = json!({
+            "max_requests": cluster.limits.max_requests,
+            "max_idle_per_endpoint": cluster.limits.max_idle_per_endpoint,
+            "idle_timeout": duration::format(cluster.limits.idle_timeout),
+        });
+    }
+    for (i, listener) in config.listeners.iter().enumerate() {
+        let (Some(entry), Some(tls)) = (value["listeners"].get_mut(i), &listener.tls) else {
+            continue;
+        };
+        entry["tls"]["min_version"] = json!(match tls.min_version {
+            TlsVersion::Tls12 => "1.2",
+            TlsVersion::Tls13 => "1.3",
+        });
+        entry["tls"]["alpn"] = json!(tls.alpn);
+    }
+    for (i, vhost) in config.virtual_hosts.iter().enumerate() {
+        for (j, route) in vhost.routes.iter().enumerate() {
+            let Action::Forward(forward) = &route.action else {
+                continue;
+            };
+            if let Some(entry) = value["virtual_hosts"][i]["routes"].get_mut(j) {
+                entry["forward"]["timeout"] = json!(duration::format(forward.timeout));
+            }
+        }
+    }
+    for (i, plugin) in config.plugins.iter().enumerate() {
+        if let Some(entry) = value["plugins"].get_mut(i) {
+            entry["failure_policy"] = json!(plugin.failure_policy);
+            entry["callback_timeout"] = json!(duration::format(plugin.callback_timeout));
+            entry["memory_limit"] = json!(plugin.memory_limit);
+        }
+    }
+}
+
 /// Names of the listeners a virtual host is bound to.
 pub fn vhost_listeners<'a>(vhost: &'a VirtualHost, listeners: &'a [Listener]) -> HashSet<&'a str> {
     match &vhost.listeners {
@@ -1448,6 +1509,9 @@ mod tests {
         .unwrap();
         let dump = config.effective.to_string();
         assert!(!dump.contains("hunter2"));
+        // Defaults are shown as they apply.
+        assert_eq!(config.effective["server"]["idle_timeout"], "60s");
+        assert_eq!(config.effective["plugins"][0]["callback_timeout"], "50ms");
         assert!(dump.contains("x-key"));
     }
 }

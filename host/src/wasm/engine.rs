@@ -17,6 +17,16 @@ use super::host::HostState;
 /// How often the engine's epoch advances: the unit of per-callback CPU deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Per-callback CPU deadlines (epoch interruption) are on unless
+/// `TOLLGATE_EPOCH_INTERRUPTION=off` — a switch for measuring what they cost, not for
+/// production: without it a looping plugin holds its worker forever.
+pub fn epochs_enabled() -> bool {
+    static ENABLED: LazyLock<bool> = LazyLock::new(|| {
+        std::env::var("TOLLGATE_EPOCH_INTERRUPTION").map_or(true, |value| value != "off")
+    });
+    *ENABLED
+}
+
 /// Which proxy-wasm ABI a module was built for, from its `proxy_abi_version_*` export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AbiVersion {
@@ -85,7 +95,7 @@ fn cache_dir() -> PathBuf {
 impl Runtime {
     fn new() -> wasmtime::Result<Self> {
         let mut config = Config::new();
-        config.epoch_interruption(true);
+        config.epoch_interruption(epochs_enabled());
         config.wasm_backtrace(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         let mut cache_config = wasmtime::CacheConfig::new();

@@ -192,6 +192,8 @@ pub struct HostState {
     pub events: Option<tokio::sync::mpsc::UnboundedSender<super::shared::VmEvent>>,
     /// Metrics this VM defined, by id, so that updates need no global lookup.
     pub metrics: HashMap<u32, Arc<super::metrics::PluginMetric>>,
+    /// The guest's memory and allocator, cached by the guest-memory module.
+    pub guest: super::memory::GuestExports,
 }
 
 impl HostState {
@@ -222,6 +224,7 @@ impl HostState {
             configuring: Bytes::new(),
             events: None,
             metrics: HashMap::new(),
+            guest: Default::default(),
         }
     }
 

@@ -18,9 +18,17 @@ pub struct MemoryError;
 
 pub type MemoryResult<T> = Result<T, MemoryError>;
 
+/// The guest's memory: looked up once per instance (a name lookup on every host call
+/// would cost more than many of the calls themselves).
 fn memory(caller: &mut Caller<'_, HostState>) -> MemoryResult<Memory> {
+    if let Some(memory) = caller.data().guest.memory {
+        return Ok(memory);
+    }
     match caller.get_export("memory") {
-        Some(Extern::Memory(memory)) => Ok(memory),
+        Some(Extern::Memory(memory)) => {
+            caller.data_mut().guest.memory = Some(memory);
+            Ok(memory)
+        }
         _ => Err(MemoryError),
     }
 }
@@ -75,12 +83,24 @@ pub fn write_u64(caller: &mut Caller<'_, HostState>, ptr: u32, value: u64) -> Me
 /// The guest's allocator: `proxy_on_memory_allocate`, or `malloc` for modules that export
 /// only that.
 fn allocator(caller: &mut Caller<'_, HostState>) -> MemoryResult<TypedFunc<u32, u32>> {
+    if let Some(allocate) = &caller.data().guest.allocator {
+        return Ok(allocate.clone());
+    }
     for name in ["proxy_on_memory_allocate", "malloc"] {
         if let Some(Extern::Func(func)) = caller.get_export(name) {
-            return func.typed::<u32, u32>(&caller).map_err(|_| MemoryError);
+            let allocate = func.typed::<u32, u32>(&caller).map_err(|_| MemoryError)?;
+            caller.data_mut().guest.allocator = Some(allocate.clone());
+            return Ok(allocate);
         }
     }
     Err(MemoryError)
+}
+
+/// The guest exports host functions use, found on first use.
+#[derive(Default)]
+pub struct GuestExports {
+    memory: Option<Memory>,
+    allocator: Option<TypedFunc<u32, u32>>,
 }
 
 /// Allocates `bytes.len()` bytes in the guest, copies `bytes` there and stores the pointer
@@ -108,28 +128,6 @@ pub fn return_bytes(
     Ok(write(caller, guest_ptr, bytes)
         .and_then(|()| write_u32(caller, return_ptr, guest_ptr))
         .and_then(|()| write_u32(caller, return_len, bytes.len() as u32)))
-}
-
-/// Copies bytes into a fresh guest allocation from outside a host call (e.g. before a
-/// callback), returning the guest pointer; empty input returns 0.
-pub fn allocate_in<T>(
-    store: &mut wasmtime::Store<T>,
-    instance: &wasmtime::Instance,
-    bytes: &[u8],
-) -> wasmtime::Result<u32> {
-    if bytes.is_empty() {
-        return Ok(0);
-    }
-    let allocate = ["proxy_on_memory_allocate", "malloc"]
-        .iter()
-        .find_map(|name| instance.get_typed_func::<u32, u32>(&mut *store, name).ok())
-        .ok_or_else(|| wasmtime::Error::msg("the module exports no allocator"))?;
-    let ptr = allocate.call(&mut *store, bytes.len() as u32)?;
-    let memory = instance
-        .get_memory(&mut *store, "memory")
-        .ok_or_else(|| wasmtime::Error::msg("the module exports no memory"))?;
-    memory.write(&mut *store, ptr as usize, bytes)?;
-    Ok(ptr)
 }
 
 #[cfg(test)]

@@ -151,9 +151,14 @@ impl Vm {
         };
         let mut store = Store::new(&runtime().engine, HostState::new(identity, memory_limit));
         store.limiter(|state| &mut state.limits);
-        store.epoch_deadline_trap();
+        let epochs = super::engine::epochs_enabled();
+        if epochs {
+            store.epoch_deadline_trap();
+        }
         // Start-up may compile regexes or parse large configurations: give it longer.
-        store.set_epoch_deadline(deadline_ticks(callback_timeout.max(Duration::from_secs(1))));
+        if epochs {
+            store.set_epoch_deadline(deadline_ticks(callback_timeout.max(Duration::from_secs(1))));
+        }
         let instance = module
             .pre
             .instantiate(&mut store)
@@ -214,7 +219,9 @@ impl Vm {
         func: &TypedFunc<P, R>,
         params: P,
     ) -> Result<R, VmTrap> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        if super::engine::epochs_enabled() {
+            self.store.set_epoch_deadline(self.deadline_ticks);
+        }
         func.call(&mut self.store, params).map_err(|error| VmTrap {
             plugin: self.plugin_name(),
             callback,
