@@ -490,6 +490,48 @@ async fn forwarded_headers_and_request_id_are_set() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sent_consumer_identity_never_reaches_the_upstream() {
+    let echo = backends::echo("echo").await;
+    let gateway = start(
+        &[("routes.yaml", ECHO_ROUTE)],
+        &[("ECHO", echo.addr().to_string())],
+    )
+    .await;
+    let response = HttpClient::http1()
+        .send(
+            request("GET", gateway.listener("public"), "shop.test", "/")
+                .header("x-tollgate-consumer", "admin")
+                .header("x-tollgate-consumer-groups", "root")
+                .header("x-other", "kept")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status, StatusCode::OK);
+    let seen = &echo.requests()[0];
+    assert_eq!(
+        seen.header("x-tollgate-consumer"),
+        None,
+        "a forged identity is dropped"
+    );
+    assert_eq!(seen.header("x-tollgate-consumer-groups"), None);
+    assert_eq!(seen.header("x-other"), Some("kept"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_may_be_dns_names() {
+    let echo = backends::echo("by-name").await;
+    let by_name = format!("localhost:{}", echo.addr().port());
+    let gateway = start(&[("routes.yaml", ECHO_ROUTE)], &[("ECHO", by_name)]).await;
+    let response = HttpClient::http1()
+        .get(gateway.listener("public"), "shop.test", "/")
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+    assert_eq!(response.header("x-backend"), Some("by-name"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_removed() {
     let echo = backends::echo("echo").await;
     let gateway = start(

@@ -1,7 +1,7 @@
 //! Header maps, body buffers and stream control: what an HTTP filter plugin touches.
 
 use bytes::Bytes;
-use wasmtime::{Caller, Linker};
+use wasmtime::Caller;
 
 use super::{
     decode_pairs, encode_pairs, status, AbiResult, BufferType, HeaderList, MapType, Status,
@@ -317,9 +317,6 @@ pub fn add_to_linker(linker: &mut wasmtime::Linker<HostState>) -> wasmtime::Resu
     })?;
     Ok(())
 }
-
-#[allow(dead_code)]
-fn _assert_linker_type(_: &Linker<HostState>) {}
 
 #[cfg(test)]
 mod tests {

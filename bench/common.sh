@@ -1,0 +1,281 @@
+# Shared by bench/plugins.sh and bench/swap.sh (sourced, not run): settings, tools, the
+# Tollgate binary and the wasm plugins, processes and their clean-up, the idle-machine wait,
+# the nginx upstream. bench/run.sh predates it and keeps its own copy of the same method.
+#
+# The sourcing script sets BENCH_NAME (used in temp-folder names and messages) first.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+DURATION=${BENCH_DURATION:-10}
+DURATION=${DURATION%s}
+RUNS=${BENCH_RUNS:-3}
+CONNS=${BENCH_CONNECTIONS:-64}
+HALF=${BENCH_HALF_LOAD:-0.5}
+PROFILE=${BENCH_PROFILE:-release}
+PROXY_CPU=${BENCH_PROXY_CPU:-0}
+LOAD_CPU=${BENCH_LOAD_CPU:-1}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+export PYTHONDONTWRITEBYTECODE=1
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf '%s: error: %s\n' "$BENCH_NAME" "$*" >&2; exit 1; }
+
+[[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 ]] || die "BENCH_DURATION must be whole seconds (got '$DURATION')"
+[[ $RUNS =~ ^[0-9]+$ && $RUNS -ge 1 ]] || die "BENCH_RUNS must be a positive integer"
+case $PROFILE in release | debug) ;; *) die "BENCH_PROFILE must be release or debug" ;; esac
+
+# --- tools -------------------------------------------------------------------------------
+export PATH="$PATH:/usr/sbin:/sbin"
+missing=()
+command -v nginx >/dev/null || missing+=(nginx)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v curl >/dev/null || missing+=(curl)
+command -v python3 >/dev/null || missing+=(python3)
+command -v taskset >/dev/null || missing+=(util-linux)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]} (Debian packages)"
+    sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+PYTHON=$(command -v python3)
+
+cpus=$(nproc)
+if ((cpus < 2)); then
+    echo "$BENCH_NAME: warning: only $cpus CPU; the proxy and the load share it, figures are not meaningful" >&2
+    PROXY_CPU=0
+    LOAD_CPU=0
+fi
+
+# --- the Tollgate binary -----------------------------------------------------------------
+# build_tollgate: sets BIN (TOLLGATE_BIN, or a cargo build of BENCH_PROFILE; a no-op when
+# bench/run.sh built it just before).
+build_tollgate() {
+    if [[ -n ${TOLLGATE_BIN:-} ]]; then
+        BIN=$TOLLGATE_BIN
+    elif [[ $PROFILE == release ]]; then
+        log "cargo build --release -p tollgate"
+        cargo build --release -p tollgate
+        BIN=$TARGET_DIR/release/tollgate
+    else
+        log "cargo build -p tollgate"
+        cargo build -p tollgate
+        BIN=$TARGET_DIR/debug/tollgate
+    fi
+    [[ -x $BIN ]] || die "no Tollgate binary at $BIN"
+}
+
+# --- the wasm plugins --------------------------------------------------------------------
+# Test plugins (tests/plugins) land in target/wasm-plugins/..., the bundled ones (plugins/)
+# in target/plugins/...: the same commands and folders as tests/build.rs, so the builds
+# share their incremental state with `cargo build -p tollgate-tests`.
+TP_DIR=$TARGET_DIR/wasm-plugins/wasm32-wasip1/release
+BUNDLED_DIR=$TARGET_DIR/plugins/wasm32-wasip1/release
+
+# build_wasm WORKSPACE-DIR TARGET-SUBDIR: build one plugin workspace (release, wasm32-wasip1);
+# returns non-zero on failure (the caller decides whether the old files will do).
+build_wasm() {
+    local manifest=$ROOT/$1/Cargo.toml
+    [[ -f $manifest ]] || return 1
+    if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+        echo "$BENCH_NAME: the wasm32-wasip1 target is not installed (just setup); using the plugins already built" >&2
+        return 1
+    fi
+    log "cargo build --release --target wasm32-wasip1 ($1)"
+    env -u CARGO_ENCODED_RUSTFLAGS -u RUSTFLAGS -u CARGO_TARGET_DIR -u CARGO_BUILD_TARGET \
+        -u CARGO_BUILD_RUSTFLAGS -u RUSTC_WORKSPACE_WRAPPER -u CARGO_PROFILE_RELEASE_DEBUG \
+        -u CARGO_PROFILE_RELEASE_STRIP \
+        cargo build --release --target wasm32-wasip1 --manifest-path "$manifest" \
+        --target-dir "$TARGET_DIR/$2"
+}
+
+# need_files FILE...: die unless every file exists
+need_files() {
+    local f
+    for f in "$@"; do
+        [[ -f $f ]] || die "missing $f (build the test plugins: cargo build -p tollgate-tests)"
+    done
+}
+
+# --- processes and clean-up --------------------------------------------------------------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-$BENCH_NAME.XXXXXX")
+PIDS=()
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if ((${#PIDS[@]})); then
+        kill "${PIDS[@]}" 2>/dev/null || true
+        wait "${PIDS[@]}" 2>/dev/null || true
+    fi
+    if ((status != 0)); then
+        for f in "$WORK"/*.log; do
+            [[ -s $f ]] || continue
+            echo "--- last lines of $(basename "$f")" >&2
+            tail -n 20 "$f" >&2
+        done
+    fi
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME CPU CMD...: run CMD pinned to CPU in the background, output to $WORK/NAME.log;
+# its pid is in LAST_PID (and in PIDS, killed on exit).
+LAST_PID=
+start() {
+    local name=$1 cpu=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$WORK/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+# stop PID: stop one process we started (SIGTERM, then SIGKILL after 10 s) and forget it
+stop() {
+    local pid=$1 p keep=()
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+# wait_http URL: until it answers 200 (BENCH_START_WAIT seconds, default 60: the first start
+# of a plugin configuration compiles its modules)
+wait_http() {
+    local url=$1 limit=$((${BENCH_START_WAIT:-60} * 10)) pid
+    for _ in $(seq "$limit"); do
+        if [[ $(curl -s -o /dev/null -w '%{http_code}' "$url" 2>/dev/null || true) == 200 ]]; then
+            return 0
+        fi
+        for pid in "${PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null || die "a server exited early (waiting for $url)"
+        done
+        sleep 0.1
+    done
+    die "$url did not answer 200 within $((limit / 10)) s"
+}
+
+# cpu_busy_pct: share of all CPUs busy over 0.5 s (any process, ours included)
+cpu_times() { awk '/^cpu / { idle = $5 + $6; total = 0; for (i = 2; i <= NF; i++) total += $i; print total, idle }' /proc/stat; }
+cpu_busy_pct() {
+    local t0 i0 t1 i1
+    read -r t0 i0 < <(cpu_times)
+    sleep 0.5
+    read -r t1 i1 < <(cpu_times)
+    echo $(((100 * ((t1 - t0) - (i1 - i0))) / ((t1 - t0) > 0 ? (t1 - t0) : 1)))
+}
+# wait_quiet: before a measured run, wait for the machine to be idle (our servers idle too)
+BUSY_RUNS=0
+TOTAL_RUNS=0
+wait_quiet() {
+    local waited=0 limit=${BENCH_QUIET_WAIT:-60} busy
+    TOTAL_RUNS=$((TOTAL_RUNS + 1))
+    while :; do
+        busy=$(cpu_busy_pct)
+        ((busy >= 10)) || return 0
+        if ((waited >= limit)); then
+            echo "$BENCH_NAME: warning: the machine is still ${busy}% busy after ${limit}s; measuring anyway" >&2
+            BUSY_RUNS=$((BUSY_RUNS + 1))
+            return 0
+        fi
+        ((waited == 0)) && echo "$BENCH_NAME: the machine is ${busy}% busy (other processes); waiting for it to be idle" >&2
+        sleep 2
+        waited=$((waited + 2))
+    done
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# nginx_conf PREFIX SERVER-BLOCK: a self-contained nginx config (no /etc, no /var)
+nginx_conf() {
+    local prefix=$1
+    mkdir -p "$prefix"
+    cat >"$prefix/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $prefix/nginx.pid;
+error_log $prefix/error.log warn;
+events {
+    worker_connections 4096;
+}
+http {
+    access_log off;
+    default_type text/plain;
+    keepalive_timeout 65;
+    keepalive_requests 1000000;
+    client_body_temp_path $prefix/client_body;
+    proxy_temp_path $prefix/proxy;
+    fastcgi_temp_path $prefix/fastcgi;
+    uwsgi_temp_path $prefix/uwsgi;
+    scgi_temp_path $prefix/scgi;
+$2
+}
+EOF
+}
+
+# start_upstream PORT: the upstream of every run (as in run.sh): nginx answering `ok` from
+# memory, one worker, on the load CPU
+start_upstream() {
+    nginx_conf "$WORK/upstream" "    server {
+        listen 127.0.0.1:$1 backlog=4096;
+        location / {
+            return 200 \"ok\";
+        }
+    }"
+    start upstream "$LOAD_CPU" nginx -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" -e "$WORK/upstream/error.log"
+    wait_http "http://127.0.0.1:$1/"
+}
+
+# write_meta FILE KEY=VALUE...: meta.json for the report (machine, versions, settings)
+write_meta() {
+    local file=$1
+    shift
+    local smoke="" rev
+    [[ $DURATION -ge 10 ]] || smoke="BENCH_DURATION=$DURATION"
+    [[ $PROFILE == release || -n ${TOLLGATE_BIN:-} ]] || smoke="${smoke:+$smoke, }debug build"
+    [[ $RUNS -ge 3 ]] || smoke="${smoke:+$smoke, }BENCH_RUNS=$RUNS"
+    local profile_label="$PROFILE build"
+    [[ -z ${TOLLGATE_BIN:-} ]] || profile_label="binary $TOLLGATE_BIN"
+    rev=$(git rev-parse --short HEAD 2>/dev/null || echo "uncommitted")
+    if [[ -n $(git status --porcelain -- host Cargo.toml Cargo.lock 2>/dev/null) ]]; then rev="$rev+changes"; fi
+    "$PYTHON" - "$file" "$@" <<EOF
+import json, platform, sys
+cpu = "unknown CPU"
+try:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+except OSError:
+    pass
+meta = {
+    "date": "$(date -u '+%Y-%m-%d %H:%M UTC')",
+    "cpu": cpu, "cpus": $cpus, "kernel": platform.release(),
+    "tollgate_rev": "$rev", "profile": "$profile_label",
+    "nginx": "$(nginx -v 2>&1 | sed 's/^nginx version: //')",
+    "wrk": "$(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}')",
+    "python": platform.python_version(),
+    "proxy_cpu": "$PROXY_CPU", "load_cpu": "$LOAD_CPU",
+    "runs": $RUNS, "duration": $DURATION, "connections": $CONNS,
+    "half_load": "$(awk -v h="$HALF" 'BEGIN { printf "%g%%", h * 100 }')",
+    "smoke": "$smoke", "busy_runs": $BUSY_RUNS, "total_runs": $TOTAL_RUNS,
+}
+for kv in sys.argv[2:]:
+    k, v = kv.split("=", 1)
+    try:
+        meta[k] = json.loads(v)
+    except ValueError:
+        meta[k] = v
+json.dump(meta, open(sys.argv[1], "w"), indent=1)
+EOF
+}

@@ -1,0 +1,380 @@
+//! The `metering` plugin through the real gateway (2 workers), delivering usage records to
+//! the demo billing collector (`demo-backend billing`, run as a process):
+//! - every request becomes exactly one record (per consumer and route: requests, status
+//!   class, bytes, latency), and the per-consumer-and-route metrics agree;
+//! - while the collector answers `503` (its `FILE.down` marker exists) records are kept and
+//!   retried; after the outage all of them arrive, none twice, none dropped;
+//! - with a backlog too small for the outage, the oldest records are dropped and counted in
+//!   `metering_records_dropped`: delivered + dropped = sent.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use http::StatusCode;
+use http_body_util::Full;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tollgate_tests::backends::{self, Backend};
+use tollgate_tests::bundled::{KEY_AUTH, METERING};
+use tollgate_tests::clients::{request, HttpClient, HttpResponse};
+use tollgate_tests::gateway::{free_loopback_addr, Gateway, PolicyDir};
+use tollgate_tests::plugins::{plugins_file, PluginSpec};
+use tollgate_tests::prometheus::sample_sum;
+
+const POLICIES: &str = r#"
+listeners:
+  - name: public
+    address: ${listen:public}
+    protocol: http
+clusters:
+  - name: echo
+    endpoints: [{ address: "${ECHO}" }]
+  - name: billing
+    endpoints: [{ address: "${BILLING}" }]
+virtual_hosts:
+  - name: api
+    domains: ["*"]
+    routes:
+      - name: api
+        match: { path: { prefix: /api } }
+        forward: { cluster: echo }
+      - name: other
+        match: { path: { prefix: /other } }
+        forward: { cluster: echo }
+"#;
+
+/// The demo billing collector as a child process, killed when dropped.
+struct Collector {
+    child: Child,
+    _dir: TempDir,
+    out: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Collector {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let out = dir.path().join("usage.jsonl");
+        let addr = free_loopback_addr();
+        let child = Command::new(env!("CARGO_BIN_EXE_demo-backend"))
+            .args(["billing", "--listen", &addr.to_string(), "--out"])
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn demo-backend billing");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Self {
+                    child,
+                    _dir: dir,
+                    out,
+                    addr,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the billing collector did not listen on {addr}");
+    }
+
+    fn down_marker(&self) -> PathBuf {
+        self.out.with_extension("jsonl.down")
+    }
+
+    fn records(&self) -> Vec<Value> {
+        read_records(&self.out)
+    }
+
+    /// Waits (bounded) until at least `count` records arrived.
+    async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let records = self.records();
+            if records.len() >= count || tokio::time::Instant::now() > deadline {
+                return records;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_records(path: &Path) -> Vec<Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is a JSON record"))
+        .collect()
+}
+
+fn key_auth() -> PluginSpec {
+    PluginSpec::new("auth", KEY_AUTH)
+        .priority(100)
+        .config(json!({
+            "consumers": [
+                { "name": "alice", "keys": ["k-alice"] },
+                { "name": "bob", "keys": ["k-bob"] }
+            ]
+        }))
+}
+
+fn metering(extra: Value) -> PluginSpec {
+    let mut config = json!({
+        "billing_cluster": "billing",
+        "path": "/v1/usage",
+        "flush_interval_ms": 100,
+        "max_batch": 20,
+        "timeout_ms": 1000
+    });
+    for (key, value) in extra.as_object().expect("an object") {
+        config[key] = value.clone();
+    }
+    PluginSpec::new("metering", METERING).config(config)
+}
+
+async fn start(collector: &Collector, plugins: &[PluginSpec]) -> (Gateway, Backend) {
+    let echo = backends::echo("echo").await;
+    let mut policies = PolicyDir::new();
+    policies
+        .set("ECHO", echo.addr())
+        .set("BILLING", collector.addr)
+        .write("gateway.yaml", POLICIES)
+        .write("plugins.json", &plugins_file(plugins));
+    (Gateway::start(policies).await, echo)
+}
+
+async fn send(
+    client: &HttpClient,
+    gateway: &Gateway,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: &str,
+) -> HttpResponse {
+    let req = request(method, gateway.listener("public"), "api.test", path)
+        .header("x-api-key", key)
+        .body(Full::from(body.to_owned()))
+        .expect("valid request");
+    client
+        .send(req)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e:#}; gateway log:\n{}", gateway.log()))
+}
+
+/// Sums of `field` per (consumer, route, status_class).
+fn totals(records: &[Value], field: &str) -> BTreeMap<(String, String, String), u64> {
+    let mut totals = BTreeMap::new();
+    for record in records {
+        let key = (
+            record["consumer"].as_str().unwrap_or_default().to_owned(),
+            record["route"].as_str().unwrap_or_default().to_owned(),
+            record["status_class"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        *totals.entry(key).or_insert(0) += record[field].as_u64().expect("a number");
+    }
+    totals
+}
+
+fn key(consumer: &str, route: &str, class: &str) -> (String, String, String) {
+    (consumer.into(), route.into(), class.into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_billed_once_per_consumer_and_route() {
+    let collector = Collector::start().await;
+    let (gateway, _echo) = start(&collector, &[key_auth(), metering(json!({}))]).await;
+    let client = HttpClient::http1();
+    for i in 0..12 {
+        let response = send(
+            &client,
+            &gateway,
+            "POST",
+            &format!("/api/{i}"),
+            "k-alice",
+            "0123456789",
+        )
+        .await;
+        assert_eq!(response.status, StatusCode::OK);
+    }
+    for _ in 0..5 {
+        let response = send(&client, &gateway, "GET", "/api/x?status=404", "k-alice", "").await;
+        assert_eq!(response.status, StatusCode::NOT_FOUND);
+    }
+    for _ in 0..7 {
+        let response = send(&client, &gateway, "GET", "/other/y", "k-bob", "").await;
+        assert_eq!(response.status, StatusCode::OK);
+    }
+    let records = collector.wait_for(24, Duration::from_secs(10)).await;
+    // A little longer: nothing beyond the 24 may arrive (no duplicates).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let records_after = collector.records();
+    assert_eq!(
+        records.len(),
+        24,
+        "records: {records:#?}\ngateway log:\n{}",
+        gateway.log()
+    );
+    assert_eq!(records_after.len(), 24, "no record is sent twice");
+
+    let requests = totals(&records, "requests");
+    assert_eq!(
+        requests,
+        BTreeMap::from([
+            (key("alice", "api", "2xx"), 12),
+            (key("alice", "api", "4xx"), 5),
+            (key("bob", "other", "2xx"), 7),
+        ])
+    );
+    let request_bytes = totals(&records, "request_bytes");
+    assert_eq!(
+        request_bytes[&key("alice", "api", "2xx")],
+        120,
+        "12 bodies of 10 bytes"
+    );
+    assert_eq!(request_bytes[&key("bob", "other", "2xx")], 0);
+    let response_bytes = totals(&records, "response_bytes");
+    assert!(
+        response_bytes[&key("bob", "other", "2xx")] > 7 * 50,
+        "echo JSON bodies were counted"
+    );
+    for record in &records {
+        assert!(record["timestamp"].as_u64().unwrap() > 1_600_000_000_000);
+        assert!(record["latency_ms"].as_u64().unwrap() < 10_000);
+        let method = record["method"].as_str().unwrap();
+        assert!(method == "GET" || method == "POST");
+    }
+
+    // The same totals as plugin metrics (both workers' VMs add to one value).
+    let metrics = gateway.metrics().await;
+    let metric =
+        |name: &str| sample_sum(&metrics, name, &[("plugin", "metering")]).unwrap_or(0.0) as u64;
+    assert_eq!(metric("usage_alice_api_requests"), 17, "{metrics}");
+    assert_eq!(metric("usage_alice_api_status_4xx"), 5);
+    assert_eq!(metric("usage_alice_api_request_bytes"), 120);
+    assert_eq!(metric("usage_bob_other_requests"), 7);
+    assert_eq!(metric("usage_bob_other_latency_ms_count"), 7);
+    assert_eq!(metric("metering_records_sent"), 24);
+    assert_eq!(metric("metering_records_dropped"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_billing_outage_loses_no_records() {
+    let collector = Collector::start().await;
+    let (gateway, _echo) = start(&collector, &[key_auth(), metering(json!({}))]).await;
+    let client = HttpClient::http1();
+    fs::write(collector.down_marker(), "").expect("create the outage marker");
+    for i in 0..30 {
+        let response = send(
+            &client,
+            &gateway,
+            "GET",
+            &format!("/api/{i}"),
+            "k-alice",
+            "",
+        )
+        .await;
+        assert_eq!(response.status, StatusCode::OK);
+    }
+    // About ten flush intervals of refused batches.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        collector.records().is_empty(),
+        "nothing is accepted during the outage"
+    );
+    let metrics = gateway.metrics().await;
+    let failed = sample_sum(
+        &metrics,
+        "metering_batches_failed",
+        &[("plugin", "metering")],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        failed >= 2.0,
+        "batches were refused and retried: {failed}\n{metrics}"
+    );
+    fs::remove_file(collector.down_marker()).expect("end the outage");
+
+    let records = collector.wait_for(30, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(records.len(), 30, "every record arrives after the outage");
+    assert_eq!(collector.records().len(), 30, "and none twice");
+    assert_eq!(
+        totals(&records, "requests"),
+        BTreeMap::from([(key("alice", "api", "2xx"), 30)])
+    );
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        sample_sum(
+            &metrics,
+            "metering_records_dropped",
+            &[("plugin", "metering")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample_sum(&metrics, "metering_records_sent", &[("plugin", "metering")]),
+        Some(30.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drops_only_past_the_backlog_bound_and_counted() {
+    let collector = Collector::start().await;
+    let plugins = [
+        key_auth(),
+        metering(json!({ "max_batch": 5, "max_backlog": 5 })),
+    ];
+    let (gateway, _echo) = start(&collector, &plugins).await;
+    let client = HttpClient::http1();
+    fs::write(collector.down_marker(), "").expect("create the outage marker");
+    const SENT: u64 = 16;
+    for i in 0..SENT {
+        let response = send(&client, &gateway, "GET", &format!("/api/{i}"), "k-bob", "").await;
+        assert_eq!(response.status, StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fs::remove_file(collector.down_marker()).expect("end the outage");
+    // Two workers keep at most 5 each: at least 6 of 16 had to go.
+    let mut delivered = 0;
+    let mut dropped = 0;
+    for _ in 0..100 {
+        delivered = collector.records().len() as u64;
+        let metrics = gateway.metrics().await;
+        dropped = sample_sum(
+            &metrics,
+            "metering_records_dropped",
+            &[("plugin", "metering")],
+        )
+        .unwrap_or(0.0) as u64;
+        if delivered + dropped >= SENT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        delivered + dropped,
+        SENT,
+        "delivered {delivered}, dropped {dropped}"
+    );
+    assert!(
+        dropped >= SENT - 10,
+        "at most two backlogs of 5 survive: dropped {dropped}"
+    );
+    assert!(
+        delivered >= 5,
+        "the newest records survive: delivered {delivered}"
+    );
+}
