@@ -200,6 +200,16 @@ fn render_plugin_stats(out: &mut String, state: &GatewayState) {
             plugin.stats.callbacks.load(Ordering::Relaxed)
         );
     }
+    out.push_str("# HELP tollgate_plugin_memory_bytes Linear memory of a plugin's VMs, summed over workers.\n");
+    out.push_str("# TYPE tollgate_plugin_memory_bytes gauge\n");
+    for plugin in &snapshot.plugins {
+        let _ = writeln!(
+            out,
+            "tollgate_plugin_memory_bytes{{plugin=\"{}\"}} {}",
+            plugin.name,
+            plugin.stats.memory_bytes.load(Ordering::Relaxed)
+        );
+    }
     out.push_str("# HELP tollgate_plugin_callback_seconds_total Time spent in plugin callbacks, by plugin.\n");
     out.push_str("# TYPE tollgate_plugin_callback_seconds_total counter\n");
     for plugin in &snapshot.plugins {

@@ -60,7 +60,7 @@ impl Collector {
         let dir = tempfile::tempdir().expect("temporary directory");
         let out = dir.path().join("usage.jsonl");
         let addr = free_loopback_addr();
-        let child = Command::new(env!("CARGO_BIN_EXE_demo-backend"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_demo-backend"))
             .args(["billing", "--listen", &addr.to_string(), "--out"])
             .arg(&out)
             .stdin(Stdio::null())
@@ -78,6 +78,8 @@ impl Collector {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("the billing collector did not listen on {addr}");
     }
 

@@ -230,6 +230,19 @@ async fn plugin_metrics_are_counted_and_exported() {
         text.contains("tp_body_size_bucket{"),
         "histogram buckets; /metrics:\n{text}"
     );
+    // The host's own per-plugin metrics.
+    assert!(
+        sample_sum(&text, "tollgate_plugin_callbacks_total", &labels).is_some_and(|n| n >= 10.0),
+        "callbacks counted; /metrics:\n{text}"
+    );
+    assert!(
+        sample_sum(&text, "tollgate_plugin_memory_bytes", &labels).is_some_and(|n| n >= 65536.0),
+        "VM memory reported (at least one wasm page); /metrics:\n{text}"
+    );
+    assert!(
+        text.contains("tollgate_plugin_callback_seconds_total{plugin=\"metered\"}"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

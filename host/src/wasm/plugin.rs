@@ -36,6 +36,8 @@ pub struct PluginStats {
     pub vm_restarts: AtomicU64,
     pub callback_micros: AtomicU64,
     pub callbacks: AtomicU64,
+    /// Linear memory of this plugin's VMs, summed over the workers.
+    pub memory_bytes: AtomicU64,
 }
 
 struct VmSlot {
@@ -47,6 +49,8 @@ struct VmSlot {
     retry_after: Option<Instant>,
     /// Open gRPC streams of this VM: where `proxy_grpc_send` messages go, and the task.
     grpc_streams: HashMap<u32, GrpcStreamHandle>,
+    /// The memory size this slot's VM last added to `PluginStats::memory_bytes`.
+    reported_memory: u64,
 }
 
 type GrpcStreamHandle = (
@@ -185,6 +189,7 @@ impl Plugin {
                 consecutive_failures: 0,
                 retry_after: None,
                 grpc_streams: HashMap::new(),
+                reported_memory: 0,
             })
         })
     }
@@ -205,6 +210,8 @@ impl Plugin {
         let vm_ref = vm.as_mut().expect("revived above");
         let result = f(vm_ref, roots);
         let pending = vm_ref.take_pending();
+        let memory = vm_ref.memory_size();
+        self.report_memory(&mut slot, memory);
         self.stats.callbacks.fetch_add(1, Ordering::Relaxed);
         self.stats
             .callback_micros
@@ -223,6 +230,7 @@ impl Plugin {
                 tracing::error!(plugin = %self.name, callback = trap.callback, reason = %trap.reason, "plugin trapped; its VM on this worker is discarded");
                 slot.vm = None;
                 slot.roots.clear();
+                self.report_memory(&mut slot, 0);
                 slot.consecutive_failures += 1;
                 // Back off exponentially so that a crash loop cannot spin: 0.1 s doubling to 30 s.
                 let backoff = Duration::from_millis(100u64 << slot.consecutive_failures.min(9))
@@ -231,6 +239,20 @@ impl Plugin {
                 Err(PluginFailure::Trap(trap))
             }
         }
+    }
+
+    /// Keeps the memory gauge equal to the sum of the live VMs' memory.
+    fn report_memory(&self, slot: &mut VmSlot, memory: u64) {
+        if memory >= slot.reported_memory {
+            self.stats
+                .memory_bytes
+                .fetch_add(memory - slot.reported_memory, Ordering::Relaxed);
+        } else {
+            self.stats
+                .memory_bytes
+                .fetch_sub(slot.reported_memory - memory, Ordering::Relaxed);
+        }
+        slot.reported_memory = memory;
     }
 
     fn revive(self: &Arc<Self>, slot: &mut VmSlot) -> Result<(), PluginFailure> {

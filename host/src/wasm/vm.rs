@@ -102,6 +102,7 @@ impl Exports {
 pub struct Vm {
     store: Store<HostState>,
     instance: Instance,
+    memory: Option<wasmtime::Memory>,
     exports: Exports,
     deadline_ticks: u64,
 }
@@ -182,9 +183,11 @@ impl Vm {
         }
         let exports =
             Exports::find(&mut store, &instance).map_err(|reason| trap("instantiate", reason))?;
+        let memory = instance.get_memory(&mut store, "memory");
         Ok(Self {
             store,
             instance,
+            memory,
             exports,
             deadline_ticks: deadline_ticks(callback_timeout),
         })
@@ -197,6 +200,12 @@ impl Vm {
         if let Some(global) = instance.get_global(&mut self.store, name) {
             let _ = global.set(&mut self.store, wasmtime::Val::I32(value));
         }
+    }
+
+    /// The guest's linear memory in bytes.
+    pub fn memory_size(&mut self) -> u64 {
+        self.memory
+            .map_or(0, |memory| memory.data_size(&self.store) as u64)
     }
 
     pub fn state(&mut self) -> &mut HostState {

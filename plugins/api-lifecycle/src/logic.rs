@@ -79,11 +79,14 @@ pub enum Outcome {
     Answer(u32, Vec<(String, String)>, Vec<u8>),
 }
 
+/// A local answer: status, headers, body.
+type LocalAnswer = (u32, Vec<(String, String)>, Vec<u8>);
+
 /// A validated lifecycle with parsed dates.
 #[derive(Debug, Clone, Default)]
 pub struct State {
     retired: bool,
-    mock: Option<(u32, Vec<(String, String)>, Vec<u8>)>,
+    mock: Option<LocalAnswer>,
     deprecation: Option<String>,
     sunset: Option<u64>,
     link: Option<String>,

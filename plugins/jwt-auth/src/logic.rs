@@ -144,7 +144,7 @@ impl Key {
 }
 
 fn b64(field: &str, value: Option<&String>) -> Result<Vec<u8>, ConfigError> {
-    let value = value.ok_or_else(|| ConfigError::new(field, format!("required for this key type")))?;
+    let value = value.ok_or_else(|| ConfigError::new(field, "required for this key type"))?;
     URL_SAFE_NO_PAD
         .decode(value.trim_end_matches('='))
         .map_err(|e| ConfigError::new(field, format!("not base64url: {e}")))
@@ -154,14 +154,14 @@ impl Jwk {
     fn decode(&self, field: &str) -> Result<Key, ConfigError> {
         if let Some(use_) = &self.use_ {
             if use_ != "sig" {
-                return Err(ConfigError::new(format!("{field}.use"), format!("only \"sig\" keys can verify tokens")));
+                return Err(ConfigError::new(format!("{field}.use"), "only \"sig\" keys can verify tokens"));
             }
         }
         let key = match (self.kty.as_str(), self.alg.as_str()) {
             ("oct", "HS256") => {
                 let secret = b64(&format!("{field}.k"), self.k.as_ref())?;
                 if secret.len() < 32 {
-                    return Err(ConfigError::new(format!("{field}.k"), format!("an HS256 secret needs at least 32 bytes")));
+                    return Err(ConfigError::new(format!("{field}.k"), "an HS256 secret needs at least 32 bytes"));
                 }
                 Key::Hs256(secret)
             }
@@ -184,7 +184,7 @@ impl Jwk {
                 let x = b64(&format!("{field}.x"), self.x.as_ref())?;
                 let y = b64(&format!("{field}.y"), self.y.as_ref())?;
                 if x.len() != 32 || y.len() != 32 {
-                    return Err(ConfigError::new(format!("{field}.x"), format!("P-256 coordinates are 32 bytes each")));
+                    return Err(ConfigError::new(format!("{field}.x"), "P-256 coordinates are 32 bytes each"));
                 }
                 let point = p256::EncodedPoint::from_affine_coordinates(
                     x.as_slice().into(),
@@ -192,7 +192,7 @@ impl Jwk {
                     false,
                 );
                 let key = p256::ecdsa::VerifyingKey::from_encoded_point(&point)
-                    .map_err(|_| ConfigError::new(format!("{field}.x"), format!("not a point on P-256")))?;
+                    .map_err(|_| ConfigError::new(format!("{field}.x"), "not a point on P-256"))?;
                 Key::Es256(Box::new(key))
             }
             (kty @ ("oct" | "RSA" | "EC"), alg) => {

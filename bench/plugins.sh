@@ -1,0 +1,290 @@
+#!/usr/bin/env bash
+# Tollgate with plugins vs Tollgate without: what a plugin chain, a header-heavy plugin and
+# epoch interruption cost (design brief §10). Same method as bench/run.sh: the gateway
+# pinned to one CPU with one worker, the upstream and the load generators on the other,
+# closed loop (wrk) for throughput, fixed rate (bench/loadgen.py) at half of the 0-plugin
+# maximum for latency, median of BENCH_RUNS runs. Method and how to read the figures:
+# bench/README.md ("Plugins"). Part of `just bench`.
+#
+# Configurations, one Tollgate process each (started for each run, stopped after it):
+#   base     0 plugins
+#   header   one header plugin (tp-headers, config {"tag": "bench"})
+#   chain    3 plugins: the bundled key-auth, rate-limit and transformer when they are built
+#            and load (wrk sends a valid API key; the limit never triggers), else the test
+#            plugins tp-headers, tp-metrics and tp-properties (BENCH_CHAIN=auto|bundled|test)
+#   heavy    tp-header-heavy (20 adds, 20 gets, 20 removes per request)
+#   noepoch  the chain again, with TOLLGATE_EPOCH_INTERRUPTION=off
+#
+# Environment (all optional): as bench/run.sh (BENCH_DURATION, BENCH_RUNS, BENCH_CONNECTIONS,
+# BENCH_HALF_LOAD, BENCH_PROFILE, TOLLGATE_BIN, BENCH_PROXY_CPU, BENCH_LOAD_CPU,
+# BENCH_QUIET_WAIT, BENCH_STRICT), and
+#   BENCH_PORT_BASE=38180   ports BASE+1 (upstream), BASE+10+i (Tollgate), BASE+20+i (admin)
+#   BENCH_OUT=bench/results/plugins.md
+#   BENCH_CHAIN=auto        which 3-plugin chain: auto | bundled | test
+#   BENCH_CONFIGS="base header chain heavy noepoch"   a subset (base is required)
+#   BENCH_BUILD_PLUGINS=1   0: use the .wasm files already built, build nothing
+set -euo pipefail
+BENCH_NAME=plugins
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+BASE=${BENCH_PORT_BASE:-38180}
+UP_PORT=$((BASE + 1))
+OUT=${BENCH_OUT:-bench/results/plugins.md}
+CHAIN_MODE=${BENCH_CHAIN:-auto}
+read -r -a CONFIGS <<<"${BENCH_CONFIGS:-base header chain heavy noepoch}"
+case $CHAIN_MODE in auto | bundled | test) ;; *) die "BENCH_CHAIN must be auto, bundled or test" ;; esac
+[[ " ${CONFIGS[*]} " == *" base "* ]] || die "BENCH_CONFIGS must include base (the fixed rate is half of its maximum)"
+declare -A PORT ADMIN
+i=0
+for c in "${CONFIGS[@]}"; do
+    case $c in base | header | chain | heavy | noepoch) ;; *) die "unknown configuration '$c'" ;; esac
+    PORT[$c]=$((BASE + 10 + i))
+    ADMIN[$c]=$((BASE + 20 + i))
+    i=$((i + 1))
+done
+for port in "$UP_PORT" "${PORT[@]}" "${ADMIN[@]}"; do
+    port_free "$port" || die "127.0.0.1:$port is in use; set BENCH_PORT_BASE"
+done
+
+# Every configuration gets the same request, API key included, so that the plugins are the
+# only difference between them.
+API_KEY=bench-key-0123456789
+KEY_HEADER="x-api-key: $API_KEY"
+
+# --- binaries and plugins ----------------------------------------------------------------
+build_tollgate
+if [[ ${BENCH_BUILD_PLUGINS:-1} == 1 ]]; then
+    build_wasm tests/plugins wasm-plugins || echo "plugins: building the test plugins failed; using the files already built" >&2
+    if [[ $CHAIN_MODE != test ]]; then
+        build_wasm plugins plugins || echo "plugins: building the bundled plugins failed; using the files already built, if any" >&2
+    fi
+fi
+need_files "$TP_DIR/tp_headers.wasm" "$TP_DIR/tp_metrics.wasm" "$TP_DIR/tp_properties.wasm" "$TP_DIR/tp_header_heavy.wasm"
+
+# The gateway watches its plugins folder: it gets copies, so a build during the bench does
+# not hot-swap anything. Compiled modules are cached in the work folder (the first start of
+# each configuration compiles, off the measured runs).
+mkdir -p "$WORK/plugins" "$WORK/cache"
+cp "$TP_DIR"/tp_headers.wasm "$TP_DIR"/tp_metrics.wasm "$TP_DIR"/tp_properties.wasm "$TP_DIR"/tp_header_heavy.wasm "$WORK/plugins/"
+have_bundled=0
+if [[ $CHAIN_MODE != test ]] && [[ -f $BUNDLED_DIR/key_auth.wasm && -f $BUNDLED_DIR/rate_limit.wasm && -f $BUNDLED_DIR/transformer.wasm ]]; then
+    cp "$BUNDLED_DIR"/key_auth.wasm "$BUNDLED_DIR"/rate_limit.wasm "$BUNDLED_DIR"/transformer.wasm "$WORK/plugins/"
+    have_bundled=1
+elif [[ $CHAIN_MODE == bundled ]]; then
+    die "BENCH_CHAIN=bundled but $BUNDLED_DIR has no key_auth.wasm, rate_limit.wasm and transformer.wasm"
+fi
+
+# --- policies ----------------------------------------------------------------------------
+# policies NAME PLUGINS-YAML: the policy folder of one configuration
+policies() {
+    local dir=$WORK/cfg-$1
+    mkdir -p "$dir"
+    cat >"$dir/bench.yaml" <<EOF
+listeners:
+  - name: bench
+    address: 127.0.0.1:${PORT[$1]}
+    protocol: http
+clusters:
+  - name: upstream
+    endpoints:
+      - address: 127.0.0.1:$UP_PORT
+    limits:
+      max_requests: 100000
+      max_idle_per_endpoint: 64
+virtual_hosts:
+  - name: bench
+    domains: ["*"]
+    routes:
+      - name: bench
+        match: { path: { prefix: / } }
+        forward: { cluster: upstream }
+$2
+EOF
+}
+
+CHAIN_BUNDLED='plugins:
+  - name: keys
+    module: key_auth.wasm
+    priority: 100
+    config:
+      key_names: [x-api-key]
+      key_in_query: false
+      consumers:
+        - { name: bench, keys: ['"$API_KEY"'], groups: [gold] }
+  - name: limit
+    module: rate_limit.wasm
+    priority: 50
+    config:
+      plans: { unlimited: { requests_per_second: 1000000000, burst: 1000000000 } }
+      key: consumer
+      default_plan: unlimited
+  - name: transform
+    module: transformer.wasm
+    priority: 0
+    config:
+      request:
+        headers: { set: { x-gateway: tollgate }, remove: [x-debug] }
+      response:
+        headers: { add: { x-served-by: tollgate } }'
+CHAIN_TEST='plugins:
+  - name: headers
+    module: tp_headers.wasm
+    config: { tag: bench }
+  - name: metrics
+    module: tp_metrics.wasm
+  - name: properties
+    module: tp_properties.wasm
+    config:
+      properties:
+        - { path: [request, path], type: string }
+        - { path: [request, method], type: string }'
+HEADER='plugins:
+  - name: headers
+    module: tp_headers.wasm
+    config: { tag: bench }'
+HEAVY='plugins:
+  - name: heavy
+    module: tp_header_heavy.wasm'
+
+declare -A ENVS=([base]="" [header]="" [chain]="" [heavy]="" [noepoch]="TOLLGATE_EPOCH_INTERRUPTION=off")
+
+# start_config NAME: start its Tollgate on the proxy CPU and wait until it serves
+TG_PID=
+start_config() {
+    local c=$1
+    # shellcheck disable=SC2086 # ENVS holds zero or one VAR=value word
+    start "tollgate-$c" "$PROXY_CPU" env TOLLGATE_LOG=warn TOLLGATE_CACHE_DIR="$WORK/cache" ${ENVS[$c]} \
+        "$BIN" run --policies "$WORK/cfg-$c" --plugins "$WORK/plugins" \
+        --admin "127.0.0.1:${ADMIN[$c]}" --workers 1 --log-format text
+    TG_PID=$LAST_PID
+    wait_http "http://127.0.0.1:${ADMIN[$c]}/readyz"
+}
+
+# check_config NAME: tollgate check, then one start that answers as expected (compiles the
+# modules into the cache); returns non-zero when the configuration does not work
+check_config() {
+    local c=$1 headers status body
+    "$BIN" check --policies "$WORK/cfg-$c" --plugins "$WORK/plugins" >"$WORK/check-$c.log" 2>&1 || {
+        cat "$WORK/check-$c.log" >&2
+        return 1
+    }
+    start_config "$c"
+    headers=$(curl -s -D - -o "$WORK/body" -H "$KEY_HEADER" "http://127.0.0.1:${PORT[$c]}/" | tr -d '\r' || true)
+    body=$(cat "$WORK/body" 2>/dev/null || true)
+    status=$(awk 'NR == 1 { print $2 }' <<<"$headers")
+    local ok=1
+    [[ $status == 200 && $body == ok ]] || { echo "plugins: $c: GET / answered $status '$body', expected 200 'ok'" >&2; ok=0; }
+    case $c in
+    header) grep -qi '^x-tp-response: bench' <<<"$headers" || { echo "plugins: $c: no x-tp-response header" >&2; ok=0; } ;;
+    heavy) ;; # it changes request headers only; the upstream does not echo them
+    chain | noepoch)
+        if [[ $CHAIN == bundled ]]; then
+            grep -qi '^x-served-by: tollgate' <<<"$headers" || { echo "plugins: $c: no x-served-by header (transformer)" >&2; ok=0; }
+            grep -qi '^ratelimit-limit:' <<<"$headers" || { echo "plugins: $c: no ratelimit-limit header (rate-limit)" >&2; ok=0; }
+            status=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${PORT[$c]}/" || true)
+            [[ $status == 401 ]] || { echo "plugins: $c: GET / without a key answered $status, expected 401 (key-auth)" >&2; ok=0; }
+        else
+            grep -qi '^x-tp-response: bench' <<<"$headers" || { echo "plugins: $c: no x-tp-response header (tp-headers)" >&2; ok=0; }
+            grep -qi '^x-tp-requests:' <<<"$headers" || { echo "plugins: $c: no x-tp-requests header (tp-metrics)" >&2; ok=0; }
+            grep -qi '^x-prop-request-path: /' <<<"$headers" || { echo "plugins: $c: no x-prop-request-path header (tp-properties)" >&2; ok=0; }
+        fi
+        ;;
+    esac
+    stop "$TG_PID"
+    ((ok))
+}
+
+log "starting the upstream (CPU $LOAD_CPU)"
+start_upstream "$UP_PORT"
+
+for c in "${CONFIGS[@]}"; do
+    case $c in
+    base) policies base "" ;;
+    header) policies header "$HEADER" ;;
+    heavy) policies heavy "$HEAVY" ;;
+    esac
+done
+
+# The chain: the bundled plugins when they are there and work, else the test plugins.
+CHAIN=test
+if [[ " ${CONFIGS[*]} " == *" chain "* || " ${CONFIGS[*]} " == *" noepoch "* ]]; then
+    chain_configs=()
+    for c in chain noepoch; do [[ " ${CONFIGS[*]} " == *" $c "* ]] && chain_configs+=("$c"); done
+    if ((have_bundled)); then
+        CHAIN=bundled
+        for c in "${chain_configs[@]}"; do policies "$c" "$CHAIN_BUNDLED"; done
+        log "checking the bundled chain (key-auth, rate-limit, transformer)"
+        if ! check_config "${chain_configs[0]}"; then
+            [[ $CHAIN_MODE == bundled ]] && die "the bundled chain does not work (BENCH_CHAIN=bundled)"
+            echo "plugins: the bundled chain does not work; using the test-plugin chain" >&2
+            CHAIN=test
+        fi
+    fi
+    if [[ $CHAIN == test ]]; then
+        for c in "${chain_configs[@]}"; do policies "$c" "$CHAIN_TEST"; done
+    fi
+fi
+if [[ $CHAIN == bundled ]]; then
+    CHAIN_LABEL="key-auth → rate-limit → transformer (bundled plugins; valid API key, limit never reached)"
+else
+    CHAIN_LABEL="tp-headers → tp-metrics → tp-properties (test plugins)"
+    ((have_bundled)) || [[ $CHAIN_MODE == test ]] || CHAIN_LABEL="$CHAIN_LABEL; the bundled key-auth, rate-limit and transformer were not built"
+fi
+log "3-plugin chain: $CHAIN_LABEL"
+
+for c in "${CONFIGS[@]}"; do
+    log "checking configuration $c"
+    check_config "$c" || die "configuration $c does not work (see above)"
+done
+
+# --- closed loop: maximum throughput -----------------------------------------------------
+# A fresh process per run and configuration, warmed up for 1 s; runs alternate between the
+# configurations so that drift in the machine hits them all alike.
+for r in $(seq "$RUNS"); do
+    for c in "${CONFIGS[@]}"; do
+        start_config "$c"
+        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H "$KEY_HEADER" "http://127.0.0.1:${PORT[$c]}/" >/dev/null
+        wait_quiet
+        log "wrk run $r/$RUNS: $c"
+        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "$KEY_HEADER" \
+            "http://127.0.0.1:${PORT[$c]}/" | tee "$WORK/wrk-$c-$r.txt" | grep -E 'Requests/sec|^ +99%|Non-2xx|Socket errors' >&2 || true
+        kill -0 "$TG_PID" 2>/dev/null || die "Tollgate ($c) died during the run"
+        stop "$TG_PID"
+    done
+done
+
+# --- open loop: latency at half of the 0-plugin maximum ----------------------------------
+base_rps=$("$PYTHON" bench/report.py rps "$WORK" base)
+RATE=$("$PYTHON" -c "import sys; print(max(1, round(float(sys.argv[1]) * float(sys.argv[2]))))" "$base_rps" "$HALF")
+for r in $(seq "$RUNS"); do
+    for c in "${CONFIGS[@]}"; do
+        start_config "$c"
+        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H "$KEY_HEADER" "http://127.0.0.1:${PORT[$c]}/" >/dev/null
+        wait_quiet
+        log "fixed rate run $r/$RUNS: $c at $RATE req/s"
+        # loadgen.py has no option for extra headers: the API key rides on the Host value.
+        taskset -c "$LOAD_CPU" "$PYTHON" bench/loadgen.py --port "${PORT[$c]}" --rate "$RATE" \
+            --host-header "127.0.0.1:${PORT[$c]}"$'\r\n'"$KEY_HEADER" \
+            --duration "$DURATION" --warmup 1 --connections "$CONNS" >"$WORK/fixed-$c-$r.json"
+        "$PYTHON" -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_us"]; print("  achieved %s req/s  p50 %s us  p99 %s us  errors %s  statuses %s" % (d["achieved_rate"], l["p50"], l["p99"], d["errors"], d["statuses"]))' \
+            "$WORK/fixed-$c-$r.json" >&2
+        kill -0 "$TG_PID" 2>/dev/null || die "Tollgate ($c) died during the run"
+        stop "$TG_PID"
+    done
+done
+
+# --- report ------------------------------------------------------------------------------
+configs_json=$(printf '"%s",' "${CONFIGS[@]}")
+write_meta "$WORK/meta.json" "rate=$RATE" "chain=$CHAIN" "chain_label=$CHAIN_LABEL" "configs=[${configs_json%,}]"
+mkdir -p "$(dirname "$OUT")"
+status=0
+"$PYTHON" bench/plugins_report.py "$WORK" >"$WORK/report.md" || status=$?
+((status == 0 || status == 3)) || die "report failed"
+cp "$WORK/report.md" "$OUT"
+echo
+cat "$OUT"
+echo
+echo "(written to $OUT)"
+if ((status == 3)) && [[ ${BENCH_STRICT:-0} == 1 ]]; then
+    exit 3
+fi

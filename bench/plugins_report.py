@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Reads the raw results of bench/plugins.sh and prints them as a Markdown report.
+
+    plugins_report.py WORKDIR
+
+WORKDIR holds wrk-CONFIG-N.txt (wrk --latency output), fixed-CONFIG-N.json (loadgen.py
+output) and meta.json (written by plugins.sh). Each figure is the median over the runs,
+taken per figure; added latencies are differences of those medians. Exit status 3 when a
+goal was measured and missed.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from report import fixed_runs, fmt_rps, fmt_us, median, wrk_runs  # noqa: E402
+
+LABELS = {
+    "base": "0 plugins",
+    "header": "1 header plugin (tp-headers)",
+    "chain": "3-plugin chain",
+    "heavy": "header-heavy (tp-header-heavy)",
+    "noepoch": "3-plugin chain, epoch interruption off",
+}
+
+
+def mark(ok):
+    return "–" if ok is None else ("met" if ok else "**not met**")
+
+
+def sub(a, b):
+    return None if a is None or b is None else a - b
+
+
+def fmt_added(v):
+    if v is None:
+        return "–"
+    return ("+" if v >= 0 else "−") + fmt_us(abs(v))
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    work = sys.argv[1]
+    import json
+
+    with open(os.path.join(work, "meta.json")) as f:
+        meta = json.load(f)
+    configs = meta["configs"]
+    out = []
+    add = out.append
+    add("# Tollgate plugin bench — %s" % meta["date"])
+    add("")
+    if meta.get("smoke"):
+        add("**Smoke run (%s) — not representative; use `just bench` with the defaults for figures.**"
+            % meta["smoke"])
+        add("")
+    if meta.get("busy_runs"):
+        add("**%d of %d runs started while other processes kept the machine busy: "
+            "these figures are not reliable.**" % (meta["busy_runs"], meta["total_runs"]))
+        add("")
+    add("- Machine: %s, %s CPUs, Linux %s" % (meta["cpu"], meta["cpus"], meta["kernel"]))
+    add("- Versions: Tollgate %s (%s), %s, %s, Python %s"
+        % (meta["tollgate_rev"], meta["profile"], meta["nginx"], meta["wrk"], meta["python"]))
+    add("- Pinning: Tollgate (1 worker, `TOLLGATE_LOG=warn`) on CPU %s; upstream (nginx `return 200`), "
+        "wrk and the fixed-rate generator on CPU %s" % (meta["proxy_cpu"], meta["load_cpu"]))
+    add("- %s runs of %ss per figure (median), %s keep-alive connections, `GET /` with an "
+        "`x-api-key` header (same request for every configuration), answered `ok`"
+        % (meta["runs"], meta["duration"], meta["connections"]))
+    add("- 3-plugin chain: %s" % meta["chain_label"])
+    add("")
+
+    wrk, fixed = {}, {}
+    add("## Maximum throughput (closed loop: `wrk -t1 -c%s -d%ss --latency`) and latency at half load"
+        % (meta["connections"], meta["duration"]))
+    add("")
+    add("Fixed rate: %s requests/s = %s of the 0-plugin maximum (`bench/loadgen.py`, latency from "
+        "each request's scheduled time). wrk's latencies are those of a saturated server, for "
+        "reference only." % (fmt_rps(meta["rate"]), meta["half_load"]))
+    add("")
+    add("| configuration | requests/s | vs 0 plugins | wrk p50 | wrk p90 | wrk p99 | fixed-rate achieved | fixed p50 | fixed p99 | fixed p99.9 | errors |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for c in configs:
+        runs = wrk_runs(work, c)
+        w = {k: median([r.get(k) for r in runs]) for k in ("rps", "p50", "p90", "p99")} if runs else {}
+        w["errors"] = sum(r["errors"] for r in runs)
+        wrk[c] = w
+        fr = fixed_runs(work, c)
+        f = {}
+        if fr:
+            f = {k: median([r["latency_us"][k] for r in fr]) for k in ("p50", "p90", "p99", "p99.9", "max")}
+            f["rate"] = median([r["achieved_rate"] for r in fr])
+            f["lag99"] = median([r["send_lag_us"]["p99"] for r in fr])
+            f["errors"] = sum(sum(r["errors"].values()) - r["errors"].get("reconnect", 0) for r in fr)
+            f["non200"] = sum(n for r in fr for s, n in r["statuses"].items() if s != "200")
+        fixed[c] = f
+        base_rps = wrk.get("base", {}).get("rps")
+        rel = "%.2f×" % (w["rps"] / base_rps) if w.get("rps") and base_rps else "–"
+        add("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d |" % (
+            LABELS[c], fmt_rps(w.get("rps")), rel, fmt_us(w.get("p50")), fmt_us(w.get("p90")),
+            fmt_us(w.get("p99")), fmt_rps(f.get("rate")), fmt_us(f.get("p50")), fmt_us(f.get("p99")),
+            fmt_us(f.get("p99.9")), w["errors"] + f.get("errors", 0) + f.get("non200", 0)))
+    add("")
+
+    add("## Goals (design brief §10)")
+    add("")
+    add("| figure | measured | goal | |")
+    add("|---|---:|---:|:-:|")
+    verdicts = []
+
+    def goal(label, value, text, ok):
+        verdicts.append(ok)
+        add("| %s | %s | %s | %s |" % (label, value, text, mark(ok)))
+
+    b, ch, hv, ne = (wrk.get(k, {}) for k in ("base", "chain", "heavy", "noepoch"))
+    fb, fch, fhv = (fixed.get(k, {}) for k in ("base", "chain", "heavy"))
+    if "chain" in configs:
+        r = ch["rps"] / b["rps"] if ch.get("rps") and b.get("rps") else None
+        goal("chain / 0 plugins, throughput", "–" if r is None else "%.2f×" % r, "≥ 0.85×",
+             None if r is None else r >= 0.85)
+        a = sub(fch.get("p50"), fb.get("p50"))
+        goal("chain, added p50 at half load", fmt_added(a), "≤ 30 µs", None if a is None else a <= 30)
+        a = sub(fch.get("p99"), fb.get("p99"))
+        goal("chain, added p99 at half load", fmt_added(a), "≤ 100 µs", None if a is None else a <= 100)
+    if "heavy" in configs:
+        a = sub(fhv.get("p50"), fb.get("p50"))
+        goal("header-heavy, added p50 at half load", fmt_added(a), "≤ 0.1 ms", None if a is None else a <= 100)
+        a = sub(fhv.get("p99"), fb.get("p99"))
+        goal("header-heavy, added p99 at half load", fmt_added(a), "≤ 0.1 ms", None if a is None else a <= 100)
+    if "chain" in configs and "noepoch" in configs:
+        cost = 1 - ch["rps"] / ne["rps"] if ch.get("rps") and ne.get("rps") else None
+        goal("epoch interruption on vs off (chain), throughput cost",
+             "–" if cost is None else "%.1f %%" % (100 * cost), "≤ 3 %",
+             None if cost is None else cost <= 0.03)
+    add("")
+    add("Added latency = the configuration's median percentile minus the 0-plugin one, both at "
+        "the same fixed rate. The epoch cost is 1 − (chain with epochs) / (chain without).")
+    add("")
+
+    notes = []
+    if "header" in configs:
+        a50, a99 = sub(fixed["header"].get("p50"), fb.get("p50")), sub(fixed["header"].get("p99"), fb.get("p99"))
+        notes.append("one header plugin: added p50 %s, p99 %s at half load (for information)"
+                     % (fmt_added(a50), fmt_added(a99)))
+    if "noepoch" in configs:
+        fne = fixed.get("noepoch", {})
+        notes.append("chain at half load, epochs on vs off: p50 %s vs %s, p99 %s vs %s"
+                     % (fmt_us(fch.get("p50")), fmt_us(fne.get("p50")), fmt_us(fch.get("p99")), fmt_us(fne.get("p99"))))
+    rate = meta["rate"]
+    for c, f in fixed.items():
+        if f.get("rate") is not None and f["rate"] < 0.97 * rate:
+            notes.append("%s could not sustain the fixed rate (%s of %s req/s): its latencies include "
+                         "the queue that built up" % (LABELS[c], fmt_rps(f["rate"]), fmt_rps(rate)))
+        elif f.get("lag99") is not None and f["lag99"] > 200:
+            notes.append("%s: requests left up to %s (p99) after their scheduled time (generator or "
+                         "every connection busy); that wait is part of the latencies" % (LABELS[c], fmt_us(f["lag99"])))
+        if f.get("errors") or f.get("non200"):
+            notes.append("%s: %d transport errors/timeouts and %d non-200 answers at the fixed rate"
+                         % (LABELS[c], f.get("errors", 0), f.get("non200", 0)))
+    for c, w in wrk.items():
+        if w.get("errors"):
+            notes.append("%s: %d errors under wrk (non-2xx/3xx or socket errors)" % (LABELS[c], w["errors"]))
+    if notes:
+        add("Notes:")
+        add("")
+        for n in notes:
+            add("- " + n)
+        add("")
+    print("\n".join(out))
+    sys.exit(3 if any(v is False for v in verdicts) else 0)
+
+
+if __name__ == "__main__":
+    main()
