@@ -115,9 +115,13 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Tollgate vs nginx vs direct (release build; see bench/README.md). BENCH_DURATION=3 for a smoke run.
-bench:
+# Benchmarks (bench/README.md): vs nginx, plugin chains, hot swap, host calls. BENCH_DURATION=3 for a smoke run.
+bench: setup
     bash bench/run.sh
+    bash bench/plugins.sh
+    bash bench/swap.sh
+    cargo bench -p tollgate --bench host_calls
+    python3 bench/criterion_report.py
 
 # What CI checks: lint, then the tests.
 ci: lint test

@@ -18,8 +18,8 @@
 # Environment (all optional): as bench/run.sh (BENCH_DURATION, BENCH_RUNS, BENCH_CONNECTIONS,
 # BENCH_HALF_LOAD, BENCH_PROFILE, TOLLGATE_BIN, BENCH_PROXY_CPU, BENCH_LOAD_CPU,
 # BENCH_QUIET_WAIT, BENCH_STRICT), and
-#   BENCH_PORT_BASE=38180   ports BASE+1 (upstream), BASE+10+i (Tollgate), BASE+20+i (admin)
-#   BENCH_OUT=bench/results/plugins.md
+#   BENCH_PORT_BASE=28180   ports BASE+1 (upstream), BASE+10+i (Tollgate), BASE+20+i (admin)
+#   BENCH_PLUGINS_OUT=bench/results/plugins.md
 #   BENCH_CHAIN=auto        which 3-plugin chain: auto | bundled | test
 #   BENCH_CONFIGS="base header chain heavy noepoch"   a subset (base is required)
 #   BENCH_BUILD_PLUGINS=1   0: use the .wasm files already built, build nothing
@@ -27,9 +27,9 @@ set -euo pipefail
 BENCH_NAME=plugins
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-BASE=${BENCH_PORT_BASE:-38180}
+BASE=${BENCH_PORT_BASE:-28180}
 UP_PORT=$((BASE + 1))
-OUT=${BENCH_OUT:-bench/results/plugins.md}
+OUT=${BENCH_PLUGINS_OUT:-bench/results/plugins.md}
 CHAIN_MODE=${BENCH_CHAIN:-auto}
 read -r -a CONFIGS <<<"${BENCH_CONFIGS:-base header chain heavy noepoch}"
 case $CHAIN_MODE in auto | bundled | test) ;; *) die "BENCH_CHAIN must be auto, bundled or test" ;; esac

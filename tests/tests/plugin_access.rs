@@ -179,10 +179,13 @@ fn ip_plugins() -> Vec<PluginSpec> {
     ]
 }
 
+/// (path, request headers, expected status)
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], StatusCode);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_restriction_matches_the_peer_or_the_trusted_forwarded_address() {
     let setup = start(&ip_plugins()).await;
-    let cases: &[(&str, &[(&str, &str)], StatusCode)] = &[
+    let cases: &[Case] = &[
         ("/ip-deny", &[], StatusCode::FORBIDDEN),
         // Without trusted hops, X-Forwarded-For is ignored.
         (

@@ -13,23 +13,26 @@ use http_body_util::BodyExt;
 
 use super::{Downstream, ResponseBody};
 use crate::telemetry::metrics::metrics;
-use crate::upstream::BoxError;
+use crate::upstream::{BoxError, Endpoint};
+use std::net::SocketAddr;
 
 /// Everything the access log line says about a request.
 #[derive(Debug)]
 pub struct AccessRecord {
     pub started: Instant,
     pub listener: Arc<str>,
-    pub client: String,
-    pub method: String,
-    pub authority: String,
-    pub path: String,
+    pub client: SocketAddr,
+    // The request head is kept as cheap clones (shared buffers) and formatted only when
+    // the access log is on.
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub host: Option<HeaderValue>,
     pub protocol: &'static str,
     pub request_id: HeaderValue,
-    pub user_agent: String,
+    pub user_agent: Option<HeaderValue>,
     pub route: Arc<str>,
     pub cluster: Arc<str>,
-    pub upstream: String,
+    pub upstream: Option<Arc<Endpoint>>,
     pub status: u16,
     /// Why the gateway answered as it did when it was not a plain forward (`no_route`,
     /// `upstream_timeout`, `fault_abort`, ...); `-` otherwise.
@@ -43,6 +46,10 @@ fn none() -> Arc<str> {
     NONE.get_or_init(|| Arc::from("-")).clone()
 }
 
+fn text(value: Option<&HeaderValue>) -> &str {
+    value.and_then(|value| value.to_str().ok()).unwrap_or("-")
+}
+
 impl AccessRecord {
     pub fn new<B>(
         request: &Request<B>,
@@ -50,40 +57,23 @@ impl AccessRecord {
         request_id: HeaderValue,
         started: Instant,
     ) -> Self {
-        let header = |name| {
-            request
-                .headers()
-                .get(name)
-                .and_then(|value: &HeaderValue| value.to_str().ok())
-                .unwrap_or("-")
-                .to_string()
-        };
-        let authority = request
-            .uri()
-            .authority()
-            .map(|authority| authority.to_string())
-            .unwrap_or_else(|| header(http::header::HOST));
         Self {
             started,
             listener: downstream.listener.clone(),
-            client: downstream.remote.to_string(),
-            method: request.method().to_string(),
-            authority,
-            path: request
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string(),
+            client: downstream.remote,
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            host: request.headers().get(http::header::HOST).cloned(),
             protocol: match request.version() {
                 http::Version::HTTP_2 => "HTTP/2",
                 http::Version::HTTP_10 => "HTTP/1.0",
                 _ => "HTTP/1.1",
             },
             request_id,
-            user_agent: header(http::header::USER_AGENT),
+            user_agent: request.headers().get(http::header::USER_AGENT).cloned(),
             route: none(),
             cluster: none(),
-            upstream: "-".to_string(),
+            upstream: None,
             status: 0,
             detail: "-",
             attempts: 0,
@@ -91,27 +81,41 @@ impl AccessRecord {
         }
     }
 
+    /// The upstream endpoint's address, or `-`.
+    pub fn upstream_address(&self) -> &str {
+        self.upstream
+            .as_ref()
+            .map_or("-", |endpoint| endpoint.address.as_str())
+    }
+
     fn emit(&self) {
         let duration = self.started.elapsed();
         metrics().record_request(&self.route, &self.cluster, self.status, duration);
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return;
+        }
+        let authority = match self.uri.authority() {
+            Some(authority) => authority.as_str(),
+            None => text(self.host.as_ref()),
+        };
         tracing::info!(
             target: "access",
             listener = %self.listener,
             client = %self.client,
             method = %self.method,
-            authority = %self.authority,
-            path = %self.path,
+            authority,
+            path = self.uri.path_and_query().map_or("/", |p| p.as_str()),
             protocol = self.protocol,
             status = self.status,
             route = %self.route,
             cluster = %self.cluster,
-            upstream = %self.upstream,
+            upstream = self.upstream_address(),
             attempts = self.attempts,
             detail = self.detail,
             bytes_sent = self.bytes_sent,
             duration_ms = format_args!("{:.3}", super::millis(duration)),
-            request_id = self.request_id.to_str().unwrap_or("-"),
-            user_agent = %self.user_agent,
+            request_id = text(Some(&self.request_id)),
+            user_agent = text(self.user_agent.as_ref()),
         );
     }
 }

@@ -265,7 +265,7 @@ async fn try_once(
     record: &mut AccessRecord,
 ) -> Result<Response<Incoming>, TryError> {
     let guard = cluster.pick(endpoints).map_err(TryError::NoEndpoint)?;
-    record.upstream.clone_from(&guard.endpoint.address);
+    record.upstream = Some(guard.endpoint.clone());
     let uri: Uri = format!(
         "{}://{}{}",
         cluster.scheme(),

@@ -115,10 +115,10 @@ async fn route_and_act(
         return local::reply(StatusCode::NOT_FOUND, "no routes on this listener\n");
     };
     let host = normalize_host(&authority);
-    let path = request.uri().path().to_string();
+    let path = request.uri().path();
     let head = RequestHead {
         host: &host,
-        path: &path,
+        path,
         query: request.uri().query(),
         method: request.method(),
         headers: request.headers(),
@@ -298,6 +298,7 @@ async fn plugin_stop(
         }
         Stopped::Failed(response) => {
             record.detail = "plugin_failure";
+            run.set_final_status(response.status().as_u16());
             *response
         }
     }
@@ -315,7 +316,10 @@ async fn plugin_response(
         &parts.headers,
     );
     let end_of_stream = http_body::Body::is_end_stream(&body);
-    let upstream = (record.upstream != "-").then(|| record.upstream.clone());
+    let upstream = record
+        .upstream
+        .as_ref()
+        .map(|endpoint| endpoint.address.clone());
     let body = match run
         .response_headers(&mut list, end_of_stream, upstream.as_deref())
         .await
@@ -327,6 +331,7 @@ async fn plugin_response(
         }
         Err(Stopped::Failed(response)) => {
             record.detail = "plugin_failure";
+            run.set_final_status(response.status().as_u16());
             return *response;
         }
         Err(Stopped::Local(_, answer)) => local::body(answer.body.clone()),
@@ -341,6 +346,7 @@ async fn plugin_response(
     {
         parts.status = status;
     }
+    run.set_final_status(parts.status.as_u16());
     Response::from_parts(parts, plugins::filter_response_body(body, run))
 }
 

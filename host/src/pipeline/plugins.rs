@@ -50,6 +50,8 @@ pub struct PluginRun {
     /// Plugins whose response callbacks run: all, or those up to a local reply.
     response_limit: usize,
     finished: bool,
+    /// The status of the response that went downstream, for `response.code` in `on_log`.
+    final_status: Option<u16>,
 }
 
 /// Which direction a pause is waiting on.
@@ -77,6 +79,7 @@ impl PluginRun {
             wait_limit,
             response_limit: chain.len(),
             finished: false,
+            final_status: None,
         }
     }
 
@@ -443,18 +446,31 @@ impl PluginRun {
     }
 
     /// The log phase: `on_log`, `on_done`, `on_delete` for every context, in order.
+    /// Records the status that went downstream.
+    pub fn set_final_status(&mut self, status: u16) {
+        self.final_status = Some(status);
+    }
+
+    /// The log phase: `on_log`, `on_done`, `on_delete` for every plugin of the chain, in
+    /// order. As in Envoy, where every filter of the chain has a context from the start, a
+    /// plugin that never ran because an earlier one answered still gets its `on_log` (so
+    /// that metering bills refused requests too).
     pub fn finish(&mut self) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
         let finished = SystemTime::now();
-        for entry in &self.entries {
-            let Some(context) = entry.context else {
+        for index in 0..self.entries.len() {
+            let Ok(Some(context)) = self.context(index) else {
                 continue;
             };
-            let _ = entry.plugin.with_vm(|vm, _| {
+            let status = self.final_status;
+            let _ = self.entries[index].plugin.with_vm(|vm, _| {
                 if let Some(stream) = vm.state().streams.get_mut(&context) {
                     stream.finished = Some(finished);
+                    if stream.response_code.is_none() {
+                        stream.response_code = status;
+                    }
                 }
                 vm.finish_stream(context)
             });

@@ -47,6 +47,7 @@ struct ClientSettings {
 }
 
 /// One endpoint and its live state.
+#[derive(Debug)]
 pub struct Endpoint {
     /// `host:port`, used as the authority of upstream request URIs (and so as the pool key).
     pub address: String,

@@ -98,7 +98,12 @@ impl Acl {
     }
 
     /// Judges a request on `route` with `method` by `consumer`.
-    pub fn decide(&self, route: Option<&str>, method: &str, consumer: Option<&Consumer>) -> Decision {
+    pub fn decide(
+        &self,
+        route: Option<&str>,
+        method: &str,
+        consumer: Option<&Consumer>,
+    ) -> Decision {
         if consumer.is_none() && self.require_consumer {
             return Decision::Unauthenticated;
         }
@@ -106,10 +111,9 @@ impl Acl {
         if rules.is_empty() {
             return Decision::Allow;
         }
-        let Some(rule) = rules
-            .iter()
-            .find(|rule| rule.methods.is_empty() || rule.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
-        else {
+        let Some(rule) = rules.iter().find(|rule| {
+            rule.methods.is_empty() || rule.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+        }) else {
             return Decision::Forbidden("method not allowed for any consumer");
         };
         let name = consumer.map(|c| c.name.as_str());
@@ -119,7 +123,10 @@ impl Acl {
             return Decision::Forbidden("consumer denied");
         }
         let restricted = !rule.allow.is_empty() || !rule.allow_consumers.is_empty();
-        if restricted && !in_any(&rule.allow) && !name.is_some_and(|n| rule.allow_consumers.iter().any(|a| a == n)) {
+        if restricted
+            && !in_any(&rule.allow)
+            && !name.is_some_and(|n| rule.allow_consumers.iter().any(|a| a == n))
+        {
             return Decision::Forbidden("consumer not allowed");
         }
         Decision::Allow
@@ -154,20 +161,38 @@ mod tests {
         let mallory = who("mallory", &["admins"]);
         let route = Some("orders");
         assert_eq!(acl.decide(route, "GET", Some(&reader)), Decision::Allow);
-        assert_eq!(acl.decide(route, "POST", Some(&reader)), Decision::Forbidden("consumer not allowed"));
+        assert_eq!(
+            acl.decide(route, "POST", Some(&reader)),
+            Decision::Forbidden("consumer not allowed")
+        );
         assert_eq!(acl.decide(route, "POST", Some(&admin)), Decision::Allow);
-        assert_eq!(acl.decide(route, "DELETE", Some(&mallory)), Decision::Forbidden("consumer denied"));
-        assert_eq!(acl.decide(route, "PUT", Some(&admin)), Decision::Forbidden("method not allowed for any consumer"));
+        assert_eq!(
+            acl.decide(route, "DELETE", Some(&mallory)),
+            Decision::Forbidden("consumer denied")
+        );
+        assert_eq!(
+            acl.decide(route, "PUT", Some(&admin)),
+            Decision::Forbidden("method not allowed for any consumer")
+        );
         assert_eq!(acl.decide(route, "GET", None), Decision::Unauthenticated);
-        assert_eq!(acl.decide(Some("other"), "PUT", Some(&reader)), Decision::Allow);
-        assert_eq!(acl.decide(None, "GET", Some(&who("x", &["blocked"]))), Decision::Forbidden("consumer denied"));
+        assert_eq!(
+            acl.decide(Some("other"), "PUT", Some(&reader)),
+            Decision::Allow
+        );
+        assert_eq!(
+            acl.decide(None, "GET", Some(&who("x", &["blocked"]))),
+            Decision::Forbidden("consumer denied")
+        );
     }
 
     #[test]
     fn anonymous_requests_when_not_required() {
         let acl = acl(json!({"require_consumer": false, "routes": {"open": [{"deny": ["x"]}], "closed": [{"allow": ["a"]}]}})).unwrap();
         assert_eq!(acl.decide(Some("open"), "GET", None), Decision::Allow);
-        assert_eq!(acl.decide(Some("closed"), "GET", None), Decision::Forbidden("consumer not allowed"));
+        assert_eq!(
+            acl.decide(Some("closed"), "GET", None),
+            Decision::Forbidden("consumer not allowed")
+        );
     }
 
     #[test]

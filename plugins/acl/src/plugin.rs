@@ -30,7 +30,9 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request { acl: self.acl.clone()? }))
+        Some(Box::new(Request {
+            acl: self.acl.clone()?,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -49,13 +51,20 @@ impl HttpContext for Request {
         let method = self.get_http_request_header(":method").unwrap_or_default();
         let route = current_route_name();
         let consumer = consumer::get();
-        let (status, message) = match self.acl.decide(route.as_deref(), &method, consumer.as_ref()) {
+        let (status, message) = match self
+            .acl
+            .decide(route.as_deref(), &method, consumer.as_ref())
+        {
             Decision::Allow => return Action::Continue,
             Decision::Unauthenticated => (401, "authentication required"),
             Decision::Forbidden(reason) => (403, reason),
         };
         let body = serde_json::json!({ "message": message }).to_string();
-        self.send_http_response(status, vec![("content-type", "application/json")], Some(body.as_bytes()));
+        self.send_http_response(
+            status,
+            vec![("content-type", "application/json")],
+            Some(body.as_bytes()),
+        );
         Action::Pause
     }
 }

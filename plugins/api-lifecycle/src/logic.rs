@@ -113,22 +113,39 @@ impl ApiLifecycle {
 impl State {
     fn new(lifecycle: Lifecycle) -> Result<Self, ConfigError> {
         if lifecycle.retired && lifecycle.mock.is_some() {
-            return Err(ConfigError::new("mock", "a retired route cannot also be mocked"));
+            return Err(ConfigError::new(
+                "mock",
+                "a retired route cannot also be mocked",
+            ));
         }
-        let mut state = State { retired: lifecycle.retired, ..State::default() };
+        let mut state = State {
+            retired: lifecycle.retired,
+            ..State::default()
+        };
         if let Some(deprecated) = lifecycle.deprecated {
             state.deprecation = Some(match &deprecated.since {
-                Some(since) => format!("@{}", parse_rfc3339(since).map_err(|e| ConfigError::new("deprecated.since", e))?),
+                Some(since) => format!(
+                    "@{}",
+                    parse_rfc3339(since).map_err(|e| ConfigError::new("deprecated.since", e))?
+                ),
                 None => "true".into(),
             });
             if let Some(sunset) = &deprecated.sunset {
-                state.sunset = Some(parse_rfc3339(sunset).map_err(|e| ConfigError::new("deprecated.sunset", e))?);
+                state.sunset = Some(
+                    parse_rfc3339(sunset).map_err(|e| ConfigError::new("deprecated.sunset", e))?,
+                );
             } else if deprecated.enforce_sunset {
-                return Err(ConfigError::new("deprecated.enforce_sunset", "needs deprecated.sunset"));
+                return Err(ConfigError::new(
+                    "deprecated.enforce_sunset",
+                    "needs deprecated.sunset",
+                ));
             }
             if let Some(link) = &deprecated.link {
                 if link.is_empty() || link.contains(['<', '>', '"', '\r', '\n', ' ']) {
-                    return Err(ConfigError::new("deprecated.link", "must be a URL (no spaces, quotes or angle brackets)"));
+                    return Err(ConfigError::new(
+                        "deprecated.link",
+                        "must be a URL (no spaces, quotes or angle brackets)",
+                    ));
                 }
             }
             state.link = deprecated.link;
@@ -141,11 +158,21 @@ impl State {
             let mut headers = Vec::new();
             for (name, value) in &mock.headers {
                 let lower = name.to_ascii_lowercase();
-                if lower.is_empty() || lower.starts_with(':') || lower == "content-length" || lower == "transfer-encoding" {
-                    return Err(ConfigError::new(format!("mock.headers.{name}"), "not a header a mock can set"));
+                if lower.is_empty()
+                    || lower.starts_with(':')
+                    || lower == "content-length"
+                    || lower == "transfer-encoding"
+                {
+                    return Err(ConfigError::new(
+                        format!("mock.headers.{name}"),
+                        "not a header a mock can set",
+                    ));
                 }
                 if value.contains(['\r', '\n', '\0']) {
-                    return Err(ConfigError::new(format!("mock.headers.{name}"), "header values cannot contain CR, LF or NUL"));
+                    return Err(ConfigError::new(
+                        format!("mock.headers.{name}"),
+                        "header values cannot contain CR, LF or NUL",
+                    ));
                 }
                 headers.push((lower, value.clone()));
             }
@@ -203,7 +230,10 @@ impl State {
             headers.push(("sunset".to_owned(), http_date(sunset)));
         }
         if let Some(link) = &self.link {
-            headers.push(("link".to_owned(), format!("<{link}>; rel=\"deprecation\"; type=\"text/html\"")));
+            headers.push((
+                "link".to_owned(),
+                format!("<{link}>; rel=\"deprecation\"; type=\"text/html\""),
+            ));
         }
         headers
     }
@@ -214,7 +244,13 @@ impl State {
 pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
     let bad = || format!("{text:?} is not an RFC 3339 time like 2027-01-01T00:00:00Z");
     let b = text.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return Err(bad());
     }
     let num = |range: std::ops::Range<usize>| -> Result<u64, String> {
@@ -246,7 +282,10 @@ pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
     }
     let offset: i64 = match rest {
         "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) && &rest[3..4] == ":" => {
+        _ if rest.len() == 6
+            && (rest.starts_with('+') || rest.starts_with('-'))
+            && &rest[3..4] == ":" =>
+        {
             let h: i64 = rest[1..3].parse().map_err(|_| bad())?;
             let m: i64 = rest[4..6].parse().map_err(|_| bad())?;
             let sign = if rest.starts_with('-') { -1 } else { 1 };
@@ -262,7 +301,9 @@ pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
 /// An IMF-fixdate (`Fri, 01 Jan 2027 00:00:00 GMT`), the form of HTTP dates.
 pub fn http_date(unix_secs: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let days = unix_secs / 86_400;
     let (year, month, day) = civil_from_days(days);
     let secs = unix_secs % 86_400;
@@ -282,7 +323,8 @@ mod tests {
     use serde_json::json;
 
     fn lifecycle(config: Value) -> Result<ApiLifecycle, ConfigError> {
-        tollgate_sdk::config::parse::<Config>(config.to_string().as_bytes()).and_then(ApiLifecycle::new)
+        tollgate_sdk::config::parse::<Config>(config.to_string().as_bytes())
+            .and_then(ApiLifecycle::new)
     }
 
     const SUNSET: u64 = 1_798_761_600; // 2027-01-01T00:00:00Z
@@ -306,24 +348,52 @@ mod tests {
             "v3": {"mock": {"status": 201, "headers": {"X-Mock": "1"}, "body": {"id": 7}}}
         }}))
         .unwrap();
-        let Outcome::Forward(headers) = l.rules.get(Some("v1")).outcome(SUNSET - 1) else { panic!() };
-        assert_eq!(headers, [
-            ("deprecation".to_string(), "@1767225600".to_string()),
-            ("sunset".to_string(), "Fri, 01 Jan 2027 00:00:00 GMT".to_string()),
-            ("link".to_string(), "<https://docs.test/v1>; rel=\"deprecation\"; type=\"text/html\"".to_string()),
-        ]);
-        assert!(matches!(l.rules.get(Some("v1")).outcome(SUNSET), Outcome::Answer(410, _, _)));
-        let Outcome::Answer(410, _, body) = l.rules.get(Some("v0")).outcome(0) else { panic!() };
+        let Outcome::Forward(headers) = l.rules.get(Some("v1")).outcome(SUNSET - 1) else {
+            panic!()
+        };
+        assert_eq!(
+            headers,
+            [
+                ("deprecation".to_string(), "@1767225600".to_string()),
+                (
+                    "sunset".to_string(),
+                    "Fri, 01 Jan 2027 00:00:00 GMT".to_string()
+                ),
+                (
+                    "link".to_string(),
+                    "<https://docs.test/v1>; rel=\"deprecation\"; type=\"text/html\"".to_string()
+                ),
+            ]
+        );
+        assert!(matches!(
+            l.rules.get(Some("v1")).outcome(SUNSET),
+            Outcome::Answer(410, _, _)
+        ));
+        let Outcome::Answer(410, _, body) = l.rules.get(Some("v0")).outcome(0) else {
+            panic!()
+        };
         assert_eq!(body, br#"{"message":"this API version is retired"}"#);
-        let Outcome::Answer(201, headers, body) = l.rules.get(Some("v3")).outcome(0) else { panic!() };
-        assert_eq!(headers, [("x-mock".to_string(), "1".to_string()), ("content-type".to_string(), "application/json".to_string())]);
+        let Outcome::Answer(201, headers, body) = l.rules.get(Some("v3")).outcome(0) else {
+            panic!()
+        };
+        assert_eq!(
+            headers,
+            [
+                ("x-mock".to_string(), "1".to_string()),
+                ("content-type".to_string(), "application/json".to_string())
+            ]
+        );
         assert_eq!(body, br#"{"id":7}"#);
-        assert_eq!(l.rules.get(Some("other")).outcome(0), Outcome::Forward(vec![]));
+        assert_eq!(
+            l.rules.get(Some("other")).outcome(0),
+            Outcome::Forward(vec![])
+        );
     }
 
     #[test]
     fn bad_configurations_name_the_field() {
-        let e = lifecycle(json!({"routes": {"v1": {"deprecated": {"sunset": "next year"}}}})).unwrap_err();
+        let e = lifecycle(json!({"routes": {"v1": {"deprecated": {"sunset": "next year"}}}}))
+            .unwrap_err();
         assert_eq!(e.path(), "routes.v1.deprecated.sunset");
         let e = lifecycle(json!({"routes": {"v1": {"retired": true, "mock": {}}}})).unwrap_err();
         assert_eq!(e.path(), "routes.v1.mock");

@@ -22,13 +22,17 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let parsed = config::parse::<Config>(&config::plugin_configuration()).and_then(ApiLifecycle::new);
+        let parsed =
+            config::parse::<Config>(&config::plugin_configuration()).and_then(ApiLifecycle::new);
         self.lifecycle = config::report("api-lifecycle", parsed).map(Rc::new);
         self.lifecycle.is_some()
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request { lifecycle: self.lifecycle.clone()?, add: Vec::new() }))
+        Some(Box::new(Request {
+            lifecycle: self.lifecycle.clone()?,
+            add: Vec::new(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -53,7 +57,10 @@ impl HttpContext for Request {
                 Action::Continue
             }
             Outcome::Answer(status, headers, body) => {
-                let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let pairs: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 self.send_http_response(status, pairs, Some(&body));
                 Action::Pause
             }

@@ -53,18 +53,37 @@ impl BasicAuth {
         let mut digests = Vec::new();
         for (i, consumer) in config.consumers.iter().enumerate() {
             if !consumer::is_valid_name(&consumer.name) || consumer.name.contains(':') {
-                return Err(ConfigError::new(format!("consumers[{i}].name"), "must be visible ASCII without commas or colons"));
+                return Err(ConfigError::new(
+                    format!("consumers[{i}].name"),
+                    "must be visible ASCII without commas or colons",
+                ));
             }
-            if config.consumers[..i].iter().any(|c| c.name == consumer.name) {
-                return Err(ConfigError::new(format!("consumers[{i}].name"), "two consumers have this name"));
+            if config.consumers[..i]
+                .iter()
+                .any(|c| c.name == consumer.name)
+            {
+                return Err(ConfigError::new(
+                    format!("consumers[{i}].name"),
+                    "two consumers have this name",
+                ));
             }
-            if let Some(j) = consumer.groups.iter().position(|g| !consumer::is_valid_name(g)) {
-                return Err(ConfigError::new(format!("consumers[{i}].groups[{j}]"), "must be visible ASCII without commas"));
+            if let Some(j) = consumer
+                .groups
+                .iter()
+                .position(|g| !consumer::is_valid_name(g))
+            {
+                return Err(ConfigError::new(
+                    format!("consumers[{i}].groups[{j}]"),
+                    "must be visible ASCII without commas",
+                ));
             }
             let digest = match (&consumer.password, &consumer.password_sha256) {
                 (Some(password), None) => Sha256::digest(password.as_bytes()).into(),
                 (None, Some(hex)) => parse_hex(hex).ok_or_else(|| {
-                    ConfigError::new(format!("consumers[{i}].password_sha256"), "must be 64 hexadecimal digits")
+                    ConfigError::new(
+                        format!("consumers[{i}].password_sha256"),
+                        "must be 64 hexadecimal digits",
+                    )
                 })?,
                 _ => {
                     return Err(ConfigError::new(
@@ -76,7 +95,10 @@ impl BasicAuth {
             digests.push(digest);
         }
         if config.realm.contains(['"', '\\']) {
-            return Err(ConfigError::new("realm", "cannot contain quotes or backslashes"));
+            return Err(ConfigError::new(
+                "realm",
+                "cannot contain quotes or backslashes",
+            ));
         }
         Ok(Self { config, digests })
     }
@@ -123,7 +145,8 @@ mod tests {
     use serde_json::json;
 
     fn auth(config: serde_json::Value) -> Result<BasicAuth, ConfigError> {
-        tollgate_sdk::config::parse::<Config>(config.to_string().as_bytes()).and_then(BasicAuth::new)
+        tollgate_sdk::config::parse::<Config>(config.to_string().as_bytes())
+            .and_then(BasicAuth::new)
     }
 
     fn basic(user_pass: &str) -> String {
@@ -133,9 +156,15 @@ mod tests {
     #[test]
     fn plain_and_hashed_passwords() {
         let hashed = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"; // "password"
-        let a = auth(json!({"consumers": [{"name": "ann", "password": "s3cret", "groups": ["ops"]},
-                                          {"name": "bob", "password_sha256": hashed}]})).unwrap();
-        assert_eq!(a.authenticate(&basic("ann:s3cret")).unwrap().groups, ["ops"]);
+        let a = auth(
+            json!({"consumers": [{"name": "ann", "password": "s3cret", "groups": ["ops"]},
+                                          {"name": "bob", "password_sha256": hashed}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            a.authenticate(&basic("ann:s3cret")).unwrap().groups,
+            ["ops"]
+        );
         assert_eq!(a.authenticate(&basic("bob:password")).unwrap().name, "bob");
         assert!(a.authenticate(&basic("bob:Password")).is_none());
         assert!(a.authenticate(&basic("eve:s3cret")).is_none());
@@ -146,12 +175,17 @@ mod tests {
 
     #[test]
     fn bad_configurations_name_the_field() {
-        let e = auth(json!({"consumers": [{"name": "a", "password": "x", "password_sha256": "00"}]})).unwrap_err();
+        let e =
+            auth(json!({"consumers": [{"name": "a", "password": "x", "password_sha256": "00"}]}))
+                .unwrap_err();
         assert_eq!(e.path(), "consumers[0].password");
         let e = auth(json!({"consumers": [{"name": "a", "password_sha256": "zz"}]})).unwrap_err();
         assert_eq!(e.path(), "consumers[0].password_sha256");
         let e = auth(json!({"consumers": [{"name": "a:b", "password": "x"}]})).unwrap_err();
         assert_eq!(e.path(), "consumers[0].name");
-        assert!(auth(json!({"consumers": [], "realms": "x"})).unwrap_err().to_string().contains("realms"));
+        assert!(auth(json!({"consumers": [], "realms": "x"}))
+            .unwrap_err()
+            .to_string()
+            .contains("realms"));
     }
 }

@@ -2,8 +2,8 @@
 
 use std::rc::Rc;
 
-use tollgate_sdk::consumer::{self, Consumer};
 use tollgate_sdk::config;
+use tollgate_sdk::consumer::{self, Consumer};
 use tollgate_sdk::proxy_wasm;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
 use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -23,13 +23,16 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let parsed = config::parse::<Config>(&config::plugin_configuration()).and_then(BasicAuth::new);
+        let parsed =
+            config::parse::<Config>(&config::plugin_configuration()).and_then(BasicAuth::new);
         self.auth = config::report("basic-auth", parsed).map(Rc::new);
         self.auth.is_some()
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request { auth: self.auth.clone()? }))
+        Some(Box::new(Request {
+            auth: self.auth.clone()?,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -55,7 +58,10 @@ impl HttpContext for Request {
         if self.auth.config.hide_credentials {
             self.set_http_request_header("authorization", None);
         }
-        consumer::set(&Consumer::new(consumer.name.clone(), consumer.groups.clone()));
+        consumer::set(&Consumer::new(
+            consumer.name.clone(),
+            consumer.groups.clone(),
+        ));
         Action::Continue
     }
 }

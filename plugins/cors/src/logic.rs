@@ -26,7 +26,9 @@ pub struct Config {
 }
 
 fn default_methods() -> Vec<String> {
-    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"].map(String::from).to_vec()
+    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+        .map(String::from)
+        .to_vec()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +58,10 @@ pub enum Preflight {
 impl Cors {
     pub fn new(mut config: Config) -> Result<Self, ConfigError> {
         if config.allow_origins.is_empty() {
-            return Err(ConfigError::new("allow_origins", "list at least one origin (or \"*\")"));
+            return Err(ConfigError::new(
+                "allow_origins",
+                "list at least one origin (or \"*\")",
+            ));
         }
         let mut origins = Vec::new();
         for (i, origin) in config.allow_origins.iter().enumerate() {
@@ -68,13 +73,21 @@ impl Cors {
                 let (scheme, rest) = lower.split_at(star);
                 let suffix = &rest[1..];
                 let scheme_ok = scheme.is_empty() || (scheme.ends_with("://") && scheme.len() > 3);
-                if !scheme_ok || !suffix.starts_with('.') || suffix.len() < 2 || suffix.contains('*') || suffix.contains('/') {
+                if !scheme_ok
+                    || !suffix.starts_with('.')
+                    || suffix.len() < 2
+                    || suffix.contains('*')
+                    || suffix.contains('/')
+                {
                     return Err(ConfigError::new(field, format!("{origin:?}: a wildcard is written *.example.com or https://*.example.com")));
                 }
                 Pattern::Wildcard(scheme.to_owned(), suffix.to_owned())
             } else {
                 if !lower.contains("://") || lower.ends_with('/') {
-                    return Err(ConfigError::new(field, format!("{origin:?} is not an origin like https://app.example.com")));
+                    return Err(ConfigError::new(
+                        field,
+                        format!("{origin:?} is not an origin like https://app.example.com"),
+                    ));
                 }
                 Pattern::Exact(lower)
             };
@@ -82,14 +95,27 @@ impl Cors {
         }
         for (i, method) in config.allow_methods.iter_mut().enumerate() {
             if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-                return Err(ConfigError::new(format!("allow_methods[{i}]"), format!("{method:?} is not an HTTP method")));
+                return Err(ConfigError::new(
+                    format!("allow_methods[{i}]"),
+                    format!("{method:?} is not an HTTP method"),
+                ));
             }
             *method = method.to_ascii_uppercase();
         }
-        for (field, list) in [("allow_headers", &mut config.allow_headers), ("expose_headers", &mut config.expose_headers)] {
+        for (field, list) in [
+            ("allow_headers", &mut config.allow_headers),
+            ("expose_headers", &mut config.expose_headers),
+        ] {
             for (i, name) in list.iter_mut().enumerate() {
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
-                    return Err(ConfigError::new(format!("{field}[{i}]"), format!("{name:?} is not a header name")));
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+                {
+                    return Err(ConfigError::new(
+                        format!("{field}[{i}]"),
+                        format!("{name:?} is not a header name"),
+                    ));
                 }
                 *name = name.to_ascii_lowercase();
             }
@@ -126,7 +152,12 @@ impl Cors {
     }
 
     /// The answer to `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
-    pub fn preflight(&self, origin: &str, method: &str, request_headers: Option<&str>) -> Preflight {
+    pub fn preflight(
+        &self,
+        origin: &str,
+        method: &str,
+        request_headers: Option<&str>,
+    ) -> Preflight {
         if !self.origin_allowed(origin) {
             return Preflight::Refused("origin not allowed");
         }
@@ -143,14 +174,23 @@ impl Cors {
         let allow_headers = if self.config.allow_headers.is_empty() {
             requested.join(",")
         } else {
-            if requested.iter().any(|h| !self.config.allow_headers.contains(h)) {
+            if requested
+                .iter()
+                .any(|h| !self.config.allow_headers.contains(h))
+            {
                 return Preflight::Refused("header not allowed");
             }
             self.config.allow_headers.join(",")
         };
         let mut headers = vec![
-            ("access-control-allow-origin".to_owned(), self.allow_origin_value(origin)),
-            ("access-control-allow-methods".to_owned(), self.config.allow_methods.join(",")),
+            (
+                "access-control-allow-origin".to_owned(),
+                self.allow_origin_value(origin),
+            ),
+            (
+                "access-control-allow-methods".to_owned(),
+                self.config.allow_methods.join(","),
+            ),
         ];
         if !allow_headers.is_empty() {
             headers.push(("access-control-allow-headers".into(), allow_headers));
@@ -161,7 +201,10 @@ impl Cors {
         if let Some(max_age) = self.config.max_age {
             headers.push(("access-control-max-age".into(), max_age.to_string()));
         }
-        headers.push(("vary".into(), "Origin, Access-Control-Request-Method, Access-Control-Request-Headers".into()));
+        headers.push((
+            "vary".into(),
+            "Origin, Access-Control-Request-Method, Access-Control-Request-Headers".into(),
+        ));
         Preflight::Allowed(headers)
     }
 
@@ -171,12 +214,18 @@ impl Cors {
         if !self.origin_allowed(origin) {
             return Vec::new();
         }
-        let mut headers = vec![("access-control-allow-origin".to_owned(), self.allow_origin_value(origin))];
+        let mut headers = vec![(
+            "access-control-allow-origin".to_owned(),
+            self.allow_origin_value(origin),
+        )];
         if self.config.allow_credentials {
             headers.push(("access-control-allow-credentials".into(), "true".into()));
         }
         if !self.config.expose_headers.is_empty() {
-            headers.push(("access-control-expose-headers".into(), self.config.expose_headers.join(",")));
+            headers.push((
+                "access-control-expose-headers".into(),
+                self.config.expose_headers.join(","),
+            ));
         }
         headers
     }
@@ -210,17 +259,36 @@ mod tests {
     fn preflights() {
         let c = cors(json!({"allow_origins": ["https://app.test"], "allow_headers": ["Content-Type", "authorization"],
                             "allow_credentials": true, "max_age": 600})).unwrap();
-        let Preflight::Allowed(headers) = c.preflight("https://app.test", "put", Some("content-type")) else {
+        let Preflight::Allowed(headers) =
+            c.preflight("https://app.test", "put", Some("content-type"))
+        else {
             panic!("refused")
         };
-        let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("access-control-allow-origin"), Some("https://app.test"));
-        assert_eq!(get("access-control-allow-headers"), Some("content-type,authorization"));
+        assert_eq!(
+            get("access-control-allow-headers"),
+            Some("content-type,authorization")
+        );
         assert_eq!(get("access-control-allow-credentials"), Some("true"));
         assert_eq!(get("access-control-max-age"), Some("600"));
-        assert_eq!(c.preflight("https://evil.test", "GET", None), Preflight::Refused("origin not allowed"));
-        assert_eq!(c.preflight("https://app.test", "TRACE", None), Preflight::Refused("method not allowed"));
-        assert_eq!(c.preflight("https://app.test", "GET", Some("x-secret")), Preflight::Refused("header not allowed"));
+        assert_eq!(
+            c.preflight("https://evil.test", "GET", None),
+            Preflight::Refused("origin not allowed")
+        );
+        assert_eq!(
+            c.preflight("https://app.test", "TRACE", None),
+            Preflight::Refused("method not allowed")
+        );
+        assert_eq!(
+            c.preflight("https://app.test", "GET", Some("x-secret")),
+            Preflight::Refused("header not allowed")
+        );
     }
 
     #[test]
@@ -228,21 +296,52 @@ mod tests {
         let c = cors(json!({"allow_origins": ["*"], "expose_headers": ["x-total"]})).unwrap();
         assert_eq!(
             c.response_headers("https://x.test"),
-            [("access-control-allow-origin".to_string(), "*".to_string()),
-             ("access-control-expose-headers".to_string(), "x-total".to_string())]
+            [
+                ("access-control-allow-origin".to_string(), "*".to_string()),
+                (
+                    "access-control-expose-headers".to_string(),
+                    "x-total".to_string()
+                )
+            ]
         );
         let c = cors(json!({"allow_origins": ["*"], "allow_credentials": true})).unwrap();
         assert_eq!(c.response_headers("https://x.test")[0].1, "https://x.test");
-        let Preflight::Allowed(h) = c.preflight("https://x.test", "GET", Some("X-A, x-b")) else { panic!() };
-        assert!(h.contains(&("access-control-allow-headers".to_string(), "x-a,x-b".to_string())));
+        let Preflight::Allowed(h) = c.preflight("https://x.test", "GET", Some("X-A, x-b")) else {
+            panic!()
+        };
+        assert!(h.contains(&(
+            "access-control-allow-headers".to_string(),
+            "x-a,x-b".to_string()
+        )));
     }
 
     #[test]
     fn bad_configurations_name_the_field() {
-        assert_eq!(cors(json!({"allow_origins": ["https://app.test", "https://*"]})).unwrap_err().path(), "allow_origins[1]");
-        assert_eq!(cors(json!({"allow_origins": ["app.test"]})).unwrap_err().path(), "allow_origins[0]");
-        assert_eq!(cors(json!({"allow_origins": []})).unwrap_err().path(), "allow_origins");
-        assert_eq!(cors(json!({"allow_origins": ["*"], "allow_methods": ["G T"]})).unwrap_err().path(), "allow_methods[0]");
-        assert!(cors(json!({"allow_origins": ["*"], "maxage": 1})).unwrap_err().to_string().contains("maxage"));
+        assert_eq!(
+            cors(json!({"allow_origins": ["https://app.test", "https://*"]}))
+                .unwrap_err()
+                .path(),
+            "allow_origins[1]"
+        );
+        assert_eq!(
+            cors(json!({"allow_origins": ["app.test"]}))
+                .unwrap_err()
+                .path(),
+            "allow_origins[0]"
+        );
+        assert_eq!(
+            cors(json!({"allow_origins": []})).unwrap_err().path(),
+            "allow_origins"
+        );
+        assert_eq!(
+            cors(json!({"allow_origins": ["*"], "allow_methods": ["G T"]}))
+                .unwrap_err()
+                .path(),
+            "allow_methods[0]"
+        );
+        assert!(cors(json!({"allow_origins": ["*"], "maxage": 1}))
+            .unwrap_err()
+            .to_string()
+            .contains("maxage"));
     }
 }

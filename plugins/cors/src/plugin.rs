@@ -28,7 +28,10 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request { cors: self.cors.clone()?, origin: None }))
+        Some(Box::new(Request {
+            cors: self.cors.clone()?,
+            origin: None,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -56,7 +59,10 @@ impl HttpContext for Request {
                 let asked = self.get_http_request_header("access-control-request-headers");
                 match self.cors.preflight(&origin, &requested, asked.as_deref()) {
                     Preflight::Allowed(headers) => {
-                        let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                        let pairs: Vec<(&str, &str)> = headers
+                            .iter()
+                            .map(|(k, v)| (k.as_str(), v.as_str()))
+                            .collect();
                         self.send_http_response(204, pairs, None);
                     }
                     Preflight::Refused(reason) => {

@@ -65,7 +65,10 @@ impl Cidr {
         };
         let network = normalize(network);
         if mask(network, prefix) != network {
-            return Err(format!("{text:?}: host bits are set (did you mean {}/{prefix}?)", mask(network, prefix)));
+            return Err(format!(
+                "{text:?}: host bits are set (did you mean {}/{prefix}?)",
+                mask(network, prefix)
+            ));
         }
         Ok(Self { network, prefix })
     }
@@ -88,12 +91,20 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
     match ip {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4);
-            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix))
+            };
             IpAddr::V4((bits & mask).into())
         }
         IpAddr::V6(v6) => {
             let bits = u128::from(v6);
-            let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix))
+            };
             IpAddr::V6((bits & mask).into())
         }
     }
@@ -114,13 +125,18 @@ impl IpRestriction {
         let parse = |field: &str, list: &[String]| -> Result<Vec<Cidr>, ConfigError> {
             list.iter()
                 .enumerate()
-                .map(|(i, text)| Cidr::parse(text).map_err(|e| ConfigError::new(format!("{field}[{i}]"), e)))
+                .map(|(i, text)| {
+                    Cidr::parse(text).map_err(|e| ConfigError::new(format!("{field}[{i}]"), e))
+                })
                 .collect()
         };
         let allow = parse("allow", &config.allow)?;
         let deny = parse("deny", &config.deny)?;
         if allow.is_empty() && deny.is_empty() {
-            return Err(ConfigError::new("allow", "give at least one range in allow or deny"));
+            return Err(ConfigError::new(
+                "allow",
+                "give at least one range in allow or deny",
+            ));
         }
         if !(400..=599).contains(&config.status) {
             return Err(ConfigError::new("status", "must be a 4xx or 5xx status"));
@@ -175,7 +191,8 @@ mod tests {
     use serde_json::json;
 
     fn restriction(config: serde_json::Value) -> Result<IpRestriction, ConfigError> {
-        tollgate_sdk::config::parse::<Config>(config.to_string().as_bytes()).and_then(IpRestriction::new)
+        tollgate_sdk::config::parse::<Config>(config.to_string().as_bytes())
+            .and_then(IpRestriction::new)
     }
 
     fn ip(text: &str) -> Option<IpAddr> {
@@ -184,7 +201,10 @@ mod tests {
 
     #[test]
     fn ranges_match_v4_and_v6() {
-        let r = restriction(json!({"allow": ["10.0.0.0/8", "2001:db8::/32", "127.0.0.1"], "deny": ["10.9.0.0/16"]})).unwrap();
+        let r = restriction(
+            json!({"allow": ["10.0.0.0/8", "2001:db8::/32", "127.0.0.1"], "deny": ["10.9.0.0/16"]}),
+        )
+        .unwrap();
         assert!(r.allows(ip("10.1.2.3")));
         assert!(!r.allows(ip("10.9.2.3")));
         assert!(!r.allows(ip("11.0.0.1")));
@@ -208,20 +228,38 @@ mod tests {
         r.trusted_proxy_hops = 2;
         assert_eq!(r.client_ip(Some("127.0.0.1:5000"), &xff), ip("1.1.1.1"));
         r.trusted_proxy_hops = 4;
-        assert_eq!(r.client_ip(Some("[::1]:5000"), &xff), ip("::1"), "too few entries: the peer");
+        assert_eq!(
+            r.client_ip(Some("[::1]:5000"), &xff),
+            ip("::1"),
+            "too few entries: the peer"
+        );
         r.trusted_proxy_hops = 1;
-        assert_eq!(r.client_ip(None, &["[2001:db8::1]:443".to_string()]), ip("2001:db8::1"));
+        assert_eq!(
+            r.client_ip(None, &["[2001:db8::1]:443".to_string()]),
+            ip("2001:db8::1")
+        );
         assert_eq!(r.client_ip(None, &["junk".to_string()]), None);
     }
 
     #[test]
     fn bad_configurations_name_the_field() {
-        assert_eq!(restriction(json!({"allow": ["10.0.0.0/33"]})).unwrap_err().path(), "allow[0]");
+        assert_eq!(
+            restriction(json!({"allow": ["10.0.0.0/33"]}))
+                .unwrap_err()
+                .path(),
+            "allow[0]"
+        );
         let e = restriction(json!({"deny": ["1.2.3.4", "10.0.0.1/8"]})).unwrap_err();
         assert_eq!(e.path(), "deny[1]");
         assert!(e.message().contains("10.0.0.0/8"), "{e}");
-        assert_eq!(restriction(json!({"allow": ["nope"]})).unwrap_err().path(), "allow[0]");
+        assert_eq!(
+            restriction(json!({"allow": ["nope"]})).unwrap_err().path(),
+            "allow[0]"
+        );
         assert_eq!(restriction(json!({})).unwrap_err().path(), "allow");
-        assert!(restriction(json!({"allow": ["::1"], "trusted_hops": 1})).unwrap_err().to_string().contains("trusted_hops"));
+        assert!(restriction(json!({"allow": ["::1"], "trusted_hops": 1}))
+            .unwrap_err()
+            .to_string()
+            .contains("trusted_hops"));
     }
 }

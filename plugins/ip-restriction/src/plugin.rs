@@ -22,13 +22,16 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let parsed = config::parse::<Config>(&config::plugin_configuration()).and_then(IpRestriction::new);
+        let parsed =
+            config::parse::<Config>(&config::plugin_configuration()).and_then(IpRestriction::new);
         self.rules = config::report("ip-restriction", parsed).map(Rc::new);
         self.rules.is_some()
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request { rules: self.rules.clone()? }))
+        Some(Box::new(Request {
+            rules: self.rules.clone()?,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -59,7 +62,11 @@ impl HttpContext for Request {
             return Action::Continue;
         }
         let body = serde_json::json!({ "message": self.rules.message }).to_string();
-        self.send_http_response(self.rules.status, vec![("content-type", "application/json")], Some(body.as_bytes()));
+        self.send_http_response(
+            self.rules.status,
+            vec![("content-type", "application/json")],
+            Some(body.as_bytes()),
+        );
         Action::Pause
     }
 }

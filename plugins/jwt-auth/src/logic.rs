@@ -133,7 +133,11 @@ impl Key {
                 mac.verify_slice(signature).is_ok()
             }
             Key::Rs256(key) => key
-                .verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(message), signature)
+                .verify(
+                    rsa::Pkcs1v15Sign::new::<Sha256>(),
+                    &Sha256::digest(message),
+                    signature,
+                )
                 .is_ok(),
             Key::Es256(key) => match p256::ecdsa::Signature::from_slice(signature) {
                 Ok(signature) => key.verify(message, &signature).is_ok(),
@@ -154,7 +158,10 @@ impl Jwk {
     fn decode(&self, field: &str) -> Result<Key, ConfigError> {
         if let Some(use_) = &self.use_ {
             if use_ != "sig" {
-                return Err(ConfigError::new(format!("{field}.use"), "only \"sig\" keys can verify tokens"));
+                return Err(ConfigError::new(
+                    format!("{field}.use"),
+                    "only \"sig\" keys can verify tokens",
+                ));
             }
         }
         let key = match (self.kty.as_str(), self.alg.as_str()) {
@@ -273,9 +280,14 @@ impl JwtAuth {
             let lower = header.to_ascii_lowercase();
             if lower.is_empty()
                 || lower.starts_with(':')
-                || !lower.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                || !lower
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             {
-                return Err(ConfigError::new(format!("claims_to_headers.{claim}"), format!("{header:?} is not a header name")));
+                return Err(ConfigError::new(
+                    format!("claims_to_headers.{claim}"),
+                    format!("{header:?} is not a header name"),
+                ));
             }
             if lower.starts_with("x-tollgate-consumer") {
                 return Err(ConfigError::new(
@@ -315,9 +327,13 @@ impl JwtAuth {
         else {
             return Err(invalid("malformed token"));
         };
-        let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).map_err(|_| invalid("malformed token"));
-        let header: Map<String, Value> =
-            serde_json::from_slice(&decode(header_b64)?).map_err(|_| invalid("malformed token header"))?;
+        let decode = |part: &str| {
+            URL_SAFE_NO_PAD
+                .decode(part)
+                .map_err(|_| invalid("malformed token"))
+        };
+        let header: Map<String, Value> = serde_json::from_slice(&decode(header_b64)?)
+            .map_err(|_| invalid("malformed token header"))?;
         let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
         let kid = header.get("kid").and_then(Value::as_str);
         let signature = decode(signature_b64)?;
@@ -336,15 +352,29 @@ impl JwtAuth {
         if !candidates.any(|(_, key)| key.verify(signed, &signature)) {
             return Err(invalid("bad signature"));
         }
-        let claims: Map<String, Value> =
-            serde_json::from_slice(&decode(payload_b64)?).map_err(|_| invalid("malformed claims"))?;
+        let claims: Map<String, Value> = serde_json::from_slice(&decode(payload_b64)?)
+            .map_err(|_| invalid("malformed claims"))?;
         self.check_claims(&claims, now)?;
         let consumer = match claims.get(&self.config.consumer_claim) {
             Some(Value::String(name)) if consumer::is_valid_name(name) => name.clone(),
-            _ => return Err(invalid(format!("claim {} missing or not a name", self.config.consumer_claim))),
+            _ => {
+                return Err(invalid(format!(
+                    "claim {} missing or not a name",
+                    self.config.consumer_claim
+                )))
+            }
         };
-        let groups = match self.config.groups_claim.as_ref().and_then(|claim| claims.get(claim)) {
-            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        let groups = match self
+            .config
+            .groups_claim
+            .as_ref()
+            .and_then(|claim| claims.get(claim))
+        {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
             Some(Value::String(list)) => list
                 .split([' ', ','])
                 .filter(|group| !group.is_empty())
@@ -352,14 +382,21 @@ impl JwtAuth {
                 .collect(),
             _ => Vec::new(),
         };
-        let groups = groups.into_iter().filter(|g: &String| consumer::is_valid_name(g)).collect();
+        let groups = groups
+            .into_iter()
+            .filter(|g: &String| consumer::is_valid_name(g))
+            .collect();
         let headers = self
             .config
             .claims_to_headers
             .iter()
             .filter_map(|(claim, header)| Some((header.clone(), claim_text(claims.get(claim)?)?)))
             .collect();
-        Ok(Verified { consumer, groups, headers })
+        Ok(Verified {
+            consumer,
+            groups,
+            headers,
+        })
     }
 
     fn check_claims(&self, claims: &Map<String, Value>, now: u64) -> Result<(), Failure> {
@@ -439,7 +476,11 @@ mod tests {
     }
 
     fn signing_input(header: &Value, claims: &Value) -> String {
-        format!("{}.{}", enc(header.to_string().as_bytes()), enc(claims.to_string().as_bytes()))
+        format!(
+            "{}.{}",
+            enc(header.to_string().as_bytes()),
+            enc(claims.to_string().as_bytes())
+        )
     }
 
     fn hs256(kid: &str, claims: &Value) -> String {
@@ -479,7 +520,10 @@ mod tests {
         assert_eq!(verified.groups, ["gold", "staff"]);
         assert_eq!(
             verified.headers,
-            [("x-roles".to_string(), "a,b".to_string()), ("x-user-id".to_string(), "alice".to_string())]
+            [
+                ("x-roles".to_string(), "a,b".to_string()),
+                ("x-user-id".to_string(), "alice".to_string())
+            ]
         );
     }
 
@@ -490,7 +534,10 @@ mod tests {
         let mut c = claims();
         assert!(check(c.clone(), NOW + 64).is_ok(), "inside the leeway");
         assert_eq!(check(c.clone(), NOW + 65), Err(invalid("token expired")));
-        assert_eq!(check(c.clone(), NOW - 16), Err(invalid("token not yet valid")));
+        assert_eq!(
+            check(c.clone(), NOW - 16),
+            Err(invalid("token not yet valid"))
+        );
         c["iss"] = json!("https://evil.test");
         assert_eq!(check(c.clone(), NOW), Err(invalid("issuer not accepted")));
         c = claims();
@@ -511,8 +558,14 @@ mod tests {
         let tampered = token.replacen('.', ".e30", 1);
         assert!(auth.verify(&tampered, NOW).is_err());
         let (head, _) = token.rsplit_once('.').unwrap();
-        assert_eq!(auth.verify(&format!("{head}.AAAA"), NOW), Err(invalid("bad signature")));
-        assert_eq!(auth.verify(&hs256("other", &claims()), NOW), Err(invalid("no HS256 key with kid other")));
+        assert_eq!(
+            auth.verify(&format!("{head}.AAAA"), NOW),
+            Err(invalid("bad signature"))
+        );
+        assert_eq!(
+            auth.verify(&hs256("other", &claims()), NOW),
+            Err(invalid("no HS256 key with kid other"))
+        );
         let none = format!("{}.", signing_input(&json!({"alg": "none"}), &claims()));
         assert_eq!(auth.verify(&none, NOW), Err(invalid("no key for alg none")));
         assert_eq!(auth.verify("abc", NOW), Err(invalid("malformed token")));
@@ -532,15 +585,27 @@ mod tests {
         ]}));
         let rs_input = signing_input(&json!({"alg": "RS256", "kid": "r1"}), &claims());
         let rs_sig = rsa_key
-            .sign(rsa::Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(rs_input.as_bytes()))
+            .sign(
+                rsa::Pkcs1v15Sign::new::<Sha256>(),
+                &Sha256::digest(rs_input.as_bytes()),
+            )
             .unwrap();
-        assert_eq!(auth.verify(&format!("{rs_input}.{}", enc(&rs_sig)), NOW).unwrap().consumer, "alice");
+        assert_eq!(
+            auth.verify(&format!("{rs_input}.{}", enc(&rs_sig)), NOW)
+                .unwrap()
+                .consumer,
+            "alice"
+        );
         let es_input = signing_input(&json!({"alg": "ES256"}), &claims());
         let es_sig: p256::ecdsa::Signature = ec_key.sign(es_input.as_bytes());
         let es_token = format!("{es_input}.{}", enc(&es_sig.to_bytes()));
         assert_eq!(auth.verify(&es_token, NOW).unwrap().consumer, "alice");
         // An RS256 signature presented as ES256 does not verify.
-        let wrong = format!("{}.{}", signing_input(&json!({"alg": "ES256"}), &claims()), enc(&rs_sig));
+        let wrong = format!(
+            "{}.{}",
+            signing_input(&json!({"alg": "ES256"}), &claims()),
+            enc(&rs_sig)
+        );
         assert_eq!(auth.verify(&wrong, NOW), Err(invalid("bad signature")));
     }
 
@@ -548,8 +613,14 @@ mod tests {
     fn tokens_come_from_the_header_or_query() {
         let auth = auth(json!({"query_param": "access_token"}));
         assert_eq!(auth.token_from(Some("Bearer abc"), "/"), Some("abc".into()));
-        assert_eq!(auth.token_from(Some("bearer  abc "), "/"), Some("abc".into()));
-        assert_eq!(auth.token_from(Some("Basic abc"), "/x?access_token=t"), Some("t".into()));
+        assert_eq!(
+            auth.token_from(Some("bearer  abc "), "/"),
+            Some("abc".into())
+        );
+        assert_eq!(
+            auth.token_from(Some("Basic abc"), "/x?access_token=t"),
+            Some("t".into())
+        );
         assert_eq!(auth.token_from(None, "/x?a=1"), None);
     }
 
@@ -565,9 +636,13 @@ mod tests {
         assert!(e.starts_with("field \"keys[0].k"), "{e}");
         let e = parse(json!({"keys": [{"kty": "RSA", "alg": "HS256", "n": "AQAB", "e": "AQAB"}]}));
         assert!(e.starts_with("field \"keys[0].alg"), "{e}");
-        let e = parse(json!({"keys": [{"kty": "EC", "alg": "ES256", "x": enc(&[1; 32]), "y": enc(&[2; 32])}]}));
+        let e = parse(
+            json!({"keys": [{"kty": "EC", "alg": "ES256", "x": enc(&[1; 32]), "y": enc(&[2; 32])}]}),
+        );
         assert!(e.starts_with("field \"keys[0].x"), "{e}");
-        let e = parse(json!({"keys": [{"kty": "oct", "alg": "HS256", "k": enc(SECRET)}], "claims_to_headers": {"sub": "bad header"}}));
+        let e = parse(
+            json!({"keys": [{"kty": "oct", "alg": "HS256", "k": enc(SECRET)}], "claims_to_headers": {"sub": "bad header"}}),
+        );
         assert!(e.starts_with("field \"claims_to_headers.sub"), "{e}");
         let e = parse(json!({"keys": [], "leway": 1}));
         assert!(e.contains("leway"), "{e}");
@@ -588,14 +663,33 @@ mod tests {
         let claims = json!({"sub": "fixture", "aud": "shop", "iss": "https://issuer.test", "exp": 4_102_444_800u64});
         let rsa_key = rsa::RsaPrivateKey::new(&mut rng, 2048).unwrap();
         let public = rsa_key.to_public_key();
-        println!("RSA_JWK n={} e={}", enc(&public.n().to_bytes_be()), enc(&public.e().to_bytes_be()));
-        let input = signing_input(&json!({"alg": "RS256", "typ": "JWT", "kid": "rsa-1"}), &claims);
-        let sig = rsa_key.sign(rsa::Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(input.as_bytes())).unwrap();
+        println!(
+            "RSA_JWK n={} e={}",
+            enc(&public.n().to_bytes_be()),
+            enc(&public.e().to_bytes_be())
+        );
+        let input = signing_input(
+            &json!({"alg": "RS256", "typ": "JWT", "kid": "rsa-1"}),
+            &claims,
+        );
+        let sig = rsa_key
+            .sign(
+                rsa::Pkcs1v15Sign::new::<Sha256>(),
+                &Sha256::digest(input.as_bytes()),
+            )
+            .unwrap();
         println!("RS256_TOKEN {input}.{}", enc(&sig));
         let ec_key = p256::ecdsa::SigningKey::random(&mut rng);
         let point = ec_key.verifying_key().to_encoded_point(false);
-        println!("EC_JWK x={} y={}", enc(point.x().unwrap()), enc(point.y().unwrap()));
-        let input = signing_input(&json!({"alg": "ES256", "typ": "JWT", "kid": "ec-1"}), &claims);
+        println!(
+            "EC_JWK x={} y={}",
+            enc(point.x().unwrap()),
+            enc(point.y().unwrap())
+        );
+        let input = signing_input(
+            &json!({"alg": "ES256", "typ": "JWT", "kid": "ec-1"}),
+            &claims,
+        );
         let sig: p256::ecdsa::Signature = ec_key.sign(input.as_bytes());
         println!("ES256_TOKEN {input}.{}", enc(&sig.to_bytes()));
     }

@@ -23,13 +23,16 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let parsed = config::parse::<Config>(&config::plugin_configuration()).and_then(JwtAuth::new);
+        let parsed =
+            config::parse::<Config>(&config::plugin_configuration()).and_then(JwtAuth::new);
         self.auth = config::report("jwt-auth", parsed).map(Rc::new);
         self.auth.is_some()
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request { auth: self.auth.clone()? }))
+        Some(Box::new(Request {
+            auth: self.auth.clone()?,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -79,7 +82,10 @@ impl Request {
         self.send_http_response(
             401,
             vec![
-                ("www-authenticate", &failure.challenge(&self.auth.config.realm)),
+                (
+                    "www-authenticate",
+                    &failure.challenge(&self.auth.config.realm),
+                ),
                 ("content-type", "application/json"),
             ],
             Some(body.as_bytes()),

@@ -63,34 +63,62 @@ impl KeyAuth {
     /// Validates the configuration; the error names the offending field.
     pub fn new(mut config: Config) -> Result<Self, ConfigError> {
         if config.key_names.is_empty() {
-            return Err(ConfigError::new("key_names", "must name at least one header or query parameter"));
+            return Err(ConfigError::new(
+                "key_names",
+                "must name at least one header or query parameter",
+            ));
         }
         for (i, name) in config.key_names.iter_mut().enumerate() {
             if name.is_empty() {
-                return Err(ConfigError::new(format!("key_names[{i}]"), "must not be empty"));
+                return Err(ConfigError::new(
+                    format!("key_names[{i}]"),
+                    "must not be empty",
+                ));
             }
             *name = name.to_ascii_lowercase();
         }
         if !config.key_in_header && !config.key_in_query {
-            return Err(ConfigError::new("key_in_header", "key_in_header and key_in_query cannot both be false"));
+            return Err(ConfigError::new(
+                "key_in_header",
+                "key_in_header and key_in_query cannot both be false",
+            ));
         }
         let mut keys = HashMap::new();
         for (i, consumer) in config.consumers.iter().enumerate() {
             if consumer.name.is_empty() {
-                return Err(ConfigError::new(format!("consumers[{i}].name"), "must not be empty"));
+                return Err(ConfigError::new(
+                    format!("consumers[{i}].name"),
+                    "must not be empty",
+                ));
             }
             if !consumer::is_valid_name(&consumer.name) {
-                return Err(ConfigError::new(format!("consumers[{i}].name"), "must be visible ASCII without commas"));
+                return Err(ConfigError::new(
+                    format!("consumers[{i}].name"),
+                    "must be visible ASCII without commas",
+                ));
             }
-            if let Some(j) = consumer.groups.iter().position(|g| !consumer::is_valid_name(g)) {
-                return Err(ConfigError::new(format!("consumers[{i}].groups[{j}]"), "must be visible ASCII without commas"));
+            if let Some(j) = consumer
+                .groups
+                .iter()
+                .position(|g| !consumer::is_valid_name(g))
+            {
+                return Err(ConfigError::new(
+                    format!("consumers[{i}].groups[{j}]"),
+                    "must be visible ASCII without commas",
+                ));
             }
             for (j, key) in consumer.keys.iter().enumerate() {
                 if key.is_empty() {
-                    return Err(ConfigError::new(format!("consumers[{i}].keys[{j}]"), "must not be empty"));
+                    return Err(ConfigError::new(
+                        format!("consumers[{i}].keys[{j}]"),
+                        "must not be empty",
+                    ));
                 }
                 if keys.insert(key.clone(), i).is_some() {
-                    return Err(ConfigError::new(format!("consumers[{i}].keys[{j}]"), "this key is given to two consumers"));
+                    return Err(ConfigError::new(
+                        format!("consumers[{i}].keys[{j}]"),
+                        "this key is given to two consumers",
+                    ));
                 }
             }
         }
@@ -255,7 +283,10 @@ mod tests {
     #[test]
     fn query_params_are_stripped() {
         assert_eq!(strip_query_param("/a?apikey=1", "apikey"), "/a");
-        assert_eq!(strip_query_param("/a?x=1&apikey=1&y=2", "apikey"), "/a?x=1&y=2");
+        assert_eq!(
+            strip_query_param("/a?x=1&apikey=1&y=2", "apikey"),
+            "/a?x=1&y=2"
+        );
         assert_eq!(strip_query_param("/a?x=1", "apikey"), "/a?x=1");
         assert_eq!(strip_query_param("/a", "apikey"), "/a");
     }
@@ -266,7 +297,9 @@ mod tests {
         assert!(KeyAuth::new(serde_json_config(dup)).unwrap_err().path() == "consumers[1].keys[0]");
         let empty = r#"{"key_names":[],"consumers":[]}"#;
         assert!(KeyAuth::new(serde_json_config(empty)).unwrap_err().path() == "key_names");
-        let unknown = tollgate_sdk::config::parse::<Config>(br#"{"consumers":[{"name":"a","keys":[],"grups":[]}]}"#);
+        let unknown = tollgate_sdk::config::parse::<Config>(
+            br#"{"consumers":[{"name":"a","keys":[],"grups":[]}]}"#,
+        );
         assert!(unknown.unwrap_err().to_string().contains("grups"));
     }
 

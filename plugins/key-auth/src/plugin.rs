@@ -2,8 +2,8 @@
 
 use std::rc::Rc;
 
-use tollgate_sdk::consumer::{self, Consumer};
 use tollgate_sdk::config;
+use tollgate_sdk::consumer::{self, Consumer};
 use tollgate_sdk::proxy_wasm;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
 use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -23,13 +23,16 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let parsed = config::parse::<Config>(&config::plugin_configuration()).and_then(KeyAuth::new);
+        let parsed =
+            config::parse::<Config>(&config::plugin_configuration()).and_then(KeyAuth::new);
         self.auth = config::report("key-auth", parsed).map(Rc::new);
         self.auth.is_some()
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request { auth: self.auth.clone()? }))
+        Some(Box::new(Request {
+            auth: self.auth.clone()?,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -47,7 +50,11 @@ impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         consumer::strip_client_supplied();
         let path = self.get_http_request_header(":path").unwrap_or_default();
-        let found = find_key(&self.auth.config, |name| self.get_http_request_header(name), &path);
+        let found = find_key(
+            &self.auth.config,
+            |name| self.get_http_request_header(name),
+            &path,
+        );
         let Some((place, key)) = found else {
             return self.reject("missing API key");
         };
@@ -62,7 +69,10 @@ impl HttpContext for Request {
                 }
             }
         }
-        consumer::set(&Consumer::new(consumer.name.clone(), consumer.groups.clone()));
+        consumer::set(&Consumer::new(
+            consumer.name.clone(),
+            consumer.groups.clone(),
+        ));
         Action::Continue
     }
 }

@@ -86,7 +86,10 @@ impl JsonOps {
 impl Config {
     /// Checks names and paths; the error names the field. Lower-cases header names.
     pub fn validate(mut self) -> Result<Self, ConfigError> {
-        for (phase_name, phase) in [("request", &mut self.request), ("response", &mut self.response)] {
+        for (phase_name, phase) in [
+            ("request", &mut self.request),
+            ("response", &mut self.response),
+        ] {
             phase.headers.validate(&format!("{phase_name}.headers"))?;
             phase.json.validate(&format!("{phase_name}.json"))?;
         }
@@ -100,23 +103,36 @@ fn check_header_name(field: &str, name: &str) -> Result<String, ConfigError> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if !valid {
-        return Err(ConfigError::new(field, format!("{name:?} is not a valid header name (pseudo-headers cannot be changed)")));
+        return Err(ConfigError::new(
+            field,
+            format!("{name:?} is not a valid header name (pseudo-headers cannot be changed)"),
+        ));
     }
     let lower = name.to_ascii_lowercase();
     if lower == "content-length" || lower == "transfer-encoding" {
-        return Err(ConfigError::new(field, format!("{name} is managed by the gateway and cannot be changed")));
+        return Err(ConfigError::new(
+            field,
+            format!("{name} is managed by the gateway and cannot be changed"),
+        ));
     }
     Ok(lower)
 }
 
 fn check_header_value(field: &str, value: &str) -> Result<(), ConfigError> {
     if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-        return Err(ConfigError::new(field, "header values cannot contain CR, LF or NUL"));
+        return Err(ConfigError::new(
+            field,
+            "header values cannot contain CR, LF or NUL",
+        ));
     }
     Ok(())
 }
 
-fn lower_map(field: &str, map: &mut BTreeMap<String, String>, values_are_names: bool) -> Result<(), ConfigError> {
+fn lower_map(
+    field: &str,
+    map: &mut BTreeMap<String, String>,
+    values_are_names: bool,
+) -> Result<(), ConfigError> {
     let mut out = BTreeMap::new();
     for (name, value) in std::mem::take(map) {
         let key = check_header_name(&format!("{field}.{name}"), &name)?;
@@ -168,16 +184,25 @@ impl HeaderOps {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.rename.is_empty() && self.set.is_empty() && self.add.is_empty()
+        self.remove.is_empty()
+            && self.rename.is_empty()
+            && self.set.is_empty()
+            && self.add.is_empty()
     }
 }
 
 fn check_path(field: &str, path: &str, wildcard: bool) -> Result<(), ConfigError> {
     if path.is_empty() || path.split('.').any(str::is_empty) {
-        return Err(ConfigError::new(field, format!("{path:?} is not a dotted path like \"user.address.city\"")));
+        return Err(ConfigError::new(
+            field,
+            format!("{path:?} is not a dotted path like \"user.address.city\""),
+        ));
     }
     if !wildcard && path.split('.').any(|s| s == "*") {
-        return Err(ConfigError::new(field, format!("{path:?}: `*` is only allowed in remove and redact")));
+        return Err(ConfigError::new(
+            field,
+            format!("{path:?}: `*` is only allowed in remove and redact"),
+        ));
     }
     Ok(())
 }
@@ -259,14 +284,25 @@ mod tests {
         }}}))
         .unwrap();
         let mut headers: Vec<(String, String)> = [
-            (":path", "/"), ("x-drop", "1"), ("x-old", "o1"), ("x-old", "o2"), ("x-new", "gone"),
-            ("x-set", "before"), ("x-keep", "yes"),
+            (":path", "/"),
+            ("x-drop", "1"),
+            ("x-old", "o1"),
+            ("x-old", "o2"),
+            ("x-new", "gone"),
+            ("x-set", "before"),
+            ("x-keep", "yes"),
         ]
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
         cfg.request.headers.apply(&mut headers);
-        let find = |n: &str| headers.iter().filter(|(k, _)| k == n).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+        let find = |n: &str| {
+            headers
+                .iter()
+                .filter(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
         assert!(find("x-drop").is_empty());
         assert_eq!(find("x-new"), ["o1", "o2"]);
         assert!(find("x-old").is_empty());
@@ -293,17 +329,23 @@ mod tests {
             "cards": [{"number": "4111"}]
         });
         cfg.response.json.apply(&mut doc);
-        assert_eq!(doc, json!({
-            "items": [{"id": 1}, {"id": 2}],
-            "user": {"name": "ann", "email": "a@x", "password": "[REDACTED]"},
-            "cards": [{"number": "[REDACTED]"}],
-            "meta": {"version": 2, "source": "gw"}
-        }));
+        assert_eq!(
+            doc,
+            json!({
+                "items": [{"id": 1}, {"id": 2}],
+                "user": {"name": "ann", "email": "a@x", "password": "[REDACTED]"},
+                "cards": [{"number": "[REDACTED]"}],
+                "meta": {"version": 2, "source": "gw"}
+            })
+        );
     }
 
     #[test]
     fn non_json_passes_through() {
-        let ops = config(json!({"request": {"json": {"remove": ["a"]}}})).unwrap().request.json;
+        let ops = config(json!({"request": {"json": {"remove": ["a"]}}}))
+            .unwrap()
+            .request
+            .json;
         assert_eq!(ops.transform(b"not json"), None);
         assert_eq!(ops.transform(br#"{"a":1,"b":2}"#).unwrap(), br#"{"b":2}"#);
         assert!(is_json(Some("application/json; charset=utf-8")));
@@ -314,10 +356,12 @@ mod tests {
 
     #[test]
     fn array_indices_and_missing_paths() {
-        let ops = config(json!({"request": {"json": {"remove": ["a.1"], "set": {"b.0.c": 1, "s.x": 1}}}}))
-            .unwrap()
-            .request
-            .json;
+        let ops = config(
+            json!({"request": {"json": {"remove": ["a.1"], "set": {"b.0.c": 1, "s.x": 1}}}}),
+        )
+        .unwrap()
+        .request
+        .json;
         let mut doc = json!({"a": [1, 2, 3], "b": [{}], "s": "scalar"});
         ops.apply(&mut doc);
         assert_eq!(doc, json!({"a": [1, 3], "b": [{"c": 1}], "s": "scalar"}));

@@ -22,7 +22,8 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let parsed = config::parse::<Config>(&config::plugin_configuration()).and_then(Config::validate);
+        let parsed =
+            config::parse::<Config>(&config::plugin_configuration()).and_then(Config::validate);
         self.config = config::report("transformer", parsed).map(Rc::new);
         self.config.is_some()
     }
@@ -55,7 +56,10 @@ impl HttpContext for Transform {
         if !phase.headers.is_empty() {
             let mut headers = self.get_http_request_headers();
             phase.headers.apply(&mut headers);
-            let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             self.set_http_request_headers(pairs);
         }
         if !phase.json.is_empty()
@@ -88,7 +92,10 @@ impl HttpContext for Transform {
         if !phase.headers.is_empty() {
             let mut headers = self.get_http_response_headers();
             phase.headers.apply(&mut headers);
-            let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             self.set_http_response_headers(pairs);
         }
         if !phase.json.is_empty()
