@@ -22,8 +22,8 @@ enum Command {
         /// Folder of policy files (*.yaml, *.yml, *.json), merged.
         #[arg(long, default_value = "policies", env = "TOLLGATE_POLICIES")]
         policies: PathBuf,
-        /// Folder of plugin modules (*.wasm).
-        #[arg(long, default_value = "plugins", env = "TOLLGATE_PLUGINS")]
+        /// Folder of plugin modules (*.wasm), watched for changes; `just plugins` fills it.
+        #[arg(long, default_value = "plugins/dist", env = "TOLLGATE_PLUGINS")]
         plugins: PathBuf,
         /// Address of the admin listener (/healthz, /readyz, /config, /metrics).
         #[arg(long, default_value = "127.0.0.1:9901", env = "TOLLGATE_ADMIN")]
@@ -40,7 +40,7 @@ enum Command {
     Check {
         #[arg(long, default_value = "policies")]
         policies: PathBuf,
-        #[arg(long, default_value = "plugins")]
+        #[arg(long, default_value = "plugins/dist")]
         plugins: PathBuf,
     },
 }
