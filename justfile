@@ -28,12 +28,40 @@ setup:
 build:
     cargo build --workspace --bins
 
+# Build the bundled plugins (release, wasm32-wasip1) into plugins/dist/NAME.wasm, the folder the gateway watches.
+plugins: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out="{{ target_dir }}/plugins"
+    cargo build --release --target wasm32-wasip1 --manifest-path plugins/Cargo.toml --target-dir "$out"
+    mkdir -p plugins/dist
+    copied=0
+    for wasm in "$out"/wasm32-wasip1/release/*.wasm; do
+        name=$(basename "$wasm" .wasm)
+        name=${name//_/-}
+        # Only current workspace members (a deleted crate's old .wasm stays in the target dir).
+        [[ -f "plugins/$name/Cargo.toml" ]] || continue
+        dest="plugins/dist/$name.wasm"
+        if ! cmp -s "$wasm" "$dest"; then
+            # Write beside, then rename: the gateway never sees a half-written module.
+            cp "$wasm" "plugins/dist/.$name.wasm.tmp"
+            mv -f "plugins/dist/.$name.wasm.tmp" "$dest"
+            echo "plugins/dist/$name.wasm updated"
+        fi
+        copied=$((copied + 1))
+    done
+    echo "$copied plugins in plugins/dist"
+
+# Scaffold a plugin crate plugins/NAME from plugins/templates/plugin and add it to the workspace.
+new-plugin NAME:
+    bash plugins/new-plugin.sh "{{ NAME }}"
+
 # Write the demo TLS files (CA, certificate for demo.local and localhost) into policies/certs.
 certs: build
     "{{ debug_bin }}/demo-backend" certs --out policies/certs --names demo.local,localhost
 
-# Run the demo: three echo backends and the gateway on policies/ (Ctrl-C stops everything).
-demo: setup build certs
+# Run the demo: three echo backends, the billing collector and the gateway on policies/ with plugins/dist (Ctrl-C stops everything).
+demo: setup build certs plugins
     #!/usr/bin/env bash
     set -euo pipefail
     bin="{{ debug_bin }}"
@@ -50,7 +78,7 @@ demo: setup build certs
     trap 'exit 143' TERM
 
     port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-    for port in 8080 8443 9001 9002 9003 9901; do
+    for port in 8080 8443 9001 9002 9003 9004 9901; do
         if port_open "$port"; then
             echo "error: 127.0.0.1:$port is already in use; stop whatever listens there (an earlier demo?)" >&2
             exit 1
@@ -60,7 +88,9 @@ demo: setup build certs
     "$bin/demo-backend" serve --listen 127.0.0.1:9001 --name v1 & pids+=($!)
     "$bin/demo-backend" serve --listen 127.0.0.1:9002 --name v2 & pids+=($!)
     "$bin/demo-backend" serve --listen 127.0.0.1:9003 --name legacy & pids+=($!)
-    for port in 9001 9002 9003; do
+    # The usage collector of the metering plugin: one JSON line per usage record.
+    "$bin/demo-backend" billing --listen 127.0.0.1:9004 --out usage.jsonl & pids+=($!)
+    for port in 9001 9002 9003 9004; do
         for _ in $(seq 100); do port_open "$port" && break; sleep 0.1; done
         port_open "$port" || { echo "error: the demo backend on 127.0.0.1:$port did not start" >&2; exit 1; }
     done
@@ -68,8 +98,9 @@ demo: setup build certs
     cat <<'TRY'
 
     Tollgate demo: gateway on http://127.0.0.1:8080 and https://127.0.0.1:8443, admin on 127.0.0.1:9901.
-    Backends: v1 127.0.0.1:9001, v2 127.0.0.1:9002, legacy 127.0.0.1:9003 (they echo the request as JSON).
-    Try, in another terminal (policies/routes.yaml has the routes):
+    Backends: v1 127.0.0.1:9001, v2 127.0.0.1:9002, legacy 127.0.0.1:9003 (they echo the request as JSON);
+    billing collector 127.0.0.1:9004 (appends usage records to usage.jsonl).
+    Try, in another terminal (policies/routes.yaml has the routes, policies/plugins.yaml the plugins):
 
       # host routing + a 90/10 canary split between v1 and v2 (see which backend answered)
       curl -s http://127.0.0.1:8080/ -H 'host: shop.demo.local'
@@ -93,6 +124,14 @@ demo: setup build certs
       # fault injection: half of /flaky is aborted with 503; /slow is delayed by 1s
       for i in $(seq 20); do curl -s -o /dev/null -w '%{http_code}\n' http://127.0.0.1:8080/flaky -H 'host: shop.demo.local'; done | sort | uniq -c
       curl -s -o /dev/null -w '%{http_code} after %{time_total}s\n' http://127.0.0.1:8080/slow -H 'host: shop.demo.local'
+      # the API behind plugins (key-auth → rate-limit → transformer → metering) on host api.demo.local
+      curl -s -i http://127.0.0.1:8080/orders -H 'host: api.demo.local'                          # no key: 401
+      curl -s http://127.0.0.1:8080/orders -H 'host: api.demo.local' -H 'x-api-key: alice-key'    # 200, consumer alice, user-agent redacted
+      curl -s -D - -o /dev/null http://127.0.0.1:8080/orders -H 'host: api.demo.local' -H 'x-api-key: alice-key' | grep -i '^ratelimit'
+      # bob's plan allows 2 requests/s: the rest of a quick burst gets 429
+      for i in $(seq 6); do curl -s -o /dev/null -w '%{http_code}\n' http://127.0.0.1:8080/orders -H 'host: api.demo.local' -H 'x-api-key: bob-key'; done | sort | uniq -c
+      # usage records, one per request, delivered each second by the metering plugin
+      tail usage.jsonl
       # admin
       curl -s http://127.0.0.1:9901/readyz
       curl -s http://127.0.0.1:9901/config
@@ -100,7 +139,7 @@ demo: setup build certs
 
     TRY
 
-    "$bin/tollgate" run --policies policies --admin 127.0.0.1:9901
+    "$bin/tollgate" run --policies policies --plugins plugins/dist --admin 127.0.0.1:9901
 
 # Build, then run every test (the integration tests spawn target/debug/tollgate).
 test: setup build

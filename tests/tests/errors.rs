@@ -13,6 +13,7 @@ server:
   max_request_header_bytes: 4096
   max_request_body_bytes: 1000
   header_read_timeout: 1s
+  idle_timeout: 600ms
 listeners:
   - name: public
     address: ${listen:public}
@@ -177,5 +178,46 @@ async fn client_that_never_finishes_its_headers_is_disconnected() {
         matches!(answer.status, None | Some(408)),
         "unexpected answer: {:?}",
         answer.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = backends::echo("echo").await;
+    let gateway = start(&echo).await;
+    let mut stream = tokio::net::TcpStream::connect(gateway.listener("public"))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /echo HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let read = stream.read(&mut buffer).await.unwrap();
+    assert!(
+        buffer[..read].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buffer[..read])
+    );
+    // Keep-alive, then silence: the 600 ms idle_timeout closes the connection.
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the idle connection was still open after 5 s"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "closed too early: {waited:?}"
     );
 }

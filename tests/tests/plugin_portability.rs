@@ -59,6 +59,7 @@ fn the_auth_access_and_transform_plugins_are_bundled() {
         "cors",
         "transformer",
         "api-lifecycle",
+        "ext-authz",
     ] {
         assert!(names.contains(plugin), "{plugin} is not bundled: {names:?}");
     }

@@ -3,7 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -98,6 +98,7 @@ pub async fn serve(
     let mut closing = false;
     let mut idle_check = tokio::time::interval(idle_check_period(settings.idle_timeout));
     idle_check.reset();
+    let mut idle_since = Instant::now();
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -111,7 +112,9 @@ pub async fn serve(
                 connection.as_mut().graceful_shutdown();
             }
             _ = idle_check.tick(), if !closing => {
-                if activity.idle_for() >= settings.idle_timeout && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                if activity.moved.swap(false, Ordering::Relaxed) || activity.in_flight.load(Ordering::Relaxed) > 0 {
+                    idle_since = Instant::now();
+                } else if idle_since.elapsed() >= settings.idle_timeout {
                     closing = true;
                     connection.as_mut().graceful_shutdown();
                 }
@@ -151,32 +154,17 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// When a connection last moved a byte, and how many of its requests are in flight.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Activity {
-    created: Instant,
-    last_ms: AtomicU64,
+    /// Set by every read and write; the idle check clears it. A flag rather than a
+    /// timestamp keeps the clock off the I/O path.
+    moved: AtomicBool,
     in_flight: AtomicUsize,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Self {
-            created: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-        }
-    }
 }
 
 impl Activity {
     fn touch(&self) {
-        self.last_ms
-            .store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let now = self.created.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+        self.moved.store(true, Ordering::Relaxed);
     }
 }
 

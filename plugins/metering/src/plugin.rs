@@ -254,6 +254,11 @@ impl HttpContext for Meter {
         if observed.route.is_none() {
             observed.route = tollgate_sdk::route::current_route_name();
         }
+        // Answered by an earlier plugin (401, 429): the request phase never reached us.
+        if observed.method.is_empty() {
+            observed.method =
+                tollgate_sdk::property_string(&["request", "method"]).unwrap_or_default();
+        }
         let record = logic::record(observed);
         self.state.borrow_mut().observe(record);
     }

@@ -1,0 +1,208 @@
+//! proxy-wasm glue for ext-authz: dispatch the check on the request headers, pause, and
+//! act on the answer in `on_http_call_response`.
+
+use std::rc::Rc;
+
+use tollgate_sdk::callout::read_response;
+use tollgate_sdk::config;
+use tollgate_sdk::consumer;
+use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
+use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use tollgate_sdk::proxy_wasm::{self, hostcalls};
+
+use crate::logic::{Config, Decision, LocalReply, Original, FAILURE_MODE_ALLOWED_HEADER};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { state: None }) });
+}}
+
+struct Metrics {
+    allowed: Option<u32>,
+    denied: Option<u32>,
+    failed: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        let counter = |name| hostcalls::define_metric(MetricType::Counter, name).ok();
+        Self {
+            allowed: counter("ext_authz.allowed"),
+            denied: counter("ext_authz.denied"),
+            failed: counter("ext_authz.failed"),
+        }
+    }
+
+    fn count(id: Option<u32>) {
+        if let Some(id) = id {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+}
+
+struct State {
+    config: Config,
+    metrics: Metrics,
+}
+
+struct Root {
+    state: Option<Rc<State>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        self.state = config::load_validated::<Config>("ext-authz").map(|config| {
+            Rc::new(State {
+                config,
+                metrics: Metrics::define(),
+            })
+        });
+        self.state.is_some()
+    }
+
+    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Request {
+            state: self.state.clone()?,
+            token: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Request {
+    state: Rc<State>,
+    token: Option<u32>,
+}
+
+impl Context for Request {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if self.token != Some(token) {
+            return;
+        }
+        self.token = None;
+        let response = read_response(num_headers, body_size);
+        let decision = self.state.config.decide(&response);
+        self.apply(decision, true);
+    }
+}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        consumer::strip_client_supplied();
+        self.set_http_request_header(FAILURE_MODE_ALLOWED_HEADER, None);
+        let headers = self.get_http_request_headers();
+        let pseudo = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let original = Original {
+            method: pseudo(":method"),
+            path: pseudo(":path"),
+            authority: pseudo(":authority"),
+            scheme: pseudo(":scheme"),
+            headers: headers.clone(),
+        };
+        let config = &self.state.config;
+        match config.check_request(&original).dispatch(&config.cluster) {
+            Ok(token) => {
+                self.token = Some(token);
+                Action::Pause
+            }
+            Err(status) => {
+                let decision = config.on_error(format!(
+                    "cannot call cluster {:?} ({status:?})",
+                    config.cluster
+                ));
+                self.apply(decision, false)
+            }
+        }
+    }
+}
+
+impl Request {
+    /// Carries out a decision; returns what the request-headers callback should return
+    /// (`Continue` when the request goes on, `Pause` after a local reply). From the callout's
+    /// answer (`from_callout`) the paused request is resumed instead.
+    fn apply(&self, decision: Decision, from_callout: bool) -> Action {
+        let metrics = &self.state.metrics;
+        match decision {
+            Decision::Allow {
+                set,
+                remove,
+                consumer,
+            } => {
+                Metrics::count(metrics.allowed);
+                for name in &remove {
+                    self.set_http_request_header(name, None);
+                }
+                // Several values of one header: the first replaces, the others are added.
+                let mut seen: Vec<&str> = Vec::new();
+                for (name, value) in &set {
+                    if seen.contains(&name.as_str()) {
+                        self.add_http_request_header(name, value);
+                    } else {
+                        self.set_http_request_header(name, Some(value));
+                        seen.push(name);
+                    }
+                }
+                if let Some(consumer) = consumer {
+                    consumer::set(&consumer);
+                }
+                self.resume(from_callout)
+            }
+            Decision::AllowOnError { reason } => {
+                Metrics::count(metrics.failed);
+                tollgate_sdk::log(
+                    LogLevel::Warn,
+                    &format!("ext-authz: {reason}; request allowed (failure_mode_allow)"),
+                );
+                self.set_http_request_header(FAILURE_MODE_ALLOWED_HEADER, Some("true"));
+                self.resume(from_callout)
+            }
+            Decision::Deny(reply) => {
+                Metrics::count(metrics.denied);
+                self.reply(&reply)
+            }
+            Decision::Error { reason, reply } => {
+                Metrics::count(metrics.failed);
+                tollgate_sdk::log(
+                    LogLevel::Warn,
+                    &format!("ext-authz: {reason}; answering {}", reply.status),
+                );
+                self.reply(&reply)
+            }
+        }
+    }
+
+    fn resume(&self, from_callout: bool) -> Action {
+        if from_callout {
+            self.resume_http_request();
+        }
+        Action::Continue
+    }
+
+    fn reply(&self, reply: &LocalReply) -> Action {
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let body = (!reply.body.is_empty()).then_some(reply.body.as_slice());
+        self.send_http_response(u32::from(reply.status), headers, body);
+        Action::Pause
+    }
+}
