@@ -39,7 +39,7 @@ plugins: setup
     for wasm in "$out"/wasm32-wasip1/release/*.wasm; do
         name=$(basename "$wasm" .wasm)
         name=${name//_/-}
-        # Only current workspace members (a deleted crate's old .wasm stays in the target dir).
+        # Only crates still in plugins/ (a deleted crate's old .wasm stays in the target dir).
         [[ -f "plugins/$name/Cargo.toml" ]] || continue
         dest="plugins/dist/$name.wasm"
         if ! cmp -s "$wasm" "$dest"; then
@@ -146,7 +146,7 @@ test: setup build
     cargo test --workspace
 
 # Validate a policies folder without serving (default: the demo set).
-check-policies dir="policies": build certs
+check-policies dir="policies": build certs plugins
     "{{ debug_bin }}/tollgate" check --policies "{{ dir }}"
 
 # Formatting and clippy, warnings denied.

@@ -79,9 +79,15 @@ def main():
         % (meta["tollgate_rev"], meta["profile"], meta["nginx"], meta["wrk"], meta["python"]))
     add("- Pinning: Tollgate (1 worker) on CPU %s — its reload thread too; upstream (nginx `return 200`), "
         "load generators and the swap driver on CPU %s" % (meta["proxy_cpu"], meta["load_cpu"]))
-    add("- One route whose only plugin is the module file `marker.wasm`: tp-headers (answers carry "
-        "`x-tp-response`) or tp-metrics (`x-tp-requests`); the file is rewritten in place "
-        "(open, truncate, write, close). Compile cache: an empty folder at the start of the run.")
+    sizes = {}
+    for r in lat["swaps"]:
+        if r["kind"] == "cached":
+            sizes[r["family"]] = r["bytes"]
+    size = lambda fam: ("%.0f KB" % (sizes[fam] / 1024)) if fam in sizes else "?"
+    add("- One route whose only plugin is the module file `marker.wasm`: tp-headers (%s; answers carry "
+        "`x-tp-response`) or tp-metrics (%s; `x-tp-requests`); the file is rewritten in place "
+        "(open, truncate, write, close). Compile cache: an empty folder at the start of the run."
+        % (size("A"), size("B")))
     add("")
 
     # --- (a)

@@ -73,8 +73,8 @@ impl HttpCall {
         self
     }
 
-    /// The header list as `dispatch_http_call` takes it: pseudo-headers first, then
-    /// `content-length` when there is a body and none was given.
+    /// The header list as `dispatch_http_call` takes it: pseudo-headers first, then the
+    /// headers set on the call. The body's framing (`content-length`) is the host's job.
     pub fn header_list(&self) -> Vec<(&str, &str)> {
         let mut list = vec![
             (":method", self.method.as_str()),

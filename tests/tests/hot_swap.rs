@@ -112,15 +112,15 @@ fn version_of(response: &tollgate_tests::clients::HttpResponse) -> Result<Versio
     }
 }
 
+/// When each response arrived and which version served it (or why it failed).
+type Outcomes = Arc<Mutex<Vec<(Instant, Result<Version, String>)>>>;
+
 /// Sends requests from `clients` concurrent loops until `stop`; records every outcome.
 fn load(
     setup: &Setup,
     clients: usize,
     stop: Arc<AtomicBool>,
-) -> (
-    Arc<Mutex<Vec<(Instant, Result<Version, String>)>>>,
-    Vec<tokio::task::JoinHandle<()>>,
-) {
+) -> (Outcomes, Vec<tokio::task::JoinHandle<()>>) {
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     let addr = setup.gateway.listener("public");
     let tasks = (0..clients)
@@ -219,7 +219,7 @@ async fn modules_swap_back_and_forth_under_load_without_a_failed_request() {
     for task in tasks {
         task.await.unwrap();
     }
-    let outcomes = outcomes.lock().unwrap();
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     let failures: Vec<&String> = outcomes
         .iter()
         .filter_map(|(_, outcome)| outcome.as_ref().err())
@@ -317,7 +317,11 @@ async fn memory_does_not_grow_over_many_swaps() {
     let marker = setup.plugins.join("marker.wasm");
     let mut before = 0;
     let swap = |i: usize| {
-        let source = if i % 2 == 0 { TP_METRICS } else { TP_HEADERS };
+        let source = if i.is_multiple_of(2) {
+            TP_METRICS
+        } else {
+            TP_HEADERS
+        };
         replace_file(&marker, source, true);
     };
     // Warm up: a few swaps with traffic, then measure over many more.

@@ -380,3 +380,31 @@ async fn drops_only_past_the_backlog_bound_and_counted() {
         "the newest records survive: delivered {delivered}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_refused_by_an_earlier_plugin_are_billed_with_their_details() {
+    let collector = Collector::start().await;
+    let (gateway, _echo) = start(&collector, &[key_auth(), metering(json!({}))]).await;
+    let client = HttpClient::http1();
+    for _ in 0..3 {
+        let response = send(&client, &gateway, "DELETE", "/api/secret", "wrong-key", "").await;
+        assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    }
+    let records = collector.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(
+        records.len(),
+        3,
+        "records: {records:#?}\ngateway log:\n{}",
+        gateway.log()
+    );
+    for record in &records {
+        // key-auth answered before metering ran its request phase; metering still gets the
+        // request-wide facts in on_log, as every filter does in Envoy.
+        assert_eq!(record["method"], "DELETE", "{record}");
+        assert_eq!(record["status_class"], "4xx", "{record}");
+        assert!(
+            record["response_bytes"].as_u64().is_some_and(|n| n > 0),
+            "{record}"
+        );
+    }
+}

@@ -298,7 +298,7 @@ async fn plugin_stop(
         }
         Stopped::Failed(response) => {
             record.detail = "plugin_failure";
-            run.set_final_status(response.status().as_u16());
+            run.set_final_response(response.status().as_u16(), &Vec::new());
             *response
         }
     }
@@ -331,7 +331,7 @@ async fn plugin_response(
         }
         Err(Stopped::Failed(response)) => {
             record.detail = "plugin_failure";
-            run.set_final_status(response.status().as_u16());
+            run.set_final_response(response.status().as_u16(), &Vec::new());
             return *response;
         }
         Err(Stopped::Local(_, answer)) => local::body(answer.body.clone()),
@@ -346,7 +346,7 @@ async fn plugin_response(
     {
         parts.status = status;
     }
-    run.set_final_status(parts.status.as_u16());
+    run.set_final_response(parts.status.as_u16(), &list);
     Response::from_parts(parts, plugins::filter_response_body(body, run))
 }
 

@@ -50,8 +50,13 @@ pub struct PluginRun {
     /// Plugins whose response callbacks run: all, or those up to a local reply.
     response_limit: usize,
     finished: bool,
-    /// The status of the response that went downstream, for `response.code` in `on_log`.
+    /// Request-wide facts for the properties of plugins that did not see every phase (one
+    /// after a plugin that answered locally still gets `on_log`, and reads these).
     final_status: Option<u16>,
+    request_headers: HeaderList,
+    request_size: u64,
+    response_headers: HeaderList,
+    response_size: u64,
 }
 
 /// Which direction a pause is waiting on.
@@ -80,6 +85,10 @@ impl PluginRun {
             response_limit: chain.len(),
             finished: false,
             final_status: None,
+            request_headers: Vec::new(),
+            request_size: 0,
+            response_headers: Vec::new(),
+            response_size: 0,
         }
     }
 
@@ -211,6 +220,7 @@ impl PluginRun {
         headers: &mut HeaderList,
         end_of_stream: bool,
     ) -> Result<(), Stopped> {
+        self.request_headers = headers.clone();
         for index in 0..self.entries.len() {
             let count = headers.len();
             let moved = std::mem::take(headers);
@@ -235,6 +245,7 @@ impl PluginRun {
         }
         // Later phases read request properties (request.path, request.headers, ...): every
         // plugin keeps a copy of the final request headers.
+        self.request_headers = headers.clone();
         for entry in &self.entries {
             let Some(context) = entry.context else {
                 continue;
@@ -255,6 +266,7 @@ impl PluginRun {
         body: &mut Vec<u8>,
         trailers: &mut Option<HeaderList>,
     ) -> Result<(), Stopped> {
+        self.request_size = body.len() as u64;
         for index in 0..self.entries.len() {
             let size = body.len();
             let mut moved = Some(std::mem::take(body));
@@ -415,6 +427,7 @@ impl PluginRun {
                 }
             };
         }
+        self.response_size += data.len() as u64;
         data
     }
 
@@ -446,9 +459,10 @@ impl PluginRun {
     }
 
     /// The log phase: `on_log`, `on_done`, `on_delete` for every context, in order.
-    /// Records the status that went downstream.
-    pub fn set_final_status(&mut self, status: u16) {
+    /// Records the response head that went downstream.
+    pub fn set_final_response(&mut self, status: u16, headers: &HeaderList) {
         self.final_status = Some(status);
+        self.response_headers = headers.clone();
     }
 
     /// The log phase: `on_log`, `on_done`, `on_delete` for every plugin of the chain, in
@@ -464,13 +478,19 @@ impl PluginRun {
             let Ok(Some(context)) = self.context(index) else {
                 continue;
             };
-            let status = self.final_status;
-            let _ = self.entries[index].plugin.with_vm(|vm, _| {
+            let run = &*self;
+            let _ = run.entries[index].plugin.with_vm(|vm, _| {
                 if let Some(stream) = vm.state().streams.get_mut(&context) {
                     stream.finished = Some(finished);
-                    if stream.response_code.is_none() {
-                        stream.response_code = status;
+                    stream.response_code = stream.response_code.or(run.final_status);
+                    if stream.request_headers.is_empty() {
+                        stream.request_headers = run.request_headers.clone();
                     }
+                    if stream.response_headers.is_empty() {
+                        stream.response_headers = run.response_headers.clone();
+                    }
+                    stream.request_size = stream.request_size.max(run.request_size);
+                    stream.response_size = run.response_size;
                 }
                 vm.finish_stream(context)
             });
