@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced: its variables are used by the scripts
 # Shared by bench/plugins.sh and bench/swap.sh (sourced, not run): settings, tools, the
 # Tollgate binary and the wasm plugins, processes and their clean-up, the idle-machine wait,
 # the nginx upstream. bench/run.sh predates it and keeps its own copy of the same method.
@@ -5,7 +6,7 @@
 # The sourcing script sets BENCH_NAME (used in temp-folder names and messages) first.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 1
 
 DURATION=${BENCH_DURATION:-10}
 DURATION=${DURATION%s}
@@ -137,7 +138,7 @@ start() {
 
 # stop PID: stop one process we started (SIGTERM, then SIGKILL after 10 s) and forget it
 stop() {
-    local pid=$1 p keep=()
+    local pid=$1
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 100); do
         kill -0 "$pid" 2>/dev/null || break
@@ -145,7 +146,13 @@ stop() {
     done
     kill -9 "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    forget "$pid"
+}
+
+# forget PID: a process we started has ended and been waited for: do not kill it on exit
+forget() {
+    local p keep=()
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
     PIDS=("${keep[@]}")
 }
 

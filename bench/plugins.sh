@@ -24,7 +24,8 @@
 #   BENCH_CONFIGS="base header chain heavy noepoch"   a subset (base is required)
 #   BENCH_BUILD_PLUGINS=1   0: use the .wasm files already built, build nothing
 set -euo pipefail
-BENCH_NAME=plugins
+BENCH_NAME=plugins # used by common.sh
+# shellcheck source=bench/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 BASE=${BENCH_PORT_BASE:-28180}
@@ -164,7 +165,7 @@ start_config() {
 # modules into the cache); returns non-zero when the configuration does not work
 check_config() {
     local c=$1 headers status body
-    "$BIN" check --policies "$WORK/cfg-$c" --plugins "$WORK/plugins" >"$WORK/check-$c.log" 2>&1 || {
+    TOLLGATE_CACHE_DIR="$WORK/cache" "$BIN" check --policies "$WORK/cfg-$c" --plugins "$WORK/plugins" >"$WORK/check-$c.log" 2>&1 || {
         cat "$WORK/check-$c.log" >&2
         return 1
     }
@@ -206,7 +207,7 @@ for c in "${CONFIGS[@]}"; do
 done
 
 # The chain: the bundled plugins when they are there and work, else the test plugins.
-CHAIN=test
+CHAIN='test'
 if [[ " ${CONFIGS[*]} " == *" chain "* || " ${CONFIGS[*]} " == *" noepoch "* ]]; then
     chain_configs=()
     for c in chain noepoch; do [[ " ${CONFIGS[*]} " == *" $c "* ]] && chain_configs+=("$c"); done
@@ -217,7 +218,7 @@ if [[ " ${CONFIGS[*]} " == *" chain "* || " ${CONFIGS[*]} " == *" noepoch "* ]];
         if ! check_config "${chain_configs[0]}"; then
             [[ $CHAIN_MODE == bundled ]] && die "the bundled chain does not work (BENCH_CHAIN=bundled)"
             echo "plugins: the bundled chain does not work; using the test-plugin chain" >&2
-            CHAIN=test
+            CHAIN='test'
         fi
     fi
     if [[ $CHAIN == test ]]; then

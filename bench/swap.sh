@@ -17,7 +17,8 @@
 #                             (admin /plugins generation); 0: write blindly every interval
 #   BENCH_BUILD_PLUGINS=1     0: use the .wasm files already built, build nothing
 set -euo pipefail
-BENCH_NAME=swap
+BENCH_NAME=swap # used by common.sh
+# shellcheck source=bench/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 BASE=${BENCH_PORT_BASE:-28280}
@@ -90,7 +91,7 @@ start_gateway() {
 
 log "starting the upstream (CPU $LOAD_CPU)"
 start_upstream "$UP_PORT"
-"$BIN" check --policies "$WORK/policies" --plugins "$WORK/plugins" >"$WORK/check.log" 2>&1 || {
+TOLLGATE_CACHE_DIR="$WORK/cache" "$BIN" check --policies "$WORK/policies" --plugins "$WORK/plugins" >"$WORK/check.log" 2>&1 || {
     cat "$WORK/check.log" >&2
     die "tollgate check rejected the swap policies"
 }
@@ -163,6 +164,7 @@ PIDS+=("$churn_pid")
 taskset -c "$LOAD_CPU" "$PYTHON" bench/loadgen.py --port "$TG_PORT" --rate "$RATE" \
     --duration "$SWAP_SECONDS" --warmup 1 --connections "$CONNS" >"$WORK/fixed-swaps.json"
 wait "$churn_pid" || die "the swap driver failed"
+forget "$churn_pid"
 "$PYTHON" -c 'import json,sys; d=json.load(open(sys.argv[1])); c=json.load(open(sys.argv[2])); print("  achieved %s req/s  p99 %s us  errors %s  statuses %s; %s writes, %s live" % (d["achieved_rate"], d["latency_us"]["p99"], d["errors"], d["statuses"], c["writes"], c["generations"]))' \
     "$WORK/fixed-swaps.json" "$WORK/churn-fixed.json" >&2
 
@@ -175,6 +177,7 @@ PIDS+=("$churn_pid")
 taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${SWAP_SECONDS}s" --latency \
     "http://127.0.0.1:$TG_PORT/" >"$WORK/wrk-swaps.txt"
 wait "$churn_pid" || die "the swap driver failed"
+forget "$churn_pid"
 grep -E 'Requests/sec|Non-2xx|Socket errors' "$WORK/wrk-swaps.txt" >&2 || true
 
 kill -0 "$TG_PID" 2>/dev/null || die "Tollgate died during the swaps under load"
