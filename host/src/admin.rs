@@ -213,7 +213,7 @@ fn render_plugin_stats(out: &mut String, state: &GatewayState) {
     out.push_str("# HELP tollgate_plugin_callback_seconds_total Time spent in plugin callbacks, by plugin.\n");
     out.push_str("# TYPE tollgate_plugin_callback_seconds_total counter\n");
     for plugin in &snapshot.plugins {
-        let seconds = plugin.stats.callback_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let seconds = plugin.stats.callback_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         let _ = writeln!(
             out,
             "tollgate_plugin_callback_seconds_total{{plugin=\"{}\"}} {seconds}",

@@ -156,8 +156,13 @@ impl PluginRun {
             return Ok(());
         };
         let plugin = self.entries[index].plugin.clone();
-        let action = match plugin.with_vm(|vm, _| call(vm, context)) {
-            Ok(action) => action,
+        // The callback and a first look at what it decided, in one visit to the VM.
+        let first = plugin.with_vm(|vm, _| {
+            let action = call(vm, context)?;
+            Ok((action, take_signals(vm, context, direction)))
+        });
+        let (action, mut signals) = match first {
+            Ok(outcome) => outcome,
             Err(failure) => return self.fail(index, failure),
         };
         let wake = self.entries[index]
@@ -167,25 +172,7 @@ impl PluginRun {
         let deadline = tokio::time::Instant::now() + self.wait_limit;
         let mut paused = action == Action::Pause;
         loop {
-            let signals = plugin.with_vm(|vm, _| {
-                let Some(stream) = vm.state().streams.get_mut(&context) else {
-                    return Ok((None, false, false));
-                };
-                let signals = &mut stream.signals;
-                let resumed = match direction {
-                    Direction::Request => std::mem::take(&mut signals.continue_request),
-                    Direction::Response => std::mem::take(&mut signals.continue_response),
-                };
-                Ok((
-                    signals.local_response.take(),
-                    std::mem::take(&mut signals.reset),
-                    resumed,
-                ))
-            });
-            let (local_response, reset, resumed) = match signals {
-                Ok(signals) => signals,
-                Err(failure) => return self.fail(index, failure),
-            };
+            let (local_response, reset, resumed) = signals;
             if let Some(local_response) = local_response {
                 return Err(Stopped::Local(index, local_response));
             }
@@ -211,6 +198,10 @@ impl PluginRun {
                     "a plugin paused the request past its timeout\n",
                 ))));
             }
+            signals = match plugin.with_vm(|vm, _| Ok(take_signals(vm, context, direction))) {
+                Ok(signals) => signals,
+                Err(failure) => return self.fail(index, failure),
+            };
         }
     }
 
@@ -220,7 +211,6 @@ impl PluginRun {
         headers: &mut HeaderList,
         end_of_stream: bool,
     ) -> Result<(), Stopped> {
-        self.request_headers = headers.clone();
         for index in 0..self.entries.len() {
             let count = headers.len();
             let moved = std::mem::take(headers);
@@ -241,6 +231,10 @@ impl PluginRun {
             *headers = self.take_back(index, moved, |stream| {
                 std::mem::take(&mut stream.request_headers)
             });
+            if result.is_err() {
+                // Plugins that log this request later still read its properties.
+                self.request_headers = headers.clone();
+            }
             result?;
         }
         // Later phases read request properties (request.path, request.headers, ...): every
@@ -502,6 +496,28 @@ impl Drop for PluginRun {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// What the plugin decided for a stream since the last look: a local reply, a reset, and
+/// whether it resumed the given direction.
+fn take_signals(
+    vm: &mut crate::wasm::vm::Vm,
+    context: u32,
+    direction: Direction,
+) -> (Option<LocalResponse>, bool, bool) {
+    let Some(stream) = vm.state().streams.get_mut(&context) else {
+        return (None, false, false);
+    };
+    let signals = &mut stream.signals;
+    let resumed = match direction {
+        Direction::Request => std::mem::take(&mut signals.continue_request),
+        Direction::Response => std::mem::take(&mut signals.continue_response),
+    };
+    (
+        signals.local_response.take(),
+        std::mem::take(&mut signals.reset),
+        resumed,
+    )
 }
 
 /// A local reply's headers as a response header list (`:status` first).

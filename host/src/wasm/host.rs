@@ -194,6 +194,9 @@ pub struct HostState {
     pub metrics: HashMap<u32, Arc<super::metrics::PluginMetric>>,
     /// The guest's memory and allocator, cached by the guest-memory module.
     pub guest: super::memory::GuestExports,
+    /// Guest calls made and the time spent in them since the plugin last collected them.
+    pub callbacks: u64,
+    pub callback_nanos: u64,
 }
 
 impl HostState {
@@ -225,6 +228,8 @@ impl HostState {
             events: None,
             metrics: HashMap::new(),
             guest: Default::default(),
+            callbacks: 0,
+            callback_nanos: 0,
         }
     }
 

@@ -34,7 +34,7 @@ use crate::upstream::Cluster;
 pub struct PluginStats {
     pub traps: AtomicU64,
     pub vm_restarts: AtomicU64,
-    pub callback_micros: AtomicU64,
+    pub callback_nanos: AtomicU64,
     pub callbacks: AtomicU64,
     /// Linear memory of this plugin's VMs, summed over the workers.
     pub memory_bytes: AtomicU64,
@@ -205,17 +205,23 @@ impl Plugin {
         if slot.vm.is_none() {
             self.revive(&mut slot)?;
         }
-        let started = Instant::now();
         let VmSlot { vm, roots, .. } = &mut *slot;
         let vm_ref = vm.as_mut().expect("revived above");
         let result = f(vm_ref, roots);
         let pending = vm_ref.take_pending();
         let memory = vm_ref.memory_size();
+        let state = vm_ref.state();
+        let (callbacks, nanos) = (
+            std::mem::take(&mut state.callbacks),
+            std::mem::take(&mut state.callback_nanos),
+        );
         self.report_memory(&mut slot, memory);
-        self.stats.callbacks.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .callback_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if callbacks > 0 {
+            self.stats.callbacks.fetch_add(callbacks, Ordering::Relaxed);
+            self.stats
+                .callback_nanos
+                .fetch_add(nanos, Ordering::Relaxed);
+        }
         let generation = slot.generation;
         match result {
             Ok(value) => {

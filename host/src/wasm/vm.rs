@@ -43,37 +43,41 @@ impl std::fmt::Display for VmTrap {
 type CallResponseCallback = TypedFunc<(u32, u32, u32, u32, u32), ()>;
 
 struct Exports {
-    on_context_create: TypedFunc<(u32, u32), ()>,
-    on_vm_start: Option<TypedFunc<(u32, u32), u32>>,
-    on_configure: Option<TypedFunc<(u32, u32), u32>>,
-    on_tick: Option<TypedFunc<u32, ()>>,
-    on_queue_ready: Option<TypedFunc<(u32, u32), ()>>,
-    on_request_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
-    on_request_body: Option<TypedFunc<(u32, u32, u32), u32>>,
-    on_request_trailers: Option<TypedFunc<(u32, u32), u32>>,
-    on_response_headers: Option<TypedFunc<(u32, u32, u32), u32>>,
-    on_response_body: Option<TypedFunc<(u32, u32, u32), u32>>,
-    on_response_trailers: Option<TypedFunc<(u32, u32), u32>>,
-    on_log: Option<TypedFunc<u32, ()>>,
-    on_done: Option<TypedFunc<u32, u32>>,
-    on_delete: Option<TypedFunc<u32, ()>>,
-    on_http_call_response: Option<CallResponseCallback>,
-    on_grpc_receive_initial_metadata: Option<TypedFunc<(u32, u32, u32), ()>>,
-    on_grpc_receive: Option<TypedFunc<(u32, u32, u32), ()>>,
-    on_grpc_receive_trailing_metadata: Option<TypedFunc<(u32, u32, u32), ()>>,
-    on_grpc_close: Option<TypedFunc<(u32, u32, u32), ()>>,
+    on_context_create: Arc<TypedFunc<(u32, u32), ()>>,
+    on_vm_start: Option<Arc<TypedFunc<(u32, u32), u32>>>,
+    on_configure: Option<Arc<TypedFunc<(u32, u32), u32>>>,
+    on_tick: Option<Arc<TypedFunc<u32, ()>>>,
+    on_queue_ready: Option<Arc<TypedFunc<(u32, u32), ()>>>,
+    on_request_headers: Option<Arc<TypedFunc<(u32, u32, u32), u32>>>,
+    on_request_body: Option<Arc<TypedFunc<(u32, u32, u32), u32>>>,
+    on_request_trailers: Option<Arc<TypedFunc<(u32, u32), u32>>>,
+    on_response_headers: Option<Arc<TypedFunc<(u32, u32, u32), u32>>>,
+    on_response_body: Option<Arc<TypedFunc<(u32, u32, u32), u32>>>,
+    on_response_trailers: Option<Arc<TypedFunc<(u32, u32), u32>>>,
+    on_log: Option<Arc<TypedFunc<u32, ()>>>,
+    on_done: Option<Arc<TypedFunc<u32, u32>>>,
+    on_delete: Option<Arc<TypedFunc<u32, ()>>>,
+    on_http_call_response: Option<Arc<CallResponseCallback>>,
+    on_grpc_receive_initial_metadata: Option<Arc<TypedFunc<(u32, u32, u32), ()>>>,
+    on_grpc_receive: Option<Arc<TypedFunc<(u32, u32, u32), ()>>>,
+    on_grpc_receive_trailing_metadata: Option<Arc<TypedFunc<(u32, u32, u32), ()>>>,
+    on_grpc_close: Option<Arc<TypedFunc<(u32, u32, u32), ()>>>,
 }
 
 impl Exports {
     fn find(store: &mut Store<HostState>, instance: &Instance) -> Result<Self, String> {
         macro_rules! optional {
             ($name:literal) => {
-                instance.get_typed_func(&mut *store, $name).ok()
+                instance
+                    .get_typed_func(&mut *store, $name)
+                    .ok()
+                    .map(Arc::new)
             };
         }
         Ok(Self {
             on_context_create: instance
                 .get_typed_func(&mut *store, "proxy_on_context_create")
+                .map(Arc::new)
                 .map_err(|_| {
                     "the module does not export proxy_on_context_create(i32, i32)".to_string()
                 })?,
@@ -231,7 +235,12 @@ impl Vm {
         if super::engine::epochs_enabled() {
             self.store.set_epoch_deadline(self.deadline_ticks);
         }
-        func.call(&mut self.store, params).map_err(|error| VmTrap {
+        let started = std::time::Instant::now();
+        let result = func.call(&mut self.store, params);
+        let state = self.store.data_mut();
+        state.callbacks += 1;
+        state.callback_nanos += started.elapsed().as_nanos() as u64;
+        result.map_err(|error| VmTrap {
             plugin: self.plugin_name(),
             callback,
             reason: describe(&error),
