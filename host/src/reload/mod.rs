@@ -24,8 +24,13 @@ use crate::server::GatewayState;
 use crate::snapshot::Snapshot;
 
 /// How long the folders must be quiet before a change is applied: editors write a file in
-/// several steps (write, rename, chmod), copies arrive in chunks.
-const DEBOUNCE: Duration = Duration::from_millis(150);
+/// several steps (write, rename, chmod), copies arrive in chunks. Short, because a file
+/// caught half-written is only rejected (the next event retries), never loaded.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Changes that never pause (a file rewritten continuously) are still applied this long
+/// after the first one.
+const MAX_DELAY: Duration = Duration::from_millis(500);
 
 /// What the last reloads did, for the admin API.
 #[derive(Debug, Clone, Default)]
@@ -137,9 +142,16 @@ impl Reloader {
                 Event::Requested(request) => requests.push(request),
             }
             // Debounce: keep collecting until the folders have been quiet for a while.
+            let first_event = Instant::now();
             let mut quiet_since = Instant::now();
             loop {
-                match events.recv_timeout(DEBOUNCE.saturating_sub(quiet_since.elapsed())) {
+                if first_event.elapsed() >= MAX_DELAY {
+                    break;
+                }
+                let wait = DEBOUNCE
+                    .saturating_sub(quiet_since.elapsed())
+                    .min(MAX_DELAY.saturating_sub(first_event.elapsed()));
+                match events.recv_timeout(wait) {
                     Ok(Event::Changed(path)) => {
                         if self.is_relevant(&path) {
                             relevant = true;

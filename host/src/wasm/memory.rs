@@ -82,18 +82,23 @@ pub fn write_u64(caller: &mut Caller<'_, HostState>, ptr: u32, value: u64) -> Me
 
 /// The guest's allocator: `proxy_on_memory_allocate`, or `malloc` for modules that export
 /// only that.
-fn allocator(caller: &mut Caller<'_, HostState>) -> MemoryResult<TypedFunc<u32, u32>> {
-    if let Some(allocate) = &caller.data().guest.allocator {
-        return Ok(allocate.clone());
+/// Takes the guest's allocator out of the store data (found on first use); the caller puts
+/// it back with [`restore_allocator`]. Moving it avoids cloning its type information on
+/// every call.
+fn take_allocator(caller: &mut Caller<'_, HostState>) -> MemoryResult<TypedFunc<u32, u32>> {
+    if let Some(allocate) = caller.data_mut().guest.allocator.take() {
+        return Ok(allocate);
     }
     for name in ["proxy_on_memory_allocate", "malloc"] {
         if let Some(Extern::Func(func)) = caller.get_export(name) {
-            let allocate = func.typed::<u32, u32>(&caller).map_err(|_| MemoryError)?;
-            caller.data_mut().guest.allocator = Some(allocate.clone());
-            return Ok(allocate);
+            return func.typed::<u32, u32>(&caller).map_err(|_| MemoryError);
         }
     }
     Err(MemoryError)
+}
+
+fn restore_allocator(caller: &mut Caller<'_, HostState>, allocate: TypedFunc<u32, u32>) {
+    caller.data_mut().guest.allocator = Some(allocate);
 }
 
 /// The guest exports host functions use, found on first use.
@@ -117,11 +122,13 @@ pub fn return_bytes(
     if bytes.is_empty() {
         return Ok(write_u32(caller, return_ptr, 0).and_then(|()| write_u32(caller, return_len, 0)));
     }
-    let allocate = match allocator(caller) {
+    let allocate = match take_allocator(caller) {
         Ok(allocate) => allocate,
         Err(error) => return Ok(Err(error)),
     };
-    let guest_ptr = allocate.call(&mut *caller, bytes.len() as u32)?;
+    let allocated = allocate.call(&mut *caller, bytes.len() as u32);
+    restore_allocator(caller, allocate);
+    let guest_ptr = allocated?;
     if guest_ptr == 0 {
         return Ok(Err(MemoryError));
     }
