@@ -42,26 +42,29 @@ impl std::fmt::Display for VmTrap {
 /// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
 type CallResponseCallback = TypedFunc<(u32, u32, u32, u32, u32), ()>;
 
+/// An optional guest export, shared so that calling it needs no clone of its type.
+type Export<P, R> = Option<Arc<TypedFunc<P, R>>>;
+
 struct Exports {
     on_context_create: Arc<TypedFunc<(u32, u32), ()>>,
-    on_vm_start: Option<Arc<TypedFunc<(u32, u32), u32>>>,
-    on_configure: Option<Arc<TypedFunc<(u32, u32), u32>>>,
-    on_tick: Option<Arc<TypedFunc<u32, ()>>>,
-    on_queue_ready: Option<Arc<TypedFunc<(u32, u32), ()>>>,
-    on_request_headers: Option<Arc<TypedFunc<(u32, u32, u32), u32>>>,
-    on_request_body: Option<Arc<TypedFunc<(u32, u32, u32), u32>>>,
-    on_request_trailers: Option<Arc<TypedFunc<(u32, u32), u32>>>,
-    on_response_headers: Option<Arc<TypedFunc<(u32, u32, u32), u32>>>,
-    on_response_body: Option<Arc<TypedFunc<(u32, u32, u32), u32>>>,
-    on_response_trailers: Option<Arc<TypedFunc<(u32, u32), u32>>>,
-    on_log: Option<Arc<TypedFunc<u32, ()>>>,
-    on_done: Option<Arc<TypedFunc<u32, u32>>>,
-    on_delete: Option<Arc<TypedFunc<u32, ()>>>,
+    on_vm_start: Export<(u32, u32), u32>,
+    on_configure: Export<(u32, u32), u32>,
+    on_tick: Export<u32, ()>,
+    on_queue_ready: Export<(u32, u32), ()>,
+    on_request_headers: Export<(u32, u32, u32), u32>,
+    on_request_body: Export<(u32, u32, u32), u32>,
+    on_request_trailers: Export<(u32, u32), u32>,
+    on_response_headers: Export<(u32, u32, u32), u32>,
+    on_response_body: Export<(u32, u32, u32), u32>,
+    on_response_trailers: Export<(u32, u32), u32>,
+    on_log: Export<u32, ()>,
+    on_done: Export<u32, u32>,
+    on_delete: Export<u32, ()>,
     on_http_call_response: Option<Arc<CallResponseCallback>>,
-    on_grpc_receive_initial_metadata: Option<Arc<TypedFunc<(u32, u32, u32), ()>>>,
-    on_grpc_receive: Option<Arc<TypedFunc<(u32, u32, u32), ()>>>,
-    on_grpc_receive_trailing_metadata: Option<Arc<TypedFunc<(u32, u32, u32), ()>>>,
-    on_grpc_close: Option<Arc<TypedFunc<(u32, u32, u32), ()>>>,
+    on_grpc_receive_initial_metadata: Export<(u32, u32, u32), ()>,
+    on_grpc_receive: Export<(u32, u32, u32), ()>,
+    on_grpc_receive_trailing_metadata: Export<(u32, u32, u32), ()>,
+    on_grpc_close: Export<(u32, u32, u32), ()>,
 }
 
 impl Exports {
