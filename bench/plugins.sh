@@ -32,13 +32,13 @@ BASE=${BENCH_PORT_BASE:-28180}
 UP_PORT=$((BASE + 1))
 OUT=${BENCH_PLUGINS_OUT:-bench/results/plugins.md}
 CHAIN_MODE=${BENCH_CHAIN:-auto}
-read -r -a CONFIGS <<<"${BENCH_CONFIGS:-base header chain heavy noepoch}"
+read -r -a CONFIGS <<<"${BENCH_CONFIGS:-base header chain heavy noepoch jwt}"
 case $CHAIN_MODE in auto | bundled | test) ;; *) die "BENCH_CHAIN must be auto, bundled or test" ;; esac
 [[ " ${CONFIGS[*]} " == *" base "* ]] || die "BENCH_CONFIGS must include base (the fixed rate is half of its maximum)"
 declare -A PORT ADMIN
 i=0
 for c in "${CONFIGS[@]}"; do
-    case $c in base | header | chain | heavy | noepoch) ;; *) die "unknown configuration '$c'" ;; esac
+    case $c in base | header | chain | heavy | noepoch | jwt) ;; *) die "unknown configuration '$c'" ;; esac
     PORT[$c]=$((BASE + 10 + i))
     ADMIN[$c]=$((BASE + 20 + i))
     i=$((i + 1))
@@ -50,7 +50,21 @@ done
 # Every configuration gets the same request, API key included, so that the plugins are the
 # only difference between them.
 API_KEY=bench-key-0123456789
+# An HS256 token for the jwt-auth configuration, valid for a day; every configuration
+# receives it too (only jwt-auth reads it).
+JWT_SECRET=bench-secret-0123456789abcdefghijklmnop
+JWT_TOKEN=$(python3 - "$JWT_SECRET" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "bench"}).encode())
+body = b64(json.dumps({"sub": "bench", "exp": int(time.time()) + 86400}).encode())
+signature = hmac.new(sys.argv[1].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+print(f"{head}.{body}.{b64(signature)}")
+PY
+)
+JWT_K=$(python3 -c 'import base64, sys; print(base64.urlsafe_b64encode(sys.argv[1].encode()).rstrip(b"=").decode())' "$JWT_SECRET")
 KEY_HEADER="x-api-key: $API_KEY"
+AUTH_HEADER="authorization: Bearer $JWT_TOKEN"
 
 # --- binaries and plugins ----------------------------------------------------------------
 build_tollgate
@@ -143,11 +157,16 @@ HEADER='plugins:
   - name: headers
     module: tp_headers.wasm
     config: { tag: bench }'
+JWT='plugins:
+  - name: tokens
+    module: jwt_auth.wasm
+    config:
+      keys: [{ kid: bench, kty: oct, alg: HS256, k: "'"$JWT_K"'" }]'
 HEAVY='plugins:
   - name: heavy
     module: tp_header_heavy.wasm'
 
-declare -A ENVS=([base]="" [header]="" [chain]="" [heavy]="" [noepoch]="TOLLGATE_EPOCH_INTERRUPTION=off")
+declare -A ENVS=([base]="" [header]="" [chain]="" [heavy]="" [noepoch]="TOLLGATE_EPOCH_INTERRUPTION=off" [jwt]="")
 
 # start_config NAME: start its Tollgate on the proxy CPU and wait until it serves
 TG_PID=
@@ -170,7 +189,7 @@ check_config() {
         return 1
     }
     start_config "$c"
-    headers=$(curl -s -D - -o "$WORK/body" -H "$KEY_HEADER" "http://127.0.0.1:${PORT[$c]}/" | tr -d '\r' || true)
+    headers=$(curl -s -D - -o "$WORK/body" -H "$KEY_HEADER" -H "$AUTH_HEADER" "http://127.0.0.1:${PORT[$c]}/" | tr -d '\r' || true)
     body=$(cat "$WORK/body" 2>/dev/null || true)
     status=$(awk 'NR == 1 { print $2 }' <<<"$headers")
     local ok=1
@@ -202,6 +221,11 @@ for c in "${CONFIGS[@]}"; do
     case $c in
     base) policies base "" ;;
     header) policies header "$HEADER" ;;
+    jwt)
+        [[ -f $BUNDLED_DIR/jwt_auth.wasm ]] || die "the jwt configuration needs the bundled jwt_auth.wasm (just plugins)"
+        cp "$BUNDLED_DIR"/jwt_auth.wasm "$WORK/plugins/"
+        policies jwt "$JWT"
+        ;;
     heavy) policies heavy "$HEAVY" ;;
     esac
 done
@@ -244,10 +268,10 @@ done
 for r in $(seq "$RUNS"); do
     for c in "${CONFIGS[@]}"; do
         start_config "$c"
-        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H "$KEY_HEADER" "http://127.0.0.1:${PORT[$c]}/" >/dev/null
+        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H "$KEY_HEADER" -H "$AUTH_HEADER" "http://127.0.0.1:${PORT[$c]}/" >/dev/null
         wait_quiet
         log "wrk run $r/$RUNS: $c"
-        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "$KEY_HEADER" \
+        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "$KEY_HEADER" -H "$AUTH_HEADER" \
             "http://127.0.0.1:${PORT[$c]}/" | tee "$WORK/wrk-$c-$r.txt" | grep -E 'Requests/sec|^ +99%|Non-2xx|Socket errors' >&2 || true
         kill -0 "$TG_PID" 2>/dev/null || die "Tollgate ($c) died during the run"
         stop "$TG_PID"
@@ -260,12 +284,12 @@ RATE=$("$PYTHON" -c "import sys; print(max(1, round(float(sys.argv[1]) * float(s
 for r in $(seq "$RUNS"); do
     for c in "${CONFIGS[@]}"; do
         start_config "$c"
-        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H "$KEY_HEADER" "http://127.0.0.1:${PORT[$c]}/" >/dev/null
+        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H "$KEY_HEADER" -H "$AUTH_HEADER" "http://127.0.0.1:${PORT[$c]}/" >/dev/null
         wait_quiet
         log "fixed rate run $r/$RUNS: $c at $RATE req/s"
         # loadgen.py has no option for extra headers: the API key rides on the Host value.
         taskset -c "$LOAD_CPU" "$PYTHON" bench/loadgen.py --port "${PORT[$c]}" --rate "$RATE" \
-            --host-header "127.0.0.1:${PORT[$c]}"$'\r\n'"$KEY_HEADER" \
+            --host-header "127.0.0.1:${PORT[$c]}"$'\r\n'"$KEY_HEADER"$'\r\n'"$AUTH_HEADER" \
             --duration "$DURATION" --warmup 1 --connections "$CONNS" >"$WORK/fixed-$c-$r.json"
         "$PYTHON" -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_us"]; print("  achieved %s req/s  p50 %s us  p99 %s us  errors %s  statuses %s" % (d["achieved_rate"], l["p50"], l["p99"], d["errors"], d["statuses"]))' \
             "$WORK/fixed-$c-$r.json" >&2

@@ -21,6 +21,7 @@ LABELS = {
     "chain": "3-plugin chain",
     "heavy": "header-heavy (tp-header-heavy)",
     "noepoch": "3-plugin chain, epoch interruption off",
+    "jwt": "jwt-auth (HS256 token)",
 }
 
 
@@ -138,6 +139,13 @@ def main():
     add("")
 
     notes = []
+    if "jwt" in configs:
+        fj = fixed.get("jwt", {})
+        a50, a99 = sub(fj.get("p50"), fb.get("p50")), sub(fj.get("p99"), fb.get("p99"))
+        notes.append("jwt-auth (HS256): added p50 %s, p99 %s at half load; throughput %s of 0 plugins"
+                     % (fmt_added(a50), fmt_added(a99),
+                        "–" if not (wrk.get("jwt", {}).get("rps") and b.get("rps"))
+                        else "%.2f×" % (wrk["jwt"]["rps"] / b["rps"])))
     if "header" in configs:
         a50, a99 = sub(fixed["header"].get("p50"), fb.get("p50")), sub(fixed["header"].get("p99"), fb.get("p99"))
         notes.append("one header plugin: added p50 %s, p99 %s at half load (for information)"
