@@ -99,7 +99,7 @@ def main():
         "compiled by Cranelift. **Cached**: swapping back to the exact bytes of a version loaded "
         "before, which comes from the compile cache. Each swap waits for the previous one to be "
         "live, plus 0.3 s. *Build* is the reload thread's own time (parse, compile or load, canary "
-        "VM, swap), from the gateway's log; the rest is the watcher's debounce (150 ms of quiet) "
+        "VM, swap), from the gateway's log; the rest is the watcher's debounce (50 ms of quiet) "
         "and the polling." % lat["poll_ms"])
     add("")
     times = reload_times(os.path.join(work, "reload-a.txt"))

@@ -31,6 +31,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("tp-grpc", "TP_GRPC"),
     ("tp-misbehave", "TP_MISBEHAVE"),
     ("tp-header-heavy", "TP_HEADER_HEAVY"),
+    ("tp-misc", "TP_MISC"),
 ];
 
 const TARGET: &str = "wasm32-wasip1";

@@ -1,0 +1,107 @@
+//! The host functions no other test plugin calls in a request, through `tp-misc`: the log
+//! level, an unknown foreign function (NOT_FOUND, as in an Envoy without extensions),
+//! `proxy_done`, `proxy_get_status`, cancelling a gRPC stream (no callback after the cancel,
+//! a second cancel is NOT_FOUND) and `proxy_close_stream` resetting the request.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use http_body_util::Full;
+use tollgate_tests::backends;
+use tollgate_tests::clients::{request, HttpClient, HttpResponse};
+use tollgate_tests::gateway::{Gateway, PolicyDir};
+use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_MISC};
+
+const POLICIES: &str = r#"
+listeners:
+  - { name: public, address: "${listen:public}", protocol: http }
+clusters:
+  - name: echo
+    endpoints: [{ address: "${ECHO}" }]
+  - name: grpc
+    endpoints: [{ address: "${GRPC}" }]
+    http2: true
+virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes: [{ name: all, forward: { cluster: echo } }]
+"#;
+
+async fn ask(gateway: &Gateway, misc: &str) -> HttpResponse {
+    let req = request("GET", gateway.listener("public"), "misc.test", "/")
+        .header("x-misc", misc)
+        .body(Full::default())
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), HttpClient::http1().send(req))
+        .await
+        .expect("answered within 10 s")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remaining_host_functions_behave_as_in_envoy() {
+    let echo = backends::echo("echo").await;
+    let grpc = backends::grpc_stream_echo("grpc").await;
+    let mut policies = PolicyDir::new();
+    policies
+        .set("ECHO", echo.addr())
+        .set("GRPC", grpc.addr())
+        .write("gateway.yaml", POLICIES)
+        .write(
+            "plugins.json",
+            &plugins_file(&[PluginSpec::new("misc", TP_MISC)]),
+        );
+    let gateway = Gateway::start(policies).await;
+    let upstream = |response: &HttpResponse| {
+        assert_eq!(
+            response.status,
+            StatusCode::OK,
+            "{}\n{}",
+            response.text(),
+            gateway.log()
+        );
+        response.json()["headers"].clone()
+    };
+
+    let headers = upstream(&ask(&gateway, "log-level").await);
+    let level: u32 = headers["x-log-level"].as_str().unwrap().parse().unwrap();
+    assert!(level <= 5, "a proxy-wasm log level: {headers}");
+
+    let headers = upstream(&ask(&gateway, "foreign").await);
+    assert_eq!(headers["x-foreign"], "NotFound", "{headers}");
+
+    let headers = upstream(&ask(&gateway, "done").await);
+    assert_eq!(headers["x-done"], "Ok", "{headers}");
+
+    let headers = upstream(&ask(&gateway, "status").await);
+    assert_eq!(headers["x-status"], "0", "{headers}");
+
+    let headers = upstream(&ask(&gateway, "grpc-cancel").await);
+    assert_eq!(headers["x-grpc-cancel"], "Ok", "{headers}");
+    assert_eq!(
+        headers["x-grpc-cancel-again"], "NotFound",
+        "a cancelled token is gone: {headers}"
+    );
+    assert!(
+        headers.get("x-grpc-after-cancel").is_none(),
+        "no callback after a cancel: {headers}"
+    );
+
+    let reset = ask(&gateway, "reset").await;
+    assert_eq!(
+        reset.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reset.text()
+    );
+    assert!(
+        echo.requests()
+            .iter()
+            .all(|r| r.header("x-misc") != Some("reset")),
+        "a reset request never reaches the upstream"
+    );
+
+    // The VM survived all of it.
+    let headers = upstream(&ask(&gateway, "status").await);
+    assert_eq!(headers["x-status"], "0");
+}
