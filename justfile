@@ -144,6 +144,8 @@ demo: setup build certs plugins
 # Build, then run every test (the integration tests spawn target/debug/tollgate).
 test: setup build
     cargo test --workspace
+    # The SDK's and the bundled plugins' own unit tests, run natively.
+    cargo test --manifest-path plugins/Cargo.toml --target-dir "{{ target_dir }}/plugins-native"
 
 # Validate a policies folder without serving (default: the demo set).
 check-policies dir="policies": build certs plugins
