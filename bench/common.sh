@@ -1,7 +1,7 @@
 # shellcheck shell=bash disable=SC2034  # sourced: its variables are used by the scripts
-# Shared by bench/plugins.sh and bench/swap.sh (sourced, not run): settings, tools, the
-# Tollgate binary and the wasm plugins, processes and their clean-up, the idle-machine wait,
-# the nginx upstream. bench/run.sh predates it and keeps its own copy of the same method.
+# Shared by bench/run.sh, bench/plugins.sh and bench/swap.sh (sourced, not run): settings,
+# tools, the Tollgate binary and the wasm plugins, processes and their clean-up, the
+# idle-machine wait, the nginx upstream.
 #
 # The sourcing script sets BENCH_NAME (used in temp-folder names and messages) first.
 

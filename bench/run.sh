@@ -19,187 +19,33 @@
 #                         machine are counted and flagged in the report
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
+BENCH_NAME=bench
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-DURATION=${BENCH_DURATION:-10}
-DURATION=${DURATION%s}
-RUNS=${BENCH_RUNS:-3}
-CONNS=${BENCH_CONNECTIONS:-64}
-HALF=${BENCH_HALF_LOAD:-0.5}
-PROFILE=${BENCH_PROFILE:-release}
-PROXY_CPU=${BENCH_PROXY_CPU:-0}
-LOAD_CPU=${BENCH_LOAD_CPU:-1}
 BASE=${BENCH_PORT_BASE:-38080}
 UP_PORT=$((BASE + 1))
 NGINX_PORT=$((BASE + 2))
 TG_PORT=$((BASE + 3))
 TG_ADMIN=$((BASE + 4))
 OUT=${BENCH_OUT:-bench/results/latest.md}
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-export PYTHONDONTWRITEBYTECODE=1
 read -r -a TARGETS <<<"${BENCH_TARGETS:-direct nginx tollgate}"
 want() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
 
-log() { printf '\n==> %s\n' "$*" >&2; }
-die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
-
-[[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 ]] || die "BENCH_DURATION must be whole seconds (got '$DURATION')"
-[[ $RUNS =~ ^[0-9]+$ && $RUNS -ge 1 ]] || die "BENCH_RUNS must be a positive integer"
-case $PROFILE in release | debug) ;; *) die "BENCH_PROFILE must be release or debug" ;; esac
 for t in "${TARGETS[@]}"; do
     case $t in direct | nginx | tollgate) ;; *) die "unknown target '$t' in BENCH_TARGETS" ;; esac
 done
 want nginx || die "BENCH_TARGETS must include nginx (the fixed rate is half of its maximum)"
 
-# --- tools -------------------------------------------------------------------------------
-export PATH="$PATH:/usr/sbin:/sbin"
-missing=()
-command -v nginx >/dev/null || missing+=(nginx)
-command -v wrk >/dev/null || missing+=(wrk)
-command -v curl >/dev/null || missing+=(curl)
-command -v python3 >/dev/null || missing+=(python3)
-command -v taskset >/dev/null || missing+=(util-linux)
-if ((${#missing[@]})); then
-    log "installing ${missing[*]} (Debian packages)"
-    sudo=()
-    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get update -qq
-    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
-PYTHON=$(command -v python3)
-
-cpus=$(nproc)
-if ((cpus < 2)); then
-    echo "bench: warning: only $cpus CPU; the proxy and the load share it, figures are not meaningful" >&2
-    PROXY_CPU=0
-    LOAD_CPU=0
-fi
-
 # --- Tollgate binary ---------------------------------------------------------------------
 BIN=""
-if ! want tollgate; then
-    :
-elif [[ -n ${TOLLGATE_BIN:-} ]]; then
-    BIN=$TOLLGATE_BIN
-else
-    if [[ $PROFILE == release ]]; then
-        log "cargo build --release -p tollgate"
-        cargo build --release -p tollgate
-    else
-        log "cargo build -p tollgate"
-        cargo build -p tollgate
-    fi
-    BIN=$TARGET_DIR/$PROFILE/tollgate
+if want tollgate; then
+    build_tollgate
 fi
-[[ -z $BIN || -x $BIN ]] || die "no Tollgate binary at $BIN"
 
-# --- processes and clean-up --------------------------------------------------------------
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-bench.XXXXXX")
-PIDS=()
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    if ((${#PIDS[@]})); then
-        kill "${PIDS[@]}" 2>/dev/null || true
-        wait "${PIDS[@]}" 2>/dev/null || true
-    fi
-    if ((status != 0)); then
-        for f in "$WORK"/*.log; do
-            [[ -s $f ]] || continue
-            echo "--- last lines of $(basename "$f")" >&2
-            tail -n 20 "$f" >&2
-        done
-    fi
-    rm -rf "$WORK"
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# start NAME CPU CMD...: run CMD pinned to CPU in the background, output to $WORK/NAME.log
-start() {
-    local name=$1 cpu=$2
-    shift 2
-    taskset -c "$cpu" "$@" >"$WORK/$name.log" 2>&1 &
-    PIDS+=($!)
-}
-
-# wait_http URL: until it answers 200 (10 s)
-wait_http() {
-    local url=$1
-    for _ in $(seq 100); do
-        if [[ $(curl -s -o /dev/null -w '%{http_code}' "$url" 2>/dev/null || true) == 200 ]]; then
-            return 0
-        fi
-        for pid in "${PIDS[@]}"; do
-            kill -0 "$pid" 2>/dev/null || die "a server exited early (waiting for $url)"
-        done
-        sleep 0.1
-    done
-    die "$url did not answer 200 within 10 s"
-}
-
-# cpu_busy_pct: share of all CPUs busy over 0.5 s (any process, ours included)
-cpu_times() { awk '/^cpu / { idle = $5 + $6; total = 0; for (i = 2; i <= NF; i++) total += $i; print total, idle }' /proc/stat; }
-cpu_busy_pct() {
-    local t0 i0 t1 i1
-    read -r t0 i0 < <(cpu_times)
-    sleep 0.5
-    read -r t1 i1 < <(cpu_times)
-    echo $(((100 * ((t1 - t0) - (i1 - i0))) / ((t1 - t0) > 0 ? (t1 - t0) : 1)))
-}
-# wait_quiet: before a measured run, wait for the machine to be idle (our servers idle too)
-BUSY_RUNS=0
-wait_quiet() {
-    local waited=0 limit=${BENCH_QUIET_WAIT:-60} busy
-    while :; do
-        busy=$(cpu_busy_pct)
-        ((busy >= 10)) || return 0
-        if ((waited >= limit)); then
-            echo "bench: warning: the machine is still ${busy}% busy after ${limit}s; measuring anyway" >&2
-            BUSY_RUNS=$((BUSY_RUNS + 1))
-            return 0
-        fi
-        ((waited == 0)) && echo "bench: the machine is ${busy}% busy (other processes); waiting for it to be idle" >&2
-        sleep 2
-        waited=$((waited + 2))
-    done
-}
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for port in "$UP_PORT" "$NGINX_PORT" "$TG_PORT" "$TG_ADMIN"; do
     port_free "$port" || die "127.0.0.1:$port is in use; set BENCH_PORT_BASE"
 done
-
-# nginx_conf PREFIX SERVER-BLOCK [HTTP-EXTRA]: a self-contained nginx config (no /etc, no /var)
-nginx_conf() {
-    local prefix=$1
-    mkdir -p "$prefix"
-    cat >"$prefix/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $prefix/nginx.pid;
-error_log $prefix/error.log warn;
-events {
-    worker_connections 4096;
-}
-http {
-    access_log off;
-    default_type text/plain;
-    keepalive_timeout 65;
-    keepalive_requests 1000000;
-    client_body_temp_path $prefix/client_body;
-    proxy_temp_path $prefix/proxy;
-    fastcgi_temp_path $prefix/fastcgi;
-    uwsgi_temp_path $prefix/uwsgi;
-    scgi_temp_path $prefix/scgi;
-$2
-}
-EOF
-}
 
 # The upstream for every run: nginx answering a small static body, on the load CPU.
 nginx_conf "$WORK/upstream" "    server {
