@@ -46,38 +46,7 @@ fn main() {
     check_target_installed();
 
     let target_dir = workspace_target_dir(&out_dir).join("wasm-plugins");
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .args(["build", "--release", "--target", TARGET, "--manifest-path"])
-        .arg(plugins_dir.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(&plugins_dir);
-    // The outer build's flags and wrappers are for the host target (and clippy would change
-    // the plugins' fingerprints between `cargo build` and `cargo clippy`, rebuilding them).
-    for variable in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_BUILD_RUSTFLAGS",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_PROFILE_RELEASE_DEBUG",
-        "CARGO_PROFILE_RELEASE_STRIP",
-    ] {
-        command.env_remove(variable);
-    }
-    let status = command
-        .status()
-        .unwrap_or_else(|e| panic!("could not run cargo to build the test plugins: {e}"));
-    if !status.success() {
-        panic!(
-            "building the test plugins failed ({status}): cargo build --release --target {TARGET} \
-             --manifest-path {}",
-            plugins_dir.join("Cargo.toml").display()
-        );
-    }
+    build_wasm_workspace(&plugins_dir, &target_dir, "the test plugins");
 
     let release = target_dir.join(TARGET).join("release");
     let mut source =
@@ -109,6 +78,43 @@ fn main() {
     build_bundled_plugins(&manifest_dir, &out_dir);
 }
 
+/// Builds a plugin workspace (release, wasm32-wasip1) into `target_dir`; `what` names it in
+/// errors.
+fn build_wasm_workspace(plugins_dir: &Path, target_dir: &Path, what: &str) {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args(["build", "--release", "--target", TARGET, "--manifest-path"])
+        .arg(plugins_dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(plugins_dir);
+    // The outer build's flags and wrappers are for the host target (and clippy would change
+    // the plugins' fingerprints between `cargo build` and `cargo clippy`, rebuilding them).
+    for variable in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_PROFILE_RELEASE_DEBUG",
+        "CARGO_PROFILE_RELEASE_STRIP",
+    ] {
+        command.env_remove(variable);
+    }
+    let status = command
+        .status()
+        .unwrap_or_else(|e| panic!("could not run cargo to build {what}: {e}"));
+    if !status.success() {
+        panic!(
+            "building {what} failed ({status}): cargo build --release --target {TARGET} \
+             --manifest-path {}",
+            plugins_dir.join("Cargo.toml").display()
+        );
+    }
+}
+
 /// Builds the bundled plugins workspace (`plugins/Cargo.toml`) exactly like the test
 /// plugins above and writes `$OUT_DIR/bundled.rs`.
 fn build_bundled_plugins(manifest_dir: &Path, out_dir: &Path) {
@@ -124,36 +130,7 @@ fn build_bundled_plugins(manifest_dir: &Path, out_dir: &Path) {
 
     let members = cdylib_members(&plugins_dir);
     let target_dir = workspace_target_dir(out_dir).join("plugins");
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .args(["build", "--release", "--target", TARGET, "--manifest-path"])
-        .arg(plugins_dir.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(&plugins_dir);
-    for variable in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_BUILD_RUSTFLAGS",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_PROFILE_RELEASE_DEBUG",
-        "CARGO_PROFILE_RELEASE_STRIP",
-    ] {
-        command.env_remove(variable);
-    }
-    let status = command
-        .status()
-        .unwrap_or_else(|e| panic!("could not run cargo to build the bundled plugins: {e}"));
-    if !status.success() {
-        panic!(
-            "building the bundled plugins failed ({status}): cargo build --release --target \
-             {TARGET} --manifest-path {}",
-            plugins_dir.join("Cargo.toml").display()
-        );
-    }
+    build_wasm_workspace(&plugins_dir, &target_dir, "the bundled plugins");
 
     let release = target_dir.join(TARGET).join("release");
     let mut source =
