@@ -34,6 +34,13 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    /// Per listener.
+    pub max_connections: usize,
+    pub normalization: Normalization,
+    pub access_log: AccessLogSettings,
+    pub plugin_limits: PluginLimits,
 }
 
 impl Default for ServerSettings {
@@ -44,6 +51,65 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
+            stream_idle_timeout: Duration::from_secs(300),
+            max_connections: 10_000,
+            normalization: Normalization::default(),
+            access_log: AccessLogSettings::default(),
+            plugin_limits: PluginLimits::default(),
+        }
+    }
+}
+
+/// How request hosts and paths are made canonical before routing, plugins and forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Normalization {
+    pub normalize_path: bool,
+    pub merge_slashes: bool,
+    pub escaped_slashes: raw::EscapedSlashesAction,
+    pub strip_trailing_host_dot: bool,
+}
+
+impl Default for Normalization {
+    fn default() -> Self {
+        Self {
+            normalize_path: true,
+            merge_slashes: true,
+            escaped_slashes: raw::EscapedSlashesAction::Reject,
+            strip_trailing_host_dot: true,
+        }
+    }
+}
+
+/// What the access log must not show. Names are lower-case.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    /// Query parameters logged as `REDACTED`; the key names of key-auth plugins are added
+    /// to these when the snapshot is built.
+    pub redact_query_params: Vec<String>,
+    pub redact_headers: Vec<String>,
+}
+
+/// Bounds on what plugins may make the host hold, per `vm_id` unless said otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginLimits {
+    pub shared_data_bytes: u64,
+    pub shared_data_keys: usize,
+    /// Per queue.
+    pub shared_queue_length: usize,
+    /// Metrics one plugin may define.
+    pub metrics: usize,
+    pub callout_response_bytes: u64,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            shared_data_bytes: 64 * 1024 * 1024,
+            shared_data_keys: 100_000,
+            shared_queue_length: 10_000,
+            metrics: 10_000,
+            callout_response_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -120,6 +186,9 @@ pub struct HealthSettings {
     pub consecutive_failures: u32,
     pub ejection_time: Duration,
     pub max_ejection_percent: u32,
+    /// Percent of healthy endpoints below which every endpoint gets traffic again.
+    pub panic_threshold: u32,
+    pub eject_on: raw::EjectOn,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +282,9 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub per_try_timeout: Option<Duration>,
     pub conditions: RetryConditions,
+    /// Non-idempotent requests are retried on every condition, not only on those where the
+    /// upstream cannot have received them.
+    pub non_idempotent: bool,
 }
 
 /// When a try is retried (Envoy's `retry_on` names).
@@ -605,11 +677,105 @@ impl Validator<'_> {
                 raw.drain_timeout.as_ref(),
                 defaults.drain_timeout,
             ),
+            body_read_timeout: self.duration(
+                origin,
+                "body_read_timeout",
+                raw.body_read_timeout.as_ref(),
+                defaults.body_read_timeout,
+            ),
+            stream_idle_timeout: self.duration(
+                origin,
+                "stream_idle_timeout",
+                raw.stream_idle_timeout.as_ref(),
+                defaults.stream_idle_timeout,
+            ),
+            max_connections: raw.max_connections.unwrap_or(defaults.max_connections),
+            normalization: Normalization {
+                normalize_path: raw
+                    .normalize_path
+                    .unwrap_or(defaults.normalization.normalize_path),
+                merge_slashes: raw
+                    .merge_slashes
+                    .unwrap_or(defaults.normalization.merge_slashes),
+                escaped_slashes: raw
+                    .path_with_escaped_slashes_action
+                    .unwrap_or(defaults.normalization.escaped_slashes),
+                strip_trailing_host_dot: raw
+                    .strip_trailing_host_dot
+                    .unwrap_or(defaults.normalization.strip_trailing_host_dot),
+            },
+            access_log: self.access_log(raw.access_log.as_ref(), origin),
+            plugin_limits: self.plugin_limits(raw.plugin_limits.as_ref(), origin),
         };
         if settings.max_request_header_bytes < 1024 {
             self.error(origin, "max_request_header_bytes", "must be at least 1024");
         }
+        if settings.max_connections == 0 {
+            self.error(origin, "max_connections", "must be at least 1");
+        }
+        for (field, value) in [
+            ("body_read_timeout", settings.body_read_timeout),
+            ("stream_idle_timeout", settings.stream_idle_timeout),
+        ] {
+            if value.is_zero() {
+                self.error(origin, field, "must be more than 0s");
+            }
+        }
         settings
+    }
+
+    fn access_log(&mut self, raw: Option<&raw::AccessLog>, origin: &Origin) -> AccessLogSettings {
+        let Some(raw) = raw else {
+            return AccessLogSettings::default();
+        };
+        for (i, name) in raw.redact_headers.iter().enumerate() {
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                self.error(
+                    origin,
+                    &format!("access_log.redact_headers[{i}]"),
+                    format!("{name:?} is not a valid header name"),
+                );
+            }
+        }
+        let lower = |names: &[String]| names.iter().map(|n| n.to_ascii_lowercase()).collect();
+        AccessLogSettings {
+            redact_query_params: lower(&raw.redact_query_params),
+            redact_headers: lower(&raw.redact_headers),
+        }
+    }
+
+    fn plugin_limits(&mut self, raw: Option<&raw::PluginLimits>, origin: &Origin) -> PluginLimits {
+        let defaults = PluginLimits::default();
+        let Some(raw) = raw else {
+            return defaults;
+        };
+        let limits = PluginLimits {
+            shared_data_bytes: raw.shared_data_bytes.unwrap_or(defaults.shared_data_bytes),
+            shared_data_keys: raw.shared_data_keys.unwrap_or(defaults.shared_data_keys),
+            shared_queue_length: raw
+                .shared_queue_length
+                .unwrap_or(defaults.shared_queue_length),
+            metrics: raw.metrics.unwrap_or(defaults.metrics),
+            callout_response_bytes: raw
+                .callout_response_bytes
+                .unwrap_or(defaults.callout_response_bytes),
+        };
+        for (field, value) in [
+            ("shared_data_bytes", limits.shared_data_bytes),
+            ("shared_data_keys", limits.shared_data_keys as u64),
+            ("shared_queue_length", limits.shared_queue_length as u64),
+            ("metrics", limits.metrics as u64),
+            ("callout_response_bytes", limits.callout_response_bytes),
+        ] {
+            if value == 0 {
+                self.error(
+                    origin,
+                    &format!("plugin_limits.{field}"),
+                    "must be at least 1",
+                );
+            }
+        }
+        limits
     }
 
     fn listener(&mut self, raw: &raw::Listener, origin: Origin) -> Listener {
@@ -751,7 +917,16 @@ impl Validator<'_> {
                 Duration::from_secs(30),
             ),
             max_ejection_percent: health.and_then(|h| h.max_ejection_percent).unwrap_or(50),
+            panic_threshold: health.and_then(|h| h.panic_threshold).unwrap_or(50),
+            eject_on: health.and_then(|h| h.eject_on).unwrap_or_default(),
         };
+        if health.panic_threshold > 100 {
+            self.error(
+                &origin,
+                "health.panic_threshold",
+                "must be between 0 and 100",
+            );
+        }
         if health.max_ejection_percent > 100 {
             self.error(
                 &origin,
@@ -1103,6 +1278,7 @@ impl Validator<'_> {
                 )
             }),
             conditions,
+            non_idempotent: raw.non_idempotent,
         }
     }
 
@@ -1330,6 +1506,24 @@ fn fill_defaults(config: &mut Config) {
         "header_read_timeout": duration::format(server.header_read_timeout),
         "idle_timeout": duration::format(server.idle_timeout),
         "drain_timeout": duration::format(server.drain_timeout),
+        "body_read_timeout": duration::format(server.body_read_timeout),
+        "stream_idle_timeout": duration::format(server.stream_idle_timeout),
+        "max_connections": server.max_connections,
+        "normalize_path": server.normalization.normalize_path,
+        "merge_slashes": server.normalization.merge_slashes,
+        "path_with_escaped_slashes_action": server.normalization.escaped_slashes,
+        "strip_trailing_host_dot": server.normalization.strip_trailing_host_dot,
+        "access_log": {
+            "redact_query_params": server.access_log.redact_query_params,
+            "redact_headers": server.access_log.redact_headers,
+        },
+        "plugin_limits": {
+            "shared_data_bytes": server.plugin_limits.shared_data_bytes,
+            "shared_data_keys": server.plugin_limits.shared_data_keys,
+            "shared_queue_length": server.plugin_limits.shared_queue_length,
+            "metrics": server.plugin_limits.metrics,
+            "callout_response_bytes": server.plugin_limits.callout_response_bytes,
+        },
     });
     for (i, cluster) in config.clusters.iter().enumerate() {
         let Some(entry) = value["clusters"].get_mut(i) else {
@@ -1342,6 +1536,8 @@ fn fill_defaults(config: &mut Config) {
             "consecutive_failures": cluster.health.consecutive_failures,
             "ejection_time": duration::format(cluster.health.ejection_time),
             "max_ejection_percent": cluster.health.max_ejection_percent,
+            "panic_threshold": cluster.health.panic_threshold,
+            "eject_on": cluster.health.eject_on,
         });
         entry["limits"] = json!({
             "max_requests": cluster.limits.max_requests,

@@ -31,6 +31,60 @@ pub struct Server {
     pub header_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub drain_timeout: Option<String>,
+    /// A request body with no progress for this long is answered 408 and its connection closed.
+    pub body_read_timeout: Option<String>,
+    /// An HTTP/2 stream (or HTTP/1.1 request) with no activity either way for this long is
+    /// reset.
+    pub stream_idle_timeout: Option<String>,
+    /// Open connections per listener; more are accepted and closed at once.
+    pub max_connections: Option<usize>,
+    /// RFC 3986 dot-segment removal and decoding of percent-encoded unreserved characters.
+    pub normalize_path: Option<bool>,
+    /// `//` in a path becomes `/`.
+    pub merge_slashes: Option<bool>,
+    /// What to do with `%2F` and `%5C` in a path.
+    pub path_with_escaped_slashes_action: Option<EscapedSlashesAction>,
+    /// `api.example.com.` matches `api.example.com`.
+    pub strip_trailing_host_dot: Option<bool>,
+    pub access_log: Option<AccessLog>,
+    pub plugin_limits: Option<PluginLimits>,
+}
+
+/// What the gateway does with `%2F` / `%5C` (encoded `/` and `\`) in a request path.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashesAction {
+    /// Answer 400.
+    #[default]
+    Reject,
+    /// Leave them encoded: routing and the upstream see `%2F`.
+    Keep,
+    /// Decode them to `/` and `\` before normalizing, routing and forwarding.
+    Unescape,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// Query parameters whose values are logged as `REDACTED`.
+    #[serde(default)]
+    pub redact_query_params: Vec<String>,
+    /// Headers whose values are logged as `REDACTED`.
+    #[serde(default)]
+    pub redact_headers: Vec<String>,
+}
+
+/// Bounds on what plugins may make the host hold, per `vm_id` unless said otherwise.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginLimits {
+    pub shared_data_bytes: Option<u64>,
+    pub shared_data_keys: Option<usize>,
+    pub shared_queue_length: Option<usize>,
+    /// Metrics a plugin may define.
+    pub metrics: Option<usize>,
+    /// Largest HTTP or gRPC callout response body a plugin receives.
+    pub callout_response_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -125,6 +179,23 @@ pub struct Health {
     pub consecutive_failures: Option<u32>,
     pub ejection_time: Option<String>,
     pub max_ejection_percent: Option<u32>,
+    /// Below this percentage of healthy endpoints, ejection is ignored and every endpoint
+    /// gets traffic (Envoy's panic threshold).
+    pub panic_threshold: Option<u32>,
+    /// Which answers count as failures toward `consecutive_failures`.
+    pub eject_on: Option<EjectOn>,
+}
+
+/// What counts as an endpoint failure for outlier ejection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EjectOn {
+    /// Connect failures, resets, timeouts and 502, 503, 504 answers.
+    #[default]
+    GatewayErrors,
+    /// The above and every other 5xx answer.
+    #[serde(rename = "5xx")]
+    Any5xx,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -221,6 +292,10 @@ pub struct Retries {
     pub on: Vec<String>,
     #[serde(default)]
     pub status_codes: Vec<u16>,
+    /// Retry POST, PATCH and other non-idempotent requests on every condition in `on`, not
+    /// only when the upstream cannot have received them.
+    #[serde(default)]
+    pub non_idempotent: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -324,6 +324,8 @@ mod tests {
                 consecutive_failures: failures,
                 ejection_time: Duration::from_secs(30),
                 max_ejection_percent: 50,
+                panic_threshold: 50,
+                eject_on: crate::config::raw::EjectOn::GatewayErrors,
             },
             limits: ClusterLimits {
                 max_requests,
