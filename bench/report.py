@@ -20,6 +20,7 @@ TARGETS = [
     ("direct", "direct to the upstream (no proxy)"),
     ("nginx", "nginx reverse proxy"),
     ("tollgate", "Tollgate, 0 plugins"),
+    ("baseline", "baseline Tollgate (earlier build), 0 plugins"),
 ]
 
 UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
@@ -181,9 +182,29 @@ def table(work):
         fmt_us(t.get("p99")), fmt_us(n.get("p99")), fmt_ratio(ratio(t.get("p99"), n.get("p99")))))
     add("")
 
+    if "baseline" in wrk:
+        add("## This build / baseline (`TOLLGATE_BASELINE_BIN=%s`)" % meta.get("baseline", "?"))
+        add("")
+        add("The same policies, the same pinning, runs alternating with the others: the ratio "
+            "is what the changes since the baseline cost (below 1.00× for throughput, above "
+            "for latency) or gained.")
+        add("")
+        add("| figure | this build | baseline | ratio |")
+        add("|---|---:|---:|---:|")
+        t, b = wrk.get("tollgate", {}), wrk["baseline"]
+        add("| throughput (req/s) | %s | %s | %s |" % (
+            fmt_rps(t.get("rps")), fmt_rps(b.get("rps")), fmt_ratio(ratio(t.get("rps"), b.get("rps")))))
+        if fixed:
+            t, b = fixed.get("tollgate", {}), fixed.get("baseline", {})
+            for figure in ("p50", "p99"):
+                add("| %s at half load | %s | %s | %s |" % (
+                    figure, fmt_us(t.get(figure)), fmt_us(b.get(figure)),
+                    fmt_ratio(ratio(t.get(figure), b.get(figure)))))
+        add("")
+
     notes = []
     d = wrk.get("direct", {}).get("rps")
-    best = max([wrk.get(k, {}).get("rps") or 0 for k in ("nginx", "tollgate")])
+    best = max([wrk.get(k, {}).get("rps") or 0 for k in ("nginx", "tollgate", "baseline")])
     if d and best and best > 0.8 * d:
         notes.append("a proxy reached %.0f%% of the direct figure: the upstream and load generator "
                      "on CPU %s may be the bottleneck, so the throughput ratio understates the "

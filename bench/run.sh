@@ -9,8 +9,12 @@
 #   BENCH_HALF_LOAD=0.5   fixed rate as a share of nginx's measured maximum
 #   BENCH_PROFILE=release cargo profile to build and run Tollgate with (release | debug)
 #   TOLLGATE_BIN=path     use this binary and build nothing
+#   TOLLGATE_BASELINE_BIN=path  also bench this Tollgate binary (an earlier build) as the
+#                         target "baseline", alternating with the others, and report this
+#                         build / baseline: the cost or gain of a change, measured in one session
 #   BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1   the CPUs to pin to
-#   BENCH_PORT_BASE=38080 ports BASE+1 (upstream), +2 (nginx), +3 (Tollgate), +4 (admin)
+#   BENCH_PORT_BASE=38080 ports BASE+1 (upstream), +2 (nginx), +3 (Tollgate), +4 (admin),
+#                         +5 (baseline Tollgate), +6 (its admin)
 #   BENCH_OUT=bench/results/latest.md
 #   BENCH_STRICT=1        exit 3 when a goal is missed (default: report only)
 #   BENCH_TARGETS="direct nginx tollgate"  a subset, e.g. to check the baseline alone
@@ -28,13 +32,20 @@ UP_PORT=$((BASE + 1))
 NGINX_PORT=$((BASE + 2))
 TG_PORT=$((BASE + 3))
 TG_ADMIN=$((BASE + 4))
+BASELINE_PORT=$((BASE + 5))
+BASELINE_ADMIN=$((BASE + 6))
 OUT=${BENCH_OUT:-bench/results/latest.md}
-read -r -a TARGETS <<<"${BENCH_TARGETS:-direct nginx tollgate}"
+default_targets="direct nginx tollgate"
+[[ -z ${TOLLGATE_BASELINE_BIN:-} ]] || default_targets="$default_targets baseline"
+read -r -a TARGETS <<<"${BENCH_TARGETS:-$default_targets}"
 want() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
 
 for t in "${TARGETS[@]}"; do
-    case $t in direct | nginx | tollgate) ;; *) die "unknown target '$t' in BENCH_TARGETS" ;; esac
+    case $t in direct | nginx | tollgate | baseline) ;; *) die "unknown target '$t' in BENCH_TARGETS" ;; esac
 done
+if want baseline; then
+    [[ -x ${TOLLGATE_BASELINE_BIN:-} ]] || die "target baseline needs TOLLGATE_BASELINE_BIN (an executable Tollgate binary)"
+fi
 want nginx || die "BENCH_TARGETS must include nginx (the fixed rate is half of its maximum)"
 
 # --- Tollgate binary ---------------------------------------------------------------------
@@ -43,7 +54,7 @@ if want tollgate; then
     build_tollgate
 fi
 
-for port in "$UP_PORT" "$NGINX_PORT" "$TG_PORT" "$TG_ADMIN"; do
+for port in "$UP_PORT" "$NGINX_PORT" "$TG_PORT" "$TG_ADMIN" "$BASELINE_PORT" "$BASELINE_ADMIN"; do
     port_free "$port" || die "127.0.0.1:$port is in use; set BENCH_PORT_BASE"
 done
 
@@ -114,11 +125,19 @@ if want tollgate; then
     start tollgate "$PROXY_CPU" env TOLLGATE_LOG=warn "$BIN" run --policies "$WORK/policies" \
         --admin "127.0.0.1:$TG_ADMIN" --workers 1 --log-format text
 fi
+if want baseline; then
+    # The same policies on the baseline's own port: only the binary differs.
+    mkdir -p "$WORK/baseline-policies"
+    sed "s/127.0.0.1:$TG_PORT\$/127.0.0.1:$BASELINE_PORT/" "$WORK/policies/bench.yaml" >"$WORK/baseline-policies/bench.yaml"
+    start baseline "$PROXY_CPU" env TOLLGATE_LOG=warn "$TOLLGATE_BASELINE_BIN" run \
+        --policies "$WORK/baseline-policies" --admin "127.0.0.1:$BASELINE_ADMIN" --workers 1 --log-format text
+fi
 wait_http "http://127.0.0.1:$UP_PORT/"
 wait_http "http://127.0.0.1:$NGINX_PORT/"
 if want tollgate; then wait_http "http://127.0.0.1:$TG_ADMIN/readyz"; fi
+if want baseline; then wait_http "http://127.0.0.1:$BASELINE_ADMIN/readyz"; fi
 
-declare -A PORT=([direct]=$UP_PORT [nginx]=$NGINX_PORT [tollgate]=$TG_PORT)
+declare -A PORT=([direct]=$UP_PORT [nginx]=$NGINX_PORT [tollgate]=$TG_PORT [baseline]=$BASELINE_PORT)
 for t in "${TARGETS[@]}"; do
     body=$(curl -s "http://127.0.0.1:${PORT[$t]}/")
     [[ $body == ok ]] || die "$t: GET / answered '$body', expected 'ok'"
@@ -181,6 +200,7 @@ meta = {
     "date": "$(date -u '+%Y-%m-%d %H:%M UTC')",
     "cpu": cpu, "cpus": $cpus, "kernel": platform.release(),
     "tollgate_rev": "$rev", "profile": "$profile_label",
+    "baseline": "${TOLLGATE_BASELINE_BIN:-}",
     "nginx": "$(nginx -v 2>&1 | sed 's/^nginx version: //')",
     "wrk": "$(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}')",
     "python": platform.python_version(),
