@@ -153,7 +153,8 @@ impl Snapshot {
             return Err(ConfigErrors(errors));
         }
         let plugins =
-            build_plugins(&config.plugins, plugins_dir, &clusters).map_err(ConfigErrors)?;
+            build_plugins(&config.plugins, plugins_dir, &clusters, config.server.plugin_limits)
+                .map_err(ConfigErrors)?;
         let chains = chains(&config, &plugins);
         Ok(Self {
             config: Arc::new(config),

@@ -5,6 +5,12 @@
 //! context per configuration (the plugin's own and each per-route override) and the stream
 //! contexts of that worker's requests. A VM's timers, queue wake-ups and callout answers run
 //! as tasks on the same worker runtime, so a VM is only ever touched by its own thread.
+//!
+//! A callout's response body is read up to `server.plugin_limits.callout_response_bytes`
+//! and no further: a larger one fails the call the way Envoy reports any failed call (an
+//! HTTP call's `on_http_call_response` with no headers, body or trailers; a gRPC call's
+//! close with status RESOURCE_EXHAUSTED, 8) and counts in
+//! `tollgate_plugin_limit_refusals_total{limit="callout_response_bytes"}`.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -26,7 +32,7 @@ type EventReceiver = tokio::sync::mpsc::UnboundedReceiver<VmEvent>;
 
 /// Root context ids by configuration key (`None`: the plugin's own configuration).
 pub type Roots = HashMap<Option<String>, u32>;
-use crate::config::{self, raw::FailurePolicy};
+use crate::config::{self, raw::FailurePolicy, PluginLimits};
 use crate::upstream::Cluster;
 
 /// Counters per plugin, exported on `/metrics`.
@@ -114,6 +120,7 @@ impl Plugin {
         config: &config::Plugin,
         module: Arc<CompiledModule>,
         clusters: HashMap<String, Arc<Cluster>>,
+        limits: PluginLimits,
     ) -> Result<Arc<Self>, String> {
         let mut configurations = vec![(None, json_bytes(&config.config))];
         for (route, value) in &config.route_config {
@@ -130,6 +137,7 @@ impl Plugin {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             clusters: clusters.keys().cloned().collect::<HashSet<_>>(),
+            limits,
         });
         let plugin = Arc::new(Self {
             name: config.name.clone(),
@@ -337,9 +345,13 @@ impl Plugin {
                     tokio::spawn(async move {
                         let response = plugin.http_callout(&cluster, headers, body, timeout).await;
                         plugin.with_generation(generation, |vm| {
-                            if response.is_none() {
-                                vm.state().status = (14, Bytes::from_static(b"callout failed"));
-                            }
+                            let response = match response {
+                                Ok(response) => Some(response),
+                                Err(failure) => {
+                                    vm.state().status = failure.status();
+                                    None
+                                }
+                            };
                             vm.on_http_call_response(token, response).map(drop)
                         });
                     });
@@ -481,6 +493,14 @@ impl Plugin {
                             return;
                         }
                     }
+                    // What is left is one incomplete message: never buffer it past the limit.
+                    if buffer.len() as u64 > self.callout_limit() {
+                        self.callout_too_large();
+                        let (status, message) = CalloutFailure::TooLarge.status();
+                        deliver(Event::Close(status, message));
+                        self.slot().borrow_mut().grpc_streams.remove(&token);
+                        return;
+                    }
                 }
                 Err(frame) => {
                     if let Ok(map) = frame.into_trailers() {
@@ -544,13 +564,42 @@ impl Plugin {
         }
     }
 
+    fn callout_limit(&self) -> u64 {
+        self.identity.limits.callout_response_bytes
+    }
+
+    fn callout_too_large(&self) {
+        crate::telemetry::metrics::metrics()
+            .plugin_limit_refusal(&self.name, "callout_response_bytes");
+    }
+
+    /// Reads a callout's response body within the time left and the size limit.
+    async fn collect_limited(
+        &self,
+        body: hyper::body::Incoming,
+        remaining: Duration,
+    ) -> Result<http_body_util::Collected<Bytes>, CalloutFailure> {
+        let limit = usize::try_from(self.callout_limit()).unwrap_or(usize::MAX);
+        // `Limited` fails as soon as the body (or its announced length) passes the limit.
+        let limited = http_body_util::Limited::new(body, limit);
+        match tokio::time::timeout(remaining, limited.collect()).await {
+            Err(_) => Err(CalloutFailure::Failed),
+            Ok(Ok(collected)) => Ok(collected),
+            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+                self.callout_too_large();
+                Err(CalloutFailure::TooLarge)
+            }
+            Ok(Err(_)) => Err(CalloutFailure::Failed),
+        }
+    }
+
     async fn http_callout(
         &self,
         cluster: &str,
         headers: HeaderList,
         body: Bytes,
         timeout: Duration,
-    ) -> Option<CallResponse> {
+    ) -> Result<CallResponse, CalloutFailure> {
         let mut request = http::Request::builder();
         let mut authority = String::new();
         for (name, value) in &headers {
@@ -565,22 +614,22 @@ impl Plugin {
         request = request.header(http::header::HOST, authority);
         let request = request
             .body(Full::new(body).map_err(|never| match never {}).boxed())
-            .ok()?;
+            .map_err(|_| CalloutFailure::Failed)?;
         let started = Instant::now();
-        let response = self.send(cluster, request, timeout).await?;
+        let response = self
+            .send(cluster, request, timeout)
+            .await
+            .ok_or(CalloutFailure::Failed)?;
         let (parts, body) = response.into_parts();
         let remaining = timeout.saturating_sub(started.elapsed());
-        let collected = tokio::time::timeout(remaining, body.collect())
-            .await
-            .ok()?
-            .ok()?;
+        let collected = self.collect_limited(body, remaining).await?;
         let trailers = collected.trailers().map(header_list).unwrap_or_default();
         let mut headers = vec![(
             ":status".to_string(),
             parts.status.as_str().as_bytes().to_vec(),
         )];
         headers.extend(header_list(&parts.headers));
-        Some(CallResponse {
+        Ok(CallResponse {
             headers,
             body: collected.to_bytes(),
             trailers,
@@ -619,8 +668,13 @@ impl Plugin {
         };
         let (parts, body) = response.into_parts();
         let remaining = timeout.saturating_sub(started.elapsed());
-        let Ok(Ok(collected)) = tokio::time::timeout(remaining, body.collect()).await else {
-            return (4, "deadline exceeded".into(), None);
+        let collected = match self.collect_limited(body, remaining).await {
+            Ok(collected) => collected,
+            Err(CalloutFailure::TooLarge) => {
+                let (status, message) = CalloutFailure::TooLarge.status();
+                return (status, String::from_utf8_lossy(&message).into_owned(), None);
+            }
+            Err(CalloutFailure::Failed) => return (4, "deadline exceeded".into(), None),
         };
         let trailers = collected.trailers().cloned().unwrap_or_default();
         let grpc_status = |map: &http::HeaderMap| {
@@ -650,6 +704,28 @@ impl Plugin {
             trailers: header_list(&trailers),
         };
         (status, message_text, Some(response))
+    }
+}
+
+/// Why a callout delivered no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CalloutFailure {
+    /// Refused, reset, timed out, or unreachable.
+    Failed,
+    /// The response body passed `plugin_limits.callout_response_bytes`.
+    TooLarge,
+}
+
+impl CalloutFailure {
+    /// The gRPC status and message `proxy_get_status` reports for it.
+    fn status(self) -> (u32, Bytes) {
+        match self {
+            Self::Failed => (14, Bytes::from_static(b"callout failed")),
+            Self::TooLarge => (
+                8,
+                Bytes::from_static(b"callout response larger than plugin_limits.callout_response_bytes"),
+            ),
+        }
     }
 }
 
@@ -737,6 +813,7 @@ pub fn build_plugins(
     plugins: &[config::Plugin],
     plugins_dir: &std::path::Path,
     clusters: &HashMap<String, Arc<Cluster>>,
+    limits: PluginLimits,
 ) -> Result<Vec<Arc<Plugin>>, Vec<config::ConfigError>> {
     let mut modules: HashMap<std::path::PathBuf, Result<Arc<CompiledModule>, String>> =
         HashMap::new();
@@ -748,7 +825,7 @@ pub fn build_plugins(
             .entry(path.clone())
             .or_insert_with(|| runtime().load(&path))
             .clone();
-        let result = module.and_then(|module| Plugin::new(plugin, module, clusters.clone()));
+        let result = module.and_then(|module| Plugin::new(plugin, module, clusters.clone(), limits));
         match result {
             Ok(instance) => built.push(instance),
             Err(error) => errors.push(config::ConfigError::new(&plugin.origin, "module", error)),
