@@ -180,6 +180,11 @@ impl Plugin {
         Ok((vm, roots, receiver))
     }
 
+    /// The namespace of the plugin's shared data and queues.
+    pub fn vm_id(&self) -> &str {
+        &self.identity.vm_id
+    }
+
     /// The configuration key for a route: the route when it has an override.
     pub fn root_key(&self, route: &str) -> Option<String> {
         self.configurations

@@ -1,0 +1,310 @@
+//! Plugins driven by hostile traffic into `server.plugin_limits`, through the real gateway
+//! (2 workers), with an honest client on another connection served throughout:
+//! - `tp-limits` keying shared data by a client header: a flood of 5 000 distinct values
+//!   leaves the `vm_id` at its key limit (on `/metrics` and `/plugins`), evicting the flood's
+//!   own entries while an honest counter touched between bursts is never reset; a value
+//!   larger than the whole byte limit is refused with BAD_ARGUMENT;
+//! - a shared queue nobody drains accepts `shared_queue_length` items, then refuses with
+//!   INTERNAL_FAILURE;
+//! - metrics defined past the plugin's limit are refused with INTERNAL_FAILURE and never
+//!   reach `/metrics`, while names already defined are still found;
+//! - `tp-callout`: a callout answered with a body larger than `callout_response_bytes` is
+//!   delivered as a failed call (no headers, no body), a small one as usual.
+//!
+//! Every refusal counts in `tollgate_plugin_limit_refusals_total{plugin,limit}`.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use http::StatusCode;
+use http_body_util::Full;
+use serde_json::json;
+use tokio::sync::watch;
+use tollgate_tests::backends::{self, Backend};
+use tollgate_tests::clients::{request, HttpClient, HttpResponse};
+use tollgate_tests::gateway::{Gateway, PolicyDir};
+use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_CALLOUT, TP_LIMITS};
+use tollgate_tests::prometheus::sample_sum;
+
+const POLICIES: &str = r#"
+server:
+  plugin_limits:
+    shared_data_keys: 500
+    shared_data_bytes: 65536
+    shared_queue_length: 20
+    metrics: 10
+    callout_response_bytes: 8192
+listeners:
+  - name: public
+    address: ${listen:public}
+    protocol: http
+clusters:
+  - name: echo
+    endpoints: [{ address: "${ECHO}" }]
+  - name: callee
+    endpoints: [{ address: "${CALLEE}" }]
+virtual_hosts:
+  - name: test
+    domains: ["*"]
+    routes:
+      - name: limits
+        match: { path: { prefix: /limits } }
+        forward: { cluster: echo }
+      - name: callout-small
+        match: { path: { prefix: /callout-small } }
+        forward: { cluster: echo }
+      - name: callout-big
+        match: { path: { prefix: /callout-big } }
+        forward: { cluster: echo }
+      - name: plain
+        match: { path: { prefix: / } }
+        forward: { cluster: echo }
+"#;
+
+const KEY_LIMIT: u64 = 500;
+const FLOOD_BURSTS: usize = 50;
+const BURST: usize = 100;
+
+struct Setup {
+    gateway: Gateway,
+    _echo: Backend,
+    _callee: Backend,
+}
+
+async fn start() -> Setup {
+    let echo = backends::echo("echo").await;
+    let callee = backends::echo("callee").await;
+    let plugins = [
+        PluginSpec::new("limits", TP_LIMITS)
+            .field("vm_id", json!("limits"))
+            .routes(&["limits"]),
+        PluginSpec::new("callout-small", TP_CALLOUT)
+            .config(json!({ "cluster": "callee", "path": "/small", "timeout_ms": 5000 }))
+            .routes(&["callout-small"]),
+        // About 33 KB, streamed without a content-length.
+        PluginSpec::new("callout-big", TP_CALLOUT)
+            .config(json!({ "cluster": "callee", "path": "/big?stream_chunks=3000", "timeout_ms": 5000 }))
+            .routes(&["callout-big"]),
+    ];
+    let mut policies = PolicyDir::new();
+    policies
+        .set("ECHO", echo.addr())
+        .set("CALLEE", callee.addr())
+        .write("gateway.yaml", POLICIES)
+        .write("plugins.json", &plugins_file(&plugins));
+    Setup {
+        gateway: Gateway::start(policies).await,
+        _echo: echo,
+        _callee: callee,
+    }
+}
+
+async fn send(
+    client: &HttpClient,
+    gateway: &Gateway,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    let mut builder = request("GET", gateway.listener("public"), "limits.test", path);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let req = builder.body(Full::default()).expect("valid request");
+    match tokio::time::timeout(Duration::from_secs(10), client.send(req)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => panic!("GET {path}: {e:#}; gateway log:\n{}", gateway.log()),
+        Err(_) => panic!("GET {path}: no answer in 10 s; gateway log:\n{}", gateway.log()),
+    }
+}
+
+fn header<'a>(response: &'a HttpResponse, name: &str) -> &'a str {
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+    response
+        .header(name)
+        .unwrap_or_else(|| panic!("no {name} in {:?}", response.headers))
+}
+
+/// An honest client on its own connection pool, sending plain requests until told to stop
+/// (at most 2 000); returns how many it sent, every one of which must have been answered 200.
+fn honest_client(gateway: &Gateway, stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<usize> {
+    let addr = gateway.listener("public");
+    tokio::spawn(async move {
+        let client = HttpClient::http1();
+        let mut served = 0;
+        while !*stop.borrow() && served < 2_000 {
+            let req = request("GET", addr, "honest.test", "/plain")
+                .body(Full::default())
+                .expect("valid request");
+            let response = tokio::time::timeout(Duration::from_secs(10), client.send(req))
+                .await
+                .expect("the honest client is answered within 10 s")
+                .expect("the honest client's request completes");
+            assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+            served += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        served
+    })
+}
+
+async fn refusals(gateway: &Gateway, plugin: &str, limit: &str) -> f64 {
+    let metrics = gateway.metrics().await;
+    sample_sum(
+        &metrics,
+        "tollgate_plugin_limit_refusals_total",
+        &[("plugin", plugin), ("limit", limit)],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_minting_flood_stays_within_the_shared_data_limit() {
+    let setup = start().await;
+    let gateway = &setup.gateway;
+    let (stop, stopped) = watch::channel(false);
+    let honest = honest_client(gateway, stopped);
+    let flood = HttpClient::http1();
+    let counter = HttpClient::http1();
+    for burst in 0..FLOOD_BURSTS {
+        let responses = join_all((0..BURST).map(|i| {
+            let flood = &flood;
+            let key = format!("minted-{}", burst * BURST + i);
+            async move { send(flood, gateway, "/limits", &[("x-tp-key", &key)]).await }
+        }))
+        .await;
+        for response in &responses {
+            assert_eq!(header(response, "x-tp-count"), "1", "each minted key is new");
+        }
+        // An honest rate-limit counter, used between bursts: never evicted, never reset.
+        let response = send(&counter, gateway, "/limits", &[("x-tp-key", "honest")]).await;
+        assert_eq!(
+            header(&response, "x-tp-count"),
+            (burst + 1).to_string(),
+            "the honest counter was reset after burst {burst}"
+        );
+    }
+    let _ = stop.send(true);
+    let served = honest.await.expect("the honest client did not panic");
+    assert!(served > 0, "the honest client was served meanwhile");
+
+    let metrics = gateway.metrics().await;
+    let sample = |name: &str| {
+        sample_sum(&metrics, name, &[("vm_id", "limits")])
+            .unwrap_or_else(|| panic!("no {name}{{vm_id=\"limits\"}} on /metrics:\n{metrics}"))
+    };
+    let inserted = (FLOOD_BURSTS * BURST + 1) as f64;
+    assert_eq!(sample("tollgate_plugin_shared_data_keys"), KEY_LIMIT as f64);
+    assert_eq!(
+        sample("tollgate_plugin_shared_data_evictions_total"),
+        inserted - KEY_LIMIT as f64
+    );
+    assert!(sample("tollgate_plugin_shared_data_bytes") <= 65536.0);
+
+    let plugins = gateway.admin_get("/plugins").await.json();
+    let entry = plugins["plugins"]
+        .as_array()
+        .and_then(|list| list.iter().find(|p| p["name"] == "limits"))
+        .unwrap_or_else(|| panic!("no plugin `limits` on /plugins: {plugins}"));
+    assert_eq!(entry["shared_data"]["vm_id"], "limits", "{entry}");
+    assert_eq!(entry["shared_data"]["keys"], KEY_LIMIT, "{entry}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_larger_than_the_byte_limit_is_refused() {
+    let setup = start().await;
+    let gateway = &setup.gateway;
+    let client = HttpClient::http1();
+    let fits = send(&client, gateway, "/limits", &[("x-tp-set-bytes", "60000")]).await;
+    assert_eq!(header(&fits, "x-tp-set-status"), "0");
+    // "blob" (4 bytes) + 65 533 bytes is one byte more than the whole limit.
+    let too_big = send(&client, gateway, "/limits", &[("x-tp-set-bytes", "65533")]).await;
+    assert_eq!(header(&too_big, "x-tp-set-status"), "2", "BAD_ARGUMENT");
+    let exact = send(&client, gateway, "/limits", &[("x-tp-set-bytes", "65532")]).await;
+    assert_eq!(header(&exact, "x-tp-set-status"), "0");
+    assert_eq!(refusals(gateway, "limits", "shared_data_bytes").await, 1.0);
+    let plain = send(&client, gateway, "/plain", &[]).await;
+    assert_eq!(plain.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_shared_queue_refuses_more_items() {
+    let setup = start().await;
+    let gateway = &setup.gateway;
+    let (stop, stopped) = watch::channel(false);
+    let honest = honest_client(gateway, stopped);
+    let client = HttpClient::http1();
+    let first = send(&client, gateway, "/limits", &[("x-tp-enqueue", "25")]).await;
+    assert_eq!(header(&first, "x-tp-enqueued"), "20");
+    assert_eq!(header(&first, "x-tp-enqueue-status"), "10", "INTERNAL_FAILURE");
+    let again = send(&client, gateway, "/limits", &[("x-tp-enqueue", "1")]).await;
+    assert_eq!(header(&again, "x-tp-enqueued"), "0");
+    assert_eq!(header(&again, "x-tp-enqueue-status"), "10");
+    assert_eq!(refusals(gateway, "limits", "shared_queue_length").await, 2.0);
+    let _ = stop.send(true);
+    assert!(honest.await.expect("the honest client did not panic") > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_past_the_limit_are_refused() {
+    let setup = start().await;
+    let gateway = &setup.gateway;
+    let client = HttpClient::http1();
+    let first = send(&client, gateway, "/limits", &[("x-tp-define", "tp_minted:15")]).await;
+    assert_eq!(header(&first, "x-tp-defined"), "10");
+    assert_eq!(header(&first, "x-tp-define-status"), "10", "INTERNAL_FAILURE");
+    // Names already defined are found again; a new one is still refused.
+    let again = send(&client, gateway, "/limits", &[("x-tp-define", "tp_minted:5")]).await;
+    assert_eq!(header(&again, "x-tp-defined"), "5");
+    assert_eq!(header(&again, "x-tp-define-status"), "0");
+    let other = send(&client, gateway, "/limits", &[("x-tp-define", "tp_other:1")]).await;
+    assert_eq!(header(&other, "x-tp-defined"), "0");
+    assert_eq!(header(&other, "x-tp-define-status"), "10");
+
+    let metrics = gateway.metrics().await;
+    assert!(
+        sample_sum(&metrics, "tp_minted_9", &[("plugin", "limits")]).is_some(),
+        "{metrics}"
+    );
+    assert!(
+        sample_sum(&metrics, "tp_minted_10", &[("plugin", "limits")]).is_none(),
+        "{metrics}"
+    );
+    assert!(sample_sum(&metrics, "tp_other_0", &[]).is_none(), "{metrics}");
+    assert_eq!(refusals(gateway, "limits", "metrics").await, 2.0);
+    let plain = send(&client, gateway, "/plain", &[]).await;
+    assert_eq!(plain.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callout_response_larger_than_the_limit_fails_the_call() {
+    let setup = start().await;
+    let gateway = &setup.gateway;
+    let (stop, stopped) = watch::channel(false);
+    let honest = honest_client(gateway, stopped);
+    let client = HttpClient::http1();
+
+    let small = send(&client, gateway, "/callout-small", &[]).await;
+    let small = small.json()["headers"].clone();
+    assert_eq!(small["x-callout-status"], "200", "{small}");
+    let small_len: u64 = small["x-callout-body-len"]
+        .as_str()
+        .and_then(|len| len.parse().ok())
+        .unwrap_or_else(|| panic!("no body length in {small}"));
+    assert!(small_len > 0 && small_len <= 8192, "{small}");
+
+    let big = send(&client, gateway, "/callout-big", &[]).await;
+    assert_eq!(big.status, StatusCode::OK, "{}", big.text());
+    let big = big.json()["headers"].clone();
+    assert_eq!(big["x-callout-status"], "failed", "{big}");
+    assert_eq!(big["x-callout-body-len"], "0", "{big}");
+    assert_eq!(
+        refusals(gateway, "callout-big", "callout_response_bytes").await,
+        1.0
+    );
+    assert_eq!(
+        refusals(gateway, "callout-small", "callout_response_bytes").await,
+        0.0
+    );
+    let _ = stop.send(true);
+    assert!(honest.await.expect("the honest client did not panic") > 0);
+}
