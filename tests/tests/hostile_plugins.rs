@@ -9,7 +9,9 @@
 //! - metrics defined past the plugin's limit are refused with INTERNAL_FAILURE and never
 //!   reach `/metrics`, while names already defined are still found;
 //! - `tp-callout`: a callout answered with a body larger than `callout_response_bytes` is
-//!   delivered as a failed call (no headers, no body), a small one as usual.
+//!   delivered as a failed call (no headers, no body), a small one as usual; `tp-grpc`: a
+//!   unary answer or a stream message larger than the limit closes the call with
+//!   RESOURCE_EXHAUSTED (8).
 //!
 //! Every refusal counts in `tollgate_plugin_limit_refusals_total{plugin,limit}`.
 
@@ -23,7 +25,7 @@ use tokio::sync::watch;
 use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
 use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_CALLOUT, TP_LIMITS};
+use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_CALLOUT, TP_GRPC, TP_LIMITS};
 use tollgate_tests::prometheus::sample_sum;
 
 const POLICIES: &str = r#"
@@ -33,7 +35,7 @@ server:
     shared_data_bytes: 65536
     shared_queue_length: 20
     metrics: 10
-    callout_response_bytes: 8192
+    callout_response_bytes: ${CALLOUT_LIMIT}
 listeners:
   - name: public
     address: ${listen:public}
@@ -43,6 +45,12 @@ clusters:
     endpoints: [{ address: "${ECHO}" }]
   - name: callee
     endpoints: [{ address: "${CALLEE}" }]
+  - name: grpc-service
+    endpoints: [{ address: "${GRPC}" }]
+    http2: true
+  - name: grpc-stream-service
+    endpoints: [{ address: "${GRPC_STREAM}" }]
+    http2: true
 virtual_hosts:
   - name: test
     domains: ["*"]
@@ -56,6 +64,12 @@ virtual_hosts:
       - name: callout-big
         match: { path: { prefix: /callout-big } }
         forward: { cluster: echo }
+      - name: grpc-stream
+        match: { path: { prefix: /grpc-stream } }
+        forward: { cluster: echo }
+      - name: grpc
+        match: { path: { prefix: /grpc } }
+        forward: { cluster: echo }
       - name: plain
         match: { path: { prefix: / } }
         forward: { cluster: echo }
@@ -67,13 +81,15 @@ const BURST: usize = 100;
 
 struct Setup {
     gateway: Gateway,
-    _echo: Backend,
-    _callee: Backend,
+    _backends: [Backend; 4],
 }
 
-async fn start() -> Setup {
+/// The gateway with `callout_response_bytes: callout_limit` and the other limits above.
+async fn start_with_callout_limit(callout_limit: u64) -> Setup {
     let echo = backends::echo("echo").await;
     let callee = backends::echo("callee").await;
+    let grpc = backends::grpc("grpc").await;
+    let grpc_stream = backends::grpc_stream_echo("grpc-stream").await;
     let plugins = [
         PluginSpec::new("limits", TP_LIMITS)
             .field("vm_id", json!("limits"))
@@ -85,18 +101,30 @@ async fn start() -> Setup {
         PluginSpec::new("callout-big", TP_CALLOUT)
             .config(json!({ "cluster": "callee", "path": "/big?stream_chunks=3000", "timeout_ms": 5000 }))
             .routes(&["callout-big"]),
+        PluginSpec::new("grpc-callout", TP_GRPC)
+            .config(json!({ "cluster": "grpc-service", "service": "tollgate.test.Greeter", "method": "SayHello" }))
+            .routes(&["grpc"]),
+        PluginSpec::new("grpc-stream-callout", TP_GRPC)
+            .config(json!({ "cluster": "grpc-stream-service", "service": "tollgate.test.Echo", "method": "Chat", "stream": true }))
+            .routes(&["grpc-stream"]),
     ];
     let mut policies = PolicyDir::new();
     policies
         .set("ECHO", echo.addr())
         .set("CALLEE", callee.addr())
+        .set("GRPC", grpc.addr())
+        .set("GRPC_STREAM", grpc_stream.addr())
+        .set("CALLOUT_LIMIT", callout_limit)
         .write("gateway.yaml", POLICIES)
         .write("plugins.json", &plugins_file(&plugins));
     Setup {
         gateway: Gateway::start(policies).await,
-        _echo: echo,
-        _callee: callee,
+        _backends: [echo, callee, grpc, grpc_stream],
     }
+}
+
+async fn start() -> Setup {
+    start_with_callout_limit(8192).await
 }
 
 async fn send(
@@ -307,4 +335,36 @@ async fn a_callout_response_larger_than_the_limit_fails_the_call() {
     );
     let _ = stop.send(true);
     assert!(honest.await.expect("the honest client did not panic") > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_answer_larger_than_the_limit_closes_the_call() {
+    // 7 bytes: smaller than any framed message the gRPC backends answer (`hello` is 12
+    // bytes with its prefix, the echoed `one` 8).
+    let setup = start_with_callout_limit(7).await;
+    let gateway = &setup.gateway;
+    let client = HttpClient::http1();
+
+    let unary = send(&client, gateway, "/grpc", &[]).await;
+    assert_eq!(unary.status, StatusCode::OK, "{}", unary.text());
+    let unary = unary.json()["headers"].clone();
+    assert_eq!(unary["x-grpc-status"], "8", "RESOURCE_EXHAUSTED: {unary}");
+    assert!(unary.get("x-grpc-body").is_none(), "{unary}");
+
+    let stream = send(&client, gateway, "/grpc-stream", &[]).await;
+    assert_eq!(stream.status, StatusCode::OK, "{}", stream.text());
+    let stream = stream.json()["headers"].clone();
+    assert_eq!(stream["x-grpc-stream-status"], "8", "{stream}");
+    assert_eq!(stream["x-grpc-stream-messages"], "0", "{stream}");
+
+    assert_eq!(
+        refusals(gateway, "grpc-callout", "callout_response_bytes").await,
+        1.0
+    );
+    assert_eq!(
+        refusals(gateway, "grpc-stream-callout", "callout_response_bytes").await,
+        1.0
+    );
+    let plain = send(&client, gateway, "/plain", &[]).await;
+    assert_eq!(plain.status, StatusCode::OK);
 }

@@ -9,7 +9,8 @@
 //! A callout's response body is read up to `server.plugin_limits.callout_response_bytes`
 //! and no further: a larger one fails the call the way Envoy reports any failed call (an
 //! HTTP call's `on_http_call_response` with no headers, body or trailers; a gRPC call's
-//! close with status RESOURCE_EXHAUSTED, 8) and counts in
+//! close with status RESOURCE_EXHAUSTED, 8; on a gRPC stream the limit is per message) and
+//! counts in
 //! `tollgate_plugin_limit_refusals_total{limit="callout_response_bytes"}`.
 
 use std::cell::RefCell;
@@ -493,18 +494,22 @@ impl Plugin {
             match frame.into_data() {
                 Ok(data) => {
                     buffer.extend_from_slice(&data);
-                    while let Some(message) = take_grpc_message(&mut buffer) {
+                    loop {
+                        // Each message is bounded on its own; one announced larger than the
+                        // limit ends the stream before it is buffered.
+                        if grpc_message_exceeds(&buffer, self.callout_limit()) {
+                            self.callout_too_large();
+                            let (status, message) = CalloutFailure::TooLarge.status();
+                            deliver(Event::Close(status, message));
+                            self.slot().borrow_mut().grpc_streams.remove(&token);
+                            return;
+                        }
+                        let Some(message) = take_grpc_message(&mut buffer) else {
+                            break;
+                        };
                         if !deliver(Event::Message(message)) {
                             return;
                         }
-                    }
-                    // What is left is one incomplete message: never buffer it past the limit.
-                    if buffer.len() as u64 > self.callout_limit() {
-                        self.callout_too_large();
-                        let (status, message) = CalloutFailure::TooLarge.status();
-                        deliver(Event::Close(status, message));
-                        self.slot().borrow_mut().grpc_streams.remove(&token);
-                        return;
                     }
                 }
                 Err(frame) => {
@@ -743,6 +748,16 @@ fn grpc_frame(message: &[u8]) -> Bytes {
     Bytes::from(framed)
 }
 
+/// Whether the message at the front of `buffer` (prefix included) is, or is announced to
+/// be, larger than `limit` bytes.
+fn grpc_message_exceeds(buffer: &[u8], limit: u64) -> bool {
+    let size = match buffer.get(1..5) {
+        Some(len) => 5 + u64::from(u32::from_be_bytes([len[0], len[1], len[2], len[3]])),
+        None => buffer.len() as u64,
+    };
+    size > limit
+}
+
 /// Takes one complete length-prefixed message off the front of `buffer`, if there is one.
 fn take_grpc_message(buffer: &mut Vec<u8>) -> Option<Bytes> {
     if buffer.len() < 5 {
@@ -860,5 +875,16 @@ mod tests {
         buffer.extend_from_slice(&grpc_frame(b"two")[6..]);
         assert_eq!(take_grpc_message(&mut buffer).unwrap(), "two");
         assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn a_grpc_message_is_measured_by_its_announced_length() {
+        let framed = grpc_frame(b"hello");
+        assert!(!grpc_message_exceeds(&framed, 10));
+        assert!(grpc_message_exceeds(&framed, 9));
+        // The prefix alone tells: nothing of the message needs to be buffered.
+        assert!(grpc_message_exceeds(&framed[..5], 9));
+        assert!(!grpc_message_exceeds(&framed[..3], 9));
+        assert!(grpc_message_exceeds(&[0; 4], 3));
     }
 }
