@@ -9,7 +9,8 @@
 //! - metrics defined past the plugin's limit are refused with INTERNAL_FAILURE and never
 //!   reach `/metrics`, while names already defined are still found;
 //! - `tp-callout`: a callout answered with a body larger than `callout_response_bytes` is
-//!   delivered as a failed call (no headers, no body), a small one as usual; `tp-grpc`: a
+//!   delivered as a failed call (no headers, no body), whether streamed or announced by its
+//!   content-length, a small one as usual; `tp-grpc`: a
 //!   unary answer or a stream message larger than the limit closes the call with
 //!   RESOURCE_EXHAUSTED (8).
 //!
@@ -64,6 +65,9 @@ virtual_hosts:
       - name: callout-big
         match: { path: { prefix: /callout-big } }
         forward: { cluster: echo }
+      - name: callout-announced
+        match: { path: { prefix: /callout-announced } }
+        forward: { cluster: echo }
       - name: grpc-stream
         match: { path: { prefix: /grpc-stream } }
         forward: { cluster: echo }
@@ -101,6 +105,10 @@ async fn start_with_callout_limit(callout_limit: u64) -> Setup {
         PluginSpec::new("callout-big", TP_CALLOUT)
             .config(json!({ "cluster": "callee", "path": "/big?stream_chunks=3000", "timeout_ms": 5000 }))
             .routes(&["callout-big"]),
+        // The echo's JSON repeats the 9 000-byte query: a content-length above the limit.
+        PluginSpec::new("callout-announced", TP_CALLOUT)
+            .config(json!({ "cluster": "callee", "path": format!("/big?pad={}", "x".repeat(9000)), "timeout_ms": 5000 }))
+            .routes(&["callout-announced"]),
         PluginSpec::new("grpc-callout", TP_GRPC)
             .config(json!({ "cluster": "grpc-service", "service": "tollgate.test.Greeter", "method": "SayHello" }))
             .routes(&["grpc"]),
@@ -327,6 +335,14 @@ async fn a_callout_response_larger_than_the_limit_fails_the_call() {
     assert_eq!(big["x-callout-body-len"], "0", "{big}");
     assert_eq!(
         refusals(gateway, "callout-big", "callout_response_bytes").await,
+        1.0
+    );
+    let announced = send(&client, gateway, "/callout-announced", &[]).await;
+    assert_eq!(announced.status, StatusCode::OK, "{}", announced.text());
+    let announced = announced.json()["headers"].clone();
+    assert_eq!(announced["x-callout-status"], "failed", "{announced}");
+    assert_eq!(
+        refusals(gateway, "callout-announced", "callout_response_bytes").await,
         1.0
     );
     assert_eq!(

@@ -6,11 +6,11 @@
 //! contexts of that worker's requests. A VM's timers, queue wake-ups and callout answers run
 //! as tasks on the same worker runtime, so a VM is only ever touched by its own thread.
 //!
-//! A callout's response body is read up to `server.plugin_limits.callout_response_bytes`
-//! and no further: a larger one fails the call the way Envoy reports any failed call (an
-//! HTTP call's `on_http_call_response` with no headers, body or trailers; a gRPC call's
-//! close with status RESOURCE_EXHAUSTED, 8; on a gRPC stream the limit is per message) and
-//! counts in
+//! A callout's response body is read until it passes
+//! `server.plugin_limits.callout_response_bytes` (not at all when its `content-length` does)
+//! and never kept: the call fails the way Envoy reports any failed call (an HTTP call's
+//! `on_http_call_response` with no headers, body or trailers; a gRPC call's close with
+//! status RESOURCE_EXHAUSTED, 8; on a gRPC stream the limit is per message) and counts in
 //! `tollgate_plugin_limit_refusals_total{limit="callout_response_bytes"}`.
 
 use std::cell::RefCell;
@@ -589,8 +589,13 @@ impl Plugin {
         body: hyper::body::Incoming,
         remaining: Duration,
     ) -> Result<http_body_util::Collected<Bytes>, CalloutFailure> {
+        // An announced length above the limit fails before any of the body is read.
+        if http_body::Body::size_hint(&body).lower() > self.callout_limit() {
+            self.callout_too_large();
+            return Err(CalloutFailure::TooLarge);
+        }
         let limit = usize::try_from(self.callout_limit()).unwrap_or(usize::MAX);
-        // `Limited` fails as soon as the body (or its announced length) passes the limit.
+        // `Limited` stops reading at the first chunk that takes the body past the limit.
         let limited = http_body_util::Limited::new(body, limit);
         match tokio::time::timeout(remaining, limited.collect()).await {
             Err(_) => Err(CalloutFailure::Failed),
