@@ -149,7 +149,10 @@ async fn send(
     match tokio::time::timeout(Duration::from_secs(10), client.send(req)).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => panic!("GET {path}: {e:#}; gateway log:\n{}", gateway.log()),
-        Err(_) => panic!("GET {path}: no answer in 10 s; gateway log:\n{}", gateway.log()),
+        Err(_) => panic!(
+            "GET {path}: no answer in 10 s; gateway log:\n{}",
+            gateway.log()
+        ),
     }
 }
 
@@ -209,7 +212,11 @@ async fn a_key_minting_flood_stays_within_the_shared_data_limit() {
         }))
         .await;
         for response in &responses {
-            assert_eq!(header(response, "x-tp-count"), "1", "each minted key is new");
+            assert_eq!(
+                header(response, "x-tp-count"),
+                "1",
+                "each minted key is new"
+            );
         }
         // An honest rate-limit counter, used between bursts: never evicted, never reset.
         let response = send(&counter, gateway, "/limits", &[("x-tp-key", "honest")]).await;
@@ -271,11 +278,18 @@ async fn a_full_shared_queue_refuses_more_items() {
     let client = HttpClient::http1();
     let first = send(&client, gateway, "/limits", &[("x-tp-enqueue", "25")]).await;
     assert_eq!(header(&first, "x-tp-enqueued"), "20");
-    assert_eq!(header(&first, "x-tp-enqueue-status"), "10", "INTERNAL_FAILURE");
+    assert_eq!(
+        header(&first, "x-tp-enqueue-status"),
+        "10",
+        "INTERNAL_FAILURE"
+    );
     let again = send(&client, gateway, "/limits", &[("x-tp-enqueue", "1")]).await;
     assert_eq!(header(&again, "x-tp-enqueued"), "0");
     assert_eq!(header(&again, "x-tp-enqueue-status"), "10");
-    assert_eq!(refusals(gateway, "limits", "shared_queue_length").await, 2.0);
+    assert_eq!(
+        refusals(gateway, "limits", "shared_queue_length").await,
+        2.0
+    );
     let _ = stop.send(true);
     assert!(honest.await.expect("the honest client did not panic") > 0);
 }
@@ -285,14 +299,36 @@ async fn metrics_past_the_limit_are_refused() {
     let setup = start().await;
     let gateway = &setup.gateway;
     let client = HttpClient::http1();
-    let first = send(&client, gateway, "/limits", &[("x-tp-define", "tp_minted:15")]).await;
+    let first = send(
+        &client,
+        gateway,
+        "/limits",
+        &[("x-tp-define", "tp_minted:15")],
+    )
+    .await;
     assert_eq!(header(&first, "x-tp-defined"), "10");
-    assert_eq!(header(&first, "x-tp-define-status"), "10", "INTERNAL_FAILURE");
+    assert_eq!(
+        header(&first, "x-tp-define-status"),
+        "10",
+        "INTERNAL_FAILURE"
+    );
     // Names already defined are found again; a new one is still refused.
-    let again = send(&client, gateway, "/limits", &[("x-tp-define", "tp_minted:5")]).await;
+    let again = send(
+        &client,
+        gateway,
+        "/limits",
+        &[("x-tp-define", "tp_minted:5")],
+    )
+    .await;
     assert_eq!(header(&again, "x-tp-defined"), "5");
     assert_eq!(header(&again, "x-tp-define-status"), "0");
-    let other = send(&client, gateway, "/limits", &[("x-tp-define", "tp_other:1")]).await;
+    let other = send(
+        &client,
+        gateway,
+        "/limits",
+        &[("x-tp-define", "tp_other:1")],
+    )
+    .await;
     assert_eq!(header(&other, "x-tp-defined"), "0");
     assert_eq!(header(&other, "x-tp-define-status"), "10");
 
@@ -305,7 +341,10 @@ async fn metrics_past_the_limit_are_refused() {
         sample_sum(&metrics, "tp_minted_10", &[("plugin", "limits")]).is_none(),
         "{metrics}"
     );
-    assert!(sample_sum(&metrics, "tp_other_0", &[]).is_none(), "{metrics}");
+    assert!(
+        sample_sum(&metrics, "tp_other_0", &[]).is_none(),
+        "{metrics}"
+    );
     assert_eq!(refusals(gateway, "limits", "metrics").await, 2.0);
     let plain = send(&client, gateway, "/plain", &[]).await;
     assert_eq!(plain.status, StatusCode::OK);

@@ -256,8 +256,12 @@ mod tests {
             Err(Status::InternalFailure)
         );
         // Names already defined are still found, and other plugins have their own count.
-        assert!(metrics.define("minter", "m0", MetricKind::Counter, 3).is_ok());
-        assert!(metrics.define("other", "m3", MetricKind::Counter, 3).is_ok());
+        assert!(metrics
+            .define("minter", "m0", MetricKind::Counter, 3)
+            .is_ok());
+        assert!(metrics
+            .define("other", "m3", MetricKind::Counter, 3)
+            .is_ok());
         let mut text = String::new();
         metrics.render(&mut text);
         assert!(!text.contains("m3{plugin=\"minter\"}"), "{text}");

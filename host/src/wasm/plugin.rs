@@ -738,7 +738,9 @@ impl CalloutFailure {
             Self::Failed => (14, Bytes::from_static(b"callout failed")),
             Self::TooLarge => (
                 8,
-                Bytes::from_static(b"callout response larger than plugin_limits.callout_response_bytes"),
+                Bytes::from_static(
+                    b"callout response larger than plugin_limits.callout_response_bytes",
+                ),
             ),
         }
     }
@@ -850,7 +852,8 @@ pub fn build_plugins(
             .entry(path.clone())
             .or_insert_with(|| runtime().load(&path))
             .clone();
-        let result = module.and_then(|module| Plugin::new(plugin, module, clusters.clone(), limits));
+        let result =
+            module.and_then(|module| Plugin::new(plugin, module, clusters.clone(), limits));
         match result {
             Ok(instance) => built.push(instance),
             Err(error) => errors.push(config::ConfigError::new(&plugin.origin, "module", error)),

@@ -89,6 +89,14 @@ pub struct SharedDataUsage {
     pub evictions: u64,
 }
 
+/// A Prometheus metric family of [`SharedStore::render`]: name, type, help, and the value.
+type MetricFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&SharedDataUsage) -> u64,
+);
+
 /// A queue and the root contexts that registered it (one per VM that called register).
 pub struct Queue {
     items: Mutex<VecDeque<Bytes>>,
@@ -275,7 +283,7 @@ impl SharedStore {
             .filter_map(|namespace| self.usage(namespace.key()))
             .collect();
         rows.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
-        let families: [(&str, &str, &str, fn(&SharedDataUsage) -> u64); 3] = [
+        let families: [MetricFamily; 3] = [
             (
                 "tollgate_plugin_shared_data_bytes",
                 "gauge",
@@ -441,16 +449,22 @@ mod tests {
             let usage = store.usage("vm").unwrap();
             (usage.keys, usage.bytes, usage.evictions)
         };
-        store.set("vm", "ab", value("12345"), 0, &UNLIMITED).unwrap();
+        store
+            .set("vm", "ab", value("12345"), 0, &UNLIMITED)
+            .unwrap();
         assert_eq!(usage(&store), (1, 7, 0));
         store.set("vm", "ab", value("1"), 0, &UNLIMITED).unwrap();
         assert_eq!(usage(&store), (1, 3, 0), "an overwrite shrinks the count");
-        store.set("vm", "ab", value("123456789"), 0, &UNLIMITED).unwrap();
+        store
+            .set("vm", "ab", value("123456789"), 0, &UNLIMITED)
+            .unwrap();
         assert_eq!(usage(&store), (1, 11, 0), "and grows it");
         store.set("vm", "cd", value("1"), 0, &UNLIMITED).unwrap();
         assert_eq!(usage(&store), (2, 14, 0));
         // One key allowed: the older entry goes, with its bytes.
-        store.set("vm", "ef", value("12"), 0, &limits(1, 100)).unwrap();
+        store
+            .set("vm", "ef", value("12"), 0, &limits(1, 100))
+            .unwrap();
         assert_eq!(usage(&store).0, 1);
         assert_eq!(usage(&store).1, 4);
         assert_eq!(usage(&store).2, 2);
@@ -506,7 +520,9 @@ mod tests {
         }
         assert_eq!(store.usage("vm").unwrap().keys, 10, "10 × (3 + 7) bytes");
         // Growing an existing value also evicts others.
-        store.set("vm", "k49", value(&"x".repeat(50)), 0, &limits).unwrap();
+        store
+            .set("vm", "k49", value(&"x".repeat(50)), 0, &limits)
+            .unwrap();
         assert!(store.usage("vm").unwrap().bytes <= 100);
         assert_eq!(store.get("vm", "k49").unwrap().0.len(), 50);
         // 98 value bytes + 3 key bytes can never fit in 100.
@@ -515,7 +531,9 @@ mod tests {
             Err(Status::BadArgument)
         );
         assert!(store.get("vm", "big").is_none());
-        store.set("vm", "big", value(&"x".repeat(97)), 0, &limits).unwrap();
+        store
+            .set("vm", "big", value(&"x".repeat(97)), 0, &limits)
+            .unwrap();
         assert_eq!(store.usage("vm").unwrap().keys, 1);
     }
 
@@ -524,12 +542,17 @@ mod tests {
         let store = SharedStore::default();
         let limits = limits(MAX_SECOND_CHANCES * 3, u64::MAX);
         for i in 0..MAX_SECOND_CHANCES * 3 {
-            store.set("vm", &i.to_string(), value("0"), 0, &limits).unwrap();
+            store
+                .set("vm", &i.to_string(), value("0"), 0, &limits)
+                .unwrap();
             store.get("vm", &i.to_string());
         }
         store.set("vm", "new", value("0"), 0, &limits).unwrap();
         let usage = store.usage("vm").unwrap();
-        assert_eq!((usage.keys, usage.evictions), (limits.shared_data_keys as u64, 1));
+        assert_eq!(
+            (usage.keys, usage.evictions),
+            (limits.shared_data_keys as u64, 1)
+        );
         assert!(store.get("vm", "new").is_some());
     }
 
@@ -543,7 +566,9 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..5_000 {
                         let key = format!("{t}-{}", i % 900);
-                        store.set("vm", &key, value(&"v".repeat(i % 40)), 0, &limits).unwrap();
+                        store
+                            .set("vm", &key, value(&"v".repeat(i % 40)), 0, &limits)
+                            .unwrap();
                         store.get("vm", &format!("{t}-{}", i % 7));
                     }
                 })
@@ -558,7 +583,10 @@ mod tests {
             .entries
             .iter()
             .fold((0u64, 0u64), |(keys, bytes), entry| {
-                (keys + 1, bytes + entry.key().len() as u64 + entry.value().value.len() as u64)
+                (
+                    keys + 1,
+                    bytes + entry.key().len() as u64 + entry.value().value.len() as u64,
+                )
             });
         assert_eq!((usage.keys, usage.bytes), (keys, bytes));
         assert!(usage.keys <= 500 && usage.bytes <= 20_000, "{usage:?}");

@@ -5,9 +5,9 @@ use bytes::Bytes;
 use wasmtime::{Caller, Linker};
 
 use super::{status, Status};
+use crate::telemetry::metrics::metrics;
 use crate::wasm::host::HostState;
 use crate::wasm::memory;
-use crate::telemetry::metrics::metrics;
 use crate::wasm::shared::store;
 
 type Ctx<'a> = Caller<'a, HostState>;

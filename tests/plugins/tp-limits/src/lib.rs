@@ -41,8 +41,7 @@ extern "C" {
         value_size: usize,
         cas: u32,
     ) -> u32;
-    fn proxy_enqueue_shared_queue(queue_id: u32, value_data: *const u8, value_size: usize)
-        -> u32;
+    fn proxy_enqueue_shared_queue(queue_id: u32, value_data: *const u8, value_size: usize) -> u32;
     fn proxy_define_metric(
         metric_type: u32,
         name_data: *const u8,
@@ -119,7 +118,8 @@ impl HttpContext for Limits {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(key) = self.get_http_request_header("x-tp-key") {
             let count = increment(&format!("count:{key}"));
-            self.response_headers.push(("x-tp-count", count.to_string()));
+            self.response_headers
+                .push(("x-tp-count", count.to_string()));
         }
         if let Some(size) = self.number("x-tp-set-bytes") {
             let status = set_raw("blob", &vec![b'x'; size]);
