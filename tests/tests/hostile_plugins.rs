@@ -5,7 +5,8 @@
 //!   own entries while an honest counter touched between bursts is never reset; a value
 //!   larger than the whole byte limit is refused with BAD_ARGUMENT;
 //! - a shared queue nobody drains accepts `shared_queue_length` items, then refuses with
-//!   INTERNAL_FAILURE;
+//!   INTERNAL_FAILURE; after a reload that raises the length, the same queue takes the new
+//!   length's worth;
 //! - metrics defined past the plugin's limit are refused with INTERNAL_FAILURE and never
 //!   reach `/metrics`, while names already defined are still found;
 //! - `tp-callout`: a callout answered with a body larger than `callout_response_bytes` is
@@ -16,7 +17,7 @@
 //!
 //! Every refusal counts in `tollgate_plugin_limit_refusals_total{plugin,limit}`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use http::StatusCode;
@@ -422,4 +423,40 @@ async fn a_grpc_answer_larger_than_the_limit_closes_the_call() {
     );
     let plain = send(&client, gateway, "/plain", &[]).await;
     assert_eq!(plain.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_new_limits() {
+    let setup = start().await;
+    let gateway = &setup.gateway;
+    let client = HttpClient::http1();
+    let full = send(&client, gateway, "/limits", &[("x-tp-enqueue", "25")]).await;
+    assert_eq!(header(&full, "x-tp-enqueued"), "20");
+
+    let generation = |plugins: &serde_json::Value| plugins["generation"].as_u64().unwrap_or(0);
+    let before = generation(&gateway.admin_get("/plugins").await.json());
+    let policies = gateway.policies().path().join("gateway.yaml");
+    let text = std::fs::read_to_string(&policies)
+        .expect("read gateway.yaml")
+        .replace("shared_queue_length: 20", "shared_queue_length: 30");
+    std::fs::write(&policies, text).expect("write gateway.yaml");
+    let started = Instant::now();
+    loop {
+        let plugins = gateway.admin_get("/plugins").await.json();
+        if generation(&plugins) > before {
+            assert!(plugins["last_reload"]["error"].is_null(), "{plugins}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the edit was never loaded: {plugins}\n{}",
+            gateway.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The queue outlived the reload with its 20 items; 10 more now fit.
+    let more = send(&client, gateway, "/limits", &[("x-tp-enqueue", "15")]).await;
+    assert_eq!(header(&more, "x-tp-enqueued"), "10");
+    assert_eq!(header(&more, "x-tp-enqueue-status"), "10");
 }
