@@ -32,6 +32,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("tp-misbehave", "TP_MISBEHAVE"),
     ("tp-header-heavy", "TP_HEADER_HEAVY"),
     ("tp-misc", "TP_MISC"),
+    ("tp-limits", "TP_LIMITS"),
 ];
 
 const TARGET: &str = "wasm32-wasip1";

@@ -68,6 +68,7 @@ fn setup(mode: i32) -> (Vm, u32) {
         vm_configuration: Default::default(),
         env: Vec::new(),
         clusters: Default::default(),
+        limits: Default::default(),
     });
     let mut vm =
         Vm::new(&module, identity, 64 << 20, Duration::from_secs(1)).expect("instantiates");

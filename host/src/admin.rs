@@ -169,6 +169,7 @@ fn plugins(state: &GatewayState) -> serde_json::Value {
                 "routes": routes,
                 "traps": plugin.stats.traps.load(Ordering::Relaxed),
                 "vm_restarts": plugin.stats.vm_restarts.load(Ordering::Relaxed),
+                "shared_data": crate::wasm::shared::store().usage(plugin.vm_id()),
             })
         })
         .collect();

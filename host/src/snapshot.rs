@@ -152,8 +152,13 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        let plugins =
-            build_plugins(&config.plugins, plugins_dir, &clusters).map_err(ConfigErrors)?;
+        let plugins = build_plugins(
+            &config.plugins,
+            plugins_dir,
+            &clusters,
+            config.server.plugin_limits,
+        )
+        .map_err(ConfigErrors)?;
         let chains = chains(&config, &plugins);
         Ok(Self {
             config: Arc::new(config),

@@ -25,6 +25,8 @@ pub struct Metrics {
     connections_total: DashMap<Arc<str>, AtomicU64>,
     plugin_traps: DashMap<String, AtomicU64>,
     plugin_restarts: DashMap<String, AtomicU64>,
+    /// By plugin and the `server.plugin_limits` field that refused it.
+    plugin_limit_refusals: DashMap<(String, &'static str), AtomicU64>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
 }
@@ -128,6 +130,15 @@ impl Metrics {
     pub fn plugin_restart(&self, plugin: &str) {
         self.plugin_restarts
             .entry(plugin.to_string())
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts something a plugin was refused (or a callout it lost) because of `limit`, a
+    /// field of `server.plugin_limits`.
+    pub fn plugin_limit_refusal(&self, plugin: &str, limit: &'static str) {
+        self.plugin_limit_refusals
+            .entry((plugin.to_string(), limit))
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -261,6 +272,22 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {value}", escape(&plugin));
             }
         }
+        out.push_str("# HELP tollgate_plugin_limit_refusals_total Plugin requests refused (or callouts failed) at a server.plugin_limits bound, by plugin and limit.\n");
+        out.push_str("# TYPE tollgate_plugin_limit_refusals_total counter\n");
+        let mut rows: Vec<_> = self
+            .plugin_limit_refusals
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        rows.sort();
+        for ((plugin, limit), value) in rows {
+            let _ = writeln!(
+                out,
+                "tollgate_plugin_limit_refusals_total{{plugin=\"{}\",limit=\"{limit}\"}} {value}",
+                escape(&plugin)
+            );
+        }
+        crate::wasm::shared::store().render(&mut out);
         out.push_str("# HELP tollgate_reloads_total Configuration and plugin swaps, by result.\n");
         out.push_str("# TYPE tollgate_reloads_total counter\n");
         let _ = writeln!(

@@ -24,6 +24,8 @@ pub struct PluginIdentity {
     pub env: Vec<(String, String)>,
     /// Clusters a callout may name.
     pub clusters: std::collections::HashSet<String>,
+    /// `server.plugin_limits` of the snapshot that built the plugin.
+    pub limits: crate::config::PluginLimits,
 }
 
 /// Per-request values shared by every plugin of a request: `set_property` writes here

@@ -1,12 +1,20 @@
 //! Metrics defined by plugins (`proxy_define_metric`), exported on the admin `/metrics`
 //! endpoint with the plugin's name as a label. A metric is identified by plugin and name, so
 //! every VM of a plugin (one per worker) updates the same value.
+//!
+//! A plugin may define at most `server.plugin_limits.metrics` metrics: each one is a series
+//! on `/metrics` for good, so a plugin that names metrics after request data (a path, a
+//! header) would otherwise grow the host and the scrape without bound. Beyond the limit,
+//! defining a new name is refused with INTERNAL_FAILURE; names already defined are still
+//! found. Metrics outlive reloads, so the count is of every name the plugin ever defined.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use dashmap::DashMap;
+
+use super::abi::Status;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {
@@ -74,6 +82,8 @@ impl PluginMetric {
 pub struct PluginMetrics {
     by_name: DashMap<(String, String), Arc<PluginMetric>>,
     by_id: DashMap<u32, Arc<PluginMetric>>,
+    /// Metrics defined per plugin, for the limit.
+    defined: DashMap<String, usize>,
 }
 
 static METRICS: LazyLock<PluginMetrics> = LazyLock::new(PluginMetrics::default);
@@ -84,11 +94,28 @@ pub fn plugin_metrics() -> &'static PluginMetrics {
 }
 
 impl PluginMetrics {
-    /// Defines (or finds) a plugin's metric; the same plugin and name give the same id.
-    pub fn define(&self, plugin: &str, name: &str, kind: MetricKind) -> Arc<PluginMetric> {
-        self.by_name
-            .entry((plugin.to_string(), name.to_string()))
-            .or_insert_with(|| {
+    /// Defines (or finds) a plugin's metric; the same plugin and name give the same id. A new
+    /// name beyond `limit` metrics for the plugin is refused with INTERNAL_FAILURE.
+    pub fn define(
+        &self,
+        plugin: &str,
+        name: &str,
+        kind: MetricKind,
+        limit: usize,
+    ) -> Result<Arc<PluginMetric>, Status> {
+        use dashmap::mapref::entry::Entry;
+        let key = (plugin.to_string(), name.to_string());
+        if let Some(metric) = self.by_name.get(&key) {
+            return Ok(metric.clone());
+        }
+        match self.by_name.entry(key) {
+            Entry::Occupied(occupied) => Ok(occupied.get().clone()),
+            Entry::Vacant(vacant) => {
+                let mut defined = self.defined.entry(plugin.to_string()).or_default();
+                if *defined >= limit {
+                    return Err(Status::InternalFailure);
+                }
+                *defined += 1;
                 let metric = Arc::new(PluginMetric {
                     id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                     plugin: plugin.to_string(),
@@ -100,9 +127,10 @@ impl PluginMetrics {
                     count: AtomicU64::new(0),
                 });
                 self.by_id.insert(metric.id, metric.clone());
-                metric
-            })
-            .clone()
+                vacant.insert(metric.clone());
+                Ok(metric)
+            }
+        }
     }
 
     pub fn by_id(&self, id: u32) -> Option<Arc<PluginMetric>> {
@@ -186,13 +214,19 @@ mod tests {
     #[test]
     fn metrics_are_shared_per_plugin_and_name() {
         let metrics = PluginMetrics::default();
-        let a = metrics.define("auth", "requests.total", MetricKind::Counter);
-        let b = metrics.define("auth", "requests.total", MetricKind::Counter);
+        let a = metrics
+            .define("auth", "requests.total", MetricKind::Counter, 10)
+            .unwrap();
+        let b = metrics
+            .define("auth", "requests.total", MetricKind::Counter, 10)
+            .unwrap();
         assert_eq!(a.id, b.id);
         a.increment(2);
         b.increment(3);
         assert_eq!(a.get(), 5);
-        let h = metrics.define("auth", "size", MetricKind::Histogram);
+        let h = metrics
+            .define("auth", "size", MetricKind::Histogram, 10)
+            .unwrap();
         h.record(7);
         let mut text = String::new();
         metrics.render(&mut text);
@@ -205,5 +239,31 @@ mod tests {
             text.contains("size_bucket{plugin=\"auth\",le=\"5\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_plugin_defines_at_most_its_limit_of_metrics() {
+        let metrics = PluginMetrics::default();
+        for i in 0..3 {
+            metrics
+                .define("minter", &format!("m{i}"), MetricKind::Counter, 3)
+                .unwrap();
+        }
+        assert_eq!(
+            metrics
+                .define("minter", "m3", MetricKind::Counter, 3)
+                .map(|m| m.id),
+            Err(Status::InternalFailure)
+        );
+        // Names already defined are still found, and other plugins have their own count.
+        assert!(metrics
+            .define("minter", "m0", MetricKind::Counter, 3)
+            .is_ok());
+        assert!(metrics
+            .define("other", "m3", MetricKind::Counter, 3)
+            .is_ok());
+        let mut text = String::new();
+        metrics.render(&mut text);
+        assert!(!text.contains("m3{plugin=\"minter\"}"), "{text}");
     }
 }

@@ -5,6 +5,13 @@
 //! context per configuration (the plugin's own and each per-route override) and the stream
 //! contexts of that worker's requests. A VM's timers, queue wake-ups and callout answers run
 //! as tasks on the same worker runtime, so a VM is only ever touched by its own thread.
+//!
+//! A callout's response body is read until it passes
+//! `server.plugin_limits.callout_response_bytes` (not at all when its `content-length` does)
+//! and never kept: the call fails the way Envoy reports any failed call (an HTTP call's
+//! `on_http_call_response` with no headers, body or trailers; a gRPC call's close with
+//! status RESOURCE_EXHAUSTED, 8; on a gRPC stream the limit is per message) and counts in
+//! `tollgate_plugin_limit_refusals_total{limit="callout_response_bytes"}`.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -26,7 +33,7 @@ type EventReceiver = tokio::sync::mpsc::UnboundedReceiver<VmEvent>;
 
 /// Root context ids by configuration key (`None`: the plugin's own configuration).
 pub type Roots = HashMap<Option<String>, u32>;
-use crate::config::{self, raw::FailurePolicy};
+use crate::config::{self, raw::FailurePolicy, PluginLimits};
 use crate::upstream::Cluster;
 
 /// Counters per plugin, exported on `/metrics`.
@@ -114,6 +121,7 @@ impl Plugin {
         config: &config::Plugin,
         module: Arc<CompiledModule>,
         clusters: HashMap<String, Arc<Cluster>>,
+        limits: PluginLimits,
     ) -> Result<Arc<Self>, String> {
         let mut configurations = vec![(None, json_bytes(&config.config))];
         for (route, value) in &config.route_config {
@@ -130,6 +138,7 @@ impl Plugin {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             clusters: clusters.keys().cloned().collect::<HashSet<_>>(),
+            limits,
         });
         let plugin = Arc::new(Self {
             name: config.name.clone(),
@@ -170,6 +179,11 @@ impl Plugin {
         }
         vm.started();
         Ok((vm, roots, receiver))
+    }
+
+    /// The namespace of the plugin's shared data and queues.
+    pub fn vm_id(&self) -> &str {
+        &self.identity.vm_id
     }
 
     /// The configuration key for a route: the route when it has an override.
@@ -337,9 +351,13 @@ impl Plugin {
                     tokio::spawn(async move {
                         let response = plugin.http_callout(&cluster, headers, body, timeout).await;
                         plugin.with_generation(generation, |vm| {
-                            if response.is_none() {
-                                vm.state().status = (14, Bytes::from_static(b"callout failed"));
-                            }
+                            let response = match response {
+                                Ok(response) => Some(response),
+                                Err(failure) => {
+                                    vm.state().status = failure.status();
+                                    None
+                                }
+                            };
                             vm.on_http_call_response(token, response).map(drop)
                         });
                     });
@@ -476,7 +494,19 @@ impl Plugin {
             match frame.into_data() {
                 Ok(data) => {
                     buffer.extend_from_slice(&data);
-                    while let Some(message) = take_grpc_message(&mut buffer) {
+                    loop {
+                        // Each message is bounded on its own; one announced larger than the
+                        // limit ends the stream before it is buffered.
+                        if grpc_message_exceeds(&buffer, self.callout_limit()) {
+                            self.callout_too_large();
+                            let (status, message) = CalloutFailure::TooLarge.status();
+                            deliver(Event::Close(status, message));
+                            self.slot().borrow_mut().grpc_streams.remove(&token);
+                            return;
+                        }
+                        let Some(message) = take_grpc_message(&mut buffer) else {
+                            break;
+                        };
                         if !deliver(Event::Message(message)) {
                             return;
                         }
@@ -544,13 +574,47 @@ impl Plugin {
         }
     }
 
+    fn callout_limit(&self) -> u64 {
+        self.identity.limits.callout_response_bytes
+    }
+
+    fn callout_too_large(&self) {
+        crate::telemetry::metrics::metrics()
+            .plugin_limit_refusal(&self.name, "callout_response_bytes");
+    }
+
+    /// Reads a callout's response body within the time left and the size limit.
+    async fn collect_limited(
+        &self,
+        body: hyper::body::Incoming,
+        remaining: Duration,
+    ) -> Result<http_body_util::Collected<Bytes>, CalloutFailure> {
+        // An announced length above the limit fails before any of the body is read.
+        if http_body::Body::size_hint(&body).lower() > self.callout_limit() {
+            self.callout_too_large();
+            return Err(CalloutFailure::TooLarge);
+        }
+        let limit = usize::try_from(self.callout_limit()).unwrap_or(usize::MAX);
+        // `Limited` stops reading at the first chunk that takes the body past the limit.
+        let limited = http_body_util::Limited::new(body, limit);
+        match tokio::time::timeout(remaining, limited.collect()).await {
+            Err(_) => Err(CalloutFailure::Failed),
+            Ok(Ok(collected)) => Ok(collected),
+            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+                self.callout_too_large();
+                Err(CalloutFailure::TooLarge)
+            }
+            Ok(Err(_)) => Err(CalloutFailure::Failed),
+        }
+    }
+
     async fn http_callout(
         &self,
         cluster: &str,
         headers: HeaderList,
         body: Bytes,
         timeout: Duration,
-    ) -> Option<CallResponse> {
+    ) -> Result<CallResponse, CalloutFailure> {
         let mut request = http::Request::builder();
         let mut authority = String::new();
         for (name, value) in &headers {
@@ -565,22 +629,22 @@ impl Plugin {
         request = request.header(http::header::HOST, authority);
         let request = request
             .body(Full::new(body).map_err(|never| match never {}).boxed())
-            .ok()?;
+            .map_err(|_| CalloutFailure::Failed)?;
         let started = Instant::now();
-        let response = self.send(cluster, request, timeout).await?;
+        let response = self
+            .send(cluster, request, timeout)
+            .await
+            .ok_or(CalloutFailure::Failed)?;
         let (parts, body) = response.into_parts();
         let remaining = timeout.saturating_sub(started.elapsed());
-        let collected = tokio::time::timeout(remaining, body.collect())
-            .await
-            .ok()?
-            .ok()?;
+        let collected = self.collect_limited(body, remaining).await?;
         let trailers = collected.trailers().map(header_list).unwrap_or_default();
         let mut headers = vec![(
             ":status".to_string(),
             parts.status.as_str().as_bytes().to_vec(),
         )];
         headers.extend(header_list(&parts.headers));
-        Some(CallResponse {
+        Ok(CallResponse {
             headers,
             body: collected.to_bytes(),
             trailers,
@@ -619,8 +683,13 @@ impl Plugin {
         };
         let (parts, body) = response.into_parts();
         let remaining = timeout.saturating_sub(started.elapsed());
-        let Ok(Ok(collected)) = tokio::time::timeout(remaining, body.collect()).await else {
-            return (4, "deadline exceeded".into(), None);
+        let collected = match self.collect_limited(body, remaining).await {
+            Ok(collected) => collected,
+            Err(CalloutFailure::TooLarge) => {
+                let (status, message) = CalloutFailure::TooLarge.status();
+                return (status, String::from_utf8_lossy(&message).into_owned(), None);
+            }
+            Err(CalloutFailure::Failed) => return (4, "deadline exceeded".into(), None),
         };
         let trailers = collected.trailers().cloned().unwrap_or_default();
         let grpc_status = |map: &http::HeaderMap| {
@@ -653,6 +722,30 @@ impl Plugin {
     }
 }
 
+/// Why a callout delivered no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CalloutFailure {
+    /// Refused, reset, timed out, or unreachable.
+    Failed,
+    /// The response body passed `plugin_limits.callout_response_bytes`.
+    TooLarge,
+}
+
+impl CalloutFailure {
+    /// The gRPC status and message `proxy_get_status` reports for it.
+    fn status(self) -> (u32, Bytes) {
+        match self {
+            Self::Failed => (14, Bytes::from_static(b"callout failed")),
+            Self::TooLarge => (
+                8,
+                Bytes::from_static(
+                    b"callout response larger than plugin_limits.callout_response_bytes",
+                ),
+            ),
+        }
+    }
+}
+
 /// A gRPC message with its 5-byte prefix (uncompressed flag, big-endian length).
 fn grpc_frame(message: &[u8]) -> Bytes {
     let mut framed = Vec::with_capacity(message.len() + 5);
@@ -660,6 +753,16 @@ fn grpc_frame(message: &[u8]) -> Bytes {
     framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
     framed.extend_from_slice(message);
     Bytes::from(framed)
+}
+
+/// Whether the message at the front of `buffer` (prefix included) is, or is announced to
+/// be, larger than `limit` bytes.
+fn grpc_message_exceeds(buffer: &[u8], limit: u64) -> bool {
+    let size = match buffer.get(1..5) {
+        Some(len) => 5 + u64::from(u32::from_be_bytes([len[0], len[1], len[2], len[3]])),
+        None => buffer.len() as u64,
+    };
+    size > limit
 }
 
 /// Takes one complete length-prefixed message off the front of `buffer`, if there is one.
@@ -737,6 +840,7 @@ pub fn build_plugins(
     plugins: &[config::Plugin],
     plugins_dir: &std::path::Path,
     clusters: &HashMap<String, Arc<Cluster>>,
+    limits: PluginLimits,
 ) -> Result<Vec<Arc<Plugin>>, Vec<config::ConfigError>> {
     let mut modules: HashMap<std::path::PathBuf, Result<Arc<CompiledModule>, String>> =
         HashMap::new();
@@ -748,7 +852,8 @@ pub fn build_plugins(
             .entry(path.clone())
             .or_insert_with(|| runtime().load(&path))
             .clone();
-        let result = module.and_then(|module| Plugin::new(plugin, module, clusters.clone()));
+        let result =
+            module.and_then(|module| Plugin::new(plugin, module, clusters.clone(), limits));
         match result {
             Ok(instance) => built.push(instance),
             Err(error) => errors.push(config::ConfigError::new(&plugin.origin, "module", error)),
@@ -778,5 +883,16 @@ mod tests {
         buffer.extend_from_slice(&grpc_frame(b"two")[6..]);
         assert_eq!(take_grpc_message(&mut buffer).unwrap(), "two");
         assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn a_grpc_message_is_measured_by_its_announced_length() {
+        let framed = grpc_frame(b"hello");
+        assert!(!grpc_message_exceeds(&framed, 10));
+        assert!(grpc_message_exceeds(&framed, 9));
+        // The prefix alone tells: nothing of the message needs to be buffered.
+        assert!(grpc_message_exceeds(&framed[..5], 9));
+        assert!(!grpc_message_exceeds(&framed[..3], 9));
+        assert!(grpc_message_exceeds(&[0; 4], 3));
     }
 }

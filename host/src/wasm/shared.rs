@@ -1,8 +1,38 @@
 //! Shared data and shared queues: process-wide, namespaced by `vm_id`, visible to every VM
 //! of that id on every worker thread (as in Envoy).
+//!
+//! Both are bounded by `server.plugin_limits`, which each call passes in from the calling
+//! plugin (so a policy reload applies at the next write):
+//!
+//! - Shared data of one `vm_id` holds at most `shared_data_keys` keys and
+//!   `shared_data_bytes` bytes of keys and values. A write that goes past either bound
+//!   evicts the least recently used entries of that `vm_id` instead of being refused. A
+//!   refusal would let one client who mints keys (a rate limit keyed by a header it
+//!   chooses) fill the store and deny every honest key that comes after, for good; with
+//!   eviction the flood pushes out its own never-read entries first, while the counters
+//!   honest traffic keeps touching survive. It is also what a plugin author expects of
+//!   `proxy_set_shared_data`, which the proxy-wasm Rust SDK treats as infallible except
+//!   for a CAS mismatch (any other status panics the plugin), and what the shared dicts of
+//!   nginx-based gateways do when full. Only a single key and value larger than the whole
+//!   byte limit is refused (`BAD_ARGUMENT`): nothing could make room for it.
+//! - A shared queue holds at most `shared_queue_length` items; enqueueing onto a full queue
+//!   is refused with `INTERNAL_FAILURE` (the ABI has no "full" status; this one means "the
+//!   host could not do it, see its logs and metrics").
+//!
+//! Recency is tracked with the CLOCK (second chance) approximation of least-recently-used:
+//! a read or write sets the entry's `referenced` bit (a relaxed atomic in the entry, no
+//! lock beyond the map shard's); keys wait in insertion order in a per-`vm_id` ring that
+//! only inserts and evictions lock. Eviction pops the oldest key: referenced, its bit is
+//! cleared and it goes to the back; not referenced, it is removed. A new entry starts
+//! unreferenced, so keys written once and never read again (a key-minting flood) go before
+//! keys in use; the key a write stores is never the one that write evicts. Each eviction gives at most [`MAX_SECOND_CHANCES`] second chances before
+//! it removes the next key whatever its bit, so the ring lock is never held across a scan
+//! of the store. Accounting is two atomics per `vm_id`, updated under the entry's shard
+//! lock: O(1) per write.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use bytes::Bytes;
@@ -10,6 +40,11 @@ use dashmap::DashMap;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::abi::Status;
+use crate::config::PluginLimits;
+
+/// Second chances one eviction may give before it removes the next key regardless: bounds
+/// the time the ring lock is held even when every key was used recently.
+const MAX_SECOND_CHANCES: usize = 1024;
 
 /// A message to a VM's event loop on its own worker thread.
 #[derive(Debug)]
@@ -20,7 +55,47 @@ pub enum VmEvent {
 struct Entry {
     value: Bytes,
     cas: u32,
+    /// Read or written since eviction last looked at it.
+    referenced: AtomicBool,
 }
+
+impl Entry {
+    fn touch(&self) {
+        // A load first: most reads find the bit set and need not dirty the cache line.
+        if !self.referenced.load(Ordering::Relaxed) {
+            self.referenced.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The shared data of one `vm_id`.
+#[derive(Default)]
+struct Namespace {
+    entries: DashMap<Arc<str>, Entry>,
+    /// Key and value bytes of every entry.
+    bytes: AtomicU64,
+    keys: AtomicU64,
+    evictions: AtomicU64,
+    /// Every key once, oldest first: the CLOCK ring eviction walks.
+    ring: Mutex<VecDeque<Arc<str>>>,
+}
+
+/// What the shared data of one `vm_id` holds, for `/metrics` and `/plugins`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SharedDataUsage {
+    pub vm_id: String,
+    pub bytes: u64,
+    pub keys: u64,
+    pub evictions: u64,
+}
+
+/// A Prometheus metric family of [`SharedStore::render`]: name, type, help, and the value.
+type MetricFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&SharedDataUsage) -> u64,
+);
 
 /// A queue and the root contexts that registered it (one per VM that called register).
 pub struct Queue {
@@ -30,7 +105,7 @@ pub struct Queue {
 
 #[derive(Default)]
 pub struct SharedStore {
-    data: DashMap<(String, String), Entry>,
+    namespaces: DashMap<String, Arc<Namespace>>,
     queue_ids: DashMap<(String, String), u32>,
     queues: DashMap<u32, Arc<Queue>>,
 }
@@ -52,35 +127,189 @@ fn next_cas() -> u32 {
     }
 }
 
+impl Namespace {
+    fn over(&self, limits: &PluginLimits) -> bool {
+        self.keys.load(Ordering::Relaxed) > limits.shared_data_keys as u64
+            || self.bytes.load(Ordering::Relaxed) > limits.shared_data_bytes
+    }
+
+    /// Replaces an existing entry's value (CAS rules of [`SharedStore::set`]).
+    fn update(&self, entry: &mut Entry, value: Bytes, cas: u32) -> Result<(), Status> {
+        if cas != 0 && entry.cas != cas {
+            return Err(Status::CasMismatch);
+        }
+        let (old, new) = (entry.value.len() as u64, value.len() as u64);
+        if new >= old {
+            self.bytes.fetch_add(new - old, Ordering::Relaxed);
+        } else {
+            self.bytes.fetch_sub(old - new, Ordering::Relaxed);
+        }
+        entry.value = value;
+        entry.cas = next_cas();
+        entry.touch();
+        Ok(())
+    }
+
+    /// Evicts least recently used entries until the namespace is within `limits`, never
+    /// `written`, the key the current write just stored (it always fits on its own).
+    fn evict_over(&self, limits: &PluginLimits, written: &str) {
+        if !self.over(limits) {
+            return;
+        }
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let mut second_chances = 0;
+        while self.over(limits) {
+            // Empty while the keys being inserted right now are not yet in the ring.
+            let Some(key) = ring.pop_front() else { break };
+            if key.as_ref() == written {
+                let alone = ring.is_empty();
+                ring.push_back(key);
+                if alone {
+                    break;
+                }
+                continue;
+            }
+            let give_up = second_chances >= MAX_SECOND_CHANCES;
+            let removed = self.entries.remove_if(key.as_ref(), |_, entry| {
+                give_up || !entry.referenced.swap(false, Ordering::Relaxed)
+            });
+            match removed {
+                Some((key, entry)) => {
+                    self.keys.fetch_sub(1, Ordering::Relaxed);
+                    self.bytes.fetch_sub(
+                        key.len() as u64 + entry.value.len() as u64,
+                        Ordering::Relaxed,
+                    );
+                    self.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+                None if self.entries.contains_key(key.as_ref()) => {
+                    ring.push_back(key);
+                    second_chances += 1;
+                }
+                None => {}
+            }
+        }
+    }
+}
+
 impl SharedStore {
+    fn namespace(&self, vm_id: &str) -> Arc<Namespace> {
+        if let Some(namespace) = self.namespaces.get(vm_id) {
+            return namespace.clone();
+        }
+        self.namespaces
+            .entry(vm_id.to_string())
+            .or_default()
+            .clone()
+    }
+
     pub fn get(&self, vm_id: &str, key: &str) -> Option<(Bytes, u32)> {
-        self.data
-            .get(&(vm_id.to_string(), key.to_string()))
-            .map(|entry| (entry.value.clone(), entry.cas))
+        let namespace = self.namespaces.get(vm_id)?;
+        let entry = namespace.entries.get(key)?;
+        entry.touch();
+        Some((entry.value.clone(), entry.cas))
     }
 
     /// Sets `key`: cas 0 writes unconditionally, a stale cas is CAS_MISMATCH, a missing key
-    /// is created whatever the cas. Each successful set gets a new non-zero cas.
-    pub fn set(&self, vm_id: &str, key: &str, value: Bytes, cas: u32) -> Result<(), Status> {
+    /// is created whatever the cas. Each successful set gets a new non-zero cas. A write that
+    /// takes the `vm_id` past `limits` evicts its least recently used entries; a key and
+    /// value larger than the whole byte limit are refused with BAD_ARGUMENT.
+    pub fn set(
+        &self,
+        vm_id: &str,
+        key: &str,
+        value: Bytes,
+        cas: u32,
+        limits: &PluginLimits,
+    ) -> Result<(), Status> {
         use dashmap::mapref::entry::Entry as Slot;
-        match self.data.entry((vm_id.to_string(), key.to_string())) {
+        if key.len() as u64 + value.len() as u64 > limits.shared_data_bytes {
+            return Err(Status::BadArgument);
+        }
+        let namespace = self.namespace(vm_id);
+        // The common case, an existing key, allocates nothing.
+        let updated = namespace
+            .entries
+            .get_mut(key)
+            .map(|mut entry| namespace.update(&mut entry, value.clone(), cas));
+        if let Some(result) = updated {
+            result?;
+            namespace.evict_over(limits, key);
+            return Ok(());
+        }
+        let key: Arc<str> = Arc::from(key);
+        let size = key.len() as u64 + value.len() as u64;
+        match namespace.entries.entry(key.clone()) {
             Slot::Occupied(mut occupied) => {
-                if cas != 0 && occupied.get().cas != cas {
-                    return Err(Status::CasMismatch);
-                }
-                *occupied.get_mut() = Entry {
-                    value,
-                    cas: next_cas(),
-                };
+                namespace.update(occupied.get_mut(), value, cas)?;
             }
             Slot::Vacant(vacant) => {
                 vacant.insert(Entry {
                     value,
                     cas: next_cas(),
+                    referenced: AtomicBool::new(false),
                 });
+                namespace.keys.fetch_add(1, Ordering::Relaxed);
+                namespace.bytes.fetch_add(size, Ordering::Relaxed);
+                // Only after the shard lock is released: eviction takes the ring lock first.
+                namespace
+                    .ring
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(key.clone());
             }
         }
+        namespace.evict_over(limits, &key);
         Ok(())
+    }
+
+    /// What the shared data of `vm_id` holds; `None` before its first write.
+    pub fn usage(&self, vm_id: &str) -> Option<SharedDataUsage> {
+        let namespace = self.namespaces.get(vm_id)?;
+        Some(SharedDataUsage {
+            vm_id: vm_id.to_string(),
+            bytes: namespace.bytes.load(Ordering::Relaxed),
+            keys: namespace.keys.load(Ordering::Relaxed),
+            evictions: namespace.evictions.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Prometheus text: shared data bytes and keys (gauges) and evictions (counter) per
+    /// `vm_id`.
+    pub fn render(&self, out: &mut String) {
+        let mut rows: Vec<SharedDataUsage> = self
+            .namespaces
+            .iter()
+            .filter_map(|namespace| self.usage(namespace.key()))
+            .collect();
+        rows.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
+        let families: [MetricFamily; 3] = [
+            (
+                "tollgate_plugin_shared_data_bytes",
+                "gauge",
+                "Shared data held (keys and values), by vm_id.",
+                |usage| usage.bytes,
+            ),
+            (
+                "tollgate_plugin_shared_data_keys",
+                "gauge",
+                "Shared data keys held, by vm_id.",
+                |usage| usage.keys,
+            ),
+            (
+                "tollgate_plugin_shared_data_evictions_total",
+                "counter",
+                "Shared data entries evicted to stay within plugin_limits, by vm_id.",
+                |usage| usage.evictions,
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for usage in &rows {
+                let vm_id = usage.vm_id.replace('\\', "\\\\").replace('"', "\\\"");
+                let _ = writeln!(out, "{name}{{vm_id=\"{vm_id}\"}} {}", value(usage));
+            }
+        }
     }
 
     /// Registers (idempotently) a queue and subscribes a root context of a VM to it.
@@ -122,18 +351,21 @@ impl SharedStore {
             .map(|id| *id)
     }
 
-    /// Appends to a queue and wakes its subscribers with `on_queue_ready`.
-    pub fn enqueue(&self, id: u32, value: Bytes) -> Result<(), Status> {
+    /// Appends to a queue and wakes its subscribers with `on_queue_ready`; a queue already
+    /// holding `max_length` items refuses with INTERNAL_FAILURE.
+    pub fn enqueue(&self, id: u32, value: Bytes, max_length: usize) -> Result<(), Status> {
         let queue = self
             .queues
             .get(&id)
             .map(|q| q.clone())
             .ok_or(Status::NotFound)?;
-        queue
-            .items
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(value);
+        {
+            let mut items = queue.items.lock().unwrap_or_else(|e| e.into_inner());
+            if items.len() >= max_length {
+                return Err(Status::InternalFailure);
+            }
+            items.push_back(value);
+        }
         let mut subscribers = queue.subscribers.lock().unwrap_or_else(|e| e.into_inner());
         subscribers.retain(|(sender, root)| {
             sender
@@ -165,29 +397,208 @@ impl SharedStore {
 mod tests {
     use super::*;
 
+    const UNLIMITED: PluginLimits = PluginLimits {
+        shared_data_bytes: u64::MAX,
+        shared_data_keys: usize::MAX,
+        shared_queue_length: usize::MAX,
+        metrics: usize::MAX,
+        callout_response_bytes: u64::MAX,
+    };
+
+    fn limits(keys: usize, bytes: u64) -> PluginLimits {
+        PluginLimits {
+            shared_data_keys: keys,
+            shared_data_bytes: bytes,
+            ..UNLIMITED
+        }
+    }
+
+    fn value(text: &str) -> Bytes {
+        Bytes::copy_from_slice(text.as_bytes())
+    }
+
     #[test]
     fn compare_and_swap_semantics() {
         let store = SharedStore::default();
         assert!(store.get("vm", "k").is_none());
         // A missing key is created whatever the cas.
         store
-            .set("vm", "k", Bytes::from_static(b"1"), 12345)
+            .set("vm", "k", Bytes::from_static(b"1"), 12345, &UNLIMITED)
             .unwrap();
         let (_, cas) = store.get("vm", "k").unwrap();
         assert_ne!(cas, 0);
-        store.set("vm", "k", Bytes::from_static(b"2"), cas).unwrap();
+        store
+            .set("vm", "k", Bytes::from_static(b"2"), cas, &UNLIMITED)
+            .unwrap();
         assert_eq!(
-            store.set("vm", "k", Bytes::from_static(b"3"), cas),
+            store.set("vm", "k", Bytes::from_static(b"3"), cas, &UNLIMITED),
             Err(Status::CasMismatch)
         );
-        store.set("vm", "k", Bytes::from_static(b"4"), 0).unwrap();
+        store
+            .set("vm", "k", Bytes::from_static(b"4"), 0, &UNLIMITED)
+            .unwrap();
         assert_eq!(store.get("vm", "k").unwrap().0, "4");
         // Namespaces are separate.
         assert!(store.get("other", "k").is_none());
     }
 
     #[test]
-    fn queues_wake_subscribers_and_report_empty() {
+    fn bytes_and_keys_are_accounted_on_insert_overwrite_and_eviction() {
+        let store = SharedStore::default();
+        let usage = |store: &SharedStore| {
+            let usage = store.usage("vm").unwrap();
+            (usage.keys, usage.bytes, usage.evictions)
+        };
+        store
+            .set("vm", "ab", value("12345"), 0, &UNLIMITED)
+            .unwrap();
+        assert_eq!(usage(&store), (1, 7, 0));
+        store.set("vm", "ab", value("1"), 0, &UNLIMITED).unwrap();
+        assert_eq!(usage(&store), (1, 3, 0), "an overwrite shrinks the count");
+        store
+            .set("vm", "ab", value("123456789"), 0, &UNLIMITED)
+            .unwrap();
+        assert_eq!(usage(&store), (1, 11, 0), "and grows it");
+        store.set("vm", "cd", value("1"), 0, &UNLIMITED).unwrap();
+        assert_eq!(usage(&store), (2, 14, 0));
+        // One key allowed: the older entry goes, with its bytes.
+        store
+            .set("vm", "ef", value("12"), 0, &limits(1, 100))
+            .unwrap();
+        assert_eq!(usage(&store).0, 1);
+        assert_eq!(usage(&store).1, 4);
+        assert_eq!(usage(&store).2, 2);
+        assert!(store.get("vm", "ef").is_some());
+        assert!(store.usage("other").is_none());
+    }
+
+    #[test]
+    fn the_least_recently_used_keys_go_first() {
+        let store = SharedStore::default();
+        let limits = limits(100, u64::MAX);
+        // Honest counters, each read and written again as a rate limit would.
+        for i in 0..10 {
+            store
+                .set("vm", &format!("honest-{i}"), value("0"), 0, &limits)
+                .unwrap();
+        }
+        // A flood of keys written once and never read again, touching the honest keys in
+        // between as their traffic goes on.
+        for i in 0..10_000 {
+            store
+                .set("vm", &format!("minted-{i}"), value("1"), 0, &limits)
+                .unwrap();
+            if i % 50 == 0 {
+                for j in 0..10 {
+                    let key = format!("honest-{j}");
+                    let (_, cas) = store.get("vm", &key).expect("honest key evicted");
+                    store.set("vm", &key, value("2"), cas, &limits).unwrap();
+                }
+            }
+            let usage = store.usage("vm").unwrap();
+            assert!(usage.keys <= 100, "{usage:?}");
+        }
+        for j in 0..10 {
+            assert!(store.get("vm", &format!("honest-{j}")).is_some());
+        }
+        let usage = store.usage("vm").unwrap();
+        assert_eq!(usage.keys, 100);
+        assert_eq!(usage.evictions, 10_010 - 100);
+        assert!(store.get("vm", "minted-9999").is_some(), "the newest stays");
+        assert!(store.get("vm", "minted-0").is_none(), "the oldest went");
+    }
+
+    #[test]
+    fn the_byte_limit_evicts_and_an_oversized_value_is_refused() {
+        let store = SharedStore::default();
+        let limits = limits(usize::MAX, 100);
+        for i in 0..50 {
+            store
+                .set("vm", &format!("k{i:02}"), value("0123456"), 0, &limits)
+                .unwrap();
+            assert!(store.usage("vm").unwrap().bytes <= 100);
+        }
+        assert_eq!(store.usage("vm").unwrap().keys, 10, "10 × (3 + 7) bytes");
+        // Growing an existing value also evicts others.
+        store
+            .set("vm", "k49", value(&"x".repeat(50)), 0, &limits)
+            .unwrap();
+        assert!(store.usage("vm").unwrap().bytes <= 100);
+        assert_eq!(store.get("vm", "k49").unwrap().0.len(), 50);
+        // 98 value bytes + 3 key bytes can never fit in 100.
+        assert_eq!(
+            store.set("vm", "big", value(&"x".repeat(98)), 0, &limits),
+            Err(Status::BadArgument)
+        );
+        assert!(store.get("vm", "big").is_none());
+        store
+            .set("vm", "big", value(&"x".repeat(97)), 0, &limits)
+            .unwrap();
+        assert_eq!(store.usage("vm").unwrap().keys, 1);
+    }
+
+    #[test]
+    fn eviction_is_bounded_when_every_key_is_in_use() {
+        let store = SharedStore::default();
+        let limits = limits(MAX_SECOND_CHANCES * 3, u64::MAX);
+        for i in 0..MAX_SECOND_CHANCES * 3 {
+            store
+                .set("vm", &i.to_string(), value("0"), 0, &limits)
+                .unwrap();
+            store.get("vm", &i.to_string());
+        }
+        store.set("vm", "new", value("0"), 0, &limits).unwrap();
+        let usage = store.usage("vm").unwrap();
+        assert_eq!(
+            (usage.keys, usage.evictions),
+            (limits.shared_data_keys as u64, 1)
+        );
+        assert!(store.get("vm", "new").is_some());
+    }
+
+    #[test]
+    fn concurrent_writers_keep_the_accounting_exact() {
+        let store = Arc::new(SharedStore::default());
+        let limits = limits(500, 20_000);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5_000 {
+                        let key = format!("{t}-{}", i % 900);
+                        store
+                            .set("vm", &key, value(&"v".repeat(i % 40)), 0, &limits)
+                            .unwrap();
+                        store.get("vm", &format!("{t}-{}", i % 7));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let usage = store.usage("vm").unwrap();
+        let namespace = store.namespaces.get("vm").unwrap().clone();
+        let (keys, bytes) = namespace
+            .entries
+            .iter()
+            .fold((0u64, 0u64), |(keys, bytes), entry| {
+                (
+                    keys + 1,
+                    bytes + entry.key().len() as u64 + entry.value().value.len() as u64,
+                )
+            });
+        assert_eq!((usage.keys, usage.bytes), (keys, bytes));
+        assert!(usage.keys <= 500 && usage.bytes <= 20_000, "{usage:?}");
+        assert_eq!(
+            namespace.ring.lock().unwrap().len() as u64,
+            keys,
+            "every key is in the ring once"
+        );
+    }
+
+    #[test]
+    fn queues_wake_subscribers_report_empty_and_refuse_when_full() {
         let store = SharedStore::default();
         let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
         let id = store.register_queue("vm", "q", sender.clone(), 7);
@@ -195,7 +606,7 @@ mod tests {
         assert_eq!(store.resolve_queue("vm", "q"), Some(id));
         assert_eq!(store.resolve_queue("vm", "nope"), None);
         assert_eq!(store.dequeue(id), Err(Status::Empty));
-        store.enqueue(id, Bytes::from_static(b"x")).unwrap();
+        store.enqueue(id, Bytes::from_static(b"x"), 2).unwrap();
         assert!(matches!(
             receiver.try_recv(),
             Ok(VmEvent::QueueReady {
@@ -207,7 +618,13 @@ mod tests {
             receiver.try_recv().is_err(),
             "one subscription, one wake-up"
         );
+        store.enqueue(id, Bytes::from_static(b"y"), 2).unwrap();
+        assert_eq!(
+            store.enqueue(id, Bytes::from_static(b"z"), 2),
+            Err(Status::InternalFailure)
+        );
         assert_eq!(store.dequeue(id).unwrap(), "x");
-        assert_eq!(store.enqueue(9999, Bytes::new()), Err(Status::NotFound));
+        store.enqueue(id, Bytes::from_static(b"z"), 2).unwrap();
+        assert_eq!(store.enqueue(9999, Bytes::new(), 2), Err(Status::NotFound));
     }
 }

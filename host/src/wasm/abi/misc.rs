@@ -75,7 +75,12 @@ fn define_metric(mut caller: Ctx<'_>, kind: u32, name_ptr: u32, name_len: u32, r
     status((|| {
         let kind = MetricKind::from_raw(kind).ok_or(Status::BadArgument)?;
         let name = memory::read_string(&mut caller, name_ptr, name_len)?;
-        let metric = plugin_metrics().define(&caller.data().plugin.name, &name, kind);
+        let plugin = &caller.data().plugin;
+        let metric = plugin_metrics()
+            .define(&plugin.name, &name, kind, plugin.limits.metrics)
+            .inspect_err(|_| {
+                crate::telemetry::metrics::metrics().plugin_limit_refusal(&plugin.name, "metrics");
+            })?;
         memory::write_u32(&mut caller, ret_id, metric.id)?;
         caller.data_mut().metrics.insert(metric.id, metric);
         Ok(())

@@ -1,9 +1,11 @@
-//! Shared data (with compare-and-swap) and shared queues.
+//! Shared data (with compare-and-swap) and shared queues, within the calling plugin's
+//! `server.plugin_limits` (see `crate::wasm::shared` for what happens at a limit).
 
 use bytes::Bytes;
 use wasmtime::{Caller, Linker};
 
 use super::{status, Status};
+use crate::telemetry::metrics::metrics;
 use crate::wasm::host::HostState;
 use crate::wasm::memory;
 use crate::wasm::shared::store;
@@ -44,7 +46,12 @@ fn set_shared_data(
     status((|| {
         let key = memory::read_string(&mut caller, key_ptr, key_len)?;
         let value = memory::read(&mut caller, value_ptr, value_len)?;
-        store().set(&caller.data().plugin.vm_id, &key, Bytes::from(value), cas)
+        let plugin = &caller.data().plugin;
+        let result = store().set(&plugin.vm_id, &key, Bytes::from(value), cas, &plugin.limits);
+        if result == Err(Status::BadArgument) {
+            metrics().plugin_limit_refusal(&plugin.name, "shared_data_bytes");
+        }
+        result
     })())
 }
 
@@ -88,7 +95,12 @@ fn resolve_shared_queue(
 fn enqueue_shared_queue(mut caller: Ctx<'_>, id: u32, value_ptr: u32, value_len: u32) -> u32 {
     status((|| {
         let value = memory::read(&mut caller, value_ptr, value_len)?;
-        store().enqueue(id, Bytes::from(value))
+        let plugin = &caller.data().plugin;
+        let result = store().enqueue(id, Bytes::from(value), plugin.limits.shared_queue_length);
+        if result == Err(Status::InternalFailure) {
+            metrics().plugin_limit_refusal(&plugin.name, "shared_queue_length");
+        }
+        result
     })())
 }
 
