@@ -516,6 +516,56 @@ mod tests {
     }
 
     #[test]
+    fn only_rfc_idempotent_methods_repeat_freely() {
+        for method in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+            assert!(is_idempotent(&method.parse().unwrap()), "{method}");
+        }
+        for method in ["POST", "PATCH", "CONNECT", "LOCK"] {
+            assert!(!is_idempotent(&method.parse().unwrap()), "{method}");
+        }
+        assert!(TryError::Connect("refused".into()).never_reached_upstream());
+        assert!(TryError::Unsent("refused stream".into()).never_reached_upstream());
+        assert!(!TryError::Reset("closed".into()).never_reached_upstream());
+        assert!(!TryError::Timeout.never_reached_upstream());
+    }
+
+    /// An HTTP/2 upstream that resets every stream with `reason`; the error the pooled
+    /// client returns for a POST to it.
+    async fn error_from_h2_reset(reason: h2::Reason) -> hyper_util::client::legacy::Error {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut connection = h2::server::handshake(tcp).await.unwrap();
+            while let Some(Ok((_, mut respond))) = connection.accept().await {
+                respond.send_reset(reason);
+            }
+        });
+        let client = hyper_util::client::legacy::Client::builder(
+            hyper_util::rt::TokioExecutor::new(),
+        )
+        .http2_only(true)
+        .build_http();
+        let request = Request::post(format!("http://{address}/orders"))
+            .body(Full::new(Bytes::from_static(b"order=1")))
+            .unwrap();
+        let error = tokio::time::timeout(Duration::from_secs(5), client.request(request))
+            .await
+            .expect("the upstream answers at once")
+            .expect_err("every stream is reset");
+        server.abort();
+        error
+    }
+
+    #[tokio::test]
+    async fn a_refused_http2_stream_proves_the_request_unsent() {
+        let refused = error_from_h2_reset(h2::Reason::REFUSED_STREAM).await;
+        assert!(request_unsent(&refused), "{refused:?}");
+        let reset = error_from_h2_reset(h2::Reason::INTERNAL_ERROR).await;
+        assert!(!request_unsent(&reset), "{reset:?}");
+    }
+
+    #[test]
     fn retry_conditions_follow_envoy_names() {
         let gateway = RetryConditions {
             gateway_error: true,
