@@ -49,12 +49,10 @@ impl std::fmt::Debug for AdminToken {
 impl AdminToken {
     /// Reads the token from `path`, surrounding whitespace trimmed; it must not be empty.
     pub fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|error| {
-            anyhow::anyhow!("admin token file {}: {error}", path.display())
-        })?;
-        Self::new(text.trim()).ok_or_else(|| {
-            anyhow::anyhow!("admin token file {} holds no token", path.display())
-        })
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| anyhow::anyhow!("admin token file {}: {error}", path.display()))?;
+        Self::new(text.trim())
+            .ok_or_else(|| anyhow::anyhow!("admin token file {} holds no token", path.display()))
     }
 
     pub fn new(token: &str) -> Option<Self> {

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{self, Action, Config, ConfigErrors};
-use crate::pipeline::Redaction;
 use crate::pipeline::plugins::Chain;
+use crate::pipeline::Redaction;
 use crate::routing::RouteTable;
 use crate::upstream::Cluster;
 use crate::wasm::plugin::{build_plugins, Plugin};
@@ -307,7 +307,10 @@ mod tests {
             "plugins:\n  - name: keys\n    module: key-auth.wasm\n    config: { key_names: [X-Key], consumers: [] }\n  - name: defaults\n    module: /opt/key_auth.wasm\n    config: { consumers: [] }\n  - name: other\n    module: basic-auth.wasm\n    config: { key_names: [not-me] }\n",
         );
         let redaction = access_log_redaction(&config);
-        assert_eq!(redaction.query_params(), ["apikey", "sig", "x-api-key", "x-key"]);
+        assert_eq!(
+            redaction.query_params(),
+            ["apikey", "sig", "x-api-key", "x-key"]
+        );
         assert_eq!(
             redaction.headers(),
             ["apikey", "user-agent", "x-api-key", "x-key"]

@@ -70,7 +70,12 @@ async fn reload_needs_the_admin_token_and_reads_stay_open() {
     let (gateway, _secrets) = start_with_token(&echo).await;
 
     let missing = post_reload(&gateway, None).await;
-    assert_eq!(missing.status, StatusCode::UNAUTHORIZED, "{}", missing.text());
+    assert_eq!(
+        missing.status,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        missing.text()
+    );
     assert!(
         missing
             .header("www-authenticate")
@@ -112,7 +117,11 @@ async fn a_foreign_host_is_refused_on_a_loopback_admin() {
     let admin = gateway.admin_addr();
 
     // What a browser sends after DNS rebinding: the attacker's name in Host.
-    for host in ["rebind.attacker.example", "rebind.attacker.example:9901", "10.1.2.3"] {
+    for host in [
+        "rebind.attacker.example",
+        "rebind.attacker.example:9901",
+        "10.1.2.3",
+    ] {
         let answer = raw_exchange(
             admin,
             format!("POST /reload HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n")
@@ -170,8 +179,7 @@ async fn a_slowloris_on_the_admin_port_is_cut_while_healthz_answers() {
             {
                 return started.elapsed();
             }
-            match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buffer)).await
-            {
+            match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buffer)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
                 // A 408 before the close is fine; keep reading until the close.
                 Ok(Ok(_)) | Err(_) => {}
@@ -242,11 +250,19 @@ async fn the_access_log_never_shows_keys_or_redacted_values() {
 
         // key-auth's query key on its own route, and on a route it does not guard.
         let keyed = client
-            .get(public, "shop.test", "/keyed?api_key=k-alice-secret-1&page=2")
+            .get(
+                public,
+                "shop.test",
+                "/keyed?api_key=k-alice-secret-1&page=2",
+            )
             .await;
         assert_eq!(keyed.status, StatusCode::OK, "{format}: {}", keyed.text());
         let open = client
-            .get(public, "shop.test", "/open?API_KEY=k-alice-secret-1&signature=sig-secret-2")
+            .get(
+                public,
+                "shop.test",
+                "/open?API_KEY=k-alice-secret-1&signature=sig-secret-2",
+            )
             .await;
         assert_eq!(open.status, StatusCode::OK);
         let with_agent = client
@@ -269,7 +285,11 @@ async fn the_access_log_never_shows_keys_or_redacted_values() {
         }
         let access: Vec<&str> = log
             .lines()
-            .filter(|line| ["/keyed", "/open", "/agent"].iter().any(|p| line.contains(p)))
+            .filter(|line| {
+                ["/keyed", "/open", "/agent"]
+                    .iter()
+                    .any(|p| line.contains(p))
+            })
             .collect();
         assert_eq!(access.len(), 3, "{format}: one access line each:\n{log}");
         let joined = access.join("\n");

@@ -88,11 +88,17 @@ virtual_hosts:
     .await;
 
     for _ in 0..6 {
-        assert_eq!(get(&gateway, "/broken?status=500").await.status.as_u16(), 500);
+        assert_eq!(
+            get(&gateway, "/broken?status=500").await.status.as_u16(),
+            500
+        );
     }
     // Gateway errors count as failures, but 50 % of one endpoint is less than one.
     for _ in 0..6 {
-        assert_eq!(get(&gateway, "/broken?status=503").await.status.as_u16(), 503);
+        assert_eq!(
+            get(&gateway, "/broken?status=503").await.status.as_u16(),
+            503
+        );
     }
     let honest = get(&gateway, "/orders").await;
     assert_eq!(
@@ -343,7 +349,11 @@ async fn non_idempotent_requests_are_retried_only_when_unsent_or_opted_in() {
     // The issue: a POST that met a 502 was sent three times.
     let response = send(&gateway, "POST", "/safe/orders?status=502").await;
     assert_eq!(response.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(methods_seen(&echo, "POST"), 1, "the POST reached the upstream once");
+    assert_eq!(
+        methods_seen(&echo, "POST"),
+        1,
+        "the POST reached the upstream once"
+    );
     let response = send(&gateway, "PATCH", "/safe/orders?status=503").await;
     assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(methods_seen(&echo, "PATCH"), 1);
@@ -363,7 +373,12 @@ async fn non_idempotent_requests_are_retried_only_when_unsent_or_opted_in() {
 
     // A connection that closed after taking the POST may have acted on it.
     let response = send(&gateway, "POST", "/hung-up/orders").await;
-    assert_eq!(response.status, StatusCode::BAD_GATEWAY, "{}", response.text());
+    assert_eq!(
+        response.status,
+        StatusCode::BAD_GATEWAY,
+        "{}",
+        response.text()
+    );
     assert_eq!(hung_up.request_count(), 1, "the reset POST is not replayed");
 
     // A refused connection proves the POST was never sent: it goes to the healthy endpoint.
@@ -371,7 +386,11 @@ async fn non_idempotent_requests_are_retried_only_when_unsent_or_opted_in() {
         let response = send(&gateway, "POST", "/half-refusing/orders").await;
         assert_eq!(response.status, StatusCode::OK, "{}", response.text());
     }
-    assert_eq!(methods_seen(&healthy, "POST"), 4, "each POST arrived exactly once");
+    assert_eq!(
+        methods_seen(&healthy, "POST"),
+        4,
+        "each POST arrived exactly once"
+    );
     let log = gateway.log();
     assert!(
         log.lines()

@@ -541,11 +541,10 @@ mod tests {
                 respond.send_reset(reason);
             }
         });
-        let client = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .http2_only(true)
-        .build_http();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http();
         let request = Request::post(format!("http://{address}/orders"))
             .body(Full::new(Bytes::from_static(b"order=1")))
             .unwrap();
