@@ -9,9 +9,17 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /plugins` | every plugin instance: module file, sha256, ABI, loaded at, status, last error, routes |
 //! | `POST /reload` | rebuild from the folders now; `200` when live, `422` with the error otherwise |
+//!
+//! Admin changes what the gateway serves, so it is guarded even on loopback:
+//! - with `--admin-token-file`, every `POST` needs `Authorization: Bearer TOKEN` (`401`
+//!   otherwise);
+//! - bound to a loopback address, it answers only requests whose Host is a loopback name
+//!   (`403` otherwise), so that a web page cannot reach it through DNS rebinding;
+//! - a connection that does not finish its request head within `server.header_read_timeout`
+//!   is closed.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,18 +27,81 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sha2::{Digest, Sha256};
 
 use crate::server::GatewayState;
 use crate::telemetry::metrics::metrics;
 
+/// The secret a client must present to change anything through admin.
+pub struct AdminToken {
+    /// Only the digest is kept: comparing digests takes the same time whatever the
+    /// presented token is, including its length.
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    /// Reads the token from `path`, surrounding whitespace trimmed; it must not be empty.
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| anyhow::anyhow!("admin token file {}: {error}", path.display()))?;
+        Self::new(text.trim())
+            .ok_or_else(|| anyhow::anyhow!("admin token file {} holds no token", path.display()))
+    }
+
+    pub fn new(token: &str) -> Option<Self> {
+        (!token.is_empty()).then(|| Self {
+            digest: Sha256::digest(token.as_bytes()).into(),
+        })
+    }
+
+    /// Whether `Authorization` carries this token as a bearer token.
+    fn admits(&self, authorization: Option<&header::HeaderValue>) -> bool {
+        let Some(presented) = authorization
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+        else {
+            return false;
+        };
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        presented
+            .iter()
+            .zip(&self.digest)
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+            == 0
+    }
+}
+
+/// How admin requests are checked, fixed at start-up.
+struct Guard {
+    token: Option<AdminToken>,
+    /// Bound to a loopback address: only loopback Host names are answered.
+    loopback_only: bool,
+}
+
 /// Binds the admin address now (so that errors surface at start-up) and serves it on its
 /// own thread.
-pub fn start(address: SocketAddr, state: Arc<GatewayState>) -> anyhow::Result<SocketAddr> {
+pub fn start(
+    address: SocketAddr,
+    state: Arc<GatewayState>,
+    token: Option<AdminToken>,
+) -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(address)
         .map_err(|error| anyhow::anyhow!("admin listener: cannot bind {address}: {error}"))?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
+    let guard = Arc::new(Guard {
+        token,
+        loopback_only: bound.ip().is_loopback(),
+    });
     std::thread::Builder::new()
         .name("tollgate-admin".into())
         .spawn(move || {
@@ -38,12 +109,12 @@ pub fn start(address: SocketAddr, state: Arc<GatewayState>) -> anyhow::Result<So
                 .enable_all()
                 .build()
                 .expect("the admin runtime");
-            runtime.block_on(serve(listener, state));
+            runtime.block_on(serve(listener, state, guard));
         })?;
     Ok(bound)
 }
 
-async fn serve(listener: std::net::TcpListener, state: Arc<GatewayState>) {
+async fn serve(listener: std::net::TcpListener, state: Arc<GatewayState>, guard: Arc<Guard>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(error) => {
@@ -56,16 +127,87 @@ async fn serve(listener: std::net::TcpListener, state: Arc<GatewayState>) {
             continue;
         };
         let state = state.clone();
+        let guard = guard.clone();
+        let header_read_timeout = state.snapshot().config.server.header_read_timeout;
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&request, &state).await) }
+                let guard = guard.clone();
+                async move {
+                    let response = match guard.refusal(&request) {
+                        Some(refusal) => refusal,
+                        None => answer(&request, &state).await,
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
+            // The header timeout also bounds the wait for the next request on a kept-alive
+            // connection, so an idle or slow client cannot hold admin connections open.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
+}
+
+impl Guard {
+    /// The answer to a request that may not go further, if it may not.
+    fn refusal(&self, request: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+        if self.loopback_only && !names_loopback(request) {
+            tracing::warn!(
+                host = ?request.headers().get(header::HOST),
+                "admin: refused a request for a non-loopback host"
+            );
+            return Some(text(
+                StatusCode::FORBIDDEN,
+                "admin answers only loopback host names (localhost, 127.0.0.1, [::1])\n",
+            ));
+        }
+        let changes_state = request.method() != Method::GET && request.method() != Method::HEAD;
+        if let (true, Some(token)) = (changes_state, &self.token) {
+            if !token.admits(request.headers().get(header::AUTHORIZATION)) {
+                tracing::warn!(method = %request.method(), path = request.uri().path(), "admin: refused a request without the admin token");
+                let mut response = text(StatusCode::UNAUTHORIZED, "admin token required\n");
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"tollgate-admin\""),
+                );
+                return Some(response);
+            }
+        }
+        None
+    }
+}
+
+/// Whether the request's host (absolute-form authority, else Host) is `localhost`, an
+/// address in 127.0.0.0/8 or `[::1]`, with or without a port.
+fn names_loopback<B>(request: &Request<B>) -> bool {
+    let host = match request.uri().authority() {
+        Some(authority) => authority.host().to_string(),
+        None => {
+            let Some(host) = request
+                .headers()
+                .get(header::HOST)
+                .and_then(|value| value.to_str().ok())
+            else {
+                return false;
+            };
+            match host.parse::<http::uri::Authority>() {
+                Ok(authority) => authority.host().to_string(),
+                Err(_) => return false,
+            }
+        }
+    };
+    let host = host.trim_end_matches('.');
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    literal
+        .parse::<IpAddr>()
+        .is_ok_and(|address| address.is_loopback())
 }
 
 async fn answer(request: &Request<Incoming>, state: &GatewayState) -> Response<Full<Bytes>> {
@@ -239,4 +381,57 @@ fn with_type(
         header::HeaderValue::from_static(content_type),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_host(host: &str) -> Request<()> {
+        Request::builder()
+            .uri("/healthz")
+            .header(header::HOST, host)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn loopback_names_with_or_without_port() {
+        for host in [
+            "localhost",
+            "LOCALHOST:9901",
+            "127.0.0.1",
+            "127.3.4.5:80",
+            "[::1]",
+            "[::1]:9901",
+        ] {
+            assert!(names_loopback(&with_host(host)), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:9901",
+            "localhost.evil.example",
+            "10.0.0.1",
+            "[::2]",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!names_loopback(&with_host(host)), "{host}");
+        }
+        let no_host = Request::builder().uri("/").body(()).unwrap();
+        assert!(!names_loopback(&no_host));
+    }
+
+    #[test]
+    fn bearer_token_must_match_exactly() {
+        let token = AdminToken::new("s3cret").unwrap();
+        let value = |text: &str| header::HeaderValue::from_str(text).unwrap();
+        assert!(token.admits(Some(&value("Bearer s3cret"))));
+        assert!(token.admits(Some(&value("bearer s3cret"))));
+        assert!(!token.admits(Some(&value("Bearer s3cre"))));
+        assert!(!token.admits(Some(&value("Bearer s3cretx"))));
+        assert!(!token.admits(Some(&value("Basic s3cret"))));
+        assert!(!token.admits(Some(&value("s3cret"))));
+        assert!(!token.admits(None));
+        assert!(AdminToken::new("").is_none());
+    }
 }

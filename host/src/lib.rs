@@ -12,7 +12,7 @@
 //! | [`routing`] | host and route matching (pure) |
 //! | [`pipeline`] | the per-request flow (see its docs for the phase diagram) |
 //! | [`upstream`] | clusters, load balancing, passive health, pools |
-//! | [`admin`] | `/healthz`, `/readyz`, `/config`, `/metrics` |
+//! | [`admin`] | `/healthz`, `/readyz`, `/config`, `/metrics`, `POST /reload` |
 //! | [`telemetry`] | logs and metrics |
 //!
 //! ```no_run
@@ -21,6 +21,7 @@
 //!     policies: PathBuf::from("policies"),
 //!     plugins: PathBuf::from("plugins"),
 //!     admin: "127.0.0.1:9901".parse().unwrap(),
+//!     admin_token_file: None,
 //!     workers: 2,
 //! };
 //! let gateway = tollgate::Gateway::start(&options)?;
@@ -55,6 +56,8 @@ pub struct Options {
     pub policies: PathBuf,
     pub plugins: PathBuf,
     pub admin: SocketAddr,
+    /// A file holding the bearer token that admin `POST` requests must present.
+    pub admin_token_file: Option<PathBuf>,
     pub workers: usize,
 }
 
@@ -72,6 +75,17 @@ impl Gateway {
     /// starts serving.
     pub fn start(options: &Options) -> anyhow::Result<Self> {
         let workers = options.workers.max(1);
+        let admin_token = options
+            .admin_token_file
+            .as_deref()
+            .map(admin::AdminToken::from_file)
+            .transpose()?;
+        if admin_token.is_none() && !options.admin.ip().is_loopback() {
+            tracing::warn!(
+                admin = %options.admin,
+                "the admin listener is not on loopback and has no --admin-token-file: anyone who reaches it can reload the gateway"
+            );
+        }
         let config = config::load_dir(&options.policies)
             .map_err(|errors| anyhow::anyhow!("invalid policies:\n{errors}"))?;
         let snapshot = Snapshot::build(config, workers, &options.plugins)
@@ -83,7 +97,7 @@ impl Gateway {
             .collect();
         let summary = summary(&snapshot);
         let state = Arc::new(GatewayState::new(snapshot));
-        let admin = admin::start(options.admin, state.clone())?;
+        let admin = admin::start(options.admin, state.clone(), admin_token)?;
         let workers_running = server::start_workers(bound, state.clone(), workers)?;
         reload::start(
             state.clone(),

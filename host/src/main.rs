@@ -33,6 +33,10 @@ enum Command {
         /// Address of the admin listener (/healthz, /readyz, /config, /metrics).
         #[arg(long, default_value = "127.0.0.1:9901", env = "TOLLGATE_ADMIN")]
         admin: SocketAddr,
+        /// File holding a bearer token that every admin POST (such as /reload) must present
+        /// as `Authorization: Bearer TOKEN`; surrounding whitespace is trimmed.
+        #[arg(long, env = "TOLLGATE_ADMIN_TOKEN_FILE")]
+        admin_token_file: Option<PathBuf>,
         /// Log line format.
         #[arg(long, value_enum, default_value = "text", env = "TOLLGATE_LOG_FORMAT")]
         log_format: LogFormat,
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
             policies,
             plugins,
             admin,
+            admin_token_file,
             log_format,
             workers,
         } => {
@@ -66,6 +71,7 @@ fn main() -> ExitCode {
                 policies,
                 plugins,
                 admin,
+                admin_token_file,
                 workers,
             };
             let result = tollgate::Gateway::start(&options)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::config::{self, Action, Config, ConfigErrors};
 use crate::pipeline::plugins::Chain;
+use crate::pipeline::Redaction;
 use crate::routing::RouteTable;
 use crate::upstream::Cluster;
 use crate::wasm::plugin::{build_plugins, Plugin};
@@ -21,6 +22,9 @@ pub struct Snapshot {
     pub plugins: Vec<Arc<Plugin>>,
     /// The plugin chain of each route that has one, in request order.
     pub chains: HashMap<String, Chain>,
+    /// What the access log writes as `REDACTED`: the configured names and those key-auth
+    /// plugins read API keys from.
+    pub access_log_redaction: Arc<Redaction>,
 }
 
 pub struct ListenerState {
@@ -160,6 +164,7 @@ impl Snapshot {
         )
         .map_err(ConfigErrors)?;
         let chains = chains(&config, &plugins);
+        let access_log_redaction = Arc::new(access_log_redaction(&config));
         Ok(Self {
             config: Arc::new(config),
             listeners,
@@ -167,6 +172,7 @@ impl Snapshot {
             forwards,
             plugins,
             chains,
+            access_log_redaction,
         })
     }
 }
@@ -208,4 +214,118 @@ fn chains(config: &Config, plugins: &[Arc<Plugin>]) -> HashMap<String, Chain> {
         }
     }
     chains
+}
+
+/// The bundled plugin whose key names are redacted without configuration.
+const KEY_AUTH_MODULE: &str = "key-auth";
+/// key-auth's `key_names` when its configuration gives none.
+const KEY_AUTH_DEFAULT_KEY_NAMES: [&str; 2] = ["apikey", "x-api-key"];
+
+/// The access log's redaction list: `server.access_log`, plus every name a key-auth plugin
+/// (a module file named `key-auth.wasm` or `key_auth.wasm`) may read a key from, in the
+/// query string or in a header — whether or not the plugin applies to the request, since a
+/// client may send its key anywhere.
+fn access_log_redaction(config: &Config) -> Redaction {
+    let settings = &config.server.access_log;
+    let mut key_names: Vec<String> = Vec::new();
+    for plugin in &config.plugins {
+        let stem = plugin
+            .module
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().replace('_', "-"));
+        if stem.as_deref() != Some(KEY_AUTH_MODULE) {
+            continue;
+        }
+        for plugin_config in std::iter::once(&plugin.config).chain(plugin.route_config.values()) {
+            match key_auth_key_names(plugin_config) {
+                Some(names) => key_names.extend(names),
+                None => key_names.extend(KEY_AUTH_DEFAULT_KEY_NAMES.map(String::from)),
+            }
+        }
+    }
+    Redaction::new(
+        settings
+            .redact_query_params
+            .iter()
+            .chain(&key_names)
+            .map(String::as_str),
+        settings
+            .redact_headers
+            .iter()
+            .chain(&key_names)
+            .map(String::as_str),
+    )
+}
+
+/// The `key_names` of a key-auth configuration (an object, or JSON text of one).
+fn key_auth_key_names(config: &serde_json::Value) -> Option<Vec<String>> {
+    let parsed;
+    let config = match config {
+        serde_json::Value::String(text) => {
+            parsed = serde_json::from_str::<serde_json::Value>(text).ok()?;
+            &parsed
+        }
+        other => other,
+    };
+    let names = config.get("key_names")?.as_array()?;
+    Some(
+        names
+            .iter()
+            .filter_map(|name| name.as_str().map(String::from))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(plugins: &str) -> Config {
+        let dir = tempfile_dir();
+        std::fs::write(
+            dir.join("policies.yaml"),
+            format!(
+                "listeners: [{{ name: public, address: \"127.0.0.1:0\", protocol: http }}]\nserver:\n  access_log: {{ redact_query_params: [Sig], redact_headers: [user-agent] }}\n{plugins}"
+            ),
+        )
+        .unwrap();
+        let config = config::load_dir(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        config
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-snapshot-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn key_auth_key_names_are_redacted_without_configuration() {
+        let config = config(
+            "plugins:\n  - name: keys\n    module: key-auth.wasm\n    config: { key_names: [X-Key], consumers: [] }\n  - name: defaults\n    module: /opt/key_auth.wasm\n    config: { consumers: [] }\n  - name: other\n    module: basic-auth.wasm\n    config: { key_names: [not-me] }\n",
+        );
+        let redaction = access_log_redaction(&config);
+        assert_eq!(
+            redaction.query_params(),
+            ["apikey", "sig", "x-api-key", "x-key"]
+        );
+        assert_eq!(
+            redaction.headers(),
+            ["apikey", "user-agent", "x-api-key", "x-key"]
+        );
+    }
+
+    #[test]
+    fn only_configured_names_without_key_auth() {
+        let redaction = access_log_redaction(&config(""));
+        assert_eq!(redaction.query_params(), ["sig"]);
+        assert_eq!(redaction.headers(), ["user-agent"]);
+    }
 }

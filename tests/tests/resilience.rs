@@ -320,7 +320,7 @@ clusters:
   - name: gone
     endpoints: [{ address: ${GONE} }]
     connect_timeout: 500ms
-    health: { consecutive_failures: 1, ejection_time: 30s, max_ejection_percent: 100 }
+    health: { consecutive_failures: 1, ejection_time: 30s, max_ejection_percent: 100, panic_threshold: 0 }
 virtual_hosts:
   - name: shop
     domains: [shop.test]

@@ -15,7 +15,7 @@ use super::{headers, local, AccessRecord, Downstream, RequestLimits, ResponseBod
 use crate::config::{Forward, RetryConditions};
 use crate::snapshot::ResolvedForward;
 use crate::telemetry::metrics::{metrics, UpstreamErrorKind};
-use crate::upstream::{BoxError, Cluster, PickError, UpstreamBody};
+use crate::upstream::{BoxError, Cluster, Outcome, PickError, UpstreamBody};
 
 /// Bodies up to this size are buffered when a retry or a mirror may need to send them again.
 const REPLAY_BUFFER_LIMIT: u64 = 64 * 1024;
@@ -56,6 +56,10 @@ enum TryError {
     Connect(String),
     Timeout,
     Reset(String),
+    /// The upstream provably did not process the request: the connection closed before the
+    /// request was written, or an HTTP/2 stream was refused (REFUSED_STREAM). Otherwise a
+    /// reset.
+    Unsent(String),
     BodyTooLarge,
     NoEndpoint(PickError),
 }
@@ -156,6 +160,14 @@ pub(super) async fn forward(
         .retries
         .as_ref()
         .and_then(|retries| retries.per_try_timeout);
+    // A request that is not idempotent (RFC 9110 §9.2.2) may have had its effect even when
+    // the answer was an error; it is sent again only when the upstream cannot have seen it,
+    // unless the route says that repeating it is safe.
+    let may_repeat = is_idempotent(&outgoing.method)
+        || forward
+            .retries
+            .as_ref()
+            .is_some_and(|retries| retries.non_idempotent);
     let mut attempt = 0;
     let outcome = loop {
         attempt += 1;
@@ -177,12 +189,16 @@ pub(super) async fn forward(
         let conditions = forward.retries.as_ref().map(|retries| &retries.conditions);
         match (&result, conditions) {
             (Ok(response), Some(conditions))
-                if retry_allowed && retry_on_status(conditions, response.status()) =>
+                if retry_allowed
+                    && may_repeat
+                    && retry_on_status(conditions, response.status()) =>
             {
                 tracing::debug!(route = %resolved.route, status = %response.status(), attempt, "retrying");
             }
             (Err(error), Some(conditions))
-                if retry_allowed && retry_on_error(conditions, error) =>
+                if retry_allowed
+                    && (may_repeat || error.never_reached_upstream())
+                    && retry_on_error(conditions, error) =>
             {
                 tracing::debug!(route = %resolved.route, ?error, attempt, "retrying");
             }
@@ -220,7 +236,7 @@ pub(super) async fn forward(
                     "upstream_timeout",
                     Some(UpstreamErrorKind::Timeout),
                 ),
-                TryError::Reset(_) => (
+                TryError::Reset(_) | TryError::Unsent(_) => (
                     StatusCode::BAD_GATEWAY,
                     "upstream_reset",
                     Some(UpstreamErrorKind::Reset),
@@ -247,7 +263,9 @@ pub(super) async fn forward(
             record.detail = detail;
             tracing::debug!(route = %resolved.route, cluster = %cluster.name, ?error, "upstream request failed");
             let message = match &error {
-                TryError::Connect(cause) | TryError::Reset(cause) => format!("{detail}: {cause}\n"),
+                TryError::Connect(cause) | TryError::Reset(cause) | TryError::Unsent(cause) => {
+                    format!("{detail}: {cause}\n")
+                }
                 _ => format!("{detail}\n"),
             };
             local::reply(status, &message)
@@ -293,13 +311,15 @@ async fn try_once(
         Ok(Ok(response)) => Ok(response),
         Ok(Err(error)) if body_limit_exceeded(&error) => Err(TryError::BodyTooLarge),
         Ok(Err(error)) if error.is_connect() => Err(TryError::Connect(root_cause(&error))),
+        Ok(Err(error)) if request_unsent(&error) => Err(TryError::Unsent(root_cause(&error))),
         Ok(Err(error)) => Err(TryError::Reset(root_cause(&error))),
     };
     match &result {
-        Ok(response) if response.status().is_server_error() => guard.failure(),
-        Ok(_) => guard.success(),
-        Err(TryError::Connect(_) | TryError::Reset(_) | TryError::Timeout) => guard.failure(),
-        Err(_) => {}
+        Ok(response) => guard.report(Outcome::Answered(response.status())),
+        Err(TryError::Connect(_)) => guard.report(Outcome::ConnectFailure),
+        Err(TryError::Reset(_) | TryError::Unsent(_)) => guard.report(Outcome::Reset),
+        Err(TryError::Timeout) => guard.report(Outcome::Timeout),
+        Err(TryError::BodyTooLarge | TryError::NoEndpoint(_)) => {}
     }
     // The guard (the endpoint's active-request count) ends with the response headers; the
     // body streams on without holding the cluster's concurrency slot.
@@ -319,10 +339,53 @@ fn retry_on_error(conditions: &RetryConditions, error: &TryError) -> bool {
         TryError::Connect(_) => {
             conditions.connect_failure || conditions.any_5xx || conditions.gateway_error
         }
-        TryError::Reset(_) => conditions.reset || conditions.any_5xx || conditions.gateway_error,
+        TryError::Reset(_) | TryError::Unsent(_) => {
+            conditions.reset || conditions.any_5xx || conditions.gateway_error
+        }
         TryError::Timeout => conditions.any_5xx || conditions.gateway_error,
         TryError::NoEndpoint(_) | TryError::BodyTooLarge => false,
     }
+}
+
+impl TryError {
+    /// Whether the upstream cannot have acted on the request, so that sending it again is
+    /// safe whatever its method.
+    fn never_reached_upstream(&self) -> bool {
+        matches!(self, Self::Connect(_) | Self::Unsent(_))
+    }
+}
+
+/// GET, HEAD, OPTIONS, TRACE, PUT and DELETE: repeating them has the effect of sending them
+/// once (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether a client error proves that no byte of the request reached the upstream's
+/// application:
+/// - hyper reports a request as canceled only when it hands the request back unsent (the
+///   connection closed while the request still waited in the connection's queue); the
+///   pooled client then retries it itself on a reused connection, so what reaches us is the
+///   case of a fresh connection that closed at once;
+/// - an HTTP/2 RST_STREAM with REFUSED_STREAM from the upstream guarantees that the stream
+///   was not processed (RFC 9113 §8.7).
+fn request_unsent(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if let Some(hyper_error) = error.downcast_ref::<hyper::Error>() {
+            if hyper_error.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(h2_error) = error.downcast_ref::<h2::Error>() {
+            return h2_error.is_remote() && h2_error.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = error.source();
+    }
+    false
 }
 
 fn rewrite_path(uri: &Uri, forward: &Forward) -> String {
@@ -409,8 +472,9 @@ fn send_mirror(cluster: Arc<Cluster>, outgoing: &Outgoing, host: &str, body: Byt
         match sent {
             Ok(Ok(response)) => {
                 // Drain the answer so that the connection can be reused.
+                let status = response.status();
                 let _ = response.into_body().collect().await;
-                guard.success();
+                guard.report(Outcome::Answered(status));
             }
             Ok(Err(error)) => {
                 tracing::debug!(cluster = %cluster.name, %error, "mirror request failed");
@@ -449,6 +513,55 @@ mod tests {
         assert_eq!(join_path("", "/x"), "/x");
         assert_eq!(join_path("", "x"), "/x");
         assert_eq!(join_path("/v1", "x"), "/v1/x");
+    }
+
+    #[test]
+    fn only_rfc_idempotent_methods_repeat_freely() {
+        for method in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+            assert!(is_idempotent(&method.parse().unwrap()), "{method}");
+        }
+        for method in ["POST", "PATCH", "CONNECT", "LOCK"] {
+            assert!(!is_idempotent(&method.parse().unwrap()), "{method}");
+        }
+        assert!(TryError::Connect("refused".into()).never_reached_upstream());
+        assert!(TryError::Unsent("refused stream".into()).never_reached_upstream());
+        assert!(!TryError::Reset("closed".into()).never_reached_upstream());
+        assert!(!TryError::Timeout.never_reached_upstream());
+    }
+
+    /// An HTTP/2 upstream that resets every stream with `reason`; the error the pooled
+    /// client returns for a POST to it.
+    async fn error_from_h2_reset(reason: h2::Reason) -> hyper_util::client::legacy::Error {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut connection = h2::server::handshake(tcp).await.unwrap();
+            while let Some(Ok((_, mut respond))) = connection.accept().await {
+                respond.send_reset(reason);
+            }
+        });
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http();
+        let request = Request::post(format!("http://{address}/orders"))
+            .body(Full::new(Bytes::from_static(b"order=1")))
+            .unwrap();
+        let error = tokio::time::timeout(Duration::from_secs(5), client.request(request))
+            .await
+            .expect("the upstream answers at once")
+            .expect_err("every stream is reset");
+        server.abort();
+        error
+    }
+
+    #[tokio::test]
+    async fn a_refused_http2_stream_proves_the_request_unsent() {
+        let refused = error_from_h2_reset(h2::Reason::REFUSED_STREAM).await;
+        assert!(request_unsent(&refused), "{refused:?}");
+        let reset = error_from_h2_reset(h2::Reason::INTERNAL_ERROR).await;
+        assert!(!request_unsent(&reset), "{reset:?}");
     }
 
     #[test]

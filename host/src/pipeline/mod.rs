@@ -37,7 +37,7 @@ use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
 use crate::upstream::{BoxError, UpstreamBody};
 use crate::wasm::host::StreamInfo;
-pub use access_log::AccessRecord;
+pub use access_log::{AccessRecord, Redaction};
 use http_body_util::{BodyExt, Limited};
 use plugins::{PluginRun, Stopped};
 
@@ -80,7 +80,13 @@ pub async fn handle(
     // Identity is set by authentication plugins only: a client's copy never gets through.
     headers::remove_reserved(request.headers_mut());
     let request_id = headers::ensure_request_id(request.headers_mut());
-    let mut record = AccessRecord::new(&request, &downstream, request_id.clone(), started);
+    let mut record = AccessRecord::new(
+        &request,
+        &downstream,
+        request_id.clone(),
+        started,
+        snapshot.access_log_redaction.clone(),
+    );
 
     let mut response = route_and_act(request, &snapshot, &downstream, &mut record).await;
 

@@ -21,6 +21,8 @@ pub struct Metrics {
     requests: DashMap<(Arc<str>, Arc<str>, u16), AtomicU64>,
     latency: DashMap<Arc<str>, Histogram>,
     upstream_errors: DashMap<(Arc<str>, &'static str), AtomicU64>,
+    upstream_ejections: DashMap<Arc<str>, AtomicU64>,
+    upstream_panic_picks: DashMap<Arc<str>, AtomicU64>,
     active_connections: DashMap<Arc<str>, AtomicI64>,
     connections_total: DashMap<Arc<str>, AtomicU64>,
     plugin_traps: DashMap<String, AtomicU64>,
@@ -108,6 +110,16 @@ impl Metrics {
             .entry((cluster.clone(), kind.label()))
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an endpoint ejected by passive health checking.
+    pub fn upstream_ejection(&self, cluster: &Arc<str>) {
+        count_by_cluster(&self.upstream_ejections, cluster);
+    }
+
+    /// Counts an endpoint chosen while the cluster was below its panic threshold.
+    pub fn upstream_panic_pick(&self, cluster: &Arc<str>) {
+        count_by_cluster(&self.upstream_panic_picks, cluster);
     }
 
     /// Counts a hot-swap attempt.
@@ -232,6 +244,29 @@ impl Metrics {
             );
         }
 
+        for (name, help, map) in [
+            (
+                "tollgate_upstream_ejections_total",
+                "Endpoints ejected by passive health checking, by cluster.",
+                &self.upstream_ejections,
+            ),
+            (
+                "tollgate_upstream_panic_picks_total",
+                "Endpoints chosen while a cluster was below its panic threshold, by cluster.",
+                &self.upstream_panic_picks,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let mut rows: Vec<_> = map
+                .iter()
+                .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+                .collect();
+            rows.sort();
+            for (cluster, value) in rows {
+                let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {value}", escape(&cluster));
+            }
+        }
+
         out.push_str(
             "# HELP tollgate_active_connections Open downstream connections, by listener.\n",
         );
@@ -303,6 +338,16 @@ impl Metrics {
         crate::wasm::metrics::plugin_metrics().render(&mut out);
         out
     }
+}
+
+fn count_by_cluster(map: &DashMap<Arc<str>, AtomicU64>, cluster: &Arc<str>) {
+    match map.get(cluster) {
+        Some(counter) => counter.fetch_add(1, Ordering::Relaxed),
+        None => map
+            .entry(cluster.clone())
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed),
+    };
 }
 
 fn render_by_listener<V>(

@@ -13,8 +13,9 @@ use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::raw::LoadBalancing;
+use crate::config::raw::{EjectOn, LoadBalancing};
 use crate::config::{self, ConfigError, HealthSettings};
+use crate::telemetry::metrics::metrics;
 pub use connector::Connector;
 
 /// The request body type sent upstream.
@@ -161,29 +162,42 @@ impl Cluster {
 
     /// Chooses an endpoint among `candidates` (indexes into `endpoints`) and reserves a
     /// request slot on the cluster; the slot is released when the guard drops.
+    ///
+    /// Ejected endpoints are skipped unless fewer than `panic_threshold` percent of the
+    /// candidates are healthy: then the cluster is in panic and every candidate gets traffic
+    /// again, as in Envoy, because a few healthy endpoints would be overrun by the whole load
+    /// and ejection may be wrong (the failures may have been caused by the requests).
     pub fn pick(self: &Arc<Self>, candidates: &[usize]) -> Result<RequestGuard, PickError> {
         if self.active_requests.fetch_add(1, Ordering::Relaxed) >= self.max_requests {
             self.active_requests.fetch_sub(1, Ordering::Relaxed);
             return Err(PickError::Overflow);
         }
         let now = now_ms();
-        let healthy = |index: &usize| {
+        let is_healthy = |index: &usize| {
             self.endpoints[*index]
                 .ejected_until_ms
                 .load(Ordering::Relaxed)
                 <= now
         };
-        let healthy_count = candidates.iter().filter(|i| healthy(i)).count();
-        let chosen = if healthy_count == 0 {
+        let healthy_count = candidates.iter().filter(|i| is_healthy(i)).count();
+        let panic = (healthy_count * 100) < candidates.len() * self.health.panic_threshold as usize;
+        let everyone = |_: &usize| true;
+        let eligible: &dyn Fn(&usize) -> bool = if panic { &everyone } else { &is_healthy };
+        let eligible_count = if panic {
+            candidates.len()
+        } else {
+            healthy_count
+        };
+        let chosen = if eligible_count == 0 {
             None
         } else {
             match self.load_balancing {
                 LoadBalancing::RoundRobin => {
-                    let turn = self.next.fetch_add(1, Ordering::Relaxed) % healthy_count;
-                    candidates.iter().copied().filter(healthy).nth(turn)
+                    let turn = self.next.fetch_add(1, Ordering::Relaxed) % eligible_count;
+                    candidates.iter().copied().filter(eligible).nth(turn)
                 }
                 LoadBalancing::LeastRequest => {
-                    self.least_request(candidates, healthy_count, &healthy)
+                    self.least_request(candidates, eligible_count, eligible)
                 }
             }
         };
@@ -191,6 +205,9 @@ impl Cluster {
             self.active_requests.fetch_sub(1, Ordering::Relaxed);
             return Err(PickError::NoHealthy);
         };
+        if panic {
+            metrics().upstream_panic_pick(&self.name);
+        }
         let endpoint = self.endpoints[index].clone();
         endpoint.active_requests.fetch_add(1, Ordering::Relaxed);
         Ok(RequestGuard {
@@ -199,18 +216,18 @@ impl Cluster {
         })
     }
 
-    /// Power of two choices: two healthy endpoints at random, the less busy one wins.
+    /// Power of two choices: two eligible endpoints at random, the less busy one wins.
     fn least_request(
         &self,
         candidates: &[usize],
-        healthy_count: usize,
-        healthy: &impl Fn(&usize) -> bool,
+        eligible_count: usize,
+        eligible: &dyn Fn(&usize) -> bool,
     ) -> Option<usize> {
         use rand::Rng;
         let mut rng = rand::thread_rng();
-        let first = rng.gen_range(0..healthy_count);
-        let second = rng.gen_range(0..healthy_count);
-        let nth = |n| candidates.iter().copied().filter(healthy).nth(n);
+        let first = rng.gen_range(0..eligible_count);
+        let second = rng.gen_range(0..eligible_count);
+        let nth = |n| candidates.iter().copied().filter(eligible).nth(n);
         let (a, b) = (nth(first)?, nth(second)?);
         let load = |i: usize| self.endpoints[i].active_requests.load(Ordering::Relaxed);
         Some(if load(b) < load(a) { b } else { a })
@@ -234,23 +251,64 @@ impl Cluster {
     }
 }
 
-/// A reserved request on a cluster's endpoint. Report the outcome with [`RequestGuard::success`]
-/// or [`RequestGuard::failure`]; dropping it releases the reservation.
+/// How a try ended, as passive health checking sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The endpoint answered with this status.
+    Answered(http::StatusCode),
+    /// No connection could be opened.
+    ConnectFailure,
+    /// The connection or stream ended before the response headers.
+    Reset,
+    /// No response headers before the deadline.
+    Timeout,
+}
+
+impl Outcome {
+    /// Whether this outcome counts towards ejection under `eject_on`. With
+    /// `gateway_errors`, an endpoint that answers — even 500 — is reachable and counts as a
+    /// success: a client that finds a URL answering 500 cannot eject it for everyone.
+    fn is_failure(self, eject_on: EjectOn) -> bool {
+        match self {
+            Self::ConnectFailure | Self::Reset | Self::Timeout => true,
+            Self::Answered(status) => match eject_on {
+                EjectOn::GatewayErrors => matches!(status.as_u16(), 502..=504),
+                EjectOn::Any5xx => status.is_server_error(),
+            },
+        }
+    }
+}
+
+/// A reserved request on a cluster's endpoint. Report how it ended with
+/// [`RequestGuard::report`]; dropping it releases the reservation.
 pub struct RequestGuard {
     cluster: Arc<Cluster>,
     pub endpoint: Arc<Endpoint>,
 }
 
 impl RequestGuard {
+    /// Feeds passive health checking: a failure (as `health.eject_on` defines it) counts
+    /// towards ejection, anything else resets the count.
+    pub fn report(&self, outcome: Outcome) {
+        if outcome.is_failure(self.cluster.health.eject_on) {
+            self.failure();
+        } else {
+            self.success();
+        }
+    }
+
+    /// Resets the endpoint's count of consecutive failures.
     pub fn success(&self) {
         self.endpoint
             .consecutive_failures
             .store(0, Ordering::Relaxed);
     }
 
-    /// Counts a failure (connect error, reset or 5xx); ejects the endpoint after
-    /// `consecutive_failures` of them, within `max_ejection_percent` — but, as in Envoy, one
-    /// endpoint may always be ejected.
+    /// Counts a failure whatever `eject_on` says (for callers that only know that the
+    /// exchange failed, such as plugin callouts); ejects the endpoint after `consecutive_failures` of them, unless
+    /// that would put more than `max_ejection_percent` of the cluster's endpoints out. Unlike
+    /// Envoy, which always allows one ejection, the percentage holds for small clusters too:
+    /// at the default 50 % the only endpoint of a cluster is never ejected.
     pub fn failure(&self) {
         let endpoint = &self.endpoint;
         let health = &self.cluster.health;
@@ -267,7 +325,7 @@ impl RequestGuard {
         }
         let total = self.cluster.endpoints.len();
         let ejected = self.cluster.ejected_count(now);
-        if ejected > 0 && (ejected + 1) * 100 > total * health.max_ejection_percent as usize {
+        if (ejected + 1) * 100 > total * health.max_ejection_percent as usize {
             return;
         }
         let ejections = endpoint.ejections.fetch_add(1, Ordering::Relaxed) + 1;
@@ -276,6 +334,7 @@ impl RequestGuard {
             .ejected_until_ms
             .store(now + period, Ordering::Relaxed);
         endpoint.consecutive_failures.store(0, Ordering::Relaxed);
+        metrics().upstream_ejection(&self.cluster.name);
         tracing::warn!(
             cluster = %self.cluster.name,
             endpoint = %endpoint.address,
@@ -300,11 +359,30 @@ mod tests {
     use super::*;
     use crate::config::{ClusterLimits, Endpoint as EndpointConfig, Origin};
 
+    fn health(failures: u32, max_ejection_percent: u32, panic_threshold: u32) -> HealthSettings {
+        HealthSettings {
+            consecutive_failures: failures,
+            ejection_time: Duration::from_secs(30),
+            max_ejection_percent,
+            panic_threshold,
+            eject_on: EjectOn::GatewayErrors,
+        }
+    }
+
     fn cluster(
         endpoints: usize,
         lb: LoadBalancing,
         failures: u32,
         max_requests: usize,
+    ) -> Arc<Cluster> {
+        cluster_with(endpoints, lb, max_requests, health(failures, 50, 0))
+    }
+
+    fn cluster_with(
+        endpoints: usize,
+        lb: LoadBalancing,
+        max_requests: usize,
+        health: HealthSettings,
     ) -> Arc<Cluster> {
         let config = config::Cluster {
             name: "c".into(),
@@ -320,13 +398,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             http2: false,
             tls: None,
-            health: HealthSettings {
-                consecutive_failures: failures,
-                ejection_time: Duration::from_secs(30),
-                max_ejection_percent: 50,
-                panic_threshold: 50,
-                eject_on: crate::config::raw::EjectOn::GatewayErrors,
-            },
+            health,
             limits: ClusterLimits {
                 max_requests,
                 max_idle_per_endpoint: 1,
@@ -376,25 +448,96 @@ mod tests {
         );
     }
 
+    fn fail(cluster: &Arc<Cluster>, endpoint: usize, outcome: Outcome, times: usize) {
+        for _ in 0..times {
+            cluster.pick(&[endpoint]).unwrap().report(outcome);
+        }
+    }
+
+    const BAD_GATEWAY: Outcome = Outcome::Answered(http::StatusCode::BAD_GATEWAY);
+    const SERVER_ERROR: Outcome = Outcome::Answered(http::StatusCode::INTERNAL_SERVER_ERROR);
+
     #[test]
     fn consecutive_failures_eject_until_none_is_healthy() {
-        let cluster = cluster(1, LoadBalancing::RoundRobin, 2, 100);
-        for _ in 0..2 {
-            cluster.pick(&[0]).unwrap().failure();
-        }
+        let cluster = cluster_with(1, LoadBalancing::RoundRobin, 100, health(2, 100, 0));
+        fail(&cluster, 0, Outcome::ConnectFailure, 2);
         assert_eq!(cluster.pick(&[0]).err(), Some(PickError::NoHealthy));
+    }
+
+    #[test]
+    fn a_success_resets_the_count() {
+        let cluster = cluster_with(1, LoadBalancing::RoundRobin, 100, health(2, 100, 0));
+        fail(&cluster, 0, Outcome::Reset, 1);
+        fail(&cluster, 0, Outcome::Answered(http::StatusCode::OK), 1);
+        fail(&cluster, 0, Outcome::Timeout, 1);
+        assert!(cluster.pick(&[0]).is_ok());
     }
 
     #[test]
     fn max_ejection_percent_keeps_endpoints_serving() {
         let cluster = cluster(2, LoadBalancing::RoundRobin, 1, 100);
-        cluster.pick(&[0]).unwrap().failure();
+        fail(&cluster, 0, BAD_GATEWAY, 1);
         // 50% of 2 endpoints: the second one may not be ejected as well.
-        cluster.pick(&[1]).unwrap().failure();
+        fail(&cluster, 1, BAD_GATEWAY, 1);
         assert_eq!(
             cluster.pick(&[0, 1]).unwrap().endpoint.address,
             "127.0.0.1:9001"
         );
+    }
+
+    #[test]
+    fn the_only_endpoint_is_never_ejected_below_100_percent() {
+        let cluster = cluster_with(1, LoadBalancing::RoundRobin, 100, health(1, 99, 0));
+        fail(&cluster, 0, Outcome::ConnectFailure, 10);
+        assert!(cluster.pick(&[0]).is_ok());
+        assert_eq!(cluster.ejected_count(now_ms()), 0);
+    }
+
+    #[test]
+    fn gateway_errors_ignore_500_but_5xx_counts_it() {
+        let lenient = cluster_with(2, LoadBalancing::RoundRobin, 100, health(1, 100, 0));
+        fail(&lenient, 0, SERVER_ERROR, 5);
+        assert_eq!(lenient.ejected_count(now_ms()), 0);
+        fail(&lenient, 0, BAD_GATEWAY, 1);
+        assert_eq!(lenient.ejected_count(now_ms()), 1);
+
+        let mut strict_health = health(1, 100, 0);
+        strict_health.eject_on = EjectOn::Any5xx;
+        let strict = cluster_with(2, LoadBalancing::RoundRobin, 100, strict_health);
+        fail(&strict, 0, SERVER_ERROR, 1);
+        assert_eq!(strict.ejected_count(now_ms()), 1);
+    }
+
+    #[test]
+    fn below_the_panic_threshold_every_endpoint_gets_traffic() {
+        for lb in [LoadBalancing::RoundRobin, LoadBalancing::LeastRequest] {
+            let cluster = cluster_with(4, lb, 100, health(1, 100, 50));
+            // Two of four ejected: 50 % healthy is not below the threshold.
+            fail(&cluster, 0, Outcome::ConnectFailure, 1);
+            fail(&cluster, 1, Outcome::ConnectFailure, 1);
+            let all = [0, 1, 2, 3];
+            for _ in 0..20 {
+                let picked = cluster.pick(&all).unwrap();
+                assert!(["127.0.0.1:9002", "127.0.0.1:9003"]
+                    .contains(&picked.endpoint.address.as_str()));
+            }
+            // Three of four ejected: 25 % healthy, so the ejected ones are used again.
+            fail(&cluster, 2, Outcome::ConnectFailure, 1);
+            let mut seen: Vec<String> = (0..40)
+                .map(|_| cluster.pick(&all).unwrap().endpoint.address.clone())
+                .collect();
+            seen.sort();
+            seen.dedup();
+            assert!(seen.len() >= 3, "{lb:?} in panic picked only {seen:?}");
+        }
+    }
+
+    #[test]
+    fn panic_threshold_zero_lets_every_endpoint_be_ejected() {
+        let cluster = cluster_with(2, LoadBalancing::RoundRobin, 100, health(1, 100, 0));
+        fail(&cluster, 0, Outcome::ConnectFailure, 1);
+        fail(&cluster, 1, Outcome::ConnectFailure, 1);
+        assert_eq!(cluster.pick(&[0, 1]).err(), Some(PickError::NoHealthy));
     }
 
     #[test]
