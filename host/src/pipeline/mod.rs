@@ -2,12 +2,17 @@
 //!
 //! ```text
 //! accept → TLS (SNI, ALPN) → HTTP/1.1 or h2                      (server)
-//!   → request id, host, route match ─────────── 404 if none     (routing)
-//!   → request phase: plugin chain in order                      (proxy-wasm runtime)
+//!   → reserved identity and hop-by-hop headers removed, request id  (headers)
+//!   → host checked and made canonical (one Host, no userinfo, agrees with the target's
+//!     authority; case, port, trailing dot) ── 400 if refused      (routing::normalize)
+//!   → path made canonical (escaped slashes, escapes, `//`, dot segments) ── 400 if refused
+//!   → route match on the canonical host and path ── 404 if none  (routing)
+//!   → request phase: plugin chain in order; a changed :path or   (proxy-wasm runtime)
+//!     :authority is made canonical and matched again ── 400 / 404
 //!   → fault injection (delay, abort)
 //!   → route action: redirect | direct response | forward         (local, forward)
-//!        forward: hop-by-hop removal, X-Forwarded-*, rewrite, split, endpoint,
-//!                 timeout, retries, mirror, upgrade tunnel
+//!        forward: X-Forwarded-* (every XFF line kept), contained prefix rewrite, split,
+//!                 endpoint, timeout, retries, mirror, upgrade tunnel
 //!   → response phase: plugin chain in reverse order             (proxy-wasm runtime)
 //!   → access log line and metrics when the response body ends  (access_log)
 //! ```
