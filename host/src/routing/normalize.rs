@@ -79,17 +79,24 @@ pub fn host(authority: &str, settings: &Normalization) -> Result<String, Rejecti
         Some(stripped) => (name, stripped),
         None => (name, name),
     };
-    let valid = !labels.is_empty()
-        && labels.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if !valid {
+    if !is_host_name(labels) {
         return Err(Rejection::InvalidHost);
     }
     Ok(name.to_ascii_lowercase())
+}
+
+/// Non-empty labels of letters, digits, `-` and `_`, separated by single dots; one pass.
+fn is_host_name(name: &str) -> bool {
+    let mut label_len = 0;
+    for &byte in name.as_bytes() {
+        match byte {
+            b'.' if label_len == 0 => return false,
+            b'.' => label_len = 0,
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => label_len += 1,
+            _ => return false,
+        }
+    }
+    label_len > 0
 }
 
 /// The port of an authority, if it names one (`None` for `host`, `host:` and `[::1]`).
@@ -163,17 +170,15 @@ fn is_canonical(path: &str, settings: &Normalization) -> bool {
     let bytes = path.as_bytes();
     for (i, &byte) in bytes.iter().enumerate() {
         match byte {
+            b'/' => match bytes.get(i + 1) {
+                Some(b'/') if settings.merge_slashes => return false,
+                Some(b'.') if settings.normalize_path && is_dot_segment(&bytes[i + 1..]) => {
+                    return false
+                }
+                _ => {}
+            },
             b'%' => return false,
             b'\\' if settings.normalize_path => return false,
-            b'/' => {
-                let next = &bytes[i + 1..];
-                if settings.merge_slashes && next.first() == Some(&b'/') {
-                    return false;
-                }
-                if settings.normalize_path && is_dot_segment_start(next) {
-                    return false;
-                }
-            }
             0x21..=0x7e => {}
             _ if settings.normalize_path => return false,
             _ => {}
@@ -182,10 +187,12 @@ fn is_canonical(path: &str, settings: &Normalization) -> bool {
     true
 }
 
-/// Whether `rest` (what follows a `/`) begins with the segment `.` or `..`.
-fn is_dot_segment_start(rest: &[u8]) -> bool {
-    let segment_end = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
-    matches!(&rest[..segment_end], b"." | b"..")
+/// Whether `rest` (what follows a `/`, starting with `.`) begins with the segment `.` or `..`.
+fn is_dot_segment(rest: &[u8]) -> bool {
+    match rest {
+        [b'.'] | [b'.', b'/', ..] | [b'.', b'.'] | [b'.', b'.', b'/', ..] => true,
+        _ => false,
+    }
 }
 
 /// Steps 1 and 2: escapes, backslashes and raw bytes.
