@@ -11,13 +11,17 @@
 
 use std::time::Duration;
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
+use tokio::net::TcpStream;
 use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::bundled::{KEY_AUTH, TRANSFORMER};
 use tollgate_tests::clients::{raw_exchange, HttpClient, RawResponse};
 use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{plugins_file, PluginSpec};
+use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_HEADERS};
 
 const POLICIES: &str = r#"
 server:
@@ -75,6 +79,10 @@ async fn start_with(normalize_path: bool) -> Setup {
         PluginSpec::new("stamp", TRANSFORMER)
             .config(json!({ "request": { "headers": { "set": { "x-gateway": "tollgate" } } } }))
             .routes(&["secure"]),
+        // Reports the `:path` it saw and sets the one `x-tp-set-path` names.
+        PluginSpec::new("paths", TP_HEADERS)
+            .config(json!({ "tag": "paths" }))
+            .routes(&["open"]),
     ];
     let mut policies = PolicyDir::new();
     policies
@@ -424,5 +432,86 @@ async fn every_forwarded_for_line_reaches_the_backend_in_order() {
         lines,
         vec!["203.0.113.7, 198.51.100.9, 10.1.2.3, 127.0.0.1"]
     );
+    setup.assert_honest_client_served().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_see_and_set_canonical_paths() {
+    let setup = start().await;
+    // The plugin is handed the canonical `:path`, the query as sent.
+    let answer = setup
+        .get("/%68ome//./x/..?q=%2F", "www.demo.local", &[])
+        .await;
+    setup.expect(&answer, 200, "non-canonical path to the open route");
+    let seen = setup.open.requests();
+    let request = seen.last().expect("the open backend was reached");
+    assert_eq!(request.path, "/home/?q=%2F");
+    assert_eq!(request.header("x-tp-path"), Some("/home/?q=%2F"));
+
+    // A path the plugin sets is made canonical before the route is matched again.
+    let answer = setup
+        .get(
+            "/home",
+            "www.demo.local",
+            &["x-tp-set-path: /api/v1/../orders//7?z=1"],
+        )
+        .await;
+    setup.expect(&answer, 200, "plugin-set path");
+    let seen = setup.legacy.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/legacy/orders/7?z=1");
+
+    // One that cannot be made canonical is refused like the client's own.
+    for path in ["/a%2Fb", "/a%zz", "relative"] {
+        let set = format!("x-tp-set-path: {path}");
+        let answer = setup.get("/home", "www.demo.local", &[set.as_str()]).await;
+        setup.expect(&answer, 400, &set);
+    }
+    setup.assert_logged("invalid_plugin_path").await;
+    assert_eq!(setup.legacy.request_count(), 1);
+    setup.assert_honest_client_served().await;
+}
+
+/// One HTTP/2 (prior knowledge) GET with this `:authority` and, optionally, a `Host` header.
+async fn h2_get(setup: &Setup, authority: &str, host: Option<&str>, path: &str) -> StatusCode {
+    let tcp = TcpStream::connect(setup.gateway.listener("public"))
+        .await
+        .expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(connection);
+    let mut builder = Request::get(format!("http://{authority}{path}"));
+    if let Some(host) = host {
+        builder = builder.header(http::header::HOST, host);
+    }
+    let request = builder
+        .body(Full::<Bytes>::default())
+        .expect("valid request");
+    sender
+        .send_request(request)
+        .await
+        .expect("an answer")
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_authority_is_normalized_and_must_agree_with_host() {
+    let setup = start().await;
+    for authority in ["API.DEMO.LOCAL.", "api.demo.local.:80"] {
+        let status = h2_get(&setup, authority, None, "/secure/x").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{authority}");
+    }
+    let status = h2_get(&setup, "www.demo.local", Some("api.demo.local"), "/").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    setup.assert_logged("host_mismatch").await;
+    let status = h2_get(&setup, "api.demo.local", Some("API.demo.local."), "/").await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the same host, spelled another way"
+    );
+    setup.assert_no_backend_reached("a keyless HTTP/2 request to the protected host");
     setup.assert_honest_client_served().await;
 }
