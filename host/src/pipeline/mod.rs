@@ -121,7 +121,7 @@ async fn route_and_act(
         );
     }
     let normalization = &snapshot.config.server.normalization;
-    let Host { host, authority } = match canonical_target(&mut request, normalization) {
+    let CanonicalHost { host, authority } = match canonical_target(&mut request, normalization) {
         Ok(target) => target,
         Err(refusal) => {
             record.detail = refusal.detail;
@@ -489,7 +489,7 @@ fn stream_info(
 
 /// The host a request is for, made canonical: `host` is what routing matches, `authority`
 /// (`host[:port]`) what plugins see as `:authority` and the upstream as `Host`.
-struct Host {
+struct CanonicalHost {
     host: String,
     authority: String,
 }
@@ -521,7 +521,7 @@ impl From<Rejection> for Refusal {
 fn canonical_target<B>(
     request: &mut Request<B>,
     settings: &Normalization,
-) -> Result<Host, Refusal> {
+) -> Result<CanonicalHost, Refusal> {
     let mut host_headers = request.headers().get_all(http::header::HOST).iter();
     let host_header = host_headers.next();
     if host_headers.next().is_some() {
@@ -562,13 +562,16 @@ fn canonical_target<B>(
     Ok(canonical)
 }
 
-fn canonical_authority(authority: &str, settings: &Normalization) -> Result<Host, Rejection> {
+fn canonical_authority(
+    authority: &str,
+    settings: &Normalization,
+) -> Result<CanonicalHost, Rejection> {
     let host = normalize::host(authority, settings)?;
     let authority = match normalize::port(authority) {
         Some(port) => format!("{host}:{port}"),
         None => host.clone(),
     };
-    Ok(Host { host, authority })
+    Ok(CanonicalHost { host, authority })
 }
 
 /// The URI with its path made canonical; `None` when it already is (the common case, which

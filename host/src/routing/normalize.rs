@@ -189,10 +189,10 @@ fn is_canonical(path: &str, settings: &Normalization) -> bool {
 
 /// Whether `rest` (what follows a `/`, starting with `.`) begins with the segment `.` or `..`.
 fn is_dot_segment(rest: &[u8]) -> bool {
-    match rest {
-        [b'.'] | [b'.', b'/', ..] | [b'.', b'.'] | [b'.', b'.', b'/', ..] => true,
-        _ => false,
-    }
+    matches!(
+        rest,
+        [b'.'] | [b'.', b'/', ..] | [b'.', b'.'] | [b'.', b'.', b'/', ..]
+    )
 }
 
 /// Steps 1 and 2: escapes, backslashes and raw bytes.
