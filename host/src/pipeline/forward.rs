@@ -12,7 +12,9 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{headers, local, AccessRecord, Downstream, RequestLimits, ResponseBody};
-use crate::config::{Forward, RetryConditions};
+use crate::config::raw::EscapedSlashesAction;
+use crate::config::{Forward, Normalization, RetryConditions};
+use crate::routing::normalize::{self, Rejection};
 use crate::snapshot::ResolvedForward;
 use crate::telemetry::metrics::{metrics, UpstreamErrorKind};
 use crate::upstream::{BoxError, Cluster, Outcome, PickError, UpstreamBody};
@@ -92,12 +94,20 @@ pub(super) async fn forward(
     let downstream_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut request));
 
     let (parts, body) = request.into_parts();
+    let path_and_query = match rewrite_path(&parts.uri, forward) {
+        Ok(path_and_query) => path_and_query,
+        Err(rejection) => {
+            record.detail = rejection.reason();
+            return local::reply(StatusCode::BAD_REQUEST, &format!("{rejection}\n"));
+        }
+    };
+    // Hop-by-hop headers went on arrival, before the plugins (`pipeline::handle`): what a
+    // plugin set is forwarded as it set it.
     let mut outgoing = Outgoing {
         method: parts.method,
-        path_and_query: rewrite_path(&parts.uri, forward),
+        path_and_query,
         headers: parts.headers,
     };
-    headers::remove_hop_by_hop(&mut outgoing.headers, is_upgrade);
     headers::set_forwarded(
         &mut outgoing.headers,
         downstream.remote.ip(),
@@ -388,7 +398,14 @@ fn request_unsent(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn rewrite_path(uri: &Uri, forward: &Forward) -> String {
+/// The upstream path and query: the route's matched prefix replaced by `rewrite_prefix`.
+///
+/// What follows the matched prefix is resolved on its own before it is joined, so that it can
+/// never lead out of the replacement prefix: its dot segments are removed (never above its
+/// own root), even with `normalize_path` off, and a rest that would still climb for an
+/// upstream that also splits at encoded slashes (`..%2F..` kept by
+/// `path_with_escaped_slashes_action: keep`) is refused.
+fn rewrite_path(uri: &Uri, forward: &Forward) -> Result<String, Rejection> {
     let path = uri.path();
     let query = uri
         .query()
@@ -396,12 +413,54 @@ fn rewrite_path(uri: &Uri, forward: &Forward) -> String {
         .unwrap_or_default();
     let path = match (&forward.rewrite_prefix, &forward.matched_prefix) {
         (Some(replacement), Some(matched)) => match path.strip_prefix(matched.as_str()) {
-            Some(rest) => join_path(replacement, rest),
+            Some("") => replacement.clone(),
+            Some(rest) => join_path(replacement, &contained(rest)?),
             None => path.to_string(),
         },
         _ => path.to_string(),
     };
-    format!("{path}{query}")
+    Ok(format!("{path}{query}"))
+}
+
+/// `rest` as a path of its own (with a leading `/`), its dot segments removed.
+fn contained(rest: &str) -> Result<String, Rejection> {
+    const RESOLVE_DOTS: Normalization = Normalization {
+        normalize_path: true,
+        merge_slashes: false,
+        escaped_slashes: EscapedSlashesAction::Keep,
+        strip_trailing_host_dot: false,
+    };
+    let rooted = if rest.starts_with('/') {
+        rest.to_string()
+    } else {
+        format!("/{rest}")
+    };
+    let resolved = normalize::path(&rooted, &RESOLVE_DOTS)?.into_owned();
+    if resolved.contains(['%', '\\']) && climbs_above_root(&resolved) {
+        return Err(Rejection::InvalidPath);
+    }
+    Ok(resolved)
+}
+
+/// Whether an upstream that also splits at `%2F`, `%5C` and `\` and decodes `%2E` would
+/// resolve `path` above its root.
+fn climbs_above_root(path: &str) -> bool {
+    let mut split = path.to_ascii_uppercase();
+    for separator in ["%2F", "%5C", "\\"] {
+        split = split.replace(separator, "/");
+    }
+    let mut depth = 0usize;
+    for segment in split.split('/') {
+        match segment.replace("%2E", ".").as_str() {
+            "" | "." => {}
+            ".." => match depth.checked_sub(1) {
+                Some(up) => depth = up,
+                None => return true,
+            },
+            _ => depth += 1,
+        }
+    }
+    false
 }
 
 /// Joins a rewritten prefix with the rest of the path without doubling or losing a slash.
@@ -513,6 +572,61 @@ mod tests {
         assert_eq!(join_path("", "/x"), "/x");
         assert_eq!(join_path("", "x"), "/x");
         assert_eq!(join_path("/v1", "x"), "/v1/x");
+    }
+
+    fn rewriting(matched: &str, replacement: &str) -> Forward {
+        Forward {
+            matched_prefix: Some(matched.into()),
+            rewrite_prefix: Some(replacement.into()),
+            targets: Vec::new(),
+            is_split: false,
+            rewrite_host: None,
+            timeout: Duration::from_secs(1),
+            retries: None,
+            mirror: None,
+        }
+    }
+
+    fn rewrite(forward: &Forward, path: &str) -> Result<String, Rejection> {
+        rewrite_path(&path.parse().unwrap(), forward)
+    }
+
+    #[test]
+    fn prefix_rewrites_keep_the_query_and_the_rest() {
+        let api = rewriting("/api", "/v1");
+        assert_eq!(rewrite(&api, "/api/orders?x=1").unwrap(), "/v1/orders?x=1");
+        assert_eq!(rewrite(&api, "/api").unwrap(), "/v1");
+        assert_eq!(rewrite(&api, "/api/").unwrap(), "/v1/");
+        assert_eq!(rewrite(&api, "/other/x").unwrap(), "/other/x");
+        assert_eq!(rewrite(&rewriting("/api/", "/"), "/api/x").unwrap(), "/x");
+    }
+
+    #[test]
+    fn a_rewritten_path_never_leaves_its_replacement_prefix() {
+        // As the path arrives with normalize_path off: nothing resolved it before.
+        let api = rewriting("/api", "/v1");
+        for (path, expected) in [
+            ("/api/v1/../../admin", "/v1/admin"),
+            ("/api/../admin?q=1", "/v1/admin?q=1"),
+            ("/api/%2e%2e/%2E%2E/admin", "/v1/admin"),
+            ("/api/./x/../../../y", "/v1/y"),
+            ("/api..", "/v1/"),
+            ("/api/..", "/v1/"),
+            ("/api/a//../b", "/v1/a/b"),
+            ("/api/..\\..\\admin", "/v1/admin"),
+        ] {
+            assert_eq!(rewrite(&api, path).unwrap(), expected, "{path}");
+        }
+        // Encoded slashes kept: an upstream that decodes them would climb, so it is refused.
+        for path in [
+            "/api/..%2F..%2Fadmin",
+            "/api/x/..%5c..%5C..%2fadmin",
+            "/api/%2E%2E%2fadmin",
+        ] {
+            assert_eq!(rewrite(&api, path), Err(Rejection::InvalidPath), "{path}");
+        }
+        assert_eq!(rewrite(&api, "/api/a%2Fb").unwrap(), "/v1/a%2Fb");
+        assert_eq!(rewrite(&api, "/api/a%2F..%2Fb").unwrap(), "/v1/a%2F..%2Fb");
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Header hygiene on the way through: hop-by-hop removal, X-Forwarded-*, request ids.
+//! Header hygiene on the way through: hop-by-hop removal (on arrival, before any plugin),
+//! X-Forwarded-*, request ids.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -83,14 +85,21 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` from what the gateway itself saw, so clients cannot forge the latter two.
+///
+/// Every `X-Forwarded-For` line is kept, in arrival order, merged into one list (RFC 9110
+/// §5.3 makes repeated lines one comma-separated list): a load balancer that adds its own
+/// line rather than appending to the client's must not lose the addresses before it.
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &str, host: &str) {
-    let forwarded_for = match headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|value| value.to_str().ok())
-    {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {client}"),
-        _ => client.to_string(),
-    };
+    let mut forwarded_for = String::new();
+    for line in headers.get_all(&X_FORWARDED_FOR) {
+        let Ok(line) = line.to_str() else { continue };
+        let line = line.trim().trim_matches(',').trim();
+        if !line.is_empty() {
+            forwarded_for.push_str(line);
+            forwarded_for.push_str(", ");
+        }
+    }
+    let _ = write!(forwarded_for, "{client}");
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(&X_FORWARDED_FOR, value);
     }
@@ -208,6 +217,24 @@ mod tests {
         assert_eq!(map["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
         assert_eq!(map["x-forwarded-proto"], "http");
         assert_eq!(map["x-forwarded-host"], "shop.test:8080");
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_kept_in_order() {
+        let mut map = headers(&[
+            ("x-forwarded-for", "203.0.113.7, 198.51.100.2"),
+            ("x-forwarded-for", " "),
+            ("x-forwarded-for", "10.0.0.5,"),
+        ]);
+        set_forwarded(&mut map, "::1".parse().unwrap(), "https", "shop.test");
+        assert_eq!(map.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            map["x-forwarded-for"],
+            "203.0.113.7, 198.51.100.2, 10.0.0.5, ::1"
+        );
+        let mut map = HeaderMap::new();
+        set_forwarded(&mut map, "127.0.0.1".parse().unwrap(), "http", "shop.test");
+        assert_eq!(map["x-forwarded-for"], "127.0.0.1");
     }
 
     #[test]

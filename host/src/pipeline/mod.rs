@@ -2,12 +2,17 @@
 //!
 //! ```text
 //! accept → TLS (SNI, ALPN) → HTTP/1.1 or h2                      (server)
-//!   → request id, host, route match ─────────── 404 if none     (routing)
-//!   → request phase: plugin chain in order                      (proxy-wasm runtime)
+//!   → reserved identity and hop-by-hop headers removed, request id  (headers)
+//!   → host checked and made canonical (one Host, no userinfo, agrees with the target's
+//!     authority; case, port, trailing dot) ── 400 if refused      (routing::normalize)
+//!   → path made canonical (escaped slashes, escapes, `//`, dot segments) ── 400 if refused
+//!   → route match on the canonical host and path ── 404 if none  (routing)
+//!   → request phase: plugin chain in order; a changed :path or   (proxy-wasm runtime)
+//!     :authority is made canonical and matched again ── 400 / 404
 //!   → fault injection (delay, abort)
 //!   → route action: redirect | direct response | forward         (local, forward)
-//!        forward: hop-by-hop removal, X-Forwarded-*, rewrite, split, endpoint,
-//!                 timeout, retries, mirror, upgrade tunnel
+//!        forward: X-Forwarded-* (every XFF line kept), contained prefix rewrite, split,
+//!                 endpoint, timeout, retries, mirror, upgrade tunnel
 //!   → response phase: plugin chain in reverse order             (proxy-wasm runtime)
 //!   → access log line and metrics when the response body ends  (access_log)
 //! ```
@@ -31,8 +36,11 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 
-use crate::config::Action;
-use crate::routing::{normalize_host, NoMatch, RequestHead};
+use std::borrow::Cow;
+
+use crate::config::{Action, Normalization};
+use crate::routing::normalize::{self, Rejection};
+use crate::routing::{NoMatch, RequestHead};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
 use crate::upstream::{BoxError, UpstreamBody};
@@ -79,6 +87,12 @@ pub async fn handle(
     let started = Instant::now();
     // Identity is set by authentication plugins only: a client's copy never gets through.
     headers::remove_reserved(request.headers_mut());
+    // Hop-by-hop headers, and those the client's `Connection` names, go before any plugin
+    // runs: removed later, a client could name the headers a plugin adds (the consumer
+    // identity, a transformer's header) and have the gateway strip them for it.
+    let upgrade = request.version() == http::Version::HTTP_11
+        && headers::is_upgrade_request(request.headers());
+    headers::remove_hop_by_hop(request.headers_mut(), upgrade);
     let request_id = headers::ensure_request_id(request.headers_mut());
     let mut record = AccessRecord::new(
         &request,
@@ -98,7 +112,7 @@ pub async fn handle(
 }
 
 async fn route_and_act(
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     snapshot: &Snapshot,
     downstream: &Downstream,
     record: &mut AccessRecord,
@@ -112,15 +126,18 @@ async fn route_and_act(
             "request headers too large\n",
         );
     }
-    let Some(authority) = request_authority(&request) else {
-        record.detail = "missing_host";
-        return local::reply(StatusCode::BAD_REQUEST, "the request names no host\n");
+    let normalization = &snapshot.config.server.normalization;
+    let CanonicalHost { host, authority } = match canonical_target(&mut request, normalization) {
+        Ok(target) => target,
+        Err(refusal) => {
+            record.detail = refusal.detail;
+            return local::reply(StatusCode::BAD_REQUEST, &format!("{}\n", refusal.message));
+        }
     };
     let Some(listener) = snapshot.listeners.get(&downstream.listener) else {
         record.detail = "no_listener";
         return local::reply(StatusCode::NOT_FOUND, "no routes on this listener\n");
     };
-    let host = normalize_host(&authority);
     let path = request.uri().path();
     let head = RequestHead {
         host: &host,
@@ -192,27 +209,49 @@ async fn route_and_act(
         };
         (value(":authority"), value(":path"), value(":method"))
     };
-    let new_authority = new_authority.unwrap_or_else(|| authority.clone());
-    let new_path = new_path.unwrap_or_else(|| path_and_query.clone());
     if let Some(method) = new_method.and_then(|m| http::Method::from_bytes(m.as_bytes()).ok()) {
         parts.method = method;
     }
-    if let Ok(value) = HeaderValue::from_str(&new_authority) {
+    let path_changed = new_path.as_ref().is_some_and(|new| *new != path_and_query);
+    let authority_changed = new_authority.as_ref().is_some_and(|new| *new != authority);
+    // What a plugin sets is made canonical exactly like what a client sends, so that a
+    // plugin cannot route a request where the client could not. A path or authority that
+    // cannot be made canonical is answered 400, as it would be from the client: plugins
+    // build these from the request (a rewrite of its path, a header's value), so the fault
+    // is the request's, and a 5xx would make hostile input look like a gateway failure.
+    let mut host = host;
+    let mut authority = authority;
+    if authority_changed {
+        let new_authority = new_authority.as_deref().unwrap_or_default();
+        match canonical_authority(new_authority, normalization) {
+            Ok(canonical) => (host, authority) = (canonical.host, canonical.authority),
+            Err(rejection) => {
+                record.detail = "invalid_plugin_authority";
+                let message = format!("a plugin set an invalid :authority: {rejection}\n");
+                let response = local::reply(StatusCode::BAD_REQUEST, &message);
+                return plugin_response(run, response, record).await;
+            }
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&authority) {
         parts.headers.insert(http::header::HOST, value);
     }
-    if new_path != path_and_query {
-        match new_path.parse::<http::Uri>() {
+    if path_changed {
+        let new_path = new_path.as_deref().unwrap_or_default();
+        match plugin_uri(new_path, normalization) {
             Ok(uri) => parts.uri = uri,
-            Err(_) => {
-                return local::reply(StatusCode::BAD_REQUEST, "a plugin set an invalid :path\n")
+            Err(rejection) => {
+                record.detail = "invalid_plugin_path";
+                let message = format!("a plugin set an invalid :path: {rejection}\n");
+                let response = local::reply(StatusCode::BAD_REQUEST, &message);
+                return plugin_response(run, response, record).await;
             }
         }
     }
 
     // A changed :path or :authority selects the route again, as Envoy clears its route cache.
     let mut route = route;
-    if new_path != path_and_query || new_authority != authority {
-        let host = normalize_host(&new_authority);
+    if path_changed || authority_changed {
         let head = RequestHead {
             host: &host,
             path: parts.uri.path(),
@@ -229,7 +268,7 @@ async fn route_and_act(
                 record.detail = "no_route_after_plugin";
                 let response = local::reply(
                     StatusCode::NOT_FOUND,
-                    &format!("no route for {new_path:?}\n"),
+                    &format!("no route for {:?}\n", parts.uri.path()),
                 );
                 return plugin_response(run, response, record).await;
             }
@@ -277,7 +316,6 @@ async fn route_and_act(
             None => body.boxed(),
         }
     };
-    let authority = new_authority;
     let response = act(
         http::Request::from_parts(parts, body),
         route,
@@ -455,18 +493,121 @@ fn stream_info(
     }
 }
 
-/// The host the client asked for: the URI's authority (HTTP/2, absolute-form HTTP/1.1),
-/// else the `Host` header.
-fn request_authority(request: &Request<Incoming>) -> Option<String> {
-    if let Some(authority) = request.uri().authority() {
-        return Some(authority.as_str().to_string());
+/// The host a request is for, made canonical: `host` is what routing matches, `authority`
+/// (`host[:port]`) what plugins see as `:authority` and the upstream as `Host`.
+struct CanonicalHost {
+    host: String,
+    authority: String,
+}
+
+/// Why a request's target was refused before routing (always 400).
+struct Refusal {
+    detail: &'static str,
+    message: String,
+}
+
+impl From<Rejection> for Refusal {
+    fn from(rejection: Rejection) -> Self {
+        Refusal {
+            detail: rejection.reason(),
+            message: rejection.to_string(),
+        }
     }
-    request
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|value: &HeaderValue| value.to_str().ok())
-        .filter(|host| !host.is_empty())
-        .map(str::to_string)
+}
+
+/// Checks the request's host and path and makes both canonical, before anything reads
+/// them: routing, plugins, the upstream.
+///
+/// The host comes from the target's authority (absolute-form HTTP/1.1, HTTP/2's
+/// `:authority`), else the `Host` header. Two `Host` headers are refused (RFC 9112 §3.2), and
+/// so is a `Host` that names another host than the target's authority: RFC 9112 lets an
+/// origin ignore `Host` then, but the gateway's upstreams may read it, and two names in one
+/// request is how one component is made to route what another authorizes. The request's URI
+/// gets the canonical path, its query untouched.
+fn canonical_target<B>(
+    request: &mut Request<B>,
+    settings: &Normalization,
+) -> Result<CanonicalHost, Refusal> {
+    let mut host_headers = request.headers().get_all(http::header::HOST).iter();
+    let host_header = host_headers.next();
+    if host_headers.next().is_some() {
+        return Err(Refusal {
+            detail: "duplicate_host",
+            message: "the request has more than one Host header".into(),
+        });
+    }
+    let host_header = match host_header {
+        Some(value) => Some(value.to_str().map_err(|_| Rejection::InvalidHost)?),
+        None => None,
+    };
+    let canonical = match (request.uri().authority(), host_header) {
+        (Some(target), header) => {
+            let canonical = canonical_authority(target.as_str(), settings)?;
+            if let Some(header) = header {
+                if normalize::host(header, settings)? != canonical.host {
+                    return Err(Refusal {
+                        detail: "host_mismatch",
+                        message: "the Host header names another host than the request target"
+                            .into(),
+                    });
+                }
+            }
+            canonical
+        }
+        (None, Some(header)) if !header.is_empty() => canonical_authority(header, settings)?,
+        (None, _) => {
+            return Err(Refusal {
+                detail: "missing_host",
+                message: "the request names no host".into(),
+            })
+        }
+    };
+    if let Some(uri) = canonical_uri(request.uri(), settings)? {
+        *request.uri_mut() = uri;
+    }
+    Ok(canonical)
+}
+
+fn canonical_authority(
+    authority: &str,
+    settings: &Normalization,
+) -> Result<CanonicalHost, Rejection> {
+    let host = normalize::host(authority, settings)?;
+    let authority = match normalize::port(authority) {
+        Some(port) => format!("{host}:{port}"),
+        None => host.clone(),
+    };
+    Ok(CanonicalHost { host, authority })
+}
+
+/// The URI with its path made canonical; `None` when it already is (the common case, which
+/// allocates nothing).
+fn canonical_uri(
+    uri: &http::Uri,
+    settings: &Normalization,
+) -> Result<Option<http::Uri>, Rejection> {
+    let path = match normalize::path(uri.path(), settings)? {
+        Cow::Borrowed(_) => return Ok(None),
+        Cow::Owned(path) => path,
+    };
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().map_err(|_| Rejection::InvalidPath)?);
+    http::Uri::from_parts(parts)
+        .map(Some)
+        .map_err(|_| Rejection::InvalidPath)
+}
+
+/// The URI of a `:path` a plugin set: an origin-form target, made canonical.
+fn plugin_uri(path_and_query: &str, settings: &Normalization) -> Result<http::Uri, Rejection> {
+    if !path_and_query.starts_with('/') {
+        return Err(Rejection::InvalidPath);
+    }
+    let uri: http::Uri = path_and_query.parse().map_err(|_| Rejection::InvalidPath)?;
+    Ok(canonical_uri(&uri, settings)?.unwrap_or(uri))
 }
 
 /// The size of the request head as HTTP/1.1 would write it: request line and headers.

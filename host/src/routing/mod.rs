@@ -2,7 +2,10 @@
 //!
 //! A [`RouteTable`] is built per listener from the virtual hosts bound to it. A request is
 //! matched by host first (exact, then the longest `*.suffix`, then the longest `prefix.*`,
-//! then `*` — Envoy's order), then by the virtual host's routes in order.
+//! then `*` — Envoy's order), then by the virtual host's routes in order. Hosts and paths
+//! are made canonical by [`normalize`] before they get here.
+
+pub mod normalize;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,9 +30,9 @@ pub struct RouteTable {
 /// What the router needs to see of a request.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestHead<'a> {
-    /// Host without the port, lower-case.
+    /// Host as [`normalize::host`] returns it.
     pub host: &'a str,
-    /// Path without the query.
+    /// Path without the query, as [`normalize::path`] returns it.
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub method: &'a Method,
@@ -190,27 +193,6 @@ fn percent_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Lower-cases the host and removes a port, keeping IPv6 brackets intact.
-pub fn normalize_host(authority: &str) -> String {
-    let host = if authority.starts_with('[') {
-        match authority.find(']') {
-            Some(end) => &authority[..=end],
-            None => authority,
-        }
-    } else {
-        authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, port)| {
-                if port.bytes().all(|b| b.is_ascii_digit()) {
-                    host
-                } else {
-                    authority
-                }
-            })
-    };
-    host.to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -381,13 +363,6 @@ mod tests {
         assert_eq!(find("/orders/42", Method::GET, &none), "no-auth");
         assert_eq!(find("/orders/42", Method::GET, &auth), "orders");
         assert_eq!(find("/orders/abc", Method::GET, &none), "orders");
-    }
-
-    #[test]
-    fn hosts_are_normalized() {
-        assert_eq!(normalize_host("Example.COM:8080"), "example.com");
-        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
-        assert_eq!(normalize_host("example.com"), "example.com");
     }
 
     #[test]

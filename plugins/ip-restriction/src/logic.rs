@@ -17,9 +17,10 @@ pub struct Config {
     pub deny: Vec<String>,
     /// 0: the client is the connection's peer (`source.address`). N > 0: the gateway sits
     /// behind N trusted proxies and the client is the Nth address from the right of
-    /// `X-Forwarded-For`.
-    #[serde(default)]
-    pub trusted_proxy_hops: usize,
+    /// `X-Forwarded-For` (every line of it, in order). `trusted_proxy_hops`, its former
+    /// name, is still read so that existing policies keep working.
+    #[serde(default, alias = "trusted_proxy_hops")]
+    pub trusted_hops: usize,
     /// Status of the refusal.
     #[serde(default = "default_status")]
     pub status: u32,
@@ -115,7 +116,7 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
 pub struct IpRestriction {
     pub allow: Vec<Cidr>,
     pub deny: Vec<Cidr>,
-    pub trusted_proxy_hops: usize,
+    pub trusted_hops: usize,
     pub status: u32,
     pub message: String,
 }
@@ -141,13 +142,13 @@ impl IpRestriction {
         if !(400..=599).contains(&config.status) {
             return Err(ConfigError::new("status", "must be a 4xx or 5xx status"));
         }
-        if config.trusted_proxy_hops > 16 {
-            return Err(ConfigError::new("trusted_proxy_hops", "must be at most 16"));
+        if config.trusted_hops > 16 {
+            return Err(ConfigError::new("trusted_hops", "must be at most 16"));
         }
         Ok(Self {
             allow,
             deny,
-            trusted_proxy_hops: config.trusted_proxy_hops,
+            trusted_hops: config.trusted_hops,
             status: config.status,
             message: config.message,
         })
@@ -158,7 +159,7 @@ impl IpRestriction {
     /// fewer entries than trusted hops (the request did not come through them).
     pub fn client_ip(&self, peer: Option<&str>, forwarded_for: &[String]) -> Option<IpAddr> {
         let parse = |text: &str| tollgate_sdk::strip_port(text.trim()).parse::<IpAddr>().ok();
-        if self.trusted_proxy_hops == 0 {
+        if self.trusted_hops == 0 {
             return parse(peer?);
         }
         let entries: Vec<&str> = forwarded_for
@@ -167,10 +168,10 @@ impl IpRestriction {
             .map(str::trim)
             .filter(|entry| !entry.is_empty())
             .collect();
-        if entries.len() < self.trusted_proxy_hops {
+        if entries.len() < self.trusted_hops {
             return parse(peer?);
         }
-        parse(entries[entries.len() - self.trusted_proxy_hops])
+        parse(entries[entries.len() - self.trusted_hops])
     }
 
     /// Whether `ip` may pass (`None`, an unknown address, passes only without an allow list).
@@ -223,17 +224,17 @@ mod tests {
         let mut r = restriction(json!({"deny": ["1.1.1.1"]})).unwrap();
         let xff = vec!["9.9.9.9, 1.1.1.1".to_string(), "2.2.2.2".to_string()];
         assert_eq!(r.client_ip(Some("127.0.0.1:5000"), &xff), ip("127.0.0.1"));
-        r.trusted_proxy_hops = 1;
+        r.trusted_hops = 1;
         assert_eq!(r.client_ip(Some("127.0.0.1:5000"), &xff), ip("2.2.2.2"));
-        r.trusted_proxy_hops = 2;
+        r.trusted_hops = 2;
         assert_eq!(r.client_ip(Some("127.0.0.1:5000"), &xff), ip("1.1.1.1"));
-        r.trusted_proxy_hops = 4;
+        r.trusted_hops = 4;
         assert_eq!(
             r.client_ip(Some("[::1]:5000"), &xff),
             ip("::1"),
             "too few entries: the peer"
         );
-        r.trusted_proxy_hops = 1;
+        r.trusted_hops = 1;
         assert_eq!(
             r.client_ip(None, &["[2001:db8::1]:443".to_string()]),
             ip("2001:db8::1")
@@ -257,9 +258,21 @@ mod tests {
             "allow[0]"
         );
         assert_eq!(restriction(json!({})).unwrap_err().path(), "allow");
-        assert!(restriction(json!({"allow": ["::1"], "trusted_hops": 1}))
+        assert!(restriction(json!({"allow": ["::1"], "trusted_proxies": 1}))
+            .unwrap_err()
+            .to_string()
+            .contains("trusted_proxies"));
+        assert!(restriction(json!({"allow": ["::1"], "trusted_hops": 17}))
             .unwrap_err()
             .to_string()
             .contains("trusted_hops"));
+    }
+
+    #[test]
+    fn trusted_hops_keeps_its_former_name_as_an_alias() {
+        let named = restriction(json!({"allow": ["::1"], "trusted_hops": 2})).unwrap();
+        assert_eq!(named.trusted_hops, 2);
+        let former = restriction(json!({"allow": ["::1"], "trusted_proxy_hops": 3})).unwrap();
+        assert_eq!(former.trusted_hops, 3);
     }
 }

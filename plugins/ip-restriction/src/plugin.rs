@@ -48,7 +48,7 @@ impl Context for Request {}
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let peer = tollgate_sdk::property_string(&["source", "address"]);
-        let forwarded: Vec<String> = if self.rules.trusted_proxy_hops > 0 {
+        let forwarded: Vec<String> = if self.rules.trusted_hops > 0 {
             self.get_http_request_headers()
                 .into_iter()
                 .filter(|(name, _)| name == "x-forwarded-for")
