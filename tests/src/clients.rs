@@ -486,10 +486,40 @@ fn response_complete(received: &[u8]) -> bool {
         .lines()
         .find_map(|line| line.strip_prefix("content-length:"))
         .and_then(|value| value.trim().parse::<usize>().ok());
+    let chunked = head
+        .lines()
+        .filter_map(|line| line.strip_prefix("transfer-encoding:"))
+        .any(|value| value.trim().ends_with("chunked"));
     match content_length {
         Some(length) => received.len() >= head_end + 4 + length,
-        // Without a length the body ends when the server closes.
+        None if chunked => chunked_body_complete(&received[head_end + 4..]),
+        // Without a length or chunks the body ends when the server closes.
         None => false,
+    }
+}
+
+/// Whether a chunked body has arrived up to its last chunk and the empty line after any
+/// trailers.
+fn chunked_body_complete(mut body: &[u8]) -> bool {
+    loop {
+        let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") else {
+            return false;
+        };
+        let size_text = String::from_utf8_lossy(&body[..line_end]);
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let Ok(size) = usize::from_str_radix(size_text, 16) else {
+            // Not chunked as it claims: only the server's close ends it.
+            return false;
+        };
+        body = &body[line_end + 2..];
+        if size == 0 {
+            // Trailers, if any, then an empty line.
+            return body.starts_with(b"\r\n") || body.windows(4).any(|w| w == b"\r\n\r\n");
+        }
+        if body.len() < size + 2 {
+            return false;
+        }
+        body = &body[size + 2..];
     }
 }
 
@@ -501,4 +531,32 @@ pub fn expect_status(response: &RawResponse, expected: u16) {
         Some(expected),
         "expected status {expected}, got this answer (first 600 characters): {shown:?}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::response_complete;
+
+    #[test]
+    fn raw_answers_end_at_their_length_or_last_chunk() {
+        assert!(response_complete(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        ));
+        assert!(!response_complete(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok"
+        ));
+        let chunked = b"HTTP/1.1 401 Unauthorized\r\ntransfer-encoding: chunked\r\n\r\n";
+        let mut answer = chunked.to_vec();
+        answer.extend_from_slice(b"5\r\nhello\r\n");
+        assert!(!response_complete(&answer));
+        answer.extend_from_slice(b"0\r\n");
+        assert!(!response_complete(&answer));
+        answer.extend_from_slice(b"\r\n");
+        assert!(response_complete(&answer));
+        let mut with_trailers = chunked.to_vec();
+        with_trailers.extend_from_slice(b"0\r\ngrpc-status: 0\r\n\r\n");
+        assert!(response_complete(&with_trailers));
+        // No length and no chunks: only the server's close ends the body.
+        assert!(!response_complete(b"HTTP/1.0 200 OK\r\n\r\nbody"));
+    }
 }
