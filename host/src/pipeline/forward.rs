@@ -7,12 +7,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Empty, Full, Limited};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{headers, local, AccessRecord, Downstream, RequestLimits, ResponseBody};
 use crate::config::{Forward, RetryConditions};
+use crate::server::body::BodyReadTimeout;
 use crate::snapshot::ResolvedForward;
 use crate::telemetry::metrics::{metrics, UpstreamErrorKind};
 use crate::upstream::{BoxError, Cluster, PickError, UpstreamBody};
@@ -57,6 +58,8 @@ enum TryError {
     Timeout,
     Reset(String),
     BodyTooLarge,
+    /// The client stopped sending the request body (`server.body_read_timeout`).
+    BodyTimeout,
     NoEndpoint(PickError),
 }
 
@@ -120,6 +123,9 @@ pub(super) async fn forward(
         // The caller already bounds the body; its declared length is within the buffer limit.
         match body.collect().await {
             Ok(collected) => RequestBody::Replayable(collected.to_bytes()),
+            Err(error) if BodyReadTimeout::caused(error.as_ref()) => {
+                return super::request_body_timeout(record);
+            }
             Err(error) => {
                 record.detail = "downstream_body_error";
                 return local::reply(
@@ -129,9 +135,7 @@ pub(super) async fn forward(
             }
         }
     } else {
-        RequestBody::Stream(Some(
-            Limited::new(body, limits.max_body_bytes as usize).boxed(),
-        ))
+        RequestBody::Stream(Some(body))
     };
 
     if let (Some(mirror_cluster), Some(mirror)) = (&resolved.mirror, &forward.mirror) {
@@ -208,6 +212,7 @@ pub(super) async fn forward(
                     .boxed()
             })
         }
+        Err(TryError::BodyTimeout) => super::request_body_timeout(record),
         Err(error) => {
             let (status, detail, kind) = match &error {
                 TryError::Connect(_) => (
@@ -230,6 +235,7 @@ pub(super) async fn forward(
                     "request_body_too_large",
                     None,
                 ),
+                TryError::BodyTimeout => unreachable!("answered above"),
                 TryError::NoEndpoint(PickError::NoHealthy) => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no_healthy_upstream",
@@ -292,6 +298,7 @@ async fn try_once(
         Err(_) => Err(TryError::Timeout),
         Ok(Ok(response)) => Ok(response),
         Ok(Err(error)) if body_limit_exceeded(&error) => Err(TryError::BodyTooLarge),
+        Ok(Err(error)) if BodyReadTimeout::caused(&error) => Err(TryError::BodyTimeout),
         Ok(Err(error)) if error.is_connect() => Err(TryError::Connect(root_cause(&error))),
         Ok(Err(error)) => Err(TryError::Reset(root_cause(&error))),
     };
@@ -321,7 +328,7 @@ fn retry_on_error(conditions: &RetryConditions, error: &TryError) -> bool {
         }
         TryError::Reset(_) => conditions.reset || conditions.any_5xx || conditions.gateway_error,
         TryError::Timeout => conditions.any_5xx || conditions.gateway_error,
-        TryError::NoEndpoint(_) | TryError::BodyTooLarge => false,
+        TryError::NoEndpoint(_) | TryError::BodyTooLarge | TryError::BodyTimeout => false,
     }
 }
 

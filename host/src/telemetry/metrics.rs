@@ -23,6 +23,7 @@ pub struct Metrics {
     upstream_errors: DashMap<(Arc<str>, &'static str), AtomicU64>,
     active_connections: DashMap<Arc<str>, AtomicI64>,
     connections_total: DashMap<Arc<str>, AtomicU64>,
+    connections_refused: DashMap<Arc<str>, AtomicU64>,
     plugin_traps: DashMap<String, AtomicU64>,
     plugin_restarts: DashMap<String, AtomicU64>,
     reloads_ok: AtomicU64,
@@ -143,6 +144,14 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a connection closed at accept because its listener was at `max_connections`.
+    pub fn connection_refused(&self, listener: &Arc<str>) {
+        self.connections_refused
+            .entry(listener.clone())
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn connection_closed(&self, listener: &Arc<str>) {
         if let Some(active) = self.active_connections.get(listener) {
             active.fetch_sub(1, Ordering::Relaxed);
@@ -237,6 +246,14 @@ impl Metrics {
             &mut out,
             "tollgate_downstream_connections_total",
             &self.connections_total,
+            |v| v.load(Ordering::Relaxed).to_string(),
+        );
+        out.push_str("# HELP tollgate_connections_refused_total Downstream connections closed at accept because the listener was at max_connections, by listener.\n");
+        out.push_str("# TYPE tollgate_connections_refused_total counter\n");
+        render_by_listener(
+            &mut out,
+            "tollgate_connections_refused_total",
+            &self.connections_refused,
             |v| v.load(Ordering::Relaxed).to_string(),
         );
         for (name, help, map) in [
