@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::{headers, local, AccessRecord, Downstream, RequestLimits, ResponseBody};
 use crate::config::{Forward, RetryConditions};
-use crate::server::body::BodyReadTimeout;
+use crate::server::body::{caused_by, BodyReadTimeout, MalformedBody};
 use crate::snapshot::ResolvedForward;
 use crate::telemetry::metrics::{metrics, UpstreamErrorKind};
 use crate::upstream::{BoxError, Cluster, PickError, UpstreamBody};
@@ -60,6 +60,8 @@ enum TryError {
     BodyTooLarge,
     /// The client stopped sending the request body (`server.body_read_timeout`).
     BodyTimeout,
+    /// The client's request body broke its framing.
+    MalformedBody,
     NoEndpoint(PickError),
 }
 
@@ -123,7 +125,7 @@ pub(super) async fn forward(
         // The caller already bounds the body; its declared length is within the buffer limit.
         match body.collect().await {
             Ok(collected) => RequestBody::Replayable(collected.to_bytes()),
-            Err(error) if BodyReadTimeout::caused(error.as_ref()) => {
+            Err(error) if caused_by::<BodyReadTimeout>(error.as_ref()) => {
                 return super::request_body_timeout(record);
             }
             Err(error) => {
@@ -213,6 +215,7 @@ pub(super) async fn forward(
             })
         }
         Err(TryError::BodyTimeout) => super::request_body_timeout(record),
+        Err(TryError::MalformedBody) => super::malformed_request_body(record),
         Err(error) => {
             let (status, detail, kind) = match &error {
                 TryError::Connect(_) => (
@@ -235,7 +238,9 @@ pub(super) async fn forward(
                     "request_body_too_large",
                     None,
                 ),
-                TryError::BodyTimeout => unreachable!("answered above"),
+                TryError::BodyTimeout | TryError::MalformedBody => {
+                    unreachable!("answered above")
+                }
                 TryError::NoEndpoint(PickError::NoHealthy) => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no_healthy_upstream",
@@ -298,7 +303,8 @@ async fn try_once(
         Err(_) => Err(TryError::Timeout),
         Ok(Ok(response)) => Ok(response),
         Ok(Err(error)) if body_limit_exceeded(&error) => Err(TryError::BodyTooLarge),
-        Ok(Err(error)) if BodyReadTimeout::caused(&error) => Err(TryError::BodyTimeout),
+        Ok(Err(error)) if caused_by::<BodyReadTimeout>(&error) => Err(TryError::BodyTimeout),
+        Ok(Err(error)) if caused_by::<MalformedBody>(&error) => Err(TryError::MalformedBody),
         Ok(Err(error)) if error.is_connect() => Err(TryError::Connect(root_cause(&error))),
         Ok(Err(error)) => Err(TryError::Reset(root_cause(&error))),
     };
@@ -328,7 +334,10 @@ fn retry_on_error(conditions: &RetryConditions, error: &TryError) -> bool {
         }
         TryError::Reset(_) => conditions.reset || conditions.any_5xx || conditions.gateway_error,
         TryError::Timeout => conditions.any_5xx || conditions.gateway_error,
-        TryError::NoEndpoint(_) | TryError::BodyTooLarge | TryError::BodyTimeout => false,
+        TryError::NoEndpoint(_)
+        | TryError::BodyTooLarge
+        | TryError::BodyTimeout
+        | TryError::MalformedBody => false,
     }
 }
 

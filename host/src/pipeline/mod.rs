@@ -33,7 +33,7 @@ use hyper::body::Incoming;
 
 use crate::config::Action;
 use crate::routing::{normalize_host, NoMatch, RequestHead};
-use crate::server::body::{BodyReadTimeout, ReadTimeout};
+use crate::server::body::{caused_by, BodyReadTimeout, MalformedBody, ReadTimeout};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
 use crate::upstream::{BoxError, UpstreamBody};
@@ -241,7 +241,7 @@ async fn route_and_act(
             .await
         {
             Ok(collected) => collected,
-            Err(error) if BodyReadTimeout::caused(error.as_ref()) => {
+            Err(error) if caused_by::<BodyReadTimeout>(error.as_ref()) => {
                 return request_body_timeout(record);
             }
             Err(error) => {
@@ -295,7 +295,7 @@ async fn route_and_act(
 fn downstream_body(body: Incoming, server: &crate::config::ServerSettings) -> UpstreamBody {
     Limited::new(
         ReadTimeout::new(
-            body.map_err(|error| -> BoxError { Box::new(error) }),
+            body.map_err(|error| -> BoxError { Box::new(MalformedBody(error)) }),
             server.body_read_timeout,
         ),
         server.max_request_body_bytes as usize,
@@ -307,10 +307,25 @@ fn downstream_body(body: Incoming, server: &crate::config::ServerSettings) -> Up
 /// (an HTTP/1.1 connection cannot be reused with the rest of that body still due).
 fn request_body_timeout(record: &mut AccessRecord) -> Response<ResponseBody> {
     record.detail = "request_body_timeout";
-    let mut response = local::reply(
+    close_after(local::reply(
         StatusCode::REQUEST_TIMEOUT,
         "the request body stopped arriving\n",
-    );
+    ))
+}
+
+/// The answer to a request whose body could not be read to its end: `400`, and the
+/// connection closes.
+fn malformed_request_body(record: &mut AccessRecord) -> Response<ResponseBody> {
+    record.detail = "downstream_body_error";
+    close_after(local::reply(
+        StatusCode::BAD_REQUEST,
+        "could not read the request body\n",
+    ))
+}
+
+/// Marks an HTTP/1.1 answer as the connection's last: whatever the client sent after it is
+/// never read as another request. (HTTP/2 drops the header; each stream frames itself.)
+fn close_after(mut response: Response<ResponseBody>) -> Response<ResponseBody> {
     response.headers_mut().insert(
         http::header::CONNECTION,
         HeaderValue::from_static("close"),

@@ -31,20 +31,24 @@ impl std::fmt::Display for BodyReadTimeout {
 
 impl std::error::Error for BodyReadTimeout {}
 
-impl BodyReadTimeout {
-    /// Whether `error`, or any error it wraps (hyper's client wraps body errors), is a
-    /// request body read timeout.
-    pub fn caused(error: &(dyn std::error::Error + 'static)) -> bool {
-        let mut source = Some(error);
-        while let Some(error) = source {
-            if error.is::<BodyReadTimeout>() {
-                return true;
-            }
-            source = error.source();
-        }
-        false
+
+/// The request body broke its own framing (a bad chunk size, a connection closed early):
+/// the client's fault, answered `400`, never blamed on the upstream.
+#[derive(Debug)]
+pub struct MalformedBody(pub hyper::Error);
+
+impl std::fmt::Display for MalformedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "malformed request body: {}", self.0)
     }
 }
+
+impl std::error::Error for MalformedBody {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 
 /// The response stream made no progress for `server.stream_idle_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +61,19 @@ impl std::fmt::Display for StreamIdleTimeout {
 }
 
 impl std::error::Error for StreamIdleTimeout {}
+
+/// Whether `error` or any error it wraps (hyper's client wraps request body errors) is an
+/// `E`: how the pipeline tells a client's body failure from an upstream's.
+pub fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if error.is::<E>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
 
 /// A deadline that restarts on every frame. The clock starts at the first poll rather than
 /// at construction, so that time spent before anyone reads (plugins deciding, an upstream
@@ -193,7 +210,7 @@ mod tests {
         let gaps = vec![Duration::from_millis(10), Duration::from_secs(2)];
         let body = ReadTimeout::new(trickle(gaps), Duration::from_millis(100));
         let error = body.collect().await.err().expect("the body stalls");
-        assert!(BodyReadTimeout::caused(error.as_ref()));
+        assert!(caused_by::<BodyReadTimeout>(error.as_ref()));
     }
 
     #[tokio::test]
@@ -204,6 +221,6 @@ mod tests {
         );
         let error = body.collect().await.err().expect("the stream stalls");
         assert!(error.is::<StreamIdleTimeout>());
-        assert!(!BodyReadTimeout::caused(error.as_ref()));
+        assert!(!caused_by::<BodyReadTimeout>(error.as_ref()));
     }
 }

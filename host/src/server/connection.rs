@@ -116,10 +116,15 @@ pub async fn serve(
     ));
     idle_check.reset();
     let mut idle_since = Instant::now();
+    // Set when the connection was asked to close because it idled: a peer that does not
+    // even take our goodbye (a full socket, a GOAWAY that cannot be flushed) is dropped
+    // after a further idle_timeout instead of being waited on forever.
+    let mut drop_at: Option<Instant> = None;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(error) = result {
+                    log_refused_head(&listener, remote, error.as_ref());
                     tracing::debug!(%listener, %remote, %error, "connection ended with an error");
                 }
                 break;
@@ -143,12 +148,46 @@ pub async fn serve(
                     }
                 } else if !closing && idle >= settings.idle_timeout {
                     closing = true;
+                    drop_at = Some(Instant::now() + settings.idle_timeout);
                     connection.as_mut().graceful_shutdown();
+                }
+                if drop_at.is_some_and(|at| Instant::now() >= at) {
+                    tracing::debug!(%listener, %remote, "idle connection did not close: dropping it");
+                    break;
                 }
             }
         }
     }
     metrics().connection_closed(&listener);
+}
+
+/// hyper answers a request head it cannot accept (malformed, ambiguous framing, too large,
+/// too slow) before the pipeline sees a request; this writes the access-log line for it.
+fn log_refused_head(
+    listener: &str,
+    remote: SocketAddr,
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+) {
+    let Some(error) = error.downcast_ref::<hyper::Error>() else {
+        return;
+    };
+    let (status, detail) = if error.is_parse_too_large() {
+        (431, "request_headers_too_large")
+    } else if error.is_parse() {
+        (400, "malformed_request")
+    } else if error.is_timeout() {
+        (408, "request_header_timeout")
+    } else {
+        return;
+    };
+    tracing::info!(
+        target: "access",
+        listener,
+        client = %remote,
+        status,
+        detail,
+        reason = %error,
+    );
 }
 
 fn idle_check_period(idle_timeout: Duration) -> Duration {
