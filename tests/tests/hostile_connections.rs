@@ -514,17 +514,19 @@ async fn stream_idle_timeout_ends_stalled_upstreams_and_clients_that_stop_readin
         )
         .await
         .unwrap();
-    // A client that reads the head, then stops reading a response of about 14 MB.
+    // A client that uploads 16 MB to be echoed back, reads the answer's head, then stops
+    // reading.
+    const ECHOED: usize = 16 * 1024 * 1024;
     let mut not_reading = TcpStream::connect(public).await.unwrap();
-    not_reading
-        .write_all(
-            b"GET /big?stream_chunks=1000000 HTTP/1.1\r\nHost: shop.test\r\n\r\n",
-        )
-        .await
-        .unwrap();
+    let head = format!(
+        "POST /echo-body HTTP/1.1\r\nHost: shop.test\r\nContent-Length: {ECHOED}\r\n\r\n"
+    );
+    not_reading.write_all(head.as_bytes()).await.unwrap();
+    not_reading.write_all(&vec![b'e'; ECHOED]).await.unwrap();
     let mut head = [0u8; 512];
     let read = not_reading.read(&mut head).await.unwrap();
     assert!(head[..read].starts_with(b"HTTP/1.1 200"));
+    let reading_stopped = Instant::now();
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_honest_client_served(public).await;
@@ -539,13 +541,14 @@ async fn stream_idle_timeout_ends_stalled_upstreams_and_clients_that_stop_readin
         "the stalled stream ended after {waited:?}"
     );
 
-    // Stop reading for 4 s (twice the timeout), then read what is left: the connection
-    // must have been closed long before a million chunks arrived.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let mut received = 0usize;
+    // Not read for at least 4 s (twice the timeout), then read what is left: the
+    // connection must have been closed before the whole answer arrived.
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(reading_stopped.elapsed())).await;
+    let mut received = read;
     let mut buffer = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let end = loop {
-        match tokio::time::timeout(Duration::from_secs(5), not_reading.read(&mut buffer)).await {
+        match tokio::time::timeout_at(deadline, not_reading.read(&mut buffer)).await {
             Err(_) => break End::Open,
             Ok(Ok(0)) | Ok(Err(_)) => break End::Closed,
             Ok(Ok(read)) => received += read,
@@ -553,7 +556,7 @@ async fn stream_idle_timeout_ends_stalled_upstreams_and_clients_that_stop_readin
     };
     assert_eq!(end, End::Closed);
     assert!(
-        received < 12_000_000,
+        received < ECHOED,
         "the client got {received} bytes: the response was not cut"
     );
     assert_honest_client_served(public).await;
