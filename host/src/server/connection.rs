@@ -171,12 +171,14 @@ fn log_refused_head(
     let Some(error) = error.downcast_ref::<hyper::Error>() else {
         return;
     };
+    // The status hyper wrote, if any: it answers parse errors itself and closes on a
+    // header timeout without answering.
     let (status, detail) = if error.is_parse_too_large() {
-        (431, "request_headers_too_large")
+        ("431", "request_headers_too_large")
     } else if error.is_parse() {
-        (400, "malformed_request")
+        ("400", "malformed_request")
     } else if error.is_timeout() {
-        (408, "request_header_timeout")
+        ("-", "request_header_timeout")
     } else {
         return;
     };
