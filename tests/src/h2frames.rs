@@ -232,7 +232,10 @@ mod tests {
     fn frames_have_the_wire_layout() {
         let bytes = frame(HEADERS, END_HEADERS, 3, b"abc");
         assert_eq!(bytes, [0, 0, 3, 1, 4, 0, 0, 0, 3, b'a', b'b', b'c']);
-        assert_eq!(rst_stream(1, CANCEL), [0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 8]);
+        assert_eq!(
+            rst_stream(1, CANCEL),
+            [0, 0, 4, 3, 0, 0, 0, 0, 1, 0, 0, 0, 8]
+        );
     }
 
     #[test]

@@ -230,7 +230,9 @@ async fn smuggling_forms_get_400_or_a_close_and_never_reach_the_backend() {
         let (answer, end) = read_to_end(&mut stream, Duration::from_secs(4)).await;
         let statuses: Vec<&str> = answer
             .match_indices("HTTP/1.")
-            .filter(|(at, _)| *at == 0 || answer[..*at].ends_with('\n') || answer[..*at].ends_with('}'))
+            .filter(|(at, _)| {
+                *at == 0 || answer[..*at].ends_with('\n') || answer[..*at].ends_with('}')
+            })
             .filter_map(|(at, _)| answer.get(at + 9..at + 12))
             .collect();
         let refused = match (expect, statuses.as_slice()) {
@@ -288,7 +290,9 @@ async fn smuggling_forms_get_400_or_a_close_and_never_reach_the_backend() {
 async fn equal_repeated_content_lengths_are_read_one_way_only() {
     let echo = backends::echo("echo").await;
     let gateway = start(&echo, 1000).await;
-    let mut stream = TcpStream::connect(gateway.listener("public")).await.unwrap();
+    let mut stream = TcpStream::connect(gateway.listener("public"))
+        .await
+        .unwrap();
     let bytes = format!(
         "POST /first HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello{SMUGGLED}"
     );
@@ -394,7 +398,11 @@ async fn stalled_request_bodies_get_408_and_are_closed() {
     let mut timed_out_by_path = std::collections::BTreeMap::new();
     while let Some(outcome) = attackers.join_next().await {
         let (path, elapsed, answer, end) = outcome.unwrap();
-        assert_eq!(end, End::Closed, "{path}: a stalled body kept its connection open");
+        assert_eq!(
+            end,
+            End::Closed,
+            "{path}: a stalled body kept its connection open"
+        );
         assert!(
             elapsed < Duration::from_secs(6),
             "{path}: a stalled body held its connection {elapsed:?}"
@@ -415,7 +423,10 @@ async fn stalled_request_bodies_get_408_and_are_closed() {
     assert_eq!(timed_out_by_path.len(), 3, "{timed_out_by_path:?}");
 
     let upload = honest_upload.await.unwrap();
-    assert!(upload.starts_with("HTTP/1.1 200"), "honest upload: {upload:?}");
+    assert!(
+        upload.starts_with("HTTP/1.1 200"),
+        "honest upload: {upload:?}"
+    );
     let received = echo
         .requests()
         .into_iter()
@@ -492,7 +503,10 @@ async fn connections_over_max_connections_are_closed_counted_and_service_resumes
             assert_eq!(response.status, StatusCode::OK);
             break;
         }
-        assert!(Instant::now() < deadline, "the listener did not serve again");
+        assert!(
+            Instant::now() < deadline,
+            "the listener did not serve again"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -518,9 +532,8 @@ async fn stream_idle_timeout_ends_stalled_upstreams_and_clients_that_stop_readin
     // reading.
     const ECHOED: usize = 16 * 1024 * 1024;
     let mut not_reading = TcpStream::connect(public).await.unwrap();
-    let head = format!(
-        "POST /echo-body HTTP/1.1\r\nHost: shop.test\r\nContent-Length: {ECHOED}\r\n\r\n"
-    );
+    let head =
+        format!("POST /echo-body HTTP/1.1\r\nHost: shop.test\r\nContent-Length: {ECHOED}\r\n\r\n");
     not_reading.write_all(head.as_bytes()).await.unwrap();
     not_reading.write_all(&vec![b'e'; ECHOED]).await.unwrap();
     let mut head = [0u8; 512];

@@ -16,6 +16,7 @@ const POLICIES: &str = "
 server:
   max_request_header_bytes: 8192
   header_read_timeout: 2s
+  body_read_timeout: 1s
   idle_timeout: 2s
   stream_idle_timeout: 4s
 listeners:
@@ -82,7 +83,11 @@ async fn assert_honest_h2_client_served(addr: SocketAddr) {
 
 /// Reads until a GOAWAY or a close; panics if neither comes within `timeout`. Returns the
 /// GOAWAY's error code, or `None` for a close without one.
-async fn expect_goaway_or_close(connection: &mut RawH2, timeout: Duration, attack: &str) -> Option<u32> {
+async fn expect_goaway_or_close(
+    connection: &mut RawH2,
+    timeout: Duration,
+    attack: &str,
+) -> Option<u32> {
     let started = Instant::now();
     let (frames, end) = connection
         .read_until(timeout, |frame| frame.kind == h2frames::GOAWAY)
@@ -170,7 +175,12 @@ async fn continuation_flood_is_cut_off() {
     let mut attacker = RawH2::connect(public).await.unwrap();
     let first = h2frames::header_block(&h2frames::get_headers(&authority, "/continued"));
     attacker
-        .send(&h2frames::frame(h2frames::HEADERS, h2frames::END_STREAM, 1, &first))
+        .send(&h2frames::frame(
+            h2frames::HEADERS,
+            h2frames::END_STREAM,
+            1,
+            &first,
+        ))
         .await
         .unwrap();
     let filler = "v".repeat(1000);
@@ -264,7 +274,68 @@ async fn header_list_over_the_limit_is_refused() {
     // A response head on stream 1 is h2's 431 (followed by RST_STREAM); the backend count
     // below shows the request was not forwarded whichever refusal came.
     let refused = !matches!(end, Read::TimedOut);
-    assert!(refused, "no refusal of the oversized head; frames {frames:?}");
+    assert!(
+        refused,
+        "no refusal of the oversized head; frames {frames:?}"
+    );
     assert_honest_h2_client_served(public).await;
     assert_eq!(echo.request_count(), 1, "only the honest request arrives");
+}
+
+/// An h2 request body that stops after 3 of 100 bytes: that stream is answered 408 after
+/// body_read_timeout (1 s), while the connection stays usable for other streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_h2_request_body_is_answered_408_on_its_stream() {
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    let echo = backends::echo("echo").await;
+    let gateway = start(&echo).await;
+    let public = gateway.listener("public");
+
+    let tcp = tokio::net::TcpStream::connect(public).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let (body_tx, mut body_rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let frames = futures_util::stream::poll_fn(move |cx| {
+        body_rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|bytes| Ok::<_, std::io::Error>(Frame::data(bytes))))
+    });
+    let request = http::Request::builder()
+        .method("POST")
+        // The virtual host is chosen by :authority, taken from the URI.
+        .uri("http://shop.test/stalled")
+        .header(http::header::CONTENT_LENGTH, "100")
+        .body(StreamBody::new(frames))
+        .unwrap();
+    body_tx.send(Bytes::from_static(b"abc")).await.unwrap();
+    let started = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("the stalled stream was answered within 10 s")
+        .expect("the stalled stream was answered, not reset");
+    let waited = started.elapsed();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(6),
+        "answered after {waited:?}"
+    );
+    drop(body_tx);
+    assert_honest_h2_client_served(public).await;
+    assert_eq!(
+        echo.requests()
+            .iter()
+            .filter(|request| request.path == "/stalled")
+            .map(|request| request.body_len)
+            .collect::<Vec<_>>(),
+        Vec::<usize>::new(),
+        "the upstream never got a complete request"
+    );
 }

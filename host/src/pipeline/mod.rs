@@ -326,10 +326,9 @@ fn malformed_request_body(record: &mut AccessRecord) -> Response<ResponseBody> {
 /// Marks an HTTP/1.1 answer as the connection's last: whatever the client sent after it is
 /// never read as another request. (HTTP/2 drops the header; each stream frames itself.)
 fn close_after(mut response: Response<ResponseBody>) -> Response<ResponseBody> {
-    response.headers_mut().insert(
-        http::header::CONNECTION,
-        HeaderValue::from_static("close"),
-    );
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 

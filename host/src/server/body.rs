@@ -31,7 +31,6 @@ impl std::fmt::Display for BodyReadTimeout {
 
 impl std::error::Error for BodyReadTimeout {}
 
-
 /// The request body broke its own framing (a bad chunk size, a connection closed early):
 /// the client's fault, answered `400`, never blamed on the upstream.
 #[derive(Debug)]
@@ -49,7 +48,6 @@ impl std::error::Error for MalformedBody {
     }
 }
 
-
 /// The response stream made no progress for `server.stream_idle_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamIdleTimeout;
@@ -64,7 +62,9 @@ impl std::error::Error for StreamIdleTimeout {}
 
 /// Whether `error` or any error it wraps (hyper's client wraps request body errors) is an
 /// `E`: how the pipeline tells a client's body failure from an upstream's.
-pub fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+pub fn caused_by<E: std::error::Error + 'static>(
+    error: &(dyn std::error::Error + 'static),
+) -> bool {
     let mut source = Some(error);
     while let Some(error) = source {
         if error.is::<E>() {

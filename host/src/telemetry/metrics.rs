@@ -367,6 +367,23 @@ mod tests {
     }
 
     #[test]
+    fn refused_connections_are_counted_by_listener() {
+        let metrics = Metrics::default();
+        let listener: Arc<str> = "web".into();
+        metrics.connection_refused(&listener);
+        metrics.connection_refused(&listener);
+        let text = metrics.render();
+        assert!(
+            text.contains("# TYPE tollgate_connections_refused_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tollgate_connections_refused_total{listener=\"web\"} 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape("a\"b\\c"), "a\\\"b\\\\c");
     }
