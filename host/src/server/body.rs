@@ -209,7 +209,7 @@ mod tests {
     async fn a_stalled_body_fails_with_the_typed_error() {
         let gaps = vec![Duration::from_millis(10), Duration::from_secs(2)];
         let body = ReadTimeout::new(trickle(gaps), Duration::from_millis(100));
-        let error = body.collect().await.err().expect("the body stalls");
+        let error = body.collect().await.expect_err("the body stalls");
         assert!(caused_by::<BodyReadTimeout>(error.as_ref()));
     }
 
@@ -219,7 +219,7 @@ mod tests {
             trickle(vec![Duration::from_secs(2)]),
             Duration::from_millis(100),
         );
-        let error = body.collect().await.err().expect("the stream stalls");
+        let error = body.collect().await.expect_err("the stream stalls");
         assert!(error.is::<StreamIdleTimeout>());
         assert!(!caused_by::<BodyReadTimeout>(error.as_ref()));
     }
