@@ -339,3 +339,58 @@ async fn stalled_h2_request_body_is_answered_408_on_its_stream() {
         "the upstream never got a complete request"
     );
 }
+
+/// An upstream that sends one chunk and then stalls: after stream_idle_timeout (4 s) that
+/// h2 stream is reset, and the connection goes on serving other streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_stalled_mid_body_resets_only_its_stream() {
+    use http_body_util::BodyExt;
+
+    let echo = backends::echo("echo").await;
+    let gateway = start(&echo).await;
+    let public = gateway.listener("public");
+
+    let tcp = tokio::net::TcpStream::connect(public).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let get = |path: &str| {
+        http::Request::builder()
+            .uri(format!("http://shop.test{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let response = sender
+        .send_request(get("/stall?stream_chunks=2&chunk_delay_ms=30000"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let started = Instant::now();
+    let mut body = response.into_body();
+    let first = body
+        .frame()
+        .await
+        .expect("a first chunk")
+        .expect("a data frame");
+    assert_eq!(first.into_data().unwrap(), "chunk 0\n");
+    let next = tokio::time::timeout(Duration::from_secs(15), body.frame())
+        .await
+        .expect("the stalled stream ended within 15 s");
+    let waited = started.elapsed();
+    assert!(
+        matches!(next, Some(Err(_))),
+        "the stalled stream ended with {next:?} rather than a reset"
+    );
+    assert!(
+        waited >= Duration::from_millis(3500) && waited < Duration::from_secs(10),
+        "reset after {waited:?}"
+    );
+    // The same connection still serves a new stream.
+    sender.ready().await.expect("the connection is still open");
+    let again = sender.send_request(get("/again")).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+}
