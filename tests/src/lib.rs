@@ -7,5 +7,6 @@ pub mod bundled;
 pub mod certs;
 pub mod clients;
 pub mod gateway;
+pub mod h2frames;
 pub mod plugins;
 pub mod prometheus;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Empty, Full, Limited};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -15,6 +15,7 @@ use super::{headers, local, AccessRecord, Downstream, RequestLimits, ResponseBod
 use crate::config::raw::EscapedSlashesAction;
 use crate::config::{Forward, Normalization, RetryConditions};
 use crate::routing::normalize::{self, Rejection};
+use crate::server::body::{caused_by, BodyReadTimeout, MalformedBody};
 use crate::snapshot::ResolvedForward;
 use crate::telemetry::metrics::{metrics, UpstreamErrorKind};
 use crate::upstream::{BoxError, Cluster, Outcome, PickError, UpstreamBody};
@@ -63,6 +64,10 @@ enum TryError {
     /// reset.
     Unsent(String),
     BodyTooLarge,
+    /// The client stopped sending the request body (`server.body_read_timeout`).
+    BodyTimeout,
+    /// The client's request body broke its framing.
+    MalformedBody,
     NoEndpoint(PickError),
 }
 
@@ -134,6 +139,9 @@ pub(super) async fn forward(
         // The caller already bounds the body; its declared length is within the buffer limit.
         match body.collect().await {
             Ok(collected) => RequestBody::Replayable(collected.to_bytes()),
+            Err(error) if caused_by::<BodyReadTimeout>(error.as_ref()) => {
+                return super::request_body_timeout(record);
+            }
             Err(error) => {
                 record.detail = "downstream_body_error";
                 return local::reply(
@@ -143,9 +151,7 @@ pub(super) async fn forward(
             }
         }
     } else {
-        RequestBody::Stream(Some(
-            Limited::new(body, limits.max_body_bytes as usize).boxed(),
-        ))
+        RequestBody::Stream(Some(body))
     };
 
     if let (Some(mirror_cluster), Some(mirror)) = (&resolved.mirror, &forward.mirror) {
@@ -234,6 +240,8 @@ pub(super) async fn forward(
                     .boxed()
             })
         }
+        Err(TryError::BodyTimeout) => super::request_body_timeout(record),
+        Err(TryError::MalformedBody) => super::malformed_request_body(record),
         Err(error) => {
             let (status, detail, kind) = match &error {
                 TryError::Connect(_) => (
@@ -256,6 +264,9 @@ pub(super) async fn forward(
                     "request_body_too_large",
                     None,
                 ),
+                TryError::BodyTimeout | TryError::MalformedBody => {
+                    unreachable!("answered above")
+                }
                 TryError::NoEndpoint(PickError::NoHealthy) => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no_healthy_upstream",
@@ -320,6 +331,8 @@ async fn try_once(
         Err(_) => Err(TryError::Timeout),
         Ok(Ok(response)) => Ok(response),
         Ok(Err(error)) if body_limit_exceeded(&error) => Err(TryError::BodyTooLarge),
+        Ok(Err(error)) if caused_by::<BodyReadTimeout>(&error) => Err(TryError::BodyTimeout),
+        Ok(Err(error)) if caused_by::<MalformedBody>(&error) => Err(TryError::MalformedBody),
         Ok(Err(error)) if error.is_connect() => Err(TryError::Connect(root_cause(&error))),
         Ok(Err(error)) if request_unsent(&error) => Err(TryError::Unsent(root_cause(&error))),
         Ok(Err(error)) => Err(TryError::Reset(root_cause(&error))),
@@ -329,7 +342,12 @@ async fn try_once(
         Err(TryError::Connect(_)) => guard.report(Outcome::ConnectFailure),
         Err(TryError::Reset(_) | TryError::Unsent(_)) => guard.report(Outcome::Reset),
         Err(TryError::Timeout) => guard.report(Outcome::Timeout),
-        Err(TryError::BodyTooLarge | TryError::NoEndpoint(_)) => {}
+        Err(
+            TryError::BodyTooLarge
+            | TryError::NoEndpoint(_)
+            | TryError::BodyTimeout
+            | TryError::MalformedBody,
+        ) => {}
     }
     // The guard (the endpoint's active-request count) ends with the response headers; the
     // body streams on without holding the cluster's concurrency slot.
@@ -353,7 +371,10 @@ fn retry_on_error(conditions: &RetryConditions, error: &TryError) -> bool {
             conditions.reset || conditions.any_5xx || conditions.gateway_error
         }
         TryError::Timeout => conditions.any_5xx || conditions.gateway_error,
-        TryError::NoEndpoint(_) | TryError::BodyTooLarge => false,
+        TryError::NoEndpoint(_)
+        | TryError::BodyTooLarge
+        | TryError::BodyTimeout
+        | TryError::MalformedBody => false,
     }
 }
 

@@ -41,6 +41,7 @@ use std::borrow::Cow;
 use crate::config::{Action, Normalization};
 use crate::routing::normalize::{self, Rejection};
 use crate::routing::{NoMatch, RequestHead};
+use crate::server::body::{caused_by, BodyReadTimeout, MalformedBody, ReadTimeout};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
 use crate::upstream::{BoxError, UpstreamBody};
@@ -162,7 +163,6 @@ async fn route_and_act(
     };
     let route = matched.route;
     record.route = route.name.as_str().into();
-    let max_body = snapshot.config.server.max_request_body_bytes;
 
     let chain = snapshot
         .chains
@@ -170,7 +170,7 @@ async fn route_and_act(
         .filter(|chain| !chain.is_empty())
         .cloned();
     let Some(chain) = chain else {
-        let request = request.map(|body| Limited::new(body, max_body as usize).boxed());
+        let request = request.map(|body| downstream_body(body, &snapshot.config.server));
         return act(request, route, snapshot, downstream, &authority, record).await;
     };
 
@@ -281,8 +281,14 @@ async fn route_and_act(
             .map_err(|never| match never {})
             .boxed()
     } else {
-        let collected = match Limited::new(body, max_body as usize).collect().await {
+        let collected = match downstream_body(body, &snapshot.config.server)
+            .collect()
+            .await
+        {
             Ok(collected) => collected,
+            Err(error) if caused_by::<BodyReadTimeout>(error.as_ref()) => {
+                return request_body_timeout(record);
+            }
             Err(error) => {
                 let too_large = error.is::<http_body_util::LengthLimitError>();
                 record.detail = if too_large {
@@ -326,6 +332,48 @@ async fn route_and_act(
     )
     .await;
     plugin_response(run, response, record).await
+}
+
+/// The request body as the pipeline reads it: bounded in size by
+/// `server.max_request_body_bytes` and in stall time by `server.body_read_timeout`.
+fn downstream_body(body: Incoming, server: &crate::config::ServerSettings) -> UpstreamBody {
+    Limited::new(
+        ReadTimeout::new(
+            body.map_err(|error| -> BoxError { Box::new(MalformedBody(error)) }),
+            server.body_read_timeout,
+        ),
+        server.max_request_body_bytes as usize,
+    )
+    .boxed()
+}
+
+/// The answer to a request body that stopped arriving: `408`, and the connection closes
+/// (an HTTP/1.1 connection cannot be reused with the rest of that body still due).
+fn request_body_timeout(record: &mut AccessRecord) -> Response<ResponseBody> {
+    record.detail = "request_body_timeout";
+    close_after(local::reply(
+        StatusCode::REQUEST_TIMEOUT,
+        "the request body stopped arriving\n",
+    ))
+}
+
+/// The answer to a request whose body could not be read to its end: `400`, and the
+/// connection closes.
+fn malformed_request_body(record: &mut AccessRecord) -> Response<ResponseBody> {
+    record.detail = "downstream_body_error";
+    close_after(local::reply(
+        StatusCode::BAD_REQUEST,
+        "could not read the request body\n",
+    ))
+}
+
+/// Marks an HTTP/1.1 answer as the connection's last: whatever the client sent after it is
+/// never read as another request. (HTTP/2 drops the header; each stream frames itself.)
+fn close_after(mut response: Response<ResponseBody>) -> Response<ResponseBody> {
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Answers a request whose plugins stopped it.

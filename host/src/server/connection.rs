@@ -1,4 +1,5 @@
-//! Serving one accepted connection: TLS handshake, HTTP/1.1 or HTTP/2, idle and drain.
+//! Serving one accepted connection: TLS handshake, HTTP/1.1 or HTTP/2, idle, stream idle
+//! and drain.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,6 +9,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -15,9 +19,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::body::StreamIdle;
 use super::GatewayState;
 use crate::config::ServerSettings;
-use crate::pipeline::{self, Downstream};
+use crate::pipeline::{self, Downstream, ResponseBody};
 use crate::telemetry::metrics::metrics;
 use crate::tls::TlsInfo;
 
@@ -78,16 +83,26 @@ pub async fn serve(
 
     let service_activity = activity.clone();
     let service_state = state.clone();
+    let stream_idle_timeout = settings.stream_idle_timeout;
     let service = service_fn(move |request| {
         let snapshot = service_state.snapshot();
         let downstream = downstream.clone();
-        let activity = service_activity.clone();
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        // The exchange is in flight until its response body has been sent or dropped, so
+        // that the connection's idle timeout never cuts a response that is still streaming.
+        let in_flight = InFlight::start(service_activity.clone());
         async move {
             let response = pipeline::handle(request, snapshot, downstream).await;
-            activity.in_flight.fetch_sub(1, Ordering::Relaxed);
-            activity.touch();
-            response
+            response.map(|response| {
+                response.map(move |body| {
+                    let body: ResponseBody = StreamIdle::new(body, stream_idle_timeout)
+                        .map_frame(move |frame: Frame<Bytes>| -> Frame<Bytes> {
+                            let _exchange = &in_flight;
+                            frame
+                        })
+                        .boxed();
+                    body
+                })
+            })
         }
     });
 
@@ -96,13 +111,20 @@ pub async fn serve(
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let mut closing = false;
-    let mut idle_check = tokio::time::interval(idle_check_period(settings.idle_timeout));
+    let mut idle_check = tokio::time::interval(idle_check_period(
+        settings.idle_timeout.min(settings.stream_idle_timeout),
+    ));
     idle_check.reset();
     let mut idle_since = Instant::now();
+    // Set when the connection was asked to close because it idled: a peer that does not
+    // even take our goodbye (a full socket, a GOAWAY that cannot be flushed) is dropped
+    // after a further idle_timeout instead of being waited on forever.
+    let mut drop_at: Option<Instant> = None;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(error) = result {
+                    log_refused_head(&listener, remote, error.as_ref());
                     tracing::debug!(%listener, %remote, %error, "connection ended with an error");
                 }
                 break;
@@ -111,17 +133,63 @@ pub async fn serve(
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = idle_check.tick(), if !closing => {
-                if activity.moved.swap(false, Ordering::Relaxed) || activity.in_flight.load(Ordering::Relaxed) > 0 {
+            _ = idle_check.tick() => {
+                if activity.moved.swap(false, Ordering::Relaxed) {
                     idle_since = Instant::now();
-                } else if idle_since.elapsed() >= settings.idle_timeout {
+                }
+                let idle = idle_since.elapsed();
+                if activity.in_flight.load(Ordering::Relaxed) > 0 {
+                    // Exchanges are open but not a byte moved either way: a client that
+                    // stopped reading, or a request and upstream both stalled. A graceful
+                    // shutdown would wait for them, so the connection is dropped instead.
+                    if idle >= settings.stream_idle_timeout {
+                        tracing::debug!(%listener, %remote, "stream idle timeout: closing the connection");
+                        break;
+                    }
+                } else if !closing && idle >= settings.idle_timeout {
                     closing = true;
+                    drop_at = Some(Instant::now() + settings.idle_timeout);
                     connection.as_mut().graceful_shutdown();
+                }
+                if drop_at.is_some_and(|at| Instant::now() >= at) {
+                    tracing::debug!(%listener, %remote, "idle connection did not close: dropping it");
+                    break;
                 }
             }
         }
     }
     metrics().connection_closed(&listener);
+}
+
+/// hyper answers a request head it cannot accept (malformed, ambiguous framing, too large,
+/// too slow) before the pipeline sees a request; this writes the access-log line for it.
+fn log_refused_head(
+    listener: &str,
+    remote: SocketAddr,
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+) {
+    let Some(error) = error.downcast_ref::<hyper::Error>() else {
+        return;
+    };
+    // The status hyper wrote, if any: it answers parse errors itself and closes on a
+    // header timeout without answering.
+    let (status, detail) = if error.is_parse_too_large() {
+        ("431", "request_headers_too_large")
+    } else if error.is_parse() {
+        ("400", "malformed_request")
+    } else if error.is_timeout() {
+        ("-", "request_header_timeout")
+    } else {
+        return;
+    };
+    tracing::info!(
+        target: "access",
+        listener,
+        client = %remote,
+        status,
+        detail,
+        reason = %error,
+    );
 }
 
 fn idle_check_period(idle_timeout: Duration) -> Duration {
@@ -165,6 +233,25 @@ struct Activity {
 impl Activity {
     fn touch(&self) {
         self.moved.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One exchange counted in [`Activity::in_flight`] from the request's arrival until the
+/// response body is done with (sent, failed or dropped).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // The end of an exchange counts as activity: the idle timeout starts from here.
+        self.0.touch();
     }
 }
 

@@ -5,6 +5,7 @@
 //! A request, its upstream connections and — once plugins run — its plugin contexts stay on
 //! one thread. The only shared state is the snapshot pointer and atomics.
 
+pub mod body;
 mod connection;
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{watch, Notify};
 
 use crate::snapshot::Snapshot;
+use crate::telemetry::metrics::metrics;
 
 /// State shared by the workers and the admin listener.
 pub struct GatewayState {
@@ -184,11 +186,17 @@ pub fn start_workers(
     workers: usize,
 ) -> anyhow::Result<Workers> {
     let (shutdown, _) = watch::channel(false);
-    let mut per_worker: Vec<Vec<(Arc<str>, std::net::TcpListener)>> =
-        (0..workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<WorkerSocket>> = (0..workers).map(|_| Vec::new()).collect();
     for listener in listeners {
+        // One count per listener across all workers: `max_connections` bounds the listener,
+        // however the kernel spreads connections over the workers' sockets.
+        let open = Arc::new(AtomicUsize::new(0));
         for (worker, socket) in listener.sockets.into_iter().enumerate() {
-            per_worker[worker].push((listener.name.clone(), socket));
+            per_worker[worker].push(WorkerSocket {
+                name: listener.name.clone(),
+                socket,
+                open: open.clone(),
+            });
         }
     }
     let mut threads = Vec::with_capacity(workers);
@@ -216,8 +224,15 @@ pub fn start_workers(
     })
 }
 
+/// One worker's socket for a listener, with the listener's shared count of open connections.
+struct WorkerSocket {
+    name: Arc<str>,
+    socket: std::net::TcpListener,
+    open: Arc<AtomicUsize>,
+}
+
 async fn worker(
-    sockets: Vec<(Arc<str>, std::net::TcpListener)>,
+    sockets: Vec<WorkerSocket>,
     state: Arc<GatewayState>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -229,7 +244,7 @@ async fn worker(
         }
     }
     let mut accept_loops = Vec::new();
-    for (name, socket) in sockets {
+    for WorkerSocket { name, socket, open } in sockets {
         let listener = match tokio::net::TcpListener::from_std(socket) {
             Ok(listener) => listener,
             Err(error) => {
@@ -240,6 +255,7 @@ async fn worker(
         accept_loops.push(tokio::spawn(accept_loop(
             listener,
             name,
+            open,
             state.clone(),
             shutdown.clone(),
         )));
@@ -261,6 +277,7 @@ async fn worker(
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     name: Arc<str>,
+    open: Arc<AtomicUsize>,
     state: Arc<GatewayState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -268,12 +285,24 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
+                    let limit = state.snapshot().config.server.max_connections;
+                    if open.fetch_add(1, Ordering::Relaxed) >= limit {
+                        // Over the cap: close before reading a byte, so the client sees a
+                        // clean close and never a half-written answer.
+                        open.fetch_sub(1, Ordering::Relaxed);
+                        metrics().connection_refused(&name);
+                        tracing::debug!(listener = %name, %remote, limit, "max_connections reached: connection closed");
+                        drop(stream);
+                        continue;
+                    }
                     state.open_connections.fetch_add(1, Ordering::Relaxed);
                     let state = state.clone();
                     let name = name.clone();
+                    let open = open.clone();
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
                         connection::serve(stream, remote, name, state.clone(), shutdown).await;
+                        open.fetch_sub(1, Ordering::Relaxed);
                         state.open_connections.fetch_sub(1, Ordering::Relaxed);
                         state.connections_closed.notify_waiters();
                     });

@@ -25,6 +25,7 @@ pub struct Metrics {
     upstream_panic_picks: DashMap<Arc<str>, AtomicU64>,
     active_connections: DashMap<Arc<str>, AtomicI64>,
     connections_total: DashMap<Arc<str>, AtomicU64>,
+    connections_refused: DashMap<Arc<str>, AtomicU64>,
     plugin_traps: DashMap<String, AtomicU64>,
     plugin_restarts: DashMap<String, AtomicU64>,
     /// By plugin and the `server.plugin_limits` field that refused it.
@@ -166,6 +167,14 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a connection closed at accept because its listener was at `max_connections`.
+    pub fn connection_refused(&self, listener: &Arc<str>) {
+        self.connections_refused
+            .entry(listener.clone())
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn connection_closed(&self, listener: &Arc<str>) {
         if let Some(active) = self.active_connections.get(listener) {
             active.fetch_sub(1, Ordering::Relaxed);
@@ -283,6 +292,14 @@ impl Metrics {
             &mut out,
             "tollgate_downstream_connections_total",
             &self.connections_total,
+            |v| v.load(Ordering::Relaxed).to_string(),
+        );
+        out.push_str("# HELP tollgate_connections_refused_total Downstream connections closed at accept because the listener was at max_connections, by listener.\n");
+        out.push_str("# TYPE tollgate_connections_refused_total counter\n");
+        render_by_listener(
+            &mut out,
+            "tollgate_connections_refused_total",
+            &self.connections_refused,
             |v| v.load(Ordering::Relaxed).to_string(),
         );
         for (name, help, map) in [
@@ -417,6 +434,23 @@ mod tests {
         );
         assert!(
             text.contains("tollgate_active_connections{listener=\"web\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn refused_connections_are_counted_by_listener() {
+        let metrics = Metrics::default();
+        let listener: Arc<str> = "web".into();
+        metrics.connection_refused(&listener);
+        metrics.connection_refused(&listener);
+        let text = metrics.render();
+        assert!(
+            text.contains("# TYPE tollgate_connections_refused_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tollgate_connections_refused_total{listener=\"web\"} 2"),
             "{text}"
         );
     }

@@ -1,0 +1,576 @@
+//! Hostile HTTP/1.x clients: request smuggling forms, slowloris on heads and bodies, more
+//! connections than a listener allows, and exchanges that stop moving. Each attack ends in a
+//! clear status or a close, and an honest client on another connection is served meanwhile.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tollgate_tests::backends::{self, Backend};
+use tollgate_tests::clients::HttpClient;
+use tollgate_tests::gateway::{Gateway, PolicyDir};
+use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_HEADERS};
+use tollgate_tests::prometheus::sample_sum;
+
+const POLICIES: &str = "
+server:
+  max_request_body_bytes: 67108864
+  header_read_timeout: 1s
+  body_read_timeout: 1s
+  idle_timeout: 3s
+  stream_idle_timeout: 2s
+  max_connections: ${MAX_CONNECTIONS}
+listeners:
+  - name: public
+    address: ${listen:public}
+    protocol: http
+  - name: other
+    address: ${listen:other}
+    protocol: http
+clusters:
+  - name: echo
+    endpoints: [{ address: ${ECHO} }]
+virtual_hosts:
+  - name: shop
+    domains: [shop.test]
+    routes:
+      - name: direct
+        match: { path: { prefix: /direct } }
+        direct_response: { status: 200, body: \"direct\\n\" }
+      - name: plugged
+        match: { path: { prefix: /plugged } }
+        forward: { cluster: echo }
+      - name: buffered
+        match: { path: { prefix: /buffered } }
+        forward: { cluster: echo, retries: { attempts: 1, on: [connect-failure] } }
+      - name: echo
+        match: { path: { prefix: / } }
+        forward: { cluster: echo }
+";
+
+async fn start(echo: &Backend, max_connections: usize) -> Gateway {
+    let mut dir = PolicyDir::new();
+    dir.set("ECHO", echo.addr())
+        .set("MAX_CONNECTIONS", max_connections)
+        .write("gateway.yaml", POLICIES)
+        .write(
+            "plugins.json",
+            &plugins_file(&[PluginSpec::new("headers", TP_HEADERS)
+                .config(serde_json::json!({ "tag": "hostile" }))
+                .routes(&["plugged"])]),
+        );
+    Gateway::start(dir).await
+}
+
+/// An honest GET on a new connection, answered 200 within a couple of seconds.
+async fn assert_honest_client_served(addr: SocketAddr) {
+    let started = Instant::now();
+    let response = tokio::time::timeout(
+        Duration::from_secs(5),
+        HttpClient::http1().get(addr, "shop.test", "/honest"),
+    )
+    .await
+    .expect("the honest request was answered within 5 s");
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the honest request took {:?}",
+        started.elapsed()
+    );
+}
+
+/// How a connection ended while we read from it.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The server closed it (FIN or reset).
+    Closed,
+    /// Still open when we stopped waiting.
+    Open,
+}
+
+/// Reads everything until the server closes the connection or `timeout` passes.
+async fn read_to_end(stream: &mut TcpStream, timeout: Duration) -> (String, End) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    let end = loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Err(_) => break End::Open,
+            Ok(Ok(0)) | Ok(Err(_)) => break End::Closed,
+            Ok(Ok(read)) => received.extend_from_slice(&buffer[..read]),
+        }
+    };
+    (String::from_utf8_lossy(&received).into_owned(), end)
+}
+
+const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: shop.test\r\n\r\n";
+
+/// What the gateway must do with a smuggling form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// `400` (or a close without an answer); nothing forwarded.
+    Refused,
+    /// Both `Content-Length` and `Transfer-Encoding`: the request is read by its chunked
+    /// framing alone and the connection closes after the answer (RFC 9112 §6.1), so the
+    /// bytes after the chunked body are never read as a request.
+    ChunkedThenClosed,
+}
+
+/// Each form is followed by a well-formed request to `/smuggled`: a gateway that reads the
+/// framing differently from the sender would forward it as a second request.
+fn smuggling_forms() -> Vec<(&'static str, Expect, String)> {
+    use Expect::*;
+    let post = "POST /first HTTP/1.1\r\nHost: shop.test\r\n";
+    vec![
+        (
+            "content-length with transfer-encoding",
+            ChunkedThenClosed,
+            format!("{post}Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}"),
+        ),
+        (
+            "transfer-encoding with content-length",
+            ChunkedThenClosed,
+            format!("{post}Transfer-Encoding: chunked\r\nContent-Length: 45\r\n\r\n0\r\n\r\n{SMUGGLED}"),
+        ),
+        (
+            "duplicate equal content-length in one line",
+            Refused,
+            format!("{post}Content-Length: 5, 5\r\n\r\nhello{SMUGGLED}"),
+        ),
+        (
+            "duplicate different content-length",
+            Refused,
+            format!("{post}Content-Length: 5\r\nContent-Length: 50\r\n\r\nhello{SMUGGLED}"),
+        ),
+        (
+            "transfer-encoding chunked, identity",
+            Refused,
+            format!("{post}Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{SMUGGLED}"),
+        ),
+        (
+            "transfer-encoding xchunked",
+            Refused,
+            format!("{post}Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{SMUGGLED}"),
+        ),
+        (
+            "transfer-encoding with a vertical tab",
+            Refused,
+            format!("{post}Content-Length: 5\r\nTransfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n{SMUGGLED}"),
+        ),
+        (
+            "transfer-encoding with a space before the colon",
+            Refused,
+            format!("{post}Content-Length: 5\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n{SMUGGLED}"),
+        ),
+        (
+            "transfer-encoding on HTTP/1.0",
+            Refused,
+            format!("POST /first HTTP/1.0\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}"),
+        ),
+        (
+            "transfer-encoding chunked not last",
+            Refused,
+            format!("{post}Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n{SMUGGLED}"),
+        ),
+        (
+            "transfer-encoding folded onto the next line",
+            Refused,
+            format!("{post}Content-Length: 5\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n{SMUGGLED}"),
+        ),
+        (
+            "obs-fold continuation line",
+            Refused,
+            format!("{post}Content-Length: 0\r\nX-Folded: a\r\n  b\r\n\r\n{SMUGGLED}"),
+        ),
+        (
+            "bare LF inside a header line",
+            ChunkedThenClosed,
+            format!("{post}X-Note: a\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{SMUGGLED}"),
+        ),
+        (
+            "NUL in a header value",
+            Refused,
+            format!("{post}X-Note: a\0b\r\nContent-Length: 0\r\n\r\n{SMUGGLED}"),
+        ),
+        (
+            "bare CR in a header value",
+            Refused,
+            format!("{post}X-Note: a\rContent-Length: 0\r\nContent-Length: 0\r\n\r\n{SMUGGLED}"),
+        ),
+        (
+            "chunk size that is not hex",
+            Refused,
+            format!("{post}Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n{SMUGGLED}"),
+        ),
+        (
+            "chunk size that overflows",
+            Refused,
+            format!("{post}Transfer-Encoding: chunked\r\n\r\nfffffffffffffffffffff\r\nhello\r\n0\r\n\r\n{SMUGGLED}"),
+        ),
+        (
+            "negative chunk size",
+            Refused,
+            format!("{post}Transfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n{SMUGGLED}"),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_forms_get_400_or_a_close_and_never_reach_the_backend() {
+    let echo = backends::echo("echo").await;
+    let gateway = start(&echo, 1000).await;
+    let public = gateway.listener("public");
+    let mut failures = Vec::new();
+    for (name, expect, bytes) in smuggling_forms() {
+        let mut stream = TcpStream::connect(public).await.unwrap();
+        let _ = stream.write_all(bytes.as_bytes()).await;
+        let (answer, end) = read_to_end(&mut stream, Duration::from_secs(4)).await;
+        let statuses: Vec<&str> = answer
+            .match_indices("HTTP/1.")
+            .filter(|(at, _)| {
+                *at == 0 || answer[..*at].ends_with('\n') || answer[..*at].ends_with('}')
+            })
+            .filter_map(|(at, _)| answer.get(at + 9..at + 12))
+            .collect();
+        let refused = match (expect, statuses.as_slice()) {
+            (_, []) | (_, ["400"]) => end == End::Closed,
+            (Expect::ChunkedThenClosed, [_]) => {
+                end == End::Closed && answer.to_ascii_lowercase().contains("connection: close")
+            }
+            _ => false,
+        };
+        if !refused {
+            failures.push(format!(
+                "{name}: statuses {statuses:?}, connection {end:?}, answer {:?}",
+                answer.chars().take(300).collect::<String>()
+            ));
+        }
+        assert_honest_client_served(public).await;
+    }
+    let forwarded: Vec<String> = echo
+        .requests()
+        .into_iter()
+        .map(|request| request.path)
+        .filter(|path| path != "/honest" && path != "/first")
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "smuggling forms not refused:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        forwarded.is_empty(),
+        "the backend saw smuggled requests: {forwarded:?}"
+    );
+    let first: Vec<usize> = echo
+        .requests()
+        .into_iter()
+        .filter(|request| request.path == "/first")
+        .map(|request| request.body_len)
+        .collect();
+    // Only the forms read by their chunked framing reach the backend, with the chunked
+    // body (empty), never with bytes of the smuggled request.
+    assert_eq!(first, vec![0, 0, 0], "requests to /first");
+    let log = gateway.log();
+    for detail in ["malformed_request", "downstream_body_error"] {
+        assert!(
+            log.contains(detail),
+            "no access-log line with detail {detail}"
+        );
+    }
+}
+
+/// Repeated `Content-Length` lines with the same value are merged by the HTTP/1 parser
+/// before the gateway sees the request, so they cannot be refused; every party reads the
+/// same length, and what follows the body is an ordinary pipelined request of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_repeated_content_lengths_are_read_one_way_only() {
+    let echo = backends::echo("echo").await;
+    let gateway = start(&echo, 1000).await;
+    let mut stream = TcpStream::connect(gateway.listener("public"))
+        .await
+        .unwrap();
+    let bytes = format!(
+        "POST /first HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello{SMUGGLED}"
+    );
+    stream.write_all(bytes.as_bytes()).await.unwrap();
+    let requests = echo.wait_for_requests(2, Duration::from_secs(5)).await;
+    let seen: Vec<(String, usize)> = requests
+        .into_iter()
+        .map(|request| (request.path, request.body_len))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![("/first".to_owned(), 5), ("/smuggled".to_owned(), 0)],
+        "the body is exactly the 5 bytes both lines announce"
+    );
+}
+
+/// Headers trickled a byte at a time never finish: every connection is closed by
+/// header_read_timeout (1 s), however slowly it keeps sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_headers_are_cut_by_header_read_timeout() {
+    let echo = backends::echo("echo").await;
+    let gateway = start(&echo, 1000).await;
+    let public = gateway.listener("public");
+    let started = Instant::now();
+    let mut attackers = JoinSet::new();
+    for _ in 0..100 {
+        attackers.spawn(async move {
+            let mut stream = TcpStream::connect(public).await.unwrap();
+            stream
+                .write_all(b"GET /slow HTTP/1.1\r\nHost: shop.test\r\n")
+                .await
+                .unwrap();
+            // A header byte every 200 ms, for at most 10 s: far longer than the timeout.
+            for _ in 0..50 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if stream.write_all(b"X").await.is_err() {
+                    break;
+                }
+            }
+            let (answer, end) = read_to_end(&mut stream, Duration::from_millis(500)).await;
+            (started.elapsed(), answer, end)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_honest_client_served(public).await;
+    while let Some(outcome) = attackers.join_next().await {
+        let (elapsed, answer, end) = outcome.unwrap();
+        assert_eq!(end, End::Closed, "a trickling connection stayed open");
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "unexpected answer {answer:?}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(6),
+            "a trickling connection lasted {elapsed:?}"
+        );
+    }
+    assert_eq!(echo.request_count(), 1, "only the honest request arrives");
+}
+
+/// The issue's scenario: connections that send their head and 3 of 100 body bytes, then
+/// nothing. Wherever the body is read — streamed upstream, buffered for a retry, collected
+/// for a plugin, or not read at all by a direct response — each is answered 408 with
+/// `connection: close` (or closed) after body_read_timeout (1 s) and then closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_bodies_get_408_and_are_closed() {
+    let echo = backends::echo("echo").await;
+    let gateway = start(&echo, 1000).await;
+    let public = gateway.listener("public");
+    let started = Instant::now();
+    let mut attackers = JoinSet::new();
+    let paths = ["/streamed", "/buffered", "/plugged", "/direct"];
+    for index in 0..200 {
+        let path = paths[index % paths.len()];
+        attackers.spawn(async move {
+            let mut stream = TcpStream::connect(public).await.unwrap();
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 100\r\n\r\nabc"
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let (answer, end) = read_to_end(&mut stream, Duration::from_secs(10)).await;
+            (path, started.elapsed(), answer, end)
+        });
+    }
+    // An honest upload that moves slowly but steadily: 10 chunks 300 ms apart, three times
+    // body_read_timeout in all, is served whole.
+    let honest_upload = tokio::spawn(async move {
+        let mut stream = TcpStream::connect(public).await.unwrap();
+        stream
+            .write_all(b"POST /upload HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 100\r\n\r\n")
+            .await
+            .unwrap();
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stream.write_all(&[b'u'; 10]).await.unwrap();
+        }
+        let (answer, _) = read_to_end(&mut stream, Duration::from_secs(5)).await;
+        answer
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_honest_client_served(public).await;
+
+    let mut timed_out_by_path = std::collections::BTreeMap::new();
+    while let Some(outcome) = attackers.join_next().await {
+        let (path, elapsed, answer, end) = outcome.unwrap();
+        assert_eq!(
+            end,
+            End::Closed,
+            "{path}: a stalled body kept its connection open"
+        );
+        assert!(
+            elapsed < Duration::from_secs(6),
+            "{path}: a stalled body held its connection {elapsed:?}"
+        );
+        if path == "/direct" {
+            // The direct response does not read the body: it answers at once and hyper
+            // stops reading, so the connection closes after the answer.
+            assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer:?}");
+            continue;
+        }
+        let head = answer.to_ascii_lowercase();
+        assert!(
+            head.starts_with("http/1.1 408") && head.contains("connection: close"),
+            "{path}: expected 408 with connection: close, got {answer:?}"
+        );
+        *timed_out_by_path.entry(path).or_insert(0) += 1;
+    }
+    assert_eq!(timed_out_by_path.len(), 3, "{timed_out_by_path:?}");
+
+    let upload = honest_upload.await.unwrap();
+    assert!(
+        upload.starts_with("HTTP/1.1 200"),
+        "honest upload: {upload:?}"
+    );
+    let received = echo
+        .requests()
+        .into_iter()
+        .find(|request| request.path == "/upload")
+        .expect("the honest upload reached the backend");
+    assert_eq!(received.body_len, 100);
+    assert!(
+        gateway.log().contains("request_body_timeout"),
+        "no access-log line with detail request_body_timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_max_connections_are_closed_counted_and_service_resumes() {
+    let echo = backends::echo("echo").await;
+    let gateway = start(&echo, 5).await;
+    let public = gateway.listener("public");
+
+    // Five connections each holding an exchange open: the listener is full.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut stream = TcpStream::connect(public).await.unwrap();
+        stream
+            .write_all(b"GET /held HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buffer = [0u8; 1024];
+        let read = stream.read(&mut buffer).await.unwrap();
+        assert!(buffer[..read].starts_with(b"HTTP/1.1 200"));
+        held.push(stream);
+    }
+    // Beyond the cap: accepted and closed without a byte of answer.
+    for _ in 0..3 {
+        let mut extra = TcpStream::connect(public).await.unwrap();
+        let (answer, end) = read_to_end(&mut extra, Duration::from_secs(3)).await;
+        assert_eq!(end, End::Closed, "an extra connection was kept");
+        assert!(answer.is_empty(), "an extra connection got {answer:?}");
+    }
+    // The cap is per listener: the other listener still serves.
+    assert_honest_client_served(gateway.listener("other")).await;
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        sample_sum(
+            &metrics,
+            "tollgate_connections_refused_total",
+            &[("listener", "public")]
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample_sum(
+            &metrics,
+            "tollgate_connections_refused_total",
+            &[("listener", "other")]
+        ),
+        None
+    );
+
+    // Closing the held connections frees their places.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let served = tokio::time::timeout(
+            Duration::from_secs(2),
+            HttpClient::http1().send(tollgate_tests::clients::get_request(
+                public,
+                "shop.test",
+                "/again",
+            )),
+        )
+        .await;
+        if let Ok(Ok(response)) = served {
+            assert_eq!(response.status, StatusCode::OK);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the listener did not serve again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// stream_idle_timeout (2 s) ends exchanges where no byte moves: an upstream that stalls
+/// mid-body, and a client that stops reading a large response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_idle_timeout_ends_stalled_upstreams_and_clients_that_stop_reading() {
+    let echo = backends::echo("echo").await;
+    let gateway = start(&echo, 1000).await;
+    let public = gateway.listener("public");
+
+    // The upstream sends one chunk, then waits 20 s before the next.
+    let started = Instant::now();
+    let mut stalled = TcpStream::connect(public).await.unwrap();
+    stalled
+        .write_all(
+            b"GET /stall?stream_chunks=3&chunk_delay_ms=20000 HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // A client that uploads 16 MB to be echoed back, reads the answer's head, then stops
+    // reading.
+    const ECHOED: usize = 16 * 1024 * 1024;
+    let mut not_reading = TcpStream::connect(public).await.unwrap();
+    let head =
+        format!("POST /echo-body HTTP/1.1\r\nHost: shop.test\r\nContent-Length: {ECHOED}\r\n\r\n");
+    not_reading.write_all(head.as_bytes()).await.unwrap();
+    not_reading.write_all(&vec![b'e'; ECHOED]).await.unwrap();
+    let mut head = [0u8; 512];
+    let read = not_reading.read(&mut head).await.unwrap();
+    assert!(head[..read].starts_with(b"HTTP/1.1 200"));
+    let reading_stopped = Instant::now();
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_honest_client_served(public).await;
+
+    let (answer, end) = read_to_end(&mut stalled, Duration::from_secs(10)).await;
+    assert_eq!(end, End::Closed, "the stalled stream was not ended");
+    assert!(answer.contains("chunk 0"), "{answer:?}");
+    assert!(!answer.contains("chunk 1"), "{answer:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1800) && waited < Duration::from_secs(8),
+        "the stalled stream ended after {waited:?}"
+    );
+
+    // Not read for at least 4 s (twice the timeout), then read what is left: the
+    // connection must have been closed before the whole answer arrived.
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(reading_stopped.elapsed())).await;
+    let mut received = read;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let end = loop {
+        match tokio::time::timeout_at(deadline, not_reading.read(&mut buffer)).await {
+            Err(_) => break End::Open,
+            Ok(Ok(0)) | Ok(Err(_)) => break End::Closed,
+            Ok(Ok(read)) => received += read,
+        }
+    };
+    assert_eq!(end, End::Closed);
+    assert!(
+        received < ECHOED,
+        "the client got {received} bytes: the response was not cut"
+    );
+    assert_honest_client_served(public).await;
+}
