@@ -347,6 +347,10 @@ pub struct Plugin {
     pub memory_limit: u64,
     /// Shared data and queues are shared among plugins with the same `vm_id`.
     pub vm_id: Option<String>,
+    /// More traps than this within a minute, across the workers, open the plugin's circuit.
+    pub max_traps_per_minute: u32,
+    /// How long an open circuit answers without running the plugin before a probe.
+    pub circuit_open_time: Duration,
     pub origin: Origin,
 }
 
@@ -1423,6 +1427,13 @@ impl Validator<'_> {
             ),
             memory_limit: raw.memory_limit.unwrap_or(64 * 1024 * 1024),
             vm_id: raw.vm_id.clone(),
+            max_traps_per_minute: raw.max_traps_per_minute.unwrap_or(10),
+            circuit_open_time: self.duration(
+                &origin,
+                "circuit_open_time",
+                raw.circuit_open_time.as_ref(),
+                Duration::from_secs(30),
+            ),
             origin,
         }
     }
@@ -1570,6 +1581,8 @@ fn fill_defaults(config: &mut Config) {
             entry["failure_policy"] = json!(plugin.failure_policy);
             entry["callback_timeout"] = json!(duration::format(plugin.callback_timeout));
             entry["memory_limit"] = json!(plugin.memory_limit);
+            entry["max_traps_per_minute"] = json!(plugin.max_traps_per_minute);
+            entry["circuit_open_time"] = json!(duration::format(plugin.circuit_open_time));
         }
     }
 }

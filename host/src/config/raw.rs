@@ -370,6 +370,8 @@ pub struct Plugin {
     pub callback_timeout: Option<String>,
     pub memory_limit: Option<u64>,
     pub vm_id: Option<String>,
+    pub max_traps_per_minute: Option<u32>,
+    pub circuit_open_time: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

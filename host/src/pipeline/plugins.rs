@@ -1,6 +1,15 @@
 //! Running a route's plugin chain for one request: request phase in order, response phase in
 //! reverse, log phase at the end, with Envoy's pause, resume and local-reply semantics and
 //! each plugin's failure policy.
+//!
+//! A plugin that traps fails only this request (the worker gets a fresh VM, see
+//! `wasm::plugin`). Until the response head is sent, the failure policy answers: 503 under
+//! `fail_closed` (and `reload`), the plugin skipped for the rest of the request under
+//! `fail_open`, with what the plugin was handed (headers, body) passed on. Once the head is
+//! sent, a trap in the response body or trailers resets the stream (HTTP/2 RST_STREAM,
+//! HTTP/1.1 closes the connection before the body's end) under every policy: the body the
+//! plugin held back died with its VM, and passing on the rest unprocessed would deliver a
+//! partial body, or one the plugin was there to redact.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -16,6 +25,7 @@ use crate::config::raw::FailurePolicy;
 use crate::upstream::BoxError;
 use crate::wasm::abi::{Action, HeaderList};
 use crate::wasm::host::{FilterState, LocalResponse, StreamInfo, StreamState};
+use crate::wasm::circuit::Admission;
 use crate::wasm::plugin::{Plugin, PluginFailure};
 use crate::wasm::vm::StreamCallback;
 
@@ -37,6 +47,8 @@ struct Entry {
     wake: Option<Arc<Notify>>,
     /// fail_open: the plugin failed and is skipped for the rest of the request.
     skipped: bool,
+    /// This request is the half-open probe of the plugin's circuit.
+    probe: bool,
 }
 
 /// One request's walk through a chain.
@@ -57,7 +69,31 @@ pub struct PluginRun {
     request_size: u64,
     response_headers: HeaderList,
     response_size: u64,
+    /// The phase running now, and the one where a plugin failure stopped the request.
+    phase: &'static str,
+    failed_phase: Option<&'static str>,
 }
+
+/// A plugin trapped after the response head was sent: the body stream ends in this error,
+/// which resets it.
+#[derive(Debug)]
+pub struct PluginBodyFailure {
+    pub plugin: String,
+    /// `response_body` or `response_trailers`.
+    pub phase: &'static str,
+}
+
+impl std::fmt::Display for PluginBodyFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "plugin {:?} failed in the {} phase; the response is reset",
+            self.plugin, self.phase
+        )
+    }
+}
+
+impl std::error::Error for PluginBodyFailure {}
 
 /// Which direction a pause is waiting on.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -76,6 +112,7 @@ impl PluginRun {
                     context: None,
                     wake: None,
                     skipped: false,
+                    probe: false,
                 })
                 .collect(),
             route: route.to_string(),
@@ -89,17 +126,26 @@ impl PluginRun {
             request_size: 0,
             response_headers: Vec::new(),
             response_size: 0,
+            phase: "request_headers",
+            failed_phase: None,
         }
     }
 
-    /// Applies the plugin's failure policy: fail_open skips it, anything else answers 503.
+    /// The phase in which a plugin failure answered the request (for the access log).
+    pub fn failed_phase(&self) -> Option<&'static str> {
+        self.failed_phase
+    }
+
+    /// Applies the plugin's failure policy: fail_open skips it, anything else (`fail_closed`,
+    /// `reload`) answers 503.
     fn fail(&mut self, index: usize, failure: PluginFailure) -> Result<(), Stopped> {
         let entry = &mut self.entries[index];
-        tracing::warn!(plugin = %entry.plugin.name, route = %self.route, error = %failure, "plugin failed");
+        tracing::warn!(plugin = %entry.plugin.name, route = %self.route, phase = self.phase, error = %failure, "plugin failed");
         if entry.plugin.failure_policy == FailurePolicy::FailOpen {
             entry.skipped = true;
             return Ok(());
         }
+        self.failed_phase.get_or_insert(self.phase);
         let mut response = local::reply(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("plugin {:?} is unavailable\n", entry.plugin.name),
@@ -121,6 +167,14 @@ impl PluginRun {
             return Ok(Some(context));
         }
         let plugin = self.entries[index].plugin.clone();
+        // One relaxed atomic load while the circuit is closed.
+        match plugin.circuit.admit() {
+            Admission::Run => {}
+            Admission::Probe => self.entries[index].probe = true,
+            Admission::Refused => {
+                return self.fail(index, PluginFailure::CircuitOpen).map(|()| None);
+            }
+        }
         let key = plugin.root_key(&self.route);
         let stream = StreamState::new(0, self.info.clone(), self.filter_state.clone());
         let wake = stream.wake.clone();
@@ -211,6 +265,7 @@ impl PluginRun {
         headers: &mut HeaderList,
         end_of_stream: bool,
     ) -> Result<(), Stopped> {
+        self.phase = "request_headers";
         for index in 0..self.entries.len() {
             let count = headers.len();
             let moved = std::mem::take(headers);
@@ -220,12 +275,16 @@ impl PluginRun {
                     if let Some(stream) = vm.state().streams.get_mut(&context) {
                         stream.request_headers = moved.take().unwrap_or_default();
                     }
-                    vm.stream_callback(
+                    let action = vm.stream_callback(
                         context,
                         StreamCallback::RequestHeaders,
                         count,
                         end_of_stream,
-                    )
+                    );
+                    rescue(vm, context, &action, &mut moved, |stream| {
+                        std::mem::take(&mut stream.request_headers)
+                    });
+                    action
                 })
                 .await;
             *headers = self.take_back(index, moved, |stream| {
@@ -262,6 +321,7 @@ impl PluginRun {
     ) -> Result<(), Stopped> {
         self.request_size = body.len() as u64;
         for index in 0..self.entries.len() {
+            self.phase = "request_body";
             let size = body.len();
             let mut moved = Some(std::mem::take(body));
             let end_of_stream = trailers.is_none();
@@ -271,7 +331,16 @@ impl PluginRun {
                         stream.request_body = moved.take().unwrap_or_default();
                         stream.request_size = size as u64;
                     }
-                    vm.stream_callback(context, StreamCallback::RequestBody, size, end_of_stream)
+                    let action = vm.stream_callback(
+                        context,
+                        StreamCallback::RequestBody,
+                        size,
+                        end_of_stream,
+                    );
+                    rescue(vm, context, &action, &mut moved, |stream| {
+                        std::mem::take(&mut stream.request_body)
+                    });
+                    action
                 })
                 .await;
             *body = self.take_back(index, moved, |stream| {
@@ -279,6 +348,7 @@ impl PluginRun {
             });
             result?;
             if let Some(list) = trailers.as_mut() {
+                self.phase = "request_trailers";
                 let count = list.len();
                 let mut moved = Some(std::mem::take(list));
                 let result = self
@@ -286,7 +356,16 @@ impl PluginRun {
                         if let Some(stream) = vm.state().streams.get_mut(&context) {
                             stream.request_trailers = moved.take().unwrap_or_default();
                         }
-                        vm.stream_callback(context, StreamCallback::RequestTrailers, count, true)
+                        let action = vm.stream_callback(
+                            context,
+                            StreamCallback::RequestTrailers,
+                            count,
+                            true,
+                        );
+                        rescue(vm, context, &action, &mut moved, |stream| {
+                            std::mem::take(&mut stream.request_trailers)
+                        });
+                        action
                     })
                     .await;
                 *list = self.take_back(index, moved, |stream| {
@@ -311,6 +390,7 @@ impl PluginRun {
             .find(|(k, _)| k == ":status")
             .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
         let mut replaced = None;
+        self.phase = "response_headers";
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
             if self.entries[index].context.is_none() {
                 continue;
@@ -325,12 +405,16 @@ impl PluginRun {
                         stream.response_code = status;
                         stream.upstream_address = upstream;
                     }
-                    vm.stream_callback(
+                    let action = vm.stream_callback(
                         context,
                         StreamCallback::ResponseHeaders,
                         count,
                         end_of_stream,
-                    )
+                    );
+                    rescue(vm, context, &action, &mut moved, |stream| {
+                        std::mem::take(&mut stream.response_headers)
+                    });
+                    action
                 })
                 .await;
             *headers = self.take_back(index, moved, |stream| {
@@ -382,8 +466,13 @@ impl PluginRun {
 
     /// One response body chunk through the plugins in reverse order (synchronous: called
     /// while the body streams). A plugin that pauses keeps buffering; at the end of the
-    /// stream everything buffered is released.
-    fn response_body_chunk(&mut self, mut data: Vec<u8>, end_of_stream: bool) -> Vec<u8> {
+    /// stream everything buffered is released. A trap fails the body (the stream is reset)
+    /// whatever the failure policy: the head is sent, and what the plugin held back is lost.
+    fn response_body_chunk(
+        &mut self,
+        mut data: Vec<u8>,
+        end_of_stream: bool,
+    ) -> Result<Vec<u8>, PluginBodyFailure> {
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
             let entry = &self.entries[index];
             let (Some(context), false) = (entry.context, entry.skipped) else {
@@ -414,18 +503,32 @@ impl PluginRun {
             });
             data = match result {
                 Ok(out) => out,
-                Err(failure) => {
-                    tracing::warn!(plugin = %plugin.name, error = %failure, "plugin failed on the response body; passing it through");
-                    self.entries[index].skipped = true;
-                    data
-                }
+                Err(failure) => return Err(self.body_failure(index, "response_body", &failure)),
             };
         }
         self.response_size += data.len() as u64;
-        data
+        Ok(data)
     }
 
-    fn response_trailers(&mut self, trailers: &mut HeaderList) {
+    /// A plugin failed after the response head was sent: it is out of this request, and the
+    /// response stream is to be reset.
+    fn body_failure(
+        &mut self,
+        index: usize,
+        phase: &'static str,
+        failure: &PluginFailure,
+    ) -> PluginBodyFailure {
+        let entry = &mut self.entries[index];
+        entry.skipped = true;
+        self.failed_phase.get_or_insert(phase);
+        tracing::warn!(plugin = %entry.plugin.name, route = %self.route, phase, error = %failure, "plugin failed after the response head was sent; resetting the response");
+        PluginBodyFailure {
+            plugin: entry.plugin.name.clone(),
+            phase,
+        }
+    }
+
+    fn response_trailers(&mut self, trailers: &mut HeaderList) -> Result<(), PluginBodyFailure> {
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
             let entry = &self.entries[index];
             let (Some(context), false) = (entry.context, entry.skipped) else {
@@ -446,10 +549,14 @@ impl PluginRun {
                     .map(|s| std::mem::take(&mut s.response_trailers))
                     .unwrap_or_default())
             });
-            if let Ok(list) = result {
-                *trailers = list;
+            match result {
+                Ok(list) => *trailers = list,
+                Err(failure) => {
+                    return Err(self.body_failure(index, "response_trailers", &failure));
+                }
             }
         }
+        Ok(())
     }
 
     /// The log phase: `on_log`, `on_done`, `on_delete` for every context, in order.
@@ -489,6 +596,12 @@ impl PluginRun {
                 vm.finish_stream(context)
             });
         }
+        // A probe that trapped opened the circuit again; otherwise this closes it.
+        for entry in &self.entries {
+            if entry.probe {
+                entry.plugin.circuit.probe_done();
+            }
+        }
     }
 }
 
@@ -496,6 +609,22 @@ impl Drop for PluginRun {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// After a trap, takes back what the callback was handed from the dying VM's stream state, so
+/// that a `fail_open` plugin that trapped passes on the request as it got it (as far as it
+/// had not changed it) rather than an empty one. Costs nothing unless the callback trapped.
+fn rescue<T>(
+    vm: &mut crate::wasm::vm::Vm,
+    context: u32,
+    action: &Result<Action, crate::wasm::vm::VmTrap>,
+    moved: &mut Option<T>,
+    take: impl FnOnce(&mut StreamState) -> T,
+) {
+    if action.is_ok() || moved.is_some() {
+        return;
+    }
+    *moved = vm.state().streams.get_mut(&context).map(take);
 }
 
 /// What the plugin decided for a stream since the last look: a local reply, a reset, and
@@ -622,7 +751,10 @@ impl Body for FilteredBody {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         let end = self.inner.is_end_stream();
-                        let out = self.run.response_body_chunk(data.to_vec(), end);
+                        let out = match self.run.response_body_chunk(data.to_vec(), end) {
+                            Ok(out) => out,
+                            Err(failure) => return self.reset(failure),
+                        };
                         if end {
                             self.done = true;
                         }
@@ -641,12 +773,17 @@ impl Body for FilteredBody {
                         self.trailers_done = true;
                         // Trailers end the stream: release any buffered body first is not
                         // possible in one frame, so flush it and keep the trailers for later.
-                        let flushed = self.run.response_body_chunk(Vec::new(), true);
+                        let flushed = match self.run.response_body_chunk(Vec::new(), true) {
+                            Ok(flushed) => flushed,
+                            Err(failure) => return self.reset(failure),
+                        };
                         let mut trailers = match frame.into_trailers() {
                             Ok(map) => crate::wasm::plugin::header_list(&map),
                             Err(_) => Vec::new(),
                         };
-                        self.run.response_trailers(&mut trailers);
+                        if let Err(failure) = self.run.response_trailers(&mut trailers) {
+                            return self.reset(failure);
+                        }
                         self.done = true;
                         let (_, map) = from_header_list(&trailers);
                         if !flushed.is_empty() {
@@ -664,7 +801,10 @@ impl Body for FilteredBody {
                 },
                 Poll::Ready(None) => {
                     self.done = true;
-                    let out = self.run.response_body_chunk(Vec::new(), true);
+                    let out = match self.run.response_body_chunk(Vec::new(), true) {
+                        Ok(out) => out,
+                        Err(failure) => return self.reset(failure),
+                    };
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                     }
@@ -676,5 +816,17 @@ impl Body for FilteredBody {
 
     fn is_end_stream(&self) -> bool {
         self.done
+    }
+}
+
+impl FilteredBody {
+    /// Ends the body in an error: hyper resets an HTTP/2 stream and closes an HTTP/1.1
+    /// connection before the body's end, so the client can tell the body is incomplete.
+    fn reset(
+        &mut self,
+        failure: PluginBodyFailure,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        std::task::Poll::Ready(Some(Err(Box::new(failure))))
     }
 }
