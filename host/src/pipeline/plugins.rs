@@ -49,6 +49,10 @@ struct Entry {
     skipped: bool,
     /// This request is the half-open probe of the plugin's circuit.
     probe: bool,
+    /// The generation of the worker's VM that holds `context`.
+    generation: u64,
+    /// The plugin holds back part of the response body (paused, buffering).
+    holding_body: bool,
 }
 
 /// One request's walk through a chain.
@@ -113,6 +117,8 @@ impl PluginRun {
                     wake: None,
                     skipped: false,
                     probe: false,
+                    generation: 0,
+                    holding_body: false,
                 })
                 .collect(),
             route: route.to_string(),
@@ -158,13 +164,21 @@ impl PluginRun {
         Err(Stopped::Failed(Box::new(response)))
     }
 
-    /// Creates the plugin's stream context on first use.
+    /// Creates the plugin's stream context on first use, and again when another request's
+    /// trap replaced the VM that held it: the plugin's state for this request is lost, but
+    /// the request goes on and the plugin sees its remaining phases (a redactor still
+    /// redacts the response, metering still gets `on_log`).
     fn context(&mut self, index: usize) -> Result<Option<u32>, Stopped> {
         if self.entries[index].skipped {
             return Ok(None);
         }
         if let Some(context) = self.entries[index].context {
-            return Ok(Some(context));
+            let entry = &self.entries[index];
+            if entry.plugin.is_current(entry.generation) {
+                return Ok(Some(context));
+            }
+            tracing::warn!(plugin = %entry.plugin.name, route = %self.route, phase = self.phase, "another request's trap replaced the plugin's VM; this request goes on with a fresh context");
+            self.entries[index].context = None;
         }
         let plugin = self.entries[index].plugin.clone();
         // One relaxed atomic load while the circuit is closed.
@@ -190,8 +204,11 @@ impl PluginRun {
         });
         match created {
             Ok(context) => {
-                self.entries[index].context = Some(context);
-                self.entries[index].wake = Some(wake);
+                let entry = &mut self.entries[index];
+                entry.context = Some(context);
+                entry.wake = Some(wake);
+                entry.generation = plugin.generation();
+                entry.holding_body = false;
                 Ok(Some(context))
             }
             Err(failure) => self.fail(index, failure).map(|()| None),
@@ -250,6 +267,17 @@ impl PluginRun {
                 return Err(Stopped::Failed(Box::new(local::reply(
                     StatusCode::GATEWAY_TIMEOUT,
                     "a plugin paused the request past its timeout\n",
+                ))));
+            }
+            if !plugin.is_current(self.entries[index].generation) {
+                // Another request's trap took the VM, with the decision this one waited
+                // for and what it had handed the plugin: it can neither continue nor skip
+                // the plugin, whatever the failure policy.
+                tracing::warn!(plugin = %plugin.name, route = %self.route, phase = self.phase, "the plugin's VM was replaced while this request waited on it");
+                self.failed_phase.get_or_insert(self.phase);
+                return Err(Stopped::Failed(Box::new(local::reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("plugin {:?} is unavailable\n", plugin.name),
                 ))));
             }
             signals = match plugin.with_vm(|vm, _| Ok(take_signals(vm, context, direction))) {
@@ -475,16 +503,17 @@ impl PluginRun {
     ) -> Result<Vec<u8>, PluginBodyFailure> {
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
             let entry = &self.entries[index];
-            let (Some(context), false) = (entry.context, entry.skipped) else {
+            if entry.context.is_none() || entry.skipped {
                 continue;
-            };
+            }
             if data.is_empty() && !end_of_stream {
                 break;
             }
-            let plugin = entry.plugin.clone();
+            let context = self.body_context(index, "response_body")?;
+            let plugin = self.entries[index].plugin.clone();
             let result = plugin.with_vm(|vm, _| {
                 let Some(stream) = vm.state().streams.get_mut(&context) else {
-                    return Ok(Vec::new());
+                    return Ok((Vec::new(), false));
                 };
                 stream.response_body.extend_from_slice(&data);
                 stream.response_size += data.len() as u64;
@@ -496,12 +525,12 @@ impl PluginRun {
                     action == Action::Continue || end_of_stream || stream.signals.continue_response;
                 stream.signals.continue_response = false;
                 Ok(if released {
-                    std::mem::take(&mut stream.response_body)
+                    (std::mem::take(&mut stream.response_body), false)
                 } else {
-                    Vec::new()
+                    (Vec::new(), !stream.response_body.is_empty())
                 })
             });
-            data = match result {
+            (data, self.entries[index].holding_body) = match result {
                 Ok(out) => out,
                 Err(failure) => return Err(self.body_failure(index, "response_body", &failure)),
             };
@@ -528,13 +557,42 @@ impl PluginRun {
         }
     }
 
+    /// The plugin's context for a response body or trailers callback. When another
+    /// request's trap took the VM, a fresh context carries on, unless the old one held back
+    /// part of the body: that part is gone, so the response is reset.
+    fn body_context(
+        &mut self,
+        index: usize,
+        phase: &'static str,
+    ) -> Result<u32, PluginBodyFailure> {
+        let entry = &self.entries[index];
+        if entry.holding_body && !entry.plugin.is_current(entry.generation) {
+            let lost = PluginFailure::Unavailable(
+                "the VM was replaced while the plugin held back part of the response body"
+                    .into(),
+            );
+            return Err(self.body_failure(index, phase, &lost));
+        }
+        self.phase = phase;
+        match self.context(index) {
+            Ok(Some(context)) => Ok(context),
+            // No fresh context (the circuit is open, or creating it trapped): the rest of the
+            // body would go out unprocessed, under every policy a reset.
+            Ok(None) | Err(_) => {
+                let failure = PluginFailure::Unavailable("no fresh stream context".into());
+                Err(self.body_failure(index, phase, &failure))
+            }
+        }
+    }
+
     fn response_trailers(&mut self, trailers: &mut HeaderList) -> Result<(), PluginBodyFailure> {
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
             let entry = &self.entries[index];
-            let (Some(context), false) = (entry.context, entry.skipped) else {
+            if entry.context.is_none() || entry.skipped {
                 continue;
-            };
-            let plugin = entry.plugin.clone();
+            }
+            let context = self.body_context(index, "response_trailers")?;
+            let plugin = self.entries[index].plugin.clone();
             let count = trailers.len();
             let moved = std::mem::take(trailers);
             let result = plugin.with_vm(|vm, _| {

@@ -264,7 +264,16 @@ impl Plugin {
             Err(trap) => {
                 self.stats.traps.fetch_add(1, Ordering::Relaxed);
                 crate::telemetry::metrics::metrics().plugin_trap(&self.name);
-                tracing::error!(plugin = %self.name, callback = trap.callback, reason = %trap.reason, "plugin trapped; its VM on this worker is replaced");
+                let worker = std::thread::current();
+                tracing::error!(plugin = %self.name, worker = worker.name().unwrap_or("-"), callback = trap.callback, reason = %trap.reason, "plugin trapped; its VM on this worker is replaced");
+                // The other requests with a context in this VM lose it too: wake those that
+                // wait on it (a paused stream), so they notice now rather than at their
+                // wait limit.
+                if let Some(vm) = slot.vm.as_mut() {
+                    for stream in vm.state().streams.values() {
+                        stream.wake.notify_one();
+                    }
+                }
                 slot.vm = None;
                 slot.roots.clear();
                 self.report_memory(&mut slot, 0);
@@ -277,6 +286,19 @@ impl Plugin {
                 Err(PluginFailure::Trap(trap))
             }
         }
+    }
+
+    /// The generation of this worker's VM: a stream context created now lives as long as
+    /// [`Plugin::is_current`] says so for it.
+    pub fn generation(&self) -> u64 {
+        self.slot().borrow().generation
+    }
+
+    /// Whether this worker's VM is still the one of `generation` (not replaced after a trap),
+    /// so that the stream contexts created in it still exist.
+    pub fn is_current(&self, generation: u64) -> bool {
+        let slot = self.slot().borrow();
+        slot.generation == generation && slot.vm.is_some()
     }
 
     /// Keeps the memory gauge equal to the sum of the live VMs' memory.
