@@ -1721,6 +1721,29 @@ mod tests {
         // Defaults are shown as they apply.
         assert_eq!(config.effective["server"]["idle_timeout"], "60s");
         assert_eq!(config.effective["plugins"][0]["callback_timeout"], "50ms");
+        assert_eq!(config.effective["plugins"][0]["max_traps_per_minute"], 10);
+        assert_eq!(config.effective["plugins"][0]["circuit_open_time"], "30s");
         assert!(dump.contains("x-key"));
+    }
+
+    #[test]
+    fn plugin_trap_circuit_is_configured_per_plugin() {
+        let config = load(&[(
+            "a.yaml",
+            &format!("{LISTENER}plugins:\n  - name: p\n    module: p.wasm\n    max_traps_per_minute: 3\n    circuit_open_time: 2s\n    failure_policy: reload\n"),
+        )])
+        .unwrap();
+        assert_eq!(config.plugins[0].max_traps_per_minute, 3);
+        assert_eq!(config.plugins[0].circuit_open_time, Duration::from_secs(2));
+        assert_eq!(config.effective["plugins"][0]["circuit_open_time"], "2s");
+        let errors = load(&[(
+            "a.yaml",
+            &format!("{LISTENER}plugins:\n  - name: p\n    module: p.wasm\n    circuit_open_time: soon\n"),
+        )])
+        .unwrap_err();
+        assert!(
+            errors.to_string().contains("plugins[0].circuit_open_time"),
+            "{errors}"
+        );
     }
 }

@@ -377,9 +377,13 @@ pub struct Plugin {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailurePolicy {
+    /// A trap answers its request 503.
     #[default]
     FailClosed,
+    /// A trap skips the plugin for the rest of its request.
     FailOpen,
+    /// Envoy's FAIL_RELOAD, kept for existing policies: every policy now gets a fresh VM
+    /// after a trap, so this answers like `FailClosed`.
     Reload,
 }
 
