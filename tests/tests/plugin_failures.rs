@@ -198,8 +198,13 @@ async fn storm(gateway: &Gateway, path: &str) -> Vec<(usize, StatusCode)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trap_storm_fails_exactly_the_trapping_requests() {
     let setup = start(&[
-        misbehave("storm-closed", "utf8-request-body", "storm-closed", "fail_closed")
-            .field("max_traps_per_minute", json!(1000)),
+        misbehave(
+            "storm-closed",
+            "utf8-request-body",
+            "storm-closed",
+            "fail_closed",
+        )
+        .field("max_traps_per_minute", json!(1000)),
         misbehave("storm-open", "utf8-request-body", "storm-open", "fail_open")
             .field("max_traps_per_minute", json!(1000)),
     ])
@@ -213,7 +218,10 @@ async fn a_trap_storm_fails_exactly_the_trapping_requests() {
         .map(|(i, _)| *i)
         .collect();
     let expected: Vec<usize> = (0..500).filter(|i| i % 20 == 7).collect();
-    assert_eq!(failed, expected, "fail_closed: exactly the trapping requests fail");
+    assert_eq!(
+        failed, expected,
+        "fail_closed: exactly the trapping requests fail"
+    );
     assert!(
         closed
             .iter()
@@ -238,7 +246,11 @@ async fn a_trap_storm_fails_exactly_the_trapping_requests() {
             .filter(|r| r.path.starts_with(prefix))
             .collect::<Vec<_>>()
     };
-    assert_eq!(forwarded("/storm-closed").len(), 475, "fail_closed forwards only the good ones");
+    assert_eq!(
+        forwarded("/storm-closed").len(),
+        475,
+        "fail_closed forwards only the good ones"
+    );
     let open_forwarded = forwarded("/storm-open");
     assert_eq!(open_forwarded.len(), 500);
     assert_eq!(
@@ -260,7 +272,11 @@ async fn a_trap_storm_fails_exactly_the_trapping_requests() {
     // Each worker trapped and went on serving with a fresh VM.
     assert_log_mentions(
         gateway,
-        &["tollgate-worker-0", "tollgate-worker-1", "request body is not UTF-8"],
+        &[
+            "tollgate-worker-0",
+            "tollgate-worker-1",
+            "request body is not UTF-8",
+        ],
     )
     .await;
 }
@@ -304,9 +320,15 @@ async fn repeated_traps_open_the_circuit_until_a_probe_succeeds() {
         let (status, _) = post(&client, gateway, "/circuit", body).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
-    assert!(opened.elapsed() < Duration::from_secs(1), "the test outran the open time");
+    assert!(
+        opened.elapsed() < Duration::from_secs(1),
+        "the test outran the open time"
+    );
     let view = plugin_view(&gateway.admin_get("/plugins").await.json(), "circuit");
-    assert_eq!(view["traps"], 4, "the open circuit does not run the plugin: {view}");
+    assert_eq!(
+        view["traps"], 4,
+        "the open circuit does not run the plugin: {view}"
+    );
     assert_eq!(setup.echo.request_count(), forwarded_before);
 
     // After the open time a probe runs on a fresh VM and closes the circuit.
@@ -353,7 +375,11 @@ async fn a_response_body_trap_resets_the_response() {
     .await;
     let (head, body) = split_answer(&raw.text);
     assert_eq!(raw.status, Some(200), "{}", raw.text);
-    assert!(body.contains("XXXXXX tail") && !body.contains("secret"), "{}", raw.text);
+    assert!(
+        body.contains("XXXXXX tail") && !body.contains("secret"),
+        "{}",
+        raw.text
+    );
     assert!(
         head.contains("chunked") && body.ends_with("0\r\n\r\n"),
         "a complete chunked body: {}",
@@ -374,7 +400,11 @@ async fn a_response_body_trap_resets_the_response() {
     );
     let (head, body) = split_answer(&raw.text);
     assert_eq!(raw.status, Some(200), "{}", raw.text);
-    assert!(!body.contains("secret"), "the unredacted tail leaked: {}", raw.text);
+    assert!(
+        !body.contains("secret"),
+        "the unredacted tail leaked: {}",
+        raw.text
+    );
     assert!(
         body.contains("public line"),
         "the part released before the trap: {}",
@@ -411,7 +441,11 @@ async fn a_response_body_trap_resets_the_response() {
     let Read::Frame(last) = how else {
         panic!("no reset of stream 1: {how:?} after {frames:?}");
     };
-    assert_eq!(last.kind, h2frames::RST_STREAM, "stream 1 was reset: {frames:?}");
+    assert_eq!(
+        last.kind,
+        h2frames::RST_STREAM,
+        "stream 1 was reset: {frames:?}"
+    );
     let data: Vec<u8> = frames
         .iter()
         .filter(|f| f.stream == 1 && f.kind == h2frames::DATA)
@@ -424,7 +458,10 @@ async fn a_response_body_trap_resets_the_response() {
 
     assert_log_mentions(
         gateway,
-        &["detail=\"plugin_failure\"", "plugin_phase=\"response_body\""],
+        &[
+            "detail=\"plugin_failure\"",
+            "plugin_phase=\"response_body\"",
+        ],
     )
     .await;
     // The gateway goes on serving the route's good responses.
@@ -458,12 +495,17 @@ async fn a_response_headers_trap_answers_503() {
             "attempt {attempt}: {}",
             response.text()
         );
-        let plain = client.get(gateway.listener("public"), "fail.test", "/plain").await;
+        let plain = client
+            .get(gateway.listener("public"), "fail.test", "/plain")
+            .await;
         assert_eq!(plain.status, StatusCode::OK);
     }
     assert_log_mentions(
         gateway,
-        &["detail=\"plugin_failure\"", "plugin_phase=\"response_headers\""],
+        &[
+            "detail=\"plugin_failure\"",
+            "plugin_phase=\"response_headers\"",
+        ],
     )
     .await;
 }

@@ -24,8 +24,8 @@ use super::{local, ResponseBody};
 use crate::config::raw::FailurePolicy;
 use crate::upstream::BoxError;
 use crate::wasm::abi::{Action, HeaderList};
-use crate::wasm::host::{FilterState, LocalResponse, StreamInfo, StreamState};
 use crate::wasm::circuit::Admission;
+use crate::wasm::host::{FilterState, LocalResponse, StreamInfo, StreamState};
 use crate::wasm::plugin::{Plugin, PluginFailure};
 use crate::wasm::vm::StreamCallback;
 
@@ -568,8 +568,7 @@ impl PluginRun {
         let entry = &self.entries[index];
         if entry.holding_body && !entry.plugin.is_current(entry.generation) {
             let lost = PluginFailure::Unavailable(
-                "the VM was replaced while the plugin held back part of the response body"
-                    .into(),
+                "the VM was replaced while the plugin held back part of the response body".into(),
             );
             return Err(self.body_failure(index, phase, &lost));
         }

@@ -6,8 +6,9 @@
 //! within a minute *open* the circuit. While it is open, requests get the plugin's failure
 //! policy answer (503 under `fail_closed`, the plugin skipped under `fail_open`) without
 //! running it. After `circuit_open_time` the circuit is *half-open*: one request (the probe)
-//! runs the plugin on a fresh VM; when it completes without a trap the circuit closes, when
-//! it traps the circuit opens again for another `circuit_open_time`.
+//! runs the plugin (on a fresh VM where one trapped: the replacement is not built while the
+//! circuit is open); when it completes without a trap the circuit closes, when it traps the
+//! circuit opens again for another `circuit_open_time`.
 //!
 //! The circuit is per plugin instance, shared by the workers: traps count wherever they
 //! happen, so a client that traps one VM per worker opens it once, not once per worker, and
@@ -149,9 +150,7 @@ impl Circuit {
     pub fn view(&self) -> CircuitView {
         let mut window = self.lock();
         let now = Instant::now();
-        window
-            .traps
-            .retain(|at| now.duration_since(*at) < WINDOW);
+        window.traps.retain(|at| now.duration_since(*at) < WINDOW);
         CircuitView {
             state: match self.state.load(Ordering::Relaxed) {
                 CLOSED => "closed",
@@ -184,7 +183,10 @@ mod tests {
         assert!(!circuit.record_trap_at(start, wall));
         assert_eq!(circuit.admit(), Admission::Run);
         assert!(circuit.record_trap_at(start + Duration::from_secs(1), wall));
-        assert_eq!(circuit.admit_slow(start + Duration::from_secs(2)), Admission::Refused);
+        assert_eq!(
+            circuit.admit_slow(start + Duration::from_secs(2)),
+            Admission::Refused
+        );
         assert_eq!(circuit.view().state, "open");
         assert_eq!(circuit.view().opened_at, Some(wall));
     }
@@ -208,11 +210,18 @@ mod tests {
         assert!(circuit.record_trap_at(start, wall));
         let later = start + Duration::from_secs(6);
         assert_eq!(circuit.admit_slow(later), Admission::Probe);
-        assert_eq!(circuit.admit_slow(later), Admission::Refused, "one probe at a time");
+        assert_eq!(
+            circuit.admit_slow(later),
+            Admission::Refused,
+            "one probe at a time"
+        );
         assert_eq!(circuit.view().state, "half_open");
         // The probe traps: open again from now.
         assert!(circuit.record_trap_at(later, wall));
-        assert_eq!(circuit.admit_slow(later + Duration::from_secs(1)), Admission::Refused);
+        assert_eq!(
+            circuit.admit_slow(later + Duration::from_secs(1)),
+            Admission::Refused
+        );
         let again = later + Duration::from_secs(6);
         assert_eq!(circuit.admit_slow(again), Admission::Probe);
         circuit.probe_done();

@@ -33,8 +33,8 @@ use http_body_util::{BodyExt, Full};
 use thread_local::ThreadLocal;
 
 use super::abi::HeaderList;
-use super::engine::{runtime, CompiledModule};
 use super::circuit::Circuit;
+use super::engine::{runtime, CompiledModule};
 use super::host::{CallResponse, PendingCallout, PluginIdentity};
 use super::shared::VmEvent;
 use super::vm::{Vm, VmTrap};

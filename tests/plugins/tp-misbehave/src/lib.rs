@@ -214,7 +214,9 @@ impl HttpContext for Misbehave {
         if self.mode != Mode::Utf8RedactResponse {
             return Action::Continue;
         }
-        let body = self.get_http_response_body(0, body_size).unwrap_or_default();
+        let body = self
+            .get_http_response_body(0, body_size)
+            .unwrap_or_default();
         let text = String::from_utf8(body).expect("tp-misbehave: response body is not UTF-8");
         if !end_of_stream && !text.ends_with('\n') {
             return Action::Pause;
