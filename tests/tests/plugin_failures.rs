@@ -3,9 +3,10 @@
 //! - a trap storm (1 request in 20 of 500 traps): exactly those 25 fail — 503 under
 //!   `fail_closed`, the plugin skipped (the body forwarded as sent) under `fail_open` — the
 //!   other 475 succeed, traps happen on both workers, and the circuit stays closed;
-//! - more than `max_traps_per_minute` traps open the circuit: requests get 503 without the
-//!   plugin running (`GET /plugins` and `/metrics` show it open), and after
-//!   `circuit_open_time` a probe on a fresh VM closes it again;
+//! - more than `max_traps_per_minute` traps open the circuit: requests get 503 under
+//!   `fail_closed`, and are forwarded without the plugin under `fail_open`, without the
+//!   plugin running (`GET /plugins` and `/metrics` show it open); after `circuit_open_time`
+//!   a probe on a fresh VM closes it again;
 //! - a trap in the response body while the plugin holds part of it back resets the
 //!   response: HTTP/1.1 closes the connection before the chunked body's end, HTTP/2 resets
 //!   the stream, and the unredacted tail never reaches the client; the access log says
@@ -48,6 +49,9 @@ virtual_hosts:
         forward: { cluster: echo }
       - name: circuit
         match: { path: { prefix: /circuit } }
+        forward: { cluster: echo }
+      - name: skip-circuit
+        match: { path: { prefix: /skip-circuit } }
         forward: { cluster: echo }
       - name: redact
         match: { path: { prefix: /redact } }
@@ -283,10 +287,14 @@ async fn a_trap_storm_fails_exactly_the_trapping_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_traps_open_the_circuit_until_a_probe_succeeds() {
-    let setup = start(&[
-        misbehave("circuit", "utf8-request-body", "circuit", "fail_closed")
+    let circuit = |name: &str, route: &str, policy: &str| {
+        misbehave(name, "utf8-request-body", route, policy)
             .field("max_traps_per_minute", json!(3))
-            .field("circuit_open_time", json!("1s")),
+            .field("circuit_open_time", json!("2s"))
+    };
+    let setup = start(&[
+        circuit("circuit", "circuit", "fail_closed"),
+        circuit("skip", "skip-circuit", "fail_open"),
     ])
     .await;
     let gateway = &setup.gateway;
@@ -297,12 +305,18 @@ async fn repeated_traps_open_the_circuit_until_a_probe_succeeds() {
     for attempt in 0..4 {
         let (status, _) = post(&client, gateway, "/circuit", BAD_BODY).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "trap {attempt}");
+        let (status, _) = post(&client, gateway, "/skip-circuit", BAD_BODY).await;
+        assert_eq!(status, StatusCode::OK, "trap {attempt} skips the plugin");
     }
     let opened = Instant::now();
-    let view = plugin_view(&gateway.admin_get("/plugins").await.json(), "circuit");
-    assert_eq!(view["circuit"]["state"], "open", "{view}");
-    assert_eq!(view["circuit"]["traps_in_window"], 4, "{view}");
-    assert!(view["circuit"]["opened_at"].is_number(), "{view}");
+    let plugins = gateway.admin_get("/plugins").await.json();
+    for name in ["circuit", "skip"] {
+        let view = plugin_view(&plugins, name);
+        assert_eq!(view["circuit"]["state"], "open", "{view}");
+        assert_eq!(view["circuit"]["traps_in_window"], 4, "{view}");
+        assert!(view["circuit"]["opened_at"].is_number(), "{view}");
+    }
+    let view = plugin_view(&plugins, "circuit");
     let metrics = gateway.metrics().await;
     assert!(
         metrics.contains("tollgate_plugin_circuit_open{plugin=\"circuit\"} 1"),
@@ -313,26 +327,40 @@ async fn repeated_traps_open_the_circuit_until_a_probe_succeeds() {
         "{metrics}"
     );
 
-    // Open: answered 503 without running the plugin (a bad body does not trap again, a
-    // good one is not forwarded).
-    let forwarded_before = setup.echo.request_count();
+    // Open: the failure policy answers without running the plugin (a bad body does not trap
+    // again): 503 and nothing forwarded under fail_closed, forwarded under fail_open.
+    let forwarded = |prefix: &str| {
+        setup
+            .echo
+            .requests()
+            .iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .count()
+    };
+    let (closed_before, open_before) = (forwarded("/circuit"), forwarded("/skip-circuit"));
     for body in [BAD_BODY, GOOD_BODY] {
         let (status, _) = post(&client, gateway, "/circuit", body).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let (status, _) = post(&client, gateway, "/skip-circuit", body).await;
+        assert_eq!(status, StatusCode::OK);
     }
     assert!(
-        opened.elapsed() < Duration::from_secs(1),
+        opened.elapsed() < Duration::from_secs(2),
         "the test outran the open time"
     );
-    let view = plugin_view(&gateway.admin_get("/plugins").await.json(), "circuit");
-    assert_eq!(
-        view["traps"], 4,
-        "the open circuit does not run the plugin: {view}"
-    );
-    assert_eq!(setup.echo.request_count(), forwarded_before);
+    let plugins = gateway.admin_get("/plugins").await.json();
+    for name in ["circuit", "skip"] {
+        let view = plugin_view(&plugins, name);
+        assert_eq!(
+            view["traps"], 4,
+            "the open circuit does not run the plugin: {view}"
+        );
+    }
+    assert_eq!(forwarded("/circuit"), closed_before);
+    assert_eq!(forwarded("/skip-circuit"), open_before + 2);
 
     // After the open time a probe runs on a fresh VM and closes the circuit.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     let (status, _) = post(&client, gateway, "/circuit", GOOD_BODY).await;
     assert_eq!(status, StatusCode::OK, "the half-open probe succeeds");
     let view = plugin_view(&gateway.admin_get("/plugins").await.json(), "circuit");

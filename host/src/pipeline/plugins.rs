@@ -146,7 +146,15 @@ impl PluginRun {
     /// `reload`) answers 503.
     fn fail(&mut self, index: usize, failure: PluginFailure) -> Result<(), Stopped> {
         let entry = &mut self.entries[index];
-        tracing::warn!(plugin = %entry.plugin.name, route = %self.route, phase = self.phase, error = %failure, "plugin failed");
+        if matches!(failure, PluginFailure::CircuitOpen) {
+            // Once per request while open: the opening was logged as an error.
+            tracing::debug!(plugin = %entry.plugin.name, route = %self.route, "plugin circuit open");
+        } else {
+            tracing::warn!(plugin = %entry.plugin.name, route = %self.route, phase = self.phase, error = %failure, "plugin failed");
+        }
+        if std::mem::take(&mut entry.probe) {
+            entry.plugin.circuit.probe_failed();
+        }
         if entry.plugin.failure_policy == FailurePolicy::FailOpen {
             entry.skipped = true;
             return Ok(());

@@ -130,6 +130,16 @@ impl Circuit {
         opens
     }
 
+    /// The probe could not run the plugin (its VM failed to start): open again from now.
+    pub fn probe_failed(&self) {
+        let mut window = self.lock();
+        if self.state.load(Ordering::Relaxed) == HALF_OPEN {
+            window.opened_at = Some((Instant::now(), SystemTime::now()));
+            self.probing.store(false, Ordering::Relaxed);
+            self.state.store(OPEN, Ordering::Relaxed);
+        }
+    }
+
     /// The probe request ended. Unless it trapped (which opened the circuit again), the
     /// plugin works: the circuit closes with an empty trap window.
     pub fn probe_done(&self) {
@@ -226,7 +236,26 @@ mod tests {
         assert_eq!(circuit.admit_slow(again), Admission::Probe);
         circuit.probe_done();
         assert_eq!(circuit.admit(), Admission::Run);
+        circuit.probe_failed();
+        assert_eq!(
+            circuit.admit(),
+            Admission::Run,
+            "only a half-open circuit reopens"
+        );
         assert_eq!(circuit.view().traps_in_window, 0);
         assert!(!circuit.is_open());
+    }
+
+    #[test]
+    fn a_probe_that_cannot_run_opens_it_again() {
+        let circuit = Circuit::new(0, Duration::from_millis(1));
+        assert!(circuit.record_trap());
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(circuit.admit(), Admission::Probe);
+        circuit.probe_failed();
+        assert_eq!(circuit.view().state, "open");
+        // A later probe_done (the request's end) does not close it.
+        circuit.probe_done();
+        assert_eq!(circuit.view().state, "open");
     }
 }
