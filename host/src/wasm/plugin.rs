@@ -1,19 +1,20 @@
 //! A plugin instance from the policies, running as one VM per worker thread.
 //!
 //! Each worker thread lazily gets its own VM (`thread_local::ThreadLocal`, so access is
-//! lock-free and the VMs die with the snapshot that owns the plugin).
-//!
-//! A trap costs one request: the trapped VM is discarded (its contexts die with it), the
-//! request gets the failure policy's answer, and the worker builds a fresh VM right away on
-//! its own runtime, off the path of the next request. Every policy behaves so; `reload`
-//! (Envoy's FAIL_RELOAD) is still accepted and now means `fail_closed`. Unlike Envoy, where
-//! a VM that trapped under FAIL_CLOSED fails every later request until the next
-//! configuration and FAIL_OPEN skips it from then on (an auth plugin switched off by one
-//! request), here neither outlives the request that trapped. Repeated traps open the
-//! plugin's [`Circuit`] instead, so that a crash loop cannot turn into a VM per request. A VM holds one root
+//! lock-free and the VMs die with the snapshot that owns the plugin). A VM holds one root
 //! context per configuration (the plugin's own and each per-route override) and the stream
 //! contexts of that worker's requests. A VM's timers, queue wake-ups and callout answers run
 //! as tasks on the same worker runtime, so a VM is only ever touched by its own thread.
+//!
+//! A trap costs one request: the trapped VM is discarded (with the stream contexts in it;
+//! the requests that had one go on with a fresh context, see `pipeline::plugins`), the
+//! request gets the failure policy's answer, and the worker builds a fresh VM right away on
+//! its own runtime, off the path of the next request. Every policy behaves so; `reload`
+//! (Envoy's FAIL_RELOAD) is still accepted and now means `fail_closed`. Unlike Envoy, where a
+//! VM that trapped under FAIL_CLOSED fails every later request until the next configuration
+//! and FAIL_OPEN skips it from then on (an auth plugin switched off by one request), here
+//! neither outlives the request that trapped. Repeated traps open the plugin's [`Circuit`]
+//! instead, so that a crash loop cannot turn into a VM per request.
 //!
 //! A callout's response body is read until it passes
 //! `server.plugin_limits.callout_response_bytes` (not at all when its `content-length` does)
