@@ -316,7 +316,6 @@ async fn repeated_traps_open_the_circuit_until_a_probe_succeeds() {
         assert_eq!(view["circuit"]["traps_in_window"], 4, "{view}");
         assert!(view["circuit"]["opened_at"].is_number(), "{view}");
     }
-    let view = plugin_view(&plugins, "circuit");
     let metrics = gateway.metrics().await;
     assert!(
         metrics.contains("tollgate_plugin_circuit_open{plugin=\"circuit\"} 1"),
