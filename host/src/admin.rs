@@ -7,7 +7,7 @@
 //! | `GET /readyz` | `200 ready` while serving, `503 draining` after SIGTERM |
 //! | `GET /config` | the merged policies as JSON, plugin secrets redacted |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /plugins` | every plugin instance: module file, sha256, ABI, loaded at, status, last error, routes |
+//! | `GET /plugins` | every plugin instance: module file, sha256, ABI, loaded at, status, last error, routes, traps, trap circuit |
 //! | `POST /reload` | rebuild from the folders now; `200` when live, `422` with the error otherwise |
 //!
 //! Admin changes what the gateway serves, so it is guarded even on loopback:
@@ -311,6 +311,7 @@ fn plugins(state: &GatewayState) -> serde_json::Value {
                 "routes": routes,
                 "traps": plugin.stats.traps.load(Ordering::Relaxed),
                 "vm_restarts": plugin.stats.vm_restarts.load(Ordering::Relaxed),
+                "circuit": circuit_json(&plugin.circuit.view()),
                 "shared_data": crate::wasm::shared::store().usage(plugin.vm_id()),
             })
         })
@@ -325,6 +326,15 @@ fn plugins(state: &GatewayState) -> serde_json::Value {
             "failures": status.failures,
         },
         "plugins": plugins,
+    })
+}
+
+/// A plugin's trap circuit: its state, the traps of the last minute, when it opened.
+fn circuit_json(view: &crate::wasm::circuit::CircuitView) -> serde_json::Value {
+    serde_json::json!({
+        "state": view.state,
+        "traps_in_window": view.traps_in_window,
+        "opened_at": unix_seconds(view.opened_at),
     })
 }
 
@@ -351,6 +361,16 @@ fn render_plugin_stats(out: &mut String, state: &GatewayState) {
             "tollgate_plugin_memory_bytes{{plugin=\"{}\"}} {}",
             plugin.name,
             plugin.stats.memory_bytes.load(Ordering::Relaxed)
+        );
+    }
+    out.push_str("# HELP tollgate_plugin_circuit_open Whether a plugin's trap circuit is open or half-open (1) or closed (0).\n");
+    out.push_str("# TYPE tollgate_plugin_circuit_open gauge\n");
+    for plugin in &snapshot.plugins {
+        let _ = writeln!(
+            out,
+            "tollgate_plugin_circuit_open{{plugin=\"{}\"}} {}",
+            plugin.name,
+            u8::from(plugin.circuit.is_open())
         );
     }
     out.push_str("# HELP tollgate_plugin_callback_seconds_total Time spent in plugin callbacks, by plugin.\n");

@@ -1,6 +1,8 @@
 //! Plugins that fail, and modules that cannot be plugins (`tp-misbehave`, the WAT modules):
 //! - a panicking plugin: `fail_closed` answers 503 without calling the upstream, `fail_open`
 //!   skips the plugin, other routes keep working, the trap is logged with the plugin's name;
+//!   each trap fails only its own request (the worker rebuilds the VM, the circuit stays
+//!   closed below `max_traps_per_minute`: `plugin_failures.rs` covers the rest);
 //! - an infinite loop is cut by the per-callback deadline (503 in about a second);
 //! - a memory bomb hits the per-VM memory limit (503) and the gateway survives;
 //! - a bad guest pointer gets INVALID_MEMORY_ACCESS (6) or traps only that VM;
@@ -154,6 +156,18 @@ async fn panicking_plugin_fails_closed_or_open_and_other_routes_work() {
         3
     );
     assert_log_mentions(&gateway, &["panicky-closed", "tp-misbehave: panic mode"]).await;
+    // Every attempt ran the plugin on a VM of its own: no request met an "unavailable" VM.
+    let plugins = gateway.admin_get("/plugins").await.json();
+    let closed = plugins["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .find(|p| p["name"] == "panicky-closed")
+        .expect("panicky-closed")
+        .clone();
+    assert_eq!(closed["traps"], 3, "{closed}");
+    assert_eq!(closed["circuit"]["state"], "closed", "{closed}");
+    assert!(closed["vm_restarts"].as_u64() >= Some(1), "{closed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -347,6 +347,10 @@ pub struct Plugin {
     pub memory_limit: u64,
     /// Shared data and queues are shared among plugins with the same `vm_id`.
     pub vm_id: Option<String>,
+    /// More traps than this within a minute, across the workers, open the plugin's circuit.
+    pub max_traps_per_minute: u32,
+    /// How long an open circuit answers without running the plugin before a probe.
+    pub circuit_open_time: Duration,
     pub origin: Origin,
 }
 
@@ -1423,6 +1427,13 @@ impl Validator<'_> {
             ),
             memory_limit: raw.memory_limit.unwrap_or(64 * 1024 * 1024),
             vm_id: raw.vm_id.clone(),
+            max_traps_per_minute: raw.max_traps_per_minute.unwrap_or(10),
+            circuit_open_time: self.duration(
+                &origin,
+                "circuit_open_time",
+                raw.circuit_open_time.as_ref(),
+                Duration::from_secs(30),
+            ),
             origin,
         }
     }
@@ -1570,6 +1581,8 @@ fn fill_defaults(config: &mut Config) {
             entry["failure_policy"] = json!(plugin.failure_policy);
             entry["callback_timeout"] = json!(duration::format(plugin.callback_timeout));
             entry["memory_limit"] = json!(plugin.memory_limit);
+            entry["max_traps_per_minute"] = json!(plugin.max_traps_per_minute);
+            entry["circuit_open_time"] = json!(duration::format(plugin.circuit_open_time));
         }
     }
 }
@@ -1708,6 +1721,29 @@ mod tests {
         // Defaults are shown as they apply.
         assert_eq!(config.effective["server"]["idle_timeout"], "60s");
         assert_eq!(config.effective["plugins"][0]["callback_timeout"], "50ms");
+        assert_eq!(config.effective["plugins"][0]["max_traps_per_minute"], 10);
+        assert_eq!(config.effective["plugins"][0]["circuit_open_time"], "30s");
         assert!(dump.contains("x-key"));
+    }
+
+    #[test]
+    fn plugin_trap_circuit_is_configured_per_plugin() {
+        let config = load(&[(
+            "a.yaml",
+            &format!("{LISTENER}plugins:\n  - name: p\n    module: p.wasm\n    max_traps_per_minute: 3\n    circuit_open_time: 2s\n    failure_policy: reload\n"),
+        )])
+        .unwrap();
+        assert_eq!(config.plugins[0].max_traps_per_minute, 3);
+        assert_eq!(config.plugins[0].circuit_open_time, Duration::from_secs(2));
+        assert_eq!(config.effective["plugins"][0]["circuit_open_time"], "2s");
+        let errors = load(&[(
+            "a.yaml",
+            &format!("{LISTENER}plugins:\n  - name: p\n    module: p.wasm\n    circuit_open_time: soon\n"),
+        )])
+        .unwrap_err();
+        assert!(
+            errors.to_string().contains("plugins[0].circuit_open_time"),
+            "{errors}"
+        );
     }
 }

@@ -370,14 +370,20 @@ pub struct Plugin {
     pub callback_timeout: Option<String>,
     pub memory_limit: Option<u64>,
     pub vm_id: Option<String>,
+    pub max_traps_per_minute: Option<u32>,
+    pub circuit_open_time: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailurePolicy {
+    /// A trap answers its request 503.
     #[default]
     FailClosed,
+    /// A trap skips the plugin for the rest of its request.
     FailOpen,
+    /// Envoy's FAIL_RELOAD, kept for existing policies: every policy now gets a fresh VM
+    /// after a trap, so this answers like `FailClosed`.
     Reload,
 }
 

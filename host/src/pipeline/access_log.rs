@@ -41,6 +41,9 @@ pub struct AccessRecord {
     /// Why the gateway answered as it did when it was not a plain forward (`no_route`,
     /// `upstream_timeout`, `fault_abort`, ...); `-` otherwise.
     pub detail: &'static str,
+    /// With detail `plugin_failure`: the phase the plugin failed in (`request_headers`,
+    /// `response_body`, ...); `-` otherwise.
+    pub plugin_phase: &'static str,
     pub attempts: u32,
     pub bytes_sent: u64,
     /// What the line must not show, from the snapshot the request started with.
@@ -201,6 +204,7 @@ impl AccessRecord {
             upstream: None,
             status: 0,
             detail: "-",
+            plugin_phase: "-",
             attempts: 0,
             bytes_sent: 0,
             redaction,
@@ -240,6 +244,7 @@ impl AccessRecord {
             upstream = self.upstream_address(),
             attempts = self.attempts,
             detail = self.detail,
+            plugin_phase = self.plugin_phase,
             bytes_sent = self.bytes_sent,
             duration_ms = format_args!("{:.3}", super::millis(duration)),
             request_id = redaction.header("x-request-id", text(Some(&self.request_id))),
@@ -287,9 +292,16 @@ impl Body for LoggedBody {
                     record.emit();
                 }
             }
-            Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(Some(Err(error))) => {
+                let plugin_failure = error.downcast_ref::<super::plugins::PluginBodyFailure>();
                 if let Some(record) = self.record.as_mut() {
-                    record.detail = "response_body_error";
+                    match plugin_failure {
+                        Some(failure) => {
+                            record.detail = "plugin_failure";
+                            record.plugin_phase = failure.phase;
+                        }
+                        None => record.detail = "response_body_error",
+                    }
                 }
             }
             Poll::Pending => {}

@@ -390,6 +390,7 @@ async fn plugin_stop(
         }
         Stopped::Failed(response) => {
             record.detail = "plugin_failure";
+            record.plugin_phase = run.failed_phase().unwrap_or("-");
             run.set_final_response(response.status().as_u16(), &Vec::new());
             *response
         }
@@ -423,6 +424,7 @@ async fn plugin_response(
         }
         Err(Stopped::Failed(response)) => {
             record.detail = "plugin_failure";
+            record.plugin_phase = run.failed_phase().unwrap_or("-");
             run.set_final_response(response.status().as_u16(), &Vec::new());
             return *response;
         }

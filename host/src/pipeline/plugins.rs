@@ -1,6 +1,15 @@
 //! Running a route's plugin chain for one request: request phase in order, response phase in
 //! reverse, log phase at the end, with Envoy's pause, resume and local-reply semantics and
 //! each plugin's failure policy.
+//!
+//! A plugin that traps fails only this request (the worker gets a fresh VM, see
+//! `wasm::plugin`). Until the response head is sent, the failure policy answers: 503 under
+//! `fail_closed` (and `reload`), the plugin skipped for the rest of the request under
+//! `fail_open`, with what the plugin was handed (headers, body) passed on. Once the head is
+//! sent, a trap in the response body or trailers resets the stream (HTTP/2 RST_STREAM,
+//! HTTP/1.1 closes the connection before the body's end) under every policy: the body the
+//! plugin held back died with its VM, and passing on the rest unprocessed would deliver a
+//! partial body, or one the plugin was there to redact.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -15,6 +24,7 @@ use super::{local, ResponseBody};
 use crate::config::raw::FailurePolicy;
 use crate::upstream::BoxError;
 use crate::wasm::abi::{Action, HeaderList};
+use crate::wasm::circuit::Admission;
 use crate::wasm::host::{FilterState, LocalResponse, StreamInfo, StreamState};
 use crate::wasm::plugin::{Plugin, PluginFailure};
 use crate::wasm::vm::StreamCallback;
@@ -37,6 +47,12 @@ struct Entry {
     wake: Option<Arc<Notify>>,
     /// fail_open: the plugin failed and is skipped for the rest of the request.
     skipped: bool,
+    /// This request is the half-open probe of the plugin's circuit.
+    probe: bool,
+    /// The generation of the worker's VM that holds `context`.
+    generation: u64,
+    /// The plugin holds back part of the response body (paused, buffering).
+    holding_body: bool,
 }
 
 /// One request's walk through a chain.
@@ -57,7 +73,31 @@ pub struct PluginRun {
     request_size: u64,
     response_headers: HeaderList,
     response_size: u64,
+    /// The phase running now, and the one where a plugin failure stopped the request.
+    phase: &'static str,
+    failed_phase: Option<&'static str>,
 }
+
+/// A plugin trapped after the response head was sent: the body stream ends in this error,
+/// which resets it.
+#[derive(Debug)]
+pub struct PluginBodyFailure {
+    pub plugin: String,
+    /// `response_body` or `response_trailers`.
+    pub phase: &'static str,
+}
+
+impl std::fmt::Display for PluginBodyFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "plugin {:?} failed in the {} phase; the response is reset",
+            self.plugin, self.phase
+        )
+    }
+}
+
+impl std::error::Error for PluginBodyFailure {}
 
 /// Which direction a pause is waiting on.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -76,6 +116,9 @@ impl PluginRun {
                     context: None,
                     wake: None,
                     skipped: false,
+                    probe: false,
+                    generation: 0,
+                    holding_body: false,
                 })
                 .collect(),
             route: route.to_string(),
@@ -89,17 +132,34 @@ impl PluginRun {
             request_size: 0,
             response_headers: Vec::new(),
             response_size: 0,
+            phase: "request_headers",
+            failed_phase: None,
         }
     }
 
-    /// Applies the plugin's failure policy: fail_open skips it, anything else answers 503.
+    /// The phase in which a plugin failure answered the request (for the access log).
+    pub fn failed_phase(&self) -> Option<&'static str> {
+        self.failed_phase
+    }
+
+    /// Applies the plugin's failure policy: fail_open skips it, anything else (`fail_closed`,
+    /// `reload`) answers 503.
     fn fail(&mut self, index: usize, failure: PluginFailure) -> Result<(), Stopped> {
         let entry = &mut self.entries[index];
-        tracing::warn!(plugin = %entry.plugin.name, route = %self.route, error = %failure, "plugin failed");
+        if matches!(failure, PluginFailure::CircuitOpen) {
+            // Once per request while open: the opening was logged as an error.
+            tracing::debug!(plugin = %entry.plugin.name, route = %self.route, "plugin circuit open");
+        } else {
+            tracing::warn!(plugin = %entry.plugin.name, route = %self.route, phase = self.phase, error = %failure, "plugin failed");
+        }
+        if std::mem::take(&mut entry.probe) {
+            entry.plugin.circuit.probe_failed();
+        }
         if entry.plugin.failure_policy == FailurePolicy::FailOpen {
             entry.skipped = true;
             return Ok(());
         }
+        self.failed_phase.get_or_insert(self.phase);
         let mut response = local::reply(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("plugin {:?} is unavailable\n", entry.plugin.name),
@@ -112,15 +172,31 @@ impl PluginRun {
         Err(Stopped::Failed(Box::new(response)))
     }
 
-    /// Creates the plugin's stream context on first use.
+    /// Creates the plugin's stream context on first use, and again when another request's
+    /// trap replaced the VM that held it: the plugin's state for this request is lost, but
+    /// the request goes on and the plugin sees its remaining phases (a redactor still
+    /// redacts the response, metering still gets `on_log`).
     fn context(&mut self, index: usize) -> Result<Option<u32>, Stopped> {
         if self.entries[index].skipped {
             return Ok(None);
         }
         if let Some(context) = self.entries[index].context {
-            return Ok(Some(context));
+            let entry = &self.entries[index];
+            if entry.plugin.is_current(entry.generation) {
+                return Ok(Some(context));
+            }
+            tracing::warn!(plugin = %entry.plugin.name, route = %self.route, phase = self.phase, "another request's trap replaced the plugin's VM; this request goes on with a fresh context");
+            self.entries[index].context = None;
         }
         let plugin = self.entries[index].plugin.clone();
+        // One relaxed atomic load while the circuit is closed.
+        match plugin.circuit.admit() {
+            Admission::Run => {}
+            Admission::Probe => self.entries[index].probe = true,
+            Admission::Refused => {
+                return self.fail(index, PluginFailure::CircuitOpen).map(|()| None);
+            }
+        }
         let key = plugin.root_key(&self.route);
         let stream = StreamState::new(0, self.info.clone(), self.filter_state.clone());
         let wake = stream.wake.clone();
@@ -136,8 +212,11 @@ impl PluginRun {
         });
         match created {
             Ok(context) => {
-                self.entries[index].context = Some(context);
-                self.entries[index].wake = Some(wake);
+                let entry = &mut self.entries[index];
+                entry.context = Some(context);
+                entry.wake = Some(wake);
+                entry.generation = plugin.generation();
+                entry.holding_body = false;
                 Ok(Some(context))
             }
             Err(failure) => self.fail(index, failure).map(|()| None),
@@ -198,6 +277,17 @@ impl PluginRun {
                     "a plugin paused the request past its timeout\n",
                 ))));
             }
+            if !plugin.is_current(self.entries[index].generation) {
+                // Another request's trap took the VM, with the decision this one waited
+                // for and what it had handed the plugin: it can neither continue nor skip
+                // the plugin, whatever the failure policy.
+                tracing::warn!(plugin = %plugin.name, route = %self.route, phase = self.phase, "the plugin's VM was replaced while this request waited on it");
+                self.failed_phase.get_or_insert(self.phase);
+                return Err(Stopped::Failed(Box::new(local::reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("plugin {:?} is unavailable\n", plugin.name),
+                ))));
+            }
             signals = match plugin.with_vm(|vm, _| Ok(take_signals(vm, context, direction))) {
                 Ok(signals) => signals,
                 Err(failure) => return self.fail(index, failure),
@@ -211,6 +301,7 @@ impl PluginRun {
         headers: &mut HeaderList,
         end_of_stream: bool,
     ) -> Result<(), Stopped> {
+        self.phase = "request_headers";
         for index in 0..self.entries.len() {
             let count = headers.len();
             let moved = std::mem::take(headers);
@@ -220,12 +311,16 @@ impl PluginRun {
                     if let Some(stream) = vm.state().streams.get_mut(&context) {
                         stream.request_headers = moved.take().unwrap_or_default();
                     }
-                    vm.stream_callback(
+                    let action = vm.stream_callback(
                         context,
                         StreamCallback::RequestHeaders,
                         count,
                         end_of_stream,
-                    )
+                    );
+                    rescue(vm, context, &action, &mut moved, |stream| {
+                        std::mem::take(&mut stream.request_headers)
+                    });
+                    action
                 })
                 .await;
             *headers = self.take_back(index, moved, |stream| {
@@ -262,6 +357,7 @@ impl PluginRun {
     ) -> Result<(), Stopped> {
         self.request_size = body.len() as u64;
         for index in 0..self.entries.len() {
+            self.phase = "request_body";
             let size = body.len();
             let mut moved = Some(std::mem::take(body));
             let end_of_stream = trailers.is_none();
@@ -271,7 +367,16 @@ impl PluginRun {
                         stream.request_body = moved.take().unwrap_or_default();
                         stream.request_size = size as u64;
                     }
-                    vm.stream_callback(context, StreamCallback::RequestBody, size, end_of_stream)
+                    let action = vm.stream_callback(
+                        context,
+                        StreamCallback::RequestBody,
+                        size,
+                        end_of_stream,
+                    );
+                    rescue(vm, context, &action, &mut moved, |stream| {
+                        std::mem::take(&mut stream.request_body)
+                    });
+                    action
                 })
                 .await;
             *body = self.take_back(index, moved, |stream| {
@@ -279,6 +384,7 @@ impl PluginRun {
             });
             result?;
             if let Some(list) = trailers.as_mut() {
+                self.phase = "request_trailers";
                 let count = list.len();
                 let mut moved = Some(std::mem::take(list));
                 let result = self
@@ -286,7 +392,16 @@ impl PluginRun {
                         if let Some(stream) = vm.state().streams.get_mut(&context) {
                             stream.request_trailers = moved.take().unwrap_or_default();
                         }
-                        vm.stream_callback(context, StreamCallback::RequestTrailers, count, true)
+                        let action = vm.stream_callback(
+                            context,
+                            StreamCallback::RequestTrailers,
+                            count,
+                            true,
+                        );
+                        rescue(vm, context, &action, &mut moved, |stream| {
+                            std::mem::take(&mut stream.request_trailers)
+                        });
+                        action
                     })
                     .await;
                 *list = self.take_back(index, moved, |stream| {
@@ -311,6 +426,7 @@ impl PluginRun {
             .find(|(k, _)| k == ":status")
             .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
         let mut replaced = None;
+        self.phase = "response_headers";
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
             if self.entries[index].context.is_none() {
                 continue;
@@ -325,12 +441,16 @@ impl PluginRun {
                         stream.response_code = status;
                         stream.upstream_address = upstream;
                     }
-                    vm.stream_callback(
+                    let action = vm.stream_callback(
                         context,
                         StreamCallback::ResponseHeaders,
                         count,
                         end_of_stream,
-                    )
+                    );
+                    rescue(vm, context, &action, &mut moved, |stream| {
+                        std::mem::take(&mut stream.response_headers)
+                    });
+                    action
                 })
                 .await;
             *headers = self.take_back(index, moved, |stream| {
@@ -382,20 +502,26 @@ impl PluginRun {
 
     /// One response body chunk through the plugins in reverse order (synchronous: called
     /// while the body streams). A plugin that pauses keeps buffering; at the end of the
-    /// stream everything buffered is released.
-    fn response_body_chunk(&mut self, mut data: Vec<u8>, end_of_stream: bool) -> Vec<u8> {
+    /// stream everything buffered is released. A trap fails the body (the stream is reset)
+    /// whatever the failure policy: the head is sent, and what the plugin held back is lost.
+    fn response_body_chunk(
+        &mut self,
+        mut data: Vec<u8>,
+        end_of_stream: bool,
+    ) -> Result<Vec<u8>, PluginBodyFailure> {
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
             let entry = &self.entries[index];
-            let (Some(context), false) = (entry.context, entry.skipped) else {
+            if entry.context.is_none() || entry.skipped {
                 continue;
-            };
+            }
             if data.is_empty() && !end_of_stream {
                 break;
             }
-            let plugin = entry.plugin.clone();
+            let context = self.body_context(index, "response_body")?;
+            let plugin = self.entries[index].plugin.clone();
             let result = plugin.with_vm(|vm, _| {
                 let Some(stream) = vm.state().streams.get_mut(&context) else {
-                    return Ok(Vec::new());
+                    return Ok((Vec::new(), false));
                 };
                 stream.response_body.extend_from_slice(&data);
                 stream.response_size += data.len() as u64;
@@ -407,31 +533,73 @@ impl PluginRun {
                     action == Action::Continue || end_of_stream || stream.signals.continue_response;
                 stream.signals.continue_response = false;
                 Ok(if released {
-                    std::mem::take(&mut stream.response_body)
+                    (std::mem::take(&mut stream.response_body), false)
                 } else {
-                    Vec::new()
+                    (Vec::new(), !stream.response_body.is_empty())
                 })
             });
-            data = match result {
+            (data, self.entries[index].holding_body) = match result {
                 Ok(out) => out,
-                Err(failure) => {
-                    tracing::warn!(plugin = %plugin.name, error = %failure, "plugin failed on the response body; passing it through");
-                    self.entries[index].skipped = true;
-                    data
-                }
+                Err(failure) => return Err(self.body_failure(index, "response_body", &failure)),
             };
         }
         self.response_size += data.len() as u64;
-        data
+        Ok(data)
     }
 
-    fn response_trailers(&mut self, trailers: &mut HeaderList) {
+    /// A plugin failed after the response head was sent: it is out of this request, and the
+    /// response stream is to be reset.
+    fn body_failure(
+        &mut self,
+        index: usize,
+        phase: &'static str,
+        failure: &PluginFailure,
+    ) -> PluginBodyFailure {
+        let entry = &mut self.entries[index];
+        entry.skipped = true;
+        self.failed_phase.get_or_insert(phase);
+        tracing::warn!(plugin = %entry.plugin.name, route = %self.route, phase, error = %failure, "plugin failed after the response head was sent; resetting the response");
+        PluginBodyFailure {
+            plugin: entry.plugin.name.clone(),
+            phase,
+        }
+    }
+
+    /// The plugin's context for a response body or trailers callback. When another
+    /// request's trap took the VM, a fresh context carries on, unless the old one held back
+    /// part of the body: that part is gone, so the response is reset.
+    fn body_context(
+        &mut self,
+        index: usize,
+        phase: &'static str,
+    ) -> Result<u32, PluginBodyFailure> {
+        let entry = &self.entries[index];
+        if entry.holding_body && !entry.plugin.is_current(entry.generation) {
+            let lost = PluginFailure::Unavailable(
+                "the VM was replaced while the plugin held back part of the response body".into(),
+            );
+            return Err(self.body_failure(index, phase, &lost));
+        }
+        self.phase = phase;
+        match self.context(index) {
+            Ok(Some(context)) => Ok(context),
+            // No fresh context (the circuit is open, or creating it trapped): the rest of the
+            // body would go out unprocessed, under every policy a reset.
+            Ok(None) | Err(_) => {
+                let failure = PluginFailure::Unavailable("no fresh stream context".into());
+                Err(self.body_failure(index, phase, &failure))
+            }
+        }
+    }
+
+    fn response_trailers(&mut self, trailers: &mut HeaderList) -> Result<(), PluginBodyFailure> {
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
             let entry = &self.entries[index];
-            let (Some(context), false) = (entry.context, entry.skipped) else {
+            if entry.context.is_none() || entry.skipped {
                 continue;
-            };
-            let plugin = entry.plugin.clone();
+            }
+            let context = self.body_context(index, "response_trailers")?;
+            let plugin = self.entries[index].plugin.clone();
             let count = trailers.len();
             let moved = std::mem::take(trailers);
             let result = plugin.with_vm(|vm, _| {
@@ -446,10 +614,14 @@ impl PluginRun {
                     .map(|s| std::mem::take(&mut s.response_trailers))
                     .unwrap_or_default())
             });
-            if let Ok(list) = result {
-                *trailers = list;
+            match result {
+                Ok(list) => *trailers = list,
+                Err(failure) => {
+                    return Err(self.body_failure(index, "response_trailers", &failure));
+                }
             }
         }
+        Ok(())
     }
 
     /// The log phase: `on_log`, `on_done`, `on_delete` for every context, in order.
@@ -489,6 +661,12 @@ impl PluginRun {
                 vm.finish_stream(context)
             });
         }
+        // A probe that trapped opened the circuit again; otherwise this closes it.
+        for entry in &self.entries {
+            if entry.probe {
+                entry.plugin.circuit.probe_done();
+            }
+        }
     }
 }
 
@@ -496,6 +674,22 @@ impl Drop for PluginRun {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// After a trap, takes back what the callback was handed from the dying VM's stream state, so
+/// that a `fail_open` plugin that trapped passes on the request as it got it (as far as it
+/// had not changed it) rather than an empty one. Costs nothing unless the callback trapped.
+fn rescue<T>(
+    vm: &mut crate::wasm::vm::Vm,
+    context: u32,
+    action: &Result<Action, crate::wasm::vm::VmTrap>,
+    moved: &mut Option<T>,
+    take: impl FnOnce(&mut StreamState) -> T,
+) {
+    if action.is_ok() || moved.is_some() {
+        return;
+    }
+    *moved = vm.state().streams.get_mut(&context).map(take);
 }
 
 /// What the plugin decided for a stream since the last look: a local reply, a reset, and
@@ -622,7 +816,10 @@ impl Body for FilteredBody {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         let end = self.inner.is_end_stream();
-                        let out = self.run.response_body_chunk(data.to_vec(), end);
+                        let out = match self.run.response_body_chunk(data.to_vec(), end) {
+                            Ok(out) => out,
+                            Err(failure) => return self.reset(failure),
+                        };
                         if end {
                             self.done = true;
                         }
@@ -641,12 +838,17 @@ impl Body for FilteredBody {
                         self.trailers_done = true;
                         // Trailers end the stream: release any buffered body first is not
                         // possible in one frame, so flush it and keep the trailers for later.
-                        let flushed = self.run.response_body_chunk(Vec::new(), true);
+                        let flushed = match self.run.response_body_chunk(Vec::new(), true) {
+                            Ok(flushed) => flushed,
+                            Err(failure) => return self.reset(failure),
+                        };
                         let mut trailers = match frame.into_trailers() {
                             Ok(map) => crate::wasm::plugin::header_list(&map),
                             Err(_) => Vec::new(),
                         };
-                        self.run.response_trailers(&mut trailers);
+                        if let Err(failure) = self.run.response_trailers(&mut trailers) {
+                            return self.reset(failure);
+                        }
                         self.done = true;
                         let (_, map) = from_header_list(&trailers);
                         if !flushed.is_empty() {
@@ -664,7 +866,10 @@ impl Body for FilteredBody {
                 },
                 Poll::Ready(None) => {
                     self.done = true;
-                    let out = self.run.response_body_chunk(Vec::new(), true);
+                    let out = match self.run.response_body_chunk(Vec::new(), true) {
+                        Ok(out) => out,
+                        Err(failure) => return self.reset(failure),
+                    };
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                     }
@@ -676,5 +881,17 @@ impl Body for FilteredBody {
 
     fn is_end_stream(&self) -> bool {
         self.done
+    }
+}
+
+impl FilteredBody {
+    /// Ends the body in an error: hyper resets an HTTP/2 stream and closes an HTTP/1.1
+    /// connection before the body's end, so the client can tell the body is incomplete.
+    fn reset(
+        &mut self,
+        failure: PluginBodyFailure,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        std::task::Poll::Ready(Some(Err(Box::new(failure))))
     }
 }

@@ -28,6 +28,7 @@ pub struct Metrics {
     connections_refused: DashMap<Arc<str>, AtomicU64>,
     plugin_traps: DashMap<String, AtomicU64>,
     plugin_restarts: DashMap<String, AtomicU64>,
+    plugin_circuit_opens: DashMap<String, AtomicU64>,
     /// By plugin and the `server.plugin_limits` field that refused it.
     plugin_limit_refusals: DashMap<(String, &'static str), AtomicU64>,
     reloads_ok: AtomicU64,
@@ -142,6 +143,13 @@ impl Metrics {
 
     pub fn plugin_restart(&self, plugin: &str) {
         self.plugin_restarts
+            .entry(plugin.to_string())
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn plugin_circuit_opened(&self, plugin: &str) {
+        self.plugin_circuit_opens
             .entry(plugin.to_string())
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
@@ -312,6 +320,11 @@ impl Metrics {
                 "tollgate_plugin_vm_restarts_total",
                 "Plugin VMs recreated after a failure, by plugin.",
                 &self.plugin_restarts,
+            ),
+            (
+                "tollgate_plugin_circuit_opens_total",
+                "Plugin circuits opened by more than max_traps_per_minute traps, by plugin.",
+                &self.plugin_circuit_opens,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

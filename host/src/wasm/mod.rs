@@ -8,6 +8,7 @@
 //! | [`host`] | the store data the host functions work on |
 //! | [`vm`] | one instance: contexts, callbacks under a CPU deadline, traps |
 //! | [`plugin`] | a plugin instance: a VM per worker, failure policy, callouts, timers |
+//! | [`circuit`] | a plugin's trap circuit: repeated traps stop it from running for a while |
 //! | [`shared`] | shared data and queues across VMs |
 //! | [`metrics`] | plugin-defined metrics |
 //!
@@ -15,6 +16,7 @@
 //! `wasm32-wasip1` behaves here as it does there.
 
 pub mod abi;
+pub mod circuit;
 pub mod engine;
 pub mod host;
 pub mod memory;

@@ -6,6 +6,16 @@
 //! contexts of that worker's requests. A VM's timers, queue wake-ups and callout answers run
 //! as tasks on the same worker runtime, so a VM is only ever touched by its own thread.
 //!
+//! A trap costs one request: the trapped VM is discarded (with the stream contexts in it;
+//! the requests that had one go on with a fresh context, see `pipeline::plugins`), the
+//! request gets the failure policy's answer, and the worker builds a fresh VM right away on
+//! its own runtime, off the path of the next request. Every policy behaves so; `reload`
+//! (Envoy's FAIL_RELOAD) is still accepted and now means `fail_closed`. Unlike Envoy, where a
+//! VM that trapped under FAIL_CLOSED fails every later request until the next configuration
+//! and FAIL_OPEN skips it from then on (an auth plugin switched off by one request), here
+//! neither outlives the request that trapped. Repeated traps open the plugin's [`Circuit`]
+//! instead, so that a crash loop cannot turn into a VM per request.
+//!
 //! A callout's response body is read until it passes
 //! `server.plugin_limits.callout_response_bytes` (not at all when its `content-length` does)
 //! and never kept: the call fails the way Envoy reports any failed call (an HTTP call's
@@ -24,6 +34,7 @@ use http_body_util::{BodyExt, Full};
 use thread_local::ThreadLocal;
 
 use super::abi::HeaderList;
+use super::circuit::Circuit;
 use super::engine::{runtime, CompiledModule};
 use super::host::{CallResponse, PendingCallout, PluginIdentity};
 use super::shared::VmEvent;
@@ -78,6 +89,8 @@ pub struct Plugin {
     clusters: HashMap<String, Arc<Cluster>>,
     vms: ThreadLocal<RefCell<VmSlot>>,
     pub stats: PluginStats,
+    /// Opened by repeated traps, across the workers.
+    pub circuit: Circuit,
 }
 
 /// Why a plugin could not run a callback.
@@ -86,6 +99,8 @@ pub enum PluginFailure {
     Trap(VmTrap),
     /// The VM is broken and not (yet) recreated.
     Unavailable(String),
+    /// Repeated traps opened the plugin's circuit: it is not run for now.
+    CircuitOpen,
 }
 
 impl std::fmt::Display for PluginFailure {
@@ -93,6 +108,7 @@ impl std::fmt::Display for PluginFailure {
         match self {
             Self::Trap(trap) => trap.fmt(f),
             Self::Unavailable(reason) => f.write_str(reason),
+            Self::CircuitOpen => f.write_str("circuit open after repeated traps"),
         }
     }
 }
@@ -152,6 +168,7 @@ impl Plugin {
             clusters,
             vms: ThreadLocal::new(),
             stats: PluginStats::default(),
+            circuit: Circuit::new(config.max_traps_per_minute, config.circuit_open_time),
         });
         plugin
             .start_vm()
@@ -208,8 +225,9 @@ impl Plugin {
         })
     }
 
-    /// Runs `f` on this thread's VM, creating it when needed (with back-off after failures).
-    /// A trap breaks the VM; callouts the callback started are dispatched afterwards.
+    /// Runs `f` on this thread's VM, creating it when needed (with back-off after a VM that
+    /// failed to start). A trap discards the VM, counts in the circuit and has a fresh VM
+    /// built off the request path; callouts the callback started are dispatched afterwards.
     pub fn with_vm<R>(
         self: &Arc<Self>,
         f: impl FnOnce(&mut Vm, &HashMap<Option<String>, u32>) -> Result<R, VmTrap>,
@@ -247,18 +265,41 @@ impl Plugin {
             Err(trap) => {
                 self.stats.traps.fetch_add(1, Ordering::Relaxed);
                 crate::telemetry::metrics::metrics().plugin_trap(&self.name);
-                tracing::error!(plugin = %self.name, callback = trap.callback, reason = %trap.reason, "plugin trapped; its VM on this worker is discarded");
+                let worker = std::thread::current();
+                tracing::error!(plugin = %self.name, worker = worker.name().unwrap_or("-"), callback = trap.callback, reason = %trap.reason, "plugin trapped; its VM on this worker is replaced");
+                // The other requests with a context in this VM lose it too: wake those that
+                // wait on it (a paused stream), so they notice now rather than at their
+                // wait limit.
+                if let Some(vm) = slot.vm.as_mut() {
+                    for stream in vm.state().streams.values() {
+                        stream.wake.notify_one();
+                    }
+                }
                 slot.vm = None;
                 slot.roots.clear();
                 self.report_memory(&mut slot, 0);
-                slot.consecutive_failures += 1;
-                // Back off exponentially so that a crash loop cannot spin: 0.1 s doubling to 30 s.
-                let backoff = Duration::from_millis(100u64 << slot.consecutive_failures.min(9))
-                    .min(Duration::from_secs(30));
-                slot.retry_after = Some(Instant::now() + backoff);
+                drop(slot);
+                if self.circuit.record_trap() {
+                    crate::telemetry::metrics::metrics().plugin_circuit_opened(&self.name);
+                    tracing::error!(plugin = %self.name, "plugin circuit opened: more than max_traps_per_minute traps");
+                }
+                self.rebuild_soon();
                 Err(PluginFailure::Trap(trap))
             }
         }
+    }
+
+    /// The generation of this worker's VM: a stream context created now lives as long as
+    /// [`Plugin::is_current`] says so for it.
+    pub fn generation(&self) -> u64 {
+        self.slot().borrow().generation
+    }
+
+    /// Whether this worker's VM is still the one of `generation` (not replaced after a trap),
+    /// so that the stream contexts created in it still exist.
+    pub fn is_current(&self, generation: u64) -> bool {
+        let slot = self.slot().borrow();
+        slot.generation == generation && slot.vm.is_some()
     }
 
     /// Keeps the memory gauge equal to the sum of the live VMs' memory.
@@ -275,13 +316,32 @@ impl Plugin {
         slot.reported_memory = memory;
     }
 
-    fn revive(self: &Arc<Self>, slot: &mut VmSlot) -> Result<(), PluginFailure> {
-        if slot.generation > 0 && self.failure_policy != FailurePolicy::Reload {
-            return Err(PluginFailure::Unavailable(format!(
-                "plugin {:?} failed on this worker and its policy is not `reload`",
-                self.name
-            )));
+    /// Builds this worker's replacement VM on the worker's runtime, after the request that
+    /// trapped, so that the next request does not pay for instantiating it. Not while the
+    /// circuit is open: the half-open probe builds its VM itself.
+    fn rebuild_soon(self: &Arc<Self>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
         }
+        let plugin = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let Some(plugin) = plugin.upgrade() else {
+                return;
+            };
+            if plugin.circuit.is_open() {
+                return;
+            }
+            let Ok(mut slot) = plugin.slot().try_borrow_mut() else {
+                return;
+            };
+            if slot.vm.is_none() {
+                let _ = plugin.revive(&mut slot);
+            }
+        });
+    }
+
+    /// Creates this worker's VM, unless one failed to start too recently.
+    fn revive(self: &Arc<Self>, slot: &mut VmSlot) -> Result<(), PluginFailure> {
         if let Some(retry_after) = slot.retry_after {
             if Instant::now() < retry_after {
                 return Err(PluginFailure::Unavailable(format!(
@@ -311,6 +371,7 @@ impl Plugin {
         slot.vm = Some(vm);
         slot.roots = roots;
         slot.retry_after = None;
+        slot.consecutive_failures = 0;
         Ok(())
     }
 

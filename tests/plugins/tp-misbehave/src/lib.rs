@@ -17,6 +17,15 @@
 //!   `x-bad-pointer-status: <number>`; the request continues.
 //! - `configure-false`: `on_configure` logs `tp-misbehave refuses this configuration` (level
 //!   error) and returns false.
+//! - `utf8-request-body`: reads the whole request body as `String::from_utf8(..).unwrap()`
+//!   (pausing until its end): a body that is not UTF-8 panics (message `tp-misbehave:
+//!   request body is not UTF-8`); any other body continues unchanged.
+//! - `utf8-redact-response`: redacts the response body line by line, replacing `secret`
+//!   with `XXXXXX` (same length): holds back an incomplete last line until its newline or
+//!   the end of the body, and releases complete lines redacted. It reads the held-back text
+//!   as `String::from_utf8(..).unwrap()`, so a body that is not UTF-8 panics while the
+//!   plugin holds part of it back.
+//! - `panic-response-headers`: panics in `on_http_response_headers`.
 //! - `panic-on-start` (in `vm_config`): panics in `on_vm_start` (message
 //!   `tp-misbehave: panic-on-start mode`).
 
@@ -52,6 +61,9 @@ enum Mode {
     BadPointer,
     ConfigureFalse,
     PanicOnStart,
+    Utf8RequestBody,
+    Utf8RedactResponse,
+    PanicResponseHeaders,
 }
 
 fn parse_mode(bytes: &[u8]) -> Result<Mode, String> {
@@ -69,6 +81,9 @@ fn parse_mode(bytes: &[u8]) -> Result<Mode, String> {
         "bad-pointer" => Mode::BadPointer,
         "configure-false" => Mode::ConfigureFalse,
         "panic-on-start" => Mode::PanicOnStart,
+        "utf8-request-body" => Mode::Utf8RequestBody,
+        "utf8-redact-response" => Mode::Utf8RedactResponse,
+        "panic-response-headers" => Mode::PanicResponseHeaders,
         other => return Err(format!("field \"mode\": unknown mode {other:?}")),
     })
 }
@@ -167,15 +182,46 @@ impl HttpContext for Misbehave {
                 let _ = hostcalls::log(LogLevel::Error, &format!("tp-misbehave: kept {kept} MiB"));
             }
             Mode::BadPointer => self.bad_pointer_status = Some(bad_pointer_call()),
-            Mode::Ok | Mode::ConfigureFalse | Mode::PanicOnStart => {}
+            _ => {}
         }
         Action::Continue
     }
 
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.mode != Mode::Utf8RequestBody {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let text = String::from_utf8(body).expect("tp-misbehave: request body is not UTF-8");
+        std::hint::black_box(text);
+        Action::Continue
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.mode == Mode::PanicResponseHeaders {
+            panic!("tp-misbehave: panic in response headers");
+        }
         if let Some(status) = self.bad_pointer_status {
             self.add_http_response_header("x-bad-pointer-status", &status.to_string());
         }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.mode != Mode::Utf8RedactResponse {
+            return Action::Continue;
+        }
+        let body = self
+            .get_http_response_body(0, body_size)
+            .unwrap_or_default();
+        let text = String::from_utf8(body).expect("tp-misbehave: response body is not UTF-8");
+        if !end_of_stream && !text.ends_with('\n') {
+            return Action::Pause;
+        }
+        self.set_http_response_body(0, body_size, text.replace("secret", "XXXXXX").as_bytes());
         Action::Continue
     }
 }
