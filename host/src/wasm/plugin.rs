@@ -31,6 +31,10 @@ use super::vm::{Vm, VmTrap};
 
 type EventReceiver = tokio::sync::mpsc::UnboundedReceiver<VmEvent>;
 
+/// How often a retiring VM is checked for `proxy_done`: off the request path, and short
+/// next to any drain timeout.
+const RETIRE_POLL: Duration = Duration::from_millis(10);
+
 /// Root context ids by configuration key (`None`: the plugin's own configuration).
 pub type Roots = HashMap<Option<String>, u32>;
 use crate::config::{self, raw::FailurePolicy, PluginLimits};
@@ -325,6 +329,59 @@ impl Plugin {
             return;
         }
         let _ = self.with_vm(|vm, _| f(vm));
+    }
+
+    /// Retires this worker's VM of the plugin, as Envoy does when a plugin goes away: every
+    /// root context gets `proxy_on_done`. A root that answers `false` is not done yet; the
+    /// VM keeps running (ticks, callouts and their answers) until each such root calls
+    /// `proxy_done` or `deadline` passes. Resolves then, so the caller can let the VM go.
+    /// A worker that never started a VM of the plugin has nothing to retire.
+    pub async fn retire(self: Arc<Self>, deadline: Instant) {
+        let Some((generation, mut waiting)) = self.call_root_done() else {
+            return;
+        };
+        while !waiting.is_empty() {
+            if Instant::now() >= deadline {
+                tracing::warn!(plugin = %self.name, roots = waiting.len(), "drain timeout passed before the plugin called proxy_done; its VM is stopped");
+                return;
+            }
+            let poll = deadline.min(Instant::now() + RETIRE_POLL);
+            tokio::time::sleep_until(poll.into()).await;
+            let slot = self.slot().borrow();
+            let vm = match slot.vm.as_ref() {
+                Some(vm) if slot.generation == generation => vm,
+                // It trapped meanwhile: nothing of it is left to finish.
+                _ => return,
+            };
+            waiting.retain(|root| !vm.root_called_done(*root));
+        }
+        tracing::debug!(plugin = %self.name, "plugin VM retired");
+    }
+
+    /// `proxy_on_done` on every root context of this worker's VM, if it has one: its
+    /// generation and the roots that are not done yet.
+    fn call_root_done(self: &Arc<Self>) -> Option<(u64, Vec<u32>)> {
+        let generation = {
+            let slot = self.slot().borrow();
+            slot.vm.as_ref()?;
+            slot.generation
+        };
+        let waiting = self.with_vm(|vm, roots| {
+            let mut waiting = Vec::new();
+            for root in roots.values() {
+                if !vm.on_root_done(*root)? && !vm.root_called_done(*root) {
+                    waiting.push(*root);
+                }
+            }
+            Ok(waiting)
+        });
+        match waiting {
+            Ok(waiting) => Some((generation, waiting)),
+            Err(failure) => {
+                tracing::warn!(plugin = %self.name, %failure, "plugin failed in on_done");
+                None
+            }
+        }
     }
 
     /// Starts the callouts a callback asked for.
