@@ -72,6 +72,37 @@ impl Snapshot {
         workers: usize,
         plugins_dir: &std::path::Path,
     ) -> Result<Self, ConfigErrors> {
+        Self::build_reusing(config, workers, plugins_dir, &[])
+    }
+
+    /// Builds the snapshot that replaces `previous`. A plugin instance whose module,
+    /// configuration and settings are unchanged, while no cluster changed, is carried over
+    /// with its running VMs: a reload does not retire it (no `proxy_on_done`, its buffers
+    /// and timers go on).
+    pub fn build_after(
+        config: Config,
+        workers: usize,
+        plugins_dir: &std::path::Path,
+        previous: &Snapshot,
+    ) -> Result<Self, ConfigErrors> {
+        // The cluster model has no equality; its debug form lists every field. A plugin's
+        // callouts go through the clusters it was built with, so any change rebuilds it.
+        let clusters_unchanged =
+            format!("{:?}", config.clusters) == format!("{:?}", previous.config.clusters);
+        let reusable: &[Arc<Plugin>] = if clusters_unchanged {
+            &previous.plugins
+        } else {
+            &[]
+        };
+        Self::build_reusing(config, workers, plugins_dir, reusable)
+    }
+
+    fn build_reusing(
+        config: Config,
+        workers: usize,
+        plugins_dir: &std::path::Path,
+        reusable: &[Arc<Plugin>],
+    ) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         let mut clusters = HashMap::new();
         for cluster in &config.clusters {
@@ -161,6 +192,7 @@ impl Snapshot {
             plugins_dir,
             &clusters,
             config.server.plugin_limits,
+            reusable,
         )
         .map_err(ConfigErrors)?;
         let chains = chains(&config, &plugins);

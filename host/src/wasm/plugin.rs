@@ -185,6 +185,32 @@ impl Plugin {
         Ok((vm, roots, receiver))
     }
 
+    /// Whether this instance is what `config` with `module` would build: same module code
+    /// and every setting its VMs were started with.
+    fn is_instance_of(
+        &self,
+        config: &config::Plugin,
+        module: &CompiledModule,
+        limits: PluginLimits,
+    ) -> bool {
+        let mut configurations = vec![(None, json_bytes(&config.config))];
+        for (route, value) in &config.route_config {
+            configurations.push((Some(route.clone()), json_bytes(value)));
+        }
+        let identity = &self.identity;
+        self.name == config.name
+            && self.module.sha256 == module.sha256
+            && self.failure_policy == config.failure_policy
+            && self.priority == config.priority
+            && self.memory_limit == config.memory_limit as usize
+            && self.callback_timeout == config.callback_timeout
+            && self.configurations == configurations
+            && identity.vm_id == config.vm_id.clone().unwrap_or_default()
+            && identity.vm_configuration == json_bytes(&config.vm_config)
+            && identity.env.iter().map(|(k, v)| (k, v)).eq(config.env.iter())
+            && identity.limits == limits
+    }
+
     /// The namespace of the plugin's shared data and queues.
     pub fn vm_id(&self) -> &str {
         &self.identity.vm_id
@@ -892,12 +918,14 @@ async fn event_loop(plugin: Weak<Plugin>, generation: u64, mut events: EventRece
 }
 
 /// Compiles every module the policies name, once per file, and builds every plugin
-/// instance. Errors name the plugin and what went wrong.
+/// instance — or takes it from `reusable` when one there runs the same module with the
+/// same settings. Errors name the plugin and what went wrong.
 pub fn build_plugins(
     plugins: &[config::Plugin],
     plugins_dir: &std::path::Path,
     clusters: &HashMap<String, Arc<Cluster>>,
     limits: PluginLimits,
+    reusable: &[Arc<Plugin>],
 ) -> Result<Vec<Arc<Plugin>>, Vec<config::ConfigError>> {
     let mut modules: HashMap<std::path::PathBuf, Result<Arc<CompiledModule>, String>> =
         HashMap::new();
@@ -909,8 +937,15 @@ pub fn build_plugins(
             .entry(path.clone())
             .or_insert_with(|| runtime().load(&path))
             .clone();
-        let result =
-            module.and_then(|module| Plugin::new(plugin, module, clusters.clone(), limits));
+        let result = module.and_then(|module| {
+            match reusable
+                .iter()
+                .find(|running| running.is_instance_of(plugin, &module, limits))
+            {
+                Some(running) => Ok(running.clone()),
+                None => Plugin::new(plugin, module, clusters.clone(), limits),
+            }
+        });
         match result {
             Ok(instance) => built.push(instance),
             Err(error) => errors.push(config::ConfigError::new(&plugin.origin, "module", error)),
