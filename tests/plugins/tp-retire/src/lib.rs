@@ -17,8 +17,8 @@
 use std::time::Duration;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, RootContext};
-use proxy_wasm::types::LogLevel;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
@@ -121,6 +121,14 @@ impl RootContext for Root {
         }
     }
 
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(PassThrough))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
     fn on_tick(&mut self) {
         if self.step == Step::Ticking {
             self.step = Step::Finishing;
@@ -129,3 +137,10 @@ impl RootContext for Root {
         }
     }
 }
+
+/// Requests pass unchanged.
+struct PassThrough;
+
+impl Context for PassThrough {}
+
+impl HttpContext for PassThrough {}
