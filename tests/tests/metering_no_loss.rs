@@ -217,7 +217,11 @@ struct Tally {
     failures: Vec<String>,
 }
 
-fn load(addr: SocketAddr, clients: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<Tally>> {
+fn load(
+    addr: SocketAddr,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Tally>> {
     (0..clients)
         .map(|_| {
             let stop = stop.clone();
@@ -228,7 +232,10 @@ fn load(addr: SocketAddr, clients: usize, stop: Arc<AtomicBool>) -> Vec<tokio::t
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    match client.send(get_request(addr, "api.test", "/api/load")).await {
+                    match client
+                        .send(get_request(addr, "api.test", "/api/load"))
+                        .await
+                    {
                         Ok(response) if response.status == StatusCode::OK => tally.ok += 1,
                         Ok(response) => tally.failures.push(format!("status {}", response.status)),
                         Err(error) => tally.failures.push(format!("{error:#}")),
@@ -297,7 +304,10 @@ async fn sigterm_with_requests_in_flight_bills_every_answered_request_once() {
         })
         .collect();
     // Slow requests on the backend and a steady flow: SIGTERM lands mid-traffic.
-    setup.echo.wait_for_requests(60, Duration::from_secs(10)).await;
+    setup
+        .echo
+        .wait_for_requests(60, Duration::from_secs(10))
+        .await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while setup
         .echo
@@ -307,13 +317,19 @@ async fn sigterm_with_requests_in_flight_bills_every_answered_request_once() {
         .count()
         < 4
     {
-        assert!(Instant::now() < deadline, "the slow requests reached the backend");
+        assert!(
+            Instant::now() < deadline,
+            "the slow requests reached the backend"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     setup.gateway.terminate();
     let mut slow_ok = 0;
     for request in slow {
-        let status = request.await.unwrap().expect("a request in flight is answered");
+        let status = request
+            .await
+            .unwrap()
+            .expect("a request in flight is answered");
         assert_eq!(status, StatusCode::OK, "the request in flight completes");
         slow_ok += 1;
     }
@@ -342,7 +358,10 @@ async fn a_module_swap_under_load_loses_no_record() {
     let addr = setup.gateway.listener("public");
     let stop = Arc::new(AtomicBool::new(false));
     let loops = load(addr, 2, stop.clone());
-    setup.echo.wait_for_requests(40, Duration::from_secs(10)).await;
+    setup
+        .echo
+        .wait_for_requests(40, Duration::from_secs(10))
+        .await;
     let before_swap = setup.echo.request_count() as u64;
     let module = std::fs::read(METERING).unwrap();
     write_atomically(
@@ -379,7 +398,10 @@ async fn a_policy_reload_under_load_loses_no_record() {
     let addr = setup.gateway.listener("public");
     let stop = Arc::new(AtomicBool::new(false));
     let loops = load(addr, 2, stop.clone());
-    setup.echo.wait_for_requests(40, Duration::from_secs(10)).await;
+    setup
+        .echo
+        .wait_for_requests(40, Duration::from_secs(10))
+        .await;
     let before_reload = setup.echo.request_count() as u64;
     let changed = metering("metering.wasm", NO_TICKS_MS - 1);
     write_atomically(
@@ -419,7 +441,11 @@ async fn a_billing_outage_then_recovery_delivers_the_backlog_once() {
     }
     // Several flushes fail meanwhile (503), each batch kept under its key.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(collector.billed(), 0, "nothing is stored while billing is down");
+    assert_eq!(
+        collector.billed(),
+        0,
+        "nothing is stored while billing is down"
+    );
     std::fs::remove_file(collector.down_marker()).unwrap();
     assert_billed_exactly(&collector, 45, &setup.gateway).await;
     let metrics = setup.gateway.metrics().await;
@@ -441,21 +467,20 @@ async fn the_collector_stores_a_batch_sent_twice_under_one_key_once() {
     })
     .to_string();
     let post = |key: &str| {
-        request(
-            "POST",
-            collector.addr,
-            "billing",
-            "/v1/usage",
-        )
-        .header("idempotency-key", key)
-        .body(Full::from(batch.clone()))
-        .unwrap()
+        request("POST", collector.addr, "billing", "/v1/usage")
+            .header("idempotency-key", key)
+            .body(Full::from(batch.clone()))
+            .unwrap()
     };
     for key in ["vm-1", "vm-1", "vm-2"] {
         let response = client.send(post(key)).await.unwrap();
         assert_eq!(response.status, StatusCode::OK, "{}", response.text());
     }
-    assert_eq!(collector.billed(), 2, "the repeat of vm-1 is answered but not stored");
+    assert_eq!(
+        collector.billed(),
+        2,
+        "the repeat of vm-1 is answered but not stored"
+    );
 }
 
 /// The `tp-retire` plugin under `name`, calling out to the echo cluster under `tag`.
@@ -481,7 +506,10 @@ fn retire_calls(echo: &Backend, tag: &str) -> Vec<String> {
 async fn a_root_context_not_done_keeps_its_vm_until_proxy_done() {
     let collector = Collector::start().await;
     let mut setup = start(collector.addr, &[retiring("late", "late", true)], "20s").await;
-    assert!(retire_calls(&setup.echo, "late").is_empty(), "nothing before on_done");
+    assert!(
+        retire_calls(&setup.echo, "late").is_empty(),
+        "nothing before on_done"
+    );
     let signalled = Instant::now();
     terminate(&mut setup.gateway).await;
     let elapsed = signalled.elapsed();
@@ -540,11 +568,17 @@ async fn a_reload_retires_only_the_changed_plugin_and_does_not_wait_for_it() {
     let collector = Collector::start().await;
     let setup = start(
         collector.addr,
-        &[retiring("kept", "kept", false), retiring("changed", "old", false)],
+        &[
+            retiring("kept", "kept", false),
+            retiring("changed", "old", false),
+        ],
         "30s",
     )
     .await;
-    let edited = [retiring("kept", "kept", false), retiring("changed", "new", false)];
+    let edited = [
+        retiring("kept", "kept", false),
+        retiring("changed", "new", false),
+    ];
     let written = Instant::now();
     write_atomically(
         &setup.gateway.policies().path().join("plugins.json"),
@@ -557,7 +591,11 @@ async fn a_reload_retires_only_the_changed_plugin_and_does_not_wait_for_it() {
     );
     let client = HttpClient::http1();
     let response = client
-        .send(get_request(setup.gateway.listener("public"), "api.test", "/api/after"))
+        .send(get_request(
+            setup.gateway.listener("public"),
+            "api.test",
+            "/api/after",
+        ))
         .await
         .unwrap();
     assert_eq!(response.status, StatusCode::OK, "serving while VMs retire");

@@ -417,8 +417,7 @@ impl Workers {
         let _ = self.state.drain_deadline.set(deadline);
         self.state.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
-        while !self.threads.iter().all(|thread| thread.is_finished()) && Instant::now() < deadline
-        {
+        while !self.threads.iter().all(|thread| thread.is_finished()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         let connections = self.state.open_connections();

@@ -207,7 +207,11 @@ impl Plugin {
             && self.configurations == configurations
             && identity.vm_id == config.vm_id.clone().unwrap_or_default()
             && identity.vm_configuration == json_bytes(&config.vm_config)
-            && identity.env.iter().map(|(k, v)| (k, v)).eq(config.env.iter())
+            && identity
+                .env
+                .iter()
+                .map(|(k, v)| (k, v))
+                .eq(config.env.iter())
             && identity.limits == limits
     }
 

@@ -254,10 +254,19 @@ mod tests {
         assert!(delivery.next_batch(3).is_none(), "one batch at a time");
         assert_eq!(delivery.answered(8, 200), Outcome::Unknown);
         assert_eq!(delivery.answered(7, 503), Outcome::Retrying);
-        let timestamps =
-            |batch: &Batch| batch.records.iter().map(|r| r.timestamp).collect::<Vec<_>>();
+        let timestamps = |batch: &Batch| {
+            batch
+                .records
+                .iter()
+                .map(|r| r.timestamp)
+                .collect::<Vec<_>>()
+        };
         let batch = delivery.next_batch(10).unwrap();
-        assert_eq!(timestamps(&batch), [0, 1, 2], "the failed batch goes first, whole");
+        assert_eq!(
+            timestamps(&batch),
+            [0, 1, 2],
+            "the failed batch goes first, whole"
+        );
         delivery.dispatched(9, batch);
         assert_eq!(delivery.answered(9, 0), Outcome::Retrying);
         let batch = delivery.next_batch(10).unwrap();
