@@ -6,6 +6,8 @@
 //! - a module swap and a policy reload under load: the retired VMs flush in `on_done`
 //!   before the process stops; totals exact, no duplicates;
 //! - a billing outage, then recovery: the backlog is delivered, totals exact;
+//! - a billing service that stores batches but answers too late: each such batch is sent
+//!   again under its key, whole, and billed once;
 //! - the collector itself storing a batch sent twice under one key once.
 //!
 //! And the host side of retirement, with the `tp-retire` test plugin: a root context that
@@ -455,6 +457,49 @@ async fn a_billing_outage_then_recovery_delivers_the_backlog_once() {
     );
     terminate(&mut setup.gateway).await;
     assert_eq!(collector.billed(), 45, "shutdown sends nothing again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answered_too_late_is_sent_again_under_its_key_and_billed_once() {
+    // The first two batches are stored but answered after 1.5 s; the plugin gives up at
+    // 500 ms and sends them again.
+    let (billing, ledger) = backends::usage_collector(2, Duration::from_millis(1500)).await;
+    let mut setup = start(billing.addr(), &[metering("metering.wasm", 100)], "10s").await;
+    let client = HttpClient::http1();
+    let addr = setup.gateway.listener("public");
+    for i in 0..30 {
+        let response = client
+            .send(get_request(addr, "api.test", &format!("/api/{i}")))
+            .await
+            .unwrap();
+        assert_eq!(response.status, StatusCode::OK);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ledger.billed() < 30 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    terminate(&mut setup.gateway).await;
+    assert_eq!(ledger.billed(), 30, "every request billed once");
+    let posts = billing.requests();
+    assert!(
+        posts.len() > ledger.batches(),
+        "some batch was sent more than once: {} requests, {} batches",
+        posts.len(),
+        ledger.batches()
+    );
+    for post in &posts {
+        let key = post
+            .header("idempotency-key")
+            .expect("every batch has a key");
+        let copies: Vec<_> = posts
+            .iter()
+            .filter(|other| other.header("idempotency-key") == Some(key))
+            .collect();
+        assert!(
+            copies.iter().all(|copy| copy.body_len == post.body_len),
+            "a re-sent batch is the same batch"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
