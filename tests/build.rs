@@ -33,6 +33,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("tp-header-heavy", "TP_HEADER_HEAVY"),
     ("tp-misc", "TP_MISC"),
     ("tp-limits", "TP_LIMITS"),
+    ("tp-retire", "TP_RETIRE"),
 ];
 
 const TARGET: &str = "wasm32-wasip1";

@@ -120,7 +120,8 @@ impl Gateway {
     }
 
     /// Blocks until SIGTERM or SIGINT, then drains: stops accepting, lets in-flight requests
-    /// finish within the policies' `drain_timeout`, and returns.
+    /// finish and plugins flush (`proxy_on_done`) within the policies' `drain_timeout`, and
+    /// returns.
     pub fn wait_for_signal_and_drain(self) -> anyhow::Result<()> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -138,7 +139,9 @@ impl Gateway {
         Ok(())
     }
 
-    /// Stops accepting and waits for in-flight requests, up to the drain timeout.
+    /// Stops accepting, waits for in-flight requests, then retires every plugin
+    /// (`proxy_on_done`, waiting for those that finish later with `proxy_done`), all within
+    /// the drain timeout.
     pub fn drain(self, reason: &str) {
         let timeout = self.state.snapshot().config.server.drain_timeout;
         let open = self.state.open_connections();
@@ -148,11 +151,16 @@ impl Gateway {
             timeout_ms = timeout.as_millis() as u64,
             "draining"
         );
-        let left = self.workers.drain(timeout);
-        if left > 0 {
+        let drained = self.workers.drain(timeout);
+        if drained.connections > 0 {
             tracing::warn!(
-                connections = left,
+                connections = drained.connections,
                 "drain timeout passed; closing the remaining connections"
+            );
+        } else if drained.workers_busy > 0 {
+            tracing::warn!(
+                workers = drained.workers_busy,
+                "drain timeout passed; stopping plugins that did not call proxy_done"
             );
         } else {
             tracing::info!("drained; exiting");

@@ -72,6 +72,37 @@ impl Snapshot {
         workers: usize,
         plugins_dir: &std::path::Path,
     ) -> Result<Self, ConfigErrors> {
+        Self::build_reusing(config, workers, plugins_dir, &[])
+    }
+
+    /// Builds the snapshot that replaces `previous`. A plugin instance whose module,
+    /// configuration and settings are unchanged, while no cluster changed, is carried over
+    /// with its running VMs: a reload does not retire it (no `proxy_on_done`, its buffers
+    /// and timers go on).
+    pub fn build_after(
+        config: Config,
+        workers: usize,
+        plugins_dir: &std::path::Path,
+        previous: &Snapshot,
+    ) -> Result<Self, ConfigErrors> {
+        // The cluster model has no equality; its debug form lists every field. A plugin's
+        // callouts go through the clusters it was built with, so any change rebuilds it.
+        let clusters_unchanged =
+            format!("{:?}", config.clusters) == format!("{:?}", previous.config.clusters);
+        let reusable: &[Arc<Plugin>] = if clusters_unchanged {
+            &previous.plugins
+        } else {
+            &[]
+        };
+        Self::build_reusing(config, workers, plugins_dir, reusable)
+    }
+
+    fn build_reusing(
+        config: Config,
+        workers: usize,
+        plugins_dir: &std::path::Path,
+        reusable: &[Arc<Plugin>],
+    ) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         let mut clusters = HashMap::new();
         for cluster in &config.clusters {
@@ -161,6 +192,7 @@ impl Snapshot {
             plugins_dir,
             &clusters,
             config.server.plugin_limits,
+            reusable,
         )
         .map_err(ConfigErrors)?;
         let chains = chains(&config, &plugins);
@@ -327,5 +359,59 @@ mod tests {
         let redaction = access_log_redaction(&config(""));
         assert_eq!(redaction.query_params(), ["sig"]);
         assert_eq!(redaction.headers(), ["user-agent"]);
+    }
+
+    /// The smallest module the host runs as a plugin.
+    const NOOP_PLUGIN: &str = r#"(module (memory (export "memory") 1)
+        (func (export "malloc") (param i32) (result i32) i32.const 0)
+        (func (export "proxy_abi_version_0_2_0"))
+        (func (export "proxy_on_context_create") (param i32 i32)))"#;
+
+    #[test]
+    fn a_rebuild_carries_over_exactly_the_unchanged_plugin_instances() {
+        let plugins_dir = tempfile_dir();
+        std::fs::write(plugins_dir.join("noop.wat"), NOOP_PLUGIN).unwrap();
+        let policies = |second: &str, endpoint: &str| {
+            config(&format!(
+                "clusters: [{{ name: c, endpoints: [{{ address: \"{endpoint}\" }}] }}]\nplugins:\n  - {{ name: kept, module: noop.wat, config: {{ a: 1 }} }}\n  - {{ name: edited, module: noop.wat, config: {second} }}\n"
+            ))
+        };
+        let first = Snapshot::build(policies("{ b: 1 }", "127.0.0.1:1"), 1, &plugins_dir).unwrap();
+        let same = |a: &Snapshot, b: &Snapshot, index: usize| {
+            Arc::ptr_eq(&a.plugins[index], &b.plugins[index])
+        };
+
+        let edited =
+            Snapshot::build_after(policies("{ b: 2 }", "127.0.0.1:1"), 1, &plugins_dir, &first)
+                .unwrap();
+        assert!(same(&first, &edited, 0), "unchanged: carried over");
+        assert!(!same(&first, &edited, 1), "configuration changed: rebuilt");
+
+        std::fs::write(
+            plugins_dir.join("noop.wat"),
+            format!("{NOOP_PLUGIN}\n;; v2"),
+        )
+        .unwrap();
+        let swapped = Snapshot::build_after(
+            policies("{ b: 2 }", "127.0.0.1:1"),
+            1,
+            &plugins_dir,
+            &edited,
+        )
+        .unwrap();
+        assert!(!same(&edited, &swapped, 0), "module changed: rebuilt");
+
+        let moved = Snapshot::build_after(
+            policies("{ b: 2 }", "127.0.0.1:2"),
+            1,
+            &plugins_dir,
+            &swapped,
+        )
+        .unwrap();
+        assert!(
+            !same(&swapped, &moved, 0) && !same(&swapped, &moved, 1),
+            "a cluster changed: every plugin rebuilt"
+        );
+        std::fs::remove_dir_all(&plugins_dir).unwrap();
     }
 }

@@ -653,3 +653,77 @@ mod tests {
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
 }
+
+/// What a [`usage_collector`] stored: requests billed per batch key (the `idempotency-key`
+/// header).
+#[derive(Clone, Default)]
+pub struct UsageLedger(Arc<Mutex<HashMap<String, u64>>>);
+
+impl UsageLedger {
+    /// Requests billed, over every batch stored.
+    pub fn billed(&self) -> u64 {
+        self.0.lock().expect("ledger lock").values().sum()
+    }
+
+    /// Batches stored (distinct keys).
+    pub fn batches(&self) -> usize {
+        self.0.lock().expect("ledger lock").len()
+    }
+}
+
+/// A billing service for the `metering` plugin that is slow to answer: each POSTed batch
+/// (`{"records": [...]}` or an array) is stored at once, once per `idempotency-key` (a
+/// repeat is answered `200` and not stored again), but the first `late_answers` requests
+/// are answered only after `delay` — later than a plugin's timeout, so it sends the batch
+/// again. Every request is recorded, with its body length.
+pub async fn usage_collector(late_answers: usize, delay: Duration) -> (Backend, UsageLedger) {
+    let recorder = Recorder::default();
+    let ledger = UsageLedger::default();
+    let handler_recorder = recorder.clone();
+    let handler_ledger = ledger.clone();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let handler: Handler = Arc::new(move |request| {
+        let recorder = handler_recorder.clone();
+        let ledger = handler_ledger.clone();
+        let late = seen.fetch_add(1, Ordering::SeqCst) < late_answers;
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+            let key = parts
+                .headers
+                .get("idempotency-key")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            recorder.push(RecordedRequest::new(
+                &Request::from_parts(parts, ()),
+                body.len(),
+            ));
+            let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let records = value
+                .get("records")
+                .unwrap_or(&value)
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let requests = records
+                .iter()
+                .map(|record| record["requests"].as_u64().unwrap_or(0))
+                .sum();
+            ledger
+                .0
+                .lock()
+                .expect("ledger lock")
+                .entry(key)
+                .or_insert(requests);
+            if late {
+                tokio::time::sleep(delay).await;
+            }
+            Ok(plain(StatusCode::OK, "{}"))
+        })
+    });
+    (
+        spawn_http(bind_loopback().await, None, false, recorder, handler),
+        ledger,
+    )
+}

@@ -3,7 +3,10 @@
 //! validate the policies, read certificates, compile changed modules (unchanged ones come
 //! from memory or the on-disk cache), start a canary VM per plugin with every configuration —
 //! and swap it in with one pointer store. New requests take the new snapshot; requests in
-//! flight finish on the one they started with, whose VMs are dropped with it.
+//! flight finish on the one they started with. Plugin instances carried over unchanged
+//! (same module, same settings, no cluster changed) keep their VMs; the others are retired
+//! in the background — each worker calls `proxy_on_done` and lets the VM finish within the
+//! drain timeout (see [`crate::server`]) — so a reload never waits for a plugin.
 //!
 //! Anything invalid (a half-written file, a module that is not wasm or has the wrong ABI,
 //! `on_configure` returning false, a policy error, a bad certificate) leaves the last good
@@ -194,7 +197,12 @@ impl Reloader {
     fn reload(&mut self) -> Result<u64, String> {
         let started = Instant::now();
         let built = config::load_dir(&self.sources.policies).and_then(|config| {
-            Snapshot::build(config, self.sources.workers, &self.sources.plugins)
+            Snapshot::build_after(
+                config,
+                self.sources.workers,
+                &self.sources.plugins,
+                &self.state.snapshot(),
+            )
         });
         let result = match built {
             Ok(snapshot) => {

@@ -4,6 +4,11 @@
 //! and its own socket for every listener (SO_REUSEPORT, so the kernel spreads connections).
 //! A request, its upstream connections and — once plugins run — its plugin contexts stay on
 //! one thread. The only shared state is the snapshot pointer and atomics.
+//!
+//! Plugins are retired the way Envoy retires them: when a swap drops a plugin instance,
+//! and at shutdown for every plugin, each worker calls `proxy_on_done` on its own VM of it
+//! and keeps that VM running until the plugin calls `proxy_done` or `server.drain_timeout`
+//! passes. A swap does not wait for that; shutdown does (after the connections drained).
 
 pub mod body;
 mod connection;
@@ -11,7 +16,8 @@ mod connection;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -20,6 +26,19 @@ use tokio::sync::{watch, Notify};
 
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::metrics;
+use crate::wasm::plugin::Plugin;
+
+/// Plugin instances a swap removed, for every worker to retire its VMs of them by
+/// `deadline`.
+#[derive(Clone)]
+pub struct Retirement {
+    pub plugins: Arc<[Arc<Plugin>]>,
+    pub deadline: Instant,
+}
+
+/// Swaps are rare; a worker that fell this far behind has bigger problems (and a lagging
+/// receiver only skips the retirement: the VMs still go when the snapshot does).
+const RETIREMENT_BACKLOG: usize = 64;
 
 /// State shared by the workers and the admin listener.
 pub struct GatewayState {
@@ -29,6 +48,10 @@ pub struct GatewayState {
     open_connections: AtomicUsize,
     connections_closed: Notify,
     reload: crate::reload::ReloadState,
+    /// Plugin instances the last swaps removed, announced to every worker.
+    retirements: tokio::sync::broadcast::Sender<Retirement>,
+    /// When the drain ends; set once, when it starts.
+    drain_deadline: OnceLock<Instant>,
 }
 
 impl GatewayState {
@@ -47,6 +70,8 @@ impl GatewayState {
                 }),
                 requests: Default::default(),
             },
+            retirements: tokio::sync::broadcast::channel(RETIREMENT_BACKLOG).0,
+            drain_deadline: OnceLock::new(),
         }
     }
 
@@ -55,9 +80,26 @@ impl GatewayState {
         self.snapshot.load_full()
     }
 
-    /// Replaces the snapshot; requests in flight keep the one they started with.
+    /// Replaces the snapshot; requests in flight keep the one they started with. Plugin
+    /// instances the new snapshot no longer has are retired by every worker, in the
+    /// background, within the new snapshot's drain timeout.
     pub fn swap_snapshot(&self, snapshot: Snapshot) {
-        self.snapshot.store(Arc::new(snapshot));
+        let deadline = Instant::now() + snapshot.config.server.drain_timeout;
+        let new = Arc::new(snapshot);
+        let old = self.snapshot.swap(new.clone());
+        let retired: Arc<[Arc<Plugin>]> = old
+            .plugins
+            .iter()
+            .filter(|plugin| !new.plugins.iter().any(|kept| Arc::ptr_eq(kept, plugin)))
+            .cloned()
+            .collect();
+        if !retired.is_empty() {
+            // No receiver only means no worker runs (yet): nothing to retire.
+            let _ = self.retirements.send(Retirement {
+                plugins: retired,
+                deadline,
+            });
+        }
     }
 
     /// Serving and not draining: what `/readyz` reports.
@@ -121,6 +163,14 @@ impl GatewayState {
 
     pub fn open_connections(&self) -> usize {
         self.open_connections.load(Ordering::Relaxed)
+    }
+
+    /// When the drain ends; far away while the gateway is not draining.
+    fn drain_deadline(&self) -> Instant {
+        self.drain_deadline
+            .get()
+            .copied()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600))
     }
 }
 
@@ -203,6 +253,8 @@ pub fn start_workers(
     for (index, sockets) in per_worker.into_iter().enumerate() {
         let state = state.clone();
         let shutdown = shutdown.subscribe();
+        // Subscribed before the thread starts, so that no swap after start-up is missed.
+        let retirements = state.retirements.subscribe();
         let thread = std::thread::Builder::new()
             .name(format!("tollgate-worker-{index}"))
             .spawn(move || {
@@ -211,7 +263,7 @@ pub fn start_workers(
                     .enable_all()
                     .build()
                     .expect("a worker runtime");
-                runtime.block_on(worker(sockets, state, shutdown));
+                runtime.block_on(worker(sockets, state, shutdown, retirements));
             })
             .context("cannot start a worker thread")?;
         threads.push(thread);
@@ -235,7 +287,9 @@ async fn worker(
     sockets: Vec<WorkerSocket>,
     state: Arc<GatewayState>,
     shutdown: watch::Receiver<bool>,
+    retirements: tokio::sync::broadcast::Receiver<Retirement>,
 ) {
+    let retiring = tokio::spawn(follow_retirements(retirements, shutdown.clone()));
     // Start this worker's plugin VMs before the first request, so that no request pays for
     // instantiation and every VM has run on_vm_start before traffic arrives.
     for plugin in &state.snapshot().plugins {
@@ -263,15 +317,50 @@ async fn worker(
     for accept_loop in accept_loops {
         let _ = accept_loop.await;
     }
-    // Keep the runtime alive until this worker's connections have finished draining; the
-    // drain deadline is enforced by `Workers::drain`.
-    while state.open_connections() > 0 {
+    // Keep the runtime alive until this worker's connections have finished draining, then
+    // until its plugins are done: their last callbacks (`on_log` of the last requests)
+    // come first, `proxy_on_done` after.
+    let deadline = state.drain_deadline();
+    while state.open_connections() > 0 && Instant::now() < deadline {
         let closed = state.connections_closed.notified();
         if state.open_connections() == 0 {
             break;
         }
         let _ = tokio::time::timeout(Duration::from_millis(100), closed).await;
     }
+    let mut retiring = retiring.await.unwrap_or_default();
+    for plugin in state.snapshot().plugins.iter() {
+        retiring.spawn(plugin.clone().retire(deadline));
+    }
+    while retiring.join_next().await.is_some() {}
+}
+
+/// Retires, on this worker, the plugins each swap removed, until shutdown; returns the
+/// retirements still under way, for the worker to wait for.
+async fn follow_retirements(
+    mut retirements: tokio::sync::broadcast::Receiver<Retirement>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinSet<()> {
+    let mut retiring = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            retirement = retirements.recv() => match retirement {
+                Ok(Retirement { plugins, deadline }) => {
+                    for plugin in plugins.iter() {
+                        retiring.spawn(plugin.clone().retire(deadline));
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "a worker missed plugin retirements; their VMs stop without on_done");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            // Finished retirements are reaped as they end, so that the set stays small.
+            Some(_) = retiring.join_next(), if !retiring.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    retiring
 }
 
 async fn accept_loop(
@@ -321,21 +410,37 @@ async fn accept_loop(
 }
 
 impl Workers {
-    /// Stops accepting, lets in-flight requests finish for up to `timeout`, then returns.
-    /// Returns the number of connections still open when the deadline passed.
-    pub fn drain(self, timeout: Duration) -> usize {
+    /// Stops accepting, lets in-flight requests finish and then retires every plugin VM
+    /// (`proxy_on_done`, waiting for `proxy_done`), all within `timeout`, then returns.
+    pub fn drain(self, timeout: Duration) -> Drained {
+        let deadline = Instant::now() + timeout;
+        let _ = self.state.drain_deadline.set(deadline);
         self.state.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
-        let deadline = std::time::Instant::now() + timeout;
-        while self.state.open_connections() > 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        while !self.threads.iter().all(|thread| thread.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
-        let left = self.state.open_connections();
-        if left == 0 {
-            for thread in self.threads {
+        let connections = self.state.open_connections();
+        let mut workers_busy = 0;
+        for thread in self.threads {
+            if thread.is_finished() {
                 let _ = thread.join();
+            } else {
+                workers_busy += 1;
             }
         }
-        left
+        Drained {
+            connections,
+            workers_busy,
+        }
     }
+}
+
+/// What was still going on when a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Connections still open.
+    pub connections: usize,
+    /// Workers still finishing (connections, or plugins that had not called `proxy_done`).
+    pub workers_busy: usize,
 }

@@ -42,6 +42,10 @@ use super::vm::{Vm, VmTrap};
 
 type EventReceiver = tokio::sync::mpsc::UnboundedReceiver<VmEvent>;
 
+/// How often a retiring VM is checked for `proxy_done`: off the request path, and short
+/// next to any drain timeout.
+const RETIRE_POLL: Duration = Duration::from_millis(10);
+
 /// Root context ids by configuration key (`None`: the plugin's own configuration).
 pub type Roots = HashMap<Option<String>, u32>;
 use crate::config::{self, raw::FailurePolicy, PluginLimits};
@@ -196,6 +200,36 @@ impl Plugin {
         }
         vm.started();
         Ok((vm, roots, receiver))
+    }
+
+    /// Whether this instance is what `config` with `module` would build: same module code
+    /// and every setting its VMs were started with.
+    fn is_instance_of(
+        &self,
+        config: &config::Plugin,
+        module: &CompiledModule,
+        limits: PluginLimits,
+    ) -> bool {
+        let mut configurations = vec![(None, json_bytes(&config.config))];
+        for (route, value) in &config.route_config {
+            configurations.push((Some(route.clone()), json_bytes(value)));
+        }
+        let identity = &self.identity;
+        self.name == config.name
+            && self.module.sha256 == module.sha256
+            && self.failure_policy == config.failure_policy
+            && self.priority == config.priority
+            && self.memory_limit == config.memory_limit as usize
+            && self.callback_timeout == config.callback_timeout
+            && self.configurations == configurations
+            && identity.vm_id == config.vm_id.clone().unwrap_or_default()
+            && identity.vm_configuration == json_bytes(&config.vm_config)
+            && identity
+                .env
+                .iter()
+                .map(|(k, v)| (k, v))
+                .eq(config.env.iter())
+            && identity.limits == limits
     }
 
     /// The namespace of the plugin's shared data and queues.
@@ -386,6 +420,59 @@ impl Plugin {
             return;
         }
         let _ = self.with_vm(|vm, _| f(vm));
+    }
+
+    /// Retires this worker's VM of the plugin, as Envoy does when a plugin goes away: every
+    /// root context gets `proxy_on_done`. A root that answers `false` is not done yet; the
+    /// VM keeps running (ticks, callouts and their answers) until each such root calls
+    /// `proxy_done` or `deadline` passes. Resolves then, so the caller can let the VM go.
+    /// A worker that never started a VM of the plugin has nothing to retire.
+    pub async fn retire(self: Arc<Self>, deadline: Instant) {
+        let Some((generation, mut waiting)) = self.call_root_done() else {
+            return;
+        };
+        while !waiting.is_empty() {
+            if Instant::now() >= deadline {
+                tracing::warn!(plugin = %self.name, roots = waiting.len(), "drain timeout passed before the plugin called proxy_done; its VM is stopped");
+                return;
+            }
+            let poll = deadline.min(Instant::now() + RETIRE_POLL);
+            tokio::time::sleep_until(poll.into()).await;
+            let slot = self.slot().borrow();
+            let vm = match slot.vm.as_ref() {
+                Some(vm) if slot.generation == generation => vm,
+                // It trapped meanwhile: nothing of it is left to finish.
+                _ => return,
+            };
+            waiting.retain(|root| !vm.root_called_done(*root));
+        }
+        tracing::debug!(plugin = %self.name, "plugin VM retired");
+    }
+
+    /// `proxy_on_done` on every root context of this worker's VM, if it has one: its
+    /// generation and the roots that are not done yet.
+    fn call_root_done(self: &Arc<Self>) -> Option<(u64, Vec<u32>)> {
+        let generation = {
+            let slot = self.slot().borrow();
+            slot.vm.as_ref()?;
+            slot.generation
+        };
+        let waiting = self.with_vm(|vm, roots| {
+            let mut waiting = Vec::new();
+            for root in roots.values() {
+                if !vm.on_root_done(*root)? && !vm.root_called_done(*root) {
+                    waiting.push(*root);
+                }
+            }
+            Ok(waiting)
+        });
+        match waiting {
+            Ok(waiting) => Some((generation, waiting)),
+            Err(failure) => {
+                tracing::warn!(plugin = %self.name, %failure, "plugin failed in on_done");
+                None
+            }
+        }
     }
 
     /// Starts the callouts a callback asked for.
@@ -896,12 +983,14 @@ async fn event_loop(plugin: Weak<Plugin>, generation: u64, mut events: EventRece
 }
 
 /// Compiles every module the policies name, once per file, and builds every plugin
-/// instance. Errors name the plugin and what went wrong.
+/// instance — or takes it from `reusable` when one there runs the same module with the
+/// same settings. Errors name the plugin and what went wrong.
 pub fn build_plugins(
     plugins: &[config::Plugin],
     plugins_dir: &std::path::Path,
     clusters: &HashMap<String, Arc<Cluster>>,
     limits: PluginLimits,
+    reusable: &[Arc<Plugin>],
 ) -> Result<Vec<Arc<Plugin>>, Vec<config::ConfigError>> {
     let mut modules: HashMap<std::path::PathBuf, Result<Arc<CompiledModule>, String>> =
         HashMap::new();
@@ -913,8 +1002,15 @@ pub fn build_plugins(
             .entry(path.clone())
             .or_insert_with(|| runtime().load(&path))
             .clone();
-        let result =
-            module.and_then(|module| Plugin::new(plugin, module, clusters.clone(), limits));
+        let result = module.and_then(|module| {
+            match reusable
+                .iter()
+                .find(|running| running.is_instance_of(plugin, &module, limits))
+            {
+                Some(running) => Ok(running.clone()),
+                None => Plugin::new(plugin, module, clusters.clone(), limits),
+            }
+        });
         match result {
             Ok(instance) => built.push(instance),
             Err(error) => errors.push(config::ConfigError::new(&plugin.origin, "module", error)),

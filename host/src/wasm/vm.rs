@@ -411,6 +411,22 @@ impl Vm {
         result
     }
 
+    /// `proxy_on_done` for a root context the host is retiring. `true`: the plugin is done
+    /// with it now (a module without the export is); `false`: it finishes its work first and
+    /// says so with `proxy_done`.
+    pub fn on_root_done(&mut self, root: u32) -> Result<bool, VmTrap> {
+        self.state().effective_context = root;
+        match self.exports.on_done.clone() {
+            Some(f) => Ok(self.call("on_done", &f, root)? != 0),
+            None => Ok(true),
+        }
+    }
+
+    /// Whether `root` has called `proxy_done`.
+    pub fn root_called_done(&self, root: u32) -> bool {
+        self.state_ref().done_roots.contains(&root)
+    }
+
     pub fn on_tick(&mut self, root: u32) -> Result<(), VmTrap> {
         self.state().effective_context = root;
         match self.exports.on_tick.clone() {

@@ -57,12 +57,25 @@ pub fn series(record: &UsageRecord) -> String {
     )
 }
 
+/// Records under the key the billing service deduplicates them by: a batch that timed out
+/// may have been stored, so it is only ever re-sent whole, under the same key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub key: String,
+    pub records: Vec<UsageRecord>,
+}
+
 /// Records waiting for delivery, and the batch on its way.
 #[derive(Debug)]
 pub struct Delivery {
     pub backlog: Backlog<UsageRecord>,
-    /// The call token and records of the batch being delivered.
-    pub in_flight: Option<(u32, Vec<UsageRecord>)>,
+    /// A batch that failed: sent again, as it was, before anything else.
+    pub retry: Option<Batch>,
+    /// The call token and the batch being delivered.
+    pub in_flight: Option<(u32, Batch)>,
+    /// Unique to this VM (random), so that keys never meet across VMs, workers, restarts.
+    key_prefix: String,
+    next_sequence: u64,
     pub sent: u64,
     pub failed_batches: u64,
 }
@@ -71,41 +84,55 @@ pub struct Delivery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Delivered(usize),
-    /// Put back; `dropped` records did not fit any more.
-    Requeued {
-        dropped: u64,
-    },
+    /// Kept, to be sent again under the same key.
+    Retrying,
     /// Not the call we were waiting for.
     Unknown,
 }
 
 impl Delivery {
-    pub fn new(max_backlog: usize) -> Self {
+    /// `vm_id` makes this VM's batch keys its own: draw it at random (see [`random_id`]).
+    pub fn new(max_backlog: usize, vm_id: u64) -> Self {
         Self {
             backlog: Backlog::new(max_backlog),
+            retry: None,
             in_flight: None,
+            key_prefix: format!("{vm_id:016x}"),
+            next_sequence: 1,
             sent: 0,
             failed_batches: 0,
         }
     }
 
-    /// The next batch to send, unless one is in flight or nothing waits.
-    pub fn next_batch(&mut self, max_batch: usize) -> Option<Vec<UsageRecord>> {
-        if self.in_flight.is_some() || self.backlog.is_empty() {
+    /// The next batch to send — the one to retry, else up to `max_batch` records under a
+    /// new key — unless one is in flight or nothing waits.
+    pub fn next_batch(&mut self, max_batch: usize) -> Option<Batch> {
+        if self.in_flight.is_some() {
             return None;
         }
-        Some(self.backlog.take_batch(max_batch))
+        if let Some(batch) = self.retry.take() {
+            return Some(batch);
+        }
+        if self.backlog.is_empty() {
+            return None;
+        }
+        let key = format!("{}-{}", self.key_prefix, self.next_sequence);
+        self.next_sequence += 1;
+        Some(Batch {
+            key,
+            records: self.backlog.take_batch(max_batch),
+        })
     }
 
     /// The batch was handed to the host under `token`.
-    pub fn dispatched(&mut self, token: u32, batch: Vec<UsageRecord>) {
+    pub fn dispatched(&mut self, token: u32, batch: Batch) {
         self.in_flight = Some((token, batch));
     }
 
-    /// The host refused to send the batch: back to the backlog.
-    pub fn not_dispatched(&mut self, batch: Vec<UsageRecord>) -> u64 {
+    /// The host refused to send the batch: it is retried first.
+    pub fn not_dispatched(&mut self, batch: Batch) {
         self.failed_batches += 1;
-        self.backlog.requeue(batch)
+        self.retry = Some(batch);
     }
 
     /// The answer to call `token` arrived with `status` (0: no answer).
@@ -113,13 +140,12 @@ impl Delivery {
         match self.in_flight.take() {
             Some((expected, batch)) if expected == token => {
                 if (200..300).contains(&status) {
-                    self.sent += batch.len() as u64;
-                    Outcome::Delivered(batch.len())
+                    self.sent += batch.records.len() as u64;
+                    Outcome::Delivered(batch.records.len())
                 } else {
                     self.failed_batches += 1;
-                    Outcome::Requeued {
-                        dropped: self.backlog.requeue(batch),
-                    }
+                    self.retry = Some(batch);
+                    Outcome::Retrying
                 }
             }
             other => {
@@ -128,6 +154,25 @@ impl Delivery {
             }
         }
     }
+
+    /// Records waiting, in the backlog and in the batch to retry.
+    pub fn waiting(&self) -> usize {
+        self.backlog.len() + self.retry.as_ref().map_or(0, |batch| batch.records.len())
+    }
+
+    /// Nothing waits and nothing is on its way.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.is_none() && self.waiting() == 0
+    }
+}
+
+/// A random 64-bit id, from the randomness std seeds its hash maps with (`random_get` on
+/// wasm32-wasip1): no extra dependency, and distinct per VM.
+pub fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 /// Assigns (consumer, route) series names, at most `max` distinct ones; beyond that, the
@@ -151,9 +196,10 @@ impl SeriesLimiter {
     }
 }
 
-/// The JSON body of a batch: an array of records.
-pub fn batch_body(batch: &[UsageRecord]) -> Vec<u8> {
-    serde_json::to_vec(batch).unwrap_or_else(|_| b"[]".to_vec())
+/// The JSON body of a batch: `{"batch_id": KEY, "records": [...]}`.
+pub fn batch_body(batch: &Batch) -> Vec<u8> {
+    let body = serde_json::json!({ "batch_id": batch.key, "records": batch.records });
+    serde_json::to_vec(&body).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -197,7 +243,7 @@ mod tests {
 
     #[test]
     fn failed_batches_are_retried_in_order_and_nothing_is_lost() {
-        let mut delivery = Delivery::new(100);
+        let mut delivery = Delivery::new(100, 0xabc);
         for i in 0..5 {
             let mut r = record(&observed(Some("alice"), 200));
             r.timestamp = i;
@@ -207,27 +253,71 @@ mod tests {
         delivery.dispatched(7, batch);
         assert!(delivery.next_batch(3).is_none(), "one batch at a time");
         assert_eq!(delivery.answered(8, 200), Outcome::Unknown);
-        assert_eq!(delivery.answered(7, 503), Outcome::Requeued { dropped: 0 });
+        assert_eq!(delivery.answered(7, 503), Outcome::Retrying);
+        let timestamps = |batch: &Batch| {
+            batch
+                .records
+                .iter()
+                .map(|r| r.timestamp)
+                .collect::<Vec<_>>()
+        };
         let batch = delivery.next_batch(10).unwrap();
         assert_eq!(
-            batch.iter().map(|r| r.timestamp).collect::<Vec<_>>(),
-            [0, 1, 2, 3, 4]
+            timestamps(&batch),
+            [0, 1, 2],
+            "the failed batch goes first, whole"
         );
         delivery.dispatched(9, batch);
-        assert_eq!(delivery.answered(9, 0), Outcome::Requeued { dropped: 0 });
+        assert_eq!(delivery.answered(9, 0), Outcome::Retrying);
         let batch = delivery.next_batch(10).unwrap();
         delivery.dispatched(10, batch);
-        assert_eq!(delivery.answered(10, 204), Outcome::Delivered(5));
+        assert_eq!(delivery.answered(10, 204), Outcome::Delivered(3));
+        let batch = delivery.next_batch(10).unwrap();
+        assert_eq!(timestamps(&batch), [3, 4]);
+        delivery.dispatched(11, batch);
+        assert_eq!(delivery.answered(11, 200), Outcome::Delivered(2));
         assert_eq!(delivery.sent, 5);
         assert_eq!(delivery.failed_batches, 2);
         assert!(delivery.next_batch(10).is_none());
+        assert!(delivery.is_idle());
     }
 
     #[test]
-    fn batches_are_json_arrays() {
-        let body = batch_body(&[record(&observed(Some("alice"), 200))]);
-        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(value[0]["consumer"], "alice");
-        assert_eq!(value[0]["requests"], 1);
+    fn a_resent_batch_keeps_its_key_and_a_new_batch_gets_a_new_one() {
+        let mut delivery = Delivery::new(100, 0xabc);
+        for _ in 0..4 {
+            delivery.backlog.push(record(&observed(Some("alice"), 200)));
+        }
+        let first = delivery.next_batch(2).unwrap();
+        assert_eq!(first.key, "0000000000000abc-1");
+        let sent = first.clone();
+        delivery.dispatched(1, first);
+        assert_eq!(delivery.answered(1, 0), Outcome::Retrying, "timed out");
+        let again = delivery.next_batch(2).unwrap();
+        assert_eq!(again, sent, "same key, same records");
+        delivery.not_dispatched(again);
+        let again = delivery.next_batch(2).unwrap();
+        assert_eq!(again, sent, "refused by the host: still the same batch");
+        delivery.dispatched(2, again);
+        assert_eq!(delivery.answered(2, 200), Outcome::Delivered(2));
+        let second = delivery.next_batch(2).unwrap();
+        assert_eq!(second.key, "0000000000000abc-2");
+    }
+
+    #[test]
+    fn vms_draw_different_ids() {
+        assert_ne!(random_id(), random_id());
+    }
+
+    #[test]
+    fn batches_carry_their_key_and_records() {
+        let batch = Batch {
+            key: "k-1".into(),
+            records: vec![record(&observed(Some("alice"), 200))],
+        };
+        let value: serde_json::Value = serde_json::from_slice(&batch_body(&batch)).unwrap();
+        assert_eq!(value["batch_id"], "k-1");
+        assert_eq!(value["records"][0]["consumer"], "alice");
+        assert_eq!(value["records"][0]["requests"], 1);
     }
 }

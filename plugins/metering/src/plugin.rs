@@ -1,5 +1,8 @@
 //! The proxy-wasm glue: the root context owns the backlog and flushes it on ticks; each
-//! request's context observes it and hands a record over in `on_log`.
+//! request's context observes it and hands a record over in `on_log`. When the host retires
+//! the plugin (`on_done`: shutdown, a module swap, a policy reload) the root context flushes
+//! everything left — the records of requests still in flight too — and calls `done()` once
+//! the last batch is answered.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -14,6 +17,9 @@ use tollgate_sdk::usage::UsageRecord;
 
 use crate::config::{self, Config};
 use crate::logic::{self, Delivery, Observed, Outcome, SeriesLimiter};
+
+/// The header that carries a batch's key, for the billing service to drop repeats by.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -30,6 +36,10 @@ struct State {
     delivery: Delivery,
     series: SeriesLimiter,
     metrics: HashMap<String, u32>,
+    /// Requests whose record is still to come (`on_log`).
+    open_requests: usize,
+    /// The host retired the plugin: flush without waiting for ticks, then say `done`.
+    closing: bool,
 }
 
 impl State {
@@ -52,7 +62,7 @@ impl State {
     }
 
     fn set_backlog_gauge(&mut self) {
-        let len = self.delivery.backlog.len() as u64;
+        let len = self.delivery.waiting() as u64;
         if let Some(id) = self.metric(MetricType::Gauge, BACKLOG) {
             let _ = hostcalls::record_metric(id, len);
         }
@@ -76,6 +86,11 @@ impl State {
         self.add(DROPPED, dropped);
     }
 
+    /// Retired, and every record is delivered: nothing is left for this VM to do.
+    fn finished(&self) -> bool {
+        self.closing && self.open_requests == 0 && self.delivery.is_idle()
+    }
+
     /// Sends the next batch if none is in flight.
     fn flush(&mut self) {
         let Some(batch) = self.delivery.next_batch(self.config.max_batch) else {
@@ -89,6 +104,7 @@ impl State {
             .unwrap_or_else(|| self.config.billing_cluster.clone());
         let call = HttpCall::post(&authority, &self.config.path)
             .header("content-type", "application/json")
+            .header(IDEMPOTENCY_KEY, &batch.key)
             .body(logic::batch_body(&batch))
             .timeout(Duration::from_millis(self.config.timeout_ms));
         match call.dispatch(&self.config.billing_cluster) {
@@ -99,12 +115,11 @@ impl State {
                     &format!(
                         "metering: cannot call cluster {:?} ({status:?}); {} records kept for the next tick",
                         self.config.billing_cluster,
-                        batch.len()
+                        batch.records.len()
                     ),
                 );
-                let dropped = self.delivery.not_dispatched(batch);
+                self.delivery.not_dispatched(batch);
                 self.add(FAILED, 1);
-                self.add(DROPPED, dropped);
             }
         }
         self.set_backlog_gauge();
@@ -129,12 +144,13 @@ impl Context for Root {
         match state.delivery.answered(token, response.status) {
             Outcome::Delivered(count) => {
                 state.add(SENT, count as u64);
-                // More waiting than one batch: keep going without waiting for the next tick.
-                if state.delivery.backlog.len() >= state.config.max_batch {
+                // More waiting than one batch, or retired: keep going without waiting for
+                // the next tick.
+                if state.closing || state.delivery.backlog.len() >= state.config.max_batch {
                     state.flush();
                 }
             }
-            Outcome::Requeued { dropped } => {
+            Outcome::Retrying => {
                 tollgate_sdk::log(
                     LogLevel::Warn,
                     &format!(
@@ -143,11 +159,26 @@ impl Context for Root {
                     ),
                 );
                 state.add(FAILED, 1);
-                state.add(DROPPED, dropped);
             }
             Outcome::Unknown => {}
         }
         state.set_backlog_gauge();
+        if state.finished() {
+            drop(state);
+            self.done();
+        }
+    }
+
+    /// Retired by the host: done now if nothing waits, else once the last batch is answered
+    /// (failed batches are retried on ticks meanwhile, as usual).
+    fn on_done(&mut self) -> bool {
+        let Some(state) = &self.state else {
+            return true;
+        };
+        let mut state = state.borrow_mut();
+        state.closing = true;
+        state.flush();
+        state.finished()
     }
 }
 
@@ -163,10 +194,12 @@ impl RootContext for Root {
             Some(state) => state.borrow_mut().config = config,
             None => {
                 let mut state = State {
-                    delivery: Delivery::new(config.max_backlog),
+                    delivery: Delivery::new(config.max_backlog, logic::random_id()),
                     config,
                     series: SeriesLimiter::default(),
                     metrics: HashMap::new(),
+                    open_requests: 0,
+                    closing: false,
                 };
                 for name in [SENT, DROPPED, FAILED] {
                     state.metric(MetricType::Counter, name);
@@ -179,15 +212,22 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        if let Some(state) = &self.state {
-            state.borrow_mut().flush();
+        let Some(state) = &self.state else { return };
+        let mut state = state.borrow_mut();
+        state.flush();
+        if state.finished() {
+            drop(state);
+            self.done();
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let state = self.state.clone()?;
+        state.borrow_mut().open_requests += 1;
         Some(Box::new(Meter {
-            state: self.state.clone()?,
+            state,
             observed: Observed::default(),
+            logged: false,
         }))
     }
 
@@ -199,6 +239,19 @@ impl RootContext for Root {
 struct Meter {
     state: Rc<RefCell<State>>,
     observed: Observed,
+    /// The record was handed over (`on_log` runs once; `Drop` covers a context that ends
+    /// without it).
+    logged: bool,
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if !self.logged {
+            if let Ok(mut state) = self.state.try_borrow_mut() {
+                state.open_requests -= 1;
+            }
+        }
+    }
 }
 
 fn header_u64(map: MapType, name: &str) -> Option<u64> {
@@ -260,6 +313,14 @@ impl HttpContext for Meter {
                 tollgate_sdk::property_string(&["request", "method"]).unwrap_or_default();
         }
         let record = logic::record(observed);
-        self.state.borrow_mut().observe(record);
+        let mut state = self.state.borrow_mut();
+        state.observe(record);
+        self.logged = true;
+        state.open_requests -= 1;
+        // Retired: this record is among the last, send it now rather than at the next tick
+        // (the root context says `done` once it is answered).
+        if state.closing {
+            state.flush();
+        }
     }
 }

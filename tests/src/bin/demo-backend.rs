@@ -28,8 +28,10 @@ enum Command {
     },
     /// Collect usage records: every POSTed batch (a JSON array of records, or an object
     /// with a `records` array) is appended to FILE, one JSON line per record, and answered
-    /// `200`. While a file `FILE.down` exists every request is answered `503` and nothing
-    /// is written (to simulate an outage).
+    /// `200`. A batch whose key (the `idempotency-key` header, else the body's `batch_id`)
+    /// was seen before is answered `200` and not written again. While a file `FILE.down`
+    /// exists every request is answered `503` and nothing is written (to simulate an
+    /// outage).
     Billing {
         #[arg(long, default_value = "127.0.0.1:9002")]
         listen: SocketAddr,
@@ -85,8 +87,11 @@ fn write_certs(out: &Path, names: &[String]) -> anyhow::Result<()> {
 }
 
 mod billing {
-    //! The demo billing collector (`demo-backend billing`).
+    //! The demo billing collector (`demo-backend billing`). It keeps the keys of the batches
+    //! it stored, in memory, so that a batch sent again (its answer was lost or late) is
+    //! stored once; the keys do not survive a restart of the collector.
 
+    use std::collections::HashSet;
     use std::fs::OpenOptions;
     use std::io::Write as _;
     use std::net::SocketAddr;
@@ -109,8 +114,12 @@ mod billing {
             listener.local_addr()?,
             out.display()
         );
-        // One writer at a time, so concurrent batches never interleave their lines.
-        let out = Arc::new(Mutex::new(out));
+        // One writer at a time, so concurrent batches never interleave their lines, and a
+        // repeat that arrives while its first copy is written is seen as one.
+        let out = Arc::new(Mutex::new(Store {
+            out,
+            seen: HashSet::new(),
+        }));
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
@@ -126,6 +135,12 @@ mod billing {
                 _ = tokio::signal::ctrl_c() => return Ok(()),
             }
         }
+    }
+
+    /// Where batches go, and the keys of those already there.
+    struct Store {
+        out: PathBuf,
+        seen: HashSet<String>,
     }
 
     fn answer(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -144,7 +159,7 @@ mod billing {
 
     async fn handle(
         request: Request<Incoming>,
-        out: Arc<Mutex<PathBuf>>,
+        out: Arc<Mutex<Store>>,
     ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
         if request.method() != Method::POST {
             return Ok(answer(
@@ -152,6 +167,11 @@ mod billing {
                 r#"{"error":"POST a batch of usage records"}"#.into(),
             ));
         }
+        let header_key = request
+            .headers()
+            .get("idempotency-key")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let body = match request.into_body().collect().await {
             Ok(body) => body.to_bytes(),
             Err(error) => {
@@ -161,17 +181,24 @@ mod billing {
                 ))
             }
         };
-        let out = out.lock().await;
-        if down_marker(&out).exists() {
+        let mut store = out.lock().await;
+        if down_marker(&store.out).exists() {
             return Ok(answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 r#"{"error":"billing is down"}"#.into(),
             ));
         }
+        let mut body_key = None;
         let records = match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Array(records)) => records,
             Ok(Value::Object(mut object)) => match object.remove("records") {
-                Some(Value::Array(records)) => records,
+                Some(Value::Array(records)) => {
+                    body_key = object
+                        .get("batch_id")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
+                    records
+                }
                 _ => {
                     return Ok(answer(
                         StatusCode::BAD_REQUEST,
@@ -187,6 +214,13 @@ mod billing {
                 ))
             }
         };
+        let key = header_key.or(body_key);
+        if key.as_ref().is_some_and(|key| store.seen.contains(key)) {
+            return Ok(answer(
+                StatusCode::OK,
+                r#"{"accepted":0,"duplicate":true}"#.into(),
+            ));
+        }
         let mut lines = String::new();
         for record in &records {
             lines.push_str(&record.to_string());
@@ -195,8 +229,13 @@ mod billing {
         let written = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&*out)
+            .open(&store.out)
             .and_then(|mut file| file.write_all(lines.as_bytes()));
+        if written.is_ok() {
+            if let Some(key) = key {
+                store.seen.insert(key);
+            }
+        }
         Ok(match written {
             Ok(()) => answer(
                 StatusCode::OK,
