@@ -10,8 +10,17 @@
 //! snapshot serving; the error is logged, counted and shown by the admin API. A module file
 //! that disappears while a route uses it is such an error too: the route keeps running the
 //! version already loaded until the policies stop naming the module.
+//!
+//! Changes apply as one snapshot: everything that changes within the quiet period is read
+//! together, and a snapshot whose folders changed again while it was being built is not
+//! swapped in (it may hold one file's edit without the next); the change that interrupted it
+//! starts the next build. Files are read through symlinks, so a Kubernetes ConfigMap mount
+//! works as mounted: the kubelet writes a new timestamped `..` folder and renames the `..data`
+//! symlink onto it, and those hidden entries are what change. The plugins folder's parent is
+//! watched too, so a plugins folder removed and created again (or created after start) is
+//! watched again and its modules picked up.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -31,6 +40,11 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 /// Changes that never pause (a file rewritten continuously) are still applied this long
 /// after the first one.
 const MAX_DELAY: Duration = Duration::from_millis(500);
+
+/// A snapshot whose folders changed while it was built is built again rather than swapped
+/// in, until this long after the first change; past it the last build goes live, so that a
+/// file rewritten without end cannot hold every other change back.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
 /// What the last reloads did, for the admin API.
 #[derive(Debug, Clone, Default)]
@@ -86,10 +100,21 @@ pub fn start(state: Arc<GatewayState>, sources: Sources) -> anyhow::Result<()> {
         }
     })?;
     watcher.watch(&sources.policies, RecursiveMode::NonRecursive)?;
+    // The parent tells when the plugins folder is removed or created; the folder itself
+    // tells when a module in it changes.
+    match parent_dir(&sources.plugins).filter(|parent| parent.is_dir()) {
+        Some(parent) if !same_dir(&parent, &sources.policies) => {
+            let parent = parent.as_path();
+            if let Err(error) = watcher.watch(parent, RecursiveMode::NonRecursive) {
+                tracing::warn!(folder = %parent.display(), %error, "cannot watch the plugins folder's parent; a plugins folder created again is not followed");
+            }
+        }
+        _ => {}
+    }
     if sources.plugins.is_dir() {
         watcher.watch(&sources.plugins, RecursiveMode::NonRecursive)?;
     } else {
-        tracing::warn!(plugins = %sources.plugins.display(), "the plugins folder does not exist; module files are not watched");
+        tracing::warn!(plugins = %sources.plugins.display(), "the plugins folder does not exist; it is watched once it is created");
     }
     let (request_sender, request_receiver) =
         tokio::sync::mpsc::unbounded_channel::<ReloadRequest>();
@@ -115,9 +140,11 @@ pub fn start(state: Arc<GatewayState>, sources: Sources) -> anyhow::Result<()> {
                 watcher,
                 watched_files: HashSet::new(),
                 watched_dirs: HashSet::new(),
+                events: receiver,
+                deferred: VecDeque::new(),
             };
             reloader.watch_tls_files();
-            reloader.run(receiver);
+            reloader.run();
         })?;
     Ok(())
 }
@@ -129,48 +156,99 @@ struct Reloader {
     /// TLS files outside the policies folder that the policies name.
     watched_files: HashSet<PathBuf>,
     watched_dirs: HashSet<PathBuf>,
+    events: Receiver<Event>,
+    /// Events that arrived while a snapshot was being built, handled before new ones.
+    deferred: VecDeque<Event>,
 }
 
 impl Reloader {
-    fn run(&mut self, events: Receiver<Event>) {
+    fn run(&mut self) {
         loop {
-            let Ok(first) = events.recv() else { return };
+            let first = match self.deferred.pop_front() {
+                Some(event) => event,
+                None => match self.events.recv() {
+                    Ok(event) => event,
+                    Err(_) => return,
+                },
+            };
             let mut requests = Vec::new();
             let mut relevant = false;
             match first {
-                Event::Changed(path) => relevant |= self.is_relevant(&path),
+                Event::Changed(path) => relevant |= self.notice(&path),
                 Event::Requested(request) => requests.push(request),
             }
-            // Debounce: keep collecting until the folders have been quiet for a while.
             let first_event = Instant::now();
-            let mut quiet_since = Instant::now();
-            loop {
-                if first_event.elapsed() >= MAX_DELAY {
-                    break;
-                }
-                let wait = DEBOUNCE
-                    .saturating_sub(quiet_since.elapsed())
-                    .min(MAX_DELAY.saturating_sub(first_event.elapsed()));
-                match events.recv_timeout(wait) {
-                    Ok(Event::Changed(path)) => {
-                        if self.is_relevant(&path) {
-                            relevant = true;
-                            quiet_since = Instant::now();
-                        }
+            let result = loop {
+                // Debounce: keep collecting until the folders have been quiet for a while.
+                let collecting_since = Instant::now();
+                let mut quiet_since = Instant::now();
+                loop {
+                    if collecting_since.elapsed() >= MAX_DELAY {
+                        break;
                     }
-                    Ok(Event::Requested(request)) => requests.push(request),
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    let wait = DEBOUNCE
+                        .saturating_sub(quiet_since.elapsed())
+                        .min(MAX_DELAY.saturating_sub(collecting_since.elapsed()));
+                    let event = match self.deferred.pop_front() {
+                        Some(event) => Ok(event),
+                        None => self.events.recv_timeout(wait),
+                    };
+                    match event {
+                        Ok(Event::Changed(path)) => {
+                            if self.notice(&path) {
+                                relevant = true;
+                                quiet_since = Instant::now();
+                            }
+                        }
+                        Ok(Event::Requested(request)) => requests.push(request),
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
                 }
-            }
-            if !relevant && requests.is_empty() {
-                continue;
-            }
-            let result = self.reload();
+                if !relevant && requests.is_empty() {
+                    break None;
+                }
+                let settled = first_event.elapsed() >= SETTLE_LIMIT;
+                match self.reload(settled) {
+                    Some(result) => break Some(result),
+                    None => tracing::debug!("the policies changed while being read; reading them again"),
+                }
+            };
+            let Some(result) = result else { continue };
             for request in requests {
                 let _ = request.reply.send(result.clone());
             }
         }
+    }
+
+    /// Whether a change to `path` calls for a reload. When the path is the plugins folder
+    /// itself (created, or moved into place), it is watched again first: the watch of a
+    /// removed folder died with it.
+    fn notice(&mut self, path: &Path) -> bool {
+        let plugins_folder = path.file_name() == self.sources.plugins.file_name()
+            && matches!((parent_dir(path), parent_dir(&self.sources.plugins)), (Some(a), Some(b)) if same_dir(&a, &b));
+        if plugins_folder && self.sources.plugins.is_dir() {
+            if let Err(error) = self
+                .watcher
+                .watch(&self.sources.plugins, RecursiveMode::NonRecursive)
+            {
+                tracing::warn!(plugins = %self.sources.plugins.display(), %error, "cannot watch the plugins folder");
+            }
+        }
+        plugins_folder || self.is_relevant(path)
+    }
+
+    /// Whether a relevant change arrived since the snapshot being built was read; the events
+    /// are kept for the next round.
+    fn changed_meanwhile(&mut self) -> bool {
+        let mut changed = false;
+        while let Ok(event) = self.events.try_recv() {
+            if let Event::Changed(path) = &event {
+                changed |= self.notice(path);
+            }
+            self.deferred.push_back(event);
+        }
+        changed
     }
 
     fn is_relevant(&self, path: &Path) -> bool {
@@ -179,8 +257,18 @@ impl Reloader {
             .extension()
             .and_then(|e| e.to_str())
             .unwrap_or_default();
-        (in_dir(&self.sources.policies) && matches!(extension, "yaml" | "yml" | "json"))
-            || (in_dir(&self.sources.plugins) && matches!(extension, "wasm" | "wat"))
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy())
+            .unwrap_or_default();
+        // `..data` and the timestamped `..` folders of a ConfigMap mount: their swap is the
+        // change. Other hidden names (editors' swap files) are not policy files.
+        let mount_data = name.starts_with("..");
+        let visible = !name.starts_with('.');
+        (in_dir(&self.sources.policies)
+            && (mount_data || visible && matches!(extension, "yaml" | "yml" | "json")))
+            || (in_dir(&self.sources.plugins)
+                && (mount_data || visible && matches!(extension, "wasm" | "wat")))
             || self.watched_files.iter().any(|file| {
                 file == path
                     || file.file_name() == path.file_name()
@@ -190,12 +278,17 @@ impl Reloader {
             })
     }
 
-    /// Builds and swaps in a new snapshot; returns the new generation or the error.
-    fn reload(&mut self) -> Result<u64, String> {
+    /// Builds and swaps in a new snapshot; returns the new generation or the error, or
+    /// nothing when the folders changed while it was built (unless `settled` says to stop
+    /// waiting for them): that build is dropped, and the change that interrupted it is read.
+    fn reload(&mut self, settled: bool) -> Option<Result<u64, String>> {
         let started = Instant::now();
         let built = config::load_dir(&self.sources.policies).and_then(|config| {
             Snapshot::build(config, self.sources.workers, &self.sources.plugins)
         });
+        if !settled && self.changed_meanwhile() {
+            return None;
+        }
         let result = match built {
             Ok(snapshot) => {
                 let old = self.state.snapshot();
@@ -219,7 +312,7 @@ impl Reloader {
                 Err(message)
             }
         };
-        result
+        Some(result)
     }
 
     /// Watches the folders of the TLS files the current policies name, so that a rotated
@@ -261,6 +354,14 @@ impl Reloader {
             }
         }
         self.watched_files = files;
+    }
+}
+
+/// The folder holding `path`; `.` for a bare relative name.
+fn parent_dir(path: &Path) -> Option<PathBuf> {
+    match path.parent()? {
+        parent if parent.as_os_str().is_empty() => Some(PathBuf::from(".")),
+        parent => Some(parent.to_path_buf()),
     }
 }
 
