@@ -2,8 +2,9 @@
 //! of any error inside the document, then merged and validated.
 //!
 //! A document with nothing in it is refused, at start-up as on reload: a zero-byte file, one
-//! of only whitespace, comments and `---`, and any top-level section left null (`plugins:`
-//! with nothing after it). Those are what an editor writing in place or a copy cut short
+//! of only whitespace, comments and `---`, any top-level section left null (`plugins:`
+//! with nothing after it), and a YAML document whose last line is a key or a list item with
+//! no value (`    config:`). Those are what an editor writing in place or a copy cut short
 //! leaves behind, and loading them would run the gateway without the plugins they held: no
 //! authentication, no metering. Removing every plugin is written `plugins: []`.
 //!
@@ -132,6 +133,19 @@ fn parse_yaml(text: &str) -> Result<raw::Document, ParseError> {
             }
         }
     }
+    // A nested value cut off the same way: nobody ends a document on a key meaning null.
+    let last_line = text
+        .lines()
+        .map(str::trim)
+        .rfind(|line| !line.is_empty() && !line.starts_with('#'));
+    if last_line.is_some_and(|line| line.ends_with(':') || line == "-") {
+        return Err((
+            String::new(),
+            "the file ends in a key with no value (a file cut short or still being written \
+             is refused); write `~` where null is meant"
+                .into(),
+        ));
+    }
     Ok(document)
 }
 
@@ -235,6 +249,14 @@ mod tests {
         assert_eq!(path, "server");
         let (path, _) = parse_json(r#"{"plugins": null}"#).unwrap_err();
         assert_eq!(path, "plugins");
+    }
+
+    #[test]
+    fn a_document_ending_in_a_bare_key_is_refused() {
+        let cut = "plugins:\n  - name: keys\n    module: key-auth.wasm\n    config:\n";
+        let (_, message) = parse_yaml(cut).unwrap_err();
+        assert!(message.contains("ends in a key with no value"), "{message}");
+        assert!(parse_yaml("plugins:\n  - name: keys\n    module: key-auth.wasm\n    config: ~\n").is_ok());
     }
 
     #[test]
