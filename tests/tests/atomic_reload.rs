@@ -2,11 +2,12 @@
 //! loop asks for it with and without a key throughout, and every answer is counted: `200`
 //! with the key, `401` without, never `200` without a key, never anything else.
 //!
-//! Under that load: a `plugins.yaml` cut mid-document, cut after its section key, emptied,
-//! or half-written in two steps is refused (the admin API counts and shows the failure, the
-//! generation stays) and the next valid file goes live; a burst of edits to two files goes
-//! live as one snapshot (one generation each); a ConfigMap-style `..data` symlink swap goes
-//! live; a plugins folder removed and created again is watched again.
+//! Under that load: a `plugins.yaml` cut mid-document, cut after its section key or after a
+//! nested key, emptied, left with comments only, or half-written in two steps is refused
+//! (the admin API counts and shows the failure, the generation stays) and the next valid
+//! file goes live; a burst of edits to two files goes live as one snapshot (one generation
+//! each); a ConfigMap-style `..data` symlink swap goes live; a plugins folder removed and
+//! created again is watched again.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -225,9 +226,15 @@ async fn refused_policy_files_leave_the_last_good_configuration_serving() {
     // Written in place, as an editor or a config tool does: each is refused.
     let cut_mid_document = &valid[..valid.find("k-alice").unwrap() + 3];
     let cut_after_the_key = &valid[..valid.find("plugins:").unwrap() + "plugins:\n".len()];
-    let bad: [(&str, &str, &str); 4] = [
+    let cut_after_a_nested_key = &valid[..valid.find("config:").unwrap() + "config:\n".len()];
+    let bad: [(&str, &str, &str); 5] = [
         ("cut mid-document", cut_mid_document, "plugins.yaml"),
         ("cut after the section key", cut_after_the_key, "plugins"),
+        (
+            "cut after a nested key",
+            cut_after_a_nested_key,
+            "ends in a key with no value",
+        ),
         ("empty", "", "the file is empty"),
         ("comments only", "# The API key guard.\n", "the file is empty"),
     ];
