@@ -16,7 +16,8 @@
 //! swapped in (it may hold one file's edit without the next); the change that interrupted it
 //! starts the next build. Files are read through symlinks, so a Kubernetes ConfigMap mount
 //! works as mounted: the kubelet writes a new timestamped `..` folder and renames the `..data`
-//! symlink onto it, and those hidden entries are what change. The plugins folder's parent is
+//! symlink onto it, and those hidden entries are what change (in the plugins folder and the
+//! folders of TLS files too, for Secrets mounted alike). The plugins folder's parent is
 //! watched too, so a plugins folder removed and created again (or created after start) is
 //! watched again and its modules picked up.
 
@@ -253,28 +254,16 @@ impl Reloader {
 
     fn is_relevant(&self, path: &Path) -> bool {
         let in_dir = |dir: &Path| path.parent().is_some_and(|parent| same_dir(parent, dir));
-        let extension = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or_default();
-        let name = path
-            .file_name()
-            .map(|name| name.to_string_lossy())
-            .unwrap_or_default();
-        // `..data` and the timestamped `..` folders of a ConfigMap mount: their swap is the
-        // change. Other hidden names (editors' swap files) are not policy files.
-        let mount_data = name.starts_with("..");
-        let visible = !name.starts_with('.');
-        (in_dir(&self.sources.policies)
-            && (mount_data || visible && matches!(extension, "yaml" | "yml" | "json")))
-            || (in_dir(&self.sources.plugins)
-                && (mount_data || visible && matches!(extension, "wasm" | "wat")))
+        (in_dir(&self.sources.policies) && is_change_of(path, &["yaml", "yml", "json"]))
+            || (in_dir(&self.sources.plugins) && is_change_of(path, &["wasm", "wat"]))
             || self.watched_files.iter().any(|file| {
+                let in_its_dir = || {
+                    file.parent()
+                        .is_some_and(|p| path.parent().is_some_and(|q| same_dir(p, q)))
+                };
                 file == path
-                    || file.file_name() == path.file_name()
-                        && file
-                            .parent()
-                            .is_some_and(|p| path.parent().is_some_and(|q| same_dir(p, q)))
+                    || (file.file_name() == path.file_name() || is_mount_data(path))
+                        && in_its_dir()
             })
     }
 
@@ -357,6 +346,23 @@ impl Reloader {
     }
 }
 
+/// Whether a change to `path`, in a folder whose files with these extensions are read,
+/// is one to reload for. Hidden names are not read (editors keep swap files there), except
+/// the `..` entries of a Kubernetes ConfigMap or Secret mount, whose swap is the change.
+fn is_change_of(path: &Path, extensions: &[&str]) -> bool {
+    let visible = path
+        .file_name()
+        .is_some_and(|name| !name.to_string_lossy().starts_with('.'));
+    let extension = path.extension().and_then(|e| e.to_str());
+    is_mount_data(path) || visible && extension.is_some_and(|e| extensions.contains(&e))
+}
+
+/// `..data`, `..data_tmp` and the timestamped `..` folders the kubelet writes.
+fn is_mount_data(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with(".."))
+}
+
 /// The folder holding `path`; `.` for a bare relative name.
 fn parent_dir(path: &Path) -> Option<PathBuf> {
     match path.parent()? {
@@ -390,4 +396,36 @@ fn warn_about_listener_changes(old: &Snapshot, new: &Snapshot) {
 pub struct ReloadState {
     pub status: Mutex<ReloadStatus>,
     pub requests: Mutex<Option<tokio::sync::mpsc::UnboundedSender<ReloadRequest>>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_files_and_mount_data_are_changes_editor_files_are_not() {
+        let policies = ["yaml", "yml", "json"];
+        let change = |path: &str| is_change_of(Path::new(path), &policies);
+        assert!(change("/policies/plugins.yaml"));
+        assert!(change("/policies/routes.json"));
+        assert!(change("/policies/..data"));
+        assert!(change("/policies/..data_tmp"));
+        assert!(change("/policies/..2026_11_30_10_00_00.123456789"));
+        assert!(!change("/policies/.plugins.yaml.tmp"));
+        assert!(!change("/policies/.plugins.yaml.swp"));
+        assert!(!change("/policies/.hidden.yaml"));
+        assert!(!change("/policies/plugins.yaml~"));
+        assert!(!change("/policies/4913"));
+        assert!(is_change_of(Path::new("/plugins/auth.wasm"), &["wasm", "wat"]));
+        assert!(!is_change_of(Path::new("/plugins/auth.wasm.partial"), &["wasm", "wat"]));
+    }
+
+    #[test]
+    fn a_bare_relative_name_lives_in_the_current_folder() {
+        assert_eq!(parent_dir(Path::new("dist")), Some(PathBuf::from(".")));
+        assert_eq!(
+            parent_dir(Path::new("plugins/dist")),
+            Some(PathBuf::from("plugins"))
+        );
+    }
 }
