@@ -6,8 +6,9 @@
 //! nested key, emptied, left with comments only, or half-written in two steps is refused
 //! (the admin API counts and shows the failure, the generation stays) and the next valid
 //! file goes live; a burst of edits to two files goes live as one snapshot (one generation
-//! each); a ConfigMap-style `..data` symlink swap goes live; a plugins folder removed and
-//! created again is watched again.
+//! each); an editor's save that moves the old file away first and pauses is one change; a
+//! ConfigMap-style `..data` symlink swap goes live; a plugins folder removed and created
+//! again is watched again.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -316,6 +317,41 @@ async fn a_burst_across_two_files_goes_live_as_one_snapshot() {
             .get(setup.public(), "api.test", &format!("/round-{round}"))
             .await;
         assert_eq!(response.status, StatusCode::NO_CONTENT, "round {round}");
+    }
+    load.finish().await.assert_guarded();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_editor_moving_the_file_away_before_writing_it_again_is_one_change() {
+    let setup = Setup::start().await;
+    let gateway = &setup.gateway;
+    let file = setup.policy_file("plugins.yaml");
+    let backup = setup.policy_file("plugins.yaml~");
+    let load = Load::start(setup.public());
+    let mut before = status(gateway).await;
+    for round in 1..=3 {
+        // The save of an editor that keeps a backup by renaming, paused between the steps
+        // for longer than the quiet period: the folder is without `plugins.yaml` meanwhile.
+        std::fs::rename(&file, &backup).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let consumer = format!("round{round}");
+        std::fs::write(&file, plugins_yaml(Some(&consumer))).unwrap();
+        std::fs::remove_file(&backup).unwrap();
+        let live = wait_for(gateway, "the saved file", |s| {
+            s.generation > before.generation
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let settled = status(gateway).await;
+        assert_eq!(
+            (live.generation, settled.generation, settled.failures),
+            (before.generation + 1, before.generation + 1, before.failures),
+            "round {round}: the save went live as more than one snapshot; log:\n{}",
+            gateway.log()
+        );
+        let key = format!("k-{consumer}");
+        assert_eq!(status_of(setup.public(), Some(&key)).await, StatusCode::OK);
+        before = settled;
     }
     load.finish().await.assert_guarded();
 }

@@ -42,6 +42,13 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 /// after the first one.
 const MAX_DELAY: Duration = Duration::from_millis(500);
 
+/// When a policy file changed and is gone at the end of the quiet period, the folder must be
+/// quiet this long instead before it is read without the file: an editor that renames the
+/// old file away before writing the new one may be paused between the two.
+const VANISHED_GRACE: Duration = Duration::from_millis(300);
+
+const POLICY_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+
 /// A snapshot whose folders changed while it was built is built again rather than swapped
 /// in, until this long after the first change; past it the last build goes live, so that a
 /// file rewritten without end cannot hold every other change back.
@@ -150,6 +157,14 @@ pub fn start(state: Arc<GatewayState>, sources: Sources) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What one debounced round collected.
+#[derive(Default)]
+struct Burst {
+    /// Paths whose change calls for a reload.
+    changed: Vec<PathBuf>,
+    requests: Vec<ReloadRequest>,
+}
+
 struct Reloader {
     state: Arc<GatewayState>,
     sources: Sources,
@@ -172,52 +187,90 @@ impl Reloader {
                     Err(_) => return,
                 },
             };
-            let mut requests = Vec::new();
-            let mut relevant = false;
-            match first {
-                Event::Changed(path) => relevant |= self.notice(&path),
-                Event::Requested(request) => requests.push(request),
-            }
+            let mut burst = Burst::default();
+            self.take(first, &mut burst);
             let first_event = Instant::now();
             let result = loop {
-                // Debounce: keep collecting until the folders have been quiet for a while.
-                let collecting_since = Instant::now();
-                let mut quiet_since = Instant::now();
-                loop {
-                    if collecting_since.elapsed() >= MAX_DELAY {
-                        break;
-                    }
-                    let wait = DEBOUNCE
-                        .saturating_sub(quiet_since.elapsed())
-                        .min(MAX_DELAY.saturating_sub(collecting_since.elapsed()));
-                    let event = match self.deferred.pop_front() {
-                        Some(event) => Ok(event),
-                        None => self.events.recv_timeout(wait),
-                    };
-                    match event {
-                        Ok(Event::Changed(path)) => {
-                            if self.notice(&path) {
-                                relevant = true;
-                                quiet_since = Instant::now();
-                            }
-                        }
-                        Ok(Event::Requested(request)) => requests.push(request),
-                        Err(RecvTimeoutError::Timeout) => break,
-                        Err(RecvTimeoutError::Disconnected) => return,
-                    }
+                if !self.settle(&mut burst) {
+                    return;
                 }
-                if !relevant && requests.is_empty() {
+                if burst.changed.is_empty() && burst.requests.is_empty() {
                     break None;
                 }
                 let settled = first_event.elapsed() >= SETTLE_LIMIT;
                 match self.reload(settled) {
                     Some(result) => break Some(result),
-                    None => tracing::debug!("the policies changed while being read; reading them again"),
+                    None => tracing::debug!(
+                        "the policies changed while being read; reading them again"
+                    ),
                 }
             };
             let Some(result) = result else { continue };
-            for request in requests {
+            for request in burst.requests {
                 let _ = request.reply.send(result.clone());
+            }
+        }
+    }
+
+    /// Debounce: collects events into `burst` until the folders have been quiet for a while;
+    /// false when the event sources are gone.
+    fn settle(&mut self, burst: &mut Burst) -> bool {
+        let collecting_since = Instant::now();
+        let mut quiet_since = Instant::now();
+        let mut quiet = DEBOUNCE;
+        loop {
+            if collecting_since.elapsed() >= MAX_DELAY {
+                return true;
+            }
+            let wait = quiet
+                .saturating_sub(quiet_since.elapsed())
+                .min(MAX_DELAY.saturating_sub(collecting_since.elapsed()));
+            let event = match self.deferred.pop_front() {
+                Some(event) => Ok(event),
+                None => self.events.recv_timeout(wait),
+            };
+            match event {
+                Ok(event) => {
+                    if self.take(event, burst) {
+                        quiet_since = Instant::now();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    // A policy file renamed away or deleted is most often about to be
+                    // written again (an editor saving); reading the folder without it
+                    // would load the policies without that file's plugins.
+                    let vanished = burst.changed.iter().any(|path| {
+                        !is_mount_data(path)
+                            && path
+                                .parent()
+                                .is_some_and(|parent| same_dir(parent, &self.sources.policies))
+                            && is_change_of(path, &POLICY_EXTENSIONS)
+                            && !path.exists()
+                    });
+                    if vanished && quiet < VANISHED_GRACE {
+                        quiet = VANISHED_GRACE;
+                        continue;
+                    }
+                    return true;
+                }
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+    }
+
+    /// Adds an event to the burst; true when it is a change to reload for.
+    fn take(&mut self, event: Event, burst: &mut Burst) -> bool {
+        match event {
+            Event::Changed(path) => {
+                let relevant = self.notice(&path);
+                if relevant {
+                    burst.changed.push(path);
+                }
+                relevant
+            }
+            Event::Requested(request) => {
+                burst.requests.push(request);
+                false
             }
         }
     }
@@ -254,7 +307,7 @@ impl Reloader {
 
     fn is_relevant(&self, path: &Path) -> bool {
         let in_dir = |dir: &Path| path.parent().is_some_and(|parent| same_dir(parent, dir));
-        (in_dir(&self.sources.policies) && is_change_of(path, &["yaml", "yml", "json"]))
+        (in_dir(&self.sources.policies) && is_change_of(path, &POLICY_EXTENSIONS))
             || (in_dir(&self.sources.plugins) && is_change_of(path, &["wasm", "wat"]))
             || self.watched_files.iter().any(|file| {
                 let in_its_dir = || {
@@ -404,8 +457,7 @@ mod tests {
 
     #[test]
     fn policy_files_and_mount_data_are_changes_editor_files_are_not() {
-        let policies = ["yaml", "yml", "json"];
-        let change = |path: &str| is_change_of(Path::new(path), &policies);
+        let change = |path: &str| is_change_of(Path::new(path), &POLICY_EXTENSIONS);
         assert!(change("/policies/plugins.yaml"));
         assert!(change("/policies/routes.json"));
         assert!(change("/policies/..data"));
