@@ -138,7 +138,9 @@ async fn status(gateway: &Gateway) -> Status {
     let plugins = gateway.admin_get("/plugins").await.json();
     Status {
         generation: plugins["generation"].as_u64().expect("generation"),
-        failures: plugins["last_reload"]["failures"].as_u64().expect("failures"),
+        failures: plugins["last_reload"]["failures"]
+            .as_u64()
+            .expect("failures"),
         error: plugins["last_reload"]["error"].as_str().map(str::to_owned),
     }
 }
@@ -237,7 +239,11 @@ async fn refused_policy_files_leave_the_last_good_configuration_serving() {
             "ends in a key with no value",
         ),
         ("empty", "", "the file is empty"),
-        ("comments only", "# The API key guard.\n", "the file is empty"),
+        (
+            "comments only",
+            "# The API key guard.\n",
+            "the file is empty",
+        ),
     ];
     let mut failures = start.failures;
     for (what, text, shown) in bad {
@@ -247,7 +253,10 @@ async fn refused_policy_files_leave_the_last_good_configuration_serving() {
         assert_eq!(now.generation, start.generation, "{what} went live");
         let error = now.error.unwrap_or_default();
         assert!(error.contains(shown), "{what}: the error shown: {error}");
-        assert_eq!(status_of(setup.public(), None).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            status_of(setup.public(), None).await,
+            StatusCode::UNAUTHORIZED
+        );
     }
 
     // Half-written: the first half is seen and refused, the whole goes live.
@@ -257,7 +266,10 @@ async fn refused_policy_files_leave_the_last_good_configuration_serving() {
     assert_eq!(now.generation, start.generation, "the first half went live");
     tokio::time::sleep(Duration::from_millis(300)).await;
     std::fs::write(&file, plugins_yaml(Some("carol"))).unwrap();
-    let live = wait_for(gateway, "the whole file", |s| s.generation > start.generation).await;
+    let live = wait_for(gateway, "the whole file", |s| {
+        s.generation > start.generation
+    })
+    .await;
     assert_eq!(live.error, None, "a success clears the error");
     assert_eq!(
         status_of(setup.public(), Some("k-carol")).await,
@@ -308,10 +320,7 @@ async fn a_burst_across_two_files_goes_live_as_one_snapshot() {
         generation = settled.generation;
         // Both halves are in the one snapshot.
         let key = format!("k-{consumer}");
-        assert_eq!(
-            status_of(setup.public(), Some(&key)).await,
-            StatusCode::OK
-        );
+        assert_eq!(status_of(setup.public(), Some(&key)).await, StatusCode::OK);
         let client = HttpClient::http1();
         let response = client
             .get(setup.public(), "api.test", &format!("/round-{round}"))
@@ -345,7 +354,11 @@ async fn an_editor_moving_the_file_away_before_writing_it_again_is_one_change() 
         let settled = status(gateway).await;
         assert_eq!(
             (live.generation, settled.generation, settled.failures),
-            (before.generation + 1, before.generation + 1, before.failures),
+            (
+                before.generation + 1,
+                before.generation + 1,
+                before.failures
+            ),
             "round {round}: the save went live as more than one snapshot; log:\n{}",
             gateway.log()
         );
@@ -370,10 +383,7 @@ async fn a_configmap_data_swap_goes_live() {
     policies
         .set("ECHO", echo.addr())
         .write("..2026_11_30_10_00_00.1/gateway.yaml", GATEWAY)
-        .write(
-            "..2026_11_30_10_00_00.1/plugins.yaml",
-            &plugins_yaml(None),
-        );
+        .write("..2026_11_30_10_00_00.1/plugins.yaml", &plugins_yaml(None));
     std::os::unix::fs::symlink("..2026_11_30_10_00_00.1", dir.join("..data")).unwrap();
     for name in ["gateway.yaml", "plugins.yaml"] {
         std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).unwrap();
@@ -382,7 +392,10 @@ async fn a_configmap_data_swap_goes_live() {
     let gateway = Gateway::start_with_args(policies, &["--plugins", &plugins_arg]).await;
     let public = gateway.listener("public");
     let load = Load::start(public);
-    assert_eq!(status_of(public, Some("k-carol")).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_of(public, Some("k-carol")).await,
+        StatusCode::UNAUTHORIZED
+    );
     let before = status(&gateway).await;
 
     // The update: a new folder, a new `..data` renamed over the old, the old folder removed.
@@ -420,12 +433,18 @@ async fn a_plugins_folder_removed_and_created_again_is_watched_again() {
 
     // Gone: the module the policies name is missing, the loaded version keeps serving.
     std::fs::remove_dir_all(&setup.plugins).unwrap();
-    let gone = wait_for(gateway, "the folder removed", |s| s.failures > start.failures).await;
+    let gone = wait_for(gateway, "the folder removed", |s| {
+        s.failures > start.failures
+    })
+    .await;
     assert_eq!(gone.generation, start.generation);
 
     // Back, empty: still missing (and this reload came from the parent's watch).
     std::fs::create_dir(&setup.plugins).unwrap();
-    let empty = wait_for(gateway, "the folder created", |s| s.failures > gone.failures).await;
+    let empty = wait_for(gateway, "the folder created", |s| {
+        s.failures > gone.failures
+    })
+    .await;
     assert_eq!(empty.generation, start.generation);
 
     // A module dropped into the new folder is seen through the new folder's watch.

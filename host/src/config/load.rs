@@ -256,7 +256,10 @@ mod tests {
         let cut = "plugins:\n  - name: keys\n    module: key-auth.wasm\n    config:\n";
         let (_, message) = parse_yaml(cut).unwrap_err();
         assert!(message.contains("ends in a key with no value"), "{message}");
-        assert!(parse_yaml("plugins:\n  - name: keys\n    module: key-auth.wasm\n    config: ~\n").is_ok());
+        assert!(
+            parse_yaml("plugins:\n  - name: keys\n    module: key-auth.wasm\n    config: ~\n")
+                .is_ok()
+        );
     }
 
     #[test]

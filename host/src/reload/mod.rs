@@ -200,9 +200,9 @@ impl Reloader {
                 let settled = first_event.elapsed() >= SETTLE_LIMIT;
                 match self.reload(settled) {
                     Some(result) => break Some(result),
-                    None => tracing::debug!(
-                        "the policies changed while being read; reading them again"
-                    ),
+                    None => {
+                        tracing::debug!("the policies changed while being read; reading them again")
+                    }
                 }
             };
             let Some(result) = result else { continue };
@@ -315,8 +315,7 @@ impl Reloader {
                         .is_some_and(|p| path.parent().is_some_and(|q| same_dir(p, q)))
                 };
                 file == path
-                    || (file.file_name() == path.file_name() || is_mount_data(path))
-                        && in_its_dir()
+                    || (file.file_name() == path.file_name() || is_mount_data(path)) && in_its_dir()
             })
     }
 
@@ -468,8 +467,14 @@ mod tests {
         assert!(!change("/policies/.hidden.yaml"));
         assert!(!change("/policies/plugins.yaml~"));
         assert!(!change("/policies/4913"));
-        assert!(is_change_of(Path::new("/plugins/auth.wasm"), &["wasm", "wat"]));
-        assert!(!is_change_of(Path::new("/plugins/auth.wasm.partial"), &["wasm", "wat"]));
+        assert!(is_change_of(
+            Path::new("/plugins/auth.wasm"),
+            &["wasm", "wat"]
+        ));
+        assert!(!is_change_of(
+            Path::new("/plugins/auth.wasm.partial"),
+            &["wasm", "wat"]
+        ));
     }
 
     #[test]
