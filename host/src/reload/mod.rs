@@ -279,14 +279,14 @@ impl Reloader {
     /// itself (created, or moved into place), it is watched again first: the watch of a
     /// removed folder died with it.
     fn notice(&mut self, path: &Path) -> bool {
-        let plugins_folder = path.file_name() == self.sources.plugins.file_name()
-            && matches!((parent_dir(path), parent_dir(&self.sources.plugins)), (Some(a), Some(b)) if same_dir(&a, &b));
-        if plugins_folder && self.sources.plugins.is_dir() {
-            if let Err(error) = self
-                .watcher
-                .watch(&self.sources.plugins, RecursiveMode::NonRecursive)
-            {
-                tracing::warn!(plugins = %self.sources.plugins.display(), %error, "cannot watch the plugins folder");
+        let plugins = &self.sources.plugins;
+        let plugins_folder = path.file_name() == plugins.file_name()
+            && parent_dir(path)
+                .zip(parent_dir(plugins))
+                .is_some_and(|(a, b)| same_dir(&a, &b));
+        if plugins_folder && plugins.is_dir() {
+            if let Err(error) = self.watcher.watch(plugins, RecursiveMode::NonRecursive) {
+                tracing::warn!(plugins = %plugins.display(), %error, "cannot watch the plugins folder");
             }
         }
         plugins_folder || self.is_relevant(path)
