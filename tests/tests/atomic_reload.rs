@@ -8,7 +8,7 @@
 //! file goes live; a burst of edits to two files goes live as one snapshot (one generation
 //! each); an editor's save that moves the old file away first and pauses is one change; a
 //! ConfigMap-style `..data` symlink swap goes live; a plugins folder removed and created
-//! again is watched again.
+//! again is watched again. At start-up the same documents are refused.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,7 +21,7 @@ use http::StatusCode;
 use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::bundled::KEY_AUTH;
 use tollgate_tests::clients::{request, HttpClient};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
+use tollgate_tests::gateway::{run_check, Gateway, PolicyDir};
 
 const GATEWAY: &str = r#"
 listeners:
@@ -457,4 +457,26 @@ async fn a_plugins_folder_removed_and_created_again_is_watched_again() {
     .await;
     assert_eq!(live.error, None);
     load.finish().await.assert_guarded();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_refuses_the_same_documents() {
+    let echo = backends::echo("echo").await;
+    for (text, shown) in [
+        ("", "plugins.yaml: the file is empty"),
+        ("plugins:\n", "plugins.yaml: plugins: the section is empty"),
+    ] {
+        let mut policies = PolicyDir::new();
+        policies
+            .set("ECHO", echo.addr())
+            .write("gateway.yaml", GATEWAY)
+            .write("plugins.yaml", text);
+        let outcome = run_check(&policies.path());
+        assert_ne!(outcome.code, Some(0), "{text:?}: {}", outcome.output);
+        assert!(
+            outcome.output.contains(shown),
+            "{text:?}: {}",
+            outcome.output
+        );
+    }
 }
