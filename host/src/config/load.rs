@@ -1,5 +1,16 @@
 //! Reading a policy folder: every `*.yaml`, `*.yml` and `*.json` file, parsed with the path
 //! of any error inside the document, then merged and validated.
+//!
+//! A document with nothing in it is refused, at start-up as on reload: a zero-byte file, one
+//! of only whitespace, comments and `---`, any top-level section left null (`plugins:`
+//! with nothing after it), and a YAML document whose last line is a key or a list item with
+//! no value (`    config:`). Those are what an editor writing in place or a copy cut short
+//! leaves behind, and loading them would run the gateway without the plugins they held: no
+//! authentication, no metering. Removing every plugin is written `plugins: []`.
+//!
+//! Hidden entries (names starting with `.`) are not policy files: editors keep their swap
+//! and backup files there, and a Kubernetes ConfigMap mount keeps its real content in
+//! `..data` and timestamped `..` folders behind the visible symlinks, which are read through.
 
 use std::path::{Path, PathBuf};
 
@@ -32,7 +43,7 @@ fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, ConfigErrors> {
     })?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| path.is_file() && policy_format(path).is_some())
+        .filter(|path| !is_hidden(path) && path.is_file() && policy_format(path).is_some())
         .collect();
     paths.sort();
     if paths.is_empty() {
@@ -56,6 +67,11 @@ fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, ConfigErrors> {
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with('.'))
 }
 
 #[derive(Clone, Copy)]
@@ -98,26 +114,76 @@ fn parse_file(path: &Path) -> Result<SourceFile, ConfigError> {
 type ParseError = (String, String);
 
 fn parse_yaml(text: &str) -> Result<raw::Document, ParseError> {
-    // An empty or comment-only file is a valid, empty document.
     if text.lines().all(|line| {
         let line = line.trim();
         line.is_empty() || line.starts_with('#') || line == "---"
     }) {
-        return Ok(raw::Document::default());
+        return Err(empty_document());
     }
     let deserializer = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+    let document = serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = document_path(error.path());
         (path, error.into_inner().to_string())
-    })
+    })?;
+    // The typed parse read a null section as absent; the same text as plain YAML tells.
+    if let Ok(serde_yaml::Value::Mapping(sections)) = serde_yaml::from_str(text) {
+        for (name, value) in &sections {
+            if value.is_null() {
+                return Err(null_section(name.as_str().unwrap_or_default()));
+            }
+        }
+    }
+    // A nested value cut off the same way: nobody ends a document on a key meaning null.
+    let last_line = text
+        .lines()
+        .map(str::trim)
+        .rfind(|line| !line.is_empty() && !line.starts_with('#'));
+    if last_line.is_some_and(|line| line.ends_with(':') || line == "-") {
+        return Err((
+            String::new(),
+            "the file ends in a key with no value (a file cut short or still being written \
+             is refused); write `~` where null is meant"
+                .into(),
+        ));
+    }
+    Ok(document)
 }
 
 fn parse_json(text: &str) -> Result<raw::Document, ParseError> {
+    if text.trim().is_empty() {
+        return Err(empty_document());
+    }
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+    let document = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = document_path(error.path());
         (path, error.into_inner().to_string())
-    })
+    })?;
+    if let Ok(serde_json::Value::Object(sections)) = serde_json::from_str(text) {
+        for (name, value) in &sections {
+            if value.is_null() {
+                return Err(null_section(name));
+            }
+        }
+    }
+    Ok(document)
+}
+
+fn empty_document() -> ParseError {
+    (
+        String::new(),
+        "the file is empty (a file cut short or still being written is refused); \
+         write `plugins: []` to remove every plugin, or delete the file"
+            .into(),
+    )
+}
+
+fn null_section(name: &str) -> ParseError {
+    (
+        name.to_string(),
+        "the section is empty (a file cut short or still being written is refused); \
+         write `[]` for an empty list, or leave the section out"
+            .into(),
+    )
 }
 
 /// serde_path_to_error writes `.` for the document root; we write nothing.
@@ -154,8 +220,68 @@ mod tests {
     }
 
     #[test]
-    fn comment_only_yaml_is_empty() {
-        let document = parse_yaml("# nothing yet\n").unwrap();
-        assert!(document.listeners.is_empty());
+    fn documents_with_nothing_in_them_are_refused() {
+        for text in ["", "\n  \n", "# nothing yet\n", "---\n# cut here\n"] {
+            let (path, message) = parse_yaml(text).unwrap_err();
+            assert_eq!(path, "", "{text:?}");
+            assert!(message.contains("the file is empty"), "{text:?}: {message}");
+        }
+        for text in ["", " \n"] {
+            let (_, message) = parse_json(text).unwrap_err();
+            assert!(message.contains("the file is empty"), "{text:?}: {message}");
+        }
+        // A YAML null document is no policy document either.
+        assert!(parse_yaml("~\n").is_err());
+    }
+
+    #[test]
+    fn a_null_section_is_refused_and_named() {
+        // A file truncated after a section's key: `plugins:` is null, not an empty list.
+        let (path, message) = parse_yaml("plugins:\n").unwrap_err();
+        assert_eq!(path, "plugins");
+        assert!(message.contains("the section is empty"), "{message}");
+        let (path, _) = parse_yaml(
+            "virtual_hosts:\n  - name: all\n    domains: ['*']\n    routes: []\nplugins:\n",
+        )
+        .unwrap_err();
+        assert_eq!(path, "plugins");
+        let (path, _) = parse_yaml("server:\nplugins:\n").unwrap_err();
+        assert_eq!(path, "server");
+        let (path, _) = parse_json(r#"{"plugins": null}"#).unwrap_err();
+        assert_eq!(path, "plugins");
+    }
+
+    #[test]
+    fn a_document_ending_in_a_bare_key_is_refused() {
+        let cut = "plugins:\n  - name: keys\n    module: key-auth.wasm\n    config:\n";
+        let (_, message) = parse_yaml(cut).unwrap_err();
+        assert!(message.contains("ends in a key with no value"), "{message}");
+        assert!(
+            parse_yaml("plugins:\n  - name: keys\n    module: key-auth.wasm\n    config: ~\n")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn explicit_empty_sections_are_a_document() {
+        let document = parse_yaml("# every plugin removed\nplugins: []\n").unwrap();
+        assert!(document.plugins.is_empty());
+        assert!(parse_yaml("{}\n").is_ok());
+        assert!(parse_json(r#"{"plugins": []}"#).unwrap().plugins.is_empty());
+    }
+
+    #[test]
+    fn a_document_cut_mid_list_is_refused() {
+        let whole = "plugins:\n  - name: keys\n    module: key-auth.wasm\n    config:\n      consumers: [{ name: alice, keys: [alice-key] }]\n";
+        let cut = &whole[..whole.find("alice-key").unwrap()];
+        assert!(parse_yaml(whole).is_ok());
+        assert!(parse_yaml(cut).is_err(), "{cut}");
+    }
+
+    #[test]
+    fn hidden_entries_are_not_policy_files() {
+        assert!(is_hidden(Path::new("/policies/..data")));
+        assert!(is_hidden(Path::new("/policies/.plugins.yaml.swp")));
+        assert!(!is_hidden(Path::new("/policies/plugins.yaml")));
     }
 }

@@ -13,8 +13,18 @@
 //! snapshot serving; the error is logged, counted and shown by the admin API. A module file
 //! that disappears while a route uses it is such an error too: the route keeps running the
 //! version already loaded until the policies stop naming the module.
+//!
+//! Changes apply as one snapshot: everything that changes within the quiet period is read
+//! together, and a snapshot whose folders changed again while it was being built is not
+//! swapped in (it may hold one file's edit without the next); the change that interrupted it
+//! starts the next build. Files are read through symlinks, so a Kubernetes ConfigMap mount
+//! works as mounted: the kubelet writes a new timestamped `..` folder and renames the `..data`
+//! symlink onto it, and those hidden entries are what change (in the plugins folder and the
+//! folders of TLS files too, for Secrets mounted alike). The plugins folder's parent is
+//! watched too, so a plugins folder removed and created again (or created after start) is
+//! watched again and its modules picked up.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -34,6 +44,18 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 /// Changes that never pause (a file rewritten continuously) are still applied this long
 /// after the first one.
 const MAX_DELAY: Duration = Duration::from_millis(500);
+
+/// When a policy file changed and is gone at the end of the quiet period, the folder must be
+/// quiet this long instead before it is read without the file: an editor that renames the
+/// old file away before writing the new one may be paused between the two.
+const VANISHED_GRACE: Duration = Duration::from_millis(300);
+
+const POLICY_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+
+/// A snapshot whose folders changed while it was built is built again rather than swapped
+/// in, until this long after the first change; past it the last build goes live, so that a
+/// file rewritten without end cannot hold every other change back.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
 /// What the last reloads did, for the admin API.
 #[derive(Debug, Clone, Default)]
@@ -89,10 +111,21 @@ pub fn start(state: Arc<GatewayState>, sources: Sources) -> anyhow::Result<()> {
         }
     })?;
     watcher.watch(&sources.policies, RecursiveMode::NonRecursive)?;
+    // The parent tells when the plugins folder is removed or created; the folder itself
+    // tells when a module in it changes.
+    match parent_dir(&sources.plugins).filter(|parent| parent.is_dir()) {
+        Some(parent) if !same_dir(&parent, &sources.policies) => {
+            let parent = parent.as_path();
+            if let Err(error) = watcher.watch(parent, RecursiveMode::NonRecursive) {
+                tracing::warn!(folder = %parent.display(), %error, "cannot watch the plugins folder's parent; a plugins folder created again is not followed");
+            }
+        }
+        _ => {}
+    }
     if sources.plugins.is_dir() {
         watcher.watch(&sources.plugins, RecursiveMode::NonRecursive)?;
     } else {
-        tracing::warn!(plugins = %sources.plugins.display(), "the plugins folder does not exist; module files are not watched");
+        tracing::warn!(plugins = %sources.plugins.display(), "the plugins folder does not exist; it is watched once it is created");
     }
     let (request_sender, request_receiver) =
         tokio::sync::mpsc::unbounded_channel::<ReloadRequest>();
@@ -118,11 +151,21 @@ pub fn start(state: Arc<GatewayState>, sources: Sources) -> anyhow::Result<()> {
                 watcher,
                 watched_files: HashSet::new(),
                 watched_dirs: HashSet::new(),
+                events: receiver,
+                deferred: VecDeque::new(),
             };
             reloader.watch_tls_files();
-            reloader.run(receiver);
+            reloader.run();
         })?;
     Ok(())
+}
+
+/// What one debounced round collected.
+#[derive(Default)]
+struct Burst {
+    /// Paths whose change calls for a reload.
+    changed: Vec<PathBuf>,
+    requests: Vec<ReloadRequest>,
 }
 
 struct Reloader {
@@ -132,69 +175,157 @@ struct Reloader {
     /// TLS files outside the policies folder that the policies name.
     watched_files: HashSet<PathBuf>,
     watched_dirs: HashSet<PathBuf>,
+    events: Receiver<Event>,
+    /// Events that arrived while a snapshot was being built, handled before new ones.
+    deferred: VecDeque<Event>,
 }
 
 impl Reloader {
-    fn run(&mut self, events: Receiver<Event>) {
+    fn run(&mut self) {
         loop {
-            let Ok(first) = events.recv() else { return };
-            let mut requests = Vec::new();
-            let mut relevant = false;
-            match first {
-                Event::Changed(path) => relevant |= self.is_relevant(&path),
-                Event::Requested(request) => requests.push(request),
-            }
-            // Debounce: keep collecting until the folders have been quiet for a while.
+            let first = match self.deferred.pop_front() {
+                Some(event) => event,
+                None => match self.events.recv() {
+                    Ok(event) => event,
+                    Err(_) => return,
+                },
+            };
+            let mut burst = Burst::default();
+            self.take(first, &mut burst);
             let first_event = Instant::now();
-            let mut quiet_since = Instant::now();
-            loop {
-                if first_event.elapsed() >= MAX_DELAY {
-                    break;
+            let result = loop {
+                if !self.settle(&mut burst) {
+                    return;
                 }
-                let wait = DEBOUNCE
-                    .saturating_sub(quiet_since.elapsed())
-                    .min(MAX_DELAY.saturating_sub(first_event.elapsed()));
-                match events.recv_timeout(wait) {
-                    Ok(Event::Changed(path)) => {
-                        if self.is_relevant(&path) {
-                            relevant = true;
-                            quiet_since = Instant::now();
-                        }
+                if burst.changed.is_empty() && burst.requests.is_empty() {
+                    break None;
+                }
+                let settled = first_event.elapsed() >= SETTLE_LIMIT;
+                match self.reload(settled) {
+                    Some(result) => break Some(result),
+                    None => {
+                        tracing::debug!("the policies changed while being read; reading them again")
                     }
-                    Ok(Event::Requested(request)) => requests.push(request),
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => return,
                 }
-            }
-            if !relevant && requests.is_empty() {
-                continue;
-            }
-            let result = self.reload();
-            for request in requests {
+            };
+            let Some(result) = result else { continue };
+            for request in burst.requests {
                 let _ = request.reply.send(result.clone());
             }
         }
     }
 
+    /// Debounce: collects events into `burst` until the folders have been quiet for a while;
+    /// false when the event sources are gone.
+    fn settle(&mut self, burst: &mut Burst) -> bool {
+        let collecting_since = Instant::now();
+        let mut quiet_since = Instant::now();
+        let mut quiet = DEBOUNCE;
+        loop {
+            if collecting_since.elapsed() >= MAX_DELAY {
+                return true;
+            }
+            let wait = quiet
+                .saturating_sub(quiet_since.elapsed())
+                .min(MAX_DELAY.saturating_sub(collecting_since.elapsed()));
+            let event = match self.deferred.pop_front() {
+                Some(event) => Ok(event),
+                None => self.events.recv_timeout(wait),
+            };
+            match event {
+                Ok(event) => {
+                    if self.take(event, burst) {
+                        quiet_since = Instant::now();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    // A policy file renamed away or deleted is most often about to be
+                    // written again (an editor saving); reading the folder without it
+                    // would load the policies without that file's plugins.
+                    let vanished = burst.changed.iter().any(|path| {
+                        !is_mount_data(path)
+                            && path
+                                .parent()
+                                .is_some_and(|parent| same_dir(parent, &self.sources.policies))
+                            && is_change_of(path, &POLICY_EXTENSIONS)
+                            && !path.exists()
+                    });
+                    if vanished && quiet < VANISHED_GRACE {
+                        quiet = VANISHED_GRACE;
+                        continue;
+                    }
+                    return true;
+                }
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+    }
+
+    /// Adds an event to the burst; true when it is a change to reload for.
+    fn take(&mut self, event: Event, burst: &mut Burst) -> bool {
+        match event {
+            Event::Changed(path) => {
+                let relevant = self.notice(&path);
+                if relevant {
+                    burst.changed.push(path);
+                }
+                relevant
+            }
+            Event::Requested(request) => {
+                burst.requests.push(request);
+                false
+            }
+        }
+    }
+
+    /// Whether a change to `path` calls for a reload. When the path is the plugins folder
+    /// itself (created, or moved into place), it is watched again first: the watch of a
+    /// removed folder died with it.
+    fn notice(&mut self, path: &Path) -> bool {
+        let plugins = &self.sources.plugins;
+        let plugins_folder = path.file_name() == plugins.file_name()
+            && parent_dir(path)
+                .zip(parent_dir(plugins))
+                .is_some_and(|(a, b)| same_dir(&a, &b));
+        if plugins_folder && plugins.is_dir() {
+            if let Err(error) = self.watcher.watch(plugins, RecursiveMode::NonRecursive) {
+                tracing::warn!(plugins = %plugins.display(), %error, "cannot watch the plugins folder");
+            }
+        }
+        plugins_folder || self.is_relevant(path)
+    }
+
+    /// Whether a relevant change arrived since the snapshot being built was read; the events
+    /// are kept for the next round.
+    fn changed_meanwhile(&mut self) -> bool {
+        let mut changed = false;
+        while let Ok(event) = self.events.try_recv() {
+            if let Event::Changed(path) = &event {
+                changed |= self.notice(path);
+            }
+            self.deferred.push_back(event);
+        }
+        changed
+    }
+
     fn is_relevant(&self, path: &Path) -> bool {
         let in_dir = |dir: &Path| path.parent().is_some_and(|parent| same_dir(parent, dir));
-        let extension = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or_default();
-        (in_dir(&self.sources.policies) && matches!(extension, "yaml" | "yml" | "json"))
-            || (in_dir(&self.sources.plugins) && matches!(extension, "wasm" | "wat"))
+        (in_dir(&self.sources.policies) && is_change_of(path, &POLICY_EXTENSIONS))
+            || (in_dir(&self.sources.plugins) && is_change_of(path, &["wasm", "wat"]))
             || self.watched_files.iter().any(|file| {
+                let in_its_dir = || {
+                    file.parent()
+                        .is_some_and(|p| path.parent().is_some_and(|q| same_dir(p, q)))
+                };
                 file == path
-                    || file.file_name() == path.file_name()
-                        && file
-                            .parent()
-                            .is_some_and(|p| path.parent().is_some_and(|q| same_dir(p, q)))
+                    || (file.file_name() == path.file_name() || is_mount_data(path)) && in_its_dir()
             })
     }
 
-    /// Builds and swaps in a new snapshot; returns the new generation or the error.
-    fn reload(&mut self) -> Result<u64, String> {
+    /// Builds and swaps in a new snapshot; returns the new generation or the error, or
+    /// nothing when the folders changed while it was built (unless `settled` says to stop
+    /// waiting for them): that build is dropped, and the change that interrupted it is read.
+    fn reload(&mut self, settled: bool) -> Option<Result<u64, String>> {
         let started = Instant::now();
         let built = config::load_dir(&self.sources.policies).and_then(|config| {
             Snapshot::build_after(
@@ -204,6 +335,9 @@ impl Reloader {
                 &self.state.snapshot(),
             )
         });
+        if !settled && self.changed_meanwhile() {
+            return None;
+        }
         let result = match built {
             Ok(snapshot) => {
                 let old = self.state.snapshot();
@@ -227,7 +361,7 @@ impl Reloader {
                 Err(message)
             }
         };
-        result
+        Some(result)
     }
 
     /// Watches the folders of the TLS files the current policies name, so that a rotated
@@ -272,6 +406,31 @@ impl Reloader {
     }
 }
 
+/// Whether a change to `path`, in a folder whose files with these extensions are read,
+/// is one to reload for. Hidden names are not read (editors keep swap files there), except
+/// the `..` entries of a Kubernetes ConfigMap or Secret mount, whose swap is the change.
+fn is_change_of(path: &Path, extensions: &[&str]) -> bool {
+    let visible = path
+        .file_name()
+        .is_some_and(|name| !name.to_string_lossy().starts_with('.'));
+    let extension = path.extension().and_then(|e| e.to_str());
+    is_mount_data(path) || visible && extension.is_some_and(|e| extensions.contains(&e))
+}
+
+/// `..data`, `..data_tmp` and the timestamped `..` folders the kubelet writes.
+fn is_mount_data(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with(".."))
+}
+
+/// The folder holding `path`; `.` for a bare relative name.
+fn parent_dir(path: &Path) -> Option<PathBuf> {
+    match path.parent()? {
+        parent if parent.as_os_str().is_empty() => Some(PathBuf::from(".")),
+        parent => Some(parent.to_path_buf()),
+    }
+}
+
 fn same_dir(a: &Path, b: &Path) -> bool {
     a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
@@ -297,4 +456,41 @@ fn warn_about_listener_changes(old: &Snapshot, new: &Snapshot) {
 pub struct ReloadState {
     pub status: Mutex<ReloadStatus>,
     pub requests: Mutex<Option<tokio::sync::mpsc::UnboundedSender<ReloadRequest>>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_files_and_mount_data_are_changes_editor_files_are_not() {
+        let change = |path: &str| is_change_of(Path::new(path), &POLICY_EXTENSIONS);
+        assert!(change("/policies/plugins.yaml"));
+        assert!(change("/policies/routes.json"));
+        assert!(change("/policies/..data"));
+        assert!(change("/policies/..data_tmp"));
+        assert!(change("/policies/..2026_11_30_10_00_00.123456789"));
+        assert!(!change("/policies/.plugins.yaml.tmp"));
+        assert!(!change("/policies/.plugins.yaml.swp"));
+        assert!(!change("/policies/.hidden.yaml"));
+        assert!(!change("/policies/plugins.yaml~"));
+        assert!(!change("/policies/4913"));
+        assert!(is_change_of(
+            Path::new("/plugins/auth.wasm"),
+            &["wasm", "wat"]
+        ));
+        assert!(!is_change_of(
+            Path::new("/plugins/auth.wasm.partial"),
+            &["wasm", "wat"]
+        ));
+    }
+
+    #[test]
+    fn a_bare_relative_name_lives_in_the_current_folder() {
+        assert_eq!(parent_dir(Path::new("dist")), Some(PathBuf::from(".")));
+        assert_eq!(
+            parent_dir(Path::new("plugins/dist")),
+            Some(PathBuf::from("plugins"))
+        );
+    }
 }
