@@ -145,9 +145,9 @@ fn host_access(caller: &mut Caller<'_, HostState>, access: Resolved) -> wasmtime
         Resolved::Write(ptr, bytes) => Outcome::Done(memory::write(caller, ptr, &bytes)),
         Resolved::WriteU32(ptr, value) => Outcome::Done(memory::write_u32(caller, ptr, value)),
         Resolved::WriteU64(ptr, value) => Outcome::Done(memory::write_u64(caller, ptr, value)),
-        Resolved::ReturnBytes(bytes, return_ptr, return_len) => {
-            Outcome::Done(memory::return_bytes(caller, &bytes, return_ptr, return_len)?)
-        }
+        Resolved::ReturnBytes(bytes, return_ptr, return_len) => Outcome::Done(
+            memory::return_bytes(caller, &bytes, return_ptr, return_len)?,
+        ),
     })
 }
 
@@ -286,12 +286,18 @@ fn run(accesses: Vec<Access>) {
             Access::WriteU32 { ptr, value } => {
                 let ptr = ptr.resolve(size);
                 let expected = shadow.write(ptr, &value.to_le_bytes());
-                (Resolved::WriteU32(ptr, value), Some(Outcome::Done(expected)))
+                (
+                    Resolved::WriteU32(ptr, value),
+                    Some(Outcome::Done(expected)),
+                )
             }
             Access::WriteU64 { ptr, value } => {
                 let ptr = ptr.resolve(size);
                 let expected = shadow.write(ptr, &value.to_le_bytes());
-                (Resolved::WriteU64(ptr, value), Some(Outcome::Done(expected)))
+                (
+                    Resolved::WriteU64(ptr, value),
+                    Some(Outcome::Done(expected)),
+                )
             }
             Access::ReturnBytes {
                 bytes,

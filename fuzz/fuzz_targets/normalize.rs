@@ -46,10 +46,7 @@ fn check_path(input: &str, settings: &Normalization) {
         ),
     }
     // A path normalizer may carry a query along; the rules are about the path part.
-    let path = normalized
-        .split(['?', '#'])
-        .next()
-        .unwrap_or(normalized);
+    let path = normalized.split(['?', '#']).next().unwrap_or(normalized);
     assert!(
         path.starts_with('/'),
         "{settings:?}: {input:?} → {normalized:?} does not start with /"
@@ -62,7 +59,9 @@ fn check_path(input: &str, settings: &Normalization) {
     }
     if settings.normalize_path {
         assert!(
-            !path.split('/').any(|segment| segment == "." || segment == ".."),
+            !path
+                .split('/')
+                .any(|segment| segment == "." || segment == ".."),
             "{settings:?}: {input:?} → {normalized:?} keeps a dot segment"
         );
     }

@@ -22,7 +22,9 @@ use regex::{Regex, RegexBuilder};
 use tollgate::config::{
     Action, DirectResponse, PathMatch, Route, RouteMatch, ValueMatch, ValueRule, VirtualHost,
 };
-use tollgate::routing::{normalize_host, query_param, route_matches, NoMatch, RequestHead, RouteTable};
+use tollgate::routing::{
+    normalize_host, query_param, route_matches, NoMatch, RequestHead, RouteTable,
+};
 
 const HOST_CHARS: &[u8] = b"ab.-A";
 const AUTHORITY_CHARS: &[u8] = b"ab.-A:1[]";
@@ -194,12 +196,15 @@ fn domain(spec: &DomainSpec) -> String {
 /// Host precedence, written out plainly: the index of the virtual host `host` selects.
 fn expected_virtual_host(virtual_hosts: &[Arc<VirtualHost>], host: &str) -> Option<usize> {
     let claims = || {
-        virtual_hosts
-            .iter()
-            .enumerate()
-            .flat_map(|(index, vhost)| vhost.domains.iter().map(move |domain| (index, domain.as_str())))
+        virtual_hosts.iter().enumerate().flat_map(|(index, vhost)| {
+            vhost
+                .domains
+                .iter()
+                .map(move |domain| (index, domain.as_str()))
+        })
     };
-    if let Some((index, _)) = claims().find(|(_, domain)| !domain.contains('*') && *domain == host) {
+    if let Some((index, _)) = claims().find(|(_, domain)| !domain.contains('*') && *domain == host)
+    {
         return Some(index);
     }
     // Longest wildcard first; among equally long ones, the first written. A wildcard stands
@@ -211,16 +216,29 @@ fn expected_virtual_host(virtual_hosts: &[Arc<VirtualHost>], host: &str) -> Opti
                 continue;
             }
             if let Some(fixed) = pick(domain) {
-                if host.len() > fixed.len() && covers(fixed) && best.is_none_or(|(_, len)| fixed.len() > len) {
+                if host.len() > fixed.len()
+                    && covers(fixed)
+                    && best.is_none_or(|(_, len)| fixed.len() > len)
+                {
                     best = Some((index, fixed.len()));
                 }
             }
         }
         best.map(|(index, _)| index)
     };
-    longest(&|domain| domain.strip_prefix('*'), &|suffix| host.ends_with(suffix))
-        .or_else(|| longest(&|domain| domain.strip_suffix('*'), &|prefix| host.starts_with(prefix)))
-        .or_else(|| claims().find(|(_, domain)| *domain == "*").map(|(index, _)| index))
+    longest(&|domain| domain.strip_prefix('*'), &|suffix| {
+        host.ends_with(suffix)
+    })
+    .or_else(|| {
+        longest(&|domain| domain.strip_suffix('*'), &|prefix| {
+            host.starts_with(prefix)
+        })
+    })
+    .or_else(|| {
+        claims()
+            .find(|(_, domain)| *domain == "*")
+            .map(|(index, _)| index)
+    })
 }
 
 /// A route's rules read directly against the request parts.
@@ -282,14 +300,19 @@ fn check(input: Input) {
     let host = normalize_host(&text(&request.authority, AUTHORITY_CHARS));
     let path = format!("/{}", text(&request.path, PATH_CHARS));
     let query = request.query.as_ref().map(|bytes| text(bytes, QUERY_CHARS));
-    let method = Method::from_bytes(METHODS[usize::from(request.method) % METHODS.len()].as_bytes()).unwrap();
+    let method =
+        Method::from_bytes(METHODS[usize::from(request.method) % METHODS.len()].as_bytes())
+            .unwrap();
     let mut header_list = Vec::new();
     let mut headers = HeaderMap::new();
     for (name, value) in request.headers.iter().take(6) {
         let (Some(name), Ok(value)) = (header_name(name), HeaderValue::from_bytes(value)) else {
             continue;
         };
-        headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value.clone());
+        headers.append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.clone(),
+        );
         header_list.push((name, value));
     }
     let head = RequestHead {
@@ -310,25 +333,51 @@ fn check(input: Input) {
     );
     match (found, expected) {
         (Ok(found), Some(index)) => {
-            assert!(Arc::ptr_eq(found.virtual_host, &virtual_hosts[index]), "host {host:?}");
-            assert!(route_matches(found.route, &head), "{} does not match", found.route.name);
-            assert!(satisfies(found.route, &head, &header_list), "{} does not satisfy its rules", found.route.name);
+            assert!(
+                Arc::ptr_eq(found.virtual_host, &virtual_hosts[index]),
+                "host {host:?}"
+            );
+            assert!(
+                route_matches(found.route, &head),
+                "{} does not match",
+                found.route.name
+            );
+            assert!(
+                satisfies(found.route, &head, &header_list),
+                "{} does not satisfy its rules",
+                found.route.name
+            );
             let earlier = virtual_hosts[index]
                 .routes
                 .iter()
                 .take_while(|route| !std::ptr::eq(*route, found.route));
             for route in earlier {
-                assert!(!satisfies(route, &head, &header_list), "{} matches before {}", route.name, found.route.name);
+                assert!(
+                    !satisfies(route, &head, &header_list),
+                    "{} matches before {}",
+                    route.name,
+                    found.route.name
+                );
             }
         }
         (Err(NoMatch::NoRoute), Some(index)) => {
             for route in &virtual_hosts[index].routes {
-                assert!(!route_matches(route, &head), "{} matches, yet no route was found", route.name);
-                assert!(!satisfies(route, &head, &header_list), "{} satisfies its rules, yet no route was found", route.name);
+                assert!(
+                    !route_matches(route, &head),
+                    "{} matches, yet no route was found",
+                    route.name
+                );
+                assert!(
+                    !satisfies(route, &head, &header_list),
+                    "{} satisfies its rules, yet no route was found",
+                    route.name
+                );
             }
         }
         (Err(NoMatch::UnknownHost), None) => {}
-        (found, expected) => panic!("host {host:?}: found {found:?}, expected virtual host {expected:?}"),
+        (found, expected) => {
+            panic!("host {host:?}: found {found:?}, expected virtual host {expected:?}")
+        }
     }
 }
 
