@@ -164,5 +164,13 @@ bench: setup
     cargo bench -p tollgate --bench host_calls
     python3 bench/criterion_report.py
 
+# Fuzz every target in fuzz/ for FUZZ_SECONDS each (default 60), installing nightly and cargo-fuzz when missing (fuzz/README.md).
+fuzz:
+    bash fuzz/run.sh "${FUZZ_SECONDS:-60}"
+
+# Build every fuzz target and fuzz each for 10 s: the CI smoke run.
+fuzz-smoke:
+    bash fuzz/run.sh 10
+
 # What CI checks: lint, then the tests.
 ci: lint test

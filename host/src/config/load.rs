@@ -1,6 +1,9 @@
 //! Reading a policy folder: every `*.yaml`, `*.yml` and `*.json` file, parsed with the path
 //! of any error inside the document, then merged and validated.
 //!
+//! [`load_documents`] does the same for documents already in memory; the folder reader is
+//! that plus reading the files, so both answer alike for the same texts.
+//!
 //! A document with nothing in it is refused, at start-up as on reload: a zero-byte file, one
 //! of only whitespace, comments and `---`, any top-level section left null (`plugins:`
 //! with nothing after it), and a YAML document whose last line is a key or a list item with
@@ -23,13 +26,52 @@ pub(super) struct SourceFile {
     pub document: raw::Document,
 }
 
-/// Reads, merges and validates the policies in `dir`.
-pub fn load_dir(dir: &Path) -> Result<model::Config, ConfigErrors> {
-    let files = read_dir(dir)?;
-    model::Config::from_files(dir, files)
+/// A policy document in memory: the file name it goes by (`.json` is read as JSON,
+/// anything else as YAML) and its text.
+#[derive(Debug, Clone)]
+pub struct PolicyDocument {
+    pub name: String,
+    pub text: String,
 }
 
-fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, ConfigErrors> {
+/// Reads, merges and validates the policies in `dir`.
+pub fn load_dir(dir: &Path) -> Result<model::Config, ConfigErrors> {
+    let documents = read_dir(dir)?;
+    parse_and_validate(dir, documents)
+}
+
+/// Parses, merges and validates policy documents held in memory, as [`load_dir`] does for
+/// the files of a folder; relative file paths in them resolve against `base_dir`.
+pub fn load_documents(
+    base_dir: &Path,
+    documents: Vec<PolicyDocument>,
+) -> Result<model::Config, ConfigErrors> {
+    parse_and_validate(base_dir, documents.into_iter().map(Ok))
+}
+
+/// Parses every document, then validates them together; a document that could not be
+/// read or parsed stops validation, and every such error is reported at once.
+fn parse_and_validate(
+    base_dir: &Path,
+    documents: impl IntoIterator<Item = Result<PolicyDocument, ConfigError>>,
+) -> Result<model::Config, ConfigErrors> {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for document in documents {
+        match document.and_then(parse_document) {
+            Ok(file) => files.push(file),
+            Err(error) => errors.push(error),
+        }
+    }
+    if errors.is_empty() {
+        model::Config::from_files(base_dir, files)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// The policy files of `dir` in name order, each read or the error of reading it.
+fn read_dir(dir: &Path) -> Result<Vec<Result<PolicyDocument, ConfigError>>, ConfigErrors> {
     let folder = Origin {
         file: dir.display().to_string(),
         path: String::new(),
@@ -54,19 +96,7 @@ fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, ConfigErrors> {
         )
         .into());
     }
-    let mut files = Vec::new();
-    let mut errors = Vec::new();
-    for path in paths {
-        match parse_file(&path) {
-            Ok(file) => files.push(file),
-            Err(error) => errors.push(error),
-        }
-    }
-    if errors.is_empty() {
-        Ok(files)
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    Ok(paths.iter().map(|path| read_file(path)).collect())
 }
 
 fn is_hidden(path: &Path) -> bool {
@@ -88,7 +118,7 @@ fn policy_format(path: &Path) -> Option<Format> {
     }
 }
 
-fn parse_file(path: &Path) -> Result<SourceFile, ConfigError> {
+fn read_file(path: &Path) -> Result<PolicyDocument, ConfigError> {
     let name = path
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
@@ -99,7 +129,13 @@ fn parse_file(path: &Path) -> Result<SourceFile, ConfigError> {
     };
     let text = std::fs::read_to_string(path)
         .map_err(|error| ConfigError::new(&origin, "", format!("cannot read: {error}")))?;
-    let document = match policy_format(path) {
+    Ok(PolicyDocument { name, text })
+}
+
+fn parse_document(
+    PolicyDocument { name, text }: PolicyDocument,
+) -> Result<SourceFile, ConfigError> {
+    let document = match policy_format(Path::new(&name)) {
         Some(Format::Json) => parse_json(&text),
         _ => parse_yaml(&text),
     }
@@ -283,5 +319,37 @@ mod tests {
         assert!(is_hidden(Path::new("/policies/..data")));
         assert!(is_hidden(Path::new("/policies/.plugins.yaml.swp")));
         assert!(!is_hidden(Path::new("/policies/plugins.yaml")));
+    }
+
+    #[test]
+    fn documents_in_memory_are_parsed_by_name_and_validated_together() {
+        let document = |name: &str, text: &str| PolicyDocument {
+            name: name.into(),
+            text: text.into(),
+        };
+        let config = load_documents(
+            Path::new("/policies"),
+            vec![
+                document(
+                    "listeners.json",
+                    r#"{"listeners":[{"name":"web","address":"127.0.0.1:8080"}]}"#,
+                ),
+                document(
+                    "routes.yaml",
+                    "virtual_hosts:\n  - name: all\n    domains: ['*']\n    routes:\n      - name: ping\n        direct_response: { status: 200 }\n",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.listeners[0].name, "web");
+        assert_eq!(config.virtual_hosts[0].routes[0].name, "ping");
+
+        let errors = load_documents(
+            Path::new("/policies"),
+            vec![document("a.json", "listeners: []"), document("b.yaml", "{")],
+        )
+        .unwrap_err();
+        let files: Vec<&str> = errors.0.iter().map(|error| error.file.as_str()).collect();
+        assert_eq!(files, ["a.json", "b.yaml"], "{errors}");
     }
 }

@@ -11,7 +11,7 @@ pub mod model;
 pub mod raw;
 mod redact;
 
-pub use load::load_dir;
+pub use load::{load_dir, load_documents, PolicyDocument};
 pub use model::*;
 
 use std::fmt;

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for a bounded time: `bash fuzz/run.sh SECONDS` (what `just fuzz`
+# and `just fuzz-smoke` call; fuzz/README.md).
+#
+# Installs what is missing first (the nightly toolchain, cargo-fuzz), builds every target
+# once, replays the committed reproducers in fuzz/regressions/TARGET, then fuzzes each
+# target for SECONDS from its seeds (fuzz/corpus/TARGET) and what earlier runs found
+# (fuzz/work/corpus/TARGET, git-ignored). A crash is saved under fuzz/artifacts/TARGET;
+# the script goes on with the other targets and fails at the end.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+seconds=${1:-60}
+if ! [[ $seconds =~ ^[0-9]+$ ]] || ((seconds == 0)); then
+    echo "usage: $0 SECONDS (a positive whole number of seconds per target)" >&2
+    exit 2
+fi
+
+# cargo-fuzz needs nightly (sanitizers, coverage instrumentation); the workspace itself
+# stays on stable.
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install --locked cargo-fuzz
+fi
+
+# The same flags for the build and the runs, so that a run never rebuilds.
+build_flags=(--release --debug-assertions)
+# cargo-fuzz finds the binaries in fuzz/target; a CARGO_TARGET_DIR from the environment
+# would send them elsewhere.
+unset CARGO_TARGET_DIR
+
+mkdir -p work
+started=$SECONDS
+cargo +nightly fuzz build "${build_flags[@]}"
+echo "fuzz targets built in $((SECONDS - started)) s"
+
+mapfile -t targets < <(cargo +nightly fuzz list)
+failed=()
+for target in "${targets[@]}"; do
+    regressions=(regressions/"$target"/*)
+    if [[ -e ${regressions[0]} ]]; then
+        echo "--- $target: replaying ${#regressions[@]} reproducers"
+        if ! cargo +nightly fuzz run "${build_flags[@]}" "$target" "${regressions[@]}" \
+            -- -runs=1 >"work/$target.regressions.log" 2>&1; then
+            tail -n 40 "work/$target.regressions.log" >&2
+            failed+=("$target (a reproducer in fuzz/regressions/$target)")
+            continue
+        fi
+    fi
+    echo "--- $target: fuzzing for $seconds s"
+    mkdir -p "work/corpus/$target" "corpus/$target"
+    # -timeout: one input taking this long is a finding (a hang), not patience.
+    # -rss_limit_mb: the default; an input that needs more is a finding too.
+    if ! cargo +nightly fuzz run "${build_flags[@]}" "$target" \
+        "work/corpus/$target" "corpus/$target" \
+        -- -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        >"work/$target.log" 2>&1; then
+        tail -n 60 "work/$target.log" >&2
+        failed+=("$target (see fuzz/work/$target.log and fuzz/artifacts/$target)")
+        continue
+    fi
+    grep -E '^stat::number_of_executed_units|^Done [0-9]+ runs' "work/$target.log" | tail -n 2
+done
+
+echo "fuzzing took $((SECONDS - started)) s in all"
+if ((${#failed[@]})); then
+    printf 'failed: %s\n' "${failed[@]}" >&2
+    exit 1
+fi
