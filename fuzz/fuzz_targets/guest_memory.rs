@@ -214,6 +214,7 @@ fn run(accesses: Vec<Access>) {
         vm_configuration: Default::default(),
         env: Vec::new(),
         clusters: HashSet::new(),
+        limits: Default::default(),
     });
     let mut store = Store::new(engine, HostState::new(identity, MAX_PAGES * PAGE));
     store.limiter(|state| &mut state.limits);

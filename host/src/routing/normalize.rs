@@ -251,6 +251,9 @@ fn decode(path: &str, settings: &Normalization) -> Result<String, Rejection> {
         match byte {
             b'\\' if settings.normalize_path => out.push('/'),
             0x21..=0x7e => out.push(char::from(byte)),
+            // Refused as `%00` is: encoding it would give a path that the next look at it
+            // refuses, and no honest path holds a NUL.
+            0 if settings.normalize_path => return Err(Rejection::InvalidPath),
             _ if settings.normalize_path => {
                 out.push('%');
                 out.push(char::from(HEX[usize::from(byte >> 4)]));
@@ -490,7 +493,15 @@ mod tests {
 
     #[test]
     fn broken_escapes_and_nul_are_refused() {
-        for form in ["/a%", "/a%4", "/a%zz", "/a%4g/b", "/a%00b"] {
+        for form in [
+            "/a%",
+            "/a%4",
+            "/a%zz",
+            "/a%4g/b",
+            "/a%00b",
+            "/a\0b",
+            "/a\\../\0\0\\b",
+        ] {
             assert_eq!(
                 path(form, &defaults()),
                 Err(Rejection::InvalidPath),
