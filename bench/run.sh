@@ -13,7 +13,7 @@
 #                         target "baseline", alternating with the others, and report this
 #                         build / baseline: the cost or gain of a change, measured in one session
 #   BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1   the CPUs to pin to
-#   BENCH_PORT_BASE=38080 ports BASE+1 (upstream), +2 (nginx), +3 (Tollgate), +4 (admin),
+#   BENCH_PORT_BASE=18080 ports BASE+1 (upstream), +2 (nginx), +3 (Tollgate), +4 (admin),
 #                         +5 (baseline Tollgate), +6 (its admin)
 #   BENCH_OUT=bench/results/latest.md
 #   BENCH_STRICT=1        exit 3 when a goal is missed (default: report only)
@@ -27,7 +27,7 @@ BENCH_NAME=bench
 # shellcheck source=bench/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-BASE=${BENCH_PORT_BASE:-38080}
+BASE=${BENCH_PORT_BASE:-18080}
 UP_PORT=$((BASE + 1))
 NGINX_PORT=$((BASE + 2))
 TG_PORT=$((BASE + 3))
