@@ -36,6 +36,17 @@ fi
 # would send them elsewhere.
 unset CARGO_TARGET_DIR
 
+# FUZZ_SEED=N makes a run repeatable: libFuzzer's random choices start from N and the run
+# starts from the committed seeds alone (a fresh working corpus), so a CI smoke run does
+# here exactly what it does on a fresh clone and cannot fail by chance.
+seed_flags=()
+corpus_root=work/corpus
+if [[ -n ${FUZZ_SEED:-} ]]; then
+    seed_flags=(-seed="$FUZZ_SEED")
+    corpus_root=$(mktemp -d)
+    trap 'rm -rf "$corpus_root"' EXIT
+fi
+
 mkdir -p work
 started=$SECONDS
 cargo +nightly fuzz build "${build_flags[@]}"
@@ -55,12 +66,13 @@ for target in "${targets[@]}"; do
         fi
     fi
     echo "--- $target: fuzzing for $seconds s"
-    mkdir -p "work/corpus/$target" "corpus/$target"
+    mkdir -p "$corpus_root/$target" "corpus/$target"
     # -timeout: one input taking this long is a finding (a hang), not patience.
     # -rss_limit_mb: the default; an input that needs more is a finding too.
     if ! cargo +nightly fuzz run "${build_flags[@]}" "$target" \
-        "work/corpus/$target" "corpus/$target" \
+        "$corpus_root/$target" "corpus/$target" \
         -- -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        "${seed_flags[@]}" \
         >"work/$target.log" 2>&1; then
         tail -n 60 "work/$target.log" >&2
         failed+=("$target (see fuzz/work/$target.log and fuzz/artifacts/$target)")
