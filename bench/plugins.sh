@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tollgate with plugins vs Tollgate without: what a plugin chain, a header-heavy plugin and
-# epoch interruption cost (design brief §10). Same method as bench/run.sh: the gateway
+# epoch interruption cost (bench/README.md, "The goals"). Same method as bench/run.sh: the gateway
 # pinned to one CPU with one worker, the upstream and the load generators on the other,
 # closed loop (wrk) for throughput, fixed rate (bench/loadgen.py) at half of the 0-plugin
 # maximum for latency, median of BENCH_RUNS runs. Method and how to read the figures:

@@ -103,7 +103,7 @@ def main():
             fmt_us(f.get("p99.9")), w["errors"] + f.get("errors", 0) + f.get("non200", 0)))
     add("")
 
-    add("## Goals (design brief §10)")
+    add("## Goals (bench/README.md, \"The goals\")")
     add("")
     add("| figure | measured | goal | |")
     add("|---|---:|---:|:-:|")

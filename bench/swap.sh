@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Hot swap of a plugin module (design brief §10): how soon a new module serves after its
+# Hot swap of a plugin module (bench/README.md, "The goals"): how soon a new module serves after its
 # file is closed, cold (never compiled) and from the compile cache, and what 100 swaps do to
 # requests under load. Tollgate (1 worker, pinned) serves one route whose plugin is the
 # module file marker.wasm; bench/swap.py rewrites that file. Method and how to read the

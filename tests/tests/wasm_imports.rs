@@ -1,6 +1,6 @@
 //! What the built test plugins import and export, read from the modules themselves (a small
 //! parser of the wasm binary's import and export sections; no gateway involved):
-//! - every `env` import is one of the 37 proxy-wasm host functions of DESIGN.md §6, and every
+//! - every `env` import is one of the 37 proxy-wasm host functions (`PROXY_WASM_HOST_FUNCTIONS`), and every
 //!   other import comes from `wasi_snapshot_preview1` — so the host must provide exactly
 //!   these, and the plugins stay loadable by Envoy;
 //! - every plugin exports `memory`, `proxy_abi_version_0_2_1`, `proxy_on_memory_allocate`,
