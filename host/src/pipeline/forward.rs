@@ -330,7 +330,9 @@ async fn try_once(
     let result = match sent {
         Err(_) => Err(TryError::Timeout),
         Ok(Ok(response)) => Ok(response),
-        Ok(Err(error)) if body_limit_exceeded(&error) => Err(TryError::BodyTooLarge),
+        Ok(Err(error)) if caused_by::<http_body_util::LengthLimitError>(&error) => {
+            Err(TryError::BodyTooLarge)
+        }
         Ok(Err(error)) if caused_by::<BodyReadTimeout>(&error) => Err(TryError::BodyTimeout),
         Ok(Err(error)) if caused_by::<MalformedBody>(&error) => Err(TryError::MalformedBody),
         Ok(Err(error)) if error.is_connect() => Err(TryError::Connect(root_cause(&error))),
@@ -492,17 +494,6 @@ fn join_path(prefix: &str, rest: &str) -> String {
         _ if prefix.is_empty() && !rest.starts_with('/') => format!("/{rest}"),
         _ => format!("{prefix}{rest}"),
     }
-}
-
-fn body_limit_exceeded(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(error) = source {
-        if error.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = error.source();
-    }
-    false
 }
 
 fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
