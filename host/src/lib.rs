@@ -12,6 +12,7 @@
 //! | [`routing`] | host and route matching (pure) |
 //! | [`pipeline`] | the per-request flow (see its docs for the phase diagram) |
 //! | [`upstream`] | clusters, load balancing, passive health, pools |
+//! | [`mesh`] | policies to Envoy and Istio, and Istio's resources back |
 //! | [`admin`] | `/healthz`, `/readyz`, `/config`, `/metrics`, `POST /reload` |
 //! | [`telemetry`] | logs and metrics |
 //!
@@ -31,6 +32,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod mesh;
 pub mod pipeline;
 pub mod reload;
 pub mod routing;

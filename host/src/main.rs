@@ -52,6 +52,60 @@ enum Command {
         #[arg(long, default_value = "plugins/dist")]
         plugins: PathBuf,
     },
+    /// Write the policies in another proxy's terms (YAML on stdout). Fields the target
+    /// cannot express are named on stderr as warnings.
+    Export {
+        #[command(subcommand)]
+        target: ExportTarget,
+    },
+    /// Turn another proxy's configuration into a policies folder.
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExportTarget {
+    /// An Envoy v3 bootstrap: listeners, routes, clusters, one wasm filter per plugin.
+    Envoy {
+        #[command(flatten)]
+        from: ExportFrom,
+    },
+    /// Istio resources: Gateway, VirtualService, DestinationRule, ServiceEntry, WasmPlugin.
+    Istio {
+        #[command(flatten)]
+        from: ExportFrom,
+    },
+}
+
+/// What an export reads, and how strict it is.
+#[derive(clap::Args)]
+struct ExportFrom {
+    #[arg(long, default_value = "policies")]
+    policies: PathBuf,
+    #[arg(long, default_value = "plugins/dist")]
+    plugins: PathBuf,
+    /// Fail, writing nothing, when a field cannot be expressed in the target.
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(Subcommand)]
+enum ImportSource {
+    /// Istio resources (multi-document YAML files) into a policies folder.
+    Istio {
+        /// Files of Gateway, VirtualService, DestinationRule, ServiceEntry and WasmPlugin
+        /// resources.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The policies folder to write (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Fail, writing nothing, when a field cannot be expressed in the policies.
+        #[arg(long)]
+        strict: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -109,5 +163,76 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Export { target } => {
+            let (from, translated) = match target {
+                ExportTarget::Envoy { from } => {
+                    let translated = tollgate::mesh::envoy::export(&from.policies, &from.plugins);
+                    (from, translated)
+                }
+                ExportTarget::Istio { from } => {
+                    let translated =
+                        tollgate::mesh::istio_export::export(&from.policies, &from.plugins);
+                    (from, translated)
+                }
+            };
+            match translated {
+                Ok(translation) => {
+                    if !report_losses(&translation.losses, from.strict) {
+                        return ExitCode::FAILURE;
+                    }
+                    print!("{}", translation.output);
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("tollgate: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Import {
+            source: ImportSource::Istio { files, out, strict },
+        } => match tollgate::mesh::istio_import::import(&files) {
+            Ok(translation) => {
+                if !report_losses(&translation.losses, strict) {
+                    return ExitCode::FAILURE;
+                }
+                match write_policies(&out, &translation.output) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => {
+                        eprintln!("tollgate: {error:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Err(error) => {
+                eprintln!("tollgate: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// Prints what a translation could not carry over: warnings, or under `--strict` errors.
+/// Returns whether the output may be written.
+fn report_losses(losses: &tollgate::mesh::Losses, strict: bool) -> bool {
+    let level = if strict { "error" } else { "warning" };
+    for loss in losses.iter() {
+        eprintln!("{level}: {loss}");
+    }
+    if strict && !losses.is_empty() {
+        eprintln!("tollgate: nothing written: --strict and the fields above cannot be expressed");
+        return false;
+    }
+    true
+}
+
+/// Writes the policy files of an import into `out`.
+fn write_policies(out: &std::path::Path, files: &[(String, String)]) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for (name, contents) in files {
+        let path = out.join(name);
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }

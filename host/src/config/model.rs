@@ -351,6 +351,8 @@ pub struct Plugin {
     pub max_traps_per_minute: u32,
     /// How long an open circuit answers without running the plugin before a probe.
     pub circuit_open_time: Duration,
+    /// One VM and root context for the gateway (not per worker), attached to no route.
+    pub singleton: bool,
     pub origin: Origin,
 }
 
@@ -1400,6 +1402,23 @@ impl Validator<'_> {
                 format!("{:?} is not a .wasm (or .wat) file", raw.module),
             );
         }
+        if raw.singleton {
+            // A singleton serves the gateway, not requests: nothing routes to it.
+            if raw.apply_to.is_some() {
+                self.error(
+                    &origin,
+                    "apply_to",
+                    "a singleton plugin runs for the whole gateway and applies to no route",
+                );
+            }
+            if !raw.route_config.is_empty() {
+                self.error(
+                    &origin,
+                    "route_config",
+                    "a singleton plugin runs for the whole gateway and applies to no route",
+                );
+            }
+        }
         if let Some(limit) = raw.memory_limit {
             if limit < 1024 * 1024 {
                 self.error(
@@ -1434,6 +1453,7 @@ impl Validator<'_> {
                 raw.circuit_open_time.as_ref(),
                 Duration::from_secs(30),
             ),
+            singleton: raw.singleton,
             origin,
         }
     }

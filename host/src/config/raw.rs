@@ -372,6 +372,10 @@ pub struct Plugin {
     pub vm_id: Option<String>,
     pub max_traps_per_minute: Option<u32>,
     pub circuit_open_time: Option<String>,
+    /// One VM and root context for the whole gateway, attached to no route (Envoy's
+    /// `WasmService` with `singleton: true`).
+    #[serde(default)]
+    pub singleton: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
