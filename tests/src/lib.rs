@@ -10,3 +10,4 @@ pub mod gateway;
 pub mod h2frames;
 pub mod plugins;
 pub mod prometheus;
+pub mod python;
