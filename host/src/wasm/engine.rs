@@ -226,7 +226,8 @@ fn detect_abi(module: &Module) -> Result<AbiVersion, String> {
 }
 
 /// Every `env` import must be a host function the ABI defines, every other import a WASI
-/// preview-1 function; a name outside those fails now, not on the first request.
+/// preview-1 function (under `wasi_snapshot_preview1` or `wasi_unstable`); a name outside
+/// those fails now, not on the first request.
 fn check_imports(module: &Module) -> Result<(), String> {
     let known_env: std::collections::HashSet<&str> = abi::HOST_FUNCTIONS
         .iter()
@@ -237,8 +238,7 @@ fn check_imports(module: &Module) -> Result<(), String> {
         .imports()
         .filter(|import| match import.module() {
             "env" => !known_env.contains(import.name()),
-            "wasi_snapshot_preview1" => false,
-            _ => true,
+            module => !abi::WASI_MODULES.contains(&module),
         })
         .map(|import| format!("{}.{}", import.module(), import.name()))
         .collect();
@@ -308,6 +308,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.contains("env.proxy_teleport"), "{error}");
+    }
+
+    #[test]
+    fn wasi_is_provided_under_both_module_names() {
+        let module = load(
+            r#"(module
+                 (import "wasi_unstable" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+                 (import "wasi_unstable" "proc_exit" (func (param i32)))
+                 (import "wasi_unstable" "path_open"
+                   (func (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+                 (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+                 (memory (export "memory") 1)
+                 (func (export "malloc") (param i32) (result i32) i32.const 0)
+                 (func (export "proxy_abi_version_0_2_1")))"#,
+        );
+        assert!(module.is_ok(), "{:?}", module.err());
+        let other = load(
+            r#"(module (import "wasi_preview9" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+                 (memory (export "memory") 1)
+                 (func (export "malloc") (param i32) (result i32) i32.const 0)
+                 (func (export "proxy_abi_version_0_2_1")))"#,
+        )
+        .unwrap_err();
+        assert!(other.contains("wasi_preview9.fd_write"), "{other}");
     }
 
     #[test]

@@ -117,11 +117,14 @@ impl std::fmt::Display for PluginFailure {
     }
 }
 
+/// The bytes a plugin reads as its configuration, as Envoy delivers them: a string is its
+/// raw UTF-8 (a `StringValue` configuration), any other JSON value is JSON (Istio's
+/// `pluginConfig`), and an absent or null value is empty.
 fn json_bytes(value: &serde_json::Value) -> Bytes {
-    if value.is_null() {
-        Bytes::new()
-    } else {
-        Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+    match value {
+        serde_json::Value::Null => Bytes::new(),
+        serde_json::Value::String(text) => Bytes::from(text.clone().into_bytes()),
+        other => Bytes::from(serde_json::to_vec(other).unwrap_or_default()),
     }
 }
 
@@ -1051,5 +1054,18 @@ mod tests {
         assert!(grpc_message_exceeds(&framed[..5], 9));
         assert!(!grpc_message_exceeds(&framed[..3], 9));
         assert!(grpc_message_exceeds(&[0; 4], 3));
+    }
+
+    #[test]
+    fn string_configuration_is_raw_and_other_values_are_json() {
+        use serde_json::json;
+        assert_eq!(json_bytes(&json!("Hello")), "Hello");
+        assert_eq!(json_bytes(&json!("")), "");
+        assert_eq!(json_bytes(&json!("{\"a\":1}")), "{\"a\":1}");
+        assert_eq!(json_bytes(&json!({ "a": "b" })), r#"{"a":"b"}"#);
+        assert_eq!(json_bytes(&json!(["x", 2])), r#"["x",2]"#);
+        assert_eq!(json_bytes(&json!(42)), "42");
+        assert_eq!(json_bytes(&json!(true)), "true");
+        assert_eq!(json_bytes(&serde_json::Value::Null), "");
     }
 }

@@ -11,7 +11,7 @@ mod wasi;
 
 use wasmtime::Linker;
 
-pub use wasi::define_missing as define_missing_wasi;
+pub use wasi::{define_missing as define_missing_wasi, MODULES as WASI_MODULES};
 
 use super::host::HostState;
 

@@ -2,6 +2,11 @@
 //! goes to the log, clocks and randomness work, the environment is the plugin's configured
 //! `env` only, and there are no files, directories or sockets (every descriptor is bad).
 //! Any other WASI import a module declares answers `ENOSYS` (see [`define_missing`]).
+//!
+//! Like Envoy, the host offers the same functions under both WASI module names: the current
+//! `wasi_snapshot_preview1` and the older `wasi_unstable`, which other SDKs' toolchains still
+//! emit (AssemblyScript's `proc_exit`, for one). The functions defined here have the same
+//! signatures under both names.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,7 +18,8 @@ use crate::wasm::memory;
 
 type Ctx<'a> = Caller<'a, HostState>;
 
-const MODULE: &str = "wasi_snapshot_preview1";
+/// The import module names the WASI functions are defined under.
+pub const MODULES: [&str; 2] = ["wasi_snapshot_preview1", "wasi_unstable"];
 const ERRNO_SUCCESS: u32 = 0;
 const ERRNO_BADF: u32 = 8;
 const ERRNO_FAULT: u32 = 21;
@@ -125,18 +131,26 @@ fn environ_get(mut caller: Ctx<'_>, pointers: u32, buffer: u32) -> u32 {
 }
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(MODULE, "fd_write", fd_write)?;
-    linker.func_wrap(MODULE, "clock_time_get", clock_time_get)?;
+    for module in MODULES {
+        add_module(linker, module)?;
+    }
+    Ok(())
+}
+
+/// Defines the WASI functions under the import module name `module`.
+fn add_module(linker: &mut Linker<HostState>, module: &str) -> wasmtime::Result<()> {
+    linker.func_wrap(module, "fd_write", fd_write)?;
+    linker.func_wrap(module, "clock_time_get", clock_time_get)?;
     linker.func_wrap(
-        MODULE,
+        module,
         "clock_res_get",
         |mut caller: Ctx<'_>, _clock: u32, ret: u32| errno(memory::write_u64(&mut caller, ret, 1)),
     )?;
-    linker.func_wrap(MODULE, "random_get", random_get)?;
-    linker.func_wrap(MODULE, "environ_sizes_get", environ_sizes_get)?;
-    linker.func_wrap(MODULE, "environ_get", environ_get)?;
+    linker.func_wrap(module, "random_get", random_get)?;
+    linker.func_wrap(module, "environ_sizes_get", environ_sizes_get)?;
+    linker.func_wrap(module, "environ_get", environ_get)?;
     linker.func_wrap(
-        MODULE,
+        module,
         "args_sizes_get",
         |mut caller: Ctx<'_>, ret_count: u32, ret_size: u32| {
             errno(
@@ -145,12 +159,12 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             )
         },
     )?;
-    linker.func_wrap(MODULE, "args_get", |_: Ctx<'_>, _: u32, _: u32| {
+    linker.func_wrap(module, "args_get", |_: Ctx<'_>, _: u32, _: u32| {
         ERRNO_SUCCESS
     })?;
-    linker.func_wrap(MODULE, "sched_yield", |_: Ctx<'_>| ERRNO_SUCCESS)?;
+    linker.func_wrap(module, "sched_yield", |_: Ctx<'_>| ERRNO_SUCCESS)?;
     linker.func_wrap(
-        MODULE,
+        module,
         "proc_exit",
         |_: Ctx<'_>, code: u32| -> wasmtime::Result<()> {
             Err(wasmtime::Error::msg(format!(
@@ -159,45 +173,46 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
     // No descriptors exist beyond stdout and stderr: files, directories and sockets are denied.
-    linker.func_wrap(MODULE, "fd_close", |_: Ctx<'_>, _fd: u32| ERRNO_BADF)?;
+    linker.func_wrap(module, "fd_close", |_: Ctx<'_>, _fd: u32| ERRNO_BADF)?;
     linker.func_wrap(
-        MODULE,
+        module,
         "fd_seek",
         |_: Ctx<'_>, _fd: u32, _offset: i64, _whence: u32, _ret: u32| ERRNO_BADF,
     )?;
     linker.func_wrap(
-        MODULE,
+        module,
         "fd_read",
         |_: Ctx<'_>, _fd: u32, _iovs: u32, _len: u32, _ret: u32| ERRNO_BADF,
     )?;
     linker.func_wrap(
-        MODULE,
+        module,
         "fd_fdstat_get",
         |_: Ctx<'_>, _fd: u32, _ret: u32| ERRNO_BADF,
     )?;
     linker.func_wrap(
-        MODULE,
+        module,
         "fd_prestat_get",
         |_: Ctx<'_>, _fd: u32, _ret: u32| ERRNO_BADF,
     )?;
     linker.func_wrap(
-        MODULE,
+        module,
         "fd_prestat_dir_name",
         |_: Ctx<'_>, _fd: u32, _ptr: u32, _len: u32| ERRNO_BADF,
     )?;
     linker.func_wrap(
-        MODULE,
+        module,
         "fd_filestat_get",
         |_: Ctx<'_>, _fd: u32, _ret: u32| ERRNO_BADF,
     )?;
     Ok(())
 }
 
-/// Defines every other WASI import `module` declares as a function answering `ENOSYS`, so
-/// that a module pulling in, say, `path_open` still loads but cannot use it.
+/// Defines every other WASI import `module` declares (under either module name) as a
+/// function answering `ENOSYS`, so that a module pulling in, say, `path_open` still loads but
+/// cannot use it.
 pub fn define_missing(linker: &mut Linker<HostState>, module: &Module) -> wasmtime::Result<()> {
     for import in module.imports() {
-        if import.module() != MODULE {
+        if !MODULES.contains(&import.module()) {
             continue;
         }
         if DEFINED.contains(&import.name()) {
@@ -208,7 +223,7 @@ pub fn define_missing(linker: &mut Linker<HostState>, module: &Module) -> wasmti
         };
         let results: Vec<_> = func_type.results().collect();
         linker.func_new(
-            MODULE,
+            import.module(),
             import.name(),
             func_type,
             move |_caller, _params, out| {
