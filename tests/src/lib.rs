@@ -2,6 +2,7 @@
 //! gateway binary, for integration tests that exercise the gateway over real sockets.
 #![forbid(unsafe_code)]
 
+pub mod assemblyscript;
 pub mod backends;
 pub mod bundled;
 pub mod certs;

@@ -22,6 +22,11 @@ pub fn unknown_abi_wat() -> PathBuf {
     wat_path("unknown-abi.wat")
 }
 
+/// A proxy-wasm module whose WASI imports come from `wasi_unstable` (see its comments).
+pub fn wasi_unstable_wat() -> PathBuf {
+    wat_path("wasi-unstable.wat")
+}
+
 fn wat_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("plugins")
@@ -230,12 +235,13 @@ impl PluginSpec {
         Self(fields)
     }
 
-    /// The configuration handed to `on_configure` (as JSON bytes).
+    /// The configuration handed to `on_configure`: a string as its raw bytes, any other
+    /// value as JSON.
     pub fn config(self, config: Value) -> Self {
         self.field("config", config)
     }
 
-    /// The VM configuration handed to `on_vm_start` (as JSON bytes).
+    /// The VM configuration handed to `on_vm_start`, delivered as `config` is.
     pub fn vm_config(self, config: Value) -> Self {
         self.field("vm_config", config)
     }
@@ -325,6 +331,7 @@ mod tests {
         }
         assert!(no_abi_wat().is_file());
         assert!(unknown_abi_wat().is_file());
+        assert!(wasi_unstable_wat().is_file());
     }
 
     #[test]

@@ -86,7 +86,7 @@ fn requirements_path() -> PathBuf {
 }
 
 /// The cargo target directory this crate was built in (above its build script's OUT_DIR).
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     Path::new(env!("OUT_DIR"))
         .ancestors()
         .find(|dir| dir.file_name().is_some_and(|name| name == "build"))

@@ -586,7 +586,8 @@ fn describe(error: &wasmtime::Error) -> String {
     let reason = match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => "CPU deadline exceeded (epoch interruption)".to_string(),
         Some(trap) => trap.to_string(),
-        None => format!("{error}"),
+        // A host function's own error (`proc_exit`, say) lies under wasmtime's context.
+        None => error.root_cause().to_string(),
     };
     match error.downcast_ref::<wasmtime::WasmBacktrace>() {
         Some(backtrace) if !backtrace.frames().is_empty() => {
