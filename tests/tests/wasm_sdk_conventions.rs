@@ -99,7 +99,7 @@ async fn a_string_route_configuration_is_raw_and_no_configuration_is_empty() {
 #[tokio::test]
 async fn wasi_unstable_imports_pass_check_and_run() {
     let plugin = PluginSpec::new("wasi-unstable", wasi_unstable_wat());
-    let outcome = check_plugins(&[plugin.clone()]);
+    let outcome = check_plugins(std::slice::from_ref(&plugin));
     assert_eq!(
         outcome.code,
         Some(0),
