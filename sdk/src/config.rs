@@ -1,7 +1,8 @@
 //! Typed JSON configuration whose errors name the field.
 //!
-//! The host hands a plugin its configuration as JSON bytes (`plugins[].config` in a
-//! Tollgate policy, `configuration` in Envoy). [`parse`] turns it into a serde type and, on
+//! The host hands a plugin its configuration as JSON bytes (an object in `plugins[].config`
+//! of a Tollgate policy, or a string holding JSON text, which arrives as its raw bytes;
+//! `configuration` in Envoy). [`parse`] turns it into a serde type and, on
 //! failure, says where: `field "plans.gold.requests_per_second": invalid type: string "x",
 //! expected f64`. Give config structs `#[serde(deny_unknown_fields)]` so typos are errors.
 //!
