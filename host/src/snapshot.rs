@@ -220,7 +220,8 @@ pub fn check(
 }
 
 /// Each route's chain: global plugins, those of its virtual host and its own, ordered by
-/// priority (higher first) and then as written.
+/// priority (higher first) and then as written. Singletons serve the gateway and are in no
+/// chain.
 fn chains(config: &Config, plugins: &[Arc<Plugin>]) -> HashMap<String, Chain> {
     let mut chains = HashMap::new();
     for vhost in &config.virtual_hosts {
@@ -230,7 +231,7 @@ fn chains(config: &Config, plugins: &[Arc<Plugin>]) -> HashMap<String, Chain> {
                 .iter()
                 .zip(plugins)
                 .filter(|(spec, _)| match &spec.apply_to {
-                    None => true,
+                    None => !spec.singleton,
                     Some(apply) => {
                         apply.virtual_hosts.contains(&vhost.name)
                             || apply.routes.contains(&route.name)
