@@ -444,12 +444,7 @@ impl Plugin {
     /// singleton thread, and starts the callouts its `on_vm_start` and `on_configure` asked
     /// for. False when there was none to take: the singleton runs already.
     pub(crate) fn take_over_parked_vm(self: &Arc<Self>) -> bool {
-        let Some(started) = self
-            .parked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
+        let Some(started) = self.parked.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return false;
         };
         self.install(&mut self.slot().borrow_mut(), started);
