@@ -415,4 +415,21 @@ mod tests {
         );
         std::fs::remove_dir_all(&plugins_dir).unwrap();
     }
+
+    #[test]
+    fn a_singleton_is_in_no_route_chain() {
+        let plugins_dir = tempfile_dir();
+        std::fs::write(plugins_dir.join("noop.wat"), NOOP_PLUGIN).unwrap();
+        let config = config(
+            "virtual_hosts:\n  - name: all\n    domains: [\"*\"]\n    routes:\n      - { name: r, direct_response: { status: 200 } }\nplugins:\n  - { name: everywhere, module: noop.wat }\n  - { name: service, module: noop.wat, singleton: true }\n",
+        );
+        let snapshot = Snapshot::build(config, 1, &plugins_dir).unwrap();
+        let chain: Vec<&str> = snapshot.chains["r"]
+            .iter()
+            .map(|plugin| plugin.name.as_str())
+            .collect();
+        assert_eq!(chain, ["everywhere"]);
+        assert!(snapshot.plugins[1].singleton);
+        std::fs::remove_dir_all(&plugins_dir).unwrap();
+    }
 }
