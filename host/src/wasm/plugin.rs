@@ -5,6 +5,8 @@
 //! context per configuration (the plugin's own and each per-route override) and the stream
 //! contexts of that worker's requests. A VM's timers, queue wake-ups and callout answers run
 //! as tasks on the same worker runtime, so a VM is only ever touched by its own thread.
+//! A singleton plugin is the same machinery on one thread only, the singleton thread (see
+//! `wasm::singleton`): its VM there is the one its snapshot started, and no worker builds one.
 //!
 //! A trap costs one request: the trapped VM is discarded (with the stream contexts in it;
 //! the requests that had one go on with a fresh context, see `pipeline::plugins`), the
