@@ -240,7 +240,10 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { role: self.role, enqueue_failed: None }))
+        Some(Box::new(Stream {
+            role: self.role,
+            enqueue_failed: None,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
