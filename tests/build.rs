@@ -35,6 +35,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("tp-limits", "TP_LIMITS"),
     ("tp-retire", "TP_RETIRE"),
     ("tp-http-config", "TP_HTTP_CONFIG"),
+    ("tp-singleton", "TP_SINGLETON"),
 ];
 
 const TARGET: &str = "wasm32-wasip1";

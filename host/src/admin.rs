@@ -7,7 +7,7 @@
 //! | `GET /readyz` | `200 ready` while serving, `503 draining` after SIGTERM |
 //! | `GET /config` | the merged policies as JSON, plugin secrets redacted |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /plugins` | every plugin instance: module file, sha256, ABI, loaded at, status, last error, routes, traps, trap circuit |
+//! | `GET /plugins` | every plugin instance: module file, sha256, ABI, loaded at, status, last error, routes, singleton, traps, trap circuit |
 //! | `POST /reload` | rebuild from the folders now; `200` when live, `422` with the error otherwise |
 //!
 //! Admin changes what the gateway serves, so it is guarded even on loopback:
@@ -309,6 +309,7 @@ fn plugins(state: &GatewayState) -> serde_json::Value {
                 "status": if last_error.is_some() { "serving last good version" } else { "active" },
                 "last_error": last_error,
                 "routes": routes,
+                "singleton": plugin.singleton,
                 "traps": plugin.stats.traps.load(Ordering::Relaxed),
                 "vm_restarts": plugin.stats.vm_restarts.load(Ordering::Relaxed),
                 "circuit": circuit_json(&plugin.circuit.view()),

@@ -220,7 +220,8 @@ pub fn check(
 }
 
 /// Each route's chain: global plugins, those of its virtual host and its own, ordered by
-/// priority (higher first) and then as written.
+/// priority (higher first) and then as written. Singletons serve the gateway and are in no
+/// chain.
 fn chains(config: &Config, plugins: &[Arc<Plugin>]) -> HashMap<String, Chain> {
     let mut chains = HashMap::new();
     for vhost in &config.virtual_hosts {
@@ -230,7 +231,7 @@ fn chains(config: &Config, plugins: &[Arc<Plugin>]) -> HashMap<String, Chain> {
                 .iter()
                 .zip(plugins)
                 .filter(|(spec, _)| match &spec.apply_to {
-                    None => true,
+                    None => !spec.singleton,
                     Some(apply) => {
                         apply.virtual_hosts.contains(&vhost.name)
                             || apply.routes.contains(&route.name)
@@ -412,6 +413,23 @@ mod tests {
             !same(&swapped, &moved, 0) && !same(&swapped, &moved, 1),
             "a cluster changed: every plugin rebuilt"
         );
+        std::fs::remove_dir_all(&plugins_dir).unwrap();
+    }
+
+    #[test]
+    fn a_singleton_is_in_no_route_chain() {
+        let plugins_dir = tempfile_dir();
+        std::fs::write(plugins_dir.join("noop.wat"), NOOP_PLUGIN).unwrap();
+        let config = config(
+            "virtual_hosts:\n  - name: all\n    domains: [\"*\"]\n    routes:\n      - { name: r, direct_response: { status: 200 } }\nplugins:\n  - { name: everywhere, module: noop.wat }\n  - { name: service, module: noop.wat, singleton: true }\n",
+        );
+        let snapshot = Snapshot::build(config, 1, &plugins_dir).unwrap();
+        let chain: Vec<&str> = snapshot.chains["r"]
+            .iter()
+            .map(|plugin| plugin.name.as_str())
+            .collect();
+        assert_eq!(chain, ["everywhere"]);
+        assert!(snapshot.plugins[1].singleton);
         std::fs::remove_dir_all(&plugins_dir).unwrap();
     }
 }

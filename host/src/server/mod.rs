@@ -9,6 +9,8 @@
 //! and at shutdown for every plugin, each worker calls `proxy_on_done` on its own VM of it
 //! and keeps that VM running until the plugin calls `proxy_done` or `server.drain_timeout`
 //! passes. A swap does not wait for that; shutdown does (after the connections drained).
+//! Singleton plugins run on their own thread instead (see `wasm::singleton`): a swap starts
+//! the new ones before the pointer changes, and shutdown retires them after the workers.
 
 pub mod body;
 mod connection;
@@ -40,6 +42,10 @@ pub struct Retirement {
 /// receiver only skips the retirement: the VMs still go when the snapshot does).
 const RETIREMENT_BACKLOG: usize = 64;
 
+/// How long shutdown waits for singletons' `on_done` when the drain timeout has already
+/// passed: the call itself, not the `proxy_done` a plugin may promise for later.
+const SINGLETON_ON_DONE_GRACE: Duration = Duration::from_millis(500);
+
 /// State shared by the workers and the admin listener.
 pub struct GatewayState {
     snapshot: ArcSwap<Snapshot>,
@@ -55,7 +61,9 @@ pub struct GatewayState {
 }
 
 impl GatewayState {
+    /// Starts the snapshot's singleton plugins: they run before anything is served.
     pub fn new(snapshot: Snapshot) -> Self {
+        crate::wasm::singleton::launch(&snapshot.plugins);
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
@@ -82,15 +90,25 @@ impl GatewayState {
 
     /// Replaces the snapshot; requests in flight keep the one they started with. Plugin
     /// instances the new snapshot no longer has are retired by every worker, in the
-    /// background, within the new snapshot's drain timeout.
+    /// background, within the new snapshot's drain timeout. The new snapshot's singletons
+    /// run before the swap, so that one replacing another overlaps it instead of leaving a gap.
     pub fn swap_snapshot(&self, snapshot: Snapshot) {
         let deadline = Instant::now() + snapshot.config.server.drain_timeout;
+        crate::wasm::singleton::launch(&snapshot.plugins);
         let new = Arc::new(snapshot);
         let old = self.snapshot.swap(new.clone());
         let retired: Arc<[Arc<Plugin>]> = old
             .plugins
             .iter()
             .filter(|plugin| !new.plugins.iter().any(|kept| Arc::ptr_eq(kept, plugin)))
+            .cloned()
+            .collect();
+        // Singletons are retired on their own thread, in the background like the workers'
+        // VMs; workers have none of them.
+        drop(crate::wasm::singleton::retire(&retired, deadline));
+        let retired: Arc<[Arc<Plugin>]> = retired
+            .iter()
+            .filter(|plugin| !plugin.singleton)
             .cloned()
             .collect();
         if !retired.is_empty() {
@@ -292,7 +310,7 @@ async fn worker(
     let retiring = tokio::spawn(follow_retirements(retirements, shutdown.clone()));
     // Start this worker's plugin VMs before the first request, so that no request pays for
     // instantiation and every VM has run on_vm_start before traffic arrives.
-    for plugin in &state.snapshot().plugins {
+    for plugin in state.snapshot().plugins.iter().filter(|p| !p.singleton) {
         if let Err(error) = plugin.with_vm(|_, _| Ok(())) {
             tracing::error!(plugin = %plugin.name, %error, "plugin VM failed to start on a worker");
         }
@@ -329,7 +347,7 @@ async fn worker(
         let _ = tokio::time::timeout(Duration::from_millis(100), closed).await;
     }
     let mut retiring = retiring.await.unwrap_or_default();
-    for plugin in state.snapshot().plugins.iter() {
+    for plugin in state.snapshot().plugins.iter().filter(|p| !p.singleton) {
         retiring.spawn(plugin.clone().retire(deadline));
     }
     while retiring.join_next().await.is_some() {}
@@ -429,6 +447,16 @@ impl Workers {
                 workers_busy += 1;
             }
         }
+        // Singletons last: what route plugins flushed in their on_done (a shared queue, say)
+        // still reaches them. Their on_done is called even when the deadline has passed.
+        let singletons_retired =
+            crate::wasm::singleton::retire(&self.state.snapshot().plugins, deadline);
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .max(SINGLETON_ON_DONE_GRACE);
+        if singletons_retired.recv_timeout(wait).is_err() {
+            workers_busy += 1;
+        }
         Drained {
             connections,
             workers_busy,
@@ -441,6 +469,7 @@ impl Workers {
 pub struct Drained {
     /// Connections still open.
     pub connections: usize,
-    /// Workers still finishing (connections, or plugins that had not called `proxy_done`).
+    /// Workers (or the singleton thread) still finishing: connections, or plugins that had
+    /// not called `proxy_done`.
     pub workers_busy: usize,
 }

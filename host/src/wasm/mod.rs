@@ -8,6 +8,7 @@
 //! | [`host`] | the store data the host functions work on |
 //! | [`vm`] | one instance: contexts, callbacks under a CPU deadline, traps |
 //! | [`plugin`] | a plugin instance: a VM per worker, failure policy, callouts, timers |
+//! | [`singleton`] | singleton plugins: one VM for the gateway on its own thread, in no route |
 //! | [`circuit`] | a plugin's trap circuit: repeated traps stop it from running for a while |
 //! | [`shared`] | shared data and queues across VMs |
 //! | [`metrics`] | plugin-defined metrics |
@@ -23,4 +24,5 @@ pub mod memory;
 pub mod metrics;
 pub mod plugin;
 pub mod shared;
+pub mod singleton;
 pub mod vm;

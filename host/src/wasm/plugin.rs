@@ -5,6 +5,8 @@
 //! context per configuration (the plugin's own and each per-route override) and the stream
 //! contexts of that worker's requests. A VM's timers, queue wake-ups and callout answers run
 //! as tasks on the same worker runtime, so a VM is only ever touched by its own thread.
+//! A singleton plugin is the same machinery on one thread only, the singleton thread (see
+//! `wasm::singleton`): its VM there is the one its snapshot started, and no worker builds one.
 //!
 //! A trap costs one request: the trapped VM is discarded (with the stream contexts in it;
 //! the requests that had one go on with a fresh context, see `pipeline::plugins`), the
@@ -25,8 +27,8 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -41,6 +43,9 @@ use super::shared::VmEvent;
 use super::vm::{Vm, VmTrap};
 
 type EventReceiver = tokio::sync::mpsc::UnboundedReceiver<VmEvent>;
+
+/// A started VM: its root contexts by configuration key and its events' receiving end.
+type StartedVm = (Vm, Roots, EventReceiver);
 
 /// How often a retiring VM is checked for `proxy_done`: off the request path, and short
 /// next to any drain timeout.
@@ -95,6 +100,14 @@ pub struct Plugin {
     pub stats: PluginStats,
     /// Opened by repeated traps, across the workers.
     pub circuit: Circuit,
+    /// One VM for the gateway on the singleton thread (see `wasm::singleton`), in no route
+    /// chain.
+    pub singleton: bool,
+    /// A singleton's first VM, started (and so validated) with the snapshot and waiting for
+    /// the singleton thread to take it over: it is the one VM, never a canary.
+    parked: Mutex<Option<StartedVm>>,
+    /// A singleton that was retired is never given a fresh VM again.
+    retired: AtomicBool,
 }
 
 /// Why a plugin could not run a callback.
@@ -176,17 +189,20 @@ impl Plugin {
             vms: ThreadLocal::new(),
             stats: PluginStats::default(),
             circuit: Circuit::new(config.max_traps_per_minute, config.circuit_open_time),
+            singleton: config.singleton,
+            parked: Mutex::new(None),
+            retired: AtomicBool::new(false),
         });
-        plugin
-            .start_vm()
-            .map(drop)
-            .map_err(|trap| trap.to_string())?;
+        let started = plugin.start_vm().map_err(|trap| trap.to_string())?;
+        if plugin.singleton {
+            *plugin.parked.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
+        }
         Ok(plugin)
     }
 
     /// A new VM with every root context configured, and the receiving end of its events
     /// (shared-queue wake-ups) for its event loop.
-    fn start_vm(&self) -> Result<(Vm, Roots, EventReceiver), VmTrap> {
+    fn start_vm(&self) -> Result<StartedVm, VmTrap> {
         let mut vm = Vm::new(
             &self.module,
             self.identity.clone(),
@@ -219,6 +235,7 @@ impl Plugin {
         }
         let identity = &self.identity;
         self.name == config.name
+            && self.singleton == config.singleton
             && self.module.sha256 == module.sha256
             && self.failure_policy == config.failure_policy
             && self.priority == config.priority
@@ -360,6 +377,11 @@ impl Plugin {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
+        if self.singleton {
+            // No request comes to probe a singleton: it restarts itself, with back-off.
+            super::singleton::restart_later(self);
+            return;
+        }
         let plugin = Arc::downgrade(self);
         tokio::spawn(async move {
             let Some(plugin) = plugin.upgrade() else {
@@ -379,6 +401,12 @@ impl Plugin {
 
     /// Creates this worker's VM, unless one failed to start too recently.
     fn revive(self: &Arc<Self>, slot: &mut VmSlot) -> Result<(), PluginFailure> {
+        if self.is_retired() {
+            return Err(PluginFailure::Unavailable(format!(
+                "plugin {:?} was retired",
+                self.name
+            )));
+        }
         if let Some(retry_after) = slot.retry_after {
             if Instant::now() < retry_after {
                 return Err(PluginFailure::Unavailable(format!(
@@ -387,7 +415,7 @@ impl Plugin {
                 )));
             }
         }
-        let (vm, roots, receiver) = self.start_vm().map_err(|trap| {
+        let started = self.start_vm().map_err(|trap| {
             slot.consecutive_failures += 1;
             let backoff = Duration::from_millis(100u64 << slot.consecutive_failures.min(9))
                 .min(Duration::from_secs(30));
@@ -395,6 +423,12 @@ impl Plugin {
             tracing::error!(plugin = %self.name, error = %trap, "plugin VM failed to start");
             PluginFailure::Trap(trap)
         })?;
+        self.install(slot, started);
+        Ok(())
+    }
+
+    /// Makes `started` this thread's VM, with its event loop on this thread's runtime.
+    fn install(self: &Arc<Self>, slot: &mut VmSlot, (vm, roots, receiver): StartedVm) {
         if slot.generation > 0 {
             self.stats.vm_restarts.fetch_add(1, Ordering::Relaxed);
             crate::telemetry::metrics::metrics().plugin_restart(&self.name);
@@ -409,7 +443,27 @@ impl Plugin {
         slot.roots = roots;
         slot.retry_after = None;
         slot.consecutive_failures = 0;
-        Ok(())
+    }
+
+    /// Makes a singleton's parked VM (started with its snapshot) the VM of this thread, the
+    /// singleton thread, and starts the callouts its `on_vm_start` and `on_configure` asked
+    /// for. False when there was none to take: the singleton runs already.
+    pub(crate) fn take_over_parked_vm(self: &Arc<Self>) -> bool {
+        let Some(started) = self.parked.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return false;
+        };
+        self.install(&mut self.slot().borrow_mut(), started);
+        let _ = self.with_vm(|_, _| Ok(()));
+        true
+    }
+
+    /// Stops a singleton from being given a fresh VM again: it is being retired.
+    pub(crate) fn mark_retired(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// Runs `f` on this thread's VM only if it is still the one of `generation`.

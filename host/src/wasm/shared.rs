@@ -312,7 +312,9 @@ impl SharedStore {
         }
     }
 
-    /// Registers (idempotently) a queue and subscribes a root context of a VM to it.
+    /// Registers (idempotently) a queue and subscribes a root context of a VM to it. A new
+    /// subscriber of a queue that holds items is woken at once: items enqueued while no VM
+    /// listened (a singleton between a trap and its fresh VM) do not wait for the next one.
     pub fn register_queue(
         &self,
         vm_id: &str,
@@ -340,6 +342,17 @@ impl SharedStore {
             .iter()
             .any(|(sender, root)| sender.same_channel(&events) && *root == root_context)
         {
+            let waiting = !queue
+                .items
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
+            if waiting {
+                let _ = events.send(VmEvent::QueueReady {
+                    root_context,
+                    queue: id,
+                });
+            }
             subscribers.push((events, root_context));
         }
         id
@@ -626,5 +639,25 @@ mod tests {
         assert_eq!(store.dequeue(id).unwrap(), "x");
         store.enqueue(id, Bytes::from_static(b"z"), 2).unwrap();
         assert_eq!(store.enqueue(9999, Bytes::new(), 2), Err(Status::NotFound));
+    }
+
+    #[test]
+    fn a_new_subscriber_is_woken_for_items_already_queued() {
+        let store = SharedStore::default();
+        let (first, first_events) = tokio::sync::mpsc::unbounded_channel();
+        let id = store.register_queue("vm", "q", first, 1);
+        drop(first_events);
+        store.enqueue(id, Bytes::from_static(b"x"), 10).unwrap();
+        let (second, mut second_events) = tokio::sync::mpsc::unbounded_channel();
+        store.register_queue("vm", "q", second.clone(), 2);
+        assert!(matches!(
+            second_events.try_recv(),
+            Ok(VmEvent::QueueReady { root_context: 2, queue }) if queue == id
+        ));
+        store.register_queue("vm", "q", second, 2);
+        assert!(
+            second_events.try_recv().is_err(),
+            "registering again is no new subscription"
+        );
     }
 }
