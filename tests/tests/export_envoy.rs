@@ -537,3 +537,93 @@ fn the_validator_rejects_what_envoy_would_reject() {
         assert!(stderr.contains("not an Envoy v3 Bootstrap"), "{stderr}");
     }
 }
+
+/// A module written as text: Tollgate loads it, Envoy does not.
+const NOOP_WAT: &str = r#"(module (memory (export "memory") 1)
+    (func (export "malloc") (param i32) (result i32) i32.const 0)
+    (func (export "proxy_abi_version_0_2_0"))
+    (func (export "proxy_on_context_create") (param i32 i32)))"#;
+
+#[test]
+fn narrower_cases_translate_without_a_loss_or_with_the_right_one() {
+    let mut dir = PolicyDir::new();
+    dir.write(
+        "policies.yaml",
+        "
+listeners:
+  - { name: web, address: 127.0.0.1:18081 }
+clusters:
+  - name: app
+    endpoints: [{ address: 127.0.0.1:19011 }, { address: 127.0.0.1:19012 }]
+virtual_hosts:
+  - name: all
+    domains: ['*']
+    routes:
+      - name: orders
+        match: { path: { prefix: /orders } }
+        forward:
+          cluster: app
+          retries: { attempts: 3, on: [connect-failure] }
+      - name: rest
+        forward: { cluster: app }
+plugins:
+  - { name: everywhere, module: noop.wat, config: { a: 1 } }
+",
+    );
+    let plugins = plugins_dir(&dir);
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::write(plugins.join("noop.wat"), NOOP_WAT).unwrap();
+    let (bootstrap, outcome) = exported(&dir);
+
+    // Retrying connect failures only is safe for every method, in Envoy too: no loss, no
+    // restriction to idempotent methods.
+    let manager = connection_manager(listener(&bootstrap, "web"));
+    let all = virtual_host(manager, "all");
+    let retry = &route(all, "orders")["route"]["retry_policy"];
+    assert_eq!(retry["retry_on"], "connect-failure");
+    assert!(retry.get("retriable_request_headers").is_none(), "{retry}");
+    assert!(!outcome.stderr.contains("retries"), "{}", outcome.stderr);
+    // A route with no path match matches every path.
+    assert_eq!(route(all, "rest")["match"], json!({ "prefix": "/" }));
+    // A plugin that runs everywhere is simply on: not disabled, enabled nowhere; and no
+    // fault filter without a fault.
+    assert_eq!(
+        http_filter_names(manager),
+        ["everywhere", "envoy.filters.http.router"]
+    );
+    assert!(http_filter(manager, "everywhere").get("disabled").is_none());
+    assert!(enabled_filters(all).is_empty());
+    // Tollgate's 50 % of two endpoints is one: Envoy ejects one at 50 % too.
+    assert_eq!(
+        cluster(&bootstrap, "app")["outlier_detection"]["max_ejection_percent"],
+        50
+    );
+    // The text module is named, and the loss says what to do.
+    assert!(
+        outcome
+            .stderr
+            .contains("warning: policies.yaml: plugins[0].module: Envoy loads binary modules only"),
+        "{}",
+        outcome.stderr
+    );
+}
+
+#[test]
+fn invalid_policies_are_refused_as_check_refuses_them() {
+    let mut dir = PolicyDir::new();
+    dir.write(
+        "policies.yaml",
+        "listeners:\n  - { name: web, address: 127.0.0.1:18082 }\nvirtual_hosts:\n  - name: all\n    domains: ['*']\n    routes:\n      - { name: r, forward: { cluster: nowhere } }\n",
+    );
+    std::fs::create_dir_all(plugins_dir(&dir)).unwrap();
+    let outcome = export(&dir, false);
+    assert_eq!(outcome.code, Some(1));
+    assert_eq!(outcome.stdout, "");
+    assert!(
+        outcome
+            .stderr
+            .contains("virtual_hosts[0].routes[0].forward.cluster"),
+        "{}",
+        outcome.stderr
+    );
+}

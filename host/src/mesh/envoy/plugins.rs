@@ -264,6 +264,13 @@ fn string_value(configuration: &Value) -> Option<Value> {
 
 /// The plugin settings Envoy has no field for.
 fn plugin_losses(written: &raw::Plugin, origin: &crate::config::Origin, losses: &mut Losses) {
+    if written.module.ends_with(".wat") {
+        losses.add(
+            field(origin, "module"),
+            "Envoy loads binary modules only: compile the .wat to .wasm (wat2wasm) and change \
+             the file name in the bootstrap",
+        );
+    }
     let unexpressed = [
         (
             "callback_timeout",

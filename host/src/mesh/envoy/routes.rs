@@ -242,7 +242,15 @@ fn forward_action(forward: &Forward, origin: &Origin, losses: &mut Losses) -> Va
         if !conditions.status_codes.is_empty() {
             policy["retriable_status_codes"] = json!(conditions.status_codes);
         }
-        if !retries.non_idempotent {
+        // A try whose connection could not be opened never reached the upstream: retrying
+        // it is safe for every method, in Envoy as here.
+        let unsent_only = conditions.connect_failure
+            && !(conditions.any_5xx
+                || conditions.gateway_error
+                || conditions.reset
+                || conditions.retriable_4xx)
+            && conditions.status_codes.is_empty();
+        if !retries.non_idempotent && !unsent_only {
             // Envoy cannot tell a try the upstream never received from one it may have
             // acted on, so non-idempotent requests are not retried at all: the safe side.
             policy["retriable_request_headers"] = json!([{

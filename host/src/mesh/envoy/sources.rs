@@ -86,3 +86,76 @@ impl Sources {
 pub(super) fn field(origin: &Origin, field: &str) -> String {
     origin.child(field).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// Paths of the fields in a document that have a value (not null), list indices
+    /// written `[]`.
+    fn field_paths(value: &serde_json::Value, path: &str, paths: &mut BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                for (name, value) in fields {
+                    let path = if path.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{path}.{name}")
+                    };
+                    if !value.is_null() {
+                        paths.insert(path.clone());
+                    }
+                    field_paths(value, &path, paths);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    field_paths(item, &format!("{path}[]"), paths);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The export tests rely on this folder to exercise every field: a field added to the
+    /// policies must be added to it too, or this fails naming the field.
+    #[test]
+    fn the_every_field_fixture_writes_every_policy_field() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/every-field");
+        let mut every_field = BTreeSet::new();
+        let mut written = BTreeSet::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|ext| ext != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            // As typed, every field of the model is there (absent ones as null or a
+            // default); as plain YAML, only what the file writes.
+            let document: raw::Document = serde_yaml::from_str(&text).unwrap();
+            let mut all = serde_json::to_value(&document).unwrap();
+            // Null sections and fields count as fields too.
+            fill_nulls(&mut all);
+            field_paths(&all, "", &mut every_field);
+            let plain: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+            field_paths(&plain, "", &mut written);
+        }
+        let missing: Vec<&String> = every_field.difference(&written).collect();
+        assert!(
+            missing.is_empty(),
+            "tests/fixtures/every-field does not write {missing:?}"
+        );
+    }
+
+    /// Replaces nulls by an empty string so that [`field_paths`] lists them.
+    fn fill_nulls(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Null => *value = serde_json::Value::String(String::new()),
+            serde_json::Value::Object(fields) => fields.values_mut().for_each(fill_nulls),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(fill_nulls),
+            _ => {}
+        }
+    }
+}
