@@ -566,6 +566,14 @@ virtual_hosts:
           retries: { attempts: 3, on: [connect-failure] }
       - name: rest
         forward: { cluster: app }
+  - name: shadowed
+    domains: ['*', shop.test]
+    routes:
+      - { name: never, direct_response: { status: 404 } }
+  - name: shop
+    domains: [shop.test]
+    routes:
+      - { name: shop-all, direct_response: { status: 200 } }
 plugins:
   - { name: everywhere, module: noop.wat, config: { a: 1 } }
 ",
@@ -593,6 +601,19 @@ plugins:
     );
     assert!(http_filter(manager, "everywhere").get("disabled").is_none());
     assert!(enabled_filters(all).is_empty());
+    // A domain belongs to the first virtual host that names it, as Tollgate routes it;
+    // Envoy refuses a domain named twice, and a virtual host left without one is dropped.
+    let domains: Vec<&Value> = manager["route_config"]["virtual_hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|vhost| &vhost["domains"])
+        .collect();
+    assert_eq!(domains, [&json!(["*"]), &json!(["shop.test"])]);
+    assert_eq!(
+        virtual_host(manager, "shadowed")["domains"],
+        json!(["shop.test"])
+    );
     // Tollgate's 50 % of two endpoints is one: Envoy ejects one at 50 % too.
     assert_eq!(
         cluster(&bootstrap, "app")["outlier_detection"]["max_ejection_percent"],

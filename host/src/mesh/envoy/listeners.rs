@@ -123,15 +123,16 @@ pub(super) fn listeners(
         .listeners
         .iter()
         .map(|listener| {
-            let bound: Vec<Value> = virtual_hosts
-                .iter()
-                .zip(&config.virtual_hosts)
-                .filter(|(_, vhost)| {
-                    config::vhost_listeners(vhost, &config.listeners)
-                        .contains(listener.name.as_str())
-                })
-                .map(|(entry, _)| entry.value.clone())
-                .collect();
+            let bound = unique_domains(
+                virtual_hosts
+                    .iter()
+                    .zip(&config.virtual_hosts)
+                    .filter(|(_, vhost)| {
+                        config::vhost_listeners(vhost, &config.listeners)
+                            .contains(listener.name.as_str())
+                    })
+                    .map(|(entry, _)| entry.value.clone()),
+            );
             let largest_body = virtual_hosts
                 .iter()
                 .map(|entry| entry.largest_direct_body)
@@ -139,6 +140,30 @@ pub(super) fn listeners(
                 .unwrap_or(0);
             let manager = connection_manager(config, listener, bound, largest_body, filters);
             envoy_listener(config, listener, manager)
+        })
+        .collect()
+}
+
+/// The virtual hosts of one listener with each domain left to the first that names it:
+/// Tollgate routes a name to the first virtual host that claims it, and Envoy refuses a
+/// route configuration that names a domain twice. A virtual host left with no domain is
+/// never chosen, and is left out.
+fn unique_domains(virtual_hosts: impl Iterator<Item = Value>) -> Vec<Value> {
+    let mut claimed = HashSet::new();
+    virtual_hosts
+        .filter_map(|mut vhost| {
+            let domains: Vec<Value> = vhost["domains"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|domain| claimed.insert(domain.as_str().unwrap_or_default().to_string()))
+                .cloned()
+                .collect();
+            if domains.is_empty() {
+                return None;
+            }
+            vhost["domains"] = Value::Array(domains);
+            Some(vhost)
         })
         .collect()
 }
