@@ -125,8 +125,10 @@ fn enabled_filters(entry: &Value) -> Vec<&str> {
     let mut names: Vec<&str> = configs
         .iter()
         .filter(|(_, config)| {
+            // Envoy refuses a FilterConfig without `config`; an empty one enables.
             config["@type"] == "type.googleapis.com/envoy.config.route.v3.FilterConfig"
                 && config["disabled"] != true
+                && config["config"] == json!({})
         })
         .map(|(name, _)| name.as_str())
         .collect();

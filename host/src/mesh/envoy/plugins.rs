@@ -155,6 +155,9 @@ impl Filters {
     }
 }
 
+/// A `FilterConfig` that enables a filter disabled in the connection manager: Envoy reads
+/// an empty `config` (an `Any` with no type) as "enabled, no configuration of its own",
+/// and refuses a `FilterConfig` with no `config` at all.
 fn enabled(names: Option<&Vec<String>>) -> Vec<(String, Value)> {
     names
         .into_iter()
@@ -162,7 +165,7 @@ fn enabled(names: Option<&Vec<String>>) -> Vec<(String, Value)> {
         .map(|name| {
             (
                 name.clone(),
-                typed(FILTER_CONFIG, json!({ "disabled": false })),
+                typed(FILTER_CONFIG, json!({ "config": {}, "disabled": false })),
             )
         })
         .collect()
