@@ -538,6 +538,26 @@ fn the_validator_rejects_what_envoy_would_reject() {
         assert!(!ok, "{to} should be rejected");
         assert!(stderr.contains("not an Envoy v3 Bootstrap"), "{stderr}");
     }
+    // What parses but Envoy refuses on loading: a domain twice, an enabling FilterConfig
+    // without its config.
+    for (from, to, problem) in [
+        (
+            "- shop.demo.local\n",
+            "- shop.demo.local\n              - api.demo.local\n",
+            "domain api.demo.local in two virtual hosts",
+        ),
+        (
+            "config: {}\n",
+            "is_optional: false\n",
+            "FilterConfig for keys has no config",
+        ),
+    ] {
+        assert!(outcome.stdout.contains(from), "{from}");
+        let broken = outcome.stdout.replacen(from, to, 1);
+        let (ok, _, stderr) = run_tool("validate_envoy.py", &[], Some(&broken));
+        assert!(!ok, "{to} should be rejected");
+        assert!(stderr.contains(problem), "{stderr}");
+    }
 }
 
 /// A module written as text: Tollgate loads it, Envoy does not.

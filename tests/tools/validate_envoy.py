@@ -32,6 +32,37 @@ from envoy.extensions.wasm.v3 import wasm_pb2  # noqa: F401
 from google.protobuf import wrappers_pb2  # noqa: F401 (StringValue)
 
 
+def load_time_problems(bootstrap):
+    """Rules Envoy enforces when it loads a bootstrap that the schema alone does not say,
+    for the parts the export writes: a route configuration names each domain once, a
+    listener's filter chains match distinct server names, and a FilterConfig that does
+    not disable its filter has a `config` (Envoy refuses "Empty route/virtual host per
+    filter configuration")."""
+    problems = []
+    for listener in bootstrap.get("static_resources", {}).get("listeners", []):
+        chains = listener.get("filter_chains", [])
+        names = [n for c in chains for n in c.get("filter_chain_match", {}).get("server_names", [])]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            problems.append(f"listener {listener['name']}: server name {name} in two filter chains")
+        default = listener.get("default_filter_chain")
+        for chain in chains + ([default] if default else []):
+            for network_filter in chain.get("filters", []):
+                manager = network_filter.get("typed_config", {})
+                route_config = manager.get("route_config", {})
+                domains = [d for v in route_config.get("virtual_hosts", []) for d in v.get("domains", [])]
+                for domain in sorted({d for d in domains if domains.count(d) > 1}):
+                    problems.append(f"listener {listener['name']}: domain {domain} in two virtual hosts")
+                for vhost in route_config.get("virtual_hosts", []):
+                    entries = [vhost] + vhost.get("routes", [])
+                    for entry in entries:
+                        for name, config in entry.get("typed_per_filter_config", {}).items():
+                            if config.get("@type", "").endswith("/envoy.config.route.v3.FilterConfig") \
+                                    and not config.get("disabled") and "config" not in config:
+                                problems.append(
+                                    f"{vhost['name']}/{entry.get('name', '')}: FilterConfig for {name} has no config")
+    return sorted(set(problems))
+
+
 def main():
     text = sys.stdin.read()
     try:
@@ -49,6 +80,12 @@ def main():
         print(f"validate_envoy: not an Envoy v3 Bootstrap: {error}", file=sys.stderr)
         return 1
     parsed = json_format.MessageToDict(bootstrap, preserving_proto_field_name=True)
+    problems = load_time_problems(document)
+    if problems:
+        print("validate_envoy: Envoy would refuse this bootstrap:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
     json.dump(parsed, sys.stdout, indent=1, sort_keys=True)
     print()
     return 0
