@@ -164,7 +164,30 @@ fn the_fixtures_pass_check() {
 #[test]
 fn the_demo_policies_export_to_a_valid_bootstrap() {
     let dir = demo_policies();
-    let (bootstrap, _) = exported(&dir);
+    let (bootstrap, outcome) = exported(&dir);
+
+    // The demo's three settings Envoy has no field for, and nothing else.
+    let warnings: Vec<String> = outcome
+        .stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("warning: "))
+        .map(|line| line.split(": ").take(2).collect::<Vec<_>>().join(": "))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "listeners.yaml: server.drain_timeout",
+            "routes.yaml: virtual_hosts[0].routes[5].forward.retries",
+            "clusters.yaml: clusters[0].limits.max_idle_per_endpoint",
+        ],
+        "{}",
+        outcome.stderr
+    );
+    assert!(
+        outcome.stderr.contains("--drain-time-s 5"),
+        "{}",
+        outcome.stderr
+    );
 
     assert_eq!(
         bootstrap["admin"]["address"]["socket_address"],

@@ -24,15 +24,19 @@ const MAX_CONCURRENT_STREAMS: u32 = 256;
 const MAX_REQUEST_HEADERS_KB: usize = 8192;
 
 /// Losses of the `server` section: settings Envoy has no field for.
-pub(super) fn server_losses(sources: &Sources, losses: &mut Losses) {
+pub(super) fn server_losses(config: &Config, sources: &Sources, losses: &mut Losses) {
     let Some((origin, server)) = &sources.server else {
         return;
     };
     let mut lose = |name: &str, reason: &str| losses.add(field(origin, name), reason);
     if server.drain_timeout.is_some() {
+        // Envoy's option takes whole seconds.
+        let seconds = config.server.drain_timeout.as_secs_f64().ceil();
         lose(
             "drain_timeout",
-            "Envoy takes its drain time from the command line, not the bootstrap: start it with --drain-time-s",
+            &format!(
+                "Envoy takes its drain time from the command line, not the bootstrap: start it with --drain-time-s {seconds}"
+            ),
         );
     }
     if server.body_read_timeout.is_some() {
