@@ -65,9 +65,8 @@ pub(super) fn server_losses(config: &Config, sources: &Sources, losses: &mut Los
         }
     }
     if let Some(access_log) = &server.access_log {
-        let reason =
-            "Envoy's access logs cannot redact values; the export configures no access log, \
-                      and one added by hand must leave these values out of its format";
+        let reason = "Envoy's access logs cannot redact values; the export configures no access \
+                      log, and one added by hand must leave these values out of its format";
         if !access_log.redact_query_params.is_empty() {
             lose("access_log.redact_query_params", reason);
         }

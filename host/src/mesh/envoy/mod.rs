@@ -38,7 +38,7 @@ pub fn export(policies: &Path, plugins: &Path) -> anyhow::Result<Translation<Str
     let mut losses = Losses::new();
 
     listeners::server_losses(config, &sources, &mut losses);
-    let filters = plugins::Filters::build(config, &sources, plugins, &mut losses)?;
+    let filters = plugins::Filters::build(config, &sources, plugins, &mut losses);
     let virtual_hosts = routes::virtual_hosts(config, &sources, &filters, &mut losses);
     let listeners = listeners::listeners(config, &virtual_hosts, &filters);
     let clusters = clusters::clusters(config, &sources, &mut losses);

@@ -32,7 +32,7 @@ pub(super) struct Filters {
     /// The wasm filters in chain order.
     wasm: Vec<Value>,
     /// Whether some route has a fault, so the fault filter is needed.
-    pub any_fault: bool,
+    any_fault: bool,
     /// Filter names enabled per virtual host, and per route.
     on_virtual_host: HashMap<String, Vec<String>>,
     on_route: HashMap<String, Vec<String>>,
@@ -54,7 +54,7 @@ impl Filters {
         sources: &Sources,
         plugins_dir: &Path,
         losses: &mut Losses,
-    ) -> anyhow::Result<Self> {
+    ) -> Self {
         let mut filters = Filters {
             wasm: Vec::new(),
             any_fault: config
@@ -66,17 +66,14 @@ impl Filters {
             on_route: HashMap::new(),
             singletons: Vec::new(),
         };
-        let mut order: Vec<(&Plugin, &raw::Plugin, &crate::config::Origin)> = config
-            .plugins
-            .iter()
-            .zip(&sources.plugins)
-            .map(|(plugin, (origin, written))| (plugin, written, origin))
-            .collect();
-        // Stable: equal priorities keep the written order, as Tollgate runs them.
-        order.sort_by_key(|(plugin, _, _)| std::cmp::Reverse(plugin.priority));
-        let total_routes: usize = config.virtual_hosts.iter().map(|v| v.routes.len()).sum();
-        for (plugin, written, origin) in order {
+        for (origin, written) in &sources.plugins {
             plugin_losses(written, origin, losses);
+        }
+        let mut order: Vec<&Plugin> = config.plugins.iter().collect();
+        // Stable: equal priorities keep the written order, as Tollgate runs them.
+        order.sort_by_key(|plugin| std::cmp::Reverse(plugin.priority));
+        let total_routes: usize = config.virtual_hosts.iter().map(|v| v.routes.len()).sum();
+        for plugin in order {
             let module = absolute(&crate::wasm::plugin::module_path(plugin, plugins_dir));
             if plugin.singleton {
                 filters.singletons.push(json!({
@@ -103,7 +100,7 @@ impl Filters {
                 filters.wasm.push(filter);
             }
         }
-        Ok(filters)
+        filters
     }
 
     /// Records where a disabled filter is enabled: on a virtual host whose every route it
