@@ -46,6 +46,8 @@ pub struct AccessRecord {
     pub plugin_phase: &'static str,
     pub attempts: u32,
     pub bytes_sent: u64,
+    /// The request is a gRPC call (local answers to it are sent trailers-only).
+    pub grpc: bool,
     /// What the line must not show, from the snapshot the request started with.
     pub redaction: Arc<Redaction>,
 }
@@ -207,6 +209,7 @@ impl AccessRecord {
             plugin_phase: "-",
             attempts: 0,
             bytes_sent: 0,
+            grpc: super::local::is_grpc(request.headers()),
             redaction,
         }
     }
@@ -216,6 +219,11 @@ impl AccessRecord {
         self.upstream
             .as_ref()
             .map_or("-", |endpoint| endpoint.address.as_str())
+    }
+
+    /// Writes the line of an exchange that ended with no response (a reset stream).
+    pub fn finish_without_response(self) {
+        self.emit();
     }
 
     fn emit(&self) {
@@ -296,6 +304,7 @@ impl Body for LoggedBody {
                 let plugin_failure = error.downcast_ref::<super::plugins::PluginBodyFailure>();
                 if let Some(record) = self.record.as_mut() {
                     match plugin_failure {
+                        Some(failure) if failure.reset => record.detail = "plugin_reset",
                         Some(failure) => {
                             record.detail = "plugin_failure";
                             record.plugin_phase = failure.phase;
