@@ -45,7 +45,7 @@ use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
 use crate::upstream::{BoxError, UpstreamBody};
 use crate::wasm::host::StreamInfo;
-pub use access_log::{AccessRecord, Redaction};
+pub use access_log::{response_details, AccessRecord, Redaction, ResponseDetails};
 use http_body_util::{BodyExt, Limited};
 use plugins::{PluginRun, Stopped};
 
