@@ -398,7 +398,9 @@ fn response(stream: &StreamState, field: &str) -> Option<Value> {
         "code_details" => {
             let outcome = stream.info.outcome();
             // Before the gateway has answered there are no details yet.
-            code()?;
+            if outcome.detail.is_empty() {
+                return None;
+            }
             Value::text(
                 response_details(outcome.detail, &outcome.plugin_details, outcome.attempts).details,
             )
