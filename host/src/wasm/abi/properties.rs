@@ -580,6 +580,57 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 mod tests {
     use super::*;
 
+    fn node() -> Arc<NodeSettings> {
+        let metadata = serde_json::json!({ "app": "edge", "n": 1, "on": false, "tags": ["a"] });
+        Arc::new(NodeSettings {
+            id: "n1".into(),
+            cluster: "c".into(),
+            metadata: metadata.as_object().unwrap().clone(),
+            locality: crate::config::Locality {
+                region: "r".into(),
+                zone: String::new(),
+                sub_zone: String::new(),
+            },
+        })
+    }
+
+    #[test]
+    fn node_is_a_protobuf_message_walked_by_field_name() {
+        let node = Value::Message(Message::Node(node()));
+        let encoded = node.encode().unwrap();
+        // id = 1, cluster = 2, then the metadata Struct (3) and the locality (4).
+        assert!(encoded.starts_with(b"\x0a\x02n1\x12\x01c\x1a"));
+        assert!(encoded.ends_with(b"\x22\x03\x0a\x01r"));
+        let field = |path: &[&str]| {
+            path.iter()
+                .try_fold(node.clone(), |value, segment| value.field(segment))
+                .and_then(|value| value.encode())
+        };
+        assert_eq!(field(&["id"]), Some(b"n1".to_vec()));
+        assert_eq!(field(&["metadata", "app"]), Some(b"edge".to_vec()));
+        assert_eq!(
+            field(&["metadata", "n"]),
+            Some(1.0f64.to_le_bytes().to_vec())
+        );
+        assert_eq!(field(&["metadata", "on"]), Some(vec![0]));
+        assert_eq!(field(&["locality", "region"]), Some(b"r".to_vec()));
+        assert_eq!(field(&["no_such_field"]), None);
+    }
+
+    #[test]
+    fn lists_and_maps_use_the_pairs_format() {
+        let list = Value::List(vec![Value::text("a"), Value::text("bc")]);
+        assert_eq!(
+            list.encode().unwrap(),
+            b"\x02\0\0\0\x01\0\0\0\0\0\0\0\x02\0\0\0\0\0\0\0a\0\0bc\0\0".to_vec()
+        );
+        assert_eq!(Value::Map(Vec::new()).encode().unwrap(), vec![0, 0, 0, 0]);
+        let map = Value::Map(vec![("k".into(), Value::Int(1))]);
+        let encoded = map.encode().unwrap();
+        assert_eq!(&encoded[..4], &[1, 0, 0, 0]);
+        assert_eq!(&encoded[4..12], &[1, 0, 0, 0, 8, 0, 0, 0]);
+    }
+
     #[test]
     fn paths_split_on_nul_with_or_without_a_trailing_one() {
         assert_eq!(split_path(b"request\0path"), vec!["request", "path"]);
