@@ -2,7 +2,8 @@
 //! `:status 200`, `content-type: application/grpc`, `grpc-status`, a percent-encoded
 //! `grpc-message`, no DATA), for a plugin's `send_grpc_response`, a plugin's
 //! `send_http_response` (the gRPC status derived from the HTTP status) and the gateway's own
-//! answers (404 for no route). A plain HTTP request to the same plugin is answered as before.
+//! answers (404 for no route) and a plugin failure (503, UNAVAILABLE). A plain HTTP request
+//! to the same plugin is answered as before.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
 use tollgate_tests::gateway::{Gateway, PolicyDir};
 use tollgate_tests::h2frames::{self, RawH2, Read};
-use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_LOCAL_REPLY};
+use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_LOCAL_REPLY, TP_MISBEHAVE};
 
 const POLICIES: &str = r#"
 listeners:
@@ -27,6 +28,9 @@ virtual_hosts:
       - name: svc
         match: { path: { prefix: /svc } }
         forward: { cluster: echo }
+      - name: crash
+        match: { path: { prefix: /crash } }
+        forward: { cluster: echo }
 "#;
 
 async fn start() -> (Gateway, Backend) {
@@ -37,7 +41,12 @@ async fn start() -> (Gateway, Backend) {
         .write("gateway.yaml", POLICIES)
         .write(
             "plugins.json",
-            &plugins_file(&[PluginSpec::new("replier", TP_LOCAL_REPLY)]),
+            &plugins_file(&[
+                PluginSpec::new("replier", TP_LOCAL_REPLY).routes(&["svc"]),
+                PluginSpec::new("crasher", TP_MISBEHAVE)
+                    .config(serde_json::json!({ "mode": "panic" }))
+                    .routes(&["crash"]),
+            ]),
         );
     (Gateway::start(policies).await, echo)
 }
@@ -197,4 +206,25 @@ async fn plain_http_requests_keep_their_body_and_no_grpc_headers() {
         assert_eq!(response.text(), "no route for \"/nothing\"\n");
         assert_eq!(response.header("grpc-status"), None);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_failure_on_a_grpc_call_is_unavailable() {
+    let (gateway, echo) = start().await;
+    let response = grpc_call(&gateway, "/crash.Service/Call", &[]).await;
+    let (status, message) = trailers_only(&response);
+    assert_eq!(status, "14", "UNAVAILABLE");
+    assert_eq!(
+        message.as_deref(),
+        Some("plugin \"crasher\" is unavailable")
+    );
+    assert_eq!(echo.request_count(), 0);
+
+    // Over HTTP/2 without gRPC: the plain 503, with no gRPC headers.
+    let request = request("GET", gateway.listener("public"), "grpc.test", "/crash")
+        .body(Full::default())
+        .unwrap();
+    let response = HttpClient::h2c().send(request).await.unwrap();
+    assert_eq!(response.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.header("grpc-status"), None);
 }

@@ -1732,6 +1732,40 @@ mod tests {
     }
 
     #[test]
+    fn server_node_defaults_and_validation() {
+        let config = load(&[("a.yaml", "server: {}\n"), ("l.yaml", LISTENER)]).unwrap();
+        assert_eq!(*config.server.node, NodeSettings::default());
+        assert_eq!(config.server.node.id, "tollgate");
+        let config = load(&[(
+            "a.yaml",
+            "server:\n  node:\n    id: edge-1\n    metadata: { LABELS: { app: edge } }\n    locality: { zone: z1 }\n",
+        ), ("l.yaml", LISTENER)])
+        .unwrap();
+        assert_eq!(config.server.node.id, "edge-1");
+        assert_eq!(config.server.node.cluster, "tollgate");
+        assert_eq!(config.server.node.metadata["LABELS"]["app"], "edge");
+        assert_eq!(config.server.node.locality.zone, "z1");
+        assert_eq!(config.effective["server"]["node"]["id"], "edge-1");
+        let errors = load(&[
+            (
+                "a.yaml",
+                "server:\n  node:\n    id: \"\"\n    metadata: [1]\n",
+            ),
+            ("l.yaml", LISTENER),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            errors.contains("server.node.id: must not be empty"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("server.node.metadata: must be an object"),
+            "{errors}"
+        );
+    }
+
+    #[test]
     fn errors_name_file_and_path() {
         let errors = load(&[(
             "routes.yaml",

@@ -643,15 +643,15 @@ impl PluginRun {
                     stream.response_trailers = moved;
                 }
                 vm.stream_callback(context, StreamCallback::ResponseTrailers, count, true)?;
-                Ok(vm
-                    .state()
-                    .streams
-                    .get_mut(&context)
-                    .map(|s| std::mem::take(&mut s.response_trailers))
-                    .unwrap_or_default())
+                Ok(vm.state().streams.get_mut(&context).map(|stream| {
+                    let reset = std::mem::take(&mut stream.signals.reset);
+                    (std::mem::take(&mut stream.response_trailers), reset)
+                }))
             });
             match result {
-                Ok(list) => *trailers = list,
+                Ok(Some((_, true))) => return Err(self.body_reset(index, "response_trailers")),
+                Ok(Some((list, false))) => *trailers = list,
+                Ok(None) => trailers.clear(),
                 Err(failure) => {
                     return Err(self.body_failure(index, "response_trailers", &failure));
                 }
