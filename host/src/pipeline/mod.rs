@@ -124,11 +124,7 @@ pub async fn handle(
         record.finish_without_response();
         return Err(StreamReset);
     }
-    let mut response = if record.grpc {
-        local::for_grpc(response)
-    } else {
-        response
-    };
+    let mut response = as_client_gets(response, record.grpc);
 
     response
         .headers_mut()
@@ -424,16 +420,23 @@ async fn plugin_stop(
         Stopped::Failed(response) => {
             record.detail = "plugin_failure";
             record.plugin_phase = run.failed_phase().unwrap_or("-");
-            let response = if record.grpc {
-                local::for_grpc(*response)
-            } else {
-                *response
-            };
+            let response = as_client_gets(*response, record.grpc);
             record_outcome(&run, record);
             run.set_final_response(response.status().as_u16(), &Vec::new());
             response
         }
         Stopped::Reset => plugin_reset(run, record),
+    }
+}
+
+/// A local answer as the client gets it: trailers-only for a gRPC call (see `local`),
+/// unchanged otherwise. Applied wherever an answer leaves the gateway or meets the response
+/// plugins; it changes an answer once.
+fn as_client_gets(response: Response<ResponseBody>, grpc: bool) -> Response<ResponseBody> {
+    if grpc {
+        local::for_grpc(response)
+    } else {
+        response
     }
 }
 
@@ -465,11 +468,7 @@ async fn plugin_response(
     record: &mut AccessRecord,
 ) -> Response<ResponseBody> {
     // Response plugins see a local answer to a gRPC call in the form the client gets.
-    let response = if record.grpc {
-        local::for_grpc(response)
-    } else {
-        response
-    };
+    let response = as_client_gets(response, record.grpc);
     record_outcome(&run, record);
     let (mut parts, body) = response.into_parts();
     let mut list = plugins::to_header_list(
@@ -477,14 +476,7 @@ async fn plugin_response(
         &parts.headers,
     );
     let end_of_stream = http_body::Body::is_end_stream(&body);
-    let upstream = record
-        .upstream
-        .as_ref()
-        .map(|endpoint| endpoint.address.clone());
-    let body = match run
-        .response_headers(&mut list, end_of_stream, upstream.as_deref())
-        .await
-    {
+    let body = match run.response_headers(&mut list, end_of_stream).await {
         Ok(None) => body,
         Ok(Some(answer)) => {
             record.detail = "plugin_local_reply";
@@ -497,11 +489,7 @@ async fn plugin_response(
         Err(Stopped::Failed(response)) => {
             record.detail = "plugin_failure";
             record.plugin_phase = run.failed_phase().unwrap_or("-");
-            let response = if record.grpc {
-                local::for_grpc(*response)
-            } else {
-                *response
-            };
+            let response = as_client_gets(*response, record.grpc);
             record_outcome(&run, record);
             run.set_final_response(response.status().as_u16(), &Vec::new());
             return response;

@@ -431,7 +431,6 @@ impl PluginRun {
         &mut self,
         headers: &mut HeaderList,
         end_of_stream: bool,
-        upstream: Option<&str>,
     ) -> Result<Option<LocalResponse>, Stopped> {
         let status = headers
             .iter()
@@ -445,13 +444,11 @@ impl PluginRun {
             }
             let count = headers.len();
             let mut moved = Some(std::mem::take(headers));
-            let upstream = upstream.map(str::to_string);
             let result = self
                 .settle(index, Direction::Response, |vm, context| {
                     if let Some(stream) = vm.state().streams.get_mut(&context) {
                         stream.response_headers = moved.take().unwrap_or_default();
                         stream.response_code = status;
-                        stream.upstream_address = upstream;
                     }
                     let action = vm.stream_callback(
                         context,

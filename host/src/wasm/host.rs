@@ -124,8 +124,6 @@ pub struct StreamState {
     /// Response headers have gone downstream: a local response is no longer possible.
     pub response_started: bool,
     pub response_code: Option<u16>,
-    pub response_code_details: String,
-    pub upstream_address: Option<String>,
     pub request_size: u64,
     pub response_size: u64,
     pub finished: Option<SystemTime>,
@@ -147,8 +145,6 @@ impl StreamState {
             wake: Arc::new(Notify::new()),
             response_started: false,
             response_code: None,
-            response_code_details: String::new(),
-            upstream_address: None,
             request_size: 0,
             response_size: 0,
             finished: None,
