@@ -750,10 +750,15 @@ async fn code_details_and_flags_of_a_gateway_answer() {
 async fn grpc_status_of_a_local_answer_to_a_grpc_call() {
     let fixture = start().await;
     let gateway = &fixture.gateway;
-    let req = request("POST", gateway.listener("public"), "attrs.test", "/aborted.Svc/Call")
-        .header("content-type", "application/grpc")
-        .body(Full::from(vec![0u8; 5]))
-        .unwrap();
+    let req = request(
+        "POST",
+        gateway.listener("public"),
+        "attrs.test",
+        "/aborted.Svc/Call",
+    )
+    .header("content-type", "application/grpc")
+    .body(Full::from(vec![0u8; 5]))
+    .unwrap();
     let response = HttpClient::h2c().send(req).await.unwrap();
     assert_eq!(response.header("grpc-status"), Some("14"), "{response:?}");
     // The response plugins see the answer as the client gets it.
