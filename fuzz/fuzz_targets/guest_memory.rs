@@ -215,6 +215,7 @@ fn run(accesses: Vec<Access>) {
         env: Vec::new(),
         clusters: HashSet::new(),
         limits: Default::default(),
+        node: Default::default(),
     });
     let mut store = Store::new(engine, HostState::new(identity, MAX_PAGES * PAGE));
     store.limiter(|state| &mut state.limits);

@@ -69,6 +69,7 @@ fn setup(mode: i32) -> (Vm, u32) {
         env: Vec::new(),
         clusters: Default::default(),
         limits: Default::default(),
+        node: Default::default(),
     });
     let mut vm =
         Vm::new(&module, identity, 64 << 20, Duration::from_secs(1)).expect("instantiates");
@@ -86,6 +87,10 @@ fn setup(mode: i32) -> (Vm, u32) {
         server_name: None,
         route_name: "bench".into(),
         cluster_name: "bench".into(),
+        grpc: false,
+        virtual_host_name: "bench".into(),
+        tls: None,
+        outcome: Default::default(),
     });
     let mut stream = StreamState::new(root, info, Default::default());
     stream.request_headers = vec![

@@ -30,6 +30,8 @@ pub struct Snapshot {
 pub struct ListenerState {
     pub routes: RouteTable,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The certificates `tls` serves, to tell a connection which one it got.
+    pub certificates: Option<Arc<crate::tls::ServedCertificates>>,
 }
 
 /// A route's `forward` action bound to running clusters.
@@ -117,15 +119,17 @@ impl Snapshot {
             config.virtual_hosts.iter().cloned().map(Arc::new).collect();
         let mut listeners = HashMap::new();
         for listener in &config.listeners {
-            let tls = match &listener.tls {
+            let (tls, certificates) = match &listener.tls {
                 Some(tls) => match crate::tls::server_config(tls) {
-                    Ok(server_config) => Some(server_config),
+                    Ok((server_config, certificates)) => {
+                        (Some(server_config), Some(Arc::new(certificates)))
+                    }
                     Err(error) => {
                         errors.push(error);
-                        None
+                        (None, None)
                     }
                 },
-                None => None,
+                None => (None, None),
             };
             let bound = virtual_hosts
                 .iter()
@@ -140,6 +144,7 @@ impl Snapshot {
                 ListenerState {
                     routes: RouteTable::new(bound),
                     tls,
+                    certificates,
                 },
             );
         }
@@ -192,6 +197,7 @@ impl Snapshot {
             plugins_dir,
             &clusters,
             config.server.plugin_limits,
+            &config.server.node,
             reusable,
         )
         .map_err(ConfigErrors)?;

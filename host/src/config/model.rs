@@ -41,6 +41,34 @@ pub struct ServerSettings {
     pub normalization: Normalization,
     pub access_log: AccessLogSettings,
     pub plugin_limits: PluginLimits,
+    pub node: std::sync::Arc<NodeSettings>,
+}
+
+/// `server.node`: the gateway's identity as a proxy, what plugins read as `node`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSettings {
+    pub id: String,
+    pub cluster: String,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub locality: Locality,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub sub_zone: String,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self {
+            id: "tollgate".into(),
+            cluster: "tollgate".into(),
+            metadata: serde_json::Map::new(),
+            locality: Locality::default(),
+        }
+    }
 }
 
 impl Default for ServerSettings {
@@ -57,6 +85,7 @@ impl Default for ServerSettings {
             normalization: Normalization::default(),
             access_log: AccessLogSettings::default(),
             plugin_limits: PluginLimits::default(),
+            node: Default::default(),
         }
     }
 }
@@ -712,6 +741,7 @@ impl Validator<'_> {
             },
             access_log: self.access_log(raw.access_log.as_ref(), origin),
             plugin_limits: self.plugin_limits(raw.plugin_limits.as_ref(), origin),
+            node: std::sync::Arc::new(self.node(raw.node.as_ref(), origin)),
         };
         if settings.max_request_header_bytes < 1024 {
             self.error(origin, "max_request_header_bytes", "must be at least 1024");
@@ -747,6 +777,44 @@ impl Validator<'_> {
         AccessLogSettings {
             redact_query_params: lower(&raw.redact_query_params),
             redact_headers: lower(&raw.redact_headers),
+        }
+    }
+
+    fn node(&mut self, raw: Option<&raw::Node>, origin: &Origin) -> NodeSettings {
+        let defaults = NodeSettings::default();
+        let Some(raw) = raw else {
+            return defaults;
+        };
+        for (field, value) in [("node.id", &raw.id), ("node.cluster", &raw.cluster)] {
+            if value.as_deref() == Some("") {
+                self.error(origin, field, "must not be empty");
+            }
+        }
+        let metadata = match &raw.metadata {
+            None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+            Some(serde_json::Value::Object(map)) => map.clone(),
+            Some(_) => {
+                self.error(
+                    origin,
+                    "node.metadata",
+                    "must be an object (a map of keys to JSON values)",
+                );
+                serde_json::Map::new()
+            }
+        };
+        let locality = raw
+            .locality
+            .as_ref()
+            .map_or_else(Locality::default, |l| Locality {
+                region: l.region.clone(),
+                zone: l.zone.clone(),
+                sub_zone: l.sub_zone.clone(),
+            });
+        NodeSettings {
+            id: raw.id.clone().unwrap_or(defaults.id),
+            cluster: raw.cluster.clone().unwrap_or(defaults.cluster),
+            metadata,
+            locality,
         }
     }
 
@@ -1555,6 +1623,16 @@ fn fill_defaults(config: &mut Config) {
             "metrics": server.plugin_limits.metrics,
             "callout_response_bytes": server.plugin_limits.callout_response_bytes,
         },
+        "node": {
+            "id": server.node.id,
+            "cluster": server.node.cluster,
+            "metadata": server.node.metadata,
+            "locality": {
+                "region": server.node.locality.region,
+                "zone": server.node.locality.zone,
+                "sub_zone": server.node.locality.sub_zone,
+            },
+        },
     });
     for (i, cluster) in config.clusters.iter().enumerate() {
         let Some(entry) = value["clusters"].get_mut(i) else {
@@ -1651,6 +1729,40 @@ mod tests {
             panic!()
         };
         assert_eq!(forward.timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn server_node_defaults_and_validation() {
+        let config = load(&[("a.yaml", "server: {}\n"), ("l.yaml", LISTENER)]).unwrap();
+        assert_eq!(*config.server.node, NodeSettings::default());
+        assert_eq!(config.server.node.id, "tollgate");
+        let config = load(&[(
+            "a.yaml",
+            "server:\n  node:\n    id: edge-1\n    metadata: { LABELS: { app: edge } }\n    locality: { zone: z1 }\n",
+        ), ("l.yaml", LISTENER)])
+        .unwrap();
+        assert_eq!(config.server.node.id, "edge-1");
+        assert_eq!(config.server.node.cluster, "tollgate");
+        assert_eq!(config.server.node.metadata["LABELS"]["app"], "edge");
+        assert_eq!(config.server.node.locality.zone, "z1");
+        assert_eq!(config.effective["server"]["node"]["id"], "edge-1");
+        let errors = load(&[
+            (
+                "a.yaml",
+                "server:\n  node:\n    id: \"\"\n    metadata: [1]\n",
+            ),
+            ("l.yaml", LISTENER),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            errors.contains("server.node.id: must not be empty"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("server.node.metadata: must be an object"),
+            "{errors}"
+        );
     }
 
     #[test]

@@ -48,6 +48,31 @@ pub struct Server {
     pub strip_trailing_host_dot: Option<bool>,
     pub access_log: Option<AccessLog>,
     pub plugin_limits: Option<PluginLimits>,
+    /// Who this gateway is, as plugins read it (`node`, `xds.node`).
+    pub node: Option<Node>,
+}
+
+/// The gateway's identity as a proxy: Envoy's node, which plugins written for Envoy and
+/// Istio read (`node.id`, `node.metadata.KEY`).
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub id: Option<String>,
+    pub cluster: Option<String>,
+    /// Any JSON object.
+    pub metadata: Option<serde_json::Value>,
+    pub locality: Option<Locality>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Locality {
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub zone: String,
+    #[serde(default)]
+    pub sub_zone: String,
 }
 
 /// What the gateway does with `%2F` / `%5C` (encoded `/` and `\`) in a request path.

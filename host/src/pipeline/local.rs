@@ -1,11 +1,124 @@
-//! Answers the gateway gives itself: errors, direct responses and redirects.
+//! Answers the gateway gives itself: errors, direct responses and redirects, and the form
+//! every such answer takes on a gRPC request.
+//!
+//! A gRPC client reads the outcome of a call from `grpc-status`, not from the HTTP status,
+//! so an answer the gateway (or a plugin) makes to a gRPC request is sent as Envoy sends it:
+//! trailers-only, that is one HEADERS frame with `:status 200`, `content-type:
+//! application/grpc`, `grpc-status`, `grpc-message` (the answer's text, percent-encoded) and
+//! no body. [`grpc_answer`] holds these rules; [`for_grpc`] applies them to a response.
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 
 use super::ResponseBody;
 use crate::config::{DirectResponse, PathMatch, Redirect};
+use crate::wasm::abi::HeaderList;
+use crate::wasm::host::LocalResponse;
+
+/// Marks a response the gateway or a plugin made itself (not the upstream's), with what a
+/// gRPC client gets instead of its body.
+#[derive(Debug, Clone)]
+pub struct LocalReply {
+    /// The gRPC status the answer names; `None` derives it from the HTTP status.
+    pub grpc_status: Option<u32>,
+    /// The answer's text, sent as `grpc-message`.
+    pub message: Bytes,
+}
+
+/// Whether a request is a gRPC call: `content-type` is `application/grpc` or one of its
+/// `application/grpc+codec` forms (gRPC-Web is not: its clients read HTTP statuses).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            let value = value.trim().to_ascii_lowercase();
+            match value.strip_prefix("application/grpc") {
+                Some(rest) => rest.is_empty() || rest.starts_with('+') || rest.starts_with(';'),
+                None => false,
+            }
+        })
+}
+
+/// The gRPC status an HTTP status stands for when an answer names none, as gRPC's HTTP
+/// mapping (and Envoy) has it.
+pub fn http_to_grpc_status(status: u16) -> u32 {
+    match status {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+/// `grpc-message` encoding: every byte outside printable ASCII, and `%` itself, as `%XX`.
+pub fn percent_encode_grpc_message(message: &[u8]) -> String {
+    let mut out = String::with_capacity(message.len());
+    for &byte in message {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// A local answer in the form a gRPC client gets: `:status 200`, the answer's headers except
+/// its framing, `content-type: application/grpc`, `grpc-status` (the answer's, or the one
+/// its HTTP status stands for), `grpc-message` (the body, when there is one), no body.
+pub fn grpc_answer(answer: &LocalResponse) -> LocalResponse {
+    let grpc_status =
+        u32::try_from(answer.grpc_status).unwrap_or_else(|_| http_to_grpc_status(answer.status));
+    let mut headers: HeaderList = answer
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "content-type" | "content-length" | "grpc-status" | "grpc-message"
+            )
+        })
+        .cloned()
+        .collect();
+    headers.push(("content-type".into(), b"application/grpc".to_vec()));
+    headers.push(("grpc-status".into(), grpc_status.to_string().into_bytes()));
+    if !answer.body.is_empty() {
+        let message = percent_encode_grpc_message(&answer.body);
+        headers.push(("grpc-message".into(), message.into_bytes()));
+    }
+    LocalResponse {
+        status: 200,
+        details: answer.details.clone(),
+        body: Bytes::new(),
+        headers,
+        grpc_status: grpc_status as i32,
+    }
+}
+
+/// The response as a gRPC client must get it: a local answer becomes trailers-only (see
+/// [`grpc_answer`]); the upstream's responses, and answers already converted, pass as they are.
+pub fn for_grpc(response: Response<ResponseBody>) -> Response<ResponseBody> {
+    let Some(local) = response.extensions().get::<LocalReply>().cloned() else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    let answer = LocalResponse {
+        status: parts.status.as_u16(),
+        details: String::new(),
+        body: local.message,
+        headers: crate::wasm::plugin::header_list(&parts.headers),
+        grpc_status: local.grpc_status.map_or(-1, |status| status as i32),
+    };
+    let converted = grpc_answer(&answer);
+    parts.status = StatusCode::OK;
+    parts.headers = super::plugins::from_header_list(&converted.headers).1;
+    parts.extensions.remove::<LocalReply>();
+    Response::from_parts(parts, body(Bytes::new()))
+}
 
 pub fn body(bytes: impl Into<Bytes>) -> ResponseBody {
     Full::new(bytes.into())
@@ -21,6 +134,11 @@ pub fn reply(status: StatusCode, text: &str) -> Response<ResponseBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    // The text ends in a newline for terminals; a gRPC status message has none.
+    response.extensions_mut().insert(LocalReply {
+        grpc_status: None,
+        message: Bytes::copy_from_slice(text.trim_end().as_bytes()),
+    });
     response
 }
 
@@ -116,6 +234,37 @@ fn split_authority(authority: &str) -> (&str, Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_content_types() {
+        let headers = |value: &str| {
+            let mut map = HeaderMap::new();
+            map.insert(header::CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+            map
+        };
+        assert!(is_grpc(&headers("application/grpc")));
+        assert!(is_grpc(&headers("application/grpc+proto")));
+        assert!(!is_grpc(&headers("application/grpc-web")));
+        assert!(!is_grpc(&headers("application/json")));
+        assert!(!is_grpc(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded() {
+        assert_eq!(
+            percent_encode_grpc_message("déjà vu 100%\n".as_bytes()),
+            "d%C3%A9j%C3%A0 vu 100%25%0A"
+        );
+    }
+
+    #[test]
+    fn http_statuses_map_to_grpc_codes() {
+        let codes: Vec<u32> = [400, 401, 403, 404, 429, 502, 503, 504, 500, 418]
+            .into_iter()
+            .map(http_to_grpc_status)
+            .collect();
+        assert_eq!(codes, [13, 16, 7, 12, 14, 14, 14, 14, 2, 2]);
+    }
 
     fn redirect() -> Redirect {
         Redirect {

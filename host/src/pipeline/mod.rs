@@ -26,7 +26,6 @@ pub mod headers;
 mod local;
 pub mod plugins;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +45,7 @@ use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
 use crate::upstream::{BoxError, UpstreamBody};
 use crate::wasm::host::StreamInfo;
-pub use access_log::{AccessRecord, Redaction};
+pub use access_log::{response_details, AccessRecord, Redaction, ResponseDetails};
 use http_body_util::{BodyExt, Limited};
 use plugins::{PluginRun, Stopped};
 
@@ -79,12 +78,27 @@ pub struct RequestLimits {
     pub max_body_bytes: u64,
 }
 
-/// Handles one request from start to finish; never fails (errors become responses).
+/// A plugin reset the stream (`proxy_close_stream`): the exchange ends with no response, as
+/// in Envoy. Returned to hyper as the service's error, which closes an HTTP/1.1 connection
+/// without writing anything and resets an HTTP/2 stream (RST_STREAM) alone.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamReset;
+
+impl std::fmt::Display for StreamReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a plugin reset the stream")
+    }
+}
+
+impl std::error::Error for StreamReset {}
+
+/// Handles one request from start to finish. Errors become responses; the one exception is
+/// a stream a plugin reset, which gets none.
 pub async fn handle(
     mut request: Request<Incoming>,
     snapshot: Arc<Snapshot>,
     downstream: Arc<Downstream>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<ResponseBody>, StreamReset> {
     let started = Instant::now();
     // Identity is set by authentication plugins only: a client's copy never gets through.
     headers::remove_reserved(request.headers_mut());
@@ -103,7 +117,14 @@ pub async fn handle(
         snapshot.access_log_redaction.clone(),
     );
 
-    let mut response = route_and_act(request, &snapshot, &downstream, &mut record).await;
+    let response = route_and_act(request, &snapshot, &downstream, &mut record).await;
+    if response.extensions().get::<StreamReset>().is_some() {
+        // Logged as Envoy logs a reset stream: no status.
+        record.status = 0;
+        record.finish_without_response();
+        return Err(StreamReset);
+    }
+    let mut response = as_client_gets(response, record.grpc);
 
     response
         .headers_mut()
@@ -179,7 +200,14 @@ async fn route_and_act(
         Action::Forward(forward) => forward.timeout,
         _ => Duration::from_secs(15),
     };
-    let info = stream_info(&request, downstream, record, route, snapshot);
+    let info = stream_info(
+        &request,
+        downstream,
+        record,
+        route,
+        &matched.virtual_host.name,
+        snapshot,
+    );
     let mut run = PluginRun::new(&chain, &route.name, info, wait_limit);
     let (mut parts, body) = request.into_parts();
     let path_and_query = parts
@@ -385,16 +413,52 @@ async fn plugin_stop(
     match stop {
         Stopped::Local(index, answer) => {
             record.detail = "plugin_local_reply";
+            run.update_outcome(|outcome| outcome.plugin_details = answer.details.clone());
             run.answered_by(index);
             plugin_response(run, plugins::local_response(&answer), record).await
         }
         Stopped::Failed(response) => {
             record.detail = "plugin_failure";
             record.plugin_phase = run.failed_phase().unwrap_or("-");
+            let response = as_client_gets(*response, record.grpc);
+            record_outcome(&run, record);
             run.set_final_response(response.status().as_u16(), &Vec::new());
-            *response
+            response
         }
+        Stopped::Reset => plugin_reset(run, record),
     }
+}
+
+/// A local answer as the client gets it: trailers-only for a gRPC call (see `local`),
+/// unchanged otherwise. Applied wherever an answer leaves the gateway or meets the response
+/// plugins; it changes an answer once.
+fn as_client_gets(response: Response<ResponseBody>, grpc: bool) -> Response<ResponseBody> {
+    if grpc {
+        local::for_grpc(response)
+    } else {
+        response
+    }
+}
+
+/// A plugin reset the stream: every plugin still gets its log phase (the run ends here,
+/// with no response), and `handle` ends the exchange without one.
+fn plugin_reset(run: PluginRun, record: &mut AccessRecord) -> Response<ResponseBody> {
+    record.detail = "plugin_reset";
+    record_outcome(&run, record);
+    drop(run);
+    let mut response = Response::new(local::body(Bytes::new()));
+    response.extensions_mut().insert(StreamReset);
+    response
+}
+
+/// Shares what the access record knows of the answer with the plugins' properties.
+fn record_outcome(run: &PluginRun, record: &AccessRecord) {
+    run.update_outcome(|outcome| {
+        outcome.detail = record.detail;
+        outcome.cluster = (&*record.cluster != "-").then(|| record.cluster.clone());
+        outcome.upstream = record.upstream.clone();
+        outcome.attempts = record.attempts;
+    });
 }
 
 /// Response phase: the plugin chain in reverse order, then the body through the plugins.
@@ -403,31 +467,34 @@ async fn plugin_response(
     response: Response<ResponseBody>,
     record: &mut AccessRecord,
 ) -> Response<ResponseBody> {
+    // Response plugins see a local answer to a gRPC call in the form the client gets.
+    let response = as_client_gets(response, record.grpc);
+    record_outcome(&run, record);
     let (mut parts, body) = response.into_parts();
     let mut list = plugins::to_header_list(
         &[(":status", parts.status.as_str().to_string())],
         &parts.headers,
     );
     let end_of_stream = http_body::Body::is_end_stream(&body);
-    let upstream = record
-        .upstream
-        .as_ref()
-        .map(|endpoint| endpoint.address.clone());
-    let body = match run
-        .response_headers(&mut list, end_of_stream, upstream.as_deref())
-        .await
-    {
+    let body = match run.response_headers(&mut list, end_of_stream).await {
         Ok(None) => body,
         Ok(Some(answer)) => {
             record.detail = "plugin_local_reply";
+            run.update_outcome(|outcome| {
+                outcome.detail = record.detail;
+                outcome.plugin_details = answer.details.clone();
+            });
             local::body(answer.body.clone())
         }
         Err(Stopped::Failed(response)) => {
             record.detail = "plugin_failure";
             record.plugin_phase = run.failed_phase().unwrap_or("-");
+            let response = as_client_gets(*response, record.grpc);
+            record_outcome(&run, record);
             run.set_final_response(response.status().as_u16(), &Vec::new());
-            return *response;
+            return response;
         }
+        Err(Stopped::Reset) => return plugin_reset(run, record),
         Err(Stopped::Local(_, answer)) => local::body(answer.body.clone()),
     };
     let (pseudo, headers) = plugins::from_header_list(&list);
@@ -510,6 +577,7 @@ fn stream_info(
     downstream: &Downstream,
     record: &AccessRecord,
     route: &crate::config::Route,
+    virtual_host_name: &str,
     snapshot: &Snapshot,
 ) -> StreamInfo {
     let cluster_name = snapshot
@@ -540,6 +608,10 @@ fn stream_info(
             .and_then(|tls| tls.server_name.clone()),
         route_name: route.name.clone(),
         cluster_name,
+        grpc: record.grpc,
+        virtual_host_name: virtual_host_name.to_string(),
+        tls: downstream.tls.clone(),
+        outcome: Default::default(),
     }
 }
 

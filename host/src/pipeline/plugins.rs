@@ -37,8 +37,10 @@ pub enum Stopped {
     /// A plugin answered (its index, and the answer); response callbacks run for the
     /// plugins up to and including it.
     Local(usize, LocalResponse),
-    /// The gateway answers (plugin failure, reset, wait timeout); no response callbacks.
+    /// The gateway answers (plugin failure, wait timeout); no response callbacks.
     Failed(Box<Response<ResponseBody>>),
+    /// A plugin reset the stream (`proxy_close_stream`): no response at all.
+    Reset,
 }
 
 struct Entry {
@@ -85,10 +87,19 @@ pub struct PluginBodyFailure {
     pub plugin: String,
     /// `response_body` or `response_trailers`.
     pub phase: &'static str,
+    /// The plugin did not fail but reset the stream itself (`proxy_close_stream`).
+    pub reset: bool,
 }
 
 impl std::fmt::Display for PluginBodyFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.reset {
+            return write!(
+                f,
+                "plugin {:?} reset the stream in the {} phase",
+                self.plugin, self.phase
+            );
+        }
         write!(
             f,
             "plugin {:?} failed in the {} phase; the response is reset",
@@ -137,6 +148,13 @@ impl PluginRun {
         }
     }
 
+    /// Updates how the request was answered, for the properties every plugin reads.
+    pub fn update_outcome(&self, update: impl FnOnce(&mut crate::wasm::host::Outcome)) {
+        if let Ok(mut outcome) = self.info.outcome.lock() {
+            update(&mut outcome);
+        }
+    }
+
     /// The phase in which a plugin failure answered the request (for the access log).
     pub fn failed_phase(&self) -> Option<&'static str> {
         self.failed_phase
@@ -160,15 +178,11 @@ impl PluginRun {
             return Ok(());
         }
         self.failed_phase.get_or_insert(self.phase);
-        let mut response = local::reply(
+        // On a gRPC request this becomes UNAVAILABLE (14), as `local::for_grpc` maps a 503.
+        let response = local::reply(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("plugin {:?} is unavailable\n", entry.plugin.name),
         );
-        if self.info.protocol == "HTTP/2" {
-            response
-                .headers_mut()
-                .insert("grpc-status", HeaderValue::from_static("14"));
-        }
         Err(Stopped::Failed(Box::new(response)))
     }
 
@@ -256,10 +270,8 @@ impl PluginRun {
                 return Err(Stopped::Local(index, local_response));
             }
             if reset {
-                return Err(Stopped::Failed(Box::new(local::reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the plugin reset the stream\n",
-                ))));
+                tracing::debug!(plugin = %plugin.name, route = %self.route, phase = self.phase, "the plugin reset the stream");
+                return Err(Stopped::Reset);
             }
             if resumed {
                 paused = false;
@@ -419,7 +431,6 @@ impl PluginRun {
         &mut self,
         headers: &mut HeaderList,
         end_of_stream: bool,
-        upstream: Option<&str>,
     ) -> Result<Option<LocalResponse>, Stopped> {
         let status = headers
             .iter()
@@ -433,13 +444,11 @@ impl PluginRun {
             }
             let count = headers.len();
             let mut moved = Some(std::mem::take(headers));
-            let upstream = upstream.map(str::to_string);
             let result = self
                 .settle(index, Direction::Response, |vm, context| {
                     if let Some(stream) = vm.state().streams.get_mut(&context) {
                         stream.response_headers = moved.take().unwrap_or_default();
                         stream.response_code = status;
-                        stream.upstream_address = upstream;
                     }
                     let action = vm.stream_callback(
                         context,
@@ -459,6 +468,11 @@ impl PluginRun {
             match result {
                 Ok(()) => {}
                 Err(Stopped::Local(_, answer)) => {
+                    let answer = if self.info.grpc {
+                        local::grpc_answer(&answer)
+                    } else {
+                        answer
+                    };
                     *headers = response_header_list(&answer);
                     replaced = Some(answer);
                 }
@@ -521,7 +535,7 @@ impl PluginRun {
             let plugin = self.entries[index].plugin.clone();
             let result = plugin.with_vm(|vm, _| {
                 let Some(stream) = vm.state().streams.get_mut(&context) else {
-                    return Ok((Vec::new(), false));
+                    return Ok(Some((Vec::new(), false)));
                 };
                 stream.response_body.extend_from_slice(&data);
                 stream.response_size += data.len() as u64;
@@ -529,17 +543,21 @@ impl PluginRun {
                 let action =
                     vm.stream_callback(context, StreamCallback::ResponseBody, size, end_of_stream)?;
                 let stream = vm.state().streams.get_mut(&context).expect("checked above");
+                if std::mem::take(&mut stream.signals.reset) {
+                    return Ok(None);
+                }
                 let released =
                     action == Action::Continue || end_of_stream || stream.signals.continue_response;
                 stream.signals.continue_response = false;
-                Ok(if released {
+                Ok(Some(if released {
                     (std::mem::take(&mut stream.response_body), false)
                 } else {
                     (Vec::new(), !stream.response_body.is_empty())
-                })
+                }))
             });
             (data, self.entries[index].holding_body) = match result {
-                Ok(out) => out,
+                Ok(Some(out)) => out,
+                Ok(None) => return Err(self.body_reset(index, "response_body")),
                 Err(failure) => return Err(self.body_failure(index, "response_body", &failure)),
             };
         }
@@ -562,6 +580,21 @@ impl PluginRun {
         PluginBodyFailure {
             plugin: entry.plugin.name.clone(),
             phase,
+            reset: false,
+        }
+    }
+
+    /// A plugin reset the stream after the response head was sent: the body ends in an
+    /// error, as after a failure, and the plugin sees nothing more but its log phase.
+    fn body_reset(&mut self, index: usize, phase: &'static str) -> PluginBodyFailure {
+        self.update_outcome(|outcome| outcome.detail = "plugin_reset");
+        let entry = &mut self.entries[index];
+        entry.skipped = true;
+        tracing::debug!(plugin = %entry.plugin.name, route = %self.route, phase, "the plugin reset the stream");
+        PluginBodyFailure {
+            plugin: entry.plugin.name.clone(),
+            phase,
+            reset: true,
         }
     }
 
@@ -607,15 +640,15 @@ impl PluginRun {
                     stream.response_trailers = moved;
                 }
                 vm.stream_callback(context, StreamCallback::ResponseTrailers, count, true)?;
-                Ok(vm
-                    .state()
-                    .streams
-                    .get_mut(&context)
-                    .map(|s| std::mem::take(&mut s.response_trailers))
-                    .unwrap_or_default())
+                Ok(vm.state().streams.get_mut(&context).map(|stream| {
+                    let reset = std::mem::take(&mut stream.signals.reset);
+                    (std::mem::take(&mut stream.response_trailers), reset)
+                }))
             });
             match result {
-                Ok(list) => *trailers = list,
+                Ok(Some((_, true))) => return Err(self.body_reset(index, "response_trailers")),
+                Ok(Some((list, false))) => *trailers = list,
+                Ok(None) => trailers.clear(),
                 Err(failure) => {
                     return Err(self.body_failure(index, "response_trailers", &failure));
                 }
@@ -742,6 +775,10 @@ pub fn local_response(answer: &LocalResponse) -> Response<ResponseBody> {
             response.headers_mut().insert("grpc-status", value);
         }
     }
+    response.extensions_mut().insert(local::LocalReply {
+        grpc_status: u32::try_from(answer.grpc_status).ok(),
+        message: answer.body.clone(),
+    });
     response
 }
 

@@ -40,10 +40,10 @@ pub async fn serve(
     let local = stream.local_addr().unwrap_or(remote);
     let snapshot = state.snapshot();
     let settings = snapshot.config.server.clone();
-    let tls_config = snapshot
+    let (tls_config, served_certificates) = snapshot
         .listeners
         .get(&listener)
-        .and_then(|l| l.tls.clone());
+        .map_or((None, None), |l| (l.tls.clone(), l.certificates.clone()));
     drop(snapshot);
     let activity = Arc::new(Activity::default());
 
@@ -61,7 +61,10 @@ pub async fn serve(
             match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)).await
             {
                 Ok(Ok(tls)) => {
-                    downstream.tls = Some(TlsInfo::from_connection(tls.get_ref().1));
+                    downstream.tls = Some(TlsInfo::from_connection(
+                        tls.get_ref().1,
+                        served_certificates.as_deref(),
+                    ));
                     Box::new(tls)
                 }
                 Ok(Err(error)) => {

@@ -19,8 +19,23 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The certificates a listener serves, chosen by SNI; what the connection's local
+/// certificate was is read back from here (rustls does not say which one it sent).
+#[derive(Debug)]
+pub struct ServedCertificates(Arc<SniResolver>);
+
+impl ServedCertificates {
+    /// The facts of the certificate served to a client that sent `server_name`.
+    pub fn for_server_name(&self, server_name: Option<&str>) -> Option<Arc<CertificateFacts>> {
+        let key = self.0.find(server_name)?;
+        self.0.facts.get(&(Arc::as_ptr(&key) as usize)).cloned()
+    }
+}
+
 /// Builds the rustls configuration of an HTTPS listener.
-pub fn server_config(tls: &ListenerTls) -> Result<Arc<ServerConfig>, ConfigError> {
+pub fn server_config(
+    tls: &ListenerTls,
+) -> Result<(Arc<ServerConfig>, ServedCertificates), ConfigError> {
     let provider = provider();
     let mut resolver = SniResolver::default();
     for files in &tls.certificates {
@@ -39,8 +54,12 @@ pub fn server_config(tls: &ListenerTls) -> Result<Arc<ServerConfig>, ConfigError
         } else {
             files.server_names.clone()
         };
-        resolver.add(Arc::new(key), &names);
+        let facts = Arc::new(CertificateFacts::from_der(&key.cert[0]));
+        let key = Arc::new(key);
+        resolver.facts.insert(Arc::as_ptr(&key) as usize, facts);
+        resolver.add(key, &names);
     }
+    let resolver = Arc::new(resolver);
     let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
@@ -65,9 +84,9 @@ pub fn server_config(tls: &ListenerTls) -> Result<Arc<ServerConfig>, ConfigError
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_cert_resolver(Arc::new(resolver));
+    let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), ServedCertificates(resolver)))
 }
 
 /// Builds the rustls configuration for HTTPS to a cluster's endpoints.
@@ -152,6 +171,8 @@ struct SniResolver {
     exact: HashMap<String, Arc<CertifiedKey>>,
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    /// Each key's certificate facts, by the key's address (read once, at load).
+    facts: HashMap<usize, Arc<CertificateFacts>>,
 }
 
 impl SniResolver {
@@ -194,11 +215,124 @@ pub struct TlsInfo {
     pub server_name: Option<String>,
     pub alpn: Option<Vec<u8>>,
     pub peer_certificate: bool,
+    /// The client's certificate, when it sent one.
+    pub peer: Option<Arc<CertificateFacts>>,
+    /// The certificate the gateway served.
+    pub local: Option<Arc<CertificateFacts>>,
+}
+
+/// What plugins read about a certificate (Envoy's `connection.*_certificate` attributes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateFacts {
+    /// The subject distinguished name in RFC 2253 form (`CN=client,O=Example`).
+    pub subject: String,
+    pub dns_sans: Vec<String>,
+    pub uri_sans: Vec<String>,
+    /// SHA-256 of the DER certificate, lower-case hex.
+    pub sha256: String,
+}
+
+impl CertificateFacts {
+    /// Reads a DER certificate; what cannot be parsed stays empty (the digest is always set).
+    pub fn from_der(der: &[u8]) -> Self {
+        use sha2::Digest;
+        let sha256 = sha2::Sha256::digest(der)
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        let mut facts = Self {
+            sha256,
+            ..Self::default()
+        };
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+            return facts;
+        };
+        facts.subject = rfc2253(cert.subject());
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    x509_parser::extensions::GeneralName::DNSName(dns) => {
+                        facts.dns_sans.push(dns.to_string())
+                    }
+                    x509_parser::extensions::GeneralName::URI(uri) => {
+                        facts.uri_sans.push(uri.to_string())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        facts
+    }
+}
+
+/// A distinguished name as RFC 2253 writes it: the last RDN first, `,` between RDNs, `+`
+/// within one, special characters escaped; attributes without a short name as their OID
+/// and the value's DER in hex.
+fn rfc2253(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let short_name = |oid: &str| match oid {
+        "2.5.4.3" => Some("CN"),
+        "2.5.4.6" => Some("C"),
+        "2.5.4.7" => Some("L"),
+        "2.5.4.8" => Some("ST"),
+        "2.5.4.9" => Some("STREET"),
+        "2.5.4.10" => Some("O"),
+        "2.5.4.11" => Some("OU"),
+        "0.9.2342.19200300.100.1.25" => Some("DC"),
+        "0.9.2342.19200300.100.1.1" => Some("UID"),
+        _ => None,
+    };
+    let rdns: Vec<String> = name
+        .iter_rdn()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attribute| {
+                    let oid = attribute.attr_type().to_id_string();
+                    match (short_name(&oid), attribute.as_str()) {
+                        (Some(short), Ok(value)) => format!("{short}={}", escape_rfc2253(value)),
+                        _ => {
+                            let hex: String = attribute
+                                .attr_value()
+                                .data
+                                .iter()
+                                .map(|byte| format!("{byte:02x}"))
+                                .collect();
+                            format!("{oid}=#{hex}")
+                        }
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
+}
+
+fn escape_rfc2253(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl TlsInfo {
-    pub fn from_connection(connection: &rustls::ServerConnection) -> Self {
+    pub fn from_connection(
+        connection: &rustls::ServerConnection,
+        served: Option<&ServedCertificates>,
+    ) -> Self {
         Self {
+            peer: connection
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .map(|cert| Arc::new(CertificateFacts::from_der(cert))),
+            local: served.and_then(|served| served.for_server_name(connection.server_name())),
             version: connection.protocol_version().map(|version| match version {
                 rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
                 rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",

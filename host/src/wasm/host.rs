@@ -26,13 +26,16 @@ pub struct PluginIdentity {
     pub clusters: std::collections::HashSet<String>,
     /// `server.plugin_limits` of the snapshot that built the plugin.
     pub limits: crate::config::PluginLimits,
+    /// `server.node` of the snapshot that built the plugin (the `node` property).
+    pub node: Arc<crate::config::NodeSettings>,
 }
 
 /// Per-request values shared by every plugin of a request: `set_property` writes here
 /// (Envoy's filter state), and any later plugin reads it.
 pub type FilterState = Arc<Mutex<HashMap<String, Vec<u8>>>>;
 
-/// The request facts that properties expose and that do not change during the request.
+/// The request facts that properties expose and that do not change during the request
+/// (except `outcome`, which the pipeline fills in as the request is answered).
 #[derive(Debug, Clone)]
 pub struct StreamInfo {
     pub request_id: String,
@@ -46,6 +49,40 @@ pub struct StreamInfo {
     pub server_name: Option<String>,
     pub route_name: String,
     pub cluster_name: String,
+    /// The request is a gRPC call: local answers to it are sent trailers-only.
+    pub grpc: bool,
+    pub virtual_host_name: String,
+    /// The downstream TLS session (certificates included), on an HTTPS listener.
+    pub tls: Option<crate::tls::TlsInfo>,
+    /// Shared by every plugin of the request.
+    pub outcome: Arc<Mutex<Outcome>>,
+}
+
+impl StreamInfo {
+    /// How the request has been answered so far.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+            .lock()
+            .map(|outcome| outcome.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// How the gateway answered a request, as far as it knows when a plugin asks: what the
+/// access log records, which `response.code_details`, `response.flags` and `upstream.*`
+/// are drawn from.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// The access log's `detail` (`-` or empty for a plain forward).
+    pub detail: &'static str,
+    /// The details string a plugin gave its local reply.
+    pub plugin_details: String,
+    /// The cluster the request was sent to.
+    pub cluster: Option<Arc<str>>,
+    /// The endpoint of the last try.
+    pub upstream: Option<Arc<crate::upstream::Endpoint>>,
+    /// Tries made upstream (retries included).
+    pub attempts: u32,
 }
 
 /// A local response a plugin asked for.
@@ -87,8 +124,6 @@ pub struct StreamState {
     /// Response headers have gone downstream: a local response is no longer possible.
     pub response_started: bool,
     pub response_code: Option<u16>,
-    pub response_code_details: String,
-    pub upstream_address: Option<String>,
     pub request_size: u64,
     pub response_size: u64,
     pub finished: Option<SystemTime>,
@@ -110,8 +145,6 @@ impl StreamState {
             wake: Arc::new(Notify::new()),
             response_started: false,
             response_code: None,
-            response_code_details: String::new(),
-            upstream_address: None,
             request_size: 0,
             response_size: 0,
             finished: None,

@@ -158,6 +158,7 @@ impl Plugin {
         module: Arc<CompiledModule>,
         clusters: HashMap<String, Arc<Cluster>>,
         limits: PluginLimits,
+        node: &Arc<config::NodeSettings>,
     ) -> Result<Arc<Self>, String> {
         let mut configurations = vec![(None, json_bytes(&config.config))];
         for (route, value) in &config.route_config {
@@ -175,6 +176,7 @@ impl Plugin {
                 .collect(),
             clusters: clusters.keys().cloned().collect::<HashSet<_>>(),
             limits,
+            node: node.clone(),
         });
         let plugin = Arc::new(Self {
             name: config.name.clone(),
@@ -228,6 +230,7 @@ impl Plugin {
         config: &config::Plugin,
         module: &CompiledModule,
         limits: PluginLimits,
+        node: &config::NodeSettings,
     ) -> bool {
         let mut configurations = vec![(None, json_bytes(&config.config))];
         for (route, value) in &config.route_config {
@@ -250,6 +253,7 @@ impl Plugin {
                 .map(|(k, v)| (k, v))
                 .eq(config.env.iter())
             && identity.limits == limits
+            && *identity.node == *node
     }
 
     /// The namespace of the plugin's shared data and queues.
@@ -1047,6 +1051,7 @@ pub fn build_plugins(
     plugins_dir: &std::path::Path,
     clusters: &HashMap<String, Arc<Cluster>>,
     limits: PluginLimits,
+    node: &Arc<config::NodeSettings>,
     reusable: &[Arc<Plugin>],
 ) -> Result<Vec<Arc<Plugin>>, Vec<config::ConfigError>> {
     let mut modules: HashMap<std::path::PathBuf, Result<Arc<CompiledModule>, String>> =
@@ -1062,10 +1067,10 @@ pub fn build_plugins(
         let result = module.and_then(|module| {
             match reusable
                 .iter()
-                .find(|running| running.is_instance_of(plugin, &module, limits))
+                .find(|running| running.is_instance_of(plugin, &module, limits, node))
             {
                 Some(running) => Ok(running.clone()),
-                None => Plugin::new(plugin, module, clusters.clone(), limits),
+                None => Plugin::new(plugin, module, clusters.clone(), limits, node),
             }
         });
         match result {

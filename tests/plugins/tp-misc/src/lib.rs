@@ -10,7 +10,12 @@
 //!   cancels it, cancels it again → `x-grpc-cancel: Ok`, `x-grpc-cancel-again: <status
 //!   name>`; any stream callback after the cancel would add `x-grpc-after-cancel: <callback>`
 //!   (none must arrive) — the request continues at once;
-//! - `reset`: `proxy_close_stream(HttpRequest)` → the gateway resets the request (answers 503).
+//! - `reset`: `proxy_close_stream(HttpRequest)` in the request headers → the gateway resets
+//!   the stream: no response (HTTP/1.1 closes the connection, HTTP/2 sends RST_STREAM);
+//! - `reset-response`: `proxy_close_stream(HttpResponse)` in the response headers → the same,
+//!   before any of the response is sent;
+//! - `reset-body`: `proxy_close_stream(HttpResponse)` in the first response body callback →
+//!   the response head is out, its body ends in a reset.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -27,7 +32,7 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Misc))
+        Some(Box::new(Misc { mode: None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -35,7 +40,10 @@ impl RootContext for Root {
     }
 }
 
-struct Misc;
+struct Misc {
+    /// The request's `x-misc`, for the response callbacks.
+    mode: Option<String>,
+}
 
 fn outcome<T>(result: Result<T, proxy_wasm::types::Status>) -> String {
     match result {
@@ -55,8 +63,25 @@ impl Context for Misc {
 }
 
 impl HttpContext for Misc {
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.mode.as_deref() == Some("reset-response") {
+            let _ = hostcalls::reset_http_response();
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        if self.mode.as_deref() == Some("reset-body") {
+            let _ = hostcalls::reset_http_response();
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        match self.get_http_request_header("x-misc").as_deref() {
+        self.mode = self.get_http_request_header("x-misc");
+        match self.mode.as_deref() {
             Some("log-level") => {
                 let level = hostcalls::get_log_level().map(|level| level as u32);
                 self.add_http_request_header("x-log-level", &level.map_or_else(|s| format!("{s:?}"), |l| l.to_string()));

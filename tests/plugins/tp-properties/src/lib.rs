@@ -1,7 +1,8 @@
 //! `tp-properties`: reads host properties and passes a value to a later plugin.
 //!
 //! Configuration:
-//! `{"properties": [{"path": ["request", "path"], "type": "string"}, ...], "read_marker": false}`
+//! `{"properties": [{"path": ["request", "path"], "type": "string"}, ...], "read_marker": false,
+//! "log_properties": [["request", "duration"], ...]}`
 //! with `type` one of `string` (raw bytes, as UTF-8), `int` (8 bytes, little-endian i64,
 //! written in decimal), `bool` (1 byte: `true`/`false`) or `bytes` (lower-case hex). Both
 //! fields are optional (default: no properties, `read_marker` false).
@@ -14,6 +15,9 @@
 //!   `x-prop-<segments joined by '-', with '_' and '.' also turned into '-'>: <decoded value>`
 //!   (`<missing>` when the host has no value, `<bad-int:N bytes>` / `<bad-bool:N bytes>` for a
 //!   wrongly sized value). When `read_marker` is true, also adds `x-tp-marker: <marker>`.
+//! - Log phase (`on_log`): for every path in `log_properties`, `get_property(path)` and logs
+//!   at info level one line `tp-properties on_log <segments joined by '.'>=<lower-case hex>`
+//!   (`=<missing>` when the host has no value). The gateway log shows them.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -32,6 +36,8 @@ struct Config {
     properties: Vec<Property>,
     #[serde(default)]
     read_marker: bool,
+    #[serde(default)]
+    log_properties: Vec<Vec<String>>,
 }
 
 #[derive(Clone, serde::Deserialize)]
@@ -117,6 +123,17 @@ fn decode(kind: Kind, value: Option<Vec<u8>>) -> String {
 }
 
 impl HttpContext for Properties {
+    fn on_log(&mut self) {
+        for path in &self.config.log_properties {
+            let segments: Vec<&str> = path.iter().map(String::as_str).collect();
+            let value = decode(Kind::Bytes, self.get_property(segments));
+            let _ = proxy_wasm::hostcalls::log(
+                LogLevel::Info,
+                &format!("tp-properties on_log {}={value}", path.join(".")),
+            );
+        }
+    }
+
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if self.config.read_marker {
             let marker = self.get_property(vec![MARKER]);
