@@ -44,6 +44,7 @@ pub fn export(policies: &Path, plugins: &Path) -> anyhow::Result<Translation<Str
     let clusters = clusters::clusters(config, &sources, &mut losses);
 
     let mut bootstrap = json!({
+        "node": node(&config.server.node),
         "admin": {
             "address": socket_address(ADMIN_ADDRESS, ADMIN_PORT),
         },
@@ -68,6 +69,30 @@ pub fn export(policies: &Path, plugins: &Path) -> anyhow::Result<Translation<Str
         "# Envoy v3 bootstrap written by `tollgate export envoy`.\n# Run it with: envoy -c FILE\n{yaml}"
     );
     Ok(Translation { output, losses })
+}
+
+/// The `envoy.config.core.v3.Node` from `server.node`: plugins read it as the `node` and
+/// `xds.node` properties in both proxies, so it travels with them.
+fn node(node: &crate::config::NodeSettings) -> Value {
+    let mut value = json!({ "id": node.id, "cluster": node.cluster });
+    if !node.metadata.is_empty() {
+        value["metadata"] = Value::Object(node.metadata.clone());
+    }
+    let locality = &node.locality;
+    let mut fields = serde_json::Map::new();
+    for (name, field) in [
+        ("region", &locality.region),
+        ("zone", &locality.zone),
+        ("sub_zone", &locality.sub_zone),
+    ] {
+        if !field.is_empty() {
+            fields.insert(name.into(), json!(field));
+        }
+    }
+    if !fields.is_empty() {
+        value["locality"] = Value::Object(fields);
+    }
+    value
 }
 
 /// An `envoy.config.core.v3.Address`.
