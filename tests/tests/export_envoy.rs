@@ -261,6 +261,12 @@ fn every_field_exports_to_a_valid_bootstrap_that_means_the_same() {
     let (bootstrap, outcome) = exported(&dir);
     let public = connection_manager(listener(&bootstrap, "public"));
 
+    // server.node is the bootstrap's node: plugins read it as `node` in both proxies.
+    assert_eq!(bootstrap["node"]["id"], "gateway-eu-1");
+    assert_eq!(bootstrap["node"]["cluster"], "front-door");
+    assert_eq!(bootstrap["node"]["metadata"]["labels"]["app"], "tollgate");
+    assert_eq!(bootstrap["node"]["locality"]["sub_zone"], "rack-7");
+
     // One filter per plugin instance, higher priority first: keys (100) with its route
     // configuration, tagger (50) with its, raw-text (10); the singleton is not a filter.
     assert_eq!(
