@@ -193,10 +193,7 @@ mod tests {
     fn durations_round_trip() {
         assert_eq!(istio_duration(Duration::from_millis(250)), "0.250s");
         assert_eq!(istio_duration(Duration::from_secs(90)), "90s");
-        assert_eq!(
-            parse_istio_duration("1m30s"),
-            Some(Duration::from_secs(90))
-        );
+        assert_eq!(parse_istio_duration("1m30s"), Some(Duration::from_secs(90)));
         assert_eq!(
             parse_istio_duration("0.250s"),
             Some(Duration::from_millis(250))

@@ -454,7 +454,9 @@ impl<'a> Exporter<'a> {
                     json!({ "destination": destination, "weight": target.weight })
                 })
                 .collect(),
-            (Some(cluster), None) => vec![json!({ "destination": { "host": cluster_host(cluster) } })],
+            (Some(cluster), None) => {
+                vec![json!({ "destination": { "host": cluster_host(cluster) } })]
+            }
             (None, None) => Vec::new(),
         };
         http["route"] = json!(destinations);
@@ -474,12 +476,12 @@ impl<'a> Exporter<'a> {
             // Istio retries by default; a route Tollgate does not retry says so.
             None => json!({ "attempts": 0 }),
             Some(retries) => {
-                let mut on: Vec<String> = if retries.on.is_empty() && retries.status_codes.is_empty()
-                {
-                    vec!["5xx".to_string()]
-                } else {
-                    retries.on.clone()
-                };
+                let mut on: Vec<String> =
+                    if retries.on.is_empty() && retries.status_codes.is_empty() {
+                        vec!["5xx".to_string()]
+                    } else {
+                        retries.on.clone()
+                    };
                 on.extend(retries.status_codes.iter().map(u16::to_string));
                 let mut policy = json!({ "attempts": retries.attempts, "retryOn": on.join(",") });
                 if let Some(per_try) = &retries.per_try_timeout {
@@ -692,12 +694,36 @@ impl<'a> Exporter<'a> {
                 );
             }
             let unsupported = [
-                ("vm_config", !plugin.vm_config.is_null(), "a WasmPlugin has no VM configuration"),
-                ("vm_id", plugin.vm_id.is_some(), "Istio gives every WasmPlugin a VM of its own"),
-                ("callback_timeout", plugin.callback_timeout.is_some(), "Istio has no CPU deadline per callback"),
-                ("memory_limit", plugin.memory_limit.is_some(), "Istio has no memory limit per plugin"),
-                ("max_traps_per_minute", plugin.max_traps_per_minute.is_some(), "Istio has no trap circuit"),
-                ("circuit_open_time", plugin.circuit_open_time.is_some(), "Istio has no trap circuit"),
+                (
+                    "vm_config",
+                    !plugin.vm_config.is_null(),
+                    "a WasmPlugin has no VM configuration",
+                ),
+                (
+                    "vm_id",
+                    plugin.vm_id.is_some(),
+                    "Istio gives every WasmPlugin a VM of its own",
+                ),
+                (
+                    "callback_timeout",
+                    plugin.callback_timeout.is_some(),
+                    "Istio has no CPU deadline per callback",
+                ),
+                (
+                    "memory_limit",
+                    plugin.memory_limit.is_some(),
+                    "Istio has no memory limit per plugin",
+                ),
+                (
+                    "max_traps_per_minute",
+                    plugin.max_traps_per_minute.is_some(),
+                    "Istio has no trap circuit",
+                ),
+                (
+                    "circuit_open_time",
+                    plugin.circuit_open_time.is_some(),
+                    "Istio has no trap circuit",
+                ),
             ];
             for (field, written, reason) in unsupported {
                 if written {

@@ -6,8 +6,8 @@
 //! [`Loss`], printed on stderr as a warning, or under `--strict` an error that fails the
 //! command before anything is written.
 
-mod istio;
 pub mod envoy;
+mod istio;
 pub mod istio_export;
 pub mod istio_import;
 
