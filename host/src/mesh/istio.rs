@@ -126,6 +126,15 @@ pub fn phase_floor(phase: &str) -> i32 {
         .map_or(0, |(_, lowest)| (*lowest).max(0))
 }
 
+/// Whether a Gateway server host accepts a VirtualService host.
+pub fn host_covers(accepted: &str, host: &str) -> bool {
+    accepted == "*"
+        || accepted == host
+        || accepted
+            .strip_prefix('*')
+            .is_some_and(|suffix| host.ends_with(suffix))
+}
+
 /// A duration as Istio writes them: seconds with a fraction if needed (`5s`, `0.250s`).
 pub fn istio_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
@@ -199,6 +208,14 @@ mod tests {
             Some(Duration::from_millis(250))
         );
         assert_eq!(parse_istio_duration("5"), None);
+    }
+
+    #[test]
+    fn server_hosts_cover_virtual_service_hosts() {
+        assert!(host_covers("*", "a.example.com"));
+        assert!(host_covers("*.example.com", "a.example.com"));
+        assert!(!host_covers("*.example.com", "example.org"));
+        assert!(host_covers("a.example.com", "a.example.com"));
     }
 
     #[test]

@@ -302,6 +302,7 @@ impl<'a> Exporter<'a> {
                 );
                 continue;
             }
+            self.check_listener_binding(&at, vhost);
             let http: Vec<Value> = vhost
                 .routes
                 .iter()
@@ -310,6 +311,35 @@ impl<'a> Exporter<'a> {
                 .collect();
             let spec = json!({ "hosts": hosts, "gateways": [GATEWAY_NAME], "http": http });
             self.resource(NETWORKING_API, "VirtualService", &vhost.name, spec);
+        }
+    }
+
+    /// Istio exposes a VirtualService on every server of the Gateway whose hosts cover its
+    /// own; a virtual host kept off a listener whose other virtual hosts' domains cover it
+    /// (`*`, `*.example.com`) would be served there too.
+    fn check_listener_binding(&mut self, at: &str, vhost: &raw::VirtualHost) {
+        let Some(bound) = &vhost.listeners else {
+            return;
+        };
+        for listener in &self.config.listeners {
+            if bound.contains(&listener.name) {
+                continue;
+            }
+            let hosts = self.listener_hosts(&listener.name);
+            let exposed = vhost.domains.iter().any(|domain| {
+                hosts
+                    .iter()
+                    .any(|host| super::istio::host_covers(host, domain))
+            });
+            if exposed {
+                self.lose(
+                    format!("{at}.listeners"),
+                    &format!(
+                        "the Gateway server of listener {:?} accepts these domains too, so Istio serves the virtual host there as well",
+                        listener.name
+                    ),
+                );
+            }
         }
     }
 
