@@ -717,7 +717,7 @@ impl<'a> Exporter<'a> {
                     ),
                 }
             }
-            for (route, _) in &plugin.route_config {
+            for route in plugin.route_config.keys() {
                 self.lose(
                     format!("{at}.route_config.{route}"),
                     "a WasmPlugin has one configuration for all routes; the per-route configuration is left out",

@@ -102,6 +102,12 @@ struct ImportedCluster {
     subsets: BTreeMap<String, BTreeMap<String, String>>,
     /// Where the cluster's endpoints came from, when no ServiceEntry declared them.
     port_guess: Option<u16>,
+    /// The Istio host the cluster stands for.
+    host: String,
+    /// Where the cluster was first named, for the losses about it.
+    named_at: String,
+    /// The DestinationRule of the cluster, if any.
+    rule: Option<String>,
     has_service_entry: bool,
     has_outlier_detection: bool,
 }
@@ -393,13 +399,16 @@ impl Importer {
 
     // --- ServiceEntry and DestinationRule → clusters ---
 
-    fn cluster(&mut self, host: &str) -> &mut ImportedCluster {
+    /// The cluster of an Istio host, created on first use; `named_at` says where.
+    fn cluster(&mut self, host: &str, named_at: String) -> &mut ImportedCluster {
         let name = host_cluster(host);
         let index = match self.clusters.iter().position(|c| c.name == name) {
             Some(index) => index,
             None => {
                 self.clusters.push(ImportedCluster {
                     name,
+                    host: host.to_string(),
+                    named_at,
                     ..ImportedCluster::default()
                 });
                 self.clusters.len() - 1
@@ -479,7 +488,7 @@ impl Importer {
                 put(&mut fields, "address", endpoint_address(&host, target_port));
                 host_endpoints.push(Yaml::Mapping(fields));
             }
-            let cluster = self.cluster(&host);
+            let cluster = self.cluster(&host, entry.at("spec.hosts"));
             cluster.endpoints = host_endpoints;
             cluster.has_service_entry = true;
             if http2 {
@@ -687,7 +696,8 @@ impl Importer {
                 subsets.insert(name.to_string(), labels);
             }
         }
-        let cluster = self.cluster(host);
+        let cluster = self.cluster(host, rule.at("spec.host"));
+        cluster.rule = Some(rule.name.clone());
         cluster.fields.extend(fields);
         cluster.subsets = subsets;
         cluster.has_outlier_detection = has_outlier_detection;
@@ -1011,7 +1021,7 @@ impl Importer {
             let port = target["port"]["number"]
                 .as_u64()
                 .and_then(|p| u16::try_from(p).ok());
-            let cluster = self.cluster(host);
+            let cluster = self.cluster(host, service.at(&format!("{at}.destination.host")));
             if cluster.port_guess.is_none() {
                 cluster.port_guess = port;
             }
@@ -1153,7 +1163,10 @@ impl Importer {
         if mirror.is_object() {
             self.only(service, &format!("{at}.mirror"), mirror, &["host"]);
             if let Some(host) = mirror["host"].as_str() {
-                let cluster = self.cluster(host).name.clone();
+                let cluster = self
+                    .cluster(host, service.at(&format!("{at}.mirror.host")))
+                    .name
+                    .clone();
                 let mut settings = map();
                 put(&mut settings, "cluster", cluster);
                 if let Some(percent) = http["mirrorPercentage"]["value"].as_f64() {
@@ -1445,7 +1458,7 @@ impl Importer {
                 let port = cluster.port_guess.unwrap_or(80);
                 if cluster.port_guess.is_none() {
                     self.losses.add(
-                        format!("DestinationRule {}: spec.host", cluster.name),
+                        cluster.named_at.clone(),
                         "no ServiceEntry and no destination port: the cluster's endpoint is the host on port 80",
                     );
                 }
@@ -1453,14 +1466,20 @@ impl Importer {
                 put(
                     &mut endpoint,
                     "address",
-                    endpoint_address(&super::istio::cluster_host(&cluster.name), u64::from(port)),
+                    endpoint_address(&cluster.host, u64::from(port)),
                 );
                 cluster.endpoints = vec![Yaml::Mapping(endpoint)];
             }
             if !cluster.has_outlier_detection {
+                let field = match &cluster.rule {
+                    Some(rule) => {
+                        format!("DestinationRule {rule}: spec.trafficPolicy.outlierDetection")
+                    }
+                    None => cluster.named_at.clone(),
+                };
                 self.losses.add(
-                    format!("DestinationRule {}: spec.trafficPolicy.outlierDetection", cluster.name),
-                    "Istio ejects no endpoint without it; Tollgate always does, with its defaults (5 gateway errors, 30s)",
+                    field,
+                    "Istio ejects no endpoint without outlierDetection; Tollgate always does, with its defaults (5 gateway errors, 30s)",
                 );
             }
             if !cluster.fields.contains_key("load_balancing") {
