@@ -6,6 +6,7 @@ pub mod backends;
 pub mod bundled;
 pub mod certs;
 pub mod clients;
+pub mod fixtures;
 pub mod gateway;
 pub mod h2frames;
 pub mod plugins;

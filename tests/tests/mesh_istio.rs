@@ -11,6 +11,7 @@ use serde::Deserialize as _;
 use serde_json::Value;
 use tollgate_tests::certs::CertAuthority;
 use tollgate_tests::clients::{request, HttpClient};
+use tollgate_tests::fixtures::{demo_policies, every_field_policies, plugins_dir};
 use tollgate_tests::gateway::{tollgate_binary, Gateway, PolicyDir};
 use tollgate_tests::{backends, bundled, python};
 
@@ -78,29 +79,13 @@ fn fixture_files() -> Vec<PathBuf> {
 }
 
 /// A plugins folder with the bundled plugins under the file names policies use
-/// (`key-auth.wasm`).
-fn plugins_dir() -> tempfile::TempDir {
+/// (`key-auth.wasm`), for folders the import writes.
+fn bundled_plugins_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("plugins folder");
     for (name, path) in bundled::ALL {
         std::fs::copy(path, dir.path().join(format!("{name}.wasm")))
             .unwrap_or_else(|e| panic!("copy {path}: {e}"));
     }
-    dir
-}
-
-/// A copy of the demo policies with the certificate `just demo` writes.
-fn demo_policies() -> PolicyDir {
-    let dir = PolicyDir::new();
-    for entry in std::fs::read_dir(repository().join("policies")).expect("read policies/") {
-        let path = entry.expect("policies entry").path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            std::fs::copy(&path, dir.path().join(path.file_name().expect("file name")))
-                .expect("copy a demo policy");
-        }
-    }
-    CertAuthority::new("demo CA")
-        .server_cert(&["demo.local", "localhost"])
-        .write(&dir.certs_dir(), "demo");
     dir
 }
 
@@ -276,7 +261,7 @@ fn importing_the_fixture_and_exporting_it_again_gives_the_same_resources() {
     );
 
     write_fixture_certs(policies.path());
-    let plugins = plugins_dir();
+    let plugins = bundled_plugins_dir();
     let check = tollgate(&[
         "check",
         "--policies",
@@ -330,8 +315,8 @@ fn the_fixture_is_valid_istio() {
 #[test]
 fn the_demo_export_is_valid_istio_and_names_what_it_cannot_carry() {
     let policies = demo_policies();
-    let plugins = plugins_dir();
-    let exported = export(&policies.path(), plugins.path(), &[]);
+    let plugins = plugins_dir(&policies);
+    let exported = export(&policies.path(), &plugins, &[]);
     assert_eq!(exported.code, Some(0), "{}", exported.stderr);
     let (valid, report) = validate(&exported.stdout);
     assert!(valid, "{report}");
@@ -351,7 +336,7 @@ fn the_demo_export_is_valid_istio_and_names_what_it_cannot_carry() {
     assert_eq!(keys["phase"], "AUTHN");
     assert_eq!(keys["priority"], 100.0);
     assert_eq!(keys["pluginConfig"]["key_names"][0], "x-api-key");
-    let module = plugins.path().join("key-auth.wasm");
+    let module = plugins.join("key-auth.wasm");
     assert_eq!(keys["url"], format!("file://{}", module.display()));
     assert_eq!(found["WasmPlugin metering"]["spec"]["phase"], "STATS");
     let shop_rule = &found["DestinationRule shop"]["spec"];
@@ -374,6 +359,7 @@ fn the_demo_export_is_valid_istio_and_names_what_it_cannot_carry() {
         "warning: routes.yaml: virtual_hosts[0].routes[0].redirect.prefix: ",
         "warning: routes.yaml: virtual_hosts[0].routes[5].forward.retries.non_idempotent: ",
         "warning: clusters.yaml: clusters[0].limits.max_idle_per_endpoint: ",
+        "warning: listeners.yaml: server.idle_timeout: ",
         "warning: plugins.yaml: plugins[0].apply_to: ",
         "warning: plugins.yaml: plugins[3].apply_to: ",
     ] {
@@ -383,7 +369,120 @@ fn the_demo_export_is_valid_istio_and_names_what_it_cannot_carry() {
             exported.stderr
         );
     }
-    assert_eq!(warnings(&exported.stderr).len(), 7, "{}", exported.stderr);
+    assert_eq!(warnings(&exported.stderr).len(), 9, "{}", exported.stderr);
+}
+
+/// Every field of the policies either reaches the export or is named as a loss.
+#[test]
+fn every_field_export_is_valid_istio_and_names_each_loss() {
+    let policies = every_field_policies();
+    let plugins = plugins_dir(&policies);
+    let exported = export(&policies.path(), &plugins, &[]);
+    assert_eq!(exported.code, Some(0), "{}", exported.stderr);
+    let (valid, report) = validate(&exported.stdout);
+    assert!(valid, "{report}");
+
+    let found = documents([exported.stdout.as_str()]);
+    // Two certificates on one listener: a server each, by the hosts they name.
+    let servers = found["Gateway tollgate"]["spec"]["servers"]
+        .as_array()
+        .expect("servers")
+        .clone();
+    let tls_hosts: Vec<(String, Value)> = servers
+        .iter()
+        .filter(|server| server["tls"].is_object())
+        .map(|server| {
+            (
+                server["tls"]["credentialName"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                server["hosts"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tls_hosts,
+        [
+            (
+                "shop".to_string(),
+                serde_json::json!(["*.shop.every.test", "shop.every.test"])
+            ),
+            ("api".to_string(), serde_json::json!(["api.every.test"])),
+        ]
+    );
+    for server in servers.iter().filter(|server| server["tls"].is_object()) {
+        assert_eq!(
+            server["tls"]["mode"], "OPTIONAL_MUTUAL",
+            "client_auth.required: false"
+        );
+        assert_eq!(server["tls"]["minProtocolVersion"], "TLSV1_3");
+    }
+    let orders = &found["ServiceEntry orders"]["spec"];
+    assert_eq!(orders["ports"][0]["protocol"], "HTTP2");
+    let orders_rule = &found["DestinationRule orders"]["spec"]["trafficPolicy"];
+    assert_eq!(orders_rule["outlierDetection"]["consecutive5xxErrors"], 3.0);
+    assert_eq!(orders_rule["loadBalancer"]["simple"], "LEAST_REQUEST");
+    let billing_rule = &found["DestinationRule billing"]["spec"]["trafficPolicy"];
+    assert_eq!(billing_rule["tls"]["credentialName"], "upstream-ca");
+    assert_eq!(billing_rule["tls"]["sni"], "billing.internal");
+    assert_eq!(found["ServiceEntry billing"]["spec"]["resolution"], "DNS");
+    assert!(!found.contains_key("WasmPlugin heartbeat"));
+
+    let mut expected: Vec<String> = [
+        "access_log",
+        "body_read_timeout",
+        "drain_timeout",
+        "header_read_timeout",
+        "idle_timeout",
+        "max_connections",
+        "max_request_body_bytes",
+        "max_request_header_bytes",
+        "merge_slashes",
+        "normalize_path",
+        "path_with_escaped_slashes_action",
+        "plugin_limits",
+        "stream_idle_timeout",
+        "strip_trailing_host_dot",
+    ]
+    .iter()
+    .map(|field| format!("server.yaml: server.{field}"))
+    .collect();
+    expected.extend(
+        [
+            "routes.yaml: virtual_hosts[0].routes[0].match.query[3].present",
+            "routes.yaml: virtual_hosts[0].routes[2].forward.retries.non_idempotent",
+            "routes.yaml: virtual_hosts[0].routes[3].redirect.prefix",
+            "routes.yaml: virtual_hosts[0].routes[3].redirect.strip_query",
+            "clusters.yaml: clusters[0].limits.max_idle_per_endpoint",
+            "plugins.yaml: plugins[0].config",
+            "plugins.yaml: plugins[1].apply_to",
+            "plugins.yaml: plugins[1].route_config.orders-canary",
+            "plugins.yaml: plugins[1].vm_config",
+            "plugins.yaml: plugins[1].vm_id",
+            "plugins.yaml: plugins[1].callback_timeout",
+            "plugins.yaml: plugins[1].memory_limit",
+            "plugins.yaml: plugins[1].max_traps_per_minute",
+            "plugins.yaml: plugins[1].circuit_open_time",
+            "plugins.yaml: plugins[2].apply_to",
+            "plugins.yaml: plugins[2].route_config.order-by-id",
+            "plugins.yaml: plugins[2].route_config.ping",
+            "plugins.yaml: plugins[3].singleton",
+        ]
+        .map(String::from),
+    );
+    let mut reported: Vec<String> = warnings(&exported.stderr)
+        .iter()
+        .map(|line| {
+            let field = line.trim_start_matches("warning: ");
+            let (file, rest) = field.split_once(": ").expect("file: field: reason");
+            let (path, _) = rest.split_once(": ").expect("field: reason");
+            format!("{file}: {path}")
+        })
+        .collect();
+    reported.sort();
+    expected.sort();
+    assert_eq!(reported, expected, "{}", exported.stderr);
 }
 
 #[test]
@@ -434,7 +533,7 @@ plugins:
       consumers: [{ name: ops, keys: [k] }]
 ",
     );
-    let plugins = plugins_dir();
+    let plugins = bundled_plugins_dir();
     let exported = export(&policies.path(), plugins.path(), &[]);
     assert_eq!(exported.code, Some(0), "{}", exported.stderr);
     for expected in [
@@ -469,7 +568,7 @@ plugins:
 #[test]
 fn the_module_url_prefix_and_namespace_are_applied() {
     let policies = demo_policies();
-    let plugins = plugins_dir();
+    let plugins = plugins_dir(&policies);
     for (prefix, expected) in [
         (
             "oci://ghcr.io/acme/plugins/",
@@ -482,7 +581,7 @@ fn the_module_url_prefix_and_namespace_are_applied() {
     ] {
         let exported = export(
             &policies.path(),
-            plugins.path(),
+            &plugins,
             &["--module-url-prefix", prefix, "--namespace", "edge"],
         );
         assert_eq!(exported.code, Some(0), "{}", exported.stderr);
@@ -497,8 +596,8 @@ fn the_module_url_prefix_and_namespace_are_applied() {
 #[test]
 fn the_validator_names_a_wrong_field() {
     let policies = demo_policies();
-    let plugins = plugins_dir();
-    let exported = export(&policies.path(), plugins.path(), &[]);
+    let plugins = plugins_dir(&policies);
+    let exported = export(&policies.path(), &plugins, &[]);
     assert_eq!(exported.code, Some(0), "{}", exported.stderr);
     let misspelt = exported
         .stdout
@@ -519,8 +618,8 @@ fn the_validator_names_a_wrong_field() {
 #[test]
 fn strict_export_fails_and_writes_nothing() {
     let policies = demo_policies();
-    let plugins = plugins_dir();
-    let strict = export(&policies.path(), plugins.path(), &["--strict"]);
+    let plugins = plugins_dir(&policies);
+    let strict = export(&policies.path(), &plugins, &["--strict"]);
     assert_eq!(strict.code, Some(1));
     assert_eq!(strict.stdout, "", "nothing on stdout");
     assert!(
@@ -686,8 +785,8 @@ fn virtual_hosts(routes_yaml: &str) -> BTreeMap<String, (Value, Vec<Value>)> {
 #[test]
 fn importing_the_demo_export_keeps_its_routes() {
     let policies = demo_policies();
-    let plugins = plugins_dir();
-    let exported = export(&policies.path(), plugins.path(), &[]);
+    let plugins = plugins_dir(&policies);
+    let exported = export(&policies.path(), &plugins, &[]);
     assert_eq!(exported.code, Some(0), "{}", exported.stderr);
     let dir = tempfile::tempdir().expect("temp");
     let istio = dir.path().join("istio.yaml");
@@ -726,7 +825,7 @@ fn importing_the_demo_export_keeps_its_routes() {
         "--policies",
         path_str(&out),
         "--plugins",
-        path_str(plugins.path()),
+        path_str(&plugins),
     ]);
     assert_eq!(check.code, Some(0), "{}{}", check.stdout, check.stderr);
 }

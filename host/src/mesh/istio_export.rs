@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use serde_json::{json, Map, Value};
 
 use super::istio::{
-    cluster_host, credential_name, gateway_selector, istio_duration, phase_of, subset_name,
-    EXTENSIONS_API, GATEWAY_NAME, NETWORKING_API,
+    cluster_host, credential_name, gateway_selector, host_covers, istio_duration, phase_of,
+    subset_name, EXTENSIONS_API, GATEWAY_NAME, NETWORKING_API,
 };
 use super::{Losses, Translation};
 use crate::config::{self, duration, model, raw};
@@ -54,6 +54,7 @@ pub fn export_with(
         losses: Losses::new(),
         documents: Vec::new(),
     };
+    exporter.server_settings();
     exporter.gateway();
     exporter.virtual_services();
     exporter.clusters();
@@ -163,6 +164,30 @@ impl<'a> Exporter<'a> {
         self.losses.add(field, reason);
     }
 
+    // --- Server settings ---
+
+    /// The `server` section has no place in these resources: Istio takes such settings
+    /// from its mesh configuration and the gateway's deployment.
+    fn server_settings(&mut self) {
+        let files: &'a [PolicyFile] = self.files;
+        for file in files {
+            let Some(settings) = &file.document.server else {
+                continue;
+            };
+            let Ok(Value::Object(fields)) = serde_json::to_value(settings) else {
+                continue;
+            };
+            for (field, value) in fields {
+                if !value.is_null() {
+                    self.lose(
+                        format!("{}: server.{field}", file.name),
+                        "gateway-wide settings are Istio's mesh configuration and the gateway deployment, not these resources",
+                    );
+                }
+            }
+        }
+    }
+
     // --- Gateway ---
 
     /// One Gateway; a server per listener, or per certificate of a listener with several.
@@ -219,27 +244,17 @@ impl<'a> Exporter<'a> {
                     _ => "TLSV1_2",
                 });
             }
-            // Several certificates: Istio picks one by SNI with a server per certificate,
-            // each for its names; the first takes the names no other one claims.
-            let claimed: BTreeSet<&str> = tls.certificates[1..]
-                .iter()
-                .flat_map(|cert| cert.server_names.iter().map(String::as_str))
-                .collect();
+            // Istio picks a certificate by SNI with a server per certificate, each for the
+            // hosts its names cover; hosts no certificate names go to the first, as
+            // Tollgate's default certificate.
+            let hosts_by_cert = self.hosts_by_certificate(&listener.name, &hosts);
             for (i, cert) in tls.certificates.iter().enumerate() {
                 let mut cert_server = server.clone();
-                let cert_hosts: Vec<String> = if i == 0 {
-                    hosts
-                        .iter()
-                        .filter(|host| !claimed.contains(host.as_str()))
-                        .cloned()
-                        .collect()
-                } else {
-                    cert.server_names.clone()
-                };
+                let cert_hosts = &hosts_by_cert[i];
                 if cert_hosts.is_empty() {
                     self.lose(
                         format!("{at}.tls.certificates[{i}]"),
-                        "serves no name of its own (set server_names): no Istio server for it",
+                        "names no host of the listener's virtual hosts: no Istio server for it",
                     );
                     continue;
                 }
@@ -257,6 +272,44 @@ impl<'a> Exporter<'a> {
         }
         let spec = json!({ "selector": gateway_selector(), "servers": servers });
         self.resource(NETWORKING_API, "Gateway", GATEWAY_NAME, spec);
+    }
+
+    /// The listener's hosts each certificate serves: the first certificate whose names
+    /// (`server_names`, else the DNS names of the certificate) cover a host exactly, else by
+    /// wildcard, else the first certificate.
+    fn hosts_by_certificate(&self, listener: &str, hosts: &[String]) -> Vec<Vec<String>> {
+        let certificates = self
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.name == listener)
+            .and_then(|l| l.tls.as_ref())
+            .map(|tls| tls.certificates.as_slice())
+            .unwrap_or_default();
+        let names: Vec<Vec<String>> = certificates
+            .iter()
+            .map(|cert| {
+                if cert.server_names.is_empty() {
+                    crate::tls::certificate_dns_names(&cert.cert).unwrap_or_default()
+                } else {
+                    cert.server_names.clone()
+                }
+            })
+            .collect();
+        let mut assigned = vec![Vec::new(); certificates.len().max(1)];
+        for host in hosts {
+            let exact = names.iter().position(|names| names.contains(host));
+            let wildcard = || {
+                names.iter().position(|names| {
+                    names
+                        .iter()
+                        .any(|name| name.starts_with("*.") && host_covers(name, host))
+                })
+            };
+            let index = exact.or_else(wildcard).unwrap_or(0);
+            assigned[index].push(host.clone());
+        }
+        assigned
     }
 
     /// The domains of the virtual hosts bound to a listener, as Gateway server hosts.
@@ -326,11 +379,10 @@ impl<'a> Exporter<'a> {
                 continue;
             }
             let hosts = self.listener_hosts(&listener.name);
-            let exposed = vhost.domains.iter().any(|domain| {
-                hosts
-                    .iter()
-                    .any(|host| super::istio::host_covers(host, domain))
-            });
+            let exposed = vhost
+                .domains
+                .iter()
+                .any(|domain| hosts.iter().any(|host| host_covers(host, domain)));
             if exposed {
                 self.lose(
                     format!("{at}.listeners"),
