@@ -59,13 +59,6 @@ fn import(files: &[PathBuf], out: &Path, extra: &[&str]) -> Outcome {
     tollgate(&args)
 }
 
-fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the repository above tests/")
-        .to_path_buf()
-}
-
 /// The Istio resources of tests/fixtures/istio, in name order.
 fn fixture_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/istio");
