@@ -265,6 +265,12 @@ impl Importer {
             let certificate = if protocol == "https" {
                 self.server_tls(gateway, &at, &server["tls"])
             } else {
+                self.only(
+                    gateway,
+                    &format!("{at}.tls"),
+                    &server["tls"],
+                    &["httpsRedirect"],
+                );
                 if server["tls"]["httpsRedirect"] == true {
                     self.lose(
                         gateway.at(&format!("{at}.tls.httpsRedirect")),
@@ -1256,7 +1262,7 @@ impl Importer {
                 service,
                 &format!("{at}.delay"),
                 delay,
-                &["fixedDelay", "percentage"],
+                &["fixedDelay", "percentage", "percent"],
             );
             if let Some(fixed) = self.duration(
                 service,
@@ -1275,7 +1281,7 @@ impl Importer {
                 service,
                 &format!("{at}.abort"),
                 abort,
-                &["httpStatus", "percentage"],
+                &["httpStatus", "percentage", "percent"],
             );
             if let Some(status) = abort["httpStatus"].as_u64() {
                 let mut settings = map();
@@ -1361,8 +1367,10 @@ impl Importer {
         if !variables.is_empty() {
             put(&mut fields, "env", variables);
         }
-        if spec["failStrategy"] == "FAIL_OPEN" {
-            put(&mut fields, "failure_policy", "fail_open");
+        match spec["failStrategy"].as_str() {
+            Some("FAIL_OPEN") => put(&mut fields, "failure_policy", "fail_open"),
+            Some("FAIL_RELOAD") => put(&mut fields, "failure_policy", "reload"),
+            _ => {}
         }
         let phase = spec["phase"].as_str().unwrap_or("UNSPECIFIED_PHASE");
         let priority = spec["priority"]
