@@ -534,7 +534,6 @@ plugins:
         "warning: policies.yaml: plugins[0].vm_config: ",
         "warning: policies.yaml: plugins[0].vm_id: ",
         "warning: policies.yaml: plugins[0].memory_limit: ",
-        "warning: policies.yaml: plugins[0].route_config.all: ",
         "warning: policies.yaml: plugins[1].singleton: ",
     ] {
         assert!(
@@ -543,12 +542,21 @@ plugins:
             exported.stderr
         );
     }
-    assert_eq!(warnings(&exported.stderr).len(), 6, "{}", exported.stderr);
+    assert_eq!(warnings(&exported.stderr).len(), 5, "{}", exported.stderr);
     let found = documents([exported.stdout.as_str()]);
     assert!(!found.contains_key("WasmPlugin guard"));
-    assert!(found["WasmPlugin reshape"]["spec"]
-        .get("pluginConfig")
-        .is_none());
+    let reshape = &found["WasmPlugin reshape"]["spec"];
+    assert!(reshape.get("pluginConfig").is_none());
+    // The route with a configuration of its own is alone on its listener: a second
+    // WasmPlugin there carries it, and the first keeps to the other listener.
+    assert_eq!(reshape["match"][0]["ports"][0]["number"], 18081.0);
+    let reshape_all = &found["WasmPlugin reshape-all"]["spec"];
+    assert_eq!(reshape_all["match"][0]["ports"][0]["number"], 18080.0);
+    assert_eq!(
+        reshape_all["pluginConfig"],
+        serde_json::json!({ "request": {} })
+    );
+    assert_eq!(reshape_all["pluginName"], "reshape");
     // A virtual host alone on its listener: the plugin matches that listener's port.
     let internal_only = &found["WasmPlugin internal-only"]["spec"];
     assert_eq!(internal_only["match"][0]["ports"][0]["number"], 18081.0);

@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use serde_json::{json, Map, Value};
 
 use super::istio::{
-    cluster_host, credential_name, gateway_selector, host_covers, istio_duration, phase_of,
-    subset_name, EXTENSIONS_API, GATEWAY_NAME, NETWORKING_API,
+    cluster_host, credential_name, dns_label, gateway_selector, host_covers, istio_duration,
+    phase_of, subset_name, EXTENSIONS_API, GATEWAY_NAME, NETWORKING_API,
 };
 use super::{Losses, Translation};
 use crate::config::{self, duration, model, raw};
@@ -755,25 +755,44 @@ impl<'a> Exporter<'a> {
                     .collect();
                 spec["vmConfig"] = json!({ "env": env });
             }
-            if let Some(apply_to) = &plugin.apply_to {
-                match self.ports_for(apply_to) {
-                    Some(ports) if ports.is_empty() => {}
-                    Some(ports) => {
-                        let ports: Vec<Value> =
-                            ports.iter().map(|port| json!({ "number": port })).collect();
-                        spec["match"] = json!([{ "ports": ports }]);
+            let covered = self.covered_routes(plugin.apply_to.as_ref());
+            // A per-route configuration of a route alone on its listeners becomes a
+            // WasmPlugin of its own on their ports; the others have no Istio form.
+            let mut overrides = Vec::new();
+            for (route, config) in &plugin.route_config {
+                let alone = BTreeSet::from([route.clone()]);
+                match (config, self.ports_for(&alone)) {
+                    (Value::Object(_), Some(ports))
+                        if !ports.is_empty() && covered.contains(route) =>
+                    {
+                        overrides.push((route, ports, config));
                     }
-                    None => self.lose(
-                        format!("{at}.apply_to"),
-                        "a WasmPlugin selects traffic by port, not by virtual host or route; it runs on every route of the gateway",
+                    _ => self.lose(
+                        format!("{at}.route_config.{route}"),
+                        "a WasmPlugin has one configuration for all the routes of its ports; the per-route configuration is left out",
                     ),
                 }
             }
-            for route in plugin.route_config.keys() {
-                self.lose(
-                    format!("{at}.route_config.{route}"),
-                    "a WasmPlugin has one configuration for all routes; the per-route configuration is left out",
-                );
+            let mut main_routes = covered;
+            for (route, _, _) in &overrides {
+                main_routes.remove(*route);
+            }
+            let restricted = plugin.apply_to.is_some() || !overrides.is_empty();
+            match self.ports_for(&main_routes) {
+                _ if !restricted || main_routes.is_empty() => {}
+                Some(ports) if ports.is_empty() => {}
+                Some(ports) => spec["match"] = port_match(&ports),
+                None => self.lose(
+                    format!("{at}.apply_to"),
+                    "a WasmPlugin selects traffic by port, not by virtual host or route; it runs on every route of the gateway",
+                ),
+            }
+            for (route, ports, config) in overrides {
+                let mut route_spec = spec.clone();
+                route_spec["pluginConfig"] = config.clone();
+                route_spec["match"] = port_match(&ports);
+                let name = format!("{}-{}", plugin.name, dns_label(route));
+                self.resource(EXTENSIONS_API, "WasmPlugin", &name, route_spec);
             }
             let unsupported = [
                 (
@@ -812,7 +831,10 @@ impl<'a> Exporter<'a> {
                     self.lose(format!("{at}.{field}"), reason);
                 }
             }
-            self.resource(EXTENSIONS_API, "WasmPlugin", &plugin.name, spec);
+            // Every route has a configuration of its own: nothing is left for the main one.
+            if !main_routes.is_empty() || !restricted {
+                self.resource(EXTENSIONS_API, "WasmPlugin", &plugin.name, spec);
+            }
         }
     }
 
@@ -837,22 +859,29 @@ impl<'a> Exporter<'a> {
         }
     }
 
-    /// The listener ports whose routes are exactly those `apply_to` covers: `Some(empty)`
-    /// when that is every listener, `None` when no set of ports is.
-    fn ports_for(&self, apply_to: &raw::ApplyTo) -> Option<Vec<u16>> {
-        let covered: BTreeSet<&str> = self
-            .config
+    /// The names of the routes a plugin runs on (every route without `apply_to`).
+    fn covered_routes(&self, apply_to: Option<&raw::ApplyTo>) -> BTreeSet<String> {
+        self.config
             .virtual_hosts
             .iter()
             .flat_map(|vhost| {
-                let whole = apply_to.virtual_hosts.contains(&vhost.name);
+                let whole =
+                    apply_to.is_none_or(|apply_to| apply_to.virtual_hosts.contains(&vhost.name));
                 vhost
                     .routes
                     .iter()
-                    .filter(move |route| whole || apply_to.routes.contains(&route.name))
-                    .map(|route| route.name.as_str())
+                    .filter(move |route| {
+                        whole || apply_to.is_some_and(|a| a.routes.contains(&route.name))
+                    })
+                    .map(|route| route.name.clone())
             })
-            .collect();
+            .collect()
+    }
+
+    /// The listener ports whose routes are exactly `covered`: `Some(empty)` when that is
+    /// every listener, `None` when no set of ports is.
+    fn ports_for(&self, covered: &BTreeSet<String>) -> Option<Vec<u16>> {
+        let covered: BTreeSet<&str> = covered.iter().map(String::as_str).collect();
         let mut ports = Vec::new();
         for listener in &self.config.listeners {
             let routes: BTreeSet<&str> = self
@@ -881,6 +910,12 @@ impl<'a> Exporter<'a> {
         }
         Some(ports)
     }
+}
+
+/// A WasmPlugin `match` on listener ports.
+fn port_match(ports: &[u16]) -> Value {
+    let ports: Vec<Value> = ports.iter().map(|port| json!({ "number": port })).collect();
+    json!([{ "ports": ports }])
 }
 
 /// A header or query condition as an Istio StringMatch; `{}` matches presence.
