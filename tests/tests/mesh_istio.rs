@@ -362,7 +362,14 @@ fn the_demo_export_is_valid_istio_and_names_what_it_cannot_carry() {
             exported.stderr
         );
     }
-    assert_eq!(warnings(&exported.stderr).len(), 9, "{}", exported.stderr);
+    // Every loss names a policy file and a path in it.
+    for warning in warnings(&exported.stderr) {
+        let field = warning.trim_start_matches("warning: ");
+        assert!(
+            field.split(": ").count() >= 3 && field.contains(".yaml: "),
+            "{warning}"
+        );
+    }
 }
 
 /// Every field of the policies either reaches the export or is named as a loss.
