@@ -335,9 +335,15 @@ fn the_demo_export_is_valid_istio_and_names_what_it_cannot_carry() {
     let shop_rule = &found["DestinationRule shop"]["spec"];
     assert_eq!(shop_rule["host"], "shop.tollgate.internal");
     assert_eq!(shop_rule["subsets"][0]["name"], "v1");
-    let canary = &found["VirtualService shop"]["spec"]["http"][5];
-    assert_eq!(canary["name"], "shop-canary");
+    let canary = found["VirtualService shop"]["spec"]["http"]
+        .as_array()
+        .expect("http routes")
+        .iter()
+        .find(|route| route["name"] == "shop-canary")
+        .cloned()
+        .expect("the shop-canary route");
     assert_eq!(canary["route"][0]["weight"], 90.0);
+    assert_eq!(canary["route"][0]["destination"]["subset"], "v1");
     let https = found["Gateway tollgate"]["spec"]["servers"]
         .as_array()
         .expect("servers")
