@@ -76,6 +76,14 @@ enum ExportTarget {
     Istio {
         #[command(flatten)]
         from: ExportFrom,
+        /// `metadata.namespace` of every resource (default: none, the namespace of
+        /// `kubectl apply`).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Where Istio fetches the modules: a prefix such as `oci://registry.example/plugins/`
+        /// or `https://example.com/plugins/` (default: `file://` URLs of the --plugins folder).
+        #[arg(long)]
+        module_url_prefix: Option<String>,
     },
 }
 
@@ -169,9 +177,20 @@ fn main() -> ExitCode {
                     let translated = tollgate::mesh::envoy::export(&from.policies, &from.plugins);
                     (from, translated)
                 }
-                ExportTarget::Istio { from } => {
-                    let translated =
-                        tollgate::mesh::istio_export::export(&from.policies, &from.plugins);
+                ExportTarget::Istio {
+                    from,
+                    namespace,
+                    module_url_prefix,
+                } => {
+                    let options = tollgate::mesh::istio_export::ExportOptions {
+                        namespace,
+                        module_url_prefix,
+                    };
+                    let translated = tollgate::mesh::istio_export::export_with(
+                        &from.policies,
+                        &from.plugins,
+                        &options,
+                    );
                     (from, translated)
                 }
             };

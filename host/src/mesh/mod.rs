@@ -7,6 +7,7 @@
 //! command before anything is written.
 
 pub mod envoy;
+mod istio;
 pub mod istio_export;
 pub mod istio_import;
 

@@ -151,6 +151,15 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         .ok_or_else(|| format!("{} holds no PEM private key", path.display()))
 }
 
+/// The DNS names a listener certificate file answers for when it has no `server_names`
+/// (the mesh exports name the hosts each certificate serves).
+pub fn certificate_dns_names(path: &Path) -> Result<Vec<String>, String> {
+    Ok(read_certs(path)?
+        .first()
+        .map(|cert| dns_names(cert))
+        .unwrap_or_default())
+}
+
 /// The DNS names in a certificate's subject alternative names, used to choose it by SNI.
 fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
     match webpki::EndEntityCert::try_from(cert) {
