@@ -445,6 +445,7 @@ fn every_field_export_is_valid_istio_and_names_each_loss() {
         "max_request_body_bytes",
         "max_request_header_bytes",
         "merge_slashes",
+        "node",
         "normalize_path",
         "path_with_escaped_slashes_action",
         "plugin_limits",
