@@ -25,6 +25,7 @@ mod forward;
 pub mod headers;
 mod local;
 pub mod plugins;
+mod request_body;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,14 +42,15 @@ use std::borrow::Cow;
 use crate::config::{Action, Normalization};
 use crate::routing::normalize::{self, Rejection};
 use crate::routing::{NoMatch, RequestHead};
-use crate::server::body::{caused_by, BodyReadTimeout, MalformedBody, ReadTimeout};
+use crate::server::body::{MalformedBody, ReadTimeout};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
 use crate::upstream::{BoxError, UpstreamBody};
 use crate::wasm::host::StreamInfo;
 pub use access_log::{AccessRecord, Redaction};
 use http_body_util::{BodyExt, Limited};
-use plugins::{PluginRun, Stopped};
+use plugins::{PluginRun, SharedRun, Stopped};
+use request_body::RequestStop;
 
 /// The body of every response the gateway sends downstream.
 pub type ResponseBody = BoxBody<Bytes, BoxError>;
@@ -181,6 +183,7 @@ async fn route_and_act(
     };
     let info = stream_info(&request, downstream, record, route, snapshot);
     let mut run = PluginRun::new(&chain, &route.name, info, wait_limit);
+    run.limit_buffering(snapshot.config.server.max_buffered_body_bytes);
     let (mut parts, body) = request.into_parts();
     let path_and_query = parts
         .uri
@@ -196,7 +199,7 @@ async fn route_and_act(
     let mut list = plugins::to_header_list(&pseudo, &parts.headers);
     let end_of_stream = http_body::Body::is_end_stream(&body);
     if let Err(stop) = run.request_headers(&mut list, end_of_stream).await {
-        return plugin_stop(stop, run, record).await;
+        return plugin_stop(stop, plugins::share(run), record).await;
     }
     let (pseudo, headers) = plugins::from_header_list(&list);
     parts.headers = headers;
@@ -229,7 +232,7 @@ async fn route_and_act(
                 record.detail = "invalid_plugin_authority";
                 let message = format!("a plugin set an invalid :authority: {rejection}\n");
                 let response = local::reply(StatusCode::BAD_REQUEST, &message);
-                return plugin_response(run, response, record).await;
+                return plugin_response(plugins::share(run), response, record).await;
             }
         }
     }
@@ -244,7 +247,7 @@ async fn route_and_act(
                 record.detail = "invalid_plugin_path";
                 let message = format!("a plugin set an invalid :path: {rejection}\n");
                 let response = local::reply(StatusCode::BAD_REQUEST, &message);
-                return plugin_response(run, response, record).await;
+                return plugin_response(plugins::share(run), response, record).await;
             }
         }
     }
@@ -270,68 +273,82 @@ async fn route_and_act(
                     StatusCode::NOT_FOUND,
                     &format!("no route for {:?}\n", parts.uri.path()),
                 );
-                return plugin_response(run, response, record).await;
+                return plugin_response(plugins::share(run), response, record).await;
             }
         }
     }
 
-    // Request body: buffered whole (bounded) so plugins can read, rewrite or refuse it.
-    let body: UpstreamBody = if end_of_stream {
-        http_body_util::Empty::new()
-            .map_err(|never| match never {})
-            .boxed()
-    } else {
-        let collected = match downstream_body(body, &snapshot.config.server)
-            .collect()
-            .await
+    // Request body: streamed through the plugins that read it, piece by piece, while the
+    // upstream request starts with the head (see `request_body`).
+    let server = &snapshot.config.server;
+    let streams_through_plugins = !end_of_stream && run.reads_request_stream();
+    if run.reads_request_body() && !end_of_stream {
+        if declared_length(&parts.headers)
+            .is_some_and(|length| length > server.max_request_body_bytes)
         {
-            Ok(collected) => collected,
-            Err(error) if caused_by::<BodyReadTimeout>(error.as_ref()) => {
-                return request_body_timeout(record);
-            }
-            Err(error) => {
-                let too_large = error.is::<http_body_util::LengthLimitError>();
-                record.detail = if too_large {
-                    "request_body_too_large"
-                } else {
-                    "downstream_body_error"
-                };
-                let status = if too_large {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                return local::reply(status, "could not read the request body\n");
-            }
-        };
-        let mut trailers = collected.trailers().map(crate::wasm::plugin::header_list);
-        let mut bytes = collected.to_bytes().to_vec();
-        if let Err(stop) = run.request_body(&mut bytes, &mut trailers).await {
-            return plugin_stop(stop, run, record).await;
+            record.detail = "request_body_too_large";
+            return close_after(local::reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large\n",
+            ));
         }
+        // A plugin may change the body's length, and the head goes before the body has
+        // passed: the upstream gets no length (HTTP/1.1 chunked, HTTP/2 framed).
+        parts.headers.remove(http::header::CONTENT_LENGTH);
         parts.headers.remove(http::header::TRANSFER_ENCODING);
-        parts
-            .headers
-            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-        let body = http_body_util::Full::new(Bytes::from(bytes)).map_err(|never| match never {});
-        match trailers {
-            Some(list) => {
-                let (_, map) = plugins::from_header_list(&list);
-                body.with_trailers(async move { Some(Ok(map)) }).boxed()
+    }
+    let run = plugins::share(run);
+    let (body, body_stop): (UpstreamBody, _) = if end_of_stream {
+        let empty = http_body_util::Empty::new().map_err(|never| match never {});
+        (empty.boxed(), None)
+    } else if streams_through_plugins {
+        let (body, stop) =
+            request_body::through_plugins(downstream_body(body, server), run.clone());
+        (body, Some(stop))
+    } else {
+        (downstream_body(body, server), None)
+    };
+    let request = http::Request::from_parts(parts, body);
+    let outcome = match body_stop {
+        None => Ok(act(request, route, snapshot, downstream, &authority, record).await),
+        Some(stopped) => {
+            let upstream = act(request, route, snapshot, downstream, &authority, record);
+            // A stop from the body task abandons the upstream request (the future drops).
+            let stopped = async {
+                match stopped.await {
+                    Ok(stop) => stop,
+                    // The body went through whole: only the upstream decides now.
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                stop = stopped => Err(stop),
+                response = upstream => Ok(response),
             }
-            None => body.boxed(),
         }
     };
-    let response = act(
-        http::Request::from_parts(parts, body),
-        route,
-        snapshot,
-        downstream,
-        &authority,
-        record,
-    )
-    .await;
-    plugin_response(run, response, record).await
+    match outcome {
+        Ok(response) => plugin_response(run, response, record).await,
+        Err(RequestStop::Plugin(stop)) => plugin_stop(stop, run, record).await,
+        Err(RequestStop::Refused(detail, response)) => {
+            record.detail = detail;
+            run.lock()
+                .await
+                .set_final_response(response.status().as_u16(), &Vec::new());
+            close_after(response)
+        }
+    }
+}
+
+/// The request's `Content-Length`, when it has a valid one.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The request body as the pipeline reads it: bounded in size by
@@ -379,16 +396,17 @@ fn close_after(mut response: Response<ResponseBody>) -> Response<ResponseBody> {
 /// Answers a request whose plugins stopped it.
 async fn plugin_stop(
     stop: Stopped,
-    mut run: PluginRun,
+    shared: SharedRun,
     record: &mut AccessRecord,
 ) -> Response<ResponseBody> {
     match stop {
         Stopped::Local(index, answer) => {
             record.detail = "plugin_local_reply";
-            run.answered_by(index);
-            plugin_response(run, plugins::local_response(&answer), record).await
+            shared.lock().await.answered_by(index);
+            plugin_response(shared, plugins::local_response(&answer), record).await
         }
         Stopped::Failed(response) => {
+            let mut run = shared.lock().await;
             record.detail = "plugin_failure";
             record.plugin_phase = run.failed_phase().unwrap_or("-");
             run.set_final_response(response.status().as_u16(), &Vec::new());
@@ -399,10 +417,11 @@ async fn plugin_stop(
 
 /// Response phase: the plugin chain in reverse order, then the body through the plugins.
 async fn plugin_response(
-    mut run: PluginRun,
+    shared: SharedRun,
     response: Response<ResponseBody>,
     record: &mut AccessRecord,
 ) -> Response<ResponseBody> {
+    let mut run = shared.lock().await;
     let (mut parts, body) = response.into_parts();
     let mut list = plugins::to_header_list(
         &[(":status", parts.status.as_str().to_string())],
@@ -441,7 +460,8 @@ async fn plugin_response(
         parts.status = status;
     }
     run.set_final_response(parts.status.as_u16(), &list);
-    Response::from_parts(parts, plugins::filter_response_body(body, run))
+    drop(run);
+    Response::from_parts(parts, plugins::filter_response_body(body, shared))
 }
 
 /// Fault injection and the route's action.
