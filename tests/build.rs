@@ -34,6 +34,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("tp-misc", "TP_MISC"),
     ("tp-limits", "TP_LIMITS"),
     ("tp-retire", "TP_RETIRE"),
+    ("tp-stream", "TP_STREAM"),
 ];
 
 const TARGET: &str = "wasm32-wasip1";
