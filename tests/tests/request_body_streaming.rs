@@ -13,7 +13,9 @@
 //!   the upstream gets nothing; holding as much of a response resets it;
 //! - a local reply from the body phase mid-upload reaches the client, and the upstream
 //!   request is abandoned;
-//! - request trailers reach the plugins after the whole body, and the upstream after it.
+//! - request trailers reach the plugins after the whole body, and the upstream after it;
+//! - on a route whose plugins read no body the client's `Content-Length` goes upstream;
+//! - a body that stops arriving through a body plugin is still answered 408.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,6 +39,7 @@ server:
   # The 1 GiB upload is within the total; a paused plugin may hold 1 MiB.
   max_request_body_bytes: 2147483648
   max_buffered_body_bytes: 1048576
+  body_read_timeout: 2s
 listeners:
   - name: public
     address: ${listen:public}
@@ -69,6 +72,9 @@ virtual_hosts:
       - name: trailers
         match: { path: { prefix: /trailers } }
         forward: { cluster: sink-h2 }
+      - name: headers-only-upload
+        match: { path: { prefix: /headers-only-upload } }
+        forward: { cluster: sink }
 "#;
 
 /// What the sink upstream saw of one request.
@@ -228,9 +234,9 @@ async fn start() -> Setup {
     let grpc = backends::grpc_stream_echo("grpc").await;
     let sink = Sink::start().await;
     let plugins = [
-        PluginSpec::new("headers-only", headers_only_wat()).routes(&["headers-only-grpc"]),
-        PluginSpec::new("reader", TP_STREAM)
-            .routes(&["reader-grpc", "upload", "trailers"]),
+        PluginSpec::new("headers-only", headers_only_wat())
+            .routes(&["headers-only-grpc", "headers-only-upload"]),
+        PluginSpec::new("reader", TP_STREAM).routes(&["reader-grpc", "upload", "trailers"]),
         PluginSpec::new("rewriter", TP_BODY).routes(&["rewrite"]),
     ];
     let mut policies = PolicyDir::new();
@@ -480,7 +486,10 @@ async fn a_plugin_pausing_until_the_end_rewrites_the_whole_body() {
         let pieces_sent = tokio::spawn(async move {
             for number in 0..3 {
                 let piece = format!("piece {number} of the body; ").repeat(500);
-                pieces.send(Ok(Frame::data(Bytes::from(piece)))).await.unwrap();
+                pieces
+                    .send(Ok(Frame::data(Bytes::from(piece))))
+                    .await
+                    .unwrap();
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
@@ -513,10 +522,8 @@ async fn buffering_past_the_limit_answers_413_for_requests_and_resets_responses(
 
     // Request side: the plugin holds every piece; past 1 MiB the gateway answers 413.
     let mut sender = h2c_sender(public).await;
-    let (pieces, request) = streamed_request(
-        "http://shop.test/upload/held",
-        &[("x-stream-mode", "hold")],
-    );
+    let (pieces, request) =
+        streamed_request("http://shop.test/upload/held", &[("x-stream-mode", "hold")]);
     let sending = tokio::spawn(async move {
         let piece = Bytes::from(vec![b'h'; 64 * 1024]);
         // Up to 4 MiB: the answer comes well before.
@@ -536,7 +543,11 @@ async fn buffering_past_the_limit_answers_413_for_requests_and_resets_responses(
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"request body too large\n");
     let upload = setup.sink.settled_upload("/upload/held").await;
-    assert_eq!(upload.completed, Some(false), "the upstream request is abandoned");
+    assert_eq!(
+        upload.completed,
+        Some(false),
+        "the upstream request is abandoned"
+    );
     assert_eq!(upload.bytes, 0, "the upstream got nothing of the held body");
     sending.abort();
 
@@ -657,4 +668,73 @@ async fn request_trailers_follow_the_whole_body_through_plugins_and_upstream() {
         "0",
         "with trailers, no body callback has end_of_stream (as in Envoy)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_body_plugins_keeps_the_clients_content_length() {
+    let setup = start().await;
+    let public = setup.gateway.listener("public");
+    let body = "x".repeat(100_000);
+    let (pieces, request) = streamed_request(
+        "http://shop.test/headers-only-upload",
+        &[("content-length", &body.len().to_string())],
+    );
+    let sending = tokio::spawn(async move {
+        for piece in body.as_bytes().chunks(30_000) {
+            let piece = Bytes::copy_from_slice(piece);
+            pieces.send(Ok(Frame::data(piece))).await.unwrap();
+        }
+    });
+    let response = http1_sender(public)
+        .await
+        .send_request(request)
+        .await
+        .unwrap();
+    sending.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let upload = setup.sink.settled_upload("/headers-only-upload").await;
+    assert_eq!(upload.completed, Some(true));
+    assert_eq!(upload.bytes, 100_000);
+    assert_eq!(
+        upload
+            .headers
+            .get("content-length")
+            .map(|value| value.to_str().unwrap()),
+        Some("100000"),
+        "{:?}",
+        upload.headers
+    );
+    assert_eq!(upload.headers.get("x-headers-only").unwrap(), "seen");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_through_a_body_plugin_is_answered_408() {
+    let setup = start().await;
+    let public = setup.gateway.listener("public");
+    let mut sender = h2c_sender(public).await;
+    let (pieces, request) = streamed_request("http://shop.test/upload/stalled", &[]);
+    pieces
+        .send(Ok(Frame::data(Bytes::from_static(
+            b"the start, then nothing",
+        ))))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("answered within 10 s")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1800) && waited < Duration::from_secs(8),
+        "answered after {waited:?} (body_read_timeout: 2s)"
+    );
+    let upload = setup.sink.settled_upload("/upload/stalled").await;
+    assert_eq!(
+        upload.completed,
+        Some(false),
+        "the upstream request is abandoned"
+    );
+    drop(pieces);
 }
