@@ -1,8 +1,9 @@
 //! Request bodies stream through the plugins piece by piece, as Envoy streams them, through
 //! the real gateway:
 //! - a bidirectional gRPC-style stream gets each reply before its next message is sent,
-//!   through a headers-only plugin (no body callback exported) and through `tp-stream`,
-//!   which reads and continues every piece;
+//!   through a headers-only plugin (no body callback exported), through `tp-stream`, which
+//!   reads and continues every piece, and through `tp-stream` pausing the first message
+//!   for a callout and resuming when it answers (the held message goes on at once);
 //! - a 1 GiB upload, generated as it is sent, reaches the upstream whole (count and SHA-256)
 //!   through `tp-stream` reading every piece, while the gateway's peak memory grows by less
 //!   than 64 MiB; the upstream gets it without `Content-Length`, since a body plugin may
@@ -62,6 +63,9 @@ virtual_hosts:
         forward: { cluster: grpc, timeout: 30s }
       - name: reader-grpc
         match: { path: { prefix: /reader.Echo/ } }
+        forward: { cluster: grpc, timeout: 30s }
+      - name: callout-grpc
+        match: { path: { prefix: /callout.Echo/ } }
         forward: { cluster: grpc, timeout: 30s }
       - name: upload
         match: { path: { prefix: /upload } }
@@ -236,7 +240,12 @@ async fn start() -> Setup {
     let plugins = [
         PluginSpec::new("headers-only", headers_only_wat())
             .routes(&["headers-only-grpc", "headers-only-upload"]),
-        PluginSpec::new("reader", TP_STREAM).routes(&["reader-grpc", "upload", "trailers"]),
+        PluginSpec::new("reader", TP_STREAM).routes(&[
+            "reader-grpc",
+            "callout-grpc",
+            "upload",
+            "trailers",
+        ]),
         PluginSpec::new("rewriter", TP_BODY).routes(&["rewrite"]),
     ];
     let mut policies = PolicyDir::new();
@@ -318,11 +327,19 @@ async fn next_reply(body: &mut Incoming, expected: &Bytes) -> Bytes {
 async fn a_bidirectional_stream_gets_each_reply_before_its_next_message() {
     let setup = start().await;
     let public = setup.gateway.listener("public");
-    for service in ["headers.only.Echo", "reader.Echo"] {
+    for (service, mode) in [
+        ("headers.only.Echo", "continue"),
+        ("reader.Echo", "continue"),
+        ("callout.Echo", "call-then-continue"),
+    ] {
         let mut sender = h2c_sender(public).await;
         let (pieces, request) = streamed_request(
             &format!("http://grpc.test/{service}/Chat"),
-            &[("content-type", "application/grpc"), ("te", "trailers")],
+            &[
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                ("x-stream-mode", mode),
+            ],
         );
         let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
             .await
@@ -366,6 +383,11 @@ async fn a_bidirectional_stream_gets_each_reply_before_its_next_message() {
         headers_only.header("x-headers-only"),
         Some("seen"),
         "the headers-only plugin ran on its route"
+    );
+    assert_eq!(
+        setup.sink.uploads_to("/callout").len(),
+        1,
+        "tp-stream called out once, on the first message"
     );
 }
 

@@ -57,6 +57,8 @@ struct Entry {
     /// does the request body, or its trailers, go through it.
     reads_request_body: bool,
     reads_request_trailers: bool,
+    /// The plugin paused the request body before its end and holds data.
+    holding_request_body: bool,
 }
 
 /// One request's walk through a chain.
@@ -164,6 +166,7 @@ impl PluginRun {
                         .exported_by(&plugin.module.module),
                     reads_request_trailers: StreamCallback::RequestTrailers
                         .exported_by(&plugin.module.module),
+                    holding_request_body: false,
                 })
                 .collect(),
             route: route.to_string(),
@@ -440,6 +443,75 @@ impl PluginRun {
         Ok(data)
     }
 
+    /// Whether some plugin paused the request body before its end and holds data: then a
+    /// resume (or an answer) from it, say when its callout answers, is to be taken up
+    /// without waiting for more of the body (see `request_body_resumed`).
+    pub fn holds_request_body(&self) -> bool {
+        self.entries.iter().any(|entry| entry.holding_request_body)
+    }
+
+    /// What wakes the request when a plugin that reads the request body resumes or answers
+    /// it.
+    pub fn request_body_wakes(&self) -> Vec<Arc<Notify>> {
+        self.entries
+            .iter()
+            .filter(|entry| entry.reads_request_body)
+            .filter_map(|entry| entry.wake.clone())
+            .collect()
+    }
+
+    /// Takes up what plugins that hold request body data decided since: one that resumed
+    /// (`proxy_continue_stream`) lets what it holds go on, through the later plugins, as
+    /// Envoy continues a filter's buffered data; one that answered or reset stops the
+    /// request. Returns what goes upstream.
+    pub async fn request_body_resumed(&mut self) -> Result<Bytes, BodyStop> {
+        let mut data = Bytes::new();
+        for index in 0..self.entries.len() {
+            let entry = &self.entries[index];
+            if !entry.reads_request_body || entry.skipped {
+                continue;
+            }
+            if !data.is_empty() {
+                data = self.request_body_step(index, data, false).await?;
+                continue;
+            }
+            let (Some(context), true) = (entry.context, entry.holding_request_body) else {
+                continue;
+            };
+            let decided = entry
+                .plugin
+                .with_vm(|vm, _| {
+                    Ok(vm.state().streams.get(&context).is_some_and(|stream| {
+                        let signals = &stream.signals;
+                        signals.continue_request
+                            || signals.local_response.is_some()
+                            || signals.reset
+                    }))
+                })
+                .unwrap_or(false);
+            if !decided {
+                continue;
+            }
+            self.phase = "request_body";
+            let mut resumed = false;
+            // No callback: settle takes up the decision (an answer, a reset) as for one.
+            let result = self
+                .settle(index, Direction::Request, |vm, context| {
+                    if let Some(stream) = vm.state().streams.get_mut(&context) {
+                        resumed = std::mem::take(&mut stream.signals.continue_request);
+                    }
+                    Ok(Action::Continue)
+                })
+                .await;
+            result.map_err(BodyStop::Plugin)?;
+            if resumed {
+                self.entries[index].holding_request_body = false;
+                data = self.take_held_request_body(index);
+            }
+        }
+        Ok(data)
+    }
+
     /// The request trailers through the chain in order, after the body. A plugin that held
     /// back body data (it paused, waiting for an end that trailers never mark) lets it go
     /// when its trailers callback continues; that data then goes through the later plugins'
@@ -481,6 +553,7 @@ impl PluginRun {
                 result.map_err(BodyStop::Plugin)?;
             }
             if self.entries[index].reads_request_body && !self.entries[index].skipped {
+                self.entries[index].holding_request_body = false;
                 let held = self.take_held_request_body(index);
                 data = match (data.is_empty(), held.is_empty()) {
                     (_, true) => data,
@@ -536,6 +609,7 @@ impl PluginRun {
             })
             .await;
         result.map_err(BodyStop::Plugin)?;
+        self.entries[index].holding_request_body = false;
         if overflow {
             let plugin = self.entries[index].plugin.name.clone();
             tracing::warn!(plugin = %plugin, route = %self.route, limit, "a plugin paused the request body past max_buffered_body_bytes");
@@ -553,6 +627,7 @@ impl PluginRun {
             // Paused at the end, then resumed: what it holds, as it left it, goes on.
             return Ok(self.take_held_request_body(index));
         }
+        self.entries[index].holding_request_body = true;
         Ok(Bytes::new())
     }
 

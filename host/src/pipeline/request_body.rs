@@ -76,11 +76,33 @@ async fn pump(
     pieces: mpsc::Sender<Piece>,
     stop: oneshot::Sender<RequestStop>,
 ) {
+    let wakes = run.lock().await.request_body_wakes();
+    // Some plugin paused the body before its end and holds data.
+    let mut held = false;
     let outcome = loop {
-        // An upstream request that ended (answered early, abandoned) needs no more body.
         let frame = tokio::select! {
             frame = body.frame() => frame,
+            // An upstream request that ended (answered early, abandoned) needs no more body.
             () = pieces.closed() => return,
+            // A plugin holding data resumed or answered (its callout came back, say): that
+            // is taken up now, not when more of the body arrives (which a bidirectional
+            // stream's client sends only after its answer).
+            () = async { any_woken(&wakes).await }, if held => {
+                let mut run = run.lock().await;
+                let resumed = run.request_body_resumed().await;
+                held = run.holds_request_body();
+                drop(run);
+                match resumed {
+                    Ok(data) if data.is_empty() => continue,
+                    Ok(data) => {
+                        if pieces.send(Ok(Frame::data(data))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(stopped) => break Err(plugin_stop(stopped)),
+                }
+            }
         };
         let frame = match frame {
             Some(Ok(frame)) => frame,
@@ -102,11 +124,10 @@ async fn pump(
         let frame = match frame.into_data() {
             Ok(data) => {
                 let end_of_stream = body.is_end_stream();
-                let passed = run
-                    .lock()
-                    .await
-                    .request_body_chunk(data, end_of_stream)
-                    .await;
+                let mut guard = run.lock().await;
+                let passed = guard.request_body_chunk(data, end_of_stream).await;
+                held = guard.holds_request_body();
+                drop(guard);
                 match passed {
                     Ok(data) if end_of_stream => break Ok(Some(data)),
                     Ok(data) if data.is_empty() => continue,
@@ -150,6 +171,21 @@ async fn pump(
             let _ = pieces.send(Err(Box::new(RequestBodyStopped))).await;
         }
     }
+}
+
+/// Ready when one of the wakes fires (or had fired with nobody waiting). Only awaited while
+/// a plugin holds data, so the allocation is off the streaming path.
+async fn any_woken(wakes: &[std::sync::Arc<tokio::sync::Notify>]) {
+    let mut waiting: Vec<_> = wakes.iter().map(|wake| Box::pin(wake.notified())).collect();
+    std::future::poll_fn(|cx| {
+        for notified in &mut waiting {
+            if std::future::Future::poll(notified.as_mut(), cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 fn plugin_stop(stopped: BodyStop) -> RequestStop {
