@@ -9,6 +9,8 @@
 //!   → route match on the canonical host and path ── 404 if none  (routing)
 //!   → request phase: plugin chain in order; a changed :path or   (proxy-wasm runtime)
 //!     :authority is made canonical and matched again ── 400 / 404
+//!   → request body: streamed piece by piece through the plugins   (request_body)
+//!     that read it, alongside the upstream request
 //!   → fault injection (delay, abort)
 //!   → route action: redirect | direct response | forward         (local, forward)
 //!        forward: X-Forwarded-* (every XFF line kept), contained prefix rewrite, split,

@@ -6,7 +6,9 @@
 //! A task of the request's worker reads the client's body, hands each piece to
 //! [`PluginRun::request_body_chunk`](super::plugins::PluginRun::request_body_chunk) and sends
 //! what comes out to the upstream request's body through a small channel (one piece ahead,
-//! so a slow upstream slows the client). The task stops the request by a signal the
+//! so a slow upstream slows the client). While a plugin holds data before the end, the task
+//! also waits for that plugin to resume or answer (its callout came back), and takes that
+//! up at once. The task stops the request by a signal the
 //! pipeline waits on together with the upstream: a plugin's local reply or failure, a
 //! buffer past `max_buffered_body_bytes`, a body past `max_request_body_bytes`, a stall past
 //! `body_read_timeout`, a broken body. The upstream body then ends in an error, which
