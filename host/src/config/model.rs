@@ -1666,6 +1666,26 @@ mod tests {
     }
 
     #[test]
+    fn max_buffered_body_bytes_defaults_to_10_mib_and_refuses_zero() {
+        let config = load(&[("a.yaml", LISTENER)]).unwrap();
+        assert_eq!(config.server.max_buffered_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(
+            config.effective["server"]["max_buffered_body_bytes"],
+            10 * 1024 * 1024
+        );
+        let errors = load(&[(
+            "a.yaml",
+            &format!("{LISTENER}server:\n  max_buffered_body_bytes: 0\n"),
+        )])
+        .unwrap_err();
+        let text = errors.to_string();
+        assert!(
+            text.contains("max_buffered_body_bytes: must be at least 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn errors_name_file_and_path() {
         let errors = load(&[(
             "routes.yaml",
