@@ -28,6 +28,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -237,6 +238,8 @@ struct Setup {
 async fn start() -> Setup {
     let grpc = backends::grpc_stream_echo("grpc").await;
     let sink = Sink::start().await;
+    // Called for every piece of a 1 GiB body on a shared machine: a deadline that a
+    // descheduled worker can miss would fail the upload for a reason this file does not test.
     let plugins = [
         PluginSpec::new("headers-only", headers_only_wat())
             .routes(&["headers-only-grpc", "headers-only-upload"]),
@@ -247,7 +250,8 @@ async fn start() -> Setup {
             "trailers",
         ]),
         PluginSpec::new("rewriter", TP_BODY).routes(&["rewrite"]),
-    ];
+    ]
+    .map(|plugin| plugin.field("callback_timeout", json!("1s")));
     let mut policies = PolicyDir::new();
     policies
         .set("GRPC", grpc.addr())
