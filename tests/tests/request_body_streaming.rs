@@ -16,6 +16,8 @@
 //!   request is abandoned;
 //! - request trailers reach the plugins after the whole body, and the upstream after it;
 //! - on a route whose plugins read no body the client's `Content-Length` goes upstream;
+//! - a small body on a route with retries goes through the plugins whole first, so that it
+//!   leaves with its new length and a retry sends it again;
 //! - a body that stops arriving through a body plugin is still answered 408.
 
 use std::convert::Infallible;
@@ -55,6 +57,8 @@ clusters:
   - name: sink-h2
     endpoints: [{ address: "${SINK}" }]
     http2: true
+  - name: flaky
+    endpoints: [{ address: "${FLAKY}" }]
 virtual_hosts:
   - name: test
     domains: ["*"]
@@ -80,6 +84,11 @@ virtual_hosts:
       - name: headers-only-upload
         match: { path: { prefix: /headers-only-upload } }
         forward: { cluster: sink }
+      - name: retried
+        match: { path: { prefix: /echo-body-retried } }
+        forward:
+          cluster: flaky
+          retries: { attempts: 2, per_try_timeout: 2s, on: [5xx] }
 "#;
 
 /// What the sink upstream saw of one request.
@@ -233,11 +242,14 @@ struct Setup {
     gateway: Gateway,
     grpc: backends::Backend,
     sink: Sink,
+    /// Answers its first request 503, then echoes.
+    flaky: backends::Backend,
 }
 
 async fn start() -> Setup {
     let grpc = backends::grpc_stream_echo("grpc").await;
     let sink = Sink::start().await;
+    let flaky = backends::flaky("flaky", 1, backends::Failure::Status503).await;
     // Called for every piece of a 1 GiB body on a shared machine: a deadline that a
     // descheduled worker can miss would fail the upload for a reason this file does not test.
     let plugins = [
@@ -249,13 +261,14 @@ async fn start() -> Setup {
             "upload",
             "trailers",
         ]),
-        PluginSpec::new("rewriter", TP_BODY).routes(&["rewrite"]),
+        PluginSpec::new("rewriter", TP_BODY).routes(&["rewrite", "retried"]),
     ]
     .map(|plugin| plugin.field("callback_timeout", json!("1s")));
     let mut policies = PolicyDir::new();
     policies
         .set("GRPC", grpc.addr())
         .set("SINK", sink.addr)
+        .set("FLAKY", flaky.addr())
         .write("gateway.yaml", POLICIES)
         .write("plugins.json", &plugins_file(&plugins));
     let gateway = Gateway::start(policies).await;
@@ -263,6 +276,7 @@ async fn start() -> Setup {
         gateway,
         grpc,
         sink,
+        flaky,
     }
 }
 
@@ -766,4 +780,39 @@ async fn a_stalled_body_through_a_body_plugin_is_answered_408() {
         "the upstream request is abandoned"
     );
     drop(pieces);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_body_on_a_retried_route_is_rewritten_once_and_sent_again() {
+    let setup = start().await;
+    let public = setup.gateway.listener("public");
+    let body = "a small order, ".repeat(10);
+    // PUT: idempotent, so a 503 is retried.
+    let request = Request::put("http://shop.test/echo-body-retried")
+        .header("content-length", body.len().to_string())
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
+    let tcp = TcpStream::connect(public).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "the retry hides the 503");
+    let answer = response.into_body().collect().await.unwrap().to_bytes();
+    let expected = body.to_ascii_uppercase();
+    assert!(
+        answer.starts_with(expected.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let tries = setup.flaky.requests();
+    assert_eq!(tries.len(), 2, "{tries:?}");
+    let retry = &tries[1];
+    assert_eq!(retry.body_len, expected.len());
+    assert_eq!(
+        retry.header("content-length"),
+        Some(expected.len().to_string().as_str()),
+        "the body leaves with its final length"
+    );
 }

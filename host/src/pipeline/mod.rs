@@ -284,6 +284,9 @@ async fn route_and_act(
     // upstream request starts with the head (see `request_body`).
     let server = &snapshot.config.server;
     let streams_through_plugins = !end_of_stream && run.reads_request_stream();
+    let passes_whole_first = !end_of_stream
+        && run.reads_request_body()
+        && replays_small_body(route, snapshot, &parts.headers);
     if run.reads_request_body() && !end_of_stream {
         if declared_length(&parts.headers)
             .is_some_and(|length| length > server.max_request_body_bytes)
@@ -303,6 +306,32 @@ async fn route_and_act(
     let (body, body_stop): (UpstreamBody, _) = if end_of_stream {
         let empty = http_body_util::Empty::new().map_err(|never| match never {});
         (empty.boxed(), None)
+    } else if passes_whole_first {
+        // A small body (by its declared length) on a route that may send it again (retries,
+        // a mirror) goes through the plugins whole before the upstream request starts, so
+        // that it leaves with its final length and can be replayed, as Envoy buffers bodies
+        // for retries.
+        let (body, stopped) =
+            request_body::through_plugins(downstream_body(body, server), run.clone());
+        match body.collect().await {
+            Ok(collected) => {
+                let trailers = collected.trailers().cloned();
+                let bytes = collected.to_bytes();
+                parts
+                    .headers
+                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                let body = http_body_util::Full::new(bytes).map_err(|never| match never {});
+                let body = match trailers {
+                    Some(map) => body.with_trailers(async move { Some(Ok(map)) }).boxed(),
+                    None => body.boxed(),
+                };
+                (body, None)
+            }
+            Err(_) => match stopped.await {
+                Ok(stop) => return request_stopped(stop, run, record).await,
+                Err(_) => return malformed_request_body(record),
+            },
+        }
     } else if streams_through_plugins {
         let (body, stop) =
             request_body::through_plugins(downstream_body(body, server), run.clone());
@@ -332,8 +361,19 @@ async fn route_and_act(
     };
     match outcome {
         Ok(response) => plugin_response(run, response, record).await,
-        Err(RequestStop::Plugin(stop)) => plugin_stop(stop, run, record).await,
-        Err(RequestStop::Refused(detail, response)) => {
+        Err(stop) => request_stopped(stop, run, record).await,
+    }
+}
+
+/// Answers a request whose body the plugins, or the body's limits, stopped.
+async fn request_stopped(
+    stop: RequestStop,
+    run: SharedRun,
+    record: &mut AccessRecord,
+) -> Response<ResponseBody> {
+    match stop {
+        RequestStop::Plugin(stop) => plugin_stop(stop, run, record).await,
+        RequestStop::Refused(detail, response) => {
             record.detail = detail;
             run.lock()
                 .await
@@ -341,6 +381,23 @@ async fn route_and_act(
             close_after(response)
         }
     }
+}
+
+/// Whether the request's body is small by its declared length and the route may send it
+/// more than once.
+fn replays_small_body(
+    route: &crate::config::Route,
+    snapshot: &Snapshot,
+    headers: &http::HeaderMap,
+) -> bool {
+    let Action::Forward(forward_action) = &route.action else {
+        return false;
+    };
+    let Some(resolved) = snapshot.forwards.get(&route.name) else {
+        return false;
+    };
+    forward::may_send_again(forward_action, resolved)
+        && declared_length(headers).is_some_and(|length| length <= forward::REPLAY_BUFFER_LIMIT)
 }
 
 /// The request's `Content-Length`, when it has a valid one.
