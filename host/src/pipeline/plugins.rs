@@ -98,7 +98,7 @@ pub enum BodyStop {
     Plugin(Stopped),
     /// A plugin paused with more than `max_buffered_body_bytes` held back (Envoy's buffer
     /// limit: `413`).
-    BufferFull { plugin: String },
+    BufferFull,
 }
 
 /// A plugin paused a response body with more than `max_buffered_body_bytes` held back: the
@@ -580,6 +580,8 @@ impl PluginRun {
         let result = self
             .settle(index, Direction::Request, |vm, context| {
                 let Some(stream) = vm.state().streams.get_mut(&context) else {
+                    // No stream state to buffer in: the piece goes on untouched.
+                    released = Some(data.clone());
                     return Ok(Action::Continue);
                 };
                 // A resume that came while the plugin held data before the end (a callout
@@ -611,9 +613,9 @@ impl PluginRun {
         result.map_err(BodyStop::Plugin)?;
         self.entries[index].holding_request_body = false;
         if overflow {
-            let plugin = self.entries[index].plugin.name.clone();
+            let plugin = &self.entries[index].plugin.name;
             tracing::warn!(plugin = %plugin, route = %self.route, limit, "a plugin paused the request body past max_buffered_body_bytes");
-            return Err(BodyStop::BufferFull { plugin });
+            return Err(BodyStop::BufferFull);
         }
         if let Some(released) = released {
             return Ok(released);

@@ -193,7 +193,7 @@ async fn any_woken(wakes: &[std::sync::Arc<tokio::sync::Notify>]) {
 fn plugin_stop(stopped: BodyStop) -> RequestStop {
     match stopped {
         BodyStop::Plugin(stopped) => RequestStop::Plugin(stopped),
-        BodyStop::BufferFull { .. } => RequestStop::Refused(
+        BodyStop::BufferFull => RequestStop::Refused(
             "request_body_buffer_full",
             local::reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
         ),
