@@ -45,14 +45,22 @@ struct Stream {
 }
 
 impl Context for Stream {
-    fn on_http_call_response(&mut self, _token: u32, _headers: usize, _body: usize, _trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
         self.resume_http_request();
     }
 }
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let mode = self.get_http_request_header("x-stream-mode").unwrap_or_default();
+        let mode = self
+            .get_http_request_header("x-stream-mode")
+            .unwrap_or_default();
         self.mode = match mode.as_str() {
             "hold" => Mode::Hold,
             "call-then-continue" => Mode::CallThenContinue,
@@ -76,7 +84,11 @@ impl HttpContext for Stream {
         let piece = self.get_http_request_body(0, body_size).unwrap_or_default();
         if let Mode::CallThenContinue = self.mode {
             if !std::mem::replace(&mut self.called, true) {
-                let headers = vec![(":method", "GET"), (":path", "/callout"), (":authority", "sink")];
+                let headers = vec![
+                    (":method", "GET"),
+                    (":path", "/callout"),
+                    (":authority", "sink"),
+                ];
                 if self
                     .dispatch_http_call("sink", headers, None, vec![], Duration::from_secs(5))
                     .is_ok()
