@@ -36,6 +36,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("tp-retire", "TP_RETIRE"),
     ("tp-http-config", "TP_HTTP_CONFIG"),
     ("tp-singleton", "TP_SINGLETON"),
+    ("tp-stream", "TP_STREAM"),
 ];
 
 const TARGET: &str = "wasm32-wasip1";

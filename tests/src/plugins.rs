@@ -4,7 +4,7 @@
 //! `wasm32-wasip1` by `tests/build.rs`; each constant below is the absolute path of one
 //! `.wasm` (`TP_HEADERS`, `TP_BODY`, ... and `ALL`). Each plugin's `src/lib.rs` starts with
 //! the contract the `tests/tests/wasm_*.rs` tests check. The WAT modules in
-//! `tests/plugins/wat` are hand-written invalid modules.
+//! `tests/plugins/wat` are hand-written modules (invalid ones, and a headers-only plugin).
 
 use std::path::PathBuf;
 
@@ -25,6 +25,12 @@ pub fn unknown_abi_wat() -> PathBuf {
 /// A proxy-wasm module whose WASI imports come from `wasi_unstable` (see its comments).
 pub fn wasi_unstable_wat() -> PathBuf {
     wat_path("wasi-unstable.wat")
+}
+
+/// A plugin that exports `proxy_on_request_headers` and no body or trailers callback; it
+/// adds the request header `x-headers-only: seen`.
+pub fn headers_only_wat() -> PathBuf {
+    wat_path("headers-only.wat")
 }
 
 fn wat_path(name: &str) -> PathBuf {

@@ -442,6 +442,7 @@ fn every_field_export_is_valid_istio_and_names_each_loss() {
         "header_read_timeout",
         "idle_timeout",
         "max_connections",
+        "max_buffered_body_bytes",
         "max_request_body_bytes",
         "max_request_header_bytes",
         "merge_slashes",

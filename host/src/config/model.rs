@@ -31,6 +31,9 @@ pub struct Config {
 pub struct ServerSettings {
     pub max_request_header_bytes: usize,
     pub max_request_body_bytes: u64,
+    /// What one plugin may hold back of a body while it pauses: past it a request is
+    /// answered 413, a response reset.
+    pub max_buffered_body_bytes: u64,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
@@ -76,6 +79,7 @@ impl Default for ServerSettings {
         Self {
             max_request_header_bytes: 64 * 1024,
             max_request_body_bytes: 10 * 1024 * 1024,
+            max_buffered_body_bytes: 10 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
@@ -694,6 +698,9 @@ impl Validator<'_> {
             max_request_body_bytes: raw
                 .max_request_body_bytes
                 .unwrap_or(defaults.max_request_body_bytes),
+            max_buffered_body_bytes: raw
+                .max_buffered_body_bytes
+                .unwrap_or(defaults.max_buffered_body_bytes),
             header_read_timeout: self.duration(
                 origin,
                 "header_read_timeout",
@@ -748,6 +755,10 @@ impl Validator<'_> {
         }
         if settings.max_connections == 0 {
             self.error(origin, "max_connections", "must be at least 1");
+        }
+        if settings.max_buffered_body_bytes == 0 {
+            // Zero would refuse every body a plugin pauses on, the common buffering case.
+            self.error(origin, "max_buffered_body_bytes", "must be at least 1");
         }
         for (field, value) in [
             ("body_read_timeout", settings.body_read_timeout),
@@ -1602,6 +1613,7 @@ fn fill_defaults(config: &mut Config) {
     value["server"] = json!({
         "max_request_header_bytes": server.max_request_header_bytes,
         "max_request_body_bytes": server.max_request_body_bytes,
+        "max_buffered_body_bytes": server.max_buffered_body_bytes,
         "header_read_timeout": duration::format(server.header_read_timeout),
         "idle_timeout": duration::format(server.idle_timeout),
         "drain_timeout": duration::format(server.drain_timeout),
@@ -1762,6 +1774,26 @@ mod tests {
         assert!(
             errors.contains("server.node.metadata: must be an object"),
             "{errors}"
+        );
+    }
+
+    #[test]
+    fn max_buffered_body_bytes_defaults_to_10_mib_and_refuses_zero() {
+        let config = load(&[("a.yaml", LISTENER)]).unwrap();
+        assert_eq!(config.server.max_buffered_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(
+            config.effective["server"]["max_buffered_body_bytes"],
+            10 * 1024 * 1024
+        );
+        let errors = load(&[(
+            "a.yaml",
+            &format!("{LISTENER}server:\n  max_buffered_body_bytes: 0\n"),
+        )])
+        .unwrap_err();
+        let text = errors.to_string();
+        assert!(
+            text.contains("max_buffered_body_bytes: must be at least 1"),
+            "{text}"
         );
     }
 

@@ -28,6 +28,8 @@ pub struct Document {
 pub struct Server {
     pub max_request_header_bytes: Option<usize>,
     pub max_request_body_bytes: Option<u64>,
+    /// What the gateway holds for one plugin while it pauses a body (either direction).
+    pub max_buffered_body_bytes: Option<u64>,
     pub header_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub drain_timeout: Option<String>,

@@ -21,7 +21,12 @@ use crate::telemetry::metrics::{metrics, UpstreamErrorKind};
 use crate::upstream::{BoxError, Cluster, Outcome, PickError, UpstreamBody};
 
 /// Bodies up to this size are buffered when a retry or a mirror may need to send them again.
-const REPLAY_BUFFER_LIMIT: u64 = 64 * 1024;
+pub(super) const REPLAY_BUFFER_LIMIT: u64 = 64 * 1024;
+
+/// Whether the route may send a request more than once (retries, or a mirror).
+pub(super) fn may_send_again(forward: &Forward, resolved: &ResolvedForward) -> bool {
+    forward.retries.is_some() || resolved.mirror.is_some()
+}
 
 /// The request as it will be sent upstream, minus the endpoint.
 struct Outgoing {
@@ -129,7 +134,7 @@ pub(super) async fn forward(
 
     // Buffer small bodies when they may be sent more than once; stream everything else.
     let has_body = !(http_body::Body::is_end_stream(&body) || content_length == Some(0));
-    let wants_replay = forward.retries.is_some() || resolved.mirror.is_some();
+    let wants_replay = may_send_again(forward, resolved);
     let mut body = if !has_body {
         RequestBody::Replayable(Bytes::new())
     } else if wants_replay

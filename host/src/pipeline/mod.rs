@@ -9,6 +9,8 @@
 //!   → route match on the canonical host and path ── 404 if none  (routing)
 //!   → request phase: plugin chain in order; a changed :path or   (proxy-wasm runtime)
 //!     :authority is made canonical and matched again ── 400 / 404
+//!   → request body: streamed piece by piece through the plugins   (request_body)
+//!     that read it, alongside the upstream request
 //!   → fault injection (delay, abort)
 //!   → route action: redirect | direct response | forward         (local, forward)
 //!        forward: X-Forwarded-* (every XFF line kept), contained prefix rewrite, split,
@@ -25,6 +27,7 @@ mod forward;
 pub mod headers;
 mod local;
 pub mod plugins;
+mod request_body;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,14 +43,15 @@ use std::borrow::Cow;
 use crate::config::{Action, Normalization};
 use crate::routing::normalize::{self, Rejection};
 use crate::routing::{NoMatch, RequestHead};
-use crate::server::body::{caused_by, BodyReadTimeout, MalformedBody, ReadTimeout};
+use crate::server::body::{MalformedBody, ReadTimeout};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
 use crate::upstream::{BoxError, UpstreamBody};
 use crate::wasm::host::StreamInfo;
 pub use access_log::{response_details, AccessRecord, Redaction, ResponseDetails};
 use http_body_util::{BodyExt, Limited};
-use plugins::{PluginRun, Stopped};
+use plugins::{PluginRun, SharedRun, Stopped};
+use request_body::RequestStop;
 
 /// The body of every response the gateway sends downstream.
 pub type ResponseBody = BoxBody<Bytes, BoxError>;
@@ -209,6 +213,7 @@ async fn route_and_act(
         snapshot,
     );
     let mut run = PluginRun::new(&chain, &route.name, info, wait_limit);
+    run.limit_buffering(snapshot.config.server.max_buffered_body_bytes);
     let (mut parts, body) = request.into_parts();
     let path_and_query = parts
         .uri
@@ -224,7 +229,7 @@ async fn route_and_act(
     let mut list = plugins::to_header_list(&pseudo, &parts.headers);
     let end_of_stream = http_body::Body::is_end_stream(&body);
     if let Err(stop) = run.request_headers(&mut list, end_of_stream).await {
-        return plugin_stop(stop, run, record).await;
+        return plugin_stop(stop, plugins::share(run), record).await;
     }
     let (pseudo, headers) = plugins::from_header_list(&list);
     parts.headers = headers;
@@ -257,7 +262,7 @@ async fn route_and_act(
                 record.detail = "invalid_plugin_authority";
                 let message = format!("a plugin set an invalid :authority: {rejection}\n");
                 let response = local::reply(StatusCode::BAD_REQUEST, &message);
-                return plugin_response(run, response, record).await;
+                return plugin_response(plugins::share(run), response, record).await;
             }
         }
     }
@@ -272,7 +277,7 @@ async fn route_and_act(
                 record.detail = "invalid_plugin_path";
                 let message = format!("a plugin set an invalid :path: {rejection}\n");
                 let response = local::reply(StatusCode::BAD_REQUEST, &message);
-                return plugin_response(run, response, record).await;
+                return plugin_response(plugins::share(run), response, record).await;
             }
         }
     }
@@ -298,68 +303,139 @@ async fn route_and_act(
                     StatusCode::NOT_FOUND,
                     &format!("no route for {:?}\n", parts.uri.path()),
                 );
-                return plugin_response(run, response, record).await;
+                return plugin_response(plugins::share(run), response, record).await;
             }
         }
     }
 
-    // Request body: buffered whole (bounded) so plugins can read, rewrite or refuse it.
-    let body: UpstreamBody = if end_of_stream {
-        http_body_util::Empty::new()
-            .map_err(|never| match never {})
-            .boxed()
-    } else {
-        let collected = match downstream_body(body, &snapshot.config.server)
-            .collect()
-            .await
+    // Request body: streamed through the plugins that read it, piece by piece, while the
+    // upstream request starts with the head (see `request_body`).
+    let server = &snapshot.config.server;
+    let streams_through_plugins = !end_of_stream && run.reads_request_stream();
+    let passes_whole_first = !end_of_stream
+        && run.reads_request_body()
+        && replays_small_body(route, snapshot, &parts.headers);
+    if run.reads_request_body() && !end_of_stream {
+        if declared_length(&parts.headers)
+            .is_some_and(|length| length > server.max_request_body_bytes)
         {
-            Ok(collected) => collected,
-            Err(error) if caused_by::<BodyReadTimeout>(error.as_ref()) => {
-                return request_body_timeout(record);
-            }
-            Err(error) => {
-                let too_large = error.is::<http_body_util::LengthLimitError>();
-                record.detail = if too_large {
-                    "request_body_too_large"
-                } else {
-                    "downstream_body_error"
-                };
-                let status = if too_large {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                return local::reply(status, "could not read the request body\n");
-            }
-        };
-        let mut trailers = collected.trailers().map(crate::wasm::plugin::header_list);
-        let mut bytes = collected.to_bytes().to_vec();
-        if let Err(stop) = run.request_body(&mut bytes, &mut trailers).await {
-            return plugin_stop(stop, run, record).await;
+            record.detail = "request_body_too_large";
+            return close_after(local::reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large\n",
+            ));
         }
+        // A plugin may change the body's length, and the head goes before the body has
+        // passed: the upstream gets no length (HTTP/1.1 chunked, HTTP/2 framed).
+        parts.headers.remove(http::header::CONTENT_LENGTH);
         parts.headers.remove(http::header::TRANSFER_ENCODING);
-        parts
-            .headers
-            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-        let body = http_body_util::Full::new(Bytes::from(bytes)).map_err(|never| match never {});
-        match trailers {
-            Some(list) => {
-                let (_, map) = plugins::from_header_list(&list);
-                body.with_trailers(async move { Some(Ok(map)) }).boxed()
+    }
+    let run = plugins::share(run);
+    let (body, body_stop): (UpstreamBody, _) = if end_of_stream {
+        let empty = http_body_util::Empty::new().map_err(|never| match never {});
+        (empty.boxed(), None)
+    } else if passes_whole_first {
+        // A small body (by its declared length) on a route that may send it again (retries,
+        // a mirror) goes through the plugins whole before the upstream request starts, so
+        // that it leaves with its final length and can be replayed, as Envoy buffers bodies
+        // for retries.
+        let (body, stopped) =
+            request_body::through_plugins(downstream_body(body, server), run.clone());
+        match body.collect().await {
+            Ok(collected) => {
+                let trailers = collected.trailers().cloned();
+                let bytes = collected.to_bytes();
+                parts
+                    .headers
+                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                let body = http_body_util::Full::new(bytes).map_err(|never| match never {});
+                let body = match trailers {
+                    Some(map) => body.with_trailers(async move { Some(Ok(map)) }).boxed(),
+                    None => body.boxed(),
+                };
+                (body, None)
             }
-            None => body.boxed(),
+            Err(_) => match stopped.await {
+                Ok(stop) => return request_stopped(stop, run, record).await,
+                Err(_) => return malformed_request_body(record),
+            },
+        }
+    } else if streams_through_plugins {
+        let (body, stop) =
+            request_body::through_plugins(downstream_body(body, server), run.clone());
+        (body, Some(stop))
+    } else {
+        (downstream_body(body, server), None)
+    };
+    let request = http::Request::from_parts(parts, body);
+    let outcome = match body_stop {
+        None => Ok(act(request, route, snapshot, downstream, &authority, record).await),
+        Some(stopped) => {
+            let upstream = act(request, route, snapshot, downstream, &authority, record);
+            // A stop from the body task abandons the upstream request (the future drops).
+            let stopped = async {
+                match stopped.await {
+                    Ok(stop) => stop,
+                    // The body went through whole: only the upstream decides now.
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                stop = stopped => Err(stop),
+                response = upstream => Ok(response),
+            }
         }
     };
-    let response = act(
-        http::Request::from_parts(parts, body),
-        route,
-        snapshot,
-        downstream,
-        &authority,
-        record,
-    )
-    .await;
-    plugin_response(run, response, record).await
+    match outcome {
+        Ok(response) => plugin_response(run, response, record).await,
+        Err(stop) => request_stopped(stop, run, record).await,
+    }
+}
+
+/// Answers a request whose body the plugins, or the body's limits, stopped.
+async fn request_stopped(
+    stop: RequestStop,
+    run: SharedRun,
+    record: &mut AccessRecord,
+) -> Response<ResponseBody> {
+    match stop {
+        RequestStop::Plugin(stop) => plugin_stop(stop, run, record).await,
+        RequestStop::Refused(detail, response) => {
+            record.detail = detail;
+            run.lock()
+                .await
+                .set_final_response(response.status().as_u16(), &Vec::new());
+            close_after(response)
+        }
+    }
+}
+
+/// Whether the request's body is small by its declared length and the route may send it
+/// more than once.
+fn replays_small_body(
+    route: &crate::config::Route,
+    snapshot: &Snapshot,
+    headers: &http::HeaderMap,
+) -> bool {
+    let Action::Forward(forward_action) = &route.action else {
+        return false;
+    };
+    let Some(resolved) = snapshot.forwards.get(&route.name) else {
+        return false;
+    };
+    forward::may_send_again(forward_action, resolved)
+        && declared_length(headers).is_some_and(|length| length <= forward::REPLAY_BUFFER_LIMIT)
+}
+
+/// The request's `Content-Length`, when it has a valid one.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The request body as the pipeline reads it: bounded in size by
@@ -407,17 +483,21 @@ fn close_after(mut response: Response<ResponseBody>) -> Response<ResponseBody> {
 /// Answers a request whose plugins stopped it.
 async fn plugin_stop(
     stop: Stopped,
-    mut run: PluginRun,
+    shared: SharedRun,
     record: &mut AccessRecord,
 ) -> Response<ResponseBody> {
     match stop {
         Stopped::Local(index, answer) => {
             record.detail = "plugin_local_reply";
-            run.update_outcome(|outcome| outcome.plugin_details = answer.details.clone());
-            run.answered_by(index);
-            plugin_response(run, plugins::local_response(&answer), record).await
+            {
+                let mut run = shared.lock().await;
+                run.update_outcome(|outcome| outcome.plugin_details = answer.details.clone());
+                run.answered_by(index);
+            }
+            plugin_response(shared, plugins::local_response(&answer), record).await
         }
         Stopped::Failed(response) => {
+            let mut run = shared.lock().await;
             record.detail = "plugin_failure";
             record.plugin_phase = run.failed_phase().unwrap_or("-");
             let response = as_client_gets(*response, record.grpc);
@@ -425,7 +505,7 @@ async fn plugin_stop(
             run.set_final_response(response.status().as_u16(), &Vec::new());
             response
         }
-        Stopped::Reset => plugin_reset(run, record),
+        Stopped::Reset => plugin_reset(&mut *shared.lock().await, record),
     }
 }
 
@@ -442,10 +522,10 @@ fn as_client_gets(response: Response<ResponseBody>, grpc: bool) -> Response<Resp
 
 /// A plugin reset the stream: every plugin still gets its log phase (the run ends here,
 /// with no response), and `handle` ends the exchange without one.
-fn plugin_reset(run: PluginRun, record: &mut AccessRecord) -> Response<ResponseBody> {
+fn plugin_reset(run: &mut PluginRun, record: &mut AccessRecord) -> Response<ResponseBody> {
     record.detail = "plugin_reset";
-    record_outcome(&run, record);
-    drop(run);
+    record_outcome(run, record);
+    run.finish();
     let mut response = Response::new(local::body(Bytes::new()));
     response.extensions_mut().insert(StreamReset);
     response
@@ -463,12 +543,13 @@ fn record_outcome(run: &PluginRun, record: &AccessRecord) {
 
 /// Response phase: the plugin chain in reverse order, then the body through the plugins.
 async fn plugin_response(
-    mut run: PluginRun,
+    shared: SharedRun,
     response: Response<ResponseBody>,
     record: &mut AccessRecord,
 ) -> Response<ResponseBody> {
     // Response plugins see a local answer to a gRPC call in the form the client gets.
     let response = as_client_gets(response, record.grpc);
+    let mut run = shared.lock().await;
     record_outcome(&run, record);
     let (mut parts, body) = response.into_parts();
     let mut list = plugins::to_header_list(
@@ -494,7 +575,7 @@ async fn plugin_response(
             run.set_final_response(response.status().as_u16(), &Vec::new());
             return response;
         }
-        Err(Stopped::Reset) => return plugin_reset(run, record),
+        Err(Stopped::Reset) => return plugin_reset(&mut run, record),
         Err(Stopped::Local(_, answer)) => local::body(answer.body.clone()),
     };
     let (pseudo, headers) = plugins::from_header_list(&list);
@@ -508,7 +589,8 @@ async fn plugin_response(
         parts.status = status;
     }
     run.set_final_response(parts.status.as_u16(), &list);
-    Response::from_parts(parts, plugins::filter_response_body(body, run))
+    drop(run);
+    Response::from_parts(parts, plugins::filter_response_body(body, shared))
 }
 
 /// Fault injection and the route's action.

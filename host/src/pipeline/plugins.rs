@@ -55,6 +55,12 @@ struct Entry {
     generation: u64,
     /// The plugin holds back part of the response body (paused, buffering).
     holding_body: bool,
+    /// The module exports `proxy_on_request_body` / `proxy_on_request_trailers`: only then
+    /// does the request body, or its trailers, go through it.
+    reads_request_body: bool,
+    reads_request_trailers: bool,
+    /// The plugin paused the request body before its end and holds data.
+    holding_request_body: bool,
 }
 
 /// One request's walk through a chain.
@@ -78,6 +84,53 @@ pub struct PluginRun {
     /// The phase running now, and the one where a plugin failure stopped the request.
     phase: &'static str,
     failed_phase: Option<&'static str>,
+    /// `server.max_buffered_body_bytes`: what one plugin may hold back of a body.
+    buffer_limit: usize,
+}
+
+/// One request's run, shared by the task that streams the request body through the chain
+/// and the response phase, which may start before the request body ends (a bidirectional
+/// stream). Callbacks are synchronous: the lock is held across an await only while a
+/// plugin pauses the request at its end (or at its trailers) and the host waits for it.
+pub type SharedRun = Arc<tokio::sync::Mutex<PluginRun>>;
+
+/// Why the request body stopped going through the chain.
+pub enum BodyStop {
+    /// A plugin answered or failed, as in the other phases.
+    Plugin(Stopped),
+    /// A plugin paused with more than `max_buffered_body_bytes` held back (Envoy's buffer
+    /// limit: `413`).
+    BufferFull,
+}
+
+/// A plugin paused a response body with more than `max_buffered_body_bytes` held back: the
+/// response is reset (its head is sent).
+#[derive(Debug)]
+pub struct BufferLimitExceeded {
+    pub plugin: String,
+    pub limit: usize,
+}
+
+impl std::fmt::Display for BufferLimitExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "plugin {:?} held back more than max_buffered_body_bytes ({} bytes) of the response body",
+            self.plugin, self.limit
+        )
+    }
+}
+
+impl std::error::Error for BufferLimitExceeded {}
+
+/// What one response body chunk did in one plugin.
+enum ChunkOutcome {
+    /// What the plugin passed on, and whether it holds back a part.
+    Passed(Vec<u8>, bool),
+    /// Holding the chunk would take the plugin past `max_buffered_body_bytes`.
+    OverLimit,
+    /// The plugin reset the stream (`proxy_close_stream`).
+    Reset,
 }
 
 /// A plugin trapped after the response head was sent: the body stream ends in this error,
@@ -130,6 +183,11 @@ impl PluginRun {
                     probe: false,
                     generation: 0,
                     holding_body: false,
+                    reads_request_body: StreamCallback::RequestBody
+                        .exported_by(&plugin.module.module),
+                    reads_request_trailers: StreamCallback::RequestTrailers
+                        .exported_by(&plugin.module.module),
+                    holding_request_body: false,
                 })
                 .collect(),
             route: route.to_string(),
@@ -145,6 +203,7 @@ impl PluginRun {
             response_size: 0,
             phase: "request_headers",
             failed_phase: None,
+            buffer_limit: usize::MAX,
         }
     }
 
@@ -153,6 +212,26 @@ impl PluginRun {
         if let Ok(mut outcome) = self.info.outcome.lock() {
             update(&mut outcome);
         }
+    }
+
+    /// Caps what one plugin may hold back of a body while it pauses
+    /// (`server.max_buffered_body_bytes`).
+    pub fn limit_buffering(&mut self, bytes: u64) {
+        self.buffer_limit = usize::try_from(bytes).unwrap_or(usize::MAX);
+    }
+
+    /// Whether some plugin of the chain exports `proxy_on_request_body`: only then can the
+    /// body change on its way (and its length with it).
+    pub fn reads_request_body(&self) -> bool {
+        self.entries.iter().any(|entry| entry.reads_request_body)
+    }
+
+    /// Whether the request body or its trailers go through some plugin at all; when not, the
+    /// body streams to the upstream as it would on a route without plugins.
+    pub fn reads_request_stream(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|entry| entry.reads_request_body || entry.reads_request_trailers)
     }
 
     /// The phase in which a plugin failure answered the request (for the access log).
@@ -361,44 +440,118 @@ impl PluginRun {
         Ok(())
     }
 
-    /// The whole request body (and trailers) through every plugin in order.
-    pub async fn request_body(
+    /// One piece of the request body through the chain in order, as Envoy's filter chain
+    /// decodes data: each plugin that exports `proxy_on_request_body` gets it appended to
+    /// what it holds and is called with the whole held buffer; what it continues goes on to
+    /// the next plugin, and what this returns goes upstream. A plugin that pauses before the
+    /// end only buffers (the next piece calls it again); one that pauses at `end_of_stream`
+    /// is waited for until it resumes, answers, or the wait limit passes.
+    pub async fn request_body_chunk(
         &mut self,
-        body: &mut Vec<u8>,
-        trailers: &mut Option<HeaderList>,
-    ) -> Result<(), Stopped> {
-        self.request_size = body.len() as u64;
+        mut data: Bytes,
+        end_of_stream: bool,
+    ) -> Result<Bytes, BodyStop> {
+        self.request_size += data.len() as u64;
         for index in 0..self.entries.len() {
+            let entry = &self.entries[index];
+            if !entry.reads_request_body || entry.skipped {
+                continue;
+            }
+            if data.is_empty() && !end_of_stream {
+                break;
+            }
+            data = self.request_body_step(index, data, end_of_stream).await?;
+        }
+        Ok(data)
+    }
+
+    /// Whether some plugin paused the request body before its end and holds data: then a
+    /// resume (or an answer) from it, say when its callout answers, is to be taken up
+    /// without waiting for more of the body (see `request_body_resumed`).
+    pub fn holds_request_body(&self) -> bool {
+        self.entries.iter().any(|entry| entry.holding_request_body)
+    }
+
+    /// What wakes the request when a plugin that reads the request body resumes or answers
+    /// it.
+    pub fn request_body_wakes(&self) -> Vec<Arc<Notify>> {
+        self.entries
+            .iter()
+            .filter(|entry| entry.reads_request_body)
+            .filter_map(|entry| entry.wake.clone())
+            .collect()
+    }
+
+    /// Takes up what plugins that hold request body data decided since: one that resumed
+    /// (`proxy_continue_stream`) lets what it holds go on, through the later plugins, as
+    /// Envoy continues a filter's buffered data; one that answered or reset stops the
+    /// request. Returns what goes upstream.
+    pub async fn request_body_resumed(&mut self) -> Result<Bytes, BodyStop> {
+        let mut data = Bytes::new();
+        for index in 0..self.entries.len() {
+            let entry = &self.entries[index];
+            if !entry.reads_request_body || entry.skipped {
+                continue;
+            }
+            if !data.is_empty() {
+                data = self.request_body_step(index, data, false).await?;
+                continue;
+            }
+            let (Some(context), true) = (entry.context, entry.holding_request_body) else {
+                continue;
+            };
+            let decided = entry
+                .plugin
+                .with_vm(|vm, _| {
+                    Ok(vm.state().streams.get(&context).is_some_and(|stream| {
+                        let signals = &stream.signals;
+                        signals.continue_request
+                            || signals.local_response.is_some()
+                            || signals.reset
+                    }))
+                })
+                .unwrap_or(false);
+            if !decided {
+                continue;
+            }
             self.phase = "request_body";
-            let size = body.len();
-            let mut moved = Some(std::mem::take(body));
-            let end_of_stream = trailers.is_none();
+            let mut resumed = false;
+            // No callback: settle takes up the decision (an answer, a reset) as for one.
             let result = self
                 .settle(index, Direction::Request, |vm, context| {
                     if let Some(stream) = vm.state().streams.get_mut(&context) {
-                        stream.request_body = moved.take().unwrap_or_default();
-                        stream.request_size = size as u64;
+                        resumed = std::mem::take(&mut stream.signals.continue_request);
                     }
-                    let action = vm.stream_callback(
-                        context,
-                        StreamCallback::RequestBody,
-                        size,
-                        end_of_stream,
-                    );
-                    rescue(vm, context, &action, &mut moved, |stream| {
-                        std::mem::take(&mut stream.request_body)
-                    });
-                    action
+                    Ok(Action::Continue)
                 })
                 .await;
-            *body = self.take_back(index, moved, |stream| {
-                std::mem::take(&mut stream.request_body)
-            });
-            result?;
-            if let Some(list) = trailers.as_mut() {
+            result.map_err(BodyStop::Plugin)?;
+            if resumed {
+                self.entries[index].holding_request_body = false;
+                data = self.take_held_request_body(index);
+            }
+        }
+        Ok(data)
+    }
+
+    /// The request trailers through the chain in order, after the body. A plugin that held
+    /// back body data (it paused, waiting for an end that trailers never mark) lets it go
+    /// when its trailers callback continues; that data then goes through the later plugins'
+    /// body callbacks before their trailers. Returns the body data released here, which goes
+    /// upstream before the trailers.
+    pub async fn request_trailers(&mut self, trailers: &mut HeaderList) -> Result<Bytes, BodyStop> {
+        let mut data = Bytes::new();
+        for index in 0..self.entries.len() {
+            if self.entries[index].skipped {
+                continue;
+            }
+            if self.entries[index].reads_request_body && !data.is_empty() {
+                data = self.request_body_step(index, data, false).await?;
+            }
+            if self.entries[index].reads_request_trailers {
                 self.phase = "request_trailers";
-                let count = list.len();
-                let mut moved = Some(std::mem::take(list));
+                let count = trailers.len();
+                let mut moved = Some(std::mem::take(trailers));
                 let result = self
                     .settle(index, Direction::Request, |vm, context| {
                         if let Some(stream) = vm.state().streams.get_mut(&context) {
@@ -416,13 +569,108 @@ impl PluginRun {
                         action
                     })
                     .await;
-                *list = self.take_back(index, moved, |stream| {
+                *trailers = self.take_back(index, moved, |stream| {
                     std::mem::take(&mut stream.request_trailers)
                 });
-                result?;
+                result.map_err(BodyStop::Plugin)?;
+            }
+            if self.entries[index].reads_request_body && !self.entries[index].skipped {
+                self.entries[index].holding_request_body = false;
+                let held = self.take_held_request_body(index);
+                data = match (data.is_empty(), held.is_empty()) {
+                    (_, true) => data,
+                    (true, false) => held,
+                    (false, false) => [data, held].concat().into(),
+                };
             }
         }
-        Ok(())
+        Ok(data)
+    }
+
+    /// `data` through plugin `index`'s `on_request_body`; returns what the plugin lets go on
+    /// (empty while it pauses before the end).
+    async fn request_body_step(
+        &mut self,
+        index: usize,
+        data: Bytes,
+        end_of_stream: bool,
+    ) -> Result<Bytes, BodyStop> {
+        self.phase = "request_body";
+        let limit = self.buffer_limit;
+        let mut overflow = false;
+        let mut released = None;
+        let result = self
+            .settle(index, Direction::Request, |vm, context| {
+                let Some(stream) = vm.state().streams.get_mut(&context) else {
+                    // No stream state to buffer in: the piece goes on untouched.
+                    released = Some(data.clone());
+                    return Ok(Action::Continue);
+                };
+                // A resume that came while the plugin held data before the end (a callout
+                // answered) is taken up by this callback, which sees the held data and the
+                // new piece together.
+                stream.signals.continue_request = false;
+                if stream.request_body.len() + data.len() > limit {
+                    overflow = true;
+                    return Ok(Action::Continue);
+                }
+                stream.request_body.extend_from_slice(&data);
+                stream.request_size += data.len() as u64;
+                let size = stream.request_body.len();
+                let action =
+                    vm.stream_callback(context, StreamCallback::RequestBody, size, end_of_stream)?;
+                if action == Action::Continue {
+                    if let Some(stream) = vm.state().streams.get_mut(&context) {
+                        released = Some(release_request_body(stream, &data));
+                    }
+                }
+                // Before the end a pause only buffers; settle waits only at the end.
+                Ok(if end_of_stream {
+                    action
+                } else {
+                    Action::Continue
+                })
+            })
+            .await;
+        result.map_err(BodyStop::Plugin)?;
+        self.entries[index].holding_request_body = false;
+        if overflow {
+            let plugin = &self.entries[index].plugin.name;
+            tracing::warn!(plugin = %plugin, route = %self.route, limit, "a plugin paused the request body past max_buffered_body_bytes");
+            return Err(BodyStop::BufferFull);
+        }
+        if let Some(released) = released {
+            return Ok(released);
+        }
+        if self.entries[index].skipped {
+            // fail_open after a trap: the piece goes on as the plugin got it (what it held
+            // before died with its VM).
+            return Ok(data);
+        }
+        if end_of_stream {
+            // Paused at the end, then resumed: what it holds, as it left it, goes on.
+            return Ok(self.take_held_request_body(index));
+        }
+        self.entries[index].holding_request_body = true;
+        Ok(Bytes::new())
+    }
+
+    /// What plugin `index` holds of the request body, taken out of its buffer.
+    fn take_held_request_body(&self, index: usize) -> Bytes {
+        let Some(context) = self.entries[index].context else {
+            return Bytes::new();
+        };
+        self.entries[index]
+            .plugin
+            .with_vm(|vm, _| {
+                Ok(vm
+                    .state()
+                    .streams
+                    .get_mut(&context)
+                    .map(|stream| release_request_body(stream, &Bytes::new()))
+                    .unwrap_or_default())
+            })
+            .unwrap_or_default()
     }
 
     /// Response headers through the plugins in reverse order. A local reply from this phase
@@ -522,7 +770,7 @@ impl PluginRun {
         &mut self,
         mut data: Vec<u8>,
         end_of_stream: bool,
-    ) -> Result<Vec<u8>, PluginBodyFailure> {
+    ) -> Result<Vec<u8>, BoxError> {
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
             let entry = &self.entries[index];
             if entry.context.is_none() || entry.skipped {
@@ -533,10 +781,14 @@ impl PluginRun {
             }
             let context = self.body_context(index, "response_body")?;
             let plugin = self.entries[index].plugin.clone();
+            let limit = self.buffer_limit;
             let result = plugin.with_vm(|vm, _| {
                 let Some(stream) = vm.state().streams.get_mut(&context) else {
-                    return Ok(Some((Vec::new(), false)));
+                    return Ok(ChunkOutcome::Passed(Vec::new(), false));
                 };
+                if stream.response_body.len() + data.len() > limit {
+                    return Ok(ChunkOutcome::OverLimit);
+                }
                 stream.response_body.extend_from_slice(&data);
                 stream.response_size += data.len() as u64;
                 let size = stream.response_body.len();
@@ -544,21 +796,36 @@ impl PluginRun {
                     vm.stream_callback(context, StreamCallback::ResponseBody, size, end_of_stream)?;
                 let stream = vm.state().streams.get_mut(&context).expect("checked above");
                 if std::mem::take(&mut stream.signals.reset) {
-                    return Ok(None);
+                    return Ok(ChunkOutcome::Reset);
                 }
                 let released =
                     action == Action::Continue || end_of_stream || stream.signals.continue_response;
                 stream.signals.continue_response = false;
-                Ok(Some(if released {
-                    (std::mem::take(&mut stream.response_body), false)
+                Ok(if released {
+                    ChunkOutcome::Passed(std::mem::take(&mut stream.response_body), false)
                 } else {
-                    (Vec::new(), !stream.response_body.is_empty())
-                }))
+                    ChunkOutcome::Passed(Vec::new(), !stream.response_body.is_empty())
+                })
             });
             (data, self.entries[index].holding_body) = match result {
-                Ok(Some(out)) => out,
-                Ok(None) => return Err(self.body_reset(index, "response_body")),
-                Err(failure) => return Err(self.body_failure(index, "response_body", &failure)),
+                Ok(ChunkOutcome::Passed(out, holding)) => (out, holding),
+                Ok(ChunkOutcome::Reset) => {
+                    return Err(Box::new(self.body_reset(index, "response_body")))
+                }
+                Ok(ChunkOutcome::OverLimit) => {
+                    tracing::warn!(plugin = %plugin.name, route = %self.route, limit, "a plugin paused the response body past max_buffered_body_bytes; resetting the response");
+                    return Err(Box::new(BufferLimitExceeded {
+                        plugin: plugin.name.clone(),
+                        limit,
+                    }));
+                }
+                Err(failure) => {
+                    return Err(Box::new(self.body_failure(
+                        index,
+                        "response_body",
+                        &failure,
+                    )))
+                }
             };
         }
         self.response_size += data.len() as u64;
@@ -725,6 +992,19 @@ fn rescue<T>(
     *moved = vm.state().streams.get_mut(&context).map(take);
 }
 
+/// Takes what a plugin let go of the request body out of its buffer, which keeps its
+/// capacity for the next piece. When the plugin left the piece it was handed as it was (the
+/// common case: it only read it), that piece goes on without a copy.
+fn release_request_body(stream: &mut StreamState, handed: &Bytes) -> Bytes {
+    let released = if stream.request_body[..] == handed[..] {
+        handed.clone()
+    } else {
+        Bytes::copy_from_slice(&stream.request_body)
+    };
+    stream.request_body.clear();
+    released
+}
+
 /// What the plugin decided for a stream since the last look: a local reply, a reset, and
 /// whether it resumed the given direction.
 fn take_signals(
@@ -814,20 +1094,32 @@ pub fn from_header_list(list: &HeaderList) -> (Vec<(String, String)>, HeaderMap)
     (pseudo, headers)
 }
 
+/// Wraps a run so that the request body task and the response phase can share it.
+pub fn share(run: PluginRun) -> SharedRun {
+    Arc::new(tokio::sync::Mutex::new(run))
+}
+
 /// The response body as the plugins see it, chunk by chunk; the log phase runs when it ends.
-pub fn filter_response_body(body: ResponseBody, run: PluginRun) -> ResponseBody {
+pub fn filter_response_body(body: ResponseBody, run: SharedRun) -> ResponseBody {
     FilteredBody {
         inner: body,
         run,
+        waiting: None,
         done: false,
         trailers_done: false,
     }
     .boxed()
 }
 
+/// The wait for a run the request body task holds (a plugin paused the request at its end).
+type RunWait = std::pin::Pin<
+    Box<dyn std::future::Future<Output = tokio::sync::OwnedMutexGuard<PluginRun>> + Send + Sync>,
+>;
+
 struct FilteredBody {
     inner: ResponseBody,
-    run: PluginRun,
+    run: SharedRun,
+    waiting: Option<RunWait>,
     done: bool,
     /// The trailers went through the plugins already (they may follow a flushed body).
     trailers_done: bool,
@@ -846,6 +1138,12 @@ impl Body for FilteredBody {
             if self.done {
                 return Poll::Ready(None);
             }
+            // The run first, then the frame: a frame is never read and then held back
+            // waiting for the run.
+            let mut run = match self.poll_run(cx) {
+                Poll::Ready(run) => run,
+                Poll::Pending => return Poll::Pending,
+            };
             let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
             match polled {
                 Poll::Pending => return Poll::Pending,
@@ -853,7 +1151,7 @@ impl Body for FilteredBody {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         let end = self.inner.is_end_stream();
-                        let out = match self.run.response_body_chunk(data.to_vec(), end) {
+                        let out = match run.response_body_chunk(data.to_vec(), end) {
                             Ok(out) => out,
                             Err(failure) => return self.reset(failure),
                         };
@@ -875,7 +1173,7 @@ impl Body for FilteredBody {
                         self.trailers_done = true;
                         // Trailers end the stream: release any buffered body first is not
                         // possible in one frame, so flush it and keep the trailers for later.
-                        let flushed = match self.run.response_body_chunk(Vec::new(), true) {
+                        let flushed = match run.response_body_chunk(Vec::new(), true) {
                             Ok(flushed) => flushed,
                             Err(failure) => return self.reset(failure),
                         };
@@ -883,7 +1181,7 @@ impl Body for FilteredBody {
                             Ok(map) => crate::wasm::plugin::header_list(&map),
                             Err(_) => Vec::new(),
                         };
-                        if let Err(failure) = self.run.response_trailers(&mut trailers) {
+                        if let Err(failure) = run.response_trailers(&mut trailers) {
                             return self.reset(failure);
                         }
                         self.done = true;
@@ -903,7 +1201,7 @@ impl Body for FilteredBody {
                 },
                 Poll::Ready(None) => {
                     self.done = true;
-                    let out = match self.run.response_body_chunk(Vec::new(), true) {
+                    let out = match run.response_body_chunk(Vec::new(), true) {
                         Ok(out) => out,
                         Err(failure) => return self.reset(failure),
                     };
@@ -922,13 +1220,30 @@ impl Body for FilteredBody {
 }
 
 impl FilteredBody {
+    /// The run, at once unless the request body task holds it; then woken when it lets go.
+    fn poll_run(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<tokio::sync::OwnedMutexGuard<PluginRun>> {
+        if self.waiting.is_none() {
+            match self.run.clone().try_lock_owned() {
+                Ok(run) => return std::task::Poll::Ready(run),
+                Err(_) => self.waiting = Some(Box::pin(self.run.clone().lock_owned())),
+            }
+        }
+        let waiting = self.waiting.as_mut().expect("set above");
+        let run = std::task::ready!(waiting.as_mut().poll(cx));
+        self.waiting = None;
+        std::task::Poll::Ready(run)
+    }
+
     /// Ends the body in an error: hyper resets an HTTP/2 stream and closes an HTTP/1.1
     /// connection before the body's end, so the client can tell the body is incomplete.
     fn reset(
         &mut self,
-        failure: PluginBodyFailure,
+        failure: impl Into<BoxError>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.done = true;
-        std::task::Poll::Ready(Some(Err(Box::new(failure))))
+        std::task::Poll::Ready(Some(Err(failure.into())))
     }
 }

@@ -138,6 +138,24 @@ impl StreamCallback {
             Self::ResponseTrailers => "on_response_trailers",
         }
     }
+
+    /// The guest export that implements the callback.
+    fn export(self) -> &'static str {
+        match self {
+            Self::RequestHeaders => "proxy_on_request_headers",
+            Self::RequestBody => "proxy_on_request_body",
+            Self::RequestTrailers => "proxy_on_request_trailers",
+            Self::ResponseHeaders => "proxy_on_response_headers",
+            Self::ResponseBody => "proxy_on_response_body",
+            Self::ResponseTrailers => "proxy_on_response_trailers",
+        }
+    }
+
+    /// Whether `module` exports the callback. The host calls a plugin only for what it
+    /// exports, so that, say, a header-only plugin costs nothing per body chunk.
+    pub fn exported_by(self, module: &wasmtime::Module) -> bool {
+        module.get_export(self.export()).is_some()
+    }
 }
 
 fn deadline_ticks(timeout: Duration) -> u64 {

@@ -48,9 +48,8 @@ pub(super) fn server_losses(config: &Config, sources: &Sources, losses: &mut Los
     if server.max_request_body_bytes.is_some() {
         lose(
             "max_request_body_bytes",
-            "Envoy has no request body limit; the export sets it as the listeners' buffer limit \
-             (per_connection_buffer_limit_bytes), so a body a plugin buffers is refused 413 past it, \
-             but on routes without plugins larger bodies are streamed to the upstream",
+            "Envoy has no limit on the size of a request body it streams; only what it buffers \
+             is capped (max_buffered_body_bytes, exported as per_connection_buffer_limit_bytes)",
         );
     }
     if let Some(bytes) = server.max_request_header_bytes {
@@ -176,7 +175,8 @@ fn envoy_listener(config: &Config, listener: &Listener, manager: Value) -> Value
     let mut value = json!({
         "name": listener.name,
         "address": socket_address(&listener.address.ip().to_string(), listener.address.port()),
-        "per_connection_buffer_limit_bytes": config.server.max_request_body_bytes.min(u64::from(u32::MAX)),
+        // What a paused plugin may make the proxy hold, refused 413 past it in both.
+        "per_connection_buffer_limit_bytes": config.server.max_buffered_body_bytes.min(u64::from(u32::MAX)),
     });
     match &listener.tls {
         None => value["filter_chains"] = json!([{ "filters": filters }]),

@@ -140,10 +140,20 @@ fn remove_header_map_value(mut caller: Ctx<'_>, map: u32, key_ptr: u32, key_len:
     })())
 }
 
+/// The stream's body buffer of that type, if it is one.
+fn body_mut(state: &mut HostState, buffer: BufferType) -> Option<&mut Vec<u8>> {
+    let stream = state.stream()?;
+    match buffer {
+        BufferType::RequestBody => Some(&mut stream.request_body),
+        BufferType::ResponseBody => Some(&mut stream.response_body),
+        _ => None,
+    }
+}
+
 fn buffer(state: &mut HostState, buffer: BufferType) -> Option<Bytes> {
     Some(match buffer {
-        BufferType::RequestBody => Bytes::copy_from_slice(&state.stream()?.request_body),
-        BufferType::ResponseBody => Bytes::copy_from_slice(&state.stream()?.response_body),
+        // Lent out by `get_buffer_bytes` (see there), never copied.
+        BufferType::RequestBody | BufferType::ResponseBody => return None,
         BufferType::CallResponseBody | BufferType::GrpcReceiveBuffer => {
             state.call_response.as_ref()?.body.clone()
         }
@@ -168,6 +178,18 @@ fn get_buffer_bytes(
     };
     if start.checked_add(max_size).is_none() {
         return Ok(Status::BadArgument as u32);
+    }
+    // A body is lent out of the stream state for the copy into guest memory (which calls the
+    // guest's allocator, so the state cannot stay borrowed) instead of being copied first:
+    // a streamed body is read this way piece by piece.
+    if let Some(body) = body_mut(caller.data_mut(), buffer_type).map(std::mem::take) {
+        let start = (start as usize).min(body.len());
+        let end = start.saturating_add(max_size as usize).min(body.len());
+        let returned = memory::return_bytes(&mut caller, &body[start..end], ret_ptr, ret_len);
+        if let Some(slot) = body_mut(caller.data_mut(), buffer_type) {
+            *slot = body;
+        }
+        return Ok(status(returned?.map_err(Status::from)));
     }
     let Some(bytes) = buffer(caller.data_mut(), buffer_type) else {
         return Ok(Status::NotFound as u32);
@@ -208,12 +230,7 @@ fn set_buffer_bytes(
     status((|| {
         let buffer_type = BufferType::from_raw(buffer_type).ok_or(Status::BadArgument)?;
         let data = memory::read(&mut caller, ptr, len)?;
-        let stream = caller.data_mut().stream().ok_or(Status::NotFound)?;
-        let body = match buffer_type {
-            BufferType::RequestBody => &mut stream.request_body,
-            BufferType::ResponseBody => &mut stream.response_body,
-            _ => return Err(Status::NotFound),
-        };
+        let body = body_mut(caller.data_mut(), buffer_type).ok_or(Status::NotFound)?;
         splice_body(body, start as usize, size as usize, &data)
     })())
 }
