@@ -183,7 +183,15 @@ fn another_build_of(module: &str) -> Vec<u8> {
 async fn one_singleton_ticks_calls_out_and_aggregates_what_route_plugins_enqueue() {
     let setup = start(aggregator_config()).await;
     // Started before the gateway served: its on_vm_start logged before the listeners did.
-    let log = setup.gateway.log();
+    // The gateway is ready before its log line reaches the file, so wait for the line.
+    let mut log = setup.gateway.log();
+    for _ in 0..100 {
+        if log.contains("listening") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        log = setup.gateway.log();
+    }
     let started = log.find("on_vm_start of VM 1").expect("on_vm_start logged");
     let listening = log.find("listening").expect("listening logged");
     assert!(started < listening, "singleton before serving:\n{log}");
