@@ -440,6 +440,7 @@ async fn a_reload_applies_new_limits() {
         .expect("read gateway.yaml")
         .replace("shared_queue_length: 20", "shared_queue_length: 30");
     std::fs::write(&policies, text).expect("write gateway.yaml");
+    // A reload builds every plugin's VMs again: on a loaded 2-core machine that takes seconds.
     let started = Instant::now();
     loop {
         let plugins = gateway.admin_get("/plugins").await.json();
@@ -448,7 +449,7 @@ async fn a_reload_applies_new_limits() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(20),
             "the edit was never loaded: {plugins}\n{}",
             gateway.log()
         );
