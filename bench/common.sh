@@ -256,6 +256,28 @@ measured() {
         "$(awk -v a="$c0" -v b="$c1" -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", (b - a) / hz }')" >"$out.cpu"
 }
 
+# perf_start NAME PID: with BENCH_PERF=1, record a CPU profile of PID with call graphs
+# (`perf record -g`) for the next DURATION seconds, in the background; perf_finish NAME waits
+# for it and writes the top entries (`perf report --no-children`) to
+# bench/results/profile-NAME.txt. A no-op without BENCH_PERF=1.
+PERF_PID=
+perf_start() {
+    [[ ${BENCH_PERF:-0} == 1 ]] || return 0
+    command -v perf >/dev/null || die "BENCH_PERF=1 needs perf (Debian package linux-perf)"
+    perf record -g -o "$WORK/perf-$1.data" -p "$2" -- sleep "$DURATION" >"$WORK/perf-$1.log" 2>&1 &
+    PERF_PID=$!
+}
+perf_finish() {
+    [[ ${BENCH_PERF:-0} == 1 && -n $PERF_PID ]] || return 0
+    wait "$PERF_PID" || true
+    PERF_PID=
+    mkdir -p bench/results
+    perf report -i "$WORK/perf-$1.data" --no-children --stdio --sort dso,symbol -g none --percent-limit 0.7 \
+        2>/dev/null | grep -v '^$' | head -n 60 >"bench/results/profile-$1.txt" || true
+    rm -f "$WORK/perf-$1.data"
+    log "profile: bench/results/profile-$1.txt"
+}
+
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # nginx_conf PREFIX SERVER-BLOCK: a self-contained nginx config (no /etc, no /var);

@@ -144,8 +144,8 @@ for t in "${TARGETS[@]}"; do
     body=$(curl -s --http2-prior-knowledge "http://127.0.0.1:${H2C_PORT[$t]}/" || true)
     [[ $body == ok ]] || die "$t: GET / over h2c answered '$body', expected 'ok'"
     # What both negotiate with the load generators' OpenSSL (the report records it).
-    openssl s_client -connect "127.0.0.1:${TLS_PORT[$t]}" -servername localhost </dev/null 2>/dev/null |
-        awk -F': *' '/^ *(Protocol|Cipher) *:/ { printf "%s %s ", $1, $2 } /Server Temp Key/ { printf "key %s", $2 }' \
+    openssl s_client -brief -connect "127.0.0.1:${TLS_PORT[$t]}" -servername localhost </dev/null 2>&1 |
+        awk -F': *' '/^(Protocol version|Ciphersuite|Server Temp Key):/ { printf "%s%s", sep, $2; sep = ", " }' \
             >"$WORK/negotiated-$t.txt" || true
 done
 
