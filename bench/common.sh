@@ -272,8 +272,16 @@ perf_finish() {
     wait "$PERF_PID" || true
     PERF_PID=
     mkdir -p bench/results
+    # The sample count and the entries, without perf's column padding and empty IPC columns.
     perf report -i "$WORK/perf-$1.data" --no-children --stdio --sort dso,symbol -g none --percent-limit 0.7 \
-        2>/dev/null | grep -v '^$' | head -n 60 >"bench/results/profile-$1.txt" || true
+        2>/dev/null | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' |
+        grep -E '^# (Samples|Event count)|^ +[0-9.]+%' | head -n 60 >"bench/results/profile-$1.txt" || true
+    # Where the time goes by object: the kernel, the binary, libc, and code compiled from wasm.
+    {
+        echo "# By object:"
+        perf report -i "$WORK/perf-$1.data" --no-children --stdio --sort dso -g none --percent-limit 0.5 2>/dev/null |
+            sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' | grep -E '^ +[0-9.]+%'
+    } >>"bench/results/profile-$1.txt" || true
     rm -f "$WORK/perf-$1.data"
     log "profile: bench/results/profile-$1.txt"
 }
