@@ -44,6 +44,21 @@ if ((${#missing[@]})); then
 fi
 PYTHON=$(command -v python3)
 
+# need_tools COMMAND:PACKAGE...: install the Debian packages of the commands that are missing
+# (for the tools one script alone needs: h2load, openssl)
+need_tools() {
+    local pair want=()
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null || want+=("${pair#*:}")
+    done
+    ((${#want[@]})) || return 0
+    log "installing ${want[*]} (Debian packages)"
+    local sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${want[@]}"
+}
+
 cpus=$(nproc)
 if ((cpus < 2)); then
     echo "$BENCH_NAME: warning: only $cpus CPU; the proxy and the load share it, figures are not meaningful" >&2
@@ -201,19 +216,91 @@ wait_quiet() {
     done
 }
 
+# proc_ticks PID: CPU time (user + system, in clock ticks) of a process and its children so
+# far: nginx serves from a worker, the child of the process started
+CLK_TCK=$(getconf CLK_TCK)
+proc_ticks() {
+    local total=0 p stat fields
+    for p in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+        stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        # fields after "(comm) ": state is the first, utime the 12th, stime the 13th
+        read -r -a fields <<<"${stat##*) }"
+        total=$((total + fields[11] + fields[12]))
+    done
+    echo "$total"
+}
+
+# proc_rss_kb PID: resident memory (kB) of a process and its children (nginx: master + worker)
+proc_rss_kb() {
+    local total=0 p kb
+    for p in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+        kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null) || continue
+        total=$((total + ${kb:-0}))
+    done
+    echo "$total"
+}
+
+# measured OUT PID CMD...: run CMD (its output to OUT) and write OUT.cpu, a JSON object with
+# the wall time and the CPU time process PID (and its children) used meanwhile: the proxy's
+# own cost of the load, which neither a busy load generator nor a busy machine distorts
+measured() {
+    local out=$1 pid=$2 t0 t1 c0 c1
+    shift 2
+    c0=$(proc_ticks "$pid")
+    t0=$(date +%s.%N)
+    "$@" >"$out"
+    t1=$(date +%s.%N)
+    c1=$(proc_ticks "$pid")
+    printf '{"wall_s": %s, "proxy_cpu_s": %s}\n' \
+        "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" \
+        "$(awk -v a="$c0" -v b="$c1" -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", (b - a) / hz }')" >"$out.cpu"
+}
+
+# perf_start NAME PID: with BENCH_PERF=1, record a CPU profile of PID with call graphs
+# (`perf record -g`) for the next DURATION seconds, in the background; perf_finish NAME waits
+# for it and writes the top entries (`perf report --no-children`) to
+# bench/results/profile-NAME.txt. A no-op without BENCH_PERF=1.
+PERF_PID=
+perf_start() {
+    [[ ${BENCH_PERF:-0} == 1 ]] || return 0
+    command -v perf >/dev/null || die "BENCH_PERF=1 needs perf (Debian package linux-perf)"
+    perf record -g -o "$WORK/perf-$1.data" -p "$2" -- sleep "$DURATION" >"$WORK/perf-$1.log" 2>&1 &
+    PERF_PID=$!
+}
+perf_finish() {
+    [[ ${BENCH_PERF:-0} == 1 && -n $PERF_PID ]] || return 0
+    wait "$PERF_PID" || true
+    PERF_PID=
+    mkdir -p bench/results
+    # The sample count and the entries, without perf's column padding and empty IPC columns.
+    perf report -i "$WORK/perf-$1.data" --no-children --stdio --sort dso,symbol -g none --percent-limit 0.7 \
+        2>/dev/null | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' |
+        grep -E '^# (Samples|Event count)|^ +[0-9.]+%' | head -n 60 >"bench/results/profile-$1.txt" || true
+    # Where the time goes by object: the kernel, the binary, libc, and code compiled from wasm.
+    {
+        echo "# By object:"
+        perf report -i "$WORK/perf-$1.data" --no-children --stdio --sort dso -g none --percent-limit 0.5 2>/dev/null |
+            sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' | grep -E '^ +[0-9.]+%'
+    } >>"bench/results/profile-$1.txt" || true
+    rm -f "$WORK/perf-$1.data"
+    log "profile: bench/results/profile-$1.txt"
+}
+
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# nginx_conf PREFIX SERVER-BLOCK: a self-contained nginx config (no /etc, no /var)
+# nginx_conf PREFIX SERVER-BLOCK: a self-contained nginx config (no /etc, no /var);
+# NGINX_CONNECTIONS (default 4096) is its worker_connections
 nginx_conf() {
-    local prefix=$1
+    local prefix=$1 conns=${NGINX_CONNECTIONS:-4096}
     mkdir -p "$prefix"
     cat >"$prefix/nginx.conf" <<EOF
 worker_processes 1;
+worker_rlimit_nofile $((conns * 2));
 daemon off;
 pid $prefix/nginx.pid;
 error_log $prefix/error.log warn;
 events {
-    worker_connections 4096;
+    worker_connections $conns;
 }
 http {
     access_log off;

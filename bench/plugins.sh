@@ -23,6 +23,8 @@
 #   BENCH_CHAIN=auto        which 3-plugin chain: auto | bundled | test
 #   BENCH_CONFIGS="base header chain heavy noepoch"   a subset (base is required)
 #   BENCH_BUILD_PLUGINS=1   0: use the .wasm files already built, build nothing
+#   BENCH_PERF=1            profile Tollgate during each configuration's first wrk run
+#                           (perf record -g); top entries in bench/results/profile-CONFIG.txt
 set -euo pipefail
 BENCH_NAME=plugins # used by common.sh
 # shellcheck source=bench/common.sh
@@ -271,8 +273,10 @@ for r in $(seq "$RUNS"); do
         taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H "$KEY_HEADER" -H "$AUTH_HEADER" "http://127.0.0.1:${PORT[$c]}/" >/dev/null
         wait_quiet
         log "wrk run $r/$RUNS: $c"
+        ((r > 1)) || perf_start "$c" "$TG_PID" # BENCH_PERF=1: profile the first run
         taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "$KEY_HEADER" -H "$AUTH_HEADER" \
             "http://127.0.0.1:${PORT[$c]}/" | tee "$WORK/wrk-$c-$r.txt" | grep -E 'Requests/sec|^ +99%|Non-2xx|Socket errors' >&2 || true
+        perf_finish "$c"
         kill -0 "$TG_PID" 2>/dev/null || die "Tollgate ($c) died during the run"
         stop "$TG_PID"
     done

@@ -6,7 +6,9 @@
 
 WORKDIR holds wrk-TARGET-N.txt (wrk --latency output), fixed-TARGET-N.json (loadgen.py
 output) and meta.json (written by run.sh). Each figure is the median over the runs,
-taken per figure.
+taken per figure; each ratio is the median of the per-pair ratios (run i of one target over
+run i of the other: the runs alternate), with their spread (bench/goals.py). The goal figures
+also go to bench/results/goals/run.json for the goals table of the whole `just bench`.
 """
 
 import glob
@@ -15,6 +17,9 @@ import os
 import re
 import statistics
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from goals import Goals, fmt_spread, fmt_x, goals_dir, pair_ratios, stable, yes_no  # noqa: E402
 
 TARGETS = [
     ("direct", "direct to the upstream (no proxy)"),
@@ -54,16 +59,36 @@ def parse_wrk(path):
     return out
 
 
+def run_files(work, kind, target, ext):
+    """WORK/KIND-TARGET-N.EXT in run order (N numerically: run 10 comes after run 9)."""
+    paths = glob.glob(os.path.join(work, "%s-%s-*.%s" % (kind, glob.escape(target), ext)))
+    runs = []
+    for p in paths:
+        n = os.path.basename(p)[len(kind) + len(target) + 2:-len(ext) - 1]
+        if n.isdigit():
+            runs.append((int(n), p))
+    return [p for _, p in sorted(runs)]
+
+
 def wrk_runs(work, target):
-    return [parse_wrk(p) for p in sorted(glob.glob(os.path.join(work, "wrk-%s-*.txt" % target)))]
+    return [parse_wrk(p) for p in run_files(work, "wrk", target, "txt")]
 
 
 def fixed_runs(work, target):
     runs = []
-    for p in sorted(glob.glob(os.path.join(work, "fixed-%s-*.json" % target))):
+    for p in run_files(work, "fixed", target, "json"):
         with open(p) as f:
             runs.append(json.load(f))
     return runs
+
+
+def per_run(runs, key):
+    """One figure of each run, in run order (runs of two targets pair up by position)."""
+    return [r.get(key) for r in runs]
+
+
+def fixed_per_run(runs, key):
+    return [r["latency_us"].get(key) for r in runs]
 
 
 def median(values):
@@ -157,29 +182,43 @@ def table(work):
                 fmt_us(f["p99.9"]), fmt_us(f["max"]), f["errors"], fmt_us(f["lag99"])))
         add("")
 
+    # Ratios: median of the per-pair ratios (run i of Tollgate / run i of nginx).
+    goals = Goals("run.sh", meta)
+    raw = {key: (wrk_runs(work, key), fixed_runs(work, key)) for key, _ in TARGETS}
+
+    def pairs(a, b, figure):
+        (wa, fa), (wb, fb) = raw[a], raw[b]
+        if figure == "rps" or figure == "wrk p99":
+            key = "rps" if figure == "rps" else "p99"
+            return pair_ratios(per_run(wa, key), per_run(wb, key))
+        return pair_ratios(fixed_per_run(fa, figure), fixed_per_run(fb, figure))
+
     add("## Tollgate / nginx")
     add("")
-    add("| figure | Tollgate | nginx | ratio | goal | met |")
-    add("|---|---:|---:|---:|---:|:-:|")
-    verdicts = []
+    add("Ratios are the median of the per-pair ratios (run *i* of Tollgate over run *i* of nginx; "
+        "the runs alternate), with their min–max and (max − min) / median; a figure whose spread "
+        "exceeds 10 % is marked unstable.")
+    add("")
+    add("| figure | Tollgate | nginx | ratio | spread of the pairs | stable | goal | met |")
+    add("|---|---:|---:|---:|---:|:-:|---:|:-:|")
     t, n = wrk.get("tollgate", {}), wrk.get("nginx", {})
-    r = ratio(t.get("rps"), n.get("rps"))
-    ok = None if r is None else r >= 1.0
-    verdicts.append(ok)
-    add("| throughput (req/s) | %s | %s | %s | ≥ 1.00× | %s |" % (
-        fmt_rps(t.get("rps")), fmt_rps(n.get("rps")), fmt_ratio(r), mark(ok)))
+    rows = [("throughput (req/s)", "rps", fmt_rps(t.get("rps")), fmt_rps(n.get("rps")), ("≥ 1.00×", 1.0, None),
+             "0 plugins: throughput ≥ 1.0 × nginx")]
     if fixed:
-        t, n = fixed.get("tollgate", {}), fixed.get("nginx", {})
-        r = ratio(t.get("p99"), n.get("p99"))
-        ok = None if r is None else r <= 1.2
-        verdicts.append(ok)
-        add("| p99 at half load | %s | %s | %s | ≤ 1.20× | %s |" % (
-            fmt_us(t.get("p99")), fmt_us(n.get("p99")), fmt_ratio(r), mark(ok)))
-        r = ratio(t.get("p50"), n.get("p50"))
-        add("| p50 at half load | %s | %s | %s | – | |" % (fmt_us(t.get("p50")), fmt_us(n.get("p50")), fmt_ratio(r)))
-    t, n = wrk.get("tollgate", {}), wrk.get("nginx", {})
-    add("| p99 at full load (wrk) | %s | %s | %s | – | |" % (
-        fmt_us(t.get("p99")), fmt_us(n.get("p99")), fmt_ratio(ratio(t.get("p99"), n.get("p99")))))
+        ft, fn = fixed.get("tollgate", {}), fixed.get("nginx", {})
+        rows.append(("p99 at half load", "p99", fmt_us(ft.get("p99")), fmt_us(fn.get("p99")), ("≤ 1.20×", None, 1.2),
+                     "0 plugins: p99 at half load ≤ 1.2 × nginx"))
+        rows.append(("p50 at half load", "p50", fmt_us(ft.get("p50")), fmt_us(fn.get("p50")), None, None))
+    rows.append(("p99 at full load (wrk)", "wrk p99", fmt_us(t.get("p99")), fmt_us(n.get("p99")), None, None))
+    for label, figure, tv, nv, goal, goal_name in rows:
+        ratios = pairs("tollgate", "nginx", figure)
+        mid = median(ratios)
+        met = None
+        if goal and goal_name:
+            met = goals.ratio(goal_name, ratios, at_least=goal[1], at_most=goal[2])
+        add("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            label, tv, nv, fmt_ratio(mid), fmt_spread(ratios, fmt_x), yes_no(stable(ratios)),
+            goal[0] if goal else "–", mark(met)))
     add("")
 
     if "baseline" in wrk:
@@ -189,17 +228,18 @@ def table(work):
             "is what the changes since the baseline cost (below 1.00× for throughput, above "
             "for latency) or gained.")
         add("")
-        add("| figure | this build | baseline | ratio |")
-        add("|---|---:|---:|---:|")
+        add("| figure | this build | baseline | ratio | spread of the pairs | stable |")
+        add("|---|---:|---:|---:|---:|:-:|")
         t, b = wrk.get("tollgate", {}), wrk["baseline"]
-        add("| throughput (req/s) | %s | %s | %s |" % (
-            fmt_rps(t.get("rps")), fmt_rps(b.get("rps")), fmt_ratio(ratio(t.get("rps"), b.get("rps")))))
+        figures = [("throughput (req/s)", "rps", fmt_rps(t.get("rps")), fmt_rps(b.get("rps")))]
         if fixed:
-            t, b = fixed.get("tollgate", {}), fixed.get("baseline", {})
+            ft, fb = fixed.get("tollgate", {}), fixed.get("baseline", {})
             for figure in ("p50", "p99"):
-                add("| %s at half load | %s | %s | %s |" % (
-                    figure, fmt_us(t.get(figure)), fmt_us(b.get(figure)),
-                    fmt_ratio(ratio(t.get(figure), b.get(figure)))))
+                figures.append(("%s at half load" % figure, figure, fmt_us(ft.get(figure)), fmt_us(fb.get(figure))))
+        for label, figure, tv, bv in figures:
+            ratios = pairs("tollgate", "baseline", figure)
+            add("| %s | %s | %s | %s | %s | %s |" % (label, tv, bv, fmt_ratio(median(ratios)),
+                                                    fmt_spread(ratios, fmt_x), yes_no(stable(ratios))))
         add("")
 
     notes = []
@@ -226,7 +266,7 @@ def table(work):
         for n_ in notes:
             add("- " + n_)
         add("")
-    return "\n".join(lines), verdicts
+    return "\n".join(lines), goals
 
 
 def mark(ok):
@@ -240,10 +280,12 @@ def main():
             sys.exit("no wrk results for %s" % sys.argv[3])
         print("%.0f" % median([r["rps"] for r in runs]))
     elif len(sys.argv) == 3 and sys.argv[1] == "table":
-        text, verdicts = table(sys.argv[2])
+        text, goals = table(sys.argv[2])
         print(text)
-        # exit status 3 when a goal was measured and missed (run.sh decides what to do with it)
-        sys.exit(3 if any(v is False for v in verdicts) else 0)
+        goals.write(os.path.join(goals_dir(), "run.json"))
+        # exit status 3 when a goal was measured and missed, or (BENCH_STRICT=1) is unstable;
+        # run.sh decides what to do with it
+        sys.exit(3 if goals.failed() else 0)
     else:
         sys.exit(__doc__)
 

@@ -4,7 +4,8 @@
 #
 # Environment (all optional):
 #   BENCH_DURATION=10     seconds per run (wrk and fixed-rate); 3 is a quick smoke run
-#   BENCH_RUNS=3          runs per figure; the report shows the median
+#   BENCH_RUNS=3          runs per figure; the report shows the median, and each ratio the
+#                         median of the per-pair ratios with their spread (bench/goals.py)
 #   BENCH_CONNECTIONS=64  keep-alive connections (wrk -c, and the fixed-rate generator)
 #   BENCH_HALF_LOAD=0.5   fixed rate as a share of nginx's measured maximum
 #   BENCH_PROFILE=release cargo profile to build and run Tollgate with (release | debug)
@@ -16,7 +17,8 @@
 #   BENCH_PORT_BASE=18080 ports BASE+1 (upstream), +2 (nginx), +3 (Tollgate), +4 (admin),
 #                         +5 (baseline Tollgate), +6 (its admin)
 #   BENCH_OUT=bench/results/latest.md
-#   BENCH_STRICT=1        exit 3 when a goal is missed (default: report only)
+#   BENCH_STRICT=1        exit 3 when a goal is missed or its figure is unstable (spread of
+#                         the per-pair ratios over 10 %); default: report only
 #   BENCH_TARGETS="direct nginx tollgate"  a subset, e.g. to check the baseline alone
 #   BENCH_QUIET_WAIT=60   before each run, wait up to this many seconds for the machine to
 #                         be idle (other processes below 10% CPU); runs that start on a busy
@@ -182,6 +184,8 @@ done
 smoke=""
 [[ $DURATION -ge 10 ]] || smoke="BENCH_DURATION=$DURATION"
 ! want tollgate || [[ $PROFILE == release || -n ${TOLLGATE_BIN:-} ]] || smoke="${smoke:+$smoke, }debug build"
+# Fewer than 3 pairs give no meaningful spread.
+[[ $RUNS -ge 3 ]] || smoke="${smoke:+$smoke, }BENCH_RUNS=$RUNS"
 profile_label="$PROFILE build"
 [[ -z ${TOLLGATE_BIN:-} ]] || profile_label="binary $TOLLGATE_BIN"
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo "uncommitted")

@@ -17,6 +17,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from goals import Goals, goals_dir  # noqa: E402
 from report import fmt_rps, fmt_us, median, parse_wrk, wrk_runs  # noqa: E402
 
 LIVE = re.compile(r"new configuration is live.*?generation=(\d+).*?elapsed_ms=(\d+)")
@@ -64,6 +65,8 @@ def main():
     out = []
     add = out.append
     verdicts = []
+    # Swap times and failure counts are not comparisons of paired runs: no stability verdict.
+    goals = Goals("swap.sh", meta)
     add("# Tollgate hot-swap bench — %s" % meta["date"])
     add("")
     if meta.get("smoke"):
@@ -113,6 +116,9 @@ def main():
         missing = sum(1 for r in recs if r["ms"] is None)
         ok = None if s["max"] is None else (s["max"] <= goal_ms and missing == 0)
         verdicts.append(ok)
+        goals.add("a %s swap serves within %s of the close (every swap)" % (kind, "1 s" if goal_ms == 1000 else "100 ms"),
+                  "max %s" % fmt_ms(s["max"]), ok,
+                  "–" if s["max"] is None else "%s–%s over %d swaps" % (fmt_ms(s["min"]), fmt_ms(s["max"]), s["n"]))
         add("| %s | %d%s | %s | %s | %s | %s | %s | every swap ≤ %s | %s |" % (
             kind, s["n"], " (+%d timed out)" % missing if missing else "", fmt_ms(s["median"]),
             fmt_ms(s["max"]), fmt_ms(s["min"]),
@@ -176,12 +182,15 @@ def main():
     fails = non200 + transport
     ok = fails == 0 and cf["generations"] >= meta["swaps"]
     verdicts.append(ok)
+    goals.add("%d swaps at half load: 0 failed requests, every swap live" % meta["swaps"],
+              "%d failed, %d live" % (fails, cf["generations"]), ok)
     add("| failed requests during %d swaps at half load | %d (%d swaps live) | 0, with %d swaps live | %s |"
         % (meta["swaps"], fails, cf["generations"], meta["swaps"], mark(ok)))
     ok = wrk_sw["errors"] == 0
     add("| failed requests during swaps at full load (wrk) | %d (%d swaps live) | 0 | %s |"
         % (wrk_sw["errors"], cw["generations"], mark(ok)))
     verdicts.append(ok)
+    goals.add("swaps at full load (wrk): 0 failed requests", "%d failed, %d live" % (wrk_sw["errors"], cw["generations"]), ok)
     r = fw["achieved_rate"] / fs["achieved_rate"] if fs["achieved_rate"] else None
     add("| throughput at half load, with / without swaps | %s | – | |" % ("–" if r is None else "%.3f×" % r))
     r = wrk_sw["rps"] / steady_rps if steady_rps else None
@@ -215,6 +224,7 @@ def main():
             add("- " + n)
         add("")
     print("\n".join(out))
+    goals.write(os.path.join(goals_dir(), "swap.json"))
     sys.exit(3 if any(v is False for v in verdicts) else 0)
 
 
