@@ -156,11 +156,12 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Benchmarks (bench/README.md): vs nginx, plugin chains, hot swap, host calls. BENCH_DURATION=3 for a smoke run.
+# Benchmarks (bench/README.md): vs nginx, plugin chains, hot swap, memory per plugin VM, host calls. BENCH_DURATION=3 for a smoke run.
 bench: setup
     bash bench/run.sh
     bash bench/plugins.sh
     bash bench/swap.sh
+    bash bench/memory.sh
     cargo bench -p tollgate --bench host_calls
     python3 bench/criterion_report.py
 
