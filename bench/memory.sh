@@ -138,11 +138,14 @@ for workers in "${WORKER_COUNTS[@]}"; do
     done
 done
 
+# The report names the build, not where the binary lies.
+BUILD_LABEL="$PROFILE build"
+[[ -z ${TOLLGATE_BIN:-} ]] || BUILD_LABEL="the binary given as TOLLGATE_BIN"
 mkdir -p "$(dirname "$OUT")"
 {
     echo "# Memory per plugin VM"
     echo
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), Tollgate $(git rev-parse --short HEAD 2>/dev/null || echo '?'), ${TOLLGATE_BIN:-$PROFILE build}; chain: key-auth → rate-limit → transformer; ${LOAD_SECONDS} s of load before reading /proc/PID/smaps_rollup."
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), Tollgate $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $BUILD_LABEL; chain: key-auth → rate-limit → transformer; ${LOAD_SECONDS} s of load before reading /proc/PID/smaps_rollup."
     echo
     echo "| workers | RSS, 0 plugins | RSS, 3 plugins | 3 plugins / 0 | RSS per VM | Private_Dirty per VM | Pss, 3 plugins |"
     echo "|---:|---:|---:|---:|---:|---:|---:|"
