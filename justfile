@@ -156,7 +156,7 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Benchmarks (bench/README.md): vs nginx (HTTP/1.1, TLS, h2, idle memory), plugin chains, hot swap, host calls; the goals table ends bench/results/latest.md. BENCH_DURATION=3 for a smoke run.
+# Benchmarks (bench/README.md): vs nginx (HTTP/1.1, TLS, h2, idle memory), plugin chains, hot swap, memory per plugin VM, host calls; the goals table ends bench/results/latest.md. BENCH_DURATION=3 for a smoke run.
 bench: setup
     #!/usr/bin/env bash
     set -euo pipefail

@@ -10,6 +10,45 @@ use clap::{Parser, Subcommand};
 // less work than the system allocator (measured in bench/README.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc settings the gateway runs with unless the environment says otherwise. By
+/// default mimalloc commits its arena up front where the kernel overcommits (Linux) and
+/// never gives freed memory in such an arena back, so every peak — loading modules,
+/// starting a VM per plugin and worker — stays resident for the life of the process. An
+/// arena committed on demand is purged once freed memory has lain unused for the purge
+/// delay (mimalloc's default: 1 s). bench/README.md ("Memory") has the figures.
+const ALLOCATOR_SETTINGS: [(&str, &str); 2] = [
+    ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
+    ("MIMALLOC_PURGE_DELAY", "100"),
+];
+
+/// mimalloc reads its settings from the environment before `main` runs, so the process
+/// executes itself once more (same pid, arguments and `argv[0]`) with the missing ones
+/// set. When that fails the gateway runs on with mimalloc's defaults.
+fn apply_allocator_settings() {
+    use std::os::unix::process::CommandExt;
+    let missing: Vec<_> = ALLOCATOR_SETTINGS
+        .iter()
+        .filter(|(name, _)| std::env::var_os(name).is_none())
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let Ok(executable) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new(executable);
+    if let Some(arg0) = args.next() {
+        command.arg0(arg0);
+    }
+    command.args(args);
+    for (name, value) in missing {
+        command.env(name, value);
+    }
+    // `exec` returns only when it failed.
+    let _ = command.exec();
+}
 use tollgate::telemetry::{init_logging, LogFormat};
 
 /// An API gateway whose behaviour lives in proxy-wasm plugins.
@@ -117,6 +156,7 @@ enum ImportSource {
 }
 
 fn main() -> ExitCode {
+    apply_allocator_settings();
     match Cli::parse().command {
         Command::Run {
             policies,

@@ -146,15 +146,22 @@ impl Gateway {
         Self::start_with_args(policies, &[]).await
     }
 
-    /// Like [`Gateway::start`], with extra command-line arguments after the usual ones.
+    /// Like [`Gateway::start`], with extra command-line arguments after the usual ones
+    /// (`--workers N` among them replaces the usual 2 workers).
     pub async fn start_with_args(policies: PolicyDir, extra_args: &[&str]) -> Self {
         let admin = free_loopback_addr();
         let log = File::create(policies.log_path()).expect("create the gateway log");
+        let default_workers: &[&str] = if extra_args.contains(&"--workers") {
+            &[]
+        } else {
+            &["--workers", "2"]
+        };
         let child = Command::new(tollgate_binary())
             .arg("run")
             .arg("--policies")
             .arg(policies.path())
-            .args(["--admin", &admin.to_string(), "--workers", "2"])
+            .args(["--admin", &admin.to_string()])
+            .args(default_workers)
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))

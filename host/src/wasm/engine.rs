@@ -98,6 +98,16 @@ impl Runtime {
         config.epoch_interruption(epochs_enabled());
         config.wasm_backtrace(true);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // A compiled module is resident once per process; keep it to the code. Trap reports
+        // name guest functions (from the module's name section), which needs neither the
+        // map back to wasm offsets nor native unwind tables (wasmtime walks guest frames by
+        // frame pointer).
+        config.generate_address_map(false);
+        config.native_unwind_info(false);
+        // A VM's memory starts as a copy-on-write mapping of the module's data segments
+        // (shared by every VM of the module until written), and tables fill in on first use.
+        config.memory_init_cow(true);
+        config.table_lazy_init(true);
         let mut cache_config = wasmtime::CacheConfig::new();
         cache_config.with_directory(cache_dir());
         match wasmtime::Cache::new(cache_config) {
@@ -107,11 +117,15 @@ impl Runtime {
             Err(error) => tracing::warn!(%error, "compiled-module cache disabled"),
         }
         let mut pooling = PoolingAllocationConfig::default();
+        // Slots are address space, not memory: what a slot gives back when its VM is
+        // dropped is all of it (nothing kept resident for the next VM in the slot).
         pooling
             .total_core_instances(1000)
             .total_memories(1000)
             .total_tables(1000)
-            .max_memory_size(512 << 20);
+            .max_memory_size(512 << 20)
+            .linear_memory_keep_resident(0)
+            .table_keep_resident(0);
         let mut pooled = config.clone();
         pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         // The pooling allocator reserves address space up front; where that is refused (a
