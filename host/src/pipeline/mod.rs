@@ -212,7 +212,7 @@ async fn route_and_act(
         &matched.virtual_host.name,
         snapshot,
     );
-    let mut run = PluginRun::new(&chain, &route.name, info, wait_limit);
+    let mut run = PluginRun::new(&chain, info, wait_limit);
     run.limit_buffering(snapshot.config.server.max_buffered_body_bytes);
     let (mut parts, body) = request.into_parts();
     let path_and_query = parts
@@ -226,12 +226,12 @@ async fn route_and_act(
         (":authority", authority.clone()),
         (":path", path_and_query.clone()),
     ];
-    let mut list = plugins::to_header_list(&pseudo, &parts.headers);
+    let list = plugins::to_header_list(&pseudo, &parts.headers);
     let end_of_stream = http_body::Body::is_end_stream(&body);
-    if let Err(stop) = run.request_headers(&mut list, end_of_stream).await {
-        return plugin_stop(stop, plugins::share(run), record).await;
-    }
-    let (pseudo, headers) = plugins::from_header_list(&list);
+    let (pseudo, headers) = match run.request_headers(list, end_of_stream).await {
+        Ok(list) => plugins::from_header_list(list),
+        Err(stop) => return plugin_stop(stop, plugins::share(run), record).await,
+    };
     parts.headers = headers;
     let (new_authority, new_path, new_method) = {
         let value = |name: &str| {
@@ -405,7 +405,7 @@ async fn request_stopped(
             record.detail = detail;
             run.lock()
                 .await
-                .set_final_response(response.status().as_u16(), &Vec::new());
+                .set_final_response(response.status().as_u16(), Vec::new());
             close_after(response)
         }
     }
@@ -502,7 +502,7 @@ async fn plugin_stop(
             record.plugin_phase = run.failed_phase().unwrap_or("-");
             let response = as_client_gets(*response, record.grpc);
             record_outcome(&run, record);
-            run.set_final_response(response.status().as_u16(), &Vec::new());
+            run.set_final_response(response.status().as_u16(), Vec::new());
             response
         }
         Stopped::Reset => plugin_reset(&mut *shared.lock().await, record),
@@ -572,7 +572,7 @@ async fn plugin_response(
             record.plugin_phase = run.failed_phase().unwrap_or("-");
             let response = as_client_gets(*response, record.grpc);
             record_outcome(&run, record);
-            run.set_final_response(response.status().as_u16(), &Vec::new());
+            run.set_final_response(response.status().as_u16(), Vec::new());
             return response;
         }
         Err(Stopped::Reset) => return plugin_reset(&mut run, record),
@@ -588,7 +588,7 @@ async fn plugin_response(
     {
         parts.status = status;
     }
-    run.set_final_response(parts.status.as_u16(), &list);
+    run.set_final_response(parts.status.as_u16(), list);
     drop(run);
     Response::from_parts(parts, plugins::filter_response_body(body, shared))
 }
@@ -694,6 +694,10 @@ fn stream_info(
         virtual_host_name: virtual_host_name.to_string(),
         tls: downstream.tls.clone(),
         outcome: Default::default(),
+        filter_state: Default::default(),
+        request_headers: Default::default(),
+        response_headers: Default::default(),
+        response_status: Default::default(),
     }
 }
 

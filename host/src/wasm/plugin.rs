@@ -88,6 +88,8 @@ type GrpcStreamHandle = (
 pub struct Plugin {
     pub name: String,
     pub module: Arc<CompiledModule>,
+    /// The stream callbacks the module exports.
+    pub callbacks: super::vm::StreamCallbacks,
     pub failure_policy: FailurePolicy,
     pub priority: i32,
     identity: Arc<PluginIdentity>,
@@ -180,6 +182,7 @@ impl Plugin {
         });
         let plugin = Arc::new(Self {
             name: config.name.clone(),
+            callbacks: super::vm::StreamCallbacks::of(&module.module),
             module,
             failure_policy: config.failure_policy,
             priority: config.priority,

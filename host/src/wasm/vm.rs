@@ -156,6 +156,39 @@ impl StreamCallback {
     pub fn exported_by(self, module: &wasmtime::Module) -> bool {
         module.get_export(self.export()).is_some()
     }
+
+    const ALL: [StreamCallback; 6] = [
+        Self::RequestHeaders,
+        Self::RequestBody,
+        Self::RequestTrailers,
+        Self::ResponseHeaders,
+        Self::ResponseBody,
+        Self::ResponseTrailers,
+    ];
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// The stream callbacks a module exports, looked up once per module: a phase whose callback
+/// a plugin lacks never visits its VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamCallbacks(u8);
+
+impl StreamCallbacks {
+    pub fn of(module: &wasmtime::Module) -> Self {
+        Self(
+            StreamCallback::ALL
+                .iter()
+                .filter(|callback| callback.exported_by(module))
+                .fold(0, |bits, callback| bits | callback.bit()),
+        )
+    }
+
+    pub fn exports(self, callback: StreamCallback) -> bool {
+        self.0 & callback.bit() != 0
+    }
 }
 
 fn deadline_ticks(timeout: Duration) -> u64 {

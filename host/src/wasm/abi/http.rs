@@ -17,10 +17,28 @@ fn map_mut(state: &mut HostState, map: MapType) -> Option<&mut HeaderList> {
         MapType::CallResponseTrailers => state.call_response.as_mut().map(|r| &mut r.trailers),
         MapType::GrpcInitialMetadata => state.call_response.as_mut().map(|r| &mut r.headers),
         MapType::GrpcTrailingMetadata => state.call_response.as_mut().map(|r| &mut r.trailers),
-        MapType::RequestHeaders => state.stream().map(|s| &mut s.request_headers),
+        MapType::RequestHeaders => state.stream().map(|s| s.request_headers_mut()),
         MapType::RequestTrailers => state.stream().map(|s| &mut s.request_trailers),
-        MapType::ResponseHeaders => state.stream().map(|s| &mut s.response_headers),
+        MapType::ResponseHeaders => state.stream().map(|s| s.response_headers_mut()),
         MapType::ResponseTrailers => state.stream().map(|s| &mut s.response_trailers),
+    }
+}
+
+/// A map to read: outside their callbacks, the request and response headers are read where
+/// the request keeps them, not copied.
+fn map_ref(state: &HostState, map: MapType) -> Option<&HeaderList> {
+    let stream = || state.streams.get(&state.effective_context);
+    match map {
+        MapType::RequestHeaders => stream().map(|s| s.request_headers_view()),
+        MapType::ResponseHeaders => stream().map(|s| s.response_headers_view()),
+        MapType::RequestTrailers => stream().map(|s| &s.request_trailers),
+        MapType::ResponseTrailers => stream().map(|s| &s.response_trailers),
+        MapType::CallResponseHeaders | MapType::GrpcInitialMetadata => {
+            state.call_response.as_ref().map(|r| &r.headers)
+        }
+        MapType::CallResponseTrailers | MapType::GrpcTrailingMetadata => {
+            state.call_response.as_ref().map(|r| &r.trailers)
+        }
     }
 }
 
@@ -46,7 +64,7 @@ fn get_header_map_pairs(
         Ok(map) => map,
         Err(status) => return Ok(status as u32),
     };
-    let Some(pairs) = map_mut(caller.data_mut(), map) else {
+    let Some(pairs) = map_ref(caller.data(), map) else {
         return Ok(Status::NotFound as u32);
     };
     let encoded = encode_pairs(pairs);
@@ -77,7 +95,7 @@ fn get_header_map_value(
     let lookup = (|| {
         let map = read_map_type(map)?;
         let key = lower(memory::read_string(&mut caller, key_ptr, key_len)?);
-        let pairs = map_mut(caller.data_mut(), map).ok_or(Status::NotFound)?;
+        let pairs = map_ref(caller.data(), map).ok_or(Status::NotFound)?;
         pairs
             .iter()
             .find(|(k, _)| *k == key)
