@@ -215,38 +215,38 @@ async fn route_and_act(
     let mut run = PluginRun::new(&chain, info, wait_limit);
     run.limit_buffering(snapshot.config.server.max_buffered_body_bytes);
     let (mut parts, body) = request.into_parts();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let pseudo = [
-        (":method", parts.method.to_string()),
-        (":scheme", downstream.scheme().to_string()),
-        (":authority", authority.clone()),
-        (":path", path_and_query.clone()),
-    ];
-    let list = plugins::to_header_list(&pseudo, &parts.headers);
+    let list = plugins::request_header_list(
+        &parts.method,
+        downstream.scheme(),
+        &authority,
+        parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        &parts.headers,
+    );
     let end_of_stream = http_body::Body::is_end_stream(&body);
-    let (pseudo, headers) = match run.request_headers(list, end_of_stream).await {
-        Ok(list) => plugins::from_header_list(list),
+    // What the plugins changed of the head; a pseudo-header they left as it was costs no copy.
+    let (new_authority, new_path) = match run.request_headers(list, end_of_stream).await {
+        Ok(list) => {
+            parts.headers = plugins::header_map(list);
+            let changed = |name: &str, old: &str| {
+                plugins::list_value(list, name)
+                    .filter(|new| *new != old.as_bytes())
+                    .map(|new| String::from_utf8_lossy(new).into_owned())
+            };
+            if let Some(method) = changed(":method", parts.method.as_str())
+                .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
+            {
+                parts.method = method;
+            }
+            let old_path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            (
+                changed(":authority", &authority),
+                changed(":path", old_path),
+            )
+        }
         Err(stop) => return plugin_stop(stop, plugins::share(run), record).await,
     };
-    parts.headers = headers;
-    let (new_authority, new_path, new_method) = {
-        let value = |name: &str| {
-            pseudo
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
-        (value(":authority"), value(":path"), value(":method"))
-    };
-    if let Some(method) = new_method.and_then(|m| http::Method::from_bytes(m.as_bytes()).ok()) {
-        parts.method = method;
-    }
-    let path_changed = new_path.as_ref().is_some_and(|new| *new != path_and_query);
-    let authority_changed = new_authority.as_ref().is_some_and(|new| *new != authority);
+    let path_changed = new_path.is_some();
+    let authority_changed = new_authority.is_some();
     // What a plugin sets is made canonical exactly like what a client sends, so that a
     // plugin cannot route a request where the client could not. A path or authority that
     // cannot be made canonical is answered 400, as it would be from the client: plugins
@@ -552,10 +552,7 @@ async fn plugin_response(
     let mut run = shared.lock().await;
     record_outcome(&run, record);
     let (mut parts, body) = response.into_parts();
-    let mut list = plugins::to_header_list(
-        &[(":status", parts.status.as_str().to_string())],
-        &parts.headers,
-    );
+    let mut list = plugins::response_head_list(parts.status, &parts.headers);
     let end_of_stream = http_body::Body::is_end_stream(&body);
     let body = match run.response_headers(&mut list, end_of_stream).await {
         Ok(None) => body,
@@ -578,13 +575,9 @@ async fn plugin_response(
         Err(Stopped::Reset) => return plugin_reset(&mut run, record),
         Err(Stopped::Local(_, answer)) => local::body(answer.body.clone()),
     };
-    let (pseudo, headers) = plugins::from_header_list(&list);
-    parts.headers = headers;
-    if let Some(status) = pseudo
-        .iter()
-        .find(|(k, _)| k == ":status")
-        .and_then(|(_, v)| v.parse::<u16>().ok())
-        .and_then(|code| StatusCode::from_u16(code).ok())
+    parts.headers = plugins::header_map(&list);
+    if let Some(status) =
+        plugins::list_value(&list, ":status").and_then(|value| StatusCode::from_bytes(value).ok())
     {
         parts.status = status;
     }

@@ -1071,36 +1071,69 @@ pub fn local_response(answer: &LocalResponse) -> Response<ResponseBody> {
     response
 }
 
-/// Header list ⇄ `http` types.
-pub fn to_header_list(pseudo: &[(&str, String)], headers: &HeaderMap) -> HeaderList {
-    let mut list: HeaderList = pseudo
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone().into_bytes()))
-        .collect();
+/// A request head as plugins see it: the pseudo-headers as Envoy gives them (`:method`,
+/// `:scheme`, `:authority`, `:path`), then the headers but `host`, which `:authority` stands
+/// for.
+pub fn request_header_list(
+    method: &http::Method,
+    scheme: &str,
+    authority: &str,
+    path_and_query: &str,
+    headers: &HeaderMap,
+) -> HeaderList {
+    let mut list = Vec::with_capacity(4 + headers.len());
+    for (name, value) in [
+        (":method", method.as_str()),
+        (":scheme", scheme),
+        (":authority", authority),
+        (":path", path_and_query),
+    ] {
+        list.push((name.to_string(), value.as_bytes().to_vec()));
+    }
+    append_headers(&mut list, headers);
+    list
+}
+
+/// A response head as plugins see it: `:status`, then the headers.
+pub fn response_head_list(status: StatusCode, headers: &HeaderMap) -> HeaderList {
+    let mut list = Vec::with_capacity(1 + headers.len());
+    list.push((":status".to_string(), status.as_str().as_bytes().to_vec()));
+    append_headers(&mut list, headers);
+    list
+}
+
+fn append_headers(list: &mut HeaderList, headers: &HeaderMap) {
     list.extend(
         headers
             .iter()
             .filter(|(name, _)| *name != http::header::HOST)
             .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec())),
     );
-    list
 }
 
-/// Splits a header list into its pseudo-headers and a `HeaderMap` of the rest.
-pub fn from_header_list(list: &HeaderList) -> (Vec<(String, String)>, HeaderMap) {
-    let mut pseudo = Vec::new();
+/// The value of a pseudo-header (or any header) in a list: the first one.
+pub fn list_value<'a>(list: &'a HeaderList, name: &str) -> Option<&'a [u8]> {
+    list.iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_slice())
+}
+
+/// The headers of a list but its pseudo-headers, as a `HeaderMap`; names and values `http`
+/// refuses are left out.
+pub fn header_map(list: &HeaderList) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(list.len());
     for (name, value) in list {
         if name.starts_with(':') {
-            pseudo.push((name.clone(), String::from_utf8_lossy(value).into_owned()));
-        } else if let (Ok(name), Ok(value)) = (
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_bytes(value),
         ) {
             headers.append(name, value);
         }
     }
-    (pseudo, headers)
+    headers
 }
 
 /// Wraps a run so that the request body task and the response phase can share it.
@@ -1194,7 +1227,7 @@ impl Body for FilteredBody {
                             return self.reset(failure);
                         }
                         self.done = true;
-                        let (_, map) = from_header_list(&trailers);
+                        let map = header_map(&trailers);
                         if !flushed.is_empty() {
                             // Send the released body now; the trailers follow as the final frame.
                             let pending_trailers = map;

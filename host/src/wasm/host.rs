@@ -358,3 +358,75 @@ impl HostState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> Arc<StreamInfo> {
+        Arc::new(StreamInfo {
+            request_id: "id".into(),
+            started: SystemTime::now(),
+            protocol: "HTTP/1.1",
+            downstream_remote: "127.0.0.1:1".parse().unwrap(),
+            downstream_local: "127.0.0.1:2".parse().unwrap(),
+            connection_id: 1,
+            tls_version: None,
+            mtls: false,
+            server_name: None,
+            route_name: "route".into(),
+            cluster_name: "cluster".into(),
+            grpc: false,
+            virtual_host_name: "vhost".into(),
+            tls: None,
+            outcome: Default::default(),
+            filter_state: Default::default(),
+            request_headers: Default::default(),
+            response_headers: Default::default(),
+            response_status: Default::default(),
+        })
+    }
+
+    fn pair(name: &str, value: &str) -> (String, Vec<u8>) {
+        (name.into(), value.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn streams_read_the_requests_final_heads_without_a_copy() {
+        let info = info();
+        let mut first = StreamState::new(1, info.clone());
+        let second = StreamState::new(1, info.clone());
+        assert!(first.request_headers_view().is_empty());
+        first.request_headers = vec![pair(":path", "/handed")];
+        assert_eq!(first.request_headers_view()[0].1, b"/handed");
+        first.request_headers.clear();
+        info.request_headers
+            .set(vec![pair(":path", "/final")])
+            .unwrap();
+        info.response_headers
+            .set(vec![pair(":status", "200")])
+            .unwrap();
+        for stream in [&first, &second] {
+            assert_eq!(stream.request_headers_view()[0].1, b"/final");
+            assert_eq!(stream.response_headers_view()[0].1, b"200");
+            assert!(stream.request_headers.is_empty(), "no copy per stream");
+        }
+    }
+
+    #[test]
+    fn an_edit_after_the_phase_changes_only_the_plugins_own_copy() {
+        let info = info();
+        info.request_headers
+            .set(vec![pair(":path", "/final")])
+            .unwrap();
+        let mut editing = StreamState::new(1, info.clone());
+        let reading = StreamState::new(1, info.clone());
+        editing.request_headers_mut().push(pair("x-late", "1"));
+        assert_eq!(editing.request_headers_view().len(), 2);
+        assert_eq!(reading.request_headers_view().len(), 1);
+        assert_eq!(info.request_headers.get().unwrap().len(), 1);
+        assert_eq!(info.response_status(), None);
+        info.response_status.store(204, Ordering::Relaxed);
+        assert_eq!(info.response_status(), Some(204));
+    }
+}

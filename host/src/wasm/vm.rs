@@ -653,3 +653,29 @@ fn describe(error: &wasmtime::Error) -> String {
         _ => reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_callbacks_are_the_exported_ones() {
+        let module = wasmtime::Module::new(
+            &runtime().engine,
+            r#"(module
+                (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0)
+                (func (export "proxy_on_response_body") (param i32 i32 i32) (result i32) i32.const 0)
+                (func (export "proxy_on_log") (param i32)))"#,
+        )
+        .expect("the module compiles");
+        let callbacks = StreamCallbacks::of(&module);
+        let exported: Vec<_> = StreamCallback::ALL
+            .iter()
+            .filter(|callback| callbacks.exports(**callback))
+            .map(|callback| callback.name())
+            .collect();
+        assert_eq!(exported, ["on_request_headers", "on_response_body"]);
+        assert_eq!(StreamCallbacks::default(), StreamCallbacks(0));
+        assert!(!StreamCallbacks::default().exports(StreamCallback::RequestHeaders));
+    }
+}

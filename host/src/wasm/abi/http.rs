@@ -4,7 +4,8 @@ use bytes::Bytes;
 use wasmtime::Caller;
 
 use super::{
-    decode_pairs, encode_pairs, status, AbiResult, BufferType, HeaderList, MapType, Status,
+    decode_pairs, encode_pairs_into, encoded_pairs_len, status, AbiResult, BufferType, HeaderList,
+    MapType, Status,
 };
 use crate::wasm::host::{HostState, LocalResponse};
 use crate::wasm::memory;
@@ -67,10 +68,21 @@ fn get_header_map_pairs(
     let Some(pairs) = map_ref(caller.data(), map) else {
         return Ok(Status::NotFound as u32);
     };
-    let encoded = encode_pairs(pairs);
-    Ok(status(
-        memory::return_bytes(&mut caller, &encoded, ret_ptr, ret_len)?.map_err(Status::from),
-    ))
+    // Serialized straight into the guest's memory: the pairs are copied once. The guest's
+    // allocator runs in between and could have changed the map (a hostile one calling back
+    // into the host): then the guest gets zeros rather than a mismatched map.
+    let len = encoded_pairs_len(pairs);
+    let written = memory::return_with(
+        &mut caller,
+        len,
+        ret_ptr,
+        ret_len,
+        |state, out| match map_ref(state, map) {
+            Some(pairs) if encoded_pairs_len(pairs) == out.len() => encode_pairs_into(pairs, out),
+            _ => out.fill(0),
+        },
+    )?;
+    Ok(status(written.map_err(Status::from)))
 }
 
 fn set_header_map_pairs(mut caller: Ctx<'_>, map: u32, ptr: u32, len: u32) -> u32 {
@@ -92,22 +104,34 @@ fn get_header_map_value(
     ret_ptr: u32,
     ret_len: u32,
 ) -> wasmtime::Result<u32> {
-    let lookup = (|| {
+    let lookup = (|| -> Result<_, Status> {
         let map = read_map_type(map)?;
         let key = lower(memory::read_string(&mut caller, key_ptr, key_len)?);
         let pairs = map_ref(caller.data(), map).ok_or(Status::NotFound)?;
-        pairs
+        let index = pairs
             .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.clone())
-            .ok_or(Status::NotFound)
+            .position(|(k, _)| *k == key)
+            .ok_or(Status::NotFound)?;
+        Ok((map, index, pairs[index].1.len()))
     })();
-    match lookup {
-        Ok(value) => Ok(status(
-            memory::return_bytes(&mut caller, &value, ret_ptr, ret_len)?.map_err(Status::from),
-        )),
-        Err(error) => Ok(error as u32),
-    }
+    let (map, index, len) = match lookup {
+        Ok(found) => found,
+        Err(error) => return Ok(error as u32),
+    };
+    // Copied straight from the map into the guest's memory (zeros if the guest's allocator
+    // changed the map meanwhile, as above).
+    let written =
+        memory::return_with(
+            &mut caller,
+            len,
+            ret_ptr,
+            ret_len,
+            |state, out| match map_ref(state, map).and_then(|pairs| pairs.get(index)) {
+                Some((_, value)) if value.len() == out.len() => out.copy_from_slice(value),
+                _ => out.fill(0),
+            },
+        )?;
+    Ok(status(written.map_err(Status::from)))
 }
 
 /// Shared by add / replace: reads the key and value, then edits the map.
