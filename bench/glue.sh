@@ -13,6 +13,7 @@
 #   GLUE_REQUESTS=2000           requests counted per configuration (after 200 unmeasured)
 #   GLUE_CONFIGS="base header chain"
 #   BENCH_PORT_BASE=28380        ports BASE+1 (upstream), BASE+10 (Tollgate), BASE+20 (admin)
+#   GLUE_KEEP                    a folder to keep the callgrind files in (callgrind_annotate)
 set -euo pipefail
 BENCH_NAME=glue # used by common.sh
 # shellcheck source=bench/common.sh
@@ -147,7 +148,7 @@ for c in "${CONFIGS[@]}"; do
         stop "$LAST_PID"
         out=$WORK/callgrind-$b-$c.out
         start "tollgate-$b-$c" "$PROXY_CPU" env TOLLGATE_LOG=warn TOLLGATE_CACHE_DIR="$WORK/cache-$b" \
-            valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file="$out" \
+            valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
             "${BINS[$b]}" run --policies "$WORK/cfg-$c" --plugins "$WORK/plugins" \
             --admin "127.0.0.1:$ADMIN_PORT" --workers 1
         pid=$LAST_PID
@@ -160,6 +161,7 @@ for c in "${CONFIGS[@]}"; do
         callgrind_control -d "$pid" >/dev/null
         stop "$pid"
         read -r instructions allocations < <(counts "$out"*)
+        [[ -n ${GLUE_KEEP:-} ]] && mkdir -p "$GLUE_KEEP" && cp "$out"* "$GLUE_KEEP/"
         printf '| %s | %s | %d | %.1f |\n' "$b" "$c" $((instructions / REQUESTS)) \
             "$(echo "$allocations / $REQUESTS" | bc -l)" | tee -a "$WORK/table.md"
     done
