@@ -224,6 +224,14 @@ impl PluginRun {
             .any(|entry| entry.exports(StreamCallback::RequestBody))
     }
 
+    /// Whether some plugin of the chain exports `proxy_on_response_body`: when none does,
+    /// the response body passes without a copy.
+    fn reads_response_body(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|entry| entry.exports(StreamCallback::ResponseBody))
+    }
+
     /// Whether the request body or its trailers go through some plugin at all; when not, the
     /// body streams to the upstream as it would on a route without plugins.
     pub fn reads_request_stream(&self) -> bool {
@@ -1191,6 +1199,19 @@ impl Body for FilteredBody {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if !run.reads_response_body() => {
+                        // No plugin of the chain reads the body: it passes as it came.
+                        run.response_size += data.len() as u64;
+                        if self.inner.is_end_stream() {
+                            self.done = true;
+                        }
+                        if !data.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        if self.done {
+                            return Poll::Ready(None);
+                        }
+                    }
                     Ok(data) => {
                         let end = self.inner.is_end_stream();
                         let out = match run.response_body_chunk(data.to_vec(), end) {

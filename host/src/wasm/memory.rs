@@ -53,6 +53,32 @@ pub fn read(caller: &mut Caller<'_, HostState>, ptr: u32, len: u32) -> MemoryRes
     Ok(data[range].to_vec())
 }
 
+/// Lends `len` bytes at `ptr` of guest memory to `f` together with the host state, so that
+/// a key the guest passes is looked up without being copied out.
+pub fn with_guest_bytes<R>(
+    caller: &mut Caller<'_, HostState>,
+    ptr: u32,
+    len: u32,
+    f: impl FnOnce(&[u8], &mut HostState) -> R,
+) -> MemoryResult<R> {
+    if len == 0 {
+        return Ok(f(&[], caller.data_mut()));
+    }
+    let memory = memory(caller)?;
+    let (data, state) = memory.data_and_store_mut(caller.as_context_mut());
+    let range = range(ptr, len, data.len())?;
+    Ok(f(&data[range], state))
+}
+
+/// Whether `len` bytes at `ptr` lie in guest memory, without reading them.
+pub fn check(caller: &mut Caller<'_, HostState>, ptr: u32, len: u32) -> MemoryResult<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let memory = memory(caller)?;
+    range(ptr, len, memory.data_size(&caller)).map(|_| ())
+}
+
 /// Reads a UTF-8 string (lossily: header names and keys from plugins are treated as bytes).
 pub fn read_string(caller: &mut Caller<'_, HostState>, ptr: u32, len: u32) -> MemoryResult<String> {
     // Valid UTF-8 (nearly always) keeps the one copy `read` made.

@@ -106,13 +106,16 @@ fn get_header_map_value(
 ) -> wasmtime::Result<u32> {
     let lookup = (|| -> Result<_, Status> {
         let map = read_map_type(map)?;
-        let key = lower(memory::read_string(&mut caller, key_ptr, key_len)?);
-        let pairs = map_ref(caller.data(), map).ok_or(Status::NotFound)?;
-        let index = pairs
-            .iter()
-            .position(|(k, _)| *k == key)
-            .ok_or(Status::NotFound)?;
-        Ok((map, index, pairs[index].1.len()))
+        // The key is compared where the guest keeps it (names in maps are lower case).
+        let found = memory::with_guest_bytes(&mut caller, key_ptr, key_len, |key, state| {
+            let pairs = map_ref(state, map).ok_or(Status::NotFound)?;
+            let index = pairs
+                .iter()
+                .position(|(k, _)| k.as_bytes().eq_ignore_ascii_case(key))
+                .ok_or(Status::NotFound)?;
+            Ok::<_, Status>((index, pairs[index].1.len()))
+        })??;
+        Ok((map, found.0, found.1))
     })();
     let (map, index, len) = match lookup {
         Ok(found) => found,
@@ -175,10 +178,11 @@ fn replace_value(pairs: &mut HeaderList, key: String, value: Vec<u8>) {
 fn remove_header_map_value(mut caller: Ctx<'_>, map: u32, key_ptr: u32, key_len: u32) -> u32 {
     status((|| {
         let map = read_map_type(map)?;
-        let key = lower(memory::read_string(&mut caller, key_ptr, key_len)?);
-        let pairs = map_mut(caller.data_mut(), map).ok_or(Status::NotFound)?;
-        pairs.retain(|(k, _)| *k != key);
-        Ok(())
+        memory::with_guest_bytes(&mut caller, key_ptr, key_len, |key, state| {
+            let pairs = map_mut(state, map).ok_or(Status::NotFound)?;
+            pairs.retain(|(k, _)| !k.as_bytes().eq_ignore_ascii_case(key));
+            Ok(())
+        })?
     })())
 }
 
