@@ -91,8 +91,12 @@ fn setup(mode: i32) -> (Vm, u32) {
         virtual_host_name: "bench".into(),
         tls: None,
         outcome: Default::default(),
+        filter_state: Default::default(),
+        request_headers: Default::default(),
+        response_headers: Default::default(),
+        response_status: Default::default(),
     });
-    let mut stream = StreamState::new(root, info, Default::default());
+    let mut stream = StreamState::new(root, info);
     stream.request_headers = vec![
         (":method".into(), b"GET".to_vec()),
         (":path".into(), b"/".to_vec()),

@@ -33,6 +33,12 @@ pub fn headers_only_wat() -> PathBuf {
     wat_path("headers-only.wat")
 }
 
+/// A plugin that exports `proxy_on_request_headers` and no response callback; a request
+/// with `x-break` makes it trap and its VMs refuse to start from then on (see its comments).
+pub fn request_only_wat() -> PathBuf {
+    wat_path("request-only.wat")
+}
+
 fn wat_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("plugins")

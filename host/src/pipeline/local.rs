@@ -115,7 +115,7 @@ pub fn for_grpc(response: Response<ResponseBody>) -> Response<ResponseBody> {
     };
     let converted = grpc_answer(&answer);
     parts.status = StatusCode::OK;
-    parts.headers = super::plugins::from_header_list(&converted.headers).1;
+    parts.headers = super::plugins::header_map(&converted.headers);
     parts.extensions.remove::<LocalReply>();
     Response::from_parts(parts, body(Bytes::new()))
 }

@@ -212,41 +212,41 @@ async fn route_and_act(
         &matched.virtual_host.name,
         snapshot,
     );
-    let mut run = PluginRun::new(&chain, &route.name, info, wait_limit);
+    let mut run = PluginRun::new(&chain, info, wait_limit);
     run.limit_buffering(snapshot.config.server.max_buffered_body_bytes);
     let (mut parts, body) = request.into_parts();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let pseudo = [
-        (":method", parts.method.to_string()),
-        (":scheme", downstream.scheme().to_string()),
-        (":authority", authority.clone()),
-        (":path", path_and_query.clone()),
-    ];
-    let mut list = plugins::to_header_list(&pseudo, &parts.headers);
+    let list = plugins::request_header_list(
+        &parts.method,
+        downstream.scheme(),
+        &authority,
+        parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        &parts.headers,
+    );
     let end_of_stream = http_body::Body::is_end_stream(&body);
-    if let Err(stop) = run.request_headers(&mut list, end_of_stream).await {
-        return plugin_stop(stop, plugins::share(run), record).await;
-    }
-    let (pseudo, headers) = plugins::from_header_list(&list);
-    parts.headers = headers;
-    let (new_authority, new_path, new_method) = {
-        let value = |name: &str| {
-            pseudo
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
-        (value(":authority"), value(":path"), value(":method"))
+    // What the plugins changed of the head; a pseudo-header they left as it was costs no copy.
+    let (new_authority, new_path) = match run.request_headers(list, end_of_stream).await {
+        Ok(list) => {
+            parts.headers = plugins::header_map(list);
+            let changed = |name: &str, old: &str| {
+                plugins::list_value(list, name)
+                    .filter(|new| *new != old.as_bytes())
+                    .map(|new| String::from_utf8_lossy(new).into_owned())
+            };
+            if let Some(method) = changed(":method", parts.method.as_str())
+                .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
+            {
+                parts.method = method;
+            }
+            let old_path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            (
+                changed(":authority", &authority),
+                changed(":path", old_path),
+            )
+        }
+        Err(stop) => return plugin_stop(stop, plugins::share(run), record).await,
     };
-    if let Some(method) = new_method.and_then(|m| http::Method::from_bytes(m.as_bytes()).ok()) {
-        parts.method = method;
-    }
-    let path_changed = new_path.as_ref().is_some_and(|new| *new != path_and_query);
-    let authority_changed = new_authority.as_ref().is_some_and(|new| *new != authority);
+    let path_changed = new_path.is_some();
+    let authority_changed = new_authority.is_some();
     // What a plugin sets is made canonical exactly like what a client sends, so that a
     // plugin cannot route a request where the client could not. A path or authority that
     // cannot be made canonical is answered 400, as it would be from the client: plugins
@@ -405,7 +405,7 @@ async fn request_stopped(
             record.detail = detail;
             run.lock()
                 .await
-                .set_final_response(response.status().as_u16(), &Vec::new());
+                .set_final_response(response.status().as_u16(), Vec::new());
             close_after(response)
         }
     }
@@ -502,7 +502,7 @@ async fn plugin_stop(
             record.plugin_phase = run.failed_phase().unwrap_or("-");
             let response = as_client_gets(*response, record.grpc);
             record_outcome(&run, record);
-            run.set_final_response(response.status().as_u16(), &Vec::new());
+            run.set_final_response(response.status().as_u16(), Vec::new());
             response
         }
         Stopped::Reset => plugin_reset(&mut *shared.lock().await, record),
@@ -552,10 +552,7 @@ async fn plugin_response(
     let mut run = shared.lock().await;
     record_outcome(&run, record);
     let (mut parts, body) = response.into_parts();
-    let mut list = plugins::to_header_list(
-        &[(":status", parts.status.as_str().to_string())],
-        &parts.headers,
-    );
+    let mut list = plugins::response_head_list(parts.status, &parts.headers);
     let end_of_stream = http_body::Body::is_end_stream(&body);
     let body = match run.response_headers(&mut list, end_of_stream).await {
         Ok(None) => body,
@@ -572,23 +569,19 @@ async fn plugin_response(
             record.plugin_phase = run.failed_phase().unwrap_or("-");
             let response = as_client_gets(*response, record.grpc);
             record_outcome(&run, record);
-            run.set_final_response(response.status().as_u16(), &Vec::new());
+            run.set_final_response(response.status().as_u16(), Vec::new());
             return response;
         }
         Err(Stopped::Reset) => return plugin_reset(&mut run, record),
         Err(Stopped::Local(_, answer)) => local::body(answer.body.clone()),
     };
-    let (pseudo, headers) = plugins::from_header_list(&list);
-    parts.headers = headers;
-    if let Some(status) = pseudo
-        .iter()
-        .find(|(k, _)| k == ":status")
-        .and_then(|(_, v)| v.parse::<u16>().ok())
-        .and_then(|code| StatusCode::from_u16(code).ok())
+    parts.headers = plugins::header_map(&list);
+    if let Some(status) =
+        plugins::list_value(&list, ":status").and_then(|value| StatusCode::from_bytes(value).ok())
     {
         parts.status = status;
     }
-    run.set_final_response(parts.status.as_u16(), &list);
+    run.set_final_response(parts.status.as_u16(), list);
     drop(run);
     Response::from_parts(parts, plugins::filter_response_body(body, shared))
 }
@@ -694,6 +687,10 @@ fn stream_info(
         virtual_host_name: virtual_host_name.to_string(),
         tls: downstream.tls.clone(),
         outcome: Default::default(),
+        filter_state: Default::default(),
+        request_headers: Default::default(),
+        response_headers: Default::default(),
+        response_status: Default::default(),
     }
 }
 

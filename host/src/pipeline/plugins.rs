@@ -11,7 +11,7 @@
 //! plugin held back died with its VM, and passing on the rest unprocessed would deliver a
 //! partial body, or one the plugin was there to redact.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -25,9 +25,9 @@ use crate::config::raw::FailurePolicy;
 use crate::upstream::BoxError;
 use crate::wasm::abi::{Action, HeaderList};
 use crate::wasm::circuit::Admission;
-use crate::wasm::host::{FilterState, LocalResponse, StreamInfo, StreamState};
+use crate::wasm::host::{LocalResponse, StreamInfo, StreamState};
 use crate::wasm::plugin::{Plugin, PluginFailure};
-use crate::wasm::vm::StreamCallback;
+use crate::wasm::vm::{StreamCallback, StreamCallbacks};
 
 /// The plugins that apply to a route, in request order.
 pub type Chain = Arc<Vec<Arc<Plugin>>>;
@@ -45,6 +45,9 @@ pub enum Stopped {
 
 struct Entry {
     plugin: Arc<Plugin>,
+    /// The stream callbacks the plugin's module exports: a phase without its callback skips
+    /// the plugin without visiting its VM.
+    callbacks: StreamCallbacks,
     context: Option<u32>,
     wake: Option<Arc<Notify>>,
     /// fail_open: the plugin failed and is skipped for the rest of the request.
@@ -55,20 +58,22 @@ struct Entry {
     generation: u64,
     /// The plugin holds back part of the response body (paused, buffering).
     holding_body: bool,
-    /// The module exports `proxy_on_request_body` / `proxy_on_request_trailers`: only then
-    /// does the request body, or its trailers, go through it.
-    reads_request_body: bool,
-    reads_request_trailers: bool,
     /// The plugin paused the request body before its end and holds data.
     holding_request_body: bool,
+}
+
+impl Entry {
+    fn exports(&self, callback: StreamCallback) -> bool {
+        self.callbacks.exports(callback)
+    }
 }
 
 /// One request's walk through a chain.
 pub struct PluginRun {
     entries: Vec<Entry>,
-    route: String,
+    /// What every plugin of the request reads as its properties (the route's name among
+    /// them), the final request and response heads included.
     info: Arc<StreamInfo>,
-    filter_state: FilterState,
     /// How long a paused stream may wait for a plugin to resume it.
     wait_limit: Duration,
     /// Plugins whose response callbacks run: all, or those up to a local reply.
@@ -77,9 +82,7 @@ pub struct PluginRun {
     /// Request-wide facts for the properties of plugins that did not see every phase (one
     /// after a plugin that answered locally still gets `on_log`, and reads these).
     final_status: Option<u16>,
-    request_headers: HeaderList,
     request_size: u64,
-    response_headers: HeaderList,
     response_size: u64,
     /// The phase running now, and the one where a plugin failure stopped the request.
     phase: &'static str,
@@ -171,35 +174,28 @@ enum Direction {
 }
 
 impl PluginRun {
-    pub fn new(chain: &Chain, route: &str, info: StreamInfo, wait_limit: Duration) -> Self {
+    pub fn new(chain: &Chain, info: StreamInfo, wait_limit: Duration) -> Self {
         Self {
             entries: chain
                 .iter()
                 .map(|plugin| Entry {
                     plugin: plugin.clone(),
+                    callbacks: plugin.callbacks,
                     context: None,
                     wake: None,
                     skipped: false,
                     probe: false,
                     generation: 0,
                     holding_body: false,
-                    reads_request_body: StreamCallback::RequestBody
-                        .exported_by(&plugin.module.module),
-                    reads_request_trailers: StreamCallback::RequestTrailers
-                        .exported_by(&plugin.module.module),
                     holding_request_body: false,
                 })
                 .collect(),
-            route: route.to_string(),
             info: Arc::new(info),
-            filter_state: Arc::new(Mutex::new(Default::default())),
             wait_limit,
             response_limit: chain.len(),
             finished: false,
             final_status: None,
-            request_headers: Vec::new(),
             request_size: 0,
-            response_headers: Vec::new(),
             response_size: 0,
             phase: "request_headers",
             failed_phase: None,
@@ -223,15 +219,26 @@ impl PluginRun {
     /// Whether some plugin of the chain exports `proxy_on_request_body`: only then can the
     /// body change on its way (and its length with it).
     pub fn reads_request_body(&self) -> bool {
-        self.entries.iter().any(|entry| entry.reads_request_body)
+        self.entries
+            .iter()
+            .any(|entry| entry.exports(StreamCallback::RequestBody))
+    }
+
+    /// Whether some plugin of the chain exports `proxy_on_response_body`: when none does,
+    /// the response body passes without a copy.
+    fn reads_response_body(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|entry| entry.exports(StreamCallback::ResponseBody))
     }
 
     /// Whether the request body or its trailers go through some plugin at all; when not, the
     /// body streams to the upstream as it would on a route without plugins.
     pub fn reads_request_stream(&self) -> bool {
-        self.entries
-            .iter()
-            .any(|entry| entry.reads_request_body || entry.reads_request_trailers)
+        self.entries.iter().any(|entry| {
+            entry.exports(StreamCallback::RequestBody)
+                || entry.exports(StreamCallback::RequestTrailers)
+        })
     }
 
     /// The phase in which a plugin failure answered the request (for the access log).
@@ -245,9 +252,9 @@ impl PluginRun {
         let entry = &mut self.entries[index];
         if matches!(failure, PluginFailure::CircuitOpen) {
             // Once per request while open: the opening was logged as an error.
-            tracing::debug!(plugin = %entry.plugin.name, route = %self.route, "plugin circuit open");
+            tracing::debug!(plugin = %entry.plugin.name, route = %self.info.route_name, "plugin circuit open");
         } else {
-            tracing::warn!(plugin = %entry.plugin.name, route = %self.route, phase = self.phase, error = %failure, "plugin failed");
+            tracing::warn!(plugin = %entry.plugin.name, route = %self.info.route_name, phase = self.phase, error = %failure, "plugin failed");
         }
         if std::mem::take(&mut entry.probe) {
             entry.plugin.circuit.probe_failed();
@@ -278,7 +285,7 @@ impl PluginRun {
             if entry.plugin.is_current(entry.generation) {
                 return Ok(Some(context));
             }
-            tracing::warn!(plugin = %entry.plugin.name, route = %self.route, phase = self.phase, "another request's trap replaced the plugin's VM; this request goes on with a fresh context");
+            tracing::warn!(plugin = %entry.plugin.name, route = %self.info.route_name, phase = self.phase, "another request's trap replaced the plugin's VM; this request goes on with a fresh context");
             self.entries[index].context = None;
         }
         let plugin = self.entries[index].plugin.clone();
@@ -290,8 +297,8 @@ impl PluginRun {
                 return self.fail(index, PluginFailure::CircuitOpen).map(|()| None);
             }
         }
-        let key = plugin.root_key(&self.route);
-        let stream = StreamState::new(0, self.info.clone(), self.filter_state.clone());
+        let key = plugin.root_key(&self.info.route_name);
+        let stream = StreamState::new(0, self.info.clone());
         let wake = stream.wake.clone();
         let created = plugin.with_vm(|vm, roots| {
             let root = roots
@@ -349,7 +356,7 @@ impl PluginRun {
                 return Err(Stopped::Local(index, local_response));
             }
             if reset {
-                tracing::debug!(plugin = %plugin.name, route = %self.route, phase = self.phase, "the plugin reset the stream");
+                tracing::debug!(plugin = %plugin.name, route = %self.info.route_name, phase = self.phase, "the plugin reset the stream");
                 return Err(Stopped::Reset);
             }
             if resumed {
@@ -362,7 +369,7 @@ impl PluginRun {
                 .await
                 .is_err()
             {
-                tracing::warn!(plugin = %plugin.name, route = %self.route, "plugin paused the stream and never resumed it");
+                tracing::warn!(plugin = %plugin.name, route = %self.info.route_name, "plugin paused the stream and never resumed it");
                 return Err(Stopped::Failed(Box::new(local::reply(
                     StatusCode::GATEWAY_TIMEOUT,
                     "a plugin paused the request past its timeout\n",
@@ -372,7 +379,7 @@ impl PluginRun {
                 // Another request's trap took the VM, with the decision this one waited
                 // for and what it had handed the plugin: it can neither continue nor skip
                 // the plugin, whatever the failure policy.
-                tracing::warn!(plugin = %plugin.name, route = %self.route, phase = self.phase, "the plugin's VM was replaced while this request waited on it");
+                tracing::warn!(plugin = %plugin.name, route = %self.info.route_name, phase = self.phase, "the plugin's VM was replaced while this request waited on it");
                 self.failed_phase.get_or_insert(self.phase);
                 return Err(Stopped::Failed(Box::new(local::reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -387,13 +394,34 @@ impl PluginRun {
     }
 
     /// Request headers through every plugin in order; `headers` carries the pseudo-headers.
+    /// The run keeps the headers the plugins leave, which every later phase of every plugin
+    /// reads (request properties), and returns them.
     pub async fn request_headers(
+        &mut self,
+        mut headers: HeaderList,
+        end_of_stream: bool,
+    ) -> Result<&HeaderList, Stopped> {
+        let result = self
+            .request_headers_through(&mut headers, end_of_stream)
+            .await;
+        // Plugins that log this request later still read its properties, however the phase
+        // ended.
+        let kept = self.info.request_headers.get_or_init(|| headers);
+        result.map(|()| kept)
+    }
+
+    async fn request_headers_through(
         &mut self,
         headers: &mut HeaderList,
         end_of_stream: bool,
     ) -> Result<(), Stopped> {
         self.phase = "request_headers";
         for index in 0..self.entries.len() {
+            if !self.entries[index].exports(StreamCallback::RequestHeaders) {
+                // The context still starts with the stream, as every filter's does in Envoy.
+                self.context(index)?;
+                continue;
+            }
             let count = headers.len();
             let moved = std::mem::take(headers);
             let mut moved = Some(moved);
@@ -417,25 +445,7 @@ impl PluginRun {
             *headers = self.take_back(index, moved, |stream| {
                 std::mem::take(&mut stream.request_headers)
             });
-            if result.is_err() {
-                // Plugins that log this request later still read its properties.
-                self.request_headers = headers.clone();
-            }
             result?;
-        }
-        // Later phases read request properties (request.path, request.headers, ...): every
-        // plugin keeps a copy of the final request headers.
-        self.request_headers = headers.clone();
-        for entry in &self.entries {
-            let Some(context) = entry.context else {
-                continue;
-            };
-            let _ = entry.plugin.with_vm(|vm, _| {
-                if let Some(stream) = vm.state().streams.get_mut(&context) {
-                    stream.request_headers = headers.clone();
-                }
-                Ok(())
-            });
         }
         Ok(())
     }
@@ -454,7 +464,7 @@ impl PluginRun {
         self.request_size += data.len() as u64;
         for index in 0..self.entries.len() {
             let entry = &self.entries[index];
-            if !entry.reads_request_body || entry.skipped {
+            if !entry.exports(StreamCallback::RequestBody) || entry.skipped {
                 continue;
             }
             if data.is_empty() && !end_of_stream {
@@ -477,7 +487,7 @@ impl PluginRun {
     pub fn request_body_wakes(&self) -> Vec<Arc<Notify>> {
         self.entries
             .iter()
-            .filter(|entry| entry.reads_request_body)
+            .filter(|entry| entry.exports(StreamCallback::RequestBody))
             .filter_map(|entry| entry.wake.clone())
             .collect()
     }
@@ -490,7 +500,7 @@ impl PluginRun {
         let mut data = Bytes::new();
         for index in 0..self.entries.len() {
             let entry = &self.entries[index];
-            if !entry.reads_request_body || entry.skipped {
+            if !entry.exports(StreamCallback::RequestBody) || entry.skipped {
                 continue;
             }
             if !data.is_empty() {
@@ -545,10 +555,10 @@ impl PluginRun {
             if self.entries[index].skipped {
                 continue;
             }
-            if self.entries[index].reads_request_body && !data.is_empty() {
+            if self.entries[index].exports(StreamCallback::RequestBody) && !data.is_empty() {
                 data = self.request_body_step(index, data, false).await?;
             }
-            if self.entries[index].reads_request_trailers {
+            if self.entries[index].exports(StreamCallback::RequestTrailers) {
                 self.phase = "request_trailers";
                 let count = trailers.len();
                 let mut moved = Some(std::mem::take(trailers));
@@ -574,7 +584,9 @@ impl PluginRun {
                 });
                 result.map_err(BodyStop::Plugin)?;
             }
-            if self.entries[index].reads_request_body && !self.entries[index].skipped {
+            if self.entries[index].exports(StreamCallback::RequestBody)
+                && !self.entries[index].skipped
+            {
                 self.entries[index].holding_request_body = false;
                 let held = self.take_held_request_body(index);
                 data = match (data.is_empty(), held.is_empty()) {
@@ -636,7 +648,7 @@ impl PluginRun {
         self.entries[index].holding_request_body = false;
         if overflow {
             let plugin = &self.entries[index].plugin.name;
-            tracing::warn!(plugin = %plugin, route = %self.route, limit, "a plugin paused the request body past max_buffered_body_bytes");
+            tracing::warn!(plugin = %plugin, route = %self.info.route_name, limit, "a plugin paused the request body past max_buffered_body_bytes");
             return Err(BodyStop::BufferFull);
         }
         if let Some(released) = released {
@@ -686,8 +698,14 @@ impl PluginRun {
             .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
         let mut replaced = None;
         self.phase = "response_headers";
+        if let Some(status) = status {
+            self.info
+                .response_status
+                .store(status, std::sync::atomic::Ordering::Relaxed);
+        }
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
-            if self.entries[index].context.is_none() {
+            let entry = &self.entries[index];
+            if entry.context.is_none() || !entry.exports(StreamCallback::ResponseHeaders) {
                 continue;
             }
             let count = headers.len();
@@ -773,7 +791,10 @@ impl PluginRun {
     ) -> Result<Vec<u8>, BoxError> {
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
             let entry = &self.entries[index];
-            if entry.context.is_none() || entry.skipped {
+            if entry.context.is_none()
+                || entry.skipped
+                || !entry.exports(StreamCallback::ResponseBody)
+            {
                 continue;
             }
             if data.is_empty() && !end_of_stream {
@@ -813,7 +834,7 @@ impl PluginRun {
                     return Err(Box::new(self.body_reset(index, "response_body")))
                 }
                 Ok(ChunkOutcome::OverLimit) => {
-                    tracing::warn!(plugin = %plugin.name, route = %self.route, limit, "a plugin paused the response body past max_buffered_body_bytes; resetting the response");
+                    tracing::warn!(plugin = %plugin.name, route = %self.info.route_name, limit, "a plugin paused the response body past max_buffered_body_bytes; resetting the response");
                     return Err(Box::new(BufferLimitExceeded {
                         plugin: plugin.name.clone(),
                         limit,
@@ -843,7 +864,7 @@ impl PluginRun {
         let entry = &mut self.entries[index];
         entry.skipped = true;
         self.failed_phase.get_or_insert(phase);
-        tracing::warn!(plugin = %entry.plugin.name, route = %self.route, phase, error = %failure, "plugin failed after the response head was sent; resetting the response");
+        tracing::warn!(plugin = %entry.plugin.name, route = %self.info.route_name, phase, error = %failure, "plugin failed after the response head was sent; resetting the response");
         PluginBodyFailure {
             plugin: entry.plugin.name.clone(),
             phase,
@@ -857,7 +878,7 @@ impl PluginRun {
         self.update_outcome(|outcome| outcome.detail = "plugin_reset");
         let entry = &mut self.entries[index];
         entry.skipped = true;
-        tracing::debug!(plugin = %entry.plugin.name, route = %self.route, phase, "the plugin reset the stream");
+        tracing::debug!(plugin = %entry.plugin.name, route = %self.info.route_name, phase, "the plugin reset the stream");
         PluginBodyFailure {
             plugin: entry.plugin.name.clone(),
             phase,
@@ -895,7 +916,10 @@ impl PluginRun {
     fn response_trailers(&mut self, trailers: &mut HeaderList) -> Result<(), PluginBodyFailure> {
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
             let entry = &self.entries[index];
-            if entry.context.is_none() || entry.skipped {
+            if entry.context.is_none()
+                || entry.skipped
+                || !entry.exports(StreamCallback::ResponseTrailers)
+            {
                 continue;
             }
             let context = self.body_context(index, "response_trailers")?;
@@ -924,11 +948,10 @@ impl PluginRun {
         Ok(())
     }
 
-    /// The log phase: `on_log`, `on_done`, `on_delete` for every context, in order.
-    /// Records the response head that went downstream.
-    pub fn set_final_response(&mut self, status: u16, headers: &HeaderList) {
+    /// Records the response head that went downstream, which plugins read from then on.
+    pub fn set_final_response(&mut self, status: u16, headers: HeaderList) {
         self.final_status = Some(status);
-        self.response_headers = headers.clone();
+        let _ = self.info.response_headers.set(headers);
     }
 
     /// The log phase: `on_log`, `on_done`, `on_delete` for every plugin of the chain, in
@@ -949,12 +972,6 @@ impl PluginRun {
                 if let Some(stream) = vm.state().streams.get_mut(&context) {
                     stream.finished = Some(finished);
                     stream.response_code = stream.response_code.or(run.final_status);
-                    if stream.request_headers.is_empty() {
-                        stream.request_headers = run.request_headers.clone();
-                    }
-                    if stream.response_headers.is_empty() {
-                        stream.response_headers = run.response_headers.clone();
-                    }
                     stream.request_size = stream.request_size.max(run.request_size);
                     stream.response_size = run.response_size;
                 }
@@ -1062,36 +1079,69 @@ pub fn local_response(answer: &LocalResponse) -> Response<ResponseBody> {
     response
 }
 
-/// Header list ⇄ `http` types.
-pub fn to_header_list(pseudo: &[(&str, String)], headers: &HeaderMap) -> HeaderList {
-    let mut list: HeaderList = pseudo
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone().into_bytes()))
-        .collect();
+/// A request head as plugins see it: the pseudo-headers as Envoy gives them (`:method`,
+/// `:scheme`, `:authority`, `:path`), then the headers but `host`, which `:authority` stands
+/// for.
+pub fn request_header_list(
+    method: &http::Method,
+    scheme: &str,
+    authority: &str,
+    path_and_query: &str,
+    headers: &HeaderMap,
+) -> HeaderList {
+    let mut list = Vec::with_capacity(4 + headers.len());
+    for (name, value) in [
+        (":method", method.as_str()),
+        (":scheme", scheme),
+        (":authority", authority),
+        (":path", path_and_query),
+    ] {
+        list.push((name.to_string(), value.as_bytes().to_vec()));
+    }
+    append_headers(&mut list, headers);
+    list
+}
+
+/// A response head as plugins see it: `:status`, then the headers.
+pub fn response_head_list(status: StatusCode, headers: &HeaderMap) -> HeaderList {
+    let mut list = Vec::with_capacity(1 + headers.len());
+    list.push((":status".to_string(), status.as_str().as_bytes().to_vec()));
+    append_headers(&mut list, headers);
+    list
+}
+
+fn append_headers(list: &mut HeaderList, headers: &HeaderMap) {
     list.extend(
         headers
             .iter()
             .filter(|(name, _)| *name != http::header::HOST)
             .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec())),
     );
-    list
 }
 
-/// Splits a header list into its pseudo-headers and a `HeaderMap` of the rest.
-pub fn from_header_list(list: &HeaderList) -> (Vec<(String, String)>, HeaderMap) {
-    let mut pseudo = Vec::new();
+/// The value of a pseudo-header (or any header) in a list: the first one.
+pub fn list_value<'a>(list: &'a HeaderList, name: &str) -> Option<&'a [u8]> {
+    list.iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_slice())
+}
+
+/// The headers of a list but its pseudo-headers, as a `HeaderMap`; names and values `http`
+/// refuses are left out.
+pub fn header_map(list: &HeaderList) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(list.len());
     for (name, value) in list {
         if name.starts_with(':') {
-            pseudo.push((name.clone(), String::from_utf8_lossy(value).into_owned()));
-        } else if let (Ok(name), Ok(value)) = (
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_bytes(value),
         ) {
             headers.append(name, value);
         }
     }
-    (pseudo, headers)
+    headers
 }
 
 /// Wraps a run so that the request body task and the response phase can share it.
@@ -1149,6 +1199,19 @@ impl Body for FilteredBody {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if !run.reads_response_body() => {
+                        // No plugin of the chain reads the body: it passes as it came.
+                        run.response_size += data.len() as u64;
+                        if self.inner.is_end_stream() {
+                            self.done = true;
+                        }
+                        if !data.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        if self.done {
+                            return Poll::Ready(None);
+                        }
+                    }
                     Ok(data) => {
                         let end = self.inner.is_end_stream();
                         let out = match run.response_body_chunk(data.to_vec(), end) {
@@ -1185,7 +1248,7 @@ impl Body for FilteredBody {
                             return self.reset(failure);
                         }
                         self.done = true;
-                        let (_, map) = from_header_list(&trailers);
+                        let map = header_map(&trailers);
                         if !flushed.is_empty() {
                             // Send the released body now; the trailers follow as the final frame.
                             let pending_trailers = map;

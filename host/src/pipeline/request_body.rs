@@ -148,7 +148,7 @@ async fn pump(
                         if !data.is_empty() && pieces.send(Ok(Frame::data(data))).await.is_err() {
                             return;
                         }
-                        let (_, map) = super::plugins::from_header_list(&trailers);
+                        let map = super::plugins::header_map(&trailers);
                         let _ = pieces.send(Ok(Frame::trailers(map))).await;
                         return;
                     }

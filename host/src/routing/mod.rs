@@ -7,7 +7,7 @@
 
 pub mod normalize;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
@@ -18,7 +18,7 @@ use crate::config::{PathMatch, Route, ValueMatch, ValueRule, VirtualHost};
 #[derive(Debug, Default)]
 pub struct RouteTable {
     virtual_hosts: Vec<Arc<VirtualHost>>,
-    exact: HashMap<String, usize>,
+    exact: FxHashMap<String, usize>,
     /// `*.example.com` stored as `.example.com`; `*-api.example.com` as `-api.example.com`;
     /// longest first.
     suffixes: Vec<(String, usize)>,

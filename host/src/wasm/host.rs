@@ -3,12 +3,13 @@
 //! of the requests in flight on this VM's worker, outstanding callouts and what a callback
 //! may read (a callout's response, a gRPC message).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 use wasmtime::StoreLimits;
 
@@ -31,12 +32,14 @@ pub struct PluginIdentity {
 }
 
 /// Per-request values shared by every plugin of a request: `set_property` writes here
-/// (Envoy's filter state), and any later plugin reads it.
-pub type FilterState = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+/// (Envoy's filter state), and any later plugin reads it. Empty, it has allocated nothing.
+pub type FilterState = Mutex<FxHashMap<String, Vec<u8>>>;
 
-/// The request facts that properties expose and that do not change during the request
-/// (except `outcome`, which the pipeline fills in as the request is answered).
-#[derive(Debug, Clone)]
+/// The request facts that properties expose, one per request, shared by every plugin of
+/// it. Most do not change during the request; `outcome` is filled in as the request is
+/// answered, and the final request and response heads are recorded once each, so that later
+/// phases of every plugin read them here instead of from a copy per plugin.
+#[derive(Debug)]
 pub struct StreamInfo {
     pub request_id: String,
     pub started: SystemTime,
@@ -54,8 +57,14 @@ pub struct StreamInfo {
     pub virtual_host_name: String,
     /// The downstream TLS session (certificates included), on an HTTPS listener.
     pub tls: Option<crate::tls::TlsInfo>,
-    /// Shared by every plugin of the request.
-    pub outcome: Arc<Mutex<Outcome>>,
+    pub outcome: Mutex<Outcome>,
+    pub filter_state: FilterState,
+    /// The request headers (pseudo-headers first) as the request phase left them.
+    pub request_headers: OnceLock<HeaderList>,
+    /// The response headers (`:status` first) as they went downstream.
+    pub response_headers: OnceLock<HeaderList>,
+    /// The response status the response phase started with (0 until then).
+    pub response_status: AtomicU16,
 }
 
 impl StreamInfo {
@@ -65,6 +74,11 @@ impl StreamInfo {
             .lock()
             .map(|outcome| outcome.clone())
             .unwrap_or_default()
+    }
+
+    /// The response status as far as the response phase has seen it.
+    pub fn response_status(&self) -> Option<u16> {
+        Some(self.response_status.load(Ordering::Relaxed)).filter(|status| *status != 0)
     }
 }
 
@@ -110,7 +124,8 @@ pub struct StreamSignals {
 pub struct StreamState {
     pub root_id: u32,
     pub info: Arc<StreamInfo>,
-    pub filter_state: FilterState,
+    /// The request headers while this plugin's request-headers callback runs; empty
+    /// otherwise (properties then read the request's final headers from `info`).
     pub request_headers: HeaderList,
     pub request_trailers: HeaderList,
     pub response_headers: HeaderList,
@@ -130,11 +145,10 @@ pub struct StreamState {
 }
 
 impl StreamState {
-    pub fn new(root_id: u32, info: Arc<StreamInfo>, filter_state: FilterState) -> Self {
+    pub fn new(root_id: u32, info: Arc<StreamInfo>) -> Self {
         Self {
             root_id,
             info,
-            filter_state,
             request_headers: Vec::new(),
             request_trailers: Vec::new(),
             response_headers: Vec::new(),
@@ -149,6 +163,49 @@ impl StreamState {
             response_size: 0,
             finished: None,
         }
+    }
+
+    /// The request headers as this plugin sees them now: those its callback was handed,
+    /// else the request's final ones.
+    pub fn request_headers_view(&self) -> &HeaderList {
+        static NONE: HeaderList = Vec::new();
+        if self.request_headers.is_empty() {
+            self.info.request_headers.get().unwrap_or(&NONE)
+        } else {
+            &self.request_headers
+        }
+    }
+
+    /// The response headers as this plugin sees them now: those its callback was handed,
+    /// else those that went downstream.
+    pub fn response_headers_view(&self) -> &HeaderList {
+        static NONE: HeaderList = Vec::new();
+        if self.response_headers.is_empty() {
+            self.info.response_headers.get().unwrap_or(&NONE)
+        } else {
+            &self.response_headers
+        }
+    }
+
+    /// The request headers to edit: a plugin that edits them after the request phase edits
+    /// its own copy of the final ones, made only then.
+    pub fn request_headers_mut(&mut self) -> &mut HeaderList {
+        if self.request_headers.is_empty() {
+            if let Some(last) = self.info.request_headers.get() {
+                self.request_headers = last.clone();
+            }
+        }
+        &mut self.request_headers
+    }
+
+    /// As [`Self::request_headers_mut`], for the response headers.
+    pub fn response_headers_mut(&mut self) -> &mut HeaderList {
+        if self.response_headers.is_empty() {
+            if let Some(last) = self.info.response_headers.get() {
+                self.response_headers = last.clone();
+            }
+        }
+        &mut self.response_headers
     }
 }
 
@@ -208,17 +265,17 @@ pub struct HostState {
     pub startup_log: Option<Vec<String>>,
     pub effective_context: u32,
     pub next_context_id: u32,
-    pub roots: HashMap<u32, RootState>,
-    pub streams: HashMap<u32, StreamState>,
+    pub roots: FxHashMap<u32, RootState>,
+    pub streams: FxHashMap<u32, StreamState>,
     /// Outstanding callout tokens and the context that owns each.
-    pub callouts: HashMap<u32, u32>,
+    pub callouts: FxHashMap<u32, u32>,
     pub next_token: u32,
     pub pending: Vec<PendingCallout>,
     pub call_response: Option<CallResponse>,
     /// For `proxy_get_status`: the last callout's gRPC status and message.
     pub status: (u32, Bytes),
     /// Shared queues registered by this VM's root contexts: queue id → root context.
-    pub registered_queues: HashMap<u32, u32>,
+    pub registered_queues: FxHashMap<u32, u32>,
     /// `proxy_done` was called by this root context.
     pub done_roots: Vec<u32>,
     /// The configuration `on_configure` is reading (`PluginConfiguration` buffer).
@@ -226,7 +283,7 @@ pub struct HostState {
     /// This VM's event loop, for shared-queue wake-ups from any thread.
     pub events: Option<tokio::sync::mpsc::UnboundedSender<super::shared::VmEvent>>,
     /// Metrics this VM defined, by id, so that updates need no global lookup.
-    pub metrics: HashMap<u32, Arc<super::metrics::PluginMetric>>,
+    pub metrics: FxHashMap<u32, Arc<super::metrics::PluginMetric>>,
     /// The guest's memory and allocator, cached by the guest-memory module.
     pub guest: super::memory::GuestExports,
     /// Guest calls made and the time spent in them since the plugin last collected them.
@@ -250,18 +307,18 @@ impl HostState {
             startup_log: Some(Vec::new()),
             effective_context: 0,
             next_context_id: 1,
-            roots: HashMap::new(),
-            streams: HashMap::new(),
-            callouts: HashMap::new(),
+            roots: FxHashMap::default(),
+            streams: FxHashMap::default(),
+            callouts: FxHashMap::default(),
             next_token: 1,
             pending: Vec::new(),
             call_response: None,
             status: (0, Bytes::new()),
-            registered_queues: HashMap::new(),
+            registered_queues: FxHashMap::default(),
             done_roots: Vec::new(),
             configuring: Bytes::new(),
             events: None,
-            metrics: HashMap::new(),
+            metrics: FxHashMap::default(),
             guest: Default::default(),
             callbacks: 0,
             callback_nanos: 0,
@@ -299,5 +356,77 @@ impl HostState {
             Some(stream) => stream.root_id,
             None => self.effective_context,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> Arc<StreamInfo> {
+        Arc::new(StreamInfo {
+            request_id: "id".into(),
+            started: SystemTime::now(),
+            protocol: "HTTP/1.1",
+            downstream_remote: "127.0.0.1:1".parse().unwrap(),
+            downstream_local: "127.0.0.1:2".parse().unwrap(),
+            connection_id: 1,
+            tls_version: None,
+            mtls: false,
+            server_name: None,
+            route_name: "route".into(),
+            cluster_name: "cluster".into(),
+            grpc: false,
+            virtual_host_name: "vhost".into(),
+            tls: None,
+            outcome: Default::default(),
+            filter_state: Default::default(),
+            request_headers: Default::default(),
+            response_headers: Default::default(),
+            response_status: Default::default(),
+        })
+    }
+
+    fn pair(name: &str, value: &str) -> (String, Vec<u8>) {
+        (name.into(), value.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn streams_read_the_requests_final_heads_without_a_copy() {
+        let info = info();
+        let mut first = StreamState::new(1, info.clone());
+        let second = StreamState::new(1, info.clone());
+        assert!(first.request_headers_view().is_empty());
+        first.request_headers = vec![pair(":path", "/handed")];
+        assert_eq!(first.request_headers_view()[0].1, b"/handed");
+        first.request_headers.clear();
+        info.request_headers
+            .set(vec![pair(":path", "/final")])
+            .unwrap();
+        info.response_headers
+            .set(vec![pair(":status", "200")])
+            .unwrap();
+        for stream in [&first, &second] {
+            assert_eq!(stream.request_headers_view()[0].1, b"/final");
+            assert_eq!(stream.response_headers_view()[0].1, b"200");
+            assert!(stream.request_headers.is_empty(), "no copy per stream");
+        }
+    }
+
+    #[test]
+    fn an_edit_after_the_phase_changes_only_the_plugins_own_copy() {
+        let info = info();
+        info.request_headers
+            .set(vec![pair(":path", "/final")])
+            .unwrap();
+        let mut editing = StreamState::new(1, info.clone());
+        let reading = StreamState::new(1, info.clone());
+        editing.request_headers_mut().push(pair("x-late", "1"));
+        assert_eq!(editing.request_headers_view().len(), 2);
+        assert_eq!(reading.request_headers_view().len(), 1);
+        assert_eq!(info.request_headers.get().unwrap().len(), 1);
+        assert_eq!(info.response_status(), None);
+        info.response_status.store(204, Ordering::Relaxed);
+        assert_eq!(info.response_status(), Some(204));
     }
 }

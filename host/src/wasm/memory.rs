@@ -53,9 +53,39 @@ pub fn read(caller: &mut Caller<'_, HostState>, ptr: u32, len: u32) -> MemoryRes
     Ok(data[range].to_vec())
 }
 
+/// Lends `len` bytes at `ptr` of guest memory to `f` together with the host state, so that
+/// a key the guest passes is looked up without being copied out.
+pub fn with_guest_bytes<R>(
+    caller: &mut Caller<'_, HostState>,
+    ptr: u32,
+    len: u32,
+    f: impl FnOnce(&[u8], &mut HostState) -> R,
+) -> MemoryResult<R> {
+    if len == 0 {
+        return Ok(f(&[], caller.data_mut()));
+    }
+    let memory = memory(caller)?;
+    let (data, state) = memory.data_and_store_mut(caller.as_context_mut());
+    let range = range(ptr, len, data.len())?;
+    Ok(f(&data[range], state))
+}
+
+/// Whether `len` bytes at `ptr` lie in guest memory, without reading them.
+pub fn check(caller: &mut Caller<'_, HostState>, ptr: u32, len: u32) -> MemoryResult<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let memory = memory(caller)?;
+    range(ptr, len, memory.data_size(&caller)).map(|_| ())
+}
+
 /// Reads a UTF-8 string (lossily: header names and keys from plugins are treated as bytes).
 pub fn read_string(caller: &mut Caller<'_, HostState>, ptr: u32, len: u32) -> MemoryResult<String> {
-    read(caller, ptr, len).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+    // Valid UTF-8 (nearly always) keeps the one copy `read` made.
+    read(caller, ptr, len).map(|bytes| {
+        String::from_utf8(bytes)
+            .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
+    })
 }
 
 /// Writes `bytes` at `ptr`.
@@ -135,6 +165,48 @@ pub fn return_bytes(
     Ok(write(caller, guest_ptr, bytes)
         .and_then(|()| write_u32(caller, return_ptr, guest_ptr))
         .and_then(|()| write_u32(caller, return_len, bytes.len() as u32)))
+}
+
+/// As [`return_bytes`] for a result of `len` bytes that `fill` writes straight into the
+/// guest's memory, from the host state (a header map, say), with no copy on the host side.
+/// `fill` must write all `len` bytes.
+pub fn return_with(
+    caller: &mut Caller<'_, HostState>,
+    len: usize,
+    return_ptr: u32,
+    return_len: u32,
+    fill: impl FnOnce(&HostState, &mut [u8]),
+) -> wasmtime::Result<MemoryResult<()>> {
+    if len == 0 {
+        return Ok(write_u32(caller, return_ptr, 0).and_then(|()| write_u32(caller, return_len, 0)));
+    }
+    let Ok(len32) = u32::try_from(len) else {
+        return Ok(Err(MemoryError));
+    };
+    let allocate = match take_allocator(caller) {
+        Ok(allocate) => allocate,
+        Err(error) => return Ok(Err(error)),
+    };
+    let allocated = allocate.call(&mut *caller, len32);
+    restore_allocator(caller, allocate);
+    let guest_ptr = allocated?;
+    if guest_ptr == 0 {
+        return Ok(Err(MemoryError));
+    }
+    let memory = match memory(caller) {
+        Ok(memory) => memory,
+        Err(error) => return Ok(Err(error)),
+    };
+    let (data, state) = memory.data_and_store_mut(caller.as_context_mut());
+    let range = match range(guest_ptr, len32, data.len()) {
+        Ok(range) => range,
+        Err(error) => return Ok(Err(error)),
+    };
+    fill(state, &mut data[range]);
+    Ok(
+        write_u32(caller, return_ptr, guest_ptr)
+            .and_then(|()| write_u32(caller, return_len, len32)),
+    )
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ type StartedVm = (Vm, Roots, EventReceiver);
 const RETIRE_POLL: Duration = Duration::from_millis(10);
 
 /// Root context ids by configuration key (`None`: the plugin's own configuration).
-pub type Roots = HashMap<Option<String>, u32>;
+pub type Roots = rustc_hash::FxHashMap<Option<String>, u32>;
 use crate::config::{self, raw::FailurePolicy, PluginLimits};
 use crate::upstream::Cluster;
 
@@ -71,7 +71,7 @@ struct VmSlot {
     vm: Option<Vm>,
     generation: u64,
     /// Root context per configuration key (`None`: the plugin's own configuration).
-    roots: HashMap<Option<String>, u32>,
+    roots: Roots,
     consecutive_failures: u32,
     retry_after: Option<Instant>,
     /// Open gRPC streams of this VM: where `proxy_grpc_send` messages go, and the task.
@@ -88,6 +88,8 @@ type GrpcStreamHandle = (
 pub struct Plugin {
     pub name: String,
     pub module: Arc<CompiledModule>,
+    /// The stream callbacks the module exports.
+    pub callbacks: super::vm::StreamCallbacks,
     pub failure_policy: FailurePolicy,
     pub priority: i32,
     identity: Arc<PluginIdentity>,
@@ -180,6 +182,7 @@ impl Plugin {
         });
         let plugin = Arc::new(Self {
             name: config.name.clone(),
+            callbacks: super::vm::StreamCallbacks::of(&module.module),
             module,
             failure_policy: config.failure_policy,
             priority: config.priority,
@@ -213,7 +216,7 @@ impl Plugin {
         )?;
         let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
         vm.state().events = Some(events);
-        let mut roots = HashMap::new();
+        let mut roots = Roots::default();
         for (key, configuration) in &self.configurations {
             let vm_config_size = self.identity.vm_configuration.len();
             let root = vm.create_root(vm_config_size, configuration.clone())?;
@@ -274,7 +277,7 @@ impl Plugin {
             RefCell::new(VmSlot {
                 vm: None,
                 generation: 0,
-                roots: HashMap::new(),
+                roots: Roots::default(),
                 consecutive_failures: 0,
                 retry_after: None,
                 grpc_streams: HashMap::new(),
@@ -288,7 +291,7 @@ impl Plugin {
     /// built off the request path; callouts the callback started are dispatched afterwards.
     pub fn with_vm<R>(
         self: &Arc<Self>,
-        f: impl FnOnce(&mut Vm, &HashMap<Option<String>, u32>) -> Result<R, VmTrap>,
+        f: impl FnOnce(&mut Vm, &Roots) -> Result<R, VmTrap>,
     ) -> Result<R, PluginFailure> {
         let slot = self.slot();
         let mut slot = slot.borrow_mut();

@@ -156,6 +156,39 @@ impl StreamCallback {
     pub fn exported_by(self, module: &wasmtime::Module) -> bool {
         module.get_export(self.export()).is_some()
     }
+
+    const ALL: [StreamCallback; 6] = [
+        Self::RequestHeaders,
+        Self::RequestBody,
+        Self::RequestTrailers,
+        Self::ResponseHeaders,
+        Self::ResponseBody,
+        Self::ResponseTrailers,
+    ];
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// The stream callbacks a module exports, looked up once per module: a phase whose callback
+/// a plugin lacks never visits its VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamCallbacks(u8);
+
+impl StreamCallbacks {
+    pub fn of(module: &wasmtime::Module) -> Self {
+        Self(
+            StreamCallback::ALL
+                .iter()
+                .filter(|callback| callback.exported_by(module))
+                .fold(0, |bits, callback| bits | callback.bit()),
+        )
+    }
+
+    pub fn exports(self, callback: StreamCallback) -> bool {
+        self.0 & callback.bit() != 0
+    }
 }
 
 fn deadline_ticks(timeout: Duration) -> u64 {
@@ -618,5 +651,31 @@ fn describe(error: &wasmtime::Error) -> String {
             format!("{reason}; guest backtrace: {}", frames.join(" <- "))
         }
         _ => reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_callbacks_are_the_exported_ones() {
+        let module = wasmtime::Module::new(
+            &runtime().engine,
+            r#"(module
+                (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0)
+                (func (export "proxy_on_response_body") (param i32 i32 i32) (result i32) i32.const 0)
+                (func (export "proxy_on_log") (param i32)))"#,
+        )
+        .expect("the module compiles");
+        let callbacks = StreamCallbacks::of(&module);
+        let exported: Vec<_> = StreamCallback::ALL
+            .iter()
+            .filter(|callback| callbacks.exports(**callback))
+            .map(|callback| callback.name())
+            .collect();
+        assert_eq!(exported, ["on_request_headers", "on_response_body"]);
+        assert_eq!(StreamCallbacks::default(), StreamCallbacks(0));
+        assert!(!StreamCallbacks::default().exports(StreamCallback::RequestHeaders));
     }
 }

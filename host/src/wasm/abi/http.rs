@@ -4,7 +4,8 @@ use bytes::Bytes;
 use wasmtime::Caller;
 
 use super::{
-    decode_pairs, encode_pairs, status, AbiResult, BufferType, HeaderList, MapType, Status,
+    decode_pairs, encode_pairs_into, encoded_pairs_len, status, AbiResult, BufferType, HeaderList,
+    MapType, Status,
 };
 use crate::wasm::host::{HostState, LocalResponse};
 use crate::wasm::memory;
@@ -17,10 +18,28 @@ fn map_mut(state: &mut HostState, map: MapType) -> Option<&mut HeaderList> {
         MapType::CallResponseTrailers => state.call_response.as_mut().map(|r| &mut r.trailers),
         MapType::GrpcInitialMetadata => state.call_response.as_mut().map(|r| &mut r.headers),
         MapType::GrpcTrailingMetadata => state.call_response.as_mut().map(|r| &mut r.trailers),
-        MapType::RequestHeaders => state.stream().map(|s| &mut s.request_headers),
+        MapType::RequestHeaders => state.stream().map(|s| s.request_headers_mut()),
         MapType::RequestTrailers => state.stream().map(|s| &mut s.request_trailers),
-        MapType::ResponseHeaders => state.stream().map(|s| &mut s.response_headers),
+        MapType::ResponseHeaders => state.stream().map(|s| s.response_headers_mut()),
         MapType::ResponseTrailers => state.stream().map(|s| &mut s.response_trailers),
+    }
+}
+
+/// A map to read: outside their callbacks, the request and response headers are read where
+/// the request keeps them, not copied.
+fn map_ref(state: &HostState, map: MapType) -> Option<&HeaderList> {
+    let stream = || state.streams.get(&state.effective_context);
+    match map {
+        MapType::RequestHeaders => stream().map(|s| s.request_headers_view()),
+        MapType::ResponseHeaders => stream().map(|s| s.response_headers_view()),
+        MapType::RequestTrailers => stream().map(|s| &s.request_trailers),
+        MapType::ResponseTrailers => stream().map(|s| &s.response_trailers),
+        MapType::CallResponseHeaders | MapType::GrpcInitialMetadata => {
+            state.call_response.as_ref().map(|r| &r.headers)
+        }
+        MapType::CallResponseTrailers | MapType::GrpcTrailingMetadata => {
+            state.call_response.as_ref().map(|r| &r.trailers)
+        }
     }
 }
 
@@ -46,13 +65,24 @@ fn get_header_map_pairs(
         Ok(map) => map,
         Err(status) => return Ok(status as u32),
     };
-    let Some(pairs) = map_mut(caller.data_mut(), map) else {
+    let Some(pairs) = map_ref(caller.data(), map) else {
         return Ok(Status::NotFound as u32);
     };
-    let encoded = encode_pairs(pairs);
-    Ok(status(
-        memory::return_bytes(&mut caller, &encoded, ret_ptr, ret_len)?.map_err(Status::from),
-    ))
+    // Serialized straight into the guest's memory: the pairs are copied once. The guest's
+    // allocator runs in between and could have changed the map (a hostile one calling back
+    // into the host): then the guest gets zeros rather than a mismatched map.
+    let len = encoded_pairs_len(pairs);
+    let written = memory::return_with(
+        &mut caller,
+        len,
+        ret_ptr,
+        ret_len,
+        |state, out| match map_ref(state, map) {
+            Some(pairs) if encoded_pairs_len(pairs) == out.len() => encode_pairs_into(pairs, out),
+            _ => out.fill(0),
+        },
+    )?;
+    Ok(status(written.map_err(Status::from)))
 }
 
 fn set_header_map_pairs(mut caller: Ctx<'_>, map: u32, ptr: u32, len: u32) -> u32 {
@@ -74,22 +104,37 @@ fn get_header_map_value(
     ret_ptr: u32,
     ret_len: u32,
 ) -> wasmtime::Result<u32> {
-    let lookup = (|| {
+    let lookup = (|| -> Result<_, Status> {
         let map = read_map_type(map)?;
-        let key = lower(memory::read_string(&mut caller, key_ptr, key_len)?);
-        let pairs = map_mut(caller.data_mut(), map).ok_or(Status::NotFound)?;
-        pairs
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.clone())
-            .ok_or(Status::NotFound)
+        // The key is compared where the guest keeps it (names in maps are lower case).
+        let found = memory::with_guest_bytes(&mut caller, key_ptr, key_len, |key, state| {
+            let pairs = map_ref(state, map).ok_or(Status::NotFound)?;
+            let index = pairs
+                .iter()
+                .position(|(k, _)| k.as_bytes().eq_ignore_ascii_case(key))
+                .ok_or(Status::NotFound)?;
+            Ok::<_, Status>((index, pairs[index].1.len()))
+        })??;
+        Ok((map, found.0, found.1))
     })();
-    match lookup {
-        Ok(value) => Ok(status(
-            memory::return_bytes(&mut caller, &value, ret_ptr, ret_len)?.map_err(Status::from),
-        )),
-        Err(error) => Ok(error as u32),
-    }
+    let (map, index, len) = match lookup {
+        Ok(found) => found,
+        Err(error) => return Ok(error as u32),
+    };
+    // Copied straight from the map into the guest's memory (zeros if the guest's allocator
+    // changed the map meanwhile, as above).
+    let written =
+        memory::return_with(
+            &mut caller,
+            len,
+            ret_ptr,
+            ret_len,
+            |state, out| match map_ref(state, map).and_then(|pairs| pairs.get(index)) {
+                Some((_, value)) if value.len() == out.len() => out.copy_from_slice(value),
+                _ => out.fill(0),
+            },
+        )?;
+    Ok(status(written.map_err(Status::from)))
 }
 
 /// Shared by add / replace: reads the key and value, then edits the map.
@@ -133,10 +178,11 @@ fn replace_value(pairs: &mut HeaderList, key: String, value: Vec<u8>) {
 fn remove_header_map_value(mut caller: Ctx<'_>, map: u32, key_ptr: u32, key_len: u32) -> u32 {
     status((|| {
         let map = read_map_type(map)?;
-        let key = lower(memory::read_string(&mut caller, key_ptr, key_len)?);
-        let pairs = map_mut(caller.data_mut(), map).ok_or(Status::NotFound)?;
-        pairs.retain(|(k, _)| *k != key);
-        Ok(())
+        memory::with_guest_bytes(&mut caller, key_ptr, key_len, |key, state| {
+            let pairs = map_mut(state, map).ok_or(Status::NotFound)?;
+            pairs.retain(|(k, _)| !k.as_bytes().eq_ignore_ascii_case(key));
+            Ok(())
+        })?
     })())
 }
 

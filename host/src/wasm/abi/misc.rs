@@ -35,6 +35,13 @@ pub fn emit_log(state: &mut HostState, level: LogLevel, message: &str) {
 fn log(mut caller: Ctx<'_>, level: u32, ptr: u32, len: u32) -> u32 {
     status((|| {
         let level = LogLevel::from_raw(level).ok_or(Status::BadArgument)?;
+        let state = caller.data();
+        if level < state.log_level && state.startup_log.is_none() {
+            // Below the gateway's level and past start-up: nobody reads it, so it is only
+            // checked, not copied out of the guest (SDK plugins log per request at debug
+            // level).
+            return Ok(memory::check(&mut caller, ptr, len)?);
+        }
         let message = memory::read_string(&mut caller, ptr, len)?;
         emit_log(caller.data_mut(), level, &message);
         Ok(())

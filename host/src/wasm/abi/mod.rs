@@ -168,26 +168,44 @@ pub type HeaderList = Vec<(String, Vec<u8>)>;
 /// Encodes pairs in the proxy-wasm map format: u32 count, then (u32 key length, u32 value
 /// length) per pair, then each key and value followed by a NUL, all little-endian.
 pub fn encode_pairs(pairs: &HeaderList) -> Vec<u8> {
+    let mut out = vec![0; encoded_pairs_len(pairs)];
+    encode_pairs_into(pairs, &mut out);
+    out
+}
+
+/// The length of [`encode_pairs`]'s result (0 for no pairs).
+pub fn encoded_pairs_len(pairs: &HeaderList) -> usize {
     if pairs.is_empty() {
-        return Vec::new();
+        return 0;
     }
-    let size = 4 + pairs
+    4 + pairs
         .iter()
         .map(|(k, v)| 8 + k.len() + 1 + v.len() + 1)
-        .sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+        .sum::<usize>()
+}
+
+/// Writes the map format into `out`, exactly [`encoded_pairs_len`] bytes long (guest
+/// memory, say, so that the pairs are copied once).
+pub fn encode_pairs_into(pairs: &HeaderList, out: &mut [u8]) {
+    if pairs.is_empty() {
+        return;
+    }
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        out[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
+    put(&(pairs.len() as u32).to_le_bytes());
     for (key, value) in pairs {
-        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        put(&(key.len() as u32).to_le_bytes());
+        put(&(value.len() as u32).to_le_bytes());
     }
     for (key, value) in pairs {
-        out.extend_from_slice(key.as_bytes());
-        out.push(0);
-        out.extend_from_slice(value);
-        out.push(0);
+        put(key.as_bytes());
+        put(&[0]);
+        put(value);
+        put(&[0]);
     }
-    out
 }
 
 /// Decodes the map format; `None` when the bytes do not hold what the header claims.

@@ -299,7 +299,7 @@ pub fn lookup(state: &HostState, path: &[&str]) -> Option<Vec<u8>> {
     }
     // Filter state written by `set_property`: the whole path is the key.
     let key = path.join("\0");
-    stream?.filter_state.lock().ok()?.get(&key).cloned()
+    stream?.info.filter_state.lock().ok()?.get(&key).cloned()
 }
 
 /// The attribute the first segments name, walked into by the rest.
@@ -350,7 +350,7 @@ fn wasm_attribute(stream: &StreamState, path: &[&str]) -> Option<Value> {
 
 fn request(stream: &StreamState, field: &str) -> Option<Value> {
     let info = &stream.info;
-    let headers = &stream.request_headers;
+    let headers = stream.request_headers_view();
     let path = || header(headers, ":path");
     Some(match field {
         "path" => Value::Bytes(path()?.to_vec()),
@@ -384,14 +384,17 @@ fn request(stream: &StreamState, field: &str) -> Option<Value> {
 }
 
 fn response(stream: &StreamState, field: &str) -> Option<Value> {
-    let headers = &stream.response_headers;
+    let headers = stream.response_headers_view();
     let code = || {
-        stream.response_code.or_else(|| {
-            std::str::from_utf8(header(headers, ":status")?)
-                .ok()?
-                .parse()
-                .ok()
-        })
+        stream
+            .response_code
+            .or(stream.info.response_status())
+            .or_else(|| {
+                std::str::from_utf8(header(headers, ":status")?)
+                    .ok()?
+                    .parse()
+                    .ok()
+            })
     };
     Some(match field {
         "code" => Value::Int(i64::from(code()?)),
@@ -562,6 +565,7 @@ fn set_property(
         let value = memory::read(&mut caller, value_ptr, value_len)?;
         let stream = caller.data_mut().stream().ok_or(Status::NotFound)?;
         let mut state = stream
+            .info
             .filter_state
             .lock()
             .map_err(|_| Status::InternalFailure)?;

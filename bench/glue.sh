@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# What the host's plugin glue costs per request, measured so that a busy machine does not
+# distort it: the gateway runs under callgrind (one worker), which counts the user-space
+# instructions it executes (host code and the plugins' compiled code alike) and the calls
+# to the allocator, while a fixed number of requests goes through it. Configurations as in
+# bench/plugins.sh: base (0 plugins), header (tp-headers), chain (the bundled key-auth →
+# rate-limit → transformer). Method and figures: bench/README.md, "Plugin glue: before and
+# after".
+#
+# Environment (all optional):
+#   TOLLGATE_BIN                 the gateway to measure (default: the release build)
+#   TOLLGATE_BASELINE_BIN        a second gateway, measured the same way for comparison
+#   GLUE_REQUESTS=2000           requests counted per configuration (after 200 unmeasured)
+#   GLUE_CONFIGS="base header chain"
+#   BENCH_PORT_BASE=28380        ports BASE+1 (upstream), BASE+10 (Tollgate), BASE+20 (admin)
+#   GLUE_KEEP                    a folder to keep the callgrind files in (callgrind_annotate)
+set -euo pipefail
+BENCH_NAME=glue # used by common.sh
+# shellcheck source=bench/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+BASE=${BENCH_PORT_BASE:-28380}
+UP_PORT=$((BASE + 1))
+TG_PORT=$((BASE + 10))
+ADMIN_PORT=$((BASE + 20))
+REQUESTS=${GLUE_REQUESTS:-2000}
+read -r -a CONFIGS <<<"${GLUE_CONFIGS:-base header chain}"
+command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
+    die "needs valgrind (callgrind and callgrind_control)"
+API_KEY=bench-key-0123456789
+
+build_tollgate
+declare -A BINS=([new]=$BIN)
+[[ -n ${TOLLGATE_BASELINE_BIN:-} ]] && BINS[old]=$TOLLGATE_BASELINE_BIN
+need_files "$TP_DIR/tp_headers.wasm" "$BUNDLED_DIR/key_auth.wasm" "$BUNDLED_DIR/rate_limit.wasm" "$BUNDLED_DIR/transformer.wasm"
+mkdir -p "$WORK/plugins"
+cp "$TP_DIR/tp_headers.wasm" "$BUNDLED_DIR/key_auth.wasm" "$BUNDLED_DIR/rate_limit.wasm" "$BUNDLED_DIR/transformer.wasm" "$WORK/plugins/"
+
+# policies NAME PLUGINS-YAML
+policies() {
+    mkdir -p "$WORK/cfg-$1"
+    cat >"$WORK/cfg-$1/bench.yaml" <<EOF
+listeners:
+  - name: bench
+    address: 127.0.0.1:$TG_PORT
+    protocol: http
+clusters:
+  - name: upstream
+    endpoints:
+      - address: 127.0.0.1:$UP_PORT
+virtual_hosts:
+  - name: bench
+    domains: ["*"]
+    routes:
+      - name: bench
+        match: { path: { prefix: / } }
+        forward: { cluster: upstream }
+$2
+EOF
+}
+policies base ""
+policies header 'plugins:
+  - name: headers
+    module: tp_headers.wasm
+    config: { tag: bench }'
+policies chain 'plugins:
+  - name: keys
+    module: key_auth.wasm
+    priority: 100
+    config:
+      key_names: [x-api-key]
+      key_in_query: false
+      consumers:
+        - { name: bench, keys: ['"$API_KEY"'], groups: [gold] }
+  - name: limit
+    module: rate_limit.wasm
+    priority: 50
+    config:
+      plans: { unlimited: { requests_per_second: 1000000000, burst: 1000000000 } }
+      key: consumer
+      default_plan: unlimited
+  - name: transform
+    module: transformer.wasm
+    priority: 0
+    config:
+      request:
+        headers: { set: { x-gateway: tollgate }, remove: [x-debug] }
+      response:
+        headers: { add: { x-served-by: tollgate } }'
+
+# requests N: N keep-alive GETs, each checked for 200
+requests() {
+    "$PYTHON" - "$TG_PORT" "$1" "$API_KEY" <<'PY'
+import http.client, sys
+port, count, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+for _ in range(count):
+    conn.request("GET", "/", headers={"x-api-key": key, "user-agent": "glue-bench"})
+    response = conn.getresponse()
+    response.read()
+    if response.status != 200:
+        sys.exit(f"answered {response.status}")
+PY
+}
+
+# counts FILE...: instructions and calls into the allocator (from outside it) in callgrind
+# dumps, summed (each dump holds what was counted since the one before)
+counts() {
+    "$PYTHON" - "$@" <<'PY'
+import re, sys
+total, allocs = 0, 0
+alloc = re.compile(r"^mi_(malloc|zalloc|calloc|realloc)(_aligned)?$")
+for path in sys.argv[1:]:
+    names, current_fn, callee, summary = {}, "", None, 0
+    def name(kind_value):
+        m = re.match(r"\((\d+)\)(?: (.*))?", kind_value)
+        if not m:
+            return kind_value
+        if m.group(2):
+            names[m.group(1)] = m.group(2)
+        return names.get(m.group(1), "")
+    for line in open(path, errors="replace"):
+        if line.startswith("fn="):
+            current_fn = name(line[3:].strip())
+        elif line.startswith("cfn="):
+            callee = name(line[4:].strip())
+        elif line.startswith("calls=") and callee is not None:
+            if alloc.match(callee) and not current_fn.startswith("mi_"):
+                allocs += int(line[6:].split()[0])
+            callee = None
+        elif line.startswith("summary:") or line.startswith("totals:"):
+            summary = int(line.split()[1])
+    total += summary
+print(total, allocs)
+PY
+}
+
+log "starting the upstream (CPU $LOAD_CPU)"
+start_upstream "$UP_PORT"
+printf '| build | configuration | instructions per request (user) | allocations per request |\n|---|---|---|---|\n' >"$WORK/table.md"
+for c in "${CONFIGS[@]}"; do
+    for b in "${!BINS[@]}"; do
+        # A plain start compiles the modules into the cache; the measured start reuses them.
+        start "warm-$b-$c" "$PROXY_CPU" env TOLLGATE_LOG=warn TOLLGATE_CACHE_DIR="$WORK/cache-$b" \
+            "${BINS[$b]}" run --policies "$WORK/cfg-$c" --plugins "$WORK/plugins" \
+            --admin "127.0.0.1:$ADMIN_PORT" --workers 1
+        wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
+        stop "$LAST_PID"
+        out=$WORK/callgrind-$b-$c.out
+        start "tollgate-$b-$c" "$PROXY_CPU" env TOLLGATE_LOG=warn TOLLGATE_CACHE_DIR="$WORK/cache-$b" \
+            valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+            "${BINS[$b]}" run --policies "$WORK/cfg-$c" --plugins "$WORK/plugins" \
+            --admin "127.0.0.1:$ADMIN_PORT" --workers 1
+        pid=$LAST_PID
+        BENCH_START_WAIT=300 wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
+        requests 200
+        callgrind_control -i on "$pid" >/dev/null
+        requests "$REQUESTS"
+        callgrind_control -i off "$pid" >/dev/null
+        # A dump now (the file gets a .1 suffix), in case the exit is not clean.
+        callgrind_control -d "$pid" >/dev/null
+        stop "$pid"
+        read -r instructions allocations < <(counts "$out"*)
+        [[ -n ${GLUE_KEEP:-} ]] && mkdir -p "$GLUE_KEEP" && cp "$out"* "$GLUE_KEEP/"
+        printf '| %s | %s | %d | %.1f |\n' "$b" "$c" $((instructions / REQUESTS)) \
+            "$(echo "$allocations / $REQUESTS" | bc -l)" | tee -a "$WORK/table.md"
+    done
+done
+log "per request, over $REQUESTS requests on one connection"
+cat "$WORK/table.md"
+
+# Throughput new/old: alternating closed-loop runs of the two builds on the chain, so that
+# both see the same load from the rest of the machine; the ratio of the medians.
+if [[ -n ${TOLLGATE_BASELINE_BIN:-} && ${GLUE_THROUGHPUT:-1} == 1 ]]; then
+    declare -A RATES=([old]="" [new]="")
+    for run in $(seq "$RUNS"); do
+        for b in old new; do
+            start "rate-$b-$run" "$PROXY_CPU" env TOLLGATE_LOG=warn TOLLGATE_CACHE_DIR="$WORK/cache-$b" \
+                "${BINS[$b]}" run --policies "$WORK/cfg-chain" --plugins "$WORK/plugins" \
+                --admin "127.0.0.1:$ADMIN_PORT" --workers 1
+            pid=$LAST_PID
+            wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
+            rate=$(taskset -c "$LOAD_CPU" wrk -t1 -c16 -d"${DURATION}s" -H "x-api-key: $API_KEY" \
+                "http://127.0.0.1:$TG_PORT/" | awk '/^Requests\/sec:/ { print $2 }')
+            stop "$pid"
+            RATES[$b]="${RATES[$b]} $rate"
+            log "chain, $b build, run $run: $rate requests/s"
+        done
+    done
+    median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+    old=$(median <<<"${RATES[old]}")
+    new=$(median <<<"${RATES[new]}")
+    log "chain throughput, median of $RUNS alternating runs: old $old, new $new requests/s, new/old $(echo "scale=2; $new / $old" | bc -l)"
+fi
