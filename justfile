@@ -156,13 +156,16 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Benchmarks (bench/README.md): vs nginx, plugin chains, hot swap, host calls. BENCH_DURATION=3 for a smoke run.
+# Benchmarks (bench/README.md): vs nginx, plugin chains, hot swap, host calls, plugins inside the guest. BENCH_DURATION=3 for a smoke run.
 bench: setup
     bash bench/run.sh
     bash bench/plugins.sh
     bash bench/swap.sh
     cargo bench -p tollgate --bench host_calls
     python3 bench/criterion_report.py
+    # The bundled plugins' callbacks, natively inside the guest code (plugins/bench).
+    CRITERION_HOME="{{ target_dir }}/plugins-native/criterion" cargo bench --manifest-path plugins/Cargo.toml --target-dir "{{ target_dir }}/plugins-native" -p plugin-bench --bench callbacks
+    CRITERION_HOME="{{ target_dir }}/plugins-native/criterion" python3 bench/criterion_report.py plugins
 
 # Fuzz every target in fuzz/ for FUZZ_SECONDS each (default 60), installing nightly and cargo-fuzz when missing (fuzz/README.md).
 fuzz:

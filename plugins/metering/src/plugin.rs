@@ -10,9 +10,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tollgate_sdk::callout::{read_response, HttpCall};
+use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
 use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
-use tollgate_sdk::proxy_wasm::{self, hostcalls};
 use tollgate_sdk::usage::UsageRecord;
 
 use crate::config::{self, Config};
@@ -21,10 +21,17 @@ use crate::logic::{self, Delivery, Observed, Outcome, SeriesLimiter};
 /// The header that carries a batch's key, for the billing service to drop repeats by.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { state: None }) });
+#[cfg(target_arch = "wasm32")]
+tollgate_sdk::proxy_wasm::main! {{
+    tollgate_sdk::proxy_wasm::set_log_level(tollgate_sdk::proxy_wasm::types::LogLevel::Info);
+    tollgate_sdk::proxy_wasm::set_root_context(|_| root_context());
 }}
+
+/// A fresh root context: what the host gets at start-up, and what the native benches
+/// (`plugins/bench`) drive.
+pub fn root_context() -> Box<dyn RootContext> {
+    Box::new(Root { state: None })
+}
 
 const SENT: &str = "metering.records_sent";
 const DROPPED: &str = "metering.records_dropped";
