@@ -68,7 +68,12 @@ impl HttpContext for Quota {
             return Action::Continue;
         }
         let consumer = tollgate_sdk::consumer::name();
-        let ip = tollgate_sdk::client_ip();
+        // The address counts only for anonymous requests: read it only then.
+        let ip = if consumer.as_deref().is_none_or(str::is_empty) {
+            tollgate_sdk::client_ip()
+        } else {
+            None
+        };
         let Some(subject) = logic::subject(&self.quotas, consumer.as_deref(), ip.as_deref()) else {
             return Action::Continue;
         };
