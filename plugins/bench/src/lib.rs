@@ -14,6 +14,10 @@
 //! feature), set up a request with [`with_host`], and time its callbacks.
 //! A [`CountingAllocator`] installed as the global allocator counts the allocations.
 #![cfg(not(target_arch = "wasm32"))]
+// Safety of the ABI functions below: only the proxy-wasm crate calls them, with the
+// pointers and sizes of live buffers, as a wasm engine would check them; one contract for
+// all, stated here rather than on each.
+#![allow(clippy::missing_safety_doc)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::RefCell;
