@@ -156,7 +156,7 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Benchmarks (bench/README.md): vs nginx (HTTP/1.1, TLS, h2, idle memory), plugin chains, hot swap, memory per plugin VM, host calls; the goals table ends bench/results/latest.md. BENCH_DURATION=3 for a smoke run.
+# Benchmarks (bench/README.md): vs nginx (HTTP/1.1, TLS, h2, idle memory), plugin chains, hot swap, memory per plugin VM, host calls, plugins inside the guest; the goals table ends bench/results/latest.md. BENCH_DURATION=3 for a smoke run.
 bench: setup
     #!/usr/bin/env bash
     set -euo pipefail
@@ -171,6 +171,9 @@ bench: setup
     done
     cargo bench -p tollgate --bench host_calls
     python3 bench/criterion_report.py
+    # The bundled plugins' callbacks, natively inside the guest code (plugins/bench).
+    CRITERION_HOME="{{ target_dir }}/plugins-native/criterion" cargo bench --manifest-path plugins/Cargo.toml --target-dir "{{ target_dir }}/plugins-native" -p plugin-bench --bench callbacks
+    CRITERION_HOME="{{ target_dir }}/plugins-native/criterion" python3 bench/criterion_report.py plugins
     status=0
     python3 bench/goals.py || status=$?
     if ((status == 0 && missed)); then status=3; fi

@@ -85,18 +85,20 @@ pub fn strip_client_supplied() {
 /// Records the authenticated consumer on the request (headers and properties). Call in
 /// the request-headers phase (or when resuming a request paused for a callout).
 pub fn set(consumer: &Consumer) {
-    let groups = format_groups(&consumer.groups);
-    let _ = hostcalls::set_map_value(
-        MapType::HttpRequestHeaders,
-        CONSUMER_HEADER,
-        Some(&consumer.name),
-    );
+    set_parts(&consumer.name, &format_groups(&consumer.groups));
+}
+
+/// [`set`] from borrowed parts: the name and the groups already joined as
+/// [`format_groups`] does. Auth plugins that know their consumers at configuration time
+/// keep both ready and record a request's consumer without allocating.
+pub fn set_parts(name: &str, groups: &str) {
+    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, CONSUMER_HEADER, Some(name));
     if groups.is_empty() {
         let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, GROUPS_HEADER);
     } else {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, GROUPS_HEADER, Some(&groups));
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, GROUPS_HEADER, Some(groups));
     }
-    let _ = hostcalls::set_property(vec![CONSUMER_PROPERTY], Some(consumer.name.as_bytes()));
+    let _ = hostcalls::set_property(vec![CONSUMER_PROPERTY], Some(name.as_bytes()));
     let _ = hostcalls::set_property(vec![GROUPS_PROPERTY], Some(groups.as_bytes()));
 }
 
@@ -121,7 +123,15 @@ pub fn get() -> Option<Consumer> {
 
 /// Just the consumer's name (see [`get`]).
 pub fn name() -> Option<String> {
-    get().map(|consumer| consumer.name)
+    // The name alone: the groups are neither read nor split.
+    let from_property = crate::property_string(&[CONSUMER_PROPERTY]).filter(|n| !n.is_empty());
+    if from_property.is_some() {
+        return from_property;
+    }
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, CONSUMER_HEADER)
+        .ok()
+        .flatten()
+        .filter(|name| !name.is_empty())
 }
 
 #[cfg(test)]

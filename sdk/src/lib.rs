@@ -104,7 +104,30 @@ pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
 /// The client's IP address, from the `source.address` property (`ip:port`, IPv6 as
 /// `[ip]:port`), without the port.
 pub fn client_ip() -> Option<String> {
-    property_string(&["source", "address"]).map(|address| strip_port(&address).to_owned())
+    let mut address = property_string(&["source", "address"])?;
+    // Cut the host's copy down to the IP in place instead of copying the IP out of it.
+    let ip = strip_port(&address);
+    let (start, len) = (ip.as_ptr() as usize - address.as_ptr() as usize, ip.len());
+    address.truncate(start + len);
+    address.drain(..start);
+    Some(address)
+}
+
+/// Writes `value` in decimal into `buffer` and returns the digits: a number for a header
+/// value without a `String` (`set_http_response_header("ratelimit-limit", Some(decimal(n,
+/// &mut buffer)))`).
+pub fn decimal(value: u64, buffer: &mut [u8; 20]) -> &str {
+    let mut at = buffer.len();
+    let mut rest = value;
+    loop {
+        at -= 1;
+        buffer[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buffer[at..]).expect("ASCII digits")
 }
 
 /// `"1.2.3.4:80"` → `"1.2.3.4"`, `"[::1]:80"` → `"::1"`; anything else is returned whole.
@@ -130,6 +153,14 @@ mod tests {
         assert_eq!(strip_port("[::1]:80"), "::1");
         assert_eq!(strip_port("::1"), "::1");
         assert_eq!(strip_port("host"), "host");
+    }
+
+    #[test]
+    fn decimals_fit_the_buffer() {
+        let mut buffer = [0; 20];
+        assert_eq!(decimal(0, &mut buffer), "0");
+        assert_eq!(decimal(429, &mut buffer), "429");
+        assert_eq!(decimal(u64::MAX, &mut buffer), u64::MAX.to_string());
     }
 
     #[test]

@@ -141,11 +141,13 @@ impl Store for MemoryStore {
     }
 }
 
-/// What an [`update`] step decided.
+/// What an [`update`] step decided. The bytes to write are anything that is bytes
+/// (`Vec<u8>` by default; the counters, buckets and windows write fixed-size arrays, so a
+/// write allocates nothing).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Update<R> {
+pub enum Update<R, B = Vec<u8>> {
     /// Write these bytes (compare-and-swap) and return `R` once the write succeeded.
-    Write(Vec<u8>, R),
+    Write(B, R),
     /// Leave the value as it is and return `R`.
     Keep(R),
 }
@@ -153,10 +155,10 @@ pub enum Update<R> {
 /// Read-modify-write of one key with compare-and-swap, retried on conflicts (at most
 /// [`MAX_ATTEMPTS`] times). `step` sees the current bytes (`None` when missing) and may run
 /// several times; only the result of the step whose write succeeded is returned.
-pub fn update<S: Store + ?Sized, R>(
+pub fn update<S: Store + ?Sized, R, B: AsRef<[u8]>>(
     store: &S,
     key: &str,
-    mut step: impl FnMut(Option<&[u8]>) -> Update<R>,
+    mut step: impl FnMut(Option<&[u8]>) -> Update<R, B>,
 ) -> Result<R, SharedError> {
     for _ in 0..MAX_ATTEMPTS {
         let (value, cas) = store.get(key)?;
@@ -168,7 +170,7 @@ pub fn update<S: Store + ?Sized, R>(
                 } else {
                     cas
                 };
-                match store.set(key, &bytes, cas) {
+                match store.set(key, bytes.as_ref(), cas) {
                     Ok(()) => return Ok(result),
                     Err(SharedError::CasMismatch) => continue,
                     Err(other) => return Err(other),
@@ -198,7 +200,7 @@ pub fn counter_add<S: Store + ?Sized>(
 ) -> Result<u64, SharedError> {
     update(store, key, |bytes| {
         let next = decode_counter(bytes).saturating_add(delta);
-        Update::Write(next.to_le_bytes().to_vec(), next)
+        Update::Write(next.to_le_bytes(), next)
     })
 }
 
@@ -211,7 +213,7 @@ pub fn counter_sub<S: Store + ?Sized>(
 ) -> Result<u64, SharedError> {
     update(store, key, |bytes| {
         let next = decode_counter(bytes).saturating_sub(delta);
-        Update::Write(next.to_le_bytes().to_vec(), next)
+        Update::Write(next.to_le_bytes(), next)
     })
 }
 
@@ -231,7 +233,7 @@ pub fn counter_add_within<S: Store + ?Sized>(
     update(store, key, |bytes| {
         let current = decode_counter(bytes);
         match current.checked_add(n).filter(|next| *next <= limit) {
-            Some(next) => Update::Write(next.to_le_bytes().to_vec(), (true, next)),
+            Some(next) => Update::Write(next.to_le_bytes(), (true, next)),
             None => Update::Keep((false, current)),
         }
     })
@@ -282,10 +284,10 @@ pub struct BucketState {
 }
 
 impl BucketState {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(16);
-        bytes.extend_from_slice(&self.nano_tokens.to_le_bytes());
-        bytes.extend_from_slice(&self.updated_nanos.to_le_bytes());
+    pub fn encode(&self) -> [u8; 16] {
+        let mut bytes = [0; 16];
+        bytes[..8].copy_from_slice(&self.nano_tokens.to_le_bytes());
+        bytes[8..].copy_from_slice(&self.updated_nanos.to_le_bytes());
         bytes
     }
 
@@ -413,11 +415,16 @@ pub struct WindowState {
 }
 
 impl WindowState {
-    pub fn encode(&self) -> Vec<u8> {
-        [self.index, self.current, self.previous]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect()
+    pub fn encode(&self) -> [u8; 24] {
+        let mut bytes = [0; 24];
+        for (slot, value) in
+            bytes
+                .chunks_exact_mut(8)
+                .zip([self.index, self.current, self.previous])
+        {
+            slot.copy_from_slice(&value.to_le_bytes());
+        }
+        bytes
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Self> {

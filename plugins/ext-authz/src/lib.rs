@@ -18,10 +18,11 @@
 //! ```
 //!
 //! The pure logic lives in [`logic`] (native unit tests); the proxy-wasm glue is built for
-//! wasm32 only.
+//! wasm32, and natively with the `native-bench` feature for the benches in plugins/bench.
 #![forbid(unsafe_code)]
 
 pub mod logic;
 
-#[cfg(target_arch = "wasm32")]
-mod plugin;
+#[cfg(any(target_arch = "wasm32", feature = "native-bench"))]
+#[doc(hidden)]
+pub mod plugin;

@@ -6,16 +6,23 @@ use std::rc::Rc;
 use tollgate_sdk::callout::read_response;
 use tollgate_sdk::config;
 use tollgate_sdk::consumer;
+use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
 use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
-use tollgate_sdk::proxy_wasm::{self, hostcalls};
 
 use crate::logic::{Config, Decision, LocalReply, Original, FAILURE_MODE_ALLOWED_HEADER};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { state: None }) });
+#[cfg(target_arch = "wasm32")]
+tollgate_sdk::proxy_wasm::main! {{
+    tollgate_sdk::proxy_wasm::set_log_level(tollgate_sdk::proxy_wasm::types::LogLevel::Info);
+    tollgate_sdk::proxy_wasm::set_root_context(|_| root_context());
 }}
+
+/// A fresh root context: what the host gets at start-up, and what the native benches
+/// (`plugins/bench`) drive.
+pub fn root_context() -> Box<dyn RootContext> {
+    Box::new(Root { state: None })
+}
 
 struct Metrics {
     allowed: Option<u32>,

@@ -57,6 +57,8 @@ pub struct KeyAuth {
     pub config: Config,
     /// key → index into `config.consumers`.
     keys: HashMap<String, usize>,
+    /// Per consumer (same index), its groups joined for the groups header.
+    groups: Vec<String>,
 }
 
 impl KeyAuth {
@@ -122,12 +124,28 @@ impl KeyAuth {
                 }
             }
         }
-        Ok(Self { config, keys })
+        let groups = config
+            .consumers
+            .iter()
+            .map(|consumer| consumer::format_groups(&consumer.groups))
+            .collect();
+        Ok(Self {
+            config,
+            keys,
+            groups,
+        })
     }
 
     /// The consumer owning `key`.
     pub fn consumer(&self, key: &str) -> Option<&Consumer> {
         self.keys.get(key).map(|&i| &self.config.consumers[i])
+    }
+
+    /// The name and joined groups of the consumer owning `key`
+    /// (for `tollgate_sdk::consumer::set_parts`).
+    pub fn identity(&self, key: &str) -> Option<(&str, &str)> {
+        let &i = self.keys.get(key)?;
+        Some((&self.config.consumers[i].name, &self.groups[i]))
     }
 
     /// The `WWW-Authenticate` challenge.
@@ -138,29 +156,38 @@ impl KeyAuth {
 
 /// Where the key was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Found {
-    Header(String),
-    Query(String),
+pub enum Found<'a> {
+    Header(&'a str),
+    Query(&'a str),
 }
 
 /// Finds the key: headers first (by `key_names` order), then the query string of `path`.
 /// `header` looks a request header up by lower-case name.
-pub fn find_key(
-    config: &Config,
+/// `path` gives the request's `:path`, asked for only when no header has the key.
+pub fn find_key<'a>(
+    config: &'a Config,
     header: impl Fn(&str) -> Option<String>,
-    path: &str,
-) -> Option<(Found, String)> {
+    path: impl FnOnce() -> String,
+) -> Option<(Found<'a>, String)> {
     if config.key_in_header {
         for name in &config.key_names {
             if let Some(value) = header(name) {
-                let value = value.trim().to_owned();
-                if !value.is_empty() {
-                    return Some((Found::Header(name.clone()), value));
+                let trimmed = value.trim();
+                if trimmed.is_empty() {
+                    continue;
                 }
+                // The host's copy is the key unless it must be trimmed.
+                let value = if trimmed.len() == value.len() {
+                    value
+                } else {
+                    trimmed.to_owned()
+                };
+                return Some((Found::Header(name), value));
             }
         }
     }
     if config.key_in_query {
+        let path = path();
         let query = path.split_once('?').map(|(_, q)| q).unwrap_or("");
         for name in &config.key_names {
             for pair in query.split('&') {
@@ -168,7 +195,7 @@ pub fn find_key(
                 if percent_decode(k).eq_ignore_ascii_case(name) {
                     let value = percent_decode(v);
                     if !value.is_empty() {
-                        return Some((Found::Query(name.clone()), value));
+                        return Some((Found::Query(name), value));
                     }
                 }
             }
@@ -259,25 +286,34 @@ mod tests {
         let auth = auth(CONFIG);
         let header = |name: &str| (name == "x-api-key").then(|| "k1".to_owned());
         assert_eq!(
-            find_key(&auth.config, header, "/a?apikey=k3"),
-            Some((Found::Header("x-api-key".into()), "k1".into()))
+            find_key(&auth.config, header, || "/a?apikey=k3".into()),
+            Some((Found::Header("x-api-key"), "k1".into()))
         );
         assert_eq!(
-            find_key(&auth.config, |_| None, "/a?x=1&apikey=k%33"),
-            Some((Found::Query("apikey".into()), "k3".into()))
+            find_key(&auth.config, |_| None, || "/a?x=1&apikey=k%33".into()),
+            Some((Found::Query("apikey"), "k3".into()))
         );
-        assert_eq!(find_key(&auth.config, |_| None, "/a?apikey="), None);
-        assert_eq!(find_key(&auth.config, |_| None, "/a"), None);
+        assert_eq!(
+            find_key(&auth.config, |_| None, || "/a?apikey=".into()),
+            None
+        );
+        assert_eq!(find_key(&auth.config, |_| None, || "/a".into()), None);
     }
 
     #[test]
     fn query_only_and_header_only() {
         let mut auth = auth(CONFIG);
         auth.config.key_in_query = false;
-        assert_eq!(find_key(&auth.config, |_| None, "/a?apikey=k1"), None);
+        assert_eq!(
+            find_key(&auth.config, |_| None, || "/a?apikey=k1".into()),
+            None
+        );
         auth.config.key_in_query = true;
         auth.config.key_in_header = false;
-        assert_eq!(find_key(&auth.config, |_| Some("k1".into()), "/a"), None);
+        assert_eq!(
+            find_key(&auth.config, |_| Some("k1".into()), || "/a".into()),
+            None
+        );
     }
 
     #[test]

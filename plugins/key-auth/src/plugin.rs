@@ -3,17 +3,23 @@
 use std::rc::Rc;
 
 use tollgate_sdk::config;
-use tollgate_sdk::consumer::{self, Consumer};
-use tollgate_sdk::proxy_wasm;
+use tollgate_sdk::consumer;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel};
+use tollgate_sdk::proxy_wasm::types::{Action, ContextType};
 
 use crate::logic::{find_key, strip_query_param, Config, Found, KeyAuth};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { auth: None }) });
+#[cfg(target_arch = "wasm32")]
+tollgate_sdk::proxy_wasm::main! {{
+    tollgate_sdk::proxy_wasm::set_log_level(tollgate_sdk::proxy_wasm::types::LogLevel::Info);
+    tollgate_sdk::proxy_wasm::set_root_context(|_| root_context());
 }}
+
+/// A fresh root context: what the host gets at start-up, and what the native benches
+/// (`plugins/bench`) drive.
+pub fn root_context() -> Box<dyn RootContext> {
+    Box::new(Root { auth: None })
+}
 
 struct Root {
     auth: Option<Rc<KeyAuth>>,
@@ -49,30 +55,27 @@ impl Context for Request {}
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         consumer::strip_client_supplied();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
         let found = find_key(
             &self.auth.config,
             |name| self.get_http_request_header(name),
-            &path,
+            || self.get_http_request_header(":path").unwrap_or_default(),
         );
         let Some((place, key)) = found else {
             return self.reject("missing API key");
         };
-        let Some(consumer) = self.auth.consumer(&key) else {
+        let Some((name, groups)) = self.auth.identity(&key) else {
             return self.reject("invalid API key");
         };
         if self.auth.config.hide_credentials {
-            match &place {
-                Found::Header(name) => self.set_http_request_header(name, None),
-                Found::Query(name) => {
-                    self.set_http_request_header(":path", Some(&strip_query_param(&path, name)))
+            match place {
+                Found::Header(header) => self.set_http_request_header(header, None),
+                Found::Query(param) => {
+                    let path = self.get_http_request_header(":path").unwrap_or_default();
+                    self.set_http_request_header(":path", Some(&strip_query_param(&path, param)))
                 }
             }
         }
-        consumer::set(&Consumer::new(
-            consumer.name.clone(),
-            consumer.groups.clone(),
-        ));
+        consumer::set_parts(name, groups);
         Action::Continue
     }
 }

@@ -17,11 +17,11 @@ pub struct Observed {
     pub end_nanos: u64,
 }
 
-pub fn record(observed: &Observed) -> UsageRecord {
+pub fn record(observed: Observed) -> UsageRecord {
     UsageRecord {
-        consumer: observed.consumer.clone().unwrap_or_default(),
-        route: observed.route.clone().unwrap_or_default(),
-        method: observed.method.clone(),
+        consumer: observed.consumer.unwrap_or_default(),
+        route: observed.route.unwrap_or_default(),
+        method: observed.method,
         status_class: status_class(observed.status),
         requests: 1,
         request_bytes: observed.request_bytes,
@@ -221,12 +221,12 @@ mod tests {
 
     #[test]
     fn records_and_series_names() {
-        let r = record(&observed(Some("alice"), 201));
+        let r = record(observed(Some("alice"), 201));
         assert_eq!(r.status_class, "2xx");
         assert_eq!(r.latency_ms, 25);
         assert_eq!(r.timestamp, 1_700_000_000_000);
         assert_eq!(series(&r), "usage.alice.api");
-        let anon = record(&observed(None, 503));
+        let anon = record(observed(None, 503));
         assert_eq!(series(&anon), "usage.anonymous.api");
         assert_eq!(segment("a.b c", "x"), "a_b_c");
     }
@@ -234,8 +234,8 @@ mod tests {
     #[test]
     fn series_are_bounded() {
         let mut limiter = SeriesLimiter::default();
-        let a = record(&observed(Some("a"), 200));
-        let b = record(&observed(Some("b"), 200));
+        let a = record(observed(Some("a"), 200));
+        let b = record(observed(Some("b"), 200));
         assert_eq!(limiter.name(&a, 1), "usage.a.api");
         assert_eq!(limiter.name(&b, 1), "usage.other.api");
         assert_eq!(limiter.name(&a, 1), "usage.a.api");
@@ -245,7 +245,7 @@ mod tests {
     fn failed_batches_are_retried_in_order_and_nothing_is_lost() {
         let mut delivery = Delivery::new(100, 0xabc);
         for i in 0..5 {
-            let mut r = record(&observed(Some("alice"), 200));
+            let mut r = record(observed(Some("alice"), 200));
             r.timestamp = i;
             delivery.backlog.push(r);
         }
@@ -286,7 +286,7 @@ mod tests {
     fn a_resent_batch_keeps_its_key_and_a_new_batch_gets_a_new_one() {
         let mut delivery = Delivery::new(100, 0xabc);
         for _ in 0..4 {
-            delivery.backlog.push(record(&observed(Some("alice"), 200)));
+            delivery.backlog.push(record(observed(Some("alice"), 200)));
         }
         let first = delivery.next_batch(2).unwrap();
         assert_eq!(first.key, "0000000000000abc-1");
@@ -313,7 +313,7 @@ mod tests {
     fn batches_carry_their_key_and_records() {
         let batch = Batch {
             key: "k-1".into(),
-            records: vec![record(&observed(Some("alice"), 200))],
+            records: vec![record(observed(Some("alice"), 200))],
         };
         let value: serde_json::Value = serde_json::from_slice(&batch_body(&batch)).unwrap();
         assert_eq!(value["batch_id"], "k-1");

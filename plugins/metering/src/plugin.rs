@@ -10,9 +10,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tollgate_sdk::callout::{read_response, HttpCall};
+use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
 use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
-use tollgate_sdk::proxy_wasm::{self, hostcalls};
 use tollgate_sdk::usage::UsageRecord;
 
 use crate::config::{self, Config};
@@ -21,21 +21,91 @@ use crate::logic::{self, Delivery, Observed, Outcome, SeriesLimiter};
 /// The header that carries a batch's key, for the billing service to drop repeats by.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { state: None }) });
+#[cfg(target_arch = "wasm32")]
+tollgate_sdk::proxy_wasm::main! {{
+    tollgate_sdk::proxy_wasm::set_log_level(tollgate_sdk::proxy_wasm::types::LogLevel::Info);
+    tollgate_sdk::proxy_wasm::set_root_context(|_| root_context());
 }}
+
+/// A fresh root context: what the host gets at start-up, and what the native benches
+/// (`plugins/bench`) drive.
+pub fn root_context() -> Box<dyn RootContext> {
+    Box::new(Root { state: None })
+}
 
 const SENT: &str = "metering.records_sent";
 const DROPPED: &str = "metering.records_dropped";
 const FAILED: &str = "metering.batches_failed";
 const BACKLOG: &str = "metering.backlog";
 
+/// The id of metric `name`, defined with the host the first time.
+fn metric_id(metrics: &mut HashMap<String, u32>, kind: MetricType, name: &str) -> Option<u32> {
+    if let Some(id) = metrics.get(name) {
+        return Some(*id);
+    }
+    let id = hostcalls::define_metric(kind, name).ok()?;
+    metrics.insert(name.to_owned(), id);
+    Some(id)
+}
+
+// Slots of `SeriesMetrics::ids`; the status counters (`0xx` .. `5xx`) come last.
+const REQUESTS: usize = 0;
+const REQUEST_BYTES: usize = 1;
+const RESPONSE_BYTES: usize = 2;
+const LATENCY_MS: usize = 3;
+const STATUS: usize = 4;
+const SERIES_METRICS: usize = STATUS + 6;
+
+/// `"2xx"` → 2; anything unexpected → 0 (`0xx`).
+fn status_class_index(class: &str) -> usize {
+    match class.as_bytes().first() {
+        Some(digit @ b'1'..=b'5') => usize::from(digit - b'0'),
+        _ => 0,
+    }
+}
+
+/// The metric ids of one (consumer, route) series, each defined when first needed.
+struct SeriesMetrics {
+    /// `usage.<consumer>.<route>` (or the `other` series once the limit is reached).
+    name: String,
+    ids: [Option<u32>; SERIES_METRICS],
+}
+
+impl SeriesMetrics {
+    /// The id in `slot`, defining the metric (by its full name) the first time.
+    /// `status_class` names the metric of a status slot.
+    fn id(
+        &mut self,
+        metrics: &mut HashMap<String, u32>,
+        slot: usize,
+        kind: MetricType,
+        status_class: &str,
+    ) -> Option<u32> {
+        if let Some(id) = self.ids[slot] {
+            return Some(id);
+        }
+        let series = &self.name;
+        let name = match slot {
+            REQUESTS => format!("{series}.requests"),
+            REQUEST_BYTES => format!("{series}.request_bytes"),
+            RESPONSE_BYTES => format!("{series}.response_bytes"),
+            LATENCY_MS => format!("{series}.latency_ms"),
+            _ => format!("{series}.status.{status_class}"),
+        };
+        self.ids[slot] = metric_id(metrics, kind, &name);
+        self.ids[slot]
+    }
+}
+
 struct State {
     config: Config,
     delivery: Delivery,
     series: SeriesLimiter,
     metrics: HashMap<String, u32>,
+    /// consumer → route → its series' metrics; at most `2 × max_metric_series + 16`
+    /// entries (`cached_series`), beyond which a series' ids are looked up by name again.
+    series_metrics: HashMap<String, HashMap<String, SeriesMetrics>>,
+    cached_series: usize,
     /// Requests whose record is still to come (`on_log`).
     open_requests: usize,
     /// The host retired the plugin: flush without waiting for ticks, then say `done`.
@@ -44,12 +114,7 @@ struct State {
 
 impl State {
     fn metric(&mut self, kind: MetricType, name: &str) -> Option<u32> {
-        if let Some(id) = self.metrics.get(name) {
-            return Some(*id);
-        }
-        let id = hostcalls::define_metric(kind, name).ok()?;
-        self.metrics.insert(name.to_owned(), id);
-        Some(id)
+        metric_id(&mut self.metrics, kind, name)
     }
 
     fn add(&mut self, name: &str, delta: u64) {
@@ -68,17 +133,61 @@ impl State {
         }
     }
 
+    fn new_series(&mut self, record: &UsageRecord) -> SeriesMetrics {
+        SeriesMetrics {
+            name: self.series.name(record, self.config.max_metric_series),
+            ids: [None; SERIES_METRICS],
+        }
+    }
+
     fn observe(&mut self, record: UsageRecord) {
         if self.config.metrics {
-            let series = self.series.name(&record, self.config.max_metric_series);
-            self.add(&format!("{series}.requests"), record.requests);
-            self.add(
-                &format!("{series}.status.{}", record.status_class),
-                record.requests,
-            );
-            self.add(&format!("{series}.request_bytes"), record.request_bytes);
-            self.add(&format!("{series}.response_bytes"), record.response_bytes);
-            if let Some(id) = self.metric(MetricType::Histogram, &format!("{series}.latency_ms")) {
+            // A known series updates its metrics by id: no metric name is built per request.
+            let known = self
+                .series_metrics
+                .get(&record.consumer)
+                .is_some_and(|routes| routes.contains_key(&record.route));
+            let mut uncached = None;
+            if !known {
+                let series = self.new_series(&record);
+                if self.cached_series < self.config.max_metric_series.saturating_mul(2) + 16 {
+                    self.cached_series += 1;
+                    self.series_metrics
+                        .entry(record.consumer.clone())
+                        .or_default()
+                        .insert(record.route.clone(), series);
+                } else {
+                    uncached = Some(series);
+                }
+            }
+            let series = match uncached.as_mut() {
+                Some(series) => series,
+                None => self
+                    .series_metrics
+                    .get_mut(&record.consumer)
+                    .and_then(|routes| routes.get_mut(&record.route))
+                    .expect("cached above"),
+            };
+            let status_slot = STATUS + status_class_index(&record.status_class);
+            let metrics = &mut self.metrics;
+            let counters = [
+                (REQUESTS, record.requests),
+                (status_slot, record.requests),
+                (REQUEST_BYTES, record.request_bytes),
+                (RESPONSE_BYTES, record.response_bytes),
+            ];
+            // A counter is defined with its first non-zero increment, as it always was.
+            for (slot, delta) in counters {
+                if delta == 0 {
+                    continue;
+                }
+                let id = series.id(metrics, slot, MetricType::Counter, &record.status_class);
+                if let Some(id) = id {
+                    let _ = hostcalls::increment_metric(id, delta as i64);
+                }
+            }
+            let latency = series.id(metrics, LATENCY_MS, MetricType::Histogram, "");
+            if let Some(id) = latency {
                 let _ = hostcalls::record_metric(id, record.latency_ms);
             }
         }
@@ -198,6 +307,8 @@ impl RootContext for Root {
                     config,
                     series: SeriesLimiter::default(),
                     metrics: HashMap::new(),
+                    series_metrics: HashMap::new(),
+                    cached_series: 0,
                     open_requests: 0,
                     closing: false,
                 };
@@ -312,7 +423,7 @@ impl HttpContext for Meter {
             observed.method =
                 tollgate_sdk::property_string(&["request", "method"]).unwrap_or_default();
         }
-        let record = logic::record(observed);
+        let record = logic::record(std::mem::take(observed));
         let mut state = self.state.borrow_mut();
         state.observe(record);
         self.logged = true;

@@ -12,5 +12,6 @@
 pub mod config;
 pub mod logic;
 
-#[cfg(target_arch = "wasm32")]
-mod plugin;
+#[cfg(any(target_arch = "wasm32", feature = "native-bench"))]
+#[doc(hidden)]
+pub mod plugin;

@@ -2,7 +2,6 @@
 
 use std::rc::Rc;
 
-use tollgate_sdk::proxy_wasm;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
 use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel};
 use tollgate_sdk::shared::SharedData;
@@ -10,12 +9,20 @@ use tollgate_sdk::shared::SharedData;
 use crate::config::{self, Quotas};
 use crate::logic::{self, Verdict};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { quotas: None, plugin: String::new() })
-    });
+#[cfg(target_arch = "wasm32")]
+tollgate_sdk::proxy_wasm::main! {{
+    tollgate_sdk::proxy_wasm::set_log_level(tollgate_sdk::proxy_wasm::types::LogLevel::Info);
+    tollgate_sdk::proxy_wasm::set_root_context(|_| root_context());
 }}
+
+/// A fresh root context: what the host gets at start-up, and what the native benches
+/// (`plugins/bench`) drive.
+pub fn root_context() -> Box<dyn RootContext> {
+    Box::new(Root {
+        quotas: None,
+        plugin: String::new(),
+    })
+}
 
 struct Root {
     quotas: Option<Rc<Quotas>>,
@@ -61,7 +68,12 @@ impl HttpContext for Quota {
             return Action::Continue;
         }
         let consumer = tollgate_sdk::consumer::name();
-        let ip = tollgate_sdk::client_ip();
+        // The address counts only for anonymous requests: read it only then.
+        let ip = if consumer.as_deref().is_none_or(str::is_empty) {
+            tollgate_sdk::client_ip()
+        } else {
+            None
+        };
         let Some(subject) = logic::subject(&self.quotas, consumer.as_deref(), ip.as_deref()) else {
             return Action::Continue;
         };

@@ -10,11 +10,12 @@
 //! (seconds until the bucket is full again) on the response; refused ones are answered
 //! `429` with `Retry-After` and a JSON body. See README.md for the configuration.
 //!
-//! [`config`] and [`logic`] are pure and unit-tested natively; the proxy-wasm glue is built
-//! for wasm32 only.
+//! [`config`] and [`logic`] are pure and unit-tested natively; the proxy-wasm glue is built for
+//! wasm32, and natively with the `native-bench` feature for the benches in plugins/bench.
 
 pub mod config;
 pub mod logic;
 
-#[cfg(target_arch = "wasm32")]
-mod plugin;
+#[cfg(any(target_arch = "wasm32", feature = "native-bench"))]
+#[doc(hidden)]
+pub mod plugin;

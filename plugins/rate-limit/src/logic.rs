@@ -16,15 +16,15 @@ pub struct RequestFacts<'a> {
 
 /// The bucket a request draws from.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Target {
-    pub plan: Plan,
+pub struct Target<'a> {
+    pub plan: &'a Plan,
     /// The shared-data key of the bucket.
     pub key: String,
 }
 
 /// The bucket for a request under `rules`, or `None` when the request is not limited (rules
 /// disabled, `when_missing: allow` without a key, or no plan applies).
-pub fn target(rules: &Rules, plugin: &str, facts: &RequestFacts<'_>) -> Option<Target> {
+pub fn target<'a>(rules: &'a Rules, plugin: &str, facts: &RequestFacts<'_>) -> Option<Target<'a>> {
     if !rules.enabled {
         return None;
     }
@@ -42,31 +42,29 @@ pub fn target(rules: &Rules, plugin: &str, facts: &RequestFacts<'_>) -> Option<T
             WhenMissing::Ip => ("ip", facts.ip.unwrap_or("-")),
         },
     };
-    let plan = rules
-        .consumers
-        .get(value)
-        .or(rules.default_plan.as_ref())?
-        .clone();
-    let key = format!(
-        "rate-limit|{plugin}|{}|{}|{kind}|{value}",
-        rules.scope, plan.name
+    let plan = rules.consumers.get(value).or(rules.default_plan.as_ref())?;
+    // `rate-limit|{plugin}|{scope}|{plan}|{kind}|{value}`, in one allocation.
+    let parts = [plugin, &rules.scope, &plan.name, kind, value];
+    let mut key = String::with_capacity(
+        "rate-limit".len() + parts.iter().map(|part| part.len() + 1).sum::<usize>(),
     );
+    key.push_str("rate-limit");
+    for part in parts {
+        key.push('|');
+        key.push_str(part);
+    }
     Some(Target { plan, key })
 }
 
 /// Headers for an allowed request's response.
-pub fn allow_headers(decision: &Decision) -> Vec<(&'static str, String)> {
-    vec![
-        ("ratelimit-limit", decision.limit.to_string()),
-        ("ratelimit-remaining", decision.remaining.to_string()),
-        (
-            "ratelimit-reset",
-            header_seconds(decision.reset_after).to_string(),
-        ),
+pub fn allow_headers(decision: &Decision) -> [(&'static str, u64); 3] {
+    [
+        ("ratelimit-limit", decision.limit),
+        ("ratelimit-remaining", decision.remaining),
+        ("ratelimit-reset", header_seconds(decision.reset_after)),
     ]
 }
 
-/// The `429` answer: headers and JSON body.
 pub fn deny_response(decision: &Decision, plan: &str) -> (Vec<(&'static str, String)>, String) {
     let retry_after = header_seconds(decision.retry_after).max(1);
     let headers = vec![
@@ -204,6 +202,6 @@ mod tests {
             remaining: 4,
             ..decision
         });
-        assert_eq!(allowed[1], ("ratelimit-remaining", "4".to_owned()));
+        assert_eq!(allowed[1], ("ratelimit-remaining", 4));
     }
 }

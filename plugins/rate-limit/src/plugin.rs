@@ -2,20 +2,28 @@
 
 use std::rc::Rc;
 
+use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
 use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
-use tollgate_sdk::proxy_wasm::{self, hostcalls};
 use tollgate_sdk::shared::{Decision, SharedData};
 
-use crate::config::{self, KeySource, Limits};
+use crate::config::{self, KeySource, Limits, WhenMissing};
 use crate::logic::{self, RequestFacts};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { limits: None, plugin: String::new() })
-    });
+#[cfg(target_arch = "wasm32")]
+tollgate_sdk::proxy_wasm::main! {{
+    tollgate_sdk::proxy_wasm::set_log_level(tollgate_sdk::proxy_wasm::types::LogLevel::Info);
+    tollgate_sdk::proxy_wasm::set_root_context(|_| root_context());
 }}
+
+/// A fresh root context: what the host gets at start-up, and what the native benches
+/// (`plugins/bench`) drive.
+pub fn root_context() -> Box<dyn RootContext> {
+    Box::new(Root {
+        limits: None,
+        plugin: String::new(),
+    })
+}
 
 struct Root {
     limits: Option<Rc<Limits>>,
@@ -57,15 +65,36 @@ impl Context for RateLimit {}
 
 impl HttpContext for RateLimit {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let route = tollgate_sdk::route::current_route_name();
+        // Only what the rules key on is read from the host (each read is a copy).
+        let mut route = None;
+        if self.limits.rules.routes().next().is_some() {
+            route = tollgate_sdk::route::current_route_name();
+        }
         let rules = self.limits.rules.get(route.as_deref());
-        let consumer = tollgate_sdk::consumer::name();
-        let ip = tollgate_sdk::client_ip();
+        if route.is_none() && matches!(rules.key, KeySource::Route) {
+            route = tollgate_sdk::route::current_route_name();
+        }
+        let consumer = match rules.key {
+            KeySource::Consumer => tollgate_sdk::consumer::name(),
+            _ => None,
+        };
         let header = match &rules.key {
             KeySource::Header(name) => hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
                 .ok()
                 .flatten(),
             _ => None,
+        };
+        let keyed_value_missing = match rules.key {
+            KeySource::Consumer => consumer.as_deref().is_none_or(str::is_empty),
+            KeySource::Header(_) => header.as_deref().is_none_or(str::is_empty),
+            KeySource::Ip | KeySource::Route => false,
+        };
+        let ip = if matches!(rules.key, KeySource::Ip)
+            || (rules.when_missing == WhenMissing::Ip && keyed_value_missing)
+        {
+            tollgate_sdk::client_ip()
+        } else {
+            None
         };
         let facts = RequestFacts {
             consumer: consumer.as_deref(),
@@ -104,8 +133,10 @@ impl HttpContext for RateLimit {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let (Some(decision), true) = (&self.decision, self.limits.headers) {
+            let mut digits = [0; 20];
             for (name, value) in logic::allow_headers(decision) {
-                self.set_http_response_header(name, Some(&value));
+                let value = tollgate_sdk::decimal(value, &mut digits);
+                self.set_http_response_header(name, Some(value));
             }
         }
         Action::Continue

@@ -3,16 +3,23 @@
 use std::rc::Rc;
 
 use tollgate_sdk::config;
-use tollgate_sdk::proxy_wasm;
+use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel};
+use tollgate_sdk::proxy_wasm::types::{Action, ContextType, MapType};
 
-use crate::logic::{is_json, Config};
+use crate::logic::{is_json, Config, HeaderOps};
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { config: None }) });
+#[cfg(target_arch = "wasm32")]
+tollgate_sdk::proxy_wasm::main! {{
+    tollgate_sdk::proxy_wasm::set_log_level(tollgate_sdk::proxy_wasm::types::LogLevel::Info);
+    tollgate_sdk::proxy_wasm::set_root_context(|_| root_context());
 }}
+
+/// A fresh root context: what the host gets at start-up, and what the native benches
+/// (`plugins/bench`) drive.
+pub fn root_context() -> Box<dyn RootContext> {
+    Box::new(Root { config: None })
+}
 
 struct Root {
     config: Option<Rc<Config>>,
@@ -54,13 +61,7 @@ impl HttpContext for Transform {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let phase = &self.config.request;
         if !phase.headers.is_empty() {
-            let mut headers = self.get_http_request_headers();
-            phase.headers.apply(&mut headers);
-            let pairs: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            self.set_http_request_headers(pairs);
+            edit_headers(MapType::HttpRequestHeaders, &phase.headers);
         }
         if !phase.json.is_empty()
             && !end_of_stream
@@ -90,13 +91,7 @@ impl HttpContext for Transform {
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let phase = &self.config.response;
         if !phase.headers.is_empty() {
-            let mut headers = self.get_http_response_headers();
-            phase.headers.apply(&mut headers);
-            let pairs: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            self.set_http_response_headers(pairs);
+            edit_headers(MapType::HttpResponseHeaders, &phase.headers);
         }
         if !phase.json.is_empty()
             && !end_of_stream
@@ -121,5 +116,31 @@ impl HttpContext for Transform {
             }
         }
         Action::Continue
+    }
+}
+
+/// Applies `ops` to a header map. Without renames every operation is one host call on one
+/// header; a rename moves every value of a header, so it reads and writes the whole map.
+fn edit_headers(map: MapType, ops: &HeaderOps) {
+    if !ops.rename.is_empty() {
+        let mut headers = hostcalls::get_map(map).unwrap_or_default();
+        ops.apply(&mut headers);
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let _ = hostcalls::set_map(map, pairs);
+        return;
+    }
+    for name in &ops.remove {
+        let _ = hostcalls::remove_map_value(map, name);
+    }
+    for (name, value) in &ops.set {
+        let _ = hostcalls::set_map_value(map, name, Some(value));
+    }
+    for (name, value) in &ops.add {
+        if let Ok(None) = hostcalls::get_map_value(map, name) {
+            let _ = hostcalls::add_map_value(map, name, value);
+        }
     }
 }
