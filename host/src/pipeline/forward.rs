@@ -47,6 +47,8 @@ impl RequestBody {
     fn take(&mut self) -> Option<UpstreamBody> {
         match self {
             Self::Stream(body) => body.take(),
+            // An empty body boxes nothing (it has no size): no allocation for a GET.
+            Self::Replayable(bytes) if bytes.is_empty() => None,
             Self::Replayable(bytes) => Some(full(bytes.clone())),
         }
     }
@@ -120,14 +122,20 @@ pub(super) async fn forward(
         uri,
         headers: parts.headers,
     };
+    // One copy of the authority serves as X-Forwarded-Host and, unless rewritten, as Host.
+    let authority_value = HeaderValue::from_str(authority).ok();
     headers::set_forwarded(
         &mut outgoing.headers,
         downstream.remote.ip(),
         downstream.scheme(),
-        authority,
+        authority_value.as_ref(),
     );
     let upstream_host = forward.rewrite_host.as_deref().unwrap_or(authority);
-    match HeaderValue::from_str(upstream_host) {
+    let host_value = match (&forward.rewrite_host, authority_value) {
+        (None, Some(value)) => Ok(value),
+        _ => HeaderValue::from_str(upstream_host),
+    };
+    match host_value {
         Ok(host) => {
             outgoing.headers.insert(header::HOST, host);
         }
