@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{headers, local, AccessRecord, Downstream, RequestLimits, ResponseBody};
@@ -18,7 +17,9 @@ use crate::routing::normalize::{self, Rejection};
 use crate::server::body::{caused_by, BodyReadTimeout, MalformedBody};
 use crate::snapshot::ResolvedForward;
 use crate::telemetry::metrics::{metrics, UpstreamErrorKind};
-use crate::upstream::{BoxError, Cluster, Outcome, PickError, UpstreamBody};
+use crate::upstream::{
+    BoxError, Cluster, Outcome, PickError, PooledBody, UpstreamBody, UpstreamError,
+};
 
 /// Bodies up to this size are buffered when a retry or a mirror may need to send them again.
 pub(super) const REPLAY_BUFFER_LIMIT: u64 = 64 * 1024;
@@ -31,7 +32,8 @@ pub(super) fn may_send_again(forward: &Forward, resolved: &ResolvedForward) -> b
 /// The request as it will be sent upstream, minus the endpoint.
 struct Outgoing {
     method: Method,
-    path_and_query: String,
+    /// The upstream path and query (origin form).
+    uri: Uri,
     headers: HeaderMap,
 }
 
@@ -45,6 +47,8 @@ impl RequestBody {
     fn take(&mut self) -> Option<UpstreamBody> {
         match self {
             Self::Stream(body) => body.take(),
+            // An empty body boxes nothing (it has no size): no allocation for a GET.
+            Self::Replayable(bytes) if bytes.is_empty() => None,
             Self::Replayable(bytes) => Some(full(bytes.clone())),
         }
     }
@@ -104,8 +108,8 @@ pub(super) async fn forward(
     let downstream_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut request));
 
     let (parts, body) = request.into_parts();
-    let path_and_query = match rewrite_path(&parts.uri, forward) {
-        Ok(path_and_query) => path_and_query,
+    let uri = match upstream_uri(&parts.uri, forward) {
+        Ok(uri) => uri,
         Err(rejection) => {
             record.detail = rejection.reason();
             return local::reply(StatusCode::BAD_REQUEST, &format!("{rejection}\n"));
@@ -115,17 +119,23 @@ pub(super) async fn forward(
     // plugin set is forwarded as it set it.
     let mut outgoing = Outgoing {
         method: parts.method,
-        path_and_query,
+        uri,
         headers: parts.headers,
     };
+    // One copy of the authority serves as X-Forwarded-Host and, unless rewritten, as Host.
+    let authority_value = HeaderValue::from_str(authority).ok();
     headers::set_forwarded(
         &mut outgoing.headers,
         downstream.remote.ip(),
         downstream.scheme(),
-        authority,
+        authority_value.as_ref(),
     );
     let upstream_host = forward.rewrite_host.as_deref().unwrap_or(authority);
-    match HeaderValue::from_str(upstream_host) {
+    let host_value = match (&forward.rewrite_host, authority_value) {
+        (None, Some(value)) => Ok(value),
+        _ => HeaderValue::from_str(upstream_host),
+    };
+    match host_value {
         Ok(host) => {
             outgoing.headers.insert(header::HOST, host);
         }
@@ -197,10 +207,18 @@ pub(super) async fn forward(
             Some(per_try) => deadline.min(Instant::now() + per_try),
             None => deadline,
         };
+        // The headers move into the last try the request may get; earlier ones send a copy.
+        let last_try = attempt >= max_tries || !body.replayable();
+        let headers = if last_try {
+            std::mem::take(&mut outgoing.headers)
+        } else {
+            outgoing.headers.clone()
+        };
         let result = try_once(
             cluster,
             &target.endpoints,
             &outgoing,
+            headers,
             body.take(),
             try_deadline,
             record,
@@ -304,34 +322,24 @@ async fn try_once(
     cluster: &Arc<Cluster>,
     endpoints: &[usize],
     outgoing: &Outgoing,
+    headers: HeaderMap,
     body: Option<UpstreamBody>,
     deadline: Instant,
     record: &mut AccessRecord,
-) -> Result<Response<Incoming>, TryError> {
+) -> Result<Response<PooledBody>, TryError> {
     let guard = cluster.pick(endpoints).map_err(TryError::NoEndpoint)?;
     record.upstream = Some(guard.endpoint.clone());
-    let uri: Uri = format!(
-        "{}://{}{}",
-        cluster.scheme(),
-        guard.endpoint.address,
-        outgoing.path_and_query
-    )
-    .parse()
-    .map_err(|e: http::uri::InvalidUri| TryError::Reset(e.to_string()))?;
     let mut request =
         Request::new(body.unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()));
     *request.method_mut() = outgoing.method.clone();
-    *request.uri_mut() = uri;
-    *request.headers_mut() = outgoing.headers.clone();
+    *request.uri_mut() = outgoing.uri.clone();
+    *request.headers_mut() = headers;
     if cluster.http2 {
-        // HTTP/2 carries the host as `:authority`, taken from the URI.
-        *request.version_mut() = Version::HTTP_2;
+        // HTTP/2 carries the host as `:authority`, which the pool sets.
         request.headers_mut().remove(header::HOST);
-    } else {
-        *request.version_mut() = Version::HTTP_11;
     }
 
-    let sent = tokio::time::timeout_at(deadline, cluster.client().request(request)).await;
+    let sent = tokio::time::timeout_at(deadline, cluster.send(&guard.endpoint, request)).await;
     let result = match sent {
         Err(_) => Err(TryError::Timeout),
         Ok(Ok(response)) => Ok(response),
@@ -340,7 +348,7 @@ async fn try_once(
         }
         Ok(Err(error)) if caused_by::<BodyReadTimeout>(&error) => Err(TryError::BodyTimeout),
         Ok(Err(error)) if caused_by::<MalformedBody>(&error) => Err(TryError::MalformedBody),
-        Ok(Err(error)) if error.is_connect() => Err(TryError::Connect(root_cause(&error))),
+        Ok(Err(error @ UpstreamError::Connect(_))) => Err(TryError::Connect(root_cause(&error))),
         Ok(Err(error)) if request_unsent(&error) => Err(TryError::Unsent(root_cause(&error))),
         Ok(Err(error)) => Err(TryError::Reset(root_cause(&error))),
     };
@@ -402,28 +410,37 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// Whether a client error proves that no byte of the request reached the upstream's
+/// Whether an upstream error proves that no byte of the request reached the upstream's
 /// application:
-/// - hyper reports a request as canceled only when it hands the request back unsent (the
-///   connection closed while the request still waited in the connection's queue); the
-///   pooled client then retries it itself on a reused connection, so what reaches us is the
-///   case of a fresh connection that closed at once;
+/// - hyper hands a request back unsent when the connection closed before it was written;
+///   the pool then sends it on another connection if the closed one was reused, so what
+///   reaches us is the case of a new connection that closed at once;
 /// - an HTTP/2 RST_STREAM with REFUSED_STREAM from the upstream guarantees that the stream
 ///   was not processed (RFC 9113 §8.7).
-fn request_unsent(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
+fn request_unsent(error: &UpstreamError) -> bool {
+    if matches!(error, UpstreamError::Unsent(_)) {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(error) = source {
-        if let Some(hyper_error) = error.downcast_ref::<hyper::Error>() {
-            if hyper_error.is_canceled() {
-                return true;
-            }
-        }
         if let Some(h2_error) = error.downcast_ref::<h2::Error>() {
             return h2_error.is_remote() && h2_error.reason() == Some(h2::Reason::REFUSED_STREAM);
         }
         source = error.source();
     }
     false
+}
+
+/// The upstream request target (origin form): the downstream one as it is, or rewritten.
+fn upstream_uri(uri: &Uri, forward: &Forward) -> Result<Uri, Rejection> {
+    if forward.rewrite_prefix.is_none() || forward.matched_prefix.is_none() {
+        if let Some(path_and_query) = uri.path_and_query() {
+            return Ok(Uri::from(path_and_query.clone()));
+        }
+    }
+    rewrite_path(uri, forward)?
+        .parse()
+        .map_err(|_| Rejection::InvalidPath)
 }
 
 /// The upstream path and query: the route's matched prefix replaced by `rewrite_prefix`.
@@ -516,16 +533,9 @@ fn send_mirror(cluster: Arc<Cluster>, outgoing: &Outgoing, host: &str, body: Byt
     let Ok(guard) = cluster.pick(&all) else {
         return;
     };
-    let uri = format!(
-        "{}://{}{}",
-        cluster.scheme(),
-        guard.endpoint.address,
-        outgoing.path_and_query
-    );
-    let Ok(uri) = uri.parse::<Uri>() else { return };
     let mut request = Request::new(full(body));
     *request.method_mut() = outgoing.method.clone();
-    *request.uri_mut() = uri;
+    *request.uri_mut() = outgoing.uri.clone();
     *request.headers_mut() = outgoing.headers.clone();
     let (name, port) = match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (name, Some(port)),
@@ -539,12 +549,14 @@ fn send_mirror(cluster: Arc<Cluster>, outgoing: &Outgoing, host: &str, body: Byt
         request.headers_mut().insert(header::HOST, value);
     }
     if cluster.http2 {
-        *request.version_mut() = Version::HTTP_2;
         request.headers_mut().remove(header::HOST);
     }
     tokio::spawn(async move {
-        let sent =
-            tokio::time::timeout(Duration::from_secs(30), cluster.client().request(request)).await;
+        let sent = tokio::time::timeout(
+            Duration::from_secs(30),
+            cluster.send(&guard.endpoint, request),
+        )
+        .await;
         match sent {
             Ok(Ok(response)) => {
                 // Drain the answer so that the connection can be reused.
@@ -660,9 +672,9 @@ mod tests {
         assert!(!TryError::Timeout.never_reached_upstream());
     }
 
-    /// An HTTP/2 upstream that resets every stream with `reason`; the error the pooled
-    /// client returns for a POST to it.
-    async fn error_from_h2_reset(reason: h2::Reason) -> hyper_util::client::legacy::Error {
+    /// An HTTP/2 upstream that resets every stream with `reason`; the error an HTTP/2
+    /// cluster's pool returns for a POST to it.
+    async fn error_from_h2_reset(reason: h2::Reason) -> UpstreamError {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -672,19 +684,46 @@ mod tests {
                 respond.send_reset(reason);
             }
         });
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .http2_only(true)
-                .build_http();
-        let request = Request::post(format!("http://{address}/orders"))
-            .body(Full::new(Bytes::from_static(b"order=1")))
+        let cluster = Arc::new(Cluster::new(&h2_cluster(address), 1).unwrap());
+        let request = Request::post("/orders")
+            .body(full(Bytes::from_static(b"order=1")))
             .unwrap();
-        let error = tokio::time::timeout(Duration::from_secs(5), client.request(request))
+        let sent = cluster.send(&cluster.endpoints[0], request);
+        let error = tokio::time::timeout(Duration::from_secs(5), sent)
             .await
             .expect("the upstream answers at once")
             .expect_err("every stream is reset");
         server.abort();
         error
+    }
+
+    fn h2_cluster(address: std::net::SocketAddr) -> crate::config::Cluster {
+        crate::config::Cluster {
+            name: "h2".into(),
+            endpoints: vec![crate::config::Endpoint {
+                address: address.to_string(),
+                host: address.ip().to_string(),
+                port: address.port(),
+                labels: Default::default(),
+            }],
+            load_balancing: Default::default(),
+            connect_timeout: Duration::from_secs(1),
+            http2: true,
+            tls: None,
+            health: crate::config::HealthSettings {
+                consecutive_failures: 5,
+                ejection_time: Duration::from_secs(30),
+                max_ejection_percent: 50,
+                panic_threshold: 0,
+                eject_on: Default::default(),
+            },
+            limits: crate::config::ClusterLimits {
+                max_requests: 100,
+                max_idle_per_endpoint: 1,
+                idle_timeout: Duration::from_secs(1),
+            },
+            origin: Default::default(),
+        }
     }
 
     #[tokio::test]

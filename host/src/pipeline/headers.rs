@@ -1,7 +1,6 @@
 //! Header hygiene on the way through: hop-by-hop removal (on arrival, before any plugin),
 //! X-Forwarded-*, request ids.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -89,26 +88,47 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 /// Every `X-Forwarded-For` line is kept, in arrival order, merged into one list (RFC 9110
 /// §5.3 makes repeated lines one comma-separated list): a load balancer that adds its own
 /// line rather than appending to the client's must not lose the addresses before it.
-pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, scheme: &str, host: &str) {
-    let mut forwarded_for = String::new();
-    for line in headers.get_all(&X_FORWARDED_FOR) {
-        let Ok(line) = line.to_str() else { continue };
-        let line = line.trim().trim_matches(',').trim();
-        if !line.is_empty() {
-            forwarded_for.push_str(line);
-            forwarded_for.push_str(", ");
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    scheme: &str,
+    host: Option<&HeaderValue>,
+) {
+    // The client's address as text, on the stack (an IPv6 address takes at most 45 bytes).
+    let mut buffer = [0u8; 48];
+    let written = {
+        let mut unused = &mut buffer[..];
+        let _ = std::io::Write::write_fmt(&mut unused, format_args!("{client}"));
+        48 - unused.len()
+    };
+    let client = &buffer[..written];
+    let mut earlier = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|line| line.to_str().ok())
+        .map(|line| line.trim().trim_matches(',').trim())
+        .filter(|line| !line.is_empty())
+        .peekable();
+    let forwarded_for = if earlier.peek().is_none() {
+        HeaderValue::from_bytes(client)
+    } else {
+        let mut joined = String::new();
+        for line in earlier {
+            joined.push_str(line);
+            joined.push_str(", ");
         }
-    }
-    let _ = write!(forwarded_for, "{client}");
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        joined.push_str(std::str::from_utf8(client).unwrap_or_default());
+        HeaderValue::from_str(&joined)
+    };
+    if let Ok(value) = forwarded_for {
         headers.insert(&X_FORWARDED_FOR, value);
     }
     headers.insert(
         &X_FORWARDED_PROTO,
         HeaderValue::from_static(if scheme == "https" { "https" } else { "http" }),
     );
-    if let Ok(value) = HeaderValue::from_str(host) {
-        headers.insert(&X_FORWARDED_HOST, value);
+    if let Some(host) = host {
+        headers.insert(&X_FORWARDED_HOST, host.clone());
     }
 }
 
@@ -212,7 +232,7 @@ mod tests {
             &mut map,
             "127.0.0.1".parse().unwrap(),
             "http",
-            "shop.test:8080",
+            Some(&HeaderValue::from_static("shop.test:8080")),
         );
         assert_eq!(map["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
         assert_eq!(map["x-forwarded-proto"], "http");
@@ -226,14 +246,15 @@ mod tests {
             ("x-forwarded-for", " "),
             ("x-forwarded-for", "10.0.0.5,"),
         ]);
-        set_forwarded(&mut map, "::1".parse().unwrap(), "https", "shop.test");
+        let host = HeaderValue::from_static("shop.test");
+        set_forwarded(&mut map, "::1".parse().unwrap(), "https", Some(&host));
         assert_eq!(map.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(
             map["x-forwarded-for"],
             "203.0.113.7, 198.51.100.2, 10.0.0.5, ::1"
         );
         let mut map = HeaderMap::new();
-        set_forwarded(&mut map, "127.0.0.1".parse().unwrap(), "http", "shop.test");
+        set_forwarded(&mut map, "127.0.0.1".parse().unwrap(), "http", Some(&host));
         assert_eq!(map["x-forwarded-for"], "127.0.0.1");
     }
 

@@ -276,7 +276,6 @@ pub fn start_workers(
         let thread = std::thread::Builder::new()
             .name(format!("tollgate-worker-{index}"))
             .spawn(move || {
-                crate::upstream::set_worker_index(index);
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

@@ -37,6 +37,8 @@ pub struct Metrics {
 
 #[derive(Default)]
 struct Histogram {
+    /// Per bucket, the requests whose duration falls in it and in no lower one: a request
+    /// touches one counter; the cumulative counts are summed when rendered.
     buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
@@ -91,10 +93,8 @@ impl Metrics {
         }
         let seconds = duration.as_secs_f64();
         let record = |histogram: &Histogram| {
-            for (bucket, bound) in histogram.buckets.iter().zip(LATENCY_BUCKETS) {
-                if seconds <= bound {
-                    bucket.fetch_add(1, Ordering::Relaxed);
-                }
+            if let Some(bucket) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+                histogram.buckets[bucket].fetch_add(1, Ordering::Relaxed);
             }
             histogram.count.fetch_add(1, Ordering::Relaxed);
             histogram
@@ -222,14 +222,16 @@ impl Metrics {
                 continue;
             };
             let route = escape(&route);
+            let mut cumulative = 0;
             for (bucket, bound) in histogram.buckets.iter().zip(LATENCY_BUCKETS) {
+                cumulative += bucket.load(Ordering::Relaxed);
                 let _ = writeln!(
                     out,
-                    "tollgate_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {}",
-                    bucket.load(Ordering::Relaxed)
+                    "tollgate_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
                 );
             }
-            let count = histogram.count.load(Ordering::Relaxed);
+            // A request recorded while rendering may be in its bucket and not yet counted.
+            let count = histogram.count.load(Ordering::Relaxed).max(cumulative);
             let _ = writeln!(
                 out,
                 "tollgate_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"

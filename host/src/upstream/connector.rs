@@ -1,23 +1,19 @@
 //! Opening connections to endpoints: DNS resolution on every connect (so DNS changes are
 //! followed), a connect timeout, TCP_NODELAY, and TLS with the cluster's server name.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-/// Connects to the endpoint named by a request URI's authority.
+/// Connects to a cluster's endpoints.
 #[derive(Clone)]
 pub struct Connector {
     connect_timeout: Duration,
@@ -35,18 +31,10 @@ impl Connector {
         }
     }
 
-    async fn connect(self, uri: Uri) -> io::Result<UpstreamStream> {
-        let host = uri
-            .host()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host in URI"))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = uri
-            .port_u16()
-            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
-        let stream = tokio::time::timeout(self.connect_timeout, connect_any(&host, port))
+    /// Opens a connection to `host:port` (a bracketed IPv6 host is accepted as well).
+    pub async fn connect(&self, host: &str, port: u16) -> io::Result<UpstreamStream> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let stream = tokio::time::timeout(self.connect_timeout, connect_any(host, port))
             .await
             .map_err(|_| {
                 io::Error::new(
@@ -55,10 +43,10 @@ impl Connector {
                 )
             })??;
         stream.set_nodelay(true)?;
-        let Some((tls, server_name)) = self.tls else {
+        let Some((tls, server_name)) = &self.tls else {
             return Ok(UpstreamStream::Plain(stream));
         };
-        let name = server_name.unwrap_or(host);
+        let name = server_name.clone().unwrap_or_else(|| host.to_string());
         let name = ServerName::try_from(name).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -89,41 +77,10 @@ async fn connect_any(host: &str, port: u16) -> io::Result<TcpStream> {
     }))
 }
 
-impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<UpstreamStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connector = self.clone();
-        Box::pin(async move { connector.connect(uri).await.map(TokioIo::new) })
-    }
-}
-
 /// A connection to an endpoint, plain or TLS.
 pub enum UpstreamStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl Connection for UpstreamStream {
-    fn connected(&self) -> Connected {
-        match self {
-            Self::Plain(_) => Connected::new(),
-            Self::Tls(stream) => {
-                let connected = Connected::new();
-                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    connected.negotiated_h2()
-                } else {
-                    connected
-                }
-            }
-        }
-    }
 }
 
 impl AsyncRead for UpstreamStream {

@@ -1,27 +1,26 @@
 //! Upstream clusters: endpoints, load balancing, passive health (outlier ejection),
-//! concurrency limits and the pooled HTTP clients that carry requests to them.
+//! concurrency limits and the per-worker connection pools that carry requests to them.
 
 mod connector;
+mod pool;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::raw::{EjectOn, LoadBalancing};
-use crate::config::{self, ConfigError, HealthSettings};
+use crate::config::{self, ClusterLimits, ConfigError, HealthSettings};
 use crate::telemetry::metrics::metrics;
 pub use connector::Connector;
+pub use pool::{PooledBody, UpstreamError};
 
 /// The request body type sent upstream.
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type HttpClient = Client<Connector, UpstreamBody>;
 
 /// A cluster as the gateway runs it.
 pub struct Cluster {
@@ -34,24 +33,22 @@ pub struct Cluster {
     next: AtomicUsize,
     pub http2: bool,
     pub tls: bool,
-    /// One pooled client per worker thread, created on first use on that thread, so that a
-    /// worker's connections are driven by its own runtime.
-    clients: Vec<OnceLock<HttpClient>>,
-    client_settings: ClientSettings,
-}
-
-#[derive(Clone)]
-struct ClientSettings {
     connector: Connector,
-    max_idle_per_endpoint: usize,
-    idle_timeout: Duration,
+    limits: ClusterLimits,
+    /// The key to the cluster's connection pools, one per worker thread, so that a
+    /// worker's connections are driven by its own runtime.
+    pools: pool::Pools,
 }
 
 /// One endpoint and its live state.
 #[derive(Debug)]
 pub struct Endpoint {
-    /// `host:port`, used as the authority of upstream request URIs (and so as the pool key).
+    /// `host:port`, the authority of HTTP/2 upstream requests.
     pub address: String,
+    /// The position in the cluster's `endpoints`, which keys the pools.
+    index: usize,
+    host: String,
+    port: u16,
     pub labels: BTreeMap<String, String>,
     active_requests: AtomicUsize,
     consecutive_failures: AtomicU32,
@@ -78,19 +75,11 @@ fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64
 }
 
-thread_local! {
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
-}
-
-/// Marks the current thread as worker `index`; threads that are not workers share one slot.
-pub fn set_worker_index(index: usize) {
-    WORKER.with(|worker| worker.set(index));
-}
-
 // === impl Cluster ===
 
 impl Cluster {
-    pub fn new(config: &config::Cluster, workers: usize) -> Result<Self, ConfigError> {
+    /// `_workers` is kept for the callers: the pools live in the worker threads themselves.
+    pub fn new(config: &config::Cluster, _workers: usize) -> Result<Self, ConfigError> {
         let tls = match &config.tls {
             Some(tls) => Some((
                 crate::tls::client_config(tls, config.http2, &config.origin)?,
@@ -101,9 +90,13 @@ impl Cluster {
         let endpoints = config
             .endpoints
             .iter()
-            .map(|endpoint| {
+            .enumerate()
+            .map(|(index, endpoint)| {
                 Arc::new(Endpoint {
                     address: endpoint.address.clone(),
+                    index,
+                    host: endpoint.host.clone(),
+                    port: endpoint.port,
                     labels: endpoint.labels.clone(),
                     active_requests: AtomicUsize::new(0),
                     consecutive_failures: AtomicU32::new(0),
@@ -112,6 +105,7 @@ impl Cluster {
                 })
             })
             .collect();
+        let pools = pool::Pools::new(config.endpoints.len());
         Ok(Self {
             name: config.name.as_str().into(),
             endpoints,
@@ -122,33 +116,9 @@ impl Cluster {
             next: AtomicUsize::new(0),
             http2: config.http2,
             tls: tls.is_some(),
-            clients: (0..=workers).map(|_| OnceLock::new()).collect(),
-            client_settings: ClientSettings {
-                connector: Connector::new(config.connect_timeout, tls),
-                max_idle_per_endpoint: config.limits.max_idle_per_endpoint,
-                idle_timeout: config.limits.idle_timeout,
-            },
-        })
-    }
-
-    /// The pooled client of the calling worker.
-    pub fn client(&self) -> &HttpClient {
-        let slot = WORKER
-            .with(|worker| worker.get())
-            .min(self.clients.len() - 1);
-        self.clients[slot].get_or_init(|| {
-            let settings = &self.client_settings;
-            let mut builder = Client::builder(TokioExecutor::new());
-            builder
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_max_idle_per_host(settings.max_idle_per_endpoint)
-                .pool_idle_timeout(settings.idle_timeout)
-                .http2_only(self.http2)
-                // The gateway sets Host itself (the original or rewritten one), never the
-                // endpoint's address.
-                .set_host(false);
-            builder.build(settings.connector.clone())
+            connector: Connector::new(config.connect_timeout, tls),
+            limits: config.limits.clone(),
+            pools,
         })
     }
 
@@ -358,6 +328,7 @@ impl Drop for RequestGuard {
 mod tests {
     use super::*;
     use crate::config::{ClusterLimits, Endpoint as EndpointConfig, Origin};
+    use std::time::Duration;
 
     fn health(failures: u32, max_ejection_percent: u32, panic_threshold: u32) -> HealthSettings {
         HealthSettings {

@@ -755,26 +755,11 @@ impl Plugin {
         cluster: &str,
         request: http::Request<crate::upstream::UpstreamBody>,
         timeout: Duration,
-    ) -> Option<http::Response<hyper::body::Incoming>> {
+    ) -> Option<http::Response<crate::upstream::PooledBody>> {
         let cluster = self.clusters.get(cluster)?;
         let all: Vec<usize> = (0..cluster.endpoints.len()).collect();
         let guard = cluster.pick(&all).ok()?;
-        let (mut parts, body) = request.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        parts.uri = format!("{}://{}{}", cluster.scheme(), guard.endpoint.address, path)
-            .parse()
-            .ok()?;
-        parts.version = if cluster.http2 {
-            http::Version::HTTP_2
-        } else {
-            http::Version::HTTP_11
-        };
-        let request = http::Request::from_parts(parts, body);
-        match tokio::time::timeout(timeout, cluster.client().request(request)).await {
+        match tokio::time::timeout(timeout, cluster.send(&guard.endpoint, request)).await {
             Ok(Ok(response)) => {
                 guard.success();
                 Some(response)
@@ -798,7 +783,7 @@ impl Plugin {
     /// Reads a callout's response body within the time left and the size limit.
     async fn collect_limited(
         &self,
-        body: hyper::body::Incoming,
+        body: crate::upstream::PooledBody,
         remaining: Duration,
     ) -> Result<http_body_util::Collected<Bytes>, CalloutFailure> {
         // An announced length above the limit fails before any of the body is read.
