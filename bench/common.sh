@@ -373,3 +373,37 @@ for kv in sys.argv[2:]:
 json.dump(meta, open(sys.argv[1], "w"), indent=1)
 EOF
 }
+
+# The API key the 3-plugin chain's consumer has; requests to the chain carry it.
+API_KEY=bench-key-0123456789
+
+# chain_plugins_yaml: the `plugins:` section of the 3-plugin chain the benches compare with 0
+# plugins (key-auth → rate-limit with a plan no bench reaches → transformer), on every route.
+chain_plugins_yaml() {
+    cat <<YAML
+plugins:
+  - name: keys
+    module: key_auth.wasm
+    priority: 100
+    config:
+      key_names: [x-api-key]
+      key_in_query: false
+      consumers:
+        - { name: bench, keys: [$API_KEY], groups: [gold] }
+  - name: limit
+    module: rate_limit.wasm
+    priority: 50
+    config:
+      plans: { unlimited: { requests_per_second: 1000000000, burst: 1000000000 } }
+      key: consumer
+      default_plan: unlimited
+  - name: transform
+    module: transformer.wasm
+    priority: 0
+    config:
+      request:
+        headers: { set: { x-gateway: tollgate }, remove: [x-debug] }
+      response:
+        headers: { add: { x-served-by: tollgate } }
+YAML
+}

@@ -27,7 +27,6 @@ REQUESTS=${GLUE_REQUESTS:-2000}
 read -r -a CONFIGS <<<"${GLUE_CONFIGS:-base header chain}"
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
     die "needs valgrind (callgrind and callgrind_control)"
-API_KEY=bench-key-0123456789
 
 build_tollgate
 declare -A BINS=([new]=$BIN)
@@ -63,30 +62,7 @@ policies header 'plugins:
   - name: headers
     module: tp_headers.wasm
     config: { tag: bench }'
-policies chain 'plugins:
-  - name: keys
-    module: key_auth.wasm
-    priority: 100
-    config:
-      key_names: [x-api-key]
-      key_in_query: false
-      consumers:
-        - { name: bench, keys: ['"$API_KEY"'], groups: [gold] }
-  - name: limit
-    module: rate_limit.wasm
-    priority: 50
-    config:
-      plans: { unlimited: { requests_per_second: 1000000000, burst: 1000000000 } }
-      key: consumer
-      default_plan: unlimited
-  - name: transform
-    module: transformer.wasm
-    priority: 0
-    config:
-      request:
-        headers: { set: { x-gateway: tollgate }, remove: [x-debug] }
-      response:
-        headers: { add: { x-served-by: tollgate } }'
+policies chain "$(chain_plugins_yaml)"
 
 # requests N: N keep-alive GETs, each checked for 200
 requests() {

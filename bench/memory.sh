@@ -32,7 +32,6 @@ for i in $(seq 0 19); do
 done
 port_free "$UP_PORT" || die "127.0.0.1:$UP_PORT is in use; set BENCH_PORT_BASE"
 
-API_KEY=bench-key-0123456789
 KEY_HEADER="x-api-key: $API_KEY"
 
 build_tollgate
@@ -68,30 +67,7 @@ YAML
 }
 declare -A PLUGINS
 PLUGINS[base]=""
-PLUGINS[chain]='plugins:
-  - name: keys
-    module: key_auth.wasm
-    priority: 100
-    config:
-      key_names: [x-api-key]
-      key_in_query: false
-      consumers:
-        - { name: bench, keys: ['"$API_KEY"'], groups: [gold] }
-  - name: limit
-    module: rate_limit.wasm
-    priority: 50
-    config:
-      plans: { unlimited: { requests_per_second: 1000000000, burst: 1000000000 } }
-      key: consumer
-      default_plan: unlimited
-  - name: transform
-    module: transformer.wasm
-    priority: 0
-    config:
-      request:
-        headers: { set: { x-gateway: tollgate }, remove: [x-debug] }
-      response:
-        headers: { add: { x-served-by: tollgate } }'
+PLUGINS[chain]=$(chain_plugins_yaml)
 
 log "starting the upstream (CPU $LOAD_CPU)"
 start_upstream "$UP_PORT"

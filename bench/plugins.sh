@@ -51,7 +51,6 @@ done
 
 # Every configuration gets the same request, API key included, so that the plugins are the
 # only difference between them.
-API_KEY=bench-key-0123456789
 # An HS256 token for the jwt-auth configuration, valid for a day; every configuration
 # receives it too (only jwt-auth reads it).
 JWT_SECRET=bench-secret-0123456789abcdefghijklmnop
@@ -119,30 +118,7 @@ $2
 EOF
 }
 
-CHAIN_BUNDLED='plugins:
-  - name: keys
-    module: key_auth.wasm
-    priority: 100
-    config:
-      key_names: [x-api-key]
-      key_in_query: false
-      consumers:
-        - { name: bench, keys: ['"$API_KEY"'], groups: [gold] }
-  - name: limit
-    module: rate_limit.wasm
-    priority: 50
-    config:
-      plans: { unlimited: { requests_per_second: 1000000000, burst: 1000000000 } }
-      key: consumer
-      default_plan: unlimited
-  - name: transform
-    module: transformer.wasm
-    priority: 0
-    config:
-      request:
-        headers: { set: { x-gateway: tollgate }, remove: [x-debug] }
-      response:
-        headers: { add: { x-served-by: tollgate } }'
+CHAIN_BUNDLED=$(chain_plugins_yaml)
 CHAIN_TEST='plugins:
   - name: headers
     module: tp_headers.wasm
