@@ -90,7 +90,7 @@ impl Gateway {
         }
         let config = config::load_dir(&options.policies)
             .map_err(|errors| anyhow::anyhow!("invalid policies:\n{errors}"))?;
-        let snapshot = Snapshot::build(config, workers, &options.plugins)
+        let snapshot = Snapshot::build(config, &options.plugins)
             .map_err(|errors| anyhow::anyhow!("invalid policies:\n{errors}"))?;
         let bound = server::bind_listeners(&snapshot, workers)?;
         let listeners: Vec<(String, SocketAddr)> = bound
@@ -106,7 +106,6 @@ impl Gateway {
             reload::Sources {
                 policies: options.policies.clone(),
                 plugins: options.plugins.clone(),
-                workers,
             },
         )?;
         for (name, address) in &listeners {

@@ -68,13 +68,9 @@ impl ResolvedForward {
 
 impl Snapshot {
     /// Builds everything: TLS configurations (reading certificates and keys), clusters and
-    /// per-listener route tables. `workers` sizes the per-worker connection pools.
-    pub fn build(
-        config: Config,
-        workers: usize,
-        plugins_dir: &std::path::Path,
-    ) -> Result<Self, ConfigErrors> {
-        Self::build_reusing(config, workers, plugins_dir, &[])
+    /// per-listener route tables. (Each worker keeps its own connection pools, in its thread.)
+    pub fn build(config: Config, plugins_dir: &std::path::Path) -> Result<Self, ConfigErrors> {
+        Self::build_reusing(config, plugins_dir, &[])
     }
 
     /// Builds the snapshot that replaces `previous`. A plugin instance whose module,
@@ -83,7 +79,6 @@ impl Snapshot {
     /// and timers go on).
     pub fn build_after(
         config: Config,
-        workers: usize,
         plugins_dir: &std::path::Path,
         previous: &Snapshot,
     ) -> Result<Self, ConfigErrors> {
@@ -96,19 +91,18 @@ impl Snapshot {
         } else {
             &[]
         };
-        Self::build_reusing(config, workers, plugins_dir, reusable)
+        Self::build_reusing(config, plugins_dir, reusable)
     }
 
     fn build_reusing(
         config: Config,
-        workers: usize,
         plugins_dir: &std::path::Path,
         reusable: &[Arc<Plugin>],
     ) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         let mut clusters = HashMap::new();
         for cluster in &config.clusters {
-            match Cluster::new(cluster, workers) {
+            match Cluster::new(cluster) {
                 Ok(running) => {
                     clusters.insert(cluster.name.clone(), Arc::new(running));
                 }
@@ -222,7 +216,7 @@ pub fn check(
     plugins_dir: &std::path::Path,
 ) -> Result<Snapshot, ConfigErrors> {
     let config = config::load_dir(dir)?;
-    Snapshot::build(config, 1, plugins_dir)
+    Snapshot::build(config, plugins_dir)
 }
 
 /// Each route's chain: global plugins, those of its virtual host and its own, ordered by
@@ -383,13 +377,13 @@ mod tests {
                 "clusters: [{{ name: c, endpoints: [{{ address: \"{endpoint}\" }}] }}]\nplugins:\n  - {{ name: kept, module: noop.wat, config: {{ a: 1 }} }}\n  - {{ name: edited, module: noop.wat, config: {second} }}\n"
             ))
         };
-        let first = Snapshot::build(policies("{ b: 1 }", "127.0.0.1:1"), 1, &plugins_dir).unwrap();
+        let first = Snapshot::build(policies("{ b: 1 }", "127.0.0.1:1"), &plugins_dir).unwrap();
         let same = |a: &Snapshot, b: &Snapshot, index: usize| {
             Arc::ptr_eq(&a.plugins[index], &b.plugins[index])
         };
 
         let edited =
-            Snapshot::build_after(policies("{ b: 2 }", "127.0.0.1:1"), 1, &plugins_dir, &first)
+            Snapshot::build_after(policies("{ b: 2 }", "127.0.0.1:1"), &plugins_dir, &first)
                 .unwrap();
         assert!(same(&first, &edited, 0), "unchanged: carried over");
         assert!(!same(&first, &edited, 1), "configuration changed: rebuilt");
@@ -399,22 +393,14 @@ mod tests {
             format!("{NOOP_PLUGIN}\n;; v2"),
         )
         .unwrap();
-        let swapped = Snapshot::build_after(
-            policies("{ b: 2 }", "127.0.0.1:1"),
-            1,
-            &plugins_dir,
-            &edited,
-        )
-        .unwrap();
+        let swapped =
+            Snapshot::build_after(policies("{ b: 2 }", "127.0.0.1:1"), &plugins_dir, &edited)
+                .unwrap();
         assert!(!same(&edited, &swapped, 0), "module changed: rebuilt");
 
-        let moved = Snapshot::build_after(
-            policies("{ b: 2 }", "127.0.0.1:2"),
-            1,
-            &plugins_dir,
-            &swapped,
-        )
-        .unwrap();
+        let moved =
+            Snapshot::build_after(policies("{ b: 2 }", "127.0.0.1:2"), &plugins_dir, &swapped)
+                .unwrap();
         assert!(
             !same(&swapped, &moved, 0) && !same(&swapped, &moved, 1),
             "a cluster changed: every plugin rebuilt"
@@ -429,7 +415,7 @@ mod tests {
         let config = config(
             "virtual_hosts:\n  - name: all\n    domains: [\"*\"]\n    routes:\n      - { name: r, direct_response: { status: 200 } }\nplugins:\n  - { name: everywhere, module: noop.wat }\n  - { name: service, module: noop.wat, singleton: true }\n",
         );
-        let snapshot = Snapshot::build(config, 1, &plugins_dir).unwrap();
+        let snapshot = Snapshot::build(config, &plugins_dir).unwrap();
         let chain: Vec<&str> = snapshot.chains["r"]
             .iter()
             .map(|plugin| plugin.name.as_str())

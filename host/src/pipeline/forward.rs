@@ -684,7 +684,7 @@ mod tests {
                 respond.send_reset(reason);
             }
         });
-        let cluster = Arc::new(Cluster::new(&h2_cluster(address), 1).unwrap());
+        let cluster = Arc::new(Cluster::new(&h2_cluster(address)).unwrap());
         let request = Request::post("/orders")
             .body(full(Bytes::from_static(b"order=1")))
             .unwrap();

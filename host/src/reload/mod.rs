@@ -85,7 +85,6 @@ enum Event {
 pub struct Sources {
     pub policies: PathBuf,
     pub plugins: PathBuf,
-    pub workers: usize,
 }
 
 /// Starts the watcher thread; returns the sender the admin API uses for `POST /reload`.
@@ -328,12 +327,7 @@ impl Reloader {
     fn reload(&mut self, settled: bool) -> Option<Result<u64, String>> {
         let started = Instant::now();
         let built = config::load_dir(&self.sources.policies).and_then(|config| {
-            Snapshot::build_after(
-                config,
-                self.sources.workers,
-                &self.sources.plugins,
-                &self.state.snapshot(),
-            )
+            Snapshot::build_after(config, &self.sources.plugins, &self.state.snapshot())
         });
         if !settled && self.changed_meanwhile() {
             return None;

@@ -78,8 +78,7 @@ fn now_ms() -> u64 {
 // === impl Cluster ===
 
 impl Cluster {
-    /// `_workers` is kept for the callers: the pools live in the worker threads themselves.
-    pub fn new(config: &config::Cluster, _workers: usize) -> Result<Self, ConfigError> {
+    pub fn new(config: &config::Cluster) -> Result<Self, ConfigError> {
         let tls = match &config.tls {
             Some(tls) => Some((
                 crate::tls::client_config(tls, config.http2, &config.origin)?,
@@ -377,7 +376,7 @@ mod tests {
             },
             origin: Origin::default(),
         };
-        Arc::new(Cluster::new(&config, 1).unwrap())
+        Arc::new(Cluster::new(&config).unwrap())
     }
 
     #[test]
