@@ -141,8 +141,29 @@ demo: setup build certs plugins
 
     "$bin/tollgate" run --policies policies --plugins plugins/dist --admin 127.0.0.1:9901
 
+# The export tests validate with Envoy's and Istio's schemas in a Python virtualenv; the
+# AssemblyScript SDK test builds its plugin with npm.
+# Install the Debian packages the tests use (python3, python3-venv, nodejs, npm) when missing.
+test-tools:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=()
+    command -v curl >/dev/null || missing+=(curl)
+    command -v python3 >/dev/null || missing+=(python3)
+    python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
+    if ((${#missing[@]})); then
+        command -v apt-get >/dev/null || { echo "the tests need: ${missing[*]}" >&2; exit 1; }
+        sudo=()
+        if [[ $(id -u) -ne 0 ]]; then sudo=(sudo); fi
+        export DEBIAN_FRONTEND=noninteractive
+        "${sudo[@]}" apt-get update -qq
+        "${sudo[@]}" apt-get install -y -qq "${missing[@]}"
+    fi
+
 # Build, then run every test (the integration tests spawn target/debug/tollgate).
-test: setup build
+test: setup test-tools build
     cargo test --workspace
     # The SDK's and the bundled plugins' own unit tests, run natively.
     cargo test --manifest-path plugins/Cargo.toml --target-dir "{{ target_dir }}/plugins-native"
