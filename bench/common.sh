@@ -407,3 +407,24 @@ plugins:
         headers: { add: { x-served-by: tollgate } }
 YAML
 }
+
+# forward_all_yaml: the `clusters:` and `virtual_hosts:` sections every bench proxies with —
+# one route for every host and path to the upstream on 127.0.0.1:$UP_PORT.
+forward_all_yaml() {
+    cat <<YAML
+clusters:
+  - name: upstream
+    endpoints:
+      - address: 127.0.0.1:$UP_PORT
+    limits:
+      max_requests: 100000
+      max_idle_per_endpoint: 64
+virtual_hosts:
+  - name: bench
+    domains: ["*"]
+    routes:
+      - name: bench
+        match: { path: { prefix: / } }
+        forward: { cluster: upstream }
+YAML
+}

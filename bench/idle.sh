@@ -72,20 +72,7 @@ listeners:
   - name: bench
     address: 127.0.0.1:${PORT[tollgate]}
     protocol: http
-clusters:
-  - name: upstream
-    endpoints:
-      - address: 127.0.0.1:$UP_PORT
-    limits:
-      max_requests: 100000
-      max_idle_per_endpoint: 64
-virtual_hosts:
-  - name: bench
-    domains: ["*"]
-    routes:
-      - name: bench
-        match: { path: { prefix: / } }
-        forward: { cluster: upstream }
+$(forward_all_yaml)
 EOF
 "$BIN" check --policies "$WORK/policies" >"$WORK/check.log" 2>&1 || {
     cat "$WORK/check.log" >&2

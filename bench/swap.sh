@@ -54,20 +54,7 @@ listeners:
   - name: bench
     address: 127.0.0.1:$TG_PORT
     protocol: http
-clusters:
-  - name: upstream
-    endpoints:
-      - address: 127.0.0.1:$UP_PORT
-    limits:
-      max_requests: 100000
-      max_idle_per_endpoint: 64
-virtual_hosts:
-  - name: bench
-    domains: ["*"]
-    routes:
-      - name: bench
-        match: { path: { prefix: / } }
-        forward: { cluster: upstream }
+$(forward_all_yaml)
 plugins:
   - name: marker
     module: marker.wasm
