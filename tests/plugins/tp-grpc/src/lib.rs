@@ -103,8 +103,11 @@ impl Context for Grpc {
     }
 
     fn on_grpc_stream_message(&mut self, _token_id: u32, message_size: usize) {
-        let body = self.get_grpc_stream_message(0, message_size).unwrap_or_default();
-        self.messages.push(String::from_utf8_lossy(&body).into_owned());
+        let body = self
+            .get_grpc_stream_message(0, message_size)
+            .unwrap_or_default();
+        self.messages
+            .push(String::from_utf8_lossy(&body).into_owned());
     }
 
     fn on_grpc_stream_close(&mut self, _token_id: u32, status_code: u32) {
@@ -120,10 +123,18 @@ impl HttpContext for Grpc {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let config = self.config.clone();
         if config.stream {
-            let token = match self.open_grpc_stream(&config.cluster, &config.service, &config.method, vec![("x-tp-grpc", b"1")]) {
+            let token = match self.open_grpc_stream(
+                &config.cluster,
+                &config.service,
+                &config.method,
+                vec![("x-tp-grpc", b"1")],
+            ) {
                 Ok(token) => token,
                 Err(status) => {
-                    self.add_http_request_header("x-grpc-stream-status", &format!("open-error-{status:?}"));
+                    self.add_http_request_header(
+                        "x-grpc-stream-status",
+                        &format!("open-error-{status:?}"),
+                    );
                     return Action::Continue;
                 }
             };

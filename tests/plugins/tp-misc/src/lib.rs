@@ -84,24 +84,41 @@ impl HttpContext for Misc {
         match self.mode.as_deref() {
             Some("log-level") => {
                 let level = hostcalls::get_log_level().map(|level| level as u32);
-                self.add_http_request_header("x-log-level", &level.map_or_else(|s| format!("{s:?}"), |l| l.to_string()));
+                self.add_http_request_header(
+                    "x-log-level",
+                    &level.map_or_else(|s| format!("{s:?}"), |l| l.to_string()),
+                );
             }
             Some("foreign") => {
-                let result = hostcalls::call_foreign_function("tollgate.no_such_function", Some(b"{}"));
+                let result =
+                    hostcalls::call_foreign_function("tollgate.no_such_function", Some(b"{}"));
                 self.add_http_request_header("x-foreign", &outcome(result));
             }
             Some("done") => self.add_http_request_header("x-done", &outcome(hostcalls::done())),
             Some("status") => {
                 let code = hostcalls::get_grpc_status().map(|(code, _)| code);
-                self.add_http_request_header("x-status", &code.map_or_else(|s| format!("{s:?}"), |c| c.to_string()));
+                self.add_http_request_header(
+                    "x-status",
+                    &code.map_or_else(|s| format!("{s:?}"), |c| c.to_string()),
+                );
             }
             Some("grpc-cancel") => {
-                match hostcalls::open_grpc_stream("grpc", "tollgate.test.Echo", "Chat", Vec::new()) {
+                match hostcalls::open_grpc_stream("grpc", "tollgate.test.Echo", "Chat", Vec::new())
+                {
                     Ok(token) => {
-                        self.add_http_request_header("x-grpc-cancel", &outcome(hostcalls::cancel_grpc_stream(token)));
-                        self.add_http_request_header("x-grpc-cancel-again", &outcome(hostcalls::cancel_grpc_stream(token)));
+                        self.add_http_request_header(
+                            "x-grpc-cancel",
+                            &outcome(hostcalls::cancel_grpc_stream(token)),
+                        );
+                        self.add_http_request_header(
+                            "x-grpc-cancel-again",
+                            &outcome(hostcalls::cancel_grpc_stream(token)),
+                        );
                     }
-                    Err(status) => self.add_http_request_header("x-grpc-cancel", &format!("open failed: {status:?}")),
+                    Err(status) => self.add_http_request_header(
+                        "x-grpc-cancel",
+                        &format!("open failed: {status:?}"),
+                    ),
                 }
             }
             Some("reset") => {
