@@ -153,6 +153,7 @@ test-tools:
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
     command -v node >/dev/null || missing+=(nodejs)
     command -v npm >/dev/null || missing+=(npm)
+    command -v redis-server >/dev/null || missing+=(redis-server)
     if ((${#missing[@]})); then
         command -v apt-get >/dev/null || { echo "the tests need: ${missing[*]}" >&2; exit 1; }
         sudo=()

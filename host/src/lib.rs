@@ -13,6 +13,7 @@
 //! | [`pipeline`] | the per-request flow (see its docs for the phase diagram) |
 //! | [`upstream`] | clusters, load balancing, passive health, pools |
 //! | [`mesh`] | policies to Envoy and Istio, and Istio's resources back |
+//! | [`ratelimit`] | `tollgate ratelimit`: Envoy's rate limit service API on Redis, for limits shared by replicas |
 //! | [`admin`] | `/healthz`, `/readyz`, `/config`, `/metrics`, `POST /reload` |
 //! | [`telemetry`] | logs and metrics |
 //!
@@ -34,6 +35,7 @@ pub mod admin;
 pub mod config;
 pub mod mesh;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod reload;
 pub mod routing;
 pub mod server;

@@ -102,6 +102,35 @@ enum Command {
         #[command(subcommand)]
         source: ImportSource,
     },
+    /// Serve Envoy's rate limit service API (gRPC ShouldRateLimit) with counters in Redis,
+    /// for limits and quotas shared by every gateway replica; also /healthz and /metrics.
+    Ratelimit {
+        /// Address to serve gRPC (HTTP/2 without TLS), /healthz and /metrics on.
+        #[arg(
+            long,
+            default_value = "127.0.0.1:8081",
+            env = "TOLLGATE_RATELIMIT_LISTEN"
+        )]
+        listen: SocketAddr,
+        /// Redis holding the counters: redis://[user:password@]host:port[/db], or rediss://
+        /// for TLS.
+        #[arg(long, env = "TOLLGATE_RATELIMIT_REDIS")]
+        redis: String,
+        /// How long a call waits for Redis before it fails (the caller then applies its
+        /// failure mode).
+        #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+        redis_timeout: std::time::Duration,
+        /// Prepended to every Redis key, so that deployments can share one Redis.
+        #[arg(long, default_value = "tollgate:rl:")]
+        key_prefix: String,
+        /// Log line format.
+        #[arg(long, value_enum, default_value = "text", env = "TOLLGATE_LOG_FORMAT")]
+        log_format: LogFormat,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    tollgate::config::duration::parse(text)
 }
 
 #[derive(Subcommand)]
@@ -268,6 +297,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Ratelimit {
+            listen,
+            redis,
+            redis_timeout,
+            key_prefix,
+            log_format,
+        } => {
+            init_logging(log_format);
+            let options = tollgate::ratelimit::Options {
+                listen,
+                redis,
+                redis_timeout,
+                key_prefix,
+            };
+            match tollgate::ratelimit::serve(options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    eprintln!("tollgate: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

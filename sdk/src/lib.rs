@@ -61,6 +61,7 @@ pub mod callout;
 pub mod config;
 pub mod consumer;
 pub mod json;
+pub mod ratelimit_service;
 pub mod route;
 pub mod shared;
 pub mod time;

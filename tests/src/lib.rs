@@ -13,3 +13,5 @@ pub mod h2frames;
 pub mod plugins;
 pub mod prometheus;
 pub mod python;
+pub mod ratelimit;
+pub mod redis;
