@@ -99,10 +99,19 @@ impl Gateway {
             .collect();
         let summary = summary(&snapshot);
         let state = Arc::new(GatewayState::new(snapshot));
-        let admin = admin::start(options.admin, state.clone(), admin_token)?;
+        let reload = reload::Handle::new();
+        let admin = admin::start(
+            options.admin,
+            admin::Targets {
+                gateway: state.clone(),
+                reload: reload.clone(),
+            },
+            admin_token,
+        )?;
         let workers_running = server::start_workers(bound, state.clone(), workers)?;
         reload::start(
             state.clone(),
+            reload,
             reload::Sources {
                 policies: options.policies.clone(),
                 plugins: options.plugins.clone(),
@@ -166,6 +175,17 @@ impl Gateway {
         } else {
             tracing::info!("drained; exiting");
         }
+    }
+}
+
+/// Reloads replace the snapshot the workers serve.
+impl reload::SnapshotSlot for GatewayState {
+    fn current(&self) -> Arc<Snapshot> {
+        self.snapshot()
+    }
+
+    fn replace(&self, snapshot: Snapshot) {
+        self.swap_snapshot(snapshot);
     }
 }
 
