@@ -11,6 +11,7 @@
 //! | [`tls`] | SNI certificates, mTLS, upstream TLS |
 //! | [`routing`] | host and route matching (pure) |
 //! | [`pipeline`] | the per-request flow (see its docs for the phase diagram) |
+//! | [`body`] | time limits on request and response bodies |
 //! | [`upstream`] | clusters, load balancing, passive health, pools |
 //! | [`mesh`] | policies to Envoy and Istio, and Istio's resources back |
 //! | [`admin`] | `/healthz`, `/readyz`, `/config`, `/metrics`, `POST /reload` |
@@ -31,6 +32,7 @@
 //! ```
 
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod mesh;
 pub mod pipeline;

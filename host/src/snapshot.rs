@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{self, Action, Config, ConfigErrors};
-use crate::pipeline::plugins::Chain;
-use crate::pipeline::Redaction;
+use crate::telemetry::redaction::Redaction;
 use crate::routing::RouteTable;
 use crate::upstream::Cluster;
 use crate::wasm::plugin::{build_plugins, Plugin};
+
+/// The plugins that apply to a route, in request order.
+pub type Chain = Arc<Vec<Arc<Plugin>>>;
 
 pub struct Snapshot {
     pub config: Arc<Config>,

@@ -14,7 +14,7 @@ use super::{headers, local, AccessRecord, Downstream, RequestLimits, ResponseBod
 use crate::config::raw::EscapedSlashesAction;
 use crate::config::{Forward, Normalization, RetryConditions};
 use crate::routing::normalize::{self, Rejection};
-use crate::server::body::{caused_by, BodyReadTimeout, MalformedBody};
+use crate::body::{caused_by, BodyReadTimeout, MalformedBody};
 use crate::snapshot::ResolvedForward;
 use crate::telemetry::metrics::{metrics, UpstreamErrorKind};
 use crate::upstream::{

@@ -29,8 +29,7 @@ use crate::wasm::host::{LocalResponse, StreamInfo, StreamState};
 use crate::wasm::plugin::{Plugin, PluginFailure};
 use crate::wasm::vm::{StreamCallback, StreamCallbacks};
 
-/// The plugins that apply to a route, in request order.
-pub type Chain = Arc<Vec<Arc<Plugin>>>;
+pub use crate::snapshot::Chain;
 
 /// How a phase ended when it did not simply continue.
 pub enum Stopped {

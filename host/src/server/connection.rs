@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::body::StreamIdle;
+use crate::body::StreamIdle;
 use super::GatewayState;
 use crate::config::ServerSettings;
 use crate::pipeline::{self, Downstream, ResponseBody};

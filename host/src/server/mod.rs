@@ -12,7 +12,6 @@
 //! Singleton plugins run on their own thread instead (see `wasm::singleton`): a swap starts
 //! the new ones before the pointer changes, and shutdown retires them after the workers.
 
-pub mod body;
 mod connection;
 
 use std::net::SocketAddr;
