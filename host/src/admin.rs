@@ -32,7 +32,6 @@ use sha2::{Digest, Sha256};
 
 use crate::reload;
 use crate::server::GatewayState;
-use crate::telemetry::metrics::metrics;
 
 /// The secret a client must present to change anything through admin.
 pub struct AdminToken {
@@ -242,7 +241,10 @@ async fn answer(request: &Request<Incoming>, state: &Targets) -> Response<Full<B
             with_type(StatusCode::OK, body, "application/json")
         }
         "/metrics" => {
-            let mut body = metrics().render();
+            let registries = state.gateway.snapshot().registries.clone();
+            let mut body = registries.gateway_metrics.render();
+            registries.shared_data.render(&mut body);
+            registries.metrics.render(&mut body);
             render_plugin_stats(&mut body, &state.gateway);
             with_type(StatusCode::OK, body, "text/plain; version=0.0.4")
         }
@@ -320,7 +322,7 @@ fn plugins(state: &Targets) -> serde_json::Value {
                 "traps": plugin.stats.traps.load(Ordering::Relaxed),
                 "vm_restarts": plugin.stats.vm_restarts.load(Ordering::Relaxed),
                 "circuit": circuit_json(&plugin.circuit.view()),
-                "shared_data": crate::wasm::shared::store().usage(plugin.vm_id()),
+                "shared_data": snapshot.registries.shared_data.usage(plugin.vm_id()),
             })
         })
         .collect();

@@ -45,6 +45,9 @@ pub mod tls;
 pub mod upstream;
 pub mod wasm;
 
+#[cfg(test)]
+mod module_graph;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

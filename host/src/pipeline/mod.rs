@@ -40,17 +40,17 @@ use hyper::body::Incoming;
 
 use std::borrow::Cow;
 
+use crate::body::{MalformedBody, ReadTimeout};
 use crate::config::{Action, Normalization};
 use crate::routing::normalize::{self, Rejection};
 use crate::routing::{NoMatch, RequestHead};
-use crate::body::{MalformedBody, ReadTimeout};
 use crate::snapshot::Snapshot;
+pub use crate::telemetry::redaction::Redaction;
+pub use crate::telemetry::response_details::{response_details, ResponseDetails};
 use crate::tls::TlsInfo;
 use crate::upstream::{BoxError, UpstreamBody};
 use crate::wasm::host::StreamInfo;
 pub use access_log::AccessRecord;
-pub use crate::telemetry::redaction::Redaction;
-pub use crate::telemetry::response_details::{response_details, ResponseDetails};
 use http_body_util::{BodyExt, Limited};
 use plugins::{PluginRun, SharedRun, Stopped};
 use request_body::RequestStop;

@@ -125,7 +125,10 @@ impl Handle {
 
     /// What the last reloads did.
     pub fn status(&self) -> ReloadStatus {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Records a reload attempt; returns the live generation.

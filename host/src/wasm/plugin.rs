@@ -161,6 +161,7 @@ impl Plugin {
         clusters: HashMap<String, Arc<Cluster>>,
         limits: PluginLimits,
         node: &Arc<config::NodeSettings>,
+        registries: &Arc<super::PluginRegistries>,
     ) -> Result<Arc<Self>, String> {
         let mut configurations = vec![(None, json_bytes(&config.config))];
         for (route, value) in &config.route_config {
@@ -179,6 +180,7 @@ impl Plugin {
             clusters: clusters.keys().cloned().collect::<HashSet<_>>(),
             limits,
             node: node.clone(),
+            registries: registries.clone(),
         });
         let plugin = Arc::new(Self {
             name: config.name.clone(),
@@ -1041,6 +1043,7 @@ pub fn build_plugins(
     limits: PluginLimits,
     node: &Arc<config::NodeSettings>,
     reusable: &[Arc<Plugin>],
+    registries: &Arc<super::PluginRegistries>,
 ) -> Result<Vec<Arc<Plugin>>, Vec<config::ConfigError>> {
     let mut modules: HashMap<std::path::PathBuf, Result<Arc<CompiledModule>, String>> =
         HashMap::new();
@@ -1058,7 +1061,7 @@ pub fn build_plugins(
                 .find(|running| running.is_instance_of(plugin, &module, limits, node))
             {
                 Some(running) => Ok(running.clone()),
-                None => Plugin::new(plugin, module, clusters.clone(), limits, node),
+                None => Plugin::new(plugin, module, clusters.clone(), limits, node, registries),
             }
         });
         match result {
