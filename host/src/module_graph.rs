@@ -1,5 +1,6 @@
-//! The top-level modules depend on each other in one direction only: a test reads every
-//! `crate::NAME` reference in each module's sources and fails on a cycle, naming it.
+//! The top-level modules depend on each other in one direction only, and so do the files of
+//! `config/`: a test reads every `crate::NAME` reference in each top-level module's sources
+//! (and every `super::NAME` in each policy file) and fails on a cycle, naming it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -33,19 +34,24 @@ fn collect_rust_files(dir: &Path, files: &mut Vec<PathBuf>) {
     }
 }
 
-/// The top-level modules `source` names as `crate::NAME` (in `use` lines, paths and
-/// `crate::{a, b}` groups), comments left out.
+/// The modules `source` names as `crate::NAME` (in `use` lines, paths and `crate::{a, b}`
+/// groups), comments left out.
 fn referenced_modules(source: &str) -> BTreeSet<String> {
+    referenced_after(source, "crate::")
+}
+
+/// The names `source` reaches through `prefix` (`crate::` or `super::`).
+fn referenced_after(source: &str, prefix: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for line in source.lines() {
         let code = line.split("//").next().unwrap_or("");
         let mut rest = code;
-        while let Some(at) = rest.find("crate::") {
+        while let Some(at) = rest.find(prefix) {
             let preceded_by_ident = rest[..at]
                 .chars()
                 .next_back()
-                .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$');
-            rest = &rest[at + "crate::".len()..];
+                .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$' || c == ':');
+            rest = &rest[at + prefix.len()..];
             if preceded_by_ident {
                 continue;
             }
@@ -137,6 +143,41 @@ fn top_level_modules_have_no_cycle() {
     if let Some(cycle) = find_cycle(&graph) {
         panic!(
             "top-level modules import each other: {}\nthe module graph: {graph:#?}",
+            cycle.join(" -> ")
+        );
+    }
+}
+
+/// The files of one module folder and the sibling files each names as `super::NAME`
+/// (`mod.rs`, which declares them all, is left out).
+fn sibling_graph(dir: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let files: BTreeMap<String, PathBuf> = std::fs::read_dir(dir)
+        .expect("a module folder")
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
+        .map(|path| (path.file_stem().unwrap().to_string_lossy().into_owned(), path))
+        .filter(|(name, _)| name != "mod")
+        .collect();
+    files
+        .iter()
+        .map(|(name, path)| {
+            let source = std::fs::read_to_string(path).expect("a source file");
+            let mut uses = referenced_after(&source, "super::");
+            uses.retain(|used| used != name && files.contains_key(used));
+            (name.clone(), uses)
+        })
+        .collect()
+}
+
+#[test]
+fn config_files_have_no_cycle() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
+    let graph = sibling_graph(&config);
+    assert!(graph.contains_key("validate"), "found the files: {graph:?}");
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!(
+            "config files import each other: {}\nthe file graph: {graph:#?}",
             cycle.join(" -> ")
         );
     }

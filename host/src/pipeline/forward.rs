@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::{headers, local, AccessRecord, Downstream, RequestLimits, ResponseBody};
 use crate::body::{caused_by, BodyReadTimeout, MalformedBody};
-use crate::config::raw::EscapedSlashesAction;
+use crate::config::EscapedSlashesAction;
 use crate::config::{Forward, Normalization, RetryConditions};
 use crate::routing::normalize::{self, Rejection};
 use crate::snapshot::ResolvedForward;

@@ -21,7 +21,7 @@ use http_body_util::BodyExt;
 use tokio::sync::Notify;
 
 use super::{local, ResponseBody};
-use crate::config::raw::FailurePolicy;
+use crate::config::FailurePolicy;
 use crate::upstream::BoxError;
 use crate::wasm::abi::{Action, HeaderList};
 use crate::wasm::circuit::Admission;

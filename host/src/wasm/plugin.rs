@@ -53,7 +53,7 @@ const RETIRE_POLL: Duration = Duration::from_millis(10);
 
 /// Root context ids by configuration key (`None`: the plugin's own configuration).
 pub type Roots = rustc_hash::FxHashMap<Option<String>, u32>;
-use crate::config::{self, raw::FailurePolicy, PluginLimits};
+use crate::config::{self, FailurePolicy, PluginLimits};
 use crate::upstream::Cluster;
 
 /// Counters per plugin, exported on `/metrics`.
