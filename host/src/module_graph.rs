@@ -156,7 +156,12 @@ fn sibling_graph(dir: &Path) -> BTreeMap<String, BTreeSet<String>> {
         .flatten()
         .map(|entry| entry.path())
         .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
-        .map(|path| (path.file_stem().unwrap().to_string_lossy().into_owned(), path))
+        .map(|path| {
+            (
+                path.file_stem().unwrap().to_string_lossy().into_owned(),
+                path,
+            )
+        })
         .filter(|(name, _)| name != "mod")
         .collect();
     files
