@@ -5,17 +5,22 @@
 //!
 //! | module | role |
 //! |---|---|
-//! | [`config`] | policy files → validated typed model |
-//! | [`snapshot`] | the running configuration, swapped atomically |
+//! | [`config`] | policy files → validated typed model (raw → validate → model → effective view) |
+//! | [`snapshot`] | the running configuration, swapped atomically; each route's plugin chain |
+//! | [`reload`] | watching the folders, rebuilding and swapping snapshots; [`reload::Handle`] for admin |
 //! | [`server`] | listeners, worker threads, connections, drain |
 //! | [`tls`] | SNI certificates, mTLS, upstream TLS |
 //! | [`routing`] | host and route matching (pure) |
 //! | [`pipeline`] | the per-request flow (see its docs for the phase diagram) |
 //! | [`body`] | time limits on request and response bodies |
 //! | [`upstream`] | clusters, load balancing, passive health, pools |
+//! | [`wasm`] | the proxy-wasm runtime: VMs, host functions, plugins, shared data, plugin metrics |
 //! | [`mesh`] | policies to Envoy and Istio, and Istio's resources back |
-//! | [`admin`] | `/healthz`, `/readyz`, `/config`, `/metrics`, `POST /reload` |
-//! | [`telemetry`] | logs and metrics |
+//! | [`admin`] | `/healthz`, `/readyz`, `/config`, `/metrics`, `/plugins`, `POST /reload` |
+//! | [`telemetry`] | logs, metrics, access-log redaction, Envoy's response details |
+//!
+//! Dependencies between these modules go one way (a unit test checks that no two import
+//! each other, directly or around a cycle); `Gateway` below wires them together.
 //!
 //! ```no_run
 //! use std::path::PathBuf;
