@@ -45,8 +45,6 @@ use crate::config::{Action, Normalization};
 use crate::routing::normalize::{self, Rejection};
 use crate::routing::{NoMatch, RequestHead};
 use crate::snapshot::Snapshot;
-pub use crate::telemetry::redaction::Redaction;
-pub use crate::telemetry::response_details::{response_details, ResponseDetails};
 use crate::tls::TlsInfo;
 use crate::upstream::{BoxError, UpstreamBody};
 use crate::wasm::host::StreamInfo;

@@ -22,14 +22,13 @@ use tokio::sync::Notify;
 
 use super::{local, ResponseBody};
 use crate::config::FailurePolicy;
+use crate::snapshot::Chain;
 use crate::upstream::BoxError;
 use crate::wasm::abi::{Action, HeaderList};
 use crate::wasm::circuit::Admission;
 use crate::wasm::host::{LocalResponse, StreamInfo, StreamState};
 use crate::wasm::plugin::{Plugin, PluginFailure};
 use crate::wasm::vm::{StreamCallback, StreamCallbacks};
-
-pub use crate::snapshot::Chain;
 
 /// How a phase ended when it did not simply continue.
 pub enum Stopped {
