@@ -2,7 +2,9 @@
 //! - `tp-shared`: a shared-data counter incremented with compare-and-swap by 200 concurrent
 //!   requests across both workers' VMs ends exact (the values handed out are a permutation of
 //!   1..=200); a shared queue resolved with the plugin's own vm_id is drained by
-//!   `on_queue_ready`; `on_tick` runs at the configured period;
+//!   `on_queue_ready`; `on_tick` runs at the configured period; the counter outlives a
+//!   reload that rebuilds the plugin (the store is the gateway's, handed from snapshot to
+//!   snapshot);
 //! - `tp-metrics`: a plugin-defined counter, gauge and histogram, read back with `get_metric`
 //!   and exported on the admin `/metrics` with the plugin name as label;
 //! - `tp-properties`: host properties with Envoy's names and encodings (strings raw, integers
@@ -357,5 +359,40 @@ async fn properties_have_envoy_names_and_encodings() {
         header("x-tp-marker"),
         "from-tp-properties",
         "set_property of an earlier plugin is readable by a later one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_data_outlives_a_reload_that_rebuilds_the_plugin() {
+    let (gateway, _echo) = start(&[PluginSpec::new("shared", TP_SHARED).routes(&["shared"])]).await;
+    let client = HttpClient::http1();
+    for expected in 1..=3 {
+        let response = send(&client, &gateway, "GET", "shared.test", "/shared/a", "").await;
+        assert_eq!(number(&response, "x-tp-counter"), expected);
+    }
+    // A changed configuration makes a new plugin instance with new VMs: a reused instance
+    // would keep its VMs and prove nothing about the store.
+    let rebuilt = PluginSpec::new("shared", TP_SHARED)
+        .routes(&["shared"])
+        .config(json!({ "edited": true }));
+    std::fs::write(
+        gateway.policies().path().join("plugins.json"),
+        plugins_file(&[rebuilt]),
+    )
+    .expect("write plugins.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !gateway.log().contains("new configuration is live") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edit was never loaded; log:\n{}",
+            gateway.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = send(&client, &gateway, "GET", "shared.test", "/shared/b", "").await;
+    assert_eq!(
+        number(&response, "x-tp-counter"),
+        4,
+        "the rebuilt plugin must see the counter its previous instance left"
     );
 }
