@@ -61,10 +61,13 @@ pub mod callout;
 pub mod config;
 pub mod consumer;
 pub mod json;
+pub mod plugin;
 pub mod route;
 pub mod shared;
 pub mod time;
 pub mod usage;
+
+pub use plugin::{Plugin, Root};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::LogLevel;

@@ -21,11 +21,12 @@ use crate::logic::{self, Delivery, Observed, Outcome, SeriesLimiter};
 /// The header that carries a batch's key, for the billing service to drop repeats by.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-#[cfg(target_arch = "wasm32")]
-tollgate_sdk::proxy_wasm::main! {{
-    tollgate_sdk::proxy_wasm::set_log_level(tollgate_sdk::proxy_wasm::types::LogLevel::Info);
-    tollgate_sdk::proxy_wasm::set_root_context(|_| root_context());
-}}
+// Not the SDK's `Root`: this root context answers the billing callouts itself, keeps its
+// backlog across configurations (a new one must not drop records not yet delivered),
+// counts the requests still to log, and holds the host's `on_done` until the last batch is
+// answered. The requests share that state mutably, which `Plugin` (shared read-only) does
+// not offer.
+tollgate_sdk::plugin!(root = root_context);
 
 /// A fresh root context: what the host gets at start-up, and what the native benches
 /// (`plugins/bench`) drive.
