@@ -82,6 +82,9 @@ license = "Apache-2.0"
 tollgate-sdk = { path = "$repo_dir/sdk" }
 serde = { version = "1", features = ["derive"] }
 
+[workspace.lints.rust]
+unsafe_code = "forbid"
+
 [workspace.lints.clippy]
 all = { level = "warn", priority = -1 }
 

@@ -53,7 +53,6 @@
 //!     }
 //! }
 //! ```
-#![forbid(unsafe_code)]
 
 pub use proxy_wasm;
 
