@@ -126,6 +126,13 @@ pub fn property_string(path: &[&str]) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// The name the host gave this plugin (the `plugin_name` property: the plugin's `name` in a
+/// Tollgate policy, `name` in Envoy's plugin configuration), else `default`. Two instances
+/// of one module have different names: prefix their shared-data keys with it.
+pub fn plugin_name(default: &str) -> String {
+    property_string(&["plugin_name"]).unwrap_or_else(|| default.to_owned())
+}
+
 /// A property holding an integer (Envoy encodes them as 8 bytes little-endian).
 pub fn property_u64(path: &[&str]) -> Option<u64> {
     let bytes = hostcalls::get_property(path.to_vec()).ok()??;

@@ -28,8 +28,7 @@ impl Plugin for Quota {
     fn from_config(config: RawConfig) -> Result<Self, ConfigError> {
         Ok(Self {
             quotas: config.validate()?,
-            plugin: tollgate_sdk::property_string(&["plugin_name"])
-                .unwrap_or_else(|| Self::NAME.into()),
+            plugin: tollgate_sdk::plugin_name(Self::NAME),
         })
     }
 

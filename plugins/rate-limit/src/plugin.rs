@@ -29,8 +29,7 @@ impl Plugin for RateLimit {
     fn from_config(config: RawConfig) -> Result<Self, ConfigError> {
         Ok(Self {
             limits: config.validate()?,
-            plugin: tollgate_sdk::property_string(&["plugin_name"])
-                .unwrap_or_else(|| Self::NAME.into()),
+            plugin: tollgate_sdk::plugin_name(Self::NAME),
         })
     }
 
