@@ -13,6 +13,7 @@
 //! (`PLUGIN::plugin::root_context()`, compiled natively with the plugins' `native-bench`
 //! feature), set up a request with [`with_host`], and time its callbacks.
 //! A [`CountingAllocator`] installed as the global allocator counts the allocations.
+//! The tests (`tests/root.rs`) drive the SDK's generic root context through the same host.
 #![cfg(not(target_arch = "wasm32"))]
 // Safety of the ABI functions below: only the proxy-wasm crate calls them, with the
 // pointers and sizes of live buffers, as a wasm engine would check them; one contract for

@@ -21,11 +21,10 @@ use crate::logic::{self, Delivery, Observed, Outcome, SeriesLimiter};
 /// The header that carries a batch's key, for the billing service to drop repeats by.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-// Not the SDK's `Root`: this root context answers the billing callouts itself, keeps its
-// backlog across configurations (a new one must not drop records not yet delivered),
-// counts the requests still to log, and holds the host's `on_done` until the last batch is
-// answered. The requests share that state mutably, which `Plugin` (shared read-only) does
-// not offer.
+// Not the SDK's `Root`, which builds a new plugin for each configuration: this root context
+// keeps its backlog across configurations (a new one must not drop records not delivered
+// yet), answers the billing callouts itself, counts the requests still to log, and holds
+// the host's `on_done` until the last batch is answered.
 tollgate_sdk::plugin!(root = root_context);
 
 /// A fresh root context: what the host gets at start-up, and what the native benches
