@@ -149,6 +149,16 @@ impl Gateway {
     /// Like [`Gateway::start`], with extra command-line arguments after the usual ones
     /// (`--workers N` among them replaces the usual 2 workers).
     pub async fn start_with_args(policies: PolicyDir, extra_args: &[&str]) -> Self {
+        Self::start_with_env(policies, extra_args, &[]).await
+    }
+
+    /// Like [`Gateway::start_with_args`], with these environment variables set for the
+    /// gateway process.
+    pub async fn start_with_env(
+        policies: PolicyDir,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let admin = free_loopback_addr();
         let log = File::create(policies.log_path()).expect("create the gateway log");
         let default_workers: &[&str] = if extra_args.contains(&"--workers") {
@@ -163,6 +173,7 @@ impl Gateway {
             .args(["--admin", &admin.to_string()])
             .args(default_workers)
             .args(extra_args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log)

@@ -13,3 +13,4 @@ pub mod h2frames;
 pub mod plugins;
 pub mod prometheus;
 pub mod python;
+pub mod scenario;
