@@ -214,7 +214,10 @@ impl Scenario {
     /// A policy file written as it is given (a template), for tests that pin the
     /// configuration itself.
     pub fn policy_file(mut self, file_name: &str, template: &str) -> Self {
-        assert_ne!(file_name, GENERATED_FILE, "{GENERATED_FILE} is the builder's");
+        assert_ne!(
+            file_name, GENERATED_FILE,
+            "{GENERATED_FILE} is the builder's"
+        );
         self.files.push((file_name.to_owned(), template.to_owned()));
         self
     }
@@ -373,9 +376,8 @@ impl Scenario {
         }
         let mut listeners = Vec::new();
         if self.public_listener {
-            listeners.push(
-                "{ name: public, address: \"${listen:public}\", protocol: http }".to_owned(),
-            );
+            listeners
+                .push("{ name: public, address: \"${listen:public}\", protocol: http }".to_owned());
         }
         listeners.extend(self.listeners.iter().cloned());
         push_section(&mut yaml, "listeners", &listeners);
@@ -442,7 +444,10 @@ fn push_entry(yaml: &mut String, indent: &str, entry: &str) {
 
 /// Appends the non-blank lines of `text` at `indent`, less their common indentation.
 fn push_indented(yaml: &mut String, indent: &str, text: &str) {
-    let lines: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
     let common = lines
         .iter()
         .map(|line| line.len() - line.trim_start().len())
