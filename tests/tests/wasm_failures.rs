@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use serde_json::json;
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::clients::{get_request, HttpClient, HttpResponse};
 use tollgate_tests::gateway::{
     free_loopback_addr, run_check, tollgate_binary, CommandOutcome, Gateway, PolicyDir,
@@ -27,38 +26,7 @@ use tollgate_tests::plugins::{
     TP_HEADERS, TP_HEADER_HEAVY, TP_LOCAL_REPLY, TP_METRICS, TP_MISBEHAVE, TP_PROPERTIES,
     TP_SHARED,
 };
-
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - name: panic-closed
-        match: { path: { prefix: /panic-closed } }
-        forward: { cluster: echo }
-      - name: panic-open
-        match: { path: { prefix: /panic-open } }
-        forward: { cluster: echo }
-      - name: loop
-        match: { path: { prefix: /loop } }
-        forward: { cluster: echo }
-      - name: memory
-        match: { path: { prefix: /memory } }
-        forward: { cluster: echo }
-      - name: bad-pointer
-        match: { path: { prefix: /bad-pointer } }
-        forward: { cluster: echo }
-      - name: plain
-        match: { path: { prefix: / } }
-        forward: { cluster: echo }
-"#;
+use tollgate_tests::scenario::{Running, Scenario};
 
 fn misbehave(name: &str, mode: &str, route: &str) -> PluginSpec {
     PluginSpec::new(name, TP_MISBEHAVE)
@@ -66,14 +34,18 @@ fn misbehave(name: &str, mode: &str, route: &str) -> PluginSpec {
         .routes(&[route])
 }
 
-async fn start(plugins: &[PluginSpec]) -> (Gateway, Backend) {
-    let echo = backends::echo("echo").await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(plugins));
-    (Gateway::start(policies).await, echo)
+async fn start(plugins: &[PluginSpec]) -> Running {
+    Scenario::new()
+        .echo("echo")
+        .forward("panic-closed", "/panic-closed", "echo")
+        .forward("panic-open", "/panic-open", "echo")
+        .forward("loop", "/loop", "echo")
+        .forward("memory", "/memory", "echo")
+        .forward("bad-pointer", "/bad-pointer", "echo")
+        .forward("plain", "/", "echo")
+        .plugins(plugins)
+        .start()
+        .await
 }
 
 /// GET through the gateway with a 10 s bound; returns the response and how long it took.
@@ -120,11 +92,12 @@ async fn assert_log_mentions(gateway: &Gateway, fragments: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panicking_plugin_fails_closed_or_open_and_other_routes_work() {
-    let (gateway, echo) = start(&[
+    let gateway = start(&[
         misbehave("panicky-closed", "panic", "panic-closed").failure_policy("fail_closed"),
         misbehave("panicky-open", "panic", "panic-open").failure_policy("fail_open"),
     ])
     .await;
+    let echo = gateway.backend("echo");
     for attempt in 0..3 {
         let (response, _) = get(&gateway, "/panic-closed").await;
         assert_eq!(
@@ -172,9 +145,10 @@ async fn panicking_plugin_fails_closed_or_open_and_other_routes_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infinite_loop_is_cut_by_the_deadline() {
-    let (gateway, echo) =
+    let gateway =
         start(&[misbehave("spinner", "loop", "loop").field("callback_timeout", json!("100ms"))])
             .await;
+    let echo = gateway.backend("echo");
     for attempt in 0..2 {
         let (response, elapsed) = get(&gateway, "/loop").await;
         assert_eq!(
@@ -195,10 +169,11 @@ async fn infinite_loop_is_cut_by_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_hits_the_limit_and_the_gateway_survives() {
-    let (gateway, echo) = start(&[
+    let gateway = start(&[
         misbehave("hog", "memory", "memory").field("memory_limit", json!(16 * 1024 * 1024))
     ])
     .await;
+    let echo = gateway.backend("echo");
     for attempt in 0..2 {
         let (response, elapsed) = get(&gateway, "/memory").await;
         assert_eq!(
@@ -222,7 +197,7 @@ async fn memory_bomb_hits_the_limit_and_the_gateway_survives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_guest_pointer_is_refused_or_traps_only_that_vm() {
-    let (gateway, _echo) = start(&[misbehave("pointer", "bad-pointer", "bad-pointer")]).await;
+    let gateway = start(&[misbehave("pointer", "bad-pointer", "bad-pointer")]).await;
     for attempt in 0..2 {
         let (response, _) = get(&gateway, "/bad-pointer").await;
         match response.status {

@@ -15,75 +15,26 @@
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::json;
-use tollgate_tests::backends::{self, Backend};
+use tollgate_tests::backends;
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{
-    plugins_file, PluginSpec, TP_BODY, TP_HEADERS, TP_HEADER_HEAVY, TP_LOCAL_REPLY,
-};
+use tollgate_tests::gateway::Gateway;
+use tollgate_tests::plugins::{PluginSpec, TP_BODY, TP_HEADERS, TP_HEADER_HEAVY, TP_LOCAL_REPLY};
+use tollgate_tests::scenario::{Running, Scenario};
 
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-  - name: other
-    endpoints: [{ address: "${OTHER}" }]
-  - name: grpc
-    endpoints: [{ address: "${GRPC}" }]
-    http2: true
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - name: headers
-        match: { path: { prefix: /headers } }
-        forward: { cluster: echo }
-      - name: rerouted
-        match: { path: { prefix: /rerouted } }
-        forward: { cluster: other }
-      - name: body
-        match: { path: { prefix: /echo-body } }
-        forward: { cluster: echo }
-      - name: grpc-trailers
-        match: { path: { prefix: /pkg.Service } }
-        forward: { cluster: grpc }
-      - name: local
-        match: { path: { prefix: /local } }
-        forward: { cluster: echo }
-      - name: plain
-        match: { path: { prefix: / } }
-        forward: { cluster: echo }
-"#;
-
-struct Setup {
-    gateway: Gateway,
-    echo: Backend,
-    other: Backend,
-    _grpc: Backend,
-}
-
-async fn start(plugins: &[PluginSpec]) -> Setup {
-    let echo = backends::echo("echo").await;
-    let other = backends::echo("other").await;
-    let grpc = backends::grpc("grpc").await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .set("OTHER", other.addr())
-        .set("GRPC", grpc.addr())
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(plugins));
-    let gateway = Gateway::start(policies).await;
-    Setup {
-        gateway,
-        echo,
-        other,
-        _grpc: grpc,
-    }
+async fn start(plugins: &[PluginSpec]) -> Running {
+    Scenario::new()
+        .echo("echo")
+        .echo("other")
+        .grpc("grpc")
+        .forward("headers", "/headers", "echo")
+        .forward("rerouted", "/rerouted", "other")
+        .forward("body", "/echo-body", "echo")
+        .forward("grpc-trailers", "/pkg.Service", "grpc")
+        .forward("local", "/local", "echo")
+        .forward("plain", "/", "echo")
+        .plugins(plugins)
+        .start()
+        .await
 }
 
 fn headers_plugin() -> PluginSpec {
@@ -122,7 +73,7 @@ async fn request_headers_are_read_added_removed_and_replaced() {
     ] {
         let response = send(
             &client,
-            &setup.gateway,
+            &setup,
             "GET",
             "/headers/a?q=1",
             &[
@@ -138,7 +89,7 @@ async fn request_headers_are_read_added_removed_and_replaced() {
             StatusCode::OK,
             "{protocol}: {}\n{}",
             response.text(),
-            setup.gateway.log()
+            setup.log()
         );
         let json = response.json();
         let seen = &json["headers"];
@@ -257,16 +208,16 @@ async fn request_headers_are_read_added_removed_and_replaced() {
 async fn plugins_run_only_on_their_routes() {
     let setup = start(&[headers_plugin()]).await;
     let client = HttpClient::http1();
-    let response = send(&client, &setup.gateway, "GET", "/headers/x", &[], "").await;
+    let response = send(&client, &setup, "GET", "/headers/x", &[], "").await;
     assert_eq!(
         response.json()["headers"]["x-tp-tag"],
         "h1",
         "the plugin runs on its route\n{}",
-        setup.gateway.log()
+        setup.log()
     );
     let response = send(
         &client,
-        &setup.gateway,
+        &setup,
         "GET",
         "/elsewhere",
         &[("x-remove-me", "1")],
@@ -289,7 +240,7 @@ async fn changing_path_in_the_request_phase_reselects_the_route() {
     let client = HttpClient::http1();
     let response = send(
         &client,
-        &setup.gateway,
+        &setup,
         "GET",
         "/headers/start",
         &[("x-tp-set-path", "/rerouted/here?x=1")],
@@ -301,7 +252,7 @@ async fn changing_path_in_the_request_phase_reselects_the_route() {
         response.header("x-backend"),
         Some("other"),
         "the new :path matches route `rerouted` (cluster other); gateway log:\n{}",
-        setup.gateway.log()
+        setup.log()
     );
     let json = response.json();
     assert_eq!(json["path"], "/rerouted/here?x=1", "{json}");
@@ -309,10 +260,10 @@ async fn changing_path_in_the_request_phase_reselects_the_route() {
         json["headers"]["x-tp-path"], "/headers/start",
         "x-tp-path holds the original path: {json}"
     );
-    assert_eq!(setup.other.request_count(), 1);
+    assert_eq!(setup.backend("other").request_count(), 1);
     assert!(
         setup
-            .echo
+            .backend("echo")
             .requests()
             .iter()
             .all(|r| !r.path.starts_with("/headers")),
@@ -329,21 +280,13 @@ async fn request_body_is_replaced_and_response_body_appended() {
     let setup = start(&[body_plugin(&["body"])]).await;
     let client = HttpClient::http1();
 
-    let response = send(
-        &client,
-        &setup.gateway,
-        "POST",
-        "/echo-body",
-        &[],
-        "hello body",
-    )
-    .await;
+    let response = send(&client, &setup, "POST", "/echo-body", &[], "hello body").await;
     assert_eq!(
         response.status,
         StatusCode::OK,
         "{}\n{}",
         response.text(),
-        setup.gateway.log()
+        setup.log()
     );
     assert_eq!(response.text(), "HELLO BODY\n-- via tp-body");
     if let Some(length) = response.header("content-length") {
@@ -355,7 +298,7 @@ async fn request_body_is_replaced_and_response_body_appended() {
     }
     assert_eq!(
         setup
-            .echo
+            .backend("echo")
             .requests()
             .last()
             .expect("backend saw the request")
@@ -365,7 +308,7 @@ async fn request_body_is_replaced_and_response_body_appended() {
 
     // A larger body arrives in several chunks: the plugin pauses until the end and gets it all.
     let big: String = "abcdefghij".repeat(30_000);
-    let response = send(&client, &setup.gateway, "POST", "/echo-body/big", &[], &big).await;
+    let response = send(&client, &setup, "POST", "/echo-body/big", &[], &big).await;
     assert_eq!(response.status, StatusCode::OK);
     let expected = format!("{}\n-- via tp-body", big.to_ascii_uppercase());
     assert_eq!(
@@ -381,7 +324,7 @@ async fn request_body_is_replaced_and_response_body_appended() {
     // Over h2c too.
     let response = send(
         &HttpClient::h2c(),
-        &setup.gateway,
+        &setup,
         "POST",
         "/echo-body",
         &[],
@@ -396,7 +339,7 @@ async fn response_trailers_are_seen_and_added() {
     let setup = start(&[body_plugin(&["grpc-trailers"])]).await;
     let response = send(
         &HttpClient::h2c(),
-        &setup.gateway,
+        &setup,
         "POST",
         "/pkg.Service/Method",
         &[("content-type", "application/grpc"), ("te", "trailers")],
@@ -408,7 +351,7 @@ async fn response_trailers_are_seen_and_added() {
         StatusCode::OK,
         "{}\n{}",
         response.text(),
-        setup.gateway.log()
+        setup.log()
     );
     let trailers = response
         .trailers
@@ -441,7 +384,7 @@ async fn local_replies_from_request_and_response_phase() {
 
     let response = send(
         &client,
-        &setup.gateway,
+        &setup,
         "GET",
         "/local/deny",
         &[("x-deny", "1")],
@@ -453,13 +396,13 @@ async fn local_replies_from_request_and_response_phase() {
         StatusCode::FORBIDDEN,
         "{}\n{}",
         response.text(),
-        setup.gateway.log()
+        setup.log()
     );
     assert_eq!(response.text(), "denied\n");
     assert_eq!(response.header("x-denied-by"), Some("tp-local-reply"));
     assert!(
         setup
-            .echo
+            .backend("echo")
             .requests()
             .iter()
             .all(|r| !r.path.starts_with("/local/deny")),
@@ -474,7 +417,7 @@ async fn local_replies_from_request_and_response_phase() {
 
     let response = send(
         &client,
-        &setup.gateway,
+        &setup,
         "GET",
         "/local/late",
         &[("x-deny-on-response", "1")],
@@ -486,7 +429,7 @@ async fn local_replies_from_request_and_response_phase() {
         418,
         "{}\n{}",
         response.text(),
-        setup.gateway.log()
+        setup.log()
     );
     assert_eq!(response.text(), "teapot\n");
     assert_eq!(
@@ -500,14 +443,14 @@ async fn local_replies_from_request_and_response_phase() {
     );
     assert!(
         setup
-            .echo
+            .backend("echo")
             .requests()
             .iter()
             .any(|r| r.path == "/local/late"),
         "the upstream was called before the response-phase reply"
     );
 
-    let response = send(&client, &setup.gateway, "GET", "/local/pass", &[], "").await;
+    let response = send(&client, &setup, "GET", "/local/pass", &[], "").await;
     assert_eq!(response.status, StatusCode::OK);
     assert_eq!(response.header("x-tp-local-reply-saw"), Some("200"));
     assert_eq!(response.header("x-backend"), Some("echo"));
@@ -518,7 +461,7 @@ async fn header_heavy_plugin_leaves_no_trace() {
     let setup = start(&[PluginSpec::new("heavy", TP_HEADER_HEAVY).routes(&["headers"])]).await;
     let response = send(
         &HttpClient::http1(),
-        &setup.gateway,
+        &setup,
         "GET",
         "/headers/heavy",
         &[],
@@ -530,7 +473,7 @@ async fn header_heavy_plugin_leaves_no_trace() {
         StatusCode::OK,
         "{}\n{}",
         response.text(),
-        setup.gateway.log()
+        setup.log()
     );
     let json = response.json();
     let names: Vec<&String> = json["headers"]
