@@ -191,6 +191,14 @@ impl Scenario {
         self
     }
 
+    /// A cluster `name` with one endpoint at `addr`: a server the test runs itself, or
+    /// [`backends::refusing_address`].
+    pub fn cluster_at(self, name: &str, addr: SocketAddr) -> Self {
+        self.cluster(&format!(
+            "{{ name: {name}, endpoints: [{{ address: \"{addr}\" }}] }}"
+        ))
+    }
+
     /// One more route of the virtual host `all` (YAML; a template).
     pub fn route(mut self, entry: &str) -> Self {
         self.routes.push(entry.to_owned());

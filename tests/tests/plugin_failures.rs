@@ -21,48 +21,11 @@ use http_body_util::Full;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::clients::{raw_exchange, request, HttpClient};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
+use tollgate_tests::gateway::Gateway;
 use tollgate_tests::h2frames::{self, RawH2, Read};
-use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_MISBEHAVE};
-
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-  - name: trickle
-    endpoints: [{ address: "${TRICKLE}" }]
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - name: storm-closed
-        match: { path: { prefix: /storm-closed } }
-        forward: { cluster: echo }
-      - name: storm-open
-        match: { path: { prefix: /storm-open } }
-        forward: { cluster: echo }
-      - name: circuit
-        match: { path: { prefix: /circuit } }
-        forward: { cluster: echo }
-      - name: skip-circuit
-        match: { path: { prefix: /skip-circuit } }
-        forward: { cluster: echo }
-      - name: redact
-        match: { path: { prefix: /redact } }
-        forward: { cluster: trickle }
-      - name: response-headers
-        match: { path: { prefix: /response-headers } }
-        forward: { cluster: echo }
-      - name: plain
-        match: { path: { prefix: / } }
-        forward: { cluster: echo }
-"#;
+use tollgate_tests::plugins::{PluginSpec, TP_MISBEHAVE};
+use tollgate_tests::scenario::{Running, Scenario};
 
 const GOOD_BODY: &[u8] = b"hello";
 const BAD_BODY: &[u8] = b"bad \xff\xfe utf-8";
@@ -77,24 +40,20 @@ fn misbehave(name: &str, mode: &str, route: &str, policy: &str) -> PluginSpec {
         .failure_policy(policy)
 }
 
-struct Setup {
-    gateway: Gateway,
-    echo: Backend,
-}
-
-async fn start(plugins: &[PluginSpec]) -> Setup {
-    let echo = backends::echo("echo").await;
-    let trickle = trickle_backend().await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .set("TRICKLE", trickle)
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(plugins));
-    Setup {
-        gateway: Gateway::start(policies).await,
-        echo,
-    }
+async fn start(plugins: &[PluginSpec]) -> Running {
+    Scenario::new()
+        .echo("echo")
+        .cluster_at("trickle", trickle_backend().await)
+        .forward("storm-closed", "/storm-closed", "echo")
+        .forward("storm-open", "/storm-open", "echo")
+        .forward("circuit", "/circuit", "echo")
+        .forward("skip-circuit", "/skip-circuit", "echo")
+        .forward("redact", "/redact", "trickle")
+        .forward("response-headers", "/response-headers", "echo")
+        .forward("plain", "/", "echo")
+        .plugins(plugins)
+        .start()
+        .await
 }
 
 /// An HTTP/1.1 backend answering every request with a chunked body in two chunks, 200 ms
@@ -213,7 +172,7 @@ async fn a_trap_storm_fails_exactly_the_trapping_requests() {
             .field("max_traps_per_minute", json!(1000)),
     ])
     .await;
-    let gateway = &setup.gateway;
+    let gateway = &setup;
 
     let closed = storm(gateway, "/storm-closed").await;
     let failed: Vec<usize> = closed
@@ -243,7 +202,7 @@ async fn a_trap_storm_fails_exactly_the_trapping_requests() {
             .collect::<Vec<_>>()
     );
 
-    let received = setup.echo.requests();
+    let received = setup.backend("echo").requests();
     let forwarded = |prefix: &str| {
         received
             .iter()
@@ -297,7 +256,7 @@ async fn repeated_traps_open_the_circuit_until_a_probe_succeeds() {
         circuit("skip", "skip-circuit", "fail_open"),
     ])
     .await;
-    let gateway = &setup.gateway;
+    let gateway = &setup;
     let client = HttpClient::http1();
 
     let (status, _) = post(&client, gateway, "/circuit", GOOD_BODY).await;
@@ -330,7 +289,7 @@ async fn repeated_traps_open_the_circuit_until_a_probe_succeeds() {
     // again): 503 and nothing forwarded under fail_closed, forwarded under fail_open.
     let forwarded = |prefix: &str| {
         setup
-            .echo
+            .backend("echo")
             .requests()
             .iter()
             .filter(|r| r.path.starts_with(prefix))
@@ -390,7 +349,7 @@ async fn a_response_body_trap_resets_the_response() {
         "fail_open",
     )])
     .await;
-    let gateway = &setup.gateway;
+    let gateway = &setup;
     let listener = gateway.listener("public");
 
     // The control: a valid body arrives whole, redacted.
@@ -510,7 +469,7 @@ async fn a_response_headers_trap_answers_503() {
         "fail_closed",
     )])
     .await;
-    let gateway = &setup.gateway;
+    let gateway = &setup;
     let client = HttpClient::http1();
     for attempt in 0..3 {
         let response = client
