@@ -404,8 +404,9 @@ impl Scenario {
     }
 }
 
-/// The file the builder writes its listeners, clusters and routes to.
-const GENERATED_FILE: &str = "scenario.yaml";
+/// The policy file the builder writes its server fields, listeners, clusters and routes
+/// to (tests that rewrite it while the gateway runs find it under this name).
+pub const GENERATED_FILE: &str = "scenario.yaml";
 
 /// `${NAME}` of a backend: its name upper-cased, `-` as `_`.
 fn value_name(backend: &str) -> String {
