@@ -159,6 +159,14 @@ impl Gateway {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        let mut gateway = Self::spawn(policies, extra_args, env);
+        gateway.wait_until_ready().await;
+        gateway
+    }
+
+    /// Spawns `tollgate run` on the folder without waiting for it to be ready: for a
+    /// gateway that must refuse its configuration (see [`Gateway::wait_for_exit`]).
+    pub fn spawn(policies: PolicyDir, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         let admin = free_loopback_addr();
         let log = File::create(policies.log_path()).expect("create the gateway log");
         let default_workers: &[&str] = if extra_args.contains(&"--workers") {
@@ -179,14 +187,12 @@ impl Gateway {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", tollgate_binary().display()));
-        let mut gateway = Self {
+        Self {
             policies,
             admin,
             child,
             client: HttpClient::http1(),
-        };
-        gateway.wait_until_ready().await;
-        gateway
+        }
     }
 
     async fn wait_until_ready(&mut self) {

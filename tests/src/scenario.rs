@@ -303,7 +303,39 @@ impl Scenario {
 
     /// Starts the backends, writes the policies and runs the gateway until `/readyz`
     /// answers; panics with the gateway's log when it does not get there.
-    pub async fn start(mut self) -> Running {
+    pub async fn start(self) -> Running {
+        let (prepared, backends) = self.prepare().await;
+        let (gateway, plugins_folder) = prepared.launch(true).await;
+        Running {
+            gateway,
+            backends,
+            plugins_folder,
+            client: HttpClient::http1(),
+        }
+    }
+
+    /// Runs the gateway on a configuration it must refuse: panics unless it exits with a
+    /// failure within `timeout` (it is killed then); returns its log.
+    pub async fn run_until_refused(self, timeout: Duration) -> String {
+        let (prepared, _backends) = self.prepare().await;
+        let (mut gateway, _) = prepared.launch(false).await;
+        match gateway.wait_for_exit(timeout).await {
+            None => panic!(
+                "tollgate run is still running after {timeout:?} on a configuration it must \
+                 refuse; its output:\n{}",
+                gateway.log()
+            ),
+            Some(status) => assert!(
+                !status.success(),
+                "tollgate run exited successfully; its output:\n{}",
+                gateway.log()
+            ),
+        }
+        gateway.log()
+    }
+
+    /// Starts the backends and writes the policies folder and the plugins folder.
+    async fn prepare(mut self) -> (Prepared, BTreeMap<String, Backend>) {
         let mut backends = BTreeMap::new();
         for planned in std::mem::take(&mut self.backends) {
             let backend = match planned.source {
@@ -353,21 +385,15 @@ impl Scenario {
             let folder = plugins_folder.to_str().expect("UTF-8 path").to_owned();
             self.args.extend(["--plugins".to_owned(), folder]);
         }
-        let workers = self.workers.to_string();
-        let mut args = vec!["--workers", workers.as_str()];
-        args.extend(self.args.iter().map(String::as_str));
-        let env: Vec<(&str, &str)> = self
-            .env
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_str()))
-            .collect();
-        let gateway = Gateway::start_with_env(self.policies, &args, &env).await;
-        Running {
-            gateway,
-            backends,
+        let mut args = vec!["--workers".to_owned(), self.workers.to_string()];
+        args.append(&mut self.args);
+        let prepared = Prepared {
+            policies: self.policies,
+            args,
+            env: self.env,
             plugins_folder,
-            client: HttpClient::http1(),
-        }
+        };
+        (prepared, backends)
     }
 
     fn plugins_folder(&self) -> PathBuf {
@@ -401,6 +427,32 @@ impl Scenario {
         virtual_hosts.extend(self.virtual_hosts.iter().cloned());
         push_section(&mut yaml, "virtual_hosts", &virtual_hosts);
         yaml
+    }
+}
+
+/// A written policies folder and the command line to run the gateway on it.
+struct Prepared {
+    policies: PolicyDir,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    plugins_folder: PathBuf,
+}
+
+impl Prepared {
+    /// Spawns the gateway; `ready` waits until it serves.
+    async fn launch(self, ready: bool) -> (Gateway, PathBuf) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let gateway = if ready {
+            Gateway::start_with_env(self.policies, &args, &env).await
+        } else {
+            Gateway::spawn(self.policies, &args, &env)
+        };
+        (gateway, self.plugins_folder)
     }
 }
 

@@ -12,15 +12,12 @@
 //! - `tollgate check` accepts every test plugin with a valid configuration.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use serde_json::json;
 use tollgate_tests::clients::{get_request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{
-    free_loopback_addr, run_check, tollgate_binary, CommandOutcome, Gateway, PolicyDir,
-};
+use tollgate_tests::gateway::{run_check, CommandOutcome, Gateway, PolicyDir};
 use tollgate_tests::plugins::{
     no_abi_wat, plugins_file, unknown_abi_wat, PluginSpec, TP_BODY, TP_CALLOUT, TP_GRPC,
     TP_HEADERS, TP_HEADER_HEAVY, TP_LOCAL_REPLY, TP_METRICS, TP_MISBEHAVE, TP_PROPERTIES,
@@ -263,61 +260,26 @@ fn assert_rejected(outcome: &CommandOutcome, fragments: &[&str]) {
     }
 }
 
-/// Runs `tollgate run` on a folder that must be refused: it has to exit non-zero within
-/// 20 s (it is killed and the test fails otherwise). Returns its output.
-fn run_must_refuse(mut dir: PolicyDir, plugins: &[PluginSpec]) -> String {
-    dir.write("gateway.yaml", CHECK_POLICIES)
-        .write("plugins.json", &plugins_file(plugins));
-    let log_path = dir.path().parent().expect("temp root").join("run.log");
-    let log = std::fs::File::create(&log_path).expect("create the log");
-    let mut child = Command::new(tollgate_binary())
-        .arg("run")
-        .arg("--policies")
-        .arg(dir.path())
-        .args([
-            "--admin",
-            &free_loopback_addr().to_string(),
-            "--workers",
-            "1",
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("clone log"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn tollgate run");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll tollgate run") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
-    match status {
-        None => panic!(
-            "tollgate run started serving with a plugin that must be refused; output:\n{output}"
-        ),
-        Some(status) => assert!(
-            !status.success(),
-            "tollgate run exited successfully; output:\n{output}"
-        ),
-    }
-    output
+/// Runs `tollgate run` with these plugins, which it must refuse: it has to exit non-zero
+/// within 20 s (it is killed and the test fails otherwise). Returns its output.
+async fn run_must_refuse(scenario: Scenario, plugins: &[PluginSpec]) -> String {
+    scenario
+        .without_public_listener()
+        .policy_file("gateway.yaml", CHECK_POLICIES)
+        .plugins(plugins)
+        .workers(1)
+        .run_until_refused(Duration::from_secs(20))
+        .await
 }
 
-#[test]
-fn on_configure_false_is_refused_with_the_plugin_log_line() {
+#[tokio::test]
+async fn on_configure_false_is_refused_with_the_plugin_log_line() {
     let plugins = [misbehave("refuser", "configure-false", "plain")];
     assert_rejected(
         &check(&plugins),
         &["refuser", "tp-misbehave refuses this configuration"],
     );
-    let output = run_must_refuse(PolicyDir::new(), &plugins);
+    let output = run_must_refuse(Scenario::new(), &plugins).await;
     assert!(
         output.contains("refuser"),
         "run names the plugin; output:\n{output}"
@@ -370,11 +332,15 @@ fn module_with_unknown_abi_version_is_rejected() {
     assert_rejected(&outcome, &["future", "abi"]);
 }
 
-#[test]
-fn run_refuses_a_module_without_abi_version() {
-    let dir = PolicyDir::new();
-    let module = neutral_copy(&dir, &no_abi_wat(), "bare-module.wat");
-    let output = run_must_refuse(dir, &[PluginSpec::new("bare", module).routes(&["plain"])]);
+#[tokio::test]
+async fn run_refuses_a_module_without_abi_version() {
+    let scenario = Scenario::new();
+    let module = neutral_copy(scenario.policies(), &no_abi_wat(), "bare-module.wat");
+    let output = run_must_refuse(
+        scenario,
+        &[PluginSpec::new("bare", module).routes(&["plain"])],
+    )
+    .await;
     assert!(output.to_lowercase().contains("abi"), "output:\n{output}");
 }
 
