@@ -592,8 +592,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "--- the gateway's log ({}) ---\n{}--- end of the gateway's log ---",
-                self.gateway.policies().path().display(),
+                "--- the gateway's log ---\n{}--- end of the gateway's log ---",
                 self.gateway.log()
             );
         }

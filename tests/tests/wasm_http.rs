@@ -411,7 +411,7 @@ async fn local_replies_from_request_and_response_phase() {
     assert_eq!(
         response.header("x-tp-local-reply-saw"),
         Some("403"),
-        "the plugin's own response callback runs for its local reply (DESIGN §6): {:?}",
+        "the plugin's own response callback runs for its local reply (a local reply goes through the response phase, as in Envoy): {:?}",
         response.headers
     );
 
