@@ -567,11 +567,6 @@ impl Running {
     pub fn plugins_folder(&self) -> &Path {
         &self.plugins_folder
     }
-
-    /// Waits until the backend `name` recorded `count` requests (at most `timeout`).
-    pub async fn wait_for_requests(&self, name: &str, count: usize, timeout: Duration) {
-        self.backend(name).wait_for_requests(count, timeout).await;
-    }
 }
 
 impl Deref for Running {

@@ -38,12 +38,9 @@ async fn start() -> Running {
     Scenario::new()
         .echo("echo")
         .echo("callee")
-        .grpc("grpc")
-        .grpc_stream_echo("grpc-stream")
-        .cluster("{ name: refusing, endpoints: [{ address: \"${REFUSING}\" }] }")
-        .cluster("{ name: grpc-service, endpoints: [{ address: \"${GRPC}\" }], http2: true }")
-        .cluster("{ name: grpc-stream-service, endpoints: [{ address: \"${GRPC_STREAM}\" }], http2: true }")
-        .set("REFUSING", backends::refusing_address())
+        .grpc("grpc-service")
+        .grpc_stream_echo("grpc-stream-service")
+        .cluster_at("refusing", backends::refusing_address())
         .forward("ok", "/ok", "echo")
         .forward("slow", "/slow", "echo")
         .forward("refused", "/refused", "echo")
@@ -198,7 +195,7 @@ async fn grpc_unary_callout_over_http2() {
     );
     assert_eq!(headers["x-grpc-body"], "hello", "{headers}");
 
-    let calls = setup.backend("grpc").requests();
+    let calls = setup.backend("grpc-service").requests();
     assert_eq!(calls.len(), 1, "{calls:?}");
     let call = &calls[0];
     assert_eq!(call.method, "POST");
@@ -243,7 +240,7 @@ async fn grpc_stream_callout_sends_and_receives_every_message() {
         headers["x-grpc-stream-metadata"], "0",
         "initial metadata was delivered: {headers}"
     );
-    let calls = setup.backend("grpc-stream").requests();
+    let calls = setup.backend("grpc-stream-service").requests();
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0].path, "/tollgate.test.Echo/Chat");
     assert_eq!(calls[0].protocol, "HTTP/2.0");
