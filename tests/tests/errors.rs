@@ -6,7 +6,7 @@ use http::StatusCode;
 use http_body_util::Full;
 use tollgate_tests::backends;
 use tollgate_tests::clients::{expect_status, raw_exchange, request, HttpClient};
-use tollgate_tests::scenario::{Running, Scenario};
+use tollgate_tests::scenario::Scenario;
 
 const SERVER: &str = "
 max_request_header_bytes: 4096
@@ -27,19 +27,18 @@ routes:
     forward: { cluster: echo }
 ";
 
-async fn start() -> Running {
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
     Scenario::new()
         .server(SERVER)
         .echo("echo")
         .cluster_at("refusing", backends::refusing_address())
         .virtual_host(SHOP)
-        .start()
-        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_request_line_is_400() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let echo = gateway.backend("echo");
     let answer = raw_exchange(
         gateway.listener("public"),
@@ -53,7 +52,7 @@ async fn malformed_request_line_is_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_are_431() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let echo = gateway.backend("echo");
     let answer = raw_exchange(
         gateway.listener("public"),
@@ -69,7 +68,7 @@ async fn oversized_headers_are_431() {
 /// would fit the 8 KiB buffers HTTP libraries commonly start with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_just_over_a_small_configured_limit_are_431() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let echo = gateway.backend("echo");
     let answer = raw_exchange(
         gateway.listener("public"),
@@ -88,7 +87,7 @@ fn request_with_header_of(bytes: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_the_limit_is_413() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let echo = gateway.backend("echo");
     let public = gateway.listener("public");
     let too_big = request("POST", public, "shop.test", "/echo")
@@ -122,7 +121,7 @@ async fn body_over_the_limit_is_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_host_and_unknown_route_are_404() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let echo = gateway.backend("echo");
     let client = HttpClient::http1();
     let public = gateway.listener("public");
@@ -142,7 +141,7 @@ async fn unknown_host_and_unknown_route_are_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_upstream_is_502() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let response = HttpClient::http1()
         .get(gateway.listener("public"), "shop.test", "/refused")
         .await;
@@ -151,7 +150,7 @@ async fn refused_upstream_is_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_that_never_finishes_its_headers_is_disconnected() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let started = Instant::now();
     // Headers never end: the 1s header_read_timeout must cut the connection.
     let answer = raw_exchange(
@@ -176,7 +175,7 @@ async fn client_that_never_finishes_its_headers_is_disconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let mut stream = tokio::net::TcpStream::connect(gateway.listener("public"))
         .await
         .unwrap();

@@ -10,7 +10,7 @@ use http::StatusCode;
 use tollgate_tests::clients::HttpClient;
 use tollgate_tests::gateway::Gateway;
 use tollgate_tests::h2frames::{self, RawH2, Read};
-use tollgate_tests::scenario::{Running, Scenario};
+use tollgate_tests::scenario::Scenario;
 
 const SERVER: &str = "
 max_request_header_bytes: 8192
@@ -33,13 +33,12 @@ routes:
 /// would each cost hundreds of megabytes if the gateway buffered what they send.
 const RSS_GROWTH_LIMIT_KB: u64 = 64 * 1024;
 
-async fn start() -> Running {
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
     Scenario::new()
         .server(SERVER)
         .echo("echo")
         .virtual_host(SHOP)
-        .start()
-        .await
 }
 
 /// The gateway's resident set size in KiB, from /proc/PID/status.
@@ -114,7 +113,7 @@ async fn expect_goaway_or_close(
 /// not keep doing work for streams the client already cancelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_is_cut_off() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let echo = gateway.backend("echo");
     let public = gateway.listener("public");
     let before = rss_kb(&gateway);
@@ -163,7 +162,7 @@ async fn rapid_reset_is_cut_off() {
 /// header list outgrows max_request_header_bytes long before memory does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuation_flood_is_cut_off() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let echo = gateway.backend("echo");
     let public = gateway.listener("public");
     let before = rss_kb(&gateway);
@@ -203,7 +202,7 @@ async fn continuation_flood_is_cut_off() {
 /// Floods of control frames the server must answer (SETTINGS needs an ACK, PING a PING
 /// ACK) from a client that never reads the answers.
 async fn control_flood(frame: Vec<u8>, attack: &str) {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let echo = gateway.backend("echo");
     let public = gateway.listener("public");
     let before = rss_kb(&gateway);
@@ -243,7 +242,7 @@ async fn ping_flood_is_cut_off() {
 /// refused on its stream (431 and/or RST_STREAM) or with a GOAWAY; never forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_list_over_the_limit_is_refused() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let echo = gateway.backend("echo");
     let public = gateway.listener("public");
     let authority = public.to_string();
@@ -287,7 +286,7 @@ async fn stalled_h2_request_body_is_answered_408_on_its_stream() {
     use http_body_util::StreamBody;
     use hyper::body::Frame;
 
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let echo = gateway.backend("echo");
     let public = gateway.listener("public");
 
@@ -343,7 +342,7 @@ async fn stalled_h2_request_body_is_answered_408_on_its_stream() {
 async fn upstream_stalled_mid_body_resets_only_its_stream() {
     use http_body_util::BodyExt;
 
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let public = gateway.listener("public");
 
     let tcp = tokio::net::TcpStream::connect(public).await.unwrap();

@@ -25,7 +25,7 @@ use tollgate_tests::clients::{raw_exchange, request, HttpClient};
 use tollgate_tests::gateway::Gateway;
 use tollgate_tests::h2frames::{self, RawH2, Read};
 use tollgate_tests::plugins::{PluginSpec, TP_MISBEHAVE};
-use tollgate_tests::scenario::{Running, Scenario};
+use tollgate_tests::scenario::Scenario;
 
 const GOOD_BODY: &[u8] = b"hello";
 const BAD_BODY: &[u8] = b"bad \xff\xfe utf-8";
@@ -40,7 +40,8 @@ fn misbehave(name: &str, mode: &str, route: &str, policy: &str) -> PluginSpec {
         .failure_policy(policy)
 }
 
-async fn start(plugins: &[PluginSpec]) -> Running {
+/// The gateway of this file's tests; each adds what it needs and starts it.
+async fn scenario() -> Scenario {
     Scenario::new()
         .echo("echo")
         .cluster_at("trickle", trickle_backend().await)
@@ -51,9 +52,6 @@ async fn start(plugins: &[PluginSpec]) -> Running {
         .forward("redact", "/redact", "trickle")
         .forward("response-headers", "/response-headers", "echo")
         .forward("plain", "/", "echo")
-        .plugins(plugins)
-        .start()
-        .await
 }
 
 /// An HTTP/1.1 backend answering every request with a chunked body in two chunks, 200 ms
@@ -160,18 +158,21 @@ async fn storm(gateway: &Gateway, path: &str) -> Vec<(usize, StatusCode)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trap_storm_fails_exactly_the_trapping_requests() {
-    let setup = start(&[
-        misbehave(
-            "storm-closed",
-            "utf8-request-body",
-            "storm-closed",
-            "fail_closed",
-        )
-        .field("max_traps_per_minute", json!(1000)),
-        misbehave("storm-open", "utf8-request-body", "storm-open", "fail_open")
+    let setup = scenario()
+        .await
+        .plugins(&[
+            misbehave(
+                "storm-closed",
+                "utf8-request-body",
+                "storm-closed",
+                "fail_closed",
+            )
             .field("max_traps_per_minute", json!(1000)),
-    ])
-    .await;
+            misbehave("storm-open", "utf8-request-body", "storm-open", "fail_open")
+                .field("max_traps_per_minute", json!(1000)),
+        ])
+        .start()
+        .await;
     let gateway = &setup;
 
     let closed = storm(gateway, "/storm-closed").await;
@@ -251,11 +252,14 @@ async fn repeated_traps_open_the_circuit_until_a_probe_succeeds() {
             .field("max_traps_per_minute", json!(3))
             .field("circuit_open_time", json!("2s"))
     };
-    let setup = start(&[
-        circuit("circuit", "circuit", "fail_closed"),
-        circuit("skip", "skip-circuit", "fail_open"),
-    ])
-    .await;
+    let setup = scenario()
+        .await
+        .plugins(&[
+            circuit("circuit", "circuit", "fail_closed"),
+            circuit("skip", "skip-circuit", "fail_open"),
+        ])
+        .start()
+        .await;
     let gateway = &setup;
     let client = HttpClient::http1();
 
@@ -342,13 +346,16 @@ fn split_answer(text: &str) -> (String, &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_body_trap_resets_the_response() {
-    let setup = start(&[misbehave(
-        "redactor",
-        "utf8-redact-response",
-        "redact",
-        "fail_open",
-    )])
-    .await;
+    let setup = scenario()
+        .await
+        .plugins(&[misbehave(
+            "redactor",
+            "utf8-redact-response",
+            "redact",
+            "fail_open",
+        )])
+        .start()
+        .await;
     let gateway = &setup;
     let listener = gateway.listener("public");
 
@@ -462,13 +469,16 @@ async fn a_response_body_trap_resets_the_response() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_headers_trap_answers_503() {
-    let setup = start(&[misbehave(
-        "header-panic",
-        "panic-response-headers",
-        "response-headers",
-        "fail_closed",
-    )])
-    .await;
+    let setup = scenario()
+        .await
+        .plugins(&[misbehave(
+            "header-panic",
+            "panic-response-headers",
+            "response-headers",
+            "fail_closed",
+        )])
+        .start()
+        .await;
     let gateway = &setup;
     let client = HttpClient::http1();
     for attempt in 0..3 {

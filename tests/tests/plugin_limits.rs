@@ -17,7 +17,7 @@ use tollgate_tests::bundled::{KEY_AUTH, QUOTA, RATE_LIMIT};
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
 use tollgate_tests::gateway::Gateway;
 use tollgate_tests::plugins::{check_plugins, PluginSpec};
-use tollgate_tests::scenario::{Running, Scenario};
+use tollgate_tests::scenario::Scenario;
 
 /// Keys of the consumers `key-auth` knows.
 const ALICE: &str = "k-alice";
@@ -34,14 +34,12 @@ fn key_auth() -> PluginSpec {
         }))
 }
 
-async fn start(plugins: &[PluginSpec]) -> Running {
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
     Scenario::new()
         .echo("echo")
         .forward("api", "/api", "echo")
         .forward("open", "/open", "echo")
-        .plugins(plugins)
-        .start()
-        .await
 }
 
 async fn get(
@@ -82,7 +80,7 @@ async fn rate_limit_headers_then_429_with_retry_after() {
         "default_plan": "small",
         "routes": { "open": { "enabled": false } }
     }));
-    let gateway = start(&[rate_limit]).await;
+    let gateway = scenario().plugins(&[rate_limit]).start().await;
     let echo = gateway.backend("echo");
     let client = HttpClient::http1();
     for expected_remaining in [2, 1, 0] {
@@ -130,7 +128,7 @@ async fn plans_follow_the_authenticated_consumer() {
         "consumers": { "alice": "gold" },
         "default_plan": "free"
     }));
-    let gateway = start(&[key_auth(), rate_limit]).await;
+    let gateway = scenario().plugins(&[key_auth(), rate_limit]).start().await;
     let client = HttpClient::http1();
     let statuses = |key: &'static str, forged: Option<&'static str>| {
         let client = client.clone();
@@ -179,7 +177,7 @@ async fn rate_limit_is_exact_under_parallel_load() {
         "key": "route",
         "default_plan": "shared"
     }));
-    let gateway = start(&[rate_limit]).await;
+    let gateway = scenario().plugins(&[rate_limit]).start().await;
     let echo = gateway.backend("echo");
     let client = HttpClient::http1();
     let responses = join_all((0..REQUESTS).map(|i| {
@@ -219,7 +217,7 @@ async fn quota_counts_down_and_refuses_when_used_up() {
         "consumers": { "alice": "pro" },
         "default_plan": "basic"
     }));
-    let gateway = start(&[key_auth(), quota]).await;
+    let gateway = scenario().plugins(&[key_auth(), quota]).start().await;
     let echo = gateway.backend("echo");
     let client = HttpClient::http1();
     for expected in [2, 1, 0] {
@@ -264,7 +262,7 @@ async fn quota_is_exact_under_parallel_clients() {
         "plans": { "basic": { "per_day": QUOTA_PER_DAY } },
         "default_plan": "basic"
     }));
-    let gateway = start(&[key_auth(), quota]).await;
+    let gateway = scenario().plugins(&[key_auth(), quota]).start().await;
     let echo = gateway.backend("echo");
     let client = HttpClient::http1();
     let responses = join_all((0..120).map(|i| {

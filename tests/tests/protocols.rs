@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use tokio_tungstenite::tungstenite::Message;
 use tollgate_tests::backends::GRPC_HELLO_MESSAGE;
 use tollgate_tests::clients::{get_request, websocket_connect, HttpClient};
-use tollgate_tests::scenario::{Running, Scenario};
+use tollgate_tests::scenario::Scenario;
 
 const SHOP: &str = "
 name: shop
@@ -25,19 +25,18 @@ routes:
     forward: { cluster: echo }
 ";
 
-async fn start() -> Running {
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
     Scenario::new()
         .echo("echo")
         .websocket("websocket")
         .grpc("grpc")
         .virtual_host(SHOP)
-        .start()
-        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_bodies_stream_without_buffering() {
-    let fixture = start().await;
+    let fixture = scenario().start().await;
     let started = Instant::now();
     // Five chunks 400ms apart: the last leaves the backend 1.6s after the first.
     let response = HttpClient::http1()
@@ -70,7 +69,7 @@ async fn response_bodies_stream_without_buffering() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_pass_both_ways_unchanged() {
-    let fixture = start().await;
+    let fixture = scenario().start().await;
     let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     let request = tollgate_tests::clients::request(
         "POST",
@@ -92,7 +91,7 @@ async fn large_bodies_pass_both_ways_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_messages_pass_through() {
-    let fixture = start().await;
+    let fixture = scenario().start().await;
     let mut socket = websocket_connect(fixture.listener("public"), "shop.test", "/ws/chat")
         .await
         .expect("WebSocket handshake through the gateway");
@@ -117,7 +116,7 @@ async fn websocket_messages_pass_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_trailers_reach_an_http2_client() {
-    let fixture = start().await;
+    let fixture = scenario().start().await;
     let request = tollgate_tests::clients::request(
         "POST",
         fixture.listener("public"),

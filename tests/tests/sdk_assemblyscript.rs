@@ -16,7 +16,7 @@ use serde_json::json;
 use tollgate_tests::assemblyscript::{self, PLUGIN_NAME};
 use tollgate_tests::clients::HttpClient;
 use tollgate_tests::plugins::{check_plugins, PluginSpec};
-use tollgate_tests::scenario::{Running, Scenario};
+use tollgate_tests::scenario::Scenario;
 
 const CONFIGURATION: &str = "Hello from AssemblyScript";
 
@@ -24,13 +24,12 @@ fn plugin() -> PluginSpec {
     PluginSpec::new(PLUGIN_NAME, assemblyscript::module()).config(json!(CONFIGURATION))
 }
 
-async fn start() -> Running {
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
     Scenario::new()
         .echo("echo")
         .forward("all", "/", "echo")
         .plugin(plugin())
-        .start()
-        .await
 }
 
 #[test]
@@ -46,7 +45,7 @@ fn check_accepts_the_assemblyscript_module() {
 
 #[tokio::test]
 async fn headers_and_properties_go_through_the_gateway() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let echo = gateway.backend("echo");
     let response = HttpClient::http1()
         .get(gateway.listener("public"), "example.test", "/hello?x=1")
@@ -62,7 +61,7 @@ async fn headers_and_properties_go_through_the_gateway() {
 
 #[tokio::test]
 async fn the_plugin_answers_a_forbidden_path_itself() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let echo = gateway.backend("echo");
     let response = HttpClient::http1()
         .get(gateway.listener("public"), "example.test", "/as-forbidden")
@@ -76,7 +75,7 @@ async fn the_plugin_answers_a_forbidden_path_itself() {
 
 #[tokio::test]
 async fn the_plugin_log_reaches_the_gateway_log() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let expected = format!("{PLUGIN_NAME} configured with {CONFIGURATION}");
     for _ in 0..100 {
         if gateway.log().contains(&expected) {

@@ -23,7 +23,7 @@ use tollgate_tests::plugins::{
     TP_HEADERS, TP_HEADER_HEAVY, TP_LOCAL_REPLY, TP_METRICS, TP_MISBEHAVE, TP_PROPERTIES,
     TP_SHARED,
 };
-use tollgate_tests::scenario::{Running, Scenario};
+use tollgate_tests::scenario::Scenario;
 
 fn misbehave(name: &str, mode: &str, route: &str) -> PluginSpec {
     PluginSpec::new(name, TP_MISBEHAVE)
@@ -31,7 +31,8 @@ fn misbehave(name: &str, mode: &str, route: &str) -> PluginSpec {
         .routes(&[route])
 }
 
-async fn start(plugins: &[PluginSpec]) -> Running {
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
     Scenario::new()
         .echo("echo")
         .forward("panic-closed", "/panic-closed", "echo")
@@ -40,9 +41,6 @@ async fn start(plugins: &[PluginSpec]) -> Running {
         .forward("memory", "/memory", "echo")
         .forward("bad-pointer", "/bad-pointer", "echo")
         .forward("plain", "/", "echo")
-        .plugins(plugins)
-        .start()
-        .await
 }
 
 /// GET through the gateway with a 10 s bound; returns the response and how long it took.
@@ -89,11 +87,13 @@ async fn assert_log_mentions(gateway: &Gateway, fragments: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panicking_plugin_fails_closed_or_open_and_other_routes_work() {
-    let gateway = start(&[
-        misbehave("panicky-closed", "panic", "panic-closed").failure_policy("fail_closed"),
-        misbehave("panicky-open", "panic", "panic-open").failure_policy("fail_open"),
-    ])
-    .await;
+    let gateway = scenario()
+        .plugins(&[
+            misbehave("panicky-closed", "panic", "panic-closed").failure_policy("fail_closed"),
+            misbehave("panicky-open", "panic", "panic-open").failure_policy("fail_open"),
+        ])
+        .start()
+        .await;
     let echo = gateway.backend("echo");
     for attempt in 0..3 {
         let (response, _) = get(&gateway, "/panic-closed").await;
@@ -142,9 +142,10 @@ async fn panicking_plugin_fails_closed_or_open_and_other_routes_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infinite_loop_is_cut_by_the_deadline() {
-    let gateway =
-        start(&[misbehave("spinner", "loop", "loop").field("callback_timeout", json!("100ms"))])
-            .await;
+    let gateway = scenario()
+        .plugins(&[misbehave("spinner", "loop", "loop").field("callback_timeout", json!("100ms"))])
+        .start()
+        .await;
     let echo = gateway.backend("echo");
     for attempt in 0..2 {
         let (response, elapsed) = get(&gateway, "/loop").await;
@@ -166,10 +167,12 @@ async fn infinite_loop_is_cut_by_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_hits_the_limit_and_the_gateway_survives() {
-    let gateway = start(&[
-        misbehave("hog", "memory", "memory").field("memory_limit", json!(16 * 1024 * 1024))
-    ])
-    .await;
+    let gateway = scenario()
+        .plugins(&[
+            misbehave("hog", "memory", "memory").field("memory_limit", json!(16 * 1024 * 1024))
+        ])
+        .start()
+        .await;
     let echo = gateway.backend("echo");
     for attempt in 0..2 {
         let (response, elapsed) = get(&gateway, "/memory").await;
@@ -194,7 +197,10 @@ async fn memory_bomb_hits_the_limit_and_the_gateway_survives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_guest_pointer_is_refused_or_traps_only_that_vm() {
-    let gateway = start(&[misbehave("pointer", "bad-pointer", "bad-pointer")]).await;
+    let gateway = scenario()
+        .plugins(&[misbehave("pointer", "bad-pointer", "bad-pointer")])
+        .start()
+        .await;
     for attempt in 0..2 {
         let (response, _) = get(&gateway, "/bad-pointer").await;
         match response.status {

@@ -13,9 +13,10 @@ use tollgate_tests::clients::{request, HttpClient, HttpResponse};
 use tollgate_tests::gateway::Gateway;
 use tollgate_tests::h2frames::{self, RawH2, Read};
 use tollgate_tests::plugins::{PluginSpec, TP_LOCAL_REPLY, TP_MISBEHAVE};
-use tollgate_tests::scenario::{Running, Scenario};
+use tollgate_tests::scenario::Scenario;
 
-async fn start() -> Running {
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
     Scenario::new()
         .echo("echo")
         .forward("svc", "/svc", "echo")
@@ -26,8 +27,6 @@ async fn start() -> Running {
                 .config(serde_json::json!({ "mode": "panic" }))
                 .routes(&["crash"]),
         )
-        .start()
-        .await
 }
 
 /// A gRPC call over h2c with extra request headers.
@@ -70,7 +69,7 @@ fn trailers_only(response: &HttpResponse) -> (String, Option<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_grpc_response_is_trailers_only_with_an_encoded_message() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let echo = gateway.backend("echo");
     let response = grpc_call(
         &gateway,
@@ -101,7 +100,7 @@ async fn send_grpc_response_is_trailers_only_with_an_encoded_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_answer_to_a_grpc_call_maps_its_status() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let response = grpc_call(&gateway, "/svc.Echo/Call", &[("x-deny-status", b"429")]).await;
     let (status, message) = trailers_only(&response);
     assert_eq!(status, "14", "429 is UNAVAILABLE");
@@ -117,7 +116,7 @@ async fn an_http_answer_to_a_grpc_call_maps_its_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_request_answered_by_the_gateway() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let response = grpc_call(&gateway, "/nowhere.Service/Call", &[]).await;
     let (status, message) = trailers_only(&response);
     assert_eq!(status, "12", "no route (404) is UNIMPLEMENTED");
@@ -166,7 +165,7 @@ async fn a_grpc_request_answered_by_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_requests_keep_their_body_and_no_grpc_headers() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     for client in [HttpClient::http1(), HttpClient::h2c()] {
         let denied = request("GET", gateway.listener("public"), "grpc.test", "/svc/x")
             .header("x-deny-status", "429")
@@ -190,7 +189,7 @@ async fn plain_http_requests_keep_their_body_and_no_grpc_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_failure_on_a_grpc_call_is_unavailable() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let echo = gateway.backend("echo");
     let response = grpc_call(&gateway, "/crash.Service/Call", &[]).await;
     let (status, message) = trailers_only(&response);

@@ -19,9 +19,10 @@ use tollgate_tests::backends;
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
 use tollgate_tests::gateway::Gateway;
 use tollgate_tests::plugins::{PluginSpec, TP_BODY, TP_HEADERS, TP_HEADER_HEAVY, TP_LOCAL_REPLY};
-use tollgate_tests::scenario::{Running, Scenario};
+use tollgate_tests::scenario::Scenario;
 
-async fn start(plugins: &[PluginSpec]) -> Running {
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
     Scenario::new()
         .echo("echo")
         .echo("other")
@@ -32,9 +33,6 @@ async fn start(plugins: &[PluginSpec]) -> Running {
         .forward("grpc-trailers", "/pkg.Service", "grpc")
         .forward("local", "/local", "echo")
         .forward("plain", "/", "echo")
-        .plugins(plugins)
-        .start()
-        .await
 }
 
 fn headers_plugin() -> PluginSpec {
@@ -66,7 +64,7 @@ async fn send(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_headers_are_read_added_removed_and_replaced() {
-    let setup = start(&[headers_plugin()]).await;
+    let setup = scenario().plugins(&[headers_plugin()]).start().await;
     for (protocol, client) in [
         ("HTTP/1.1", HttpClient::http1()),
         ("h2c", HttpClient::h2c()),
@@ -206,7 +204,7 @@ async fn request_headers_are_read_added_removed_and_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_run_only_on_their_routes() {
-    let setup = start(&[headers_plugin()]).await;
+    let setup = scenario().plugins(&[headers_plugin()]).start().await;
     let client = HttpClient::http1();
     let response = send(&client, &setup, "GET", "/headers/x", &[], "").await;
     assert_eq!(
@@ -236,7 +234,7 @@ async fn plugins_run_only_on_their_routes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_path_in_the_request_phase_reselects_the_route() {
-    let setup = start(&[headers_plugin()]).await;
+    let setup = scenario().plugins(&[headers_plugin()]).start().await;
     let client = HttpClient::http1();
     let response = send(
         &client,
@@ -277,7 +275,7 @@ fn body_plugin(routes: &[&str]) -> PluginSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_body_is_replaced_and_response_body_appended() {
-    let setup = start(&[body_plugin(&["body"])]).await;
+    let setup = scenario().plugins(&[body_plugin(&["body"])]).start().await;
     let client = HttpClient::http1();
 
     let response = send(&client, &setup, "POST", "/echo-body", &[], "hello body").await;
@@ -336,7 +334,10 @@ async fn request_body_is_replaced_and_response_body_appended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_trailers_are_seen_and_added() {
-    let setup = start(&[body_plugin(&["grpc-trailers"])]).await;
+    let setup = scenario()
+        .plugins(&[body_plugin(&["grpc-trailers"])])
+        .start()
+        .await;
     let response = send(
         &HttpClient::h2c(),
         &setup,
@@ -379,7 +380,10 @@ async fn response_trailers_are_seen_and_added() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_replies_from_request_and_response_phase() {
-    let setup = start(&[PluginSpec::new("denier", TP_LOCAL_REPLY).routes(&["local"])]).await;
+    let setup = scenario()
+        .plugins(&[PluginSpec::new("denier", TP_LOCAL_REPLY).routes(&["local"])])
+        .start()
+        .await;
     let client = HttpClient::http1();
 
     let response = send(
@@ -458,7 +462,10 @@ async fn local_replies_from_request_and_response_phase() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_heavy_plugin_leaves_no_trace() {
-    let setup = start(&[PluginSpec::new("heavy", TP_HEADER_HEAVY).routes(&["headers"])]).await;
+    let setup = scenario()
+        .plugins(&[PluginSpec::new("heavy", TP_HEADER_HEAVY).routes(&["headers"])])
+        .start()
+        .await;
     let response = send(
         &HttpClient::http1(),
         &setup,

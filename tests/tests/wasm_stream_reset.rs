@@ -13,9 +13,10 @@ use tollgate_tests::clients::{raw_exchange, request, HttpClient};
 use tollgate_tests::gateway::Gateway;
 use tollgate_tests::h2frames::{self, RawH2, Read};
 use tollgate_tests::plugins::{PluginSpec, TP_MISC, TP_PROPERTIES};
-use tollgate_tests::scenario::{Running, Scenario};
+use tollgate_tests::scenario::Scenario;
 
-async fn start() -> Running {
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
     // The logger runs first in the request phase; it logs what it sees in `on_log`.
     let logger = PluginSpec::new("logger", TP_PROPERTIES)
         .priority(10)
@@ -25,8 +26,6 @@ async fn start() -> Running {
         .route("{ name: all, forward: { cluster: echo } }")
         .plugin(logger)
         .plugin(PluginSpec::new("misc", TP_MISC))
-        .start()
-        .await
 }
 
 fn http1_request(mode: &str) -> Vec<u8> {
@@ -65,7 +64,7 @@ async fn wait_for_log(gateway: &Gateway, needle: &str, count: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_connections_close_with_no_answer() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let echo = gateway.backend("echo");
     let public = gateway.listener("public");
     for mode in ["reset", "reset-response"] {
@@ -115,7 +114,7 @@ async fn http1_connections_close_with_no_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_resets_the_stream_alone() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let public = gateway.listener("public");
     let authority = public.to_string();
     let mut h2 = RawH2::connect(public).await.unwrap();
@@ -164,7 +163,7 @@ async fn http2_resets_the_stream_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_after_the_head_ends_the_body_in_a_reset() {
-    let gateway = start().await;
+    let gateway = scenario().start().await;
     let public = gateway.listener("public");
     for client in [HttpClient::http1(), HttpClient::h2c()] {
         let request = request("GET", public, "reset.test", "/reset")
