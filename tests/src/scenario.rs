@@ -36,6 +36,7 @@ use std::time::Duration;
 use crate::backends::{self, Backend, Failure};
 use crate::certs::{CertAuthority, IssuedCert};
 use crate::clients::{HttpClient, HttpResponse};
+use crate::fixtures::plugins_dir;
 use crate::gateway::{Gateway, PolicyDir};
 use crate::plugins::{plugins_file, PluginSpec};
 
@@ -194,9 +195,7 @@ impl Scenario {
     /// A cluster `name` with one endpoint at `addr`: a server the test runs itself, or
     /// [`backends::refusing_address`].
     pub fn cluster_at(self, name: &str, addr: SocketAddr) -> Self {
-        self.cluster(&format!(
-            "{{ name: {name}, endpoints: [{{ address: \"{addr}\" }}] }}"
-        ))
+        self.cluster(&single_endpoint_cluster(name, addr, false))
     }
 
     /// One more route of the virtual host `all` (YAML; a template).
@@ -355,11 +354,10 @@ impl Scenario {
                 .iter()
                 .any(|entry| entry_name(entry) == Some(planned.name.as_str()))
             {
-                let http2 = if planned.http2 { ", http2: true" } else { "" };
-                self.clusters.push(format!(
-                    "{{ name: {}, endpoints: [{{ address: \"{}\" }}]{http2} }}",
-                    planned.name,
-                    backend.addr()
+                self.clusters.push(single_endpoint_cluster(
+                    &planned.name,
+                    backend.addr(),
+                    planned.http2,
                 ));
             }
             backends.insert(planned.name, backend);
@@ -397,7 +395,7 @@ impl Scenario {
     }
 
     fn plugins_folder(&self) -> PathBuf {
-        plugins_folder_of(&self.policies.path())
+        plugins_dir(&self.policies)
     }
 
     fn generated_policies(&self) -> String {
@@ -465,12 +463,10 @@ fn value_name(backend: &str) -> String {
     backend.to_uppercase().replace('-', "_")
 }
 
-/// The plugins folder that goes with a policies folder: its sibling `plugins`.
-fn plugins_folder_of(policies: &Path) -> PathBuf {
-    policies
-        .parent()
-        .expect("the policies folder has a parent")
-        .join("plugins")
+/// A cluster entry with one endpoint; `http2` for HTTP/2 with prior knowledge.
+fn single_endpoint_cluster(name: &str, addr: SocketAddr, http2: bool) -> String {
+    let http2 = if http2 { ", http2: true" } else { "" };
+    format!("{{ name: {name}, endpoints: [{{ address: \"{addr}\" }}]{http2} }}")
 }
 
 /// The value of the first `name:` of a YAML entry, flow or block style.
