@@ -197,33 +197,40 @@ virtual_hosts:
     assert_eq!(HttpClient::http1().send(echoed).await.unwrap().text(), body);
 }
 
-const SPLIT_POLICIES: &str = "
-clusters:
-  - name: v1
-    endpoints: [{ address: ${V1} }]
-  - name: v2
-    endpoints: [{ address: ${V2} }]
-  - name: versions
-    endpoints:
-      - { address: ${V1}, labels: { version: v1 } }
-      - { address: ${V2}, labels: { version: v2 } }
-virtual_hosts:
-  - name: shop
-    domains: [shop.test]
-    routes:
-      - name: by-cluster
-        match: { path: { prefix: /clusters } }
-        forward:
-          split:
-            - { cluster: v1, weight: 90 }
-            - { cluster: v2, weight: 10 }
-      - name: by-subset
-        match: { path: { prefix: /subsets } }
-        forward:
-          split:
-            - { cluster: versions, subset: { version: v1 }, weight: 90 }
-            - { cluster: versions, subset: { version: v2 }, weight: 10 }
+const VERSIONS_CLUSTER: &str = "
+name: versions
+endpoints:
+  - { address: ${V1}, labels: { version: v1 } }
+  - { address: ${V2}, labels: { version: v2 } }
 ";
+
+const SPLIT_HOST: &str = "
+name: shop
+domains: [shop.test]
+routes:
+  - name: by-cluster
+    match: { path: { prefix: /clusters } }
+    forward:
+      split:
+        - { cluster: v1, weight: 90 }
+        - { cluster: v2, weight: 10 }
+  - name: by-subset
+    match: { path: { prefix: /subsets } }
+    forward:
+      split:
+        - { cluster: versions, subset: { version: v1 }, weight: 90 }
+        - { cluster: versions, subset: { version: v2 }, weight: 10 }
+";
+
+/// Two echo backends `v1` and `v2`, split 90/10 by cluster (`/clusters`) and by subset of
+/// one cluster holding both (`/subsets`).
+fn split_scenario() -> Scenario {
+    Scenario::new()
+        .echo("v1")
+        .echo("v2")
+        .cluster(VERSIONS_CLUSTER)
+        .virtual_host(SPLIT_HOST)
+}
 
 /// 2000 requests at 10%: mean 200, standard deviation about 13.4; the bounds are about
 /// 4.5 standard deviations wide, so a correct split fails them about once in 100 000 runs.
@@ -232,14 +239,7 @@ const MINORITY_BOUNDS: std::ops::RangeInclusive<usize> = 140..=260;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_split_across_clusters_is_90_10() {
-    let v1 = backends::echo("v1").await;
-    let v2 = backends::echo("v2").await;
-    let gateway = Scenario::new()
-        .set("V1", v1.addr())
-        .set("V2", v2.addr())
-        .policy_file("split.yaml", SPLIT_POLICIES)
-        .start()
-        .await;
+    let gateway = split_scenario().start().await;
     let counts = tally_by_header(
         &HttpClient::http1(),
         gateway.listener("public"),
@@ -255,14 +255,7 @@ async fn weighted_split_across_clusters_is_90_10() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_split_across_subsets_is_90_10() {
-    let v1 = backends::echo("v1").await;
-    let v2 = backends::echo("v2").await;
-    let gateway = Scenario::new()
-        .set("V1", v1.addr())
-        .set("V2", v2.addr())
-        .policy_file("split.yaml", SPLIT_POLICIES)
-        .start()
-        .await;
+    let gateway = split_scenario().start().await;
     let counts = tally_by_header(
         &HttpClient::http1(),
         gateway.listener("public"),
