@@ -139,11 +139,6 @@ impl Scenario {
         self.planned(name, BackendSource::Started(backend), false)
     }
 
-    /// Like [`Scenario::backend`], with an HTTP/2 cluster.
-    pub fn http2_backend(self, name: &str, backend: Backend) -> Self {
-        self.planned(name, BackendSource::Started(backend), true)
-    }
-
     fn planned(mut self, name: &str, source: BackendSource, http2: bool) -> Self {
         assert!(
             self.backends.iter().all(|planned| planned.name != name),
