@@ -16,43 +16,19 @@ use futures_util::future::join_all;
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::json;
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_METRICS, TP_PROPERTIES, TP_SHARED};
+use tollgate_tests::gateway::Gateway;
+use tollgate_tests::plugins::{PluginSpec, TP_METRICS, TP_PROPERTIES, TP_SHARED};
 use tollgate_tests::prometheus::sample_sum;
+use tollgate_tests::scenario::Scenario;
 
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - name: shared
-        match: { path: { prefix: /shared } }
-        forward: { cluster: echo }
-      - name: metrics
-        match: { path: { prefix: /metrics-route } }
-        forward: { cluster: echo }
-      - name: props
-        match: { path: { prefix: /props } }
-        forward: { cluster: echo }
-"#;
-
-async fn start(plugins: &[PluginSpec]) -> (Gateway, Backend) {
-    let echo = backends::echo("echo").await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(plugins));
-    (Gateway::start(policies).await, echo)
+/// The gateway every test here starts, with its plugins added.
+fn scenario() -> Scenario {
+    Scenario::new()
+        .echo("echo")
+        .forward("shared", "/shared", "echo")
+        .forward("metrics", "/metrics-route", "echo")
+        .forward("props", "/props", "echo")
 }
 
 async fn send(
@@ -82,7 +58,10 @@ fn number(response: &HttpResponse, header: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_counter_is_exact_under_concurrency() {
-    let (gateway, _echo) = start(&[PluginSpec::new("shared", TP_SHARED).routes(&["shared"])]).await;
+    let gateway = scenario()
+        .plugin(PluginSpec::new("shared", TP_SHARED).routes(&["shared"]))
+        .start()
+        .await;
     let client = HttpClient::http1();
     let responses = join_all((0..200).map(|i| {
         let client = client.clone();
@@ -122,7 +101,10 @@ async fn shared_counter_is_exact_under_concurrency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_is_drained_and_ticks_run() {
-    let (gateway, _echo) = start(&[PluginSpec::new("shared", TP_SHARED).routes(&["shared"])]).await;
+    let gateway = scenario()
+        .plugin(PluginSpec::new("shared", TP_SHARED).routes(&["shared"]))
+        .start()
+        .await;
     let client = HttpClient::http1();
     for i in 0..10 {
         let response = send(
@@ -175,8 +157,10 @@ async fn queue_is_drained_and_ticks_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_metrics_are_counted_and_exported() {
-    let (gateway, _echo) =
-        start(&[PluginSpec::new("metered", TP_METRICS).routes(&["metrics"])]).await;
+    let gateway = scenario()
+        .plugin(PluginSpec::new("metered", TP_METRICS).routes(&["metrics"]))
+        .start()
+        .await;
     let client = HttpClient::http1();
     let body = "x".repeat(100);
     for expected in 1..=5u64 {
@@ -280,7 +264,7 @@ async fn properties_have_envoy_names_and_encodings() {
             .routes(&["props"])
             .priority(0),
     ];
-    let (gateway, _echo) = start(&plugins).await;
+    let gateway = scenario().plugins(&plugins).start().await;
     let public = gateway.listener("public");
     let response = send(
         &HttpClient::http1(),
