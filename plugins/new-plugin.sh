@@ -24,6 +24,9 @@ if ! [[ $name =~ ^[a-z][a-z0-9]*(-[a-z0-9]+)*$ ]]; then
     exit 2
 fi
 
+# The plugin's type in Rust: my-plugin → MyPlugin, api-v2 → ApiV2, tls-1 → Tls1.
+type_name=$(sed -E -e 's/(^|-)([a-z])/\U\2/g' -e 's/-//g' <<<"$name")
+
 plugins_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo_dir=$(dirname "$plugins_dir")
 template_dir="$plugins_dir/templates/plugin"
@@ -52,13 +55,14 @@ if $member && ! grep -Eq '^members *= *\[.*\] *$' "$workspace_manifest"; then
     exit 1
 fi
 
-# Copy the template, replacing the placeholders; *.in files lose the suffix.
+# Copy the template, replacing the placeholders (__NAME__ the crate, __TYPE__ the plugin's
+# type); *.in files lose the suffix.
 mkdir -p "$dest"
 (cd "$template_dir" && find . -type f) | while IFS= read -r file; do
     target="$dest/${file#./}"
     target=${target%.in}
     mkdir -p "$(dirname "$target")"
-    sed -e "s/__NAME__/$name/g" "$template_dir/$file" >"$target"
+    sed -e "s/__NAME__/$name/g" -e "s/__TYPE__/$type_name/g" "$template_dir/$file" >"$target"
 done
 
 if $member; then
@@ -81,6 +85,9 @@ license = "Apache-2.0"
 [workspace.dependencies]
 tollgate-sdk = { path = "$repo_dir/sdk" }
 serde = { version = "1", features = ["derive"] }
+
+[workspace.lints.rust]
+unsafe_code = "forbid"
 
 [workspace.lints.clippy]
 all = { level = "warn", priority = -1 }

@@ -216,6 +216,7 @@ fn run(accesses: Vec<Access>) {
         clusters: HashSet::new(),
         limits: Default::default(),
         node: Default::default(),
+        registries: Default::default(),
     });
     let mut store = Store::new(engine, HostState::new(identity, MAX_PAGES * PAGE));
     store.limiter(|state| &mut state.limits);

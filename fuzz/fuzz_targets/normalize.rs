@@ -13,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate::config::raw::EscapedSlashesAction;
+use tollgate::config::EscapedSlashesAction;
 use tollgate::config::Normalization;
 use tollgate::routing::normalize;
 

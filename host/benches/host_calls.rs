@@ -70,6 +70,7 @@ fn setup(mode: i32) -> (Vm, u32) {
         clusters: Default::default(),
         limits: Default::default(),
         node: Default::default(),
+        registries: Default::default(),
     });
     let mut vm =
         Vm::new(&module, identity, 64 << 20, Duration::from_secs(1)).expect("instantiates");

@@ -30,8 +30,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
 
+use crate::reload;
 use crate::server::GatewayState;
-use crate::telemetry::metrics::metrics;
 
 /// The secret a client must present to change anything through admin.
 pub struct AdminToken {
@@ -87,11 +87,17 @@ struct Guard {
     loopback_only: bool,
 }
 
+/// What the admin endpoints read and act on.
+pub struct Targets {
+    pub gateway: Arc<GatewayState>,
+    pub reload: Arc<reload::Handle>,
+}
+
 /// Binds the admin address now (so that errors surface at start-up) and serves it on its
 /// own thread.
 pub fn start(
     address: SocketAddr,
-    state: Arc<GatewayState>,
+    targets: Targets,
     token: Option<AdminToken>,
 ) -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(address)
@@ -109,12 +115,12 @@ pub fn start(
                 .enable_all()
                 .build()
                 .expect("the admin runtime");
-            runtime.block_on(serve(listener, state, guard));
+            runtime.block_on(serve(listener, Arc::new(targets), guard));
         })?;
     Ok(bound)
 }
 
-async fn serve(listener: std::net::TcpListener, state: Arc<GatewayState>, guard: Arc<Guard>) {
+async fn serve(listener: std::net::TcpListener, state: Arc<Targets>, guard: Arc<Guard>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(error) => {
@@ -128,7 +134,7 @@ async fn serve(listener: std::net::TcpListener, state: Arc<GatewayState>, guard:
         };
         let state = state.clone();
         let guard = guard.clone();
-        let header_read_timeout = state.snapshot().config.server.header_read_timeout;
+        let header_read_timeout = state.gateway.snapshot().config.server.header_read_timeout;
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = state.clone();
@@ -210,12 +216,12 @@ fn names_loopback<B>(request: &Request<B>) -> bool {
         .is_ok_and(|address| address.is_loopback())
 }
 
-async fn answer(request: &Request<Incoming>, state: &GatewayState) -> Response<Full<Bytes>> {
+async fn answer(request: &Request<Incoming>, state: &Targets) -> Response<Full<Bytes>> {
     if request.uri().path() == "/reload" {
         if request.method() != Method::POST {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use POST /reload\n");
         }
-        return reload(state).await;
+        return reload(&state.reload).await;
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
@@ -227,16 +233,19 @@ async fn answer(request: &Request<Incoming>, state: &GatewayState) -> Response<F
             "application/json",
         ),
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if state.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" if state.gateway.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         "/config" => {
-            let config = &state.snapshot().config.effective;
+            let config = &state.gateway.snapshot().config.effective;
             let body = serde_json::to_string_pretty(config).unwrap_or_default();
             with_type(StatusCode::OK, body, "application/json")
         }
         "/metrics" => {
-            let mut body = metrics().render();
-            render_plugin_stats(&mut body, state);
+            let registries = state.gateway.snapshot().registries.clone();
+            let mut body = registries.gateway_metrics.render();
+            registries.shared_data.render(&mut body);
+            registries.metrics.render(&mut body);
+            render_plugin_stats(&mut body, &state.gateway);
             with_type(StatusCode::OK, body, "text/plain; version=0.0.4")
         }
         _ => text(
@@ -247,8 +256,8 @@ async fn answer(request: &Request<Incoming>, state: &GatewayState) -> Response<F
 }
 
 /// `POST /reload`: rebuilds from the folders now and answers whether it went live.
-async fn reload(state: &GatewayState) -> Response<Full<Bytes>> {
-    let Some(answer) = state.request_reload() else {
+async fn reload(handle: &reload::Handle) -> Response<Full<Bytes>> {
+    let Some(answer) = handle.request() else {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "hot reload is not running\n",
@@ -260,7 +269,7 @@ async fn reload(state: &GatewayState) -> Response<Full<Bytes>> {
             serde_json::json!({ "status": "live", "generation": generation }).to_string(),
             "application/json",
         ),
-        Ok(Err(error)) => with_type(
+        Ok(Err(reload::Rejected(error))) => with_type(
             StatusCode::UNPROCESSABLE_ENTITY,
             serde_json::json!({ "status": "rejected", "error": error }).to_string(),
             "application/json",
@@ -280,10 +289,10 @@ fn unix_seconds(time: Option<std::time::SystemTime>) -> serde_json::Value {
 }
 
 /// `GET /plugins`: every plugin instance of the live snapshot and the last reload's outcome.
-fn plugins(state: &GatewayState) -> serde_json::Value {
+fn plugins(state: &Targets) -> serde_json::Value {
     use std::sync::atomic::Ordering;
-    let snapshot = state.snapshot();
-    let status = state.reload_status();
+    let snapshot = state.gateway.snapshot();
+    let status = state.reload.status();
     let plugins: Vec<serde_json::Value> = snapshot
         .plugins
         .iter()
@@ -313,7 +322,7 @@ fn plugins(state: &GatewayState) -> serde_json::Value {
                 "traps": plugin.stats.traps.load(Ordering::Relaxed),
                 "vm_restarts": plugin.stats.vm_restarts.load(Ordering::Relaxed),
                 "circuit": circuit_json(&plugin.circuit.view()),
-                "shared_data": crate::wasm::shared::store().usage(plugin.vm_id()),
+                "shared_data": snapshot.registries.shared_data.usage(plugin.vm_id()),
             })
         })
         .collect();

@@ -5,17 +5,23 @@
 //!
 //! | module | role |
 //! |---|---|
-//! | [`config`] | policy files → validated typed model |
-//! | [`snapshot`] | the running configuration, swapped atomically |
+//! | [`config`] | policy files → validated typed model (raw → validate → model → effective view) |
+//! | [`snapshot`] | the running configuration, swapped atomically; each route's plugin chain |
+//! | [`reload`] | watching the folders, rebuilding and swapping snapshots; [`reload::Handle`] for admin |
 //! | [`server`] | listeners, worker threads, connections, drain |
 //! | [`tls`] | SNI certificates, mTLS, upstream TLS |
 //! | [`routing`] | host and route matching (pure) |
 //! | [`pipeline`] | the per-request flow (see its docs for the phase diagram) |
+//! | [`body`] | time limits on request and response bodies |
 //! | [`upstream`] | clusters, load balancing, passive health, pools |
+//! | [`wasm`] | the proxy-wasm runtime: VMs, host functions, plugins, shared data, plugin metrics |
 //! | [`mesh`] | policies to Envoy and Istio, and Istio's resources back |
 //! | [`ratelimit`] | `tollgate ratelimit`: Envoy's rate limit service API on Redis, for limits shared by replicas |
-//! | [`admin`] | `/healthz`, `/readyz`, `/config`, `/metrics`, `POST /reload` |
-//! | [`telemetry`] | logs and metrics |
+//! | [`admin`] | `/healthz`, `/readyz`, `/config`, `/metrics`, `/plugins`, `POST /reload` |
+//! | [`telemetry`] | logs, metrics, access-log redaction, Envoy's response details |
+//!
+//! Dependencies between these modules go one way (a unit test checks that no two import
+//! each other, directly or around a cycle); `Gateway` below wires them together.
 //!
 //! ```no_run
 //! use std::path::PathBuf;
@@ -32,6 +38,7 @@
 //! ```
 
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod mesh;
 pub mod pipeline;
@@ -44,6 +51,9 @@ pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod wasm;
+
+#[cfg(test)]
+mod module_graph;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -101,10 +111,19 @@ impl Gateway {
             .collect();
         let summary = summary(&snapshot);
         let state = Arc::new(GatewayState::new(snapshot));
-        let admin = admin::start(options.admin, state.clone(), admin_token)?;
+        let reload = reload::Handle::new();
+        let admin = admin::start(
+            options.admin,
+            admin::Targets {
+                gateway: state.clone(),
+                reload: reload.clone(),
+            },
+            admin_token,
+        )?;
         let workers_running = server::start_workers(bound, state.clone(), workers)?;
         reload::start(
             state.clone(),
+            reload,
             reload::Sources {
                 policies: options.policies.clone(),
                 plugins: options.plugins.clone(),
@@ -168,6 +187,17 @@ impl Gateway {
         } else {
             tracing::info!("drained; exiting");
         }
+    }
+}
+
+/// Reloads replace the snapshot the workers serve.
+impl reload::SnapshotSlot for GatewayState {
+    fn current(&self) -> Arc<Snapshot> {
+        self.snapshot()
+    }
+
+    fn replace(&self, snapshot: Snapshot) {
+        self.swap_snapshot(snapshot);
     }
 }
 

@@ -6,11 +6,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{self, Action, Config, ConfigErrors};
-use crate::pipeline::plugins::Chain;
-use crate::pipeline::Redaction;
 use crate::routing::RouteTable;
+use crate::telemetry::redaction::Redaction;
 use crate::upstream::Cluster;
 use crate::wasm::plugin::{build_plugins, Plugin};
+use crate::wasm::PluginRegistries;
+
+/// The plugins that apply to a route, in request order.
+pub type Chain = Arc<Vec<Arc<Plugin>>>;
 
 pub struct Snapshot {
     pub config: Arc<Config>,
@@ -25,6 +28,9 @@ pub struct Snapshot {
     /// What the access log writes as `REDACTED`: the configured names and those key-auth
     /// plugins read API keys from.
     pub access_log_redaction: Arc<Redaction>,
+    /// Shared data, queues and metric registries: created with the first snapshot, handed
+    /// on by each one to the next, so that a reload keeps what plugins stored and counted.
+    pub registries: Arc<PluginRegistries>,
 }
 
 pub struct ListenerState {
@@ -70,7 +76,7 @@ impl Snapshot {
     /// Builds everything: TLS configurations (reading certificates and keys), clusters and
     /// per-listener route tables. (Each worker keeps its own connection pools, in its thread.)
     pub fn build(config: Config, plugins_dir: &std::path::Path) -> Result<Self, ConfigErrors> {
-        Self::build_reusing(config, plugins_dir, &[])
+        Self::build_reusing(config, plugins_dir, &[], Default::default())
     }
 
     /// Builds the snapshot that replaces `previous`. A plugin instance whose module,
@@ -91,13 +97,14 @@ impl Snapshot {
         } else {
             &[]
         };
-        Self::build_reusing(config, plugins_dir, reusable)
+        Self::build_reusing(config, plugins_dir, reusable, previous.registries.clone())
     }
 
     fn build_reusing(
         config: Config,
         plugins_dir: &std::path::Path,
         reusable: &[Arc<Plugin>],
+        registries: Arc<PluginRegistries>,
     ) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         let mut clusters = HashMap::new();
@@ -193,6 +200,7 @@ impl Snapshot {
             config.server.plugin_limits,
             &config.server.node,
             reusable,
+            &registries,
         )
         .map_err(ConfigErrors)?;
         let chains = chains(&config, &plugins);
@@ -205,6 +213,7 @@ impl Snapshot {
             plugins,
             chains,
             access_log_redaction,
+            registries,
         })
     }
 }

@@ -6,6 +6,7 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`plugin`] | the shape of every plugin: [`Plugin`], the root context [`Root`], [`plugin!`] |
 //! | [`config`] | typed JSON configuration; errors name the field (`field "plans.gold.burst": ...`) |
 //! | [`route`] | per-route rule tables keyed by the `xds.route_name` property |
 //! | [`consumer`] | the consumer identity set by auth plugins, read by acl, limits, billing |
@@ -18,42 +19,74 @@
 //! Pure logic (parsing, bucket and window math, JSON paths, backlog) is plain Rust, unit
 //! tested natively; the functions that call the host are small wrappers around it.
 //!
-//! # Example: a plugin skeleton
+//! # Writing a plugin
+//!
+//! A plugin is three types: its configuration as written (serde), the plugin itself (what
+//! the requests of one configuration share, built from the configuration by
+//! [`Plugin::from_config`], which checks what serde cannot) and the context of one request
+//! (an [`HttpContext`](proxy_wasm::traits::HttpContext)). [`Root`] is the root context: it
+//! loads the configuration, refuses an invalid one with a log line naming the field
+//! (`consumer-header: invalid configuration: field "header": must not be empty`), keeps
+//! the plugin in an `Rc` and creates the request contexts. [`plugin!`] is the module's
+//! entry point. Periodic work and shared queues are hooks of [`Plugin`] with defaults.
 //!
 //! ```no_run
-//! use serde::Deserialize;
-//! use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-//! use tollgate_sdk::proxy_wasm::types::{Action, ContextType};
+//! use std::rc::Rc;
 //!
+//! use serde::Deserialize;
+//! use tollgate_sdk::config::{ensure, ConfigError};
+//! use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
+//! use tollgate_sdk::proxy_wasm::types::Action;
+//! use tollgate_sdk::Plugin;
+//!
+//! /// The configuration as written.
 //! #[derive(Deserialize)]
 //! #[serde(deny_unknown_fields)]
-//! struct Config { header: String }
-//!
-//! struct Root { config: Option<std::rc::Rc<Config>> }
-//! impl Context for Root {}
-//! impl RootContext for Root {
-//!     fn on_configure(&mut self, _size: usize) -> bool {
-//!         // Logs `my-plugin: invalid configuration: field "header": ...` and returns None.
-//!         self.config = tollgate_sdk::config::load::<Config>("my-plugin").map(Into::into);
-//!         self.config.is_some()
-//!     }
-//!     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-//!         Some(Box::new(Http { config: self.config.clone()? }))
-//!     }
-//!     fn get_type(&self) -> Option<ContextType> { Some(ContextType::HttpContext) }
+//! pub struct Config {
+//!     header: String,
 //! }
-//! struct Http { config: std::rc::Rc<Config> }
-//! impl Context for Http {}
-//! impl HttpContext for Http {
-//!     fn on_http_request_headers(&mut self, _n: usize, _end: bool) -> Action {
+//!
+//! /// The plugin: what every request of one configuration shares.
+//! pub struct ConsumerHeader {
+//!     header: String,
+//! }
+//!
+//! impl Plugin for ConsumerHeader {
+//!     const NAME: &'static str = "consumer-header";
+//!     type Config = Config;
+//!     type Request = Request;
+//!
+//!     fn from_config(config: Config) -> Result<Self, ConfigError> {
+//!         ensure(!config.header.is_empty(), "header", "must not be empty")?;
+//!         Ok(Self { header: config.header })
+//!     }
+//!
+//!     fn request(plugin: &Rc<Self>, _context_id: u32) -> Request {
+//!         Request { plugin: plugin.clone() }
+//!     }
+//! }
+//!
+//! /// The context of one request.
+//! pub struct Request {
+//!     plugin: Rc<ConsumerHeader>,
+//! }
+//!
+//! impl Context for Request {}
+//!
+//! impl HttpContext for Request {
+//!     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
 //!         if let Some(consumer) = tollgate_sdk::consumer::get() {
-//!             self.set_http_request_header(&self.config.header, Some(&consumer.name));
+//!             self.set_http_request_header(&self.plugin.header, Some(&consumer.name));
 //!         }
 //!         Action::Continue
 //!     }
 //! }
+//!
+//! tollgate_sdk::plugin!(ConsumerHeader);
 //! ```
-#![forbid(unsafe_code)]
+//!
+//! `just new-plugin NAME` scaffolds a crate of this shape, with the pure logic apart
+//! (`src/logic.rs`, unit-tested natively) from the glue (`src/plugin.rs`, wasm32 only).
 
 pub use proxy_wasm;
 
@@ -61,11 +94,14 @@ pub mod callout;
 pub mod config;
 pub mod consumer;
 pub mod json;
+pub mod plugin;
 pub mod ratelimit_service;
 pub mod route;
 pub mod shared;
 pub mod time;
 pub mod usage;
+
+pub use plugin::{Plugin, Root};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::LogLevel;
@@ -89,6 +125,13 @@ pub fn now_nanos() -> u64 {
 pub fn property_string(path: &[&str]) -> Option<String> {
     let bytes = hostcalls::get_property(path.to_vec()).ok()??;
     String::from_utf8(bytes).ok()
+}
+
+/// The name the host gave this plugin (the `plugin_name` property: the plugin's `name` in a
+/// Tollgate policy, `name` in Envoy's plugin configuration), else `default`. Two instances
+/// of one module have different names: prefix their shared-data keys with it.
+pub fn plugin_name(default: &str) -> String {
+    property_string(&["plugin_name"]).unwrap_or_else(|| default.to_owned())
 }
 
 /// A property holding an integer (Envoy encodes them as 8 bytes little-endian).

@@ -59,8 +59,8 @@ pub fn demo_policies() -> PolicyDir {
     dir
 }
 
-/// The plugins folder (`--plugins`) that goes with a folder of this module: a sibling of
-/// the policies folder.
+/// The plugins folder (`--plugins`) that goes with a policies folder: its sibling
+/// `plugins` (the folders of this module and those of [`crate::scenario`] use it).
 pub fn plugins_dir(dir: &PolicyDir) -> PathBuf {
     dir.path()
         .parent()

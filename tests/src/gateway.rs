@@ -149,6 +149,24 @@ impl Gateway {
     /// Like [`Gateway::start`], with extra command-line arguments after the usual ones
     /// (`--workers N` among them replaces the usual 2 workers).
     pub async fn start_with_args(policies: PolicyDir, extra_args: &[&str]) -> Self {
+        Self::start_with_env(policies, extra_args, &[]).await
+    }
+
+    /// Like [`Gateway::start_with_args`], with these environment variables set for the
+    /// gateway process.
+    pub async fn start_with_env(
+        policies: PolicyDir,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut gateway = Self::spawn(policies, extra_args, env);
+        gateway.wait_until_ready().await;
+        gateway
+    }
+
+    /// Spawns `tollgate run` on the folder without waiting for it to be ready: for a
+    /// gateway that must refuse its configuration (see [`Gateway::wait_for_exit`]).
+    pub fn spawn(policies: PolicyDir, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         let admin = free_loopback_addr();
         let log = File::create(policies.log_path()).expect("create the gateway log");
         let default_workers: &[&str] = if extra_args.contains(&"--workers") {
@@ -163,19 +181,18 @@ impl Gateway {
             .args(["--admin", &admin.to_string()])
             .args(default_workers)
             .args(extra_args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", tollgate_binary().display()));
-        let mut gateway = Self {
+        Self {
             policies,
             admin,
             child,
             client: HttpClient::http1(),
-        };
-        gateway.wait_until_ready().await;
-        gateway
+        }
     }
 
     async fn wait_until_ready(&mut self) {

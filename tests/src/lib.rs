@@ -1,5 +1,7 @@
 //! The Tollgate test kit: certificates, backends, clients and a harness that runs the
 //! gateway binary, for integration tests that exercise the gateway over real sockets.
+//! A test describes its gateway with [`scenario::Scenario`]; `tests/README.md` shows how
+//! to write one.
 #![forbid(unsafe_code)]
 
 pub mod assemblyscript;
@@ -15,3 +17,4 @@ pub mod prometheus;
 pub mod python;
 pub mod ratelimit;
 pub mod redis;
+pub mod scenario;

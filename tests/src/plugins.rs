@@ -47,7 +47,8 @@ fn wat_path(name: &str) -> PathBuf {
 }
 
 /// Every host function of module `env` that the proxy-wasm Rust SDK (0.2.5) can import: the
-/// 37 of proxy-wasm ABI 0.2.1 (listed here). A plugin that imports anything else from `env` cannot run in Envoy.
+/// 37 functions of proxy-wasm ABI 0.2.1. A plugin that imports anything else from `env`
+/// cannot run in Envoy.
 pub const PROXY_WASM_HOST_FUNCTIONS: [&str; 37] = [
     "proxy_log",
     "proxy_get_log_level",

@@ -18,10 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use tollgate_tests::backends::{self, Backend};
+use tollgate_tests::backends;
 use tollgate_tests::bundled::KEY_AUTH;
 use tollgate_tests::clients::{request, HttpClient};
 use tollgate_tests::gateway::{run_check, Gateway, PolicyDir};
+use tollgate_tests::scenario::{Running, Scenario, GENERATED_FILE};
 
 const GATEWAY: &str = r#"
 listeners:
@@ -183,33 +184,26 @@ async fn status_of(addr: SocketAddr, key: Option<&str>) -> StatusCode {
 }
 
 struct Setup {
-    gateway: Gateway,
+    gateway: Running,
     plugins: PathBuf,
-    _echo: Backend,
 }
 
 impl Setup {
     async fn start() -> Self {
-        let echo = backends::echo("echo").await;
-        let mut policies = PolicyDir::new();
-        let plugins = policies.path().parent().unwrap().join("plugins");
-        std::fs::create_dir_all(&plugins).unwrap();
-        std::fs::copy(KEY_AUTH, plugins.join("key-auth.wasm")).unwrap();
-        policies
-            .set("ECHO", echo.addr())
-            .write("gateway.yaml", GATEWAY)
-            .write("plugins.yaml", &plugins_yaml(None));
-        let plugins_arg = plugins.display().to_string();
-        let gateway = Gateway::start_with_args(policies, &["--plugins", &plugins_arg]).await;
-        Self {
-            gateway,
-            plugins,
-            _echo: echo,
-        }
+        let gateway = Scenario::new()
+            .echo("echo")
+            .forward("api", "/api", "echo")
+            .forward("open", "/", "echo")
+            .policy_file("plugins.yaml", &plugins_yaml(None))
+            .plugin_module("key-auth.wasm", KEY_AUTH)
+            .start()
+            .await;
+        let plugins = gateway.plugins_folder().to_path_buf();
+        Self { gateway, plugins }
     }
 
     fn policy_file(&self, name: &str) -> PathBuf {
-        self.gateway.policies().path().join(name)
+        self.gateway.policy_file(name)
     }
 
     fn public(&self) -> SocketAddr {
@@ -289,7 +283,7 @@ async fn a_burst_across_two_files_goes_live_as_one_snapshot() {
     let setup = Setup::start().await;
     let gateway = &setup.gateway;
     let load = Load::start(setup.public());
-    let routes = std::fs::read_to_string(setup.policy_file("gateway.yaml")).unwrap();
+    let routes = std::fs::read_to_string(setup.policy_file(GENERATED_FILE)).unwrap();
     let mut generation = status(gateway).await.generation;
     for round in 1..=5 {
         // One change per file, each valid alone: a route `/round-N` and a consumer roundN.
@@ -301,7 +295,7 @@ async fn a_burst_across_two_files_goes_live_as_one_snapshot() {
             "      - { name: open,",
             &format!("{route}      - {{ name: open,"),
         );
-        write_atomically(&setup.policy_file("gateway.yaml"), &routes);
+        write_atomically(&setup.policy_file(GENERATED_FILE), &routes);
         write_atomically(
             &setup.policy_file("plugins.yaml"),
             &plugins_yaml(Some(&consumer)),
@@ -371,25 +365,24 @@ async fn an_editor_moving_the_file_away_before_writing_it_again_is_one_change() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configmap_data_swap_goes_live() {
+    // The whole configuration lives in the ConfigMap's folder, so the scenario adds none.
     let echo = backends::echo("echo").await;
-    let mut policies = PolicyDir::new();
-    let dir = policies.path();
-    let plugins = dir.parent().unwrap().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::copy(KEY_AUTH, plugins.join("key-auth.wasm")).unwrap();
+    let scenario = Scenario::new()
+        .without_public_listener()
+        .set("ECHO", echo.addr())
+        .plugin_module("key-auth.wasm", KEY_AUTH);
+    let dir = scenario.policies().path();
     // The kubelet's layout: the content in a timestamped folder, `..data` pointing at it,
     // and each visible name a symlink through `..data`.
     std::fs::create_dir(dir.join("..2026_11_30_10_00_00.1")).unwrap();
-    policies
-        .set("ECHO", echo.addr())
-        .write("..2026_11_30_10_00_00.1/gateway.yaml", GATEWAY)
-        .write("..2026_11_30_10_00_00.1/plugins.yaml", &plugins_yaml(None));
+    let scenario = scenario
+        .policy_file("..2026_11_30_10_00_00.1/gateway.yaml", GATEWAY)
+        .policy_file("..2026_11_30_10_00_00.1/plugins.yaml", &plugins_yaml(None));
     std::os::unix::fs::symlink("..2026_11_30_10_00_00.1", dir.join("..data")).unwrap();
     for name in ["gateway.yaml", "plugins.yaml"] {
         std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).unwrap();
     }
-    let plugins_arg = plugins.display().to_string();
-    let gateway = Gateway::start_with_args(policies, &["--plugins", &plugins_arg]).await;
+    let gateway = scenario.start().await;
     let public = gateway.listener("public");
     let load = Load::start(public);
     assert_eq!(

@@ -6,47 +6,40 @@ use http::StatusCode;
 use http_body_util::Full;
 use tollgate_tests::backends;
 use tollgate_tests::clients::{expect_status, raw_exchange, request, HttpClient};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
+use tollgate_tests::scenario::Scenario;
 
-const POLICIES: &str = "
-server:
-  max_request_header_bytes: 4096
-  max_request_body_bytes: 1000
-  header_read_timeout: 1s
-  idle_timeout: 600ms
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: ${ECHO} }]
-  - name: refusing
-    endpoints: [{ address: ${REFUSING} }]
-virtual_hosts:
-  - name: shop
-    domains: [shop.test]
-    routes:
-      - name: refused
-        match: { path: { prefix: /refused } }
-        forward: { cluster: refusing }
-      - name: echo
-        match: { path: { prefix: /echo } }
-        forward: { cluster: echo }
+const SERVER: &str = "
+max_request_header_bytes: 4096
+max_request_body_bytes: 1000
+header_read_timeout: 1s
+idle_timeout: 600ms
 ";
 
-async fn start(echo: &backends::Backend) -> Gateway {
-    let mut dir = PolicyDir::new();
-    dir.set("ECHO", echo.addr())
-        .set("REFUSING", backends::refusing_address())
-        .write("gateway.yaml", POLICIES);
-    Gateway::start(dir).await
+const SHOP: &str = "
+name: shop
+domains: [shop.test]
+routes:
+  - name: refused
+    match: { path: { prefix: /refused } }
+    forward: { cluster: refusing }
+  - name: echo
+    match: { path: { prefix: /echo } }
+    forward: { cluster: echo }
+";
+
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
+    Scenario::new()
+        .server(SERVER)
+        .echo("echo")
+        .cluster_at("refusing", backends::refusing_address())
+        .virtual_host(SHOP)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_request_line_is_400() {
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo).await;
+    let gateway = scenario().start().await;
+    let echo = gateway.backend("echo");
     let answer = raw_exchange(
         gateway.listener("public"),
         b"THIS IS NOT HTTP\r\n\r\n",
@@ -59,8 +52,8 @@ async fn malformed_request_line_is_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_are_431() {
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo).await;
+    let gateway = scenario().start().await;
+    let echo = gateway.backend("echo");
     let answer = raw_exchange(
         gateway.listener("public"),
         &request_with_header_of(20_000),
@@ -75,8 +68,8 @@ async fn oversized_headers_are_431() {
 /// would fit the 8 KiB buffers HTTP libraries commonly start with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_just_over_a_small_configured_limit_are_431() {
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo).await;
+    let gateway = scenario().start().await;
+    let echo = gateway.backend("echo");
     let answer = raw_exchange(
         gateway.listener("public"),
         &request_with_header_of(6_000),
@@ -94,8 +87,8 @@ fn request_with_header_of(bytes: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_the_limit_is_413() {
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo).await;
+    let gateway = scenario().start().await;
+    let echo = gateway.backend("echo");
     let public = gateway.listener("public");
     let too_big = request("POST", public, "shop.test", "/echo")
         .body(Full::from("x".repeat(5000)))
@@ -128,8 +121,8 @@ async fn body_over_the_limit_is_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_host_and_unknown_route_are_404() {
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo).await;
+    let gateway = scenario().start().await;
+    let echo = gateway.backend("echo");
     let client = HttpClient::http1();
     let public = gateway.listener("public");
     assert_eq!(
@@ -148,8 +141,7 @@ async fn unknown_host_and_unknown_route_are_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_upstream_is_502() {
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo).await;
+    let gateway = scenario().start().await;
     let response = HttpClient::http1()
         .get(gateway.listener("public"), "shop.test", "/refused")
         .await;
@@ -158,8 +150,7 @@ async fn refused_upstream_is_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_that_never_finishes_its_headers_is_disconnected() {
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo).await;
+    let gateway = scenario().start().await;
     let started = Instant::now();
     // Headers never end: the 1s header_read_timeout must cut the connection.
     let answer = raw_exchange(
@@ -184,8 +175,7 @@ async fn client_that_never_finishes_its_headers_is_disconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo).await;
+    let gateway = scenario().start().await;
     let mut stream = tokio::net::TcpStream::connect(gateway.listener("public"))
         .await
         .unwrap();

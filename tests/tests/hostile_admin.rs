@@ -8,48 +8,43 @@ use http::StatusCode;
 use http_body_util::Full;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tollgate_tests::backends;
 use tollgate_tests::bundled::KEY_AUTH;
 use tollgate_tests::clients::{expect_status, raw_exchange, request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{plugins_file, PluginSpec};
+use tollgate_tests::gateway::Gateway;
+use tollgate_tests::plugins::PluginSpec;
+use tollgate_tests::scenario::{Running, Scenario};
 
 const TOKEN: &str = "admin-token-7c1f0e";
 
-const POLICIES: &str = "
-server:
-  header_read_timeout: 1s
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: ${ECHO} }]
-virtual_hosts:
-  - name: shop
-    domains: [shop.test]
-    routes:
-      - name: all
-        match: { path: { prefix: / } }
-        forward: { cluster: echo }
+const SHOP: &str = "
+name: shop
+domains: [shop.test]
+routes:
+  - name: all
+    match: { path: { prefix: / } }
+    forward: { cluster: echo }
 ";
 
+/// The shop behind a 1s header read timeout.
+fn shop() -> Scenario {
+    Scenario::new()
+        .server("header_read_timeout: 1s")
+        .echo("echo")
+        .virtual_host(SHOP)
+}
+
 /// A gateway whose admin POSTs need [`TOKEN`], read from a file with whitespace around it.
-async fn start_with_token(echo: &backends::Backend) -> (Gateway, tempfile::TempDir) {
+async fn start_with_token() -> (Running, tempfile::TempDir) {
     let secrets = tempfile::tempdir().expect("a directory for the token file");
     let token_file = secrets.path().join("admin.token");
     std::fs::write(&token_file, format!("  {TOKEN}\n")).expect("write the token file");
-    let mut dir = PolicyDir::new();
-    dir.set("ECHO", echo.addr()).write("gateway.yaml", POLICIES);
-    let gateway = Gateway::start_with_args(
-        dir,
-        &[
+    let gateway = shop()
+        .args(&[
             "--admin-token-file",
             token_file.to_str().expect("UTF-8 path"),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     (gateway, secrets)
 }
 
@@ -66,8 +61,7 @@ async fn post_reload(gateway: &Gateway, authorization: Option<&str>) -> HttpResp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_needs_the_admin_token_and_reads_stay_open() {
-    let echo = backends::echo("echo").await;
-    let (gateway, _secrets) = start_with_token(&echo).await;
+    let (gateway, _secrets) = start_with_token().await;
 
     let missing = post_reload(&gateway, None).await;
     assert_eq!(
@@ -110,10 +104,7 @@ async fn reload_needs_the_admin_token_and_reads_stay_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_host_is_refused_on_a_loopback_admin() {
-    let echo = backends::echo("echo").await;
-    let mut dir = PolicyDir::new();
-    dir.set("ECHO", echo.addr()).write("gateway.yaml", POLICIES);
-    let gateway = Gateway::start(dir).await;
+    let gateway = shop().start().await;
     let admin = gateway.admin_addr();
 
     // What a browser sends after DNS rebinding: the attacker's name in Host.
@@ -154,8 +145,7 @@ async fn a_foreign_host_is_refused_on_a_loopback_admin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowloris_on_the_admin_port_is_cut_while_healthz_answers() {
-    let echo = backends::echo("echo").await;
-    let (gateway, _secrets) = start_with_token(&echo).await;
+    let (gateway, _secrets) = start_with_token().await;
     let admin = gateway.admin_addr();
 
     // One header line every 200 ms, never the blank line that ends the head; bounded to
@@ -206,45 +196,41 @@ async fn a_slowloris_on_the_admin_port_is_cut_while_healthz_answers() {
     );
 }
 
-const KEYED_POLICIES: &str = "
-server:
-  access_log:
-    redact_query_params: [signature]
-    redact_headers: [user-agent]
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: ${ECHO} }]
-virtual_hosts:
-  - name: shop
-    domains: [shop.test]
-    routes:
-      - name: keyed
-        match: { path: { prefix: /keyed } }
-        forward: { cluster: echo }
-      - name: open
-        match: { path: { prefix: / } }
-        forward: { cluster: echo }
+const KEYED_SERVER: &str = "
+access_log:
+  redact_query_params: [signature]
+  redact_headers: [user-agent]
+";
+
+const KEYED_SHOP: &str = "
+name: shop
+domains: [shop.test]
+routes:
+  - name: keyed
+    match: { path: { prefix: /keyed } }
+    forward: { cluster: echo }
+  - name: open
+    match: { path: { prefix: / } }
+    forward: { cluster: echo }
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_never_shows_keys_or_redacted_values() {
     for format in ["text", "json"] {
-        let echo = backends::echo("echo").await;
-        let mut dir = PolicyDir::new();
         let key_auth = PluginSpec::new("keys", KEY_AUTH)
             .config(json!({
                 "key_names": ["x-api-key", "api_key"],
                 "consumers": [{ "name": "alice", "keys": ["k-alice-secret-1"] }]
             }))
             .routes(&["keyed"]);
-        dir.set("ECHO", echo.addr())
-            .write("gateway.yaml", KEYED_POLICIES)
-            .write("plugins.json", &plugins_file(&[key_auth]));
-        let gateway = Gateway::start_with_args(dir, &["--log-format", format]).await;
+        let gateway = Scenario::new()
+            .server(KEYED_SERVER)
+            .echo("echo")
+            .virtual_host(KEYED_SHOP)
+            .plugin(key_auth)
+            .log_format(format)
+            .start()
+            .await;
         let client = HttpClient::http1();
         let public = gateway.listener("public");
 

@@ -9,60 +9,52 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::clients::HttpClient;
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_HEADERS};
+use tollgate_tests::plugins::{PluginSpec, TP_HEADERS};
 use tollgate_tests::prometheus::sample_sum;
+use tollgate_tests::scenario::{Running, Scenario};
 
-const POLICIES: &str = "
-server:
-  max_request_body_bytes: 67108864
-  header_read_timeout: 1s
-  body_read_timeout: 1s
-  idle_timeout: 3s
-  stream_idle_timeout: 2s
-  max_connections: ${MAX_CONNECTIONS}
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-  - name: other
-    address: ${listen:other}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: ${ECHO} }]
-virtual_hosts:
-  - name: shop
-    domains: [shop.test]
-    routes:
-      - name: direct
-        match: { path: { prefix: /direct } }
-        direct_response: { status: 200, body: \"direct\\n\" }
-      - name: plugged
-        match: { path: { prefix: /plugged } }
-        forward: { cluster: echo }
-      - name: buffered
-        match: { path: { prefix: /buffered } }
-        forward: { cluster: echo, retries: { attempts: 1, on: [connect-failure] } }
-      - name: echo
-        match: { path: { prefix: / } }
-        forward: { cluster: echo }
+const SERVER: &str = "
+max_request_body_bytes: 67108864
+header_read_timeout: 1s
+body_read_timeout: 1s
+idle_timeout: 3s
+stream_idle_timeout: 2s
+max_connections: ${MAX_CONNECTIONS}
 ";
 
-async fn start(echo: &Backend, max_connections: usize) -> Gateway {
-    let mut dir = PolicyDir::new();
-    dir.set("ECHO", echo.addr())
+const SHOP: &str = "
+name: shop
+domains: [shop.test]
+routes:
+  - name: direct
+    match: { path: { prefix: /direct } }
+    direct_response: { status: 200, body: \"direct\\n\" }
+  - name: plugged
+    match: { path: { prefix: /plugged } }
+    forward: { cluster: echo }
+  - name: buffered
+    match: { path: { prefix: /buffered } }
+    forward: { cluster: echo, retries: { attempts: 1, on: [connect-failure] } }
+  - name: echo
+    match: { path: { prefix: / } }
+    forward: { cluster: echo }
+";
+
+async fn start(max_connections: usize) -> Running {
+    Scenario::new()
+        .server(SERVER)
         .set("MAX_CONNECTIONS", max_connections)
-        .write("gateway.yaml", POLICIES)
-        .write(
-            "plugins.json",
-            &plugins_file(&[PluginSpec::new("headers", TP_HEADERS)
+        .listener("{ name: other, address: \"${listen:other}\", protocol: http }")
+        .echo("echo")
+        .virtual_host(SHOP)
+        .plugin(
+            PluginSpec::new("headers", TP_HEADERS)
                 .config(serde_json::json!({ "tag": "hostile" }))
-                .routes(&["plugged"])]),
-        );
-    Gateway::start(dir).await
+                .routes(&["plugged"]),
+        )
+        .start()
+        .await
 }
 
 /// An honest GET on a new connection, answered 200 within a couple of seconds.
@@ -220,8 +212,8 @@ fn smuggling_forms() -> Vec<(&'static str, Expect, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_forms_get_400_or_a_close_and_never_reach_the_backend() {
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo, 1000).await;
+    let gateway = start(1000).await;
+    let echo = gateway.backend("echo");
     let public = gateway.listener("public");
     let mut failures = Vec::new();
     for (name, expect, bytes) in smuggling_forms() {
@@ -288,8 +280,8 @@ async fn smuggling_forms_get_400_or_a_close_and_never_reach_the_backend() {
 /// same length, and what follows the body is an ordinary pipelined request of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn equal_repeated_content_lengths_are_read_one_way_only() {
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo, 1000).await;
+    let gateway = start(1000).await;
+    let echo = gateway.backend("echo");
     let mut stream = TcpStream::connect(gateway.listener("public"))
         .await
         .unwrap();
@@ -313,8 +305,8 @@ async fn equal_repeated_content_lengths_are_read_one_way_only() {
 /// header_read_timeout (1 s), however slowly it keeps sending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_headers_are_cut_by_header_read_timeout() {
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo, 1000).await;
+    let gateway = start(1000).await;
+    let echo = gateway.backend("echo");
     let public = gateway.listener("public");
     let started = Instant::now();
     let mut attackers = JoinSet::new();
@@ -359,8 +351,8 @@ async fn slowloris_headers_are_cut_by_header_read_timeout() {
 /// `connection: close` (or closed) after body_read_timeout (1 s) and then closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_request_bodies_get_408_and_are_closed() {
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo, 1000).await;
+    let gateway = start(1000).await;
+    let echo = gateway.backend("echo");
     let public = gateway.listener("public");
     let started = Instant::now();
     let mut attackers = JoinSet::new();
@@ -441,8 +433,7 @@ async fn stalled_request_bodies_get_408_and_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_max_connections_are_closed_counted_and_service_resumes() {
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo, 5).await;
+    let gateway = start(5).await;
     let public = gateway.listener("public");
 
     // Five connections each holding an exchange open: the listener is full.
@@ -515,8 +506,7 @@ async fn connections_over_max_connections_are_closed_counted_and_service_resumes
 /// mid-body, and a client that stops reading a large response.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_idle_timeout_ends_stalled_upstreams_and_clients_that_stop_reading() {
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo, 1000).await;
+    let gateway = start(1000).await;
     let public = gateway.listener("public");
 
     // The upstream sends one chunk, then waits 20 s before the next.

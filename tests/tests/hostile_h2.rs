@@ -7,42 +7,38 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::clients::HttpClient;
-use tollgate_tests::gateway::{Gateway, PolicyDir};
+use tollgate_tests::gateway::Gateway;
 use tollgate_tests::h2frames::{self, RawH2, Read};
+use tollgate_tests::scenario::Scenario;
 
-const POLICIES: &str = "
-server:
-  max_request_header_bytes: 8192
-  header_read_timeout: 2s
-  body_read_timeout: 1s
-  idle_timeout: 2s
-  stream_idle_timeout: 4s
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
+const SERVER: &str = "
+max_request_header_bytes: 8192
+header_read_timeout: 2s
+body_read_timeout: 1s
+idle_timeout: 2s
+stream_idle_timeout: 4s
+";
+
+const SHOP: &str = "
+name: shop
+domains: [shop.test]
+routes:
   - name: echo
-    endpoints: [{ address: ${ECHO} }]
-virtual_hosts:
-  - name: shop
-    domains: [shop.test]
-    routes:
-      - name: echo
-        match: { path: { prefix: / } }
-        forward: { cluster: echo }
+    match: { path: { prefix: / } }
+    forward: { cluster: echo }
 ";
 
 /// How much the gateway's resident memory may grow during one attack. The attacks below
 /// would each cost hundreds of megabytes if the gateway buffered what they send.
 const RSS_GROWTH_LIMIT_KB: u64 = 64 * 1024;
 
-async fn start(echo: &Backend) -> Gateway {
-    let mut dir = PolicyDir::new();
-    dir.set("ECHO", echo.addr()).write("gateway.yaml", POLICIES);
-    Gateway::start(dir).await
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
+    Scenario::new()
+        .server(SERVER)
+        .echo("echo")
+        .virtual_host(SHOP)
 }
 
 /// The gateway's resident set size in KiB, from /proc/PID/status.
@@ -117,8 +113,8 @@ async fn expect_goaway_or_close(
 /// not keep doing work for streams the client already cancelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_is_cut_off() {
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo).await;
+    let gateway = scenario().start().await;
+    let echo = gateway.backend("echo");
     let public = gateway.listener("public");
     let before = rss_kb(&gateway);
     let authority = public.to_string();
@@ -166,8 +162,8 @@ async fn rapid_reset_is_cut_off() {
 /// header list outgrows max_request_header_bytes long before memory does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuation_flood_is_cut_off() {
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo).await;
+    let gateway = scenario().start().await;
+    let echo = gateway.backend("echo");
     let public = gateway.listener("public");
     let before = rss_kb(&gateway);
     let authority = public.to_string();
@@ -206,8 +202,8 @@ async fn continuation_flood_is_cut_off() {
 /// Floods of control frames the server must answer (SETTINGS needs an ACK, PING a PING
 /// ACK) from a client that never reads the answers.
 async fn control_flood(frame: Vec<u8>, attack: &str) {
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo).await;
+    let gateway = scenario().start().await;
+    let echo = gateway.backend("echo");
     let public = gateway.listener("public");
     let before = rss_kb(&gateway);
 
@@ -246,8 +242,8 @@ async fn ping_flood_is_cut_off() {
 /// refused on its stream (431 and/or RST_STREAM) or with a GOAWAY; never forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_list_over_the_limit_is_refused() {
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo).await;
+    let gateway = scenario().start().await;
+    let echo = gateway.backend("echo");
     let public = gateway.listener("public");
     let authority = public.to_string();
 
@@ -290,8 +286,8 @@ async fn stalled_h2_request_body_is_answered_408_on_its_stream() {
     use http_body_util::StreamBody;
     use hyper::body::Frame;
 
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo).await;
+    let gateway = scenario().start().await;
+    let echo = gateway.backend("echo");
     let public = gateway.listener("public");
 
     let tcp = tokio::net::TcpStream::connect(public).await.unwrap();
@@ -346,8 +342,7 @@ async fn stalled_h2_request_body_is_answered_408_on_its_stream() {
 async fn upstream_stalled_mid_body_resets_only_its_stream() {
     use http_body_util::BodyExt;
 
-    let echo = backends::echo("echo").await;
-    let gateway = start(&echo).await;
+    let gateway = scenario().start().await;
     let public = gateway.listener("public");
 
     let tcp = tokio::net::TcpStream::connect(public).await.unwrap();

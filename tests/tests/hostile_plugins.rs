@@ -24,77 +24,27 @@ use http::StatusCode;
 use http_body_util::Full;
 use serde_json::json;
 use tokio::sync::watch;
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_CALLOUT, TP_GRPC, TP_LIMITS};
+use tollgate_tests::gateway::Gateway;
+use tollgate_tests::plugins::{PluginSpec, TP_CALLOUT, TP_GRPC, TP_LIMITS};
 use tollgate_tests::prometheus::sample_sum;
+use tollgate_tests::scenario::{Running, Scenario, GENERATED_FILE};
 
-const POLICIES: &str = r#"
-server:
-  plugin_limits:
-    shared_data_keys: 500
-    shared_data_bytes: 65536
-    shared_queue_length: 20
-    metrics: 10
-    callout_response_bytes: ${CALLOUT_LIMIT}
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-  - name: callee
-    endpoints: [{ address: "${CALLEE}" }]
-  - name: grpc-service
-    endpoints: [{ address: "${GRPC}" }]
-    http2: true
-  - name: grpc-stream-service
-    endpoints: [{ address: "${GRPC_STREAM}" }]
-    http2: true
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - name: limits
-        match: { path: { prefix: /limits } }
-        forward: { cluster: echo }
-      - name: callout-small
-        match: { path: { prefix: /callout-small } }
-        forward: { cluster: echo }
-      - name: callout-big
-        match: { path: { prefix: /callout-big } }
-        forward: { cluster: echo }
-      - name: callout-announced
-        match: { path: { prefix: /callout-announced } }
-        forward: { cluster: echo }
-      - name: grpc-stream
-        match: { path: { prefix: /grpc-stream } }
-        forward: { cluster: echo }
-      - name: grpc
-        match: { path: { prefix: /grpc } }
-        forward: { cluster: echo }
-      - name: plain
-        match: { path: { prefix: / } }
-        forward: { cluster: echo }
-"#;
+const PLUGIN_LIMITS: &str = "
+plugin_limits:
+  shared_data_keys: 500
+  shared_data_bytes: 65536
+  shared_queue_length: 20
+  metrics: 10
+  callout_response_bytes: ${CALLOUT_LIMIT}
+";
 
 const KEY_LIMIT: u64 = 500;
 const FLOOD_BURSTS: usize = 50;
 const BURST: usize = 100;
 
-struct Setup {
-    gateway: Gateway,
-    _backends: [Backend; 4],
-}
-
 /// The gateway with `callout_response_bytes: callout_limit` and the other limits above.
-async fn start_with_callout_limit(callout_limit: u64) -> Setup {
-    let echo = backends::echo("echo").await;
-    let callee = backends::echo("callee").await;
-    let grpc = backends::grpc("grpc").await;
-    let grpc_stream = backends::grpc_stream_echo("grpc-stream").await;
+async fn start_with_callout_limit(callout_limit: u64) -> Running {
     let plugins = [
         PluginSpec::new("limits", TP_LIMITS)
             .field("vm_id", json!("limits"))
@@ -117,22 +67,26 @@ async fn start_with_callout_limit(callout_limit: u64) -> Setup {
             .config(json!({ "cluster": "grpc-stream-service", "service": "tollgate.test.Echo", "method": "Chat", "stream": true }))
             .routes(&["grpc-stream"]),
     ];
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .set("CALLEE", callee.addr())
-        .set("GRPC", grpc.addr())
-        .set("GRPC_STREAM", grpc_stream.addr())
+    Scenario::new()
+        .server(PLUGIN_LIMITS)
         .set("CALLOUT_LIMIT", callout_limit)
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(&plugins));
-    Setup {
-        gateway: Gateway::start(policies).await,
-        _backends: [echo, callee, grpc, grpc_stream],
-    }
+        .echo("echo")
+        .echo("callee")
+        .grpc("grpc-service")
+        .grpc_stream_echo("grpc-stream-service")
+        .forward("limits", "/limits", "echo")
+        .forward("callout-small", "/callout-small", "echo")
+        .forward("callout-big", "/callout-big", "echo")
+        .forward("callout-announced", "/callout-announced", "echo")
+        .forward("grpc-stream", "/grpc-stream", "echo")
+        .forward("grpc", "/grpc", "echo")
+        .forward("plain", "/", "echo")
+        .plugins(&plugins)
+        .start()
+        .await
 }
 
-async fn start() -> Setup {
+async fn start() -> Running {
     start_with_callout_limit(8192).await
 }
 
@@ -199,8 +153,7 @@ async fn refusals(gateway: &Gateway, plugin: &str, limit: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_minting_flood_stays_within_the_shared_data_limit() {
-    let setup = start().await;
-    let gateway = &setup.gateway;
+    let gateway = &start().await;
     let (stop, stopped) = watch::channel(false);
     let honest = honest_client(gateway, stopped);
     let flood = HttpClient::http1();
@@ -255,8 +208,7 @@ async fn a_key_minting_flood_stays_within_the_shared_data_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_value_larger_than_the_byte_limit_is_refused() {
-    let setup = start().await;
-    let gateway = &setup.gateway;
+    let gateway = &start().await;
     let client = HttpClient::http1();
     let fits = send(&client, gateway, "/limits", &[("x-tp-set-bytes", "60000")]).await;
     assert_eq!(header(&fits, "x-tp-set-status"), "0");
@@ -272,8 +224,7 @@ async fn a_value_larger_than_the_byte_limit_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_shared_queue_refuses_more_items() {
-    let setup = start().await;
-    let gateway = &setup.gateway;
+    let gateway = &start().await;
     let (stop, stopped) = watch::channel(false);
     let honest = honest_client(gateway, stopped);
     let client = HttpClient::http1();
@@ -297,8 +248,7 @@ async fn a_full_shared_queue_refuses_more_items() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_past_the_limit_are_refused() {
-    let setup = start().await;
-    let gateway = &setup.gateway;
+    let gateway = &start().await;
     let client = HttpClient::http1();
     let first = send(
         &client,
@@ -353,8 +303,7 @@ async fn metrics_past_the_limit_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callout_response_larger_than_the_limit_fails_the_call() {
-    let setup = start().await;
-    let gateway = &setup.gateway;
+    let gateway = &start().await;
     let (stop, stopped) = watch::channel(false);
     let honest = honest_client(gateway, stopped);
     let client = HttpClient::http1();
@@ -397,8 +346,7 @@ async fn a_callout_response_larger_than_the_limit_fails_the_call() {
 async fn a_grpc_answer_larger_than_the_limit_closes_the_call() {
     // 7 bytes: smaller than any framed message the gRPC backends answer (`hello` is 12
     // bytes with its prefix, the echoed `one` 8).
-    let setup = start_with_callout_limit(7).await;
-    let gateway = &setup.gateway;
+    let gateway = &start_with_callout_limit(7).await;
     let client = HttpClient::http1();
 
     let unary = send(&client, gateway, "/grpc", &[]).await;
@@ -427,19 +375,18 @@ async fn a_grpc_answer_larger_than_the_limit_closes_the_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_applies_new_limits() {
-    let setup = start().await;
-    let gateway = &setup.gateway;
+    let gateway = &start().await;
     let client = HttpClient::http1();
     let full = send(&client, gateway, "/limits", &[("x-tp-enqueue", "25")]).await;
     assert_eq!(header(&full, "x-tp-enqueued"), "20");
 
     let generation = |plugins: &serde_json::Value| plugins["generation"].as_u64().unwrap_or(0);
     let before = generation(&gateway.admin_get("/plugins").await.json());
-    let policies = gateway.policies().path().join("gateway.yaml");
+    let policies = gateway.policy_file(GENERATED_FILE);
     let text = std::fs::read_to_string(&policies)
-        .expect("read gateway.yaml")
+        .expect("read the policies")
         .replace("shared_queue_length: 20", "shared_queue_length: 30");
-    std::fs::write(&policies, text).expect("write gateway.yaml");
+    std::fs::write(&policies, text).expect("write the policies");
     // A reload builds every plugin's VMs again: on a loaded 2-core machine that takes seconds.
     let started = Instant::now();
     loop {

@@ -17,51 +17,33 @@ use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::net::TcpStream;
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::bundled::{KEY_AUTH, TRANSFORMER};
-use tollgate_tests::clients::{raw_exchange, HttpClient, RawResponse};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_HEADERS};
+use tollgate_tests::clients::{raw_exchange, RawResponse};
+use tollgate_tests::plugins::{PluginSpec, TP_HEADERS};
+use tollgate_tests::scenario::{Running, Scenario};
 
-const POLICIES: &str = r#"
-server:
-  normalize_path: ${NORMALIZE_PATH}
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: api
-    endpoints: [{ address: "${API}" }]
+const API_HOST: &str = "
+name: api
+domains: [api.demo.local]
+routes:
+  - { name: api, match: { path: { prefix: / } }, forward: { cluster: api } }
+";
+
+const SITE_HOST: &str = "
+name: site
+domains: [\"*\"]
+routes:
+  - { name: secure, match: { path: { prefix: /secure } }, forward: { cluster: api } }
   - name: legacy
-    endpoints: [{ address: "${LEGACY}" }]
-  - name: open
-    endpoints: [{ address: "${OPEN}" }]
-virtual_hosts:
-  - name: api
-    domains: [api.demo.local]
-    routes:
-      - { name: api, match: { path: { prefix: / } }, forward: { cluster: api } }
-  - name: site
-    domains: ["*"]
-    routes:
-      - { name: secure, match: { path: { prefix: /secure } }, forward: { cluster: api } }
-      - name: legacy
-        match: { path: { prefix: /api } }
-        forward: { cluster: legacy, rewrite: { prefix: /legacy } }
-      - { name: open, match: { path: { prefix: / } }, forward: { cluster: open } }
-"#;
+    match: { path: { prefix: /api } }
+    forward: { cluster: legacy, rewrite: { prefix: /legacy } }
+  - { name: open, match: { path: { prefix: / } }, forward: { cluster: open } }
+";
 
 const KEY: &str = "k-alice";
 
 struct Setup {
-    gateway: Gateway,
-    /// Behind the protected virtual host and the `/secure` route.
-    api: Backend,
-    legacy: Backend,
-    /// Behind the catch-all route.
-    open: Backend,
-    honest: HttpClient,
+    gateway: Running,
 }
 
 async fn start() -> Setup {
@@ -69,9 +51,6 @@ async fn start() -> Setup {
 }
 
 async fn start_with(normalize_path: bool) -> Setup {
-    let api = backends::echo("api").await;
-    let legacy = backends::echo("legacy").await;
-    let open = backends::echo("open").await;
     let plugins = [
         PluginSpec::new("keys", KEY_AUTH)
             .config(json!({ "consumers": [{ "name": "alice", "keys": [KEY] }] }))
@@ -84,22 +63,17 @@ async fn start_with(normalize_path: bool) -> Setup {
             .config(json!({ "tag": "paths" }))
             .routes(&["open"]),
     ];
-    let mut policies = PolicyDir::new();
-    policies
-        .set("API", api.addr())
-        .set("LEGACY", legacy.addr())
-        .set("OPEN", open.addr())
-        .set("NORMALIZE_PATH", normalize_path)
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(&plugins));
-    let gateway = Gateway::start(policies).await;
-    let setup = Setup {
-        gateway,
-        api,
-        legacy,
-        open,
-        honest: HttpClient::http1(),
-    };
+    let gateway = Scenario::new()
+        .server(&format!("normalize_path: {normalize_path}"))
+        .echo("api")
+        .echo("legacy")
+        .echo("open")
+        .virtual_host(API_HOST)
+        .virtual_host(SITE_HOST)
+        .plugins(&plugins)
+        .start()
+        .await;
+    let setup = Setup { gateway };
     // The honest client's connection is open before the first hostile request.
     setup.assert_honest_client_served().await;
     setup
@@ -139,7 +113,8 @@ impl Setup {
     /// An ordinary request on the honest client's own (pooled) connection.
     async fn assert_honest_client_served(&self) {
         let response = self
-            .honest
+            .gateway
+            .client()
             .get(
                 self.gateway.listener("public"),
                 "www.demo.local",
@@ -153,18 +128,19 @@ impl Setup {
 
     fn assert_no_backend_reached(&self, what: &str) {
         assert_eq!(
-            self.api.request_count(),
+            self.gateway.backend("api").request_count(),
             0,
             "{what} reached the api backend"
         );
         assert_eq!(
-            self.legacy.request_count(),
+            self.gateway.backend("legacy").request_count(),
             0,
             "{what} reached the legacy backend"
         );
         // The honest client's requests are the only ones the open backend saw.
         let strangers: Vec<String> = self
-            .open
+            .gateway
+            .backend("open")
             .requests()
             .into_iter()
             .filter(|request| request.path != "/home?x=1")
@@ -214,7 +190,7 @@ async fn every_spelling_of_the_protected_host_needs_its_key() {
         .get("/orders", "API.demo.local.:80", &["x-api-key: k-alice"])
         .await;
     setup.expect(&answer, 200, "keyed request");
-    let seen = setup.api.requests();
+    let seen = setup.gateway.backend("api").requests();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].host, "api.demo.local:80");
     assert_eq!(
@@ -302,7 +278,7 @@ async fn every_spelling_of_the_secure_route_needs_its_key() {
             .await;
         setup.expect(&answer, 200, &target);
     }
-    let seen = setup.api.requests();
+    let seen = setup.gateway.backend("api").requests();
     assert_eq!(seen.len(), forms.len());
     for request in &seen {
         assert_eq!(request.path, "/secure/x?next=%2F..%2Fadmin&b=1");
@@ -336,15 +312,15 @@ async fn dot_segments_cannot_climb_out_of_a_rewritten_prefix() {
         .get("/api/v1/../../admin", "www.demo.local", &[])
         .await;
     setup.expect(&answer, 200, "/api/v1/../../admin");
-    assert_eq!(setup.legacy.request_count(), 0);
-    let seen = setup.open.requests();
+    assert_eq!(setup.gateway.backend("legacy").request_count(), 0);
+    let seen = setup.gateway.backend("open").requests();
     assert_eq!(seen.last().map(|r| r.path.as_str()), Some("/admin"));
 
     let answer = setup
         .get("/api/v1/orders?id=7", "www.demo.local", &[])
         .await;
     setup.expect(&answer, 200, "/api/v1/orders");
-    let seen = setup.legacy.requests();
+    let seen = setup.gateway.backend("legacy").requests();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].path, "/legacy/v1/orders?id=7");
     setup.assert_honest_client_served().await;
@@ -360,7 +336,8 @@ async fn a_rewrite_stays_in_its_prefix_without_path_normalization() {
         setup.expect(&answer, 200, path);
     }
     let seen: Vec<String> = setup
-        .legacy
+        .gateway
+        .backend("legacy")
         .requests()
         .into_iter()
         .map(|r| r.path)
@@ -384,7 +361,7 @@ async fn a_hostile_connection_header_cannot_strip_plugin_headers() {
         )
         .await;
     setup.expect(&answer, 200, "hostile Connection");
-    let seen = setup.api.requests();
+    let seen = setup.gateway.backend("api").requests();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].header("x-tollgate-consumer"), Some("alice"));
     assert_eq!(seen[0].header("x-gateway"), Some("tollgate"));
@@ -399,7 +376,7 @@ async fn a_hostile_connection_header_cannot_strip_plugin_headers() {
         )
         .await;
     setup.expect(&answer, 401, "credential named as hop-by-hop");
-    assert_eq!(setup.api.request_count(), 1);
+    assert_eq!(setup.gateway.backend("api").request_count(), 1);
     setup.assert_honest_client_served().await;
 }
 
@@ -417,7 +394,7 @@ async fn every_forwarded_for_line_reaches_the_backend_in_order() {
         )
         .await;
     setup.expect(&answer, 200, "two X-Forwarded-For lines");
-    let seen = setup.open.requests();
+    let seen = setup.gateway.backend("open").requests();
     let request = seen
         .iter()
         .find(|r| r.path == "/home")
@@ -443,7 +420,7 @@ async fn plugins_see_and_set_canonical_paths() {
         .get("/%68ome//./x/..?q=%2F", "www.demo.local", &[])
         .await;
     setup.expect(&answer, 200, "non-canonical path to the open route");
-    let seen = setup.open.requests();
+    let seen = setup.gateway.backend("open").requests();
     let request = seen.last().expect("the open backend was reached");
     assert_eq!(request.path, "/home/?q=%2F");
     assert_eq!(request.header("x-tp-path"), Some("/home/?q=%2F"));
@@ -457,7 +434,7 @@ async fn plugins_see_and_set_canonical_paths() {
         )
         .await;
     setup.expect(&answer, 200, "plugin-set path");
-    let seen = setup.legacy.requests();
+    let seen = setup.gateway.backend("legacy").requests();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].path, "/legacy/orders/7?z=1");
 
@@ -468,7 +445,7 @@ async fn plugins_see_and_set_canonical_paths() {
         setup.expect(&answer, 400, &set);
     }
     setup.assert_logged("invalid_plugin_path").await;
-    assert_eq!(setup.legacy.request_count(), 1);
+    assert_eq!(setup.gateway.backend("legacy").request_count(), 1);
     setup.assert_honest_client_served().await;
 }
 

@@ -8,25 +8,9 @@ use http::StatusCode;
 use http_body_util::Full;
 use tollgate_tests::backends::{self, Backend, Failure};
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
+use tollgate_tests::gateway::Gateway;
 use tollgate_tests::prometheus::sample_sum;
-
-const LISTENER: &str = "
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-";
-
-async fn start(policies: &str, values: &[(&str, String)]) -> Gateway {
-    let mut dir = PolicyDir::new();
-    for (name, value) in values {
-        dir.set(name, value);
-    }
-    dir.write("listeners.yaml", LISTENER)
-        .write("policies.yaml", policies);
-    Gateway::start(dir).await
-}
+use tollgate_tests::scenario::Scenario;
 
 async fn get(gateway: &Gateway, path: &str) -> HttpResponse {
     HttpClient::http1()
@@ -62,16 +46,15 @@ async fn counter(gateway: &Gateway, name: &str, cluster: &str) -> f64 {
     sample_sum(&gateway.metrics().await, name, &[("cluster", cluster)]).unwrap_or(0.0)
 }
 
-fn address(backend: &Backend) -> String {
-    backend.addr().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_from_one_url_do_not_eject_the_only_endpoint() {
     let echo = backends::echo("echo").await;
     // Default health settings: what the issue saw.
-    let gateway = start(
-        "
+    let gateway = Scenario::new()
+        .set("ECHO", echo.addr())
+        .policy_file(
+            "policies.yaml",
+            "
 clusters:
   - name: only
     endpoints: [{ address: ${ECHO} }]
@@ -83,9 +66,9 @@ virtual_hosts:
         match: { path: { prefix: / } }
         forward: { cluster: only }
 ",
-        &[("ECHO", address(&echo))],
-    )
-    .await;
+        )
+        .start()
+        .await;
 
     for _ in 0..6 {
         assert_eq!(
@@ -117,8 +100,14 @@ virtual_hosts:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_endpoints_are_ejected_up_to_max_ejection_percent() {
     let echo = backends::echo("echo").await;
-    let gateway = start(
-        "
+    let gateway = Scenario::new()
+        .set("GONE_1", backends::refusing_address())
+        .set("GONE_2", backends::refusing_address())
+        .set("GONE_3", backends::refusing_address())
+        .set("ECHO", echo.addr())
+        .policy_file(
+            "policies.yaml",
+            "
 clusters:
   - name: four
     load_balancing: round_robin
@@ -136,14 +125,9 @@ virtual_hosts:
         match: { path: { prefix: / } }
         forward: { cluster: four }
 ",
-        &[
-            ("GONE_1", backends::refusing_address().to_string()),
-            ("GONE_2", backends::refusing_address().to_string()),
-            ("GONE_3", backends::refusing_address().to_string()),
-            ("ECHO", address(&echo)),
-        ],
-    )
-    .await;
+        )
+        .start()
+        .await;
 
     // Enough rounds for every refusing endpoint to fail at least once.
     for _ in 0..8 {
@@ -172,8 +156,12 @@ virtual_hosts:
 async fn below_the_panic_threshold_every_endpoint_is_used() {
     let a = backends::echo("a").await;
     let b = backends::echo("b").await;
-    let gateway = start(
-        "
+    let gateway = Scenario::new()
+        .set("A", a.addr())
+        .set("B", b.addr())
+        .policy_file(
+            "policies.yaml",
+            "
 clusters:
   - name: panicky
     load_balancing: round_robin
@@ -198,9 +186,9 @@ virtual_hosts:
         match: { path: { prefix: /strict } }
         forward: { cluster: strict }
 ",
-        &[("A", address(&a)), ("B", address(&b))],
-    )
-    .await;
+        )
+        .start()
+        .await;
 
     for cluster in ["panicky", "strict"] {
         // One 503 each: the first ejects one endpoint, the second (50 % healthy is not
@@ -239,8 +227,12 @@ virtual_hosts:
 async fn eject_on_5xx_counts_500_and_gateway_errors_does_not() {
     let a = backends::echo("a").await;
     let b = backends::echo("b").await;
-    let gateway = start(
-        "
+    let gateway = Scenario::new()
+        .set("A", a.addr())
+        .set("B", b.addr())
+        .policy_file(
+            "policies.yaml",
+            "
 clusters:
   - name: any5xx
     load_balancing: round_robin
@@ -261,9 +253,9 @@ virtual_hosts:
         match: { path: { prefix: /gateway } }
         forward: { cluster: gateway }
 ",
-        &[("A", address(&a)), ("B", address(&b))],
-    )
-    .await;
+        )
+        .start()
+        .await;
 
     for cluster in ["any5xx", "gateway"] {
         for _ in 0..4 {
@@ -328,16 +320,14 @@ async fn non_idempotent_requests_are_retried_only_when_unsent_or_opted_in() {
     let echo = backends::echo("echo").await;
     let hung_up = backends::flaky("hung-up", 1, Failure::CloseConnection).await;
     let healthy = backends::echo("healthy").await;
-    let gateway = start(
-        RETRY_POLICIES,
-        &[
-            ("ECHO", address(&echo)),
-            ("HUNG_UP", address(&hung_up)),
-            ("GONE", backends::refusing_address().to_string()),
-            ("HEALTHY", address(&healthy)),
-        ],
-    )
-    .await;
+    let gateway = Scenario::new()
+        .set("ECHO", echo.addr())
+        .set("HUNG_UP", hung_up.addr())
+        .set("GONE", backends::refusing_address())
+        .set("HEALTHY", healthy.addr())
+        .policy_file("policies.yaml", RETRY_POLICIES)
+        .start()
+        .await;
     let methods_seen = |backend: &Backend, method: &str| {
         backend
             .requests()

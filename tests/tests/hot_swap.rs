@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use serde_json::json;
-use tollgate_tests::backends;
 use tollgate_tests::certs::CertAuthority;
 use tollgate_tests::clients::{get_request, tls_connect, HttpClient, TlsOptions};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{TP_CALLOUT, TP_HEADERS, TP_METRICS};
+use tollgate_tests::plugins::{PluginSpec, TP_CALLOUT, TP_HEADERS, TP_METRICS};
+use tollgate_tests::scenario::{Running, Scenario};
 
 /// Which module answered: `tp-headers` marks responses with `x-tp-response`, `tp-metrics`
 /// with `x-tp-requests`.
@@ -26,61 +25,33 @@ enum Version {
     Metrics,
 }
 
-const POLICIES: &str = r#"
-listeners:
-  - { name: public, address: "${listen:public}", protocol: http }
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-  - name: slow
-    endpoints: [{ address: "${SLOW}" }]
-virtual_hosts:
-  - name: all
-    domains: ["*"]
-    routes:
-      - name: paused
-        match: { path: { prefix: /paused } }
-        forward: { cluster: echo, timeout: 10s }
-      - name: main
-        forward: { cluster: echo }
-plugins:
-  - name: marker
-    module: marker.wasm
-    config: { tag: swap }
-    apply_to: { routes: [main] }
-  - name: waiter
-    module: waiter.wasm
-    config: { cluster: slow, path: "/wait?delay_ms=1500", timeout_ms: 5000 }
-    apply_to: { routes: [paused] }
-"#;
-
 struct Setup {
-    gateway: Gateway,
+    gateway: Running,
     plugins: PathBuf,
-    _echo: backends::Backend,
-    _slow: backends::Backend,
 }
 
 async fn start() -> Setup {
-    let echo = backends::echo("echo").await;
-    let slow = backends::echo("slow").await;
-    let mut policies = PolicyDir::new();
-    let plugins = policies.path().parent().expect("temp root").join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::copy(TP_HEADERS, plugins.join("marker.wasm")).unwrap();
-    std::fs::copy(TP_CALLOUT, plugins.join("waiter.wasm")).unwrap();
-    policies
-        .set("ECHO", echo.addr())
-        .set("SLOW", slow.addr())
-        .write("gateway.yaml", POLICIES);
-    let plugins_arg = plugins.display().to_string();
-    let gateway = Gateway::start_with_args(policies, &["--plugins", &plugins_arg]).await;
-    Setup {
-        gateway,
-        plugins,
-        _echo: echo,
-        _slow: slow,
-    }
+    let gateway = Scenario::new()
+        .echo("echo")
+        .echo("slow")
+        .route("{ name: paused, match: { path: { prefix: /paused } }, forward: { cluster: echo, timeout: 10s } }")
+        .route("{ name: main, forward: { cluster: echo } }")
+        .plugin_module("marker.wasm", TP_HEADERS)
+        .plugin_module("waiter.wasm", TP_CALLOUT)
+        .plugin(
+            PluginSpec::new("marker", "marker.wasm")
+                .config(json!({ "tag": "swap" }))
+                .routes(&["main"]),
+        )
+        .plugin(
+            PluginSpec::new("waiter", "waiter.wasm")
+                .config(json!({ "cluster": "slow", "path": "/wait?delay_ms=1500", "timeout_ms": 5000 }))
+                .routes(&["paused"]),
+        )
+        .start()
+        .await;
+    let plugins = gateway.plugins_folder().to_path_buf();
+    Setup { gateway, plugins }
 }
 
 /// Replaces a file the way editors and `cp` do: `atomic` writes a temporary file and renames
@@ -260,7 +231,7 @@ async fn a_request_paused_on_a_callout_finishes_across_a_swap() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Swap the paused request's own plugin (a new configuration) and another module.
-    let policies = setup.gateway.policies().path().join("gateway.yaml");
+    let policies = setup.gateway.policy_file("plugins.json");
     let text = std::fs::read_to_string(&policies)
         .unwrap()
         .replace("delay_ms=1500", "delay_ms=1");
@@ -417,28 +388,16 @@ async fn policy_edits_and_reload_requests_apply_live() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_certificate_is_presented_to_new_handshakes() {
-    let echo = backends::echo("echo").await;
     let ca = CertAuthority::new("rotation CA");
-    let mut policies = PolicyDir::new();
-    let certs = policies.certs_dir();
-    ca.server_cert(&["rot.test", "v1.rot.test"])
-        .write(&certs, "server");
-    policies.set("ECHO", echo.addr()).write(
-        "gateway.yaml",
-        r#"
-listeners:
-  - name: tls
-    address: "${listen:tls}"
-    protocol: https
-    tls:
-      certificates: [{ cert: certs/server.crt, key: certs/server.key }]
-clusters:
-  - { name: echo, endpoints: [{ address: "${ECHO}" }] }
-virtual_hosts:
-  - { name: all, domains: ["*"], routes: [{ name: all, forward: { cluster: echo } }] }
-"#,
-    );
-    let gateway = Gateway::start(policies).await;
+    let gateway = Scenario::new()
+        .without_public_listener()
+        .https_listener("tls", "server")
+        .server_cert("server", &ca.server_cert(&["rot.test", "v1.rot.test"]))
+        .echo("echo")
+        .route("{ name: all, forward: { cluster: echo } }")
+        .start()
+        .await;
+    let certs = gateway.policies().certs_dir();
     let options = TlsOptions::new("rot.test", &ca.cert_pem());
     let names = tls_connect(gateway.listener("tls"), &options)
         .await

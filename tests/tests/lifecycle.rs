@@ -7,44 +7,35 @@ use http::StatusCode;
 use tollgate_tests::backends;
 use tollgate_tests::certs::CertAuthority;
 use tollgate_tests::clients::HttpClient;
-use tollgate_tests::gateway::{run_tollgate, Gateway, PolicyDir};
+use tollgate_tests::gateway::run_tollgate;
 use tollgate_tests::prometheus::sample_sum;
+use tollgate_tests::scenario::{Running, Scenario};
 
-const POLICIES: &str = "
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-  - name: secure
-    address: ${listen:secure}
-    protocol: https
-    tls:
-      certificates: [{ cert: certs/gateway.crt, key: certs/gateway.key }]
-clusters:
-  - name: echo
-    endpoints: [{ address: ${ECHO} }]
-  - name: refusing
-    endpoints: [{ address: ${REFUSING} }]
-virtual_hosts:
-  - name: shop
-    domains: [shop.test]
-    routes:
-      - name: refused
-        match: { path: { prefix: /refused } }
-        forward: { cluster: refusing }
-      - name: orders
-        match: { path: { prefix: / } }
-        forward: { cluster: echo }
+const SHOP: &str = "
+name: shop
+domains: [shop.test]
+routes:
+  - name: refused
+    match: { path: { prefix: /refused } }
+    forward: { cluster: refusing }
+  - name: orders
+    match: { path: { prefix: / } }
+    forward: { cluster: echo }
 ";
 
-async fn start(echo: &backends::Backend) -> (Gateway, String) {
-    let mut dir = PolicyDir::new();
+/// The shop on a `public` HTTP and a `secure` HTTPS listener; also returns the HTTPS
+/// listener's private key, which the admin API must never show.
+async fn start() -> (Running, String) {
     let gateway_cert = CertAuthority::new("ca").server_cert(&["shop.test"]);
-    gateway_cert.write(&dir.certs_dir(), "gateway");
-    dir.set("ECHO", echo.addr())
-        .set("REFUSING", backends::refusing_address())
-        .write("gateway.yaml", POLICIES);
-    (Gateway::start(dir).await, gateway_cert.key_pem)
+    let gateway = Scenario::new()
+        .https_listener("secure", "gateway")
+        .server_cert("gateway", &gateway_cert)
+        .echo("echo")
+        .cluster_at("refusing", backends::refusing_address())
+        .virtual_host(SHOP)
+        .start()
+        .await;
+    (gateway, gateway_cert.key_pem)
 }
 
 #[test]
@@ -69,8 +60,7 @@ fn help_and_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_reports_health_and_config_without_secrets() {
-    let echo = backends::echo("echo").await;
-    let (gateway, key_pem) = start(&echo).await;
+    let (gateway, key_pem) = start().await;
     assert_eq!(gateway.admin_get("/healthz").await.status, StatusCode::OK);
     assert_eq!(gateway.admin_get("/readyz").await.status, StatusCode::OK);
 
@@ -106,8 +96,7 @@ async fn admin_reports_health_and_config_without_secrets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_durations_errors_and_connections() {
-    let echo = backends::echo("echo").await;
-    let (gateway, _) = start(&echo).await;
+    let (gateway, _) = start().await;
     let client = HttpClient::http1();
     let public = gateway.listener("public");
     for _ in 0..3 {
@@ -170,15 +159,17 @@ async fn metrics_count_requests_durations_errors_and_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_request_in_flight_and_exits_0() {
-    let echo = backends::echo("echo").await;
-    let (mut gateway, _) = start(&echo).await;
+    let (mut gateway, _) = start().await;
     let public = gateway.listener("public");
     let in_flight = tokio::spawn(async move {
         HttpClient::http1()
             .get(public, "shop.test", "/slow?delay_ms=2000")
             .await
     });
-    echo.wait_for_requests(1, Duration::from_secs(5)).await;
+    gateway
+        .backend("echo")
+        .wait_for_requests(1, Duration::from_secs(5))
+        .await;
     let signalled = Instant::now();
     gateway.terminate();
 

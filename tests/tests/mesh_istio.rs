@@ -13,6 +13,7 @@ use tollgate_tests::certs::CertAuthority;
 use tollgate_tests::clients::{request, HttpClient};
 use tollgate_tests::fixtures::{demo_policies, every_field_policies, plugins_dir};
 use tollgate_tests::gateway::{tollgate_binary, Gateway, PolicyDir};
+use tollgate_tests::scenario::Scenario;
 use tollgate_tests::{backends, bundled, python};
 
 /// What a finished command printed, apart.
@@ -926,12 +927,18 @@ async fn observe(gateway: &Gateway) -> Vec<String> {
 async fn the_import_of_an_export_routes_requests_as_the_original() {
     let v1 = backends::echo("v1").await;
     let v2 = backends::echo("v2").await;
-    let mut original = PolicyDir::new();
-    original
+    let original = Scenario::new()
+        .without_public_listener()
         .set("v1", v1.addr())
         .set("v2", v2.addr())
-        .write("policies.yaml", BEHAVIOUR_POLICIES);
-    let exported = export(&original.path(), Path::new("unused-plugins"), &[]);
+        .policy_file("policies.yaml", BEHAVIOUR_POLICIES)
+        .start()
+        .await;
+    let exported = export(
+        &original.policies().path(),
+        Path::new("unused-plugins"),
+        &[],
+    );
     assert_eq!(exported.code, Some(0), "{}", exported.stderr);
     let listen = original.listener("web");
 
@@ -941,7 +948,7 @@ async fn the_import_of_an_export_routes_requests_as_the_original() {
     let out = dir.path().join("policies");
     let imported = import(std::slice::from_ref(&istio), &out, &[]);
     assert_eq!(imported.code, Some(0), "{}", imported.stderr);
-    let mut round_trip = PolicyDir::new();
+    let mut round_trip = Scenario::new().without_public_listener();
     for name in [
         "listeners.yaml",
         "clusters.yaml",
@@ -950,12 +957,12 @@ async fn the_import_of_an_export_routes_requests_as_the_original() {
     ] {
         let text = std::fs::read_to_string(out.join(name)).expect("an imported file");
         // The imported listener takes the original's address; serve it on a port of its own.
-        round_trip.write(name, &text.replace(&listen.to_string(), "${listen:web}"));
+        round_trip =
+            round_trip.policy_file(name, &text.replace(&listen.to_string(), "${listen:web}"));
     }
 
-    let gateway = Gateway::start(original).await;
-    let expected = observe(&gateway).await;
-    drop(gateway);
+    let expected = observe(&original).await;
+    drop(original);
     assert_eq!(
         expected[0],
         "GET /ping -> 200 backend=None location=None pong"
@@ -971,7 +978,7 @@ async fn the_import_of_an_export_routes_requests_as_the_original() {
     );
     assert!(expected[6].contains("backend=Some(\"v1\")"), "{expected:?}");
 
-    let gateway = Gateway::start(round_trip).await;
+    let gateway = round_trip.start().await;
     let actual = observe(&gateway).await;
     assert_eq!(expected, actual, "the same answers after export and import");
 }

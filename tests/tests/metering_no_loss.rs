@@ -30,26 +30,9 @@ use tempfile::TempDir;
 use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::bundled::METERING;
 use tollgate_tests::clients::{get_request, request, HttpClient};
-use tollgate_tests::gateway::{free_loopback_addr, Gateway, PolicyDir};
+use tollgate_tests::gateway::{free_loopback_addr, Gateway};
 use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_RETIRE};
-
-const POLICIES: &str = r#"
-server:
-  drain_timeout: ${DRAIN}
-listeners:
-  - { name: public, address: "${listen:public}", protocol: http }
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-  - name: billing
-    endpoints: [{ address: "${BILLING}" }]
-virtual_hosts:
-  - name: api
-    domains: ["*"]
-    routes:
-      - name: api
-        forward: { cluster: echo, timeout: 10s }
-"#;
+use tollgate_tests::scenario::{Running, Scenario};
 
 /// The demo billing collector as a child process, killed when dropped.
 struct Collector {
@@ -139,31 +122,26 @@ fn metering(module: &str, flush_interval_ms: u64) -> PluginSpec {
 const NO_TICKS_MS: u64 = 60_000;
 
 struct Setup {
-    gateway: Gateway,
+    gateway: Running,
     plugins_dir: PathBuf,
-    echo: Backend,
 }
 
 /// A gateway with `plugins` (module paths relative to its plugins folder, which holds
 /// `metering.wasm`) and the given drain timeout.
 async fn start(billing: SocketAddr, plugins: &[PluginSpec], drain: &str) -> Setup {
-    let echo = backends::echo("echo").await;
-    let mut policies = PolicyDir::new();
-    let plugins_dir = policies.path().parent().expect("temp root").join("plugins");
-    std::fs::create_dir_all(&plugins_dir).unwrap();
-    std::fs::copy(METERING, plugins_dir.join("metering.wasm")).unwrap();
-    policies
-        .set("ECHO", echo.addr())
-        .set("BILLING", billing)
-        .set("DRAIN", drain)
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(plugins));
-    let plugins_arg = plugins_dir.display().to_string();
-    let gateway = Gateway::start_with_args(policies, &["--plugins", &plugins_arg]).await;
+    let gateway = Scenario::new()
+        .server(&format!("drain_timeout: {drain}"))
+        .echo("echo")
+        .cluster_at("billing", billing)
+        .route("{ name: api, forward: { cluster: echo, timeout: 10s } }")
+        .plugin_module("metering.wasm", METERING)
+        .plugins(plugins)
+        .start()
+        .await;
+    let plugins_dir = gateway.plugins_folder().to_path_buf();
     Setup {
         gateway,
         plugins_dir,
-        echo,
     }
 }
 
@@ -307,12 +285,14 @@ async fn sigterm_with_requests_in_flight_bills_every_answered_request_once() {
         .collect();
     // Slow requests on the backend and a steady flow: SIGTERM lands mid-traffic.
     setup
-        .echo
+        .gateway
+        .backend("echo")
         .wait_for_requests(60, Duration::from_secs(10))
         .await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while setup
-        .echo
+        .gateway
+        .backend("echo")
         .requests()
         .iter()
         .filter(|request| request.path.starts_with("/api/slow"))
@@ -361,10 +341,11 @@ async fn a_module_swap_under_load_loses_no_record() {
     let stop = Arc::new(AtomicBool::new(false));
     let loops = load(addr, 2, stop.clone());
     setup
-        .echo
+        .gateway
+        .backend("echo")
         .wait_for_requests(40, Duration::from_secs(10))
         .await;
-    let before_swap = setup.echo.request_count() as u64;
+    let before_swap = setup.gateway.backend("echo").request_count() as u64;
     let module = std::fs::read(METERING).unwrap();
     write_atomically(
         &setup.plugins_dir.join("metering.wasm"),
@@ -401,13 +382,14 @@ async fn a_policy_reload_under_load_loses_no_record() {
     let stop = Arc::new(AtomicBool::new(false));
     let loops = load(addr, 2, stop.clone());
     setup
-        .echo
+        .gateway
+        .backend("echo")
         .wait_for_requests(40, Duration::from_secs(10))
         .await;
-    let before_reload = setup.echo.request_count() as u64;
+    let before_reload = setup.gateway.backend("echo").request_count() as u64;
     let changed = metering("metering.wasm", NO_TICKS_MS - 1);
     write_atomically(
-        &setup.gateway.policies().path().join("plugins.json"),
+        &setup.gateway.policy_file("plugins.json"),
         plugins_file(&[changed]).as_bytes(),
     );
     wait_for_reloads(&setup.gateway, 1).await;
@@ -552,13 +534,13 @@ async fn a_root_context_not_done_keeps_its_vm_until_proxy_done() {
     let collector = Collector::start().await;
     let mut setup = start(collector.addr, &[retiring("late", "late", true)], "20s").await;
     assert!(
-        retire_calls(&setup.echo, "late").is_empty(),
+        retire_calls(setup.gateway.backend("echo"), "late").is_empty(),
         "nothing before on_done"
     );
     let signalled = Instant::now();
     terminate(&mut setup.gateway).await;
     let elapsed = signalled.elapsed();
-    let mut calls = retire_calls(&setup.echo, "late");
+    let mut calls = retire_calls(setup.gateway.backend("echo"), "late");
     calls.sort();
     // Each worker's VM: on_done's callout, its answer, a tick, the tick's callout, its
     // answer, proxy_done — all after on_done returned false.
@@ -595,7 +577,7 @@ async fn a_root_context_that_never_calls_proxy_done_is_cut_at_the_drain_timeout(
         elapsed >= Duration::from_millis(2900) && elapsed < Duration::from_secs(8),
         "the VM is kept until the 3s drain timeout, no longer (took {elapsed:?})"
     );
-    let calls = retire_calls(&setup.echo, "stuck");
+    let calls = retire_calls(setup.gateway.backend("echo"), "stuck");
     assert_eq!(
         calls.iter().filter(|path| path.ends_with("/tick")).count(),
         2,
@@ -626,7 +608,7 @@ async fn a_reload_retires_only_the_changed_plugin_and_does_not_wait_for_it() {
     ];
     let written = Instant::now();
     write_atomically(
-        &setup.gateway.policies().path().join("plugins.json"),
+        &setup.gateway.policy_file("plugins.json"),
         plugins_file(&edited).as_bytes(),
     );
     wait_for_reloads(&setup.gateway, 1).await;
@@ -646,10 +628,11 @@ async fn a_reload_retires_only_the_changed_plugin_and_does_not_wait_for_it() {
     assert_eq!(response.status, StatusCode::OK, "serving while VMs retire");
     // Both workers' old VMs of `changed` got on_done and run on in the background.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while retire_calls(&setup.echo, "old").len() < 4 && Instant::now() < deadline {
+    while retire_calls(setup.gateway.backend("echo"), "old").len() < 4 && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut old = retire_calls(&setup.echo, "old");
+    let mut old = retire_calls(setup.gateway.backend("echo"), "old");
     old.sort();
     assert_eq!(
         old,
@@ -663,8 +646,8 @@ async fn a_reload_retires_only_the_changed_plugin_and_does_not_wait_for_it() {
         setup.gateway.log()
     );
     assert!(
-        retire_calls(&setup.echo, "kept").is_empty(),
+        retire_calls(setup.gateway.backend("echo"), "kept").is_empty(),
         "the unchanged plugin kept its VMs and got no on_done"
     );
-    assert!(retire_calls(&setup.echo, "new").is_empty());
+    assert!(retire_calls(setup.gateway.backend("echo"), "new").is_empty());
 }

@@ -7,54 +7,31 @@
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::json;
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::bundled::{ACL, CORS, IP_RESTRICTION, KEY_AUTH};
-use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{assert_rejected, check_plugins, plugins_file, PluginSpec};
-
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - { name: orders, match: { path: { prefix: /orders } }, forward: { cluster: echo } }
-      - { name: admin, match: { path: { prefix: /admin } }, forward: { cluster: echo } }
-      - { name: anonymous, match: { path: { prefix: /anonymous } }, forward: { cluster: echo } }
-      - { name: ip-deny, match: { path: { prefix: /ip-deny } }, forward: { cluster: echo } }
-      - { name: ip-allow, match: { path: { prefix: /ip-allow } }, forward: { cluster: echo } }
-      - { name: xff-one, match: { path: { prefix: /xff-one } }, forward: { cluster: echo } }
-      - { name: xff-two, match: { path: { prefix: /xff-two } }, forward: { cluster: echo } }
-      - { name: cors, match: { path: { prefix: /cors } }, forward: { cluster: echo } }
-      - { name: open, match: { path: { prefix: / } }, forward: { cluster: echo } }
-"#;
+use tollgate_tests::clients::{request, HttpResponse};
+use tollgate_tests::plugins::{assert_rejected, check_plugins, PluginSpec};
+use tollgate_tests::scenario::{Running, Scenario};
 
 struct Setup {
-    gateway: Gateway,
-    echo: Backend,
-    client: HttpClient,
+    gateway: Running,
 }
 
 async fn start(plugins: &[PluginSpec]) -> Setup {
-    let echo = backends::echo("echo").await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(plugins));
-    let gateway = Gateway::start(policies).await;
-    Setup {
-        gateway,
-        echo,
-        client: HttpClient::http1(),
-    }
+    let gateway = Scenario::new()
+        .echo("echo")
+        .forward("orders", "/orders", "echo")
+        .forward("admin", "/admin", "echo")
+        .forward("anonymous", "/anonymous", "echo")
+        .forward("ip-deny", "/ip-deny", "echo")
+        .forward("ip-allow", "/ip-allow", "echo")
+        .forward("xff-one", "/xff-one", "echo")
+        .forward("xff-two", "/xff-two", "echo")
+        .forward("cors", "/cors", "echo")
+        .forward("open", "/", "echo")
+        .plugins(plugins)
+        .start()
+        .await;
+    Setup { gateway }
 }
 
 impl Setup {
@@ -64,7 +41,7 @@ impl Setup {
             builder = builder.header(*name, *value);
         }
         let req = builder.body(Full::default()).expect("valid request");
-        self.client.send(req).await.unwrap_or_else(|e| {
+        self.gateway.client().send(req).await.unwrap_or_else(|e| {
             panic!(
                 "{method} {path}: {e:#}; gateway log:\n{}",
                 self.gateway.log()
@@ -140,7 +117,7 @@ async fn acl_allows_and_denies_consumer_groups_per_route_and_method() {
         }
     }
     assert_eq!(
-        setup.echo.request_count(),
+        setup.gateway.backend("echo").request_count(),
         allowed,
         "denied requests never reach the upstream"
     );
@@ -243,7 +220,7 @@ async fn ip_restriction_matches_the_peer_or_the_trusted_forwarded_address() {
     }
     let response = setup.send("GET", "/ip-deny", &[]).await;
     assert_eq!(response.json()["message"], "go away");
-    assert_eq!(setup.echo.request_count(), allowed);
+    assert_eq!(setup.gateway.backend("echo").request_count(), allowed);
 }
 
 // === cors ===
@@ -334,7 +311,7 @@ async fn cors_answers_preflights_locally_and_decorates_responses() {
         );
     }
     assert_eq!(
-        setup.echo.request_count(),
+        setup.gateway.backend("echo").request_count(),
         0,
         "preflights are answered by the gateway"
     );
@@ -376,7 +353,7 @@ async fn cors_answers_preflights_locally_and_decorates_responses() {
         )
         .await;
     setup.expect(&response, StatusCode::OK, "plain OPTIONS");
-    assert_eq!(setup.echo.request_count(), 3);
+    assert_eq!(setup.gateway.backend("echo").request_count(), 3);
 }
 
 // === bad configuration ===

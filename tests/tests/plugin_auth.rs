@@ -12,29 +12,10 @@ use http::StatusCode;
 use http_body_util::Full;
 use serde_json::{json, Value};
 use sha2::Sha256;
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::bundled::{BASIC_AUTH, JWT_AUTH, KEY_AUTH};
-use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{assert_rejected, check_plugins, plugins_file, PluginSpec};
-
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - { name: keyed, match: { path: { prefix: /keyed } }, forward: { cluster: echo } }
-      - { name: jwt, match: { path: { prefix: /jwt } }, forward: { cluster: echo } }
-      - { name: basic, match: { path: { prefix: /basic } }, forward: { cluster: echo } }
-      - { name: open, match: { path: { prefix: / } }, forward: { cluster: echo } }
-"#;
+use tollgate_tests::clients::{request, HttpResponse};
+use tollgate_tests::plugins::{assert_rejected, check_plugins, PluginSpec};
+use tollgate_tests::scenario::{Running, Scenario};
 
 const HS_SECRET: &[u8] = b"an-hs256-secret-of-32-bytes-ok!!";
 
@@ -88,24 +69,20 @@ fn basic_auth() -> PluginSpec {
 }
 
 struct Setup {
-    gateway: Gateway,
-    echo: Backend,
-    client: HttpClient,
+    gateway: Running,
 }
 
 async fn start(plugins: &[PluginSpec]) -> Setup {
-    let echo = backends::echo("echo").await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(plugins));
-    let gateway = Gateway::start(policies).await;
-    Setup {
-        gateway,
-        echo,
-        client: HttpClient::http1(),
-    }
+    let gateway = Scenario::new()
+        .echo("echo")
+        .forward("keyed", "/keyed", "echo")
+        .forward("jwt", "/jwt", "echo")
+        .forward("basic", "/basic", "echo")
+        .forward("open", "/", "echo")
+        .plugins(plugins)
+        .start()
+        .await;
+    Setup { gateway }
 }
 
 impl Setup {
@@ -115,7 +92,8 @@ impl Setup {
             builder = builder.header(*name, *value);
         }
         let req = builder.body(Full::default()).expect("valid request");
-        self.client
+        self.gateway
+            .client()
             .send(req)
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e:#}; gateway log:\n{}", self.gateway.log()))
@@ -256,7 +234,7 @@ async fn key_auth_refuses_missing_and_unknown_keys() {
         assert_eq!(response.json()["message"], message, "{what}");
     }
     assert_eq!(
-        setup.echo.request_count(),
+        setup.gateway.backend("echo").request_count(),
         0,
         "refused requests never reach the upstream"
     );
@@ -372,7 +350,7 @@ async fn jwt_auth_refuses_bad_tokens_with_the_reason() {
     );
     assert_eq!(response.json()["message"], "missing bearer token");
     assert_eq!(
-        setup.echo.request_count(),
+        setup.gateway.backend("echo").request_count(),
         1,
         "only the token within the leeway got through"
     );
@@ -420,7 +398,7 @@ async fn basic_auth_checks_plain_and_hashed_passwords() {
             "{what}"
         );
     }
-    assert_eq!(setup.echo.request_count(), 2);
+    assert_eq!(setup.gateway.backend("echo").request_count(), 2);
 }
 
 // === bad configuration ===

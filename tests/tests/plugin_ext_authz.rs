@@ -24,36 +24,12 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tollgate_tests::backends::{self, Backend};
+use tollgate_tests::backends;
 use tollgate_tests::bundled::EXT_AUTHZ;
-use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{assert_rejected, check_plugins, plugins_file, PluginSpec};
+use tollgate_tests::clients::{request, HttpResponse};
+use tollgate_tests::plugins::{assert_rejected, check_plugins, PluginSpec};
 use tollgate_tests::prometheus::sample_sum;
-
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-  - name: authz
-    endpoints: [{ address: "${AUTHZ}" }]
-  - name: dead
-    endpoints: [{ address: "${DEAD}" }]
-    connect_timeout: 200ms
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - { name: closed, match: { path: { prefix: /closed } }, forward: { cluster: echo } }
-      - { name: open, match: { path: { prefix: /open } }, forward: { cluster: echo } }
-      - { name: dead-closed, match: { path: { prefix: /dead-closed } }, forward: { cluster: echo } }
-      - { name: dead-open, match: { path: { prefix: /dead-open } }, forward: { cluster: echo } }
-      - { name: public, match: { path: { prefix: / } }, forward: { cluster: echo } }
-"#;
+use tollgate_tests::scenario::{Running, Scenario};
 
 /// What the authorization service saw of one check request.
 #[derive(Clone, Debug)]
@@ -182,37 +158,31 @@ fn plugin(name: &str, cluster: &str, route: &str, fail_open: bool) -> PluginSpec
 }
 
 struct Setup {
-    gateway: Gateway,
-    echo: Backend,
+    gateway: Running,
     authz: AuthzService,
-    client: HttpClient,
 }
 
 async fn start() -> Setup {
-    let echo = backends::echo("echo").await;
     let authz = AuthzService::start().await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .set("AUTHZ", authz.addr)
-        .set("DEAD", backends::refusing_address())
-        .write("gateway.yaml", POLICIES)
-        .write(
-            "plugins.json",
-            &plugins_file(&[
-                plugin("authz-closed", "authz", "closed", false),
-                plugin("authz-open", "authz", "open", true),
-                plugin("dead-closed", "dead", "dead-closed", false),
-                plugin("dead-open", "dead", "dead-open", true),
-            ]),
-        );
-    let gateway = Gateway::start(policies).await;
-    Setup {
-        gateway,
-        echo,
-        authz,
-        client: HttpClient::http1(),
-    }
+    let gateway = Scenario::new()
+        .echo("echo")
+        .cluster_at("authz", authz.addr)
+        .cluster(&format!(
+            "{{ name: dead, endpoints: [{{ address: \"{}\" }}], connect_timeout: 200ms }}",
+            backends::refusing_address()
+        ))
+        .forward("closed", "/closed", "echo")
+        .forward("open", "/open", "echo")
+        .forward("dead-closed", "/dead-closed", "echo")
+        .forward("dead-open", "/dead-open", "echo")
+        .forward("public", "/", "echo")
+        .plugin(plugin("authz-closed", "authz", "closed", false))
+        .plugin(plugin("authz-open", "authz", "open", true))
+        .plugin(plugin("dead-closed", "dead", "dead-closed", false))
+        .plugin(plugin("dead-open", "dead", "dead-open", true))
+        .start()
+        .await;
+    Setup { gateway, authz }
 }
 
 impl Setup {
@@ -228,7 +198,7 @@ impl Setup {
             builder = builder.header(*name, *value);
         }
         let req = builder.body(Full::from(body)).expect("valid request");
-        self.client.send(req).await.unwrap_or_else(|e| {
+        self.gateway.client().send(req).await.unwrap_or_else(|e| {
             panic!(
                 "{method} {path}: {e:#}; gateway log:\n{}",
                 self.gateway.log()
@@ -401,7 +371,7 @@ async fn denied_requests_get_the_services_answer_and_never_reach_the_upstream() 
 
     assert_eq!(setup.authz.checks().len(), 5);
     assert_eq!(
-        setup.echo.request_count(),
+        setup.gateway.backend("echo").request_count(),
         0,
         "denied requests never reach the upstream"
     );
@@ -431,7 +401,7 @@ async fn a_failing_service_answers_403_unless_failure_mode_allow() {
             started.elapsed()
         );
     }
-    assert_eq!(setup.echo.request_count(), 0);
+    assert_eq!(setup.gateway.backend("echo").request_count(), 0);
 
     // Fail open: forwarded, marked, without an identity.
     for (what, path, token) in [
@@ -453,7 +423,7 @@ async fn a_failing_service_answers_403_unless_failure_mode_allow() {
             "{what}: {headers}"
         );
     }
-    assert_eq!(setup.echo.request_count(), 3);
+    assert_eq!(setup.gateway.backend("echo").request_count(), 3);
 
     let metrics = setup.gateway.metrics().await;
     for plugin in ["authz-closed", "authz-open"] {

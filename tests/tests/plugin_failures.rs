@@ -21,48 +21,11 @@ use http_body_util::Full;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::clients::{raw_exchange, request, HttpClient};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
+use tollgate_tests::gateway::Gateway;
 use tollgate_tests::h2frames::{self, RawH2, Read};
-use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_MISBEHAVE};
-
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-  - name: trickle
-    endpoints: [{ address: "${TRICKLE}" }]
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - name: storm-closed
-        match: { path: { prefix: /storm-closed } }
-        forward: { cluster: echo }
-      - name: storm-open
-        match: { path: { prefix: /storm-open } }
-        forward: { cluster: echo }
-      - name: circuit
-        match: { path: { prefix: /circuit } }
-        forward: { cluster: echo }
-      - name: skip-circuit
-        match: { path: { prefix: /skip-circuit } }
-        forward: { cluster: echo }
-      - name: redact
-        match: { path: { prefix: /redact } }
-        forward: { cluster: trickle }
-      - name: response-headers
-        match: { path: { prefix: /response-headers } }
-        forward: { cluster: echo }
-      - name: plain
-        match: { path: { prefix: / } }
-        forward: { cluster: echo }
-"#;
+use tollgate_tests::plugins::{PluginSpec, TP_MISBEHAVE};
+use tollgate_tests::scenario::Scenario;
 
 const GOOD_BODY: &[u8] = b"hello";
 const BAD_BODY: &[u8] = b"bad \xff\xfe utf-8";
@@ -77,24 +40,18 @@ fn misbehave(name: &str, mode: &str, route: &str, policy: &str) -> PluginSpec {
         .failure_policy(policy)
 }
 
-struct Setup {
-    gateway: Gateway,
-    echo: Backend,
-}
-
-async fn start(plugins: &[PluginSpec]) -> Setup {
-    let echo = backends::echo("echo").await;
-    let trickle = trickle_backend().await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .set("TRICKLE", trickle)
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(plugins));
-    Setup {
-        gateway: Gateway::start(policies).await,
-        echo,
-    }
+/// The gateway of this file's tests; each adds what it needs and starts it.
+async fn scenario() -> Scenario {
+    Scenario::new()
+        .echo("echo")
+        .cluster_at("trickle", trickle_backend().await)
+        .forward("storm-closed", "/storm-closed", "echo")
+        .forward("storm-open", "/storm-open", "echo")
+        .forward("circuit", "/circuit", "echo")
+        .forward("skip-circuit", "/skip-circuit", "echo")
+        .forward("redact", "/redact", "trickle")
+        .forward("response-headers", "/response-headers", "echo")
+        .forward("plain", "/", "echo")
 }
 
 /// An HTTP/1.1 backend answering every request with a chunked body in two chunks, 200 ms
@@ -201,19 +158,22 @@ async fn storm(gateway: &Gateway, path: &str) -> Vec<(usize, StatusCode)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trap_storm_fails_exactly_the_trapping_requests() {
-    let setup = start(&[
-        misbehave(
-            "storm-closed",
-            "utf8-request-body",
-            "storm-closed",
-            "fail_closed",
-        )
-        .field("max_traps_per_minute", json!(1000)),
-        misbehave("storm-open", "utf8-request-body", "storm-open", "fail_open")
+    let setup = scenario()
+        .await
+        .plugins(&[
+            misbehave(
+                "storm-closed",
+                "utf8-request-body",
+                "storm-closed",
+                "fail_closed",
+            )
             .field("max_traps_per_minute", json!(1000)),
-    ])
-    .await;
-    let gateway = &setup.gateway;
+            misbehave("storm-open", "utf8-request-body", "storm-open", "fail_open")
+                .field("max_traps_per_minute", json!(1000)),
+        ])
+        .start()
+        .await;
+    let gateway = &setup;
 
     let closed = storm(gateway, "/storm-closed").await;
     let failed: Vec<usize> = closed
@@ -243,7 +203,7 @@ async fn a_trap_storm_fails_exactly_the_trapping_requests() {
             .collect::<Vec<_>>()
     );
 
-    let received = setup.echo.requests();
+    let received = setup.backend("echo").requests();
     let forwarded = |prefix: &str| {
         received
             .iter()
@@ -292,12 +252,15 @@ async fn repeated_traps_open_the_circuit_until_a_probe_succeeds() {
             .field("max_traps_per_minute", json!(3))
             .field("circuit_open_time", json!("2s"))
     };
-    let setup = start(&[
-        circuit("circuit", "circuit", "fail_closed"),
-        circuit("skip", "skip-circuit", "fail_open"),
-    ])
-    .await;
-    let gateway = &setup.gateway;
+    let setup = scenario()
+        .await
+        .plugins(&[
+            circuit("circuit", "circuit", "fail_closed"),
+            circuit("skip", "skip-circuit", "fail_open"),
+        ])
+        .start()
+        .await;
+    let gateway = &setup;
     let client = HttpClient::http1();
 
     let (status, _) = post(&client, gateway, "/circuit", GOOD_BODY).await;
@@ -330,7 +293,7 @@ async fn repeated_traps_open_the_circuit_until_a_probe_succeeds() {
     // again): 503 and nothing forwarded under fail_closed, forwarded under fail_open.
     let forwarded = |prefix: &str| {
         setup
-            .echo
+            .backend("echo")
             .requests()
             .iter()
             .filter(|r| r.path.starts_with(prefix))
@@ -383,14 +346,17 @@ fn split_answer(text: &str) -> (String, &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_body_trap_resets_the_response() {
-    let setup = start(&[misbehave(
-        "redactor",
-        "utf8-redact-response",
-        "redact",
-        "fail_open",
-    )])
-    .await;
-    let gateway = &setup.gateway;
+    let setup = scenario()
+        .await
+        .plugins(&[misbehave(
+            "redactor",
+            "utf8-redact-response",
+            "redact",
+            "fail_open",
+        )])
+        .start()
+        .await;
+    let gateway = &setup;
     let listener = gateway.listener("public");
 
     // The control: a valid body arrives whole, redacted.
@@ -503,14 +469,17 @@ async fn a_response_body_trap_resets_the_response() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_headers_trap_answers_503() {
-    let setup = start(&[misbehave(
-        "header-panic",
-        "panic-response-headers",
-        "response-headers",
-        "fail_closed",
-    )])
-    .await;
-    let gateway = &setup.gateway;
+    let setup = scenario()
+        .await
+        .plugins(&[misbehave(
+            "header-panic",
+            "panic-response-headers",
+            "response-headers",
+            "fail_closed",
+        )])
+        .start()
+        .await;
+    let gateway = &setup;
     let client = HttpClient::http1();
     for attempt in 0..3 {
         let response = client

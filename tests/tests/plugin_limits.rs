@@ -13,31 +13,11 @@ use futures_util::future::join_all;
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::{json, Value};
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::bundled::{KEY_AUTH, QUOTA, RATE_LIMIT};
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{run_check, Gateway, PolicyDir};
-use tollgate_tests::plugins::{plugins_file, PluginSpec};
-
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-virtual_hosts:
-  - name: api
-    domains: ["*"]
-    routes:
-      - name: api
-        match: { path: { prefix: /api } }
-        forward: { cluster: echo }
-      - name: open
-        match: { path: { prefix: /open } }
-        forward: { cluster: echo }
-"#;
+use tollgate_tests::gateway::Gateway;
+use tollgate_tests::plugins::{check_plugins, PluginSpec};
+use tollgate_tests::scenario::Scenario;
 
 /// Keys of the consumers `key-auth` knows.
 const ALICE: &str = "k-alice";
@@ -54,14 +34,12 @@ fn key_auth() -> PluginSpec {
         }))
 }
 
-async fn start(plugins: &[PluginSpec]) -> (Gateway, Backend) {
-    let echo = backends::echo("echo").await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(plugins));
-    (Gateway::start(policies).await, echo)
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
+    Scenario::new()
+        .echo("echo")
+        .forward("api", "/api", "echo")
+        .forward("open", "/open", "echo")
 }
 
 async fn get(
@@ -102,7 +80,8 @@ async fn rate_limit_headers_then_429_with_retry_after() {
         "default_plan": "small",
         "routes": { "open": { "enabled": false } }
     }));
-    let (gateway, echo) = start(&[rate_limit]).await;
+    let gateway = scenario().plugins(&[rate_limit]).start().await;
+    let echo = gateway.backend("echo");
     let client = HttpClient::http1();
     for expected_remaining in [2, 1, 0] {
         let response = get(&client, &gateway, "/api/x", &[]).await;
@@ -149,7 +128,7 @@ async fn plans_follow_the_authenticated_consumer() {
         "consumers": { "alice": "gold" },
         "default_plan": "free"
     }));
-    let (gateway, _echo) = start(&[key_auth(), rate_limit]).await;
+    let gateway = scenario().plugins(&[key_auth(), rate_limit]).start().await;
     let client = HttpClient::http1();
     let statuses = |key: &'static str, forged: Option<&'static str>| {
         let client = client.clone();
@@ -198,7 +177,8 @@ async fn rate_limit_is_exact_under_parallel_load() {
         "key": "route",
         "default_plan": "shared"
     }));
-    let (gateway, echo) = start(&[rate_limit]).await;
+    let gateway = scenario().plugins(&[rate_limit]).start().await;
+    let echo = gateway.backend("echo");
     let client = HttpClient::http1();
     let responses = join_all((0..REQUESTS).map(|i| {
         let client = client.clone();
@@ -237,7 +217,8 @@ async fn quota_counts_down_and_refuses_when_used_up() {
         "consumers": { "alice": "pro" },
         "default_plan": "basic"
     }));
-    let (gateway, echo) = start(&[key_auth(), quota]).await;
+    let gateway = scenario().plugins(&[key_auth(), quota]).start().await;
+    let echo = gateway.backend("echo");
     let client = HttpClient::http1();
     for expected in [2, 1, 0] {
         let response = get(&client, &gateway, "/api/q", &[("x-api-key", BOB)]).await;
@@ -281,7 +262,8 @@ async fn quota_is_exact_under_parallel_clients() {
         "plans": { "basic": { "per_day": QUOTA_PER_DAY } },
         "default_plan": "basic"
     }));
-    let (gateway, echo) = start(&[key_auth(), quota]).await;
+    let gateway = scenario().plugins(&[key_auth(), quota]).start().await;
+    let echo = gateway.backend("echo");
     let client = HttpClient::http1();
     let responses = join_all((0..120).map(|i| {
         let client = client.clone();
@@ -307,14 +289,7 @@ async fn quota_is_exact_under_parallel_clients() {
 
 #[test]
 fn bad_configuration_names_plugin_and_field() {
-    let check = |plugin: PluginSpec| {
-        let mut policies = PolicyDir::new();
-        policies
-            .set("ECHO", "127.0.0.1:1")
-            .write("gateway.yaml", POLICIES)
-            .write("plugins.json", &plugins_file(&[plugin]));
-        run_check(&policies.path())
-    };
+    let check = |plugin: PluginSpec| check_plugins(&[plugin]);
     let outcome = check(PluginSpec::new("limit", RATE_LIMIT).config(json!({
         "plans": { "gold": { "requests_per_second": "fast" } }
     })));

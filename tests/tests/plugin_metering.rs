@@ -18,34 +18,12 @@ use http::StatusCode;
 use http_body_util::Full;
 use serde_json::{json, Value};
 use tempfile::TempDir;
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::bundled::{KEY_AUTH, METERING};
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{free_loopback_addr, Gateway, PolicyDir};
-use tollgate_tests::plugins::{plugins_file, PluginSpec};
+use tollgate_tests::gateway::{free_loopback_addr, Gateway};
+use tollgate_tests::plugins::PluginSpec;
 use tollgate_tests::prometheus::sample_sum;
-
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-  - name: billing
-    endpoints: [{ address: "${BILLING}" }]
-virtual_hosts:
-  - name: api
-    domains: ["*"]
-    routes:
-      - name: api
-        match: { path: { prefix: /api } }
-        forward: { cluster: echo }
-      - name: other
-        match: { path: { prefix: /other } }
-        forward: { cluster: echo }
-"#;
+use tollgate_tests::scenario::{Running, Scenario};
 
 /// The demo billing collector as a child process, killed when dropped.
 struct Collector {
@@ -144,15 +122,15 @@ fn metering(extra: Value) -> PluginSpec {
     PluginSpec::new("metering", METERING).config(config)
 }
 
-async fn start(collector: &Collector, plugins: &[PluginSpec]) -> (Gateway, Backend) {
-    let echo = backends::echo("echo").await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .set("BILLING", collector.addr)
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(plugins));
-    (Gateway::start(policies).await, echo)
+async fn start(collector: &Collector, plugins: &[PluginSpec]) -> Running {
+    Scenario::new()
+        .echo("echo")
+        .cluster_at("billing", collector.addr)
+        .forward("api", "/api", "echo")
+        .forward("other", "/other", "echo")
+        .plugins(plugins)
+        .start()
+        .await
 }
 
 async fn send(
@@ -197,7 +175,7 @@ fn key(consumer: &str, route: &str, class: &str) -> (String, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_is_billed_once_per_consumer_and_route() {
     let collector = Collector::start().await;
-    let (gateway, _echo) = start(&collector, &[key_auth(), metering(json!({}))]).await;
+    let gateway = start(&collector, &[key_auth(), metering(json!({}))]).await;
     let client = HttpClient::http1();
     for i in 0..12 {
         let response = send(
@@ -275,7 +253,7 @@ async fn every_request_is_billed_once_per_consumer_and_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_billing_outage_loses_no_records() {
     let collector = Collector::start().await;
-    let (gateway, _echo) = start(&collector, &[key_auth(), metering(json!({}))]).await;
+    let gateway = start(&collector, &[key_auth(), metering(json!({}))]).await;
     let client = HttpClient::http1();
     fs::write(collector.down_marker(), "").expect("create the outage marker");
     for i in 0..30 {
@@ -339,7 +317,7 @@ async fn drops_only_past_the_backlog_bound_and_counted() {
         key_auth(),
         metering(json!({ "max_batch": 5, "max_backlog": 5 })),
     ];
-    let (gateway, _echo) = start(&collector, &plugins).await;
+    let gateway = start(&collector, &plugins).await;
     let client = HttpClient::http1();
     fs::write(collector.down_marker(), "").expect("create the outage marker");
     const SENT: u64 = 16;
@@ -384,7 +362,7 @@ async fn drops_only_past_the_backlog_bound_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_refused_by_an_earlier_plugin_are_billed_with_their_details() {
     let collector = Collector::start().await;
-    let (gateway, _echo) = start(&collector, &[key_auth(), metering(json!({}))]).await;
+    let gateway = start(&collector, &[key_auth(), metering(json!({}))]).await;
     let client = HttpClient::http1();
     for _ in 0..3 {
         let response = send(&client, &gateway, "DELETE", "/api/secret", "wrong-key", "").await;

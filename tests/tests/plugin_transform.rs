@@ -7,51 +7,28 @@
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::{json, Value};
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::bundled::{API_LIFECYCLE, TRANSFORMER};
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{assert_rejected, check_plugins, plugins_file, PluginSpec};
-
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - { name: body, match: { path: { prefix: /echo-body } }, forward: { cluster: echo } }
-      - { name: v0, match: { path: { prefix: /v0 } }, forward: { cluster: echo } }
-      - { name: v1, match: { path: { prefix: /v1 } }, forward: { cluster: echo } }
-      - { name: v2, match: { path: { prefix: /v2 } }, forward: { cluster: echo } }
-      - { name: v3, match: { path: { prefix: /v3 } }, forward: { cluster: echo } }
-      - { name: all, match: { path: { prefix: / } }, forward: { cluster: echo } }
-"#;
+use tollgate_tests::plugins::{assert_rejected, check_plugins, PluginSpec};
+use tollgate_tests::scenario::{Running, Scenario};
 
 struct Setup {
-    gateway: Gateway,
-    echo: Backend,
-    client: HttpClient,
+    gateway: Running,
 }
 
 async fn start(plugins: &[PluginSpec]) -> Setup {
-    let echo = backends::echo("echo").await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(plugins));
-    let gateway = Gateway::start(policies).await;
-    Setup {
-        gateway,
-        echo,
-        client: HttpClient::http1(),
-    }
+    let gateway = Scenario::new()
+        .echo("echo")
+        .forward("body", "/echo-body", "echo")
+        .forward("v0", "/v0", "echo")
+        .forward("v1", "/v1", "echo")
+        .forward("v2", "/v2", "echo")
+        .forward("v3", "/v3", "echo")
+        .forward("all", "/", "echo")
+        .plugins(plugins)
+        .start()
+        .await;
+    Setup { gateway }
 }
 
 impl Setup {
@@ -168,7 +145,7 @@ async fn transformer_rewrites_request_headers_and_json_bodies() {
     // The other echo path shows the headers and the size of the body the upstream received.
     let response = setup
         .send(
-            &setup.client,
+            setup.gateway.client(),
             "POST",
             "/headers",
             &[
@@ -208,7 +185,13 @@ async fn transformer_rewrites_request_headers_and_json_bodies() {
 async fn transformer_rewrites_json_responses_and_passes_other_bodies_untouched() {
     let setup = start(&[transformer()]).await;
     let response = setup
-        .send(&setup.client, "GET", "/anything", &[("x-secret", "s3")], "")
+        .send(
+            setup.gateway.client(),
+            "GET",
+            "/anything",
+            &[("x-secret", "s3")],
+            "",
+        )
         .await;
     setup.expect(&response, StatusCode::OK, "json response");
     assert_eq!(response.header("x-served-by"), Some("echo"));
@@ -226,7 +209,7 @@ async fn transformer_rewrites_json_responses_and_passes_other_bodies_untouched()
     let text = r#"{"debug":true,"protocol":"kept"}"#;
     let response = setup
         .send(
-            &setup.client,
+            setup.gateway.client(),
             "POST",
             "/echo-body",
             &[("content-type", "text/plain")],
@@ -240,7 +223,7 @@ async fn transformer_rewrites_json_responses_and_passes_other_bodies_untouched()
     let broken = r#"{"debug": tru"#;
     let response = setup
         .send(
-            &setup.client,
+            setup.gateway.client(),
             "POST",
             "/echo-body",
             &[("content-type", "application/json")],
@@ -249,7 +232,7 @@ async fn transformer_rewrites_json_responses_and_passes_other_bodies_untouched()
         .await;
     setup.expect(&response, StatusCode::OK, "broken JSON");
     assert_eq!(response.text(), broken);
-    assert_eq!(setup.echo.request_count(), 3);
+    assert_eq!(setup.gateway.backend("echo").request_count(), 3);
 }
 
 // === api-lifecycle ===
@@ -268,7 +251,7 @@ fn lifecycle() -> PluginSpec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_lifecycle_announces_deprecation_retires_and_mocks() {
     let setup = start(&[lifecycle()]).await;
-    let client = &setup.client;
+    let client = setup.gateway.client();
 
     let response = setup.send(client, "GET", "/v1/orders", &[], "").await;
     setup.expect(&response, StatusCode::OK, "deprecated");
@@ -304,7 +287,7 @@ async fn api_lifecycle_announces_deprecation_retires_and_mocks() {
     setup.expect(&response, StatusCode::OK, "route without a lifecycle");
     assert!(response.header("deprecation").is_none());
     assert_eq!(
-        setup.echo.request_count(),
+        setup.gateway.backend("echo").request_count(),
         2,
         "only /v1 and /other reach the upstream"
     );

@@ -6,71 +6,42 @@ use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use http_body_util::BodyExt;
 use tokio_tungstenite::tungstenite::Message;
-use tollgate_tests::backends::{self, GRPC_HELLO_MESSAGE};
+use tollgate_tests::backends::GRPC_HELLO_MESSAGE;
 use tollgate_tests::clients::{get_request, websocket_connect, HttpClient};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
+use tollgate_tests::scenario::Scenario;
 
-const POLICIES: &str = "
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: ${ECHO} }]
+const SHOP: &str = "
+name: shop
+domains: [shop.test]
+routes:
   - name: websocket
-    endpoints: [{ address: ${WEBSOCKET} }]
+    match: { path: { prefix: /ws } }
+    forward: { cluster: websocket }
   - name: grpc
-    http2: true
-    endpoints: [{ address: ${GRPC} }]
-virtual_hosts:
-  - name: shop
-    domains: [shop.test]
-    routes:
-      - name: websocket
-        match: { path: { prefix: /ws } }
-        forward: { cluster: websocket }
-      - name: grpc
-        match: { path: { prefix: /pkg.Greeter/ } }
-        forward: { cluster: grpc }
-      - name: echo
-        match: { path: { prefix: / } }
-        forward: { cluster: echo }
+    match: { path: { prefix: /pkg.Greeter/ } }
+    forward: { cluster: grpc }
+  - name: echo
+    match: { path: { prefix: / } }
+    forward: { cluster: echo }
 ";
 
-struct Fixture {
-    gateway: Gateway,
-    echo: backends::Backend,
-    websocket: backends::Backend,
-    grpc: backends::Backend,
-}
-
-async fn start() -> Fixture {
-    let echo = backends::echo("echo").await;
-    let websocket = backends::websocket_echo().await;
-    let grpc = backends::grpc("grpc").await;
-    let mut dir = PolicyDir::new();
-    dir.set("ECHO", echo.addr())
-        .set("WEBSOCKET", websocket.addr())
-        .set("GRPC", grpc.addr())
-        .write("gateway.yaml", POLICIES);
-    let gateway = Gateway::start(dir).await;
-    Fixture {
-        gateway,
-        echo,
-        websocket,
-        grpc,
-    }
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
+    Scenario::new()
+        .echo("echo")
+        .websocket("websocket")
+        .grpc("grpc")
+        .virtual_host(SHOP)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_bodies_stream_without_buffering() {
-    let fixture = start().await;
+    let fixture = scenario().start().await;
     let started = Instant::now();
     // Five chunks 400ms apart: the last leaves the backend 1.6s after the first.
     let response = HttpClient::http1()
         .send_streaming(get_request(
-            fixture.gateway.listener("public"),
+            fixture.listener("public"),
             "shop.test",
             "/stream?stream_chunks=5&chunk_delay_ms=400",
         ))
@@ -98,11 +69,11 @@ async fn response_bodies_stream_without_buffering() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_pass_both_ways_unchanged() {
-    let fixture = start().await;
+    let fixture = scenario().start().await;
     let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
     let request = tollgate_tests::clients::request(
         "POST",
-        fixture.gateway.listener("public"),
+        fixture.listener("public"),
         "shop.test",
         "/echo-body",
     )
@@ -115,13 +86,13 @@ async fn large_bodies_pass_both_ways_unchanged() {
         "a 1 MB body came back changed ({} bytes)",
         response.body.len()
     );
-    assert_eq!(fixture.echo.requests()[0].body_len, body.len());
+    assert_eq!(fixture.backend("echo").requests()[0].body_len, body.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_messages_pass_through() {
-    let fixture = start().await;
-    let mut socket = websocket_connect(fixture.gateway.listener("public"), "shop.test", "/ws/chat")
+    let fixture = scenario().start().await;
+    let mut socket = websocket_connect(fixture.listener("public"), "shop.test", "/ws/chat")
         .await
         .expect("WebSocket handshake through the gateway");
     for text in ["hello", "second message"] {
@@ -140,15 +111,15 @@ async fn websocket_messages_pass_through() {
     let reply = socket.next().await.unwrap().unwrap();
     assert_eq!(reply.into_data().as_ref(), &[0u8, 1, 2, 255]);
     socket.close(None).await.unwrap();
-    assert_eq!(fixture.websocket.requests()[0].path, "/ws/chat");
+    assert_eq!(fixture.backend("websocket").requests()[0].path, "/ws/chat");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_trailers_reach_an_http2_client() {
-    let fixture = start().await;
+    let fixture = scenario().start().await;
     let request = tollgate_tests::clients::request(
         "POST",
-        fixture.gateway.listener("public"),
+        fixture.listener("public"),
         "shop.test",
         "/pkg.Greeter/SayHello",
     )
@@ -169,7 +140,7 @@ async fn grpc_trailers_reach_an_http2_client() {
         trailers.get("grpc-message").map(|v| v.as_bytes()),
         Some(&b"ok"[..])
     );
-    let upstream = &fixture.grpc.requests()[0];
+    let upstream = &fixture.backend("grpc").requests()[0];
     assert_eq!(
         upstream.protocol, "HTTP/2.0",
         "http2: true speaks HTTP/2 to the endpoint"

@@ -34,62 +34,24 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tollgate_tests::backends;
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{headers_only_wat, plugins_file, PluginSpec, TP_BODY, TP_STREAM};
+use tollgate_tests::backends::Failure;
+use tollgate_tests::plugins::{headers_only_wat, PluginSpec, TP_BODY, TP_STREAM};
+use tollgate_tests::scenario::{Running, Scenario};
 
-const POLICIES: &str = r#"
-server:
-  # The 1 GiB upload is within the total; a paused plugin may hold 1 MiB.
-  max_request_body_bytes: 2147483648
-  max_buffered_body_bytes: 1048576
-  body_read_timeout: 2s
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: grpc
-    endpoints: [{ address: "${GRPC}" }]
-    http2: true
-  - name: sink
-    endpoints: [{ address: "${SINK}" }]
-  - name: sink-h2
-    endpoints: [{ address: "${SINK}" }]
-    http2: true
-  - name: flaky
-    endpoints: [{ address: "${FLAKY}" }]
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - name: headers-only-grpc
-        match: { path: { prefix: /headers.only.Echo/ } }
-        forward: { cluster: grpc, timeout: 30s }
-      - name: reader-grpc
-        match: { path: { prefix: /reader.Echo/ } }
-        forward: { cluster: grpc, timeout: 30s }
-      - name: callout-grpc
-        match: { path: { prefix: /callout.Echo/ } }
-        forward: { cluster: grpc, timeout: 30s }
-      - name: upload
-        match: { path: { prefix: /upload } }
-        forward: { cluster: sink, timeout: 120s }
-      - name: rewrite
-        match: { path: { prefix: /rewrite } }
-        forward: { cluster: sink }
-      - name: trailers
-        match: { path: { prefix: /trailers } }
-        forward: { cluster: sink-h2 }
-      - name: headers-only-upload
-        match: { path: { prefix: /headers-only-upload } }
-        forward: { cluster: sink }
-      - name: retried
-        match: { path: { prefix: /echo-body-retried } }
-        forward:
-          cluster: flaky
-          retries: { attempts: 2, per_try_timeout: 2s, on: [5xx] }
-"#;
+/// The 1 GiB upload is within the total; a paused plugin may hold 1 MiB.
+const SERVER: &str = "
+max_request_body_bytes: 2147483648
+max_buffered_body_bytes: 1048576
+body_read_timeout: 2s
+";
+
+const RETRIED_ROUTE: &str = "
+name: retried
+match: { path: { prefix: /echo-body-retried } }
+forward:
+  cluster: flaky
+  retries: { attempts: 2, per_try_timeout: 2s, on: [5xx] }
+";
 
 /// What the sink upstream saw of one request.
 #[derive(Clone, Debug, Default)]
@@ -239,17 +201,12 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 struct Setup {
-    gateway: Gateway,
-    grpc: backends::Backend,
+    gateway: Running,
     sink: Sink,
-    /// Answers its first request 503, then echoes.
-    flaky: backends::Backend,
 }
 
 async fn start() -> Setup {
-    let grpc = backends::grpc_stream_echo("grpc").await;
     let sink = Sink::start().await;
-    let flaky = backends::flaky("flaky", 1, backends::Failure::Status503).await;
     // Called for every piece of a 1 GiB body on a shared machine: a deadline that a
     // descheduled worker can miss would fail the upload for a reason this file does not test.
     let plugins = [
@@ -264,20 +221,28 @@ async fn start() -> Setup {
         PluginSpec::new("rewriter", TP_BODY).routes(&["rewrite", "retried"]),
     ]
     .map(|plugin| plugin.field("callback_timeout", json!("1s")));
-    let mut policies = PolicyDir::new();
-    policies
-        .set("GRPC", grpc.addr())
-        .set("SINK", sink.addr)
-        .set("FLAKY", flaky.addr())
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(&plugins));
-    let gateway = Gateway::start(policies).await;
-    Setup {
-        gateway,
-        grpc,
-        sink,
-        flaky,
-    }
+    let gateway = Scenario::new()
+        .server(SERVER)
+        .grpc_stream_echo("grpc")
+        // Answers its first request 503, then echoes.
+        .flaky("flaky", 1, Failure::Status503)
+        .cluster_at("sink", sink.addr)
+        .cluster(&format!(
+            "{{ name: sink-h2, endpoints: [{{ address: \"{}\" }}], http2: true }}",
+            sink.addr
+        ))
+        .route("{ name: headers-only-grpc, match: { path: { prefix: /headers.only.Echo/ } }, forward: { cluster: grpc, timeout: 30s } }")
+        .route("{ name: reader-grpc, match: { path: { prefix: /reader.Echo/ } }, forward: { cluster: grpc, timeout: 30s } }")
+        .route("{ name: callout-grpc, match: { path: { prefix: /callout.Echo/ } }, forward: { cluster: grpc, timeout: 30s } }")
+        .route("{ name: upload, match: { path: { prefix: /upload } }, forward: { cluster: sink, timeout: 120s } }")
+        .forward("rewrite", "/rewrite", "sink")
+        .forward("trailers", "/trailers", "sink-h2")
+        .forward("headers-only-upload", "/headers-only-upload", "sink")
+        .route(RETRIED_ROUTE)
+        .plugins(&plugins)
+        .start()
+        .await;
+    Setup { gateway, sink }
 }
 
 type Pieces = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
@@ -392,7 +357,7 @@ async fn a_bidirectional_stream_gets_each_reply_before_its_next_message() {
         };
         assert_eq!(trailers.get("grpc-status").unwrap(), "0", "{service}");
     }
-    let seen = setup.grpc.requests();
+    let seen = setup.gateway.backend("grpc").requests();
     let headers_only = seen
         .iter()
         .find(|request| request.path.starts_with("/headers.only.Echo/"))
@@ -806,7 +771,7 @@ async fn a_small_body_on_a_retried_route_is_rewritten_once_and_sent_again() {
         "{}",
         String::from_utf8_lossy(&answer)
     );
-    let tries = setup.flaky.requests();
+    let tries = setup.gateway.backend("flaky").requests();
     assert_eq!(tries.len(), 2, "{tries:?}");
     let retry = &tries[1];
     assert_eq!(retry.body_len, expected.len());

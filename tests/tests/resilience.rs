@@ -6,30 +6,16 @@ use http::StatusCode;
 use tollgate_tests::backends::{self, Failure};
 use tollgate_tests::certs::CertAuthority;
 use tollgate_tests::clients::{get_request, HttpClient};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-
-const LISTENER: &str = "
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-";
-
-async fn start(policies: &str, values: &[(&str, String)]) -> Gateway {
-    let mut dir = PolicyDir::new();
-    for (name, value) in values {
-        dir.set(name, value);
-    }
-    dir.write("listeners.yaml", LISTENER)
-        .write("policies.yaml", policies);
-    Gateway::start(dir).await
-}
+use tollgate_tests::scenario::Scenario;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_delay_holds_the_request_and_abort_answers_the_status() {
     let echo = backends::echo("echo").await;
-    let gateway = start(
-        "
+    let gateway = Scenario::new()
+        .set("ECHO", echo.addr())
+        .policy_file(
+            "policies.yaml",
+            "
 clusters:
   - name: echo
     endpoints: [{ address: ${ECHO} }]
@@ -46,9 +32,9 @@ virtual_hosts:
         forward: { cluster: echo }
         fault: { abort: { percent: 100, status: 418 } }
 ",
-        &[("ECHO", echo.addr().to_string())],
-    )
-    .await;
+        )
+        .start()
+        .await;
     let client = HttpClient::http1();
     let public = gateway.listener("public");
 
@@ -73,8 +59,11 @@ virtual_hosts:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_upstream_times_out_with_504() {
     let echo = backends::echo("echo").await;
-    let gateway = start(
-        "
+    let gateway = Scenario::new()
+        .set("ECHO", echo.addr())
+        .policy_file(
+            "policies.yaml",
+            "
 clusters:
   - name: echo
     endpoints: [{ address: ${ECHO} }]
@@ -86,9 +75,9 @@ virtual_hosts:
         match: { path: { prefix: / } }
         forward: { cluster: echo, timeout: 300ms }
 ",
-        &[("ECHO", echo.addr().to_string())],
-    )
-    .await;
+        )
+        .start()
+        .await;
     let started = Instant::now();
     let response = HttpClient::http1()
         .get(gateway.listener("public"), "shop.test", "/?delay_ms=3000")
@@ -106,8 +95,13 @@ async fn retries_hide_failures_and_their_absence_shows_them() {
     let retried = backends::flaky("retried", 2, Failure::Status503).await;
     let unretried = backends::flaky("unretried", 2, Failure::Status503).await;
     let hung_up = backends::flaky("hung-up", 1, Failure::CloseConnection).await;
-    let gateway = start(
-        "
+    let gateway = Scenario::new()
+        .set("RETRIED", retried.addr())
+        .set("UNRETRIED", unretried.addr())
+        .set("HUNG_UP", hung_up.addr())
+        .policy_file(
+            "policies.yaml",
+            "
 clusters:
   - name: retried
     endpoints: [{ address: ${RETRIED} }]
@@ -133,13 +127,9 @@ virtual_hosts:
           cluster: hung-up
           retries: { attempts: 1, on: [reset, connect-failure] }
 ",
-        &[
-            ("RETRIED", retried.addr().to_string()),
-            ("UNRETRIED", unretried.addr().to_string()),
-            ("HUNG_UP", hung_up.addr().to_string()),
-        ],
-    )
-    .await;
+        )
+        .start()
+        .await;
     let client = HttpClient::http1();
     let public = gateway.listener("public");
 
@@ -175,8 +165,13 @@ async fn round_robin_spreads_evenly() {
         backends::echo("b").await,
         backends::echo("c").await,
     );
-    let gateway = start(
-        "
+    let gateway = Scenario::new()
+        .set("A", a.addr())
+        .set("B", b.addr())
+        .set("C", c.addr())
+        .policy_file(
+            "policies.yaml",
+            "
 clusters:
   - name: trio
     load_balancing: round_robin
@@ -189,13 +184,9 @@ virtual_hosts:
         match: { path: { prefix: / } }
         forward: { cluster: trio }
 ",
-        &[
-            ("A", a.addr().to_string()),
-            ("B", b.addr().to_string()),
-            ("C", c.addr().to_string()),
-        ],
-    )
-    .await;
+        )
+        .start()
+        .await;
     let counts = tollgate_tests::clients::tally_by_header(
         &HttpClient::http1(),
         gateway.listener("public"),
@@ -219,8 +210,12 @@ virtual_hosts:
 async fn least_request_avoids_the_busy_endpoint() {
     let a = backends::echo("a").await;
     let b = backends::echo("b").await;
-    let gateway = start(
-        "
+    let gateway = Scenario::new()
+        .set("A", a.addr())
+        .set("B", b.addr())
+        .policy_file(
+            "policies.yaml",
+            "
 clusters:
   - name: pair
     load_balancing: least_request
@@ -233,9 +228,9 @@ virtual_hosts:
         match: { path: { prefix: / } }
         forward: { cluster: pair }
 ",
-        &[("A", a.addr().to_string()), ("B", b.addr().to_string())],
-    )
-    .await;
+        )
+        .start()
+        .await;
     let client = HttpClient::http1();
     let public = gateway.listener("public");
     let slow = tokio::spawn({
@@ -279,8 +274,11 @@ const FAST_REQUESTS: usize = 60;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_max_requests_answers_503_beyond_the_limit() {
     let echo = backends::echo("echo").await;
-    let gateway = start(
-        "
+    let gateway = Scenario::new()
+        .set("ECHO", echo.addr())
+        .policy_file(
+            "policies.yaml",
+            "
 clusters:
   - name: narrow
     endpoints: [{ address: ${ECHO} }]
@@ -293,9 +291,9 @@ virtual_hosts:
         match: { path: { prefix: / } }
         forward: { cluster: narrow }
 ",
-        &[("ECHO", echo.addr().to_string())],
-    )
-    .await;
+        )
+        .start()
+        .await;
     let client = HttpClient::http1();
     let public = gateway.listener("public");
     let first = tokio::spawn({
@@ -314,8 +312,9 @@ virtual_hosts:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ejected_endpoints_answer_503() {
-    let gateway = start(
-        "
+    let gateway = Scenario::new()
+        .set("GONE", backends::refusing_address())
+        .policy_file("policies.yaml", "
 clusters:
   - name: gone
     endpoints: [{ address: ${GONE} }]
@@ -328,10 +327,9 @@ virtual_hosts:
       - name: all
         match: { path: { prefix: / } }
         forward: { cluster: gone }
-",
-        &[("GONE", backends::refusing_address().to_string())],
-    )
-    .await;
+")
+        .start()
+        .await;
     let client = HttpClient::http1();
     let public = gateway.listener("public");
     let first = client.get(public, "shop.test", "/").await;
@@ -356,12 +354,11 @@ async fn upstream_tls_verifies_with_the_ca_file() {
     let upstream_ca = CertAuthority::new("upstream CA");
     let stranger_ca = CertAuthority::new("some other CA");
     let secure = backends::tls_echo("secure", &upstream_ca.server_cert(&["backend.test"])).await;
-    let mut dir = PolicyDir::new();
-    upstream_ca.write(&dir.certs_dir(), "upstream-ca.crt");
-    stranger_ca.write(&dir.certs_dir(), "stranger-ca.crt");
-    dir.set("SECURE", secure.addr())
-        .write("listeners.yaml", LISTENER)
-        .write(
+    let gateway = Scenario::new()
+        .ca_cert("upstream-ca.crt", &upstream_ca)
+        .ca_cert("stranger-ca.crt", &stranger_ca)
+        .set("SECURE", secure.addr())
+        .policy_file(
             "policies.yaml",
             "
 clusters:
@@ -382,8 +379,9 @@ virtual_hosts:
         match: { path: { prefix: /untrusted } }
         forward: { cluster: untrusted }
 ",
-        );
-    let gateway = Gateway::start(dir).await;
+        )
+        .start()
+        .await;
     let client = HttpClient::http1();
     let public = gateway.listener("public");
 

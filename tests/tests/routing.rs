@@ -6,26 +6,7 @@ use http::StatusCode;
 use http_body_util::Full;
 use tollgate_tests::backends;
 use tollgate_tests::clients::{get_request, raw_exchange, request, tally_by_header, HttpClient};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-
-const LISTENER: &str = "
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-";
-
-async fn start(files: &[(&str, &str)], values: &[(&str, String)]) -> Gateway {
-    let mut policies = PolicyDir::new();
-    for (name, value) in values {
-        policies.set(name, value);
-    }
-    policies.write("listeners.yaml", LISTENER);
-    for (file, template) in files {
-        policies.write(file, template);
-    }
-    Gateway::start(policies).await
-}
+use tollgate_tests::scenario::Scenario;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_match_exact_then_suffix_then_prefix_then_any() {
@@ -42,7 +23,10 @@ async fn hosts_match_exact_then_suffix_then_prefix_then_any() {
              match: {{ path: {{ prefix: / }} }}\n        direct_response: {{ status: 200, body: {name} }}\n"
         ));
     }
-    let gateway = start(&[("hosts.yaml", &virtual_hosts)], &[]).await;
+    let gateway = Scenario::new()
+        .policy_file("hosts.yaml", &virtual_hosts)
+        .start()
+        .await;
     let client = HttpClient::http1();
     let public = gateway.listener("public");
     for (host, expected) in [
@@ -107,7 +91,10 @@ type RouteCase<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_match_path_method_headers_and_query_in_order() {
-    let gateway = start(&[("routes.yaml", MATCHING_ROUTES)], &[]).await;
+    let gateway = Scenario::new()
+        .policy_file("routes.yaml", MATCHING_ROUTES)
+        .start()
+        .await;
     let client = HttpClient::http1();
     let public = gateway.listener("public");
     let cases: &[RouteCase] = &[
@@ -172,8 +159,9 @@ async fn routes_match_path_method_headers_and_query_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_method_path_query_and_body() {
     let echo = backends::echo("echo").await;
-    let gateway = start(
-        &[(
+    let gateway = Scenario::new()
+        .set("ECHO", echo.addr())
+        .policy_file(
             "routes.yaml",
             "
 clusters:
@@ -187,10 +175,9 @@ virtual_hosts:
         match: { path: { prefix: / } }
         forward: { cluster: echo }
 ",
-        )],
-        &[("ECHO", echo.addr().to_string())],
-    )
-    .await;
+        )
+        .start()
+        .await;
     let public = gateway.listener("public");
     let body = "x".repeat(5000);
     let post = request("POST", public, "shop.test", "/a/b?c=1&d=2")
@@ -210,33 +197,40 @@ virtual_hosts:
     assert_eq!(HttpClient::http1().send(echoed).await.unwrap().text(), body);
 }
 
-const SPLIT_POLICIES: &str = "
-clusters:
-  - name: v1
-    endpoints: [{ address: ${V1} }]
-  - name: v2
-    endpoints: [{ address: ${V2} }]
-  - name: versions
-    endpoints:
-      - { address: ${V1}, labels: { version: v1 } }
-      - { address: ${V2}, labels: { version: v2 } }
-virtual_hosts:
-  - name: shop
-    domains: [shop.test]
-    routes:
-      - name: by-cluster
-        match: { path: { prefix: /clusters } }
-        forward:
-          split:
-            - { cluster: v1, weight: 90 }
-            - { cluster: v2, weight: 10 }
-      - name: by-subset
-        match: { path: { prefix: /subsets } }
-        forward:
-          split:
-            - { cluster: versions, subset: { version: v1 }, weight: 90 }
-            - { cluster: versions, subset: { version: v2 }, weight: 10 }
+const VERSIONS_CLUSTER: &str = "
+name: versions
+endpoints:
+  - { address: ${V1}, labels: { version: v1 } }
+  - { address: ${V2}, labels: { version: v2 } }
 ";
+
+const SPLIT_HOST: &str = "
+name: shop
+domains: [shop.test]
+routes:
+  - name: by-cluster
+    match: { path: { prefix: /clusters } }
+    forward:
+      split:
+        - { cluster: v1, weight: 90 }
+        - { cluster: v2, weight: 10 }
+  - name: by-subset
+    match: { path: { prefix: /subsets } }
+    forward:
+      split:
+        - { cluster: versions, subset: { version: v1 }, weight: 90 }
+        - { cluster: versions, subset: { version: v2 }, weight: 10 }
+";
+
+/// Two echo backends `v1` and `v2`, split 90/10 by cluster (`/clusters`) and by subset of
+/// one cluster holding both (`/subsets`).
+fn split_scenario() -> Scenario {
+    Scenario::new()
+        .echo("v1")
+        .echo("v2")
+        .cluster(VERSIONS_CLUSTER)
+        .virtual_host(SPLIT_HOST)
+}
 
 /// 2000 requests at 10%: mean 200, standard deviation about 13.4; the bounds are about
 /// 4.5 standard deviations wide, so a correct split fails them about once in 100 000 runs.
@@ -245,13 +239,7 @@ const MINORITY_BOUNDS: std::ops::RangeInclusive<usize> = 140..=260;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_split_across_clusters_is_90_10() {
-    let v1 = backends::echo("v1").await;
-    let v2 = backends::echo("v2").await;
-    let gateway = start(
-        &[("split.yaml", SPLIT_POLICIES)],
-        &[("V1", v1.addr().to_string()), ("V2", v2.addr().to_string())],
-    )
-    .await;
+    let gateway = split_scenario().start().await;
     let counts = tally_by_header(
         &HttpClient::http1(),
         gateway.listener("public"),
@@ -267,13 +255,7 @@ async fn weighted_split_across_clusters_is_90_10() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_split_across_subsets_is_90_10() {
-    let v1 = backends::echo("v1").await;
-    let v2 = backends::echo("v2").await;
-    let gateway = start(
-        &[("split.yaml", SPLIT_POLICIES)],
-        &[("V1", v1.addr().to_string()), ("V2", v2.addr().to_string())],
-    )
-    .await;
+    let gateway = split_scenario().start().await;
     let counts = tally_by_header(
         &HttpClient::http1(),
         gateway.listener("public"),
@@ -303,8 +285,8 @@ fn assert_split(counts: &std::collections::BTreeMap<String, usize>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_answer_code_and_location() {
-    let gateway = start(
-        &[(
+    let gateway = Scenario::new()
+        .policy_file(
             "redirects.yaml",
             "
 virtual_hosts:
@@ -318,10 +300,9 @@ virtual_hosts:
         match: { path: { exact: /old } }
         redirect: { path: /new, strip_query: true }
 ",
-        )],
-        &[],
-    )
-    .await;
+        )
+        .start()
+        .await;
     let client = HttpClient::http1();
     let public = gateway.listener("public");
 
@@ -352,8 +333,9 @@ virtual_hosts:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrite_changes_prefix_and_host_seen_upstream() {
     let echo = backends::echo("echo").await;
-    let gateway = start(
-        &[(
+    let gateway = Scenario::new()
+        .set("ECHO", echo.addr())
+        .policy_file(
             "routes.yaml",
             "
 clusters:
@@ -369,10 +351,9 @@ virtual_hosts:
           cluster: echo
           rewrite: { prefix: /v2, host: internal.svc }
 ",
-        )],
-        &[("ECHO", echo.addr().to_string())],
-    )
-    .await;
+        )
+        .start()
+        .await;
     let response = HttpClient::http1()
         .get(gateway.listener("public"), "shop.test", "/api/items?x=1")
         .await;
@@ -384,8 +365,8 @@ virtual_hosts:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_response_answers_status_body_and_headers() {
-    let gateway = start(
-        &[(
+    let gateway = Scenario::new()
+        .policy_file(
             "routes.yaml",
             r#"
 virtual_hosts:
@@ -402,10 +383,9 @@ virtual_hosts:
         match: { path: { exact: /teapot } }
         direct_response: { status: 418, body: "short and stout" }
 "#,
-        )],
-        &[],
-    )
-    .await;
+        )
+        .start()
+        .await;
     let client = HttpClient::http1();
     let public = gateway.listener("public");
     let ping = client.get(public, "shop.test", "/ping").await;
@@ -433,11 +413,11 @@ virtual_hosts:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_and_request_id_are_set() {
     let echo = backends::echo("echo").await;
-    let gateway = start(
-        &[("routes.yaml", ECHO_ROUTE)],
-        &[("ECHO", echo.addr().to_string())],
-    )
-    .await;
+    let gateway = Scenario::new()
+        .set("ECHO", echo.addr())
+        .policy_file("routes.yaml", ECHO_ROUTE)
+        .start()
+        .await;
     let client = HttpClient::http1();
     let public = gateway.listener("public");
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -492,11 +472,11 @@ async fn forwarded_headers_and_request_id_are_set() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_sent_consumer_identity_never_reaches_the_upstream() {
     let echo = backends::echo("echo").await;
-    let gateway = start(
-        &[("routes.yaml", ECHO_ROUTE)],
-        &[("ECHO", echo.addr().to_string())],
-    )
-    .await;
+    let gateway = Scenario::new()
+        .set("ECHO", echo.addr())
+        .policy_file("routes.yaml", ECHO_ROUTE)
+        .start()
+        .await;
     let response = HttpClient::http1()
         .send(
             request("GET", gateway.listener("public"), "shop.test", "/")
@@ -523,7 +503,11 @@ async fn client_sent_consumer_identity_never_reaches_the_upstream() {
 async fn endpoints_may_be_dns_names() {
     let echo = backends::echo("by-name").await;
     let by_name = format!("localhost:{}", echo.addr().port());
-    let gateway = start(&[("routes.yaml", ECHO_ROUTE)], &[("ECHO", by_name)]).await;
+    let gateway = Scenario::new()
+        .set("ECHO", by_name)
+        .policy_file("routes.yaml", ECHO_ROUTE)
+        .start()
+        .await;
     let response = HttpClient::http1()
         .get(gateway.listener("public"), "shop.test", "/")
         .await;
@@ -534,11 +518,11 @@ async fn endpoints_may_be_dns_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_removed() {
     let echo = backends::echo("echo").await;
-    let gateway = start(
-        &[("routes.yaml", ECHO_ROUTE)],
-        &[("ECHO", echo.addr().to_string())],
-    )
-    .await;
+    let gateway = Scenario::new()
+        .set("ECHO", echo.addr())
+        .policy_file("routes.yaml", ECHO_ROUTE)
+        .start()
+        .await;
     // Raw bytes, so that exactly these headers are on the wire.
     let answer = raw_exchange(
         gateway.listener("public"),
@@ -578,8 +562,10 @@ async fn hop_by_hop_headers_are_removed() {
 async fn mirror_sends_a_copy_with_shadow_host() {
     let primary = backends::echo("primary").await;
     let shadow = backends::echo("shadow").await;
-    let gateway = start(
-        &[(
+    let gateway = Scenario::new()
+        .set("PRIMARY", primary.addr())
+        .set("SHADOW", shadow.addr())
+        .policy_file(
             "routes.yaml",
             "
 clusters:
@@ -597,13 +583,9 @@ virtual_hosts:
           cluster: primary
           mirror: { cluster: shadow, percent: 100 }
 ",
-        )],
-        &[
-            ("PRIMARY", primary.addr().to_string()),
-            ("SHADOW", shadow.addr().to_string()),
-        ],
-    )
-    .await;
+        )
+        .start()
+        .await;
     let response = HttpClient::http1()
         .get(gateway.listener("public"), "shop.test", "/m?x=1")
         .await;
@@ -623,11 +605,11 @@ virtual_hosts:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_requests_route_by_authority() {
     let echo = backends::echo("echo").await;
-    let gateway = start(
-        &[("routes.yaml", ECHO_ROUTE)],
-        &[("ECHO", echo.addr().to_string())],
-    )
-    .await;
+    let gateway = Scenario::new()
+        .set("ECHO", echo.addr())
+        .policy_file("routes.yaml", ECHO_ROUTE)
+        .start()
+        .await;
     let response = HttpClient::h2c()
         .send(get_request(
             gateway.listener("public"),

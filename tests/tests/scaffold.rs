@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use serde_json::json;
-use tollgate_tests::backends;
+
 use tollgate_tests::clients::HttpClient;
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{assert_rejected, check_plugins, plugins_file, PluginSpec};
+use tollgate_tests::plugins::{assert_rejected, check_plugins, PluginSpec};
+use tollgate_tests::scenario::Scenario;
 
 const NAME: &str = "hello-scaffold";
 const LIMIT: Duration = Duration::from_secs(600);
@@ -151,22 +151,12 @@ async fn a_scaffolded_plugin_builds_tests_and_runs_in_the_gateway() {
     assert!(wasm.is_file(), "{} was not built", wasm.display());
 
     // The module works in the gateway as generated.
-    let echo = backends::echo("echo").await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .write(
-            "gateway.yaml",
-            "listeners:\n  - { name: public, address: \"${listen:public}\", protocol: http }\n\
-             clusters:\n  - { name: echo, endpoints: [{ address: \"${ECHO}\" }] }\n\
-             virtual_hosts:\n  - name: all\n    domains: [\"*\"]\n    routes:\n\
-             \x20     - { name: all, match: { path: { prefix: / } }, forward: { cluster: echo } }\n",
-        )
-        .write(
-            "plugins.json",
-            &plugins_file(&[PluginSpec::new(NAME, &wasm).config(json!({ "greeting": "hello" }))]),
-        );
-    let gateway = Gateway::start(policies).await;
+    let gateway = Scenario::new()
+        .echo("echo")
+        .forward("all", "/", "echo")
+        .plugin(PluginSpec::new(NAME, &wasm).config(json!({ "greeting": "hello" })))
+        .start()
+        .await;
     let response = HttpClient::http1()
         .get(gateway.listener("public"), "shop.test", "/")
         .await;

@@ -14,42 +14,22 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::json;
 use tollgate_tests::assemblyscript::{self, PLUGIN_NAME};
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::clients::HttpClient;
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{check_plugins, plugins_file, PluginSpec};
+use tollgate_tests::plugins::{check_plugins, PluginSpec};
+use tollgate_tests::scenario::Scenario;
 
 const CONFIGURATION: &str = "Hello from AssemblyScript";
-
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - name: all
-        match: { path: { prefix: / } }
-        forward: { cluster: echo }
-"#;
 
 fn plugin() -> PluginSpec {
     PluginSpec::new(PLUGIN_NAME, assemblyscript::module()).config(json!(CONFIGURATION))
 }
 
-async fn start() -> (Gateway, Backend) {
-    let echo = backends::echo("echo").await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(&[plugin()]));
-    (Gateway::start(policies).await, echo)
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
+    Scenario::new()
+        .echo("echo")
+        .forward("all", "/", "echo")
+        .plugin(plugin())
 }
 
 #[test]
@@ -65,7 +45,8 @@ fn check_accepts_the_assemblyscript_module() {
 
 #[tokio::test]
 async fn headers_and_properties_go_through_the_gateway() {
-    let (gateway, echo) = start().await;
+    let gateway = scenario().start().await;
+    let echo = gateway.backend("echo");
     let response = HttpClient::http1()
         .get(gateway.listener("public"), "example.test", "/hello?x=1")
         .await;
@@ -80,7 +61,8 @@ async fn headers_and_properties_go_through_the_gateway() {
 
 #[tokio::test]
 async fn the_plugin_answers_a_forbidden_path_itself() {
-    let (gateway, echo) = start().await;
+    let gateway = scenario().start().await;
+    let echo = gateway.backend("echo");
     let response = HttpClient::http1()
         .get(gateway.listener("public"), "example.test", "/as-forbidden")
         .await;
@@ -93,7 +75,7 @@ async fn the_plugin_answers_a_forbidden_path_itself() {
 
 #[tokio::test]
 async fn the_plugin_log_reaches_the_gateway_log() {
-    let (gateway, _echo) = start().await;
+    let gateway = scenario().start().await;
     let expected = format!("{PLUGIN_NAME} configured with {CONFIGURATION}");
     for _ in 0..100 {
         if gateway.log().contains(&expected) {

@@ -18,32 +18,16 @@ use std::time::Duration;
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::{json, Value};
-use tollgate_tests::backends::{self, Backend};
+use tollgate_tests::backends::Backend;
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
+use tollgate_tests::gateway::Gateway;
 use tollgate_tests::plugins::{assert_rejected, check_plugins, PluginSpec, TP_SINGLETON};
 use tollgate_tests::prometheus::sample_sum;
+use tollgate_tests::scenario::{Running, Scenario};
 
-const POLICIES: &str = r#"
-server:
-  drain_timeout: 10s
-listeners:
-  - { name: public, address: "${listen:public}", protocol: http }
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-  - name: grpc
-    http2: true
-    endpoints: [{ address: "${GRPC}" }]
-virtual_hosts:
-  - name: all
-    domains: ["*"]
-    routes:
-      - name: plain
-        match: { path: { prefix: /plain } }
-        forward: { cluster: echo }
-      - name: usage
-        forward: { cluster: echo }
+/// Both roles of `tp-singleton` under one `vm_id`; `${AGGREGATOR}` is the singleton's
+/// configuration.
+const PLUGINS: &str = r#"
 plugins:
   - name: aggregator
     module: aggregator.wasm
@@ -62,33 +46,25 @@ plugins:
 const WAIT: Duration = Duration::from_secs(10);
 
 struct Setup {
-    gateway: Gateway,
+    gateway: Running,
     plugins: PathBuf,
-    echo: Backend,
-    grpc: Backend,
 }
 
 async fn start(aggregator: Value) -> Setup {
-    let echo = backends::echo("echo").await;
-    let grpc = backends::grpc("grpc").await;
-    let mut policies = PolicyDir::new();
-    let plugins = policies.path().parent().expect("temp root").join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::copy(TP_SINGLETON, plugins.join("aggregator.wasm")).unwrap();
-    std::fs::copy(TP_SINGLETON, plugins.join("reporter.wasm")).unwrap();
-    policies
-        .set("ECHO", echo.addr())
-        .set("GRPC", grpc.addr())
+    let gateway = Scenario::new()
+        .server("drain_timeout: 10s")
+        .echo("echo")
+        .grpc("grpc")
+        .forward("plain", "/plain", "echo")
+        .route("{ name: usage, forward: { cluster: echo } }")
         .set("AGGREGATOR", aggregator)
-        .write("gateway.yaml", POLICIES);
-    let plugins_arg = plugins.display().to_string();
-    let gateway = Gateway::start_with_args(policies, &["--plugins", &plugins_arg]).await;
-    Setup {
-        gateway,
-        plugins,
-        echo,
-        grpc,
-    }
+        .policy_file("plugins.yaml", PLUGINS)
+        .plugin_module("aggregator.wasm", TP_SINGLETON)
+        .plugin_module("reporter.wasm", TP_SINGLETON)
+        .start()
+        .await;
+    let plugins = gateway.plugins_folder().to_path_buf();
+    Setup { gateway, plugins }
 }
 
 fn aggregator_config() -> Value {
@@ -197,8 +173,18 @@ async fn one_singleton_ticks_calls_out_and_aggregates_what_route_plugins_enqueue
     assert!(started < listening, "singleton before serving:\n{log}");
 
     // With no traffic at all: its first tick calls out over HTTP and gRPC.
-    wait_for_path(&setup.echo, &setup.gateway, "/singleton/tick/1").await;
-    wait_for_path(&setup.grpc, &setup.gateway, "/tollgate.test.Singleton/Tick").await;
+    wait_for_path(
+        setup.gateway.backend("echo"),
+        &setup.gateway,
+        "/singleton/tick/1",
+    )
+    .await;
+    wait_for_path(
+        setup.gateway.backend("grpc"),
+        &setup.gateway,
+        "/tollgate.test.Singleton/Tick",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let first = report(&HttpClient::http1(), &setup, None).await;
@@ -258,7 +244,7 @@ async fn one_singleton_ticks_calls_out_and_aggregates_what_route_plugins_enqueue
     assert_eq!(reporter["singleton"], false, "{reporter}");
     assert_eq!(reporter["routes"], json!(["usage"]), "{reporter}");
     assert_eq!(
-        paths_with_prefix(&setup.echo, "/singleton/on-done"),
+        paths_with_prefix(setup.gateway.backend("echo"), "/singleton/on-done"),
         Vec::<String>::new(),
         "not retired while running"
     );
@@ -267,7 +253,12 @@ async fn one_singleton_ticks_calls_out_and_aggregates_what_route_plugins_enqueue
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swap_or_an_edit_starts_the_new_singleton_then_retires_the_old() {
     let mut setup = start(aggregator_config()).await;
-    wait_for_path(&setup.echo, &setup.gateway, "/singleton/tick/1").await;
+    wait_for_path(
+        setup.gateway.backend("echo"),
+        &setup.gateway,
+        "/singleton/tick/1",
+    )
+    .await;
     let before = plugin_entry(&setup.gateway, "aggregator").await;
 
     // A new build of its module in the watched folder.
@@ -275,8 +266,18 @@ async fn a_swap_or_an_edit_starts_the_new_singleton_then_retires_the_old() {
     std::fs::write(&staged, another_build_of(TP_SINGLETON)).unwrap();
     std::fs::rename(&staged, setup.plugins.join("aggregator.wasm")).unwrap();
     // on_done of VM 1 came after VM 2's on_vm_start (starts=2), and VM 2 ticks.
-    wait_for_path(&setup.echo, &setup.gateway, "/singleton/on-done/1?starts=2").await;
-    wait_for_path(&setup.echo, &setup.gateway, "/singleton/tick/2").await;
+    wait_for_path(
+        setup.gateway.backend("echo"),
+        &setup.gateway,
+        "/singleton/on-done/1?starts=2",
+    )
+    .await;
+    wait_for_path(
+        setup.gateway.backend("echo"),
+        &setup.gateway,
+        "/singleton/tick/2",
+    )
+    .await;
     let after = plugin_entry(&setup.gateway, "aggregator").await;
     assert_ne!(before["sha256"], after["sha256"], "the new module runs");
     assert_eq!(after["singleton"], true);
@@ -287,16 +288,26 @@ async fn a_swap_or_an_edit_starts_the_new_singleton_then_retires_the_old() {
     // A policy edit of its configuration replaces it the same way.
     let mut edited = aggregator_config();
     edited["tick_ms"] = json!(60);
-    let policies = setup.gateway.policies().path().join("gateway.yaml");
+    let policies = setup.gateway.policy_file("plugins.yaml");
     let text = std::fs::read_to_string(&policies).unwrap();
     let text = text.replace(&aggregator_config().to_string(), &edited.to_string());
-    let staged = policies.with_file_name(".gateway.yaml.tmp");
+    let staged = policies.with_file_name(".plugins.yaml.tmp");
     std::fs::write(&staged, text).unwrap();
     std::fs::rename(&staged, &policies).unwrap();
-    wait_for_path(&setup.echo, &setup.gateway, "/singleton/on-done/2?starts=3").await;
-    wait_for_path(&setup.echo, &setup.gateway, "/singleton/tick/3").await;
+    wait_for_path(
+        setup.gateway.backend("echo"),
+        &setup.gateway,
+        "/singleton/on-done/2?starts=3",
+    )
+    .await;
+    wait_for_path(
+        setup.gateway.backend("echo"),
+        &setup.gateway,
+        "/singleton/tick/3",
+    )
+    .await;
     assert_eq!(
-        paths_with_prefix(&setup.echo, "/singleton/on-done"),
+        paths_with_prefix(setup.gateway.backend("echo"), "/singleton/on-done"),
         [
             "/singleton/on-done/1?starts=2",
             "/singleton/on-done/2?starts=3"
@@ -313,7 +324,7 @@ async fn a_swap_or_an_edit_starts_the_new_singleton_then_retires_the_old() {
         setup.gateway.log()
     );
     assert_eq!(
-        paths_with_prefix(&setup.echo, "/singleton/on-done"),
+        paths_with_prefix(setup.gateway.backend("echo"), "/singleton/on-done"),
         [
             "/singleton/on-done/1?starts=2",
             "/singleton/on-done/2?starts=3",
@@ -327,7 +338,12 @@ async fn a_swap_or_an_edit_starts_the_new_singleton_then_retires_the_old() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_retires_the_singleton_with_on_done() {
     let mut setup = start(aggregator_config()).await;
-    wait_for_path(&setup.echo, &setup.gateway, "/singleton/tick/1").await;
+    wait_for_path(
+        setup.gateway.backend("echo"),
+        &setup.gateway,
+        "/singleton/tick/1",
+    )
+    .await;
     setup.gateway.terminate();
     let status = setup.gateway.wait_for_exit(WAIT).await;
     assert!(
@@ -337,7 +353,7 @@ async fn sigterm_retires_the_singleton_with_on_done() {
     );
     // on_done answered false and waited for its callout: the request got out before exit.
     assert_eq!(
-        paths_with_prefix(&setup.echo, "/singleton/on-done"),
+        paths_with_prefix(setup.gateway.backend("echo"), "/singleton/on-done"),
         ["/singleton/on-done/1?starts=1"],
         "log:\n{}",
         setup.gateway.log()
@@ -366,7 +382,12 @@ async fn a_trap_in_on_tick_gets_a_fresh_vm_and_ticks_go_on() {
     );
     assert_eq!(shared(&restarted, "sg-starts"), "2", "one fresh VM");
     assert!(number(&restarted, "sg-ticks") >= 8, "ticks went on");
-    wait_for_path(&setup.echo, &setup.gateway, "/singleton/tick/2").await;
+    wait_for_path(
+        setup.gateway.backend("echo"),
+        &setup.gateway,
+        "/singleton/tick/2",
+    )
+    .await;
 
     let aggregator = plugin_entry(&setup.gateway, "aggregator").await;
     assert_eq!(aggregator["traps"], 1, "{aggregator}");

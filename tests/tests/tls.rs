@@ -1,14 +1,13 @@
 //! HTTPS listeners: certificate choice by SNI, protocol versions, mutual TLS and ALPN.
 
 use http::{StatusCode, Version};
-use tollgate_tests::backends;
 use tollgate_tests::certs::{CertAuthority, IssuedCert};
 use tollgate_tests::clients::{
     get_request, tls_connect, HttpResponse, TlsInfo, TlsOptions, TlsVersion,
 };
-use tollgate_tests::gateway::{Gateway, PolicyDir};
+use tollgate_tests::scenario::{Running, Scenario};
 
-const POLICIES: &str = r#"
+const LISTENERS: &str = r#"
 listeners:
   - name: tls
     address: ${listen:tls}
@@ -35,41 +34,31 @@ listeners:
     tls:
       certificates: [{ cert: certs/a.crt, key: certs/a.key }]
       client_auth: { ca: certs/clients-ca.crt, required: false }
-clusters:
-  - name: echo
-    endpoints: [{ address: ${ECHO} }]
-virtual_hosts:
-  - name: everything
-    domains: ["*"]
-    routes:
-      - name: all
-        match: { path: { prefix: / } }
-        forward: { cluster: echo }
 "#;
 
 struct Fixture {
-    gateway: Gateway,
+    gateway: Running,
     ca: CertAuthority,
     client_ca: CertAuthority,
-    echo: backends::Backend,
 }
 
 async fn start() -> Fixture {
     let ca = CertAuthority::new("server CA");
     let client_ca = CertAuthority::new("client CA");
-    let echo = backends::echo("echo").await;
-    let mut dir = PolicyDir::new();
-    let certs = dir.certs_dir();
-    ca.server_cert(&["a.test"]).write(&certs, "a");
-    ca.server_cert(&["b.test", "*.b.test"]).write(&certs, "b");
-    client_ca.write(&certs, "clients-ca.crt");
-    dir.set("ECHO", echo.addr()).write("gateway.yaml", POLICIES);
-    let gateway = Gateway::start(dir).await;
+    let gateway = Scenario::new()
+        .without_public_listener()
+        .policy_file("listeners.yaml", LISTENERS)
+        .server_cert("a", &ca.server_cert(&["a.test"]))
+        .server_cert("b", &ca.server_cert(&["b.test", "*.b.test"]))
+        .ca_cert("clients-ca.crt", &client_ca)
+        .echo("echo")
+        .forward("all", "/", "echo")
+        .start()
+        .await;
     Fixture {
         gateway,
         ca,
         client_ca,
-        echo,
     }
 }
 
@@ -120,7 +109,7 @@ async fn sni_selects_the_certificate() {
         "the first certificate is the default"
     );
     assert_eq!(
-        fixture.echo.requests()[0].header("x-forwarded-proto"),
+        fixture.gateway.backend("echo").requests()[0].header("x-forwarded-proto"),
         Some("https"),
         "requests over TLS are forwarded as https"
     );
@@ -168,7 +157,7 @@ async fn mutual_tls_requires_a_certificate_from_the_client_ca() {
         "a certificate from another CA is refused"
     );
     assert_eq!(
-        fixture.echo.request_count(),
+        fixture.gateway.backend("echo").request_count(),
         1,
         "only the authenticated request was forwarded"
     );

@@ -19,8 +19,9 @@ use serde_json::json;
 use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::bundled::{KEY_AUTH, METERING, RATE_LIMIT, TRANSFORMER};
 use tollgate_tests::clients::{request, HttpClient};
-use tollgate_tests::gateway::{run_check, Gateway, PolicyDir};
-use tollgate_tests::plugins::{plugins_file, PluginSpec};
+use tollgate_tests::gateway::run_check;
+use tollgate_tests::plugins::PluginSpec;
+use tollgate_tests::scenario::Scenario;
 
 const WORKERS: usize = 4;
 const MAX_BYTES_PER_VM: f64 = 2.0 * 1024.0 * 1024.0;
@@ -34,25 +35,6 @@ const MAX_RATIO_WITH_3_PLUGINS: f64 = 2.5;
 /// so that every worker serves some).
 const REQUESTS: usize = 400;
 const CONNECTIONS: usize = 16;
-
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-  - name: billing
-    endpoints: [{ address: "${ECHO}" }]
-virtual_hosts:
-  - name: api
-    domains: ["*"]
-    routes:
-      - name: api
-        match: { path: { prefix: / } }
-        forward: { cluster: echo }
-"#;
 
 /// The demo chain (policies/plugins.yaml): key-auth, rate-limit, transformer, metering; the
 /// first `count` of them. The rate limit is never reached; metering delivers its records
@@ -112,15 +94,19 @@ struct Resident {
 
 /// Starts a gateway with `plugins` on 4 workers, sends it the traffic and reads its memory.
 async fn resident_after_load(echo: &Backend, plugins: &[PluginSpec]) -> Resident {
-    let mut dir = PolicyDir::new();
-    dir.set("ECHO", echo.addr()).write("gateway.yaml", POLICIES);
+    // Metering bills to the echo backend too: its batches are just more requests.
+    let gateway = Scenario::new()
+        .cluster_at("echo", echo.addr())
+        .cluster_at("billing", echo.addr())
+        .forward("api", "/", "echo")
+        .plugins(plugins)
+        .workers(WORKERS)
+        .start()
+        .await;
     if !plugins.is_empty() {
-        dir.write("plugins.json", &plugins_file(plugins));
-        let check = run_check(&dir.path());
+        let check = run_check(&gateway.policies().path());
         assert_eq!(check.code, Some(0), "tollgate check: {}", check.output);
     }
-    let workers = WORKERS.to_string();
-    let gateway = Gateway::start_with_args(dir, &["--workers", &workers]).await;
     let public = gateway.listener("public");
     let client = HttpClient::http1();
     let mut sent = 0;

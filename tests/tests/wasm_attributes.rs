@@ -11,46 +11,45 @@ use http::StatusCode;
 use http_body_util::Full;
 use serde_json::json;
 use sha2::Digest;
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::certs::CertAuthority;
 use tollgate_tests::clients::{request, tls_connect, HttpClient, HttpResponse, TlsOptions};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_PROPERTIES};
+use tollgate_tests::gateway::Gateway;
+use tollgate_tests::plugins::{PluginSpec, TP_PROPERTIES};
+use tollgate_tests::scenario::{Running, Scenario};
 
-const POLICIES: &str = r#"
-server:
-  node:
-    id: gateway-7
-    cluster: edge
-    metadata:
-      ISTIO_VERSION: "1.22.0"
-      LABELS: { app: edge }
-      replicas: 3
-      canary: true
-    locality: { region: eu-west, zone: eu-west-1a, sub_zone: rack-4 }
-listeners:
-  - { name: public, address: "${listen:public}", protocol: http }
-  - name: secure
-    address: ${listen:secure}
-    protocol: https
-    tls:
-      certificates: [{ cert: certs/gw.crt, key: certs/gw.key }]
-      client_auth: { ca: certs/clients-ca.crt, required: false }
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}", labels: { version: v1 } }]
-virtual_hosts:
-  - name: attrs-host
-    domains: ["*"]
-    routes:
-      - name: attrs
-        match: { path: { prefix: /attrs } }
-        forward: { cluster: echo }
-      - name: aborted
-        match: { path: { prefix: /aborted } }
-        forward: { cluster: echo }
-        fault:
-          abort: { percent: 100, status: 503 }
+const NODE: &str = r#"
+node:
+  id: gateway-7
+  cluster: edge
+  metadata:
+    ISTIO_VERSION: "1.22.0"
+    LABELS: { app: edge }
+    replicas: 3
+    canary: true
+  locality: { region: eu-west, zone: eu-west-1a, sub_zone: rack-4 }
+"#;
+
+const SECURE_LISTENER: &str = r#"
+name: secure
+address: ${listen:secure}
+protocol: https
+tls:
+  certificates: [{ cert: certs/gw.crt, key: certs/gw.key }]
+  client_auth: { ca: certs/clients-ca.crt, required: false }
+"#;
+
+const ATTRS_HOST: &str = r#"
+name: attrs-host
+domains: ["*"]
+routes:
+  - name: attrs
+    match: { path: { prefix: /attrs } }
+    forward: { cluster: echo }
+  - name: aborted
+    match: { path: { prefix: /aborted } }
+    forward: { cluster: echo }
+    fault:
+      abort: { percent: 100, status: 503 }
 "#;
 
 /// Every attribute path the tests read in the response headers.
@@ -162,33 +161,33 @@ const LOGGED: &[&[&str]] = &[
 ];
 
 struct Fixture {
-    gateway: Gateway,
-    echo: Backend,
+    gateway: Running,
     gateway_ca: CertAuthority,
     client_ca: CertAuthority,
 }
 
 async fn start() -> Fixture {
-    let echo = backends::echo("echo").await;
     let gateway_ca = CertAuthority::new("gateway CA");
     let client_ca = CertAuthority::new("client CA");
-    let mut policies = PolicyDir::new();
-    let certs = policies.certs_dir();
-    gateway_ca.server_cert(&["gw.test"]).write(&certs, "gw");
-    client_ca.write(&certs, "clients-ca.crt");
     let properties: Vec<_> = PATHS
         .iter()
         .map(|path| json!({ "path": path, "type": "bytes" }))
         .collect();
     let plugin = PluginSpec::new("attrs-reader", TP_PROPERTIES)
         .config(json!({ "properties": properties, "log_properties": LOGGED }));
-    policies
-        .set("ECHO", echo.addr())
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(&[plugin]));
+    let gateway = Scenario::new()
+        .server(NODE)
+        .listener(SECURE_LISTENER)
+        .server_cert("gw", &gateway_ca.server_cert(&["gw.test"]))
+        .ca_cert("clients-ca.crt", &client_ca)
+        .echo("echo")
+        .cluster(r#"{ name: echo, endpoints: [{ address: "${ECHO}", labels: { version: v1 } }] }"#)
+        .virtual_host(ATTRS_HOST)
+        .plugin(plugin)
+        .start()
+        .await;
     Fixture {
-        gateway: Gateway::start(policies).await,
-        echo,
+        gateway,
         gateway_ca,
         client_ca,
     }
@@ -436,7 +435,7 @@ async fn request_response_upstream_and_xds_attributes_over_plain_http() {
     );
 
     // upstream.*: the endpoint picked.
-    let echo = fixture.echo.addr();
+    let echo = fixture.gateway.backend("echo").addr();
     assert_eq!(
         string(&response, &["upstream", "address"]),
         echo.to_string()
@@ -743,7 +742,7 @@ async fn code_details_and_flags_of_a_gateway_answer() {
         "the access log writes Envoy's short flag names: {}",
         gateway.log()
     );
-    assert_eq!(fixture.echo.request_count(), 0);
+    assert_eq!(fixture.gateway.backend("echo").request_count(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,63 +12,12 @@ use futures_util::future::join_all;
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::json;
-use tollgate_tests::backends::{self, Backend};
+use tollgate_tests::backends;
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_CALLOUT, TP_GRPC};
+use tollgate_tests::plugins::{PluginSpec, TP_CALLOUT, TP_GRPC};
+use tollgate_tests::scenario::{Running, Scenario};
 
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-  - name: callee
-    endpoints: [{ address: "${CALLEE}" }]
-  - name: refusing
-    endpoints: [{ address: "${REFUSING}" }]
-  - name: grpc-service
-    endpoints: [{ address: "${GRPC}" }]
-    http2: true
-  - name: grpc-stream-service
-    endpoints: [{ address: "${GRPC_STREAM}" }]
-    http2: true
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - name: ok
-        match: { path: { prefix: /ok } }
-        forward: { cluster: echo }
-      - name: slow
-        match: { path: { prefix: /slow } }
-        forward: { cluster: echo }
-      - name: refused
-        match: { path: { prefix: /refused } }
-        forward: { cluster: echo }
-      - name: grpc-stream
-        match: { path: { prefix: /grpc-stream } }
-        forward: { cluster: echo }
-      - name: grpc
-        match: { path: { prefix: /grpc } }
-        forward: { cluster: echo }
-"#;
-
-struct Setup {
-    gateway: Gateway,
-    echo: Backend,
-    callee: Backend,
-    grpc: Backend,
-    grpc_stream: Backend,
-}
-
-async fn start() -> Setup {
-    let echo = backends::echo("echo").await;
-    let callee = backends::echo("callee").await;
-    let grpc = backends::grpc("grpc").await;
-    let grpc_stream = backends::grpc_stream_echo("grpc-stream").await;
+async fn start() -> Running {
     let plugins = [
         PluginSpec::new("callout-ok", TP_CALLOUT)
             .config(json!({ "cluster": "callee", "path": "/check?x=1", "timeout_ms": 5000 }))
@@ -86,42 +35,34 @@ async fn start() -> Setup {
             .config(json!({ "cluster": "grpc-stream-service", "service": "tollgate.test.Echo", "method": "Chat", "stream": true }))
             .routes(&["grpc-stream"]),
     ];
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .set("CALLEE", callee.addr())
-        .set("REFUSING", backends::refusing_address())
-        .set("GRPC", grpc.addr())
-        .set("GRPC_STREAM", grpc_stream.addr())
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(&plugins));
-    let gateway = Gateway::start(policies).await;
-    Setup {
-        gateway,
-        echo,
-        callee,
-        grpc,
-        grpc_stream,
-    }
+    Scenario::new()
+        .echo("echo")
+        .echo("callee")
+        .grpc("grpc-service")
+        .grpc_stream_echo("grpc-stream-service")
+        .cluster_at("refusing", backends::refusing_address())
+        .forward("ok", "/ok", "echo")
+        .forward("slow", "/slow", "echo")
+        .forward("refused", "/refused", "echo")
+        .forward("grpc-stream", "/grpc-stream", "echo")
+        .forward("grpc", "/grpc", "echo")
+        .plugins(&plugins)
+        .start()
+        .await
 }
 
-async fn get(setup: &Setup, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    let mut builder = request(
-        "GET",
-        setup.gateway.listener("public"),
-        "callouts.test",
-        path,
-    );
+async fn get(setup: &Running, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    let mut builder = request("GET", setup.listener("public"), "callouts.test", path);
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
     let req = builder.body(Full::default()).expect("valid request");
     match tokio::time::timeout(Duration::from_secs(10), HttpClient::http1().send(req)).await {
         Ok(Ok(response)) => response,
-        Ok(Err(e)) => panic!("GET {path}: {e:#}; gateway log:\n{}", setup.gateway.log()),
+        Ok(Err(e)) => panic!("GET {path}: {e:#}; gateway log:\n{}", setup.log()),
         Err(_) => panic!(
             "GET {path}: no answer within 10 s; gateway log:\n{}",
-            setup.gateway.log()
+            setup.log()
         ),
     }
 }
@@ -140,7 +81,7 @@ async fn http_callout_answer_reaches_the_paused_request() {
         headers["x-callout-status"],
         "200",
         "{headers}\n{}",
-        setup.gateway.log()
+        setup.log()
     );
     assert_eq!(headers["x-callout-token-ok"], "true", "{headers}");
     let body_len: usize = headers["x-callout-body-len"]
@@ -153,13 +94,13 @@ async fn http_callout_answer_reaches_the_paused_request() {
         "the callee's JSON answer was readable in the callback: {headers}"
     );
 
-    let calls = setup.callee.requests();
+    let calls = setup.backend("callee").requests();
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0].method, "GET");
     assert_eq!(calls[0].path, "/check?x=1");
     assert_eq!(calls[0].host, "callee", ":authority is the cluster name");
     assert_eq!(
-        setup.echo.request_count(),
+        setup.backend("echo").request_count(),
         1,
         "the request went on after the callout"
     );
@@ -189,7 +130,7 @@ async fn concurrent_callouts_each_resume_their_own_request() {
             "request {i}: {json}"
         );
     }
-    assert_eq!(setup.callee.request_count(), 20);
+    assert_eq!(setup.backend("callee").request_count(), 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +143,7 @@ async fn callout_timeout_delivers_an_empty_response() {
         headers["x-callout-status"],
         "failed",
         "{headers}\n{}",
-        setup.gateway.log()
+        setup.log()
     );
     assert_eq!(headers["x-callout-body-len"], "0", "{headers}");
     assert!(
@@ -219,7 +160,7 @@ async fn callout_to_a_refusing_endpoint_delivers_an_empty_response() {
         headers["x-callout-status"],
         "failed",
         "{headers}\n{}",
-        setup.gateway.log()
+        setup.log()
     );
     assert_eq!(headers["x-callout-body-len"], "0", "{headers}");
 }
@@ -233,11 +174,11 @@ async fn callout_without_path_is_a_bad_argument() {
         headers["x-callout-error"],
         "BadArgument",
         "proxy_http_call without :path must return BAD_ARGUMENT (2): {headers}\n{}",
-        setup.gateway.log()
+        setup.log()
     );
     assert!(headers.get("x-callout-status").is_none(), "{headers}");
     assert_eq!(
-        setup.callee.request_count(),
+        setup.backend("callee").request_count(),
         0,
         "nothing may be sent for a rejected call"
     );
@@ -247,19 +188,14 @@ async fn callout_without_path_is_a_bad_argument() {
 async fn grpc_unary_callout_over_http2() {
     let setup = start().await;
     let headers = upstream_headers(&get(&setup, "/grpc", &[]).await);
-    assert_eq!(
-        headers["x-grpc-status"],
-        "0",
-        "{headers}\n{}",
-        setup.gateway.log()
-    );
+    assert_eq!(headers["x-grpc-status"], "0", "{headers}\n{}", setup.log());
     assert_eq!(
         headers["x-grpc-len"], "5",
         "the response message `hello` without its frame prefix: {headers}"
     );
     assert_eq!(headers["x-grpc-body"], "hello", "{headers}");
 
-    let calls = setup.grpc.requests();
+    let calls = setup.backend("grpc-service").requests();
     assert_eq!(calls.len(), 1, "{calls:?}");
     let call = &calls[0];
     assert_eq!(call.method, "POST");
@@ -290,7 +226,7 @@ async fn grpc_stream_callout_sends_and_receives_every_message() {
         headers["x-grpc-stream-status"],
         "0",
         "{headers}\n{}",
-        setup.gateway.log()
+        setup.log()
     );
     assert_eq!(
         headers["x-grpc-stream-messages"], "2",
@@ -304,7 +240,7 @@ async fn grpc_stream_callout_sends_and_receives_every_message() {
         headers["x-grpc-stream-metadata"], "0",
         "initial metadata was delivered: {headers}"
     );
-    let calls = setup.grpc_stream.requests();
+    let calls = setup.backend("grpc-stream-service").requests();
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0].path, "/tollgate.test.Echo/Chat");
     assert_eq!(calls[0].protocol, "HTTP/2.0");

@@ -14,26 +14,8 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tollgate_tests::backends;
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{plugins_file, request_only_wat, PluginSpec};
-
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - name: guarded
-        match: { path: { prefix: / } }
-        forward: { cluster: echo, timeout: 10s }
-"#;
+use tollgate_tests::plugins::{request_only_wat, PluginSpec};
+use tollgate_tests::scenario::Scenario;
 
 async fn send(
     sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
@@ -56,16 +38,16 @@ async fn send(
 
 #[tokio::test]
 async fn a_plugin_without_response_callbacks_is_not_entered_in_the_response_phase() {
-    let echo = backends::echo("echo").await;
-    let plugins = [PluginSpec::new("request-only", request_only_wat())
-        .routes(&["guarded"])
-        .failure_policy("fail_closed")];
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(&plugins));
-    let gateway = Gateway::start(policies).await;
+    let gateway = Scenario::new()
+        .echo("echo")
+        .route("{ name: guarded, match: { path: { prefix: / } }, forward: { cluster: echo, timeout: 10s } }")
+        .plugin(
+            PluginSpec::new("request-only", request_only_wat())
+                .routes(&["guarded"])
+                .failure_policy("fail_closed"),
+        )
+        .start()
+        .await;
     let addr = gateway.listener("public");
 
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -105,7 +87,11 @@ async fn a_plugin_without_response_callbacks_is_not_entered_in_the_response_phas
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert!(
-        echo.requests().iter().all(|seen| seen.path != "/break"),
+        gateway
+            .backend("echo")
+            .requests()
+            .iter()
+            .all(|seen| seen.path != "/break"),
         "the broken request never reached the upstream"
     );
 }

@@ -12,53 +12,18 @@
 //! - `tollgate check` accepts every test plugin with a valid configuration.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use serde_json::json;
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::clients::{get_request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{
-    free_loopback_addr, run_check, tollgate_binary, CommandOutcome, Gateway, PolicyDir,
-};
+use tollgate_tests::gateway::{run_check, CommandOutcome, Gateway, PolicyDir};
 use tollgate_tests::plugins::{
     no_abi_wat, plugins_file, unknown_abi_wat, PluginSpec, TP_BODY, TP_CALLOUT, TP_GRPC,
     TP_HEADERS, TP_HEADER_HEAVY, TP_LOCAL_REPLY, TP_METRICS, TP_MISBEHAVE, TP_PROPERTIES,
     TP_SHARED,
 };
-
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - name: panic-closed
-        match: { path: { prefix: /panic-closed } }
-        forward: { cluster: echo }
-      - name: panic-open
-        match: { path: { prefix: /panic-open } }
-        forward: { cluster: echo }
-      - name: loop
-        match: { path: { prefix: /loop } }
-        forward: { cluster: echo }
-      - name: memory
-        match: { path: { prefix: /memory } }
-        forward: { cluster: echo }
-      - name: bad-pointer
-        match: { path: { prefix: /bad-pointer } }
-        forward: { cluster: echo }
-      - name: plain
-        match: { path: { prefix: / } }
-        forward: { cluster: echo }
-"#;
+use tollgate_tests::scenario::Scenario;
 
 fn misbehave(name: &str, mode: &str, route: &str) -> PluginSpec {
     PluginSpec::new(name, TP_MISBEHAVE)
@@ -66,14 +31,16 @@ fn misbehave(name: &str, mode: &str, route: &str) -> PluginSpec {
         .routes(&[route])
 }
 
-async fn start(plugins: &[PluginSpec]) -> (Gateway, Backend) {
-    let echo = backends::echo("echo").await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(plugins));
-    (Gateway::start(policies).await, echo)
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
+    Scenario::new()
+        .echo("echo")
+        .forward("panic-closed", "/panic-closed", "echo")
+        .forward("panic-open", "/panic-open", "echo")
+        .forward("loop", "/loop", "echo")
+        .forward("memory", "/memory", "echo")
+        .forward("bad-pointer", "/bad-pointer", "echo")
+        .forward("plain", "/", "echo")
 }
 
 /// GET through the gateway with a 10 s bound; returns the response and how long it took.
@@ -120,11 +87,14 @@ async fn assert_log_mentions(gateway: &Gateway, fragments: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panicking_plugin_fails_closed_or_open_and_other_routes_work() {
-    let (gateway, echo) = start(&[
-        misbehave("panicky-closed", "panic", "panic-closed").failure_policy("fail_closed"),
-        misbehave("panicky-open", "panic", "panic-open").failure_policy("fail_open"),
-    ])
-    .await;
+    let gateway = scenario()
+        .plugins(&[
+            misbehave("panicky-closed", "panic", "panic-closed").failure_policy("fail_closed"),
+            misbehave("panicky-open", "panic", "panic-open").failure_policy("fail_open"),
+        ])
+        .start()
+        .await;
+    let echo = gateway.backend("echo");
     for attempt in 0..3 {
         let (response, _) = get(&gateway, "/panic-closed").await;
         assert_eq!(
@@ -172,9 +142,11 @@ async fn panicking_plugin_fails_closed_or_open_and_other_routes_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infinite_loop_is_cut_by_the_deadline() {
-    let (gateway, echo) =
-        start(&[misbehave("spinner", "loop", "loop").field("callback_timeout", json!("100ms"))])
-            .await;
+    let gateway = scenario()
+        .plugins(&[misbehave("spinner", "loop", "loop").field("callback_timeout", json!("100ms"))])
+        .start()
+        .await;
+    let echo = gateway.backend("echo");
     for attempt in 0..2 {
         let (response, elapsed) = get(&gateway, "/loop").await;
         assert_eq!(
@@ -195,10 +167,13 @@ async fn infinite_loop_is_cut_by_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_hits_the_limit_and_the_gateway_survives() {
-    let (gateway, echo) = start(&[
-        misbehave("hog", "memory", "memory").field("memory_limit", json!(16 * 1024 * 1024))
-    ])
-    .await;
+    let gateway = scenario()
+        .plugins(&[
+            misbehave("hog", "memory", "memory").field("memory_limit", json!(16 * 1024 * 1024))
+        ])
+        .start()
+        .await;
+    let echo = gateway.backend("echo");
     for attempt in 0..2 {
         let (response, elapsed) = get(&gateway, "/memory").await;
         assert_eq!(
@@ -222,7 +197,10 @@ async fn memory_bomb_hits_the_limit_and_the_gateway_survives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_guest_pointer_is_refused_or_traps_only_that_vm() {
-    let (gateway, _echo) = start(&[misbehave("pointer", "bad-pointer", "bad-pointer")]).await;
+    let gateway = scenario()
+        .plugins(&[misbehave("pointer", "bad-pointer", "bad-pointer")])
+        .start()
+        .await;
     for attempt in 0..2 {
         let (response, _) = get(&gateway, "/bad-pointer").await;
         match response.status {
@@ -288,61 +266,26 @@ fn assert_rejected(outcome: &CommandOutcome, fragments: &[&str]) {
     }
 }
 
-/// Runs `tollgate run` on a folder that must be refused: it has to exit non-zero within
-/// 20 s (it is killed and the test fails otherwise). Returns its output.
-fn run_must_refuse(mut dir: PolicyDir, plugins: &[PluginSpec]) -> String {
-    dir.write("gateway.yaml", CHECK_POLICIES)
-        .write("plugins.json", &plugins_file(plugins));
-    let log_path = dir.path().parent().expect("temp root").join("run.log");
-    let log = std::fs::File::create(&log_path).expect("create the log");
-    let mut child = Command::new(tollgate_binary())
-        .arg("run")
-        .arg("--policies")
-        .arg(dir.path())
-        .args([
-            "--admin",
-            &free_loopback_addr().to_string(),
-            "--workers",
-            "1",
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("clone log"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn tollgate run");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll tollgate run") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
-    match status {
-        None => panic!(
-            "tollgate run started serving with a plugin that must be refused; output:\n{output}"
-        ),
-        Some(status) => assert!(
-            !status.success(),
-            "tollgate run exited successfully; output:\n{output}"
-        ),
-    }
-    output
+/// Runs `tollgate run` with these plugins, which it must refuse: it has to exit non-zero
+/// within 20 s (it is killed and the test fails otherwise). Returns its output.
+async fn run_must_refuse(scenario: Scenario, plugins: &[PluginSpec]) -> String {
+    scenario
+        .without_public_listener()
+        .policy_file("gateway.yaml", CHECK_POLICIES)
+        .plugins(plugins)
+        .workers(1)
+        .run_until_refused(Duration::from_secs(20))
+        .await
 }
 
-#[test]
-fn on_configure_false_is_refused_with_the_plugin_log_line() {
+#[tokio::test]
+async fn on_configure_false_is_refused_with_the_plugin_log_line() {
     let plugins = [misbehave("refuser", "configure-false", "plain")];
     assert_rejected(
         &check(&plugins),
         &["refuser", "tp-misbehave refuses this configuration"],
     );
-    let output = run_must_refuse(PolicyDir::new(), &plugins);
+    let output = run_must_refuse(Scenario::new(), &plugins).await;
     assert!(
         output.contains("refuser"),
         "run names the plugin; output:\n{output}"
@@ -395,11 +338,15 @@ fn module_with_unknown_abi_version_is_rejected() {
     assert_rejected(&outcome, &["future", "abi"]);
 }
 
-#[test]
-fn run_refuses_a_module_without_abi_version() {
-    let dir = PolicyDir::new();
-    let module = neutral_copy(&dir, &no_abi_wat(), "bare-module.wat");
-    let output = run_must_refuse(dir, &[PluginSpec::new("bare", module).routes(&["plain"])]);
+#[tokio::test]
+async fn run_refuses_a_module_without_abi_version() {
+    let scenario = Scenario::new();
+    let module = neutral_copy(scenario.policies(), &no_abi_wat(), "bare-module.wat");
+    let output = run_must_refuse(
+        scenario,
+        &[PluginSpec::new("bare", module).routes(&["plain"])],
+    )
+    .await;
     assert!(output.to_lowercase().contains("abi"), "output:\n{output}");
 }
 

@@ -9,46 +9,24 @@ use std::time::Duration;
 
 use http::StatusCode;
 use http_body_util::Full;
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
+use tollgate_tests::gateway::Gateway;
 use tollgate_tests::h2frames::{self, RawH2, Read};
-use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_LOCAL_REPLY, TP_MISBEHAVE};
+use tollgate_tests::plugins::{PluginSpec, TP_LOCAL_REPLY, TP_MISBEHAVE};
+use tollgate_tests::scenario::Scenario;
 
-const POLICIES: &str = r#"
-listeners:
-  - { name: public, address: "${listen:public}", protocol: http }
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-virtual_hosts:
-  - name: all
-    domains: ["*"]
-    routes:
-      - name: svc
-        match: { path: { prefix: /svc } }
-        forward: { cluster: echo }
-      - name: crash
-        match: { path: { prefix: /crash } }
-        forward: { cluster: echo }
-"#;
-
-async fn start() -> (Gateway, Backend) {
-    let echo = backends::echo("echo").await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .write("gateway.yaml", POLICIES)
-        .write(
-            "plugins.json",
-            &plugins_file(&[
-                PluginSpec::new("replier", TP_LOCAL_REPLY).routes(&["svc"]),
-                PluginSpec::new("crasher", TP_MISBEHAVE)
-                    .config(serde_json::json!({ "mode": "panic" }))
-                    .routes(&["crash"]),
-            ]),
-        );
-    (Gateway::start(policies).await, echo)
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
+    Scenario::new()
+        .echo("echo")
+        .forward("svc", "/svc", "echo")
+        .forward("crash", "/crash", "echo")
+        .plugin(PluginSpec::new("replier", TP_LOCAL_REPLY).routes(&["svc"]))
+        .plugin(
+            PluginSpec::new("crasher", TP_MISBEHAVE)
+                .config(serde_json::json!({ "mode": "panic" }))
+                .routes(&["crash"]),
+        )
 }
 
 /// A gRPC call over h2c with extra request headers.
@@ -91,7 +69,8 @@ fn trailers_only(response: &HttpResponse) -> (String, Option<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_grpc_response_is_trailers_only_with_an_encoded_message() {
-    let (gateway, echo) = start().await;
+    let gateway = scenario().start().await;
+    let echo = gateway.backend("echo");
     let response = grpc_call(
         &gateway,
         "/svc.Echo/Call",
@@ -121,7 +100,7 @@ async fn send_grpc_response_is_trailers_only_with_an_encoded_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_answer_to_a_grpc_call_maps_its_status() {
-    let (gateway, _echo) = start().await;
+    let gateway = scenario().start().await;
     let response = grpc_call(&gateway, "/svc.Echo/Call", &[("x-deny-status", b"429")]).await;
     let (status, message) = trailers_only(&response);
     assert_eq!(status, "14", "429 is UNAVAILABLE");
@@ -137,7 +116,7 @@ async fn an_http_answer_to_a_grpc_call_maps_its_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_request_answered_by_the_gateway() {
-    let (gateway, _echo) = start().await;
+    let gateway = scenario().start().await;
     let response = grpc_call(&gateway, "/nowhere.Service/Call", &[]).await;
     let (status, message) = trailers_only(&response);
     assert_eq!(status, "12", "no route (404) is UNIMPLEMENTED");
@@ -186,7 +165,7 @@ async fn a_grpc_request_answered_by_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_requests_keep_their_body_and_no_grpc_headers() {
-    let (gateway, _echo) = start().await;
+    let gateway = scenario().start().await;
     for client in [HttpClient::http1(), HttpClient::h2c()] {
         let denied = request("GET", gateway.listener("public"), "grpc.test", "/svc/x")
             .header("x-deny-status", "429")
@@ -210,7 +189,8 @@ async fn plain_http_requests_keep_their_body_and_no_grpc_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_failure_on_a_grpc_call_is_unavailable() {
-    let (gateway, echo) = start().await;
+    let gateway = scenario().start().await;
+    let echo = gateway.backend("echo");
     let response = grpc_call(&gateway, "/crash.Service/Call", &[]).await;
     let (status, message) = trailers_only(&response);
     assert_eq!(status, "14", "UNAVAILABLE");

@@ -15,75 +15,24 @@
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::json;
-use tollgate_tests::backends::{self, Backend};
+use tollgate_tests::backends;
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{
-    plugins_file, PluginSpec, TP_BODY, TP_HEADERS, TP_HEADER_HEAVY, TP_LOCAL_REPLY,
-};
+use tollgate_tests::gateway::Gateway;
+use tollgate_tests::plugins::{PluginSpec, TP_BODY, TP_HEADERS, TP_HEADER_HEAVY, TP_LOCAL_REPLY};
+use tollgate_tests::scenario::Scenario;
 
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-  - name: other
-    endpoints: [{ address: "${OTHER}" }]
-  - name: grpc
-    endpoints: [{ address: "${GRPC}" }]
-    http2: true
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - name: headers
-        match: { path: { prefix: /headers } }
-        forward: { cluster: echo }
-      - name: rerouted
-        match: { path: { prefix: /rerouted } }
-        forward: { cluster: other }
-      - name: body
-        match: { path: { prefix: /echo-body } }
-        forward: { cluster: echo }
-      - name: grpc-trailers
-        match: { path: { prefix: /pkg.Service } }
-        forward: { cluster: grpc }
-      - name: local
-        match: { path: { prefix: /local } }
-        forward: { cluster: echo }
-      - name: plain
-        match: { path: { prefix: / } }
-        forward: { cluster: echo }
-"#;
-
-struct Setup {
-    gateway: Gateway,
-    echo: Backend,
-    other: Backend,
-    _grpc: Backend,
-}
-
-async fn start(plugins: &[PluginSpec]) -> Setup {
-    let echo = backends::echo("echo").await;
-    let other = backends::echo("other").await;
-    let grpc = backends::grpc("grpc").await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .set("OTHER", other.addr())
-        .set("GRPC", grpc.addr())
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(plugins));
-    let gateway = Gateway::start(policies).await;
-    Setup {
-        gateway,
-        echo,
-        other,
-        _grpc: grpc,
-    }
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
+    Scenario::new()
+        .echo("echo")
+        .echo("other")
+        .grpc("grpc")
+        .forward("headers", "/headers", "echo")
+        .forward("rerouted", "/rerouted", "other")
+        .forward("body", "/echo-body", "echo")
+        .forward("grpc-trailers", "/pkg.Service", "grpc")
+        .forward("local", "/local", "echo")
+        .forward("plain", "/", "echo")
 }
 
 fn headers_plugin() -> PluginSpec {
@@ -115,14 +64,14 @@ async fn send(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_headers_are_read_added_removed_and_replaced() {
-    let setup = start(&[headers_plugin()]).await;
+    let setup = scenario().plugins(&[headers_plugin()]).start().await;
     for (protocol, client) in [
         ("HTTP/1.1", HttpClient::http1()),
         ("h2c", HttpClient::h2c()),
     ] {
         let response = send(
             &client,
-            &setup.gateway,
+            &setup,
             "GET",
             "/headers/a?q=1",
             &[
@@ -138,7 +87,7 @@ async fn request_headers_are_read_added_removed_and_replaced() {
             StatusCode::OK,
             "{protocol}: {}\n{}",
             response.text(),
-            setup.gateway.log()
+            setup.log()
         );
         let json = response.json();
         let seen = &json["headers"];
@@ -255,18 +204,18 @@ async fn request_headers_are_read_added_removed_and_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_run_only_on_their_routes() {
-    let setup = start(&[headers_plugin()]).await;
+    let setup = scenario().plugins(&[headers_plugin()]).start().await;
     let client = HttpClient::http1();
-    let response = send(&client, &setup.gateway, "GET", "/headers/x", &[], "").await;
+    let response = send(&client, &setup, "GET", "/headers/x", &[], "").await;
     assert_eq!(
         response.json()["headers"]["x-tp-tag"],
         "h1",
         "the plugin runs on its route\n{}",
-        setup.gateway.log()
+        setup.log()
     );
     let response = send(
         &client,
-        &setup.gateway,
+        &setup,
         "GET",
         "/elsewhere",
         &[("x-remove-me", "1")],
@@ -285,11 +234,11 @@ async fn plugins_run_only_on_their_routes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changing_path_in_the_request_phase_reselects_the_route() {
-    let setup = start(&[headers_plugin()]).await;
+    let setup = scenario().plugins(&[headers_plugin()]).start().await;
     let client = HttpClient::http1();
     let response = send(
         &client,
-        &setup.gateway,
+        &setup,
         "GET",
         "/headers/start",
         &[("x-tp-set-path", "/rerouted/here?x=1")],
@@ -301,7 +250,7 @@ async fn changing_path_in_the_request_phase_reselects_the_route() {
         response.header("x-backend"),
         Some("other"),
         "the new :path matches route `rerouted` (cluster other); gateway log:\n{}",
-        setup.gateway.log()
+        setup.log()
     );
     let json = response.json();
     assert_eq!(json["path"], "/rerouted/here?x=1", "{json}");
@@ -309,10 +258,10 @@ async fn changing_path_in_the_request_phase_reselects_the_route() {
         json["headers"]["x-tp-path"], "/headers/start",
         "x-tp-path holds the original path: {json}"
     );
-    assert_eq!(setup.other.request_count(), 1);
+    assert_eq!(setup.backend("other").request_count(), 1);
     assert!(
         setup
-            .echo
+            .backend("echo")
             .requests()
             .iter()
             .all(|r| !r.path.starts_with("/headers")),
@@ -326,24 +275,16 @@ fn body_plugin(routes: &[&str]) -> PluginSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_body_is_replaced_and_response_body_appended() {
-    let setup = start(&[body_plugin(&["body"])]).await;
+    let setup = scenario().plugins(&[body_plugin(&["body"])]).start().await;
     let client = HttpClient::http1();
 
-    let response = send(
-        &client,
-        &setup.gateway,
-        "POST",
-        "/echo-body",
-        &[],
-        "hello body",
-    )
-    .await;
+    let response = send(&client, &setup, "POST", "/echo-body", &[], "hello body").await;
     assert_eq!(
         response.status,
         StatusCode::OK,
         "{}\n{}",
         response.text(),
-        setup.gateway.log()
+        setup.log()
     );
     assert_eq!(response.text(), "HELLO BODY\n-- via tp-body");
     if let Some(length) = response.header("content-length") {
@@ -355,7 +296,7 @@ async fn request_body_is_replaced_and_response_body_appended() {
     }
     assert_eq!(
         setup
-            .echo
+            .backend("echo")
             .requests()
             .last()
             .expect("backend saw the request")
@@ -365,7 +306,7 @@ async fn request_body_is_replaced_and_response_body_appended() {
 
     // A larger body arrives in several chunks: the plugin pauses until the end and gets it all.
     let big: String = "abcdefghij".repeat(30_000);
-    let response = send(&client, &setup.gateway, "POST", "/echo-body/big", &[], &big).await;
+    let response = send(&client, &setup, "POST", "/echo-body/big", &[], &big).await;
     assert_eq!(response.status, StatusCode::OK);
     let expected = format!("{}\n-- via tp-body", big.to_ascii_uppercase());
     assert_eq!(
@@ -381,7 +322,7 @@ async fn request_body_is_replaced_and_response_body_appended() {
     // Over h2c too.
     let response = send(
         &HttpClient::h2c(),
-        &setup.gateway,
+        &setup,
         "POST",
         "/echo-body",
         &[],
@@ -393,10 +334,13 @@ async fn request_body_is_replaced_and_response_body_appended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_trailers_are_seen_and_added() {
-    let setup = start(&[body_plugin(&["grpc-trailers"])]).await;
+    let setup = scenario()
+        .plugins(&[body_plugin(&["grpc-trailers"])])
+        .start()
+        .await;
     let response = send(
         &HttpClient::h2c(),
-        &setup.gateway,
+        &setup,
         "POST",
         "/pkg.Service/Method",
         &[("content-type", "application/grpc"), ("te", "trailers")],
@@ -408,7 +352,7 @@ async fn response_trailers_are_seen_and_added() {
         StatusCode::OK,
         "{}\n{}",
         response.text(),
-        setup.gateway.log()
+        setup.log()
     );
     let trailers = response
         .trailers
@@ -436,12 +380,15 @@ async fn response_trailers_are_seen_and_added() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_replies_from_request_and_response_phase() {
-    let setup = start(&[PluginSpec::new("denier", TP_LOCAL_REPLY).routes(&["local"])]).await;
+    let setup = scenario()
+        .plugins(&[PluginSpec::new("denier", TP_LOCAL_REPLY).routes(&["local"])])
+        .start()
+        .await;
     let client = HttpClient::http1();
 
     let response = send(
         &client,
-        &setup.gateway,
+        &setup,
         "GET",
         "/local/deny",
         &[("x-deny", "1")],
@@ -453,13 +400,13 @@ async fn local_replies_from_request_and_response_phase() {
         StatusCode::FORBIDDEN,
         "{}\n{}",
         response.text(),
-        setup.gateway.log()
+        setup.log()
     );
     assert_eq!(response.text(), "denied\n");
     assert_eq!(response.header("x-denied-by"), Some("tp-local-reply"));
     assert!(
         setup
-            .echo
+            .backend("echo")
             .requests()
             .iter()
             .all(|r| !r.path.starts_with("/local/deny")),
@@ -468,13 +415,13 @@ async fn local_replies_from_request_and_response_phase() {
     assert_eq!(
         response.header("x-tp-local-reply-saw"),
         Some("403"),
-        "the plugin's own response callback runs for its local reply (DESIGN §6): {:?}",
+        "the plugin's own response callback runs for its local reply (a local reply goes through the response phase, as in Envoy): {:?}",
         response.headers
     );
 
     let response = send(
         &client,
-        &setup.gateway,
+        &setup,
         "GET",
         "/local/late",
         &[("x-deny-on-response", "1")],
@@ -486,7 +433,7 @@ async fn local_replies_from_request_and_response_phase() {
         418,
         "{}\n{}",
         response.text(),
-        setup.gateway.log()
+        setup.log()
     );
     assert_eq!(response.text(), "teapot\n");
     assert_eq!(
@@ -500,14 +447,14 @@ async fn local_replies_from_request_and_response_phase() {
     );
     assert!(
         setup
-            .echo
+            .backend("echo")
             .requests()
             .iter()
             .any(|r| r.path == "/local/late"),
         "the upstream was called before the response-phase reply"
     );
 
-    let response = send(&client, &setup.gateway, "GET", "/local/pass", &[], "").await;
+    let response = send(&client, &setup, "GET", "/local/pass", &[], "").await;
     assert_eq!(response.status, StatusCode::OK);
     assert_eq!(response.header("x-tp-local-reply-saw"), Some("200"));
     assert_eq!(response.header("x-backend"), Some("echo"));
@@ -515,10 +462,13 @@ async fn local_replies_from_request_and_response_phase() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_heavy_plugin_leaves_no_trace() {
-    let setup = start(&[PluginSpec::new("heavy", TP_HEADER_HEAVY).routes(&["headers"])]).await;
+    let setup = scenario()
+        .plugins(&[PluginSpec::new("heavy", TP_HEADER_HEAVY).routes(&["headers"])])
+        .start()
+        .await;
     let response = send(
         &HttpClient::http1(),
-        &setup.gateway,
+        &setup,
         "GET",
         "/headers/heavy",
         &[],
@@ -530,7 +480,7 @@ async fn header_heavy_plugin_leaves_no_trace() {
         StatusCode::OK,
         "{}\n{}",
         response.text(),
-        setup.gateway.log()
+        setup.log()
     );
     let json = response.json();
     let names: Vec<&String> = json["headers"]

@@ -7,25 +7,10 @@ use std::time::Duration;
 
 use http::StatusCode;
 use http_body_util::Full;
-use tollgate_tests::backends;
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_MISC};
-
-const POLICIES: &str = r#"
-listeners:
-  - { name: public, address: "${listen:public}", protocol: http }
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-  - name: grpc
-    endpoints: [{ address: "${GRPC}" }]
-    http2: true
-virtual_hosts:
-  - name: all
-    domains: ["*"]
-    routes: [{ name: all, forward: { cluster: echo } }]
-"#;
+use tollgate_tests::gateway::Gateway;
+use tollgate_tests::plugins::{PluginSpec, TP_MISC};
+use tollgate_tests::scenario::Scenario;
 
 async fn ask(gateway: &Gateway, misc: &str) -> HttpResponse {
     let req = request("GET", gateway.listener("public"), "misc.test", "/")
@@ -40,18 +25,13 @@ async fn ask(gateway: &Gateway, misc: &str) -> HttpResponse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_remaining_host_functions_behave_as_in_envoy() {
-    let echo = backends::echo("echo").await;
-    let grpc = backends::grpc_stream_echo("grpc").await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .set("GRPC", grpc.addr())
-        .write("gateway.yaml", POLICIES)
-        .write(
-            "plugins.json",
-            &plugins_file(&[PluginSpec::new("misc", TP_MISC)]),
-        );
-    let gateway = Gateway::start(policies).await;
+    let gateway = Scenario::new()
+        .echo("echo")
+        .grpc_stream_echo("grpc")
+        .route("{ name: all, forward: { cluster: echo } }")
+        .plugin(PluginSpec::new("misc", TP_MISC))
+        .start()
+        .await;
     let upstream = |response: &HttpResponse| {
         assert_eq!(
             response.status,
@@ -97,7 +77,9 @@ async fn the_remaining_host_functions_behave_as_in_envoy() {
         .expect("ended within 10 s");
     assert!(reset.is_err(), "no response to a reset stream: {reset:?}");
     assert!(
-        echo.requests()
+        gateway
+            .backend("echo")
+            .requests()
             .iter()
             .all(|r| r.header("x-misc") != Some("reset")),
         "a reset request never reaches the upstream"

@@ -12,47 +12,25 @@ use std::time::Duration;
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::json;
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::clients::{request, HttpClient};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{
-    check_plugins, plugins_file, wasi_unstable_wat, PluginSpec, TP_HTTP_CONFIG,
-};
+use tollgate_tests::gateway::Gateway;
+use tollgate_tests::plugins::{check_plugins, wasi_unstable_wat, PluginSpec, TP_HTTP_CONFIG};
+use tollgate_tests::scenario::{Running, Scenario};
 
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - name: special
-        match: { path: { prefix: /special } }
-        forward: { cluster: echo }
-      - name: plain
-        match: { path: { prefix: / } }
-        forward: { cluster: echo }
-"#;
-
-async fn start(plugin: PluginSpec) -> (Gateway, Backend) {
-    let echo = backends::echo("echo").await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(&[plugin]));
-    (Gateway::start(policies).await, echo)
+async fn start(plugin: PluginSpec) -> Running {
+    Scenario::new()
+        .echo("echo")
+        .forward("special", "/special", "echo")
+        .forward("plain", "/", "echo")
+        .plugin(plugin)
+        .start()
+        .await
 }
 
 /// The `custom-header` of a GET to `path` through a gateway running `tp-http-config` with
 /// this plugin entry.
 async fn custom_header(plugin: PluginSpec, path: &str) -> Option<String> {
-    let (gateway, _echo) = start(plugin).await;
+    let gateway = start(plugin).await;
     let response = HttpClient::http1()
         .get(gateway.listener("public"), "example.test", path)
         .await;
@@ -80,7 +58,7 @@ async fn an_object_configuration_arrives_as_json() {
 async fn a_string_route_configuration_is_raw_and_no_configuration_is_empty() {
     let plugin = PluginSpec::new("http-config", TP_HTTP_CONFIG)
         .field("route_config", json!({ "special": "Hello, special route" }));
-    let (gateway, _echo) = start(plugin).await;
+    let gateway = start(plugin).await;
     let client = HttpClient::http1();
     let special = client
         .get(gateway.listener("public"), "example.test", "/special")
@@ -107,7 +85,8 @@ async fn wasi_unstable_imports_pass_check_and_run() {
         outcome.output
     );
 
-    let (gateway, echo) = start(plugin).await;
+    let gateway = start(plugin).await;
+    let echo = gateway.backend("echo");
     let client = HttpClient::http1();
     let response = client
         .get(gateway.listener("public"), "example.test", "/")

@@ -2,7 +2,9 @@
 //! - `tp-shared`: a shared-data counter incremented with compare-and-swap by 200 concurrent
 //!   requests across both workers' VMs ends exact (the values handed out are a permutation of
 //!   1..=200); a shared queue resolved with the plugin's own vm_id is drained by
-//!   `on_queue_ready`; `on_tick` runs at the configured period;
+//!   `on_queue_ready`; `on_tick` runs at the configured period; the counter outlives a
+//!   reload that rebuilds the plugin (the store is the gateway's, handed from snapshot to
+//!   snapshot);
 //! - `tp-metrics`: a plugin-defined counter, gauge and histogram, read back with `get_metric`
 //!   and exported on the admin `/metrics` with the plugin name as label;
 //! - `tp-properties`: host properties with Envoy's names and encodings (strings raw, integers
@@ -14,43 +16,19 @@ use futures_util::future::join_all;
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::json;
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
-use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_METRICS, TP_PROPERTIES, TP_SHARED};
+use tollgate_tests::gateway::Gateway;
+use tollgate_tests::plugins::{PluginSpec, TP_METRICS, TP_PROPERTIES, TP_SHARED};
 use tollgate_tests::prometheus::sample_sum;
+use tollgate_tests::scenario::Scenario;
 
-const POLICIES: &str = r#"
-listeners:
-  - name: public
-    address: ${listen:public}
-    protocol: http
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-virtual_hosts:
-  - name: test
-    domains: ["*"]
-    routes:
-      - name: shared
-        match: { path: { prefix: /shared } }
-        forward: { cluster: echo }
-      - name: metrics
-        match: { path: { prefix: /metrics-route } }
-        forward: { cluster: echo }
-      - name: props
-        match: { path: { prefix: /props } }
-        forward: { cluster: echo }
-"#;
-
-async fn start(plugins: &[PluginSpec]) -> (Gateway, Backend) {
-    let echo = backends::echo("echo").await;
-    let mut policies = PolicyDir::new();
-    policies
-        .set("ECHO", echo.addr())
-        .write("gateway.yaml", POLICIES)
-        .write("plugins.json", &plugins_file(plugins));
-    (Gateway::start(policies).await, echo)
+/// The gateway every test here starts, with its plugins added.
+fn scenario() -> Scenario {
+    Scenario::new()
+        .echo("echo")
+        .forward("shared", "/shared", "echo")
+        .forward("metrics", "/metrics-route", "echo")
+        .forward("props", "/props", "echo")
 }
 
 async fn send(
@@ -80,7 +58,10 @@ fn number(response: &HttpResponse, header: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_counter_is_exact_under_concurrency() {
-    let (gateway, _echo) = start(&[PluginSpec::new("shared", TP_SHARED).routes(&["shared"])]).await;
+    let gateway = scenario()
+        .plugin(PluginSpec::new("shared", TP_SHARED).routes(&["shared"]))
+        .start()
+        .await;
     let client = HttpClient::http1();
     let responses = join_all((0..200).map(|i| {
         let client = client.clone();
@@ -120,7 +101,10 @@ async fn shared_counter_is_exact_under_concurrency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_is_drained_and_ticks_run() {
-    let (gateway, _echo) = start(&[PluginSpec::new("shared", TP_SHARED).routes(&["shared"])]).await;
+    let gateway = scenario()
+        .plugin(PluginSpec::new("shared", TP_SHARED).routes(&["shared"]))
+        .start()
+        .await;
     let client = HttpClient::http1();
     for i in 0..10 {
         let response = send(
@@ -173,8 +157,10 @@ async fn queue_is_drained_and_ticks_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_metrics_are_counted_and_exported() {
-    let (gateway, _echo) =
-        start(&[PluginSpec::new("metered", TP_METRICS).routes(&["metrics"])]).await;
+    let gateway = scenario()
+        .plugin(PluginSpec::new("metered", TP_METRICS).routes(&["metrics"]))
+        .start()
+        .await;
     let client = HttpClient::http1();
     let body = "x".repeat(100);
     for expected in 1..=5u64 {
@@ -278,7 +264,7 @@ async fn properties_have_envoy_names_and_encodings() {
             .routes(&["props"])
             .priority(0),
     ];
-    let (gateway, _echo) = start(&plugins).await;
+    let gateway = scenario().plugins(&plugins).start().await;
     let public = gateway.listener("public");
     let response = send(
         &HttpClient::http1(),
@@ -357,5 +343,40 @@ async fn properties_have_envoy_names_and_encodings() {
         header("x-tp-marker"),
         "from-tp-properties",
         "set_property of an earlier plugin is readable by a later one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_data_outlives_a_reload_that_rebuilds_the_plugin() {
+    let (gateway, _echo) = start(&[PluginSpec::new("shared", TP_SHARED).routes(&["shared"])]).await;
+    let client = HttpClient::http1();
+    for expected in 1..=3 {
+        let response = send(&client, &gateway, "GET", "shared.test", "/shared/a", "").await;
+        assert_eq!(number(&response, "x-tp-counter"), expected);
+    }
+    // A changed configuration makes a new plugin instance with new VMs: a reused instance
+    // would keep its VMs and prove nothing about the store.
+    let rebuilt = PluginSpec::new("shared", TP_SHARED)
+        .routes(&["shared"])
+        .config(json!({ "edited": true }));
+    std::fs::write(
+        gateway.policies().path().join("plugins.json"),
+        plugins_file(&[rebuilt]),
+    )
+    .expect("write plugins.json");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !gateway.log().contains("new configuration is live") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edit was never loaded; log:\n{}",
+            gateway.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = send(&client, &gateway, "GET", "shared.test", "/shared/b", "").await;
+    assert_eq!(
+        number(&response, "x-tp-counter"),
+        4,
+        "the rebuilt plugin must see the counter its previous instance left"
     );
 }

@@ -9,39 +9,23 @@ use std::time::Duration;
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::json;
-use tollgate_tests::backends::{self, Backend};
 use tollgate_tests::clients::{raw_exchange, request, HttpClient};
-use tollgate_tests::gateway::{Gateway, PolicyDir};
+use tollgate_tests::gateway::Gateway;
 use tollgate_tests::h2frames::{self, RawH2, Read};
-use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_MISC, TP_PROPERTIES};
+use tollgate_tests::plugins::{PluginSpec, TP_MISC, TP_PROPERTIES};
+use tollgate_tests::scenario::Scenario;
 
-const POLICIES: &str = r#"
-listeners:
-  - { name: public, address: "${listen:public}", protocol: http }
-clusters:
-  - name: echo
-    endpoints: [{ address: "${ECHO}" }]
-virtual_hosts:
-  - name: all
-    domains: ["*"]
-    routes: [{ name: all, forward: { cluster: echo } }]
-"#;
-
-async fn start() -> (Gateway, Backend) {
-    let echo = backends::echo("echo").await;
-    let mut policies = PolicyDir::new();
+/// The gateway of this file's tests; each adds what it needs and starts it.
+fn scenario() -> Scenario {
     // The logger runs first in the request phase; it logs what it sees in `on_log`.
     let logger = PluginSpec::new("logger", TP_PROPERTIES)
         .priority(10)
         .config(json!({ "log_properties": [["response", "code_details"], ["response", "flags"]] }));
-    policies
-        .set("ECHO", echo.addr())
-        .write("gateway.yaml", POLICIES)
-        .write(
-            "plugins.json",
-            &plugins_file(&[logger, PluginSpec::new("misc", TP_MISC)]),
-        );
-    (Gateway::start(policies).await, echo)
+    Scenario::new()
+        .echo("echo")
+        .route("{ name: all, forward: { cluster: echo } }")
+        .plugin(logger)
+        .plugin(PluginSpec::new("misc", TP_MISC))
 }
 
 fn http1_request(mode: &str) -> Vec<u8> {
@@ -80,7 +64,8 @@ async fn wait_for_log(gateway: &Gateway, needle: &str, count: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_connections_close_with_no_answer() {
-    let (gateway, echo) = start().await;
+    let gateway = scenario().start().await;
+    let echo = gateway.backend("echo");
     let public = gateway.listener("public");
     for mode in ["reset", "reset-response"] {
         let answer = raw_exchange(public, &http1_request(mode), Duration::from_secs(5)).await;
@@ -129,7 +114,7 @@ async fn http1_connections_close_with_no_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_resets_the_stream_alone() {
-    let (gateway, _echo) = start().await;
+    let gateway = scenario().start().await;
     let public = gateway.listener("public");
     let authority = public.to_string();
     let mut h2 = RawH2::connect(public).await.unwrap();
@@ -178,7 +163,7 @@ async fn http2_resets_the_stream_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_after_the_head_ends_the_body_in_a_reset() {
-    let (gateway, _echo) = start().await;
+    let gateway = scenario().start().await;
     let public = gateway.listener("public");
     for client in [HttpClient::http1(), HttpClient::h2c()] {
         let request = request("GET", public, "reset.test", "/reset")

@@ -2,8 +2,15 @@
 
 use std::time::Duration;
 
+/// A duration written without a unit, with an unknown one, or out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {text:?}; use a number and a unit, e.g. 250ms, 5s, 2m, 1h")]
+pub struct InvalidDuration {
+    pub text: String,
+}
+
 /// Parses `250ms`, `1.5s`, `2m`, `1h`; the unit is required so that `5` is never guessed.
-pub fn parse(text: &str) -> Result<Duration, String> {
+pub fn parse(text: &str) -> Result<Duration, InvalidDuration> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -20,8 +27,10 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(number * seconds_per_unit).map_err(|_| invalid(text))
 }
 
-fn invalid(text: &str) -> String {
-    format!("invalid duration {text:?}; use a number and a unit, e.g. 250ms, 5s, 2m, 1h")
+fn invalid(text: &str) -> InvalidDuration {
+    InvalidDuration {
+        text: text.to_string(),
+    }
 }
 
 /// Formats a duration the way policies write it, for the effective-config dump.
@@ -48,7 +57,10 @@ mod tests {
 
     #[test]
     fn rejects_missing_or_unknown_unit() {
-        assert!(parse("5").unwrap_err().contains("invalid duration \"5\""));
+        assert!(parse("5")
+            .unwrap_err()
+            .to_string()
+            .contains("invalid duration \"5\""));
         assert!(parse("5 sec").is_err());
         assert!(parse("s").is_err());
         assert!(parse("").is_err());

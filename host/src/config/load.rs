@@ -17,14 +17,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{model, raw, ConfigError, ConfigErrors, Origin};
-
-/// One parsed policy file.
-pub(super) struct SourceFile {
-    /// The name shown in errors: relative to the policies folder.
-    pub name: String,
-    pub document: raw::Document,
-}
+use super::error::{ConfigError, ConfigErrors, Origin};
+use super::raw::{self, SourceFile};
+use super::{model, validate};
 
 /// A policy document in memory: the file name it goes by (`.json` is read as JSON,
 /// anything else as YAML) and its text.
@@ -64,7 +59,7 @@ fn parse_and_validate(
         }
     }
     if errors.is_empty() {
-        model::Config::from_files(base_dir, files)
+        validate::validate(base_dir, files)
     } else {
         Err(ConfigErrors(errors))
     }

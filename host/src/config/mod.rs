@@ -1,102 +1,27 @@
 //! Policies: reading the policy folder, merging its files and validating them into the typed
 //! model the gateway runs on.
 //!
-//! Two layers, as the rest of the gateway expects them: [`raw`] mirrors the documents (serde,
-//! unknown fields rejected), [`model`] is what survives validation (durations parsed, regexes
-//! compiled, names resolved). The engine never sees YAML.
+//! The layers follow the data, each file depending only on those before it:
+//!
+//! | file | role |
+//! |---|---|
+//! | [`raw`] | the documents as written (serde, unknown fields rejected) |
+//! | [`model`] | what survives validation: durations parsed, regexes compiled, names resolved; no serde types |
+//! | [`effective`] | the effective view admin `/config` shows: merged, secrets redacted, defaults filled in |
+//! | [`validate`] | raw → model, every error naming its file and field path |
+//! | [`load`] | reading the folder (or documents in memory), parsing, then validating |
+//!
+//! The engine never sees YAML.
 
 pub mod duration;
+mod effective;
+mod error;
 mod load;
 pub mod model;
 pub mod raw;
 mod redact;
+mod validate;
 
+pub use error::{ConfigError, ConfigErrors, Origin};
 pub use load::{load_dir, load_documents, PolicyDocument};
 pub use model::*;
-
-use std::fmt;
-
-/// A problem in the policies, located by file and by the path inside the document.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// File name relative to the policies folder (or the folder itself for folder-wide errors).
-    pub file: String,
-    /// Path inside the document, e.g. `virtual_hosts[0].routes[2].forward.timeout`.
-    pub path: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(origin: &Origin, field: &str, message: impl Into<String>) -> Self {
-        let path = match (origin.path.is_empty(), field.is_empty()) {
-            (true, _) => field.to_string(),
-            (false, true) => origin.path.clone(),
-            (false, false) => format!("{}.{field}", origin.path),
-        };
-        Self {
-            file: origin.file.clone(),
-            path,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}: {}", self.file, self.message)
-        } else {
-            write!(f, "{}: {}: {}", self.file, self.path, self.message)
-        }
-    }
-}
-
-/// Every problem found in one pass, so that a user fixes them all at once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, error) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{error}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-impl From<ConfigError> for ConfigErrors {
-    fn from(error: ConfigError) -> Self {
-        Self(vec![error])
-    }
-}
-
-/// Where a configured item was written: its file and its path in that document.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Origin {
-    pub file: String,
-    pub path: String,
-}
-
-impl Origin {
-    pub fn child(&self, field: &str) -> Origin {
-        Origin {
-            file: self.file.clone(),
-            path: if self.path.is_empty() {
-                field.to_string()
-            } else {
-                format!("{}.{field}", self.path)
-            },
-        }
-    }
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.file, self.path)
-    }
-}

@@ -1,5 +1,5 @@
 //! The policy files as written: serde structs that mirror the YAML/JSON documents field for
-//! field. Nothing here is validated beyond its shape; `config::model` turns these into the
+//! field. Nothing here is validated beyond its shape; `config::validate` turns these into the
 //! typed model the gateway runs on.
 
 use std::collections::BTreeMap;
@@ -425,4 +425,11 @@ pub struct ApplyTo {
     pub virtual_hosts: Vec<String>,
     #[serde(default)]
     pub routes: Vec<String>,
+}
+
+/// One parsed policy file.
+pub(crate) struct SourceFile {
+    /// The name shown in errors: relative to the policies folder.
+    pub name: String,
+    pub document: Document,
 }

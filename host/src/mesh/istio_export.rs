@@ -635,13 +635,13 @@ impl<'a> Exporter<'a> {
 
             let health = &cluster.health;
             let errors_field = match health.eject_on {
-                raw::EjectOn::GatewayErrors => "consecutiveGatewayErrors",
-                raw::EjectOn::Any5xx => "consecutive5xxErrors",
+                model::EjectOn::GatewayErrors => "consecutiveGatewayErrors",
+                model::EjectOn::Any5xx => "consecutive5xxErrors",
             };
             let mut policy = json!({
                 "loadBalancer": { "simple": match cluster.load_balancing {
-                    raw::LoadBalancing::RoundRobin => "ROUND_ROBIN",
-                    raw::LoadBalancing::LeastRequest => "LEAST_REQUEST",
+                    model::LoadBalancing::RoundRobin => "ROUND_ROBIN",
+                    model::LoadBalancing::LeastRequest => "LEAST_REQUEST",
                 } },
                 "connectionPool": {
                     "tcp": { "connectTimeout": istio_duration(cluster.connect_timeout) },

@@ -11,10 +11,10 @@ use http_body_util::{BodyExt, Empty, Full};
 use tokio::time::Instant;
 
 use super::{headers, local, AccessRecord, Downstream, RequestLimits, ResponseBody};
-use crate::config::raw::EscapedSlashesAction;
+use crate::body::{caused_by, BodyReadTimeout, MalformedBody};
+use crate::config::EscapedSlashesAction;
 use crate::config::{Forward, Normalization, RetryConditions};
 use crate::routing::normalize::{self, Rejection};
-use crate::server::body::{caused_by, BodyReadTimeout, MalformedBody};
 use crate::snapshot::ResolvedForward;
 use crate::telemetry::metrics::{metrics, UpstreamErrorKind};
 use crate::upstream::{

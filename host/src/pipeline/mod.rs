@@ -40,15 +40,15 @@ use hyper::body::Incoming;
 
 use std::borrow::Cow;
 
+use crate::body::{MalformedBody, ReadTimeout};
 use crate::config::{Action, Normalization};
 use crate::routing::normalize::{self, Rejection};
 use crate::routing::{NoMatch, RequestHead};
-use crate::server::body::{MalformedBody, ReadTimeout};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
 use crate::upstream::{BoxError, UpstreamBody};
 use crate::wasm::host::StreamInfo;
-pub use access_log::{response_details, AccessRecord, Redaction, ResponseDetails};
+pub use access_log::AccessRecord;
 use http_body_util::{BodyExt, Limited};
 use plugins::{PluginRun, SharedRun, Stopped};
 use request_body::RequestStop;

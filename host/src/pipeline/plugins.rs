@@ -21,16 +21,14 @@ use http_body_util::BodyExt;
 use tokio::sync::Notify;
 
 use super::{local, ResponseBody};
-use crate::config::raw::FailurePolicy;
+use crate::config::FailurePolicy;
+use crate::snapshot::Chain;
 use crate::upstream::BoxError;
 use crate::wasm::abi::{Action, HeaderList};
 use crate::wasm::circuit::Admission;
 use crate::wasm::host::{LocalResponse, StreamInfo, StreamState};
 use crate::wasm::plugin::{Plugin, PluginFailure};
 use crate::wasm::vm::{StreamCallback, StreamCallbacks};
-
-/// The plugins that apply to a route, in request order.
-pub type Chain = Arc<Vec<Arc<Plugin>>>;
 
 /// How a phase ended when it did not simply continue.
 pub enum Stopped {

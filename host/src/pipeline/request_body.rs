@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::plugins::{BodyStop, SharedRun, Stopped};
 use super::{local, ResponseBody};
-use crate::server::body::{caused_by, BodyReadTimeout};
+use crate::body::{caused_by, BodyReadTimeout};
 use crate::upstream::{BoxError, UpstreamBody};
 
 /// Why the request body task stopped the request.

@@ -33,7 +33,6 @@ use std::time::{Duration, Instant, SystemTime};
 use notify::{RecursiveMode, Watcher};
 
 use crate::config;
-use crate::server::GatewayState;
 use crate::snapshot::Snapshot;
 
 /// How long the folders must be quiet before a change is applied: editors write a file in
@@ -70,9 +69,87 @@ pub struct ReloadStatus {
     pub failures: u64,
 }
 
-/// A reload asked for through the admin API; the answer says whether it went live.
-pub struct ReloadRequest {
-    pub reply: tokio::sync::oneshot::Sender<Result<u64, String>>,
+/// Why a reload did not go live: the new policies, certificates or modules were refused,
+/// and the last good configuration keeps serving. The message lists every problem found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Rejected(pub String);
+
+/// A reload asked for through the admin API; the answer is the live generation, or why the
+/// new configuration was refused.
+struct ReloadRequest {
+    reply: tokio::sync::oneshot::Sender<Result<u64, Rejected>>,
+}
+
+/// Where the running snapshot lives: what a reload builds on and replaces. The gateway's
+/// state provides it; the reload thread knows nothing else about the server.
+pub trait SnapshotSlot: Send + Sync + 'static {
+    /// The snapshot new requests use.
+    fn current(&self) -> Arc<Snapshot>;
+    /// Puts `snapshot` live; requests in flight keep the one they started with.
+    fn replace(&self, snapshot: Snapshot);
+}
+
+/// The reload state the admin API and the watcher share: what the last reloads did, and
+/// how to ask for one now.
+#[derive(Debug)]
+pub struct Handle {
+    status: Mutex<ReloadStatus>,
+    /// The watcher's queue, once it runs.
+    requests: Mutex<Option<std::sync::mpsc::Sender<Event>>>,
+}
+
+impl Handle {
+    /// The state of a gateway that just went live with its first snapshot (generation 1).
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            status: Mutex::new(ReloadStatus {
+                generation: 1,
+                last_success: Some(SystemTime::now()),
+                ..Default::default()
+            }),
+            requests: Mutex::new(None),
+        })
+    }
+
+    /// Asks the reload thread to rebuild now; `None` when hot reload is not running.
+    pub fn request(&self) -> Option<tokio::sync::oneshot::Receiver<Result<u64, Rejected>>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        requests
+            .as_ref()?
+            .send(Event::Requested(ReloadRequest { reply }))
+            .ok()?;
+        Some(answer)
+    }
+
+    /// What the last reloads did.
+    pub fn status(&self) -> ReloadStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records a reload attempt; returns the live generation.
+    fn record(&self, result: Result<(), &Rejected>) -> u64 {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let now = SystemTime::now();
+        status.last_attempt = Some(now);
+        match result {
+            Ok(()) => {
+                status.generation += 1;
+                status.successes += 1;
+                status.last_success = Some(now);
+                status.last_error = None;
+            }
+            Err(rejected) => {
+                status.failures += 1;
+                status.last_error = Some(rejected.0.clone());
+            }
+        }
+        status.generation
+    }
 }
 
 enum Event {
@@ -87,8 +164,13 @@ pub struct Sources {
     pub plugins: PathBuf,
 }
 
-/// Starts the watcher thread; returns the sender the admin API uses for `POST /reload`.
-pub fn start(state: Arc<GatewayState>, sources: Sources) -> anyhow::Result<()> {
+/// Starts the watcher thread, which rebuilds `slot`'s snapshot on changes and on the
+/// requests `handle` passes on (`POST /reload`).
+pub fn start(
+    slot: Arc<dyn SnapshotSlot>,
+    handle: Arc<Handle>,
+    sources: Sources,
+) -> anyhow::Result<()> {
     let (events, receiver) = channel::<Event>();
     let watcher_events = events.clone();
     let mut watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
@@ -126,26 +208,13 @@ pub fn start(state: Arc<GatewayState>, sources: Sources) -> anyhow::Result<()> {
     } else {
         tracing::warn!(plugins = %sources.plugins.display(), "the plugins folder does not exist; it is watched once it is created");
     }
-    let (request_sender, request_receiver) =
-        tokio::sync::mpsc::unbounded_channel::<ReloadRequest>();
-    state.set_reload_requests(request_sender);
-    // Admin requests arrive on a tokio channel; forward them into the watcher's queue.
-    let forward_events = events.clone();
-    std::thread::Builder::new()
-        .name("tollgate-reload-requests".into())
-        .spawn(move || {
-            let mut requests = request_receiver;
-            while let Some(request) = requests.blocking_recv() {
-                if forward_events.send(Event::Requested(request)).is_err() {
-                    return;
-                }
-            }
-        })?;
+    *handle.requests.lock().unwrap_or_else(|e| e.into_inner()) = Some(events);
     std::thread::Builder::new()
         .name("tollgate-reload".into())
         .spawn(move || {
             let mut reloader = Reloader {
-                state,
+                slot,
+                handle,
                 sources,
                 watcher,
                 watched_files: HashSet::new(),
@@ -168,7 +237,8 @@ struct Burst {
 }
 
 struct Reloader {
-    state: Arc<GatewayState>,
+    slot: Arc<dyn SnapshotSlot>,
+    handle: Arc<Handle>,
     sources: Sources,
     watcher: notify::RecommendedWatcher,
     /// TLS files outside the policies folder that the policies name.
@@ -324,20 +394,20 @@ impl Reloader {
     /// Builds and swaps in a new snapshot; returns the new generation or the error, or
     /// nothing when the folders changed while it was built (unless `settled` says to stop
     /// waiting for them): that build is dropped, and the change that interrupted it is read.
-    fn reload(&mut self, settled: bool) -> Option<Result<u64, String>> {
+    fn reload(&mut self, settled: bool) -> Option<Result<u64, Rejected>> {
         let started = Instant::now();
         let built = config::load_dir(&self.sources.policies).and_then(|config| {
-            Snapshot::build_after(config, &self.sources.plugins, &self.state.snapshot())
+            Snapshot::build_after(config, &self.sources.plugins, &self.slot.current())
         });
         if !settled && self.changed_meanwhile() {
             return None;
         }
         let result = match built {
             Ok(snapshot) => {
-                let old = self.state.snapshot();
+                let old = self.slot.current();
                 warn_about_listener_changes(&old, &snapshot);
-                self.state.swap_snapshot(snapshot);
-                let generation = self.state.record_reload(Ok(()));
+                self.slot.replace(snapshot);
+                let generation = self.handle.record(Ok(()));
                 crate::telemetry::metrics::metrics().reload(true);
                 tracing::info!(
                     generation,
@@ -348,11 +418,11 @@ impl Reloader {
                 Ok(generation)
             }
             Err(errors) => {
-                let message = errors.to_string();
-                self.state.record_reload(Err(message.clone()));
+                let rejected = Rejected(errors.to_string());
+                self.handle.record(Err(&rejected));
                 crate::telemetry::metrics::metrics().reload(false);
-                tracing::error!("configuration change rejected; the last good configuration keeps serving:\n{message}");
-                Err(message)
+                tracing::error!("configuration change rejected; the last good configuration keeps serving:\n{rejected}");
+                Err(rejected)
             }
         };
         Some(result)
@@ -361,7 +431,7 @@ impl Reloader {
     /// Watches the folders of the TLS files the current policies name, so that a rotated
     /// certificate is picked up; the policies folder is watched already.
     fn watch_tls_files(&mut self) {
-        let snapshot = self.state.snapshot();
+        let snapshot = self.slot.current();
         let config = &snapshot.config;
         let mut files = HashSet::new();
         for listener in &config.listeners {
@@ -443,13 +513,6 @@ fn warn_about_listener_changes(old: &Snapshot, new: &Snapshot) {
     if addresses(old) != addresses(new) {
         tracing::warn!("listener names or addresses changed: routes, clusters, TLS and plugins apply now, listeners after a restart");
     }
-}
-
-/// Shared between the reload thread and the admin API.
-#[derive(Debug, Default)]
-pub struct ReloadState {
-    pub status: Mutex<ReloadStatus>,
-    pub requests: Mutex<Option<tokio::sync::mpsc::UnboundedSender<ReloadRequest>>>,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::config::raw::EscapedSlashesAction;
+use crate::config::EscapedSlashesAction;
 use crate::config::Normalization;
 
 /// Why a host or path cannot be made canonical; the request is answered 400.

@@ -19,8 +19,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::body::StreamIdle;
 use super::GatewayState;
+use crate::body::StreamIdle;
 use crate::config::ServerSettings;
 use crate::pipeline::{self, Downstream, ResponseBody};
 use crate::telemetry::metrics::metrics;

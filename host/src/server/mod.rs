@@ -12,7 +12,6 @@
 //! Singleton plugins run on their own thread instead (see `wasm::singleton`): a swap starts
 //! the new ones before the pointer changes, and shutdown retires them after the workers.
 
-pub mod body;
 mod connection;
 
 use std::net::SocketAddr;
@@ -53,7 +52,6 @@ pub struct GatewayState {
     draining: AtomicBool,
     open_connections: AtomicUsize,
     connections_closed: Notify,
-    reload: crate::reload::ReloadState,
     /// Plugin instances the last swaps removed, announced to every worker.
     retirements: tokio::sync::broadcast::Sender<Retirement>,
     /// When the drain ends; set once, when it starts.
@@ -70,14 +68,6 @@ impl GatewayState {
             draining: AtomicBool::new(false),
             open_connections: AtomicUsize::new(0),
             connections_closed: Notify::new(),
-            reload: crate::reload::ReloadState {
-                status: std::sync::Mutex::new(crate::reload::ReloadStatus {
-                    generation: 1,
-                    last_success: Some(std::time::SystemTime::now()),
-                    ..Default::default()
-                }),
-                requests: Default::default(),
-            },
             retirements: tokio::sync::broadcast::channel(RETIREMENT_BACKLOG).0,
             drain_deadline: OnceLock::new(),
         }
@@ -123,60 +113,6 @@ impl GatewayState {
     /// Serving and not draining: what `/readyz` reports.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
-    }
-
-    pub fn set_reload_requests(
-        &self,
-        sender: tokio::sync::mpsc::UnboundedSender<crate::reload::ReloadRequest>,
-    ) {
-        *self
-            .reload
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(sender);
-    }
-
-    /// Asks the reload thread to rebuild now; `None` when hot reload is not running.
-    pub fn request_reload(&self) -> Option<tokio::sync::oneshot::Receiver<Result<u64, String>>> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let requests = self
-            .reload
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        requests
-            .as_ref()?
-            .send(crate::reload::ReloadRequest { reply })
-            .ok()?;
-        Some(answer)
-    }
-
-    /// Records a reload attempt; returns the live generation.
-    pub fn record_reload(&self, result: Result<(), String>) -> u64 {
-        let mut status = self.reload.status.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::SystemTime::now();
-        status.last_attempt = Some(now);
-        match result {
-            Ok(()) => {
-                status.generation += 1;
-                status.successes += 1;
-                status.last_success = Some(now);
-                status.last_error = None;
-            }
-            Err(error) => {
-                status.failures += 1;
-                status.last_error = Some(error);
-            }
-        }
-        status.generation
-    }
-
-    pub fn reload_status(&self) -> crate::reload::ReloadStatus {
-        self.reload
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 
     pub fn open_connections(&self) -> usize {

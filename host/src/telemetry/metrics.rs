@@ -44,11 +44,17 @@ struct Histogram {
     sum_micros: AtomicU64,
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+static METRICS: LazyLock<Arc<Metrics>> = LazyLock::new(Arc::default);
 
-/// The process-wide metrics.
+/// The process-wide metrics, as the request path counts into them.
 pub fn metrics() -> &'static Metrics {
     &METRICS
+}
+
+/// The same registry as [`metrics`], to hand to state that keeps it (the plugins'
+/// registries, which host functions reach through their VM's state).
+pub fn registry() -> Arc<Metrics> {
+    METRICS.clone()
 }
 
 /// What went wrong talking to an upstream, as the `kind` label of `tollgate_upstream_errors_total`.
@@ -354,7 +360,6 @@ impl Metrics {
                 escape(&plugin)
             );
         }
-        crate::wasm::shared::store().render(&mut out);
         out.push_str("# HELP tollgate_reloads_total Configuration and plugin swaps, by result.\n");
         out.push_str("# TYPE tollgate_reloads_total counter\n");
         let _ = writeln!(
@@ -367,7 +372,6 @@ impl Metrics {
             "tollgate_reloads_total{{result=\"failure\"}} {}",
             self.reloads_failed.load(Ordering::Relaxed)
         );
-        crate::wasm::metrics::plugin_metrics().render(&mut out);
         out
     }
 }

@@ -2,6 +2,8 @@
 //! access-log line per request under the `access` target.
 
 pub mod metrics;
+pub mod redaction;
+pub mod response_details;
 
 use tracing_subscriber::EnvFilter;
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
@@ -39,9 +39,10 @@ pub fn server_config(
     let provider = provider();
     let mut resolver = SniResolver::default();
     for files in &tls.certificates {
-        let chain =
-            read_certs(&files.cert).map_err(|e| ConfigError::new(&files.origin, "cert", e))?;
-        let key = read_key(&files.key).map_err(|e| ConfigError::new(&files.origin, "key", e))?;
+        let chain = read_certs(&files.cert)
+            .map_err(|e| ConfigError::new(&files.origin, "cert", e.to_string()))?;
+        let key = read_key(&files.key)
+            .map_err(|e| ConfigError::new(&files.origin, "key", e.to_string()))?;
         let key = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
             ConfigError::new(
                 &files.origin,
@@ -71,7 +72,7 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
         Some(auth) => {
             let roots = root_store(&auth.ca)
-                .map_err(|e| ConfigError::new(&tls.origin, "client_auth.ca", e))?;
+                .map_err(|e| ConfigError::new(&tls.origin, "client_auth.ca", e.to_string()))?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = if auth.required {
                 verifier
@@ -96,7 +97,9 @@ pub fn client_config(
     origin: &Origin,
 ) -> Result<Arc<ClientConfig>, ConfigError> {
     let roots = match &tls.ca {
-        Some(ca) => root_store(ca).map_err(|e| ConfigError::new(origin, "tls.ca", e))?,
+        Some(ca) => {
+            root_store(ca).map_err(|e| ConfigError::new(origin, "tls.ca", e.to_string()))?
+        }
         None => system_roots(),
     };
     let mut config = ClientConfig::builder_with_provider(provider())
@@ -123,37 +126,69 @@ fn system_roots() -> RootCertStore {
     roots
 }
 
-fn root_store(path: &Path) -> Result<RootCertStore, String> {
+/// Why a certificate, key or CA file cannot be used. Messages name the file, never key
+/// material.
+#[derive(Debug, thiserror::Error)]
+pub enum PemFileError {
+    #[error("cannot open {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not a PEM certificate file: {source}", path.display())]
+    NotCertificates {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} holds no PEM certificate", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{} holds no usable CA certificate", path.display())]
+    NoCaCertificate { path: PathBuf },
+    #[error("{} is not a PEM private key file", path.display())]
+    NotKey { path: PathBuf },
+    #[error("{} holds no PEM private key", path.display())]
+    NoKey { path: PathBuf },
+}
+
+fn root_store(path: &Path) -> Result<RootCertStore, PemFileError> {
     let mut roots = RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(read_certs(path)?);
     if added == 0 {
-        return Err(format!("{} holds no usable CA certificate", path.display()));
+        return Err(PemFileError::NoCaCertificate { path: path.into() });
     }
     Ok(roots)
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(file))
+fn open(path: &Path) -> Result<File, PemFileError> {
+    File::open(path).map_err(|source| PemFileError::Unreadable {
+        path: path.into(),
+        source,
+    })
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemFileError> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(open(path)?))
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+        .map_err(|source| PemFileError::NotCertificates {
+            path: path.into(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
+        return Err(PemFileError::NoCertificate { path: path.into() });
     }
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    // Never include key material in the message: only the file name.
-    rustls_pemfile::private_key(&mut BufReader::new(file))
-        .map_err(|_| format!("{} is not a PEM private key file", path.display()))?
-        .ok_or_else(|| format!("{} holds no PEM private key", path.display()))
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemFileError> {
+    // The parser's error is dropped: it could quote key material.
+    rustls_pemfile::private_key(&mut BufReader::new(open(path)?))
+        .map_err(|_| PemFileError::NotKey { path: path.into() })?
+        .ok_or_else(|| PemFileError::NoKey { path: path.into() })
 }
 
 /// The DNS names a listener certificate file answers for when it has no `server_names`
 /// (the mesh exports name the hosts each certificate serves).
-pub fn certificate_dns_names(path: &Path) -> Result<Vec<String>, String> {
+pub fn certificate_dns_names(path: &Path) -> Result<Vec<String>, PemFileError> {
     Ok(read_certs(path)?
         .first()
         .map(|cert| dns_names(cert))

@@ -12,8 +12,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 
-use crate::config::raw::{EjectOn, LoadBalancing};
 use crate::config::{self, ClusterLimits, ConfigError, HealthSettings};
+use crate::config::{EjectOn, LoadBalancing};
 use crate::telemetry::metrics::metrics;
 pub use connector::Connector;
 pub use pool::{PooledBody, UpstreamError};

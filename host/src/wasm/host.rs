@@ -29,6 +29,8 @@ pub struct PluginIdentity {
     pub limits: crate::config::PluginLimits,
     /// `server.node` of the snapshot that built the plugin (the `node` property).
     pub node: Arc<crate::config::NodeSettings>,
+    /// The gateway's shared data, queues and metric registries.
+    pub registries: Arc<super::PluginRegistries>,
 }
 
 /// Per-request values shared by every plugin of a request: `set_property` writes here
@@ -289,11 +291,14 @@ pub struct HostState {
     /// Guest calls made and the time spent in them since the plugin last collected them.
     pub callbacks: u64,
     pub callback_nanos: u64,
+    /// The gateway's shared data, queues and metric registries, from the plugin at VM creation.
+    pub registries: Arc<super::PluginRegistries>,
 }
 
 impl HostState {
     pub fn new(plugin: Arc<PluginIdentity>, memory_limit: usize) -> Self {
         Self {
+            registries: plugin.registries.clone(),
             plugin,
             limits: wasmtime::StoreLimitsBuilder::new()
                 .memory_size(memory_limit)

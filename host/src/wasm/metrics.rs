@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use dashmap::DashMap;
 
@@ -86,12 +86,7 @@ pub struct PluginMetrics {
     defined: DashMap<String, usize>,
 }
 
-static METRICS: LazyLock<PluginMetrics> = LazyLock::new(PluginMetrics::default);
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
-
-pub fn plugin_metrics() -> &'static PluginMetrics {
-    &METRICS
-}
 
 impl PluginMetrics {
     /// Defines (or finds) a plugin's metric; the same plugin and name give the same id. A new

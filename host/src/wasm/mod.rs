@@ -13,6 +13,10 @@
 //! | [`shared`] | shared data and queues across VMs |
 //! | [`metrics`] | plugin-defined metrics |
 //!
+//! What plugins share beyond one VM — shared data and queues, the metrics they define — is
+//! gateway state ([`PluginRegistries`]), reached by host functions through their VM's
+//! [`host::HostState`], never through globals.
+//!
 //! The contract is Envoy's behaviour: a module built with the `proxy-wasm` crate for
 //! `wasm32-wasip1` behaves here as it does there.
 
@@ -26,3 +30,31 @@ pub mod plugin;
 pub mod shared;
 pub mod singleton;
 pub mod vm;
+
+use std::sync::Arc;
+
+/// What outlives every VM, worker and reload: the shared data and queues, the metrics
+/// plugins define, and the gateway's metric registry (where host functions count the
+/// requests they refuse at a limit). One per gateway: the first snapshot creates it and each
+/// snapshot hands it on to the next; the admin API reads it from the live snapshot.
+pub struct PluginRegistries {
+    pub shared_data: shared::SharedStore,
+    pub metrics: metrics::PluginMetrics,
+    pub gateway_metrics: Arc<crate::telemetry::metrics::Metrics>,
+}
+
+impl Default for PluginRegistries {
+    fn default() -> Self {
+        Self {
+            shared_data: Default::default(),
+            metrics: Default::default(),
+            gateway_metrics: crate::telemetry::metrics::registry(),
+        }
+    }
+}
+
+impl std::fmt::Debug for PluginRegistries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PluginRegistries(..)")
+    }
+}

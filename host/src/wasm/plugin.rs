@@ -53,7 +53,7 @@ const RETIRE_POLL: Duration = Duration::from_millis(10);
 
 /// Root context ids by configuration key (`None`: the plugin's own configuration).
 pub type Roots = rustc_hash::FxHashMap<Option<String>, u32>;
-use crate::config::{self, raw::FailurePolicy, PluginLimits};
+use crate::config::{self, FailurePolicy, PluginLimits};
 use crate::upstream::Cluster;
 
 /// Counters per plugin, exported on `/metrics`.
@@ -161,7 +161,8 @@ impl Plugin {
         clusters: HashMap<String, Arc<Cluster>>,
         limits: PluginLimits,
         node: &Arc<config::NodeSettings>,
-    ) -> Result<Arc<Self>, String> {
+        registries: &Arc<super::PluginRegistries>,
+    ) -> Result<Arc<Self>, VmTrap> {
         let mut configurations = vec![(None, json_bytes(&config.config))];
         for (route, value) in &config.route_config {
             configurations.push((Some(route.clone()), json_bytes(value)));
@@ -179,6 +180,7 @@ impl Plugin {
             clusters: clusters.keys().cloned().collect::<HashSet<_>>(),
             limits,
             node: node.clone(),
+            registries: registries.clone(),
         });
         let plugin = Arc::new(Self {
             name: config.name.clone(),
@@ -198,7 +200,7 @@ impl Plugin {
             parked: Mutex::new(None),
             retired: AtomicBool::new(false),
         });
-        let started = plugin.start_vm().map_err(|trap| trap.to_string())?;
+        let started = plugin.start_vm()?;
         if plugin.singleton {
             *plugin.parked.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
         }
@@ -325,7 +327,7 @@ impl Plugin {
             }
             Err(trap) => {
                 self.stats.traps.fetch_add(1, Ordering::Relaxed);
-                crate::telemetry::metrics::metrics().plugin_trap(&self.name);
+                self.gateway_metrics().plugin_trap(&self.name);
                 let worker = std::thread::current();
                 tracing::error!(plugin = %self.name, worker = worker.name().unwrap_or("-"), callback = trap.callback, reason = %trap.reason, "plugin trapped; its VM on this worker is replaced");
                 // The other requests with a context in this VM lose it too: wake those that
@@ -341,7 +343,7 @@ impl Plugin {
                 self.report_memory(&mut slot, 0);
                 drop(slot);
                 if self.circuit.record_trap() {
-                    crate::telemetry::metrics::metrics().plugin_circuit_opened(&self.name);
+                    self.gateway_metrics().plugin_circuit_opened(&self.name);
                     tracing::error!(plugin = %self.name, "plugin circuit opened: more than max_traps_per_minute traps");
                 }
                 self.rebuild_soon();
@@ -438,7 +440,7 @@ impl Plugin {
     fn install(self: &Arc<Self>, slot: &mut VmSlot, (vm, roots, receiver): StartedVm) {
         if slot.generation > 0 {
             self.stats.vm_restarts.fetch_add(1, Ordering::Relaxed);
-            crate::telemetry::metrics::metrics().plugin_restart(&self.name);
+            self.gateway_metrics().plugin_restart(&self.name);
             tracing::warn!(plugin = %self.name, "plugin VM recreated");
         }
         slot.generation += 1;
@@ -776,8 +778,14 @@ impl Plugin {
     }
 
     fn callout_too_large(&self) {
-        crate::telemetry::metrics::metrics()
+        self.gateway_metrics()
             .plugin_limit_refusal(&self.name, "callout_response_bytes");
+    }
+
+    /// The gateway's metric registry, which this plugin's traps, restarts and refusals
+    /// count into.
+    fn gateway_metrics(&self) -> &crate::telemetry::metrics::Metrics {
+        &self.identity.registries.gateway_metrics
     }
 
     /// Reads a callout's response body within the time left and the size limit.
@@ -1041,6 +1049,7 @@ pub fn build_plugins(
     limits: PluginLimits,
     node: &Arc<config::NodeSettings>,
     reusable: &[Arc<Plugin>],
+    registries: &Arc<super::PluginRegistries>,
 ) -> Result<Vec<Arc<Plugin>>, Vec<config::ConfigError>> {
     let mut modules: HashMap<std::path::PathBuf, Result<Arc<CompiledModule>, String>> =
         HashMap::new();
@@ -1058,7 +1067,8 @@ pub fn build_plugins(
                 .find(|running| running.is_instance_of(plugin, &module, limits, node))
             {
                 Some(running) => Ok(running.clone()),
-                None => Plugin::new(plugin, module, clusters.clone(), limits, node),
+                None => Plugin::new(plugin, module, clusters.clone(), limits, node, registries)
+                    .map_err(|trap| trap.to_string()),
             }
         });
         match result {

@@ -1,5 +1,7 @@
-//! Shared data and shared queues: process-wide, namespaced by `vm_id`, visible to every VM
-//! of that id on every worker thread (as in Envoy).
+//! Shared data and shared queues: gateway-wide and kept across reloads, namespaced by
+//! `vm_id`, visible to every VM of that id on every worker thread (as in Envoy). The store
+//! is gateway state ([`super::PluginRegistries`]) that host functions reach through their
+//! VM's state.
 //!
 //! Both are bounded by `server.plugin_limits`, which each call passes in from the calling
 //! plugin (so a policy reload applies at the next write):
@@ -33,7 +35,7 @@
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -110,13 +112,8 @@ pub struct SharedStore {
     queues: DashMap<u32, Arc<Queue>>,
 }
 
-static STORE: LazyLock<SharedStore> = LazyLock::new(SharedStore::default);
 static NEXT_CAS: AtomicU32 = AtomicU32::new(1);
 static NEXT_QUEUE: AtomicU32 = AtomicU32::new(1);
-
-pub fn store() -> &'static SharedStore {
-    &STORE
-}
 
 fn next_cas() -> u32 {
     loop {

@@ -67,8 +67,13 @@ struct Exports {
     on_grpc_close: Export<(u32, u32, u32), ()>,
 }
 
+/// A module without the one export every proxy-wasm plugin has.
+#[derive(Debug, thiserror::Error)]
+#[error("the module does not export proxy_on_context_create(i32, i32)")]
+struct NoContextCreate;
+
 impl Exports {
-    fn find(store: &mut Store<HostState>, instance: &Instance) -> Result<Self, String> {
+    fn find(store: &mut Store<HostState>, instance: &Instance) -> Result<Self, NoContextCreate> {
         macro_rules! optional {
             ($name:literal) => {
                 instance
@@ -81,9 +86,7 @@ impl Exports {
             on_context_create: instance
                 .get_typed_func(&mut *store, "proxy_on_context_create")
                 .map(Arc::new)
-                .map_err(|_| {
-                    "the module does not export proxy_on_context_create(i32, i32)".to_string()
-                })?,
+                .map_err(|_| NoContextCreate)?,
             on_vm_start: optional!("proxy_on_vm_start"),
             on_configure: optional!("proxy_on_configure"),
             on_tick: optional!("proxy_on_tick"),
@@ -241,8 +244,8 @@ impl Vm {
                 .call(&mut store, ())
                 .map_err(|error| trap("_start", describe(&error)))?;
         }
-        let exports =
-            Exports::find(&mut store, &instance).map_err(|reason| trap("instantiate", reason))?;
+        let exports = Exports::find(&mut store, &instance)
+            .map_err(|missing| trap("instantiate", missing.to_string()))?;
         let memory = instance.get_memory(&mut store, "memory");
         Ok(Self {
             store,

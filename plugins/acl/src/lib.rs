@@ -10,7 +10,6 @@
 //! { "routes": { "orders": [ { "methods": ["GET"], "allow": ["readers", "admins"] },
 //!                           { "methods": ["POST", "DELETE"], "allow": ["admins"] } ] } }
 //! ```
-#![forbid(unsafe_code)]
 
 pub mod logic;
 

@@ -10,7 +10,6 @@
 //!               "orders-v0": { "retired": true },
 //!               "orders-v3": { "mock": { "status": 200, "body": { "orders": [] } } } } }
 //! ```
-#![forbid(unsafe_code)]
 
 pub mod logic;
 

@@ -2,51 +2,34 @@
 
 use std::rc::Rc;
 
-use tollgate_sdk::config;
-use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-use tollgate_sdk::proxy_wasm::types::{Action, ContextType};
+use tollgate_sdk::config::ConfigError;
+use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
+use tollgate_sdk::proxy_wasm::types::Action;
+use tollgate_sdk::Plugin;
 
 use crate::logic::{ApiLifecycle, Config, Outcome};
 
-#[cfg(target_arch = "wasm32")]
-tollgate_sdk::proxy_wasm::main! {{
-    tollgate_sdk::proxy_wasm::set_log_level(tollgate_sdk::proxy_wasm::types::LogLevel::Info);
-    tollgate_sdk::proxy_wasm::set_root_context(|_| root_context());
-}}
+tollgate_sdk::plugin!(ApiLifecycle);
 
-/// A fresh root context: what the host gets at start-up, and what the native benches
-/// (`plugins/bench`) drive.
-pub fn root_context() -> Box<dyn RootContext> {
-    Box::new(Root { lifecycle: None })
-}
+impl Plugin for ApiLifecycle {
+    const NAME: &'static str = "api-lifecycle";
+    type Config = Config;
+    type Request = Request;
 
-struct Root {
-    lifecycle: Option<Rc<ApiLifecycle>>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let parsed =
-            config::parse::<Config>(&config::plugin_configuration()).and_then(ApiLifecycle::new);
-        self.lifecycle = config::report("api-lifecycle", parsed).map(Rc::new);
-        self.lifecycle.is_some()
+    fn from_config(config: Config) -> Result<Self, ConfigError> {
+        ApiLifecycle::new(config)
     }
 
-    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request {
-            lifecycle: self.lifecycle.clone()?,
+    fn request(lifecycle: &Rc<Self>, _context_id: u32) -> Request {
+        Request {
+            lifecycle: lifecycle.clone(),
             add: Vec::new(),
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        }
     }
 }
 
-struct Request {
+/// The context of one request.
+pub struct Request {
     lifecycle: Rc<ApiLifecycle>,
     /// Response headers for a forwarded request.
     add: Vec<(String, String)>,

@@ -10,7 +10,6 @@
 //! { "allow_origins": ["https://app.example.com", "https://*.example.com"],
 //!   "allow_methods": ["GET", "POST"], "allow_credentials": true, "max_age": 600 }
 //! ```
-#![forbid(unsafe_code)]
 
 pub mod logic;
 

@@ -2,50 +2,34 @@
 
 use std::rc::Rc;
 
-use tollgate_sdk::config;
-use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-use tollgate_sdk::proxy_wasm::types::{Action, ContextType};
+use tollgate_sdk::config::ConfigError;
+use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
+use tollgate_sdk::proxy_wasm::types::Action;
+use tollgate_sdk::Plugin;
 
 use crate::logic::{Config, Cors, Preflight};
 
-#[cfg(target_arch = "wasm32")]
-tollgate_sdk::proxy_wasm::main! {{
-    tollgate_sdk::proxy_wasm::set_log_level(tollgate_sdk::proxy_wasm::types::LogLevel::Info);
-    tollgate_sdk::proxy_wasm::set_root_context(|_| root_context());
-}}
+tollgate_sdk::plugin!(Cors);
 
-/// A fresh root context: what the host gets at start-up, and what the native benches
-/// (`plugins/bench`) drive.
-pub fn root_context() -> Box<dyn RootContext> {
-    Box::new(Root { cors: None })
-}
+impl Plugin for Cors {
+    const NAME: &'static str = "cors";
+    type Config = Config;
+    type Request = Request;
 
-struct Root {
-    cors: Option<Rc<Cors>>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let parsed = config::parse::<Config>(&config::plugin_configuration()).and_then(Cors::new);
-        self.cors = config::report("cors", parsed).map(Rc::new);
-        self.cors.is_some()
+    fn from_config(config: Config) -> Result<Self, ConfigError> {
+        Cors::new(config)
     }
 
-    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request {
-            cors: self.cors.clone()?,
+    fn request(cors: &Rc<Self>, _context_id: u32) -> Request {
+        Request {
+            cors: cors.clone(),
             origin: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        }
     }
 }
 
-struct Request {
+/// The context of one request.
+pub struct Request {
     cors: Rc<Cors>,
     /// The `Origin` of an actual (non-preflight) cross-origin request.
     origin: Option<String>,

@@ -4,25 +4,16 @@
 use std::rc::Rc;
 
 use tollgate_sdk::callout::read_response;
-use tollgate_sdk::config;
+use tollgate_sdk::config::{ConfigError, Validate};
 use tollgate_sdk::consumer;
 use tollgate_sdk::proxy_wasm::hostcalls;
-use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
+use tollgate_sdk::proxy_wasm::types::{Action, LogLevel, MetricType};
+use tollgate_sdk::Plugin;
 
 use crate::logic::{Config, Decision, LocalReply, Original, FAILURE_MODE_ALLOWED_HEADER};
 
-#[cfg(target_arch = "wasm32")]
-tollgate_sdk::proxy_wasm::main! {{
-    tollgate_sdk::proxy_wasm::set_log_level(tollgate_sdk::proxy_wasm::types::LogLevel::Info);
-    tollgate_sdk::proxy_wasm::set_root_context(|_| root_context());
-}}
-
-/// A fresh root context: what the host gets at start-up, and what the native benches
-/// (`plugins/bench`) drive.
-pub fn root_context() -> Box<dyn RootContext> {
-    Box::new(Root { state: None })
-}
+tollgate_sdk::plugin!(ExtAuthz);
 
 struct Metrics {
     allowed: Option<u32>,
@@ -47,42 +38,36 @@ impl Metrics {
     }
 }
 
-struct State {
+/// What the requests of one configuration share.
+pub struct ExtAuthz {
     config: Config,
     metrics: Metrics,
 }
 
-struct Root {
-    state: Option<Rc<State>>,
-}
+impl Plugin for ExtAuthz {
+    const NAME: &'static str = "ext-authz";
+    type Config = Config;
+    type Request = Request;
 
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        self.state = config::load_validated::<Config>("ext-authz").map(|config| {
-            Rc::new(State {
-                config,
-                metrics: Metrics::define(),
-            })
-        });
-        self.state.is_some()
+    fn from_config(config: Config) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            metrics: Metrics::define(),
+        })
     }
 
-    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request {
-            state: self.state.clone()?,
+    fn request(ext_authz: &Rc<Self>, _context_id: u32) -> Request {
+        Request {
+            ext_authz: ext_authz.clone(),
             token: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        }
     }
 }
 
-struct Request {
-    state: Rc<State>,
+/// The context of one request.
+pub struct Request {
+    ext_authz: Rc<ExtAuthz>,
     token: Option<u32>,
 }
 
@@ -99,7 +84,7 @@ impl Context for Request {
         }
         self.token = None;
         let response = read_response(num_headers, body_size);
-        let decision = self.state.config.decide(&response);
+        let decision = self.ext_authz.config.decide(&response);
         self.apply(decision, true);
     }
 }
@@ -123,7 +108,7 @@ impl HttpContext for Request {
             scheme: pseudo(":scheme"),
             headers: headers.clone(),
         };
-        let config = &self.state.config;
+        let config = &self.ext_authz.config;
         match config.check_request(&original).dispatch(&config.cluster) {
             Ok(token) => {
                 self.token = Some(token);
@@ -145,7 +130,7 @@ impl Request {
     /// (`Continue` when the request goes on, `Pause` after a local reply). From the callout's
     /// answer (`from_callout`) the paused request is resumed instead.
     fn apply(&self, decision: Decision, from_callout: bool) -> Action {
-        let metrics = &self.state.metrics;
+        let metrics = &self.ext_authz.metrics;
         match decision {
             Decision::Allow {
                 set,

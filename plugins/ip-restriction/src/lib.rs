@@ -8,7 +8,6 @@
 //! ```json
 //! { "allow": ["10.0.0.0/8", "2001:db8::/32"], "deny": ["10.9.0.0/16"], "trusted_hops": 1 }
 //! ```
-#![forbid(unsafe_code)]
 
 pub mod logic;
 

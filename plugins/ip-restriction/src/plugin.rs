@@ -2,50 +2,33 @@
 
 use std::rc::Rc;
 
-use tollgate_sdk::config;
-use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-use tollgate_sdk::proxy_wasm::types::{Action, ContextType};
+use tollgate_sdk::config::ConfigError;
+use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
+use tollgate_sdk::proxy_wasm::types::Action;
+use tollgate_sdk::Plugin;
 
 use crate::logic::{Config, IpRestriction};
 
-#[cfg(target_arch = "wasm32")]
-tollgate_sdk::proxy_wasm::main! {{
-    tollgate_sdk::proxy_wasm::set_log_level(tollgate_sdk::proxy_wasm::types::LogLevel::Info);
-    tollgate_sdk::proxy_wasm::set_root_context(|_| root_context());
-}}
+tollgate_sdk::plugin!(IpRestriction);
 
-/// A fresh root context: what the host gets at start-up, and what the native benches
-/// (`plugins/bench`) drive.
-pub fn root_context() -> Box<dyn RootContext> {
-    Box::new(Root { rules: None })
-}
+impl Plugin for IpRestriction {
+    const NAME: &'static str = "ip-restriction";
+    type Config = Config;
+    type Request = Request;
 
-struct Root {
-    rules: Option<Rc<IpRestriction>>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let parsed =
-            config::parse::<Config>(&config::plugin_configuration()).and_then(IpRestriction::new);
-        self.rules = config::report("ip-restriction", parsed).map(Rc::new);
-        self.rules.is_some()
+    fn from_config(config: Config) -> Result<Self, ConfigError> {
+        IpRestriction::new(config)
     }
 
-    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request {
-            rules: self.rules.clone()?,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn request(rules: &Rc<Self>, _context_id: u32) -> Request {
+        Request {
+            rules: rules.clone(),
+        }
     }
 }
 
-struct Request {
+/// The context of one request.
+pub struct Request {
     rules: Rc<IpRestriction>,
 }
 

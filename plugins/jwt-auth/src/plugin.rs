@@ -2,51 +2,32 @@
 
 use std::rc::Rc;
 
-use tollgate_sdk::config;
+use tollgate_sdk::config::ConfigError;
 use tollgate_sdk::consumer::{self, Consumer};
-use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-use tollgate_sdk::proxy_wasm::types::{Action, ContextType};
+use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
+use tollgate_sdk::proxy_wasm::types::Action;
+use tollgate_sdk::Plugin;
 
 use crate::logic::{Config, Failure, JwtAuth};
 
-#[cfg(target_arch = "wasm32")]
-tollgate_sdk::proxy_wasm::main! {{
-    tollgate_sdk::proxy_wasm::set_log_level(tollgate_sdk::proxy_wasm::types::LogLevel::Info);
-    tollgate_sdk::proxy_wasm::set_root_context(|_| root_context());
-}}
+tollgate_sdk::plugin!(JwtAuth);
 
-/// A fresh root context: what the host gets at start-up, and what the native benches
-/// (`plugins/bench`) drive.
-pub fn root_context() -> Box<dyn RootContext> {
-    Box::new(Root { auth: None })
-}
+impl Plugin for JwtAuth {
+    const NAME: &'static str = "jwt-auth";
+    type Config = Config;
+    type Request = Request;
 
-struct Root {
-    auth: Option<Rc<JwtAuth>>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let parsed =
-            config::parse::<Config>(&config::plugin_configuration()).and_then(JwtAuth::new);
-        self.auth = config::report("jwt-auth", parsed).map(Rc::new);
-        self.auth.is_some()
+    fn from_config(config: Config) -> Result<Self, ConfigError> {
+        JwtAuth::new(config)
     }
 
-    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request {
-            auth: self.auth.clone()?,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn request(auth: &Rc<Self>, _context_id: u32) -> Request {
+        Request { auth: auth.clone() }
     }
 }
 
-struct Request {
+/// The context of one request.
+pub struct Request {
     auth: Rc<JwtAuth>,
 }
 

@@ -12,7 +12,6 @@
 //!
 //! The pure logic lives in [`logic`] (native unit tests); the proxy-wasm glue is built for
 //! wasm32, and natively with the `native-bench` feature for the benches in plugins/bench.
-#![forbid(unsafe_code)]
 
 pub mod logic;
 

@@ -21,11 +21,11 @@ use crate::logic::{self, Delivery, Observed, Outcome, SeriesLimiter};
 /// The header that carries a batch's key, for the billing service to drop repeats by.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-#[cfg(target_arch = "wasm32")]
-tollgate_sdk::proxy_wasm::main! {{
-    tollgate_sdk::proxy_wasm::set_log_level(tollgate_sdk::proxy_wasm::types::LogLevel::Info);
-    tollgate_sdk::proxy_wasm::set_root_context(|_| root_context());
-}}
+// Not the SDK's `Root`, which builds a new plugin for each configuration: this root context
+// keeps its backlog across configurations (a new one must not drop records not delivered
+// yet), answers the billing callouts itself, counts the requests still to log, and holds
+// the host's `on_done` until the last batch is answered.
+tollgate_sdk::plugin!(root = root_context);
 
 /// A fresh root context: what the host gets at start-up, and what the native benches
 /// (`plugins/bench`) drive.

@@ -2,75 +2,61 @@
 
 use std::rc::Rc;
 
+use tollgate_sdk::config::ConfigError;
 use tollgate_sdk::proxy_wasm::hostcalls;
-use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
+use tollgate_sdk::proxy_wasm::types::{Action, LogLevel, MapType};
 use tollgate_sdk::shared::{Decision, SharedData};
+use tollgate_sdk::Plugin;
 
-use crate::config::{self, KeySource, Limits, WhenMissing};
+use crate::config::{KeySource, Limits, RawConfig, WhenMissing};
 use crate::logic::{self, RequestFacts};
 
-#[cfg(target_arch = "wasm32")]
-tollgate_sdk::proxy_wasm::main! {{
-    tollgate_sdk::proxy_wasm::set_log_level(tollgate_sdk::proxy_wasm::types::LogLevel::Info);
-    tollgate_sdk::proxy_wasm::set_root_context(|_| root_context());
-}}
+tollgate_sdk::plugin!(RateLimit);
 
-/// A fresh root context: what the host gets at start-up, and what the native benches
-/// (`plugins/bench`) drive.
-pub fn root_context() -> Box<dyn RootContext> {
-    Box::new(Root {
-        limits: None,
-        plugin: String::new(),
-    })
-}
-
-struct Root {
-    limits: Option<Rc<Limits>>,
+/// The limits of one configuration.
+pub struct RateLimit {
+    limits: Limits,
+    /// The plugin's name (`plugin_name`), the prefix of its shared-data keys.
     plugin: String,
 }
 
-impl Context for Root {}
+impl Plugin for RateLimit {
+    const NAME: &'static str = "rate-limit";
+    type Config = RawConfig;
+    type Request = Request;
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        self.plugin =
-            tollgate_sdk::property_string(&["plugin_name"]).unwrap_or_else(|| "rate-limit".into());
-        let bytes = tollgate_sdk::config::plugin_configuration();
-        self.limits =
-            tollgate_sdk::config::report("rate-limit", config::parse(&bytes)).map(Rc::new);
-        self.limits.is_some()
+    fn from_config(config: RawConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            limits: config.validate()?,
+            plugin: tollgate_sdk::plugin_name(Self::NAME),
+        })
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(RateLimit {
-            limits: self.limits.clone()?,
-            plugin: self.plugin.clone(),
+    fn request(rate_limit: &Rc<Self>, _context_id: u32) -> Request {
+        Request {
+            rate_limit: rate_limit.clone(),
             decision: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        }
     }
 }
 
-struct RateLimit {
-    limits: Rc<Limits>,
-    plugin: String,
+/// The context of one request.
+pub struct Request {
+    rate_limit: Rc<RateLimit>,
     decision: Option<Decision>,
 }
 
-impl Context for RateLimit {}
+impl Context for Request {}
 
-impl HttpContext for RateLimit {
+impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // Only what the rules key on is read from the host (each read is a copy).
         let mut route = None;
-        if self.limits.rules.routes().next().is_some() {
+        if self.rate_limit.limits.rules.routes().next().is_some() {
             route = tollgate_sdk::route::current_route_name();
         }
-        let rules = self.limits.rules.get(route.as_deref());
+        let rules = self.rate_limit.limits.rules.get(route.as_deref());
         if route.is_none() && matches!(rules.key, KeySource::Route) {
             route = tollgate_sdk::route::current_route_name();
         }
@@ -102,7 +88,7 @@ impl HttpContext for RateLimit {
             header: header.as_deref(),
             route: route.as_deref(),
         };
-        let Some(target) = logic::target(rules, &self.plugin, &facts) else {
+        let Some(target) = logic::target(rules, &self.rate_limit.plugin, &facts) else {
             return Action::Continue;
         };
         let decision = match target.plan.bucket.try_take(
@@ -132,7 +118,7 @@ impl HttpContext for RateLimit {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let (Some(decision), true) = (&self.decision, self.limits.headers) {
+        if let (Some(decision), true) = (&self.decision, self.rate_limit.limits.headers) {
             let mut digits = [0; 20];
             for (name, value) in logic::allow_headers(decision) {
                 let value = tollgate_sdk::decimal(value, &mut digits);

@@ -11,7 +11,6 @@
 //! { "request":  { "headers": { "set": { "x-gateway": "tollgate" } } },
 //!   "response": { "json": { "redact": ["user.password"], "remove": ["internal"] } } }
 //! ```
-#![forbid(unsafe_code)]
 
 pub mod logic;
 

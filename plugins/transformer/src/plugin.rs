@@ -2,53 +2,37 @@
 
 use std::rc::Rc;
 
-use tollgate_sdk::config;
+use tollgate_sdk::config::ConfigError;
 use tollgate_sdk::proxy_wasm::hostcalls;
-use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-use tollgate_sdk::proxy_wasm::types::{Action, ContextType, MapType};
+use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
+use tollgate_sdk::proxy_wasm::types::{Action, MapType};
+use tollgate_sdk::Plugin;
 
 use crate::logic::{is_json, Config, HeaderOps};
 
-#[cfg(target_arch = "wasm32")]
-tollgate_sdk::proxy_wasm::main! {{
-    tollgate_sdk::proxy_wasm::set_log_level(tollgate_sdk::proxy_wasm::types::LogLevel::Info);
-    tollgate_sdk::proxy_wasm::set_root_context(|_| root_context());
-}}
+// The checked configuration is all the transformer needs: it is the plugin.
+tollgate_sdk::plugin!(Config);
 
-/// A fresh root context: what the host gets at start-up, and what the native benches
-/// (`plugins/bench`) drive.
-pub fn root_context() -> Box<dyn RootContext> {
-    Box::new(Root { config: None })
-}
+impl Plugin for Config {
+    const NAME: &'static str = "transformer";
+    type Config = Self;
+    type Request = Transform;
 
-struct Root {
-    config: Option<Rc<Config>>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let parsed =
-            config::parse::<Config>(&config::plugin_configuration()).and_then(Config::validate);
-        self.config = config::report("transformer", parsed).map(Rc::new);
-        self.config.is_some()
+    fn from_config(config: Self) -> Result<Self, ConfigError> {
+        config.validate()
     }
 
-    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Transform {
-            config: self.config.clone()?,
+    fn request(config: &Rc<Self>, _context_id: u32) -> Transform {
+        Transform {
+            config: config.clone(),
             request_body: false,
             response_body: false,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        }
     }
 }
 
-struct Transform {
+/// The context of one request.
+pub struct Transform {
     config: Rc<Config>,
     /// The request body is JSON and will be rewritten.
     request_body: bool,

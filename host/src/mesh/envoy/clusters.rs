@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::sources::{field, Sources};
 use super::{duration, file_source, socket_address, typed, Losses};
-use crate::config::{raw, Action, Cluster, Config};
+use crate::config::{Action, Cluster, Config, EjectOn, LoadBalancing};
 
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const UPSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
@@ -43,8 +43,8 @@ pub(super) fn clusters(config: &Config, sources: &Sources, losses: &mut Losses) 
                 },
                 "connect_timeout": duration(cluster.connect_timeout),
                 "lb_policy": match cluster.load_balancing {
-                    raw::LoadBalancing::RoundRobin => "ROUND_ROBIN",
-                    raw::LoadBalancing::LeastRequest => "LEAST_REQUEST",
+                    LoadBalancing::RoundRobin => "ROUND_ROBIN",
+                    LoadBalancing::LeastRequest => "LEAST_REQUEST",
                 },
                 "load_assignment": load_assignment(cluster),
                 "typed_extension_protocol_options": {
@@ -136,12 +136,12 @@ fn outlier_detection(cluster: &Cluster) -> Value {
         "enforcing_success_rate": 0,
     });
     match health.eject_on {
-        raw::EjectOn::GatewayErrors => {
+        EjectOn::GatewayErrors => {
             value["consecutive_gateway_failure"] = json!(health.consecutive_failures);
             value["enforcing_consecutive_gateway_failure"] = json!(100);
             value["enforcing_consecutive_5xx"] = json!(0);
         }
-        raw::EjectOn::Any5xx => {
+        EjectOn::Any5xx => {
             value["consecutive_5xx"] = json!(health.consecutive_failures);
             value["enforcing_consecutive_5xx"] = json!(100);
             value["enforcing_consecutive_gateway_failure"] = json!(0);

@@ -12,7 +12,7 @@ use super::plugins::Filters;
 use super::routes::VirtualHostEntry;
 use super::sources::{field, Sources};
 use super::{duration, file_source, socket_address, typed, Losses};
-use crate::config::{self, raw, Config, Listener, ListenerTls, TlsVersion};
+use crate::config::{self, Config, EscapedSlashesAction, Listener, ListenerTls, TlsVersion};
 
 const HCM: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -301,9 +301,9 @@ fn connection_manager(
             "normalize_path": normalization.normalize_path,
             "merge_slashes": normalization.merge_slashes,
             "path_with_escaped_slashes_action": match normalization.escaped_slashes {
-                raw::EscapedSlashesAction::Reject => "REJECT_REQUEST",
-                raw::EscapedSlashesAction::Keep => "KEEP_UNCHANGED",
-                raw::EscapedSlashesAction::Unescape => "UNESCAPE_AND_FORWARD",
+                EscapedSlashesAction::Reject => "REJECT_REQUEST",
+                EscapedSlashesAction::Keep => "KEEP_UNCHANGED",
+                EscapedSlashesAction::Unescape => "UNESCAPE_AND_FORWARD",
             },
             "strip_trailing_host_dot": normalization.strip_trailing_host_dot,
             "max_request_headers_kb": header_kb(server.max_request_header_bytes),

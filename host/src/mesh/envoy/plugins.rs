@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::sources::{field, Sources};
 use super::{absolute, typed, Losses};
-use crate::config::{raw, Config, Plugin, VirtualHost};
+use crate::config::{raw, Config, FailurePolicy, Plugin, VirtualHost};
 
 const WASM_FILTER: &str = "envoy.extensions.filters.http.wasm.v3.Wasm";
 const WASM_SERVICE: &str = "envoy.extensions.wasm.v3.WasmService";
@@ -240,9 +240,9 @@ fn plugin_config(plugin: &Plugin, configuration: &Value, module: &Path) -> Value
         "root_id": plugin.name,
         "vm_config": vm,
         "failure_policy": match plugin.failure_policy {
-            raw::FailurePolicy::FailClosed => "FAIL_CLOSED",
-            raw::FailurePolicy::FailOpen => "FAIL_OPEN",
-            raw::FailurePolicy::Reload => "FAIL_RELOAD",
+            FailurePolicy::FailClosed => "FAIL_CLOSED",
+            FailurePolicy::FailOpen => "FAIL_OPEN",
+            FailurePolicy::Reload => "FAIL_RELOAD",
         },
     });
     if let Some(value) = string_value(configuration) {

@@ -8,7 +8,7 @@ use wasmtime::{Caller, Linker};
 use super::{status, LogLevel, Status};
 use crate::wasm::host::HostState;
 use crate::wasm::memory;
-use crate::wasm::metrics::{plugin_metrics, MetricKind, PluginMetric};
+use crate::wasm::metrics::{MetricKind, PluginMetric};
 
 type Ctx<'a> = Caller<'a, HostState>;
 
@@ -75,18 +75,23 @@ fn metric(state: &HostState, id: u32) -> Option<std::sync::Arc<PluginMetric>> {
         .metrics
         .get(&id)
         .cloned()
-        .or_else(|| plugin_metrics().by_id(id))
+        .or_else(|| state.registries.metrics.by_id(id))
 }
 
 fn define_metric(mut caller: Ctx<'_>, kind: u32, name_ptr: u32, name_len: u32, ret_id: u32) -> u32 {
     status((|| {
         let kind = MetricKind::from_raw(kind).ok_or(Status::BadArgument)?;
         let name = memory::read_string(&mut caller, name_ptr, name_len)?;
-        let plugin = &caller.data().plugin;
-        let metric = plugin_metrics()
+        let state = caller.data();
+        let plugin = &state.plugin;
+        let registries = &state.registries;
+        let metric = registries
+            .metrics
             .define(&plugin.name, &name, kind, plugin.limits.metrics)
             .inspect_err(|_| {
-                crate::telemetry::metrics::metrics().plugin_limit_refusal(&plugin.name, "metrics");
+                registries
+                    .gateway_metrics
+                    .plugin_limit_refusal(&plugin.name, "metrics");
             })?;
         memory::write_u32(&mut caller, ret_id, metric.id)?;
         caller.data_mut().metrics.insert(metric.id, metric);

@@ -17,7 +17,7 @@ use wasmtime::{Caller, Linker};
 
 use super::{status, HeaderList, Status};
 use crate::config::NodeSettings;
-use crate::pipeline::response_details;
+use crate::telemetry::response_details::response_details;
 use crate::tls::CertificateFacts;
 use crate::wasm::host::{HostState, StreamInfo, StreamState};
 use crate::wasm::memory;

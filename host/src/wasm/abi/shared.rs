@@ -5,10 +5,8 @@ use bytes::Bytes;
 use wasmtime::{Caller, Linker};
 
 use super::{status, Status};
-use crate::telemetry::metrics::metrics;
 use crate::wasm::host::HostState;
 use crate::wasm::memory;
-use crate::wasm::shared::store;
 
 type Ctx<'a> = Caller<'a, HostState>;
 
@@ -24,7 +22,12 @@ fn get_shared_data(
         Ok(key) => key,
         Err(error) => return Ok(Status::from(error) as u32),
     };
-    let Some((value, cas)) = store().get(&caller.data().plugin.vm_id, &key) else {
+    let Some((value, cas)) = caller
+        .data()
+        .registries
+        .shared_data
+        .get(&caller.data().plugin.vm_id, &key)
+    else {
         return Ok(Status::NotFound as u32);
     };
     if let Err(error) = memory::write_u32(&mut caller, ret_cas, cas) {
@@ -46,10 +49,20 @@ fn set_shared_data(
     status((|| {
         let key = memory::read_string(&mut caller, key_ptr, key_len)?;
         let value = memory::read(&mut caller, value_ptr, value_len)?;
-        let plugin = &caller.data().plugin;
-        let result = store().set(&plugin.vm_id, &key, Bytes::from(value), cas, &plugin.limits);
+        let state = caller.data();
+        let plugin = &state.plugin;
+        let result = state.registries.shared_data.set(
+            &plugin.vm_id,
+            &key,
+            Bytes::from(value),
+            cas,
+            &plugin.limits,
+        );
         if result == Err(Status::BadArgument) {
-            metrics().plugin_limit_refusal(&plugin.name, "shared_data_bytes");
+            state
+                .registries
+                .gateway_metrics
+                .plugin_limit_refusal(&plugin.name, "shared_data_bytes");
         }
         result
     })())
@@ -60,7 +73,12 @@ fn register_shared_queue(mut caller: Ctx<'_>, name_ptr: u32, name_len: u32, ret_
         let name = memory::read_string(&mut caller, name_ptr, name_len)?;
         let state = caller.data();
         let events = state.events.clone().ok_or(Status::InternalFailure)?;
-        let id = store().register_queue(&state.plugin.vm_id, &name, events, state.effective_root());
+        let id = state.registries.shared_data.register_queue(
+            &state.plugin.vm_id,
+            &name,
+            events,
+            state.effective_root(),
+        );
         let root = caller.data().effective_root();
         caller.data_mut().registered_queues.insert(id, root);
         memory::write_u32(&mut caller, ret_id, id)?;
@@ -84,7 +102,10 @@ fn resolve_shared_queue(
         } else {
             vm_id
         };
-        let id = store()
+        let id = caller
+            .data()
+            .registries
+            .shared_data
             .resolve_queue(&vm_id, &name)
             .ok_or(Status::NotFound)?;
         memory::write_u32(&mut caller, ret_id, id)?;
@@ -95,10 +116,18 @@ fn resolve_shared_queue(
 fn enqueue_shared_queue(mut caller: Ctx<'_>, id: u32, value_ptr: u32, value_len: u32) -> u32 {
     status((|| {
         let value = memory::read(&mut caller, value_ptr, value_len)?;
-        let plugin = &caller.data().plugin;
-        let result = store().enqueue(id, Bytes::from(value), plugin.limits.shared_queue_length);
+        let state = caller.data();
+        let plugin = &state.plugin;
+        let result = state.registries.shared_data.enqueue(
+            id,
+            Bytes::from(value),
+            plugin.limits.shared_queue_length,
+        );
         if result == Err(Status::InternalFailure) {
-            metrics().plugin_limit_refusal(&plugin.name, "shared_queue_length");
+            state
+                .registries
+                .gateway_metrics
+                .plugin_limit_refusal(&plugin.name, "shared_queue_length");
         }
         result
     })())
@@ -110,7 +139,7 @@ fn dequeue_shared_queue(
     ret_ptr: u32,
     ret_len: u32,
 ) -> wasmtime::Result<u32> {
-    match store().dequeue(id) {
+    match caller.data().registries.shared_data.dequeue(id) {
         Ok(value) => Ok(status(
             memory::return_bytes(&mut caller, &value, ret_ptr, ret_len)?.map_err(Status::from),
         )),

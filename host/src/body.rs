@@ -6,7 +6,7 @@
 //! - [`StreamIdle`] wraps the response body: while hyper waits for the next frame, no frame
 //!   for `stream_idle_timeout` → the body fails and hyper resets the stream (h2) or closes
 //!   the connection (HTTP/1.1). A response that hyper does not poll because the client does
-//!   not read is the connection watchdog's business (see `connection.rs`).
+//!   not read is the connection watchdog's business (see `server::connection`).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,0 +1,25 @@
+//! The host's shared data as a [`Store`].
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::Status;
+
+use super::{SharedError, Store};
+
+/// The host's shared data (`proxy_get_shared_data` / `proxy_set_shared_data`) of the
+/// plugin's `vm_id`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SharedData;
+
+impl Store for SharedData {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), SharedError> {
+        hostcalls::get_shared_data(key).map_err(|status| SharedError::Host(format!("{status:?}")))
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SharedError::CasMismatch),
+            Err(status) => Err(SharedError::Host(format!("{status:?}"))),
+        }
+    }
+}
