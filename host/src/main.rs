@@ -130,7 +130,7 @@ enum Command {
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    tollgate::config::duration::parse(text)
+    tollgate::config::duration::parse(text).map_err(|error| error.to_string())
 }
 
 #[derive(Subcommand)]

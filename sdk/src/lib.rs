@@ -93,6 +93,7 @@ pub use proxy_wasm;
 pub mod callout;
 pub mod config;
 pub mod consumer;
+pub mod global_limit;
 pub mod json;
 pub mod plugin;
 pub mod ratelimit_service;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use tollgate_sdk::config::{ensure, ConfigError};
+use tollgate_sdk::global_limit::{Global, RawGlobal};
 use tollgate_sdk::route::RouteRules;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -73,6 +74,10 @@ pub struct RawConfig {
     /// The response header with the remaining quota.
     #[serde(default = "default_header")]
     pub header: String,
+    /// Count in a rate limit service shared by every gateway replica instead of in this
+    /// gateway's shared data (see `tollgate_sdk::global_limit`).
+    #[serde(default)]
+    pub global: Option<RawGlobal>,
 }
 
 /// The validated configuration.
@@ -84,6 +89,7 @@ pub struct Quotas {
     pub when_missing: WhenMissing,
     pub routes: RouteRules<RouteRule>,
     pub header: String,
+    pub global: Option<Global>,
 }
 
 impl RawConfig {
@@ -93,12 +99,23 @@ impl RawConfig {
             "plans",
             "at least one plan is required",
         )?;
+        let global = match self.global {
+            Some(raw) => Some(raw.validate("global")?),
+            None => None,
+        };
         for (name, plan) in &self.plans {
             ensure(
                 plan.per_day.is_some() || plan.per_month.is_some(),
                 &format!("plans.{name}"),
                 "per_day or per_month (or both) is required",
             )?;
+            for (field, limit) in [("per_day", plan.per_day), ("per_month", plan.per_month)] {
+                ensure(
+                    global.is_none() || limit.is_none_or(|limit| limit <= u64::from(u32::MAX)),
+                    &format!("plans.{name}.{field}"),
+                    "must be at most 4294967295 with global",
+                )?;
+            }
         }
         let known = || self.plans.keys().cloned().collect::<Vec<_>>().join(", ");
         for (consumer, plan) in &self.consumers {
@@ -138,6 +155,7 @@ impl RawConfig {
             when_missing: self.when_missing,
             routes: RouteRules::new(RouteRule::default(), self.routes),
             header,
+            global,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! Pure logic: the windows a request counts against and the check over a [`Store`].
 
+use tollgate_sdk::ratelimit_service::{Code, Descriptor, RateLimitResponse, Unit};
 use tollgate_sdk::shared::{counter_add_within, counter_sub, SharedError, Store};
 use tollgate_sdk::time;
 
@@ -79,6 +80,57 @@ pub fn windows(plugin: &str, subject: &Subject, plan: &Plan, now_secs: u64) -> V
         });
     }
     windows
+}
+
+/// Global mode: one descriptor per window of `plan`, each carrying the window's limit and
+/// the request's cost, for the rate limit service shared by every replica. Returns the
+/// window names in the same order.
+pub fn descriptors(
+    plugin: &str,
+    subject: &Subject,
+    plan: &Plan,
+    cost: u64,
+) -> (Vec<&'static str>, Vec<Descriptor>) {
+    let mut names = Vec::new();
+    let mut descriptors = Vec::new();
+    for (name, limit, unit) in [
+        ("day", plan.per_day, Unit::Day),
+        ("month", plan.per_month, Unit::Month),
+    ] {
+        let Some(limit) = limit else { continue };
+        names.push(name);
+        descriptors.push(Descriptor {
+            entries: vec![(
+                "quota".to_owned(),
+                format!("quota|{plugin}|{}|{}|{name}", subject.plan, subject.id),
+            )],
+            limit: Some((u32::try_from(limit).unwrap_or(u32::MAX), unit)),
+            hits: Some(cost),
+        });
+    }
+    (names, descriptors)
+}
+
+/// Global mode: the verdict in the service's answer to [`descriptors`]' call: the window
+/// refused, or the one with the least left.
+pub fn global_verdict(names: &[&'static str], response: &RateLimitResponse) -> Option<Verdict> {
+    let mut binding: Option<Verdict> = None;
+    for (name, status) in names.iter().zip(&response.statuses) {
+        let verdict = Verdict {
+            allowed: status.code != Some(Code::OverLimit),
+            window: name,
+            limit: u64::from(status.requests_per_unit),
+            remaining: u64::from(status.limit_remaining),
+            reset_secs: status.seconds_until_reset.unwrap_or(0),
+        };
+        if !verdict.allowed {
+            return Some(verdict);
+        }
+        if binding.as_ref().is_none_or(|b| verdict.remaining < b.remaining) {
+            binding = Some(verdict);
+        }
+    }
+    binding
 }
 
 /// The outcome of a quota check.

@@ -3,6 +3,7 @@
 use std::rc::Rc;
 
 use tollgate_sdk::config::ConfigError;
+use tollgate_sdk::global_limit::FailureMode;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, LogLevel};
 use tollgate_sdk::shared::SharedData;
@@ -36,6 +37,7 @@ impl Plugin for Quota {
         Request {
             quota: quota.clone(),
             verdict: None,
+            pending: Vec::new(),
         }
     }
 }
@@ -44,9 +46,63 @@ impl Plugin for Quota {
 pub struct Request {
     quota: Rc<Quota>,
     verdict: Option<Verdict>,
+    /// Global mode: the windows of the call waiting for the service's answer.
+    pending: Vec<&'static str>,
 }
 
-impl Context for Request {}
+impl Request {
+    fn deny(&self, verdict: &Verdict) {
+        let (headers, body) = logic::deny_response(&self.quota.quotas.header, verdict);
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.send_http_response(429, headers, Some(body.as_bytes()));
+    }
+
+    /// The rate limit service gave no usable answer: the failure mode decides.
+    fn service_failed(&self, reason: &str) -> Action {
+        let Some(global) = &self.quota.quotas.global else {
+            return Action::Continue;
+        };
+        global.record_failure(&self.quota.plugin, reason);
+        match global.failure_mode {
+            FailureMode::Allow => Action::Continue,
+            FailureMode::Deny => {
+                self.send_http_response(
+                    500,
+                    vec![("content-type", "application/json")],
+                    Some(br#"{"error":"quota_unavailable","message":"the rate limit service is unavailable"}"#),
+                );
+                Action::Pause
+            }
+        }
+    }
+}
+
+impl Context for Request {
+    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
+        let Some(global) = &self.quota.quotas.global else {
+            return;
+        };
+        let names = std::mem::take(&mut self.pending);
+        let verdict = global
+            .response(status_code, response_size)
+            .map(|response| logic::global_verdict(&names, &response));
+        match verdict {
+            Ok(Some(verdict)) if !verdict.allowed => self.deny(&verdict),
+            Ok(verdict) => {
+                self.verdict = verdict;
+                self.resume_http_request();
+            }
+            Err(reason) => {
+                if self.service_failed(&reason) == Action::Continue {
+                    self.resume_http_request();
+                }
+            }
+        }
+    }
+}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -68,6 +124,19 @@ impl HttpContext for Request {
         let Some(plan) = self.quota.quotas.plans.get(&subject.plan) else {
             return Action::Continue;
         };
+        if let Some(global) = &self.quota.quotas.global {
+            // Counted by the rate limit service shared by every replica; the answer resumes
+            // (or refuses) the request in `on_grpc_call_response`.
+            let (names, descriptors) =
+                logic::descriptors(&self.quota.plugin, &subject, plan, rule.cost);
+            return match global.dispatch(descriptors) {
+                Ok(_) => {
+                    self.pending = names;
+                    Action::Pause
+                }
+                Err(status) => self.service_failed(&format!("the call failed: {status:?}")),
+            };
+        }
         let now_secs = tollgate_sdk::now_nanos() / 1_000_000_000;
         let windows = logic::windows(&self.quota.plugin, &subject, plan, now_secs);
         let verdict = match logic::check(&SharedData, &windows, rule.cost) {
@@ -82,12 +151,7 @@ impl HttpContext for Request {
             self.verdict = Some(verdict);
             return Action::Continue;
         }
-        let (headers, body) = logic::deny_response(&self.quota.quotas.header, &verdict);
-        let headers: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        self.send_http_response(429, headers, Some(body.as_bytes()));
+        self.deny(&verdict);
         Action::Pause
     }
 

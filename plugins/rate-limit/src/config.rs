@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use tollgate_sdk::config::{ensure, ConfigError};
+use tollgate_sdk::global_limit::{Global, RawGlobal};
+use tollgate_sdk::ratelimit_service::Unit;
 use tollgate_sdk::route::RouteRules;
 use tollgate_sdk::shared::TokenBucket;
 
@@ -40,9 +42,13 @@ pub struct RawPlan {
     /// Tokens gained per second (may be fractional; 0: never refills).
     #[serde(default)]
     pub requests_per_second: Option<f64>,
-    /// Alternative to `requests_per_second`.
+    /// Alternatives to `requests_per_second`: one of the four is given.
     #[serde(default)]
     pub requests_per_minute: Option<f64>,
+    #[serde(default)]
+    pub requests_per_hour: Option<f64>,
+    #[serde(default)]
+    pub requests_per_day: Option<f64>,
     /// Bucket size: requests allowed at once. Default: the per-second rate rounded up, at
     /// least 1.
     #[serde(default)]
@@ -99,13 +105,20 @@ pub struct RawConfig {
     /// Add the `RateLimit-*` headers to allowed responses (default true).
     #[serde(default = "yes")]
     pub headers: bool,
+    /// Count in a rate limit service shared by every gateway replica instead of in this
+    /// gateway's shared data (see `tollgate_sdk::global_limit`).
+    #[serde(default)]
+    pub global: Option<RawGlobal>,
 }
 
 /// A validated plan.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub name: String,
+    /// Local mode: a token bucket in shared data.
     pub bucket: TokenBucket,
+    /// Global mode: requests per window, in the unit the plan was written in.
+    pub window: (u32, Unit),
 }
 
 /// Validated rules for a route.
@@ -126,40 +139,49 @@ pub struct Rules {
 pub struct Limits {
     pub rules: RouteRules<Rules>,
     pub headers: bool,
+    pub global: Option<Global>,
 }
 
-fn plan(name: &str, raw: &RawPlan) -> Result<Plan, ConfigError> {
+fn plan(name: &str, raw: &RawPlan, global: bool) -> Result<Plan, ConfigError> {
     let path = format!("plans.{name}");
-    let rate = match (raw.requests_per_second, raw.requests_per_minute) {
-        (Some(rps), None) => {
-            ensure(
-                rps.is_finite() && rps >= 0.0,
-                &format!("{path}.requests_per_second"),
-                "must be a number >= 0",
-            )?;
-            rps
-        }
-        (None, Some(rpm)) => {
-            ensure(
-                rpm.is_finite() && rpm >= 0.0,
-                &format!("{path}.requests_per_minute"),
-                "must be a number >= 0",
-            )?;
-            rpm / 60.0
-        }
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::new(
-                path,
-                "give requests_per_second or requests_per_minute, not both",
-            ))
-        }
-        (None, None) => {
-            return Err(ConfigError::new(
-                path,
-                "requests_per_second (or requests_per_minute) is required",
-            ))
-        }
+    let given: Vec<(&str, f64, Unit)> = [
+        ("requests_per_second", raw.requests_per_second, Unit::Second),
+        ("requests_per_minute", raw.requests_per_minute, Unit::Minute),
+        ("requests_per_hour", raw.requests_per_hour, Unit::Hour),
+        ("requests_per_day", raw.requests_per_day, Unit::Day),
+    ]
+    .into_iter()
+    .filter_map(|(field, value, unit)| value.map(|value| (field, value, unit)))
+    .collect();
+    let &[(field, count, unit)] = given.as_slice() else {
+        return Err(ConfigError::new(
+            path,
+            if given.is_empty() {
+                "one of requests_per_second, requests_per_minute, requests_per_hour or requests_per_day is required"
+            } else {
+                "give one of requests_per_second, requests_per_minute, requests_per_hour or requests_per_day, not several"
+            },
+        ));
     };
+    ensure(
+        count.is_finite() && count >= 0.0,
+        &format!("{path}.{field}"),
+        "must be a number >= 0",
+    )?;
+    if global {
+        ensure(
+            count.fract() == 0.0 && count <= f64::from(u32::MAX),
+            &format!("{path}.{field}"),
+            "must be a whole number with global (a window counts whole requests)",
+        )?;
+    }
+    let seconds = match unit {
+        Unit::Second => 1.0,
+        Unit::Minute => 60.0,
+        Unit::Hour => 3_600.0,
+        _ => 86_400.0,
+    };
+    let rate = count / seconds;
     let burst = raw.burst.unwrap_or_else(|| (rate.ceil() as u64).max(1));
     ensure(burst >= 1, &format!("{path}.burst"), "must be at least 1")?;
     ensure(
@@ -179,6 +201,7 @@ fn plan(name: &str, raw: &RawPlan) -> Result<Plan, ConfigError> {
             capacity: burst,
             refill_per_sec: rate,
         },
+        window: (count as u32, unit),
     })
 }
 
@@ -238,8 +261,12 @@ impl RawConfig {
             "at least one plan is required",
         )?;
         let mut plans = BTreeMap::new();
+        let global = match self.global {
+            Some(raw) => Some(raw.validate("global")?),
+            None => None,
+        };
         for (name, raw) in &self.plans {
-            plans.insert(name.clone(), plan(name, raw)?);
+            plans.insert(name.clone(), plan(name, raw, global.is_some())?);
         }
         let default = rules(
             RawRules {
@@ -261,6 +288,7 @@ impl RawConfig {
         Ok(Limits {
             rules: RouteRules::new(default, routes),
             headers: self.headers,
+            global,
         })
     }
 }
@@ -335,6 +363,10 @@ mod tests {
         assert_eq!(
             error(r#"{"plans": {"g": {"requests_per_second": 0}}}"#),
             "field \"plans.g.burst\": is required when the rate is 0"
+        );
+        assert_eq!(
+            error(r#"{"plans": {"g": {"requests_per_minute": 1.5}}, "global": {"cluster": "rl", "domain": "d"}}"#),
+            "field \"plans.g.requests_per_minute\": must be a whole number with global (a window counts whole requests)"
         );
         assert_eq!(error(""), "configuration is required");
     }

@@ -3,6 +3,8 @@
 use std::rc::Rc;
 
 use tollgate_sdk::config::ConfigError;
+use tollgate_sdk::global_limit::{FailureMode, Verdict};
+use tollgate_sdk::ratelimit_service::Descriptor;
 use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, LogLevel, MapType};
@@ -37,6 +39,7 @@ impl Plugin for RateLimit {
         Request {
             rate_limit: rate_limit.clone(),
             decision: None,
+            plan: None,
         }
     }
 }
@@ -45,9 +48,56 @@ impl Plugin for RateLimit {
 pub struct Request {
     rate_limit: Rc<RateLimit>,
     decision: Option<Decision>,
+    /// Global mode: the plan of the request waiting for the service's answer.
+    plan: Option<String>,
 }
 
-impl Context for Request {}
+impl Request {
+    fn deny(&self, decision: &Decision, plan: &str) {
+        let (headers, body) = logic::deny_response(decision, plan);
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.send_http_response(429, headers, Some(body.as_bytes()));
+    }
+
+    /// The rate limit service gave no usable answer: the failure mode decides.
+    fn service_failed(&self, reason: &str) -> Action {
+        let Some(global) = &self.rate_limit.limits.global else {
+            return Action::Continue;
+        };
+        global.record_failure(&self.rate_limit.plugin, reason);
+        match global.failure_mode {
+            FailureMode::Allow => Action::Continue,
+            FailureMode::Deny => {
+                self.send_http_response(
+                    500,
+                    vec![("content-type", "application/json")],
+                    Some(br#"{"error":"rate_limit_unavailable","message":"the rate limit service is unavailable"}"#),
+                );
+                Action::Pause
+            }
+        }
+    }
+}
+
+impl Context for Request {
+    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
+        let (Some(global), Some(plan)) = (&self.rate_limit.limits.global, self.plan.take()) else {
+            return;
+        };
+        match global.verdict(status_code, response_size) {
+            Verdict::Allowed(decision) => {
+                self.decision = Some(decision);
+                self.resume_http_request();
+            }
+            Verdict::OverLimit(decision) => self.deny(&decision, &plan),
+            Verdict::Failed(reason) => {
+                if self.service_failed(&reason) == Action::Continue {
+                    self.resume_http_request();
+                }
+            }
+        }
+    }
+}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -91,6 +141,22 @@ impl HttpContext for Request {
         let Some(target) = logic::target(rules, &self.rate_limit.plugin, &facts) else {
             return Action::Continue;
         };
+        if let Some(global) = &self.rate_limit.limits.global {
+            // Counted by the rate limit service shared by every replica; the answer
+            // resumes (or refuses) the request in `on_grpc_call_response`.
+            let descriptor = Descriptor {
+                entries: vec![("rate-limit".to_owned(), target.key)],
+                limit: Some(target.plan.window),
+                hits: None,
+            };
+            return match global.dispatch(vec![descriptor]) {
+                Ok(_) => {
+                    self.plan = Some(target.plan.name.clone());
+                    Action::Pause
+                }
+                Err(status) => self.service_failed(&format!("the call failed: {status:?}")),
+            };
+        }
         let decision = match target.plan.bucket.try_take(
             &SharedData,
             &target.key,
@@ -111,9 +177,7 @@ impl HttpContext for Request {
             self.decision = Some(decision);
             return Action::Continue;
         }
-        let (headers, body) = logic::deny_response(&decision, &target.plan.name);
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.send_http_response(429, headers, Some(body.as_bytes()));
+        self.deny(&decision, &target.plan.name);
         Action::Pause
     }
 
