@@ -89,7 +89,9 @@ impl RawGlobal {
                 .ok_or_else(|| {
                     ConfigError::new(
                         join_path(path, "timeout"),
-                        format!("{text:?} is not a duration between 1ms and 60s (like 200ms or 1s)"),
+                        format!(
+                            "{text:?} is not a duration between 1ms and 60s (like 200ms or 1s)"
+                        ),
                     )
                 })?,
         };
@@ -161,7 +163,11 @@ impl Global {
 
     /// The whole answer of a call, in `on_grpc_call_response(token, status_code, size)`: a
     /// response whose overall code is OK or OVER_LIMIT, or why there is none.
-    pub fn response(&self, status_code: u32, response_size: usize) -> Result<RateLimitResponse, String> {
+    pub fn response(
+        &self,
+        status_code: u32,
+        response_size: usize,
+    ) -> Result<RateLimitResponse, String> {
         let bytes = answer_bytes(status_code, response_size)?;
         let response = RateLimitResponse::decode(&bytes)
             .ok_or("the rate limit service's answer is not a RateLimitResponse")?;
@@ -176,7 +182,8 @@ impl Global {
         let metric = match self.failures_metric.get() {
             Some(id) => Some(id),
             None => {
-                let id = hostcalls::define_metric(MetricType::Counter, "global_limit_failures").ok();
+                let id =
+                    hostcalls::define_metric(MetricType::Counter, "global_limit_failures").ok();
                 self.failures_metric.set(id);
                 id
             }
@@ -209,18 +216,24 @@ impl Global {
 
 fn answer_bytes(status_code: u32, response_size: usize) -> Result<Vec<u8>, String> {
     if status_code != 0 {
-        return Err(format!("the rate limit service answered gRPC status {status_code}"));
+        return Err(format!(
+            "the rate limit service answered gRPC status {status_code}"
+        ));
     }
-    Ok(hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
-        .ok()
-        .flatten()
-        .unwrap_or_default())
+    Ok(
+        hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default(),
+    )
 }
 
 /// The verdict in a `RateLimitResponse` for a call with one descriptor.
 pub fn verdict_of(bytes: &[u8]) -> Verdict {
     let Some(response) = RateLimitResponse::decode(bytes) else {
-        return Verdict::Failed("the rate limit service's answer is not a RateLimitResponse".into());
+        return Verdict::Failed(
+            "the rate limit service's answer is not a RateLimitResponse".into(),
+        );
     };
     let status = response.statuses.first().cloned().unwrap_or_default();
     match response.overall_code {
@@ -269,22 +282,28 @@ mod tests {
             global(r#"{"cluster": "", "domain": "shop"}"#).unwrap_err(),
             "field \"global.cluster\": must name the rate limit service's cluster"
         );
-        assert!(global(r#"{"cluster": "rl", "domain": "d", "failure_mode": "maybe"}"#)
-            .unwrap_err()
-            .contains("unknown variant `maybe`"));
+        assert!(
+            global(r#"{"cluster": "rl", "domain": "d", "failure_mode": "maybe"}"#)
+                .unwrap_err()
+                .contains("unknown variant `maybe`")
+        );
     }
 
     #[test]
     fn answers_become_decisions() {
         // OVER_LIMIT, 30 per minute, none left, reset in 42 s.
-        let over: &[u8] = &[0x08, 2, 0x12, 12, 0x08, 2, 0x12, 4, 0x08, 30, 0x10, 2, 0x22, 2, 0x08, 42];
+        let over: &[u8] = &[
+            0x08, 2, 0x12, 12, 0x08, 2, 0x12, 4, 0x08, 30, 0x10, 2, 0x22, 2, 0x08, 42,
+        ];
         let Verdict::OverLimit(decision) = verdict_of(over) else {
             panic!("over limit expected");
         };
         assert_eq!((decision.limit, decision.remaining), (30, 0));
         assert_eq!(decision.retry_after, Duration::from_secs(42));
         // OK with 7 left.
-        let ok: &[u8] = &[0x08, 1, 0x12, 10, 0x08, 1, 0x12, 4, 0x08, 30, 0x10, 2, 0x18, 7];
+        let ok: &[u8] = &[
+            0x08, 1, 0x12, 10, 0x08, 1, 0x12, 4, 0x08, 30, 0x10, 2, 0x18, 7,
+        ];
         let Verdict::Allowed(decision) = verdict_of(ok) else {
             panic!("allowed expected");
         };

@@ -21,9 +21,11 @@ pub mod proto;
 
 pub struct RateLimitService {
     addr: SocketAddr,
-    child: Child,
+    child: Option<Child>,
     log: PathBuf,
     _dir: tempfile::TempDir,
+    /// The arguments after `--listen ADDR`.
+    args: Vec<String>,
     client: HttpClient,
 }
 
@@ -34,40 +36,48 @@ impl RateLimitService {
     }
 
     pub async fn start_with_args(redis_url: &str, extra_args: &[&str]) -> Self {
-        let addr = free_loopback_addr();
         let dir = tempfile::tempdir().expect("a temporary folder for the service's log");
-        let log = dir.path().join("ratelimit.log");
-        let file = File::create(&log).expect("create the service log");
+        let mut args = vec!["--redis".to_owned(), redis_url.to_owned()];
+        args.extend(extra_args.iter().map(|arg| (*arg).to_owned()));
+        let mut service = Self {
+            addr: free_loopback_addr(),
+            child: None,
+            log: dir.path().join("ratelimit.log"),
+            _dir: dir,
+            args,
+            client: HttpClient::h2c(),
+        };
+        service.restart().await;
+        service
+    }
+
+    /// Starts the process (again, after [`RateLimitService::kill`]) on the same address and
+    /// waits until it accepts connections.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open the service log");
         let child = Command::new(tollgate_binary())
-            .args([
-                "ratelimit",
-                "--listen",
-                &addr.to_string(),
-                "--redis",
-                redis_url,
-            ])
-            .args(extra_args)
+            .args(["ratelimit", "--listen", &self.addr.to_string()])
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("clone the log handle"))
             .stderr(file)
             .spawn()
             .expect("spawn tollgate ratelimit");
-        let service = Self {
-            addr,
-            child,
-            log,
-            _dir: dir,
-            client: HttpClient::h2c(),
-        };
+        self.child = Some(child);
         for _ in 0..400 {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return service;
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!(
             "tollgate ratelimit did not listen within 10 s:\n{}",
-            service.log()
+            self.log()
         );
     }
 
@@ -79,10 +89,12 @@ impl RateLimitService {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Stops the process at once.
+    /// Stops the process at once (SIGKILL).
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Calls `ShouldRateLimit`: the decoded answer, or the gRPC status and message of a

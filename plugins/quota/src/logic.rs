@@ -126,7 +126,10 @@ pub fn global_verdict(names: &[&'static str], response: &RateLimitResponse) -> O
         if !verdict.allowed {
             return Some(verdict);
         }
-        if binding.as_ref().is_none_or(|b| verdict.remaining < b.remaining) {
+        if binding
+            .as_ref()
+            .is_none_or(|b| verdict.remaining < b.remaining)
+        {
             binding = Some(verdict);
         }
     }

@@ -4,10 +4,10 @@ use std::rc::Rc;
 
 use tollgate_sdk::config::ConfigError;
 use tollgate_sdk::global_limit::{FailureMode, Verdict};
-use tollgate_sdk::ratelimit_service::Descriptor;
 use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, LogLevel, MapType};
+use tollgate_sdk::ratelimit_service::Descriptor;
 use tollgate_sdk::shared::{Decision, SharedData};
 use tollgate_sdk::Plugin;
 
