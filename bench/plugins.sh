@@ -14,14 +14,19 @@
 #            plugins tp-headers, tp-metrics and tp-properties (BENCH_CHAIN=auto|bundled|test)
 #   heavy    tp-header-heavy (20 adds, 20 gets, 20 removes per request)
 #   noepoch  the chain again, with TOLLGATE_EPOCH_INTERRUPTION=off
+#   jwt      the bundled jwt-auth with an HS256 token
+#   limit    the bundled rate-limit alone, counting locally in shared data (never reached)
+#   global   the same plan counted by `tollgate ratelimit` on a redis-server (both on the
+#            load CPU): what a limit shared by replicas adds to a request
 #
 # Environment (all optional): as bench/run.sh (BENCH_DURATION, BENCH_RUNS, BENCH_CONNECTIONS,
 # BENCH_HALF_LOAD, BENCH_PROFILE, TOLLGATE_BIN, BENCH_PROXY_CPU, BENCH_LOAD_CPU,
 # BENCH_QUIET_WAIT, BENCH_STRICT), and
-#   BENCH_PORT_BASE=28180   ports BASE+1 (upstream), BASE+10+i (Tollgate), BASE+20+i (admin)
+#   BENCH_PORT_BASE=28180   ports BASE+1 (upstream), BASE+2 (redis-server), BASE+3 (tollgate
+#                           ratelimit), BASE+10+i (Tollgate), BASE+20+i (admin)
 #   BENCH_PLUGINS_OUT=bench/results/plugins.md
 #   BENCH_CHAIN=auto        which 3-plugin chain: auto | bundled | test
-#   BENCH_CONFIGS="base header chain heavy noepoch"   a subset (base is required)
+#   BENCH_CONFIGS="base header chain heavy noepoch jwt limit global"   a subset (base is required)
 #   BENCH_BUILD_PLUGINS=1   0: use the .wasm files already built, build nothing
 #   BENCH_PERF=1            profile Tollgate during each configuration's first wrk run
 #                           (perf record -g); top entries in bench/results/profile-CONFIG.txt
@@ -34,18 +39,20 @@ BASE=${BENCH_PORT_BASE:-28180}
 UP_PORT=$((BASE + 1))
 OUT=${BENCH_PLUGINS_OUT:-bench/results/plugins.md}
 CHAIN_MODE=${BENCH_CHAIN:-auto}
-read -r -a CONFIGS <<<"${BENCH_CONFIGS:-base header chain heavy noepoch jwt}"
+read -r -a CONFIGS <<<"${BENCH_CONFIGS:-base header chain heavy noepoch jwt limit global}"
 case $CHAIN_MODE in auto | bundled | test) ;; *) die "BENCH_CHAIN must be auto, bundled or test" ;; esac
 [[ " ${CONFIGS[*]} " == *" base "* ]] || die "BENCH_CONFIGS must include base (the fixed rate is half of its maximum)"
 declare -A PORT ADMIN
 i=0
 for c in "${CONFIGS[@]}"; do
-    case $c in base | header | chain | heavy | noepoch | jwt) ;; *) die "unknown configuration '$c'" ;; esac
+    case $c in base | header | chain | heavy | noepoch | jwt | limit | global) ;; *) die "unknown configuration '$c'" ;; esac
     PORT[$c]=$((BASE + 10 + i))
     ADMIN[$c]=$((BASE + 20 + i))
     i=$((i + 1))
 done
-for port in "$UP_PORT" "${PORT[@]}" "${ADMIN[@]}"; do
+REDIS_PORT=$((BASE + 2))
+RATELIMIT_PORT=$((BASE + 3))
+for port in "$UP_PORT" "$REDIS_PORT" "$RATELIMIT_PORT" "${PORT[@]}" "${ADMIN[@]}"; do
     port_free "$port" || die "127.0.0.1:$port is in use; set BENCH_PORT_BASE"
 done
 
@@ -91,7 +98,8 @@ elif [[ $CHAIN_MODE == bundled ]]; then
 fi
 
 # --- policies ----------------------------------------------------------------------------
-# policies NAME PLUGINS-YAML: the policy folder of one configuration
+# policies NAME PLUGINS-YAML [MORE-YAML]: the policy folder of one configuration (MORE-YAML
+# goes into a second file, merged with the first)
 policies() {
     local dir=$WORK/cfg-$1
     mkdir -p "$dir"
@@ -103,6 +111,7 @@ listeners:
 $(forward_all_yaml)
 $2
 EOF
+    [[ -z ${3:-} ]] || printf '%s\n' "$3" >"$dir/more.yaml"
 }
 
 CHAIN_BUNDLED=$(chain_plugins_yaml)
@@ -130,8 +139,27 @@ JWT='plugins:
 HEAVY='plugins:
   - name: heavy
     module: tp_header_heavy.wasm'
+# One counter for every request (key: route); the plan is never reached.
+limit_yaml() {
+    cat <<YAML
+plugins:
+  - name: limit
+    module: rate_limit.wasm
+    config:
+      plans: { unlimited: { requests_per_second: 1000000000, burst: 1000000000 } }
+      key: route
+      default_plan: unlimited$1
+YAML
+}
+LIMIT=$(limit_yaml "")
+GLOBAL=$(limit_yaml "
+      global: { cluster: ratelimit, domain: bench, timeout: 200ms, failure_mode: deny }")
+RATELIMIT_CLUSTER="clusters:
+  - name: ratelimit
+    endpoints: [ { address: 127.0.0.1:$RATELIMIT_PORT } ]
+    http2: true"
 
-declare -A ENVS=([base]="" [header]="" [chain]="" [heavy]="" [noepoch]="TOLLGATE_EPOCH_INTERRUPTION=off" [jwt]="")
+declare -A ENVS=([base]="" [header]="" [chain]="" [heavy]="" [noepoch]="TOLLGATE_EPOCH_INTERRUPTION=off" [jwt]="" [limit]="" [global]="")
 
 # start_config NAME: start its Tollgate on the proxy CPU and wait until it serves
 TG_PID=
@@ -162,6 +190,7 @@ check_config() {
     case $c in
     header) grep -qi '^x-tp-response: bench' <<<"$headers" || { echo "plugins: $c: no x-tp-response header" >&2; ok=0; } ;;
     heavy) ;; # it changes request headers only; the upstream does not echo them
+    limit | global) grep -qi '^ratelimit-limit: 1000000000' <<<"$headers" || { echo "plugins: $c: no ratelimit-limit header (rate-limit)" >&2; ok=0; } ;;
     chain | noepoch)
         if [[ $CHAIN == bundled ]]; then
             grep -qi '^x-served-by: tollgate' <<<"$headers" || { echo "plugins: $c: no x-served-by header (transformer)" >&2; ok=0; }
@@ -192,8 +221,24 @@ for c in "${CONFIGS[@]}"; do
         policies jwt "$JWT"
         ;;
     heavy) policies heavy "$HEAVY" ;;
+    limit | global)
+        [[ -f $BUNDLED_DIR/rate_limit.wasm ]] || die "the $c configuration needs the bundled rate_limit.wasm (just plugins)"
+        cp "$BUNDLED_DIR"/rate_limit.wasm "$WORK/plugins/"
+        if [[ $c == limit ]]; then policies limit "$LIMIT"; else policies global "$GLOBAL" "$RATELIMIT_CLUSTER"; fi
+        ;;
     esac
 done
+
+# The global limit's service and its Redis, on the load CPU (they stand for machines of
+# their own): started once, for every run of the configuration.
+if [[ " ${CONFIGS[*]} " == *" global "* ]]; then
+    need_tools redis-server:redis-server
+    log "starting redis-server and tollgate ratelimit (CPU $LOAD_CPU)"
+    start redis "$LOAD_CPU" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no
+    start ratelimit "$LOAD_CPU" env TOLLGATE_LOG=warn "$BIN" ratelimit --listen "127.0.0.1:$RATELIMIT_PORT" \
+        --redis "redis://127.0.0.1:$REDIS_PORT"
+    wait_http "http://127.0.0.1:$RATELIMIT_PORT/healthz"
+fi
 
 # The chain: the bundled plugins when they are there and work, else the test plugins.
 CHAIN='test'
@@ -248,14 +293,23 @@ done
 # --- open loop: latency at half of the 0-plugin maximum ----------------------------------
 base_rps=$("$PYTHON" bench/report.py rps "$WORK" base)
 RATE=$("$PYTHON" -c "import sys; print(max(1, round(float(sys.argv[1]) * float(sys.argv[2]))))" "$base_rps" "$HALF")
+# The local and global limit are compared with each other, at half of the local one's
+# maximum (the question is what the service adds to a limited request, not to a bare one).
+LIMIT_RATE=$RATE
+if [[ " ${CONFIGS[*]} " == *" limit "* ]]; then
+    limit_rps=$("$PYTHON" bench/report.py rps "$WORK" limit)
+    LIMIT_RATE=$("$PYTHON" -c "import sys; print(max(1, round(float(sys.argv[1]) * float(sys.argv[2]))))" "$limit_rps" "$HALF")
+fi
 for r in $(seq "$RUNS"); do
     for c in "${CONFIGS[@]}"; do
+        rate=$RATE
+        [[ $c != limit && $c != global ]] || rate=$LIMIT_RATE
         start_config "$c"
         taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H "$KEY_HEADER" -H "$AUTH_HEADER" "http://127.0.0.1:${PORT[$c]}/" >/dev/null
         wait_quiet
-        log "fixed rate run $r/$RUNS: $c at $RATE req/s"
+        log "fixed rate run $r/$RUNS: $c at $rate req/s"
         # loadgen.py has no option for extra headers: the API key rides on the Host value.
-        taskset -c "$LOAD_CPU" "$PYTHON" bench/loadgen.py --port "${PORT[$c]}" --rate "$RATE" \
+        taskset -c "$LOAD_CPU" "$PYTHON" bench/loadgen.py --port "${PORT[$c]}" --rate "$rate" \
             --host-header "127.0.0.1:${PORT[$c]}"$'\r\n'"$KEY_HEADER"$'\r\n'"$AUTH_HEADER" \
             --duration "$DURATION" --warmup 1 --connections "$CONNS" >"$WORK/fixed-$c-$r.json"
         "$PYTHON" -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_us"]; print("  achieved %s req/s  p50 %s us  p99 %s us  errors %s  statuses %s" % (d["achieved_rate"], l["p50"], l["p99"], d["errors"], d["statuses"]))' \
@@ -267,7 +321,7 @@ done
 
 # --- report ------------------------------------------------------------------------------
 configs_json=$(printf '"%s",' "${CONFIGS[@]}")
-write_meta "$WORK/meta.json" "rate=$RATE" "chain=$CHAIN" "chain_label=$CHAIN_LABEL" "configs=[${configs_json%,}]"
+write_meta "$WORK/meta.json" "rate=$RATE" "limit_rate=$LIMIT_RATE" "chain=$CHAIN" "chain_label=$CHAIN_LABEL" "configs=[${configs_json%,}]"
 mkdir -p "$(dirname "$OUT")"
 status=0
 "$PYTHON" bench/plugins_report.py "$WORK" >"$WORK/report.md" || status=$?

@@ -23,6 +23,8 @@ LABELS = {
     "heavy": "header-heavy (tp-header-heavy)",
     "noepoch": "3-plugin chain, epoch interruption off",
     "jwt": "jwt-auth (HS256 token)",
+    "limit": "rate-limit, local (shared data)",
+    "global": "rate-limit, global (tollgate ratelimit + Redis on loopback)",
 }
 
 
@@ -129,6 +131,9 @@ def main():
         ratios = pair_ratios(rps("chain"), rps("noepoch"))
         goals.ratio("epoch interruption on / off (chain), throughput ≥ 0.97× (cost ≤ 3 %)", ratios, at_least=0.97,
                     fmt=lambda v: "%.3f×" % v)
+    if "limit" in configs and "global" in configs:
+        goals.difference("global limit vs local, added p50 at half load ≤ 0.3 ms", fixed_pct("global", "p50"),
+                         fixed_pct("limit", "p50"), 300, fmt_added)
     out.extend(goals.markdown())
     add("")
     add("Runs alternate between the configurations: run *i* of a configuration and run *i* of "
@@ -150,15 +155,23 @@ def main():
         a50, a99 = sub(fixed["header"].get("p50"), fb.get("p50")), sub(fixed["header"].get("p99"), fb.get("p99"))
         notes.append("one header plugin: added p50 %s, p99 %s at half load (for information)"
                      % (fmt_added(a50), fmt_added(a99)))
+    if "limit" in configs and "global" in configs:
+        fl, fg = fixed.get("limit", {}), fixed.get("global", {})
+        paired = pair_ratios(rps("global"), rps("limit"))
+        notes.append("global limit vs local, both at %s requests/s (half of the local one's maximum): "
+                     "added p50 %s, p99 %s; throughput %s of local (median of the paired runs' ratios)"
+                     % (fmt_rps(meta.get("limit_rate")), fmt_added(sub(fg.get("p50"), fl.get("p50"))), fmt_added(sub(fg.get("p99"), fl.get("p99"))),
+                        "–" if not paired else "%.2f×" % median(paired)))
     if "noepoch" in configs:
         fne = fixed.get("noepoch", {})
         notes.append("chain at half load, epochs on vs off: p50 %s vs %s, p99 %s vs %s"
                      % (fmt_us(fch.get("p50")), fmt_us(fne.get("p50")), fmt_us(fch.get("p99")), fmt_us(fne.get("p99"))))
     rate = meta["rate"]
     for c, f in fixed.items():
-        if f.get("rate") is not None and f["rate"] < 0.97 * rate:
+        target = meta.get("limit_rate", rate) if c in ("limit", "global") else rate
+        if f.get("rate") is not None and f["rate"] < 0.97 * target:
             notes.append("%s could not sustain the fixed rate (%s of %s req/s): its latencies include "
-                         "the queue that built up" % (LABELS[c], fmt_rps(f["rate"]), fmt_rps(rate)))
+                         "the queue that built up" % (LABELS[c], fmt_rps(f["rate"]), fmt_rps(target)))
         elif f.get("lag99") is not None and f["lag99"] > 200:
             notes.append("%s: requests left up to %s (p99) after their scheduled time (generator or "
                          "every connection busy); that wait is part of the latencies" % (LABELS[c], fmt_us(f["lag99"])))
