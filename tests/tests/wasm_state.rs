@@ -18,7 +18,7 @@ use http_body_util::Full;
 use serde_json::json;
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
 use tollgate_tests::gateway::Gateway;
-use tollgate_tests::plugins::{PluginSpec, TP_METRICS, TP_PROPERTIES, TP_SHARED};
+use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_METRICS, TP_PROPERTIES, TP_SHARED};
 use tollgate_tests::prometheus::sample_sum;
 use tollgate_tests::scenario::Scenario;
 
@@ -348,7 +348,10 @@ async fn properties_have_envoy_names_and_encodings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_data_outlives_a_reload_that_rebuilds_the_plugin() {
-    let (gateway, _echo) = start(&[PluginSpec::new("shared", TP_SHARED).routes(&["shared"])]).await;
+    let gateway = scenario()
+        .plugin(PluginSpec::new("shared", TP_SHARED).routes(&["shared"]))
+        .start()
+        .await;
     let client = HttpClient::http1();
     for expected in 1..=3 {
         let response = send(&client, &gateway, "GET", "shared.test", "/shared/a", "").await;
@@ -359,11 +362,8 @@ async fn shared_data_outlives_a_reload_that_rebuilds_the_plugin() {
     let rebuilt = PluginSpec::new("shared", TP_SHARED)
         .routes(&["shared"])
         .config(json!({ "edited": true }));
-    std::fs::write(
-        gateway.policies().path().join("plugins.json"),
-        plugins_file(&[rebuilt]),
-    )
-    .expect("write plugins.json");
+    std::fs::write(gateway.policy_file("plugins.json"), plugins_file(&[rebuilt]))
+        .expect("write plugins.json");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !gateway.log().contains("new configuration is live") {
         assert!(
