@@ -15,6 +15,7 @@ use http::{HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
+use super::refusal::Reason;
 use super::{Downstream, ResponseBody};
 use crate::telemetry::metrics::metrics;
 use crate::upstream::{BoxError, Endpoint};
@@ -61,21 +62,38 @@ pub struct ResponseDetails {
     pub flags: u64,
 }
 
+/// Envoy's response flag bits, by the short names its access logs write.
+pub mod flag {
+    pub const UH: u64 = 0x2;
+    pub const UT: u64 = 0x4;
+    pub const LR: u64 = 0x8;
+    pub const UR: u64 = 0x10;
+    pub const UF: u64 = 0x20;
+    pub const UO: u64 = 0x80;
+    pub const NR: u64 = 0x100;
+    pub const DI: u64 = 0x200;
+    pub const FI: u64 = 0x400;
+    pub const URX: u64 = 0x8000;
+    pub const SI: u64 = 0x10000;
+    pub const DPE: u64 = 0x40000;
+    pub const NC: u64 = 0x1000000;
+}
+
 /// Envoy's response flags: bit, and the short name its access logs write.
 const RESPONSE_FLAGS: &[(u64, &str)] = &[
-    (0x2, "UH"),
-    (0x4, "UT"),
-    (0x8, "LR"),
-    (0x10, "UR"),
-    (0x20, "UF"),
-    (0x80, "UO"),
-    (0x100, "NR"),
-    (0x200, "DI"),
-    (0x400, "FI"),
-    (0x8000, "URX"),
-    (0x10000, "SI"),
-    (0x40000, "DPE"),
-    (0x1000000, "NC"),
+    (flag::UH, "UH"),
+    (flag::UT, "UT"),
+    (flag::LR, "LR"),
+    (flag::UR, "UR"),
+    (flag::UF, "UF"),
+    (flag::UO, "UO"),
+    (flag::NR, "NR"),
+    (flag::DI, "DI"),
+    (flag::FI, "FI"),
+    (flag::URX, "URX"),
+    (flag::SI, "SI"),
+    (flag::DPE, "DPE"),
+    (flag::NC, "NC"),
 ];
 
 /// The one table from the access log's `detail` to Envoy's response code details and
@@ -86,33 +104,24 @@ const RESPONSE_FLAGS: &[(u64, &str)] = &[
 pub fn response_details(detail: &str, plugin_details: &str, attempts: u32) -> ResponseDetails {
     let (details, flags): (&str, u64) = match detail {
         "" | "-" => ("via_upstream", 0),
-        "no_route" | "unknown_host" | "no_listener" | "no_route_after_plugin" => {
-            ("route_not_found", 0x100)
-        }
-        "no_cluster" => ("cluster_not_found", 0x1000000),
-        "upstream_connect_failure" => (
-            "upstream_reset_before_response_started{connection_failure}",
-            0x20,
+        "response_body_error" => (
+            "upstream_reset_after_response_started{remote_reset}",
+            flag::UR,
         ),
-        "upstream_timeout" => ("upstream_response_timeout", 0x4),
-        "upstream_reset" => ("upstream_reset_before_response_started{remote_reset}", 0x10),
-        "upstream_overflow" => ("upstream_reset_before_response_started{overflow}", 0x80),
-        "no_healthy_upstream" => ("no_healthy_upstream", 0x2),
-        "response_body_error" => ("upstream_reset_after_response_started{remote_reset}", 0x10),
-        "fault_abort" => ("fault_filter_abort", 0x400),
-        "fault_delay" => ("via_upstream", 0x200),
+        "fault_delay" => ("via_upstream", flag::DI),
         "direct_response" | "redirect" => ("direct_response", 0),
         "plugin_local_reply" => (plugin_details, 0),
-        "plugin_failure" => ("wasm_fail_stream", 0),
-        "plugin_reset" => ("plugin_reset", 0x8),
-        "request_body_too_large" => ("request_payload_too_large", 0),
-        "request_body_timeout" => ("stream_idle_timeout", 0x10000),
-        "downstream_body_error" => ("codec_error", 0x40000),
-        other => (other, 0),
+        "plugin_reset" => ("plugin_reset", flag::LR),
+        // The gateway's own answers say it themselves.
+        other => match Reason::from_detail(other) {
+            Some(reason) => (reason.code_details(), reason.response_flags()),
+            None => (other, 0),
+        },
     };
-    let upstream_failure = flags & (0x4 | 0x10 | 0x20) != 0 && detail != "response_body_error";
+    let upstream_failure =
+        flags & (flag::UT | flag::UR | flag::UF) != 0 && detail != "response_body_error";
     let retried = if upstream_failure && attempts > 1 {
-        0x8000
+        flag::URX
     } else {
         0
     };
