@@ -154,8 +154,12 @@ fn outgoing<'a>(
         uri,
         headers: parts.headers,
     };
-    // One copy of the authority serves as X-Forwarded-Host and, unless rewritten, as Host.
-    let authority_value = HeaderValue::from_str(authority).ok();
+    // One copy of the authority serves as X-Forwarded-Host and, unless rewritten, as Host:
+    // the client's own `Host` when it is already canonical (a shared buffer, no copy).
+    let authority_value = match outgoing.headers.get(header::HOST) {
+        Some(host) if host.as_bytes() == authority.as_bytes() => Some(host.clone()),
+        _ => HeaderValue::from_str(authority).ok(),
+    };
     headers::set_forwarded(
         &mut outgoing.headers,
         downstream.remote.ip(),

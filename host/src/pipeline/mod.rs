@@ -43,7 +43,7 @@ use std::borrow::Cow;
 
 use crate::config::{Action, Normalization, Route, ServerSettings};
 use crate::routing::normalize::{self, Rejection};
-use crate::routing::{NoMatch, RequestHead};
+use crate::routing::{NoMatch, RequestHead, RouteMatch};
 use crate::server::body::{MalformedBody, ReadTimeout};
 use crate::snapshot::{ListenerState, Snapshot};
 use crate::tls::TlsInfo;
@@ -229,7 +229,7 @@ fn route<'s>(
                 path: request.uri().path().to_string(),
             },
         })?;
-    record.route = matched.route.name.as_str().into();
+    record.route = matched.route_name.clone();
     Ok(Routed {
         request,
         listener,
@@ -282,8 +282,8 @@ async fn with_plugins(
     ) {
         Ok((None, authority)) => (route, authority),
         Ok((Some(rerouted), authority)) => {
-            record.route = rerouted.name.as_str().into();
-            (rerouted, authority)
+            record.route = rerouted.route_name.clone();
+            (rerouted.route, authority)
         }
         Err(refusal) => {
             let response = refuse(refusal, record);
@@ -386,7 +386,7 @@ fn apply_head_changes<'s>(
     normalization: &Normalization,
     mut host: String,
     mut authority: String,
-) -> Result<(Option<&'s Route>, String), Refusal> {
+) -> Result<(Option<RouteMatch<'s>>, String), Refusal> {
     let rerouting = changed.authority.is_some() || changed.path.is_some();
     if let Some(new_authority) = &changed.authority {
         let canonical = canonical_authority(new_authority, normalization)
@@ -410,7 +410,7 @@ fn apply_head_changes<'s>(
         headers: &parts.headers,
     };
     match listener.routes.find(&head) {
-        Ok(rematched) => Ok((Some(rematched.route), authority)),
+        Ok(rematched) => Ok((Some(rematched), authority)),
         Err(_) => Err(Refusal::NoRouteAfterPlugin {
             path: parts.uri.path().to_string(),
         }),
