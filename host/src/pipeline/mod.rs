@@ -164,11 +164,19 @@ async fn respond(
             let Routed {
                 request,
                 route,
-                authority,
+                target,
                 ..
             } = routed;
             let request = request.map(|body| downstream_body(body, &snapshot.config.server));
-            act(request, route, snapshot, downstream, &authority, record).await
+            act(
+                request,
+                route,
+                snapshot,
+                downstream,
+                &target.authority,
+                record,
+            )
+            .await
         }
     }
 }
@@ -191,8 +199,7 @@ struct Routed<'s> {
     listener: &'s ListenerState,
     route: &'s Route,
     virtual_host_name: &'s str,
-    host: String,
-    authority: String,
+    target: CanonicalHost,
 }
 
 /// Checks the request head, makes its host and path canonical and matches its route.
@@ -207,14 +214,13 @@ fn route<'s>(
     if head_size(&request) > snapshot.config.server.max_request_header_bytes {
         return Err(Refusal::RequestHeadersTooLarge);
     }
-    let CanonicalHost { host, authority } =
-        canonical_target(&mut request, &snapshot.config.server.normalization)?;
+    let target = canonical_target(&mut request, &snapshot.config.server.normalization)?;
     let listener = snapshot
         .listeners
         .get(&downstream.listener)
         .ok_or(Refusal::NoListener)?;
     let head = RequestHead {
-        host: &host,
+        host: target.host(),
         path: request.uri().path(),
         query: request.uri().query(),
         method: request.method(),
@@ -224,7 +230,9 @@ fn route<'s>(
         .routes
         .find(&head)
         .map_err(|no_match| match no_match {
-            NoMatch::UnknownHost => Refusal::UnknownHost { host: host.clone() },
+            NoMatch::UnknownHost => Refusal::UnknownHost {
+                host: target.host().to_string(),
+            },
             NoMatch::NoRoute => Refusal::NoRoute {
                 path: request.uri().path().to_string(),
             },
@@ -235,8 +243,7 @@ fn route<'s>(
         listener,
         route: matched.route,
         virtual_host_name: &matched.virtual_host.name,
-        host,
-        authority,
+        target,
     })
 }
 
@@ -260,36 +267,36 @@ async fn with_plugins(
         request,
         listener,
         route,
-        host,
-        authority,
+        target,
         ..
     } = routed;
     let (mut parts, body) = request.into_parts();
     let end_of_stream = http_body::Body::is_end_stream(&body);
-    let changed =
-        match request_phase(&mut run, &mut parts, &authority, downstream, end_of_stream).await {
-            Ok(changed) => changed,
-            Err(stop) => return plugin_stop(stop, plugins::share(run), record).await,
-        };
-    let normalization = &snapshot.config.server.normalization;
-    let (route, authority) = match apply_head_changes(
-        changed,
+    let changed = match request_phase(
+        &mut run,
         &mut parts,
-        listener,
-        normalization,
-        host,
-        authority,
-    ) {
-        Ok((None, authority)) => (route, authority),
-        Ok((Some(rerouted), authority)) => {
-            record.route = rerouted.route_name.clone();
-            (rerouted.route, authority)
-        }
-        Err(refusal) => {
-            let response = refuse(refusal, record);
-            return plugin_response(plugins::share(run), response, record).await;
-        }
+        &target.authority,
+        downstream,
+        end_of_stream,
+    )
+    .await
+    {
+        Ok(changed) => changed,
+        Err(stop) => return plugin_stop(stop, plugins::share(run), record).await,
     };
+    let normalization = &snapshot.config.server.normalization;
+    let (route, authority) =
+        match apply_head_changes(changed, &mut parts, listener, normalization, target) {
+            Ok((None, authority)) => (route, authority),
+            Ok((Some(rerouted), authority)) => {
+                record.route = rerouted.route_name.clone();
+                (rerouted.route, authority)
+            }
+            Err(refusal) => {
+                let response = refuse(refusal, record);
+                return plugin_response(plugins::share(run), response, record).await;
+            }
+        };
 
     let reading = match body_reading(&run, &mut parts, route, snapshot, end_of_stream) {
         Ok(reading) => reading,
@@ -384,33 +391,31 @@ fn apply_head_changes<'s>(
     parts: &mut http::request::Parts,
     listener: &'s ListenerState,
     normalization: &Normalization,
-    mut host: String,
-    mut authority: String,
+    mut target: CanonicalHost,
 ) -> Result<(Option<RouteMatch<'s>>, String), Refusal> {
     let rerouting = changed.authority.is_some() || changed.path.is_some();
     if let Some(new_authority) = &changed.authority {
-        let canonical = canonical_authority(new_authority, normalization)
+        target = canonical_authority(new_authority, normalization)
             .map_err(Refusal::InvalidPluginAuthority)?;
-        (host, authority) = (canonical.host, canonical.authority);
     }
-    if let Ok(value) = HeaderValue::from_str(&authority) {
+    if let Ok(value) = HeaderValue::from_str(&target.authority) {
         parts.headers.insert(http::header::HOST, value);
     }
     if let Some(new_path) = &changed.path {
         parts.uri = plugin_uri(new_path, normalization).map_err(Refusal::InvalidPluginPath)?;
     }
     if !rerouting {
-        return Ok((None, authority));
+        return Ok((None, target.authority));
     }
     let head = RequestHead {
-        host: &host,
+        host: target.host(),
         path: parts.uri.path(),
         query: parts.uri.query(),
         method: &parts.method,
         headers: &parts.headers,
     };
     match listener.routes.find(&head) {
-        Ok(rematched) => Ok((Some(rematched), authority)),
+        Ok(rematched) => Ok((Some(rematched), target.authority)),
         Err(_) => Err(Refusal::NoRouteAfterPlugin {
             path: parts.uri.path().to_string(),
         }),
@@ -779,11 +784,18 @@ fn stream_info(
     }
 }
 
-/// The host a request is for, made canonical: `host` is what routing matches, `authority`
-/// (`host[:port]`) what plugins see as `:authority` and the upstream as `Host`.
+/// The host a request is for, made canonical: `authority` (`host[:port]`) is what plugins
+/// see as `:authority` and the upstream as `Host`; its host, what routing matches, is its
+/// beginning (one string for both).
 struct CanonicalHost {
-    host: String,
     authority: String,
+    host_len: usize,
+}
+
+impl CanonicalHost {
+    fn host(&self) -> &str {
+        &self.authority[..self.host_len]
+    }
 }
 
 /// Checks the request's host and path and makes both canonical, before anything reads
@@ -812,7 +824,7 @@ fn canonical_target<B>(
         (Some(target), header) => {
             let canonical = canonical_authority(target.as_str(), settings)?;
             if let Some(header) = header {
-                if normalize::host(header, settings)? != canonical.host {
+                if normalize::host(header, settings)? != canonical.host() {
                     return Err(Refusal::HostMismatch);
                 }
             }
@@ -831,12 +843,16 @@ fn canonical_authority(
     authority: &str,
     settings: &Normalization,
 ) -> Result<CanonicalHost, Rejection> {
-    let host = normalize::host(authority, settings)?;
-    let authority = match normalize::port(authority) {
-        Some(port) => format!("{host}:{port}"),
-        None => host.clone(),
-    };
-    Ok(CanonicalHost { host, authority })
+    let mut canonical = normalize::host(authority, settings)?;
+    let host_len = canonical.len();
+    if let Some(port) = normalize::port(authority) {
+        canonical.push(':');
+        canonical.push_str(port);
+    }
+    Ok(CanonicalHost {
+        authority: canonical,
+        host_len,
+    })
 }
 
 /// The URI with its path made canonical; `None` when it already is (the common case, which
