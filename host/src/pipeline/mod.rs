@@ -19,8 +19,14 @@
 //!   → access log line and metrics when the response body ends  (access_log)
 //! ```
 //!
-//! The plugin chain phases are where the proxy-wasm runtime hooks in; until it does, the
-//! request goes straight from the route match to the fault and the action.
+//! Each step is one function, called in this order from [`handle`]: `route`, then
+//! `with_plugins` (`request_phase`, `apply_head_changes`, `body_reading`, `upstream_body`)
+//! when the route has a plugin chain, `act` (fault, then the action; `forward::forward`),
+//! `plugin_response`. A route without plugins goes from `route` straight to `act`.
+//!
+//! Every answer the gateway makes itself (each `── 4xx/5xx` above, and the upstream's
+//! failures) is a [`refusal::Refusal`]: its status, text, gRPC status and access-log detail
+//! come from that one type.
 
 mod access_log;
 mod forward;
