@@ -362,8 +362,11 @@ async fn shared_data_outlives_a_reload_that_rebuilds_the_plugin() {
     let rebuilt = PluginSpec::new("shared", TP_SHARED)
         .routes(&["shared"])
         .config(json!({ "edited": true }));
-    std::fs::write(gateway.policy_file("plugins.json"), plugins_file(&[rebuilt]))
-        .expect("write plugins.json");
+    std::fs::write(
+        gateway.policy_file("plugins.json"),
+        plugins_file(&[rebuilt]),
+    )
+    .expect("write plugins.json");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !gateway.log().contains("new configuration is live") {
         assert!(

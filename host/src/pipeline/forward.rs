@@ -10,13 +10,14 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use tokio::time::Instant;
 
-use super::{headers, local, AccessRecord, Downstream, RequestLimits, ResponseBody};
+use super::refusal::Refusal;
+use super::{headers, AccessRecord, Downstream, RequestLimits, ResponseBody};
 use crate::body::{caused_by, BodyReadTimeout, MalformedBody};
 use crate::config::EscapedSlashesAction;
 use crate::config::{Forward, Normalization, RetryConditions};
 use crate::routing::normalize::{self, Rejection};
-use crate::snapshot::ResolvedForward;
-use crate::telemetry::metrics::{metrics, UpstreamErrorKind};
+use crate::snapshot::{ResolvedForward, Target};
+use crate::telemetry::metrics::metrics;
 use crate::upstream::{
     BoxError, Cluster, Outcome, PickError, PooledBody, UpstreamBody, UpstreamError,
 };
@@ -80,6 +81,8 @@ enum TryError {
     NoEndpoint(PickError),
 }
 
+/// Forwards the request and returns the upstream's response, or why there is none: the
+/// outgoing request, its body, a mirrored copy, the tries with their retries, the response.
 pub(super) async fn forward(
     mut request: Request<UpstreamBody>,
     forward: &Forward,
@@ -88,33 +91,62 @@ pub(super) async fn forward(
     authority: &str,
     limits: RequestLimits,
     record: &mut AccessRecord,
-) -> Response<ResponseBody> {
+) -> Result<Response<ResponseBody>, Refusal> {
     let content_length = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if content_length.is_some_and(|length| length > limits.max_body_bytes) {
-        record.detail = "request_body_too_large";
-        return local::reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        return Err(Refusal::BodyTooLarge);
     }
 
     let target = resolved.choose();
-    let cluster = &target.cluster;
-    record.cluster = cluster.name.clone();
+    record.cluster = target.cluster.name.clone();
 
     let is_upgrade =
         request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
     let downstream_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut request));
 
     let (parts, body) = request.into_parts();
-    let uri = match upstream_uri(&parts.uri, forward) {
-        Ok(uri) => uri,
-        Err(rejection) => {
-            record.detail = rejection.reason();
-            return local::reply(StatusCode::BAD_REQUEST, &format!("{rejection}\n"));
+    let (mut outgoing, upstream_host) = outgoing(parts, forward, downstream, authority)?;
+    let replay = may_send_again(forward, resolved) && !is_upgrade;
+    let mut body = request_body(body, content_length, replay).await?;
+    if let (Some(mirror_cluster), Some(mirror), RequestBody::Replayable(bytes)) =
+        (&resolved.mirror, &forward.mirror, &body)
+    {
+        if super::chance(mirror.percent) {
+            send_mirror(
+                mirror_cluster.clone(),
+                &outgoing,
+                upstream_host,
+                bytes.clone(),
+            );
         }
-    };
+    }
+
+    match send_with_retries(target, &mut outgoing, &mut body, forward, resolved, record).await {
+        Ok(response) => Ok(downstream_response(response, downstream_upgrade)),
+        Err(error) => {
+            tracing::debug!(route = %resolved.route, cluster = %target.cluster.name, ?error, "upstream request failed");
+            let refusal = error.into_refusal();
+            if let Some(kind) = refusal.reason().upstream_error() {
+                metrics().upstream_error(&target.cluster.name, kind);
+            }
+            Err(refusal)
+        }
+    }
+}
+
+/// The request as the upstream gets it, minus the endpoint: the path rewritten,
+/// `X-Forwarded-*` set, `Host` the authority or the route's `rewrite_host` (returned too).
+fn outgoing<'a>(
+    parts: http::request::Parts,
+    forward: &'a Forward,
+    downstream: &Downstream,
+    authority: &'a str,
+) -> Result<(Outgoing, &'a str), Refusal> {
+    let uri = upstream_uri(&parts.uri, forward)?;
     // Hop-by-hop headers went on arrival, before the plugins (`pipeline::handle`): what a
     // plugin set is forwarded as it set it.
     let mut outgoing = Outgoing {
@@ -122,8 +154,12 @@ pub(super) async fn forward(
         uri,
         headers: parts.headers,
     };
-    // One copy of the authority serves as X-Forwarded-Host and, unless rewritten, as Host.
-    let authority_value = HeaderValue::from_str(authority).ok();
+    // One copy of the authority serves as X-Forwarded-Host and, unless rewritten, as Host:
+    // the client's own `Host` when it is already canonical (a shared buffer, no copy).
+    let authority_value = match outgoing.headers.get(header::HOST) {
+        Some(host) if host.as_bytes() == authority.as_bytes() => Some(host.clone()),
+        _ => HeaderValue::from_str(authority).ok(),
+    };
     headers::set_forwarded(
         &mut outgoing.headers,
         downstream.remote.ip(),
@@ -131,57 +167,48 @@ pub(super) async fn forward(
         authority_value.as_ref(),
     );
     let upstream_host = forward.rewrite_host.as_deref().unwrap_or(authority);
-    let host_value = match (&forward.rewrite_host, authority_value) {
-        (None, Some(value)) => Ok(value),
-        _ => HeaderValue::from_str(upstream_host),
+    let host = match (&forward.rewrite_host, authority_value) {
+        (None, Some(value)) => value,
+        _ => HeaderValue::from_str(upstream_host).map_err(|_| Refusal::InvalidUpstreamHost)?,
     };
-    match host_value {
-        Ok(host) => {
-            outgoing.headers.insert(header::HOST, host);
-        }
-        Err(_) => return local::reply(StatusCode::BAD_REQUEST, "invalid host\n"),
-    }
+    outgoing.headers.insert(header::HOST, host);
+    Ok((outgoing, upstream_host))
+}
 
-    // Buffer small bodies when they may be sent more than once; stream everything else.
+/// The request body: buffered when it is small and may be sent more than once (`replay`),
+/// streamed otherwise.
+async fn request_body(
+    body: UpstreamBody,
+    content_length: Option<u64>,
+    replay: bool,
+) -> Result<RequestBody, Refusal> {
     let has_body = !(http_body::Body::is_end_stream(&body) || content_length == Some(0));
-    let wants_replay = may_send_again(forward, resolved);
-    let mut body = if !has_body {
-        RequestBody::Replayable(Bytes::new())
-    } else if wants_replay
-        && !is_upgrade
-        && content_length.is_some_and(|length| length <= REPLAY_BUFFER_LIMIT)
-    {
-        // The caller already bounds the body; its declared length is within the buffer limit.
-        match body.collect().await {
-            Ok(collected) => RequestBody::Replayable(collected.to_bytes()),
-            Err(error) if caused_by::<BodyReadTimeout>(error.as_ref()) => {
-                return super::request_body_timeout(record);
-            }
-            Err(error) => {
-                record.detail = "downstream_body_error";
-                return local::reply(
-                    StatusCode::BAD_REQUEST,
-                    &format!("could not read the request body: {error}\n"),
-                );
-            }
-        }
-    } else {
-        RequestBody::Stream(Some(body))
-    };
-
-    if let (Some(mirror_cluster), Some(mirror)) = (&resolved.mirror, &forward.mirror) {
-        if let RequestBody::Replayable(bytes) = &body {
-            if super::chance(mirror.percent) {
-                send_mirror(
-                    mirror_cluster.clone(),
-                    &outgoing,
-                    upstream_host,
-                    bytes.clone(),
-                );
-            }
-        }
+    if !has_body {
+        return Ok(RequestBody::Replayable(Bytes::new()));
     }
+    if !(replay && content_length.is_some_and(|length| length <= REPLAY_BUFFER_LIMIT)) {
+        return Ok(RequestBody::Stream(Some(body)));
+    }
+    // The caller already bounds the body; its declared length is within the buffer limit.
+    match body.collect().await {
+        Ok(collected) => Ok(RequestBody::Replayable(collected.to_bytes())),
+        Err(error) if caused_by::<BodyReadTimeout>(error.as_ref()) => Err(Refusal::RequestTimeout),
+        Err(error) => Err(Refusal::MalformedBody {
+            cause: Some(error.to_string()),
+        }),
+    }
+}
 
+/// Sends the request to the target's endpoints until a try succeeds, the retry policy
+/// gives up, or the route's timeout passes.
+async fn send_with_retries(
+    target: &Target,
+    outgoing: &mut Outgoing,
+    body: &mut RequestBody,
+    forward: &Forward,
+    resolved: &ResolvedForward,
+    record: &mut AccessRecord,
+) -> Result<Response<PooledBody>, TryError> {
     let deadline = Instant::now() + forward.timeout;
     let max_tries = 1 + forward
         .retries
@@ -200,7 +227,7 @@ pub(super) async fn forward(
             .as_ref()
             .is_some_and(|retries| retries.non_idempotent);
     let mut attempt = 0;
-    let outcome = loop {
+    loop {
         attempt += 1;
         record.attempts = attempt;
         let try_deadline = match per_try_timeout {
@@ -215,9 +242,9 @@ pub(super) async fn forward(
             outgoing.headers.clone()
         };
         let result = try_once(
-            cluster,
+            &target.cluster,
             &target.endpoints,
-            &outgoing,
+            outgoing,
             headers,
             body.take(),
             try_deadline,
@@ -241,80 +268,32 @@ pub(super) async fn forward(
             {
                 tracing::debug!(route = %resolved.route, ?error, attempt, "retrying");
             }
-            _ => break result,
+            _ => return result,
         }
         // A short jittered back-off, as Envoy's default 25 ms base interval.
         let backoff = Duration::from_millis(25 * u64::from(attempt) + rand::random::<u64>() % 25);
         tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
-    };
-
-    match outcome {
-        Ok(mut response) => {
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                if let Some(downstream_upgrade) = downstream_upgrade {
-                    let upstream_upgrade = hyper::upgrade::on(&mut response);
-                    tokio::spawn(tunnel(downstream_upgrade, upstream_upgrade));
-                }
-            } else {
-                headers::remove_hop_by_hop(response.headers_mut(), false);
-            }
-            response.map(|body| {
-                body.map_err(|error| -> BoxError { Box::new(error) })
-                    .boxed()
-            })
-        }
-        Err(TryError::BodyTimeout) => super::request_body_timeout(record),
-        Err(TryError::MalformedBody) => super::malformed_request_body(record),
-        Err(error) => {
-            let (status, detail, kind) = match &error {
-                TryError::Connect(_) => (
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_connect_failure",
-                    Some(UpstreamErrorKind::Connect),
-                ),
-                TryError::Timeout => (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    Some(UpstreamErrorKind::Timeout),
-                ),
-                TryError::Reset(_) | TryError::Unsent(_) => (
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_reset",
-                    Some(UpstreamErrorKind::Reset),
-                ),
-                TryError::BodyTooLarge => (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request_body_too_large",
-                    None,
-                ),
-                TryError::BodyTimeout | TryError::MalformedBody => {
-                    unreachable!("answered above")
-                }
-                TryError::NoEndpoint(PickError::NoHealthy) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no_healthy_upstream",
-                    Some(UpstreamErrorKind::NoHealthy),
-                ),
-                TryError::NoEndpoint(PickError::Overflow) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream_overflow",
-                    Some(UpstreamErrorKind::Overflow),
-                ),
-            };
-            if let Some(kind) = kind {
-                metrics().upstream_error(&cluster.name, kind);
-            }
-            record.detail = detail;
-            tracing::debug!(route = %resolved.route, cluster = %cluster.name, ?error, "upstream request failed");
-            let message = match &error {
-                TryError::Connect(cause) | TryError::Reset(cause) | TryError::Unsent(cause) => {
-                    format!("{detail}: {cause}\n")
-                }
-                _ => format!("{detail}\n"),
-            };
-            local::reply(status, &message)
-        }
     }
+}
+
+/// The upstream's response as the client gets it: hop-by-hop headers removed, or, for a
+/// `101 Switching Protocols`, the tunnel between both upgraded connections started.
+fn downstream_response(
+    mut response: Response<PooledBody>,
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ResponseBody> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(downstream_upgrade) = downstream_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(downstream_upgrade, upstream_upgrade));
+        }
+    } else {
+        headers::remove_hop_by_hop(response.headers_mut(), false);
+    }
+    response.map(|body| {
+        body.map_err(|error| -> BoxError { Box::new(error) })
+            .boxed()
+    })
 }
 
 /// One try: pick an endpoint, send, and wait for the response headers until `deadline`.
@@ -394,6 +373,20 @@ fn retry_on_error(conditions: &RetryConditions, error: &TryError) -> bool {
 }
 
 impl TryError {
+    /// The answer the client gets when the request's last try failed this way.
+    fn into_refusal(self) -> Refusal {
+        match self {
+            Self::Connect(cause) => Refusal::UpstreamUnavailable { cause },
+            Self::Timeout => Refusal::UpstreamTimeout,
+            Self::Reset(cause) | Self::Unsent(cause) => Refusal::UpstreamReset { cause },
+            Self::BodyTooLarge => Refusal::BodyTooLarge,
+            Self::BodyTimeout => Refusal::RequestTimeout,
+            Self::MalformedBody => Refusal::MalformedBody { cause: None },
+            Self::NoEndpoint(PickError::NoHealthy) => Refusal::NoHealthyUpstream,
+            Self::NoEndpoint(PickError::Overflow) => Refusal::UpstreamOverflow,
+        }
+    }
+
     /// Whether the upstream cannot have acted on the request, so that sending it again is
     /// safe whatever its method.
     fn never_reached_upstream(&self) -> bool {

@@ -17,14 +17,25 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `Transfer-Encoding`, `Trailer`, `Upgrade` (unless an upgrade is being proxied) and `TE`
 /// except for `TE: trailers`, which gRPC needs end to end.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
+    // `Connection: keep-alive`, what most upstreams send, names only a header removed below
+    // anyway: no list to build.
+    let names_only_keep_alive = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
-        .collect();
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+        .all(|name| name.trim_ascii().eq_ignore_ascii_case(b"keep-alive"));
+    let named: Vec<HeaderName> = if names_only_keep_alive {
+        Vec::new()
+    } else {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+            .collect()
+    };
     for name in named {
         headers.remove(name);
     }

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 
+use super::refusal::{GrpcCode, Refusal};
 use super::ResponseBody;
 use crate::config::{DirectResponse, PathMatch, Redirect};
 use crate::wasm::abi::HeaderList;
@@ -41,19 +42,6 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         })
 }
 
-/// The gRPC status an HTTP status stands for when an answer names none, as gRPC's HTTP
-/// mapping (and Envoy) has it.
-pub fn http_to_grpc_status(status: u16) -> u32 {
-    match status {
-        400 => 13,                   // INTERNAL
-        401 => 16,                   // UNAUTHENTICATED
-        403 => 7,                    // PERMISSION_DENIED
-        404 => 12,                   // UNIMPLEMENTED
-        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
-        _ => 2,                      // UNKNOWN
-    }
-}
-
 /// `grpc-message` encoding: every byte outside printable ASCII, and `%` itself, as `%XX`.
 pub fn percent_encode_grpc_message(message: &[u8]) -> String {
     let mut out = String::with_capacity(message.len());
@@ -71,8 +59,8 @@ pub fn percent_encode_grpc_message(message: &[u8]) -> String {
 /// its framing, `content-type: application/grpc`, `grpc-status` (the answer's, or the one
 /// its HTTP status stands for), `grpc-message` (the body, when there is one), no body.
 pub fn grpc_answer(answer: &LocalResponse) -> LocalResponse {
-    let grpc_status =
-        u32::try_from(answer.grpc_status).unwrap_or_else(|_| http_to_grpc_status(answer.status));
+    let grpc_status = u32::try_from(answer.grpc_status)
+        .unwrap_or_else(|_| GrpcCode::from_http_status(answer.status).code());
     let mut headers: HeaderList = answer
         .headers
         .iter()
@@ -126,18 +114,22 @@ pub fn body(bytes: impl Into<Bytes>) -> ResponseBody {
         .boxed()
 }
 
-/// A plain-text answer from the gateway.
-pub fn reply(status: StatusCode, text: &str) -> Response<ResponseBody> {
-    let mut response = Response::new(body(text.to_string()));
+/// A plain-text answer from the gateway (see `refusal::Refusal::response`): `text` and a
+/// newline, for terminals; a gRPC client gets `text` and `grpc_status` instead.
+pub(super) fn reply(
+    status: StatusCode,
+    text: &str,
+    grpc_status: GrpcCode,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(body(format!("{text}\n")));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    // The text ends in a newline for terminals; a gRPC status message has none.
     response.extensions_mut().insert(LocalReply {
-        grpc_status: None,
-        message: Bytes::copy_from_slice(text.trim_end().as_bytes()),
+        grpc_status: Some(grpc_status.code()),
+        message: Bytes::copy_from_slice(text.as_bytes()),
     });
     response
 }
@@ -158,19 +150,16 @@ pub fn redirect(
     uri: &Uri,
     authority: &str,
     scheme: &str,
-) -> Response<ResponseBody> {
+) -> Result<Response<ResponseBody>, Refusal> {
     let location = location(redirect, matched, uri, authority, scheme);
     let mut response = Response::new(body(Bytes::new()));
     *response.status_mut() = redirect.code;
     match HeaderValue::from_str(&location) {
         Ok(value) => {
             response.headers_mut().insert(header::LOCATION, value);
-            response
+            Ok(response)
         }
-        Err(_) => reply(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "redirect target is not a valid header value\n",
-        ),
+        Err(_) => Err(Refusal::InvalidRedirect),
     }
 }
 
@@ -255,15 +244,6 @@ mod tests {
             percent_encode_grpc_message("déjà vu 100%\n".as_bytes()),
             "d%C3%A9j%C3%A0 vu 100%25%0A"
         );
-    }
-
-    #[test]
-    fn http_statuses_map_to_grpc_codes() {
-        let codes: Vec<u32> = [400, 401, 403, 404, 429, 502, 503, 504, 500, 418]
-            .into_iter()
-            .map(http_to_grpc_status)
-            .collect();
-        assert_eq!(codes, [13, 16, 7, 12, 14, 14, 14, 14, 2, 2]);
     }
 
     fn redirect() -> Redirect {

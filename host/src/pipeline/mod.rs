@@ -19,14 +19,21 @@
 //!   → access log line and metrics when the response body ends  (access_log)
 //! ```
 //!
-//! The plugin chain phases are where the proxy-wasm runtime hooks in; until it does, the
-//! request goes straight from the route match to the fault and the action.
+//! Each step is one function, called in this order from [`handle`]: `route`, then
+//! `with_plugins` (`request_phase`, `apply_head_changes`, `body_reading`, `upstream_body`)
+//! when the route has a plugin chain, `act` (fault, then the action; `forward::forward`),
+//! `plugin_response`. A route without plugins goes from `route` straight to `act`.
+//!
+//! Every answer the gateway makes itself (each `── 4xx/5xx` above, and the upstream's
+//! failures) is a [`refusal::Refusal`]: its status, text, gRPC status and access-log detail
+//! come from that one type.
 
 mod access_log;
 mod forward;
 pub mod headers;
 mod local;
 pub mod plugins;
+pub mod refusal;
 mod request_body;
 
 use std::net::SocketAddr;
@@ -41,17 +48,19 @@ use hyper::body::Incoming;
 use std::borrow::Cow;
 
 use crate::body::{MalformedBody, ReadTimeout};
-use crate::config::{Action, Normalization};
+use crate::config::{Action, Normalization, Route, ServerSettings};
 use crate::routing::normalize::{self, Rejection};
-use crate::routing::{NoMatch, RequestHead};
-use crate::snapshot::Snapshot;
+use crate::routing::{NoMatch, RequestHead, RouteMatch};
+use crate::snapshot::{ListenerState, Snapshot};
 use crate::tls::TlsInfo;
 use crate::upstream::{BoxError, UpstreamBody};
 use crate::wasm::host::StreamInfo;
 pub use access_log::AccessRecord;
 use http_body_util::{BodyExt, Limited};
 use plugins::{PluginRun, SharedRun, Stopped};
+use refusal::Refusal;
 use request_body::RequestStop;
+use tokio::sync::oneshot;
 
 /// The body of every response the gateway sends downstream.
 pub type ResponseBody = BoxBody<Bytes, BoxError>;
@@ -121,7 +130,7 @@ pub async fn handle(
         snapshot.access_log_redaction.clone(),
     );
 
-    let response = route_and_act(request, &snapshot, &downstream, &mut record).await;
+    let response = respond(request, &snapshot, &downstream, &mut record).await;
     if response.extensions().get::<StreamReset>().is_some() {
         // Logged as Envoy logs a reset stream: no status.
         record.status = 0;
@@ -137,235 +146,173 @@ pub async fn handle(
     Ok(access_log::finish_on_body_end(response, record))
 }
 
-async fn route_and_act(
-    mut request: Request<Incoming>,
+/// A request from its route to its answer, top to bottom: route → the plugins' request phase
+/// → the route's action (forward, with retries) → the plugins' response phase. `handle`
+/// writes the access log line after.
+async fn respond(
+    request: Request<Incoming>,
     snapshot: &Snapshot,
     downstream: &Downstream,
     record: &mut AccessRecord,
 ) -> Response<ResponseBody> {
+    let routed = match route(request, snapshot, downstream, record) {
+        Ok(routed) => routed,
+        Err(refusal) => return refuse(refusal, record),
+    };
+    let chain = snapshot
+        .chains
+        .get(&routed.route.name)
+        .filter(|chain| !chain.is_empty())
+        .cloned();
+    match chain {
+        Some(chain) => with_plugins(routed, &chain, snapshot, downstream, record).await,
+        None => {
+            let Routed {
+                request,
+                route,
+                target,
+                ..
+            } = routed;
+            let request = request.map(|body| downstream_body(body, &snapshot.config.server));
+            act(
+                request,
+                route,
+                snapshot,
+                downstream,
+                &target.authority,
+                record,
+            )
+            .await
+        }
+    }
+}
+
+/// The answer to a refused request, its reason written in the access record. A request whose
+/// body will not be read to its end gets the connection's last answer (see [`close_after`]).
+fn refuse(refusal: Refusal, record: &mut AccessRecord) -> Response<ResponseBody> {
+    record.detail = refusal.detail();
+    let response = refusal.response();
+    if refusal.leaves_body_unread() {
+        close_after(response)
+    } else {
+        response
+    }
+}
+
+/// A request matched to its route.
+struct Routed<'s> {
+    request: Request<Incoming>,
+    listener: &'s ListenerState,
+    route: &'s Route,
+    virtual_host_name: &'s str,
+    target: CanonicalHost,
+}
+
+/// Checks the request head, makes its host and path canonical and matches its route.
+fn route<'s>(
+    mut request: Request<Incoming>,
+    snapshot: &'s Snapshot,
+    downstream: &Downstream,
+    record: &mut AccessRecord,
+) -> Result<Routed<'s>, Refusal> {
     // hyper enforces the limit for heads of 8 KiB and more (its smallest buffer); smaller
     // configured limits are checked here.
     if head_size(&request) > snapshot.config.server.max_request_header_bytes {
-        record.detail = "request_headers_too_large";
-        return local::reply(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request headers too large\n",
-        );
+        return Err(Refusal::RequestHeadersTooLarge);
     }
-    let normalization = &snapshot.config.server.normalization;
-    let CanonicalHost { host, authority } = match canonical_target(&mut request, normalization) {
-        Ok(target) => target,
-        Err(refusal) => {
-            record.detail = refusal.detail;
-            return local::reply(StatusCode::BAD_REQUEST, &format!("{}\n", refusal.message));
-        }
-    };
-    let Some(listener) = snapshot.listeners.get(&downstream.listener) else {
-        record.detail = "no_listener";
-        return local::reply(StatusCode::NOT_FOUND, "no routes on this listener\n");
-    };
-    let path = request.uri().path();
+    let target = canonical_target(&mut request, &snapshot.config.server.normalization)?;
+    let listener = snapshot
+        .listeners
+        .get(&downstream.listener)
+        .ok_or(Refusal::NoListener)?;
     let head = RequestHead {
-        host: &host,
-        path,
+        host: target.host(),
+        path: request.uri().path(),
         query: request.uri().query(),
         method: request.method(),
         headers: request.headers(),
     };
-    let matched = match listener.routes.find(&head) {
-        Ok(matched) => matched,
-        Err(NoMatch::UnknownHost) => {
-            record.detail = "unknown_host";
-            return local::reply(
-                StatusCode::NOT_FOUND,
-                &format!("no virtual host for {host:?}\n"),
-            );
-        }
-        Err(NoMatch::NoRoute) => {
-            record.detail = "no_route";
-            return local::reply(StatusCode::NOT_FOUND, &format!("no route for {path:?}\n"));
-        }
-    };
-    let route = matched.route;
-    record.route = route.name.as_str().into();
+    let matched = listener
+        .routes
+        .find(&head)
+        .map_err(|no_match| match no_match {
+            NoMatch::UnknownHost => Refusal::UnknownHost {
+                host: target.host().to_string(),
+            },
+            NoMatch::NoRoute => Refusal::NoRoute {
+                path: request.uri().path().to_string(),
+            },
+        })?;
+    record.route = matched.route_name.clone();
+    Ok(Routed {
+        request,
+        listener,
+        route: matched.route,
+        virtual_host_name: &matched.virtual_host.name,
+        target,
+    })
+}
 
-    let chain = snapshot
-        .chains
-        .get(&route.name)
-        .filter(|chain| !chain.is_empty())
-        .cloned();
-    let Some(chain) = chain else {
-        let request = request.map(|body| downstream_body(body, &snapshot.config.server));
-        return act(request, route, snapshot, downstream, &authority, record).await;
-    };
-
-    // Request phase: the plugin chain, in order.
-    let wait_limit = match &route.action {
+/// The route's plugin chain around its action: the request phase, the request body through
+/// the plugins, the action, the response phase.
+async fn with_plugins(
+    routed: Routed<'_>,
+    chain: &crate::snapshot::Chain,
+    snapshot: &Snapshot,
+    downstream: &Downstream,
+    record: &mut AccessRecord,
+) -> Response<ResponseBody> {
+    let wait_limit = match &routed.route.action {
         Action::Forward(forward) => forward.timeout,
         _ => Duration::from_secs(15),
     };
-    let info = stream_info(
-        &request,
-        downstream,
-        record,
-        route,
-        &matched.virtual_host.name,
-        snapshot,
-    );
-    let mut run = PluginRun::new(&chain, info, wait_limit);
+    let info = stream_info(&routed, downstream, record, snapshot);
+    let mut run = PluginRun::new(chain, info, wait_limit);
     run.limit_buffering(snapshot.config.server.max_buffered_body_bytes);
+    let Routed {
+        request,
+        listener,
+        route,
+        target,
+        ..
+    } = routed;
     let (mut parts, body) = request.into_parts();
-    let list = plugins::request_header_list(
-        &parts.method,
-        downstream.scheme(),
-        &authority,
-        parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-        &parts.headers,
-    );
     let end_of_stream = http_body::Body::is_end_stream(&body);
-    // What the plugins changed of the head; a pseudo-header they left as it was costs no copy.
-    let (new_authority, new_path) = match run.request_headers(list, end_of_stream).await {
-        Ok(list) => {
-            parts.headers = plugins::header_map(list);
-            let changed = |name: &str, old: &str| {
-                plugins::list_value(list, name)
-                    .filter(|new| *new != old.as_bytes())
-                    .map(|new| String::from_utf8_lossy(new).into_owned())
-            };
-            if let Some(method) = changed(":method", parts.method.as_str())
-                .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
-            {
-                parts.method = method;
-            }
-            let old_path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            (
-                changed(":authority", &authority),
-                changed(":path", old_path),
-            )
-        }
+    let changed = match request_phase(
+        &mut run,
+        &mut parts,
+        &target.authority,
+        downstream,
+        end_of_stream,
+    )
+    .await
+    {
+        Ok(changed) => changed,
         Err(stop) => return plugin_stop(stop, plugins::share(run), record).await,
     };
-    let path_changed = new_path.is_some();
-    let authority_changed = new_authority.is_some();
-    // What a plugin sets is made canonical exactly like what a client sends, so that a
-    // plugin cannot route a request where the client could not. A path or authority that
-    // cannot be made canonical is answered 400, as it would be from the client: plugins
-    // build these from the request (a rewrite of its path, a header's value), so the fault
-    // is the request's, and a 5xx would make hostile input look like a gateway failure.
-    let mut host = host;
-    let mut authority = authority;
-    if authority_changed {
-        let new_authority = new_authority.as_deref().unwrap_or_default();
-        match canonical_authority(new_authority, normalization) {
-            Ok(canonical) => (host, authority) = (canonical.host, canonical.authority),
-            Err(rejection) => {
-                record.detail = "invalid_plugin_authority";
-                let message = format!("a plugin set an invalid :authority: {rejection}\n");
-                let response = local::reply(StatusCode::BAD_REQUEST, &message);
+    let normalization = &snapshot.config.server.normalization;
+    let (route, authority) =
+        match apply_head_changes(changed, &mut parts, listener, normalization, target) {
+            Ok((None, authority)) => (route, authority),
+            Ok((Some(rerouted), authority)) => {
+                record.route = rerouted.route_name.clone();
+                (rerouted.route, authority)
+            }
+            Err(refusal) => {
+                let response = refuse(refusal, record);
                 return plugin_response(plugins::share(run), response, record).await;
             }
-        }
-    }
-    if let Ok(value) = HeaderValue::from_str(&authority) {
-        parts.headers.insert(http::header::HOST, value);
-    }
-    if path_changed {
-        let new_path = new_path.as_deref().unwrap_or_default();
-        match plugin_uri(new_path, normalization) {
-            Ok(uri) => parts.uri = uri,
-            Err(rejection) => {
-                record.detail = "invalid_plugin_path";
-                let message = format!("a plugin set an invalid :path: {rejection}\n");
-                let response = local::reply(StatusCode::BAD_REQUEST, &message);
-                return plugin_response(plugins::share(run), response, record).await;
-            }
-        }
-    }
-
-    // A changed :path or :authority selects the route again, as Envoy clears its route cache.
-    let mut route = route;
-    if path_changed || authority_changed {
-        let head = RequestHead {
-            host: &host,
-            path: parts.uri.path(),
-            query: parts.uri.query(),
-            method: &parts.method,
-            headers: &parts.headers,
         };
-        match listener.routes.find(&head) {
-            Ok(rematched) => {
-                route = rematched.route;
-                record.route = route.name.as_str().into();
-            }
-            Err(_) => {
-                record.detail = "no_route_after_plugin";
-                let response = local::reply(
-                    StatusCode::NOT_FOUND,
-                    &format!("no route for {:?}\n", parts.uri.path()),
-                );
-                return plugin_response(plugins::share(run), response, record).await;
-            }
-        }
-    }
 
-    // Request body: streamed through the plugins that read it, piece by piece, while the
-    // upstream request starts with the head (see `request_body`).
-    let server = &snapshot.config.server;
-    let streams_through_plugins = !end_of_stream && run.reads_request_stream();
-    let passes_whole_first = !end_of_stream
-        && run.reads_request_body()
-        && replays_small_body(route, snapshot, &parts.headers);
-    if run.reads_request_body() && !end_of_stream {
-        if declared_length(&parts.headers)
-            .is_some_and(|length| length > server.max_request_body_bytes)
-        {
-            record.detail = "request_body_too_large";
-            return close_after(local::reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large\n",
-            ));
-        }
-        // A plugin may change the body's length, and the head goes before the body has
-        // passed: the upstream gets no length (HTTP/1.1 chunked, HTTP/2 framed).
-        parts.headers.remove(http::header::CONTENT_LENGTH);
-        parts.headers.remove(http::header::TRANSFER_ENCODING);
-    }
+    let reading = match body_reading(&run, &mut parts, route, snapshot, end_of_stream) {
+        Ok(reading) => reading,
+        Err(refusal) => return refuse(refusal, record),
+    };
     let run = plugins::share(run);
-    let (body, body_stop): (UpstreamBody, _) = if end_of_stream {
-        let empty = http_body_util::Empty::new().map_err(|never| match never {});
-        (empty.boxed(), None)
-    } else if passes_whole_first {
-        // A small body (by its declared length) on a route that may send it again (retries,
-        // a mirror) goes through the plugins whole before the upstream request starts, so
-        // that it leaves with its final length and can be replayed, as Envoy buffers bodies
-        // for retries.
-        let (body, stopped) =
-            request_body::through_plugins(downstream_body(body, server), run.clone());
-        match body.collect().await {
-            Ok(collected) => {
-                let trailers = collected.trailers().cloned();
-                let bytes = collected.to_bytes();
-                parts
-                    .headers
-                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-                let body = http_body_util::Full::new(bytes).map_err(|never| match never {});
-                let body = match trailers {
-                    Some(map) => body.with_trailers(async move { Some(Ok(map)) }).boxed(),
-                    None => body.boxed(),
-                };
-                (body, None)
-            }
-            Err(_) => match stopped.await {
-                Ok(stop) => return request_stopped(stop, run, record).await,
-                Err(_) => return malformed_request_body(record),
-            },
-        }
-    } else if streams_through_plugins {
-        let (body, stop) =
-            request_body::through_plugins(downstream_body(body, server), run.clone());
-        (body, Some(stop))
-    } else {
-        (downstream_body(body, server), None)
+    let server = &snapshot.config.server;
+    let (body, body_stop) = match upstream_body(&mut parts, body, reading, &run, server).await {
+        Ok(prepared) => prepared,
+        Err(stop) => return request_stopped(stop, run, record).await,
     };
     let request = http::Request::from_parts(parts, body);
     let outcome = match body_stop {
@@ -393,6 +340,186 @@ async fn route_and_act(
     }
 }
 
+/// What the request phase's plugins changed of `:authority` and `:path`.
+struct HeadChanges {
+    authority: Option<String>,
+    path: Option<String>,
+}
+
+/// Request phase: the plugin chain, in order, over the request head. The headers and method
+/// they set are applied to `parts`; a changed `:authority` or `:path` is returned, to be made
+/// canonical and routed again.
+async fn request_phase(
+    run: &mut PluginRun,
+    parts: &mut http::request::Parts,
+    authority: &str,
+    downstream: &Downstream,
+    end_of_stream: bool,
+) -> Result<HeadChanges, Stopped> {
+    let list = plugins::request_header_list(
+        &parts.method,
+        downstream.scheme(),
+        authority,
+        parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        &parts.headers,
+    );
+    let list = run.request_headers(list, end_of_stream).await?;
+    parts.headers = plugins::header_map(list);
+    // A pseudo-header the plugins left as it was costs no copy.
+    let changed = |name: &str, old: &str| {
+        plugins::list_value(list, name)
+            .filter(|new| *new != old.as_bytes())
+            .map(|new| String::from_utf8_lossy(new).into_owned())
+    };
+    if let Some(method) = changed(":method", parts.method.as_str())
+        .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
+    {
+        parts.method = method;
+    }
+    let old_path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    Ok(HeadChanges {
+        authority: changed(":authority", authority),
+        path: changed(":path", old_path),
+    })
+}
+
+/// Applies a changed `:authority` and `:path` to the request. What a plugin sets is made
+/// canonical exactly like what a client sends, so that a plugin cannot route a request where
+/// the client could not; a change selects the route again, as Envoy clears its route cache.
+/// Returns the new route (if routed again) and the authority.
+///
+/// A path or authority that cannot be made canonical is answered 400, as it would be from
+/// the client: plugins build these from the request (a rewrite of its path, a header's
+/// value), so the fault is the request's, and a 5xx would make hostile input look like a
+/// gateway failure.
+fn apply_head_changes<'s>(
+    changed: HeadChanges,
+    parts: &mut http::request::Parts,
+    listener: &'s ListenerState,
+    normalization: &Normalization,
+    mut target: CanonicalHost,
+) -> Result<(Option<RouteMatch<'s>>, String), Refusal> {
+    let rerouting = changed.authority.is_some() || changed.path.is_some();
+    if let Some(new_authority) = &changed.authority {
+        target = canonical_authority(new_authority, normalization)
+            .map_err(Refusal::InvalidPluginAuthority)?;
+    }
+    if let Ok(value) = HeaderValue::from_str(&target.authority) {
+        parts.headers.insert(http::header::HOST, value);
+    }
+    if let Some(new_path) = &changed.path {
+        parts.uri = plugin_uri(new_path, normalization).map_err(Refusal::InvalidPluginPath)?;
+    }
+    if !rerouting {
+        return Ok((None, target.authority));
+    }
+    let head = RequestHead {
+        host: target.host(),
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        method: &parts.method,
+        headers: &parts.headers,
+    };
+    match listener.routes.find(&head) {
+        Ok(rematched) => Ok((Some(rematched), target.authority)),
+        Err(_) => Err(Refusal::NoRouteAfterPlugin {
+            path: parts.uri.path().to_string(),
+        }),
+    }
+}
+
+/// How the request body passes the plugins on its way upstream.
+enum BodyReading {
+    /// The request has none.
+    Empty,
+    /// No plugin reads it: it goes as it arrives.
+    Untouched,
+    /// A small body (by its declared length) on a route that may send it again: through the
+    /// plugins whole before the upstream request starts.
+    Whole,
+    /// Through the plugins piece by piece, while the upstream request starts with the head.
+    Streamed,
+}
+
+/// How the request body will pass the plugins. A body plugins read loses its length headers
+/// (they may change it, and the head goes first: the upstream gets HTTP/1.1 chunked or
+/// HTTP/2 framing); one declared over `server.max_request_body_bytes` is refused at once.
+fn body_reading(
+    run: &PluginRun,
+    parts: &mut http::request::Parts,
+    route: &Route,
+    snapshot: &Snapshot,
+    end_of_stream: bool,
+) -> Result<BodyReading, Refusal> {
+    if end_of_stream {
+        return Ok(BodyReading::Empty);
+    }
+    if run.reads_request_body() {
+        let limit = snapshot.config.server.max_request_body_bytes;
+        if declared_length(&parts.headers).is_some_and(|length| length > limit) {
+            return Err(Refusal::BodyTooLarge);
+        }
+        let whole = replays_small_body(route, snapshot, &parts.headers);
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        parts.headers.remove(http::header::TRANSFER_ENCODING);
+        if whole {
+            return Ok(BodyReading::Whole);
+        }
+    }
+    Ok(if run.reads_request_stream() {
+        BodyReading::Streamed
+    } else {
+        BodyReading::Untouched
+    })
+}
+
+/// The upstream request's body, and the signal of the body task when the plugins stream it
+/// (see `request_body`). A whole body leaves with its final length and can be replayed, as
+/// Envoy buffers bodies for retries.
+async fn upstream_body(
+    parts: &mut http::request::Parts,
+    body: Incoming,
+    reading: BodyReading,
+    run: &SharedRun,
+    server: &ServerSettings,
+) -> Result<(UpstreamBody, Option<oneshot::Receiver<RequestStop>>), RequestStop> {
+    match reading {
+        BodyReading::Empty => {
+            let empty = http_body_util::Empty::new().map_err(|never| match never {});
+            Ok((empty.boxed(), None))
+        }
+        BodyReading::Untouched => Ok((downstream_body(body, server), None)),
+        BodyReading::Streamed => {
+            let (body, stop) =
+                request_body::through_plugins(downstream_body(body, server), run.clone());
+            Ok((body, Some(stop)))
+        }
+        BodyReading::Whole => {
+            let (body, stopped) =
+                request_body::through_plugins(downstream_body(body, server), run.clone());
+            let collected = match body.collect().await {
+                Ok(collected) => collected,
+                Err(_) => {
+                    return Err(stopped
+                        .await
+                        .unwrap_or(RequestStop::Refused(Refusal::MalformedBody { cause: None })))
+                }
+            };
+            let trailers = collected.trailers().cloned();
+            let bytes = collected.to_bytes();
+            parts
+                .headers
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            let body = http_body_util::Full::new(bytes).map_err(|never| match never {});
+            let body = match trailers {
+                Some(map) => body.with_trailers(async move { Some(Ok(map)) }).boxed(),
+                None => body.boxed(),
+            };
+            Ok((body, None))
+        }
+    }
+}
+
 /// Answers a request whose body the plugins, or the body's limits, stopped.
 async fn request_stopped(
     stop: RequestStop,
@@ -401,23 +528,19 @@ async fn request_stopped(
 ) -> Response<ResponseBody> {
     match stop {
         RequestStop::Plugin(stop) => plugin_stop(stop, run, record).await,
-        RequestStop::Refused(detail, response) => {
-            record.detail = detail;
+        RequestStop::Refused(refusal) => {
+            let response = refuse(refusal, record);
             run.lock()
                 .await
                 .set_final_response(response.status().as_u16(), Vec::new());
-            close_after(response)
+            response
         }
     }
 }
 
 /// Whether the request's body is small by its declared length and the route may send it
 /// more than once.
-fn replays_small_body(
-    route: &crate::config::Route,
-    snapshot: &Snapshot,
-    headers: &http::HeaderMap,
-) -> bool {
+fn replays_small_body(route: &Route, snapshot: &Snapshot, headers: &http::HeaderMap) -> bool {
     let Action::Forward(forward_action) = &route.action else {
         return false;
     };
@@ -440,7 +563,7 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 
 /// The request body as the pipeline reads it: bounded in size by
 /// `server.max_request_body_bytes` and in stall time by `server.body_read_timeout`.
-fn downstream_body(body: Incoming, server: &crate::config::ServerSettings) -> UpstreamBody {
+fn downstream_body(body: Incoming, server: &ServerSettings) -> UpstreamBody {
     Limited::new(
         ReadTimeout::new(
             body.map_err(|error| -> BoxError { Box::new(MalformedBody(error)) }),
@@ -449,26 +572,6 @@ fn downstream_body(body: Incoming, server: &crate::config::ServerSettings) -> Up
         server.max_request_body_bytes as usize,
     )
     .boxed()
-}
-
-/// The answer to a request body that stopped arriving: `408`, and the connection closes
-/// (an HTTP/1.1 connection cannot be reused with the rest of that body still due).
-fn request_body_timeout(record: &mut AccessRecord) -> Response<ResponseBody> {
-    record.detail = "request_body_timeout";
-    close_after(local::reply(
-        StatusCode::REQUEST_TIMEOUT,
-        "the request body stopped arriving\n",
-    ))
-}
-
-/// The answer to a request whose body could not be read to its end: `400`, and the
-/// connection closes.
-fn malformed_request_body(record: &mut AccessRecord) -> Response<ResponseBody> {
-    record.detail = "downstream_body_error";
-    close_after(local::reply(
-        StatusCode::BAD_REQUEST,
-        "could not read the request body\n",
-    ))
 }
 
 /// Marks an HTTP/1.1 answer as the connection's last: whatever the client sent after it is
@@ -589,7 +692,7 @@ async fn plugin_response(
 /// Fault injection and the route's action.
 async fn act(
     request: Request<UpstreamBody>,
-    route: &crate::config::Route,
+    route: &Route,
     snapshot: &Snapshot,
     downstream: &Downstream,
     authority: &str,
@@ -604,16 +707,15 @@ async fn act(
         }
         if let Some((percent, status)) = fault.abort {
             if chance(percent) {
-                record.detail = "fault_abort";
-                return local::reply(status, "fault filter abort\n");
+                return refuse(Refusal::Fault { status }, record);
             }
         }
     }
 
-    match &route.action {
+    let answer = match &route.action {
         Action::DirectResponse(direct) => {
             record.detail = "direct_response";
-            local::direct_response(direct)
+            Ok(local::direct_response(direct))
         }
         Action::Redirect(redirect) => {
             record.detail = "redirect";
@@ -635,26 +737,20 @@ async fn act(
                 )
                 .await
             }
-            None => {
-                record.detail = "no_cluster";
-                local::reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no cluster for this route\n",
-                )
-            }
+            None => Err(Refusal::NoCluster),
         },
-    }
+    };
+    answer.unwrap_or_else(|refusal| refuse(refusal, record))
 }
 
 /// The request facts plugins read as properties.
 fn stream_info(
-    request: &Request<Incoming>,
+    routed: &Routed<'_>,
     downstream: &Downstream,
     record: &AccessRecord,
-    route: &crate::config::Route,
-    virtual_host_name: &str,
     snapshot: &Snapshot,
 ) -> StreamInfo {
+    let route = routed.route;
     let cluster_name = snapshot
         .forwards
         .get(&route.name)
@@ -664,7 +760,7 @@ fn stream_info(
     StreamInfo {
         request_id: record.request_id.to_str().unwrap_or_default().to_string(),
         started: std::time::SystemTime::now(),
-        protocol: match request.version() {
+        protocol: match routed.request.version() {
             http::Version::HTTP_2 => "HTTP/2",
             http::Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
@@ -684,7 +780,7 @@ fn stream_info(
         route_name: route.name.clone(),
         cluster_name,
         grpc: record.grpc,
-        virtual_host_name: virtual_host_name.to_string(),
+        virtual_host_name: routed.virtual_host_name.to_string(),
         tls: downstream.tls.clone(),
         outcome: Default::default(),
         filter_state: Default::default(),
@@ -694,25 +790,17 @@ fn stream_info(
     }
 }
 
-/// The host a request is for, made canonical: `host` is what routing matches, `authority`
-/// (`host[:port]`) what plugins see as `:authority` and the upstream as `Host`.
+/// The host a request is for, made canonical: `authority` (`host[:port]`) is what plugins
+/// see as `:authority` and the upstream as `Host`; its host, what routing matches, is its
+/// beginning (one string for both).
 struct CanonicalHost {
-    host: String,
     authority: String,
+    host_len: usize,
 }
 
-/// Why a request's target was refused before routing (always 400).
-struct Refusal {
-    detail: &'static str,
-    message: String,
-}
-
-impl From<Rejection> for Refusal {
-    fn from(rejection: Rejection) -> Self {
-        Refusal {
-            detail: rejection.reason(),
-            message: rejection.to_string(),
-        }
+impl CanonicalHost {
+    fn host(&self) -> &str {
+        &self.authority[..self.host_len]
     }
 }
 
@@ -732,10 +820,7 @@ fn canonical_target<B>(
     let mut host_headers = request.headers().get_all(http::header::HOST).iter();
     let host_header = host_headers.next();
     if host_headers.next().is_some() {
-        return Err(Refusal {
-            detail: "duplicate_host",
-            message: "the request has more than one Host header".into(),
-        });
+        return Err(Refusal::DuplicateHost);
     }
     let host_header = match host_header {
         Some(value) => Some(value.to_str().map_err(|_| Rejection::InvalidHost)?),
@@ -745,23 +830,14 @@ fn canonical_target<B>(
         (Some(target), header) => {
             let canonical = canonical_authority(target.as_str(), settings)?;
             if let Some(header) = header {
-                if normalize::host(header, settings)? != canonical.host {
-                    return Err(Refusal {
-                        detail: "host_mismatch",
-                        message: "the Host header names another host than the request target"
-                            .into(),
-                    });
+                if normalize::host(header, settings)? != canonical.host() {
+                    return Err(Refusal::HostMismatch);
                 }
             }
             canonical
         }
         (None, Some(header)) if !header.is_empty() => canonical_authority(header, settings)?,
-        (None, _) => {
-            return Err(Refusal {
-                detail: "missing_host",
-                message: "the request names no host".into(),
-            })
-        }
+        (None, _) => return Err(Refusal::MissingHost),
     };
     if let Some(uri) = canonical_uri(request.uri(), settings)? {
         *request.uri_mut() = uri;
@@ -773,12 +849,16 @@ fn canonical_authority(
     authority: &str,
     settings: &Normalization,
 ) -> Result<CanonicalHost, Rejection> {
-    let host = normalize::host(authority, settings)?;
-    let authority = match normalize::port(authority) {
-        Some(port) => format!("{host}:{port}"),
-        None => host.clone(),
-    };
-    Ok(CanonicalHost { host, authority })
+    let mut canonical = normalize::host(authority, settings)?;
+    let host_len = canonical.len();
+    if let Some(port) = normalize::port(authority) {
+        canonical.push(':');
+        canonical.push_str(port);
+    }
+    Ok(CanonicalHost {
+        authority: canonical,
+        host_len,
+    })
 }
 
 /// The URI with its path made canonical; `None` when it already is (the common case, which

@@ -20,6 +20,7 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::sync::Notify;
 
+use super::refusal::Refusal;
 use super::{local, ResponseBody};
 use crate::config::FailurePolicy;
 use crate::snapshot::Chain;
@@ -262,11 +263,10 @@ impl PluginRun {
             return Ok(());
         }
         self.failed_phase.get_or_insert(self.phase);
-        // On a gRPC request this becomes UNAVAILABLE (14), as `local::for_grpc` maps a 503.
-        let response = local::reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("plugin {:?} is unavailable\n", entry.plugin.name),
-        );
+        let response = Refusal::PluginFailed {
+            plugin: entry.plugin.name.to_string(),
+        }
+        .response();
         Err(Stopped::Failed(Box::new(response)))
     }
 
@@ -368,10 +368,7 @@ impl PluginRun {
                 .is_err()
             {
                 tracing::warn!(plugin = %plugin.name, route = %self.info.route_name, "plugin paused the stream and never resumed it");
-                return Err(Stopped::Failed(Box::new(local::reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "a plugin paused the request past its timeout\n",
-                ))));
+                return Err(Stopped::Failed(Box::new(Refusal::PluginStalled.response())));
             }
             if !plugin.is_current(self.entries[index].generation) {
                 // Another request's trap took the VM, with the decision this one waited
@@ -379,10 +376,10 @@ impl PluginRun {
                 // the plugin, whatever the failure policy.
                 tracing::warn!(plugin = %plugin.name, route = %self.info.route_name, phase = self.phase, "the plugin's VM was replaced while this request waited on it");
                 self.failed_phase.get_or_insert(self.phase);
-                return Err(Stopped::Failed(Box::new(local::reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("plugin {:?} is unavailable\n", plugin.name),
-                ))));
+                let plugin = plugin.name.to_string();
+                return Err(Stopped::Failed(Box::new(
+                    Refusal::PluginFailed { plugin }.response(),
+                )));
             }
             signals = match plugin.with_vm(|vm, _| Ok(take_signals(vm, context, direction))) {
                 Ok(signals) => signals,

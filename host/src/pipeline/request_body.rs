@@ -19,13 +19,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::plugins::{BodyStop, SharedRun, Stopped};
-use super::{local, ResponseBody};
+use super::refusal::Refusal;
 use crate::body::{caused_by, BodyReadTimeout};
 use crate::upstream::{BoxError, UpstreamBody};
 
@@ -33,9 +32,9 @@ use crate::upstream::{BoxError, UpstreamBody};
 pub(super) enum RequestStop {
     /// A plugin answered or failed: the response phase handles it as in the other phases.
     Plugin(Stopped),
-    /// The gateway answers (`detail` for the access log); the connection closes after it,
-    /// since the rest of the body will not be read.
-    Refused(&'static str, Response<ResponseBody>),
+    /// The gateway answers; the connection closes after it, since the rest of the body will
+    /// not be read.
+    Refused(Refusal),
 }
 
 /// The upstream request was stopped by the request body task (its reason went to the
@@ -193,10 +192,7 @@ async fn any_woken(wakes: &[std::sync::Arc<tokio::sync::Notify>]) {
 fn plugin_stop(stopped: BodyStop) -> RequestStop {
     match stopped {
         BodyStop::Plugin(stopped) => RequestStop::Plugin(stopped),
-        BodyStop::BufferFull => RequestStop::Refused(
-            "request_body_buffer_full",
-            local::reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
-        ),
+        BodyStop::BufferFull => RequestStop::Refused(Refusal::BodyBufferFull),
     }
 }
 
@@ -204,24 +200,12 @@ fn plugin_stop(stopped: BodyStop) -> RequestStop {
 /// body plugins).
 fn refusal(error: &BoxError) -> RequestStop {
     if caused_by::<BodyReadTimeout>(error.as_ref()) {
-        return RequestStop::Refused(
-            "request_body_timeout",
-            local::reply(
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body stopped arriving\n",
-            ),
-        );
+        return RequestStop::Refused(Refusal::RequestTimeout);
     }
     if caused_by::<http_body_util::LengthLimitError>(error.as_ref()) {
-        return RequestStop::Refused(
-            "request_body_too_large",
-            local::reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
-        );
+        return RequestStop::Refused(Refusal::BodyTooLarge);
     }
-    RequestStop::Refused(
-        "downstream_body_error",
-        local::reply(StatusCode::BAD_REQUEST, "could not read the request body\n"),
-    )
+    RequestStop::Refused(Refusal::MalformedBody { cause: None })
 }
 
 /// The upstream request's body: what the plugins let through, in order.

@@ -18,6 +18,9 @@ use crate::config::{PathMatch, Route, ValueMatch, ValueRule, VirtualHost};
 #[derive(Debug, Default)]
 pub struct RouteTable {
     virtual_hosts: Vec<Arc<VirtualHost>>,
+    /// Each virtual host's route names, shared: a request takes its route's name (for the
+    /// access log and the metrics) without allocating.
+    route_names: Vec<Vec<Arc<str>>>,
     exact: FxHashMap<String, usize>,
     /// `*.example.com` stored as `.example.com`; `*-api.example.com` as `-api.example.com`;
     /// longest first.
@@ -44,6 +47,8 @@ pub struct RequestHead<'a> {
 pub struct RouteMatch<'a> {
     pub virtual_host: &'a Arc<VirtualHost>,
     pub route: &'a Route,
+    /// `route.name`, shared.
+    pub route_name: &'a Arc<str>,
 }
 
 /// Why no route matched; both answer 404 but the access log says which.
@@ -77,13 +82,27 @@ impl RouteTable {
         table
             .prefixes
             .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        table.route_names = virtual_hosts
+            .iter()
+            .map(|vhost| {
+                vhost
+                    .routes
+                    .iter()
+                    .map(|route| Arc::from(route.name.as_str()))
+                    .collect()
+            })
+            .collect();
         table.virtual_hosts = virtual_hosts;
         table
     }
 
     pub fn virtual_host(&self, host: &str) -> Option<&Arc<VirtualHost>> {
-        let index = self
-            .exact
+        self.virtual_host_index(host)
+            .and_then(|index| self.virtual_hosts.get(index))
+    }
+
+    fn virtual_host_index(&self, host: &str) -> Option<usize> {
+        self.exact
             .get(host)
             .copied()
             .or_else(|| {
@@ -102,22 +121,23 @@ impl RouteTable {
                     })
                     .map(|(_, index)| *index)
             })
-            .or(self.any)?;
-        self.virtual_hosts.get(index)
+            .or(self.any)
     }
 
     pub fn find(&self, request: &RequestHead<'_>) -> Result<RouteMatch<'_>, NoMatch> {
-        let virtual_host = self
-            .virtual_host(request.host)
+        let index = self
+            .virtual_host_index(request.host)
             .ok_or(NoMatch::UnknownHost)?;
-        let route = virtual_host
+        let virtual_host = &self.virtual_hosts[index];
+        let position = virtual_host
             .routes
             .iter()
-            .find(|route| route_matches(route, request))
+            .position(|route| route_matches(route, request))
             .ok_or(NoMatch::NoRoute)?;
         Ok(RouteMatch {
             virtual_host,
-            route,
+            route: &virtual_host.routes[position],
+            route_name: &self.route_names[index][position],
         })
     }
 }
