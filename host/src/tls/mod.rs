@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -136,10 +136,7 @@ pub enum PemFileError {
         source: std::io::Error,
     },
     #[error("{} is not a PEM certificate file: {source}", path.display())]
-    NotCertificates {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    NotCertificates { path: PathBuf, source: pem::Error },
     #[error("{} holds no PEM certificate", path.display())]
     NoCertificate { path: PathBuf },
     #[error("{} holds no usable CA certificate", path.display())]
@@ -167,7 +164,7 @@ fn open(path: &Path) -> Result<File, PemFileError> {
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemFileError> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(open(path)?))
+    let certs: Vec<_> = CertificateDer::pem_reader_iter(open(path)?)
         .collect::<Result<_, _>>()
         .map_err(|source| PemFileError::NotCertificates {
             path: path.into(),
@@ -181,9 +178,10 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemFileError>
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemFileError> {
     // The parser's error is dropped: it could quote key material.
-    rustls_pemfile::private_key(&mut BufReader::new(open(path)?))
-        .map_err(|_| PemFileError::NotKey { path: path.into() })?
-        .ok_or_else(|| PemFileError::NoKey { path: path.into() })
+    PrivateKeyDer::from_pem_reader(open(path)?).map_err(|error| match error {
+        pem::Error::NoItemsFound => PemFileError::NoKey { path: path.into() },
+        _ => PemFileError::NotKey { path: path.into() },
+    })
 }
 
 /// The DNS names a listener certificate file answers for when it has no `server_names`
