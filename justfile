@@ -176,7 +176,7 @@ deny:
     set -euo pipefail
     command -v cargo-deny >/dev/null || cargo install --locked cargo-deny
     cargo deny check bans licenses sources
-    cargo deny --manifest-path plugins/Cargo.toml check --config deny.toml bans licenses sources
+    cargo deny --manifest-path plugins/Cargo.toml --config deny.toml check bans licenses sources
 
 # Lint, build, then run every test (the integration tests spawn target/debug/tollgate).
 test: setup test-tools lint build
