@@ -171,6 +171,14 @@ lint: setup
     cargo clippy --workspace --all-targets -- -D warnings
     cargo clippy --manifest-path plugins/Cargo.toml --target-dir "{{ target_dir }}/plugins-native" --workspace --all-targets -- -D warnings
 
+# The dependency policy of deny.toml (bans, licences, sources) for both workspaces, installing cargo-deny when missing. The advisories check needs GitHub: `cargo deny check advisories`.
+deny:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-deny >/dev/null || cargo install --locked cargo-deny
+    cargo deny check bans licenses sources
+    cargo deny --manifest-path plugins/Cargo.toml --config deny.toml check bans licenses sources
+
 # Lint, build, then run every test (the integration tests spawn target/debug/tollgate).
 test: setup test-tools lint build
     cargo test --workspace

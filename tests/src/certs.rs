@@ -8,6 +8,8 @@ use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A self-signed CA that signs leaf certificates.
 pub struct CertAuthority {
@@ -171,17 +173,15 @@ pub fn dns_names(cert_der: &[u8]) -> Vec<String> {
 }
 
 /// Parses PEM certificates, for building rustls configurations.
-pub fn parse_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
+pub fn parse_certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
         .expect("valid PEM certificates")
 }
 
 /// Parses a PEM private key, for building rustls configurations.
-pub fn parse_key(pem: &str) -> rustls::pki_types::PrivateKeyDer<'static> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())
-        .expect("readable PEM key")
-        .expect("a private key in the PEM")
+pub fn parse_key(pem: &str) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).expect("a readable private key in the PEM")
 }
 
 /// The ring crypto provider: the workspace builds rustls with ring only, and naming it

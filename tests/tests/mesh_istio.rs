@@ -182,7 +182,7 @@ fn canonical(value: &Value, key: &str) -> Value {
 fn documents<'a>(texts: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, Value> {
     let mut found = BTreeMap::new();
     for text in texts {
-        for document in serde_yaml::Deserializer::from_str(text) {
+        for document in serde_norway::Deserializer::from_str(text) {
             let value = Value::deserialize(document).expect("valid YAML");
             if value.is_null() {
                 continue;
@@ -779,7 +779,7 @@ fn comparable_route(route: &Value) -> Value {
 }
 
 fn virtual_hosts(routes_yaml: &str) -> BTreeMap<String, (Value, Vec<Value>)> {
-    let document: Value = serde_yaml::from_str(routes_yaml).expect("routes YAML");
+    let document: Value = serde_norway::from_str(routes_yaml).expect("routes YAML");
     document["virtual_hosts"]
         .as_array()
         .expect("virtual_hosts")

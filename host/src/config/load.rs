@@ -151,13 +151,13 @@ fn parse_yaml(text: &str) -> Result<raw::Document, ParseError> {
     }) {
         return Err(empty_document());
     }
-    let deserializer = serde_yaml::Deserializer::from_str(text);
+    let deserializer = serde_norway::Deserializer::from_str(text);
     let document = serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = document_path(error.path());
         (path, error.into_inner().to_string())
     })?;
     // The typed parse read a null section as absent; the same text as plain YAML tells.
-    if let Ok(serde_yaml::Value::Mapping(sections)) = serde_yaml::from_str(text) {
+    if let Ok(serde_norway::Value::Mapping(sections)) = serde_norway::from_str(text) {
         for (name, value) in &sections {
             if value.is_null() {
                 return Err(null_section(name.as_str().unwrap_or_default()));

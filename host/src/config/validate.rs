@@ -1232,7 +1232,7 @@ mod tests {
             .iter()
             .map(|(name, text)| SourceFile {
                 name: name.to_string(),
-                document: serde_yaml::from_str(text).unwrap(),
+                document: serde_norway::from_str(text).unwrap(),
             })
             .collect();
         validate(Path::new("/policies"), files)

@@ -62,7 +62,7 @@ pub fn export_with(
     let mut output = String::new();
     for document in &exporter.documents {
         output.push_str("---\n");
-        output.push_str(&serde_yaml::to_string(document).context("write YAML")?);
+        output.push_str(&serde_norway::to_string(document).context("write YAML")?);
     }
     Ok(Translation {
         output,
@@ -98,7 +98,7 @@ fn read_policy_files(dir: &Path) -> anyhow::Result<Vec<PolicyFile>> {
             let document = if path.extension().is_some_and(|e| e == "json") {
                 serde_json::from_str(&text)?
             } else {
-                serde_yaml::from_str(&text)?
+                serde_norway::from_str(&text)?
             };
             Ok(PolicyFile {
                 name: path

@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -135,11 +135,8 @@ pub enum PemFileError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{} is not a PEM certificate file: {source}", path.display())]
-    NotCertificates {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{} is not a PEM certificate file: {reason}", path.display())]
+    NotCertificates { path: PathBuf, reason: String },
     #[error("{} holds no PEM certificate", path.display())]
     NoCertificate { path: PathBuf },
     #[error("{} holds no usable CA certificate", path.display())]
@@ -167,11 +164,11 @@ fn open(path: &Path) -> Result<File, PemFileError> {
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemFileError> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(open(path)?))
+    let certs: Vec<_> = CertificateDer::pem_reader_iter(open(path)?)
         .collect::<Result<_, _>>()
-        .map_err(|source| PemFileError::NotCertificates {
+        .map_err(|error| PemFileError::NotCertificates {
             path: path.into(),
-            source,
+            reason: pem_problem(&error),
         })?;
     if certs.is_empty() {
         return Err(PemFileError::NoCertificate { path: path.into() });
@@ -179,11 +176,29 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemFileError>
     Ok(certs)
 }
 
+/// What is wrong with a PEM file, in words: the parser's own messages show the section
+/// markers as byte arrays.
+fn pem_problem(error: &pem::Error) -> String {
+    match error {
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "section end {:?} missing",
+            String::from_utf8_lossy(end_marker)
+        ),
+        pem::Error::IllegalSectionStart { line } => {
+            format!("illegal section start: {:?}", String::from_utf8_lossy(line))
+        }
+        pem::Error::Base64Decode(problem) => problem.clone(),
+        pem::Error::Io(error) => error.to_string(),
+        other => other.to_string(),
+    }
+}
+
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemFileError> {
     // The parser's error is dropped: it could quote key material.
-    rustls_pemfile::private_key(&mut BufReader::new(open(path)?))
-        .map_err(|_| PemFileError::NotKey { path: path.into() })?
-        .ok_or_else(|| PemFileError::NoKey { path: path.into() })
+    PrivateKeyDer::from_pem_reader(open(path)?).map_err(|error| match error {
+        pem::Error::NoItemsFound => PemFileError::NoKey { path: path.into() },
+        _ => PemFileError::NotKey { path: path.into() },
+    })
 }
 
 /// The DNS names a listener certificate file answers for when it has no `server_names`
@@ -437,5 +452,82 @@ mod tests {
             rcgen::CertificateParams::new(vec!["Shop.Test".into(), "*.shop.test".into()]).unwrap();
         let cert = params.self_signed(&key_pair).unwrap();
         assert_eq!(dns_names(cert.der()), vec!["shop.test", "*.shop.test"]);
+    }
+
+    /// A file of this test's own in the temporary folder, removed when dropped.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, contents: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("tollgate-tls-{}-{name}", std::process::id()));
+            std::fs::write(&path, contents).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn pem_files_read_as_certificates_and_keys() {
+        let key_pair = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["shop.test".into()]).unwrap();
+        let cert = params.self_signed(&key_pair).unwrap();
+        let cert_file = TempFile::new("good.crt", &cert.pem());
+        let key_file = TempFile::new("good.key", &key_pair.serialize_pem());
+
+        assert_eq!(read_certs(&cert_file.0).unwrap(), vec![cert.der().clone()]);
+        assert!(matches!(
+            read_key(&key_file.0).unwrap(),
+            PrivateKeyDer::Pkcs8(_)
+        ));
+    }
+
+    #[test]
+    fn bad_pem_files_are_told_apart_in_words() {
+        let key_pair = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["shop.test".into()]).unwrap();
+        let cert_pem = params.self_signed(&key_pair).unwrap().pem();
+
+        let cut_short = TempFile::new("cut.crt", &cert_pem[..cert_pem.len() / 2]);
+        let error = read_certs(&cut_short.0).unwrap_err().to_string();
+        assert!(
+            error.ends_with(
+                "cut.crt is not a PEM certificate file: section end \"CERTIFICATE\" missing"
+            ),
+            "{error}"
+        );
+
+        let no_cert = TempFile::new("empty.crt", "not pem at all\n");
+        assert!(matches!(
+            read_certs(&no_cert.0),
+            Err(PemFileError::NoCertificate { .. })
+        ));
+
+        // A certificate where the key should be: no key in it, which is not a broken key.
+        let cert_as_key = TempFile::new("cert-as.key", &cert_pem);
+        assert!(matches!(
+            read_key(&cert_as_key.0),
+            Err(PemFileError::NoKey { .. })
+        ));
+
+        let broken_key = TempFile::new(
+            "broken.key",
+            "-----BEGIN PRIVATE KEY-----\n%%%%\n-----END PRIVATE KEY-----\n",
+        );
+        let error = read_key(&broken_key.0).unwrap_err();
+        assert!(matches!(error, PemFileError::NotKey { .. }), "{error}");
+        assert!(error
+            .to_string()
+            .ends_with("broken.key is not a PEM private key file"));
+
+        assert!(matches!(
+            read_certs(&std::env::temp_dir().join("tollgate-tls-no-such-file.crt")),
+            Err(PemFileError::Unreadable { .. })
+        ));
     }
 }

@@ -6,6 +6,8 @@
 use std::collections::HashSet;
 use std::path::Path;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use serde_json::{json, Map, Value};
 
 use super::plugins::Filters;
@@ -259,7 +261,7 @@ fn certificate_dns_names(path: &Path) -> Vec<String> {
     let Ok(pem) = std::fs::read(path) else {
         return Vec::new();
     };
-    let Some(Ok(cert)) = rustls_pemfile::certs(&mut pem.as_slice()).next() else {
+    let Some(Ok(cert)) = CertificateDer::pem_slice_iter(&pem).next() else {
         return Vec::new();
     };
     match webpki::EndEntityCert::try_from(&cert) {

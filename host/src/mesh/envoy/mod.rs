@@ -63,8 +63,8 @@ pub fn export(policies: &Path, plugins: &Path) -> anyhow::Result<Translation<Str
         bootstrap["bootstrap_extensions"] = Value::Array(filters.singletons.clone());
     }
 
-    let yaml =
-        serde_yaml::to_string(&yaml_value(&bootstrap)).context("writing the bootstrap as YAML")?;
+    let yaml = serde_norway::to_string(&yaml_value(&bootstrap))
+        .context("writing the bootstrap as YAML")?;
     let output = format!(
         "# Envoy v3 bootstrap written by `tollgate export envoy`.\n# Run it with: envoy -c FILE\n{yaml}"
     );
@@ -143,24 +143,28 @@ fn file_source(path: &Path) -> Value {
 
 /// The bootstrap as YAML, with `@type` and then `name` first in every mapping so that a
 /// reader sees what each block is before its fields (the rest in name order).
-fn yaml_value(value: &Value) -> serde_yaml::Value {
+fn yaml_value(value: &Value) -> serde_norway::Value {
     match value {
-        Value::Null => serde_yaml::Value::Null,
-        Value::Bool(flag) => serde_yaml::Value::Bool(*flag),
-        Value::Number(number) => serde_yaml::to_value(number).unwrap_or(serde_yaml::Value::Null),
-        Value::String(text) => serde_yaml::Value::String(text.clone()),
-        Value::Array(items) => serde_yaml::Value::Sequence(items.iter().map(yaml_value).collect()),
+        Value::Null => serde_norway::Value::Null,
+        Value::Bool(flag) => serde_norway::Value::Bool(*flag),
+        Value::Number(number) => {
+            serde_norway::to_value(number).unwrap_or(serde_norway::Value::Null)
+        }
+        Value::String(text) => serde_norway::Value::String(text.clone()),
+        Value::Array(items) => {
+            serde_norway::Value::Sequence(items.iter().map(yaml_value).collect())
+        }
         Value::Object(fields) => {
             let mut keys: Vec<&String> = fields.keys().collect();
             keys.sort_by_key(|key| (key.as_str() != "@type", key.as_str() != "name"));
-            let mut mapping = serde_yaml::Mapping::new();
+            let mut mapping = serde_norway::Mapping::new();
             for key in keys {
                 mapping.insert(
-                    serde_yaml::Value::String(key.clone()),
+                    serde_norway::Value::String(key.clone()),
                     yaml_value(&fields[key.as_str()]),
                 );
             }
-            serde_yaml::Value::Mapping(mapping)
+            serde_norway::Value::Mapping(mapping)
         }
     }
 }
@@ -190,7 +194,7 @@ mod tests {
 
     #[test]
     fn yaml_puts_the_type_and_the_name_first() {
-        let yaml = serde_yaml::to_string(&yaml_value(&json!({
+        let yaml = serde_norway::to_string(&yaml_value(&json!({
             "b": 1, "name": "x", "@type": "t", "a": [{ "z": 1, "name": "y" }]
         })))
         .unwrap();

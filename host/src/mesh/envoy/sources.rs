@@ -51,7 +51,7 @@ impl Sources {
             let document: raw::Document = if path.extension().is_some_and(|ext| ext == "json") {
                 serde_json::from_str(&text).with_context(|| format!("parsing {file}"))?
             } else {
-                serde_yaml::from_str(&text).with_context(|| format!("parsing {file}"))?
+                serde_norway::from_str(&text).with_context(|| format!("parsing {file}"))?
             };
             sources.add(&file, document);
         }
@@ -134,12 +134,12 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             // As typed, every field of the model is there (absent ones as null or a
             // default); as plain YAML, only what the file writes.
-            let document: raw::Document = serde_yaml::from_str(&text).unwrap();
+            let document: raw::Document = serde_norway::from_str(&text).unwrap();
             let mut all = serde_json::to_value(&document).unwrap();
             // Null sections and fields count as fields too.
             fill_nulls(&mut all);
             field_paths(&all, "", &mut every_field);
-            let plain: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+            let plain: serde_json::Value = serde_norway::from_str(&text).unwrap();
             field_paths(&plain, "", &mut written);
         }
         let missing: Vec<&String> = every_field.difference(&written).collect();

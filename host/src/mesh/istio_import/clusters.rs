@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use serde_yaml::Value as Yaml;
+use serde_norway::Value as Yaml;
 
 use super::{endpoint_address, ImportedCluster};
 use super::{entries, map, put, strings, Importer, Resource};

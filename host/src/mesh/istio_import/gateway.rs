@@ -2,7 +2,7 @@
 //! on that port, the hosts each accepts (to bind the virtual hosts).
 
 use serde_json::Value;
-use serde_yaml::{Mapping, Value as Yaml};
+use serde_norway::{Mapping, Value as Yaml};
 
 use super::{entries, map, put, strings, ImportedListener, Importer, Resource};
 use crate::mesh::istio::{client_ca_file, credential_files};

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use serde::Deserialize as _;
 use serde_json::Value;
-use serde_yaml::{Mapping, Value as Yaml};
+use serde_norway::{Mapping, Value as Yaml};
 
 use super::{Losses, Translation};
 
@@ -30,7 +30,7 @@ pub fn import(files: &[PathBuf]) -> anyhow::Result<Translation<Vec<(String, Stri
     for file in files {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
-        for document in serde_yaml::Deserializer::from_str(&text) {
+        for document in serde_norway::Deserializer::from_str(&text) {
             let value = Value::deserialize(document)
                 .with_context(|| format!("{}: not valid YAML", file.display()))?;
             collect_resources(value, &mut resources);
@@ -133,7 +133,7 @@ fn map() -> Mapping {
 fn put(mapping: &mut Mapping, key: &str, value: impl serde::Serialize) {
     mapping.insert(
         Yaml::String(key.to_string()),
-        serde_yaml::to_value(value).unwrap_or(Yaml::Null),
+        serde_norway::to_value(value).unwrap_or(Yaml::Null),
     );
 }
 
@@ -287,7 +287,7 @@ impl Importer {
         let document = |section: &str, items: &[Yaml]| -> anyhow::Result<String> {
             let mut root = map();
             put(&mut root, section, items);
-            Ok(format!("{header}{}", serde_yaml::to_string(&root)?))
+            Ok(format!("{header}{}", serde_norway::to_string(&root)?))
         };
         Ok(vec![
             (

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
-use serde_yaml::{Mapping, Value as Yaml};
+use serde_norway::{Mapping, Value as Yaml};
 
 use super::{entries, map, put, Importer, Resource};
 use crate::mesh::istio::{phase_floor, priority_fits_phase};

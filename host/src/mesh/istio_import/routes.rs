@@ -1,7 +1,7 @@
 //! VirtualServices as virtual hosts and their routes.
 
 use serde_json::Value;
-use serde_yaml::{Mapping, Value as Yaml};
+use serde_norway::{Mapping, Value as Yaml};
 
 use super::{entries, map, put, strings, Importer, Resource};
 use crate::mesh::istio::host_covers;
