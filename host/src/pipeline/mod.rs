@@ -47,6 +47,7 @@ use crate::server::body::{MalformedBody, ReadTimeout};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsInfo;
 use crate::upstream::{BoxError, UpstreamBody};
+use crate::wasm::header_map::{Pseudo, PseudoHeaderMap};
 use crate::wasm::host::StreamInfo;
 pub use access_log::{response_details, AccessRecord, Redaction, ResponseDetails};
 use http_body_util::{BodyExt, Limited};
@@ -215,33 +216,35 @@ async fn route_and_act(
     let mut run = PluginRun::new(&chain, info, wait_limit);
     run.limit_buffering(snapshot.config.server.max_buffered_body_bytes);
     let (mut parts, body) = request.into_parts();
-    let list = plugins::request_header_list(
+    // The plugins work on the request's own header map, moved in and back.
+    let head = PseudoHeaderMap::request(
         &parts.method,
         downstream.scheme(),
         &authority,
         parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-        &parts.headers,
+        std::mem::take(&mut parts.headers),
     );
     let end_of_stream = http_body::Body::is_end_stream(&body);
     // What the plugins changed of the head; a pseudo-header they left as it was costs no copy.
-    let (new_authority, new_path) = match run.request_headers(list, end_of_stream).await {
-        Ok(list) => {
-            parts.headers = plugins::header_map(list);
-            let changed = |name: &str, old: &str| {
-                plugins::list_value(list, name)
+    let (new_authority, new_path) = match run.request_headers(head, end_of_stream).await {
+        Ok(mut head) => {
+            let changed = |pseudo: Pseudo, old: &str| {
+                head.pseudo(pseudo)
                     .filter(|new| *new != old.as_bytes())
                     .map(|new| String::from_utf8_lossy(new).into_owned())
             };
-            if let Some(method) = changed(":method", parts.method.as_str())
+            if let Some(method) = changed(Pseudo::Method, parts.method.as_str())
                 .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
             {
                 parts.method = method;
             }
             let old_path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            (
-                changed(":authority", &authority),
-                changed(":path", old_path),
-            )
+            let changes = (
+                changed(Pseudo::Authority, &authority),
+                changed(Pseudo::Path, old_path),
+            );
+            parts.headers = head.take_headers();
+            changes
         }
         Err(stop) => return plugin_stop(stop, plugins::share(run), record).await,
     };
@@ -405,7 +408,7 @@ async fn request_stopped(
             record.detail = detail;
             run.lock()
                 .await
-                .set_final_response(response.status().as_u16(), Vec::new());
+                .set_final_response(response.status().as_u16(), PseudoHeaderMap::default());
             close_after(response)
         }
     }
@@ -502,7 +505,7 @@ async fn plugin_stop(
             record.plugin_phase = run.failed_phase().unwrap_or("-");
             let response = as_client_gets(*response, record.grpc);
             record_outcome(&run, record);
-            run.set_final_response(response.status().as_u16(), Vec::new());
+            run.set_final_response(response.status().as_u16(), PseudoHeaderMap::default());
             response
         }
         Stopped::Reset => plugin_reset(&mut *shared.lock().await, record),
@@ -552,9 +555,10 @@ async fn plugin_response(
     let mut run = shared.lock().await;
     record_outcome(&run, record);
     let (mut parts, body) = response.into_parts();
-    let mut list = plugins::response_head_list(parts.status, &parts.headers);
+    // The plugins work on the response's own header map, moved in and back.
+    let mut head = PseudoHeaderMap::response(parts.status, std::mem::take(&mut parts.headers));
     let end_of_stream = http_body::Body::is_end_stream(&body);
-    let body = match run.response_headers(&mut list, end_of_stream).await {
+    let body = match run.response_headers(&mut head, end_of_stream).await {
         Ok(None) => body,
         Ok(Some(answer)) => {
             record.detail = "plugin_local_reply";
@@ -569,19 +573,21 @@ async fn plugin_response(
             record.plugin_phase = run.failed_phase().unwrap_or("-");
             let response = as_client_gets(*response, record.grpc);
             record_outcome(&run, record);
-            run.set_final_response(response.status().as_u16(), Vec::new());
+            run.set_final_response(response.status().as_u16(), PseudoHeaderMap::default());
             return response;
         }
         Err(Stopped::Reset) => return plugin_reset(&mut run, record),
         Err(Stopped::Local(_, answer)) => local::body(answer.body.clone()),
     };
-    parts.headers = plugins::header_map(&list);
-    if let Some(status) =
-        plugins::list_value(&list, ":status").and_then(|value| StatusCode::from_bytes(value).ok())
+    if let Some(status) = head
+        .pseudo(Pseudo::Status)
+        .and_then(|value| StatusCode::from_bytes(value).ok())
     {
         parts.status = status;
     }
-    run.set_final_response(parts.status.as_u16(), list);
+    // Later phases of every plugin read the head as it went downstream.
+    parts.headers = head.clone_headers();
+    run.set_final_response(parts.status.as_u16(), head);
     drop(run);
     Response::from_parts(parts, plugins::filter_response_body(body, shared))
 }

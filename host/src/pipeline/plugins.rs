@@ -25,6 +25,7 @@ use crate::config::raw::FailurePolicy;
 use crate::upstream::BoxError;
 use crate::wasm::abi::{Action, HeaderList};
 use crate::wasm::circuit::Admission;
+use crate::wasm::header_map::{Pseudo, PseudoHeaderMap};
 use crate::wasm::host::{LocalResponse, StreamInfo, StreamState};
 use crate::wasm::plugin::{Plugin, PluginFailure};
 use crate::wasm::vm::{StreamCallback, StreamCallbacks};
@@ -398,21 +399,29 @@ impl PluginRun {
     /// reads (request properties), and returns them.
     pub async fn request_headers(
         &mut self,
-        mut headers: HeaderList,
+        mut headers: PseudoHeaderMap,
         end_of_stream: bool,
-    ) -> Result<&HeaderList, Stopped> {
+    ) -> Result<PseudoHeaderMap, Stopped> {
         let result = self
             .request_headers_through(&mut headers, end_of_stream)
             .await;
         // Plugins that log this request later still read its properties, however the phase
-        // ended.
-        let kept = self.info.request_headers.get_or_init(|| headers);
-        result.map(|()| kept)
+        // ended; the request goes on with its own map.
+        match result {
+            Ok(()) => {
+                let _ = self.info.request_headers.set(headers.clone());
+                Ok(headers)
+            }
+            Err(stop) => {
+                let _ = self.info.request_headers.set(headers);
+                Err(stop)
+            }
+        }
     }
 
     async fn request_headers_through(
         &mut self,
-        headers: &mut HeaderList,
+        headers: &mut PseudoHeaderMap,
         end_of_stream: bool,
     ) -> Result<(), Stopped> {
         self.phase = "request_headers";
@@ -428,7 +437,7 @@ impl PluginRun {
             let result = self
                 .settle(index, Direction::Request, |vm, context| {
                     if let Some(stream) = vm.state().streams.get_mut(&context) {
-                        stream.request_headers = moved.take().unwrap_or_default();
+                        stream.request_headers = moved.take();
                     }
                     let action = vm.stream_callback(
                         context,
@@ -437,13 +446,13 @@ impl PluginRun {
                         end_of_stream,
                     );
                     rescue(vm, context, &action, &mut moved, |stream| {
-                        std::mem::take(&mut stream.request_headers)
+                        stream.request_headers.take().unwrap_or_default()
                     });
                     action
                 })
                 .await;
             *headers = self.take_back(index, moved, |stream| {
-                std::mem::take(&mut stream.request_headers)
+                stream.request_headers.take().unwrap_or_default()
             });
             result?;
         }
@@ -549,7 +558,10 @@ impl PluginRun {
     /// when its trailers callback continues; that data then goes through the later plugins'
     /// body callbacks before their trailers. Returns the body data released here, which goes
     /// upstream before the trailers.
-    pub async fn request_trailers(&mut self, trailers: &mut HeaderList) -> Result<Bytes, BodyStop> {
+    pub async fn request_trailers(
+        &mut self,
+        trailers: &mut PseudoHeaderMap,
+    ) -> Result<Bytes, BodyStop> {
         let mut data = Bytes::new();
         for index in 0..self.entries.len() {
             if self.entries[index].skipped {
@@ -689,13 +701,12 @@ impl PluginRun {
     /// replaces the response; its headers then continue through the remaining plugins.
     pub async fn response_headers(
         &mut self,
-        headers: &mut HeaderList,
+        headers: &mut PseudoHeaderMap,
         end_of_stream: bool,
     ) -> Result<Option<LocalResponse>, Stopped> {
         let status = headers
-            .iter()
-            .find(|(k, _)| k == ":status")
-            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
+            .pseudo(Pseudo::Status)
+            .and_then(|value| std::str::from_utf8(value).ok()?.parse::<u16>().ok());
         let mut replaced = None;
         self.phase = "response_headers";
         if let Some(status) = status {
@@ -713,7 +724,7 @@ impl PluginRun {
             let result = self
                 .settle(index, Direction::Response, |vm, context| {
                     if let Some(stream) = vm.state().streams.get_mut(&context) {
-                        stream.response_headers = moved.take().unwrap_or_default();
+                        stream.response_headers = moved.take();
                         stream.response_code = status;
                     }
                     let action = vm.stream_callback(
@@ -723,13 +734,13 @@ impl PluginRun {
                         end_of_stream,
                     );
                     rescue(vm, context, &action, &mut moved, |stream| {
-                        std::mem::take(&mut stream.response_headers)
+                        stream.response_headers.take().unwrap_or_default()
                     });
                     action
                 })
                 .await;
             *headers = self.take_back(index, moved, |stream| {
-                std::mem::take(&mut stream.response_headers)
+                stream.response_headers.take().unwrap_or_default()
             });
             match result {
                 Ok(()) => {}
@@ -739,7 +750,7 @@ impl PluginRun {
                     } else {
                         answer
                     };
-                    *headers = response_header_list(&answer);
+                    *headers = local_reply_head(&answer);
                     replaced = Some(answer);
                 }
                 Err(failed) => return Err(failed),
@@ -913,7 +924,10 @@ impl PluginRun {
         }
     }
 
-    fn response_trailers(&mut self, trailers: &mut HeaderList) -> Result<(), PluginBodyFailure> {
+    fn response_trailers(
+        &mut self,
+        trailers: &mut PseudoHeaderMap,
+    ) -> Result<(), PluginBodyFailure> {
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
             let entry = &self.entries[index];
             if entry.context.is_none()
@@ -939,7 +953,7 @@ impl PluginRun {
             match result {
                 Ok(Some((_, true))) => return Err(self.body_reset(index, "response_trailers")),
                 Ok(Some((list, false))) => *trailers = list,
-                Ok(None) => trailers.clear(),
+                Ok(None) => *trailers = PseudoHeaderMap::default(),
                 Err(failure) => {
                     return Err(self.body_failure(index, "response_trailers", &failure));
                 }
@@ -949,7 +963,7 @@ impl PluginRun {
     }
 
     /// Records the response head that went downstream, which plugins read from then on.
-    pub fn set_final_response(&mut self, status: u16, headers: HeaderList) {
+    pub fn set_final_response(&mut self, status: u16, headers: PseudoHeaderMap) {
         self.final_status = Some(status);
         let _ = self.info.response_headers.set(headers);
     }
@@ -1044,14 +1058,13 @@ fn take_signals(
     )
 }
 
-/// A local reply's headers as a response header list (`:status` first).
-pub fn response_header_list(answer: &LocalResponse) -> HeaderList {
-    let mut list = vec![(
-        ":status".to_string(),
-        answer.status.to_string().into_bytes(),
-    )];
-    list.extend(answer.headers.iter().cloned());
-    list
+/// A local reply's head as the response plugins see it (`:status` first).
+pub fn local_reply_head(answer: &LocalResponse) -> PseudoHeaderMap {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    PseudoHeaderMap::response(
+        status,
+        PseudoHeaderMap::from_pairs(&answer.headers).into_headers(),
+    )
 }
 
 /// Builds the response for a local reply.
@@ -1077,53 +1090,6 @@ pub fn local_response(answer: &LocalResponse) -> Response<ResponseBody> {
         message: answer.body.clone(),
     });
     response
-}
-
-/// A request head as plugins see it: the pseudo-headers as Envoy gives them (`:method`,
-/// `:scheme`, `:authority`, `:path`), then the headers but `host`, which `:authority` stands
-/// for.
-pub fn request_header_list(
-    method: &http::Method,
-    scheme: &str,
-    authority: &str,
-    path_and_query: &str,
-    headers: &HeaderMap,
-) -> HeaderList {
-    let mut list = Vec::with_capacity(4 + headers.len());
-    for (name, value) in [
-        (":method", method.as_str()),
-        (":scheme", scheme),
-        (":authority", authority),
-        (":path", path_and_query),
-    ] {
-        list.push((name.to_string(), value.as_bytes().to_vec()));
-    }
-    append_headers(&mut list, headers);
-    list
-}
-
-/// A response head as plugins see it: `:status`, then the headers.
-pub fn response_head_list(status: StatusCode, headers: &HeaderMap) -> HeaderList {
-    let mut list = Vec::with_capacity(1 + headers.len());
-    list.push((":status".to_string(), status.as_str().as_bytes().to_vec()));
-    append_headers(&mut list, headers);
-    list
-}
-
-fn append_headers(list: &mut HeaderList, headers: &HeaderMap) {
-    list.extend(
-        headers
-            .iter()
-            .filter(|(name, _)| *name != http::header::HOST)
-            .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec())),
-    );
-}
-
-/// The value of a pseudo-header (or any header) in a list: the first one.
-pub fn list_value<'a>(list: &'a HeaderList, name: &str) -> Option<&'a [u8]> {
-    list.iter()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.as_slice())
 }
 
 /// The headers of a list but its pseudo-headers, as a `HeaderMap`; names and values `http`
@@ -1240,15 +1206,14 @@ impl Body for FilteredBody {
                             Ok(flushed) => flushed,
                             Err(failure) => return self.reset(failure),
                         };
-                        let mut trailers = match frame.into_trailers() {
-                            Ok(map) => crate::wasm::plugin::header_list(&map),
-                            Err(_) => Vec::new(),
-                        };
+                        let mut trailers = PseudoHeaderMap::from_headers(
+                            frame.into_trailers().unwrap_or_default(),
+                        );
                         if let Err(failure) = run.response_trailers(&mut trailers) {
                             return self.reset(failure);
                         }
                         self.done = true;
-                        let map = header_map(&trailers);
+                        let map = trailers.into_headers();
                         if !flushed.is_empty() {
                             // Send the released body now; the trailers follow as the final frame.
                             let pending_trailers = map;

@@ -38,6 +38,7 @@ use thread_local::ThreadLocal;
 use super::abi::HeaderList;
 use super::circuit::Circuit;
 use super::engine::{runtime, CompiledModule};
+use super::header_map::PseudoHeaderMap;
 use super::host::{CallResponse, PendingCallout, PluginIdentity};
 use super::shared::VmEvent;
 use super::vm::{Vm, VmTrap};
@@ -693,7 +694,9 @@ impl Plugin {
             return;
         };
         let (parts, mut body) = response.into_parts();
-        if !deliver(Event::InitialMetadata(header_list(&parts.headers))) {
+        if !deliver(Event::InitialMetadata(PseudoHeaderMap::from_headers(
+            parts.headers.clone(),
+        ))) {
             return;
         }
         let mut buffer = Vec::new();
@@ -743,7 +746,11 @@ impl Plugin {
             .get("grpc-message")
             .map(|v| Bytes::copy_from_slice(v.as_bytes()))
             .unwrap_or_default();
-        if !trailers.is_empty() && !deliver(Event::TrailingMetadata(header_list(&trailers))) {
+        if !trailers.is_empty()
+            && !deliver(Event::TrailingMetadata(PseudoHeaderMap::from_headers(
+                trailers,
+            )))
+        {
             return;
         }
         deliver(Event::Close(status, message));
@@ -835,16 +842,11 @@ impl Plugin {
         let (parts, body) = response.into_parts();
         let remaining = timeout.saturating_sub(started.elapsed());
         let collected = self.collect_limited(body, remaining).await?;
-        let trailers = collected.trailers().map(header_list).unwrap_or_default();
-        let mut headers = vec![(
-            ":status".to_string(),
-            parts.status.as_str().as_bytes().to_vec(),
-        )];
-        headers.extend(header_list(&parts.headers));
+        let trailers = collected.trailers().cloned().unwrap_or_default();
         Ok(CallResponse {
-            headers,
+            headers: PseudoHeaderMap::response(parts.status, parts.headers),
             body: collected.to_bytes(),
-            trailers,
+            trailers: PseudoHeaderMap::from_headers(trailers),
         })
     }
 
@@ -911,9 +913,9 @@ impl Plugin {
             Bytes::new()
         };
         let response = CallResponse {
-            headers: header_list(&parts.headers),
+            headers: PseudoHeaderMap::from_headers(parts.headers),
             body: payload,
-            trailers: header_list(&trailers),
+            trailers: PseudoHeaderMap::from_headers(trailers),
         };
         (status, message_text, Some(response))
     }
@@ -976,6 +978,7 @@ fn take_grpc_message(buffer: &mut Vec<u8>) -> Option<Bytes> {
     Some(message)
 }
 
+/// A header map as a list of pairs (a local reply's headers, say).
 pub fn header_list(headers: &http::HeaderMap) -> HeaderList {
     headers
         .iter()

@@ -15,9 +15,9 @@ use super::host::{HostState, PendingCallout, PluginIdentity, RootState};
 /// What a gRPC stream delivers, in order: metadata, messages, trailers, close.
 #[derive(Debug)]
 pub enum GrpcStreamEvent {
-    InitialMetadata(super::abi::HeaderList),
+    InitialMetadata(super::header_map::PseudoHeaderMap),
     Message(Bytes),
-    TrailingMetadata(super::abi::HeaderList),
+    TrailingMetadata(super::header_map::PseudoHeaderMap),
     Close(u32, Bytes),
 }
 

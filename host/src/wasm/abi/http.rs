@@ -4,15 +4,16 @@ use bytes::Bytes;
 use wasmtime::Caller;
 
 use super::{
-    decode_pairs, encode_pairs_into, encoded_pairs_len, status, AbiResult, BufferType, HeaderList,
-    MapType, Status,
+    decode_pairs, encode_pairs_into, encoded_pairs_len, status, AbiResult, BufferType, MapType,
+    Status,
 };
+use crate::wasm::header_map::{PseudoHeaderMap, Refused};
 use crate::wasm::host::{HostState, LocalResponse};
 use crate::wasm::memory;
 
 type Ctx<'a> = Caller<'a, HostState>;
 
-fn map_mut(state: &mut HostState, map: MapType) -> Option<&mut HeaderList> {
+fn map_mut(state: &mut HostState, map: MapType) -> Option<&mut PseudoHeaderMap> {
     match map {
         MapType::CallResponseHeaders => state.call_response.as_mut().map(|r| &mut r.headers),
         MapType::CallResponseTrailers => state.call_response.as_mut().map(|r| &mut r.trailers),
@@ -27,7 +28,7 @@ fn map_mut(state: &mut HostState, map: MapType) -> Option<&mut HeaderList> {
 
 /// A map to read: outside their callbacks, the request and response headers are read where
 /// the request keeps them, not copied.
-fn map_ref(state: &HostState, map: MapType) -> Option<&HeaderList> {
+fn map_ref(state: &HostState, map: MapType) -> Option<&PseudoHeaderMap> {
     let stream = || state.streams.get(&state.effective_context);
     match map {
         MapType::RequestHeaders => stream().map(|s| s.request_headers_view()),
@@ -68,17 +69,19 @@ fn get_header_map_pairs(
     let Some(pairs) = map_ref(caller.data(), map) else {
         return Ok(Status::NotFound as u32);
     };
-    // Serialized straight into the guest's memory: the pairs are copied once. The guest's
-    // allocator runs in between and could have changed the map (a hostile one calling back
-    // into the host): then the guest gets zeros rather than a mismatched map.
-    let len = encoded_pairs_len(pairs);
+    // Serialized straight from the map into the guest's memory: no copy in the host. The
+    // guest's allocator runs in between and could have changed the map (a hostile one
+    // calling back into the host): then the guest gets zeros rather than a mismatched map.
+    let len = encoded_pairs_len(pairs.pairs());
     let written = memory::return_with(
         &mut caller,
         len,
         ret_ptr,
         ret_len,
         |state, out| match map_ref(state, map) {
-            Some(pairs) if encoded_pairs_len(pairs) == out.len() => encode_pairs_into(pairs, out),
+            Some(pairs) if encoded_pairs_len(pairs.pairs()) == out.len() => {
+                encode_pairs_into(pairs.len(), pairs.pairs(), out)
+            }
             _ => out.fill(0),
         },
     )?;
@@ -91,8 +94,7 @@ fn set_header_map_pairs(mut caller: Ctx<'_>, map: u32, ptr: u32, len: u32) -> u3
         let bytes = memory::read(&mut caller, ptr, len)?;
         let pairs = decode_pairs(&bytes).ok_or(Status::BadArgument)?;
         let target = map_mut(caller.data_mut(), map).ok_or(Status::NotFound)?;
-        *target = pairs.into_iter().map(|(k, v)| (lower(k), v)).collect();
-        Ok(())
+        Ok(target.set_pairs(&pairs)?)
     })())
 }
 
@@ -106,14 +108,12 @@ fn get_header_map_value(
 ) -> wasmtime::Result<u32> {
     let lookup = (|| -> Result<_, Status> {
         let map = read_map_type(map)?;
-        // The key is compared where the guest keeps it (names in maps are lower case).
+        // The key is compared where the guest keeps it, in any case.
         let found = memory::with_guest_bytes(&mut caller, key_ptr, key_len, |key, state| {
             let pairs = map_ref(state, map).ok_or(Status::NotFound)?;
-            let index = pairs
-                .iter()
-                .position(|(k, _)| k.as_bytes().eq_ignore_ascii_case(key))
-                .ok_or(Status::NotFound)?;
-            Ok::<_, Status>((index, pairs[index].1.len()))
+            let index = pairs.position(key).ok_or(Status::NotFound)?;
+            let (_, value) = pairs.pair(index).ok_or(Status::NotFound)?;
+            Ok::<_, Status>((index, value.len()))
         })??;
         Ok((map, found.0, found.1))
     })();
@@ -129,7 +129,7 @@ fn get_header_map_value(
             len,
             ret_ptr,
             ret_len,
-            |state, out| match map_ref(state, map).and_then(|pairs| pairs.get(index)) {
+            |state, out| match map_ref(state, map).and_then(|pairs| pairs.pair(index)) {
                 Some((_, value)) if value.len() == out.len() => out.copy_from_slice(value),
                 _ => out.fill(0),
             },
@@ -137,7 +137,8 @@ fn get_header_map_value(
     Ok(status(written.map_err(Status::from)))
 }
 
-/// Shared by add / replace: reads the key and value, then edits the map.
+/// Shared by add / replace: the key and value are read where the guest keeps them, then
+/// the map is edited.
 fn edit_map(
     caller: &mut Ctx<'_>,
     map: u32,
@@ -145,34 +146,18 @@ fn edit_map(
     key_len: u32,
     value_ptr: u32,
     value_len: u32,
-    edit: fn(&mut HeaderList, String, Vec<u8>),
+    edit: fn(&mut PseudoHeaderMap, &[u8], &[u8]) -> Result<(), Refused>,
 ) -> AbiResult {
     let map = read_map_type(map)?;
-    let key = lower(memory::read_string(caller, key_ptr, key_len)?);
-    let value = memory::read(caller, value_ptr, value_len)?;
-    let pairs = map_mut(caller.data_mut(), map).ok_or(Status::NotFound)?;
-    edit(pairs, key, value);
-    Ok(())
-}
-
-fn add_value(pairs: &mut HeaderList, key: String, value: Vec<u8>) {
-    pairs.push((key, value));
-}
-
-/// Replaces every value of `key` with one (adding it when missing), like Envoy's `setCopy`.
-fn replace_value(pairs: &mut HeaderList, key: String, value: Vec<u8>) {
-    match pairs.iter().position(|(k, _)| *k == key) {
-        Some(first) => {
-            pairs[first].1 = value;
-            let mut index = 0;
-            pairs.retain(|(k, _)| {
-                let keep = index <= first || *k != key;
-                index += 1;
-                keep
-            });
-        }
-        None => pairs.push((key, value)),
-    }
+    memory::with_guest_byte_pair(
+        caller,
+        (key_ptr, key_len),
+        (value_ptr, value_len),
+        |key, value, state| {
+            let pairs = map_mut(state, map).ok_or(Status::NotFound)?;
+            Ok(edit(pairs, key, value)?)
+        },
+    )?
 }
 
 fn remove_header_map_value(mut caller: Ctx<'_>, map: u32, key_ptr: u32, key_len: u32) -> u32 {
@@ -180,7 +165,7 @@ fn remove_header_map_value(mut caller: Ctx<'_>, map: u32, key_ptr: u32, key_len:
         let map = read_map_type(map)?;
         memory::with_guest_bytes(&mut caller, key_ptr, key_len, |key, state| {
             let pairs = map_mut(state, map).ok_or(Status::NotFound)?;
-            pairs.retain(|(k, _)| !k.as_bytes().eq_ignore_ascii_case(key));
+            pairs.remove(key);
             Ok(())
         })?
     })())
@@ -351,14 +336,30 @@ pub fn add_to_linker(linker: &mut wasmtime::Linker<HostState>) -> wasmtime::Resu
         "env",
         "proxy_add_header_map_value",
         |mut caller: Ctx<'_>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
-            status(edit_map(&mut caller, map, kp, kl, vp, vl, add_value))
+            status(edit_map(
+                &mut caller,
+                map,
+                kp,
+                kl,
+                vp,
+                vl,
+                PseudoHeaderMap::add,
+            ))
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_replace_header_map_value",
         |mut caller: Ctx<'_>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
-            status(edit_map(&mut caller, map, kp, kl, vp, vl, replace_value))
+            status(edit_map(
+                &mut caller,
+                map,
+                kp,
+                kl,
+                vp,
+                vl,
+                PseudoHeaderMap::replace,
+            ))
         },
     )?;
     linker.func_wrap(
@@ -397,21 +398,5 @@ mod tests {
         splice_body(&mut body, 0, 3, b"old").unwrap();
         assert_eq!(body, b"old!");
         assert_eq!(splice_body(&mut body, 1, 1, b"x"), Err(Status::BadArgument));
-    }
-
-    #[test]
-    fn replace_keeps_one_value_in_place() {
-        let mut pairs: HeaderList = vec![
-            ("a".into(), b"1".to_vec()),
-            ("b".into(), b"2".to_vec()),
-            ("a".into(), b"3".to_vec()),
-        ];
-        replace_value(&mut pairs, "a".into(), b"9".to_vec());
-        assert_eq!(
-            pairs,
-            vec![("a".into(), b"9".to_vec()), ("b".into(), b"2".to_vec())]
-        );
-        replace_value(&mut pairs, "c".into(), b"0".to_vec());
-        assert_eq!(pairs.len(), 3);
     }
 }
