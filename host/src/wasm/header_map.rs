@@ -280,6 +280,13 @@ impl PseudoHeaderMap {
         }
     }
 
+    /// Empties the map, which keeps its capacity.
+    pub fn clear(&mut self) {
+        self.pseudo = Default::default();
+        self.headers.clear();
+        self.host_hidden = false;
+    }
+
     /// Replaces the whole map with the pairs a plugin wrote (`set_header_map_pairs`); the
     /// map keeps its capacity.
     pub fn set_pairs(&mut self, pairs: &HeaderList) -> Result<(), Refused> {
@@ -294,9 +301,7 @@ impl PseudoHeaderMap {
                 }
             })
             .collect::<Result<Vec<_>, Refused>>()?;
-        self.pseudo = Default::default();
-        self.headers.clear();
-        self.host_hidden = false;
+        self.clear();
         for ((name, value), checked) in pairs.iter().zip(checked) {
             match checked {
                 Some((name, value)) => {

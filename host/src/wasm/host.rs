@@ -147,6 +147,38 @@ pub struct StreamState {
     pub finished: Option<SystemTime>,
 }
 
+/// What a finished stream context leaves for the next one on its VM: the wake-up and the
+/// buffers, so that a request's contexts allocate nothing once the VM has served a few.
+pub struct SpareStream {
+    wake: Arc<Notify>,
+    request_body: Vec<u8>,
+    response_body: Vec<u8>,
+    request_trailers: PseudoHeaderMap,
+    response_trailers: PseudoHeaderMap,
+}
+
+impl SpareStream {
+    /// A stream context for a new request, from what an old one left.
+    pub fn into_stream(self, root_id: u32, info: Arc<StreamInfo>) -> StreamState {
+        // The old request's task may still hold the wake-up (it is dropped with the
+        // request's run); then it gets a fresh one. A permit the old request left makes at
+        // most one spurious wake-up, which a waiting request checks and waits again after.
+        let wake = if Arc::strong_count(&self.wake) == 1 {
+            self.wake
+        } else {
+            Arc::new(Notify::new())
+        };
+        StreamState {
+            wake,
+            request_body: self.request_body,
+            response_body: self.response_body,
+            request_trailers: self.request_trailers,
+            response_trailers: self.response_trailers,
+            ..StreamState::new(root_id, info)
+        }
+    }
+}
+
 impl StreamState {
     pub fn new(root_id: u32, info: Arc<StreamInfo>) -> Self {
         Self {
@@ -165,6 +197,30 @@ impl StreamState {
             request_size: 0,
             response_size: 0,
             finished: None,
+        }
+    }
+
+    /// A stream context whose request ended gives back what the next one can reuse.
+    pub fn recycle(self) -> SpareStream {
+        /// A body buffer larger than this is not kept for another request.
+        const KEPT_BUFFER: usize = 64 * 1024;
+        let keep = |mut buffer: Vec<u8>| {
+            buffer.clear();
+            if buffer.capacity() > KEPT_BUFFER {
+                buffer = Vec::new();
+            }
+            buffer
+        };
+        let mut request_trailers = self.request_trailers;
+        let mut response_trailers = self.response_trailers;
+        request_trailers.clear();
+        response_trailers.clear();
+        SpareStream {
+            wake: self.wake,
+            request_body: keep(self.request_body),
+            response_body: keep(self.response_body),
+            request_trailers,
+            response_trailers,
         }
     }
 

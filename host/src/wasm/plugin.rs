@@ -265,12 +265,14 @@ impl Plugin {
         &self.identity.vm_id
     }
 
-    /// The configuration key for a route: the route when it has an override.
-    pub fn root_key(&self, route: &str) -> Option<String> {
-        self.configurations
+    /// The root context that serves a route on a VM: its override's when it has one, else
+    /// the plugin's default one (found without building a key per request).
+    pub fn root_context(roots: &Roots, route: &str) -> u32 {
+        roots
             .iter()
             .find(|(key, _)| key.as_deref() == Some(route))
-            .and_then(|(key, _)| key.clone())
+            .or_else(|| roots.get_key_value(&None))
+            .map_or(0, |(_, root)| *root)
     }
 
     fn slot(&self) -> &RefCell<VmSlot> {

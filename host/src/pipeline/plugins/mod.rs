@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Response;
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 use super::ResponseBody;
@@ -79,9 +80,13 @@ impl Entry {
     }
 }
 
+/// Chains up to this long keep their per-request state inside the run.
+const INLINE_PLUGINS: usize = 4;
+
 /// One request's walk through a chain.
 pub struct PluginRun {
-    entries: Vec<Entry>,
+    /// One per plugin of the chain, inline for the chains most routes have.
+    entries: SmallVec<[Entry; INLINE_PLUGINS]>,
     /// What every plugin of the request reads as its properties (the route's name among
     /// them), the final request and response heads included.
     info: Arc<StreamInfo>,

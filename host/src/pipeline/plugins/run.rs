@@ -18,7 +18,7 @@ use crate::wasm::abi::Action;
 use crate::wasm::circuit::Admission;
 use crate::wasm::header_map::{Pseudo, PseudoHeaderMap};
 use crate::wasm::host::{LocalResponse, StreamState};
-use crate::wasm::plugin::PluginFailure;
+use crate::wasm::plugin::{Plugin, PluginFailure};
 use crate::wasm::vm::StreamCallback;
 
 /// What one response body chunk did in one plugin.
@@ -90,21 +90,13 @@ impl PluginRun {
                 return self.fail(index, PluginFailure::CircuitOpen).map(|()| None);
             }
         }
-        let key = plugin.root_key(&self.info.route_name);
-        let stream = StreamState::new(0, self.info.clone());
-        let wake = stream.wake.clone();
+        let info = self.info.clone();
         let created = plugin.with_vm(|vm, roots| {
-            let root = roots
-                .get(&key)
-                .or_else(|| roots.get(&None))
-                .copied()
-                .unwrap_or(0);
-            let mut stream = stream;
-            stream.root_id = root;
-            vm.create_stream(root, stream)
+            let root = Plugin::root_context(roots, &info.route_name);
+            vm.create_stream(root, info)
         });
         match created {
-            Ok(context) => {
+            Ok((context, wake)) => {
                 let entry = &mut self.entries[index];
                 entry.context = Some(context);
                 entry.wake = Some(wake);
