@@ -6,9 +6,10 @@
 //!
 //! Pairs come in the order Envoy gives them: the pseudo-headers first, then the headers in
 //! the map's order (a name's values together, where it first appeared). Names are
-//! lower-case; a name or value `http` refuses is refused when a plugin adds it, and a
-//! pseudo-header takes any bytes (the pipeline checks what a plugin set, as it checks what a
-//! client sends).
+//! lower-case. A pair no HTTP message may carry (a name or value `http` refuses, an unknown
+//! pseudo-header) is left out, as it would be from the message: the call still succeeds,
+//! since the SDKs treat any other answer as a failure of the plugin. A pseudo-header takes
+//! any bytes (the pipeline checks what a plugin set, as it checks what a client sends).
 
 use std::sync::LazyLock;
 
@@ -16,7 +17,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{HeaderMap, Method, StatusCode};
 
-use super::abi::{HeaderList, Status};
+use super::abi::HeaderList;
 
 /// The pseudo-headers a map can hold, in the order plugins get them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,17 +53,6 @@ impl Pseudo {
         Pseudo::ALL
             .into_iter()
             .find(|pseudo| pseudo.name().as_bytes().eq_ignore_ascii_case(name))
-    }
-}
-
-/// Why an edit was refused: a pseudo-header this gateway does not know, or a name or value
-/// no HTTP message may carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refused;
-
-impl From<Refused> for Status {
-    fn from(_: Refused) -> Self {
-        Status::BadArgument
     }
 }
 
@@ -119,7 +109,7 @@ impl PseudoHeaderMap {
         let mut map = Self::default();
         map.headers.reserve(pairs.len());
         for (name, value) in pairs {
-            let _ = map.add(name.as_bytes(), value);
+            map.add(name.as_bytes(), value);
         }
         map
     }
@@ -206,31 +196,34 @@ impl PseudoHeaderMap {
     }
 
     /// Adds a value; a pseudo-header has one value, which this sets.
-    pub fn add(&mut self, name: &[u8], value: &[u8]) -> Result<(), Refused> {
+    pub fn add(&mut self, name: &[u8], value: &[u8]) {
         if name.first() == Some(&b':') {
             return self.set_pseudo(name, value);
         }
-        let (name, value) = header(name, value)?;
+        let Some((name, value)) = header(name, value) else {
+            return;
+        };
         if name == HOST && std::mem::take(&mut self.host_hidden) {
             // The plugin's `Host` is the only one.
             self.remove_name(&name);
         }
         self.headers.append(name, value);
-        Ok(())
     }
 
     /// Replaces every value of a name with one, where its first value was (added at the end
-    /// when missing), as Envoy's `setCopy`.
-    pub fn replace(&mut self, name: &[u8], value: &[u8]) -> Result<(), Refused> {
+    /// when missing), as Envoy's `setCopy`. A value no message may carry leaves the name
+    /// with none.
+    pub fn replace(&mut self, name: &[u8], value: &[u8]) {
         if name.first() == Some(&b':') {
             return self.set_pseudo(name, value);
         }
-        let (name, value) = header(name, value)?;
+        let Some((name, value)) = header(name, value) else {
+            return self.remove(name);
+        };
         if name == HOST {
             self.host_hidden = false;
         }
         self.headers.insert(name, value);
-        Ok(())
     }
 
     /// Removes every value of a name (any case); the other pairs keep their order.
@@ -289,42 +282,25 @@ impl PseudoHeaderMap {
 
     /// Replaces the whole map with the pairs a plugin wrote (`set_header_map_pairs`); the
     /// map keeps its capacity.
-    pub fn set_pairs(&mut self, pairs: &HeaderList) -> Result<(), Refused> {
-        let checked = pairs
-            .iter()
-            .map(|(name, value)| {
-                if name.starts_with(':') {
-                    Pseudo::from_name(name.as_bytes()).ok_or(Refused)?;
-                    Ok(None)
-                } else {
-                    header(name.as_bytes(), value).map(Some)
-                }
-            })
-            .collect::<Result<Vec<_>, Refused>>()?;
+    pub fn set_pairs(&mut self, pairs: &HeaderList) {
         self.clear();
-        for ((name, value), checked) in pairs.iter().zip(checked) {
-            match checked {
-                Some((name, value)) => {
-                    self.headers.append(name, value);
-                }
-                None => self.set_pseudo(name.as_bytes(), value)?,
-            }
+        for (name, value) in pairs {
+            self.add(name.as_bytes(), value);
         }
-        Ok(())
     }
 
-    fn set_pseudo(&mut self, name: &[u8], value: &[u8]) -> Result<(), Refused> {
-        let pseudo = Pseudo::from_name(name).ok_or(Refused)?;
-        self.pseudo[pseudo as usize] = Some(Bytes::copy_from_slice(value));
-        Ok(())
+    fn set_pseudo(&mut self, name: &[u8], value: &[u8]) {
+        if let Some(pseudo) = Pseudo::from_name(name) {
+            self.pseudo[pseudo as usize] = Some(Bytes::copy_from_slice(value));
+        }
     }
 }
 
-/// A name and value as `http` takes them (the name lower-cased).
-fn header(name: &[u8], value: &[u8]) -> Result<(HeaderName, HeaderValue), Refused> {
-    Ok((
-        HeaderName::from_bytes(name).map_err(|_| Refused)?,
-        HeaderValue::from_bytes(value).map_err(|_| Refused)?,
+/// A name and value as `http` takes them (the name lower-cased), if it takes them.
+fn header(name: &[u8], value: &[u8]) -> Option<(HeaderName, HeaderValue)> {
+    Some((
+        HeaderName::from_bytes(name).ok()?,
+        HeaderValue::from_bytes(value).ok()?,
     ))
 }
 
@@ -424,13 +400,12 @@ mod tests {
     fn pseudo_headers_are_read_and_changed_as_fields() {
         let mut map = request();
         assert_eq!(map.value(b":PATH"), Some(&b"/p?q=1"[..]));
-        map.replace(b":path", b"/new").unwrap();
-        map.add(b":authority", b"other").unwrap();
+        map.replace(b":path", b"/new");
+        map.add(b":authority", b"other");
         assert_eq!(map.pseudo(Pseudo::Path), Some(&b"/new"[..]));
         assert_eq!(map.pseudo(Pseudo::Authority), Some(&b"other"[..]));
         // A pseudo-header takes any bytes: the pipeline judges what a plugin set.
-        map.replace(b":path", b"no spaces allowed\n").unwrap();
-        assert_eq!(map.add(b":unknown", b"x"), Err(Refused));
+        map.replace(b":path", b"no spaces allowed\n");
         map.remove(b":method");
         assert_eq!(map.pseudo(Pseudo::Method), None);
         assert_eq!(pairs(&map)[0].0, ":scheme");
@@ -441,7 +416,7 @@ mod tests {
             "example.com",
             "the message keeps it"
         );
-        map.add(b"Host", b"plugin.example").unwrap();
+        map.add(b"Host", b"plugin.example");
         assert_eq!(map.value(b"host"), Some(&b"plugin.example"[..]));
         assert_eq!(map.clone_headers().get_all(HOST).iter().count(), 1);
     }
@@ -464,12 +439,12 @@ mod tests {
     #[test]
     fn replacing_a_multi_valued_header_leaves_one_value_in_its_place() {
         let mut map = request();
-        map.replace(b"x-a", b"new").unwrap();
+        map.replace(b"x-a", b"new");
         assert_eq!(
             pairs(&map)[4..],
             owned(&[("x-a", "new"), ("x-b", "2"), ("x-c", "4")])[..],
         );
-        map.replace(b"X-New", b"5").unwrap();
+        map.replace(b"X-New", b"5");
         assert_eq!(
             pairs(&map).last(),
             Some(&("x-new".to_string(), "5".to_string()))
@@ -477,22 +452,24 @@ mod tests {
     }
 
     #[test]
-    fn invalid_names_and_values_are_refused() {
+    fn pairs_no_message_may_carry_are_left_out() {
         let mut map = request();
-        assert_eq!(map.add(b"bad name", b"v"), Err(Refused));
-        assert_eq!(map.add(b"x-ok", b"line\r\nbreak"), Err(Refused));
+        map.add(b"bad name", b"v");
+        map.add(b"x-ok", b"line\r\nbreak");
+        map.add(b":unknown", b"x");
         assert_eq!(map.len(), 8);
+        map.replace(b"x-a", b"line\nbreak");
+        assert_eq!(
+            map.value(b"x-a"),
+            None,
+            "the invalid replacement leaves no value"
+        );
         let list = vec![
             (":status".to_string(), b"201".to_vec()),
-            ("x".to_string(), b"bad\n".to_vec()),
-        ];
-        assert_eq!(map.set_pairs(&list), Err(Refused));
-        assert_eq!(map.len(), 8, "a refused write leaves the map as it was");
-        let list = vec![
-            (":status".to_string(), b"201".to_vec()),
+            ("x-bad".to_string(), b"bad\n".to_vec()),
             ("X-Y".to_string(), b"1".to_vec()),
         ];
-        map.set_pairs(&list).unwrap();
+        map.set_pairs(&list);
         assert_eq!(pairs(&map), owned(&[(":status", "201"), ("x-y", "1")]));
     }
 }

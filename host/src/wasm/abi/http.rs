@@ -7,7 +7,7 @@ use super::{
     decode_pairs, encode_pairs_into, encoded_pairs_len, status, AbiResult, BufferType, MapType,
     Status,
 };
-use crate::wasm::header_map::{PseudoHeaderMap, Refused};
+use crate::wasm::header_map::PseudoHeaderMap;
 use crate::wasm::host::{HostState, LocalResponse};
 use crate::wasm::memory;
 
@@ -94,7 +94,8 @@ fn set_header_map_pairs(mut caller: Ctx<'_>, map: u32, ptr: u32, len: u32) -> u3
         let bytes = memory::read(&mut caller, ptr, len)?;
         let pairs = decode_pairs(&bytes).ok_or(Status::BadArgument)?;
         let target = map_mut(caller.data_mut(), map).ok_or(Status::NotFound)?;
-        Ok(target.set_pairs(&pairs)?)
+        target.set_pairs(&pairs);
+        Ok(())
     })())
 }
 
@@ -146,7 +147,7 @@ fn edit_map(
     key_len: u32,
     value_ptr: u32,
     value_len: u32,
-    edit: fn(&mut PseudoHeaderMap, &[u8], &[u8]) -> Result<(), Refused>,
+    edit: fn(&mut PseudoHeaderMap, &[u8], &[u8]),
 ) -> AbiResult {
     let map = read_map_type(map)?;
     memory::with_guest_byte_pair(
@@ -155,7 +156,8 @@ fn edit_map(
         (value_ptr, value_len),
         |key, value, state| {
             let pairs = map_mut(state, map).ok_or(Status::NotFound)?;
-            Ok(edit(pairs, key, value)?)
+            edit(pairs, key, value);
+            Ok(())
         },
     )?
 }
