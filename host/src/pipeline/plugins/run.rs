@@ -1,7 +1,9 @@
 //! The phases of one request's run through its chain, in the order a request meets them:
 //! request headers, body and trailers in chain order; response headers, body and trailers
 //! in reverse; the log phase for every plugin. Every visit to a plugin's VM on a request's
-//! path is here.
+//! path is here, and each is a call on the worker's own VM in place (`Plugin::with_vm`):
+//! no message to another task, no channel per request, unless a plugin starts a callout or
+//! the request body streams through the chain.
 
 use std::time::SystemTime;
 
