@@ -665,10 +665,9 @@ fn stream_info(
         .forwards
         .get(&route.name)
         .and_then(|forward| forward.targets.first())
-        .map(|target| target.cluster.name.to_string())
-        .unwrap_or_default();
+        .map(|target| target.cluster.name.clone());
     StreamInfo {
-        request_id: record.request_id.to_str().unwrap_or_default().to_string(),
+        request_id: record.request_id.clone(),
         started: std::time::SystemTime::now(),
         protocol: match request.version() {
             http::Version::HTTP_2 => "HTTP/2",
@@ -687,7 +686,7 @@ fn stream_info(
             .tls
             .as_ref()
             .and_then(|tls| tls.server_name.clone()),
-        route_name: route.name.clone(),
+        route_name: record.route.clone(),
         cluster_name,
         grpc: record.grpc,
         virtual_host_name: virtual_host_name.to_string(),

@@ -42,7 +42,8 @@ pub type FilterState = Mutex<FxHashMap<String, Vec<u8>>>;
 /// phases of every plugin read them here instead of from a copy per plugin.
 #[derive(Debug)]
 pub struct StreamInfo {
-    pub request_id: String,
+    /// Shared with the request's `x-request-id` header (no copy per request).
+    pub request_id: http::HeaderValue,
     pub started: SystemTime,
     pub protocol: &'static str,
     pub downstream_remote: SocketAddr,
@@ -51,8 +52,10 @@ pub struct StreamInfo {
     pub tls_version: Option<&'static str>,
     pub mtls: bool,
     pub server_name: Option<String>,
-    pub route_name: String,
-    pub cluster_name: String,
+    /// Shared with the access record (no copy per request).
+    pub route_name: Arc<str>,
+    /// The route's first target, if it forwards.
+    pub cluster_name: Option<Arc<str>>,
     /// The request is a gRPC call: local answers to it are sent trailers-only.
     pub grpc: bool,
     pub virtual_host_name: String,
@@ -414,7 +417,7 @@ mod tests {
 
     fn info() -> Arc<StreamInfo> {
         Arc::new(StreamInfo {
-            request_id: "id".into(),
+            request_id: http::HeaderValue::from_static("id"),
             started: SystemTime::now(),
             protocol: "HTTP/1.1",
             downstream_remote: "127.0.0.1:1".parse().unwrap(),
@@ -424,7 +427,7 @@ mod tests {
             mtls: false,
             server_name: None,
             route_name: "route".into(),
-            cluster_name: "cluster".into(),
+            cluster_name: Some("cluster".into()),
             grpc: false,
             virtual_host_name: "vhost".into(),
             tls: None,

@@ -359,7 +359,7 @@ fn request(stream: &StreamState, field: &str) -> Option<Value> {
         "referer" => Value::Bytes(header(headers, "referer")?.to_vec()),
         "useragent" => Value::Bytes(header(headers, "user-agent")?.to_vec()),
         "time" => Value::Int(nanos(info.started)),
-        "id" => Value::text(info.request_id.as_str()),
+        "id" => Value::Bytes(info.request_id.as_bytes().to_vec()),
         "protocol" => Value::text(info.protocol),
         "query" => {
             let path = path()?;
@@ -495,11 +495,10 @@ fn xds(info: &StreamInfo, field: &str) -> Option<Value> {
             let outcome = info.outcome();
             match outcome.cluster {
                 Some(cluster) => Value::text(&*cluster),
-                None if !info.cluster_name.is_empty() => Value::text(info.cluster_name.as_str()),
-                None => return None,
+                None => Value::text(&**info.cluster_name.as_ref()?),
             }
         }
-        "route_name" => Value::text(info.route_name.as_str()),
+        "route_name" => Value::text(&*info.route_name),
         "virtual_host_name" => Value::text(info.virtual_host_name.as_str()),
         "upstream_host_metadata" => {
             let endpoint = info.outcome().upstream?;
