@@ -217,30 +217,14 @@ impl PluginRun {
                 self.context(index)?;
                 continue;
             }
-            let count = headers.len();
-            let moved = std::mem::take(headers);
-            let mut moved = Some(moved);
-            let result = self
-                .settle(index, Direction::Request, |vm, context| {
-                    if let Some(stream) = vm.state().streams.get_mut(&context) {
-                        stream.request_headers = moved.take();
-                    }
-                    let action = vm.stream_callback(
-                        context,
-                        StreamCallback::RequestHeaders,
-                        count,
-                        end_of_stream,
-                    );
-                    rescue(vm, context, &action, &mut moved, |stream| {
-                        stream.request_headers.take().unwrap_or_default()
-                    });
-                    action
-                })
-                .await;
-            *headers = self.take_back(index, moved, |stream| {
-                stream.request_headers.take().unwrap_or_default()
-            });
-            result?;
+            self.header_callback(
+                index,
+                StreamCallback::RequestHeaders,
+                headers,
+                end_of_stream,
+                |stream| &mut stream.request_headers,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -488,29 +472,18 @@ impl PluginRun {
             if entry.context.is_none() || !entry.exports(StreamCallback::ResponseHeaders) {
                 continue;
             }
-            let count = headers.len();
-            let mut moved = Some(std::mem::take(headers));
             let result = self
-                .settle(index, Direction::Response, |vm, context| {
-                    if let Some(stream) = vm.state().streams.get_mut(&context) {
-                        stream.response_headers = moved.take();
+                .header_callback(
+                    index,
+                    StreamCallback::ResponseHeaders,
+                    headers,
+                    end_of_stream,
+                    |stream| {
                         stream.response_code = status;
-                    }
-                    let action = vm.stream_callback(
-                        context,
-                        StreamCallback::ResponseHeaders,
-                        count,
-                        end_of_stream,
-                    );
-                    rescue(vm, context, &action, &mut moved, |stream| {
-                        stream.response_headers.take().unwrap_or_default()
-                    });
-                    action
-                })
+                        &mut stream.response_headers
+                    },
+                )
                 .await;
-            *headers = self.take_back(index, moved, |stream| {
-                stream.response_headers.take().unwrap_or_default()
-            });
             match result {
                 Ok(()) => {}
                 Err(Stopped::Local(_, answer)) => {
@@ -526,6 +499,41 @@ impl PluginRun {
             }
         }
         Ok(replaced)
+    }
+
+    /// A request or response headers callback of one plugin: the map is moved into the
+    /// plugin's stream state (`slot`) for the callback and taken back after it, or after
+    /// the pause that followed.
+    async fn header_callback(
+        &mut self,
+        index: usize,
+        callback: StreamCallback,
+        headers: &mut PseudoHeaderMap,
+        end_of_stream: bool,
+        slot: impl Fn(&mut StreamState) -> &mut Option<PseudoHeaderMap> + Copy,
+    ) -> Result<(), Stopped> {
+        let direction = match callback {
+            StreamCallback::ResponseHeaders => Direction::Response,
+            _ => Direction::Request,
+        };
+        let count = headers.len();
+        let mut moved = Some(std::mem::take(headers));
+        let result = self
+            .settle(index, direction, |vm, context| {
+                if let Some(stream) = vm.state().streams.get_mut(&context) {
+                    *slot(stream) = moved.take();
+                }
+                let action = vm.stream_callback(context, callback, count, end_of_stream);
+                rescue(vm, context, &action, &mut moved, |stream| {
+                    slot(stream).take().unwrap_or_default()
+                });
+                action
+            })
+            .await;
+        *headers = self.take_back(index, moved, |stream| {
+            slot(stream).take().unwrap_or_default()
+        });
+        result
     }
 
     /// Returns what a callback left in the stream state; if the VM is gone (a trap), what

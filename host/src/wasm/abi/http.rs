@@ -138,6 +138,9 @@ fn get_header_map_value(
     Ok(status(written.map_err(Status::from)))
 }
 
+/// An edit of one name's values: add or replace.
+type MapEdit = fn(&mut PseudoHeaderMap, &[u8], &[u8]);
+
 /// Shared by add / replace: the key and value are read where the guest keeps them, then
 /// the map is edited.
 fn edit_map(
@@ -147,7 +150,7 @@ fn edit_map(
     key_len: u32,
     value_ptr: u32,
     value_len: u32,
-    edit: fn(&mut PseudoHeaderMap, &[u8], &[u8]),
+    edit: MapEdit,
 ) -> AbiResult {
     let map = read_map_type(map)?;
     memory::with_guest_byte_pair(
@@ -334,36 +337,19 @@ pub fn add_to_linker(linker: &mut wasmtime::Linker<HostState>) -> wasmtime::Resu
     linker.func_wrap("env", "proxy_get_header_map_pairs", get_header_map_pairs)?;
     linker.func_wrap("env", "proxy_set_header_map_pairs", set_header_map_pairs)?;
     linker.func_wrap("env", "proxy_get_header_map_value", get_header_map_value)?;
-    linker.func_wrap(
-        "env",
-        "proxy_add_header_map_value",
-        |mut caller: Ctx<'_>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
-            status(edit_map(
-                &mut caller,
-                map,
-                kp,
-                kl,
-                vp,
-                vl,
-                PseudoHeaderMap::add,
-            ))
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_replace_header_map_value",
-        |mut caller: Ctx<'_>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
-            status(edit_map(
-                &mut caller,
-                map,
-                kp,
-                kl,
-                vp,
-                vl,
-                PseudoHeaderMap::replace,
-            ))
-        },
-    )?;
+    let edits: [(&str, MapEdit); 2] = [
+        ("proxy_add_header_map_value", PseudoHeaderMap::add),
+        ("proxy_replace_header_map_value", PseudoHeaderMap::replace),
+    ];
+    for (name, edit) in edits {
+        linker.func_wrap(
+            "env",
+            name,
+            move |mut caller: Ctx<'_>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+                status(edit_map(&mut caller, map, kp, kl, vp, vl, edit))
+            },
+        )?;
+    }
     linker.func_wrap(
         "env",
         "proxy_remove_header_map_value",
