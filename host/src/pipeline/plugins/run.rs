@@ -434,20 +434,7 @@ impl PluginRun {
 
     /// What plugin `index` holds of the request body, taken out of its buffer.
     fn take_held_request_body(&self, index: usize) -> Bytes {
-        let Some(context) = self.entries[index].context else {
-            return Bytes::new();
-        };
-        self.entries[index]
-            .plugin
-            .with_vm(|vm, _| {
-                Ok(vm
-                    .state()
-                    .streams
-                    .get_mut(&context)
-                    .map(|stream| release_request_body(stream, &Bytes::new()))
-                    .unwrap_or_default())
-            })
-            .unwrap_or_default()
+        self.with_stream(index, |stream| release_request_body(stream, &Bytes::new()))
     }
 
     /// Response headers through the plugins in reverse order. A local reply from this phase
@@ -544,9 +531,14 @@ impl PluginRun {
         unmoved: Option<T>,
         take: impl FnOnce(&mut StreamState) -> T,
     ) -> T {
-        if let Some(value) = unmoved {
-            return value;
+        match unmoved {
+            Some(value) => value,
+            None => self.with_stream(index, take),
         }
+    }
+
+    /// `f` on plugin `index`'s stream state; the default when it has none (or its VM went).
+    fn with_stream<T: Default>(&self, index: usize, f: impl FnOnce(&mut StreamState) -> T) -> T {
         let Some(context) = self.entries[index].context else {
             return T::default();
         };
@@ -557,7 +549,7 @@ impl PluginRun {
                     .state()
                     .streams
                     .get_mut(&context)
-                    .map(take)
+                    .map(f)
                     .unwrap_or_default())
             })
             .unwrap_or_default()
