@@ -171,17 +171,6 @@ impl PseudoHeaderMap {
         pseudo.chain(headers)
     }
 
-    /// Where the first value of a name (any case) is among [`Self::pairs`].
-    pub fn position(&self, name: &[u8]) -> Option<usize> {
-        self.pairs()
-            .position(|(key, _)| key.eq_ignore_ascii_case(name))
-    }
-
-    /// The pair at a position of [`Self::pairs`].
-    pub fn pair(&self, index: usize) -> Option<(&[u8], &[u8])> {
-        self.pairs().nth(index)
-    }
-
     /// The first value of a name (any case), pseudo-headers included.
     pub fn value(&self, name: &[u8]) -> Option<&[u8]> {
         if name.first() == Some(&b':') {

@@ -1,6 +1,7 @@
 //! Header maps, body buffers and stream control: what an HTTP filter plugin touches.
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use wasmtime::Caller;
 
 use super::{
@@ -109,16 +110,16 @@ fn get_header_map_value(
 ) -> wasmtime::Result<u32> {
     let lookup = (|| -> Result<_, Status> {
         let map = read_map_type(map)?;
-        // The key is compared where the guest keeps it, in any case.
+        // The key is looked up where the guest keeps it, and kept on the stack (header
+        // names are short) for the copy below, which runs after the guest's allocator.
         let found = memory::with_guest_bytes(&mut caller, key_ptr, key_len, |key, state| {
             let pairs = map_ref(state, map).ok_or(Status::NotFound)?;
-            let index = pairs.position(key).ok_or(Status::NotFound)?;
-            let (_, value) = pairs.pair(index).ok_or(Status::NotFound)?;
-            Ok::<_, Status>((index, value.len()))
+            let value = pairs.value(key).ok_or(Status::NotFound)?;
+            Ok::<_, Status>((SmallVec::<[u8; 64]>::from_slice(key), value.len()))
         })??;
         Ok((map, found.0, found.1))
     })();
-    let (map, index, len) = match lookup {
+    let (map, key, len) = match lookup {
         Ok(found) => found,
         Err(error) => return Ok(error as u32),
     };
@@ -130,8 +131,8 @@ fn get_header_map_value(
             len,
             ret_ptr,
             ret_len,
-            |state, out| match map_ref(state, map).and_then(|pairs| pairs.pair(index)) {
-                Some((_, value)) if value.len() == out.len() => out.copy_from_slice(value),
+            |state, out| match map_ref(state, map).and_then(|pairs| pairs.value(&key)) {
+                Some(value) if value.len() == out.len() => out.copy_from_slice(value),
                 _ => out.fill(0),
             },
         )?;
