@@ -123,7 +123,10 @@ for c in "${CONFIGS[@]}"; do
         wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
         stop "$LAST_PID"
         out=$WORK/callgrind-$b-$c.out
+        # The allocator settings the gateway would otherwise set by executing itself again,
+        # which would leave callgrind behind.
         start "tollgate-$b-$c" "$PROXY_CPU" env TOLLGATE_LOG=warn TOLLGATE_CACHE_DIR="$WORK/cache-$b" \
+            MIMALLOC_ARENA_EAGER_COMMIT=0 MIMALLOC_PURGE_DELAY=100 \
             valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
             "${BINS[$b]}" run --policies "$WORK/cfg-$c" --plugins "$WORK/plugins" \
             --admin "127.0.0.1:$ADMIN_PORT" --workers 1

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tollgate::wasm::engine::runtime;
-use tollgate::wasm::host::{PluginIdentity, StreamInfo, StreamState};
+use tollgate::wasm::header_map::PseudoHeaderMap;
+use tollgate::wasm::host::{PluginIdentity, StreamInfo};
 use tollgate::wasm::vm::{StreamCallback, Vm};
 
 /// `proxy_on_request_headers` does, 100 times, what its `mode` (a global set per benchmark)
@@ -77,7 +78,7 @@ fn setup(mode: i32) -> (Vm, u32) {
     vm.set_global_i32("mode", mode);
     let root = vm.create_root(0, Default::default()).expect("root context");
     let info = Arc::new(StreamInfo {
-        request_id: "bench".into(),
+        request_id: http::HeaderValue::from_static("bench"),
         started: std::time::SystemTime::now(),
         protocol: "HTTP/1.1",
         downstream_remote: "127.0.0.1:1".parse().unwrap(),
@@ -87,7 +88,7 @@ fn setup(mode: i32) -> (Vm, u32) {
         mtls: false,
         server_name: None,
         route_name: "bench".into(),
-        cluster_name: "bench".into(),
+        cluster_name: Some("bench".into()),
         grpc: false,
         virtual_host_name: "bench".into(),
         tls: None,
@@ -97,13 +98,13 @@ fn setup(mode: i32) -> (Vm, u32) {
         response_headers: Default::default(),
         response_status: Default::default(),
     });
-    let mut stream = StreamState::new(root, info);
-    stream.request_headers = vec![
-        (":method".into(), b"GET".to_vec()),
-        (":path".into(), b"/".to_vec()),
-        ("x-bench".into(), b"value".to_vec()),
-    ];
-    let context = vm.create_stream(root, stream).expect("stream context");
+    let (context, _wake) = vm.create_stream(root, info).expect("stream context");
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-bench", http::HeaderValue::from_static("value"));
+    let head = PseudoHeaderMap::request(&http::Method::GET, "http", "bench", "/", headers);
+    if let Some(stream) = vm.state().streams.get_mut(&context) {
+        stream.request_headers = Some(head);
+    }
     (vm, context)
 }
 

@@ -54,6 +54,7 @@ use crate::routing::{NoMatch, RequestHead, RouteMatch};
 use crate::snapshot::{ListenerState, Snapshot};
 use crate::tls::TlsInfo;
 use crate::upstream::{BoxError, UpstreamBody};
+use crate::wasm::header_map::{Pseudo, PseudoHeaderMap};
 use crate::wasm::host::StreamInfo;
 pub use access_log::AccessRecord;
 use http_body_util::{BodyExt, Limited};
@@ -356,31 +357,33 @@ async fn request_phase(
     downstream: &Downstream,
     end_of_stream: bool,
 ) -> Result<HeadChanges, Stopped> {
-    let list = plugins::request_header_list(
+    // The plugins work on the request's own header map, moved in and back.
+    let head = PseudoHeaderMap::request(
         &parts.method,
         downstream.scheme(),
         authority,
         parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-        &parts.headers,
+        std::mem::take(&mut parts.headers),
     );
-    let list = run.request_headers(list, end_of_stream).await?;
-    parts.headers = plugins::header_map(list);
+    let mut head = run.request_headers(head, end_of_stream).await?;
     // A pseudo-header the plugins left as it was costs no copy.
-    let changed = |name: &str, old: &str| {
-        plugins::list_value(list, name)
+    let changed = |pseudo: Pseudo, old: &str| {
+        head.pseudo(pseudo)
             .filter(|new| *new != old.as_bytes())
             .map(|new| String::from_utf8_lossy(new).into_owned())
     };
-    if let Some(method) = changed(":method", parts.method.as_str())
+    if let Some(method) = changed(Pseudo::Method, parts.method.as_str())
         .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
     {
         parts.method = method;
     }
     let old_path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    Ok(HeadChanges {
-        authority: changed(":authority", authority),
-        path: changed(":path", old_path),
-    })
+    let changes = HeadChanges {
+        authority: changed(Pseudo::Authority, authority),
+        path: changed(Pseudo::Path, old_path),
+    };
+    parts.headers = head.take_headers();
+    Ok(changes)
 }
 
 /// Applies a changed `:authority` and `:path` to the request. What a plugin sets is made
@@ -532,7 +535,7 @@ async fn request_stopped(
             let response = refuse(refusal, record);
             run.lock()
                 .await
-                .set_final_response(response.status().as_u16(), Vec::new());
+                .set_final_response(response.status().as_u16(), PseudoHeaderMap::default());
             response
         }
     }
@@ -605,7 +608,7 @@ async fn plugin_stop(
             record.plugin_phase = run.failed_phase().unwrap_or("-");
             let response = as_client_gets(*response, record.grpc);
             record_outcome(&run, record);
-            run.set_final_response(response.status().as_u16(), Vec::new());
+            run.set_final_response(response.status().as_u16(), PseudoHeaderMap::default());
             response
         }
         Stopped::Reset => plugin_reset(&mut *shared.lock().await, record),
@@ -655,9 +658,10 @@ async fn plugin_response(
     let mut run = shared.lock().await;
     record_outcome(&run, record);
     let (mut parts, body) = response.into_parts();
-    let mut list = plugins::response_head_list(parts.status, &parts.headers);
+    // The plugins work on the response's own header map, moved in and back.
+    let mut head = PseudoHeaderMap::response(parts.status, std::mem::take(&mut parts.headers));
     let end_of_stream = http_body::Body::is_end_stream(&body);
-    let body = match run.response_headers(&mut list, end_of_stream).await {
+    let body = match run.response_headers(&mut head, end_of_stream).await {
         Ok(None) => body,
         Ok(Some(answer)) => {
             record.detail = "plugin_local_reply";
@@ -672,19 +676,21 @@ async fn plugin_response(
             record.plugin_phase = run.failed_phase().unwrap_or("-");
             let response = as_client_gets(*response, record.grpc);
             record_outcome(&run, record);
-            run.set_final_response(response.status().as_u16(), Vec::new());
+            run.set_final_response(response.status().as_u16(), PseudoHeaderMap::default());
             return response;
         }
         Err(Stopped::Reset) => return plugin_reset(&mut run, record),
         Err(Stopped::Local(_, answer)) => local::body(answer.body.clone()),
     };
-    parts.headers = plugins::header_map(&list);
-    if let Some(status) =
-        plugins::list_value(&list, ":status").and_then(|value| StatusCode::from_bytes(value).ok())
+    if let Some(status) = head
+        .pseudo(Pseudo::Status)
+        .and_then(|value| StatusCode::from_bytes(value).ok())
     {
         parts.status = status;
     }
-    run.set_final_response(parts.status.as_u16(), list);
+    // Later phases of every plugin read the head as it went downstream.
+    parts.headers = head.clone_headers();
+    run.set_final_response(parts.status.as_u16(), head);
     drop(run);
     Response::from_parts(parts, plugins::filter_response_body(body, shared))
 }
@@ -755,10 +761,9 @@ fn stream_info(
         .forwards
         .get(&route.name)
         .and_then(|forward| forward.targets.first())
-        .map(|target| target.cluster.name.to_string())
-        .unwrap_or_default();
+        .map(|target| target.cluster.name.clone());
     StreamInfo {
-        request_id: record.request_id.to_str().unwrap_or_default().to_string(),
+        request_id: record.request_id.clone(),
         started: std::time::SystemTime::now(),
         protocol: match routed.request.version() {
             http::Version::HTTP_2 => "HTTP/2",
@@ -777,7 +782,7 @@ fn stream_info(
             .tls
             .as_ref()
             .and_then(|tls| tls.server_name.clone()),
-        route_name: route.name.clone(),
+        route_name: record.route.clone(),
         cluster_name,
         grpc: record.grpc,
         virtual_host_name: routed.virtual_host_name.to_string(),

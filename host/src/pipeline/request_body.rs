@@ -27,6 +27,7 @@ use super::plugins::{BodyStop, SharedRun, Stopped};
 use super::refusal::Refusal;
 use crate::body::{caused_by, BodyReadTimeout};
 use crate::upstream::{BoxError, UpstreamBody};
+use crate::wasm::header_map::PseudoHeaderMap;
 
 /// Why the request body task stopped the request.
 pub(super) enum RequestStop {
@@ -140,14 +141,14 @@ async fn pump(
                 let Ok(map) = frame.into_trailers() else {
                     continue;
                 };
-                let mut trailers = crate::wasm::plugin::header_list(&map);
+                let mut trailers = PseudoHeaderMap::from_headers(map);
                 let passed = run.lock().await.request_trailers(&mut trailers).await;
                 match passed {
                     Ok(data) => {
                         if !data.is_empty() && pieces.send(Ok(Frame::data(data))).await.is_err() {
                             return;
                         }
-                        let map = super::plugins::header_map(&trailers);
+                        let map = trailers.into_headers();
                         let _ = pieces.send(Ok(Frame::trailers(map))).await;
                         return;
                     }

@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use wasmtime::StoreLimits;
 
 use super::abi::{HeaderList, LogLevel};
+use super::header_map::{PseudoHeaderMap, EMPTY};
 
 /// What a plugin instance is, as its VMs see it.
 #[derive(Debug)]
@@ -43,7 +44,8 @@ pub type FilterState = Mutex<FxHashMap<String, Vec<u8>>>;
 /// phases of every plugin read them here instead of from a copy per plugin.
 #[derive(Debug)]
 pub struct StreamInfo {
-    pub request_id: String,
+    /// Shared with the request's `x-request-id` header (no copy per request).
+    pub request_id: http::HeaderValue,
     pub started: SystemTime,
     pub protocol: &'static str,
     pub downstream_remote: SocketAddr,
@@ -52,8 +54,10 @@ pub struct StreamInfo {
     pub tls_version: Option<&'static str>,
     pub mtls: bool,
     pub server_name: Option<String>,
-    pub route_name: String,
-    pub cluster_name: String,
+    /// Shared with the access record (no copy per request).
+    pub route_name: Arc<str>,
+    /// The route's first target, if it forwards.
+    pub cluster_name: Option<Arc<str>>,
     /// The request is a gRPC call: local answers to it are sent trailers-only.
     pub grpc: bool,
     pub virtual_host_name: String,
@@ -62,9 +66,9 @@ pub struct StreamInfo {
     pub outcome: Mutex<Outcome>,
     pub filter_state: FilterState,
     /// The request headers (pseudo-headers first) as the request phase left them.
-    pub request_headers: OnceLock<HeaderList>,
+    pub request_headers: OnceLock<PseudoHeaderMap>,
     /// The response headers (`:status` first) as they went downstream.
-    pub response_headers: OnceLock<HeaderList>,
+    pub response_headers: OnceLock<PseudoHeaderMap>,
     /// The response status the response phase started with (0 until then).
     pub response_status: AtomicU16,
 }
@@ -126,12 +130,14 @@ pub struct StreamSignals {
 pub struct StreamState {
     pub root_id: u32,
     pub info: Arc<StreamInfo>,
-    /// The request headers while this plugin's request-headers callback runs; empty
-    /// otherwise (properties then read the request's final headers from `info`).
-    pub request_headers: HeaderList,
-    pub request_trailers: HeaderList,
-    pub response_headers: HeaderList,
-    pub response_trailers: HeaderList,
+    /// The request's own headers while this plugin's request-headers callback runs (moved
+    /// in and back out); `None` otherwise (properties then read the request's final
+    /// headers from `info`).
+    pub request_headers: Option<PseudoHeaderMap>,
+    pub request_trailers: PseudoHeaderMap,
+    /// As `request_headers`, for the response headers.
+    pub response_headers: Option<PseudoHeaderMap>,
+    pub response_trailers: PseudoHeaderMap,
     /// The body bytes the current body callback sees (cumulative while the plugin pauses).
     pub request_body: Vec<u8>,
     pub response_body: Vec<u8>,
@@ -146,15 +152,47 @@ pub struct StreamState {
     pub finished: Option<SystemTime>,
 }
 
+/// What a finished stream context leaves for the next one on its VM: the wake-up and the
+/// buffers, so that a request's contexts allocate nothing once the VM has served a few.
+pub struct SpareStream {
+    wake: Arc<Notify>,
+    request_body: Vec<u8>,
+    response_body: Vec<u8>,
+    request_trailers: PseudoHeaderMap,
+    response_trailers: PseudoHeaderMap,
+}
+
+impl SpareStream {
+    /// A stream context for a new request, from what an old one left.
+    pub fn into_stream(self, root_id: u32, info: Arc<StreamInfo>) -> StreamState {
+        // The old request's task may still hold the wake-up (it is dropped with the
+        // request's run); then it gets a fresh one. A permit the old request left makes at
+        // most one spurious wake-up, which a waiting request checks and waits again after.
+        let wake = if Arc::strong_count(&self.wake) == 1 {
+            self.wake
+        } else {
+            Arc::new(Notify::new())
+        };
+        StreamState {
+            wake,
+            request_body: self.request_body,
+            response_body: self.response_body,
+            request_trailers: self.request_trailers,
+            response_trailers: self.response_trailers,
+            ..StreamState::new(root_id, info)
+        }
+    }
+}
+
 impl StreamState {
     pub fn new(root_id: u32, info: Arc<StreamInfo>) -> Self {
         Self {
             root_id,
             info,
-            request_headers: Vec::new(),
-            request_trailers: Vec::new(),
-            response_headers: Vec::new(),
-            response_trailers: Vec::new(),
+            request_headers: None,
+            request_trailers: PseudoHeaderMap::default(),
+            response_headers: None,
+            response_trailers: PseudoHeaderMap::default(),
             request_body: Vec::new(),
             response_body: Vec::new(),
             signals: StreamSignals::default(),
@@ -167,47 +205,61 @@ impl StreamState {
         }
     }
 
+    /// A stream context whose request ended gives back what the next one can reuse.
+    pub fn recycle(self) -> SpareStream {
+        /// A body buffer larger than this is not kept for another request.
+        const KEPT_BUFFER: usize = 64 * 1024;
+        let keep = |mut buffer: Vec<u8>| {
+            buffer.clear();
+            if buffer.capacity() > KEPT_BUFFER {
+                buffer = Vec::new();
+            }
+            buffer
+        };
+        let mut request_trailers = self.request_trailers;
+        let mut response_trailers = self.response_trailers;
+        request_trailers.clear();
+        response_trailers.clear();
+        SpareStream {
+            wake: self.wake,
+            request_body: keep(self.request_body),
+            response_body: keep(self.response_body),
+            request_trailers,
+            response_trailers,
+        }
+    }
+
     /// The request headers as this plugin sees them now: those its callback was handed,
     /// else the request's final ones.
-    pub fn request_headers_view(&self) -> &HeaderList {
-        static NONE: HeaderList = Vec::new();
-        if self.request_headers.is_empty() {
-            self.info.request_headers.get().unwrap_or(&NONE)
-        } else {
-            &self.request_headers
-        }
+    pub fn request_headers_view(&self) -> &PseudoHeaderMap {
+        self.request_headers
+            .as_ref()
+            .or_else(|| self.info.request_headers.get())
+            .unwrap_or(&EMPTY)
     }
 
     /// The response headers as this plugin sees them now: those its callback was handed,
     /// else those that went downstream.
-    pub fn response_headers_view(&self) -> &HeaderList {
-        static NONE: HeaderList = Vec::new();
-        if self.response_headers.is_empty() {
-            self.info.response_headers.get().unwrap_or(&NONE)
-        } else {
-            &self.response_headers
-        }
+    pub fn response_headers_view(&self) -> &PseudoHeaderMap {
+        self.response_headers
+            .as_ref()
+            .or_else(|| self.info.response_headers.get())
+            .unwrap_or(&EMPTY)
     }
 
     /// The request headers to edit: a plugin that edits them after the request phase edits
     /// its own copy of the final ones, made only then.
-    pub fn request_headers_mut(&mut self) -> &mut HeaderList {
-        if self.request_headers.is_empty() {
-            if let Some(last) = self.info.request_headers.get() {
-                self.request_headers = last.clone();
-            }
-        }
-        &mut self.request_headers
+    pub fn request_headers_mut(&mut self) -> &mut PseudoHeaderMap {
+        let info = &self.info;
+        self.request_headers
+            .get_or_insert_with(|| info.request_headers.get().cloned().unwrap_or_default())
     }
 
     /// As [`Self::request_headers_mut`], for the response headers.
-    pub fn response_headers_mut(&mut self) -> &mut HeaderList {
-        if self.response_headers.is_empty() {
-            if let Some(last) = self.info.response_headers.get() {
-                self.response_headers = last.clone();
-            }
-        }
-        &mut self.response_headers
+    pub fn response_headers_mut(&mut self) -> &mut PseudoHeaderMap {
+        let info = &self.info;
+        self.response_headers
+            .get_or_insert_with(|| info.response_headers.get().cloned().unwrap_or_default())
     }
 }
 
@@ -253,9 +305,9 @@ pub enum PendingCallout {
 /// The answer to a callout, readable while its callback runs.
 #[derive(Debug, Default)]
 pub struct CallResponse {
-    pub headers: HeaderList,
+    pub headers: PseudoHeaderMap,
     pub body: Bytes,
-    pub trailers: HeaderList,
+    pub trailers: PseudoHeaderMap,
 }
 
 /// The data of a VM's store.
@@ -370,7 +422,7 @@ mod tests {
 
     fn info() -> Arc<StreamInfo> {
         Arc::new(StreamInfo {
-            request_id: "id".into(),
+            request_id: http::HeaderValue::from_static("id"),
             started: SystemTime::now(),
             protocol: "HTTP/1.1",
             downstream_remote: "127.0.0.1:1".parse().unwrap(),
@@ -380,7 +432,7 @@ mod tests {
             mtls: false,
             server_name: None,
             route_name: "route".into(),
-            cluster_name: "cluster".into(),
+            cluster_name: Some("cluster".into()),
             grpc: false,
             virtual_host_name: "vhost".into(),
             tls: None,
@@ -392,8 +444,16 @@ mod tests {
         })
     }
 
-    fn pair(name: &str, value: &str) -> (String, Vec<u8>) {
-        (name.into(), value.as_bytes().to_vec())
+    fn path(value: &str) -> PseudoHeaderMap {
+        let mut map = PseudoHeaderMap::default();
+        map.add(b":path", value.as_bytes());
+        map
+    }
+
+    fn status(value: &str) -> PseudoHeaderMap {
+        let mut map = PseudoHeaderMap::default();
+        map.add(b":status", value.as_bytes());
+        map
     }
 
     #[test]
@@ -402,31 +462,34 @@ mod tests {
         let mut first = StreamState::new(1, info.clone());
         let second = StreamState::new(1, info.clone());
         assert!(first.request_headers_view().is_empty());
-        first.request_headers = vec![pair(":path", "/handed")];
-        assert_eq!(first.request_headers_view()[0].1, b"/handed");
-        first.request_headers.clear();
-        info.request_headers
-            .set(vec![pair(":path", "/final")])
-            .unwrap();
-        info.response_headers
-            .set(vec![pair(":status", "200")])
-            .unwrap();
+        first.request_headers = Some(path("/handed"));
+        assert_eq!(
+            first.request_headers_view().value(b":path"),
+            Some(&b"/handed"[..])
+        );
+        first.request_headers = None;
+        info.request_headers.set(path("/final")).unwrap();
+        info.response_headers.set(status("200")).unwrap();
         for stream in [&first, &second] {
-            assert_eq!(stream.request_headers_view()[0].1, b"/final");
-            assert_eq!(stream.response_headers_view()[0].1, b"200");
-            assert!(stream.request_headers.is_empty(), "no copy per stream");
+            assert_eq!(
+                stream.request_headers_view().value(b":path"),
+                Some(&b"/final"[..])
+            );
+            assert_eq!(
+                stream.response_headers_view().value(b":status"),
+                Some(&b"200"[..])
+            );
+            assert!(stream.request_headers.is_none(), "no copy per stream");
         }
     }
 
     #[test]
     fn an_edit_after_the_phase_changes_only_the_plugins_own_copy() {
         let info = info();
-        info.request_headers
-            .set(vec![pair(":path", "/final")])
-            .unwrap();
+        info.request_headers.set(path("/final")).unwrap();
         let mut editing = StreamState::new(1, info.clone());
         let reading = StreamState::new(1, info.clone());
-        editing.request_headers_mut().push(pair("x-late", "1"));
+        editing.request_headers_mut().add(b"x-late", b"1");
         assert_eq!(editing.request_headers_view().len(), 2);
         assert_eq!(reading.request_headers_view().len(), 1);
         assert_eq!(info.request_headers.get().unwrap().len(), 1);

@@ -70,6 +70,27 @@ pub fn with_guest_bytes<R>(
     Ok(f(&data[range], state))
 }
 
+/// As [`with_guest_bytes`] for two ranges at once (a header's name and value, say).
+pub fn with_guest_byte_pair<R>(
+    caller: &mut Caller<'_, HostState>,
+    first: (u32, u32),
+    second: (u32, u32),
+    f: impl FnOnce(&[u8], &[u8], &mut HostState) -> R,
+) -> MemoryResult<R> {
+    if first.1 == 0 && second.1 == 0 {
+        return Ok(f(&[], &[], caller.data_mut()));
+    }
+    let memory = memory(caller)?;
+    let (data, state) = memory.data_and_store_mut(caller.as_context_mut());
+    let lend = |(ptr, len): (u32, u32)| -> MemoryResult<&[u8]> {
+        if len == 0 {
+            return Ok(&[]);
+        }
+        Ok(&data[range(ptr, len, data.len())?])
+    };
+    Ok(f(lend(first)?, lend(second)?, state))
+}
+
 /// Whether `len` bytes at `ptr` lie in guest memory, without reading them.
 pub fn check(caller: &mut Caller<'_, HostState>, ptr: u32, len: u32) -> MemoryResult<()> {
     if len == 0 {

@@ -6,6 +6,7 @@
 //! | [`memory`] | bounds-checked guest memory access (the only place that touches it) |
 //! | [`abi`] | the host functions, registered in one place |
 //! | [`host`] | the store data the host functions work on |
+//! | [`header_map`] | a header map as plugins see it, edited where the request keeps it |
 //! | [`vm`] | one instance: contexts, callbacks under a CPU deadline, traps |
 //! | [`plugin`] | a plugin instance: a VM per worker, failure policy, callouts, timers |
 //! | [`singleton`] | singleton plugins: one VM for the gateway on its own thread, in no route |
@@ -23,6 +24,7 @@
 pub mod abi;
 pub mod circuit;
 pub mod engine;
+pub mod header_map;
 pub mod host;
 pub mod memory;
 pub mod metrics;

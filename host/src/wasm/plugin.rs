@@ -38,6 +38,7 @@ use thread_local::ThreadLocal;
 use super::abi::HeaderList;
 use super::circuit::Circuit;
 use super::engine::{runtime, CompiledModule};
+use super::header_map::PseudoHeaderMap;
 use super::host::{CallResponse, PendingCallout, PluginIdentity};
 use super::shared::VmEvent;
 use super::vm::{Vm, VmTrap};
@@ -266,12 +267,14 @@ impl Plugin {
         &self.identity.vm_id
     }
 
-    /// The configuration key for a route: the route when it has an override.
-    pub fn root_key(&self, route: &str) -> Option<String> {
-        self.configurations
+    /// The root context that serves a route on a VM: its override's when it has one, else
+    /// the plugin's default one (found without building a key per request).
+    pub fn root_context(roots: &Roots, route: &str) -> u32 {
+        roots
             .iter()
             .find(|(key, _)| key.as_deref() == Some(route))
-            .and_then(|(key, _)| key.clone())
+            .or_else(|| roots.get_key_value(&None))
+            .map_or(0, |(_, root)| *root)
     }
 
     fn slot(&self) -> &RefCell<VmSlot> {
@@ -695,7 +698,9 @@ impl Plugin {
             return;
         };
         let (parts, mut body) = response.into_parts();
-        if !deliver(Event::InitialMetadata(header_list(&parts.headers))) {
+        if !deliver(Event::InitialMetadata(PseudoHeaderMap::from_headers(
+            parts.headers.clone(),
+        ))) {
             return;
         }
         let mut buffer = Vec::new();
@@ -745,7 +750,11 @@ impl Plugin {
             .get("grpc-message")
             .map(|v| Bytes::copy_from_slice(v.as_bytes()))
             .unwrap_or_default();
-        if !trailers.is_empty() && !deliver(Event::TrailingMetadata(header_list(&trailers))) {
+        if !trailers.is_empty()
+            && !deliver(Event::TrailingMetadata(PseudoHeaderMap::from_headers(
+                trailers,
+            )))
+        {
             return;
         }
         deliver(Event::Close(status, message));
@@ -843,16 +852,11 @@ impl Plugin {
         let (parts, body) = response.into_parts();
         let remaining = timeout.saturating_sub(started.elapsed());
         let collected = self.collect_limited(body, remaining).await?;
-        let trailers = collected.trailers().map(header_list).unwrap_or_default();
-        let mut headers = vec![(
-            ":status".to_string(),
-            parts.status.as_str().as_bytes().to_vec(),
-        )];
-        headers.extend(header_list(&parts.headers));
+        let trailers = collected.trailers().cloned().unwrap_or_default();
         Ok(CallResponse {
-            headers,
+            headers: PseudoHeaderMap::response(parts.status, parts.headers),
             body: collected.to_bytes(),
-            trailers,
+            trailers: PseudoHeaderMap::from_headers(trailers),
         })
     }
 
@@ -919,9 +923,9 @@ impl Plugin {
             Bytes::new()
         };
         let response = CallResponse {
-            headers: header_list(&parts.headers),
+            headers: PseudoHeaderMap::from_headers(parts.headers),
             body: payload,
-            trailers: header_list(&trailers),
+            trailers: PseudoHeaderMap::from_headers(trailers),
         };
         (status, message_text, Some(response))
     }
@@ -984,6 +988,7 @@ fn take_grpc_message(buffer: &mut Vec<u8>) -> Option<Bytes> {
     Some(message)
 }
 
+/// A header map as a list of pairs (a local reply's headers, say).
 pub fn header_list(headers: &http::HeaderMap) -> HeaderList {
     headers
         .iter()

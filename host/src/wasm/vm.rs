@@ -15,9 +15,9 @@ use super::host::{HostState, PendingCallout, PluginIdentity, RootState};
 /// What a gRPC stream delivers, in order: metadata, messages, trailers, close.
 #[derive(Debug)]
 pub enum GrpcStreamEvent {
-    InitialMetadata(super::abi::HeaderList),
+    InitialMetadata(super::header_map::PseudoHeaderMap),
     Message(Bytes),
-    TrailingMetadata(super::abi::HeaderList),
+    TrailingMetadata(super::header_map::PseudoHeaderMap),
     Close(u32, Bytes),
 }
 
@@ -117,7 +117,13 @@ pub struct Vm {
     /// Guest calls made, for sampling their duration.
     calls: u64,
     deadline_ticks: u64,
+    /// What finished stream contexts left for the next ones (a free list).
+    spare_streams: Vec<super::host::SpareStream>,
 }
+
+/// How many finished stream contexts a VM keeps for reuse: as many as it serves at once in
+/// the common case.
+const SPARE_STREAMS: usize = 64;
 
 /// Which callback a stream call is, for the callbacks that share a shape.
 #[derive(Debug, Clone, Copy)]
@@ -254,6 +260,7 @@ impl Vm {
             exports,
             calls: 0,
             deadline_ticks: deadline_ticks(callback_timeout),
+            spare_streams: Vec::new(),
         })
     }
 
@@ -386,18 +393,24 @@ impl Vm {
         self.state().startup_log = None;
     }
 
-    /// Creates a stream context for a request under `root`.
+    /// Creates a stream context for a request under `root`, from what a finished one left
+    /// when there is one; returns it and what wakes the request when the plugin resumes it.
     pub fn create_stream(
         &mut self,
         root: u32,
-        stream: super::host::StreamState,
-    ) -> Result<u32, VmTrap> {
+        info: Arc<super::host::StreamInfo>,
+    ) -> Result<(u32, Arc<tokio::sync::Notify>), VmTrap> {
+        let stream = match self.spare_streams.pop() {
+            Some(spare) => spare.into_stream(root, info),
+            None => super::host::StreamState::new(root, info),
+        };
+        let wake = stream.wake.clone();
         let id = self.state().new_context_id();
         self.state().streams.insert(id, stream);
         self.state().effective_context = id;
         let create = self.exports.on_context_create.clone();
         self.call("on_context_create", &create, (id, root))?;
-        Ok(id)
+        Ok((id, wake))
     }
 
     /// Runs one of the header/body/trailer callbacks; a module without it continues.
@@ -460,8 +473,13 @@ impl Vm {
             Ok(())
         })();
         let state = self.state();
-        state.streams.remove(&context);
+        let finished = state.streams.remove(&context);
         state.callouts.retain(|_, owner| *owner != context);
+        if let Some(finished) = finished {
+            if self.spare_streams.len() < SPARE_STREAMS {
+                self.spare_streams.push(finished.recycle());
+            }
+        }
         result
     }
 

@@ -1,18 +1,20 @@
 //! Header maps, body buffers and stream control: what an HTTP filter plugin touches.
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use wasmtime::Caller;
 
 use super::{
-    decode_pairs, encode_pairs_into, encoded_pairs_len, status, AbiResult, BufferType, HeaderList,
-    MapType, Status,
+    decode_pairs, encode_pairs_into, encoded_pairs_len, status, AbiResult, BufferType, MapType,
+    Status,
 };
+use crate::wasm::header_map::PseudoHeaderMap;
 use crate::wasm::host::{HostState, LocalResponse};
 use crate::wasm::memory;
 
 type Ctx<'a> = Caller<'a, HostState>;
 
-fn map_mut(state: &mut HostState, map: MapType) -> Option<&mut HeaderList> {
+fn map_mut(state: &mut HostState, map: MapType) -> Option<&mut PseudoHeaderMap> {
     match map {
         MapType::CallResponseHeaders => state.call_response.as_mut().map(|r| &mut r.headers),
         MapType::CallResponseTrailers => state.call_response.as_mut().map(|r| &mut r.trailers),
@@ -27,7 +29,7 @@ fn map_mut(state: &mut HostState, map: MapType) -> Option<&mut HeaderList> {
 
 /// A map to read: outside their callbacks, the request and response headers are read where
 /// the request keeps them, not copied.
-fn map_ref(state: &HostState, map: MapType) -> Option<&HeaderList> {
+fn map_ref(state: &HostState, map: MapType) -> Option<&PseudoHeaderMap> {
     let stream = || state.streams.get(&state.effective_context);
     match map {
         MapType::RequestHeaders => stream().map(|s| s.request_headers_view()),
@@ -68,17 +70,19 @@ fn get_header_map_pairs(
     let Some(pairs) = map_ref(caller.data(), map) else {
         return Ok(Status::NotFound as u32);
     };
-    // Serialized straight into the guest's memory: the pairs are copied once. The guest's
-    // allocator runs in between and could have changed the map (a hostile one calling back
-    // into the host): then the guest gets zeros rather than a mismatched map.
-    let len = encoded_pairs_len(pairs);
+    // Serialized straight from the map into the guest's memory: no copy in the host. The
+    // guest's allocator runs in between and could have changed the map (a hostile one
+    // calling back into the host): then the guest gets zeros rather than a mismatched map.
+    let len = encoded_pairs_len(pairs.pairs());
     let written = memory::return_with(
         &mut caller,
         len,
         ret_ptr,
         ret_len,
         |state, out| match map_ref(state, map) {
-            Some(pairs) if encoded_pairs_len(pairs) == out.len() => encode_pairs_into(pairs, out),
+            Some(pairs) if encoded_pairs_len(pairs.pairs()) == out.len() => {
+                encode_pairs_into(pairs.len(), pairs.pairs(), out)
+            }
             _ => out.fill(0),
         },
     )?;
@@ -91,7 +95,7 @@ fn set_header_map_pairs(mut caller: Ctx<'_>, map: u32, ptr: u32, len: u32) -> u3
         let bytes = memory::read(&mut caller, ptr, len)?;
         let pairs = decode_pairs(&bytes).ok_or(Status::BadArgument)?;
         let target = map_mut(caller.data_mut(), map).ok_or(Status::NotFound)?;
-        *target = pairs.into_iter().map(|(k, v)| (lower(k), v)).collect();
+        target.set_pairs(&pairs);
         Ok(())
     })())
 }
@@ -106,18 +110,16 @@ fn get_header_map_value(
 ) -> wasmtime::Result<u32> {
     let lookup = (|| -> Result<_, Status> {
         let map = read_map_type(map)?;
-        // The key is compared where the guest keeps it (names in maps are lower case).
+        // The key is looked up where the guest keeps it, and kept on the stack (header
+        // names are short) for the copy below, which runs after the guest's allocator.
         let found = memory::with_guest_bytes(&mut caller, key_ptr, key_len, |key, state| {
             let pairs = map_ref(state, map).ok_or(Status::NotFound)?;
-            let index = pairs
-                .iter()
-                .position(|(k, _)| k.as_bytes().eq_ignore_ascii_case(key))
-                .ok_or(Status::NotFound)?;
-            Ok::<_, Status>((index, pairs[index].1.len()))
+            let value = pairs.value(key).ok_or(Status::NotFound)?;
+            Ok::<_, Status>((SmallVec::<[u8; 64]>::from_slice(key), value.len()))
         })??;
         Ok((map, found.0, found.1))
     })();
-    let (map, index, len) = match lookup {
+    let (map, key, len) = match lookup {
         Ok(found) => found,
         Err(error) => return Ok(error as u32),
     };
@@ -129,15 +131,19 @@ fn get_header_map_value(
             len,
             ret_ptr,
             ret_len,
-            |state, out| match map_ref(state, map).and_then(|pairs| pairs.get(index)) {
-                Some((_, value)) if value.len() == out.len() => out.copy_from_slice(value),
+            |state, out| match map_ref(state, map).and_then(|pairs| pairs.value(&key)) {
+                Some(value) if value.len() == out.len() => out.copy_from_slice(value),
                 _ => out.fill(0),
             },
         )?;
     Ok(status(written.map_err(Status::from)))
 }
 
-/// Shared by add / replace: reads the key and value, then edits the map.
+/// An edit of one name's values: add or replace.
+type MapEdit = fn(&mut PseudoHeaderMap, &[u8], &[u8]);
+
+/// Shared by add / replace: the key and value are read where the guest keeps them, then
+/// the map is edited.
 fn edit_map(
     caller: &mut Ctx<'_>,
     map: u32,
@@ -145,34 +151,19 @@ fn edit_map(
     key_len: u32,
     value_ptr: u32,
     value_len: u32,
-    edit: fn(&mut HeaderList, String, Vec<u8>),
+    edit: MapEdit,
 ) -> AbiResult {
     let map = read_map_type(map)?;
-    let key = lower(memory::read_string(caller, key_ptr, key_len)?);
-    let value = memory::read(caller, value_ptr, value_len)?;
-    let pairs = map_mut(caller.data_mut(), map).ok_or(Status::NotFound)?;
-    edit(pairs, key, value);
-    Ok(())
-}
-
-fn add_value(pairs: &mut HeaderList, key: String, value: Vec<u8>) {
-    pairs.push((key, value));
-}
-
-/// Replaces every value of `key` with one (adding it when missing), like Envoy's `setCopy`.
-fn replace_value(pairs: &mut HeaderList, key: String, value: Vec<u8>) {
-    match pairs.iter().position(|(k, _)| *k == key) {
-        Some(first) => {
-            pairs[first].1 = value;
-            let mut index = 0;
-            pairs.retain(|(k, _)| {
-                let keep = index <= first || *k != key;
-                index += 1;
-                keep
-            });
-        }
-        None => pairs.push((key, value)),
-    }
+    memory::with_guest_byte_pair(
+        caller,
+        (key_ptr, key_len),
+        (value_ptr, value_len),
+        |key, value, state| {
+            let pairs = map_mut(state, map).ok_or(Status::NotFound)?;
+            edit(pairs, key, value);
+            Ok(())
+        },
+    )?
 }
 
 fn remove_header_map_value(mut caller: Ctx<'_>, map: u32, key_ptr: u32, key_len: u32) -> u32 {
@@ -180,7 +171,7 @@ fn remove_header_map_value(mut caller: Ctx<'_>, map: u32, key_ptr: u32, key_len:
         let map = read_map_type(map)?;
         memory::with_guest_bytes(&mut caller, key_ptr, key_len, |key, state| {
             let pairs = map_mut(state, map).ok_or(Status::NotFound)?;
-            pairs.retain(|(k, _)| !k.as_bytes().eq_ignore_ascii_case(key));
+            pairs.remove(key);
             Ok(())
         })?
     })())
@@ -347,20 +338,19 @@ pub fn add_to_linker(linker: &mut wasmtime::Linker<HostState>) -> wasmtime::Resu
     linker.func_wrap("env", "proxy_get_header_map_pairs", get_header_map_pairs)?;
     linker.func_wrap("env", "proxy_set_header_map_pairs", set_header_map_pairs)?;
     linker.func_wrap("env", "proxy_get_header_map_value", get_header_map_value)?;
-    linker.func_wrap(
-        "env",
-        "proxy_add_header_map_value",
-        |mut caller: Ctx<'_>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
-            status(edit_map(&mut caller, map, kp, kl, vp, vl, add_value))
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_replace_header_map_value",
-        |mut caller: Ctx<'_>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
-            status(edit_map(&mut caller, map, kp, kl, vp, vl, replace_value))
-        },
-    )?;
+    let edits: [(&str, MapEdit); 2] = [
+        ("proxy_add_header_map_value", PseudoHeaderMap::add),
+        ("proxy_replace_header_map_value", PseudoHeaderMap::replace),
+    ];
+    for (name, edit) in edits {
+        linker.func_wrap(
+            "env",
+            name,
+            move |mut caller: Ctx<'_>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+                status(edit_map(&mut caller, map, kp, kl, vp, vl, edit))
+            },
+        )?;
+    }
     linker.func_wrap(
         "env",
         "proxy_remove_header_map_value",
@@ -397,21 +387,5 @@ mod tests {
         splice_body(&mut body, 0, 3, b"old").unwrap();
         assert_eq!(body, b"old!");
         assert_eq!(splice_body(&mut body, 1, 1, b"x"), Err(Status::BadArgument));
-    }
-
-    #[test]
-    fn replace_keeps_one_value_in_place() {
-        let mut pairs: HeaderList = vec![
-            ("a".into(), b"1".to_vec()),
-            ("b".into(), b"2".to_vec()),
-            ("a".into(), b"3".to_vec()),
-        ];
-        replace_value(&mut pairs, "a".into(), b"9".to_vec());
-        assert_eq!(
-            pairs,
-            vec![("a".into(), b"9".to_vec()), ("b".into(), b"2".to_vec())]
-        );
-        replace_value(&mut pairs, "c".into(), b"0".to_vec());
-        assert_eq!(pairs.len(), 3);
     }
 }

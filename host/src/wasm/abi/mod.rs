@@ -168,43 +168,45 @@ pub type HeaderList = Vec<(String, Vec<u8>)>;
 /// Encodes pairs in the proxy-wasm map format: u32 count, then (u32 key length, u32 value
 /// length) per pair, then each key and value followed by a NUL, all little-endian.
 pub fn encode_pairs(pairs: &HeaderList) -> Vec<u8> {
-    let mut out = vec![0; encoded_pairs_len(pairs)];
-    encode_pairs_into(pairs, &mut out);
+    let pairs_of = || pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_slice()));
+    let mut out = vec![0; encoded_pairs_len(pairs_of())];
+    encode_pairs_into(pairs.len(), pairs_of(), &mut out);
     out
 }
 
 /// The length of [`encode_pairs`]'s result (0 for no pairs).
-pub fn encoded_pairs_len(pairs: &HeaderList) -> usize {
-    if pairs.is_empty() {
+pub fn encoded_pairs_len<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> usize {
+    let (count, bytes) = pairs.fold((0, 0), |(count, bytes), (k, v)| {
+        (count + 1, bytes + 8 + k.len() + 1 + v.len() + 1)
+    });
+    if count == 0 {
         return 0;
     }
-    4 + pairs
-        .iter()
-        .map(|(k, v)| 8 + k.len() + 1 + v.len() + 1)
-        .sum::<usize>()
+    4 + bytes
 }
 
-/// Writes the map format into `out`, exactly [`encoded_pairs_len`] bytes long (guest
-/// memory, say, so that the pairs are copied once).
-pub fn encode_pairs_into(pairs: &HeaderList, out: &mut [u8]) {
-    if pairs.is_empty() {
+/// Writes the map format of `count` pairs into `out`, exactly [`encoded_pairs_len`] bytes
+/// long (guest memory, say, so that the pairs are copied once), in one pass over them.
+pub fn encode_pairs_into<'a>(
+    count: usize,
+    pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    out: &mut [u8],
+) {
+    if count == 0 {
         return;
     }
-    let mut at = 0;
-    let mut put = |bytes: &[u8]| {
-        out[at..at + bytes.len()].copy_from_slice(bytes);
-        at += bytes.len();
-    };
-    put(&(pairs.len() as u32).to_le_bytes());
-    for (key, value) in pairs {
-        put(&(key.len() as u32).to_le_bytes());
-        put(&(value.len() as u32).to_le_bytes());
-    }
-    for (key, value) in pairs {
-        put(key.as_bytes());
-        put(&[0]);
-        put(value);
-        put(&[0]);
+    out[..4].copy_from_slice(&(count as u32).to_le_bytes());
+    let mut sizes = 4;
+    let mut data = 4 + count * 8;
+    for (key, value) in pairs.take(count) {
+        out[sizes..sizes + 4].copy_from_slice(&(key.len() as u32).to_le_bytes());
+        out[sizes + 4..sizes + 8].copy_from_slice(&(value.len() as u32).to_le_bytes());
+        sizes += 8;
+        for bytes in [key, value] {
+            out[data..data + bytes.len()].copy_from_slice(bytes);
+            out[data + bytes.len()] = 0;
+            data += bytes.len() + 1;
+        }
     }
 }
 

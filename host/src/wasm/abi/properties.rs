@@ -15,10 +15,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::{Caller, Linker};
 
-use super::{status, HeaderList, Status};
+use super::{status, Status};
 use crate::config::NodeSettings;
 use crate::telemetry::response_details::response_details;
 use crate::tls::CertificateFacts;
+use crate::wasm::header_map::PseudoHeaderMap;
 use crate::wasm::host::{HostState, StreamInfo, StreamState};
 use crate::wasm::memory;
 
@@ -270,25 +271,21 @@ fn nanos(time: SystemTime) -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-fn header<'a>(pairs: &'a HeaderList, name: &str) -> Option<&'a [u8]> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_slice())
+fn header<'a>(pairs: &'a PseudoHeaderMap, name: &str) -> Option<&'a [u8]> {
+    pairs.value(name.as_bytes())
 }
 
-fn header_map(pairs: &HeaderList) -> Value {
+fn header_map(pairs: &PseudoHeaderMap) -> Value {
     Value::Map(
         pairs
-            .iter()
-            .filter(|(k, _)| !k.starts_with(':'))
-            .map(|(k, v)| (k.clone(), Value::Bytes(v.clone())))
+            .headers()
+            .map(|(k, v)| (k.as_str().to_string(), Value::Bytes(v.as_bytes().to_vec())))
             .collect(),
     )
 }
 
-fn headers_size(pairs: &HeaderList) -> u64 {
-    pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
+fn headers_size(pairs: &PseudoHeaderMap) -> u64 {
+    pairs.pairs().map(|(k, v)| (k.len() + v.len()) as u64).sum()
 }
 
 /// Looks a property up; `None` is NOT_FOUND.
@@ -362,7 +359,7 @@ fn request(stream: &StreamState, field: &str) -> Option<Value> {
         "referer" => Value::Bytes(header(headers, "referer")?.to_vec()),
         "useragent" => Value::Bytes(header(headers, "user-agent")?.to_vec()),
         "time" => Value::Int(nanos(info.started)),
-        "id" => Value::text(info.request_id.as_str()),
+        "id" => Value::Bytes(info.request_id.as_bytes().to_vec()),
         "protocol" => Value::text(info.protocol),
         "query" => {
             let path = path()?;
@@ -498,11 +495,10 @@ fn xds(info: &StreamInfo, field: &str) -> Option<Value> {
             let outcome = info.outcome();
             match outcome.cluster {
                 Some(cluster) => Value::text(&*cluster),
-                None if !info.cluster_name.is_empty() => Value::text(info.cluster_name.as_str()),
-                None => return None,
+                None => Value::text(&**info.cluster_name.as_ref()?),
             }
         }
-        "route_name" => Value::text(info.route_name.as_str()),
+        "route_name" => Value::text(&*info.route_name),
         "virtual_host_name" => Value::text(info.virtual_host_name.as_str()),
         "upstream_host_metadata" => {
             let endpoint = info.outcome().upstream?;

@@ -1,129 +1,28 @@
-//! Running a route's plugin chain for one request: request phase in order, response phase in
-//! reverse, log phase at the end, with Envoy's pause, resume and local-reply semantics and
-//! each plugin's failure policy.
-//!
-//! A plugin that traps fails only this request (the worker gets a fresh VM, see
-//! `wasm::plugin`). Until the response head is sent, the failure policy answers: 503 under
-//! `fail_closed` (and `reload`), the plugin skipped for the rest of the request under
-//! `fail_open`, with what the plugin was handed (headers, body) passed on. Once the head is
-//! sent, a trap in the response body or trailers resets the stream (HTTP/2 RST_STREAM,
-//! HTTP/1.1 closes the connection before the body's end) under every policy: the body the
-//! plugin held back died with its VM, and passing on the rest unprocessed would deliver a
-//! partial body, or one the plugin was there to redact.
+//! The phases of one request's run through its chain, in the order a request meets them:
+//! request headers, body and trailers in chain order; response headers, body and trailers
+//! in reverse; the log phase for every plugin. Every visit to a plugin's VM on a request's
+//! path is here, and each is a call on the worker's own VM in place (`Plugin::with_vm`):
+//! no message to another task, no channel per request, unless a plugin starts a callout or
+//! the request body streams through the chain.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
-use http_body::{Body, Frame};
-use http_body_util::BodyExt;
-use tokio::sync::Notify;
+use http::StatusCode;
 
-use super::refusal::Refusal;
-use super::{local, ResponseBody};
+use super::super::local;
+use super::super::refusal::Refusal;
+use super::{
+    local_reply_head, BodyStop, BufferLimitExceeded, PluginBodyFailure, PluginRun, Stopped,
+};
 use crate::config::FailurePolicy;
-use crate::snapshot::Chain;
 use crate::upstream::BoxError;
-use crate::wasm::abi::{Action, HeaderList};
+use crate::wasm::abi::Action;
 use crate::wasm::circuit::Admission;
-use crate::wasm::host::{LocalResponse, StreamInfo, StreamState};
+use crate::wasm::header_map::{Pseudo, PseudoHeaderMap};
+use crate::wasm::host::{LocalResponse, StreamState};
 use crate::wasm::plugin::{Plugin, PluginFailure};
-use crate::wasm::vm::{StreamCallback, StreamCallbacks};
-
-/// How a phase ended when it did not simply continue.
-pub enum Stopped {
-    /// A plugin answered (its index, and the answer); response callbacks run for the
-    /// plugins up to and including it.
-    Local(usize, LocalResponse),
-    /// The gateway answers (plugin failure, wait timeout); no response callbacks.
-    Failed(Box<Response<ResponseBody>>),
-    /// A plugin reset the stream (`proxy_close_stream`): no response at all.
-    Reset,
-}
-
-struct Entry {
-    plugin: Arc<Plugin>,
-    /// The stream callbacks the plugin's module exports: a phase without its callback skips
-    /// the plugin without visiting its VM.
-    callbacks: StreamCallbacks,
-    context: Option<u32>,
-    wake: Option<Arc<Notify>>,
-    /// fail_open: the plugin failed and is skipped for the rest of the request.
-    skipped: bool,
-    /// This request is the half-open probe of the plugin's circuit.
-    probe: bool,
-    /// The generation of the worker's VM that holds `context`.
-    generation: u64,
-    /// The plugin holds back part of the response body (paused, buffering).
-    holding_body: bool,
-    /// The plugin paused the request body before its end and holds data.
-    holding_request_body: bool,
-}
-
-impl Entry {
-    fn exports(&self, callback: StreamCallback) -> bool {
-        self.callbacks.exports(callback)
-    }
-}
-
-/// One request's walk through a chain.
-pub struct PluginRun {
-    entries: Vec<Entry>,
-    /// What every plugin of the request reads as its properties (the route's name among
-    /// them), the final request and response heads included.
-    info: Arc<StreamInfo>,
-    /// How long a paused stream may wait for a plugin to resume it.
-    wait_limit: Duration,
-    /// Plugins whose response callbacks run: all, or those up to a local reply.
-    response_limit: usize,
-    finished: bool,
-    /// Request-wide facts for the properties of plugins that did not see every phase (one
-    /// after a plugin that answered locally still gets `on_log`, and reads these).
-    final_status: Option<u16>,
-    request_size: u64,
-    response_size: u64,
-    /// The phase running now, and the one where a plugin failure stopped the request.
-    phase: &'static str,
-    failed_phase: Option<&'static str>,
-    /// `server.max_buffered_body_bytes`: what one plugin may hold back of a body.
-    buffer_limit: usize,
-}
-
-/// One request's run, shared by the task that streams the request body through the chain
-/// and the response phase, which may start before the request body ends (a bidirectional
-/// stream). Callbacks are synchronous: the lock is held across an await only while a
-/// plugin pauses the request at its end (or at its trailers) and the host waits for it.
-pub type SharedRun = Arc<tokio::sync::Mutex<PluginRun>>;
-
-/// Why the request body stopped going through the chain.
-pub enum BodyStop {
-    /// A plugin answered or failed, as in the other phases.
-    Plugin(Stopped),
-    /// A plugin paused with more than `max_buffered_body_bytes` held back (Envoy's buffer
-    /// limit: `413`).
-    BufferFull,
-}
-
-/// A plugin paused a response body with more than `max_buffered_body_bytes` held back: the
-/// response is reset (its head is sent).
-#[derive(Debug)]
-pub struct BufferLimitExceeded {
-    pub plugin: String,
-    pub limit: usize,
-}
-
-impl std::fmt::Display for BufferLimitExceeded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "plugin {:?} held back more than max_buffered_body_bytes ({} bytes) of the response body",
-            self.plugin, self.limit
-        )
-    }
-}
-
-impl std::error::Error for BufferLimitExceeded {}
+use crate::wasm::vm::StreamCallback;
 
 /// What one response body chunk did in one plugin.
 enum ChunkOutcome {
@@ -135,36 +34,6 @@ enum ChunkOutcome {
     Reset,
 }
 
-/// A plugin trapped after the response head was sent: the body stream ends in this error,
-/// which resets it.
-#[derive(Debug)]
-pub struct PluginBodyFailure {
-    pub plugin: String,
-    /// `response_body` or `response_trailers`.
-    pub phase: &'static str,
-    /// The plugin did not fail but reset the stream itself (`proxy_close_stream`).
-    pub reset: bool,
-}
-
-impl std::fmt::Display for PluginBodyFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.reset {
-            return write!(
-                f,
-                "plugin {:?} reset the stream in the {} phase",
-                self.plugin, self.phase
-            );
-        }
-        write!(
-            f,
-            "plugin {:?} failed in the {} phase; the response is reset",
-            self.plugin, self.phase
-        )
-    }
-}
-
-impl std::error::Error for PluginBodyFailure {}
-
 /// Which direction a pause is waiting on.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
@@ -173,78 +42,6 @@ enum Direction {
 }
 
 impl PluginRun {
-    pub fn new(chain: &Chain, info: StreamInfo, wait_limit: Duration) -> Self {
-        Self {
-            entries: chain
-                .iter()
-                .map(|plugin| Entry {
-                    plugin: plugin.clone(),
-                    callbacks: plugin.callbacks,
-                    context: None,
-                    wake: None,
-                    skipped: false,
-                    probe: false,
-                    generation: 0,
-                    holding_body: false,
-                    holding_request_body: false,
-                })
-                .collect(),
-            info: Arc::new(info),
-            wait_limit,
-            response_limit: chain.len(),
-            finished: false,
-            final_status: None,
-            request_size: 0,
-            response_size: 0,
-            phase: "request_headers",
-            failed_phase: None,
-            buffer_limit: usize::MAX,
-        }
-    }
-
-    /// Updates how the request was answered, for the properties every plugin reads.
-    pub fn update_outcome(&self, update: impl FnOnce(&mut crate::wasm::host::Outcome)) {
-        if let Ok(mut outcome) = self.info.outcome.lock() {
-            update(&mut outcome);
-        }
-    }
-
-    /// Caps what one plugin may hold back of a body while it pauses
-    /// (`server.max_buffered_body_bytes`).
-    pub fn limit_buffering(&mut self, bytes: u64) {
-        self.buffer_limit = usize::try_from(bytes).unwrap_or(usize::MAX);
-    }
-
-    /// Whether some plugin of the chain exports `proxy_on_request_body`: only then can the
-    /// body change on its way (and its length with it).
-    pub fn reads_request_body(&self) -> bool {
-        self.entries
-            .iter()
-            .any(|entry| entry.exports(StreamCallback::RequestBody))
-    }
-
-    /// Whether some plugin of the chain exports `proxy_on_response_body`: when none does,
-    /// the response body passes without a copy.
-    fn reads_response_body(&self) -> bool {
-        self.entries
-            .iter()
-            .any(|entry| entry.exports(StreamCallback::ResponseBody))
-    }
-
-    /// Whether the request body or its trailers go through some plugin at all; when not, the
-    /// body streams to the upstream as it would on a route without plugins.
-    pub fn reads_request_stream(&self) -> bool {
-        self.entries.iter().any(|entry| {
-            entry.exports(StreamCallback::RequestBody)
-                || entry.exports(StreamCallback::RequestTrailers)
-        })
-    }
-
-    /// The phase in which a plugin failure answered the request (for the access log).
-    pub fn failed_phase(&self) -> Option<&'static str> {
-        self.failed_phase
-    }
-
     /// Applies the plugin's failure policy: fail_open skips it, anything else (`fail_closed`,
     /// `reload`) answers 503.
     fn fail(&mut self, index: usize, failure: PluginFailure) -> Result<(), Stopped> {
@@ -295,21 +92,13 @@ impl PluginRun {
                 return self.fail(index, PluginFailure::CircuitOpen).map(|()| None);
             }
         }
-        let key = plugin.root_key(&self.info.route_name);
-        let stream = StreamState::new(0, self.info.clone());
-        let wake = stream.wake.clone();
+        let info = self.info.clone();
         let created = plugin.with_vm(|vm, roots| {
-            let root = roots
-                .get(&key)
-                .or_else(|| roots.get(&None))
-                .copied()
-                .unwrap_or(0);
-            let mut stream = stream;
-            stream.root_id = root;
-            vm.create_stream(root, stream)
+            let root = Plugin::root_context(roots, &info.route_name);
+            vm.create_stream(root, info)
         });
         match created {
-            Ok(context) => {
+            Ok((context, wake)) => {
                 let entry = &mut self.entries[index];
                 entry.context = Some(context);
                 entry.wake = Some(wake);
@@ -393,21 +182,29 @@ impl PluginRun {
     /// reads (request properties), and returns them.
     pub async fn request_headers(
         &mut self,
-        mut headers: HeaderList,
+        mut headers: PseudoHeaderMap,
         end_of_stream: bool,
-    ) -> Result<&HeaderList, Stopped> {
+    ) -> Result<PseudoHeaderMap, Stopped> {
         let result = self
             .request_headers_through(&mut headers, end_of_stream)
             .await;
         // Plugins that log this request later still read its properties, however the phase
-        // ended.
-        let kept = self.info.request_headers.get_or_init(|| headers);
-        result.map(|()| kept)
+        // ended; the request goes on with its own map.
+        match result {
+            Ok(()) => {
+                let _ = self.info.request_headers.set(headers.clone());
+                Ok(headers)
+            }
+            Err(stop) => {
+                let _ = self.info.request_headers.set(headers);
+                Err(stop)
+            }
+        }
     }
 
     async fn request_headers_through(
         &mut self,
-        headers: &mut HeaderList,
+        headers: &mut PseudoHeaderMap,
         end_of_stream: bool,
     ) -> Result<(), Stopped> {
         self.phase = "request_headers";
@@ -417,30 +214,14 @@ impl PluginRun {
                 self.context(index)?;
                 continue;
             }
-            let count = headers.len();
-            let moved = std::mem::take(headers);
-            let mut moved = Some(moved);
-            let result = self
-                .settle(index, Direction::Request, |vm, context| {
-                    if let Some(stream) = vm.state().streams.get_mut(&context) {
-                        stream.request_headers = moved.take().unwrap_or_default();
-                    }
-                    let action = vm.stream_callback(
-                        context,
-                        StreamCallback::RequestHeaders,
-                        count,
-                        end_of_stream,
-                    );
-                    rescue(vm, context, &action, &mut moved, |stream| {
-                        std::mem::take(&mut stream.request_headers)
-                    });
-                    action
-                })
-                .await;
-            *headers = self.take_back(index, moved, |stream| {
-                std::mem::take(&mut stream.request_headers)
-            });
-            result?;
+            self.header_callback(
+                index,
+                StreamCallback::RequestHeaders,
+                headers,
+                end_of_stream,
+                |stream| &mut stream.request_headers,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -468,23 +249,6 @@ impl PluginRun {
             data = self.request_body_step(index, data, end_of_stream).await?;
         }
         Ok(data)
-    }
-
-    /// Whether some plugin paused the request body before its end and holds data: then a
-    /// resume (or an answer) from it, say when its callout answers, is to be taken up
-    /// without waiting for more of the body (see `request_body_resumed`).
-    pub fn holds_request_body(&self) -> bool {
-        self.entries.iter().any(|entry| entry.holding_request_body)
-    }
-
-    /// What wakes the request when a plugin that reads the request body resumes or answers
-    /// it.
-    pub fn request_body_wakes(&self) -> Vec<Arc<Notify>> {
-        self.entries
-            .iter()
-            .filter(|entry| entry.exports(StreamCallback::RequestBody))
-            .filter_map(|entry| entry.wake.clone())
-            .collect()
     }
 
     /// Takes up what plugins that hold request body data decided since: one that resumed
@@ -544,7 +308,10 @@ impl PluginRun {
     /// when its trailers callback continues; that data then goes through the later plugins'
     /// body callbacks before their trailers. Returns the body data released here, which goes
     /// upstream before the trailers.
-    pub async fn request_trailers(&mut self, trailers: &mut HeaderList) -> Result<Bytes, BodyStop> {
+    pub async fn request_trailers(
+        &mut self,
+        trailers: &mut PseudoHeaderMap,
+    ) -> Result<Bytes, BodyStop> {
         let mut data = Bytes::new();
         for index in 0..self.entries.len() {
             if self.entries[index].skipped {
@@ -664,33 +431,19 @@ impl PluginRun {
 
     /// What plugin `index` holds of the request body, taken out of its buffer.
     fn take_held_request_body(&self, index: usize) -> Bytes {
-        let Some(context) = self.entries[index].context else {
-            return Bytes::new();
-        };
-        self.entries[index]
-            .plugin
-            .with_vm(|vm, _| {
-                Ok(vm
-                    .state()
-                    .streams
-                    .get_mut(&context)
-                    .map(|stream| release_request_body(stream, &Bytes::new()))
-                    .unwrap_or_default())
-            })
-            .unwrap_or_default()
+        self.with_stream(index, |stream| release_request_body(stream, &Bytes::new()))
     }
 
     /// Response headers through the plugins in reverse order. A local reply from this phase
     /// replaces the response; its headers then continue through the remaining plugins.
     pub async fn response_headers(
         &mut self,
-        headers: &mut HeaderList,
+        headers: &mut PseudoHeaderMap,
         end_of_stream: bool,
     ) -> Result<Option<LocalResponse>, Stopped> {
         let status = headers
-            .iter()
-            .find(|(k, _)| k == ":status")
-            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
+            .pseudo(Pseudo::Status)
+            .and_then(|value| std::str::from_utf8(value).ok()?.parse::<u16>().ok());
         let mut replaced = None;
         self.phase = "response_headers";
         if let Some(status) = status {
@@ -703,29 +456,18 @@ impl PluginRun {
             if entry.context.is_none() || !entry.exports(StreamCallback::ResponseHeaders) {
                 continue;
             }
-            let count = headers.len();
-            let mut moved = Some(std::mem::take(headers));
             let result = self
-                .settle(index, Direction::Response, |vm, context| {
-                    if let Some(stream) = vm.state().streams.get_mut(&context) {
-                        stream.response_headers = moved.take().unwrap_or_default();
+                .header_callback(
+                    index,
+                    StreamCallback::ResponseHeaders,
+                    headers,
+                    end_of_stream,
+                    |stream| {
                         stream.response_code = status;
-                    }
-                    let action = vm.stream_callback(
-                        context,
-                        StreamCallback::ResponseHeaders,
-                        count,
-                        end_of_stream,
-                    );
-                    rescue(vm, context, &action, &mut moved, |stream| {
-                        std::mem::take(&mut stream.response_headers)
-                    });
-                    action
-                })
+                        &mut stream.response_headers
+                    },
+                )
                 .await;
-            *headers = self.take_back(index, moved, |stream| {
-                std::mem::take(&mut stream.response_headers)
-            });
             match result {
                 Ok(()) => {}
                 Err(Stopped::Local(_, answer)) => {
@@ -734,13 +476,48 @@ impl PluginRun {
                     } else {
                         answer
                     };
-                    *headers = response_header_list(&answer);
+                    *headers = local_reply_head(&answer);
                     replaced = Some(answer);
                 }
                 Err(failed) => return Err(failed),
             }
         }
         Ok(replaced)
+    }
+
+    /// A request or response headers callback of one plugin: the map is moved into the
+    /// plugin's stream state (`slot`) for the callback and taken back after it, or after
+    /// the pause that followed.
+    async fn header_callback(
+        &mut self,
+        index: usize,
+        callback: StreamCallback,
+        headers: &mut PseudoHeaderMap,
+        end_of_stream: bool,
+        slot: impl Fn(&mut StreamState) -> &mut Option<PseudoHeaderMap> + Copy,
+    ) -> Result<(), Stopped> {
+        let direction = match callback {
+            StreamCallback::ResponseHeaders => Direction::Response,
+            _ => Direction::Request,
+        };
+        let count = headers.len();
+        let mut moved = Some(std::mem::take(headers));
+        let result = self
+            .settle(index, direction, |vm, context| {
+                if let Some(stream) = vm.state().streams.get_mut(&context) {
+                    *slot(stream) = moved.take();
+                }
+                let action = vm.stream_callback(context, callback, count, end_of_stream);
+                rescue(vm, context, &action, &mut moved, |stream| {
+                    slot(stream).take().unwrap_or_default()
+                });
+                action
+            })
+            .await;
+        *headers = self.take_back(index, moved, |stream| {
+            slot(stream).take().unwrap_or_default()
+        });
+        result
     }
 
     /// Returns what a callback left in the stream state; if the VM is gone (a trap), what
@@ -751,9 +528,14 @@ impl PluginRun {
         unmoved: Option<T>,
         take: impl FnOnce(&mut StreamState) -> T,
     ) -> T {
-        if let Some(value) = unmoved {
-            return value;
+        match unmoved {
+            Some(value) => value,
+            None => self.with_stream(index, take),
         }
+    }
+
+    /// `f` on plugin `index`'s stream state; the default when it has none (or its VM went).
+    fn with_stream<T: Default>(&self, index: usize, f: impl FnOnce(&mut StreamState) -> T) -> T {
         let Some(context) = self.entries[index].context else {
             return T::default();
         };
@@ -764,22 +546,17 @@ impl PluginRun {
                     .state()
                     .streams
                     .get_mut(&context)
-                    .map(take)
+                    .map(f)
                     .unwrap_or_default())
             })
             .unwrap_or_default()
-    }
-
-    /// Limits the response phase to the plugins up to one that answered locally.
-    pub fn answered_by(&mut self, index: usize) {
-        self.response_limit = index + 1;
     }
 
     /// One response body chunk through the plugins in reverse order (synchronous: called
     /// while the body streams). A plugin that pauses keeps buffering; at the end of the
     /// stream everything buffered is released. A trap fails the body (the stream is reset)
     /// whatever the failure policy: the head is sent, and what the plugin held back is lost.
-    fn response_body_chunk(
+    pub(super) fn response_body_chunk(
         &mut self,
         mut data: Vec<u8>,
         end_of_stream: bool,
@@ -908,7 +685,10 @@ impl PluginRun {
         }
     }
 
-    fn response_trailers(&mut self, trailers: &mut HeaderList) -> Result<(), PluginBodyFailure> {
+    pub(super) fn response_trailers(
+        &mut self,
+        trailers: &mut PseudoHeaderMap,
+    ) -> Result<(), PluginBodyFailure> {
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
             let entry = &self.entries[index];
             if entry.context.is_none()
@@ -934,7 +714,7 @@ impl PluginRun {
             match result {
                 Ok(Some((_, true))) => return Err(self.body_reset(index, "response_trailers")),
                 Ok(Some((list, false))) => *trailers = list,
-                Ok(None) => trailers.clear(),
+                Ok(None) => *trailers = PseudoHeaderMap::default(),
                 Err(failure) => {
                     return Err(self.body_failure(index, "response_trailers", &failure));
                 }
@@ -944,7 +724,7 @@ impl PluginRun {
     }
 
     /// Records the response head that went downstream, which plugins read from then on.
-    pub fn set_final_response(&mut self, status: u16, headers: HeaderList) {
+    pub fn set_final_response(&mut self, status: u16, headers: PseudoHeaderMap) {
         self.final_status = Some(status);
         let _ = self.info.response_headers.set(headers);
     }
@@ -979,12 +759,6 @@ impl PluginRun {
                 entry.plugin.circuit.probe_done();
             }
         }
-    }
-}
-
-impl Drop for PluginRun {
-    fn drop(&mut self) {
-        self.finish();
     }
 }
 
@@ -1037,271 +811,4 @@ fn take_signals(
         std::mem::take(&mut signals.reset),
         resumed,
     )
-}
-
-/// A local reply's headers as a response header list (`:status` first).
-pub fn response_header_list(answer: &LocalResponse) -> HeaderList {
-    let mut list = vec![(
-        ":status".to_string(),
-        answer.status.to_string().into_bytes(),
-    )];
-    list.extend(answer.headers.iter().cloned());
-    list
-}
-
-/// Builds the response for a local reply.
-pub fn local_response(answer: &LocalResponse) -> Response<ResponseBody> {
-    let mut response = Response::new(local::body(answer.body.clone()));
-    *response.status_mut() =
-        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    for (name, value) in &answer.headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) {
-            response.headers_mut().append(name, value);
-        }
-    }
-    if answer.grpc_status >= 0 {
-        if let Ok(value) = HeaderValue::from_str(&answer.grpc_status.to_string()) {
-            response.headers_mut().insert("grpc-status", value);
-        }
-    }
-    response.extensions_mut().insert(local::LocalReply {
-        grpc_status: u32::try_from(answer.grpc_status).ok(),
-        message: answer.body.clone(),
-    });
-    response
-}
-
-/// A request head as plugins see it: the pseudo-headers as Envoy gives them (`:method`,
-/// `:scheme`, `:authority`, `:path`), then the headers but `host`, which `:authority` stands
-/// for.
-pub fn request_header_list(
-    method: &http::Method,
-    scheme: &str,
-    authority: &str,
-    path_and_query: &str,
-    headers: &HeaderMap,
-) -> HeaderList {
-    let mut list = Vec::with_capacity(4 + headers.len());
-    for (name, value) in [
-        (":method", method.as_str()),
-        (":scheme", scheme),
-        (":authority", authority),
-        (":path", path_and_query),
-    ] {
-        list.push((name.to_string(), value.as_bytes().to_vec()));
-    }
-    append_headers(&mut list, headers);
-    list
-}
-
-/// A response head as plugins see it: `:status`, then the headers.
-pub fn response_head_list(status: StatusCode, headers: &HeaderMap) -> HeaderList {
-    let mut list = Vec::with_capacity(1 + headers.len());
-    list.push((":status".to_string(), status.as_str().as_bytes().to_vec()));
-    append_headers(&mut list, headers);
-    list
-}
-
-fn append_headers(list: &mut HeaderList, headers: &HeaderMap) {
-    list.extend(
-        headers
-            .iter()
-            .filter(|(name, _)| *name != http::header::HOST)
-            .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec())),
-    );
-}
-
-/// The value of a pseudo-header (or any header) in a list: the first one.
-pub fn list_value<'a>(list: &'a HeaderList, name: &str) -> Option<&'a [u8]> {
-    list.iter()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.as_slice())
-}
-
-/// The headers of a list but its pseudo-headers, as a `HeaderMap`; names and values `http`
-/// refuses are left out.
-pub fn header_map(list: &HeaderList) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(list.len());
-    for (name, value) in list {
-        if name.starts_with(':') {
-            continue;
-        }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) {
-            headers.append(name, value);
-        }
-    }
-    headers
-}
-
-/// Wraps a run so that the request body task and the response phase can share it.
-pub fn share(run: PluginRun) -> SharedRun {
-    Arc::new(tokio::sync::Mutex::new(run))
-}
-
-/// The response body as the plugins see it, chunk by chunk; the log phase runs when it ends.
-pub fn filter_response_body(body: ResponseBody, run: SharedRun) -> ResponseBody {
-    FilteredBody {
-        inner: body,
-        run,
-        waiting: None,
-        done: false,
-        trailers_done: false,
-    }
-    .boxed()
-}
-
-/// The wait for a run the request body task holds (a plugin paused the request at its end).
-type RunWait = std::pin::Pin<
-    Box<dyn std::future::Future<Output = tokio::sync::OwnedMutexGuard<PluginRun>> + Send + Sync>,
->;
-
-struct FilteredBody {
-    inner: ResponseBody,
-    run: SharedRun,
-    waiting: Option<RunWait>,
-    done: bool,
-    /// The trailers went through the plugins already (they may follow a flushed body).
-    trailers_done: bool,
-}
-
-impl Body for FilteredBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        use std::task::Poll;
-        loop {
-            if self.done {
-                return Poll::Ready(None);
-            }
-            // The run first, then the frame: a frame is never read and then held back
-            // waiting for the run.
-            let mut run = match self.poll_run(cx) {
-                Poll::Ready(run) => run,
-                Poll::Pending => return Poll::Pending,
-            };
-            let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-            match polled {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) if !run.reads_response_body() => {
-                        // No plugin of the chain reads the body: it passes as it came.
-                        run.response_size += data.len() as u64;
-                        if self.inner.is_end_stream() {
-                            self.done = true;
-                        }
-                        if !data.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(data))));
-                        }
-                        if self.done {
-                            return Poll::Ready(None);
-                        }
-                    }
-                    Ok(data) => {
-                        let end = self.inner.is_end_stream();
-                        let out = match run.response_body_chunk(data.to_vec(), end) {
-                            Ok(out) => out,
-                            Err(failure) => return self.reset(failure),
-                        };
-                        if end {
-                            self.done = true;
-                        }
-                        if !out.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-                        }
-                        if self.done {
-                            return Poll::Ready(None);
-                        }
-                    }
-                    Err(frame) if self.trailers_done => {
-                        self.done = true;
-                        return Poll::Ready(Some(Ok(frame)));
-                    }
-                    Err(frame) => {
-                        self.trailers_done = true;
-                        // Trailers end the stream: release any buffered body first is not
-                        // possible in one frame, so flush it and keep the trailers for later.
-                        let flushed = match run.response_body_chunk(Vec::new(), true) {
-                            Ok(flushed) => flushed,
-                            Err(failure) => return self.reset(failure),
-                        };
-                        let mut trailers = match frame.into_trailers() {
-                            Ok(map) => crate::wasm::plugin::header_list(&map),
-                            Err(_) => Vec::new(),
-                        };
-                        if let Err(failure) = run.response_trailers(&mut trailers) {
-                            return self.reset(failure);
-                        }
-                        self.done = true;
-                        let map = header_map(&trailers);
-                        if !flushed.is_empty() {
-                            // Send the released body now; the trailers follow as the final frame.
-                            let pending_trailers = map;
-                            self.inner = http_body_util::Empty::new()
-                                .map_err(|never| match never {})
-                                .with_trailers(async move { Some(Ok(pending_trailers)) })
-                                .boxed();
-                            self.done = false;
-                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(flushed)))));
-                        }
-                        return Poll::Ready(Some(Ok(Frame::trailers(map))));
-                    }
-                },
-                Poll::Ready(None) => {
-                    self.done = true;
-                    let out = match run.response_body_chunk(Vec::new(), true) {
-                        Ok(out) => out,
-                        Err(failure) => return self.reset(failure),
-                    };
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-                    }
-                    return Poll::Ready(None);
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
-    }
-}
-
-impl FilteredBody {
-    /// The run, at once unless the request body task holds it; then woken when it lets go.
-    fn poll_run(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<tokio::sync::OwnedMutexGuard<PluginRun>> {
-        if self.waiting.is_none() {
-            match self.run.clone().try_lock_owned() {
-                Ok(run) => return std::task::Poll::Ready(run),
-                Err(_) => self.waiting = Some(Box::pin(self.run.clone().lock_owned())),
-            }
-        }
-        let waiting = self.waiting.as_mut().expect("set above");
-        let run = std::task::ready!(waiting.as_mut().poll(cx));
-        self.waiting = None;
-        std::task::Poll::Ready(run)
-    }
-
-    /// Ends the body in an error: hyper resets an HTTP/2 stream and closes an HTTP/1.1
-    /// connection before the body's end, so the client can tell the body is incomplete.
-    fn reset(
-        &mut self,
-        failure: impl Into<BoxError>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.done = true;
-        std::task::Poll::Ready(Some(Err(failure.into())))
-    }
 }

@@ -1,0 +1,464 @@
+//! A header map as plugins see it, kept where the request or response keeps it: the
+//! pseudo-headers (`:method`, `:scheme`, `:authority`, `:path`, `:status`) as fields, every
+//! other header in the message's own `http::HeaderMap`, which the pipeline moves in before a
+//! phase and takes back after it. The host functions read and edit it in place: no list of
+//! pairs is built for a plugin, and none is turned back into a map afterwards.
+//!
+//! Pairs come in the order Envoy gives them: the pseudo-headers first, then the headers in
+//! the map's order (a name's values together, where it first appeared). Names are
+//! lower-case. A pair no HTTP message may carry (a name or value `http` refuses, an unknown
+//! pseudo-header) is left out, as it would be from the message: the call still succeeds,
+//! since the SDKs treat any other answer as a failure of the plugin. A pseudo-header takes
+//! any bytes (the pipeline checks what a plugin set, as it checks what a client sends).
+
+use std::sync::LazyLock;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::{HeaderMap, Method, StatusCode};
+
+use super::abi::HeaderList;
+
+/// The pseudo-headers a map can hold, in the order plugins get them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pseudo {
+    Method,
+    Scheme,
+    Authority,
+    Path,
+    Status,
+}
+
+impl Pseudo {
+    const ALL: [Pseudo; 5] = [
+        Pseudo::Method,
+        Pseudo::Scheme,
+        Pseudo::Authority,
+        Pseudo::Path,
+        Pseudo::Status,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pseudo::Method => ":method",
+            Pseudo::Scheme => ":scheme",
+            Pseudo::Authority => ":authority",
+            Pseudo::Path => ":path",
+            Pseudo::Status => ":status",
+        }
+    }
+
+    /// The pseudo-header a name stands for (any case), if it is one.
+    fn from_name(name: &[u8]) -> Option<Pseudo> {
+        Pseudo::ALL
+            .into_iter()
+            .find(|pseudo| pseudo.name().as_bytes().eq_ignore_ascii_case(name))
+    }
+}
+
+/// Request or response headers, trailers or a callout's metadata, as one plugin-facing map.
+#[derive(Debug, Clone, Default)]
+pub struct PseudoHeaderMap {
+    pseudo: [Option<Bytes>; 5],
+    headers: HeaderMap,
+    /// The map holds the client's `Host`, which `:authority` stands for: it stays where it
+    /// is (taking it out would move another header into its place) but is no pair.
+    host_hidden: bool,
+}
+
+/// An empty map, for a phase that has none yet.
+pub static EMPTY: LazyLock<PseudoHeaderMap> = LazyLock::new(PseudoHeaderMap::default);
+
+impl PseudoHeaderMap {
+    /// Headers with no pseudo-headers: trailers, gRPC metadata.
+    pub fn from_headers(headers: HeaderMap) -> Self {
+        Self {
+            pseudo: Default::default(),
+            headers,
+            host_hidden: false,
+        }
+    }
+
+    /// A request head as Envoy gives it to plugins: `Host` only as `:authority`.
+    pub fn request(
+        method: &Method,
+        scheme: &'static str,
+        authority: &str,
+        path_and_query: &str,
+        headers: HeaderMap,
+    ) -> Self {
+        let mut map = Self::from_headers(headers);
+        map.host_hidden = map.headers.contains_key(HOST);
+        map.pseudo[Pseudo::Method as usize] = Some(method_bytes(method));
+        map.pseudo[Pseudo::Scheme as usize] = Some(Bytes::from_static(scheme.as_bytes()));
+        map.pseudo[Pseudo::Authority as usize] = Some(Bytes::copy_from_slice(authority.as_bytes()));
+        map.pseudo[Pseudo::Path as usize] = Some(Bytes::copy_from_slice(path_and_query.as_bytes()));
+        map
+    }
+
+    /// A response head: `:status`, then the headers.
+    pub fn response(status: StatusCode, headers: HeaderMap) -> Self {
+        let mut map = Self::from_headers(headers);
+        map.pseudo[Pseudo::Status as usize] = Some(status_bytes(status));
+        map
+    }
+
+    /// A map of the pairs a plugin wrote whole (`set_header_map_pairs`, a local reply's
+    /// headers); a pair `http` refuses is left out.
+    pub fn from_pairs(pairs: &HeaderList) -> Self {
+        let mut map = Self::default();
+        map.headers.reserve(pairs.len());
+        for (name, value) in pairs {
+            map.add(name.as_bytes(), value);
+        }
+        map
+    }
+
+    /// The headers but the pseudo-headers, as pairs.
+    pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        let host_hidden = self.host_hidden;
+        self.headers
+            .iter()
+            .filter(move |(name, _)| !(host_hidden && *name == HOST))
+    }
+
+    /// The header map as the message carries it, for the message: a client's `Host`
+    /// stays in it (the pipeline sets it from `:authority`).
+    pub fn clone_headers(&self) -> HeaderMap {
+        self.headers.clone()
+    }
+
+    /// Takes the header map out (the pseudo-headers stay), leaving an empty one; as
+    /// [`Self::clone_headers`].
+    pub fn take_headers(&mut self) -> HeaderMap {
+        self.host_hidden = false;
+        std::mem::take(&mut self.headers)
+    }
+
+    /// The header map, the rest consumed; as [`Self::clone_headers`].
+    pub fn into_headers(self) -> HeaderMap {
+        self.headers
+    }
+
+    /// A pseudo-header's value.
+    pub fn pseudo(&self, pseudo: Pseudo) -> Option<&[u8]> {
+        self.pseudo[pseudo as usize].as_deref()
+    }
+
+    /// The number of pairs, pseudo-headers included (what a header callback is told).
+    pub fn len(&self) -> usize {
+        let hidden = if self.host_hidden {
+            self.headers.get_all(HOST).iter().count()
+        } else {
+            0
+        };
+        self.pseudo.iter().flatten().count() + self.headers.len() - hidden
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every pair in order: the pseudo-headers, then the headers.
+    pub fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let pseudo = Pseudo::ALL.into_iter().filter_map(|pseudo| {
+            let value = self.pseudo[pseudo as usize].as_deref()?;
+            Some((pseudo.name().as_bytes(), value))
+        });
+        let headers = self
+            .headers()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+        pseudo.chain(headers)
+    }
+
+    /// The first value of a name (any case), pseudo-headers included.
+    pub fn value(&self, name: &[u8]) -> Option<&[u8]> {
+        if name.first() == Some(&b':') {
+            return self.pseudo(Pseudo::from_name(name)?);
+        }
+        if self.host_hidden && name.eq_ignore_ascii_case(b"host") {
+            return None;
+        }
+        self.headers
+            .get(std::str::from_utf8(name).ok()?)
+            .map(HeaderValue::as_bytes)
+    }
+
+    /// Adds a value; a pseudo-header has one value, which this sets.
+    pub fn add(&mut self, name: &[u8], value: &[u8]) {
+        if name.first() == Some(&b':') {
+            return self.set_pseudo(name, value);
+        }
+        let Some((name, value)) = header(name, value) else {
+            return;
+        };
+        if name == HOST && std::mem::take(&mut self.host_hidden) {
+            // The plugin's `Host` is the only one.
+            self.remove_name(&name);
+        }
+        self.headers.append(name, value);
+    }
+
+    /// Replaces every value of a name with one, where its first value was (added at the end
+    /// when missing), as Envoy's `setCopy`. A value no message may carry leaves the name
+    /// with none.
+    pub fn replace(&mut self, name: &[u8], value: &[u8]) {
+        if name.first() == Some(&b':') {
+            return self.set_pseudo(name, value);
+        }
+        let Some((name, value)) = header(name, value) else {
+            return self.remove(name);
+        };
+        if name == HOST {
+            self.host_hidden = false;
+        }
+        self.headers.insert(name, value);
+    }
+
+    /// Removes every value of a name (any case); the other pairs keep their order.
+    pub fn remove(&mut self, name: &[u8]) {
+        if name.first() == Some(&b':') {
+            if let Some(pseudo) = Pseudo::from_name(name) {
+                self.pseudo[pseudo as usize] = None;
+            }
+            return;
+        }
+        let Ok(name) = HeaderName::from_bytes(name) else {
+            return;
+        };
+        if name == HOST {
+            self.host_hidden = false;
+        }
+        self.remove_name(&name);
+    }
+
+    fn remove_name(&mut self, name: &HeaderName) {
+        if !self.headers.contains_key(name) {
+            return;
+        }
+        // `HeaderMap::remove` moves the last name into the removed one's place; a map built
+        // anew keeps Envoy's order. A name is cloned only when it has further values.
+        let old = std::mem::take(&mut self.headers);
+        self.headers.reserve(old.len());
+        let mut pairs = old.into_iter().peekable();
+        let mut current: Option<HeaderName> = None;
+        while let Some((next_name, value)) = pairs.next() {
+            let more_values = matches!(pairs.peek(), Some((None, _)));
+            if let Some(next_name) = next_name {
+                if next_name == *name {
+                    current = None;
+                    while pairs.next_if(|(name, _)| name.is_none()).is_some() {}
+                    continue;
+                }
+                if !more_values {
+                    self.headers.append(next_name, value);
+                    continue;
+                }
+                current = Some(next_name);
+            }
+            if let Some(current) = &current {
+                self.headers.append(current.clone(), value);
+            }
+        }
+    }
+
+    /// Empties the map, which keeps its capacity.
+    pub fn clear(&mut self) {
+        self.pseudo = Default::default();
+        self.headers.clear();
+        self.host_hidden = false;
+    }
+
+    /// Replaces the whole map with the pairs a plugin wrote (`set_header_map_pairs`); the
+    /// map keeps its capacity.
+    pub fn set_pairs(&mut self, pairs: &HeaderList) {
+        self.clear();
+        for (name, value) in pairs {
+            self.add(name.as_bytes(), value);
+        }
+    }
+
+    fn set_pseudo(&mut self, name: &[u8], value: &[u8]) {
+        if let Some(pseudo) = Pseudo::from_name(name) {
+            self.pseudo[pseudo as usize] = Some(Bytes::copy_from_slice(value));
+        }
+    }
+}
+
+/// A name and value as `http` takes them (the name lower-cased), if it takes them.
+fn header(name: &[u8], value: &[u8]) -> Option<(HeaderName, HeaderValue)> {
+    Some((
+        HeaderName::from_bytes(name).ok()?,
+        HeaderValue::from_bytes(value).ok()?,
+    ))
+}
+
+/// The method's name, without a copy for the standard ones.
+fn method_bytes(method: &Method) -> Bytes {
+    let name: &'static str = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return Bytes::copy_from_slice(method.as_str().as_bytes()),
+    };
+    Bytes::from_static(name.as_bytes())
+}
+
+/// The status code's digits, without a copy for the common ones.
+fn status_bytes(status: StatusCode) -> Bytes {
+    let digits: &'static str = match status.as_u16() {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => return Bytes::copy_from_slice(status.as_str().as_bytes()),
+    };
+    Bytes::from_static(digits.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(map: &PseudoHeaderMap) -> Vec<(String, String)> {
+        map.pairs()
+            .map(|(name, value)| {
+                (
+                    String::from_utf8_lossy(name).into_owned(),
+                    String::from_utf8_lossy(value).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn request() -> PseudoHeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.append("host", HeaderValue::from_static("example.com"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-b", HeaderValue::from_static("2"));
+        headers.append("x-a", HeaderValue::from_static("3"));
+        headers.append("x-c", HeaderValue::from_static("4"));
+        PseudoHeaderMap::request(&Method::GET, "http", "example.com", "/p?q=1", headers)
+    }
+
+    fn owned(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn pairs_come_pseudo_headers_first_and_host_only_as_authority() {
+        let map = request();
+        assert_eq!(
+            pairs(&map),
+            owned(&[
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "example.com"),
+                (":path", "/p?q=1"),
+                ("x-a", "1"),
+                ("x-a", "3"),
+                ("x-b", "2"),
+                ("x-c", "4"),
+            ])
+        );
+        assert_eq!(map.len(), 8);
+        let response = PseudoHeaderMap::response(StatusCode::IM_A_TEAPOT, HeaderMap::new());
+        assert_eq!(pairs(&response), owned(&[(":status", "418")]));
+    }
+
+    #[test]
+    fn pseudo_headers_are_read_and_changed_as_fields() {
+        let mut map = request();
+        assert_eq!(map.value(b":PATH"), Some(&b"/p?q=1"[..]));
+        map.replace(b":path", b"/new");
+        map.add(b":authority", b"other");
+        assert_eq!(map.pseudo(Pseudo::Path), Some(&b"/new"[..]));
+        assert_eq!(map.pseudo(Pseudo::Authority), Some(&b"other"[..]));
+        // A pseudo-header takes any bytes: the pipeline judges what a plugin set.
+        map.replace(b":path", b"no spaces allowed\n");
+        map.remove(b":method");
+        assert_eq!(map.pseudo(Pseudo::Method), None);
+        assert_eq!(pairs(&map)[0].0, ":scheme");
+        assert!(map.value(b"host").is_none());
+        assert!(map.headers().all(|(name, _)| name != HOST));
+        assert_eq!(
+            map.clone_headers()[HOST],
+            "example.com",
+            "the message keeps it"
+        );
+        map.add(b"Host", b"plugin.example");
+        assert_eq!(map.value(b"host"), Some(&b"plugin.example"[..]));
+        assert_eq!(map.clone_headers().get_all(HOST).iter().count(), 1);
+    }
+
+    #[test]
+    fn removing_a_repeated_header_removes_every_value_and_keeps_the_order() {
+        let mut map = request();
+        map.remove(b"X-A");
+        assert_eq!(pairs(&map)[4..], owned(&[("x-b", "2"), ("x-c", "4")])[..],);
+        let mut map = request();
+        map.remove(b"x-b");
+        assert_eq!(
+            pairs(&map)[4..],
+            owned(&[("x-a", "1"), ("x-a", "3"), ("x-c", "4")])[..],
+        );
+        map.remove(b"x-missing");
+        assert_eq!(map.len(), 7);
+    }
+
+    #[test]
+    fn replacing_a_multi_valued_header_leaves_one_value_in_its_place() {
+        let mut map = request();
+        map.replace(b"x-a", b"new");
+        assert_eq!(
+            pairs(&map)[4..],
+            owned(&[("x-a", "new"), ("x-b", "2"), ("x-c", "4")])[..],
+        );
+        map.replace(b"X-New", b"5");
+        assert_eq!(
+            pairs(&map).last(),
+            Some(&("x-new".to_string(), "5".to_string()))
+        );
+    }
+
+    #[test]
+    fn pairs_no_message_may_carry_are_left_out() {
+        let mut map = request();
+        map.add(b"bad name", b"v");
+        map.add(b"x-ok", b"line\r\nbreak");
+        map.add(b":unknown", b"x");
+        assert_eq!(map.len(), 8);
+        map.replace(b"x-a", b"line\nbreak");
+        assert_eq!(
+            map.value(b"x-a"),
+            None,
+            "the invalid replacement leaves no value"
+        );
+        let list = vec![
+            (":status".to_string(), b"201".to_vec()),
+            ("x-bad".to_string(), b"bad\n".to_vec()),
+            ("X-Y".to_string(), b"1".to_vec()),
+        ];
+        map.set_pairs(&list);
+        assert_eq!(pairs(&map), owned(&[(":status", "201"), ("x-y", "1")]));
+    }
+}
