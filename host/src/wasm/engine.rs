@@ -85,7 +85,8 @@ pub struct Runtime {
     loaded: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<CompiledModule>>>,
 }
 
-static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| Runtime::new().expect("the wasm engine"));
+static RUNTIME: LazyLock<Runtime> =
+    LazyLock::new(|| Runtime::new(cache_dir()).expect("the wasm engine"));
 
 /// The process-wide runtime; its epoch ticker starts with it.
 pub fn runtime() -> &'static Runtime {
@@ -115,7 +116,7 @@ fn cache_dir() -> PathBuf {
 }
 
 impl Runtime {
-    fn new() -> wasmtime::Result<Self> {
+    fn new(cache_dir: PathBuf) -> wasmtime::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(epochs_enabled());
         config.wasm_backtrace(true);
@@ -132,7 +133,6 @@ impl Runtime {
         config.table_lazy_init(true);
         // Compiled on demand by one short-lived engine per module (see `compile`); this
         // process-wide engine only runs code, so no compiler state stays alive in it.
-        let cache_dir = cache_dir();
         let cache_dir = match std::fs::create_dir_all(&cache_dir) {
             Ok(()) => Some(cache_dir),
             Err(error) => {
@@ -217,8 +217,9 @@ impl Runtime {
     /// written for this engine, else compiled, written to the cache and mapped from there.
     #[allow(unsafe_code)] // loading compiled code has no safe form; each use says why it is sound
     fn compiled(&self, sha256: &str, bytes: &[u8], path: &Path) -> Result<Module, String> {
-        let invalid =
-            |error: wasmtime::Error| format!("{} is not a valid wasm module: {error:#}", path.display());
+        let invalid = |error: wasmtime::Error| {
+            format!("{} is not a valid wasm module: {error:#}", path.display())
+        };
         let Some(cached) = self.cache_file(sha256) else {
             let code = compile(&self.compile_config, bytes).map_err(invalid)?;
             // SAFETY: the bytes were just serialized by an engine with this engine's settings.
@@ -251,7 +252,9 @@ impl Runtime {
         static ENGINE_HASH: OnceLock<u64> = OnceLock::new();
         let engine_hash = *ENGINE_HASH.get_or_init(|| {
             let mut hasher = std::hash::DefaultHasher::new();
-            self.engine.precompile_compatibility_hash().hash(&mut hasher);
+            self.engine
+                .precompile_compatibility_hash()
+                .hash(&mut hasher);
             hasher.finish()
         });
         let dir = self.cache_dir.as_ref()?;
@@ -310,7 +313,8 @@ fn write_new_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let temporary = PathBuf::from(temporary);
-    let written = std::fs::write(&temporary, contents).and_then(|()| std::fs::rename(&temporary, path));
+    let written =
+        std::fs::write(&temporary, contents).and_then(|()| std::fs::rename(&temporary, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&temporary);
     }
@@ -455,6 +459,69 @@ mod tests {
         )
         .unwrap_err();
         assert!(other.contains("wasi_preview9.fd_write"), "{other}");
+    }
+
+    const MINIMAL: &str = r#"(module (memory (export "memory") 1)
+        (func (export "malloc") (param i32) (result i32) i32.const 0)
+        (func (export "proxy_abi_version_0_2_1")))"#;
+
+    fn cache_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn is_mapped(file: &Path) -> bool {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines()
+            .any(|line| line.ends_with(&*file.to_string_lossy()))
+    }
+
+    #[test]
+    fn compiled_code_is_mapped_from_the_cache_and_a_damaged_file_is_replaced() {
+        use std::os::unix::fs::MetadataExt;
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-engine-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let runtime = Runtime::new(dir.clone()).unwrap();
+        let path = Path::new("minimal.wat");
+
+        let module = runtime.load_bytes(path, MINIMAL.as_bytes()).unwrap();
+        let files = cache_files(&dir);
+        assert_eq!(files.len(), 1, "{files:?}");
+        let cached = files[0].clone();
+        assert_eq!(cached.extension().unwrap(), "cwasm");
+        assert!(
+            is_mapped(&cached),
+            "the code runs from {}",
+            cached.display()
+        );
+        let inode = std::fs::metadata(&cached).unwrap().ino();
+        drop(module);
+
+        // Loaded again once nothing holds it: mapped from the same file, nothing compiled.
+        let module = runtime.load_bytes(path, MINIMAL.as_bytes()).unwrap();
+        assert_eq!(cache_files(&dir), [cached.clone()]);
+        assert_eq!(std::fs::metadata(&cached).unwrap().ino(), inode);
+        drop(module);
+
+        // A damaged file fails the engine's check: compiled again, under a new file that
+        // replaces it.
+        std::fs::write(&cached, b"not compiled code").unwrap();
+        let module = runtime.load_bytes(path, MINIMAL.as_bytes()).unwrap();
+        assert_eq!(module.abi, AbiVersion::V0_2_1);
+        assert_eq!(
+            cache_files(&dir),
+            [cached.clone()],
+            "no temporary file is left"
+        );
+        assert_ne!(std::fs::metadata(&cached).unwrap().ino(), inode);
+        assert!(is_mapped(&cached));
+        drop(module);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
