@@ -504,7 +504,7 @@ mod tests {
 
         // Loaded again once nothing holds it: mapped from the same file, nothing compiled.
         let module = runtime.load_bytes(path, MINIMAL.as_bytes()).unwrap();
-        assert_eq!(cache_files(&dir), [cached.clone()]);
+        assert_eq!(cache_files(&dir), std::slice::from_ref(&cached));
         assert_eq!(std::fs::metadata(&cached).unwrap().ino(), inode);
         drop(module);
 
@@ -515,7 +515,7 @@ mod tests {
         assert_eq!(module.abi, AbiVersion::V0_2_1);
         assert_eq!(
             cache_files(&dir),
-            [cached.clone()],
+            std::slice::from_ref(&cached),
             "no temporary file is left"
         );
         assert_ne!(std::fs::metadata(&cached).unwrap().ino(), inode);
