@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Memory per plugin VM: the gateway's resident memory with 0 plugins and with the 3-plugin
-# chain (key-auth → rate-limit → transformer), at 2 and 16 workers, after load. Every worker
+# chain (key-auth → rate-limit → transformer), at 2, 4 and 16 workers, after load. Every worker
 # has its own VM of each plugin, so the chain costs 3 × workers VMs; the report divides the
 # difference by that (bench/README.md, "Memory"). Part of `just bench`.
 #
 # Memory is read from /proc/PID/smaps_rollup (Rss, Pss, Private_Dirty) after a short closed
-# loop (wrk) that sends a valid API key, so every VM has run every callback. It does not
+# loop (wrk) that sends a valid API key, so every VM has run every callback; the report also
+# says where it is, per kind of mapping of /proc/PID/smaps (bench/smaps.py), for the first
+# worker count. It does not
 # depend on how busy the machine is, so the script does not wait for it to be idle.
 #
 # Environment (all optional): as bench/run.sh (BENCH_PROFILE, TOLLGATE_BIN, BENCH_PROXY_CPU,
 # BENCH_LOAD_CPU), and
 #   BENCH_PORT_BASE=28280          ports BASE+1 (upstream), BASE+10+i (Tollgate), BASE+30+i (admin)
 #   BENCH_MEMORY_OUT=bench/results/memory.md
-#   BENCH_MEMORY_WORKERS="2 16"    worker counts
+#   BENCH_MEMORY_WORKERS="2 4 16"  worker counts
 #   BENCH_MEMORY_LOAD=3            seconds of load before memory is read
 #   BENCH_BUILD_PLUGINS=1          0: use the .wasm files already built, build nothing
 set -euo pipefail
@@ -23,7 +25,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 BASE=${BENCH_PORT_BASE:-28280}
 UP_PORT=$((BASE + 1))
 OUT=${BENCH_MEMORY_OUT:-bench/results/memory.md}
-read -r -a WORKER_COUNTS <<<"${BENCH_MEMORY_WORKERS:-2 16}"
+read -r -a WORKER_COUNTS <<<"${BENCH_MEMORY_WORKERS:-2 4 16}"
 LOAD_SECONDS=${BENCH_MEMORY_LOAD:-3}
 # Each start gets its own ports: a port just closed may not be free again at once.
 ((${#WORKER_COUNTS[@]} <= 10)) || die "at most 10 worker counts"
@@ -92,6 +94,7 @@ measure() {
     local conns=$((workers > 16 ? workers : 16))
     taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${LOAD_SECONDS}s" -H "$KEY_HEADER" "http://127.0.0.1:$port/" >"$WORK/wrk-$c-$workers.txt"
     sleep 0.5
+    cp "/proc/$pid/smaps" "$WORK/smaps-$c-$workers"
     echo "$(smaps Rss "$pid") $(smaps Pss "$pid") $(smaps Private_Dirty "$pid")"
     stop "$pid"
 }
@@ -102,6 +105,9 @@ measure() {
 policies "$WORK/cfg-check" $((BASE + 29)) "${PLUGINS[chain]}"
 TOLLGATE_CACHE_DIR="$WORK/cache" "$BIN" check --policies "$WORK/cfg-check" --plugins "$WORK/plugins" >"$WORK/check.log" 2>&1 ||
     die "tollgate check failed on the chain: $(cat "$WORK/check.log")"
+# Pages of a file not yet written back count as Private_Dirty where the file is mapped: a
+# binary just built and the compiled modules just cached would show as written memory.
+sync "$(readlink -f "$BIN")" "$WORK"/cache/*
 
 declare -A RSS PSS DIRTY
 n=0
@@ -135,6 +141,12 @@ mkdir -p "$(dirname "$OUT")"
     done
     echo
     echo "Goals: 3 plugins ≤ 1.3 × the 0-plugin RSS; ≤ 2 MiB per VM."
+    workers=${WORKER_COUNTS[0]}
+    echo
+    echo "Where it is with $workers workers (Rss per kind of mapping, /proc/PID/smaps):"
+    echo
+    "$PYTHON" bench/smaps.py --binary="$(readlink -f "$BIN")" \
+        "0 plugins=$WORK/smaps-base-$workers" "3 plugins=$WORK/smaps-chain-$workers"
 } >"$WORK/report.md"
 cp "$WORK/report.md" "$OUT"
 echo

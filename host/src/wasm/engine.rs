@@ -1,7 +1,13 @@
 //! The one wasmtime `Engine`, module compilation (cached on disk by content hash), ABI
 //! detection and the import check against what the host provides.
+//!
+//! Compiled modules are mapped from their cache file, not copied into memory: only the pages
+//! of code that run, and the metadata read, are resident, and every VM's initial memory is a
+//! copy-on-write mapping of the same file. Compiling happens on threads and in an engine
+//! that exist only for it, so the compiler's working memory is given back once it is done.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -67,17 +73,34 @@ impl std::fmt::Debug for CompiledModule {
 
 pub struct Runtime {
     pub engine: Engine,
+    /// The engine's settings without its instance pool: each compilation builds a
+    /// throwaway engine from them (code it compiles runs in `engine`).
+    compile_config: Config,
+    /// Where compiled modules are written and mapped from; `None` when it cannot be created
+    /// (modules are then kept in memory).
+    cache_dir: Option<PathBuf>,
     linker: Linker<HostState>,
     /// Modules alive in some snapshot, by content hash: re-loading a known module (a hot
     /// swap back to an earlier version, an unchanged file) costs a hash, not a compile.
     loaded: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<CompiledModule>>>,
 }
 
-static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| Runtime::new().expect("the wasm engine"));
+static RUNTIME: LazyLock<Runtime> =
+    LazyLock::new(|| Runtime::new(cache_dir()).expect("the wasm engine"));
 
 /// The process-wide runtime; its epoch ticker starts with it.
 pub fn runtime() -> &'static Runtime {
     &RUNTIME
+}
+
+/// Called once compiling has ended and its threads are gone, to hand the memory they freed
+/// back to the system; the gateway binary sets it for its allocator.
+static RELEASE_FREED_MEMORY: OnceLock<fn()> = OnceLock::new();
+
+/// Sets what gives freed memory back to the system after a compilation (the allocator's
+/// collection); without it the allocator returns that memory in its own time.
+pub fn set_release_freed_memory(release: fn()) {
+    let _ = RELEASE_FREED_MEMORY.set(release);
 }
 
 /// Where compiled modules are cached: `TOLLGATE_CACHE_DIR`, else the user cache folder.
@@ -93,7 +116,7 @@ fn cache_dir() -> PathBuf {
 }
 
 impl Runtime {
-    fn new() -> wasmtime::Result<Self> {
+    fn new(cache_dir: PathBuf) -> wasmtime::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(epochs_enabled());
         config.wasm_backtrace(true);
@@ -108,14 +131,15 @@ impl Runtime {
         // (shared by every VM of the module until written), and tables fill in on first use.
         config.memory_init_cow(true);
         config.table_lazy_init(true);
-        let mut cache_config = wasmtime::CacheConfig::new();
-        cache_config.with_directory(cache_dir());
-        match wasmtime::Cache::new(cache_config) {
-            Ok(cache) => {
-                config.cache(Some(cache));
+        // Compiled on demand by one short-lived engine per module (see `compile`); this
+        // process-wide engine only runs code, so no compiler state stays alive in it.
+        let cache_dir = match std::fs::create_dir_all(&cache_dir) {
+            Ok(()) => Some(cache_dir),
+            Err(error) => {
+                tracing::warn!(%error, dir = %cache_dir.display(), "compiled-module cache disabled");
+                None
             }
-            Err(error) => tracing::warn!(%error, "compiled-module cache disabled"),
-        }
+        };
         let mut pooling = PoolingAllocationConfig::default();
         // Slots are address space, not memory: what a slot gives back when its VM is
         // dropped is all of it (nothing kept resident for the next VM in the slot).
@@ -142,6 +166,8 @@ impl Runtime {
         start_epoch_ticker(&engine);
         Ok(Self {
             engine,
+            compile_config: config,
+            cache_dir,
             linker,
             loaded: Default::default(),
         })
@@ -162,8 +188,7 @@ impl Runtime {
         if let Some(module) = self.cached(&sha256, path) {
             return Ok(module);
         }
-        let module = Module::new(&self.engine, bytes)
-            .map_err(|error| format!("{} is not a valid wasm module: {error:#}", path.display()))?;
+        let module = self.compiled(&sha256, bytes, path)?;
         let abi = detect_abi(&module).map_err(|error| format!("{}: {error}", path.display()))?;
         check_imports(&module).map_err(|error| format!("{}: {error}", path.display()))?;
         let mut linker = self.linker.clone();
@@ -188,6 +213,54 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// The compiled code of a module: mapped from its cache file when that is there and was
+    /// written for this engine, else compiled, written to the cache and mapped from there.
+    #[allow(unsafe_code)] // loading compiled code has no safe form; each use says why it is sound
+    fn compiled(&self, sha256: &str, bytes: &[u8], path: &Path) -> Result<Module, String> {
+        let invalid = |error: wasmtime::Error| {
+            format!("{} is not a valid wasm module: {error:#}", path.display())
+        };
+        let Some(cached) = self.cache_file(sha256) else {
+            let code = compile(&self.compile_config, bytes).map_err(invalid)?;
+            // SAFETY: the bytes were just serialized by an engine with this engine's settings.
+            return unsafe { Module::deserialize(&self.engine, &code) }.map_err(invalid);
+        };
+        // SAFETY: cache files are never written in place (`write_new_file`), so a mapped
+        // file does not change; one from another build or a damaged one fails the
+        // engine's header check and is compiled again.
+        if let Ok(module) = unsafe { Module::deserialize_file(&self.engine, &cached) } {
+            return Ok(module);
+        }
+        let code = compile(&self.compile_config, bytes).map_err(invalid)?;
+        match write_new_file(&cached, &code) {
+            // SAFETY: as above; the file now holds what was just compiled.
+            Ok(()) => unsafe { Module::deserialize_file(&self.engine, &cached) }.map_err(invalid),
+            Err(error) => {
+                tracing::warn!(%error, file = %cached.display(), "cannot cache a compiled module; it stays in memory");
+                // SAFETY: the bytes were just serialized by an engine with this engine's
+                // settings.
+                unsafe { Module::deserialize(&self.engine, &code) }.map_err(invalid)
+            }
+        }
+    }
+
+    /// The cache file of a module's code for this engine: named by the module's content
+    /// hash and by the engine's compatibility hash (wasmtime version and settings), so that
+    /// two builds sharing a cache folder keep their own files.
+    fn cache_file(&self, sha256: &str) -> Option<PathBuf> {
+        use std::hash::{Hash, Hasher};
+        static ENGINE_HASH: OnceLock<u64> = OnceLock::new();
+        let engine_hash = *ENGINE_HASH.get_or_init(|| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            self.engine
+                .precompile_compatibility_hash()
+                .hash(&mut hasher);
+            hasher.finish()
+        });
+        let dir = self.cache_dir.as_ref()?;
+        Some(dir.join(format!("{sha256}-{engine_hash:016x}.cwasm")))
+    }
+
     /// A module with this content that is still loaded (for a file at `path`).
     fn cached(&self, sha256: &str, path: &Path) -> Option<Arc<CompiledModule>> {
         let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
@@ -206,6 +279,46 @@ impl Runtime {
             }))
         }
     }
+}
+
+/// Compiles a module to its serialized code, in an engine and on threads that exist only
+/// for this: the compiler keeps its working buffers in the engine and the allocator keeps
+/// freed memory with the thread that freed it, so both go when they end, and the allocator
+/// is then asked to give that memory back.
+fn compile(config: &Config, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let compiled = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("tollgate-compile-{i}"))
+        .build_scoped(
+            |thread| thread.run(),
+            |pool| pool.install(|| Engine::new(config)?.precompile_module(bytes)),
+        )
+        .map_err(wasmtime::Error::from)
+        .and_then(|compiled| compiled);
+    if let Some(release) = RELEASE_FREED_MEMORY.get() {
+        release();
+    }
+    compiled
+}
+
+/// Writes a file under a fresh name, then renames it into place: a file someone has
+/// mapped is replaced, never changed.
+fn write_new_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(
+        ".{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let temporary = PathBuf::from(temporary);
+    let written =
+        std::fs::write(&temporary, contents).and_then(|()| std::fs::rename(&temporary, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
 }
 
 /// Envoy's rule: the newest `proxy_abi_version_*` export wins; none is an error.
@@ -346,6 +459,69 @@ mod tests {
         )
         .unwrap_err();
         assert!(other.contains("wasi_preview9.fd_write"), "{other}");
+    }
+
+    const MINIMAL: &str = r#"(module (memory (export "memory") 1)
+        (func (export "malloc") (param i32) (result i32) i32.const 0)
+        (func (export "proxy_abi_version_0_2_1")))"#;
+
+    fn cache_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn is_mapped(file: &Path) -> bool {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines()
+            .any(|line| line.ends_with(&*file.to_string_lossy()))
+    }
+
+    #[test]
+    fn compiled_code_is_mapped_from_the_cache_and_a_damaged_file_is_replaced() {
+        use std::os::unix::fs::MetadataExt;
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-engine-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let runtime = Runtime::new(dir.clone()).unwrap();
+        let path = Path::new("minimal.wat");
+
+        let module = runtime.load_bytes(path, MINIMAL.as_bytes()).unwrap();
+        let files = cache_files(&dir);
+        assert_eq!(files.len(), 1, "{files:?}");
+        let cached = files[0].clone();
+        assert_eq!(cached.extension().unwrap(), "cwasm");
+        assert!(
+            is_mapped(&cached),
+            "the code runs from {}",
+            cached.display()
+        );
+        let inode = std::fs::metadata(&cached).unwrap().ino();
+        drop(module);
+
+        // Loaded again once nothing holds it: mapped from the same file, nothing compiled.
+        let module = runtime.load_bytes(path, MINIMAL.as_bytes()).unwrap();
+        assert_eq!(cache_files(&dir), std::slice::from_ref(&cached));
+        assert_eq!(std::fs::metadata(&cached).unwrap().ino(), inode);
+        drop(module);
+
+        // A damaged file fails the engine's check: compiled again, under a new file that
+        // replaces it.
+        std::fs::write(&cached, b"not compiled code").unwrap();
+        let module = runtime.load_bytes(path, MINIMAL.as_bytes()).unwrap();
+        assert_eq!(module.abi, AbiVersion::V0_2_1);
+        assert_eq!(
+            cache_files(&dir),
+            std::slice::from_ref(&cached),
+            "no temporary file is left"
+        );
+        assert_ne!(std::fs::metadata(&cached).unwrap().ino(), inode);
+        assert!(is_mapped(&cached));
+        drop(module);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

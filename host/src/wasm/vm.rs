@@ -76,10 +76,7 @@ impl Exports {
     fn find(store: &mut Store<HostState>, instance: &Instance) -> Result<Self, NoContextCreate> {
         macro_rules! optional {
             ($name:literal) => {
-                instance
-                    .get_typed_func(&mut *store, $name)
-                    .ok()
-                    .map(Arc::new)
+                optional_export(store, instance, $name).map(Arc::new)
             };
         }
         Ok(Self {
@@ -107,6 +104,23 @@ impl Exports {
             on_grpc_close: optional!("proxy_on_grpc_close"),
         })
     }
+}
+
+/// An export of this name and type, if the module has one. Absent exports are looked up
+/// without an error value: building one captures a backtrace when `RUST_BACKTRACE` is set,
+/// which reads the host's unwind tables into memory for every VM started.
+fn optional_export<Params, Results>(
+    store: &mut Store<HostState>,
+    instance: &Instance,
+    name: &str,
+) -> Option<TypedFunc<Params, Results>>
+where
+    Params: WasmParams,
+    Results: WasmResults,
+{
+    instance
+        .get_func(&mut *store, name)
+        .and_then(|func| func.typed(&*store).ok())
 }
 
 pub struct Vm {
@@ -233,15 +247,13 @@ impl Vm {
             .pre
             .instantiate(&mut store)
             .map_err(|error| trap("instantiate", describe(&error)))?;
-        let initialize = instance
-            .get_typed_func::<(), ()>(&mut store, "_initialize")
-            .ok();
-        let start = instance.get_typed_func::<(), ()>(&mut store, "_start").ok();
+        let initialize = optional_export::<(), ()>(&mut store, &instance, "_initialize");
+        let start = optional_export::<(), ()>(&mut store, &instance, "_start");
         if let Some(initialize) = initialize {
             initialize
                 .call(&mut store, ())
                 .map_err(|error| trap("_initialize", describe(&error)))?;
-            if let Ok(main) = instance.get_typed_func::<(u32, u32), u32>(&mut store, "main") {
+            if let Some(main) = optional_export::<(u32, u32), u32>(&mut store, &instance, "main") {
                 main.call(&mut store, (0, 0))
                     .map_err(|error| trap("main", describe(&error)))?;
             }
