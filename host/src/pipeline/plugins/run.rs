@@ -8,7 +8,6 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::StatusCode;
 
 use super::super::local;
 use super::super::refusal::Refusal;
