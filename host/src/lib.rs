@@ -112,22 +112,24 @@ impl Gateway {
         let summary = summary(&snapshot);
         let state = Arc::new(GatewayState::new(snapshot));
         let reload = reload::Handle::new();
-        let admin = admin::start(
-            options.admin,
-            admin::Targets {
-                gateway: state.clone(),
-                reload: reload.clone(),
-            },
-            admin_token,
-        )?;
         let workers_running = server::start_workers(bound, state.clone(), workers)?;
         reload::start(
             state.clone(),
-            reload,
+            reload.clone(),
             reload::Sources {
                 policies: options.policies.clone(),
                 plugins: options.plugins.clone(),
             },
+        )?;
+        // Admin last: `/readyz` answers once the workers serve and every folder and
+        // certificate is watched, so a change made as soon as the gateway is ready is seen.
+        let admin = admin::start(
+            options.admin,
+            admin::Targets {
+                gateway: state.clone(),
+                reload,
+            },
+            admin_token,
         )?;
         for (name, address) in &listeners {
             tracing::info!(listener = %name, %address, "listening");

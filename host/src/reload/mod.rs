@@ -209,22 +209,22 @@ pub fn start(
         tracing::warn!(plugins = %sources.plugins.display(), "the plugins folder does not exist; it is watched once it is created");
     }
     *handle.requests.lock().unwrap_or_else(|e| e.into_inner()) = Some(events);
+    let mut reloader = Reloader {
+        slot,
+        handle,
+        sources,
+        watcher,
+        watched_files: HashSet::new(),
+        watched_dirs: HashSet::new(),
+        events: receiver,
+        deferred: VecDeque::new(),
+    };
+    // Every watch is in place when this returns (the gateway reports ready after it): a
+    // certificate rotated right after start is not missed.
+    reloader.watch_tls_files();
     std::thread::Builder::new()
         .name("tollgate-reload".into())
-        .spawn(move || {
-            let mut reloader = Reloader {
-                slot,
-                handle,
-                sources,
-                watcher,
-                watched_files: HashSet::new(),
-                watched_dirs: HashSet::new(),
-                events: receiver,
-                deferred: VecDeque::new(),
-            };
-            reloader.watch_tls_files();
-            reloader.run();
-        })?;
+        .spawn(move || reloader.run())?;
     Ok(())
 }
 
