@@ -21,7 +21,7 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MetricType, Status};
+use proxy_wasm::types::{Action, BufferType, LogLevel, MetricType, Status};
 use serde::Deserialize;
 
 use crate::config::{ensure, join_path, ConfigError};
@@ -174,6 +174,29 @@ impl Global {
         match response.overall_code {
             Code::Unknown => Err("the rate limit service answered UNKNOWN".into()),
             _ => Ok(response),
+        }
+    }
+
+    /// The service gave no usable answer to the current request: counts and logs it, then
+    /// applies the failure mode. `Allow` returns `Continue` (the caller resumes the request
+    /// if it paused it); `Deny` answers 500 with `{"error": ERROR, ...}` and returns `Pause`.
+    pub fn fail(&self, plugin: &str, reason: &str, error: &str) -> Action {
+        self.record_failure(plugin, reason);
+        match self.failure_mode {
+            FailureMode::Allow => Action::Continue,
+            FailureMode::Deny => {
+                let body = serde_json::json!({
+                    "error": error,
+                    "message": "the rate limit service is unavailable",
+                })
+                .to_string();
+                let _ = hostcalls::send_http_response(
+                    500,
+                    vec![("content-type", "application/json")],
+                    Some(body.as_bytes()),
+                );
+                Action::Pause
+            }
         }
     }
 

@@ -3,7 +3,6 @@
 use std::rc::Rc;
 
 use tollgate_sdk::config::ConfigError;
-use tollgate_sdk::global_limit::FailureMode;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, LogLevel};
 use tollgate_sdk::shared::SharedData;
@@ -62,20 +61,9 @@ impl Request {
 
     /// The rate limit service gave no usable answer: the failure mode decides.
     fn service_failed(&self, reason: &str) -> Action {
-        let Some(global) = &self.quota.quotas.global else {
-            return Action::Continue;
-        };
-        global.record_failure(&self.quota.plugin, reason);
-        match global.failure_mode {
-            FailureMode::Allow => Action::Continue,
-            FailureMode::Deny => {
-                self.send_http_response(
-                    500,
-                    vec![("content-type", "application/json")],
-                    Some(br#"{"error":"quota_unavailable","message":"the rate limit service is unavailable"}"#),
-                );
-                Action::Pause
-            }
+        match &self.quota.quotas.global {
+            Some(global) => global.fail(&self.quota.plugin, reason, "quota_unavailable"),
+            None => Action::Continue,
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::rc::Rc;
 
 use tollgate_sdk::config::ConfigError;
-use tollgate_sdk::global_limit::{FailureMode, Verdict};
+use tollgate_sdk::global_limit::Verdict;
 use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, LogLevel, MapType};
@@ -61,20 +61,9 @@ impl Request {
 
     /// The rate limit service gave no usable answer: the failure mode decides.
     fn service_failed(&self, reason: &str) -> Action {
-        let Some(global) = &self.rate_limit.limits.global else {
-            return Action::Continue;
-        };
-        global.record_failure(&self.rate_limit.plugin, reason);
-        match global.failure_mode {
-            FailureMode::Allow => Action::Continue,
-            FailureMode::Deny => {
-                self.send_http_response(
-                    500,
-                    vec![("content-type", "application/json")],
-                    Some(br#"{"error":"rate_limit_unavailable","message":"the rate limit service is unavailable"}"#),
-                );
-                Action::Pause
-            }
+        match &self.rate_limit.limits.global {
+            Some(global) => global.fail(&self.rate_limit.plugin, reason, "rate_limit_unavailable"),
+            None => Action::Continue,
         }
     }
 }
