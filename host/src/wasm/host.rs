@@ -152,38 +152,6 @@ pub struct StreamState {
     pub finished: Option<SystemTime>,
 }
 
-/// What a finished stream context leaves for the next one on its VM: the wake-up and the
-/// buffers, so that a request's contexts allocate nothing once the VM has served a few.
-pub struct SpareStream {
-    wake: Arc<Notify>,
-    request_body: Vec<u8>,
-    response_body: Vec<u8>,
-    request_trailers: PseudoHeaderMap,
-    response_trailers: PseudoHeaderMap,
-}
-
-impl SpareStream {
-    /// A stream context for a new request, from what an old one left.
-    pub fn into_stream(self, root_id: u32, info: Arc<StreamInfo>) -> StreamState {
-        // The old request's task may still hold the wake-up (it is dropped with the
-        // request's run); then it gets a fresh one. A permit the old request left makes at
-        // most one spurious wake-up, which a waiting request checks and waits again after.
-        let wake = if Arc::strong_count(&self.wake) == 1 {
-            self.wake
-        } else {
-            Arc::new(Notify::new())
-        };
-        StreamState {
-            wake,
-            request_body: self.request_body,
-            response_body: self.response_body,
-            request_trailers: self.request_trailers,
-            response_trailers: self.response_trailers,
-            ..StreamState::new(root_id, info)
-        }
-    }
-}
-
 impl StreamState {
     pub fn new(root_id: u32, info: Arc<StreamInfo>) -> Self {
         Self {
@@ -205,28 +173,40 @@ impl StreamState {
         }
     }
 
-    /// A stream context whose request ended gives back what the next one can reuse.
-    pub fn recycle(self) -> SpareStream {
+    /// A stream context whose request ended, made ready to serve another one on its VM
+    /// (see [`StreamState::reuse`]): its body buffers, trailer maps and wake-up are kept, so
+    /// that a VM's contexts allocate nothing once it has served a few requests.
+    pub fn recycle(&mut self) {
         /// A body buffer larger than this is not kept for another request.
         const KEPT_BUFFER: usize = 64 * 1024;
-        let keep = |mut buffer: Vec<u8>| {
+        for buffer in [&mut self.request_body, &mut self.response_body] {
             buffer.clear();
             if buffer.capacity() > KEPT_BUFFER {
-                buffer = Vec::new();
+                *buffer = Vec::new();
             }
-            buffer
-        };
-        let mut request_trailers = self.request_trailers;
-        let mut response_trailers = self.response_trailers;
-        request_trailers.clear();
-        response_trailers.clear();
-        SpareStream {
-            wake: self.wake,
-            request_body: keep(self.request_body),
-            response_body: keep(self.response_body),
-            request_trailers,
-            response_trailers,
         }
+        self.request_trailers.clear();
+        self.response_trailers.clear();
+        self.request_headers = None;
+        self.response_headers = None;
+        self.signals = StreamSignals::default();
+    }
+
+    /// Starts a recycled context for a new request.
+    pub fn reuse(&mut self, root_id: u32, info: Arc<StreamInfo>) {
+        // The old request's task may still hold the wake-up (it is dropped with the
+        // request's run); then it gets a fresh one. A permit the old request left makes at
+        // most one spurious wake-up, which a waiting request checks and waits again after.
+        if Arc::strong_count(&self.wake) != 1 {
+            self.wake = Arc::new(Notify::new());
+        }
+        self.root_id = root_id;
+        self.info = info;
+        self.response_started = false;
+        self.response_code = None;
+        self.request_size = 0;
+        self.response_size = 0;
+        self.finished = None;
     }
 
     /// The request headers as this plugin sees them now: those its callback was handed,
@@ -320,7 +300,8 @@ pub struct HostState {
     pub effective_context: u32,
     pub next_context_id: u32,
     pub roots: FxHashMap<u32, RootState>,
-    pub streams: FxHashMap<u32, StreamState>,
+    /// Boxed: a context moves in and out of this map and the VM's spares by pointer.
+    pub streams: FxHashMap<u32, Box<StreamState>>,
     /// Outstanding callout tokens and the context that owns each.
     pub callouts: FxHashMap<u32, u32>,
     pub next_token: u32,
@@ -404,7 +385,9 @@ impl HostState {
     }
 
     pub fn stream(&mut self) -> Option<&mut StreamState> {
-        self.streams.get_mut(&self.effective_context)
+        self.streams
+            .get_mut(&self.effective_context)
+            .map(|stream| &mut **stream)
     }
 
     /// The root context the effective context belongs to.

@@ -132,7 +132,10 @@ pub struct Vm {
     calls: u64,
     deadline_ticks: u64,
     /// What finished stream contexts left for the next ones (a free list).
-    spare_streams: Vec<super::host::SpareStream>,
+    // Boxed on purpose: a context goes between this list and `HostState::streams` by
+    // pointer, not by copying the whole state.
+    #[allow(clippy::vec_box)]
+    spare_streams: Vec<Box<super::host::StreamState>>,
 }
 
 /// How many finished stream contexts a VM keeps for reuse: as many as it serves at once in
@@ -413,8 +416,11 @@ impl Vm {
         info: Arc<super::host::StreamInfo>,
     ) -> Result<(u32, Arc<tokio::sync::Notify>), VmTrap> {
         let stream = match self.spare_streams.pop() {
-            Some(spare) => spare.into_stream(root, info),
-            None => super::host::StreamState::new(root, info),
+            Some(mut spare) => {
+                spare.reuse(root, info);
+                spare
+            }
+            None => Box::new(super::host::StreamState::new(root, info)),
         };
         let wake = stream.wake.clone();
         let id = self.state().new_context_id();
@@ -487,9 +493,10 @@ impl Vm {
         let state = self.state();
         let finished = state.streams.remove(&context);
         state.callouts.retain(|_, owner| *owner != context);
-        if let Some(finished) = finished {
+        if let Some(mut finished) = finished {
             if self.spare_streams.len() < SPARE_STREAMS {
-                self.spare_streams.push(finished.recycle());
+                finished.recycle();
+                self.spare_streams.push(finished);
             }
         }
         result

@@ -545,7 +545,7 @@ impl PluginRun {
                     .state()
                     .streams
                     .get_mut(&context)
-                    .map(f)
+                    .map(|stream| f(stream))
                     .unwrap_or_default())
             })
             .unwrap_or_default()
@@ -774,7 +774,11 @@ fn rescue<T>(
     if action.is_ok() || moved.is_some() {
         return;
     }
-    *moved = vm.state().streams.get_mut(&context).map(take);
+    *moved = vm
+        .state()
+        .streams
+        .get_mut(&context)
+        .map(|stream| take(stream));
 }
 
 /// Takes what a plugin let go of the request body out of its buffer, which keeps its

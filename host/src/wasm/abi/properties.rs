@@ -290,7 +290,10 @@ fn headers_size(pairs: &PseudoHeaderMap) -> u64 {
 
 /// Looks a property up; `None` is NOT_FOUND.
 pub fn lookup(state: &HostState, path: &[&str]) -> Option<Vec<u8>> {
-    let stream = state.streams.get(&state.effective_context);
+    let stream = state
+        .streams
+        .get(&state.effective_context)
+        .map(|stream| &**stream);
     if let Some(value) = resolve(state, stream, path) {
         return value.encode();
     }
