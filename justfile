@@ -165,6 +165,15 @@ test-tools:
 
 # Formatting and lints of both workspaces (the host's and the plugins'), as CI runs them; fails on any warning.
 lint: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # rustup's minimal profile has neither rustfmt nor clippy.
+    if command -v rustup >/dev/null; then
+        installed=$(rustup component list --installed)
+        for component in rustfmt clippy; do
+            grep -q "^$component" <<<"$installed" || rustup component add "$component"
+        done
+    fi
     cargo fmt --all --check
     cargo fmt --manifest-path plugins/Cargo.toml --all --check
     cargo fmt --manifest-path tests/plugins/Cargo.toml --all --check
