@@ -31,7 +31,7 @@
 mod access_log;
 mod forward;
 pub mod headers;
-mod local;
+pub(crate) mod local;
 pub mod plugins;
 pub mod refusal;
 mod request_body;

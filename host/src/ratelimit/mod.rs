@@ -309,13 +309,7 @@ fn grpc_error(status: GrpcStatus, message: &str) -> Response<ServiceBody> {
     let mut response = grpc_response(ServiceBody::new(None, None));
     let headers = response.headers_mut();
     headers.insert("grpc-status", HeaderValue::from(status as u16));
-    let encoded: String = message
-        .bytes()
-        .map(|byte| match byte {
-            b' '..=b'~' if byte != b'%' => char::from(byte).to_string(),
-            _ => format!("%{byte:02X}"),
-        })
-        .collect();
+    let encoded = crate::pipeline::local::percent_encode_grpc_message(message.as_bytes());
     if let Ok(value) = HeaderValue::from_str(&encoded) {
         headers.insert("grpc-message", value);
     }
