@@ -165,7 +165,8 @@ impl Gateway {
 
     /// Stops accepting, waits for in-flight requests, then retires every plugin
     /// (`proxy_on_done`, waiting for those that finish later with `proxy_done`), all within
-    /// the drain timeout.
+    /// the drain timeout; then sends the last spans to the tracing collector, within a few
+    /// seconds more.
     pub fn drain(self, reason: &str) {
         let timeout = self.state.snapshot().config.server.drain_timeout;
         let open = self.state.open_connections();
@@ -188,6 +189,10 @@ impl Gateway {
             );
         } else {
             tracing::info!("drained; exiting");
+        }
+        // Last: the spans of the requests the drain let finish are queued by now.
+        if let Some(tracing) = &self.state.snapshot().tracing {
+            tracing.shutdown();
         }
     }
 }

@@ -31,6 +31,9 @@ pub struct Snapshot {
     /// Shared data, queues and metric registries: created with the first snapshot, handed
     /// on by each one to the next, so that a reload keeps what plugins stored and counted.
     pub registries: Arc<PluginRegistries>,
+    /// The tracer when `server.tracing` is set and the snapshot serves (attached by the
+    /// server, so that `tollgate check` starts no exporter).
+    pub tracing: Option<Arc<crate::telemetry::tracing::Tracing>>,
 }
 
 pub struct ListenerState {
@@ -214,6 +217,7 @@ impl Snapshot {
             chains,
             access_log_redaction,
             registries,
+            tracing: None,
         })
     }
 }

@@ -82,6 +82,13 @@ fn fill_defaults(value: &mut serde_json::Value, config: &Config) {
             },
         },
     });
+    if let Some(tracing) = &server.tracing {
+        value["server"]["tracing"] = json!({
+            "otlp_endpoint": tracing.otlp_endpoint,
+            "sample_percent": tracing.sample_percent,
+            "service_name": tracing.service_name,
+        });
+    }
     for (i, cluster) in config.clusters.iter().enumerate() {
         let Some(entry) = value["clusters"].get_mut(i) else {
             break;

@@ -45,6 +45,29 @@ pub struct ServerSettings {
     pub access_log: AccessLogSettings,
     pub plugin_limits: PluginLimits,
     pub node: std::sync::Arc<NodeSettings>,
+    /// `server.tracing`; `None`: tracing is off.
+    pub tracing: Option<TracingSettings>,
+}
+
+/// `server.tracing`: spans exported over OTLP/HTTP to a collector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSettings {
+    /// `http://host:port/v1/traces`, as written.
+    pub otlp_endpoint: String,
+    /// The collector's `host:port`, from the endpoint (what an Envoy cluster points at).
+    pub collector_host: String,
+    pub collector_port: u16,
+    /// The endpoint's path (`/v1/traces` by convention).
+    pub collector_path: String,
+    /// Share of requests without a parent's decision that are traced (Envoy's
+    /// `random_sampling` default, 100).
+    pub sample_percent: f64,
+    pub service_name: String,
+}
+
+impl TracingSettings {
+    pub const DEFAULT_SAMPLE_PERCENT: f64 = 100.0;
+    pub const DEFAULT_SERVICE_NAME: &'static str = "tollgate";
 }
 
 /// `server.node`: the gateway's identity as a proxy, what plugins read as `node`.
@@ -89,6 +112,7 @@ impl Default for ServerSettings {
             normalization: Normalization::default(),
             access_log: AccessLogSettings::default(),
             plugin_limits: PluginLimits::default(),
+            tracing: None,
             node: Default::default(),
         }
     }

@@ -52,6 +52,20 @@ pub struct Server {
     pub plugin_limits: Option<PluginLimits>,
     /// Who this gateway is, as plugins read it (`node`, `xds.node`).
     pub node: Option<Node>,
+    /// Distributed tracing: spans sent to an OpenTelemetry collector. Absent: off.
+    pub tracing: Option<Tracing>,
+}
+
+/// Where and how often the gateway reports spans.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// The collector's OTLP/HTTP traces URL, `http://host:port/v1/traces`.
+    pub otlp_endpoint: Option<String>,
+    /// Share of requests without a sampled-or-not parent that are traced, 0 to 100.
+    pub sample_percent: Option<f64>,
+    /// The `service.name` the spans carry.
+    pub service_name: Option<String>,
 }
 
 /// The gateway's identity as a proxy: Envoy's node, which plugins written for Envoy and

@@ -364,6 +364,10 @@ impl Validator<'_> {
             access_log: self.access_log(raw.access_log.as_ref(), origin),
             plugin_limits: self.plugin_limits(raw.plugin_limits.as_ref(), origin),
             node: std::sync::Arc::new(self.node(raw.node.as_ref(), origin)),
+            tracing: raw
+                .tracing
+                .as_ref()
+                .and_then(|tracing| self.tracing(tracing, origin)),
         };
         if settings.max_request_header_bytes < 1024 {
             self.error(origin, "max_request_header_bytes", "must be at least 1024");
@@ -404,6 +408,51 @@ impl Validator<'_> {
             redact_query_params: lower(&raw.redact_query_params),
             redact_headers: lower(&raw.redact_headers),
         }
+    }
+
+    fn tracing(&mut self, raw: &raw::Tracing, origin: &Origin) -> Option<TracingSettings> {
+        let sample_percent = raw
+            .sample_percent
+            .unwrap_or(TracingSettings::DEFAULT_SAMPLE_PERCENT);
+        if !(0.0..=100.0).contains(&sample_percent) {
+            self.error(
+                origin,
+                "tracing.sample_percent",
+                "must be between 0 and 100",
+            );
+        }
+        let service_name = raw
+            .service_name
+            .clone()
+            .unwrap_or_else(|| TracingSettings::DEFAULT_SERVICE_NAME.to_string());
+        if service_name.is_empty() {
+            self.error(origin, "tracing.service_name", "must not be empty");
+        }
+        let Some(endpoint) = &raw.otlp_endpoint else {
+            self.error(
+                origin,
+                "tracing.otlp_endpoint",
+                "is required (http://host:port/v1/traces)",
+            );
+            return None;
+        };
+        let Some((collector_host, collector_port, collector_path)) = otlp_endpoint(endpoint)
+        else {
+            self.error(
+                origin,
+                "tracing.otlp_endpoint",
+                format!("{endpoint:?} is not an http://host:port/path URL"),
+            );
+            return None;
+        };
+        Some(TracingSettings {
+            otlp_endpoint: endpoint.clone(),
+            collector_host,
+            collector_port,
+            collector_path,
+            sample_percent,
+            service_name,
+        })
     }
 
     fn node(&mut self, raw: Option<&raw::Node>, origin: &Origin) -> NodeSettings {
@@ -1211,6 +1260,21 @@ fn split_host_port(address: &str) -> Option<(String, u16)> {
     Some((host.to_string(), port))
 }
 
+/// The collector's host, port and path from an `http://host:port/path` URL: plain HTTP
+/// only (the exporter carries no TLS stack) and an explicit port, as an Envoy cluster needs.
+fn otlp_endpoint(endpoint: &str) -> Option<(String, u16, String)> {
+    let uri: http::Uri = endpoint.parse().ok()?;
+    if uri.scheme_str() != Some("http") || uri.query().is_some() {
+        return None;
+    }
+    let (host, port) = split_host_port(uri.authority()?.as_str())?;
+    let path = uri.path();
+    if path.is_empty() || path == "/" {
+        return None;
+    }
+    Some((host, port, path.to_string()))
+}
+
 fn unknown(kind: &str, name: &str, known: &Names) -> String {
     let mut names: Vec<&String> = known.0.keys().collect();
     names.sort();
@@ -1255,6 +1319,53 @@ mod tests {
             panic!()
         };
         assert_eq!(forward.timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn server_tracing_defaults_and_validation() {
+        let config = load(&[("a.yaml", "server: {}\n"), ("l.yaml", LISTENER)]).unwrap();
+        assert_eq!(config.server.tracing, None);
+        let config = load(&[(
+            "a.yaml",
+            "server:\n  tracing:\n    otlp_endpoint: http://127.0.0.1:4318/v1/traces\n",
+        ), ("l.yaml", LISTENER)])
+        .unwrap();
+        let tracing = config.server.tracing.clone().unwrap();
+        assert_eq!(tracing.sample_percent, 100.0);
+        assert_eq!(tracing.service_name, "tollgate");
+        assert_eq!(
+            (tracing.collector_host.as_str(), tracing.collector_port),
+            ("127.0.0.1", 4318)
+        );
+        assert_eq!(tracing.collector_path, "/v1/traces");
+        assert_eq!(config.effective["server"]["tracing"]["sample_percent"], 100.0);
+        for (tracing, expected) in [
+            ("{ sample_percent: 10 }", "server.tracing.otlp_endpoint: is required"),
+            (
+                "{ otlp_endpoint: https://c:4318/v1/traces }",
+                "server.tracing.otlp_endpoint: \"https://c:4318/v1/traces\" is not",
+            ),
+            (
+                "{ otlp_endpoint: http://c/v1/traces }",
+                "server.tracing.otlp_endpoint: \"http://c/v1/traces\" is not",
+            ),
+            (
+                "{ otlp_endpoint: http://c:4318/v1/traces, sample_percent: 101 }",
+                "server.tracing.sample_percent: must be between 0 and 100",
+            ),
+            (
+                "{ otlp_endpoint: http://c:4318/v1/traces, service_name: \"\" }",
+                "server.tracing.service_name: must not be empty",
+            ),
+        ] {
+            let errors = load(&[
+                ("a.yaml", &format!("server:\n  tracing: {tracing}\n")),
+                ("l.yaml", LISTENER),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(errors.contains(expected), "{errors}");
+        }
     }
 
     #[test]

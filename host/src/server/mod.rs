@@ -59,9 +59,11 @@ pub struct GatewayState {
 }
 
 impl GatewayState {
-    /// Starts the snapshot's singleton plugins: they run before anything is served.
-    pub fn new(snapshot: Snapshot) -> Self {
+    /// Starts the snapshot's singleton plugins and its tracer: they run before anything is
+    /// served.
+    pub fn new(mut snapshot: Snapshot) -> Self {
         crate::wasm::singleton::launch(&snapshot.plugins);
+        attach_tracing(&mut snapshot);
         Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
@@ -82,9 +84,10 @@ impl GatewayState {
     /// instances the new snapshot no longer has are retired by every worker, in the
     /// background, within the new snapshot's drain timeout. The new snapshot's singletons
     /// run before the swap, so that one replacing another overlaps it instead of leaving a gap.
-    pub fn swap_snapshot(&self, snapshot: Snapshot) {
+    pub fn swap_snapshot(&self, mut snapshot: Snapshot) {
         let deadline = Instant::now() + snapshot.config.server.drain_timeout;
         crate::wasm::singleton::launch(&snapshot.plugins);
+        attach_tracing(&mut snapshot);
         let new = Arc::new(snapshot);
         let old = self.snapshot.swap(new.clone());
         let retired: Arc<[Arc<Plugin>]> = old
@@ -126,6 +129,16 @@ impl GatewayState {
             .copied()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600))
     }
+}
+
+/// The tracer of `server.tracing`: the running one when a reload kept the settings.
+fn attach_tracing(snapshot: &mut Snapshot) {
+    snapshot.tracing = snapshot
+        .config
+        .server
+        .tracing
+        .as_ref()
+        .and_then(crate::telemetry::tracing::Tracing::shared);
 }
 
 /// A listener bound once per worker.

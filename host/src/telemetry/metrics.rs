@@ -33,6 +33,21 @@ pub struct Metrics {
     plugin_limit_refusals: DashMap<(String, &'static str), AtomicU64>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// Spans the collector accepted, those dropped because the export queue was full, and
+    /// those lost to failed exports.
+    spans_exported: AtomicU64,
+    spans_dropped: AtomicU64,
+    spans_failed: AtomicU64,
+}
+
+/// What became of a finished span, as the `result` label of `tollgate_tracing_spans_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanResult {
+    Exported,
+    /// The export queue was full: the collector is slow or unreachable.
+    Dropped,
+    /// The export to the collector failed.
+    Failed,
 }
 
 #[derive(Default)]
@@ -138,6 +153,16 @@ impl Metrics {
             &self.reloads_failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `count` spans that ended this way.
+    pub fn spans(&self, result: SpanResult, count: u64) {
+        let counter = match result {
+            SpanResult::Exported => &self.spans_exported,
+            SpanResult::Dropped => &self.spans_dropped,
+            SpanResult::Failed => &self.spans_failed,
+        };
+        counter.fetch_add(count, Ordering::Relaxed);
     }
 
     pub fn plugin_trap(&self, plugin: &str) {
@@ -372,6 +397,19 @@ impl Metrics {
             "tollgate_reloads_total{{result=\"failure\"}} {}",
             self.reloads_failed.load(Ordering::Relaxed)
         );
+        out.push_str("# HELP tollgate_tracing_spans_total Finished spans, by what became of them: exported, dropped (export queue full), failed (export error).\n");
+        out.push_str("# TYPE tollgate_tracing_spans_total counter\n");
+        for (result, counter) in [
+            ("exported", &self.spans_exported),
+            ("dropped", &self.spans_dropped),
+            ("failed", &self.spans_failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "tollgate_tracing_spans_total{{result=\"{result}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
         out
     }
 }

@@ -1,9 +1,11 @@
-//! Logs and metrics. Logs go through `tracing`: text or JSON lines on stderr, with one
-//! access-log line per request under the `access` target.
+//! Logs, metrics and traces. Logs go through `tracing`: text or JSON lines on stderr, with one
+//! access-log line per request under the `access` target. Traces (`server.tracing`) are
+//! OpenTelemetry spans sent to a collector ([`tracing`]).
 
 pub mod metrics;
 pub mod redaction;
 pub mod response_details;
+pub mod tracing;
 
 use tracing_subscriber::EnvFilter;
 
