@@ -18,6 +18,7 @@ use super::{Downstream, ResponseBody};
 use crate::telemetry::metrics::metrics;
 use crate::telemetry::redaction::Redaction;
 use crate::telemetry::response_details::{response_details, response_flag_names};
+use crate::telemetry::tracing::RequestTrace;
 use crate::upstream::{BoxError, Endpoint};
 use std::net::SocketAddr;
 
@@ -51,6 +52,8 @@ pub struct AccessRecord {
     pub grpc: bool,
     /// What the line must not show, from the snapshot the request started with.
     pub redaction: Arc<Redaction>,
+    /// The request's trace when tracing is on; its server span ends with the line.
+    pub trace: Option<RequestTrace>,
 }
 
 fn none() -> Arc<str> {
@@ -94,6 +97,7 @@ impl AccessRecord {
             bytes_sent: 0,
             grpc: super::local::is_grpc(request.headers()),
             redaction,
+            trace: None,
         }
     }
 
@@ -112,9 +116,13 @@ impl AccessRecord {
     fn emit(&self) {
         let duration = self.started.elapsed();
         metrics().record_request(&self.route, &self.cluster, self.status, duration);
+        if let Some(trace) = &self.trace {
+            trace.finish(&self.method, &self.route, self.status);
+        }
         if !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return;
         }
+        let trace_id = self.trace.as_ref().map(RequestTrace::trace_id);
         let redaction = &self.redaction;
         let authority = match self.uri.authority() {
             Some(authority) => authority.as_str(),
@@ -143,6 +151,7 @@ impl AccessRecord {
             duration_ms = format_args!("{:.3}", super::millis(duration)),
             request_id = redaction.header("x-request-id", text(Some(&self.request_id))),
             user_agent = redaction.header("user-agent", text(self.user_agent.as_ref())),
+            trace_id = trace_id.as_deref().unwrap_or("-"),
         );
     }
 }

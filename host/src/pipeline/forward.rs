@@ -308,6 +308,15 @@ async fn try_once(
 ) -> Result<Response<PooledBody>, TryError> {
     let guard = cluster.pick(endpoints).map_err(TryError::NoEndpoint)?;
     record.upstream = Some(guard.endpoint.clone());
+    let mut headers = headers;
+    let span = record.trace.as_ref().map(|trace| {
+        trace.upstream_attempt(
+            &outgoing.method,
+            &guard.endpoint.address,
+            record.attempts,
+            &mut headers,
+        )
+    });
     let mut request =
         Request::new(body.unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()));
     *request.method_mut() = outgoing.method.clone();
@@ -343,6 +352,12 @@ async fn try_once(
             | TryError::MalformedBody,
         ) => {}
     }
+    if let Some(span) = span {
+        span.end(match &result {
+            Ok(response) => Ok(response.status().as_u16()),
+            Err(error) => Err(error.kind()),
+        });
+    }
     // The guard (the endpoint's active-request count) ends with the response headers; the
     // body streams on without holding the cluster's concurrency slot.
     result
@@ -373,6 +388,20 @@ fn retry_on_error(conditions: &RetryConditions, error: &TryError) -> bool {
 }
 
 impl TryError {
+    /// What the attempt's span records as `error.type`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect_failure",
+            Self::Timeout => "timeout",
+            Self::Reset(_) | Self::Unsent(_) => "reset",
+            Self::BodyTooLarge => "request_body_too_large",
+            Self::BodyTimeout => "request_body_timeout",
+            Self::MalformedBody => "malformed_request_body",
+            Self::NoEndpoint(PickError::NoHealthy) => "no_healthy_upstream",
+            Self::NoEndpoint(PickError::Overflow) => "upstream_overflow",
+        }
+    }
+
     /// The answer the client gets when the request's last try failed this way.
     fn into_refusal(self) -> Refusal {
         match self {

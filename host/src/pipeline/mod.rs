@@ -130,6 +130,15 @@ pub async fn handle(
         started,
         snapshot.access_log_redaction.clone(),
     );
+    record.trace = snapshot.tracing.as_ref().map(|tracing| {
+        tracing.start_request(
+            request.headers(),
+            request.method(),
+            request.uri().path(),
+            downstream.scheme(),
+            downstream.remote,
+        )
+    });
 
     let response = respond(request, &snapshot, &downstream, &mut record).await;
     if response.extensions().get::<StreamReset>().is_some() {
@@ -792,6 +801,7 @@ fn stream_info(
         request_headers: Default::default(),
         response_headers: Default::default(),
         response_status: Default::default(),
+        trace: record.trace.clone(),
     }
 }
 

@@ -71,6 +71,8 @@ pub struct StreamInfo {
     pub response_headers: OnceLock<PseudoHeaderMap>,
     /// The response status the response phase started with (0 until then).
     pub response_status: AtomicU16,
+    /// The request's trace when tracing is on: the parent of the plugin-phase spans.
+    pub trace: Option<crate::telemetry::tracing::RequestTrace>,
 }
 
 impl StreamInfo {
@@ -424,6 +426,7 @@ mod tests {
             request_headers: Default::default(),
             response_headers: Default::default(),
             response_status: Default::default(),
+            trace: None,
         })
     }
 

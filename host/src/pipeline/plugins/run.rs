@@ -110,7 +110,7 @@ impl PluginRun {
     }
 
     /// Runs a callback, then waits while the plugin pauses until it resumes, answers or
-    /// resets the stream.
+    /// resets the stream. With tracing on, the phase is a span whose verdict is how it ended.
     async fn settle(
         &mut self,
         index: usize,
@@ -120,6 +120,29 @@ impl PluginRun {
         let Some(context) = self.context(index)? else {
             return Ok(());
         };
+        let Some(trace) = &self.info.trace else {
+            return self.run_callback(index, context, direction, call).await;
+        };
+        let span = trace.plugin_phase(&self.entries[index].plugin.name, self.phase);
+        let result = self.run_callback(index, context, direction, call).await;
+        span.end(match &result {
+            Ok(()) if self.entries[index].skipped => "skipped",
+            Ok(()) => "continue",
+            Err(Stopped::Local(..)) => "local_reply",
+            Err(Stopped::Reset) => "reset",
+            Err(Stopped::Failed(_)) => "failed",
+        });
+        result
+    }
+
+    /// The callback of [`Self::settle`] and the wait after it.
+    async fn run_callback(
+        &mut self,
+        index: usize,
+        context: u32,
+        direction: Direction,
+        call: impl FnOnce(&mut crate::wasm::vm::Vm, u32) -> Result<Action, crate::wasm::vm::VmTrap>,
+    ) -> Result<(), Stopped> {
         let plugin = self.entries[index].plugin.clone();
         // The callback and a first look at what it decided, in one visit to the VM.
         let first = plugin.with_vm(|vm, _| {

@@ -325,6 +325,7 @@ fn resolve(state: &HostState, stream: Option<&StreamState>, path: &[&str]) -> Op
                 "destination" => peer(&stream.info.downstream_local, field)?,
                 "upstream" => upstream(&stream.info, field)?,
                 "xds" => xds(&stream.info, field)?,
+                "tracing" => tracing(&stream.info, field)?,
                 _ => return wasm_attribute(stream, path),
             };
             (value, rest)
@@ -346,6 +347,17 @@ fn wasm_attribute(stream: &StreamState, path: &[&str]) -> Option<Value> {
     };
     rest.iter()
         .try_fold(value, |value, segment| value.field(segment))
+}
+
+/// The request's trace, when `server.tracing` is on: its trace id and the gateway's server
+/// span id, in hex as `traceparent` writes them.
+fn tracing(info: &StreamInfo, field: &str) -> Option<Value> {
+    let trace = info.trace.as_ref()?;
+    Some(match field {
+        "trace_id" => Value::text(trace.trace_id()),
+        "span_id" => Value::text(trace.span_id()),
+        _ => return None,
+    })
 }
 
 fn request(stream: &StreamState, field: &str) -> Option<Value> {
