@@ -35,7 +35,7 @@ use crate::certs::{crypto_provider, parse_certs, parse_key, IssuedCert};
 pub type ResponseBody = BoxBody<Bytes, Infallible>;
 // A concrete error type (rather than a boxed trait object) keeps the connection future
 // provably `Send` for hyper's auto builder.
-type Handler = Arc<
+pub(crate) type Handler = Arc<
     dyn Fn(Request<Incoming>) -> BoxFuture<'static, io::Result<Response<ResponseBody>>>
         + Send
         + Sync,
@@ -57,7 +57,7 @@ pub struct RecordedRequest {
 }
 
 impl RecordedRequest {
-    fn new<B>(request: &Request<B>, body_len: usize) -> Self {
+    pub(crate) fn new<B>(request: &Request<B>, body_len: usize) -> Self {
         let headers = request
             .headers()
             .iter()
@@ -126,10 +126,10 @@ impl RecordedRequest {
 }
 
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<RecordedRequest>>>);
+pub(crate) struct Recorder(Arc<Mutex<Vec<RecordedRequest>>>);
 
 impl Recorder {
-    fn push(&self, request: RecordedRequest) {
+    pub(crate) fn push(&self, request: RecordedRequest) {
         self.0.lock().expect("recorder lock").push(request);
     }
 }
@@ -371,13 +371,13 @@ pub fn refusing_address() -> SocketAddr {
     crate::gateway::free_loopback_addr()
 }
 
-async fn bind_loopback() -> TcpListener {
+pub(crate) async fn bind_loopback() -> TcpListener {
     TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a loopback port")
 }
 
-fn spawn_http(
+pub(crate) fn spawn_http(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     http2_only: bool,

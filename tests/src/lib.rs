@@ -12,6 +12,7 @@ pub mod clients;
 pub mod fixtures;
 pub mod gateway;
 pub mod h2frames;
+pub mod otlp;
 pub mod plugins;
 pub mod prometheus;
 pub mod python;
