@@ -681,6 +681,56 @@ plugins:
 }
 
 #[test]
+fn server_tracing_exports_as_envoys_opentelemetry_tracer() {
+    let mut dir = PolicyDir::new();
+    dir.write(
+        "policies.yaml",
+        "
+server:
+  tracing: { otlp_endpoint: 'http://otel-collector.observability:4318/v1/traces', sample_percent: 12.5, service_name: edge }
+listeners:
+  - { name: web, address: 127.0.0.1:18083 }
+clusters:
+  - name: app
+    endpoints: [{ address: 127.0.0.1:19013 }]
+virtual_hosts:
+  - name: all
+    domains: ['*']
+    routes:
+      - { name: rest, forward: { cluster: app } }
+",
+    );
+    std::fs::create_dir_all(plugins_dir(&dir)).unwrap();
+    let (bootstrap, outcome) = exported(&dir);
+    assert!(!outcome.stderr.contains("tracing"), "{}", outcome.stderr);
+
+    let tracing = &connection_manager(listener(&bootstrap, "web"))["tracing"];
+    assert_eq!(tracing["random_sampling"]["value"], 12.5);
+    assert_eq!(tracing["spawn_upstream_span"], true);
+    let provider = &tracing["provider"];
+    assert_eq!(provider["name"], "envoy.tracers.opentelemetry");
+    let config = &provider["typed_config"];
+    assert_eq!(
+        config["@type"],
+        "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
+    );
+    assert_eq!(config["service_name"], "edge");
+    let http_uri = &config["http_service"]["http_uri"];
+    assert_eq!(
+        http_uri["uri"],
+        "http://otel-collector.observability:4318/v1/traces"
+    );
+    // The spans go through a cluster of their own, resolved by DNS like the endpoint.
+    let collector = cluster(&bootstrap, http_uri["cluster"].as_str().unwrap());
+    assert_eq!(collector["type"], "STRICT_DNS");
+    assert_eq!(
+        collector["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"],
+        json!({ "address": "otel-collector.observability", "port_value": 4318 })
+    );
+}
+
+#[test]
 fn invalid_policies_are_refused_as_check_refuses_them() {
     let mut dir = PolicyDir::new();
     dir.write(

@@ -19,6 +19,7 @@ from google.protobuf import json_format
 # messages in the default descriptor pool, which ParseDict resolves type URLs against.
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.route.v3 import route_components_pb2  # noqa: F401 (FilterConfig)
+from envoy.config.trace.v3 import opentelemetry_pb2  # noqa: F401
 from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as http_wasm_pb2  # noqa: F401

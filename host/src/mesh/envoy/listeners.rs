@@ -292,7 +292,7 @@ fn connection_manager(
     if largest_direct_body > 4096 {
         route_config["max_direct_response_body_size_bytes"] = json!(largest_direct_body);
     }
-    typed(
+    let mut manager = typed(
         HCM,
         json!({
             "stat_prefix": listener.name,
@@ -316,7 +316,11 @@ fn connection_manager(
             "route_config": route_config,
             "http_filters": filters.http_filters(),
         }),
-    )
+    );
+    if let Some(tracing) = &server.tracing {
+        manager["tracing"] = super::tracing::connection_manager_tracing(tracing, config);
+    }
+    manager
 }
 
 /// Request header bytes in Envoy's unit, rounded up, within Envoy's range.

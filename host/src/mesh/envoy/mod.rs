@@ -13,6 +13,7 @@ mod listeners;
 mod plugins;
 mod routes;
 mod sources;
+mod tracing;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,7 +42,10 @@ pub fn export(policies: &Path, plugins: &Path) -> anyhow::Result<Translation<Str
     let filters = plugins::Filters::build(config, &sources, plugins, &mut losses);
     let virtual_hosts = routes::virtual_hosts(config, &sources, &filters, &mut losses);
     let listeners = listeners::listeners(config, &virtual_hosts, &filters);
-    let clusters = clusters::clusters(config, &sources, &mut losses);
+    let mut clusters = clusters::clusters(config, &sources, &mut losses);
+    if let Some(settings) = &config.server.tracing {
+        clusters.push(tracing::collector_cluster(settings, config));
+    }
 
     let mut bootstrap = json!({
         "node": node(&config.server.node),
