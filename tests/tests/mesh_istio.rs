@@ -453,6 +453,7 @@ fn every_field_export_is_valid_istio_and_names_each_loss() {
         "plugin_limits",
         "stream_idle_timeout",
         "strip_trailing_host_dot",
+        "tracing",
     ]
     .iter()
     .map(|field| format!("server.yaml: server.{field}"))
