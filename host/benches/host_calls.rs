@@ -97,6 +97,7 @@ fn setup(mode: i32) -> (Vm, u32) {
         request_headers: Default::default(),
         response_headers: Default::default(),
         response_status: Default::default(),
+        trace: None,
     });
     let (context, _wake) = vm.create_stream(root, info).expect("stream context");
     let mut headers = http::HeaderMap::new();

@@ -73,7 +73,13 @@ fn logged_trace_ids(log: &str) -> Vec<String> {
     log.lines()
         .filter_map(|line| {
             let at = line.find("trace_id=")? + "trace_id=".len();
-            Some(line[at..].trim_start_matches('"').chars().take(32).collect())
+            Some(
+                line[at..]
+                    .trim_start_matches('"')
+                    .chars()
+                    .take(32)
+                    .collect(),
+            )
         })
         .collect()
 }
@@ -88,10 +94,17 @@ async fn a_request_gives_a_server_span_with_plugin_phase_and_upstream_children()
 
     let collected = spans.wait_for(4, SPANS_ARRIVE).await;
     let servers = of_kind(&collected, KIND_SERVER);
-    assert_eq!(servers.len(), 1, "one server span per request: {collected:#?}");
+    assert_eq!(
+        servers.len(),
+        1,
+        "one server span per request: {collected:#?}"
+    );
     let server = servers[0];
     assert_eq!(server.name, "GET api");
-    assert_eq!(server.parent_span_id, "", "a request without traceparent starts a trace");
+    assert_eq!(
+        server.parent_span_id, "",
+        "a request without traceparent starts a trace"
+    );
     assert_eq!(server.service_name, "edge");
     assert_eq!(server.attribute("http.request.method"), "GET");
     assert_eq!(server.attribute("http.route"), "api");
@@ -136,7 +149,10 @@ async fn a_request_gives_a_server_span_with_plugin_phase_and_upstream_children()
 
     // The plugin and the access log see the exported trace id.
     assert_eq!(plugin_trace_id, server.trace_id);
-    assert_eq!(logged_trace_ids(&running.log()), vec![server.trace_id.clone()]);
+    assert_eq!(
+        logged_trace_ids(&running.log()),
+        vec![server.trace_id.clone()]
+    );
 }
 
 #[tokio::test]
@@ -175,7 +191,10 @@ async fn retries_give_one_attempt_span_each_and_the_backend_sees_each_attempts_p
     let mut parents_sorted = parents.clone();
     attempt_ids.sort();
     parents_sorted.sort();
-    assert_eq!(parents_sorted, attempt_ids, "each attempt sends its own span as parent");
+    assert_eq!(
+        parents_sorted, attempt_ids,
+        "each attempt sends its own span as parent"
+    );
 }
 
 #[tokio::test]
@@ -219,8 +238,13 @@ async fn a_client_traceparent_is_continued_and_a_malformed_one_starts_a_new_trac
     let upstream = &running.backend("echo").requests()[0];
     let (trace_id, parent, flags) = traceparent(upstream.header("traceparent").unwrap());
     assert_eq!((trace_id.as_str(), flags.as_str()), (CLIENT_TRACE, "01"));
-    assert_ne!(parent, CLIENT_SPAN, "the backend's parent is the gateway's attempt");
-    assert!(collected.iter().any(|span| span.span_id == parent && span.kind == KIND_CLIENT));
+    assert_ne!(
+        parent, CLIENT_SPAN,
+        "the backend's parent is the gateway's attempt"
+    );
+    assert!(collected
+        .iter()
+        .any(|span| span.span_id == parent && span.kind == KIND_CLIENT));
     assert_eq!(upstream.header("tracestate"), Some("vendor=value"));
 }
 

@@ -436,8 +436,7 @@ impl Validator<'_> {
             );
             return None;
         };
-        let Some((collector_host, collector_port, collector_path)) = otlp_endpoint(endpoint)
-        else {
+        let Some((collector_host, collector_port, collector_path)) = otlp_endpoint(endpoint) else {
             self.error(
                 origin,
                 "tracing.otlp_endpoint",
@@ -1325,10 +1324,13 @@ mod tests {
     fn server_tracing_defaults_and_validation() {
         let config = load(&[("a.yaml", "server: {}\n"), ("l.yaml", LISTENER)]).unwrap();
         assert_eq!(config.server.tracing, None);
-        let config = load(&[(
-            "a.yaml",
-            "server:\n  tracing:\n    otlp_endpoint: http://127.0.0.1:4318/v1/traces\n",
-        ), ("l.yaml", LISTENER)])
+        let config = load(&[
+            (
+                "a.yaml",
+                "server:\n  tracing:\n    otlp_endpoint: http://127.0.0.1:4318/v1/traces\n",
+            ),
+            ("l.yaml", LISTENER),
+        ])
         .unwrap();
         let tracing = config.server.tracing.clone().unwrap();
         assert_eq!(tracing.sample_percent, 100.0);
@@ -1338,9 +1340,15 @@ mod tests {
             ("127.0.0.1", 4318)
         );
         assert_eq!(tracing.collector_path, "/v1/traces");
-        assert_eq!(config.effective["server"]["tracing"]["sample_percent"], 100.0);
+        assert_eq!(
+            config.effective["server"]["tracing"]["sample_percent"],
+            100.0
+        );
         for (tracing, expected) in [
-            ("{ sample_percent: 10 }", "server.tracing.otlp_endpoint: is required"),
+            (
+                "{ sample_percent: 10 }",
+                "server.tracing.otlp_endpoint: is required",
+            ),
             (
                 "{ otlp_endpoint: https://c:4318/v1/traces }",
                 "server.tracing.otlp_endpoint: \"https://c:4318/v1/traces\" is not",

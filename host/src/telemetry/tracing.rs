@@ -76,7 +76,9 @@ impl Tracing {
     /// one (the old one flushes and stops when the last snapshot using it goes). `None`, with
     /// the reason logged, when the exporter cannot start.
     pub fn shared(settings: &TracingSettings) -> Option<Arc<Tracing>> {
-        let mut current = CURRENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut current = CURRENT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(running) = current.as_ref().and_then(Weak::upgrade) {
             if running.settings == *settings {
                 return Some(running);
@@ -98,10 +100,12 @@ impl Tracing {
     fn start(settings: &TracingSettings) -> anyhow::Result<Self> {
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(opentelemetry_http::hyper::HyperClient::with_default_connector(
-                EXPORT_TIMEOUT,
-                None,
-            ))
+            .with_http_client(
+                opentelemetry_http::hyper::HyperClient::with_default_connector(
+                    EXPORT_TIMEOUT,
+                    None,
+                ),
+            )
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_endpoint(settings.otlp_endpoint.as_str())
             .with_timeout(EXPORT_TIMEOUT)
@@ -182,7 +186,11 @@ impl Tracing {
         if let Some(stop) = stop {
             let _ = stop.send(deadline);
         }
-        let stopped = self.stopped.lock().ok().and_then(|mut stopped| stopped.take());
+        let stopped = self
+            .stopped
+            .lock()
+            .ok()
+            .and_then(|mut stopped| stopped.take());
         if let Some(stopped) = stopped {
             // Disconnected when the thread ends; a timeout means the collector is too slow.
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(within) {
