@@ -11,6 +11,7 @@ use tollgate_tests::backends::{self, Failure};
 use tollgate_tests::clients::request;
 use tollgate_tests::otlp::{self, CollectedSpan, KIND_CLIENT, KIND_INTERNAL, KIND_SERVER};
 use tollgate_tests::plugins::{PluginSpec, TP_PROPERTIES};
+use tollgate_tests::prometheus::sample_sum;
 use tollgate_tests::scenario::{Running, Scenario, HOST};
 
 /// Long enough for a batch (sent half a second after its first span) on a busy machine.
@@ -297,12 +298,13 @@ async fn an_unreachable_collector_never_fails_or_slows_requests() {
     let deadline = tokio::time::Instant::now() + SPANS_ARRIVE;
     loop {
         let metrics = running.metrics().await;
-        let failed = metrics
-            .lines()
-            .find(|line| line.starts_with("tollgate_tracing_spans_total{result=\"failed\"}"))
-            .and_then(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0);
-        if failed > 0 {
+        let failed = sample_sum(
+            &metrics,
+            "tollgate_tracing_spans_total",
+            &[("result", "failed")],
+        )
+        .unwrap_or(0.0);
+        if failed > 0.0 {
             break;
         }
         assert!(
