@@ -331,3 +331,49 @@ async fn sigterm_sends_the_last_spans_before_exit() {
         "the last request's span was sent before exit: {collected:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_server_tracing_sends_spans_as_it_now_says() {
+    let (collector, spans) = otlp::collector().await;
+    let tracing_yaml = |service: &str| {
+        format!(
+            "server:\n  tracing: {{ otlp_endpoint: 'http://{}/v1/traces', service_name: {service} }}\n",
+            collector.addr()
+        )
+    };
+    let running = Scenario::new()
+        .echo("echo")
+        .forward("api", "/api", "echo")
+        .policy_file("tracing.yaml", &tracing_yaml("before"))
+        .start()
+        .await;
+    assert_eq!(running.get("/api/before").await.status, 200);
+    spans.wait_for(2, SPANS_ARRIVE).await;
+
+    let generation = |plugins: serde_json::Value| plugins["generation"].as_u64().unwrap();
+    let first = generation(running.admin_get("/plugins").await.json());
+    let path = running.policy_file("tracing.yaml");
+    let temporary = path.with_file_name(".tracing.yaml.tmp");
+    std::fs::write(&temporary, tracing_yaml("after")).unwrap();
+    std::fs::rename(&temporary, &path).unwrap();
+    let deadline = tokio::time::Instant::now() + SPANS_ARRIVE;
+    while generation(running.admin_get("/plugins").await.json()) == first {
+        assert!(tokio::time::Instant::now() < deadline, "no reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert_eq!(running.get("/api/after").await.status, 200);
+    let collected = spans.wait_for(4, SPANS_ARRIVE).await;
+    let service_of = |path: &str| {
+        of_kind(&collected, KIND_SERVER)
+            .iter()
+            .find(|span| span.attribute("url.path") == path)
+            .map(|span| span.service_name.clone())
+    };
+    assert_eq!(service_of("/api/before").as_deref(), Some("before"));
+    assert_eq!(
+        service_of("/api/after").as_deref(),
+        Some("after"),
+        "{collected:#?}"
+    );
+}
