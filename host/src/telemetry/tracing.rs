@@ -464,3 +464,56 @@ async fn export(exporter: &opentelemetry_otlp::SpanExporter, batch: Vec<SpanData
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+    use opentelemetry::InstrumentationScope;
+
+    fn finished(flags: TraceFlags) -> SpanData {
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(1),
+                SpanId::from(2),
+                flags,
+                false,
+                TraceState::NONE,
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Server,
+            name: "GET".into(),
+            start_time: std::time::SystemTime::now(),
+            end_time: std::time::SystemTime::now(),
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::Unset,
+            instrumentation_scope: InstrumentationScope::builder("test").build(),
+        }
+    }
+
+    fn dropped() -> u64 {
+        let rendered = metrics().render();
+        rendered
+            .lines()
+            .find_map(|line| line.strip_prefix("tollgate_tracing_spans_total{result=\"dropped\"} "))
+            .and_then(|count| count.parse().ok())
+            .expect("the dropped spans sample")
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_span_and_counts_it_and_unsampled_spans_never_queue() {
+        let (queue, mut queued) = mpsc::channel(1);
+        let enqueue = Enqueue { queue };
+        let before = dropped();
+        enqueue.on_end(finished(TraceFlags::SAMPLED));
+        enqueue.on_end(finished(TraceFlags::SAMPLED));
+        enqueue.on_end(finished(TraceFlags::default()));
+        assert_eq!(dropped() - before, 1);
+        assert!(queued.try_recv().is_ok());
+        assert!(queued.try_recv().is_err(), "one span fits the queue");
+    }
+}
