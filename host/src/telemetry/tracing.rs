@@ -51,7 +51,9 @@ pub struct Tracing {
     settings: TracingSettings,
     /// Keeps the provider (and with it the queue's sending side) alive.
     _provider: SdkTracerProvider,
-    tracer: SdkTracer,
+    /// Shared by pointer with each request's trace, which the access record and the
+    /// plugins' stream info carry: a small field in both.
+    tracer: Arc<SdkTracer>,
     propagator: TraceContextPropagator,
     /// Tells the export thread to flush what is queued and stop, by the given time.
     stop: Mutex<Option<oneshot::Sender<Instant>>>,
@@ -135,7 +137,7 @@ impl Tracing {
             ))))
             .with_span_processor(Enqueue { queue })
             .build();
-        let tracer = provider.tracer("tollgate");
+        let tracer = Arc::new(provider.tracer("tollgate"));
         Ok(Self {
             settings: settings.clone(),
             _provider: provider,
@@ -170,7 +172,7 @@ impl Tracing {
                 KeyValue::new("network.peer.address", peer.ip().to_string()),
                 KeyValue::new("network.peer.port", i64::from(peer.port())),
             ])
-            .start_with_context(&self.tracer, &parent);
+            .start_with_context(&*self.tracer, &parent);
         RequestTrace {
             tracer: self.tracer.clone(),
             context: Context::new().with_span(span),
@@ -214,7 +216,7 @@ impl Drop for Tracing {
 /// spans. Cloned into what the plugins' properties read.
 #[derive(Clone)]
 pub struct RequestTrace {
-    tracer: SdkTracer,
+    tracer: Arc<SdkTracer>,
     /// Holds the server span.
     context: Context,
 }
@@ -252,7 +254,7 @@ impl RequestTrace {
                 KeyValue::new("tollgate.plugin.name", plugin.to_string()),
                 KeyValue::new("tollgate.plugin.phase", phase),
             ])
-            .start_with_context(&self.tracer, &self.context);
+            .start_with_context(&*self.tracer, &self.context);
         PhaseSpan {
             context: Context::new().with_span(span),
         }
@@ -289,7 +291,7 @@ impl RequestTrace {
             .span_builder(method.to_string())
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
-            .start_with_context(&self.tracer, &self.context);
+            .start_with_context(&*self.tracer, &self.context);
         let context = Context::new().with_span(span);
         TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
         AttemptSpan { context }
