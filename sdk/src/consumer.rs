@@ -1,9 +1,9 @@
 //! The consumer identity convention shared by auth, access, limit and billing plugins.
 //!
-//! An **auth plugin** (key-auth, jwt-auth, basic-auth, ext-authz) that recognises a client
-//! first calls [`strip_client_supplied`] on every request (so a client can never forge an
-//! identity, whether or not it authenticates) and, once it knows who the client is, calls
-//! [`set`]. **Readers** (acl, rate-limit, quota, metering, transformer) call [`get`].
+//! An **auth plugin** (key-auth, jwt-auth, basic-auth, hmac-auth, token-introspection,
+//! ext-authz) that recognises a client first calls [`strip_client_supplied`] on every
+//! request (so a client can never forge an identity, whether or not it authenticates) and,
+//! once it knows who the client is, calls [`set`]. **Readers** (acl, rate-limit, quota, metering, transformer) call [`get`].
 //!
 //! The identity travels two ways:
 //! - request headers [`CONSUMER_HEADER`] (`x-tollgate-consumer`: the consumer's name) and
