@@ -133,6 +133,7 @@ impl<'a> Signed<'a> {
             .iter()
             .map(|name| match *name {
                 "request-line" => format!("{} {} HTTP/1.1", self.method, self.path),
+                "host" => "host: shop.test".to_owned(),
                 name => {
                     let value = self
                         .headers
@@ -232,14 +233,15 @@ async fn good_signatures_reach_the_upstream_as_the_consumer() {
     );
     assert!(headers.get("authorization").is_none(), "hidden: {headers}");
 
-    // The Signature scheme with keyId, X-Date beside the (enforced) Date, hmac-sha512, bob.
+    // The Signature scheme with keyId, X-Date beside the (enforced) Date, the Host signed,
+    // hmac-sha512, bob.
     let mut signed = Signed::get("/signed/profile");
     signed.scheme = "Signature";
     signed.username = "bob";
     signed.secret = b"bob-secret";
     signed.algorithm = "hmac-sha512";
     signed.headers.push(("x-date", http_date(now())));
-    signed.signed = &["x-date", "date", "request-line"];
+    signed.signed = &["x-date", "date", "request-line", "host"];
     let response = signed.send(&gateway).await;
     assert_status(&gateway, &response, StatusCode::OK, "Signature, X-Date");
     assert_eq!(seen(&response)["x-tollgate-consumer"], "bob");

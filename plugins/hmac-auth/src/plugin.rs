@@ -94,8 +94,14 @@ impl Request {
                 }
                 continue;
             }
+            // Hosts keep `Host` as `:authority`; header names are looked up in any case.
+            let lookup = if name.eq_ignore_ascii_case("host") {
+                ":authority"
+            } else {
+                name
+            };
             let value = self
-                .get_http_request_header(&name.to_ascii_lowercase())
+                .get_http_request_header(lookup)
                 .ok_or("a header the signature lists is missing from the request")?;
             values.push(value);
         }
