@@ -654,6 +654,31 @@ mod tests {
     }
 }
 
+/// A service whose answers the test writes (an authorization server, a token endpoint):
+/// `answer` gets each request's head and whole body and returns the response, and may
+/// wait first to play a slow service. Every request is recorded, with its body length.
+pub async fn answering<F, Fut>(answer: F) -> Backend
+where
+    F: Fn(http::request::Parts, Bytes) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<ResponseBody>> + Send + 'static,
+{
+    let recorder = Recorder::default();
+    let handler_recorder = recorder.clone();
+    let answer = Arc::new(answer);
+    let handler: Handler = Arc::new(move |request| {
+        let recorder = handler_recorder.clone();
+        let answer = answer.clone();
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+            let head = Request::from_parts(parts, ());
+            recorder.push(RecordedRequest::new(&head, body.len()));
+            Ok(answer(head.into_parts().0, body).await)
+        })
+    });
+    spawn_http(bind_loopback().await, None, false, recorder, handler)
+}
+
 /// What a [`usage_collector`] stored: requests billed per batch key (the `idempotency-key`
 /// header).
 #[derive(Clone, Default)]

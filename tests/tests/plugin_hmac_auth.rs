@@ -209,22 +209,12 @@ fn seen(response: &HttpResponse) -> Value {
     response.json()["headers"].clone()
 }
 
-fn assert_status(gateway: &Running, response: &HttpResponse, status: StatusCode, what: &str) {
-    assert_eq!(
-        response.status,
-        status,
-        "{what}: {}\n{}",
-        response.text(),
-        gateway.log()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn good_signatures_reach_the_upstream_as_the_consumer() {
     let gateway = start().await;
 
     let response = Signed::get("/signed/orders?id=7").send(&gateway).await;
-    assert_status(&gateway, &response, StatusCode::OK, "hmac, Date");
+    gateway.assert_status(&response, StatusCode::OK, "hmac, Date");
     let headers = seen(&response);
     assert_eq!(headers["x-tollgate-consumer"], "alice", "{headers}");
     assert_eq!(
@@ -243,7 +233,7 @@ async fn good_signatures_reach_the_upstream_as_the_consumer() {
     signed.headers.push(("x-date", http_date(now())));
     signed.signed = &["x-date", "date", "request-line", "host"];
     let response = signed.send(&gateway).await;
-    assert_status(&gateway, &response, StatusCode::OK, "Signature, X-Date");
+    gateway.assert_status(&response, StatusCode::OK, "Signature, X-Date");
     assert_eq!(seen(&response)["x-tollgate-consumer"], "bob");
     assert!(seen(&response).get("x-tollgate-consumer-groups").is_none());
 
@@ -256,7 +246,7 @@ async fn good_signatures_reach_the_upstream_as_the_consumer() {
         .push(("content-type", "application/json".into()));
     post.signed = &["date", "request-line", "digest"];
     let response = post.send(&gateway).await;
-    assert_status(&gateway, &response, StatusCode::OK, "body with digest");
+    gateway.assert_status(&response, StatusCode::OK, "body with digest");
     assert_eq!(response.json()["body_len"], 13);
     assert_eq!(gateway.backend("echo").request_count(), 3);
 }
@@ -295,7 +285,7 @@ async fn bad_signatures_are_refused_with_401_and_a_reason() {
 
     for (what, signed, reason) in &cases {
         let response = signed.send(&gateway).await;
-        assert_status(&gateway, &response, StatusCode::UNAUTHORIZED, what);
+        gateway.assert_status(&response, StatusCode::UNAUTHORIZED, what);
         assert_eq!(response.header("www-authenticate"), Some("hmac"), "{what}");
         let message = response.json()["message"].as_str().unwrap_or("").to_owned();
         assert!(message.contains(reason), "{what}: {message}");
@@ -303,7 +293,7 @@ async fn bad_signatures_are_refused_with_401_and_a_reason() {
 
     // No Authorization at all.
     let response = gateway.get("/signed/a").await;
-    assert_status(&gateway, &response, StatusCode::UNAUTHORIZED, "unsigned");
+    gateway.assert_status(&response, StatusCode::UNAUTHORIZED, "unsigned");
     assert_eq!(response.header("www-authenticate"), Some("hmac"));
     assert_eq!(
         gateway.backend("echo").request_count(),
@@ -345,7 +335,7 @@ async fn a_request_signed_as_the_readme_shows_works() {
         .body(Full::default())
         .unwrap();
     let response = gateway.client().send(req).await.unwrap();
-    assert_status(&gateway, &response, StatusCode::OK, "README example");
+    gateway.assert_status(&response, StatusCode::OK, "README example");
     assert_eq!(seen(&response)["x-tollgate-consumer"], "alice");
 }
 

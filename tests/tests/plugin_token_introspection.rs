@@ -13,24 +13,17 @@
 //! - bad configurations are rejected naming the plugin and the field.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::request::Parts;
+use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tollgate_tests::backends;
+use tollgate_tests::backends::{self, Backend, ResponseBody};
 use tollgate_tests::bundled::TOKEN_INTROSPECTION;
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
 use tollgate_tests::plugins::{assert_rejected, check_plugins, PluginSpec};
@@ -49,7 +42,8 @@ struct Call {
     body: String,
 }
 
-/// The authorization server. By the posted token:
+/// The authorization server, on loopback, and the introspection requests it answered. By
+/// the posted token:
 /// - `good-token`: active, `sub` alice, `client_id` shop-web, `username` alice@shop.test,
 ///   scope `orders:read profile`, expiring in an hour;
 /// - `short-token`: active, `sub` carol, scope `orders:read`, expiring in 2 s;
@@ -59,41 +53,20 @@ struct Call {
 ///
 /// A request without the gateway's client credentials gets `401` `invalid_client`.
 struct AuthorizationServer {
-    addr: SocketAddr,
+    backend: Backend,
     calls: Arc<Mutex<Vec<Call>>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for AuthorizationServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl AuthorizationServer {
     async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local address");
         let calls = Arc::new(Mutex::new(Vec::new()));
         let recorded = calls.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let recorded = recorded.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<Incoming>| {
-                        let recorded = recorded.clone();
-                        async move { Ok::<_, Infallible>(introspect(request, &recorded).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self { addr, calls, task }
+        let backend = backends::answering(move |head, body| {
+            let recorded = recorded.clone();
+            async move { introspect(&head, &body, &recorded).await }
+        })
+        .await;
+        Self { backend, calls }
     }
 
     fn calls(&self) -> Vec<Call> {
@@ -115,41 +88,30 @@ fn now() -> u64 {
 }
 
 async fn introspect(
-    request: Request<Incoming>,
+    head: &Parts,
+    body: &Bytes,
     recorded: &Mutex<Vec<Call>>,
-) -> Response<Full<Bytes>> {
+) -> Response<ResponseBody> {
     let header = |name: &str| {
-        request
-            .headers()
+        head.headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned()
     };
-    let (method, path) = (
-        request.method().to_string(),
-        request.uri().path().to_owned(),
-    );
-    let (content_type, authorization) = (header("content-type"), header("authorization"));
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
     let call = Call {
-        method,
-        path,
-        content_type,
-        authorization,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        method: head.method.to_string(),
+        path: head.uri.path().to_owned(),
+        content_type: header("content-type"),
+        authorization: header("authorization"),
+        body: String::from_utf8_lossy(body).into_owned(),
     };
     recorded.lock().unwrap().push(call.clone());
     let json_answer = |status: u16, value: Value| {
         Response::builder()
             .status(status)
             .header("content-type", "application/json")
-            .body(Full::from(value.to_string()))
+            .body(Full::from(value.to_string()).boxed())
             .expect("valid answer")
     };
     let expected = format!(
@@ -219,7 +181,7 @@ async fn start() -> Setup {
     let gateway = Scenario::new()
         .echo("echo")
         .workers(2)
-        .cluster_at("idp", server.addr)
+        .cluster_at("idp", server.backend.addr())
         .cluster(&format!(
             "{{ name: dead, endpoints: [{{ address: \"{}\" }}], connect_timeout: 200ms }}",
             backends::refusing_address()
@@ -271,16 +233,6 @@ impl Setup {
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e:#}; gateway log:\n{}", self.gateway.log()))
     }
-
-    fn assert_status(&self, response: &HttpResponse, status: StatusCode, what: &str) {
-        assert_eq!(
-            response.status,
-            status,
-            "{what}: {}\n{}",
-            response.text(),
-            self.gateway.log()
-        );
-    }
 }
 
 fn seen(response: &HttpResponse) -> Value {
@@ -292,7 +244,9 @@ async fn active_tokens_are_introspected_once_and_shared_by_the_workers() {
     let setup = start().await;
     for attempt in 0..5 {
         let response = setup.get("/api/orders", Some("good-token")).await;
-        setup.assert_status(&response, StatusCode::OK, &format!("attempt {attempt}"));
+        setup
+            .gateway
+            .assert_status(&response, StatusCode::OK, &format!("attempt {attempt}"));
         let headers = seen(&response);
         assert_eq!(headers["x-tollgate-consumer"], "alice", "{headers}");
         assert_eq!(
@@ -326,28 +280,36 @@ async fn cached_answers_end_at_exp_or_at_cache_ttl() {
     // Expires in 2 s: cached until then, asked again after.
     for _ in 0..2 {
         let response = setup.get("/api/a", Some("short-token")).await;
-        setup.assert_status(&response, StatusCode::OK, "short-lived token");
+        setup
+            .gateway
+            .assert_status(&response, StatusCode::OK, "short-lived token");
         assert_eq!(seen(&response)["x-tollgate-consumer"], "carol");
     }
     assert_eq!(setup.server.calls_for("short-token"), 1);
     // Valid for an hour, but `cache_ttl: 1s` on this route; the consumer is the client.
     let response = setup.get("/capped/a", Some("good-token")).await;
-    setup.assert_status(&response, StatusCode::OK, "capped");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::OK, "capped");
     assert_eq!(seen(&response)["x-tollgate-consumer"], "shop-web");
     let response = setup.get("/capped/a", Some("good-token")).await;
-    setup.assert_status(&response, StatusCode::OK, "capped, cached");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::OK, "capped, cached");
     assert_eq!(setup.server.calls_for("good-token"), 1);
 
     tokio::time::sleep(Duration::from_millis(3_100)).await;
     let response = setup.get("/capped/a", Some("good-token")).await;
-    setup.assert_status(&response, StatusCode::OK, "capped, after cache_ttl");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::OK, "capped, after cache_ttl");
     assert_eq!(
         setup.server.calls_for("good-token"),
         2,
         "asked again after cache_ttl"
     );
     let response = setup.get("/api/a", Some("short-token")).await;
-    setup.assert_status(
+    setup.gateway.assert_status(
         &response,
         StatusCode::OK,
         "after exp the server decides again",
@@ -364,7 +326,9 @@ async fn inactive_tokens_get_401_and_missing_scopes_403() {
     let setup = start().await;
     for _ in 0..2 {
         let response = setup.get("/api/a", Some("revoked-token")).await;
-        setup.assert_status(&response, StatusCode::UNAUTHORIZED, "inactive");
+        setup
+            .gateway
+            .assert_status(&response, StatusCode::UNAUTHORIZED, "inactive");
         assert_eq!(
             response.header("www-authenticate"),
             Some("Bearer error=\"invalid_token\"")
@@ -377,14 +341,18 @@ async fn inactive_tokens_get_401_and_missing_scopes_403() {
     );
 
     let response = setup.get("/api/a", Some("reader-token")).await;
-    setup.assert_status(&response, StatusCode::FORBIDDEN, "scope missing");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::FORBIDDEN, "scope missing");
     assert_eq!(
         response.header("www-authenticate"),
         Some("Bearer error=\"insufficient_scope\", scope=\"orders:read\"")
     );
 
     let response = setup.get("/api/a", None).await;
-    setup.assert_status(&response, StatusCode::UNAUTHORIZED, "no token");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::UNAUTHORIZED, "no token");
     assert_eq!(response.header("www-authenticate"), Some("Bearer"));
     assert_eq!(setup.gateway.backend("echo").request_count(), 0);
 }
@@ -394,7 +362,7 @@ async fn a_failing_server_denies_with_503_or_allows_by_failure_mode() {
     let setup = start().await;
     let started = Instant::now();
     let response = setup.get("/down-deny/a", Some("good-token")).await;
-    setup.assert_status(
+    setup.gateway.assert_status(
         &response,
         StatusCode::SERVICE_UNAVAILABLE,
         "server down, deny",
@@ -407,7 +375,7 @@ async fn a_failing_server_denies_with_503_or_allows_by_failure_mode() {
 
     let started = Instant::now();
     let response = setup.get("/api/a", Some("slow-token")).await;
-    setup.assert_status(
+    setup.gateway.assert_status(
         &response,
         StatusCode::SERVICE_UNAVAILABLE,
         "server too slow",
@@ -419,7 +387,7 @@ async fn a_failing_server_denies_with_503_or_allows_by_failure_mode() {
     );
 
     let response = setup.get("/bad-client/a", Some("good-token")).await;
-    setup.assert_status(
+    setup.gateway.assert_status(
         &response,
         StatusCode::SERVICE_UNAVAILABLE,
         "client credentials refused",
@@ -436,7 +404,9 @@ async fn a_failing_server_denies_with_503_or_allows_by_failure_mode() {
     );
 
     let response = setup.get("/down-allow/a", Some("good-token")).await;
-    setup.assert_status(&response, StatusCode::OK, "server down, allow");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::OK, "server down, allow");
     assert!(seen(&response).get("x-tollgate-consumer").is_none());
     assert_eq!(setup.gateway.backend("echo").request_count(), 1);
 }
