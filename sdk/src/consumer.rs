@@ -75,6 +75,19 @@ pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b',')
 }
 
+/// Checks the groups of a consumer in a plugin configuration: each must be a valid name
+/// ([`is_valid_name`]). `field` is the list's path (`consumers[0].groups`); the error names
+/// the group (`consumers[0].groups[1]`).
+pub fn check_groups(groups: &[String], field: &str) -> Result<(), crate::config::ConfigError> {
+    match groups.iter().position(|group| !is_valid_name(group)) {
+        Some(j) => Err(crate::config::ConfigError::new(
+            format!("{field}[{j}]"),
+            "must be visible ASCII without commas",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Removes any consumer identity headers from the request (call first in auth plugins,
 /// in `on_http_request_headers`).
 pub fn strip_client_supplied() {
@@ -147,6 +160,13 @@ mod tests {
         let consumer = Consumer::new("alice", groups);
         assert!(consumer.in_group("ops"));
         assert!(!consumer.in_group("op"));
+    }
+
+    #[test]
+    fn configured_groups_are_checked_by_name() {
+        assert!(check_groups(&["gold".into(), "staff".into()], "consumers[0].groups").is_ok());
+        let error = check_groups(&["gold".into(), "a,b".into()], "consumers[2].groups").unwrap_err();
+        assert_eq!(error.path(), "consumers[2].groups[1]");
     }
 
     #[test]

@@ -175,6 +175,15 @@ pub fn decimal(value: u64, buffer: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buffer[at..]).expect("ASCII digits")
 }
 
+/// Whether `name` is a header name as HTTP allows it (an RFC 9110 token): not empty, and no
+/// pseudo-header (`:path`), space or separator.
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// `"1.2.3.4:80"` → `"1.2.3.4"`, `"[::1]:80"` → `"::1"`; anything else is returned whole.
 pub fn strip_port(address: &str) -> &str {
     if let Some(rest) = address.strip_prefix('[') {
@@ -198,6 +207,15 @@ mod tests {
         assert_eq!(strip_port("[::1]:80"), "::1");
         assert_eq!(strip_port("::1"), "::1");
         assert_eq!(strip_port("host"), "host");
+    }
+
+    #[test]
+    fn header_names_are_tokens() {
+        assert!(is_header_name("x-client-id"));
+        assert!(is_header_name("X_Odd~Name"));
+        assert!(!is_header_name(""));
+        assert!(!is_header_name(":path"));
+        assert!(!is_header_name("x user"));
     }
 
     #[test]

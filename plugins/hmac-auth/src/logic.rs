@@ -296,16 +296,7 @@ impl HmacAuth {
                     "must not be empty",
                 ));
             }
-            if let Some(j) = consumer
-                .groups
-                .iter()
-                .position(|g| !consumer::is_valid_name(g))
-            {
-                return Err(ConfigError::new(
-                    format!("consumers[{i}].groups[{j}]"),
-                    "must be visible ASCII without commas",
-                ));
-            }
+            consumer::check_groups(&consumer.groups, &format!("consumers[{i}].groups"))?;
             consumers.push(Known {
                 username: consumer.username.clone(),
                 secret: consumer.secret.as_bytes().to_vec(),

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tollgate_sdk::callout::HttpCall;
 use tollgate_sdk::config::{parse_duration, ConfigError};
-use tollgate_sdk::consumer;
+use tollgate_sdk::{consumer, is_header_name};
 
 /// The plugin configuration (see the crate README).
 #[derive(Debug, Clone, Deserialize)]
@@ -105,14 +105,6 @@ fn duration(text: &str, field: &str, allow_zero: bool) -> Result<Duration, Confi
                 format!("{text:?} is not a duration (like 500ms, 30s, 5m or 1h)"),
             )
         })
-}
-
-/// A header name as HTTP allows it (RFC 9110 token), not a pseudo-header.
-fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl Introspector {
