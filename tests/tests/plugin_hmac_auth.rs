@@ -105,6 +105,8 @@ struct Signed<'a> {
     headers: Vec<(&'a str, String)>,
     body: &'static str,
     scheme: &'a str,
+    /// The header carrying the signature.
+    carrier: &'a str,
     username: &'a str,
     secret: &'a [u8],
     algorithm: &'a str,
@@ -120,6 +122,7 @@ impl<'a> Signed<'a> {
             headers: vec![("date", http_date(now()))],
             body: "",
             scheme: "hmac",
+            carrier: "authorization",
             username: "alice",
             secret: b"alice-secret",
             algorithm: "hmac-sha256",
@@ -182,7 +185,7 @@ impl<'a> Signed<'a> {
             "shop.test",
             self.path,
         )
-        .header("authorization", self.authorization());
+        .header(self.carrier, self.authorization());
         for (name, value) in &self.headers {
             builder = builder.header(*name, value.as_str());
         }
@@ -223,10 +226,11 @@ async fn good_signatures_reach_the_upstream_as_the_consumer() {
     );
     assert!(headers.get("authorization").is_none(), "hidden: {headers}");
 
-    // The Signature scheme with keyId, X-Date beside the (enforced) Date, the Host signed,
-    // hmac-sha512, bob.
+    // The Signature scheme with keyId in Proxy-Authorization, X-Date beside the (enforced)
+    // Date, the Host signed, hmac-sha512, bob.
     let mut signed = Signed::get("/signed/profile");
     signed.scheme = "Signature";
+    signed.carrier = "proxy-authorization";
     signed.username = "bob";
     signed.secret = b"bob-secret";
     signed.algorithm = "hmac-sha512";
@@ -236,6 +240,7 @@ async fn good_signatures_reach_the_upstream_as_the_consumer() {
     gateway.assert_status(&response, StatusCode::OK, "Signature, X-Date");
     assert_eq!(seen(&response)["x-tollgate-consumer"], "bob");
     assert!(seen(&response).get("x-tollgate-consumer-groups").is_none());
+    assert!(seen(&response).get("proxy-authorization").is_none());
 
     // A body with its digest, the digest signed.
     let mut post = Signed::get("/signed/payments");

@@ -42,13 +42,15 @@ impl Context for Request {}
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         consumer::strip_client_supplied();
-        if let Err(refusal) = self.authenticate(end_of_stream) {
-            return self.reject(refusal);
+        match self.authenticate(end_of_stream) {
+            Ok(carrier) => {
+                if self.auth.config.hide_credentials {
+                    self.set_http_request_header(carrier, None);
+                }
+                Action::Continue
+            }
+            Err(refusal) => self.reject(refusal),
         }
-        if self.auth.config.hide_credentials {
-            self.set_http_request_header("authorization", None);
-        }
-        Action::Continue
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -70,11 +72,15 @@ impl HttpContext for Request {
 
 impl Request {
     /// Checks the headers' signature and records the consumer; with
-    /// `validate_request_body`, keeps the digest for the body.
-    fn authenticate(&mut self, end_of_stream: bool) -> Result<(), Refusal> {
+    /// `validate_request_body`, keeps the digest for the body. Returns the header that
+    /// carried the signature.
+    fn authenticate(&mut self, end_of_stream: bool) -> Result<&'static str, Refusal> {
         let auth = &self.auth;
-        let authorization = self
-            .get_http_request_header("authorization")
+        // A client behind a proxy that needs `Authorization` may sign in
+        // `Proxy-Authorization` instead.
+        let (carrier, authorization) = ["authorization", "proxy-authorization"]
+            .into_iter()
+            .find_map(|name| Some((name, self.get_http_request_header(name)?)))
             .ok_or("the request is not signed (no Authorization header)")?;
         let credentials = Credentials::parse(&authorization)?;
         let algorithm = auth.admit(&credentials)?;
@@ -136,7 +142,7 @@ impl Request {
             }
         }
         consumer::set_parts(name, groups);
-        Ok(())
+        Ok(carrier)
     }
 
     /// Method, path (with query) and protocol of the request line.
