@@ -275,8 +275,15 @@ async fn bad_signatures_are_refused_with_401_and_a_reason() {
     unsigned.signed = &["date"];
     cases.push(("request-line not signed", unsigned, "must sign"));
     let mut old = Signed::get("/signed/a");
-    old.headers = vec![("date", stale)];
+    old.headers = vec![("date", stale.clone())];
     cases.push(("stale date", old, "clock skew"));
+    let mut freshened = Signed::get("/signed/a");
+    freshened.headers = vec![("date", stale), ("x-date", http_date(now()))];
+    cases.push((
+        "an unsigned X-Date beside an old signed Date",
+        freshened,
+        "clock skew",
+    ));
     let mut mismatch = Signed::get("/signed/payments");
     mismatch.method = "POST";
     mismatch.body = "{\"amount\":1000}";

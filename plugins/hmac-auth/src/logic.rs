@@ -251,6 +251,22 @@ impl<'a> Credentials<'a> {
     pub fn signed_headers(&self) -> impl Iterator<Item = &'a str> {
         self.headers.unwrap_or("date").split_ascii_whitespace()
     }
+
+    /// Whether the signature covers header `name`.
+    pub fn signs(&self, name: &str) -> bool {
+        self.signed_headers()
+            .any(|signed| signed.eq_ignore_ascii_case(name))
+    }
+
+    /// The date headers to look for, in order: a signed one first (an unsigned fresh
+    /// `X-Date` must not make an old signed `Date` look fresh), then `X-Date`, then `Date`.
+    pub fn date_headers(&self) -> [&'static str; 2] {
+        if !self.signs("x-date") && self.signs("date") {
+            ["date", "x-date"]
+        } else {
+            ["x-date", "date"]
+        }
+    }
 }
 
 /// A configured consumer, ready for lookups.
@@ -352,10 +368,7 @@ impl HmacAuth {
             .filter(|algorithm| self.config.algorithms.contains(algorithm))
             .ok_or("the HMAC algorithm is not allowed")?;
         for enforced in &self.config.enforce_headers {
-            if !credentials
-                .signed_headers()
-                .any(|name| name.eq_ignore_ascii_case(enforced))
-            {
+            if !credentials.signs(enforced) {
                 return Err("the HMAC signature does not cover a header it must sign");
             }
         }
@@ -532,6 +545,12 @@ mod tests {
                 .unwrap();
         assert_eq!(parsed.username, "alice");
         assert_eq!(parsed.signed_headers().collect::<Vec<_>>(), ["date"]);
+        assert_eq!(parsed.date_headers(), ["date", "x-date"]);
+        let parsed = Credentials::parse(
+            r#"hmac username="alice", algorithm="hmac-sha256", headers="x-date request-line", signature="c2ln""#,
+        )
+        .unwrap();
+        assert_eq!(parsed.date_headers(), ["x-date", "date"]);
         assert!(Credentials::parse("Basic YWxhZGRpbjpvcGVuc2VzYW1l").is_err());
         assert!(Credentials::parse(r#"hmac username="alice", algorithm="hmac-sha256""#).is_err());
         assert!(Credentials::parse(r#"hmac username="alice"#).is_err());

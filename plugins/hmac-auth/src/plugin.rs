@@ -84,9 +84,10 @@ impl Request {
             .ok_or("the request is not signed (no Authorization header)")?;
         let credentials = Credentials::parse(&authorization)?;
         let algorithm = auth.admit(&credentials)?;
-        let date = self
-            .get_http_request_header("x-date")
-            .or_else(|| self.get_http_request_header("date"));
+        let date = credentials
+            .date_headers()
+            .into_iter()
+            .find_map(|name| self.get_http_request_header(name));
         let now = tollgate_sdk::now_nanos() / 1_000_000_000;
         auth.check_date(date.as_deref(), now)?;
 
