@@ -4,7 +4,8 @@
 //! - an active token reaches the upstream with the consumer from `consumer_claim` and the
 //!   `forward_claims` headers; the server is asked once, then every worker answers from the
 //!   shared cache; it saw a form POST with the gateway's client credentials;
-//! - a cached answer ends at the token's `exp`, or earlier at `cache_ttl`;
+//! - a cached answer ends at the token's `exp`, or earlier at `cache_ttl`; at most
+//!   `cache_entries` answers are kept;
 //! - an inactive token gets `401` `error="invalid_token"` (and is cached for
 //!   `negative_cache_ttl`), a token without the required scope `403`
 //!   `error="insufficient_scope"`, no token `401` `Bearer`;
@@ -191,6 +192,7 @@ async fn start() -> Setup {
         .forward("down-deny", "/down-deny", "echo")
         .forward("down-allow", "/down-allow", "echo")
         .forward("bad-client", "/bad-client", "echo")
+        .forward("one-place", "/one-place", "echo")
         .forward("public", "/", "echo")
         .plugin(plugin("introspect", "api", json!({})))
         .plugin(plugin(
@@ -212,6 +214,11 @@ async fn start() -> Setup {
             "introspect-bad-client",
             "bad-client",
             json!({ "client_secret": "wrong" }),
+        ))
+        .plugin(plugin(
+            "introspect-one-place",
+            "one-place",
+            json!({ "cache_entries": 1 }),
         ))
         .start()
         .await;
@@ -328,6 +335,24 @@ async fn cached_answers_end_at_exp_or_at_cache_ttl() {
         2,
         "asked again after exp"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_keeps_at_most_cache_entries_answers() {
+    let setup = start().await;
+    // One place: each token's answer replaces the other's.
+    for token in ["good-token", "good-token", "short-token", "good-token"] {
+        let response = setup.get("/one-place/a", Some(token)).await;
+        setup
+            .gateway
+            .assert_status(&response, StatusCode::OK, token);
+    }
+    assert_eq!(
+        setup.server.calls_for("good-token"),
+        2,
+        "asked again once replaced"
+    );
+    assert_eq!(setup.server.calls_for("short-token"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,8 +7,8 @@
 //! consumer named by `consumer_claim` and the claims of `forward_claims` as headers; an
 //! inactive one is answered `401` (`WWW-Authenticate: Bearer error="invalid_token"`),
 //! missing scopes `403` (`error="insufficient_scope"`). Answers are cached in shared data
-//! (all workers) under a hash of the token: active ones until `exp`, at most `cache_ttl`;
-//! inactive ones for `negative_cache_ttl`. A server that is down or too slow gets the
+//! (all workers), in at most `cache_entries` places chosen by a hash of the token: active
+//! ones until `exp`, at most `cache_ttl`; inactive ones for `negative_cache_ttl`. A server that is down or too slow gets the
 //! request `503` (`failure_mode: deny`) or lets it through (`allow`).
 //!
 //! ```json

@@ -44,6 +44,9 @@ pub struct Config {
     /// How long an inactive answer is kept.
     #[serde(default = "default_negative_cache_ttl")]
     pub negative_cache_ttl: String,
+    /// The most answers kept at once (places in shared data).
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: u64,
     /// What to do when the server cannot answer.
     #[serde(default)]
     pub failure_mode: FailureMode,
@@ -77,6 +80,9 @@ fn default_cache_ttl() -> String {
 }
 fn default_negative_cache_ttl() -> String {
     "10s".into()
+}
+fn default_cache_entries() -> u64 {
+    10_000
 }
 fn yes() -> bool {
     true
@@ -149,6 +155,12 @@ impl Introspector {
         let cache_ttl = duration(&config.cache_ttl, "cache_ttl", true)?.as_secs();
         let negative_cache_ttl =
             duration(&config.negative_cache_ttl, "negative_cache_ttl", true)?.as_secs();
+        if !(1..=1_000_000).contains(&config.cache_entries) {
+            return Err(ConfigError::new(
+                "cache_entries",
+                format!("{}: must be between 1 and 1000000", config.cache_entries),
+            ));
+        }
         if config.consumer_claim.is_empty() {
             return Err(ConfigError::new("consumer_claim", "must name a claim"));
         }
@@ -329,33 +341,47 @@ pub fn bearer_token(authorization: &str) -> Option<&str> {
         .then_some(token)
 }
 
-/// The shared-data key of a token: the plugin's name and the SHA-256 of the token, so
-/// that the token itself is never stored.
-pub fn cache_key(plugin_name: &str, token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    let mut key = String::with_capacity(plugin_name.len() + 1 + 2 * digest.len());
-    key.push_str(plugin_name);
-    key.push(':');
-    for byte in digest {
-        key.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        key.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
+/// Where a token's answer is cached: one of `cache_entries` places in shared data, chosen
+/// by the SHA-256 of the token, so that the cache never holds more than that many answers
+/// however many tokens clients make up (shared data has no expiry or eviction). An entry
+/// is the time it holds until (8 bytes, little-endian Unix seconds), the token's SHA-256
+/// (another token may take the place), then the server's answer as it came; the token
+/// itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSlot {
+    /// The shared-data key: the plugin's name and the place's number.
+    pub key: String,
+    digest: [u8; 32],
+}
+
+impl CacheSlot {
+    pub fn new(plugin_name: &str, token: &str, cache_entries: u64) -> Self {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let place = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")) % cache_entries;
+        let mut number = [0; 20];
+        let place = tollgate_sdk::decimal(place, &mut number);
+        let mut key = String::with_capacity(plugin_name.len() + 1 + place.len());
+        key.push_str(plugin_name);
+        key.push(':');
+        key.push_str(place);
+        Self { key, digest }
     }
-    key
-}
 
-/// A cache entry: until when it holds (8 bytes, little-endian Unix seconds), then the
-/// server's answer as it came.
-pub fn encode_entry(until: u64, answer: &[u8]) -> Vec<u8> {
-    let mut entry = Vec::with_capacity(8 + answer.len());
-    entry.extend_from_slice(&until.to_le_bytes());
-    entry.extend_from_slice(answer);
-    entry
-}
+    /// The entry caching `answer` until `until`.
+    pub fn encode(&self, until: u64, answer: &[u8]) -> Vec<u8> {
+        let mut entry = Vec::with_capacity(8 + self.digest.len() + answer.len());
+        entry.extend_from_slice(&until.to_le_bytes());
+        entry.extend_from_slice(&self.digest);
+        entry.extend_from_slice(answer);
+        entry
+    }
 
-/// The answer of a cache entry that still holds at `now`.
-pub fn decode_entry(entry: &[u8], now: u64) -> Option<&[u8]> {
-    let (until, answer) = entry.split_first_chunk::<8>()?;
-    (u64::from_le_bytes(*until) > now).then_some(answer)
+    /// The answer of an entry that is this token's and still holds at `now`.
+    pub fn decode<'e>(&self, entry: &'e [u8], now: u64) -> Option<&'e [u8]> {
+        let (until, rest) = entry.split_first_chunk::<8>()?;
+        let (digest, answer) = rest.split_first_chunk::<32>()?;
+        (u64::from_le_bytes(*until) > now && *digest == self.digest).then_some(answer)
+    }
 }
 
 /// `application/x-www-form-urlencoded` encoding of a value.
@@ -514,19 +540,29 @@ mod tests {
     }
 
     #[test]
-    fn cache_entries_hold_until_their_time() {
-        let entry = encode_entry(1_010, br#"{"active":true}"#);
-        assert_eq!(
-            decode_entry(&entry, 1_009),
-            Some(&br#"{"active":true}"#[..])
-        );
-        assert_eq!(decode_entry(&entry, 1_010), None);
-        assert_eq!(decode_entry(b"short", 0), None);
-        let key = cache_key("introspect", "secret-token");
-        assert!(key.starts_with("introspect:"));
-        assert_eq!(key.len(), "introspect:".len() + 64);
-        assert!(!key.contains("secret-token"));
-        assert_ne!(key, cache_key("introspect", "secret-token2"));
+    fn cache_entries_hold_until_their_time_for_their_token() {
+        let slot = CacheSlot::new("introspect", "secret-token", 10_000);
+        let entry = slot.encode(1_010, br#"{"active":true}"#);
+        assert_eq!(slot.decode(&entry, 1_009), Some(&br#"{"active":true}"#[..]));
+        assert_eq!(slot.decode(&entry, 1_010), None);
+        assert_eq!(slot.decode(b"short", 0), None);
+        assert!(slot.key.starts_with("introspect:"));
+        assert!(!entry.windows(12).any(|w| w == b"secret-token"));
+
+        // With one place, every token shares it: the last answer there is the only one.
+        let first = CacheSlot::new("introspect", "token-a", 1);
+        let second = CacheSlot::new("introspect", "token-b", 1);
+        assert_eq!(first.key, "introspect:0");
+        assert_eq!(first.key, second.key);
+        let entry = second.encode(1_010, b"{}");
+        assert_eq!(first.decode(&entry, 1_000), None);
+        assert_eq!(second.decode(&entry, 1_000), Some(&b"{}"[..]));
+        // Places spread: 100 tokens over 10 places use more than one.
+        let places: std::collections::BTreeSet<String> = (0..100)
+            .map(|i| CacheSlot::new("p", &format!("t{i}"), 10).key)
+            .collect();
+        assert!(places.len() > 5, "{places:?}");
+        assert!(places.iter().all(|key| key.len() == "p:0".len()));
     }
 
     #[test]
@@ -549,6 +585,10 @@ mod tests {
         assert_eq!(
             path(json!({ "cluster": "idp", "path": "/i", "cache_ttl": "soon" })),
             "cache_ttl"
+        );
+        assert_eq!(
+            path(json!({ "cluster": "idp", "path": "/i", "cache_entries": 0 })),
+            "cache_entries"
         );
         assert_eq!(
             path(json!({ "cluster": "idp", "path": "/i", "failure_mode": "open" })),

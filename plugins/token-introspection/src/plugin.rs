@@ -12,7 +12,7 @@ use tollgate_sdk::proxy_wasm::types::{Action, LogLevel};
 use tollgate_sdk::Plugin;
 
 use crate::logic::{
-    bearer_token, cache_key, decode_entry, encode_entry, Answer, Config, FailureMode, Introspector,
+    bearer_token, Answer, CacheSlot, Config, FailureMode, Introspector,
     Verdict, INVALID_TOKEN_CHALLENGE, MISSING_TOKEN_CHALLENGE,
 };
 
@@ -48,8 +48,8 @@ impl Plugin for TokenIntrospection {
 /// The context of one request.
 pub struct Request {
     plugin: Rc<TokenIntrospection>,
-    /// The introspection call in flight and the cache key of its token.
-    call: Option<(u32, String)>,
+    /// The introspection call in flight and the cache place of its token.
+    call: Option<(u32, CacheSlot)>,
 }
 
 fn now_secs() -> u64 {
@@ -64,7 +64,7 @@ impl Context for Request {
         body_size: usize,
         _trailers: usize,
     ) {
-        let Some((_, key)) = self.call.take_if(|(call, _)| *call == token) else {
+        let Some((_, slot)) = self.call.take_if(|(call, _)| *call == token) else {
             return;
         };
         let response = read_response(num_headers, body_size);
@@ -82,7 +82,7 @@ impl Context for Request {
         };
         if let Some(until) = self.plugin.introspector.cache_until(&answer, now_secs()) {
             let _ =
-                hostcalls::set_shared_data(&key, Some(&encode_entry(until, &response.body)), None);
+                hostcalls::set_shared_data(&slot.key, Some(&slot.encode(until, &response.body)), None);
         }
         self.apply(&answer, true);
     }
@@ -99,9 +99,9 @@ impl HttpContext for Request {
         let Some(token) = authorization.as_deref().and_then(bearer_token) else {
             return self.reply(401, MISSING_TOKEN_CHALLENGE, "a bearer token is required");
         };
-        let key = cache_key(&self.plugin.name, token);
-        if let Ok((Some(entry), _)) = hostcalls::get_shared_data(&key) {
-            if let Some(answer) = decode_entry(&entry, now_secs()).and_then(Answer::parse) {
+        let slot = CacheSlot::new(&self.plugin.name, token, introspector.config.cache_entries);
+        if let Ok((Some(entry), _)) = hostcalls::get_shared_data(&slot.key) {
+            if let Some(answer) = slot.decode(&entry, now_secs()).and_then(Answer::parse) {
                 return self.apply(&answer, false);
             }
         }
@@ -110,7 +110,7 @@ impl HttpContext for Request {
             .dispatch(&introspector.config.cluster)
         {
             Ok(call) => {
-                self.call = Some((call, key));
+                self.call = Some((call, slot));
                 Action::Pause
             }
             Err(status) => self.fail(
