@@ -165,7 +165,8 @@ mod tests {
     #[test]
     fn configured_groups_are_checked_by_name() {
         assert!(check_groups(&["gold".into(), "staff".into()], "consumers[0].groups").is_ok());
-        let error = check_groups(&["gold".into(), "a,b".into()], "consumers[2].groups").unwrap_err();
+        let error =
+            check_groups(&["gold".into(), "a,b".into()], "consumers[2].groups").unwrap_err();
         assert_eq!(error.path(), "consumers[2].groups[1]");
     }
 

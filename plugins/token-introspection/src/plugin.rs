@@ -12,8 +12,8 @@ use tollgate_sdk::proxy_wasm::types::{Action, LogLevel};
 use tollgate_sdk::Plugin;
 
 use crate::logic::{
-    bearer_token, Answer, CacheSlot, Config, FailureMode, Introspector,
-    Verdict, INVALID_TOKEN_CHALLENGE, MISSING_TOKEN_CHALLENGE,
+    bearer_token, Answer, CacheSlot, Config, FailureMode, Introspector, Verdict,
+    INVALID_TOKEN_CHALLENGE, MISSING_TOKEN_CHALLENGE,
 };
 
 tollgate_sdk::plugin!(TokenIntrospection);
@@ -81,8 +81,11 @@ impl Context for Request {
             return;
         };
         if let Some(until) = self.plugin.introspector.cache_until(&answer, now_secs()) {
-            let _ =
-                hostcalls::set_shared_data(&slot.key, Some(&slot.encode(until, &response.body)), None);
+            let _ = hostcalls::set_shared_data(
+                &slot.key,
+                Some(&slot.encode(until, &response.body)),
+                None,
+            );
         }
         self.apply(&answer, true);
     }
