@@ -105,7 +105,7 @@ pub mod usage;
 pub use plugin::{Plugin, Root};
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::LogLevel;
+use proxy_wasm::types::{LogLevel, MetricType};
 
 /// Logs `message` at `level` through the host (`proxy_log`); never fails.
 pub fn log(level: LogLevel, message: &str) {
@@ -119,6 +119,25 @@ pub fn now_nanos() -> u64 {
         .ok()
         .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |elapsed| elapsed.as_nanos() as u64)
+}
+
+/// A counter metric (`proxy_define_metric`), e.g. `ext_authz.allowed`, shown by Tollgate
+/// on `/metrics` as `ext_authz_allowed{plugin="..."}` and by Envoy among its stats. Define
+/// it once (in `from_config`); counting one the host refused does nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counter(Option<u32>);
+
+impl Counter {
+    pub fn define(name: &str) -> Self {
+        Self(hostcalls::define_metric(MetricType::Counter, name).ok())
+    }
+
+    /// Adds 1.
+    pub fn count(self) {
+        if let Some(id) = self.0 {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
 }
 
 /// A property as a string (`request.path`, `xds.route_name`, ...); `None` when missing or

@@ -28,6 +28,7 @@ use tollgate_tests::backends::{self, Backend, ResponseBody};
 use tollgate_tests::bundled::TOKEN_INTROSPECTION;
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
 use tollgate_tests::plugins::{assert_rejected, check_plugins, PluginSpec};
+use tollgate_tests::prometheus::sample_sum;
 use tollgate_tests::scenario::{Running, Scenario};
 
 const CLIENT_ID: &str = "gateway";
@@ -278,6 +279,19 @@ async fn active_tokens_are_introspected_once_and_shared_by_the_workers() {
             .assert_status(&response, StatusCode::OK, "a cached answer");
     }
     assert_eq!(setup.server.calls_for("good-token"), 1);
+    let metrics = setup.gateway.metrics().await;
+    let counted = |name| sample_sum(&metrics, name, &[("plugin", "introspect")]);
+    assert_eq!(counted("token_introspection_calls"), Some(1.0), "{metrics}");
+    assert_eq!(
+        counted("token_introspection_cache_hits"),
+        Some(20.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        counted("token_introspection_allowed"),
+        Some(21.0),
+        "{metrics}"
+    );
 
     let call = &setup.server.calls()[0];
     assert_eq!(call.method, "POST");
@@ -443,6 +457,18 @@ async fn a_failing_server_denies_with_503_or_allows_by_failure_mode() {
         .assert_status(&response, StatusCode::OK, "server down, allow");
     assert!(seen(&response).get("x-tollgate-consumer").is_none());
     assert_eq!(setup.gateway.backend("echo").request_count(), 1);
+    let metrics = setup.gateway.metrics().await;
+    for plugin in ["introspect-down", "introspect-down-open", "introspect"] {
+        assert_eq!(
+            sample_sum(
+                &metrics,
+                "token_introspection_failed",
+                &[("plugin", plugin)]
+            ),
+            Some(1.0),
+            "{plugin}: {metrics}"
+        );
+    }
 }
 
 #[test]

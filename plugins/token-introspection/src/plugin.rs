@@ -9,7 +9,7 @@ use tollgate_sdk::consumer;
 use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, LogLevel};
-use tollgate_sdk::Plugin;
+use tollgate_sdk::{Counter, Plugin};
 
 use crate::logic::{
     bearer_token, Answer, CacheSlot, Config, FailureMode, Introspector, Verdict,
@@ -23,6 +23,32 @@ pub struct TokenIntrospection {
     introspector: Introspector,
     /// The prefix of this instance's cache keys.
     name: String,
+    metrics: Metrics,
+}
+
+struct Metrics {
+    /// Requests let through with an active token.
+    allowed: Counter,
+    /// Requests answered `401` or `403` for their token.
+    denied: Counter,
+    /// Requests the server could not decide (`503`, or let through by `failure_mode`).
+    failed: Counter,
+    /// Answers taken from the cache.
+    cache_hits: Counter,
+    /// Introspection requests sent.
+    calls: Counter,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        Self {
+            allowed: Counter::define("token_introspection.allowed"),
+            denied: Counter::define("token_introspection.denied"),
+            failed: Counter::define("token_introspection.failed"),
+            cache_hits: Counter::define("token_introspection.cache_hits"),
+            calls: Counter::define("token_introspection.calls"),
+        }
+    }
 }
 
 impl Plugin for TokenIntrospection {
@@ -34,6 +60,7 @@ impl Plugin for TokenIntrospection {
         Ok(Self {
             introspector: Introspector::new(config)?,
             name: tollgate_sdk::plugin_name(Self::NAME),
+            metrics: Metrics::define(),
         })
     }
 
@@ -105,6 +132,7 @@ impl HttpContext for Request {
         let slot = CacheSlot::new(&self.plugin.name, token, introspector.config.cache_entries);
         if let Ok((Some(entry), _)) = hostcalls::get_shared_data(&slot.key) {
             if let Some(answer) = slot.decode(&entry, now_secs()).and_then(Answer::parse) {
+                self.plugin.metrics.cache_hits.count();
                 return self.apply(&answer, false);
             }
         }
@@ -113,6 +141,7 @@ impl HttpContext for Request {
             .dispatch(&introspector.config.cluster)
         {
             Ok(call) => {
+                self.plugin.metrics.calls.count();
                 self.call = Some((call, slot));
                 Action::Pause
             }
@@ -132,8 +161,10 @@ impl Request {
     /// returns. From the callout's answer (`from_callout`) the paused request is resumed.
     fn apply(&self, answer: &Answer, from_callout: bool) -> Action {
         let introspector = &self.plugin.introspector;
+        let metrics = &self.plugin.metrics;
         match introspector.verdict(answer) {
             Verdict::Allow { consumer, headers } => {
+                metrics.allowed.count();
                 for (header, value) in &headers {
                     self.set_http_request_header(header, Some(value));
                 }
@@ -143,18 +174,23 @@ impl Request {
                 self.resume(from_callout)
             }
             Verdict::Inactive => {
+                metrics.denied.count();
                 self.reply(401, INVALID_TOKEN_CHALLENGE, "the token is not active")
             }
-            Verdict::InsufficientScope => self.reply(
-                403,
-                introspector.scope_challenge(),
-                "the token lacks a required scope",
-            ),
+            Verdict::InsufficientScope => {
+                metrics.denied.count();
+                self.reply(
+                    403,
+                    introspector.scope_challenge(),
+                    "the token lacks a required scope",
+                )
+            }
         }
     }
 
     /// The authorization server could not answer: `failure_mode` decides.
     fn fail(&self, reason: &str, from_callout: bool) -> Action {
+        self.plugin.metrics.failed.count();
         let allow = self.plugin.introspector.config.failure_mode == FailureMode::Allow;
         tollgate_sdk::log(
             LogLevel::Warn,
