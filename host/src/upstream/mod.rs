@@ -1,11 +1,14 @@
-//! Upstream clusters: endpoints, load balancing, passive health (outlier ejection),
-//! concurrency limits and the per-worker connection pools that carry requests to them.
+//! Upstream clusters: endpoints, load balancing, passive health (outlier ejection), active
+//! health checks, concurrency limits and the per-worker connection pools that carry
+//! requests to them.
 
 mod connector;
+pub mod health;
 mod pool;
+mod ring;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -13,10 +16,12 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 
 use crate::config::{self, ClusterLimits, ConfigError, HealthSettings};
-use crate::config::{EjectOn, LoadBalancing};
+use crate::config::{EjectOn, HashOn, LoadBalancing};
 use crate::telemetry::metrics::metrics;
 pub use connector::Connector;
 pub use pool::{PooledBody, UpstreamError};
+pub use ring::hash_key;
+use ring::Ring;
 
 /// The request body type sent upstream.
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
@@ -27,7 +32,13 @@ pub struct Cluster {
     pub name: Arc<str>,
     pub endpoints: Vec<Arc<Endpoint>>,
     load_balancing: LoadBalancing,
+    /// What `ring_hash` hashes.
+    pub hash_on: HashOn,
+    /// The endpoints' ring under `ring_hash`.
+    ring: Option<Ring>,
     health: HealthSettings,
+    /// The `tls.server_name`, which health checks send as `Host`.
+    server_name: Option<String>,
     max_requests: usize,
     active_requests: AtomicUsize,
     next: AtomicUsize,
@@ -55,6 +66,41 @@ pub struct Endpoint {
     ejections: AtomicU32,
     /// Milliseconds since `epoch()` until which the endpoint is ejected; 0 when healthy.
     ejected_until_ms: AtomicU64,
+    /// What active health checks found; shared with the endpoint of the same address in
+    /// the snapshots that follow, so that a reload keeps it.
+    pub active: Arc<ActiveState>,
+}
+
+/// An endpoint's standing with active health checks. Endpoints of clusters without them
+/// are always healthy here.
+#[derive(Debug)]
+pub struct ActiveState {
+    healthy: AtomicBool,
+    /// No check has answered yet: the first answer decides, whatever the thresholds.
+    unchecked: AtomicBool,
+    consecutive_successes: AtomicU32,
+    consecutive_failures: AtomicU32,
+}
+
+impl ActiveState {
+    /// A new endpoint's state: without active checks healthy; with them unhealthy until a
+    /// check succeeds, as Envoy does.
+    fn new(checked: bool) -> Self {
+        Self {
+            healthy: AtomicBool::new(!checked),
+            unchecked: AtomicBool::new(checked),
+            consecutive_successes: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn is_unchecked(&self) -> bool {
+        self.unchecked.load(Ordering::Relaxed)
+    }
 }
 
 /// Why no endpoint could be chosen.
@@ -78,7 +124,9 @@ fn now_ms() -> u64 {
 // === impl Cluster ===
 
 impl Cluster {
-    pub fn new(config: &config::Cluster) -> Result<Self, ConfigError> {
+    /// Builds the running cluster; with `previous` (the same cluster in the snapshot being
+    /// replaced), endpoints it had keep their active health state.
+    pub fn new(config: &config::Cluster, previous: Option<&Cluster>) -> Result<Self, ConfigError> {
         let tls = match &config.tls {
             Some(tls) => Some((
                 crate::tls::client_config(tls, config.http2, &config.origin)?,
@@ -86,12 +134,23 @@ impl Cluster {
             )),
             None => None,
         };
+        let checked = config.health.active.is_some();
+        let previous_state = |address: &str| {
+            previous
+                .filter(|previous| checked && previous.health.active.is_some())?
+                .endpoints
+                .iter()
+                .find(|endpoint| endpoint.address == address)
+                .map(|endpoint| endpoint.active.clone())
+        };
         let endpoints = config
             .endpoints
             .iter()
             .enumerate()
             .map(|(index, endpoint)| {
                 Arc::new(Endpoint {
+                    active: previous_state(&endpoint.address)
+                        .unwrap_or_else(|| Arc::new(ActiveState::new(checked))),
                     address: endpoint.address.clone(),
                     index,
                     host: endpoint.host.clone(),
@@ -105,11 +164,22 @@ impl Cluster {
             })
             .collect();
         let pools = pool::Pools::new(config.endpoints.len());
+        let ring = (config.load_balancing == LoadBalancing::RingHash).then(|| {
+            Ring::new(
+                config
+                    .endpoints
+                    .iter()
+                    .map(|endpoint| endpoint.address.as_str()),
+            )
+        });
         Ok(Self {
             name: config.name.as_str().into(),
             endpoints,
             load_balancing: config.load_balancing,
+            hash_on: config.hash_on.clone(),
+            ring,
             health: config.health.clone(),
+            server_name: config.tls.as_ref().and_then(|tls| tls.server_name.clone()),
             max_requests: config.limits.max_requests,
             active_requests: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
@@ -130,24 +200,26 @@ impl Cluster {
     }
 
     /// Chooses an endpoint among `candidates` (indexes into `endpoints`) and reserves a
-    /// request slot on the cluster; the slot is released when the guard drops.
+    /// request slot on the cluster; the slot is released when the guard drops. `hash` is
+    /// the request's key under `ring_hash`; without one the pick is round robin, as in Envoy.
     ///
-    /// Ejected endpoints are skipped unless fewer than `panic_threshold` percent of the
-    /// candidates are healthy: then the cluster is in panic and every candidate gets traffic
-    /// again, as in Envoy, because a few healthy endpoints would be overrun by the whole load
-    /// and ejection may be wrong (the failures may have been caused by the requests).
-    pub fn pick(self: &Arc<Self>, candidates: &[usize]) -> Result<RequestGuard, PickError> {
+    /// An endpoint is healthy when active checks (if any) find it so and passive health
+    /// checking has not ejected it. Unhealthy endpoints are skipped unless fewer than
+    /// `panic_threshold` percent of the candidates are healthy: then the cluster is in panic
+    /// and every candidate gets traffic again, as in Envoy, because a few healthy endpoints
+    /// would be overrun by the whole load and ejection may be wrong (the failures may have
+    /// been caused by the requests).
+    pub fn pick(
+        self: &Arc<Self>,
+        candidates: &[usize],
+        hash: Option<u64>,
+    ) -> Result<RequestGuard, PickError> {
         if self.active_requests.fetch_add(1, Ordering::Relaxed) >= self.max_requests {
             self.active_requests.fetch_sub(1, Ordering::Relaxed);
             return Err(PickError::Overflow);
         }
         let now = now_ms();
-        let is_healthy = |index: &usize| {
-            self.endpoints[*index]
-                .ejected_until_ms
-                .load(Ordering::Relaxed)
-                <= now
-        };
+        let is_healthy = |index: &usize| self.endpoints[*index].is_healthy(now);
         let healthy_count = candidates.iter().filter(|i| is_healthy(i)).count();
         let panic = (healthy_count * 100) < candidates.len() * self.health.panic_threshold as usize;
         let everyone = |_: &usize| true;
@@ -160,14 +232,18 @@ impl Cluster {
         let chosen = if eligible_count == 0 {
             None
         } else {
-            match self.load_balancing {
-                LoadBalancing::RoundRobin => {
-                    let turn = self.next.fetch_add(1, Ordering::Relaxed) % eligible_count;
-                    candidates.iter().copied().filter(eligible).nth(turn)
-                }
-                LoadBalancing::LeastRequest => {
+            let round_robin = || {
+                let turn = self.next.fetch_add(1, Ordering::Relaxed) % eligible_count;
+                candidates.iter().copied().filter(eligible).nth(turn)
+            };
+            match (self.load_balancing, &self.ring, hash) {
+                (LoadBalancing::RingHash, Some(ring), Some(hash)) => ring.find(hash, |index| {
+                    candidates.contains(&index) && eligible(&index)
+                }),
+                (LoadBalancing::LeastRequest, ..) => {
                     self.least_request(candidates, eligible_count, eligible)
                 }
+                _ => round_robin(),
             }
         };
         let Some(index) = chosen else {
@@ -202,10 +278,15 @@ impl Cluster {
         Some(if load(b) < load(a) { b } else { a })
     }
 
+    /// Whether requests are hashed (`ring_hash`), so that the caller computes a key.
+    pub fn hashes(&self) -> bool {
+        self.ring.is_some()
+    }
+
     fn ejected_count(&self, now: u64) -> usize {
         self.endpoints
             .iter()
-            .filter(|endpoint| endpoint.ejected_until_ms.load(Ordering::Relaxed) > now)
+            .filter(|endpoint| endpoint.is_ejected(now))
             .count()
     }
 
@@ -217,6 +298,24 @@ impl Cluster {
             .filter(|(_, endpoint)| config::subset_matches(labels, &endpoint.labels))
             .map(|(index, _)| index)
             .collect()
+    }
+}
+
+// === impl Endpoint ===
+
+impl Endpoint {
+    /// Active checks (if any) find it healthy and passive checking has not ejected it.
+    fn is_healthy(&self, now: u64) -> bool {
+        self.active.is_healthy() && !self.is_ejected(now)
+    }
+
+    fn is_ejected(&self, now: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now
+    }
+
+    /// Whether passive health checking has ejected the endpoint now.
+    pub fn ejected(&self) -> bool {
+        self.is_ejected(now_ms())
     }
 }
 
@@ -289,7 +388,7 @@ impl RequestGuard {
             return;
         }
         let now = now_ms();
-        if endpoint.ejected_until_ms.load(Ordering::Relaxed) > now {
+        if endpoint.is_ejected(now) {
             return;
         }
         let total = self.cluster.endpoints.len();
@@ -336,6 +435,7 @@ mod tests {
             max_ejection_percent,
             panic_threshold,
             eject_on: EjectOn::GatewayErrors,
+            active: None,
         }
     }
 
@@ -365,6 +465,7 @@ mod tests {
                 })
                 .collect(),
             load_balancing: lb,
+            hash_on: HashOn::ClientIp,
             connect_timeout: Duration::from_secs(1),
             http2: false,
             tls: None,
@@ -376,7 +477,7 @@ mod tests {
             },
             origin: Origin::default(),
         };
-        Arc::new(Cluster::new(&config).unwrap())
+        Arc::new(Cluster::new(&config, None).unwrap())
     }
 
     #[test]
@@ -384,7 +485,7 @@ mod tests {
         let cluster = cluster(3, LoadBalancing::RoundRobin, 5, 100);
         let all = [0, 1, 2];
         let picked: Vec<String> = (0..6)
-            .map(|_| cluster.pick(&all).unwrap().endpoint.address.clone())
+            .map(|_| cluster.pick(&all, None).unwrap().endpoint.address.clone())
             .collect();
         assert_eq!(picked[0..3], picked[3..6]);
         let mut distinct = picked[0..3].to_vec();
@@ -403,10 +504,10 @@ mod tests {
     #[test]
     fn least_request_avoids_the_busy_endpoint() {
         let cluster = cluster(2, LoadBalancing::LeastRequest, 5, 100);
-        let busy = cluster.pick(&[0]).unwrap();
-        let _also_busy = cluster.pick(&[0]).unwrap();
+        let busy = cluster.pick(&[0], None).unwrap();
+        let _also_busy = cluster.pick(&[0], None).unwrap();
         let picks: Vec<_> = (0..50)
-            .map(|_| cluster.pick(&[0, 1]).unwrap().endpoint.address.clone())
+            .map(|_| cluster.pick(&[0, 1], None).unwrap().endpoint.address.clone())
             .collect();
         // Whenever the two random choices differ, the idle endpoint wins.
         assert!(
@@ -420,7 +521,7 @@ mod tests {
 
     fn fail(cluster: &Arc<Cluster>, endpoint: usize, outcome: Outcome, times: usize) {
         for _ in 0..times {
-            cluster.pick(&[endpoint]).unwrap().report(outcome);
+            cluster.pick(&[endpoint], None).unwrap().report(outcome);
         }
     }
 
@@ -431,7 +532,7 @@ mod tests {
     fn consecutive_failures_eject_until_none_is_healthy() {
         let cluster = cluster_with(1, LoadBalancing::RoundRobin, 100, health(2, 100, 0));
         fail(&cluster, 0, Outcome::ConnectFailure, 2);
-        assert_eq!(cluster.pick(&[0]).err(), Some(PickError::NoHealthy));
+        assert_eq!(cluster.pick(&[0], None).err(), Some(PickError::NoHealthy));
     }
 
     #[test]
@@ -440,7 +541,7 @@ mod tests {
         fail(&cluster, 0, Outcome::Reset, 1);
         fail(&cluster, 0, Outcome::Answered(http::StatusCode::OK), 1);
         fail(&cluster, 0, Outcome::Timeout, 1);
-        assert!(cluster.pick(&[0]).is_ok());
+        assert!(cluster.pick(&[0], None).is_ok());
     }
 
     #[test]
@@ -450,7 +551,7 @@ mod tests {
         // 50% of 2 endpoints: the second one may not be ejected as well.
         fail(&cluster, 1, BAD_GATEWAY, 1);
         assert_eq!(
-            cluster.pick(&[0, 1]).unwrap().endpoint.address,
+            cluster.pick(&[0, 1], None).unwrap().endpoint.address,
             "127.0.0.1:9001"
         );
     }
@@ -459,7 +560,7 @@ mod tests {
     fn the_only_endpoint_is_never_ejected_below_100_percent() {
         let cluster = cluster_with(1, LoadBalancing::RoundRobin, 100, health(1, 99, 0));
         fail(&cluster, 0, Outcome::ConnectFailure, 10);
-        assert!(cluster.pick(&[0]).is_ok());
+        assert!(cluster.pick(&[0], None).is_ok());
         assert_eq!(cluster.ejected_count(now_ms()), 0);
     }
 
@@ -487,14 +588,14 @@ mod tests {
             fail(&cluster, 1, Outcome::ConnectFailure, 1);
             let all = [0, 1, 2, 3];
             for _ in 0..20 {
-                let picked = cluster.pick(&all).unwrap();
+                let picked = cluster.pick(&all, None).unwrap();
                 assert!(["127.0.0.1:9002", "127.0.0.1:9003"]
                     .contains(&picked.endpoint.address.as_str()));
             }
             // Three of four ejected: 25 % healthy, so the ejected ones are used again.
             fail(&cluster, 2, Outcome::ConnectFailure, 1);
             let mut seen: Vec<String> = (0..40)
-                .map(|_| cluster.pick(&all).unwrap().endpoint.address.clone())
+                .map(|_| cluster.pick(&all, None).unwrap().endpoint.address.clone())
                 .collect();
             seen.sort();
             seen.dedup();
@@ -507,15 +608,15 @@ mod tests {
         let cluster = cluster_with(2, LoadBalancing::RoundRobin, 100, health(1, 100, 0));
         fail(&cluster, 0, Outcome::ConnectFailure, 1);
         fail(&cluster, 1, Outcome::ConnectFailure, 1);
-        assert_eq!(cluster.pick(&[0, 1]).err(), Some(PickError::NoHealthy));
+        assert_eq!(cluster.pick(&[0, 1], None).err(), Some(PickError::NoHealthy));
     }
 
     #[test]
     fn max_requests_overflows() {
         let cluster = cluster(1, LoadBalancing::RoundRobin, 5, 1);
-        let held = cluster.pick(&[0]).unwrap();
-        assert_eq!(cluster.pick(&[0]).err(), Some(PickError::Overflow));
+        let held = cluster.pick(&[0], None).unwrap();
+        assert_eq!(cluster.pick(&[0], None).err(), Some(PickError::Overflow));
         drop(held);
-        assert!(cluster.pick(&[0]).is_ok());
+        assert!(cluster.pick(&[0], None).is_ok());
     }
 }
