@@ -76,7 +76,13 @@ impl Snapshot {
     /// Builds everything: TLS configurations (reading certificates and keys), clusters and
     /// per-listener route tables. (Each worker keeps its own connection pools, in its thread.)
     pub fn build(config: Config, plugins_dir: &std::path::Path) -> Result<Self, ConfigErrors> {
-        Self::build_reusing(config, plugins_dir, &[], Default::default(), &HashMap::new())
+        Self::build_reusing(
+            config,
+            plugins_dir,
+            &[],
+            Default::default(),
+            &HashMap::new(),
+        )
     }
 
     /// Builds the snapshot that replaces `previous`. A plugin instance whose module,

@@ -718,13 +718,20 @@ impl Validator<'_> {
             self.error(
                 origin,
                 "health.active.path",
-                format!("invalid path {:?}; expected an absolute path such as /healthz", raw.path),
+                format!(
+                    "invalid path {:?}; expected an absolute path such as /healthz",
+                    raw.path
+                ),
             );
         }
         let mut field_duration = |field: &str, text: Option<&String>, default: Duration| {
             let value = self.duration(origin, &format!("health.active.{field}"), text, default);
             if value.is_zero() {
-                self.error(origin, &format!("health.active.{field}"), "must be more than 0");
+                self.error(
+                    origin,
+                    &format!("health.active.{field}"),
+                    "must be more than 0",
+                );
             }
             value
         };
@@ -733,7 +740,11 @@ impl Validator<'_> {
         let mut threshold = |field: &str, value: Option<u32>, default: u32| {
             let value = value.unwrap_or(default);
             if value == 0 {
-                self.error(origin, &format!("health.active.{field}"), "must be at least 1");
+                self.error(
+                    origin,
+                    &format!("health.active.{field}"),
+                    "must be at least 1",
+                );
             }
             value
         };
@@ -760,8 +771,8 @@ impl Validator<'_> {
             }
         };
         let replacement = substitution_to_replacement(&raw.substitution);
-        if let Some(group) = substitution_groups(&raw.substitution)
-            .find(|group| *group >= pattern.captures_len())
+        if let Some(group) =
+            substitution_groups(&raw.substitution).find(|group| *group >= pattern.captures_len())
         {
             self.error(
                 origin,

@@ -738,7 +738,7 @@ mod tests {
                 respond.send_reset(reason);
             }
         });
-        let cluster = Arc::new(Cluster::new(&h2_cluster(address)).unwrap());
+        let cluster = Arc::new(Cluster::new(&h2_cluster(address), None).unwrap());
         let request = Request::post("/orders")
             .body(full(Bytes::from_static(b"order=1")))
             .unwrap();

@@ -107,7 +107,10 @@ async fn run(mut followed: watch::Receiver<Vec<Arc<Cluster>>>) {
         for task in running.drain(..) {
             task.abort();
         }
-        running = clusters.into_iter().map(|c| tokio::spawn(check_forever(c))).collect();
+        running = clusters
+            .into_iter()
+            .map(|c| tokio::spawn(check_forever(c)))
+            .collect();
         if followed.changed().await.is_err() {
             break;
         }
@@ -148,7 +151,11 @@ async fn check_round(cluster: &Cluster, only_unchecked: bool) {
 
 /// One check: a 2xx answer to `GET path` within `timeout`, on a new connection.
 async fn check(cluster: &Cluster, endpoint: &Endpoint, settings: &ActiveHealthSettings) -> bool {
-    match tokio::time::timeout(settings.timeout, exchange(cluster, endpoint, &settings.path)).await
+    match tokio::time::timeout(
+        settings.timeout,
+        exchange(cluster, endpoint, &settings.path),
+    )
+    .await
     {
         Ok(Ok(status)) => status.is_success(),
         Ok(Err(error)) => {

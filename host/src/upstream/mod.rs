@@ -20,8 +20,8 @@ use crate::config::{EjectOn, HashOn, LoadBalancing};
 use crate::telemetry::metrics::metrics;
 pub use connector::Connector;
 pub use pool::{PooledBody, UpstreamError};
-pub use ring::hash_key;
 use ring::Ring;
+pub use ring::{hash_key, POINTS_PER_ENDPOINT};
 
 /// The request body type sent upstream.
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
@@ -507,7 +507,14 @@ mod tests {
         let busy = cluster.pick(&[0], None).unwrap();
         let _also_busy = cluster.pick(&[0], None).unwrap();
         let picks: Vec<_> = (0..50)
-            .map(|_| cluster.pick(&[0, 1], None).unwrap().endpoint.address.clone())
+            .map(|_| {
+                cluster
+                    .pick(&[0, 1], None)
+                    .unwrap()
+                    .endpoint
+                    .address
+                    .clone()
+            })
             .collect();
         // Whenever the two random choices differ, the idle endpoint wins.
         assert!(
@@ -608,7 +615,10 @@ mod tests {
         let cluster = cluster_with(2, LoadBalancing::RoundRobin, 100, health(1, 100, 0));
         fail(&cluster, 0, Outcome::ConnectFailure, 1);
         fail(&cluster, 1, Outcome::ConnectFailure, 1);
-        assert_eq!(cluster.pick(&[0, 1], None).err(), Some(PickError::NoHealthy));
+        assert_eq!(
+            cluster.pick(&[0, 1], None).err(),
+            Some(PickError::NoHealthy)
+        );
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! The consistent-hash ring of `load_balancing: ring_hash`, Ketama style: every endpoint
-//! owns many points on a 64-bit circle, and a request's key belongs to the first point at
+//! owns [`POINTS_PER_ENDPOINT`] points on a 64-bit circle, and a request's key belongs to the first point at
 //! or after its hash. The points are hashed from the endpoint's address with xxHash64, so
 //! every worker, every gateway and every reload that keeps an endpoint places it alike, and
 //! removing an endpoint moves only the keys that were on it.
 
 use xxhash_rust::xxh64::xxh64;
 
-/// Points on the ring in all, at least (Envoy's default minimum ring size): fewer points
-/// spread keys unevenly.
-const MIN_RING_SIZE: usize = 1024;
+/// Points of each endpoint: the ring is never smaller than Envoy's default minimum ring
+/// size (fewer points spread keys unevenly), and an endpoint's points do not depend on how
+/// many others there are, so that adding or removing one moves no key between the others.
+pub const POINTS_PER_ENDPOINT: usize = 1024;
 
 /// The ring of a cluster's endpoints.
 #[derive(Debug)]
@@ -25,12 +26,10 @@ pub fn hash_key(key: &[u8]) -> u64 {
 impl Ring {
     /// A ring for endpoints given by their addresses, in the cluster's order.
     pub fn new<'a>(addresses: impl ExactSizeIterator<Item = &'a str>) -> Self {
-        let count = addresses.len().max(1);
-        let per_endpoint = MIN_RING_SIZE.div_ceil(count);
-        let mut points = Vec::with_capacity(per_endpoint * count);
+        let mut points = Vec::with_capacity(POINTS_PER_ENDPOINT * addresses.len());
         let mut name = String::new();
         for (index, address) in addresses.enumerate() {
-            for replica in 0..per_endpoint {
+            for replica in 0..POINTS_PER_ENDPOINT {
                 name.clear();
                 name.push_str(address);
                 name.push('_');
@@ -74,8 +73,8 @@ mod tests {
 
     #[test]
     fn the_ring_has_at_least_the_minimum_points() {
-        assert!(ring(&addresses(3)).points.len() >= MIN_RING_SIZE);
-        assert!(ring(&addresses(1)).points.len() >= MIN_RING_SIZE);
+        assert!(ring(&addresses(1)).points.len() >= 1024);
+        assert_eq!(ring(&addresses(3)).points.len(), 3 * POINTS_PER_ENDPOINT);
     }
 
     #[test]

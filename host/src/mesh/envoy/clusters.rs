@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 
 use super::sources::{field, Sources};
 use super::{duration, file_source, socket_address, typed, Losses};
-use crate::config::{ActiveHealthSettings, Action, Cluster, Config, EjectOn, LoadBalancing};
+use crate::config::{Action, ActiveHealthSettings, Cluster, Config, EjectOn, LoadBalancing};
+use crate::upstream::POINTS_PER_ENDPOINT;
 
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const UPSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
@@ -59,7 +60,7 @@ pub(super) fn clusters(config: &Config, sources: &Sources, losses: &mut Losses) 
             });
             if cluster.load_balancing == LoadBalancing::RingHash {
                 value["ring_hash_lb_config"] = json!({
-                    "minimum_ring_size": RING_SIZE,
+                    "minimum_ring_size": POINTS_PER_ENDPOINT * cluster.endpoints.len(),
                     "hash_function": "XX_HASH",
                 });
             }
@@ -99,15 +100,16 @@ fn subset_keys(config: &Config) -> BTreeMap<&str, BTreeSet<Vec<&str>>> {
     keys
 }
 
-/// Tollgate's ring: at least this many points, as Envoy's default minimum ring size.
-const RING_SIZE: u64 = 1024;
-
 /// `health.active`. Envoy checks a cluster without traffic only each `no_traffic_interval`
 /// (60 s by default); Tollgate checks at `interval` whatever the traffic. The `Host` of a
 /// check is the TLS server name, else the endpoint's address (its `hostname`).
 fn health_check(cluster: &Cluster, active: &ActiveHealthSettings) -> Value {
     let mut http = json!({ "path": active.path });
-    if let Some(server_name) = cluster.tls.as_ref().and_then(|tls| tls.server_name.as_ref()) {
+    if let Some(server_name) = cluster
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.server_name.as_ref())
+    {
         http["host"] = json!(server_name);
     }
     if cluster.http2 {
