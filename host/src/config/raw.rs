@@ -199,10 +199,19 @@ pub enum LoadBalancing {
 /// The request property `ring_hash` hashes: `{ header: NAME }`, `{ cookie: NAME }` or
 /// `client_ip`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(
+    untagged,
+    expecting = "`client_ip`, `{ header: NAME }` or `{ cookie: NAME }`"
+)]
 pub enum HashOn {
-    Header(String),
-    Cookie(String),
+    Keyword(HashOnKeyword),
+    Header { header: String },
+    Cookie { cookie: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOnKeyword {
     ClientIp,
 }
 

@@ -649,7 +649,7 @@ impl Validator<'_> {
                 );
                 HashOn::default()
             }
-            Some(raw::HashOn::Header(name)) => {
+            Some(raw::HashOn::Header { header: name }) => {
                 if HeaderName::from_bytes(name.as_bytes()).is_err() {
                     self.error(
                         &origin,
@@ -659,7 +659,7 @@ impl Validator<'_> {
                 }
                 HashOn::Header(name.to_ascii_lowercase())
             }
-            Some(raw::HashOn::Cookie(name)) => {
+            Some(raw::HashOn::Cookie { cookie: name }) => {
                 if name.is_empty() || name.contains([';', '=', ' ']) {
                     self.error(
                         &origin,
@@ -669,7 +669,7 @@ impl Validator<'_> {
                 }
                 HashOn::Cookie(name.clone())
             }
-            Some(raw::HashOn::ClientIp) | None => HashOn::ClientIp,
+            Some(raw::HashOn::Keyword(raw::HashOnKeyword::ClientIp)) | None => HashOn::ClientIp,
         };
         let limits = raw.limits.as_ref();
         let limits = ClusterLimits {
