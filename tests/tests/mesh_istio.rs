@@ -433,6 +433,20 @@ fn every_field_export_is_valid_istio_and_names_each_loss() {
     let billing_rule = &found["DestinationRule billing"]["spec"]["trafficPolicy"];
     assert_eq!(billing_rule["tls"]["credentialName"], "upstream-ca");
     assert_eq!(billing_rule["tls"]["sni"], "billing.internal");
+    assert_eq!(
+        billing_rule["loadBalancer"]["consistentHash"]["httpCookie"]["name"],
+        "session"
+    );
+    let checkout = found
+        .values()
+        .filter_map(|document| document["spec"]["http"].as_array())
+        .flatten()
+        .find(|http| http["name"] == "checkout")
+        .expect("the checkout route");
+    assert_eq!(
+        checkout["rewrite"]["uriRegexRewrite"],
+        serde_json::json!({ "match": "^/(check)(out)$", "rewrite": "/pay/\\2/\\1" })
+    );
     assert_eq!(found["ServiceEntry billing"]["spec"]["resolution"], "DNS");
     assert!(!found.contains_key("WasmPlugin heartbeat"));
 
@@ -464,6 +478,7 @@ fn every_field_export_is_valid_istio_and_names_each_loss() {
             "routes.yaml: virtual_hosts[0].routes[3].redirect.prefix",
             "routes.yaml: virtual_hosts[0].routes[3].redirect.strip_query",
             "clusters.yaml: clusters[0].limits.max_idle_per_endpoint",
+            "clusters.yaml: clusters[1].health.active",
             "plugins.yaml: plugins[0].config",
             "plugins.yaml: plugins[1].apply_to",
             "plugins.yaml: plugins[1].route_config.orders-canary",
