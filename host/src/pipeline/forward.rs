@@ -277,8 +277,7 @@ async fn send_with_retries(
             outgoing.headers.clone()
         };
         let result = try_once(
-            &target.cluster,
-            &target.endpoints,
+            target,
             hash,
             outgoing,
             headers,
@@ -332,10 +331,10 @@ fn downstream_response(
     })
 }
 
-/// One try: pick an endpoint, send, and wait for the response headers until `deadline`.
+/// One try: pick an endpoint of the target (by `hash` under `ring_hash`), send, and wait for
+/// the response headers until `deadline`.
 async fn try_once(
-    cluster: &Arc<Cluster>,
-    endpoints: &[usize],
+    target: &Target,
     hash: Option<u64>,
     outgoing: &Outgoing,
     headers: HeaderMap,
@@ -343,8 +342,9 @@ async fn try_once(
     deadline: Instant,
     record: &mut AccessRecord,
 ) -> Result<Response<PooledBody>, TryError> {
+    let cluster = &target.cluster;
     let guard = cluster
-        .pick(endpoints, hash)
+        .pick(&target.endpoints, hash)
         .map_err(TryError::NoEndpoint)?;
     record.upstream = Some(guard.endpoint.clone());
     let mut request =
