@@ -1405,6 +1405,93 @@ mod tests {
 
     const LISTENER: &str = "listeners:\n  - { name: web, address: 127.0.0.1:8080 }\n";
 
+    fn cluster_file(fields: &str) -> String {
+        format!("{LISTENER}clusters:\n  - name: app\n    endpoints: [{{ address: 127.0.0.1:9001 }}]\n{fields}")
+    }
+
+    #[test]
+    fn active_health_defaults_and_errors() {
+        let config = load(&[(
+            "a.yaml",
+            &cluster_file("    health: { active: { path: /healthz } }\n"),
+        )])
+        .unwrap();
+        let active = config.clusters[0].health.active.clone().unwrap();
+        assert_eq!(
+            active,
+            ActiveHealthSettings {
+                path: "/healthz".into(),
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(1),
+                healthy_threshold: 2,
+                unhealthy_threshold: 3,
+            }
+        );
+        assert_eq!(
+            config.effective["clusters"][0]["health"]["active"]["interval"],
+            "10s"
+        );
+        let errors = load(&[(
+            "a.yaml",
+            &cluster_file(
+                "    health: { active: { path: healthz, interval: 0s, timeout: soon, healthy_threshold: 0 } }\n",
+            ),
+        )])
+        .unwrap_err()
+        .to_string();
+        for field in ["path", "interval", "timeout", "healthy_threshold"] {
+            assert!(
+                errors.contains(&format!("health.active.{field}")),
+                "{field}: {errors}"
+            );
+        }
+    }
+
+    #[test]
+    fn hash_on_needs_ring_hash_and_a_valid_name() {
+        let config = load(&[(
+            "a.yaml",
+            &cluster_file("    load_balancing: ring_hash\n    hash_on: { header: X-User }\n"),
+        )])
+        .unwrap();
+        assert_eq!(config.clusters[0].hash_on, HashOn::Header("x-user".into()));
+        let config = load(&[("a.yaml", &cluster_file("    load_balancing: ring_hash\n"))]).unwrap();
+        assert_eq!(config.clusters[0].hash_on, HashOn::ClientIp);
+        for (fields, error) in [
+            (
+                "    hash_on: client_ip\n",
+                "clusters[0].hash_on: only `load_balancing: ring_hash`",
+            ),
+            (
+                "    load_balancing: ring_hash\n    hash_on: { cookie: 'a;b' }\n",
+                "hash_on.cookie: invalid cookie name",
+            ),
+            (
+                "    load_balancing: ring_hash\n    hash_on: { header: 'x y' }\n",
+                "hash_on.header: invalid header name",
+            ),
+        ] {
+            let errors = load(&[("a.yaml", &cluster_file(fields))])
+                .unwrap_err()
+                .to_string();
+            assert!(errors.contains(error), "{fields}: {errors}");
+        }
+    }
+
+    #[test]
+    fn substitutions_turn_groups_into_the_regex_crate_syntax() {
+        assert_eq!(
+            substitution_to_replacement(r"\2/instance/\1"),
+            "${2}/instance/${1}"
+        );
+        assert_eq!(substitution_to_replacement(r"\0-\\-$1"), "${0}-\\-$$1");
+        assert_eq!(substitution_to_replacement(r"/plain\"), "/plain\\");
+        assert_eq!(
+            substitution_groups(r"\2/x/\1\\3").collect::<Vec<_>>(),
+            [2, 1]
+        );
+    }
+
     #[test]
     fn a_minimal_folder_is_valid() {
         let config = load(&[(

@@ -244,3 +244,36 @@ fn record(cluster: &Cluster, endpoint: &Endpoint, settings: &ActiveHealthSetting
         tracing::warn!(cluster = %cluster.name, endpoint = %endpoint.address, path = %settings.path, "active health checks: endpoint unhealthy");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LoadBalancing;
+    use crate::upstream::tests::{checked_health, config_with};
+
+    #[test]
+    fn the_first_answer_decides_then_the_thresholds_do() {
+        let config = config_with(2, LoadBalancing::RoundRobin, 100, checked_health());
+        let cluster = Cluster::new(&config, None).unwrap();
+        let settings = cluster.health.active.clone().unwrap();
+        let (up, down) = (&cluster.endpoints[0], &cluster.endpoints[1]);
+        record(&cluster, up, &settings, true);
+        record(&cluster, down, &settings, false);
+        assert!(up.active.is_healthy() && !up.active.is_unchecked());
+        assert!(!down.active.is_healthy() && !down.active.is_unchecked());
+
+        // unhealthy_threshold 3: two failures keep it, the third takes it out; a success
+        // in between starts the count again.
+        for success in [false, false, true, false, false] {
+            record(&cluster, up, &settings, success);
+            assert!(up.active.is_healthy());
+        }
+        record(&cluster, up, &settings, false);
+        assert!(!up.active.is_healthy());
+        // healthy_threshold 2.
+        record(&cluster, up, &settings, true);
+        assert!(!up.active.is_healthy());
+        record(&cluster, up, &settings, true);
+        assert!(up.active.is_healthy());
+    }
+}

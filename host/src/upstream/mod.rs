@@ -428,7 +428,11 @@ mod tests {
     use crate::config::{ClusterLimits, Endpoint as EndpointConfig, Origin};
     use std::time::Duration;
 
-    fn health(failures: u32, max_ejection_percent: u32, panic_threshold: u32) -> HealthSettings {
+    pub(super) fn health(
+        failures: u32,
+        max_ejection_percent: u32,
+        panic_threshold: u32,
+    ) -> HealthSettings {
         HealthSettings {
             consecutive_failures: failures,
             ejection_time: Duration::from_secs(30),
@@ -454,7 +458,17 @@ mod tests {
         max_requests: usize,
         health: HealthSettings,
     ) -> Arc<Cluster> {
-        let config = config::Cluster {
+        let config = config_with(endpoints, lb, max_requests, health);
+        Arc::new(Cluster::new(&config, None).unwrap())
+    }
+
+    pub(super) fn config_with(
+        endpoints: usize,
+        lb: LoadBalancing,
+        max_requests: usize,
+        health: HealthSettings,
+    ) -> config::Cluster {
+        config::Cluster {
             name: "c".into(),
             endpoints: (0..endpoints)
                 .map(|i| EndpointConfig {
@@ -476,8 +490,96 @@ mod tests {
                 idle_timeout: Duration::from_secs(1),
             },
             origin: Origin::default(),
-        };
-        Arc::new(Cluster::new(&config, None).unwrap())
+        }
+    }
+
+    pub(super) fn checked_health() -> HealthSettings {
+        let mut checked = health(5, 50, 0);
+        checked.active = Some(crate::config::ActiveHealthSettings {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        });
+        checked
+    }
+
+    fn set_active_health(cluster: &Cluster, endpoint: usize, healthy: bool) {
+        let state = &cluster.endpoints[endpoint].active;
+        state.healthy.store(healthy, Ordering::Relaxed);
+        state.unchecked.store(false, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn ring_hash_keeps_a_key_and_walks_past_unhealthy_endpoints() {
+        let cluster = cluster(3, LoadBalancing::RingHash, 5, 100);
+        let all = [0, 1, 2];
+        let hash = hash_key(b"alice");
+        let pick =
+            |candidates: &[usize]| cluster.pick(candidates, Some(hash)).unwrap().endpoint.index;
+        let owner = pick(&all);
+        assert!((0..20).all(|_| pick(&all) == owner));
+        set_active_health(&cluster, owner, false);
+        let stand_in = pick(&all);
+        assert_ne!(stand_in, owner);
+        assert!((0..20).all(|_| pick(&all) == stand_in));
+        // A subset without the owner gets the same stand-in.
+        let others: Vec<usize> = all.iter().copied().filter(|i| *i != owner).collect();
+        set_active_health(&cluster, owner, true);
+        assert_eq!(pick(&others), stand_in);
+        assert_eq!(pick(&all), owner);
+        // No key: round robin.
+        let mut seen: Vec<usize> = (0..3)
+            .map(|_| cluster.pick(&all, None).unwrap().endpoint.index)
+            .collect();
+        seen.sort();
+        assert_eq!(seen, all);
+    }
+
+    #[test]
+    fn active_checks_and_ejection_both_count_for_the_panic_threshold() {
+        let cluster = cluster_with(4, LoadBalancing::RoundRobin, 100, health(1, 100, 50));
+        let all = [0, 1, 2, 3];
+        set_active_health(&cluster, 0, false);
+        fail(&cluster, 1, Outcome::ConnectFailure, 1);
+        for _ in 0..20 {
+            let picked = cluster.pick(&all, None).unwrap().endpoint.index;
+            assert!([2, 3].contains(&picked), "{picked}");
+        }
+        // Three of four out, one by each kind of check: in panic, all serve again.
+        set_active_health(&cluster, 2, false);
+        let mut seen: Vec<usize> = (0..40)
+            .map(|_| cluster.pick(&all, None).unwrap().endpoint.index)
+            .collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen, all);
+    }
+
+    #[test]
+    fn endpoints_start_unhealthy_under_active_checks_and_keep_their_state_when_rebuilt() {
+        let config = config_with(2, LoadBalancing::RoundRobin, 100, checked_health());
+        let first = Cluster::new(&config, None).unwrap();
+        assert!(first
+            .endpoints
+            .iter()
+            .all(|e| e.active.is_unchecked() && !e.active.is_healthy()));
+        set_active_health(&first, 1, true);
+        let rebuilt = Cluster::new(&config, Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(
+            &rebuilt.endpoints[1].active,
+            &first.endpoints[1].active
+        ));
+        assert!(rebuilt.endpoints[1].active.is_healthy());
+        assert!(rebuilt.endpoints[0].active.is_unchecked());
+        // Without active checks an endpoint is healthy, and nothing is carried over.
+        let unchecked = config_with(2, LoadBalancing::RoundRobin, 100, health(5, 50, 0));
+        let plain = Cluster::new(&unchecked, Some(&first)).unwrap();
+        assert!(plain
+            .endpoints
+            .iter()
+            .all(|e| e.active.is_healthy() && !e.active.is_unchecked()));
     }
 
     #[test]
