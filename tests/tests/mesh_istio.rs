@@ -695,7 +695,7 @@ metadata: { name: web }
 spec:
   host: web.shop.svc.cluster.local
   trafficPolicy:
-    loadBalancer: { consistentHash: { httpHeaderName: x-user } }
+    loadBalancer: { consistentHash: { httpQueryParameterName: user } }
 ---
 apiVersion: extensions.istio.io/v1alpha1
 kind: WasmPlugin
@@ -747,6 +747,67 @@ fn import_names_the_fields_it_cannot_carry_over() {
         clusters.contains("load_balancing: least_request"),
         "{clusters}"
     );
+}
+
+/// An export's consistent hash and regex rewrite as the import reads them back.
+#[test]
+fn import_reads_consistent_hashing_and_regex_rewrites() {
+    let mut policies = PolicyDir::new();
+    policies.write(
+        "policies.yaml",
+        r#"
+listeners:
+  - { name: web, address: 127.0.0.1:18084 }
+clusters:
+  - name: sessions
+    load_balancing: ring_hash
+    hash_on: { cookie: session }
+    endpoints: [{ address: 127.0.0.1:19031 }]
+virtual_hosts:
+  - name: all
+    domains: ['*']
+    routes:
+      - name: services
+        match: { path: { prefix: /service/ } }
+        forward:
+          cluster: sessions
+          rewrite: { regex: { pattern: '^/service/([^/]+)(/.*)$', substitution: '\2/instance/\1' } }
+"#,
+    );
+    let exported = export(&policies.path(), Path::new("unused-plugins"), &[]);
+    assert_eq!(exported.code, Some(0), "{}", exported.stderr);
+    assert_eq!(
+        warnings(&exported.stderr),
+        Vec::<&str>::new(),
+        "{}",
+        exported.stderr
+    );
+    let (valid, report) = validate(&exported.stdout);
+    assert!(valid, "{report}");
+
+    let dir = tempfile::tempdir().expect("temp");
+    let istio = dir.path().join("istio.yaml");
+    std::fs::write(&istio, &exported.stdout).expect("write the export");
+    let out = dir.path().join("policies");
+    let imported = import(std::slice::from_ref(&istio), &out, &[]);
+    assert_eq!(imported.code, Some(0), "{}", imported.stderr);
+    assert_eq!(
+        warnings(&imported.stderr),
+        Vec::<&str>::new(),
+        "{}",
+        imported.stderr
+    );
+    let check = tollgate(&["check", "--policies", path_str(&out)]);
+    assert_eq!(check.code, Some(0), "{}{}", check.stdout, check.stderr);
+    let clusters = std::fs::read_to_string(out.join("clusters.yaml")).expect("clusters.yaml");
+    assert!(clusters.contains("load_balancing: ring_hash"), "{clusters}");
+    assert!(clusters.contains("cookie: session"), "{clusters}");
+    let routes = std::fs::read_to_string(out.join("routes.yaml")).expect("routes.yaml");
+    assert!(
+        routes.contains("pattern: ^/service/([^/]+)(/.*)$"),
+        "{routes}"
+    );
+    assert!(routes.contains(r"substitution: \2/instance/\1"), "{routes}");
 }
 
 #[test]
