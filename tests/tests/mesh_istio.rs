@@ -60,6 +60,18 @@ fn import(files: &[PathBuf], out: &Path, extra: &[&str]) -> Outcome {
     tollgate(&args)
 }
 
+/// Imports an export's text into `policies` in a new temporary folder (which lives as long
+/// as the returned handle); the import must succeed.
+fn import_exported(exported: &str) -> (tempfile::TempDir, PathBuf, Outcome) {
+    let dir = tempfile::tempdir().expect("temp");
+    let istio = dir.path().join("istio.yaml");
+    std::fs::write(&istio, exported).expect("write the export");
+    let out = dir.path().join("policies");
+    let imported = import(std::slice::from_ref(&istio), &out, &[]);
+    assert_eq!(imported.code, Some(0), "{}", imported.stderr);
+    (dir, out, imported)
+}
+
 /// The Istio resources of tests/fixtures/istio, in name order.
 fn fixture_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/istio");
@@ -785,12 +797,7 @@ virtual_hosts:
     let (valid, report) = validate(&exported.stdout);
     assert!(valid, "{report}");
 
-    let dir = tempfile::tempdir().expect("temp");
-    let istio = dir.path().join("istio.yaml");
-    std::fs::write(&istio, &exported.stdout).expect("write the export");
-    let out = dir.path().join("policies");
-    let imported = import(std::slice::from_ref(&istio), &out, &[]);
-    assert_eq!(imported.code, Some(0), "{}", imported.stderr);
+    let (_dir, out, imported) = import_exported(&exported.stdout);
     assert_eq!(
         warnings(&imported.stderr),
         Vec::<&str>::new(),
@@ -881,12 +888,7 @@ fn importing_the_demo_export_keeps_its_routes() {
     let plugins = plugins_dir(&policies);
     let exported = export(&policies.path(), &plugins, &[]);
     assert_eq!(exported.code, Some(0), "{}", exported.stderr);
-    let dir = tempfile::tempdir().expect("temp");
-    let istio = dir.path().join("istio.yaml");
-    std::fs::write(&istio, &exported.stdout).expect("write the export");
-    let out = dir.path().join("policies");
-    let imported = import(std::slice::from_ref(&istio), &out, &[]);
-    assert_eq!(imported.code, Some(0), "{}", imported.stderr);
+    let (_dir, out, imported) = import_exported(&exported.stdout);
     assert_eq!(
         warnings(&imported.stderr),
         Vec::<&str>::new(),
@@ -1018,12 +1020,7 @@ async fn the_import_of_an_export_routes_requests_as_the_original() {
     assert_eq!(exported.code, Some(0), "{}", exported.stderr);
     let listen = original.listener("web");
 
-    let dir = tempfile::tempdir().expect("temp");
-    let istio = dir.path().join("istio.yaml");
-    std::fs::write(&istio, &exported.stdout).expect("write the export");
-    let out = dir.path().join("policies");
-    let imported = import(std::slice::from_ref(&istio), &out, &[]);
-    assert_eq!(imported.code, Some(0), "{}", imported.stderr);
+    let (_dir, out, _) = import_exported(&exported.stdout);
     let mut round_trip = Scenario::new().without_public_listener();
     for name in [
         "listeners.yaml",
