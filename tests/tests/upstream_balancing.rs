@@ -1,4 +1,5 @@
-//! Active health checks (`health.active`) alone and with passive ejection, across reloads;
+//! Active health checks (`health.active`) alone, over TLS and with passive ejection, across
+//! reloads;
 //! consistent hashing (`load_balancing: ring_hash`) on a header, a cookie and the client's
 //! address, within one gateway and across two.
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 use http::StatusCode;
 use tokio::time::Instant;
 use tollgate_tests::backends::{self, Backend, Switches, HEALTH_PATH};
+use tollgate_tests::certs::CertAuthority;
 use tollgate_tests::clients::{get_request, HttpClient};
 use tollgate_tests::scenario::{Running, Scenario};
 
@@ -428,4 +430,28 @@ async fn two_gateways_map_a_key_to_the_same_endpoint() {
         placement(&second, "x-user", 50).await,
     );
     assert_eq!(one, two);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_of_a_tls_cluster_go_over_tls_and_name_its_server_name() {
+    let upstream_ca = CertAuthority::new("upstream CA");
+    let secure = backends::tls_echo("secure", &upstream_ca.server_cert(&["backend.test"])).await;
+    let gateway = Scenario::new()
+        .ca_cert("upstream-ca.crt", &upstream_ca)
+        .policy_file(
+            "policies.yaml",
+            &policies(
+                &[secure.addr()],
+                "    tls: { ca: certs/upstream-ca.crt, server_name: backend.test }\n    health: { active: { path: /healthz, interval: 100ms } }",
+            ),
+        )
+        .start()
+        .await;
+    assert_eq!(endpoint_state(&gateway, secure.addr()).await, (true, false));
+    let check = secure
+        .requests()
+        .into_iter()
+        .find(|request| request.path == HEALTH_PATH)
+        .expect("a check before ready");
+    assert_eq!(check.host, "backend.test");
 }
