@@ -1,7 +1,6 @@
 //! Active health checks (`health.active`) alone, over TLS and with passive ejection, across
-//! reloads;
-//! consistent hashing (`load_balancing: ring_hash`) on a header, a cookie and the client's
-//! address, within one gateway and across two.
+//! reloads; consistent hashing (`load_balancing: ring_hash`) on a header, a cookie and the
+//! client's address, within one gateway and across two.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
