@@ -232,6 +232,11 @@ async fn answer(request: &Request<Incoming>, state: &Targets) -> Response<Full<B
             plugins(state).to_string(),
             "application/json",
         ),
+        "/clusters" => with_type(
+            StatusCode::OK,
+            clusters(&state.gateway).to_string(),
+            "application/json",
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if state.gateway.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
@@ -246,11 +251,12 @@ async fn answer(request: &Request<Incoming>, state: &Targets) -> Response<Full<B
             registries.shared_data.render(&mut body);
             registries.metrics.render(&mut body);
             render_plugin_stats(&mut body, &state.gateway);
+            render_endpoint_health(&mut body, &state.gateway);
             with_type(StatusCode::OK, body, "text/plain; version=0.0.4")
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /healthz /readyz /config /metrics /plugins, POST /reload\n",
+            "admin endpoints: /healthz /readyz /config /metrics /plugins /clusters, POST /reload\n",
         ),
     }
 }
@@ -349,6 +355,60 @@ fn circuit_json(view: &crate::wasm::circuit::CircuitView) -> serde_json::Value {
 }
 
 /// Callback counts and time of the running plugins (the current snapshot's instances).
+/// `GET /clusters`: every endpoint of the live snapshot's clusters and whether it gets
+/// traffic: `active_healthy` (what active health checks found; true without them) and
+/// `ejected` (by passive health checking).
+fn clusters(state: &GatewayState) -> serde_json::Value {
+    let snapshot = state.snapshot();
+    let mut names: Vec<&String> = snapshot.clusters.keys().collect();
+    names.sort();
+    let clusters: Vec<serde_json::Value> = names
+        .into_iter()
+        .map(|name| {
+            let cluster = &snapshot.clusters[name];
+            let endpoints: Vec<serde_json::Value> = cluster
+                .endpoints
+                .iter()
+                .map(|endpoint| {
+                    serde_json::json!({
+                        "address": endpoint.address,
+                        "active_healthy": endpoint.active.is_healthy(),
+                        "ejected": endpoint.ejected(),
+                    })
+                })
+                .collect();
+            serde_json::json!({ "name": name, "endpoints": endpoints })
+        })
+        .collect();
+    serde_json::json!({ "clusters": clusters })
+}
+
+/// Per endpoint, a gauge for each kind of health check: 1 healthy, 0 not.
+fn render_endpoint_health(out: &mut String, state: &GatewayState) {
+    use std::fmt::Write as _;
+    let snapshot = state.snapshot();
+    let mut clusters: Vec<_> = snapshot.clusters.iter().collect();
+    clusters.sort_by(|a, b| a.0.cmp(b.0));
+    out.push_str("# HELP tollgate_upstream_endpoint_healthy Whether an endpoint is healthy (1) or not (0), by cluster, endpoint and check: `active` for active health checks, `passive` for ejection.\n");
+    out.push_str("# TYPE tollgate_upstream_endpoint_healthy gauge\n");
+    for (name, cluster) in clusters {
+        for endpoint in &cluster.endpoints {
+            for (check, healthy) in [
+                ("active", endpoint.active.is_healthy()),
+                ("passive", !endpoint.ejected()),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "tollgate_upstream_endpoint_healthy{{cluster=\"{}\",endpoint=\"{}\",check=\"{check}\"}} {}",
+                    crate::telemetry::metrics::escape(name),
+                    crate::telemetry::metrics::escape(&endpoint.address),
+                    u8::from(healthy)
+                );
+            }
+        }
+    }
+}
+
 fn render_plugin_stats(out: &mut String, state: &GatewayState) {
     use std::fmt::Write as _;
     use std::sync::atomic::Ordering;

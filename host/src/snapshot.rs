@@ -76,13 +76,19 @@ impl Snapshot {
     /// Builds everything: TLS configurations (reading certificates and keys), clusters and
     /// per-listener route tables. (Each worker keeps its own connection pools, in its thread.)
     pub fn build(config: Config, plugins_dir: &std::path::Path) -> Result<Self, ConfigErrors> {
-        Self::build_reusing(config, plugins_dir, &[], Default::default())
+        Self::build_reusing(
+            config,
+            plugins_dir,
+            &[],
+            Default::default(),
+            &HashMap::new(),
+        )
     }
 
     /// Builds the snapshot that replaces `previous`. A plugin instance whose module,
     /// configuration and settings are unchanged, while no cluster changed, is carried over
     /// with its running VMs: a reload does not retire it (no `proxy_on_done`, its buffers
-    /// and timers go on).
+    /// and timers go on). Endpoints that stay in a cluster keep their active health state.
     pub fn build_after(
         config: Config,
         plugins_dir: &std::path::Path,
@@ -97,7 +103,13 @@ impl Snapshot {
         } else {
             &[]
         };
-        Self::build_reusing(config, plugins_dir, reusable, previous.registries.clone())
+        Self::build_reusing(
+            config,
+            plugins_dir,
+            reusable,
+            previous.registries.clone(),
+            &previous.clusters,
+        )
     }
 
     fn build_reusing(
@@ -105,11 +117,13 @@ impl Snapshot {
         plugins_dir: &std::path::Path,
         reusable: &[Arc<Plugin>],
         registries: Arc<PluginRegistries>,
+        previous_clusters: &HashMap<String, Arc<Cluster>>,
     ) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         let mut clusters = HashMap::new();
         for cluster in &config.clusters {
-            match Cluster::new(cluster) {
+            let previous = previous_clusters.get(&cluster.name).map(Arc::as_ref);
+            match Cluster::new(cluster, previous) {
                 Ok(running) => {
                     clusters.insert(cluster.name.clone(), Arc::new(running));
                 }

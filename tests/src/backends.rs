@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -243,6 +243,67 @@ pub async fn flaky(name: &str, failures: usize, failure: Failure) -> Backend {
         })
     });
     spawn_http(bind_loopback().await, None, false, recorder, handler)
+}
+
+/// The path where a [`checked`] backend answers health checks.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// Switches of a [`checked`] backend: whether its health path and its other paths answer
+/// `200` (as the echo backend) or `503`. Both start healthy.
+#[derive(Clone)]
+pub struct Switches {
+    health: Arc<AtomicBool>,
+    traffic: Arc<AtomicBool>,
+}
+
+impl Switches {
+    /// `/healthz` answers 200 (`true`) or 503 (`false`).
+    pub fn set_health(&self, healthy: bool) {
+        self.health.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Every other path echoes (`true`) or answers 503 (`false`).
+    pub fn set_traffic(&self, serving: bool) {
+        self.traffic.store(serving, Ordering::SeqCst);
+    }
+}
+
+/// An echo backend with a health path ([`HEALTH_PATH`]) and [`Switches`] to make it or
+/// its traffic fail. Health checks are recorded like any request.
+pub async fn checked(name: &str) -> (Backend, Switches) {
+    checked_on(bind_loopback().await, name)
+}
+
+/// [`checked`] on a listener the test bound (to restart a stopped backend on its address).
+pub fn checked_on(listener: TcpListener, name: &str) -> (Backend, Switches) {
+    let switches = Switches {
+        health: Arc::new(AtomicBool::new(true)),
+        traffic: Arc::new(AtomicBool::new(true)),
+    };
+    let recorder = Recorder::default();
+    let echo = echo_handler(name.to_owned(), recorder.clone());
+    let (own_recorder, own_switches) = (recorder.clone(), switches.clone());
+    let handler: Handler = Arc::new(move |request| {
+        let is_check = request.uri().path() == HEALTH_PATH;
+        let switch = if is_check {
+            &own_switches.health
+        } else {
+            &own_switches.traffic
+        };
+        if !switch.load(Ordering::SeqCst) {
+            own_recorder.push(RecordedRequest::new(&request, 0));
+            return Box::pin(async {
+                Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "switched off\n"))
+            });
+        }
+        if is_check {
+            own_recorder.push(RecordedRequest::new(&request, 0));
+            return Box::pin(async { Ok(plain(StatusCode::OK, "ok\n")) });
+        }
+        echo(request)
+    });
+    let backend = spawn_http(listener, None, false, recorder, handler);
+    (backend, switches)
 }
 
 /// A gRPC-style backend speaking HTTP/2 only: answers `content-type: application/grpc`,

@@ -342,6 +342,15 @@ fn every_field_exports_to_a_valid_bootstrap_that_means_the_same() {
     for name in ["checkout", "old-docs", "moved"] {
         assert_eq!(enabled_filters(route(shop, name)), ["keys"], "{name}");
     }
+    let checkout = &route(shop, "checkout")["route"];
+    assert_eq!(
+        checkout["regex_rewrite"],
+        json!({ "pattern": { "regex": "^/(check)(out)$" }, "substitution": "/pay/\\2/\\1" })
+    );
+    assert_eq!(
+        checkout["hash_policy"],
+        json!([{ "cookie": { "name": "session" } }])
+    );
     assert_eq!(enabled_filters(route(api, "ping")), ["tagger/order-by-id"]);
     assert_eq!(enabled_filters(route(api, "api-all")), ["tagger"]);
 
@@ -488,6 +497,23 @@ fn every_field_exports_to_a_valid_bootstrap_that_means_the_same() {
     assert_eq!(
         billing["outlier_detection"]["consecutive_gateway_failure"],
         5
+    );
+    assert_eq!(billing["lb_policy"], "RING_HASH");
+    // xxHash, as Tollgate's ring: Envoy's default, so the parsed message leaves it out.
+    assert_eq!(
+        billing["ring_hash_lb_config"],
+        json!({ "minimum_ring_size": "1024" })
+    );
+    assert_eq!(
+        billing["health_checks"],
+        json!([{
+            "timeout": "2s",
+            "interval": "5s",
+            "no_traffic_interval": "5s",
+            "healthy_threshold": 1,
+            "unhealthy_threshold": 4,
+            "http_health_check": { "path": "/ready", "host": "billing.internal" },
+        }])
     );
     let upstream = &billing["transport_socket"]["typed_config"];
     assert_eq!(upstream["sni"], "billing.internal");
@@ -678,6 +704,72 @@ plugins:
         "{}",
         outcome.stderr
     );
+}
+
+#[test]
+fn ring_hash_keys_and_active_checks_export_per_cluster_and_route() {
+    let mut dir = PolicyDir::new();
+    dir.write(
+        "policies.yaml",
+        "
+listeners:
+  - { name: web, address: 127.0.0.1:18083 }
+clusters:
+  - name: by-user
+    load_balancing: ring_hash
+    hash_on: { header: X-User }
+    http2: true
+    health: { active: { path: /healthz } }
+    endpoints: [{ address: 127.0.0.1:19021 }, { address: 127.0.0.1:19022 }]
+  - name: by-client
+    load_balancing: ring_hash
+    endpoints: [{ address: 127.0.0.1:19023 }]
+virtual_hosts:
+  - name: all
+    domains: ['*']
+    routes:
+      - name: users
+        match: { path: { prefix: /users } }
+        forward: { cluster: by-user }
+      - name: rest
+        forward: { cluster: by-client }
+",
+    );
+    std::fs::create_dir_all(plugins_dir(&dir)).unwrap();
+    let (bootstrap, outcome) = exported(&dir);
+    assert!(!outcome.stderr.contains("warning"), "{}", outcome.stderr);
+    let all = virtual_host(connection_manager(listener(&bootstrap, "web")), "all");
+    assert_eq!(
+        route(all, "users")["route"]["hash_policy"],
+        json!([{ "header": { "header_name": "x-user" } }])
+    );
+    assert_eq!(
+        route(all, "rest")["route"]["hash_policy"],
+        json!([{ "connection_properties": { "source_ip": true } }])
+    );
+    let by_user = cluster(&bootstrap, "by-user");
+    assert_eq!(by_user["ring_hash_lb_config"]["minimum_ring_size"], "2048");
+    // Envoy's defaults where Tollgate has its own, the cluster's protocol, and the
+    // endpoint's address as the Host of its checks.
+    assert_eq!(
+        by_user["health_checks"],
+        json!([{
+            "timeout": "1s",
+            "interval": "10s",
+            "no_traffic_interval": "10s",
+            "healthy_threshold": 2,
+            "unhealthy_threshold": 3,
+            "http_health_check": { "path": "/healthz", "codec_client_type": "HTTP2" },
+        }])
+    );
+    let endpoint = &by_user["load_assignment"]["endpoints"][0]["lb_endpoints"][1]["endpoint"];
+    assert_eq!(
+        endpoint["health_check_config"]["hostname"],
+        "127.0.0.1:19022"
+    );
+    assert!(cluster(&bootstrap, "by-client")
+        .get("health_checks")
+        .is_none());
 }
 
 #[test]

@@ -213,6 +213,8 @@ pub struct Cluster {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
     pub load_balancing: LoadBalancing,
+    /// What `ring_hash` hashes; unused by the other policies.
+    pub hash_on: HashOn,
     pub connect_timeout: Duration,
     pub http2: bool,
     pub tls: Option<UpstreamTls>,
@@ -236,6 +238,9 @@ pub enum LoadBalancing {
     #[default]
     RoundRobin,
     LeastRequest,
+    /// Consistent hashing on a ring of endpoint points: a key keeps its endpoint while
+    /// the endpoint serves.
+    RingHash,
 }
 
 impl LoadBalancing {
@@ -244,8 +249,21 @@ impl LoadBalancing {
         match self {
             Self::RoundRobin => "round_robin",
             Self::LeastRequest => "least_request",
+            Self::RingHash => "ring_hash",
         }
     }
+}
+
+/// The request property `ring_hash` hashes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// The value of this header (lower-case name).
+    Header(String),
+    /// The value of this cookie.
+    Cookie(String),
+    /// The client's IP address (the connection's peer).
+    #[default]
+    ClientIp,
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +281,21 @@ pub struct HealthSettings {
     /// Percent of healthy endpoints below which every endpoint gets traffic again.
     pub panic_threshold: u32,
     pub eject_on: EjectOn,
+    /// Active health checks; `None`: endpoints are only judged by their answers to requests.
+    pub active: Option<ActiveHealthSettings>,
+}
+
+/// Active health checking: a `GET path` to every endpoint each `interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveHealthSettings {
+    pub path: String,
+    pub interval: Duration,
+    /// A check without a 2xx answer within it fails.
+    pub timeout: Duration,
+    /// Consecutive successes that make an unhealthy endpoint healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy endpoint unhealthy.
+    pub unhealthy_threshold: u32,
 }
 
 /// What counts as an endpoint failure for outlier ejection.
@@ -357,10 +390,21 @@ pub struct Forward {
     pub rewrite_prefix: Option<String>,
     /// The route's `match.path.prefix`, which `rewrite_prefix` replaces.
     pub matched_prefix: Option<String>,
+    pub rewrite_regex: Option<RegexRewrite>,
     pub rewrite_host: Option<String>,
     pub timeout: Duration,
     pub retries: Option<RetryPolicy>,
     pub mirror: Option<Mirror>,
+}
+
+/// `rewrite.regex`: every match of `pattern` in the path (without the query) is replaced.
+#[derive(Debug, Clone)]
+pub struct RegexRewrite {
+    pub pattern: Regex,
+    /// The substitution as written, groups as `\1`.
+    pub substitution: String,
+    /// The same in the `regex` crate's syntax (`${1}`, a literal `$` doubled).
+    pub replacement: String,
 }
 
 #[derive(Debug, Clone)]

@@ -547,6 +547,12 @@ impl<'a> Exporter<'a> {
             if let Some(prefix) = &rewrite.prefix {
                 settings.insert("uri".into(), json!(prefix));
             }
+            if let Some(regex) = &rewrite.regex {
+                settings.insert(
+                    "uriRegexRewrite".into(),
+                    json!({ "match": regex.pattern, "rewrite": regex.substitution }),
+                );
+            }
             if let Some(host) = &rewrite.host {
                 settings.insert("authority".into(), json!(host));
             }
@@ -638,11 +644,27 @@ impl<'a> Exporter<'a> {
                 model::EjectOn::GatewayErrors => "consecutiveGatewayErrors",
                 model::EjectOn::Any5xx => "consecutive5xxErrors",
             };
+            let load_balancer = match cluster.load_balancing {
+                model::LoadBalancing::RoundRobin => json!({ "simple": "ROUND_ROBIN" }),
+                model::LoadBalancing::LeastRequest => json!({ "simple": "LEAST_REQUEST" }),
+                model::LoadBalancing::RingHash => {
+                    let mut hash = match &cluster.hash_on {
+                        model::HashOn::Header(name) => json!({ "httpHeaderName": name }),
+                        model::HashOn::Cookie(name) => json!({ "httpCookie": { "name": name } }),
+                        model::HashOn::ClientIp => json!({ "useSourceIp": true }),
+                    };
+                    hash["ringHash"] = json!({ "minimumRingSize": 1024 });
+                    json!({ "consistentHash": hash })
+                }
+            };
+            if health.active.is_some() {
+                self.lose(
+                    format!("{at}.health.active"),
+                    "Istio has no active health checks; endpoints are judged by outlier detection only",
+                );
+            }
             let mut policy = json!({
-                "loadBalancer": { "simple": match cluster.load_balancing {
-                    model::LoadBalancing::RoundRobin => "ROUND_ROBIN",
-                    model::LoadBalancing::LeastRequest => "LEAST_REQUEST",
-                } },
+                "loadBalancer": load_balancer,
                 "connectionPool": {
                     "tcp": { "connectTimeout": istio_duration(cluster.connect_timeout) },
                     "http": {

@@ -1,6 +1,7 @@
 //! The `forward` action: from the downstream request to an upstream endpoint and back, with
 //! rewrites, weighted splits, timeouts, retries, mirroring and upgrade tunnels.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +15,12 @@ use super::refusal::Refusal;
 use super::{headers, AccessRecord, Downstream, RequestLimits, ResponseBody};
 use crate::body::{caused_by, BodyReadTimeout, MalformedBody};
 use crate::config::EscapedSlashesAction;
-use crate::config::{Forward, Normalization, RetryConditions};
+use crate::config::{Forward, HashOn, Normalization, RegexRewrite, RetryConditions};
 use crate::routing::normalize::{self, Rejection};
 use crate::snapshot::{ResolvedForward, Target};
 use crate::telemetry::metrics::metrics;
 use crate::upstream::{
-    BoxError, Cluster, Outcome, PickError, PooledBody, UpstreamBody, UpstreamError,
+    hash_key, BoxError, Cluster, Outcome, PickError, PooledBody, UpstreamBody, UpstreamError,
 };
 
 /// Bodies up to this size are buffered when a retry or a mirror may need to send them again.
@@ -125,7 +126,17 @@ pub(super) async fn forward(
         }
     }
 
-    match send_with_retries(target, &mut outgoing, &mut body, forward, resolved, record).await {
+    let hash = request_hash(&target.cluster, &outgoing.headers, downstream.remote.ip());
+    let sent = send_with_retries(
+        target,
+        &mut outgoing,
+        &mut body,
+        hash,
+        forward,
+        resolved,
+        record,
+    );
+    match sent.await {
         Ok(response) => Ok(downstream_response(response, downstream_upgrade)),
         Err(error) => {
             tracing::debug!(route = %resolved.route, cluster = %target.cluster.name, ?error, "upstream request failed");
@@ -135,6 +146,33 @@ pub(super) async fn forward(
             }
             Err(refusal)
         }
+    }
+}
+
+/// The key `ring_hash` places the request by, hashed: the `hash_on` header's value (the
+/// first one), the cookie's or the client's IP address. `None` when the cluster does not
+/// hash or the request lacks the header or cookie: the cluster then picks round robin.
+fn request_hash(cluster: &Cluster, headers: &HeaderMap, client_ip: IpAddr) -> Option<u64> {
+    if !cluster.hashes() {
+        return None;
+    }
+    match &cluster.hash_on {
+        HashOn::Header(name) => headers
+            .get(name.as_str())
+            .map(|value| hash_key(value.as_bytes())),
+        HashOn::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(cookie, _)| cookie == name)
+            .map(|(_, value)| hash_key(value.as_bytes())),
+        // The address's bytes: no text to build for each request.
+        HashOn::ClientIp => Some(match client_ip.to_canonical() {
+            IpAddr::V4(v4) => hash_key(&v4.octets()),
+            IpAddr::V6(v6) => hash_key(&v6.octets()),
+        }),
     }
 }
 
@@ -205,6 +243,7 @@ async fn send_with_retries(
     target: &Target,
     outgoing: &mut Outgoing,
     body: &mut RequestBody,
+    hash: Option<u64>,
     forward: &Forward,
     resolved: &ResolvedForward,
     record: &mut AccessRecord,
@@ -242,8 +281,8 @@ async fn send_with_retries(
             outgoing.headers.clone()
         };
         let result = try_once(
-            &target.cluster,
-            &target.endpoints,
+            target,
+            hash,
             outgoing,
             headers,
             body.take(),
@@ -296,17 +335,21 @@ fn downstream_response(
     })
 }
 
-/// One try: pick an endpoint, send, and wait for the response headers until `deadline`.
+/// One try: pick an endpoint of the target (by `hash` under `ring_hash`), send, and wait for
+/// the response headers until `deadline`.
 async fn try_once(
-    cluster: &Arc<Cluster>,
-    endpoints: &[usize],
+    target: &Target,
+    hash: Option<u64>,
     outgoing: &Outgoing,
     headers: HeaderMap,
     body: Option<UpstreamBody>,
     deadline: Instant,
     record: &mut AccessRecord,
 ) -> Result<Response<PooledBody>, TryError> {
-    let guard = cluster.pick(endpoints).map_err(TryError::NoEndpoint)?;
+    let cluster = &target.cluster;
+    let guard = cluster
+        .pick(&target.endpoints, hash)
+        .map_err(TryError::NoEndpoint)?;
     record.upstream = Some(guard.endpoint.clone());
     let mut request =
         Request::new(body.unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()));
@@ -426,6 +469,11 @@ fn request_unsent(error: &UpstreamError) -> bool {
 
 /// The upstream request target (origin form): the downstream one as it is, or rewritten.
 fn upstream_uri(uri: &Uri, forward: &Forward) -> Result<Uri, Rejection> {
+    if let Some(rewrite) = &forward.rewrite_regex {
+        return regex_rewrite_path(uri, rewrite)?
+            .parse()
+            .map_err(|_| Rejection::InvalidPath);
+    }
     if forward.rewrite_prefix.is_none() || forward.matched_prefix.is_none() {
         if let Some(path_and_query) = uri.path_and_query() {
             return Ok(Uri::from(path_and_query.clone()));
@@ -458,6 +506,22 @@ fn rewrite_path(uri: &Uri, forward: &Forward) -> Result<String, Rejection> {
         _ => path.to_string(),
     };
     Ok(format!("{path}{query}"))
+}
+
+/// The upstream path and query under `rewrite.regex`: every match of the pattern in the
+/// path (not the query) replaced, the query kept. A result that is not an absolute path is
+/// refused.
+fn regex_rewrite_path(uri: &Uri, rewrite: &RegexRewrite) -> Result<String, Rejection> {
+    let path = rewrite
+        .pattern
+        .replace_all(uri.path(), rewrite.replacement.as_str());
+    if !path.starts_with('/') {
+        return Err(Rejection::InvalidPath);
+    }
+    Ok(match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.into_owned(),
+    })
 }
 
 /// `rest` as a path of its own (with a leading `/`), its dot segments removed.
@@ -523,7 +587,7 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 /// mirroring does: the host gets a `-shadow` suffix and the answer is discarded.
 fn send_mirror(cluster: Arc<Cluster>, outgoing: &Outgoing, host: &str, body: Bytes) {
     let all: Vec<usize> = (0..cluster.endpoints.len()).collect();
-    let Ok(guard) = cluster.pick(&all) else {
+    let Ok(guard) = cluster.pick(&all, None) else {
         return;
     };
     let mut request = Request::new(full(body));
@@ -600,6 +664,7 @@ mod tests {
         Forward {
             matched_prefix: Some(matched.into()),
             rewrite_prefix: Some(replacement.into()),
+            rewrite_regex: None,
             targets: Vec::new(),
             is_split: false,
             rewrite_host: None,
@@ -677,7 +742,7 @@ mod tests {
                 respond.send_reset(reason);
             }
         });
-        let cluster = Arc::new(Cluster::new(&h2_cluster(address)).unwrap());
+        let cluster = Arc::new(Cluster::new(&h2_cluster(address), None).unwrap());
         let request = Request::post("/orders")
             .body(full(Bytes::from_static(b"order=1")))
             .unwrap();
@@ -700,6 +765,7 @@ mod tests {
                 labels: Default::default(),
             }],
             load_balancing: Default::default(),
+            hash_on: Default::default(),
             connect_timeout: Duration::from_secs(1),
             http2: true,
             tls: None,
@@ -709,6 +775,7 @@ mod tests {
                 max_ejection_percent: 50,
                 panic_threshold: 0,
                 eject_on: Default::default(),
+                active: None,
             },
             limits: crate::config::ClusterLimits {
                 max_requests: 100,

@@ -27,6 +27,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::metrics;
+use crate::upstream::health::{self, HealthChecker};
 use crate::wasm::plugin::Plugin;
 
 /// Plugin instances a swap removed, for every worker to retire its VMs of them by
@@ -56,13 +57,21 @@ pub struct GatewayState {
     retirements: tokio::sync::broadcast::Sender<Retirement>,
     /// When the drain ends; set once, when it starts.
     drain_deadline: OnceLock<Instant>,
+    /// The active health checks of the live snapshot's clusters.
+    health_checker: HealthChecker,
 }
 
 impl GatewayState {
-    /// Starts the snapshot's singleton plugins: they run before anything is served.
+    /// Starts the snapshot's singleton plugins: they run before anything is served. Endpoints
+    /// with active health checks are checked once first, so that those that answer get
+    /// traffic from the first request on.
     pub fn new(snapshot: Snapshot) -> Self {
         crate::wasm::singleton::launch(&snapshot.plugins);
+        health::check_new_endpoints(snapshot.clusters.values());
+        let health_checker = HealthChecker::start();
+        health_checker.follow(snapshot.clusters.values());
         Self {
+            health_checker,
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -81,12 +90,15 @@ impl GatewayState {
     /// Replaces the snapshot; requests in flight keep the one they started with. Plugin
     /// instances the new snapshot no longer has are retired by every worker, in the
     /// background, within the new snapshot's drain timeout. The new snapshot's singletons
-    /// run before the swap, so that one replacing another overlaps it instead of leaving a gap.
+    /// run before the swap, so that one replacing another overlaps it instead of leaving a gap;
+    /// for the same reason, endpoints new to active health checks are checked before it.
     pub fn swap_snapshot(&self, snapshot: Snapshot) {
         let deadline = Instant::now() + snapshot.config.server.drain_timeout;
         crate::wasm::singleton::launch(&snapshot.plugins);
+        health::check_new_endpoints(snapshot.clusters.values());
         let new = Arc::new(snapshot);
         let old = self.snapshot.swap(new.clone());
+        self.health_checker.follow(new.clusters.values());
         let retired: Arc<[Arc<Plugin>]> = old
             .plugins
             .iter()

@@ -403,7 +403,7 @@ fn render_by_listener<V>(
 }
 
 /// Escapes a label value for the text format.
-fn escape(value: &str) -> String {
+pub(crate) fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

@@ -666,6 +666,7 @@ mod tests {
                 labels: Default::default(),
             }],
             load_balancing: Default::default(),
+            hash_on: Default::default(),
             connect_timeout: Duration::from_secs(1),
             http2,
             tls: None,
@@ -675,6 +676,7 @@ mod tests {
                 max_ejection_percent: 50,
                 panic_threshold: 0,
                 eject_on: Default::default(),
+                active: None,
             },
             limits: ClusterLimits {
                 max_requests: 100,
@@ -683,7 +685,7 @@ mod tests {
             },
             origin: Default::default(),
         };
-        Arc::new(Cluster::new(&config).unwrap())
+        Arc::new(Cluster::new(&config, None).unwrap())
     }
 
     async fn get(cluster: &Arc<Cluster>) -> Response<PooledBody> {

@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 
 use super::sources::{field, Sources};
 use super::{duration, file_source, socket_address, typed, Losses};
-use crate::config::{Action, Cluster, Config, EjectOn, LoadBalancing};
+use crate::config::{Action, ActiveHealthSettings, Cluster, Config, EjectOn, LoadBalancing};
+use crate::upstream::POINTS_PER_ENDPOINT;
 
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const UPSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
@@ -45,6 +46,7 @@ pub(super) fn clusters(config: &Config, sources: &Sources, losses: &mut Losses) 
                 "lb_policy": match cluster.load_balancing {
                     LoadBalancing::RoundRobin => "ROUND_ROBIN",
                     LoadBalancing::LeastRequest => "LEAST_REQUEST",
+                    LoadBalancing::RingHash => "RING_HASH",
                 },
                 "load_assignment": load_assignment(cluster),
                 "typed_extension_protocol_options": {
@@ -56,6 +58,15 @@ pub(super) fn clusters(config: &Config, sources: &Sources, losses: &mut Losses) 
                 },
                 "circuit_breakers": circuit_breakers(cluster),
             });
+            if cluster.load_balancing == LoadBalancing::RingHash {
+                value["ring_hash_lb_config"] = json!({
+                    "minimum_ring_size": POINTS_PER_ENDPOINT * cluster.endpoints.len(),
+                    "hash_function": "XX_HASH",
+                });
+            }
+            if let Some(active) = &cluster.health.active {
+                value["health_checks"] = json!([health_check(cluster, active)]);
+            }
             if let Some(keys) = subsets.get(cluster.name.as_str()) {
                 value["lb_subset_config"] = json!({
                     "fallback_policy": "NO_FALLBACK",
@@ -89,6 +100,31 @@ fn subset_keys(config: &Config) -> BTreeMap<&str, BTreeSet<Vec<&str>>> {
     keys
 }
 
+/// `health.active`. Envoy checks a cluster without traffic only each `no_traffic_interval`
+/// (60 s by default); Tollgate checks at `interval` whatever the traffic. The `Host` of a
+/// check is the TLS server name, else the endpoint's address (its `hostname`).
+fn health_check(cluster: &Cluster, active: &ActiveHealthSettings) -> Value {
+    let mut http = json!({ "path": active.path });
+    if let Some(server_name) = cluster
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.server_name.as_ref())
+    {
+        http["host"] = json!(server_name);
+    }
+    if cluster.http2 {
+        http["codec_client_type"] = json!("HTTP2");
+    }
+    json!({
+        "timeout": duration(active.timeout),
+        "interval": duration(active.interval),
+        "no_traffic_interval": duration(active.interval),
+        "healthy_threshold": active.healthy_threshold,
+        "unhealthy_threshold": active.unhealthy_threshold,
+        "http_health_check": http,
+    })
+}
+
 fn load_assignment(cluster: &Cluster) -> Value {
     let endpoints: Vec<Value> = cluster
         .endpoints
@@ -97,6 +133,9 @@ fn load_assignment(cluster: &Cluster) -> Value {
             let mut value = json!({
                 "endpoint": { "address": socket_address(&endpoint.host, endpoint.port) },
             });
+            if cluster.health.active.is_some() {
+                value["endpoint"]["health_check_config"] = json!({ "hostname": endpoint.address });
+            }
             if !endpoint.labels.is_empty() {
                 value["metadata"] = json!({ "filter_metadata": { "envoy.lb": endpoint.labels } });
             }
