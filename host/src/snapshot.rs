@@ -76,7 +76,7 @@ impl Snapshot {
     /// Builds everything: TLS configurations (reading certificates and keys), clusters and
     /// per-listener route tables. (Each worker keeps its own connection pools, in its thread.)
     pub fn build(config: Config, plugins_dir: &std::path::Path) -> Result<Self, ConfigErrors> {
-        Self::build_reusing(config, plugins_dir, &[], Default::default())
+        Self::build_reusing(config, plugins_dir, None, Default::default())
     }
 
     /// Builds the snapshot that replaces `previous`. A plugin instance whose module,
@@ -88,22 +88,18 @@ impl Snapshot {
         plugins_dir: &std::path::Path,
         previous: &Snapshot,
     ) -> Result<Self, ConfigErrors> {
-        // The cluster model has no equality; its debug form lists every field. A plugin's
-        // callouts go through the clusters it was built with, so any change rebuilds it.
-        let clusters_unchanged =
-            format!("{:?}", config.clusters) == format!("{:?}", previous.config.clusters);
-        let reusable: &[Arc<Plugin>] = if clusters_unchanged {
-            &previous.plugins
-        } else {
-            &[]
-        };
-        Self::build_reusing(config, plugins_dir, reusable, previous.registries.clone())
+        Self::build_reusing(
+            config,
+            plugins_dir,
+            Some(previous),
+            previous.registries.clone(),
+        )
     }
 
     fn build_reusing(
         config: Config,
         plugins_dir: &std::path::Path,
-        reusable: &[Arc<Plugin>],
+        previous: Option<&Snapshot>,
         registries: Arc<PluginRegistries>,
     ) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
@@ -116,6 +112,10 @@ impl Snapshot {
                 Err(error) => errors.push(error),
             }
         }
+        let reusable: &[Arc<Plugin>] = match previous {
+            Some(previous) if clusters_unchanged(&config, &clusters, previous) => &previous.plugins,
+            _ => &[],
+        };
         let virtual_hosts: Vec<Arc<config::VirtualHost>> =
             config.virtual_hosts.iter().cloned().map(Arc::new).collect();
         let mut listeners = HashMap::new();
@@ -216,6 +216,24 @@ impl Snapshot {
             registries,
         })
     }
+}
+
+/// Whether the clusters are those `previous` was built with: a plugin's callouts go through
+/// the clusters it was built with, so any change rebuilds it, a rotated TLS file (the same
+/// path, other certificates) included.
+fn clusters_unchanged(
+    config: &Config,
+    clusters: &HashMap<String, Arc<Cluster>>,
+    previous: &Snapshot,
+) -> bool {
+    // The cluster model has no equality; its debug form lists every field.
+    format!("{:?}", config.clusters) == format!("{:?}", previous.config.clusters)
+        && clusters.iter().all(|(name, cluster)| {
+            previous
+                .clusters
+                .get(name)
+                .is_some_and(|before| cluster.same_tls_files(before))
+        })
 }
 
 /// Validates a policy folder completely — parsing, references, certificates and keys —
