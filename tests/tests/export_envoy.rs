@@ -498,6 +498,36 @@ fn every_field_exports_to_a_valid_bootstrap_that_means_the_same() {
             .ends_with("certs/upstream-ca.crt")
     );
 
+    // Mutual TLS: the client certificate, and the expected names by their kind in place of
+    // the server name.
+    let inventory = &cluster(&bootstrap, "inventory")["transport_socket"]["typed_config"];
+    let common = &inventory["common_tls_context"];
+    let chain = common["tls_certificates"][0]["certificate_chain"]["filename"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        std::path::Path::new(chain),
+        dir.path().join("certs/gateway-workload.crt")
+    );
+    let key = common["tls_certificates"][0]["private_key"]["filename"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        std::path::Path::new(key),
+        dir.path().join("certs/gateway-workload.key")
+    );
+    assert_eq!(
+        common["validation_context"]["match_typed_subject_alt_names"],
+        json!([
+            { "san_type": "URI", "matcher": { "exact": "spiffe://cluster.local/ns/shop/sa/inventory" } },
+            { "san_type": "DNS", "matcher": { "exact": "inventory.every.test" } },
+        ])
+    );
+    assert!(common["validation_context"]["trusted_ca"]["filename"]
+        .as_str()
+        .unwrap()
+        .ends_with("certs/mesh-ca.crt"));
+
     // What Envoy cannot express is named, file and field, on stderr.
     for field in [
         "server.yaml: server.drain_timeout",

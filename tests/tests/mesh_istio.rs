@@ -434,6 +434,28 @@ fn every_field_export_is_valid_istio_and_names_each_loss() {
     assert_eq!(billing_rule["tls"]["credentialName"], "upstream-ca");
     assert_eq!(billing_rule["tls"]["sni"], "billing.internal");
     assert_eq!(found["ServiceEntry billing"]["spec"]["resolution"], "DNS");
+    // Mutual TLS to a STRICT sidecar: the workload certificate's files and the identities
+    // expected of the endpoints.
+    let inventory_tls = &found["DestinationRule inventory"]["spec"]["trafficPolicy"]["tls"];
+    assert_eq!(inventory_tls["mode"], "MUTUAL");
+    let file = |field: &str| {
+        inventory_tls[field]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(file("clientCertificate").ends_with("certs/gateway-workload.crt"));
+    assert!(file("privateKey").ends_with("certs/gateway-workload.key"));
+    assert!(file("caCertificates").ends_with("certs/mesh-ca.crt"));
+    assert!(inventory_tls.get("credentialName").is_none());
+    assert_eq!(
+        inventory_tls["subjectAltNames"],
+        // (`documents` sorts lists.)
+        serde_json::json!([
+            "inventory.every.test",
+            "spiffe://cluster.local/ns/shop/sa/inventory"
+        ])
+    );
     assert!(!found.contains_key("WasmPlugin heartbeat"));
 
     let mut expected: Vec<String> = [
