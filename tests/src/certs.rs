@@ -110,6 +110,35 @@ impl CertAuthority {
         self.sign(params)
     }
 
+    /// A workload certificate as a service mesh issues it: subject `CN=common_name`, the
+    /// SPIFFE id as its URI subject alternative name (and `dns_names`, if any), good for
+    /// both ends of mutual TLS.
+    pub fn workload_cert(
+        &self,
+        common_name: &str,
+        spiffe_id: &str,
+        dns_names: &[&str],
+    ) -> IssuedCert {
+        let mut params = CertificateParams::new(
+            dns_names
+                .iter()
+                .map(|name| name.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .expect("valid DNS names");
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            rcgen::Ia5String::try_from(spiffe_id).expect("an ASCII URI"),
+        ));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign(params)
+    }
+
     /// Writes the CA certificate as `DIR/FILE_NAME` and returns its path.
     pub fn write(&self, dir: &Path, file_name: &str) -> PathBuf {
         let path = dir.join(file_name);

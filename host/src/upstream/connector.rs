@@ -100,6 +100,13 @@ fn describe_tls_error(error: &rustls::Error) -> String {
         rustls::Error::AlertReceived(alert) => {
             format!("the upstream refused the TLS handshake ({alert:?})")
         }
+        // rustls shows a verifier's own error in its debug form.
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+            format!("invalid upstream certificate: {}", other.0)
+        }
+        rustls::Error::InvalidCertificate(error) => {
+            format!("invalid upstream certificate: {error}")
+        }
         other => other.to_string(),
     }
 }
