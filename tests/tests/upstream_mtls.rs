@@ -235,8 +235,13 @@ async fn a_rotated_client_certificate_is_presented_on_the_next_connection() {
     assert_ok(&first, "before the rotation");
     assert_eq!(first.header("x-client-subject"), Some("CN=tollgate"));
 
-    // Requests keep flowing while the files change; every one must succeed.
+    // Requests keep flowing while the files change; every one must succeed, the one that
+    // is in flight across the rotation too.
     let running = Arc::new(running);
+    let in_flight = {
+        let running = running.clone();
+        tokio::spawn(async move { running.get("/slow?delay_ms=1500").await })
+    };
     let rotated = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for _ in 0..2 {
@@ -276,6 +281,8 @@ async fn a_rotated_client_certificate_is_presented_on_the_next_connection() {
         "the new certificate is presented within 10 s; log:\n{}",
         running.gateway().log()
     );
+    let slow = in_flight.await.unwrap();
+    assert_ok(&slow, "the request in flight during the rotation");
     for client in clients {
         let answers = client.await.unwrap();
         assert!(!answers.is_empty());
