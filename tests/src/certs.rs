@@ -88,18 +88,7 @@ impl CertAuthority {
         dns_names: &[&str],
         uris: &[&str],
     ) -> IssuedCert {
-        let mut params = CertificateParams::new(
-            dns_names
-                .iter()
-                .map(|name| name.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .expect("valid DNS names");
-        for uri in uris {
-            params.subject_alt_names.push(rcgen::SanType::URI(
-                rcgen::Ia5String::try_from(*uri).expect("an ASCII URI"),
-            ));
-        }
+        let mut params = named_params(dns_names, uris);
         params
             .distinguished_name
             .push(DnType::OrganizationName, organization);
@@ -119,16 +108,7 @@ impl CertAuthority {
         spiffe_id: &str,
         dns_names: &[&str],
     ) -> IssuedCert {
-        let mut params = CertificateParams::new(
-            dns_names
-                .iter()
-                .map(|name| name.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .expect("valid DNS names");
-        params.subject_alt_names.push(rcgen::SanType::URI(
-            rcgen::Ia5String::try_from(spiffe_id).expect("an ASCII URI"),
-        ));
+        let mut params = named_params(dns_names, &[spiffe_id]);
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
@@ -161,6 +141,23 @@ impl CertAuthority {
             cert_der: certificate.der().to_vec(),
         }
     }
+}
+
+/// Certificate parameters with these DNS and URI subject alternative names.
+fn named_params(dns_names: &[&str], uris: &[&str]) -> CertificateParams {
+    let mut params = CertificateParams::new(
+        dns_names
+            .iter()
+            .map(|name| name.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .expect("valid DNS names");
+    for uri in uris {
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            rcgen::Ia5String::try_from(*uri).expect("an ASCII URI"),
+        ));
+    }
+    params
 }
 
 impl IssuedCert {

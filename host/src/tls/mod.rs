@@ -621,6 +621,40 @@ mod tests {
     }
 
     #[test]
+    fn expected_names_match_uris_exactly_and_dns_names_as_hosts() {
+        let facts = CertificateFacts {
+            dns_sans: vec!["Inventory.Shop.test".into(), "*.mesh.test".into()],
+            uri_sans: vec!["spiffe://cluster.local/ns/shop/sa/inventory".into()],
+            ..CertificateFacts::default()
+        };
+        let carries = |written: &str| facts.carries(&SubjectAltName::parse(written));
+        assert!(carries("spiffe://cluster.local/ns/shop/sa/inventory"));
+        assert!(!carries("spiffe://cluster.local/ns/shop/sa/Inventory"));
+        assert!(!carries("spiffe://cluster.local/ns/shop/sa/inventory/x"));
+        assert!(carries("inventory.shop.test"));
+        assert!(carries("INVENTORY.shop.test"));
+        assert!(carries("a.mesh.test"));
+        assert!(!carries("a.b.mesh.test"), "a wildcard covers one label");
+        assert!(!carries("mesh.test"));
+        assert!(
+            !carries("spiffe.test"),
+            "a DNS name never matches a URI name"
+        );
+        assert_eq!(
+            facts
+                .subject_alt_names()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            [
+                "DNS:Inventory.Shop.test",
+                "DNS:*.mesh.test",
+                "URI:spiffe://cluster.local/ns/shop/sa/inventory"
+            ]
+        );
+    }
+
+    #[test]
     fn certificate_names_come_from_the_subject_alt_names() {
         let key_pair = rcgen::KeyPair::generate().unwrap();
         let params =
