@@ -869,6 +869,53 @@ fn importing_the_demo_export_keeps_its_routes() {
     assert_eq!(check.code, Some(0), "{}{}", check.stdout, check.stderr);
 }
 
+/// A cluster's mutual TLS survives the way out to Istio and back: the client
+/// certificate's files, the CA and the expected identities.
+#[test]
+fn mutual_tls_to_a_cluster_imports_back_from_its_export() {
+    let policies = every_field_policies();
+    let plugins = plugins_dir(&policies);
+    let exported = export(&policies.path(), &plugins, &[]);
+    assert_eq!(exported.code, Some(0), "{}", exported.stderr);
+    let dir = tempfile::tempdir().expect("temp");
+    let istio = dir.path().join("istio.yaml");
+    std::fs::write(&istio, &exported.stdout).expect("write the export");
+    let out = dir.path().join("policies");
+    let imported = import(std::slice::from_ref(&istio), &out, &[]);
+    assert_eq!(imported.code, Some(0), "{}", imported.stderr);
+    let inventory_losses: Vec<&str> = warnings(&imported.stderr)
+        .into_iter()
+        .filter(|warning| warning.contains("inventory"))
+        .collect();
+    assert_eq!(inventory_losses, Vec::<&str>::new(), "{}", imported.stderr);
+
+    let clusters: Value = serde_norway::from_str(
+        &std::fs::read_to_string(out.join("clusters.yaml")).expect("read the clusters"),
+    )
+    .expect("clusters YAML");
+    let inventory = clusters["clusters"]
+        .as_array()
+        .expect("clusters")
+        .iter()
+        .find(|cluster| cluster["name"] == "inventory")
+        .expect("the inventory cluster");
+    let tls = &inventory["tls"];
+    let file = |field: &str| tls[field].as_str().unwrap_or_default().to_string();
+    assert!(
+        file("cert").ends_with("certs/gateway-workload.crt"),
+        "{tls}"
+    );
+    assert!(file("key").ends_with("certs/gateway-workload.key"), "{tls}");
+    assert!(file("ca").ends_with("certs/mesh-ca.crt"), "{tls}");
+    assert_eq!(
+        tls["subject_alt_names"],
+        serde_json::json!([
+            "spiffe://cluster.local/ns/shop/sa/inventory",
+            "inventory.every.test"
+        ])
+    );
+}
+
 const BEHAVIOUR_POLICIES: &str = "
 listeners:
   - name: web
