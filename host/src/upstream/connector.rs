@@ -1,5 +1,7 @@
 //! Opening connections to endpoints: DNS resolution on every connect (so DNS changes are
-//! followed), a connect timeout, TCP_NODELAY, and TLS with the cluster's server name.
+//! followed), a connect timeout, TCP_NODELAY, and TLS with the cluster's server name (and
+//! its client certificate, see `crate::tls::client_config`); what a TLS failure was is read
+//! back from the errors by [`tls_failure`].
 
 use std::io;
 use std::pin::Pin;
