@@ -109,6 +109,11 @@ async fn the_client_certificate_and_the_expected_identities_decide_the_exchange(
             false,
         ),
         (
+            "anonymous-h2",
+            "server_name: inventory.shop.test".to_string(),
+            true,
+        ),
+        (
             "spiffe",
             format!("{identity}, subject_alt_names: [\"spiffe://cluster.local/ns/other/sa/x\", \"{SIDECAR_ID}\"]"),
             false,
@@ -151,25 +156,27 @@ async fn the_client_certificate_and_the_expected_identities_decide_the_exchange(
 
     // Without one the sidecar refuses the handshake: 503, and the log says why.
     let served = mesh.sidecar.request_count();
-    let anonymous = running.get("/anonymous").await;
-    assert_eq!(
-        anonymous.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no client certificate: {}",
-        anonymous.text()
-    );
-    assert!(
-        anonymous.text().starts_with("upstream_tls_error: "),
-        "{}",
-        anonymous.text()
-    );
+    for path in ["/anonymous", "/anonymous-h2"] {
+        let anonymous = running.get(path).await;
+        assert_eq!(
+            anonymous.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{path}: no client certificate: {}",
+            anonymous.text()
+        );
+        assert!(
+            anonymous.text().starts_with("upstream_tls_error: "),
+            "{path}: {}",
+            anonymous.text()
+        );
+        let line = access_line(&running, path).await;
+        assert_tls_failure_logged(&line, &["refused the TLS handshake", "client certificate"]);
+    }
     assert_eq!(
         mesh.sidecar.request_count(),
         served,
         "nothing reached the sidecar"
     );
-    let line = access_line(&running, "/anonymous").await;
-    assert_tls_failure_logged(&line, &["refused the TLS handshake", "client certificate"]);
 
     // Expected identities: one of them must be the sidecar's, which replaces the check of
     // the server name (there is none here, and the endpoint is an IP address).
