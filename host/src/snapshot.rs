@@ -436,6 +436,39 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_cluster_tls_file_rebuilds_the_plugins() {
+        let plugins_dir = tempfile_dir();
+        std::fs::write(plugins_dir.join("noop.wat"), NOOP_PLUGIN).unwrap();
+        let ca_file = plugins_dir.join("upstream-ca.crt");
+        let write_ca = || {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            std::fs::write(&ca_file, params.self_signed(&key).unwrap().pem()).unwrap();
+        };
+        let policies = || {
+            config(&format!(
+                "clusters: [{{ name: c, endpoints: [{{ address: \"127.0.0.1:1\" }}], tls: {{ ca: \"{}\" }} }}]\nplugins:\n  - {{ name: kept, module: noop.wat }}\n",
+                ca_file.display()
+            ))
+        };
+        write_ca();
+        let first = Snapshot::build(policies(), &plugins_dir).unwrap();
+        let again = Snapshot::build_after(policies(), &plugins_dir, &first).unwrap();
+        assert!(
+            Arc::ptr_eq(&first.plugins[0], &again.plugins[0]),
+            "the same certificates: carried over"
+        );
+        write_ca();
+        let rotated = Snapshot::build_after(policies(), &plugins_dir, &again).unwrap();
+        assert!(
+            !Arc::ptr_eq(&again.plugins[0], &rotated.plugins[0]),
+            "the same path, another certificate: its callouts need the new cluster"
+        );
+        std::fs::remove_dir_all(&plugins_dir).unwrap();
+    }
+
+    #[test]
     fn a_singleton_is_in_no_route_chain() {
         let plugins_dir = tempfile_dir();
         std::fs::write(plugins_dir.join("noop.wat"), NOOP_PLUGIN).unwrap();
