@@ -311,6 +311,8 @@ fn policies_with_tls(fields: &str) -> PolicyDir {
     ca.write(&dir.certs_dir(), "ca.crt");
     ca.workload_cert("tollgate", GATEWAY_ID, &[])
         .write(&dir.certs_dir(), "gateway");
+    ca.workload_cert("someone-else", GATEWAY_ID, &[])
+        .write(&dir.certs_dir(), "other");
     std::fs::write(dir.certs_dir().join("garbage.crt"), "not a certificate\n").unwrap();
     dir.write(
         "policies.yaml",
@@ -366,6 +368,11 @@ fn check_names_the_field_of_a_bad_client_certificate() {
             "cert: certs/gateway.crt, key: certs/garbage.crt",
             "tls.key",
             "garbage.crt holds no PEM private key",
+        ),
+        (
+            "cert: certs/gateway.crt, key: certs/other.key",
+            "tls.key",
+            "does not fit the certificate",
         ),
         (
             "cert: certs/gateway.crt, key: certs/gateway.key, subject_alt_names: [\"\"]",
