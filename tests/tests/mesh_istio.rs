@@ -821,18 +821,29 @@ fn virtual_hosts(routes_yaml: &str) -> BTreeMap<String, (Value, Vec<Value>)> {
         .collect()
 }
 
-#[test]
-fn importing_the_demo_export_keeps_its_routes() {
-    let policies = demo_policies();
-    let plugins = plugins_dir(&policies);
-    let exported = export(&policies.path(), &plugins, &[]);
+/// Exports `policies` to Istio and imports the result again, into `policies` of the
+/// returned folder.
+fn export_and_import(policies: &PolicyDir, plugins: &Path) -> (tempfile::TempDir, Outcome) {
+    let exported = export(&policies.path(), plugins, &[]);
     assert_eq!(exported.code, Some(0), "{}", exported.stderr);
     let dir = tempfile::tempdir().expect("temp");
     let istio = dir.path().join("istio.yaml");
     std::fs::write(&istio, &exported.stdout).expect("write the export");
-    let out = dir.path().join("policies");
-    let imported = import(std::slice::from_ref(&istio), &out, &[]);
+    let imported = import(
+        std::slice::from_ref(&istio),
+        &dir.path().join("policies"),
+        &[],
+    );
     assert_eq!(imported.code, Some(0), "{}", imported.stderr);
+    (dir, imported)
+}
+
+#[test]
+fn importing_the_demo_export_keeps_its_routes() {
+    let policies = demo_policies();
+    let plugins = plugins_dir(&policies);
+    let (dir, imported) = export_and_import(&policies, &plugins);
+    let out = dir.path().join("policies");
     assert_eq!(
         warnings(&imported.stderr),
         Vec::<&str>::new(),
@@ -875,14 +886,8 @@ fn importing_the_demo_export_keeps_its_routes() {
 fn mutual_tls_to_a_cluster_imports_back_from_its_export() {
     let policies = every_field_policies();
     let plugins = plugins_dir(&policies);
-    let exported = export(&policies.path(), &plugins, &[]);
-    assert_eq!(exported.code, Some(0), "{}", exported.stderr);
-    let dir = tempfile::tempdir().expect("temp");
-    let istio = dir.path().join("istio.yaml");
-    std::fs::write(&istio, &exported.stdout).expect("write the export");
+    let (dir, imported) = export_and_import(&policies, &plugins);
     let out = dir.path().join("policies");
-    let imported = import(std::slice::from_ref(&istio), &out, &[]);
-    assert_eq!(imported.code, Some(0), "{}", imported.stderr);
     let inventory_losses: Vec<&str> = warnings(&imported.stderr)
         .into_iter()
         .filter(|warning| warning.contains("inventory"))
