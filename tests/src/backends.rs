@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{
 };
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::certs::{crypto_provider, parse_certs, parse_key, IssuedCert};
+use crate::certs::{crypto_provider, parse_certs, parse_key, CertAuthority, IssuedCert};
 
 pub type ResponseBody = BoxBody<Bytes, Infallible>;
 // A concrete error type (rather than a boxed trait object) keeps the connection future
@@ -220,6 +220,100 @@ pub async fn tls_echo(name: &str, cert: &IssuedCert) -> Backend {
         recorder,
         handler,
     )
+}
+
+/// The echo backend behind TLS that requires a client certificate issued by `client_ca`
+/// (mutual TLS, as an Istio sidecar in STRICT mode), serving `cert`. Each answer tells
+/// who the client was: `x-client-subject` (the certificate's subject) and
+/// `x-client-uri-san` (its URI subject alternative names, `,`-joined; empty without one).
+/// A client without an acceptable certificate fails the handshake and reaches nothing.
+pub async fn mtls_echo(name: &str, cert: &IssuedCert, client_ca: &CertAuthority) -> Backend {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(client_ca.cert_der().into())
+        .expect("the client CA certificate is valid");
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.into(),
+        crypto_provider(),
+    )
+    .build()
+    .expect("client verifier");
+    let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(parse_certs(&cert.cert_pem), parse_key(&cert.key_pem))
+        .expect("server certificate and key match");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let recorder = Recorder::default();
+    let echo = echo_handler(name.to_owned(), recorder.clone());
+    let for_connection: ConnectionHandler = Arc::new(move |session| {
+        let client = session
+            .and_then(|session| session.peer_certificates())
+            .and_then(|chain| chain.first())
+            .map(|leaf| ClientIdentity::of(leaf))
+            .unwrap_or_default();
+        let echo = echo.clone();
+        Arc::new(move |request| {
+            let answer = echo(request);
+            let client = client.clone();
+            Box::pin(async move {
+                let mut response = answer.await?;
+                client.tell(response.headers_mut());
+                Ok(response)
+            })
+        })
+    });
+    spawn_http_per_connection(
+        bind_loopback().await,
+        Some(TlsAcceptor::from(Arc::new(config))),
+        false,
+        recorder,
+        for_connection,
+    )
+}
+
+/// Who a client certificate names, as [`mtls_echo`] reports it.
+#[derive(Clone, Default)]
+struct ClientIdentity {
+    subject: String,
+    uri_sans: Vec<String>,
+}
+
+impl ClientIdentity {
+    fn of(der: &[u8]) -> Self {
+        use x509_parser::extensions::GeneralName;
+        let Ok((_, certificate)) = x509_parser::parse_x509_certificate(der) else {
+            return Self::default();
+        };
+        let uri_sans = match certificate.subject_alternative_name() {
+            Ok(Some(san)) => san
+                .value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::URI(uri) => Some(uri.to_string()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Self {
+            subject: certificate.subject().to_string(),
+            uri_sans,
+        }
+    }
+
+    fn tell(&self, headers: &mut HeaderMap) {
+        for (name, value) in [
+            ("x-client-subject", self.subject.clone()),
+            ("x-client-uri-san", self.uri_sans.join(",")),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
+    }
 }
 
 /// Fails the first `failures` requests as `failure` says, then behaves like [`echo`].
@@ -445,6 +539,21 @@ fn spawn_http(
     recorder: Recorder,
     handler: Handler,
 ) -> Backend {
+    let for_connection: ConnectionHandler = Arc::new(move |_| handler.clone());
+    spawn_http_per_connection(listener, tls, http2_only, recorder, for_connection)
+}
+
+/// Gives each connection its handler, from what its TLS session says (the client's
+/// certificate, say); `None` without TLS.
+type ConnectionHandler = Arc<dyn Fn(Option<&rustls::ServerConnection>) -> Handler + Send + Sync>;
+
+fn spawn_http_per_connection(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    http2_only: bool,
+    recorder: Recorder,
+    for_connection: ConnectionHandler,
+) -> Backend {
     let addr = listener.local_addr().expect("bound address");
     let task = tokio::spawn(async move {
         // Connections live in this set so that aborting the accept loop closes them too.
@@ -454,16 +563,17 @@ fn spawn_http(
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
-            let handler = handler.clone();
+            let for_connection = for_connection.clone();
             let tls = tls.clone();
             connections.spawn(async move {
                 match tls {
                     Some(acceptor) => {
                         if let Ok(stream) = acceptor.accept(tcp).await {
+                            let handler = for_connection(Some(stream.get_ref().1));
                             serve_connection(stream, http2_only, handler).await;
                         }
                     }
-                    None => serve_connection(tcp, http2_only, handler).await,
+                    None => serve_connection(tcp, http2_only, for_connection(None)).await,
                 }
             });
             while connections.try_join_next().is_some() {}

@@ -74,6 +74,11 @@ fn cluster<'a>(bootstrap: &'a Value, name: &str) -> &'a Value {
 }
 
 /// The HTTP connection manager of a listener's first filter chain (or default chain).
+/// The path of an Envoy data source that names a file.
+fn file_name(source: &Value) -> &std::path::Path {
+    std::path::Path::new(source["filename"].as_str().expect("a file data source"))
+}
+
 fn connection_manager(listener: &Value) -> &Value {
     let chain = listener["filter_chains"]
         .get(0)
@@ -387,11 +392,8 @@ fn every_field_exports_to_a_valid_bootstrap_that_means_the_same() {
         "TLSv1_3"
     );
     assert_eq!(common["alpn_protocols"], json!(["h2", "http/1.1"]));
-    let certificate = common["tls_certificates"][0]["certificate_chain"]["filename"]
-        .as_str()
-        .unwrap();
     assert_eq!(
-        std::path::Path::new(certificate),
+        file_name(&common["tls_certificates"][0]["certificate_chain"]),
         dir.path().join("certs/api.crt")
     );
     assert!(common["validation_context"]["trusted_ca"]["filename"]
@@ -523,6 +525,31 @@ fn every_field_exports_to_a_valid_bootstrap_that_means_the_same() {
             .unwrap()
             .ends_with("certs/upstream-ca.crt")
     );
+
+    // Mutual TLS: the client certificate, and the expected names by their kind in place of
+    // the server name.
+    let inventory = &cluster(&bootstrap, "inventory")["transport_socket"]["typed_config"];
+    let common = &inventory["common_tls_context"];
+    let certificate = &common["tls_certificates"][0];
+    assert_eq!(
+        file_name(&certificate["certificate_chain"]),
+        dir.path().join("certs/gateway-workload.crt")
+    );
+    assert_eq!(
+        file_name(&certificate["private_key"]),
+        dir.path().join("certs/gateway-workload.key")
+    );
+    assert_eq!(
+        common["validation_context"]["match_typed_subject_alt_names"],
+        json!([
+            { "san_type": "URI", "matcher": { "exact": "spiffe://cluster.local/ns/shop/sa/inventory" } },
+            { "san_type": "DNS", "matcher": { "exact": "inventory.every.test" } },
+        ])
+    );
+    assert!(common["validation_context"]["trusted_ca"]["filename"]
+        .as_str()
+        .unwrap()
+        .ends_with("certs/mesh-ca.crt"));
 
     // What Envoy cannot express is named, file and field, on stderr.
     for field in [

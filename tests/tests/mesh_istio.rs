@@ -460,6 +460,28 @@ fn every_field_export_is_valid_istio_and_names_each_loss() {
         serde_json::json!({ "match": "^/(check)(out)$", "rewrite": "/pay/\\2/\\1" })
     );
     assert_eq!(found["ServiceEntry billing"]["spec"]["resolution"], "DNS");
+    // Mutual TLS to a STRICT sidecar: the workload certificate's files and the identities
+    // expected of the endpoints.
+    let inventory_tls = &found["DestinationRule inventory"]["spec"]["trafficPolicy"]["tls"];
+    assert_eq!(inventory_tls["mode"], "MUTUAL");
+    let file = |field: &str| {
+        inventory_tls[field]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(file("clientCertificate").ends_with("certs/gateway-workload.crt"));
+    assert!(file("privateKey").ends_with("certs/gateway-workload.key"));
+    assert!(file("caCertificates").ends_with("certs/mesh-ca.crt"));
+    assert!(inventory_tls.get("credentialName").is_none());
+    assert_eq!(
+        inventory_tls["subjectAltNames"],
+        // (`documents` sorts lists.)
+        serde_json::json!([
+            "inventory.every.test",
+            "spiffe://cluster.local/ns/shop/sa/inventory"
+        ])
+    );
     assert!(!found.contains_key("WasmPlugin heartbeat"));
 
     let mut expected: Vec<String> = [
@@ -882,13 +904,21 @@ fn virtual_hosts(routes_yaml: &str) -> BTreeMap<String, (Value, Vec<Value>)> {
         .collect()
 }
 
+/// Exports `policies` to Istio and imports the result again, into `policies` of the
+/// returned folder.
+fn export_and_import(policies: &PolicyDir, plugins: &Path) -> (tempfile::TempDir, Outcome) {
+    let exported = export(&policies.path(), plugins, &[]);
+    assert_eq!(exported.code, Some(0), "{}", exported.stderr);
+    let (dir, _, imported) = import_exported(&exported.stdout);
+    (dir, imported)
+}
+
 #[test]
 fn importing_the_demo_export_keeps_its_routes() {
     let policies = demo_policies();
     let plugins = plugins_dir(&policies);
-    let exported = export(&policies.path(), &plugins, &[]);
-    assert_eq!(exported.code, Some(0), "{}", exported.stderr);
-    let (_dir, out, imported) = import_exported(&exported.stdout);
+    let (dir, imported) = export_and_import(&policies, &plugins);
+    let out = dir.path().join("policies");
     assert_eq!(
         warnings(&imported.stderr),
         Vec::<&str>::new(),
@@ -923,6 +953,47 @@ fn importing_the_demo_export_keeps_its_routes() {
         path_str(&plugins),
     ]);
     assert_eq!(check.code, Some(0), "{}{}", check.stdout, check.stderr);
+}
+
+/// A cluster's mutual TLS survives the way out to Istio and back: the client
+/// certificate's files, the CA and the expected identities.
+#[test]
+fn mutual_tls_to_a_cluster_imports_back_from_its_export() {
+    let policies = every_field_policies();
+    let plugins = plugins_dir(&policies);
+    let (dir, imported) = export_and_import(&policies, &plugins);
+    let out = dir.path().join("policies");
+    let inventory_losses: Vec<&str> = warnings(&imported.stderr)
+        .into_iter()
+        .filter(|warning| warning.contains("inventory"))
+        .collect();
+    assert_eq!(inventory_losses, Vec::<&str>::new(), "{}", imported.stderr);
+
+    let clusters: Value = serde_norway::from_str(
+        &std::fs::read_to_string(out.join("clusters.yaml")).expect("read the clusters"),
+    )
+    .expect("clusters YAML");
+    let inventory = clusters["clusters"]
+        .as_array()
+        .expect("clusters")
+        .iter()
+        .find(|cluster| cluster["name"] == "inventory")
+        .expect("the inventory cluster");
+    let tls = &inventory["tls"];
+    let file = |field: &str| tls[field].as_str().unwrap_or_default().to_string();
+    assert!(
+        file("cert").ends_with("certs/gateway-workload.crt"),
+        "{tls}"
+    );
+    assert!(file("key").ends_with("certs/gateway-workload.key"), "{tls}");
+    assert!(file("ca").ends_with("certs/mesh-ca.crt"), "{tls}");
+    assert_eq!(
+        tls["subject_alt_names"],
+        serde_json::json!([
+            "spiffe://cluster.local/ns/shop/sa/inventory",
+            "inventory.every.test"
+        ])
+    );
 }
 
 const BEHAVIOUR_POLICIES: &str = "

@@ -271,6 +271,54 @@ pub struct UpstreamTls {
     /// `None`: the system's root certificates.
     pub ca: Option<PathBuf>,
     pub server_name: Option<String>,
+    /// The certificate the gateway presents to the endpoints (mutual TLS).
+    pub client_certificate: Option<ClientCertificate>,
+    /// When not empty, the endpoint's certificate must carry one of these names, and
+    /// they replace the check of `server_name`.
+    pub subject_alt_names: Vec<SubjectAltName>,
+}
+
+/// The files of the certificate the gateway presents to a cluster's endpoints.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A subject alternative name a cluster's endpoints may present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectAltName {
+    /// Compared without regard to case; a certificate's `*.suffix` covers one label.
+    Dns(String),
+    /// Compared exactly, as a SPIFFE id is (`spiffe://cluster.local/ns/shop/sa/shop`).
+    Uri(String),
+}
+
+impl SubjectAltName {
+    /// An entry as policies write it: with `://` a URI, otherwise a DNS name.
+    pub fn parse(written: &str) -> Self {
+        if written.contains("://") {
+            Self::Uri(written.to_string())
+        } else {
+            Self::Dns(written.to_ascii_lowercase())
+        }
+    }
+
+    /// The name as policies write it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Dns(name) | Self::Uri(name) => name,
+        }
+    }
+}
+
+impl std::fmt::Display for SubjectAltName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dns(name) => write!(f, "DNS:{name}"),
+            Self::Uri(uri) => write!(f, "URI:{uri}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -220,6 +220,12 @@ pub enum HashOnKeyword {
 pub struct UpstreamTls {
     pub ca: Option<String>,
     pub server_name: Option<String>,
+    /// The client certificate chain presented to the endpoints (mutual TLS), with `key`.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// Names the endpoints' certificates must carry one of: DNS names, or URIs (`://`).
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

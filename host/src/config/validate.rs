@@ -685,13 +685,7 @@ impl Validator<'_> {
         if limits.max_requests == 0 {
             self.error(&origin, "limits.max_requests", "must be at least 1");
         }
-        let tls = raw.tls.as_ref().map(|tls| UpstreamTls {
-            ca: tls
-                .ca
-                .as_ref()
-                .map(|ca| self.existing_file(&origin, "tls.ca", ca)),
-            server_name: tls.server_name.clone(),
-        });
+        let tls = raw.tls.as_ref().map(|tls| self.upstream_tls(tls, &origin));
         Cluster {
             name: raw.name.clone(),
             endpoints,
@@ -785,6 +779,46 @@ impl Validator<'_> {
             substitution: raw.substitution.clone(),
             replacement,
         })
+    }
+
+    fn upstream_tls(&mut self, raw: &raw::UpstreamTls, origin: &Origin) -> UpstreamTls {
+        let client_certificate = match (&raw.cert, &raw.key) {
+            (Some(cert), Some(key)) => Some(ClientCertificate {
+                cert: self.existing_file(origin, "tls.cert", cert),
+                key: self.existing_file(origin, "tls.key", key),
+            }),
+            (Some(_), None) => {
+                self.error(origin, "tls.key", "missing: tls.cert needs its private key");
+                None
+            }
+            (None, Some(_)) => {
+                self.error(origin, "tls.cert", "missing: tls.key needs its certificate");
+                None
+            }
+            (None, None) => None,
+        };
+        for (i, name) in raw.subject_alt_names.iter().enumerate() {
+            if name.trim().is_empty() || name.contains(char::is_whitespace) {
+                self.error(
+                    origin,
+                    &format!("tls.subject_alt_names[{i}]"),
+                    format!("invalid name {name:?}; expected a DNS name or a URI such as spiffe://cluster.local/ns/NAMESPACE/sa/ACCOUNT"),
+                );
+            }
+        }
+        UpstreamTls {
+            ca: raw
+                .ca
+                .as_ref()
+                .map(|ca| self.existing_file(origin, "tls.ca", ca)),
+            server_name: raw.server_name.clone(),
+            client_certificate,
+            subject_alt_names: raw
+                .subject_alt_names
+                .iter()
+                .map(|name| SubjectAltName::parse(name))
+                .collect(),
+        }
     }
 
     fn virtual_host(&mut self, raw: &raw::VirtualHost, origin: &Origin) -> VirtualHost {

@@ -689,14 +689,34 @@ impl<'a> Exporter<'a> {
                     "Istio does not bound the idle connections kept per endpoint",
                 );
             }
-            if let Some(tls) = &written.tls {
+            if let (Some(tls), Some(model_tls)) = (&written.tls, &cluster.tls) {
                 let mut settings = json!({ "mode": "SIMPLE" });
-                if let Some(ca) = &tls.ca {
-                    settings["credentialName"] = json!(credential_name(ca));
+                match &model_tls.client_certificate {
+                    // Mutual TLS names its files: a credentialName excludes them.
+                    Some(client) => {
+                        settings["mode"] = json!("MUTUAL");
+                        settings["clientCertificate"] = json!(client.cert.display().to_string());
+                        settings["privateKey"] = json!(client.key.display().to_string());
+                        if let Some(ca) = &model_tls.ca {
+                            settings["caCertificates"] = json!(ca.display().to_string());
+                        }
+                    }
+                    None => {
+                        if let Some(ca) = &tls.ca {
+                            settings["credentialName"] = json!(credential_name(ca));
+                        }
+                    }
                 }
                 if let Some(name) = &tls.server_name {
                     settings["sni"] = json!(name);
                     settings["subjectAltNames"] = json!([name]);
+                }
+                if !model_tls.subject_alt_names.is_empty() {
+                    settings["subjectAltNames"] = json!(model_tls
+                        .subject_alt_names
+                        .iter()
+                        .map(|name| name.as_str())
+                        .collect::<Vec<_>>());
                 }
                 policy["tls"] = settings;
             }

@@ -46,6 +46,9 @@ pub struct AccessRecord {
     /// `response_body`, ...); `-` otherwise.
     pub plugin_phase: &'static str,
     pub attempts: u32,
+    /// Why the last try could not connect to the endpoint (TCP or TLS), in words; `-`
+    /// otherwise (Envoy's upstream transport failure reason).
+    pub upstream_transport_failure: Option<Box<str>>,
     pub bytes_sent: u64,
     /// The request is a gRPC call (local answers to it are sent trailers-only).
     pub grpc: bool,
@@ -91,6 +94,7 @@ impl AccessRecord {
             detail: "-",
             plugin_phase: "-",
             attempts: 0,
+            upstream_transport_failure: None,
             bytes_sent: 0,
             grpc: super::local::is_grpc(request.headers()),
             redaction,
@@ -139,6 +143,8 @@ impl AccessRecord {
                 response_details(self.detail, "", self.attempts).flags
             ),
             plugin_phase = self.plugin_phase,
+            upstream_transport_failure_reason =
+                self.upstream_transport_failure.as_deref().unwrap_or("-"),
             bytes_sent = self.bytes_sent,
             duration_ms = format_args!("{:.3}", super::millis(duration)),
             request_id = redaction.header("x-request-id", text(Some(&self.request_id))),

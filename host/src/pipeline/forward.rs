@@ -20,7 +20,8 @@ use crate::routing::normalize::{self, Rejection};
 use crate::snapshot::{ResolvedForward, Target};
 use crate::telemetry::metrics::metrics;
 use crate::upstream::{
-    hash_key, BoxError, Cluster, Outcome, PickError, PooledBody, UpstreamBody, UpstreamError,
+    hash_key, tls_failure, BoxError, Cluster, Outcome, PickError, PooledBody, UpstreamBody,
+    UpstreamError,
 };
 
 /// Bodies up to this size are buffered when a retry or a mirror may need to send them again.
@@ -68,6 +69,8 @@ fn full(bytes: Bytes) -> UpstreamBody {
 #[derive(Debug)]
 enum TryError {
     Connect(String),
+    /// TLS with the endpoint failed: its certificate was refused, or it refused ours.
+    Tls(String),
     Timeout,
     Reset(String),
     /// The upstream provably did not process the request: the connection closed before the
@@ -140,6 +143,7 @@ pub(super) async fn forward(
         Ok(response) => Ok(downstream_response(response, downstream_upgrade)),
         Err(error) => {
             tracing::debug!(route = %resolved.route, cluster = %target.cluster.name, ?error, "upstream request failed");
+            record.upstream_transport_failure = error.transport_failure().map(Into::into);
             let refusal = error.into_refusal();
             if let Some(kind) = refusal.reason().upstream_error() {
                 metrics().upstream_error(&target.cluster.name, kind);
@@ -370,13 +374,18 @@ async fn try_once(
         }
         Ok(Err(error)) if caused_by::<BodyReadTimeout>(&error) => Err(TryError::BodyTimeout),
         Ok(Err(error)) if caused_by::<MalformedBody>(&error) => Err(TryError::MalformedBody),
-        Ok(Err(error @ UpstreamError::Connect(_))) => Err(TryError::Connect(root_cause(&error))),
-        Ok(Err(error)) if request_unsent(&error) => Err(TryError::Unsent(root_cause(&error))),
-        Ok(Err(error)) => Err(TryError::Reset(root_cause(&error))),
+        Ok(Err(error)) => match tls_failure(&error) {
+            Some(cause) => Err(TryError::Tls(cause)),
+            None if matches!(error, UpstreamError::Connect(_)) => {
+                Err(TryError::Connect(root_cause(&error)))
+            }
+            None if request_unsent(&error) => Err(TryError::Unsent(root_cause(&error))),
+            None => Err(TryError::Reset(root_cause(&error))),
+        },
     };
     match &result {
         Ok(response) => guard.report(Outcome::Answered(response.status())),
-        Err(TryError::Connect(_)) => guard.report(Outcome::ConnectFailure),
+        Err(TryError::Connect(_) | TryError::Tls(_)) => guard.report(Outcome::ConnectFailure),
         Err(TryError::Reset(_) | TryError::Unsent(_)) => guard.report(Outcome::Reset),
         Err(TryError::Timeout) => guard.report(Outcome::Timeout),
         Err(
@@ -401,7 +410,7 @@ fn retry_on_status(conditions: &RetryConditions, status: StatusCode) -> bool {
 
 fn retry_on_error(conditions: &RetryConditions, error: &TryError) -> bool {
     match error {
-        TryError::Connect(_) => {
+        TryError::Connect(_) | TryError::Tls(_) => {
             conditions.connect_failure || conditions.any_5xx || conditions.gateway_error
         }
         TryError::Reset(_) | TryError::Unsent(_) => {
@@ -420,6 +429,7 @@ impl TryError {
     fn into_refusal(self) -> Refusal {
         match self {
             Self::Connect(cause) => Refusal::UpstreamUnavailable { cause },
+            Self::Tls(cause) => Refusal::UpstreamTlsFailure { cause },
             Self::Timeout => Refusal::UpstreamTimeout,
             Self::Reset(cause) | Self::Unsent(cause) => Refusal::UpstreamReset { cause },
             Self::BodyTooLarge => Refusal::BodyTooLarge,
@@ -431,9 +441,19 @@ impl TryError {
     }
 
     /// Whether the upstream cannot have acted on the request, so that sending it again is
-    /// safe whatever its method.
+    /// safe whatever its method. (A refused TLS handshake never let the request through,
+    /// even when the refusal came after the request was written.)
     fn never_reached_upstream(&self) -> bool {
-        matches!(self, Self::Connect(_) | Self::Unsent(_))
+        matches!(self, Self::Connect(_) | Self::Tls(_) | Self::Unsent(_))
+    }
+
+    /// Why the connection to the endpoint failed, for the access log (Envoy's upstream
+    /// transport failure reason).
+    fn transport_failure(&self) -> Option<&str> {
+        match self {
+            Self::Connect(cause) | Self::Tls(cause) => Some(cause),
+            _ => None,
+        }
     }
 }
 

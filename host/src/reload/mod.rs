@@ -445,9 +445,15 @@ impl Reloader {
                 }
             }
         }
-        for cluster in &config.clusters {
-            if let Some(ca) = cluster.tls.as_ref().and_then(|tls| tls.ca.clone()) {
-                files.insert(ca);
+        for tls in config
+            .clusters
+            .iter()
+            .filter_map(|cluster| cluster.tls.as_ref())
+        {
+            files.extend(tls.ca.clone());
+            if let Some(client) = &tls.client_certificate {
+                files.insert(client.cert.clone());
+                files.insert(client.key.clone());
             }
         }
         for file in &files {

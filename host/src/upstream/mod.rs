@@ -18,7 +18,7 @@ use http_body_util::combinators::BoxBody;
 use crate::config::{self, ClusterLimits, ConfigError, HealthSettings};
 use crate::config::{EjectOn, HashOn, LoadBalancing};
 use crate::telemetry::metrics::metrics;
-pub use connector::Connector;
+pub use connector::{tls_failure, Connector};
 pub use pool::{PooledBody, UpstreamError};
 use ring::Ring;
 pub use ring::{hash_key, POINTS_PER_ENDPOINT};
@@ -44,6 +44,8 @@ pub struct Cluster {
     next: AtomicUsize,
     pub http2: bool,
     pub tls: bool,
+    /// What the TLS configuration was built from (see `UpstreamTlsConfig::digest`).
+    tls_digest: Option<[u8; 32]>,
     connector: Connector,
     limits: ClusterLimits,
     /// The key to the cluster's connection pools, one per worker thread, so that a
@@ -134,6 +136,8 @@ impl Cluster {
             )),
             None => None,
         };
+        let tls_digest = tls.as_ref().map(|(tls, _)| tls.digest);
+        let tls = tls.map(|(tls, server_name)| (tls.config, server_name));
         let checked = config.health.active.is_some();
         let previous_state = |address: &str| {
             previous
@@ -185,10 +189,17 @@ impl Cluster {
             next: AtomicUsize::new(0),
             http2: config.http2,
             tls: tls.is_some(),
+            tls_digest,
             connector: Connector::new(config.connect_timeout, tls),
             limits: config.limits.clone(),
             pools,
         })
+    }
+
+    /// Whether the TLS files were the same (same certificates, not only the same paths)
+    /// when `other` was built.
+    pub fn same_tls_files(&self, other: &Cluster) -> bool {
+        self.tls_digest == other.tls_digest
     }
 
     pub fn scheme(&self) -> &'static str {

@@ -95,6 +95,23 @@ impl std::error::Error for UpstreamError {
     }
 }
 
+/// A connect error that every request waiting for one HTTP/2 connection shares: it stays
+/// the cause of each one's error, so that what failed (TLS, say) can still be told.
+#[derive(Debug)]
+struct SharedError(Arc<io::Error>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
+
 /// A cluster's key to its pools in every thread.
 pub(super) struct Pools {
     id: u64,
@@ -387,7 +404,7 @@ impl Cluster {
                     self.pools
                         .with(|pool| pool.opened(endpoint.index, &opening, sender));
                     opened.map_err(|error| {
-                        UpstreamError::Connect(io::Error::new(error.kind(), error.to_string()))
+                        UpstreamError::Connect(io::Error::new(error.kind(), SharedError(error)))
                     })?
                 }
             };

@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 
 use super::sources::{field, Sources};
 use super::{duration, file_source, socket_address, typed, Losses};
-use crate::config::{Action, ActiveHealthSettings, Cluster, Config, EjectOn, LoadBalancing};
+use crate::config::{
+    Action, ActiveHealthSettings, Cluster, Config, EjectOn, LoadBalancing, SubjectAltName,
+};
 use crate::upstream::POINTS_PER_ENDPOINT;
 
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -217,8 +219,9 @@ fn circuit_breakers(cluster: &Cluster) -> Value {
 }
 
 /// HTTPS to the endpoints: the SNI and the name verified are `tls.server_name`, else the
-/// endpoints' host (Envoy verifies one name per cluster); the CA is `tls.ca`, else the
-/// system's roots.
+/// endpoints' host (Envoy verifies one name per cluster), or the names verified are
+/// `tls.subject_alt_names`; the CA is `tls.ca`, else the system's roots; `tls.cert` and
+/// `tls.key` are the client certificate.
 fn upstream_tls(cluster: &Cluster, tls_field: &str, losses: &mut Losses) -> Value {
     let tls = cluster.tls.as_ref().expect("called for TLS clusters");
     let hosts: BTreeSet<&str> = cluster.endpoints.iter().map(|e| e.host.as_str()).collect();
@@ -250,10 +253,31 @@ fn upstream_tls(cluster: &Cluster, tls_field: &str, losses: &mut Losses) -> Valu
         validation["match_typed_subject_alt_names"] =
             json!([{ "san_type": san_type, "matcher": { "exact": name } }]);
     }
+    // Expected names replace the server name's check, as they do in Tollgate.
+    if !tls.subject_alt_names.is_empty() {
+        let names: Vec<Value> = tls
+            .subject_alt_names
+            .iter()
+            .map(|name| {
+                let san_type = match name {
+                    SubjectAltName::Dns(_) => "DNS",
+                    SubjectAltName::Uri(_) => "URI",
+                };
+                json!({ "san_type": san_type, "matcher": { "exact": name.as_str() } })
+            })
+            .collect();
+        validation["match_typed_subject_alt_names"] = json!(names);
+    }
     context["common_tls_context"] = json!({
         "validation_context": validation,
         "alpn_protocols": if cluster.http2 { ["h2"] } else { ["http/1.1"] },
     });
+    if let Some(client) = &tls.client_certificate {
+        context["common_tls_context"]["tls_certificates"] = json!([{
+            "certificate_chain": file_source(&client.cert),
+            "private_key": file_source(&client.key),
+        }]);
+    }
     json!({
         "name": "envoy.transport_sockets.tls",
         "typed_config": typed(UPSTREAM_TLS, context),

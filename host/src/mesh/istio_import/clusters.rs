@@ -317,13 +317,21 @@ impl Importer {
                     "subjectAltNames",
                     "credentialName",
                     "caCertificates",
+                    "clientCertificate",
+                    "privateKey",
                 ],
             );
             match tls["mode"].as_str().unwrap_or("DISABLE") {
                 "DISABLE" => {}
-                "SIMPLE" => {
+                mode @ ("SIMPLE" | "MUTUAL") => {
                     let mut settings = map();
                     if let Some(credential) = tls["credentialName"].as_str() {
+                        if mode == "MUTUAL" {
+                            self.lose(
+                                rule.at(&format!("{at}.credentialName")),
+                                "Tollgate reads a client certificate from files: name them with clientCertificate and privateKey; only the CA is taken from the secret",
+                            );
+                        }
                         put(&mut settings, "ca", upstream_ca_file(credential));
                     } else if let Some(path) = tls["caCertificates"].as_str() {
                         put(&mut settings, "ca", path);
@@ -332,18 +340,32 @@ impl Importer {
                     if let Some(sni) = sni {
                         put(&mut settings, "server_name", sni);
                     }
+                    // The export writes server_name alone as sni and subjectAltNames [sni].
                     let names = strings(&tls["subjectAltNames"]);
                     if !names.is_empty() && (names.len() > 1 || Some(names[0].as_str()) != sni) {
-                        self.lose(
-                            rule.at(&format!("{at}.subjectAltNames")),
-                            "Tollgate verifies the endpoint's certificate for the server name (sni) only",
-                        );
+                        put(&mut settings, "subject_alt_names", names);
+                    }
+                    if mode == "MUTUAL" {
+                        match (
+                            tls["clientCertificate"].as_str(),
+                            tls["privateKey"].as_str(),
+                        ) {
+                            (Some(cert), Some(key)) => {
+                                put(&mut settings, "cert", cert);
+                                put(&mut settings, "key", key);
+                            }
+                            _ if tls["credentialName"].is_string() => {}
+                            _ => self.lose(
+                                rule.at(&format!("{at}.mode")),
+                                "MUTUAL without clientCertificate and privateKey: no client certificate is sent",
+                            ),
+                        }
                     }
                     fields.insert("tls".into(), Yaml::Mapping(settings));
                 }
                 _ => self.lose(
                     rule.at(&format!("{at}.mode")),
-                    "Tollgate originates plain TLS (SIMPLE) only; no client certificate is sent",
+                    "ISTIO_MUTUAL uses a sidecar's own certificate; give the cluster the workload certificate's files as MUTUAL (tls.cert, tls.key) instead",
                 ),
             }
         }
