@@ -396,6 +396,38 @@ impl Jwk {
 #[derive(Debug, Clone, Default)]
 pub struct KeySet {
     pub keys: Vec<KeyEntry>,
+    /// Which fetched key set this is (its shared-data version); 0 for the inline keys.
+    pub version: u32,
+}
+
+/// How many tokens a [`SignatureCache`] remembers.
+const SIGNATURE_CACHE_SIZE: usize = 64;
+
+/// Tokens whose signature verified, so that a token presented again skips the signature
+/// check (the expensive part: an ES384 check costs milliseconds in a VM), as Envoy's
+/// jwt_authn keeps a token cache. The claims are checked every time. Another fetched key
+/// set empties it, so a token of a key that was rotated out verifies no more.
+#[derive(Debug, Default)]
+pub struct SignatureCache {
+    inner: std::cell::RefCell<(Option<u32>, std::collections::VecDeque<String>)>,
+}
+
+impl SignatureCache {
+    fn contains(&self, version: Option<u32>, token: &str) -> bool {
+        let inner = self.inner.borrow();
+        inner.0 == version && inner.1.iter().any(|known| known == token)
+    }
+
+    fn insert(&self, version: Option<u32>, token: &str) {
+        let mut inner = self.inner.borrow_mut();
+        if inner.0 != version {
+            *inner = (version, Default::default());
+        }
+        if inner.1.len() == SIGNATURE_CACHE_SIZE {
+            inner.1.pop_front();
+        }
+        inner.1.push_back(token.to_owned());
+    }
 }
 
 /// The JWK members this plugin reads; a fetched key set may carry others (`x5c`, ...).
@@ -426,7 +458,7 @@ impl KeySet {
         if keys.is_empty() {
             return Err(last_error.unwrap_or_else(|| "the key set is empty".into()));
         }
-        Ok(KeySet { keys })
+        Ok(KeySet { keys, version: 0 })
     }
 
     fn candidates<'a>(
@@ -568,6 +600,17 @@ impl JwtAuth {
         now: u64,
         fetched: Option<&KeySet>,
     ) -> Result<Verified, Failure> {
+        self.verify_cached(token, now, fetched, &SignatureCache::default())
+    }
+
+    /// [`verify`](Self::verify), skipping the signature check of a token `cache` knows.
+    pub fn verify_cached(
+        &self,
+        token: &str,
+        now: u64,
+        fetched: Option<&KeySet>,
+        cache: &SignatureCache,
+    ) -> Result<Verified, Failure> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -587,21 +630,25 @@ impl JwtAuth {
         let Some(alg) = Alg::parse(alg_name) else {
             return Err(invalid(format!("no key for alg {alg_name}")));
         };
-        let signature = decode(signature_b64)?;
-        let signed = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
-        let mut candidates = self
-            .keys
-            .candidates(alg, kid)
-            .chain(fetched.into_iter().flat_map(|set| set.candidates(alg, kid)))
-            .peekable();
-        if candidates.peek().is_none() {
-            return Err(Failure::NoKey(match kid {
-                Some(kid) => format!("no {alg_name} key with kid {kid}"),
-                None => format!("no key for alg {alg_name}"),
-            }));
-        }
-        if !candidates.any(|entry| entry.key.verify(alg, signed, &signature)) {
-            return Err(invalid("bad signature"));
+        let version = fetched.map(|set| set.version);
+        if !cache.contains(version, token) {
+            let signature = decode(signature_b64)?;
+            let signed = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
+            let mut candidates = self
+                .keys
+                .candidates(alg, kid)
+                .chain(fetched.into_iter().flat_map(|set| set.candidates(alg, kid)))
+                .peekable();
+            if candidates.peek().is_none() {
+                return Err(Failure::NoKey(match kid {
+                    Some(kid) => format!("no {alg_name} key with kid {kid}"),
+                    None => format!("no key for alg {alg_name}"),
+                }));
+            }
+            if !candidates.any(|entry| entry.key.verify(alg, signed, &signature)) {
+                return Err(invalid("bad signature"));
+            }
+            cache.insert(version, token);
         }
         let claims: Map<String, Value> = serde_json::from_slice(&decode(payload_b64)?)
             .map_err(|_| invalid("malformed claims"))?;
@@ -1027,6 +1074,34 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_signature_is_trusted_only_with_the_same_keys() {
+        let signers = Signers::new(1024);
+        let mut fetched = KeySet::from_jwks(signers.jwks().to_string().as_bytes()).unwrap();
+        fetched.version = 7;
+        let auth = auth(json!({}));
+        let cache = SignatureCache::default();
+        let token = token("EdDSA", "ed", |message| signers.sign("EdDSA", message));
+        assert!(auth
+            .verify_cached(&token, NOW, Some(&fetched), &cache)
+            .is_ok());
+        assert!(cache.contains(Some(7), &token));
+        // Claims are checked on every use.
+        assert_eq!(
+            auth.verify_cached(&token, NOW + 3600, Some(&fetched), &cache),
+            Err(invalid("token expired"))
+        );
+        // Another key set without the key: the cached signature does not count.
+        let mut rotated =
+            KeySet::from_jwks(Signers::new(1024).jwks().to_string().as_bytes()).unwrap();
+        rotated.version = 8;
+        assert_eq!(
+            auth.verify_cached(&token, NOW, Some(&rotated), &cache),
+            Err(invalid("bad signature"))
+        );
+        assert!(!cache.contains(Some(8), &token));
+    }
+
+    #[test]
     fn tokens_come_from_the_header_or_query() {
         let auth = auth(json!({"query_param": "access_token"}));
         assert_eq!(auth.token_from(Some("Bearer abc"), "/"), Some("abc".into()));
@@ -1067,6 +1142,38 @@ mod tests {
             Failure::Invalid("token expired".into()).challenge("api"),
             "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"token expired\""
         );
+    }
+
+    /// Prints the key sets and tokens of tests/tests/plugin_jwks.rs (sub "fixture", aud
+    /// "shop", exp in 2100): a JWKS with an RSA (kid ps-1), a P-384 (kid ec384-1) and an
+    /// Ed25519 key (kid ed-1) and a token for each (PS256, ES384, EdDSA); and the rotated
+    /// JWKS with one Ed25519 key (kid ed-2) and its token:
+    /// `cargo test -p jwt-auth -- --ignored --nocapture print_jwks_fixtures`.
+    #[test]
+    #[ignore]
+    fn print_jwks_fixtures() {
+        let fixture = json!({"sub": "fixture", "aud": "shop", "iss": "https://issuer.test", "exp": 4_102_444_800u64});
+        let sign = |signers: &Signers, alg: &str, kid: &str| {
+            let input = signing_input(&json!({"alg": alg, "typ": "JWT", "kid": kid}), &fixture);
+            format!("{input}.{}", enc(&signers.sign(alg, input.as_bytes())))
+        };
+        let first = Signers::new(2048);
+        let mut jwks = first.jwks();
+        let keys = jwks["keys"].as_array_mut().unwrap();
+        keys.truncate(3);
+        for (key, kid) in keys.iter_mut().zip(["ps-1", "ec384-1", "ed-1"]) {
+            key["kid"] = json!(kid);
+            key.as_object_mut().unwrap().remove("x5t");
+        }
+        println!("JWKS_FIRST {jwks}");
+        println!("PS256_TOKEN {}", sign(&first, "PS256", "ps-1"));
+        println!("ES384_TOKEN {}", sign(&first, "ES384", "ec384-1"));
+        println!("EDDSA_TOKEN {}", sign(&first, "EdDSA", "ed-1"));
+        let rotated = Signers::new(1024);
+        let mut jwks = rotated.jwks();
+        jwks["keys"] = json!([{"kid": "ed-2", "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "x": jwks["keys"][2]["x"]}]);
+        println!("JWKS_ROTATED {jwks}");
+        println!("ROTATED_TOKEN {}", sign(&rotated, "EdDSA", "ed-2"));
     }
 
     /// Prints an RS256 and an ES256 key (as JWKs) and a token signed by each (sub

@@ -13,7 +13,7 @@ use tollgate_sdk::proxy_wasm::types::{Action, LogLevel, MapType, Status};
 use tollgate_sdk::Plugin;
 
 use crate::jwks::{FetchState, Jwks, Outcome};
-use crate::logic::{Config, Failure, JwtAuth, KeySet};
+use crate::logic::{Config, Failure, JwtAuth, KeySet, SignatureCache, Verified};
 
 tollgate_sdk::plugin!(Gate);
 
@@ -21,6 +21,8 @@ tollgate_sdk::plugin!(Gate);
 pub struct Gate {
     auth: JwtAuth,
     fetched: Option<Fetched>,
+    /// Tokens this VM verified the signature of.
+    signatures: SignatureCache,
 }
 
 /// How often every VM looks at the fetch schedule and at the requests waiting for keys.
@@ -37,7 +39,11 @@ impl Plugin for Gate {
     fn from_config(config: Config) -> Result<Self, ConfigError> {
         let auth = JwtAuth::new(config)?;
         let fetched = auth.jwks.clone().map(Fetched::new);
-        Ok(Self { auth, fetched })
+        Ok(Self {
+            auth,
+            fetched,
+            signatures: SignatureCache::default(),
+        })
     }
 
     fn request(gate: &Rc<Self>, context_id: u32) -> Request {
@@ -54,7 +60,7 @@ impl Plugin for Gate {
     fn on_tick(&self) {
         if let Some(fetched) = &self.fetched {
             fetched.fetch_if_due();
-            fetched.resume_waiting(&self.auth);
+            fetched.resume_waiting(self);
         }
     }
 
@@ -68,9 +74,16 @@ impl Plugin for Gate {
         if let Some(fetched) = &self.fetched {
             if fetched.call.get() == Some(token_id) {
                 fetched.store(callout::read_response(num_headers, body_size));
-                fetched.resume_waiting(&self.auth);
+                fetched.resume_waiting(self);
             }
         }
+    }
+}
+
+impl Gate {
+    fn verify(&self, token: &str, now: u64, fetched: Option<&KeySet>) -> Result<Verified, Failure> {
+        self.auth
+            .verify_cached(token, now, fetched, &self.signatures)
     }
 }
 
@@ -130,7 +143,9 @@ impl Fetched {
         match &*parsed {
             Some((seen, keys)) if *seen == version => Some(keys.clone()),
             _ => {
-                let keys = Rc::new(KeySet::from_jwks(&document).ok()?);
+                let mut keys = KeySet::from_jwks(&document).ok()?;
+                keys.version = version;
+                let keys = Rc::new(keys);
                 *parsed = Some((version, keys.clone()));
                 Some(keys)
             }
@@ -242,7 +257,7 @@ impl Fetched {
     }
 
     /// Answers the paused requests whose fetch has ended or whose deadline has passed.
-    fn resume_waiting(&self, auth: &JwtAuth) {
+    fn resume_waiting(&self, gate: &Gate) {
         if self.waiting.borrow().is_empty() {
             return;
         }
@@ -265,13 +280,13 @@ impl Fetched {
             if hostcalls::set_effective_context(request.context_id).is_err() {
                 continue;
             }
-            let verified = match auth.verify(&request.token, now / 1000, keys.as_deref()) {
+            let verified = match gate.verify(&request.token, now / 1000, keys.as_deref()) {
                 Err(Failure::NoKey(_)) if keys.is_none() => {
                     Err(Failure::Invalid("signing keys not available".into()))
                 }
                 other => other,
             };
-            if answer(&auth.config, verified) {
+            if answer(&gate.auth.config, verified) {
                 let _ = hostcalls::resume_http_request();
             }
         }
@@ -280,7 +295,7 @@ impl Fetched {
 
 /// Admits the request of the effective context (claims to headers, consumer) or refuses it
 /// with 401; `true` when admitted.
-fn answer(config: &Config, verified: Result<crate::logic::Verified, Failure>) -> bool {
+fn answer(config: &Config, verified: Result<Verified, Failure>) -> bool {
     match verified {
         Ok(verified) => {
             for (name, value) in &verified.headers {
@@ -332,10 +347,10 @@ impl HttpContext for Request {
         };
         let now = now_millis();
         let Some(fetched) = &self.gate.fetched else {
-            return continue_if(answer(config, auth.verify(&token, now / 1000, None)));
+            return continue_if(answer(config, self.gate.verify(&token, now / 1000, None)));
         };
         let keys = fetched.keys();
-        match auth.verify(&token, now / 1000, keys.as_deref()) {
+        match self.gate.verify(&token, now / 1000, keys.as_deref()) {
             // No key fits: wait for the first key set, or for the refetch this token asks
             // for (at most one per 10 s), as a rotated key is published before it is used.
             Err(Failure::NoKey(reason)) => {
