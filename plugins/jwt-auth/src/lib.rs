@@ -2,6 +2,10 @@
 //! EdDSA, verified with inline keys and/or a key set fetched from a cluster) identifies
 //! the consumer.
 //!
+//! With `jwks`, the key set is fetched from a cluster and refreshed; every worker's VM may
+//! fetch, and a lease in shared data makes it one fetch per interval per gateway (see
+//! [`jwks`] and the crate README).
+//!
 //! The token comes from `Authorization: Bearer <token>` (or another header, or a query
 //! parameter). Its signature is checked with the configured key of the token's `alg` (and
 //! `kid` when present); `exp`, `nbf` and `iat` are checked with `leeway_seconds`, `iss`
