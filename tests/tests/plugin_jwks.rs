@@ -106,6 +106,11 @@ fn assert_accepted(gateway: &Running, response: &HttpResponse, consumer: &str, w
     );
 }
 
+/// Sends `token` and asserts that it was accepted as `consumer`.
+async fn accepts(gateway: &Running, token: &str, consumer: &str, what: &str) {
+    assert_accepted(gateway, &call(gateway, token).await, consumer, what);
+}
+
 fn assert_refused(response: &HttpResponse, reason: &str, what: &str) {
     assert_eq!(
         response.status,
@@ -165,12 +170,7 @@ async fn fetched_keys_verify_ps256_es384_and_eddsa_tokens_beside_inline_keys() {
 async fn a_rotated_key_is_picked_up_by_the_refetch_its_kid_asks_for() {
     let (server, document) = idp().await;
     let gateway = start(server, jwks("10m", "5s")).await;
-    assert_accepted(
-        &gateway,
-        &call(&gateway, EDDSA_TOKEN).await,
-        "fixture",
-        "before the rotation",
-    );
+    accepts(&gateway, EDDSA_TOKEN, "fixture", "before the rotation").await;
     document.set(StatusCode::OK, JWKS_ROTATED);
     let started = Instant::now();
     let response = call(&gateway, ROTATED_TOKEN).await;
@@ -194,34 +194,19 @@ async fn a_rotated_key_is_picked_up_by_the_refetch_its_kid_asks_for() {
         "the retired kid",
     );
     assert_eq!(idp.request_count(), 2, "no second refetch within 10 s");
-    assert_accepted(
-        &gateway,
-        &call(&gateway, ROTATED_TOKEN).await,
-        "fixture",
-        "the new kid again",
-    );
+    accepts(&gateway, ROTATED_TOKEN, "fixture", "the new kid again").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_fetch_once_per_refresh_interval() {
     let (server, _) = idp().await;
     let gateway = start(server, jwks("1s", "5s")).await;
-    assert_accepted(
-        &gateway,
-        &call(&gateway, PS256_TOKEN).await,
-        "fixture",
-        "first",
-    );
+    accepts(&gateway, PS256_TOKEN, "fixture", "first").await;
     let started = Instant::now();
     let first = gateway.backend("idp").request_count();
     // Traffic on both workers meanwhile changes nothing: fetching is on the schedule.
     while started.elapsed() < Duration::from_millis(4_500) {
-        assert_accepted(
-            &gateway,
-            &call(&gateway, ES384_TOKEN).await,
-            "fixture",
-            "meanwhile",
-        );
+        accepts(&gateway, ES384_TOKEN, "fixture", "meanwhile").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let fetches = gateway.backend("idp").request_count() - first;
@@ -262,12 +247,7 @@ async fn a_key_server_down_at_start_is_answered_401_within_the_timeout() {
 async fn the_last_good_keys_survive_failed_refreshes() {
     let (server, document) = idp().await;
     let gateway = start(server, jwks("1s", "5s")).await;
-    assert_accepted(
-        &gateway,
-        &call(&gateway, EDDSA_TOKEN).await,
-        "fixture",
-        "before",
-    );
+    accepts(&gateway, EDDSA_TOKEN, "fixture", "before").await;
     let idp = gateway.backend("idp");
     for (status, body) in [
         (StatusCode::SERVICE_UNAVAILABLE, "{}"),
