@@ -923,3 +923,39 @@ pub async fn usage_collector(late_answers: usize, delay: Duration) -> (Backend, 
         ledger,
     )
 }
+
+/// What a [`document_server`] answers: a status and a JSON body, switched by the test while
+/// the gateway runs.
+#[derive(Clone)]
+pub struct Document(Arc<Mutex<(StatusCode, String)>>);
+
+impl Document {
+    /// Answers `status` with `body` from now on.
+    pub fn set(&self, status: StatusCode, body: &str) {
+        *self.0.lock().expect("document lock") = (status, body.to_owned());
+    }
+}
+
+/// A server answering every request with the current [`Document`] as
+/// `application/json` (a key set, a remote configuration); every request is recorded.
+pub async fn document_server(status: StatusCode, body: &str) -> (Backend, Document) {
+    let recorder = Recorder::default();
+    let document = Document(Arc::new(Mutex::new((status, body.to_owned()))));
+    let handler_recorder = recorder.clone();
+    let handler_document = document.clone();
+    let handler: Handler = Arc::new(move |request| {
+        handler_recorder.push(RecordedRequest::new(&request, 0));
+        let (status, body) = handler_document.0.lock().expect("document lock").clone();
+        Box::pin(async move {
+            Ok(Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(Full::from(body).boxed())
+                .expect("valid response"))
+        })
+    });
+    (
+        spawn_http(bind_loopback().await, None, false, recorder, handler),
+        document,
+    )
+}
