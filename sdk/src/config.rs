@@ -207,25 +207,6 @@ pub fn report<T>(plugin: &str, result: Result<T, ConfigError>) -> Option<T> {
     }
 }
 
-/// A duration as configurations write it: `250ms`, `2s`, `1.5s`, `10m`, `1h`; `None` for
-/// anything else.
-pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
-    let text = text.trim();
-    let (number, scale) = if let Some(number) = text.strip_suffix("ms") {
-        (number, 0.001)
-    } else if let Some(number) = text.strip_suffix('s') {
-        (number, 1.0)
-    } else if let Some(number) = text.strip_suffix('m') {
-        (number, 60.0)
-    } else if let Some(number) = text.strip_suffix('h') {
-        (number, 3600.0)
-    } else {
-        return None;
-    };
-    let value: f64 = number.trim().parse().ok()?;
-    (value.is_finite() && value >= 0.0).then(|| std::time::Duration::from_secs_f64(value * scale))
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
