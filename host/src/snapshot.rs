@@ -109,7 +109,7 @@ impl Snapshot {
         let mut errors = Vec::new();
         let mut clusters = HashMap::new();
         for cluster in &config.clusters {
-            match Cluster::new(cluster) {
+            match Cluster::new(cluster, registries.gateway_metrics.clone()) {
                 Ok(running) => {
                     clusters.insert(cluster.name.clone(), Arc::new(running));
                 }

@@ -17,7 +17,6 @@ use crate::config::EscapedSlashesAction;
 use crate::config::{Forward, Normalization, RetryConditions};
 use crate::routing::normalize::{self, Rejection};
 use crate::snapshot::{ResolvedForward, Target};
-use crate::telemetry::metrics::metrics;
 use crate::upstream::{
     BoxError, Cluster, Outcome, PickError, PooledBody, UpstreamBody, UpstreamError,
 };
@@ -131,7 +130,7 @@ pub(super) async fn forward(
             tracing::debug!(route = %resolved.route, cluster = %target.cluster.name, ?error, "upstream request failed");
             let refusal = error.into_refusal();
             if let Some(kind) = refusal.reason().upstream_error() {
-                metrics().upstream_error(&target.cluster.name, kind);
+                record.metrics.upstream_error(&target.cluster.name, kind);
             }
             Err(refusal)
         }
@@ -677,7 +676,7 @@ mod tests {
                 respond.send_reset(reason);
             }
         });
-        let cluster = Arc::new(Cluster::new(&h2_cluster(address)).unwrap());
+        let cluster = Arc::new(Cluster::new(&h2_cluster(address), Default::default()).unwrap());
         let request = Request::post("/orders")
             .body(full(Bytes::from_static(b"order=1")))
             .unwrap();

@@ -14,7 +14,7 @@ use http_body_util::combinators::BoxBody;
 
 use crate::config::{self, ClusterLimits, ConfigError, HealthSettings};
 use crate::config::{EjectOn, LoadBalancing};
-use crate::telemetry::metrics::metrics;
+use crate::telemetry::metrics::Metrics;
 pub use connector::Connector;
 pub use pool::{PooledBody, UpstreamError};
 
@@ -38,6 +38,8 @@ pub struct Cluster {
     /// The key to the cluster's connection pools, one per worker thread, so that a
     /// worker's connections are driven by its own runtime.
     pools: pool::Pools,
+    /// The gateway's metrics, which ejections and panic picks count into.
+    metrics: Arc<Metrics>,
 }
 
 /// One endpoint and its live state.
@@ -78,7 +80,8 @@ fn now_ms() -> u64 {
 // === impl Cluster ===
 
 impl Cluster {
-    pub fn new(config: &config::Cluster) -> Result<Self, ConfigError> {
+    /// `metrics` are the gateway's, which the cluster's ejections and panic picks count into.
+    pub fn new(config: &config::Cluster, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
         let tls = match &config.tls {
             Some(tls) => Some((
                 crate::tls::client_config(tls, config.http2, &config.origin)?,
@@ -118,6 +121,7 @@ impl Cluster {
             connector: Connector::new(config.connect_timeout, tls),
             limits: config.limits.clone(),
             pools,
+            metrics,
         })
     }
 
@@ -175,7 +179,7 @@ impl Cluster {
             return Err(PickError::NoHealthy);
         };
         if panic {
-            metrics().upstream_panic_pick(&self.name);
+            self.metrics.upstream_panic_pick(&self.name);
         }
         let endpoint = self.endpoints[index].clone();
         endpoint.active_requests.fetch_add(1, Ordering::Relaxed);
@@ -303,7 +307,7 @@ impl RequestGuard {
             .ejected_until_ms
             .store(now + period, Ordering::Relaxed);
         endpoint.consecutive_failures.store(0, Ordering::Relaxed);
-        metrics().upstream_ejection(&self.cluster.name);
+        self.cluster.metrics.upstream_ejection(&self.cluster.name);
         tracing::warn!(
             cluster = %self.cluster.name,
             endpoint = %endpoint.address,
@@ -376,7 +380,7 @@ mod tests {
             },
             origin: Origin::default(),
         };
-        Arc::new(Cluster::new(&config).unwrap())
+        Arc::new(Cluster::new(&config, Default::default()).unwrap())
     }
 
     #[test]

@@ -683,7 +683,7 @@ mod tests {
             },
             origin: Default::default(),
         };
-        Arc::new(Cluster::new(&config).unwrap())
+        Arc::new(Cluster::new(&config, Default::default()).unwrap())
     }
 
     async fn get(cluster: &Arc<Cluster>) -> Response<PooledBody> {
