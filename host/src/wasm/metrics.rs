@@ -298,10 +298,32 @@ fn sanitize(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::collector::Collector;
+    use prometheus_client::registry::Registry;
+
+    struct Exposed(Arc<PluginMetrics>);
+
+    impl std::fmt::Debug for Exposed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Exposed")
+        }
+    }
+
+    impl Collector for Exposed {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+            self.0.encode(&mut encoder)
+        }
+    }
+
+    fn render(metrics: &Arc<PluginMetrics>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Exposed(metrics.clone())));
+        crate::telemetry::metrics::encode(&registry)
+    }
 
     #[test]
     fn metrics_are_shared_per_plugin_and_name() {
-        let metrics = PluginMetrics::default();
+        let metrics = Arc::new(PluginMetrics::default());
         let a = metrics
             .define("auth", "requests.total", MetricKind::Counter, 10)
             .unwrap();
@@ -316,8 +338,8 @@ mod tests {
             .define("auth", "size", MetricKind::Histogram, 10)
             .unwrap();
         h.record(7);
-        let mut text = String::new();
-        metrics.render(&mut text);
+        let text = render(&metrics);
+        assert!(text.contains("# TYPE requests_total counter"), "{text}");
         assert!(text.contains("requests_total{plugin=\"auth\"} 5"), "{text}");
         assert!(
             text.contains("size_bucket{plugin=\"auth\",le=\"10\"} 1"),
@@ -327,31 +349,122 @@ mod tests {
             text.contains("size_bucket{plugin=\"auth\",le=\"5\"} 0"),
             "{text}"
         );
+        assert!(
+            text.contains("size_bucket{plugin=\"auth\",le=\"+Inf\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]
-    fn a_plugin_defines_at_most_its_limit_of_metrics() {
-        let metrics = PluginMetrics::default();
-        for i in 0..3 {
-            metrics
-                .define("minter", &format!("m{i}"), MetricKind::Counter, 3)
-                .unwrap();
+    fn tags_become_labels_of_one_family() {
+        let metrics = Arc::new(PluginMetrics::default());
+        let alice = metrics
+            .define(
+                "metering",
+                "consumer=.=alice;.;route=.=orders;.;usage_requests",
+                MetricKind::Counter,
+                10,
+            )
+            .unwrap();
+        // The same tags in another order are the same series.
+        let again = metrics
+            .define(
+                "metering",
+                "route=.=orders;.;consumer=.=alice;.;usage_requests",
+                MetricKind::Counter,
+                10,
+            )
+            .unwrap();
+        assert_eq!(alice.id, again.id);
+        let quoted = metrics
+            .define(
+                "metering",
+                "consumer=.=a\"b\\c\nd;.;route=.=orders;.;usage_requests",
+                MetricKind::Counter,
+                10,
+            )
+            .unwrap();
+        alice.increment(2);
+        quoted.increment(1);
+        let text = render(&metrics);
+        assert_eq!(text.matches("# TYPE usage_requests_total counter").count(), 1, "{text}");
+        assert!(
+            text.contains(
+                "usage_requests_total{plugin=\"metering\",consumer=\"alice\",route=\"orders\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "usage_requests_total{plugin=\"metering\",consumer=\"a\\\"b\\\\c\\nd\",route=\"orders\"} 1"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn malformed_tags_are_refused() {
+        for name in [
+            "plugin=.=x;.;requests",
+            "le=.=1;.;requests",
+            "bad-key=.=x;.;requests",
+            "a=.=1;.;a=.=2;.;requests",
+            "a=.=1;.;",
+            "one;.;two",
+        ] {
+            assert_eq!(
+                SeriesName::parse(name),
+                Err(Status::BadArgument),
+                "{name}"
+            );
         }
+        let metrics = PluginMetrics::default();
+        metrics
+            .define("p", "shared", MetricKind::Counter, 10)
+            .unwrap();
         assert_eq!(
             metrics
-                .define("minter", "m3", MetricKind::Counter, 3)
+                .define("p", "a=.=1;.;shared", MetricKind::Gauge, 10)
+                .map(|m| m.id),
+            Err(Status::BadArgument),
+            "a family has one kind"
+        );
+    }
+
+    #[test]
+    fn a_plugin_defines_at_most_its_limit_of_series() {
+        let metrics = Arc::new(PluginMetrics::default());
+        for consumer in ["a", "b", "c"] {
+            metrics
+                .define(
+                    "minter",
+                    &format!("consumer=.={consumer};.;m"),
+                    MetricKind::Counter,
+                    3,
+                )
+                .unwrap();
+        }
+        // One name, three label sets: the fourth series is over the limit.
+        assert_eq!(
+            metrics
+                .define("minter", "consumer=.=d;.;m", MetricKind::Counter, 3)
                 .map(|m| m.id),
             Err(Status::InternalFailure)
         );
-        // Names already defined are still found, and other plugins have their own count.
+        assert_eq!(
+            metrics
+                .define("minter", "m", MetricKind::Counter, 3)
+                .map(|m| m.id),
+            Err(Status::InternalFailure)
+        );
+        // Series already defined are still found, and other plugins have their own count.
         assert!(metrics
-            .define("minter", "m0", MetricKind::Counter, 3)
+            .define("minter", "consumer=.=a;.;m", MetricKind::Counter, 3)
             .is_ok());
         assert!(metrics
-            .define("other", "m3", MetricKind::Counter, 3)
+            .define("other", "consumer=.=d;.;m", MetricKind::Counter, 3)
             .is_ok());
-        let mut text = String::new();
-        metrics.render(&mut text);
-        assert!(!text.contains("m3{plugin=\"minter\"}"), "{text}");
+        let text = render(&metrics);
+        assert!(!text.contains("plugin=\"minter\",consumer=\"d\""), "{text}");
     }
 }
