@@ -285,20 +285,78 @@ async fn metrics_past_the_limit_are_refused() {
 
     let metrics = gateway.metrics().await;
     assert!(
-        sample_sum(&metrics, "tp_minted_9", &[("plugin", "limits")]).is_some(),
+        sample_sum(&metrics, "tp_minted_9_total", &[("plugin", "limits")]).is_some(),
         "{metrics}"
     );
     assert!(
-        sample_sum(&metrics, "tp_minted_10", &[("plugin", "limits")]).is_none(),
+        sample_sum(&metrics, "tp_minted_10_total", &[("plugin", "limits")]).is_none(),
         "{metrics}"
     );
     assert!(
-        sample_sum(&metrics, "tp_other_0", &[]).is_none(),
+        sample_sum(&metrics, "tp_other_0_total", &[]).is_none(),
         "{metrics}"
     );
     assert_eq!(refusals(gateway, "limits", "metrics").await, 2.0);
+    assert_eq!(series_refused(gateway, "limits").await, 2.0);
     let plain = send(&client, gateway, "/plain", &[]).await;
     assert_eq!(plain.status, StatusCode::OK);
+}
+
+/// The cap counts series: one metric name with ten label sets is ten series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metric_cap_counts_series_not_names() {
+    let gateway = &start().await;
+    let client = HttpClient::http1();
+    let first = send(
+        &client,
+        gateway,
+        "/limits",
+        &[("x-tp-define-tagged", "tp_series:12")],
+    )
+    .await;
+    assert_eq!(header(&first, "x-tp-defined"), "10");
+    assert_eq!(
+        header(&first, "x-tp-define-status"),
+        "10",
+        "INTERNAL_FAILURE"
+    );
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metrics.matches("# TYPE tp_series_total counter\n").count(),
+        1,
+        "one family: {metrics}"
+    );
+    assert!(
+        sample_sum(&metrics, "tp_series_total", &[("plugin", "limits"), ("n", "9")]).is_some(),
+        "{metrics}"
+    );
+    assert!(
+        sample_sum(&metrics, "tp_series_total", &[("n", "10")]).is_none(),
+        "{metrics}"
+    );
+    assert_eq!(series_refused(gateway, "limits").await, 1.0);
+    // Every new series beyond the cap is refused and counted; known ones are found.
+    let again = send(
+        &client,
+        gateway,
+        "/limits",
+        &[("x-tp-define-tagged", "tp_series:11")],
+    )
+    .await;
+    assert_eq!(header(&again, "x-tp-defined"), "10");
+    assert_eq!(header(&again, "x-tp-define-status"), "10");
+    assert_eq!(series_refused(gateway, "limits").await, 2.0);
+}
+
+/// `tollgate_plugin_metric_series_refused_total` of `plugin`, 0 when absent.
+async fn series_refused(gateway: &Gateway, plugin: &str) -> f64 {
+    let metrics = gateway.metrics().await;
+    sample_sum(
+        &metrics,
+        "tollgate_plugin_metric_series_refused_total",
+        &[("plugin", plugin)],
+    )
+    .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

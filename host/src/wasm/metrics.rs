@@ -36,6 +36,9 @@ use super::abi::Status;
 pub const TAG_SEPARATOR: &str = ";.;";
 /// Separates a tag's key from its value.
 pub const VALUE_SEPARATOR: &str = "=.=";
+/// The tag keys the bundled plugins use, for which the Envoy export writes a `stats_tags`
+/// extraction (Envoy needs one regex per key; a plugin with other keys needs its own).
+pub const WELL_KNOWN_TAG_KEYS: [&str; 3] = ["consumer", "route", "status_class"];
 /// Label names the host sets itself, which a tag may not take.
 const RESERVED_KEYS: [&str; 2] = ["plugin", "le"];
 
