@@ -35,9 +35,9 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
 use crate::reload;
+use crate::server::GatewayState;
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::{self, encode_values, PluginLabels, ValueKind};
-use crate::server::GatewayState;
 
 /// The secret a client must present to change anything through admin.
 pub struct AdminToken {
@@ -251,7 +251,11 @@ async fn answer(request: &Request<Incoming>, state: &Targets) -> Response<Full<B
             let mut registry = Registry::default();
             snapshot.registries.gateway_metrics.register(&mut registry);
             registry.register_collector(Box::new(PluginsCollector(snapshot)));
-            with_type(StatusCode::OK, metrics::encode(&registry), metrics::CONTENT_TYPE)
+            with_type(
+                StatusCode::OK,
+                metrics::encode(&registry),
+                metrics::CONTENT_TYPE,
+            )
         }
         _ => text(
             StatusCode::NOT_FOUND,

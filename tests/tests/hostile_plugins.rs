@@ -327,7 +327,12 @@ async fn the_metric_cap_counts_series_not_names() {
         "one family: {metrics}"
     );
     assert!(
-        sample_sum(&metrics, "tp_series_total", &[("plugin", "limits"), ("n", "9")]).is_some(),
+        sample_sum(
+            &metrics,
+            "tp_series_total",
+            &[("plugin", "limits"), ("n", "9")]
+        )
+        .is_some(),
         "{metrics}"
     );
     assert!(

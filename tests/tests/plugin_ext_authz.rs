@@ -316,7 +316,11 @@ async fn allowed_requests_resume_with_the_services_headers_and_consumer() {
 
     let metrics = setup.gateway.metrics().await;
     assert_eq!(
-        sample_sum(&metrics, "ext_authz_allowed_total", &[("plugin", "authz-closed")]),
+        sample_sum(
+            &metrics,
+            "ext_authz_allowed_total",
+            &[("plugin", "authz-closed")]
+        ),
         Some(2.0),
         "{metrics}"
     );

@@ -326,7 +326,11 @@ async fn a_billing_outage_loses_no_records() {
         Some(0.0)
     );
     assert_eq!(
-        sample_sum(&metrics, "metering_records_sent_total", &[("plugin", "metering")]),
+        sample_sum(
+            &metrics,
+            "metering_records_sent_total",
+            &[("plugin", "metering")]
+        ),
         Some(30.0)
     );
 }

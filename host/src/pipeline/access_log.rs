@@ -115,7 +115,8 @@ impl AccessRecord {
 
     fn emit(&self) {
         let duration = self.started.elapsed();
-        self.metrics.record_request(&self.route, &self.cluster, self.status, duration);
+        self.metrics
+            .record_request(&self.route, &self.cluster, self.status, duration);
         if !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return;
         }

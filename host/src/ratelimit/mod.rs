@@ -283,7 +283,11 @@ fn plain(status: StatusCode, text: String) -> Response<ServiceBody> {
     with_type(status, text, "text/plain; charset=utf-8")
 }
 
-fn with_type(status: StatusCode, text: String, content_type: &'static str) -> Response<ServiceBody> {
+fn with_type(
+    status: StatusCode,
+    text: String,
+    content_type: &'static str,
+) -> Response<ServiceBody> {
     let mut response = Response::new(ServiceBody::new(Some(Bytes::from(text)), None));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -421,11 +421,7 @@ impl Reloader {
             Err(errors) => {
                 let rejected = Rejected(errors.to_string());
                 self.handle.record(Err(&rejected));
-                self.slot
-                    .current()
-                    .registries
-                    .gateway_metrics
-                    .reload(false);
+                self.slot.current().registries.gateway_metrics.reload(false);
                 tracing::error!("configuration change rejected; the last good configuration keeps serving:\n{rejected}");
                 Err(rejected)
             }

@@ -390,7 +390,11 @@ mod tests {
         alice.increment(2);
         quoted.increment(1);
         let text = render(&metrics);
-        assert_eq!(text.matches("# TYPE usage_requests_total counter").count(), 1, "{text}");
+        assert_eq!(
+            text.matches("# TYPE usage_requests_total counter").count(),
+            1,
+            "{text}"
+        );
         assert!(
             text.contains(
                 "usage_requests_total{plugin=\"metering\",consumer=\"alice\",route=\"orders\"} 2"
@@ -415,11 +419,7 @@ mod tests {
             "a=.=1;.;",
             "one;.;two",
         ] {
-            assert_eq!(
-                SeriesName::parse(name),
-                Err(Status::BadArgument),
-                "{name}"
-            );
+            assert_eq!(SeriesName::parse(name), Err(Status::BadArgument), "{name}");
         }
         let metrics = PluginMetrics::default();
         metrics
