@@ -38,6 +38,7 @@ use crate::reload;
 use crate::server::GatewayState;
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::{self, encode_values, PluginLabels, ValueKind};
+use crate::wasm::plugin::Plugin;
 
 /// The secret a client must present to change anything through admin.
 pub struct AdminToken {
@@ -357,7 +358,6 @@ fn circuit_json(view: &crate::wasm::circuit::CircuitView) -> serde_json::Value {
     })
 }
 
-/// Callback counts and time of the running plugins (the current snapshot's instances).
 /// What `/metrics` shows beyond the gateway's own families, read from one snapshot when
 /// scraped: the plugins' statistics, their shared data and the metrics they define.
 struct PluginsCollector(Arc<Snapshot>);
@@ -372,7 +372,8 @@ impl Collector for PluginsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         use std::sync::atomic::Ordering;
         let snapshot = &self.0;
-        let by_plugin = |value: fn(&crate::wasm::plugin::Plugin) -> f64| {
+        // The running plugins: the snapshot's instances.
+        let by_plugin = |value: fn(&Plugin) -> u64| {
             snapshot.plugins.iter().map(move |plugin| {
                 let labels = PluginLabels {
                     plugin: plugin.name.clone(),
@@ -385,28 +386,34 @@ impl Collector for PluginsCollector {
             "tollgate_plugin_callbacks",
             "Plugin callbacks run, by plugin.",
             ValueKind::Counter,
-            by_plugin(|plugin| plugin.stats.callbacks.load(Ordering::Relaxed) as f64),
+            by_plugin(|plugin| plugin.stats.callbacks.load(Ordering::Relaxed)),
         )?;
         encode_values(
             &mut encoder,
             "tollgate_plugin_memory_bytes",
             "Linear memory of a plugin's VMs, summed over workers.",
             ValueKind::Gauge,
-            by_plugin(|plugin| plugin.stats.memory_bytes.load(Ordering::Relaxed) as f64),
+            by_plugin(|plugin| plugin.stats.memory_bytes.load(Ordering::Relaxed)),
         )?;
         encode_values(
             &mut encoder,
             "tollgate_plugin_circuit_open",
             "Whether a plugin's trap circuit is open or half-open (1) or closed (0).",
             ValueKind::Gauge,
-            by_plugin(|plugin| f64::from(u8::from(plugin.circuit.is_open()))),
+            by_plugin(|plugin| u64::from(plugin.circuit.is_open())),
         )?;
         encode_values(
             &mut encoder,
             "tollgate_plugin_callback_seconds",
             "Time spent in plugin callbacks, by plugin.",
             ValueKind::Counter,
-            by_plugin(|plugin| plugin.stats.callback_nanos.load(Ordering::Relaxed) as f64 / 1e9),
+            snapshot.plugins.iter().map(|plugin| {
+                let seconds = plugin.stats.callback_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+                let labels = PluginLabels {
+                    plugin: plugin.name.clone(),
+                };
+                (labels, seconds)
+            }),
         )?;
         snapshot.registries.shared_data.encode(&mut encoder)?;
         snapshot.registries.metrics.encode(&mut encoder)

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
+    MetricEncoder, NoLabelSet,
 };
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -397,13 +398,17 @@ pub enum ValueKind {
 
 /// Encodes one family whose values are read at scrape time: its `rows` are each a label
 /// set and a value. The family is left out when it has no rows.
-pub fn encode_values<L: EncodeLabelSet>(
+pub fn encode_values<L, V>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     kind: ValueKind,
-    rows: impl IntoIterator<Item = (L, f64)>,
-) -> Result<(), std::fmt::Error> {
+    rows: impl IntoIterator<Item = (L, V)>,
+) -> Result<(), std::fmt::Error>
+where
+    L: EncodeLabelSet,
+    V: EncodeCounterValue + EncodeGaugeValue,
+{
     let mut rows = rows.into_iter().peekable();
     if rows.peek().is_none() {
         return Ok(());

@@ -306,7 +306,7 @@ impl SharedStore {
         for (name, kind, help, value) in families {
             let rows = rows
                 .iter()
-                .map(|usage| ([("vm_id", usage.vm_id.as_str())], value(usage) as f64));
+                .map(|usage| ([("vm_id", usage.vm_id.as_str())], value(usage)));
             encode_values(encoder, name, help, kind, rows)?;
         }
         Ok(())
