@@ -108,7 +108,11 @@ impl Snapshot {
             let same_cluster_before = previous
                 .and_then(|previous| previous.clusters.get(&cluster.name))
                 .map(Arc::as_ref);
-            match Cluster::new(cluster, same_cluster_before) {
+            match Cluster::new(
+                cluster,
+                same_cluster_before,
+                registries.gateway_metrics.clone(),
+            ) {
                 Ok(running) => {
                     clusters.insert(cluster.name.clone(), Arc::new(running));
                 }

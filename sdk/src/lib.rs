@@ -11,6 +11,7 @@
 //! | [`route`] | per-route rule tables keyed by the `xds.route_name` property |
 //! | [`consumer`] | the consumer identity set by auth plugins, read by acl, limits, billing |
 //! | [`shared`] | counters, token buckets, fixed and sliding windows over shared data (CAS) |
+//! | [`metrics`] | metric names with tags (`consumer`, `route`) that hosts export as labels |
 //! | [`json`] | get/set/remove/rename/redact JSON fields by dotted path |
 //! | [`callout`] | build `dispatch_http_call` requests and read their responses |
 //! | [`usage`] | usage records and a bounded backlog for billing |
@@ -95,6 +96,7 @@ pub mod config;
 pub mod consumer;
 pub mod global_limit;
 pub mod json;
+pub mod metrics;
 pub mod plugin;
 pub mod ratelimit_service;
 pub mod route;

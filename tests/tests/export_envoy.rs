@@ -171,6 +171,19 @@ fn the_demo_policies_export_to_a_valid_bootstrap() {
     let dir = demo_policies();
     let (bootstrap, outcome) = exported(&dir);
 
+    // Plugin metrics tagged with consumer and route get those labels in Envoy too: the
+    // tag, written `consumer=.=VALUE;.;`, is taken out of the name into a label.
+    let tags = bootstrap["stats_config"]["stats_tags"]
+        .as_array()
+        .expect("stats_config.stats_tags");
+    for key in ["consumer", "route"] {
+        let tag = tags
+            .iter()
+            .find(|tag| tag["tag_name"] == key)
+            .unwrap_or_else(|| panic!("a {key} tag in {tags:?}"));
+        assert_eq!(tag["regex"], format!("({key}=\\.=(.*?);\\.;)"));
+    }
+
     // The demo's three settings Envoy has no field for, and nothing else.
     let warnings: Vec<String> = outcome
         .stderr

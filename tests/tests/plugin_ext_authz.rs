@@ -312,7 +312,11 @@ async fn allowed_requests_resume_with_the_services_headers_and_consumer() {
 
     let metrics = setup.gateway.metrics().await;
     assert_eq!(
-        sample_sum(&metrics, "ext_authz_allowed", &[("plugin", "authz-closed")]),
+        sample_sum(
+            &metrics,
+            "ext_authz_allowed_total",
+            &[("plugin", "authz-closed")]
+        ),
         Some(2.0),
         "{metrics}"
     );
@@ -430,7 +434,7 @@ async fn a_failing_service_answers_403_unless_failure_mode_allow() {
     let metrics = setup.gateway.metrics().await;
     for plugin in ["authz-closed", "authz-open"] {
         assert_eq!(
-            sample_sum(&metrics, "ext_authz_failed", &[("plugin", plugin)]),
+            sample_sum(&metrics, "ext_authz_failed_total", &[("plugin", plugin)]),
             Some(2.0),
             "{plugin}: {metrics}"
         );

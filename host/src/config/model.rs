@@ -153,7 +153,7 @@ pub struct PluginLimits {
     pub shared_data_keys: usize,
     /// Per queue.
     pub shared_queue_length: usize,
-    /// Metrics one plugin may define.
+    /// Metric series (name and tags) one plugin may define.
     pub metrics: usize,
     pub callout_response_bytes: u64,
 }

@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
 use super::{Downstream, ResponseBody};
-use crate::telemetry::metrics::metrics;
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::redaction::Redaction;
 use crate::telemetry::response_details::{response_details, response_flag_names};
 use crate::upstream::{BoxError, Endpoint};
@@ -54,6 +54,8 @@ pub struct AccessRecord {
     pub grpc: bool,
     /// What the line must not show, from the snapshot the request started with.
     pub redaction: Arc<Redaction>,
+    /// The gateway's metrics, which the request counts into when it ends.
+    pub metrics: Arc<Metrics>,
 }
 
 fn none() -> Arc<str> {
@@ -72,6 +74,7 @@ impl AccessRecord {
         request_id: HeaderValue,
         started: Instant,
         redaction: Arc<Redaction>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             started,
@@ -98,6 +101,7 @@ impl AccessRecord {
             bytes_sent: 0,
             grpc: super::local::is_grpc(request.headers()),
             redaction,
+            metrics,
         }
     }
 
@@ -115,7 +119,8 @@ impl AccessRecord {
 
     fn emit(&self) {
         let duration = self.started.elapsed();
-        metrics().record_request(&self.route, &self.cluster, self.status, duration);
+        self.metrics
+            .record_request(&self.route, &self.cluster, self.status, duration);
         if !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return;
         }

@@ -18,7 +18,6 @@ use crate::config::EscapedSlashesAction;
 use crate::config::{Forward, HashOn, Normalization, RegexRewrite, RetryConditions};
 use crate::routing::normalize::{self, Rejection};
 use crate::snapshot::{ResolvedForward, Target};
-use crate::telemetry::metrics::metrics;
 use crate::upstream::{
     hash_key, tls_failure, BoxError, Cluster, Outcome, PickError, PooledBody, UpstreamBody,
     UpstreamError,
@@ -146,7 +145,7 @@ pub(super) async fn forward(
             record.upstream_transport_failure = error.transport_failure().map(Into::into);
             let refusal = error.into_refusal();
             if let Some(kind) = refusal.reason().upstream_error() {
-                metrics().upstream_error(&target.cluster.name, kind);
+                record.metrics.upstream_error(&target.cluster.name, kind);
             }
             Err(refusal)
         }
@@ -762,7 +761,7 @@ mod tests {
                 respond.send_reset(reason);
             }
         });
-        let cluster = Arc::new(Cluster::new(&h2_cluster(address), None).unwrap());
+        let cluster = Arc::new(Cluster::new(&h2_cluster(address), None, Default::default()).unwrap());
         let request = Request::post("/orders")
             .body(full(Bytes::from_static(b"order=1")))
             .unwrap();

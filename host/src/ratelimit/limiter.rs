@@ -3,7 +3,6 @@
 //! client that keeps calling past its limit costs no Redis round trip.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -75,7 +74,7 @@ impl Limiter {
                 continue;
             };
             if self.cached_over_limit(&counter.key, now) {
-                self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.metrics.cache_hit();
                 statuses.push(Some(status(&counter, u64::MAX, now)));
                 continue;
             }

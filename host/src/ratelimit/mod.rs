@@ -40,7 +40,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 
 use limiter::Limiter;
-use metrics::ServiceMetrics;
+use metrics::{CallResult, ServiceMetrics};
 use proto::{Code, RateLimitRequest, SHOULD_RATE_LIMIT_PATH};
 use store::Store;
 
@@ -164,7 +164,11 @@ impl Service {
                     plain(StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n"))
                 }
             },
-            (&Method::GET, "/metrics") => plain(StatusCode::OK, self.metrics.render()),
+            (&Method::GET, "/metrics") => with_type(
+                StatusCode::OK,
+                self.metrics.render(),
+                crate::telemetry::metrics::CONTENT_TYPE,
+            ),
             (&Method::POST, _) if is_grpc(request.headers()) => grpc_error(
                 GrpcStatus::Unimplemented,
                 "unknown method: this service answers ShouldRateLimit only",
@@ -177,26 +181,26 @@ impl Service {
         let message = match read_grpc_message(request).await {
             Ok(message) => message,
             Err(refusal) => {
-                self.metrics.calls_invalid.fetch_add(1, Ordering::Relaxed);
+                self.metrics.call(CallResult::Invalid);
                 return refusal;
             }
         };
         let Ok(request) = RateLimitRequest::decode(message) else {
-            self.metrics.calls_invalid.fetch_add(1, Ordering::Relaxed);
+            self.metrics.call(CallResult::Invalid);
             return grpc_error(GrpcStatus::InvalidArgument, "not a RateLimitRequest");
         };
         match self.limiter.should_rate_limit(&request).await {
             Ok(answer) => {
-                let counter = if answer.overall_code == Code::OverLimit as i32 {
-                    &self.metrics.calls_over_limit
-                } else {
-                    &self.metrics.calls_ok
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .call(if answer.overall_code == Code::OverLimit as i32 {
+                        CallResult::OverLimit
+                    } else {
+                        CallResult::Ok
+                    });
                 grpc_ok(&answer.encode_to_vec())
             }
             Err(error) => {
-                self.metrics.calls_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.call(CallResult::Failed);
                 self.log_failure(&error);
                 grpc_error(
                     GrpcStatus::Unavailable,
@@ -276,11 +280,19 @@ async fn read_grpc_message(request: Request<Incoming>) -> Result<Bytes, Response
 }
 
 fn plain(status: StatusCode, text: String) -> Response<ServiceBody> {
+    with_type(status, text, "text/plain; charset=utf-8")
+}
+
+fn with_type(
+    status: StatusCode,
+    text: String,
+    content_type: &'static str,
+) -> Response<ServiceBody> {
     let mut response = Response::new(ServiceBody::new(Some(Bytes::from(text)), None));
     *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static(content_type),
     );
     response
 }

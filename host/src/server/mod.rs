@@ -26,7 +26,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{watch, Notify};
 
 use crate::snapshot::Snapshot;
-use crate::telemetry::metrics::metrics;
 use crate::upstream::health::{self, HealthChecker};
 use crate::wasm::plugin::Plugin;
 
@@ -339,12 +338,13 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
-                    let limit = state.snapshot().config.server.max_connections;
+                    let snapshot = state.snapshot();
+                    let limit = snapshot.config.server.max_connections;
                     if open.fetch_add(1, Ordering::Relaxed) >= limit {
                         // Over the cap: close before reading a byte, so the client sees a
                         // clean close and never a half-written answer.
                         open.fetch_sub(1, Ordering::Relaxed);
-                        metrics().connection_refused(&name);
+                        snapshot.registries.gateway_metrics.connection_refused(&name);
                         tracing::debug!(listener = %name, %remote, limit, "max_connections reached: connection closed");
                         drop(stream);
                         continue;

@@ -254,7 +254,7 @@ mod tests {
     #[test]
     fn the_first_answer_decides_then_the_thresholds_do() {
         let config = config_with(2, LoadBalancing::RoundRobin, 100, checked_health());
-        let cluster = Cluster::new(&config, None).unwrap();
+        let cluster = Cluster::new(&config, None, Default::default()).unwrap();
         let settings = cluster.health.active.clone().unwrap();
         let (up, down) = (&cluster.endpoints[0], &cluster.endpoints[1]);
         record(&cluster, up, &settings, true);

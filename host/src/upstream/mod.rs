@@ -17,7 +17,7 @@ use http_body_util::combinators::BoxBody;
 
 use crate::config::{self, ClusterLimits, ConfigError, HealthSettings};
 use crate::config::{EjectOn, HashOn, LoadBalancing};
-use crate::telemetry::metrics::metrics;
+use crate::telemetry::metrics::Metrics;
 pub use connector::{tls_failure, Connector};
 pub use pool::{PooledBody, UpstreamError};
 use ring::Ring;
@@ -51,6 +51,8 @@ pub struct Cluster {
     /// The key to the cluster's connection pools, one per worker thread, so that a
     /// worker's connections are driven by its own runtime.
     pools: pool::Pools,
+    /// The gateway's metrics, which ejections and panic picks count into.
+    metrics: Arc<Metrics>,
 }
 
 /// One endpoint and its live state.
@@ -127,8 +129,13 @@ fn now_ms() -> u64 {
 
 impl Cluster {
     /// Builds the running cluster; with `previous` (the same cluster in the snapshot being
-    /// replaced), endpoints it had keep their active health state.
-    pub fn new(config: &config::Cluster, previous: Option<&Cluster>) -> Result<Self, ConfigError> {
+    /// replaced), endpoints it had keep their active health state. `metrics` are the
+    /// gateway's, which the cluster's ejections and panic picks count into.
+    pub fn new(
+        config: &config::Cluster,
+        previous: Option<&Cluster>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ConfigError> {
         let tls = match &config.tls {
             Some(tls) => Some((
                 crate::tls::client_config(tls, config.http2, &config.origin)?,
@@ -193,6 +200,7 @@ impl Cluster {
             connector: Connector::new(config.connect_timeout, tls),
             limits: config.limits.clone(),
             pools,
+            metrics,
         })
     }
 
@@ -262,7 +270,7 @@ impl Cluster {
             return Err(PickError::NoHealthy);
         };
         if panic {
-            metrics().upstream_panic_pick(&self.name);
+            self.metrics.upstream_panic_pick(&self.name);
         }
         let endpoint = self.endpoints[index].clone();
         endpoint.active_requests.fetch_add(1, Ordering::Relaxed);
@@ -413,7 +421,7 @@ impl RequestGuard {
             .ejected_until_ms
             .store(now + period, Ordering::Relaxed);
         endpoint.consecutive_failures.store(0, Ordering::Relaxed);
-        metrics().upstream_ejection(&self.cluster.name);
+        self.cluster.metrics.upstream_ejection(&self.cluster.name);
         tracing::warn!(
             cluster = %self.cluster.name,
             endpoint = %endpoint.address,
@@ -470,7 +478,7 @@ mod tests {
         health: HealthSettings,
     ) -> Arc<Cluster> {
         let config = config_with(endpoints, lb, max_requests, health);
-        Arc::new(Cluster::new(&config, None).unwrap())
+        Arc::new(Cluster::new(&config, None, Default::default()).unwrap())
     }
 
     pub(super) fn config_with(
@@ -571,13 +579,13 @@ mod tests {
     #[test]
     fn endpoints_start_unhealthy_under_active_checks_and_keep_their_state_when_rebuilt() {
         let config = config_with(2, LoadBalancing::RoundRobin, 100, checked_health());
-        let first = Cluster::new(&config, None).unwrap();
+        let first = Cluster::new(&config, None, Default::default()).unwrap();
         assert!(first
             .endpoints
             .iter()
             .all(|e| e.active.is_unchecked() && !e.active.is_healthy()));
         set_active_health(&first, 1, true);
-        let rebuilt = Cluster::new(&config, Some(&first)).unwrap();
+        let rebuilt = Cluster::new(&config, Some(&first), Default::default()).unwrap();
         assert!(Arc::ptr_eq(
             &rebuilt.endpoints[1].active,
             &first.endpoints[1].active
@@ -586,7 +594,7 @@ mod tests {
         assert!(rebuilt.endpoints[0].active.is_unchecked());
         // Without active checks an endpoint is healthy, and nothing is carried over.
         let unchecked = config_with(2, LoadBalancing::RoundRobin, 100, health(5, 50, 0));
-        let plain = Cluster::new(&unchecked, Some(&first)).unwrap();
+        let plain = Cluster::new(&unchecked, Some(&first), Default::default()).unwrap();
         assert!(plain
             .endpoints
             .iter()

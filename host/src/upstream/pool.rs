@@ -702,7 +702,7 @@ mod tests {
             },
             origin: Default::default(),
         };
-        Arc::new(Cluster::new(&config, None).unwrap())
+        Arc::new(Cluster::new(&config, None, Default::default()).unwrap())
     }
 
     async fn get(cluster: &Arc<Cluster>) -> Response<PooledBody> {
