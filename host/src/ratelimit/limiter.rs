@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::metrics::ServiceMetrics;
 use super::proto::{
@@ -91,12 +91,7 @@ impl Limiter {
                 ttl_ms: counter.window.seconds_left(now) * 1_000 + KEY_GRACE_MS,
             })
             .collect();
-        let started = Instant::now();
-        let counts = self.store.add(&hits).await;
-        if !hits.is_empty() {
-            self.metrics.record_redis(started.elapsed(), counts.is_ok());
-        }
-        let counts = counts?;
+        let counts = self.store.add(hits).await?;
 
         for ((index, counter), count) in counted.into_iter().zip(counts) {
             if count > u64::from(counter.limit) {
