@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::metrics::ServiceMetrics;
 use super::proto::{
@@ -13,7 +12,7 @@ use super::proto::{
     RateLimitResponse, Unit,
 };
 use super::store::{Hit, Store, StoreError};
-use super::window::Window;
+use super::window::{self, Window};
 
 /// How many over-limit counters the cache remembers at most; past that, new ones are not
 /// cached (they are still decided correctly, through Redis).
@@ -57,9 +56,7 @@ impl Limiter {
         &self,
         request: &RateLimitRequest,
     ) -> Result<RateLimitResponse, StoreError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_secs());
+        let now = window::now_secs();
         let request_hits = u64::from(request.hits_addend.max(1));
 
         // Per descriptor: no limit (OK, nothing counted), over limit by the cache, or a
@@ -173,9 +170,7 @@ impl Limiter {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         if cache.len() >= OVER_LIMIT_CACHE_ENTRIES {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.as_secs());
+            let now = window::now_secs();
             cache.retain(|_, &mut window_end| now < window_end);
             if cache.len() >= OVER_LIMIT_CACHE_ENTRIES {
                 return;

@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -216,9 +216,7 @@ impl Service {
     }
 
     fn log_failure(&self, error: &store::StoreError) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_secs());
+        let now = window::now_secs();
         let last = self.failures_logged.load(Ordering::Relaxed);
         if now >= last + FAILURE_LOG_INTERVAL_SECS
             && self

@@ -3,11 +3,13 @@
 //! the number of service replicas.
 //!
 //! Calls that arrive while a script run is under way wait for it and then go to Redis
-//! together, in the next run: one script run adds the hits of every call in it, in arrival
-//! order, so each call still sees the counts it would have seen alone. An idle service
+//! together, in the next run: one script run adds the hits of every call in it (a key hit
+//! by several calls once, with their sum), and each call gets the counts it would have seen
+//! alone, replayed in arrival order. An idle service
 //! sends each call at once; a busy one pays Redis' per-command cost once per batch instead
 //! of once per call (the bench's figures are in bench/README.md).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -165,31 +167,59 @@ async fn run_batches(
     }
 }
 
-/// One script run over the hits of every call in the batch, in order.
+/// One script run over the hits of every call in the batch; every hit's count, in order.
+///
+/// A key that several calls of the batch hit (one busy client, one shared plan) goes to
+/// Redis once, with the sum of their hits; each call's count is then replayed in arrival
+/// order from the count before the batch, exactly as if the calls had run one by one.
 async fn run_script(
     script: &Script,
     connection: &ConnectionManager,
     batch: &[Waiting],
     timeout: Duration,
 ) -> Result<Vec<u64>, StoreError> {
+    let hits = || batch.iter().flat_map(|call| &call.hits);
+    let mut position: HashMap<&str, usize> = HashMap::new();
+    let mut distinct: Vec<(&Hit, u64)> = Vec::new();
+    let slots: Vec<usize> = hits()
+        .map(|hit| {
+            let slot = *position.entry(&hit.key).or_insert_with(|| {
+                distinct.push((hit, 0));
+                distinct.len() - 1
+            });
+            distinct[slot].1 += hit.hits;
+            slot
+        })
+        .collect();
+
     let mut invocation = script.prepare_invoke();
-    let mut keys = 0;
-    for hit in batch.iter().flat_map(|call| &call.hits) {
-        invocation
-            .key(&hit.key)
-            .arg(hit.hits)
-            .arg(hit.ttl_ms.max(1));
-        keys += 1;
+    for (hit, total) in &distinct {
+        invocation.key(&hit.key).arg(*total).arg(hit.ttl_ms.max(1));
     }
     let mut connection = connection.clone();
     let run = invocation.invoke_async::<Vec<u64>>(&mut connection);
-    match tokio::time::timeout(timeout, run).await {
-        Ok(Ok(counts)) if counts.len() == keys => Ok(counts),
-        Ok(Ok(counts)) => Err(StoreError::Redis(format!(
-            "the script answered {} counts for {keys} keys",
-            counts.len()
-        ))),
-        Ok(Err(error)) => Err(error.into()),
-        Err(_) => Err(StoreError::Timeout(timeout)),
-    }
+    let after = match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(counts)) if counts.len() == distinct.len() => counts,
+        Ok(Ok(counts)) => {
+            return Err(StoreError::Redis(format!(
+                "the script answered {} counts for {} keys",
+                counts.len(),
+                distinct.len()
+            )))
+        }
+        Ok(Err(error)) => return Err(error.into()),
+        Err(_) => return Err(StoreError::Timeout(timeout)),
+    };
+    let mut running: Vec<u64> = after
+        .iter()
+        .zip(&distinct)
+        .map(|(count, (_, total))| count.saturating_sub(*total))
+        .collect();
+    Ok(hits()
+        .zip(slots)
+        .map(|(hit, slot)| {
+            running[slot] += hit.hits;
+            running[slot]
+        })
+        .collect())
 }
