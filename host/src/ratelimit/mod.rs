@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -54,6 +54,8 @@ pub struct Options {
     pub redis_timeout: Duration,
     /// Prepended to every Redis key, so that several deployments can share one Redis.
     pub key_prefix: String,
+    /// Threads serving calls: 1 is a single event loop, more a work-stealing runtime.
+    pub workers: usize,
 }
 
 /// The largest request message accepted; a `RateLimitRequest` is a few hundred bytes.
@@ -71,7 +73,14 @@ enum GrpcStatus {
 /// Serves until SIGTERM or Ctrl-C. Blocks the calling thread.
 pub fn serve(options: Options) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = if options.workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(options.workers);
+        builder
+    };
+    let runtime = builder
         .enable_all()
         .thread_name("tollgate-ratelimit")
         .build()?;
@@ -80,7 +89,7 @@ pub fn serve(options: Options) -> anyhow::Result<()> {
 
 async fn serve_async(options: Options) -> anyhow::Result<()> {
     let metrics = Arc::new(ServiceMetrics::default());
-    let store = Store::new(&options.redis, options.redis_timeout)?;
+    let store = Store::new(&options.redis, options.redis_timeout, metrics.clone())?;
     let limiter = Arc::new(Limiter::new(
         store,
         options.key_prefix.clone(),
@@ -211,9 +220,7 @@ impl Service {
     }
 
     fn log_failure(&self, error: &store::StoreError) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_secs());
+        let now = window::now_secs();
         let last = self.failures_logged.load(Ordering::Relaxed);
         if now >= last + FAILURE_LOG_INTERVAL_SECS
             && self
