@@ -761,7 +761,8 @@ mod tests {
                 respond.send_reset(reason);
             }
         });
-        let cluster = Arc::new(Cluster::new(&h2_cluster(address), None, Default::default()).unwrap());
+        let cluster =
+            Arc::new(Cluster::new(&h2_cluster(address), None, Default::default()).unwrap());
         let request = Request::post("/orders")
             .body(full(Bytes::from_static(b"order=1")))
             .unwrap();
