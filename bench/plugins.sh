@@ -236,7 +236,7 @@ if [[ " ${CONFIGS[*]} " == *" global "* ]]; then
     log "starting redis-server and tollgate ratelimit (CPU $LOAD_CPU)"
     start redis "$LOAD_CPU" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no
     start ratelimit "$LOAD_CPU" env TOLLGATE_LOG=warn "$BIN" ratelimit --listen "127.0.0.1:$RATELIMIT_PORT" \
-        --redis "redis://127.0.0.1:$REDIS_PORT"
+        --redis "redis://127.0.0.1:$REDIS_PORT" --workers 1
     wait_http "http://127.0.0.1:$RATELIMIT_PORT/healthz"
 fi
 
@@ -293,13 +293,16 @@ done
 # --- open loop: latency at half of the 0-plugin maximum ----------------------------------
 base_rps=$("$PYTHON" bench/report.py rps "$WORK" base)
 RATE=$("$PYTHON" -c "import sys; print(max(1, round(float(sys.argv[1]) * float(sys.argv[2]))))" "$base_rps" "$HALF")
-# The local and global limit are compared with each other, at half of the local one's
-# maximum (the question is what the service adds to a limited request, not to a bare one).
+# The local and global limit are compared with each other at one rate: half of what the
+# global one carries at most (its half load; the question is what the service adds to a
+# limited request, not to a bare one). Without `global`, half of the local one's maximum.
 LIMIT_RATE=$RATE
-if [[ " ${CONFIGS[*]} " == *" limit "* ]]; then
-    limit_rps=$("$PYTHON" bench/report.py rps "$WORK" limit)
-    LIMIT_RATE=$("$PYTHON" -c "import sys; print(max(1, round(float(sys.argv[1]) * float(sys.argv[2]))))" "$limit_rps" "$HALF")
-fi
+for limited in global limit; do
+    [[ " ${CONFIGS[*]} " == *" $limited "* ]] || continue
+    limited_rps=$("$PYTHON" bench/report.py rps "$WORK" "$limited")
+    LIMIT_RATE=$("$PYTHON" -c "import sys; print(max(1, round(float(sys.argv[1]) * float(sys.argv[2]))))" "$limited_rps" "$HALF")
+    break
+done
 for r in $(seq "$RUNS"); do
     for c in "${CONFIGS[@]}"; do
         rate=$RATE

@@ -158,7 +158,7 @@ def main():
     if "limit" in configs and "global" in configs:
         fl, fg = fixed.get("limit", {}), fixed.get("global", {})
         paired = pair_ratios(rps("global"), rps("limit"))
-        notes.append("global limit vs local, both at %s requests/s (half of the local one's maximum): "
+        notes.append("global limit vs local, both at %s requests/s (half of the global one's maximum): "
                      "added p50 %s, p99 %s; throughput %s of local (median of the paired runs' ratios)"
                      % (fmt_rps(meta.get("limit_rate")), fmt_added(sub(fg.get("p50"), fl.get("p50"))), fmt_added(sub(fg.get("p99"), fl.get("p99"))),
                         "–" if not paired else "%.2f×" % median(paired)))

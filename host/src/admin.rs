@@ -30,8 +30,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::registry::Registry;
+
 use crate::reload;
 use crate::server::GatewayState;
+use crate::snapshot::Snapshot;
+use crate::telemetry::metrics::{self, encode_values, PluginLabels, ValueKind};
+use crate::wasm::plugin::Plugin;
 
 /// The secret a client must present to change anything through admin.
 pub struct AdminToken {
@@ -232,6 +239,11 @@ async fn answer(request: &Request<Incoming>, state: &Targets) -> Response<Full<B
             plugins(state).to_string(),
             "application/json",
         ),
+        "/clusters" => with_type(
+            StatusCode::OK,
+            clusters(&state.gateway).to_string(),
+            "application/json",
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if state.gateway.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
@@ -241,16 +253,19 @@ async fn answer(request: &Request<Incoming>, state: &Targets) -> Response<Full<B
             with_type(StatusCode::OK, body, "application/json")
         }
         "/metrics" => {
-            let registries = state.gateway.snapshot().registries.clone();
-            let mut body = registries.gateway_metrics.render();
-            registries.shared_data.render(&mut body);
-            registries.metrics.render(&mut body);
-            render_plugin_stats(&mut body, &state.gateway);
-            with_type(StatusCode::OK, body, "text/plain; version=0.0.4")
+            let snapshot = state.gateway.snapshot();
+            let mut registry = Registry::default();
+            snapshot.registries.gateway_metrics.register(&mut registry);
+            registry.register_collector(Box::new(PluginsCollector(snapshot)));
+            with_type(
+                StatusCode::OK,
+                metrics::encode(&registry),
+                metrics::CONTENT_TYPE,
+            )
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /healthz /readyz /config /metrics /plugins, POST /reload\n",
+            "admin endpoints: /healthz /readyz /config /metrics /plugins /clusters, POST /reload\n",
         ),
     }
 }
@@ -348,50 +363,127 @@ fn circuit_json(view: &crate::wasm::circuit::CircuitView) -> serde_json::Value {
     })
 }
 
-/// Callback counts and time of the running plugins (the current snapshot's instances).
-fn render_plugin_stats(out: &mut String, state: &GatewayState) {
-    use std::fmt::Write as _;
-    use std::sync::atomic::Ordering;
+/// `GET /clusters`: every endpoint of the live snapshot's clusters and whether it gets
+/// traffic: `active_healthy` (what active health checks found; true without them) and
+/// `ejected` (by passive health checking).
+fn clusters(state: &GatewayState) -> serde_json::Value {
     let snapshot = state.snapshot();
-    out.push_str("# HELP tollgate_plugin_callbacks_total Plugin callbacks run, by plugin.\n");
-    out.push_str("# TYPE tollgate_plugin_callbacks_total counter\n");
-    for plugin in &snapshot.plugins {
-        let _ = writeln!(
-            out,
-            "tollgate_plugin_callbacks_total{{plugin=\"{}\"}} {}",
-            plugin.name,
-            plugin.stats.callbacks.load(Ordering::Relaxed)
-        );
+    let mut names: Vec<&String> = snapshot.clusters.keys().collect();
+    names.sort();
+    let clusters: Vec<serde_json::Value> = names
+        .into_iter()
+        .map(|name| {
+            let cluster = &snapshot.clusters[name];
+            let endpoints: Vec<serde_json::Value> = cluster
+                .endpoints
+                .iter()
+                .map(|endpoint| {
+                    serde_json::json!({
+                        "address": endpoint.address,
+                        "active_healthy": endpoint.active.is_healthy(),
+                        "ejected": endpoint.ejected(),
+                    })
+                })
+                .collect();
+            serde_json::json!({ "name": name, "endpoints": endpoints })
+        })
+        .collect();
+    serde_json::json!({ "clusters": clusters })
+}
+
+/// The labels of `tollgate_upstream_endpoint_healthy`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct EndpointHealthLabels {
+    cluster: String,
+    endpoint: String,
+    check: &'static str,
+}
+
+/// What `/metrics` shows beyond the gateway's own families, read from one snapshot when
+/// scraped: the plugins' statistics, their shared data and the metrics they define.
+struct PluginsCollector(Arc<Snapshot>);
+
+impl std::fmt::Debug for PluginsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PluginsCollector(..)")
     }
-    out.push_str("# HELP tollgate_plugin_memory_bytes Linear memory of a plugin's VMs, summed over workers.\n");
-    out.push_str("# TYPE tollgate_plugin_memory_bytes gauge\n");
-    for plugin in &snapshot.plugins {
-        let _ = writeln!(
-            out,
-            "tollgate_plugin_memory_bytes{{plugin=\"{}\"}} {}",
-            plugin.name,
-            plugin.stats.memory_bytes.load(Ordering::Relaxed)
-        );
-    }
-    out.push_str("# HELP tollgate_plugin_circuit_open Whether a plugin's trap circuit is open or half-open (1) or closed (0).\n");
-    out.push_str("# TYPE tollgate_plugin_circuit_open gauge\n");
-    for plugin in &snapshot.plugins {
-        let _ = writeln!(
-            out,
-            "tollgate_plugin_circuit_open{{plugin=\"{}\"}} {}",
-            plugin.name,
-            u8::from(plugin.circuit.is_open())
-        );
-    }
-    out.push_str("# HELP tollgate_plugin_callback_seconds_total Time spent in plugin callbacks, by plugin.\n");
-    out.push_str("# TYPE tollgate_plugin_callback_seconds_total counter\n");
-    for plugin in &snapshot.plugins {
-        let seconds = plugin.stats.callback_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(
-            out,
-            "tollgate_plugin_callback_seconds_total{{plugin=\"{}\"}} {seconds}",
-            plugin.name
-        );
+}
+
+impl Collector for PluginsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        use std::sync::atomic::Ordering;
+        let snapshot = &self.0;
+        // The running plugins: the snapshot's instances.
+        let by_plugin = |value: fn(&Plugin) -> u64| {
+            snapshot.plugins.iter().map(move |plugin| {
+                let labels = PluginLabels {
+                    plugin: plugin.name.clone(),
+                };
+                (labels, value(plugin))
+            })
+        };
+        encode_values(
+            &mut encoder,
+            "tollgate_plugin_callbacks",
+            "Plugin callbacks run, by plugin.",
+            ValueKind::Counter,
+            by_plugin(|plugin| plugin.stats.callbacks.load(Ordering::Relaxed)),
+        )?;
+        encode_values(
+            &mut encoder,
+            "tollgate_plugin_memory_bytes",
+            "Linear memory of a plugin's VMs, summed over workers.",
+            ValueKind::Gauge,
+            by_plugin(|plugin| plugin.stats.memory_bytes.load(Ordering::Relaxed)),
+        )?;
+        encode_values(
+            &mut encoder,
+            "tollgate_plugin_circuit_open",
+            "Whether a plugin's trap circuit is open or half-open (1) or closed (0).",
+            ValueKind::Gauge,
+            by_plugin(|plugin| u64::from(plugin.circuit.is_open())),
+        )?;
+        encode_values(
+            &mut encoder,
+            "tollgate_plugin_callback_seconds",
+            "Time spent in plugin callbacks, by plugin.",
+            ValueKind::Counter,
+            snapshot.plugins.iter().map(|plugin| {
+                let seconds = plugin.stats.callback_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+                let labels = PluginLabels {
+                    plugin: plugin.name.clone(),
+                };
+                (labels, seconds)
+            }),
+        )?;
+        // Per endpoint, one gauge per kind of health check: 1 healthy, 0 not.
+        let mut clusters: Vec<_> = snapshot.clusters.iter().collect();
+        clusters.sort_by(|a, b| a.0.cmp(b.0));
+        encode_values(
+            &mut encoder,
+            "tollgate_upstream_endpoint_healthy",
+            "Whether an endpoint is healthy (1) or not (0), by cluster, endpoint and check: \
+             `active` for active health checks, `passive` for ejection.",
+            ValueKind::Gauge,
+            clusters.into_iter().flat_map(|(name, cluster)| {
+                cluster.endpoints.iter().flat_map(move |endpoint| {
+                    [
+                        ("active", endpoint.active.is_healthy()),
+                        ("passive", !endpoint.ejected()),
+                    ]
+                    .map(|(check, healthy)| {
+                        let labels = EndpointHealthLabels {
+                            cluster: name.clone(),
+                            endpoint: endpoint.address.clone(),
+                            check,
+                        };
+                        (labels, u64::from(healthy))
+                    })
+                })
+            }),
+        )?;
+        snapshot.registries.shared_data.encode(&mut encoder)?;
+        snapshot.registries.metrics.encode(&mut encoder)
     }
 }
 

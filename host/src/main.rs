@@ -140,6 +140,10 @@ enum Command {
         /// Prepended to every Redis key, so that deployments can share one Redis.
         #[arg(long, default_value = "tollgate:rl:")]
         key_prefix: String,
+        /// Threads serving calls (default: one per CPU). With 1, the service runs on one
+        /// event loop and never hands a call between threads.
+        #[arg(long, env = "TOLLGATE_RATELIMIT_WORKERS")]
+        workers: Option<usize>,
         /// Log line format.
         #[arg(long, value_enum, default_value = "text", env = "TOLLGATE_LOG_FORMAT")]
         log_format: LogFormat,
@@ -320,6 +324,7 @@ fn main() -> ExitCode {
             redis,
             redis_timeout,
             key_prefix,
+            workers,
             log_format,
         } => {
             init_logging(log_format);
@@ -328,6 +333,8 @@ fn main() -> ExitCode {
                 redis,
                 redis_timeout,
                 key_prefix,
+                workers: workers
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             };
             match tollgate::ratelimit::serve(options) {
                 Ok(()) => ExitCode::SUCCESS,

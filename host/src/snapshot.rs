@@ -79,46 +79,53 @@ impl Snapshot {
     /// Builds everything: TLS configurations (reading certificates and keys), clusters and
     /// per-listener route tables. (Each worker keeps its own connection pools, in its thread.)
     pub fn build(config: Config, plugins_dir: &std::path::Path) -> Result<Self, ConfigErrors> {
-        Self::build_reusing(config, plugins_dir, &[], Default::default())
+        Self::build_reusing(config, plugins_dir, None, Default::default())
     }
 
     /// Builds the snapshot that replaces `previous`. A plugin instance whose module,
     /// configuration and settings are unchanged, while no cluster changed, is carried over
     /// with its running VMs: a reload does not retire it (no `proxy_on_done`, its buffers
-    /// and timers go on).
+    /// and timers go on). Endpoints that stay in a cluster keep their active health state.
     pub fn build_after(
         config: Config,
         plugins_dir: &std::path::Path,
         previous: &Snapshot,
     ) -> Result<Self, ConfigErrors> {
-        // The cluster model has no equality; its debug form lists every field. A plugin's
-        // callouts go through the clusters it was built with, so any change rebuilds it.
-        let clusters_unchanged =
-            format!("{:?}", config.clusters) == format!("{:?}", previous.config.clusters);
-        let reusable: &[Arc<Plugin>] = if clusters_unchanged {
-            &previous.plugins
-        } else {
-            &[]
-        };
-        Self::build_reusing(config, plugins_dir, reusable, previous.registries.clone())
+        Self::build_reusing(
+            config,
+            plugins_dir,
+            Some(previous),
+            previous.registries.clone(),
+        )
     }
 
     fn build_reusing(
         config: Config,
         plugins_dir: &std::path::Path,
-        reusable: &[Arc<Plugin>],
+        previous: Option<&Snapshot>,
         registries: Arc<PluginRegistries>,
     ) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         let mut clusters = HashMap::new();
         for cluster in &config.clusters {
-            match Cluster::new(cluster) {
+            let same_cluster_before = previous
+                .and_then(|previous| previous.clusters.get(&cluster.name))
+                .map(Arc::as_ref);
+            match Cluster::new(
+                cluster,
+                same_cluster_before,
+                registries.gateway_metrics.clone(),
+            ) {
                 Ok(running) => {
                     clusters.insert(cluster.name.clone(), Arc::new(running));
                 }
                 Err(error) => errors.push(error),
             }
         }
+        let reusable: &[Arc<Plugin>] = match previous {
+            Some(previous) if clusters_unchanged(&config, &clusters, previous) => &previous.plugins,
+            _ => &[],
+        };
         let virtual_hosts: Vec<Arc<config::VirtualHost>> =
             config.virtual_hosts.iter().cloned().map(Arc::new).collect();
         let mut listeners = HashMap::new();
@@ -220,6 +227,24 @@ impl Snapshot {
             tracing: None,
         })
     }
+}
+
+/// Whether the clusters are those `previous` was built with: a plugin's callouts go through
+/// the clusters it was built with, so any change rebuilds it, a rotated TLS file (the same
+/// path, other certificates) included.
+fn clusters_unchanged(
+    config: &Config,
+    clusters: &HashMap<String, Arc<Cluster>>,
+    previous: &Snapshot,
+) -> bool {
+    // The cluster model has no equality; its debug form lists every field.
+    format!("{:?}", config.clusters) == format!("{:?}", previous.config.clusters)
+        && clusters.iter().all(|(name, cluster)| {
+            previous
+                .clusters
+                .get(name)
+                .is_some_and(|before| cluster.same_tls_files(before))
+        })
 }
 
 /// Validates a policy folder completely — parsing, references, certificates and keys —
@@ -417,6 +442,39 @@ mod tests {
         assert!(
             !same(&swapped, &moved, 0) && !same(&swapped, &moved, 1),
             "a cluster changed: every plugin rebuilt"
+        );
+        std::fs::remove_dir_all(&plugins_dir).unwrap();
+    }
+
+    #[test]
+    fn a_rotated_cluster_tls_file_rebuilds_the_plugins() {
+        let plugins_dir = tempfile_dir();
+        std::fs::write(plugins_dir.join("noop.wat"), NOOP_PLUGIN).unwrap();
+        let ca_file = plugins_dir.join("upstream-ca.crt");
+        let write_ca = || {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            std::fs::write(&ca_file, params.self_signed(&key).unwrap().pem()).unwrap();
+        };
+        let policies = || {
+            config(&format!(
+                "clusters: [{{ name: c, endpoints: [{{ address: \"127.0.0.1:1\" }}], tls: {{ ca: \"{}\" }} }}]\nplugins:\n  - {{ name: kept, module: noop.wat }}\n",
+                ca_file.display()
+            ))
+        };
+        write_ca();
+        let first = Snapshot::build(policies(), &plugins_dir).unwrap();
+        let again = Snapshot::build_after(policies(), &plugins_dir, &first).unwrap();
+        assert!(
+            Arc::ptr_eq(&first.plugins[0], &again.plugins[0]),
+            "the same certificates: carried over"
+        );
+        write_ca();
+        let rotated = Snapshot::build_after(policies(), &plugins_dir, &again).unwrap();
+        assert!(
+            !Arc::ptr_eq(&again.plugins[0], &rotated.plugins[0]),
+            "the same path, another certificate: its callouts need the new cluster"
         );
         std::fs::remove_dir_all(&plugins_dir).unwrap();
     }

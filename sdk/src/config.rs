@@ -30,6 +30,7 @@
 //! ```
 
 use std::fmt;
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel};
@@ -145,6 +146,25 @@ pub fn parse_validated<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T
     Ok(value)
 }
 
+/// A duration as configurations write it: `250ms`, `2s`, `1.5s`, `1m`, `1h`; `None` for
+/// anything else (a bare number, a negative one, another unit).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (number, scale) = if let Some(number) = text.strip_suffix("ms") {
+        (number, 0.001)
+    } else if let Some(number) = text.strip_suffix('s') {
+        (number, 1.0)
+    } else if let Some(number) = text.strip_suffix('m') {
+        (number, 60.0)
+    } else if let Some(number) = text.strip_suffix('h') {
+        (number, 3600.0)
+    } else {
+        return None;
+    };
+    let value: f64 = number.trim().parse().ok()?;
+    (value.is_finite() && value >= 0.0).then(|| Duration::from_secs_f64(value * scale))
+}
+
 /// serde_json appends ` at line 1 column 42`; the field path says more.
 fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {
@@ -255,6 +275,18 @@ mod tests {
         let error = parse::<Config>(b"{} {}").unwrap_err();
         assert_eq!(error.path(), "");
         assert!(error.message().contains("trailing"), "{error}");
+    }
+
+    #[test]
+    fn durations_have_a_unit() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration(" 1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("1d"), None);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The consumer identity convention shared by auth, access, limit and billing plugins.
 //!
-//! An **auth plugin** (key-auth, jwt-auth, basic-auth, ext-authz) that recognises a client
-//! first calls [`strip_client_supplied`] on every request (so a client can never forge an
-//! identity, whether or not it authenticates) and, once it knows who the client is, calls
-//! [`set`]. **Readers** (acl, rate-limit, quota, metering, transformer) call [`get`].
+//! An **auth plugin** (key-auth, jwt-auth, basic-auth, hmac-auth, token-introspection,
+//! ext-authz) that recognises a client first calls [`strip_client_supplied`] on every
+//! request (so a client can never forge an identity, whether or not it authenticates) and,
+//! once it knows who the client is, calls [`set`]. **Readers** (acl, rate-limit, quota, metering, transformer) call [`get`].
 //!
 //! The identity travels two ways:
 //! - request headers [`CONSUMER_HEADER`] (`x-tollgate-consumer`: the consumer's name) and
@@ -73,6 +73,19 @@ pub fn format_groups(groups: &[String]) -> String {
 /// Whether `name` can be carried in a header value: non-empty, visible ASCII, no comma.
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+}
+
+/// Checks the groups of a consumer in a plugin configuration: each must be a valid name
+/// ([`is_valid_name`]). `field` is the list's path (`consumers[0].groups`); the error names
+/// the group (`consumers[0].groups[1]`).
+pub fn check_groups(groups: &[String], field: &str) -> Result<(), crate::config::ConfigError> {
+    match groups.iter().position(|group| !is_valid_name(group)) {
+        Some(j) => Err(crate::config::ConfigError::new(
+            format!("{field}[{j}]"),
+            "must be visible ASCII without commas",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Removes any consumer identity headers from the request (call first in auth plugins,
@@ -147,6 +160,14 @@ mod tests {
         let consumer = Consumer::new("alice", groups);
         assert!(consumer.in_group("ops"));
         assert!(!consumer.in_group("op"));
+    }
+
+    #[test]
+    fn configured_groups_are_checked_by_name() {
+        assert!(check_groups(&["gold".into(), "staff".into()], "consumers[0].groups").is_ok());
+        let error =
+            check_groups(&["gold".into(), "a,b".into()], "consumers[2].groups").unwrap_err();
+        assert_eq!(error.path(), "consumers[2].groups[1]");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MetricType, Status};
 use serde::Deserialize;
 
-use crate::config::{ensure, join_path, ConfigError};
+use crate::config::{ensure, join_path, parse_duration, ConfigError};
 use crate::ratelimit_service::{
     Code, Descriptor, DescriptorStatus, RateLimitRequest, RateLimitResponse, METHOD, SERVICE,
 };
@@ -104,22 +104,6 @@ impl RawGlobal {
             failures_metric: Cell::new(None),
         })
     }
-}
-
-/// `250ms`, `2s`, `1.5s`, `1m`.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let (number, scale) = if let Some(number) = text.strip_suffix("ms") {
-        (number, 0.001)
-    } else if let Some(number) = text.strip_suffix('s') {
-        (number, 1.0)
-    } else if let Some(number) = text.strip_suffix('m') {
-        (number, 60.0)
-    } else {
-        return None;
-    };
-    let value: f64 = number.trim().parse().ok()?;
-    (value.is_finite() && value >= 0.0).then(|| Duration::from_secs_f64(value * scale))
 }
 
 /// What the service said about one request.

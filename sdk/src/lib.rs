@@ -11,6 +11,7 @@
 //! | [`route`] | per-route rule tables keyed by the `xds.route_name` property |
 //! | [`consumer`] | the consumer identity set by auth plugins, read by acl, limits, billing |
 //! | [`shared`] | counters, token buckets, fixed and sliding windows over shared data (CAS) |
+//! | [`metrics`] | metric names with tags (`consumer`, `route`) that hosts export as labels |
 //! | [`json`] | get/set/remove/rename/redact JSON fields by dotted path |
 //! | [`callout`] | build `dispatch_http_call` requests and read their responses |
 //! | [`usage`] | usage records and a bounded backlog for billing |
@@ -95,6 +96,7 @@ pub mod config;
 pub mod consumer;
 pub mod global_limit;
 pub mod json;
+pub mod metrics;
 pub mod plugin;
 pub mod ratelimit_service;
 pub mod route;
@@ -105,7 +107,7 @@ pub mod usage;
 pub use plugin::{Plugin, Root};
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::LogLevel;
+use proxy_wasm::types::{LogLevel, MetricType};
 
 /// Logs `message` at `level` through the host (`proxy_log`); never fails.
 pub fn log(level: LogLevel, message: &str) {
@@ -119,6 +121,25 @@ pub fn now_nanos() -> u64 {
         .ok()
         .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |elapsed| elapsed.as_nanos() as u64)
+}
+
+/// A counter metric (`proxy_define_metric`), e.g. `ext_authz.allowed`, shown by Tollgate
+/// on `/metrics` as `ext_authz_allowed{plugin="..."}` and by Envoy among its stats. Define
+/// it once (in `from_config`); counting one the host refused does nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counter(Option<u32>);
+
+impl Counter {
+    pub fn define(name: &str) -> Self {
+        Self(hostcalls::define_metric(MetricType::Counter, name).ok())
+    }
+
+    /// Adds 1.
+    pub fn count(self) {
+        if let Some(id) = self.0 {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
 }
 
 /// A property as a string (`request.path`, `xds.route_name`, ...); `None` when missing or
@@ -175,6 +196,15 @@ pub fn decimal(value: u64, buffer: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buffer[at..]).expect("ASCII digits")
 }
 
+/// Whether `name` is a header name as HTTP allows it (an RFC 9110 token): not empty, and no
+/// pseudo-header (`:path`), space or separator.
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// `"1.2.3.4:80"` → `"1.2.3.4"`, `"[::1]:80"` → `"::1"`; anything else is returned whole.
 pub fn strip_port(address: &str) -> &str {
     if let Some(rest) = address.strip_prefix('[') {
@@ -198,6 +228,15 @@ mod tests {
         assert_eq!(strip_port("[::1]:80"), "::1");
         assert_eq!(strip_port("::1"), "::1");
         assert_eq!(strip_port("host"), "host");
+    }
+
+    #[test]
+    fn header_names_are_tokens() {
+        assert!(is_header_name("x-client-id"));
+        assert!(is_header_name("X_Odd~Name"));
+        assert!(!is_header_name(""));
+        assert!(!is_header_name(":path"));
+        assert!(!is_header_name("x user"));
     }
 
     #[test]

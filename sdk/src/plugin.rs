@@ -12,7 +12,8 @@
 //! Each request gets a context from [`Plugin::request`], holding a clone of that `Rc`.
 //!
 //! The hooks with defaults cover what only some plugins need: [`Plugin::on_vm_start`],
-//! periodic work ([`Plugin::tick_period`] and [`Plugin::on_tick`]) and shared queues
+//! periodic work ([`Plugin::tick_period`] and [`Plugin::on_tick`]), the answers to the
+//! root context's callouts ([`Plugin::on_http_call_response`]) and shared queues
 //! ([`Plugin::on_queue_ready`]; register them in `from_config`, which runs in
 //! `on_configure` and may call the host). Everything else is the standard proxy-wasm ABI,
 //! so the module runs in Envoy as it does in Tollgate.
@@ -66,6 +67,17 @@ pub trait Plugin: Sized + 'static {
 
     /// A shared queue this VM registered has items (`on_queue_ready`).
     fn on_queue_ready(&self, _queue_id: u32) {}
+
+    /// The answer to a callout the root context sent (from `on_tick`, say): read it with
+    /// [`callout::read_response`](crate::callout::read_response).
+    fn on_http_call_response(
+        &self,
+        _token_id: u32,
+        _num_headers: usize,
+        _body_size: usize,
+        _num_trailers: usize,
+    ) {
+    }
 }
 
 /// The root context of plugin `P`: loads the configuration, keeps the plugin, creates the
@@ -102,7 +114,19 @@ impl<P: Plugin> Default for Root<P> {
     }
 }
 
-impl<P: Plugin> Context for Root<P> {}
+impl<P: Plugin> Context for Root<P> {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        num_trailers: usize,
+    ) {
+        if let Some(plugin) = &self.plugin {
+            plugin.on_http_call_response(token_id, num_headers, body_size, num_trailers);
+        }
+    }
+}
 
 impl<P: Plugin> RootContext for Root<P> {
     fn on_vm_start(&mut self, vm_configuration_size: usize) -> bool {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{
 };
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::certs::{crypto_provider, parse_certs, parse_key, IssuedCert};
+use crate::certs::{crypto_provider, parse_certs, parse_key, CertAuthority, IssuedCert};
 
 pub type ResponseBody = BoxBody<Bytes, Infallible>;
 // A concrete error type (rather than a boxed trait object) keeps the connection future
@@ -222,6 +222,100 @@ pub async fn tls_echo(name: &str, cert: &IssuedCert) -> Backend {
     )
 }
 
+/// The echo backend behind TLS that requires a client certificate issued by `client_ca`
+/// (mutual TLS, as an Istio sidecar in STRICT mode), serving `cert`. Each answer tells
+/// who the client was: `x-client-subject` (the certificate's subject) and
+/// `x-client-uri-san` (its URI subject alternative names, `,`-joined; empty without one).
+/// A client without an acceptable certificate fails the handshake and reaches nothing.
+pub async fn mtls_echo(name: &str, cert: &IssuedCert, client_ca: &CertAuthority) -> Backend {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(client_ca.cert_der().into())
+        .expect("the client CA certificate is valid");
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.into(),
+        crypto_provider(),
+    )
+    .build()
+    .expect("client verifier");
+    let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(parse_certs(&cert.cert_pem), parse_key(&cert.key_pem))
+        .expect("server certificate and key match");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let recorder = Recorder::default();
+    let echo = echo_handler(name.to_owned(), recorder.clone());
+    let for_connection: ConnectionHandler = Arc::new(move |session| {
+        let client = session
+            .and_then(|session| session.peer_certificates())
+            .and_then(|chain| chain.first())
+            .map(|leaf| ClientIdentity::of(leaf))
+            .unwrap_or_default();
+        let echo = echo.clone();
+        Arc::new(move |request| {
+            let answer = echo(request);
+            let client = client.clone();
+            Box::pin(async move {
+                let mut response = answer.await?;
+                client.tell(response.headers_mut());
+                Ok(response)
+            })
+        })
+    });
+    spawn_http_per_connection(
+        bind_loopback().await,
+        Some(TlsAcceptor::from(Arc::new(config))),
+        false,
+        recorder,
+        for_connection,
+    )
+}
+
+/// Who a client certificate names, as [`mtls_echo`] reports it.
+#[derive(Clone, Default)]
+struct ClientIdentity {
+    subject: String,
+    uri_sans: Vec<String>,
+}
+
+impl ClientIdentity {
+    fn of(der: &[u8]) -> Self {
+        use x509_parser::extensions::GeneralName;
+        let Ok((_, certificate)) = x509_parser::parse_x509_certificate(der) else {
+            return Self::default();
+        };
+        let uri_sans = match certificate.subject_alternative_name() {
+            Ok(Some(san)) => san
+                .value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::URI(uri) => Some(uri.to_string()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Self {
+            subject: certificate.subject().to_string(),
+            uri_sans,
+        }
+    }
+
+    fn tell(&self, headers: &mut HeaderMap) {
+        for (name, value) in [
+            ("x-client-subject", self.subject.clone()),
+            ("x-client-uri-san", self.uri_sans.join(",")),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
+    }
+}
+
 /// Fails the first `failures` requests as `failure` says, then behaves like [`echo`].
 /// Every request, failed or not, is recorded.
 pub async fn flaky(name: &str, failures: usize, failure: Failure) -> Backend {
@@ -243,6 +337,67 @@ pub async fn flaky(name: &str, failures: usize, failure: Failure) -> Backend {
         })
     });
     spawn_http(bind_loopback().await, None, false, recorder, handler)
+}
+
+/// The path where a [`checked`] backend answers health checks.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// Switches of a [`checked`] backend: whether its health path and its other paths answer
+/// `200` (as the echo backend) or `503`. Both start healthy.
+#[derive(Clone)]
+pub struct Switches {
+    health: Arc<AtomicBool>,
+    traffic: Arc<AtomicBool>,
+}
+
+impl Switches {
+    /// `/healthz` answers 200 (`true`) or 503 (`false`).
+    pub fn set_health(&self, healthy: bool) {
+        self.health.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Every other path echoes (`true`) or answers 503 (`false`).
+    pub fn set_traffic(&self, serving: bool) {
+        self.traffic.store(serving, Ordering::SeqCst);
+    }
+}
+
+/// An echo backend with a health path ([`HEALTH_PATH`]) and [`Switches`] to make it or
+/// its traffic fail. Health checks are recorded like any request.
+pub async fn checked(name: &str) -> (Backend, Switches) {
+    checked_on(bind_loopback().await, name)
+}
+
+/// [`checked`] on a listener the test bound (to restart a stopped backend on its address).
+pub fn checked_on(listener: TcpListener, name: &str) -> (Backend, Switches) {
+    let switches = Switches {
+        health: Arc::new(AtomicBool::new(true)),
+        traffic: Arc::new(AtomicBool::new(true)),
+    };
+    let recorder = Recorder::default();
+    let echo = echo_handler(name.to_owned(), recorder.clone());
+    let (own_recorder, own_switches) = (recorder.clone(), switches.clone());
+    let handler: Handler = Arc::new(move |request| {
+        let is_check = request.uri().path() == HEALTH_PATH;
+        let switch = if is_check {
+            &own_switches.health
+        } else {
+            &own_switches.traffic
+        };
+        if !switch.load(Ordering::SeqCst) {
+            own_recorder.push(RecordedRequest::new(&request, 0));
+            return Box::pin(async {
+                Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "switched off\n"))
+            });
+        }
+        if is_check {
+            own_recorder.push(RecordedRequest::new(&request, 0));
+            return Box::pin(async { Ok(plain(StatusCode::OK, "ok\n")) });
+        }
+        echo(request)
+    });
+    let backend = spawn_http(listener, None, false, recorder, handler);
+    (backend, switches)
 }
 
 /// A gRPC-style backend speaking HTTP/2 only: answers `content-type: application/grpc`,
@@ -384,6 +539,21 @@ pub(crate) fn spawn_http(
     recorder: Recorder,
     handler: Handler,
 ) -> Backend {
+    let for_connection: ConnectionHandler = Arc::new(move |_| handler.clone());
+    spawn_http_per_connection(listener, tls, http2_only, recorder, for_connection)
+}
+
+/// Gives each connection its handler, from what its TLS session says (the client's
+/// certificate, say); `None` without TLS.
+type ConnectionHandler = Arc<dyn Fn(Option<&rustls::ServerConnection>) -> Handler + Send + Sync>;
+
+fn spawn_http_per_connection(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    http2_only: bool,
+    recorder: Recorder,
+    for_connection: ConnectionHandler,
+) -> Backend {
     let addr = listener.local_addr().expect("bound address");
     let task = tokio::spawn(async move {
         // Connections live in this set so that aborting the accept loop closes them too.
@@ -393,16 +563,17 @@ pub(crate) fn spawn_http(
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
-            let handler = handler.clone();
+            let for_connection = for_connection.clone();
             let tls = tls.clone();
             connections.spawn(async move {
                 match tls {
                     Some(acceptor) => {
                         if let Ok(stream) = acceptor.accept(tcp).await {
+                            let handler = for_connection(Some(stream.get_ref().1));
                             serve_connection(stream, http2_only, handler).await;
                         }
                     }
-                    None => serve_connection(tcp, http2_only, handler).await,
+                    None => serve_connection(tcp, http2_only, for_connection(None)).await,
                 }
             });
             while connections.try_join_next().is_some() {}
@@ -654,6 +825,31 @@ mod tests {
     }
 }
 
+/// A service whose answers the test writes (an authorization server, a token endpoint):
+/// `answer` gets each request's head and whole body and returns the response, and may
+/// wait first to play a slow service. Every request is recorded, with its body length.
+pub async fn answering<F, Fut>(answer: F) -> Backend
+where
+    F: Fn(http::request::Parts, Bytes) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<ResponseBody>> + Send + 'static,
+{
+    let recorder = Recorder::default();
+    let handler_recorder = recorder.clone();
+    let answer = Arc::new(answer);
+    let handler: Handler = Arc::new(move |request| {
+        let recorder = handler_recorder.clone();
+        let answer = answer.clone();
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+            let head = Request::from_parts(parts, ());
+            recorder.push(RecordedRequest::new(&head, body.len()));
+            Ok(answer(head.into_parts().0, body).await)
+        })
+    });
+    spawn_http(bind_loopback().await, None, false, recorder, handler)
+}
+
 /// What a [`usage_collector`] stored: requests billed per batch key (the `idempotency-key`
 /// header).
 #[derive(Clone, Default)]
@@ -725,5 +921,41 @@ pub async fn usage_collector(late_answers: usize, delay: Duration) -> (Backend, 
     (
         spawn_http(bind_loopback().await, None, false, recorder, handler),
         ledger,
+    )
+}
+
+/// What a [`document_server`] answers: a status and a JSON body, switched by the test while
+/// the gateway runs.
+#[derive(Clone)]
+pub struct Document(Arc<Mutex<(StatusCode, String)>>);
+
+impl Document {
+    /// Answers `status` with `body` from now on.
+    pub fn set(&self, status: StatusCode, body: &str) {
+        *self.0.lock().expect("document lock") = (status, body.to_owned());
+    }
+}
+
+/// A server answering every request with the current [`Document`] as
+/// `application/json` (a key set, a remote configuration); every request is recorded.
+pub async fn document_server(status: StatusCode, body: &str) -> (Backend, Document) {
+    let recorder = Recorder::default();
+    let document = Document(Arc::new(Mutex::new((status, body.to_owned()))));
+    let handler_recorder = recorder.clone();
+    let handler_document = document.clone();
+    let handler: Handler = Arc::new(move |request| {
+        handler_recorder.push(RecordedRequest::new(&request, 0));
+        let (status, body) = handler_document.0.lock().expect("document lock").clone();
+        Box::pin(async move {
+            Ok(Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(Full::from(body).boxed())
+                .expect("valid response"))
+        })
+    });
+    (
+        spawn_http(bind_loopback().await, None, false, recorder, handler),
+        document,
     )
 }

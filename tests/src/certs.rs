@@ -88,18 +88,7 @@ impl CertAuthority {
         dns_names: &[&str],
         uris: &[&str],
     ) -> IssuedCert {
-        let mut params = CertificateParams::new(
-            dns_names
-                .iter()
-                .map(|name| name.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .expect("valid DNS names");
-        for uri in uris {
-            params.subject_alt_names.push(rcgen::SanType::URI(
-                rcgen::Ia5String::try_from(*uri).expect("an ASCII URI"),
-            ));
-        }
+        let mut params = named_params(dns_names, uris);
         params
             .distinguished_name
             .push(DnType::OrganizationName, organization);
@@ -107,6 +96,26 @@ impl CertAuthority {
             .distinguished_name
             .push(DnType::CommonName, common_name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    /// A workload certificate as a service mesh issues it: subject `CN=common_name`, the
+    /// SPIFFE id as its URI subject alternative name (and `dns_names`, if any), good for
+    /// both ends of mutual TLS.
+    pub fn workload_cert(
+        &self,
+        common_name: &str,
+        spiffe_id: &str,
+        dns_names: &[&str],
+    ) -> IssuedCert {
+        let mut params = named_params(dns_names, &[spiffe_id]);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         self.sign(params)
     }
 
@@ -132,6 +141,23 @@ impl CertAuthority {
             cert_der: certificate.der().to_vec(),
         }
     }
+}
+
+/// Certificate parameters with these DNS and URI subject alternative names.
+fn named_params(dns_names: &[&str], uris: &[&str]) -> CertificateParams {
+    let mut params = CertificateParams::new(
+        dns_names
+            .iter()
+            .map(|name| name.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .expect("valid DNS names");
+    for uri in uris {
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            rcgen::Ia5String::try_from(*uri).expect("an ASCII URI"),
+        ));
+    }
+    params
 }
 
 impl IssuedCert {

@@ -28,6 +28,15 @@ pub fn every_field_policies() -> PolicyDir {
         .write(&certs, "api");
     CertAuthority::new("every-field clients").write(&certs, "clients-ca.crt");
     CertAuthority::new("every-field upstreams").write(&certs, "upstream-ca.crt");
+    let mesh = CertAuthority::new("every-field mesh");
+    mesh.write(&certs, "mesh-ca.crt");
+    mesh.client_cert_with_names(
+        "gateway",
+        "cluster.local",
+        &[],
+        &["spiffe://cluster.local/ns/edge/sa/tollgate"],
+    )
+    .write(&certs, "gateway-workload");
     write_modules(
         &dir,
         &[

@@ -549,6 +549,18 @@ impl Running {
         self.client.get(self.addr(), HOST, path_and_query).await
     }
 
+    /// Asserts the status of a response; a failure shows `what`, the response's body and
+    /// the gateway's log.
+    pub fn assert_status(&self, response: &HttpResponse, status: http::StatusCode, what: &str) {
+        assert_eq!(
+            response.status,
+            status,
+            "{what}: {}\n{}",
+            response.text(),
+            self.gateway.log()
+        );
+    }
+
     /// `policies/FILE_NAME`, to rewrite a policy file while the gateway runs.
     pub fn policy_file(&self, file_name: &str) -> PathBuf {
         self.gateway.policies().path().join(file_name)

@@ -74,6 +74,11 @@ fn cluster<'a>(bootstrap: &'a Value, name: &str) -> &'a Value {
 }
 
 /// The HTTP connection manager of a listener's first filter chain (or default chain).
+/// The path of an Envoy data source that names a file.
+fn file_name(source: &Value) -> &std::path::Path {
+    std::path::Path::new(source["filename"].as_str().expect("a file data source"))
+}
+
 fn connection_manager(listener: &Value) -> &Value {
     let chain = listener["filter_chains"]
         .get(0)
@@ -165,6 +170,19 @@ fn the_fixtures_pass_check() {
 fn the_demo_policies_export_to_a_valid_bootstrap() {
     let dir = demo_policies();
     let (bootstrap, outcome) = exported(&dir);
+
+    // Plugin metrics tagged with consumer and route get those labels in Envoy too: the
+    // tag, written `consumer=.=VALUE;.;`, is taken out of the name into a label.
+    let tags = bootstrap["stats_config"]["stats_tags"]
+        .as_array()
+        .expect("stats_config.stats_tags");
+    for key in ["consumer", "route"] {
+        let tag = tags
+            .iter()
+            .find(|tag| tag["tag_name"] == key)
+            .unwrap_or_else(|| panic!("a {key} tag in {tags:?}"));
+        assert_eq!(tag["regex"], format!("({key}=\\.=(.*?);\\.;)"));
+    }
 
     // The demo's three settings Envoy has no field for, and nothing else.
     let warnings: Vec<String> = outcome
@@ -342,6 +360,15 @@ fn every_field_exports_to_a_valid_bootstrap_that_means_the_same() {
     for name in ["checkout", "old-docs", "moved"] {
         assert_eq!(enabled_filters(route(shop, name)), ["keys"], "{name}");
     }
+    let checkout = &route(shop, "checkout")["route"];
+    assert_eq!(
+        checkout["regex_rewrite"],
+        json!({ "pattern": { "regex": "^/(check)(out)$" }, "substitution": "/pay/\\2/\\1" })
+    );
+    assert_eq!(
+        checkout["hash_policy"],
+        json!([{ "cookie": { "name": "session" } }])
+    );
     assert_eq!(enabled_filters(route(api, "ping")), ["tagger/order-by-id"]);
     assert_eq!(enabled_filters(route(api, "api-all")), ["tagger"]);
 
@@ -378,11 +405,8 @@ fn every_field_exports_to_a_valid_bootstrap_that_means_the_same() {
         "TLSv1_3"
     );
     assert_eq!(common["alpn_protocols"], json!(["h2", "http/1.1"]));
-    let certificate = common["tls_certificates"][0]["certificate_chain"]["filename"]
-        .as_str()
-        .unwrap();
     assert_eq!(
-        std::path::Path::new(certificate),
+        file_name(&common["tls_certificates"][0]["certificate_chain"]),
         dir.path().join("certs/api.crt")
     );
     assert!(common["validation_context"]["trusted_ca"]["filename"]
@@ -489,6 +513,23 @@ fn every_field_exports_to_a_valid_bootstrap_that_means_the_same() {
         billing["outlier_detection"]["consecutive_gateway_failure"],
         5
     );
+    assert_eq!(billing["lb_policy"], "RING_HASH");
+    // xxHash, as Tollgate's ring: Envoy's default, so the parsed message leaves it out.
+    assert_eq!(
+        billing["ring_hash_lb_config"],
+        json!({ "minimum_ring_size": "1024" })
+    );
+    assert_eq!(
+        billing["health_checks"],
+        json!([{
+            "timeout": "2s",
+            "interval": "5s",
+            "no_traffic_interval": "5s",
+            "healthy_threshold": 1,
+            "unhealthy_threshold": 4,
+            "http_health_check": { "path": "/ready", "host": "billing.internal" },
+        }])
+    );
     let upstream = &billing["transport_socket"]["typed_config"];
     assert_eq!(upstream["sni"], "billing.internal");
     assert!(
@@ -497,6 +538,31 @@ fn every_field_exports_to_a_valid_bootstrap_that_means_the_same() {
             .unwrap()
             .ends_with("certs/upstream-ca.crt")
     );
+
+    // Mutual TLS: the client certificate, and the expected names by their kind in place of
+    // the server name.
+    let inventory = &cluster(&bootstrap, "inventory")["transport_socket"]["typed_config"];
+    let common = &inventory["common_tls_context"];
+    let certificate = &common["tls_certificates"][0];
+    assert_eq!(
+        file_name(&certificate["certificate_chain"]),
+        dir.path().join("certs/gateway-workload.crt")
+    );
+    assert_eq!(
+        file_name(&certificate["private_key"]),
+        dir.path().join("certs/gateway-workload.key")
+    );
+    assert_eq!(
+        common["validation_context"]["match_typed_subject_alt_names"],
+        json!([
+            { "san_type": "URI", "matcher": { "exact": "spiffe://cluster.local/ns/shop/sa/inventory" } },
+            { "san_type": "DNS", "matcher": { "exact": "inventory.every.test" } },
+        ])
+    );
+    assert!(common["validation_context"]["trusted_ca"]["filename"]
+        .as_str()
+        .unwrap()
+        .ends_with("certs/mesh-ca.crt"));
 
     // What Envoy cannot express is named, file and field, on stderr.
     for field in [
@@ -748,4 +814,70 @@ fn invalid_policies_are_refused_as_check_refuses_them() {
         "{}",
         outcome.stderr
     );
+}
+
+#[test]
+fn ring_hash_keys_and_active_checks_export_per_cluster_and_route() {
+    let mut dir = PolicyDir::new();
+    dir.write(
+        "policies.yaml",
+        "
+listeners:
+  - { name: web, address: 127.0.0.1:18083 }
+clusters:
+  - name: by-user
+    load_balancing: ring_hash
+    hash_on: { header: X-User }
+    http2: true
+    health: { active: { path: /healthz } }
+    endpoints: [{ address: 127.0.0.1:19021 }, { address: 127.0.0.1:19022 }]
+  - name: by-client
+    load_balancing: ring_hash
+    endpoints: [{ address: 127.0.0.1:19023 }]
+virtual_hosts:
+  - name: all
+    domains: ['*']
+    routes:
+      - name: users
+        match: { path: { prefix: /users } }
+        forward: { cluster: by-user }
+      - name: rest
+        forward: { cluster: by-client }
+",
+    );
+    std::fs::create_dir_all(plugins_dir(&dir)).unwrap();
+    let (bootstrap, outcome) = exported(&dir);
+    assert!(!outcome.stderr.contains("warning"), "{}", outcome.stderr);
+    let all = virtual_host(connection_manager(listener(&bootstrap, "web")), "all");
+    assert_eq!(
+        route(all, "users")["route"]["hash_policy"],
+        json!([{ "header": { "header_name": "x-user" } }])
+    );
+    assert_eq!(
+        route(all, "rest")["route"]["hash_policy"],
+        json!([{ "connection_properties": { "source_ip": true } }])
+    );
+    let by_user = cluster(&bootstrap, "by-user");
+    assert_eq!(by_user["ring_hash_lb_config"]["minimum_ring_size"], "2048");
+    // Envoy's defaults where Tollgate has its own, the cluster's protocol, and the
+    // endpoint's address as the Host of its checks.
+    assert_eq!(
+        by_user["health_checks"],
+        json!([{
+            "timeout": "1s",
+            "interval": "10s",
+            "no_traffic_interval": "10s",
+            "healthy_threshold": 2,
+            "unhealthy_threshold": 3,
+            "http_health_check": { "path": "/healthz", "codec_client_type": "HTTP2" },
+        }])
+    );
+    let endpoint = &by_user["load_assignment"]["endpoints"][0]["lb_endpoints"][1]["endpoint"];
+    assert_eq!(
+        endpoint["health_check_config"]["hostname"],
+        "127.0.0.1:19022"
+    );
+    assert!(cluster(&bootstrap, "by-client")
+        .get("health_checks")
+        .is_none());
 }

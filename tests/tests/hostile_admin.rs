@@ -91,7 +91,14 @@ async fn reload_needs_the_admin_token_and_reads_stay_open() {
     assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text());
     assert_eq!(accepted.json()["status"], "live");
 
-    for path in ["/healthz", "/readyz", "/config", "/metrics", "/plugins"] {
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/config",
+        "/metrics",
+        "/plugins",
+        "/clusters",
+    ] {
         let read = gateway.admin_get(path).await;
         assert_eq!(read.status, StatusCode::OK, "GET {path} needs no token");
     }

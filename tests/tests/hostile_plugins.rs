@@ -250,55 +250,81 @@ async fn a_full_shared_queue_refuses_more_items() {
 async fn metrics_past_the_limit_are_refused() {
     let gateway = &start().await;
     let client = HttpClient::http1();
-    let first = send(
-        &client,
-        gateway,
-        "/limits",
-        &[("x-tp-define", "tp_minted:15")],
-    )
-    .await;
-    assert_eq!(header(&first, "x-tp-defined"), "10");
-    assert_eq!(
-        header(&first, "x-tp-define-status"),
-        "10",
-        "INTERNAL_FAILURE"
-    );
+    let first = define(&client, gateway, "x-tp-define", "tp_minted:15").await;
+    assert_eq!(first, (10, 10), "INTERNAL_FAILURE");
     // Names already defined are found again; a new one is still refused.
-    let again = send(
-        &client,
-        gateway,
-        "/limits",
-        &[("x-tp-define", "tp_minted:5")],
-    )
-    .await;
-    assert_eq!(header(&again, "x-tp-defined"), "5");
-    assert_eq!(header(&again, "x-tp-define-status"), "0");
-    let other = send(
-        &client,
-        gateway,
-        "/limits",
-        &[("x-tp-define", "tp_other:1")],
-    )
-    .await;
-    assert_eq!(header(&other, "x-tp-defined"), "0");
-    assert_eq!(header(&other, "x-tp-define-status"), "10");
+    let again = define(&client, gateway, "x-tp-define", "tp_minted:5").await;
+    assert_eq!(again, (5, 0));
+    let other = define(&client, gateway, "x-tp-define", "tp_other:1").await;
+    assert_eq!(other, (0, 10));
 
     let metrics = gateway.metrics().await;
     assert!(
-        sample_sum(&metrics, "tp_minted_9", &[("plugin", "limits")]).is_some(),
+        sample_sum(&metrics, "tp_minted_9_total", &[("plugin", "limits")]).is_some(),
         "{metrics}"
     );
     assert!(
-        sample_sum(&metrics, "tp_minted_10", &[("plugin", "limits")]).is_none(),
+        sample_sum(&metrics, "tp_minted_10_total", &[("plugin", "limits")]).is_none(),
         "{metrics}"
     );
     assert!(
-        sample_sum(&metrics, "tp_other_0", &[]).is_none(),
+        sample_sum(&metrics, "tp_other_0_total", &[]).is_none(),
         "{metrics}"
     );
     assert_eq!(refusals(gateway, "limits", "metrics").await, 2.0);
+    assert_eq!(series_refused(gateway, "limits").await, 2.0);
     let plain = send(&client, gateway, "/plain", &[]).await;
     assert_eq!(plain.status, StatusCode::OK);
+}
+
+/// The cap counts series: one metric name with ten label sets is ten series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metric_cap_counts_series_not_names() {
+    let gateway = &start().await;
+    let client = HttpClient::http1();
+    let first = define(&client, gateway, "x-tp-define-tagged", "tp_series:12").await;
+    assert_eq!(first, (10, 10), "INTERNAL_FAILURE");
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metrics.matches("# TYPE tp_series_total counter\n").count(),
+        1,
+        "one family: {metrics}"
+    );
+    let series = |labels: &[(&str, &str)]| sample_sum(&metrics, "tp_series_total", labels);
+    assert!(
+        series(&[("plugin", "limits"), ("n", "9")]).is_some(),
+        "{metrics}"
+    );
+    assert!(series(&[("n", "10")]).is_none(), "{metrics}");
+    assert_eq!(series_refused(gateway, "limits").await, 1.0);
+    // Every new series beyond the cap is refused and counted; known ones are found.
+    let again = define(&client, gateway, "x-tp-define-tagged", "tp_series:11").await;
+    assert_eq!(again, (10, 10));
+    assert_eq!(series_refused(gateway, "limits").await, 2.0);
+}
+
+/// Asks tp-limits to define metrics (`header` is `x-tp-define` or `x-tp-define-tagged`,
+/// `spec` its `NAME:N`); returns how many it defined and the status that stopped it.
+async fn define(
+    client: &HttpClient,
+    gateway: &Gateway,
+    header_name: &str,
+    spec: &str,
+) -> (u32, u32) {
+    let response = send(client, gateway, "/limits", &[(header_name, spec)]).await;
+    let number = |name| header(&response, name).parse().expect("a number");
+    (number("x-tp-defined"), number("x-tp-define-status"))
+}
+
+/// `tollgate_plugin_metric_series_refused_total` of `plugin`, 0 when absent.
+async fn series_refused(gateway: &Gateway, plugin: &str) -> f64 {
+    let metrics = gateway.metrics().await;
+    sample_sum(
+        &metrics,
+        "tollgate_plugin_metric_series_refused_total",
+        &[("plugin", plugin)],
+    )
+    .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,6 +60,18 @@ fn import(files: &[PathBuf], out: &Path, extra: &[&str]) -> Outcome {
     tollgate(&args)
 }
 
+/// Imports an export's text into `policies` in a new temporary folder (which lives as long
+/// as the returned handle); the import must succeed.
+fn import_exported(exported: &str) -> (tempfile::TempDir, PathBuf, Outcome) {
+    let dir = tempfile::tempdir().expect("temp");
+    let istio = dir.path().join("istio.yaml");
+    std::fs::write(&istio, exported).expect("write the export");
+    let out = dir.path().join("policies");
+    let imported = import(std::slice::from_ref(&istio), &out, &[]);
+    assert_eq!(imported.code, Some(0), "{}", imported.stderr);
+    (dir, out, imported)
+}
+
 /// The Istio resources of tests/fixtures/istio, in name order.
 fn fixture_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/istio");
@@ -433,7 +445,43 @@ fn every_field_export_is_valid_istio_and_names_each_loss() {
     let billing_rule = &found["DestinationRule billing"]["spec"]["trafficPolicy"];
     assert_eq!(billing_rule["tls"]["credentialName"], "upstream-ca");
     assert_eq!(billing_rule["tls"]["sni"], "billing.internal");
+    assert_eq!(
+        billing_rule["loadBalancer"]["consistentHash"]["httpCookie"]["name"],
+        "session"
+    );
+    let checkout = found
+        .values()
+        .filter_map(|document| document["spec"]["http"].as_array())
+        .flatten()
+        .find(|http| http["name"] == "checkout")
+        .expect("the checkout route");
+    assert_eq!(
+        checkout["rewrite"]["uriRegexRewrite"],
+        serde_json::json!({ "match": "^/(check)(out)$", "rewrite": "/pay/\\2/\\1" })
+    );
     assert_eq!(found["ServiceEntry billing"]["spec"]["resolution"], "DNS");
+    // Mutual TLS to a STRICT sidecar: the workload certificate's files and the identities
+    // expected of the endpoints.
+    let inventory_tls = &found["DestinationRule inventory"]["spec"]["trafficPolicy"]["tls"];
+    assert_eq!(inventory_tls["mode"], "MUTUAL");
+    let file = |field: &str| {
+        inventory_tls[field]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(file("clientCertificate").ends_with("certs/gateway-workload.crt"));
+    assert!(file("privateKey").ends_with("certs/gateway-workload.key"));
+    assert!(file("caCertificates").ends_with("certs/mesh-ca.crt"));
+    assert!(inventory_tls.get("credentialName").is_none());
+    assert_eq!(
+        inventory_tls["subjectAltNames"],
+        // (`documents` sorts lists.)
+        serde_json::json!([
+            "inventory.every.test",
+            "spiffe://cluster.local/ns/shop/sa/inventory"
+        ])
+    );
     assert!(!found.contains_key("WasmPlugin heartbeat"));
 
     let mut expected: Vec<String> = [
@@ -465,6 +513,7 @@ fn every_field_export_is_valid_istio_and_names_each_loss() {
             "routes.yaml: virtual_hosts[0].routes[3].redirect.prefix",
             "routes.yaml: virtual_hosts[0].routes[3].redirect.strip_query",
             "clusters.yaml: clusters[0].limits.max_idle_per_endpoint",
+            "clusters.yaml: clusters[1].health.active",
             "plugins.yaml: plugins[0].config",
             "plugins.yaml: plugins[1].apply_to",
             "plugins.yaml: plugins[1].route_config.orders-canary",
@@ -681,7 +730,7 @@ metadata: { name: web }
 spec:
   host: web.shop.svc.cluster.local
   trafficPolicy:
-    loadBalancer: { consistentHash: { httpHeaderName: x-user } }
+    loadBalancer: { consistentHash: { httpQueryParameterName: user } }
 ---
 apiVersion: extensions.istio.io/v1alpha1
 kind: WasmPlugin
@@ -733,6 +782,62 @@ fn import_names_the_fields_it_cannot_carry_over() {
         clusters.contains("load_balancing: least_request"),
         "{clusters}"
     );
+}
+
+/// An export's consistent hash and regex rewrite as the import reads them back.
+#[test]
+fn import_reads_consistent_hashing_and_regex_rewrites() {
+    let mut policies = PolicyDir::new();
+    policies.write(
+        "policies.yaml",
+        r#"
+listeners:
+  - { name: web, address: 127.0.0.1:18084 }
+clusters:
+  - name: sessions
+    load_balancing: ring_hash
+    hash_on: { cookie: session }
+    endpoints: [{ address: 127.0.0.1:19031 }]
+virtual_hosts:
+  - name: all
+    domains: ['*']
+    routes:
+      - name: services
+        match: { path: { prefix: /service/ } }
+        forward:
+          cluster: sessions
+          rewrite: { regex: { pattern: '^/service/([^/]+)(/.*)$', substitution: '\2/instance/\1' } }
+"#,
+    );
+    let exported = export(&policies.path(), Path::new("unused-plugins"), &[]);
+    assert_eq!(exported.code, Some(0), "{}", exported.stderr);
+    assert_eq!(
+        warnings(&exported.stderr),
+        Vec::<&str>::new(),
+        "{}",
+        exported.stderr
+    );
+    let (valid, report) = validate(&exported.stdout);
+    assert!(valid, "{report}");
+
+    let (_dir, out, imported) = import_exported(&exported.stdout);
+    assert_eq!(
+        warnings(&imported.stderr),
+        Vec::<&str>::new(),
+        "{}",
+        imported.stderr
+    );
+    let check = tollgate(&["check", "--policies", path_str(&out)]);
+    assert_eq!(check.code, Some(0), "{}{}", check.stdout, check.stderr);
+    let clusters = std::fs::read_to_string(out.join("clusters.yaml")).expect("clusters.yaml");
+    assert!(clusters.contains("load_balancing: ring_hash"), "{clusters}");
+    assert!(clusters.contains("cookie: session"), "{clusters}");
+    let routes = std::fs::read_to_string(out.join("routes.yaml")).expect("routes.yaml");
+    assert!(
+        routes.contains("pattern: ^/service/([^/]+)(/.*)$"),
+        "{routes}"
+    );
+    assert!(routes.contains(r"substitution: \2/instance/\1"), "{routes}");
 }
 
 #[test]
@@ -800,18 +905,21 @@ fn virtual_hosts(routes_yaml: &str) -> BTreeMap<String, (Value, Vec<Value>)> {
         .collect()
 }
 
+/// Exports `policies` to Istio and imports the result again, into `policies` of the
+/// returned folder.
+fn export_and_import(policies: &PolicyDir, plugins: &Path) -> (tempfile::TempDir, Outcome) {
+    let exported = export(&policies.path(), plugins, &[]);
+    assert_eq!(exported.code, Some(0), "{}", exported.stderr);
+    let (dir, _, imported) = import_exported(&exported.stdout);
+    (dir, imported)
+}
+
 #[test]
 fn importing_the_demo_export_keeps_its_routes() {
     let policies = demo_policies();
     let plugins = plugins_dir(&policies);
-    let exported = export(&policies.path(), &plugins, &[]);
-    assert_eq!(exported.code, Some(0), "{}", exported.stderr);
-    let dir = tempfile::tempdir().expect("temp");
-    let istio = dir.path().join("istio.yaml");
-    std::fs::write(&istio, &exported.stdout).expect("write the export");
+    let (dir, imported) = export_and_import(&policies, &plugins);
     let out = dir.path().join("policies");
-    let imported = import(std::slice::from_ref(&istio), &out, &[]);
-    assert_eq!(imported.code, Some(0), "{}", imported.stderr);
     assert_eq!(
         warnings(&imported.stderr),
         Vec::<&str>::new(),
@@ -846,6 +954,47 @@ fn importing_the_demo_export_keeps_its_routes() {
         path_str(&plugins),
     ]);
     assert_eq!(check.code, Some(0), "{}{}", check.stdout, check.stderr);
+}
+
+/// A cluster's mutual TLS survives the way out to Istio and back: the client
+/// certificate's files, the CA and the expected identities.
+#[test]
+fn mutual_tls_to_a_cluster_imports_back_from_its_export() {
+    let policies = every_field_policies();
+    let plugins = plugins_dir(&policies);
+    let (dir, imported) = export_and_import(&policies, &plugins);
+    let out = dir.path().join("policies");
+    let inventory_losses: Vec<&str> = warnings(&imported.stderr)
+        .into_iter()
+        .filter(|warning| warning.contains("inventory"))
+        .collect();
+    assert_eq!(inventory_losses, Vec::<&str>::new(), "{}", imported.stderr);
+
+    let clusters: Value = serde_norway::from_str(
+        &std::fs::read_to_string(out.join("clusters.yaml")).expect("read the clusters"),
+    )
+    .expect("clusters YAML");
+    let inventory = clusters["clusters"]
+        .as_array()
+        .expect("clusters")
+        .iter()
+        .find(|cluster| cluster["name"] == "inventory")
+        .expect("the inventory cluster");
+    let tls = &inventory["tls"];
+    let file = |field: &str| tls[field].as_str().unwrap_or_default().to_string();
+    assert!(
+        file("cert").ends_with("certs/gateway-workload.crt"),
+        "{tls}"
+    );
+    assert!(file("key").ends_with("certs/gateway-workload.key"), "{tls}");
+    assert!(file("ca").ends_with("certs/mesh-ca.crt"), "{tls}");
+    assert_eq!(
+        tls["subject_alt_names"],
+        serde_json::json!([
+            "spiffe://cluster.local/ns/shop/sa/inventory",
+            "inventory.every.test"
+        ])
+    );
 }
 
 const BEHAVIOUR_POLICIES: &str = "
@@ -943,12 +1092,7 @@ async fn the_import_of_an_export_routes_requests_as_the_original() {
     assert_eq!(exported.code, Some(0), "{}", exported.stderr);
     let listen = original.listener("web");
 
-    let dir = tempfile::tempdir().expect("temp");
-    let istio = dir.path().join("istio.yaml");
-    std::fs::write(&istio, &exported.stdout).expect("write the export");
-    let out = dir.path().join("policies");
-    let imported = import(std::slice::from_ref(&istio), &out, &[]);
-    assert_eq!(imported.code, Some(0), "{}", imported.stderr);
+    let (_dir, out, _) = import_exported(&exported.stdout);
     let mut round_trip = Scenario::new().without_public_listener();
     for name in [
         "listeners.yaml",

@@ -98,16 +98,6 @@ impl Setup {
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e:#}; gateway log:\n{}", self.gateway.log()))
     }
-
-    fn assert_status(&self, response: &HttpResponse, status: StatusCode, what: &str) {
-        assert_eq!(
-            response.status,
-            status,
-            "{what}: {}\n{}",
-            response.text(),
-            self.gateway.log()
-        );
-    }
 }
 
 /// The headers the echo backend saw.
@@ -152,7 +142,9 @@ async fn key_auth_identifies_consumers_by_header_or_query_and_hides_the_key() {
     let setup = start(&[key_auth()]).await;
 
     let response = setup.get("/keyed/a", &[("x-api-key", "k-alice")]).await;
-    setup.assert_status(&response, StatusCode::OK, "key in x-api-key");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::OK, "key in x-api-key");
     let headers = seen(&response);
     assert_eq!(headers["x-tollgate-consumer"], "alice", "{headers}");
     assert_eq!(
@@ -165,7 +157,9 @@ async fn key_auth_identifies_consumers_by_header_or_query_and_hides_the_key() {
     );
 
     let response = setup.get("/keyed/b?x=1&apikey=k-bob&y=2", &[]).await;
-    setup.assert_status(&response, StatusCode::OK, "key in the query");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::OK, "key in the query");
     let json = response.json();
     assert_eq!(json["headers"]["x-tollgate-consumer"], "bob", "{json}");
     assert!(
@@ -188,7 +182,7 @@ async fn key_auth_identifies_consumers_by_header_or_query_and_hides_the_key() {
             ],
         )
         .await;
-    setup.assert_status(
+    setup.gateway.assert_status(
         &response,
         StatusCode::OK,
         "forged identity with a valid key",
@@ -204,7 +198,9 @@ async fn key_auth_identifies_consumers_by_header_or_query_and_hides_the_key() {
     let response = setup
         .get("/open", &[("x-tollgate-consumer", "alice")])
         .await;
-    setup.assert_status(&response, StatusCode::OK, "open route");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::OK, "open route");
     assert!(seen(&response).get("x-tollgate-consumer").is_none());
 }
 
@@ -225,7 +221,9 @@ async fn key_auth_refuses_missing_and_unknown_keys() {
         ),
     ] {
         let response = setup.get("/keyed/secret", &headers).await;
-        setup.assert_status(&response, StatusCode::UNAUTHORIZED, what);
+        setup
+            .gateway
+            .assert_status(&response, StatusCode::UNAUTHORIZED, what);
         assert_eq!(
             response.header("www-authenticate"),
             Some("Key realm=\"tollgate\""),
@@ -255,7 +253,9 @@ async fn jwt_auth_accepts_hs256_rs256_and_es256_tokens() {
             ],
         )
         .await;
-    setup.assert_status(&response, StatusCode::OK, "HS256");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::OK, "HS256");
     let headers = seen(&response);
     assert_eq!(headers["x-tollgate-consumer"], "carol", "{headers}");
     assert_eq!(
@@ -279,7 +279,7 @@ async fn jwt_auth_accepts_hs256_rs256_and_es256_tokens() {
                 &[("authorization", &format!("Bearer {token}"))],
             )
             .await;
-        setup.assert_status(&response, StatusCode::OK, alg);
+        setup.gateway.assert_status(&response, StatusCode::OK, alg);
         let headers = seen(&response);
         assert_eq!(
             headers["x-tollgate-consumer"], "fixture",
@@ -320,7 +320,9 @@ async fn jwt_auth_refuses_bad_tokens_with_the_reason() {
             &[("authorization", &format!("Bearer {within_leeway}"))],
         )
         .await;
-    setup.assert_status(&response, StatusCode::OK, "expired within the leeway");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::OK, "expired within the leeway");
 
     for (what, token, reason) in [
         ("expired", expired.as_str(), "token expired"),
@@ -335,7 +337,9 @@ async fn jwt_auth_refuses_bad_tokens_with_the_reason() {
         let response = setup
             .get("/jwt/x", &[("authorization", &format!("Bearer {token}"))])
             .await;
-        setup.assert_status(&response, StatusCode::UNAUTHORIZED, what);
+        setup
+            .gateway
+            .assert_status(&response, StatusCode::UNAUTHORIZED, what);
         assert_eq!(
             response.header("www-authenticate"),
             Some(format!("Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"{reason}\"").as_str()),
@@ -343,7 +347,9 @@ async fn jwt_auth_refuses_bad_tokens_with_the_reason() {
         );
     }
     let response = setup.get("/jwt/x", &[]).await;
-    setup.assert_status(&response, StatusCode::UNAUTHORIZED, "no token");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::UNAUTHORIZED, "no token");
     assert_eq!(
         response.header("www-authenticate"),
         Some("Bearer realm=\"tollgate\"")
@@ -366,7 +372,9 @@ async fn basic_auth_checks_plain_and_hashed_passwords() {
     let response = setup
         .get("/basic/a", &[("authorization", &basic("ann:s3cret"))])
         .await;
-    setup.assert_status(&response, StatusCode::OK, "plain password");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::OK, "plain password");
     let headers = seen(&response);
     assert_eq!(headers["x-tollgate-consumer"], "ann", "{headers}");
     assert_eq!(headers["x-tollgate-consumer-groups"], "ops", "{headers}");
@@ -378,7 +386,9 @@ async fn basic_auth_checks_plain_and_hashed_passwords() {
     let response = setup
         .get("/basic/a", &[("authorization", &basic("ben:password"))])
         .await;
-    setup.assert_status(&response, StatusCode::OK, "hashed password");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::OK, "hashed password");
     assert_eq!(seen(&response)["x-tollgate-consumer"], "ben");
 
     for (what, headers) in [
@@ -391,7 +401,9 @@ async fn basic_auth_checks_plain_and_hashed_passwords() {
     ] {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let response = setup.get("/basic/a", &headers).await;
-        setup.assert_status(&response, StatusCode::UNAUTHORIZED, what);
+        setup
+            .gateway
+            .assert_status(&response, StatusCode::UNAUTHORIZED, what);
         assert_eq!(
             response.header("www-authenticate"),
             Some("Basic realm=\"shop\", charset=\"UTF-8\""),

@@ -209,16 +209,6 @@ impl Setup {
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
         self.send("GET", path, headers, "").await
     }
-
-    fn assert_status(&self, response: &HttpResponse, status: StatusCode, what: &str) {
-        assert_eq!(
-            response.status,
-            status,
-            "{what}: {}\n{}",
-            response.text(),
-            self.gateway.log()
-        );
-    }
 }
 
 fn seen(response: &HttpResponse) -> Value {
@@ -246,7 +236,9 @@ async fn allowed_requests_resume_with_the_services_headers_and_consumer() {
             "hello body",
         )
         .await;
-    setup.assert_status(&response, StatusCode::OK, "allowed");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::OK, "allowed");
     let json = response.json();
     let headers = &json["headers"];
     assert_eq!(headers["x-user"], "alice", "{json}");
@@ -294,7 +286,9 @@ async fn allowed_requests_resume_with_the_services_headers_and_consumer() {
             ],
         )
         .await;
-    setup.assert_status(&response, StatusCode::OK, "allowed anonymously");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::OK, "allowed anonymously");
     let headers = seen(&response);
     for name in [
         "x-user",
@@ -311,12 +305,18 @@ async fn allowed_requests_resume_with_the_services_headers_and_consumer() {
     // Routes without the plugin are not checked.
     let before = setup.authz.checks().len();
     let response = setup.get("/public", &[]).await;
-    setup.assert_status(&response, StatusCode::OK, "route without the plugin");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::OK, "route without the plugin");
     assert_eq!(setup.authz.checks().len(), before);
 
     let metrics = setup.gateway.metrics().await;
     assert_eq!(
-        sample_sum(&metrics, "ext_authz_allowed", &[("plugin", "authz-closed")]),
+        sample_sum(
+            &metrics,
+            "ext_authz_allowed_total",
+            &[("plugin", "authz-closed")]
+        ),
         Some(2.0),
         "{metrics}"
     );
@@ -335,7 +335,9 @@ async fn denied_requests_get_the_services_answer_and_never_reach_the_upstream() 
         ),
     ] {
         let response = setup.get("/closed/secret", &headers).await;
-        setup.assert_status(&response, StatusCode::UNAUTHORIZED, what);
+        setup
+            .gateway
+            .assert_status(&response, StatusCode::UNAUTHORIZED, what);
         assert_eq!(
             response.header("www-authenticate"),
             Some("Bearer realm=\"authz\""),
@@ -358,12 +360,14 @@ async fn denied_requests_get_the_services_answer_and_never_reach_the_upstream() 
     let response = setup
         .get("/closed/page", &[("authorization", "Bearer login")])
         .await;
-    setup.assert_status(&response, StatusCode::FOUND, "redirect");
+    setup
+        .gateway
+        .assert_status(&response, StatusCode::FOUND, "redirect");
     assert_eq!(response.header("location"), Some("/login"));
 
     // Failure mode does not turn a denial into an allow.
     let response = setup.get("/open/secret", &[]).await;
-    setup.assert_status(
+    setup.gateway.assert_status(
         &response,
         StatusCode::UNAUTHORIZED,
         "denied with failure_mode_allow",
@@ -389,7 +393,9 @@ async fn a_failing_service_answers_403_unless_failure_mode_allow() {
     ] {
         let started = Instant::now();
         let response = setup.get(path, &[("authorization", token)]).await;
-        setup.assert_status(&response, StatusCode::FORBIDDEN, what);
+        setup
+            .gateway
+            .assert_status(&response, StatusCode::FORBIDDEN, what);
         assert_eq!(
             response.json()["message"],
             "authorization service unavailable",
@@ -412,7 +418,7 @@ async fn a_failing_service_answers_403_unless_failure_mode_allow() {
         let response = setup
             .get(path, &[("authorization", token), ("x-user", "forged")])
             .await;
-        setup.assert_status(&response, StatusCode::OK, what);
+        setup.gateway.assert_status(&response, StatusCode::OK, what);
         let headers = seen(&response);
         assert_eq!(
             headers["x-ext-authz-failure-mode-allowed"], "true",
@@ -428,7 +434,7 @@ async fn a_failing_service_answers_403_unless_failure_mode_allow() {
     let metrics = setup.gateway.metrics().await;
     for plugin in ["authz-closed", "authz-open"] {
         assert_eq!(
-            sample_sum(&metrics, "ext_authz_failed", &[("plugin", plugin)]),
+            sample_sum(&metrics, "ext_authz_failed_total", &[("plugin", plugin)]),
             Some(2.0),
             "{plugin}: {metrics}"
         );

@@ -5,7 +5,7 @@
 //! - while the collector answers `503` (its `FILE.down` marker exists) records are kept and
 //!   retried; after the outage all of them arrive, none twice, none dropped;
 //! - with a backlog too small for the outage, the oldest records are dropped and counted in
-//!   `metering_records_dropped`: delivered + dropped = sent.
+//!   `metering_records_dropped_total`: delivered + dropped = sent.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -239,15 +239,36 @@ async fn every_request_is_billed_once_per_consumer_and_route() {
 
     // The same totals as plugin metrics (both workers' VMs add to one value).
     let metrics = gateway.metrics().await;
-    let metric =
-        |name: &str| sample_sum(&metrics, name, &[("plugin", "metering")]).unwrap_or(0.0) as u64;
-    assert_eq!(metric("usage_alice_api_requests"), 17, "{metrics}");
-    assert_eq!(metric("usage_alice_api_status_4xx"), 5);
-    assert_eq!(metric("usage_alice_api_request_bytes"), 120);
-    assert_eq!(metric("usage_bob_other_requests"), 7);
-    assert_eq!(metric("usage_bob_other_latency_ms_count"), 7);
-    assert_eq!(metric("metering_records_sent"), 24);
-    assert_eq!(metric("metering_records_dropped"), 0);
+    // Consumer and route are labels of one family per measure, not parts of its name.
+    let series = |name: &str, labels: &[(&str, &str)]| {
+        let mut labels = labels.to_vec();
+        labels.push(("plugin", "metering"));
+        sample_sum(&metrics, name, &labels).unwrap_or(0.0) as u64
+    };
+    let alice = [("consumer", "alice"), ("route", "api")];
+    let bob = [("consumer", "bob"), ("route", "other")];
+    assert_eq!(series("usage_requests_total", &alice), 17, "{metrics}");
+    assert_eq!(
+        series(
+            "usage_responses_total",
+            &[alice[0], alice[1], ("status_class", "4xx")]
+        ),
+        5
+    );
+    assert_eq!(series("usage_request_bytes_total", &alice), 120);
+    assert_eq!(series("usage_requests_total", &bob), 7);
+    assert_eq!(series("usage_latency_ms_count", &bob), 7);
+    assert_eq!(series("usage_requests_total", &[]), 24);
+    for family in ["usage_requests_total counter", "usage_latency_ms histogram"] {
+        assert_eq!(
+            metrics.matches(&format!("# TYPE {family}\n")).count(),
+            1,
+            "{metrics}"
+        );
+    }
+    assert!(!metrics.contains("usage_alice"), "{metrics}");
+    assert_eq!(series("metering_records_sent_total", &[]), 24);
+    assert_eq!(series("metering_records_dropped_total", &[]), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +298,7 @@ async fn a_billing_outage_loses_no_records() {
     let metrics = gateway.metrics().await;
     let failed = sample_sum(
         &metrics,
-        "metering_batches_failed",
+        "metering_batches_failed_total",
         &[("plugin", "metering")],
     )
     .unwrap_or(0.0);
@@ -299,13 +320,17 @@ async fn a_billing_outage_loses_no_records() {
     assert_eq!(
         sample_sum(
             &metrics,
-            "metering_records_dropped",
+            "metering_records_dropped_total",
             &[("plugin", "metering")]
         ),
         Some(0.0)
     );
     assert_eq!(
-        sample_sum(&metrics, "metering_records_sent", &[("plugin", "metering")]),
+        sample_sum(
+            &metrics,
+            "metering_records_sent_total",
+            &[("plugin", "metering")]
+        ),
         Some(30.0)
     );
 }
@@ -335,7 +360,7 @@ async fn drops_only_past_the_backlog_bound_and_counted() {
         let metrics = gateway.metrics().await;
         dropped = sample_sum(
             &metrics,
-            "metering_records_dropped",
+            "metering_records_dropped_total",
             &[("plugin", "metering")],
         )
         .unwrap_or(0.0) as u64;

@@ -60,6 +60,8 @@ fn the_auth_access_and_transform_plugins_are_bundled() {
         "transformer",
         "api-lifecycle",
         "ext-authz",
+        "hmac-auth",
+        "token-introspection",
     ] {
         assert!(names.contains(plugin), "{plugin} is not bundled: {names:?}");
     }

@@ -84,6 +84,39 @@ async fn two_replicas_share_one_limit_exactly() {
     );
 }
 
+/// Calls that arrive together go to Redis in shared script runs, and each still gets the
+/// count it would have got alone: 200 concurrent calls against 100 per minute allow exactly
+/// 100, with every remaining count from 99 down to 0 given out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_are_batched_and_each_counted_in_order() {
+    let redis = RedisServer::start().await;
+    let service = RateLimitService::start_with_args(&redis.url(), &["--workers", "1"]).await;
+    wait_for_fresh_minute(Duration::from_secs(15)).await;
+
+    let carol = request("shop", "carol", 100);
+    let calls = (0..200).map(|_| service.should_rate_limit(&carol));
+    let answers = futures_util::future::join_all(calls).await;
+    let mut remaining: Vec<u32> = answers
+        .iter()
+        .map(|answer| answer.as_ref().expect("the call succeeds"))
+        .filter(|answer| answer.overall_code == Code::Ok as i32)
+        .map(|answer| answer.statuses[0].limit_remaining)
+        .collect();
+    remaining.sort_unstable();
+    assert_eq!(remaining, (0..100).collect::<Vec<u32>>());
+
+    let metrics = service.get("/metrics").await.text();
+    let script_runs: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("tollgate_ratelimit_redis_calls_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("a script run count in {metrics}"));
+    assert!(
+        (1..200).contains(&script_runs),
+        "200 concurrent calls took {script_runs} script runs"
+    );
+}
+
 #[tokio::test]
 async fn hits_descriptors_and_keys_that_expire() {
     let redis = RedisServer::start().await;

@@ -395,8 +395,15 @@ virtual_hosts:
     let untrusted = client.get(public, "shop.test", "/untrusted").await;
     assert_eq!(
         untrusted.status,
-        StatusCode::BAD_GATEWAY,
-        "a certificate the CA file does not vouch for is refused"
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a certificate the CA file does not vouch for is refused, as Envoy refuses it"
+    );
+    assert!(
+        untrusted
+            .text()
+            .starts_with("upstream_tls_error: invalid upstream certificate"),
+        "{}",
+        untrusted.text()
     );
     assert_eq!(
         secure.request_count(),

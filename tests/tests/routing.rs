@@ -364,6 +364,105 @@ virtual_hosts:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regex_rewrite_moves_capture_groups_and_keeps_the_query() {
+    let echo = backends::echo("echo").await;
+    let gateway = Scenario::new()
+        .set("ECHO", echo.addr())
+        .policy_file(
+            "routes.yaml",
+            r#"
+clusters:
+  - name: echo
+    endpoints: [{ address: ${ECHO} }]
+virtual_hosts:
+  - name: shop
+    domains: [shop.test]
+    routes:
+      - name: services
+        match: { path: { prefix: /service/ } }
+        forward:
+          cluster: echo
+          rewrite:
+            regex: { pattern: '^/service/([^/]+)(/.*)$', substitution: '\2/instance/\1' }
+      - name: dashes
+        match: { path: { prefix: /dashes/ } }
+        forward:
+          cluster: echo
+          rewrite:
+            regex: { pattern: '-', substitution: '_$' }
+"#,
+        )
+        .start()
+        .await;
+    let client = HttpClient::http1();
+    let public = gateway.listener("public");
+    for (sent, seen) in [
+        (
+            "/service/foo/v1/api?x=1&y=a/b",
+            "/v1/api/instance/foo?x=1&y=a/b",
+        ),
+        ("/service/bar/", "//instance/bar"),
+        // No match: the path goes as it is.
+        ("/service/nothing-after", "/service/nothing-after"),
+        // Every match is replaced; `$` is literal.
+        ("/dashes/a-b-c?q=a-b", "/dashes/a_$b_$c?q=a-b"),
+    ] {
+        let response = client.get(public, "shop.test", sent).await;
+        assert_eq!(response.status, StatusCode::OK, "{sent}");
+        assert_eq!(echo.requests().last().unwrap().path, seen, "{sent}");
+    }
+}
+
+#[test]
+fn regex_rewrite_errors_name_the_field() {
+    let route = |rewrite: &str| {
+        format!(
+            "
+clusters:
+  - name: echo
+    endpoints: [{{ address: 127.0.0.1:19001 }}]
+virtual_hosts:
+  - name: shop
+    domains: [shop.test]
+    routes:
+      - name: api
+        match: {{ path: {{ prefix: /api }} }}
+        forward: {{ cluster: echo, rewrite: {rewrite} }}
+"
+        )
+    };
+    for (rewrite, fragments) in [
+        (
+            "{ prefix: /v2, regex: { pattern: '^/api', substitution: /v2 } }",
+            &[
+                "virtual_hosts[0].routes[0].forward.rewrite.regex",
+                "not both",
+            ][..],
+        ),
+        (
+            "{ regex: { pattern: '^/api/(', substitution: /v2 } }",
+            &["rewrite.regex.pattern", "invalid regex"][..],
+        ),
+        (
+            "{ regex: { pattern: '^/api/(.*)$', substitution: '/v2/\\2' } }",
+            &["rewrite.regex.substitution", "group"][..],
+        ),
+    ] {
+        let mut dir = tollgate_tests::gateway::PolicyDir::new();
+        dir.write("routes.yaml", &route(rewrite));
+        let outcome = tollgate_tests::gateway::run_check(&dir.path());
+        assert_ne!(outcome.code, Some(0), "{rewrite}: {}", outcome.output);
+        for fragment in fragments {
+            assert!(
+                outcome.output.contains(fragment),
+                "{rewrite}: the error should mention {fragment:?}:\n{}",
+                outcome.output
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_response_answers_status_body_and_headers() {
     let gateway = Scenario::new()
         .policy_file(

@@ -2,7 +2,7 @@
 //! plugin secrets redacted, and every value the gateway runs with (defaults included) written
 //! in, so that it shows what runs rather than what was written.
 
-use super::model::{Action, Config, TlsVersion};
+use super::model::{Action, Config, HashOn, LoadBalancing, TlsVersion};
 use super::raw::{self, SourceFile};
 use super::{duration, redact};
 
@@ -103,6 +103,22 @@ fn fill_defaults(value: &mut serde_json::Value, config: &Config) {
             "panic_threshold": cluster.health.panic_threshold,
             "eject_on": cluster.health.eject_on.as_str(),
         });
+        if let Some(active) = &cluster.health.active {
+            entry["health"]["active"] = json!({
+                "path": active.path,
+                "interval": duration::format(active.interval),
+                "timeout": duration::format(active.timeout),
+                "healthy_threshold": active.healthy_threshold,
+                "unhealthy_threshold": active.unhealthy_threshold,
+            });
+        }
+        if cluster.load_balancing == LoadBalancing::RingHash {
+            entry["hash_on"] = match &cluster.hash_on {
+                HashOn::Header(name) => json!({ "header": name }),
+                HashOn::Cookie(name) => json!({ "cookie": name }),
+                HashOn::ClientIp => json!("client_ip"),
+            };
+        }
         entry["limits"] = json!({
             "max_requests": cluster.limits.max_requests,
             "max_idle_per_endpoint": cluster.limits.max_idle_per_endpoint,

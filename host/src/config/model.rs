@@ -177,7 +177,7 @@ pub struct PluginLimits {
     pub shared_data_keys: usize,
     /// Per queue.
     pub shared_queue_length: usize,
-    /// Metrics one plugin may define.
+    /// Metric series (name and tags) one plugin may define.
     pub metrics: usize,
     pub callout_response_bytes: u64,
 }
@@ -237,6 +237,8 @@ pub struct Cluster {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
     pub load_balancing: LoadBalancing,
+    /// What `ring_hash` hashes; unused by the other policies.
+    pub hash_on: HashOn,
     pub connect_timeout: Duration,
     pub http2: bool,
     pub tls: Option<UpstreamTls>,
@@ -260,6 +262,9 @@ pub enum LoadBalancing {
     #[default]
     RoundRobin,
     LeastRequest,
+    /// Consistent hashing on a ring of endpoint points: a key keeps its endpoint while
+    /// the endpoint serves.
+    RingHash,
 }
 
 impl LoadBalancing {
@@ -268,8 +273,21 @@ impl LoadBalancing {
         match self {
             Self::RoundRobin => "round_robin",
             Self::LeastRequest => "least_request",
+            Self::RingHash => "ring_hash",
         }
     }
+}
+
+/// The request property `ring_hash` hashes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// The value of this header (lower-case name).
+    Header(String),
+    /// The value of this cookie.
+    Cookie(String),
+    /// The client's IP address (the connection's peer).
+    #[default]
+    ClientIp,
 }
 
 #[derive(Debug, Clone)]
@@ -277,6 +295,54 @@ pub struct UpstreamTls {
     /// `None`: the system's root certificates.
     pub ca: Option<PathBuf>,
     pub server_name: Option<String>,
+    /// The certificate the gateway presents to the endpoints (mutual TLS).
+    pub client_certificate: Option<ClientCertificate>,
+    /// When not empty, the endpoint's certificate must carry one of these names, and
+    /// they replace the check of `server_name`.
+    pub subject_alt_names: Vec<SubjectAltName>,
+}
+
+/// The files of the certificate the gateway presents to a cluster's endpoints.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A subject alternative name a cluster's endpoints may present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectAltName {
+    /// Compared without regard to case; a certificate's `*.suffix` covers one label.
+    Dns(String),
+    /// Compared exactly, as a SPIFFE id is (`spiffe://cluster.local/ns/shop/sa/shop`).
+    Uri(String),
+}
+
+impl SubjectAltName {
+    /// An entry as policies write it: with `://` a URI, otherwise a DNS name.
+    pub fn parse(written: &str) -> Self {
+        if written.contains("://") {
+            Self::Uri(written.to_string())
+        } else {
+            Self::Dns(written.to_ascii_lowercase())
+        }
+    }
+
+    /// The name as policies write it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Dns(name) | Self::Uri(name) => name,
+        }
+    }
+}
+
+impl std::fmt::Display for SubjectAltName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dns(name) => write!(f, "DNS:{name}"),
+            Self::Uri(uri) => write!(f, "URI:{uri}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -287,6 +353,21 @@ pub struct HealthSettings {
     /// Percent of healthy endpoints below which every endpoint gets traffic again.
     pub panic_threshold: u32,
     pub eject_on: EjectOn,
+    /// Active health checks; `None`: endpoints are only judged by their answers to requests.
+    pub active: Option<ActiveHealthSettings>,
+}
+
+/// Active health checking: a `GET path` to every endpoint each `interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveHealthSettings {
+    pub path: String,
+    pub interval: Duration,
+    /// A check without a 2xx answer within it fails.
+    pub timeout: Duration,
+    /// Consecutive successes that make an unhealthy endpoint healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy endpoint unhealthy.
+    pub unhealthy_threshold: u32,
 }
 
 /// What counts as an endpoint failure for outlier ejection.
@@ -381,10 +462,21 @@ pub struct Forward {
     pub rewrite_prefix: Option<String>,
     /// The route's `match.path.prefix`, which `rewrite_prefix` replaces.
     pub matched_prefix: Option<String>,
+    pub rewrite_regex: Option<RegexRewrite>,
     pub rewrite_host: Option<String>,
     pub timeout: Duration,
     pub retries: Option<RetryPolicy>,
     pub mirror: Option<Mirror>,
+}
+
+/// `rewrite.regex`: every match of `pattern` in the path (without the query) is replaced.
+#[derive(Debug, Clone)]
+pub struct RegexRewrite {
+    pub pattern: Regex,
+    /// The substitution as written, groups as `\1`.
+    pub substitution: String,
+    /// The same in the `regex` crate's syntax (`${1}`, a literal `$` doubled).
+    pub replacement: String,
 }
 
 #[derive(Debug, Clone)]

@@ -183,6 +183,8 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     #[serde(default)]
     pub load_balancing: LoadBalancing,
+    /// What `ring_hash` hashes: a header, a cookie or the client's address.
+    pub hash_on: Option<HashOn>,
     pub connect_timeout: Option<String>,
     #[serde(default)]
     pub http2: bool,
@@ -205,6 +207,26 @@ pub enum LoadBalancing {
     #[default]
     RoundRobin,
     LeastRequest,
+    RingHash,
+}
+
+/// The request property `ring_hash` hashes: `{ header: NAME }`, `{ cookie: NAME }` or
+/// `client_ip`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(
+    untagged,
+    expecting = "`client_ip`, `{ header: NAME }` or `{ cookie: NAME }`"
+)]
+pub enum HashOn {
+    Keyword(HashOnKeyword),
+    Header { header: String },
+    Cookie { cookie: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOnKeyword {
+    ClientIp,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -212,6 +234,12 @@ pub enum LoadBalancing {
 pub struct UpstreamTls {
     pub ca: Option<String>,
     pub server_name: Option<String>,
+    /// The client certificate chain presented to the endpoints (mutual TLS), with `key`.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// Names the endpoints' certificates must carry one of: DNS names, or URIs (`://`).
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -225,6 +253,18 @@ pub struct Health {
     pub panic_threshold: Option<u32>,
     /// Which answers count as failures toward `consecutive_failures`.
     pub eject_on: Option<EjectOn>,
+    /// Active health checks: the gateway asks each endpoint itself.
+    pub active: Option<ActiveHealth>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveHealth {
+    pub path: String,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
 }
 
 /// What counts as an endpoint failure for outlier ejection.
@@ -321,7 +361,15 @@ pub struct WeightedTarget {
 #[serde(deny_unknown_fields)]
 pub struct Rewrite {
     pub prefix: Option<String>,
+    pub regex: Option<RegexRewrite>,
     pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewrite {
+    pub pattern: String,
+    pub substitution: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

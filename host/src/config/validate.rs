@@ -667,6 +667,9 @@ impl Validator<'_> {
             max_ejection_percent: health.and_then(|h| h.max_ejection_percent).unwrap_or(50),
             panic_threshold: health.and_then(|h| h.panic_threshold).unwrap_or(50),
             eject_on: health.and_then(|h| h.eject_on).unwrap_or_default().into(),
+            active: health
+                .and_then(|h| h.active.as_ref())
+                .map(|active| self.active_health(active, &origin)),
         };
         if health.panic_threshold > 100 {
             self.error(
@@ -685,6 +688,37 @@ impl Validator<'_> {
         if health.consecutive_failures == 0 {
             self.error(&origin, "health.consecutive_failures", "must be at least 1");
         }
+        let hash_on = match &raw.hash_on {
+            Some(_) if raw.load_balancing != raw::LoadBalancing::RingHash => {
+                self.error(
+                    &origin,
+                    "hash_on",
+                    "only `load_balancing: ring_hash` hashes requests",
+                );
+                HashOn::default()
+            }
+            Some(raw::HashOn::Header { header: name }) => {
+                if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    self.error(
+                        &origin,
+                        "hash_on.header",
+                        format!("invalid header name {name:?}"),
+                    );
+                }
+                HashOn::Header(name.to_ascii_lowercase())
+            }
+            Some(raw::HashOn::Cookie { cookie: name }) => {
+                if name.is_empty() || name.contains([';', '=', ' ']) {
+                    self.error(
+                        &origin,
+                        "hash_on.cookie",
+                        format!("invalid cookie name {name:?}"),
+                    );
+                }
+                HashOn::Cookie(name.clone())
+            }
+            Some(raw::HashOn::Keyword(raw::HashOnKeyword::ClientIp)) | None => HashOn::ClientIp,
+        };
         let limits = raw.limits.as_ref();
         let limits = ClusterLimits {
             max_requests: limits.and_then(|l| l.max_requests).unwrap_or(1024),
@@ -699,17 +733,12 @@ impl Validator<'_> {
         if limits.max_requests == 0 {
             self.error(&origin, "limits.max_requests", "must be at least 1");
         }
-        let tls = raw.tls.as_ref().map(|tls| UpstreamTls {
-            ca: tls
-                .ca
-                .as_ref()
-                .map(|ca| self.existing_file(&origin, "tls.ca", ca)),
-            server_name: tls.server_name.clone(),
-        });
+        let tls = raw.tls.as_ref().map(|tls| self.upstream_tls(tls, &origin));
         Cluster {
             name: raw.name.clone(),
             endpoints,
             load_balancing: raw.load_balancing.into(),
+            hash_on,
             connect_timeout: self.duration(
                 &origin,
                 "connect_timeout",
@@ -721,6 +750,122 @@ impl Validator<'_> {
             health,
             limits,
             origin,
+        }
+    }
+
+    /// `health.active`. Envoy requires every field but the path's; the defaults here check
+    /// every 10 s with a 1 s timeout and need 2 successes or 3 failures to change state.
+    fn active_health(&mut self, raw: &raw::ActiveHealth, origin: &Origin) -> ActiveHealthSettings {
+        if !raw.path.starts_with('/') || raw.path.parse::<http::uri::PathAndQuery>().is_err() {
+            self.error(
+                origin,
+                "health.active.path",
+                format!(
+                    "invalid path {:?}; expected an absolute path such as /healthz",
+                    raw.path
+                ),
+            );
+        }
+        let mut field_duration = |field: &str, text: Option<&String>, default: Duration| {
+            let value = self.duration(origin, &format!("health.active.{field}"), text, default);
+            if value.is_zero() {
+                self.error(
+                    origin,
+                    &format!("health.active.{field}"),
+                    "must be more than 0",
+                );
+            }
+            value
+        };
+        let interval = field_duration("interval", raw.interval.as_ref(), Duration::from_secs(10));
+        let timeout = field_duration("timeout", raw.timeout.as_ref(), Duration::from_secs(1));
+        let mut threshold = |field: &str, value: Option<u32>, default: u32| {
+            let value = value.unwrap_or(default);
+            if value == 0 {
+                self.error(
+                    origin,
+                    &format!("health.active.{field}"),
+                    "must be at least 1",
+                );
+            }
+            value
+        };
+        ActiveHealthSettings {
+            path: raw.path.clone(),
+            interval,
+            timeout,
+            healthy_threshold: threshold("healthy_threshold", raw.healthy_threshold, 2),
+            unhealthy_threshold: threshold("unhealthy_threshold", raw.unhealthy_threshold, 3),
+        }
+    }
+
+    /// `rewrite.regex`: Envoy's `regex_rewrite`, whose substitution names groups `\1`.
+    fn regex_rewrite(&mut self, raw: &raw::RegexRewrite, origin: &Origin) -> Option<RegexRewrite> {
+        let pattern = match Regex::new(&raw.pattern) {
+            Ok(pattern) => pattern,
+            Err(error) => {
+                self.error(
+                    origin,
+                    "rewrite.regex.pattern",
+                    format!("invalid regex: {error}"),
+                );
+                return None;
+            }
+        };
+        let replacement = substitution_to_replacement(&raw.substitution);
+        if let Some(group) =
+            substitution_groups(&raw.substitution).find(|group| *group >= pattern.captures_len())
+        {
+            self.error(
+                origin,
+                "rewrite.regex.substitution",
+                format!("\\{group} names a group the pattern does not have"),
+            );
+        }
+        Some(RegexRewrite {
+            pattern,
+            substitution: raw.substitution.clone(),
+            replacement,
+        })
+    }
+
+    fn upstream_tls(&mut self, raw: &raw::UpstreamTls, origin: &Origin) -> UpstreamTls {
+        let client_certificate = match (&raw.cert, &raw.key) {
+            (Some(cert), Some(key)) => Some(ClientCertificate {
+                cert: self.existing_file(origin, "tls.cert", cert),
+                key: self.existing_file(origin, "tls.key", key),
+            }),
+            (Some(_), None) => {
+                self.error(origin, "tls.key", "missing: tls.cert needs its private key");
+                None
+            }
+            (None, Some(_)) => {
+                self.error(origin, "tls.cert", "missing: tls.key needs its certificate");
+                None
+            }
+            (None, None) => None,
+        };
+        for (i, name) in raw.subject_alt_names.iter().enumerate() {
+            if name.trim().is_empty() || name.contains(char::is_whitespace) {
+                self.error(
+                    origin,
+                    &format!("tls.subject_alt_names[{i}]"),
+                    format!("invalid name {name:?}; expected a DNS name or a URI such as spiffe://cluster.local/ns/NAMESPACE/sa/ACCOUNT"),
+                );
+            }
+        }
+        UpstreamTls {
+            ca: raw
+                .ca
+                .as_ref()
+                .map(|ca| self.existing_file(origin, "tls.ca", ca)),
+            server_name: raw.server_name.clone(),
+            client_certificate,
+            subject_alt_names: raw
+                .subject_alt_names
+                .iter()
+                .map(|name| SubjectAltName::parse(name))
+                .collect(),
         }
     }
 
@@ -947,6 +1092,18 @@ impl Validator<'_> {
             .rewrite
             .as_ref()
             .and_then(|rewrite| rewrite.prefix.clone());
+        let rewrite_regex = raw
+            .rewrite
+            .as_ref()
+            .and_then(|rewrite| rewrite.regex.as_ref())
+            .and_then(|regex| self.regex_rewrite(regex, origin));
+        if rewrite_prefix.is_some() && raw.rewrite.as_ref().is_some_and(|r| r.regex.is_some()) {
+            self.error(
+                origin,
+                "rewrite.regex",
+                "set either `rewrite.prefix` or `rewrite.regex`, not both",
+            );
+        }
         if rewrite_prefix.is_some() && !matches!(matcher.path, PathMatch::Prefix(_)) {
             self.error(
                 origin,
@@ -976,6 +1133,7 @@ impl Validator<'_> {
                 PathMatch::Prefix(prefix) => Some(prefix.clone()),
                 _ => None,
             },
+            rewrite_regex,
             rewrite_host: raw
                 .rewrite
                 .as_ref()
@@ -1220,6 +1378,7 @@ impl From<raw::LoadBalancing> for LoadBalancing {
         match written {
             raw::LoadBalancing::RoundRobin => Self::RoundRobin,
             raw::LoadBalancing::LeastRequest => Self::LeastRequest,
+            raw::LoadBalancing::RingHash => Self::RingHash,
         }
     }
 }
@@ -1246,6 +1405,46 @@ impl From<raw::FailurePolicy> for FailurePolicy {
 /// Route regexes match the whole value, as Envoy's `safe_regex` does.
 fn anchored_regex(pattern: &str) -> Result<Regex, regex::Error> {
     Regex::new(&format!("^(?:{pattern})$"))
+}
+
+/// The group numbers a `rewrite.regex.substitution` refers to (`\N`).
+fn substitution_groups(substitution: &str) -> impl Iterator<Item = usize> + '_ {
+    let mut chars = substitution.chars().peekable();
+    std::iter::from_fn(move || {
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                match chars.next() {
+                    Some(digit @ '0'..='9') => return Some(digit as usize - '0' as usize),
+                    _ => continue,
+                }
+            }
+        }
+        None
+    })
+}
+
+/// Turns an Envoy-style substitution (`\1` a group, `\\` a backslash) into the `regex`
+/// crate's replacement syntax (`${1}`, `$$` a dollar sign).
+fn substitution_to_replacement(substitution: &str) -> String {
+    let mut replacement = String::with_capacity(substitution.len() + 8);
+    let mut chars = substitution.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => replacement.push_str("$$"),
+            '\\' => match chars.next() {
+                Some(digit @ '0'..='9') => {
+                    replacement.push_str("${");
+                    replacement.push(digit);
+                    replacement.push('}');
+                }
+                Some('$') => replacement.push_str("$$"),
+                Some(other) => replacement.push(other),
+                None => replacement.push('\\'),
+            },
+            other => replacement.push(other),
+        }
+    }
+    replacement
 }
 
 /// Splits `host:port` (IPv6 as `[::1]:80`).
@@ -1302,6 +1501,93 @@ mod tests {
     }
 
     const LISTENER: &str = "listeners:\n  - { name: web, address: 127.0.0.1:8080 }\n";
+
+    fn cluster_file(fields: &str) -> String {
+        format!("{LISTENER}clusters:\n  - name: app\n    endpoints: [{{ address: 127.0.0.1:9001 }}]\n{fields}")
+    }
+
+    #[test]
+    fn active_health_defaults_and_errors() {
+        let config = load(&[(
+            "a.yaml",
+            &cluster_file("    health: { active: { path: /healthz } }\n"),
+        )])
+        .unwrap();
+        let active = config.clusters[0].health.active.clone().unwrap();
+        assert_eq!(
+            active,
+            ActiveHealthSettings {
+                path: "/healthz".into(),
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(1),
+                healthy_threshold: 2,
+                unhealthy_threshold: 3,
+            }
+        );
+        assert_eq!(
+            config.effective["clusters"][0]["health"]["active"]["interval"],
+            "10s"
+        );
+        let errors = load(&[(
+            "a.yaml",
+            &cluster_file(
+                "    health: { active: { path: healthz, interval: 0s, timeout: soon, healthy_threshold: 0 } }\n",
+            ),
+        )])
+        .unwrap_err()
+        .to_string();
+        for field in ["path", "interval", "timeout", "healthy_threshold"] {
+            assert!(
+                errors.contains(&format!("health.active.{field}")),
+                "{field}: {errors}"
+            );
+        }
+    }
+
+    #[test]
+    fn hash_on_needs_ring_hash_and_a_valid_name() {
+        let config = load(&[(
+            "a.yaml",
+            &cluster_file("    load_balancing: ring_hash\n    hash_on: { header: X-User }\n"),
+        )])
+        .unwrap();
+        assert_eq!(config.clusters[0].hash_on, HashOn::Header("x-user".into()));
+        let config = load(&[("a.yaml", &cluster_file("    load_balancing: ring_hash\n"))]).unwrap();
+        assert_eq!(config.clusters[0].hash_on, HashOn::ClientIp);
+        for (fields, error) in [
+            (
+                "    hash_on: client_ip\n",
+                "clusters[0].hash_on: only `load_balancing: ring_hash`",
+            ),
+            (
+                "    load_balancing: ring_hash\n    hash_on: { cookie: 'a;b' }\n",
+                "hash_on.cookie: invalid cookie name",
+            ),
+            (
+                "    load_balancing: ring_hash\n    hash_on: { header: 'x y' }\n",
+                "hash_on.header: invalid header name",
+            ),
+        ] {
+            let errors = load(&[("a.yaml", &cluster_file(fields))])
+                .unwrap_err()
+                .to_string();
+            assert!(errors.contains(error), "{fields}: {errors}");
+        }
+    }
+
+    #[test]
+    fn substitutions_turn_groups_into_the_regex_crate_syntax() {
+        assert_eq!(
+            substitution_to_replacement(r"\2/instance/\1"),
+            "${2}/instance/${1}"
+        );
+        assert_eq!(substitution_to_replacement(r"\0-\\-$1"), "${0}-\\-$$1");
+        assert_eq!(substitution_to_replacement(r"/plain\"), "/plain\\");
+        assert_eq!(
+            substitution_groups(r"\2/x/\1\\3").collect::<Vec<_>>(),
+            [2, 1]
+        );
+    }
 
     #[test]
     fn a_minimal_folder_is_valid() {

@@ -547,6 +547,12 @@ impl<'a> Exporter<'a> {
             if let Some(prefix) = &rewrite.prefix {
                 settings.insert("uri".into(), json!(prefix));
             }
+            if let Some(regex) = &rewrite.regex {
+                settings.insert(
+                    "uriRegexRewrite".into(),
+                    json!({ "match": regex.pattern, "rewrite": regex.substitution }),
+                );
+            }
             if let Some(host) = &rewrite.host {
                 settings.insert("authority".into(), json!(host));
             }
@@ -638,11 +644,27 @@ impl<'a> Exporter<'a> {
                 model::EjectOn::GatewayErrors => "consecutiveGatewayErrors",
                 model::EjectOn::Any5xx => "consecutive5xxErrors",
             };
+            let load_balancer = match cluster.load_balancing {
+                model::LoadBalancing::RoundRobin => json!({ "simple": "ROUND_ROBIN" }),
+                model::LoadBalancing::LeastRequest => json!({ "simple": "LEAST_REQUEST" }),
+                model::LoadBalancing::RingHash => {
+                    let mut hash = match &cluster.hash_on {
+                        model::HashOn::Header(name) => json!({ "httpHeaderName": name }),
+                        model::HashOn::Cookie(name) => json!({ "httpCookie": { "name": name } }),
+                        model::HashOn::ClientIp => json!({ "useSourceIp": true }),
+                    };
+                    hash["ringHash"] = json!({ "minimumRingSize": 1024 });
+                    json!({ "consistentHash": hash })
+                }
+            };
+            if health.active.is_some() {
+                self.lose(
+                    format!("{at}.health.active"),
+                    "Istio has no active health checks; endpoints are judged by outlier detection only",
+                );
+            }
             let mut policy = json!({
-                "loadBalancer": { "simple": match cluster.load_balancing {
-                    model::LoadBalancing::RoundRobin => "ROUND_ROBIN",
-                    model::LoadBalancing::LeastRequest => "LEAST_REQUEST",
-                } },
+                "loadBalancer": load_balancer,
                 "connectionPool": {
                     "tcp": { "connectTimeout": istio_duration(cluster.connect_timeout) },
                     "http": {
@@ -667,14 +689,34 @@ impl<'a> Exporter<'a> {
                     "Istio does not bound the idle connections kept per endpoint",
                 );
             }
-            if let Some(tls) = &written.tls {
+            if let (Some(tls), Some(model_tls)) = (&written.tls, &cluster.tls) {
                 let mut settings = json!({ "mode": "SIMPLE" });
-                if let Some(ca) = &tls.ca {
-                    settings["credentialName"] = json!(credential_name(ca));
+                match &model_tls.client_certificate {
+                    // Mutual TLS names its files: a credentialName excludes them.
+                    Some(client) => {
+                        settings["mode"] = json!("MUTUAL");
+                        settings["clientCertificate"] = json!(client.cert.display().to_string());
+                        settings["privateKey"] = json!(client.key.display().to_string());
+                        if let Some(ca) = &model_tls.ca {
+                            settings["caCertificates"] = json!(ca.display().to_string());
+                        }
+                    }
+                    None => {
+                        if let Some(ca) = &tls.ca {
+                            settings["credentialName"] = json!(credential_name(ca));
+                        }
+                    }
                 }
                 if let Some(name) = &tls.server_name {
                     settings["sni"] = json!(name);
                     settings["subjectAltNames"] = json!([name]);
+                }
+                if !model_tls.subject_alt_names.is_empty() {
+                    settings["subjectAltNames"] = json!(model_tls
+                        .subject_alt_names
+                        .iter()
+                        .map(|name| name.as_str())
+                        .collect::<Vec<_>>());
                 }
                 policy["tls"] = settings;
             }

@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
 use super::{Downstream, ResponseBody};
-use crate::telemetry::metrics::metrics;
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::redaction::Redaction;
 use crate::telemetry::response_details::{response_details, response_flag_names};
 use crate::telemetry::tracing::RequestTrace;
@@ -47,6 +47,9 @@ pub struct AccessRecord {
     /// `response_body`, ...); `-` otherwise.
     pub plugin_phase: &'static str,
     pub attempts: u32,
+    /// Why the last try could not connect to the endpoint (TCP or TLS), in words; `-`
+    /// otherwise (Envoy's upstream transport failure reason).
+    pub upstream_transport_failure: Option<Box<str>>,
     pub bytes_sent: u64,
     /// The request is a gRPC call (local answers to it are sent trailers-only).
     pub grpc: bool,
@@ -54,6 +57,8 @@ pub struct AccessRecord {
     pub redaction: Arc<Redaction>,
     /// The request's trace when tracing is on; its server span ends with the line.
     pub trace: Option<RequestTrace>,
+    /// The gateway's metrics, which the request counts into when it ends.
+    pub metrics: Arc<Metrics>,
 }
 
 fn none() -> Arc<str> {
@@ -72,6 +77,7 @@ impl AccessRecord {
         request_id: HeaderValue,
         started: Instant,
         redaction: Arc<Redaction>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             started,
@@ -94,10 +100,12 @@ impl AccessRecord {
             detail: "-",
             plugin_phase: "-",
             attempts: 0,
+            upstream_transport_failure: None,
             bytes_sent: 0,
             grpc: super::local::is_grpc(request.headers()),
             redaction,
             trace: None,
+            metrics,
         }
     }
 
@@ -115,7 +123,8 @@ impl AccessRecord {
 
     fn emit(&self) {
         let duration = self.started.elapsed();
-        metrics().record_request(&self.route, &self.cluster, self.status, duration);
+        self.metrics
+            .record_request(&self.route, &self.cluster, self.status, duration);
         if let Some(trace) = &self.trace {
             trace.finish(&self.method, &self.route, self.status);
         }
@@ -147,6 +156,8 @@ impl AccessRecord {
                 response_details(self.detail, "", self.attempts).flags
             ),
             plugin_phase = self.plugin_phase,
+            upstream_transport_failure_reason =
+                self.upstream_transport_failure.as_deref().unwrap_or("-"),
             bytes_sent = self.bytes_sent,
             duration_ms = format_args!("{:.3}", super::millis(duration)),
             request_id = redaction.header("x-request-id", text(Some(&self.request_id))),

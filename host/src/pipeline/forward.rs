@@ -1,6 +1,7 @@
 //! The `forward` action: from the downstream request to an upstream endpoint and back, with
 //! rewrites, weighted splits, timeouts, retries, mirroring and upgrade tunnels.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +15,12 @@ use super::refusal::Refusal;
 use super::{headers, AccessRecord, Downstream, RequestLimits, ResponseBody};
 use crate::body::{caused_by, BodyReadTimeout, MalformedBody};
 use crate::config::EscapedSlashesAction;
-use crate::config::{Forward, Normalization, RetryConditions};
+use crate::config::{Forward, HashOn, Normalization, RegexRewrite, RetryConditions};
 use crate::routing::normalize::{self, Rejection};
 use crate::snapshot::{ResolvedForward, Target};
-use crate::telemetry::metrics::metrics;
 use crate::upstream::{
-    BoxError, Cluster, Outcome, PickError, PooledBody, UpstreamBody, UpstreamError,
+    hash_key, tls_failure, BoxError, Cluster, Outcome, PickError, PooledBody, UpstreamBody,
+    UpstreamError,
 };
 
 /// Bodies up to this size are buffered when a retry or a mirror may need to send them again.
@@ -67,6 +68,8 @@ fn full(bytes: Bytes) -> UpstreamBody {
 #[derive(Debug)]
 enum TryError {
     Connect(String),
+    /// TLS with the endpoint failed: its certificate was refused, or it refused ours.
+    Tls(String),
     Timeout,
     Reset(String),
     /// The upstream provably did not process the request: the connection closed before the
@@ -125,16 +128,54 @@ pub(super) async fn forward(
         }
     }
 
-    match send_with_retries(target, &mut outgoing, &mut body, forward, resolved, record).await {
+    let hash = request_hash(&target.cluster, &outgoing.headers, downstream.remote.ip());
+    let sent = send_with_retries(
+        target,
+        &mut outgoing,
+        &mut body,
+        hash,
+        forward,
+        resolved,
+        record,
+    );
+    match sent.await {
         Ok(response) => Ok(downstream_response(response, downstream_upgrade)),
         Err(error) => {
             tracing::debug!(route = %resolved.route, cluster = %target.cluster.name, ?error, "upstream request failed");
+            record.upstream_transport_failure = error.transport_failure().map(Into::into);
             let refusal = error.into_refusal();
             if let Some(kind) = refusal.reason().upstream_error() {
-                metrics().upstream_error(&target.cluster.name, kind);
+                record.metrics.upstream_error(&target.cluster.name, kind);
             }
             Err(refusal)
         }
+    }
+}
+
+/// The key `ring_hash` places the request by, hashed: the `hash_on` header's value (the
+/// first one), the cookie's or the client's IP address. `None` when the cluster does not
+/// hash or the request lacks the header or cookie: the cluster then picks round robin.
+fn request_hash(cluster: &Cluster, headers: &HeaderMap, client_ip: IpAddr) -> Option<u64> {
+    if !cluster.hashes() {
+        return None;
+    }
+    match &cluster.hash_on {
+        HashOn::Header(name) => headers
+            .get(name.as_str())
+            .map(|value| hash_key(value.as_bytes())),
+        HashOn::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(cookie, _)| cookie == name)
+            .map(|(_, value)| hash_key(value.as_bytes())),
+        // The address's bytes: no text to build for each request.
+        HashOn::ClientIp => Some(match client_ip.to_canonical() {
+            IpAddr::V4(v4) => hash_key(&v4.octets()),
+            IpAddr::V6(v6) => hash_key(&v6.octets()),
+        }),
     }
 }
 
@@ -205,6 +246,7 @@ async fn send_with_retries(
     target: &Target,
     outgoing: &mut Outgoing,
     body: &mut RequestBody,
+    hash: Option<u64>,
     forward: &Forward,
     resolved: &ResolvedForward,
     record: &mut AccessRecord,
@@ -242,8 +284,8 @@ async fn send_with_retries(
             outgoing.headers.clone()
         };
         let result = try_once(
-            &target.cluster,
-            &target.endpoints,
+            target,
+            hash,
             outgoing,
             headers,
             body.take(),
@@ -296,17 +338,21 @@ fn downstream_response(
     })
 }
 
-/// One try: pick an endpoint, send, and wait for the response headers until `deadline`.
+/// One try: pick an endpoint of the target (by `hash` under `ring_hash`), send, and wait for
+/// the response headers until `deadline`.
 async fn try_once(
-    cluster: &Arc<Cluster>,
-    endpoints: &[usize],
+    target: &Target,
+    hash: Option<u64>,
     outgoing: &Outgoing,
     headers: HeaderMap,
     body: Option<UpstreamBody>,
     deadline: Instant,
     record: &mut AccessRecord,
 ) -> Result<Response<PooledBody>, TryError> {
-    let guard = cluster.pick(endpoints).map_err(TryError::NoEndpoint)?;
+    let cluster = &target.cluster;
+    let guard = cluster
+        .pick(&target.endpoints, hash)
+        .map_err(TryError::NoEndpoint)?;
     record.upstream = Some(guard.endpoint.clone());
     let mut headers = headers;
     let span = record.trace.as_ref().map(|trace| {
@@ -336,13 +382,18 @@ async fn try_once(
         }
         Ok(Err(error)) if caused_by::<BodyReadTimeout>(&error) => Err(TryError::BodyTimeout),
         Ok(Err(error)) if caused_by::<MalformedBody>(&error) => Err(TryError::MalformedBody),
-        Ok(Err(error @ UpstreamError::Connect(_))) => Err(TryError::Connect(root_cause(&error))),
-        Ok(Err(error)) if request_unsent(&error) => Err(TryError::Unsent(root_cause(&error))),
-        Ok(Err(error)) => Err(TryError::Reset(root_cause(&error))),
+        Ok(Err(error)) => match tls_failure(&error) {
+            Some(cause) => Err(TryError::Tls(cause)),
+            None if matches!(error, UpstreamError::Connect(_)) => {
+                Err(TryError::Connect(root_cause(&error)))
+            }
+            None if request_unsent(&error) => Err(TryError::Unsent(root_cause(&error))),
+            None => Err(TryError::Reset(root_cause(&error))),
+        },
     };
     match &result {
         Ok(response) => guard.report(Outcome::Answered(response.status())),
-        Err(TryError::Connect(_)) => guard.report(Outcome::ConnectFailure),
+        Err(TryError::Connect(_) | TryError::Tls(_)) => guard.report(Outcome::ConnectFailure),
         Err(TryError::Reset(_) | TryError::Unsent(_)) => guard.report(Outcome::Reset),
         Err(TryError::Timeout) => guard.report(Outcome::Timeout),
         Err(
@@ -373,7 +424,7 @@ fn retry_on_status(conditions: &RetryConditions, status: StatusCode) -> bool {
 
 fn retry_on_error(conditions: &RetryConditions, error: &TryError) -> bool {
     match error {
-        TryError::Connect(_) => {
+        TryError::Connect(_) | TryError::Tls(_) => {
             conditions.connect_failure || conditions.any_5xx || conditions.gateway_error
         }
         TryError::Reset(_) | TryError::Unsent(_) => {
@@ -393,6 +444,7 @@ impl TryError {
         match self {
             Self::Connect(_) => "connect_failure",
             Self::Timeout => "timeout",
+            Self::Tls(_) => "tls_failure",
             Self::Reset(_) | Self::Unsent(_) => "reset",
             Self::BodyTooLarge => "request_body_too_large",
             Self::BodyTimeout => "request_body_timeout",
@@ -406,6 +458,7 @@ impl TryError {
     fn into_refusal(self) -> Refusal {
         match self {
             Self::Connect(cause) => Refusal::UpstreamUnavailable { cause },
+            Self::Tls(cause) => Refusal::UpstreamTlsFailure { cause },
             Self::Timeout => Refusal::UpstreamTimeout,
             Self::Reset(cause) | Self::Unsent(cause) => Refusal::UpstreamReset { cause },
             Self::BodyTooLarge => Refusal::BodyTooLarge,
@@ -417,9 +470,19 @@ impl TryError {
     }
 
     /// Whether the upstream cannot have acted on the request, so that sending it again is
-    /// safe whatever its method.
+    /// safe whatever its method. (A refused TLS handshake never let the request through,
+    /// even when the refusal came after the request was written.)
     fn never_reached_upstream(&self) -> bool {
-        matches!(self, Self::Connect(_) | Self::Unsent(_))
+        matches!(self, Self::Connect(_) | Self::Tls(_) | Self::Unsent(_))
+    }
+
+    /// Why the connection to the endpoint failed, for the access log (Envoy's upstream
+    /// transport failure reason).
+    fn transport_failure(&self) -> Option<&str> {
+        match self {
+            Self::Connect(cause) | Self::Tls(cause) => Some(cause),
+            _ => None,
+        }
     }
 }
 
@@ -455,6 +518,11 @@ fn request_unsent(error: &UpstreamError) -> bool {
 
 /// The upstream request target (origin form): the downstream one as it is, or rewritten.
 fn upstream_uri(uri: &Uri, forward: &Forward) -> Result<Uri, Rejection> {
+    if let Some(rewrite) = &forward.rewrite_regex {
+        return regex_rewrite_path(uri, rewrite)?
+            .parse()
+            .map_err(|_| Rejection::InvalidPath);
+    }
     if forward.rewrite_prefix.is_none() || forward.matched_prefix.is_none() {
         if let Some(path_and_query) = uri.path_and_query() {
             return Ok(Uri::from(path_and_query.clone()));
@@ -487,6 +555,22 @@ fn rewrite_path(uri: &Uri, forward: &Forward) -> Result<String, Rejection> {
         _ => path.to_string(),
     };
     Ok(format!("{path}{query}"))
+}
+
+/// The upstream path and query under `rewrite.regex`: every match of the pattern in the
+/// path (not the query) replaced, the query kept. A result that is not an absolute path is
+/// refused.
+fn regex_rewrite_path(uri: &Uri, rewrite: &RegexRewrite) -> Result<String, Rejection> {
+    let path = rewrite
+        .pattern
+        .replace_all(uri.path(), rewrite.replacement.as_str());
+    if !path.starts_with('/') {
+        return Err(Rejection::InvalidPath);
+    }
+    Ok(match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.into_owned(),
+    })
 }
 
 /// `rest` as a path of its own (with a leading `/`), its dot segments removed.
@@ -552,7 +636,7 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 /// mirroring does: the host gets a `-shadow` suffix and the answer is discarded.
 fn send_mirror(cluster: Arc<Cluster>, outgoing: &Outgoing, host: &str, body: Bytes) {
     let all: Vec<usize> = (0..cluster.endpoints.len()).collect();
-    let Ok(guard) = cluster.pick(&all) else {
+    let Ok(guard) = cluster.pick(&all, None) else {
         return;
     };
     let mut request = Request::new(full(body));
@@ -629,6 +713,7 @@ mod tests {
         Forward {
             matched_prefix: Some(matched.into()),
             rewrite_prefix: Some(replacement.into()),
+            rewrite_regex: None,
             targets: Vec::new(),
             is_split: false,
             rewrite_host: None,
@@ -706,7 +791,8 @@ mod tests {
                 respond.send_reset(reason);
             }
         });
-        let cluster = Arc::new(Cluster::new(&h2_cluster(address)).unwrap());
+        let cluster =
+            Arc::new(Cluster::new(&h2_cluster(address), None, Default::default()).unwrap());
         let request = Request::post("/orders")
             .body(full(Bytes::from_static(b"order=1")))
             .unwrap();
@@ -729,6 +815,7 @@ mod tests {
                 labels: Default::default(),
             }],
             load_balancing: Default::default(),
+            hash_on: Default::default(),
             connect_timeout: Duration::from_secs(1),
             http2: true,
             tls: None,
@@ -738,6 +825,7 @@ mod tests {
                 max_ejection_percent: 50,
                 panic_threshold: 0,
                 eject_on: Default::default(),
+                active: None,
             },
             limits: crate::config::ClusterLimits {
                 max_requests: 100,

@@ -129,6 +129,7 @@ pub async fn handle(
         request_id.clone(),
         started,
         snapshot.access_log_redaction.clone(),
+        snapshot.registries.gateway_metrics.clone(),
     );
     record.trace = snapshot.tracing.as_ref().map(|tracing| {
         tracing.start_request(

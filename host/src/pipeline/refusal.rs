@@ -113,6 +113,11 @@ pub enum Refusal {
     UpstreamReset {
         cause: String,
     },
+    /// TLS with the endpoint failed: its certificate was refused (chain or names), or it
+    /// refused the handshake (our client certificate).
+    UpstreamTlsFailure {
+        cause: String,
+    },
     UpstreamTimeout,
     NoHealthyUpstream,
     UpstreamOverflow,
@@ -154,6 +159,7 @@ impl Refusal {
             Self::InvalidRedirect => Reason::InvalidRedirect,
             Self::UpstreamUnavailable { .. } => Reason::UpstreamUnavailable,
             Self::UpstreamReset { .. } => Reason::UpstreamReset,
+            Self::UpstreamTlsFailure { .. } => Reason::UpstreamTlsFailure,
             Self::UpstreamTimeout => Reason::UpstreamTimeout,
             Self::NoHealthyUpstream => Reason::NoHealthyUpstream,
             Self::UpstreamOverflow => Reason::UpstreamOverflow,
@@ -202,6 +208,7 @@ impl Refusal {
             }
             Self::UpstreamTimeout | Self::PluginStalled => StatusCode::GATEWAY_TIMEOUT,
             Self::NoCluster
+            | Self::UpstreamTlsFailure { .. }
             | Self::NoHealthyUpstream
             | Self::UpstreamOverflow
             | Self::PluginFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -245,9 +252,9 @@ impl Refusal {
             Self::NoCluster => "no cluster for this route".into(),
             Self::InvalidUpstreamHost => "invalid host".into(),
             Self::InvalidRedirect => "redirect target is not a valid header value".into(),
-            Self::UpstreamUnavailable { cause } | Self::UpstreamReset { cause } => {
-                format!("{}: {cause}", self.detail()).into()
-            }
+            Self::UpstreamUnavailable { cause }
+            | Self::UpstreamReset { cause }
+            | Self::UpstreamTlsFailure { cause } => format!("{}: {cause}", self.detail()).into(),
             Self::UpstreamTimeout | Self::NoHealthyUpstream | Self::UpstreamOverflow => {
                 self.detail().into()
             }

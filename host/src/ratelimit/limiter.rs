@@ -3,9 +3,7 @@
 //! client that keeps calling past its limit costs no Redis round trip.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::metrics::ServiceMetrics;
 use super::proto::{
@@ -13,7 +11,7 @@ use super::proto::{
     RateLimitResponse, Unit,
 };
 use super::store::{Hit, Store, StoreError};
-use super::window::Window;
+use super::window::{self, Window};
 
 /// How many over-limit counters the cache remembers at most; past that, new ones are not
 /// cached (they are still decided correctly, through Redis).
@@ -57,9 +55,7 @@ impl Limiter {
         &self,
         request: &RateLimitRequest,
     ) -> Result<RateLimitResponse, StoreError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_secs());
+        let now = window::now_secs();
         let request_hits = u64::from(request.hits_addend.max(1));
 
         // Per descriptor: no limit (OK, nothing counted), over limit by the cache, or a
@@ -75,7 +71,7 @@ impl Limiter {
                 continue;
             };
             if self.cached_over_limit(&counter.key, now) {
-                self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.metrics.cache_hit();
                 statuses.push(Some(status(&counter, u64::MAX, now)));
                 continue;
             }
@@ -91,12 +87,7 @@ impl Limiter {
                 ttl_ms: counter.window.seconds_left(now) * 1_000 + KEY_GRACE_MS,
             })
             .collect();
-        let started = Instant::now();
-        let counts = self.store.add(&hits).await;
-        if !hits.is_empty() {
-            self.metrics.record_redis(started.elapsed(), counts.is_ok());
-        }
-        let counts = counts?;
+        let counts = self.store.add(hits).await?;
 
         for ((index, counter), count) in counted.into_iter().zip(counts) {
             if count > u64::from(counter.limit) {
@@ -178,9 +169,7 @@ impl Limiter {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         if cache.len() >= OVER_LIMIT_CACHE_ENTRIES {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.as_secs());
+            let now = window::now_secs();
             cache.retain(|_, &mut window_end| now < window_end);
             if cache.len() >= OVER_LIMIT_CACHE_ENTRIES {
                 return;

@@ -1,79 +1,138 @@
-//! The service's own metrics, in Prometheus text format on `GET /metrics`.
+//! The service's own metrics, in the Prometheus text format on `GET /metrics`, encoded by
+//! `prometheus-client` as the gateway's are.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-#[derive(Default)]
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// How a `ShouldRateLimit` call ended, the `result` label of `tollgate_ratelimit_calls_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallResult {
+    Ok,
+    OverLimit,
+    Failed,
+    Invalid,
+}
+
+impl CallResult {
+    const ALL: [Self; 4] = [Self::Ok, Self::OverLimit, Self::Failed, Self::Invalid];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::OverLimit => "over_limit",
+            Self::Failed => "failed",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug)]
 pub struct ServiceMetrics {
-    pub calls_ok: AtomicU64,
-    pub calls_over_limit: AtomicU64,
-    pub calls_failed: AtomicU64,
-    pub calls_invalid: AtomicU64,
-    pub cache_hits: AtomicU64,
-    redis_calls: AtomicU64,
-    redis_errors: AtomicU64,
-    redis_micros: AtomicU64,
-    redis_up: AtomicU64,
+    calls: Family<ResultLabels, Counter>,
+    cache_hits: Counter,
+    redis_calls: Counter,
+    redis_errors: Counter,
+    redis_seconds: Counter<f64, AtomicU64>,
+    redis_up: Gauge,
+    registry: Registry,
+}
+
+impl Default for ServiceMetrics {
+    fn default() -> Self {
+        let calls = Family::<ResultLabels, Counter>::default();
+        // Every result is shown from the start, so that a rate over them is defined.
+        for result in CallResult::ALL {
+            let _ = calls.get_or_create(&ResultLabels {
+                result: result.label(),
+            });
+        }
+        let cache_hits = Counter::default();
+        let redis_calls = Counter::default();
+        let redis_errors = Counter::default();
+        let redis_seconds = Counter::<f64, AtomicU64>::default();
+        let redis_up = Gauge::default();
+        let mut registry = Registry::default();
+        // Counters are registered without `_total`: the encoder appends it.
+        registry.register(
+            "tollgate_ratelimit_calls",
+            "ShouldRateLimit calls by result",
+            calls.clone(),
+        );
+        registry.register(
+            "tollgate_ratelimit_cache_hits",
+            "Descriptors answered over limit from the local cache, without Redis",
+            cache_hits.clone(),
+        );
+        registry.register(
+            "tollgate_ratelimit_redis_calls",
+            "Script runs against Redis",
+            redis_calls.clone(),
+        );
+        registry.register(
+            "tollgate_ratelimit_redis_errors",
+            "Script runs that failed or timed out",
+            redis_errors.clone(),
+        );
+        registry.register(
+            "tollgate_ratelimit_redis_seconds",
+            "Time spent waiting for Redis",
+            redis_seconds.clone(),
+        );
+        registry.register(
+            "tollgate_ratelimit_redis_up",
+            "Whether the last Redis call succeeded",
+            redis_up.clone(),
+        );
+        Self {
+            calls,
+            cache_hits,
+            redis_calls,
+            redis_errors,
+            redis_seconds,
+            redis_up,
+            registry,
+        }
+    }
 }
 
 impl ServiceMetrics {
+    pub fn call(&self, result: CallResult) {
+        self.calls
+            .get_or_create(&ResultLabels {
+                result: result.label(),
+            })
+            .inc();
+    }
+
+    pub fn cache_hit(&self) {
+        self.cache_hits.inc();
+    }
+
     pub fn record_redis(&self, took: Duration, ok: bool) {
-        self.redis_calls.fetch_add(1, Ordering::Relaxed);
-        self.redis_micros.fetch_add(
-            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.redis_calls.inc();
+        self.redis_seconds.inc_by(took.as_secs_f64());
         if !ok {
-            self.redis_errors.fetch_add(1, Ordering::Relaxed);
+            self.redis_errors.inc();
         }
-        self.redis_up.store(u64::from(ok), Ordering::Relaxed);
+        self.set_redis_up(ok);
     }
 
     pub fn set_redis_up(&self, up: bool) {
-        self.redis_up.store(u64::from(up), Ordering::Relaxed);
+        self.redis_up.set(i64::from(up));
     }
 
     pub fn render(&self) -> String {
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let mut out = String::new();
-        out.push_str("# HELP tollgate_ratelimit_calls_total ShouldRateLimit calls by result.\n");
-        out.push_str("# TYPE tollgate_ratelimit_calls_total counter\n");
-        for (result, counter) in [
-            ("ok", &self.calls_ok),
-            ("over_limit", &self.calls_over_limit),
-            ("failed", &self.calls_failed),
-            ("invalid", &self.calls_invalid),
-        ] {
-            let _ = writeln!(
-                out,
-                "tollgate_ratelimit_calls_total{{result=\"{result}\"}} {}",
-                get(counter)
-            );
-        }
-        let _ = write!(
-            out,
-            "# HELP tollgate_ratelimit_cache_hits_total Descriptors answered over limit from the local cache, without Redis.\n\
-             # TYPE tollgate_ratelimit_cache_hits_total counter\n\
-             tollgate_ratelimit_cache_hits_total {}\n\
-             # HELP tollgate_ratelimit_redis_calls_total Script runs against Redis.\n\
-             # TYPE tollgate_ratelimit_redis_calls_total counter\n\
-             tollgate_ratelimit_redis_calls_total {}\n\
-             # HELP tollgate_ratelimit_redis_errors_total Script runs that failed or timed out.\n\
-             # TYPE tollgate_ratelimit_redis_errors_total counter\n\
-             tollgate_ratelimit_redis_errors_total {}\n\
-             # HELP tollgate_ratelimit_redis_seconds_total Time spent waiting for Redis.\n\
-             # TYPE tollgate_ratelimit_redis_seconds_total counter\n\
-             tollgate_ratelimit_redis_seconds_total {:.6}\n\
-             # HELP tollgate_ratelimit_redis_up Whether the last Redis call succeeded.\n\
-             # TYPE tollgate_ratelimit_redis_up gauge\n\
-             tollgate_ratelimit_redis_up {}\n",
-            get(&self.cache_hits),
-            get(&self.redis_calls),
-            get(&self.redis_errors),
-            get(&self.redis_micros) as f64 / 1e6,
-            get(&self.redis_up),
-        );
-        out
+        crate::telemetry::metrics::encode(&self.registry)
     }
 }

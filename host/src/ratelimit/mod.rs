@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -40,7 +40,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 
 use limiter::Limiter;
-use metrics::ServiceMetrics;
+use metrics::{CallResult, ServiceMetrics};
 use proto::{Code, RateLimitRequest, SHOULD_RATE_LIMIT_PATH};
 use store::Store;
 
@@ -54,6 +54,8 @@ pub struct Options {
     pub redis_timeout: Duration,
     /// Prepended to every Redis key, so that several deployments can share one Redis.
     pub key_prefix: String,
+    /// Threads serving calls: 1 is a single event loop, more a work-stealing runtime.
+    pub workers: usize,
 }
 
 /// The largest request message accepted; a `RateLimitRequest` is a few hundred bytes.
@@ -71,7 +73,14 @@ enum GrpcStatus {
 /// Serves until SIGTERM or Ctrl-C. Blocks the calling thread.
 pub fn serve(options: Options) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = if options.workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(options.workers);
+        builder
+    };
+    let runtime = builder
         .enable_all()
         .thread_name("tollgate-ratelimit")
         .build()?;
@@ -80,7 +89,7 @@ pub fn serve(options: Options) -> anyhow::Result<()> {
 
 async fn serve_async(options: Options) -> anyhow::Result<()> {
     let metrics = Arc::new(ServiceMetrics::default());
-    let store = Store::new(&options.redis, options.redis_timeout)?;
+    let store = Store::new(&options.redis, options.redis_timeout, metrics.clone())?;
     let limiter = Arc::new(Limiter::new(
         store,
         options.key_prefix.clone(),
@@ -164,7 +173,11 @@ impl Service {
                     plain(StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n"))
                 }
             },
-            (&Method::GET, "/metrics") => plain(StatusCode::OK, self.metrics.render()),
+            (&Method::GET, "/metrics") => with_type(
+                StatusCode::OK,
+                self.metrics.render(),
+                crate::telemetry::metrics::CONTENT_TYPE,
+            ),
             (&Method::POST, _) if is_grpc(request.headers()) => grpc_error(
                 GrpcStatus::Unimplemented,
                 "unknown method: this service answers ShouldRateLimit only",
@@ -177,26 +190,26 @@ impl Service {
         let message = match read_grpc_message(request).await {
             Ok(message) => message,
             Err(refusal) => {
-                self.metrics.calls_invalid.fetch_add(1, Ordering::Relaxed);
+                self.metrics.call(CallResult::Invalid);
                 return refusal;
             }
         };
         let Ok(request) = RateLimitRequest::decode(message) else {
-            self.metrics.calls_invalid.fetch_add(1, Ordering::Relaxed);
+            self.metrics.call(CallResult::Invalid);
             return grpc_error(GrpcStatus::InvalidArgument, "not a RateLimitRequest");
         };
         match self.limiter.should_rate_limit(&request).await {
             Ok(answer) => {
-                let counter = if answer.overall_code == Code::OverLimit as i32 {
-                    &self.metrics.calls_over_limit
-                } else {
-                    &self.metrics.calls_ok
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .call(if answer.overall_code == Code::OverLimit as i32 {
+                        CallResult::OverLimit
+                    } else {
+                        CallResult::Ok
+                    });
                 grpc_ok(&answer.encode_to_vec())
             }
             Err(error) => {
-                self.metrics.calls_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.call(CallResult::Failed);
                 self.log_failure(&error);
                 grpc_error(
                     GrpcStatus::Unavailable,
@@ -207,9 +220,7 @@ impl Service {
     }
 
     fn log_failure(&self, error: &store::StoreError) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_secs());
+        let now = window::now_secs();
         let last = self.failures_logged.load(Ordering::Relaxed);
         if now >= last + FAILURE_LOG_INTERVAL_SECS
             && self
@@ -276,11 +287,19 @@ async fn read_grpc_message(request: Request<Incoming>) -> Result<Bytes, Response
 }
 
 fn plain(status: StatusCode, text: String) -> Response<ServiceBody> {
+    with_type(status, text, "text/plain; charset=utf-8")
+}
+
+fn with_type(
+    status: StatusCode,
+    text: String,
+    content_type: &'static str,
+) -> Response<ServiceBody> {
     let mut response = Response::new(ServiceBody::new(Some(Bytes::from(text)), None));
     *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static(content_type),
     );
     response
 }

@@ -15,6 +15,13 @@ pub struct Window {
 
 const DAY: u64 = 86_400;
 
+/// Seconds since the Unix epoch, the clock every window and log interval is read from.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
 impl Window {
     /// The window of `unit` that holds `now` (seconds since the epoch); `None` for
     /// `Unit::Unknown`.

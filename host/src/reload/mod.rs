@@ -406,9 +406,10 @@ impl Reloader {
             Ok(snapshot) => {
                 let old = self.slot.current();
                 warn_about_listener_changes(&old, &snapshot);
+                let metrics = snapshot.registries.gateway_metrics.clone();
                 self.slot.replace(snapshot);
                 let generation = self.handle.record(Ok(()));
-                crate::telemetry::metrics::metrics().reload(true);
+                metrics.reload(true);
                 tracing::info!(
                     generation,
                     elapsed_ms = started.elapsed().as_millis() as u64,
@@ -420,7 +421,7 @@ impl Reloader {
             Err(errors) => {
                 let rejected = Rejected(errors.to_string());
                 self.handle.record(Err(&rejected));
-                crate::telemetry::metrics::metrics().reload(false);
+                self.slot.current().registries.gateway_metrics.reload(false);
                 tracing::error!("configuration change rejected; the last good configuration keeps serving:\n{rejected}");
                 Err(rejected)
             }
@@ -445,9 +446,15 @@ impl Reloader {
                 }
             }
         }
-        for cluster in &config.clusters {
-            if let Some(ca) = cluster.tls.as_ref().and_then(|tls| tls.ca.clone()) {
-                files.insert(ca);
+        for tls in config
+            .clusters
+            .iter()
+            .filter_map(|cluster| cluster.tls.as_ref())
+        {
+            files.extend(tls.ca.clone());
+            if let Some(client) = &tls.client_certificate {
+                files.insert(client.cert.clone());
+                files.insert(client.key.clone());
             }
         }
         for file in &files {

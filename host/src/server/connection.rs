@@ -23,7 +23,6 @@ use super::GatewayState;
 use crate::body::StreamIdle;
 use crate::config::ServerSettings;
 use crate::pipeline::{self, Downstream, ResponseBody};
-use crate::telemetry::metrics::metrics;
 use crate::tls::TlsInfo;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
@@ -44,6 +43,8 @@ pub async fn serve(
         .listeners
         .get(&listener)
         .map_or((None, None), |l| (l.tls.clone(), l.certificates.clone()));
+    // Opened and closed count into the same gateway's metrics, whatever swaps meanwhile.
+    let metrics = snapshot.registries.gateway_metrics.clone();
     drop(snapshot);
     let activity = Arc::new(Activity::default());
 
@@ -109,7 +110,7 @@ pub async fn serve(
         }
     });
 
-    metrics().connection_opened(&listener);
+    metrics.connection_opened(&listener);
     let builder = http_builder(&settings);
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
@@ -161,7 +162,7 @@ pub async fn serve(
             }
         }
     }
-    metrics().connection_closed(&listener);
+    metrics.connection_closed(&listener);
 }
 
 /// hyper answers a request head it cannot accept (malformed, ambiguous framing, too large,

@@ -26,7 +26,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{watch, Notify};
 
 use crate::snapshot::Snapshot;
-use crate::telemetry::metrics::metrics;
+use crate::upstream::health::{self, HealthChecker};
 use crate::wasm::plugin::Plugin;
 
 /// Plugin instances a swap removed, for every worker to retire its VMs of them by
@@ -56,15 +56,22 @@ pub struct GatewayState {
     retirements: tokio::sync::broadcast::Sender<Retirement>,
     /// When the drain ends; set once, when it starts.
     drain_deadline: OnceLock<Instant>,
+    /// The active health checks of the live snapshot's clusters.
+    health_checker: HealthChecker,
 }
 
 impl GatewayState {
     /// Starts the snapshot's singleton plugins and its tracer: they run before anything is
-    /// served.
+    /// served. Endpoints with active health checks are checked once first, so that those
+    /// that answer get traffic from the first request on.
     pub fn new(mut snapshot: Snapshot) -> Self {
         crate::wasm::singleton::launch(&snapshot.plugins);
         attach_tracing(&mut snapshot);
+        health::check_new_endpoints(snapshot.clusters.values());
+        let health_checker = HealthChecker::start();
+        health_checker.follow(snapshot.clusters.values());
         Self {
+            health_checker,
             snapshot: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -83,13 +90,16 @@ impl GatewayState {
     /// Replaces the snapshot; requests in flight keep the one they started with. Plugin
     /// instances the new snapshot no longer has are retired by every worker, in the
     /// background, within the new snapshot's drain timeout. The new snapshot's singletons
-    /// run before the swap, so that one replacing another overlaps it instead of leaving a gap.
+    /// run before the swap, so that one replacing another overlaps it instead of leaving a gap;
+    /// for the same reason, endpoints new to active health checks are checked before it.
     pub fn swap_snapshot(&self, mut snapshot: Snapshot) {
         let deadline = Instant::now() + snapshot.config.server.drain_timeout;
         crate::wasm::singleton::launch(&snapshot.plugins);
         attach_tracing(&mut snapshot);
+        health::check_new_endpoints(snapshot.clusters.values());
         let new = Arc::new(snapshot);
         let old = self.snapshot.swap(new.clone());
+        self.health_checker.follow(new.clusters.values());
         let retired: Arc<[Arc<Plugin>]> = old
             .plugins
             .iter()
@@ -138,7 +148,12 @@ fn attach_tracing(snapshot: &mut Snapshot) {
         .server
         .tracing
         .as_ref()
-        .and_then(crate::telemetry::tracing::Tracing::shared);
+        .and_then(|settings| {
+            crate::telemetry::tracing::Tracing::shared(
+                settings,
+                &snapshot.registries.gateway_metrics,
+            )
+        });
 }
 
 /// A listener bound once per worker.
@@ -340,12 +355,13 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
-                    let limit = state.snapshot().config.server.max_connections;
+                    let snapshot = state.snapshot();
+                    let limit = snapshot.config.server.max_connections;
                     if open.fetch_add(1, Ordering::Relaxed) >= limit {
                         // Over the cap: close before reading a byte, so the client sees a
                         // clean close and never a half-written answer.
                         open.fetch_sub(1, Ordering::Relaxed);
-                        metrics().connection_refused(&name);
+                        snapshot.registries.gateway_metrics.connection_refused(&name);
                         tracing::debug!(listener = %name, %remote, limit, "max_connections reached: connection closed");
                         drop(stream);
                         continue;

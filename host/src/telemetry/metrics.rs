@@ -1,43 +1,80 @@
-//! The host's metrics, exported on the admin `/metrics` endpoint in Prometheus text format.
+//! The host's metrics, exported on the admin `/metrics` endpoint in the Prometheus text
+//! format (0.0.4), encoded by `prometheus-client`.
 //!
-//! Counters are atomics in concurrent maps keyed by their labels; a request touches a few of
-//! them with relaxed atomics and no lock held across an await.
+//! [`Metrics`] is gateway state: one per gateway, kept in [`crate::wasm::PluginRegistries`],
+//! which every snapshot hands on to the next; the request path reaches it through the
+//! snapshot it started with, never through a global. A request touches a few families: a
+//! read lock and a lookup by labels, then a relaxed atomic add.
+//!
+//! Values that live elsewhere (plugin statistics, shared data) are read at scrape time by
+//! collectors that write through [`encode_values`], so every family on `/metrics` is encoded
+//! by the same code and label values are escaped in one place.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
+    MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Every metric the host keeps.
-#[derive(Default)]
-pub struct Metrics {
-    requests: DashMap<(Arc<str>, Arc<str>, u16), AtomicU64>,
-    latency: DashMap<Arc<str>, Histogram>,
-    upstream_errors: DashMap<(Arc<str>, &'static str), AtomicU64>,
-    upstream_ejections: DashMap<Arc<str>, AtomicU64>,
-    upstream_panic_picks: DashMap<Arc<str>, AtomicU64>,
-    active_connections: DashMap<Arc<str>, AtomicI64>,
-    connections_total: DashMap<Arc<str>, AtomicU64>,
-    connections_refused: DashMap<Arc<str>, AtomicU64>,
-    plugin_traps: DashMap<String, AtomicU64>,
-    plugin_restarts: DashMap<String, AtomicU64>,
-    plugin_circuit_opens: DashMap<String, AtomicU64>,
-    /// By plugin and the `server.plugin_limits` field that refused it.
-    plugin_limit_refusals: DashMap<(String, &'static str), AtomicU64>,
-    reloads_ok: AtomicU64,
-    reloads_failed: AtomicU64,
-    /// Spans the collector accepted, those dropped because the export queue was full, and
-    /// those lost to failed exports.
-    spans_exported: AtomicU64,
-    spans_dropped: AtomicU64,
-    spans_failed: AtomicU64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: Arc<str>,
+    cluster: Arc<str>,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    cluster: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamErrorLabels {
+    cluster: Arc<str>,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: Arc<str>,
+}
+
+/// The label of the per-plugin families; also what plugin statistics are labelled with.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    pub plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLimitLabels {
+    plugin: String,
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 /// What became of a finished span, as the `result` label of `tollgate_tracing_spans_total`.
@@ -50,26 +87,101 @@ pub enum SpanResult {
     Failed,
 }
 
-#[derive(Default)]
-struct Histogram {
-    /// Per bucket, the requests whose duration falls in it and in no lower one: a request
-    /// touches one counter; the cumulative counts are summed when rendered.
+/// Every metric the host keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, LatencyHistogram>,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    upstream_ejections: Family<ClusterLabels, Counter>,
+    upstream_panic_picks: Family<ClusterLabels, Counter>,
+    active_connections: Family<ListenerLabels, Gauge>,
+    connections_total: Family<ListenerLabels, Counter>,
+    connections_refused: Family<ListenerLabels, Counter>,
+    plugin_traps: Family<PluginLabels, Counter>,
+    plugin_restarts: Family<PluginLabels, Counter>,
+    plugin_circuit_opens: Family<PluginLabels, Counter>,
+    /// By plugin and the `server.plugin_limits` field that refused it.
+    plugin_limit_refusals: Family<PluginLimitLabels, Counter>,
+    /// New plugin metric series refused at `server.plugin_limits.metrics`.
+    plugin_metric_series_refused: Family<PluginLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    /// Finished spans by what became of them (see [`SpanResult`]).
+    spans: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            latency: Family::default(),
+            upstream_errors: Family::default(),
+            upstream_ejections: Family::default(),
+            upstream_panic_picks: Family::default(),
+            active_connections: Family::default(),
+            connections_total: Family::default(),
+            connections_refused: Family::default(),
+            plugin_traps: Family::default(),
+            plugin_restarts: Family::default(),
+            plugin_circuit_opens: Family::default(),
+            plugin_limit_refusals: Family::default(),
+            plugin_metric_series_refused: Family::default(),
+            reloads: Family::default(),
+            spans: Family::default(),
+        };
+        // Both results are shown from the start, so that a rate over them is defined
+        // before the first swap.
+        for result in ["success", "failure"] {
+            let _ = metrics.reloads.get_or_create(&ResultLabels { result });
+        }
+        metrics
+    }
+}
+
+/// The time from request received to response complete, by route. The crate's histogram
+/// takes a write lock per observation; this one adds to one bucket's atomic (the
+/// cumulative counts are summed when encoded), so that concurrent requests on a route do
+/// not serialise on it.
+#[derive(Debug, Default)]
+struct LatencyHistogram {
+    /// Per bucket, the requests whose duration falls in it and in no lower one.
     buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
-static METRICS: LazyLock<Arc<Metrics>> = LazyLock::new(Arc::default);
-
-/// The process-wide metrics, as the request path counts into them.
-pub fn metrics() -> &'static Metrics {
-    &METRICS
+impl LatencyHistogram {
+    fn observe(&self, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        if let Some(bucket) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(duration.as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
-/// The same registry as [`metrics`], to hand to state that keeps it (the plugins'
-/// registries, which host functions reach through their VM's state).
-pub fn registry() -> Arc<Metrics> {
-    METRICS.clone()
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets = [(0.0, 0); LATENCY_BUCKETS.len()];
+        for ((bucket, bound), row) in self.buckets.iter().zip(LATENCY_BUCKETS).zip(&mut buckets) {
+            *row = (bound, bucket.load(Ordering::Relaxed));
+        }
+        let counted: u64 = buckets.iter().map(|(_, count)| count).sum();
+        // A request recorded while encoding may be in its bucket and not yet counted.
+        let count = self.count.load(Ordering::Relaxed).max(counted);
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 /// What went wrong talking to an upstream, as the `kind` label of `tollgate_upstream_errors_total`.
@@ -103,36 +215,27 @@ impl Metrics {
         status: u16,
         duration: Duration,
     ) {
-        let key = (route.clone(), cluster.clone(), status);
-        if let Some(counter) = self.requests.get(&key) {
-            counter.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.requests
-                .entry(key)
-                .or_default()
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        let seconds = duration.as_secs_f64();
-        let record = |histogram: &Histogram| {
-            if let Some(bucket) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
-                histogram.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-            }
-            histogram.count.fetch_add(1, Ordering::Relaxed);
-            histogram
-                .sum_micros
-                .fetch_add(duration.as_micros() as u64, Ordering::Relaxed);
-        };
-        match self.latency.get(route) {
-            Some(histogram) => record(&histogram),
-            None => record(&self.latency.entry(route.clone()).or_default()),
-        }
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                cluster: cluster.clone(),
+                code: status,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels {
+                route: route.clone(),
+            })
+            .observe(duration);
     }
 
     pub fn upstream_error(&self, cluster: &Arc<str>, kind: UpstreamErrorKind) {
         self.upstream_errors
-            .entry((cluster.clone(), kind.label()))
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
+            .get_or_create(&UpstreamErrorLabels {
+                cluster: cluster.clone(),
+                kind: kind.label(),
+            })
+            .inc();
     }
 
     /// Counts an endpoint ejected by passive health checking.
@@ -147,305 +250,228 @@ impl Metrics {
 
     /// Counts a hot-swap attempt.
     pub fn reload(&self, success: bool) {
-        let counter = if success {
-            &self.reloads_ok
-        } else {
-            &self.reloads_failed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        let result = if success { "success" } else { "failure" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// Counts `count` spans that ended this way.
     pub fn spans(&self, result: SpanResult, count: u64) {
-        let counter = match result {
-            SpanResult::Exported => &self.spans_exported,
-            SpanResult::Dropped => &self.spans_dropped,
-            SpanResult::Failed => &self.spans_failed,
+        let result = match result {
+            SpanResult::Exported => "exported",
+            SpanResult::Dropped => "dropped",
+            SpanResult::Failed => "failed",
         };
-        counter.fetch_add(count, Ordering::Relaxed);
+        self.spans
+            .get_or_create(&ResultLabels { result })
+            .inc_by(count);
     }
 
     pub fn plugin_trap(&self, plugin: &str) {
-        self.plugin_traps
-            .entry(plugin.to_string())
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
+        count_by_plugin(&self.plugin_traps, plugin);
     }
 
     pub fn plugin_restart(&self, plugin: &str) {
-        self.plugin_restarts
-            .entry(plugin.to_string())
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
+        count_by_plugin(&self.plugin_restarts, plugin);
     }
 
     pub fn plugin_circuit_opened(&self, plugin: &str) {
-        self.plugin_circuit_opens
-            .entry(plugin.to_string())
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
+        count_by_plugin(&self.plugin_circuit_opens, plugin);
     }
 
     /// Counts something a plugin was refused (or a callout it lost) because of `limit`, a
     /// field of `server.plugin_limits`.
     pub fn plugin_limit_refusal(&self, plugin: &str, limit: &'static str) {
         self.plugin_limit_refusals
-            .entry((plugin.to_string(), limit))
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
+            .get_or_create(&PluginLimitLabels {
+                plugin: plugin.to_string(),
+                limit,
+            })
+            .inc();
+    }
+
+    /// Counts a new metric series (name and labels) a plugin was refused because it had
+    /// `server.plugin_limits.metrics` series already.
+    pub fn plugin_metric_series_refused(&self, plugin: &str) {
+        count_by_plugin(&self.plugin_metric_series_refused, plugin);
     }
 
     pub fn connection_opened(&self, listener: &Arc<str>) {
-        self.active_connections
-            .entry(listener.clone())
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
-        self.connections_total
-            .entry(listener.clone())
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
+        let labels = ListenerLabels {
+            listener: listener.clone(),
+        };
+        self.active_connections.get_or_create(&labels).inc();
+        self.connections_total.get_or_create(&labels).inc();
     }
 
     /// Counts a connection closed at accept because its listener was at `max_connections`.
     pub fn connection_refused(&self, listener: &Arc<str>) {
         self.connections_refused
-            .entry(listener.clone())
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
+            .get_or_create(&ListenerLabels {
+                listener: listener.clone(),
+            })
+            .inc();
     }
 
     pub fn connection_closed(&self, listener: &Arc<str>) {
-        if let Some(active) = self.active_connections.get(listener) {
-            active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(active) = self.active_connections.get(&ListenerLabels {
+            listener: listener.clone(),
+        }) {
+            active.dec();
         }
     }
 
-    /// Renders every metric in the Prometheus text exposition format (0.0.4).
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        out.push_str("# HELP tollgate_requests_total Requests answered, by route, cluster and status code.\n");
-        out.push_str("# TYPE tollgate_requests_total counter\n");
-        let mut rows: Vec<_> = self
-            .requests
-            .iter()
-            .map(|entry| (entry.key().clone(), entry.value().load(Ordering::Relaxed)))
-            .collect();
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        for ((route, cluster, code), value) in rows {
-            let _ = writeln!(
-                out,
-                "tollgate_requests_total{{route=\"{}\",cluster=\"{}\",code=\"{code}\"}} {value}",
-                escape(&route),
-                escape(&cluster)
-            );
-        }
-
-        out.push_str("# HELP tollgate_request_duration_seconds Time from request received to response complete, by route.\n");
-        out.push_str("# TYPE tollgate_request_duration_seconds histogram\n");
-        let mut routes: Vec<Arc<str>> = self
-            .latency
-            .iter()
-            .map(|entry| entry.key().clone())
-            .collect();
-        routes.sort();
-        for route in routes {
-            let Some(histogram) = self.latency.get(&route) else {
-                continue;
-            };
-            let route = escape(&route);
-            let mut cumulative = 0;
-            for (bucket, bound) in histogram.buckets.iter().zip(LATENCY_BUCKETS) {
-                cumulative += bucket.load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "tollgate_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            // A request recorded while rendering may be in its bucket and not yet counted.
-            let count = histogram.count.load(Ordering::Relaxed).max(cumulative);
-            let _ = writeln!(
-                out,
-                "tollgate_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                out,
-                "tollgate_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                histogram.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "tollgate_request_duration_seconds_count{{route=\"{route}\"}} {count}"
-            );
-        }
-
-        out.push_str("# HELP tollgate_upstream_errors_total Failures talking to upstream clusters, by kind.\n");
-        out.push_str("# TYPE tollgate_upstream_errors_total counter\n");
-        let mut rows: Vec<_> = self
-            .upstream_errors
-            .iter()
-            .map(|entry| (entry.key().clone(), entry.value().load(Ordering::Relaxed)))
-            .collect();
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        for ((cluster, kind), value) in rows {
-            let _ = writeln!(
-                out,
-                "tollgate_upstream_errors_total{{cluster=\"{}\",kind=\"{kind}\"}} {value}",
-                escape(&cluster)
-            );
-        }
-
-        for (name, help, map) in [
-            (
-                "tollgate_upstream_ejections_total",
-                "Endpoints ejected by passive health checking, by cluster.",
-                &self.upstream_ejections,
-            ),
-            (
-                "tollgate_upstream_panic_picks_total",
-                "Endpoints chosen while a cluster was below its panic threshold, by cluster.",
-                &self.upstream_panic_picks,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            let mut rows: Vec<_> = map
-                .iter()
-                .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
-                .collect();
-            rows.sort();
-            for (cluster, value) in rows {
-                let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {value}", escape(&cluster));
-            }
-        }
-
-        out.push_str(
-            "# HELP tollgate_active_connections Open downstream connections, by listener.\n",
+    /// Registers every family with `registry`, which encodes them on a scrape (the
+    /// families are shared: counting goes on into the same values).
+    pub fn register(&self, registry: &mut Registry) {
+        // Counters are registered without `_total`: the encoder appends it.
+        registry.register(
+            "tollgate_requests",
+            "Requests answered, by route, cluster and status code",
+            self.requests.clone(),
         );
-        out.push_str("# TYPE tollgate_active_connections gauge\n");
-        render_by_listener(
-            &mut out,
+        registry.register(
+            "tollgate_request_duration_seconds",
+            "Time from request received to response complete, by route",
+            self.latency.clone(),
+        );
+        registry.register(
+            "tollgate_upstream_errors",
+            "Failures talking to upstream clusters, by kind",
+            self.upstream_errors.clone(),
+        );
+        registry.register(
+            "tollgate_upstream_ejections",
+            "Endpoints ejected by passive health checking, by cluster",
+            self.upstream_ejections.clone(),
+        );
+        registry.register(
+            "tollgate_upstream_panic_picks",
+            "Endpoints chosen while a cluster was below its panic threshold, by cluster",
+            self.upstream_panic_picks.clone(),
+        );
+        registry.register(
             "tollgate_active_connections",
-            &self.active_connections,
-            |v| v.load(Ordering::Relaxed).to_string(),
+            "Open downstream connections, by listener",
+            self.active_connections.clone(),
         );
-        out.push_str("# HELP tollgate_downstream_connections_total Accepted downstream connections, by listener.\n");
-        out.push_str("# TYPE tollgate_downstream_connections_total counter\n");
-        render_by_listener(
-            &mut out,
-            "tollgate_downstream_connections_total",
-            &self.connections_total,
-            |v| v.load(Ordering::Relaxed).to_string(),
+        registry.register(
+            "tollgate_downstream_connections",
+            "Accepted downstream connections, by listener",
+            self.connections_total.clone(),
         );
-        out.push_str("# HELP tollgate_connections_refused_total Downstream connections closed at accept because the listener was at max_connections, by listener.\n");
-        out.push_str("# TYPE tollgate_connections_refused_total counter\n");
-        render_by_listener(
-            &mut out,
-            "tollgate_connections_refused_total",
-            &self.connections_refused,
-            |v| v.load(Ordering::Relaxed).to_string(),
+        registry.register(
+            "tollgate_connections_refused",
+            "Downstream connections closed at accept because the listener was at max_connections, by listener",
+            self.connections_refused.clone(),
         );
-        for (name, help, map) in [
-            (
-                "tollgate_plugin_traps_total",
-                "Plugin VM traps (panics, deadlines, memory, bad code), by plugin.",
-                &self.plugin_traps,
-            ),
-            (
-                "tollgate_plugin_vm_restarts_total",
-                "Plugin VMs recreated after a failure, by plugin.",
-                &self.plugin_restarts,
-            ),
-            (
-                "tollgate_plugin_circuit_opens_total",
-                "Plugin circuits opened by more than max_traps_per_minute traps, by plugin.",
-                &self.plugin_circuit_opens,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            let mut rows: Vec<_> = map
-                .iter()
-                .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
-                .collect();
-            rows.sort();
-            for (plugin, value) in rows {
-                let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {value}", escape(&plugin));
-            }
-        }
-        out.push_str("# HELP tollgate_plugin_limit_refusals_total Plugin requests refused (or callouts failed) at a server.plugin_limits bound, by plugin and limit.\n");
-        out.push_str("# TYPE tollgate_plugin_limit_refusals_total counter\n");
-        let mut rows: Vec<_> = self
-            .plugin_limit_refusals
-            .iter()
-            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
-            .collect();
-        rows.sort();
-        for ((plugin, limit), value) in rows {
-            let _ = writeln!(
-                out,
-                "tollgate_plugin_limit_refusals_total{{plugin=\"{}\",limit=\"{limit}\"}} {value}",
-                escape(&plugin)
-            );
-        }
-        out.push_str("# HELP tollgate_reloads_total Configuration and plugin swaps, by result.\n");
-        out.push_str("# TYPE tollgate_reloads_total counter\n");
-        let _ = writeln!(
-            out,
-            "tollgate_reloads_total{{result=\"success\"}} {}",
-            self.reloads_ok.load(Ordering::Relaxed)
+        registry.register(
+            "tollgate_plugin_traps",
+            "Plugin VM traps (panics, deadlines, memory, bad code), by plugin",
+            self.plugin_traps.clone(),
         );
-        let _ = writeln!(
-            out,
-            "tollgate_reloads_total{{result=\"failure\"}} {}",
-            self.reloads_failed.load(Ordering::Relaxed)
+        registry.register(
+            "tollgate_plugin_vm_restarts",
+            "Plugin VMs recreated after a failure, by plugin",
+            self.plugin_restarts.clone(),
         );
-        out.push_str("# HELP tollgate_tracing_spans_total Finished spans, by what became of them: exported, dropped (export queue full), failed (export error).\n");
-        out.push_str("# TYPE tollgate_tracing_spans_total counter\n");
-        for (result, counter) in [
-            ("exported", &self.spans_exported),
-            ("dropped", &self.spans_dropped),
-            ("failed", &self.spans_failed),
-        ] {
-            let _ = writeln!(
-                out,
-                "tollgate_tracing_spans_total{{result=\"{result}\"}} {}",
-                counter.load(Ordering::Relaxed)
-            );
-        }
-        out
+        registry.register(
+            "tollgate_plugin_circuit_opens",
+            "Plugin circuits opened by more than max_traps_per_minute traps, by plugin",
+            self.plugin_circuit_opens.clone(),
+        );
+        registry.register(
+            "tollgate_plugin_limit_refusals",
+            "Plugin requests refused (or callouts failed) at a server.plugin_limits bound, by plugin and limit",
+            self.plugin_limit_refusals.clone(),
+        );
+        registry.register(
+            "tollgate_plugin_metric_series_refused",
+            "New plugin metric series (name and labels) refused at server.plugin_limits.metrics, by plugin",
+            self.plugin_metric_series_refused.clone(),
+        );
+        registry.register(
+            "tollgate_reloads",
+            "Configuration and plugin swaps, by result",
+            self.reloads.clone(),
+        );
+        registry.register(
+            "tollgate_tracing_spans",
+            "Finished spans, by what became of them: exported, dropped (export queue full), failed (export error)",
+            self.spans.clone(),
+        );
+    }
+
+    /// This registry's families alone, as text (the admin endpoint adds the plugins').
+    #[cfg(test)]
+    fn render(&self) -> String {
+        let mut registry = Registry::default();
+        self.register(&mut registry);
+        encode(&registry)
     }
 }
 
-fn count_by_cluster(map: &DashMap<Arc<str>, AtomicU64>, cluster: &Arc<str>) {
-    match map.get(cluster) {
-        Some(counter) => counter.fetch_add(1, Ordering::Relaxed),
-        None => map
-            .entry(cluster.clone())
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed),
-    };
+/// The exposition of everything `registry` holds, in the Prometheus text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::with_capacity(4096);
+    prometheus_client::encoding::prometheus_text::encode(&mut out, registry)
+        .expect("writing to a String does not fail");
+    out
 }
 
-fn render_by_listener<V>(
-    out: &mut String,
+/// Whether a family read at scrape time by [`encode_values`] counts or measures.
+#[derive(Debug, Clone, Copy)]
+pub enum ValueKind {
+    /// Encoded with `_total` appended to the name.
+    Counter,
+    Gauge,
+}
+
+/// Encodes one family whose values are read at scrape time: its `rows` are each a label
+/// set and a value. The family is left out when it has no rows.
+pub fn encode_values<L, V>(
+    encoder: &mut DescriptorEncoder,
     name: &str,
-    map: &DashMap<Arc<str>, V>,
-    value: impl Fn(&V) -> String,
-) {
-    let mut rows: Vec<_> = map
-        .iter()
-        .map(|entry| (entry.key().clone(), value(entry.value())))
-        .collect();
-    rows.sort();
-    for (listener, value) in rows {
-        let _ = writeln!(out, "{name}{{listener=\"{}\"}} {value}", escape(&listener));
+    help: &str,
+    kind: ValueKind,
+    rows: impl IntoIterator<Item = (L, V)>,
+) -> Result<(), std::fmt::Error>
+where
+    L: EncodeLabelSet,
+    V: EncodeCounterValue + EncodeGaugeValue,
+{
+    let mut rows = rows.into_iter().peekable();
+    if rows.peek().is_none() {
+        return Ok(());
     }
+    let metric_type = match kind {
+        ValueKind::Counter => MetricType::Counter,
+        ValueKind::Gauge => MetricType::Gauge,
+    };
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, value) in rows {
+        let encoder = family.encode_family(&labels)?;
+        match kind {
+            ValueKind::Counter => ConstCounter::new(value).encode(encoder)?,
+            ValueKind::Gauge => ConstGauge::new(value).encode(encoder)?,
+        }
+    }
+    Ok(())
 }
 
-/// Escapes a label value for the text format.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+fn count_by_cluster(family: &Family<ClusterLabels, Counter>, cluster: &Arc<str>) {
+    family
+        .get_or_create(&ClusterLabels {
+            cluster: cluster.clone(),
+        })
+        .inc();
+}
+
+fn count_by_plugin(family: &Family<PluginLabels, Counter>, plugin: &str) {
+    family
+        .get_or_create(&PluginLabels {
+            plugin: plugin.to_string(),
+        })
+        .inc();
 }
 
 #[cfg(test)]
@@ -514,6 +540,13 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(escape("a\"b\\c"), "a\\\"b\\\\c");
+        let metrics = Metrics::default();
+        let listener: Arc<str> = "we\"b\\\n".into();
+        metrics.connection_refused(&listener);
+        let text = metrics.render();
+        assert!(
+            text.contains("tollgate_connections_refused_total{listener=\"we\\\"b\\\\\\n\"} 1"),
+            "{text}"
+        );
     }
 }

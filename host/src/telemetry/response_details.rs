@@ -122,6 +122,7 @@ pub enum Reason {
     InvalidRedirect,
     UpstreamUnavailable,
     UpstreamReset,
+    UpstreamTlsFailure,
     UpstreamTimeout,
     NoHealthyUpstream,
     UpstreamOverflow,
@@ -155,6 +156,7 @@ impl Reason {
         Self::InvalidRedirect,
         Self::UpstreamUnavailable,
         Self::UpstreamReset,
+        Self::UpstreamTlsFailure,
         Self::UpstreamTimeout,
         Self::NoHealthyUpstream,
         Self::UpstreamOverflow,
@@ -193,6 +195,7 @@ impl Reason {
             Self::InvalidRedirect => "invalid_redirect",
             Self::UpstreamUnavailable => "upstream_connect_failure",
             Self::UpstreamReset => "upstream_reset",
+            Self::UpstreamTlsFailure => "upstream_tls_error",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::NoHealthyUpstream => "no_healthy_upstream",
             Self::UpstreamOverflow => "upstream_overflow",
@@ -210,6 +213,9 @@ impl Reason {
             Self::NoCluster => "cluster_not_found",
             Self::UpstreamUnavailable => {
                 "upstream_reset_before_response_started{connection_failure}"
+            }
+            Self::UpstreamTlsFailure => {
+                "upstream_reset_before_response_started{connection_failure,TLS_error}"
             }
             Self::UpstreamTimeout => "upstream_response_timeout",
             Self::UpstreamReset => "upstream_reset_before_response_started{remote_reset}",
@@ -240,7 +246,7 @@ impl Reason {
                 flag::NR
             }
             Self::NoCluster => flag::NC,
-            Self::UpstreamUnavailable => flag::UF,
+            Self::UpstreamUnavailable | Self::UpstreamTlsFailure => flag::UF,
             Self::UpstreamTimeout => flag::UT,
             Self::UpstreamReset => flag::UR,
             Self::UpstreamOverflow => flag::UO,
@@ -267,7 +273,9 @@ impl Reason {
     /// failure.
     pub fn upstream_error(self) -> Option<UpstreamErrorKind> {
         match self {
-            Self::UpstreamUnavailable => Some(UpstreamErrorKind::Connect),
+            Self::UpstreamUnavailable | Self::UpstreamTlsFailure => {
+                Some(UpstreamErrorKind::Connect)
+            }
             Self::UpstreamTimeout => Some(UpstreamErrorKind::Timeout),
             Self::UpstreamReset => Some(UpstreamErrorKind::Reset),
             Self::NoHealthyUpstream => Some(UpstreamErrorKind::NoHealthy),

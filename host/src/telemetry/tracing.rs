@@ -32,7 +32,7 @@ use opentelemetry_sdk::Resource;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::TracingSettings;
-use crate::telemetry::metrics::{metrics, SpanResult};
+use crate::telemetry::metrics::{Metrics, SpanResult};
 
 /// Finished spans waiting for export; past this they are dropped (and counted).
 const QUEUE_CAPACITY: usize = 4096;
@@ -77,7 +77,7 @@ impl Tracing {
     /// The tracer for `settings`: the running one when its settings are the same, else a new
     /// one (the old one flushes and stops when the last snapshot using it goes). `None`, with
     /// the reason logged, when the exporter cannot start.
-    pub fn shared(settings: &TracingSettings) -> Option<Arc<Tracing>> {
+    pub fn shared(settings: &TracingSettings, metrics: &Arc<Metrics>) -> Option<Arc<Tracing>> {
         let mut current = CURRENT
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -86,7 +86,7 @@ impl Tracing {
                 return Some(running);
             }
         }
-        match Tracing::start(settings) {
+        match Tracing::start(settings, metrics.clone()) {
             Ok(started) => {
                 let started = Arc::new(started);
                 *current = Some(Arc::downgrade(&started));
@@ -99,7 +99,7 @@ impl Tracing {
         }
     }
 
-    fn start(settings: &TracingSettings) -> anyhow::Result<Self> {
+    fn start(settings: &TracingSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_http_client(
@@ -118,6 +118,7 @@ impl Tracing {
             .build();
         exporter.set_resource(&resource);
         let (queue, queued) = mpsc::channel(QUEUE_CAPACITY);
+        let exported = metrics.clone();
         let (stop, stop_requested) = oneshot::channel();
         let (stopped_sender, stopped) = std::sync::mpsc::channel::<()>();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -126,7 +127,7 @@ impl Tracing {
         std::thread::Builder::new()
             .name("tollgate-trace-export".into())
             .spawn(move || {
-                runtime.block_on(export_loop(exporter, queued, stop_requested));
+                runtime.block_on(export_loop(exporter, queued, stop_requested, exported));
                 drop(stopped_sender);
             })?;
         let ratio = settings.sample_percent / 100.0;
@@ -135,7 +136,7 @@ impl Tracing {
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                 ratio,
             ))))
-            .with_span_processor(Enqueue { queue })
+            .with_span_processor(Enqueue { queue, metrics })
             .build();
         let tracer = Arc::new(provider.tracer("tollgate"));
         Ok(Self {
@@ -371,6 +372,8 @@ impl AttemptSpan {
 #[derive(Debug)]
 struct Enqueue {
     queue: mpsc::Sender<SpanData>,
+    /// The gateway's, where dropped spans are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl SpanProcessor for Enqueue {
@@ -381,7 +384,7 @@ impl SpanProcessor for Enqueue {
             return;
         }
         if self.queue.try_send(span).is_err() {
-            metrics().spans(SpanResult::Dropped, 1);
+            self.metrics.spans(SpanResult::Dropped, 1);
         }
     }
 
@@ -400,6 +403,7 @@ async fn export_loop(
     exporter: opentelemetry_otlp::SpanExporter,
     mut queued: mpsc::Receiver<SpanData>,
     mut stop: oneshot::Receiver<Instant>,
+    metrics: Arc<Metrics>,
 ) {
     let deadline = loop {
         let mut batch = Vec::with_capacity(BATCH_SIZE);
@@ -414,7 +418,7 @@ async fn export_loop(
                 fill(&mut batch, &mut queued, &mut stop).await
             }
         };
-        export(&exporter, batch).await;
+        export(&exporter, batch, &metrics).await;
         if let Some(deadline) = stop_at {
             break deadline;
         }
@@ -426,7 +430,7 @@ async fn export_loop(
             if queued.recv_many(&mut batch, BATCH_SIZE).await == 0 {
                 break;
             }
-            export(&exporter, batch).await;
+            export(&exporter, batch, &metrics).await;
         }
     };
     let _ = tokio::time::timeout_at(deadline.into(), flush).await;
@@ -456,12 +460,16 @@ async fn fill(
     None
 }
 
-async fn export(exporter: &opentelemetry_otlp::SpanExporter, batch: Vec<SpanData>) {
+async fn export(
+    exporter: &opentelemetry_otlp::SpanExporter,
+    batch: Vec<SpanData>,
+    metrics: &Metrics,
+) {
     let count = batch.len() as u64;
     match exporter.export(batch).await {
-        Ok(()) => metrics().spans(SpanResult::Exported, count),
+        Ok(()) => metrics.spans(SpanResult::Exported, count),
         Err(error) => {
-            metrics().spans(SpanResult::Failed, count);
+            metrics.spans(SpanResult::Failed, count);
             ::tracing::debug!(%error, spans = count, "tracing: export failed");
         }
     }
@@ -497,8 +505,10 @@ mod tests {
         }
     }
 
-    fn dropped() -> u64 {
-        let rendered = metrics().render();
+    fn dropped(metrics: &Metrics) -> u64 {
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let rendered = crate::telemetry::metrics::encode(&registry);
         rendered
             .lines()
             .find_map(|line| line.strip_prefix("tollgate_tracing_spans_total{result=\"dropped\"} "))
@@ -509,12 +519,16 @@ mod tests {
     #[test]
     fn a_full_queue_drops_the_span_and_counts_it_and_unsampled_spans_never_queue() {
         let (queue, mut queued) = mpsc::channel(1);
-        let enqueue = Enqueue { queue };
-        let before = dropped();
+        let metrics = Arc::new(Metrics::default());
+        let enqueue = Enqueue {
+            queue,
+            metrics: metrics.clone(),
+        };
+        let before = dropped(&metrics);
         enqueue.on_end(finished(TraceFlags::SAMPLED));
         enqueue.on_end(finished(TraceFlags::SAMPLED));
         enqueue.on_end(finished(TraceFlags::default()));
-        assert_eq!(dropped() - before, 1);
+        assert_eq!(dropped(&metrics) - before, 1);
         assert!(queued.try_recv().is_ok());
         assert!(queued.try_recv().is_err(), "one span fits the queue");
     }

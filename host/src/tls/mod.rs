@@ -6,14 +6,19 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::verify_server_cert_signed_by_trust_anchor;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 
-use crate::config::{ConfigError, ListenerTls, Origin, TlsVersion, UpstreamTls};
+use crate::config::{ConfigError, ListenerTls, Origin, SubjectAltName, TlsVersion, UpstreamTls};
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -39,17 +44,8 @@ pub fn server_config(
     let provider = provider();
     let mut resolver = SniResolver::default();
     for files in &tls.certificates {
-        let chain = read_certs(&files.cert)
-            .map_err(|e| ConfigError::new(&files.origin, "cert", e.to_string()))?;
-        let key = read_key(&files.key)
-            .map_err(|e| ConfigError::new(&files.origin, "key", e.to_string()))?;
-        let key = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
-            ConfigError::new(
-                &files.origin,
-                "key",
-                format!("does not fit the certificate: {e}"),
-            )
-        })?;
+        let key = certified_key(&files.cert, &files.key, &provider)
+            .map_err(|(field, message)| ConfigError::new(&files.origin, field, message))?;
         let names = if files.server_names.is_empty() {
             dns_names(&key.cert[0])
         } else {
@@ -90,30 +86,179 @@ pub fn server_config(
     Ok((Arc::new(config), ServedCertificates(resolver)))
 }
 
-/// Builds the rustls configuration for HTTPS to a cluster's endpoints.
+/// The rustls configuration for HTTPS to a cluster's endpoints, and a digest of the
+/// certificates it was built from.
+pub struct UpstreamTlsConfig {
+    pub config: Arc<ClientConfig>,
+    /// SHA-256 over the trusted CA certificates and the client certificate chain: tells a
+    /// rotated file from an unchanged one when the policies name the same paths. (The key
+    /// must fit the certificate, so the chain stands for it.)
+    pub digest: [u8; 32],
+}
+
+/// Builds the rustls configuration for HTTPS to a cluster's endpoints: the chain verified
+/// against `tls.ca` (or the system's roots), the name against `tls.subject_alt_names` when
+/// set and `server_name` (or the endpoint's host) otherwise, and `tls.cert` presented when
+/// the endpoint asks for a client certificate.
 pub fn client_config(
     tls: &UpstreamTls,
     http2: bool,
     origin: &Origin,
-) -> Result<Arc<ClientConfig>, ConfigError> {
+) -> Result<UpstreamTlsConfig, ConfigError> {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
     let roots = match &tls.ca {
         Some(ca) => {
             root_store(ca).map_err(|e| ConfigError::new(origin, "tls.ca", e.to_string()))?
         }
         None => system_roots(),
     };
-    let mut config = ClientConfig::builder_with_provider(provider())
+    for root in &roots.roots {
+        digest.update(root.subject_public_key_info.as_ref());
+        digest.update(root.subject.as_ref());
+    }
+    let provider = provider();
+    let roots = Arc::new(roots);
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::new(origin, "tls", e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| ConfigError::new(origin, "tls", e.to_string()))?;
+    let builder = if tls.subject_alt_names.is_empty() {
+        builder.with_root_certificates(roots)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SubjectAltNameVerifier {
+                roots,
+                expected: tls.subject_alt_names.clone(),
+                algorithms: provider.signature_verification_algorithms,
+            }))
+    };
+    let mut config = match &tls.client_certificate {
+        None => builder.with_no_client_auth(),
+        Some(files) => {
+            let key =
+                certified_key(&files.cert, &files.key, &provider).map_err(|(field, message)| {
+                    ConfigError::new(origin, &format!("tls.{field}"), message)
+                })?;
+            for cert in &key.cert {
+                digest.update(cert.as_ref());
+            }
+            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key)))
+        }
+    };
     config.alpn_protocols = if http2 {
         vec![b"h2".to_vec()]
     } else {
         vec![b"http/1.1".to_vec()]
     };
-    Ok(Arc::new(config))
+    Ok(UpstreamTlsConfig {
+        config: Arc::new(config),
+        digest: digest.finalize().into(),
+    })
 }
+
+/// A certificate chain and its key, read from PEM files; an error names the field
+/// (`cert` or `key`) and says what is wrong with its file.
+fn certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, (&'static str, String)> {
+    let chain = read_certs(cert).map_err(|e| ("cert", e.to_string()))?;
+    let key = read_key(key).map_err(|e| ("key", e.to_string()))?;
+    CertifiedKey::from_der(chain, key, provider)
+        .map_err(|e| ("key", format!("does not fit the certificate: {e}")))
+}
+
+/// Verifies an endpoint's certificate chain against the trusted roots, and its name by
+/// the subject alternative names a cluster expects instead of the server name: a workload
+/// identity (a SPIFFE id) is a URI and no DNS name. The leaf must carry at least one of
+/// the expected names.
+#[derive(Debug)]
+struct SubjectAltNameVerifier {
+    roots: Arc<RootCertStore>,
+    expected: Vec<SubjectAltName>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for SubjectAltNameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        let presented = CertificateFacts::from_der(end_entity);
+        if self.expected.iter().any(|name| presented.carries(name)) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+            OtherError(Arc::new(SubjectAltNameMismatch {
+                presented: presented.subject_alt_names(),
+                expected: self.expected.clone(),
+            })),
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// An endpoint's certificate carries none of the names its cluster expects.
+#[derive(Debug)]
+struct SubjectAltNameMismatch {
+    presented: Vec<SubjectAltName>,
+    expected: Vec<SubjectAltName>,
+}
+
+impl std::fmt::Display for SubjectAltNameMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |names: &[SubjectAltName]| {
+            names
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        write!(
+            f,
+            "the upstream certificate's subject alternative names [{}] match none of subject_alt_names [{}]",
+            list(&self.presented),
+            list(&self.expected)
+        )
+    }
+}
+
+impl std::error::Error for SubjectAltNameMismatch {}
 
 fn system_roots() -> RootCertStore {
     let mut roots = RootCertStore::empty();
@@ -292,6 +437,36 @@ pub struct CertificateFacts {
 }
 
 impl CertificateFacts {
+    /// Whether the certificate carries `name`: a URI exactly; a DNS name without regard to
+    /// case, or under a `*.suffix` wildcard of the certificate that covers one label.
+    pub fn carries(&self, name: &SubjectAltName) -> bool {
+        match name {
+            SubjectAltName::Uri(uri) => self.uri_sans.iter().any(|presented| presented == uri),
+            SubjectAltName::Dns(dns) => self.dns_sans.iter().any(|presented| {
+                let presented = presented.to_ascii_lowercase();
+                match presented.strip_prefix("*.") {
+                    Some(suffix) => dns
+                        .split_once('.')
+                        .is_some_and(|(label, parent)| !label.is_empty() && parent == suffix),
+                    None => presented == *dns,
+                }
+            }),
+        }
+    }
+
+    /// The DNS and URI names of the certificate.
+    pub fn subject_alt_names(&self) -> Vec<SubjectAltName> {
+        let dns = self
+            .dns_sans
+            .iter()
+            .map(|name| SubjectAltName::Dns(name.clone()));
+        let uris = self
+            .uri_sans
+            .iter()
+            .map(|uri| SubjectAltName::Uri(uri.clone()));
+        dns.chain(uris).collect()
+    }
+
     /// Reads a DER certificate; what cannot be parsed stays empty (the digest is always set).
     pub fn from_der(der: &[u8]) -> Self {
         use sha2::Digest;
@@ -443,6 +618,40 @@ mod tests {
             &first
         ));
         assert!(Arc::ptr_eq(&resolver.find(None).unwrap(), &first));
+    }
+
+    #[test]
+    fn expected_names_match_uris_exactly_and_dns_names_as_hosts() {
+        let facts = CertificateFacts {
+            dns_sans: vec!["Inventory.Shop.test".into(), "*.mesh.test".into()],
+            uri_sans: vec!["spiffe://cluster.local/ns/shop/sa/inventory".into()],
+            ..CertificateFacts::default()
+        };
+        let carries = |written: &str| facts.carries(&SubjectAltName::parse(written));
+        assert!(carries("spiffe://cluster.local/ns/shop/sa/inventory"));
+        assert!(!carries("spiffe://cluster.local/ns/shop/sa/Inventory"));
+        assert!(!carries("spiffe://cluster.local/ns/shop/sa/inventory/x"));
+        assert!(carries("inventory.shop.test"));
+        assert!(carries("INVENTORY.shop.test"));
+        assert!(carries("a.mesh.test"));
+        assert!(!carries("a.b.mesh.test"), "a wildcard covers one label");
+        assert!(!carries("mesh.test"));
+        assert!(
+            !carries("spiffe.test"),
+            "a DNS name never matches a URI name"
+        );
+        assert_eq!(
+            facts
+                .subject_alt_names()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            [
+                "DNS:Inventory.Shop.test",
+                "DNS:*.mesh.test",
+                "URI:spiffe://cluster.local/ns/shop/sa/inventory"
+            ]
+        );
     }
 
     #[test]

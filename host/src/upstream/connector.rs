@@ -1,5 +1,7 @@
 //! Opening connections to endpoints: DNS resolution on every connect (so DNS changes are
-//! followed), a connect timeout, TCP_NODELAY, and TLS with the cluster's server name.
+//! followed), a connect timeout, TCP_NODELAY, and TLS with the cluster's server name (and
+//! its client certificate, see `crate::tls::client_config`); what a TLS failure was is read
+//! back from the errors by [`tls_failure`].
 
 use std::io;
 use std::pin::Pin;
@@ -57,6 +59,57 @@ impl Connector {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         Ok(UpstreamStream::Tls(Box::new(stream)))
+    }
+}
+
+/// What went wrong with TLS behind an upstream error, in words, when TLS is what failed: the
+/// endpoint's certificate did not pass verification, or the endpoint refused the handshake
+/// (an alert, such as one for a client certificate missing or not trusted). With TLS 1.3
+/// an endpoint checks the client certificate after the client considers the handshake
+/// done, so its refusal can arrive as the first read of the exchange; it is found there too.
+pub fn tls_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(describe_tls_error(tls));
+        }
+        // An I/O error's `source` skips the error it wraps: look into it here.
+        next = match error
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    None
+}
+
+fn describe_tls_error(error: &rustls::Error) -> String {
+    use rustls::AlertDescription as Alert;
+    match error {
+        rustls::Error::AlertReceived(
+            alert @ (Alert::CertificateRequired
+            | Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateUnknown
+            | Alert::AccessDenied
+            | Alert::HandshakeFailure),
+        ) => format!(
+            "the upstream refused the TLS handshake ({alert:?}): it requires a client \
+             certificate (tls.cert, tls.key) that it trusts"
+        ),
+        rustls::Error::AlertReceived(alert) => {
+            format!("the upstream refused the TLS handshake ({alert:?})")
+        }
+        // rustls shows a verifier's own error in its debug form.
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+            format!("invalid upstream certificate: {}", other.0)
+        }
+        rustls::Error::InvalidCertificate(error) => {
+            format!("invalid upstream certificate: {error}")
+        }
+        other => other.to_string(),
     }
 }
 

@@ -95,6 +95,23 @@ impl std::error::Error for UpstreamError {
     }
 }
 
+/// A connect error that every request waiting for one HTTP/2 connection shares: it stays
+/// the cause of each one's error, so that what failed (TLS, say) can still be told.
+#[derive(Debug)]
+struct SharedError(Arc<io::Error>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
+
 /// A cluster's key to its pools in every thread.
 pub(super) struct Pools {
     id: u64,
@@ -387,7 +404,7 @@ impl Cluster {
                     self.pools
                         .with(|pool| pool.opened(endpoint.index, &opening, sender));
                     opened.map_err(|error| {
-                        UpstreamError::Connect(io::Error::new(error.kind(), error.to_string()))
+                        UpstreamError::Connect(io::Error::new(error.kind(), SharedError(error)))
                     })?
                 }
             };
@@ -666,6 +683,7 @@ mod tests {
                 labels: Default::default(),
             }],
             load_balancing: Default::default(),
+            hash_on: Default::default(),
             connect_timeout: Duration::from_secs(1),
             http2,
             tls: None,
@@ -675,6 +693,7 @@ mod tests {
                 max_ejection_percent: 50,
                 panic_threshold: 0,
                 eject_on: Default::default(),
+                active: None,
             },
             limits: ClusterLimits {
                 max_requests: 100,
@@ -683,7 +702,7 @@ mod tests {
             },
             origin: Default::default(),
         };
-        Arc::new(Cluster::new(&config).unwrap())
+        Arc::new(Cluster::new(&config, None, Default::default()).unwrap())
     }
 
     async fn get(cluster: &Arc<Cluster>) -> Response<PooledBody> {

@@ -36,23 +36,15 @@ pub mod vm;
 use std::sync::Arc;
 
 /// What outlives every VM, worker and reload: the shared data and queues, the metrics
-/// plugins define, and the gateway's metric registry (where host functions count the
-/// requests they refuse at a limit). One per gateway: the first snapshot creates it and each
-/// snapshot hands it on to the next; the admin API reads it from the live snapshot.
+/// plugins define, and the gateway's own metrics (which requests, connections and
+/// clusters count into, and where host functions count the requests they refuse at a
+/// limit). One per gateway: the first snapshot creates it and each snapshot hands it on to
+/// the next; the admin API reads it from the live snapshot.
+#[derive(Default)]
 pub struct PluginRegistries {
     pub shared_data: shared::SharedStore,
     pub metrics: metrics::PluginMetrics,
     pub gateway_metrics: Arc<crate::telemetry::metrics::Metrics>,
-}
-
-impl Default for PluginRegistries {
-    fn default() -> Self {
-        Self {
-            shared_data: Default::default(),
-            metrics: Default::default(),
-            gateway_metrics: crate::telemetry::metrics::registry(),
-        }
-    }
 }
 
 impl std::fmt::Debug for PluginRegistries {

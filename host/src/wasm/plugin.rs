@@ -769,7 +769,7 @@ impl Plugin {
     ) -> Option<http::Response<crate::upstream::PooledBody>> {
         let cluster = self.clusters.get(cluster)?;
         let all: Vec<usize> = (0..cluster.endpoints.len()).collect();
-        let guard = cluster.pick(&all).ok()?;
+        let guard = cluster.pick(&all, None).ok()?;
         match tokio::time::timeout(timeout, cluster.send(&guard.endpoint, request)).await {
             Ok(Ok(response)) => {
                 guard.success();

@@ -33,7 +33,6 @@
 //! lock: O(1) per write.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -91,10 +90,11 @@ pub struct SharedDataUsage {
     pub evictions: u64,
 }
 
-/// A Prometheus metric family of [`SharedStore::render`]: name, type, help, and the value.
+/// A metric family of [`SharedStore::encode`]: name (a counter's without `_total`), kind,
+/// help, and the value.
 type MetricFamily = (
     &'static str,
-    &'static str,
+    crate::telemetry::metrics::ValueKind,
     &'static str,
     fn(&SharedDataUsage) -> u64,
 );
@@ -271,9 +271,12 @@ impl SharedStore {
         })
     }
 
-    /// Prometheus text: shared data bytes and keys (gauges) and evictions (counter) per
-    /// `vm_id`.
-    pub fn render(&self, out: &mut String) {
+    /// Encodes shared data bytes and keys (gauges) and evictions (counter) per `vm_id`.
+    pub fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        use crate::telemetry::metrics::{encode_values, ValueKind};
         let mut rows: Vec<SharedDataUsage> = self
             .namespaces
             .iter()
@@ -283,30 +286,30 @@ impl SharedStore {
         let families: [MetricFamily; 3] = [
             (
                 "tollgate_plugin_shared_data_bytes",
-                "gauge",
+                ValueKind::Gauge,
                 "Shared data held (keys and values), by vm_id.",
                 |usage| usage.bytes,
             ),
             (
                 "tollgate_plugin_shared_data_keys",
-                "gauge",
+                ValueKind::Gauge,
                 "Shared data keys held, by vm_id.",
                 |usage| usage.keys,
             ),
             (
-                "tollgate_plugin_shared_data_evictions_total",
-                "counter",
+                "tollgate_plugin_shared_data_evictions",
+                ValueKind::Counter,
                 "Shared data entries evicted to stay within plugin_limits, by vm_id.",
                 |usage| usage.evictions,
             ),
         ];
         for (name, kind, help, value) in families {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for usage in &rows {
-                let vm_id = usage.vm_id.replace('\\', "\\\\").replace('"', "\\\"");
-                let _ = writeln!(out, "{name}{{vm_id=\"{vm_id}\"}} {}", value(usage));
-            }
+            let rows = rows
+                .iter()
+                .map(|usage| ([("vm_id", usage.vm_id.as_str())], value(usage)));
+            encode_values(encoder, name, help, kind, rows)?;
         }
+        Ok(())
     }
 
     /// Registers (idempotently) a queue and subscribes a root context of a VM to it. A new

@@ -67,16 +67,7 @@ impl BasicAuth {
                     "two consumers have this name",
                 ));
             }
-            if let Some(j) = consumer
-                .groups
-                .iter()
-                .position(|g| !consumer::is_valid_name(g))
-            {
-                return Err(ConfigError::new(
-                    format!("consumers[{i}].groups[{j}]"),
-                    "must be visible ASCII without commas",
-                ));
-            }
+            consumer::check_groups(&consumer.groups, &format!("consumers[{i}].groups"))?;
             let digest = match (&consumer.password, &consumer.password_sha256) {
                 (Some(password), None) => Sha256::digest(password.as_bytes()).into(),
                 (None, Some(hex)) => parse_hex(hex).ok_or_else(|| {

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use tollgate_sdk::callout::{CallResponse, HttpCall};
 use tollgate_sdk::config::{ConfigError, Validate};
 use tollgate_sdk::consumer::{self, Consumer};
+use tollgate_sdk::is_header_name;
 
 /// Request header set on requests let through because the authorization service failed
 /// and `failure_mode_allow` is on (a client-sent copy is always removed).
@@ -86,14 +87,6 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_status_on_error() -> u16 {
     403
-}
-
-/// A header name as HTTP allows it (RFC 9110 token), not a pseudo-header.
-pub fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Headers whose framing meaning forbids copying them between messages.

@@ -6,34 +6,26 @@ use std::rc::Rc;
 use tollgate_sdk::callout::read_response;
 use tollgate_sdk::config::{ConfigError, Validate};
 use tollgate_sdk::consumer;
-use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
-use tollgate_sdk::proxy_wasm::types::{Action, LogLevel, MetricType};
-use tollgate_sdk::Plugin;
+use tollgate_sdk::proxy_wasm::types::{Action, LogLevel};
+use tollgate_sdk::{Counter, Plugin};
 
 use crate::logic::{Config, Decision, LocalReply, Original, FAILURE_MODE_ALLOWED_HEADER};
 
 tollgate_sdk::plugin!(ExtAuthz);
 
 struct Metrics {
-    allowed: Option<u32>,
-    denied: Option<u32>,
-    failed: Option<u32>,
+    allowed: Counter,
+    denied: Counter,
+    failed: Counter,
 }
 
 impl Metrics {
     fn define() -> Self {
-        let counter = |name| hostcalls::define_metric(MetricType::Counter, name).ok();
         Self {
-            allowed: counter("ext_authz.allowed"),
-            denied: counter("ext_authz.denied"),
-            failed: counter("ext_authz.failed"),
-        }
-    }
-
-    fn count(id: Option<u32>) {
-        if let Some(id) = id {
-            let _ = hostcalls::increment_metric(id, 1);
+            allowed: Counter::define("ext_authz.allowed"),
+            denied: Counter::define("ext_authz.denied"),
+            failed: Counter::define("ext_authz.failed"),
         }
     }
 }
@@ -137,7 +129,7 @@ impl Request {
                 remove,
                 consumer,
             } => {
-                Metrics::count(metrics.allowed);
+                metrics.allowed.count();
                 for name in &remove {
                     self.set_http_request_header(name, None);
                 }
@@ -157,7 +149,7 @@ impl Request {
                 self.resume(from_callout)
             }
             Decision::AllowOnError { reason } => {
-                Metrics::count(metrics.failed);
+                metrics.failed.count();
                 tollgate_sdk::log(
                     LogLevel::Warn,
                     &format!("ext-authz: {reason}; request allowed (failure_mode_allow)"),
@@ -166,11 +158,11 @@ impl Request {
                 self.resume(from_callout)
             }
             Decision::Deny(reply) => {
-                Metrics::count(metrics.denied);
+                metrics.denied.count();
                 self.reply(&reply)
             }
             Decision::Error { reason, reply } => {
-                Metrics::count(metrics.failed);
+                metrics.failed.count();
                 tollgate_sdk::log(
                     LogLevel::Warn,
                     &format!("ext-authz: {reason}; answering {}", reply.status),

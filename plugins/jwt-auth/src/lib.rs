@@ -1,5 +1,10 @@
-//! `jwt-auth`: a JWT bearer token (HS256, RS256 or ES256, verified with an inline JWKS)
-//! identifies the consumer.
+//! `jwt-auth`: a JWT bearer token (HS256, RS256/384/512, PS256/384/512, ES256, ES384 or
+//! EdDSA, verified with inline keys and/or a key set fetched from a cluster) identifies
+//! the consumer.
+//!
+//! With `jwks`, the key set is fetched from a cluster and refreshed; every worker's VM may
+//! fetch, and a lease in shared data makes it one fetch per interval per gateway (see
+//! [`jwks`] and the crate README).
 //!
 //! The token comes from `Authorization: Bearer <token>` (or another header, or a query
 //! parameter). Its signature is checked with the configured key of the token's `alg` (and
@@ -15,6 +20,7 @@
 //!   "claims_to_headers": { "sub": "x-user-id" } }
 //! ```
 
+pub mod jwks;
 pub mod logic;
 
 #[cfg(any(target_arch = "wasm32", feature = "native-bench"))]

@@ -99,16 +99,7 @@ impl KeyAuth {
                     "must be visible ASCII without commas",
                 ));
             }
-            if let Some(j) = consumer
-                .groups
-                .iter()
-                .position(|g| !consumer::is_valid_name(g))
-            {
-                return Err(ConfigError::new(
-                    format!("consumers[{i}].groups[{j}]"),
-                    "must be visible ASCII without commas",
-                ));
-            }
+            consumer::check_groups(&consumer.groups, &format!("consumers[{i}].groups"))?;
             for (j, key) in consumer.keys.iter().enumerate() {
                 if key.is_empty() {
                     return Err(ConfigError::new(

@@ -5,8 +5,10 @@
 //! [`UsageRecord`](tollgate_sdk::usage::UsageRecord): consumer (`tollgate_sdk::consumer`),
 //! route (`xds.route_name`), method, status class, request and response body bytes,
 //! latency. It
-//! - updates plugin metrics named `usage.<consumer>.<route>.<measure>` (requests,
-//!   `status.<class>`, request_bytes, response_bytes, and a `latency_ms` histogram);
+//! - updates plugin metrics `usage_requests`, `usage_responses` (tagged with the status
+//!   class), `usage_request_bytes`, `usage_response_bytes` and the histogram
+//!   `usage_latency_ms`, each tagged with the consumer and route
+//!   ([`tollgate_sdk::metrics`]), which hosts export as labels;
 //! - appends the record to a bounded backlog in the root context of its VM. Every
 //!   `flush_interval_ms` the root context POSTs up to `max_batch` records as a JSON array
 //!   to `path` on the cluster `billing_cluster` (`proxy_http_call`). A batch that fails

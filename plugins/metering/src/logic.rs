@@ -1,7 +1,8 @@
 //! Pure logic: building records and metric names, and the delivery state machine.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
+use tollgate_sdk::metrics::{metric_name, MetricName};
 use tollgate_sdk::usage::{status_class, Backlog, UsageRecord};
 
 /// What the glue read about a finished request.
@@ -31,30 +32,32 @@ pub fn record(observed: Observed) -> UsageRecord {
     }
 }
 
-/// A metric name segment: `[A-Za-z0-9_-]`, anything else becomes `_`; empty → `fallback`.
-pub fn segment(text: &str, fallback: &str) -> String {
-    if text.is_empty() {
-        return fallback.to_owned();
-    }
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+/// The labels of a record's metrics: its consumer and route (`anonymous`, `unknown` when
+/// missing). They ride in the metric names as tags, which hosts export as labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Series {
+    pub consumer: String,
+    pub route: String,
 }
 
-/// The metric name prefix of a record: `usage.<consumer>.<route>` (`anonymous`, `unknown`
-/// for missing values).
-pub fn series(record: &UsageRecord) -> String {
-    format!(
-        "usage.{}.{}",
-        segment(&record.consumer, "anonymous"),
-        segment(&record.route, "unknown")
-    )
+impl Series {
+    /// The name to define metric `name` of this series by.
+    pub fn metric(&self, name: &str) -> MetricName {
+        metric_name(name)
+            .tag("consumer", &self.consumer)
+            .tag("route", &self.route)
+    }
+}
+
+fn or(text: &str, fallback: &str) -> String {
+    if text.is_empty() { fallback } else { text }.to_owned()
+}
+
+pub fn series(record: &UsageRecord) -> Series {
+    Series {
+        consumer: or(&record.consumer, "anonymous"),
+        route: or(&record.route, "unknown"),
+    }
 }
 
 /// Records under the key the billing service deduplicates them by: a batch that timed out
@@ -175,24 +178,27 @@ pub fn random_id() -> u64 {
         .finish()
 }
 
-/// Assigns (consumer, route) series names, at most `max` distinct ones; beyond that, the
+/// Assigns (consumer, route) series, at most `max` distinct ones; beyond that, the
 /// consumer becomes `other`.
 #[derive(Debug, Default)]
 pub struct SeriesLimiter {
-    known: HashMap<String, ()>,
+    known: HashSet<Series>,
 }
 
 impl SeriesLimiter {
-    pub fn name(&mut self, record: &UsageRecord, max: usize) -> String {
-        let name = series(record);
-        if self.known.contains_key(&name) {
-            return name;
+    pub fn series(&mut self, record: &UsageRecord, max: usize) -> Series {
+        let series = series(record);
+        if self.known.contains(&series) {
+            return series;
         }
         if self.known.len() < max {
-            self.known.insert(name.clone(), ());
-            return name;
+            self.known.insert(series.clone());
+            return series;
         }
-        format!("usage.other.{}", segment(&record.route, "unknown"))
+        Series {
+            consumer: "other".to_owned(),
+            ..series
+        }
     }
 }
 
@@ -225,10 +231,12 @@ mod tests {
         assert_eq!(r.status_class, "2xx");
         assert_eq!(r.latency_ms, 25);
         assert_eq!(r.timestamp, 1_700_000_000_000);
-        assert_eq!(series(&r), "usage.alice.api");
+        assert_eq!(
+            series(&r).metric("usage_requests").build(),
+            "consumer=.=alice;.;route=.=api;.;usage_requests"
+        );
         let anon = record(observed(None, 503));
-        assert_eq!(series(&anon), "usage.anonymous.api");
-        assert_eq!(segment("a.b c", "x"), "a_b_c");
+        assert_eq!(series(&anon).consumer, "anonymous");
     }
 
     #[test]
@@ -236,9 +244,9 @@ mod tests {
         let mut limiter = SeriesLimiter::default();
         let a = record(observed(Some("a"), 200));
         let b = record(observed(Some("b"), 200));
-        assert_eq!(limiter.name(&a, 1), "usage.a.api");
-        assert_eq!(limiter.name(&b, 1), "usage.other.api");
-        assert_eq!(limiter.name(&a, 1), "usage.a.api");
+        assert_eq!(limiter.series(&a, 1).consumer, "a");
+        assert_eq!(limiter.series(&b, 1).consumer, "other");
+        assert_eq!(limiter.series(&a, 1).consumer, "a");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MapType, Me
 use tollgate_sdk::usage::UsageRecord;
 
 use crate::config::{self, Config};
-use crate::logic::{self, Delivery, Observed, Outcome, SeriesLimiter};
+use crate::logic::{self, Delivery, Observed, Outcome, Series, SeriesLimiter};
 
 /// The header that carries a batch's key, for the billing service to drop repeats by.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -66,8 +66,8 @@ fn status_class_index(class: &str) -> usize {
 
 /// The metric ids of one (consumer, route) series, each defined when first needed.
 struct SeriesMetrics {
-    /// `usage.<consumer>.<route>` (or the `other` series once the limit is reached).
-    name: String,
+    /// Its consumer and route (consumer `other` once the limit is reached).
+    series: Series,
     ids: [Option<u32>; SERIES_METRICS],
 }
 
@@ -84,15 +84,17 @@ impl SeriesMetrics {
         if let Some(id) = self.ids[slot] {
             return Some(id);
         }
-        let series = &self.name;
+        let series = &self.series;
         let name = match slot {
-            REQUESTS => format!("{series}.requests"),
-            REQUEST_BYTES => format!("{series}.request_bytes"),
-            RESPONSE_BYTES => format!("{series}.response_bytes"),
-            LATENCY_MS => format!("{series}.latency_ms"),
-            _ => format!("{series}.status.{status_class}"),
+            REQUESTS => series.metric("usage_requests"),
+            REQUEST_BYTES => series.metric("usage_request_bytes"),
+            RESPONSE_BYTES => series.metric("usage_response_bytes"),
+            LATENCY_MS => series.metric("usage_latency_ms"),
+            _ => series
+                .metric("usage_responses")
+                .tag("status_class", status_class),
         };
-        self.ids[slot] = metric_id(metrics, kind, &name);
+        self.ids[slot] = metric_id(metrics, kind, &name.build());
         self.ids[slot]
     }
 }
@@ -135,7 +137,7 @@ impl State {
 
     fn new_series(&mut self, record: &UsageRecord) -> SeriesMetrics {
         SeriesMetrics {
-            name: self.series.name(record, self.config.max_metric_series),
+            series: self.series.series(record, self.config.max_metric_series),
             ids: [None; SERIES_METRICS],
         }
     }

@@ -98,11 +98,7 @@ impl Config {
 }
 
 fn check_header_name(field: &str, name: &str) -> Result<String, ConfigError> {
-    let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !valid {
+    if !tollgate_sdk::is_header_name(name) {
         return Err(ConfigError::new(
             field,
             format!("{name:?} is not a valid header name (pseudo-headers cannot be changed)"),

@@ -9,7 +9,10 @@ use serde_json::{json, Value};
 
 use super::sources::{field, Sources};
 use super::{duration, file_source, socket_address, typed, Losses};
-use crate::config::{Action, Cluster, Config, EjectOn, LoadBalancing};
+use crate::config::{
+    Action, ActiveHealthSettings, Cluster, Config, EjectOn, LoadBalancing, SubjectAltName,
+};
+use crate::upstream::POINTS_PER_ENDPOINT;
 
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const UPSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
@@ -45,6 +48,7 @@ pub(super) fn clusters(config: &Config, sources: &Sources, losses: &mut Losses) 
                 "lb_policy": match cluster.load_balancing {
                     LoadBalancing::RoundRobin => "ROUND_ROBIN",
                     LoadBalancing::LeastRequest => "LEAST_REQUEST",
+                    LoadBalancing::RingHash => "RING_HASH",
                 },
                 "load_assignment": load_assignment(cluster),
                 "typed_extension_protocol_options": {
@@ -56,6 +60,15 @@ pub(super) fn clusters(config: &Config, sources: &Sources, losses: &mut Losses) 
                 },
                 "circuit_breakers": circuit_breakers(cluster),
             });
+            if cluster.load_balancing == LoadBalancing::RingHash {
+                value["ring_hash_lb_config"] = json!({
+                    "minimum_ring_size": POINTS_PER_ENDPOINT * cluster.endpoints.len(),
+                    "hash_function": "XX_HASH",
+                });
+            }
+            if let Some(active) = &cluster.health.active {
+                value["health_checks"] = json!([health_check(cluster, active)]);
+            }
             if let Some(keys) = subsets.get(cluster.name.as_str()) {
                 value["lb_subset_config"] = json!({
                     "fallback_policy": "NO_FALLBACK",
@@ -89,6 +102,31 @@ fn subset_keys(config: &Config) -> BTreeMap<&str, BTreeSet<Vec<&str>>> {
     keys
 }
 
+/// `health.active`. Envoy checks a cluster without traffic only each `no_traffic_interval`
+/// (60 s by default); Tollgate checks at `interval` whatever the traffic. The `Host` of a
+/// check is the TLS server name, else the endpoint's address (its `hostname`).
+fn health_check(cluster: &Cluster, active: &ActiveHealthSettings) -> Value {
+    let mut http = json!({ "path": active.path });
+    if let Some(server_name) = cluster
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.server_name.as_ref())
+    {
+        http["host"] = json!(server_name);
+    }
+    if cluster.http2 {
+        http["codec_client_type"] = json!("HTTP2");
+    }
+    json!({
+        "timeout": duration(active.timeout),
+        "interval": duration(active.interval),
+        "no_traffic_interval": duration(active.interval),
+        "healthy_threshold": active.healthy_threshold,
+        "unhealthy_threshold": active.unhealthy_threshold,
+        "http_health_check": http,
+    })
+}
+
 fn load_assignment(cluster: &Cluster) -> Value {
     let endpoints: Vec<Value> = cluster
         .endpoints
@@ -97,6 +135,9 @@ fn load_assignment(cluster: &Cluster) -> Value {
             let mut value = json!({
                 "endpoint": { "address": socket_address(&endpoint.host, endpoint.port) },
             });
+            if cluster.health.active.is_some() {
+                value["endpoint"]["health_check_config"] = json!({ "hostname": endpoint.address });
+            }
             if !endpoint.labels.is_empty() {
                 value["metadata"] = json!({ "filter_metadata": { "envoy.lb": endpoint.labels } });
             }
@@ -178,8 +219,9 @@ fn circuit_breakers(cluster: &Cluster) -> Value {
 }
 
 /// HTTPS to the endpoints: the SNI and the name verified are `tls.server_name`, else the
-/// endpoints' host (Envoy verifies one name per cluster); the CA is `tls.ca`, else the
-/// system's roots.
+/// endpoints' host (Envoy verifies one name per cluster), or the names verified are
+/// `tls.subject_alt_names`; the CA is `tls.ca`, else the system's roots; `tls.cert` and
+/// `tls.key` are the client certificate.
 fn upstream_tls(cluster: &Cluster, tls_field: &str, losses: &mut Losses) -> Value {
     let tls = cluster.tls.as_ref().expect("called for TLS clusters");
     let hosts: BTreeSet<&str> = cluster.endpoints.iter().map(|e| e.host.as_str()).collect();
@@ -211,10 +253,31 @@ fn upstream_tls(cluster: &Cluster, tls_field: &str, losses: &mut Losses) -> Valu
         validation["match_typed_subject_alt_names"] =
             json!([{ "san_type": san_type, "matcher": { "exact": name } }]);
     }
+    // Expected names replace the server name's check, as they do in Tollgate.
+    if !tls.subject_alt_names.is_empty() {
+        let names: Vec<Value> = tls
+            .subject_alt_names
+            .iter()
+            .map(|name| {
+                let san_type = match name {
+                    SubjectAltName::Dns(_) => "DNS",
+                    SubjectAltName::Uri(_) => "URI",
+                };
+                json!({ "san_type": san_type, "matcher": { "exact": name.as_str() } })
+            })
+            .collect();
+        validation["match_typed_subject_alt_names"] = json!(names);
+    }
     context["common_tls_context"] = json!({
         "validation_context": validation,
         "alpn_protocols": if cluster.http2 { ["h2"] } else { ["http/1.1"] },
     });
+    if let Some(client) = &tls.client_certificate {
+        context["common_tls_context"]["tls_certificates"] = json!([{
+            "certificate_chain": file_source(&client.cert),
+            "private_key": file_source(&client.key),
+        }]);
+    }
     json!({
         "name": "envoy.transport_sockets.tls",
         "typed_config": typed(UPSTREAM_TLS, context),

@@ -56,6 +56,7 @@ pub fn export(policies: &Path, plugins: &Path) -> anyhow::Result<Translation<Str
             "listeners": listeners,
             "clusters": clusters,
         },
+        "stats_config": stats_config(),
         "layered_runtime": {
             "layers": [{
                 "name": "tollgate",
@@ -73,6 +74,30 @@ pub fn export(policies: &Path, plugins: &Path) -> anyhow::Result<Translation<Str
         "# Envoy v3 bootstrap written by `tollgate export envoy`.\n# Run it with: envoy -c FILE\n{yaml}"
     );
     Ok(Translation { output, losses })
+}
+
+/// Tag extraction for plugin metrics: a plugin tags a metric in its name
+/// (`consumer=.=alice;.;route=.=orders;.;usage_requests`, see [`crate::wasm::metrics`]);
+/// one regex per well-known key takes the tag out of the name into a label, as Tollgate
+/// does, so the same plugin's metrics carry the same labels in both proxies. The first
+/// group is what Envoy removes from the name, the second the label's value.
+fn stats_config() -> Value {
+    use crate::wasm::metrics::{TAG_SEPARATOR, VALUE_SEPARATOR, WELL_KNOWN_TAG_KEYS};
+    let escape = |text: &str| text.replace('.', "\\.");
+    let tags: Vec<Value> = WELL_KNOWN_TAG_KEYS
+        .iter()
+        .map(|key| {
+            json!({
+                "tag_name": key,
+                "regex": format!(
+                    "({key}{}(.*?){})",
+                    escape(VALUE_SEPARATOR),
+                    escape(TAG_SEPARATOR)
+                ),
+            })
+        })
+        .collect();
+    json!({ "stats_tags": tags })
 }
 
 /// The `envoy.config.core.v3.Node` from `server.node`: plugins read it as the `node` and
@@ -176,6 +201,22 @@ fn yaml_value(value: &Value) -> serde_norway::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_tags_take_each_well_known_tag_out_of_the_name() {
+        let config = stats_config();
+        let route = config["stats_tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|tag| tag["tag_name"] == "route")
+            .expect("a route tag");
+        let regex = regex::Regex::new(route["regex"].as_str().unwrap()).unwrap();
+        let name = "consumer=.=alice;.;route=.=orders;.;usage_requests";
+        let captures = regex.captures(name).unwrap();
+        assert_eq!(&captures[1], "route=.=orders;.;");
+        assert_eq!(&captures[2], "orders");
+    }
 
     #[test]
     fn durations_are_protobuf_json() {

@@ -7,8 +7,8 @@ use super::plugins::{Filters, FAULT_FILTER};
 use super::sources::{field, Sources};
 use super::{duration, fraction, typed, Losses};
 use crate::config::{
-    Action, Config, DirectResponse, Fault, Forward, Origin, PathMatch, Redirect, Route, RouteMatch,
-    ValueMatch, ValueRule,
+    Action, Config, DirectResponse, Fault, Forward, HashOn, LoadBalancing, Origin, PathMatch,
+    Redirect, Route, RouteMatch, ValueMatch, ValueRule,
 };
 
 const HTTP_FAULT: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
@@ -42,7 +42,7 @@ pub(super) fn virtual_hosts(
                 .enumerate()
                 .map(|(i, route)| {
                     let origin = origin.child(&format!("routes[{i}]"));
-                    self::route(route, &origin, filters, losses)
+                    self::route(route, &origin, config, filters, losses)
                 })
                 .collect();
             let mut value = json!({
@@ -71,13 +71,24 @@ pub(super) fn virtual_hosts(
         .collect()
 }
 
-fn route(route: &Route, origin: &Origin, filters: &Filters, losses: &mut Losses) -> Value {
+fn route(
+    route: &Route,
+    origin: &Origin,
+    config: &Config,
+    filters: &Filters,
+    losses: &mut Losses,
+) -> Value {
     let mut value = json!({
         "name": route.name,
         "match": route_match(&route.matcher, origin, losses),
     });
     match &route.action {
-        Action::Forward(forward) => value["route"] = forward_action(forward, origin, losses),
+        Action::Forward(forward) => {
+            value["route"] = forward_action(forward, origin, losses);
+            if let Some(policy) = hash_policy(forward, config, origin, losses) {
+                value["route"]["hash_policy"] = policy;
+            }
+        }
         Action::Redirect(redirect) => value["redirect"] = redirect_action(redirect),
         Action::DirectResponse(answer) => {
             value["direct_response"] = direct_response(answer);
@@ -214,6 +225,12 @@ fn forward_action(forward: &Forward, origin: &Origin, losses: &mut Losses) -> Va
     if let Some(prefix) = &forward.rewrite_prefix {
         value["prefix_rewrite"] = json!(prefix);
     }
+    if let Some(rewrite) = &forward.rewrite_regex {
+        value["regex_rewrite"] = json!({
+            "pattern": { "regex": rewrite.pattern.as_str() },
+            "substitution": rewrite.substitution,
+        });
+    }
     if let Some(host) = &forward.rewrite_host {
         value["host_rewrite_literal"] = json!(host);
     }
@@ -276,6 +293,36 @@ fn forward_action(forward: &Forward, origin: &Origin, losses: &mut Losses) -> Va
 }
 
 /// `metadata_match` selecting the endpoints whose labels (`envoy.lb` metadata) match.
+/// What Envoy hashes for the route's `ring_hash` clusters: their `hash_on`. Envoy keeps the
+/// hash policy on the route, so the targets of a split must hash alike.
+fn hash_policy(
+    forward: &Forward,
+    config: &Config,
+    origin: &Origin,
+    losses: &mut Losses,
+) -> Option<Value> {
+    let mut policies: Vec<&HashOn> = forward
+        .targets
+        .iter()
+        .filter_map(|target| config.clusters.iter().find(|c| c.name == target.cluster))
+        .filter(|cluster| cluster.load_balancing == LoadBalancing::RingHash)
+        .map(|cluster| &cluster.hash_on)
+        .collect();
+    policies.dedup();
+    if policies.len() > 1 {
+        losses.add(
+            field(origin, "forward.split"),
+            "Envoy hashes a route one way: the split's ring_hash clusters hash_on differently; the first one's is kept",
+        );
+    }
+    let policy = match policies.first()? {
+        HashOn::Header(name) => json!({ "header": { "header_name": name } }),
+        HashOn::Cookie(name) => json!({ "cookie": { "name": name } }),
+        HashOn::ClientIp => json!({ "connection_properties": { "source_ip": true } }),
+    };
+    Some(json!([policy]))
+}
+
 fn subset_metadata(subset: &std::collections::BTreeMap<String, String>) -> Value {
     json!({ "filter_metadata": { "envoy.lb": subset } })
 }

@@ -110,6 +110,56 @@ impl Importer {
         }
     }
 
+    /// `loadBalancer.consistentHash` as `hash_on` (for `ring_hash`); `None` when there is
+    /// none or it hashes on something Tollgate cannot (named as a loss).
+    fn consistent_hash(&mut self, rule: &Resource, hash: &Value) -> Option<Value> {
+        let at = "spec.trafficPolicy.loadBalancer.consistentHash";
+        if !hash.is_object() {
+            return None;
+        }
+        self.only(
+            rule,
+            at,
+            hash,
+            &[
+                "httpHeaderName",
+                "httpCookie",
+                "useSourceIp",
+                "ringHash",
+                "minimumRingSize",
+            ],
+        );
+        let ring_size = hash["ringHash"]["minimumRingSize"]
+            .as_u64()
+            .or(hash["minimumRingSize"].as_u64());
+        if ring_size.is_some_and(|size| size > crate::upstream::POINTS_PER_ENDPOINT as u64) {
+            self.lose(
+                rule.at(&format!("{at}.ringHash")),
+                "Tollgate's ring has 1024 points per endpoint, whatever the minimum ring size",
+            );
+        }
+        if let Some(name) = hash["httpHeaderName"].as_str() {
+            return Some(serde_json::json!({ "header": name }));
+        }
+        if let Some(name) = hash["httpCookie"]["name"].as_str() {
+            self.only(
+                rule,
+                &format!("{at}.httpCookie"),
+                &hash["httpCookie"],
+                &["name"],
+            );
+            return Some(serde_json::json!({ "cookie": name }));
+        }
+        if hash["useSourceIp"] == true {
+            return Some(serde_json::json!("client_ip"));
+        }
+        self.lose(
+            rule.at(at),
+            "Tollgate hashes on a header, a cookie or the client's address only; least request is used",
+        );
+        None
+    }
+
     pub(super) fn destination_rule(&mut self, rule: &Resource) {
         let spec = &rule.spec;
         self.only(rule, "spec", spec, &["host", "trafficPolicy", "subsets"]);
@@ -131,18 +181,26 @@ impl Importer {
             rule,
             "spec.trafficPolicy.loadBalancer",
             balancer,
-            &["simple"],
+            &["simple", "consistentHash"],
         );
-        // Istio balances by least request unless told otherwise.
-        match balancer["simple"].as_str().unwrap_or("LEAST_REQUEST") {
-            "ROUND_ROBIN" => put(&mut fields, "load_balancing", "round_robin"),
-            "LEAST_REQUEST" | "UNSPECIFIED" => put(&mut fields, "load_balancing", "least_request"),
-            _ => {
-                self.lose(
-                    rule.at("spec.trafficPolicy.loadBalancer.simple"),
-                    "Tollgate balances by round robin or least request; least request is used",
-                );
-                put(&mut fields, "load_balancing", "least_request");
+        let hashed = self.consistent_hash(rule, &balancer["consistentHash"]);
+        if let Some(hash_on) = hashed {
+            put(&mut fields, "load_balancing", "ring_hash");
+            put(&mut fields, "hash_on", hash_on);
+        } else {
+            // Istio balances by least request unless told otherwise.
+            match balancer["simple"].as_str().unwrap_or("LEAST_REQUEST") {
+                "ROUND_ROBIN" => put(&mut fields, "load_balancing", "round_robin"),
+                "LEAST_REQUEST" | "UNSPECIFIED" => {
+                    put(&mut fields, "load_balancing", "least_request")
+                }
+                _ => {
+                    self.lose(
+                        rule.at("spec.trafficPolicy.loadBalancer.simple"),
+                        "Tollgate balances by round robin, least request or a hash ring; least request is used",
+                    );
+                    put(&mut fields, "load_balancing", "least_request");
+                }
             }
         }
         let pool = &policy["connectionPool"];
@@ -259,13 +317,21 @@ impl Importer {
                     "subjectAltNames",
                     "credentialName",
                     "caCertificates",
+                    "clientCertificate",
+                    "privateKey",
                 ],
             );
             match tls["mode"].as_str().unwrap_or("DISABLE") {
                 "DISABLE" => {}
-                "SIMPLE" => {
+                mode @ ("SIMPLE" | "MUTUAL") => {
                     let mut settings = map();
                     if let Some(credential) = tls["credentialName"].as_str() {
+                        if mode == "MUTUAL" {
+                            self.lose(
+                                rule.at(&format!("{at}.credentialName")),
+                                "Tollgate reads a client certificate from files: name them with clientCertificate and privateKey; only the CA is taken from the secret",
+                            );
+                        }
                         put(&mut settings, "ca", upstream_ca_file(credential));
                     } else if let Some(path) = tls["caCertificates"].as_str() {
                         put(&mut settings, "ca", path);
@@ -274,18 +340,32 @@ impl Importer {
                     if let Some(sni) = sni {
                         put(&mut settings, "server_name", sni);
                     }
+                    // The export writes server_name alone as sni and subjectAltNames [sni].
                     let names = strings(&tls["subjectAltNames"]);
                     if !names.is_empty() && (names.len() > 1 || Some(names[0].as_str()) != sni) {
-                        self.lose(
-                            rule.at(&format!("{at}.subjectAltNames")),
-                            "Tollgate verifies the endpoint's certificate for the server name (sni) only",
-                        );
+                        put(&mut settings, "subject_alt_names", names);
+                    }
+                    if mode == "MUTUAL" {
+                        match (
+                            tls["clientCertificate"].as_str(),
+                            tls["privateKey"].as_str(),
+                        ) {
+                            (Some(cert), Some(key)) => {
+                                put(&mut settings, "cert", cert);
+                                put(&mut settings, "key", key);
+                            }
+                            _ if tls["credentialName"].is_string() => {}
+                            _ => self.lose(
+                                rule.at(&format!("{at}.mode")),
+                                "MUTUAL without clientCertificate and privateKey: no client certificate is sent",
+                            ),
+                        }
                     }
                     fields.insert("tls".into(), Yaml::Mapping(settings));
                 }
                 _ => self.lose(
                     rule.at(&format!("{at}.mode")),
-                    "Tollgate originates plain TLS (SIMPLE) only; no client certificate is sent",
+                    "ISTIO_MUTUAL uses a sidecar's own certificate; give the cluster the workload certificate's files as MUTUAL (tls.cert, tls.key) instead",
                 ),
             }
         }

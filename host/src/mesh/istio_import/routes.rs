@@ -360,9 +360,18 @@ impl Importer {
                 service,
                 &format!("{at}.rewrite"),
                 rewrite,
-                &["uri", "authority"],
+                &["uri", "uriRegexRewrite", "authority"],
             );
             let mut settings = map();
+            let regex = &rewrite["uriRegexRewrite"];
+            if let (Some(pattern), Some(substitution)) =
+                (regex["match"].as_str(), regex["rewrite"].as_str())
+            {
+                let mut rewrite_regex = map();
+                put(&mut rewrite_regex, "pattern", pattern);
+                put(&mut rewrite_regex, "substitution", substitution);
+                settings.insert("regex".into(), Yaml::Mapping(rewrite_regex));
+            }
             if let Some(uri) = rewrite["uri"].as_str() {
                 if prefix_match {
                     put(&mut settings, "prefix", uri);

@@ -88,10 +88,12 @@ fn define_metric(mut caller: Ctx<'_>, kind: u32, name_ptr: u32, name_len: u32, r
         let metric = registries
             .metrics
             .define(&plugin.name, &name, kind, plugin.limits.metrics)
-            .inspect_err(|_| {
-                registries
-                    .gateway_metrics
-                    .plugin_limit_refusal(&plugin.name, "metrics");
+            .inspect_err(|status| {
+                if *status == Status::InternalFailure {
+                    let metrics = &registries.gateway_metrics;
+                    metrics.plugin_limit_refusal(&plugin.name, "metrics");
+                    metrics.plugin_metric_series_refused(&plugin.name);
+                }
             })?;
         memory::write_u32(&mut caller, ret_id, metric.id)?;
         caller.data_mut().metrics.insert(metric.id, metric);

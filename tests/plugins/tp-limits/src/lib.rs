@@ -17,6 +17,8 @@
 //!   `proxy_define_metric`, stopping at the first failure; response headers
 //!   `x-tp-defined: <metrics defined>` and `x-tp-define-status: <that failure's status, or
 //!   0>`.
+//! - `x-tp-define-tagged: NAME:N`: as `x-tp-define`, with one name and N tags: counters
+//!   `n=.=0;.;NAME` .. `n=.=<N-1>;.;NAME`, N series of one metric.
 //!
 //! Statuses are the ABI's numbers (0 OK, 2 BAD_ARGUMENT, 10 INTERNAL_FAILURE, ...). The raw
 //! imports are used because the SDK's wrappers panic on statuses they do not expect.
@@ -142,12 +144,24 @@ impl HttpContext for Limits {
             self.response_headers
                 .push(("x-tp-enqueue-status", failure.to_string()));
         }
-        if let Some(spec) = self.get_http_request_header("x-tp-define") {
+        let define = self
+            .get_http_request_header("x-tp-define")
+            .map(|spec| (spec, false))
+            .or_else(|| {
+                self.get_http_request_header("x-tp-define-tagged")
+                    .map(|spec| (spec, true))
+            });
+        if let Some((spec, tagged)) = define {
             let (prefix, count) = spec.split_once(':').unwrap_or((spec.as_str(), "0"));
             let count: usize = count.parse().unwrap_or(0);
             let (mut defined, mut failure) = (0, 0);
             for i in 0..count {
-                let status = define_counter_raw(&format!("{prefix}_{i}"));
+                let name = if tagged {
+                    format!("n=.={i};.;{prefix}")
+                } else {
+                    format!("{prefix}_{i}")
+                };
+                let status = define_counter_raw(&name);
                 if status != 0 {
                     failure = status;
                     break;
