@@ -512,8 +512,7 @@ mod tests {
         rendered
             .lines()
             .find_map(|line| line.strip_prefix("tollgate_tracing_spans_total{result=\"dropped\"} "))
-            .and_then(|count| count.parse().ok())
-            .expect("the dropped spans sample")
+            .map_or(0, |count| count.parse().expect("a count"))
     }
 
     #[test]
