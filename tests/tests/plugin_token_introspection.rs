@@ -281,14 +281,18 @@ async fn active_tokens_are_introspected_once_and_shared_by_the_workers() {
     assert_eq!(setup.server.calls_for("good-token"), 1);
     let metrics = setup.gateway.metrics().await;
     let counted = |name| sample_sum(&metrics, name, &[("plugin", "introspect")]);
-    assert_eq!(counted("token_introspection_calls"), Some(1.0), "{metrics}");
     assert_eq!(
-        counted("token_introspection_cache_hits"),
+        counted("token_introspection_calls_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        counted("token_introspection_cache_hits_total"),
         Some(20.0),
         "{metrics}"
     );
     assert_eq!(
-        counted("token_introspection_allowed"),
+        counted("token_introspection_allowed_total"),
         Some(21.0),
         "{metrics}"
     );
@@ -462,7 +466,7 @@ async fn a_failing_server_denies_with_503_or_allows_by_failure_mode() {
         assert_eq!(
             sample_sum(
                 &metrics,
-                "token_introspection_failed",
+                "token_introspection_failed_total",
                 &[("plugin", plugin)]
             ),
             Some(1.0),
