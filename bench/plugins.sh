@@ -231,11 +231,12 @@ done
 
 # The global limit's service and its Redis, on the load CPU (they stand for machines of
 # their own): started once, for every run of the configuration.
+RATELIMIT_CPU=${BENCH_RATELIMIT_CPU:-$LOAD_CPU}
 if [[ " ${CONFIGS[*]} " == *" global "* ]]; then
     need_tools redis-server:redis-server
     log "starting redis-server and tollgate ratelimit (CPU $LOAD_CPU)"
-    start redis "$LOAD_CPU" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no
-    start ratelimit "$LOAD_CPU" env TOLLGATE_LOG=warn "$BIN" ratelimit --listen "127.0.0.1:$RATELIMIT_PORT" \
+    start redis "$RATELIMIT_CPU" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no
+    start ratelimit "$RATELIMIT_CPU" env TOLLGATE_LOG=warn "$BIN" ratelimit --listen "127.0.0.1:$RATELIMIT_PORT" \
         --redis "redis://127.0.0.1:$REDIS_PORT" --workers 1
     wait_http "http://127.0.0.1:$RATELIMIT_PORT/healthz"
 fi
