@@ -166,6 +166,17 @@ impl Fetched {
             let Ok((value, version)) = hostcalls::get_shared_data(&self.state_key) else {
                 return false;
             };
+            if version.is_none() {
+                // A key that does not exist yet cannot be compared-and-swapped: a write to it
+                // always succeeds, so two VMs would both win the first lease. Create it with
+                // the fresh schedule first, then change it under compare-and-swap like any
+                // other time.
+                let fresh = FetchState::default().encode();
+                if hostcalls::set_shared_data(&self.state_key, Some(&fresh), None).is_err() {
+                    return false;
+                }
+                continue;
+            }
             let mut state = FetchState::decode(value.as_deref());
             if !change(&mut state) {
                 return false;
