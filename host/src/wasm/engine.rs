@@ -131,6 +131,11 @@ impl Runtime {
         // (shared by every VM of the module until written), and tables fill in on first use.
         config.memory_init_cow(true);
         config.table_lazy_init(true);
+        // `TOLLGATE_WASM_PROFILER=perfmap` names the compiled guest functions for profilers
+        // (`/tmp/perf-PID.map`, read by `perf report` and bench/jit_names.py); off by default.
+        if std::env::var("TOLLGATE_WASM_PROFILER").is_ok_and(|value| value == "perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         // Compiled on demand by one short-lived engine per module (see `compile`); this
         // process-wide engine only runs code, so no compiler state stays alive in it.
         let cache_dir = match std::fs::create_dir_all(&cache_dir) {
