@@ -185,6 +185,14 @@ pub fn client_ip() -> Option<String> {
 pub fn decimal(value: u64, buffer: &mut [u8; 20]) -> &str {
     let mut at = buffer.len();
     let mut rest = value;
+    // A u64 divided by 10 on wasm32 is a 128-bit multiply (a library call): only the digits
+    // above u32::MAX are worked out that way, the rest (all of most values) as a u32.
+    while rest > u64::from(u32::MAX) {
+        at -= 1;
+        buffer[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    let mut rest = rest as u32;
     loop {
         at -= 1;
         buffer[at] = b'0' + (rest % 10) as u8;
@@ -244,6 +252,8 @@ mod tests {
         let mut buffer = [0; 20];
         assert_eq!(decimal(0, &mut buffer), "0");
         assert_eq!(decimal(429, &mut buffer), "429");
+        assert_eq!(decimal(u32::MAX.into(), &mut buffer), u32::MAX.to_string());
+        assert_eq!(decimal(u64::from(u32::MAX) + 1, &mut buffer), "4294967296");
         assert_eq!(decimal(u64::MAX, &mut buffer), u64::MAX.to_string());
     }
 
