@@ -43,16 +43,9 @@ pub fn target<'a>(rules: &'a Rules, plugin: &str, facts: &RequestFacts<'_>) -> O
         },
     };
     let plan = rules.consumers.get(value).or(rules.default_plan.as_ref())?;
-    // `rate-limit|{plugin}|{scope}|{plan}|{kind}|{value}`, in one allocation.
-    let parts = [plugin, &rules.scope, &plan.name, kind, value];
-    let mut key = String::with_capacity(
-        "rate-limit".len() + parts.iter().map(|part| part.len() + 1).sum::<usize>(),
-    );
-    key.push_str("rate-limit");
-    for part in parts {
-        key.push('|');
-        key.push_str(part);
-    }
+    // `rate-limit|{plugin}|{scope}|{plan}|{kind}|{value}`: `join` sizes it once and copies
+    // each part without a capacity check per push.
+    let key = ["rate-limit", plugin, &rules.scope, &plan.name, kind, value].join("|");
     Some(Target { plan, key })
 }
 

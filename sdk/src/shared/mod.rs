@@ -63,6 +63,31 @@ pub use window::{FixedWindow, SlidingWindow, WindowState};
 /// Nanoseconds in a second: the limiters count time in nanoseconds since the epoch.
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
+/// How [`mul_div`] rounds the quotient.
+#[derive(Debug, Clone, Copy)]
+enum Round {
+    Down,
+    Up,
+}
+
+/// `a × b / c` (`c` > 0), saturating at `u64::MAX`. The product is taken in u64 whenever it
+/// fits: 128-bit multiplies and divisions are library calls on wasm32, and the limiters' own
+/// figures (tokens, rates, windows) rarely need them.
+fn mul_div(a: u64, b: u64, c: u64, round: Round) -> u64 {
+    if let Some(product) = a.checked_mul(b) {
+        return match round {
+            Round::Down => product / c,
+            Round::Up => product.div_ceil(c),
+        };
+    }
+    let (product, c) = (u128::from(a) * u128::from(b), u128::from(c));
+    let quotient = match round {
+        Round::Down => product / c,
+        Round::Up => product.div_ceil(c),
+    };
+    u64::try_from(quotient).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::{Cell, RefCell};
@@ -72,6 +97,20 @@ mod tests {
 
     const SEC: u64 = NANOS_PER_SEC;
     const T0: u64 = 1_700_000_000 * SEC;
+
+    #[test]
+    fn mul_div_agrees_with_u128_math() {
+        assert_eq!(mul_div(10, 3, 4, Round::Down), 7);
+        assert_eq!(mul_div(10, 3, 4, Round::Up), 8);
+        // A product past u64: worked out in u128, the same quotient.
+        assert_eq!(mul_div(1 << 40, 1 << 40, 1 << 40, Round::Up), 1 << 40);
+        assert_eq!(mul_div(u64::MAX, 1000, 999, Round::Down), u64::MAX);
+        assert_eq!(
+            mul_div(u64::MAX / 2, 3, 2, Round::Down),
+            (u64::MAX / 2 / 2) * 3 + 1
+        );
+        assert_eq!(mul_div(3, u64::MAX, u64::MAX, Round::Up), 3);
+    }
 
     /// A store that lets "another VM" write between a read and the write that follows it.
     struct Interleaving<'a> {
