@@ -120,12 +120,13 @@ pub fn now_nanos() -> u64 {
     hostcalls::get_current_time()
         .ok()
         .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
-        // Seconds and nanoseconds apart: `as_nanos` is a 128-bit multiply on wasm32.
+        // Seconds and nanoseconds apart: `as_nanos` is a 128-bit multiply on wasm32 (and so
+        // is the overflow check of `saturating_mul`); u64 nanoseconds last until 2554.
         .map_or(0, |elapsed| {
             elapsed
                 .as_secs()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(u64::from(elapsed.subsec_nanos()))
+                .wrapping_mul(1_000_000_000)
+                .wrapping_add(u64::from(elapsed.subsec_nanos()))
         })
 }
 

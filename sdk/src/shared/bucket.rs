@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use super::{mul_div, update, Decision, Round, SharedError, Store, Update, NANOS_PER_SEC};
+use super::{
+    mul_div, mul_saturating, update, Decision, Round, SharedError, Store, Update, NANOS_PER_SEC,
+};
 
 /// A token bucket: holds at most `capacity` tokens, gains `refill_per_sec` tokens per
 /// second, each request takes some. Starts full.
@@ -46,7 +48,7 @@ impl TokenBucket {
     }
 
     fn capacity_nanos(&self) -> u64 {
-        self.capacity.saturating_mul(NANOS_PER_SEC)
+        mul_saturating(self.capacity, NANOS_PER_SEC)
     }
 
     /// Time to gain `nano_tokens` at the refill rate (a year when the rate is zero).
@@ -92,7 +94,7 @@ impl TokenBucket {
         n: u64,
     ) -> (Option<BucketState>, Decision) {
         let current = self.refill(state, now);
-        let wanted = n.saturating_mul(NANOS_PER_SEC);
+        let wanted = mul_saturating(n, NANOS_PER_SEC);
         let allowed = current.nano_tokens >= wanted;
         let after = if allowed {
             current.nano_tokens - wanted

@@ -71,10 +71,13 @@ enum Round {
 }
 
 /// `a × b / c` (`c` > 0), saturating at `u64::MAX`. The product is taken in u64 whenever it
-/// fits: 128-bit multiplies and divisions are library calls on wasm32, and the limiters' own
-/// figures (tokens, rates, windows) rarely need them.
+/// surely fits: 128-bit multiplies and divisions are library calls on wasm32 (and so is
+/// the overflow check of `checked_mul`), and the limiters' own figures (tokens, rates,
+/// windows) rarely need them.
 fn mul_div(a: u64, b: u64, c: u64, round: Round) -> u64 {
-    if let Some(product) = a.checked_mul(b) {
+    // Fewer than 64 significant bits between them: the product is below 2^64.
+    if a.leading_zeros() + b.leading_zeros() >= 64 {
+        let product = a * b;
         return match round {
             Round::Down => product / c,
             Round::Up => product.div_ceil(c),
@@ -86,6 +89,11 @@ fn mul_div(a: u64, b: u64, c: u64, round: Round) -> u64 {
         Round::Up => product.div_ceil(c),
     };
     u64::try_from(quotient).unwrap_or(u64::MAX)
+}
+
+/// `a × b`, saturating at `u64::MAX`, without `saturating_mul`'s 128-bit overflow check.
+fn mul_saturating(a: u64, b: u64) -> u64 {
+    mul_div(a, b, 1, Round::Down)
 }
 
 #[cfg(test)]
@@ -110,6 +118,8 @@ mod tests {
             (u64::MAX / 2 / 2) * 3 + 1
         );
         assert_eq!(mul_div(3, u64::MAX, u64::MAX, Round::Up), 3);
+        assert_eq!(mul_saturating(u64::MAX / 3, 3), u64::MAX / 3 * 3);
+        assert_eq!(mul_saturating(u64::MAX / 3 + 1, 3), u64::MAX);
     }
 
     /// A store that lets "another VM" write between a read and the write that follows it.
