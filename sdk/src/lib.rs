@@ -120,14 +120,7 @@ pub fn now_nanos() -> u64 {
     hostcalls::get_current_time()
         .ok()
         .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
-        // Seconds and nanoseconds apart: `as_nanos` is a 128-bit multiply on wasm32 (and so
-        // is the overflow check of `saturating_mul`); u64 nanoseconds last until 2554.
-        .map_or(0, |elapsed| {
-            elapsed
-                .as_secs()
-                .wrapping_mul(1_000_000_000)
-                .wrapping_add(u64::from(elapsed.subsec_nanos()))
-        })
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64)
 }
 
 /// A counter metric (`proxy_define_metric`), e.g. `ext_authz.allowed`, shown by Tollgate
