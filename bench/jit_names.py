@@ -18,6 +18,7 @@ and `DIR/perf-new-chain.map`); `--requests` is its `GLUE_REQUESTS`. See bench/RE
 import argparse
 import bisect
 import re
+import signal
 import sys
 from collections import defaultdict
 
@@ -91,6 +92,8 @@ def read_callgrind(path):
 
 
 def main():
+    # Piped into `head`: stop quietly.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("callgrind")
     parser.add_argument("perf_map")
