@@ -14,6 +14,10 @@
 #   GLUE_CONFIGS="base header chain"
 #   BENCH_PORT_BASE=28380        ports BASE+1 (upstream), BASE+10 (Tollgate), BASE+20 (admin)
 #   GLUE_KEEP                    a folder to keep the callgrind files in (callgrind_annotate)
+#   GLUE_PERFMAP=0               1: the measured gateway names its compiled guest functions
+#                                (TOLLGATE_WASM_PROFILER=perfmap); with GLUE_KEEP, the map is
+#                                kept beside each callgrind file as perf-BUILD-CONFIG.map, for
+#                                bench/jit_names.py
 set -euo pipefail
 BENCH_NAME=glue # used by common.sh
 # shellcheck source=bench/common.sh
@@ -29,6 +33,8 @@ command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
     die "needs valgrind (callgrind and callgrind_control)"
 
 build_tollgate
+PROFILER_ENV=()
+[[ ${GLUE_PERFMAP:-0} == 1 ]] && PROFILER_ENV=(TOLLGATE_WASM_PROFILER=perfmap)
 declare -A BINS=([new]=$BIN)
 [[ -n ${TOLLGATE_BASELINE_BIN:-} ]] && BINS[old]=$TOLLGATE_BASELINE_BIN
 need_files "$TP_DIR/tp_headers.wasm" "$BUNDLED_DIR/key_auth.wasm" "$BUNDLED_DIR/rate_limit.wasm" "$BUNDLED_DIR/transformer.wasm"
@@ -126,7 +132,7 @@ for c in "${CONFIGS[@]}"; do
         # The allocator settings the gateway would otherwise set by executing itself again,
         # which would leave callgrind behind.
         start "tollgate-$b-$c" "$PROXY_CPU" env TOLLGATE_LOG=warn TOLLGATE_CACHE_DIR="$WORK/cache-$b" \
-            MIMALLOC_ARENA_EAGER_COMMIT=0 MIMALLOC_PURGE_DELAY=100 \
+            MIMALLOC_ARENA_EAGER_COMMIT=0 MIMALLOC_PURGE_DELAY=100 "${PROFILER_ENV[@]}" \
             valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
             "${BINS[$b]}" run --policies "$WORK/cfg-$c" --plugins "$WORK/plugins" \
             --admin "127.0.0.1:$ADMIN_PORT" --workers 1
@@ -140,7 +146,12 @@ for c in "${CONFIGS[@]}"; do
         callgrind_control -d "$pid" >/dev/null
         stop "$pid"
         read -r instructions allocations < <(counts "$out"*)
-        [[ -n ${GLUE_KEEP:-} ]] && mkdir -p "$GLUE_KEEP" && cp "$out"* "$GLUE_KEEP/"
+        if [[ -n ${GLUE_KEEP:-} ]]; then
+            mkdir -p "$GLUE_KEEP"
+            cp "$out"* "$GLUE_KEEP/"
+            # valgrind runs the gateway in its own process, so the map bears the same id
+            [[ ${GLUE_PERFMAP:-0} == 1 ]] && cp "/tmp/perf-$pid.map" "$GLUE_KEEP/perf-$b-$c.map"
+        fi
         printf '| %s | %s | %d | %.1f |\n' "$b" "$c" $((instructions / REQUESTS)) \
             "$(echo "$allocations / $REQUESTS" | bc -l)" | tee -a "$WORK/table.md"
     done

@@ -3,7 +3,10 @@
 //! An **auth plugin** (key-auth, jwt-auth, basic-auth, hmac-auth, token-introspection,
 //! ext-authz) that recognises a client first calls [`strip_client_supplied`] on every
 //! request (so a client can never forge an identity, whether or not it authenticates) and,
-//! once it knows who the client is, calls [`set`]. **Readers** (acl, rate-limit, quota, metering, transformer) call [`get`].
+//! once it knows who the client is, calls [`set`]. ([`set`] and [`set_parts`] replace both
+//! headers, so a plugin that records a consumer on every request it lets through, and
+//! answers the others itself, need not strip first: key-auth saves the two host calls.)
+//! **Readers** (acl, rate-limit, quota, metering, transformer) call [`get`].
 //!
 //! The identity travels two ways:
 //! - request headers [`CONSUMER_HEADER`] (`x-tollgate-consumer`: the consumer's name) and

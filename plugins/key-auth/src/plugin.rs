@@ -35,7 +35,10 @@ impl Context for Request {}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        consumer::strip_client_supplied();
+        // No `consumer::strip_client_supplied()`: a request either gets a local 401 (it never
+        // reaches the upstream) or goes on with `consumer::set_parts`, which replaces both
+        // identity headers, so a client's copies never survive; stripping first would be two
+        // more host calls per request.
         let found = find_key(
             &self.auth.config,
             |name| self.get_http_request_header(name),

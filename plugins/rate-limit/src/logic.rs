@@ -14,17 +14,16 @@ pub struct RequestFacts<'a> {
     pub route: Option<&'a str>,
 }
 
-/// The bucket a request draws from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Target<'a> {
-    pub plan: &'a Plan,
-    /// The shared-data key of the bucket.
-    pub key: String,
-}
-
-/// The bucket for a request under `rules`, or `None` when the request is not limited (rules
+/// The bucket for a request under `rules`: its plan, and its shared-data key written into
+/// `key` (cleared first: the glue passes the same buffer for every request, so a key costs
+/// no allocation once the buffer has grown). `None` when the request is not limited (rules
 /// disabled, `when_missing: allow` without a key, or no plan applies).
-pub fn target<'a>(rules: &'a Rules, plugin: &str, facts: &RequestFacts<'_>) -> Option<Target<'a>> {
+pub fn target<'a>(
+    rules: &'a Rules,
+    plugin: &str,
+    facts: &RequestFacts<'_>,
+    key: &mut String,
+) -> Option<&'a Plan> {
     if !rules.enabled {
         return None;
     }
@@ -43,17 +42,14 @@ pub fn target<'a>(rules: &'a Rules, plugin: &str, facts: &RequestFacts<'_>) -> O
         },
     };
     let plan = rules.consumers.get(value).or(rules.default_plan.as_ref())?;
-    // `rate-limit|{plugin}|{scope}|{plan}|{kind}|{value}`, in one allocation.
-    let parts = [plugin, &rules.scope, &plan.name, kind, value];
-    let mut key = String::with_capacity(
-        "rate-limit".len() + parts.iter().map(|part| part.len() + 1).sum::<usize>(),
-    );
+    // `rate-limit|{plugin}|{scope}|{plan}|{kind}|{value}`
+    key.clear();
     key.push_str("rate-limit");
-    for part in parts {
+    for part in [plugin, &rules.scope, &plan.name, kind, value] {
         key.push('|');
         key.push_str(part);
     }
-    Some(Target { plan, key })
+    Some(plan)
 }
 
 /// Headers for an allowed request's response.
@@ -93,6 +89,17 @@ mod tests {
 
     use super::*;
     use crate::config::parse;
+
+    /// A bucket as the tests look at it: the plan and the key.
+    struct Target<'a> {
+        plan: &'a Plan,
+        key: String,
+    }
+
+    fn target<'a>(rules: &'a Rules, plugin: &str, facts: &RequestFacts<'_>) -> Option<Target<'a>> {
+        let mut key = String::new();
+        super::target(rules, plugin, facts, &mut key).map(|plan| Target { plan, key })
+    }
 
     fn limits() -> crate::config::Limits {
         parse(

@@ -1,5 +1,6 @@
 //! The proxy-wasm glue: configuration in the root context, one bucket check per request.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use tollgate_sdk::config::ConfigError;
@@ -21,6 +22,9 @@ pub struct RateLimit {
     limits: Limits,
     /// The plugin's name (`plugin_name`), the prefix of its shared-data keys.
     plugin: String,
+    /// The bucket key of the request at hand, one buffer for every request (a VM runs one
+    /// callback at a time), so that building a key does not allocate.
+    key: RefCell<String>,
 }
 
 impl Plugin for RateLimit {
@@ -32,6 +36,7 @@ impl Plugin for RateLimit {
         Ok(Self {
             limits: config.validate()?,
             plugin: tollgate_sdk::plugin_name(Self::NAME),
+            key: RefCell::default(),
         })
     }
 
@@ -127,31 +132,30 @@ impl HttpContext for Request {
             header: header.as_deref(),
             route: route.as_deref(),
         };
-        let Some(target) = logic::target(rules, &self.rate_limit.plugin, &facts) else {
+        let mut key = self.rate_limit.key.borrow_mut();
+        let Some(plan) = logic::target(rules, &self.rate_limit.plugin, &facts, &mut key) else {
             return Action::Continue;
         };
         if let Some(global) = &self.rate_limit.limits.global {
             // Counted by the rate limit service shared by every replica; the answer
             // resumes (or refuses) the request in `on_grpc_call_response`.
             let descriptor = Descriptor {
-                entries: vec![("rate-limit".to_owned(), target.key)],
-                limit: Some(target.plan.window),
+                entries: vec![("rate-limit".to_owned(), key.clone())],
+                limit: Some(plan.window),
                 hits: None,
             };
             return match global.dispatch(vec![descriptor]) {
                 Ok(_) => {
-                    self.plan = Some(target.plan.name.clone());
+                    self.plan = Some(plan.name.clone());
                     Action::Pause
                 }
                 Err(status) => self.service_failed(&format!("the call failed: {status:?}")),
             };
         }
-        let decision = match target.plan.bucket.try_take(
-            &SharedData,
-            &target.key,
-            tollgate_sdk::now_nanos(),
-            1,
-        ) {
+        let decision = match plan
+            .bucket
+            .try_take(&SharedData, &key, tollgate_sdk::now_nanos(), 1)
+        {
             Ok(decision) => decision,
             Err(error) => {
                 // Fail open: a limiter that cannot count must not take the API down.
@@ -166,7 +170,7 @@ impl HttpContext for Request {
             self.decision = Some(decision);
             return Action::Continue;
         }
-        self.deny(&decision, &target.plan.name);
+        self.deny(&decision, &plan.name);
         Action::Pause
     }
 

@@ -37,14 +37,24 @@ pub struct HeaderOps {
     #[serde(default)]
     pub remove: Vec<String>,
     /// old name → new name (every value moves).
-    #[serde(default)]
-    pub rename: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "header_pairs")]
+    pub rename: HeaderPairs,
     /// name → value, replacing any present value.
-    #[serde(default)]
-    pub set: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "header_pairs")]
+    pub set: HeaderPairs,
     /// name → value, only when the header is absent.
-    #[serde(default)]
-    pub add: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "header_pairs")]
+    pub add: HeaderPairs,
+}
+
+/// Header operations as (name, value) pairs, one per name, in name order: written as a map,
+/// kept as a list, which every request walks more cheaply than a map.
+pub type HeaderPairs = Vec<(String, String)>;
+
+fn header_pairs<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<HeaderPairs, D::Error> {
+    BTreeMap::<String, String>::deserialize(deserializer).map(|map| map.into_iter().collect())
 }
 
 /// JSON body operations on dotted paths (`user.address.city`, `items.0.id`; `*` matches
@@ -126,9 +136,10 @@ fn check_header_value(field: &str, value: &str) -> Result<(), ConfigError> {
 
 fn lower_map(
     field: &str,
-    map: &mut BTreeMap<String, String>,
+    map: &mut HeaderPairs,
     values_are_names: bool,
 ) -> Result<(), ConfigError> {
+    // Names that differ only in case become one: the last in name order wins.
     let mut out = BTreeMap::new();
     for (name, value) in std::mem::take(map) {
         let key = check_header_name(&format!("{field}.{name}"), &name)?;
@@ -140,7 +151,7 @@ fn lower_map(
         };
         out.insert(key, value);
     }
-    *map = out;
+    *map = out.into_iter().collect();
     Ok(())
 }
 

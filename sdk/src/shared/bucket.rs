@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use super::{update, Decision, SharedError, Store, Update, NANOS_PER_SEC};
+use super::{
+    mul_div, mul_saturating, update, Decision, Round, SharedError, Store, Update, NANOS_PER_SEC,
+};
 
 /// A token bucket: holds at most `capacity` tokens, gains `refill_per_sec` tokens per
 /// second, each request takes some. Starts full.
@@ -46,7 +48,7 @@ impl TokenBucket {
     }
 
     fn capacity_nanos(&self) -> u64 {
-        self.capacity.saturating_mul(NANOS_PER_SEC)
+        mul_saturating(self.capacity, NANOS_PER_SEC)
     }
 
     /// Time to gain `nano_tokens` at the refill rate (a year when the rate is zero).
@@ -60,8 +62,7 @@ impl TokenBucket {
         }
         // nano_tokens / (rate/1000 tokens per s) seconds = nano_tokens * 1000 / rate ns... in
         // billionths: nano_tokens[1e-9 token] * 1e9 ns/s / (rate * 1e6 nano-tokens per s).
-        let ns = (u128::from(nano_tokens) * 1000).div_ceil(u128::from(rate));
-        Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+        Duration::from_nanos(mul_div(nano_tokens, 1000, rate, Round::Up))
     }
 
     /// The state at `now`, refilled, starting full when there is none.
@@ -74,11 +75,12 @@ impl TokenBucket {
         };
         let elapsed = now.saturating_sub(state.updated_nanos);
         // elapsed ns × rate/1000 tokens/s = elapsed × rate / 1000 nano-tokens.
-        let gained = u128::from(elapsed) * u128::from(self.milli_rate()) / 1000;
-        let tokens =
-            (u128::from(state.nano_tokens) + gained).min(u128::from(self.capacity_nanos()));
+        let gained = mul_div(elapsed, self.milli_rate(), 1000, Round::Down);
         BucketState {
-            nano_tokens: tokens as u64,
+            nano_tokens: state
+                .nano_tokens
+                .saturating_add(gained)
+                .min(self.capacity_nanos()),
             updated_nanos: now.max(state.updated_nanos),
         }
     }
@@ -92,7 +94,7 @@ impl TokenBucket {
         n: u64,
     ) -> (Option<BucketState>, Decision) {
         let current = self.refill(state, now);
-        let wanted = n.saturating_mul(NANOS_PER_SEC);
+        let wanted = mul_saturating(n, NANOS_PER_SEC);
         let allowed = current.nano_tokens >= wanted;
         let after = if allowed {
             current.nano_tokens - wanted

@@ -63,6 +63,39 @@ pub use window::{FixedWindow, SlidingWindow, WindowState};
 /// Nanoseconds in a second: the limiters count time in nanoseconds since the epoch.
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
+/// How [`mul_div`] rounds the quotient.
+#[derive(Debug, Clone, Copy)]
+enum Round {
+    Down,
+    Up,
+}
+
+/// `a × b / c` (`c` > 0), saturating at `u64::MAX`. The product is taken in u64 whenever it
+/// surely fits: 128-bit multiplies and divisions are library calls on wasm32 (and so is
+/// the overflow check of `checked_mul`), and the limiters' own figures (tokens, rates,
+/// windows) rarely need them.
+fn mul_div(a: u64, b: u64, c: u64, round: Round) -> u64 {
+    // Fewer than 64 significant bits between them: the product is below 2^64.
+    if a.leading_zeros() + b.leading_zeros() >= 64 {
+        let product = a * b;
+        return match round {
+            Round::Down => product / c,
+            Round::Up => product.div_ceil(c),
+        };
+    }
+    let (product, c) = (u128::from(a) * u128::from(b), u128::from(c));
+    let quotient = match round {
+        Round::Down => product / c,
+        Round::Up => product.div_ceil(c),
+    };
+    u64::try_from(quotient).unwrap_or(u64::MAX)
+}
+
+/// `a × b`, saturating at `u64::MAX`, without `saturating_mul`'s 128-bit overflow check.
+fn mul_saturating(a: u64, b: u64) -> u64 {
+    mul_div(a, b, 1, Round::Down)
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::{Cell, RefCell};
@@ -72,6 +105,22 @@ mod tests {
 
     const SEC: u64 = NANOS_PER_SEC;
     const T0: u64 = 1_700_000_000 * SEC;
+
+    #[test]
+    fn mul_div_agrees_with_u128_math() {
+        assert_eq!(mul_div(10, 3, 4, Round::Down), 7);
+        assert_eq!(mul_div(10, 3, 4, Round::Up), 8);
+        // A product past u64: worked out in u128, the same quotient.
+        assert_eq!(mul_div(1 << 40, 1 << 40, 1 << 40, Round::Up), 1 << 40);
+        assert_eq!(mul_div(u64::MAX, 1000, 999, Round::Down), u64::MAX);
+        assert_eq!(
+            mul_div(u64::MAX / 2, 3, 2, Round::Down),
+            (u64::MAX / 2 / 2) * 3 + 1
+        );
+        assert_eq!(mul_div(3, u64::MAX, u64::MAX, Round::Up), 3);
+        assert_eq!(mul_saturating(u64::MAX / 3, 3), u64::MAX / 3 * 3);
+        assert_eq!(mul_saturating(u64::MAX / 3 + 1, 3), u64::MAX);
+    }
 
     /// A store that lets "another VM" write between a read and the write that follows it.
     struct Interleaving<'a> {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::decision::nanos;
-use super::{update, Decision, SharedError, Store, Update};
+use super::{mul_div, update, Decision, Round, SharedError, Store, Update};
 
 /// The stored state of a window limiter: the index of the current window (`now / window`),
 /// the count in it, and the count in the window before (sliding windows only); three u64
@@ -141,8 +141,7 @@ impl SlidingWindow {
         let into = now % window;
         let state = state.unwrap_or_default().at(index);
         // The previous window's share: previous × (window - into) / window, rounded up.
-        let carried = (u128::from(state.previous) * u128::from(window - into))
-            .div_ceil(u128::from(window)) as u64;
+        let carried = mul_div(state.previous, window - into, window, Round::Up);
         let estimate = carried.saturating_add(state.current);
         let allowed = estimate.saturating_add(n) <= self.limit;
         let used = if allowed { estimate + n } else { estimate };
@@ -153,8 +152,7 @@ impl SlidingWindow {
             // Wait until the previous window's share has shrunk enough:
             // previous × (window - t) / window <= limit - current - n.
             let room = self.limit - state.current - n;
-            let t = window
-                - (u128::from(room) * u128::from(window) / u128::from(state.previous)) as u64;
+            let t = window - mul_div(room, window, state.previous, Round::Down);
             Duration::from_nanos(t.saturating_sub(into).max(1))
         } else {
             to_window_end
