@@ -91,7 +91,11 @@ struct HopByHop(u8);
 
 impl HopByHop {
     fn present_in(headers: &HeaderMap) -> Self {
-        Self(headers.keys().fold(0, |present, name| present | Self::bit(name)))
+        Self(
+            headers
+                .keys()
+                .fold(0, |present, name| present | Self::bit(name)),
+        )
     }
 
     /// The bit of one of the headers [`remove_hop_by_hop`] removes by name; 0 for others.
