@@ -12,7 +12,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 
 use super::{Downstream, ResponseBody};
 use crate::telemetry::metrics::Metrics;
@@ -168,25 +167,29 @@ impl AccessRecord {
 }
 
 /// Wraps the response body so that the record is written once the body ends or is dropped.
-pub fn finish_on_body_end(
+/// `held` (the server's mark of an exchange in flight) is dropped right after: one wrapper
+/// for both, so that a forwarded response is not boxed once for each.
+pub fn finish_on_body_end<H>(
     response: Response<ResponseBody>,
     record: AccessRecord,
-) -> Response<ResponseBody> {
-    response.map(|body| {
-        LoggedBody {
-            inner: body,
-            record: Some(record),
-        }
-        .boxed()
+    held: H,
+) -> Response<LoggedBody<H>> {
+    response.map(|body| LoggedBody {
+        inner: body,
+        record: Some(record),
+        _held: held,
     })
 }
 
-struct LoggedBody {
+/// A response body that writes the access record when it ends or is dropped.
+pub struct LoggedBody<H> {
     inner: ResponseBody,
     record: Option<AccessRecord>,
+    /// Dropped after the record is written (fields drop after `Drop::drop`).
+    _held: H,
 }
 
-impl Body for LoggedBody {
+impl<H: Unpin> Body for LoggedBody<H> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -233,7 +236,7 @@ impl Body for LoggedBody {
     }
 }
 
-impl Drop for LoggedBody {
+impl<H> Drop for LoggedBody<H> {
     fn drop(&mut self) {
         if let Some(record) = self.record.take() {
             record.emit();

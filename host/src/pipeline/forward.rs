@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 
 use super::refusal::Refusal;
@@ -19,8 +19,8 @@ use crate::config::{Forward, HashOn, Normalization, RegexRewrite, RetryCondition
 use crate::routing::normalize::{self, Rejection};
 use crate::snapshot::{ResolvedForward, Target};
 use crate::upstream::{
-    hash_key, tls_failure, BoxError, Cluster, Outcome, PickError, PooledBody, UpstreamBody,
-    UpstreamError,
+    empty_body, hash_key, tls_failure, BoxError, Cluster, Outcome, PickError, PooledBody,
+    UpstreamBody, UpstreamError,
 };
 
 /// Bodies up to this size are buffered when a retry or a mirror may need to send them again.
@@ -363,8 +363,7 @@ async fn try_once(
             &mut headers,
         )
     });
-    let mut request =
-        Request::new(body.unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed()));
+    let mut request = Request::new(body.unwrap_or_else(empty_body));
     *request.method_mut() = outgoing.method.clone();
     *request.uri_mut() = outgoing.uri.clone();
     *request.headers_mut() = headers;

@@ -53,10 +53,10 @@ use crate::routing::normalize::{self, Rejection};
 use crate::routing::{NoMatch, RequestHead, RouteMatch};
 use crate::snapshot::{ListenerState, Snapshot};
 use crate::tls::TlsInfo;
-use crate::upstream::{BoxError, UpstreamBody};
+use crate::upstream::{empty_body, BoxError, UpstreamBody};
 use crate::wasm::header_map::{Pseudo, PseudoHeaderMap};
 use crate::wasm::host::StreamInfo;
-pub use access_log::AccessRecord;
+pub use access_log::{AccessRecord, LoggedBody};
 use http_body_util::{BodyExt, Limited};
 use plugins::{PluginRun, SharedRun, Stopped};
 use refusal::Refusal;
@@ -107,12 +107,14 @@ impl std::fmt::Display for StreamReset {
 impl std::error::Error for StreamReset {}
 
 /// Handles one request from start to finish. Errors become responses; the one exception is
-/// a stream a plugin reset, which gets none.
-pub async fn handle(
+/// a stream a plugin reset, which gets none. `held` is kept until the response body has been
+/// sent or dropped, or, with no response, until the exchange ends.
+pub async fn handle<H>(
     mut request: Request<Incoming>,
     snapshot: Arc<Snapshot>,
     downstream: Arc<Downstream>,
-) -> Result<Response<ResponseBody>, StreamReset> {
+    held: H,
+) -> Result<Response<LoggedBody<H>>, StreamReset> {
     let started = Instant::now();
     // Identity is set by authentication plugins only: a client's copy never gets through.
     headers::remove_reserved(request.headers_mut());
@@ -154,7 +156,7 @@ pub async fn handle(
         .headers_mut()
         .insert(&headers::X_REQUEST_ID, request_id);
     record.status = response.status().as_u16();
-    Ok(access_log::finish_on_body_end(response, record))
+    Ok(access_log::finish_on_body_end(response, record, held))
 }
 
 /// A request from its route to its answer, top to bottom: route → the plugins' request phase
@@ -176,7 +178,9 @@ async fn respond(
         .filter(|chain| !chain.is_empty())
         .cloned();
     match chain {
-        Some(chain) => with_plugins(routed, &chain, snapshot, downstream, record).await,
+        // Boxed: its state (the plugin run, the head's copies) would otherwise make every
+        // request's future as large, plugins or not, and that future is moved whole.
+        Some(chain) => Box::pin(with_plugins(routed, &chain, snapshot, downstream, record)).await,
         None => {
             let Routed {
                 request,
@@ -497,10 +501,7 @@ async fn upstream_body(
     server: &ServerSettings,
 ) -> Result<(UpstreamBody, Option<oneshot::Receiver<RequestStop>>), RequestStop> {
     match reading {
-        BodyReading::Empty => {
-            let empty = http_body_util::Empty::new().map_err(|never| match never {});
-            Ok((empty.boxed(), None))
-        }
+        BodyReading::Empty => Ok((empty_body(), None)),
         BodyReading::Untouched => Ok((downstream_body(body, server), None)),
         BodyReading::Streamed => {
             let (body, stop) =
@@ -577,6 +578,10 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 /// The request body as the pipeline reads it: bounded in size by
 /// `server.max_request_body_bytes` and in stall time by `server.body_read_timeout`.
 fn downstream_body(body: Incoming, server: &ServerSettings) -> UpstreamBody {
+    // Nothing to bound when there is nothing to read (a GET): no box either.
+    if http_body::Body::is_end_stream(&body) {
+        return empty_body();
+    }
     Limited::new(
         ReadTimeout::new(
             body.map_err(|error| -> BoxError { Box::new(MalformedBody(error)) }),

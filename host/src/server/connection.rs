@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -95,16 +93,10 @@ pub async fn serve(
         // that the connection's idle timeout never cuts a response that is still streaming.
         let in_flight = InFlight::start(service_activity.clone());
         async move {
-            let response = pipeline::handle(request, snapshot, downstream).await;
+            let response = pipeline::handle(request, snapshot, downstream, in_flight).await;
             response.map(|response| {
-                response.map(move |body| {
-                    let body: ResponseBody = StreamIdle::new(body, stream_idle_timeout)
-                        .map_frame(move |frame: Frame<Bytes>| -> Frame<Bytes> {
-                            let _exchange = &in_flight;
-                            frame
-                        })
-                        .boxed();
-                    body
+                response.map(|body| -> ResponseBody {
+                    StreamIdle::new(body, stream_idle_timeout).boxed()
                 })
             })
         }

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt;
 
 use crate::config::{self, ClusterLimits, ConfigError, HealthSettings};
 use crate::config::{EjectOn, HashOn, LoadBalancing};
@@ -26,6 +27,14 @@ pub use ring::{hash_key, POINTS_PER_ENDPOINT};
 /// The request body type sent upstream.
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body with nothing in it. Boxing it allocates nothing (it has no size): a
+/// request without a body costs no box.
+pub fn empty_body() -> UpstreamBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
 
 /// A cluster as the gateway runs it.
 pub struct Cluster {
