@@ -33,8 +33,8 @@ const MAX_BYTES_PER_VM: f64 = 2.0 * 1024.0 * 1024.0;
 /// the compiled code of the modules (mapped from the module cache), the wasm runtime's code
 /// paged in from the binary — and the VMs themselves well under 1 MiB together
 /// (bench/README.md, "Memory"). Measured: 1.49 with an optimised build (`bench/memory.sh`,
-/// profiling profile); this bound holds for debug and optimised builds with a small margin
-/// and catches a regression.
+/// profiling profile), 1.48 with a debug build before the module metadata was let go; this
+/// bound leaves a small margin over both and catches a regression.
 const MAX_RATIO_WITH_3_PLUGINS: f64 = 1.6;
 /// Requests sent to each gateway, `CONNECTIONS` at a time (more connections than workers,
 /// so that every worker serves some).
