@@ -234,12 +234,15 @@ impl Runtime {
         // file does not change; one from another build or a damaged one fails the
         // engine's header check and is compiled again.
         if let Ok(module) = unsafe { Module::deserialize_file(&self.engine, &cached) } {
+            unmap_metadata(&module);
             return Ok(module);
         }
         let code = compile(&self.compile_config, bytes).map_err(invalid)?;
         match write_new_file(&cached, &code) {
             // SAFETY: as above; the file now holds what was just compiled.
-            Ok(()) => unsafe { Module::deserialize_file(&self.engine, &cached) }.map_err(invalid),
+            Ok(()) => unsafe { Module::deserialize_file(&self.engine, &cached) }
+                .inspect(unmap_metadata)
+                .map_err(invalid),
             Err(error) => {
                 tracing::warn!(%error, file = %cached.display(), "cannot cache a compiled module; it stays in memory");
                 // SAFETY: the bytes were just serialized by an engine with this engine's
@@ -283,6 +286,39 @@ impl Runtime {
                 loaded_at: SystemTime::now(),
             }))
         }
+    }
+}
+
+extern "C" {
+    fn madvise(address: *mut std::ffi::c_void, length: usize, advice: i32) -> i32;
+}
+const MADV_DONTNEED: i32 = 4;
+
+/// Lets go of the pages of a mapped module's metadata (trap and name tables, the data
+/// segments, the runtime's own description of the module) once loading has read it: a
+/// request reads none of it (a trap reads its tables again, the VMs map their data segments
+/// on their own), yet the kernel maps 64 KiB around every page read, so all of it stayed
+/// resident. The pages stay in the page cache; only this process stops mapping them.
+#[allow(unsafe_code)] // a system call on memory the module maps from its cache file
+fn unmap_metadata(module: &Module) {
+    const PAGE: usize = 4096;
+    let image = module.image_range();
+    let metadata_start = (module.text().as_ptr_range().end as usize).next_multiple_of(PAGE);
+    let end = image.end as usize;
+    if metadata_start >= end {
+        return;
+    }
+    // SAFETY: the range lies inside the module's image, a private read-only mapping of its
+    // cache file that nothing writes after loading (the runtime applies no relocations to a
+    // module it maps from a file), so a page dropped here reads back the same bytes from the
+    // file when something reads it again. Only called for modules mapped from a file: an
+    // anonymous page dropped would read back as zeros.
+    unsafe {
+        madvise(
+            metadata_start as *mut std::ffi::c_void,
+            end - metadata_start,
+            MADV_DONTNEED,
+        );
     }
 }
 
