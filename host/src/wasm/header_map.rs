@@ -514,6 +514,31 @@ mod tests {
     }
 
     #[test]
+    fn names_are_kept_and_values_share_one_buffer() {
+        let first = header_name(b"x-kept").unwrap();
+        assert_eq!(header_name(b"x-kept").unwrap(), first);
+        assert_eq!(header_name(b"X-Kept").unwrap(), first, "any case");
+        assert!(header_name(b"bad name").is_none());
+        for n in 0..2 * HeaderBytes::NAMES {
+            header_name(format!("x-{n}").as_bytes()).unwrap();
+        }
+        HEADER_BYTES.with_borrow(|made| assert_eq!(made.names.len(), HeaderBytes::NAMES));
+        assert_eq!(header_name(b"x-kept").unwrap(), first, "made anew");
+
+        let (a, b) = (shared_copy(b"one"), shared_copy(b"two"));
+        assert_eq!((&a[..], &b[..]), (&b"one"[..], &b"two"[..]));
+        assert_eq!(a.as_ptr().wrapping_add(3), b.as_ptr(), "one buffer");
+        let big = shared_copy(&[b'v'; 3 * HeaderBytes::VALUES]);
+        assert_eq!(big.len(), 3 * HeaderBytes::VALUES);
+        assert_eq!(&shared_copy(b"after")[..], b"after");
+        let mut map = request();
+        map.add(b"x-d", b"5");
+        map.replace(b":path", b"/q");
+        assert_eq!(map.value(b"x-d"), Some(&b"5"[..]));
+        assert_eq!(map.pseudo(Pseudo::Path), Some(&b"/q"[..]));
+    }
+
+    #[test]
     fn pairs_no_message_may_carry_are_left_out() {
         let mut map = request();
         map.add(b"bad name", b"v");
