@@ -11,9 +11,10 @@
 //! since the SDKs treat any other answer as a failure of the plugin. A pseudo-header takes
 //! any bytes (the pipeline checks what a plugin set, as it checks what a client sends).
 
+use std::cell::RefCell;
 use std::sync::LazyLock;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{HeaderMap, Method, StatusCode};
 
@@ -91,8 +92,8 @@ impl PseudoHeaderMap {
         map.host_hidden = map.headers.contains_key(HOST);
         map.pseudo[Pseudo::Method as usize] = Some(method_bytes(method));
         map.pseudo[Pseudo::Scheme as usize] = Some(Bytes::from_static(scheme.as_bytes()));
-        map.pseudo[Pseudo::Authority as usize] = Some(Bytes::copy_from_slice(authority.as_bytes()));
-        map.pseudo[Pseudo::Path as usize] = Some(Bytes::copy_from_slice(path_and_query.as_bytes()));
+        map.pseudo[Pseudo::Authority as usize] = Some(shared_copy(authority.as_bytes()));
+        map.pseudo[Pseudo::Path as usize] = Some(shared_copy(path_and_query.as_bytes()));
         map
     }
 
@@ -223,7 +224,7 @@ impl PseudoHeaderMap {
             }
             return;
         }
-        let Ok(name) = HeaderName::from_bytes(name) else {
+        let Some(name) = header_name(name) else {
             return;
         };
         if name == HOST {
@@ -280,17 +281,89 @@ impl PseudoHeaderMap {
 
     fn set_pseudo(&mut self, name: &[u8], value: &[u8]) {
         if let Some(pseudo) = Pseudo::from_name(name) {
-            self.pseudo[pseudo as usize] = Some(Bytes::copy_from_slice(value));
+            self.pseudo[pseudo as usize] = Some(shared_copy(value));
         }
     }
 }
 
 /// A name and value as `http` takes them (the name lower-cased), if it takes them.
 fn header(name: &[u8], value: &[u8]) -> Option<(HeaderName, HeaderValue)> {
-    Some((
-        HeaderName::from_bytes(name).ok()?,
-        HeaderValue::from_bytes(value).ok()?,
-    ))
+    let name = header_name(name)?;
+    let value = HeaderValue::from_maybe_shared(shared_copy(value)).ok()?;
+    Some((name, value))
+}
+
+/// Names and values the host makes from plugins' bytes, one set per worker thread (a
+/// thread runs its plugins' VMs one callback at a time, so no lock is taken).
+///
+/// Plugins write the same few header names on every request: the names they wrote last are
+/// kept, and one of them costs neither a parse nor an allocation, and a copy of it only a
+/// reference count. Values are cut from one shared buffer, so that a value costs no
+/// allocation of its own, and neither does a copy of it (the request and response heads
+/// later phases read are copies); the buffer is reused once no value in it lives on.
+struct HeaderBytes {
+    /// Lower-case names, in the order they were first made; the oldest gives way when full.
+    names: Vec<HeaderName>,
+    oldest: usize,
+    values: BytesMut,
+}
+
+impl HeaderBytes {
+    /// Names kept: more than a chain's plugins write on a request, few enough to scan.
+    const NAMES: usize = 32;
+    /// The buffer values are cut from: a request's worth of values the plugins write.
+    const VALUES: usize = 1024;
+
+    fn name(&mut self, bytes: &[u8]) -> Option<HeaderName> {
+        if let Some(known) = self
+            .names
+            .iter()
+            .find(|known| known.as_str().as_bytes() == bytes)
+        {
+            return Some(known.clone());
+        }
+        let name = HeaderName::from_bytes(bytes).ok()?;
+        // A name written in upper case is made anew each time rather than kept twice.
+        if name.as_str().as_bytes() == bytes {
+            if self.names.len() < Self::NAMES {
+                self.names.push(name.clone());
+            } else {
+                self.names[self.oldest] = name.clone();
+                self.oldest = (self.oldest + 1) % Self::NAMES;
+            }
+        }
+        Some(name)
+    }
+
+    fn copy(&mut self, bytes: &[u8]) -> Bytes {
+        if self.values.capacity() < bytes.len() {
+            // Reclaims the buffer in place once every value cut from it is gone.
+            self.values.reserve(bytes.len().max(Self::VALUES));
+        }
+        self.values.extend_from_slice(bytes);
+        self.values.split().freeze()
+    }
+}
+
+thread_local! {
+    static HEADER_BYTES: RefCell<HeaderBytes> = RefCell::new(HeaderBytes {
+        names: Vec::new(),
+        oldest: 0,
+        values: BytesMut::with_capacity(HeaderBytes::VALUES),
+    });
+}
+
+/// A header name from a plugin's bytes (any case), if `http` takes it.
+fn header_name(bytes: &[u8]) -> Option<HeaderName> {
+    HEADER_BYTES.with_borrow_mut(|made| made.name(bytes))
+}
+
+/// A copy of a plugin's bytes that shares its buffer (see [`HeaderBytes`]).
+fn shared_copy(bytes: &[u8]) -> Bytes {
+    if bytes.is_empty() {
+        return Bytes::new();
+    }
+    HEADER_BYTES.with_borrow_mut(|made| made.copy(bytes))
 }
 
 /// The method's name, without a copy for the standard ones.
@@ -438,6 +511,31 @@ mod tests {
             pairs(&map).last(),
             Some(&("x-new".to_string(), "5".to_string()))
         );
+    }
+
+    #[test]
+    fn names_are_kept_and_values_share_one_buffer() {
+        let first = header_name(b"x-kept").unwrap();
+        assert_eq!(header_name(b"x-kept").unwrap(), first);
+        assert_eq!(header_name(b"X-Kept").unwrap(), first, "any case");
+        assert!(header_name(b"bad name").is_none());
+        for n in 0..2 * HeaderBytes::NAMES {
+            header_name(format!("x-{n}").as_bytes()).unwrap();
+        }
+        HEADER_BYTES.with_borrow(|made| assert_eq!(made.names.len(), HeaderBytes::NAMES));
+        assert_eq!(header_name(b"x-kept").unwrap(), first, "made anew");
+
+        let (a, b) = (shared_copy(b"one"), shared_copy(b"two"));
+        assert_eq!((&a[..], &b[..]), (&b"one"[..], &b"two"[..]));
+        assert_eq!(a.as_ptr().wrapping_add(3), b.as_ptr(), "one buffer");
+        let big = shared_copy(&[b'v'; 3 * HeaderBytes::VALUES]);
+        assert_eq!(big.len(), 3 * HeaderBytes::VALUES);
+        assert_eq!(&shared_copy(b"after")[..], b"after");
+        let mut map = request();
+        map.add(b"x-d", b"5");
+        map.replace(b":path", b"/q");
+        assert_eq!(map.value(b"x-d"), Some(&b"5"[..]));
+        assert_eq!(map.pseudo(Pseudo::Path), Some(&b"/q"[..]));
     }
 
     #[test]

@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use rustc_hash::FxBuildHasher;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::abi::Status;
@@ -107,7 +108,9 @@ pub struct Queue {
 
 #[derive(Default)]
 pub struct SharedStore {
-    namespaces: DashMap<String, Arc<Namespace>>,
+    /// Looked up on every shared data call, by `vm_id`s the configuration names (no client
+    /// chooses them): a fast hash rather than the default, keyed one.
+    namespaces: DashMap<String, Arc<Namespace>, FxBuildHasher>,
     queue_ids: DashMap<(String, String), u32>,
     queues: DashMap<u32, Arc<Queue>>,
 }

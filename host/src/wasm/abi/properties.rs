@@ -10,9 +10,11 @@
 //! serialized protobuf. `set_property` writes per-request filter state that later plugins
 //! read.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use smallvec::SmallVec;
 use wasmtime::{Caller, Linker};
 
 use super::{status, Status};
@@ -289,17 +291,17 @@ fn headers_size(pairs: &PseudoHeaderMap) -> u64 {
 }
 
 /// Looks a property up; `None` is NOT_FOUND.
-pub fn lookup(state: &HostState, path: &[&str]) -> Option<Vec<u8>> {
+pub fn lookup(state: &HostState, key: &str) -> Option<Vec<u8>> {
     let stream = state
         .streams
         .get(&state.effective_context)
         .map(|stream| &**stream);
-    if let Some(value) = resolve(state, stream, path) {
+    let path: SmallVec<[&str; 4]> = key.split('\0').collect();
+    if let Some(value) = resolve(state, stream, &path) {
         return value.encode();
     }
     // Filter state written by `set_property`: the whole path is the key.
-    let key = path.join("\0");
-    stream?.info.filter_state.lock().ok()?.get(&key).cloned()
+    stream?.info.filter_state.lock().ok()?.get(key).cloned()
 }
 
 /// The attribute the first segments name, walked into by the rest.
@@ -536,12 +538,11 @@ fn xds(info: &StreamInfo, field: &str) -> Option<Value> {
     })
 }
 
-fn split_path(bytes: &[u8]) -> Vec<String> {
-    let trimmed = bytes.strip_suffix(&[0]).unwrap_or(bytes);
-    trimmed
-        .split(|b| *b == 0)
-        .map(|segment| String::from_utf8_lossy(segment).into_owned())
-        .collect()
+/// A property path as the guest passes it (segments separated by NUL, a trailing NUL
+/// allowed) as one key, its segments still separated by NUL: filter state is keyed so, and
+/// [`lookup`] splits it. Borrowed from the guest's bytes when they are UTF-8.
+fn property_key(bytes: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(bytes.strip_suffix(&[0]).unwrap_or(bytes))
 }
 
 fn get_property(
@@ -551,16 +552,15 @@ fn get_property(
     ret_ptr: u32,
     ret_len: u32,
 ) -> wasmtime::Result<u32> {
-    let path = match memory::read(&mut caller, path_ptr, path_len) {
-        Ok(path) => split_path(&path),
-        Err(error) => return Ok(Status::from(error) as u32),
-    };
-    let segments: Vec<&str> = path.iter().map(String::as_str).collect();
-    match lookup(caller.data(), &segments) {
-        Some(value) => Ok(status(
+    let found = memory::with_guest_bytes(&mut caller, path_ptr, path_len, |path, state| {
+        lookup(state, &property_key(path))
+    });
+    match found {
+        Ok(Some(value)) => Ok(status(
             memory::return_bytes(&mut caller, &value, ret_ptr, ret_len)?.map_err(Status::from),
         )),
-        None => Ok(Status::NotFound as u32),
+        Ok(None) => Ok(Status::NotFound as u32),
+        Err(error) => Ok(Status::from(error) as u32),
     }
 }
 
@@ -572,7 +572,9 @@ fn set_property(
     value_len: u32,
 ) -> u32 {
     status((|| {
-        let path = split_path(&memory::read(&mut caller, path_ptr, path_len)?);
+        let key = memory::with_guest_bytes(&mut caller, path_ptr, path_len, |path, _| {
+            property_key(path).into_owned()
+        })?;
         let value = memory::read(&mut caller, value_ptr, value_len)?;
         let stream = caller.data_mut().stream().ok_or(Status::NotFound)?;
         let mut state = stream
@@ -580,7 +582,7 @@ fn set_property(
             .filter_state
             .lock()
             .map_err(|_| Status::InternalFailure)?;
-        state.insert(path.join("\0"), value);
+        state.insert(key, value);
         Ok(())
     })())
 }
@@ -647,9 +649,10 @@ mod tests {
     }
 
     #[test]
-    fn paths_split_on_nul_with_or_without_a_trailing_one() {
-        assert_eq!(split_path(b"request\0path"), vec!["request", "path"]);
-        assert_eq!(split_path(b"request\0path\0"), vec!["request", "path"]);
-        assert_eq!(split_path(b"marker"), vec!["marker"]);
+    fn paths_are_keys_with_or_without_a_trailing_nul() {
+        assert_eq!(property_key(b"request\0path"), "request\0path");
+        assert_eq!(property_key(b"request\0path\0"), "request\0path");
+        assert_eq!(property_key(b"marker"), "marker");
+        assert_eq!(property_key(b"bad\xff\0x"), "bad\u{fffd}\0x");
     }
 }
