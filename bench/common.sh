@@ -408,6 +408,34 @@ plugins:
 YAML
 }
 
+# limit_plugins_yaml [MORE-CONFIG]: the `plugins:` section of the limit the `limit` and
+# `global` configurations compare: the bundled rate-limit alone, one counter for every
+# request (key: route), a plan never reached; MORE-CONFIG goes at the end of its config.
+limit_plugins_yaml() {
+    cat <<YAML
+plugins:
+  - name: limit
+    module: rate_limit.wasm
+    config:
+      plans: { unlimited: { requests_per_second: 1000000000, burst: 1000000000 } }
+      key: route
+      default_plan: unlimited$1
+YAML
+}
+# What turns the limit global: counted by `tollgate ratelimit` behind the cluster below.
+GLOBAL_LIMIT_YAML="
+      global: { cluster: ratelimit, domain: bench, timeout: 200ms, failure_mode: deny }"
+
+# ratelimit_cluster_yaml PORT: the cluster of `tollgate ratelimit` on 127.0.0.1:PORT (h2c)
+ratelimit_cluster_yaml() {
+    cat <<YAML
+clusters:
+  - name: ratelimit
+    endpoints: [ { address: 127.0.0.1:$1 } ]
+    http2: true
+YAML
+}
+
 # forward_all_yaml: the `clusters:` and `virtual_hosts:` sections every bench proxies with —
 # one route for every host and path to the upstream on 127.0.0.1:$UP_PORT.
 forward_all_yaml() {

@@ -7,12 +7,17 @@
 # rate-limit → transformer). Method and figures: bench/README.md, "Plugin glue: before and
 # after".
 #
+# limit (the bundled rate-limit alone, counting locally) and global (the same limit counted
+# by `tollgate ratelimit` on a redis-server, both started here): the global one also runs the
+# service under callgrind, and reports its instructions and allocations per call.
+#
 # Environment (all optional):
 #   TOLLGATE_BIN                 the gateway to measure (default: the release build)
 #   TOLLGATE_BASELINE_BIN        a second gateway, measured the same way for comparison
 #   GLUE_REQUESTS=2000           requests counted per configuration (after 200 unmeasured)
-#   GLUE_CONFIGS="base header chain"
-#   BENCH_PORT_BASE=28380        ports BASE+1 (upstream), BASE+10 (Tollgate), BASE+20 (admin)
+#   GLUE_CONFIGS="base header chain"   (any of base header chain limit global)
+#   BENCH_PORT_BASE=28380        ports BASE+1 (upstream), BASE+2 (redis-server), BASE+3
+#                                (tollgate ratelimit), BASE+10 (Tollgate), BASE+20 (admin)
 #   GLUE_KEEP                    a folder to keep the callgrind files in (callgrind_annotate)
 #   GLUE_PERFMAP=0               1: the measured gateway names its compiled guest functions
 #                                (TOLLGATE_WASM_PROFILER=perfmap); with GLUE_KEEP, the map is
@@ -27,8 +32,13 @@ BASE=${BENCH_PORT_BASE:-28380}
 UP_PORT=$((BASE + 1))
 TG_PORT=$((BASE + 10))
 ADMIN_PORT=$((BASE + 20))
+REDIS_PORT=$((BASE + 2))
+RATELIMIT_PORT=$((BASE + 3))
 REQUESTS=${GLUE_REQUESTS:-2000}
 read -r -a CONFIGS <<<"${GLUE_CONFIGS:-base header chain}"
+for c in "${CONFIGS[@]}"; do
+    case $c in base | header | chain | limit | global) ;; *) die "unknown configuration '$c'" ;; esac
+done
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
     die "needs valgrind (callgrind and callgrind_control)"
 
@@ -41,7 +51,8 @@ need_files "$TP_DIR/tp_headers.wasm" "$BUNDLED_DIR/key_auth.wasm" "$BUNDLED_DIR/
 mkdir -p "$WORK/plugins"
 cp "$TP_DIR/tp_headers.wasm" "$BUNDLED_DIR/key_auth.wasm" "$BUNDLED_DIR/rate_limit.wasm" "$BUNDLED_DIR/transformer.wasm" "$WORK/plugins/"
 
-# policies NAME PLUGINS-YAML
+# policies NAME PLUGINS-YAML [MORE-YAML]: MORE-YAML goes into a second file, merged with the
+# first
 policies() {
     mkdir -p "$WORK/cfg-$1"
     cat >"$WORK/cfg-$1/bench.yaml" <<EOF
@@ -62,6 +73,7 @@ virtual_hosts:
         forward: { cluster: upstream }
 $2
 EOF
+    [[ -z ${3:-} ]] || printf '%s\n' "$3" >"$WORK/cfg-$1/more.yaml"
 }
 policies base ""
 policies header 'plugins:
@@ -69,6 +81,10 @@ policies header 'plugins:
     module: tp_headers.wasm
     config: { tag: bench }'
 policies chain "$(chain_plugins_yaml)"
+policies limit "$(limit_plugins_yaml "")"
+# Under callgrind the first calls (a new HTTP/2 connection, the script loaded into Redis) take
+# longer than the limit's usual 200 ms: longer timeouts, so that none fails.
+policies global "$(limit_plugins_yaml "${GLOBAL_LIMIT_YAML/200ms/10s}")" "$(ratelimit_cluster_yaml "$RATELIMIT_PORT")"
 
 # requests N: N keep-alive GETs, each checked for 200
 requests() {
@@ -117,8 +133,21 @@ print(total, allocs)
 PY
 }
 
+# row BUILD CONFIGURATION CALLGRIND-OUT: one line of the table, per request
+row() {
+    local instructions allocations
+    read -r instructions allocations < <(counts "$3"*)
+    [[ -n ${GLUE_KEEP:-} ]] && mkdir -p "$GLUE_KEEP" && cp "$3"* "$GLUE_KEEP/"
+    printf '| %s | %s | %d | %.1f |\n' "$1" "$2" $((instructions / REQUESTS)) \
+        "$(echo "$allocations / $REQUESTS" | bc -l)" | tee -a "$WORK/table.md"
+}
+
 log "starting the upstream (CPU $LOAD_CPU)"
 start_upstream "$UP_PORT"
+if [[ " ${CONFIGS[*]} " == *" global "* ]]; then
+    need_tools redis-server:redis-server
+    start redis "$LOAD_CPU" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no
+fi
 printf '| build | configuration | instructions per request (user) | allocations per request |\n|---|---|---|---|\n' >"$WORK/table.md"
 for c in "${CONFIGS[@]}"; do
     for b in "${!BINS[@]}"; do
@@ -129,6 +158,18 @@ for c in "${CONFIGS[@]}"; do
         wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
         stop "$LAST_PID"
         out=$WORK/callgrind-$b-$c.out
+        service_pid=
+        if [[ $c == global ]]; then
+            # The service of the same build, counted over the same requests (one call each).
+            service_out=$WORK/callgrind-$b-service.out
+            start "ratelimit-$b" "$LOAD_CPU" env TOLLGATE_LOG=warn \
+                MIMALLOC_ARENA_EAGER_COMMIT=0 MIMALLOC_PURGE_DELAY=100 \
+                valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$service_out" \
+                "${BINS[$b]}" ratelimit --listen "127.0.0.1:$RATELIMIT_PORT" \
+                --redis "redis://127.0.0.1:$REDIS_PORT" --redis-timeout 10s --workers 1
+            service_pid=$LAST_PID
+            BENCH_START_WAIT=300 wait_http "http://127.0.0.1:$RATELIMIT_PORT/healthz"
+        fi
         # The allocator settings the gateway would otherwise set by executing itself again,
         # which would leave callgrind behind.
         start "tollgate-$b-$c" "$PROXY_CPU" env TOLLGATE_LOG=warn TOLLGATE_CACHE_DIR="$WORK/cache-$b" \
@@ -140,20 +181,23 @@ for c in "${CONFIGS[@]}"; do
         BENCH_START_WAIT=300 wait_http "http://127.0.0.1:$ADMIN_PORT/readyz"
         requests 200
         callgrind_control -i on "$pid" >/dev/null
+        [[ -z $service_pid ]] || callgrind_control -i on "$service_pid" >/dev/null
         requests "$REQUESTS"
         callgrind_control -i off "$pid" >/dev/null
         # A dump now (the file gets a .1 suffix), in case the exit is not clean.
         callgrind_control -d "$pid" >/dev/null
         stop "$pid"
-        read -r instructions allocations < <(counts "$out"*)
-        if [[ -n ${GLUE_KEEP:-} ]]; then
-            mkdir -p "$GLUE_KEEP"
-            cp "$out"* "$GLUE_KEEP/"
-            # valgrind runs the gateway in its own process, so the map bears the same id
-            [[ ${GLUE_PERFMAP:-0} == 1 ]] && cp "/tmp/perf-$pid.map" "$GLUE_KEEP/perf-$b-$c.map"
+        row "$b" "$c" "$out"
+        # valgrind runs the gateway in its own process, so the map bears the same id
+        if [[ -n ${GLUE_KEEP:-} && ${GLUE_PERFMAP:-0} == 1 ]]; then
+            cp "/tmp/perf-$pid.map" "$GLUE_KEEP/perf-$b-$c.map"
         fi
-        printf '| %s | %s | %d | %.1f |\n' "$b" "$c" $((instructions / REQUESTS)) \
-            "$(echo "$allocations / $REQUESTS" | bc -l)" | tee -a "$WORK/table.md"
+        if [[ -n $service_pid ]]; then
+            callgrind_control -i off "$service_pid" >/dev/null
+            callgrind_control -d "$service_pid" >/dev/null
+            stop "$service_pid"
+            row "$b" "tollgate ratelimit, per call" "$service_out"
+        fi
     done
 done
 log "per request, over $REQUESTS requests on one connection"

@@ -141,25 +141,9 @@ JWT='plugins:
 HEAVY='plugins:
   - name: heavy
     module: tp_header_heavy.wasm'
-# One counter for every request (key: route); the plan is never reached.
-limit_yaml() {
-    cat <<YAML
-plugins:
-  - name: limit
-    module: rate_limit.wasm
-    config:
-      plans: { unlimited: { requests_per_second: 1000000000, burst: 1000000000 } }
-      key: route
-      default_plan: unlimited$1
-YAML
-}
-LIMIT=$(limit_yaml "")
-GLOBAL=$(limit_yaml "
-      global: { cluster: ratelimit, domain: bench, timeout: 200ms, failure_mode: deny }")
-RATELIMIT_CLUSTER="clusters:
-  - name: ratelimit
-    endpoints: [ { address: 127.0.0.1:$RATELIMIT_PORT } ]
-    http2: true"
+LIMIT=$(limit_plugins_yaml "")
+GLOBAL=$(limit_plugins_yaml "$GLOBAL_LIMIT_YAML")
+RATELIMIT_CLUSTER=$(ratelimit_cluster_yaml "$RATELIMIT_PORT")
 
 declare -A ENVS=([base]="" [header]="" [chain]="" [heavy]="" [noepoch]="TOLLGATE_EPOCH_INTERRUPTION=off" [jwt]="" [limit]="" [global]="")
 

@@ -206,7 +206,7 @@ impl Service {
                     } else {
                         CallResult::Ok
                     });
-                grpc_ok(&answer.encode_to_vec())
+                grpc_ok(&answer)
             }
             Err(error) => {
                 self.metrics.call(CallResult::Failed);
@@ -313,11 +313,14 @@ fn grpc_response(body: ServiceBody) -> Response<ServiceBody> {
     response
 }
 
-fn grpc_ok(message: &[u8]) -> Response<ServiceBody> {
-    let mut framed = BytesMut::with_capacity(5 + message.len());
+/// An OK answer carrying `message`, encoded straight behind its 5-byte prefix.
+fn grpc_ok(message: &impl Message) -> Response<ServiceBody> {
+    let length = message.encoded_len();
+    let mut framed = BytesMut::with_capacity(5 + length);
     framed.put_u8(0);
-    framed.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
-    framed.put_slice(message);
+    framed.put_u32(u32::try_from(length).unwrap_or(u32::MAX));
+    // Only a buffer too small to grow fails to encode; a `BytesMut` grows.
+    let _ = message.encode(&mut framed);
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from(GrpcStatus::Ok as u16));
     grpc_response(ServiceBody::new(Some(framed.freeze()), Some(trailers)))

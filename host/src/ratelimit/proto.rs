@@ -75,6 +75,22 @@ pub enum Unit {
     Week = 7,
 }
 
+impl Unit {
+    /// The variant's name, as `Debug` writes it (`Second`): part of the Redis keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unknown => "Unknown",
+            Self::Second => "Second",
+            Self::Minute => "Minute",
+            Self::Hour => "Hour",
+            Self::Day => "Day",
+            Self::Month => "Month",
+            Self::Year => "Year",
+            Self::Week => "Week",
+        }
+    }
+}
+
 /// `envoy.service.ratelimit.v3.RateLimitResponse`.
 #[derive(Clone, PartialEq, Message)]
 pub struct RateLimitResponse {

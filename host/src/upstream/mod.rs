@@ -40,6 +40,9 @@ pub fn empty_body() -> UpstreamBody {
 pub struct Cluster {
     pub name: Arc<str>,
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// Every index into `endpoints`: the candidates of a pick among all of them (a
+    /// plugin's callout), kept so that a pick does not collect them each time.
+    all_endpoints: Box<[usize]>,
     load_balancing: LoadBalancing,
     /// What `ring_hash` hashes.
     pub hash_on: HashOn,
@@ -163,7 +166,7 @@ impl Cluster {
                 .find(|endpoint| endpoint.address == address)
                 .map(|endpoint| endpoint.active.clone())
         };
-        let endpoints = config
+        let endpoints: Vec<Arc<Endpoint>> = config
             .endpoints
             .iter()
             .enumerate()
@@ -194,6 +197,7 @@ impl Cluster {
         });
         Ok(Self {
             name: config.name.as_str().into(),
+            all_endpoints: (0..endpoints.len()).collect(),
             endpoints,
             load_balancing: config.load_balancing,
             hash_on: config.hash_on.clone(),
@@ -225,6 +229,11 @@ impl Cluster {
         } else {
             "http"
         }
+    }
+
+    /// Every endpoint's index, as candidates for [`Cluster::pick`].
+    pub fn all_endpoints(&self) -> &[usize] {
+        &self.all_endpoints
     }
 
     /// Chooses an endpoint among `candidates` (indexes into `endpoints`) and reserves a

@@ -565,7 +565,9 @@ impl Plugin {
                     timeout,
                     ..
                 } => {
-                    tokio::spawn(async move {
+                    // Boxed: the callout's future is a few kilobytes, which the runtime would
+                    // otherwise copy when it spawns the task and again when it completes.
+                    tokio::spawn(Box::pin(async move {
                         let response = plugin.http_callout(&cluster, headers, body, timeout).await;
                         plugin.with_generation(generation, |vm| {
                             let response = match response {
@@ -577,7 +579,7 @@ impl Plugin {
                             };
                             vm.on_http_call_response(token, response).map(drop)
                         });
-                    });
+                    }));
                 }
                 PendingCallout::Grpc {
                     token,
@@ -611,7 +613,8 @@ impl Plugin {
                     timeout,
                     ..
                 } => {
-                    tokio::spawn(async move {
+                    // Boxed, as an HTTP callout is.
+                    tokio::spawn(Box::pin(async move {
                         let (status, message_text, response) = plugin
                             .grpc_unary(&cluster, &service, &method, metadata, message, timeout)
                             .await;
@@ -619,7 +622,7 @@ impl Plugin {
                             vm.state().status = (status, Bytes::from(message_text));
                             vm.on_grpc_call_response(token, status, response).map(drop)
                         });
-                    });
+                    }));
                 }
                 PendingCallout::GrpcSend {
                     token,
@@ -673,20 +676,10 @@ impl Plugin {
                 outgoing,
             ))
         });
-        let mut request = http::Request::builder()
-            .method(http::Method::POST)
-            .uri(format!("/{service}/{method}"))
-            .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers");
-        for (name, value) in &metadata {
-            if !name.starts_with(':') {
-                request = request.header(name.as_str(), value.as_slice());
-            }
-        }
         let body = http_body_util::StreamBody::new(body)
             .map_err(|never| match never {})
             .boxed();
-        let Ok(request) = request.body(body) else {
+        let Some(request) = grpc_request(service, method, &metadata, None, body) else {
             deliver(Event::Close(3, Bytes::from_static(b"invalid metadata")));
             return;
         };
@@ -768,8 +761,7 @@ impl Plugin {
         timeout: Duration,
     ) -> Option<http::Response<crate::upstream::PooledBody>> {
         let cluster = self.clusters.get(cluster)?;
-        let all: Vec<usize> = (0..cluster.endpoints.len()).collect();
-        let guard = cluster.pick(&all, None).ok()?;
+        let guard = cluster.pick(cluster.all_endpoints(), None).ok()?;
         match tokio::time::timeout(timeout, cluster.send(&guard.endpoint, request)).await {
             Ok(Ok(response)) => {
                 guard.success();
@@ -870,20 +862,10 @@ impl Plugin {
         message: Bytes,
         timeout: Duration,
     ) -> (u32, String, Option<CallResponse>) {
-        let framed = grpc_frame(&message);
-        let mut request = http::Request::builder()
-            .method(http::Method::POST)
-            .uri(format!("/{service}/{method}"))
-            .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers")
-            .header("grpc-timeout", format!("{}m", timeout.as_millis()));
-        for (name, value) in &metadata {
-            if !name.starts_with(':') {
-                request = request.header(name.as_str(), value.as_slice());
-            }
-        }
-        let Ok(request) = request.body(Full::new(framed).map_err(|never| match never {}).boxed())
-        else {
+        let body = Full::new(grpc_frame(&message))
+            .map_err(|never| match never {})
+            .boxed();
+        let Some(request) = grpc_request(service, method, &metadata, Some(timeout), body) else {
             return (3, "invalid metadata".into(), None);
         };
         let started = Instant::now();
@@ -953,6 +935,42 @@ impl CalloutFailure {
             ),
         }
     }
+}
+
+/// The head of a gRPC call to `/service/method` with the plugin's metadata (pseudo-headers
+/// aside) and, for a unary call, its deadline; `None` when a metadata name or value is not a
+/// valid header. Built in place rather than through `http::request::Builder`, which moves the
+/// whole request head at each step: this runs once per callout.
+fn grpc_request(
+    service: &str,
+    method: &str,
+    metadata: &HeaderList,
+    timeout: Option<Duration>,
+    body: crate::upstream::UpstreamBody,
+) -> Option<http::Request<crate::upstream::UpstreamBody>> {
+    use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, TE};
+    let mut request = http::Request::new(body);
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = http::Uri::try_from(format!("/{service}/{method}")).ok()?;
+    let headers = request.headers_mut();
+    headers.reserve(3 + metadata.len());
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(TE, HeaderValue::from_static("trailers"));
+    if let Some(timeout) = timeout {
+        headers.insert(
+            HeaderName::from_static("grpc-timeout"),
+            HeaderValue::try_from(format!("{}m", timeout.as_millis())).ok()?,
+        );
+    }
+    for (name, value) in metadata {
+        if !name.starts_with(':') {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).ok()?,
+                HeaderValue::from_bytes(value).ok()?,
+            );
+        }
+    }
+    Some(request)
 }
 
 /// A gRPC message with its 5-byte prefix (uncompressed flag, big-endian length).
