@@ -325,7 +325,7 @@ done
 
 # --- report ------------------------------------------------------------------------------
 configs_json=$(printf '"%s",' "${CONFIGS[@]}")
-write_meta "$WORK/meta.json" "rate=$RATE" "limit_rate=$LIMIT_RATE" "ratelimit_priority=$RATELIMIT_PRIORITY" "chain=$CHAIN" "chain_label=$CHAIN_LABEL" "configs=[${configs_json%,}]"
+write_meta "$WORK/meta.json" "rate=$RATE" "limit_rate=$LIMIT_RATE" "ratelimit_cpu=$RATELIMIT_CPU" "ratelimit_priority=$RATELIMIT_PRIORITY" "chain=$CHAIN" "chain_label=$CHAIN_LABEL" "configs=[${configs_json%,}]"
 mkdir -p "$(dirname "$OUT")"
 status=0
 "$PYTHON" bench/plugins_report.py "$WORK" >"$WORK/report.md" || status=$?

@@ -160,10 +160,10 @@ def main():
         paired = pair_ratios(rps("global"), rps("limit"))
         notes.append("global limit vs local, both at %s requests/s (half of the global one's maximum): "
                      "added p50 %s, p99 %s; throughput %s of local (median of the paired runs' ratios); "
-                     "the service and Redis on the load CPU with %s priority"
+                     "the service and Redis on CPU %s with %s priority"
                      % (fmt_rps(meta.get("limit_rate")), fmt_added(sub(fg.get("p50"), fl.get("p50"))), fmt_added(sub(fg.get("p99"), fl.get("p99"))),
                         "–" if not paired else "%.2f×" % median(paired),
-                        meta.get("ratelimit_priority", "fair")))
+                        meta.get("ratelimit_cpu", "?"), meta.get("ratelimit_priority", "fair")))
     if "noepoch" in configs:
         fne = fixed.get("noepoch", {})
         notes.append("chain at half load, epochs on vs off: p50 %s vs %s, p99 %s vs %s"
