@@ -84,6 +84,16 @@ build_tollgate() {
     [[ -x $BIN ]] || die "no Tollgate binary at $BIN"
 }
 
+# build_loadgen: sets LOADGEN, the fixed-rate load generator (bench/loadgen), built with the
+# release profile whatever BENCH_PROFILE says: it shares the load CPU with the servers it
+# measures, so it must cost them as little as it can.
+build_loadgen() {
+    log "cargo build --release -p tollgate-loadgen"
+    cargo build --release -q -p tollgate-loadgen
+    LOADGEN=$TARGET_DIR/release/tollgate-loadgen
+    [[ -x $LOADGEN ]] || die "no load generator at $LOADGEN"
+}
+
 # --- the wasm plugins --------------------------------------------------------------------
 # Test plugins (tests/plugins) land in target/wasm-plugins/..., the bundled ones (plugins/)
 # in target/plugins/...: the same commands and folders as tests/build.rs, so the builds

@@ -2,7 +2,7 @@
 # Tollgate with plugins vs Tollgate without: what a plugin chain, a header-heavy plugin and
 # epoch interruption cost (bench/README.md, "The goals"). Same method as bench/run.sh: the gateway
 # pinned to one CPU with one worker, the upstream and the load generators on the other,
-# closed loop (wrk) for throughput, fixed rate (bench/loadgen.py) at half of the 0-plugin
+# closed loop (wrk) for throughput, fixed rate (bench/loadgen) at half of the 0-plugin
 # maximum for latency, median of BENCH_RUNS runs. Method and how to read the figures:
 # bench/README.md ("Plugins"). Part of `just bench`.
 #
@@ -78,6 +78,7 @@ AUTH_HEADER="authorization: Bearer $JWT_TOKEN"
 
 # --- binaries and plugins ----------------------------------------------------------------
 build_tollgate
+build_loadgen
 if [[ ${BENCH_BUILD_PLUGINS:-1} == 1 ]]; then
     build_wasm tests/plugins wasm-plugins || echo "plugins: building the test plugins failed; using the files already built" >&2
     if [[ $CHAIN_MODE != test ]]; then
@@ -312,9 +313,8 @@ for r in $(seq "$RUNS"); do
         taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H "$KEY_HEADER" -H "$AUTH_HEADER" "http://127.0.0.1:${PORT[$c]}/" >/dev/null
         wait_quiet
         log "fixed rate run $r/$RUNS: $c at $rate req/s"
-        # loadgen.py has no option for extra headers: the API key rides on the Host value.
-        taskset -c "$LOAD_CPU" "$PYTHON" bench/loadgen.py --port "${PORT[$c]}" --rate "$rate" \
-            --host-header "127.0.0.1:${PORT[$c]}"$'\r\n'"$KEY_HEADER"$'\r\n'"$AUTH_HEADER" \
+        taskset -c "$LOAD_CPU" "$LOADGEN" --port "${PORT[$c]}" --rate "$rate" \
+            --header "$KEY_HEADER" --header "$AUTH_HEADER" \
             --duration "$DURATION" --warmup 1 --connections "$CONNS" >"$WORK/fixed-$c-$r.json"
         "$PYTHON" -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_us"]; print("  achieved %s req/s  p50 %s us  p99 %s us  errors %s  statuses %s" % (d["achieved_rate"], l["p50"], l["p99"], d["errors"], d["statuses"]))' \
             "$WORK/fixed-$c-$r.json" >&2

@@ -3,7 +3,7 @@
 
     plugins_report.py WORKDIR
 
-WORKDIR holds wrk-CONFIG-N.txt (wrk --latency output), fixed-CONFIG-N.json (loadgen.py
+WORKDIR holds wrk-CONFIG-N.txt (wrk --latency output), fixed-CONFIG-N.json (tollgate-loadgen
 output) and meta.json (written by plugins.sh). Each figure is the median over the runs,
 taken per figure; added latencies are differences of those medians. Exit status 3 when a
 goal was measured and missed.
@@ -74,7 +74,7 @@ def main():
     add("## Maximum throughput (closed loop: `wrk -t1 -c%s -d%ss --latency`) and latency at half load"
         % (meta["connections"], meta["duration"]))
     add("")
-    add("Fixed rate: %s requests/s = %s of the 0-plugin maximum (`bench/loadgen.py`, latency from "
+    add("Fixed rate: %s requests/s = %s of the 0-plugin maximum (`bench/loadgen`, latency from "
         "each request's scheduled time). wrk's latencies are those of a saturated server, for "
         "reference only." % (fmt_rps(meta["rate"]), meta["half_load"]))
     add("")

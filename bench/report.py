@@ -4,7 +4,7 @@
     report.py rps WORKDIR TARGET   median requests/s of TARGET's wrk runs
     report.py table WORKDIR        the report (Markdown) on stdout
 
-WORKDIR holds wrk-TARGET-N.txt (wrk --latency output), fixed-TARGET-N.json (loadgen.py
+WORKDIR holds wrk-TARGET-N.txt (wrk --latency output), fixed-TARGET-N.json (tollgate-loadgen
 output) and meta.json (written by run.sh). Each figure is the median over the runs,
 taken per figure; each ratio is the median of the per-pair ratios (run i of one target over
 run i of the other: the runs alternate), with their spread (bench/goals.py). The goal figures
@@ -161,7 +161,7 @@ def table(work):
     fixed = {}
     rate = meta.get("rate")
     if rate:
-        add("## Latency at half load (open loop at %s requests/s = %s of nginx's maximum, `bench/loadgen.py`)"
+        add("## Latency at half load (open loop at %s requests/s = %s of nginx's maximum, `bench/loadgen`)"
             % (fmt_rps(rate), meta["half_load"]))
         add("")
         add("Latency is measured from each request's scheduled time (no coordinated omission).")

@@ -55,6 +55,7 @@ BIN=""
 if want tollgate; then
     build_tollgate
 fi
+build_loadgen
 
 for port in "$UP_PORT" "$NGINX_PORT" "$TG_PORT" "$TG_ADMIN" "$BASELINE_PORT" "$BASELINE_ADMIN"; do
     port_free "$port" || die "127.0.0.1:$port is in use; set BENCH_PORT_BASE"
@@ -155,7 +156,7 @@ for r in $(seq "$RUNS"); do
     for t in "${TARGETS[@]}"; do
         wait_quiet
         log "fixed rate run $r/$RUNS: $t at $RATE req/s"
-        taskset -c "$LOAD_CPU" "$PYTHON" bench/loadgen.py --port "${PORT[$t]}" --rate "$RATE" \
+        taskset -c "$LOAD_CPU" "$LOADGEN" --port "${PORT[$t]}" --rate "$RATE" \
             --duration "$DURATION" --warmup 1 --connections "$CONNS" >"$WORK/fixed-$t-$r.json"
         "$PYTHON" -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_us"]; print("  achieved %s req/s  p50 %s us  p99 %s us  errors %s" % (d["achieved_rate"], l["p50"], l["p99"], d["errors"]))' \
             "$WORK/fixed-$t-$r.json" >&2

@@ -37,6 +37,7 @@ for port in "$UP_PORT" "$TG_PORT" "$TG_ADMIN"; do
 done
 
 build_tollgate
+build_loadgen
 if [[ ${BENCH_BUILD_PLUGINS:-1} == 1 ]]; then
     build_wasm tests/plugins wasm-plugins || echo "swap: building the test plugins failed; using the files already built" >&2
 fi
@@ -127,7 +128,7 @@ churn_args=(--admin "127.0.0.1:$TG_ADMIN" --file "$MARKER" --a "$WORK/a.wasm" --
 # Steady state at the fixed rate, as long as the run with swaps, the same process.
 wait_quiet
 log "fixed rate, no swaps: $RATE req/s for ${SWAP_SECONDS}s"
-taskset -c "$LOAD_CPU" "$PYTHON" bench/loadgen.py --port "$TG_PORT" --rate "$RATE" \
+taskset -c "$LOAD_CPU" "$LOADGEN" --port "$TG_PORT" --rate "$RATE" \
     --duration "$SWAP_SECONDS" --warmup 1 --connections "$CONNS" >"$WORK/fixed-steady.json"
 
 # The marker is A again before each run with swaps (a swap back to A, cached).
@@ -148,7 +149,7 @@ log "fixed rate with $SWAPS swaps: $RATE req/s for ${SWAP_SECONDS}s"
 taskset -c "$LOAD_CPU" "$PYTHON" bench/swap.py churn "${churn_args[@]}" >"$WORK/churn-fixed.json" &
 churn_pid=$!
 PIDS+=("$churn_pid")
-taskset -c "$LOAD_CPU" "$PYTHON" bench/loadgen.py --port "$TG_PORT" --rate "$RATE" \
+taskset -c "$LOAD_CPU" "$LOADGEN" --port "$TG_PORT" --rate "$RATE" \
     --duration "$SWAP_SECONDS" --warmup 1 --connections "$CONNS" >"$WORK/fixed-swaps.json"
 wait "$churn_pid" || die "the swap driver failed"
 forget "$churn_pid"

@@ -4,7 +4,7 @@
     swap_report.py WORKDIR
 
 WORKDIR holds latency.json and churn-*.json (bench/swap.py output), fixed-steady.json and
-fixed-swaps.json (loadgen.py output), wrk-steady-N.txt and wrk-swaps.txt (wrk --latency
+fixed-swaps.json (tollgate-loadgen output), wrk-steady-N.txt and wrk-swaps.txt (wrk --latency
 output), reload-a.txt and reload-b.txt (the gateway's logs: one "new configuration is
 live ... elapsed_ms=N" line per swap) and meta.json. Exit status 3 when a goal was measured
 and missed.
