@@ -2,6 +2,7 @@
 //! health checks, concurrency limits and the per-worker connection pools that carry
 //! requests to them.
 
+mod call;
 mod connector;
 pub mod health;
 mod pool;
@@ -19,6 +20,7 @@ use http_body_util::BodyExt;
 use crate::config::{self, ClusterLimits, ConfigError, HealthSettings};
 use crate::config::{EjectOn, HashOn, LoadBalancing};
 use crate::telemetry::metrics::Metrics;
+pub use call::CallBody;
 pub use connector::{tls_failure, Connector};
 pub use pool::{PooledBody, UpstreamError};
 use ring::Ring;

@@ -74,6 +74,8 @@ pub enum UpstreamError {
     Unsent(hyper::Error),
     /// The exchange failed after the request may have been (partly) sent.
     Exchange(hyper::Error),
+    /// A callout's HTTP/2 exchange failed (see `call.rs`).
+    Call(h2::Error),
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -82,6 +84,7 @@ impl std::fmt::Display for UpstreamError {
             Self::Connect(error) => write!(f, "connect: {error}"),
             Self::Unsent(error) => write!(f, "request not sent: {error}"),
             Self::Exchange(error) => write!(f, "{error}"),
+            Self::Call(error) => write!(f, "{error}"),
         }
     }
 }
@@ -91,6 +94,7 @@ impl std::error::Error for UpstreamError {
         match self {
             Self::Connect(error) => Some(error),
             Self::Unsent(error) | Self::Exchange(error) => Some(error),
+            Self::Call(error) => Some(error),
         }
     }
 }
@@ -131,22 +135,50 @@ struct Pool {
 }
 
 #[derive(Default)]
-struct EndpointConnections {
+pub(super) struct EndpointConnections {
     /// Most recently used last: reuse takes the warmest connection, the sweeper finds the
     /// oldest first.
     idle: Vec<IdleConnection>,
-    /// The HTTP/2 connection every request to this endpoint shares.
-    shared: Option<SharedConnection>,
+    /// The HTTP/2 connection every forwarded request to this endpoint shares.
+    shared: Option<SharedConnection<http2::SendRequest<UpstreamBody>>>,
+    /// The HTTP/2 connection the plugins' callouts to this endpoint share (see `call.rs`).
+    pub(super) calls: Option<SharedConnection<super::call::CallSender>>,
 }
 
-/// An endpoint's HTTP/2 connection, or its opening, which the requests that arrive meanwhile
-/// wait for instead of opening their own.
-enum SharedConnection {
-    Open(http2::SendRequest<UpstreamBody>),
-    Opening(Opening),
+/// An endpoint's HTTP/2 connection (its sender `S`), or its opening, which the requests that
+/// arrive meanwhile wait for instead of opening their own.
+pub(super) enum SharedConnection<S> {
+    Open(S),
+    Opening(Opening<S>),
 }
 
-type Opening = Shared<BoxFuture<'static, Result<http2::SendRequest<UpstreamBody>, Arc<io::Error>>>>;
+pub(super) type Opening<S> = Shared<BoxFuture<'static, Result<S, Arc<io::Error>>>>;
+
+/// The sender of a connection that every request to an endpoint shares (streams multiplex).
+pub(super) trait Multiplexed: Clone + Send + Sync + 'static {
+    /// The endpoint's place for this kind of shared connection.
+    fn slot(endpoint: &mut EndpointConnections) -> &mut Option<SharedConnection<Self>>;
+    /// Whether the connection has ended.
+    fn is_closed(&self) -> bool;
+    /// Whether the connection still takes new requests.
+    fn takes_requests(&self) -> bool {
+        !self.is_closed()
+    }
+}
+
+impl Multiplexed for http2::SendRequest<UpstreamBody> {
+    fn slot(endpoint: &mut EndpointConnections) -> &mut Option<SharedConnection<Self>> {
+        &mut endpoint.shared
+    }
+
+    fn is_closed(&self) -> bool {
+        http2::SendRequest::is_closed(self)
+    }
+
+    fn takes_requests(&self) -> bool {
+        !http2::SendRequest::is_closed(self) && self.is_ready()
+    }
+}
 
 struct IdleConnection {
     sender: http1::SendRequest<UpstreamBody>,
@@ -246,14 +278,14 @@ impl Pool {
         !std::mem::replace(&mut self.sweeping, true)
     }
 
-    /// The endpoint's open HTTP/2 connection, or the opening of one (started with `open`
+    /// The endpoint's open shared connection, or the opening of one (started with `open`
     /// when there is neither).
-    fn shared(
+    fn shared<S: Multiplexed>(
         &mut self,
         endpoint: usize,
-        open: impl FnOnce() -> Opening,
-    ) -> Result<http2::SendRequest<UpstreamBody>, Opening> {
-        let shared = &mut self.endpoints[endpoint].shared;
+        open: impl FnOnce() -> Opening<S>,
+    ) -> Result<S, Opening<S>> {
+        let shared = S::slot(&mut self.endpoints[endpoint]);
         match shared {
             Some(SharedConnection::Open(sender)) if !sender.is_closed() => Ok(sender.clone()),
             Some(SharedConnection::Opening(opening)) => Err(opening.clone()),
@@ -266,13 +298,8 @@ impl Pool {
     }
 
     /// Records how `opening` ended, unless something newer took its place meanwhile.
-    fn opened(
-        &mut self,
-        endpoint: usize,
-        opening: &Opening,
-        sender: Option<http2::SendRequest<UpstreamBody>>,
-    ) {
-        let shared = &mut self.endpoints[endpoint].shared;
+    fn opened<S: Multiplexed>(&mut self, endpoint: usize, opening: &Opening<S>, sender: Option<S>) {
+        let shared = S::slot(&mut self.endpoints[endpoint]);
         if let Some(SharedConnection::Opening(current)) = shared {
             if current.ptr_eq(opening) {
                 *shared = sender.map(SharedConnection::Open);
@@ -280,11 +307,11 @@ impl Pool {
         }
     }
 
-    /// Forgets a shared HTTP/2 connection that no longer takes requests.
-    fn drop_shared_if_closed(&mut self, endpoint: usize) {
-        let shared = &mut self.endpoints[endpoint].shared;
+    /// Forgets a shared connection that no longer takes requests.
+    fn drop_shared_if_closed<S: Multiplexed>(&mut self, endpoint: usize) {
+        let shared = S::slot(&mut self.endpoints[endpoint]);
         if let Some(SharedConnection::Open(sender)) = shared {
-            if sender.is_closed() || !sender.is_ready() {
+            if !sender.takes_requests() {
                 *shared = None;
             }
         }
@@ -390,24 +417,9 @@ impl Cluster {
                 UpstreamError::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, error))
             })?;
         loop {
-            let open = || self.open_http2(endpoint).boxed().shared();
-            let shared = self
-                .pools
-                .with(|pool| pool.shared(endpoint.index, open))
-                .unwrap_or_else(|| Err(open()));
-            let reused = shared.is_ok();
-            let mut sender = match shared {
-                Ok(sender) => sender,
-                Err(opening) => {
-                    let opened = opening.clone().await;
-                    let sender = opened.as_ref().ok().cloned();
-                    self.pools
-                        .with(|pool| pool.opened(endpoint.index, &opening, sender));
-                    opened.map_err(|error| {
-                        UpstreamError::Connect(io::Error::new(error.kind(), SharedError(error)))
-                    })?
-                }
-            };
+            let (mut sender, reused) = self
+                .shared_sender(endpoint, || self.open_http2(endpoint).boxed().shared())
+                .await?;
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     return Ok(response.map(|body| PooledBody { body, keep: None }));
@@ -416,8 +428,7 @@ impl Cluster {
                     Some(unsent) if reused => {
                         // The shared connection is going away (GOAWAY or closed): the next
                         // turn opens a new one.
-                        self.pools
-                            .with(|pool| pool.drop_shared_if_closed(endpoint.index));
+                        self.forget_if_closed::<http2::SendRequest<UpstreamBody>>(endpoint);
                         request = unsent;
                     }
                     Some(_) => return Err(UpstreamError::Unsent(error.into_error())),
@@ -425,6 +436,41 @@ impl Cluster {
                 },
             }
         }
+    }
+
+    /// The endpoint's shared connection of kind `S` on this thread, opened with `open` when
+    /// there is none; whether it was already open (rather than opened for this request).
+    pub(super) async fn shared_sender<S: Multiplexed>(
+        &self,
+        endpoint: &Endpoint,
+        open: impl FnOnce() -> Opening<S>,
+    ) -> Result<(S, bool), UpstreamError> {
+        let mut open = Some(open);
+        let mut start = || (open.take().expect("opened once"))();
+        let shared = self
+            .pools
+            .with(|pool| pool.shared(endpoint.index, &mut start))
+            .unwrap_or_else(|| Err(start()));
+        match shared {
+            Ok(sender) => Ok((sender, true)),
+            Err(opening) => {
+                let opened = opening.clone().await;
+                let sender = opened.as_ref().ok().cloned();
+                self.pools
+                    .with(|pool| pool.opened(endpoint.index, &opening, sender));
+                let sender = opened.map_err(|error| {
+                    UpstreamError::Connect(io::Error::new(error.kind(), SharedError(error)))
+                })?;
+                Ok((sender, false))
+            }
+        }
+    }
+
+    /// Forgets the endpoint's shared connection of kind `S` if it no longer takes requests,
+    /// so that the next request opens a new one.
+    pub(super) fn forget_if_closed<S: Multiplexed>(&self, endpoint: &Endpoint) {
+        self.pools
+            .with(|pool| pool.drop_shared_if_closed::<S>(endpoint.index));
     }
 
     async fn connect_http1(

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use thread_local::ThreadLocal;
 
 use super::abi::HeaderList;
@@ -55,7 +55,7 @@ const RETIRE_POLL: Duration = Duration::from_millis(10);
 /// Root context ids by configuration key (`None`: the plugin's own configuration).
 pub type Roots = rustc_hash::FxHashMap<Option<String>, u32>;
 use crate::config::{self, FailurePolicy, PluginLimits};
-use crate::upstream::Cluster;
+use crate::upstream::{CallBody, Cluster};
 
 /// Counters per plugin, exported on `/metrics`.
 #[derive(Debug, Default)]
@@ -754,15 +754,43 @@ impl Plugin {
         self.slot().borrow_mut().grpc_streams.remove(&token);
     }
 
+    /// A gRPC stream's request, whose body comes as the plugin sends it.
     async fn send(
         &self,
         cluster: &str,
         request: http::Request<crate::upstream::UpstreamBody>,
         timeout: Duration,
     ) -> Option<http::Response<crate::upstream::PooledBody>> {
+        self.on_endpoint(cluster, timeout, |cluster, endpoint| async move {
+            cluster.send(&endpoint, request).await
+        })
+        .await
+    }
+
+    /// A callout's request, whose body is all there (see `Cluster::call`).
+    async fn call(
+        &self,
+        cluster: &str,
+        request: http::Request<Bytes>,
+        timeout: Duration,
+    ) -> Option<http::Response<CallBody>> {
+        self.on_endpoint(cluster, timeout, |cluster, endpoint| async move {
+            cluster.call(&endpoint, request).await
+        })
+        .await
+    }
+
+    /// Runs `exchange` on an endpoint of `cluster` picked for it, within `timeout`; the
+    /// outcome feeds the endpoint's passive health.
+    async fn on_endpoint<T, F, E>(&self, cluster: &str, timeout: Duration, exchange: F) -> Option<T>
+    where
+        F: FnOnce(Arc<Cluster>, Arc<crate::upstream::Endpoint>) -> E,
+        E: std::future::Future<Output = Result<T, crate::upstream::UpstreamError>>,
+    {
         let cluster = self.clusters.get(cluster)?;
         let guard = cluster.pick(cluster.all_endpoints(), None).ok()?;
-        match tokio::time::timeout(timeout, cluster.send(&guard.endpoint, request)).await {
+        let exchange = exchange(cluster.clone(), guard.endpoint.clone());
+        match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(response)) => {
                 guard.success();
                 Some(response)
@@ -792,7 +820,7 @@ impl Plugin {
     /// Reads a callout's response body within the time left and the size limit.
     async fn collect_limited(
         &self,
-        body: crate::upstream::PooledBody,
+        body: CallBody,
         remaining: Duration,
     ) -> Result<http_body_util::Collected<Bytes>, CalloutFailure> {
         // An announced length above the limit fails before any of the body is read.
@@ -833,12 +861,17 @@ impl Plugin {
             }
         }
         request = request.header(http::header::HOST, authority);
-        let request = request
-            .body(Full::new(body).map_err(|never| match never {}).boxed())
-            .map_err(|_| CalloutFailure::Failed)?;
+        let has_length = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-length"));
+        if !body.is_empty() && !has_length {
+            // HTTP/1.1 needs the body framed, and an HTTP/2 service may want to know its size.
+            request = request.header(http::header::CONTENT_LENGTH, body.len());
+        }
+        let request = request.body(body).map_err(|_| CalloutFailure::Failed)?;
         let started = Instant::now();
         let response = self
-            .send(cluster, request, timeout)
+            .call(cluster, request, timeout)
             .await
             .ok_or(CalloutFailure::Failed)?;
         let (parts, body) = response.into_parts();
@@ -862,14 +895,17 @@ impl Plugin {
         message: Bytes,
         timeout: Duration,
     ) -> (u32, String, Option<CallResponse>) {
-        let body = Full::new(grpc_frame(&message))
-            .map_err(|never| match never {})
-            .boxed();
-        let Some(request) = grpc_request(service, method, &metadata, Some(timeout), body) else {
+        let Some(request) = grpc_request(
+            service,
+            method,
+            &metadata,
+            Some(timeout),
+            grpc_frame(&message),
+        ) else {
             return (3, "invalid metadata".into(), None);
         };
         let started = Instant::now();
-        let Some(response) = self.send(cluster, request, timeout).await else {
+        let Some(response) = self.call(cluster, request, timeout).await else {
             return (14, "upstream unavailable".into(), None);
         };
         let (parts, body) = response.into_parts();
@@ -941,13 +977,13 @@ impl CalloutFailure {
 /// aside) and, for a unary call, its deadline; `None` when a metadata name or value is not a
 /// valid header. Built in place rather than through `http::request::Builder`, which moves the
 /// whole request head at each step: this runs once per callout.
-fn grpc_request(
+fn grpc_request<B>(
     service: &str,
     method: &str,
     metadata: &HeaderList,
     timeout: Option<Duration>,
-    body: crate::upstream::UpstreamBody,
-) -> Option<http::Request<crate::upstream::UpstreamBody>> {
+    body: B,
+) -> Option<http::Request<B>> {
     use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, TE};
     let mut request = http::Request::new(body);
     *request.method_mut() = http::Method::POST;
