@@ -7,6 +7,9 @@
 //!   for `stream_idle_timeout` → the body fails and hyper resets the stream (h2) or closes
 //!   the connection (HTTP/1.1). A response that hyper does not poll because the client does
 //!   not read is the connection watchdog's business (see `server::connection`).
+//!
+//! And [`H2Body`]: the body of an HTTP/2 stream driven with `h2` directly (a callout's
+//! response, a call to `tollgate ratelimit`), as a [`Body`] like hyper's.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -180,6 +183,63 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// An `h2` stream's incoming data and trailers as a [`Body`]. The stream's flow-control
+/// window is given back as each frame is taken, so the peer can keep sending.
+pub struct H2Body {
+    stream: h2::RecvStream,
+    /// The data frames have ended; the trailers (if any) are next.
+    data_done: bool,
+}
+
+impl H2Body {
+    pub fn new(stream: h2::RecvStream) -> Self {
+        Self {
+            stream,
+            data_done: false,
+        }
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = self.get_mut();
+        if !this.data_done {
+            match this.stream.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(data))) => {
+                    let _ = this.stream.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                Poll::Ready(None) => this.data_done = true,
+            }
+        }
+        this.stream.poll_trailers(cx).map(|trailers| {
+            trailers
+                .transpose()
+                .map(|trailers| trailers.map(Frame::trailers))
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stream.is_end_stream()
+    }
+}
+
+impl std::fmt::Debug for H2Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Body")
+            .field("data_done", &self.data_done)
+            .finish()
     }
 }
 

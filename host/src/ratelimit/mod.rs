@@ -31,14 +31,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use prost::Message;
 
+use crate::body::H2Body;
 use limiter::Limiter;
 use metrics::{CallResult, ServiceMetrics};
 use proto::{Code, RateLimitRequest, SHOULD_RATE_LIMIT_PATH};
@@ -60,6 +62,13 @@ pub struct Options {
 
 /// The largest request message accepted; a `RateLimitRequest` is a few hundred bytes.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Calls one HTTP/2 connection may have under way at once (each gateway worker keeps one
+/// connection per service endpoint).
+const MAX_CONCURRENT_CALLS: u32 = 1024;
+
+/// The largest request head (HPACK-decoded) accepted on HTTP/2.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// gRPC status codes the service answers with.
 #[derive(Clone, Copy, Debug)]
@@ -124,19 +133,32 @@ async fn serve_async(options: Options) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        tokio::spawn(async move {
-            let handler = service_fn(move |request| {
-                let service = service.clone();
-                async move { Ok::<_, Infallible>(service.handle(request).await) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), handler)
-                .await;
-        });
+        tokio::spawn(service.clone().serve_connection(stream));
     }
     tracing::info!("rate limit service stopped");
     Ok(())
+}
+
+/// What an HTTP/2 client sends first (RFC 9113, section 3.4).
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client opens with the HTTP/2 preface, read without taking it off the socket.
+async fn speaks_http2(stream: &tokio::net::TcpStream) -> bool {
+    let mut start = [0u8; HTTP2_PREFACE.len()];
+    for _ in 0..100 {
+        let Ok(read) = stream.peek(&mut start).await else {
+            return false;
+        };
+        if read == 0 || start[..read] != HTTP2_PREFACE[..read] {
+            return false;
+        }
+        if read == start.len() {
+            return true;
+        }
+        // Part of the preface so far: peeking again at once would see the same bytes.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    false
 }
 
 /// The Redis URL without its password, for the log.
@@ -160,7 +182,80 @@ struct Service {
 const FAILURE_LOG_INTERVAL_SECS: u64 = 10;
 
 impl Service {
-    async fn handle(&self, request: Request<Incoming>) -> Response<ServiceBody> {
+    /// Serves one connection: HTTP/2 (gRPC calls) with `h2` directly, anything else (a probe
+    /// of `/healthz` or `/metrics`) as HTTP/1.1 with hyper. The calls of an HTTP/2
+    /// connection run inside its own task, not one spawned each: a call is a few
+    /// microseconds of work besides its Redis round trip, which is batched anyway.
+    async fn serve_connection(self: Arc<Self>, stream: tokio::net::TcpStream) {
+        if !speaks_http2(&stream).await {
+            let handler = service_fn(move |request: Request<Incoming>| {
+                let service = self.clone();
+                async move { Ok::<_, Infallible>(service.handle(request).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), handler)
+                .await;
+            return;
+        }
+        let Ok(mut connection) = h2::server::Builder::new()
+            .max_concurrent_streams(MAX_CONCURRENT_CALLS)
+            .max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .handshake::<_, Bytes>(stream)
+            .await
+        else {
+            return;
+        };
+        let mut calls = futures_util::stream::FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                Some(()) = calls.next(), if !calls.is_empty() => {}
+                accepted = connection.accept() => match accepted {
+                    Some(Ok((request, respond))) => calls.push(self.answer(request, respond)),
+                    Some(Err(_)) | None => break,
+                },
+            }
+        }
+        // The client went away or sent GOAWAY: the calls under way still answer, while the
+        // connection flushes them, until it closes.
+        let mut closed = std::future::poll_fn(|cx| connection.poll_closed(cx));
+        while !calls.is_empty() {
+            tokio::select! {
+                _ = calls.next() => {}
+                _ = &mut closed => return,
+            }
+        }
+        let _ = closed.await;
+    }
+
+    /// Answers one HTTP/2 request.
+    async fn answer(
+        &self,
+        request: Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+    ) {
+        let response = self.handle(request.map(H2Body::new)).await;
+        let (head, ServiceBody { data, trailers }) = response.into_parts();
+        let head_ends_stream = data.is_none() && trailers.is_none();
+        let Ok(mut stream) =
+            respond.send_response(Response::from_parts(head, ()), head_ends_stream)
+        else {
+            return;
+        };
+        if let Some(data) = data {
+            if stream.send_data(data, trailers.is_none()).is_err() {
+                return;
+            }
+        }
+        if let Some(trailers) = trailers {
+            let _ = stream.send_trailers(trailers);
+        }
+    }
+
+    async fn handle<B>(&self, request: Request<B>) -> Response<ServiceBody>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         match (request.method(), request.uri().path()) {
             (&Method::POST, SHOULD_RATE_LIMIT_PATH) => self.should_rate_limit(request).await,
             (&Method::GET, "/healthz") => match self.limiter.store().ping().await {
@@ -186,7 +281,11 @@ impl Service {
         }
     }
 
-    async fn should_rate_limit(&self, request: Request<Incoming>) -> Response<ServiceBody> {
+    async fn should_rate_limit<B>(&self, request: Request<B>) -> Response<ServiceBody>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let message = match read_grpc_message(request).await {
             Ok(message) => message,
             Err(refusal) => {
@@ -245,7 +344,11 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// The one length-prefixed message of a unary gRPC request body.
-async fn read_grpc_message(request: Request<Incoming>) -> Result<Bytes, Response<ServiceBody>> {
+async fn read_grpc_message<B>(request: Request<B>) -> Result<Bytes, Response<ServiceBody>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if !is_grpc(request.headers()) {
         return Err(plain(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

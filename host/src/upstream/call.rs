@@ -20,6 +20,8 @@ use http::{Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 
+use crate::body::H2Body;
+
 use super::pool::{EndpointConnections, Multiplexed, SharedConnection, UpstreamError};
 use super::{Cluster, Endpoint, PooledBody};
 
@@ -102,10 +104,7 @@ impl Cluster {
                 stream.send_data(body, true).map_err(fail)?;
             }
             let response = response.await.map_err(fail)?;
-            return Ok(response.map(|body| CallBody::Http2 {
-                body,
-                data_done: false,
-            }));
+            return Ok(response.map(|body| CallBody::Http2(H2Body::new(body))));
         }
     }
 
@@ -143,14 +142,11 @@ impl Cluster {
 }
 
 /// A callout's response body: from a pooled HTTP/1.1 connection, or an HTTP/2 stream of the
-/// callout connection (whose flow-control window is given back as the data is read).
+/// callout connection.
+#[derive(Debug)]
 pub enum CallBody {
     Http1(PooledBody),
-    Http2 {
-        body: h2::RecvStream,
-        /// The data frames have ended; the trailers (if any) are next.
-        data_done: bool,
-    },
+    Http2(H2Body),
 }
 
 impl Body for CallBody {
@@ -163,55 +159,21 @@ impl Body for CallBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             CallBody::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            CallBody::Http2 { body, data_done } => {
-                if !*data_done {
-                    match body.poll_data(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Some(Ok(data))) => {
-                            let _ = body.flow_control().release_capacity(data.len());
-                            return Poll::Ready(Some(Ok(Frame::data(data))));
-                        }
-                        Poll::Ready(Some(Err(error))) => {
-                            return Poll::Ready(Some(Err(error.into())))
-                        }
-                        Poll::Ready(None) => *data_done = true,
-                    }
-                }
-                match body.poll_trailers(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(Ok(Some(trailers))) => {
-                        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-                    }
-                    Poll::Ready(Ok(None)) => Poll::Ready(None),
-                    Poll::Ready(Err(error)) => Poll::Ready(Some(Err(error.into()))),
-                }
-            }
+            CallBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             CallBody::Http1(body) => body.is_end_stream(),
-            CallBody::Http2 { body, .. } => body.is_end_stream(),
+            CallBody::Http2(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             CallBody::Http1(body) => body.size_hint(),
-            CallBody::Http2 { .. } => SizeHint::default(),
-        }
-    }
-}
-
-impl std::fmt::Debug for CallBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallBody::Http1(body) => body.fmt(f),
-            CallBody::Http2 { data_done, .. } => f
-                .debug_struct("CallBody::Http2")
-                .field("data_done", data_done)
-                .finish(),
+            CallBody::Http2(body) => body.size_hint(),
         }
     }
 }
