@@ -10,7 +10,7 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
-use tollgate_tests::clients::HttpClient;
+use tollgate_tests::clients::{h2c_connect, HttpClient};
 use tollgate_tests::plugins::{PluginSpec, TP_HEADERS};
 use tollgate_tests::prometheus::sample_sum;
 use tollgate_tests::scenario::{Running, Scenario};
@@ -367,6 +367,22 @@ async fn read_direct_answer(stream: &mut TcpStream) -> String {
     String::from_utf8(answer).unwrap()
 }
 
+/// Asserts that a connection read with [`read_to_end`] was closed without an answer, `waited`
+/// after the moment that should have started its timeout.
+fn assert_closed_silently(
+    what: &str,
+    (answer, end): (String, End),
+    waited: Duration,
+    expected: std::ops::RangeInclusive<Duration>,
+) {
+    assert_eq!(end, End::Closed, "{what} stayed open");
+    assert!(answer.is_empty(), "{what} was answered {answer:?}");
+    assert!(
+        expected.contains(&waited),
+        "{what} was closed after {waited:?}, not within {expected:?}"
+    );
+}
+
 const DIRECT: &[u8] = b"GET /direct HTTP/1.1\r\nHost: shop.test\r\n\r\n";
 
 /// Between requests only idle_timeout (3 s) applies, not header_read_timeout (1 s): an idle
@@ -382,14 +398,7 @@ async fn idle_keep_alive_connections_last_idle_timeout_not_header_read_timeout()
     assert!(first.starts_with("HTTP/1.1 200"), "{first:?}");
 
     let h2 = tokio::spawn(async move {
-        let tcp = TcpStream::connect(public).await.unwrap();
-        let (mut sender, connection) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(connection);
+        let mut sender = h2c_connect(public).await.unwrap();
         let get = || {
             http::Request::get("http://shop.test/direct")
                 .body(http_body_util::Empty::<bytes::Bytes>::new())
@@ -412,13 +421,12 @@ async fn idle_keep_alive_connections_last_idle_timeout_not_header_read_timeout()
     let second = read_direct_answer(&mut stream).await;
     assert!(second.starts_with("HTTP/1.1 200"), "{second:?}");
     let answered = Instant::now();
-    let (rest, end) = read_to_end(&mut stream, Duration::from_secs(6)).await;
-    let waited = answered.elapsed();
-    assert_eq!(end, End::Closed, "the idle connection stayed open");
-    assert!(rest.is_empty(), "an idle connection was sent {rest:?}");
-    assert!(
-        waited >= Duration::from_millis(2900) && waited <= Duration::from_millis(3750),
-        "the idle connection was closed after {waited:?}"
+    let outcome = read_to_end(&mut stream, Duration::from_secs(6)).await;
+    assert_closed_silently(
+        "the idle connection",
+        outcome,
+        answered.elapsed(),
+        Duration::from_millis(2900)..=Duration::from_millis(3750),
     );
     h2.await.unwrap();
     assert!(
@@ -455,21 +463,20 @@ async fn header_read_timeout_runs_from_the_first_byte_of_the_next_head() {
         .await
         .unwrap();
     let head_started = Instant::now();
-    let (answer, end) = read_to_end(&mut stream, Duration::from_secs(4)).await;
-    let waited = head_started.elapsed();
-    assert_eq!(end, End::Closed, "the unfinished head was not cut");
-    assert!(answer.is_empty(), "unexpected answer {answer:?}");
-    assert!(
-        waited >= Duration::from_millis(950) && waited <= Duration::from_millis(1600),
-        "the unfinished head was cut after {waited:?}"
+    let outcome = read_to_end(&mut stream, Duration::from_secs(4)).await;
+    let about_header_read_timeout = Duration::from_millis(950)..=Duration::from_millis(1600);
+    assert_closed_silently(
+        "the unfinished head",
+        outcome,
+        head_started.elapsed(),
+        about_header_read_timeout.clone(),
     );
-
     let (waited, answer, end) = silent.await.unwrap();
-    assert_eq!(end, End::Closed, "the silent connection stayed open");
-    assert!(answer.is_empty(), "unexpected answer {answer:?}");
-    assert!(
-        waited >= Duration::from_millis(950) && waited <= Duration::from_millis(1600),
-        "the silent connection was closed after {waited:?}"
+    assert_closed_silently(
+        "the silent connection",
+        (answer, end),
+        waited,
+        about_header_read_timeout,
     );
 
     let timeouts = gateway
