@@ -137,14 +137,7 @@ impl HttpClient {
                     .authority()
                     .context("request URI names the server")?
                     .as_str();
-                let tcp = TcpStream::connect(addr)
-                    .await
-                    .with_context(|| format!("connect {addr}"))?;
-                let (mut sender, connection) =
-                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                        .await
-                        .context("h2c handshake")?;
-                tokio::spawn(connection);
+                let mut sender = h2c_connect(addr).await?;
                 let request = authority_from_host(request, "http");
                 sender
                     .send_request(request)
@@ -160,6 +153,27 @@ impl HttpClient {
             .await
             .unwrap_or_else(|e| panic!("GET {host}{path_and_query} via {addr}: {e:#}"))
     }
+}
+
+/// Opens an HTTP/2 connection with prior knowledge (h2c) to `addr`, driven in the
+/// background; requests sent on it share that one connection.
+pub async fn h2c_connect<B>(
+    addr: impl tokio::net::ToSocketAddrs + std::fmt::Display,
+) -> anyhow::Result<hyper::client::conn::http2::SendRequest<B>>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = TcpStream::connect(&addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .context("h2c handshake")?;
+    tokio::spawn(connection);
+    Ok(sender)
 }
 
 /// Sends `total` GET requests, `concurrency` at a time, and counts the responses by the

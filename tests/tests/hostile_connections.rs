@@ -1,6 +1,7 @@
 //! Hostile HTTP/1.x clients: request smuggling forms, slowloris on heads and bodies, more
 //! connections than a listener allows, and exchanges that stop moving. Each attack ends in a
 //! clear status or a close, and an honest client on another connection is served meanwhile.
+//! Honest idle keep-alive clients, in contrast, keep their connection for idle_timeout.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
-use tollgate_tests::clients::HttpClient;
+use tollgate_tests::clients::{h2c_connect, HttpClient};
 use tollgate_tests::plugins::{PluginSpec, TP_HEADERS};
 use tollgate_tests::prometheus::sample_sum;
 use tollgate_tests::scenario::{Running, Scenario};
@@ -343,6 +344,148 @@ async fn slowloris_headers_are_cut_by_header_read_timeout() {
         );
     }
     assert_eq!(echo.request_count(), 1, "only the honest request arrives");
+}
+
+/// Reads one answer to `GET /direct` (whose body is `direct\n`) from a keep-alive
+/// connection, within 2 s.
+async fn read_direct_answer(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    tokio::time::timeout(Duration::from_secs(2), async {
+        while !answer.ends_with(b"direct\n") {
+            let read = stream.read(&mut buffer).await.unwrap();
+            assert!(
+                read > 0,
+                "closed after {:?}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.extend_from_slice(&buffer[..read]);
+        }
+    })
+    .await
+    .expect("the answer arrived within 2 s");
+    String::from_utf8(answer).unwrap()
+}
+
+/// Asserts that a connection read with [`read_to_end`] was closed without an answer, `waited`
+/// after the moment that should have started its timeout.
+fn assert_closed_silently(
+    what: &str,
+    (answer, end): (String, End),
+    waited: Duration,
+    expected: std::ops::RangeInclusive<Duration>,
+) {
+    assert_eq!(end, End::Closed, "{what} stayed open");
+    assert!(answer.is_empty(), "{what} was answered {answer:?}");
+    assert!(
+        expected.contains(&waited),
+        "{what} was closed after {waited:?}, not within {expected:?}"
+    );
+}
+
+const DIRECT: &[u8] = b"GET /direct HTTP/1.1\r\nHost: shop.test\r\n\r\n";
+
+/// Between requests only idle_timeout (3 s) applies, not header_read_timeout (1 s): an idle
+/// keep-alive connection serves a second request after 2 s, and is closed within a quarter
+/// of idle_timeout past it. The same holds for an h2 connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_last_idle_timeout_not_header_read_timeout() {
+    let gateway = start(1000).await;
+    let public = gateway.listener("public");
+    let mut stream = TcpStream::connect(public).await.unwrap();
+    stream.write_all(DIRECT).await.unwrap();
+    let first = read_direct_answer(&mut stream).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first:?}");
+
+    let h2 = tokio::spawn(async move {
+        let mut sender = h2c_connect(public).await.unwrap();
+        let get = || {
+            http::Request::get("http://shop.test/direct")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap()
+        };
+        let first = sender.send_request(get()).await.unwrap();
+        assert_eq!(first.status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let second = sender.send_request(get()).await;
+        assert_eq!(
+            second
+                .expect("the idle h2 connection served a second request")
+                .status(),
+            StatusCode::OK
+        );
+    });
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stream.write_all(DIRECT).await.unwrap();
+    let second = read_direct_answer(&mut stream).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second:?}");
+    let answered = Instant::now();
+    let outcome = read_to_end(&mut stream, Duration::from_secs(6)).await;
+    assert_closed_silently(
+        "the idle connection",
+        outcome,
+        answered.elapsed(),
+        Duration::from_millis(2900)..=Duration::from_millis(3750),
+    );
+    h2.await.unwrap();
+    assert!(
+        !gateway.log().contains("request_header_timeout"),
+        "{}",
+        gateway.log()
+    );
+}
+
+/// header_read_timeout (1 s) runs while a head arrives: from the first byte of the next
+/// request on a keep-alive connection (the idle time before it does not count), and from
+/// the start for a connection that never sends a byte. Both are closed without an answer
+/// and logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_read_timeout_runs_from_the_first_byte_of_the_next_head() {
+    let gateway = start(1000).await;
+    let public = gateway.listener("public");
+
+    let silent = tokio::spawn(async move {
+        let connected = Instant::now();
+        let mut silent = TcpStream::connect(public).await.unwrap();
+        let (answer, end) = read_to_end(&mut silent, Duration::from_secs(4)).await;
+        (connected.elapsed(), answer, end)
+    });
+
+    let mut stream = TcpStream::connect(public).await.unwrap();
+    stream.write_all(DIRECT).await.unwrap();
+    let first = read_direct_answer(&mut stream).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first:?}");
+    // Idle for longer than header_read_timeout, then half a head and nothing more.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream
+        .write_all(b"GET /direct HTTP/1.1\r\nHost: sh")
+        .await
+        .unwrap();
+    let head_started = Instant::now();
+    let outcome = read_to_end(&mut stream, Duration::from_secs(4)).await;
+    let about_header_read_timeout = Duration::from_millis(950)..=Duration::from_millis(1600);
+    assert_closed_silently(
+        "the unfinished head",
+        outcome,
+        head_started.elapsed(),
+        about_header_read_timeout.clone(),
+    );
+    let (waited, answer, end) = silent.await.unwrap();
+    assert_closed_silently(
+        "the silent connection",
+        (answer, end),
+        waited,
+        about_header_read_timeout,
+    );
+
+    let timeouts = gateway
+        .log()
+        .lines()
+        .filter(|line| line.contains("detail=\"request_header_timeout\""))
+        .inspect(|line| assert!(line.contains("status=\"-\""), "{line}"))
+        .count();
+    assert_eq!(timeouts, 2, "{}", gateway.log());
 }
 
 /// The scenario: connections that send their head and 3 of 100 body bytes, then

@@ -1,5 +1,13 @@
-//! Serving one accepted connection: TLS handshake, HTTP/1.1 or HTTP/2, idle, stream idle
-//! and drain.
+//! Serving one accepted connection: TLS handshake, HTTP/1.1 or HTTP/2, header read, idle,
+//! stream idle and drain.
+//!
+//! The connection's timers are one periodic check, not a timer per request: reads and
+//! writes only set flags in [`Activity`], and the check turns them into times. The HTTP/1.1
+//! header timer is ours rather than hyper's, because hyper starts its timer as soon as a
+//! keep-alive connection waits for its next request, which would close every idle
+//! connection after `header_read_timeout` instead of `idle_timeout`. Ours runs while a head
+//! is arriving: from the start of the connection for the first request, and from the first
+//! byte after an exchange for the next ones.
 
 use std::io;
 use std::net::SocketAddr;
@@ -78,9 +86,13 @@ pub async fn serve(
         }
     };
     let downstream = Arc::new(downstream);
+    // The first request head is due within header_read_timeout of the connection being
+    // ready for HTTP; the TLS handshake had its own header_read_timeout before that.
+    let mut head_since = Some(Instant::now());
     let io = TokioIo::new(ActivityIo {
         inner: io,
         activity: activity.clone(),
+        protocol: Protocol::FirstBytes { matched: 0 },
     });
 
     let service_activity = activity.clone();
@@ -108,7 +120,10 @@ pub async fn serve(
     tokio::pin!(connection);
     let mut closing = false;
     let mut idle_check = tokio::time::interval(idle_check_period(
-        settings.idle_timeout.min(settings.stream_idle_timeout),
+        settings
+            .idle_timeout
+            .min(settings.stream_idle_timeout)
+            .min(settings.header_read_timeout),
     ));
     idle_check.reset();
     let mut idle_since = Instant::now();
@@ -129,11 +144,36 @@ pub async fn serve(
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = idle_check.tick() => {
+            tick = idle_check.tick() => {
+                // The tick's own time rather than the clock: checks a period apart measure
+                // exactly a period, so a timeout fires on the first check past it.
+                let now = tick.into_std();
                 if activity.moved.swap(false, Ordering::Relaxed) {
-                    idle_since = Instant::now();
+                    idle_since = now;
                 }
-                let idle = idle_since.elapsed();
+                // A head that completed since the last check ends its timer; one pending
+                // now is then a new head, timed from this check (at most a period late).
+                let head_completed = activity.head_completed.swap(false, Ordering::Relaxed);
+                head_since = match activity.head_pending.load(Ordering::Relaxed) {
+                    false => None,
+                    true if head_completed => Some(now),
+                    true => Some(head_since.unwrap_or(now)),
+                };
+                if head_since.is_some_and(|since| {
+                    now.saturating_duration_since(since) >= settings.header_read_timeout
+                }) {
+                    // Closed without an answer, as a client that cannot send a head in time
+                    // would not read one either.
+                    log_refused(
+                        &listener,
+                        remote,
+                        "-",
+                        "request_header_timeout",
+                        &"request head not complete within header_read_timeout",
+                    );
+                    break;
+                }
+                let idle = now.saturating_duration_since(idle_since);
                 if activity.in_flight.load(Ordering::Relaxed) > 0 {
                     // Exchanges are open but not a byte moved either way: a client that
                     // stopped reading, or a request and upstream both stalled. A graceful
@@ -144,10 +184,10 @@ pub async fn serve(
                     }
                 } else if !closing && idle >= settings.idle_timeout {
                     closing = true;
-                    drop_at = Some(Instant::now() + settings.idle_timeout);
+                    drop_at = Some(now + settings.idle_timeout);
                     connection.as_mut().graceful_shutdown();
                 }
-                if drop_at.is_some_and(|at| Instant::now() >= at) {
+                if drop_at.is_some_and(|at| now >= at) {
                     tracing::debug!(%listener, %remote, "idle connection did not close: dropping it");
                     break;
                 }
@@ -157,8 +197,8 @@ pub async fn serve(
     metrics.connection_closed(&listener);
 }
 
-/// hyper answers a request head it cannot accept (malformed, ambiguous framing, too large,
-/// too slow) before the pipeline sees a request; this writes the access-log line for it.
+/// hyper answers a request head it cannot accept (malformed, ambiguous framing, too large)
+/// before the pipeline sees a request; this writes the access-log line for it.
 fn log_refused_head(
     listener: &str,
     remote: SocketAddr,
@@ -167,24 +207,33 @@ fn log_refused_head(
     let Some(error) = error.downcast_ref::<hyper::Error>() else {
         return;
     };
-    // The status hyper wrote, if any: it answers parse errors itself and closes on a
-    // header timeout without answering.
+    // The status hyper wrote with its answer.
     let (status, detail) = if error.is_parse_too_large() {
         ("431", "request_headers_too_large")
     } else if error.is_parse() {
         ("400", "malformed_request")
-    } else if error.is_timeout() {
-        ("-", "request_header_timeout")
     } else {
         return;
     };
+    log_refused(listener, remote, status, detail, error);
+}
+
+/// The access-log line of a request head refused before the pipeline saw a request; `status`
+/// is `-` when the connection was closed without an answer.
+fn log_refused(
+    listener: &str,
+    remote: SocketAddr,
+    status: &str,
+    detail: &str,
+    reason: &dyn std::fmt::Display,
+) {
     tracing::info!(
         target: "access",
         listener,
         client = %remote,
         status,
         detail,
-        reason = %error,
+        reason = %reason,
     );
 }
 
@@ -196,8 +245,10 @@ fn http_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        // header_read_timeout is timed by the connection's own check (see the module
+        // docs); hyper's would also run while a keep-alive connection idles. Without a
+        // timer hyper has none, and None keeps it from warning that its default is unused.
+        .header_read_timeout(None)
         // hyper answers 431 when the request head does not fit this buffer.
         .max_buf_size(settings.max_request_header_bytes.max(8192))
         .keep_alive(true);
@@ -217,13 +268,33 @@ fn http_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// When a connection last moved a byte, and how many of its requests are in flight.
-#[derive(Debug, Default)]
+/// When a connection last moved a byte, how many of its requests are in flight, and whether
+/// a request head is arriving. Flags rather than timestamps keep the clock off the I/O path;
+/// the idle check turns them into times.
+#[derive(Debug)]
 struct Activity {
-    /// Set by every read and write; the idle check clears it. A flag rather than a
-    /// timestamp keeps the clock off the I/O path.
+    /// Set by every read and write; the idle check clears it.
     moved: AtomicBool,
     in_flight: AtomicUsize,
+    /// An HTTP/1 request head is due: set at the start (the first request) and by a read
+    /// while no exchange is in flight (the first bytes of the next one); cleared when the
+    /// head is complete, or for good when the client turns out to speak HTTP/2.
+    head_pending: AtomicBool,
+    /// Set when a head completes; the idle check clears it. It tells the check that a
+    /// pending head is a new one, even if the previous exchange began and ended between two
+    /// checks.
+    head_completed: AtomicBool,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            moved: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            head_pending: AtomicBool::new(true),
+            head_completed: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Activity {
@@ -237,8 +308,11 @@ impl Activity {
 struct InFlight(Arc<Activity>);
 
 impl InFlight {
+    /// Called with a complete request head: its header timer stops here.
     fn start(activity: Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.head_pending.store(false, Ordering::Relaxed);
+        activity.head_completed.store(true, Ordering::Relaxed);
         Self(activity)
     }
 }
@@ -251,10 +325,57 @@ impl Drop for InFlight {
     }
 }
 
-/// Records I/O on the connection for the idle timeout.
+/// What an HTTP/2 client sends first (RFC 9113 §3.4), whether it chose HTTP/2 by ALPN or
+/// knew in advance; an HTTP/1 request cannot begin with it.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol the client speaks, as far as its bytes have told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// Its first `matched` bytes are the start of the HTTP/2 preface.
+    FirstBytes { matched: usize },
+    /// Request heads are timed by header_read_timeout.
+    Http1,
+    /// No header timer: an idle h2 client is normal, and streams have their own limits.
+    Http2,
+}
+
+/// Records I/O on the connection for the idle timeout, and the arrival of request heads for
+/// the header timeout.
 struct ActivityIo {
     inner: Box<dyn Io>,
     activity: Arc<Activity>,
+    protocol: Protocol,
+}
+
+impl ActivityIo {
+    /// Bytes have just been read.
+    fn on_read(&mut self, read: &[u8]) {
+        self.activity.touch();
+        match self.protocol {
+            Protocol::Http1 => {
+                if self.activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    self.activity.head_pending.store(true, Ordering::Relaxed);
+                }
+            }
+            Protocol::Http2 => {}
+            Protocol::FirstBytes { matched } => {
+                let expected = &HTTP2_PREFACE[matched..];
+                let compared = read.len().min(expected.len());
+                self.protocol = if read[..compared] != expected[..compared] {
+                    // The first head's timer has run since the start.
+                    Protocol::Http1
+                } else if matched + compared == HTTP2_PREFACE.len() {
+                    self.activity.head_pending.store(false, Ordering::Relaxed);
+                    Protocol::Http2
+                } else {
+                    Protocol::FirstBytes {
+                        matched: matched + compared,
+                    }
+                };
+            }
+        }
+    }
 }
 
 impl AsyncRead for ActivityIo {
@@ -266,7 +387,7 @@ impl AsyncRead for ActivityIo {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            self.on_read(&buf.filled()[before..]);
         }
         polled
     }
