@@ -41,6 +41,7 @@ use hyper_util::rt::TokioIo;
 use prost::Message;
 
 use crate::body::H2Body;
+use crate::server::HTTP2_PREFACE;
 use limiter::Limiter;
 use metrics::{CallResult, ServiceMetrics};
 use proto::{Code, RateLimitRequest, SHOULD_RATE_LIMIT_PATH};
@@ -138,9 +139,6 @@ async fn serve_async(options: Options) -> anyhow::Result<()> {
     tracing::info!("rate limit service stopped");
     Ok(())
 }
-
-/// What an HTTP/2 client sends first (RFC 9113, section 3.4).
-const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Whether the client opens with the HTTP/2 preface, read without taking it off the socket.
 async fn speaks_http2(stream: &tokio::net::TcpStream) -> bool {

@@ -327,7 +327,7 @@ impl Drop for InFlight {
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4), whether it chose HTTP/2 by ALPN or
 /// knew in advance; an HTTP/1 request cannot begin with it.
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The protocol the client speaks, as far as its bytes have told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,6 +13,7 @@
 //! the new ones before the pointer changes, and shutdown retires them after the workers.
 
 mod connection;
+pub(crate) use connection::HTTP2_PREFACE;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
