@@ -187,18 +187,8 @@ impl Limiter {
 }
 
 /// Appends `value` in decimal.
-fn push_decimal(out: &mut String, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut first = digits.len();
-    loop {
-        first -= 1;
-        digits[first] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.extend(digits[first..].iter().map(|&digit| char::from(digit)));
+fn push_decimal(out: &mut String, value: u64) {
+    out.push_str(itoa::Buffer::new().format(value));
 }
 
 /// The status of one counted descriptor whose count is now `count` (`u64::MAX`: known to be
