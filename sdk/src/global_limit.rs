@@ -198,7 +198,7 @@ impl Global {
         if let Some(id) = metric {
             let _ = hostcalls::increment_metric(id, 1);
         }
-        let now = crate::now_nanos() / 1_000_000_000;
+        let now = crate::now_secs();
         if self
             .last_logged
             .get()

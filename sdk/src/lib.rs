@@ -123,6 +123,12 @@ pub fn now_nanos() -> u64 {
         .map_or(0, |elapsed| elapsed.as_nanos() as u64)
 }
 
+/// The host's current time in whole seconds since the Unix epoch: what token lifetimes,
+/// signature clocks, sunset dates and quota days are compared with.
+pub fn now_secs() -> u64 {
+    now_nanos() / 1_000_000_000
+}
+
 /// A counter metric (`proxy_define_metric`), e.g. `ext_authz.allowed`, shown by Tollgate
 /// on `/metrics` as `ext_authz_allowed{plugin="..."}` and by Envoy among its stats. Define
 /// it once (in `from_config`); counting one the host refused does nothing.

@@ -39,7 +39,7 @@ impl Context for Request {}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let now = tollgate_sdk::now_nanos() / 1_000_000_000;
+        let now = tollgate_sdk::now_secs();
         match self.lifecycle.rules.for_current_route().outcome(now) {
             Outcome::Forward(headers) => {
                 self.add = headers;

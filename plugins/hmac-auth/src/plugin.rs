@@ -88,7 +88,7 @@ impl Request {
             .date_headers()
             .into_iter()
             .find_map(|name| self.get_http_request_header(name));
-        let now = tollgate_sdk::now_nanos() / 1_000_000_000;
+        let now = tollgate_sdk::now_secs();
         auth.check_date(date.as_deref(), now)?;
 
         // The values of the signed headers, then the lines borrowing them.

@@ -125,7 +125,7 @@ impl HttpContext for Request {
                 Err(status) => self.service_failed(&format!("the call failed: {status:?}")),
             };
         }
-        let now_secs = tollgate_sdk::now_nanos() / 1_000_000_000;
+        let now_secs = tollgate_sdk::now_secs();
         let windows = logic::windows(&self.quota.plugin, &subject, plan, now_secs);
         let verdict = match logic::check(&SharedData, &windows, rule.cost) {
             Ok(Some(verdict)) => verdict,

@@ -79,10 +79,6 @@ pub struct Request {
     call: Option<(u32, CacheSlot)>,
 }
 
-fn now_secs() -> u64 {
-    tollgate_sdk::now_nanos() / 1_000_000_000
-}
-
 impl Context for Request {
     fn on_http_call_response(
         &mut self,
@@ -107,7 +103,11 @@ impl Context for Request {
             self.fail(&reason, true);
             return;
         };
-        if let Some(until) = self.plugin.introspector.cache_until(&answer, now_secs()) {
+        if let Some(until) = self
+            .plugin
+            .introspector
+            .cache_until(&answer, tollgate_sdk::now_secs())
+        {
             let _ = hostcalls::set_shared_data(
                 &slot.key,
                 Some(&slot.encode(until, &response.body)),
@@ -131,7 +131,10 @@ impl HttpContext for Request {
         };
         let slot = CacheSlot::new(&self.plugin.name, token, introspector.config.cache_entries);
         if let Ok((Some(entry), _)) = hostcalls::get_shared_data(&slot.key) {
-            if let Some(answer) = slot.decode(&entry, now_secs()).and_then(Answer::parse) {
+            if let Some(answer) = slot
+                .decode(&entry, tollgate_sdk::now_secs())
+                .and_then(Answer::parse)
+            {
                 self.plugin.metrics.cache_hits.count();
                 return self.apply(&answer, false);
             }
