@@ -634,8 +634,7 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 /// Sends a copy of the request to the mirror cluster and forgets it, as Envoy's request
 /// mirroring does: the host gets a `-shadow` suffix and the answer is discarded.
 fn send_mirror(cluster: Arc<Cluster>, outgoing: &Outgoing, host: &str, body: Bytes) {
-    let all: Vec<usize> = (0..cluster.endpoints.len()).collect();
-    let Ok(guard) = cluster.pick(&all, None) else {
+    let Ok(guard) = cluster.pick(cluster.all_endpoints(), None) else {
         return;
     };
     let mut request = Request::new(full(body));

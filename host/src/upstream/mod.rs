@@ -43,7 +43,8 @@ pub struct Cluster {
     pub name: Arc<str>,
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Every index into `endpoints`: the candidates of a pick among all of them (a
-    /// plugin's callout), kept so that a pick does not collect them each time.
+    /// plugin's callout, a mirrored request), kept so that a pick does not collect them
+    /// each time.
     all_endpoints: Box<[usize]>,
     load_balancing: LoadBalancing,
     /// What `ring_hash` hashes.
@@ -275,11 +276,12 @@ impl Cluster {
                 let turn = self.next.fetch_add(1, Ordering::Relaxed) % eligible_count;
                 candidates.iter().copied().filter(eligible).nth(turn)
             };
-            match (self.load_balancing, &self.ring, hash) {
-                (LoadBalancing::RingHash, Some(ring), Some(hash)) => ring.find(hash, |index| {
+            // The ring exists exactly when the cluster balances by `ring_hash`.
+            match (&self.ring, hash) {
+                (Some(ring), Some(hash)) => ring.find(hash, |index| {
                     candidates.contains(&index) && eligible(&index)
                 }),
-                (LoadBalancing::LeastRequest, ..) => {
+                _ if self.load_balancing == LoadBalancing::LeastRequest => {
                     self.least_request(candidates, eligible_count, eligible)
                 }
                 _ => round_robin(),
