@@ -325,7 +325,9 @@ impl Plugin {
             Ok(value) => {
                 slot.consecutive_failures = 0;
                 drop(slot);
-                self.dispatch(generation, pending);
+                if let Some(pending) = pending {
+                    self.dispatch(generation, pending);
+                }
                 Ok(value)
             }
             Err(trap) => {
@@ -370,7 +372,11 @@ impl Plugin {
 
     /// Keeps the memory gauge equal to the sum of the live VMs' memory.
     fn report_memory(&self, slot: &mut VmSlot, memory: u64) {
-        if memory >= slot.reported_memory {
+        // Unchanged after nearly every callback: no write to the shared counter then.
+        if memory == slot.reported_memory {
+            return;
+        }
+        if memory > slot.reported_memory {
             self.stats
                 .memory_bytes
                 .fetch_add(memory - slot.reported_memory, Ordering::Relaxed);
