@@ -62,9 +62,11 @@ impl Pseudo {
 pub struct PseudoHeaderMap {
     pseudo: [Option<Bytes>; 5],
     headers: HeaderMap,
-    /// The map holds the client's `Host`, which `:authority` stands for: it stays where it
-    /// is (taking it out would move another header into its place) but is no pair.
-    host_hidden: bool,
+    /// How many values of the map are the client's `Host`, which `:authority` stands for:
+    /// they stay where they are (taking them out would move another header into their
+    /// place) but are no pairs. Counted once, since every header callback is told the
+    /// number of pairs.
+    hidden_hosts: usize,
 }
 
 /// An empty map, for a phase that has none yet.
@@ -76,7 +78,7 @@ impl PseudoHeaderMap {
         Self {
             pseudo: Default::default(),
             headers,
-            host_hidden: false,
+            hidden_hosts: 0,
         }
     }
 
@@ -89,7 +91,7 @@ impl PseudoHeaderMap {
         headers: HeaderMap,
     ) -> Self {
         let mut map = Self::from_headers(headers);
-        map.host_hidden = map.headers.contains_key(HOST);
+        map.hidden_hosts = map.headers.get_all(HOST).iter().count();
         map.pseudo[Pseudo::Method as usize] = Some(method_bytes(method));
         map.pseudo[Pseudo::Scheme as usize] = Some(Bytes::from_static(scheme.as_bytes()));
         map.pseudo[Pseudo::Authority as usize] = Some(shared_copy(authority.as_bytes()));
@@ -104,6 +106,16 @@ impl PseudoHeaderMap {
         map
     }
 
+    /// Room for the headers a chain's plugins typically add to a head, made at once before
+    /// they run: a map parsed from a message is sized to it, and would otherwise grow
+    /// (rehashing every header) at several of the plugins' additions.
+    pub fn make_room(&mut self) {
+        self.headers.reserve(Self::ROOM_FOR_PLUGINS);
+    }
+
+    /// Headers the plugins of a chain add to a head, room made for them up front.
+    const ROOM_FOR_PLUGINS: usize = 8;
+
     /// A map of the pairs a plugin wrote whole (`set_header_map_pairs`, a local reply's
     /// headers); a pair `http` refuses is left out.
     pub fn from_pairs(pairs: &HeaderList) -> Self {
@@ -117,7 +129,7 @@ impl PseudoHeaderMap {
 
     /// The headers but the pseudo-headers, as pairs.
     pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        let host_hidden = self.host_hidden;
+        let host_hidden = self.hidden_hosts > 0;
         self.headers
             .iter()
             .filter(move |(name, _)| !(host_hidden && *name == HOST))
@@ -132,7 +144,7 @@ impl PseudoHeaderMap {
     /// Takes the header map out (the pseudo-headers stay), leaving an empty one; as
     /// [`Self::clone_headers`].
     pub fn take_headers(&mut self) -> HeaderMap {
-        self.host_hidden = false;
+        self.hidden_hosts = 0;
         std::mem::take(&mut self.headers)
     }
 
@@ -148,12 +160,7 @@ impl PseudoHeaderMap {
 
     /// The number of pairs, pseudo-headers included (what a header callback is told).
     pub fn len(&self) -> usize {
-        let hidden = if self.host_hidden {
-            self.headers.get_all(HOST).iter().count()
-        } else {
-            0
-        };
-        self.pseudo.iter().flatten().count() + self.headers.len() - hidden
+        self.pseudo.iter().flatten().count() + self.headers.len() - self.hidden_hosts
     }
 
     pub fn is_empty(&self) -> bool {
@@ -177,7 +184,7 @@ impl PseudoHeaderMap {
         if name.first() == Some(&b':') {
             return self.pseudo(Pseudo::from_name(name)?);
         }
-        if self.host_hidden && name.eq_ignore_ascii_case(b"host") {
+        if self.hidden_hosts > 0 && name.eq_ignore_ascii_case(b"host") {
             return None;
         }
         self.headers
@@ -193,7 +200,7 @@ impl PseudoHeaderMap {
         let Some((name, value)) = header(name, value) else {
             return;
         };
-        if name == HOST && std::mem::take(&mut self.host_hidden) {
+        if name == HOST && std::mem::take(&mut self.hidden_hosts) > 0 {
             // The plugin's `Host` is the only one.
             self.remove_name(&name);
         }
@@ -211,7 +218,7 @@ impl PseudoHeaderMap {
             return self.remove(name);
         };
         if name == HOST {
-            self.host_hidden = false;
+            self.hidden_hosts = 0;
         }
         self.headers.insert(name, value);
     }
@@ -228,7 +235,7 @@ impl PseudoHeaderMap {
             return;
         };
         if name == HOST {
-            self.host_hidden = false;
+            self.hidden_hosts = 0;
         }
         self.remove_name(&name);
     }
@@ -238,9 +245,10 @@ impl PseudoHeaderMap {
             return;
         }
         // `HeaderMap::remove` moves the last name into the removed one's place; a map built
-        // anew keeps Envoy's order. A name is cloned only when it has further values.
+        // anew keeps Envoy's order. A name is cloned only when it has further values. The
+        // new map keeps the old one's room, so that later additions do not grow it again.
         let old = std::mem::take(&mut self.headers);
-        self.headers.reserve(old.len());
+        self.headers.reserve(old.capacity());
         let mut pairs = old.into_iter().peekable();
         let mut current: Option<HeaderName> = None;
         while let Some((next_name, value)) = pairs.next() {
@@ -267,7 +275,7 @@ impl PseudoHeaderMap {
     pub fn clear(&mut self) {
         self.pseudo = Default::default();
         self.headers.clear();
-        self.host_hidden = false;
+        self.hidden_hosts = 0;
     }
 
     /// Replaces the whole map with the pairs a plugin wrote (`set_header_map_pairs`); the
