@@ -76,7 +76,7 @@ impl PluginRun {
         }
         if let Some(context) = self.entries[index].context {
             let entry = &self.entries[index];
-            if entry.plugin.is_current(entry.generation) {
+            if entry.plugin.is_current(entry.vm) {
                 return Ok(Some(context));
             }
             tracing::warn!(plugin = %entry.plugin.name, route = %self.info.route_name, phase = self.phase, "another request's trap replaced the plugin's VM; this request goes on with a fresh context");
@@ -101,7 +101,7 @@ impl PluginRun {
                 let entry = &mut self.entries[index];
                 entry.context = Some(context);
                 entry.wake = Some(wake);
-                entry.generation = plugin.generation();
+                entry.vm = plugin.vm_ticket();
                 entry.holding_body = false;
                 Ok(Some(context))
             }
@@ -206,7 +206,7 @@ impl PluginRun {
                 tracing::warn!(plugin = %plugin.name, route = %self.info.route_name, "plugin paused the stream and never resumed it");
                 return Err(Stopped::Failed(Box::new(Refusal::PluginStalled.response())));
             }
-            if !plugin.is_current(self.entries[index].generation) {
+            if !plugin.is_current(self.entries[index].vm) {
                 // Another request's trap took the VM, with the decision this one waited
                 // for and what it had handed the plugin: it can neither continue nor skip
                 // the plugin, whatever the failure policy.
@@ -726,7 +726,7 @@ impl PluginRun {
         phase: &'static str,
     ) -> Result<u32, PluginBodyFailure> {
         let entry = &self.entries[index];
-        if entry.holding_body && !entry.plugin.is_current(entry.generation) {
+        if entry.holding_body && !entry.plugin.is_current(entry.vm) {
             let lost = PluginFailure::Unavailable(
                 "the VM was replaced while the plugin held back part of the response body".into(),
             );
