@@ -17,6 +17,7 @@ use std::sync::LazyLock;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{HeaderMap, Method, StatusCode};
+use smallvec::SmallVec;
 
 use super::abi::HeaderList;
 
@@ -244,6 +245,9 @@ impl PseudoHeaderMap {
         if !self.headers.contains_key(name) {
             return;
         }
+        if self.remove_keeping_order(name) {
+            return;
+        }
         // `HeaderMap::remove` moves the last name into the removed one's place; a map built
         // anew keeps Envoy's order. A name is cloned only when it has further values. The
         // new map keeps the old one's room, so that later additions do not grow it again.
@@ -269,6 +273,42 @@ impl PseudoHeaderMap {
                 self.headers.append(current.clone(), value);
             }
         }
+    }
+
+    /// Removes `name` (present) where the names after it have one value each, as it is
+    /// commonly (a plugin removing a credential the client sent): they come off the end of
+    /// the map, where `HeaderMap::remove` moves nothing, and go back in their order after
+    /// `name` went, with no map built anew. False, with the map as it was, otherwise.
+    fn remove_keeping_order(&mut self, name: &HeaderName) -> bool {
+        /// Names after the removed one moved this way; more are rebuilt.
+        const MOVED: usize = 8;
+        let mut later: SmallVec<[HeaderName; MOVED]> = SmallVec::new();
+        for (index, later_name) in self.headers.keys().skip_while(|n| *n != name).enumerate() {
+            if index == 0 {
+                continue;
+            }
+            if later.len() == MOVED {
+                return false;
+            }
+            later.push(later_name.clone());
+        }
+        if later
+            .iter()
+            .any(|later_name| self.headers.get_all(later_name).iter().nth(1).is_some())
+        {
+            return false;
+        }
+        let mut moved: SmallVec<[(HeaderName, HeaderValue); MOVED]> = SmallVec::new();
+        while let Some(later_name) = later.pop() {
+            if let Some(value) = self.headers.remove(&later_name) {
+                moved.push((later_name, value));
+            }
+        }
+        self.headers.remove(name);
+        while let Some((later_name, value)) = moved.pop() {
+            self.headers.append(later_name, value);
+        }
+        true
     }
 
     /// Empties the map, which keeps its capacity.
@@ -306,12 +346,13 @@ fn header(name: &[u8], value: &[u8]) -> Option<(HeaderName, HeaderValue)> {
 ///
 /// Plugins write the same few header names on every request: the names they wrote last are
 /// kept, and one of them costs neither a parse nor an allocation, and a copy of it only a
-/// reference count. Values are cut from one shared buffer, so that a value costs no
+/// reference count. Each is kept with its length, which rules out most of them at a glance. Values are cut from one shared buffer, so that a value costs no
 /// allocation of its own, and neither does a copy of it (the request and response heads
 /// later phases read are copies); the buffer is reused once no value in it lives on.
 struct HeaderBytes {
-    /// Lower-case names, in the order they were first made; the oldest gives way when full.
-    names: Vec<HeaderName>,
+    /// Lower-case names and their lengths, in the order they were first made; the oldest
+    /// gives way when full.
+    names: Vec<(usize, HeaderName)>,
     oldest: usize,
     values: BytesMut,
 }
@@ -323,20 +364,21 @@ impl HeaderBytes {
     const VALUES: usize = 1024;
 
     fn name(&mut self, bytes: &[u8]) -> Option<HeaderName> {
-        if let Some(known) = self
+        if let Some((_, known)) = self
             .names
             .iter()
-            .find(|known| known.as_str().as_bytes() == bytes)
+            .find(|(length, known)| *length == bytes.len() && known.as_str().as_bytes() == bytes)
         {
             return Some(known.clone());
         }
         let name = HeaderName::from_bytes(bytes).ok()?;
         // A name written in upper case is made anew each time rather than kept twice.
         if name.as_str().as_bytes() == bytes {
+            let kept = (bytes.len(), name.clone());
             if self.names.len() < Self::NAMES {
-                self.names.push(name.clone());
+                self.names.push(kept);
             } else {
-                self.names[self.oldest] = name.clone();
+                self.names[self.oldest] = kept;
                 self.oldest = (self.oldest + 1) % Self::NAMES;
             }
         }
@@ -504,6 +546,21 @@ mod tests {
         );
         map.remove(b"x-missing");
         assert_eq!(map.len(), 7);
+        // A name before one with several values: the map is built anew, in order.
+        let mut map = request();
+        map.replace(b"host", b"plugin.example");
+        map.remove(b"host");
+        assert_eq!(
+            pairs(&map)[4..],
+            owned(&[("x-a", "1"), ("x-a", "3"), ("x-b", "2"), ("x-c", "4")])[..],
+        );
+        // Names after the removed one with one value each move back after it, in order.
+        map.add(b"x-d", b"5");
+        map.remove(b"x-b");
+        assert_eq!(
+            pairs(&map)[4..],
+            owned(&[("x-a", "1"), ("x-a", "3"), ("x-c", "4"), ("x-d", "5")])[..],
+        );
     }
 
     #[test]
