@@ -536,8 +536,9 @@ impl PluginRun {
     }
 
     /// A request or response headers callback of one plugin: the map is moved into the
-    /// plugin's stream state (`slot`) for the callback and taken back after it, or after
-    /// the pause that followed.
+    /// plugin's stream state (`slot`) for the callback and straight back after it, or after
+    /// the pause that followed; after a trap, what the callback was handed is taken back
+    /// from the dying VM (as [`rescue`] does), so that a `fail_open` plugin passes it on.
     async fn header_callback(
         &mut self,
         index: usize,
@@ -551,31 +552,28 @@ impl PluginRun {
             _ => Direction::Request,
         };
         let count = headers.len();
-        let mut moved = Some(std::mem::take(headers));
+        // The map is with the plugin: handed over and not given back yet.
+        let mut with_plugin = false;
         let result = self
             .settle(index, direction, |vm, context| {
                 if let Some(stream) = vm.state().streams.get_mut(&context) {
-                    *slot(stream) = moved.take();
+                    *slot(stream) = Some(std::mem::take(headers));
+                    with_plugin = true;
                 }
                 let action = vm.stream_callback(context, callback, count, end_of_stream);
-                rescue(vm, context, &action, &mut moved, |stream| {
-                    slot(stream).take().unwrap_or_default()
-                });
-                // A callback that did not pause gives the map back in this same visit to the
-                // VM; after a pause it stays with the plugin until the wait ends.
-                if matches!(action, Ok(Action::Continue)) && moved.is_none() {
-                    moved = vm
-                        .state()
-                        .streams
-                        .get_mut(&context)
-                        .map(|stream| slot(stream).take().unwrap_or_default());
+                // Unless the plugin paused, the map comes back in this same visit to the VM.
+                if with_plugin && !matches!(action, Ok(Action::Pause)) {
+                    if let Some(stream) = vm.state().streams.get_mut(&context) {
+                        *headers = slot(stream).take().unwrap_or_default();
+                        with_plugin = false;
+                    }
                 }
                 action
             })
             .await;
-        *headers = self.take_back(index, moved, |stream| {
-            slot(stream).take().unwrap_or_default()
-        });
+        if with_plugin {
+            *headers = self.with_stream(index, |stream| slot(stream).take().unwrap_or_default());
+        }
         result
     }
 
