@@ -372,13 +372,14 @@ async fn request_phase(
     end_of_stream: bool,
 ) -> Result<HeadChanges, Stopped> {
     // The plugins work on the request's own header map, moved in and back.
-    let head = PseudoHeaderMap::request(
+    let mut head = PseudoHeaderMap::request(
         &parts.method,
         downstream.scheme(),
         authority,
         parts.uri.path_and_query().map_or("/", |p| p.as_str()),
         std::mem::take(&mut parts.headers),
     );
+    head.make_room();
     let mut head = run.request_headers(head, end_of_stream).await?;
     // A pseudo-header the plugins left as it was costs no copy.
     let changed = |pseudo: Pseudo, old: &str| {
@@ -675,6 +676,7 @@ async fn plugin_response(
     let (mut parts, body) = response.into_parts();
     // The plugins work on the response's own header map, moved in and back.
     let mut head = PseudoHeaderMap::response(parts.status, std::mem::take(&mut parts.headers));
+    head.make_room();
     let end_of_stream = http_body::Body::is_end_stream(&body);
     let body = match run.response_headers(&mut head, end_of_stream).await {
         Ok(None) => body,

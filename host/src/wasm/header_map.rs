@@ -17,6 +17,7 @@ use std::sync::LazyLock;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{HeaderMap, Method, StatusCode};
+use smallvec::SmallVec;
 
 use super::abi::HeaderList;
 
@@ -62,9 +63,11 @@ impl Pseudo {
 pub struct PseudoHeaderMap {
     pseudo: [Option<Bytes>; 5],
     headers: HeaderMap,
-    /// The map holds the client's `Host`, which `:authority` stands for: it stays where it
-    /// is (taking it out would move another header into its place) but is no pair.
-    host_hidden: bool,
+    /// How many values of the map are the client's `Host`, which `:authority` stands for:
+    /// they stay where they are (taking them out would move another header into their
+    /// place) but are no pairs. Counted once, since every header callback is told the
+    /// number of pairs.
+    hidden_hosts: usize,
 }
 
 /// An empty map, for a phase that has none yet.
@@ -76,7 +79,7 @@ impl PseudoHeaderMap {
         Self {
             pseudo: Default::default(),
             headers,
-            host_hidden: false,
+            hidden_hosts: 0,
         }
     }
 
@@ -89,7 +92,7 @@ impl PseudoHeaderMap {
         headers: HeaderMap,
     ) -> Self {
         let mut map = Self::from_headers(headers);
-        map.host_hidden = map.headers.contains_key(HOST);
+        map.hidden_hosts = map.headers.get_all(HOST).iter().count();
         map.pseudo[Pseudo::Method as usize] = Some(method_bytes(method));
         map.pseudo[Pseudo::Scheme as usize] = Some(Bytes::from_static(scheme.as_bytes()));
         map.pseudo[Pseudo::Authority as usize] = Some(shared_copy(authority.as_bytes()));
@@ -104,6 +107,16 @@ impl PseudoHeaderMap {
         map
     }
 
+    /// Room for the headers a chain's plugins typically add to a head, made at once before
+    /// they run: a map parsed from a message is sized to it, and would otherwise grow
+    /// (rehashing every header) at several of the plugins' additions.
+    pub fn make_room(&mut self) {
+        self.headers.reserve(Self::ROOM_FOR_PLUGINS);
+    }
+
+    /// Headers the plugins of a chain add to a head, room made for them up front.
+    const ROOM_FOR_PLUGINS: usize = 8;
+
     /// A map of the pairs a plugin wrote whole (`set_header_map_pairs`, a local reply's
     /// headers); a pair `http` refuses is left out.
     pub fn from_pairs(pairs: &HeaderList) -> Self {
@@ -117,7 +130,7 @@ impl PseudoHeaderMap {
 
     /// The headers but the pseudo-headers, as pairs.
     pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        let host_hidden = self.host_hidden;
+        let host_hidden = self.hidden_hosts > 0;
         self.headers
             .iter()
             .filter(move |(name, _)| !(host_hidden && *name == HOST))
@@ -132,7 +145,7 @@ impl PseudoHeaderMap {
     /// Takes the header map out (the pseudo-headers stay), leaving an empty one; as
     /// [`Self::clone_headers`].
     pub fn take_headers(&mut self) -> HeaderMap {
-        self.host_hidden = false;
+        self.hidden_hosts = 0;
         std::mem::take(&mut self.headers)
     }
 
@@ -148,12 +161,7 @@ impl PseudoHeaderMap {
 
     /// The number of pairs, pseudo-headers included (what a header callback is told).
     pub fn len(&self) -> usize {
-        let hidden = if self.host_hidden {
-            self.headers.get_all(HOST).iter().count()
-        } else {
-            0
-        };
-        self.pseudo.iter().flatten().count() + self.headers.len() - hidden
+        self.pseudo.iter().flatten().count() + self.headers.len() - self.hidden_hosts
     }
 
     pub fn is_empty(&self) -> bool {
@@ -177,7 +185,7 @@ impl PseudoHeaderMap {
         if name.first() == Some(&b':') {
             return self.pseudo(Pseudo::from_name(name)?);
         }
-        if self.host_hidden && name.eq_ignore_ascii_case(b"host") {
+        if self.hidden_hosts > 0 && name.eq_ignore_ascii_case(b"host") {
             return None;
         }
         self.headers
@@ -193,7 +201,7 @@ impl PseudoHeaderMap {
         let Some((name, value)) = header(name, value) else {
             return;
         };
-        if name == HOST && std::mem::take(&mut self.host_hidden) {
+        if name == HOST && std::mem::take(&mut self.hidden_hosts) > 0 {
             // The plugin's `Host` is the only one.
             self.remove_name(&name);
         }
@@ -211,7 +219,7 @@ impl PseudoHeaderMap {
             return self.remove(name);
         };
         if name == HOST {
-            self.host_hidden = false;
+            self.hidden_hosts = 0;
         }
         self.headers.insert(name, value);
     }
@@ -228,7 +236,7 @@ impl PseudoHeaderMap {
             return;
         };
         if name == HOST {
-            self.host_hidden = false;
+            self.hidden_hosts = 0;
         }
         self.remove_name(&name);
     }
@@ -237,10 +245,14 @@ impl PseudoHeaderMap {
         if !self.headers.contains_key(name) {
             return;
         }
+        if self.remove_keeping_order(name) {
+            return;
+        }
         // `HeaderMap::remove` moves the last name into the removed one's place; a map built
-        // anew keeps Envoy's order. A name is cloned only when it has further values.
+        // anew keeps Envoy's order. A name is cloned only when it has further values. The
+        // new map keeps the old one's room, so that later additions do not grow it again.
         let old = std::mem::take(&mut self.headers);
-        self.headers.reserve(old.len());
+        self.headers.reserve(old.capacity());
         let mut pairs = old.into_iter().peekable();
         let mut current: Option<HeaderName> = None;
         while let Some((next_name, value)) = pairs.next() {
@@ -263,11 +275,47 @@ impl PseudoHeaderMap {
         }
     }
 
+    /// Removes `name` (present) where the names after it have one value each, as it is
+    /// commonly (a plugin removing a credential the client sent): they come off the end of
+    /// the map, where `HeaderMap::remove` moves nothing, and go back in their order after
+    /// `name` went, with no map built anew. False, with the map as it was, otherwise.
+    fn remove_keeping_order(&mut self, name: &HeaderName) -> bool {
+        /// Names after the removed one moved this way; more are rebuilt.
+        const MOVED: usize = 8;
+        let mut later: SmallVec<[HeaderName; MOVED]> = SmallVec::new();
+        for (index, later_name) in self.headers.keys().skip_while(|n| *n != name).enumerate() {
+            if index == 0 {
+                continue;
+            }
+            if later.len() == MOVED {
+                return false;
+            }
+            later.push(later_name.clone());
+        }
+        if later
+            .iter()
+            .any(|later_name| self.headers.get_all(later_name).iter().nth(1).is_some())
+        {
+            return false;
+        }
+        let mut moved: SmallVec<[(HeaderName, HeaderValue); MOVED]> = SmallVec::new();
+        while let Some(later_name) = later.pop() {
+            if let Some(value) = self.headers.remove(&later_name) {
+                moved.push((later_name, value));
+            }
+        }
+        self.headers.remove(name);
+        while let Some((later_name, value)) = moved.pop() {
+            self.headers.append(later_name, value);
+        }
+        true
+    }
+
     /// Empties the map, which keeps its capacity.
     pub fn clear(&mut self) {
         self.pseudo = Default::default();
         self.headers.clear();
-        self.host_hidden = false;
+        self.hidden_hosts = 0;
     }
 
     /// Replaces the whole map with the pairs a plugin wrote (`set_header_map_pairs`); the
@@ -298,12 +346,13 @@ fn header(name: &[u8], value: &[u8]) -> Option<(HeaderName, HeaderValue)> {
 ///
 /// Plugins write the same few header names on every request: the names they wrote last are
 /// kept, and one of them costs neither a parse nor an allocation, and a copy of it only a
-/// reference count. Values are cut from one shared buffer, so that a value costs no
+/// reference count. Each is kept with its length, which rules out most of them at a glance. Values are cut from one shared buffer, so that a value costs no
 /// allocation of its own, and neither does a copy of it (the request and response heads
 /// later phases read are copies); the buffer is reused once no value in it lives on.
 struct HeaderBytes {
-    /// Lower-case names, in the order they were first made; the oldest gives way when full.
-    names: Vec<HeaderName>,
+    /// Lower-case names and their lengths, in the order they were first made; the oldest
+    /// gives way when full.
+    names: Vec<(usize, HeaderName)>,
     oldest: usize,
     values: BytesMut,
 }
@@ -315,20 +364,21 @@ impl HeaderBytes {
     const VALUES: usize = 1024;
 
     fn name(&mut self, bytes: &[u8]) -> Option<HeaderName> {
-        if let Some(known) = self
+        if let Some((_, known)) = self
             .names
             .iter()
-            .find(|known| known.as_str().as_bytes() == bytes)
+            .find(|(length, known)| *length == bytes.len() && known.as_str().as_bytes() == bytes)
         {
             return Some(known.clone());
         }
         let name = HeaderName::from_bytes(bytes).ok()?;
         // A name written in upper case is made anew each time rather than kept twice.
         if name.as_str().as_bytes() == bytes {
+            let kept = (bytes.len(), name.clone());
             if self.names.len() < Self::NAMES {
-                self.names.push(name.clone());
+                self.names.push(kept);
             } else {
-                self.names[self.oldest] = name.clone();
+                self.names[self.oldest] = kept;
                 self.oldest = (self.oldest + 1) % Self::NAMES;
             }
         }
@@ -496,6 +546,21 @@ mod tests {
         );
         map.remove(b"x-missing");
         assert_eq!(map.len(), 7);
+        // A name before one with several values: the map is built anew, in order.
+        let mut map = request();
+        map.replace(b"host", b"plugin.example");
+        map.remove(b"host");
+        assert_eq!(
+            pairs(&map)[4..],
+            owned(&[("x-a", "1"), ("x-a", "3"), ("x-b", "2"), ("x-c", "4")])[..],
+        );
+        // Names after the removed one with one value each move back after it, in order.
+        map.add(b"x-d", b"5");
+        map.remove(b"x-b");
+        assert_eq!(
+            pairs(&map)[4..],
+            owned(&[("x-a", "1"), ("x-a", "3"), ("x-c", "4"), ("x-d", "5")])[..],
+        );
     }
 
     #[test]

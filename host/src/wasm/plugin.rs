@@ -111,6 +111,17 @@ pub struct Plugin {
     parked: Mutex<Option<StartedVm>>,
     /// A singleton that was retired is never given a fresh VM again.
     retired: AtomicBool,
+    /// How often a VM of the plugin was discarded or installed, on any worker: while it is
+    /// what it was when a stream context's [`VmTicket`] was taken, the context's VM is still
+    /// its worker's, which a callback then knows without looking up the worker's slot.
+    vm_changes: AtomicU64,
+}
+
+/// Which of its worker's VMs a stream context was created in (see [`Plugin::is_current`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmTicket {
+    generation: u64,
+    vm_changes: u64,
 }
 
 /// Why a plugin could not run a callback.
@@ -200,6 +211,7 @@ impl Plugin {
             singleton: config.singleton,
             parked: Mutex::new(None),
             retired: AtomicBool::new(false),
+            vm_changes: AtomicU64::new(0),
         });
         let started = plugin.start_vm()?;
         if plugin.singleton {
@@ -325,7 +337,9 @@ impl Plugin {
             Ok(value) => {
                 slot.consecutive_failures = 0;
                 drop(slot);
-                self.dispatch(generation, pending);
+                if let Some(pending) = pending {
+                    self.dispatch(generation, pending);
+                }
                 Ok(value)
             }
             Err(trap) => {
@@ -341,6 +355,7 @@ impl Plugin {
                         stream.wake.notify_one();
                     }
                 }
+                self.count_vm_change();
                 slot.vm = None;
                 slot.roots.clear();
                 self.report_memory(&mut slot, 0);
@@ -355,22 +370,40 @@ impl Plugin {
         }
     }
 
-    /// The generation of this worker's VM: a stream context created now lives as long as
-    /// [`Plugin::is_current`] says so for it.
-    pub fn generation(&self) -> u64 {
-        self.slot().borrow().generation
+    /// This worker's VM as it is now: a stream context created in it lives as long as
+    /// [`Plugin::is_current`] says so for the ticket.
+    pub fn vm_ticket(&self) -> VmTicket {
+        VmTicket {
+            // Read first: a change after it only makes the ticket look stale.
+            vm_changes: self.vm_changes.load(Ordering::Relaxed),
+            generation: self.slot().borrow().generation,
+        }
     }
 
-    /// Whether this worker's VM is still the one of `generation` (not replaced after a trap),
-    /// so that the stream contexts created in it still exist.
-    pub fn is_current(&self, generation: u64) -> bool {
+    /// Whether this worker's VM is still the one of `ticket` (not replaced after a trap), so
+    /// that the stream contexts created in it still exist. Asked before every callback: while
+    /// no VM of the plugin changed anywhere (this worker's own changes are counted before
+    /// they are made), one relaxed load answers; otherwise the worker's slot does.
+    pub fn is_current(&self, ticket: VmTicket) -> bool {
+        if self.vm_changes.load(Ordering::Relaxed) == ticket.vm_changes {
+            return true;
+        }
         let slot = self.slot().borrow();
-        slot.generation == generation && slot.vm.is_some()
+        slot.generation == ticket.generation && slot.vm.is_some()
+    }
+
+    /// Counts a VM discarded or installed on this worker (see [`VmTicket`]).
+    fn count_vm_change(&self) {
+        self.vm_changes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Keeps the memory gauge equal to the sum of the live VMs' memory.
     fn report_memory(&self, slot: &mut VmSlot, memory: u64) {
-        if memory >= slot.reported_memory {
+        // Unchanged after nearly every callback: no write to the shared counter then.
+        if memory == slot.reported_memory {
+            return;
+        }
+        if memory > slot.reported_memory {
             self.stats
                 .memory_bytes
                 .fetch_add(memory - slot.reported_memory, Ordering::Relaxed);
@@ -446,6 +479,7 @@ impl Plugin {
             self.gateway_metrics().plugin_restart(&self.name);
             tracing::warn!(plugin = %self.name, "plugin VM recreated");
         }
+        self.count_vm_change();
         slot.generation += 1;
         let generation = slot.generation;
         if tokio::runtime::Handle::try_current().is_ok() {

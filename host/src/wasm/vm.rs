@@ -591,7 +591,6 @@ impl Vm {
         result.map(|()| true)
     }
 
-    /// Callouts the last callbacks asked for, to be started by the caller.
     /// One event of a gRPC stream, delivered to the context that opened it while the
     /// stream is outstanding; `Close` ends it.
     pub fn on_grpc_stream_event(
@@ -658,8 +657,12 @@ impl Vm {
         result.map(|()| true)
     }
 
-    pub fn take_pending(&mut self) -> Vec<PendingCallout> {
-        std::mem::take(&mut self.state().pending)
+    /// The callouts the last callbacks asked for, to be started by the caller; `None` (no
+    /// list taken out and dropped) after the callbacks of nearly every request, which make
+    /// none.
+    pub fn take_pending(&mut self) -> Option<Vec<PendingCallout>> {
+        let pending = &mut self.state().pending;
+        (!pending.is_empty()).then(|| std::mem::take(pending))
     }
 
     /// Roots with a tick period, for the VM's event loop.

@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 use super::ResponseBody;
 use crate::snapshot::Chain;
 use crate::wasm::host::{LocalResponse, StreamInfo};
-use crate::wasm::plugin::Plugin;
+use crate::wasm::plugin::{Plugin, VmTicket};
 use crate::wasm::vm::{StreamCallback, StreamCallbacks};
 
 pub use body::filter_response_body;
@@ -64,8 +64,8 @@ struct Entry {
     skipped: bool,
     /// This request is the half-open probe of the plugin's circuit.
     probe: bool,
-    /// The generation of the worker's VM that holds `context`.
-    generation: u64,
+    /// The worker's VM that holds `context`.
+    vm: VmTicket,
     /// The plugin holds back part of the response body (paused, buffering).
     holding_body: bool,
     /// The plugin paused the request body before its end and holds data.
@@ -182,7 +182,7 @@ impl PluginRun {
                     wake: None,
                     skipped: false,
                     probe: false,
-                    generation: 0,
+                    vm: VmTicket::default(),
                     holding_body: false,
                     holding_request_body: false,
                 })

@@ -76,7 +76,7 @@ impl PluginRun {
         }
         if let Some(context) = self.entries[index].context {
             let entry = &self.entries[index];
-            if entry.plugin.is_current(entry.generation) {
+            if entry.plugin.is_current(entry.vm) {
                 return Ok(Some(context));
             }
             tracing::warn!(plugin = %entry.plugin.name, route = %self.info.route_name, phase = self.phase, "another request's trap replaced the plugin's VM; this request goes on with a fresh context");
@@ -101,7 +101,7 @@ impl PluginRun {
                 let entry = &mut self.entries[index];
                 entry.context = Some(context);
                 entry.wake = Some(wake);
-                entry.generation = plugin.generation();
+                entry.vm = plugin.vm_ticket();
                 entry.holding_body = false;
                 Ok(Some(context))
             }
@@ -111,6 +111,11 @@ impl PluginRun {
 
     /// Runs a callback, then waits while the plugin pauses until it resumes, answers or
     /// resets the stream. With tracing on, the phase is a span whose verdict is how it ended.
+    ///
+    /// The callback runs before the first await, and the wait is a boxed future of its own:
+    /// a callback that does not pause (nearly all of them) never touches the wait's state,
+    /// and the futures of every phase above this one stay small, since they are moved whole
+    /// on their way into their callers'.
     async fn settle(
         &mut self,
         index: usize,
@@ -120,60 +125,80 @@ impl PluginRun {
         let Some(context) = self.context(index)? else {
             return Ok(());
         };
-        let Some(trace) = &self.info.trace else {
-            return self.run_callback(index, context, direction, call).await;
+        let span = self
+            .info
+            .trace
+            .as_ref()
+            .map(|trace| trace.plugin_phase(&self.entries[index].plugin.name, self.phase));
+        let result = match self.run_callback(index, context, direction, call) {
+            Ok(true) => Box::pin(self.wait_for_decision(index, context, direction)).await,
+            Ok(false) => Ok(()),
+            Err(stopped) => Err(stopped),
         };
-        let span = trace.plugin_phase(&self.entries[index].plugin.name, self.phase);
-        let result = self.run_callback(index, context, direction, call).await;
-        span.end(match &result {
-            Ok(()) if self.entries[index].skipped => "skipped",
-            Ok(()) => "continue",
-            Err(Stopped::Local(..)) => "local_reply",
-            Err(Stopped::Reset) => "reset",
-            Err(Stopped::Failed(_)) => "failed",
-        });
+        if let Some(span) = span {
+            span.end(match &result {
+                Ok(()) if self.entries[index].skipped => "skipped",
+                Ok(()) => "continue",
+                Err(Stopped::Local(..)) => "local_reply",
+                Err(Stopped::Reset) => "reset",
+                Err(Stopped::Failed(_)) => "failed",
+            });
+        }
         result
     }
 
-    /// The callback of [`Self::settle`] and the wait after it.
-    async fn run_callback(
+    /// The callback of [`Self::settle`] and a first look at what it decided, in one visit to
+    /// the VM: `Ok(true)` when the plugin paused the stream and has not resumed it yet.
+    fn run_callback(
         &mut self,
         index: usize,
         context: u32,
         direction: Direction,
         call: impl FnOnce(&mut crate::wasm::vm::Vm, u32) -> Result<Action, crate::wasm::vm::VmTrap>,
-    ) -> Result<(), Stopped> {
-        let plugin = self.entries[index].plugin.clone();
-        // The callback and a first look at what it decided, in one visit to the VM.
-        let first = plugin.with_vm(|vm, _| {
+    ) -> Result<bool, Stopped> {
+        let first = self.entries[index].plugin.with_vm(|vm, _| {
             let action = call(vm, context)?;
             Ok((action, take_signals(vm, context, direction)))
         });
-        let (action, mut signals) = match first {
-            Ok(outcome) => outcome,
-            Err(failure) => return self.fail(index, failure),
-        };
+        match first {
+            Ok((action, signals)) => self.still_paused(index, action == Action::Pause, signals),
+            Err(failure) => self.fail(index, failure).map(|()| false),
+        }
+    }
+
+    /// What a plugin's signals decide for a stream: an answer or a reset stops it; `Ok` tells
+    /// whether it stays paused (it was, and did not resume).
+    fn still_paused(
+        &self,
+        index: usize,
+        paused: bool,
+        (local_response, reset, resumed): Signals,
+    ) -> Result<bool, Stopped> {
+        if let Some(local_response) = local_response {
+            return Err(Stopped::Local(index, local_response));
+        }
+        if reset {
+            tracing::debug!(plugin = %self.entries[index].plugin.name, route = %self.info.route_name, phase = self.phase, "the plugin reset the stream");
+            return Err(Stopped::Reset);
+        }
+        Ok(paused && !resumed)
+    }
+
+    /// The wait after a callback that paused the stream, until the plugin resumes it,
+    /// answers or resets it, or the wait limit passes.
+    async fn wait_for_decision(
+        &mut self,
+        index: usize,
+        context: u32,
+        direction: Direction,
+    ) -> Result<(), Stopped> {
+        let plugin = self.entries[index].plugin.clone();
         let wake = self.entries[index]
             .wake
             .clone()
             .expect("set with the context");
         let deadline = tokio::time::Instant::now() + self.wait_limit;
-        let mut paused = action == Action::Pause;
         loop {
-            let (local_response, reset, resumed) = signals;
-            if let Some(local_response) = local_response {
-                return Err(Stopped::Local(index, local_response));
-            }
-            if reset {
-                tracing::debug!(plugin = %plugin.name, route = %self.info.route_name, phase = self.phase, "the plugin reset the stream");
-                return Err(Stopped::Reset);
-            }
-            if resumed {
-                paused = false;
-            }
-            if !paused {
-                return Ok(());
-            }
             if tokio::time::timeout_at(deadline, wake.notified())
                 .await
                 .is_err()
@@ -181,7 +206,7 @@ impl PluginRun {
                 tracing::warn!(plugin = %plugin.name, route = %self.info.route_name, "plugin paused the stream and never resumed it");
                 return Err(Stopped::Failed(Box::new(Refusal::PluginStalled.response())));
             }
-            if !plugin.is_current(self.entries[index].generation) {
+            if !plugin.is_current(self.entries[index].vm) {
                 // Another request's trap took the VM, with the decision this one waited
                 // for and what it had handed the plugin: it can neither continue nor skip
                 // the plugin, whatever the failure policy.
@@ -192,10 +217,13 @@ impl PluginRun {
                     Refusal::PluginFailed { plugin }.response(),
                 )));
             }
-            signals = match plugin.with_vm(|vm, _| Ok(take_signals(vm, context, direction))) {
+            let signals = match plugin.with_vm(|vm, _| Ok(take_signals(vm, context, direction))) {
                 Ok(signals) => signals,
                 Err(failure) => return self.fail(index, failure),
             };
+            if !self.still_paused(index, true, signals)? {
+                return Ok(());
+            }
         }
     }
 
@@ -508,8 +536,9 @@ impl PluginRun {
     }
 
     /// A request or response headers callback of one plugin: the map is moved into the
-    /// plugin's stream state (`slot`) for the callback and taken back after it, or after
-    /// the pause that followed.
+    /// plugin's stream state (`slot`) for the callback and straight back after it, or after
+    /// the pause that followed; after a trap, what the callback was handed is taken back
+    /// from the dying VM (as [`rescue`] does), so that a `fail_open` plugin passes it on.
     async fn header_callback(
         &mut self,
         index: usize,
@@ -523,22 +552,28 @@ impl PluginRun {
             _ => Direction::Request,
         };
         let count = headers.len();
-        let mut moved = Some(std::mem::take(headers));
+        // The map is with the plugin: handed over and not given back yet.
+        let mut with_plugin = false;
         let result = self
             .settle(index, direction, |vm, context| {
                 if let Some(stream) = vm.state().streams.get_mut(&context) {
-                    *slot(stream) = moved.take();
+                    *slot(stream) = Some(std::mem::take(headers));
+                    with_plugin = true;
                 }
                 let action = vm.stream_callback(context, callback, count, end_of_stream);
-                rescue(vm, context, &action, &mut moved, |stream| {
-                    slot(stream).take().unwrap_or_default()
-                });
+                // Unless the plugin paused, the map comes back in this same visit to the VM.
+                if with_plugin && !matches!(action, Ok(Action::Pause)) {
+                    if let Some(stream) = vm.state().streams.get_mut(&context) {
+                        *headers = slot(stream).take().unwrap_or_default();
+                        with_plugin = false;
+                    }
+                }
                 action
             })
             .await;
-        *headers = self.take_back(index, moved, |stream| {
-            slot(stream).take().unwrap_or_default()
-        });
+        if with_plugin {
+            *headers = self.with_stream(index, |stream| slot(stream).take().unwrap_or_default());
+        }
         result
     }
 
@@ -689,7 +724,7 @@ impl PluginRun {
         phase: &'static str,
     ) -> Result<u32, PluginBodyFailure> {
         let entry = &self.entries[index];
-        if entry.holding_body && !entry.plugin.is_current(entry.generation) {
+        if entry.holding_body && !entry.plugin.is_current(entry.vm) {
             let lost = PluginFailure::Unavailable(
                 "the VM was replaced while the plugin held back part of the response body".into(),
             );
@@ -817,13 +852,12 @@ fn release_request_body(stream: &mut StreamState, handed: &Bytes) -> Bytes {
     released
 }
 
-/// What the plugin decided for a stream since the last look: a local reply, a reset, and
-/// whether it resumed the given direction.
-fn take_signals(
-    vm: &mut crate::wasm::vm::Vm,
-    context: u32,
-    direction: Direction,
-) -> (Option<LocalResponse>, bool, bool) {
+/// What a plugin decided for a stream since the last look: a local reply, a reset, and
+/// whether it resumed the direction looked at.
+type Signals = (Option<LocalResponse>, bool, bool);
+
+/// What the plugin decided for a stream since the last look (see [`Signals`]).
+fn take_signals(vm: &mut crate::wasm::vm::Vm, context: u32, direction: Direction) -> Signals {
     let Some(stream) = vm.state().streams.get_mut(&context) else {
         return (None, false, false);
     };
