@@ -15,14 +15,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 
 use crate::body::H2Body;
 
-use super::pool::{EndpointConnections, Multiplexed, SharedConnection, UpstreamError};
+use super::pool::{
+    handshake_error, EndpointConnections, Multiplexed, Opening, SharedConnection, UpstreamError,
+};
 use super::{Cluster, Endpoint, PooledBody};
 
 /// The sender of an endpoint's callout connection, and whether that connection has ended
@@ -60,18 +61,10 @@ impl Cluster {
         }
         let (mut head, body) = request.into_parts();
         head.version = Version::HTTP_2;
-        let path = head.uri.path_and_query().map_or("/", |path| path.as_str());
-        head.uri = Uri::builder()
-            .scheme(self.scheme())
-            .authority(endpoint.address.as_str())
-            .path_and_query(path)
-            .build()
-            .map_err(|error| {
-                UpstreamError::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, error))
-            })?;
+        head.uri = self.http2_uri(endpoint, &head.uri)?;
         loop {
             let (call, reused) = self
-                .shared_sender(endpoint, || self.open_calls(endpoint).boxed().shared())
+                .shared_sender(endpoint, || self.open_calls(endpoint))
                 .await?;
             // Waits for a free stream slot (the endpoint's concurrent-stream limit); fails
             // when the connection has ended or is going away.
@@ -109,25 +102,11 @@ impl Cluster {
     }
 
     /// Opens an HTTP/2 connection for callouts to `endpoint`, and a task that drives it.
-    fn open_calls(
-        &self,
-        endpoint: &Endpoint,
-    ) -> impl std::future::Future<Output = Result<CallSender, Arc<std::io::Error>>> + Send + 'static
-    {
-        let connector = self.connector.clone();
-        let (host, port, address) = (
-            endpoint.host.clone(),
-            endpoint.port,
-            endpoint.address.clone(),
-        );
-        async move {
-            let stream = connector.connect(&host, port).await.map_err(Arc::new)?;
-            let (sender, connection) = h2::client::handshake(stream).await.map_err(|error| {
-                Arc::new(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("HTTP/2 handshake: {error}"),
-                ))
-            })?;
+    fn open_calls(&self, endpoint: &Endpoint) -> Opening<CallSender> {
+        self.open_shared(endpoint, |stream, address| async move {
+            let (sender, connection) = h2::client::handshake(stream)
+                .await
+                .map_err(handshake_error)?;
             let closed = Arc::new(AtomicBool::new(false));
             let ended = closed.clone();
             tokio::spawn(async move {
@@ -137,7 +116,7 @@ impl Cluster {
                 ended.store(true, Ordering::Relaxed);
             });
             Ok(CallSender { sender, closed })
-        }
+        })
     }
 }
 

@@ -99,6 +99,14 @@ impl std::error::Error for UpstreamError {
     }
 }
 
+/// An HTTP/2 handshake that failed, as the connect error its waiting requests share.
+pub(super) fn handshake_error(error: impl std::fmt::Display) -> Arc<io::Error> {
+    Arc::new(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("HTTP/2 handshake: {error}"),
+    ))
+}
+
 /// A connect error that every request waiting for one HTTP/2 connection shares: it stays
 /// the cause of each one's error, so that what failed (TLS, say) can still be told.
 #[derive(Debug)]
@@ -404,21 +412,10 @@ impl Cluster {
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         *request.version_mut() = Version::HTTP_2;
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |path| path.as_str());
-        *request.uri_mut() = Uri::builder()
-            .scheme(self.scheme())
-            .authority(endpoint.address.as_str())
-            .path_and_query(path)
-            .build()
-            .map_err(|error| {
-                UpstreamError::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, error))
-            })?;
+        *request.uri_mut() = self.http2_uri(endpoint, request.uri())?;
         loop {
             let (mut sender, reused) = self
-                .shared_sender(endpoint, || self.open_http2(endpoint).boxed().shared())
+                .shared_sender(endpoint, || self.open_http2(endpoint))
                 .await?;
             match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -494,14 +491,32 @@ impl Cluster {
         Ok(sender)
     }
 
-    /// Opens an HTTP/2 connection to `endpoint`; the future owns what it needs, so that
-    /// every request waiting for the connection can drive it.
-    fn open_http2(
-        &self,
-        endpoint: &Endpoint,
-    ) -> impl std::future::Future<Output = Result<http2::SendRequest<UpstreamBody>, Arc<io::Error>>>
-           + Send
-           + 'static {
+    /// Opens an HTTP/2 connection to `endpoint` with hyper, for forwarded requests.
+    fn open_http2(&self, endpoint: &Endpoint) -> Opening<http2::SendRequest<UpstreamBody>> {
+        self.open_shared(endpoint, |stream, address| async move {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(handshake_error)?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(endpoint = %address, %error, "upstream connection ended with an error");
+                }
+            });
+            Ok(sender)
+        })
+    }
+
+    /// Opens a connection to `endpoint` and hands it to `handshake` (with the endpoint's
+    /// address, for its log lines). The opening owns what it needs, so that every request
+    /// waiting for the connection can drive it.
+    pub(super) fn open_shared<S, H, F>(&self, endpoint: &Endpoint, handshake: H) -> Opening<S>
+    where
+        S: Multiplexed,
+        H: FnOnce(super::connector::UpstreamStream, String) -> F + Send + 'static,
+        F: std::future::Future<Output = Result<S, Arc<io::Error>>> + Send + 'static,
+    {
         let connector = self.connector.clone();
         let (host, port, address) = (
             endpoint.host.clone(),
@@ -510,23 +525,24 @@ impl Cluster {
         );
         async move {
             let stream = connector.connect(&host, port).await.map_err(Arc::new)?;
-            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|error| {
-                    Arc::new(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("HTTP/2 handshake: {error}"),
-                    ))
-                })?;
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(endpoint = %address, %error, "upstream connection ended with an error");
-                }
-            });
-            Ok(sender)
+            handshake(stream, address).await
         }
+        .boxed()
+        .shared()
+    }
+
+    /// `uri`'s path and query as the absolute URI of an HTTP/2 request to `endpoint` (its
+    /// `:scheme` and `:authority` are the cluster's and the endpoint's).
+    pub(super) fn http2_uri(&self, endpoint: &Endpoint, uri: &Uri) -> Result<Uri, UpstreamError> {
+        let path = uri.path_and_query().map_or("/", |path| path.as_str());
+        Uri::builder()
+            .scheme(self.scheme())
+            .authority(endpoint.address.as_str())
+            .path_and_query(path)
+            .build()
+            .map_err(|error| {
+                UpstreamError::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, error))
+            })
     }
 
     /// Puts an HTTP/1.1 connection whose exchange ended back into the calling thread's pool.
