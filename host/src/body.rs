@@ -20,7 +20,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::upstream::BoxError;
+/// What a body's frame fails with, whatever the body: the one error type the pipeline's
+/// boxed bodies share.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 
 /// The request body made no progress for `server.body_read_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

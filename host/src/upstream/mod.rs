@@ -28,7 +28,7 @@ pub use ring::{hash_key, POINTS_PER_ENDPOINT};
 
 /// The request body type sent upstream.
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::body::BoxError;
 
 /// A request body with nothing in it. Boxing it allocates nothing (it has no size): a
 /// request without a body costs no box.
