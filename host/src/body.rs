@@ -24,7 +24,6 @@ use tokio::time::{Instant, Sleep};
 /// boxed bodies share.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-
 /// The request body made no progress for `server.body_read_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyReadTimeout;
