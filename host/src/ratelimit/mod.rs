@@ -40,7 +40,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prost::Message;
 
-use crate::body::H2Body;
+use crate::body::{BoxError, H2Body};
 use crate::server::HTTP2_PREFACE;
 use limiter::Limiter;
 use metrics::{CallResult, ServiceMetrics};
@@ -252,7 +252,7 @@ impl Service {
     async fn handle<B>(&self, request: Request<B>) -> Response<ServiceBody>
     where
         B: Body<Data = Bytes>,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B::Error: Into<BoxError>,
     {
         match (request.method(), request.uri().path()) {
             (&Method::POST, SHOULD_RATE_LIMIT_PATH) => self.should_rate_limit(request).await,
@@ -282,7 +282,7 @@ impl Service {
     async fn should_rate_limit<B>(&self, request: Request<B>) -> Response<ServiceBody>
     where
         B: Body<Data = Bytes>,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B::Error: Into<BoxError>,
     {
         let message = match read_grpc_message(request).await {
             Ok(message) => message,
@@ -345,7 +345,7 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 async fn read_grpc_message<B>(request: Request<B>) -> Result<Bytes, Response<ServiceBody>>
 where
     B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<BoxError>,
 {
     if !is_grpc(request.headers()) {
         return Err(plain(

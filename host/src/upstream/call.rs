@@ -19,7 +19,7 @@ use http::{Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 
-use crate::body::H2Body;
+use crate::body::{BoxError, H2Body};
 
 use super::pool::{
     handshake_error, EndpointConnections, Multiplexed, Opening, SharedConnection, UpstreamError,
@@ -130,7 +130,7 @@ pub enum CallBody {
 
 impl Body for CallBody {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,

@@ -538,7 +538,7 @@ impl PluginRun {
     /// A request or response headers callback of one plugin: the map is moved into the
     /// plugin's stream state (`slot`) for the callback and straight back after it, or after
     /// the pause that followed; after a trap, what the callback was handed is taken back
-    /// from the dying VM (as [`rescue`] does), so that a `fail_open` plugin passes it on.
+    /// from the dying VM in the same visit, so that a `fail_open` plugin passes it on.
     async fn header_callback(
         &mut self,
         index: usize,
@@ -561,7 +561,8 @@ impl PluginRun {
                     with_plugin = true;
                 }
                 let action = vm.stream_callback(context, callback, count, end_of_stream);
-                // Unless the plugin paused, the map comes back in this same visit to the VM.
+                // Unless the plugin paused, the map comes back in this same visit to the VM:
+                // after a trap too, before the VM is discarded.
                 if with_plugin && !matches!(action, Ok(Action::Pause)) {
                     if let Some(stream) = vm.state().streams.get_mut(&context) {
                         *headers = slot(stream).take().unwrap_or_default();
