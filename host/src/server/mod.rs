@@ -46,6 +46,9 @@ const RETIREMENT_BACKLOG: usize = 64;
 /// passed: the call itself, not the `proxy_done` a plugin may promise for later.
 const SINGLETON_ON_DONE_GRACE: Duration = Duration::from_millis(500);
 
+/// How long a drain that timed out still waits for busy workers to stop on their own.
+const WORKER_STOP_GRACE: Duration = Duration::from_millis(100);
+
 /// State shared by the workers and the admin listener.
 pub struct GatewayState {
     snapshot: ArcSwap<Snapshot>,
@@ -404,12 +407,22 @@ impl Workers {
             std::thread::sleep(Duration::from_millis(10));
         }
         let connections = self.state.open_connections();
-        let mut workers_busy = 0;
+        let mut workers_busy = self
+            .threads
+            .iter()
+            .filter(|thread| !thread.is_finished())
+            .count();
+        // A worker still retiring a plugin sees the deadline at its next look (every 10 ms),
+        // stops the VM itself and logs which plugin did not call proxy_done: a short grace
+        // lets it do so, rather than the process exit cutting it off mid-way.
+        let grace_end = Instant::now() + WORKER_STOP_GRACE;
+        while !self.threads.iter().all(|thread| thread.is_finished()) && Instant::now() < grace_end
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         for thread in self.threads {
             if thread.is_finished() {
                 let _ = thread.join();
-            } else {
-                workers_busy += 1;
             }
         }
         // Singletons last: what route plugins flushed in their on_done (a shared queue, say)
