@@ -93,7 +93,7 @@ unsafe_code = "forbid"
 all = { level = "warn", priority = -1 }
 
 [profile.release]
-opt-level = "s"
+opt-level = 3
 lto = true
 codegen-units = 1
 panic = "abort"

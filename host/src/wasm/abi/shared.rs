@@ -18,17 +18,15 @@ fn get_shared_data(
     ret_len: u32,
     ret_cas: u32,
 ) -> wasmtime::Result<u32> {
-    let key = match memory::read_string(&mut caller, key_ptr, key_len) {
-        Ok(key) => key,
+    // The key is looked up where the guest keeps it: no copy per call.
+    let found = memory::with_guest_bytes(&mut caller, key_ptr, key_len, |key, state| {
+        let key = String::from_utf8_lossy(key);
+        state.registries.shared_data.get(&state.plugin.vm_id, &key)
+    });
+    let (value, cas) = match found {
+        Ok(Some(found)) => found,
+        Ok(None) => return Ok(Status::NotFound as u32),
         Err(error) => return Ok(Status::from(error) as u32),
-    };
-    let Some((value, cas)) = caller
-        .data()
-        .registries
-        .shared_data
-        .get(&caller.data().plugin.vm_id, &key)
-    else {
-        return Ok(Status::NotFound as u32);
     };
     if let Err(error) = memory::write_u32(&mut caller, ret_cas, cas) {
         return Ok(Status::from(error) as u32);
@@ -47,24 +45,24 @@ fn set_shared_data(
     cas: u32,
 ) -> u32 {
     status((|| {
-        let key = memory::read_string(&mut caller, key_ptr, key_len)?;
-        let value = memory::read(&mut caller, value_ptr, value_len)?;
-        let state = caller.data();
-        let plugin = &state.plugin;
-        let result = state.registries.shared_data.set(
-            &plugin.vm_id,
-            &key,
-            Bytes::from(value),
-            cas,
-            &plugin.limits,
-        );
-        if result == Err(Status::BadArgument) {
-            state
-                .registries
-                .gateway_metrics
-                .plugin_limit_refusal(&plugin.name, "shared_data_bytes");
-        }
-        result
+        let value = Bytes::from(memory::read(&mut caller, value_ptr, value_len)?);
+        // The key stays where the guest keeps it: an existing key is updated with no copy.
+        memory::with_guest_bytes(&mut caller, key_ptr, key_len, |key, state| {
+            let key = String::from_utf8_lossy(key);
+            let plugin = &state.plugin;
+            let result =
+                state
+                    .registries
+                    .shared_data
+                    .set(&plugin.vm_id, &key, value, cas, &plugin.limits);
+            if result == Err(Status::BadArgument) {
+                state
+                    .registries
+                    .gateway_metrics
+                    .plugin_limit_refusal(&plugin.name, "shared_data_bytes");
+            }
+            result
+        })?
     })())
 }
 
