@@ -10,6 +10,7 @@
 //! collectors that write through [`encode_values`], so every family on `/metrics` is encoded
 //! by the same code and label values are escaped in one place.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+use rustc_hash::FxHashMap;
+use thread_local::ThreadLocal;
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -108,7 +111,31 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     /// Finished spans by what became of them (see [`SpanResult`]).
     spans: Family<ResultLabels, Counter>,
+    /// Each worker's handles to the request series it has counted (see [`RequestSeries`]).
+    request_series: ThreadLocal<RefCell<RequestSeries>>,
 }
+
+/// A worker's handles to the request counter and latency histogram of each (route,
+/// cluster, status) it has seen, so that counting a request touches two atomics instead of
+/// hashing its labels into both families under their locks. Keyed by where the route's
+/// and cluster's names live: an entry holds both names, so neither address can be reused
+/// for another name while it is here. Routes and clusters come from the configuration,
+/// so the handles are few; the map starts over when reloads have left it large.
+#[derive(Debug, Default)]
+struct RequestSeries {
+    handles: FxHashMap<(usize, usize, u16), SeriesHandles>,
+}
+
+#[derive(Debug)]
+struct SeriesHandles {
+    _route: Arc<str>,
+    _cluster: Arc<str>,
+    requests: Counter,
+    latency: LatencyHistogram,
+}
+
+/// More handles than any configuration needs: past it, the map is cleared and refilled.
+const MAX_REQUEST_SERIES: usize = 4096;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -128,6 +155,7 @@ impl Default for Metrics {
             plugin_metric_series_refused: Family::default(),
             reloads: Family::default(),
             spans: Family::default(),
+            request_series: ThreadLocal::new(),
         };
         // Both results are shown from the start, so that a rate over them is defined
         // before the first swap.
@@ -142,8 +170,13 @@ impl Default for Metrics {
 /// takes a write lock per observation; this one adds to one bucket's atomic (the
 /// cumulative counts are summed when encoded), so that concurrent requests on a route do
 /// not serialise on it.
+/// A handle: clones share the counts, so that a worker can keep one per route (see
+/// [`RequestSeries`]).
+#[derive(Debug, Default, Clone)]
+struct LatencyHistogram(Arc<LatencyCounts>);
+
 #[derive(Debug, Default)]
-struct LatencyHistogram {
+struct LatencyCounts {
     /// Per bucket, the requests whose duration falls in it and in no lower one.
     buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     count: AtomicU64,
@@ -152,12 +185,14 @@ struct LatencyHistogram {
 
 impl LatencyHistogram {
     fn observe(&self, duration: Duration) {
+        let counts = &self.0;
         let seconds = duration.as_secs_f64();
         if let Some(bucket) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
-            self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+            counts.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
+        counts.count.fetch_add(1, Ordering::Relaxed);
+        counts
+            .sum_micros
             .fetch_add(duration.as_micros() as u64, Ordering::Relaxed);
     }
 }
@@ -168,14 +203,15 @@ impl TypedMetric for LatencyHistogram {
 
 impl EncodeMetric for LatencyHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts = &self.0;
         let mut buckets = [(0.0, 0); LATENCY_BUCKETS.len()];
-        for ((bucket, bound), row) in self.buckets.iter().zip(LATENCY_BUCKETS).zip(&mut buckets) {
+        for ((bucket, bound), row) in counts.buckets.iter().zip(LATENCY_BUCKETS).zip(&mut buckets) {
             *row = (bound, bucket.load(Ordering::Relaxed));
         }
         let counted: u64 = buckets.iter().map(|(_, count)| count).sum();
         // A request recorded while encoding may be in its bucket and not yet counted.
-        let count = self.count.load(Ordering::Relaxed).max(counted);
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let count = counts.count.load(Ordering::Relaxed).max(counted);
+        let sum = counts.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
@@ -215,18 +251,35 @@ impl Metrics {
         status: u16,
         duration: Duration,
     ) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                cluster: cluster.clone(),
-                code: status,
-            })
-            .inc();
-        self.latency
-            .get_or_create(&RouteLabels {
-                route: route.clone(),
-            })
-            .observe(duration);
+        let key = (
+            Arc::as_ptr(route) as *const u8 as usize,
+            Arc::as_ptr(cluster) as *const u8 as usize,
+            status,
+        );
+        let mut series = self.request_series.get_or_default().borrow_mut();
+        if !series.handles.contains_key(&key) && series.handles.len() >= MAX_REQUEST_SERIES {
+            series.handles.clear();
+        }
+        let handles = series.handles.entry(key).or_insert_with(|| SeriesHandles {
+            _route: route.clone(),
+            _cluster: cluster.clone(),
+            requests: self
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: route.clone(),
+                    cluster: cluster.clone(),
+                    code: status,
+                })
+                .clone(),
+            latency: self
+                .latency
+                .get_or_create(&RouteLabels {
+                    route: route.clone(),
+                })
+                .clone(),
+        });
+        handles.requests.inc();
+        handles.latency.observe(duration);
     }
 
     pub fn upstream_error(&self, cluster: &Arc<str>, kind: UpstreamErrorKind) {
@@ -517,6 +570,48 @@ mod tests {
         );
         assert!(
             text.contains("tollgate_active_connections{listener=\"web\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_series_is_one_whatever_holds_its_names_and_whichever_worker_counts() {
+        let metrics = Arc::new(Metrics::default());
+        let cluster: Arc<str> = "shop".into();
+        // The same route name before and after a reload: two allocations, one series.
+        let before: Arc<str> = "orders".into();
+        let after: Arc<str> = "orders".into();
+        metrics.record_request(&before, &cluster, 200, Duration::from_millis(1));
+        metrics.record_request(&after, &cluster, 200, Duration::from_millis(1));
+        let other = metrics.clone();
+        let (route, cluster_too) = (after.clone(), cluster.clone());
+        std::thread::spawn(move || {
+            other.record_request(&route, &cluster_too, 200, Duration::from_millis(1));
+            other.record_request(&route, &cluster_too, 503, Duration::from_millis(1));
+        })
+        .join()
+        .unwrap();
+        // Past the bound the handles are let go; the counts stay in the families.
+        for n in 0..MAX_REQUEST_SERIES + 1 {
+            let route: Arc<str> = format!("r{n}").into();
+            metrics.record_request(&route, &cluster, 200, Duration::from_millis(1));
+        }
+        metrics.record_request(&before, &cluster, 200, Duration::from_millis(1));
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                "tollgate_requests_total{route=\"orders\",cluster=\"shop\",code=\"200\"} 4"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tollgate_requests_total{route=\"orders\",cluster=\"shop\",code=\"503\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("tollgate_request_duration_seconds_count{route=\"orders\"} 5"),
             "{text}"
         );
     }
