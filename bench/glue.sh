@@ -15,7 +15,7 @@
 #   TOLLGATE_BIN                 the gateway to measure (default: the release build)
 #   TOLLGATE_BASELINE_BIN        a second gateway, measured the same way for comparison
 #   GLUE_REQUESTS=2000           requests counted per configuration (after 200 unmeasured)
-#   GLUE_CONFIGS="base header chain"   (any of base header chain limit global)
+#   GLUE_CONFIGS="base header chain"   (any of base header heavy chain limit global)
 #   BENCH_PORT_BASE=28380        ports BASE+1 (upstream), BASE+2 (redis-server), BASE+3
 #                                (tollgate ratelimit), BASE+10 (Tollgate), BASE+20 (admin)
 #   GLUE_KEEP                    a folder to keep the callgrind files in (callgrind_annotate)
@@ -37,7 +37,7 @@ RATELIMIT_PORT=$((BASE + 3))
 REQUESTS=${GLUE_REQUESTS:-2000}
 read -r -a CONFIGS <<<"${GLUE_CONFIGS:-base header chain}"
 for c in "${CONFIGS[@]}"; do
-    case $c in base | header | chain | limit | global) ;; *) die "unknown configuration '$c'" ;; esac
+    case $c in base | header | heavy | chain | limit | global) ;; *) die "unknown configuration '$c'" ;; esac
 done
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
     die "needs valgrind (callgrind and callgrind_control)"
@@ -47,9 +47,9 @@ PROFILER_ENV=()
 [[ ${GLUE_PERFMAP:-0} == 1 ]] && PROFILER_ENV=(TOLLGATE_WASM_PROFILER=perfmap)
 declare -A BINS=([new]=$BIN)
 [[ -n ${TOLLGATE_BASELINE_BIN:-} ]] && BINS[old]=$TOLLGATE_BASELINE_BIN
-need_files "$TP_DIR/tp_headers.wasm" "$BUNDLED_DIR/key_auth.wasm" "$BUNDLED_DIR/rate_limit.wasm" "$BUNDLED_DIR/transformer.wasm"
+need_files "$TP_DIR/tp_headers.wasm" "$TP_DIR/tp_header_heavy.wasm" "$BUNDLED_DIR/key_auth.wasm" "$BUNDLED_DIR/rate_limit.wasm" "$BUNDLED_DIR/transformer.wasm"
 mkdir -p "$WORK/plugins"
-cp "$TP_DIR/tp_headers.wasm" "$BUNDLED_DIR/key_auth.wasm" "$BUNDLED_DIR/rate_limit.wasm" "$BUNDLED_DIR/transformer.wasm" "$WORK/plugins/"
+cp "$TP_DIR/tp_headers.wasm" "$TP_DIR/tp_header_heavy.wasm" "$BUNDLED_DIR/key_auth.wasm" "$BUNDLED_DIR/rate_limit.wasm" "$BUNDLED_DIR/transformer.wasm" "$WORK/plugins/"
 
 # policies NAME PLUGINS-YAML [MORE-YAML]: MORE-YAML goes into a second file, merged with the
 # first
@@ -80,6 +80,9 @@ policies header 'plugins:
   - name: headers
     module: tp_headers.wasm
     config: { tag: bench }'
+policies heavy 'plugins:
+  - name: heavy
+    module: tp_header_heavy.wasm'
 policies chain "$(chain_plugins_yaml)"
 policies limit "$(limit_plugins_yaml "")"
 # Under callgrind the first calls (a new HTTP/2 connection, the script loaded into Redis) take

@@ -82,7 +82,11 @@ pub fn host(authority: &str, settings: &Normalization) -> Result<String, Rejecti
     if !is_host_name(labels) {
         return Err(Rejection::InvalidHost);
     }
-    Ok(name.to_ascii_lowercase())
+    // Room for the whole authority: the caller appends the port without growing it.
+    let mut host = String::with_capacity(authority.len());
+    host.push_str(name);
+    host.make_ascii_lowercase();
+    Ok(host)
 }
 
 /// Non-empty labels of letters, digits, `-` and `_`, separated by single dots; one pass.
