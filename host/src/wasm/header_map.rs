@@ -68,6 +68,10 @@ pub struct PseudoHeaderMap {
     /// place) but are no pairs. Counted once, since every header callback is told the
     /// number of pairs.
     hidden_hosts: usize,
+    /// The names in their order, while removals have left the map's own order wrong (the
+    /// `http` crate's map fills a removed name's place with its last name); put back once,
+    /// when the map is next taken whole. `None` while the map's order is right.
+    order: Option<Vec<HeaderName>>,
 }
 
 /// An empty map, for a phase that has none yet.
@@ -80,6 +84,7 @@ impl PseudoHeaderMap {
             pseudo: Default::default(),
             headers,
             hidden_hosts: 0,
+            order: None,
         }
     }
 
@@ -131,27 +136,66 @@ impl PseudoHeaderMap {
     /// The headers but the pseudo-headers, as pairs.
     pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         let host_hidden = self.hidden_hosts > 0;
-        self.headers
-            .iter()
+        self.in_order()
             .filter(move |(name, _)| !(host_hidden && *name == HOST))
+    }
+
+    /// Every header in order, a client's `Host` included.
+    fn in_order(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        let (as_stored, by_order) = match &self.order {
+            None => (Some(self.headers.iter()), None),
+            Some(order) => (None, Some(order.iter())),
+        };
+        let by_order = by_order.into_iter().flatten().flat_map(|name| {
+            self.headers
+                .get_all(name)
+                .iter()
+                .map(move |value| (name, value))
+        });
+        as_stored.into_iter().flatten().chain(by_order)
     }
 
     /// The header map as the message carries it, for the message: a client's `Host`
     /// stays in it (the pipeline sets it from `:authority`).
     pub fn clone_headers(&self) -> HeaderMap {
-        self.headers.clone()
+        if self.order.is_none() {
+            return self.headers.clone();
+        }
+        let mut map = HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in self.in_order() {
+            map.append(name.clone(), value.clone());
+        }
+        map
     }
 
     /// Takes the header map out (the pseudo-headers stay), leaving an empty one; as
     /// [`Self::clone_headers`].
     pub fn take_headers(&mut self) -> HeaderMap {
+        self.restore_order();
         self.hidden_hosts = 0;
         std::mem::take(&mut self.headers)
     }
 
     /// The header map, the rest consumed; as [`Self::clone_headers`].
-    pub fn into_headers(self) -> HeaderMap {
+    pub fn into_headers(mut self) -> HeaderMap {
+        self.restore_order();
         self.headers
+    }
+
+    /// Puts the map's names back in their order after removals (see `order`): one map
+    /// built anew, however many names were removed. It keeps the old map's room, so that
+    /// later additions do not grow it again.
+    fn restore_order(&mut self) {
+        let Some(order) = self.order.take() else {
+            return;
+        };
+        let old = std::mem::take(&mut self.headers);
+        self.headers.reserve(old.capacity());
+        for name in order {
+            for value in old.get_all(&name) {
+                self.headers.append(name.clone(), value.clone());
+            }
+        }
     }
 
     /// A pseudo-header's value.
@@ -205,7 +249,17 @@ impl PseudoHeaderMap {
             // The plugin's `Host` is the only one.
             self.remove_name(&name);
         }
+        self.note_if_new(&name);
         self.headers.append(name, value);
+    }
+
+    /// A name about to be added goes at the end of the order kept after removals.
+    fn note_if_new(&mut self, name: &HeaderName) {
+        if let Some(order) = &mut self.order {
+            if !self.headers.contains_key(name) {
+                order.push(name.clone());
+            }
+        }
     }
 
     /// Replaces every value of a name with one, where its first value was (added at the end
@@ -221,6 +275,7 @@ impl PseudoHeaderMap {
         if name == HOST {
             self.hidden_hosts = 0;
         }
+        self.note_if_new(&name);
         self.headers.insert(name, value);
     }
 
@@ -245,34 +300,21 @@ impl PseudoHeaderMap {
         if !self.headers.contains_key(name) {
             return;
         }
-        if self.remove_keeping_order(name) {
+        if self.order.is_none() && self.remove_keeping_order(name) {
             return;
         }
-        // `HeaderMap::remove` moves the last name into the removed one's place; a map built
-        // anew keeps Envoy's order. A name is cloned only when it has further values. The
-        // new map keeps the old one's room, so that later additions do not grow it again.
-        let old = std::mem::take(&mut self.headers);
-        self.headers.reserve(old.capacity());
-        let mut pairs = old.into_iter().peekable();
-        let mut current: Option<HeaderName> = None;
-        while let Some((next_name, value)) = pairs.next() {
-            let more_values = matches!(pairs.peek(), Some((None, _)));
-            if let Some(next_name) = next_name {
-                if next_name == *name {
-                    current = None;
-                    while pairs.next_if(|(name, _)| name.is_none()).is_some() {}
-                    continue;
-                }
-                if !more_values {
-                    self.headers.append(next_name, value);
-                    continue;
-                }
-                current = Some(next_name);
-            }
-            if let Some(current) = &current {
-                self.headers.append(current.clone(), value);
-            }
+        // `HeaderMap::remove` moves the last name into the removed one's place: the order
+        // the names had is kept beside the map and put back once, when the map is taken
+        // whole, so that a plugin removing many headers in a row does not rebuild the map
+        // for each.
+        let headers = &self.headers;
+        let order = self
+            .order
+            .get_or_insert_with(|| headers.keys().cloned().collect());
+        if let Some(at) = order.iter().position(|kept| kept == name) {
+            order.remove(at);
         }
+        self.headers.remove(name);
     }
 
     /// Removes `name` (present) where the names after it have one value each, as it is
@@ -280,7 +322,7 @@ impl PseudoHeaderMap {
     /// the map, where `HeaderMap::remove` moves nothing, and go back in their order after
     /// `name` went, with no map built anew. False, with the map as it was, otherwise.
     fn remove_keeping_order(&mut self, name: &HeaderName) -> bool {
-        /// Names after the removed one moved this way; more are rebuilt.
+        /// Names after the removed one moved this way; past them, the order is kept aside.
         const MOVED: usize = 8;
         let mut later: SmallVec<[HeaderName; MOVED]> = SmallVec::new();
         for (index, later_name) in self.headers.keys().skip_while(|n| *n != name).enumerate() {
@@ -316,6 +358,7 @@ impl PseudoHeaderMap {
         self.pseudo = Default::default();
         self.headers.clear();
         self.hidden_hosts = 0;
+        self.order = None;
     }
 
     /// Replaces the whole map with the pairs a plugin wrote (`set_header_map_pairs`); the
@@ -561,6 +604,105 @@ mod tests {
             pairs(&map)[4..],
             owned(&[("x-a", "1"), ("x-a", "3"), ("x-c", "4"), ("x-d", "5")])[..],
         );
+    }
+
+    /// What the map must hold, as Envoy's header map keeps it: the names in the order they
+    /// came, each with its values in theirs.
+    #[derive(Default)]
+    struct Model(Vec<(String, Vec<String>)>);
+
+    impl Model {
+        fn add(&mut self, name: &str, value: &str) {
+            match self.0.iter_mut().find(|(kept, _)| kept == name) {
+                Some((_, values)) => values.push(value.into()),
+                None => self.0.push((name.into(), vec![value.into()])),
+            }
+        }
+        fn replace(&mut self, name: &str, value: &str) {
+            match self.0.iter_mut().find(|(kept, _)| kept == name) {
+                Some((_, values)) => *values = vec![value.into()],
+                None => self.0.push((name.into(), vec![value.into()])),
+            }
+        }
+        fn remove(&mut self, name: &str) {
+            self.0.retain(|(kept, _)| kept != name);
+        }
+        fn pairs(&self) -> Vec<(String, String)> {
+            let mut pairs = Vec::new();
+            for (name, values) in &self.0 {
+                for value in values {
+                    pairs.push((name.clone(), value.clone()));
+                }
+            }
+            pairs
+        }
+    }
+
+    #[test]
+    fn edits_in_any_order_keep_envoys_order_whichever_way_the_map_is_read() {
+        // Many removals in a row (past what moves back in place) mixed with additions,
+        // replacements and names removed and added again, checked after every edit
+        // against the model, through every way the map is read.
+        let mut state = 0x2545_f491_u32;
+        let mut next = |bound: u32| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state % bound
+        };
+        for round in 0..40 {
+            let mut map = PseudoHeaderMap::from_headers(HeaderMap::new());
+            let mut model = Model::default();
+            for step in 0..60 {
+                let name = format!("x-{}", next(24));
+                let value = format!("{round}-{step}");
+                match next(4) {
+                    0 => {
+                        map.add(name.as_bytes(), value.as_bytes());
+                        model.add(&name, &value);
+                    }
+                    1 => {
+                        map.replace(name.as_bytes(), value.as_bytes());
+                        model.replace(&name, &value);
+                    }
+                    _ => {
+                        map.remove(name.as_bytes());
+                        model.remove(&name);
+                    }
+                }
+                assert_eq!(pairs(&map), model.pairs(), "round {round}, step {step}");
+                assert_eq!(map.len(), model.pairs().len());
+                let cloned: Vec<_> = map
+                    .clone_headers()
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+                    .collect();
+                assert_eq!(cloned, model.pairs(), "round {round}, step {step}");
+            }
+            let taken: Vec<_> = map
+                .take_headers()
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+                .collect();
+            assert_eq!(taken, model.pairs(), "round {round}");
+        }
+        // Twenty names removed first to last, after the client's own headers.
+        let mut map = request();
+        let before = pairs(&map);
+        for i in 0..20 {
+            map.add(format!("x-heavy-{i}").as_bytes(), b"v");
+        }
+        for i in 0..20 {
+            map.remove(format!("x-heavy-{i}").as_bytes());
+        }
+        assert_eq!(pairs(&map), before);
+        map.add(b"x-after", b"1");
+        let into: Vec<_> = map
+            .into_headers()
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        assert_eq!(into.last().map(String::as_str), Some("x-after"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tollgate_sdk::consumer::{self, Consumer};
 use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, LogLevel, MapType, Status};
+use tollgate_sdk::shared::MISSING_CAS;
 use tollgate_sdk::Plugin;
 
 use crate::jwks::{FetchState, Jwks, Outcome};
@@ -170,12 +171,14 @@ impl Fetched {
                 // A key that does not exist yet cannot be compared-and-swapped: a write to it
                 // always succeeds, so two VMs would both win the first lease. Create it with
                 // the fresh schedule first, then change it under compare-and-swap like any
-                // other time.
+                // other time. The creation itself carries a version no key has: it creates
+                // the missing key, and is refused if another VM created it (and perhaps
+                // took the lease) in between, rather than writing over it.
                 let fresh = FetchState::default().encode();
-                if hostcalls::set_shared_data(&self.state_key, Some(&fresh), None).is_err() {
-                    return false;
+                match hostcalls::set_shared_data(&self.state_key, Some(&fresh), Some(MISSING_CAS)) {
+                    Ok(()) | Err(Status::CasMismatch) => continue,
+                    Err(_) => return false,
                 }
-                continue;
             }
             let mut state = FetchState::decode(value.as_deref());
             if !change(&mut state) {
