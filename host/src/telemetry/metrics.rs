@@ -170,6 +170,7 @@ impl Default for Metrics {
 /// takes a write lock per observation; this one adds to one bucket's atomic (the
 /// cumulative counts are summed when encoded), so that concurrent requests on a route do
 /// not serialise on it.
+///
 /// A handle: clones share the counts, so that a worker can keep one per route (see
 /// [`RequestSeries`]).
 #[derive(Debug, Default, Clone)]
@@ -257,7 +258,7 @@ impl Metrics {
             status,
         );
         let mut series = self.request_series.get_or_default().borrow_mut();
-        if !series.handles.contains_key(&key) && series.handles.len() >= MAX_REQUEST_SERIES {
+        if series.handles.len() >= MAX_REQUEST_SERIES && !series.handles.contains_key(&key) {
             series.handles.clear();
         }
         let handles = series.handles.entry(key).or_insert_with(|| SeriesHandles {

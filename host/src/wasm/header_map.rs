@@ -672,18 +672,10 @@ mod tests {
                 }
                 assert_eq!(pairs(&map), model.pairs(), "round {round}, step {step}");
                 assert_eq!(map.len(), model.pairs().len());
-                let cloned: Vec<_> = map
-                    .clone_headers()
-                    .iter()
-                    .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
-                    .collect();
+                let cloned = map_pairs(&map.clone_headers());
                 assert_eq!(cloned, model.pairs(), "round {round}, step {step}");
             }
-            let taken: Vec<_> = map
-                .take_headers()
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
-                .collect();
+            let taken = map_pairs(&map.take_headers());
             assert_eq!(taken, model.pairs(), "round {round}");
         }
         // Twenty names removed first to last, after the client's own headers.
@@ -697,12 +689,15 @@ mod tests {
         }
         assert_eq!(pairs(&map), before);
         map.add(b"x-after", b"1");
-        let into: Vec<_> = map
-            .into_headers()
-            .iter()
-            .map(|(n, _)| n.to_string())
-            .collect();
-        assert_eq!(into.last().map(String::as_str), Some("x-after"));
+        let into = map_pairs(&map.into_headers());
+        assert_eq!(into.last().map(|(name, _)| name.as_str()), Some("x-after"));
+    }
+
+    /// A message's header map as pairs, in its order.
+    fn map_pairs(map: &HeaderMap) -> Vec<(String, String)> {
+        map.iter()
+            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_string()))
+            .collect()
     }
 
     #[test]
