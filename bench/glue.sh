@@ -191,8 +191,9 @@ for c in "${CONFIGS[@]}"; do
         callgrind_control -d "$pid" >/dev/null
         stop "$pid"
         row "$b" "$c" "$out"
-        # valgrind runs the gateway in its own process, so the map bears the same id
-        if [[ -n ${GLUE_KEEP:-} && ${GLUE_PERFMAP:-0} == 1 ]]; then
+        # valgrind runs the gateway in its own process, so the map bears the same id; a
+        # gateway without plugins compiles no guest code and writes none
+        if [[ -n ${GLUE_KEEP:-} && ${GLUE_PERFMAP:-0} == 1 && -f /tmp/perf-$pid.map ]]; then
             cp "/tmp/perf-$pid.map" "$GLUE_KEEP/perf-$b-$c.map"
         fi
         if [[ -n $service_pid ]]; then

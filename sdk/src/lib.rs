@@ -104,7 +104,7 @@ pub mod shared;
 pub mod time;
 pub mod usage;
 
-pub use plugin::{Plugin, Root};
+pub use plugin::{Callbacks, Plugin, Root};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, MetricType};

@@ -17,6 +17,12 @@
 //! ([`Plugin::on_queue_ready`]; register them in `from_config`, which runs in
 //! `on_configure` and may call the host). Everything else is the standard proxy-wasm ABI,
 //! so the module runs in Envoy as it does in Tollgate.
+//!
+//! [`Plugin::CALLBACKS`] names the request callbacks the plugin's request context
+//! implements. `plugin!` writes it into the module as the custom section
+//! `tollgate.callbacks`; Tollgate then never enters the others (they would only run the
+//! proxy-wasm crate's defaults), while Envoy ignores the section and calls them all, with
+//! the same outcome.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -41,6 +47,13 @@ pub trait Plugin: Sized + 'static {
 
     /// The context of one HTTP request.
     type Request: HttpContext + 'static;
+
+    /// The request callbacks [`Request`](Self::Request) implements: the rest are the
+    /// proxy-wasm crate's defaults (continue; `on_done` returns `true`), which Tollgate then
+    /// does not enter. The default, [`Callbacks::ALL`], is always right; a callback left
+    /// out here is never called in Tollgate (Envoy still calls it), so name every one the
+    /// request context or the root context overrides, `on_done` included.
+    const CALLBACKS: Callbacks = Callbacks::ALL;
 
     /// Checks the parsed configuration beyond what serde can (errors name the field, with
     /// paths from the configuration root) and builds the plugin. Runs in `on_configure`:
@@ -77,6 +90,47 @@ pub trait Plugin: Sized + 'static {
         _body_size: usize,
         _num_trailers: usize,
     ) {
+    }
+}
+
+/// A set of request callbacks (see [`Plugin::CALLBACKS`]), one bit each in the byte
+/// `plugin!` writes into the module's `tollgate.callbacks` custom section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Callbacks(u8);
+
+impl Callbacks {
+    /// `on_http_request_headers`
+    pub const REQUEST_HEADERS: Self = Self(1);
+    /// `on_http_request_body`
+    pub const REQUEST_BODY: Self = Self(1 << 1);
+    /// `on_http_request_trailers`
+    pub const REQUEST_TRAILERS: Self = Self(1 << 2);
+    /// `on_http_response_headers`
+    pub const RESPONSE_HEADERS: Self = Self(1 << 3);
+    /// `on_http_response_body`
+    pub const RESPONSE_BODY: Self = Self(1 << 4);
+    /// `on_http_response_trailers`
+    pub const RESPONSE_TRAILERS: Self = Self(1 << 5);
+    /// `on_log`
+    pub const LOG: Self = Self(1 << 6);
+    /// `on_done`, of request contexts and of the root context
+    pub const DONE: Self = Self(1 << 7);
+    /// Every callback: what a module without the section gets.
+    pub const ALL: Self = Self(u8::MAX);
+
+    /// Both sets: `Callbacks::REQUEST_HEADERS.and(Callbacks::RESPONSE_HEADERS)`.
+    pub const fn and(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    /// Whether every callback of `other` is in the set.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The byte of the `tollgate.callbacks` section.
+    pub const fn bits(self) -> u8 {
+        self.0
     }
 }
 
@@ -178,8 +232,9 @@ impl<P: Plugin> RootContext for Root<P> {
 /// `tollgate_sdk::plugin!(KeyAuth)` defines `pub fn root_context() -> Box<dyn RootContext>`
 /// (a fresh [`Root<KeyAuth>`](Root), also what native benches drive) and, on wasm32, the
 /// module's `_initialize`: log level `Info`, and a `root_context()` for every plugin the
-/// host configures. A plugin with a root context of its own writes
-/// `tollgate_sdk::plugin!(root = root_context)`, naming a function that returns it.
+/// host configures; and the `tollgate.callbacks` section (see [`Plugin::CALLBACKS`]). A
+/// plugin with a root context of its own writes `tollgate_sdk::plugin!(root = root_context)`,
+/// naming a function that returns it; its module has no section, so every callback runs.
 #[macro_export]
 macro_rules! plugin {
     (root = $root:path) => {
@@ -195,6 +250,12 @@ macro_rules! plugin {
         pub fn root_context() -> ::std::boxed::Box<dyn $crate::proxy_wasm::traits::RootContext> {
             $crate::Root::<$plugin>::boxed()
         }
+
+        // The request callbacks the plugin implements, for the host (`Plugin::CALLBACKS`).
+        #[cfg(target_arch = "wasm32")]
+        #[used]
+        #[link_section = "tollgate.callbacks"]
+        static TOLLGATE_CALLBACKS: [u8; 1] = [<$plugin as $crate::Plugin>::CALLBACKS.bits()];
 
         $crate::plugin!(root = root_context);
     };

@@ -39,6 +39,13 @@ pub fn request_only_wat() -> PathBuf {
     wat_path("request-only.wat")
 }
 
+/// A plugin that exports every request callback but declares (section `tollgate.callbacks`)
+/// only `proxy_on_request_headers`, which adds `x-request-seen: N`, N the calls of its
+/// `on_log` and `on_done` so far; its `on_response_headers` would add `x-response-seen`.
+pub fn declared_callbacks_wat() -> PathBuf {
+    wat_path("declared-callbacks.wat")
+}
+
 fn wat_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("plugins")

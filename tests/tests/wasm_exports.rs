@@ -7,6 +7,9 @@
 //!   request phase keeps failing while its VMs refuse to start.
 //!
 //! Both requests are streams of one HTTP/2 connection, so that one worker serves both.
+//!
+//! A module that declares the callbacks it implements (its `tollgate.callbacks` section, which
+//! the SDK writes) is entered for those only; without the section, every export is called.
 
 use std::time::Duration;
 
@@ -14,7 +17,8 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tollgate_tests::plugins::{request_only_wat, PluginSpec};
+use tollgate_tests::plugins::{declared_callbacks_wat, request_only_wat, PluginSpec};
+use tollgate_tests::prometheus::sample_sum;
 use tollgate_tests::scenario::Scenario;
 
 async fn send(
@@ -93,5 +97,95 @@ async fn a_plugin_without_response_callbacks_is_not_entered_in_the_response_phas
             .iter()
             .all(|seen| seen.path != "/break"),
         "the broken request never reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_module_is_entered_only_for_the_callbacks_it_declares() {
+    // The same module without its section, for contrast.
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let undeclared = dir.path().join("undeclared-callbacks.wat");
+    let text = std::fs::read_to_string(declared_callbacks_wat()).expect("read the module");
+    std::fs::write(
+        &undeclared,
+        text.replace("(@custom \"tollgate.callbacks\" \"\\01\")", ""),
+    )
+    .expect("write the module");
+    let gateway = Scenario::new()
+        .workers(1)
+        .echo("echo")
+        .route("{ name: declared, match: { path: { prefix: /declared } }, forward: { cluster: echo } }")
+        .route("{ name: undeclared, match: { path: { prefix: /undeclared } }, forward: { cluster: echo } }")
+        .plugin(PluginSpec::new("declared", declared_callbacks_wat()).routes(&["declared"]))
+        .plugin(PluginSpec::new("undeclared", undeclared).routes(&["undeclared"]))
+        .start()
+        .await;
+    let callbacks = |text: &str, plugin: &str| {
+        sample_sum(
+            text,
+            "tollgate_plugin_callbacks_total",
+            &[("plugin", plugin)],
+        )
+        .unwrap_or(0.0)
+    };
+    let before = gateway.metrics().await;
+    for n in 0..3 {
+        for plugin in ["declared", "undeclared"] {
+            let response = gateway.get(&format!("/{plugin}/{n}")).await;
+            gateway.assert_status(&response, StatusCode::OK, plugin);
+            assert_eq!(
+                response.header("x-response-seen").is_some(),
+                plugin == "undeclared",
+                "{plugin}: on_response_headers entered only where the module does not say it \
+                 lacks it"
+            );
+        }
+    }
+    let seen = |plugin: &str| -> Vec<String> {
+        gateway
+            .backend("echo")
+            .requests()
+            .iter()
+            .filter(|request| request.path.starts_with(&format!("/{plugin}/")))
+            .map(|request| request.header("x-request-seen").unwrap_or("-").to_string())
+            .collect()
+    };
+    assert_eq!(
+        seen("declared"),
+        ["0", "0", "0"],
+        "on_log and on_done never run"
+    );
+    assert_eq!(
+        seen("undeclared")[0],
+        "0",
+        "on_log and on_done of the undeclared module: {:?}",
+        seen("undeclared")
+    );
+    assert_ne!(
+        seen("undeclared")[2],
+        "0",
+        "on_log and on_done ran for earlier requests"
+    );
+
+    // Per request the declared module is entered three times (create the context, request
+    // headers, delete it); the undeclared one for every callback it exports.
+    let mut after = gateway.metrics().await;
+    for _ in 0..50 {
+        if callbacks(&after, "declared") - callbacks(&before, "declared") >= 9.0
+            && callbacks(&after, "undeclared") - callbacks(&before, "undeclared") >= 18.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = gateway.metrics().await;
+    }
+    assert_eq!(
+        callbacks(&after, "declared") - callbacks(&before, "declared"),
+        9.0,
+        "/metrics:\n{after}"
+    );
+    assert!(
+        callbacks(&after, "undeclared") - callbacks(&before, "undeclared") >= 18.0,
+        "/metrics:\n{after}"
     );
 }

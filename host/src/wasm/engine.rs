@@ -56,6 +56,9 @@ pub struct CompiledModule {
     pub path: PathBuf,
     pub sha256: String,
     pub abi: AbiVersion,
+    /// The callbacks the module declares it implements (its `tollgate.callbacks` section);
+    /// all of them when it declares none.
+    pub callbacks: DeclaredCallbacks,
     pub module: Module,
     pub pre: InstancePre<HostState>,
     pub loaded_at: SystemTime,
@@ -67,6 +70,7 @@ impl std::fmt::Debug for CompiledModule {
             .field("path", &self.path)
             .field("sha256", &self.sha256)
             .field("abi", &self.abi)
+            .field("callbacks", &self.callbacks)
             .finish()
     }
 }
@@ -196,6 +200,8 @@ impl Runtime {
         let module = self.compiled(&sha256, bytes, path)?;
         let abi = detect_abi(&module).map_err(|error| format!("{}: {error}", path.display()))?;
         check_imports(&module).map_err(|error| format!("{}: {error}", path.display()))?;
+        let callbacks =
+            DeclaredCallbacks::of(bytes).map_err(|error| format!("{}: {error}", path.display()))?;
         let mut linker = self.linker.clone();
         abi::define_missing_wasi(&mut linker, &module)
             .map_err(|error| format!("{}: {error:#}", path.display()))?;
@@ -206,6 +212,7 @@ impl Runtime {
             path: path.to_path_buf(),
             sha256,
             abi,
+            callbacks,
             module,
             pre,
             loaded_at: SystemTime::now(),
@@ -281,6 +288,7 @@ impl Runtime {
                 path: path.to_path_buf(),
                 sha256: module.sha256.clone(),
                 abi: module.abi,
+                callbacks: module.callbacks,
                 module: module.module.clone(),
                 pre: module.pre.clone(),
                 loaded_at: SystemTime::now(),
@@ -360,6 +368,90 @@ fn write_new_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&temporary);
     }
     written
+}
+
+/// The request callbacks a module declares it implements, in a custom section named
+/// `tollgate.callbacks` of one byte (the SDK's `plugin!` writes it from `Plugin::CALLBACKS`):
+/// bits 0 to 5 `on_request_headers`, `_body`, `_trailers`, `on_response_headers`, `_body`,
+/// `_trailers`; bit 6 `on_log`; bit 7 `on_done`. The host never enters an export the module
+/// leaves out, as if it were not exported: a module built with the Rust proxy-wasm crate
+/// exports every callback, and the ones its plugin does not implement only run the crate's
+/// defaults (continue; `on_done` answers done), at a VM entry each. Envoy ignores the
+/// section and calls them all, with the same outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeclaredCallbacks(u8);
+
+impl DeclaredCallbacks {
+    pub const SECTION: &'static str = "tollgate.callbacks";
+    pub const ALL: Self = Self(u8::MAX);
+    pub const LOG: u8 = 1 << 6;
+    pub const DONE: u8 = 1 << 7;
+
+    /// The declaration in a module's bytes (binary or text): [`ALL`](Self::ALL) without the
+    /// section; an error for a section that is not one byte, or that appears twice.
+    pub fn of(module: &[u8]) -> Result<Self, String> {
+        let binary = wat::parse_bytes(module).map_err(|error| error.to_string())?;
+        let mut found = None;
+        for (name, payload) in custom_sections(&binary) {
+            if name != Self::SECTION.as_bytes() {
+                continue;
+            }
+            if found.is_some() {
+                return Err(format!("more than one {} section", Self::SECTION));
+            }
+            let [bits] = payload else {
+                return Err(format!(
+                    "the {} section holds {} bytes, not 1",
+                    Self::SECTION,
+                    payload.len()
+                ));
+            };
+            found = Some(Self(*bits));
+        }
+        Ok(found.unwrap_or(Self::ALL))
+    }
+
+    /// Whether the module implements the callbacks of `bits` (one or more of its bits).
+    pub fn includes(self, bits: u8) -> bool {
+        self.0 & bits == bits
+    }
+
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+}
+
+/// The custom sections of a wasm module, as (name, payload). A module that does not parse
+/// ends the list where it stops parsing (the engine has already checked the module).
+fn custom_sections(module: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    fn leb128(bytes: &[u8], at: &mut usize) -> Option<usize> {
+        let mut value = 0usize;
+        for shift in (0..35).step_by(7) {
+            let byte = *bytes.get(*at)?;
+            *at += 1;
+            value |= usize::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    // After the magic number and the version, each section is an id, a size and its body.
+    let mut at = 8;
+    std::iter::from_fn(move || loop {
+        let id = *module.get(at)?;
+        at += 1;
+        let size = leb128(module, &mut at)?;
+        let body = module.get(at..at.checked_add(size)?)?;
+        at += size;
+        if id != 0 {
+            continue;
+        }
+        let mut name_at = 0;
+        let name_length = leb128(body, &mut name_at)?;
+        let name = body.get(name_at..name_at.checked_add(name_length)?)?;
+        return Some((name, &body[name_at + name_length..]));
+    })
 }
 
 /// Envoy's rule: the newest `proxy_abi_version_*` export wins; none is an error.
@@ -574,5 +666,72 @@ mod tests {
             error.contains("junk.wasm is not a valid wasm module"),
             "{error}"
         );
+    }
+
+    /// A binary module of custom sections only, each as (name, payload).
+    fn with_sections(sections: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut module = b"\0asm\x01\0\0\0".to_vec();
+        for (name, payload) in sections {
+            let size = 1 + name.len() + payload.len();
+            assert!(size < 128 && name.len() < 128, "one-byte sizes");
+            module.extend([0, size as u8, name.len() as u8]);
+            module.extend(name.as_bytes());
+            module.extend(*payload);
+        }
+        module
+    }
+
+    #[test]
+    fn declared_callbacks_are_read_from_the_section() {
+        let of = |sections: &[(&str, &[u8])]| DeclaredCallbacks::of(&with_sections(sections));
+        assert_eq!(
+            of(&[]),
+            Ok(DeclaredCallbacks::ALL),
+            "no section: every callback"
+        );
+        assert_eq!(
+            of(&[("name", b"\x03abc"), ("tollgate.callbacks", &[0b0100_1001])]),
+            Ok(DeclaredCallbacks(0b0100_1001))
+        );
+        let declared = of(&[("tollgate.callbacks", &[0b0100_1001])]).unwrap();
+        assert!(declared.includes(DeclaredCallbacks::LOG));
+        assert!(!declared.includes(DeclaredCallbacks::DONE));
+        assert_eq!(
+            of(&[("tollgate.callbacks", &[1, 2])]),
+            Err("the tollgate.callbacks section holds 2 bytes, not 1".to_string())
+        );
+        assert_eq!(
+            of(&[("tollgate.callbacks", &[1]), ("tollgate.callbacks", &[1])]),
+            Err("more than one tollgate.callbacks section".to_string())
+        );
+        // A text module declares with an annotation.
+        let text = r#"(module (@custom "tollgate.callbacks" "\09"))"#;
+        assert_eq!(
+            DeclaredCallbacks::of(text.as_bytes()),
+            Ok(DeclaredCallbacks(9))
+        );
+    }
+
+    #[test]
+    fn a_module_declaring_callbacks_badly_is_refused() {
+        let module = MINIMAL.replace(
+            "(module ",
+            r#"(module (@custom "tollgate.callbacks" "\01\02") "#,
+        );
+        let error = runtime()
+            .load_bytes(Path::new("bad-section.wat"), module.as_bytes())
+            .unwrap_err();
+        assert_eq!(
+            error,
+            "bad-section.wat: the tollgate.callbacks section holds 2 bytes, not 1"
+        );
+        let module = MINIMAL.replace(
+            "(module ",
+            r#"(module (@custom "tollgate.callbacks" "\09") "#,
+        );
+        let module = runtime()
+            .load_bytes(Path::new("declared.wat"), module.as_bytes())
+            .unwrap();
+        assert_eq!(module.callbacks, DeclaredCallbacks(9));
     }
 }

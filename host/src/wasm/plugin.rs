@@ -89,7 +89,7 @@ type GrpcStreamHandle = (
 pub struct Plugin {
     pub name: String,
     pub module: Arc<CompiledModule>,
-    /// The stream callbacks the module exports.
+    /// The stream callbacks the module exports and declares it implements.
     pub callbacks: super::vm::StreamCallbacks,
     pub failure_policy: FailurePolicy,
     pub priority: i32,
@@ -196,7 +196,7 @@ impl Plugin {
         });
         let plugin = Arc::new(Self {
             name: config.name.clone(),
-            callbacks: super::vm::StreamCallbacks::of(&module.module),
+            callbacks: super::vm::StreamCallbacks::of(&module.module).declared(module.callbacks),
             module,
             failure_policy: config.failure_policy,
             priority: config.priority,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use wasmtime::{Instance, Store, TypedFunc, WasmParams, WasmResults};
 
-use super::engine::{runtime, CompiledModule, EPOCH_TICK};
+use super::engine::{runtime, CompiledModule, DeclaredCallbacks, EPOCH_TICK};
 use super::host::{HostState, PendingCallout, PluginIdentity, RootState};
 
 /// What a gRPC stream delivers, in order: metadata, messages, trailers, close.
@@ -103,6 +103,28 @@ impl Exports {
             on_grpc_receive_trailing_metadata: optional!("proxy_on_grpc_receive_trailing_metadata"),
             on_grpc_close: optional!("proxy_on_grpc_close"),
         })
+    }
+
+    /// Forgets the callbacks the module declares it does not implement: they are never
+    /// entered, as if the module did not export them.
+    fn forget_undeclared(&mut self, declared: DeclaredCallbacks) {
+        macro_rules! forget_unless {
+            ($($export:ident: $bit:expr),* $(,)?) => {
+                $(if !declared.includes($bit) {
+                    self.$export = None;
+                })*
+            };
+        }
+        forget_unless! {
+            on_request_headers: StreamCallback::RequestHeaders.bit(),
+            on_request_body: StreamCallback::RequestBody.bit(),
+            on_request_trailers: StreamCallback::RequestTrailers.bit(),
+            on_response_headers: StreamCallback::ResponseHeaders.bit(),
+            on_response_body: StreamCallback::ResponseBody.bit(),
+            on_response_trailers: StreamCallback::ResponseTrailers.bit(),
+            on_log: DeclaredCallbacks::LOG,
+            on_done: DeclaredCallbacks::DONE,
+        }
     }
 }
 
@@ -212,6 +234,11 @@ impl StreamCallbacks {
         )
     }
 
+    /// The ones of these that the module also declares it implements.
+    pub fn declared(self, declared: DeclaredCallbacks) -> Self {
+        Self(self.0 & declared.bits())
+    }
+
     pub fn exports(self, callback: StreamCallback) -> bool {
         self.0 & callback.bit() != 0
     }
@@ -265,8 +292,9 @@ impl Vm {
                 .call(&mut store, ())
                 .map_err(|error| trap("_start", describe(&error)))?;
         }
-        let exports = Exports::find(&mut store, &instance)
+        let mut exports = Exports::find(&mut store, &instance)
             .map_err(|missing| trap("instantiate", missing.to_string()))?;
+        exports.forget_undeclared(module.callbacks);
         let memory = instance.get_memory(&mut store, "memory");
         Ok(Self {
             store,

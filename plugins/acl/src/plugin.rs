@@ -7,7 +7,7 @@ use tollgate_sdk::consumer;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::Action;
 use tollgate_sdk::route::current_route_name;
-use tollgate_sdk::Plugin;
+use tollgate_sdk::{Callbacks, Plugin};
 
 use crate::logic::{Acl, Config, Decision};
 
@@ -17,6 +17,7 @@ impl Plugin for Acl {
     const NAME: &'static str = "acl";
     type Config = Config;
     type Request = Request;
+    const CALLBACKS: Callbacks = Callbacks::REQUEST_HEADERS;
 
     fn from_config(config: Config) -> Result<Self, ConfigError> {
         Acl::new(config)

@@ -5,7 +5,7 @@ use std::rc::Rc;
 use tollgate_sdk::config::ConfigError;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::Action;
-use tollgate_sdk::Plugin;
+use tollgate_sdk::{Callbacks, Plugin};
 
 use crate::logic::{ApiLifecycle, Config, Outcome};
 
@@ -15,6 +15,7 @@ impl Plugin for ApiLifecycle {
     const NAME: &'static str = "api-lifecycle";
     type Config = Config;
     type Request = Request;
+    const CALLBACKS: Callbacks = Callbacks::REQUEST_HEADERS.and(Callbacks::RESPONSE_HEADERS);
 
     fn from_config(config: Config) -> Result<Self, ConfigError> {
         ApiLifecycle::new(config)

@@ -8,7 +8,7 @@ use tollgate_sdk::config::{ConfigError, Validate};
 use tollgate_sdk::consumer;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, LogLevel};
-use tollgate_sdk::{Counter, Plugin};
+use tollgate_sdk::{Callbacks, Counter, Plugin};
 
 use crate::logic::{Config, Decision, LocalReply, Original, FAILURE_MODE_ALLOWED_HEADER};
 
@@ -40,6 +40,7 @@ impl Plugin for ExtAuthz {
     const NAME: &'static str = "ext-authz";
     type Config = Config;
     type Request = Request;
+    const CALLBACKS: Callbacks = Callbacks::REQUEST_HEADERS;
 
     fn from_config(config: Config) -> Result<Self, ConfigError> {
         config.validate()?;

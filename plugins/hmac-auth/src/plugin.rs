@@ -7,7 +7,7 @@ use tollgate_sdk::config::ConfigError;
 use tollgate_sdk::consumer;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::Action;
-use tollgate_sdk::Plugin;
+use tollgate_sdk::{Callbacks, Plugin};
 
 use crate::logic::{digest_matches, Config, Credentials, HmacAuth, Line, Refusal, REQUEST_LINE};
 
@@ -17,6 +17,7 @@ impl Plugin for HmacAuth {
     const NAME: &'static str = "hmac-auth";
     type Config = Config;
     type Request = Request;
+    const CALLBACKS: Callbacks = Callbacks::REQUEST_HEADERS.and(Callbacks::REQUEST_BODY);
 
     fn from_config(config: Config) -> Result<Self, ConfigError> {
         HmacAuth::new(config)

@@ -5,7 +5,7 @@ use std::rc::Rc;
 use tollgate_sdk::config::ConfigError;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::Action;
-use tollgate_sdk::Plugin;
+use tollgate_sdk::{Callbacks, Plugin};
 
 use crate::logic::{Config, IpRestriction};
 
@@ -15,6 +15,7 @@ impl Plugin for IpRestriction {
     const NAME: &'static str = "ip-restriction";
     type Config = Config;
     type Request = Request;
+    const CALLBACKS: Callbacks = Callbacks::REQUEST_HEADERS;
 
     fn from_config(config: Config) -> Result<Self, ConfigError> {
         IpRestriction::new(config)

@@ -11,7 +11,7 @@ use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, LogLevel, MapType, Status};
 use tollgate_sdk::shared::MISSING_CAS;
-use tollgate_sdk::Plugin;
+use tollgate_sdk::{Callbacks, Plugin};
 
 use crate::jwks::{FetchState, Jwks, Outcome};
 use crate::logic::{Config, Failure, JwtAuth, KeySet, SignatureCache, Verified};
@@ -36,6 +36,7 @@ impl Plugin for Gate {
     const NAME: &'static str = "jwt-auth";
     type Config = Config;
     type Request = Request;
+    const CALLBACKS: Callbacks = Callbacks::REQUEST_HEADERS;
 
     fn from_config(config: Config) -> Result<Self, ConfigError> {
         let auth = JwtAuth::new(config)?;

@@ -6,7 +6,7 @@ use tollgate_sdk::config::ConfigError;
 use tollgate_sdk::consumer;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::Action;
-use tollgate_sdk::Plugin;
+use tollgate_sdk::{Callbacks, Plugin};
 
 use crate::logic::{find_key, strip_query_param, Config, Found, KeyAuth};
 
@@ -16,6 +16,7 @@ impl Plugin for KeyAuth {
     const NAME: &'static str = "key-auth";
     type Config = Config;
     type Request = Request;
+    const CALLBACKS: Callbacks = Callbacks::REQUEST_HEADERS;
 
     fn from_config(config: Config) -> Result<Self, ConfigError> {
         KeyAuth::new(config)

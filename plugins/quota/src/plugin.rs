@@ -6,7 +6,7 @@ use tollgate_sdk::config::ConfigError;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, LogLevel};
 use tollgate_sdk::shared::SharedData;
-use tollgate_sdk::Plugin;
+use tollgate_sdk::{Callbacks, Plugin};
 
 use crate::config::{Quotas, RawConfig};
 use crate::logic::{self, Verdict};
@@ -24,6 +24,7 @@ impl Plugin for Quota {
     const NAME: &'static str = "quota";
     type Config = RawConfig;
     type Request = Request;
+    const CALLBACKS: Callbacks = Callbacks::REQUEST_HEADERS.and(Callbacks::RESPONSE_HEADERS);
 
     fn from_config(config: RawConfig) -> Result<Self, ConfigError> {
         Ok(Self {

@@ -10,7 +10,7 @@ use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, LogLevel, MapType};
 use tollgate_sdk::ratelimit_service::Descriptor;
 use tollgate_sdk::shared::{Decision, SharedData};
-use tollgate_sdk::Plugin;
+use tollgate_sdk::{Callbacks, Plugin};
 
 use crate::config::{KeySource, Limits, RawConfig, WhenMissing};
 use crate::logic::{self, RequestFacts};
@@ -31,6 +31,7 @@ impl Plugin for RateLimit {
     const NAME: &'static str = "rate-limit";
     type Config = RawConfig;
     type Request = Request;
+    const CALLBACKS: Callbacks = Callbacks::REQUEST_HEADERS.and(Callbacks::RESPONSE_HEADERS);
 
     fn from_config(config: RawConfig) -> Result<Self, ConfigError> {
         Ok(Self {

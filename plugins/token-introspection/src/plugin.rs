@@ -9,7 +9,7 @@ use tollgate_sdk::consumer;
 use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, LogLevel};
-use tollgate_sdk::{Counter, Plugin};
+use tollgate_sdk::{Callbacks, Counter, Plugin};
 
 use crate::logic::{
     bearer_token, Answer, CacheSlot, Config, FailureMode, Introspector, Verdict,
@@ -55,6 +55,7 @@ impl Plugin for TokenIntrospection {
     const NAME: &'static str = "token-introspection";
     type Config = Config;
     type Request = Request;
+    const CALLBACKS: Callbacks = Callbacks::REQUEST_HEADERS;
 
     fn from_config(config: Config) -> Result<Self, ConfigError> {
         Ok(Self {

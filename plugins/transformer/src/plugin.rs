@@ -6,7 +6,7 @@ use tollgate_sdk::config::ConfigError;
 use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, MapType};
-use tollgate_sdk::Plugin;
+use tollgate_sdk::{Callbacks, Plugin};
 
 use crate::logic::{is_json, Config, HeaderOps};
 
@@ -17,6 +17,10 @@ impl Plugin for Config {
     const NAME: &'static str = "transformer";
     type Config = Self;
     type Request = Transform;
+    const CALLBACKS: Callbacks = Callbacks::REQUEST_HEADERS
+        .and(Callbacks::REQUEST_BODY)
+        .and(Callbacks::RESPONSE_HEADERS)
+        .and(Callbacks::RESPONSE_BODY);
 
     fn from_config(config: Self) -> Result<Self, ConfigError> {
         config.validate()
