@@ -99,7 +99,7 @@ fn setup(mode: i32) -> (Vm, u32) {
         response_status: Default::default(),
         trace: None,
     });
-    let (context, _wake) = vm.create_stream(root, info).expect("stream context");
+    let (context, _wake, _callbacks) = vm.create_stream(root, info).expect("stream context");
     let mut headers = http::HeaderMap::new();
     headers.insert("x-bench", http::HeaderValue::from_static("value"));
     let head = PseudoHeaderMap::request(&http::Method::GET, "http", "bench", "/", headers);

@@ -55,6 +55,15 @@ pub trait Plugin: Sized + 'static {
     /// request context or the root context overrides, `on_done` included.
     const CALLBACKS: Callbacks = Callbacks::ALL;
 
+    /// The request callbacks this configuration's requests need, within
+    /// [`CALLBACKS`](Self::CALLBACKS) (the default: all of those): a transformer without
+    /// body rules reads no body. The root context tells Tollgate after each configuration
+    /// (foreign function `tollgate.callbacks`), which then enters no other for the requests
+    /// of this configuration; Envoy answers that it has no such function and calls them all.
+    fn callbacks(&self) -> Callbacks {
+        Self::CALLBACKS
+    }
+
     /// Checks the parsed configuration beyond what serde can (errors name the field, with
     /// paths from the configuration root) and builds the plugin. Runs in `on_configure`:
     /// it may call the host (define metrics, register shared queues, read properties).
@@ -93,6 +102,9 @@ pub trait Plugin: Sized + 'static {
     }
 }
 
+/// The foreign function that tells Tollgate which callbacks a configuration needs.
+const CALLBACKS_FUNCTION: &str = "tollgate.callbacks";
+
 /// A set of request callbacks (see [`Plugin::CALLBACKS`]), one bit each in the byte
 /// `plugin!` writes into the module's `tollgate.callbacks` custom section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +129,8 @@ impl Callbacks {
     pub const DONE: Self = Self(1 << 7);
     /// Every callback: what a module without the section gets.
     pub const ALL: Self = Self(u8::MAX);
+    /// No request callback: a configuration that changes nothing.
+    pub const NONE: Self = Self(0);
 
     /// Both sets: `Callbacks::REQUEST_HEADERS.and(Callbacks::RESPONSE_HEADERS)`.
     pub const fn and(self, other: Self) -> Self {
@@ -139,12 +153,18 @@ impl Callbacks {
 pub struct Root<P: Plugin> {
     /// `None` before the first configuration, and after one that was refused.
     plugin: Option<Rc<P>>,
+    /// The callbacks last told to the host: [`Plugin::CALLBACKS`] (the module's section)
+    /// until a configuration needs fewer.
+    told: Callbacks,
 }
 
 impl<P: Plugin> Root<P> {
     /// A root context without configuration, as the host creates it at start-up.
     pub fn new() -> Self {
-        Self { plugin: None }
+        Self {
+            plugin: None,
+            told: P::CALLBACKS,
+        }
     }
 
     /// [`Root::new`] for `proxy_wasm::set_root_context` and the native benches.
@@ -192,6 +212,15 @@ impl<P: Plugin> RootContext for Root<P> {
         let loaded =
             config::parse::<P::Config>(&config::plugin_configuration()).and_then(P::from_config);
         self.plugin = config::report(P::NAME, loaded).map(Rc::new);
+        if let Some(plugin) = &self.plugin {
+            let needed = plugin.callbacks();
+            if needed != self.told {
+                // Envoy has no such function (NotFound) and calls every callback.
+                let _ =
+                    hostcalls::call_foreign_function(CALLBACKS_FUNCTION, Some(&[needed.bits()]));
+                self.told = needed;
+            }
+        }
         match self.tick_period() {
             Some(period) => {
                 let _ = hostcalls::set_tick_period(period);

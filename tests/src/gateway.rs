@@ -254,6 +254,21 @@ impl Gateway {
         response.text()
     }
 
+    /// The Prometheus text from `/metrics` once `ready` holds for it, or after 2.5 s (the
+    /// last text either way, so that the caller's assertion shows what was there).
+    /// Counters of a request's last callbacks move a little after its response arrived.
+    pub async fn metrics_when(&self, ready: impl Fn(&str) -> bool) -> String {
+        let mut text = self.metrics().await;
+        for _ in 0..50 {
+            if ready(&text) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            text = self.metrics().await;
+        }
+        text
+    }
+
     /// Everything the gateway wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.policies.log_path()).unwrap_or_default()

@@ -30,6 +30,20 @@ pub fn sample_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<
     (!matching.is_empty()).then(|| matching.iter().sum())
 }
 
+/// How many plugin callbacks the gateway ran for `plugin` between two `/metrics` texts
+/// (`tollgate_plugin_callbacks_total`, which counts every entry into the plugin's VMs).
+pub fn plugin_callbacks_between(before: &str, after: &str, plugin: &str) -> f64 {
+    let count = |text: &str| {
+        sample_sum(
+            text,
+            "tollgate_plugin_callbacks_total",
+            &[("plugin", plugin)],
+        )
+        .unwrap_or(0.0)
+    };
+    count(after) - count(before)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use tollgate_tests::bundled::{API_LIFECYCLE, TRANSFORMER};
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
 use tollgate_tests::plugins::{assert_rejected, check_plugins, PluginSpec};
+use tollgate_tests::prometheus::plugin_callbacks_between;
 use tollgate_tests::scenario::{Running, Scenario};
 
 struct Setup {
@@ -233,6 +234,69 @@ async fn transformer_rewrites_json_responses_and_passes_other_bodies_untouched()
     setup.expect(&response, StatusCode::OK, "broken JSON");
     assert_eq!(response.text(), broken);
     assert_eq!(setup.gateway.backend("echo").request_count(), 3);
+}
+
+/// A transformer's configuration says which callbacks its requests need: with header rules
+/// only it is entered for the headers and nothing else (no body, no `on_log`, no `on_done`:
+/// the response body streams through untouched); with JSON rules for the response it
+/// reads the response body too.
+#[tokio::test]
+async fn transformer_is_entered_only_for_what_its_configuration_changes() {
+    let gateway = Scenario::new()
+        .workers(1)
+        .echo("echo")
+        .forward("headers", "/headers", "echo")
+        .forward("bodies", "/bodies", "echo")
+        .plugin(
+            PluginSpec::new("header-rules", TRANSFORMER)
+                .config(json!({
+                    "request": { "headers": { "set": { "x-gateway": "tollgate" } } },
+                    "response": { "headers": { "set": { "cache-control": "no-store" } } }
+                }))
+                .routes(&["headers"]),
+        )
+        .plugin(
+            PluginSpec::new("body-rules", TRANSFORMER)
+                .config(
+                    json!({ "response": { "json": { "add": { "meta.gateway": "tollgate" } } } }),
+                )
+                .routes(&["bodies"]),
+        )
+        .start()
+        .await;
+    // The first request of each starts its VM, whose start-up callbacks count too.
+    for path in ["/headers/warm", "/bodies/warm"] {
+        let response = gateway.get(path).await;
+        gateway.assert_status(&response, StatusCode::OK, path);
+    }
+    let before = gateway.metrics().await;
+    for n in 0..4 {
+        let response = gateway.get(&format!("/headers/{n}")).await;
+        gateway.assert_status(&response, StatusCode::OK, "header rules");
+        assert_eq!(response.header("cache-control"), Some("no-store"));
+        let response = gateway.get(&format!("/bodies/{n}")).await;
+        gateway.assert_status(&response, StatusCode::OK, "body rules");
+        assert_eq!(
+            response.json()["meta"]["gateway"],
+            "tollgate",
+            "{}",
+            response.text()
+        );
+    }
+    assert!(gateway
+        .backend("echo")
+        .requests()
+        .iter()
+        .filter(|seen| seen.path.starts_with("/headers/"))
+        .all(|seen| seen.header("x-gateway") == Some("tollgate")));
+    // Per request: create the context, request headers, response headers, delete it.
+    let entered = |text: &str, plugin: &str| plugin_callbacks_between(&before, text, plugin);
+    let after = gateway
+        .metrics_when(|text| entered(text, "header-rules") >= 16.0)
+        .await;
+    assert_eq!(entered(&after, "header-rules"), 16.0, "/metrics:\n{after}");
+    // The response body callback too, at least once a request.
+    assert!(entered(&after, "body-rules") >= 16.0, "/metrics:\n{after}");
 }
 
 // === api-lifecycle ===

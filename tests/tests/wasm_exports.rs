@@ -18,7 +18,7 @@ use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tollgate_tests::plugins::{declared_callbacks_wat, request_only_wat, PluginSpec};
-use tollgate_tests::prometheus::sample_sum;
+use tollgate_tests::prometheus::plugin_callbacks_between;
 use tollgate_tests::scenario::Scenario;
 
 async fn send(
@@ -120,14 +120,6 @@ async fn a_module_is_entered_only_for_the_callbacks_it_declares() {
         .plugin(PluginSpec::new("undeclared", undeclared).routes(&["undeclared"]))
         .start()
         .await;
-    let callbacks = |text: &str, plugin: &str| {
-        sample_sum(
-            text,
-            "tollgate_plugin_callbacks_total",
-            &[("plugin", plugin)],
-        )
-        .unwrap_or(0.0)
-    };
     let before = gateway.metrics().await;
     for n in 0..3 {
         for plugin in ["declared", "undeclared"] {
@@ -169,23 +161,12 @@ async fn a_module_is_entered_only_for_the_callbacks_it_declares() {
 
     // Per request the declared module is entered three times (create the context, request
     // headers, delete it); the undeclared one for every callback it exports.
-    let mut after = gateway.metrics().await;
-    for _ in 0..50 {
-        if callbacks(&after, "declared") - callbacks(&before, "declared") >= 9.0
-            && callbacks(&after, "undeclared") - callbacks(&before, "undeclared") >= 18.0
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        after = gateway.metrics().await;
-    }
-    assert_eq!(
-        callbacks(&after, "declared") - callbacks(&before, "declared"),
-        9.0,
-        "/metrics:\n{after}"
-    );
-    assert!(
-        callbacks(&after, "undeclared") - callbacks(&before, "undeclared") >= 18.0,
-        "/metrics:\n{after}"
-    );
+    let entered = |text: &str, plugin: &str| plugin_callbacks_between(&before, text, plugin);
+    let after = gateway
+        .metrics_when(|text| {
+            entered(text, "declared") >= 9.0 && entered(text, "undeclared") >= 18.0
+        })
+        .await;
+    assert_eq!(entered(&after, "declared"), 9.0, "/metrics:\n{after}");
+    assert!(entered(&after, "undeclared") >= 18.0, "/metrics:\n{after}");
 }

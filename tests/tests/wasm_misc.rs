@@ -1,5 +1,6 @@
 //! The host functions no other test plugin calls in a request, through `tp-misc`: the log
-//! level, an unknown foreign function (NOT_FOUND, as in an Envoy without extensions),
+//! level, an unknown foreign function (NOT_FOUND, as in an Envoy without extensions), the one
+//! Tollgate has (`tollgate.callbacks`) refused outside a root context and with two bytes,
 //! `proxy_done`, `proxy_get_status`, cancelling a gRPC stream (no callback after the cancel,
 //! a second cancel is NOT_FOUND) and `proxy_close_stream` resetting the request.
 
@@ -49,6 +50,11 @@ async fn the_remaining_host_functions_behave_as_in_envoy() {
 
     let headers = upstream(&ask(&gateway, "foreign").await);
     assert_eq!(headers["x-foreign"], "NotFound", "{headers}");
+
+    // Tollgate's one foreign function answers a root context only, with one byte.
+    let headers = upstream(&ask(&gateway, "callbacks").await);
+    assert_eq!(headers["x-callbacks"], "BadArgument", "{headers}");
+    assert_eq!(headers["x-callbacks-two"], "BadArgument", "{headers}");
 
     let headers = upstream(&ask(&gateway, "done").await);
     assert_eq!(headers["x-done"], "Ok", "{headers}");

@@ -411,6 +411,10 @@ impl DeclaredCallbacks {
         Ok(found.unwrap_or(Self::ALL))
     }
 
+    pub const fn from_bits(bits: u8) -> Self {
+        Self(bits)
+    }
+
     /// Whether the module implements the callbacks of `bits` (one or more of its bits).
     pub fn includes(self, bits: u8) -> bool {
         self.0 & bits == bits
@@ -418,6 +422,13 @@ impl DeclaredCallbacks {
 
     pub fn bits(self) -> u8 {
         self.0
+    }
+}
+
+/// Every callback: what a module or configuration that says nothing gets.
+impl Default for DeclaredCallbacks {
+    fn default() -> Self {
+        Self::ALL
     }
 }
 

@@ -393,6 +393,7 @@ impl Vm {
             RootState {
                 configuration: configuration.clone(),
                 tick_period: None,
+                callbacks: DeclaredCallbacks::ALL,
             },
         );
         self.state().effective_context = id;
@@ -437,18 +438,24 @@ impl Vm {
     }
 
     /// Creates a stream context for a request under `root`, from what a finished one left
-    /// when there is one; returns it and what wakes the request when the plugin resumes it.
+    /// when there is one; returns it, what wakes the request when the plugin resumes it, and
+    /// the callbacks the root context's configuration needs.
     pub fn create_stream(
         &mut self,
         root: u32,
         info: Arc<super::host::StreamInfo>,
-    ) -> Result<(u32, Arc<tokio::sync::Notify>), VmTrap> {
+    ) -> Result<(u32, Arc<tokio::sync::Notify>, DeclaredCallbacks), VmTrap> {
+        let callbacks = self
+            .state()
+            .roots
+            .get(&root)
+            .map_or(DeclaredCallbacks::ALL, |root| root.callbacks);
         let stream = match self.spare_streams.pop() {
             Some(mut spare) => {
-                spare.reuse(root, info);
+                spare.reuse(root, callbacks, info);
                 spare
             }
-            None => Box::new(super::host::StreamState::new(root, info)),
+            None => Box::new(super::host::StreamState::new(root, callbacks, info)),
         };
         let wake = stream.wake.clone();
         let id = self.state().new_context_id();
@@ -456,7 +463,7 @@ impl Vm {
         self.state().effective_context = id;
         let create = self.exports.on_context_create.clone();
         self.call("on_context_create", &create, (id, root))?;
-        Ok((id, wake))
+        Ok((id, wake, callbacks))
     }
 
     /// Runs one of the header/body/trailer callbacks; a module without it continues.
@@ -467,7 +474,16 @@ impl Vm {
         size: usize,
         end_of_stream: bool,
     ) -> Result<super::abi::Action, VmTrap> {
-        self.state().effective_context = context;
+        let state = self.state();
+        state.effective_context = context;
+        // A callback the stream's configuration said it does not need is not entered.
+        if state
+            .streams
+            .get(&context)
+            .is_some_and(|stream| !stream.callbacks.includes(callback.bit()))
+        {
+            return Ok(super::abi::Action::Continue);
+        }
         let eos = u32::from(end_of_stream);
         let size = size as u32;
         let raw = match callback {
@@ -506,12 +522,22 @@ impl Vm {
             return Ok(());
         }
         self.state().effective_context = context;
+        // Its configuration may not need `on_log` or `on_done`; every stream is deleted.
+        let needs = self
+            .state()
+            .streams
+            .get(&context)
+            .map_or(DeclaredCallbacks::ALL, |stream| stream.callbacks);
         let result = (|| {
             if let Some(f) = self.exports.on_log.clone() {
-                self.call("on_log", &f, context)?;
+                if needs.includes(DeclaredCallbacks::LOG) {
+                    self.call("on_log", &f, context)?;
+                }
             }
             if let Some(f) = self.exports.on_done.clone() {
-                self.call("on_done", &f, context)?;
+                if needs.includes(DeclaredCallbacks::DONE) {
+                    self.call("on_done", &f, context)?;
+                }
             }
             if let Some(f) = self.exports.on_delete.clone() {
                 self.call("on_delete", &f, context)?;

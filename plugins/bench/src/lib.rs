@@ -602,7 +602,20 @@ not_provided! {
     proxy_grpc_close(token: u32);
     proxy_resolve_shared_queue(vm_id: *const u8, vm_id_size: usize, name: *const u8, name_size: usize, return_id: *mut u32);
     proxy_dequeue_shared_queue(queue_id: u32, return_data: *mut *mut u8, return_size: *mut usize);
-    proxy_call_foreign_function(name: *const u8, name_size: usize, arguments: *const u8, arguments_size: usize, return_data: *mut *mut u8, return_size: *mut usize);
+}
+
+/// No foreign function, as in Envoy: a configuration telling Tollgate which callbacks it needs
+/// (`tollgate.callbacks`) gets `NotFound` and goes on.
+#[no_mangle]
+pub extern "C" fn proxy_call_foreign_function(
+    _name: *const u8,
+    _name_size: usize,
+    _arguments: *const u8,
+    _arguments_size: usize,
+    _return_data: *mut *mut u8,
+    _return_size: *mut usize,
+) -> Status {
+    Status::NotFound
 }
 
 #[cfg(test)]

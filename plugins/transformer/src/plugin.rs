@@ -8,7 +8,7 @@ use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, MapType};
 use tollgate_sdk::{Callbacks, Plugin};
 
-use crate::logic::{is_json, Config, HeaderOps};
+use crate::logic::{is_json, Config, HeaderOps, Phase};
 
 // The checked configuration is all the transformer needs: it is the plugin.
 tollgate_sdk::plugin!(Config);
@@ -24,6 +24,29 @@ impl Plugin for Config {
 
     fn from_config(config: Self) -> Result<Self, ConfigError> {
         config.validate()
+    }
+
+    /// A phase without JSON rules reads no body, and one without any rule not even its
+    /// headers: with header rules only, bodies stream through the gateway untouched.
+    fn callbacks(&self) -> Callbacks {
+        let phase = |phase: &Phase, headers: Callbacks, body: Callbacks| match (
+            phase.headers.is_empty(),
+            phase.json.is_empty(),
+        ) {
+            (true, true) => Callbacks::NONE,
+            (false, true) => headers,
+            (_, false) => headers.and(body),
+        };
+        phase(
+            &self.request,
+            Callbacks::REQUEST_HEADERS,
+            Callbacks::REQUEST_BODY,
+        )
+        .and(phase(
+            &self.response,
+            Callbacks::RESPONSE_HEADERS,
+            Callbacks::RESPONSE_BODY,
+        ))
     }
 
     fn request(config: &Rc<Self>, _context_id: u32) -> Transform {

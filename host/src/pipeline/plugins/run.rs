@@ -97,8 +97,11 @@ impl PluginRun {
             vm.create_stream(root, info)
         });
         match created {
-            Ok((context, wake)) => {
+            Ok((context, wake, needed)) => {
                 let entry = &mut self.entries[index];
+                // The plugin's configuration for this route may need fewer callbacks than
+                // its module has (a transformer without body rules reads no body).
+                entry.callbacks = entry.callbacks.declared(needed);
                 entry.context = Some(context);
                 entry.wake = Some(wake);
                 entry.vm = plugin.vm_ticket();

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmtime::{Caller, Linker};
 
 use super::{status, LogLevel, Status};
+use crate::wasm::engine::DeclaredCallbacks;
 use crate::wasm::host::HostState;
 use crate::wasm::memory;
 use crate::wasm::metrics::{MetricKind, PluginMetric};
@@ -149,6 +150,41 @@ fn done(mut caller: Ctx<'_>) -> u32 {
     Status::Ok as u32
 }
 
+/// The one foreign function: `tollgate.callbacks`, one byte as in the module's section of
+/// that name (see `DeclaredCallbacks`), called by a root context in `on_configure` to say
+/// which request callbacks its configuration needs (the SDK's `Plugin::callbacks`). Any
+/// other name is unknown, as in an Envoy build without extensions, which is also what
+/// Envoy answers this one: the SDK then goes on as before.
+fn call_foreign_function(
+    mut caller: Ctx<'_>,
+    name_ptr: u32,
+    name_len: u32,
+    args_ptr: u32,
+    args_len: u32,
+    ret_ptr: u32,
+    ret_len: u32,
+) -> u32 {
+    status((|| {
+        let name = memory::read(&mut caller, name_ptr, name_len)?;
+        if name != DeclaredCallbacks::SECTION.as_bytes() {
+            return Err(Status::NotFound);
+        }
+        let [bits] = memory::read(&mut caller, args_ptr, args_len)?[..] else {
+            return Err(Status::BadArgument);
+        };
+        let state = caller.data_mut();
+        let root = state.effective_context;
+        let Some(root) = state.roots.get_mut(&root) else {
+            return Err(Status::BadArgument);
+        };
+        root.callbacks = DeclaredCallbacks::from_bits(bits);
+        // No result.
+        memory::write_u32(&mut caller, ret_ptr, 0)?;
+        memory::write_u32(&mut caller, ret_len, 0)?;
+        Ok(())
+    })())
+}
+
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_log", log)?;
     linker.func_wrap("env", "proxy_get_log_level", get_log_level)?;
@@ -164,18 +200,6 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_get_metric", get_metric)?;
     linker.func_wrap("env", "proxy_set_effective_context", set_effective_context)?;
     linker.func_wrap("env", "proxy_done", done)?;
-    // No foreign functions are registered, so every name is unknown, as in an Envoy build
-    // without extensions.
-    linker.func_wrap(
-        "env",
-        "proxy_call_foreign_function",
-        |_: Ctx<'_>,
-         _name_ptr: u32,
-         _name_len: u32,
-         _args_ptr: u32,
-         _args_len: u32,
-         _ret_ptr: u32,
-         _ret_len: u32| { Status::NotFound as u32 },
-    )?;
+    linker.func_wrap("env", "proxy_call_foreign_function", call_foreign_function)?;
     Ok(())
 }

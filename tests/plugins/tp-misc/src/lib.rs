@@ -4,6 +4,9 @@
 //! - `log-level`: `proxy_get_log_level` → `x-log-level: <0-5>`;
 //! - `foreign`: `proxy_call_foreign_function("tollgate.no_such_function")` → `x-foreign:
 //!   <Ok or the status name>` (a host without that function answers `NotFound`);
+//! - `callbacks`: `proxy_call_foreign_function("tollgate.callbacks", [1])` from a request
+//!   context, and with two bytes → `x-callbacks: <status>` and `x-callbacks-two: <status>`
+//!   (only a root context says what its configuration needs, in one byte);
 //! - `done`: `proxy_done` → `x-done: <Ok or the status name>`;
 //! - `status`: `proxy_get_status` before any callout → `x-status: <code>`;
 //! - `grpc-cancel`: opens a gRPC stream to cluster `grpc` (`tollgate.test.Echo/Chat`),
@@ -93,6 +96,12 @@ impl HttpContext for Misc {
                 let result =
                     hostcalls::call_foreign_function("tollgate.no_such_function", Some(b"{}"));
                 self.add_http_request_header("x-foreign", &outcome(result));
+            }
+            Some("callbacks") => {
+                let result = hostcalls::call_foreign_function("tollgate.callbacks", Some(&[1]));
+                self.add_http_request_header("x-callbacks", &outcome(result));
+                let result = hostcalls::call_foreign_function("tollgate.callbacks", Some(&[1, 2]));
+                self.add_http_request_header("x-callbacks-two", &outcome(result));
             }
             Some("done") => self.add_http_request_header("x-done", &outcome(hostcalls::done())),
             Some("status") => {
