@@ -1,5 +1,6 @@
 //! The one wasmtime `Engine`, module compilation (cached on disk by content hash), ABI
-//! detection and the import check against what the host provides.
+//! detection, the import check against what the host provides, and the callbacks a module
+//! declares it implements.
 //!
 //! Compiled modules are mapped from their cache file, not copied into memory: only the pages
 //! of code that run, and the metadata read, are resident, and every VM's initial memory is a
@@ -378,6 +379,9 @@ fn write_new_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 /// exports every callback, and the ones its plugin does not implement only run the crate's
 /// defaults (continue; `on_done` answers done), at a VM entry each. Envoy ignores the
 /// section and calls them all, with the same outcome.
+///
+/// A root context may narrow the set for the requests of its own configuration, with the
+/// same byte, through the foreign function of the same name (see `abi::misc`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeclaredCallbacks(u8);
 
