@@ -73,13 +73,15 @@ impl Entry {
 /// The shared data of one `vm_id`.
 #[derive(Default)]
 struct Namespace {
-    entries: DashMap<Arc<str>, Entry>,
+    /// By key bytes as the plugin gave them (Envoy's keys are bytes too): keys that differ
+    /// only in bytes that are not UTF-8 stay apart.
+    entries: DashMap<Arc<[u8]>, Entry>,
     /// Key and value bytes of every entry.
     bytes: AtomicU64,
     keys: AtomicU64,
     evictions: AtomicU64,
     /// Every key once, oldest first: the CLOCK ring eviction walks.
-    ring: Mutex<VecDeque<Arc<str>>>,
+    ring: Mutex<VecDeque<Arc<[u8]>>>,
 }
 
 /// What the shared data of one `vm_id` holds, for `/metrics` and `/plugins`.
@@ -152,7 +154,7 @@ impl Namespace {
 
     /// Evicts least recently used entries until the namespace is within `limits`, never
     /// `written`, the key the current write just stored (it always fits on its own).
-    fn evict_over(&self, limits: &PluginLimits, written: &str) {
+    fn evict_over(&self, limits: &PluginLimits, written: &[u8]) {
         if !self.over(limits) {
             return;
         }
@@ -203,7 +205,7 @@ impl SharedStore {
             .clone()
     }
 
-    pub fn get(&self, vm_id: &str, key: &str) -> Option<(Bytes, u32)> {
+    pub fn get(&self, vm_id: &str, key: &[u8]) -> Option<(Bytes, u32)> {
         let namespace = self.namespaces.get(vm_id)?;
         let entry = namespace.entries.get(key)?;
         entry.touch();
@@ -217,7 +219,7 @@ impl SharedStore {
     pub fn set(
         &self,
         vm_id: &str,
-        key: &str,
+        key: &[u8],
         value: Bytes,
         cas: u32,
         limits: &PluginLimits,
@@ -237,7 +239,7 @@ impl SharedStore {
             namespace.evict_over(limits, key);
             return Ok(());
         }
-        let key: Arc<str> = Arc::from(key);
+        let key: Arc<[u8]> = Arc::from(key);
         let size = key.len() as u64 + value.len() as u64;
         match namespace.entries.entry(key.clone()) {
             Slot::Occupied(mut occupied) => {
@@ -436,26 +438,26 @@ mod tests {
     #[test]
     fn compare_and_swap_semantics() {
         let store = SharedStore::default();
-        assert!(store.get("vm", "k").is_none());
+        assert!(store.get("vm", b"k").is_none());
         // A missing key is created whatever the cas.
         store
-            .set("vm", "k", Bytes::from_static(b"1"), 12345, &UNLIMITED)
+            .set("vm", b"k", Bytes::from_static(b"1"), 12345, &UNLIMITED)
             .unwrap();
-        let (_, cas) = store.get("vm", "k").unwrap();
+        let (_, cas) = store.get("vm", b"k").unwrap();
         assert_ne!(cas, 0);
         store
-            .set("vm", "k", Bytes::from_static(b"2"), cas, &UNLIMITED)
+            .set("vm", b"k", Bytes::from_static(b"2"), cas, &UNLIMITED)
             .unwrap();
         assert_eq!(
-            store.set("vm", "k", Bytes::from_static(b"3"), cas, &UNLIMITED),
+            store.set("vm", b"k", Bytes::from_static(b"3"), cas, &UNLIMITED),
             Err(Status::CasMismatch)
         );
         store
-            .set("vm", "k", Bytes::from_static(b"4"), 0, &UNLIMITED)
+            .set("vm", b"k", Bytes::from_static(b"4"), 0, &UNLIMITED)
             .unwrap();
-        assert_eq!(store.get("vm", "k").unwrap().0, "4");
+        assert_eq!(store.get("vm", b"k").unwrap().0, "4");
         // Namespaces are separate.
-        assert!(store.get("other", "k").is_none());
+        assert!(store.get("other", b"k").is_none());
     }
 
     #[test]
@@ -466,25 +468,25 @@ mod tests {
             (usage.keys, usage.bytes, usage.evictions)
         };
         store
-            .set("vm", "ab", value("12345"), 0, &UNLIMITED)
+            .set("vm", b"ab", value("12345"), 0, &UNLIMITED)
             .unwrap();
         assert_eq!(usage(&store), (1, 7, 0));
-        store.set("vm", "ab", value("1"), 0, &UNLIMITED).unwrap();
+        store.set("vm", b"ab", value("1"), 0, &UNLIMITED).unwrap();
         assert_eq!(usage(&store), (1, 3, 0), "an overwrite shrinks the count");
         store
-            .set("vm", "ab", value("123456789"), 0, &UNLIMITED)
+            .set("vm", b"ab", value("123456789"), 0, &UNLIMITED)
             .unwrap();
         assert_eq!(usage(&store), (1, 11, 0), "and grows it");
-        store.set("vm", "cd", value("1"), 0, &UNLIMITED).unwrap();
+        store.set("vm", b"cd", value("1"), 0, &UNLIMITED).unwrap();
         assert_eq!(usage(&store), (2, 14, 0));
         // One key allowed: the older entry goes, with its bytes.
         store
-            .set("vm", "ef", value("12"), 0, &limits(1, 100))
+            .set("vm", b"ef", value("12"), 0, &limits(1, 100))
             .unwrap();
         assert_eq!(usage(&store).0, 1);
         assert_eq!(usage(&store).1, 4);
         assert_eq!(usage(&store).2, 2);
-        assert!(store.get("vm", "ef").is_some());
+        assert!(store.get("vm", b"ef").is_some());
         assert!(store.usage("other").is_none());
     }
 
@@ -495,33 +497,50 @@ mod tests {
         // Honest counters, each read and written again as a rate limit would.
         for i in 0..10 {
             store
-                .set("vm", &format!("honest-{i}"), value("0"), 0, &limits)
+                .set(
+                    "vm",
+                    format!("honest-{i}").as_bytes(),
+                    value("0"),
+                    0,
+                    &limits,
+                )
                 .unwrap();
         }
         // A flood of keys written once and never read again, touching the honest keys in
         // between as their traffic goes on.
         for i in 0..10_000 {
             store
-                .set("vm", &format!("minted-{i}"), value("1"), 0, &limits)
+                .set(
+                    "vm",
+                    format!("minted-{i}").as_bytes(),
+                    value("1"),
+                    0,
+                    &limits,
+                )
                 .unwrap();
             if i % 50 == 0 {
                 for j in 0..10 {
                     let key = format!("honest-{j}");
-                    let (_, cas) = store.get("vm", &key).expect("honest key evicted");
-                    store.set("vm", &key, value("2"), cas, &limits).unwrap();
+                    let (_, cas) = store.get("vm", key.as_bytes()).expect("honest key evicted");
+                    store
+                        .set("vm", key.as_bytes(), value("2"), cas, &limits)
+                        .unwrap();
                 }
             }
             let usage = store.usage("vm").unwrap();
             assert!(usage.keys <= 100, "{usage:?}");
         }
         for j in 0..10 {
-            assert!(store.get("vm", &format!("honest-{j}")).is_some());
+            assert!(store.get("vm", format!("honest-{j}").as_bytes()).is_some());
         }
         let usage = store.usage("vm").unwrap();
         assert_eq!(usage.keys, 100);
         assert_eq!(usage.evictions, 10_010 - 100);
-        assert!(store.get("vm", "minted-9999").is_some(), "the newest stays");
-        assert!(store.get("vm", "minted-0").is_none(), "the oldest went");
+        assert!(
+            store.get("vm", b"minted-9999").is_some(),
+            "the newest stays"
+        );
+        assert!(store.get("vm", b"minted-0").is_none(), "the oldest went");
     }
 
     #[test]
@@ -530,25 +549,31 @@ mod tests {
         let limits = limits(usize::MAX, 100);
         for i in 0..50 {
             store
-                .set("vm", &format!("k{i:02}"), value("0123456"), 0, &limits)
+                .set(
+                    "vm",
+                    format!("k{i:02}").as_bytes(),
+                    value("0123456"),
+                    0,
+                    &limits,
+                )
                 .unwrap();
             assert!(store.usage("vm").unwrap().bytes <= 100);
         }
         assert_eq!(store.usage("vm").unwrap().keys, 10, "10 × (3 + 7) bytes");
         // Growing an existing value also evicts others.
         store
-            .set("vm", "k49", value(&"x".repeat(50)), 0, &limits)
+            .set("vm", b"k49", value(&"x".repeat(50)), 0, &limits)
             .unwrap();
         assert!(store.usage("vm").unwrap().bytes <= 100);
-        assert_eq!(store.get("vm", "k49").unwrap().0.len(), 50);
+        assert_eq!(store.get("vm", b"k49").unwrap().0.len(), 50);
         // 98 value bytes + 3 key bytes can never fit in 100.
         assert_eq!(
-            store.set("vm", "big", value(&"x".repeat(98)), 0, &limits),
+            store.set("vm", b"big", value(&"x".repeat(98)), 0, &limits),
             Err(Status::BadArgument)
         );
-        assert!(store.get("vm", "big").is_none());
+        assert!(store.get("vm", b"big").is_none());
         store
-            .set("vm", "big", value(&"x".repeat(97)), 0, &limits)
+            .set("vm", b"big", value(&"x".repeat(97)), 0, &limits)
             .unwrap();
         assert_eq!(store.usage("vm").unwrap().keys, 1);
     }
@@ -559,17 +584,17 @@ mod tests {
         let limits = limits(MAX_SECOND_CHANCES * 3, u64::MAX);
         for i in 0..MAX_SECOND_CHANCES * 3 {
             store
-                .set("vm", &i.to_string(), value("0"), 0, &limits)
+                .set("vm", i.to_string().as_bytes(), value("0"), 0, &limits)
                 .unwrap();
-            store.get("vm", &i.to_string());
+            store.get("vm", i.to_string().as_bytes());
         }
-        store.set("vm", "new", value("0"), 0, &limits).unwrap();
+        store.set("vm", b"new", value("0"), 0, &limits).unwrap();
         let usage = store.usage("vm").unwrap();
         assert_eq!(
             (usage.keys, usage.evictions),
             (limits.shared_data_keys as u64, 1)
         );
-        assert!(store.get("vm", "new").is_some());
+        assert!(store.get("vm", b"new").is_some());
     }
 
     #[test]
@@ -583,9 +608,9 @@ mod tests {
                     for i in 0..5_000 {
                         let key = format!("{t}-{}", i % 900);
                         store
-                            .set("vm", &key, value(&"v".repeat(i % 40)), 0, &limits)
+                            .set("vm", key.as_bytes(), value(&"v".repeat(i % 40)), 0, &limits)
                             .unwrap();
-                        store.get("vm", &format!("{t}-{}", i % 7));
+                        store.get("vm", format!("{t}-{}", i % 7).as_bytes());
                     }
                 })
             })
@@ -662,5 +687,22 @@ mod tests {
             second_events.try_recv().is_err(),
             "registering again is no new subscription"
         );
+    }
+
+    #[test]
+    fn keys_are_bytes_not_text() {
+        // Two keys that differ only in bytes that are not UTF-8 (a header value with
+        // obs-text, say) are two keys, as in Envoy; made into text they would be one.
+        let store = SharedStore::default();
+        store
+            .set("vm", b"limit-\xff", value("1"), 0, &UNLIMITED)
+            .unwrap();
+        store
+            .set("vm", b"limit-\xfe", value("2"), 0, &UNLIMITED)
+            .unwrap();
+        assert_eq!(store.get("vm", b"limit-\xff").unwrap().0, "1");
+        assert_eq!(store.get("vm", b"limit-\xfe").unwrap().0, "2");
+        assert!(store.get("vm", "limit-\u{fffd}".as_bytes()).is_none());
+        assert_eq!(store.usage("vm").unwrap().keys, 2);
     }
 }

@@ -20,8 +20,7 @@ fn get_shared_data(
 ) -> wasmtime::Result<u32> {
     // The key is looked up where the guest keeps it: no copy per call.
     let found = memory::with_guest_bytes(&mut caller, key_ptr, key_len, |key, state| {
-        let key = String::from_utf8_lossy(key);
-        state.registries.shared_data.get(&state.plugin.vm_id, &key)
+        state.registries.shared_data.get(&state.plugin.vm_id, key)
     });
     let (value, cas) = match found {
         Ok(Some(found)) => found,
@@ -48,13 +47,12 @@ fn set_shared_data(
         let value = Bytes::from(memory::read(&mut caller, value_ptr, value_len)?);
         // The key stays where the guest keeps it: an existing key is updated with no copy.
         memory::with_guest_bytes(&mut caller, key_ptr, key_len, |key, state| {
-            let key = String::from_utf8_lossy(key);
             let plugin = &state.plugin;
             let result =
                 state
                     .registries
                     .shared_data
-                    .set(&plugin.vm_id, &key, value, cas, &plugin.limits);
+                    .set(&plugin.vm_id, key, value, cas, &plugin.limits);
             if result == Err(Status::BadArgument) {
                 state
                     .registries
