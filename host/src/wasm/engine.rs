@@ -396,18 +396,23 @@ impl DeclaredCallbacks {
     pub fn of(module: &[u8]) -> Result<Self, String> {
         let binary = wat::parse_bytes(module).map_err(|error| error.to_string())?;
         let mut found = None;
-        for (name, payload) in custom_sections(&binary) {
-            if name != Self::SECTION.as_bytes() {
+        for payload in wasmparser::Parser::new(0).parse_all(&binary) {
+            let Ok(wasmparser::Payload::CustomSection(section)) = payload else {
+                // Other sections, or where the module stops parsing (the engine has already
+                // checked it).
+                continue;
+            };
+            if section.name() != Self::SECTION {
                 continue;
             }
             if found.is_some() {
                 return Err(format!("more than one {} section", Self::SECTION));
             }
-            let [bits] = payload else {
+            let [bits] = section.data() else {
                 return Err(format!(
                     "the {} section holds {} bytes, not 1",
                     Self::SECTION,
-                    payload.len()
+                    section.data().len()
                 ));
             };
             found = Some(Self(*bits));
@@ -434,39 +439,6 @@ impl Default for DeclaredCallbacks {
     fn default() -> Self {
         Self::ALL
     }
-}
-
-/// The custom sections of a wasm module, as (name, payload). A module that does not parse
-/// ends the list where it stops parsing (the engine has already checked the module).
-fn custom_sections(module: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    fn leb128(bytes: &[u8], at: &mut usize) -> Option<usize> {
-        let mut value = 0usize;
-        for shift in (0..35).step_by(7) {
-            let byte = *bytes.get(*at)?;
-            *at += 1;
-            value |= usize::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-    // After the magic number and the version, each section is an id, a size and its body.
-    let mut at = 8;
-    std::iter::from_fn(move || loop {
-        let id = *module.get(at)?;
-        at += 1;
-        let size = leb128(module, &mut at)?;
-        let body = module.get(at..at.checked_add(size)?)?;
-        at += size;
-        if id != 0 {
-            continue;
-        }
-        let mut name_at = 0;
-        let name_length = leb128(body, &mut name_at)?;
-        let name = body.get(name_at..name_at.checked_add(name_length)?)?;
-        return Some((name, &body[name_at + name_length..]));
-    })
 }
 
 /// Envoy's rule: the newest `proxy_abi_version_*` export wins; none is an error.

@@ -518,16 +518,16 @@ impl Vm {
     /// `on_log`, `on_done`, `on_delete` for a finished stream, then forgets it and cancels
     /// its outstanding callouts.
     pub fn finish_stream(&mut self, context: u32) -> Result<(), VmTrap> {
-        if !self.state().streams.contains_key(&context) {
-            return Ok(());
-        }
-        self.state().effective_context = context;
         // Its configuration may not need `on_log` or `on_done`; every stream is deleted.
-        let needs = self
+        let Some(needs) = self
             .state()
             .streams
             .get(&context)
-            .map_or(DeclaredCallbacks::ALL, |stream| stream.callbacks);
+            .map(|stream| stream.callbacks)
+        else {
+            return Ok(());
+        };
+        self.state().effective_context = context;
         let result = (|| {
             if let Some(f) = self.exports.on_log.clone() {
                 if needs.includes(DeclaredCallbacks::LOG) {
