@@ -42,6 +42,25 @@ mod tests {
         }
     }
 
+    /// Every bundled plugin allocates with the SDK's allocator (the `dlmalloc` crate, compiled
+    /// with the plugin), not through the shim of Rust's standard allocator (`__rdl_alloc`),
+    /// which forwards to the WASI libc's `malloc`.
+    #[test]
+    fn bundled_plugins_allocate_with_the_sdk_allocator() {
+        for (name, path) in ALL {
+            let names = module_info(name, path).function_names;
+            assert!(!names.is_empty(), "{name} has no function names");
+            assert!(
+                names.iter().any(|f| f.contains("8dlmalloc8dlmalloc")),
+                "{name} does not contain the dlmalloc crate"
+            );
+            assert!(
+                !names.iter().any(|f| f.ends_with("__rdl_alloc")),
+                "{name} allocates through Rust's standard allocator shim"
+            );
+        }
+    }
+
     /// Portability: every import of every bundled plugin is a standard proxy-wasm host
     /// function (module `env`) or a WASI function Envoy provides — never a Tollgate-only one.
     #[test]

@@ -107,6 +107,8 @@ pub struct ModuleInfo {
     pub exports: Vec<(String, u8)>,
     /// Names of the custom sections (`name`, `producers`, ...).
     pub custom_sections: Vec<String>,
+    /// The functions' names from the `name` section (symbol names, mangled as linked).
+    pub function_names: Vec<String>,
 }
 
 struct Reader<'a> {
@@ -184,7 +186,13 @@ pub fn parse_module(bytes: &[u8]) -> Result<ModuleInfo, String> {
         let size = reader.leb_u32()? as usize;
         let mut section = Reader::new(reader.take(size)?);
         match id {
-            0 => info.custom_sections.push(section.name()?),
+            0 => {
+                let name = section.name()?;
+                if name == "name" {
+                    info.function_names = function_names(&mut section)?;
+                }
+                info.custom_sections.push(name);
+            }
             2 => {
                 for _ in 0..section.leb_u32()? {
                     let module = section.name()?;
@@ -226,6 +234,24 @@ pub fn parse_module(bytes: &[u8]) -> Result<ModuleInfo, String> {
         }
     }
     Ok(info)
+}
+
+/// The function-names subsection (id 1) of a `name` section, the rest of which is skipped.
+fn function_names(section: &mut Reader) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    while !section.done() {
+        let id = section.byte()?;
+        let size = section.leb_u32()? as usize;
+        let mut subsection = Reader::new(section.take(size)?);
+        if id != 1 {
+            continue;
+        }
+        for _ in 0..subsection.leb_u32()? {
+            subsection.leb_u32()?;
+            names.push(subsection.name()?);
+        }
+    }
+    Ok(names)
 }
 
 /// Reads and parses the module at `path`; panics naming `name` on failure.
