@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tollgate::wasm::callbacks::StreamCallback;
 use tollgate::wasm::engine::runtime;
 use tollgate::wasm::header_map::PseudoHeaderMap;
 use tollgate::wasm::host::{PluginIdentity, StreamInfo};
-use tollgate::wasm::vm::{StreamCallback, Vm};
+use tollgate::wasm::vm::Vm;
 
 /// `proxy_on_request_headers` does, 100 times, what its `mode` (a global set per benchmark)
 /// says: 0 nothing, 1 get time, 2 add a header, 3 read a header.

@@ -19,6 +19,7 @@ use wasmtime::{
 };
 
 use super::abi;
+use super::callbacks::Callbacks;
 use super::host::HostState;
 
 /// How often the engine's epoch advances: the unit of per-callback CPU deadlines.
@@ -59,7 +60,7 @@ pub struct CompiledModule {
     pub abi: AbiVersion,
     /// The callbacks the module declares it implements (its `tollgate.callbacks` section);
     /// all of them when it declares none.
-    pub callbacks: DeclaredCallbacks,
+    pub callbacks: Callbacks,
     pub module: Module,
     pub pre: InstancePre<HostState>,
     pub loaded_at: SystemTime,
@@ -201,8 +202,8 @@ impl Runtime {
         let module = self.compiled(&sha256, bytes, path)?;
         let abi = detect_abi(&module).map_err(|error| format!("{}: {error}", path.display()))?;
         check_imports(&module).map_err(|error| format!("{}: {error}", path.display()))?;
-        let callbacks =
-            DeclaredCallbacks::of(bytes).map_err(|error| format!("{}: {error}", path.display()))?;
+        let callbacks = Callbacks::declared_in(bytes)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
         let mut linker = self.linker.clone();
         abi::define_missing_wasi(&mut linker, &module)
             .map_err(|error| format!("{}: {error:#}", path.display()))?;
@@ -369,76 +370,6 @@ fn write_new_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&temporary);
     }
     written
-}
-
-/// The request callbacks a module declares it implements, in a custom section named
-/// `tollgate.callbacks` of one byte (the SDK's `plugin!` writes it from `Plugin::CALLBACKS`):
-/// bits 0 to 5 `on_request_headers`, `_body`, `_trailers`, `on_response_headers`, `_body`,
-/// `_trailers`; bit 6 `on_log`; bit 7 `on_done`. The host never enters an export the module
-/// leaves out, as if it were not exported: a module built with the Rust proxy-wasm crate
-/// exports every callback, and the ones its plugin does not implement only run the crate's
-/// defaults (continue; `on_done` answers done), at a VM entry each. Envoy ignores the
-/// section and calls them all, with the same outcome.
-///
-/// A root context may narrow the set for the requests of its own configuration, with the
-/// same byte, through the foreign function of the same name (see `abi::misc`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeclaredCallbacks(u8);
-
-impl DeclaredCallbacks {
-    pub const SECTION: &'static str = "tollgate.callbacks";
-    pub const ALL: Self = Self(u8::MAX);
-    pub const LOG: u8 = 1 << 6;
-    pub const DONE: u8 = 1 << 7;
-
-    /// The declaration in a module's bytes (binary or text): [`ALL`](Self::ALL) without the
-    /// section; an error for a section that is not one byte, or that appears twice.
-    pub fn of(module: &[u8]) -> Result<Self, String> {
-        let binary = wat::parse_bytes(module).map_err(|error| error.to_string())?;
-        let mut found = None;
-        for payload in wasmparser::Parser::new(0).parse_all(&binary) {
-            let Ok(wasmparser::Payload::CustomSection(section)) = payload else {
-                // Other sections, or where the module stops parsing (the engine has already
-                // checked it).
-                continue;
-            };
-            if section.name() != Self::SECTION {
-                continue;
-            }
-            if found.is_some() {
-                return Err(format!("more than one {} section", Self::SECTION));
-            }
-            let [bits] = section.data() else {
-                return Err(format!(
-                    "the {} section holds {} bytes, not 1",
-                    Self::SECTION,
-                    section.data().len()
-                ));
-            };
-            found = Some(Self(*bits));
-        }
-        Ok(found.unwrap_or(Self::ALL))
-    }
-
-    pub const fn from_bits(bits: u8) -> Self {
-        Self(bits)
-    }
-
-    /// Whether the module implements the callbacks of `bits` (one or more of its bits).
-    pub fn includes(self, bits: u8) -> bool {
-        self.0 & bits == bits
-    }
-
-    pub fn bits(self) -> u8 {
-        self.0
-    }
-}
-
-/// Every callback: what a module or configuration that says nothing gets.
-impl Default for DeclaredCallbacks {
-    fn default() -> Self {
-        Self::ALL
-    }
 }
 
 /// Envoy's rule: the newest `proxy_abi_version_*` export wins; none is an error.
@@ -655,50 +586,6 @@ mod tests {
         );
     }
 
-    /// A binary module of custom sections only, each as (name, payload).
-    fn with_sections(sections: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut module = b"\0asm\x01\0\0\0".to_vec();
-        for (name, payload) in sections {
-            let size = 1 + name.len() + payload.len();
-            assert!(size < 128 && name.len() < 128, "one-byte sizes");
-            module.extend([0, size as u8, name.len() as u8]);
-            module.extend(name.as_bytes());
-            module.extend(*payload);
-        }
-        module
-    }
-
-    #[test]
-    fn declared_callbacks_are_read_from_the_section() {
-        let of = |sections: &[(&str, &[u8])]| DeclaredCallbacks::of(&with_sections(sections));
-        assert_eq!(
-            of(&[]),
-            Ok(DeclaredCallbacks::ALL),
-            "no section: every callback"
-        );
-        assert_eq!(
-            of(&[("name", b"\x03abc"), ("tollgate.callbacks", &[0b0100_1001])]),
-            Ok(DeclaredCallbacks(0b0100_1001))
-        );
-        let declared = of(&[("tollgate.callbacks", &[0b0100_1001])]).unwrap();
-        assert!(declared.includes(DeclaredCallbacks::LOG));
-        assert!(!declared.includes(DeclaredCallbacks::DONE));
-        assert_eq!(
-            of(&[("tollgate.callbacks", &[1, 2])]),
-            Err("the tollgate.callbacks section holds 2 bytes, not 1".to_string())
-        );
-        assert_eq!(
-            of(&[("tollgate.callbacks", &[1]), ("tollgate.callbacks", &[1])]),
-            Err("more than one tollgate.callbacks section".to_string())
-        );
-        // A text module declares with an annotation.
-        let text = r#"(module (@custom "tollgate.callbacks" "\09"))"#;
-        assert_eq!(
-            DeclaredCallbacks::of(text.as_bytes()),
-            Ok(DeclaredCallbacks(9))
-        );
-    }
-
     #[test]
     fn a_module_declaring_callbacks_badly_is_refused() {
         let module = MINIMAL.replace(
@@ -719,6 +606,6 @@ mod tests {
         let module = runtime()
             .load_bytes(Path::new("declared.wat"), module.as_bytes())
             .unwrap();
-        assert_eq!(module.callbacks, DeclaredCallbacks(9));
+        assert_eq!(module.callbacks, Callbacks::from_bits(9));
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use wasmtime::StoreLimits;
 
 use super::abi::{HeaderList, LogLevel};
-use super::engine::DeclaredCallbacks;
+use super::callbacks::Callbacks;
 use super::header_map::{PseudoHeaderMap, EMPTY};
 
 /// What a plugin instance is, as its VMs see it.
@@ -133,7 +133,7 @@ pub struct StreamSignals {
 pub struct StreamState {
     pub root_id: u32,
     /// Its root context's [`RootState::callbacks`]: the callbacks this stream is entered for.
-    pub callbacks: DeclaredCallbacks,
+    pub callbacks: Callbacks,
     pub info: Arc<StreamInfo>,
     /// The request's own headers while this plugin's request-headers callback runs (moved
     /// in and back out); `None` otherwise (properties then read the request's final
@@ -158,7 +158,7 @@ pub struct StreamState {
 }
 
 impl StreamState {
-    pub fn new(root_id: u32, callbacks: DeclaredCallbacks, info: Arc<StreamInfo>) -> Self {
+    pub fn new(root_id: u32, callbacks: Callbacks, info: Arc<StreamInfo>) -> Self {
         Self {
             root_id,
             callbacks,
@@ -199,7 +199,7 @@ impl StreamState {
     }
 
     /// Starts a recycled context for a new request.
-    pub fn reuse(&mut self, root_id: u32, callbacks: DeclaredCallbacks, info: Arc<StreamInfo>) {
+    pub fn reuse(&mut self, root_id: u32, callbacks: Callbacks, info: Arc<StreamInfo>) {
         // The old request's task may still hold the wake-up (it is dropped with the
         // request's run); then it gets a fresh one. A permit the old request left makes at
         // most one spurious wake-up, which a waiting request checks and waits again after.
@@ -257,7 +257,7 @@ pub struct RootState {
     pub tick_period: Option<Duration>,
     /// The request callbacks this configuration's requests need, as the plugin said in
     /// `on_configure` (foreign function `tollgate.callbacks`); all until it says.
-    pub callbacks: DeclaredCallbacks,
+    pub callbacks: Callbacks,
 }
 
 /// An HTTP or gRPC callout the host must start once the current callback returns.
@@ -453,8 +453,8 @@ mod tests {
     #[test]
     fn streams_read_the_requests_final_heads_without_a_copy() {
         let info = info();
-        let mut first = StreamState::new(1, DeclaredCallbacks::ALL, info.clone());
-        let second = StreamState::new(1, DeclaredCallbacks::ALL, info.clone());
+        let mut first = StreamState::new(1, Callbacks::ALL, info.clone());
+        let second = StreamState::new(1, Callbacks::ALL, info.clone());
         assert!(first.request_headers_view().is_empty());
         first.request_headers = Some(path("/handed"));
         assert_eq!(
@@ -481,8 +481,8 @@ mod tests {
     fn an_edit_after_the_phase_changes_only_the_plugins_own_copy() {
         let info = info();
         info.request_headers.set(path("/final")).unwrap();
-        let mut editing = StreamState::new(1, DeclaredCallbacks::ALL, info.clone());
-        let reading = StreamState::new(1, DeclaredCallbacks::ALL, info.clone());
+        let mut editing = StreamState::new(1, Callbacks::ALL, info.clone());
+        let reading = StreamState::new(1, Callbacks::ALL, info.clone());
         editing.request_headers_mut().add(b"x-late", b"1");
         assert_eq!(editing.request_headers_view().len(), 2);
         assert_eq!(reading.request_headers_view().len(), 1);

@@ -5,6 +5,7 @@
 //! | [`engine`] | the one `Engine`, compilation with an on-disk cache, ABI detection, import check |
 //! | [`memory`] | bounds-checked guest memory access (the only place that touches it) |
 //! | [`abi`] | the host functions, registered in one place |
+//! | [`callbacks`] | which request callbacks a module exports, declares, and a configuration needs |
 //! | [`host`] | the store data the host functions work on |
 //! | [`header_map`] | a header map as plugins see it, edited where the request keeps it |
 //! | [`vm`] | one instance: contexts, callbacks under a CPU deadline, traps |
@@ -22,6 +23,7 @@
 //! `wasm32-wasip1` behaves here as it does there.
 
 pub mod abi;
+pub mod callbacks;
 pub mod circuit;
 pub mod engine;
 pub mod header_map;

@@ -90,7 +90,7 @@ pub struct Plugin {
     pub name: String,
     pub module: Arc<CompiledModule>,
     /// The stream callbacks the module exports and declares it implements.
-    pub callbacks: super::vm::StreamCallbacks,
+    pub callbacks: super::callbacks::Callbacks,
     pub failure_policy: FailurePolicy,
     pub priority: i32,
     identity: Arc<PluginIdentity>,
@@ -196,7 +196,8 @@ impl Plugin {
         });
         let plugin = Arc::new(Self {
             name: config.name.clone(),
-            callbacks: super::vm::StreamCallbacks::of(&module.module).declared(module.callbacks),
+            callbacks: super::callbacks::Callbacks::exported_by(&module.module)
+                .restricted_to(module.callbacks),
             module,
             failure_policy: config.failure_policy,
             priority: config.priority,

@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use wasmtime::{Instance, Store, TypedFunc, WasmParams, WasmResults};
 
-use super::engine::{runtime, CompiledModule, DeclaredCallbacks, EPOCH_TICK};
+use super::callbacks::{Callbacks, StreamCallback};
+use super::engine::{runtime, CompiledModule, EPOCH_TICK};
 use super::host::{HostState, PendingCallout, PluginIdentity, RootState};
 
 /// What a gRPC stream delivers, in order: metadata, messages, trailers, close.
@@ -107,23 +108,23 @@ impl Exports {
 
     /// Forgets the callbacks the module declares it does not implement: they are never
     /// entered, as if the module did not export them.
-    fn forget_undeclared(&mut self, declared: DeclaredCallbacks) {
+    fn forget_undeclared(&mut self, declared: Callbacks) {
         macro_rules! forget_unless {
-            ($($export:ident: $bit:expr),* $(,)?) => {
-                $(if !declared.includes($bit) {
+            ($($export:ident: $callbacks:expr),* $(,)?) => {
+                $(if !declared.includes($callbacks) {
                     self.$export = None;
                 })*
             };
         }
         forget_unless! {
-            on_request_headers: StreamCallback::RequestHeaders.bit(),
-            on_request_body: StreamCallback::RequestBody.bit(),
-            on_request_trailers: StreamCallback::RequestTrailers.bit(),
-            on_response_headers: StreamCallback::ResponseHeaders.bit(),
-            on_response_body: StreamCallback::ResponseBody.bit(),
-            on_response_trailers: StreamCallback::ResponseTrailers.bit(),
-            on_log: DeclaredCallbacks::LOG,
-            on_done: DeclaredCallbacks::DONE,
+            on_request_headers: Callbacks::of(StreamCallback::RequestHeaders),
+            on_request_body: Callbacks::of(StreamCallback::RequestBody),
+            on_request_trailers: Callbacks::of(StreamCallback::RequestTrailers),
+            on_response_headers: Callbacks::of(StreamCallback::ResponseHeaders),
+            on_response_body: Callbacks::of(StreamCallback::ResponseBody),
+            on_response_trailers: Callbacks::of(StreamCallback::ResponseTrailers),
+            on_log: Callbacks::LOG,
+            on_done: Callbacks::DONE,
         }
     }
 }
@@ -163,86 +164,6 @@ pub struct Vm {
 /// How many finished stream contexts a VM keeps for reuse: as many as it serves at once in
 /// the common case.
 const SPARE_STREAMS: usize = 64;
-
-/// Which callback a stream call is, for the callbacks that share a shape.
-#[derive(Debug, Clone, Copy)]
-pub enum StreamCallback {
-    RequestHeaders,
-    RequestBody,
-    RequestTrailers,
-    ResponseHeaders,
-    ResponseBody,
-    ResponseTrailers,
-}
-
-impl StreamCallback {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::RequestHeaders => "on_request_headers",
-            Self::RequestBody => "on_request_body",
-            Self::RequestTrailers => "on_request_trailers",
-            Self::ResponseHeaders => "on_response_headers",
-            Self::ResponseBody => "on_response_body",
-            Self::ResponseTrailers => "on_response_trailers",
-        }
-    }
-
-    /// The guest export that implements the callback.
-    fn export(self) -> &'static str {
-        match self {
-            Self::RequestHeaders => "proxy_on_request_headers",
-            Self::RequestBody => "proxy_on_request_body",
-            Self::RequestTrailers => "proxy_on_request_trailers",
-            Self::ResponseHeaders => "proxy_on_response_headers",
-            Self::ResponseBody => "proxy_on_response_body",
-            Self::ResponseTrailers => "proxy_on_response_trailers",
-        }
-    }
-
-    /// Whether `module` exports the callback. The host calls a plugin only for what it
-    /// exports, so that, say, a header-only plugin costs nothing per body chunk.
-    pub fn exported_by(self, module: &wasmtime::Module) -> bool {
-        module.get_export(self.export()).is_some()
-    }
-
-    const ALL: [StreamCallback; 6] = [
-        Self::RequestHeaders,
-        Self::RequestBody,
-        Self::RequestTrailers,
-        Self::ResponseHeaders,
-        Self::ResponseBody,
-        Self::ResponseTrailers,
-    ];
-
-    fn bit(self) -> u8 {
-        1 << self as u8
-    }
-}
-
-/// The stream callbacks a module exports, looked up once per module: a phase whose callback
-/// a plugin lacks never visits its VM.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StreamCallbacks(u8);
-
-impl StreamCallbacks {
-    pub fn of(module: &wasmtime::Module) -> Self {
-        Self(
-            StreamCallback::ALL
-                .iter()
-                .filter(|callback| callback.exported_by(module))
-                .fold(0, |bits, callback| bits | callback.bit()),
-        )
-    }
-
-    /// The ones of these that the module also declares it implements.
-    pub fn declared(self, declared: DeclaredCallbacks) -> Self {
-        Self(self.0 & declared.bits())
-    }
-
-    pub fn exports(self, callback: StreamCallback) -> bool {
-        self.0 & callback.bit() != 0
-    }
-}
 
 fn deadline_ticks(timeout: Duration) -> u64 {
     (timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
@@ -393,7 +314,7 @@ impl Vm {
             RootState {
                 configuration: configuration.clone(),
                 tick_period: None,
-                callbacks: DeclaredCallbacks::ALL,
+                callbacks: Callbacks::ALL,
             },
         );
         self.state().effective_context = id;
@@ -444,12 +365,12 @@ impl Vm {
         &mut self,
         root: u32,
         info: Arc<super::host::StreamInfo>,
-    ) -> Result<(u32, Arc<tokio::sync::Notify>, DeclaredCallbacks), VmTrap> {
+    ) -> Result<(u32, Arc<tokio::sync::Notify>, Callbacks), VmTrap> {
         let callbacks = self
             .state()
             .roots
             .get(&root)
-            .map_or(DeclaredCallbacks::ALL, |root| root.callbacks);
+            .map_or(Callbacks::ALL, |root| root.callbacks);
         let stream = match self.spare_streams.pop() {
             Some(mut spare) => {
                 spare.reuse(root, callbacks, info);
@@ -480,7 +401,7 @@ impl Vm {
         if state
             .streams
             .get(&context)
-            .is_some_and(|stream| !stream.callbacks.includes(callback.bit()))
+            .is_some_and(|stream| !stream.callbacks.has(callback))
         {
             return Ok(super::abi::Action::Continue);
         }
@@ -530,12 +451,12 @@ impl Vm {
         self.state().effective_context = context;
         let result = (|| {
             if let Some(f) = self.exports.on_log.clone() {
-                if needs.includes(DeclaredCallbacks::LOG) {
+                if needs.includes(Callbacks::LOG) {
                     self.call("on_log", &f, context)?;
                 }
             }
             if let Some(f) = self.exports.on_done.clone() {
-                if needs.includes(DeclaredCallbacks::DONE) {
+                if needs.includes(Callbacks::DONE) {
                     self.call("on_done", &f, context)?;
                 }
             }
@@ -748,31 +669,5 @@ fn describe(error: &wasmtime::Error) -> String {
             format!("{reason}; guest backtrace: {}", frames.join(" <- "))
         }
         _ => reason,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_callbacks_are_the_exported_ones() {
-        let module = wasmtime::Module::new(
-            &runtime().engine,
-            r#"(module
-                (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) i32.const 0)
-                (func (export "proxy_on_response_body") (param i32 i32 i32) (result i32) i32.const 0)
-                (func (export "proxy_on_log") (param i32)))"#,
-        )
-        .expect("the module compiles");
-        let callbacks = StreamCallbacks::of(&module);
-        let exported: Vec<_> = StreamCallback::ALL
-            .iter()
-            .filter(|callback| callbacks.exports(**callback))
-            .map(|callback| callback.name())
-            .collect();
-        assert_eq!(exported, ["on_request_headers", "on_response_body"]);
-        assert_eq!(StreamCallbacks::default(), StreamCallbacks(0));
-        assert!(!StreamCallbacks::default().exports(StreamCallback::RequestHeaders));
     }
 }

@@ -34,9 +34,9 @@ use tokio::sync::Notify;
 
 use super::ResponseBody;
 use crate::snapshot::Chain;
+use crate::wasm::callbacks::{Callbacks, StreamCallback};
 use crate::wasm::host::{LocalResponse, StreamInfo};
 use crate::wasm::plugin::{Plugin, VmTicket};
-use crate::wasm::vm::{StreamCallback, StreamCallbacks};
 
 pub use body::filter_response_body;
 use head::local_reply_head;
@@ -57,7 +57,7 @@ struct Entry {
     plugin: Arc<Plugin>,
     /// The stream callbacks the plugin's module exports: a phase without its callback skips
     /// the plugin without visiting its VM.
-    callbacks: StreamCallbacks,
+    callbacks: Callbacks,
     context: Option<u32>,
     wake: Option<Arc<Notify>>,
     /// fail_open: the plugin failed and is skipped for the rest of the request.
@@ -74,7 +74,7 @@ struct Entry {
 
 impl Entry {
     fn exports(&self, callback: StreamCallback) -> bool {
-        self.callbacks.exports(callback)
+        self.callbacks.has(callback)
     }
 }
 

@@ -17,11 +17,11 @@ use super::{
 use crate::config::FailurePolicy;
 use crate::upstream::BoxError;
 use crate::wasm::abi::Action;
+use crate::wasm::callbacks::StreamCallback;
 use crate::wasm::circuit::Admission;
 use crate::wasm::header_map::{Pseudo, PseudoHeaderMap};
 use crate::wasm::host::{LocalResponse, StreamState};
 use crate::wasm::plugin::{Plugin, PluginFailure};
-use crate::wasm::vm::StreamCallback;
 
 /// What one response body chunk did in one plugin.
 enum ChunkOutcome {
@@ -101,7 +101,7 @@ impl PluginRun {
                 let entry = &mut self.entries[index];
                 // The plugin's configuration for this route may need fewer callbacks than
                 // its module has (a transformer without body rules reads no body).
-                entry.callbacks = entry.callbacks.declared(needed);
+                entry.callbacks = entry.callbacks.restricted_to(needed);
                 entry.context = Some(context);
                 entry.wake = Some(wake);
                 entry.vm = plugin.vm_ticket();

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmtime::{Caller, Linker};
 
 use super::{status, LogLevel, Status};
-use crate::wasm::engine::DeclaredCallbacks;
+use crate::wasm::callbacks::Callbacks;
 use crate::wasm::host::HostState;
 use crate::wasm::memory;
 use crate::wasm::metrics::{MetricKind, PluginMetric};
@@ -151,7 +151,7 @@ fn done(mut caller: Ctx<'_>) -> u32 {
 }
 
 /// The one foreign function: `tollgate.callbacks`, one byte as in the module's section of
-/// that name (see `DeclaredCallbacks`), called by a root context in `on_configure` to say
+/// that name (see `wasm::callbacks`), called by a root context in `on_configure` to say
 /// which request callbacks its configuration needs (the SDK's `Plugin::callbacks`). Any
 /// other name is unknown, as in an Envoy build without extensions, which is also what
 /// Envoy answers this one: the SDK then goes on as before.
@@ -166,7 +166,7 @@ fn call_foreign_function(
 ) -> u32 {
     status((|| {
         let name = memory::read(&mut caller, name_ptr, name_len)?;
-        if name != DeclaredCallbacks::SECTION.as_bytes() {
+        if name != Callbacks::SECTION.as_bytes() {
             return Err(Status::NotFound);
         }
         let [bits] = memory::read(&mut caller, args_ptr, args_len)?[..] else {
@@ -177,7 +177,7 @@ fn call_foreign_function(
         let Some(root) = state.roots.get_mut(&root) else {
             return Err(Status::BadArgument);
         };
-        root.callbacks = DeclaredCallbacks::from_bits(bits);
+        root.callbacks = Callbacks::from_bits(bits);
         // No result.
         memory::write_u32(&mut caller, ret_ptr, 0)?;
         memory::write_u32(&mut caller, ret_len, 0)?;
