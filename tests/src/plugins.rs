@@ -46,6 +46,13 @@ pub fn declared_callbacks_wat() -> PathBuf {
     wat_path("declared-callbacks.wat")
 }
 
+/// A plugin that sets two per-request properties whose names differ only in a byte that is
+/// not UTF-8 (`tp\xff` = `first`, `tp\xfe` = `second`), reads each back and adds them as
+/// the request headers `x-first` and `x-second`.
+pub fn byte_property_names_wat() -> PathBuf {
+    wat_path("byte-property-names.wat")
+}
+
 fn wat_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("plugins")

@@ -8,7 +8,8 @@
 //! - `tp-metrics`: a plugin-defined counter, gauge and histogram, read back with `get_metric`
 //!   and exported on the admin `/metrics` with the plugin name as label;
 //! - `tp-properties`: host properties with Envoy's names and encodings (strings raw, integers
-//!   8-byte little-endian, bool 1 byte), and a value `set_property` stores for a later plugin.
+//!   8-byte little-endian, bool 1 byte), and a value `set_property` stores for a later plugin;
+//!   names that differ only in bytes that are not UTF-8 are different names.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +19,9 @@ use http_body_util::Full;
 use serde_json::json;
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
 use tollgate_tests::gateway::Gateway;
-use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_METRICS, TP_PROPERTIES, TP_SHARED};
+use tollgate_tests::plugins::{
+    byte_property_names_wat, plugins_file, PluginSpec, TP_METRICS, TP_PROPERTIES, TP_SHARED,
+};
 use tollgate_tests::prometheus::sample_sum;
 use tollgate_tests::scenario::Scenario;
 
@@ -344,6 +347,30 @@ async fn properties_have_envoy_names_and_encodings() {
         "from-tp-properties",
         "set_property of an earlier plugin is readable by a later one"
     );
+}
+
+/// Properties a plugin sets are keyed by their names' bytes, as Envoy keys filter state:
+/// two names that differ only in a byte that is not UTF-8 do not share a value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn property_names_are_bytes() {
+    let gateway = scenario()
+        .plugin(PluginSpec::new("bytes", byte_property_names_wat()).routes(&["props"]))
+        .start()
+        .await;
+    let response = send(
+        &HttpClient::http1(),
+        &gateway,
+        "GET",
+        "props.test",
+        "/props",
+        "",
+    )
+    .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+    let forwarded = gateway.backend("echo").requests();
+    let request = forwarded.last().expect("the request reached the upstream");
+    assert_eq!(request.header("x-first"), Some("first"));
+    assert_eq!(request.header("x-second"), Some("second"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

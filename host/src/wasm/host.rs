@@ -37,7 +37,7 @@ pub struct PluginIdentity {
 
 /// Per-request values shared by every plugin of a request: `set_property` writes here
 /// (Envoy's filter state), and any later plugin reads it. Empty, it has allocated nothing.
-pub type FilterState = Mutex<FxHashMap<String, Vec<u8>>>;
+pub type FilterState = Mutex<FxHashMap<Box<[u8]>, Vec<u8>>>;
 
 /// The request facts that properties expose, one per request, shared by every plugin of
 /// it. Most do not change during the request; `outcome` is filled in as the request is

@@ -10,7 +10,6 @@
 //! serialized protobuf. `set_property` writes per-request filter state that later plugins
 //! read.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -291,16 +290,20 @@ fn headers_size(pairs: &PseudoHeaderMap) -> u64 {
 }
 
 /// Looks a property up; `None` is NOT_FOUND.
-pub fn lookup(state: &HostState, key: &str) -> Option<Vec<u8>> {
+pub fn lookup(state: &HostState, key: &[u8]) -> Option<Vec<u8>> {
     let stream = state
         .streams
         .get(&state.effective_context)
         .map(|stream| &**stream);
-    let path: SmallVec<[&str; 4]> = key.split('\0').collect();
-    if let Some(value) = resolve(state, stream, &path) {
+    // Attributes are named in text; a path with a segment that is not UTF-8 names none.
+    let path: Option<SmallVec<[&str; 4]>> = key
+        .split(|byte| *byte == 0)
+        .map(|segment| std::str::from_utf8(segment).ok())
+        .collect();
+    if let Some(value) = path.and_then(|path| resolve(state, stream, &path)) {
         return value.encode();
     }
-    // Filter state written by `set_property`: the whole path is the key.
+    // Filter state written by `set_property`: the whole path is the key, as its bytes.
     stream?.info.filter_state.lock().ok()?.get(key).cloned()
 }
 
@@ -539,10 +542,11 @@ fn xds(info: &StreamInfo, field: &str) -> Option<Value> {
 }
 
 /// A property path as the guest passes it (segments separated by NUL, a trailing NUL
-/// allowed) as one key, its segments still separated by NUL: filter state is keyed so, and
-/// [`lookup`] splits it. Borrowed from the guest's bytes when they are UTF-8.
-fn property_key(bytes: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(bytes.strip_suffix(&[0]).unwrap_or(bytes))
+/// allowed) as one key, its segments still separated by NUL: filter state is keyed so, by
+/// the bytes as Envoy keys it (two names that differ only in bytes that are not UTF-8 are
+/// two keys), and [`lookup`] splits it.
+fn property_key(bytes: &[u8]) -> &[u8] {
+    bytes.strip_suffix(&[0]).unwrap_or(bytes)
 }
 
 fn get_property(
@@ -553,7 +557,7 @@ fn get_property(
     ret_len: u32,
 ) -> wasmtime::Result<u32> {
     let found = memory::with_guest_bytes(&mut caller, path_ptr, path_len, |path, state| {
-        lookup(state, &property_key(path))
+        lookup(state, property_key(path))
     });
     match found {
         Ok(Some(value)) => Ok(status(
@@ -573,7 +577,7 @@ fn set_property(
 ) -> u32 {
     status((|| {
         let key = memory::with_guest_bytes(&mut caller, path_ptr, path_len, |path, _| {
-            property_key(path).into_owned()
+            Box::<[u8]>::from(property_key(path))
         })?;
         let value = memory::read(&mut caller, value_ptr, value_len)?;
         let stream = caller.data_mut().stream().ok_or(Status::NotFound)?;
@@ -650,9 +654,9 @@ mod tests {
 
     #[test]
     fn paths_are_keys_with_or_without_a_trailing_nul() {
-        assert_eq!(property_key(b"request\0path"), "request\0path");
-        assert_eq!(property_key(b"request\0path\0"), "request\0path");
-        assert_eq!(property_key(b"marker"), "marker");
-        assert_eq!(property_key(b"bad\xff\0x"), "bad\u{fffd}\0x");
+        assert_eq!(property_key(b"request\0path"), b"request\0path");
+        assert_eq!(property_key(b"request\0path\0"), b"request\0path");
+        assert_eq!(property_key(b"marker"), b"marker");
+        assert_eq!(property_key(b"bad\xff\0x"), b"bad\xff\0x");
     }
 }
