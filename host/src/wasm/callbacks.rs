@@ -75,10 +75,6 @@ impl Callbacks {
         Self(bits)
     }
 
-    pub fn bits(self) -> u8 {
-        self.0
-    }
-
     /// The one stream callback.
     pub const fn of(callback: StreamCallback) -> Self {
         Self(1 << callback as u8)
