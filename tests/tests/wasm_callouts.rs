@@ -1,7 +1,8 @@
 //! Callouts from plugins to clusters of the policies, with the request paused meanwhile:
 //! - `tp-callout`: an HTTP call answered (status, body, token), many concurrent calls, a call
 //!   cut by its timeout and a call to a refused endpoint (both delivered as an empty response:
-//!   "failed"), and a call without `:path` refused with BAD_ARGUMENT at dispatch;
+//!   "failed"), and a call without `:path` refused with BAD_ARGUMENT at dispatch, and a
+//!   request body that waits, as in Envoy, until the paused request headers resume;
 //! - `tp-grpc`: a unary gRPC call over HTTP/2 to a gRPC backend (framing, path, status and
 //!   response message), and a gRPC stream to a streaming echo backend (metadata, every
 //!   message back in order, close status).
@@ -22,6 +23,9 @@ async fn start() -> Running {
         PluginSpec::new("callout-ok", TP_CALLOUT)
             .config(json!({ "cluster": "callee", "path": "/check?x=1", "timeout_ms": 5000 }))
             .routes(&["ok"]),
+        PluginSpec::new("callout-body", TP_CALLOUT)
+            .config(json!({ "cluster": "callee", "path": "/check?delay_ms=300", "timeout_ms": 5000 }))
+            .routes(&["body"]),
         PluginSpec::new("callout-slow", TP_CALLOUT)
             .config(json!({ "cluster": "callee", "path": "/slow-check?delay_ms=3000", "timeout_ms": 200 }))
             .routes(&["slow"]),
@@ -43,6 +47,7 @@ async fn start() -> Running {
         .cluster_at("refusing", backends::refusing_address())
         .forward("ok", "/ok", "echo")
         .forward("slow", "/slow", "echo")
+        .forward("body", "/body", "echo")
         .forward("refused", "/refused", "echo")
         .forward("grpc-stream", "/grpc-stream", "echo")
         .forward("grpc", "/grpc", "echo")
@@ -103,6 +108,42 @@ async fn http_callout_answer_reaches_the_paused_request() {
         setup.backend("echo").request_count(),
         1,
         "the request went on after the callout"
+    );
+}
+
+/// Envoy turns a plugin's pause of the request headers into a pause of the whole request
+/// (`StopAllIterationAndWatermark`): the body callbacks of that plugin run only once it
+/// resumes, and the body then reaches the upstream whole, behind the headers it set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_waits_while_its_headers_are_paused() {
+    let setup = start().await;
+    let body = vec![b'b'; 64 * 1024];
+    let req = request("POST", setup.listener("public"), "callouts.test", "/body")
+        .body(Full::from(body.clone()))
+        .expect("valid request");
+    let response = tokio::time::timeout(Duration::from_secs(10), HttpClient::http1().send(req))
+        .await
+        .expect("an answer within 10 s")
+        .expect("the request goes through");
+    let json = response.json();
+    assert_eq!(response.status, StatusCode::OK, "{json}\n{}", setup.log());
+    assert_eq!(json["headers"]["x-callout-status"], "200", "{json}");
+    assert_eq!(
+        json["body_len"],
+        body.len(),
+        "the upstream got the whole body: {json}"
+    );
+    assert_eq!(
+        response.header("x-callout-body-early"),
+        Some("0"),
+        "no body callback ran while the headers waited for the callout ({:?})",
+        response.headers
+    );
+    assert_eq!(
+        response.header("x-callout-body-bytes"),
+        Some(body.len().to_string().as_str()),
+        "after the resume the plugin saw the whole body ({:?})",
+        response.headers
     );
 }
 

@@ -17,6 +17,11 @@
 //! timeout or reset) and `x-callout-body-len: <bytes read with get_http_call_response_body>`,
 //! and `x-callout-token-ok: true|false` (whether the token is the one `dispatch` returned),
 //! then `resume_http_request()`.
+//!
+//! Request body (`on_http_request_body`): counts its callbacks and bytes, and how many of
+//! the callbacks came before the callout answered; continues. Response headers: adds
+//! `x-callout-body-calls`, `x-callout-body-bytes` and `x-callout-body-early` (callbacks
+//! before the answer; Envoy runs none while request headers are paused).
 
 use std::time::Duration;
 
@@ -65,6 +70,8 @@ impl RootContext for Root {
         Some(Box::new(Callout {
             config,
             token: None,
+            answered: false,
+            body: BodySeen::default(),
         }))
     }
 
@@ -76,6 +83,17 @@ impl RootContext for Root {
 struct Callout {
     config: Config,
     token: Option<u32>,
+    answered: bool,
+    body: BodySeen,
+}
+
+/// What the request body callbacks saw.
+#[derive(Default)]
+struct BodySeen {
+    calls: usize,
+    bytes: usize,
+    /// Callbacks before the callout answered.
+    early: usize,
 }
 
 impl Context for Callout {
@@ -105,11 +123,33 @@ impl Context for Callout {
             "x-callout-token-ok",
             if token_ok { "true" } else { "false" },
         );
+        self.answered = true;
         self.resume_http_request();
     }
 }
 
 impl HttpContext for Callout {
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        self.body.calls += 1;
+        self.body.bytes += body_size;
+        if !self.answered {
+            self.body.early += 1;
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let BodySeen {
+            calls,
+            bytes,
+            early,
+        } = self.body;
+        self.add_http_response_header("x-callout-body-calls", &calls.to_string());
+        self.add_http_response_header("x-callout-body-bytes", &bytes.to_string());
+        self.add_http_response_header("x-callout-body-early", &early.to_string());
+        Action::Continue
+    }
+
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let timeout = Duration::from_millis(self.config.timeout_ms);
         let cluster = self.config.cluster.clone();
