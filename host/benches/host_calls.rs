@@ -91,7 +91,12 @@ fn setup(mode: i32) -> (Vm, u32) {
         route_name: "bench".into(),
         cluster_name: Some("bench".into()),
         grpc: false,
-        virtual_host_name: "bench".into(),
+        virtual_host: Arc::new(tollgate::config::VirtualHost {
+            name: "bench".into(),
+            domains: vec![],
+            listeners: None,
+            routes: vec![],
+        }),
         tls: None,
         outcome: Default::default(),
         filter_state: Default::default(),

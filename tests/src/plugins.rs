@@ -39,6 +39,13 @@ pub fn request_only_wat() -> PathBuf {
     wat_path("request-only.wat")
 }
 
+/// A plugin that declares only `proxy_on_request_headers`, where it calls `GET /check` on
+/// cluster `callee` and continues at once; the answer's callback logs the request's `:path`
+/// as `late-path=<path>` (`late-path-missing` when it gets none).
+pub fn late_callout_wat() -> PathBuf {
+    wat_path("late-callout.wat")
+}
+
 /// A plugin that exports every request callback but declares (section `tollgate.callbacks`)
 /// only `proxy_on_request_headers`, which adds `x-request-seen: N`, N the calls of its
 /// `on_log` and `on_done` so far; its `on_response_headers` would add `x-response-seen`.

@@ -2,7 +2,8 @@
 //! - `tp-callout`: an HTTP call answered (status, body, token), many concurrent calls, a call
 //!   cut by its timeout and a call to a refused endpoint (both delivered as an empty response:
 //!   "failed"), and a call without `:path` refused with BAD_ARGUMENT at dispatch, and a
-//!   request body that waits, as in Envoy, until the paused request headers resume;
+//!   request body that waits, as in Envoy, until the paused request headers resume; a
+//!   callout answered after its request went upstream still reads the request's headers;
 //! - `tp-grpc`: a unary gRPC call over HTTP/2 to a gRPC backend (framing, path, status and
 //!   response message), and a gRPC stream to a streaming echo backend (metadata, every
 //!   message back in order, close status).
@@ -15,7 +16,7 @@ use http_body_util::Full;
 use serde_json::json;
 use tollgate_tests::backends;
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::plugins::{PluginSpec, TP_CALLOUT, TP_GRPC};
+use tollgate_tests::plugins::{late_callout_wat, PluginSpec, TP_CALLOUT, TP_GRPC};
 use tollgate_tests::scenario::{Running, Scenario};
 
 async fn start() -> Running {
@@ -26,6 +27,7 @@ async fn start() -> Running {
         PluginSpec::new("callout-body", TP_CALLOUT)
             .config(json!({ "cluster": "callee", "path": "/check?delay_ms=300", "timeout_ms": 5000 }))
             .routes(&["body"]),
+        PluginSpec::new("late-callout", late_callout_wat()).routes(&["late"]),
         PluginSpec::new("callout-slow", TP_CALLOUT)
             .config(json!({ "cluster": "callee", "path": "/slow-check?delay_ms=3000", "timeout_ms": 200 }))
             .routes(&["slow"]),
@@ -48,6 +50,7 @@ async fn start() -> Running {
         .forward("ok", "/ok", "echo")
         .forward("slow", "/slow", "echo")
         .forward("body", "/body", "echo")
+        .forward("late", "/late", "echo")
         .forward("refused", "/refused", "echo")
         .forward("grpc-stream", "/grpc-stream", "echo")
         .forward("grpc", "/grpc", "echo")
@@ -145,6 +148,29 @@ async fn a_request_body_waits_while_its_headers_are_paused() {
         "after the resume the plugin saw the whole body ({:?})",
         response.headers
     );
+}
+
+/// A plugin that only looks at the request headers costs the request no copy of them, unless
+/// a callout of its is still to answer: that answer's callback reads the headers the request
+/// went upstream with (Envoy keeps them for the whole stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callout_answered_after_the_request_went_on_reads_its_headers() {
+    let setup = start().await;
+    // The echo answers after 300 ms; the callee at once.
+    let path = "/late/read-me?delay_ms=300";
+    let response = get(&setup, path, &[]).await;
+    assert_eq!(response.status, StatusCode::OK, "{}", setup.log());
+    let logged = format!("late-path={path}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !setup.log().contains(&logged) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = setup.log();
+    assert!(
+        log.contains(&logged),
+        "the answer's callback read the request's :path: {log}"
+    );
+    assert!(!log.contains("late-path-missing"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,7 +48,7 @@ use hyper::body::Incoming;
 use std::borrow::Cow;
 
 use crate::body::{MalformedBody, ReadTimeout};
-use crate::config::{Action, Normalization, Route, ServerSettings};
+use crate::config::{Action, Normalization, Route, ServerSettings, VirtualHost};
 use crate::routing::normalize::{self, Rejection};
 use crate::routing::{NoMatch, RequestHead, RouteMatch};
 use crate::snapshot::{ListenerState, Snapshot};
@@ -219,7 +219,7 @@ struct Routed<'s> {
     request: Request<Incoming>,
     listener: &'s ListenerState,
     route: &'s Route,
-    virtual_host_name: &'s str,
+    virtual_host: &'s Arc<VirtualHost>,
     target: CanonicalHost,
 }
 
@@ -263,7 +263,7 @@ fn route<'s>(
         request,
         listener,
         route: matched.route,
-        virtual_host_name: &matched.virtual_host.name,
+        virtual_host: matched.virtual_host,
         target,
     })
 }
@@ -705,9 +705,15 @@ async fn plugin_response(
     {
         parts.status = status;
     }
-    // Later phases of every plugin read the head as it went downstream.
-    parts.headers = head.clone_headers();
-    run.set_final_response(parts.status.as_u16(), head);
+    // Plugins that run later read the head as it went downstream; without them, it goes
+    // downstream with no copy.
+    if run.reads_response_head_later() {
+        parts.headers = head.clone_headers();
+        run.set_final_response(parts.status.as_u16(), head);
+    } else {
+        parts.headers = head.into_headers();
+        run.set_final_status(parts.status.as_u16());
+    }
     drop(run);
     Response::from_parts(parts, plugins::filter_response_body(body, shared))
 }
@@ -802,7 +808,7 @@ fn stream_info(
         route_name: record.route.clone(),
         cluster_name,
         grpc: record.grpc,
-        virtual_host_name: routed.virtual_host_name.to_string(),
+        virtual_host: routed.virtual_host.clone(),
         tls: downstream.tls.clone(),
         outcome: Default::default(),
         filter_state: Default::default(),

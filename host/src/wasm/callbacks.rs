@@ -137,6 +137,17 @@ impl Callbacks {
         Self(self.0 & other.0)
     }
 
+    /// The callbacks of this set that `other` does not have.
+    #[must_use]
+    pub const fn without(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
+    }
+
+    /// Whether the set has some callback of `other`.
+    pub fn overlaps(self, other: Self) -> bool {
+        self.0 & other.0 != 0
+    }
+
     /// Whether every callback of `other` is in the set.
     pub fn includes(self, other: Self) -> bool {
         self.0 & other.0 == other.0
@@ -225,5 +236,17 @@ mod tests {
             Callbacks::of(StreamCallback::RequestHeaders)
         );
         assert!(!Callbacks::NONE.has(StreamCallback::RequestHeaders));
+    }
+
+    #[test]
+    fn a_set_without_some_callbacks_overlaps_only_the_rest() {
+        let headers = Callbacks::of(StreamCallback::RequestHeaders);
+        let after_headers = Callbacks::ALL.without(headers);
+        assert!(!after_headers.has(StreamCallback::RequestHeaders));
+        assert!(after_headers.has(StreamCallback::ResponseHeaders));
+        assert!(after_headers.includes(Callbacks::LOG.and(Callbacks::DONE)));
+        assert!(!headers.overlaps(after_headers));
+        assert!(headers.and(Callbacks::LOG).overlaps(after_headers));
+        assert!(!Callbacks::NONE.overlaps(Callbacks::ALL));
     }
 }

@@ -61,7 +61,8 @@ pub struct StreamInfo {
     pub cluster_name: Option<Arc<str>>,
     /// The request is a gRPC call: local answers to it are sent trailers-only.
     pub grpc: bool,
-    pub virtual_host_name: String,
+    /// The matched virtual host (its name is a property), shared with the route table.
+    pub virtual_host: Arc<crate::config::VirtualHost>,
     /// The downstream TLS session (certificates included), on an HTTPS listener.
     pub tls: Option<crate::tls::TlsInfo>,
     pub outcome: Mutex<Outcome>,
@@ -427,7 +428,12 @@ mod tests {
             route_name: "route".into(),
             cluster_name: Some("cluster".into()),
             grpc: false,
-            virtual_host_name: "vhost".into(),
+            virtual_host: Arc::new(crate::config::VirtualHost {
+                name: "vhost".into(),
+                domains: vec![],
+                listeners: None,
+                routes: vec![],
+            }),
             tls: None,
             outcome: Default::default(),
             filter_state: Default::default(),

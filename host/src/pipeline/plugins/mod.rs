@@ -264,7 +264,55 @@ impl PluginRun {
     pub fn answered_by(&mut self, index: usize) {
         self.response_limit = index + 1;
     }
+
+    /// Whether some plugin may still read the request's heads once `phase` is over: it has
+    /// a callback of `later` (on its configuration, as far as known), or a callout of this
+    /// request still unanswered (the answer's callback may read them too). The run keeps a
+    /// copy of a head that went on only for such a reader: a chain of plugins that only look
+    /// at the request headers (most authentication) costs no copy of the head.
+    fn read_later(&self, later: Callbacks) -> bool {
+        self.entries
+            .iter()
+            .any(|entry| entry.callbacks.overlaps(later))
+            || self.awaits_callouts()
+    }
+
+    /// Whether a plugin may read the request head after the request headers phase.
+    pub fn reads_request_head_later(&self) -> bool {
+        self.read_later(AFTER_REQUEST_HEADERS)
+    }
+
+    /// Whether a plugin may read the response head after the response headers phase.
+    pub fn reads_response_head_later(&self) -> bool {
+        self.read_later(AFTER_RESPONSE_HEADERS)
+    }
+
+    /// Whether some plugin's callout for this request has not been answered yet.
+    fn awaits_callouts(&self) -> bool {
+        self.entries.iter().any(|entry| {
+            let Some(context) = entry.context else {
+                return false;
+            };
+            // A VM replaced since holds no callout of this request.
+            entry.plugin.is_current(entry.vm)
+                && entry
+                    .plugin
+                    .with_vm(|vm, _| {
+                        Ok(vm.state().callouts.values().any(|owner| *owner == context))
+                    })
+                    .unwrap_or(false)
+        })
+    }
 }
+
+/// The callbacks that may run after a request's headers have gone on.
+const AFTER_REQUEST_HEADERS: Callbacks =
+    Callbacks::ALL.without(Callbacks::of(StreamCallback::RequestHeaders));
+
+/// The callbacks that may run after a response's headers have gone on (the request body
+/// may still be streaming).
+const AFTER_RESPONSE_HEADERS: Callbacks =
+    AFTER_REQUEST_HEADERS.without(Callbacks::of(StreamCallback::ResponseHeaders));
 
 impl Drop for PluginRun {
     fn drop(&mut self) {

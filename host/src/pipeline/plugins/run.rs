@@ -231,8 +231,8 @@ impl PluginRun {
     }
 
     /// Request headers through every plugin in order; `headers` carries the pseudo-headers.
-    /// The run keeps the headers the plugins leave, which every later phase of every plugin
-    /// reads (request properties), and returns them.
+    /// Returns the headers the plugins leave; the run keeps a copy for the plugins that may
+    /// read them in a later phase (request properties), if any.
     pub async fn request_headers(
         &mut self,
         mut headers: PseudoHeaderMap,
@@ -245,7 +245,9 @@ impl PluginRun {
         // ended; the request goes on with its own map.
         match result {
             Ok(()) => {
-                let _ = self.info.request_headers.set(headers.clone());
+                if self.reads_request_head_later() {
+                    let _ = self.info.request_headers.set(headers.clone());
+                }
                 Ok(headers)
             }
             Err(stop) => {
@@ -788,6 +790,12 @@ impl PluginRun {
     pub fn set_final_response(&mut self, status: u16, headers: PseudoHeaderMap) {
         self.final_status = Some(status);
         let _ = self.info.response_headers.set(headers);
+    }
+
+    /// Records the status that went downstream, for a run whose plugins read no response
+    /// head from then on (see [`PluginRun::reads_response_head_later`]).
+    pub fn set_final_status(&mut self, status: u16) {
+        self.final_status = Some(status);
     }
 
     /// The log phase: `on_log`, `on_done`, `on_delete` for every plugin of the chain, in

@@ -519,7 +519,7 @@ fn xds(info: &StreamInfo, field: &str) -> Option<Value> {
             }
         }
         "route_name" => Value::text(&*info.route_name),
-        "virtual_host_name" => Value::text(info.virtual_host_name.as_str()),
+        "virtual_host_name" => Value::text(info.virtual_host.name.as_str()),
         "upstream_host_metadata" => {
             let endpoint = info.outcome().upstream?;
             let labels: serde_json::Map<_, _> = endpoint
