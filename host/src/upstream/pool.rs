@@ -381,7 +381,9 @@ impl Cluster {
             let reused = idle.is_some();
             let mut sender = match idle {
                 Some(sender) => sender,
-                None => self.connect_http1(endpoint).await?,
+                // Boxed: a new connection's state (the connect, the TLS handshake) is large
+                // and rarely needed; inline, every request's future would carry it.
+                None => Box::pin(self.connect_http1(endpoint)).await?,
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
