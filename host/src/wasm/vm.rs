@@ -467,7 +467,9 @@ impl Vm {
         })();
         let state = self.state();
         let finished = state.streams.remove(&context);
-        state.callouts.retain(|_, owner| *owner != context);
+        if !state.callouts.is_empty() {
+            state.callouts.retain(|_, owner| *owner != context);
+        }
         if let Some(mut finished) = finished {
             if self.spare_streams.len() < SPARE_STREAMS {
                 finished.recycle();

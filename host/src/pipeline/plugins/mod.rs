@@ -298,7 +298,11 @@ impl PluginRun {
                 && entry
                     .plugin
                     .with_vm(|vm, _| {
-                        Ok(vm.state().callouts.values().any(|owner| *owner == context))
+                        let callouts = &vm.state().callouts;
+                        Ok(
+                            !callouts.is_empty()
+                                && callouts.values().any(|owner| *owner == context),
+                        )
                     })
                     .unwrap_or(false)
         })
