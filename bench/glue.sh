@@ -7,6 +7,10 @@
 # rate-limit → transformer). Method and figures: bench/README.md, "Plugin glue: before and
 # after".
 #
+# minimal (one plugin that adds one request header and does nothing else:
+# tests/plugins/wat/headers-only.wat, what any plugin costs) and auth (the bundled key-auth
+# alone, a request-headers-only plugin as most authentication is).
+#
 # limit (the bundled rate-limit alone, counting locally) and global (the same limit counted
 # by `tollgate ratelimit` on a redis-server, both started here): the global one also runs the
 # service under callgrind, and reports its instructions and allocations per call.
@@ -15,7 +19,8 @@
 #   TOLLGATE_BIN                 the gateway to measure (default: the release build)
 #   TOLLGATE_BASELINE_BIN        a second gateway, measured the same way for comparison
 #   GLUE_REQUESTS=2000           requests counted per configuration (after 200 unmeasured)
-#   GLUE_CONFIGS="base header chain"   (any of base header heavy chain limit global)
+#   GLUE_CONFIGS="base header chain"   (any of base minimal auth header heavy chain limit
+#                                global)
 #   BENCH_PORT_BASE=28380        ports BASE+1 (upstream), BASE+2 (redis-server), BASE+3
 #                                (tollgate ratelimit), BASE+10 (Tollgate), BASE+20 (admin)
 #   GLUE_KEEP                    a folder to keep the callgrind files in (callgrind_annotate)
@@ -37,7 +42,7 @@ RATELIMIT_PORT=$((BASE + 3))
 REQUESTS=${GLUE_REQUESTS:-2000}
 read -r -a CONFIGS <<<"${GLUE_CONFIGS:-base header chain}"
 for c in "${CONFIGS[@]}"; do
-    case $c in base | header | heavy | chain | limit | global) ;; *) die "unknown configuration '$c'" ;; esac
+    case $c in base | minimal | auth | header | heavy | chain | limit | global) ;; *) die "unknown configuration '$c'" ;; esac
 done
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
     die "needs valgrind (callgrind and callgrind_control)"
@@ -50,6 +55,7 @@ declare -A BINS=([new]=$BIN)
 need_files "$TP_DIR/tp_headers.wasm" "$TP_DIR/tp_header_heavy.wasm" "$BUNDLED_DIR/key_auth.wasm" "$BUNDLED_DIR/rate_limit.wasm" "$BUNDLED_DIR/transformer.wasm"
 mkdir -p "$WORK/plugins"
 cp "$TP_DIR/tp_headers.wasm" "$TP_DIR/tp_header_heavy.wasm" "$BUNDLED_DIR/key_auth.wasm" "$BUNDLED_DIR/rate_limit.wasm" "$BUNDLED_DIR/transformer.wasm" "$WORK/plugins/"
+cp tests/plugins/wat/headers-only.wat "$WORK/plugins/"
 
 # policies NAME PLUGINS-YAML [MORE-YAML]: MORE-YAML goes into a second file, merged with the
 # first
@@ -76,6 +82,10 @@ EOF
     [[ -z ${3:-} ]] || printf '%s\n' "$3" >"$WORK/cfg-$1/more.yaml"
 }
 policies base ""
+policies minimal 'plugins:
+  - name: minimal
+    module: headers-only.wat'
+policies auth "$(chain_plugins_yaml | sed -n '1,/^  - name: limit/p' | sed '$d')"
 policies header 'plugins:
   - name: headers
     module: tp_headers.wasm
