@@ -265,11 +265,11 @@ impl PluginRun {
         self.response_limit = index + 1;
     }
 
-    /// Whether some plugin may still read the request's heads once `phase` is over: it has
-    /// a callback of `later` (on its configuration, as far as known), or a callout of this
-    /// request still unanswered (the answer's callback may read them too). The run keeps a
-    /// copy of a head that went on only for such a reader: a chain of plugins that only look
-    /// at the request headers (most authentication) costs no copy of the head.
+    /// Whether some plugin may still read a head of this request once the head has gone on:
+    /// it has one of the callbacks `later` (as far as its configuration is known), or a
+    /// callout of this request still unanswered (the answer's callback may read the heads
+    /// too). The run keeps a copy of a head only for such a reader: a chain of plugins that
+    /// only look at the request headers (most authentication) costs no copy of either head.
     fn read_later(&self, later: Callbacks) -> bool {
         self.entries
             .iter()
