@@ -28,6 +28,8 @@
 #                                (TOLLGATE_WASM_PROFILER=perfmap); with GLUE_KEEP, the map is
 #                                kept beside each callgrind file as perf-BUILD-CONFIG.map, for
 #                                bench/jit_names.py
+#   GLUE_LAYERS=1                0: no table of what each configuration adds to 0 plugins, by
+#                                layer of the gateway (bench/layers.py; needs base measured)
 set -euo pipefail
 BENCH_NAME=glue # used by common.sh
 # shellcheck source=bench/common.sh
@@ -216,6 +218,17 @@ for c in "${CONFIGS[@]}"; do
 done
 log "per request, over $REQUESTS requests on one connection"
 cat "$WORK/table.md"
+
+# Where what each configuration adds to 0 plugins goes, layer by layer (bench/layers.py), for
+# the build measured (`new`).
+if [[ ${GLUE_LAYERS:-1} == 1 && " ${CONFIGS[*]} " == *" base "* ]]; then
+    for c in "${CONFIGS[@]}"; do
+        [[ $c != base ]] || continue
+        log "what $c adds to 0 plugins, by layer (instructions per request)"
+        "$PYTHON" bench/layers.py "$WORK/callgrind-new-base.out.1" "$WORK/callgrind-new-$c.out.1" \
+            --requests "$REQUESTS" --name "$c"
+    done
+fi
 
 # Throughput new/old: alternating closed-loop runs of the two builds on the chain, so that
 # both see the same load from the rest of the machine; the ratio of the medians.
