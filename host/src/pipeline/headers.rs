@@ -308,6 +308,24 @@ mod tests {
     }
 
     #[test]
+    fn each_hop_by_hop_header_goes_alone() {
+        for name in [
+            "connection",
+            "upgrade",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "trailer",
+            "te",
+        ] {
+            let mut map = headers(&[(name, "x"), ("x-other", "1"), ("tx", "1")]);
+            remove_hop_by_hop(&mut map, false);
+            assert!(!map.contains_key(name), "{name} stayed");
+            assert_eq!(map.len(), 2, "{name}: another header went");
+        }
+    }
+
+    #[test]
     fn reserved_identity_headers_from_clients_are_removed() {
         let mut map = headers(&[
             ("x-tollgate-consumer", "admin"),

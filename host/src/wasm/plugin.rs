@@ -393,6 +393,14 @@ impl Plugin {
         slot.generation == ticket.generation && slot.vm.is_some()
     }
 
+    /// Reads this thread's VM, if it has one, without running it: no VM is created, nothing
+    /// is counted or dispatched. `None` also while the VM is in use (a read from inside one
+    /// of its own callbacks).
+    pub fn peek_vm<R>(&self, f: impl FnOnce(&Vm) -> R) -> Option<R> {
+        let slot = self.slot().try_borrow().ok()?;
+        slot.vm.as_ref().map(f)
+    }
+
     /// Counts a VM discarded or installed on this worker (see [`VmTicket`]).
     fn count_vm_change(&self) {
         self.vm_changes.fetch_add(1, Ordering::Relaxed);

@@ -297,12 +297,9 @@ impl PluginRun {
             entry.plugin.is_current(entry.vm)
                 && entry
                     .plugin
-                    .with_vm(|vm, _| {
-                        let callouts = &vm.state().callouts;
-                        Ok(
-                            !callouts.is_empty()
-                                && callouts.values().any(|owner| *owner == context),
-                        )
+                    .peek_vm(|vm| {
+                        let callouts = &vm.state_ref().callouts;
+                        !callouts.is_empty() && callouts.values().any(|owner| *owner == context)
                     })
                     .unwrap_or(false)
         })
