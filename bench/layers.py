@@ -61,6 +61,10 @@ BY_NAME = [
 
 # By the source file, for names that place nothing.
 BY_FILE = [
+    ("memmove", "memory copies"),
+    ("memcpy", "memory copies"),
+    ("memset", "memory copies"),
+    ("memcmp", "memory copies"),
     ("/host/src/wasm/", "host ABI"),
     ("host/src/wasm/", "host ABI"),
     ("/host/src/pipeline/plugins/", "plugin run"),
@@ -89,8 +93,6 @@ def layer(file, function):
     for prefix, found in BY_NAME:
         if name.startswith(prefix):
             return found
-    if "memmove" in file or "memcpy" in file or "memset" in file or "memcmp" in file:
-        return "memory copies"
     for part, found in BY_FILE:
         if part in file:
             return found
