@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 use wasmtime::StoreLimits;
 
@@ -36,8 +37,78 @@ pub struct PluginIdentity {
 }
 
 /// Per-request values shared by every plugin of a request: `set_property` writes here
-/// (Envoy's filter state), and any later plugin reads it. Empty, it has allocated nothing.
-pub type FilterState = Mutex<FxHashMap<Box<[u8]>, Vec<u8>>>;
+/// (Envoy's filter state), and any later plugin reads it.
+pub type FilterState = Mutex<FilterValues>;
+
+/// The values of a request's filter state, by key (the property path's bytes). A request
+/// carries a handful (an auth plugin's consumer and groups, say), so they sit one after the
+/// other in one buffer inside the request's facts: setting and reading them allocates
+/// nothing until they outgrow it, and a key is found by a walk over so few entries sooner
+/// than by hashing it.
+#[derive(Debug, Default)]
+pub struct FilterValues {
+    /// Each entry's key, then its value, one entry after another.
+    bytes: SmallVec<[u8; 128]>,
+    /// The length of each entry's key and of its value, in the order of `bytes`.
+    lengths: SmallVec<[(usize, usize); 4]>,
+}
+
+impl FilterValues {
+    /// The value set for `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        let found = self.find(key)?;
+        Some(&self.bytes[found.value_start()..found.end()])
+    }
+
+    /// Sets `key` to `value`, replacing the value it had.
+    pub fn set(&mut self, key: &[u8], value: &[u8]) {
+        if let Some(found) = self.find(key) {
+            if found.value_len == value.len() {
+                self.bytes[found.value_start()..found.end()].copy_from_slice(value);
+                return;
+            }
+            self.bytes.drain(found.start..found.end());
+            self.lengths.remove(found.index);
+        }
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(value);
+        self.lengths.push((key.len(), value.len()));
+    }
+
+    fn find(&self, key: &[u8]) -> Option<Found> {
+        let mut start = 0;
+        for (index, &(key_len, value_len)) in self.lengths.iter().enumerate() {
+            if key_len == key.len() && self.bytes[start..start + key_len] == *key {
+                return Some(Found {
+                    index,
+                    start,
+                    key_len,
+                    value_len,
+                });
+            }
+            start += key_len + value_len;
+        }
+        None
+    }
+}
+
+/// Where one entry of [`FilterValues`] lies.
+struct Found {
+    index: usize,
+    start: usize,
+    key_len: usize,
+    value_len: usize,
+}
+
+impl Found {
+    fn value_start(&self) -> usize {
+        self.start + self.key_len
+    }
+
+    fn end(&self) -> usize {
+        self.value_start() + self.value_len
+    }
+}
 
 /// The request facts that properties expose, one per request, shared by every plugin of
 /// it. Most do not change during the request; `outcome` is filled in as the request is
@@ -413,6 +484,46 @@ impl HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filter_values_are_set_replaced_and_read_by_their_whole_key() {
+        let mut values = FilterValues::default();
+        assert_eq!(values.get(b"a"), None);
+        values.set(b"a", b"1");
+        values.set(b"ab", b"22");
+        values.set(b"", b"empty key");
+        values.set(b"c", b"");
+        assert_eq!(values.get(b"a"), Some(&b"1"[..]));
+        assert_eq!(values.get(b"ab"), Some(&b"22"[..]));
+        assert_eq!(values.get(b""), Some(&b"empty key"[..]));
+        assert_eq!(values.get(b"c"), Some(&b""[..]));
+        assert_eq!(
+            values.get(b"b"),
+            None,
+            "a key is never matched by a prefix or a value"
+        );
+        // The same length is written over; another length moves the entry to the end.
+        values.set(b"a", b"9");
+        values.set(b"ab", b"a much longer value than the first");
+        values.set(b"", b"");
+        assert_eq!(values.get(b"a"), Some(&b"9"[..]));
+        assert_eq!(
+            values.get(b"ab"),
+            Some(&b"a much longer value than the first"[..])
+        );
+        assert_eq!(values.get(b""), Some(&b""[..]));
+        assert_eq!(values.get(b"c"), Some(&b""[..]));
+        // Past the inline buffer the values move to the heap and stay readable.
+        let long = vec![7u8; 1000];
+        for i in 0..20u8 {
+            values.set(&[b'k', i], &long[..usize::from(i) * 10]);
+        }
+        for i in 0..20u8 {
+            assert_eq!(values.get(&[b'k', i]), Some(&long[..usize::from(i) * 10]));
+        }
+        assert_eq!(values.get(b"a"), Some(&b"9"[..]));
+        assert_eq!(values.lengths.len(), 24);
+    }
 
     fn info() -> Arc<StreamInfo> {
         Arc::new(StreamInfo {

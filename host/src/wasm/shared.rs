@@ -55,7 +55,8 @@ pub enum VmEvent {
 }
 
 struct Entry {
-    value: Bytes,
+    /// Shared with every read in progress: a read takes a reference, not a copy.
+    value: Arc<[u8]>,
     cas: u32,
     /// Read or written since eviction last looked at it.
     referenced: AtomicBool,
@@ -135,8 +136,10 @@ impl Namespace {
             || self.bytes.load(Ordering::Relaxed) > limits.shared_data_bytes
     }
 
-    /// Replaces an existing entry's value (CAS rules of [`SharedStore::set`]).
-    fn update(&self, entry: &mut Entry, value: Bytes, cas: u32) -> Result<(), Status> {
+    /// Replaces an existing entry's value (CAS rules of [`SharedStore::set`]). A value of
+    /// the old one's length that no read still holds is written over in place: a plugin
+    /// keeping a counter or a bucket rewrites it on every request without an allocation.
+    fn update(&self, entry: &mut Entry, value: &[u8], cas: u32) -> Result<(), Status> {
         if cas != 0 && entry.cas != cas {
             return Err(Status::CasMismatch);
         }
@@ -146,7 +149,10 @@ impl Namespace {
         } else {
             self.bytes.fetch_sub(old - new, Ordering::Relaxed);
         }
-        entry.value = value;
+        match Arc::get_mut(&mut entry.value) {
+            Some(in_place) if in_place.len() == value.len() => in_place.copy_from_slice(value),
+            _ => entry.value = Arc::from(value),
+        }
         entry.cas = next_cas();
         entry.touch();
         Ok(())
@@ -205,7 +211,7 @@ impl SharedStore {
             .clone()
     }
 
-    pub fn get(&self, vm_id: &str, key: &[u8]) -> Option<(Bytes, u32)> {
+    pub fn get(&self, vm_id: &str, key: &[u8]) -> Option<(Arc<[u8]>, u32)> {
         let namespace = self.namespaces.get(vm_id)?;
         let entry = namespace.entries.get(key)?;
         entry.touch();
@@ -220,7 +226,7 @@ impl SharedStore {
         &self,
         vm_id: &str,
         key: &[u8],
-        value: Bytes,
+        value: &[u8],
         cas: u32,
         limits: &PluginLimits,
     ) -> Result<(), Status> {
@@ -233,7 +239,7 @@ impl SharedStore {
         let updated = namespace
             .entries
             .get_mut(key)
-            .map(|mut entry| namespace.update(&mut entry, value.clone(), cas));
+            .map(|mut entry| namespace.update(&mut entry, value, cas));
         if let Some(result) = updated {
             result?;
             namespace.evict_over(limits, key);
@@ -247,7 +253,7 @@ impl SharedStore {
             }
             Slot::Vacant(vacant) => {
                 vacant.insert(Entry {
-                    value,
+                    value: Arc::from(value),
                     cas: next_cas(),
                     referenced: AtomicBool::new(false),
                 });
@@ -431,8 +437,8 @@ mod tests {
         }
     }
 
-    fn value(text: &str) -> Bytes {
-        Bytes::copy_from_slice(text.as_bytes())
+    fn value(text: &str) -> &[u8] {
+        text.as_bytes()
     }
 
     #[test]
@@ -440,24 +446,40 @@ mod tests {
         let store = SharedStore::default();
         assert!(store.get("vm", b"k").is_none());
         // A missing key is created whatever the cas.
-        store
-            .set("vm", b"k", Bytes::from_static(b"1"), 12345, &UNLIMITED)
-            .unwrap();
+        store.set("vm", b"k", b"1", 12345, &UNLIMITED).unwrap();
         let (_, cas) = store.get("vm", b"k").unwrap();
         assert_ne!(cas, 0);
-        store
-            .set("vm", b"k", Bytes::from_static(b"2"), cas, &UNLIMITED)
-            .unwrap();
+        store.set("vm", b"k", b"2", cas, &UNLIMITED).unwrap();
         assert_eq!(
-            store.set("vm", b"k", Bytes::from_static(b"3"), cas, &UNLIMITED),
+            store.set("vm", b"k", b"3", cas, &UNLIMITED),
             Err(Status::CasMismatch)
         );
-        store
-            .set("vm", b"k", Bytes::from_static(b"4"), 0, &UNLIMITED)
-            .unwrap();
-        assert_eq!(store.get("vm", b"k").unwrap().0, "4");
+        store.set("vm", b"k", b"4", 0, &UNLIMITED).unwrap();
+        assert_eq!(&*store.get("vm", b"k").unwrap().0, b"4");
         // Namespaces are separate.
         assert!(store.get("other", b"k").is_none());
+    }
+
+    #[test]
+    fn a_value_being_read_is_not_written_over() {
+        let store = SharedStore::default();
+        store.set("vm", b"k", b"old", 0, &UNLIMITED).unwrap();
+        // Held, as a read holds it while it copies the value into its VM.
+        let (held, _) = store.get("vm", b"k").unwrap();
+        store.set("vm", b"k", b"new", 0, &UNLIMITED).unwrap();
+        assert_eq!(&*held, b"old");
+        assert_eq!(&*store.get("vm", b"k").unwrap().0, b"new");
+        drop(held);
+        // Nobody holds it now: the same length is written where it is.
+        let before = Arc::as_ptr(&store.get("vm", b"k").unwrap().0);
+        store.set("vm", b"k", b"NEW", 0, &UNLIMITED).unwrap();
+        let (after, _) = store.get("vm", b"k").unwrap();
+        assert_eq!(&*after, b"NEW");
+        assert_eq!(Arc::as_ptr(&after), before);
+        // Another length is a value of its own.
+        store.set("vm", b"k", b"longer", 0, &UNLIMITED).unwrap();
+        assert_eq!(&*store.get("vm", b"k").unwrap().0, b"longer");
+        assert_eq!(store.usage("vm").unwrap().bytes, 1 + 6);
     }
 
     #[test]
@@ -700,8 +722,8 @@ mod tests {
         store
             .set("vm", b"limit-\xfe", value("2"), 0, &UNLIMITED)
             .unwrap();
-        assert_eq!(store.get("vm", b"limit-\xff").unwrap().0, "1");
-        assert_eq!(store.get("vm", b"limit-\xfe").unwrap().0, "2");
+        assert_eq!(&*store.get("vm", b"limit-\xff").unwrap().0, b"1");
+        assert_eq!(&*store.get("vm", b"limit-\xfe").unwrap().0, b"2");
         assert!(store.get("vm", "limit-\u{fffd}".as_bytes()).is_none());
         assert_eq!(store.usage("vm").unwrap().keys, 2);
     }

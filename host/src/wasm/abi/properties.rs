@@ -289,8 +289,12 @@ fn headers_size(pairs: &PseudoHeaderMap) -> u64 {
     pairs.pairs().map(|(k, v)| (k.len() + v.len()) as u64).sum()
 }
 
+/// A property's value as the guest gets it; one of a few dozen bytes (most are) is kept
+/// inline, not allocated.
+type Found = SmallVec<[u8; 64]>;
+
 /// Looks a property up; `None` is NOT_FOUND.
-pub fn lookup(state: &HostState, key: &[u8]) -> Option<Vec<u8>> {
+pub fn lookup(state: &HostState, key: &[u8]) -> Option<Found> {
     let stream = state
         .streams
         .get(&state.effective_context)
@@ -301,10 +305,16 @@ pub fn lookup(state: &HostState, key: &[u8]) -> Option<Vec<u8>> {
         .map(|segment| std::str::from_utf8(segment).ok())
         .collect();
     if let Some(value) = path.and_then(|path| resolve(state, stream, &path)) {
-        return value.encode();
+        return value.encode().map(SmallVec::from_vec);
     }
     // Filter state written by `set_property`: the whole path is the key, as its bytes.
-    stream?.info.filter_state.lock().ok()?.get(key).cloned()
+    stream?
+        .info
+        .filter_state
+        .lock()
+        .ok()?
+        .get(key)
+        .map(SmallVec::from_slice)
 }
 
 /// The attribute the first segments name, walked into by the rest.
@@ -576,18 +586,23 @@ fn set_property(
     value_len: u32,
 ) -> u32 {
     status((|| {
-        let key = memory::with_guest_bytes(&mut caller, path_ptr, path_len, |path, _| {
-            Box::<[u8]>::from(property_key(path))
-        })?;
-        let value = memory::read(&mut caller, value_ptr, value_len)?;
-        let stream = caller.data_mut().stream().ok_or(Status::NotFound)?;
-        let mut state = stream
-            .info
-            .filter_state
-            .lock()
-            .map_err(|_| Status::InternalFailure)?;
-        state.insert(key, value);
-        Ok(())
+        // Path and value are copied from where the guest keeps them straight into the
+        // request's filter state.
+        memory::with_guest_byte_pair(
+            &mut caller,
+            (path_ptr, path_len),
+            (value_ptr, value_len),
+            |path, value, state| {
+                let stream = state.stream().ok_or(Status::NotFound)?;
+                stream
+                    .info
+                    .filter_state
+                    .lock()
+                    .map_err(|_| Status::InternalFailure)?
+                    .set(property_key(path), value);
+                Ok(())
+            },
+        )?
     })())
 }
 

@@ -44,23 +44,30 @@ fn set_shared_data(
     cas: u32,
 ) -> u32 {
     status((|| {
-        let value = Bytes::from(memory::read(&mut caller, value_ptr, value_len)?);
-        // The key stays where the guest keeps it: an existing key is updated with no copy.
-        memory::with_guest_bytes(&mut caller, key_ptr, key_len, |key, state| {
-            let plugin = &state.plugin;
-            let result =
-                state
-                    .registries
-                    .shared_data
-                    .set(&plugin.vm_id, key, value, cas, &plugin.limits);
-            if result == Err(Status::BadArgument) {
-                state
-                    .registries
-                    .gateway_metrics
-                    .plugin_limit_refusal(&plugin.name, "shared_data_bytes");
-            }
-            result
-        })?
+        // Key and value are read where the guest keeps them: an existing key is updated
+        // with no copy of the key, and its value in place when its length is unchanged.
+        memory::with_guest_byte_pair(
+            &mut caller,
+            (key_ptr, key_len),
+            (value_ptr, value_len),
+            |key, value, state| {
+                let plugin = &state.plugin;
+                let result = state.registries.shared_data.set(
+                    &plugin.vm_id,
+                    key,
+                    value,
+                    cas,
+                    &plugin.limits,
+                );
+                if result == Err(Status::BadArgument) {
+                    state
+                        .registries
+                        .gateway_metrics
+                        .plugin_limit_refusal(&plugin.name, "shared_data_bytes");
+                }
+                result
+            },
+        )?
     })())
 }
 
