@@ -4,6 +4,11 @@
 # has its own VM of each plugin, so the chain costs 3 × workers VMs; the report divides the
 # difference by that (bench/README.md, "Memory"). Part of `just bench`.
 #
+# With BENCH_MEMORY_ALL=1 it also measures one gateway with 16 workers that runs every bundled
+# plugin (14), each on a route of its own (/p/NAME), against the same routes with no plugin:
+# 14 × 16 = 224 VMs, which it checks were all started (the /metrics gauge of each plugin's VM
+# memory against a 1-worker gateway's), after load that runs every route on every worker.
+#
 # Memory is read from /proc/PID/smaps_rollup (Rss, Pss, Private_Dirty) after a short closed
 # loop (wrk) that sends a valid API key, so every VM has run every callback; the report also
 # says where it is, per kind of mapping of /proc/PID/smaps (bench/smaps.py), for the first
@@ -17,6 +22,7 @@
 #   BENCH_MEMORY_WORKERS="2 4 16"  worker counts
 #   BENCH_MEMORY_LOAD=3            seconds of load before memory is read
 #   BENCH_BUILD_PLUGINS=1          0: use the .wasm files already built, build nothing
+#   BENCH_MEMORY_ALL=1             0: leave out the gateway with every bundled plugin
 set -euo pipefail
 BENCH_NAME=memory # used by common.sh
 # shellcheck source=bench/common.sh
@@ -27,8 +33,11 @@ UP_PORT=$((BASE + 1))
 OUT=${BENCH_MEMORY_OUT:-bench/results/memory.md}
 read -r -a WORKER_COUNTS <<<"${BENCH_MEMORY_WORKERS:-2 4 16}"
 LOAD_SECONDS=${BENCH_MEMORY_LOAD:-3}
-# Each start gets its own ports: a port just closed may not be free again at once.
-((${#WORKER_COUNTS[@]} <= 10)) || die "at most 10 worker counts"
+ALL=${BENCH_MEMORY_ALL:-1}
+[[ $ALL == 0 || $ALL == 1 ]] || die "BENCH_MEMORY_ALL must be 0 or 1"
+# Each start gets its own ports: a port just closed may not be free again at once. Indices
+# 0-15: the worker counts (2 starts each); 16-18: the gateway of every bundled plugin.
+((${#WORKER_COUNTS[@]} <= 8)) || die "at most 8 worker counts"
 for i in $(seq 0 19); do
     port_free $((BASE + 10 + i)) && port_free $((BASE + 30 + i)) || die "127.0.0.1:$((BASE + 10 + i)) or :$((BASE + 30 + i)) is in use; set BENCH_PORT_BASE"
 done
@@ -43,6 +52,24 @@ fi
 need_files "$BUNDLED_DIR/key_auth.wasm" "$BUNDLED_DIR/rate_limit.wasm" "$BUNDLED_DIR/transformer.wasm"
 mkdir -p "$WORK/plugins" "$WORK/cache"
 cp "$BUNDLED_DIR"/key_auth.wasm "$BUNDLED_DIR"/rate_limit.wasm "$BUNDLED_DIR"/transformer.wasm "$WORK/plugins/"
+
+# Every bundled plugin, for BENCH_MEMORY_ALL (crate names; the module is the name with
+# underscores), and the secrets of the credentials its requests carry.
+ALL_PLUGINS=(acl api-lifecycle basic-auth cors ext-authz hmac-auth ip-restriction jwt-auth
+    key-auth metering quota rate-limit token-introspection transformer)
+ALL_WORKERS=16
+ALL_VMS=$((${#ALL_PLUGINS[@]} * ALL_WORKERS))
+ALL_CONNS=256
+JWT_SECRET=bench-jwt-secret-0123456789abcdef # HS256 wants at least 32 bytes
+HMAC_SECRET=bench-hmac-secret
+BASIC_PASSWORD=bench-password
+if ((ALL)); then
+    mkdir -p "$WORK/plugins-all"
+    for p in "${ALL_PLUGINS[@]}"; do
+        need_files "$BUNDLED_DIR/${p//-/_}.wasm"
+        cp "$BUNDLED_DIR/${p//-/_}.wasm" "$WORK/plugins-all/"
+    done
+fi
 
 # policies DIR PORT PLUGINS-YAML: a policy folder
 policies() {
@@ -99,12 +126,269 @@ measure() {
     stop "$pid"
 }
 
+# --- every bundled plugin (BENCH_MEMORY_ALL) ---------------------------------------------
+
+# all_policies DIR PORT PLUGINS: the policy folder of the gateway of every bundled plugin: a
+# route /p/NAME for each plugin and the route /, all to the upstream, and a route the
+# token-introspection plugin asks (on this gateway itself, as the cluster `self`) whether a
+# token is active; PLUGINS 1: each plugin on its own route, 0: no plugin.
+all_policies() {
+    local dir=$1 port=$2 p
+    mkdir -p "$dir"
+    {
+        cat <<YAML
+listeners:
+  - name: bench
+    address: 127.0.0.1:$port
+    protocol: http
+clusters:
+  - name: upstream
+    endpoints:
+      - address: 127.0.0.1:$UP_PORT
+  - name: self
+    endpoints:
+      - address: 127.0.0.1:$port
+virtual_hosts:
+  - name: bench
+    domains: ["*"]
+    routes:
+      - name: introspect
+        match: { path: { exact: /introspect } }
+        direct_response:
+          status: 200
+          body: '{"active": true, "sub": "bench"}'
+          headers: { content-type: application/json }
+YAML
+        for p in "${ALL_PLUGINS[@]}"; do
+            printf '      - name: p-%s\n        match: { path: { prefix: /p/%s } }\n        forward: { cluster: upstream }\n' "$p" "$p"
+        done
+        cat <<YAML
+      - name: bench
+        match: { path: { prefix: / } }
+        forward: { cluster: upstream }
+YAML
+        if (($3)); then all_plugins_yaml; fi
+    } >"$dir/bench.yaml"
+}
+
+# all_plugins_yaml: the `plugins:` section, every bundled plugin applied to its route alone,
+# configured so that the requests of all_headers pass: the plugins that call a service call
+# the upstream (ext-authz, whose 200 allows; metering's batches) or the gateway's own
+# /introspect (token-introspection; answers are cached); jwt-auth has an inline key.
+all_plugins_yaml() {
+    local jwt_key
+    jwt_key=$(printf %s "$JWT_SECRET" | base64 -w0 | tr '+/' '-_' | tr -d '=')
+    echo "plugins:"
+    on_route acl '{ require_consumer: false, routes: { p-acl: [ { methods: [GET] } ] } }'
+    on_route api-lifecycle '{ routes: { p-api-lifecycle: { deprecated: { since: "2026-01-01T00:00:00Z", sunset: "2099-01-01T00:00:00Z", link: "https://docs.example.com/v2" } } } }'
+    on_route basic-auth "{ consumers: [ { name: bench, password: $BASIC_PASSWORD } ] }"
+    on_route cors '{ allow_origins: [https://app.example.com], max_age: 600 }'
+    on_route ext-authz '{ cluster: upstream, path: /authz, timeout_ms: 1000 }'
+    on_route hmac-auth "{ consumers: [ { username: bench, secret: $HMAC_SECRET } ] }"
+    on_route ip-restriction '{ allow: [127.0.0.0/8] }'
+    on_route jwt-auth "{ keys: [ { kid: bench, kty: oct, alg: HS256, k: $jwt_key } ] }"
+    on_route key-auth "{ consumers: [ { name: bench, keys: [$API_KEY] } ] }"
+    on_route metering '{ billing_cluster: upstream, path: /usage }'
+    on_route quota '{ plans: { unlimited: { per_day: 1000000000 } }, default_plan: unlimited }'
+    on_route rate-limit '{ plans: { unlimited: { requests_per_second: 1000000000, burst: 1000000000 } }, key: route, default_plan: unlimited }'
+    on_route token-introspection '{ cluster: self, path: /introspect }'
+    on_route transformer '{ request: { headers: { set: { x-gateway: tollgate } } }, response: { headers: { add: { x-served-by: tollgate } } } }'
+}
+# on_route NAME CONFIG: one plugin instance, on the route p-NAME alone. A callback's deadline
+# is counted in wall-clock time: on a busy machine a worker preempted in a callback would
+# trap at the default 50 ms (and have its VM replaced), so it is 1 s here.
+on_route() {
+    printf '  - name: %s\n    module: %s.wasm\n    apply_to: { routes: [p-%s] }\n    callback_timeout: 1s\n    config: %s\n' \
+        "$1" "${1//-/_}" "$1" "$2"
+}
+
+# all_headers: sets HEADERS[NAME], the headers ("name: value" lines) of a request to /p/NAME
+# that its plugin lets through: a JWT and an HMAC signature of the date made now (the
+# signature is good for 300 s), a Basic password, an API key, an Origin.
+declare -A HEADERS
+all_headers() {
+    local jwt date signature
+    {
+        read -r jwt
+        read -r date
+        read -r signature
+    } < <("$PYTHON" - "$JWT_SECRET" "$HMAC_SECRET" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+from email.utils import formatdate
+
+jwt_secret, hmac_secret = (arg.encode() for arg in sys.argv[1:3])
+b64url = lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+header = {"alg": "HS256", "typ": "JWT", "kid": "bench"}
+claims = {"sub": "bench", "exp": int(time.time()) + 86400}
+signed = ".".join(b64url(json.dumps(part).encode()) for part in (header, claims))
+print(signed + "." + b64url(hmac.new(jwt_secret, signed.encode(), hashlib.sha256).digest()))
+date = formatdate(usegmt=True)
+print(date)
+print(base64.b64encode(hmac.new(hmac_secret, f"date: {date}".encode(), hashlib.sha256).digest()).decode())
+PY
+    ) || die "cannot make the credentials of the requests"
+    HEADERS=()
+    HEADERS[basic-auth]="authorization: Basic $(printf 'bench:%s' "$BASIC_PASSWORD" | base64 -w0)"
+    HEADERS[cors]="origin: https://app.example.com"
+    HEADERS[hmac-auth]="date: $date
+authorization: hmac username=\"bench\", algorithm=\"hmac-sha256\", headers=\"date\", signature=\"$signature\""
+    HEADERS[jwt-auth]="authorization: Bearer $jwt"
+    HEADERS[key-auth]=$KEY_HEADER
+    HEADERS[token-introspection]="authorization: Bearer bench-token"
+}
+
+# all_paths: the path of every route the load runs, / last
+all_paths() {
+    local p
+    for p in "${ALL_PLUGINS[@]}"; do echo "/p/$p"; done
+    echo /
+}
+
+# all_lua FILE: a wrk script that sends the requests of all_headers to every route in turn
+all_lua() {
+    local path line
+    {
+        echo 'local requests = {}'
+        echo 'function init(args)'
+        while read -r path; do
+            printf '    requests[#requests + 1] = wrk.format("GET", "%s", {' "$path"
+            while IFS= read -r line; do
+                [[ -z $line ]] || printf ' ["%s"] = [[%s]],' "${line%%: *}" "${line#*: }"
+            done <<<"${HEADERS[${path#/p/}]:-}"
+            echo ' })'
+        done < <(all_paths)
+        echo 'end'
+        echo 'local turn = 0'
+        echo 'function request()'
+        echo '    turn = turn % #requests + 1'
+        echo '    return requests[turn]'
+        echo 'end'
+    } >"$1"
+}
+
+# vm_memory ADMIN: "NAME BYTES" for every plugin: tollgate_plugin_memory_bytes of /metrics,
+# the linear memory of the plugin's VMs summed over the workers (0 before any VM started)
+vm_memory() {
+    curl -s "http://127.0.0.1:$1/metrics" | awk -F'[" ]' '/^tollgate_plugin_memory_bytes\{/ { print $2, $NF }'
+}
+
+# one_vm N: start the gateway of every bundled plugin with 1 worker (ports of index N) and
+# set ONE_VM[NAME], the memory of the one VM of each plugin once it has started. A VM's
+# memory after start-up is what its module's initial memory and its configuration make it,
+# the same on every worker: with 16 workers, each plugin's gauge must be 16 times this.
+declare -A ONE_VM
+one_vm() {
+    local port=$((BASE + 10 + $1)) admin=$((BASE + 30 + $1)) name bytes started
+    all_policies "$WORK/cfg-all-1" "$port" 1
+    start "tollgate-all-1" "$PROXY_CPU" env TOLLGATE_LOG=warn TOLLGATE_CACHE_DIR="$WORK/cache" \
+        "$BIN" run --policies "$WORK/cfg-all-1" --plugins "$WORK/plugins-all" \
+        --admin "127.0.0.1:$admin" --workers 1 --log-format text
+    local pid=$LAST_PID
+    wait_http "http://127.0.0.1:$admin/readyz"
+    # Ready comes before the worker has started its VMs.
+    for _ in $(seq 100); do
+        started=0
+        ONE_VM=()
+        while read -r name bytes; do
+            ONE_VM[$name]=$bytes
+            ((bytes == 0)) || started=$((started + 1))
+        done < <(vm_memory "$admin")
+        ((started < ${#ALL_PLUGINS[@]})) || break
+        sleep 0.1
+    done
+    ((started == ${#ALL_PLUGINS[@]})) || die "1 worker: $started of ${#ALL_PLUGINS[@]} plugins have a VM after 10 s"
+    stop "$pid"
+}
+
+# measure_all KIND N: start the gateway of every bundled plugin with 16 workers (KIND all) or
+# the same routes without plugins (KIND none) on the ports of index N, check that every
+# route answers 200 (and, for all, that every worker started every plugin's VM), run every
+# route on every worker (ALL_CONNS connections: the kernel spreads connections over the
+# workers' sockets by a hash, and 256 connections leave none of 16 workers without one but
+# about once in a million; the requests take the routes in turn, so each worker's dozen or so
+# connections carry requests to every route), then read the memory into RSS, PSS and
+# DIRTY[KIND-all], and the requests of the load and those not answered 2xx into REQUESTS and
+# NOT_2XX[KIND].
+declare -A REQUESTS NOT_2XX
+measure_all() {
+    local kind=$1 port=$((BASE + 10 + $2)) admin=$((BASE + 30 + $2)) path line status name bytes vms
+    all_policies "$WORK/cfg-all-$kind" "$port" "$([[ $kind == all ]] && echo 1 || echo 0)"
+    start "tollgate-all-$kind" "$PROXY_CPU" env TOLLGATE_LOG=warn TOLLGATE_CACHE_DIR="$WORK/cache" \
+        "$BIN" run --policies "$WORK/cfg-all-$kind" --plugins "$WORK/plugins-all" \
+        --admin "127.0.0.1:$admin" --workers "$ALL_WORKERS" --log-format text
+    local pid=$LAST_PID
+    wait_http "http://127.0.0.1:$admin/readyz"
+    if [[ $kind == all ]]; then
+        # Every plugin's gauge at 16 times one VM's: 16 VMs of each, one per worker.
+        local -A counts
+        for _ in $(seq 100); do
+            vms=0
+            counts=()
+            while read -r name bytes; do
+                [[ -n ${ONE_VM[$name]:-} ]] || die "/metrics names a plugin $name the 1-worker gateway did not have"
+                counts[$name]=$(awk -v b="$bytes" -v one="${ONE_VM[$name]}" 'BEGIN { printf "%g", b / one }')
+                [[ ${counts[$name]} != "$ALL_WORKERS" ]] || vms=$((vms + ALL_WORKERS))
+            done < <(vm_memory "$admin")
+            ((vms < ALL_VMS)) || break
+            sleep 0.1
+        done
+        if ((vms != ALL_VMS || ${#counts[@]} != ${#ALL_PLUGINS[@]})); then
+            local found=""
+            for name in "${!counts[@]}"; do found+="${found:+, }$name ${counts[$name]}"; done
+            die "every bundled plugin: not every worker started every plugin's VM after 10 s (VMs per plugin, from its memory gauge: $found)"
+        fi
+        log "$vms VMs started: ${#ALL_PLUGINS[@]} plugins × $ALL_WORKERS workers (tollgate_plugin_memory_bytes = $ALL_WORKERS × a 1-worker gateway's, for every plugin)"
+    fi
+    all_headers
+    while read -r path; do
+        local headers=()
+        while IFS= read -r line; do
+            [[ -z $line ]] || headers+=(-H "$line")
+        done <<<"${HEADERS[${path#/p/}]:-}"
+        status=$(curl -s -o /dev/null -w '%{http_code}' "${headers[@]}" "http://127.0.0.1:$port$path" || true)
+        [[ $status == 200 ]] || die "every bundled plugin ($kind): GET $path answered $status, expected 200"
+    done < <(all_paths)
+    all_lua "$WORK/all.lua"
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$ALL_CONNS" -d"${LOAD_SECONDS}s" -s "$WORK/all.lua" "http://127.0.0.1:$port/" >"$WORK/wrk-all-$kind.txt"
+    # How many requests the load sent, and how many were not answered 2xx (on a busy
+    # machine a callout may time out): the report says.
+    REQUESTS[$kind]=$(awk '/ requests in / { print $1 }' "$WORK/wrk-all-$kind.txt")
+    NOT_2XX[$kind]=$(awk '/Non-2xx or 3xx responses:/ { n = $NF } END { print n + 0 }' "$WORK/wrk-all-$kind.txt")
+    [[ -n ${REQUESTS[$kind]} ]] || die "every bundled plugin ($kind): wrk did not run: $(cat "$WORK/wrk-all-$kind.txt")"
+    if [[ $kind == all ]]; then
+        # Each plugin on its own route only, and no VM replaced during the load.
+        curl -s "http://127.0.0.1:$admin/plugins" | "$PYTHON" -c '
+import json, sys
+names = sys.argv[1:]
+plugins = {p["name"]: p for p in json.load(sys.stdin)["plugins"]}
+if sorted(plugins) != sorted(names):
+    sys.exit(f"the plugins are {sorted(plugins)}, expected {sorted(names)}")
+for name, p in plugins.items():
+    routes, traps, restarts = p["routes"], p["traps"], p["vm_restarts"]
+    if routes != ["p-" + name]:
+        sys.exit(f"plugin {name} runs on the routes {routes}, expected p-{name} alone")
+    if traps or restarts:
+        sys.exit(f"plugin {name}: {traps} traps, {restarts} VMs restarted during the load")
+' "${ALL_PLUGINS[@]}" || die "every bundled plugin: GET /plugins does not show what was configured (above)"
+    fi
+    sleep 0.5
+    RSS[$kind-all]=$(smaps Rss "$pid")
+    PSS[$kind-all]=$(smaps Pss "$pid")
+    DIRTY[$kind-all]=$(smaps Private_Dirty "$pid")
+    stop "$pid"
+}
+
 # Compile the modules into the cache first, as every start but a machine's first finds them:
 # the compiler's working memory is not a VM's (without this, the first configuration to
 # start also holds what compiling left behind).
 policies "$WORK/cfg-check" $((BASE + 29)) "${PLUGINS[chain]}"
 TOLLGATE_CACHE_DIR="$WORK/cache" "$BIN" check --policies "$WORK/cfg-check" --plugins "$WORK/plugins" >"$WORK/check.log" 2>&1 ||
     die "tollgate check failed on the chain: $(cat "$WORK/check.log")"
+if ((ALL)); then
+    all_policies "$WORK/cfg-all-check" $((BASE + 29)) 1
+    TOLLGATE_CACHE_DIR="$WORK/cache" "$BIN" check --policies "$WORK/cfg-all-check" --plugins "$WORK/plugins-all" >"$WORK/check-all.log" 2>&1 ||
+        die "tollgate check failed on every bundled plugin: $(cat "$WORK/check-all.log")"
+fi
 # Pages of a file not yet written back count as Private_Dirty where the file is mapped: a
 # binary just built and the compiled modules just cached would show as written memory.
 sync "$(readlink -f "$BIN")" "$WORK"/cache/*
@@ -126,6 +410,15 @@ for workers in "${WORKER_COUNTS[@]}"; do
         echo "  Rss ${RSS[$c-$workers]} KiB  Pss ${PSS[$c-$workers]} KiB  Private_Dirty ${DIRTY[$c-$workers]} KiB" >&2
     done
 done
+if ((ALL)); then
+    log "every bundled plugin with $ALL_WORKERS workers, and the same routes without plugins"
+    one_vm 16
+    measure_all none 17
+    measure_all all 18
+    for kind in none all; do
+        echo "  $kind: Rss ${RSS[$kind-all]} KiB  Pss ${PSS[$kind-all]} KiB  Private_Dirty ${DIRTY[$kind-all]} KiB" >&2
+    done
+fi
 
 # The report names the build, not where the binary lies.
 BUILD_LABEL="$PROFILE build"
@@ -154,6 +447,20 @@ mkdir -p "$(dirname "$OUT")"
     echo
     "$PYTHON" bench/smaps.py --binary="$(readlink -f "$BIN")" \
         "0 plugins=$WORK/smaps-base-$workers" "3 plugins=$WORK/smaps-chain-$workers"
+    if ((ALL)); then
+        echo
+        echo "## Every bundled plugin, $ALL_WORKERS workers"
+        echo
+        echo "One gateway with the ${#ALL_PLUGINS[@]} bundled plugins ($(printf '%s, ' "${ALL_PLUGINS[@]}" | sed 's/, $//')), each on a route of its own, and $ALL_WORKERS workers: $ALL_VMS VMs, every one checked started; against the same routes without plugins. ${LOAD_SECONDS} s of load on $ALL_CONNS connections, each request to the next of the $(all_paths | wc -l) routes in turn: ${REQUESTS[all]} requests with the plugins (${NOT_2XX[all]} not answered 2xx), ${REQUESTS[none]} without (${NOT_2XX[none]})."
+        echo
+        echo "| workers | RSS, 0 plugins | RSS, ${#ALL_PLUGINS[@]} plugins | ${#ALL_PLUGINS[@]} plugins / 0 | RSS per VM | Pss per VM | Private_Dirty per VM |"
+        echo "|---:|---:|---:|---:|---:|---:|---:|"
+        awk -v w="$ALL_WORKERS" -v vms="$ALL_VMS" -v r0="${RSS[none-all]}" -v r1="${RSS[all-all]}" \
+            -v p0="${PSS[none-all]}" -v p1="${PSS[all-all]}" -v d0="${DIRTY[none-all]}" -v d1="${DIRTY[all-all]}" 'BEGIN {
+            printf "| %d | %.1f MiB | %.1f MiB | %.2f | %.2f MiB | %.2f MiB | %.2f MiB |\n",
+                w, r0 / 1024, r1 / 1024, r1 / r0, (r1 - r0) / vms / 1024, (p1 - p0) / vms / 1024, (d1 - d0) / vms / 1024
+        }'
+    fi
 } >"$WORK/report.md"
 cp "$WORK/report.md" "$OUT"
 echo
