@@ -194,11 +194,9 @@ all_plugins_yaml() {
     on_route token-introspection '{ cluster: self, path: /introspect }'
     on_route transformer '{ request: { headers: { set: { x-gateway: tollgate } } }, response: { headers: { add: { x-served-by: tollgate } } } }'
 }
-# on_route NAME CONFIG: one plugin instance, on the route p-NAME alone. A callback's deadline
-# is counted in wall-clock time: on a busy machine a worker preempted in a callback would
-# trap at the default 50 ms (and have its VM replaced), so it is 1 s here.
+# on_route NAME CONFIG: one plugin instance, on the route p-NAME alone
 on_route() {
-    printf '  - name: %s\n    module: %s.wasm\n    apply_to: { routes: [p-%s] }\n    callback_timeout: 1s\n    config: %s\n' \
+    printf '  - name: %s\n    module: %s.wasm\n    apply_to: { routes: [p-%s] }\n    config: %s\n' \
         "$1" "${1//-/_}" "$1" "$2"
 }
 

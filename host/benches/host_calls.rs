@@ -65,14 +65,8 @@ fn setup(mode: i32) -> (Vm, u32) {
         .expect("the bench module loads");
     let identity = Arc::new(PluginIdentity {
         name: "bench".into(),
-        vm_id: String::new(),
         root_id: "bench".into(),
-        vm_configuration: Default::default(),
-        env: Vec::new(),
-        clusters: Default::default(),
-        limits: Default::default(),
-        node: Default::default(),
-        registries: Default::default(),
+        ..Default::default()
     });
     let mut vm =
         Vm::new(&module, identity, 64 << 20, Duration::from_secs(1)).expect("instantiates");

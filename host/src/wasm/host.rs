@@ -19,7 +19,7 @@ use super::callbacks::Callbacks;
 use super::header_map::{PseudoHeaderMap, EMPTY};
 
 /// What a plugin instance is, as its VMs see it.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct PluginIdentity {
     pub name: String,
     pub vm_id: String,
@@ -406,6 +406,8 @@ pub struct HostState {
     /// Guest calls made and the time spent in them since the plugin last collected them.
     pub callbacks: u64,
     pub callback_nanos: u64,
+    /// The current guest call's CPU deadline.
+    pub cpu: super::vm::CpuBudget,
     /// The gateway's shared data, queues and metric registries, from the plugin at VM creation.
     pub registries: Arc<super::PluginRegistries>,
 }
@@ -442,6 +444,7 @@ impl HostState {
             guest: Default::default(),
             callbacks: 0,
             callback_nanos: 0,
+            cpu: Default::default(),
         }
     }
 

@@ -1,13 +1,13 @@
 //! One VM: a wasmtime store and instance of a plugin's module, its root contexts and the
 //! stream contexts of the requests in flight on its worker. Every guest call goes through
-//! [`Vm::call`], which sets the CPU deadline, and turns a trap into [`VmTrap`] that marks the
-//! VM broken.
+//! [`Vm::call`], which sets the CPU deadline ([`CpuBudget`]), and turns a trap into
+//! [`VmTrap`] that marks the VM broken.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wasmtime::{Instance, Store, TypedFunc, WasmParams, WasmResults};
+use wasmtime::{Instance, Store, TypedFunc, UpdateDeadline, WasmParams, WasmResults};
 
 use super::callbacks::{Callbacks, StreamCallback};
 use super::engine::{runtime, CompiledModule, EPOCH_TICK};
@@ -153,7 +153,8 @@ pub struct Vm {
     exports: Exports,
     /// Guest calls made, for sampling their duration.
     calls: u64,
-    deadline_ticks: u64,
+    /// The CPU time each callback may use (`callback_timeout`).
+    callback_timeout: Duration,
     /// What finished stream contexts left for the next ones (a free list).
     // Boxed on purpose: a context goes between this list and `HostState::streams` by
     // pointer, not by copying the whole state.
@@ -165,8 +166,74 @@ pub struct Vm {
 /// the common case.
 const SPARE_STREAMS: usize = 64;
 
-fn deadline_ticks(timeout: Duration) -> u64 {
-    (timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+/// A guest call's CPU deadline: the CPU time it may use, counted on its thread's own clock.
+///
+/// The engine's epoch advances with the wall clock, so it cannot be the measure: a worker
+/// waiting for a CPU (a busy machine, a noisy neighbour) would see its callback's deadline
+/// pass while the callback ran nothing, and lose the VM to a trap. The epoch only says when
+/// to look. A call starts with a deadline of the next tick, and most end before it; one that
+/// runs into a tick reads its thread's CPU clock there ([`CpuBudget::at_tick`]), counts its
+/// CPU time from that moment and gets the ticks its budget has left, and traps once the
+/// budget is used. A call that never stops is cut after its budget plus at most one tick of
+/// CPU time.
+#[derive(Debug, Default)]
+pub struct CpuBudget {
+    /// What the current call may use.
+    limit: Duration,
+    /// The thread's CPU clock when the current call first ran into a tick.
+    counted_from: Option<Duration>,
+}
+
+impl CpuBudget {
+    fn start(&mut self, limit: Duration) {
+        self.limit = limit;
+        self.counted_from = None;
+    }
+
+    /// At a tick the current call ran into, the thread's CPU clock reading `now`: the ticks
+    /// to wait before looking again, or the trap.
+    fn at_tick(&mut self, now: Duration) -> UpdateDeadline {
+        let counted_from = *self.counted_from.get_or_insert(now);
+        match self.limit.checked_sub(now.saturating_sub(counted_from)) {
+            Some(left) if !left.is_zero() => {
+                UpdateDeadline::Continue(left.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64)
+            }
+            _ => UpdateDeadline::Interrupt,
+        }
+    }
+}
+
+/// The CPU time the calling thread has run.
+#[allow(unsafe_code)] // a system call that fills in a value of ours
+fn thread_cpu_time() -> Duration {
+    /// `struct timespec` on 64-bit Linux.
+    #[repr(C)]
+    struct Timespec {
+        seconds: i64,
+        nanoseconds: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, time: *mut Timespec) -> i32;
+    }
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    let mut time = Timespec {
+        seconds: 0,
+        nanoseconds: 0,
+    };
+    // SAFETY: `time` is a valid, writable `struct timespec`, the only memory the call writes.
+    if unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut time) } == 0 {
+        return Duration::new(time.seconds as u64, time.nanoseconds as u32);
+    }
+    // Linux always has the clock; were it refused, the wall clock keeps deadlines working.
+    static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
+    STARTED.elapsed()
+}
+
+/// Asked by the engine when a guest call runs into its epoch deadline.
+fn on_epoch_deadline(
+    mut store: wasmtime::StoreContextMut<'_, HostState>,
+) -> wasmtime::Result<UpdateDeadline> {
+    Ok(store.data_mut().cpu.at_tick(thread_cpu_time()))
 }
 
 impl Vm {
@@ -186,13 +253,14 @@ impl Vm {
         };
         let mut store = Store::new(&runtime().engine, HostState::new(identity, memory_limit));
         store.limiter(|state| &mut state.limits);
-        let epochs = super::engine::epochs_enabled();
-        if epochs {
-            store.epoch_deadline_trap();
-        }
-        // Start-up may compile regexes or parse large configurations: give it longer.
-        if epochs {
-            store.set_epoch_deadline(deadline_ticks(callback_timeout.max(Duration::from_secs(1))));
+        if super::engine::epochs_enabled() {
+            store.epoch_deadline_callback(on_epoch_deadline);
+            // Start-up may compile regexes or parse large configurations: give it longer.
+            store
+                .data_mut()
+                .cpu
+                .start(callback_timeout.max(Duration::from_secs(1)));
+            store.set_epoch_deadline(1);
         }
         let instance = module
             .pre
@@ -223,7 +291,7 @@ impl Vm {
             memory,
             exports,
             calls: 0,
-            deadline_ticks: deadline_ticks(callback_timeout),
+            callback_timeout,
             spare_streams: Vec::new(),
         })
     }
@@ -264,7 +332,8 @@ impl Vm {
         params: P,
     ) -> Result<R, VmTrap> {
         if super::engine::epochs_enabled() {
-            self.store.set_epoch_deadline(self.deadline_ticks);
+            self.store.data_mut().cpu.start(self.callback_timeout);
+            self.store.set_epoch_deadline(1);
         }
         // Callback time is sampled (one call in 8, counted 8 times) to keep two clock reads
         // off most calls.
@@ -671,5 +740,174 @@ fn describe(error: &wasmtime::Error) -> String {
             format!("{reason}; guest backtrace: {}", frames.join(" <- "))
         }
         _ => reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// The ticks a budget grants, `None` for the trap.
+    fn granted(update: UpdateDeadline) -> Option<u64> {
+        match update {
+            UpdateDeadline::Continue(ticks) => Some(ticks),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_budget_counts_cpu_time_from_the_first_tick() {
+        let mut budget = CpuBudget::default();
+        budget.start(ms(50));
+        // The first tick starts the count: the whole budget is left, ten ticks of 5 ms.
+        assert_eq!(granted(budget.at_tick(ms(1000))), Some(10));
+        // 20 ms of CPU later, however long the wait: 30 ms are left.
+        assert_eq!(granted(budget.at_tick(ms(1020))), Some(6));
+        let almost = ms(1050) - Duration::from_micros(1);
+        assert_eq!(granted(budget.at_tick(almost)), Some(1));
+        assert_eq!(granted(budget.at_tick(ms(1050))), None);
+        // The next call counts anew.
+        budget.start(ms(50));
+        assert_eq!(granted(budget.at_tick(ms(2000))), Some(10));
+    }
+
+    /// `proxy_on_configure` counts the global `spin` down to zero: CPU work, no host call.
+    const SPINNER: &str = r#"
+    (module
+      (memory (export "memory") 1)
+      (global $spin (export "spin") (mut i32) (i32.const 0))
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+      (func (export "proxy_on_context_create") (param i32 i32))
+      (func (export "proxy_on_configure") (param i32 i32) (result i32)
+        (local $left i32)
+        (local.set $left (global.get $spin))
+        (block $done
+          (loop $again
+            (br_if $done (i32.eqz (local.get $left)))
+            (local.set $left (i32.sub (local.get $left) (i32.const 1)))
+            (br $again)))
+        (i32.const 1))
+    )"#;
+
+    fn spinner(callback_timeout: Duration) -> Vm {
+        let module = runtime()
+            .load_bytes(Path::new("spinner.wat"), SPINNER.as_bytes())
+            .expect("the module loads");
+        let identity = Arc::new(PluginIdentity {
+            name: "spinner".into(),
+            root_id: "spinner".into(),
+            ..Default::default()
+        });
+        Vm::new(&module, identity, 64 << 20, callback_timeout).expect("instantiates")
+    }
+
+    /// Runs `proxy_on_configure` counting down from `spin`: its result, the CPU time it
+    /// used and how long it took.
+    fn configure(vm: &mut Vm, spin: i32) -> (Result<u32, VmTrap>, Duration, Duration) {
+        vm.set_global_i32("spin", spin);
+        let (cpu, wall) = (thread_cpu_time(), Instant::now());
+        let result = vm.create_root(0, Bytes::new());
+        (result, thread_cpu_time() - cpu, wall.elapsed())
+    }
+
+    /// Threads that keep one CPU busy until dropped.
+    struct Hogs {
+        stop: Arc<AtomicBool>,
+        threads: Vec<std::thread::JoinHandle<()>>,
+    }
+
+    impl Hogs {
+        fn on(cpu: usize, count: usize) -> Self {
+            let stop = Arc::new(AtomicBool::new(false));
+            let threads = (0..count)
+                .map(|_| {
+                    let stop = stop.clone();
+                    std::thread::spawn(move || {
+                        pin_this_thread(cpu);
+                        while !stop.load(Ordering::Relaxed) {
+                            std::hint::spin_loop();
+                        }
+                    })
+                })
+                .collect();
+            Self { stop, threads }
+        }
+    }
+
+    impl Drop for Hogs {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            for thread in self.threads.drain(..) {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    fn pin_this_thread(cpu: usize) {
+        let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+        let tid = link
+            .file_name()
+            .expect("a thread id")
+            .to_string_lossy()
+            .into_owned();
+        let pinned = std::process::Command::new("taskset")
+            .args(["-p", "-c", &cpu.to_string(), &tid])
+            .output()
+            .expect("taskset runs");
+        assert!(pinned.status.success(), "taskset: {pinned:?}");
+    }
+
+    fn first_allowed_cpu() -> usize {
+        let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+        let list = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+            .expect("Cpus_allowed_list");
+        let first = list.trim().split([',', '-']).next().expect("a CPU");
+        first.parse().expect("a CPU number")
+    }
+
+    #[test]
+    fn a_callback_waiting_for_a_cpu_keeps_its_budget_and_one_that_uses_it_is_cut() {
+        let timeout = ms(40);
+        // About 15 ms of CPU, measured on this machine before the CPU gets busy.
+        let mut vm = spinner(timeout);
+        let (result, used, _) = configure(&mut vm, 1_000_000);
+        result.expect("a short callback runs");
+        let per_ms = 1_000_000.0 / used.as_secs_f64().max(1e-6) / 1000.0;
+        let spin = (15.0 * per_ms) as i32;
+
+        // Four threads share this thread's CPU: the callback gets about a fifth of it, so its
+        // 15 ms of CPU take longer than its 40 ms budget of wall-clock time.
+        let cpu = first_allowed_cpu();
+        pin_this_thread(cpu);
+        let hogs = Hogs::on(cpu, 4);
+        let (result, used, took) = configure(&mut vm, spin);
+        assert!(
+            took > timeout,
+            "the callback did not have to wait for the CPU ({used:?} of CPU in {took:?}): the test proves nothing"
+        );
+        result.unwrap_or_else(|trap| {
+            panic!("a callback that used {used:?} of CPU in {took:?} was cut: {trap}")
+        });
+
+        // Work of four times the budget is cut once the budget is used, not before, and not
+        // much later (the count starts at the first tick, and looks once a tick).
+        let (result, used, took) = configure(&mut spinner(timeout), spin.saturating_mul(4));
+        drop(hogs);
+        let trap = result.expect_err("60 ms of CPU against a budget of 40 ms");
+        assert!(trap.reason.contains("CPU deadline"), "{trap}");
+        assert!(
+            used >= timeout && used < timeout + 4 * EPOCH_TICK,
+            "cut after {used:?} of CPU ({took:?})"
+        );
     }
 }
