@@ -19,6 +19,7 @@
 //! | [`ratelimit`] | `tollgate ratelimit`: Envoy's rate limit service API on Redis, for limits shared by replicas |
 //! | [`admin`] | `/healthz`, `/readyz`, `/config`, `/metrics`, `/plugins`, `POST /reload` |
 //! | [`telemetry`] | logs, metrics, access-log redaction, Envoy's response details |
+//! | [`allocator`] | freed memory handed back to the system after a burst of work |
 //!
 //! Dependencies between these modules go one way (a unit test checks that no two import
 //! each other, directly or around a cycle); `Gateway` below wires them together.
@@ -38,6 +39,7 @@
 //! ```
 
 pub mod admin;
+pub mod allocator;
 pub mod body;
 pub mod config;
 pub mod mesh;

@@ -207,7 +207,7 @@ enum ImportSource {
 
 fn main() -> ExitCode {
     apply_allocator_settings();
-    tollgate::wasm::engine::set_release_freed_memory(release_freed_memory);
+    tollgate::allocator::set_release_freed_memory(release_freed_memory);
     match Cli::parse().command {
         Command::Run {
             policies,

@@ -310,6 +310,7 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     /// Called with a complete request head: its header timer stops here.
     fn start(activity: Arc<Activity>) -> Self {
+        crate::allocator::count_request();
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
         activity.head_pending.store(false, Ordering::Relaxed);
         activity.head_completed.store(true, Ordering::Relaxed);

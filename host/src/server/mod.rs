@@ -48,6 +48,9 @@ const SINGLETON_ON_DONE_GRACE: Duration = Duration::from_millis(500);
 
 /// How long a drain that timed out still waits for busy workers to stop on their own.
 const WORKER_STOP_GRACE: Duration = Duration::from_millis(100);
+/// How long a worker goes without a request before it gives back what its traffic freed:
+/// longer than the pauses of steady traffic, short enough that a burst's memory goes soon.
+const QUIET: Duration = Duration::from_secs(2);
 
 /// State shared by the workers and the admin listener.
 pub struct GatewayState {
@@ -275,6 +278,8 @@ async fn worker(
     retirements: tokio::sync::broadcast::Receiver<Retirement>,
 ) {
     let retiring = tokio::spawn(follow_retirements(retirements, shutdown.clone()));
+    // What a burst of connections freed goes back to the system once the worker is quiet.
+    let releasing = tokio::spawn(crate::allocator::release_when_quiet(QUIET));
     // Start this worker's plugin VMs before the first request, so that no request pays for
     // instantiation and every VM has run on_vm_start before traffic arrives.
     for plugin in state.snapshot().plugins.iter().filter(|p| !p.singleton) {
@@ -302,6 +307,7 @@ async fn worker(
     for accept_loop in accept_loops {
         let _ = accept_loop.await;
     }
+    releasing.abort();
     // Keep the runtime alive until this worker's connections have finished draining, then
     // until its plugins are done: their last callbacks (`on_log` of the last requests)
     // come first, `proxy_on_done` after.

@@ -99,25 +99,6 @@ pub fn runtime() -> &'static Runtime {
     &RUNTIME
 }
 
-/// Called once a burst of start-up work has ended — a compilation and its threads, a set
-/// of plugins loaded and configured — to hand the memory it freed back to the system; the
-/// gateway binary sets it for its allocator.
-static RELEASE_FREED_MEMORY: OnceLock<fn()> = OnceLock::new();
-
-/// Sets what gives freed memory back to the system after a compilation or a load of
-/// plugins (the allocator's collection); without it the allocator returns that memory in
-/// its own time.
-pub fn set_release_freed_memory(release: fn()) {
-    let _ = RELEASE_FREED_MEMORY.set(release);
-}
-
-/// Hands the memory freed by the work just done back to the system, if the binary said how.
-pub(crate) fn release_freed_memory() {
-    if let Some(release) = RELEASE_FREED_MEMORY.get() {
-        release();
-    }
-}
-
 /// Where compiled modules are cached: `TOLLGATE_CACHE_DIR`, else the user cache folder.
 fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("TOLLGATE_CACHE_DIR") {
@@ -356,7 +337,7 @@ fn compile(config: &Config, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
         )
         .map_err(wasmtime::Error::from)
         .and_then(|compiled| compiled);
-    release_freed_memory();
+    crate::allocator::release_freed_memory();
     compiled
 }
 

@@ -37,11 +37,12 @@ use thread_local::ThreadLocal;
 
 use super::abi::HeaderList;
 use super::circuit::Circuit;
-use super::engine::{release_freed_memory, runtime, CompiledModule};
+use super::engine::{runtime, CompiledModule};
 use super::header_map::PseudoHeaderMap;
 use super::host::{CallResponse, PendingCallout, PluginIdentity};
 use super::shared::VmEvent;
 use super::vm::{Vm, VmTrap};
+use crate::allocator::release_freed_memory;
 
 type EventReceiver = tokio::sync::mpsc::UnboundedReceiver<VmEvent>;
 
