@@ -56,10 +56,10 @@ extern "C" {
     fn mi_collect(force: bool);
 }
 
-/// Gives the memory that compiling freed back to the system at once: a forced collection
-/// frees this thread's empty pages and purges every arena page that is free (the compiler's
-/// threads, ended by then, left theirs to the arenas), instead of waiting for the purge
-/// delay to pass during later allocations.
+/// Gives the memory a burst of work freed back to the system at once (see
+/// `tollgate::allocator`): a forced collection frees the calling thread's empty pages and
+/// purges every arena page that is free (threads that ended, such as the compiler's, left
+/// theirs to the arenas), instead of waiting for later allocations on the thread to do it.
 #[allow(unsafe_code)] // a call without arguments into the allocator the binary runs on
 fn release_freed_memory() {
     // SAFETY: `mi_collect` only walks the allocator's own structures; it is safe to call

@@ -12,10 +12,11 @@ use bytes::Bytes;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use tokio::sync::Notify;
-use wasmtime::StoreLimits;
+use wasmtime::{StoreLimits, UpdateDeadline};
 
 use super::abi::{HeaderList, LogLevel};
 use super::callbacks::Callbacks;
+use super::engine::EPOCH_TICK;
 use super::header_map::{PseudoHeaderMap, EMPTY};
 
 /// What a plugin instance is, as its VMs see it.
@@ -75,11 +76,11 @@ impl FilterValues {
         self.lengths.push((key.len(), value.len()));
     }
 
-    fn find(&self, key: &[u8]) -> Option<Found> {
+    fn find(&self, key: &[u8]) -> Option<FilterEntry> {
         let mut start = 0;
         for (index, &(key_len, value_len)) in self.lengths.iter().enumerate() {
             if key_len == key.len() && self.bytes[start..start + key_len] == *key {
-                return Some(Found {
+                return Some(FilterEntry {
                     index,
                     start,
                     key_len,
@@ -93,20 +94,58 @@ impl FilterValues {
 }
 
 /// Where one entry of [`FilterValues`] lies.
-struct Found {
+struct FilterEntry {
     index: usize,
     start: usize,
     key_len: usize,
     value_len: usize,
 }
 
-impl Found {
+impl FilterEntry {
     fn value_start(&self) -> usize {
         self.start + self.key_len
     }
 
     fn end(&self) -> usize {
         self.value_start() + self.value_len
+    }
+}
+
+/// A guest call's CPU deadline: the CPU time it may use, counted on its thread's own clock.
+///
+/// The engine's epoch advances with the wall clock, so it cannot be the measure: a worker
+/// waiting for a CPU (a busy machine, a noisy neighbour) would see its callback's deadline
+/// pass while the callback ran nothing, and lose the VM to a trap. The epoch only says when
+/// to look. A call starts with a deadline of the next tick, and most end before it. One that
+/// runs into a tick has its thread's CPU clock read there (the VM's epoch callback calls
+/// [`CpuBudget::at_tick`]): its CPU time counts from that moment, it gets the ticks its
+/// budget has left, and it traps once the budget is used. A call that never stops is cut
+/// after its budget plus at most one tick of CPU time.
+#[derive(Debug, Default)]
+pub struct CpuBudget {
+    /// What the current call may use.
+    limit: Duration,
+    /// The thread's CPU clock when the current call first ran into a tick.
+    counted_from: Option<Duration>,
+}
+
+impl CpuBudget {
+    /// A guest call begins, with `limit` to use.
+    pub fn start(&mut self, limit: Duration) {
+        self.limit = limit;
+        self.counted_from = None;
+    }
+
+    /// At a tick the current call ran into, the thread's CPU clock reading `now`: the ticks
+    /// to wait before looking again, or the trap.
+    pub fn at_tick(&mut self, now: Duration) -> UpdateDeadline {
+        let counted_from = *self.counted_from.get_or_insert(now);
+        match self.limit.checked_sub(now.saturating_sub(counted_from)) {
+            Some(left) if !left.is_zero() => {
+                UpdateDeadline::Continue(left.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64)
+            }
+            _ => UpdateDeadline::Interrupt,
+        }
     }
 }
 
@@ -407,7 +446,7 @@ pub struct HostState {
     pub callbacks: u64,
     pub callback_nanos: u64,
     /// The current guest call's CPU deadline.
-    pub cpu: super::vm::CpuBudget,
+    pub cpu: CpuBudget,
     /// The gateway's shared data, queues and metric registries, from the plugin at VM creation.
     pub registries: Arc<super::PluginRegistries>,
 }
@@ -487,6 +526,34 @@ impl HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// The ticks a budget grants, `None` for the trap.
+    fn granted(update: UpdateDeadline) -> Option<u64> {
+        match update {
+            UpdateDeadline::Continue(ticks) => Some(ticks),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_budget_counts_cpu_time_from_the_first_tick() {
+        let mut budget = CpuBudget::default();
+        budget.start(ms(50));
+        // The first tick starts the count: the whole budget is left, ten ticks of 5 ms.
+        assert_eq!(granted(budget.at_tick(ms(1000))), Some(10));
+        // 20 ms of CPU later, however long the wait: 30 ms are left.
+        assert_eq!(granted(budget.at_tick(ms(1020))), Some(6));
+        let almost = ms(1050) - Duration::from_micros(1);
+        assert_eq!(granted(budget.at_tick(almost)), Some(1));
+        assert_eq!(granted(budget.at_tick(ms(1050))), None);
+        // The next call counts anew.
+        budget.start(ms(50));
+        assert_eq!(granted(budget.at_tick(ms(2000))), Some(10));
+    }
 
     #[test]
     fn filter_values_are_set_replaced_and_read_by_their_whole_key() {

@@ -1181,7 +1181,7 @@ pub fn build_plugins(
     }
     // Loading modules and configuring a VM of each plugin leave freed memory scattered over
     // the allocator's pages, which it would keep for good on a thread that now waits
-    // (0.45 MiB for the bundled chain; bench/README.md, "Memory").
+    // (850 KiB at the start of a gateway with the bundled chain; bench/README.md, "Memory").
     if !plugins.is_empty() {
         release_freed_memory();
     }

@@ -1,6 +1,6 @@
 //! One VM: a wasmtime store and instance of a plugin's module, its root contexts and the
 //! stream contexts of the requests in flight on its worker. Every guest call goes through
-//! [`Vm::call`], which sets the CPU deadline ([`CpuBudget`]), and turns a trap into
+//! [`Vm::call`], which starts the CPU deadline ([`CpuBudget`]), and turns a trap into
 //! [`VmTrap`] that marks the VM broken.
 
 use std::sync::{Arc, LazyLock};
@@ -10,7 +10,7 @@ use bytes::Bytes;
 use wasmtime::{Instance, Store, TypedFunc, UpdateDeadline, WasmParams, WasmResults};
 
 use super::callbacks::{Callbacks, StreamCallback};
-use super::engine::{runtime, CompiledModule, EPOCH_TICK};
+use super::engine::{runtime, CompiledModule};
 use super::host::{HostState, PendingCallout, PluginIdentity, RootState};
 
 /// What a gRPC stream delivers, in order: metadata, messages, trailers, close.
@@ -165,43 +165,6 @@ pub struct Vm {
 /// How many finished stream contexts a VM keeps for reuse: as many as it serves at once in
 /// the common case.
 const SPARE_STREAMS: usize = 64;
-
-/// A guest call's CPU deadline: the CPU time it may use, counted on its thread's own clock.
-///
-/// The engine's epoch advances with the wall clock, so it cannot be the measure: a worker
-/// waiting for a CPU (a busy machine, a noisy neighbour) would see its callback's deadline
-/// pass while the callback ran nothing, and lose the VM to a trap. The epoch only says when
-/// to look. A call starts with a deadline of the next tick, and most end before it; one that
-/// runs into a tick reads its thread's CPU clock there ([`CpuBudget::at_tick`]), counts its
-/// CPU time from that moment and gets the ticks its budget has left, and traps once the
-/// budget is used. A call that never stops is cut after its budget plus at most one tick of
-/// CPU time.
-#[derive(Debug, Default)]
-pub struct CpuBudget {
-    /// What the current call may use.
-    limit: Duration,
-    /// The thread's CPU clock when the current call first ran into a tick.
-    counted_from: Option<Duration>,
-}
-
-impl CpuBudget {
-    fn start(&mut self, limit: Duration) {
-        self.limit = limit;
-        self.counted_from = None;
-    }
-
-    /// At a tick the current call ran into, the thread's CPU clock reading `now`: the ticks
-    /// to wait before looking again, or the trap.
-    fn at_tick(&mut self, now: Duration) -> UpdateDeadline {
-        let counted_from = *self.counted_from.get_or_insert(now);
-        match self.limit.checked_sub(now.saturating_sub(counted_from)) {
-            Some(left) if !left.is_zero() => {
-                UpdateDeadline::Continue(left.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64)
-            }
-            _ => UpdateDeadline::Interrupt,
-        }
-    }
-}
 
 /// The CPU time the calling thread has run.
 #[allow(unsafe_code)] // a system call that fills in a value of ours
@@ -749,33 +712,10 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
+    use crate::wasm::engine::EPOCH_TICK;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
-    }
-
-    /// The ticks a budget grants, `None` for the trap.
-    fn granted(update: UpdateDeadline) -> Option<u64> {
-        match update {
-            UpdateDeadline::Continue(ticks) => Some(ticks),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn the_budget_counts_cpu_time_from_the_first_tick() {
-        let mut budget = CpuBudget::default();
-        budget.start(ms(50));
-        // The first tick starts the count: the whole budget is left, ten ticks of 5 ms.
-        assert_eq!(granted(budget.at_tick(ms(1000))), Some(10));
-        // 20 ms of CPU later, however long the wait: 30 ms are left.
-        assert_eq!(granted(budget.at_tick(ms(1020))), Some(6));
-        let almost = ms(1050) - Duration::from_micros(1);
-        assert_eq!(granted(budget.at_tick(almost)), Some(1));
-        assert_eq!(granted(budget.at_tick(ms(1050))), None);
-        // The next call counts anew.
-        budget.start(ms(50));
-        assert_eq!(granted(budget.at_tick(ms(2000))), Some(10));
     }
 
     /// `proxy_on_configure` counts the global `spin` down to zero: CPU work, no host call.

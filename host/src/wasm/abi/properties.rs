@@ -291,10 +291,10 @@ fn headers_size(pairs: &PseudoHeaderMap) -> u64 {
 
 /// A property's value as the guest gets it; one of a few dozen bytes (most are) is kept
 /// inline, not allocated.
-type Found = SmallVec<[u8; 64]>;
+type PropertyBytes = SmallVec<[u8; 64]>;
 
 /// Looks a property up; `None` is NOT_FOUND.
-pub fn lookup(state: &HostState, key: &[u8]) -> Option<Found> {
+pub fn lookup(state: &HostState, key: &[u8]) -> Option<PropertyBytes> {
     let stream = state
         .streams
         .get(&state.effective_context)
