@@ -71,7 +71,9 @@ if ((ALL)); then
     done
 fi
 
-# policies DIR PORT PLUGINS-YAML: a policy folder
+# policies DIR PORT PLUGINS-YAML [CLUSTERS-YAML ROUTES-YAML]: a policy folder: the upstream
+# cluster and the route / to it, after the clusters and routes given (list items, indented
+# as in the file)
 policies() {
     local dir=$1 port=$2
     mkdir -p "$dir"
@@ -81,6 +83,7 @@ listeners:
     address: 127.0.0.1:$port
     protocol: http
 clusters:
+${4:-}
   - name: upstream
     endpoints:
       - address: 127.0.0.1:$UP_PORT
@@ -88,6 +91,7 @@ virtual_hosts:
   - name: bench
     domains: ["*"]
     routes:
+${5:-}
       - name: bench
         match: { path: { prefix: / } }
         forward: { cluster: upstream }
@@ -133,25 +137,9 @@ measure() {
 # token-introspection plugin asks (on this gateway itself, as the cluster `self`) whether a
 # token is active; PLUGINS 1: each plugin on its own route, 0: no plugin.
 all_policies() {
-    local dir=$1 port=$2 p
-    mkdir -p "$dir"
-    {
+    local p routes plugins=""
+    routes=$(
         cat <<YAML
-listeners:
-  - name: bench
-    address: 127.0.0.1:$port
-    protocol: http
-clusters:
-  - name: upstream
-    endpoints:
-      - address: 127.0.0.1:$UP_PORT
-  - name: self
-    endpoints:
-      - address: 127.0.0.1:$port
-virtual_hosts:
-  - name: bench
-    domains: ["*"]
-    routes:
       - name: introspect
         match: { path: { exact: /introspect } }
         direct_response:
@@ -162,13 +150,11 @@ YAML
         for p in "${ALL_PLUGINS[@]}"; do
             printf '      - name: p-%s\n        match: { path: { prefix: /p/%s } }\n        forward: { cluster: upstream }\n' "$p" "$p"
         done
-        cat <<YAML
-      - name: bench
-        match: { path: { prefix: / } }
-        forward: { cluster: upstream }
-YAML
-        if (($3)); then all_plugins_yaml; fi
-    } >"$dir/bench.yaml"
+    )
+    if (($3)); then plugins=$(all_plugins_yaml); fi
+    policies "$1" "$2" "$plugins" "  - name: self
+    endpoints:
+      - address: 127.0.0.1:$2" "$routes"
 }
 
 # all_plugins_yaml: the `plugins:` section, every bundled plugin applied to its route alone,
