@@ -38,6 +38,21 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+/// A future in a box of its own, written there as it is made: `boxed!(serve(request))`. A
+/// request's futures run to kilobytes, and a future moved by value is copied whole;
+/// `Box::pin` makes the future on the stack and copies it in, while this writes it into the
+/// box directly (a macro, since the future has to be made inside the call that boxes it for
+/// the copy to be left out), and what moves on is a pointer.
+#[macro_export]
+macro_rules! boxed {
+    ($future:expr) => {
+        ::std::boxed::Box::into_pin(::std::boxed::Box::write(
+            ::std::boxed::Box::new_uninit(),
+            $future,
+        ))
+    };
+}
+
 pub mod admin;
 pub mod allocator;
 pub mod body;

@@ -9,6 +9,7 @@
 //! | [`plugin`] | the shape of every plugin: [`Plugin`], the root context [`Root`], [`plugin!`] |
 //! | [`config`] | typed JSON configuration; errors name the field (`field "plans.gold.burst": ...`) |
 //! | [`route`] | per-route rule tables keyed by the `xds.route_name` property |
+//! | [`secret`] | secrets compared in a time that does not tell how much matched |
 //! | [`consumer`] | the consumer identity set by auth plugins, read by acl, limits, billing |
 //! | [`shared`] | counters, token buckets, fixed and sliding windows over shared data (CAS) |
 //! | [`metrics`] | metric names with tags (`consumer`, `route`) that hosts export as labels |
@@ -100,6 +101,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod ratelimit_service;
 pub mod route;
+pub mod secret;
 pub mod shared;
 pub mod time;
 pub mod usage;
@@ -195,10 +197,17 @@ pub fn client_ip() -> Option<String> {
     Some(address)
 }
 
-/// Writes `value` in decimal into `buffer` and returns the digits: a number for a header
-/// value without a `String` (`set_http_response_header("ratelimit-limit", Some(decimal(n,
-/// &mut buffer)))`).
+/// Writes `value` in decimal into `buffer` and returns the digits as text: a number for a
+/// string without formatting machinery. For a header value, [`decimal_bytes`] saves the
+/// check that the digits are UTF-8.
 pub fn decimal(value: u64, buffer: &mut [u8; 20]) -> &str {
+    std::str::from_utf8(decimal_bytes(value, buffer)).expect("ASCII digits")
+}
+
+/// Writes `value` in decimal into `buffer` and returns the digits: a number for a header
+/// value without a `String`
+/// (`set_http_response_header_bytes("ratelimit-limit", Some(decimal_bytes(n, &mut buffer)))`).
+pub fn decimal_bytes(value: u64, buffer: &mut [u8; 20]) -> &[u8] {
     // Two digits a turn: half the divisions, and half the loop turns, each of which the
     // host's engine checks against the CPU deadline.
     const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
@@ -222,7 +231,7 @@ pub fn decimal(value: u64, buffer: &mut [u8; 20]) -> &str {
         at -= 1;
         buffer[at] = b'0' + rest as u8;
     }
-    std::str::from_utf8(&buffer[at..]).expect("ASCII digits")
+    &buffer[at..]
 }
 
 /// Whether `name` is a header name as HTTP allows it (an RFC 9110 token): not empty, and no
@@ -274,6 +283,7 @@ mod tests {
         assert_eq!(decimal(0, &mut buffer), "0");
         assert_eq!(decimal(429, &mut buffer), "429");
         assert_eq!(decimal(u64::MAX, &mut buffer), u64::MAX.to_string());
+        assert_eq!(decimal_bytes(1_000_000_007, &mut buffer), b"1000000007");
         for value in [1, 9, 10, 99, 100, 101, 999, 12_345, 1_000_000, 1 << 32] {
             assert_eq!(decimal(value, &mut buffer), value.to_string());
         }

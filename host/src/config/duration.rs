@@ -36,7 +36,7 @@ fn invalid(text: &str) -> InvalidDuration {
 /// Formats a duration the way policies write it, for the effective-config dump.
 pub fn format(duration: Duration) -> String {
     let millis = duration.as_millis();
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}s", millis / 1000)
     } else {
         format!("{millis}ms")

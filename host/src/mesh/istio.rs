@@ -138,7 +138,7 @@ pub fn host_covers(accepted: &str, host: &str) -> bool {
 /// A duration as Istio writes them: seconds with a fraction if needed (`5s`, `0.250s`).
 pub fn istio_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}s", millis / 1000)
     } else {
         format!("{}.{:03}s", millis / 1000, millis % 1000)

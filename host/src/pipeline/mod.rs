@@ -180,7 +180,9 @@ async fn respond(
     match chain {
         // Boxed: its state (the plugin run, the head's copies) would otherwise make every
         // request's future as large, plugins or not, and that future is moved whole.
-        Some(chain) => Box::pin(with_plugins(routed, &chain, snapshot, downstream, record)).await,
+        Some(chain) => {
+            crate::boxed!(with_plugins(routed, &chain, snapshot, downstream, record)).await
+        }
         None => {
             let Routed {
                 request,

@@ -104,14 +104,16 @@ pub async fn serve(
         // The exchange is in flight until its response body has been sent or dropped, so
         // that the connection's idle timeout never cuts a response that is still streaming.
         let in_flight = InFlight::start(service_activity.clone());
-        async move {
+        // Boxed: the exchange's future is some 5 KiB, which hyper would otherwise copy at
+        // each of the moves it makes before polling it.
+        crate::boxed!(async move {
             let response = pipeline::handle(request, snapshot, downstream, in_flight).await;
             response.map(|response| {
                 response.map(|body| -> ResponseBody {
                     StreamIdle::new(body, stream_idle_timeout).boxed()
                 })
             })
-        }
+        })
     });
 
     metrics.connection_opened(&listener);

@@ -383,7 +383,7 @@ impl Cluster {
                 Some(sender) => sender,
                 // Boxed: a new connection's state (the connect, the TLS handshake) is large
                 // and rarely needed; inline, every request's future would carry it.
-                None => Box::pin(self.connect_http1(endpoint)).await?,
+                None => crate::boxed!(self.connect_http1(endpoint)).await?,
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {

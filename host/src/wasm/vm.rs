@@ -301,7 +301,7 @@ impl Vm {
         // Callback time is sampled (one call in 8, counted 8 times) to keep two clock reads
         // off most calls.
         self.calls = self.calls.wrapping_add(1);
-        let sampled = self.calls % 8 == 0;
+        let sampled = self.calls.is_multiple_of(8);
         let started = sampled.then(std::time::Instant::now);
         let result = func.call(&mut self.store, params);
         let state = self.store.data_mut();

@@ -5,7 +5,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tollgate_sdk::config::ConfigError;
-use tollgate_sdk::consumer;
+use tollgate_sdk::{consumer, secret};
 
 /// The plugin configuration (see the crate README).
 #[derive(Debug, Clone, Deserialize)]
@@ -105,12 +105,7 @@ impl BasicAuth {
         let (user, password) = decoded.split_once(':')?;
         let index = self.config.consumers.iter().position(|c| c.name == user)?;
         let digest: [u8; 32] = Sha256::digest(password.as_bytes()).into();
-        // Compare every byte so the time taken does not tell how much matched.
-        let difference = digest
-            .iter()
-            .zip(self.digests[index].iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        (difference == 0).then(|| &self.config.consumers[index])
+        secret::same_bytes(&digest, &self.digests[index]).then(|| &self.config.consumers[index])
     }
 
     pub fn challenge(&self) -> String {

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use tollgate_sdk::config::ConfigError;
-use tollgate_sdk::consumer;
 use tollgate_sdk::time::days_from_civil;
+use tollgate_sdk::{consumer, secret};
 
 /// The pseudo-header of the signing string that stands for `METHOD PATH HTTP/x`.
 pub const REQUEST_LINE: &str = "request-line";
@@ -456,9 +456,9 @@ pub fn digest_matches(digest: &str, body: &[u8]) -> bool {
             return false;
         };
         let matches = if algorithm.eq_ignore_ascii_case("sha-256") {
-            same_bytes(&Sha256::digest(body), &expected)
+            secret::same_bytes(&Sha256::digest(body), &expected)
         } else if algorithm.eq_ignore_ascii_case("sha-512") {
-            same_bytes(&Sha512::digest(body), &expected)
+            secret::same_bytes(&Sha512::digest(body), &expected)
         } else {
             continue;
         };
@@ -468,11 +468,6 @@ pub fn digest_matches(digest: &str, body: &[u8]) -> bool {
         checked = true;
     }
     checked
-}
-
-/// Compares every byte, so that the time taken does not tell how much matched.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The `Digest` header value a client sends for `body`: `SHA-256=<base64>`.

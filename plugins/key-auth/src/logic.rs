@@ -1,10 +1,12 @@
 //! Pure key-auth logic: configuration, key lookup and query-string handling.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use serde::Deserialize;
 use tollgate_sdk::config::ConfigError;
-use tollgate_sdk::consumer;
+use tollgate_sdk::{consumer, secret};
 
 /// The plugin configuration (see the crate README).
 #[derive(Debug, Clone, Deserialize)]
@@ -56,7 +58,7 @@ fn default_realm() -> String {
 pub struct KeyAuth {
     pub config: Config,
     /// key → index into `config.consumers`.
-    keys: HashMap<String, usize>,
+    keys: KeyIndex,
     /// Per consumer (same index), its groups joined for the groups header.
     groups: Vec<String>,
 }
@@ -85,7 +87,7 @@ impl KeyAuth {
                 "key_in_header and key_in_query cannot both be false",
             ));
         }
-        let mut keys = HashMap::new();
+        let mut keys = KeyIndex::default();
         for (i, consumer) in config.consumers.iter().enumerate() {
             if consumer.name.is_empty() {
                 return Err(ConfigError::new(
@@ -107,7 +109,7 @@ impl KeyAuth {
                         "must not be empty",
                     ));
                 }
-                if keys.insert(key.clone(), i).is_some() {
+                if !keys.insert(key, i) {
                     return Err(ConfigError::new(
                         format!("consumers[{i}].keys[{j}]"),
                         "this key is given to two consumers",
@@ -129,19 +131,82 @@ impl KeyAuth {
 
     /// The consumer owning `key`.
     pub fn consumer(&self, key: &str) -> Option<&Consumer> {
-        self.keys.get(key).map(|&i| &self.config.consumers[i])
+        self.keys.get(key).map(|i| &self.config.consumers[i])
     }
 
     /// The name and joined groups of the consumer owning `key`
     /// (for `tollgate_sdk::consumer::set_parts`).
     pub fn identity(&self, key: &str) -> Option<(&str, &str)> {
-        let &i = self.keys.get(key)?;
+        let i = self.keys.get(key)?;
         Some((&self.config.consumers[i].name, &self.groups[i]))
     }
 
     /// The `WWW-Authenticate` challenge.
     pub fn challenge(&self) -> String {
         format!("Key realm=\"{}\"", self.config.realm.replace('"', ""))
+    }
+}
+
+/// The configured keys, each with its consumer's index. A key is looked up by its SipHash
+/// under a random seed, so where its hash lands tells a client nothing about the keys, and
+/// confirmed by [`secret::same_bytes`], so the comparison's time does not tell how much of a
+/// key matched either.
+#[derive(Debug, Clone, Default)]
+struct KeyIndex {
+    seed: RandomState,
+    /// The keys by their hash: one key, or more only when two hashes collide.
+    by_hash: HashMap<u64, Vec<KeyOwner>, BuildHasherDefault<KnownHash>>,
+}
+
+/// A key and the index of its consumer.
+type KeyOwner = (Box<[u8]>, usize);
+
+impl KeyIndex {
+    /// Adds `key` for consumer `index`; `false` if the key is there already.
+    fn insert(&mut self, key: &str, index: usize) -> bool {
+        let keys = self.by_hash.entry(self.hash(key)).or_default();
+        if keys.iter().any(|(known, _)| **known == *key.as_bytes()) {
+            return false;
+        }
+        keys.push((key.as_bytes().into(), index));
+        true
+    }
+
+    /// The key's bytes hashed alone (`hash_one` would hash their length too).
+    fn hash(&self, key: &str) -> u64 {
+        let mut hasher = self.seed.build_hasher();
+        hasher.write(key.as_bytes());
+        hasher.finish()
+    }
+
+    /// The index of the consumer that owns `key`.
+    fn get(&self, key: &str) -> Option<usize> {
+        self.by_hash
+            .get(&self.hash(key))?
+            .iter()
+            .find(|(known, _)| secret::same_bytes(known, key.as_bytes()))
+            .map(|(_, index)| *index)
+    }
+}
+
+/// The hasher of a map whose keys are hashes already: it keeps the one it is given.
+#[derive(Default)]
+struct KnownHash(u64);
+
+impl Hasher for KnownHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys reach this hasher, through `write_u64`.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
     }
 }
 
@@ -270,6 +335,30 @@ mod tests {
         assert_eq!(auth.consumer("k3").unwrap().name, "bob");
         assert!(auth.consumer("nope").is_none());
         assert_eq!(auth.challenge(), "Key realm=\"tollgate\"");
+    }
+
+    #[test]
+    fn every_key_of_many_finds_its_consumer_and_a_near_miss_none() {
+        let consumers: Vec<String> = (0..500)
+            .map(|i| format!(r#"{{"name":"c{i}","keys":["key-{i:05}-a","key-{i:05}-b"]}}"#))
+            .collect();
+        let auth = auth(&format!(r#"{{"consumers":[{}]}}"#, consumers.join(",")));
+        for i in 0..500 {
+            let name = format!("c{i}");
+            assert_eq!(auth.consumer(&format!("key-{i:05}-a")).unwrap().name, name);
+            assert_eq!(auth.identity(&format!("key-{i:05}-b")).unwrap().0, name);
+            assert!(auth.consumer(&format!("key-{i:05}-c")).is_none());
+            assert!(auth.consumer(&format!("key-{i:05}-")).is_none());
+        }
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused() {
+        let config = serde_json_config(
+            r#"{"consumers":[{"name":"a","keys":["k1"]},{"name":"b","keys":["k2","k1"]}]}"#,
+        );
+        let error = KeyAuth::new(config).unwrap_err().to_string();
+        assert!(error.contains("consumers[1].keys[1]"), "{error}");
     }
 
     #[test]

@@ -179,8 +179,8 @@ impl HttpContext for Request {
         if let (Some(decision), true) = (&self.decision, self.rate_limit.limits.headers) {
             let mut digits = [0; 20];
             for (name, value) in logic::allow_headers(decision) {
-                let value = tollgate_sdk::decimal(value, &mut digits);
-                self.set_http_response_header(name, Some(value));
+                let value = tollgate_sdk::decimal_bytes(value, &mut digits);
+                self.set_http_response_header_bytes(name, Some(value));
             }
         }
         Action::Continue

@@ -134,7 +134,7 @@ impl PluginRun {
             .as_ref()
             .map(|trace| trace.plugin_phase(&self.entries[index].plugin.name, self.phase));
         let result = match self.run_callback(index, context, direction, call) {
-            Ok(true) => Box::pin(self.wait_for_decision(index, context, direction)).await,
+            Ok(true) => crate::boxed!(self.wait_for_decision(index, context, direction)).await,
             Ok(false) => Ok(()),
             Err(stopped) => Err(stopped),
         };
