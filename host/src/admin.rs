@@ -427,7 +427,7 @@ impl Collector for PluginsCollector {
             "tollgate_plugin_callbacks",
             "Plugin callbacks run, by plugin.",
             ValueKind::Counter,
-            by_plugin(|plugin| plugin.stats.callbacks.load(Ordering::Relaxed)),
+            by_plugin(|plugin| plugin.stats.callbacks.callbacks()),
         )?;
         encode_values(
             &mut encoder,
@@ -449,7 +449,7 @@ impl Collector for PluginsCollector {
             "Time spent in plugin callbacks, by plugin.",
             ValueKind::Counter,
             snapshot.plugins.iter().map(|plugin| {
-                let seconds = plugin.stats.callback_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+                let seconds = plugin.stats.callbacks.nanos() as f64 / 1e9;
                 let labels = PluginLabels {
                     plugin: plugin.name.clone(),
                 };

@@ -63,10 +63,69 @@ use crate::upstream::{CallBody, Cluster};
 pub struct PluginStats {
     pub traps: AtomicU64,
     pub vm_restarts: AtomicU64,
-    pub callback_nanos: AtomicU64,
-    pub callbacks: AtomicU64,
+    /// Callbacks run and the time they took, counted per worker.
+    pub callbacks: CallbackCounts,
     /// Linear memory of this plugin's VMs, summed over the workers.
     pub memory_bytes: AtomicU64,
+}
+
+/// The callbacks a plugin ran and the time they took, one pair of counters per worker. A
+/// request visits each plugin's VM several times, and a count shared by all workers would
+/// be a locked read-modify-write at each visit, on a cache line every worker writes. A
+/// worker's own counters are written by that worker alone, a load and a store; a reader
+/// sums them.
+#[derive(Debug, Default)]
+pub struct CallbackCounts {
+    workers: Mutex<Vec<Arc<WorkerCallbackCounts>>>,
+}
+
+/// One worker's share of [`CallbackCounts`].
+#[derive(Debug, Default)]
+struct WorkerCallbackCounts {
+    callbacks: AtomicU64,
+    nanos: AtomicU64,
+}
+
+impl CallbackCounts {
+    /// Counters for a new worker, which only that worker adds to.
+    fn for_worker(&self) -> Arc<WorkerCallbackCounts> {
+        let counts = Arc::new(WorkerCallbackCounts::default());
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(counts.clone());
+        counts
+    }
+
+    /// Callbacks run, over every worker.
+    pub fn callbacks(&self) -> u64 {
+        self.sum(|counts| &counts.callbacks)
+    }
+
+    /// Nanoseconds spent in callbacks, over every worker.
+    pub fn nanos(&self) -> u64 {
+        self.sum(|counts| &counts.nanos)
+    }
+
+    fn sum(&self, counter: impl Fn(&WorkerCallbackCounts) -> &AtomicU64) -> u64 {
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        workers
+            .iter()
+            .map(|counts| counter(counts).load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl WorkerCallbackCounts {
+    /// Adds to this worker's counters. Only the worker that owns them writes them, so a
+    /// load and a store do what a locked `fetch_add` would.
+    fn add(&self, callbacks: u64, nanos: u64) {
+        let add = |counter: &AtomicU64, amount: u64| {
+            counter.store(counter.load(Ordering::Relaxed) + amount, Ordering::Relaxed);
+        };
+        add(&self.callbacks, callbacks);
+        add(&self.nanos, nanos);
+    }
 }
 
 struct VmSlot {
@@ -80,6 +139,8 @@ struct VmSlot {
     grpc_streams: HashMap<u32, GrpcStreamHandle>,
     /// The memory size this slot's VM last added to `PluginStats::memory_bytes`.
     reported_memory: u64,
+    /// This worker's callback counters (see [`CallbackCounts`]).
+    callback_counts: Arc<WorkerCallbackCounts>,
 }
 
 type GrpcStreamHandle = (
@@ -301,6 +362,7 @@ impl Plugin {
                 retry_after: None,
                 grpc_streams: HashMap::new(),
                 reported_memory: 0,
+                callback_counts: self.stats.callbacks.for_worker(),
             })
         })
     }
@@ -329,10 +391,7 @@ impl Plugin {
         );
         self.report_memory(&mut slot, memory);
         if callbacks > 0 {
-            self.stats.callbacks.fetch_add(callbacks, Ordering::Relaxed);
-            self.stats
-                .callback_nanos
-                .fetch_add(nanos, Ordering::Relaxed);
+            slot.callback_counts.add(callbacks, nanos);
         }
         let generation = slot.generation;
         match result {
@@ -1195,6 +1254,27 @@ pub fn build_plugins(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn callback_counts_of_every_worker_are_summed() {
+        let counts = Arc::new(CallbackCounts::default());
+        let workers: Vec<_> = (0..4u64)
+            .map(|worker| {
+                let counts = counts.clone();
+                std::thread::spawn(move || {
+                    let mine = counts.for_worker();
+                    for _ in 0..1000 {
+                        mine.add(2, worker + 1);
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        assert_eq!(counts.callbacks(), 4 * 1000 * 2);
+        assert_eq!(counts.nanos(), 1000 * (1 + 2 + 3 + 4));
+    }
 
     #[test]
     fn grpc_messages_are_framed_and_split() {
