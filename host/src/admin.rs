@@ -427,7 +427,7 @@ impl Collector for PluginsCollector {
             "tollgate_plugin_callbacks",
             "Plugin callbacks run, by plugin.",
             ValueKind::Counter,
-            by_plugin(|plugin| plugin.stats.callbacks.callbacks()),
+            by_plugin(|plugin| plugin.stats.callback_counts.callbacks()),
         )?;
         encode_values(
             &mut encoder,
@@ -449,7 +449,7 @@ impl Collector for PluginsCollector {
             "Time spent in plugin callbacks, by plugin.",
             ValueKind::Counter,
             snapshot.plugins.iter().map(|plugin| {
-                let seconds = plugin.stats.callbacks.nanos() as f64 / 1e9;
+                let seconds = plugin.stats.callback_counts.nanos() as f64 / 1e9;
                 let labels = PluginLabels {
                     plugin: plugin.name.clone(),
                 };

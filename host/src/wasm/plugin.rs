@@ -64,7 +64,7 @@ pub struct PluginStats {
     pub traps: AtomicU64,
     pub vm_restarts: AtomicU64,
     /// Callbacks run and the time they took, counted per worker.
-    pub callbacks: CallbackCounts,
+    pub callback_counts: CallbackCounts,
     /// Linear memory of this plugin's VMs, summed over the workers.
     pub memory_bytes: AtomicU64,
 }
@@ -362,7 +362,7 @@ impl Plugin {
                 retry_after: None,
                 grpc_streams: HashMap::new(),
                 reported_memory: 0,
-                callback_counts: self.stats.callbacks.for_worker(),
+                callback_counts: self.stats.callback_counts.for_worker(),
             })
         })
     }
