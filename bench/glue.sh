@@ -11,6 +11,9 @@
 # tests/plugins/wat/headers-only.wat, what any plugin costs) and auth (the bundled key-auth
 # alone, a request-headers-only plugin as most authentication is).
 #
+# noepoch (the chain with epoch interruption off, TOLLGATE_EPOCH_INTERRUPTION=off): with chain,
+# the instructions per request that the guard against runaway plugins costs.
+#
 # limit (the bundled rate-limit alone, counting locally) and global (the same limit counted
 # by `tollgate ratelimit` on a redis-server, both started here): the global one also runs the
 # service under callgrind, and reports its instructions and allocations per call.
@@ -19,8 +22,8 @@
 #   TOLLGATE_BIN                 the gateway to measure (default: the release build)
 #   TOLLGATE_BASELINE_BIN        a second gateway, measured the same way for comparison
 #   GLUE_REQUESTS=2000           requests counted per configuration (after 200 unmeasured)
-#   GLUE_CONFIGS="base header chain"   (any of base minimal auth header heavy chain limit
-#                                global)
+#   GLUE_CONFIGS="base header chain"   (any of base minimal auth header heavy chain noepoch
+#                                limit global)
 #   BENCH_PORT_BASE=28380        ports BASE+1 (upstream), BASE+2 (redis-server), BASE+3
 #                                (tollgate ratelimit), BASE+10 (Tollgate), BASE+20 (admin)
 #   GLUE_KEEP                    a folder to keep the callgrind files in (callgrind_annotate)
@@ -44,7 +47,7 @@ RATELIMIT_PORT=$((BASE + 3))
 REQUESTS=${GLUE_REQUESTS:-2000}
 read -r -a CONFIGS <<<"${GLUE_CONFIGS:-base header chain}"
 for c in "${CONFIGS[@]}"; do
-    case $c in base | minimal | auth | header | heavy | chain | limit | global) ;; *) die "unknown configuration '$c'" ;; esac
+    case $c in base | minimal | auth | header | heavy | chain | noepoch | limit | global) ;; *) die "unknown configuration '$c'" ;; esac
 done
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
     die "needs valgrind (callgrind and callgrind_control)"
@@ -96,6 +99,7 @@ policies heavy 'plugins:
   - name: heavy
     module: tp_header_heavy.wasm'
 policies chain "$(chain_plugins_yaml)"
+policies noepoch "$(chain_plugins_yaml)"
 policies limit "$(limit_plugins_yaml "")"
 # Under callgrind the first calls (a new HTTP/2 connection, the script loaded into Redis) take
 # longer than the limit's usual 200 ms: longer timeouts, so that none fails.
@@ -185,9 +189,12 @@ for c in "${CONFIGS[@]}"; do
             service_pid=$LAST_PID
             BENCH_START_WAIT=300 wait_http "http://127.0.0.1:$RATELIMIT_PORT/healthz"
         fi
+        epochs=on
+        [[ $c != noepoch ]] || epochs=off
         # The allocator settings the gateway would otherwise set by executing itself again,
         # which would leave callgrind behind.
         start "tollgate-$b-$c" "$PROXY_CPU" env TOLLGATE_LOG=warn TOLLGATE_CACHE_DIR="$WORK/cache-$b" \
+            TOLLGATE_EPOCH_INTERRUPTION=$epochs \
             MIMALLOC_ARENA_EAGER_COMMIT=0 MIMALLOC_PURGE_DELAY=100 "${PROFILER_ENV[@]}" \
             valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
             "${BINS[$b]}" run --policies "$WORK/cfg-$c" --plugins "$WORK/plugins" \
@@ -218,6 +225,14 @@ for c in "${CONFIGS[@]}"; do
 done
 log "per request, over $REQUESTS requests on one connection"
 cat "$WORK/table.md"
+
+# What epoch interruption costs the chain: its instructions with and without it.
+if [[ " ${CONFIGS[*]} " == *" chain "* && " ${CONFIGS[*]} " == *" noepoch "* ]]; then
+    for b in "${!BINS[@]}"; do
+        awk -F' [|] ' -v b="$b" '$1 == "| " b && $2 == "chain" { on = $3 } $1 == "| " b && $2 == "noepoch" { off = $3 }
+            END { printf "epoch interruption (%s build): %d of the chain'"'"'s %d instructions per request (%.1f %%)\n", b, on - off, on, 100 * (on - off) / on }' "$WORK/table.md"
+    done
+fi
 
 # Where what each configuration adds to 0 plugins goes, layer by layer (bench/layers.py), for
 # the build measured (`new`).
