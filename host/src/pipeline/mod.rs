@@ -880,6 +880,13 @@ fn canonical_authority(
     authority: &str,
     settings: &Normalization,
 ) -> Result<CanonicalHost, Rejection> {
+    // Nearly every client sends its authority canonical already: one pass and a copy.
+    if let Some(host_len) = normalize::canonical_host_len(authority) {
+        return Ok(CanonicalHost {
+            authority: authority.to_owned(),
+            host_len,
+        });
+    }
     let mut canonical = normalize::host(authority, settings)?;
     let host_len = canonical.len();
     if let Some(port) = normalize::port(authority) {
