@@ -23,29 +23,32 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if present.is_empty() && !keep_upgrade {
         return;
     }
-    if present.has(&header::CONNECTION) {
+    if present.has(HopByHop::CONNECTION) {
         remove_named_in_connection(headers, keep_upgrade);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
-        for name in [&header::CONNECTION, &header::UPGRADE] {
-            if present.has(name) {
+        for (name, bit) in [
+            (&header::CONNECTION, HopByHop::CONNECTION),
+            (&header::UPGRADE, HopByHop::UPGRADE),
+        ] {
+            if present.has(bit) {
                 headers.remove(name);
             }
         }
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TRANSFER_ENCODING,
-        &header::TRAILER,
+    for (name, bit) in [
+        (&KEEP_ALIVE, HopByHop::KEEP_ALIVE),
+        (&PROXY_CONNECTION, HopByHop::PROXY_CONNECTION),
+        (&header::TRANSFER_ENCODING, HopByHop::TRANSFER_ENCODING),
+        (&header::TRAILER, HopByHop::TRAILER),
     ] {
-        if present.has(name) {
+        if present.has(bit) {
             headers.remove(name);
         }
     }
-    if present.has(&header::TE) {
+    if present.has(HopByHop::TE) {
         let te_trailers = headers
             .get_all(header::TE)
             .iter()
@@ -90,6 +93,14 @@ fn remove_named_in_connection(headers: &mut HeaderMap, keep_upgrade: bool) {
 struct HopByHop(u8);
 
 impl HopByHop {
+    const CONNECTION: u8 = 1;
+    const UPGRADE: u8 = 1 << 1;
+    const KEEP_ALIVE: u8 = 1 << 2;
+    const PROXY_CONNECTION: u8 = 1 << 3;
+    const TRANSFER_ENCODING: u8 = 1 << 4;
+    const TRAILER: u8 = 1 << 5;
+    const TE: u8 = 1 << 6;
+
     fn present_in(headers: &HeaderMap) -> Self {
         Self(
             headers
@@ -101,19 +112,19 @@ impl HopByHop {
     /// The bit of one of the headers [`remove_hop_by_hop`] removes by name; 0 for others.
     fn bit(name: &HeaderName) -> u8 {
         if name == header::CONNECTION {
-            1
+            Self::CONNECTION
         } else if name == header::UPGRADE {
-            1 << 1
+            Self::UPGRADE
         } else if name == KEEP_ALIVE {
-            1 << 2
+            Self::KEEP_ALIVE
         } else if name == PROXY_CONNECTION {
-            1 << 3
+            Self::PROXY_CONNECTION
         } else if name == header::TRANSFER_ENCODING {
-            1 << 4
+            Self::TRANSFER_ENCODING
         } else if name == header::TRAILER {
-            1 << 5
+            Self::TRAILER
         } else if name == header::TE {
-            1 << 6
+            Self::TE
         } else {
             0
         }
@@ -123,8 +134,9 @@ impl HopByHop {
         self.0 == 0
     }
 
-    fn has(self, name: &HeaderName) -> bool {
-        self.0 & Self::bit(name) != 0
+    /// Whether the header of `bit` (one of the constants above) is there.
+    fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
     }
 }
 
