@@ -177,10 +177,12 @@ pub struct StreamInfo {
     pub tls: Option<crate::tls::TlsInfo>,
     pub outcome: Mutex<Outcome>,
     pub filter_state: FilterState,
-    /// The request headers (pseudo-headers first) as the request phase left them.
-    pub request_headers: OnceLock<PseudoHeaderMap>,
+    /// The request headers (pseudo-headers first) as the request phase left them, for the
+    /// plugins that read them later. Boxed, as the response headers: most requests keep
+    /// neither, and the facts are moved whole into their shared handle on every request.
+    pub request_headers: OnceLock<Box<PseudoHeaderMap>>,
     /// The response headers (`:status` first) as they went downstream.
-    pub response_headers: OnceLock<PseudoHeaderMap>,
+    pub response_headers: OnceLock<Box<PseudoHeaderMap>>,
     /// The response status the response phase started with (0 until then).
     pub response_status: AtomicU16,
     /// The request's trace when tracing is on: the parent of the plugin-phase spans.
@@ -332,7 +334,7 @@ impl StreamState {
     pub fn request_headers_view(&self) -> &PseudoHeaderMap {
         self.request_headers
             .as_ref()
-            .or_else(|| self.info.request_headers.get())
+            .or_else(|| self.info.request_headers.get().map(|headers| &**headers))
             .unwrap_or(&EMPTY)
     }
 
@@ -341,7 +343,7 @@ impl StreamState {
     pub fn response_headers_view(&self) -> &PseudoHeaderMap {
         self.response_headers
             .as_ref()
-            .or_else(|| self.info.response_headers.get())
+            .or_else(|| self.info.response_headers.get().map(|headers| &**headers))
             .unwrap_or(&EMPTY)
     }
 
@@ -349,15 +351,23 @@ impl StreamState {
     /// its own copy of the final ones, made only then.
     pub fn request_headers_mut(&mut self) -> &mut PseudoHeaderMap {
         let info = &self.info;
-        self.request_headers
-            .get_or_insert_with(|| info.request_headers.get().cloned().unwrap_or_default())
+        self.request_headers.get_or_insert_with(|| {
+            info.request_headers
+                .get()
+                .map(|headers| PseudoHeaderMap::clone(headers))
+                .unwrap_or_default()
+        })
     }
 
     /// As [`Self::request_headers_mut`], for the response headers.
     pub fn response_headers_mut(&mut self) -> &mut PseudoHeaderMap {
         let info = &self.info;
-        self.response_headers
-            .get_or_insert_with(|| info.response_headers.get().cloned().unwrap_or_default())
+        self.response_headers.get_or_insert_with(|| {
+            info.response_headers
+                .get()
+                .map(|headers| PseudoHeaderMap::clone(headers))
+                .unwrap_or_default()
+        })
     }
 }
 
@@ -649,8 +659,8 @@ mod tests {
             Some(&b"/handed"[..])
         );
         first.request_headers = None;
-        info.request_headers.set(path("/final")).unwrap();
-        info.response_headers.set(status("200")).unwrap();
+        info.request_headers.set(Box::new(path("/final"))).unwrap();
+        info.response_headers.set(Box::new(status("200"))).unwrap();
         for stream in [&first, &second] {
             assert_eq!(
                 stream.request_headers_view().value(b":path"),
@@ -667,7 +677,7 @@ mod tests {
     #[test]
     fn an_edit_after_the_phase_changes_only_the_plugins_own_copy() {
         let info = info();
-        info.request_headers.set(path("/final")).unwrap();
+        info.request_headers.set(Box::new(path("/final"))).unwrap();
         let mut editing = StreamState::new(1, Callbacks::ALL, info.clone());
         let reading = StreamState::new(1, Callbacks::ALL, info.clone());
         editing.request_headers_mut().add(b"x-late", b"1");

@@ -246,12 +246,12 @@ impl PluginRun {
         match result {
             Ok(()) => {
                 if self.reads_request_head_later() {
-                    let _ = self.info.request_headers.set(headers.clone());
+                    let _ = self.info.request_headers.set(Box::new(headers.clone()));
                 }
                 Ok(headers)
             }
             Err(stop) => {
-                let _ = self.info.request_headers.set(headers);
+                let _ = self.info.request_headers.set(Box::new(headers));
                 Err(stop)
             }
         }
@@ -789,7 +789,7 @@ impl PluginRun {
     /// Records the response head that went downstream, which plugins read from then on.
     pub fn set_final_response(&mut self, status: u16, headers: PseudoHeaderMap) {
         self.final_status = Some(status);
-        let _ = self.info.response_headers.set(headers);
+        let _ = self.info.response_headers.set(Box::new(headers));
     }
 
     /// Records the status that went downstream, for a run whose plugins read no response
