@@ -127,11 +127,14 @@ fn build_bundled_plugins(manifest_dir: &Path, out_dir: &Path) {
     let plugins_dir = repo.join("plugins");
     let sdk_dir = repo.join("sdk");
     rerun_if_changed(&plugins_dir);
-    println!(
-        "cargo:rerun-if-changed={}",
-        sdk_dir.join("Cargo.toml").display()
-    );
-    println!("cargo:rerun-if-changed={}", sdk_dir.join("src").display());
+    // The SDK and its heap, which every plugin links.
+    for crate_dir in [sdk_dir.clone(), sdk_dir.join("heap")] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            crate_dir.join("Cargo.toml").display()
+        );
+        println!("cargo:rerun-if-changed={}", crate_dir.join("src").display());
+    }
 
     let members = cdylib_members(&plugins_dir);
     let target_dir = workspace_target_dir(out_dir).join("plugins");
