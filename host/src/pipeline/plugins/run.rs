@@ -5,6 +5,7 @@
 //! no message to another task, no channel per request, unless a plugin starts a callout or
 //! the request body streams through the chain.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -17,11 +18,11 @@ use super::{
 use crate::config::FailurePolicy;
 use crate::upstream::BoxError;
 use crate::wasm::abi::Action;
-use crate::wasm::callbacks::StreamCallback;
+use crate::wasm::callbacks::{Callbacks, StreamCallback};
 use crate::wasm::circuit::Admission;
 use crate::wasm::header_map::{Pseudo, PseudoHeaderMap};
-use crate::wasm::host::{LocalResponse, StreamState};
-use crate::wasm::plugin::{Plugin, PluginFailure};
+use crate::wasm::host::{LocalResponse, StreamInfo, StreamState};
+use crate::wasm::plugin::{Plugin, PluginFailure, Roots};
 
 /// What one response body chunk did in one plugin.
 enum ChunkOutcome {
@@ -38,6 +39,27 @@ enum ChunkOutcome {
 enum Direction {
     Request,
     Response,
+}
+
+/// Where a plugin's part of a request starts in a visit to its VM.
+enum StreamStart {
+    /// The plugin's context for the request, created earlier.
+    Running(u32),
+    /// No context yet: one is created first, from the request's facts.
+    Create(Arc<StreamInfo>),
+}
+
+/// A new stream context, its wake-up and the callbacks its configuration needs.
+type CreatedStream = (u32, Arc<tokio::sync::Notify>, Callbacks);
+
+/// Creates a request's context in the plugin's root context for its route.
+fn create_stream(
+    vm: &mut crate::wasm::vm::Vm,
+    roots: &Roots,
+    info: Arc<StreamInfo>,
+) -> Result<CreatedStream, crate::wasm::vm::VmTrap> {
+    let root = Plugin::root_context(roots, &info.route_name);
+    vm.create_stream(root, info)
 }
 
 impl PluginRun {
@@ -71,45 +93,58 @@ impl PluginRun {
     /// the request goes on and the plugin sees its remaining phases (a redactor still
     /// redacts the response, metering still gets `on_log`).
     fn context(&mut self, index: usize) -> Result<Option<u32>, Stopped> {
+        let info = match self.start(index)? {
+            None => return Ok(None),
+            Some(StreamStart::Running(context)) => return Ok(Some(context)),
+            Some(StreamStart::Create(info)) => info,
+        };
+        let created = self.entries[index]
+            .plugin
+            .with_vm(|vm, roots| create_stream(vm, roots, info));
+        match created {
+            Ok(created) => Ok(Some(self.created(index, created))),
+            Err(failure) => self.fail(index, failure).map(|()| None),
+        }
+    }
+
+    /// What [`Self::context`] finds before it visits the VM: the plugin's context, or the
+    /// facts to create one with once the circuit admits the plugin; `None` for a plugin
+    /// skipped or refused (with its failure policy applied).
+    fn start(&mut self, index: usize) -> Result<Option<StreamStart>, Stopped> {
         if self.entries[index].skipped {
             return Ok(None);
         }
         if let Some(context) = self.entries[index].context {
             let entry = &self.entries[index];
             if entry.plugin.is_current(entry.vm) {
-                return Ok(Some(context));
+                return Ok(Some(StreamStart::Running(context)));
             }
             tracing::warn!(plugin = %entry.plugin.name, route = %self.info.route_name, phase = self.phase, "another request's trap replaced the plugin's VM; this request goes on with a fresh context");
             self.entries[index].context = None;
         }
-        let plugin = self.entries[index].plugin.clone();
         // One relaxed atomic load while the circuit is closed.
-        match plugin.circuit.admit() {
+        match self.entries[index].plugin.circuit.admit() {
             Admission::Run => {}
             Admission::Probe => self.entries[index].probe = true,
             Admission::Refused => {
                 return self.fail(index, PluginFailure::CircuitOpen).map(|()| None);
             }
         }
-        let info = self.info.clone();
-        let created = plugin.with_vm(|vm, roots| {
-            let root = Plugin::root_context(roots, &info.route_name);
-            vm.create_stream(root, info)
-        });
-        match created {
-            Ok((context, wake, needed)) => {
-                let entry = &mut self.entries[index];
-                // The plugin's configuration for this route may need fewer callbacks than
-                // its module has (a transformer without body rules reads no body).
-                entry.callbacks = entry.callbacks.restricted_to(needed);
-                entry.context = Some(context);
-                entry.wake = Some(wake);
-                entry.vm = plugin.vm_ticket();
-                entry.holding_body = false;
-                Ok(Some(context))
-            }
-            Err(failure) => self.fail(index, failure).map(|()| None),
-        }
+        Ok(Some(StreamStart::Create(self.info.clone())))
+    }
+
+    /// Keeps what creating plugin `index`'s context made; returns the context.
+    fn created(&mut self, index: usize, (context, wake, needed): CreatedStream) -> u32 {
+        let vm = self.entries[index].plugin.vm_ticket();
+        let entry = &mut self.entries[index];
+        // The plugin's configuration for this route may need fewer callbacks than its
+        // module has (a transformer without body rules reads no body).
+        entry.callbacks = entry.callbacks.restricted_to(needed);
+        entry.context = Some(context);
+        entry.wake = Some(wake);
+        entry.vm = vm;
+        entry.holding_body = false;
+        context
     }
 
     /// Runs a callback, then waits while the plugin pauses until it resumes, answers or
@@ -125,7 +160,7 @@ impl PluginRun {
         direction: Direction,
         call: impl FnOnce(&mut crate::wasm::vm::Vm, u32) -> Result<Action, crate::wasm::vm::VmTrap>,
     ) -> Result<(), Stopped> {
-        let Some(context) = self.context(index)? else {
+        let Some(start) = self.start(index)? else {
             return Ok(());
         };
         let span = self
@@ -133,9 +168,11 @@ impl PluginRun {
             .trace
             .as_ref()
             .map(|trace| trace.plugin_phase(&self.entries[index].plugin.name, self.phase));
-        let result = match self.run_callback(index, context, direction, call) {
-            Ok(true) => crate::boxed!(self.wait_for_decision(index, context, direction)).await,
-            Ok(false) => Ok(()),
+        let result = match self.run_callback(index, start, direction, call) {
+            Ok(Some(context)) => {
+                crate::boxed!(self.wait_for_decision(index, context, direction)).await
+            }
+            Ok(None) => Ok(()),
             Err(stopped) => Err(stopped),
         };
         if let Some(span) = span {
@@ -151,21 +188,41 @@ impl PluginRun {
     }
 
     /// The callback of [`Self::settle`] and a first look at what it decided, in one visit to
-    /// the VM: `Ok(true)` when the plugin paused the stream and has not resumed it yet.
+    /// the VM, which also creates the plugin's context when the request has none there yet:
+    /// `Ok(Some(context))` when the plugin paused the stream and has not resumed it yet.
     fn run_callback(
         &mut self,
         index: usize,
-        context: u32,
+        start: StreamStart,
         direction: Direction,
         call: impl FnOnce(&mut crate::wasm::vm::Vm, u32) -> Result<Action, crate::wasm::vm::VmTrap>,
-    ) -> Result<bool, Stopped> {
-        let first = self.entries[index].plugin.with_vm(|vm, _| {
+    ) -> Result<Option<u32>, Stopped> {
+        let first = self.entries[index].plugin.with_vm(|vm, roots| {
+            let (context, created) = match start {
+                StreamStart::Running(context) => (context, None),
+                StreamStart::Create(info) => {
+                    let created = create_stream(vm, roots, info)?;
+                    (created.0, Some(created))
+                }
+            };
             let action = call(vm, context)?;
-            Ok((action, take_signals(vm, context, direction)))
+            Ok((
+                context,
+                created,
+                action,
+                take_signals(vm, context, direction),
+            ))
         });
         match first {
-            Ok((action, signals)) => self.still_paused(index, action == Action::Pause, signals),
-            Err(failure) => self.fail(index, failure).map(|()| false),
+            Ok((context, created, action, signals)) => {
+                if let Some(created) = created {
+                    self.created(index, created);
+                }
+                let paused = self.still_paused(index, action == Action::Pause, signals)?;
+                Ok(paused.then_some(context))
+            }
+            // A context created in this visit went with the VM.
+            Err(failure) => self.fail(index, failure).map(|()| None),
         }
     }
 
