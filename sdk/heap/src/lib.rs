@@ -7,16 +7,16 @@
 //! a context is boxed, a key or a header value is built — and frees most of them before its
 //! callback returns. dlmalloc finds such a block in its bins, splits it and merges it back
 //! with its neighbours when freed: about 35 instructions a `malloc` and as many a `free` in
-//! the compiled guest, about 1,500 a request for each of the bundled key-auth and
+//! the compiled guest, 1,500 to 1,700 a request in each of the bundled key-auth and
 //! rate-limit. A free list takes one load and one store each way, and is inlined into
 //! Rust's allocator entry points, so that an allocation also enters one guest function
 //! fewer (the host's engine checks its CPU deadline on entry to every guest function).
 //!
 //! The price: a block is rounded up to its class (at most a quarter more than asked,
 //! 16 bytes at least), and a freed block stays in its class for the next allocation of
-//! that size instead of going back to the backing allocator. Blocks are carved from
-//! 16 KiB chunks of the backing allocator; a plugin's small allocations at their peak
-//! are what it keeps.
+//! that size instead of going back to the backing allocator: each class holds as many
+//! blocks as the plugin ever had in use at once of that size (a guest's linear memory never
+//! shrinks anyway). Blocks are carved from 16 KiB chunks of the backing allocator.
 //!
 //! A guest runs one callback at a time on one thread (`wasm32` without the `atomics`
 //! feature), so the lists are plain pointers, with no lock. On other targets the type is
