@@ -42,8 +42,7 @@
 /// request's futures run to kilobytes, and a future moved by value is copied whole;
 /// `Box::pin` makes the future on the stack and copies it in, while this writes it into the
 /// box directly (a macro, since the future has to be made inside the call that boxes it for
-/// the copy to be left out), and what moves on is a pointer.
-#[macro_export]
+/// the copy to be left out), and what moves on is a pointer. Internal to the crate.
 macro_rules! boxed {
     ($future:expr) => {
         ::std::boxed::Box::into_pin(::std::boxed::Box::write(
@@ -52,6 +51,7 @@ macro_rules! boxed {
         ))
     };
 }
+pub(crate) use boxed;
 
 pub mod admin;
 pub mod allocator;
