@@ -317,10 +317,11 @@ impl PseudoHeaderMap {
         self.headers.remove(name);
     }
 
-    /// Removes `name` (present) where the names after it have one value each, as it is
-    /// commonly (a plugin removing a credential the client sent): they come off the end of
-    /// the map, where `HeaderMap::remove` moves nothing, and go back in their order after
-    /// `name` went, with no map built anew. False, with the map as it was, otherwise.
+    /// Removes `name` (present) where at most one name follows it, or where the few names
+    /// after it have one value each, as it is commonly (a plugin removing a credential the
+    /// client sent): those come off the end of the map, where `HeaderMap::remove` moves
+    /// nothing, and go back in their order after `name` went, with no map built anew. False,
+    /// with the map as it was, otherwise.
     fn remove_keeping_order(&mut self, name: &HeaderName) -> bool {
         /// Names after the removed one moved this way; past them, the order is kept aside.
         const MOVED: usize = 8;
@@ -333,6 +334,12 @@ impl PseudoHeaderMap {
                 return false;
             }
             later.push(later_name.clone());
+        }
+        if later.len() <= 1 {
+            // `HeaderMap::remove` moves the last name into the removed one's place: with at
+            // most one name after it, that is where the last name belongs.
+            self.headers.remove(name);
+            return true;
         }
         if later
             .iter()
