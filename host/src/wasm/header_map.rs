@@ -317,29 +317,23 @@ impl PseudoHeaderMap {
         self.headers.remove(name);
     }
 
-    /// Removes `name` (present) where at most one name follows it, or where the few names
-    /// after it have one value each, as it is commonly (a plugin removing a credential the
-    /// client sent): those come off the end of the map, where `HeaderMap::remove` moves
-    /// nothing, and go back in their order after `name` went, with no map built anew. False,
-    /// with the map as it was, otherwise.
+    /// Removes `name` (present) and keeps the order of the names after it, where those are
+    /// few and, but for the first, have one value each, as they commonly are (a plugin
+    /// removing a credential the client sent). `HeaderMap::remove` moves the map's last name
+    /// into the removed one's place, so the names after the first come off the end first,
+    /// where removing moves nothing; then the first of them is the last, and takes `name`'s
+    /// place, which is its own; the others go back on after it, in their order. With one name
+    /// after `name`, or none, that is one removal. False, with the map as it was, otherwise.
     fn remove_keeping_order(&mut self, name: &HeaderName) -> bool {
-        /// Names after the removed one moved this way; past them, the order is kept aside.
+        /// Names taken off the end and put back this way; past them, the order is kept aside.
         const MOVED: usize = 8;
         let mut later: SmallVec<[HeaderName; MOVED]> = SmallVec::new();
-        for (index, later_name) in self.headers.keys().skip_while(|n| *n != name).enumerate() {
-            if index == 0 {
-                continue;
-            }
+        // `name` itself, then the name that will take its place.
+        for later_name in self.headers.keys().skip_while(|n| *n != name).skip(2) {
             if later.len() == MOVED {
                 return false;
             }
             later.push(later_name.clone());
-        }
-        if later.len() <= 1 {
-            // `HeaderMap::remove` moves the last name into the removed one's place: with at
-            // most one name after it, that is where the last name belongs.
-            self.headers.remove(name);
-            return true;
         }
         if later
             .iter()
@@ -596,7 +590,8 @@ mod tests {
         );
         map.remove(b"x-missing");
         assert_eq!(map.len(), 7);
-        // A name before one with several values: the map is built anew, in order.
+        // The name right after the removed one may have several values: it takes the
+        // removed one's place; the names after it, with one value each, move back after it.
         let mut map = request();
         map.replace(b"host", b"plugin.example");
         map.remove(b"host");
@@ -604,12 +599,27 @@ mod tests {
             pairs(&map)[4..],
             owned(&[("x-a", "1"), ("x-a", "3"), ("x-b", "2"), ("x-c", "4")])[..],
         );
-        // Names after the removed one with one value each move back after it, in order.
         map.add(b"x-d", b"5");
         map.remove(b"x-b");
         assert_eq!(
             pairs(&map)[4..],
             owned(&[("x-a", "1"), ("x-a", "3"), ("x-c", "4"), ("x-d", "5")])[..],
+        );
+        assert!(map.order.is_none(), "the map's own order stayed right");
+        // A later name with several values: the order is kept aside, and still right.
+        let mut map = request();
+        map.add(b"x-b", b"5");
+        map.remove(b"host");
+        assert!(map.order.is_some(), "the order was kept aside");
+        assert_eq!(
+            pairs(&map)[4..],
+            owned(&[
+                ("x-a", "1"),
+                ("x-a", "3"),
+                ("x-b", "2"),
+                ("x-b", "5"),
+                ("x-c", "4")
+            ])[..],
         );
     }
 
