@@ -6,6 +6,7 @@
 
 pub mod assemblyscript;
 pub mod backends;
+pub mod billing;
 pub mod bundled;
 pub mod certs;
 pub mod clients;

@@ -18,93 +18,20 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use http_body_util::Full;
-use serde_json::{json, Value};
-use tempfile::TempDir;
+use serde_json::json;
 use tollgate_tests::backends::{self, Backend};
+use tollgate_tests::billing::BillingCollector;
 use tollgate_tests::bundled::METERING;
 use tollgate_tests::clients::{get_request, request, HttpClient};
-use tollgate_tests::gateway::{free_loopback_addr, Gateway};
+use tollgate_tests::gateway::Gateway;
 use tollgate_tests::plugins::{plugins_file, PluginSpec, TP_RETIRE};
 use tollgate_tests::scenario::{Running, Scenario};
-
-/// The demo billing collector as a child process, killed when dropped.
-struct Collector {
-    child: Child,
-    _dir: TempDir,
-    out: PathBuf,
-    addr: SocketAddr,
-}
-
-impl Collector {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let out = dir.path().join("usage.jsonl");
-        let addr = free_loopback_addr();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_demo-backend"))
-            .args(["billing", "--listen", &addr.to_string(), "--out"])
-            .arg(&out)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn demo-backend billing");
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Self {
-                    child,
-                    _dir: dir,
-                    out,
-                    addr,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the billing collector did not listen on {addr}");
-    }
-
-    fn down_marker(&self) -> PathBuf {
-        self.out.with_extension("jsonl.down")
-    }
-
-    /// Requests billed so far (the sum of the records' `requests`).
-    fn billed(&self) -> u64 {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| {
-                let record: Value = serde_json::from_str(line).expect("a JSON record per line");
-                record["requests"].as_u64().expect("requests is a number")
-            })
-            .sum()
-    }
-
-    /// Waits (bounded) until at least `count` requests are billed; returns the total.
-    async fn wait_for(&self, count: u64, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let billed = self.billed();
-            if billed >= count || Instant::now() > deadline {
-                return billed;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The metering plugin, from `module`, flushing every `flush_interval_ms`.
 fn metering(module: &str, flush_interval_ms: u64) -> PluginSpec {
@@ -248,8 +175,10 @@ async fn terminate(gateway: &mut Gateway) {
 }
 
 /// After the expected total arrived, a little longer: nothing more may come (no repeats).
-async fn assert_billed_exactly(collector: &Collector, expected: u64, gateway: &Gateway) {
-    let billed = collector.wait_for(expected, Duration::from_secs(10)).await;
+async fn assert_billed_exactly(collector: &BillingCollector, expected: u64, gateway: &Gateway) {
+    let billed = collector
+        .wait_for_billed(expected, Duration::from_secs(10))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = collector.billed();
     assert_eq!(
@@ -263,9 +192,9 @@ async fn assert_billed_exactly(collector: &Collector, expected: u64, gateway: &G
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_requests_in_flight_bills_every_answered_request_once() {
-    let collector = Collector::start().await;
+    let collector = BillingCollector::start(env!("CARGO_BIN_EXE_demo-backend")).await;
     let mut setup = start(
-        collector.addr,
+        collector.addr(),
         &[metering("metering.wasm", NO_TICKS_MS)],
         "10s",
     )
@@ -330,9 +259,9 @@ async fn sigterm_with_requests_in_flight_bills_every_answered_request_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_swap_under_load_loses_no_record() {
-    let collector = Collector::start().await;
+    let collector = BillingCollector::start(env!("CARGO_BIN_EXE_demo-backend")).await;
     let mut setup = start(
-        collector.addr,
+        collector.addr(),
         &[metering("metering.wasm", NO_TICKS_MS)],
         "10s",
     )
@@ -354,7 +283,7 @@ async fn a_module_swap_under_load_loses_no_record() {
     wait_for_reloads(&setup.gateway, 1).await;
     // The old VMs flushed from on_done (no tick came): at least what they served arrives.
     let billed = collector
-        .wait_for(before_swap, Duration::from_secs(10))
+        .wait_for_billed(before_swap, Duration::from_secs(10))
         .await;
     assert!(
         billed >= before_swap,
@@ -371,9 +300,9 @@ async fn a_module_swap_under_load_loses_no_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_reload_under_load_loses_no_record() {
-    let collector = Collector::start().await;
+    let collector = BillingCollector::start(env!("CARGO_BIN_EXE_demo-backend")).await;
     let mut setup = start(
-        collector.addr,
+        collector.addr(),
         &[metering("metering.wasm", NO_TICKS_MS)],
         "10s",
     )
@@ -394,7 +323,7 @@ async fn a_policy_reload_under_load_loses_no_record() {
     );
     wait_for_reloads(&setup.gateway, 1).await;
     let billed = collector
-        .wait_for(before_reload, Duration::from_secs(10))
+        .wait_for_billed(before_reload, Duration::from_secs(10))
         .await;
     assert!(
         billed >= before_reload,
@@ -411,9 +340,9 @@ async fn a_policy_reload_under_load_loses_no_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_billing_outage_then_recovery_delivers_the_backlog_once() {
-    let collector = Collector::start().await;
+    let collector = BillingCollector::start(env!("CARGO_BIN_EXE_demo-backend")).await;
     std::fs::write(collector.down_marker(), b"").unwrap();
-    let mut setup = start(collector.addr, &[metering("metering.wasm", 100)], "10s").await;
+    let mut setup = start(collector.addr(), &[metering("metering.wasm", 100)], "10s").await;
     let client = HttpClient::http1();
     let addr = setup.gateway.listener("public");
     for i in 0..45 {
@@ -486,7 +415,7 @@ async fn a_batch_answered_too_late_is_sent_again_under_its_key_and_billed_once()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_collector_stores_a_batch_sent_twice_under_one_key_once() {
-    let collector = Collector::start().await;
+    let collector = BillingCollector::start(env!("CARGO_BIN_EXE_demo-backend")).await;
     let client = HttpClient::http1();
     let batch = json!({
         "batch_id": "vm-1",
@@ -494,7 +423,7 @@ async fn the_collector_stores_a_batch_sent_twice_under_one_key_once() {
     })
     .to_string();
     let post = |key: &str| {
-        request("POST", collector.addr, "billing", "/v1/usage")
+        request("POST", collector.addr(), "billing", "/v1/usage")
             .header("idempotency-key", key)
             .body(Full::from(batch.clone()))
             .unwrap()
@@ -531,8 +460,8 @@ fn retire_calls(echo: &Backend, tag: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_context_not_done_keeps_its_vm_until_proxy_done() {
-    let collector = Collector::start().await;
-    let mut setup = start(collector.addr, &[retiring("late", "late", true)], "20s").await;
+    let collector = BillingCollector::start(env!("CARGO_BIN_EXE_demo-backend")).await;
+    let mut setup = start(collector.addr(), &[retiring("late", "late", true)], "20s").await;
     assert!(
         retire_calls(setup.gateway.backend("echo"), "late").is_empty(),
         "nothing before on_done"
@@ -568,8 +497,8 @@ async fn a_root_context_not_done_keeps_its_vm_until_proxy_done() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_root_context_that_never_calls_proxy_done_is_cut_at_the_drain_timeout() {
-    let collector = Collector::start().await;
-    let mut setup = start(collector.addr, &[retiring("stuck", "stuck", false)], "3s").await;
+    let collector = BillingCollector::start(env!("CARGO_BIN_EXE_demo-backend")).await;
+    let mut setup = start(collector.addr(), &[retiring("stuck", "stuck", false)], "3s").await;
     let signalled = Instant::now();
     terminate(&mut setup.gateway).await;
     let elapsed = signalled.elapsed();
@@ -592,9 +521,9 @@ async fn a_root_context_that_never_calls_proxy_done_is_cut_at_the_drain_timeout(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_retires_only_the_changed_plugin_and_does_not_wait_for_it() {
-    let collector = Collector::start().await;
+    let collector = BillingCollector::start(env!("CARGO_BIN_EXE_demo-backend")).await;
     let setup = start(
-        collector.addr,
+        collector.addr(),
         &[
             retiring("kept", "kept", false),
             retiring("changed", "old", false),

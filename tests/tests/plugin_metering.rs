@@ -9,93 +9,18 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::{json, Value};
-use tempfile::TempDir;
+use tollgate_tests::billing::BillingCollector;
 use tollgate_tests::bundled::{KEY_AUTH, METERING};
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
-use tollgate_tests::gateway::{free_loopback_addr, Gateway};
+use tollgate_tests::gateway::Gateway;
 use tollgate_tests::plugins::PluginSpec;
 use tollgate_tests::prometheus::sample_sum;
 use tollgate_tests::scenario::{Running, Scenario};
-
-/// The demo billing collector as a child process, killed when dropped.
-struct Collector {
-    child: Child,
-    _dir: TempDir,
-    out: PathBuf,
-    addr: SocketAddr,
-}
-
-impl Collector {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let out = dir.path().join("usage.jsonl");
-        let addr = free_loopback_addr();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_demo-backend"))
-            .args(["billing", "--listen", &addr.to_string(), "--out"])
-            .arg(&out)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn demo-backend billing");
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Self {
-                    child,
-                    _dir: dir,
-                    out,
-                    addr,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the billing collector did not listen on {addr}");
-    }
-
-    fn down_marker(&self) -> PathBuf {
-        self.out.with_extension("jsonl.down")
-    }
-
-    fn records(&self) -> Vec<Value> {
-        read_records(&self.out)
-    }
-
-    /// Waits (bounded) until at least `count` records arrived.
-    async fn wait_for(&self, count: usize, timeout: Duration) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let records = self.records();
-            if records.len() >= count || tokio::time::Instant::now() > deadline {
-                return records;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read_records(path: &Path) -> Vec<Value> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("each line is a JSON record"))
-        .collect()
-}
 
 fn key_auth() -> PluginSpec {
     PluginSpec::new("auth", KEY_AUTH)
@@ -122,10 +47,10 @@ fn metering(extra: Value) -> PluginSpec {
     PluginSpec::new("metering", METERING).config(config)
 }
 
-async fn start(collector: &Collector, plugins: &[PluginSpec]) -> Running {
+async fn start(collector: &BillingCollector, plugins: &[PluginSpec]) -> Running {
     Scenario::new()
         .echo("echo")
-        .cluster_at("billing", collector.addr)
+        .cluster_at("billing", collector.addr())
         .forward("api", "/api", "echo")
         .forward("other", "/other", "echo")
         .plugins(plugins)
@@ -174,7 +99,7 @@ fn key(consumer: &str, route: &str, class: &str) -> (String, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_is_billed_once_per_consumer_and_route() {
-    let collector = Collector::start().await;
+    let collector = BillingCollector::start(env!("CARGO_BIN_EXE_demo-backend")).await;
     let gateway = start(&collector, &[key_auth(), metering(json!({}))]).await;
     let client = HttpClient::http1();
     for i in 0..12 {
@@ -197,7 +122,9 @@ async fn every_request_is_billed_once_per_consumer_and_route() {
         let response = send(&client, &gateway, "GET", "/other/y", "k-bob", "").await;
         assert_eq!(response.status, StatusCode::OK);
     }
-    let records = collector.wait_for(24, Duration::from_secs(10)).await;
+    let records = collector
+        .wait_for_records(24, Duration::from_secs(10))
+        .await;
     // A little longer: nothing beyond the 24 may arrive (no duplicates).
     tokio::time::sleep(Duration::from_millis(400)).await;
     let records_after = collector.records();
@@ -273,7 +200,7 @@ async fn every_request_is_billed_once_per_consumer_and_route() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_billing_outage_loses_no_records() {
-    let collector = Collector::start().await;
+    let collector = BillingCollector::start(env!("CARGO_BIN_EXE_demo-backend")).await;
     let gateway = start(&collector, &[key_auth(), metering(json!({}))]).await;
     let client = HttpClient::http1();
     fs::write(collector.down_marker(), "").expect("create the outage marker");
@@ -308,7 +235,9 @@ async fn a_billing_outage_loses_no_records() {
     );
     fs::remove_file(collector.down_marker()).expect("end the outage");
 
-    let records = collector.wait_for(30, Duration::from_secs(10)).await;
+    let records = collector
+        .wait_for_records(30, Duration::from_secs(10))
+        .await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(records.len(), 30, "every record arrives after the outage");
     assert_eq!(collector.records().len(), 30, "and none twice");
@@ -337,7 +266,7 @@ async fn a_billing_outage_loses_no_records() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drops_only_past_the_backlog_bound_and_counted() {
-    let collector = Collector::start().await;
+    let collector = BillingCollector::start(env!("CARGO_BIN_EXE_demo-backend")).await;
     let plugins = [
         key_auth(),
         metering(json!({ "max_batch": 5, "max_backlog": 5 })),
@@ -386,14 +315,14 @@ async fn drops_only_past_the_backlog_bound_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_refused_by_an_earlier_plugin_are_billed_with_their_details() {
-    let collector = Collector::start().await;
+    let collector = BillingCollector::start(env!("CARGO_BIN_EXE_demo-backend")).await;
     let gateway = start(&collector, &[key_auth(), metering(json!({}))]).await;
     let client = HttpClient::http1();
     for _ in 0..3 {
         let response = send(&client, &gateway, "DELETE", "/api/secret", "wrong-key", "").await;
         assert_eq!(response.status, StatusCode::UNAUTHORIZED);
     }
-    let records = collector.wait_for(3, Duration::from_secs(10)).await;
+    let records = collector.wait_for_records(3, Duration::from_secs(10)).await;
     assert_eq!(
         records.len(),
         3,
