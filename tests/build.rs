@@ -127,8 +127,8 @@ fn build_bundled_plugins(manifest_dir: &Path, out_dir: &Path) {
     let plugins_dir = repo.join("plugins");
     let sdk_dir = repo.join("sdk");
     rerun_if_changed(&plugins_dir);
-    // The SDK and its heap, which every plugin links.
-    for crate_dir in [sdk_dir.clone(), sdk_dir.join("heap")] {
+    // The SDK, its heap and its host calls, which every plugin links.
+    for crate_dir in [sdk_dir.clone(), sdk_dir.join("heap"), sdk_dir.join("abi")] {
         println!(
             "cargo:rerun-if-changed={}",
             crate_dir.join("Cargo.toml").display()

@@ -114,8 +114,8 @@ pub fn set_parts(name: &str, groups: &str) {
     } else {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, GROUPS_HEADER, Some(groups));
     }
-    let _ = hostcalls::set_property(vec![CONSUMER_PROPERTY], Some(name.as_bytes()));
-    let _ = hostcalls::set_property(vec![GROUPS_PROPERTY], Some(groups.as_bytes()));
+    crate::property::set(&[CONSUMER_PROPERTY], name.as_bytes());
+    crate::property::set(&[GROUPS_PROPERTY], groups.as_bytes());
 }
 
 /// The consumer an auth plugin recorded on this request, if any: the property first, then

@@ -10,6 +10,7 @@
 //! | [`config`] | typed JSON configuration; errors name the field (`field "plans.gold.burst": ...`) |
 //! | [`route`] | per-route rule tables keyed by the `xds.route_name` property |
 //! | [`secret`] | secrets compared in a time that does not tell how much matched |
+//! | [`property`] | properties read and written with no allocation for the path |
 //! | [`consumer`] | the consumer identity set by auth plugins, read by acl, limits, billing |
 //! | [`shared`] | counters, token buckets, fixed and sliding windows over shared data (CAS) |
 //! | [`metrics`] | metric names with tags (`consumer`, `route`) that hosts export as labels |
@@ -99,6 +100,7 @@ pub mod global_limit;
 pub mod json;
 pub mod metrics;
 pub mod plugin;
+pub mod property;
 pub mod ratelimit_service;
 pub mod route;
 pub mod secret;
@@ -164,7 +166,7 @@ impl Counter {
 /// A property as a string (`request.path`, `xds.route_name`, ...); `None` when missing or
 /// not UTF-8.
 pub fn property_string(path: &[&str]) -> Option<String> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok()??;
+    let bytes = property::get(path)?;
     String::from_utf8(bytes).ok()
 }
 
@@ -177,7 +179,7 @@ pub fn plugin_name(default: &str) -> String {
 
 /// A property holding an integer (Envoy encodes them as 8 bytes little-endian).
 pub fn property_u64(path: &[&str]) -> Option<u64> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok()??;
+    let bytes = property::get(path)?;
     decode_u64(&bytes)
 }
 
