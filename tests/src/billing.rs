@@ -75,23 +75,29 @@ impl BillingCollector {
 
     /// Waits (bounded) until at least `count` records arrived; returns them.
     pub async fn wait_for_records(&self, count: usize, timeout: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let records = self.records();
-            if records.len() >= count || Instant::now() > deadline {
-                return records;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_until(timeout, Self::records, |records| records.len() >= count)
+            .await
     }
 
     /// Waits (bounded) until at least `count` requests are billed; returns the total.
     pub async fn wait_for_billed(&self, count: u64, timeout: Duration) -> u64 {
+        self.wait_until(timeout, Self::billed, |billed| *billed >= count)
+            .await
+    }
+
+    /// Reads with `read` until `enough` holds or `timeout` passed; returns the last read
+    /// either way, so the caller's assertion shows what was seen.
+    async fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        read: impl Fn(&Self) -> T,
+        enough: impl Fn(&T) -> bool,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         loop {
-            let billed = self.billed();
-            if billed >= count || Instant::now() > deadline {
-                return billed;
+            let seen = read(self);
+            if enough(&seen) || Instant::now() > deadline {
+                return seen;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
