@@ -1,6 +1,7 @@
 //! The configuration: raw serde types, validated into [`Limits`].
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
 use tollgate_sdk::config::{ensure, ConfigError};
@@ -115,6 +116,10 @@ pub struct RawConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub name: String,
+    /// Tells this plan of these rules from every other one the VM has validated, in any
+    /// configuration: a [`BucketKey`](crate::logic::BucketKey) keeps the start of a key
+    /// while requests keep to one plan.
+    pub id: u64,
     /// Local mode: a token bucket in shared data.
     pub bucket: TokenBucket,
     /// Global mode: requests per window, in the unit the plan was written in.
@@ -197,6 +202,7 @@ fn plan(name: &str, raw: &RawPlan, global: bool) -> Result<Plan, ConfigError> {
     }
     Ok(Plan {
         name: name.to_owned(),
+        id: 0, // given by `find_plan` to each copy in rules
         bucket: TokenBucket {
             capacity: burst,
             refill_per_sec: rate,
@@ -205,8 +211,15 @@ fn plan(name: &str, raw: &RawPlan, global: bool) -> Result<Plan, ConfigError> {
     })
 }
 
+/// A copy of a plan for a set of rules, with an id of its own: the rules' scope is part of
+/// its bucket keys.
 fn find_plan(plans: &BTreeMap<String, Plan>, name: &str, path: &str) -> Result<Plan, ConfigError> {
-    plans.get(name).cloned().ok_or_else(|| {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let plan = plans.get(name).map(|plan| Plan {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        ..plan.clone()
+    });
+    plan.ok_or_else(|| {
         let known: Vec<&str> = plans.keys().map(String::as_str).collect();
         ConfigError::new(
             path,

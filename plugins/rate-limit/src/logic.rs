@@ -14,15 +14,59 @@ pub struct RequestFacts<'a> {
     pub route: Option<&'a str>,
 }
 
-/// The bucket for a request under `rules`: its plan, and its shared-data key written into
-/// `key` (cleared first: the glue passes the same buffer for every request, so a key costs
-/// no allocation once the buffer has grown). `None` when the request is not limited (rules
-/// disabled, `when_missing: allow` without a key, or no plan applies).
+/// A request's bucket key, `rate-limit|{plugin}|{scope}|{plan}|{kind}|{value}`, in one
+/// buffer the glue keeps for every request (a VM runs one callback at a time). Its start, up
+/// to the plan's name, depends only on the plan and its rules, so it stays in the buffer
+/// while requests keep to one plan (commonly every request: one default plan), and a key
+/// then costs its last two parts: no allocation and one short copy.
+#[derive(Debug)]
+pub struct BucketKey {
+    plugin: String,
+    key: String,
+    /// The plan whose start `key` holds (`Plan::id`), and that start's length.
+    start: Option<(u64, usize)>,
+}
+
+impl BucketKey {
+    pub fn new(plugin: &str) -> Self {
+        Self {
+            plugin: plugin.to_owned(),
+            key: String::new(),
+            start: None,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.key
+    }
+
+    fn write(&mut self, rules: &Rules, plan: &Plan, kind: &str, value: &str) {
+        match self.start {
+            Some((id, length)) if id == plan.id => self.key.truncate(length),
+            _ => {
+                self.key.clear();
+                self.key.push_str("rate-limit");
+                for part in [&self.plugin, &rules.scope, &plan.name] {
+                    self.key.push('|');
+                    self.key.push_str(part);
+                }
+                self.key.push('|');
+                self.start = Some((plan.id, self.key.len()));
+            }
+        }
+        self.key.push_str(kind);
+        self.key.push('|');
+        self.key.push_str(value);
+    }
+}
+
+/// The bucket for a request under `rules`: its plan, with its key written into `key`.
+/// `None` when the request is not limited (rules disabled, `when_missing: allow` without a
+/// key, or no plan applies).
 pub fn target<'a>(
     rules: &'a Rules,
-    plugin: &str,
     facts: &RequestFacts<'_>,
-    key: &mut String,
+    key: &mut BucketKey,
 ) -> Option<&'a Plan> {
     if !rules.enabled {
         return None;
@@ -42,13 +86,7 @@ pub fn target<'a>(
         },
     };
     let plan = rules.consumers.get(value).or(rules.default_plan.as_ref())?;
-    // `rate-limit|{plugin}|{scope}|{plan}|{kind}|{value}`
-    key.clear();
-    key.push_str("rate-limit");
-    for part in [plugin, &rules.scope, &plan.name, kind, value] {
-        key.push('|');
-        key.push_str(part);
-    }
+    key.write(rules, plan, kind, value);
     Some(plan)
 }
 
@@ -97,8 +135,11 @@ mod tests {
     }
 
     fn target<'a>(rules: &'a Rules, plugin: &str, facts: &RequestFacts<'_>) -> Option<Target<'a>> {
-        let mut key = String::new();
-        super::target(rules, plugin, facts, &mut key).map(|plan| Target { plan, key })
+        let mut key = BucketKey::new(plugin);
+        super::target(rules, facts, &mut key).map(|plan| Target {
+            plan,
+            key: key.as_str().to_owned(),
+        })
     }
 
     fn limits() -> crate::config::Limits {
@@ -187,6 +228,37 @@ mod tests {
             &facts(Some("alice"), None, "off")
         )
         .is_none());
+    }
+
+    #[test]
+    fn one_buffer_for_every_request_writes_the_keys_fresh_buffers_do() {
+        // The buffer keeps a key's start from one request to the next: requests that
+        // change plan, rules (the same plan name under another scope) or configuration
+        // (a reload validates the same plans again) must not keep a start that is not theirs.
+        let first = limits();
+        let reloaded = limits();
+        let requests = [
+            (&first, "api", Some("alice")),
+            (&first, "api", Some("alice")),
+            (&first, "api", Some("bob")),
+            (&first, "by-ip", Some("bob")),
+            (&first, "api", Some("carol")),
+            (&reloaded, "api", Some("carol")),
+            (&first, "shared-anon", None),
+            (&reloaded, "whole-route", None),
+            (&first, "api", Some("alice")),
+        ];
+        let mut kept = BucketKey::new("rl");
+        for (limits, route, consumer) in requests {
+            let rules = limits.rules.get(Some(route));
+            let facts = facts(consumer, None, route);
+            let plan = super::target(rules, &facts, &mut kept).unwrap();
+            let fresh = target(rules, "rl", &facts).unwrap();
+            assert_eq!(
+                (kept.as_str(), &plan.name),
+                (fresh.key.as_str(), &fresh.plan.name)
+            );
+        }
     }
 
     #[test]

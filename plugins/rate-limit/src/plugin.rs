@@ -13,7 +13,7 @@ use tollgate_sdk::shared::{Decision, SharedData};
 use tollgate_sdk::{Callbacks, Plugin};
 
 use crate::config::{KeySource, Limits, RawConfig, WhenMissing};
-use crate::logic::{self, RequestFacts};
+use crate::logic::{self, BucketKey, RequestFacts};
 
 tollgate_sdk::plugin!(RateLimit);
 
@@ -22,9 +22,8 @@ pub struct RateLimit {
     limits: Limits,
     /// The plugin's name (`plugin_name`), the prefix of its shared-data keys.
     plugin: String,
-    /// The bucket key of the request at hand, one buffer for every request (a VM runs one
-    /// callback at a time), so that building a key does not allocate.
-    key: RefCell<String>,
+    /// The bucket key of the request at hand, one buffer for every request.
+    key: RefCell<BucketKey>,
 }
 
 impl Plugin for RateLimit {
@@ -34,10 +33,11 @@ impl Plugin for RateLimit {
     const CALLBACKS: Callbacks = Callbacks::REQUEST_HEADERS.and(Callbacks::RESPONSE_HEADERS);
 
     fn from_config(config: RawConfig) -> Result<Self, ConfigError> {
+        let plugin = tollgate_sdk::plugin_name(Self::NAME);
         Ok(Self {
             limits: config.validate()?,
-            plugin: tollgate_sdk::plugin_name(Self::NAME),
-            key: RefCell::default(),
+            key: RefCell::new(BucketKey::new(&plugin)),
+            plugin,
         })
     }
 
@@ -134,14 +134,14 @@ impl HttpContext for Request {
             route: route.as_deref(),
         };
         let mut key = self.rate_limit.key.borrow_mut();
-        let Some(plan) = logic::target(rules, &self.rate_limit.plugin, &facts, &mut key) else {
+        let Some(plan) = logic::target(rules, &facts, &mut key) else {
             return Action::Continue;
         };
         if let Some(global) = &self.rate_limit.limits.global {
             // Counted by the rate limit service shared by every replica; the answer
             // resumes (or refuses) the request in `on_grpc_call_response`.
             let descriptor = Descriptor {
-                entries: vec![("rate-limit".to_owned(), key.clone())],
+                entries: vec![("rate-limit".to_owned(), key.as_str().to_owned())],
                 limit: Some(plan.window),
                 hits: None,
             };
@@ -153,20 +153,21 @@ impl HttpContext for Request {
                 Err(status) => self.service_failed(&format!("the call failed: {status:?}")),
             };
         }
-        let decision = match plan
-            .bucket
-            .try_take(&SharedData, &key, tollgate_sdk::now_nanos(), 1)
-        {
-            Ok(decision) => decision,
-            Err(error) => {
-                // Fail open: a limiter that cannot count must not take the API down.
-                tollgate_sdk::log(
-                    LogLevel::Warn,
-                    &format!("rate-limit: {error}; request allowed"),
-                );
-                return Action::Continue;
-            }
-        };
+        let decision =
+            match plan
+                .bucket
+                .try_take(&SharedData, key.as_str(), tollgate_sdk::now_nanos(), 1)
+            {
+                Ok(decision) => decision,
+                Err(error) => {
+                    // Fail open: a limiter that cannot count must not take the API down.
+                    tollgate_sdk::log(
+                        LogLevel::Warn,
+                        &format!("rate-limit: {error}; request allowed"),
+                    );
+                    return Action::Continue;
+                }
+            };
         if decision.allowed {
             self.decision = Some(decision);
             return Action::Continue;
