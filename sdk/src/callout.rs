@@ -140,7 +140,7 @@ pub fn read_response(num_headers: usize, body_size: usize) -> CallResponse {
     let headers = if num_headers == 0 {
         Vec::new()
     } else {
-        hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default()
+        crate::headers::pairs(MapType::HttpCallResponseHeaders)
     };
     let body = if body_size == 0 {
         Vec::new()

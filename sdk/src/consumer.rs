@@ -126,14 +126,8 @@ pub fn get() -> Option<Consumer> {
         let groups = crate::property_string(&[GROUPS_PROPERTY]).unwrap_or_default();
         return Some(Consumer::new(name, parse_groups(&groups)));
     }
-    let name = hostcalls::get_map_value(MapType::HttpRequestHeaders, CONSUMER_HEADER)
-        .ok()
-        .flatten()
-        .filter(|name| !name.is_empty())?;
-    let groups = hostcalls::get_map_value(MapType::HttpRequestHeaders, GROUPS_HEADER)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let name = crate::headers::request(CONSUMER_HEADER).filter(|name| !name.is_empty())?;
+    let groups = crate::headers::request(GROUPS_HEADER).unwrap_or_default();
     Some(Consumer::new(name, parse_groups(&groups)))
 }
 
@@ -144,10 +138,7 @@ pub fn name() -> Option<String> {
     if from_property.is_some() {
         return from_property;
     }
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, CONSUMER_HEADER)
-        .ok()
-        .flatten()
-        .filter(|name| !name.is_empty())
+    crate::headers::request(CONSUMER_HEADER).filter(|name| !name.is_empty())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! | [`plugin`] | the shape of every plugin: [`Plugin`], the root context [`Root`], [`plugin!`] |
 //! | [`config`] | typed JSON configuration; errors name the field (`field "plans.gold.burst": ...`) |
 //! | [`route`] | per-route rule tables keyed by the `xds.route_name` property |
+//! | [`headers`] | header values as text, whatever bytes were sent (never a panic) |
 //! | [`secret`] | secrets compared in a time that does not tell how much matched |
 //! | [`property`] | properties read and written with no allocation for the path |
 //! | [`consumer`] | the consumer identity set by auth plugins, read by acl, limits, billing |
@@ -97,6 +98,7 @@ pub mod callout;
 pub mod config;
 pub mod consumer;
 pub mod global_limit;
+pub mod headers;
 pub mod json;
 pub mod metrics;
 pub mod plugin;

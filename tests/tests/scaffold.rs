@@ -98,7 +98,7 @@ async fn a_scaffolded_plugin_builds_tests_and_runs_in_the_gateway() {
         crate_dir.join("Cargo.toml").is_file(),
         "no Cargo.toml: {output}"
     );
-    for file in ["src/lib.rs", "README.md", "Cargo.lock"] {
+    for file in ["src/lib.rs", "README.md", "Cargo.lock", "clippy.toml"] {
         assert!(crate_dir.join(file).is_file(), "{file} missing: {output}");
     }
     let readme = std::fs::read_to_string(crate_dir.join("README.md")).unwrap();

@@ -4,6 +4,7 @@ use std::rc::Rc;
 
 use tollgate_sdk::config::ConfigError;
 use tollgate_sdk::consumer::{self, Consumer};
+use tollgate_sdk::headers;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::Action;
 use tollgate_sdk::{Callbacks, Plugin};
@@ -37,7 +38,7 @@ impl Context for Request {}
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         consumer::strip_client_supplied();
-        let Some(authorization) = self.get_http_request_header("authorization") else {
+        let Some(authorization) = headers::request("authorization") else {
             return self.reject("missing credentials");
         };
         let Some(consumer) = self.auth.authenticate(&authorization) else {

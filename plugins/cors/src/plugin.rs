@@ -3,6 +3,7 @@
 use std::rc::Rc;
 
 use tollgate_sdk::config::ConfigError;
+use tollgate_sdk::headers;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::Action;
 use tollgate_sdk::{Callbacks, Plugin};
@@ -40,14 +41,14 @@ impl Context for Request {}
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(origin) = self.get_http_request_header("origin") else {
+        let Some(origin) = headers::request("origin") else {
             return Action::Continue;
         };
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let requested = self.get_http_request_header("access-control-request-method");
+        let method = headers::request(":method").unwrap_or_default();
+        let requested = headers::request("access-control-request-method");
         match (method.as_str(), requested) {
             ("OPTIONS", Some(requested)) => {
-                let asked = self.get_http_request_header("access-control-request-headers");
+                let asked = headers::request("access-control-request-headers");
                 match self.cors.preflight(&origin, &requested, asked.as_deref()) {
                     Preflight::Allowed(headers) => {
                         let pairs: Vec<(&str, &str)> = headers

@@ -6,8 +6,9 @@ use std::rc::Rc;
 use tollgate_sdk::callout::read_response;
 use tollgate_sdk::config::{ConfigError, Validate};
 use tollgate_sdk::consumer;
+use tollgate_sdk::headers;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
-use tollgate_sdk::proxy_wasm::types::{Action, LogLevel};
+use tollgate_sdk::proxy_wasm::types::{Action, LogLevel, MapType};
 use tollgate_sdk::{Callbacks, Counter, Plugin};
 
 use crate::logic::{Config, Decision, LocalReply, Original, FAILURE_MODE_ALLOWED_HEADER};
@@ -86,7 +87,7 @@ impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         consumer::strip_client_supplied();
         self.set_http_request_header(FAILURE_MODE_ALLOWED_HEADER, None);
-        let headers = self.get_http_request_headers();
+        let headers = headers::pairs(MapType::HttpRequestHeaders);
         let pseudo = |name: &str| {
             headers
                 .iter()

@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use tollgate_sdk::config::ConfigError;
 use tollgate_sdk::consumer;
+use tollgate_sdk::headers;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::Action;
 use tollgate_sdk::{Callbacks, Plugin};
@@ -81,14 +82,14 @@ impl Request {
         // `Proxy-Authorization` instead.
         let (carrier, authorization) = ["authorization", "proxy-authorization"]
             .into_iter()
-            .find_map(|name| Some((name, self.get_http_request_header(name)?)))
+            .find_map(|name| Some((name, headers::request(name)?)))
             .ok_or("the request is not signed (no Authorization header)")?;
         let credentials = Credentials::parse(&authorization)?;
         let algorithm = auth.admit(&credentials)?;
         let date = credentials
             .date_headers()
             .into_iter()
-            .find_map(|name| self.get_http_request_header(name));
+            .find_map(headers::request);
         let now = tollgate_sdk::now_secs();
         auth.check_date(date.as_deref(), now)?;
 
@@ -109,8 +110,12 @@ impl Request {
                 name
             };
             let value = self
-                .get_http_request_header(lookup)
+                .get_http_request_header_bytes(lookup)
                 .ok_or("a header the signature lists is missing from the request")?;
+            // A signature binds the bytes sent: a value that is not UTF-8 is refused rather
+            // than signed as text, where two such values could read alike.
+            let value = String::from_utf8(value)
+                .map_err(|_| "a header the signature lists is not UTF-8")?;
             values.push(value);
         }
         let mut values = values.iter();
@@ -133,7 +138,7 @@ impl Request {
         let (name, groups) = auth.verify(&credentials, algorithm, &lines)?;
 
         if auth.config.validate_request_body {
-            let digest = self.get_http_request_header("digest");
+            let digest = headers::request("digest");
             match (digest, end_of_stream) {
                 (Some(digest), true) if !digest_matches(&digest, b"") => {
                     return Err("the Digest header does not match the body")
@@ -150,8 +155,8 @@ impl Request {
     /// Method, path (with query) and protocol of the request line.
     fn request_line_parts(&self) -> (String, String, String) {
         (
-            self.get_http_request_header(":method").unwrap_or_default(),
-            self.get_http_request_header(":path").unwrap_or_default(),
+            headers::request(":method").unwrap_or_default(),
+            headers::request(":path").unwrap_or_default(),
             tollgate_sdk::property_string(&["request", "protocol"])
                 .unwrap_or_else(|| "HTTP/1.1".to_owned()),
         )

@@ -3,8 +3,9 @@
 use std::rc::Rc;
 
 use tollgate_sdk::config::ConfigError;
+use tollgate_sdk::headers;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
-use tollgate_sdk::proxy_wasm::types::Action;
+use tollgate_sdk::proxy_wasm::types::{Action, MapType};
 use tollgate_sdk::{Callbacks, Plugin};
 
 use crate::logic::{Config, IpRestriction};
@@ -39,7 +40,7 @@ impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let peer = tollgate_sdk::property_string(&["source", "address"]);
         let forwarded: Vec<String> = if self.rules.trusted_hops > 0 {
-            self.get_http_request_headers()
+            headers::pairs(MapType::HttpRequestHeaders)
                 .into_iter()
                 .filter(|(name, _)| name == "x-forwarded-for")
                 .map(|(_, value)| value)

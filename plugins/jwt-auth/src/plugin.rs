@@ -7,6 +7,7 @@ use std::time::Duration;
 use tollgate_sdk::callout::{self, HttpCall};
 use tollgate_sdk::config::ConfigError;
 use tollgate_sdk::consumer::{self, Consumer};
+use tollgate_sdk::headers;
 use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, LogLevel, MapType, Status};
@@ -354,8 +355,8 @@ impl HttpContext for Request {
         for header in config.claims_to_headers.values() {
             self.set_http_request_header(header, None);
         }
-        let path = self.get_http_request_header(":path").unwrap_or_default();
-        let header = self.get_http_request_header(&config.header);
+        let path = headers::request(":path").unwrap_or_default();
+        let header = headers::request(&config.header);
         let Some(token) = auth.token_from(header.as_deref(), &path) else {
             answer(config, Err(Failure::Missing));
             return Action::Pause;

@@ -4,6 +4,7 @@ use std::rc::Rc;
 
 use tollgate_sdk::config::ConfigError;
 use tollgate_sdk::consumer;
+use tollgate_sdk::headers;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::Action;
 use tollgate_sdk::{Callbacks, Plugin};
@@ -40,11 +41,9 @@ impl HttpContext for Request {
         // reaches the upstream) or goes on with `consumer::set_parts`, which replaces both
         // identity headers, so a client's copies never survive; stripping first would be two
         // more host calls per request.
-        let found = find_key(
-            &self.auth.config,
-            |name| self.get_http_request_header(name),
-            || self.get_http_request_header(":path").unwrap_or_default(),
-        );
+        let found = find_key(&self.auth.config, headers::request, || {
+            headers::request(":path").unwrap_or_default()
+        });
         let Some((place, key)) = found else {
             return self.reject("missing API key");
         };
@@ -55,7 +54,7 @@ impl HttpContext for Request {
             match place {
                 Found::Header(header) => self.set_http_request_header(header, None),
                 Found::Query(param) => {
-                    let path = self.get_http_request_header(":path").unwrap_or_default();
+                    let path = headers::request(":path").unwrap_or_default();
                     self.set_http_request_header(":path", Some(&strip_query_param(&path, param)))
                 }
             }

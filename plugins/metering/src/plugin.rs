@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tollgate_sdk::callout::{read_response, HttpCall};
+use tollgate_sdk::headers;
 use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
 use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
@@ -368,19 +369,14 @@ impl Drop for Meter {
 }
 
 fn header_u64(map: MapType, name: &str) -> Option<u64> {
-    hostcalls::get_map_value(map, name)
-        .ok()
-        .flatten()?
-        .trim()
-        .parse()
-        .ok()
+    headers::value(map, name)?.trim().parse().ok()
 }
 
 impl Context for Meter {}
 
 impl HttpContext for Meter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let method = self.get_http_request_header(":method").unwrap_or_default();
+        let method = headers::request(":method").unwrap_or_default();
         let observed = &mut self.observed;
         observed.start_nanos = tollgate_sdk::property_u64(&["request", "time"])
             .unwrap_or_else(tollgate_sdk::now_nanos);

@@ -5,9 +5,9 @@ use std::rc::Rc;
 
 use tollgate_sdk::config::ConfigError;
 use tollgate_sdk::global_limit::Verdict;
-use tollgate_sdk::proxy_wasm::hostcalls;
+use tollgate_sdk::headers;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
-use tollgate_sdk::proxy_wasm::types::{Action, LogLevel, MapType};
+use tollgate_sdk::proxy_wasm::types::{Action, LogLevel};
 use tollgate_sdk::ratelimit_service::Descriptor;
 use tollgate_sdk::shared::{Decision, SharedData};
 use tollgate_sdk::{Callbacks, Plugin};
@@ -110,9 +110,7 @@ impl HttpContext for Request {
             _ => None,
         };
         let header = match &rules.key {
-            KeySource::Header(name) => hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-                .ok()
-                .flatten(),
+            KeySource::Header(name) => headers::request(name),
             _ => None,
         };
         let keyed_value_missing = match rules.key {

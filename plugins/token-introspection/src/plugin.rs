@@ -6,6 +6,7 @@ use std::rc::Rc;
 use tollgate_sdk::callout::read_response;
 use tollgate_sdk::config::ConfigError;
 use tollgate_sdk::consumer;
+use tollgate_sdk::headers;
 use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, LogLevel};
@@ -126,7 +127,7 @@ impl HttpContext for Request {
         for header in introspector.config.forward_claims.values() {
             self.set_http_request_header(header, None);
         }
-        let authorization = self.get_http_request_header("authorization");
+        let authorization = headers::request("authorization");
         let Some(token) = authorization.as_deref().and_then(bearer_token) else {
             return self.reply(401, MISSING_TOKEN_CHALLENGE, "a bearer token is required");
         };

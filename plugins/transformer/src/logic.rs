@@ -166,8 +166,9 @@ impl HeaderOps {
         Ok(())
     }
 
-    /// Applies the operations to a header list (lower-case names; pseudo-headers untouched).
-    pub fn apply(&self, headers: &mut Vec<(String, String)>) {
+    /// Applies the operations to a header list (lower-case names; pseudo-headers untouched),
+    /// its values text or bytes.
+    pub fn apply<V: for<'a> From<&'a str>>(&self, headers: &mut Vec<(String, V)>) {
         headers.retain(|(name, _)| !self.remove.contains(name));
         for (from, to) in &self.rename {
             if headers.iter().any(|(name, _)| name == from) {
@@ -181,11 +182,11 @@ impl HeaderOps {
         }
         for (name, value) in &self.set {
             headers.retain(|(n, _)| n != name);
-            headers.push((name.clone(), value.clone()));
+            headers.push((name.clone(), V::from(value)));
         }
         for (name, value) in &self.add {
             if !headers.iter().any(|(n, _)| n == name) {
-                headers.push((name.clone(), value.clone()));
+                headers.push((name.clone(), V::from(value)));
             }
         }
     }
@@ -317,6 +318,29 @@ mod tests {
         assert_eq!(find("x-add"), ["a"]);
         assert_eq!(find("x-keep"), ["yes"]);
         assert_eq!(find(":path"), ["/"]);
+    }
+
+    #[test]
+    fn header_operations_on_bytes_leave_values_that_are_not_utf8_as_they_came() {
+        // A rename reads and writes the whole map: every other value, text or not, goes
+        // back byte for byte.
+        let cfg = config(json!({"request": {"headers": {
+            "rename": {"x-old": "x-new"}, "set": {"x-set": "s"}
+        }}}))
+        .unwrap();
+        let mut headers: Vec<(String, Vec<u8>)> = vec![
+            ("x-old".into(), b"o\xff".to_vec()),
+            ("x-junk".into(), b"\xfe\x80 junk".to_vec()),
+        ];
+        cfg.request.headers.apply(&mut headers);
+        assert_eq!(
+            headers,
+            [
+                ("x-new".to_string(), b"o\xff".to_vec()),
+                ("x-junk".to_string(), b"\xfe\x80 junk".to_vec()),
+                ("x-set".to_string(), b"s".to_vec()),
+            ]
+        );
     }
 
     #[test]

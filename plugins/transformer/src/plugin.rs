@@ -3,6 +3,7 @@
 use std::rc::Rc;
 
 use tollgate_sdk::config::ConfigError;
+use tollgate_sdk::headers;
 use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, MapType};
@@ -76,7 +77,7 @@ impl HttpContext for Transform {
         }
         if !phase.json.is_empty()
             && !end_of_stream
-            && is_json(self.get_http_request_header("content-type").as_deref())
+            && is_json(headers::request("content-type").as_deref())
         {
             self.request_body = true;
             self.set_http_request_header("content-length", None);
@@ -106,7 +107,7 @@ impl HttpContext for Transform {
         }
         if !phase.json.is_empty()
             && !end_of_stream
-            && is_json(self.get_http_response_header("content-type").as_deref())
+            && is_json(headers::response("content-type").as_deref())
         {
             self.response_body = true;
             self.set_http_response_header("content-length", None);
@@ -134,13 +135,14 @@ impl HttpContext for Transform {
 /// header; a rename moves every value of a header, so it reads and writes the whole map.
 fn edit_headers(map: MapType, ops: &HeaderOps) {
     if !ops.rename.is_empty() {
-        let mut headers = hostcalls::get_map(map).unwrap_or_default();
+        // As bytes: a value that is not UTF-8 goes back as it came.
+        let mut headers = hostcalls::get_map_bytes(map).unwrap_or_default();
         ops.apply(&mut headers);
-        let pairs: Vec<(&str, &str)> = headers
+        let pairs: Vec<(&str, &[u8])> = headers
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
             .collect();
-        let _ = hostcalls::set_map(map, pairs);
+        let _ = hostcalls::set_map_bytes(map, pairs);
         return;
     }
     for name in &ops.remove {
@@ -150,7 +152,7 @@ fn edit_headers(map: MapType, ops: &HeaderOps) {
         let _ = hostcalls::set_map_value(map, name, Some(value));
     }
     for (name, value) in &ops.add {
-        if let Ok(None) = hostcalls::get_map_value(map, name) {
+        if let Ok(None) = hostcalls::get_map_value_bytes(map, name) {
             let _ = hostcalls::add_map_value(map, name, value);
         }
     }
