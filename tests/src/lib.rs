@@ -10,6 +10,7 @@ pub mod billing;
 pub mod bundled;
 pub mod certs;
 pub mod clients;
+pub mod credentials;
 pub mod fixtures;
 pub mod gateway;
 pub mod h2frames;

@@ -7,13 +7,12 @@
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use http::StatusCode;
 use http_body_util::Full;
 use serde_json::{json, Value};
-use sha2::Sha256;
 use tollgate_tests::bundled::{BASIC_AUTH, JWT_AUTH, KEY_AUTH};
 use tollgate_tests::clients::{request, HttpResponse};
+use tollgate_tests::credentials::{self, unix_now};
 use tollgate_tests::plugins::{assert_rejected, check_plugins, PluginSpec};
 use tollgate_tests::scenario::{Running, Scenario};
 
@@ -105,30 +104,13 @@ fn seen(response: &HttpResponse) -> Value {
     response.json()["headers"].clone()
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn hs256(header: Value, claims: Value) -> String {
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let mut mac = Hmac::<Sha256>::new_from_slice(HS_SECRET).unwrap();
-    mac.update(input.as_bytes());
-    format!(
-        "{input}.{}",
-        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-    )
+    credentials::hs256(HS_SECRET, &header, &claims)
 }
 
 fn good_claims() -> Value {
     json!({ "sub": "carol", "email": "carol@shop.test", "iss": "https://issuer.test", "aud": "shop",
-            "exp": now() + 300, "nbf": now() - 5, "groups": ["buyers", "beta"] })
+            "exp": unix_now() + 300, "nbf": unix_now() - 5, "groups": ["buyers", "beta"] })
 }
 
 fn hs_header() -> Value {
@@ -300,9 +282,9 @@ async fn jwt_auth_refuses_bad_tokens_with_the_reason() {
         change(&mut claims);
         hs256(hs_header(), claims)
     };
-    let expired = with(&|c| c["exp"] = json!(now() - 120));
-    let within_leeway = with(&|c| c["exp"] = json!(now() - 5));
-    let not_yet = with(&|c| c["nbf"] = json!(now() + 600));
+    let expired = with(&|c| c["exp"] = json!(unix_now() - 120));
+    let within_leeway = with(&|c| c["exp"] = json!(unix_now() - 5));
+    let not_yet = with(&|c| c["nbf"] = json!(unix_now() + 600));
     let wrong_issuer = with(&|c| c["iss"] = json!("https://evil.test"));
     let wrong_audience = with(&|c| c["aud"] = json!(["billing"]));
     let (head, _) = RS256_TOKEN.rsplit_once('.').unwrap();

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tollgate_tests::bundled::HMAC_AUTH;
 use tollgate_tests::clients::{request, HttpResponse};
+use tollgate_tests::credentials::{http_date, unix_now};
 use tollgate_tests::plugins::{assert_rejected, check_plugins, PluginSpec};
 use tollgate_tests::scenario::{Running, Scenario};
 
@@ -43,61 +44,6 @@ async fn start() -> Running {
         .await
 }
 
-/// `Sun, 06 Nov 1994 08:49:37 GMT` for Unix seconds.
-fn http_date(unix_secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = unix_secs / 86_400;
-    let secs = unix_secs % 86_400;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian, years from 1970).
-    let (mut year, mut day_of_year) = (1970, days);
-    loop {
-        let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-        let length = if leap { 366 } else { 365 };
-        if day_of_year < length {
-            let lengths = [
-                31,
-                if leap { 29 } else { 28 },
-                31,
-                30,
-                31,
-                30,
-                31,
-                31,
-                30,
-                31,
-                30,
-                31,
-            ];
-            let mut month = 0;
-            while day_of_year >= lengths[month] {
-                day_of_year -= lengths[month];
-                month += 1;
-            }
-            return format!(
-                "{}, {:02} {} {year} {:02}:{:02}:{:02} GMT",
-                DAYS[(days % 7) as usize],
-                day_of_year + 1,
-                MONTHS[month],
-                secs / 3600,
-                secs / 60 % 60,
-                secs % 60
-            );
-        }
-        day_of_year -= length;
-        year += 1;
-    }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 /// A request to sign: its method, path, headers, and what the signature says.
 struct Signed<'a> {
     method: &'a str,
@@ -119,7 +65,7 @@ impl<'a> Signed<'a> {
         Self {
             method: "GET",
             path,
-            headers: vec![("date", http_date(now()))],
+            headers: vec![("date", http_date(unix_now()))],
             body: "",
             scheme: "hmac",
             carrier: "authorization",
@@ -234,7 +180,7 @@ async fn good_signatures_reach_the_upstream_as_the_consumer() {
     signed.username = "bob";
     signed.secret = b"bob-secret";
     signed.algorithm = "hmac-sha512";
-    signed.headers.push(("x-date", http_date(now())));
+    signed.headers.push(("x-date", http_date(unix_now())));
     signed.signed = &["x-date", "date", "request-line", "host"];
     let response = signed.send(&gateway).await;
     gateway.assert_status(&response, StatusCode::OK, "Signature, X-Date");
@@ -259,7 +205,7 @@ async fn good_signatures_reach_the_upstream_as_the_consumer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_signatures_are_refused_with_401_and_a_reason() {
     let gateway = start().await;
-    let stale = http_date(now() - 600);
+    let stale = http_date(unix_now() - 600);
 
     let mut cases: Vec<(&str, Signed, &str)> = Vec::new();
     let mut wrong_secret = Signed::get("/signed/a");
@@ -278,7 +224,7 @@ async fn bad_signatures_are_refused_with_401_and_a_reason() {
     old.headers = vec![("date", stale.clone())];
     cases.push(("stale date", old, "clock skew"));
     let mut freshened = Signed::get("/signed/a");
-    freshened.headers = vec![("date", stale), ("x-date", http_date(now()))];
+    freshened.headers = vec![("date", stale), ("x-date", http_date(unix_now()))];
     cases.push((
         "an unsigned X-Date beside an old signed Date",
         freshened,
@@ -331,7 +277,7 @@ async fn a_request_signed_as_the_readme_shows_works() {
         )
         .start()
         .await;
-    let date = http_date(now());
+    let date = http_date(unix_now());
     let signing_string = format!("date: {date}\nGET /orders?id=7 HTTP/1.1");
     let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").unwrap();
     mac.update(signing_string.as_bytes());

@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use http::StatusCode;
 use serde_json::{json, Value};
-use sha2::Sha256;
 use tollgate_tests::backends::{document_server, refusing_address, Backend, Document};
 use tollgate_tests::bundled::JWT_AUTH;
 use tollgate_tests::clients::{request, HttpResponse};
+use tollgate_tests::credentials;
 use tollgate_tests::plugins::PluginSpec;
 use tollgate_tests::scenario::{Running, Scenario};
 
@@ -33,17 +32,10 @@ const HS_SECRET: &[u8] = b"an-hs256-secret-of-32-bytes-ok!!";
 
 /// An HS256 token for the inline key `hs-1`.
 fn hs256_token() -> String {
-    let encode = |value: Value| URL_SAFE_NO_PAD.encode(value.to_string());
-    let input = format!(
-        "{}.{}",
-        encode(json!({"alg": "HS256", "kid": "hs-1"})),
-        encode(json!({"sub": "inline", "aud": "shop", "exp": 4_102_444_800u64}))
-    );
-    let mut mac = Hmac::<Sha256>::new_from_slice(HS_SECRET).unwrap();
-    mac.update(input.as_bytes());
-    format!(
-        "{input}.{}",
-        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    credentials::hs256(
+        HS_SECRET,
+        &json!({"alg": "HS256", "kid": "hs-1"}),
+        &json!({"sub": "inline", "aud": "shop", "exp": 4_102_444_800u64}),
     )
 }
 

@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 use tollgate_tests::backends::{self, Backend, ResponseBody};
 use tollgate_tests::bundled::TOKEN_INTROSPECTION;
 use tollgate_tests::clients::{request, HttpClient, HttpResponse};
+use tollgate_tests::credentials::unix_now;
 use tollgate_tests::plugins::{assert_rejected, check_plugins, PluginSpec};
 use tollgate_tests::prometheus::sample_sum;
 use tollgate_tests::scenario::{Running, Scenario};
@@ -82,13 +83,6 @@ impl AuthorizationServer {
     }
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 async fn introspect(
     head: &Parts,
     body: &Bytes,
@@ -132,12 +126,12 @@ async fn introspect(
         "good-token" => json_answer(
             200,
             json!({ "active": true, "sub": "alice", "client_id": "shop-web",
-            "username": "alice@shop.test", "scope": "orders:read profile", "exp": now() + 3600 }),
+            "username": "alice@shop.test", "scope": "orders:read profile", "exp": unix_now() + 3600 }),
         ),
         "short-token" => json_answer(
             200,
             json!({ "active": true, "sub": "carol", "client_id": "shop-web",
-            "scope": "orders:read", "exp": now() + 2 }),
+            "scope": "orders:read", "exp": unix_now() + 2 }),
         ),
         "reader-token" => json_answer(
             200,
