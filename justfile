@@ -178,6 +178,9 @@ lint: setup
     cargo fmt --manifest-path plugins/Cargo.toml --all --check
     cargo fmt --manifest-path tests/plugins/Cargo.toml --all --check
     cargo clippy --workspace --all-targets -- -D warnings
+    # plugins/clippy.toml's rules hold for every member, the SDK (whose folder is not
+    # under plugins/) included.
+    export CLIPPY_CONF_DIR="$PWD/plugins"
     cargo clippy --manifest-path plugins/Cargo.toml --target-dir "{{ target_dir }}/plugins-native" --workspace --all-targets -- -D warnings
     # Once more as the plugins are built, for wasm32: the proxy-wasm glue (each plugin's
     # src/plugin.rs) is compiled only there, and plugins/clippy.toml's rules are about it.

@@ -162,7 +162,9 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         return None;
     };
     let value: f64 = number.trim().parse().ok()?;
-    (value.is_finite() && value >= 0.0).then(|| Duration::from_secs_f64(value * scale))
+    // `try_`: a finite value can still be past what a `Duration` holds (`1e20s`), which
+    // `from_secs_f64` would answer with a panic, trapping `on_configure`.
+    Duration::try_from_secs_f64(value * scale).ok()
 }
 
 /// serde_json appends ` at line 1 column 42`; the field path says more.
@@ -287,6 +289,11 @@ mod tests {
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("-1s"), None);
         assert_eq!(parse_duration("1d"), None);
+        // Finite but past what a duration holds: refused, not a panic.
+        assert_eq!(parse_duration("1e20s"), None);
+        assert_eq!(parse_duration("1e300h"), None);
+        assert_eq!(parse_duration("infs"), None);
+        assert_eq!(parse_duration("NaNs"), None);
     }
 
     #[test]

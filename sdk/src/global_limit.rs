@@ -189,14 +189,13 @@ impl Global {
         let metric = match self.failures_metric.get() {
             Some(id) => Some(id),
             None => {
-                let id =
-                    hostcalls::define_metric(MetricType::Counter, "global_limit_failures").ok();
+                let id = crate::metrics::define(MetricType::Counter, "global_limit_failures");
                 self.failures_metric.set(id);
                 id
             }
         };
         if let Some(id) = metric {
-            let _ = hostcalls::increment_metric(id, 1);
+            crate::metrics::increment(id, 1);
         }
         let now = crate::now_secs();
         if self

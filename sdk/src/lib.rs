@@ -154,13 +154,13 @@ pub struct Counter(Option<u32>);
 
 impl Counter {
     pub fn define(name: &str) -> Self {
-        Self(hostcalls::define_metric(MetricType::Counter, name).ok())
+        Self(metrics::define(MetricType::Counter, name))
     }
 
     /// Adds 1.
     pub fn count(self) {
         if let Some(id) = self.0 {
-            let _ = hostcalls::increment_metric(id, 1);
+            metrics::increment(id, 1);
         }
     }
 }

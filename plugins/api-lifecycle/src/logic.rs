@@ -284,7 +284,8 @@ pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
         "Z" | "z" => 0,
         _ if rest.len() == 6
             && (rest.starts_with('+') || rest.starts_with('-'))
-            && &rest[3..4] == ":" =>
+            // Compared as a byte: a character of several bytes may straddle byte 3.
+            && rest.as_bytes()[3] == b':' =>
         {
             let h: i64 = rest[1..3].parse().map_err(|_| bad())?;
             let m: i64 = rest[4..6].parse().map_err(|_| bad())?;
@@ -335,6 +336,8 @@ mod tests {
         assert_eq!(parse_rfc3339("2027-01-01T02:00:00.123+02:00"), Ok(SUNSET));
         assert!(parse_rfc3339("2027-02-30T00:00:00Z").is_err());
         assert!(parse_rfc3339("2027-01-01").is_err());
+        // A character of two bytes where the offset's colon goes: refused, not a panic.
+        assert!(parse_rfc3339("2027-01-01T00:00:00+0é00").is_err());
         assert_eq!(http_date(SUNSET), "Fri, 01 Jan 2027 00:00:00 GMT");
         assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
     }

@@ -10,8 +10,8 @@ use tollgate_sdk::consumer::{self, Consumer};
 use tollgate_sdk::headers;
 use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
-use tollgate_sdk::proxy_wasm::types::{Action, LogLevel, MapType, Status};
-use tollgate_sdk::shared::MISSING_CAS;
+use tollgate_sdk::proxy_wasm::types::{Action, LogLevel, MapType};
+use tollgate_sdk::shared::{SharedData, SharedError, Store, MISSING_CAS};
 use tollgate_sdk::{Callbacks, Plugin};
 
 use crate::jwks::{FetchState, Jwks, Outcome};
@@ -177,8 +177,8 @@ impl Fetched {
                 // the missing key, and is refused if another VM created it (and perhaps
                 // took the lease) in between, rather than writing over it.
                 let fresh = FetchState::default().encode();
-                match hostcalls::set_shared_data(&self.state_key, Some(&fresh), Some(MISSING_CAS)) {
-                    Ok(()) | Err(Status::CasMismatch) => continue,
+                match SharedData.set(&self.state_key, &fresh, Some(MISSING_CAS)) {
+                    Ok(()) | Err(SharedError::CasMismatch) => continue,
                     Err(_) => return false,
                 }
             }
@@ -186,9 +186,9 @@ impl Fetched {
             if !change(&mut state) {
                 return false;
             }
-            match hostcalls::set_shared_data(&self.state_key, Some(&state.encode()), version) {
+            match SharedData.set(&self.state_key, &state.encode(), version) {
                 Ok(()) => return true,
-                Err(Status::CasMismatch) => continue,
+                Err(SharedError::CasMismatch) => continue,
                 Err(_) => return false,
             }
         }
@@ -230,7 +230,8 @@ impl Fetched {
     fn finish(&self, fetched: Result<Vec<u8>, String>) {
         let outcome = match fetched {
             Ok(document) => {
-                if hostcalls::set_shared_data(&self.keys_key, Some(&document), None).is_ok() {
+                // A key set larger than the shared data allows is refused, not stored.
+                if SharedData.set(&self.keys_key, &document, None).is_ok() {
                     Outcome::Loaded
                 } else {
                     Outcome::Failed {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tollgate_sdk::callout::{read_response, HttpCall};
 use tollgate_sdk::headers;
+use tollgate_sdk::metrics;
 use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
 use tollgate_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
@@ -44,7 +45,7 @@ fn metric_id(metrics: &mut HashMap<String, u32>, kind: MetricType, name: &str) -
     if let Some(id) = metrics.get(name) {
         return Some(*id);
     }
-    let id = hostcalls::define_metric(kind, name).ok()?;
+    let id = metrics::define(kind, name)?;
     metrics.insert(name.to_owned(), id);
     Some(id)
 }
@@ -125,14 +126,14 @@ impl State {
             return;
         }
         if let Some(id) = self.metric(MetricType::Counter, name) {
-            let _ = hostcalls::increment_metric(id, delta as i64);
+            metrics::increment(id, delta as i64);
         }
     }
 
     fn set_backlog_gauge(&mut self) {
         let len = self.delivery.waiting() as u64;
         if let Some(id) = self.metric(MetricType::Gauge, BACKLOG) {
-            let _ = hostcalls::record_metric(id, len);
+            metrics::record(id, len);
         }
     }
 
@@ -186,12 +187,12 @@ impl State {
                 }
                 let id = series.id(metrics, slot, MetricType::Counter, &record.status_class);
                 if let Some(id) = id {
-                    let _ = hostcalls::increment_metric(id, delta as i64);
+                    metrics::increment(id, delta as i64);
                 }
             }
             let latency = series.id(metrics, LATENCY_MS, MetricType::Histogram, "");
             if let Some(id) = latency {
-                let _ = hostcalls::record_metric(id, record.latency_ms);
+                metrics::record(id, record.latency_ms);
             }
         }
         let dropped = self.delivery.backlog.push(record);

@@ -10,6 +10,7 @@ use tollgate_sdk::headers;
 use tollgate_sdk::proxy_wasm::hostcalls;
 use tollgate_sdk::proxy_wasm::traits::{Context, HttpContext};
 use tollgate_sdk::proxy_wasm::types::{Action, LogLevel};
+use tollgate_sdk::shared::{SharedData, Store};
 use tollgate_sdk::{Callbacks, Counter, Plugin};
 
 use crate::logic::{
@@ -110,11 +111,8 @@ impl Context for Request {
             .introspector
             .cache_until(&answer, tollgate_sdk::now_secs())
         {
-            let _ = hostcalls::set_shared_data(
-                &slot.key,
-                Some(&slot.encode(until, &response.body)),
-                None,
-            );
+            // An answer larger than the shared data allows is refused, not cached.
+            let _ = SharedData.set(&slot.key, &slot.encode(until, &response.body), None);
         }
         self.apply(&answer, true);
     }

@@ -15,11 +15,14 @@ impl Store for SharedData {
         hostcalls::get_shared_data(key).map_err(|status| SharedError::Host(format!("{status:?}")))
     }
 
+    /// Through the SDK's own host call: the `proxy-wasm` crate's panics on any refusal but
+    /// `CAS_MISMATCH`, and a host refuses a value larger than its shared data allows
+    /// (`BAD_ARGUMENT`), which a cached callout answer can be.
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
+        match tollgate_abi::set_shared_data(key.as_bytes(), value, cas.unwrap_or(0)) {
             Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(SharedError::CasMismatch),
-            Err(status) => Err(SharedError::Host(format!("{status:?}"))),
+            Err(status) if status == Status::CasMismatch as u32 => Err(SharedError::CasMismatch),
+            Err(status) => Err(SharedError::Host(format!("status {status}"))),
         }
     }
 }
