@@ -3,10 +3,12 @@
 # and `just fuzz-smoke` call; fuzz/README.md).
 #
 # Installs what is missing first (the nightly toolchain, cargo-fuzz), builds every target
-# once, replays the committed reproducers in fuzz/regressions/TARGET, then fuzzes each
-# target for SECONDS from its seeds (fuzz/corpus/TARGET) and what earlier runs found
-# (fuzz/work/corpus/TARGET, git-ignored). A crash is saved under fuzz/artifacts/TARGET;
-# the script goes on with the other targets and fails at the end.
+# of both projects (fuzz/ for the host, fuzz/plugins/ for the bundled plugins) once,
+# replays the committed reproducers in PROJECT/regressions/TARGET, then fuzzes each target
+# for SECONDS from its seeds (PROJECT/corpus/TARGET) and what earlier runs found
+# (fuzz/work/corpus/TARGET, git-ignored), with PROJECT/TARGET.dict when there is one. A
+# crash is saved under PROJECT/artifacts/TARGET; the script goes on with the other targets
+# and fails at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -47,38 +49,56 @@ if [[ -n ${FUZZ_SEED:-} ]]; then
     trap 'rm -rf "$corpus_root"' EXIT
 fi
 
+# Two fuzz projects, each its own Cargo workspace: this folder (the host) and plugins/ (the
+# bundled plugins' logic, built natively). A target's seeds, reproducers and dictionary are
+# in its project's folder; target names are unique across both. Absolute paths: cargo-fuzz
+# runs a target from its project's folder.
+here=$PWD
+projects=("$here" "$here/plugins")
+[[ $corpus_root = /* ]] || corpus_root=$here/$corpus_root
+
 mkdir -p work
 started=$SECONDS
-cargo +nightly fuzz build "${build_flags[@]}"
+for project in "${projects[@]}"; do
+    cargo +nightly fuzz build --fuzz-dir "$project" "${build_flags[@]}"
+done
 echo "fuzz targets built in $((SECONDS - started)) s"
 
-mapfile -t targets < <(cargo +nightly fuzz list)
 failed=()
-for target in "${targets[@]}"; do
-    regressions=(regressions/"$target"/*)
-    if [[ -e ${regressions[0]} ]]; then
-        echo "--- $target: replaying ${#regressions[@]} reproducers"
-        if ! cargo +nightly fuzz run "${build_flags[@]}" "$target" "${regressions[@]}" \
-            -- -runs=1 >"work/$target.regressions.log" 2>&1; then
-            tail -n 40 "work/$target.regressions.log" >&2
-            failed+=("$target (a reproducer in fuzz/regressions/$target)")
+for project in "${projects[@]}"; do
+    shown=fuzz${project#"$here"}
+    mapfile -t targets < <(cargo +nightly fuzz list --fuzz-dir "$project")
+    for target in "${targets[@]}"; do
+        # A dictionary of the formats the target parses, when it has one.
+        dict_flags=()
+        if [[ -f $project/$target.dict ]]; then
+            dict_flags=(-dict="$project/$target.dict")
+        fi
+        regressions=("$project"/regressions/"$target"/*)
+        if [[ -e ${regressions[0]} ]]; then
+            echo "--- $target: replaying ${#regressions[@]} reproducers"
+            if ! cargo +nightly fuzz run --fuzz-dir "$project" "${build_flags[@]}" "$target" \
+                "${regressions[@]}" -- -runs=1 >"work/$target.regressions.log" 2>&1; then
+                tail -n 40 "work/$target.regressions.log" >&2
+                failed+=("$target (a reproducer in $shown/regressions/$target)")
+                continue
+            fi
+        fi
+        echo "--- $target: fuzzing for $seconds s"
+        mkdir -p "$corpus_root/$target" "$project/corpus/$target"
+        # -timeout: one input taking this long is a finding (a hang), not patience.
+        # -rss_limit_mb: the default; an input that needs more is a finding too.
+        if ! cargo +nightly fuzz run --fuzz-dir "$project" "${build_flags[@]}" "$target" \
+            "$corpus_root/$target" "$project/corpus/$target" \
+            -- -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+            "${seed_flags[@]}" "${dict_flags[@]}" \
+            >"work/$target.log" 2>&1; then
+            tail -n 60 "work/$target.log" >&2
+            failed+=("$target (see fuzz/work/$target.log and $shown/artifacts/$target)")
             continue
         fi
-    fi
-    echo "--- $target: fuzzing for $seconds s"
-    mkdir -p "$corpus_root/$target" "corpus/$target"
-    # -timeout: one input taking this long is a finding (a hang), not patience.
-    # -rss_limit_mb: the default; an input that needs more is a finding too.
-    if ! cargo +nightly fuzz run "${build_flags[@]}" "$target" \
-        "$corpus_root/$target" "corpus/$target" \
-        -- -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-        "${seed_flags[@]}" \
-        >"work/$target.log" 2>&1; then
-        tail -n 60 "work/$target.log" >&2
-        failed+=("$target (see fuzz/work/$target.log and fuzz/artifacts/$target)")
-        continue
-    fi
-    grep -E '^stat::number_of_executed_units|^Done [0-9]+ runs' "work/$target.log" | tail -n 2
+        grep -E '^stat::number_of_executed_units|^Done [0-9]+ runs' "work/$target.log" | tail -n 2
+    done
 done
 
 echo "fuzzing took $((SECONDS - started)) s in all"
