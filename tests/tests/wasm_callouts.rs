@@ -1,7 +1,7 @@
 //! Callouts from plugins to clusters of the policies, with the request paused meanwhile:
 //! - `tp-callout`: an HTTP call answered (status, body, token), many concurrent calls, a call
 //!   cut by its timeout and a call to a refused endpoint (both delivered as an empty response:
-//!   "failed"), and a call without `:path` refused with BAD_ARGUMENT at dispatch, and a
+//!   "failed", and an empty header list to a plugin that asks for it), and a call without `:path` refused with BAD_ARGUMENT at dispatch, and a
 //!   request body that waits, as in Envoy, until the paused request headers resume; a
 //!   callout answered after its request went upstream still reads the request's headers;
 //! - `tp-grpc`: a unary gRPC call over HTTP/2 to a gRPC backend (framing, path, status and
@@ -131,6 +131,7 @@ async fn a_request_body_waits_while_its_headers_are_paused() {
     let json = response.json();
     assert_eq!(response.status, StatusCode::OK, "{json}\n{}", setup.log());
     assert_eq!(json["headers"]["x-callout-status"], "200", "{json}");
+    assert_ne!(json["headers"]["x-callout-header-count"], "0", "{json}");
     assert_eq!(
         json["body_len"],
         body.len(),
@@ -213,6 +214,9 @@ async fn callout_timeout_delivers_an_empty_response() {
         setup.log()
     );
     assert_eq!(headers["x-callout-body-len"], "0", "{headers}");
+    // Asked for the failed call's headers, the plugin got an empty list, not a refusal
+    // (which the proxy-wasm Rust SDK answers with a panic, trapping the plugin).
+    assert_eq!(headers["x-callout-header-count"], "0", "{headers}");
     assert!(
         elapsed < Duration::from_millis(2000),
         "the 200 ms callout timeout should end the wait, not the callee's 3 s delay (took {elapsed:?})"
@@ -230,6 +234,7 @@ async fn callout_to_a_refusing_endpoint_delivers_an_empty_response() {
         setup.log()
     );
     assert_eq!(headers["x-callout-body-len"], "0", "{headers}");
+    assert_eq!(headers["x-callout-header-count"], "0", "{headers}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -842,9 +842,11 @@ impl Plugin {
         let status = status_of(&trailers)
             .or_else(|| status_of(&parts.headers))
             .unwrap_or(2);
+        // As text: the proxy-wasm Rust SDK's `get_grpc_status` unwraps the message as UTF-8,
+        // and a service may send any byte 0x80-0xFF in a header value.
         let message = trailers
             .get("grpc-message")
-            .map(|v| Bytes::copy_from_slice(v.as_bytes()))
+            .map(|v| Bytes::from(String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .unwrap_or_default();
         if !trailers.is_empty()
             && !deliver(Event::TrailingMetadata(PseudoHeaderMap::from_headers(

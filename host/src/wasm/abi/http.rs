@@ -68,7 +68,13 @@ fn get_header_map_pairs(
         Err(status) => return Ok(status as u32),
     };
     let Some(pairs) = map_ref(caller.data(), map) else {
-        return Ok(Status::NotFound as u32);
+        // No such map now (the answer of a callout that failed or timed out, a stream's map
+        // read from a root context): an empty list, as Envoy answers. The proxy-wasm Rust
+        // SDK's `get_map` panics on any status but OK, so NOT_FOUND here trapped a plugin
+        // reading a failed callout's headers, which one slow service brings about.
+        let written = memory::write_u32(&mut caller, ret_ptr, 0)
+            .and_then(|()| memory::write_u32(&mut caller, ret_len, 0));
+        return Ok(status(written.map_err(Status::from)));
     };
     // Serialized straight from the map into the guest's memory: no copy in the host. The
     // guest's allocator runs in between and could have changed the map (a hostile one
@@ -213,9 +219,6 @@ fn get_buffer_bytes(
     let Some(buffer_type) = BufferType::from_raw(buffer_type) else {
         return Ok(Status::BadArgument as u32);
     };
-    if start.checked_add(max_size).is_none() {
-        return Ok(Status::BadArgument as u32);
-    }
     // A body is lent out of the stream state for the copy into guest memory (which calls the
     // guest's allocator, so the state cannot stay borrowed) instead of being copied first:
     // a streamed body is read this way piece by piece.
@@ -231,7 +234,8 @@ fn get_buffer_bytes(
     let Some(bytes) = buffer(caller.data_mut(), buffer_type) else {
         return Ok(Status::NotFound as u32);
     };
-    // Clamp to what is there, as Envoy does; reading past the end yields nothing.
+    // Clamp to what is there, as Envoy does (also when `start + max_size` passes `u32::MAX`,
+    // as `get_http_request_body(1, usize::MAX)` asks); reading past the end yields nothing.
     let start = (start as usize).min(bytes.len());
     let end = start.saturating_add(max_size as usize).min(bytes.len());
     Ok(status(

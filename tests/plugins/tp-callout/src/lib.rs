@@ -14,7 +14,9 @@
 //!
 //! `on_http_call_response(token, num_headers, body_size, _)`: adds request headers
 //! `x-callout-status: <callout :status>` (`failed` when the response has no headers, i.e. a
-//! timeout or reset) and `x-callout-body-len: <bytes read with get_http_call_response_body>`,
+//! timeout or reset), `x-callout-header-count: <pairs get_http_call_response_headers
+//! returned>` (asked whatever `num_headers` says) and `x-callout-body-len: <bytes read with
+//! get_http_call_response_body>`,
 //! and `x-callout-token-ok: true|false` (whether the token is the one `dispatch` returned),
 //! then `resume_http_request()`.
 //!
@@ -116,6 +118,10 @@ impl Context for Callout {
         } else {
             0
         };
+        // The whole list whatever `num_headers` says, as plugins written with this SDK
+        // commonly read it: a failed call has none (an empty list in Envoy and here).
+        let header_count = self.get_http_call_response_headers().len();
+        self.add_http_request_header("x-callout-header-count", &header_count.to_string());
         self.add_http_request_header("x-callout-status", &status);
         self.add_http_request_header("x-callout-body-len", &body_len.to_string());
         let token_ok = self.token == Some(token);
