@@ -121,6 +121,9 @@ def main():
                          30, fmt_added)
         goals.difference("chain, added p99 at half load ≤ 100 µs", fixed_pct("chain", "p99"), fixed_pct("base", "p99"),
                          100, fmt_added)
+    if "header" in configs:
+        goals.ratio("one header plugin (tp-headers) / 0 plugins, throughput ≥ 0.92×",
+                    pair_ratios(rps("header"), rps("base")), at_least=0.92)
     if "heavy" in configs:
         goals.difference("header-heavy, added p50 at half load ≤ 0.1 ms", fixed_pct("heavy", "p50"),
                          fixed_pct("base", "p50"), 100, fmt_added)
