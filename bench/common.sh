@@ -418,6 +418,20 @@ plugins:
 YAML
 }
 
+# one_header_plugin_yaml: the `plugins:` section of the least a plugin does: the bundled
+# transformer, configured to add one response header and nothing else, as a user would write
+# it (configuration `one` of plugins.sh and glue.sh)
+one_header_plugin_yaml() {
+    cat <<YAML
+plugins:
+  - name: served-by
+    module: transformer.wasm
+    config:
+      response:
+        headers: { add: { x-served-by: tollgate } }
+YAML
+}
+
 # limit_plugins_yaml [MORE-CONFIG]: the `plugins:` section of the limit the `limit` and
 # `global` configurations compare: the bundled rate-limit alone, one counter for every
 # request (key: route), a plan never reached; MORE-CONFIG goes at the end of its config.

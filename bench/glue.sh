@@ -7,9 +7,11 @@
 # rate-limit → transformer). Method and figures: bench/README.md, "Plugin glue: before and
 # after".
 #
-# minimal (one plugin that adds one request header and does nothing else:
-# tests/plugins/wat/headers-only.wat, what any plugin costs) and auth (the bundled key-auth
-# alone, a request-headers-only plugin as most authentication is).
+# one (the bundled transformer adding one response header and nothing else, as a user
+# configures it: the least a plugin built with the SDK does), minimal (one plugin that adds
+# one request header and does nothing else: tests/plugins/wat/headers-only.wat, what any
+# plugin costs) and auth (the bundled key-auth alone, a request-headers-only plugin as most
+# authentication is).
 #
 # noepoch (the chain with epoch interruption off, TOLLGATE_EPOCH_INTERRUPTION=off): with chain,
 # the instructions per request that the guard against runaway plugins costs.
@@ -22,7 +24,7 @@
 #   TOLLGATE_BIN                 the gateway to measure (default: the release build)
 #   TOLLGATE_BASELINE_BIN        a second gateway, measured the same way for comparison
 #   GLUE_REQUESTS=2000           requests counted per configuration (after 200 unmeasured)
-#   GLUE_CONFIGS="base header chain"   (any of base minimal auth header heavy chain noepoch
+#   GLUE_CONFIGS="base header chain"   (any of base one minimal auth header heavy chain noepoch
 #                                limit global)
 #   BENCH_PORT_BASE=28380        ports BASE+1 (upstream), BASE+2 (redis-server), BASE+3
 #                                (tollgate ratelimit), BASE+10 (Tollgate), BASE+20 (admin)
@@ -47,7 +49,7 @@ RATELIMIT_PORT=$((BASE + 3))
 REQUESTS=${GLUE_REQUESTS:-2000}
 read -r -a CONFIGS <<<"${GLUE_CONFIGS:-base header chain}"
 for c in "${CONFIGS[@]}"; do
-    case $c in base | minimal | auth | header | heavy | chain | noepoch | limit | global) ;; *) die "unknown configuration '$c'" ;; esac
+    case $c in base | one | minimal | auth | header | heavy | chain | noepoch | limit | global) ;; *) die "unknown configuration '$c'" ;; esac
 done
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
     die "needs valgrind (callgrind and callgrind_control)"
@@ -87,6 +89,7 @@ EOF
     [[ -z ${3:-} ]] || printf '%s\n' "$3" >"$WORK/cfg-$1/more.yaml"
 }
 policies base ""
+policies one "$(one_header_plugin_yaml)"
 policies minimal 'plugins:
   - name: minimal
     module: headers-only.wat'

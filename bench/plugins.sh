@@ -8,7 +8,10 @@
 #
 # Configurations, one Tollgate process each (started for each run, stopped after it):
 #   base     0 plugins
-#   header   one header plugin (tp-headers, config {"tag": "bench"})
+#   one      the bundled transformer adding one response header (`x-served-by`) and nothing
+#            else: the least a plugin does (for information; no goal)
+#   header   one header plugin (tp-headers, config {"tag": "bench"}): every header-map host
+#            call, 12 adds, 6 single reads, 2 whole-map reads, 1 whole-map write, 1 removal
 #   chain    3 plugins: the bundled key-auth, rate-limit and transformer when they are built
 #            and load (wrk sends a valid API key; the limit never triggers), else the test
 #            plugins tp-headers, tp-metrics and tp-properties (BENCH_CHAIN=auto|bundled|test)
@@ -26,7 +29,7 @@
 #                           ratelimit), BASE+10+i (Tollgate), BASE+20+i (admin)
 #   BENCH_PLUGINS_OUT=bench/results/plugins.md
 #   BENCH_CHAIN=auto        which 3-plugin chain: auto | bundled | test
-#   BENCH_CONFIGS="base header chain heavy noepoch jwt limit global"   a subset (base is required)
+#   BENCH_CONFIGS="base one header chain heavy noepoch jwt limit global"   a subset (base is required)
 #   BENCH_BUILD_PLUGINS=1   0: use the .wasm files already built, build nothing
 #   BENCH_RATELIMIT_CPU     the CPU of `global`'s service and Redis (default: the load CPU)
 #   BENCH_RATELIMIT_PRIORITY=realtime   or `fair`: how they share that CPU (see below)
@@ -41,13 +44,13 @@ BASE=${BENCH_PORT_BASE:-28180}
 UP_PORT=$((BASE + 1))
 OUT=${BENCH_PLUGINS_OUT:-bench/results/plugins.md}
 CHAIN_MODE=${BENCH_CHAIN:-auto}
-read -r -a CONFIGS <<<"${BENCH_CONFIGS:-base header chain heavy noepoch jwt limit global}"
+read -r -a CONFIGS <<<"${BENCH_CONFIGS:-base one header chain heavy noepoch jwt limit global}"
 case $CHAIN_MODE in auto | bundled | test) ;; *) die "BENCH_CHAIN must be auto, bundled or test" ;; esac
 [[ " ${CONFIGS[*]} " == *" base "* ]] || die "BENCH_CONFIGS must include base (the fixed rate is half of its maximum)"
 declare -A PORT ADMIN
 i=0
 for c in "${CONFIGS[@]}"; do
-    case $c in base | header | chain | heavy | noepoch | jwt | limit | global) ;; *) die "unknown configuration '$c'" ;; esac
+    case $c in base | one | header | chain | heavy | noepoch | jwt | limit | global) ;; *) die "unknown configuration '$c'" ;; esac
     PORT[$c]=$((BASE + 10 + i))
     ADMIN[$c]=$((BASE + 20 + i))
     i=$((i + 1))
@@ -130,6 +133,7 @@ CHAIN_TEST='plugins:
       properties:
         - { path: [request, path], type: string }
         - { path: [request, method], type: string }'
+ONE=$(one_header_plugin_yaml)
 HEADER='plugins:
   - name: headers
     module: tp_headers.wasm
@@ -146,7 +150,7 @@ LIMIT=$(limit_plugins_yaml "")
 GLOBAL=$(limit_plugins_yaml "$GLOBAL_LIMIT_YAML")
 RATELIMIT_CLUSTER=$(ratelimit_cluster_yaml "$RATELIMIT_PORT")
 
-declare -A ENVS=([base]="" [header]="" [chain]="" [heavy]="" [noepoch]="TOLLGATE_EPOCH_INTERRUPTION=off" [jwt]="" [limit]="" [global]="")
+declare -A ENVS=([base]="" [one]="" [header]="" [chain]="" [heavy]="" [noepoch]="TOLLGATE_EPOCH_INTERRUPTION=off" [jwt]="" [limit]="" [global]="")
 
 # start_config NAME: start its Tollgate on the proxy CPU and wait until it serves
 TG_PID=
@@ -175,6 +179,7 @@ check_config() {
     local ok=1
     [[ $status == 200 && $body == ok ]] || { echo "plugins: $c: GET / answered $status '$body', expected 200 'ok'" >&2; ok=0; }
     case $c in
+    one) grep -qi '^x-served-by: tollgate' <<<"$headers" || { echo "plugins: $c: no x-served-by header (transformer)" >&2; ok=0; } ;;
     header) grep -qi '^x-tp-response: bench' <<<"$headers" || { echo "plugins: $c: no x-tp-response header" >&2; ok=0; } ;;
     heavy) ;; # it changes request headers only; the upstream does not echo them
     limit | global) grep -qi '^ratelimit-limit: 1000000000' <<<"$headers" || { echo "plugins: $c: no ratelimit-limit header (rate-limit)" >&2; ok=0; } ;;
@@ -201,6 +206,11 @@ start_upstream "$UP_PORT"
 for c in "${CONFIGS[@]}"; do
     case $c in
     base) policies base "" ;;
+    one)
+        [[ -f $BUNDLED_DIR/transformer.wasm ]] || die "the one configuration needs the bundled transformer.wasm (just plugins)"
+        cp "$BUNDLED_DIR"/transformer.wasm "$WORK/plugins/"
+        policies one "$ONE"
+        ;;
     header) policies header "$HEADER" ;;
     jwt)
         [[ -f $BUNDLED_DIR/jwt_auth.wasm ]] || die "the jwt configuration needs the bundled jwt_auth.wasm (just plugins)"

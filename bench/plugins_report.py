@@ -18,6 +18,7 @@ from report import fixed_per_run, fixed_runs, fmt_rps, fmt_us, median, per_run, 
 
 LABELS = {
     "base": "0 plugins",
+    "one": "transformer adding one response header",
     "header": "1 header plugin (tp-headers)",
     "chain": "3-plugin chain",
     "heavy": "header-heavy (tp-header-heavy)",
@@ -154,6 +155,13 @@ def main():
                      % (fmt_added(a50), fmt_added(a99),
                         "–" if not (wrk.get("jwt", {}).get("rps") and b.get("rps"))
                         else "%.2f×" % (wrk["jwt"]["rps"] / b["rps"])))
+    if "one" in configs:
+        a50, a99 = sub(fixed["one"].get("p50"), fb.get("p50")), sub(fixed["one"].get("p99"), fb.get("p99"))
+        paired = pair_ratios(rps("one"), rps("base"))
+        notes.append("%s: throughput %s of 0 plugins (median of the paired runs' ratios), added p50 %s, "
+                     "p99 %s at half load (for information)"
+                     % (LABELS["one"], "–" if not paired else "%.2f×" % median(paired),
+                        fmt_added(a50), fmt_added(a99)))
     if "header" in configs:
         a50, a99 = sub(fixed["header"].get("p50"), fb.get("p50")), sub(fixed["header"].get("p99"), fb.get("p99"))
         notes.append("one header plugin: added p50 %s, p99 %s at half load (for information)"

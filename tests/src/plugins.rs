@@ -53,6 +53,12 @@ pub fn declared_callbacks_wat() -> PathBuf {
     wat_path("declared-callbacks.wat")
 }
 
+/// A plugin that declares only `proxy_on_response_headers`, where it copies the request's
+/// `x-who` and `:path` into the response headers `x-request-who` and `x-request-path`.
+pub fn response_only_wat() -> PathBuf {
+    wat_path("response-only.wat")
+}
+
 /// A plugin that sets two per-request properties whose names differ only in a byte that is
 /// not UTF-8 (`tp\xff` = `first`, `tp\xfe` = `second`), reads each back and adds them as
 /// the request headers `x-first` and `x-second`.

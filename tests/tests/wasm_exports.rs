@@ -10,6 +10,10 @@
 //!
 //! A module that declares the callbacks it implements (its `tollgate.callbacks` section, which
 //! the SDK writes) is entered for those only; without the section, every export is called.
+//!
+//! A plugin that works on the response only (`response-only.wat`) still reads the request
+//! head in the response phase, and the upstream gets the request as the client sent it,
+//! `Host` included (the client's own value, kept when it is the canonical authority).
 
 use std::time::Duration;
 
@@ -17,7 +21,10 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tollgate_tests::plugins::{declared_callbacks_wat, request_only_wat, PluginSpec};
+use tollgate_tests::clients::{get_request, HttpClient};
+use tollgate_tests::plugins::{
+    declared_callbacks_wat, request_only_wat, response_only_wat, PluginSpec,
+};
 use tollgate_tests::prometheus::plugin_callbacks_between;
 use tollgate_tests::scenario::Scenario;
 
@@ -169,4 +176,58 @@ async fn a_module_is_entered_only_for_the_callbacks_it_declares() {
         .await;
     assert_eq!(entered(&after, "declared"), 9.0, "/metrics:\n{after}");
     assert!(entered(&after, "undeclared") >= 18.0, "/metrics:\n{after}");
+}
+
+#[tokio::test]
+async fn a_response_plugin_reads_the_request_head_and_the_upstream_gets_it_as_sent() {
+    let gateway = Scenario::new()
+        .workers(1)
+        .echo("echo")
+        .route("{ name: answered, match: { path: { prefix: / } }, forward: { cluster: echo } }")
+        .plugin(PluginSpec::new("response-only", response_only_wat()).routes(&["answered"]))
+        .start()
+        .await;
+    let addr = gateway.addr();
+    for (protocol, client) in [
+        ("HTTP/1.1", HttpClient::http1()),
+        ("h2c", HttpClient::h2c()),
+    ] {
+        for n in 0..2 {
+            let path = format!("/{protocol}/{n}?q=1");
+            let mut request = get_request(addr, "api.example.com", &path);
+            request
+                .headers_mut()
+                .insert("x-who", http::HeaderValue::from_static("alice"));
+            let response = client.send(request).await.expect("request");
+            gateway.assert_status(&response, StatusCode::OK, protocol);
+            assert_eq!(
+                response.header("x-request-who"),
+                Some("alice"),
+                "{protocol}: the plugin read the request's header in the response phase"
+            );
+            assert_eq!(
+                response.header("x-request-path"),
+                Some(path.as_str()),
+                "{protocol}: and its :path"
+            );
+        }
+    }
+    // A `Host` that is not canonical goes upstream canonical, plugin or not.
+    let response = HttpClient::http1()
+        .get(addr, "API.Example.COM.", "/uppercase")
+        .await;
+    gateway.assert_status(&response, StatusCode::OK, "uppercase Host");
+    let requests = gateway.backend("echo").requests();
+    assert_eq!(requests.len(), 5, "every request went upstream");
+    for request in &requests {
+        assert_eq!(
+            request.header("host"),
+            Some("api.example.com"),
+            "{request:?}"
+        );
+        if request.path != "/uppercase" {
+            assert_eq!(request.header("x-who"), Some("alice"), "{request:?}");
+            assert!(request.path.ends_with("?q=1"), "{request:?}");
+        }
+    }
 }

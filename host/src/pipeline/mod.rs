@@ -424,8 +424,15 @@ fn apply_head_changes<'s>(
         target = canonical_authority(new_authority, normalization)
             .map_err(Refusal::InvalidPluginAuthority)?;
     }
-    if let Ok(value) = HeaderValue::from_str(&target.authority) {
-        parts.headers.insert(http::header::HOST, value);
+    // The client's own `Host`, when it is the authority already, stays: no copy here, and
+    // none upstream, where it serves as `Host` and `X-Forwarded-Host` (a shared buffer).
+    let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+    let kept = matches!((hosts.next(), hosts.next()),
+        (Some(host), None) if host.as_bytes() == target.authority.as_bytes());
+    if !kept {
+        if let Ok(value) = HeaderValue::from_str(&target.authority) {
+            parts.headers.insert(http::header::HOST, value);
+        }
     }
     if let Some(new_path) = &changed.path {
         parts.uri = plugin_uri(new_path, normalization).map_err(Refusal::InvalidPluginPath)?;
