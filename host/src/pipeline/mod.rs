@@ -424,21 +424,17 @@ fn apply_head_changes<'s>(
         target = canonical_authority(new_authority, normalization)
             .map_err(Refusal::InvalidPluginAuthority)?;
     }
-    // The client's own `Host`, when it is the authority already, stays: no copy here, and
-    // none upstream, where it serves as `Host` and `X-Forwarded-Host` (a shared buffer).
-    let mut hosts = parts.headers.get_all(http::header::HOST).iter();
-    let kept = matches!((hosts.next(), hosts.next()),
-        (Some(host), None) if host.as_bytes() == target.authority.as_bytes());
-    if !kept {
-        if let Ok(value) = HeaderValue::from_str(&target.authority) {
-            parts.headers.insert(http::header::HOST, value);
-        }
-    }
     if let Some(new_path) = &changed.path {
         parts.uri = plugin_uri(new_path, normalization).map_err(Refusal::InvalidPluginPath)?;
     }
     if !rerouting {
+        // The upstream request's `Host` is the authority, set where the request is forwarded
+        // (`forward::outgoing`: the client's own value when it is the authority already).
         return Ok((None, target.authority));
+    }
+    // Routing again sees `Host` as the new authority, as a client would have sent it.
+    if let Ok(value) = HeaderValue::from_str(&target.authority) {
+        parts.headers.insert(http::header::HOST, value);
     }
     let head = RequestHead {
         host: target.host(),
