@@ -104,7 +104,7 @@ fn setup(mode: i32) -> (Vm, u32) {
     headers.insert("x-bench", http::HeaderValue::from_static("value"));
     let head = PseudoHeaderMap::request(&http::Method::GET, "http", "bench", "/", headers);
     if let Some(stream) = vm.state().streams.get_mut(&context) {
-        stream.request_headers = Some(head);
+        stream.request_headers = Some(Box::new(head));
     }
     (vm, context)
 }

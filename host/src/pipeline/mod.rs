@@ -374,13 +374,13 @@ async fn request_phase(
     end_of_stream: bool,
 ) -> Result<HeadChanges, Stopped> {
     // The plugins work on the request's own header map, moved in and back.
-    let mut head = PseudoHeaderMap::request(
+    let mut head = Box::new(PseudoHeaderMap::request(
         &parts.method,
         downstream.scheme(),
         authority,
         parts.uri.path_and_query().map_or("/", |p| p.as_str()),
         std::mem::take(&mut parts.headers),
-    );
+    ));
     head.make_room();
     let mut head = run.request_headers(head, end_of_stream).await?;
     // A pseudo-header the plugins left as it was costs no copy.
@@ -552,7 +552,7 @@ async fn request_stopped(
             let response = refuse(refusal, record);
             run.lock()
                 .await
-                .set_final_response(response.status().as_u16(), PseudoHeaderMap::default());
+                .set_final_response(response.status().as_u16(), Box::default());
             response
         }
     }
@@ -629,7 +629,7 @@ async fn plugin_stop(
             record.plugin_phase = run.failed_phase().unwrap_or("-");
             let response = as_client_gets(*response, record.grpc);
             record_outcome(&run, record);
-            run.set_final_response(response.status().as_u16(), PseudoHeaderMap::default());
+            run.set_final_response(response.status().as_u16(), Box::default());
             response
         }
         Stopped::Reset => plugin_reset(&mut *shared.lock().await, record),
@@ -680,29 +680,37 @@ async fn plugin_response(
     record_outcome(&run, record);
     let (mut parts, body) = response.into_parts();
     // The plugins work on the response's own header map, moved in and back.
-    let mut head = PseudoHeaderMap::response(parts.status, std::mem::take(&mut parts.headers));
+    let mut head = Box::new(PseudoHeaderMap::response(
+        parts.status,
+        std::mem::take(&mut parts.headers),
+    ));
     head.make_room();
     let end_of_stream = http_body::Body::is_end_stream(&body);
-    let body = match run.response_headers(&mut head, end_of_stream).await {
-        Ok(None) => body,
-        Ok(Some(answer)) => {
+    let (head, body) = match run.response_headers(head, end_of_stream).await {
+        Ok((head, None)) => (head, body),
+        Ok((head, Some(answer))) => {
             record.detail = "plugin_local_reply";
             run.update_outcome(|outcome| {
                 outcome.detail = record.detail;
                 outcome.plugin_details = answer.details.clone();
             });
-            local::body(answer.body.clone())
+            (head, local::body(answer.body.clone()))
         }
         Err(Stopped::Failed(response)) => {
             record.detail = "plugin_failure";
             record.plugin_phase = run.failed_phase().unwrap_or("-");
             let response = as_client_gets(*response, record.grpc);
             record_outcome(&run, record);
-            run.set_final_response(response.status().as_u16(), PseudoHeaderMap::default());
+            run.set_final_response(response.status().as_u16(), Box::default());
             return response;
         }
         Err(Stopped::Reset) => return plugin_reset(&mut run, record),
-        Err(Stopped::Local(_, answer)) => local::body(answer.body.clone()),
+        // The phase returns a plugin's local reply as `Ok((head, Some(answer)))`; this arm
+        // treats a stop in that form alike.
+        Err(Stopped::Local(_, answer)) => (
+            Box::new(plugins::local_reply_head(&answer)),
+            local::body(answer.body.clone()),
+        ),
     };
     if let Some(status) = head
         .pseudo(Pseudo::Status)

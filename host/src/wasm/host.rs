@@ -249,12 +249,12 @@ pub struct StreamState {
     pub callbacks: Callbacks,
     pub info: Arc<StreamInfo>,
     /// The request's own headers while this plugin's request-headers callback runs (moved
-    /// in and back out); `None` otherwise (properties then read the request's final
-    /// headers from `info`).
-    pub request_headers: Option<PseudoHeaderMap>,
+    /// in and back out, boxed so that the hand-over moves a pointer, not the map); `None`
+    /// otherwise (properties then read the request's final headers from `info`).
+    pub request_headers: Option<Box<PseudoHeaderMap>>,
     pub request_trailers: PseudoHeaderMap,
     /// As `request_headers`, for the response headers.
-    pub response_headers: Option<PseudoHeaderMap>,
+    pub response_headers: Option<Box<PseudoHeaderMap>>,
     pub response_trailers: PseudoHeaderMap,
     /// The body bytes the current body callback sees (cumulative while the plugin pauses).
     pub request_body: Vec<u8>,
@@ -333,7 +333,7 @@ impl StreamState {
     /// else the request's final ones.
     pub fn request_headers_view(&self) -> &PseudoHeaderMap {
         self.request_headers
-            .as_ref()
+            .as_deref()
             .or_else(|| self.info.request_headers.get().map(|headers| &**headers))
             .unwrap_or(&EMPTY)
     }
@@ -342,7 +342,7 @@ impl StreamState {
     /// else those that went downstream.
     pub fn response_headers_view(&self) -> &PseudoHeaderMap {
         self.response_headers
-            .as_ref()
+            .as_deref()
             .or_else(|| self.info.response_headers.get().map(|headers| &**headers))
             .unwrap_or(&EMPTY)
     }
@@ -351,23 +351,15 @@ impl StreamState {
     /// its own copy of the final ones, made only then.
     pub fn request_headers_mut(&mut self) -> &mut PseudoHeaderMap {
         let info = &self.info;
-        self.request_headers.get_or_insert_with(|| {
-            info.request_headers
-                .get()
-                .map(|headers| PseudoHeaderMap::clone(headers))
-                .unwrap_or_default()
-        })
+        self.request_headers
+            .get_or_insert_with(|| info.request_headers.get().cloned().unwrap_or_default())
     }
 
     /// As [`Self::request_headers_mut`], for the response headers.
     pub fn response_headers_mut(&mut self) -> &mut PseudoHeaderMap {
         let info = &self.info;
-        self.response_headers.get_or_insert_with(|| {
-            info.response_headers
-                .get()
-                .map(|headers| PseudoHeaderMap::clone(headers))
-                .unwrap_or_default()
-        })
+        self.response_headers
+            .get_or_insert_with(|| info.response_headers.get().cloned().unwrap_or_default())
     }
 }
 
@@ -653,7 +645,7 @@ mod tests {
         let mut first = StreamState::new(1, Callbacks::ALL, info.clone());
         let second = StreamState::new(1, Callbacks::ALL, info.clone());
         assert!(first.request_headers_view().is_empty());
-        first.request_headers = Some(path("/handed"));
+        first.request_headers = Some(Box::new(path("/handed")));
         assert_eq!(
             first.request_headers_view().value(b":path"),
             Some(&b"/handed"[..])

@@ -39,8 +39,7 @@ use crate::wasm::host::{LocalResponse, StreamInfo};
 use crate::wasm::plugin::{Plugin, VmTicket};
 
 pub use body::filter_response_body;
-use head::local_reply_head;
-pub use head::{header_map, local_response};
+pub use head::{header_map, local_reply_head, local_response};
 
 /// How a phase ended when it did not simply continue.
 pub enum Stopped {

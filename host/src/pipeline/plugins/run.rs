@@ -292,23 +292,24 @@ impl PluginRun {
     /// read them in a later phase (request properties), if any.
     pub async fn request_headers(
         &mut self,
-        mut headers: PseudoHeaderMap,
+        headers: Box<PseudoHeaderMap>,
         end_of_stream: bool,
-    ) -> Result<PseudoHeaderMap, Stopped> {
-        let result = self
-            .request_headers_through(&mut headers, end_of_stream)
-            .await;
+    ) -> Result<Box<PseudoHeaderMap>, Stopped> {
+        let mut held = Some(headers);
+        let result = self.request_headers_through(&mut held, end_of_stream).await;
+        // Gone only with the VM of a plugin that paused while it held the map.
+        let headers = held.unwrap_or_default();
         // Plugins that log this request later still read its properties, however the phase
         // ended; the request goes on with its own map.
         match result {
             Ok(()) => {
                 if self.reads_request_head_later() {
-                    let _ = self.info.request_headers.set(Box::new(headers.clone()));
+                    let _ = self.info.request_headers.set(headers.clone());
                 }
                 Ok(headers)
             }
             Err(stop) => {
-                let _ = self.info.request_headers.set(Box::new(headers));
+                let _ = self.info.request_headers.set(headers);
                 Err(stop)
             }
         }
@@ -316,7 +317,7 @@ impl PluginRun {
 
     async fn request_headers_through(
         &mut self,
-        headers: &mut PseudoHeaderMap,
+        headers: &mut Option<Box<PseudoHeaderMap>>,
         end_of_stream: bool,
     ) -> Result<(), Stopped> {
         self.phase = "request_headers";
@@ -548,11 +549,13 @@ impl PluginRun {
 
     /// Response headers through the plugins in reverse order. A local reply from this phase
     /// replaces the response; its headers then continue through the remaining plugins.
+    /// Returns the head as the plugins left it, and the local reply if one replaced the
+    /// response.
     pub async fn response_headers(
         &mut self,
-        headers: &mut PseudoHeaderMap,
+        headers: Box<PseudoHeaderMap>,
         end_of_stream: bool,
-    ) -> Result<Option<LocalResponse>, Stopped> {
+    ) -> Result<(Box<PseudoHeaderMap>, Option<LocalResponse>), Stopped> {
         let status = headers
             .pseudo(Pseudo::Status)
             .and_then(|value| std::str::from_utf8(value).ok()?.parse::<u16>().ok());
@@ -563,6 +566,7 @@ impl PluginRun {
                 .response_status
                 .store(status, std::sync::atomic::Ordering::Relaxed);
         }
+        let mut held = Some(headers);
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
             let entry = &self.entries[index];
             if entry.context.is_none() || !entry.exports(StreamCallback::ResponseHeaders) {
@@ -572,7 +576,7 @@ impl PluginRun {
                 .header_callback(
                     index,
                     StreamCallback::ResponseHeaders,
-                    headers,
+                    &mut held,
                     end_of_stream,
                     |stream| {
                         stream.response_code = status;
@@ -588,38 +592,41 @@ impl PluginRun {
                     } else {
                         answer
                     };
-                    *headers = local_reply_head(&answer);
+                    held = Some(Box::new(local_reply_head(&answer)));
                     replaced = Some(answer);
                 }
                 Err(failed) => return Err(failed),
             }
         }
-        Ok(replaced)
+        // Gone only with the VM of a plugin that paused while it held the map.
+        Ok((held.unwrap_or_default(), replaced))
     }
 
-    /// A request or response headers callback of one plugin: the map is moved into the
-    /// plugin's stream state (`slot`) for the callback and straight back after it, or after
-    /// the pause that followed; after a trap, what the callback was handed is taken back
-    /// from the dying VM in the same visit, so that a `fail_open` plugin passes it on.
+    /// A request or response headers callback of one plugin: the map (boxed: a hand-over
+    /// moves a pointer) is moved into the plugin's stream state (`slot`) for the callback
+    /// and straight back after it, or after the pause that followed; after a trap, what the
+    /// callback was handed is taken back from the dying VM in the same visit, so that a
+    /// `fail_open` plugin passes it on. `headers` is `None` afterwards only if the VM went
+    /// while the plugin held the map (paused, then another request's trap).
     async fn header_callback(
         &mut self,
         index: usize,
         callback: StreamCallback,
-        headers: &mut PseudoHeaderMap,
+        headers: &mut Option<Box<PseudoHeaderMap>>,
         end_of_stream: bool,
-        slot: impl Fn(&mut StreamState) -> &mut Option<PseudoHeaderMap> + Copy,
+        slot: impl Fn(&mut StreamState) -> &mut Option<Box<PseudoHeaderMap>> + Copy,
     ) -> Result<(), Stopped> {
         let direction = match callback {
             StreamCallback::ResponseHeaders => Direction::Response,
             _ => Direction::Request,
         };
-        let count = headers.len();
+        let count = headers.as_ref().map_or(0, |headers| headers.len());
         // The map is with the plugin: handed over and not given back yet.
         let mut with_plugin = false;
         let result = self
             .settle(index, direction, |vm, context| {
                 if let Some(stream) = vm.state().streams.get_mut(&context) {
-                    *slot(stream) = Some(std::mem::take(headers));
+                    *slot(stream) = headers.take();
                     with_plugin = true;
                 }
                 let action = vm.stream_callback(context, callback, count, end_of_stream);
@@ -627,7 +634,7 @@ impl PluginRun {
                 // after a trap too, before the VM is discarded.
                 if with_plugin && !matches!(action, Ok(Action::Pause)) {
                     if let Some(stream) = vm.state().streams.get_mut(&context) {
-                        *headers = slot(stream).take().unwrap_or_default();
+                        *headers = slot(stream).take();
                         with_plugin = false;
                     }
                 }
@@ -635,7 +642,7 @@ impl PluginRun {
             })
             .await;
         if with_plugin {
-            *headers = self.with_stream(index, |stream| slot(stream).take().unwrap_or_default());
+            *headers = self.with_stream(index, |stream| slot(stream).take());
         }
         result
     }
@@ -844,9 +851,9 @@ impl PluginRun {
     }
 
     /// Records the response head that went downstream, which plugins read from then on.
-    pub fn set_final_response(&mut self, status: u16, headers: PseudoHeaderMap) {
+    pub fn set_final_response(&mut self, status: u16, headers: Box<PseudoHeaderMap>) {
         self.final_status = Some(status);
-        let _ = self.info.response_headers.set(Box::new(headers));
+        let _ = self.info.response_headers.set(headers);
     }
 
     /// Records the status that went downstream, for a run whose plugins read no response
