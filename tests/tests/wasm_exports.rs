@@ -14,6 +14,10 @@
 //! A plugin that works on the response only (`response-only.wat`) still reads the request
 //! head in the response phase, and the upstream gets the request as the client sent it,
 //! `Host` included (the client's own value, kept when it is the canonical authority).
+//!
+//! Behind a plugin that works on the request only (`headers-only.wat`), where no plugin reads
+//! the response head, the client gets the response as a route without plugins gives it:
+//! status, every header value in order, body.
 
 use std::time::Duration;
 
@@ -21,9 +25,10 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tollgate_tests::backends::{self, ResponseBody};
 use tollgate_tests::clients::{get_request, HttpClient};
 use tollgate_tests::plugins::{
-    declared_callbacks_wat, request_only_wat, response_only_wat, PluginSpec,
+    declared_callbacks_wat, headers_only_wat, request_only_wat, response_only_wat, PluginSpec,
 };
 use tollgate_tests::prometheus::plugin_callbacks_between;
 use tollgate_tests::scenario::Scenario;
@@ -228,6 +233,84 @@ async fn a_response_plugin_reads_the_request_head_and_the_upstream_gets_it_as_se
         if request.path != "/uppercase" {
             assert_eq!(request.header("x-who"), Some("alice"), "{request:?}");
             assert!(request.path.ends_with("?q=1"), "{request:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn behind_a_request_plugin_the_response_comes_as_the_upstream_sent_it() {
+    let upstream = backends::answering(|_head, _body| async move {
+        http::Response::builder()
+            .status(StatusCode::CREATED)
+            .header("x-multi", "1")
+            .header("set-cookie", "a=1")
+            .header("x-multi", "2")
+            .header("set-cookie", "b=2")
+            .header("content-type", "text/plain")
+            .header("x-empty", "")
+            .body(Full::from("made upstream").boxed() as ResponseBody)
+            .expect("valid answer")
+    })
+    .await;
+    let gateway = Scenario::new()
+        .workers(1)
+        .backend("made", upstream)
+        .route("{ name: plain, match: { path: { prefix: /plain } }, forward: { cluster: made } }")
+        .route(
+            "{ name: plugged, match: { path: { prefix: /plugged } }, forward: { cluster: made } }",
+        )
+        .plugin(PluginSpec::new("headers-only", headers_only_wat()).routes(&["plugged"]))
+        .start()
+        .await;
+    let addr = gateway.addr();
+    // What a response says, without what differs from one response to the next (its date,
+    // the request's id).
+    let said = |response: &tollgate_tests::clients::HttpResponse| {
+        assert!(response.headers.contains_key("x-request-id"));
+        let mut headers: Vec<(String, String)> = response
+            .headers
+            .iter()
+            .filter(|(name, _)| *name != http::header::DATE && *name != "x-request-id")
+            .map(|(name, value)| (name.to_string(), value.to_str().expect("ASCII").to_owned()))
+            .collect();
+        headers.sort_by(|a, b| a.0.cmp(&b.0));
+        (response.status, headers, response.body.clone())
+    };
+    for (protocol, client) in [
+        ("HTTP/1.1", HttpClient::http1()),
+        ("h2c", HttpClient::h2c()),
+    ] {
+        for n in 0..2 {
+            let plain = client.get(addr, "api.example.com", "/plain").await;
+            let plugged = client.get(addr, "api.example.com", "/plugged").await;
+            gateway.assert_status(&plugged, StatusCode::CREATED, protocol);
+            assert_eq!(
+                said(&plugged),
+                said(&plain),
+                "{protocol}, request {n}: the response behind the plugin"
+            );
+            let values = |name: &str| {
+                plugged
+                    .headers
+                    .get_all(name)
+                    .iter()
+                    .map(|value| value.to_str().expect("ASCII").to_owned())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(values("x-multi"), ["1", "2"], "{protocol}: in order");
+            assert_eq!(values("set-cookie"), ["a=1", "b=2"], "{protocol}: in order");
+            assert_eq!(&plugged.body[..], b"made upstream", "{protocol}");
+        }
+    }
+    // The plugin ran: its request header reached the upstream on the plugged route only.
+    let requests = gateway.backend("made").requests();
+    assert_eq!(requests.len(), 8, "every request went upstream");
+    for request in &requests {
+        let seen = request.header("x-headers-only");
+        if request.path.starts_with("/plugged") {
+            assert_eq!(seen, Some("seen"), "{request:?}");
+        } else {
+            assert_eq!(seen, None, "{request:?}");
         }
     }
 }

@@ -678,6 +678,12 @@ async fn plugin_response(
     let response = as_client_gets(response, record.grpc);
     let mut run = shared.lock().await;
     record_outcome(&run, record);
+    if !run.reads_response_head() {
+        run.response_head_unread(response.status().as_u16());
+        drop(run);
+        let (parts, body) = response.into_parts();
+        return Response::from_parts(parts, plugins::filter_response_body(body, shared));
+    }
     let (mut parts, body) = response.into_parts();
     // The plugins work on the response's own header map, moved in and back.
     let mut head = Box::new(PseudoHeaderMap::response(

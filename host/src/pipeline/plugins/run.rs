@@ -560,16 +560,10 @@ impl PluginRun {
             .pseudo(Pseudo::Status)
             .and_then(|value| std::str::from_utf8(value).ok()?.parse::<u16>().ok());
         let mut replaced = None;
-        self.phase = "response_headers";
-        if let Some(status) = status {
-            self.info
-                .response_status
-                .store(status, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.response_phase_starts(status);
         let mut held = Some(headers);
         for index in (0..self.response_limit.min(self.entries.len())).rev() {
-            let entry = &self.entries[index];
-            if entry.context.is_none() || !entry.exports(StreamCallback::ResponseHeaders) {
+            if !self.enters_response_headers(index) {
                 continue;
             }
             let result = self
@@ -600,6 +594,39 @@ impl PluginRun {
         }
         // Gone only with the VM of a plugin that paused while it held the map.
         Ok((held.unwrap_or_default(), replaced))
+    }
+
+    /// Whether plugin `index` is called with the response head: it has a context (it ran
+    /// in the request phase) and exports `proxy_on_response_headers`.
+    fn enters_response_headers(&self, index: usize) -> bool {
+        let entry = &self.entries[index];
+        entry.context.is_some() && entry.exports(StreamCallback::ResponseHeaders)
+    }
+
+    /// Whether some plugin reads the response head, in its headers callback or later: when
+    /// none does, the head goes downstream as it came, with no map for the plugins
+    /// (see [`Self::response_head_unread`]).
+    pub fn reads_response_head(&self) -> bool {
+        (0..self.response_limit.min(self.entries.len()))
+            .any(|index| self.enters_response_headers(index))
+            || self.reads_response_head_later()
+    }
+
+    /// The response phase of a run where no plugin reads the response head (a chain of
+    /// request plugins, as most authentication is): only its status is recorded, for the
+    /// properties the log phase reads.
+    pub fn response_head_unread(&mut self, status: u16) {
+        self.response_phase_starts(Some(status));
+        self.set_final_status(status);
+    }
+
+    fn response_phase_starts(&mut self, status: Option<u16>) {
+        self.phase = "response_headers";
+        if let Some(status) = status {
+            self.info
+                .response_status
+                .store(status, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// A request or response headers callback of one plugin: the map (boxed: a hand-over
