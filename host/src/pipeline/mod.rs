@@ -670,17 +670,26 @@ fn record_outcome(run: &PluginRun, record: &AccessRecord) {
 
 /// Response phase: the plugin chain in reverse order, then the body through the plugins.
 async fn plugin_response(
-    shared: SharedRun,
+    mut shared: SharedRun,
     response: Response<ResponseBody>,
     record: &mut AccessRecord,
 ) -> Response<ResponseBody> {
     // Response plugins see a local answer to a gRPC call in the form the client gets.
     let response = as_client_gets(response, record.grpc);
-    let mut run = shared.lock().await;
-    record_outcome(&run, record);
+    // In place once the request body task has ended (nearly always: most requests have no
+    // body), else under the lock.
+    let mut guard = None;
+    if !plugins::is_unshared(&shared) {
+        guard = Some(shared.clone().lock_owned().await);
+    }
+    let run: &mut PluginRun = match guard.as_mut() {
+        Some(guard) => guard,
+        None => plugins::unshared(&mut shared),
+    };
+    record_outcome(run, record);
     if !run.reads_response_head() {
         run.response_head_unread(response.status().as_u16());
-        drop(run);
+        drop(guard);
         let (parts, body) = response.into_parts();
         return Response::from_parts(parts, plugins::filter_response_body(body, shared));
     }
@@ -706,11 +715,11 @@ async fn plugin_response(
             record.detail = "plugin_failure";
             record.plugin_phase = run.failed_phase().unwrap_or("-");
             let response = as_client_gets(*response, record.grpc);
-            record_outcome(&run, record);
+            record_outcome(run, record);
             run.set_final_response(response.status().as_u16(), Box::default());
             return response;
         }
-        Err(Stopped::Reset) => return plugin_reset(&mut run, record),
+        Err(Stopped::Reset) => return plugin_reset(run, record),
         // The phase returns a plugin's local reply as `Ok((head, Some(answer)))`; this arm
         // treats a stop in that form alike.
         Err(Stopped::Local(_, answer)) => (
@@ -733,7 +742,7 @@ async fn plugin_response(
         parts.headers = head.into_headers();
         run.set_final_status(parts.status.as_u16());
     }
-    drop(run);
+    drop(guard);
     Response::from_parts(parts, plugins::filter_response_body(body, shared))
 }
 

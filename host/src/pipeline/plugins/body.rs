@@ -41,21 +41,27 @@ impl Body for FilteredBody {
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         use std::task::Poll;
+        let this = self.get_mut();
         loop {
-            if self.done {
+            if this.done {
                 return Poll::Ready(None);
             }
             // The run first, then the frame: a frame is never read and then held back
-            // waiting for the run.
-            let mut run = match self.poll_run(cx) {
-                Poll::Ready(run) => run,
-                Poll::Pending => return Poll::Pending,
+            // waiting for the run. Once the request body task has ended, this body holds
+            // the run's only handle and works on it in place; until then, under its lock.
+            let mut guard = None;
+            if !super::is_unshared(&this.run) {
+                guard = Some(std::task::ready!(this.poll_run(cx)));
+            }
+            let run: &mut PluginRun = match guard.as_mut() {
+                Some(guard) => guard,
+                None => super::unshared(&mut this.run),
             };
-            let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+            let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
             match polled {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
@@ -63,70 +69,70 @@ impl Body for FilteredBody {
                     Ok(data) if !run.reads_response_body() => {
                         // No plugin of the chain reads the body: it passes as it came.
                         run.response_size += data.len() as u64;
-                        if self.inner.is_end_stream() {
-                            self.done = true;
+                        if this.inner.is_end_stream() {
+                            this.done = true;
                         }
                         if !data.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(data))));
                         }
-                        if self.done {
+                        if this.done {
                             return Poll::Ready(None);
                         }
                     }
                     Ok(data) => {
-                        let end = self.inner.is_end_stream();
+                        let end = this.inner.is_end_stream();
                         let out = match run.response_body_chunk(data.to_vec(), end) {
                             Ok(out) => out,
-                            Err(failure) => return self.reset(failure),
+                            Err(failure) => return reset(&mut this.done, failure),
                         };
                         if end {
-                            self.done = true;
+                            this.done = true;
                         }
                         if !out.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                         }
-                        if self.done {
+                        if this.done {
                             return Poll::Ready(None);
                         }
                     }
-                    Err(frame) if self.trailers_done => {
-                        self.done = true;
+                    Err(frame) if this.trailers_done => {
+                        this.done = true;
                         return Poll::Ready(Some(Ok(frame)));
                     }
                     Err(frame) => {
-                        self.trailers_done = true;
+                        this.trailers_done = true;
                         // Trailers end the stream: release any buffered body first is not
                         // possible in one frame, so flush it and keep the trailers for later.
                         let flushed = match run.response_body_chunk(Vec::new(), true) {
                             Ok(flushed) => flushed,
-                            Err(failure) => return self.reset(failure),
+                            Err(failure) => return reset(&mut this.done, failure),
                         };
                         let mut trailers = PseudoHeaderMap::from_headers(
                             frame.into_trailers().unwrap_or_default(),
                         );
                         if let Err(failure) = run.response_trailers(&mut trailers) {
-                            return self.reset(failure);
+                            return reset(&mut this.done, failure);
                         }
-                        self.done = true;
+                        this.done = true;
                         let map = trailers.into_headers();
                         if !flushed.is_empty() {
                             // Send the released body now; the trailers follow as the final frame.
                             let pending_trailers = map;
-                            self.inner = http_body_util::Empty::new()
+                            this.inner = http_body_util::Empty::new()
                                 .map_err(|never| match never {})
                                 .with_trailers(async move { Some(Ok(pending_trailers)) })
                                 .boxed();
-                            self.done = false;
+                            this.done = false;
                             return Poll::Ready(Some(Ok(Frame::data(Bytes::from(flushed)))));
                         }
                         return Poll::Ready(Some(Ok(Frame::trailers(map))));
                     }
                 },
                 Poll::Ready(None) => {
-                    self.done = true;
+                    this.done = true;
                     let out = match run.response_body_chunk(Vec::new(), true) {
                         Ok(out) => out,
-                        Err(failure) => return self.reset(failure),
+                        Err(failure) => return reset(&mut this.done, failure),
                     };
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
@@ -159,14 +165,14 @@ impl FilteredBody {
         self.waiting = None;
         std::task::Poll::Ready(run)
     }
+}
 
-    /// Ends the body in an error: hyper resets an HTTP/2 stream and closes an HTTP/1.1
-    /// connection before the body's end, so the client can tell the body is incomplete.
-    fn reset(
-        &mut self,
-        failure: impl Into<BoxError>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.done = true;
-        std::task::Poll::Ready(Some(Err(failure.into())))
-    }
+/// Ends the body in an error: hyper resets an HTTP/2 stream and closes an HTTP/1.1 connection
+/// before the body's end, so the client can tell the body is incomplete.
+fn reset(
+    done: &mut bool,
+    failure: impl Into<BoxError>,
+) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    *done = true;
+    std::task::Poll::Ready(Some(Err(failure.into())))
 }

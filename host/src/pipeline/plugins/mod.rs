@@ -324,3 +324,17 @@ impl Drop for PluginRun {
 pub fn share(run: PluginRun) -> SharedRun {
     Arc::new(tokio::sync::Mutex::new(run))
 }
+
+/// Whether `run` is the run's only handle: the request body task ended or never started, so
+/// no one else can reach the run, and it is worked on in place (see [`unshared`]) rather than
+/// under its lock, which costs an atomic round trip and the lock's waiter list each time.
+pub fn is_unshared(run: &SharedRun) -> bool {
+    Arc::strong_count(run) == 1 && Arc::weak_count(run) == 0
+}
+
+/// The run of a handle that [`is_unshared`].
+pub fn unshared(run: &mut SharedRun) -> &mut PluginRun {
+    Arc::get_mut(run)
+        .expect("a run is reached in place only through its only handle")
+        .get_mut()
+}
