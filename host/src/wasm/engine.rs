@@ -134,7 +134,12 @@ impl Runtime {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
         // Compiled on demand by one short-lived engine per module (see `compile`); this
-        // process-wide engine only runs code, so no compiler state stays alive in it.
+        // process-wide engine only loads and runs what those wrote, so it is built without a
+        // compiler: none of the compiler's state, and none of its code paged in, for a gateway
+        // whose modules all come from the cache. Its settings are the compiling engines'
+        // otherwise, which the engine checks on loading each module.
+        let mut serving = config.clone();
+        serving.enable_compiler(false);
         let cache_dir = match std::fs::create_dir_all(&cache_dir) {
             Ok(()) => Some(cache_dir),
             Err(error) => {
@@ -152,7 +157,7 @@ impl Runtime {
             .max_memory_size(512 << 20)
             .linear_memory_keep_resident(0)
             .table_keep_resident(0);
-        let mut pooled = config.clone();
+        let mut pooled = serving.clone();
         pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         // The pooling allocator reserves address space up front; where that is refused (a
         // tight `ulimit -v`), fall back to allocating instances on demand.
@@ -160,7 +165,7 @@ impl Runtime {
             Ok(engine) => engine,
             Err(error) => {
                 tracing::warn!(%error, "pooling allocator unavailable; instances are allocated on demand");
-                Engine::new(&config)?
+                Engine::new(&serving)?
             }
         };
         let mut linker = Linker::new(&engine);
