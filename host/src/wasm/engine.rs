@@ -449,6 +449,25 @@ mod tests {
     }
 
     #[test]
+    fn the_serving_engine_compiles_nothing_and_runs_what_was_compiled_for_it() {
+        // It has no compiler: a gateway whose modules come from the cache keeps none in memory.
+        let error = wasmtime::Module::new(&runtime().engine, "(module)")
+            .expect_err("the serving engine has no compiler");
+        assert!(
+            format!("{error:#}").contains("not configured with a compiler"),
+            "{error:#}"
+        );
+        // What the compiling engines write, it loads.
+        let module = load(
+            r#"(module (memory (export "memory") 1)
+                 (func (export "proxy_abi_version_0_2_1"))
+                 (func (export "proxy_on_memory_allocate") (param i32) (result i32) i32.const 0))"#,
+        )
+        .expect("compiled by a compiling engine, loaded by the serving one");
+        assert!(Engine::same(module.module.engine(), &runtime().engine));
+    }
+
+    #[test]
     fn abi_is_detected_by_export() {
         let module = load(
             r#"(module (memory (export "memory") 1)
