@@ -115,8 +115,8 @@ impl Runtime {
     fn new(cache_dir: PathBuf) -> wasmtime::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(epochs_enabled());
-        // Traps carry the guest's backtrace, which trap reports print: the engine's default,
-        // its innermost 20 frames.
+        // No backtrace setting: by default a trap carries the guest's innermost 20 frames,
+        // which trap reports print.
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         // A compiled module is resident once per process; keep it to the code. Trap reports
         // name guest functions (from the module's name section), which needs neither the
