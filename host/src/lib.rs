@@ -53,6 +53,22 @@ macro_rules! boxed {
 }
 pub(crate) use boxed;
 
+/// `Arc::new(value)` with the value written into the allocation as it is made, as
+/// [`boxed!`] does for a box: a request's shared state with plugins runs to hundreds of
+/// bytes, which `Arc::new` would make on the stack and copy in. Internal to the crate.
+macro_rules! arc {
+    ($value:expr) => {{
+        let mut arc = ::std::sync::Arc::new_uninit();
+        ::std::sync::Arc::get_mut(&mut arc)
+            .expect("an Arc just made has no other handle")
+            .write($value);
+        #[allow(unsafe_code)] // sound: the value was written on the line above
+        let arc = unsafe { arc.assume_init() };
+        arc
+    }};
+}
+pub(crate) use arc;
+
 pub mod admin;
 pub mod allocator;
 pub mod body;

@@ -284,8 +284,10 @@ async fn with_plugins(
         _ => Duration::from_secs(15),
     };
     let info = stream_info(&routed, downstream, record, snapshot);
-    let mut run = PluginRun::new(chain, info, wait_limit);
-    run.limit_buffering(snapshot.config.server.max_buffered_body_bytes);
+    let buffer_limit = snapshot.config.server.max_buffered_body_bytes;
+    let mut shared = PluginRun::new_shared(chain, info, wait_limit, buffer_limit);
+    // Nothing else holds the run until the request body task does: worked on in place.
+    let run = plugins::unshared(&mut shared);
     let Routed {
         request,
         listener,
@@ -296,7 +298,7 @@ async fn with_plugins(
     let (mut parts, body) = request.into_parts();
     let end_of_stream = http_body::Body::is_end_stream(&body);
     let changed = match request_phase(
-        &mut run,
+        run,
         &mut parts,
         &target.authority,
         downstream,
@@ -305,7 +307,7 @@ async fn with_plugins(
     .await
     {
         Ok(changed) => changed,
-        Err(stop) => return plugin_stop(stop, plugins::share(run), record).await,
+        Err(stop) => return plugin_stop(stop, shared, record).await,
     };
     let normalization = &snapshot.config.server.normalization;
     let (route, authority) =
@@ -317,15 +319,15 @@ async fn with_plugins(
             }
             Err(refusal) => {
                 let response = refuse(refusal, record);
-                return plugin_response(plugins::share(run), response, record).await;
+                return plugin_response(shared, response, record).await;
             }
         };
 
-    let reading = match body_reading(&run, &mut parts, route, snapshot, end_of_stream) {
+    let reading = match body_reading(run, &mut parts, route, snapshot, end_of_stream) {
         Ok(reading) => reading,
         Err(refusal) => return refuse(refusal, record),
     };
-    let run = plugins::share(run);
+    let run = shared;
     let server = &snapshot.config.server;
     let (body, body_stop) = match upstream_body(&mut parts, body, reading, &run, server).await {
         Ok(prepared) => prepared,
@@ -800,20 +802,20 @@ async fn act(
     answer.unwrap_or_else(|refusal| refuse(refusal, record))
 }
 
-/// The request facts plugins read as properties.
+/// The request facts plugins read as properties, made in the allocation their contexts share.
 fn stream_info(
     routed: &Routed<'_>,
     downstream: &Downstream,
     record: &AccessRecord,
     snapshot: &Snapshot,
-) -> StreamInfo {
+) -> Arc<StreamInfo> {
     let route = routed.route;
     let cluster_name = snapshot
         .forwards
         .get(&route.name)
         .and_then(|forward| forward.targets.first())
         .map(|target| target.cluster.name.clone());
-    StreamInfo {
+    crate::arc!(StreamInfo {
         request_id: record.request_id.clone(),
         started: std::time::SystemTime::now(),
         protocol: match routed.request.version() {
@@ -844,7 +846,7 @@ fn stream_info(
         response_headers: Default::default(),
         response_status: Default::default(),
         trace: record.trace.clone(),
-    }
+    })
 }
 
 /// The host a request is for, made canonical: `authority` (`host[:port]`) is what plugins

@@ -170,8 +170,16 @@ impl std::fmt::Display for PluginBodyFailure {
 impl std::error::Error for PluginBodyFailure {}
 
 impl PluginRun {
-    pub fn new(chain: &Chain, info: StreamInfo, wait_limit: Duration) -> Self {
-        Self {
+    /// A request's run over `chain`, made in the allocation the request body task and the
+    /// response phase share (written there, not moved in: a run is hundreds of bytes).
+    /// `buffer_limit` is `server.max_buffered_body_bytes`.
+    pub fn new_shared(
+        chain: &Chain,
+        info: Arc<StreamInfo>,
+        wait_limit: Duration,
+        buffer_limit: u64,
+    ) -> SharedRun {
+        crate::arc!(tokio::sync::Mutex::new(Self {
             entries: chain
                 .iter()
                 .map(|plugin| Entry {
@@ -186,7 +194,7 @@ impl PluginRun {
                     holding_request_body: false,
                 })
                 .collect(),
-            info: Arc::new(info),
+            info,
             wait_limit,
             response_limit: chain.len(),
             finished: false,
@@ -195,8 +203,8 @@ impl PluginRun {
             response_size: 0,
             phase: "request_headers",
             failed_phase: None,
-            buffer_limit: usize::MAX,
-        }
+            buffer_limit: usize::try_from(buffer_limit).unwrap_or(usize::MAX),
+        }))
     }
 
     /// Updates how the request was answered, for the properties every plugin reads.
@@ -204,12 +212,6 @@ impl PluginRun {
         if let Ok(mut outcome) = self.info.outcome.lock() {
             update(&mut outcome);
         }
-    }
-
-    /// Caps what one plugin may hold back of a body while it pauses
-    /// (`server.max_buffered_body_bytes`).
-    pub fn limit_buffering(&mut self, bytes: u64) {
-        self.buffer_limit = usize::try_from(bytes).unwrap_or(usize::MAX);
     }
 
     /// Whether some plugin of the chain exports `proxy_on_request_body`: only then can the
@@ -318,11 +320,6 @@ impl Drop for PluginRun {
     fn drop(&mut self) {
         self.finish();
     }
-}
-
-/// Wraps a run so that the request body task and the response phase can share it.
-pub fn share(run: PluginRun) -> SharedRun {
-    Arc::new(tokio::sync::Mutex::new(run))
 }
 
 /// Whether `run` is the run's only handle: the request body task ended or never started, so
