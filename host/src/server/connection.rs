@@ -8,7 +8,15 @@
 //! connection after `header_read_timeout` instead of `idle_timeout`. Ours runs while a head
 //! is arriving: from the start of the connection for the first request, and from the first
 //! byte after an exchange for the next ones.
+//!
+//! A connection holds no HTTP state until its bytes call for it. Its first bytes tell
+//! HTTP/2's preface from an HTTP/1 request; an HTTP/1 connection that a check finds between
+//! exchanges is parked: hyper's connection is finished without closing the socket (nothing
+//! is written, see [`Activity::parking`]) and dropped with its buffers, and the next
+//! request's first bytes build it again. So 10 000 idle keep-alive clients cost some 3 KiB
+//! each rather than 20 (bench/README.md, "Memory at idle connections").
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,10 +25,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http_body_util::BodyExt;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -39,12 +48,14 @@ pub async fn serve(
     remote: SocketAddr,
     listener: Arc<str>,
     state: Arc<GatewayState>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(remote);
     let snapshot = state.snapshot();
-    let settings = snapshot.config.server.clone();
+    // The configuration is shared, not copied: an idle connection is kept small.
+    let config = snapshot.config.clone();
+    let settings = &config.server;
     let (tls_config, served_certificates) = snapshot
         .listeners
         .get(&listener)
@@ -65,8 +76,11 @@ pub async fn serve(
         None => Box::new(stream),
         Some(config) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)).await
-            {
+            // Boxed: the handshake's state is large, and the connection's future would
+            // otherwise be as large for the connection's whole life.
+            let handshake =
+                tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream));
+            match crate::boxed!(handshake).await {
                 Ok(Ok(tls)) => {
                     downstream.tls = Some(TlsInfo::from_connection(
                         tls.get_ref().1,
@@ -86,14 +100,12 @@ pub async fn serve(
         }
     };
     let downstream = Arc::new(downstream);
-    // The first request head is due within header_read_timeout of the connection being
-    // ready for HTTP; the TLS handshake had its own header_read_timeout before that.
-    let mut head_since = Some(Instant::now());
-    let io = TokioIo::new(ActivityIo {
+    let io = ActivityIo {
         inner: io,
         activity: activity.clone(),
         protocol: Protocol::FirstBytes { matched: 0 },
-    });
+        unread: Bytes::new(),
+    };
 
     let service_activity = activity.clone();
     let service_state = state.clone();
@@ -117,86 +129,296 @@ pub async fn serve(
     });
 
     metrics.connection_opened(&listener);
-    let builder = http_builder(&settings);
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
-    let mut closing = false;
-    let mut idle_check = tokio::time::interval(idle_check_period(
-        settings
-            .idle_timeout
-            .min(settings.stream_idle_timeout)
-            .min(settings.header_read_timeout),
-    ));
-    idle_check.reset();
-    let mut idle_since = Instant::now();
-    // Set when the connection was asked to close because it idled: a peer that does not
-    // even take our goodbye (a full socket, a GOAWAY that cannot be flushed) is dropped
-    // after a further idle_timeout instead of being waited on forever.
-    let mut drop_at: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(error) = result {
-                    log_refused_head(&listener, remote, error.as_ref());
-                    tracing::debug!(%listener, %remote, %error, "connection ended with an error");
-                }
-                break;
-            }
-            _ = shutdown.changed(), if !closing => {
-                closing = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            tick = idle_check.tick() => {
-                // The tick's own time rather than the clock: checks a period apart measure
-                // exactly a period, so a timeout fires on the first check past it.
-                let now = tick.into_std();
-                if activity.moved.swap(false, Ordering::Relaxed) {
-                    idle_since = now;
-                }
-                // A head that completed since the last check ends its timer; one pending
-                // now is then a new head, timed from this check (at most a period late).
-                let head_completed = activity.head_completed.swap(false, Ordering::Relaxed);
-                head_since = match activity.head_pending.load(Ordering::Relaxed) {
-                    false => None,
-                    true if head_completed => Some(now),
-                    true => Some(head_since.unwrap_or(now)),
+    let mut watch = ConnectionWatch::new(settings, shutdown, &listener, remote);
+    let mut served = Some((io, service));
+    let mut parked = false;
+    while let Some((mut io, service)) = served.take() {
+        // Until the client's next bytes arrive, the connection holds no HTTP state: the
+        // first bytes tell HTTP/2's preface from an HTTP/1 request, and a parked HTTP/1
+        // connection's next request builds its HTTP state anew.
+        let bytes = await_bytes(&mut io, &mut watch).await;
+        if std::mem::take(&mut parked) {
+            metrics.connection_parked(&listener, false);
+        }
+        if !bytes {
+            break;
+        }
+        match io.protocol {
+            Protocol::Http2 => {
+                let mut connection =
+                    Box::pin(http2_builder(settings).serve_connection(TokioIo::new(io), service));
+                let graceful_shutdown = |connection: Pin<&mut _>| {
+                    http2::Connection::graceful_shutdown(connection);
                 };
-                if head_since.is_some_and(|since| {
-                    now.saturating_duration_since(since) >= settings.header_read_timeout
-                }) {
-                    // Closed without an answer, as a client that cannot send a head in time
-                    // would not read one either.
-                    log_refused(
-                        &listener,
-                        remote,
-                        "-",
-                        "request_header_timeout",
-                        &"request head not complete within header_read_timeout",
-                    );
-                    break;
-                }
-                let idle = now.saturating_duration_since(idle_since);
-                if activity.in_flight.load(Ordering::Relaxed) > 0 {
-                    // Exchanges are open but not a byte moved either way: a client that
-                    // stopped reading, or a request and upstream both stalled. A graceful
-                    // shutdown would wait for them, so the connection is dropped instead.
-                    if idle >= settings.stream_idle_timeout {
-                        tracing::debug!(%listener, %remote, "stream idle timeout: closing the connection");
-                        break;
+                let _ = drive(
+                    connection.as_mut(),
+                    graceful_shutdown,
+                    false,
+                    &activity,
+                    &mut watch,
+                )
+                .await;
+            }
+            _ => {
+                let mut connection = Box::pin(
+                    http1_builder(settings)
+                        .serve_connection(TokioIo::new(io), service)
+                        .with_upgrades(),
+                );
+                let graceful_shutdown = |connection: Pin<&mut _>| {
+                    http1::UpgradeableConnection::graceful_shutdown(connection);
+                };
+                let drove = drive(
+                    connection.as_mut(),
+                    graceful_shutdown,
+                    true,
+                    &activity,
+                    &mut watch,
+                )
+                .await;
+                if let Drove::Parked = drove {
+                    // An upgraded connection has gone to its upgrade: nothing comes back.
+                    if let Some(parts) = Pin::into_inner(connection).into_parts() {
+                        let mut io = parts.io.into_inner();
+                        io.activity.parking.store(false, Ordering::Relaxed);
+                        // A copy: what hyper hands back is a view of its whole read buffer.
+                        io.unread = Bytes::copy_from_slice(&parts.read_buf);
+                        served = Some((io, parts.service));
+                        metrics.connection_parked(&listener, true);
+                        parked = true;
                     }
-                } else if !closing && idle >= settings.idle_timeout {
-                    closing = true;
-                    drop_at = Some(now + settings.idle_timeout);
-                    connection.as_mut().graceful_shutdown();
-                }
-                if drop_at.is_some_and(|at| now >= at) {
-                    tracing::debug!(%listener, %remote, "idle connection did not close: dropping it");
-                    break;
                 }
             }
         }
     }
     metrics.connection_closed(&listener);
+}
+
+/// The longest time between two checks of a connection: an HTTP/1 connection a check finds
+/// between exchanges is parked (see the module docs), so an idle one lets go of its HTTP
+/// state within about this time. A busy keep-alive connection found between two requests is
+/// parked too, and its next request builds its state again: a few microseconds, at most
+/// once a check.
+const PARK_CHECK: Duration = Duration::from_secs(1);
+
+/// What ends a connection, kept across its HTTP states: one periodic check (see the module
+/// docs) with what it has seen so far, the settings it applies, and the gateway's drain.
+struct ConnectionWatch<'a> {
+    settings: &'a ServerSettings,
+    shutdown: watch::Receiver<bool>,
+    /// For the logs.
+    listener: &'a str,
+    remote: SocketAddr,
+    check: tokio::time::Interval,
+    /// When the connection last moved a byte or ended an exchange, as far as checks know.
+    idle_since: Instant,
+    /// Not a byte moved since the check before the last one.
+    quiet: bool,
+    /// Since when a request head has been arriving (from the start for the first one).
+    head_since: Option<Instant>,
+    /// The connection was asked to close (idle or draining): no more parking.
+    closing: bool,
+    /// Set when the connection was asked to close because it idled: a peer that does not
+    /// even take our goodbye (a full socket, a GOAWAY that cannot be flushed) is dropped
+    /// after a further idle_timeout instead of being waited on forever.
+    drop_at: Option<Instant>,
+}
+
+/// What a check found.
+enum Verdict {
+    Fine,
+    /// Close now, without an answer.
+    Drop,
+    /// Ask the client to go (idle): finish what is in flight, take no more.
+    Close,
+}
+
+impl<'a> ConnectionWatch<'a> {
+    fn new(
+        settings: &'a ServerSettings,
+        shutdown: watch::Receiver<bool>,
+        listener: &'a str,
+        remote: SocketAddr,
+    ) -> Self {
+        let period = idle_check_period(
+            settings
+                .idle_timeout
+                .min(settings.stream_idle_timeout)
+                .min(settings.header_read_timeout),
+        )
+        .min(PARK_CHECK);
+        let mut check = tokio::time::interval(period);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.reset();
+        let now = Instant::now();
+        Self {
+            settings,
+            shutdown,
+            listener,
+            remote,
+            check,
+            idle_since: now,
+            quiet: false,
+            head_since: Some(now),
+            closing: false,
+            drop_at: None,
+        }
+    }
+
+    /// One check at `now` (the tick's own time rather than the clock: checks a period apart
+    /// measure exactly a period, so a timeout fires on the first check past it).
+    fn check(&mut self, now: Instant, activity: &Activity) -> Verdict {
+        let (settings, listener, remote) = (self.settings, self.listener, self.remote);
+        self.quiet = !activity.moved.swap(false, Ordering::Relaxed);
+        if !self.quiet {
+            self.idle_since = now;
+        }
+        // A head that completed since the last check ends its timer; one pending now is
+        // then a new head, timed from this check (at most a period late).
+        let head_completed = activity.head_completed.swap(false, Ordering::Relaxed);
+        self.head_since = match activity.head_pending.load(Ordering::Relaxed) {
+            false => None,
+            true if head_completed => Some(now),
+            true => Some(self.head_since.unwrap_or(now)),
+        };
+        if self.head_since.is_some_and(|since| {
+            now.saturating_duration_since(since) >= settings.header_read_timeout
+        }) {
+            // Closed without an answer, as a client that cannot send a head in time would
+            // not read one either.
+            log_refused(
+                listener,
+                remote,
+                "-",
+                "request_header_timeout",
+                &"request head not complete within header_read_timeout",
+            );
+            return Verdict::Drop;
+        }
+        let idle = now.saturating_duration_since(self.idle_since);
+        if activity.in_flight.load(Ordering::Relaxed) > 0 {
+            // Exchanges are open but not a byte moved either way: a client that stopped
+            // reading, or a request and upstream both stalled. A graceful shutdown would
+            // wait for them, so the connection is dropped instead.
+            if idle >= settings.stream_idle_timeout {
+                tracing::debug!(%listener, %remote, "stream idle timeout: closing the connection");
+                return Verdict::Drop;
+            }
+        } else if !self.closing && idle >= settings.idle_timeout {
+            self.closing = true;
+            self.drop_at = Some(now + settings.idle_timeout);
+            return Verdict::Close;
+        }
+        if self.drop_at.is_some_and(|at| now >= at) {
+            tracing::debug!(%listener, %remote, "idle connection did not close: dropping it");
+            return Verdict::Drop;
+        }
+        Verdict::Fine
+    }
+}
+
+/// Waits, holding no HTTP state, until the client's bytes say what comes next: the first
+/// bytes of the connection until its protocol is known, or the first byte of a parked
+/// connection's next request. `false`: the connection is over (closed by the client, timed
+/// out idle or on its first head, or the gateway drains).
+async fn await_bytes(io: &mut ActivityIo, watch: &mut ConnectionWatch<'_>) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !io.unread.is_empty() {
+        return true;
+    }
+    let mut read = [0u8; HTTP2_PREFACE.len()];
+    let mut filled = 0;
+    loop {
+        tokio::select! {
+            bytes = io.read(&mut read[filled..]) => match bytes {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => {
+                    filled += n;
+                    // Read until the bytes are not the preface's start, or are all of it.
+                    if io.protocol != (Protocol::FirstBytes { matched: filled }) {
+                        io.unread = Bytes::copy_from_slice(&read[..filled]);
+                        return true;
+                    }
+                }
+            },
+            _ = watch.shutdown.changed() => break,
+            tick = watch.check.tick() => {
+                match watch.check(tick.into_std(), &io.activity) {
+                    Verdict::Fine => {}
+                    Verdict::Drop => return false,
+                    Verdict::Close => break,
+                }
+            }
+        }
+    }
+    // Idle, or draining, with nothing in flight: the client is told by our side closing.
+    let _ = tokio::time::timeout(watch.settings.idle_timeout, io.shutdown()).await;
+    false
+}
+
+/// How [`drive`] left a connection.
+enum Drove {
+    /// Over: closed, failed, timed out, drained or upgraded.
+    Done,
+    /// Idle between exchanges, its HTTP state finished without closing the socket.
+    Parked,
+}
+
+/// Runs a connection's HTTP state until it ends or, with `may_park` (HTTP/1), parks between
+/// exchanges.
+/// `graceful_shutdown` is the connection's own (each of hyper's server connections has one).
+async fn drive<C>(
+    mut connection: Pin<&mut C>,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+    may_park: bool,
+    activity: &Activity,
+    watch: &mut ConnectionWatch<'_>,
+) -> Drove
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    watch.check.reset();
+    let (listener, remote) = (watch.listener, watch.remote);
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    log_refused_head(listener, remote, &error);
+                    tracing::debug!(%listener, %remote, %error, "connection ended with an error");
+                    return Drove::Done;
+                }
+                return if activity.parking.load(Ordering::Relaxed) {
+                    Drove::Parked
+                } else {
+                    Drove::Done
+                };
+            }
+            _ = watch.shutdown.changed(), if !watch.closing => {
+                watch.closing = true;
+                graceful_shutdown(connection.as_mut());
+            }
+            tick = watch.check.tick() => {
+                match watch.check(tick.into_std(), activity) {
+                    Verdict::Fine => {}
+                    Verdict::Drop => return Drove::Done,
+                    Verdict::Close => graceful_shutdown(connection.as_mut()),
+                }
+                // Between exchanges, with no byte of a next request read, and quiet for a
+                // whole period (a response has long been flushed, and a connection the
+                // exchange asked to close is closed): hyper's state is idle, and finishing it
+                // writes nothing; the socket stays open (see `Activity::parking`).
+                if may_park
+                    && watch.quiet
+                    && !watch.closing
+                    && activity.in_flight.load(Ordering::Relaxed) == 0
+                    && !activity.head_pending.load(Ordering::Relaxed)
+                    && !activity.parking.swap(true, Ordering::Relaxed)
+                {
+                    graceful_shutdown(connection.as_mut());
+                }
+            }
+        }
+    }
 }
 
 /// hyper answers a request head it cannot accept (malformed, ambiguous framing, too large)
@@ -243,10 +465,9 @@ fn idle_check_period(idle_timeout: Duration) -> Duration {
     (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
 
-fn http_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn http1_builder(settings: &ServerSettings) -> http1::Builder {
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         // header_read_timeout is timed by the connection's own check (see the module
         // docs); hyper's would also run while a keep-alive connection idles. Without a
         // timer hyper has none, and None keeps it from warning that its default is unused.
@@ -255,7 +476,11 @@ fn http_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
         .max_buf_size(settings.max_request_header_bytes.max(8192))
         .keep_alive(true);
     builder
-        .http2()
+}
+
+fn http2_builder(settings: &ServerSettings) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
         .timer(TokioTimer::new())
         .max_header_list_size(settings.max_request_header_bytes as u32)
         .max_concurrent_streams(256)
@@ -286,6 +511,9 @@ struct Activity {
     /// pending head is a new one, even if the previous exchange began and ended between two
     /// checks.
     head_completed: AtomicBool,
+    /// An idle HTTP/1 connection's HTTP state is being finished to park it (see
+    /// [`PARK_CHECK`]): its end must not close the socket, which the next request reuses.
+    parking: AtomicBool,
 }
 
 impl Default for Activity {
@@ -295,6 +523,7 @@ impl Default for Activity {
             in_flight: AtomicUsize::new(0),
             head_pending: AtomicBool::new(true),
             head_completed: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
         }
     }
 }
@@ -349,6 +578,9 @@ struct ActivityIo {
     inner: Box<dyn Io>,
     activity: Arc<Activity>,
     protocol: Protocol,
+    /// Bytes read before the HTTP state that reads them was made (the first bytes, which
+    /// told the protocol; a parked connection's next ones), read out first.
+    unread: Bytes,
 }
 
 impl ActivityIo {
@@ -387,6 +619,11 @@ impl AsyncRead for ActivityIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -430,6 +667,9 @@ impl AsyncWrite for ActivityIo {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.activity.parking.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

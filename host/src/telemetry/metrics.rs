@@ -99,6 +99,7 @@ pub struct Metrics {
     upstream_ejections: Family<ClusterLabels, Counter>,
     upstream_panic_picks: Family<ClusterLabels, Counter>,
     active_connections: Family<ListenerLabels, Gauge>,
+    parked_connections: Family<ListenerLabels, Gauge>,
     connections_total: Family<ListenerLabels, Counter>,
     connections_refused: Family<ListenerLabels, Counter>,
     plugin_traps: Family<PluginLabels, Counter>,
@@ -146,6 +147,7 @@ impl Default for Metrics {
             upstream_ejections: Family::default(),
             upstream_panic_picks: Family::default(),
             active_connections: Family::default(),
+            parked_connections: Family::default(),
             connections_total: Family::default(),
             connections_refused: Family::default(),
             plugin_traps: Family::default(),
@@ -357,6 +359,19 @@ impl Metrics {
         self.connections_total.get_or_create(&labels).inc();
     }
 
+    /// An idle HTTP/1 connection let go of its HTTP state until its next request (`parked`
+    /// true), or took it up again (false).
+    pub fn connection_parked(&self, listener: &Arc<str>, parked: bool) {
+        let gauge = self.parked_connections.get_or_create(&ListenerLabels {
+            listener: listener.clone(),
+        });
+        if parked {
+            gauge.inc();
+        } else {
+            gauge.dec();
+        }
+    }
+
     /// Counts a connection closed at accept because its listener was at `max_connections`.
     pub fn connection_refused(&self, listener: &Arc<str>) {
         self.connections_refused
@@ -407,6 +422,11 @@ impl Metrics {
             "tollgate_active_connections",
             "Open downstream connections, by listener",
             self.active_connections.clone(),
+        );
+        registry.register(
+            "tollgate_parked_connections",
+            "Open downstream HTTP/1 connections idle between requests and holding no HTTP state, by listener",
+            self.parked_connections.clone(),
         );
         registry.register(
             "tollgate_downstream_connections",
