@@ -194,12 +194,13 @@ pub async fn serve(
     metrics.connection_closed(&listener);
 }
 
-/// The longest time between two checks of a connection: an HTTP/1 connection a check finds
-/// between exchanges is parked (see the module docs), so an idle one lets go of its HTTP
-/// state within about this time. A busy keep-alive connection found between two requests is
-/// parked too, and its next request builds its state again: a few microseconds, at most
-/// once a check.
-const PARK_CHECK: Duration = Duration::from_secs(1);
+/// The longest time between two checks of a working connection: an HTTP/1 connection that
+/// a check finds between exchanges and quiet since the check before is parked (see the
+/// module docs), so an idle one lets go of its HTTP state one to two checks after its last
+/// byte. A keep-alive connection whose client pauses as long is parked too, and its next
+/// request builds its state again: a few microseconds. A parked connection is not checked;
+/// it sleeps until its idle_timeout.
+const PARK_CHECK: Duration = Duration::from_millis(500);
 
 /// What ends a connection, kept across its HTTP states: one periodic check (see the module
 /// docs) with what it has seen so far, the settings it applies, and the gateway's drain.
@@ -328,6 +329,10 @@ async fn await_bytes(io: &mut ActivityIo, watch: &mut ConnectionWatch<'_>) -> bo
     }
     let mut read = [0u8; HTTP2_PREFACE.len()];
     let mut filled = 0;
+    // A parked connection has no head timer to run, only idle_timeout: it sleeps until
+    // then rather than waking for every check. A new one is checked as usual.
+    let parked = io.protocol == Protocol::Http1;
+    let idle_deadline = watch.idle_since + watch.settings.idle_timeout;
     loop {
         tokio::select! {
             bytes = io.read(&mut read[filled..]) => match bytes {
@@ -342,7 +347,8 @@ async fn await_bytes(io: &mut ActivityIo, watch: &mut ConnectionWatch<'_>) -> bo
                 }
             },
             _ = watch.shutdown.changed() => break,
-            tick = watch.check.tick() => {
+            _ = tokio::time::sleep_until(idle_deadline.into()), if parked => break,
+            tick = watch.check.tick(), if !parked => {
                 match watch.check(tick.into_std(), &io.activity) {
                     Verdict::Fine => {}
                     Verdict::Drop => return false,
