@@ -451,3 +451,30 @@ echo
 cat "$OUT"
 echo
 echo "(written to $OUT)"
+
+# The goal figures for the goals table at the end of latest.md (bench/goals.py), from the
+# first worker count, as the report's first row.
+workers=${WORKER_COUNTS[0]}
+status=0
+"$PYTHON" - "${RSS[base-$workers]}" "${RSS[chain-$workers]}" "$workers" <<'PY' || status=$?
+import os
+import sys
+import time
+
+sys.path.insert(0, "bench")
+from goals import Goals, goals_dir  # noqa: E402
+
+base, chain, workers = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+goals = Goals("memory.sh", {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+ratio = chain / base
+per_vm = (chain - base) / (3 * workers) / 1024
+goals.add("a gateway with 3 plugins is resident in ≤ 1.3 × the 0-plugin one (%d workers)" % workers,
+          "%.2f" % ratio, ratio <= 1.3)
+goals.add("≤ 2 MiB per plugin VM (%d workers)" % workers, "%.2f MiB" % per_vm, per_vm <= 2.0)
+goals.write(os.path.join(goals_dir(), "memory.json"))
+sys.exit(3 if goals.failed() else 0)
+PY
+((status == 0 || status == 3)) || die "recording the goal figures failed"
+if ((status == 3)) && [[ ${BENCH_STRICT:-0} == 1 ]]; then
+    exit 3
+fi
