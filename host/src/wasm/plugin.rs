@@ -177,6 +177,10 @@ pub struct Plugin {
     /// what it was when a stream context's [`VmTicket`] was taken, the context's VM is still
     /// its worker's, which a callback then knows without looking up the worker's slot.
     vm_changes: AtomicU64,
+    /// Whether a callback of the plugin ever started a callout, on any worker: until one
+    /// does, no request can be waiting for a callout's answer from it, and a run asks none of
+    /// its VMs (see [`Plugin::may_await_callouts`]).
+    called_out: AtomicBool,
 }
 
 /// Which of its worker's VMs a stream context was created in (see [`Plugin::is_current`]).
@@ -275,6 +279,7 @@ impl Plugin {
             parked: Mutex::new(None),
             retired: AtomicBool::new(false),
             vm_changes: AtomicU64::new(0),
+            called_out: AtomicBool::new(false),
         });
         let started = plugin.start_vm()?;
         if plugin.singleton {
@@ -383,6 +388,9 @@ impl Plugin {
         let vm_ref = vm.as_mut().expect("revived above");
         let result = f(vm_ref, roots);
         let pending = vm_ref.take_pending();
+        if pending.is_some() && !self.called_out.load(Ordering::Relaxed) {
+            self.called_out.store(true, Ordering::Relaxed);
+        }
         let memory = vm_ref.memory_size();
         let state = vm_ref.state();
         let (callbacks, nanos) = (
@@ -451,6 +459,13 @@ impl Plugin {
         }
         let slot = self.slot().borrow();
         slot.generation == ticket.generation && slot.vm.is_some()
+    }
+
+    /// Whether a callout of this plugin may be unanswered: false only while none of its
+    /// callbacks has ever started one. The flag is set on the worker that ran the callback,
+    /// the one where a request that waits for the answer asks.
+    pub fn may_await_callouts(&self) -> bool {
+        self.called_out.load(Ordering::Relaxed)
     }
 
     /// Reads this thread's VM, if it has one, without running it: no VM is created, nothing

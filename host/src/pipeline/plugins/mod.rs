@@ -294,8 +294,10 @@ impl PluginRun {
             let Some(context) = entry.context else {
                 return false;
             };
-            // A VM replaced since holds no callout of this request.
-            entry.plugin.is_current(entry.vm)
+            // A plugin that never called out has nothing to wait for (no visit to its VM);
+            // a VM replaced since holds no callout of this request.
+            entry.plugin.may_await_callouts()
+                && entry.plugin.is_current(entry.vm)
                 && entry
                     .plugin
                     .peek_vm(|vm| {
