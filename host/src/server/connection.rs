@@ -185,6 +185,7 @@ pub async fn serve(
                         io.unread = Bytes::copy_from_slice(&parts.read_buf);
                         served = Some((io, parts.service));
                         metrics.connection_parked(&listener, true);
+                        crate::allocator::count_parked();
                         parked = true;
                     }
                 }
