@@ -76,11 +76,13 @@ pub async fn serve(
         None => Box::new(stream),
         Some(config) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            // Boxed: the handshake's state is large, and the connection's future would
-            // otherwise be as large for the connection's whole life.
-            let handshake =
-                tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream));
-            match crate::boxed!(handshake).await {
+            // Boxed, and made in its box: the handshake's state is large, and the
+            // connection's future would otherwise be as large for the connection's whole life.
+            let handshake = crate::boxed!(tokio::time::timeout(
+                settings.header_read_timeout,
+                acceptor.accept(stream)
+            ));
+            match handshake.await {
                 Ok(Ok(tls)) => {
                     downstream.tls = Some(TlsInfo::from_connection(
                         tls.get_ref().1,
@@ -242,13 +244,13 @@ impl<'a> ConnectionWatch<'a> {
         listener: &'a str,
         remote: SocketAddr,
     ) -> Self {
-        let period = idle_check_period(
-            settings
-                .idle_timeout
-                .min(settings.stream_idle_timeout)
-                .min(settings.header_read_timeout),
-        )
-        .min(PARK_CHECK);
+        // A quarter of the shortest timeout, so that none runs over by more than a quarter of
+        // itself; not under 50 ms (timeouts that short are tests' own), not over PARK_CHECK.
+        let shortest = settings
+            .idle_timeout
+            .min(settings.stream_idle_timeout)
+            .min(settings.header_read_timeout);
+        let period = (shortest / 4).clamp(Duration::from_millis(50), PARK_CHECK);
         let mut check = tokio::time::interval(period);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.reset();
@@ -466,10 +468,6 @@ fn log_refused(
         detail,
         reason = %reason,
     );
-}
-
-fn idle_check_period(idle_timeout: Duration) -> Duration {
-    (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
 
 fn http1_builder(settings: &ServerSettings) -> http1::Builder {
