@@ -11,12 +11,15 @@
 //! since the SDKs treat any other answer as a failure of the plugin. A pseudo-header takes
 //! any bytes (the pipeline checks what a plugin set, as it checks what a client sends).
 
+use std::borrow::Borrow;
 use std::cell::RefCell;
+use std::hash::{Hash, Hasher};
 use std::sync::LazyLock;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{HeaderMap, Method, StatusCode};
+use rustc_hash::FxHashSet;
 use smallvec::SmallVec;
 
 use super::abi::HeaderList;
@@ -232,9 +235,15 @@ impl PseudoHeaderMap {
         if self.hidden_hosts > 0 && name.eq_ignore_ascii_case(b"host") {
             return None;
         }
-        self.headers
-            .get(std::str::from_utf8(name).ok()?)
-            .map(HeaderValue::as_bytes)
+        // A name the plugins wrote is kept parsed (see `HeaderBytes`): looked up by it, the
+        // bytes are neither checked as text nor parsed again.
+        let kept =
+            HEADER_BYTES.with_borrow(|made| made.known(name).map(|kept| self.headers.get(kept)));
+        let value = match kept {
+            Some(value) => value,
+            None => self.headers.get(std::str::from_utf8(name).ok()?),
+        };
+        value.map(HeaderValue::as_bytes)
     }
 
     /// Adds a value; a pseudo-header has one value, which this sets.
@@ -388,43 +397,58 @@ fn header(name: &[u8], value: &[u8]) -> Option<(HeaderName, HeaderValue)> {
 /// Names and values the host makes from plugins' bytes, one set per worker thread (a
 /// thread runs its plugins' VMs one callback at a time, so no lock is taken).
 ///
-/// Plugins write the same few header names on every request: the names they wrote last are
-/// kept, and one of them costs neither a parse nor an allocation, and a copy of it only a
-/// reference count. Each is kept with its length, which rules out most of them at a glance. Values are cut from one shared buffer, so that a value costs no
-/// allocation of its own, and neither does a copy of it (the request and response heads
-/// later phases read are copies); the buffer is reused once no value in it lives on.
+/// Plugins write the same few header names on every request: the names they wrote are
+/// kept, found by their bytes through a hash, and one of them costs neither a parse nor an
+/// allocation, and a copy of it only a reference count. Values are cut from one shared
+/// buffer, so that a value costs no allocation of its own, and neither does a copy of it
+/// (the request and response heads later phases read are copies); the buffer is reused once
+/// no value in it lives on.
 struct HeaderBytes {
-    /// Lower-case names and their lengths, in the order they were first made; the oldest
-    /// gives way when full.
-    names: Vec<(usize, HeaderName)>,
-    oldest: usize,
+    /// Lower-case names; when full, emptied before the next one goes in (the names a
+    /// worker's plugins write come back at their next request).
+    names: FxHashSet<KeptName>,
     values: BytesMut,
 }
 
+/// A kept name, found by its bytes.
+#[derive(PartialEq, Eq)]
+struct KeptName(HeaderName);
+
+impl Hash for KeptName {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As the bytes it is looked up by hash.
+        self.0.as_str().as_bytes().hash(state);
+    }
+}
+
+impl Borrow<[u8]> for KeptName {
+    fn borrow(&self) -> &[u8] {
+        self.0.as_str().as_bytes()
+    }
+}
+
 impl HeaderBytes {
-    /// Names kept: more than a chain's plugins write on a request, few enough to scan.
-    const NAMES: usize = 32;
+    /// Names kept: more than a chain's plugins write on a request.
+    const NAMES: usize = 64;
     /// The buffer values are cut from: a request's worth of values the plugins write.
     const VALUES: usize = 1024;
 
+    /// The kept name of these (lower-case) bytes.
+    fn known(&self, bytes: &[u8]) -> Option<&HeaderName> {
+        self.names.get(bytes).map(|kept| &kept.0)
+    }
+
     fn name(&mut self, bytes: &[u8]) -> Option<HeaderName> {
-        if let Some((_, known)) = self
-            .names
-            .iter()
-            .find(|(length, known)| *length == bytes.len() && known.as_str().as_bytes() == bytes)
-        {
+        if let Some(known) = self.known(bytes) {
             return Some(known.clone());
         }
         let name = HeaderName::from_bytes(bytes).ok()?;
         // A name written in upper case is made anew each time rather than kept twice.
         if name.as_str().as_bytes() == bytes {
-            let kept = (bytes.len(), name.clone());
-            if self.names.len() < Self::NAMES {
-                self.names.push(kept);
-            } else {
-                self.names[self.oldest] = kept;
-                self.oldest = (self.oldest + 1) % Self::NAMES;
+            if self.names.len() == Self::NAMES {
+                self.names.clear();
             }
+            self.names.insert(KeptName(name.clone()));
         }
         Some(name)
     }
@@ -441,8 +465,7 @@ impl HeaderBytes {
 
 thread_local! {
     static HEADER_BYTES: RefCell<HeaderBytes> = RefCell::new(HeaderBytes {
-        names: Vec::new(),
-        oldest: 0,
+        names: FxHashSet::default(),
         values: BytesMut::with_capacity(HeaderBytes::VALUES),
     });
 }
@@ -741,8 +764,12 @@ mod tests {
         for n in 0..2 * HeaderBytes::NAMES {
             header_name(format!("x-{n}").as_bytes()).unwrap();
         }
-        HEADER_BYTES.with_borrow(|made| assert_eq!(made.names.len(), HeaderBytes::NAMES));
+        HEADER_BYTES.with_borrow(|made| assert!(made.names.len() <= HeaderBytes::NAMES));
         assert_eq!(header_name(b"x-kept").unwrap(), first, "made anew");
+        HEADER_BYTES.with_borrow(|made| {
+            assert!(made.known(b"x-kept").is_some());
+            assert!(made.known(b"X-Kept").is_none(), "kept lower-case only");
+        });
 
         let (a, b) = (shared_copy(b"one"), shared_copy(b"two"));
         assert_eq!((&a[..], &b[..]), (&b"one"[..], &b"two"[..]));
