@@ -405,7 +405,8 @@ fn header(name: &[u8], value: &[u8]) -> Option<(HeaderName, HeaderValue)> {
 /// no value in it lives on.
 struct HeaderBytes {
     /// Lower-case names; when full, emptied before the next one goes in (the names a
-    /// worker's plugins write come back at their next request).
+    /// worker's plugins write come back at their next request). A plugin may write names a
+    /// client chose; the set's bound, not its hash, keeps any lookup short.
     names: FxHashSet<KeptName>,
     values: BytesMut,
 }
