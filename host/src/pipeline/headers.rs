@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -186,26 +186,30 @@ pub fn set_forwarded(
 ) {
     let mut buffer = [0u8; 48];
     let client = address_text(client, &mut buffer);
-    let mut earlier = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|line| line.to_str().ok())
-        .map(|line| line.trim().trim_matches(',').trim())
-        .filter(|line| !line.is_empty())
-        .peekable();
-    let forwarded_for = if earlier.peek().is_none() {
-        HeaderValue::from_bytes(client)
-    } else {
-        let mut joined = String::new();
-        for line in earlier {
-            joined.push_str(line);
-            joined.push_str(", ");
+    // One lookup finds the client's lines and replaces them (a `get_all` and an `insert`
+    // would hash the name twice).
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(vacant) => {
+            if let Ok(value) = HeaderValue::from_bytes(client) {
+                vacant.insert(value);
+            }
         }
-        joined.push_str(std::str::from_utf8(client).unwrap_or_default());
-        HeaderValue::from_str(&joined)
-    };
-    if let Ok(value) = forwarded_for {
-        headers.insert(&X_FORWARDED_FOR, value);
+        Entry::Occupied(mut occupied) => {
+            let mut joined = String::new();
+            for line in occupied
+                .iter()
+                .filter_map(|line| line.to_str().ok())
+                .map(|line| line.trim().trim_matches(',').trim())
+                .filter(|line| !line.is_empty())
+            {
+                joined.push_str(line);
+                joined.push_str(", ");
+            }
+            joined.push_str(std::str::from_utf8(client).unwrap_or_default());
+            if let Ok(value) = HeaderValue::from_str(&joined) {
+                occupied.insert(value);
+            }
+        }
     }
     headers.insert(
         &X_FORWARDED_PROTO,
@@ -252,17 +256,21 @@ fn address_text(address: IpAddr, buffer: &mut [u8; 48]) -> &[u8] {
 
 /// Keeps a client's `x-request-id` when it is a sane token, otherwise sets a new random one.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(existing) = headers.get(&X_REQUEST_ID) {
-        let sane = !existing.is_empty()
-            && existing.len() <= 128
-            && existing.as_bytes().iter().all(|b| b.is_ascii_graphic());
-        if sane {
-            return existing.clone();
+    // One lookup for the check and the write: the name is hashed once.
+    match headers.entry(&X_REQUEST_ID) {
+        Entry::Occupied(mut existing) => {
+            let value = existing.get();
+            let sane = !value.is_empty()
+                && value.len() <= 128
+                && value.as_bytes().iter().all(|b| b.is_ascii_graphic());
+            if !sane {
+                // Replaces every line the client sent.
+                existing.insert(new_request_id());
+            }
+            existing.get().clone()
         }
+        Entry::Vacant(vacant) => vacant.insert(new_request_id()).clone(),
     }
-    let id = new_request_id();
-    headers.insert(&X_REQUEST_ID, id.clone());
-    id
 }
 
 /// A random UUID (version 4) in its usual text form.
@@ -438,5 +446,13 @@ mod tests {
         let dashes: Vec<usize> = text.match_indices('-').map(|(i, _)| i).collect();
         assert_eq!(dashes, vec![8, 13, 18, 23]);
         assert!(text.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
+        // A client's id that is not a sane token is replaced, every line of it.
+        let mut map = headers(&[("x-request-id", "has space"), ("x-request-id", "second")]);
+        let id = ensure_request_id(&mut map);
+        assert_eq!(id.len(), 36);
+        assert_eq!(
+            map.get_all("x-request-id").iter().collect::<Vec<_>>(),
+            [&id]
+        );
     }
 }
