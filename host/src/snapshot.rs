@@ -19,7 +19,8 @@ pub type Chain = Arc<Vec<Arc<Plugin>>>;
 
 pub struct Snapshot {
     pub config: Arc<Config>,
-    pub listeners: HashMap<Arc<str>, ListenerState>,
+    /// Looked up on every request: a fast hash (the names are the policies' own).
+    pub listeners: FxHashMap<Arc<str>, ListenerState>,
     pub clusters: HashMap<String, Arc<Cluster>>,
     /// Forwarding routes by name, with their clusters and endpoint subsets resolved. Looked
     /// up on every forwarded request by a name the configuration gives: a fast hash, as for
@@ -134,7 +135,7 @@ impl Snapshot {
         };
         let virtual_hosts: Vec<Arc<config::VirtualHost>> =
             config.virtual_hosts.iter().cloned().map(Arc::new).collect();
-        let mut listeners = HashMap::new();
+        let mut listeners = FxHashMap::default();
         for listener in &config.listeners {
             let (tls, certificates) = match &listener.tls {
                 Some(tls) => match crate::tls::server_config(tls) {

@@ -75,6 +75,9 @@ pub struct Cluster {
 pub struct Endpoint {
     /// `host:port`, the authority of HTTP/2 upstream requests.
     pub address: String,
+    /// `address` parsed as a URI authority once, for every HTTP/2 request to the endpoint;
+    /// `None` when it is not one (such a request fails as it always did).
+    authority: Option<http::uri::Authority>,
     /// The position in the cluster's `endpoints`, which keys the pools.
     index: usize,
     host: String,
@@ -178,6 +181,7 @@ impl Cluster {
                     active: previous_state(&endpoint.address)
                         .unwrap_or_else(|| Arc::new(ActiveState::new(checked))),
                     address: endpoint.address.clone(),
+                    authority: endpoint.address.parse().ok(),
                     index,
                     host: endpoint.host.clone(),
                     port: endpoint.port,

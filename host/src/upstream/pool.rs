@@ -536,15 +536,32 @@ impl Cluster {
     /// `uri`'s path and query as the absolute URI of an HTTP/2 request to `endpoint` (its
     /// `:scheme` and `:authority` are the cluster's and the endpoint's).
     pub(super) fn http2_uri(&self, endpoint: &Endpoint, uri: &Uri) -> Result<Uri, UpstreamError> {
-        let path = uri.path_and_query().map_or("/", |path| path.as_str());
-        Uri::builder()
-            .scheme(self.scheme())
-            .authority(endpoint.address.as_str())
-            .path_and_query(path)
-            .build()
-            .map_err(|error| {
-                UpstreamError::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, error))
-            })
+        // From parts parsed before (the endpoint's authority, the request's path): a URI
+        // built from text would check every byte of both again on every request.
+        let invalid = |error: &dyn std::fmt::Display| {
+            UpstreamError::Connect(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                error.to_string(),
+            ))
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(if self.tls {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        });
+        parts.authority = Some(endpoint.authority.clone().ok_or_else(|| {
+            invalid(&format_args!(
+                "endpoint address {:?} is not a URI authority",
+                endpoint.address
+            ))
+        })?);
+        parts.path_and_query = Some(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        Uri::from_parts(parts).map_err(|error| invalid(&error))
     }
 
     /// Puts an HTTP/1.1 connection whose exchange ended back into the calling thread's pool.

@@ -28,7 +28,7 @@ pub struct PluginIdentity {
     pub vm_configuration: Bytes,
     pub env: Vec<(String, String)>,
     /// Clusters a callout may name.
-    pub clusters: std::collections::HashSet<String>,
+    pub clusters: rustc_hash::FxHashSet<String>,
     /// `server.plugin_limits` of the snapshot that built the plugin.
     pub limits: crate::config::PluginLimits,
     /// `server.node` of the snapshot that built the plugin (the `node` property).

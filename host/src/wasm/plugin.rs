@@ -26,13 +26,14 @@
 //! `tollgate_plugin_limit_refusals_total{limit="callout_response_bytes"}`.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use rustc_hash::FxHashMap;
 use thread_local::ThreadLocal;
 
 use super::abi::HeaderList;
@@ -160,7 +161,8 @@ pub struct Plugin {
     callback_timeout: Duration,
     /// The plugin's own configuration under `None`, per-route overrides under their route.
     configurations: Vec<(Option<String>, Bytes)>,
-    clusters: HashMap<String, Arc<Cluster>>,
+    /// Looked up by every callout: a fast hash (the names are the policies' own).
+    clusters: FxHashMap<String, Arc<Cluster>>,
     vms: ThreadLocal<RefCell<VmSlot>>,
     pub stats: PluginStats,
     /// Opened by repeated traps, across the workers.
@@ -255,7 +257,7 @@ impl Plugin {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            clusters: clusters.keys().cloned().collect::<HashSet<_>>(),
+            clusters: clusters.keys().cloned().collect(),
             limits,
             node: node.clone(),
             registries: registries.clone(),
@@ -271,7 +273,7 @@ impl Plugin {
             memory_limit: config.memory_limit as usize,
             callback_timeout: config.callback_timeout,
             configurations,
-            clusters,
+            clusters: clusters.into_iter().collect(),
             vms: ThreadLocal::new(),
             stats: PluginStats::default(),
             circuit: Circuit::new(config.max_traps_per_minute, config.circuit_open_time),
@@ -850,7 +852,7 @@ impl Plugin {
             }
         }
         let status_of = |map: &http::HeaderMap| {
-            map.get("grpc-status")
+            map.get(&GRPC_STATUS)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u32>().ok())
         };
@@ -860,7 +862,7 @@ impl Plugin {
         // As text: the proxy-wasm Rust SDK's `get_grpc_status` unwraps the message as UTF-8,
         // and a service may send any byte 0x80-0xFF in a header value.
         let message = trailers
-            .get("grpc-message")
+            .get(&GRPC_MESSAGE)
             .map(|v| Bytes::from(String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .unwrap_or_default();
         if !trailers.is_empty()
@@ -1040,7 +1042,7 @@ impl Plugin {
         };
         let trailers = collected.trailers().cloned().unwrap_or_default();
         let grpc_status = |map: &http::HeaderMap| {
-            map.get("grpc-status")
+            map.get(&GRPC_STATUS)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u32>().ok())
         };
@@ -1048,8 +1050,8 @@ impl Plugin {
             .or_else(|| grpc_status(&parts.headers))
             .unwrap_or(2);
         let message_text = trailers
-            .get("grpc-message")
-            .or_else(|| parts.headers.get("grpc-message"))
+            .get(&GRPC_MESSAGE)
+            .or_else(|| parts.headers.get(&GRPC_MESSAGE))
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
@@ -1105,17 +1107,26 @@ fn grpc_request<B>(
     body: B,
 ) -> Option<http::Request<B>> {
     use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, TE};
+    static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
     let mut request = http::Request::new(body);
     *request.method_mut() = http::Method::POST;
-    *request.uri_mut() = http::Uri::try_from(format!("/{service}/{method}")).ok()?;
+    *request.uri_mut() = grpc_path(service, method)?;
     let headers = request.headers_mut();
     headers.reserve(3 + metadata.len());
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(TE, HeaderValue::from_static("trailers"));
     if let Some(timeout) = timeout {
+        // `NNNm`: at most 8 digits (gRPC's limit), in milliseconds.
+        let millis = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(99_999_999);
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(millis).as_bytes();
+        let mut value = [b'm'; 9];
+        value[..digits.len()].copy_from_slice(digits);
         headers.insert(
-            HeaderName::from_static("grpc-timeout"),
-            HeaderValue::try_from(format!("{}m", timeout.as_millis())).ok()?,
+            &GRPC_TIMEOUT,
+            HeaderValue::from_bytes(&value[..=digits.len()]).ok()?,
         );
     }
     for (name, value) in metadata {
@@ -1128,6 +1139,37 @@ fn grpc_request<B>(
     }
     Some(request)
 }
+
+/// The `:path` of a gRPC method, `/SERVICE/METHOD`, parsed once per worker: a plugin calls
+/// the same few methods on every request, and parsing checks every byte (as much as the
+/// rest of building the request). The names come from plugins, so the kept paths are
+/// bounded; when they are all taken, they are forgotten together.
+fn grpc_path(service: &str, method: &str) -> Option<http::Uri> {
+    const KEPT: usize = 16;
+    /// Service, method, and their path.
+    type KeptPath = (Box<str>, Box<str>, http::Uri);
+    thread_local! {
+        static PATHS: RefCell<Vec<KeptPath>> = const { RefCell::new(Vec::new()) };
+    }
+    PATHS.with_borrow_mut(|paths| {
+        if let Some((_, _, uri)) = paths.iter().find(|(kept_service, kept_method, _)| {
+            **kept_service == *service && **kept_method == *method
+        }) {
+            return Some(uri.clone());
+        }
+        let uri = http::Uri::try_from(format!("/{service}/{method}")).ok()?;
+        if paths.len() == KEPT {
+            paths.clear();
+        }
+        paths.push((service.into(), method.into(), uri.clone()));
+        Some(uri)
+    })
+}
+
+/// Names read from every gRPC answer, made once (a name given as text is parsed at each
+/// lookup).
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
 
 /// A gRPC message with its 5-byte prefix (uncompressed flag, big-endian length).
 fn grpc_frame(message: &[u8]) -> Bytes {
@@ -1306,6 +1348,41 @@ mod tests {
         buffer.extend_from_slice(&grpc_frame(b"two")[6..]);
         assert_eq!(take_grpc_message(&mut buffer).unwrap(), "two");
         assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn grpc_requests_carry_the_method_path_and_a_timeout_of_at_most_eight_digits() {
+        let metadata: HeaderList = vec![("x-tenant".into(), b"acme".to_vec())];
+        let request = grpc_request(
+            "pkg.Service",
+            "Call",
+            &metadata,
+            Some(Duration::from_millis(1500)),
+            (),
+        )
+        .unwrap();
+        assert_eq!(request.uri(), "/pkg.Service/Call");
+        assert_eq!(request.headers()["grpc-timeout"], "1500m");
+        assert_eq!(request.headers()["x-tenant"], "acme");
+        assert_eq!(request.headers()["te"], "trailers");
+        let long = Duration::from_millis(u64::from(u32::MAX));
+        let request = grpc_request("pkg.Service", "Call", &Vec::new(), Some(long), ()).unwrap();
+        assert_eq!(request.headers()["grpc-timeout"], "99999999m");
+        // More methods than a worker keeps parsed: each still gets its own path.
+        for round in 0..2 {
+            for i in 0..40 {
+                let method = format!("M{i}");
+                let request = grpc_request("pkg.Service", &method, &Vec::new(), None, ()).unwrap();
+                assert_eq!(
+                    request.uri().path(),
+                    format!("/pkg.Service/M{i}"),
+                    "round {round}"
+                );
+                assert!(request.headers().get("grpc-timeout").is_none());
+            }
+        }
+        // A name that cannot be a path is refused, not sent.
+        assert!(grpc_request("pkg Service", "Call", &Vec::new(), None, ()).is_none());
     }
 
     #[test]
