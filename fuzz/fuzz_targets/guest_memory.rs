@@ -11,7 +11,6 @@
 
 #![no_main]
 
-use std::collections::HashSet;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
@@ -213,7 +212,7 @@ fn run(accesses: Vec<Access>) {
         root_id: String::new(),
         vm_configuration: Default::default(),
         env: Vec::new(),
-        clusters: HashSet::new(),
+        clusters: Default::default(),
         limits: Default::default(),
         node: Default::default(),
         registries: Default::default(),
