@@ -681,8 +681,6 @@ async fn a_close_delimited_answer_is_read_to_the_close_and_the_next_request_open
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the gateway passes the upstream's Content-Length: 3 on to the client next to the \
-            chunk-decoded body: the client gets a complete 200 whose body is `hel`"]
 async fn chunked_framing_wins_over_content_length_and_that_connection_is_not_reused() {
     // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and such a message may be
     // an attempt at smuggling: the connection must be closed after it (Envoy and nginx both
@@ -760,7 +758,6 @@ async fn a_repeated_equal_content_length_is_read_as_one_length() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the gateway forwards `content-length: 5, 5` to the client as it came"]
 async fn a_repeated_content_length_reaches_the_client_as_one_value() {
     // The gateway refuses `Content-Length: 5, 5` from its own clients (policies/README.md,
     // "Request smuggling"); it must not hand such a head to them either, where a strict

@@ -330,6 +330,7 @@ fn downstream_response(
             tokio::spawn(tunnel(downstream_upgrade, upstream_upgrade));
         }
     } else {
+        headers::one_body_framing(response.headers_mut());
         headers::remove_hop_by_hop(response.headers_mut(), false);
     }
     response.map(|body| {

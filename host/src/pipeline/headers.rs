@@ -12,6 +12,41 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// Leaves an upstream answer's head with the one body framing the client can trust. The
+/// upstream client has already decoded a `Transfer-Encoding` body, so a `Content-Length`
+/// beside it (which RFC 9112 §6.3 says to ignore) would frame the decoded body wrongly for
+/// the client: it goes. A length the upstream repeated (`5, 5`, or the field twice), accepted
+/// because every copy agrees, goes on as one value, as the gateway asks of its own clients.
+/// Call it before [`remove_hop_by_hop`], which removes `Transfer-Encoding`.
+pub fn one_body_framing(headers: &mut HeaderMap) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+        return;
+    }
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = lengths.next() else {
+        return;
+    };
+    if lengths.next().is_none() && !first.as_bytes().contains(&b',') {
+        return;
+    }
+    let length = first
+        .to_str()
+        .ok()
+        .and_then(|value| value.split(',').next())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    match length {
+        Some(length) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        // The upstream client refuses lengths that differ or do not parse; should one pass
+        // anyway, the client is better off with no length (the body ends at the close).
+        None => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+    }
+}
+
 /// Removes the headers that describe one connection and must not be forwarded (RFC 9110
 /// §7.6.1): `Connection` and every header it names, `Keep-Alive`, `Proxy-Connection`,
 /// `Transfer-Encoding`, `Trailer`, `Upgrade` (unless an upgrade is being proxied) and `TE`
@@ -325,6 +360,37 @@ mod tests {
         names.sort();
         assert_eq!(names, vec!["te", "traceparent"]);
         assert_eq!(map["te"], "trailers");
+    }
+
+    #[test]
+    fn a_length_beside_transfer_encoding_goes_and_a_repeated_length_goes_on_once() {
+        let lengths = |map: &HeaderMap| -> Vec<String> {
+            map.get_all(header::CONTENT_LENGTH)
+                .iter()
+                .map(|value| value.to_str().unwrap().to_string())
+                .collect()
+        };
+        let mut both = headers(&[("transfer-encoding", "chunked"), ("content-length", "3")]);
+        one_body_framing(&mut both);
+        assert!(lengths(&both).is_empty());
+        assert_eq!(both["transfer-encoding"], "chunked");
+
+        for repeated in [
+            &[("content-length", "5, 5")][..],
+            &[("content-length", "5"), ("content-length", "5")][..],
+            &[("content-length", " 5 ,5")][..],
+        ] {
+            let mut map = headers(repeated);
+            one_body_framing(&mut map);
+            assert_eq!(lengths(&map), ["5"], "{repeated:?}");
+        }
+
+        let mut one = headers(&[("content-length", "12")]);
+        one_body_framing(&mut one);
+        assert_eq!(lengths(&one), ["12"]);
+        let mut none = headers(&[("content-type", "text/plain")]);
+        one_body_framing(&mut none);
+        assert_eq!(none.len(), 1);
     }
 
     #[test]

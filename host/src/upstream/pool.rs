@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{header, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -387,9 +387,14 @@ impl Cluster {
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    // After a switch of protocols the connection belongs to the tunnel.
-                    let keep =
-                        (response.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| Reusable {
+                    // After a switch of protocols the connection belongs to the tunnel. An
+                    // answer framed both by Transfer-Encoding and by Content-Length may be an
+                    // attempt at smuggling (RFC 9112 §6.3): its connection is closed after it.
+                    let framed_twice = response.headers().contains_key(header::TRANSFER_ENCODING)
+                        && response.headers().contains_key(header::CONTENT_LENGTH);
+                    let keep = (response.status() != StatusCode::SWITCHING_PROTOCOLS
+                        && !framed_twice)
+                        .then(|| Reusable {
                             cluster: self.clone(),
                             endpoint: endpoint.index,
                             sender,
