@@ -65,7 +65,7 @@ impl std::fmt::Display for StreamIdleTimeout {
 
 impl std::error::Error for StreamIdleTimeout {}
 
-/// Whether `error` or any error it wraps (hyper's client wraps request body errors) is an
+/// Whether `error` or any error it wraps (the upstream clients wrap request body errors) is an
 /// `E`: how the pipeline tells a client's body failure from an upstream's.
 pub fn caused_by<E: std::error::Error + 'static>(
     error: &(dyn std::error::Error + 'static),

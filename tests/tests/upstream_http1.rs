@@ -631,8 +631,6 @@ async fn a_chunked_answer_with_extensions_is_decoded_and_its_connection_reused()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the gateway (hyper's client) closes the upstream connection after an answer with \
-            trailers instead of pooling it: the next request opens connection 1"]
 async fn a_chunked_answer_with_trailers_is_decoded_and_its_connection_reused() {
     // Trailers end the body as the last chunk does (RFC 9112 §7.1.2): the connection is as
     // reusable as after any other complete answer, whether or not the client takes them.

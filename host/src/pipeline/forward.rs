@@ -19,8 +19,8 @@ use crate::config::{Forward, HashOn, Normalization, RegexRewrite, RetryCondition
 use crate::routing::normalize::{self, Rejection};
 use crate::snapshot::{ResolvedForward, Target};
 use crate::upstream::{
-    empty_body, hash_key, tls_failure, BoxError, Cluster, Outcome, PickError, PooledBody,
-    UpstreamBody, UpstreamError,
+    empty_body, hash_key, tls_failure, Cluster, Outcome, PickError, PooledBody, UpstreamBody,
+    UpstreamError,
 };
 
 /// Bodies up to this size are buffered when a retry or a mirror may need to send them again.
@@ -325,18 +325,16 @@ fn downstream_response(
     downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ResponseBody> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(downstream_upgrade) = downstream_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(downstream_upgrade, upstream_upgrade));
+        if let (Some(downstream_upgrade), Some(upstream)) =
+            (downstream_upgrade, response.body_mut().take_upgraded())
+        {
+            tokio::spawn(tunnel(downstream_upgrade, upstream));
         }
     } else {
         headers::one_body_framing(response.headers_mut());
         headers::remove_hop_by_hop(response.headers_mut(), false);
     }
-    response.map(|body| {
-        body.map_err(|error| -> BoxError { Box::new(error) })
-            .boxed()
-    })
+    response.map(BodyExt::boxed)
 }
 
 /// One try: pick an endpoint of the target (by `hash` under `ring_hash`), send, and wait for
@@ -678,16 +676,23 @@ fn send_mirror(cluster: Arc<Cluster>, outgoing: &Outgoing, host: &str, body: Byt
 }
 
 /// Copies bytes both ways between an upgraded client connection and the upstream one.
-async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
-        Ok(pair) => pair,
+async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: crate::upstream::Upgraded) {
+    let downstream = match downstream.await {
+        Ok(downstream) => downstream,
         Err(error) => {
             tracing::debug!(%error, "upgrade failed");
             return;
         }
     };
     let mut downstream = hyper_util::rt::TokioIo::new(downstream);
-    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    // What the upstream sent right after its `101` came with the answer's head.
+    let (mut upstream, early) = upstream.into_parts();
+    if !early.is_empty() {
+        if let Err(error) = tokio::io::AsyncWriteExt::write_all(&mut downstream, &early).await {
+            tracing::debug!(%error, "upgraded connection ended with an error");
+            return;
+        }
+    }
     if let Err(error) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
         tracing::debug!(%error, "upgraded connection ended with an error");
     }

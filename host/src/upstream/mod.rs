@@ -5,6 +5,7 @@
 mod call;
 mod connector;
 pub mod health;
+pub mod http1;
 mod pool;
 mod ring;
 
@@ -22,6 +23,7 @@ use crate::config::{EjectOn, HashOn, LoadBalancing};
 use crate::telemetry::metrics::Metrics;
 pub use call::CallBody;
 pub use connector::{tls_failure, Connector};
+pub use http1::Upgraded;
 pub use pool::{PooledBody, UpstreamError};
 use ring::Ring;
 pub use ring::{hash_key, POINTS_PER_ENDPOINT};

@@ -2,8 +2,8 @@
 //!
 //! Every worker is a single-threaded runtime, so each one keeps its own pool for a cluster,
 //! in a thread-local table: a request takes an idle HTTP/1.1 connection to its endpoint
-//! straight from the pool and the response body puts it back when it ends, with no lock and
-//! no hop through a pool task. An HTTP/2 cluster keeps one connection per endpoint and
+//! straight from the pool, drives the exchange on it itself (`http1.rs`), and the response
+//! body puts it back when it ends, with no lock, no task per connection and no channel. An HTTP/2 cluster keeps one connection per endpoint and
 //! worker, shared by every request (streams multiplex).
 //!
 //! A cluster that a new configuration replaced leaves its pools behind in the threads; they
@@ -27,13 +27,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
-use http::{header, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::{Cluster, Endpoint, UpstreamBody};
+use super::http1::{self, Connection, Failed};
+use super::{BoxError, Cluster, Endpoint, UpstreamBody};
 
 /// How many sweeper ticks make one `idle_timeout`; a connection goes after one more.
 const TICKS_PER_IDLE_TIMEOUT: u64 = 4;
@@ -69,11 +70,11 @@ impl Hasher for IdHasher {
 pub enum UpstreamError {
     /// No connection could be opened (TCP, TLS or the HTTP/2 handshake).
     Connect(std::io::Error),
-    /// The connection closed before any byte of the request was written: hyper handed the
-    /// request back. The endpoint cannot have acted on it.
-    Unsent(hyper::Error),
+    /// The connection closed before any byte of the request was written (the request came
+    /// back unsent). The endpoint cannot have acted on it.
+    Unsent(BoxError),
     /// The exchange failed after the request may have been (partly) sent.
-    Exchange(hyper::Error),
+    Exchange(BoxError),
     /// A callout's HTTP/2 exchange failed (see `call.rs`).
     Call(h2::Error),
 }
@@ -93,7 +94,7 @@ impl std::error::Error for UpstreamError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Connect(error) => Some(error),
-            Self::Unsent(error) | Self::Exchange(error) => Some(error),
+            Self::Unsent(error) | Self::Exchange(error) => Some(error.as_ref()),
             Self::Call(error) => Some(error),
         }
     }
@@ -189,7 +190,7 @@ impl Multiplexed for http2::SendRequest<UpstreamBody> {
 }
 
 struct IdleConnection {
-    sender: http1::SendRequest<UpstreamBody>,
+    connection: Box<Connection>,
     since_tick: u64,
 }
 
@@ -250,18 +251,13 @@ fn sweep(id: u64) -> bool {
 }
 
 impl Pool {
-    /// The warmest idle connection that can take a request now. Closed ones are dropped;
-    /// ones not ready yet (their connection has not noticed the end of the last exchange)
-    /// stay for later.
-    fn take_idle(&mut self, endpoint: usize) -> Option<http1::SendRequest<UpstreamBody>> {
+    /// The warmest idle connection that can take a request now; ones the upstream closed
+    /// (or sent something on unasked) are dropped on the way.
+    fn take_idle(&mut self, endpoint: usize) -> Option<Box<Connection>> {
         let idle = &mut self.endpoints[endpoint].idle;
-        let mut position = idle.len();
-        while position > 0 {
-            position -= 1;
-            if idle[position].sender.is_closed() {
-                idle.remove(position);
-            } else if idle[position].sender.is_ready() {
-                return Some(idle.remove(position).sender);
+        while let Some(IdleConnection { mut connection, .. }) = idle.pop() {
+            if connection.is_usable() {
+                return Some(connection);
             }
         }
         None
@@ -269,18 +265,13 @@ impl Pool {
 
     /// Keeps `sender` for reuse unless the endpoint already has `max_idle` idle connections.
     /// Returns whether the pool needs a sweeper started.
-    fn put_idle(
-        &mut self,
-        endpoint: usize,
-        sender: http1::SendRequest<UpstreamBody>,
-        max_idle: usize,
-    ) -> bool {
+    fn put_idle(&mut self, endpoint: usize, connection: Box<Connection>, max_idle: usize) -> bool {
         let idle = &mut self.endpoints[endpoint].idle;
-        if idle.len() >= max_idle || sender.is_closed() {
+        if idle.len() >= max_idle {
             return false;
         }
         idle.push(IdleConnection {
-            sender,
+            connection,
             since_tick: self.tick,
         });
         !std::mem::replace(&mut self.sweeping, true)
@@ -332,9 +323,8 @@ impl Pool {
         let tick = self.tick;
         let mut remaining = 0;
         for endpoint in &mut self.endpoints {
-            endpoint.idle.retain(|connection| {
-                tick - connection.since_tick <= TICKS_PER_IDLE_TIMEOUT
-                    && !connection.sender.is_closed()
+            endpoint.idle.retain_mut(|idle| {
+                tick - idle.since_tick <= TICKS_PER_IDLE_TIMEOUT && idle.connection.is_usable()
             });
             remaining += endpoint.idle.len();
         }
@@ -372,43 +362,46 @@ impl Cluster {
         endpoint: &Endpoint,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        *request.version_mut() = Version::HTTP_11;
         loop {
             let idle = self
                 .pools
                 .with(|pool| pool.take_idle(endpoint.index))
                 .flatten();
             let reused = idle.is_some();
-            let mut sender = match idle {
-                Some(sender) => sender,
+            let connection = match idle {
+                Some(connection) => connection,
                 // Boxed: a new connection's state (the connect, the TLS handshake) is large
                 // and rarely needed; inline, every request's future would carry it.
                 None => crate::boxed!(self.connect_http1(endpoint)).await?,
             };
-            match sender.try_send_request(request).await {
+            match connection.exchange(request).await {
                 Ok(response) => {
-                    // After a switch of protocols the connection belongs to the tunnel. An
-                    // answer framed both by Transfer-Encoding and by Content-Length may be an
-                    // attempt at smuggling (RFC 9112 §6.3): its connection is closed after it.
-                    let framed_twice = response.headers().contains_key(header::TRANSFER_ENCODING)
-                        && response.headers().contains_key(header::CONTENT_LENGTH);
-                    let keep = (response.status() != StatusCode::SWITCHING_PROTOCOLS
-                        && !framed_twice)
-                        .then(|| Reusable {
-                            cluster: self.clone(),
-                            endpoint: endpoint.index,
-                            sender,
-                        });
-                    return Ok(response.map(|body| PooledBody { body, keep }));
+                    let release = Release {
+                        cluster: self.clone(),
+                        endpoint: endpoint.index,
+                    };
+                    return Ok(response.map(|body| PooledBody {
+                        inner: Inner::Http1 {
+                            body,
+                            release: Some(release),
+                        },
+                    }));
                 }
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) if reused => {
-                        tracing::debug!(endpoint = %endpoint.address, "pooled connection closed; trying another");
-                        request = unsent;
-                    }
-                    Some(_) => return Err(UpstreamError::Unsent(error.into_error())),
-                    None => return Err(UpstreamError::Exchange(error.into_error())),
-                },
+                Err(Failed {
+                    error,
+                    unsent: Some(unsent),
+                }) if reused => {
+                    tracing::debug!(endpoint = %endpoint.address, %error, "pooled connection closed; trying another");
+                    request = unsent;
+                }
+                Err(Failed {
+                    error,
+                    unsent: Some(_),
+                }) => return Err(UpstreamError::Unsent(Box::new(error))),
+                Err(Failed {
+                    error,
+                    unsent: None,
+                }) => return Err(UpstreamError::Exchange(Box::new(error))),
             }
         }
     }
@@ -426,7 +419,9 @@ impl Cluster {
                 .await?;
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    return Ok(response.map(|body| PooledBody { body, keep: None }));
+                    return Ok(response.map(|body| PooledBody {
+                        inner: Inner::Http2(body),
+                    }));
                 }
                 Err(mut error) => match error.take_message() {
                     Some(unsent) if reused => {
@@ -435,8 +430,8 @@ impl Cluster {
                         self.forget_if_closed::<http2::SendRequest<UpstreamBody>>(endpoint);
                         request = unsent;
                     }
-                    Some(_) => return Err(UpstreamError::Unsent(error.into_error())),
-                    None => return Err(UpstreamError::Exchange(error.into_error())),
+                    Some(_) => return Err(UpstreamError::Unsent(error.into_error().into())),
+                    None => return Err(UpstreamError::Exchange(error.into_error().into())),
                 },
             }
         }
@@ -477,25 +472,13 @@ impl Cluster {
             .with(|pool| pool.drop_shared_if_closed::<S>(endpoint.index));
     }
 
-    async fn connect_http1(
-        &self,
-        endpoint: &Endpoint,
-    ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+    async fn connect_http1(&self, endpoint: &Endpoint) -> Result<Box<Connection>, UpstreamError> {
         let stream = self
             .connector
             .connect(&endpoint.host, endpoint.port)
             .await
             .map_err(UpstreamError::Connect)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::Exchange)?;
-        let address = endpoint.address.clone();
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(endpoint = %address, %error, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Connection::new(stream))
     }
 
     /// Opens an HTTP/2 connection to `endpoint` with hyper, for forwarded requests.
@@ -570,7 +553,7 @@ impl Cluster {
     }
 
     /// Puts an HTTP/1.1 connection whose exchange ended back into the calling thread's pool.
-    fn reuse(self: &Arc<Self>, endpoint: usize, sender: http1::SendRequest<UpstreamBody>) {
+    fn reuse(self: &Arc<Self>, endpoint: usize, connection: Box<Connection>) {
         let idle_timeout = self.limits.idle_timeout;
         // The sweeper needs a runtime; without one (a body dropped at shut-down) the
         // connection just closes.
@@ -579,7 +562,7 @@ impl Cluster {
         }
         let start_sweeper = self
             .pools
-            .with(|pool| pool.put_idle(endpoint, sender, self.limits.max_idle_per_endpoint));
+            .with(|pool| pool.put_idle(endpoint, connection, self.limits.max_idle_per_endpoint));
         if start_sweeper == Some(true) {
             let period =
                 (idle_timeout / TICKS_PER_IDLE_TIMEOUT as u32).max(Duration::from_millis(1));
@@ -600,58 +583,84 @@ impl Cluster {
     }
 }
 
-/// A connection that goes back to the pool when the response body ends.
-struct Reusable {
+/// Where an HTTP/1.1 connection goes back to when its answer's body ends.
+struct Release {
     cluster: Arc<Cluster>,
     endpoint: usize,
-    sender: http1::SendRequest<UpstreamBody>,
 }
 
-/// An upstream response body. When it has been read to the end, its HTTP/1.1 connection
-/// returns to the pool; dropped before that, the connection closes (its state is unknown).
+/// An upstream response body. When an HTTP/1.1 answer's body has been read to the end, its
+/// connection returns to the pool; dropped before that, the connection closes (its state
+/// is unknown).
 pub struct PooledBody {
-    body: Incoming,
-    keep: Option<Reusable>,
+    inner: Inner,
+}
+
+enum Inner {
+    Http1 {
+        body: http1::ResponseBody,
+        release: Option<Release>,
+    },
+    Http2(Incoming),
 }
 
 impl PooledBody {
-    fn release(&mut self) {
-        if let Some(Reusable {
-            cluster,
-            endpoint,
-            sender,
-        }) = self.keep.take()
-        {
-            cluster.reuse(endpoint, sender);
+    /// After `101 Switching Protocols`, the upstream connection for the tunnel, once.
+    pub fn take_upgraded(&mut self) -> Option<http1::Upgraded> {
+        match &mut self.inner {
+            Inner::Http1 { body, .. } => body.take_upgraded(),
+            Inner::Http2(_) => None,
+        }
+    }
+}
+
+/// Puts the connection of an ended body back into the pool, once.
+fn release(body: &mut http1::ResponseBody, release: &mut Option<Release>) {
+    if let Some(Release { cluster, endpoint }) = release.take() {
+        if let Some(connection) = body.take_reusable() {
+            cluster.reuse(endpoint, connection);
         }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.keep = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().inner {
+            Inner::Http1 {
+                body,
+                release: keep,
+            } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => release(body, keep),
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => release(body, keep),
+                    Poll::Ready(Some(Err(_))) => *keep = None,
+                    _ => {}
+                }
+                polled.map_err(Into::into)
+            }
+            Inner::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.inner {
+            Inner::Http1 { body, .. } => body.is_end_stream(),
+            Inner::Http2(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.inner {
+            Inner::Http1 { body, .. } => body.size_hint(),
+            Inner::Http2(body) => body.size_hint(),
+        }
     }
 }
 
@@ -659,17 +668,24 @@ impl Drop for PooledBody {
     fn drop(&mut self) {
         // A reader that stops at a body's announced end (hyper writing a response with a
         // Content-Length) never polls for the end itself.
-        if self.body.is_end_stream() {
-            self.release();
+        if let Inner::Http1 {
+            body,
+            release: keep,
+        } = &mut self.inner
+        {
+            if body.is_end_stream() {
+                release(body, keep);
+            }
         }
     }
 }
 
 impl std::fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledBody")
-            .field("reusable", &self.keep.is_some())
-            .finish()
+        match &self.inner {
+            Inner::Http1 { body, .. } => body.fmt(f),
+            Inner::Http2(body) => body.fmt(f),
+        }
     }
 }
 
