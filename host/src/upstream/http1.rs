@@ -177,10 +177,12 @@ impl Connection {
         request: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, Failed> {
         let (parts, body) = request.into_parts();
-        let framing = write_head(&mut self.out, &parts, &body);
+        let (framing, close_requested) = write_head(&mut self.out, &parts, &body);
         let mut sending = Sending::new(body, framing);
         let answered = poll_fn(|cx| self.poll_answer(cx, &mut sending)).await;
-        match answered.and_then(|head| self.into_response(head, &parts, sending.sent)) {
+        match answered
+            .and_then(|head| self.into_response(head, &parts, sending.sent, close_requested))
+        {
             Ok(response) => Ok(response),
             Err(error) if sending.written > 0 => Err(Failed {
                 error,
@@ -250,6 +252,7 @@ impl Connection {
         head: Head,
         request: &http::request::Parts,
         sent_whole: bool,
+        close_requested: bool,
     ) -> Result<Response<ResponseBody>, Http1Error> {
         let head_bytes = self.read.split_to(head.length).freeze();
         let mut headers = HeaderMap::with_capacity(self.fields.len());
@@ -259,15 +262,15 @@ impl Connection {
                 .map_err(|_| Http1Error::InvalidHead("field value"))?;
             headers.append(name, value);
         }
-        let decoder = body_decoder(&request.method, head.status, &headers)?;
+        let decoder = body_decoder(&request.method, head.status, &head.framing)?;
         let mut response = Response::new(ResponseBody::empty());
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
         let reusable = sent_whole
             && !decoder.framed_twice
             && !matches!(decoder.kind, Decoding::Close)
-            && keeps_alive(head.version, &headers)
-            && !has_token(&request.headers, header::CONNECTION, "close");
+            && head.framing.keeps_alive(head.version)
+            && !close_requested;
         *response.headers_mut() = headers;
         if head.status == StatusCode::SWITCHING_PROTOCOLS {
             *response.body_mut() = ResponseBody {
@@ -293,6 +296,73 @@ pub struct Head {
     pub version: Version,
     /// Bytes of the head, its blank line included.
     pub length: usize,
+    /// What its fields say about the body's framing and the connection.
+    pub framing: FramingFields,
+}
+
+/// The fields of an answer head that say how its body is delimited and whether its
+/// connection stays open, read as the head is parsed (so that no field is looked up again).
+#[derive(Default)]
+pub struct FramingFields {
+    /// The one length every `Content-Length` field (and list element) gives, or what is
+    /// wrong with them.
+    content_length: Option<Result<u64, &'static str>>,
+    transfer_encoding: bool,
+    /// The last transfer coding is `chunked`.
+    chunked_last: bool,
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive`.
+    keep_alive: bool,
+}
+
+impl FramingFields {
+    /// Takes one field of the head into account.
+    fn add(&mut self, name: &HeaderName, value: &[u8]) {
+        if *name == header::CONTENT_LENGTH {
+            for element in value.split(|&b| b == b',') {
+                let length = parse_length(element.trim_ascii());
+                self.content_length = match (self.content_length, length) {
+                    (Some(Err(error)), _) | (_, Err(error)) => Some(Err(error)),
+                    (Some(Ok(seen)), Ok(length)) if seen != length => {
+                        Some(Err("differing Content-Length values"))
+                    }
+                    (_, Ok(length)) => Some(Ok(length)),
+                };
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+            // The last field's last coding is the one that counts.
+            self.chunked_last = value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if *name == header::CONNECTION {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+
+    /// Whether the upstream keeps the connection open after this answer.
+    fn keeps_alive(&self, version: Version) -> bool {
+        if version == Version::HTTP_10 {
+            self.keep_alive && !self.close
+        } else {
+            !self.close
+        }
+    }
+}
+
+/// A `Content-Length` value: 1 to 19 digits (no sign, no space inside).
+fn parse_length(digits: &[u8]) -> Result<u64, &'static str> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err("invalid Content-Length");
+    }
+    Ok(digits
+        .iter()
+        .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0')))
 }
 
 /// Parses an answer head at the start of `buffer`: `None` while it is incomplete.
@@ -327,10 +397,12 @@ pub fn parse_head(
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or(Http1Error::InvalidHead("status"))?;
     fields.clear();
+    let mut framing = FramingFields::default();
     let start = buffer.as_ptr() as usize;
     for field in response.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| Http1Error::InvalidHead("field name"))?;
+        framing.add(&name, field.value);
         let offset = field.value.as_ptr() as usize - start;
         fields.push((name, offset, offset + field.value.len()));
     }
@@ -338,6 +410,7 @@ pub fn parse_head(
         status,
         version,
         length,
+        framing,
     }))
 }
 
@@ -470,11 +543,12 @@ impl Decoding {
     }
 }
 
-/// How the body of an answer with `status` and `headers` to a `method` request is delimited.
+/// How the body of an answer with `status` and `framing` fields to a `method` request is
+/// delimited.
 pub fn body_decoder(
     method: &Method,
     status: StatusCode,
-    headers: &HeaderMap,
+    framing: &FramingFields,
 ) -> Result<Decoder, Http1Error> {
     let mut decoder = Decoder {
         kind: Decoding::Done,
@@ -487,9 +561,9 @@ pub fn body_decoder(
     {
         return Ok(decoder);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        decoder.framed_twice = headers.contains_key(header::CONTENT_LENGTH);
-        decoder.kind = if chunked_last(headers) {
+    if framing.transfer_encoding {
+        decoder.framed_twice = framing.content_length.is_some();
+        decoder.kind = if framing.chunked_last {
             Decoding::Chunked(Chunk::Size)
         } else {
             // A coding other than chunked last: the body ends with the connection.
@@ -497,40 +571,16 @@ pub fn body_decoder(
         };
         return Ok(decoder);
     }
-    decoder.kind = match content_length(headers)? {
-        Some(0) => Decoding::Done,
-        Some(length) => Decoding::Length(length),
+    decoder.kind = match framing.content_length {
+        Some(Err(what)) => return Err(Http1Error::InvalidFraming(what)),
+        Some(Ok(0)) => Decoding::Done,
+        Some(Ok(length)) => Decoding::Length(length),
         None => Decoding::Close,
     };
     Ok(decoder)
 }
 
-/// The one length every `Content-Length` field (and list element) gives, if any.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Http1Error> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for element in value.as_bytes().split(|&b| b == b',') {
-            let element = element.trim_ascii();
-            if element.is_empty() || element.len() > 19 || !element.iter().all(u8::is_ascii_digit) {
-                return Err(Http1Error::InvalidFraming("invalid Content-Length"));
-            }
-            let value = element
-                .iter()
-                .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'));
-            match length {
-                Some(seen) if seen != value => {
-                    return Err(Http1Error::InvalidFraming(
-                        "differing Content-Length values",
-                    ))
-                }
-                _ => length = Some(value),
-            }
-        }
-    }
-    Ok(length)
-}
-
-/// Whether the last transfer coding is `chunked`.
+/// Whether a header's last transfer coding is `chunked`.
 fn chunked_last(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::TRANSFER_ENCODING)
@@ -538,25 +588,6 @@ fn chunked_last(headers: &HeaderMap) -> bool {
         .next_back()
         .and_then(|value| value.as_bytes().rsplit(|&b| b == b',').next())
         .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
-/// Whether a `name` field holds `token` in its comma-separated list.
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|element| element.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
-}
-
-/// Whether the upstream keeps the connection open after this answer.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    if version == Version::HTTP_10 {
-        has_token(headers, header::CONNECTION, "keep-alive")
-    } else {
-        !has_token(headers, header::CONNECTION, "close")
-    }
 }
 
 /// How the request body is framed on the wire.
@@ -569,8 +600,13 @@ enum Framing {
 }
 
 /// Writes the request head into `out` (cleared first): the request line, the fields as
-/// they are, and a framing field when the body needs one the fields do not give.
-fn write_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &UpstreamBody) -> Framing {
+/// they are, and a framing field when the body needs one the fields do not give. Returns
+/// the body's framing, and whether the request asks for the connection to close after it.
+fn write_head(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    body: &UpstreamBody,
+) -> (Framing, bool) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -600,14 +636,21 @@ fn write_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &UpstreamBo
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         Framing::Chunked
     };
+    let mut close = false;
     for (name, value) in headers {
+        if *name == header::CONNECTION {
+            close |= value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    framing
+    (framing, close)
 }
 
 /// The sending side of an exchange: the head in `Connection::out`, then the body's frames.
@@ -1023,5 +1066,178 @@ impl fmt::Debug for ResponseBody {
             .field("ended", &matches!(self.decoding, Decoding::Done))
             .field("reusable", &self.reusable)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framing(fields: &[(&str, &str)]) -> FramingFields {
+        let mut framing = FramingFields::default();
+        for (name, value) in fields {
+            framing.add(
+                &HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.as_bytes(),
+            );
+        }
+        framing
+    }
+
+    fn decoding(fields: &[(&str, &str)]) -> Result<Decoding, Http1Error> {
+        body_decoder(&Method::GET, StatusCode::OK, &framing(fields)).map(|decoder| decoder.kind)
+    }
+
+    #[test]
+    fn content_length_fields_give_one_length_or_an_error() {
+        assert!(matches!(
+            decoding(&[("content-length", "5")]),
+            Ok(Decoding::Length(5))
+        ));
+        assert!(matches!(
+            decoding(&[("content-length", "5, 5")]),
+            Ok(Decoding::Length(5))
+        ));
+        assert!(matches!(
+            decoding(&[("content-length", "5"), ("Content-Length", "5")]),
+            Ok(Decoding::Length(5))
+        ));
+        assert!(matches!(
+            decoding(&[("content-length", "0")]),
+            Ok(Decoding::Done)
+        ));
+        for bad in [
+            &[("content-length", "5, 6")][..],
+            &[("content-length", "5"), ("content-length", "6")],
+            &[("content-length", "+5")],
+            &[("content-length", "")],
+            &[("content-length", "5 5")],
+            &[("content-length", "99999999999999999999")],
+        ] {
+            assert!(
+                matches!(decoding(bad), Err(Http1Error::InvalidFraming(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(decoding(&[]), Ok(Decoding::Close)));
+    }
+
+    #[test]
+    fn transfer_encoding_wins_and_only_chunked_last_is_chunked() {
+        let chunked = framing(&[
+            ("transfer-encoding", "gzip, chunked"),
+            ("content-length", "3"),
+        ]);
+        let decoder = body_decoder(&Method::GET, StatusCode::OK, &chunked).unwrap();
+        assert!(matches!(decoder.kind, Decoding::Chunked(Chunk::Size)));
+        assert!(decoder.framed_twice);
+        assert!(matches!(
+            decoding(&[("transfer-encoding", "chunked, gzip")]),
+            Ok(Decoding::Close)
+        ));
+        assert!(matches!(
+            decoding(&[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "gzip")
+            ]),
+            Ok(Decoding::Close)
+        ));
+        // No body after HEAD, 204 and 304, whatever the fields say.
+        for (method, status) in [
+            (Method::HEAD, StatusCode::OK),
+            (Method::GET, StatusCode::NO_CONTENT),
+            (Method::GET, StatusCode::NOT_MODIFIED),
+        ] {
+            let decoder =
+                body_decoder(&method, status, &framing(&[("content-length", "9")])).unwrap();
+            assert!(matches!(decoder.kind, Decoding::Done));
+        }
+    }
+
+    #[test]
+    fn connection_tokens_decide_reuse() {
+        assert!(framing(&[]).keeps_alive(Version::HTTP_11));
+        assert!(!framing(&[("connection", "Upgrade, Close")]).keeps_alive(Version::HTTP_11));
+        assert!(!framing(&[]).keeps_alive(Version::HTTP_10));
+        assert!(framing(&[("connection", "keep-alive")]).keeps_alive(Version::HTTP_10));
+    }
+
+    #[test]
+    fn chunk_size_lines_are_read_strictly() {
+        assert_eq!(chunk_size_line(b"5\r\nhello"), Ok(Some((5, 3))));
+        assert_eq!(
+            chunk_size_line(b"1aF;name=\"v\"\r\n"),
+            Ok(Some((0x1af, 14)))
+        );
+        assert_eq!(
+            chunk_size_line(b"ffffffffffffffff\r\n"),
+            Ok(Some((u64::MAX, 18)))
+        );
+        assert_eq!(chunk_size_line(b"5"), Ok(None));
+        for bad in [
+            &b"\r\n"[..],
+            b"zz\r\n",
+            b"5\n",
+            b"-5\r\n",
+            b"0x5\r\n",
+            b"5 x\r\n",
+            b"10000000000000000\r\n",
+        ] {
+            assert!(
+                chunk_size_line(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = [b"5;".as_slice(), &[b'x'; MAX_CHUNK_LINE]].concat();
+        assert!(chunk_size_line(&long).is_err());
+    }
+
+    #[test]
+    fn a_chunked_body_decodes_with_its_trailers() {
+        let mut read =
+            BytesMut::from(&b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-sum: 1\r\n\r\nNEXT"[..]);
+        let mut decoding = Decoding::Chunked(Chunk::Size);
+        let mut data = Vec::new();
+        let trailers = loop {
+            match decoding.decode(&mut read).unwrap() {
+                Decoded::Frame(frame) => match frame.into_data() {
+                    Ok(bytes) => data.extend_from_slice(&bytes),
+                    Err(frame) => break frame.into_trailers().unwrap(),
+                },
+                Decoded::End | Decoded::More => panic!("ended without trailers"),
+            }
+        };
+        assert_eq!(data, b"hello world");
+        assert_eq!(trailers["x-sum"], "1");
+        assert!(matches!(decoding.decode(&mut read).unwrap(), Decoded::End));
+        assert_eq!(
+            &read[..],
+            b"NEXT",
+            "the next answer's bytes are left as they came"
+        );
+    }
+
+    #[test]
+    fn a_short_body_is_an_error_at_the_close_and_a_close_delimited_one_ends_there() {
+        let mut short = Decoding::Length(10);
+        let mut read = BytesMut::from(&b"12345"[..]);
+        assert!(matches!(
+            short.decode(&mut read).unwrap(),
+            Decoded::Frame(_)
+        ));
+        assert!(matches!(short.decode(&mut read).unwrap(), Decoded::More));
+        assert!(matches!(short.at_close(), Err(Http1Error::IncompleteBody)));
+        let mut close = Decoding::Close;
+        assert!(close.at_close().is_ok());
+        assert!(matches!(close.decode(&mut read).unwrap(), Decoded::End));
+    }
+
+    #[test]
+    fn chunk_sizes_are_written_in_hex() {
+        let mut buffer = [0u8; 16];
+        assert_eq!(hex(0, &mut buffer), b"0");
+        assert_eq!(hex(0x1AF, &mut buffer), b"1AF");
+        assert_eq!(hex(u64::MAX, &mut buffer), b"FFFFFFFFFFFFFFFF");
     }
 }
