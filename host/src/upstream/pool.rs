@@ -3,8 +3,9 @@
 //! Every worker is a single-threaded runtime, so each one keeps its own pool for a cluster,
 //! in a thread-local table: a request takes an idle HTTP/1.1 connection to its endpoint
 //! straight from the pool, drives the exchange on it itself (`http1.rs`), and the response
-//! body puts it back when it ends, with no lock, no task per connection and no channel. An HTTP/2 cluster keeps one connection per endpoint and
-//! worker, shared by every request (streams multiplex).
+//! body puts it back when it ends, with no lock, no task per connection and no channel. An
+//! HTTP/2 cluster keeps one connection per endpoint and worker, shared by every request
+//! (streams multiplex).
 //!
 //! A cluster that a new configuration replaced leaves its pools behind in the threads; they
 //! are dropped (their connections closed) by their sweeper, or when the thread next creates
