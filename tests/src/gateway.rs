@@ -16,23 +16,39 @@ use crate::clients::{HttpClient, HttpResponse};
 /// How long the gateway may take from spawn to a `200` on `/readyz`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A free loopback address: a port the kernel handed out, released again for the caller
-/// to bind. Ports are never handed out twice in one test process, so parallel tests do
-/// not collide with each other.
+/// A free loopback address for the caller to bind. Ports are never handed out twice in one
+/// test process, so parallel tests do not collide with each other.
+///
+/// The port is taken below the kernel's range of ephemeral ports (32768–60999 on Linux), so
+/// that no outgoing connection can be given it between this check and the gateway's bind:
+/// a port the kernel handed out for a listener and released again is as likely as any to
+/// become the local port of the next connection some test opens, and the gateway then
+/// fails to start with "address already in use".
 pub fn free_loopback_addr() -> SocketAddr {
+    const FIRST: u16 = 20_000;
+    const COUNT: u32 = 12_000;
     static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        let addr = listener.local_addr().expect("bound address");
-        drop(listener);
+    static NEXT: Mutex<u32> = Mutex::new(0);
+    // Test processes run one after another, often several in a row on one machine: each
+    // starts at a place of its own in the range (from its process id), then goes through it.
+    let mut next = NEXT.lock().expect("port counter lock");
+    for _ in 0..COUNT {
+        let offset = (std::process::id().wrapping_mul(7_919).wrapping_add(*next)) % COUNT;
+        *next += 1;
+        let port = FIRST + offset as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if TcpListener::bind(addr).is_err() {
+            continue; // another process listens there
+        }
         let mut handed_out = HANDED_OUT.lock().expect("port registry lock");
-        if handed_out
-            .get_or_insert_with(HashSet::new)
-            .insert(addr.port())
-        {
+        if handed_out.get_or_insert_with(HashSet::new).insert(port) {
             return addr;
         }
     }
+    panic!(
+        "no free loopback port between {FIRST} and {}",
+        FIRST as u32 + COUNT - 1
+    );
 }
 
 /// A policies folder in a temporary directory. Files are written from templates in which
