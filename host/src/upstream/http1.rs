@@ -189,7 +189,9 @@ impl Connection {
                 unsent: None,
             }),
             Err(error) => {
-                let unsent = (sending.written == 0 && !matches!(error, Http1Error::RequestBody(_)))
+                // Nothing was written: the request can go on another connection, unless
+                // its own body is what failed.
+                let unsent = (!matches!(error, Http1Error::RequestBody(_)))
                     .then(|| Request::from_parts(parts, sending.into_unsent_body()));
                 Err(Failed { error, unsent })
             }
@@ -263,28 +265,28 @@ impl Connection {
             headers.append(name, value);
         }
         let decoder = body_decoder(&request.method, head.status, &head.framing)?;
-        let mut response = Response::new(ResponseBody::empty());
-        *response.status_mut() = head.status;
-        *response.version_mut() = head.version;
-        let reusable = sent_whole
-            && !decoder.framed_twice
-            && !matches!(decoder.kind, Decoding::Close)
-            && head.framing.keeps_alive(head.version)
-            && !close_requested;
-        *response.headers_mut() = headers;
-        if head.status == StatusCode::SWITCHING_PROTOCOLS {
-            *response.body_mut() = ResponseBody {
+        let body = if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            ResponseBody {
                 upgraded: Some(Upgraded { connection: self }),
                 ..ResponseBody::empty()
-            };
-            return Ok(response);
-        }
-        *response.body_mut() = ResponseBody {
-            connection: Some(self),
-            decoding: decoder.kind,
-            reusable,
-            upgraded: None,
+            }
+        } else {
+            let reusable = sent_whole
+                && !decoder.framed_twice
+                && !matches!(decoder.kind, Decoding::Close)
+                && head.framing.keeps_alive(head.version)
+                && !close_requested;
+            ResponseBody {
+                connection: Some(self),
+                decoding: decoder.kind,
+                reusable,
+                upgraded: None,
+            }
         };
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = headers;
         Ok(response)
     }
 }
@@ -300,8 +302,8 @@ pub struct Head {
     pub framing: FramingFields,
 }
 
-/// The fields of an answer head that say how its body is delimited and whether its
-/// connection stays open, read as the head is parsed (so that no field is looked up again).
+/// The fields of a head that say how its body is delimited and whether its connection stays
+/// open, read as the head is parsed or written (so that no field is looked up again).
 #[derive(Default)]
 pub struct FramingFields {
     /// The one length every `Content-Length` field (and list element) gives, or what is
@@ -580,16 +582,6 @@ pub fn body_decoder(
     Ok(decoder)
 }
 
-/// Whether a header's last transfer coding is `chunked`.
-fn chunked_last(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|value| value.as_bytes().rsplit(|&b| b == b',').next())
-        .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
 /// How the request body is framed on the wire.
 enum Framing {
     /// No body.
@@ -616,41 +608,38 @@ fn write_head(
         .map_or("/", |target| target.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let headers = &parts.headers;
-    let framing = if let Some(length) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok())
-    {
-        Framing::Length(length)
-    } else if headers.contains_key(header::TRANSFER_ENCODING) && chunked_last(headers) {
-        Framing::Chunked
-    } else if body.is_end_stream() {
-        Framing::None
-    } else if let Some(length) = body.size_hint().exact() {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
-        out.extend_from_slice(b"\r\n");
-        Framing::Length(length)
-    } else {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        Framing::Chunked
-    };
-    let mut close = false;
-    for (name, value) in headers {
-        if *name == header::CONNECTION {
-            close |= value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    let mut fields = FramingFields::default();
+    for (name, value) in &parts.headers {
+        fields.add(name, value.as_bytes());
+        write_field(out, name, value);
     }
+    let framing = match fields.content_length {
+        Some(Ok(length)) => Framing::Length(length),
+        _ if fields.transfer_encoding && fields.chunked_last => Framing::Chunked,
+        _ if body.is_end_stream() => Framing::None,
+        _ => match body.size_hint().exact() {
+            Some(length) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+                out.extend_from_slice(b"\r\n");
+                Framing::Length(length)
+            }
+            None => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Framing::Chunked
+            }
+        },
+    };
     out.extend_from_slice(b"\r\n");
-    (framing, close)
+    (framing, fields.close)
+}
+
+/// One `name: value` line of a head or of trailers.
+fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The sending side of an exchange: the head in `Connection::out`, then the body's frames.
@@ -790,10 +779,7 @@ impl Sending {
                     out.extend_from_slice(b"0\r\n");
                     if let Ok(trailers) = frame.into_trailers() {
                         for (name, value) in &trailers {
-                            out.extend_from_slice(name.as_str().as_bytes());
-                            out.extend_from_slice(b": ");
-                            out.extend_from_slice(value.as_bytes());
-                            out.extend_from_slice(b"\r\n");
+                            write_field(out, name, value);
                         }
                     }
                     out.extend_from_slice(b"\r\n");
