@@ -147,3 +147,57 @@ async fn grpc_trailers_reach_an_http2_client() {
     );
     assert_eq!(upstream.body_len, 7);
 }
+
+/// A client may shut down its sending side once its request is out (HTTP/1.0-style clients,
+/// `nc -N`, scripts that `shutdown(SHUT_WR)`), and still reads the answer. The request was
+/// whole, so the gateway forwards it and answers; dropping it at the end-of-stream would lose
+/// an answer the upstream may already have acted on. The connection closes after the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fixture = scenario().start().await;
+    let requests = [
+        "POST /upload?delay_ms=300 HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\n\r\nhello",
+        "GET /read?delay_ms=300 HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+        "POST /chunked?delay_ms=300 HTTP/1.1\r\nHost: shop.test\r\n\
+         Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ];
+    for request in requests {
+        let mut stream = tokio::net::TcpStream::connect(fixture.listener("public"))
+            .await
+            .unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("the gateway answers and closes within 5 s")
+            .expect("the answer is read to its end");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{request:?} answered: {answer:?}"
+        );
+        assert!(answer.contains("x-backend: echo\r\n"), "{answer:?}");
+    }
+    assert_eq!(fixture.backend("echo").request_count(), requests.len());
+
+    // A body cut short by the half-close is an incomplete request: a 400 at once, not a wait
+    // for body_read_timeout.
+    let mut stream = tokio::net::TcpStream::connect(fixture.listener("public"))
+        .await
+        .unwrap();
+    let cut = "POST /upload HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 10\r\n\r\nhello";
+    stream.write_all(cut.as_bytes()).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the gateway answers and closes within 5 s")
+        .expect("the answer is read to its end");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "a cut body answered: {answer:?}"
+    );
+}

@@ -479,6 +479,12 @@ fn http1_builder(settings: &ServerSettings) -> http1::Builder {
         .header_read_timeout(None)
         // hyper answers 431 when the request head does not fit this buffer.
         .max_buf_size(settings.max_request_header_bytes.max(8192))
+        // A client may shut down its sending side once its request is out and still read
+        // the answer (RFC 9112 §9.6). Without this, hyper takes the end of the stream in
+        // the middle of an exchange for a client gone and drops an answer the upstream may
+        // already have acted on. A client that is gone for good is seen when the answer is
+        // written, and stream_idle_timeout bounds an exchange that stops moving.
+        .half_close(true)
         .keep_alive(true);
     builder
 }
