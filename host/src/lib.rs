@@ -13,6 +13,7 @@
 //! | [`routing`] | host and route matching (pure) |
 //! | [`pipeline`] | the per-request flow (see its docs for the phase diagram) |
 //! | [`body`] | time limits on request and response bodies |
+//! | [`fields`] | fields of one connection (hop-by-hop), list-valued fields, body framing |
 //! | [`upstream`] | clusters, load balancing, passive health, pools |
 //! | [`wasm`] | the proxy-wasm runtime: VMs, host functions, plugins, shared data, plugin metrics |
 //! | [`mesh`] | policies to Envoy and Istio, and Istio's resources back |
@@ -73,6 +74,7 @@ pub mod admin;
 pub mod allocator;
 pub mod body;
 pub mod config;
+pub mod fields;
 pub mod mesh;
 pub mod pipeline;
 pub mod ratelimit;

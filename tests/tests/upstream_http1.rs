@@ -788,6 +788,51 @@ async fn a_repeated_content_length_reaches_the_client_as_one_value() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fields_of_the_upstream_connection_never_reach_the_client() {
+    // The common form (only the fixed names) and one whose `Connection` names a field of its
+    // own and that carries `TE`, which take different ways through the client.
+    let upstream = Upstream::start(vec![
+        reply(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             Proxy-Connection: keep-alive\r\nTrailer: x-sum\r\nUpgrade: h2c\r\n\
+             Content-Length: 5\r\nX-Kept: 1\r\nContent-Length: 5\r\n\r\nhello",
+            Then::KeepOpen,
+        ),
+        reply(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nX-Private: 1\r\n\
+             TE: trailers\r\nX-Kept: 2\r\nContent-Length: 5\r\n\r\nworld",
+            Then::KeepOpen,
+        ),
+    ])
+    .await;
+    let gateway = gateway_for(&upstream).await;
+    for (path, body, kept) in [("/fixed", b"hello", "1"), ("/named", b"world", "2")] {
+        let answer = get_ok(&gateway, path).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}");
+        assert_eq!(&answer.body[..], body, "{path}");
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "trailer",
+            "upgrade",
+            "x-private",
+            "te",
+        ] {
+            assert!(
+                !answer.headers.contains_key(name),
+                "{path}: {name} reached the client: {:?}",
+                answer.headers
+            );
+        }
+        assert_eq!(answer.headers["x-kept"], kept, "{path}: other fields go on");
+        let lengths: Vec<_> = answer.headers.get_all("content-length").iter().collect();
+        assert_eq!(lengths, ["5"], "{path}: one length");
+    }
+    assert_eq!(upstream.connections(), 1, "the connection was reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_chunk_size_never_reaches_the_client_as_a_complete_body() {
     let upstream = Upstream::start(vec![
         reply(

@@ -318,21 +318,20 @@ async fn send_with_retries(
     }
 }
 
-/// The upstream's response as the client gets it: hop-by-hop headers removed, or, for a
-/// `101 Switching Protocols`, the tunnel between both upgraded connections started.
+/// The upstream's response as the client gets it; for a `101 Switching Protocols`, with the
+/// tunnel between both upgraded connections started.
 fn downstream_response(
     mut response: Response<PooledBody>,
     downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ResponseBody> {
+    // The upstream client hands over answers without the fields of their connection
+    // (`crate::fields`) but for a `101`, which keeps them for the tunnel.
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let (Some(downstream_upgrade), Some(upstream)) =
             (downstream_upgrade, response.body_mut().take_upgraded())
         {
             tokio::spawn(tunnel(downstream_upgrade, upstream));
         }
-    } else {
-        headers::one_body_framing(response.headers_mut());
-        headers::remove_hop_by_hop(response.headers_mut(), false);
     }
     response.map(BodyExt::boxed)
 }

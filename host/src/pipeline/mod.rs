@@ -123,7 +123,7 @@ pub async fn handle<H>(
     // identity, a transformer's header) and have the gateway strip them for it.
     let upgrade = request.version() == http::Version::HTTP_11
         && headers::is_upgrade_request(request.headers());
-    headers::remove_hop_by_hop(request.headers_mut(), upgrade);
+    crate::fields::remove_hop_by_hop(request.headers_mut(), upgrade);
     let request_id = headers::ensure_request_id(request.headers_mut());
     let mut record = AccessRecord::new(
         &request,

@@ -28,6 +28,7 @@ use tokio::io::AsyncWrite;
 
 use super::connector::UpstreamStream;
 use super::{BoxError, UpstreamBody};
+use crate::fields::{self, HopByHop};
 
 /// The largest answer head (status line and fields) read from an upstream.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -257,12 +258,39 @@ impl Connection {
         close_requested: bool,
     ) -> Result<Response<ResponseBody>, Http1Error> {
         let head_bytes = self.read.split_to(head.length).freeze();
+        let framing = &head.framing;
+        let upgrade = head.status == StatusCode::SWITCHING_PROTOCOLS;
+        // The fields of this connection and a second framing are left out as the map is
+        // built, in the common case; a `Connection` that names other fields takes the
+        // general way through the map afterwards. A `101` keeps them for the tunnel. (`TE`,
+        // a request field, goes whole: the `TE: trailers` a request keeps means nothing in
+        // an answer.)
+        let general = !upgrade && framing.names_other_fields;
+        let one_length = framing.length_fields > 1 || framing.length_listed;
+        let skip_lengths = !upgrade && !general && (framing.transfer_encoding || one_length);
+        let skip_hop_by_hop = !upgrade && !general && !framing.hop_by_hop.is_empty();
         let mut headers = HeaderMap::with_capacity(self.fields.len());
         for (name, start, end) in self.fields.drain(..) {
+            if (skip_hop_by_hop && HopByHop::bit(&name) != 0)
+                || (skip_lengths && name == header::CONTENT_LENGTH)
+            {
+                continue;
+            }
             // httparse took the bytes as field content; the `http` crate is stricter.
             let value = HeaderValue::from_maybe_shared(head_bytes.slice(start..end))
                 .map_err(|_| Http1Error::InvalidHead("field value"))?;
             headers.append(name, value);
+        }
+        if general {
+            fields::one_body_framing(&mut headers);
+            fields::remove_hop_by_hop(&mut headers, false);
+            headers.remove(header::TE);
+        } else if skip_lengths && !framing.transfer_encoding {
+            // A repeated length, every copy equal (else the decoder below refuses it),
+            // goes on once.
+            if let Some(Ok(length)) = framing.content_length {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            }
         }
         let decoder = body_decoder(&request.method, head.status, &head.framing)?;
         let body = if head.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -316,12 +344,22 @@ pub struct FramingFields {
     close: bool,
     /// `Connection: keep-alive`.
     keep_alive: bool,
+    /// `Connection` names a field other than `close` and `keep-alive`, to be removed too.
+    names_other_fields: bool,
+    /// The fields of one connection that the head has.
+    hop_by_hop: HopByHop,
+    /// How many `Content-Length` fields the head has (up to 2: more is the same case).
+    length_fields: u8,
+    /// A `Content-Length` value is a list (`5, 5`).
+    length_listed: bool,
 }
 
 impl FramingFields {
     /// Takes one field of the head into account.
     fn add(&mut self, name: &HeaderName, value: &[u8]) {
         if *name == header::CONTENT_LENGTH {
+            self.length_fields = (self.length_fields + 1).min(2);
+            self.length_listed |= value.contains(&b',');
             for element in value.split(|&b| b == b',') {
                 let length = parse_length(element.trim_ascii());
                 self.content_length = match (self.content_length, length) {
@@ -332,7 +370,10 @@ impl FramingFields {
                     (_, Ok(length)) => Some(Ok(length)),
                 };
             }
-        } else if *name == header::TRANSFER_ENCODING {
+            return;
+        }
+        self.hop_by_hop.add(HopByHop::bit(name));
+        if *name == header::TRANSFER_ENCODING {
             self.transfer_encoding = true;
             // The last field's last coding is the one that counts.
             self.chunked_last = value
@@ -340,9 +381,12 @@ impl FramingFields {
                 .next()
                 .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if *name == header::CONNECTION {
-            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            for token in fields::list_elements(value) {
+                let close = token.eq_ignore_ascii_case(b"close");
+                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                self.close |= close;
+                self.keep_alive |= keep_alive;
+                self.names_other_fields |= !close && !keep_alive;
             }
         }
     }

@@ -346,6 +346,9 @@ impl Cluster {
     /// for HTTP/2, the scheme and authority (the endpoint's) are set here. An HTTP/1.1
     /// request whose reused connection turns out closed before the request was written goes
     /// on another connection; on a new connection that is [`UpstreamError::Unsent`].
+    ///
+    /// The answer comes without the fields of its connection and with one body framing
+    /// ([`crate::fields`]), but for a `101`, which keeps them for the tunnel.
     pub async fn send(
         self: &Arc<Self>,
         endpoint: &Endpoint,
@@ -419,7 +422,10 @@ impl Cluster {
                 .shared_sender(endpoint, || self.open_http2(endpoint))
                 .await?;
             match sender.try_send_request(request).await {
-                Ok(response) => {
+                Ok(mut response) => {
+                    // HTTP/2 has no connection fields, but an upstream may send them anyway.
+                    crate::fields::one_body_framing(response.headers_mut());
+                    crate::fields::remove_hop_by_hop(response.headers_mut(), false);
                     return Ok(response.map(|body| PooledBody {
                         inner: Inner::Http2(body),
                     }));
