@@ -38,6 +38,10 @@ pub const MAX_HEADERS: usize = 100;
 pub const MAX_INTERIM: usize = 16;
 /// The longest chunk-size line (size and extensions) of a chunked answer.
 pub const MAX_CHUNK_LINE: usize = 4096;
+/// Fields an answer's header map has room for beyond its own (see `into_response`): the
+/// `X-Forwarded-*` fields and `X-Request-Id` the gateway adds to a request, and a few a
+/// plugin adds.
+const ROOM_FOR_NEXT_REQUEST: usize = 8;
 
 /// A read asks for at least this much room, and for up to `MAX_READ` while reads fill it:
 /// small answers take one small buffer, large bodies move in fewer reads.
@@ -269,7 +273,11 @@ impl Connection {
         let one_length = framing.length_fields > 1 || framing.length_listed;
         let skip_lengths = !upgrade && !general && (framing.transfer_encoding || one_length);
         let skip_hop_by_hop = !upgrade && !general && !framing.hop_by_hop.is_empty();
-        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        // Room for more than the answer's fields: once the answer is written, the server
+        // side (hyper) keeps this map for the connection's next request, which gains the
+        // forwarded headers and a request id before it goes upstream; without the room,
+        // every request would grow its map once.
+        let mut headers = HeaderMap::with_capacity(self.fields.len() + ROOM_FOR_NEXT_REQUEST);
         for (name, start, end) in self.fields.drain(..) {
             if (skip_hop_by_hop && HopByHop::bit(&name) != 0)
                 || (skip_lengths && name == header::CONTENT_LENGTH)
