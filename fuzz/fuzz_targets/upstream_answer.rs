@@ -75,8 +75,8 @@ fn raw_answer(bytes: &[u8], piece: usize, method: Method) {
     let mut fields = Vec::new();
     let head = parse_head(bytes, &mut fields).unwrap().unwrap();
     assert!(head.length <= MAX_HEAD_BYTES && head.length <= bytes.len());
-    for (_, start, end) in fields {
-        if HeaderValue::from_bytes(&bytes[start..end]).is_err() {
+    for field in fields {
+        if HeaderValue::from_bytes(&bytes[field.value]).is_err() {
             return; // refused as the client refuses it: an invalid field value
         }
     }

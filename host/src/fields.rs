@@ -150,23 +150,19 @@ impl HopByHop {
     }
 
     /// The bit of one of the headers [`remove_hop_by_hop`] removes by name; 0 for others.
+    /// Every field of every message is put through it, so the name's length (names are
+    /// lowercase) sorts out nearly all of them before any bytes are compared.
     pub fn bit(name: &HeaderName) -> u8 {
-        if name == header::CONNECTION {
-            Self::CONNECTION
-        } else if name == header::UPGRADE {
-            Self::UPGRADE
-        } else if name == KEEP_ALIVE {
-            Self::KEEP_ALIVE
-        } else if name == PROXY_CONNECTION {
-            Self::PROXY_CONNECTION
-        } else if name == header::TRANSFER_ENCODING {
-            Self::TRANSFER_ENCODING
-        } else if name == header::TRAILER {
-            Self::TRAILER
-        } else if name == header::TE {
-            Self::TE
-        } else {
-            0
+        let name = name.as_str();
+        match name.len() {
+            2 if name == "te" => Self::TE,
+            7 if name == "upgrade" => Self::UPGRADE,
+            7 if name == "trailer" => Self::TRAILER,
+            10 if name == "connection" => Self::CONNECTION,
+            10 if name == "keep-alive" => Self::KEEP_ALIVE,
+            16 if name == "proxy-connection" => Self::PROXY_CONNECTION,
+            17 if name == "transfer-encoding" => Self::TRANSFER_ENCODING,
+            _ => 0,
         }
     }
 
@@ -198,6 +194,33 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn each_connection_field_has_its_bit_and_no_other_field_has_one() {
+        for (name, bit) in [
+            (header::CONNECTION, HopByHop::CONNECTION),
+            (header::UPGRADE, HopByHop::UPGRADE),
+            (KEEP_ALIVE.clone(), HopByHop::KEEP_ALIVE),
+            (PROXY_CONNECTION.clone(), HopByHop::PROXY_CONNECTION),
+            (header::TRANSFER_ENCODING, HopByHop::TRANSFER_ENCODING),
+            (header::TRAILER, HopByHop::TRAILER),
+            (header::TE, HopByHop::TE),
+        ] {
+            assert_eq!(HopByHop::bit(&name), bit, "{name}");
+        }
+        for other in [
+            "tf",
+            "upgrades",
+            "trailers",
+            "connexion",
+            "x-keep-alive",
+            "host",
+            "etag",
+        ] {
+            let name = HeaderName::from_bytes(other.as_bytes()).unwrap();
+            assert_eq!(HopByHop::bit(&name), 0, "{other}");
+        }
     }
 
     #[test]

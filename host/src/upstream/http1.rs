@@ -131,7 +131,7 @@ pub struct Connection {
     /// Request heads and chunk framing are written from here; kept for the next request.
     out: Vec<u8>,
     /// An answer head's fields between parsing and building its map; kept for the next.
-    fields: Vec<(HeaderName, usize, usize)>,
+    fields: Vec<FieldAt>,
 }
 
 impl Connection {
@@ -278,16 +278,16 @@ impl Connection {
         // forwarded headers and a request id before it goes upstream; without the room,
         // every request would grow its map once.
         let mut headers = HeaderMap::with_capacity(self.fields.len() + ROOM_FOR_NEXT_REQUEST);
-        for (name, start, end) in self.fields.drain(..) {
-            if (skip_hop_by_hop && HopByHop::bit(&name) != 0)
-                || (skip_lengths && name == header::CONTENT_LENGTH)
+        for field in self.fields.drain(..) {
+            if (skip_hop_by_hop && field.hop_by_hop != 0)
+                || (skip_lengths && field.name == header::CONTENT_LENGTH)
             {
                 continue;
             }
             // httparse took the bytes as field content; the `http` crate is stricter.
-            let value = HeaderValue::from_maybe_shared(head_bytes.slice(start..end))
+            let value = HeaderValue::from_maybe_shared(head_bytes.slice(field.value))
                 .map_err(|_| Http1Error::InvalidHead("field value"))?;
-            headers.append(name, value);
+            headers.append(field.name, value);
         }
         if general {
             fields::one_body_framing(&mut headers);
@@ -327,6 +327,14 @@ impl Connection {
     }
 }
 
+/// One field of a parsed head: its name, its value as a range of the head's bytes, and
+/// whether it is a field of the connection ([`HopByHop::bit`]).
+pub struct FieldAt {
+    pub name: HeaderName,
+    pub value: std::ops::Range<usize>,
+    pub hop_by_hop: u8,
+}
+
 /// A parsed answer head: its fields are in the `fields` given to [`parse_head`], as ranges
 /// of its bytes.
 pub struct Head {
@@ -363,8 +371,8 @@ pub struct FramingFields {
 }
 
 impl FramingFields {
-    /// Takes one field of the head into account.
-    fn add(&mut self, name: &HeaderName, value: &[u8]) {
+    /// Takes one field of the head into account; returns its [`HopByHop::bit`].
+    fn add(&mut self, name: &HeaderName, value: &[u8]) -> u8 {
         if *name == header::CONTENT_LENGTH {
             self.length_fields = (self.length_fields + 1).min(2);
             self.length_listed |= value.contains(&b',');
@@ -378,17 +386,18 @@ impl FramingFields {
                     (_, Ok(length)) => Some(Ok(length)),
                 };
             }
-            return;
+            return 0;
         }
-        self.hop_by_hop.add(HopByHop::bit(name));
-        if *name == header::TRANSFER_ENCODING {
+        let bit = HopByHop::bit(name);
+        self.hop_by_hop.add(bit);
+        if bit == HopByHop::TRANSFER_ENCODING {
             self.transfer_encoding = true;
             // The last field's last coding is the one that counts.
             self.chunked_last = value
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if *name == header::CONNECTION {
+        } else if bit == HopByHop::CONNECTION {
             for token in fields::list_elements(value) {
                 let close = token.eq_ignore_ascii_case(b"close");
                 let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
@@ -397,6 +406,7 @@ impl FramingFields {
                 self.names_other_fields |= !close && !keep_alive;
             }
         }
+        bit
     }
 
     /// Whether the upstream keeps the connection open after this answer.
@@ -420,10 +430,7 @@ fn parse_length(digits: &[u8]) -> Result<u64, &'static str> {
 }
 
 /// Parses an answer head at the start of `buffer`: `None` while it is incomplete.
-pub fn parse_head(
-    buffer: &[u8],
-    fields: &mut Vec<(HeaderName, usize, usize)>,
-) -> Result<Option<Head>, Http1Error> {
+pub fn parse_head(buffer: &[u8], fields: &mut Vec<FieldAt>) -> Result<Option<Head>, Http1Error> {
     // Left uninitialised: filling 100 empty fields cost more than parsing a small head.
     let mut parsed = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
@@ -456,9 +463,13 @@ pub fn parse_head(
     for field in response.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| Http1Error::InvalidHead("field name"))?;
-        framing.add(&name, field.value);
+        let hop_by_hop = framing.add(&name, field.value);
         let offset = field.value.as_ptr() as usize - start;
-        fields.push((name, offset, offset + field.value.len()));
+        fields.push(FieldAt {
+            name,
+            value: offset..offset + field.value.len(),
+            hop_by_hop,
+        });
     }
     Ok(Some(Head {
         status,
