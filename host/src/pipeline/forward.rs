@@ -203,7 +203,7 @@ fn outgoing<'a>(
     };
     headers::set_forwarded(
         &mut outgoing.headers,
-        downstream.remote.ip(),
+        &downstream.client_address,
         downstream.scheme(),
         authority_value.as_ref(),
     );

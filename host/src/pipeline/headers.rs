@@ -45,21 +45,19 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 /// Every `X-Forwarded-For` line is kept, in arrival order, merged into one list (RFC 9110
 /// §5.3 makes repeated lines one comma-separated list): a load balancer that adds its own
 /// line rather than appending to the client's must not lose the addresses before it.
+///
+/// `client` is the client's address as [`address_value`] writes it.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     scheme: &str,
     host: Option<&HeaderValue>,
 ) {
-    let mut buffer = [0u8; 48];
-    let client = address_text(client, &mut buffer);
     // One lookup finds the client's lines and replaces them (a `get_all` and an `insert`
     // would hash the name twice).
     match headers.entry(&X_FORWARDED_FOR) {
         Entry::Vacant(vacant) => {
-            if let Ok(value) = HeaderValue::from_bytes(client) {
-                vacant.insert(value);
-            }
+            vacant.insert(client.clone());
         }
         Entry::Occupied(mut occupied) => {
             let mut joined = String::new();
@@ -72,7 +70,7 @@ pub fn set_forwarded(
                 joined.push_str(line);
                 joined.push_str(", ");
             }
-            joined.push_str(std::str::from_utf8(client).unwrap_or_default());
+            joined.push_str(client.to_str().unwrap_or_default());
             if let Ok(value) = HeaderValue::from_str(&joined) {
                 occupied.insert(value);
             }
@@ -85,6 +83,14 @@ pub fn set_forwarded(
     if let Some(host) = host {
         headers.insert(&X_FORWARDED_HOST, host.clone());
     }
+}
+
+/// `address` as a header value, as `X-Forwarded-For` carries it. A connection makes it once
+/// (`Downstream::client_address`), and each of its requests shares it.
+pub fn address_value(address: IpAddr) -> HeaderValue {
+    let mut buffer = [0u8; 48];
+    HeaderValue::from_bytes(address_text(address, &mut buffer))
+        .expect("an address's text is a valid header value")
 }
 
 /// `address` as text, written into `buffer` on the stack (an IPv6 address takes at most 45
@@ -209,7 +215,7 @@ mod tests {
         ]);
         set_forwarded(
             &mut map,
-            "127.0.0.1".parse().unwrap(),
+            &address_value("127.0.0.1".parse().unwrap()),
             "http",
             Some(&HeaderValue::from_static("shop.test:8080")),
         );
@@ -226,14 +232,20 @@ mod tests {
             ("x-forwarded-for", "10.0.0.5,"),
         ]);
         let host = HeaderValue::from_static("shop.test");
-        set_forwarded(&mut map, "::1".parse().unwrap(), "https", Some(&host));
+        set_forwarded(
+            &mut map,
+            &address_value("::1".parse().unwrap()),
+            "https",
+            Some(&host),
+        );
         assert_eq!(map.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(
             map["x-forwarded-for"],
             "203.0.113.7, 198.51.100.2, 10.0.0.5, ::1"
         );
         let mut map = HeaderMap::new();
-        set_forwarded(&mut map, "127.0.0.1".parse().unwrap(), "http", Some(&host));
+        let loopback = address_value("127.0.0.1".parse().unwrap());
+        set_forwarded(&mut map, &loopback, "http", Some(&host));
         assert_eq!(map["x-forwarded-for"], "127.0.0.1");
     }
 

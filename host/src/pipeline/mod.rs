@@ -72,6 +72,9 @@ pub struct Downstream {
     pub listener: Arc<str>,
     pub connection_id: u64,
     pub remote: SocketAddr,
+    /// `remote`'s address as `X-Forwarded-For` carries it ([`headers::address_value`]): made
+    /// once for the connection, shared by its requests.
+    pub client_address: http::HeaderValue,
     pub local: SocketAddr,
     pub tls: Option<TlsInfo>,
 }

@@ -69,6 +69,7 @@ pub async fn serve(
         listener: listener.clone(),
         connection_id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
         remote,
+        client_address: crate::pipeline::headers::address_value(remote.ip()),
         local,
         tls: None,
     };
