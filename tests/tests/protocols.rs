@@ -154,7 +154,6 @@ async fn grpc_trailers_reach_an_http2_client() {
 /// an answer the upstream may already have acted on. The connection closes after the answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fixture = scenario().start().await;
     let requests = [
         "POST /upload?delay_ms=300 HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\n\r\nhello",
@@ -163,17 +162,7 @@ async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     ];
     for request in requests {
-        let mut stream = tokio::net::TcpStream::connect(fixture.listener("public"))
-            .await
-            .unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        stream.shutdown().await.unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
-            .await
-            .expect("the gateway answers and closes within 5 s")
-            .expect("the answer is read to its end");
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = half_closed_exchange(fixture.listener("public"), request).await;
         assert!(
             answer.starts_with("HTTP/1.1 200 OK\r\n"),
             "{request:?} answered: {answer:?}"
@@ -184,20 +173,25 @@ async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
 
     // A body cut short by the half-close is an incomplete request: a 400 at once, not a wait
     // for body_read_timeout.
-    let mut stream = tokio::net::TcpStream::connect(fixture.listener("public"))
-        .await
-        .unwrap();
     let cut = "POST /upload HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 10\r\n\r\nhello";
-    stream.write_all(cut.as_bytes()).await.unwrap();
+    let answer = half_closed_exchange(fixture.listener("public"), cut).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "a cut body answered: {answer:?}"
+    );
+}
+
+/// Sends `request` on a new connection to `addr`, shuts down the sending side, and reads
+/// the answer until the gateway closes the connection (within 5 s).
+async fn half_closed_exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
     stream.shutdown().await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
         .await
         .expect("the gateway answers and closes within 5 s")
         .expect("the answer is read to its end");
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(
-        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
-        "a cut body answered: {answer:?}"
-    );
+    String::from_utf8_lossy(&answer).into_owned()
 }
