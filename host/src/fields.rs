@@ -4,8 +4,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-pub static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// The elements of a comma-separated field value (RFC 9110 §5.6.1), each trimmed of spaces;
 /// empty elements (`a,,b`, a trailing comma) are skipped, as recipients must.

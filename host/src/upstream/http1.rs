@@ -300,8 +300,8 @@ impl Connection {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
             }
         }
-        let decoder = body_decoder(&request.method, head.status, &head.framing)?;
-        let body = if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        let decoder = body_decoder(&request.method, head.status, framing)?;
+        let body = if upgrade {
             ResponseBody {
                 upgraded: Some(Upgraded { connection: self }),
                 ..ResponseBody::empty()
@@ -310,7 +310,7 @@ impl Connection {
             let reusable = sent_whole
                 && !decoder.framed_twice
                 && !matches!(decoder.kind, Decoding::Close)
-                && head.framing.keeps_alive(head.version)
+                && framing.keeps_alive(head.version)
                 && !close_requested;
             ResponseBody {
                 connection: Some(self),
