@@ -226,18 +226,20 @@ wait_quiet() {
     done
 }
 
-# proc_ticks PID: CPU time (user + system, in clock ticks) of a process and its children so
-# far: nginx serves from a worker, the child of the process started
+# proc_ticks PID: CPU time of a process and its children so far, in clock ticks, as two
+# numbers: user space, then kernel (nginx serves from a worker, the child of the process
+# started)
 CLK_TCK=$(getconf CLK_TCK)
 proc_ticks() {
-    local total=0 p stat fields
+    local user=0 system=0 p stat fields
     for p in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
         stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
         # fields after "(comm) ": state is the first, utime the 12th, stime the 13th
         read -r -a fields <<<"${stat##*) }"
-        total=$((total + fields[11] + fields[12]))
+        user=$((user + fields[11]))
+        system=$((system + fields[12]))
     done
-    echo "$total"
+    echo "$user $system"
 }
 
 # proc_rss_kb PID: resident memory (kB) of a process and its children (nginx: master + worker)
@@ -251,19 +253,20 @@ proc_rss_kb() {
 }
 
 # measured OUT PID CMD...: run CMD (its output to OUT) and write OUT.cpu, a JSON object with
-# the wall time and the CPU time process PID (and its children) used meanwhile: the proxy's
-# own cost of the load, which neither a busy load generator nor a busy machine distorts
+# the wall time and the CPU time process PID (and its children) used meanwhile, in all and
+# split into user space and kernel: the proxy's own cost of the load, which neither a busy
+# load generator nor a busy machine distorts
 measured() {
-    local out=$1 pid=$2 t0 t1 c0 c1
+    local out=$1 pid=$2 t0 t1 u0 s0 u1 s1
     shift 2
-    c0=$(proc_ticks "$pid")
+    read -r u0 s0 < <(proc_ticks "$pid")
     t0=$(date +%s.%N)
     "$@" >"$out"
     t1=$(date +%s.%N)
-    c1=$(proc_ticks "$pid")
-    printf '{"wall_s": %s, "proxy_cpu_s": %s}\n' \
-        "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" \
-        "$(awk -v a="$c0" -v b="$c1" -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", (b - a) / hz }')" >"$out.cpu"
+    read -r u1 s1 < <(proc_ticks "$pid")
+    awk -v t0="$t0" -v t1="$t1" -v u="$((u1 - u0))" -v s="$((s1 - s0))" -v hz="$CLK_TCK" 'BEGIN {
+        printf "{\"wall_s\": %.3f, \"proxy_cpu_s\": %.3f, \"proxy_user_s\": %.3f, \"proxy_system_s\": %.3f}\n",
+            t1 - t0, (u + s) / hz, u / hz, s / hz }' >"$out.cpu"
 }
 
 # perf_start NAME PID: with BENCH_PERF=1, record a CPU profile of PID with call graphs

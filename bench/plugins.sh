@@ -294,8 +294,11 @@ for r in $(seq "$RUNS"); do
         wait_quiet
         log "wrk run $r/$RUNS: $c"
         ((r > 1)) || perf_start "$c" "$TG_PID" # BENCH_PERF=1: profile the first run
-        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "$KEY_HEADER" -H "$AUTH_HEADER" \
-            "http://127.0.0.1:${PORT[$c]}/" | tee "$WORK/wrk-$c-$r.txt" | grep -E 'Requests/sec|^ +99%|Non-2xx|Socket errors' >&2 || true
+        # The gateway's CPU time during the run, user space and kernel apart (`.cpu`): what a
+        # request costs where, in the report's "Where a request's CPU goes".
+        measured "$WORK/wrk-$c-$r.txt" "$TG_PID" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" \
+            --latency -H "$KEY_HEADER" -H "$AUTH_HEADER" "http://127.0.0.1:${PORT[$c]}/"
+        grep -E 'Requests/sec|^ +99%|Non-2xx|Socket errors' "$WORK/wrk-$c-$r.txt" >&2 || true
         perf_finish "$c"
         kill -0 "$TG_PID" 2>/dev/null || die "Tollgate ($c) died during the run"
         stop "$TG_PID"

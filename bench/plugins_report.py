@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from goals import Goals, goals_dir, pair_ratios  # noqa: E402
-from report import fixed_per_run, fixed_runs, fmt_rps, fmt_us, median, per_run, wrk_runs  # noqa: E402
+from report import cpu_per_request, fixed_per_run, fixed_runs, fmt_rps, fmt_us, median, per_run, wrk_runs  # noqa: E402
 
 LABELS = {
     "base": "0 plugins",
@@ -37,6 +37,10 @@ def fmt_added(v):
     if v is None:
         return "–"
     return ("+" if v >= 0 else "−") + fmt_us(abs(v))
+
+
+def signed_us(v):
+    return ("+" if v >= 0 else "−") + "%.1f µs" % abs(v)
 
 
 def main():
@@ -102,6 +106,36 @@ def main():
             fmt_us(w.get("p99")), fmt_rps(f.get("rate")), fmt_us(f.get("p50")), fmt_us(f.get("p99")),
             fmt_us(f.get("p99.9")), w["errors"] + f.get("errors", 0) + f.get("non200", 0)))
     add("")
+
+    cpu = {c: cpu_per_request(work, c) for c in configs}
+    if any(cpu.values()):
+        add("## Where a request's CPU goes (the gateway, closed loop)")
+        add("")
+        add("The gateway's CPU time over each closed-loop run (`/proc/PID/stat`, user space and "
+            "kernel apart) divided by the requests wrk completed; median of the runs. The kernel's "
+            "part is the sockets' work, and also waking the upstream and wrk on the other CPU "
+            "whenever they sleep: the slower the gateway, the more often they do, so a plugin's "
+            "added time is partly kernel time (bench/README.md, \"Where the time goes\").")
+        add("")
+        add("| configuration | CPU per request | user space | kernel | kernel share | busy | added: user space | added: kernel |")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|")
+        base_cpu = cpu.get("base") or []
+        b_user = median([r["user_us"] for r in base_cpu])
+        b_kernel = median([r["kernel_us"] for r in base_cpu])
+        for c in configs:
+            runs = cpu[c]
+            if not runs:
+                continue
+            m = {k: median([r[k] for r in runs]) for k in ("cpu_us", "user_us", "kernel_us", "busy")}
+            share = m["kernel_us"] / m["cpu_us"] if m["cpu_us"] else None
+            added = c != "base" and b_user is not None
+            add("| %s | %.1f µs | %.1f µs | %.1f µs | %s | %s | %s | %s |" % (
+                LABELS[c], m["cpu_us"], m["user_us"], m["kernel_us"],
+                "–" if share is None else "%.0f %%" % (100 * share),
+                "–" if m["busy"] is None else "%.0f %%" % (100 * m["busy"]),
+                signed_us(m["user_us"] - b_user) if added else "–",
+                signed_us(m["kernel_us"] - b_kernel) if added else "–"))
+        add("")
 
     add("## Goals (bench/README.md, \"The goals\")")
     add("")

@@ -46,6 +46,8 @@ def parse_wrk(path):
     if not m:
         raise ValueError("%s: no Requests/sec line (did wrk fail?)\n%s" % (path, text))
     out["rps"] = float(m.group(1))
+    m = re.search(r"^\s+(\d+) requests in", text, re.M)
+    out["requests"] = int(m.group(1)) if m else None
     for pct in ("50", "75", "90", "99"):
         m = re.search(r"^\s+%s(?:\.000)?%%\s+([0-9.]+\w+)" % pct, text, re.M)
         if m:
@@ -72,6 +74,28 @@ def run_files(work, kind, target, ext):
 
 def wrk_runs(work, target):
     return [parse_wrk(p) for p in run_files(work, "wrk", target, "txt")]
+
+
+def cpu_per_request(work, target):
+    """Per run of WORK/wrk-TARGET-N.txt with its .cpu file (bench/common.sh `measured`): the
+    proxy's CPU time per request in µs, in all, in user space and in the kernel, and its
+    share of one CPU over the run."""
+    runs = []
+    for p in run_files(work, "wrk", target, "txt"):
+        if not os.path.exists(p + ".cpu"):
+            continue
+        with open(p + ".cpu") as f:
+            cpu = json.load(f)
+        requests = parse_wrk(p).get("requests")
+        if not requests or "proxy_user_s" not in cpu:
+            continue
+        runs.append({
+            "cpu_us": 1e6 * cpu["proxy_cpu_s"] / requests,
+            "user_us": 1e6 * cpu["proxy_user_s"] / requests,
+            "kernel_us": 1e6 * cpu["proxy_system_s"] / requests,
+            "busy": cpu["proxy_cpu_s"] / cpu["wall_s"] if cpu["wall_s"] else None,
+        })
+    return runs
 
 
 def fixed_runs(work, target):
@@ -157,6 +181,25 @@ def table(work):
         add("| %s | %s | %s | %s | %s | %d |" % (label, fmt_rps(w["rps"]), fmt_us(w["p50"]),
                                                 fmt_us(w["p90"]), fmt_us(w["p99"]), w["errors"]))
     add("")
+
+    cpu = {key: cpu_per_request(work, key) for key, _ in TARGETS}
+    if any(cpu.values()):
+        add("## CPU per request (the proxy, closed loop)")
+        add("")
+        add("The proxy's CPU time over each closed-loop run (`/proc/PID/stat`, nginx's master and "
+            "worker together), user space and kernel apart, divided by the requests wrk "
+            "completed; median of the runs.")
+        add("")
+        add("| target | CPU per request | user space | kernel | kernel share | busy |")
+        add("|---|---:|---:|---:|---:|---:|")
+        for key, label in TARGETS:
+            if not cpu[key]:
+                continue
+            m = {k: median([r[k] for r in cpu[key]]) for k in ("cpu_us", "user_us", "kernel_us", "busy")}
+            add("| %s | %.1f µs | %.1f µs | %.1f µs | %.0f %% | %s |" % (
+                label, m["cpu_us"], m["user_us"], m["kernel_us"], 100 * m["kernel_us"] / m["cpu_us"],
+                "–" if m["busy"] is None else "%.0f %%" % (100 * m["busy"])))
+        add("")
 
     fixed = {}
     rate = meta.get("rate")

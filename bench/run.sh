@@ -110,10 +110,14 @@ fi
 
 log "starting the upstream (CPU $LOAD_CPU) and the proxies (CPU $PROXY_CPU)"
 start upstream "$LOAD_CPU" nginx -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" -e "$WORK/upstream/error.log"
+# The proxies' pids: their CPU time is read around each closed-loop run.
+declare -A PROXY_PID=()
 start nginx "$PROXY_CPU" nginx -p "$WORK/proxy" -c "$WORK/proxy/nginx.conf" -e "$WORK/proxy/error.log"
+PROXY_PID[nginx]=$LAST_PID
 if want tollgate; then
     start tollgate "$PROXY_CPU" env TOLLGATE_LOG=warn "$BIN" run --policies "$WORK/policies" \
         --admin "127.0.0.1:$TG_ADMIN" --workers 1 --log-format text
+    PROXY_PID[tollgate]=$LAST_PID
 fi
 if want baseline; then
     # The same policies on the baseline's own port: only the binary differs.
@@ -121,6 +125,7 @@ if want baseline; then
     sed "s/127.0.0.1:$TG_PORT\$/127.0.0.1:$BASELINE_PORT/" "$WORK/policies/bench.yaml" >"$WORK/baseline-policies/bench.yaml"
     start baseline "$PROXY_CPU" env TOLLGATE_LOG=warn "$TOLLGATE_BASELINE_BIN" run \
         --policies "$WORK/baseline-policies" --admin "127.0.0.1:$BASELINE_ADMIN" --workers 1 --log-format text
+    PROXY_PID[baseline]=$LAST_PID
 fi
 wait_http "http://127.0.0.1:$UP_PORT/"
 wait_http "http://127.0.0.1:$NGINX_PORT/"
@@ -144,8 +149,14 @@ for r in $(seq "$RUNS"); do
     for t in "${TARGETS[@]}"; do
         wait_quiet
         log "wrk run $r/$RUNS: $t"
-        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency \
-            "http://127.0.0.1:${PORT[$t]}/" | tee "$WORK/wrk-$t-$r.txt" | grep -E 'Requests/sec|^ +99%' >&2 || true
+        load=(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:${PORT[$t]}/")
+        if [[ -n ${PROXY_PID[$t]:-} ]]; then
+            # The proxy's CPU time during the run, user space and kernel apart (`.cpu`).
+            measured "$WORK/wrk-$t-$r.txt" "${PROXY_PID[$t]}" "${load[@]}"
+        else
+            "${load[@]}" >"$WORK/wrk-$t-$r.txt"
+        fi
+        grep -E 'Requests/sec|^ +99%' "$WORK/wrk-$t-$r.txt" >&2 || true
     done
 done
 
