@@ -115,7 +115,7 @@ def main():
             "kernel apart) divided by the requests wrk completed; median of the runs. The kernel's "
             "part is the sockets' work, and also waking the upstream and wrk on the other CPU "
             "whenever they sleep: the slower the gateway, the more often they do, so a plugin's "
-            "added time is partly kernel time (bench/README.md, \"Where the time goes\").")
+            "added time is partly kernel time (bench/README.md, \"Where a request's CPU goes: user space and kernel apart\").")
         add("")
         add("| configuration | CPU per request | user space | kernel | kernel share | busy | added: user space | added: kernel |")
         add("|---|---:|---:|---:|---:|---:|---:|---:|")
