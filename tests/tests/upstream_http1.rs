@@ -604,6 +604,48 @@ async fn a_content_length_answer_passes_exactly_and_its_connection_is_reused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_answers_pass_whole_and_their_connection_goes_on_with_small_ones() {
+    // Reads grow with a large body and shrink back when the connection is pooled: every
+    // byte of each answer arrives in order, whatever the reads' sizes were.
+    let pattern = |len: usize, seed: usize| -> Vec<u8> {
+        (0..len).map(|i| ((i * 7 + seed) % 251) as u8).collect()
+    };
+    let (large, larger) = (pattern(3 << 20, 1), pattern(1 << 20, 2));
+    let upstream = Upstream::start(vec![
+        reply(ok(&large), Then::KeepOpen),
+        reply(ok(b"small"), Then::KeepOpen),
+        reply(ok(&larger), Then::KeepOpen),
+        reply(ok(b"small again"), Then::KeepOpen),
+    ])
+    .await;
+    let gateway = gateway_for(&upstream).await;
+
+    for (path, body) in [
+        ("/large", &large[..]),
+        ("/small", b"small"),
+        ("/larger", &larger[..]),
+        ("/small-again", b"small again"),
+    ] {
+        let answer = get_ok(&gateway, path).await;
+        assert_eq!(answer.status.as_u16(), 200, "{path}: status");
+        // Compared by length and first difference: a mismatch of megabytes is not printed.
+        let got = &answer.body[..];
+        let first_difference = got.iter().zip(body).position(|(a, b)| a != b);
+        assert_eq!(
+            (got.len(), first_difference),
+            (body.len(), None),
+            "{path}: the body as sent"
+        );
+        tokio::time::sleep(SETTLE).await;
+    }
+    assert_eq!(
+        upstream.connection_of_each(),
+        vec![0, 0, 0, 0],
+        "every request on the one upstream connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_answer_with_extensions_is_decoded_and_its_connection_reused() {
     let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
         5;ext=1\r\nhello\r\n\

@@ -44,9 +44,13 @@ pub const MAX_CHUNK_LINE: usize = 4096;
 const ROOM_FOR_NEXT_REQUEST: usize = 8;
 
 /// A read asks for at least this much room, and for up to `MAX_READ` while reads fill it:
-/// small answers take one small buffer, large bodies move in fewer reads.
+/// small answers take one small buffer, large bodies move in fewer reads (and are written
+/// on to the client in as few writes).
 const MIN_READ: usize = 8 * 1024;
-const MAX_READ: usize = 64 * 1024;
+const MAX_READ: usize = 256 * 1024;
+/// A connection that stays idle keeps a read buffer up to this size; a larger one, grown by
+/// a large body, is let go (see [`Connection::release_large_buffer`]).
+const MAX_IDLE_READ: usize = 64 * 1024;
 
 /// Why an exchange with an upstream failed.
 #[derive(Debug)]
@@ -143,6 +147,16 @@ impl Connection {
             out: Vec::new(),
             fields: Vec::new(),
         })
+    }
+
+    /// Lets go of a read buffer that reads grew past [`MAX_IDLE_READ`] (the last body's bytes
+    /// and the room left share one allocation), for a connection that has stayed idle: one
+    /// in steady use keeps its buffer, so that answers of every size reuse it in place.
+    pub fn release_large_buffer(&mut self) {
+        if self.read.is_empty() && self.read_size > MAX_IDLE_READ {
+            self.read = BytesMut::new();
+            self.read_size = MAX_IDLE_READ;
+        }
     }
 
     /// Whether an idle connection can take a request: the upstream has neither closed it

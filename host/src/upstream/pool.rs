@@ -14,7 +14,8 @@
 //! Idle connections live at most `idle_timeout`: a sweeper task per pool wakes every quarter
 //! of it while the pool holds idle connections and closes those idle for four to five
 //! quarters, so that returning a connection needs no clock read. A connection the endpoint
-//! closed is dropped when it is next looked at.
+//! closed is dropped when it is next looked at. At each tick, the idle connections let go
+//! of the read buffers large bodies grew (up to 256 KiB each).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -325,7 +326,13 @@ impl Pool {
         let mut remaining = 0;
         for endpoint in &mut self.endpoints {
             endpoint.idle.retain_mut(|idle| {
-                tick - idle.since_tick <= TICKS_PER_IDLE_TIMEOUT && idle.connection.is_usable()
+                let keep =
+                    tick - idle.since_tick <= TICKS_PER_IDLE_TIMEOUT && idle.connection.is_usable();
+                if keep {
+                    // Idle since before this tick: a read buffer a large body grew goes.
+                    idle.connection.release_large_buffer();
+                }
+                keep
             });
             remaining += endpoint.idle.len();
         }
