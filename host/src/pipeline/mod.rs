@@ -199,7 +199,7 @@ async fn respond(
                 route,
                 snapshot,
                 downstream,
-                &target.authority,
+                target.authority(),
                 record,
             )
             .await
@@ -303,7 +303,7 @@ async fn with_plugins(
     let changed = match request_phase(
         run,
         &mut parts,
-        &target.authority,
+        target.authority(),
         downstream,
         end_of_stream,
     )
@@ -313,12 +313,12 @@ async fn with_plugins(
         Err(stop) => return plugin_stop(stop, shared, record).await,
     };
     let normalization = &snapshot.config.server.normalization;
-    let (route, authority) =
+    let (route, target) =
         match apply_head_changes(changed, &mut parts, listener, normalization, target) {
-            Ok((None, authority)) => (route, authority),
-            Ok((Some(rerouted), authority)) => {
+            Ok((None, target)) => (route, target),
+            Ok((Some(rerouted), target)) => {
                 record.route = rerouted.route_name.clone();
-                (rerouted.route, authority)
+                (rerouted.route, target)
             }
             Err(refusal) => {
                 let response = refuse(refusal, record);
@@ -337,10 +337,11 @@ async fn with_plugins(
         Err(stop) => return request_stopped(stop, run, record).await,
     };
     let request = http::Request::from_parts(parts, body);
+    let authority = target.authority();
     let outcome = match body_stop {
-        None => Ok(act(request, route, snapshot, downstream, &authority, record).await),
+        None => Ok(act(request, route, snapshot, downstream, authority, record).await),
         Some(stopped) => {
-            let upstream = act(request, route, snapshot, downstream, &authority, record);
+            let upstream = act(request, route, snapshot, downstream, authority, record);
             // A stop from the body task abandons the upstream request (the future drops).
             let stopped = async {
                 match stopped.await {
@@ -423,10 +424,10 @@ fn apply_head_changes<'s>(
     listener: &'s ListenerState,
     normalization: &Normalization,
     mut target: CanonicalHost,
-) -> Result<(Option<RouteMatch<'s>>, String), Refusal> {
+) -> Result<(Option<RouteMatch<'s>>, CanonicalHost), Refusal> {
     let rerouting = changed.authority.is_some() || changed.path.is_some();
     if let Some(new_authority) = &changed.authority {
-        target = canonical_authority(new_authority, normalization)
+        target = canonical_authority(new_authority, None, normalization)
             .map_err(Refusal::InvalidPluginAuthority)?;
     }
     if let Some(new_path) = &changed.path {
@@ -435,12 +436,12 @@ fn apply_head_changes<'s>(
     if !rerouting {
         // The upstream request's `Host` is the authority, set where the request is forwarded
         // (`forward::outgoing`: the client's own value when it is the authority already).
-        return Ok((None, target.authority));
+        return Ok((None, target));
     }
     // Routing again sees `Host` as the new authority, as a client would have sent it.
-    if let Ok(value) = HeaderValue::from_str(&target.authority) {
-        parts.headers.insert(http::header::HOST, value);
-    }
+    parts
+        .headers
+        .insert(http::header::HOST, target.authority.clone());
     let head = RequestHead {
         host: target.host(),
         path: parts.uri.path(),
@@ -449,7 +450,7 @@ fn apply_head_changes<'s>(
         headers: &parts.headers,
     };
     match listener.routes.find(&head) {
-        Ok(rematched) => Ok((Some(rematched), target.authority)),
+        Ok(rematched) => Ok((Some(rematched), target)),
         Err(_) => Err(Refusal::NoRouteAfterPlugin {
             path: parts.uri.path().to_string(),
         }),
@@ -856,13 +857,22 @@ fn stream_info(
 /// see as `:authority` and the upstream as `Host`; its host, what routing matches, is its
 /// beginning (one string for both).
 struct CanonicalHost {
-    authority: String,
+    /// ASCII: the client's own bytes, shared, when its `Host` was canonical already (nearly
+    /// every client's is), else a canonical copy.
+    authority: HeaderValue,
     host_len: usize,
 }
 
 impl CanonicalHost {
+    #[allow(unsafe_code)] // read on every request; its bytes were text when it was made
+    fn authority(&self) -> &str {
+        // SAFETY: every `CanonicalHost` is made by `canonical_authority`, whose value holds
+        // the bytes of a `&str` (the `Host` value is used only when its bytes equal it).
+        unsafe { std::str::from_utf8_unchecked(self.authority.as_bytes()) }
+    }
+
     fn host(&self) -> &str {
-        &self.authority[..self.host_len]
+        &self.authority()[..self.host_len]
     }
 }
 
@@ -885,20 +895,22 @@ fn canonical_target<B>(
         return Err(Refusal::DuplicateHost);
     }
     let host_header = match host_header {
-        Some(value) => Some(value.to_str().map_err(|_| Rejection::InvalidHost)?),
+        Some(value) => Some((value.to_str().map_err(|_| Rejection::InvalidHost)?, value)),
         None => None,
     };
     let canonical = match (request.uri().authority(), host_header) {
         (Some(target), header) => {
-            let canonical = canonical_authority(target.as_str(), settings)?;
-            if let Some(header) = header {
+            let canonical = canonical_authority(target.as_str(), None, settings)?;
+            if let Some((header, _)) = header {
                 if normalize::host(header, settings)? != canonical.host() {
                     return Err(Refusal::HostMismatch);
                 }
             }
             canonical
         }
-        (None, Some(header)) if !header.is_empty() => canonical_authority(header, settings)?,
+        (None, Some((header, value))) if !header.is_empty() => {
+            canonical_authority(header, Some(value), settings)?
+        }
         (None, _) => return Err(Refusal::MissingHost),
     };
     if let Some(uri) = canonical_uri(request.uri(), settings)? {
@@ -907,14 +919,22 @@ fn canonical_target<B>(
     Ok(canonical)
 }
 
+/// `header`: the `Host` value `authority` was read from, whose bytes a canonical authority
+/// then shares.
 fn canonical_authority(
     authority: &str,
+    header: Option<&HeaderValue>,
     settings: &Normalization,
 ) -> Result<CanonicalHost, Rejection> {
-    // Nearly every client sends its authority canonical already: one pass and a copy.
+    // Nearly every client sends its authority canonical already: one pass, and no copy
+    // when it came as `Host`.
     if let Some(host_len) = normalize::canonical_host_len(authority) {
+        let authority = match header {
+            Some(header) if header.as_bytes() == authority.as_bytes() => header.clone(),
+            _ => HeaderValue::from_str(authority).map_err(|_| Rejection::InvalidHost)?,
+        };
         return Ok(CanonicalHost {
-            authority: authority.to_owned(),
+            authority,
             host_len,
         });
     }
@@ -925,7 +945,8 @@ fn canonical_authority(
         canonical.push_str(port);
     }
     Ok(CanonicalHost {
-        authority: canonical,
+        authority: HeaderValue::from_maybe_shared(Bytes::from(canonical))
+            .map_err(|_| Rejection::InvalidHost)?,
         host_len,
     })
 }
@@ -980,4 +1001,58 @@ fn chance(percent: f64) -> bool {
 /// How long a response took, for logs.
 pub fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(uri: &str, hosts: &[&str]) -> Result<CanonicalHost, Refusal> {
+        let mut request = Request::builder().uri(uri);
+        for host in hosts {
+            request = request.header(http::header::HOST, *host);
+        }
+        let mut request = request.body(()).unwrap();
+        canonical_target(&mut request, &Normalization::default())
+    }
+
+    #[test]
+    fn a_canonical_host_is_the_clients_own_bytes() {
+        let mut request = Request::builder()
+            .uri("/a")
+            .header(http::header::HOST, "shop.example:8080")
+            .body(())
+            .unwrap();
+        let target = canonical_target(&mut request, &Normalization::default()).unwrap();
+        assert_eq!(target.authority(), "shop.example:8080");
+        assert_eq!(target.host(), "shop.example");
+        // Shared, not copied: the same bytes as the request's `Host`.
+        let host = request.headers()[http::header::HOST].as_bytes();
+        assert_eq!(target.authority().as_ptr(), host.as_ptr());
+    }
+
+    #[test]
+    fn hosts_are_made_canonical_from_the_header_or_the_target() {
+        let made = target("/", &["Shop.Example.:8080"]).unwrap();
+        assert_eq!(
+            (made.authority(), made.host()),
+            ("shop.example:8080", "shop.example")
+        );
+        let made = target("http://API.example/x", &[]).unwrap();
+        assert_eq!(
+            (made.authority(), made.host()),
+            ("api.example", "api.example")
+        );
+        let made = target("http://api.example/x", &["API.example"]).unwrap();
+        assert_eq!(made.authority(), "api.example");
+        assert!(matches!(
+            target("http://api.example/x", &["shop.example"]),
+            Err(Refusal::HostMismatch)
+        ));
+        assert!(matches!(
+            target("/", &["a.example", "a.example"]),
+            Err(Refusal::DuplicateHost)
+        ));
+        assert!(matches!(target("/", &[]), Err(Refusal::MissingHost)));
+    }
 }
