@@ -190,6 +190,45 @@ pub struct StreamInfo {
 }
 
 impl StreamInfo {
+    /// What a finished stream context holds in place of its last request's facts: those
+    /// are the request's own, kept by its run and let go with it. A context kept for reuse
+    /// that held on to them would keep the request's header copies alive, and with them
+    /// the connection buffers whose bytes they share: the client connection's read buffer
+    /// could then not be reused in place, and the next request would pay for a new one.
+    pub fn no_request() -> Arc<StreamInfo> {
+        thread_local! {
+            // One per thread: no cache line shared between workers for its count.
+            static NO_REQUEST: Arc<StreamInfo> = Arc::new(StreamInfo {
+                request_id: http::HeaderValue::from_static(""),
+                started: SystemTime::UNIX_EPOCH,
+                protocol: "",
+                downstream_remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+                downstream_local: SocketAddr::from(([0, 0, 0, 0], 0)),
+                connection_id: 0,
+                tls_version: None,
+                mtls: false,
+                server_name: None,
+                route_name: "".into(),
+                cluster_name: None,
+                grpc: false,
+                virtual_host: Arc::new(crate::config::VirtualHost {
+                    name: String::new(),
+                    domains: Vec::new(),
+                    listeners: None,
+                    routes: Vec::new(),
+                }),
+                tls: None,
+                outcome: Default::default(),
+                filter_state: Default::default(),
+                request_headers: Default::default(),
+                response_headers: Default::default(),
+                response_status: Default::default(),
+                trace: None,
+            });
+        }
+        NO_REQUEST.with(Arc::clone)
+    }
+
     /// How the request has been answered so far.
     pub fn outcome(&self) -> Outcome {
         self.outcome
@@ -309,6 +348,7 @@ impl StreamState {
         self.request_headers = None;
         self.response_headers = None;
         self.signals = StreamSignals::default();
+        self.info = StreamInfo::no_request();
     }
 
     /// Starts a recycled context for a new request.
@@ -664,6 +704,20 @@ mod tests {
             );
             assert!(stream.request_headers.is_none(), "no copy per stream");
         }
+    }
+
+    #[test]
+    fn a_context_kept_for_reuse_lets_its_requests_facts_go() {
+        let info = info();
+        info.request_headers.set(Box::new(path("/kept"))).unwrap();
+        let mut stream = StreamState::new(1, Callbacks::ALL, info.clone());
+        stream.recycle();
+        // The request's run holds the only handle left: its heads go when the request ends.
+        assert_eq!(Arc::strong_count(&info), 1);
+        assert!(stream.request_headers_view().is_empty());
+        let next = self::info();
+        stream.reuse(2, Callbacks::ALL, next.clone());
+        assert!(Arc::ptr_eq(&stream.info, &next));
     }
 
     #[test]
