@@ -26,7 +26,7 @@
 # BENCH_HALF_LOAD, BENCH_PROFILE, TOLLGATE_BIN, BENCH_PROXY_CPU, BENCH_LOAD_CPU,
 # BENCH_QUIET_WAIT, BENCH_STRICT), and
 #   BENCH_PORT_BASE=28180   ports BASE+1 (upstream), BASE+2 (redis-server), BASE+3 (tollgate
-#                           ratelimit), BASE+10+i (Tollgate), BASE+20+i (admin)
+#                           ratelimit), BASE+10+i (Tollgate), BASE+40+i (admin)
 #   BENCH_PLUGINS_OUT=bench/results/plugins.md
 #   BENCH_CHAIN=auto        which 3-plugin chain: auto | bundled | test
 #   BENCH_CONFIGS="base one header chain heavy noepoch jwt limit global"   a subset (base is required)
@@ -35,6 +35,12 @@
 #   BENCH_RATELIMIT_PRIORITY=realtime   or `fair`: how they share that CPU (see below)
 #   BENCH_PERF=1            profile Tollgate during each configuration's first wrk run
 #                           (perf record -g); top entries in bench/results/profile-CONFIG.txt
+#   TOLLGATE_BASELINE_BIN=path   also run the configurations of BENCH_BASELINE_CONFIGS with this
+#                           binary (an earlier build), each right after the same configuration
+#                           with this build in every closed-loop run; the report's "This build /
+#                           baseline" gives the ratios of throughput and CPU per request: what a
+#                           change of the plugin path gained or cost, measured in one session
+#   BENCH_BASELINE_CONFIGS="base one chain"   those of BENCH_CONFIGS the baseline runs
 set -euo pipefail
 BENCH_NAME=plugins # used by common.sh
 # shellcheck source=bench/common.sh
@@ -47,12 +53,26 @@ CHAIN_MODE=${BENCH_CHAIN:-auto}
 read -r -a CONFIGS <<<"${BENCH_CONFIGS:-base one header chain heavy noepoch jwt limit global}"
 case $CHAIN_MODE in auto | bundled | test) ;; *) die "BENCH_CHAIN must be auto, bundled or test" ;; esac
 [[ " ${CONFIGS[*]} " == *" base "* ]] || die "BENCH_CONFIGS must include base (the fixed rate is half of its maximum)"
+# A configuration run by the baseline binary is named CONFIG.baseline; RUN_CONFIGS is the
+# order of the closed-loop runs (each baseline right after its configuration).
+BASELINES=()
+if [[ -n ${TOLLGATE_BASELINE_BIN:-} ]]; then
+    [[ -x $TOLLGATE_BASELINE_BIN ]] || die "TOLLGATE_BASELINE_BIN is not an executable Tollgate binary"
+    for c in ${BENCH_BASELINE_CONFIGS:-base one chain}; do
+        [[ " ${CONFIGS[*]} " == *" $c "* ]] && BASELINES+=("$c")
+    done
+fi
+RUN_CONFIGS=()
+for c in "${CONFIGS[@]}"; do
+    RUN_CONFIGS+=("$c")
+    [[ " ${BASELINES[*]} " != *" $c "* ]] || RUN_CONFIGS+=("$c.baseline")
+done
 declare -A PORT ADMIN
 i=0
-for c in "${CONFIGS[@]}"; do
-    case $c in base | one | header | chain | heavy | noepoch | jwt | limit | global) ;; *) die "unknown configuration '$c'" ;; esac
+for c in "${RUN_CONFIGS[@]}"; do
+    case ${c%.baseline} in base | one | header | chain | heavy | noepoch | jwt | limit | global) ;; *) die "unknown configuration '$c'" ;; esac
     PORT[$c]=$((BASE + 10 + i))
-    ADMIN[$c]=$((BASE + 20 + i))
+    ADMIN[$c]=$((BASE + 40 + i))
     i=$((i + 1))
 done
 REDIS_PORT=$((BASE + 2))
@@ -155,10 +175,11 @@ declare -A ENVS=([base]="" [one]="" [header]="" [chain]="" [heavy]="" [noepoch]=
 # start_config NAME: start its Tollgate on the proxy CPU and wait until it serves
 TG_PID=
 start_config() {
-    local c=$1
+    local c=$1 bin=$BIN
+    [[ $c != *.baseline ]] || bin=$TOLLGATE_BASELINE_BIN
     # shellcheck disable=SC2086 # ENVS holds zero or one VAR=value word
-    start "tollgate-$c" "$PROXY_CPU" env TOLLGATE_LOG=warn TOLLGATE_CACHE_DIR="$WORK/cache" ${ENVS[$c]} \
-        "$BIN" run --policies "$WORK/cfg-$c" --plugins "$WORK/plugins" \
+    start "tollgate-$c" "$PROXY_CPU" env TOLLGATE_LOG=warn TOLLGATE_CACHE_DIR="$WORK/cache" ${ENVS[${c%.baseline}]} \
+        "$bin" run --policies "$WORK/cfg-$c" --plugins "$WORK/plugins" \
         --admin "127.0.0.1:${ADMIN[$c]}" --workers 1 --log-format text
     TG_PID=$LAST_PID
     wait_http "http://127.0.0.1:${ADMIN[$c]}/readyz"
@@ -167,8 +188,9 @@ start_config() {
 # check_config NAME: tollgate check, then one start that answers as expected (compiles the
 # modules into the cache); returns non-zero when the configuration does not work
 check_config() {
-    local c=$1 headers status body
-    TOLLGATE_CACHE_DIR="$WORK/cache" "$BIN" check --policies "$WORK/cfg-$c" --plugins "$WORK/plugins" >"$WORK/check-$c.log" 2>&1 || {
+    local c=$1 headers status body bin=$BIN
+    [[ $c != *.baseline ]] || bin=$TOLLGATE_BASELINE_BIN
+    TOLLGATE_CACHE_DIR="$WORK/cache" "$bin" check --policies "$WORK/cfg-$c" --plugins "$WORK/plugins" >"$WORK/check-$c.log" 2>&1 || {
         cat "$WORK/check-$c.log" >&2
         return 1
     }
@@ -178,7 +200,7 @@ check_config() {
     status=$(awk 'NR == 1 { print $2 }' <<<"$headers")
     local ok=1
     [[ $status == 200 && $body == ok ]] || { echo "plugins: $c: GET / answered $status '$body', expected 200 'ok'" >&2; ok=0; }
-    case $c in
+    case ${c%.baseline} in
     one) grep -qi '^x-served-by: tollgate' <<<"$headers" || { echo "plugins: $c: no x-served-by header (transformer)" >&2; ok=0; } ;;
     header) grep -qi '^x-tp-response: bench' <<<"$headers" || { echo "plugins: $c: no x-tp-response header" >&2; ok=0; } ;;
     heavy) ;; # it changes request headers only; the upstream does not echo them
@@ -279,7 +301,15 @@ else
 fi
 log "3-plugin chain: $CHAIN_LABEL"
 
-for c in "${CONFIGS[@]}"; do
+# The baseline's configurations: the same policies on their own ports.
+for c in "${BASELINES[@]}"; do
+    mkdir -p "$WORK/cfg-$c.baseline"
+    for file in "$WORK/cfg-$c"/*.yaml; do
+        sed "s/127.0.0.1:${PORT[$c]}\$/127.0.0.1:${PORT[$c.baseline]}/" "$file" >"$WORK/cfg-$c.baseline/$(basename "$file")"
+    done
+done
+
+for c in "${RUN_CONFIGS[@]}"; do
     log "checking configuration $c"
     check_config "$c" || die "configuration $c does not work (see above)"
 done
@@ -288,7 +318,7 @@ done
 # A fresh process per run and configuration, warmed up for 1 s; runs alternate between the
 # configurations so that drift in the machine hits them all alike.
 for r in $(seq "$RUNS"); do
-    for c in "${CONFIGS[@]}"; do
+    for c in "${RUN_CONFIGS[@]}"; do
         start_config "$c"
         taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H "$KEY_HEADER" -H "$AUTH_HEADER" "http://127.0.0.1:${PORT[$c]}/" >/dev/null
         wait_quiet
@@ -338,7 +368,9 @@ done
 
 # --- report ------------------------------------------------------------------------------
 configs_json=$(printf '"%s",' "${CONFIGS[@]}")
-write_meta "$WORK/meta.json" "rate=$RATE" "limit_rate=$LIMIT_RATE" "ratelimit_cpu=$RATELIMIT_CPU" "ratelimit_priority=$RATELIMIT_PRIORITY" "chain=$CHAIN" "chain_label=$CHAIN_LABEL" "configs=[${configs_json%,}]"
+baselines_json=""
+((${#BASELINES[@]} == 0)) || baselines_json=$(printf '"%s",' "${BASELINES[@]}")
+write_meta "$WORK/meta.json" "baseline=${TOLLGATE_BASELINE_BIN:-}" "baselines=[${baselines_json%,}]" "rate=$RATE" "limit_rate=$LIMIT_RATE" "ratelimit_cpu=$RATELIMIT_CPU" "ratelimit_priority=$RATELIMIT_PRIORITY" "chain=$CHAIN" "chain_label=$CHAIN_LABEL" "configs=[${configs_json%,}]"
 mkdir -p "$(dirname "$OUT")"
 status=0
 "$PYTHON" bench/plugins_report.py "$WORK" >"$WORK/report.md" || status=$?

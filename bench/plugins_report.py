@@ -13,8 +13,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from goals import Goals, goals_dir, pair_ratios  # noqa: E402
-from report import cpu_per_request, fixed_per_run, fixed_runs, fmt_rps, fmt_us, median, per_run, wrk_runs  # noqa: E402
+from goals import Goals, fmt_spread, fmt_x, goals_dir, pair_ratios, stable, yes_no  # noqa: E402
+from report import cpu_per_request, fixed_per_run, fixed_runs, fmt_ratio, fmt_rps, fmt_us, median, per_run, wrk_runs  # noqa: E402
 
 LABELS = {
     "base": "0 plugins",
@@ -37,6 +37,10 @@ def fmt_added(v):
     if v is None:
         return "–"
     return ("+" if v >= 0 else "−") + fmt_us(abs(v))
+
+
+def fmt_cpu(v):
+    return "–" if v is None else "%.1f µs" % v
 
 
 def signed_us(v):
@@ -135,6 +139,32 @@ def main():
                 "–" if m["busy"] is None else "%.0f %%" % (100 * m["busy"]),
                 signed_us(m["user_us"] - b_user) if added else "–",
                 signed_us(m["kernel_us"] - b_kernel) if added else "–"))
+        add("")
+
+    baselines = meta.get("baselines") or []
+    if baselines:
+        add("## This build / baseline (`TOLLGATE_BASELINE_BIN=%s`)" % meta.get("baseline", "?"))
+        add("")
+        add("Each configuration again with the baseline binary (an earlier build), the same "
+            "policies on its own port, run right after the same configuration with this build in "
+            "every closed-loop run: a ratio is the median of the per-pair ratios, what the changes "
+            "since the baseline gained (above 1.00× for throughput, below for CPU per request) or cost.")
+        add("")
+        add("| configuration | requests/s, this build | baseline | ratio | spread of the pairs | stable "
+            "| CPU per request, this build | baseline | ratio | spread of the pairs |")
+        add("|---|---:|---:|---:|---:|:-:|---:|---:|---:|---:|")
+        for c in baselines:
+            was = c + ".baseline"
+            this_runs, was_runs = wrk_runs(work, c), wrk_runs(work, was)
+            rps_ratios = pair_ratios(per_run(this_runs, "rps"), per_run(was_runs, "rps"))
+            this_cpu = [r["cpu_us"] for r in cpu_per_request(work, c)]
+            was_cpu = [r["cpu_us"] for r in cpu_per_request(work, was)]
+            cpu_ratios = pair_ratios(this_cpu, was_cpu)
+            add("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                LABELS[c], fmt_rps(median(per_run(this_runs, "rps"))), fmt_rps(median(per_run(was_runs, "rps"))),
+                fmt_ratio(median(rps_ratios)), fmt_spread(rps_ratios, fmt_x), yes_no(stable(rps_ratios)),
+                fmt_cpu(median(this_cpu)), fmt_cpu(median(was_cpu)), fmt_ratio(median(cpu_ratios)),
+                fmt_spread(cpu_ratios, fmt_x)))
         add("")
 
     add("## Goals (bench/README.md, \"The goals\")")
