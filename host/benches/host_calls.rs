@@ -79,25 +79,9 @@ fn setup(mode: i32) -> (Vm, u32) {
         downstream_remote: "127.0.0.1:1".parse().unwrap(),
         downstream_local: "127.0.0.1:2".parse().unwrap(),
         connection_id: 1,
-        tls_version: None,
-        mtls: false,
-        server_name: None,
         route_name: "bench".into(),
         cluster_name: Some("bench".into()),
-        grpc: false,
-        virtual_host: Arc::new(tollgate::config::VirtualHost {
-            name: "bench".into(),
-            domains: vec![],
-            listeners: None,
-            routes: vec![],
-        }),
-        tls: None,
-        outcome: Default::default(),
-        filter_state: Default::default(),
-        request_headers: Default::default(),
-        response_headers: Default::default(),
-        response_status: Default::default(),
-        trace: None,
+        ..StreamInfo::blank()
     });
     let (context, _wake, _callbacks) = vm.create_stream(root, info).expect("stream context");
     let mut headers = http::HeaderMap::new();

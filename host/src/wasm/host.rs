@@ -198,35 +198,41 @@ impl StreamInfo {
     pub fn no_request() -> Arc<StreamInfo> {
         thread_local! {
             // One per thread: no cache line shared between workers for its count.
-            static NO_REQUEST: Arc<StreamInfo> = Arc::new(StreamInfo {
-                request_id: http::HeaderValue::from_static(""),
-                started: SystemTime::UNIX_EPOCH,
-                protocol: "",
-                downstream_remote: SocketAddr::from(([0, 0, 0, 0], 0)),
-                downstream_local: SocketAddr::from(([0, 0, 0, 0], 0)),
-                connection_id: 0,
-                tls_version: None,
-                mtls: false,
-                server_name: None,
-                route_name: "".into(),
-                cluster_name: None,
-                grpc: false,
-                virtual_host: Arc::new(crate::config::VirtualHost {
-                    name: String::new(),
-                    domains: Vec::new(),
-                    listeners: None,
-                    routes: Vec::new(),
-                }),
-                tls: None,
-                outcome: Default::default(),
-                filter_state: Default::default(),
-                request_headers: Default::default(),
-                response_headers: Default::default(),
-                response_status: Default::default(),
-                trace: None,
-            });
+            static NO_REQUEST: Arc<StreamInfo> = Arc::new(StreamInfo::blank());
         }
         NO_REQUEST.with(Arc::clone)
+    }
+
+    /// The facts of no request: empty names, unspecified addresses, nothing recorded. Tests
+    /// and benches fill in what they need over it.
+    pub fn blank() -> StreamInfo {
+        StreamInfo {
+            request_id: http::HeaderValue::from_static(""),
+            started: SystemTime::UNIX_EPOCH,
+            protocol: "",
+            downstream_remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+            downstream_local: SocketAddr::from(([0, 0, 0, 0], 0)),
+            connection_id: 0,
+            tls_version: None,
+            mtls: false,
+            server_name: None,
+            route_name: "".into(),
+            cluster_name: None,
+            grpc: false,
+            virtual_host: Arc::new(crate::config::VirtualHost {
+                name: String::new(),
+                domains: Vec::new(),
+                listeners: None,
+                routes: Vec::new(),
+            }),
+            tls: None,
+            outcome: Default::default(),
+            filter_state: Default::default(),
+            request_headers: Default::default(),
+            response_headers: Default::default(),
+            response_status: Default::default(),
+            trace: None,
+        }
     }
 
     /// How the request has been answered so far.
@@ -642,28 +648,9 @@ mod tests {
             request_id: http::HeaderValue::from_static("id"),
             started: SystemTime::now(),
             protocol: "HTTP/1.1",
-            downstream_remote: "127.0.0.1:1".parse().unwrap(),
-            downstream_local: "127.0.0.1:2".parse().unwrap(),
-            connection_id: 1,
-            tls_version: None,
-            mtls: false,
-            server_name: None,
             route_name: "route".into(),
             cluster_name: Some("cluster".into()),
-            grpc: false,
-            virtual_host: Arc::new(crate::config::VirtualHost {
-                name: "vhost".into(),
-                domains: vec![],
-                listeners: None,
-                routes: vec![],
-            }),
-            tls: None,
-            outcome: Default::default(),
-            filter_state: Default::default(),
-            request_headers: Default::default(),
-            response_headers: Default::default(),
-            response_status: Default::default(),
-            trace: None,
+            ..StreamInfo::blank()
         })
     }
 
