@@ -155,13 +155,13 @@ def main():
         add("|---|---:|---:|---:|---:|:-:|---:|---:|---:|---:|")
         for c in baselines:
             was = c + ".baseline"
-            this_runs, was_runs = wrk_runs(work, c), wrk_runs(work, was)
-            rps_ratios = pair_ratios(per_run(this_runs, "rps"), per_run(was_runs, "rps"))
+            this_rps, was_rps = per_run(wrk_runs(work, c), "rps"), per_run(wrk_runs(work, was), "rps")
+            rps_ratios = pair_ratios(this_rps, was_rps)
             this_cpu = [r["cpu_us"] for r in cpu_per_request(work, c)]
             was_cpu = [r["cpu_us"] for r in cpu_per_request(work, was)]
             cpu_ratios = pair_ratios(this_cpu, was_cpu)
             add("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                LABELS[c], fmt_rps(median(per_run(this_runs, "rps"))), fmt_rps(median(per_run(was_runs, "rps"))),
+                LABELS[c], fmt_rps(median(this_rps)), fmt_rps(median(was_rps)),
                 fmt_ratio(median(rps_ratios)), fmt_spread(rps_ratios, fmt_x), yes_no(stable(rps_ratios)),
                 fmt_cpu(median(this_cpu)), fmt_cpu(median(was_cpu)), fmt_ratio(median(cpu_ratios)),
                 fmt_spread(cpu_ratios, fmt_x)))
