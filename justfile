@@ -28,6 +28,10 @@ setup:
 build:
     cargo build --workspace --bins
 
+# The production binary: the release profile optimised with a profile of the gateway's own load (PGO, bench/pgo.sh; about 20 minutes; installs what its training load needs) into target/release-pgo/tollgate.
+release: setup
+    bash bench/pgo.sh
+
 # Build the bundled plugins (release, wasm32-wasip1) into plugins/dist/NAME.wasm, the folder the gateway watches.
 plugins: setup
     #!/usr/bin/env bash
@@ -204,10 +208,16 @@ test: setup test-tools lint build
 check-policies dir="policies": build certs plugins
     "{{ debug_bin }}/tollgate" check --policies "{{ dir }}"
 
-# Benchmarks (bench/README.md): vs nginx (HTTP/1.1, TLS, h2, idle memory), plugin chains, hot swap, memory per plugin VM, host calls, plugins inside the guest; the goals table ends bench/results/latest.md. BENCH_DURATION=3 for a smoke run.
+# Benchmarks (bench/README.md) of the production binary (`just release`; TOLLGATE_BIN=path for another): vs nginx (HTTP/1.1, TLS, h2, idle memory), plugin chains, hot swap, memory per plugin VM, host calls, plugins inside the guest; the goals table ends bench/results/latest.md. BENCH_DURATION=3 for a smoke run.
 bench: setup
     #!/usr/bin/env bash
     set -euo pipefail
+    # Every bench measures the production binary (`just release`), built once here, unless
+    # TOLLGATE_BIN names a binary or BENCH_PROFILE another build (release, debug).
+    if [[ -z ${TOLLGATE_BIN:-} && ${BENCH_PROFILE:-pgo} == pgo ]]; then
+        bash bench/pgo.sh
+        export TOLLGATE_BIN="{{ target_dir }}/release-pgo/tollgate"
+    fi
     # Every bench runs even when one misses a goal (exit status 3 with BENCH_STRICT=1), so
     # that the goals table covers them all; memory.sh (plugin VM memory) runs when present.
     missed=0

@@ -24,7 +24,7 @@ die() { printf '%s: error: %s\n' "$BENCH_NAME" "$*" >&2; exit 1; }
 
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 1 ]] || die "BENCH_DURATION must be whole seconds (got '$DURATION')"
 [[ $RUNS =~ ^[0-9]+$ && $RUNS -ge 1 ]] || die "BENCH_RUNS must be a positive integer"
-case $PROFILE in release | debug) ;; *) die "BENCH_PROFILE must be release or debug" ;; esac
+case $PROFILE in release | pgo | debug) ;; *) die "BENCH_PROFILE must be release, pgo or debug" ;; esac
 
 # --- tools -------------------------------------------------------------------------------
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -68,10 +68,14 @@ fi
 
 # --- the Tollgate binary -----------------------------------------------------------------
 # build_tollgate: sets BIN (TOLLGATE_BIN, or a cargo build of BENCH_PROFILE; a no-op when
-# bench/run.sh built it just before).
+# bench/run.sh built it just before). `pgo` is the production build of bench/pgo.sh.
 build_tollgate() {
     if [[ -n ${TOLLGATE_BIN:-} ]]; then
         BIN=$TOLLGATE_BIN
+    elif [[ $PROFILE == pgo ]]; then
+        log "bash bench/pgo.sh (the production build)"
+        bash "$ROOT/bench/pgo.sh"
+        BIN=$TARGET_DIR/release-pgo/tollgate
     elif [[ $PROFILE == release ]]; then
         log "cargo build --release -p tollgate"
         cargo build --release -p tollgate
@@ -349,7 +353,7 @@ write_meta() {
     shift
     local smoke="" rev
     [[ $DURATION -ge 10 ]] || smoke="BENCH_DURATION=$DURATION"
-    [[ $PROFILE == release || -n ${TOLLGATE_BIN:-} ]] || smoke="${smoke:+$smoke, }debug build"
+    [[ $PROFILE != debug || -n ${TOLLGATE_BIN:-} ]] || smoke="${smoke:+$smoke, }debug build"
     [[ $RUNS -ge 3 ]] || smoke="${smoke:+$smoke, }BENCH_RUNS=$RUNS"
     local profile_label="$PROFILE build"
     [[ -z ${TOLLGATE_BIN:-} ]] || profile_label="binary $TOLLGATE_BIN"

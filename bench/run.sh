@@ -8,7 +8,8 @@
 #                         median of the per-pair ratios with their spread (bench/goals.py)
 #   BENCH_CONNECTIONS=64  keep-alive connections (wrk -c, and the fixed-rate generator)
 #   BENCH_HALF_LOAD=0.5   fixed rate as a share of nginx's measured maximum
-#   BENCH_PROFILE=release cargo profile to build and run Tollgate with (release | debug)
+#   BENCH_PROFILE=release how to build Tollgate: release | pgo (the production build of
+#                         bench/pgo.sh, `just release`) | debug
 #   TOLLGATE_BIN=path     use this binary and build nothing
 #   TOLLGATE_BASELINE_BIN=path  also bench this Tollgate binary (an earlier build) as the
 #                         target "baseline", alternating with the others, and report this
@@ -182,7 +183,7 @@ done
 # --- report ------------------------------------------------------------------------------
 smoke=""
 [[ $DURATION -ge 10 ]] || smoke="BENCH_DURATION=$DURATION"
-! want tollgate || [[ $PROFILE == release || -n ${TOLLGATE_BIN:-} ]] || smoke="${smoke:+$smoke, }debug build"
+! want tollgate || [[ $PROFILE != debug || -n ${TOLLGATE_BIN:-} ]] || smoke="${smoke:+$smoke, }debug build"
 # Fewer than 3 pairs give no meaningful spread.
 [[ $RUNS -ge 3 ]] || smoke="${smoke:+$smoke, }BENCH_RUNS=$RUNS"
 profile_label="$PROFILE build"
