@@ -13,7 +13,10 @@
 # loop (wrk) that sends a valid API key, so every VM has run every callback; the report also
 # says where it is, per kind of mapping of /proc/PID/smaps (bench/smaps.py), for the first
 # worker count. It does not
-# depend on how busy the machine is, so the script does not wait for it to be idle.
+# depend on how busy the machine is, so the script does not wait for it to be idle. The goals
+# are judged on the first worker count, as every ratio of the benches: alternating pairs of
+# runs (0 plugins, 3 plugins, 0 plugins, ...), the median of the per-pair ratios and their
+# spread; the other worker counts are one pair each.
 #
 # Environment (all optional): as bench/run.sh (BENCH_PROFILE, TOLLGATE_BIN, BENCH_PROXY_CPU,
 # BENCH_LOAD_CPU), and
@@ -21,6 +24,7 @@
 #   BENCH_MEMORY_OUT=bench/results/memory.md
 #   BENCH_MEMORY_WORKERS="2 4 16"  worker counts
 #   BENCH_MEMORY_LOAD=3            seconds of load before memory is read
+#   BENCH_MEMORY_PAIRS=3           pairs of runs at the first worker count (1 to 6)
 #   BENCH_BUILD_PLUGINS=1          0: use the .wasm files already built, build nothing
 #   BENCH_MEMORY_ALL=1             0: leave out the gateway with every bundled plugin
 set -euo pipefail
@@ -35,9 +39,12 @@ read -r -a WORKER_COUNTS <<<"${BENCH_MEMORY_WORKERS:-2 4 16}"
 LOAD_SECONDS=${BENCH_MEMORY_LOAD:-3}
 ALL=${BENCH_MEMORY_ALL:-1}
 [[ $ALL == 0 || $ALL == 1 ]] || die "BENCH_MEMORY_ALL must be 0 or 1"
+PAIRS=${BENCH_MEMORY_PAIRS:-3}
+[[ $PAIRS =~ ^[1-6]$ ]] || die "BENCH_MEMORY_PAIRS must be 1 to 6"
 # Each start gets its own ports: a port just closed may not be free again at once. Indices
-# 0-15: the worker counts (2 starts each); 16-18: the gateway of every bundled plugin.
-((${#WORKER_COUNTS[@]} <= 8)) || die "at most 8 worker counts"
+# 0-15: the worker counts (2 starts a pair); 16-18: the gateway of every bundled plugin.
+((2 * PAIRS + 2 * (${#WORKER_COUNTS[@]} - 1) <= 16)) ||
+    die "too many starts: 2 × BENCH_MEMORY_PAIRS + 2 for each further worker count must be at most 16"
 for i in $(seq 0 19); do
     port_free $((BASE + 10 + i)) && port_free $((BASE + 30 + i)) || die "127.0.0.1:$((BASE + 10 + i)) or :$((BASE + 30 + i)) is in use; set BENCH_PORT_BASE"
 done
@@ -108,12 +115,13 @@ start_upstream "$UP_PORT"
 # smaps FIELD PID: one field of /proc/PID/smaps_rollup, in KiB
 smaps() { awk -v field="$1:" '$1 == field { print $2 }' "/proc/$2/smaps_rollup"; }
 
-# measure CONFIG WORKERS N: start the gateway (on ports BASE+10+N, BASE+30+N), load it,
-# print "rss pss private_dirty" (KiB)
+# measure CONFIG WORKERS N PAIR: start the gateway (on ports BASE+10+N, BASE+30+N), load it,
+# print "rss pss private_dirty" (KiB); its smaps are kept as $WORK/smaps-CONFIG-WORKERS-PAIR
 measure() {
-    local c=$1 workers=$2 status
+    local c=$1 workers=$2 pair=$4 status
     local port=$((BASE + 10 + $3)) admin=$((BASE + 30 + $3))
     policies "$WORK/cfg-$c-$workers" "$port" "${PLUGINS[$c]}"
+    uncache_binary
     start "tollgate-$c-$workers" "$PROXY_CPU" env TOLLGATE_LOG=warn TOLLGATE_CACHE_DIR="$WORK/cache" \
         "$BIN" run --policies "$WORK/cfg-$c-$workers" --plugins "$WORK/plugins" \
         --admin "127.0.0.1:$admin" --workers "$workers" --log-format text
@@ -123,9 +131,9 @@ measure() {
     [[ $status == 200 ]] || die "$c with $workers workers: GET / answered $status, expected 200"
     # As many connections as workers (at least 16) so that every worker serves requests.
     local conns=$((workers > 16 ? workers : 16))
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${LOAD_SECONDS}s" -H "$KEY_HEADER" "http://127.0.0.1:$port/" >"$WORK/wrk-$c-$workers.txt"
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${LOAD_SECONDS}s" -H "$KEY_HEADER" "http://127.0.0.1:$port/" >"$WORK/wrk-$c-$workers-$pair.txt"
     sleep 0.5
-    cp "/proc/$pid/smaps" "$WORK/smaps-$c-$workers"
+    cp "/proc/$pid/smaps" "$WORK/smaps-$c-$workers-$pair"
     echo "$(smaps Rss "$pid") $(smaps Pss "$pid") $(smaps Private_Dirty "$pid")"
     stop "$pid"
 }
@@ -297,6 +305,7 @@ declare -A REQUESTS NOT_2XX
 measure_all() {
     local kind=$1 port=$((BASE + 10 + $2)) admin=$((BASE + 30 + $2)) path line status name bytes vms
     all_policies "$WORK/cfg-all-$kind" "$port" "$([[ $kind == all ]] && echo 1 || echo 0)"
+    uncache_binary
     start "tollgate-all-$kind" "$PROXY_CPU" env TOLLGATE_LOG=warn TOLLGATE_CACHE_DIR="$WORK/cache" \
         "$BIN" run --policies "$WORK/cfg-all-$kind" --plugins "$WORK/plugins-all" \
         --admin "127.0.0.1:$admin" --workers "$ALL_WORKERS" --log-format text
@@ -378,20 +387,31 @@ fi
 sync "$(readlink -f "$BIN")" "$WORK"/cache/*
 # How much of the binary's code a gateway maps depends on how its pages sit in the page cache
 # (the kernel maps whole cached blocks around each page that runs: a binary just built or
-# copied shows about 1 MiB more code than one read back from disk), so every build measured
-# starts with none of its binary cached.
-"$PYTHON" -c 'import os, sys
+# copied shows about 1 MiB more code than one read back from disk; a gateway started after
+# another finds the pages that one read and maps those near its own), so every gateway
+# measured starts with none of its binary cached: the two sides of a ratio alike.
+uncache_binary() {
+    "$PYTHON" -c 'import os, sys
 fd = os.open(sys.argv[1], os.O_RDONLY)
 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$(readlink -f "$BIN")"
+}
 
+# RSS, PSS, DIRTY[CONFIG-WORKERS]: the runs' figures (KiB), one per pair, space-separated
 declare -A RSS PSS DIRTY
 n=0
 for workers in "${WORKER_COUNTS[@]}"; do
-    for c in base chain; do
-        log "$c with $workers workers"
-        read -r RSS[$c-$workers] PSS[$c-$workers] DIRTY[$c-$workers] < <(measure "$c" "$workers" "$n")
-        n=$((n + 1))
-        echo "  Rss ${RSS[$c-$workers]} KiB  Pss ${PSS[$c-$workers]} KiB  Private_Dirty ${DIRTY[$c-$workers]} KiB" >&2
+    pairs=1
+    [[ $workers != "${WORKER_COUNTS[0]}" ]] || pairs=$PAIRS
+    for ((pair = 1; pair <= pairs; pair++)); do
+        for c in base chain; do
+            log "$c with $workers workers (pair $pair of $pairs)"
+            read -r rss pss dirty < <(measure "$c" "$workers" "$n" "$pair")
+            n=$((n + 1))
+            echo "  Rss $rss KiB  Pss $pss KiB  Private_Dirty $dirty KiB" >&2
+            RSS[$c-$workers]+="${RSS[$c-$workers]:+ }$rss"
+            PSS[$c-$workers]+="${PSS[$c-$workers]:+ }$pss"
+            DIRTY[$c-$workers]+="${DIRTY[$c-$workers]:+ }$dirty"
+        done
     done
 done
 if ((ALL)); then
@@ -415,22 +435,22 @@ mkdir -p "$(dirname "$OUT")"
     echo
     echo "| workers | RSS, 0 plugins | RSS, 3 plugins | 3 plugins / 0 | RSS per VM | Private_Dirty per VM | Pss, 3 plugins |"
     echo "|---:|---:|---:|---:|---:|---:|---:|"
+    specs=()
     for workers in "${WORKER_COUNTS[@]}"; do
-        awk -v w="$workers" -v r0="${RSS[base-$workers]}" -v r3="${RSS[chain-$workers]}" \
-            -v d0="${DIRTY[base-$workers]}" -v d3="${DIRTY[chain-$workers]}" -v p3="${PSS[chain-$workers]}" 'BEGIN {
-            vms = 3 * w
-            printf "| %d | %.1f MiB | %.1f MiB | %.2f | %.2f MiB | %.2f MiB | %.1f MiB |\n",
-                w, r0 / 1024, r3 / 1024, r3 / r0, (r3 - r0) / vms / 1024, (d3 - d0) / vms / 1024, p3 / 1024
-        }'
+        specs+=("$workers:${RSS[base-$workers]}:${RSS[chain-$workers]}:${DIRTY[base-$workers]}:${DIRTY[chain-$workers]}:${PSS[chain-$workers]}")
     done
-    echo
-    echo "Goals: 3 plugins ≤ 1.3 × the 0-plugin RSS; ≤ 2 MiB per VM."
+    "$PYTHON" bench/memory_report.py rows "${specs[@]}"
     workers=${WORKER_COUNTS[0]}
     echo
-    echo "Where it is with $workers workers (Rss per kind of mapping, /proc/PID/smaps):"
+    echo "Each figure is the median of its runs; every gateway started with none of its binary in the page cache. With $workers workers: $("$PYTHON" bench/memory_report.py pairs "${RSS[base-$workers]}" "${RSS[chain-$workers]}")"
+    echo
+    echo "Goals: 3 plugins ≤ 1.3 × the 0-plugin RSS; ≤ 2 MiB per VM."
+    pair=$("$PYTHON" bench/memory_report.py median-pair "${RSS[base-$workers]}" "${RSS[chain-$workers]}")
+    echo
+    echo "Where it is with $workers workers, in the pair of runs whose ratio is the median (Rss per kind of mapping, /proc/PID/smaps):"
     echo
     "$PYTHON" bench/smaps.py --binary="$(readlink -f "$BIN")" \
-        "0 plugins=$WORK/smaps-base-$workers" "3 plugins=$WORK/smaps-chain-$workers"
+        "0 plugins=$WORK/smaps-base-$workers-$pair" "3 plugins=$WORK/smaps-chain-$workers-$pair"
     if ((ALL)); then
         echo
         echo "## Every bundled plugin, $ALL_WORKERS workers"
@@ -456,24 +476,7 @@ echo "(written to $OUT)"
 # first worker count, as the report's first row.
 workers=${WORKER_COUNTS[0]}
 status=0
-"$PYTHON" - "${RSS[base-$workers]}" "${RSS[chain-$workers]}" "$workers" <<'PY' || status=$?
-import os
-import sys
-import time
-
-sys.path.insert(0, "bench")
-from goals import Goals, goals_dir  # noqa: E402
-
-base, chain, workers = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-goals = Goals("memory.sh", {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
-ratio = chain / base
-per_vm = (chain - base) / (3 * workers) / 1024
-goals.add("a gateway with 3 plugins is resident in ≤ 1.3 × the 0-plugin one (%d workers)" % workers,
-          "%.2f" % ratio, ratio <= 1.3)
-goals.add("≤ 2 MiB per plugin VM (%d workers)" % workers, "%.2f MiB" % per_vm, per_vm <= 2.0)
-goals.write(os.path.join(goals_dir(), "memory.json"))
-sys.exit(3 if goals.failed() else 0)
-PY
+"$PYTHON" bench/memory_report.py goals "$workers" "${RSS[base-$workers]}" "${RSS[chain-$workers]}" || status=$?
 ((status == 0 || status == 3)) || die "recording the goal figures failed"
 if ((status == 3)) && [[ ${BENCH_STRICT:-0} == 1 ]]; then
     exit 3
