@@ -210,18 +210,52 @@ cpu_busy_pct() {
     read -r t1 i1 < <(cpu_times)
     echo $(((100 * ((t1 - t0) - (i1 - i0))) / ((t1 - t0) > 0 ? (t1 - t0) : 1)))
 }
+# Hypervisor steal: the share of the machine's CPU time its host gave to other machines
+# (/proc/stat), over each measured run, from the run's start (the end of its wait_quiet) to
+# the next wait_quiet or write_meta. A virtual machine can lose a quarter of its CPU time this
+# way while the benches run and show nothing of it when idle, so the reports say how much.
+STEAL_PER_MILLE=()
+STEAL_FROM=""
+steal_times() { awk '/^cpu / { total = 0; for (i = 2; i <= NF; i++) total += $i; print total, $9 }' /proc/stat; }
+steal_open() { STEAL_FROM=$(steal_times); }
+steal_close() {
+    [[ -n $STEAL_FROM ]] || return 0
+    local t0 s0 t1 s1
+    read -r t0 s0 <<<"$STEAL_FROM"
+    read -r t1 s1 < <(steal_times)
+    ((t1 <= t0)) || STEAL_PER_MILLE+=($((1000 * (s1 - s0) / (t1 - t0))))
+    STEAL_FROM=""
+}
+# steal_json: {"runs": N, "median": %, "max": %} of the runs measured so far, or null (JSON)
+steal_json() {
+    steal_close
+    if ((${#STEAL_PER_MILLE[@]} == 0)); then
+        echo null
+        return
+    fi
+    printf '%s\n' "${STEAL_PER_MILLE[@]}" | sort -n | awk '{ v[NR] = $1 } END {
+        median = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+        printf "{\"runs\": %d, \"median\": %.1f, \"max\": %.1f}\n", NR, median / 10, v[NR] / 10
+    }'
+}
+
 # wait_quiet: before a measured run, wait for the machine to be idle (our servers idle too)
 BUSY_RUNS=0
 TOTAL_RUNS=0
 wait_quiet() {
     local waited=0 limit=${BENCH_QUIET_WAIT:-60} busy
+    steal_close
     TOTAL_RUNS=$((TOTAL_RUNS + 1))
     while :; do
         busy=$(cpu_busy_pct)
-        ((busy >= 10)) || return 0
+        if ((busy < 10)); then
+            steal_open
+            return 0
+        fi
         if ((waited >= limit)); then
             echo "$BENCH_NAME: warning: the machine is still ${busy}% busy after ${limit}s; measuring anyway" >&2
             BUSY_RUNS=$((BUSY_RUNS + 1))
+            steal_open
             return 0
         fi
         ((waited == 0)) && echo "$BENCH_NAME: the machine is ${busy}% busy (other processes); waiting for it to be idle" >&2
@@ -380,6 +414,7 @@ meta = {
     "runs": $RUNS, "duration": $DURATION, "connections": $CONNS,
     "half_load": "$(awk -v h="$HALF" 'BEGIN { printf "%g%%", h * 100 }')",
     "smoke": "$smoke", "busy_runs": $BUSY_RUNS, "total_runs": $TOTAL_RUNS,
+    "steal": json.loads("""$(steal_json)"""),
 }
 for kv in sys.argv[2:]:
     k, v = kv.split("=", 1)

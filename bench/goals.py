@@ -24,6 +24,8 @@ import sys
 
 # (max - min) / median of the per-pair ratios above this: the figure is unstable.
 STABLE_SPREAD = 0.10
+# Hypervisor steal (% of the CPU time) in any measured run above this: the report says so.
+STEAL_WARN = 5.0
 TABLE_HEADING = "## Goals (every bench of this session)"
 # bench/memory.sh (memory of plugin VMs) writes this report; when present, it becomes a section
 # of latest.md, before the goals table.
@@ -60,6 +62,20 @@ def fmt_spread(values, fmt):
     return text if s is None else "%s (%.0f %%)" % (text, 100 * s)
 
 
+def steal_lines(meta):
+    """The report's line on the hypervisor's steal over the measured runs (bench/common.sh),
+    none when the bench recorded none."""
+    st = meta.get("steal")
+    if not st:
+        return []
+    line = ("- Hypervisor steal over the %d measured runs: median %.1f %%, max %.1f %% of the "
+            "machine's CPU time (`/proc/stat`)" % (st["runs"], st["median"], st["max"]))
+    if st["max"] > STEAL_WARN:
+        line += ("; **the host gave this machine's CPU time to others while it measured, which "
+                 "moves throughput and latency: compare ratios within this report only**")
+    return [line]
+
+
 def fmt_x(v):
     return "%.2f×" % v
 
@@ -76,6 +92,8 @@ class Goals:
         self.date = meta.get("date", "?")
         self.smoke = meta.get("smoke", "")
         self.busy = "%s of %s runs" % (meta["busy_runs"], meta["total_runs"]) if meta.get("busy_runs") else ""
+        steal = meta.get("steal") or {}
+        self.steal = "up to %.1f %%" % steal["max"] if steal.get("max", 0) > STEAL_WARN else ""
         self.rows = []
 
     def add(self, goal, measured, met, spread_text="–", is_stable=None):
@@ -123,7 +141,8 @@ class Goals:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w") as f:
             json.dump({"source": self.source, "date": self.date, "smoke": self.smoke,
-                       "busy": self.busy, "goals": self.rows}, f, indent=1, ensure_ascii=False)
+                       "busy": self.busy, "steal": self.steal, "goals": self.rows}, f, indent=1,
+                      ensure_ascii=False)
             f.write("\n")
 
 
@@ -157,6 +176,8 @@ def summary(report, directory):
             origin += ", **smoke run** (%s)" % s["smoke"]
         if s.get("busy"):
             origin += ", **busy machine** (%s)" % s["busy"]
+        if s.get("steal"):
+            origin += ", **hypervisor steal** %s" % s["steal"]
         origins.append(origin)
         for r in s["goals"]:
             lines.append("| %s | %s | %s | %s | %s | `%s` |" % (r["goal"], r["measured"], r["spread"],

@@ -15,7 +15,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from goals import Goals, fmt_spread, fmt_x, goals_dir, pair_ratios, stable, yes_no  # noqa: E402
+from goals import Goals, fmt_spread, fmt_x, goals_dir, pair_ratios, stable, steal_lines, yes_no  # noqa: E402
 from report import run_files  # noqa: E402
 
 TARGETS = ("nginx", "tollgate")
@@ -48,6 +48,8 @@ def main():
         add("**Smoke run (%s) — not representative; use `just bench` with the defaults for figures.**" % meta["smoke"])
         add("")
     add("- Machine: %s, %s CPUs, Linux %s" % (meta["cpu"], meta["cpus"], meta["kernel"]))
+    for line in steal_lines(meta):
+        add(line)
     add("- Versions: Tollgate %s (%s), %s, Python %s" % (meta["tollgate_rev"], meta["profile"], meta["nginx"], meta["python"]))
     add("- Each run: the proxy (1 worker, pinned to CPU %s) started afresh; `bench/idle_client.py` (CPU %s) opens "
         "%s connections, sends one `GET /` on each and reads the answer, holds them idle for %s s, then reads "

@@ -13,7 +13,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from goals import Goals, fmt_spread, fmt_x, goals_dir, pair_ratios, stable, yes_no  # noqa: E402
+from goals import Goals, fmt_spread, fmt_x, goals_dir, pair_ratios, stable, steal_lines, yes_no  # noqa: E402
 from report import cpu_per_request, fixed_per_run, fixed_runs, fmt_ratio, fmt_rps, fmt_us, median, per_run, wrk_runs  # noqa: E402
 
 LABELS = {
@@ -69,6 +69,8 @@ def main():
             "these figures are not reliable.**" % (meta["busy_runs"], meta["total_runs"]))
         add("")
     add("- Machine: %s, %s CPUs, Linux %s" % (meta["cpu"], meta["cpus"], meta["kernel"]))
+    for line in steal_lines(meta):
+        add(line)
     add("- Versions: Tollgate %s (%s), %s, %s, Python %s"
         % (meta["tollgate_rev"], meta["profile"], meta["nginx"], meta["wrk"], meta["python"]))
     add("- Pinning: Tollgate (1 worker, `TOLLGATE_LOG=warn`) on CPU %s; upstream (nginx `return 200`), "

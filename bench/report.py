@@ -19,7 +19,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from goals import Goals, fmt_spread, fmt_x, goals_dir, pair_ratios, stable, yes_no  # noqa: E402
+from goals import Goals, fmt_spread, fmt_x, goals_dir, pair_ratios, stable, steal_lines, yes_no  # noqa: E402
 
 TARGETS = [
     ("direct", "direct to the upstream (no proxy)"),
@@ -158,6 +158,8 @@ def table(work):
             "these figures are not reliable.**" % (meta["busy_runs"], meta["total_runs"]))
         add("")
     add("- Machine: %s, %s CPUs, Linux %s" % (meta["cpu"], meta["cpus"], meta["kernel"]))
+    for line in steal_lines(meta):
+        add(line)
     add("- Versions: Tollgate %s (%s), %s, %s, Python %s"
         % (meta["tollgate_rev"], meta["profile"], meta["nginx"], meta["wrk"], meta["python"]))
     add("- Pinning: proxy (nginx or Tollgate, 1 worker) on CPU %s; upstream (nginx `return 200`), "

@@ -212,6 +212,7 @@ meta = {
     "runs": $RUNS, "duration": $DURATION, "connections": $CONNS,
     "rate": $RATE, "half_load": "$(awk -v h="$HALF" 'BEGIN { printf "%g%%", h * 100 }')",
     "smoke": "$smoke", "busy_runs": $BUSY_RUNS, "total_runs": $((RUNS * ${#TARGETS[@]} * 2)),
+    "steal": json.loads("""$(steal_json)"""),
 }
 json.dump(meta, open(sys.argv[1], "w"), indent=1)
 EOF

@@ -17,7 +17,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from goals import Goals, goals_dir  # noqa: E402
+from goals import Goals, goals_dir, steal_lines  # noqa: E402
 from report import fmt_rps, fmt_us, median, parse_wrk, wrk_runs  # noqa: E402
 
 LIVE = re.compile(r"new configuration is live.*?generation=(\d+).*?elapsed_ms=(\d+)")
@@ -78,6 +78,8 @@ def main():
             "these figures are not reliable.**" % (meta["busy_runs"], meta["total_runs"]))
         add("")
     add("- Machine: %s, %s CPUs, Linux %s" % (meta["cpu"], meta["cpus"], meta["kernel"]))
+    for line in steal_lines(meta):
+        add(line)
     add("- Versions: Tollgate %s (%s), %s, %s, Python %s"
         % (meta["tollgate_rev"], meta["profile"], meta["nginx"], meta["wrk"], meta["python"]))
     add("- Pinning: Tollgate (1 worker) on CPU %s — its reload thread too; upstream (nginx `return 200`), "
