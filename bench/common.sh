@@ -201,13 +201,15 @@ wait_http() {
     die "$url did not answer 200 within $((limit / 10)) s"
 }
 
+# cpu_times: the machine's CPU time so far (/proc/stat, all CPUs, in clock ticks): total,
+# idle (with I/O wait), and stolen by the hypervisor
+cpu_times() { awk '/^cpu / { total = 0; for (i = 2; i <= NF; i++) total += $i; print total, $5 + $6, $9 }' /proc/stat; }
 # cpu_busy_pct: share of all CPUs busy over 0.5 s (any process, ours included)
-cpu_times() { awk '/^cpu / { idle = $5 + $6; total = 0; for (i = 2; i <= NF; i++) total += $i; print total, idle }' /proc/stat; }
 cpu_busy_pct() {
     local t0 i0 t1 i1
-    read -r t0 i0 < <(cpu_times)
+    read -r t0 i0 _ < <(cpu_times)
     sleep 0.5
-    read -r t1 i1 < <(cpu_times)
+    read -r t1 i1 _ < <(cpu_times)
     echo $(((100 * ((t1 - t0) - (i1 - i0))) / ((t1 - t0) > 0 ? (t1 - t0) : 1)))
 }
 # Hypervisor steal: the share of the machine's CPU time its host gave to other machines
@@ -216,13 +218,12 @@ cpu_busy_pct() {
 # way while the benches run and show nothing of it when idle, so the reports say how much.
 STEAL_PER_MILLE=()
 STEAL_FROM=""
-steal_times() { awk '/^cpu / { total = 0; for (i = 2; i <= NF; i++) total += $i; print total, $9 }' /proc/stat; }
-steal_open() { STEAL_FROM=$(steal_times); }
+steal_open() { STEAL_FROM=$(cpu_times); }
 steal_close() {
     [[ -n $STEAL_FROM ]] || return 0
     local t0 s0 t1 s1
-    read -r t0 s0 <<<"$STEAL_FROM"
-    read -r t1 s1 < <(steal_times)
+    read -r t0 _ s0 <<<"$STEAL_FROM"
+    read -r t1 _ s1 < <(cpu_times)
     ((t1 <= t0)) || STEAL_PER_MILLE+=($((1000 * (s1 - s0) / (t1 - t0))))
     STEAL_FROM=""
 }

@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 
-from goals import Goals, fmt_spread, goals_dir, pair_ratios, spread
+from goals import Goals, fmt_spread, goals_dir, pair_ratios, stable
 
 
 def runs(text):
@@ -51,10 +51,9 @@ def pairs(r0, r3):
     ratios = pair_ratios(runs(r3), runs(r0))
     if len(ratios) < 2:
         return "One pair of runs."
-    s = spread(ratios)
     return ("%d pairs of runs, alternating; their ratios (3 plugins / 0) %s, %s." % (
         len(ratios), fmt_spread(ratios, lambda v: "%.2f" % v),
-        "stable" if s is not None and s <= 0.10 else "**unstable** (spread above 10 %)"))
+        "stable" if stable(ratios) else "**unstable** (spread above 10 %)"))
 
 
 def median_pair(r0, r3):
