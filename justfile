@@ -215,8 +215,8 @@ bench: setup
     # Every bench measures the production binary (`just release`), built once here, unless
     # TOLLGATE_BIN names a binary or BENCH_PROFILE another build (release, debug).
     if [[ -z ${TOLLGATE_BIN:-} && ${BENCH_PROFILE:-pgo} == pgo ]]; then
-        bash bench/pgo.sh
-        export TOLLGATE_BIN="{{ target_dir }}/release-pgo/tollgate"
+        TOLLGATE_BIN=$(bash bench/pgo.sh)
+        export TOLLGATE_BIN
     fi
     # Every bench runs even when one misses a goal (exit status 3 with BENCH_STRICT=1), so
     # that the goals table covers them all; memory.sh (plugin VM memory) runs when present.

@@ -74,8 +74,7 @@ build_tollgate() {
         BIN=$TOLLGATE_BIN
     elif [[ $PROFILE == pgo ]]; then
         log "bash bench/pgo.sh (the production build)"
-        bash "$ROOT/bench/pgo.sh"
-        BIN=$TARGET_DIR/release-pgo/tollgate
+        BIN=$(bash "$ROOT/bench/pgo.sh")
     elif [[ $PROFILE == release ]]; then
         log "cargo build --release -p tollgate"
         cargo build --release -p tollgate

@@ -13,6 +13,9 @@
 #   4. the optimised release build (`-Cprofile-use`) in TARGET/pgo-use, its binary copied to
 #      TARGET/release-pgo/tollgate
 #
+# Its standard output is that binary's path and nothing else (the builds and the training
+# write to standard error), so that a caller names it in one place: BIN=$(bash bench/pgo.sh).
+#
 # The builds keep their own target folders, so each is incremental and neither undoes the
 # plain release build. The profile is of this source: a later change builds and runs
 # without a new one, only less optimised where it changed, so run this again before a bench
@@ -21,6 +24,8 @@
 # Environment (all optional): CARGO_TARGET_DIR; PGO_TRAIN_SECONDS=3 (seconds per training
 # run); BENCH_PROXY_CPU, BENCH_LOAD_CPU, BENCH_QUIET_WAIT as for the benches.
 set -euo pipefail
+# Standard output is kept for the binary's path (fd 3); everything else goes to stderr.
+exec 3>&1 1>&2
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -86,3 +91,4 @@ mkdir -p "$(dirname "$OUT")"
 cp "$TARGET_DIR/pgo-use/release/tollgate" "$OUT.tmp"
 mv -f "$OUT.tmp" "$OUT"
 log "the production binary: $OUT"
+echo "$OUT" >&3
