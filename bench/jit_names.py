@@ -8,7 +8,12 @@ two together and prints the guest functions by instructions per request, inclusi
 function and what it calls, host calls included) and self (its own code only), with the
 plugin module each belongs to.
 
-    python3 bench/jit_names.py CALLGRIND-FILE PERF-MAP [--requests N] [--top N]
+    python3 bench/jit_names.py CALLGRIND-FILE PERF-MAP [--requests N] [--top N] [--layout]
+
+`--layout` adds, per module, how much of its compiled code the profiled requests ran and over
+how much of the code that code is spread: the 4 KiB pages it lies in and the 64 KiB windows
+around them, the unit in which the kernel maps a file's cached pages into the gateway on a
+fault (what the module's code adds to the gateway's RSS, see bench/README.md, "Memory").
 
 `bench/glue.sh` with `GLUE_PERFMAP=1 GLUE_KEEP=DIR` keeps both files (`DIR/callgrind-new-chain.out.1`
 and `DIR/perf-new-chain.map`); `--requests` is its `GLUE_REQUESTS`. See bench/README.md,
@@ -99,6 +104,8 @@ def main():
     parser.add_argument("perf_map")
     parser.add_argument("--requests", type=int, default=500, help="requests the profile counted")
     parser.add_argument("--top", type=int, default=30, help="functions listed per table")
+    parser.add_argument("--layout", action="store_true",
+                        help="also say how the code the requests ran lies in each module")
     parser.add_argument("--callees", metavar="TEXT",
                         help="also list what the guest functions whose name contains TEXT call")
     args = parser.parse_args()
@@ -159,7 +166,44 @@ def main():
         print(f"\nWhat `{args.callees}` calls\n| per request | module | callee |\n|---:|---|---|")
         for (module, (_, callee)), cost in sorted(callees.items(), key=lambda kv: -kv[1]):
             print(f"| {cost / per:,.0f} | {module} | `{callee[:110]}` |")
+    if args.layout:
+        print_layout(functions, {named for named in own if named[0] != "?"})
     return 0
+
+
+PAGE = 4096
+WINDOW = 64 * 1024
+
+
+def print_layout(functions, ran):
+    """Per module: its compiled code, the part of it the profiled requests ran, and the 4 KiB
+    pages and 64 KiB windows (aligned in the address space, as the kernel maps them) each
+    part spans."""
+    code = defaultdict(int)
+    used = defaultdict(int)
+    count = defaultdict(int)
+    spans = {unit: (defaultdict(set), defaultdict(set)) for unit in (PAGE, WINDOW)}
+    for start, end, name, module in functions:
+        if module.startswith("module") and end - start < PAGE:
+            continue  # a stub the engine adds after the last module
+        code[module] += end - start
+        hit = (module, name) in ran
+        used[module] += (end - start) * hit
+        count[module] += hit
+        for unit, (all_units, ran_units) in spans.items():
+            units = range(start // unit, (end - 1) // unit + 1)
+            all_units[module].update(units)
+            if hit:
+                ran_units[module].update(units)
+    print("\nWhere the code the requests ran lies, per module\n"
+          "| module | compiled code | run by the requests | functions run | 4 KiB pages | 64 KiB windows |\n"
+          "|---|---:|---:|---:|---:|---:|")
+    for module in sorted(code):
+        pages, windows = (spans[unit] for unit in (PAGE, WINDOW))
+        print(f"| {module} | {code[module] / 1024:,.0f} KiB | {used[module] / 1024:,.0f} KiB "
+              f"({100 * used[module] / code[module]:.1f} %) | {count[module]} "
+              f"| {len(pages[1][module])} of {len(pages[0][module])} "
+              f"| {len(windows[1][module])} of {len(windows[0][module])} |")
 
 
 if __name__ == "__main__":

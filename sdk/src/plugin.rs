@@ -289,3 +289,28 @@ macro_rules! plugin {
         $crate::plugin!(root = root_context);
     };
 }
+
+/// Names the functions the gateway places first when it compiles this module: `file` (next
+/// to the crate's `Cargo.toml`) holds one function name per line, as bench/layout.sh writes
+/// it from a profile of the gateway running the plugin. The code a plugin's VMs run then lies
+/// together, and the rest of its compiled code is never mapped into the gateway's memory. The
+/// list goes into the module's `tollgate.layout` custom section, which other hosts ignore; a
+/// stale list only places fewer functions first.
+///
+/// ```ignore
+/// tollgate_sdk::layout!("layout.txt");
+/// ```
+#[macro_export]
+macro_rules! layout {
+    ($file:literal) => {
+        #[cfg(target_arch = "wasm32")]
+        #[used]
+        #[link_section = "tollgate.layout"]
+        static TOLLGATE_LAYOUT: [u8; include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/",
+            $file
+        ))
+        .len()] = *include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $file));
+    };
+}

@@ -268,6 +268,8 @@ impl Runtime {
             self.engine
                 .precompile_compatibility_hash()
                 .hash(&mut hasher);
+            // Code compiled before modules were laid out (see `layout`) is compiled again.
+            super::layout::SECTION.hash(&mut hasher);
             hasher.finish()
         });
         let dir = self.cache_dir.as_ref()?;
@@ -297,8 +299,10 @@ impl Runtime {
 
 extern "C" {
     fn madvise(address: *mut std::ffi::c_void, length: usize, advice: i32) -> i32;
+    fn posix_fadvise(fd: i32, offset: i64, length: i64, advice: i32) -> i32;
 }
 const MADV_DONTNEED: i32 = 4;
+const POSIX_FADV_DONTNEED: i32 = 4;
 
 /// Lets go of the pages of a mapped module's metadata (trap and name tables, the data
 /// segments, the runtime's own description of the module) once loading has read it: a
@@ -333,6 +337,13 @@ fn unmap_metadata(module: &Module) {
 /// freed memory with the thread that freed it, so both go when they end, and the allocator
 /// is then asked to give that memory back.
 fn compile(config: &Config, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+    // Hot functions first, where the module's build named them (see `layout`); a module the
+    // rewrite cannot read is compiled as it came, and the engine judges it.
+    let laid_out = super::layout::hot_first(bytes).unwrap_or_else(|error| {
+        tracing::warn!(%error, "the module's function layout is not applied");
+        None
+    });
+    let bytes = laid_out.as_deref().unwrap_or(bytes);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let compiled = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -359,11 +370,31 @@ fn write_new_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     ));
     let temporary = PathBuf::from(temporary);
     let written =
-        std::fs::write(&temporary, contents).and_then(|()| std::fs::rename(&temporary, path));
+        write_uncached(&temporary, contents).and_then(|()| std::fs::rename(&temporary, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&temporary);
     }
     written
+}
+
+/// Writes `contents` to a new file and leaves none of it in the page cache. The pages a
+/// large write leaves there are large blocks (folios), and the kernel maps a whole block into
+/// a process that reads one page of it: the whole of a module's code, the cold part its
+/// layout put last included (see `layout`). Read back from the disk instead, the file comes
+/// in small blocks, and only the code the VMs run, with its neighbours, is mapped.
+#[allow(unsafe_code)] // a system call on a file this function opened
+fn write_uncached(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(contents)?;
+    // Dirty pages cannot be dropped: written out first.
+    file.sync_data()?;
+    // SAFETY: the descriptor is the open file's own; the advice changes no memory of this
+    // process, only what the page cache keeps of the file (nothing maps it yet). Its result
+    // is only advice taken or not.
+    unsafe { posix_fadvise(file.as_raw_fd(), 0, 0, POSIX_FADV_DONTNEED) };
+    Ok(())
 }
 
 /// Envoy's rule: the newest `proxy_abi_version_*` export wins; none is an error.

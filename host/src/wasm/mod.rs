@@ -3,6 +3,7 @@
 //! | module | role |
 //! |---|---|
 //! | [`engine`] | the one `Engine`, compilation with an on-disk cache, ABI detection, import check |
+//! | [`layout`] | a module's functions placed hot first before it is compiled, as its build asks |
 //! | [`memory`] | bounds-checked guest memory access (the only place that touches it) |
 //! | [`abi`] | the host functions, registered in one place |
 //! | [`callbacks`] | which request callbacks a module exports, declares, and a configuration needs |
@@ -28,6 +29,7 @@ pub mod circuit;
 pub mod engine;
 pub mod header_map;
 pub mod host;
+pub mod layout;
 pub mod memory;
 pub mod metrics;
 pub mod plugin;

@@ -13,6 +13,7 @@ use tollgate_sdk::{Callbacks, Plugin};
 use crate::logic::{Acl, Config, Decision};
 
 tollgate_sdk::plugin!(Acl);
+tollgate_sdk::layout!("layout.txt");
 
 impl Plugin for Acl {
     const NAME: &'static str = "acl";

@@ -10,6 +10,7 @@ use tollgate_sdk::{Callbacks, Plugin};
 use crate::logic::{ApiLifecycle, Config, Outcome};
 
 tollgate_sdk::plugin!(ApiLifecycle);
+tollgate_sdk::layout!("layout.txt");
 
 impl Plugin for ApiLifecycle {
     const NAME: &'static str = "api-lifecycle";

@@ -12,6 +12,7 @@ use tollgate_sdk::{Callbacks, Plugin};
 use crate::logic::{BasicAuth, Config};
 
 tollgate_sdk::plugin!(BasicAuth);
+tollgate_sdk::layout!("layout.txt");
 
 impl Plugin for BasicAuth {
     const NAME: &'static str = "basic-auth";

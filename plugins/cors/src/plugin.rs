@@ -11,6 +11,7 @@ use tollgate_sdk::{Callbacks, Plugin};
 use crate::logic::{Config, Cors, Preflight};
 
 tollgate_sdk::plugin!(Cors);
+tollgate_sdk::layout!("layout.txt");
 
 impl Plugin for Cors {
     const NAME: &'static str = "cors";

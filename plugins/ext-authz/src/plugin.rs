@@ -14,6 +14,7 @@ use tollgate_sdk::{Callbacks, Counter, Plugin};
 use crate::logic::{Config, Decision, LocalReply, Original, FAILURE_MODE_ALLOWED_HEADER};
 
 tollgate_sdk::plugin!(ExtAuthz);
+tollgate_sdk::layout!("layout.txt");
 
 struct Metrics {
     allowed: Counter,

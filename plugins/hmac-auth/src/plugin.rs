@@ -13,6 +13,7 @@ use tollgate_sdk::{Callbacks, Plugin};
 use crate::logic::{digest_matches, Config, Credentials, HmacAuth, Line, Refusal, REQUEST_LINE};
 
 tollgate_sdk::plugin!(HmacAuth);
+tollgate_sdk::layout!("layout.txt");
 
 impl Plugin for HmacAuth {
     const NAME: &'static str = "hmac-auth";

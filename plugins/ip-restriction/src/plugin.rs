@@ -11,6 +11,7 @@ use tollgate_sdk::{Callbacks, Plugin};
 use crate::logic::{Config, IpRestriction};
 
 tollgate_sdk::plugin!(IpRestriction);
+tollgate_sdk::layout!("layout.txt");
 
 impl Plugin for IpRestriction {
     const NAME: &'static str = "ip-restriction";

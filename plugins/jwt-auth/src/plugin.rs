@@ -18,6 +18,7 @@ use crate::jwks::{FetchState, Jwks, Outcome};
 use crate::logic::{Config, Failure, JwtAuth, KeySet, SignatureCache, Verified};
 
 tollgate_sdk::plugin!(Gate);
+tollgate_sdk::layout!("layout.txt");
 
 /// The plugin of one configuration: the checks, and the fetched key set when `jwks` is set.
 pub struct Gate {

@@ -12,6 +12,7 @@ use tollgate_sdk::{Callbacks, Plugin};
 use crate::logic::{find_key, strip_query_param, Config, Found, KeyAuth};
 
 tollgate_sdk::plugin!(KeyAuth);
+tollgate_sdk::layout!("layout.txt");
 
 impl Plugin for KeyAuth {
     const NAME: &'static str = "key-auth";

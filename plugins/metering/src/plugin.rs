@@ -28,6 +28,7 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 // yet), answers the billing callouts itself, counts the requests still to log, and holds
 // the host's `on_done` until the last batch is answered.
 tollgate_sdk::plugin!(root = root_context);
+tollgate_sdk::layout!("layout.txt");
 
 /// A fresh root context: what the host gets at start-up, and what the native benches
 /// (`plugins/bench`) drive.

@@ -12,6 +12,7 @@ use crate::config::{Quotas, RawConfig};
 use crate::logic::{self, Verdict};
 
 tollgate_sdk::plugin!(Quota);
+tollgate_sdk::layout!("layout.txt");
 
 /// The quotas of one configuration.
 pub struct Quota {

@@ -16,6 +16,7 @@ use crate::config::{KeySource, Limits, RawConfig, WhenMissing};
 use crate::logic::{self, BucketKey, RequestFacts};
 
 tollgate_sdk::plugin!(RateLimit);
+tollgate_sdk::layout!("layout.txt");
 
 /// The limits of one configuration.
 pub struct RateLimit {

@@ -19,6 +19,7 @@ use crate::logic::{
 };
 
 tollgate_sdk::plugin!(TokenIntrospection);
+tollgate_sdk::layout!("layout.txt");
 
 /// What the requests of one configuration share.
 pub struct TokenIntrospection {

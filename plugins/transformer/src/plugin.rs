@@ -13,6 +13,7 @@ use crate::logic::{is_json, Config, HeaderOps, Phase};
 
 // The checked configuration is all the transformer needs: it is the plugin.
 tollgate_sdk::plugin!(Config);
+tollgate_sdk::layout!("layout.txt");
 
 impl Plugin for Config {
     const NAME: &'static str = "transformer";
