@@ -7,9 +7,10 @@
 # bench/README.md, "The code the plugins run, placed first".
 #
 # The gateway runs under callgrind from its start (one worker; the start's code counts as the
-# requests' does), with every bundled plugin on a route of its own (bench/all_plugins.sh),
-# and names its compiled guest functions (TOLLGATE_WASM_PROFILER=perfmap); LAYOUT_REQUESTS
-# requests go to every route, then bench/layout.py reads which guest functions ran.
+# requests' does), with every bundled plugin on a route of its own (bench/all_plugins.sh) and
+# the benches' 3-plugin chain on the route /, and names its compiled guest functions
+# (TOLLGATE_WASM_PROFILER=perfmap); LAYOUT_REQUESTS requests go to every route, then
+# bench/layout.py reads which guest functions ran.
 #
 # Environment (all optional):
 #   TOLLGATE_BIN            the gateway to run (default: the release build)
@@ -43,6 +44,9 @@ for p in "${ALL_PLUGINS[@]}"; do
     cp "$BUNDLED_DIR/${p//-/_}.wasm" "$WORK/plugins/"
 done
 all_policies "$WORK/cfg" "$TG_PORT" 1
+# The benches' chain (key-auth → rate-limit → transformer, configured as plugins.sh and
+# memory.sh run it) on the route / besides, so that its configuration's code paths count too.
+chain_plugins_yaml | sed '1d; s/^\(    module: .*\)$/\1\n    apply_to: { routes: [bench] }/' >>"$WORK/cfg/bench.yaml"
 all_headers
 
 log "starting the upstream (CPU $LOAD_CPU)"
@@ -71,6 +75,10 @@ for p in "${ALL_PLUGINS[@]}"; do
         status=$(curl -s -o /dev/null -w '%{http_code}' "${headers[@]}" "http://127.0.0.1:$TG_PORT/p/$p")
         [[ $status == 2* ]] || die "/p/$p answered $status"
     done
+done
+for _ in $(seq "$REQUESTS"); do
+    status=$(curl -s -o /dev/null -w '%{http_code}' -H "$KEY_HEADER" "http://127.0.0.1:$TG_PORT/")
+    [[ $status == 2* ]] || die "/ (the chain) answered $status"
 done
 callgrind_control -d "$pid" >/dev/null
 stop "$pid"
