@@ -1,6 +1,7 @@
-# Sourced by the benches that run a gateway with every bundled plugin (memory.sh, layout.sh),
-# after common.sh, with UP_PORT (the upstream's port) and KEY_HEADER set: policy folders, and
-# every bundled plugin on a route of its own with requests its plugin lets through.
+# Sourced by the benches that write policy folders (glue.sh, layout.sh, memory.sh), after
+# common.sh, with UP_PORT (the upstream's port) and KEY_HEADER set: a policy folder forwarding
+# to the upstream, and every bundled plugin on a route of its own with requests its plugin
+# lets through.
 
 # Every bundled plugin (crate names; the module is the name with underscores), and the
 # secrets of the credentials its requests carry.
@@ -10,10 +11,10 @@ JWT_SECRET=bench-jwt-secret-0123456789abcdef # HS256 wants at least 32 bytes
 HMAC_SECRET=bench-hmac-secret
 BASIC_PASSWORD=bench-password
 
-# policies DIR PORT PLUGINS-YAML [CLUSTERS-YAML ROUTES-YAML]: a policy folder: the upstream
+# policy_folder DIR PORT PLUGINS-YAML [CLUSTERS-YAML ROUTES-YAML]: a policy folder: the upstream
 # cluster and the route / to it, after the clusters and routes given (list items, indented
 # as in the file)
-policies() {
+policy_folder() {
     local dir=$1 port=$2
     mkdir -p "$dir"
     cat >"$dir/bench.yaml" <<YAML
@@ -54,7 +55,7 @@ YAML
         done
     )
     if (($3)); then plugins=$(all_plugins_yaml); fi
-    policies "$1" "$2" "$plugins" "  - name: self
+    policy_folder "$1" "$2" "$plugins" "  - name: self
     endpoints:
       - address: 127.0.0.1:$2" "$routes"
 }

@@ -64,28 +64,14 @@ mkdir -p "$WORK/plugins"
 cp "$TP_DIR/tp_headers.wasm" "$TP_DIR/tp_header_heavy.wasm" "$BUNDLED_DIR/key_auth.wasm" "$BUNDLED_DIR/rate_limit.wasm" "$BUNDLED_DIR/transformer.wasm" "$WORK/plugins/"
 cp tests/plugins/wat/headers-only.wat "$WORK/plugins/"
 
-# policies NAME PLUGINS-YAML [MORE-YAML]: MORE-YAML goes into a second file, merged with the
-# first
+# Policy folders as the other benches write them (policy_folder, bench/all_plugins.sh).
+KEY_HEADER="x-api-key: $API_KEY"
+# shellcheck source=bench/all_plugins.sh
+source "$(dirname "${BASH_SOURCE[0]}")/all_plugins.sh"
+# policies NAME PLUGINS-YAML [MORE-YAML]: the folder of configuration NAME; MORE-YAML goes
+# into a second file, merged with the first
 policies() {
-    mkdir -p "$WORK/cfg-$1"
-    cat >"$WORK/cfg-$1/bench.yaml" <<EOF
-listeners:
-  - name: bench
-    address: 127.0.0.1:$TG_PORT
-    protocol: http
-clusters:
-  - name: upstream
-    endpoints:
-      - address: 127.0.0.1:$UP_PORT
-virtual_hosts:
-  - name: bench
-    domains: ["*"]
-    routes:
-      - name: bench
-        match: { path: { prefix: / } }
-        forward: { cluster: upstream }
-$2
-EOF
+    policy_folder "$WORK/cfg-$1" "$TG_PORT" "$2"
     [[ -z ${3:-} ]] || printf '%s\n' "$3" >"$WORK/cfg-$1/more.yaml"
 }
 policies base ""

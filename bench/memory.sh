@@ -51,7 +51,7 @@ done
 port_free "$UP_PORT" || die "127.0.0.1:$UP_PORT is in use; set BENCH_PORT_BASE"
 
 KEY_HEADER="x-api-key: $API_KEY"
-# policies, ALL_PLUGINS and every bundled plugin on a route of its own
+# policy_folder, ALL_PLUGINS and every bundled plugin on a route of its own
 # shellcheck source=bench/all_plugins.sh
 source "$(dirname "${BASH_SOURCE[0]}")/all_plugins.sh"
 
@@ -90,7 +90,7 @@ smaps() { awk -v field="$1:" '$1 == field { print $2 }' "/proc/$2/smaps_rollup";
 measure() {
     local c=$1 workers=$2 pair=$4 status
     local port=$((BASE + 10 + $3)) admin=$((BASE + 30 + $3))
-    policies "$WORK/cfg-$c-$workers" "$port" "${PLUGINS[$c]}"
+    policy_folder "$WORK/cfg-$c-$workers" "$port" "${PLUGINS[$c]}"
     uncache_binary
     start "tollgate-$c-$workers" "$PROXY_CPU" env TOLLGATE_LOG=warn TOLLGATE_CACHE_DIR="$WORK/cache" \
         "$BIN" run --policies "$WORK/cfg-$c-$workers" --plugins "$WORK/plugins" \
@@ -230,7 +230,7 @@ for name, p in plugins.items():
 # Compile the modules into the cache first, as every start but a machine's first finds them:
 # the compiler's working memory is not a VM's (without this, the first configuration to
 # start also holds what compiling left behind).
-policies "$WORK/cfg-check" $((BASE + 29)) "${PLUGINS[chain]}"
+policy_folder "$WORK/cfg-check" $((BASE + 29)) "${PLUGINS[chain]}"
 TOLLGATE_CACHE_DIR="$WORK/cache" "$BIN" check --policies "$WORK/cfg-check" --plugins "$WORK/plugins" >"$WORK/check.log" 2>&1 ||
     die "tollgate check failed on the chain: $(cat "$WORK/check.log")"
 if ((ALL)); then
