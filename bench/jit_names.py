@@ -59,6 +59,22 @@ def read_perf_map(path):
     return [(s, e, n, labels.get(m, f"module{m}")) for s, e, n, m in entries]
 
 
+# Callgrind's name of code it cannot name: its address, with `'N` after it for a recursion
+# level.
+ADDRESS = re.compile(r"^(0x[0-9a-f]+)(?:'\d+)?$")
+
+
+def function_at(functions, starts, callgrind_name):
+    """The index in `functions` (read_perf_map's, `starts` their start addresses) of the
+    function holding callgrind's `0x…` address, or None."""
+    found = ADDRESS.match(callgrind_name)
+    if not found:
+        return None
+    address = int(found.group(1), 16)
+    i = bisect.bisect_right(starts, address) - 1
+    return i if i >= 0 and address < functions[i][1] else None
+
+
 def read_callgrind(path):
     """(self cost per function, {(caller, callee): inclusive cost of the calls}); functions
     are callgrind's names (`0x…` for code it cannot name)."""
@@ -114,17 +130,14 @@ def main():
     starts = [f[0] for f in functions]
 
     def guest(callgrind_name):
-        """The perf-map function holding callgrind's `0x…` address, or None."""
-        if not callgrind_name.startswith("0x"):
+        """(module, name) of the perf-map function holding callgrind's `0x…` address, or
+        None."""
+        if not ADDRESS.match(callgrind_name):
             return None
-        try:
-            address = int(callgrind_name, 16)
-        except ValueError:
-            return None
-        i = bisect.bisect_right(starts, address) - 1
-        if i >= 0 and address < functions[i][1]:
-            return functions[i][3], functions[i][2]
-        return ("?", callgrind_name)
+        i = function_at(functions, starts, callgrind_name)
+        if i is None:
+            return ("?", callgrind_name)
+        return functions[i][3], functions[i][2]
 
     self_cost, calls = read_callgrind(args.callgrind)
     total = sum(self_cost.values())

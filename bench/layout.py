@@ -12,19 +12,17 @@ line (demangled, without hashes), in the module's own order. bench/layout.sh run
     python3 bench/layout.py CALLGRIND-FILE PERF-MAP PLUGINS-DIR
 """
 
-import bisect
 import os
 import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from jit_names import ENGINE_GLUE, read_callgrind, read_perf_map  # noqa: E402
+from jit_names import ENGINE_GLUE, function_at, read_callgrind, read_perf_map  # noqa: E402
 
 # What the engine's demangling keeps and the lists leave out: a legacy symbol's hash, a v0
 # symbol's crate disambiguators (as `{:#}` of rustc-demangle prints them).
 HASH = re.compile(r"::h[0-9a-f]{16}$")
 DISAMBIGUATOR = re.compile(r"\[[0-9a-f]+\]")
-ADDRESS = re.compile(r"^(0x[0-9a-f]+)(?:'\d+)?$")
 
 
 def plain(name):
@@ -38,16 +36,8 @@ def main():
     functions = read_perf_map(perf_map)
     starts = [f[0] for f in functions]
     self_cost, calls = read_callgrind(callgrind)
-    ran = set()
-    for name in list(self_cost) + [callee for (_, callee) in calls]:
-        # `0x…` for code callgrind cannot name, `'N` after it for a recursion level
-        found = ADDRESS.match(name)
-        if not found:
-            continue
-        address = int(found.group(1), 16)
-        i = bisect.bisect_right(starts, address) - 1
-        if i >= 0 and address < functions[i][1]:
-            ran.add(i)
+    ran = {function_at(functions, starts, name)
+           for name in list(self_cost) + [callee for (_, callee) in calls]} - {None}
     by_module = {}
     for i, (_, _, name, module) in enumerate(functions):
         if ENGINE_GLUE.match(name):

@@ -4,7 +4,7 @@
 //! functions first, and the plugin's code is mapped into the gateway's memory whole again.
 //! These tests fail before that goes far, so that the lists are written anew.
 
-use tollgate::wasm::layout::{hot_first, plain_name, SECTION};
+use tollgate::wasm::layout::{hot_first, listed_names, plain_name, SECTION};
 use tollgate_tests::bundled;
 use wasmparser::{KnownCustom, Name, Parser, Payload, TypeRef};
 
@@ -29,11 +29,7 @@ fn read(bytes: &[u8]) -> Names {
             }
             Payload::CustomSection(section) if section.name() == SECTION => {
                 let text = String::from_utf8(section.data().to_vec()).unwrap();
-                let names = text
-                    .lines()
-                    .map(str::trim)
-                    .filter(|line| !line.is_empty() && !line.starts_with('#'));
-                listed = Some(names.map(str::to_string).collect());
+                listed = Some(listed_names(&text).map(str::to_string).collect());
             }
             Payload::CustomSection(section) => {
                 let KnownCustom::Name(subsections) = section.as_known() else {

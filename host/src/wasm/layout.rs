@@ -36,29 +36,27 @@ pub fn hot_first(bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
         return Ok(None);
     };
     let mut module = wasm_encoder::Module::new();
-    let mut reorder = Reorder {
-        plan,
-        bodies: Vec::new(),
-    };
-    reorder
-        .parse_core_module(&mut module, Parser::new(0), bytes)
+    reencode::utils::parse_core_module(&mut Reorder(plan), &mut module, Parser::new(0), bytes)
         .map_err(|error| format!("{error:?}"))?;
     Ok(Some(module.finish()))
 }
 
-/// Where each function goes.
-struct Plan {
+/// Where each function goes, and the bodies to write there.
+struct Plan<'a> {
     /// Functions the module imports: their indices come first and stay.
     imported: u32,
     /// New index of each function, by old index.
     new_index: Vec<u32>,
     /// Old index of each defined function, by new position among the defined ones.
     order: Vec<u32>,
+    /// The defined functions' bodies, by old position among the defined ones.
+    bodies: Vec<wasmparser::FunctionBody<'a>>,
 }
 
-fn plan(bytes: &[u8]) -> Result<Option<Plan>, wasmparser::BinaryReaderError> {
+fn plan(bytes: &[u8]) -> Result<Option<Plan<'_>>, wasmparser::BinaryReaderError> {
     let mut imported = 0u32;
     let mut defined = 0u32;
+    let mut bodies = Vec::new();
     let mut names: HashMap<String, Vec<u32>> = HashMap::new();
     let mut wanted: Option<String> = None;
     for payload in Parser::new(0).parse_all(bytes) {
@@ -71,6 +69,7 @@ fn plan(bytes: &[u8]) -> Result<Option<Plan>, wasmparser::BinaryReaderError> {
                 }
             }
             Payload::FunctionSection(functions) => defined = functions.count(),
+            Payload::CodeSectionEntry(body) => bodies.push(body),
             Payload::CustomSection(section) if section.name() == SECTION => {
                 wanted = Some(String::from_utf8_lossy(section.data()).into_owned());
             }
@@ -100,11 +99,7 @@ fn plan(bytes: &[u8]) -> Result<Option<Plan>, wasmparser::BinaryReaderError> {
     let total = imported + defined;
     let mut placed = vec![false; total as usize];
     let mut order = Vec::with_capacity(defined as usize);
-    let listed = wanted
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'));
-    for name in listed {
+    for name in listed_names(&wanted) {
         for &index in names.get(name).map(Vec::as_slice).unwrap_or_default() {
             if index >= imported && index < total && !placed[index as usize] {
                 placed[index as usize] = true;
@@ -124,7 +119,16 @@ fn plan(bytes: &[u8]) -> Result<Option<Plan>, wasmparser::BinaryReaderError> {
         imported,
         new_index,
         order,
+        bodies,
     }))
+}
+
+/// The function names a [`SECTION`]'s text lists, in order: one a line, blank lines and
+/// `#` comments left out.
+pub fn listed_names(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
 }
 
 /// A function's name as the lists give it: demangled, without the hash of a legacy Rust
@@ -139,38 +143,13 @@ pub fn plain_name(name: &str) -> String {
 /// Re-encodes a module with its functions moved as [`Plan`] says: every reference to a
 /// function (calls, `ref.func`, tables' elements, exports, the start function, the names)
 /// follows it.
-struct Reorder<'a> {
-    plan: Plan,
-    bodies: Vec<wasmparser::FunctionBody<'a>>,
-}
-
-impl<'a> Reorder<'a> {
-    fn parse_core_module(
-        &mut self,
-        module: &mut wasm_encoder::Module,
-        parser: Parser,
-        bytes: &'a [u8],
-    ) -> Result<(), reencode::Error> {
-        // The code section's bodies borrow `bytes`: keep them to write them in the new order.
-        for payload in Parser::new(0).parse_all(bytes) {
-            if let Payload::CodeSectionEntry(body) = payload? {
-                self.bodies.push(body);
-            }
-        }
-        reencode::utils::parse_core_module(self, module, parser, bytes)
-    }
-}
+struct Reorder<'a>(Plan<'a>);
 
 impl Reencode for Reorder<'_> {
     type Error = std::convert::Infallible;
 
     fn function_index(&mut self, func: u32) -> Result<u32, reencode::Error> {
-        Ok(self
-            .plan
-            .new_index
-            .get(func as usize)
-            .copied()
-            .unwrap_or(func))
+        Ok(self.0.new_index.get(func as usize).copied().unwrap_or(func))
     }
 
     fn parse_function_section(
@@ -179,9 +158,9 @@ impl Reencode for Reorder<'_> {
         section: wasmparser::FunctionSectionReader<'_>,
     ) -> Result<(), reencode::Error> {
         let types = section.into_iter().collect::<Result<Vec<u32>, _>>()?;
-        for position in 0..self.plan.order.len() {
-            let old = self.plan.order[position];
-            let ty = types[(old - self.plan.imported) as usize];
+        for position in 0..self.0.order.len() {
+            let old = self.0.order[position];
+            let ty = types[(old - self.0.imported) as usize];
             functions.function(self.type_index(ty)?);
         }
         Ok(())
@@ -192,9 +171,9 @@ impl Reencode for Reorder<'_> {
         code: &mut wasm_encoder::CodeSection,
         _section: wasmparser::CodeSectionReader<'_>,
     ) -> Result<(), reencode::Error> {
-        for position in 0..self.plan.order.len() {
-            let old = self.plan.order[position];
-            let body = self.bodies[(old - self.plan.imported) as usize].clone();
+        for position in 0..self.0.order.len() {
+            let old = self.0.order[position];
+            let body = self.0.bodies[(old - self.0.imported) as usize].clone();
             self.parse_function_body(code, body)?;
         }
         Ok(())
