@@ -204,11 +204,19 @@ async fn bad_guest_pointer_is_refused_or_traps_only_that_vm() {
     for attempt in 0..2 {
         let (response, _) = get(&gateway, "/bad-pointer").await;
         match response.status {
-            StatusCode::OK => assert_eq!(
-                response.header("x-bad-pointer-status"),
-                Some("6"),
-                "attempt {attempt}: an out-of-bounds key must give INVALID_MEMORY_ACCESS (6)"
-            ),
+            StatusCode::OK => {
+                assert_eq!(
+                    response.header("x-bad-pointer-status"),
+                    Some("6"),
+                    "attempt {attempt}: an out-of-bounds key must give INVALID_MEMORY_ACCESS (6)"
+                );
+                assert_eq!(
+                    response.header("x-bad-return-pointer-status"),
+                    Some("6"),
+                    "attempt {attempt}: a result that cannot be placed must give \
+                     INVALID_MEMORY_ACCESS (6)"
+                );
+            }
             StatusCode::SERVICE_UNAVAILABLE => {}
             other => panic!(
                 "attempt {attempt}: expected 200 with status 6, or 503 after a trap; got {other}"

@@ -77,6 +77,27 @@ pub struct PseudoHeaderMap {
     order: Option<Vec<HeaderName>>,
 }
 
+/// A value as the map keeps it.
+enum Found<'a> {
+    Pseudo(&'a Bytes),
+    Header(&'a HeaderValue),
+}
+
+/// A value of the map that lives on by itself (see [`PseudoHeaderMap::shared_value`]).
+pub enum SharedValue {
+    Pseudo(Bytes),
+    Header(HeaderValue),
+}
+
+impl AsRef<[u8]> for SharedValue {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            SharedValue::Pseudo(value) => value,
+            SharedValue::Header(value) => value.as_bytes(),
+        }
+    }
+}
+
 /// An empty map, for a phase that has none yet.
 pub static EMPTY: LazyLock<PseudoHeaderMap> = LazyLock::new(PseudoHeaderMap::default);
 
@@ -229,8 +250,25 @@ impl PseudoHeaderMap {
 
     /// The first value of a name (any case), pseudo-headers included.
     pub fn value(&self, name: &[u8]) -> Option<&[u8]> {
+        match self.find(name)? {
+            Found::Pseudo(value) => Some(value),
+            Found::Header(value) => Some(value.as_bytes()),
+        }
+    }
+
+    /// As [`Self::value`], a copy that shares the value's buffer (a count, not the bytes),
+    /// for a caller that needs the value after the map may have changed.
+    pub fn shared_value(&self, name: &[u8]) -> Option<SharedValue> {
+        Some(match self.find(name)? {
+            Found::Pseudo(value) => SharedValue::Pseudo(value.clone()),
+            Found::Header(value) => SharedValue::Header(value.clone()),
+        })
+    }
+
+    fn find(&self, name: &[u8]) -> Option<Found<'_>> {
         if name.first() == Some(&b':') {
-            return self.pseudo(Pseudo::from_name(name)?);
+            let value = self.pseudo[Pseudo::from_name(name)? as usize].as_ref()?;
+            return Some(Found::Pseudo(value));
         }
         if self.hidden_hosts > 0 && name.eq_ignore_ascii_case(b"host") {
             return None;
@@ -243,7 +281,7 @@ impl PseudoHeaderMap {
             Some(value) => value,
             None => self.headers.get(std::str::from_utf8(name).ok()?),
         };
-        value.map(HeaderValue::as_bytes)
+        value.map(Found::Header)
     }
 
     /// Adds a value; a pseudo-header has one value, which this sets.

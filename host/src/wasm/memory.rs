@@ -170,22 +170,9 @@ pub fn return_bytes(
     return_ptr: u32,
     return_len: u32,
 ) -> wasmtime::Result<MemoryResult<()>> {
-    if bytes.is_empty() {
-        return Ok(write_u32(caller, return_ptr, 0).and_then(|()| write_u32(caller, return_len, 0)));
-    }
-    let allocate = match take_allocator(caller) {
-        Ok(allocate) => allocate,
-        Err(error) => return Ok(Err(error)),
-    };
-    let allocated = allocate.call(&mut *caller, bytes.len() as u32);
-    restore_allocator(caller, allocate);
-    let guest_ptr = allocated?;
-    if guest_ptr == 0 {
-        return Ok(Err(MemoryError));
-    }
-    Ok(write(caller, guest_ptr, bytes)
-        .and_then(|()| write_u32(caller, return_ptr, guest_ptr))
-        .and_then(|()| write_u32(caller, return_len, bytes.len() as u32)))
+    return_with(caller, bytes.len(), return_ptr, return_len, |_, out| {
+        out.copy_from_slice(bytes)
+    })
 }
 
 /// As [`return_bytes`] for a result of `len` bytes that `fill` writes straight into the
@@ -218,16 +205,25 @@ pub fn return_with(
         Ok(memory) => memory,
         Err(error) => return Ok(Err(error)),
     };
+    // The result and where it is: one borrow of the guest's memory for the three writes
+    // (each borrow is a lookup in the store), every range checked before anything is
+    // written.
     let (data, state) = memory.data_and_store_mut(caller.as_context_mut());
-    let range = match range(guest_ptr, len32, data.len()) {
-        Ok(range) => range,
+    let ranges = range(guest_ptr, len32, data.len()).and_then(|result| {
+        Ok((
+            result,
+            range(return_ptr, 4, data.len())?,
+            range(return_len, 4, data.len())?,
+        ))
+    });
+    let (result, at_ptr, at_len) = match ranges {
+        Ok(ranges) => ranges,
         Err(error) => return Ok(Err(error)),
     };
-    fill(state, &mut data[range]);
-    Ok(
-        write_u32(caller, return_ptr, guest_ptr)
-            .and_then(|()| write_u32(caller, return_len, len32)),
-    )
+    fill(state, &mut data[result]);
+    data[at_ptr].copy_from_slice(&guest_ptr.to_le_bytes());
+    data[at_len].copy_from_slice(&len32.to_le_bytes());
+    Ok(Ok(()))
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! Header maps, body buffers and stream control: what an HTTP filter plugin touches.
 
 use bytes::Bytes;
-use smallvec::SmallVec;
 use wasmtime::Caller;
 
 use super::{
@@ -116,32 +115,19 @@ fn get_header_map_value(
 ) -> wasmtime::Result<u32> {
     let lookup = (|| -> Result<_, Status> {
         let map = read_map_type(map)?;
-        // The key is looked up where the guest keeps it, and kept on the stack (header
-        // names are short) for the copy below, which runs after the guest's allocator.
-        let found = memory::with_guest_bytes(&mut caller, key_ptr, key_len, |key, state| {
+        // The key is looked up where the guest keeps it; the value found is held by count,
+        // so the copy below, which runs after the guest's allocator (which could call back
+        // into the host and change the map), needs no second lookup.
+        memory::with_guest_bytes(&mut caller, key_ptr, key_len, |key, state| {
             let pairs = map_ref(state, map).ok_or(Status::NotFound)?;
-            let value = pairs.value(key).ok_or(Status::NotFound)?;
-            Ok::<_, Status>((SmallVec::<[u8; 64]>::from_slice(key), value.len()))
-        })??;
-        Ok((map, found.0, found.1))
+            pairs.shared_value(key).ok_or(Status::NotFound)
+        })?
     })();
-    let (map, key, len) = match lookup {
-        Ok(found) => found,
+    let value = match lookup {
+        Ok(value) => value,
         Err(error) => return Ok(error as u32),
     };
-    // Copied straight from the map into the guest's memory (zeros if the guest's allocator
-    // changed the map meanwhile, as above).
-    let written =
-        memory::return_with(
-            &mut caller,
-            len,
-            ret_ptr,
-            ret_len,
-            |state, out| match map_ref(state, map).and_then(|pairs| pairs.value(&key)) {
-                Some(value) if value.len() == out.len() => out.copy_from_slice(value),
-                _ => out.fill(0),
-            },
-        )?;
+    let written = memory::return_bytes(&mut caller, value.as_ref(), ret_ptr, ret_len)?;
     Ok(status(written.map_err(Status::from)))
 }
 

@@ -14,7 +14,9 @@
 //!   `env.proxy_get_header_map_value(0 /* request headers */, 0xFFFF_FF00, 64, &mut ptr, &mut
 //!   len)` with a key pointer far outside linear memory; the host must answer
 //!   INVALID_MEMORY_ACCESS (6) or trap. The status is added as response header
-//!   `x-bad-pointer-status: <number>`; the request continues.
+//!   `x-bad-pointer-status: <number>`. Then the same call for `:path` (found) with the place
+//!   for the result's pointer far outside linear memory: the status goes into
+//!   `x-bad-return-pointer-status`. The request continues.
 //! - `configure-false`: `on_configure` logs `tp-misbehave refuses this configuration` (level
 //!   error) and returns false.
 //! - `utf8-request-body`: reads the whole request body as `String::from_utf8(..).unwrap()`
@@ -135,7 +137,8 @@ impl RootContext for Root {
 
 struct Misbehave {
     mode: Mode,
-    bad_pointer_status: Option<u32>,
+    /// The answers to the bad key pointer and to the bad place for the result.
+    bad_pointer_status: Option<(u32, u32)>,
 }
 
 impl Context for Misbehave {}
@@ -172,6 +175,23 @@ fn bad_pointer_call() -> u32 {
     unsafe { raw_get_header_map_value(0, 0xFFFF_FF00usize as *const u8, 64, &mut data, &mut size) }
 }
 
+#[inline(never)]
+fn bad_return_pointer_call() -> u32 {
+    let key = b":path";
+    let mut size: usize = 0;
+    // SAFETY: the host must bounds-check where it writes the result's pointer; that is what
+    // this tests. The key and the size's place are valid.
+    unsafe {
+        raw_get_header_map_value(
+            0,
+            key.as_ptr(),
+            key.len(),
+            0xFFFF_FF00usize as *mut *mut u8,
+            &mut size,
+        )
+    }
+}
+
 impl HttpContext for Misbehave {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         match self.mode {
@@ -181,7 +201,9 @@ impl HttpContext for Misbehave {
                 let kept = exhaust_memory();
                 let _ = hostcalls::log(LogLevel::Error, &format!("tp-misbehave: kept {kept} MiB"));
             }
-            Mode::BadPointer => self.bad_pointer_status = Some(bad_pointer_call()),
+            Mode::BadPointer => {
+                self.bad_pointer_status = Some((bad_pointer_call(), bad_return_pointer_call()))
+            }
             _ => {}
         }
         Action::Continue
@@ -204,8 +226,9 @@ impl HttpContext for Misbehave {
         if self.mode == Mode::PanicResponseHeaders {
             panic!("tp-misbehave: panic in response headers");
         }
-        if let Some(status) = self.bad_pointer_status {
-            self.add_http_response_header("x-bad-pointer-status", &status.to_string());
+        if let Some((key, result)) = self.bad_pointer_status {
+            self.add_http_response_header("x-bad-pointer-status", &key.to_string());
+            self.add_http_response_header("x-bad-return-pointer-status", &result.to_string());
         }
         Action::Continue
     }
