@@ -196,6 +196,15 @@ impl Shadow {
         if guest_ptr == 0 {
             return Some(Err(MemoryError));
         }
+        // The result and the places for its pointer and length are all checked before
+        // anything is written: a bad place leaves the memory as it was.
+        let checked = self
+            .range(guest_ptr, bytes.len())
+            .and_then(|_| self.range(return_ptr, 4))
+            .and_then(|_| self.range(return_len, 4));
+        if let Err(error) = checked {
+            return Some(Err(error));
+        }
         Some(
             self.write(guest_ptr, bytes)
                 .and_then(|()| self.write(return_ptr, &guest_ptr.to_le_bytes()))
